@@ -1,0 +1,124 @@
+"""Lock a model: swap every selected supported layer for its keyed replacement.
+
+>>> locked = lock_model(model, layer_filter=lambda name, m: True, secret_rng=rng)
+>>> y = locked.keyed(x, torch.from_numpy(locked.layout.static_key()))
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from ..errors import InvalidArgumentError, UnsupportedLayerError
+from . import attention, conv, linear, recurrent  # noqa: F401  (registers the lockers)
+from .batchnorm import fold_batchnorms
+from .context import KeySlots, LockContext, LockSettings
+from .key_layout import KeyLayout
+from .keyed_model import KeyedModel
+from .registry import find_locker, supported_layer_types
+
+LayerFilter = Callable[[str, nn.Module], bool]
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """What happened to one supported layer, and why."""
+
+    name: str
+    layer_type: str
+    locked: bool
+    reason: str = ""
+
+
+@dataclass
+class LockedModel:
+    """A locked copy of a model, its key layout, and the per-layer decisions."""
+
+    keyed: KeyedModel
+    layout: KeyLayout
+    layers: list[LayerDecision] = field(default_factory=list)
+    folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def locked_layers(self) -> list[LayerDecision]:
+        return [d for d in self.layers if d.locked]
+
+    @property
+    def skipped_layers(self) -> list[LayerDecision]:
+        return [d for d in self.layers if not d.locked]
+
+
+def _swap(root: nn.Module, replacements: dict[int, nn.Module]) -> nn.Module:
+    if id(root) in replacements:
+        return replacements[id(root)]
+    for parent in root.modules():
+        for attr, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacements:
+                setattr(parent, attr, replacements[id(child)])
+    return root
+
+
+def lock_model(
+    model: nn.Module,
+    *,
+    layer_filter: LayerFilter,
+    secret_rng: np.random.Generator,
+    settings: LockSettings | None = None,
+    public_seed: str = "",
+) -> LockedModel:
+    """Return a locked deep copy of ``model``; the user's model object is never modified."""
+    work = copy.deepcopy(model).eval()
+    folded = fold_batchnorms(work)
+    slots = KeySlots()
+    ctx = LockContext(
+        layout=KeyLayout(),
+        secret_rng=secret_rng,
+        slots=slots,
+        settings=settings or LockSettings(),
+        public_seed=public_seed,
+    )
+    decisions: list[LayerDecision] = []
+    replacements: dict[int, nn.Module] = {}
+    handled: list[str] = []
+    for name, module in work.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in handled):
+            continue  # parts of a supported layer (e.g. MultiheadAttention.out_proj)
+        kind = type(module).__name__
+        try:
+            locker = find_locker(module)
+        except UnsupportedLayerError as err:
+            decisions.append(LayerDecision(name, kind, False, str(err)))
+            handled.append(name)
+            continue
+        if locker is None:
+            continue
+        handled.append(name)
+        keep = layer_filter(name, module)
+        if not isinstance(keep, bool):
+            raise InvalidArgumentError(
+                f"layer_filter must return a bool, but returned {type(keep).__name__} for "
+                f"layer '{name}'."
+            )
+        if not keep:
+            decisions.append(LayerDecision(name, kind, False, "excluded by layer_filter"))
+            continue
+        try:
+            replacements[id(module)] = locker(name, module, ctx)
+        except UnsupportedLayerError as err:
+            decisions.append(LayerDecision(name, kind, False, str(err)))
+            continue
+        decisions.append(LayerDecision(name, kind, True))
+    if not replacements:
+        names = ", ".join(t.__name__ for t in supported_layer_types())
+        detail = "; ".join(f"{d.name}: {d.reason}" for d in decisions) or "no supported layer"
+        raise UnsupportedLayerError(
+            f"No layer of the model was locked ({detail}). Supported layer types are {names}; "
+            "check layer_filter."
+        )
+    locked_root = _swap(work, replacements)
+    keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots).eval()
+    return LockedModel(keyed, ctx.layout, decisions, folded)

@@ -1,0 +1,1 @@
+"""Locker for nn.MultiheadAttention (being written)."""

@@ -1,0 +1,98 @@
+"""Fold eval-mode BatchNorm into the conv that feeds it, before locking.
+
+Folding removes a plaintext per-channel affine that would otherwise sit next to the locked conv
+and lets runtimes fuse conv+activation again.  Pairs are found in the traced graph (torch.fx);
+models that cannot be traced fall back to adjacent modules inside ``nn.Sequential``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from .conv import from_channel_matrix, to_channel_matrix
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (
+        type(conv) in _CONVS
+        and type(bn) in _BNS
+        and not bn.training
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and bn.num_features == conv.out_channels
+    )
+
+
+def _fold(conv: nn.Module, bn: nn.Module) -> None:
+    std = torch.sqrt(bn.running_var.double() + bn.eps)
+    gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(std)
+    beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(std)
+    factor = gamma / std
+    a = to_channel_matrix(conv, conv.weight.detach().double())
+    g, o = a.shape[:2]
+    a = a * factor.view(g, o, *([1] * (a.dim() - 2)))
+    conv.weight = nn.Parameter(from_channel_matrix(conv, a).float(), requires_grad=False)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(std)
+    conv.bias = nn.Parameter(((bias - bn.running_mean.double()) * factor + beta).float(),
+                             requires_grad=False)
+
+
+def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:
+    graph = fx.symbolic_trace(model).graph
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or len(node.args) != 1:
+            continue
+        src = node.args[0]
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and len(src.users) == 1
+            and calls[src.target] == 1
+            and calls[node.target] == 1
+        ):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+def _pairs_from_sequential(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            items = list(module.named_children())
+            prefix = f"{name}." if name else ""
+            for (n1, _), (n2, _) in zip(items, items[1:], strict=False):
+                pairs.append((prefix + n1, prefix + n2))
+    return pairs
+
+
+def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
+    """Fold every eval-mode BatchNorm fed only by a conv into it, in place; returns the pairs."""
+    try:
+        pairs = _pairs_from_fx(model)
+    except Exception:  # fx cannot trace data-dependent control flow: use the safe fallback
+        pairs = _pairs_from_sequential(model)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    counts: dict[int, int] = {}
+    for m in modules.values():
+        counts[id(m)] = counts.get(id(m), 0) + 1
+    folded = []
+    for conv_name, bn_name in pairs:
+        conv, bn = modules.get(conv_name), modules.get(bn_name)
+        if conv is None or bn is None or not _foldable(conv, bn):
+            continue
+        if counts[id(conv)] > 1 or counts[id(bn)] > 1:
+            continue  # a shared module is used elsewhere without the BatchNorm
+        _fold(conv, bn)
+        parent_name, _, attr = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, nn.Identity())
+        folded.append((conv_name, bn_name))
+    return folded

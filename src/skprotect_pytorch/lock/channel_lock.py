@@ -1,0 +1,189 @@
+"""The lock of one linear map on channel axes: ``W' = M_out · Q · W · M_in⁻¹`` (DESIGN.md §3).
+
+``M_in``/``M_out`` are keyed monomials (secret permutation within groups times secret scales),
+``Q`` is a public block-orthogonal mixing stored next to ``W`` (on its smaller channel side), so
+that every stored row or column is a mixture of true ones.  At run time the key only touches
+activations: a Gather+Mul before the op and a Gather+Mul plus the public un-mix after it.
+Every layer family reduces its weights to grouped channel matrices ``(G, O, I, *taps)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UnsupportedLayerError
+from .context import LockContext
+
+MixSide = Literal["in", "out"]
+
+
+def _block_sizes(n: int, block: int) -> list[int]:
+    """Split ``n`` channels into blocks of ``block``; the remainder joins the last block."""
+    if n <= block:
+        return [n]
+    k, r = divmod(n, block)
+    return [block] * (k - 1) + [block + r]
+
+
+def _random_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))[None, :]
+
+
+class BlockMix(nn.Module):
+    """Public block-diagonal orthogonal matrix ``Q`` over one channel axis; blocks stay in groups."""
+
+    def __init__(self, n_total: int, groups: int, block: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        n = n_total // groups
+        sizes = _block_sizes(n, block)
+        dense = np.zeros((groups, n, n))
+        blocks = []
+        for g in range(groups):
+            start = 0
+            for size in sizes:
+                q = _random_orthogonal(rng, size)
+                dense[g, start : start + size, start : start + size] = q
+                blocks.append(q)
+                start += size
+        self.group_matrices = dense  # float64 (G, n, n), used to transform weights
+        self.uniform = len(set(sizes)) == 1
+        if self.uniform:
+            stacked = np.stack(blocks).astype(np.float32)
+            self.register_buffer("blocks", torch.from_numpy(stacked))
+        else:
+            full = np.zeros((n_total, n_total))
+            for g in range(groups):
+                full[g * n : (g + 1) * n, g * n : (g + 1) * n] = dense[g]
+            self.register_buffer("matrix", torch.from_numpy(full.astype(np.float32)))
+
+    def apply_transpose(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Return ``Qᵀ x`` along ``axis`` (the public un-mix)."""
+        x = x.movedim(axis, -1)
+        if self.uniform:
+            k, b, _ = self.blocks.shape
+            y = (x.unflatten(-1, (k, b)).unsqueeze(-2) @ self.blocks).squeeze(-2).flatten(-2)
+        else:
+            y = x @ self.matrix
+        return y.movedim(-1, axis)
+
+
+@dataclass
+class ChannelPlan:
+    """The secret and public parts of one locked linear map."""
+
+    groups: int
+    out_per_group: int
+    in_per_group: int
+    in_perm: np.ndarray
+    in_scale: np.ndarray
+    out_perm: np.ndarray
+    out_scale: np.ndarray
+    mix: BlockMix
+    mix_side: MixSide
+
+
+def _grouped_perm(rng: np.random.Generator, groups: int, n: int) -> np.ndarray:
+    return np.concatenate([g * n + rng.permutation(n) for g in range(groups)])
+
+
+def plan_channels(
+    ctx: LockContext, name: str, groups: int, out_per_group: int, in_per_group: int
+) -> ChannelPlan:
+    """Draw the keyed monomials and the public mixing for a ``(G, O, I)`` channel matrix."""
+    candidates = [(n, side) for n, side in ((out_per_group, "out"), (in_per_group, "in")) if n >= 2]
+    if not candidates:
+        raise UnsupportedLayerError(
+            f"Layer '{name}' has a single input and output channel per group: no mixing can hide "
+            "its weights. Exclude it with layer_filter or give it more channels."
+        )
+    n_mix, side = min(candidates, key=lambda c: c[0])
+    rng = ctx.secret_rng
+    mix = BlockMix(groups * n_mix, groups, ctx.settings.mix_block, ctx.public_rng(name))
+    return ChannelPlan(
+        groups=groups,
+        out_per_group=out_per_group,
+        in_per_group=in_per_group,
+        in_perm=_grouped_perm(rng, groups, in_per_group),
+        in_scale=ctx.random_scales(groups * in_per_group),
+        out_perm=_grouped_perm(rng, groups, out_per_group),
+        out_scale=ctx.random_scales(groups * out_per_group),
+        mix=mix,
+        mix_side=side,
+    )
+
+
+def lock_matrix(weight: torch.Tensor, plan: ChannelPlan) -> torch.Tensor:
+    """Return ``M_out · Q · W · M_in⁻¹`` for a grouped channel matrix ``(G, O, I, *taps)``."""
+    a = weight.detach().to(torch.float64)
+    q = torch.from_numpy(plan.mix.group_matrices)
+    if plan.mix_side == "out":
+        a = torch.einsum("gpo,goi...->gpi...", q, a)
+    else:
+        a = torch.einsum("goi...,giq->goq...", a, q)
+    g, o, i = plan.groups, plan.out_per_group, plan.in_per_group
+    taps = a.shape[3:]
+    shape_t = (1,) * len(taps)
+    rows = a.reshape(g * o, i, *taps)[torch.from_numpy(plan.out_perm)]
+    rows = rows * torch.from_numpy(plan.out_scale).double().view(g * o, 1, *shape_t)
+    a = rows.reshape(g, o, i, *taps)
+    local_in = torch.from_numpy(plan.in_perm.reshape(g, i) - np.arange(g)[:, None] * i)
+    cols = torch.stack([a[k][:, local_in[k]] for k in range(g)])
+    cols = cols / torch.from_numpy(plan.in_scale).double().view(g, 1, i, *shape_t)
+    return cols.to(weight.dtype)
+
+
+def lock_bias(bias: torch.Tensor | None, plan: ChannelPlan) -> torch.Tensor | None:
+    """Return ``M_out · Q · b`` (``Q`` only when mixing is on the output side)."""
+    if bias is None:
+        return None
+    b = bias.detach().to(torch.float64).reshape(plan.groups, plan.out_per_group)
+    if plan.mix_side == "out":
+        b = torch.einsum("gpo,go->gp", torch.from_numpy(plan.mix.group_matrices), b)
+    b = b.reshape(-1)[torch.from_numpy(plan.out_perm)] * torch.from_numpy(plan.out_scale).double()
+    return b.to(bias.dtype)
+
+
+class ChannelOps(nn.Module):
+    """The activation-side ops of one locked map: key Gather+Mul in, key Gather+Mul and un-mix out."""
+
+    def __init__(self, plan: ChannelPlan, ctx: LockContext) -> None:
+        super().__init__()
+        layout = ctx.layout
+        inverse = np.argsort(plan.out_perm)
+        self.in_perm_slot = layout.add_perm(plan.in_perm)
+        self.in_scale_slot = layout.add_scale(plan.in_scale)
+        self.out_perm_slot = layout.add_perm(inverse)
+        self.out_scale_slot = layout.add_scale((1.0 / plan.out_scale[inverse]).astype(np.float32))
+        self.mix = plan.mix
+        self.mix_side = plan.mix_side
+        self.slots = ctx.slots
+
+    @staticmethod
+    def _gather_mul(
+        x: torch.Tensor, axis: int, idx: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        axis = axis % x.dim()
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        return x.index_select(axis, idx) * scale.view(shape)
+
+    def enter(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Move an input from the true channel basis into the layer's locked basis."""
+        if self.mix_side == "in":
+            x = self.mix.apply_transpose(x, axis)
+        s = self.slots
+        return self._gather_mul(x, axis, s.perm(self.in_perm_slot), s.scale(self.in_scale_slot))
+
+    def leave(self, z: torch.Tensor, axis: int) -> torch.Tensor:
+        """Bring the layer's locked output back to the true channel basis."""
+        s = self.slots
+        z = self._gather_mul(z, axis, s.perm(self.out_perm_slot), s.scale(self.out_scale_slot))
+        if self.mix_side == "out":
+            z = self.mix.apply_transpose(z, axis)
+        return z

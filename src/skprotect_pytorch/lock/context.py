@@ -1,0 +1,81 @@
+"""Shared state of one locking run and the per-call key slots that locked layers read."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import SkProtectError
+from .key_layout import KeyLayout
+
+
+class KeySlots:
+    """Holds the decoded key of the current forward call; every locked layer reads from it.
+
+    Set by :class:`~skprotect_pytorch.lock.keyed_model.KeyedModel` around the wrapped model's
+    forward, so the key only flows into activation ops of the traced graph.
+    """
+
+    def __init__(self) -> None:
+        self.perms: list[torch.Tensor] | None = None
+        self.scales: list[torch.Tensor] | None = None
+
+    def _check(self) -> None:
+        if self.perms is None or self.scales is None:
+            raise SkProtectError(
+                "A locked layer was called without a key. Call the locked model through its "
+                "KeyedModel wrapper, passing the key vector as the last input."
+            )
+
+    def perm(self, slot: int) -> torch.Tensor:
+        self._check()
+        return self.perms[slot]
+
+    def scale(self, slot: int) -> torch.Tensor:
+        self._check()
+        return self.scales[slot]
+
+
+@dataclass
+class LockSettings:
+    """Tunable parameters of the lock construction (see docs/api.md)."""
+
+    mix_block: int = 16
+    """Size of the public orthogonal mixing blocks applied next to each weight."""
+    min_group_channels: int = 4
+    """Grouped/depthwise convs are regrouped until each group has this many input channels."""
+    quantize_compatibility: bool = False
+    """Use unit-magnitude (sign) scales so the locked weights keep the original value ranges."""
+
+    def __post_init__(self) -> None:
+        if self.mix_block < 2:
+            raise ValueError(f"mix_block must be >= 2, but got {self.mix_block}")
+        if self.min_group_channels < 1:
+            raise ValueError(
+                f"min_group_channels must be >= 1, but got {self.min_group_channels}"
+            )
+
+
+@dataclass
+class LockContext:
+    """Everything a locker needs: the key being built, the secret randomness, the settings."""
+
+    layout: KeyLayout
+    secret_rng: np.random.Generator
+    slots: KeySlots
+    settings: LockSettings = field(default_factory=LockSettings)
+    public_seed: str = ""
+
+    def public_rng(self, name: str) -> np.random.Generator:
+        """Randomness for public constants (mixing matrices): reproducible, not secret."""
+        digest = hashlib.sha256(f"{self.public_seed}/{name}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def random_scales(self, n: int) -> np.ndarray:
+        """Secret positive scales in [1/2, 2] (or random signs with quantize_compatibility)."""
+        if self.settings.quantize_compatibility:
+            return self.secret_rng.choice(np.array([-1.0, 1.0], np.float32), size=n)
+        return np.exp2(self.secret_rng.uniform(-1.0, 1.0, size=n)).astype(np.float32)

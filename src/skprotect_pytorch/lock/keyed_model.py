@@ -1,0 +1,46 @@
+"""The exported module: the locked model plus the key vector as its last input."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from .context import KeySlots
+from .key_layout import KeyDecoder
+
+
+@contextlib.contextmanager
+def _mha_fastpath_disabled():
+    """Transformer layers' fused fast path reads weights directly; locked layers must be called."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+
+
+class KeyedModel(nn.Module):
+    """``forward(*inputs, key)``: decodes the key once, then runs the locked model."""
+
+    def __init__(self, model: nn.Module, decoder: KeyDecoder, slots: KeySlots) -> None:
+        super().__init__()
+        self.model = model
+        self.decoder = decoder
+        self._slots = slots
+
+    @property
+    def key_length(self) -> int:
+        return self.decoder.length
+
+    def forward(self, *inputs: torch.Tensor):
+        *model_inputs, key = inputs
+        perms, scales = self.decoder(key)
+        self._slots.perms, self._slots.scales = perms, scales
+        try:
+            with _mha_fastpath_disabled():
+                return self.model(*model_inputs)
+        finally:
+            self._slots.perms = self._slots.scales = None

@@ -1,0 +1,1 @@
+"""Lockers for nn.LSTM and nn.GRU (being written)."""
