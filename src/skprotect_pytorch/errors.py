@@ -1,8 +1,13 @@
-"""One error hierarchy for the protector: every message says what is wrong, then what to do."""
+"""One error hierarchy for the protector: every message says what is wrong, then what to do.
 
+The root :class:`SkProtectError` and the file-format errors live in the torch-free
+``skruntime.errors`` so the runtime and the protector share them.
+"""
 
-class SkProtectError(Exception):
-    """Base class of every error raised by skprotect."""
+from skruntime.errors import ConfigurationError as _RuntimeConfigurationError
+from skruntime.errors import SkProtectError
+
+__all__ = ["SkProtectError"]
 
 
 class InvalidArgumentError(SkProtectError, ValueError):
@@ -21,7 +26,7 @@ class VerificationError(SkProtectError):
     """An exported artifact does not reproduce the original model with its key."""
 
 
-class ConfigurationError(SkProtectError):
+class ConfigurationError(_RuntimeConfigurationError):
     """The configuration file is missing, unreadable, tampered or of the wrong version."""
 
 
@@ -31,3 +36,7 @@ class StateError(SkProtectError):
 
 class RemovedAPIError(SkProtectError, TypeError):
     """A pre-0.2 API name was used; the message names its replacement."""
+
+
+class RemovedFormatError(RemovedAPIError, AttributeError):
+    """A pre-0.2 export format value was used; the message names its replacement."""

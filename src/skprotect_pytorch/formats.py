@@ -5,7 +5,23 @@ from __future__ import annotations
 import enum
 
 
-class ExportFormat(enum.Flag):
+class _ExportFormatType(enum.EnumType):
+    """Names the replacement when a pre-0.2 format value such as ``TORCHSCRIPT`` is used."""
+
+    def __getattr__(cls, name: str):
+        from .legacy import LEGACY_FORMAT_NAMES
+
+        if name in LEGACY_FORMAT_NAMES:
+            from .errors import RemovedFormatError
+
+            raise RemovedFormatError(
+                f"ExportFormat.{name} was removed in v0.2.0: use ExportFormat."
+                f"{LEGACY_FORMAT_NAMES[name]}."
+            )
+        raise AttributeError(name)
+
+
+class ExportFormat(enum.Flag, metaclass=_ExportFormatType):
     """Formats to save the protected model in; combine them with ``|``."""
 
     ONNX = enum.auto()

@@ -1,0 +1,341 @@
+"""Configuration-file operations of the protector: add or replace a model, migrate, set customer.
+
+Every write goes through :func:`skruntime.config.write_config` (signed, atomic). The existing file
+is read with the application's public key pinned, so a file signed by another application's key
+(for example after the private state folder was lost) is refused instead of silently re-signed.
+The file format itself is specified in :mod:`skruntime.config`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import skruntime.errors as rt_errors
+from skruntime.config import (
+    LATEST_PLATFORM_VERSION,
+    PLATFORMS,
+    SUPPORTED_PLATFORM_VERSIONS,
+    Config,
+    CustomerEntry,
+    ModelEntry,
+    load_config,
+    public_key_bytes,
+    sha256_file,
+    write_config,
+)
+
+from . import __version__
+from .customer import Customer
+from .errors import ConfigurationError, InvalidArgumentError
+
+_SUPPORTED = ", ".join(str(v) for v in SUPPORTED_PLATFORM_VERSIONS)
+
+
+@contextlib.contextmanager
+def _as_protector_errors() -> Iterator[None]:
+    """Re-raise runtime configuration errors as the protector's (an ``SkProtectError``)."""
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except rt_errors.ConfigurationError as e:
+        raise ConfigurationError(str(e)) from e
+
+
+def _check_version(version: object, what: str = "platform_version") -> int:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InvalidArgumentError(f"{what} must be an int, but got {version!r}.")
+    if version not in SUPPORTED_PLATFORM_VERSIONS:
+        raise InvalidArgumentError(
+            f"{what} must be one of {_SUPPORTED}, but got {version}. Use "
+            f"{LATEST_PLATFORM_VERSION} unless your SkRuntime needs an older version."
+        )
+    return version
+
+
+def _platform_value(platform: object) -> str:
+    value = getattr(platform, "value", platform)
+    if value not in PLATFORMS:
+        raise InvalidArgumentError(
+            f"platform must be one of {', '.join(PLATFORMS)}, but got {platform!r}."
+        )
+    return str(value)
+
+
+def _customer_entry(customer: Customer | None) -> CustomerEntry:
+    customer = customer if customer is not None else Customer()
+    if not isinstance(customer, Customer):
+        raise InvalidArgumentError(
+            f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
+        )
+    with _as_protector_errors():
+        return CustomerEntry(customer.id, customer.name)
+
+
+def _describe(customer: CustomerEntry | None) -> str:
+    if customer is None:
+        return "no customer"
+    return f"Customer({customer.id}, {customer.name!r})"
+
+
+def _load_own(path: Path, signing_key: Ed25519PrivateKey) -> Config:
+    """Load ``path`` pinned to this application's key, with a protector-level error if not."""
+    if not isinstance(signing_key, Ed25519PrivateKey):
+        raise InvalidArgumentError(
+            f"signing_key must be an Ed25519PrivateKey, but got {type(signing_key).__name__}."
+        )
+    try:
+        return load_config(path, public_key=public_key_bytes(signing_key))
+    except rt_errors.ConfigurationError as pinned_error:
+        try:
+            load_config(path)
+        except rt_errors.ConfigurationError:
+            raise ConfigurationError(str(pinned_error)) from pinned_error
+        raise ConfigurationError(
+            f"{path} is signed by a different application key than this protector's: the "
+            "private protection state (master.key) changed since the file was written. Restore "
+            "the state folder from its backup, or move the outputs folder away and re-protect "
+            "every model of the application."
+        ) from pinned_error
+
+
+def add_model(
+    config_path: str | os.PathLike[str],
+    model_name: str,
+    entry: ModelEntry,
+    *,
+    platform: object,
+    platform_version: int,
+    customer: Customer | None,
+    application: str,
+    signing_key: Ed25519PrivateKey,
+    replace: bool,
+) -> Config:
+    """Add (``replace=False``) or replace (``replace=True``) a model's entry; returns the config.
+
+    The file is created if missing (``replace=False`` only). For platform version 0 the entry's
+    SHA-256 fields are dropped; from version 1 they are required. For version 2 ``customer``
+    must match the file's (change it with :func:`update_customer`); below 2 only the default
+    customer is accepted.
+
+    Raises:
+        ConfigurationError: the model is already there (new) or missing (replace), the file has
+            another platform version, platform, application, customer or signing key, or it
+            cannot be read or written.
+        InvalidArgumentError: an argument has the wrong type or value.
+    """
+    path = Path(config_path)
+    version = _check_version(platform_version)
+    platform_value = _platform_value(platform)
+    if not isinstance(entry, ModelEntry):
+        raise InvalidArgumentError(f"entry must be a ModelEntry, but got {type(entry).__name__}.")
+    wanted_customer = _customer_entry(customer)
+    if version < 2 and wanted_customer != CustomerEntry(1, ""):
+        raise InvalidArgumentError(
+            f"customer={_describe(wanted_customer)} requires platform_version=2, but "
+            f"platform_version={version} was given. Use platform_version=2, or leave customer "
+            "at its default."
+        )
+    entry = entry.with_sha256({slug: None for slug in entry.formats}) if version == 0 else entry
+    existing = _load_own(path, signing_key) if path.exists() else None
+    with _as_protector_errors():
+        if existing is None:
+            if replace:
+                raise ConfigurationError(
+                    f"Model '{model_name}' cannot be replaced: there is no configuration file "
+                    f"{path} yet. Use protect_new_model to protect it for the first time."
+                )
+            models = {model_name: entry}
+            customer_entry = wanted_customer if version == 2 else None
+        else:
+            _check_compatible(path, existing, version, platform_value, application)
+            present = model_name in existing.models
+            if replace and not present:
+                names = ", ".join(sorted(existing.models)) or "none"
+                raise ConfigurationError(
+                    f"Model '{model_name}' is not in {path} (models there: {names}); use "
+                    "protect_new_model to add a new model, or the exact name of the model to "
+                    "replace."
+                )
+            if not replace and present:
+                raise ConfigurationError(
+                    f"Model '{model_name}' is already in {path}; use protect_updated_model to "
+                    "replace it, or choose another model name."
+                )
+            if version == 2 and existing.customer != wanted_customer:
+                raise ConfigurationError(
+                    f"{path} is licensed to {_describe(existing.customer)} but "
+                    f"customer={_describe(wanted_customer)} was given. Pass "
+                    f"customer={_describe(existing.customer)}, or call update_customer first to "
+                    "change the customer of every model."
+                )
+            models = {**existing.models, model_name: entry}
+            customer_entry = existing.customer
+        try:
+            config = Config(
+                platform_version=version,
+                platform=platform_value,
+                application=application,
+                skprotect_version=__version__,
+                models=models,
+                customer=customer_entry,
+            )
+        except rt_errors.ConfigurationError as e:
+            raise ConfigurationError(
+                f"The configuration entry of model '{model_name}' is invalid: {e}"
+            ) from e
+        write_config(path, config, signing_key)
+    return config
+
+
+def _check_compatible(
+    path: Path, existing: Config, version: int, platform: str, application: str
+) -> None:
+    if existing.platform != platform:
+        raise ConfigurationError(
+            f"{path} is a {existing.platform} configuration, but the {platform} platform was "
+            "requested. Each platform has its own configuration file; check deployment_platform."
+        )
+    if existing.application != application:
+        raise ConfigurationError(
+            f"{path} belongs to application '{existing.application}', not '{application}'. "
+            "Use the application's own outputs folder."
+        )
+    if existing.platform_version < version:
+        raise ConfigurationError(
+            f"{path} is at platform version {existing.platform_version} but version {version} "
+            f"was requested; call migrate_configuration({version}, ...) first (it needs the "
+            "protected model files under outputs/), or pass "
+            f"platform_version={existing.platform_version}."
+        )
+    if existing.platform_version > version:
+        raise ConfigurationError(
+            f"{path} is at platform version {existing.platform_version}, higher than the "
+            f"requested {version}; configurations are never downgraded. Pass "
+            f"platform_version={existing.platform_version}, or protect into a new application "
+            "if your SkRuntime needs the older version."
+        )
+
+
+def migrate_configuration(
+    config_path: str | os.PathLike[str],
+    version: int,
+    *,
+    outputs_dir: str | os.PathLike[str] | None = None,
+    customer: Customer | None = None,
+    signing_key: Ed25519PrivateKey,
+) -> Config:
+    """Upgrade the configuration file to platform ``version``; returns the (new) config.
+
+    0 → 1 hashes every protected model file (resolved against ``outputs_dir``, default the
+    configuration's folder); 1 → 2 adds ``customer`` (default ``Customer()``); 0 → 2 does both.
+    The same version is a no-op (nothing is written).
+
+    Raises:
+        ConfigurationError: no file, a downgrade, or protected model files missing (all named).
+        InvalidArgumentError: ``version`` is not a supported platform version.
+    """
+    path = Path(config_path)
+    version = _check_version(version, "version")
+    if not path.exists():
+        raise ConfigurationError(
+            f"There is no configuration file {path} to migrate. Protect a model first "
+            f"(protect_new_model with platform_version={version})."
+        )
+    config = _load_own(path, signing_key)
+    current = config.platform_version
+    if version == current:
+        return config
+    if version < current:
+        raise ConfigurationError(
+            f"Cannot migrate {path} from platform version {current} down to {version}: "
+            "downgrades are not supported. Re-protect the models into a new application with "
+            f"platform_version={version} if your SkRuntime needs it."
+        )
+    folder = Path(outputs_dir) if outputs_dir is not None else path.parent
+    models = dict(config.models)
+    if current == 0:
+        missing = [
+            str(folder / fmt.file)
+            for entry in models.values()
+            for fmt in entry.formats.values()
+            if not (folder / fmt.file).is_file()
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"Cannot migrate {path} to platform version {version}: the protected model "
+                f"file(s) {', '.join(missing)} are missing, and version 1 records their "
+                "SHA-256. Put the old protected models back in outputs/<application>/ (each in "
+                "its model's sub-folder), or re-protect all models in a clean environment."
+            )
+        try:
+            models = {
+                name: entry.with_sha256(
+                    {slug: sha256_file(folder / f.file) for slug, f in entry.formats.items()}
+                )
+                for name, entry in models.items()
+            }
+        except OSError as e:
+            raise ConfigurationError(
+                f"Cannot migrate {path}: reading a protected model file failed: "
+                f"{e.strerror or e} ({e.filename}). Check its permissions and retry."
+            ) from e
+    customer_entry = _customer_entry(customer) if version == 2 else None
+    with _as_protector_errors():
+        migrated = Config(
+            platform_version=version,
+            platform=config.platform,
+            application=config.application,
+            skprotect_version=__version__,
+            models=models,
+            customer=customer_entry,
+        )
+        write_config(path, migrated, signing_key)
+    return migrated
+
+
+def update_customer(
+    config_path: str | os.PathLike[str],
+    customer: Customer,
+    *,
+    signing_key: Ed25519PrivateKey,
+) -> Config:
+    """Replace the customer of a platform-version-2 configuration; returns the new config.
+
+    Raises:
+        ConfigurationError: no file, or the file is below platform version 2.
+        InvalidArgumentError: ``customer`` is not a :class:`~skprotect_pytorch.Customer`.
+    """
+    path = Path(config_path)
+    if not isinstance(customer, Customer):
+        raise InvalidArgumentError(
+            f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
+        )
+    if not path.exists():
+        raise ConfigurationError(
+            f"There is no configuration file {path} to update. Protect a model first "
+            "(protect_new_model with platform_version=2)."
+        )
+    config = _load_own(path, signing_key)
+    if config.platform_version != 2:
+        raise ConfigurationError(
+            f"update_customer needs a platform version 2 configuration, but {path} is at "
+            f"version {config.platform_version}. Call migrate_configuration(2, ..., "
+            "customer=...) instead: it sets the customer while migrating."
+        )
+    with _as_protector_errors():
+        updated = Config(
+            platform_version=2,
+            platform=config.platform,
+            application=config.application,
+            skprotect_version=__version__,
+            models=config.models,
+            customer=_customer_entry(customer),
+        )
+        write_config(path, updated, signing_key)
+    return updated

@@ -1,0 +1,207 @@
+"""Private protection state: the application's master secret and everything derived from it.
+
+Folder: ``root`` argument, else ``$SKPROTECT_STATE_DIR``, else ``./.skprotect_private``; then
+``/<application_name>/``. It is created owner-only (``0700``) and holds one file, ``master.key``:
+32 random bytes, mode ``0600``. It must never ship, so a folder inside any ``outputs`` folder is
+refused. Everything else is derived with HKDF-SHA256 from the master secret, so re-protecting an
+unchanged model reproduces the same keys and files:
+
+- ``key_rng(model, group, epoch)``: the random generator that draws a model's key per format group
+  and key epoch;
+- ``signing_key``: the Ed25519 key that signs the configuration file;
+- ``kek``: the AES-256 key-encryption key of the LINUX key files (handed to the licence server with
+  :meth:`ProtectionState.export_kek`).
+
+Back up this folder: losing ``master.key`` means new keys (re-protect and re-deploy every model).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from skruntime.config import NAME_RE, atomic_write_bytes, canonical_json, public_key_bytes
+
+from .errors import StateError
+
+STATE_ENV_VAR = "SKPROTECT_STATE_DIR"
+DEFAULT_STATE_DIRNAME = ".skprotect_private"
+MASTER_KEY_FILENAME = "master.key"
+MASTER_KEY_SIZE = 32
+_HKDF_SALT = b"skprotect/state/v1"
+_POSIX = os.name == "posix"
+
+
+def _inside_outputs(path: Path) -> bool:
+    return "outputs" in path.resolve().parts
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+class ProtectionState:
+    """An application's private protection state (see the module docstring).
+
+    >>> state = ProtectionState.open("default_app")  # doctest: +SKIP
+    >>> rng = state.key_rng("resnet18", "onnx", 0)  # doctest: +SKIP
+    """
+
+    def __init__(self, folder: Path, application_name: str, master: bytes) -> None:
+        self.folder = folder
+        self.application_name = application_name
+        self._master = master
+
+    def __repr__(self) -> str:
+        return f"ProtectionState(application_name={self.application_name!r}, folder={self.folder})"
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, application_name: str, root: Path | str | None = None) -> ProtectionState:
+        """Open (creating on first use) the state folder of ``application_name``.
+
+        Raises:
+            StateError: invalid application name; the folder is inside an ``outputs`` folder,
+                accessible to other users, or not creatable; ``master.key`` is readable by
+                others or has the wrong size.
+        """
+        if not isinstance(application_name, str) or not NAME_RE.fullmatch(application_name):
+            raise StateError(
+                "application_name must be 1-128 characters of letters, digits, '_', '.' or '-' "
+                f"(not starting with '.' or '-'), but got {application_name!r}."
+            )
+        base = Path(root or os.environ.get(STATE_ENV_VAR) or Path.cwd() / DEFAULT_STATE_DIRNAME)
+        folder = base.expanduser() / application_name
+        if _inside_outputs(folder):
+            raise StateError(
+                f"The private protection state folder {folder.resolve()} is inside an 'outputs' "
+                "folder, which is shipped with the application; the master secret must never "
+                f"ship. Set {STATE_ENV_VAR} (or run from another directory) so that the state "
+                "lives outside outputs/."
+            )
+        try:
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StateError(
+                f"Cannot create the private protection state folder {folder}: "
+                f"{e.strerror or e}. Set {STATE_ENV_VAR} to a writable folder."
+            ) from e
+        if _POSIX and _mode(folder) & 0o077:
+            raise StateError(
+                f"The private protection state folder {folder} is accessible to other users "
+                f"(mode {_mode(folder):o}). Run `chmod 700 {folder}` and retry."
+            )
+        return cls(folder, application_name, _load_or_create_master(folder / MASTER_KEY_FILENAME))
+
+    # ------------------------------------------------------------------ derivations
+
+    def _derive(self, purpose: str, **context: object) -> bytes:
+        info = canonical_json({"app": self.application_name, "purpose": purpose, **context})
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT, info=info).derive(
+            self._master
+        )
+
+    def key_rng(self, model_name: str, group_value: str, epoch: int) -> np.random.Generator:
+        """The deterministic generator that draws the key of (model, format group, key epoch)."""
+        if not isinstance(model_name, str) or not model_name:
+            raise StateError(f"model_name must be a non-empty string, but got {model_name!r}.")
+        if not isinstance(group_value, str) or not group_value:
+            raise StateError(f"group_value must be a non-empty string, but got {group_value!r}.")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise StateError(f"epoch must be an integer >= 0, but got {epoch!r}.")
+        seed = self._derive("key-rng", model=model_name, group=group_value, epoch=epoch)
+        return np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
+
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The Ed25519 key that signs the configuration file (deterministic)."""
+        return Ed25519PrivateKey.from_private_bytes(self._derive("config-signing-key"))
+
+    @property
+    def public_key_bytes(self) -> bytes:
+        """The raw 32-byte public key of :attr:`signing_key` (pin it in the runtime)."""
+        return public_key_bytes(self.signing_key)
+
+    @property
+    def kek(self) -> bytes:
+        """The 32-byte AES-256 key-encryption key of the LINUX key files (deterministic)."""
+        return self._derive("key-encryption-key")
+
+    def export_kek(self, path: Path | str) -> Path:
+        """Write the KEK, base64 and a newline, to ``path`` (mode 0600) for the licence server.
+
+        Raises:
+            StateError: ``path`` is inside an ``outputs`` folder (the KEK must never ship) or
+                cannot be written.
+        """
+        path = Path(path)
+        if _inside_outputs(path.parent):
+            raise StateError(
+                f"Refusing to write the key-encryption key to {path.resolve()}: it is inside an "
+                "'outputs' folder, which ships with the application. Export it elsewhere and "
+                "hand it to the licence server only."
+            )
+        data = base64.b64encode(self.kek) + b"\n"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data, mode=0o600)
+        except OSError as e:
+            raise StateError(
+                f"Could not write the key-encryption key to {path}: {e.strerror or e}."
+            ) from e
+        return path
+
+
+def _load_or_create_master(path: Path) -> bytes:
+    if not path.exists():
+        _create_master(path)
+    try:
+        if _POSIX and _mode(path) & 0o077:
+            raise StateError(
+                f"The master secret {path} is accessible to other users (mode "
+                f"{_mode(path):o}). Run `chmod 600 {path}`; if others may have read it, delete "
+                "the state folder and re-protect every model of the application."
+            )
+        if not path.is_file():
+            raise StateError(f"The master secret {path} is not a regular file. Remove it.")
+        secret = path.read_bytes()
+    except OSError as e:
+        raise StateError(f"Cannot read the master secret {path}: {e.strerror or e}.") from e
+    if len(secret) != MASTER_KEY_SIZE:
+        raise StateError(
+            f"The master secret {path} is {len(secret)} bytes, expected {MASTER_KEY_SIZE}: it is "
+            "corrupted. Restore it from your backup; otherwise delete it and re-protect every "
+            "model of the application (new keys)."
+        )
+    return secret
+
+
+def _create_master(path: Path) -> None:
+    """Create ``master.key``: no reader ever sees a partial file, and the first writer wins."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".master.", suffix=".tmp")
+    try:
+        try:
+            os.chmod(tmp, 0o600)
+            if os.write(fd, os.urandom(MASTER_KEY_SIZE)) != MASTER_KEY_SIZE:
+                raise OSError("short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+            os.link(tmp, path)
+    except OSError as e:
+        raise StateError(f"Cannot create the master secret {path}: {e.strerror or e}.") from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
