@@ -71,8 +71,8 @@ def lock_model(
     public_seed: str = "",
 ) -> LockedModel:
     """Return a locked deep copy of ``model``; the user's model object is never modified."""
-    work = copy.deepcopy(model).eval()
-    folded = fold_batchnorms(work)
+    work = copy.deepcopy(model)  # keeps the modules' train/eval modes
+    folded = fold_batchnorms(work)  # only eval-mode BatchNorms are folded
     slots = KeySlots()
     ctx = LockContext(
         layout=KeyLayout(),
@@ -120,5 +120,6 @@ def lock_model(
             "check layer_filter."
         )
     locked_root = _swap(work, replacements)
-    keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots).eval()
+    keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots)
+    keyed.training = locked_root.training
     return LockedModel(keyed, ctx.layout, decisions, folded)

@@ -2,7 +2,8 @@
 
 Folding removes a plaintext per-channel affine that would otherwise sit next to the locked conv
 and lets runtimes fuse conv+activation again.  Pairs are found in the traced graph (torch.fx);
-models that cannot be traced fall back to adjacent modules inside ``nn.Sequential``.
+a model fx cannot trace keeps its BatchNorms (still correct, just not folded): module order in
+a container says nothing about data flow.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from ..logs import get_logger
 from .conv import from_channel_matrix, to_channel_matrix
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
@@ -63,23 +65,13 @@ def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _pairs_from_sequential(model: nn.Module) -> list[tuple[str, str]]:
-    pairs = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Sequential):
-            items = list(module.named_children())
-            prefix = f"{name}." if name else ""
-            for (n1, _), (n2, _) in zip(items, items[1:], strict=False):
-                pairs.append((prefix + n1, prefix + n2))
-    return pairs
-
-
 def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
     """Fold every eval-mode BatchNorm fed only by a conv into it, in place; returns the pairs."""
     try:
         pairs = _pairs_from_fx(model)
-    except Exception:  # fx cannot trace data-dependent control flow: use the safe fallback
-        pairs = _pairs_from_sequential(model)
+    except Exception as err:  # fx cannot trace data-dependent control flow
+        get_logger().info("BatchNorm folding skipped: torch.fx cannot trace the model (%s)", err)
+        return []
     modules = dict(model.named_modules(remove_duplicate=False))
     counts: dict[int, int] = {}
     for m in modules.values():

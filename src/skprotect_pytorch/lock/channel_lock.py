@@ -64,13 +64,15 @@ class BlockMix(nn.Module):
 
     def apply_transpose(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Return ``Qᵀ x`` along ``axis`` (the public un-mix)."""
-        x = x.movedim(axis, -1)
+        axis = axis % x.dim()  # non-negative axes: the TorchScript ONNX exporter needs them
+        last = x.dim() - 1
+        x = x.movedim(axis, last)
         if self.uniform:
             k, b, _ = self.blocks.shape
             y = (x.unflatten(-1, (k, b)).unsqueeze(-2) @ self.blocks).squeeze(-2).flatten(-2)
         else:
             y = x @ self.matrix
-        return y.movedim(-1, axis)
+        return y.movedim(last, axis)
 
 
 @dataclass
@@ -84,8 +86,8 @@ class ChannelPlan:
     in_scale: np.ndarray
     out_perm: np.ndarray
     out_scale: np.ndarray
-    mix: BlockMix
-    mix_side: MixSide
+    mix_in: BlockMix | None
+    mix_out: BlockMix | None
 
 
 def _grouped_perm(rng: np.random.Generator, groups: int, n: int) -> np.ndarray:
@@ -93,18 +95,35 @@ def _grouped_perm(rng: np.random.Generator, groups: int, n: int) -> np.ndarray:
 
 
 def plan_channels(
-    ctx: LockContext, name: str, groups: int, out_per_group: int, in_per_group: int
+    ctx: LockContext,
+    name: str,
+    groups: int,
+    out_per_group: int,
+    in_per_group: int,
+    *,
+    mix_both: bool = False,
 ) -> ChannelPlan:
-    """Draw the keyed monomials and the public mixing for a ``(G, O, I)`` channel matrix."""
+    """Draw the keyed monomials and the public mixing for a ``(G, O, I)`` channel matrix.
+
+    Mixing goes on the smaller channel side (cheaper un-mix).  ``mix_both`` mixes both sides:
+    needed when the matrix is sparse (regrouped depthwise convs), where one-sided mixing would
+    leave every stored tap vector a rescaled copy of one true kernel.
+    """
     candidates = [(n, side) for n, side in ((out_per_group, "out"), (in_per_group, "in")) if n >= 2]
     if not candidates:
         raise UnsupportedLayerError(
             f"Layer '{name}' has a single input and output channel per group: no mixing can hide "
             "its weights. Exclude it with layer_filter or give it more channels."
         )
-    n_mix, side = min(candidates, key=lambda c: c[0])
+    sides = {side for _, side in candidates} if mix_both else {min(candidates)[1]}
+
+    def mix(side: MixSide) -> BlockMix | None:
+        if side not in sides:
+            return None
+        n = out_per_group if side == "out" else in_per_group
+        return BlockMix(groups * n, groups, ctx.settings.mix_block, ctx.public_rng(f"{name}/{side}"))
+
     rng = ctx.secret_rng
-    mix = BlockMix(groups * n_mix, groups, ctx.settings.mix_block, ctx.public_rng(name))
     return ChannelPlan(
         groups=groups,
         out_per_group=out_per_group,
@@ -113,19 +132,18 @@ def plan_channels(
         in_scale=ctx.random_scales(groups * in_per_group),
         out_perm=_grouped_perm(rng, groups, out_per_group),
         out_scale=ctx.random_scales(groups * out_per_group),
-        mix=mix,
-        mix_side=side,
+        mix_in=mix("in"),
+        mix_out=mix("out"),
     )
 
 
 def lock_matrix(weight: torch.Tensor, plan: ChannelPlan) -> torch.Tensor:
     """Return ``M_out · Q · W · M_in⁻¹`` for a grouped channel matrix ``(G, O, I, *taps)``."""
     a = weight.detach().to(torch.float64)
-    q = torch.from_numpy(plan.mix.group_matrices)
-    if plan.mix_side == "out":
-        a = torch.einsum("gpo,goi...->gpi...", q, a)
-    else:
-        a = torch.einsum("goi...,giq->goq...", a, q)
+    if plan.mix_out is not None:
+        a = torch.einsum("gpo,goi...->gpi...", torch.from_numpy(plan.mix_out.group_matrices), a)
+    if plan.mix_in is not None:
+        a = torch.einsum("goi...,giq->goq...", a, torch.from_numpy(plan.mix_in.group_matrices))
     g, o, i = plan.groups, plan.out_per_group, plan.in_per_group
     taps = a.shape[3:]
     shape_t = (1,) * len(taps)
@@ -139,12 +157,12 @@ def lock_matrix(weight: torch.Tensor, plan: ChannelPlan) -> torch.Tensor:
 
 
 def lock_bias(bias: torch.Tensor | None, plan: ChannelPlan) -> torch.Tensor | None:
-    """Return ``M_out · Q · b`` (``Q`` only when mixing is on the output side)."""
+    """Return ``M_out · Q_out · b`` (``Q_out`` only when the output side is mixed)."""
     if bias is None:
         return None
     b = bias.detach().to(torch.float64).reshape(plan.groups, plan.out_per_group)
-    if plan.mix_side == "out":
-        b = torch.einsum("gpo,go->gp", torch.from_numpy(plan.mix.group_matrices), b)
+    if plan.mix_out is not None:
+        b = torch.einsum("gpo,go->gp", torch.from_numpy(plan.mix_out.group_matrices), b)
     b = b.reshape(-1)[torch.from_numpy(plan.out_perm)] * torch.from_numpy(plan.out_scale).double()
     return b.to(bias.dtype)
 
@@ -160,8 +178,8 @@ class ChannelOps(nn.Module):
         self.in_scale_slot = layout.add_scale(plan.in_scale)
         self.out_perm_slot = layout.add_perm(inverse)
         self.out_scale_slot = layout.add_scale((1.0 / plan.out_scale[inverse]).astype(np.float32))
-        self.mix = plan.mix
-        self.mix_side = plan.mix_side
+        self.mix_in = plan.mix_in
+        self.mix_out = plan.mix_out
         self.slots = ctx.slots
 
     @staticmethod
@@ -175,8 +193,8 @@ class ChannelOps(nn.Module):
 
     def enter(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Move an input from the true channel basis into the layer's locked basis."""
-        if self.mix_side == "in":
-            x = self.mix.apply_transpose(x, axis)
+        if self.mix_in is not None:
+            x = self.mix_in.apply_transpose(x, axis)
         s = self.slots
         return self._gather_mul(x, axis, s.perm(self.in_perm_slot), s.scale(self.in_scale_slot))
 
@@ -184,6 +202,6 @@ class ChannelOps(nn.Module):
         """Bring the layer's locked output back to the true channel basis."""
         s = self.slots
         z = self._gather_mul(z, axis, s.perm(self.out_perm_slot), s.scale(self.out_scale_slot))
-        if self.mix_side == "out":
-            z = self.mix.apply_transpose(z, axis)
+        if self.mix_out is not None:
+            z = self.mix_out.apply_transpose(z, axis)
         return z

@@ -76,7 +76,7 @@ def lock_conv(name: str, module: ConvLike, ctx: LockContext) -> LockedConv:
         a = merge_groups(a, factor)
     conv = copy.deepcopy(module)
     conv.groups = module.groups // factor
-    plan = plan_channels(ctx, name, conv.groups, a.shape[1], a.shape[2])
+    plan = plan_channels(ctx, name, conv.groups, a.shape[1], a.shape[2], mix_both=factor > 1)
     weight = from_channel_matrix(conv, lock_matrix(a, plan))
     conv.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if module.bias is not None:

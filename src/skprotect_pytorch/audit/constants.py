@@ -1,0 +1,423 @@
+"""Find plaintext weights in shipped artifacts: extract every numeric constant, then match it
+against the original weights (DESIGN.md §2: "no file holds a plaintext weight tensor").
+
+>>> constants = artifact_constants(Path("model.onnx"))
+>>> leaks = find_weight_leaks(constants, {k: v.numpy() for k, v in model.state_dict().items()})
+
+A constant leaks an original weight when, after a reshape or transposition whose sizes fit, one
+of its rows or columns is a rescaled copy (``|cos| > threshold``) of a row or column of that
+weight: this catches the weight itself, its transpose, and any copy with rows or columns
+permuted and rescaled (what a keyed monomial alone would leave).  Compiled artifacts whose
+weights live inside a binary (AOTInductor's ``.so``) are returned as raw ``uint8`` blobs and
+searched for the exact float32 bytes of original rows and columns.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+
+Extractor = Callable[[Path], dict[str, np.ndarray]]
+_EXTRACTORS: dict[str, Extractor] = {}
+
+
+def _register(*suffixes: str) -> Callable[[Extractor], Extractor]:
+    def wrap(fn: Extractor) -> Extractor:
+        for s in suffixes:
+            _EXTRACTORS[s] = fn
+        return fn
+
+    return wrap
+
+
+def artifact_constants(path: Path) -> dict[str, np.ndarray]:
+    """Every numeric constant stored in an artifact (``.onnx``, TorchScript ``.pt``, ``.pt2``).
+
+    Names are unique and say where each constant came from; binary members of compiled packages
+    are returned whole as ``uint8`` arrays.
+    """
+    path = Path(path)
+    extractor = _EXTRACTORS.get(path.suffix.lower())
+    if extractor is None:
+        raise InvalidArgumentError(
+            f"Cannot read constants from '{path.name}': the suffix must be one of "
+            f"{', '.join(sorted(_EXTRACTORS))}, but got '{path.suffix}'."
+        )
+    if not path.is_file():
+        raise InvalidArgumentError(f"Artifact '{path}' does not exist. Check the path.")
+    return extractor(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX
+# ---------------------------------------------------------------------------------------------
+
+
+def _numeric(a: np.ndarray) -> np.ndarray | None:
+    a = np.asarray(a)
+    if a.dtype.kind in "fiu" and a.size > 0:
+        return a
+    return None
+
+
+def _onnx_graph_constants(graph, prefix: str, out: dict[str, np.ndarray]) -> None:
+    from onnx import AttributeProto, numpy_helper
+
+    for init in graph.initializer:
+        _put(out, f"{prefix}initializer:{init.name}", numpy_helper.to_array(init))
+    for sparse in graph.sparse_initializer:
+        _put(out, f"{prefix}sparse:{sparse.values.name}", numpy_helper.to_array(sparse.values))
+    for i, node in enumerate(graph.node):
+        node_name = node.name or (node.output[0] if node.output else f"node{i}")
+        for attr in node.attribute:
+            where = f"{prefix}{node.op_type}:{node_name}.{attr.name}"
+            if attr.type == AttributeProto.TENSOR:
+                _put(out, where, numpy_helper.to_array(attr.t))
+            elif attr.type == AttributeProto.TENSORS:
+                for j, t in enumerate(attr.tensors):
+                    _put(out, f"{where}[{j}]", numpy_helper.to_array(t))
+            elif attr.type == AttributeProto.SPARSE_TENSOR:
+                _put(out, where, numpy_helper.to_array(attr.sparse_tensor.values))
+            elif attr.type == AttributeProto.FLOATS and len(attr.floats) > 1:
+                _put(out, where, np.asarray(attr.floats, dtype=np.float32))
+            elif attr.type == AttributeProto.GRAPH:
+                _onnx_graph_constants(attr.g, f"{where}/", out)
+            elif attr.type == AttributeProto.GRAPHS:
+                for j, g in enumerate(attr.graphs):
+                    _onnx_graph_constants(g, f"{where}[{j}]/", out)
+
+
+def _put(out: dict[str, np.ndarray], name: str, value: np.ndarray) -> None:
+    value = _numeric(value)
+    if value is None:
+        return
+    key, n = name, 1
+    while key in out:
+        n += 1
+        key = f"{name}#{n}"
+    out[key] = value
+
+
+def onnx_model_constants(model) -> dict[str, np.ndarray]:
+    """Constants of a loaded ``onnx.ModelProto``: initializers, Constant nodes, tensor attributes,
+    in the main graph, its subgraphs and its local functions."""
+    out: dict[str, np.ndarray] = {}
+    _onnx_graph_constants(model.graph, "", out)
+    for fn in model.functions:
+        fake = type("G", (), {"initializer": [], "sparse_initializer": [], "node": fn.node})
+        _onnx_graph_constants(fake, f"function:{fn.domain}.{fn.name}/", out)
+    return out
+
+
+@_register(".onnx")
+def onnx_constants(path: Path) -> dict[str, np.ndarray]:
+    """Constants of an ONNX file as stored (external data included)."""
+    import onnx
+
+    return onnx_model_constants(onnx.load(str(path), load_external_data=True))
+
+
+def onnx_optimized_constants(path: Path) -> dict[str, np.ndarray]:
+    """Constants of the model as onnxruntime runs it after ``ORT_ENABLE_ALL`` optimisation.
+
+    Constant folding and fusions may combine tensors; this is what sits in memory at run time.
+    The optimised model may use onnxruntime's own ops: only its tensors are read.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import external_data_helper
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3  # the NCHWc "hardware specific" warning is expected
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(optimized), load_external_data=False)
+        # Untouched initializers may still point at the source model's external data file.
+        for tensor in external_data_helper._get_all_tensors(model):
+            if external_data_helper.uses_external_data(tensor):
+                info = external_data_helper.ExternalDataInfo(tensor)
+                base = tmp if (Path(tmp) / info.location).is_file() else str(path.parent)
+                external_data_helper.load_external_data_for_tensor(tensor, base)
+                tensor.data_location = onnx.TensorProto.DEFAULT
+    return {f"optimized:{k}": v for k, v in onnx_model_constants(model).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchScript
+# ---------------------------------------------------------------------------------------------
+
+
+def _tensor_values(value) -> Iterator[np.ndarray]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        if t.is_quantized:
+            t = t.dequantize()
+        if not (t.is_complex() or t.dtype == torch.bool):
+            yield t.contiguous().numpy()
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _tensor_values(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensor_values(item)
+
+
+def _walk_blocks(block, where: str, out: dict[str, np.ndarray]) -> None:
+    for node in block.nodes():
+        if node.kind() == "prim::Constant" and len(list(node.outputs())) == 1:
+            output = node.output()
+            try:
+                value = output.toIValue()
+            except Exception:  # non-tensor constants (functions, modules) have no IValue
+                value = None
+            for arr in _tensor_values(value):
+                _put(out, f"{where}:const:{output.debugName()}", arr)
+        for sub in node.blocks():
+            _walk_blocks(sub, where, out)
+
+
+@_register(".pt", ".ts", ".torchscript")
+def torchscript_constants(path: Path) -> dict[str, np.ndarray]:
+    """Parameters, buffers, tensor attributes and graph constants of a TorchScript module
+    (a frozen module keeps its weights as ``prim::Constant`` nodes), in every method."""
+    import torch
+
+    module = torch.jit.load(str(path), map_location="cpu")
+    out: dict[str, np.ndarray] = {}
+    # Named attributes (recursive) cover parameters, buffers and plain tensor attributes.
+    attributes = torch._C._jit_debug_module_iterators(module._c)["named_attributes_r"]
+    for name, value in attributes:
+        for arr in _tensor_values(value):
+            _put(out, f"attribute:{name}", arr)
+    for mod_name, sub in module.named_modules():
+        c = sub._c
+        for method_name in c._method_names():
+            graph = c._get_method(method_name).graph
+            _walk_blocks(graph.block(), f"{mod_name or 'root'}.{method_name}", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# AOTInductor packages
+# ---------------------------------------------------------------------------------------------
+
+_TEXT_SUFFIXES = (".cpp", ".h", ".hpp", ".json", ".py", ".txt", ".ll", ".cubin.txt")
+
+
+@_register(".pt2")
+def aoti_package_constants(path: Path) -> dict[str, np.ndarray]:
+    """Every binary member of an AOTInductor package, whole, as a ``uint8`` blob.
+
+    AOTInductor embeds the weights as raw bytes in the compiled ``.so`` (or, with
+    ``package_constants_in_so=False``, in separate data members), so there is no tensor
+    structure to read back: leaks are searched as exact byte strings.
+    """
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename
+            if info.is_dir() or name.endswith(_TEXT_SUFFIXES) or info.file_size < 64:
+                continue
+            out[f"blob:{name}"] = np.frombuffer(archive.read(name), dtype=np.uint8)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Leak search
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightLeak:
+    """A constant that holds a (rescaled, permuted) copy of rows or columns of a weight."""
+
+    weight: str
+    constant: str
+    how: str
+    """``"rows"``/``"cols"``: which vectors of the weight matched by cosine; ``"exact"``: its
+    exact float32 bytes were found in a binary blob."""
+    max_cos: float
+
+
+def _weight_vectors(w: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """Rows and columns of a weight of shape ``(d0, d1, *taps)`` as 2-D arrays of vectors."""
+    mat = w.reshape(w.shape[0], -1)
+    yield "rows", mat
+    yield "cols", mat.T
+    if w.ndim > 2:  # conv: per-input-channel slices, taps included
+        yield "cols", np.swapaxes(w, 0, 1).reshape(w.shape[1], -1)
+
+
+def _views(c: np.ndarray, lengths: set[int]) -> Iterator[np.ndarray]:
+    """Every matrix of vectors a constant holds for a split of its axes (and their transpose)."""
+    shape = c.shape
+    if c.ndim == 1:
+        for n in lengths:
+            if c.size % n == 0:
+                yield c.reshape(-1, n)
+        return
+    for p in range(1, c.ndim):
+        a = c.reshape(int(np.prod(shape[:p])), -1)
+        if a.shape[1] in lengths:
+            yield a
+        if a.shape[0] in lengths:
+            yield a.T
+
+
+def _unblocked(c: np.ndarray, shapes: set[tuple[int, ...]]) -> Iterator[np.ndarray]:
+    """Undo onnxruntime's NCHWc weight reorders (``OIHWBo``, ``OIHWBiBo``, block 8 or 16,
+    channels zero-padded to the block) and crop to each original conv shape that fits."""
+    if c.ndim != 4:
+        return
+    o_pad, i_pad, kh, kw = c.shape
+    flat = c.reshape(-1)
+    candidates = []
+    for b in (8, 16):
+        if o_pad % b:
+            continue
+        bo = flat.reshape(o_pad // b, i_pad, kh, kw, b)
+        candidates.append(bo.transpose(0, 4, 1, 2, 3).reshape(c.shape))
+        if i_pad % b == 0:
+            bibo = flat.reshape(o_pad // b, i_pad // b, kh, kw, b, b)
+            candidates.append(bibo.transpose(0, 5, 1, 4, 2, 3).reshape(c.shape))
+    for cand in candidates:
+        for o, i, h, w in shapes:
+            if (h, w) == (kh, kw) and o <= o_pad and i <= i_pad and (o, i) != (o_pad, i_pad):
+                yield cand[:o, :i]
+            elif (o, i, h, w) == c.shape:
+                yield cand
+
+
+def _normalize(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return np.divide(a, norms, out=np.zeros_like(a), where=norms > 1e-20)
+
+
+@dataclass
+class _Group:
+    """All original vectors of one length, normalised, with the (weight, how) each belongs to."""
+
+    vectors: np.ndarray
+    labels: np.ndarray
+
+
+def _informative(a: np.ndarray) -> np.ndarray:
+    """Rows that are not (nearly) constant: a constant row matches every constant-filled tensor."""
+    a = a.astype(np.float64)
+    rms = np.sqrt(np.mean(a**2, axis=1))
+    return (np.std(a, axis=1) > 1e-6 * np.maximum(rms, 1e-30)) & (rms > 0)
+
+
+def _exact_leaks(blob: np.ndarray, rows: list[tuple[int, np.ndarray]]) -> dict[int, float]:
+    """Labels whose float32 vectors appear byte for byte in ``blob`` (any 1-byte alignment)."""
+    data = blob.tobytes()
+    by_prefix: dict[int, list[tuple[int, int, bytes]]] = {}
+    for label, vec in rows:
+        raw = np.ascontiguousarray(vec, dtype="<f4").view("<u4")
+        nz = np.flatnonzero((raw[:-1] != 0) & (raw[1:] != 0) & (raw[:-1] != raw[1:]))
+        if nz.size == 0:
+            continue
+        k = int(nz[0])
+        prefix = int(raw[k]) | (int(raw[k + 1]) << 32)
+        by_prefix.setdefault(prefix, []).append((label, k, raw.tobytes()))
+    found: dict[int, float] = {}
+    if not by_prefix:
+        return found
+    prefixes = np.fromiter(by_prefix, dtype=np.uint64)
+    for align in range(4):
+        count = (len(data) - align) // 4
+        if count < 2:
+            continue
+        words = np.frombuffer(data, dtype="<u4", count=count, offset=align).astype(np.uint64)
+        keys = words[:-1] | (words[1:] << np.uint64(32))
+        for pos in np.flatnonzero(np.isin(keys, prefixes)):
+            for label, k, raw in by_prefix[int(keys[pos])]:
+                if label in found:
+                    continue
+                start = align + 4 * (int(pos) - k)
+                if start >= 0 and data[start : start + len(raw)] == raw:
+                    found[label] = 1.0
+    return found
+
+
+def find_weight_leaks(
+    constants: dict[str, np.ndarray],
+    weights: dict[str, np.ndarray],
+    threshold: float = 0.999,
+    *,
+    min_length: int = 8,
+    chunk: int = 4096,
+) -> list[WeightLeak]:
+    """Report every constant that holds rows or columns of an original weight.
+
+    ``weights`` are the original tensors (1-D ones, e.g. biases, are ignored); vectors shorter
+    than ``min_length`` are ignored (short vectors match by chance).  Float constants are
+    compared by ``|cosine|`` of every row/column against every original row/column after each
+    reshape that fits; ``uint8`` constants (binary blobs) are searched for the exact float32
+    bytes of every original row and column.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise InvalidArgumentError(f"threshold must be in (0, 1], but got {threshold}")
+    label_names: list[tuple[str, str]] = []
+    by_length: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    exact_rows: list[tuple[int, np.ndarray]] = []
+    for wname, w in weights.items():
+        w = np.asarray(w)
+        if w.ndim < 2 or w.dtype.kind != "f":
+            continue
+        for how, mat in _weight_vectors(w.astype(np.float32)):
+            if mat.shape[1] < min_length:
+                continue
+            keep = _informative(mat)
+            if not keep.any():
+                continue
+            label = len(label_names)
+            label_names.append((wname, how))
+            vecs = mat[keep]
+            by_length.setdefault(mat.shape[1], []).append(
+                (_normalize(vecs), np.full(len(vecs), label))
+            )
+            exact_rows += [(label, v) for v in vecs]
+    conv_shapes = {np.shape(w) for w in weights.values() if np.ndim(w) == 4}
+    groups = {
+        n: _Group(np.concatenate([v for v, _ in parts]), np.concatenate([lab for _, lab in parts]))
+        for n, parts in by_length.items()
+    }
+    leaks: list[WeightLeak] = []
+    for cname, c in constants.items():
+        c = np.asarray(c)
+        if c.dtype == np.uint8:
+            for label, score in _exact_leaks(c.reshape(-1), exact_rows).items():
+                wname, _ = label_names[label]
+                leaks.append(WeightLeak(wname, cname, "exact", score))
+            continue
+        if c.dtype.kind != "f" or c.size < min_length:
+            continue
+        best = np.zeros(len(label_names))
+        c = c.astype(np.float32, copy=False)
+        views = [v for u in [c, *_unblocked(c, conv_shapes)] for v in _views(u, set(groups))]
+        for view in views:
+            group = groups[view.shape[1]]
+            for start in range(0, view.shape[0], chunk):
+                part = _normalize(view[start : start + chunk])
+                sims = np.abs(part @ group.vectors.T).max(axis=0)
+                np.maximum.at(best, group.labels, sims)
+        for label in np.flatnonzero(best > threshold):
+            wname, how = label_names[label]
+            leaks.append(WeightLeak(wname, cname, how, float(best[label])))
+    return leaks
