@@ -30,9 +30,25 @@ def _block_sizes(n: int, block: int) -> list[int]:
     return [block] * (k - 1) + [block + r]
 
 
-def _random_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))[None, :]
+def _flat_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random orthogonal matrix whose entries all have (about) the same magnitude.
+
+    Flat entries make every stored row an even mixture of ``n`` true rows, so no true row
+    dominates any stored one (a random orthogonal matrix often has one entry near 0.7).
+    Sylvester-Hadamard for powers of two, orthonormal DCT-II otherwise; random signs and
+    permutations on both sides vary it per layer.
+    """
+    if n & (n - 1) == 0:
+        h = np.ones((1, 1))
+        while h.shape[0] < n:
+            h = np.block([[h, h], [h, -h]])
+        base = h / np.sqrt(n)
+    else:
+        k = np.arange(n)
+        base = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * np.sqrt(2 / n)
+        base[0] /= np.sqrt(2)
+    signs = rng.choice([-1.0, 1.0], size=(2, n))
+    return (signs[0][:, None] * base * signs[1][None, :])[rng.permutation(n)][:, rng.permutation(n)]
 
 
 class BlockMix(nn.Module):
@@ -47,7 +63,7 @@ class BlockMix(nn.Module):
         for g in range(groups):
             start = 0
             for size in sizes:
-                q = _random_orthogonal(rng, size)
+                q = _flat_orthogonal(rng, size)
                 dense[g, start : start + size, start : start + size] = q
                 blocks.append(q)
                 start += size

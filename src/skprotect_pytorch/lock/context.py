@@ -45,7 +45,7 @@ class LockSettings:
 
     mix_block: int = 16
     """Size of the public orthogonal mixing blocks applied next to each weight."""
-    min_group_channels: int = 4
+    min_group_channels: int = 8
     """Grouped/depthwise convs are regrouped until each group has this many input channels."""
     quantize_compatibility: bool = False
     """Use unit-magnitude (sign) scales so the locked weights keep the original value ranges."""

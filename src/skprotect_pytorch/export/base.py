@@ -1,0 +1,263 @@
+"""The exporter interface, the format → exporter registry, and artifact verification.
+
+Adding a format is one new module with one class decorated by :func:`register_exporter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError, InvalidArgumentError, VerificationError
+from ..formats import ExportFormat
+from .options import ExportOptions
+
+Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
+@dataclass
+class ExportReport:
+    """What one export wrote, with which tool, and how long it took."""
+
+    path: Path
+    fmt: ExportFormat
+    exporter: str  # e.g. "torch.onnx dynamo=True opset 18"
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """Writes one format and runs what it wrote."""
+
+    fmt: ExportFormat
+    extension: str  # ".onnx", ".pt" (TorchScript) or ".pt2" (AOTInductor)
+
+    def export(
+        self,
+        module: nn.Module,
+        example_inputs: tuple[Tensor, ...],
+        path: Path,
+        options: ExportOptions,
+        *,
+        with_key: bool,
+    ) -> ExportReport:
+        """Export ``module`` (a KeyedModel when ``with_key``: the key is its last input)."""
+        ...
+
+    def load(self, path: Path, options: ExportOptions) -> Runner:
+        """A callable running the artifact: numpy inputs (key last if any) → numpy outputs."""
+        ...
+
+
+_EXPORTERS: dict[ExportFormat, Exporter] = {}
+
+
+def register_exporter(*formats: ExportFormat) -> Callable[[type], type]:
+    """Class decorator: register ``cls(fmt)`` as the exporter of each of ``formats``."""
+
+    def wrap(cls: type) -> type:
+        for fmt in formats:
+            _EXPORTERS[fmt] = cls(fmt)
+        return cls
+
+    return wrap
+
+
+def registered_formats() -> list[ExportFormat]:
+    return sorted(_EXPORTERS, key=lambda f: f.value)
+
+
+def get_exporter(fmt: ExportFormat) -> Exporter:
+    """The exporter of one single format."""
+    if not isinstance(fmt, ExportFormat) or len(fmt.members) != 1:
+        raise InvalidArgumentError(
+            f"get_exporter needs one single ExportFormat, but got {fmt!r}. Iterate over "
+            "ExportFormat.members of a combined value."
+        )
+    try:
+        return _EXPORTERS[fmt]
+    except KeyError:
+        names = ", ".join(f.name for f in registered_formats()) or "none"
+        raise ExportError(
+            f"No exporter is registered for ExportFormat.{fmt.name}. Registered formats: "
+            f"{names}. Choose one of these in model_export_formats."
+        ) from None
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def require_cuda(fmt: ExportFormat) -> None:
+    if not cuda_available():
+        raise ExportError(
+            f"ExportFormat.{fmt.name} requires CUDA, but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}). Run the protection on a machine with an NVIDIA GPU and "
+            "a CUDA build of torch, or leave the GPU formats out of model_export_formats."
+        )
+
+
+def check_example_inputs(
+    example_inputs: Sequence[Any], options: ExportOptions, with_key: bool
+) -> tuple[Tensor, ...]:
+    names = options.names(with_key)
+    if len(example_inputs) != len(names) or not all(isinstance(t, Tensor) for t in example_inputs):
+        raise InvalidArgumentError(
+            f"The exporter needs {len(names)} example tensor(s) ({', '.join(names)}), but got "
+            f"{len(example_inputs)} value(s). Pass the model inputs"
+            + (", then the key." if with_key else ".")
+        )
+    if with_key and example_inputs[-1].dim() != 1:
+        raise InvalidArgumentError(
+            f"The key example input must be a 1-D float32 tensor, but has shape "
+            f"{tuple(example_inputs[-1].shape)}. Pass the static key vector as the last input."
+        )
+    return tuple(example_inputs)
+
+
+def flatten_outputs(out: Any) -> list[Tensor]:
+    """Model outputs (tensor, tuple/list, dict, nested) as a flat list of tensors."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        return [t for item in out for t in flatten_outputs(item)]
+    raise ExportError(
+        f"The model returned a {type(out).__name__}; exported models must return tensors "
+        "(or tuples, lists or dicts of tensors)."
+    )
+
+
+def to_numpy(tensors: Sequence[Tensor]) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy() for t in tensors]
+
+
+@contextlib.contextmanager
+def collect_warnings(notes: list[str], *categories: type[Warning]) -> Iterator[None]:
+    """Record the (unique) warnings of ``categories`` raised inside the block as report notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen: set[str] = set()
+    for w in caught:
+        if categories and not issubclass(w.category, categories):
+            continue
+        msg = str(w.message).strip().splitlines()[0][:200] if str(w.message).strip() else ""
+        if msg and msg not in seen:
+            seen.add(msg)
+            notes.append(f"{w.category.__name__}: {msg}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@contextlib.contextmanager
+def quiet_upstream_warnings() -> Iterator[None]:
+    """Hide torch's internal deprecation chatter that users cannot act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
+        warnings.filterwarnings("ignore", message=".*dynamo=False.*", category=DeprecationWarning)
+        yield
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: first line of the message``, then the same for its cause (exporters wrap errors)."""
+    parts = []
+    seen: BaseException | None = err
+    while seen is not None and len(parts) < 3:
+        text = _ANSI.sub("", str(seen)).strip()
+        parts.append(f"{type(seen).__name__}: {text.splitlines()[0][:300] if text else ''}")
+        seen = seen.__cause__
+    return " <- ".join(parts)
+
+
+def signature_dynamic_shapes(
+    module: nn.Module, shapes: tuple[Any, ...] | None
+) -> tuple[Any, ...] | None:
+    """Arrange per-input ``dynamic_shapes`` the way torch.export matches them to ``forward``.
+
+    ``forward(*inputs)`` (our KeyedModel) binds every input to one argument, so torch.export wants
+    ``((spec_0, spec_1, ...),)`` rather than ``(spec_0, spec_1, ...)``.
+    """
+    if shapes is None:
+        return None
+    params = inspect.signature(module.forward).parameters.values()
+    fixed = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not any(p.kind is p.VAR_POSITIONAL for p in params) or len(fixed) >= len(shapes):
+        return tuple(shapes)
+    return (*shapes[: len(fixed)], tuple(shapes[len(fixed) :]))
+
+
+def _relative_error(a: np.ndarray, e: np.ndarray) -> float:
+    if not np.array_equal(np.isnan(a), np.isnan(e)):
+        return float("inf")
+    mask = ~np.isnan(e)
+    if not mask.any():
+        return 0.0
+    a, e = a[mask], e[mask]
+    with np.errstate(invalid="ignore"):
+        diff = np.where(a == e, 0.0, np.abs(a - e))  # equal infinities count as equal
+    finite = np.abs(e[np.isfinite(e)])
+    scale = max(float(finite.max()) if finite.size else 0.0, float(np.finfo(np.float32).tiny))
+    err = float(np.max(diff)) / scale
+    return err if not np.isnan(err) else float("inf")
+
+
+def verify_artifact(
+    exporter: Exporter,
+    path: Path,
+    options: ExportOptions,
+    inputs: list[np.ndarray],
+    expected: list[np.ndarray],
+    rtol: float = 1e-4,
+) -> float:
+    """Run the artifact on ``inputs`` and compare with ``expected``; return the max relative error.
+
+    The relative error of an output is its largest absolute difference divided by the largest
+    magnitude of the expected output (so near-zero elements do not dominate).
+    """
+    try:
+        actual = exporter.load(Path(path), options)(inputs)
+    except Exception as err:
+        raise VerificationError(
+            f"The {exporter.fmt.name} artifact {path} could not be run on the example inputs "
+            f"({first_line(err)}). Check the export log; re-export the model."
+        ) from err
+    if len(actual) != len(expected):
+        raise VerificationError(
+            f"The {exporter.fmt.name} artifact {path} returned {len(actual)} output(s), expected "
+            f"{len(expected)}. Check that the model's outputs are tensors in a fixed order."
+        )
+    worst = 0.0
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        a, e = np.asarray(a), np.asarray(e)
+        if a.shape != e.shape:
+            raise VerificationError(
+                f"Output {i} of the {exporter.fmt.name} artifact {path} has shape {a.shape}, "
+                f"expected {e.shape}. A dimension was probably fixed at export: declare it in "
+                "dynamic_shapes."
+            )
+        if e.size == 0:
+            continue
+        err = _relative_error(a.astype(np.float64), e.astype(np.float64))
+        worst = max(worst, err)
+        if err > rtol:
+            raise VerificationError(
+                f"Output {i} of the {exporter.fmt.name} artifact {path} differs from the "
+                f"reference: max relative error {err:.3g} > tolerance {rtol:g}. The exported "
+                "model does not reproduce the reference outputs; report this with the logs."
+            )
+    return worst

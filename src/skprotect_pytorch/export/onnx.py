@@ -1,0 +1,197 @@
+"""ONNX export: one self-contained ``.onnx`` file, run with onnxruntime.
+
+The dynamo exporter (``torch.onnx.export(dynamo=True)``) is the default: it honours dynamic
+shapes everywhere, where the legacy TorchScript-based exporter bakes e.g. MultiheadAttention's
+sequence length into the graph. The legacy exporter is used only when the dynamo export fails
+(the report's notes say so and why), or when the user sets ``onnx_params["dynamo"]``.
+Weights are always stored inside the file (no external-data side file).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError, InvalidArgumentError
+from ..formats import ExportFormat
+from .base import (
+    ExportReport,
+    Runner,
+    check_example_inputs,
+    collect_warnings,
+    first_line,
+    quiet_upstream_warnings,
+    register_exporter,
+    signature_dynamic_shapes,
+)
+from .options import DEFAULT_OPSET, ExportOptions
+
+
+def _torch_onnx_export(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    f: Path,
+    options: ExportOptions,
+    with_key: bool,
+    *,
+    dynamo: bool,
+    extra: dict[str, Any],
+) -> None:
+    kwargs: dict[str, Any] = {
+        "input_names": options.names(with_key),
+        "output_names": options.output_names,
+        "opset_version": DEFAULT_OPSET,
+        "verbose": False,
+        **extra,
+        "dynamo": dynamo,
+    }
+    if dynamo:
+        shapes = options.export_dynamic_shapes(with_key)
+        kwargs["dynamic_shapes"] = signature_dynamic_shapes(module, shapes)
+        kwargs["external_data"] = False
+    else:
+        kwargs["dynamic_axes"] = options.onnx_dynamic_axes()
+    with quiet_upstream_warnings():
+        torch.onnx.export(module, args, str(f), **kwargs)
+
+
+def _save_single_file(written: Path, target: Path) -> bool:
+    """Move the exported model to ``target`` with every weight inlined; True if it had to inline."""
+    proto = onnx.load(str(written), load_external_data=False)
+    external = any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
+    ) or any(
+        a.t.data_location == onnx.TensorProto.EXTERNAL
+        for n in proto.graph.node
+        for a in n.attribute
+        if a.HasField("t")
+    )
+    if not external:
+        os.replace(written, target)
+        return False
+    proto = onnx.load(str(written), load_external_data=True)
+    onnx.save_model(proto, str(target), save_as_external_data=False)
+    return True
+
+
+def _check_names(path: Path, options: ExportOptions, with_key: bool) -> list[str]:
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in inits]
+    expected = options.names(with_key)
+    if inputs != expected:
+        raise ExportError(
+            f"The exported ONNX model's inputs are {inputs}, expected {expected}: the exporter "
+            "dropped or renamed an input (an input the model never uses is removed). Make every "
+            "model input contribute to the output."
+        )
+    outputs = [o.name for o in proto.graph.output]
+    n = min(len(outputs), len(options.output_names))
+    if outputs[:n] != options.output_names[:n]:
+        raise ExportError(
+            f"The exported ONNX model's outputs are {outputs}, expected names "
+            f"{options.output_names}. Check onnx_params['output_names']."
+        )
+    notes = []
+    if len(options.output_names) > len(outputs):
+        notes.append(
+            f"onnx_params['output_names'] has {len(options.output_names)} names, the model "
+            f"{len(outputs)} output(s); the extra names were ignored."
+        )
+    return notes
+
+
+def _opset(path: Path) -> int | None:
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+@register_exporter(ExportFormat.ONNX)
+class OnnxExporter:
+    """``torch.onnx.export`` (dynamo) to one ``.onnx`` file; onnxruntime (CPU) to run it."""
+
+    extension = ".onnx"
+
+    def __init__(self, fmt: ExportFormat) -> None:
+        self.fmt = fmt
+
+    def export(
+        self,
+        module: nn.Module,
+        example_inputs: tuple[Tensor, ...],
+        path: Path,
+        options: ExportOptions,
+        *,
+        with_key: bool,
+    ) -> ExportReport:
+        args = check_example_inputs(example_inputs, options, with_key)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        extra = dict(options.onnx_extra)
+        user_dynamo = extra.pop("dynamo", None)
+        attempts = [bool(user_dynamo)] if user_dynamo is not None else [True, False]
+        notes: list[str] = []
+        start = time.perf_counter()
+        used = None
+        errors: list[str] = []
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as tmp:
+            written = Path(tmp) / path.name
+            for dynamo in attempts:
+                try:
+                    with collect_warnings(notes, UserWarning):
+                        _torch_onnx_export(
+                            module, args, written, options, with_key, dynamo=dynamo, extra=extra
+                        )
+                except Exception as err:
+                    errors.append(f"dynamo={dynamo}: {first_line(err)}")
+                    for leftover in Path(tmp).iterdir():
+                        leftover.unlink()
+                    continue
+                used = dynamo
+                break
+            if used is None:
+                raise ExportError(
+                    f"ONNX export failed ({'; '.join(errors)}). Check that the model runs with "
+                    "input_tensors and that onnx_params holds valid torch.onnx.export arguments."
+                )
+            if errors:
+                notes.insert(
+                    0, f"dynamo export failed ({errors[0]}); used the legacy dynamo=False exporter"
+                )
+            if _save_single_file(written, path):
+                notes.append("weights were written as external data; re-saved inlined")
+        notes += _check_names(path, options, with_key)
+        opset = _opset(path)
+        return ExportReport(
+            path=path,
+            fmt=self.fmt,
+            exporter=f"torch.onnx dynamo={used} opset {opset}",
+            seconds=time.perf_counter() - start,
+            notes=notes,
+        )
+
+    def load(self, path: Path, options: ExportOptions) -> Runner:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+            if len(inputs) != len(names):
+                raise InvalidArgumentError(
+                    f"The ONNX model {Path(path).name} takes {len(names)} input(s) ({names}), but "
+                    f"got {len(inputs)}. Pass the model inputs, then the key."
+                )
+            feed = {n: np.asarray(x) for n, x in zip(names, inputs, strict=True)}
+            return list(session.run(None, feed))
+
+        return run

@@ -1,0 +1,406 @@
+"""Export options shared by every format: input/output names, dynamic dimensions, format extras.
+
+``build_export_options`` turns the public arguments (``input_tensors``, ``onnx_params``,
+``dynamic_shapes``, ``inductor_configs``) into one validated, frozen :class:`ExportOptions`.
+Dynamic dimensions can be given either as torch.export ``dynamic_shapes`` or as ONNX-style
+``onnx_params["dynamic_axes"]``; when only ``dynamic_axes`` is given, the torch.export shapes are
+derived from it so that every format (ONNX, TorchScript, AOTInductor) honours the same dimensions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+
+DEFAULT_KEY_NAME = "key_vector"
+DEFAULT_OPSET = 18
+
+#: The seed API's default ``onnx_params`` (read-only: copy it before changing anything).
+DEFAULT_ONNX_PARAMS: Mapping[str, Any] = MappingProxyType(
+    {"input_names": ["input.1"], "output_names": ["output.1"], "dynamic_axes": None}
+)
+
+# torch.onnx.export arguments skprotect sets itself; a user value would break the artifact.
+_RESERVED_ONNX_KEYS = {
+    "model": "the model is the locked model",
+    "args": "the example inputs are input_tensors plus the key",
+    "f": "the file path is chosen by skprotect",
+    "kwargs": "models are called with positional inputs only",
+    "external_data": "the protected model is always written as one self-contained .onnx file",
+    "dynamic_shapes": None,  # handled, not reserved: merged with the dynamic_shapes argument
+}
+
+DimSpec = dict[int, Any]  # axis -> torch.export.Dim (or a Dim hint such as Dim.AUTO)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Validated export settings; build it with :func:`build_export_options`."""
+
+    input_names: list[str]
+    output_names: list[str]
+    key_name: str = DEFAULT_KEY_NAME
+    dynamic_shapes: tuple[DimSpec | None, ...] | None = None
+    dynamic_axes: dict[str, dict[int, str]] | None = None
+    onnx_extra: dict[str, Any] = field(default_factory=dict)
+    inductor_configs: dict[str, Any] = field(default_factory=dict)
+
+    def names(self, with_key: bool) -> list[str]:
+        """Graph input names: the model inputs, then the key when ``with_key``."""
+        return [*self.input_names, self.key_name] if with_key else list(self.input_names)
+
+    def export_dynamic_shapes(self, with_key: bool) -> tuple[DimSpec | None, ...] | None:
+        """``dynamic_shapes`` for ``torch.export``/dynamo, the key's length static."""
+        if self.dynamic_shapes is None:
+            return None
+        return (*self.dynamic_shapes, None) if with_key else tuple(self.dynamic_shapes)
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]] | None:
+        """ONNX-style ``dynamic_axes`` for the legacy exporter (derived from dynamic_shapes)."""
+        if self.dynamic_axes is not None:
+            return {name: dict(axes) for name, axes in self.dynamic_axes.items()}
+        if self.dynamic_shapes is None:
+            return None
+        axes: dict[str, dict[int, str]] = {}
+        for name, spec in zip(self.input_names, self.dynamic_shapes, strict=True):
+            dyn = {d: _dim_label(dim, name, d) for d, dim in (spec or {}).items() if _dynamic(dim)}
+            if dyn:
+                axes[name] = dyn
+        return axes or None
+
+
+def _dim_label(dim: Any, input_name: str, axis: int) -> str:
+    name = getattr(dim, "__name__", None)
+    return name if isinstance(name, str) and name else f"{_identifier(input_name)}_{axis}"
+
+
+def _identifier(name: str) -> str:
+    ident = re.sub(r"\W", "_", name)
+    return ident if ident and not ident[0].isdigit() else f"d_{ident}"
+
+
+def _dynamic(dim: Any) -> bool:
+    return dim is not None and dim is not torch.export.Dim.STATIC
+
+
+def _is_dim(value: Any) -> bool:
+    # torch.export.Dim("batch") instances and the Dim.AUTO / Dim.DYNAMIC / Dim.STATIC hints.
+    return isinstance(value, torch.export.Dim | type(torch.export.Dim.AUTO))
+
+
+def _check_tensors(input_tensors: Any) -> list[Tensor]:
+    if not isinstance(input_tensors, list | tuple) or not input_tensors:
+        raise InvalidArgumentError(
+            f"input_tensors must be a non-empty list of torch tensors, but got "
+            f"{input_tensors!r:.80}. Pass one example tensor per model input, e.g. "
+            "[torch.randn(2, 3, 32, 32)]."
+        )
+    for i, t in enumerate(input_tensors):
+        if not isinstance(t, Tensor):
+            raise InvalidArgumentError(
+                f"input_tensors[{i}] must be a torch.Tensor, but got {type(t).__name__}. "
+                "Pass one example tensor per model input."
+            )
+    return list(input_tensors)
+
+
+def _check_names(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(n, str) and n for n in value):
+        raise InvalidArgumentError(
+            f'onnx_params["{what}"] must be a list of non-empty strings, but got {value!r:.80}.'
+        )
+    if len(set(value)) != len(value):
+        raise InvalidArgumentError(
+            f'onnx_params["{what}"] must not repeat a name, but got {list(value)}. '
+            "Give every tensor its own name."
+        )
+    return list(value)
+
+
+def _input_names(params: Mapping[str, Any], n_inputs: int, key_name: str) -> list[str]:
+    given = params.get("input_names")
+    if not given:
+        raise InvalidArgumentError(
+            'onnx_params["input_names"] is missing or empty. Give one name per model input, '
+            'e.g. {"input_names": ["input.1"]}.'
+        )
+    names = _check_names(given, "input_names")
+    if len(names) > n_inputs:
+        raise InvalidArgumentError(
+            f'onnx_params["input_names"] has {len(names)} names ({names}) but input_tensors has '
+            f"only {n_inputs} tensor(s). Give at most one name per tensor in input_tensors."
+        )
+    if key_name in names:
+        raise InvalidArgumentError(
+            f'onnx_params["input_names"] uses "{key_name}", the name of the key input that '
+            "skprotect appends. Rename that model input."
+        )
+    i = 1
+    while len(names) < n_inputs:  # auto-name the remaining inputs "input.<k>"
+        candidate = f"input.{i}"
+        if candidate not in names and candidate != key_name:
+            names.append(candidate)
+        i += 1
+    return names
+
+
+def _normalise_axes(raw: Any, name: str) -> dict[int, str]:
+    if isinstance(raw, Mapping):
+        items = list(raw.items())
+    elif isinstance(raw, list | tuple):
+        items = [(axis, None) for axis in raw]
+    else:
+        raise InvalidArgumentError(
+            f'onnx_params["dynamic_axes"]["{name}"] must be a list of axes or a dict '
+            f"{{axis: name}}, but got {raw!r:.80}."
+        )
+    axes: dict[int, str] = {}
+    for axis, label in items:
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise InvalidArgumentError(
+                f'onnx_params["dynamic_axes"]["{name}"] axes must be integers, but got {axis!r}.'
+            )
+        if label is not None and not (isinstance(label, str) and label):
+            raise InvalidArgumentError(
+                f'onnx_params["dynamic_axes"]["{name}"][{axis}] must be a dimension name '
+                f"(a non-empty string), but got {label!r}."
+            )
+        axes[axis] = label or f"{_identifier(name)}_{axis}"
+    return axes
+
+
+def _dynamic_axes(
+    raw: Any, input_names: list[str], output_names: list[str], key_name: str
+) -> dict[str, dict[int, str]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidArgumentError(
+            f'onnx_params["dynamic_axes"] must be a dict {{tensor name: axes}} or None, but got '
+            f"{type(raw).__name__}."
+        )
+    out: dict[str, dict[int, str]] = {}
+    for name, axes in raw.items():
+        if name == key_name:
+            raise InvalidArgumentError(
+                f'onnx_params["dynamic_axes"] makes the key input "{key_name}" dynamic; the key '
+                "has a fixed length. Remove it from dynamic_axes."
+            )
+        if name not in input_names and name not in output_names:
+            raise InvalidArgumentError(
+                f'onnx_params["dynamic_axes"] names "{name}", which is neither an input name '
+                f"{input_names} nor an output name {output_names}. Use the names from "
+                'onnx_params["input_names"] and onnx_params["output_names"].'
+            )
+        out[name] = _normalise_axes(axes, name)
+    return out
+
+
+def _check_axis(axis: Any, ndim: int, where: str) -> int:
+    if not isinstance(axis, int) or isinstance(axis, bool):
+        raise InvalidArgumentError(f"{where}: dimension keys must be integers, but got {axis!r}.")
+    if not -ndim <= axis < ndim:
+        raise InvalidArgumentError(
+            f"{where}: dimension {axis} is out of range for a tensor with {ndim} dimension(s). "
+            f"Use a dimension index in [0, {ndim - 1}]."
+        )
+    return axis % ndim
+
+
+def _check_dynamic_size(t: Tensor, i: int, axis: int, dim: Any, source: str) -> None:
+    size = t.shape[axis]
+    if size == 1 and dim is not torch.export.Dim.STATIC:
+        raise InvalidArgumentError(
+            f"input_tensors[{i}] has size 1 in dimension {axis}, which {source} marks dynamic; "
+            "torch.export treats size-1 dimensions as static. Pass an example tensor with size > 1 "
+            "in every dynamic dimension (e.g. a batch of 2)."
+        )
+    lo, hi = getattr(dim, "min", None), getattr(dim, "max", None)
+    if isinstance(lo, int) and isinstance(hi, int) and not lo <= size <= hi:
+        raise InvalidArgumentError(
+            f"input_tensors[{i}] has size {size} in dimension {axis}, outside the range "
+            f"[{lo}, {hi}] of its dynamic dimension {getattr(dim, '__name__', dim)}. Pass an "
+            "example tensor whose size is inside the range, or widen the Dim's min/max."
+        )
+
+
+def _dynamic_shapes(raw: Any, tensors: list[Tensor], source: str) -> tuple[DimSpec | None, ...]:
+    if isinstance(raw, Mapping) or not isinstance(raw, list | tuple):
+        raise InvalidArgumentError(
+            f"{source} must be a tuple or list with one dict {{dim: torch.export.Dim}} (or None) "
+            f"per input tensor, but got {type(raw).__name__}."
+        )
+    if len(raw) != len(tensors):
+        raise InvalidArgumentError(
+            f"{source} has {len(raw)} entr{'y' if len(raw) == 1 else 'ies'} but input_tensors has "
+            f"{len(tensors)} tensor(s). Give one entry per input tensor (None for a fully static "
+            "input); the key input is added by skprotect."
+        )
+    shapes: list[DimSpec | None] = []
+    for i, (spec, t) in enumerate(zip(raw, tensors, strict=True)):
+        if spec is None:
+            shapes.append(None)
+            continue
+        if not isinstance(spec, Mapping):
+            raise InvalidArgumentError(
+                f"{source}[{i}] must be a dict {{dim: torch.export.Dim}} or None, but got "
+                f"{type(spec).__name__}."
+            )
+        norm: DimSpec = {}
+        for axis, dim in spec.items():
+            a = _check_axis(axis, t.dim(), f"{source}[{i}]")
+            if dim is not None and not _is_dim(dim):
+                raise InvalidArgumentError(
+                    f"{source}[{i}][{axis}] must be a torch.export.Dim or None, but got "
+                    f"{dim!r:.80}. Use e.g. torch.export.Dim('batch')."
+                )
+            if dim is not None:
+                _check_dynamic_size(t, i, a, dim, source)
+            norm[a] = dim
+        shapes.append(norm)
+    return tuple(shapes)
+
+
+def _shapes_from_axes(
+    axes: dict[str, dict[int, str]], names: list[str], tensors: list[Tensor]
+) -> tuple[DimSpec | None, ...]:
+    dims: dict[str, Any] = {}  # one Dim per name: inputs sharing a dimension name stay equal
+    shapes: list[DimSpec | None] = []
+    for i, (name, t) in enumerate(zip(names, tensors, strict=True)):
+        spec: DimSpec = {}
+        for axis, label in axes.get(name, {}).items():
+            a = _check_axis(axis, t.dim(), f'onnx_params["dynamic_axes"]["{name}"]')
+            _check_dynamic_size(t, i, a, None, 'onnx_params["dynamic_axes"]')
+            ident = _identifier(label)
+            spec[a] = dims.setdefault(ident, torch.export.Dim(ident))
+        shapes.append(spec or None)
+    return tuple(shapes)
+
+
+def _dynamic_set(spec: DimSpec | None) -> set[int]:
+    return {a for a, d in (spec or {}).items() if _dynamic(d)}
+
+
+def _check_consistent(
+    a: tuple[DimSpec | None, ...], b: tuple[DimSpec | None, ...], names: list[str], other: str
+) -> None:
+    for name, sa, sb in zip(names, a, b, strict=True):
+        da, db = _dynamic_set(sa), _dynamic_set(sb)
+        if da != db:
+            raise InvalidArgumentError(
+                f'dynamic_shapes and {other} disagree for input "{name}": dynamic_shapes makes '
+                f"dimension(s) {sorted(da)} dynamic, {other} makes {sorted(db)} dynamic. Make "
+                "them agree, or give only one of them (set the other to None)."
+            )
+
+
+def _onnx_extra(params: Mapping[str, Any]) -> dict[str, Any]:
+    accepted = set(inspect.signature(torch.onnx.export).parameters)
+    extra: dict[str, Any] = {}
+    handled = {"input_names", "output_names", "dynamic_axes", "dynamic_shapes"}
+    for key, value in params.items():
+        if key in handled:
+            continue
+        if not isinstance(key, str):
+            raise InvalidArgumentError(f"onnx_params keys must be strings, but got {key!r}.")
+        if _RESERVED_ONNX_KEYS.get(key):
+            raise InvalidArgumentError(
+                f'onnx_params["{key}"] cannot be set: {_RESERVED_ONNX_KEYS[key]}. Remove it.'
+            )
+        if key not in accepted:
+            allowed = sorted(accepted - set(_RESERVED_ONNX_KEYS) - handled)
+            raise InvalidArgumentError(
+                f'onnx_params["{key}"] is not an argument of torch.onnx.export. Accepted keys '
+                f"are {', '.join(['input_names', 'output_names', 'dynamic_axes', *allowed])}."
+            )
+        extra[key] = value
+    opset = extra.get("opset_version")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 9):
+        raise InvalidArgumentError(
+            f'onnx_params["opset_version"] must be an integer >= 9, but got {opset!r}. '
+            f"The default is {DEFAULT_OPSET}."
+        )
+    return extra
+
+
+def build_export_options(
+    input_tensors: list[Tensor],
+    onnx_params: Mapping[str, Any] | None = None,
+    dynamic_shapes: Sequence[Mapping[int, Any] | None] | None = None,
+    inductor_configs: Mapping[str, Any] | None = None,
+    *,
+    key_name: str = DEFAULT_KEY_NAME,
+) -> ExportOptions:
+    """Validate the public export arguments and return the options every exporter uses.
+
+    >>> opts = build_export_options([torch.randn(2, 8)], {"input_names": ["x"],
+    ...     "output_names": ["y"]}, ({0: torch.export.Dim("batch")},))
+    >>> opts.names(with_key=True)
+    ['x', 'key_vector']
+    """
+    tensors = _check_tensors(input_tensors)
+    if onnx_params is None:
+        onnx_params = DEFAULT_ONNX_PARAMS
+    if not isinstance(onnx_params, Mapping):
+        raise InvalidArgumentError(
+            f"onnx_params must be a dict, but got {type(onnx_params).__name__}. Pass e.g. "
+            '{"input_names": ["input.1"], "output_names": ["output.1"], "dynamic_axes": None}.'
+        )
+    if not isinstance(key_name, str) or not key_name:
+        raise InvalidArgumentError(f"key_name must be a non-empty string, but got {key_name!r}.")
+    input_names = _input_names(onnx_params, len(tensors), key_name)
+    output_names = _check_names(
+        onnx_params.get("output_names") or list(DEFAULT_ONNX_PARAMS["output_names"]),
+        "output_names",
+    )
+    clash = (set(output_names) & set(input_names)) | ({key_name} & set(output_names))
+    if clash:
+        raise InvalidArgumentError(
+            f'onnx_params["output_names"] reuses input name(s) {sorted(clash)}. Give outputs '
+            "names of their own."
+        )
+    axes = _dynamic_axes(onnx_params.get("dynamic_axes"), input_names, output_names, key_name)
+    shapes = None
+    if dynamic_shapes is not None:
+        shapes = _dynamic_shapes(dynamic_shapes, tensors, "dynamic_shapes")
+    if onnx_params.get("dynamic_shapes") is not None:
+        inner = _dynamic_shapes(
+            onnx_params["dynamic_shapes"], tensors, 'onnx_params["dynamic_shapes"]'
+        )
+        if shapes is None:
+            shapes = inner
+        else:
+            _check_consistent(shapes, inner, input_names, 'onnx_params["dynamic_shapes"]')
+    if axes is not None:
+        from_axes = _shapes_from_axes(axes, input_names, tensors)
+        if shapes is None:
+            shapes = from_axes if any(s for s in from_axes) else None
+        else:
+            _check_consistent(shapes, from_axes, input_names, 'onnx_params["dynamic_axes"]')
+    if inductor_configs is None:
+        inductor_configs = {}
+    if not isinstance(inductor_configs, Mapping) or not all(
+        isinstance(k, str) for k in inductor_configs
+    ):
+        raise InvalidArgumentError(
+            f"inductor_configs must be a dict with string keys, but got {inductor_configs!r:.80}. "
+            'Pass e.g. {"max_autotune": True}.'
+        )
+    return ExportOptions(
+        input_names=input_names,
+        output_names=output_names,
+        key_name=key_name,
+        dynamic_shapes=shapes,
+        dynamic_axes=axes,
+        onnx_extra=_onnx_extra(onnx_params),
+        inductor_configs=dict(inductor_configs),
+    )

@@ -1,0 +1,118 @@
+"""TorchScript export (CPU and CUDA): ``torch.jit.trace`` → ``freeze`` → ``optimize_for_inference``.
+
+A trace records the operations run on the example inputs; sizes read with ``tensor.shape`` are
+traced as ops, so the usual dynamic batch works, but Python control flow on shapes is baked in
+(the report's notes list the tracer's warnings about that). The GPU variant traces on CUDA, so
+the saved graph runs there. ``optimize_for_inference`` turns CPU convolutions into MKLDNN
+constants that cannot be saved; the exporter then keeps the frozen graph (and says so in the
+report's notes), which a runtime may optimise after loading.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError
+from ..formats import ExportFormat
+from .base import (
+    ExportReport,
+    Runner,
+    check_example_inputs,
+    collect_warnings,
+    first_line,
+    flatten_outputs,
+    register_exporter,
+    require_cuda,
+    to_numpy,
+)
+from .options import ExportOptions
+
+
+def _round_trip(module: torch.jit.ScriptModule) -> None:
+    """Save and reload in memory: some optimised graphs save fine but cannot be loaded back."""
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    buffer.seek(0)
+    torch.jit.load(buffer)
+
+
+@register_exporter(ExportFormat.TORCHSCRIPT_CPU, ExportFormat.TORCHSCRIPT_GPU)
+class TorchScriptExporter:
+    """Traced, frozen and inference-optimised TorchScript in a ``.pt`` file."""
+
+    extension = ".pt"
+
+    def __init__(self, fmt: ExportFormat) -> None:
+        self.fmt = fmt
+        self.device = "cuda" if fmt is ExportFormat.TORCHSCRIPT_GPU else "cpu"
+
+    def export(
+        self,
+        module: nn.Module,
+        example_inputs: tuple[Tensor, ...],
+        path: Path,
+        options: ExportOptions,
+        *,
+        with_key: bool,
+    ) -> ExportReport:
+        args = check_example_inputs(example_inputs, options, with_key)
+        if self.device == "cuda":
+            require_cuda(self.fmt)
+            module = copy.deepcopy(module).to(self.device)  # never move the caller's model
+            args = tuple(a.to(self.device) for a in args)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        notes: list[str] = []
+        start = time.perf_counter()
+        module = module.eval()
+        try:
+            with torch.no_grad(), collect_warnings(notes, torch.jit.TracerWarning):
+                traced = torch.jit.trace(module, args, check_trace=False, strict=False)
+            frozen = torch.jit.freeze(traced)
+        except Exception as err:
+            raise ExportError(
+                f"TorchScript tracing failed ({first_line(err)}). Check that the model runs with "
+                "input_tensors, or choose another format in model_export_formats."
+            ) from err
+        steps = "trace+freeze"
+        try:
+            # on a fresh freeze: optimize_for_inference rewrites its argument in place
+            optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            _round_trip(optimized)
+            frozen, steps = optimized, steps + "+optimize_for_inference"
+        except Exception as err:
+            notes.append(
+                f"optimize_for_inference output not saved ({first_line(err)}): it holds MKLDNN "
+                "constants that TorchScript cannot serialise (upstream limitation); saved the "
+                "frozen graph, already optimised by freeze (conv-bn folding, constant folding)"
+            )
+        torch.jit.save(frozen, str(path))
+        return ExportReport(
+            path=path,
+            fmt=self.fmt,
+            exporter=f"torch.jit {steps} ({self.device})",
+            seconds=time.perf_counter() - start,
+            notes=notes,
+        )
+
+    def load(self, path: Path, options: ExportOptions) -> Runner:
+        if self.device == "cuda":
+            require_cuda(self.fmt)
+        model = torch.jit.load(str(path), map_location=self.device)
+        device = self.device
+
+        def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+            tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in inputs]
+            with torch.no_grad():
+                out = model(*tensors)
+            return to_numpy(flatten_outputs(out))
+
+        return run

@@ -1,0 +1,396 @@
+"""The protection pipeline behind ``protect_*_model``: lock per format group, export, verify,
+write keys, then commit files and configuration together (or nothing at all).
+
+Everything is first written to a staging folder inside ``outputs/<app>/``; only when every
+artifact has been exported and re-run against the original model are the files moved into
+place and the configuration rewritten.  If that final step fails, replaced files are restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
+
+from .configuration import add_model
+from .customer import Customer
+from .errors import ExportError, InvalidArgumentError, VerificationError
+from .export import build_export_options, cuda_available, get_exporter, verify_artifact
+from .export.options import ExportOptions
+from .formats import ExportFormat, ExportPlatform, FormatGroup
+from .lock import LockedModel, lock_model
+from .lock.context import LockSettings
+from .logs import get_logger
+from .platforms import write_platform_keys
+from .progress import step
+from .result import FormatResult, ProtectionResult
+from .state import ProtectionState
+
+KEY_EPOCH = 0
+"""Keys are derived per (model, format group, epoch); epoch rotation is not exposed yet."""
+
+
+@dataclass
+class ProtectRequest:
+    """A validated protect call."""
+
+    model: nn.Module
+    model_name: str
+    input_tensors: list[torch.Tensor]
+    layer_filter: Callable[[str, nn.Module], bool]
+    formats: ExportFormat
+    platform: ExportPlatform
+    dynamic_shapes: Any
+    onnx_params: dict | None
+    inductor_configs: dict
+    platform_version: int
+    customer: Customer
+    replace: bool
+    application_name: str
+    outputs_dir: Path
+    config_path: Path
+    save_original: bool
+    quantize_compatibility: bool
+    test_key: bool
+
+
+def _memo_filter(fn: Callable[[str, nn.Module], bool]) -> Callable[[str, nn.Module], bool]:
+    """Call the user's filter once per layer even though each format group is locked anew."""
+    seen: dict[str, bool] = {}
+
+    def memo(name: str, module: nn.Module) -> bool:
+        if name not in seen:
+            seen[name] = fn(name, module)
+        return seen[name]
+
+    return memo
+
+
+def _as_numpy(outputs: Any) -> list[np.ndarray]:
+    """Flatten a model's outputs (tensor, tuple, nested tuples) to a list of arrays."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs.detach().cpu().numpy()]
+    if isinstance(outputs, list | tuple):
+        return [a for o in outputs if o is not None for a in _as_numpy(o)]
+    raise ExportError(
+        f"The model returned {type(outputs).__name__}; only tensors and (nested) tuples or lists "
+        "of tensors can be exported. Wrap the model so forward() returns tensors."
+    )
+
+
+def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
+    num = sum(float(np.linalg.norm((o - e).astype(np.float64))) for o, e in zip(outputs, expected, strict=True))
+    den = sum(float(np.linalg.norm(e.astype(np.float64))) for e in expected) or 1.0
+    return num / den
+
+
+def _selected_formats(request: ProtectRequest, result: ProtectionResult) -> list[ExportFormat]:
+    wanted = request.formats.members
+    if cuda_available():
+        return wanted
+    kept = [f for f in wanted if not f.needs_cuda]
+    for fmt in wanted:
+        if fmt.needs_cuda:
+            reason = "CUDA is not available on this machine; protect on a machine with a GPU"
+            result.skipped_formats[fmt.slug] = reason
+            warnings.warn(f"{fmt.name} skipped: {reason}.", RuntimeWarning, stacklevel=4)
+            get_logger().warning("%s skipped: %s", fmt.name, reason)
+    if not kept:
+        raise ExportError(
+            "Only GPU formats were requested ("
+            + ", ".join(f.name for f in wanted)
+            + ") but CUDA is not available on this machine. Run on a machine with a CUDA GPU, "
+            "or add CPU formats (ONNX, TORCHSCRIPT_CPU, INDUCTOR_CPU)."
+        )
+    return kept
+
+
+def _precheck_config(request: ProtectRequest) -> None:
+    """Fail before the expensive work if the configuration would refuse the model."""
+    if not request.config_path.exists():
+        if request.replace:
+            raise InvalidArgumentError(
+                f"protect_updated_model: there is no configuration {request.config_path} yet, so "
+                f"there is no model '{request.model_name}' to replace. Use protect_new_model."
+            )
+        return
+    config = load_config(request.config_path)
+    present = request.model_name in config.models
+    if request.replace and not present:
+        names = ", ".join(sorted(config.models)) or "none"
+        raise InvalidArgumentError(
+            f"protect_updated_model: model '{request.model_name}' is not in "
+            f"{request.config_path} (models there: {names}). Use protect_new_model for a new "
+            "model, or the exact name of the model to replace."
+        )
+    if not request.replace and present:
+        raise InvalidArgumentError(
+            f"protect_new_model: model '{request.model_name}' is already in "
+            f"{request.config_path}. Use protect_updated_model to replace it, or another name."
+        )
+    if config.platform_version != request.platform_version:
+        raise InvalidArgumentError(
+            f"{request.config_path} has platform version {config.platform_version} but "
+            f"platform_version={request.platform_version} was requested: call "
+            f"migrate_configuration({request.platform_version}, ...) first, or pass "
+            f"platform_version={config.platform_version}."
+        )
+
+
+class _Staging:
+    """Files written under a private staging folder, moved into place all together."""
+
+    def __init__(self, outputs_dir: Path) -> None:
+        self.outputs_dir = outputs_dir
+        self.root = outputs_dir / f".staging-{uuid.uuid4().hex[:12]}"
+        self.root.mkdir(parents=True)
+        self.moved: list[tuple[Path, Path | None]] = []  # (final path, backup or None)
+
+    def path(self, relative: str) -> Path:
+        p = self.root / relative
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def final(self, staged: Path) -> Path:
+        return self.outputs_dir / staged.relative_to(self.root)
+
+    def commit_files(self) -> None:
+        backup_dir = self.root.with_name(self.root.name + "-backup")
+        for staged in sorted(p for p in self.root.rglob("*") if p.is_file()):
+            final = self.final(staged)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            backup = None
+            if final.exists():
+                backup = backup_dir / staged.relative_to(self.root)
+                backup.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(final, backup)
+            self.moved.append((final, backup))
+            os.replace(staged, final)
+
+    def rollback(self) -> None:
+        for final, backup in reversed(self.moved):
+            if backup is not None:
+                os.replace(backup, final)
+            else:
+                final.unlink(missing_ok=True)
+        self.moved.clear()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.root.with_name(self.root.name + "-backup"), ignore_errors=True)
+
+
+def _describe_inputs(options: ExportOptions, tensors: list[torch.Tensor]) -> list[dict]:
+    """Input names, example shapes, dtypes and named dynamic axes, for the configuration."""
+    described = []
+    for i, (name, t) in enumerate(zip(options.input_names, tensors, strict=True)):
+        dims = (options.dynamic_shapes or [None] * len(tensors))[i] or {}
+        dynamic = {str(axis): getattr(dim, "__name__", str(dim)) for axis, dim in dims.items()
+                   if dim is not None}
+        described.append({"name": name, "shape": list(t.shape),
+                          "dtype": str(t.dtype).removeprefix("torch."), "dynamic_dims": dynamic})
+    return described
+
+
+def _run_group(
+    request: ProtectRequest,
+    state: ProtectionState,
+    group: FormatGroup,
+    formats: list[ExportFormat],
+    reference: nn.Module,
+    options: ExportOptions,
+    expected: list[np.ndarray],
+    staging: _Staging,
+    layer_filter: Callable[[str, nn.Module], bool],
+    result: ProtectionResult,
+) -> tuple[LockedModel, dict[str, FormatEntry], dict[str, str]]:
+    logger = get_logger()
+    name = request.model_name
+    device = "cuda" if group is FormatGroup.GPU else "cpu"
+    with step(f"Locking '{name}' for the {group.value} format group"):
+        locked = lock_model(
+            reference,
+            layer_filter=layer_filter,
+            secret_rng=state.key_rng(name, group.value, KEY_EPOCH),
+            settings=LockSettings(quantize_compatibility=request.quantize_compatibility),
+            public_seed=f"{request.application_name}/{name}/{group.value}",
+        )
+    for d in locked.layers:
+        logger.debug("[%s] layer %s (%s): %s %s", group.value, d.name, d.layer_type,
+                     "locked" if d.locked else "skipped", d.reason)
+    static_key = locked.layout.static_key()
+    key_tensor = torch.from_numpy(static_key)
+    with torch.no_grad():
+        eager = _as_numpy(locked.keyed(*request.input_tensors, key_tensor))
+    eager_err = _rel_diff(eager, expected)
+    if eager_err > 1e-4:
+        raise VerificationError(
+            f"The locked model of '{name}' differs from the original by {eager_err:.2e} "
+            "(relative) before export. The model probably reads a layer's weights outside its "
+            "forward(); exclude that layer with layer_filter. See the log for details."
+        )
+    inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
+    zero_key = np.zeros_like(static_key)
+    group_dir = f"{name}/{group.value}"
+    entries: dict[str, FormatEntry] = {}
+    hashes: dict[str, str] = {}
+    keyed = locked.keyed.to(device)
+    example = tuple(t.to(device) for t in request.input_tensors) + (key_tensor.to(device),)
+    for fmt in formats:
+        exporter = get_exporter(fmt)
+        path = staging.path(f"{group_dir}/{name}{exporter.extension}")
+        start = time.perf_counter()
+        with step(f"Exporting '{name}' to {fmt.name}"):
+            report = exporter.export(keyed, example, path, options, with_key=True)
+        with step(f"Verifying {fmt.name} artifact"):
+            err = verify_artifact(exporter, path, options, [*inputs_np, static_key], expected)
+            run = exporter.load(path, options)
+            no_key = _rel_diff(run([*inputs_np, zero_key]), expected)
+        seconds = time.perf_counter() - start
+        logger.info("%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
+                    fmt.name, err, no_key, seconds, report.exporter)
+        result.formats[fmt.slug] = FormatResult(
+            format=fmt.slug,
+            group=group.value,
+            path=staging.final(path),
+            key_length=locked.layout.length,
+            max_rel_error=err,
+            no_key_rel_diff=no_key,
+            seconds=seconds,
+            exporter=report.exporter,
+        )
+        hashes[fmt.slug] = sha256_file(path)
+        entries[fmt.slug] = FormatEntry(
+            group=group.value,
+            file=f"{group_dir}/{path.name}",
+            key_files=[],
+            sha256=hashes[fmt.slug] if request.platform_version >= 1 else None,
+        )
+    keyed.to("cpu")
+    return locked, entries, hashes
+
+
+def _export_originals(
+    request: ProtectRequest,
+    formats: list[ExportFormat],
+    reference: nn.Module,
+    options: ExportOptions,
+    expected: list[np.ndarray],
+    staging: _Staging,
+    result: ProtectionResult,
+) -> None:
+    inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
+    for fmt in formats:
+        exporter = get_exporter(fmt)
+        device = "cuda" if fmt.needs_cuda else "cpu"
+        path = staging.path(
+            f"{request.model_name}/original/{request.model_name}_{fmt.slug}{exporter.extension}"
+        )
+        with step(f"Exporting the original (unlocked) model to {fmt.name}"):
+            module = reference.to(device)
+            example = tuple(t.to(device) for t in request.input_tensors)
+            exporter.export(module, example, path, options, with_key=False)
+            verify_artifact(exporter, path, options, inputs_np, expected)
+            reference.to("cpu")
+        result.original_files.append(staging.final(path))
+
+
+def run_protection(request: ProtectRequest, state: ProtectionState) -> ProtectionResult:
+    """Lock, export, verify and commit; see the module docstring."""
+    start = time.perf_counter()
+    logger = get_logger()
+    _precheck_config(request)
+    options = build_export_options(
+        request.input_tensors, request.onnx_params, request.dynamic_shapes,
+        request.inductor_configs,
+    )
+    result = ProtectionResult(
+        model_name=request.model_name,
+        application_name=request.application_name,
+        output_dir=request.outputs_dir,
+        platform=request.platform.value,
+        platform_version=request.platform_version,
+        config_path=request.config_path,
+    )
+    formats = _selected_formats(request, result)
+    reference = copy.deepcopy(request.model).eval()
+    with torch.no_grad():
+        expected = _as_numpy(reference(*request.input_tensors))
+    logger.info("protecting '%s': inputs %s, formats %s, platform %s v%d", request.model_name,
+                [tuple(t.shape) for t in request.input_tensors],
+                [f.name for f in formats], request.platform.value, request.platform_version)
+    layer_filter = _memo_filter(request.layer_filter)
+    by_group: dict[FormatGroup, list[ExportFormat]] = {}
+    for fmt in formats:
+        by_group.setdefault(fmt.group, []).append(fmt)
+    staging = _Staging(request.outputs_dir)
+    try:
+        format_entries: dict[str, FormatEntry] = {}
+        key_length = 0
+        for group, group_formats in by_group.items():
+            locked, entries, hashes = _run_group(
+                request, state, group, group_formats, reference, options, expected, staging,
+                layer_filter, result,
+            )
+            result.layers = locked.layers
+            result.folded_batchnorms = locked.folded_batchnorms
+            key_length = locked.layout.length
+            key_paths = write_platform_keys(
+                request.platform,
+                staging.root / request.model_name / group.value,
+                model_name=request.model_name,
+                layout=locked.layout,
+                model_hashes=hashes,
+                test_key=request.test_key,
+                state=state,
+                key_epoch=KEY_EPOCH,
+            )
+            for slug, entry in entries.items():
+                entry.key_files = [f"{request.model_name}/{group.value}/{p.name}"
+                                   for p in key_paths[slug]]
+            result.key_files += sorted({staging.final(p) for ps in key_paths.values() for p in ps})
+            format_entries.update(entries)
+        if request.save_original:
+            _export_originals(request, formats, reference, options, expected, staging, result)
+        entry = ModelEntry(
+            key_epoch=KEY_EPOCH,
+            inputs=_describe_inputs(options, request.input_tensors),
+            outputs=[{"name": n} for n in options.output_names],
+            key={"name": options.key_name, "length": key_length},
+            formats=format_entries,
+        )
+        staging.commit_files()
+        try:
+            add_model(
+                request.config_path,
+                request.model_name,
+                entry,
+                platform=request.platform.value,
+                platform_version=request.platform_version,
+                customer=request.customer,
+                application=request.application_name,
+                signing_key=state.signing_key,
+                replace=request.replace,
+            )
+        except BaseException:
+            staging.rollback()
+            raise
+    finally:
+        staging.cleanup()
+    result.seconds = time.perf_counter() - start
+    logger.info("protected '%s' in %.1f s", request.model_name, result.seconds)
+    return result
+

@@ -1,0 +1,312 @@
+"""The public protector API of the SkProtect-PyTorch usage document.
+
+>>> from skprotect_pytorch.protect import SkProtectorPyTorch
+>>> protector = SkProtectorPyTorch(save_logs=False, application_name="default_app")
+>>> result = protector.protect_new_model(model, "my_model", [torch.randn(1, 3, 32, 32)],
+...     model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX, test_key=True)
+>>> print(result)
+
+The class orchestrates; the math lives in :mod:`skprotect_pytorch.lock`, the formats in
+:mod:`skprotect_pytorch.export`, the keys and configuration in :mod:`skprotect_pytorch.platforms`
+and :mod:`skprotect_pytorch.configuration`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import legacy
+from .configuration import migrate_configuration as _migrate
+from .configuration import update_customer as _update_customer
+from .customer import Customer
+from .errors import InvalidArgumentError, RemovedAPIError
+from .export import DEFAULT_ONNX_PARAMS
+from .formats import ExportFormat, ExportPlatform
+from .logs import enable_file_log, get_logger
+from .pipeline import ProtectRequest, run_protection
+from .result import ProtectionResult
+from .state import ProtectionState
+from skruntime.config import CONFIG_FILENAMES, SUPPORTED_PLATFORM_VERSIONS
+
+default_onnx_params: dict[str, Any] = dict(DEFAULT_ONNX_PARAMS)
+"""Default ``onnx_params``: ``input_names=["input.1"]``, ``output_names=["output.1"]``."""
+
+inductor_configs: dict[str, Any] = {}
+"""Default ``inductor_configs``: AOTInductor's own defaults."""
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DEFAULT_FORMATS = ExportFormat.ONNX | ExportFormat.INDUCTOR_CPU | ExportFormat.INDUCTOR_GPU
+
+
+def _all_layers(_name: str, _module: nn.Module) -> bool:
+    return True
+
+
+def _check_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value) or value in {".", ".."}:
+        raise InvalidArgumentError(
+            f"{what} must be 1-128 characters of letters, digits, '.', '_' or '-' starting with "
+            f"a letter or digit (it names files and folders), but got {value!r}."
+        )
+    return value
+
+
+class SkProtectorPyTorch:
+    """Locks trained PyTorch models with a secret key and exports them for deployment.
+
+    Args:
+        save_logs: write a detailed log (versions, per-layer decisions, timings, errors with
+            tracebacks) to ``./log/``.
+        application_name: the application (deployment) name; files go to
+            ``outputs/<application_name>/`` and each application has its own keys.
+    """
+
+    ExportFormat = ExportFormat
+    ExportPlatform = ExportPlatform
+
+    def __init__(
+        self,
+        save_logs: bool | None = False,
+        application_name: str = "default_app",
+        **legacy_kwargs: Any,
+    ) -> None:
+        legacy.translate_kwargs(legacy_kwargs, "SkProtectorPyTorch")
+        if not isinstance(save_logs, bool | None):
+            raise InvalidArgumentError(
+                f"save_logs must be a bool, but got {type(save_logs).__name__}."
+            )
+        self.application_name = _check_name(application_name, "application_name")
+        self.save_logs = bool(save_logs)
+        self.outputs_dir = Path.cwd() / "outputs" / self.application_name
+        self.log_path = enable_file_log() if self.save_logs else None
+        self._state: ProtectionState | None = None
+
+    @property
+    def state(self) -> ProtectionState:
+        """The application's private state (master secret); created on first use."""
+        if self._state is None:
+            self._state = ProtectionState.open(self.application_name)
+        return self._state
+
+    def config_path(self, deployment_platform: ExportPlatform) -> Path:
+        """Path of the configuration file of ``deployment_platform``."""
+        return self.outputs_dir / CONFIG_FILENAMES[deployment_platform.value]
+
+    def protect(self, *args: Any, **kwargs: Any) -> None:
+        """Removed in v0.1.0; raises an error naming the replacement."""
+        raise legacy.removed_protect()
+
+    def protect_new_model(
+        self,
+        model: nn.Module,
+        model_name: str,
+        input_tensors: list[torch.Tensor] | None = None,
+        layer_filter: Callable[[str, nn.Module], bool] | None = _all_layers,
+        model_export_formats: ExportFormat = _DEFAULT_FORMATS,
+        deployment_platform: ExportPlatform = ExportPlatform.TXT,
+        dynamic_shapes: Sequence[dict[int, Any] | None] | None = None,
+        onnx_params: dict | None = default_onnx_params,
+        inductor_configs: dict | None = inductor_configs,
+        save_original: bool | None = False,
+        quantize_compatibility: bool | None = False,
+        test_key: bool | None = False,
+        platform_version: int | None = 2,
+        customer: Customer | None = Customer(),  # noqa: B008 (immutable dataclass)
+        **legacy_kwargs: Any,
+    ) -> ProtectionResult:
+        """Protect a model for the first time and add it to the configuration file.
+
+        Fails if ``model_name`` is already in the configuration (use
+        :meth:`protect_updated_model`). See docs/api.md for every parameter.
+        """
+        return self._protect(locals(), replace=False)
+
+    def protect_updated_model(
+        self,
+        model: nn.Module,
+        model_name: str,
+        input_tensors: list[torch.Tensor] | None = None,
+        layer_filter: Callable[[str, nn.Module], bool] | None = _all_layers,
+        model_export_formats: ExportFormat = _DEFAULT_FORMATS,
+        deployment_platform: ExportPlatform = ExportPlatform.TXT,
+        dynamic_shapes: Sequence[dict[int, Any] | None] | None = None,
+        onnx_params: dict | None = default_onnx_params,
+        inductor_configs: dict | None = inductor_configs,
+        save_original: bool | None = False,
+        quantize_compatibility: bool | None = False,
+        test_key: bool | None = False,
+        platform_version: int | None = 2,
+        customer: Customer | None = Customer(),  # noqa: B008 (immutable dataclass)
+        **legacy_kwargs: Any,
+    ) -> ProtectionResult:
+        """Protect a new version of a deployed model and replace its configuration entry.
+
+        ``model_name`` must already be in the configuration. See docs/api.md.
+        """
+        return self._protect(locals(), replace=True)
+
+    def _protect(self, args: dict[str, Any], *, replace: bool) -> ProtectionResult:
+        args = dict(args)
+        args.pop("self")
+        where = "protect_updated_model" if replace else "protect_new_model"
+        for new, value in legacy.translate_kwargs(args.pop("legacy_kwargs"), where).items():
+            if new == "model_export_formats" and isinstance(value, str):
+                raise RemovedAPIError(
+                    f"protected_model_format={value!r} is a pre-0.2 value: pass "
+                    "model_export_formats=SkProtectorPyTorch.ExportFormat.<FORMAT> values "
+                    "combined with '|'."
+                )
+            args[new] = value
+        request = self._validate(args, replace)
+        logger = get_logger()
+        try:
+            return run_protection(request, self.state)
+        except Exception:
+            logger.exception("protection of '%s' failed", request.model_name)
+            raise
+
+    def _validate(self, a: dict[str, Any], replace: bool) -> ProtectionRequest:
+        if not isinstance(a["model"], nn.Module):
+            raise InvalidArgumentError(
+                f"model must be a torch.nn.Module, but got {type(a['model']).__name__}."
+            )
+        _check_name(a["model_name"], "model_name")
+        tensors = a["input_tensors"]
+        if (
+            not isinstance(tensors, list | tuple)
+            or not tensors
+            or not all(isinstance(t, torch.Tensor) for t in tensors)
+        ):
+            raise InvalidArgumentError(
+                "input_tensors must be a non-empty list of torch.Tensor, one per model input "
+                f"(e.g. [torch.randn(1, 3, 32, 32)]), but got {type(tensors).__name__}."
+            )
+        layer_filter = a["layer_filter"] if a["layer_filter"] is not None else _all_layers
+        if not callable(layer_filter):
+            raise InvalidArgumentError(
+                "layer_filter must be a function (name: str, module: nn.Module) -> bool, but got "
+                f"{type(layer_filter).__name__}."
+            )
+        formats = a["model_export_formats"]
+        if not isinstance(formats, ExportFormat) or not formats.members:
+            raise InvalidArgumentError(
+                "model_export_formats must be SkProtectorPyTorch.ExportFormat values combined with "
+                f"'|', but got {formats!r}."
+            )
+        platform = a["deployment_platform"]
+        if not isinstance(platform, ExportPlatform):
+            raise InvalidArgumentError(
+                "deployment_platform must be SkProtectorPyTorch.ExportPlatform.TXT or .LINUX, but "
+                f"got {platform!r}."
+            )
+        version = 2 if a["platform_version"] is None else a["platform_version"]
+        if isinstance(version, bool) or version not in SUPPORTED_PLATFORM_VERSIONS:
+            raise InvalidArgumentError(
+                f"platform_version must be one of {list(SUPPORTED_PLATFORM_VERSIONS)}, but got "
+                f"{version!r}."
+            )
+        customer = a["customer"] if a["customer"] is not None else Customer()
+        if not isinstance(customer, Customer):
+            raise InvalidArgumentError(
+                "customer must be a skprotect_pytorch.Customer, but got "
+                f"{type(customer).__name__}."
+            )
+        if version < 2 and customer != Customer():
+            raise InvalidArgumentError(
+                f"customer requires platform_version >= 2, but platform_version is {version}: "
+                "use platform_version=2 or leave customer at its default."
+            )
+        flags = {}
+        for flag in ("save_original", "quantize_compatibility", "test_key"):
+            value = a[flag]
+            if not isinstance(value, bool | None):
+                raise InvalidArgumentError(f"{flag} must be a bool, but got {value!r}.")
+            flags[flag] = bool(value)
+        if a["inductor_configs"] is not None and not isinstance(a["inductor_configs"], dict):
+            raise InvalidArgumentError(
+                "inductor_configs must be a dict of AOTInductor options, but got "
+                f"{type(a['inductor_configs']).__name__}."
+            )
+        return ProtectRequest(
+            model=a["model"],
+            model_name=a["model_name"],
+            input_tensors=list(tensors),
+            layer_filter=layer_filter,
+            formats=formats,
+            platform=platform,
+            dynamic_shapes=a["dynamic_shapes"],
+            onnx_params=a["onnx_params"],
+            inductor_configs=dict(a["inductor_configs"] or {}),
+            platform_version=version,
+            customer=customer,
+            replace=replace,
+            application_name=self.application_name,
+            outputs_dir=self.outputs_dir,
+            config_path=self.config_path(platform),
+            **flags,
+        )
+
+    def migrate_configuration(
+        self,
+        version: int | None,
+        deployment_platform: ExportPlatform,
+        customer: Customer | None = Customer(),  # noqa: B008 (immutable dataclass)
+    ) -> Path:
+        """Migrate the platform's configuration file to ``version`` (upgrades only).
+
+        Version 0 → 1 hashes the protected model files found in ``outputs/<app>/``; 1 → 2 adds
+        ``customer``. Returns the configuration path.
+        """
+        if not isinstance(deployment_platform, ExportPlatform):
+            raise InvalidArgumentError(
+                "deployment_platform must be a single SkProtectorPyTorch.ExportPlatform value, "
+                f"but got {deployment_platform!r}."
+            )
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise InvalidArgumentError(f"version must be an int, but got {version!r}.")
+        if customer is not None and not isinstance(customer, Customer):
+            raise InvalidArgumentError(
+                f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
+            )
+        path = self.config_path(deployment_platform)
+        _migrate(
+            path,
+            version,
+            outputs_dir=self.outputs_dir,
+            customer=customer or Customer(),
+            signing_key=self.state.signing_key,
+        )
+        get_logger().info("migrated %s to platform version %d", path, version)
+        return path
+
+    def update_customer(self, customer: Customer, deployment_platform: ExportPlatform) -> Path:
+        """Replace the customer of the platform's (version 2) configuration file."""
+        if not isinstance(customer, Customer):
+            raise InvalidArgumentError(
+                f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
+            )
+        if not isinstance(deployment_platform, ExportPlatform):
+            raise InvalidArgumentError(
+                "deployment_platform must be a single SkProtectorPyTorch.ExportPlatform value, "
+                f"but got {deployment_platform!r}."
+            )
+        path = self.config_path(deployment_platform)
+        _update_customer(path, customer, signing_key=self.state.signing_key)
+        get_logger().info("customer of %s set to %s", path, customer)
+        return path
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SkProtector":
+        raise RemovedAPIError(
+            "The class SkProtector was renamed SkProtectorPyTorch in v0.1.0: "
+            "from skprotect_pytorch.protect import SkProtectorPyTorch."
+        )
+    raise AttributeError(f"module 'skprotect_pytorch.protect' has no attribute {name!r}")
+

@@ -1,0 +1,176 @@
+"""The quickstart: train a small CNN on scikit-learn's bundled digits, protect it to every format
+this machine can produce, and compare accuracy with the key, without it, and of the original."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from skruntime.config import load_config
+from skruntime.keyfile import read_txt_keys, session_key
+
+from .export import cuda_available, get_exporter
+from .export.options import ExportOptions
+from .formats import ExportFormat
+from .protect import SkProtectorPyTorch
+from .result import ProtectionResult
+
+APPLICATION = "quickstart"
+MODEL_NAME = "digits_cnn"
+
+
+class DigitsCNN(nn.Module):
+    """A small conv net for 8x8 digit images (10 classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
+                                  nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class Dataset:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_digits_split(seed: int = 0) -> Dataset:
+    """scikit-learn's digits (1,797 8x8 images, shipped with the package): 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    split = int(0.8 * len(y))
+    train, test = order[:split], order[split:]
+    return Dataset(torch.from_numpy(x[train]), torch.from_numpy(y[train]), x[test], y[test])
+
+
+def train(data: Dataset, epochs: int = 20, seed: int = 0) -> DigitsCNN:
+    torch.manual_seed(seed)
+    model = DigitsCNN()
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    n = len(data.y_train)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(n).split(64):
+            optimiser.zero_grad()
+            loss_fn(model(data.x_train[idx]), data.y_train[idx]).backward()
+            optimiser.step()
+    return model.eval()
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(-1) == labels).mean())
+
+
+@dataclass
+class FormatRow:
+    format: str
+    accuracy_with_key: float
+    accuracy_without_key: float
+    accuracy_random_key: float
+    key_length: int
+
+
+def evaluate(result: ProtectionResult, data: Dataset) -> list[FormatRow]:
+    """Run every artifact on the test set with a per-session key, a zero key and a random key."""
+    config = load_config(result.config_path)
+    entry = config.models[result.model_name]
+    options = ExportOptions(
+        input_names=[i["name"] for i in entry.inputs],
+        output_names=[o["name"] for o in entry.outputs],
+        key_name=entry.key["name"],
+        dynamic_shapes=None,
+        dynamic_axes=None,
+        onnx_extra={},
+        inductor_configs={},
+    )
+    rows = []
+    rng = np.random.default_rng(0)
+    for slug, fmt_result in result.formats.items():
+        fmt = ExportFormat[slug.upper()]
+        run = get_exporter(fmt).load(fmt_result.path, options)
+        material = read_txt_keys(fmt_result.path.parent, result.model_name)
+        key = session_key(material)
+        zero = np.zeros_like(key)
+        random_key = rng.standard_normal(key.shape).astype(np.float32) * 100
+        rows.append(FormatRow(
+            format=slug,
+            accuracy_with_key=accuracy(run([data.x_test, key])[0], data.y_test),
+            accuracy_without_key=accuracy(run([data.x_test, zero])[0], data.y_test),
+            accuracy_random_key=accuracy(run([data.x_test, random_key])[0], data.y_test),
+            key_length=fmt_result.key_length,
+        ))
+    return rows
+
+
+def run_quickstart(workdir: Path | None = None) -> tuple[float, list[FormatRow], ProtectionResult]:
+    """Train, protect and evaluate; returns (original accuracy, rows per format, result)."""
+    import os
+
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chdir(workdir)
+    data = load_digits_split()
+    model = train(data)
+    with torch.no_grad():
+        original = accuracy(model(torch.from_numpy(data.x_test)).numpy(), data.y_test)
+    formats = ExportFormat.ONNX | ExportFormat.TORCHSCRIPT_CPU | ExportFormat.INDUCTOR_CPU
+    if cuda_available():
+        formats |= ExportFormat.TORCHSCRIPT_GPU | ExportFormat.INDUCTOR_GPU
+    protector = SkProtectorPyTorch(save_logs=True, application_name=APPLICATION)
+    exists = protector.config_path(SkProtectorPyTorch.ExportPlatform.TXT).exists() and (
+        MODEL_NAME in load_config(protector.config_path(SkProtectorPyTorch.ExportPlatform.TXT))
+        .models
+    )
+    protect = protector.protect_updated_model if exists else protector.protect_new_model
+    result = protect(
+        model,
+        MODEL_NAME,
+        [torch.from_numpy(data.x_test[:2])],
+        model_export_formats=formats,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+    )
+    return original, evaluate(result, data), result
+
+
+def main() -> None:
+    """Entry point of ``skprotect quickstart``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    start = time.perf_counter()
+    original, rows, result = run_quickstart()
+    console.print(result)
+    table = Table(title=f"digits CNN, {len(load_digits_split().y_test)} test images (chance 0.10)")
+    for column in ("format", "original", "with key", "without key", "random key", "key length"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.format, f"{original:.3f}", f"{row.accuracy_with_key:.3f}",
+                      f"{row.accuracy_without_key:.3f}", f"{row.accuracy_random_key:.3f}",
+                      str(row.key_length))
+    console.print(table)
+    console.print(f"files written: {len(result.files)} under {result.output_dir}")
+    for path in result.files:
+        console.print(f"  {path}")
+    for fmt, reason in result.skipped_formats.items():
+        console.print(f"[yellow]skipped {fmt}[/yellow]: {reason}")
+    console.print(f"total time: {time.perf_counter() - start:.1f} s")

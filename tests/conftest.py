@@ -1,0 +1,28 @@
+"""Shared fixtures: every test that protects runs in its own folder (outputs/, private state)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh current directory: outputs/, log/ and .skprotect_private/ land here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SKPROTECT_STATE_DIR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def module_workdir(tmp_path_factory: pytest.TempPathFactory):
+    """Like ``workdir`` but shared by a module's tests, to reuse expensive exports."""
+    path = tmp_path_factory.mktemp("protect")
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(previous)

@@ -1,0 +1,200 @@
+"""AOTInductor exporter: each compile takes 6-25 s, so every package is compiled once per module."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.export import Dim
+
+from skprotect_pytorch.errors import ExportError, InvalidArgumentError, VerificationError
+from skprotect_pytorch.export import (
+    build_export_options,
+    cuda_available,
+    get_exporter,
+    verify_artifact,
+)
+from skprotect_pytorch.export.inductor import CHECK_INPUTS_ENV, _input_error
+from skprotect_pytorch.formats import ExportFormat
+from skprotect_pytorch.lock import lock_model
+
+CPU = get_exporter(ExportFormat.INDUCTOR_CPU)
+GPU = get_exporter(ExportFormat.INDUCTOR_GPU)
+
+
+class ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 3)
+
+    def forward(self, x, key):
+        return self.lin(x) * key[:4].sum()
+
+
+def eager(module, *inputs) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [module(*inputs).numpy()]
+
+
+@pytest.fixture(scope="module")
+def clean_env():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(CHECK_INPUTS_ENV, raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def locked_package(tmp_path_factory, clean_env):
+    """A real KeyedModel, its batch made dynamic by onnx_params["dynamic_axes"] alone."""
+    torch.manual_seed(0)
+    model = ConvNet().eval()
+    locked = lock_model(model, layer_filter=lambda n, m: True, secret_rng=np.random.default_rng(0))
+    key = torch.from_numpy(locked.layout.static_key())
+    x = torch.randn(2, 3, 16, 16)
+    params = {"input_names": ["image"], "dynamic_axes": {"image": {0: "batch"}}}
+    opts = build_export_options([x], params)
+    path = tmp_path_factory.mktemp("aoti") / "m.pt2"
+    report = CPU.export(locked.keyed, (x, key), path, opts, with_key=True)
+    return model, key.numpy(), opts, report, CPU.load(report.path, opts)
+
+
+@pytest.fixture(scope="module")
+def original_package(tmp_path_factory, clean_env):
+    torch.manual_seed(0)
+    model, x = nn.Linear(8, 3).eval(), torch.randn(2, 8)
+    opts = build_export_options([x], {"input_names": ["x"]}, ({0: Dim("batch")},))
+    path = tmp_path_factory.mktemp("aoti_orig") / "orig.pt2"
+    report = CPU.export(model, (x,), path, opts, with_key=False)
+    return model, opts, report
+
+
+@pytest.mark.slow
+def test_report_and_input_checks_enabled(locked_package):
+    _, _, _, report, _ = locked_package
+    assert report.path.is_file() and report.path.suffix == ".pt2"
+    assert report.fmt is ExportFormat.INDUCTOR_CPU
+    assert report.exporter == "torch.export + aoti_compile_and_package (cpu)"
+    assert report.notes[0].startswith("torch.export ")
+    assert os.environ[CHECK_INPUTS_ENV] == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [3, 1])
+def test_dynamic_batch_from_dynamic_axes(locked_package, batch):
+    model, key, opts, report, _ = locked_package
+    x = torch.randn(batch, 3, 16, 16)
+    assert verify_artifact(CPU, report.path, opts, [x.numpy(), key], eager(model, x)) < 1e-4
+
+
+@pytest.mark.slow
+def test_wrong_expected_output_raises(locked_package):
+    model, key, opts, report, _ = locked_package
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(VerificationError, match="differs from the reference"):
+        verify_artifact(CPU, report.path, opts, [x.numpy(), key], [eager(model, x)[0] - 1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("length", [68, 70, 0])
+def test_wrong_key_length_is_a_clear_error_not_a_crash(locked_package, length):
+    _, key, _, _, run = locked_package
+    bad = np.resize(key, length).astype(np.float32)
+    with pytest.raises(InvalidArgumentError) as info:
+        run([np.zeros((2, 3, 16, 16), np.float32), bad])
+    assert str(info.value) == (
+        f'The AOTInductor model m.pt2 rejected its key "key_vector" (shape ({length},), dtype '
+        f"float32): unmatched dim value at 0, expected: 69, but got: {length}. Pass it with the "
+        "shape and dtype it was exported with (the key is a float32 vector of fixed length)."
+    )
+
+
+@pytest.mark.slow
+def test_wrong_key_dtype_and_input_shape_and_count(locked_package):
+    _, key, _, _, run = locked_package
+    image = np.zeros((2, 3, 16, 16), np.float32)
+    with pytest.raises(InvalidArgumentError, match=r'rejected its key "key_vector" .*dtype'):
+        run([image, key.astype(np.float64)])
+    with pytest.raises(
+        InvalidArgumentError, match=r'rejected its input "image" \(shape \(2, 3, 15'
+    ):
+        run([np.zeros((2, 3, 15, 16), np.float32), key])
+    with pytest.raises(InvalidArgumentError, match=r"got 1 input\(s\)"):
+        run([image])
+
+
+@pytest.mark.slow
+def test_save_original_without_key(original_package):
+    model, opts, report = original_package
+    x = torch.randn(4, 8)
+    assert verify_artifact(CPU, report.path, opts, [x.numpy()], eager(model, x)) < 1e-5
+
+
+def test_other_runtime_errors_pass_through():
+    err = RuntimeError("CUDA error: out of memory")
+    opts = build_export_options([torch.randn(2, 8)])
+    assert _input_error(err, "m.pt2", [], opts) is err
+
+
+def test_torch_export_failure_is_an_export_error(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("data-dependent control flow")
+
+    monkeypatch.setattr(torch.export, "export", broken)
+    x, key = torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options([x], {"input_names": ["x"]})
+    with pytest.raises(ExportError) as info:
+        CPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
+    assert str(info.value).startswith(
+        "torch.export failed (RuntimeError: data-dependent control flow). Check that the model "
+        "runs with input_tensors"
+    )
+
+
+def test_compile_failure_is_an_export_error(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken)
+    x, key = torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options([x], {"input_names": ["x"]})
+    with pytest.raises(ExportError, match=r"^AOTInductor compilation failed \(RuntimeError: no C"):
+        CPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the refusal on machines without CUDA")
+def test_gpu_variant_requires_cuda(tmp_path):
+    x, key = torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options([x], {"input_names": ["x"]})
+    with pytest.raises(ExportError, match=r"^ExportFormat\.INDUCTOR_GPU requires CUDA"):
+        GPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
+    with pytest.raises(ExportError, match=r"^ExportFormat\.INDUCTOR_GPU requires CUDA"):
+        GPU.load(tmp_path / "m.pt2", opts)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cuda_available(), reason="needs CUDA")
+def test_gpu_package_runs_and_checks_the_key(tmp_path, clean_env):
+    torch.manual_seed(0)
+    model, x, key = Toy().eval(), torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options([x], {"input_names": ["x"]}, ({0: Dim("batch")},))
+    report = GPU.export(model, (x, key), tmp_path / "m.pt2", opts, with_key=True)
+    assert next(model.parameters()).device.type == "cpu"
+    x3 = torch.randn(3, 8)
+    inputs = [x3.numpy(), key.numpy()]
+    assert verify_artifact(GPU, report.path, opts, inputs, eager(model, x3, key), rtol=1e-3) < 1e-3
+    with pytest.raises(InvalidArgumentError, match="expected: 10, but got: 7"):
+        GPU.load(report.path, opts)([x3.numpy(), key.numpy()[:7]])

@@ -1,0 +1,140 @@
+"""Every reference model (all eight layer types) × every CPU format, through the public API:
+the key reproduces the original, no / zero / random / another group's key gives garbage, a
+malformed key never crashes, dynamic dimensions work, and no artifact holds a plaintext weight."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from skprotect_pytorch.audit.constants import artifact_constants, find_weight_leaks
+from skprotect_pytorch.protect import SkProtectorPyTorch
+from tests.assertions import assert_equivalent, garbage_ratio
+from tests.models import MODEL_FACTORIES
+
+EF = SkProtectorPyTorch.ExportFormat
+SEQUENCE_MODELS = {"transformer", "lstm", "gru"}
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+def _dynamic(name: str, inputs: list[torch.Tensor]) -> tuple[dict, ...]:
+    dims = {0: torch.export.Dim("batch", min=1, max=64)}
+    if name in SEQUENCE_MODELS:
+        dims[1] = torch.export.Dim("seq", min=1, max=64)
+    return (dims,) + tuple(None for _ in inputs[1:])
+
+
+def _other_sizes(name: str, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+    x = inputs[0]
+    shape = list(x.shape)
+    shape[0] = 3
+    if name in SEQUENCE_MODELS:
+        shape[1] = x.shape[1] + 3
+    return [torch.randn(*shape, generator=torch.Generator().manual_seed(7)).numpy()]
+
+
+def _runner(path: Path) -> Runner:
+    if path.suffix == ".onnx":
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        return lambda arrays: session.run(None, dict(zip(names, arrays, strict=True)))
+    if path.suffix == ".pt":
+        module = torch.jit.load(str(path))
+    else:
+        os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
+        module = torch._inductor.aoti_load_package(str(path))
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        outs = out if isinstance(out, list | tuple) else [out]
+        return [o.numpy() for o in outs]
+
+    return run
+
+
+def _key(path: Path, model_name: str) -> np.ndarray:
+    text = (path.parent / f"key_vector_inv_{model_name}.txt").read_text()
+    return np.array([np.float32(v) for v in text.split()], dtype=np.float32)
+
+
+def _protect(name: str, formats: EF, root: Path) -> dict:
+    model, inputs = MODEL_FACTORIES[name]()
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        result = SkProtectorPyTorch(application_name="matrix").protect_new_model(
+            model, name, inputs, model_export_formats=formats, test_key=True,
+            dynamic_shapes=_dynamic(name, inputs),
+        )
+    finally:
+        os.chdir(previous)
+    return {"model": model, "inputs": inputs, "result": result}
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_FACTORIES))
+def protected(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ONNX + TorchScript CPU: two format groups, two keys."""
+    return _protect(request.param, EF.ONNX | EF.TORCHSCRIPT_CPU, tmp_path_factory.mktemp("m"))
+
+
+def _check_artifact(name: str, model, inputs, path: Path, other_key: np.ndarray) -> None:
+    run = _runner(path)
+    key = _key(path, name)
+    for arrays in ([t.numpy() for t in inputs], _other_sizes(name, inputs)):
+        with torch.no_grad():
+            expected = model(*[torch.from_numpy(a) for a in arrays]).numpy()
+        assert_equivalent(run([*arrays, key])[0], expected, rtol=1e-4)
+        rng = np.random.default_rng(0)
+        wrong = {
+            "zero": np.zeros_like(key),
+            "random": rng.standard_normal(key.size).astype(np.float32) * key.std(),
+            "other group": other_key,
+        }
+        for label, bad in wrong.items():
+            ratio = garbage_ratio(run([*arrays, bad])[0], expected)
+            assert ratio > 0.5, f"{label} key: outputs only {ratio:.2f} away from the original"
+    # malformed keys: a clean exception or garbage, never a crash of the process
+    arrays = [t.numpy() for t in inputs]
+    for bad in (key[:-5], np.concatenate([key, key[:3]]), key.astype(np.float64), key[None]):
+        try:
+            run([*arrays, bad])
+        except Exception as err:  # noqa: BLE001 - any clean error is acceptable
+            assert str(err)
+
+
+def test_onnx_and_torchscript(protected: dict) -> None:
+    result = protected["result"]
+    onnx_path = result.formats["onnx"].path
+    ts_path = result.formats["torchscript_cpu"].path
+    name = result.model_name
+    _check_artifact(name, protected["model"], protected["inputs"], onnx_path, _key(ts_path, name))
+    _check_artifact(name, protected["model"], protected["inputs"], ts_path, _key(onnx_path, name))
+
+
+def test_no_plaintext_weight_in_any_artifact(protected: dict) -> None:
+    weights = {k: v.detach().numpy() for k, v in protected["model"].state_dict().items()
+               if v.dim() >= 2}
+    for fmt in protected["result"].formats.values():
+        leaks = find_weight_leaks(artifact_constants(fmt.path), weights)
+        assert leaks == [], f"{fmt.format}: {leaks}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MODEL_FACTORIES))
+def test_inductor_cpu(name: str, tmp_path: Path) -> None:
+    protected = _protect(name, EF.INDUCTOR_CPU | EF.ONNX, tmp_path)
+    result = protected["result"]
+    path = result.formats["inductor_cpu"].path
+    assert path.suffix == ".pt2"
+    _check_artifact(name, protected["model"], protected["inputs"], path,
+                    _key(result.formats["onnx"].path, name))
+    weights = {k: v.detach().numpy() for k, v in protected["model"].state_dict().items()
+               if v.dim() >= 2}
+    assert find_weight_leaks(artifact_constants(path), weights) == []

@@ -1,0 +1,390 @@
+"""End-to-end tests of SkProtectorPyTorch: files, keys, configuration, errors, atomicity."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from skprotect_pytorch import Customer
+from skprotect_pytorch.errors import (
+    ExportError,
+    InvalidArgumentError,
+    RemovedAPIError,
+    SkProtectError,
+    VerificationError,
+)
+from skprotect_pytorch.protect import SkProtectorPyTorch
+from skruntime.config import load_config
+from skruntime.keyfile import read_txt_keys, session_key
+
+EF = SkProtectorPyTorch.ExportFormat
+EP = SkProtectorPyTorch.ExportPlatform
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = SmallNet()
+    model.bn.running_mean.normal_()
+    model.bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+INPUTS = [torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))]
+BATCH = ({0: torch.export.Dim("batch", min=1, max=64)},)
+
+
+def onnx_run(path: Path, x: np.ndarray, key: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, {names[0]: x, names[-1]: key})[0]
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def read_static_key(path: Path) -> np.ndarray:
+    return np.array([np.float32(line) for line in path.read_text().split()], dtype=np.float32)
+
+
+def test_onnx_txt_test_key_end_to_end(workdir: Path) -> None:
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()  # the user's mode must survive
+    protector = SkProtectorPyTorch(save_logs=True, application_name="app")
+    result = protector.protect_new_model(
+        model, "net", INPUTS, model_export_formats=EF.ONNX, test_key=True, dynamic_shapes=BATCH
+    )
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    onnx_path = workdir / "outputs/app/net/onnx/net.onnx"
+    assert result.formats["onnx"].path == onnx_path and onnx_path.exists()
+    assert sorted(p.name for p in onnx_path.parent.iterdir()) == [
+        "key_params_net.json", "key_vector_inv_net.txt", "net.onnx"
+    ]
+    key = read_static_key(onnx_path.parent / "key_vector_inv_net.txt")
+    assert key.size == result.formats["onnx"].key_length
+    names = [i.name for i in ort.InferenceSession(str(onnx_path)).get_inputs()]
+    assert names == ["input.1", "key_vector"]
+    for batch in (2, 5):
+        x = torch.randn(batch, 3, 4, 4)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert rel(onnx_run(onnx_path, x.numpy(), key), expected) < 1e-4
+        assert rel(onnx_run(onnx_path, x.numpy(), np.zeros_like(key)), expected) > 0.5
+        random_key = np.random.default_rng(batch).standard_normal(key.size).astype(np.float32)
+        assert rel(onnx_run(onnx_path, x.numpy(), random_key), expected) > 0.5
+    assert result.formats["onnx"].max_rel_error < 1e-4
+    assert result.formats["onnx"].no_key_rel_diff > 0.5
+    assert [d.name for d in result.locked_layers] == ["conv", "fc"]
+    assert result.folded_batchnorms == [("conv", "bn")]
+    assert "net" in str(result) and str(onnx_path) in str(result)
+    logs = list((workdir / "log").glob("skprotect_*.log"))
+    assert logs and "layer conv (Conv2d): locked" in logs[0].read_text()
+    config = load_config(workdir / "outputs/app/skconfig.json")
+    assert config.platform_version == 2 and config.customer == {"id": 1, "name": ""}
+    assert config.models["net"].formats["onnx"].sha256
+
+
+def test_session_keys_without_test_key(workdir: Path) -> None:
+    model = make_model()
+    protector = SkProtectorPyTorch(application_name="app")
+    result = protector.protect_new_model(model, "net", INPUTS, model_export_formats=EF.ONNX)
+    folder = result.formats["onnx"].path.parent
+    share = read_static_key(folder / "key_vector_inv_net.txt")
+    with torch.no_grad():
+        expected = model(INPUTS[0]).numpy()
+    assert rel(onnx_run(result.formats["onnx"].path, INPUTS[0].numpy(), share), expected) > 0.5
+    material = read_txt_keys(folder, "net")
+    k1, k2 = session_key(material), session_key(material)
+    assert k1.tobytes() != k2.tobytes()
+    y1 = onnx_run(result.formats["onnx"].path, INPUTS[0].numpy(), k1)
+    y2 = onnx_run(result.formats["onnx"].path, INPUTS[0].numpy(), k2)
+    assert np.array_equal(y1, y2)
+    assert rel(y1, expected) < 1e-4
+
+
+def test_layer_filter_called_once_per_layer_across_groups(workdir: Path) -> None:
+    calls: list[str] = []
+
+    def only_fc(name: str, module: nn.Module) -> bool:
+        calls.append(name)
+        return name == "fc"
+
+    result = SkProtectorPyTorch(application_name="app").protect_new_model(
+        make_model(), "net", INPUTS, layer_filter=only_fc,
+        model_export_formats=EF.ONNX | EF.TORCHSCRIPT_CPU,
+    )
+    assert calls == ["conv", "fc"]
+    assert [d.name for d in result.locked_layers] == ["fc"]
+    assert [(d.name, d.reason) for d in result.skipped_layers] == [
+        ("conv", "excluded by layer_filter")
+    ]
+    assert result.formats["onnx"].key_length == result.formats["torchscript_cpu"].key_length
+
+
+def test_groups_have_their_own_keys_and_reproducible(workdir: Path) -> None:
+    model = make_model()
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(
+        model, "net", INPUTS, model_export_formats=EF.ONNX | EF.TORCHSCRIPT_CPU, test_key=True
+    )
+    onnx_key = read_static_key(workdir / "outputs/app/net/onnx/key_vector_inv_net.txt")
+    cpu_key = read_static_key(workdir / "outputs/app/net/cpu/key_vector_inv_net.txt")
+    assert not np.array_equal(onnx_key, cpu_key)
+    # the CPU group's key does not unlock the ONNX file
+    with torch.no_grad():
+        expected = model(INPUTS[0]).numpy()
+    onnx_path = workdir / "outputs/app/net/onnx/net.onnx"
+    assert rel(onnx_run(onnx_path, INPUTS[0].numpy(), cpu_key), expected) > 0.5
+    # re-protecting the unchanged model reproduces the keys
+    protector.protect_updated_model(
+        model, "net", INPUTS, model_export_formats=EF.ONNX, test_key=True
+    )
+    again = read_static_key(workdir / "outputs/app/net/onnx/key_vector_inv_net.txt")
+    assert np.array_equal(again, onnx_key)
+    # another application gets other keys
+    SkProtectorPyTorch(application_name="other").protect_new_model(
+        model, "net", INPUTS, model_export_formats=EF.ONNX, test_key=True
+    )
+    other = read_static_key(workdir / "outputs/other/net/onnx/key_vector_inv_net.txt")
+    assert not np.array_equal(other, onnx_key)
+
+
+def test_torchscript_cpu_runs_with_key(workdir: Path) -> None:
+    model = make_model()
+    result = SkProtectorPyTorch(application_name="app").protect_new_model(
+        model, "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU, test_key=True,
+        dynamic_shapes=BATCH,
+    )
+    path = result.formats["torchscript_cpu"].path
+    assert path.name == "net.pt"
+    key = torch.from_numpy(read_static_key(path.parent / "key_vector_inv_net.txt"))
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(3, 3, 4, 4)
+    with torch.no_grad():
+        assert rel(loaded(x, key).numpy(), model(x).numpy()) < 1e-4
+        assert rel(loaded(x, torch.zeros_like(key)).numpy(), model(x).numpy()) > 0.5
+
+
+def test_new_and_updated_model_rules(workdir: Path) -> None:
+    protector = SkProtectorPyTorch(application_name="app")
+    with pytest.raises(InvalidArgumentError, match="no model 'net' to replace"):
+        protector.protect_updated_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
+    protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
+    with pytest.raises(InvalidArgumentError, match="already in"):
+        protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
+    with pytest.raises(InvalidArgumentError, match="models there: net"):
+        protector.protect_updated_model(make_model(), "nt", INPUTS, model_export_formats=EF.ONNX)
+    protector.protect_new_model(make_model(1), "net2", INPUTS, model_export_formats=EF.ONNX)
+    config = load_config(protector.config_path(EP.TXT))
+    assert sorted(config.models) == ["net", "net2"]
+
+
+def test_failure_leaves_outputs_untouched(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
+    config_path = protector.config_path(EP.TXT)
+    before_config = config_path.read_bytes()
+    onnx_path = workdir / "outputs/app/net/onnx/net.onnx"
+    before_model = onnx_path.read_bytes()
+
+    import skprotect_pytorch.pipeline as pipeline
+
+    def broken(*args, **kwargs):
+        raise VerificationError("simulated failure")
+
+    monkeypatch.setattr(pipeline, "verify_artifact", broken)
+    with pytest.raises(VerificationError):
+        protector.protect_updated_model(make_model(3), "net", INPUTS, model_export_formats=EF.ONNX)
+    with pytest.raises(VerificationError):
+        protector.protect_new_model(make_model(3), "net3", INPUTS, model_export_formats=EF.ONNX)
+    assert config_path.read_bytes() == before_config
+    assert onnx_path.read_bytes() == before_model
+    assert not (workdir / "outputs/app/net3").exists()
+    assert [p.name for p in (workdir / "outputs/app").iterdir() if p.name.startswith(".")] == []
+
+
+def test_config_write_failure_restores_files(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
+    onnx_path = workdir / "outputs/app/net/onnx/net.onnx"
+    before_model = onnx_path.read_bytes()
+    before_config = protector.config_path(EP.TXT).read_bytes()
+
+    import skprotect_pytorch.pipeline as pipeline
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "add_model", disk_full)
+    with pytest.raises(OSError):
+        protector.protect_updated_model(make_model(5), "net", INPUTS, model_export_formats=EF.ONNX)
+    assert onnx_path.read_bytes() == before_model
+    assert protector.config_path(EP.TXT).read_bytes() == before_config
+
+
+def test_save_original(workdir: Path) -> None:
+    model = make_model()
+    result = SkProtectorPyTorch(application_name="app").protect_new_model(
+        model, "net", INPUTS, model_export_formats=EF.ONNX, save_original=True,
+        onnx_params={"input_names": ["pixels"], "output_names": ["logits"], "dynamic_axes": None},
+    )
+    [original] = result.original_files
+    assert original == workdir / "outputs/app/net/original/net_onnx.onnx"
+    session = ort.InferenceSession(str(original))
+    assert [i.name for i in session.get_inputs()] == ["pixels"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    with torch.no_grad():
+        expected = model(INPUTS[0]).numpy()
+    assert rel(session.run(None, {"pixels": INPUTS[0].numpy()})[0], expected) < 1e-5
+
+
+def test_linux_platform(workdir: Path) -> None:
+    from skruntime.mev import read_mev
+
+    model = make_model()
+    protector = SkProtectorPyTorch(application_name="app")
+    result = protector.protect_new_model(
+        model, "net", INPUTS, model_export_formats=EF.ONNX, deployment_platform=EP.LINUX,
+        customer=Customer(7, "ACME"),
+    )
+    assert result.config_path == workdir / "outputs/app/skrpl"
+    config = load_config(result.config_path)
+    assert config.customer == {"id": 7, "name": "ACME"} and config.platform == "LINUX"
+    entry = config.models["net"].formats["onnx"]
+    mev = workdir / "outputs/app" / entry.key_files[0]
+    assert mev.name.startswith("mev") and mev.exists()
+    assert not list(mev.parent.glob("key_vector_inv_*"))
+    material = read_mev(mev, model_name="net", fmt_slug="onnx", model_sha256=entry.sha256,
+                        kek=protector.state.kek)
+    with torch.no_grad():
+        expected = model(INPUTS[0]).numpy()
+    out = onnx_run(workdir / "outputs/app" / entry.file, INPUTS[0].numpy(), session_key(material))
+    assert rel(out, expected) < 1e-4
+    with pytest.raises(SkProtectError):
+        read_mev(mev, model_name="net", fmt_slug="onnx", model_sha256="0" * 64,
+                 kek=protector.state.kek)
+
+
+def test_migrate_and_update_customer(workdir: Path) -> None:
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(
+        make_model(), "net", INPUTS, model_export_formats=EF.ONNX, platform_version=0
+    )
+    path = protector.config_path(EP.TXT)
+    assert load_config(path).models["net"].formats["onnx"].sha256 is None
+    with pytest.raises(InvalidArgumentError, match="migrate_configuration"):
+        protector.protect_new_model(make_model(), "other", INPUTS, model_export_formats=EF.ONNX)
+    with pytest.raises(SkProtectError):
+        protector.update_customer(Customer(3, "x"), EP.TXT)
+    protector.migrate_configuration(1, EP.TXT)
+    config = load_config(path)
+    digest = config.models["net"].formats["onnx"].sha256
+    assert config.platform_version == 1 and len(digest) == 64
+    protector.migrate_configuration(2, EP.TXT, Customer(4, "Four"))
+    assert load_config(path).customer == {"id": 4, "name": "Four"}
+    protector.update_customer(Customer(5, "Five"), EP.TXT)
+    assert load_config(path).customer == {"id": 5, "name": "Five"}
+    with pytest.raises(SkProtectError):
+        protector.migrate_configuration(1, EP.TXT)
+
+
+def test_tampered_configuration_is_refused(workdir: Path) -> None:
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
+    path = protector.config_path(EP.TXT)
+    document = json.loads(path.read_text())
+    document["payload"]["customer"]["id"] = 99
+    path.write_text(json.dumps(document))
+    with pytest.raises(SkProtectError, match="signature"):
+        load_config(path)
+    with pytest.raises(SkProtectError):
+        protector.protect_new_model(make_model(), "x", INPUTS, model_export_formats=EF.ONNX)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"model": "not a model"}, InvalidArgumentError, "torch.nn.Module"),
+        ({"model_name": "../evil"}, InvalidArgumentError, "model_name"),
+        ({"input_tensors": []}, InvalidArgumentError, "non-empty list"),
+        ({"input_tensors": [np.zeros(3)]}, InvalidArgumentError, "torch.Tensor"),
+        ({"layer_filter": "conv"}, InvalidArgumentError, "layer_filter"),
+        ({"model_export_formats": "onnx"}, InvalidArgumentError, "ExportFormat"),
+        ({"deployment_platform": "TXT"}, InvalidArgumentError, "ExportPlatform"),
+        ({"platform_version": 3}, InvalidArgumentError, "platform_version"),
+        ({"platform_version": 1, "customer": Customer(2)}, InvalidArgumentError, ">= 2"),
+        ({"customer": 1}, InvalidArgumentError, "Customer"),
+        ({"test_key": "yes"}, InvalidArgumentError, "test_key"),
+        ({"inductor_configs": [1]}, InvalidArgumentError, "inductor_configs"),
+        ({"onnx_params": {"input_names": []}}, InvalidArgumentError, "input_names"),
+        ({"dynamic_shapes": ({0: torch.export.Dim("b")},),
+          "input_tensors": [torch.randn(1, 3, 4, 4)]}, InvalidArgumentError, "size"),
+        ({"model_export_formats": EF.TORCHSCRIPT_GPU | EF.INDUCTOR_GPU}, ExportError, "CUDA"),
+        ({"debug_logs": True}, RemovedAPIError, "save_logs"),
+        ({"layer_types_to_protect": [nn.Linear]}, RemovedAPIError, "layer_filter"),
+        ({"filtered_layers": ["fc"]}, RemovedAPIError, "layer_filter"),
+        ({"protected_model_format": "onnx"}, RemovedAPIError, "model_export_formats"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_bad_arguments(workdir: Path, kwargs: dict, error: type, message: str) -> None:
+    if torch.cuda.is_available() and error is ExportError:
+        pytest.xfail("GPU formats are available on this machine")
+    call = {"model": make_model(), "model_name": "net", "input_tensors": INPUTS,
+            "model_export_formats": EF.ONNX, **kwargs}
+    with pytest.raises(error, match=message):
+        SkProtectorPyTorch(application_name="app").protect_new_model(**call)
+    assert not (workdir / "outputs/app/net").exists()
+
+
+def test_gpu_formats_skipped_with_warning(workdir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.xfail("GPU formats are available on this machine")
+    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+        result = SkProtectorPyTorch(application_name="app").protect_new_model(
+            make_model(), "net", INPUTS, model_export_formats=EF.ONNX | EF.TORCHSCRIPT_GPU
+        )
+    assert list(result.formats) == ["onnx"]
+    assert "CUDA" in result.skipped_formats["torchscript_gpu"]
+
+
+def test_legacy_api(workdir: Path) -> None:
+    with pytest.raises(RemovedAPIError, match="output_path"):
+        SkProtectorPyTorch(output_path="x")
+    with pytest.raises(RemovedAPIError, match="protect_new_model"):
+        SkProtectorPyTorch().protect(make_model())
+    with pytest.raises(RemovedAPIError, match="SkProtectorPyTorch"):
+        from skprotect_pytorch.protect import SkProtector  # noqa: F401
+    with pytest.raises(RemovedAPIError, match="TORCHSCRIPT_CPU"):
+        _ = EF.TORCHSCRIPT
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = SkProtectorPyTorch(application_name="app").protect_new_model(
+            make_model(), "net", list_input_tensor=INPUTS, protected_model_format=EF.ONNX
+        )
+    assert list(result.formats) == ["onnx"]
+    assert any("input_tensors" in str(w.message) for w in caught)
+    assert any("model_export_formats" in str(w.message) for w in caught)
