@@ -12,11 +12,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from tests.assertions import assert_equivalent, garbage_ratio
+from tests.models import MODEL_FACTORIES
 
 from skprotect_pytorch.audit.constants import artifact_constants, find_weight_leaks
 from skprotect_pytorch.protect import SkProtectorPyTorch
-from tests.assertions import assert_equivalent, garbage_ratio
-from tests.models import MODEL_FACTORIES
 
 EF = SkProtectorPyTorch.ExportFormat
 SEQUENCE_MODELS = {"transformer", "lstm", "gru"}
@@ -27,7 +27,7 @@ def _dynamic(name: str, inputs: list[torch.Tensor]) -> tuple[dict, ...]:
     dims = {0: torch.export.Dim("batch", min=1, max=64)}
     if name in SEQUENCE_MODELS:
         dims[1] = torch.export.Dim("seq", min=1, max=64)
-    return (dims,) + tuple(None for _ in inputs[1:])
+    return (dims, *(None for _ in inputs[1:]))
 
 
 def _other_sizes(name: str, inputs: list[torch.Tensor]) -> list[np.ndarray]:
@@ -70,7 +70,11 @@ def _protect(name: str, formats: EF, root: Path) -> dict:
     os.chdir(root)
     try:
         result = SkProtectorPyTorch(application_name="matrix").protect_new_model(
-            model, name, inputs, model_export_formats=formats, test_key=True,
+            model,
+            name,
+            inputs,
+            model_export_formats=formats,
+            test_key=True,
             dynamic_shapes=_dynamic(name, inputs),
         )
     finally:
@@ -105,7 +109,7 @@ def _check_artifact(name: str, model, inputs, path: Path, other_key: np.ndarray)
     for bad in (key[:-5], np.concatenate([key, key[:3]]), key.astype(np.float64), key[None]):
         try:
             run([*arrays, bad])
-        except Exception as err:  # noqa: BLE001 - any clean error is acceptable
+        except Exception as err:  # any clean error is acceptable
             assert str(err)
 
 
@@ -119,8 +123,9 @@ def test_onnx_and_torchscript(protected: dict) -> None:
 
 
 def test_no_plaintext_weight_in_any_artifact(protected: dict) -> None:
-    weights = {k: v.detach().numpy() for k, v in protected["model"].state_dict().items()
-               if v.dim() >= 2}
+    weights = {
+        k: v.detach().numpy() for k, v in protected["model"].state_dict().items() if v.dim() >= 2
+    }
     for fmt in protected["result"].formats.values():
         leaks = find_weight_leaks(artifact_constants(fmt.path), weights)
         assert leaks == [], f"{fmt.format}: {leaks}"
@@ -133,8 +138,10 @@ def test_inductor_cpu(name: str, tmp_path: Path) -> None:
     result = protected["result"]
     path = result.formats["inductor_cpu"].path
     assert path.suffix == ".pt2"
-    _check_artifact(name, protected["model"], protected["inputs"], path,
-                    _key(result.formats["onnx"].path, name))
-    weights = {k: v.detach().numpy() for k, v in protected["model"].state_dict().items()
-               if v.dim() >= 2}
+    _check_artifact(
+        name, protected["model"], protected["inputs"], path, _key(result.formats["onnx"].path, name)
+    )
+    weights = {
+        k: v.detach().numpy() for k, v in protected["model"].state_dict().items() if v.dim() >= 2
+    }
     assert find_weight_leaks(artifact_constants(path), weights) == []

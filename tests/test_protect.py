@@ -79,7 +79,9 @@ def test_onnx_txt_test_key_end_to_end(workdir: Path) -> None:
     onnx_path = workdir / "outputs/app/net/onnx/net.onnx"
     assert result.formats["onnx"].path == onnx_path and onnx_path.exists()
     assert sorted(p.name for p in onnx_path.parent.iterdir()) == [
-        "key_params_net.json", "key_vector_inv_net.txt", "net.onnx"
+        "key_params_net.json",
+        "key_vector_inv_net.txt",
+        "net.onnx",
     ]
     key = read_static_key(onnx_path.parent / "key_vector_inv_net.txt")
     assert key.size == result.formats["onnx"].key_length
@@ -131,7 +133,10 @@ def test_layer_filter_called_once_per_layer_across_groups(workdir: Path) -> None
         return name == "fc"
 
     result = SkProtectorPyTorch(application_name="app").protect_new_model(
-        make_model(), "net", INPUTS, layer_filter=only_fc,
+        make_model(),
+        "net",
+        INPUTS,
+        layer_filter=only_fc,
         model_export_formats=EF.ONNX | EF.TORCHSCRIPT_CPU,
     )
     assert calls == ["conv", "fc"]
@@ -173,7 +178,11 @@ def test_groups_have_their_own_keys_and_reproducible(workdir: Path) -> None:
 def test_torchscript_cpu_runs_with_key(workdir: Path) -> None:
     model = make_model()
     result = SkProtectorPyTorch(application_name="app").protect_new_model(
-        model, "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU, test_key=True,
+        model,
+        "net",
+        INPUTS,
+        model_export_formats=EF.TORCHSCRIPT_CPU,
+        test_key=True,
         dynamic_shapes=BATCH,
     )
     path = result.formats["torchscript_cpu"].path
@@ -248,7 +257,11 @@ def test_config_write_failure_restores_files(
 def test_save_original(workdir: Path) -> None:
     model = make_model()
     result = SkProtectorPyTorch(application_name="app").protect_new_model(
-        model, "net", INPUTS, model_export_formats=EF.ONNX, save_original=True,
+        model,
+        "net",
+        INPUTS,
+        model_export_formats=EF.ONNX,
+        save_original=True,
         onnx_params={"input_names": ["pixels"], "output_names": ["logits"], "dynamic_axes": None},
     )
     [original] = result.original_files
@@ -267,7 +280,11 @@ def test_linux_platform(workdir: Path) -> None:
     model = make_model()
     protector = SkProtectorPyTorch(application_name="app")
     result = protector.protect_new_model(
-        model, "net", INPUTS, model_export_formats=EF.ONNX, deployment_platform=EP.LINUX,
+        model,
+        "net",
+        INPUTS,
+        model_export_formats=EF.ONNX,
+        deployment_platform=EP.LINUX,
         customer=Customer(7, "ACME"),
     )
     assert result.config_path == workdir / "outputs/app/skrpl"
@@ -277,15 +294,17 @@ def test_linux_platform(workdir: Path) -> None:
     mev = workdir / "outputs/app" / entry.key_files[0]
     assert mev.name.startswith("mev") and mev.exists()
     assert not list(mev.parent.glob("key_vector_inv_*"))
-    material = read_mev(mev, model_name="net", fmt_slug="onnx", model_sha256=entry.sha256,
-                        kek=protector.state.kek)
+    material = read_mev(
+        mev, model_name="net", fmt_slug="onnx", model_sha256=entry.sha256, kek=protector.state.kek
+    )
     with torch.no_grad():
         expected = model(INPUTS[0]).numpy()
     out = onnx_run(workdir / "outputs/app" / entry.file, INPUTS[0].numpy(), session_key(material))
     assert rel(out, expected) < 1e-4
     with pytest.raises(SkProtectError):
-        read_mev(mev, model_name="net", fmt_slug="onnx", model_sha256="0" * 64,
-                 kek=protector.state.kek)
+        read_mev(
+            mev, model_name="net", fmt_slug="onnx", model_sha256="0" * 64, kek=protector.state.kek
+        )
 
 
 def test_migrate_and_update_customer(workdir: Path) -> None:
@@ -340,8 +359,14 @@ def test_tampered_configuration_is_refused(workdir: Path) -> None:
         ({"test_key": "yes"}, InvalidArgumentError, "test_key"),
         ({"inductor_configs": [1]}, InvalidArgumentError, "inductor_configs"),
         ({"onnx_params": {"input_names": []}}, InvalidArgumentError, "input_names"),
-        ({"dynamic_shapes": ({0: torch.export.Dim("b")},),
-          "input_tensors": [torch.randn(1, 3, 4, 4)]}, InvalidArgumentError, "size"),
+        (
+            {
+                "dynamic_shapes": ({0: torch.export.Dim("b")},),
+                "input_tensors": [torch.randn(1, 3, 4, 4)],
+            },
+            InvalidArgumentError,
+            "size",
+        ),
         ({"model_export_formats": EF.TORCHSCRIPT_GPU | EF.INDUCTOR_GPU}, ExportError, "CUDA"),
         ({"debug_logs": True}, RemovedAPIError, "save_logs"),
         ({"layer_types_to_protect": [nn.Linear]}, RemovedAPIError, "layer_filter"),
@@ -353,8 +378,13 @@ def test_tampered_configuration_is_refused(workdir: Path) -> None:
 def test_bad_arguments(workdir: Path, kwargs: dict, error: type, message: str) -> None:
     if torch.cuda.is_available() and error is ExportError:
         pytest.xfail("GPU formats are available on this machine")
-    call = {"model": make_model(), "model_name": "net", "input_tensors": INPUTS,
-            "model_export_formats": EF.ONNX, **kwargs}
+    call = {
+        "model": make_model(),
+        "model_name": "net",
+        "input_tensors": INPUTS,
+        "model_export_formats": EF.ONNX,
+        **kwargs,
+    }
     with pytest.raises(error, match=message):
         SkProtectorPyTorch(application_name="app").protect_new_model(**call)
     assert not (workdir / "outputs/app/net").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -26,8 +27,12 @@ def quickstart() -> None:
 
 @app.command("export-kek")
 def export_kek(
-    output: Path = typer.Argument(..., help="File to write the key-encryption key to (mode 0600)."),
-    application_name: str = typer.Option("default_app", help="Application whose key to export."),
+    output: Annotated[
+        Path, typer.Argument(help="File to write the key-encryption key to (mode 0600).")
+    ],
+    application_name: Annotated[
+        str, typer.Option(help="Application whose key to export.")
+    ] = "default_app",
 ) -> None:
     """Export the application's key-encryption key (LINUX platform) for the licence server."""
     from .state import ProtectionState

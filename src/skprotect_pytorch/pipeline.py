@@ -35,7 +35,7 @@ from .lock import LockedModel, lock_model
 from .lock.context import LockSettings
 from .logs import get_logger
 from .platforms import write_platform_keys
-from .progress import step
+from .progress import console, step
 from .result import FormatResult, ProtectionResult
 from .state import ProtectionState
 
@@ -92,7 +92,10 @@ def _as_numpy(outputs: Any) -> list[np.ndarray]:
 
 
 def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
-    num = sum(float(np.linalg.norm((o - e).astype(np.float64))) for o, e in zip(outputs, expected, strict=True))
+    num = sum(
+        float(np.linalg.norm((o - e).astype(np.float64)))
+        for o, e in zip(outputs, expected, strict=True)
+    )
     den = sum(float(np.linalg.norm(e.astype(np.float64))) for e in expected) or 1.0
     return num / den
 
@@ -198,10 +201,19 @@ def _describe_inputs(options: ExportOptions, tensors: list[torch.Tensor]) -> lis
     described = []
     for i, (name, t) in enumerate(zip(options.input_names, tensors, strict=True)):
         dims = (options.dynamic_shapes or [None] * len(tensors))[i] or {}
-        dynamic = {str(axis): getattr(dim, "__name__", str(dim)) for axis, dim in dims.items()
-                   if dim is not None}
-        described.append({"name": name, "shape": list(t.shape),
-                          "dtype": str(t.dtype).removeprefix("torch."), "dynamic_dims": dynamic})
+        dynamic = {
+            str(axis): getattr(dim, "__name__", str(dim))
+            for axis, dim in dims.items()
+            if dim is not None
+        }
+        described.append(
+            {
+                "name": name,
+                "shape": list(t.shape),
+                "dtype": str(t.dtype).removeprefix("torch."),
+                "dynamic_dims": dynamic,
+            }
+        )
     return described
 
 
@@ -229,8 +241,14 @@ def _run_group(
             public_seed=f"{request.application_name}/{name}/{group.value}",
         )
     for d in locked.layers:
-        logger.debug("[%s] layer %s (%s): %s %s", group.value, d.name, d.layer_type,
-                     "locked" if d.locked else "skipped", d.reason)
+        logger.debug(
+            "[%s] layer %s (%s): %s %s",
+            group.value,
+            d.name,
+            d.layer_type,
+            "locked" if d.locked else "skipped",
+            d.reason,
+        )
     static_key = locked.layout.static_key()
     key_tensor = torch.from_numpy(static_key)
     with torch.no_grad():
@@ -248,7 +266,7 @@ def _run_group(
     entries: dict[str, FormatEntry] = {}
     hashes: dict[str, str] = {}
     keyed = locked.keyed.to(device)
-    example = tuple(t.to(device) for t in request.input_tensors) + (key_tensor.to(device),)
+    example = (*(t.to(device) for t in request.input_tensors), key_tensor.to(device))
     for fmt in formats:
         exporter = get_exporter(fmt)
         path = staging.path(f"{group_dir}/{name}{exporter.extension}")
@@ -260,8 +278,14 @@ def _run_group(
             run = exporter.load(path, options)
             no_key = _rel_diff(run([*inputs_np, zero_key]), expected)
         seconds = time.perf_counter() - start
-        logger.info("%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
-                    fmt.name, err, no_key, seconds, report.exporter)
+        logger.info(
+            "%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
+            fmt.name,
+            err,
+            no_key,
+            seconds,
+            report.exporter,
+        )
         result.formats[fmt.slug] = FormatResult(
             format=fmt.slug,
             group=group.value,
@@ -314,7 +338,9 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     logger = get_logger()
     _precheck_config(request)
     options = build_export_options(
-        request.input_tensors, request.onnx_params, request.dynamic_shapes,
+        request.input_tensors,
+        request.onnx_params,
+        request.dynamic_shapes,
         request.inductor_configs,
     )
     result = ProtectionResult(
@@ -326,12 +352,18 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         config_path=request.config_path,
     )
     formats = _selected_formats(request, result)
+    console.print(f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}")
     reference = copy.deepcopy(request.model).eval()
     with torch.no_grad():
         expected = _as_numpy(reference(*request.input_tensors))
-    logger.info("protecting '%s': inputs %s, formats %s, platform %s v%d", request.model_name,
-                [tuple(t.shape) for t in request.input_tensors],
-                [f.name for f in formats], request.platform.value, request.platform_version)
+    logger.info(
+        "protecting '%s': inputs %s, formats %s, platform %s v%d",
+        request.model_name,
+        [tuple(t.shape) for t in request.input_tensors],
+        [f.name for f in formats],
+        request.platform.value,
+        request.platform_version,
+    )
     layer_filter = _memo_filter(request.layer_filter)
     by_group: dict[FormatGroup, list[ExportFormat]] = {}
     for fmt in formats:
@@ -342,8 +374,16 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         key_length = 0
         for group, group_formats in by_group.items():
             locked, entries, hashes = _run_group(
-                request, state, group, group_formats, reference, options, expected, staging,
-                layer_filter, result,
+                request,
+                state,
+                group,
+                group_formats,
+                reference,
+                options,
+                expected,
+                staging,
+                layer_filter,
+                result,
             )
             result.layers = locked.layers
             result.folded_batchnorms = locked.folded_batchnorms
@@ -359,8 +399,9 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
                 key_epoch=KEY_EPOCH,
             )
             for slug, entry in entries.items():
-                entry.key_files = [f"{request.model_name}/{group.value}/{p.name}"
-                                   for p in key_paths[slug]]
+                entry.key_files = [
+                    f"{request.model_name}/{group.value}/{p.name}" for p in key_paths[slug]
+                ]
             result.key_files += sorted({staging.final(p) for ps in key_paths.values() for p in ps})
             format_entries.update(entries)
         if request.save_original:
@@ -392,5 +433,5 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         staging.cleanup()
     result.seconds = time.perf_counter() - start
     logger.info("protected '%s' in %.1f s", request.model_name, result.seconds)
+    console.print(str(result), highlight=False, markup=False)
     return result
-

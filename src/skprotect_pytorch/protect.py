@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from skruntime.config import CONFIG_FILENAMES, SUPPORTED_PLATFORM_VERSIONS
+
 from . import legacy
 from .configuration import migrate_configuration as _migrate
 from .configuration import update_customer as _update_customer
@@ -32,7 +34,6 @@ from .logs import enable_file_log, get_logger
 from .pipeline import ProtectRequest, run_protection
 from .result import ProtectionResult
 from .state import ProtectionState
-from skruntime.config import CONFIG_FILENAMES, SUPPORTED_PLATFORM_VERSIONS
 
 default_onnx_params: dict[str, Any] = dict(DEFAULT_ONNX_PARAMS)
 """Default ``onnx_params``: ``input_names=["input.1"]``, ``output_names=["output.1"]``."""
@@ -171,7 +172,7 @@ class SkProtectorPyTorch:
             logger.exception("protection of '%s' failed", request.model_name)
             raise
 
-    def _validate(self, a: dict[str, Any], replace: bool) -> ProtectionRequest:
+    def _validate(self, a: dict[str, Any], replace: bool) -> ProtectRequest:
         if not isinstance(a["model"], nn.Module):
             raise InvalidArgumentError(
                 f"model must be a torch.nn.Module, but got {type(a['model']).__name__}."
@@ -214,8 +215,7 @@ class SkProtectorPyTorch:
         customer = a["customer"] if a["customer"] is not None else Customer()
         if not isinstance(customer, Customer):
             raise InvalidArgumentError(
-                "customer must be a skprotect_pytorch.Customer, but got "
-                f"{type(customer).__name__}."
+                f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
             )
         if version < 2 and customer != Customer():
             raise InvalidArgumentError(
@@ -309,4 +309,3 @@ def __getattr__(name: str) -> Any:
             "from skprotect_pytorch.protect import SkProtectorPyTorch."
         )
     raise AttributeError(f"module 'skprotect_pytorch.protect' has no attribute {name!r}")
-

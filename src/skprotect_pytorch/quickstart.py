@@ -30,11 +30,16 @@ class DigitsCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1, stride=2),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
-                                  nn.Linear(64, 10))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -111,13 +116,15 @@ def evaluate(result: ProtectionResult, data: Dataset) -> list[FormatRow]:
         key = session_key(material)
         zero = np.zeros_like(key)
         random_key = rng.standard_normal(key.shape).astype(np.float32) * 100
-        rows.append(FormatRow(
-            format=slug,
-            accuracy_with_key=accuracy(run([data.x_test, key])[0], data.y_test),
-            accuracy_without_key=accuracy(run([data.x_test, zero])[0], data.y_test),
-            accuracy_random_key=accuracy(run([data.x_test, random_key])[0], data.y_test),
-            key_length=fmt_result.key_length,
-        ))
+        rows.append(
+            FormatRow(
+                format=slug,
+                accuracy_with_key=accuracy(run([data.x_test, key])[0], data.y_test),
+                accuracy_without_key=accuracy(run([data.x_test, zero])[0], data.y_test),
+                accuracy_random_key=accuracy(run([data.x_test, random_key])[0], data.y_test),
+                key_length=fmt_result.key_length,
+            )
+        )
     return rows
 
 
@@ -137,8 +144,8 @@ def run_quickstart(workdir: Path | None = None) -> tuple[float, list[FormatRow],
         formats |= ExportFormat.TORCHSCRIPT_GPU | ExportFormat.INDUCTOR_GPU
     protector = SkProtectorPyTorch(save_logs=True, application_name=APPLICATION)
     exists = protector.config_path(SkProtectorPyTorch.ExportPlatform.TXT).exists() and (
-        MODEL_NAME in load_config(protector.config_path(SkProtectorPyTorch.ExportPlatform.TXT))
-        .models
+        MODEL_NAME
+        in load_config(protector.config_path(SkProtectorPyTorch.ExportPlatform.TXT)).models
     )
     protect = protector.protect_updated_model if exists else protector.protect_new_model
     result = protect(
@@ -164,9 +171,14 @@ def main() -> None:
     for column in ("format", "original", "with key", "without key", "random key", "key length"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.format, f"{original:.3f}", f"{row.accuracy_with_key:.3f}",
-                      f"{row.accuracy_without_key:.3f}", f"{row.accuracy_random_key:.3f}",
-                      str(row.key_length))
+        table.add_row(
+            row.format,
+            f"{original:.3f}",
+            f"{row.accuracy_with_key:.3f}",
+            f"{row.accuracy_without_key:.3f}",
+            f"{row.accuracy_random_key:.3f}",
+            str(row.key_length),
+        )
     console.print(table)
     console.print(f"files written: {len(result.files)} under {result.output_dir}")
     for path in result.files:

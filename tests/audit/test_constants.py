@@ -88,7 +88,7 @@ def test_onnx_original_leaks_every_weight(exported) -> None:
 
 
 def test_onnx_locked_has_no_leak(exported) -> None:
-    name, weights, locked, _ = exported
+    _, weights, locked, _ = exported
     constants = artifact_constants(locked)
     assert any(v.ndim >= 2 for v in constants.values())
     assert find_weight_leaks(constants, weights) == []

@@ -39,8 +39,9 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
     a = a * factor.view(g, o, *([1] * (a.dim() - 2)))
     conv.weight = nn.Parameter(from_channel_matrix(conv, a).float(), requires_grad=False)
     bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(std)
-    conv.bias = nn.Parameter(((bias - bn.running_mean.double()) * factor + beta).float(),
-                             requires_grad=False)
+    conv.bias = nn.Parameter(
+        ((bias - bn.running_mean.double()) * factor + beta).float(), requires_grad=False
+    )
 
 
 def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:

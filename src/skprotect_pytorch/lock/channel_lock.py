@@ -52,7 +52,7 @@ def _flat_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 class BlockMix(nn.Module):
-    """Public block-diagonal orthogonal matrix ``Q`` over one channel axis; blocks stay in groups."""
+    """Public block-diagonal orthogonal ``Q`` over one channel axis; blocks stay inside groups."""
 
     def __init__(self, n_total: int, groups: int, block: int, rng: np.random.Generator) -> None:
         super().__init__()
@@ -137,7 +137,9 @@ def plan_channels(
         if side not in sides:
             return None
         n = out_per_group if side == "out" else in_per_group
-        return BlockMix(groups * n, groups, ctx.settings.mix_block, ctx.public_rng(f"{name}/{side}"))
+        return BlockMix(
+            groups * n, groups, ctx.settings.mix_block, ctx.public_rng(f"{name}/{side}")
+        )
 
     rng = ctx.secret_rng
     return ChannelPlan(
@@ -184,7 +186,7 @@ def lock_bias(bias: torch.Tensor | None, plan: ChannelPlan) -> torch.Tensor | No
 
 
 class ChannelOps(nn.Module):
-    """The activation-side ops of one locked map: key Gather+Mul in, key Gather+Mul and un-mix out."""
+    """Activation-side ops of one locked map: key Gather+Mul in; key Gather+Mul, un-mix out."""
 
     def __init__(self, plan: ChannelPlan, ctx: LockContext) -> None:
         super().__init__()

@@ -54,9 +54,7 @@ class LockSettings:
         if self.mix_block < 2:
             raise ValueError(f"mix_block must be >= 2, but got {self.mix_block}")
         if self.min_group_channels < 1:
-            raise ValueError(
-                f"min_group_channels must be >= 1, but got {self.min_group_channels}"
-            )
+            raise ValueError(f"min_group_channels must be >= 1, but got {self.min_group_channels}")
 
 
 @dataclass
@@ -75,7 +73,13 @@ class LockContext:
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
     def random_scales(self, n: int) -> np.ndarray:
-        """Secret positive scales in [1/2, 2] (or random signs with quantize_compatibility)."""
+        """Secret scales: random sign times a magnitude in [2^-1.5, 2^1.5].
+
+        With ``quantize_compatibility`` the magnitude is 1, so locked weights keep the value
+        ranges of the originals.  Signs add one secret bit per channel and make a wrong key's
+        output decorrelate even on layers with few channels.
+        """
+        signs = self.secret_rng.choice(np.array([-1.0, 1.0]), size=n)
         if self.settings.quantize_compatibility:
-            return self.secret_rng.choice(np.array([-1.0, 1.0], np.float32), size=n)
-        return np.exp2(self.secret_rng.uniform(-1.0, 1.0, size=n)).astype(np.float32)
+            return signs.astype(np.float32)
+        return (signs * np.exp2(self.secret_rng.uniform(-1.5, 1.5, size=n))).astype(np.float32)

@@ -54,7 +54,7 @@ def _merge_factor(groups: int, in_per_group: int, wanted: int) -> int:
 
 
 class LockedConv(nn.Module):
-    """A conv (or transposed conv) module with locked weights between key ops on the channel axis."""
+    """A conv (or transposed conv) with locked weights between key ops on the channel axis."""
 
     def __init__(self, conv: ConvLike, ops: ChannelOps) -> None:
         super().__init__()

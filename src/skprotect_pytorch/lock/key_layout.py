@@ -1,4 +1,4 @@
-"""The flat key vector: where each layer's secret permutations and scales live, and its in-graph decoder.
+"""The flat key vector: where each layer's secret parts live, and its in-graph decoder.
 
 Layout (float32, length ``P + 2*S``): every permutation slot's indices, then every scale slot's
 first factor ``u``, then every scale slot's second factor ``v``; the graph uses ``u * v``.

@@ -43,8 +43,9 @@ def write_platform_keys(
     files: dict[str, list[Path]] = {}
     extra = []
     if test_key:  # test keys are meant to be fed by hand, next to the encrypted ones
-        extra = write_txt_keys(folder, model_name, static_key, layout.spec(), test_key=True,
-                               rng=rng)
+        extra = write_txt_keys(
+            folder, model_name, static_key, layout.spec(), test_key=True, rng=rng
+        )
     for slug, digest in model_hashes.items():
         path = folder / mev_filename(model_name, slug)
         write_mev(
