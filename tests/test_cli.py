@@ -31,7 +31,7 @@ def test_export_kek_refuses_outputs_folder(workdir: Path) -> None:
 
 @pytest.mark.slow
 def test_quickstart_accuracy_table(workdir: Path) -> None:
-    original, rows, result = run_quickstart()
+    original, rows, _ = run_quickstart()
     assert original > 0.9
     assert {row.format for row in rows} >= {"onnx", "torchscript_cpu", "inductor_cpu"}
     for row in rows:

@@ -16,6 +16,8 @@ from tests.assertions import assert_equivalent, garbage_ratio
 from tests.models import MODEL_FACTORIES
 
 from skprotect_pytorch.audit.constants import artifact_constants, find_weight_leaks
+from skprotect_pytorch.export import get_exporter
+from skprotect_pytorch.export.options import ExportOptions
 from skprotect_pytorch.protect import SkProtectorPyTorch
 
 EF = SkProtectorPyTorch.ExportFormat
@@ -44,11 +46,10 @@ def _runner(path: Path) -> Runner:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         return lambda arrays: session.run(None, dict(zip(names, arrays, strict=True)))
-    if path.suffix == ".pt":
-        module = torch.jit.load(str(path))
-    else:
-        os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
-        module = torch._inductor.aoti_load_package(str(path))
+    if path.suffix == ".pt2":  # the loader checks inputs: AOTInductor itself does not
+        options = ExportOptions(input_names=["input.1"], output_names=["output.1"])
+        return get_exporter(EF.INDUCTOR_CPU).load(path, options)
+    module = torch.jit.load(str(path))
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():

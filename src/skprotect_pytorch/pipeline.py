@@ -433,5 +433,5 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         staging.cleanup()
     result.seconds = time.perf_counter() - start
     logger.info("protected '%s' in %.1f s", request.model_name, result.seconds)
-    console.print(str(result), highlight=False, markup=False)
+    console.print(str(result), highlight=False, markup=False, soft_wrap=True)
     return result

@@ -99,13 +99,9 @@ def evaluate(result: ProtectionResult, data: Dataset) -> list[FormatRow]:
     config = load_config(result.config_path)
     entry = config.models[result.model_name]
     options = ExportOptions(
-        input_names=[i["name"] for i in entry.inputs],
-        output_names=[o["name"] for o in entry.outputs],
-        key_name=entry.key["name"],
-        dynamic_shapes=None,
-        dynamic_axes=None,
-        onnx_extra={},
-        inductor_configs={},
+        input_names=[i.name for i in entry.inputs],
+        output_names=[o.name for o in entry.outputs],
+        key_name=entry.key.name,
     )
     rows = []
     rng = np.random.default_rng(0)
@@ -163,10 +159,9 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 100))
     start = time.perf_counter()
     original, rows, result = run_quickstart()
-    console.print(result)
     table = Table(title=f"digits CNN, {len(load_digits_split().y_test)} test images (chance 0.10)")
     for column in ("format", "original", "with key", "without key", "random key", "key length"):
         table.add_column(column)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -165,12 +166,21 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @contextlib.contextmanager
 def quiet_upstream_warnings() -> Iterator[None]:
-    """Hide torch's internal deprecation chatter that users cannot act on."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
-        warnings.filterwarnings("ignore", message=".*dynamo=False.*", category=DeprecationWarning)
-        yield
+    """Hide torch's internal deprecation chatter that users cannot act on (and the ONNX
+    exporter's "torchvision is not installed" notices: we register no torchvision op)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
+            warnings.filterwarnings(
+                "ignore", message=".*dynamo=False.*", category=DeprecationWarning
+            )
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def first_line(err: BaseException) -> str:

@@ -1,23 +1,20 @@
 """AOTInductor export (CPU and CUDA): ``torch.export`` then ``aoti_compile_and_package`` → ``.pt2``.
 
-The key input is exported with a static length. **AOTInductor does not check its inputs** unless
-the environment variable ``AOTI_RUNTIME_CHECK_INPUTS=1`` is set when the package runs: without
-it, a key (or any input) of the wrong length or dtype is read as if it were right, i.e. out of
-bounds. :meth:`InductorExporter.load` sets it before loading, and every runtime that loads our
-``.pt2`` files must do the same; with it, a wrong input raises a ``RuntimeError`` naming the
-input, which the loader turns into an :class:`~skprotect_pytorch.errors.InvalidArgumentError`.
-
-The input check also enforces torch.export's lower bound of 2 on every dynamic dimension, which
-would reject a batch of 1 at run time; we compile with ``aot_inductor.check_lowerbound=False``
-(unless ``inductor_configs`` says otherwise) so that batch 1 runs, while static dimensions,
-dtypes, the key's length and any upper bound stay checked.
+**AOTInductor does not check its inputs**: a key (or any input) of the wrong length or dtype is
+read as if it were right, i.e. out of bounds. Its own check (environment variable
+``AOTI_RUNTIME_CHECK_INPUTS=1``) cannot be used either: in torch 2.13 a CPU convolution adds a
+spurious guard on the batch size while compiling (``s0 < 16`` from the fake conv's backend
+choice, with a batch-2 example), so the check rejects every batch above 15 although the compiled
+code computes them correctly. We therefore record each input's dtype and static dimensions in
+the package metadata (``skprotect.inputs``) and :meth:`InductorExporter.load` checks them before
+every call: a wrong key or input raises :class:`~skprotect_pytorch.errors.InvalidArgumentError`
+naming it. Runtimes that load our ``.pt2`` files must do the same (``check_inputs``).
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import re
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,15 +39,49 @@ from .base import (
 )
 from .options import ExportOptions
 
-CHECK_INPUTS_ENV = "AOTI_RUNTIME_CHECK_INPUTS"
-DEFAULT_INDUCTOR_CONFIGS = {"aot_inductor.check_lowerbound": False}
-
-_HANDLE = re.compile(r"input_handles\[(\d+)\]:\s*(.*)")
+INPUTS_METADATA = "skprotect.inputs"
+"""Package metadata key: JSON list of ``{"shape": [int | null], "dtype": str}`` per input."""
 
 
-def enable_input_checks() -> None:
-    """Make AOTInductor packages loaded from now on check input shapes and dtypes."""
-    os.environ[CHECK_INPUTS_ENV] = "1"
+def input_specs(args: Sequence[Tensor], dynamic: Sequence[dict | None] | None) -> list[dict]:
+    """Dtype and shape (``None`` for dynamic axes) of each example input, key included."""
+    specs = []
+    for i, t in enumerate(args):
+        axes = (dynamic[i] if dynamic and i < len(dynamic) else None) or {}
+        shape = [
+            None if axis in axes and axes[axis] is not None else n for axis, n in enumerate(t.shape)
+        ]
+        specs.append({"shape": shape, "dtype": str(t.dtype).removeprefix("torch.")})
+    return specs
+
+
+def check_inputs(
+    inputs: Sequence[np.ndarray], specs: list[dict], names: list[str], name: str, key_name: str
+) -> None:
+    """Raise InvalidArgumentError for an input whose count, dtype or static size is wrong."""
+    if len(inputs) != len(specs):
+        raise InvalidArgumentError(
+            f"The AOTInductor model {name} takes {len(specs)} input(s) ({', '.join(names)}) but "
+            f"got {len(inputs)}. Pass the model inputs, then the key."
+        )
+    for i, (x, spec) in enumerate(zip(inputs, specs, strict=True)):
+        x = np.asarray(x)
+        shape = spec["shape"]
+        ok = (
+            x.dtype.name == spec["dtype"]
+            and x.ndim == len(shape)
+            and all(want is None or want == got for want, got in zip(shape, x.shape, strict=True))
+        )
+        if not ok:
+            label = names[i] if i < len(names) else f"#{i}"
+            what = "key" if label == key_name else "input"
+            expected = tuple("dynamic" if n is None else n for n in shape)
+            raise InvalidArgumentError(
+                f'The AOTInductor model {name} rejected its {what} "{label}" (shape '
+                f"{tuple(x.shape)}, dtype {x.dtype}): expected shape {expected}, dtype "
+                f"{spec['dtype']}. Pass it with the shape and dtype it was exported with"
+                + (" (the key is a float32 vector of fixed length)." if what == "key" else ".")
+            )
 
 
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
@@ -90,7 +121,11 @@ class InductorExporter:
                 "input_tensors and that dynamic_shapes matches what the model allows."
             ) from err
         exported = time.perf_counter()
-        configs = {**DEFAULT_INDUCTOR_CONFIGS, **options.inductor_configs}
+        configs = dict(options.inductor_configs)
+        metadata = dict(configs.get("aot_inductor.metadata") or {})
+        dims = options.export_dynamic_shapes(with_key)
+        metadata[INPUTS_METADATA] = json.dumps(input_specs(args, dims))
+        configs["aot_inductor.metadata"] = metadata
         try:
             with quiet_upstream_warnings():
                 torch._inductor.aoti_compile_and_package(
@@ -116,44 +151,23 @@ class InductorExporter:
     def load(self, path: Path, options: ExportOptions) -> Runner:
         if self.device == "cuda":
             require_cuda(self.fmt)
-        enable_input_checks()
         compiled = torch._inductor.aoti_load_package(str(path))
         device = self.device
         name = Path(path).name
+        raw = compiled.get_metadata().get(INPUTS_METADATA)
+        if raw is None:
+            raise InvalidArgumentError(
+                f"{name} was not written by skprotect (no {INPUTS_METADATA} metadata), so its "
+                "inputs cannot be checked. Re-export it with skprotect."
+            )
+        specs = json.loads(raw)
 
         def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+            names = options.names(with_key=len(specs) > len(options.input_names))
+            check_inputs(inputs, specs, names, name, options.key_name)
             tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in inputs]
-            try:
-                with torch.no_grad():
-                    out = compiled(*tensors)
-            except RuntimeError as err:
-                raise _input_error(err, name, inputs, options) from err
+            with torch.no_grad():
+                out = compiled(*tensors)
             return to_numpy(flatten_outputs(out))
 
         return run
-
-
-def _input_error(
-    err: RuntimeError, name: str, inputs: Sequence[np.ndarray], options: ExportOptions
-) -> Exception:
-    text = str(err).strip()
-    match = _HANDLE.search(text)
-    if match is None and "inputs vector size" not in text:
-        return err  # not an input check: keep the original error
-    if match is None:
-        return InvalidArgumentError(
-            f"The AOTInductor model {name} got {len(inputs)} input(s) ({text}). Pass the model "
-            "inputs, then the key."
-        )
-    idx = int(match.group(1))
-    # The names are known for keyed and unkeyed models alike: the key, if any, is last.
-    all_names = options.names(with_key=len(inputs) > len(options.input_names))
-    label = all_names[idx] if idx < len(all_names) else f"#{idx}"
-    what = "key" if label == options.key_name else "input"
-    return InvalidArgumentError(
-        f'The AOTInductor model {name} rejected its {what} "{label}" (shape '
-        f"{tuple(np.shape(inputs[idx])) if idx < len(inputs) else '?'}, dtype "
-        f"{np.asarray(inputs[idx]).dtype if idx < len(inputs) else '?'}): "
-        f"{match.group(2).strip()}. Pass it with the shape and dtype it was exported with"
-        + (" (the key is a float32 vector of fixed length)." if what == "key" else ".")
-    )
