@@ -104,7 +104,10 @@ def _check_artifact(name: str, model, inputs, path: Path, other_key: np.ndarray)
         }
         for label, bad in wrong.items():
             ratio = garbage_ratio(run([*arrays, bad])[0], expected)
-            assert ratio > 0.5, f"{label} key: outputs only {ratio:.2f} away from the original"
+            assert ratio > 0.5, (
+                f"{path.name}, {label} key, input {arrays[0].shape}: outputs only {ratio:.2f} "
+                "away from the original"
+            )
     # malformed keys: a clean exception or garbage, never a crash of the process
     arrays = [t.numpy() for t in inputs]
     for bad in (key[:-5], np.concatenate([key, key[:3]]), key.astype(np.float64), key[None]):

@@ -418,3 +418,36 @@ def test_legacy_api(workdir: Path) -> None:
     assert list(result.formats) == ["onnx"]
     assert any("input_tensors" in str(w.message) for w in caught)
     assert any("model_export_formats" in str(w.message) for w in caught)
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.a = nn.Linear(8, 3)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.body(x))
+        return self.a(h), self.b(h)
+
+
+def test_every_output_is_named_in_file_and_configuration(workdir: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 6)
+    protector = SkProtectorPyTorch(application_name="app")
+    result = protector.protect_new_model(
+        TwoHeads().eval(), "two", [x], model_export_formats=EF.ONNX
+    )
+    session = ort.InferenceSession(str(result.formats["onnx"].path))
+    assert [o.name for o in session.get_outputs()] == ["output.1", "output.2"]
+    config = load_config(result.config_path)
+    assert [o.name for o in config.models["two"].outputs] == ["output.1", "output.2"]
+    with pytest.raises(InvalidArgumentError, match="has 3 names"):
+        protector.protect_new_model(
+            TwoHeads().eval(),
+            "three",
+            [x],
+            model_export_formats=EF.ONNX,
+            onnx_params={"input_names": ["x"], "output_names": ["a", "b", "c"]},
+        )

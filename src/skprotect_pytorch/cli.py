@@ -7,9 +7,12 @@ from typing import Annotated
 
 import typer
 
+from skruntime.cli import run_command
+
 from .errors import SkProtectError
 
 app = typer.Typer(help="skprotect: lock, export and license PyTorch models.", no_args_is_help=True)
+app.command("run")(run_command)
 
 
 @app.command()
@@ -43,3 +46,7 @@ def export_kek(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
+
+
+if __name__ == "__main__":
+    app()

@@ -9,6 +9,7 @@ place and the configuration rewritten.  If that final step fails, replaced files
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shutil
 import time
@@ -89,6 +90,25 @@ def _as_numpy(outputs: Any) -> list[np.ndarray]:
         f"The model returned {type(outputs).__name__}; only tensors and (nested) tuples or lists "
         "of tensors can be exported. Wrap the model so forward() returns tensors."
     )
+
+
+def _complete_output_names(options: ExportOptions, count: int) -> ExportOptions:
+    """Name every output the model returns: the user's names first, then ``output.N``."""
+    names = list(options.output_names)
+    if len(names) > count:
+        raise InvalidArgumentError(
+            f"onnx_params['output_names'] has {len(names)} names ({', '.join(names)}) but the "
+            f"model returns {count} output(s). Give one name per output."
+        )
+    taken = {*names, *options.input_names, options.key_name}
+    index = 1
+    while len(names) < count:
+        candidate = f"output.{index}"
+        if candidate not in taken:
+            names.append(candidate)
+            taken.add(candidate)
+        index += 1
+    return dataclasses.replace(options, output_names=names)
 
 
 def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
@@ -356,6 +376,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     reference = copy.deepcopy(request.model).eval()
     with torch.no_grad():
         expected = _as_numpy(reference(*request.input_tensors))
+    options = _complete_output_names(options, len(expected))
     logger.info(
         "protecting '%s': inputs %s, formats %s, platform %s v%d",
         request.model_name,

@@ -1,7 +1,47 @@
 """skruntime: run skprotect-protected models (configuration, integrity, keys, session keys).
 
 Importing this package never imports torch: the configuration, key-file and encrypted-key
-modules need only numpy and cryptography, so ONNX models run without torch installed.
+modules need only numpy and cryptography, and backends are imported on first use, so ONNX
+models run without torch installed.
+
+>>> from skruntime import SkRuntime
+>>> rt = SkRuntime("outputs/default_app")  # doctest: +SKIP
+>>> model = rt.load("my_model", fmt="onnx")  # doctest: +SKIP
+>>> y = model(x)  # doctest: +SKIP
 """
 
-__all__: list[str] = []
+from .backends.base import BackendOptions
+from .errors import (
+    BackendError,
+    ConfigurationError,
+    InputError,
+    IntegrityError,
+    KeyFileError,
+    KeyUnavailableError,
+    ModelClosedError,
+    ModelFileError,
+    ModelNotFoundError,
+    SkProtectError,
+    SkRuntimeError,
+)
+from .runtime import RUNTIME_VERSION, LoadedModel, SkRuntime
+
+__version__ = RUNTIME_VERSION
+
+__all__ = [
+    "BackendError",
+    "BackendOptions",
+    "ConfigurationError",
+    "InputError",
+    "IntegrityError",
+    "KeyFileError",
+    "KeyUnavailableError",
+    "LoadedModel",
+    "ModelClosedError",
+    "ModelFileError",
+    "ModelNotFoundError",
+    "SkProtectError",
+    "SkRuntime",
+    "SkRuntimeError",
+    "__version__",
+]

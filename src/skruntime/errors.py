@@ -25,3 +25,27 @@ class IntegrityError(SkRuntimeError):
 
 class KeyFileError(SkRuntimeError):
     """A key file is missing, truncated, corrupted, tampered or does not belong to this model."""
+
+
+class ModelNotFoundError(SkRuntimeError):
+    """The model name is not in the configuration, or the model was not protected for a format."""
+
+
+class ModelFileError(SkRuntimeError):
+    """A protected model file is missing or unreadable."""
+
+
+class KeyUnavailableError(SkRuntimeError):
+    """The model's key cannot be obtained here (e.g. LINUX keys need the licence server's KEK)."""
+
+
+class InputError(SkRuntimeError):
+    """The inputs of a call do not match the model's inputs (count, names, dtype, rank or shape)."""
+
+
+class BackendError(SkRuntimeError):
+    """The inference framework failed to load or run a model file."""
+
+
+class ModelClosedError(SkRuntimeError):
+    """The loaded model was closed; its key is erased and it cannot run any more."""

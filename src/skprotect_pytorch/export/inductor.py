@@ -8,7 +8,8 @@ choice, with a batch-2 example), so the check rejects every batch above 15 altho
 code computes them correctly. We therefore record each input's dtype and static dimensions in
 the package metadata (``skprotect.inputs``) and :meth:`InductorExporter.load` checks them before
 every call: a wrong key or input raises :class:`~skprotect_pytorch.errors.InvalidArgumentError`
-naming it. Runtimes that load our ``.pt2`` files must do the same (``check_inputs``).
+naming it. Runtimes that load our ``.pt2`` files must do the same: :func:`input_specs` and
+:func:`check_inputs` live in the runtime (``skruntime.backends.inductor``), the lower layer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, input_specs
 
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
@@ -38,50 +41,6 @@ from .base import (
     to_numpy,
 )
 from .options import ExportOptions
-
-INPUTS_METADATA = "skprotect.inputs"
-"""Package metadata key: JSON list of ``{"shape": [int | null], "dtype": str}`` per input."""
-
-
-def input_specs(args: Sequence[Tensor], dynamic: Sequence[dict | None] | None) -> list[dict]:
-    """Dtype and shape (``None`` for dynamic axes) of each example input, key included."""
-    specs = []
-    for i, t in enumerate(args):
-        axes = (dynamic[i] if dynamic and i < len(dynamic) else None) or {}
-        shape = [
-            None if axis in axes and axes[axis] is not None else n for axis, n in enumerate(t.shape)
-        ]
-        specs.append({"shape": shape, "dtype": str(t.dtype).removeprefix("torch.")})
-    return specs
-
-
-def check_inputs(
-    inputs: Sequence[np.ndarray], specs: list[dict], names: list[str], name: str, key_name: str
-) -> None:
-    """Raise InvalidArgumentError for an input whose count, dtype or static size is wrong."""
-    if len(inputs) != len(specs):
-        raise InvalidArgumentError(
-            f"The AOTInductor model {name} takes {len(specs)} input(s) ({', '.join(names)}) but "
-            f"got {len(inputs)}. Pass the model inputs, then the key."
-        )
-    for i, (x, spec) in enumerate(zip(inputs, specs, strict=True)):
-        x = np.asarray(x)
-        shape = spec["shape"]
-        ok = (
-            x.dtype.name == spec["dtype"]
-            and x.ndim == len(shape)
-            and all(want is None or want == got for want, got in zip(shape, x.shape, strict=True))
-        )
-        if not ok:
-            label = names[i] if i < len(names) else f"#{i}"
-            what = "key" if label == key_name else "input"
-            expected = tuple("dynamic" if n is None else n for n in shape)
-            raise InvalidArgumentError(
-                f'The AOTInductor model {name} rejected its {what} "{label}" (shape '
-                f"{tuple(x.shape)}, dtype {x.dtype}): expected shape {expected}, dtype "
-                f"{spec['dtype']}. Pass it with the shape and dtype it was exported with"
-                + (" (the key is a float32 vector of fixed length)." if what == "key" else ".")
-            )
 
 
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
@@ -124,7 +83,9 @@ class InductorExporter:
         configs = dict(options.inductor_configs)
         metadata = dict(configs.get("aot_inductor.metadata") or {})
         dims = options.export_dynamic_shapes(with_key)
-        metadata[INPUTS_METADATA] = json.dumps(input_specs(args, dims))
+        names = options.names(with_key)
+        key_name = options.key_name if with_key else None
+        metadata[INPUTS_METADATA] = json.dumps(input_specs(args, dims, names, key_name))
         configs["aot_inductor.metadata"] = metadata
         try:
             with quiet_upstream_warnings():
@@ -164,7 +125,7 @@ class InductorExporter:
 
         def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
             names = options.names(with_key=len(specs) > len(options.input_names))
-            check_inputs(inputs, specs, names, name, options.key_name)
+            check_inputs(inputs, specs, names, name, options.key_name, error=InvalidArgumentError)
             tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in inputs]
             with torch.no_grad():
                 out = compiled(*tensors)

@@ -5,13 +5,16 @@ traced as ops, so the usual dynamic batch works, but Python control flow on shap
 (the report's notes list the tracer's warnings about that). The GPU variant traces on CUDA, so
 the saved graph runs there. ``optimize_for_inference`` turns CPU convolutions into MKLDNN
 constants that cannot be saved; the exporter then keeps the frozen graph (and says so in the
-report's notes), which a runtime may optimise after loading.
+report's notes), which a runtime may optimise after loading. Each input's dtype and static
+sizes are saved in the extra file ``skprotect.inputs`` (the AOTInductor metadata format), since
+TorchScript runs a key of the wrong length or dtype without complaint.
 """
 
 from __future__ import annotations
 
 import copy
 import io
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from skruntime.backends.inductor import INPUTS_METADATA, input_specs
 
 from ..errors import ExportError
 from ..formats import ExportFormat
@@ -94,7 +99,14 @@ class TorchScriptExporter:
                 "constants that TorchScript cannot serialise (upstream limitation); saved the "
                 "frozen graph, already optimised by freeze (conv-bn folding, constant folding)"
             )
-        torch.jit.save(frozen, str(path))
+        specs = input_specs(
+            args,
+            options.export_dynamic_shapes(with_key),
+            options.names(with_key),
+            options.key_name if with_key else None,
+        )
+        # the runtime checks inputs against these: a traced graph accepts a wrong key silently
+        torch.jit.save(frozen, str(path), _extra_files={INPUTS_METADATA: json.dumps(specs)})
         return ExportReport(
             path=path,
             fmt=self.fmt,

@@ -1,0 +1,270 @@
+"""AOTInductor backend: ``.pt2`` packages, loaded with ``torch._inductor.aoti_load_package``.
+
+**AOTInductor does not check its inputs**: a key (or any input) of the wrong length or dtype is
+read as if it were right, i.e. out of bounds. Its own check (environment variable
+``AOTI_RUNTIME_CHECK_INPUTS=1``) cannot be used either: in torch 2.13 a CPU convolution adds a
+spurious guard on the batch size while compiling (``s0 < 16`` from the fake conv's backend
+choice), so the check rejects every batch above 15 although the compiled code computes them
+correctly. skprotect therefore records each input's dtype and static dimensions in the package
+metadata (:data:`INPUTS_METADATA`, written with :func:`input_specs`) and every loader checks them
+with :func:`check_inputs` before every call. This module is that one implementation; the
+protector's exporters import it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BackendError, InputError
+from .base import BackendOptions
+from .gpu import apply_gpu_determinism, cuda_index, require_cuda
+
+__all__ = ["INPUTS_METADATA", "InductorBackend", "check_inputs", "input_specs"]
+
+INPUTS_METADATA = "skprotect.inputs"
+"""Package metadata key (and TorchScript extra file): JSON list, one object per input, key
+included, in call order: ``{"shape": [int | null], "dtype": str}`` where ``null`` marks a
+dynamic axis and ``dtype`` is torch's name without ``torch.`` (``"float32"``). Optional fields:
+``"name"`` (the graph input name) and ``"key": true`` on the key input."""
+
+
+def input_specs(
+    args: Sequence[torch.Tensor],
+    dynamic: Sequence[dict | None] | None,
+    names: Sequence[str] | None = None,
+    key_name: str | None = None,
+) -> list[dict]:
+    """Dtype and shape (``None`` for dynamic axes) of each example input, key included.
+
+    With ``names``, each spec also carries its input name; the input named ``key_name`` is
+    flagged ``"key": true`` so that loaders can say "key" in their messages.
+    """
+    specs = []
+    for i, t in enumerate(args):
+        axes = (dynamic[i] if dynamic and i < len(dynamic) else None) or {}
+        shape = [
+            None if axis in axes and axes[axis] is not None else n for axis, n in enumerate(t.shape)
+        ]
+        spec: dict[str, Any] = {"shape": shape, "dtype": str(t.dtype).removeprefix("torch.")}
+        if names is not None and i < len(names):
+            spec["name"] = names[i]
+            if key_name is not None and names[i] == key_name:
+                spec["key"] = True
+        specs.append(spec)
+    return specs
+
+
+def parse_specs(raw: str, source: str) -> tuple[list[dict], list[str], str | None]:
+    """Validate :data:`INPUTS_METADATA` JSON; return the specs, input names and the key's name."""
+    try:
+        specs = json.loads(raw)
+        ok = isinstance(specs, list) and all(
+            isinstance(s, dict)
+            and isinstance(s.get("dtype"), str)
+            and isinstance(s.get("shape"), list)
+            and all(n is None or (isinstance(n, int) and n >= 0) for n in s["shape"])
+            for s in specs
+        )
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise BackendError(
+            f"{source} has unreadable {INPUTS_METADATA} metadata, so its inputs cannot be "
+            "checked. Re-deploy the file written by skprotect."
+        )
+    names = [str(s.get("name") or f"#{i}") for i, s in enumerate(specs)]
+    key_name = next((n for n, s in zip(names, specs, strict=True) if s.get("key")), None)
+    return specs, names, key_name
+
+
+def _shape_dtype(x: Any) -> tuple[tuple[int, ...], str]:
+    """Shape and dtype name of a numpy array or torch tensor (no copy, any device)."""
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape), str(x.dtype).removeprefix("torch.")
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    return tuple(x.shape), x.dtype.name
+
+
+def check_inputs(
+    inputs: Sequence[Any],
+    specs: list[dict],
+    names: list[str],
+    name: str,
+    key_name: str | None,
+    *,
+    kind: str = "AOTInductor",
+    error: type[Exception] = InputError,
+) -> None:
+    """Raise ``error`` for an input whose count, dtype or static size is wrong.
+
+    ``inputs`` are numpy arrays or torch tensors; ``name`` is the model file's name, ``kind`` the
+    format named in the message (``"AOTInductor"`` or ``"TorchScript"``).
+    """
+    if len(inputs) != len(specs):
+        raise error(
+            f"The {kind} model {name} takes {len(specs)} input(s) ({', '.join(names)}) but got "
+            f"{len(inputs)}. Pass the model inputs, then the key."
+        )
+    for i, (x, spec) in enumerate(zip(inputs, specs, strict=True)):
+        got_shape, got_dtype = _shape_dtype(x)
+        shape = spec["shape"]
+        ok = (
+            got_dtype == spec["dtype"]
+            and len(got_shape) == len(shape)
+            and all(want is None or want == got for want, got in zip(shape, got_shape, strict=True))
+        )
+        if not ok:
+            label = names[i] if i < len(names) else f"#{i}"
+            what = "key" if label == key_name else "input"
+            expected = tuple("dynamic" if n is None else n for n in shape)
+            raise error(
+                f'The {kind} model {name} rejected its {what} "{label}" (shape {got_shape}, '
+                f"dtype {got_dtype}): expected shape {expected}, dtype {spec['dtype']}. Pass it "
+                "with the shape and dtype it was exported with"
+                + (" (the key is a float32 vector of fixed length)." if what == "key" else ".")
+            )
+
+
+def backend_failure(err: BaseException) -> str:
+    """``Type: reason`` of a torch error, without TorchScript's serialized-code traceback."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "TorchScript interpreter" in lines[0]:
+        lines = lines[-1:]  # "RuntimeError: <reason>" comes last
+    text = lines[0][:300] if lines else ""
+    return text if text.startswith(f"{type(err).__name__}:") else f"{type(err).__name__}: {text}"
+
+
+def apply_threads(options: BackendOptions) -> None:
+    """Apply ``intra_op_threads`` / ``inter_op_threads`` to torch. Both are process-wide."""
+    if options.intra_op_threads is not None:
+        torch.set_num_threads(options.intra_op_threads)
+    wanted = options.inter_op_threads
+    if wanted is not None and torch.get_num_interop_threads() != wanted:
+        try:
+            torch.set_num_interop_threads(wanted)
+        except RuntimeError:
+            raise BackendError(
+                f"inter_op_threads={wanted} cannot be applied: torch sets its inter-op thread "
+                "count once per process, before any parallel work, and this process already "
+                f"uses {torch.get_num_interop_threads()}. Load this model with "
+                f"inter_op_threads={torch.get_num_interop_threads()} or None, or set it on the "
+                "first model loaded."
+            ) from None
+
+
+class TensorIO:
+    """numpy or torch tensors in → tensors on ``device``; outputs back in the callers' kind."""
+
+    def __init__(self, device: str) -> None:
+        self.device = torch.device(device)
+
+    def to_device(self, inputs: Sequence[Any]) -> list[torch.Tensor]:
+        tensors = []
+        for x in inputs:
+            if not isinstance(x, torch.Tensor):
+                x = np.asarray(x)
+                if not (x.flags.c_contiguous and x.flags.writeable):
+                    x = np.array(x, order="C")  # torch.from_numpy wants a writeable buffer
+                x = torch.from_numpy(x)
+            tensors.append(x.to(self.device))
+        return tensors
+
+    def outputs(self, out: Any, inputs: Sequence[Any]) -> list[Any]:
+        """Flatten tuple/list/dict outputs; numpy unless the first input is a torch tensor."""
+        flat = _flatten(out)
+        first = inputs[0] if inputs else None
+        if isinstance(first, torch.Tensor):
+            return [t.to(first.device) for t in flat]
+        return [t.detach().cpu().numpy() for t in flat]
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, list | tuple):
+        return [t for item in out for t in _flatten(item)]
+    raise BackendError(
+        f"The model returned a {type(out).__name__}, not tensors. Re-export it with skprotect."
+    )
+
+
+_SESSION_OPTIONS = {"run_single_threaded": bool}
+
+
+class InductorBackend:
+    """One AOTInductor ``.pt2`` package; checks every call's inputs against its metadata.
+
+    numpy in → numpy out, torch tensors in → tensors out (decided by the first input). On CUDA
+    (``device="cuda[:N]"``) the GPU settings of :func:`~skruntime.backends.gpu.
+    apply_gpu_determinism` are applied first. ``intra_op_threads`` sets torch's (OpenMP) thread
+    count for the whole process. ``session_options``: ``{"run_single_threaded": bool}``, passed
+    to ``aoti_load_package``.
+    """
+
+    wants_numpy = False
+    """The runtime passes torch tensors through (numpy arrays too)."""
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        self._path = Path(path)
+        name = self._path.name
+        unknown = sorted(set(options.session_options) - set(_SESSION_OPTIONS))
+        if unknown:
+            raise BackendError(
+                f"Unknown AOTInductor session option(s) {', '.join(unknown)}. Valid: "
+                f"{', '.join(_SESSION_OPTIONS)}."
+            )
+        self.device = "cpu"
+        index = -1
+        if options.device != "cpu":
+            require_cuda("AOTInductor GPU (.pt2)", options.device)
+            index = cuda_index(options.device)
+            self.device = f"cuda:{index}"
+            apply_gpu_determinism()
+        apply_threads(options)
+        extra = {k: bool(v) for k, v in options.session_options.items()}
+        try:
+            self._model = torch._inductor.aoti_load_package(
+                str(self._path), device_index=index, **extra
+            )
+            raw = self._model.get_metadata().get(INPUTS_METADATA)
+        except Exception as err:
+            raise BackendError(
+                f"torch could not load the AOTInductor package {self._path} "
+                f"({backend_failure(err)}). Re-deploy the file written by skprotect, compiled "
+                "for this device (a CPU package runs on the CPU, a GPU package on CUDA)."
+            ) from None
+        if raw is None:
+            raise BackendError(
+                f"{name} was not written by skprotect (no {INPUTS_METADATA} metadata), so its "
+                "inputs cannot be checked. Re-export it with skprotect."
+            )
+        self._specs, self.input_names, self._key_name = parse_specs(raw, name)
+        self._io = TensorIO(self.device)
+
+    def run(self, inputs: Sequence[Any]) -> list[Any]:
+        model = self._model
+        if model is None:
+            raise BackendError(f"The AOTInductor model {self._path.name} is closed.")
+        check_inputs(inputs, self._specs, self.input_names, self._path.name, self._key_name)
+        tensors = self._io.to_device(inputs)
+        try:
+            with torch.inference_mode():
+                out = model(*tensors)
+        except Exception as err:
+            raise BackendError(
+                f"The AOTInductor model {self._path.name} failed ({backend_failure(err)}). "
+                "Check the input shapes and dtypes against the model's inputs."
+            ) from None
+        return self._io.outputs(out, inputs)
+
+    def close(self) -> None:
+        self._model = None

@@ -1,0 +1,103 @@
+"""ONNX Runtime backend: ``.onnx`` files on the CPU provider, or CUDA when asked and present."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import BackendError
+from .base import BackendOptions, as_numpy
+from .gpu import ORT_CUDA_FP32_OPTIONS
+
+__all__ = ["OnnxRuntimeBackend"]
+
+
+def _providers(options: BackendOptions) -> list[Any]:
+    if "providers" in options.session_options:
+        return list(options.session_options["providers"])
+    if options.device == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise BackendError(
+            f"device={options.device!r} needs onnxruntime's CUDAExecutionProvider, but this "
+            f"onnxruntime has only {', '.join(available)}. Install onnxruntime-gpu (and a "
+            "matching CUDA), or use device='cpu'."
+        )
+    _, _, index = options.device.partition(":")
+    # the CUDA EP enables TF32 by default, which moves results beyond the protector's tolerance
+    cuda_options = {**ORT_CUDA_FP32_OPTIONS, **({"device_id": int(index)} if index else {})}
+    return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+
+
+def _session_options(options: BackendOptions) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    if options.intra_op_threads is not None:
+        so.intra_op_num_threads = options.intra_op_threads
+    if options.inter_op_threads is not None:
+        so.inter_op_num_threads = options.inter_op_threads
+    extra = {k: v for k, v in options.session_options.items() if k != "providers"}
+    unknown = sorted(k for k in extra if k.startswith("_") or not hasattr(so, k))
+    if unknown:
+        known = sorted(a for a in dir(so) if not a.startswith("_") and not callable(getattr(so, a)))
+        raise BackendError(
+            f"Unknown onnxruntime session option(s) {', '.join(unknown)}. Valid: 'providers' and "
+            f"the attributes of onnxruntime.SessionOptions: {', '.join(known)}."
+        )
+    for name, value in extra.items():
+        try:
+            setattr(so, name, value)
+        except (TypeError, AttributeError, ValueError) as e:
+            raise BackendError(
+                f"Session option {name}={value!r} was refused by onnxruntime: {e}"
+            ) from None
+    return so
+
+
+class OnnxRuntimeBackend:
+    """One ``onnxruntime.InferenceSession``; inputs are fed by the session's own input names."""
+
+    wants_numpy = True
+    """LoadedModel converts torch tensors to numpy before calling :meth:`run`."""
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        providers = _providers(options)
+        so = _session_options(options)
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise BackendError(
+                f"onnxruntime could not load {path}: {e}. Re-deploy the file written by "
+                "skprotect, and check the providers/session options."
+            ) from None
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self.providers = self._session.get_providers()
+        self._path = path
+
+    def run(self, inputs: Sequence[Any]) -> list[Any]:
+        """Run once. Inputs are numpy arrays (others are converted); onnxruntime itself copies
+        non-contiguous arrays, so contiguous arrays of the right dtype are fed without a copy."""
+        session = self._session
+        if session is None:
+            raise BackendError(f"The onnxruntime session of {self._path} is closed.")
+        if len(inputs) != len(self.input_names):
+            raise BackendError(
+                f"{self._path.name} takes {len(self.input_names)} inputs (the key last), but "
+                f"got {len(inputs)}."
+            )
+        feed = dict(zip(self.input_names, inputs, strict=True))
+        for name, x in feed.items():
+            if type(x) is not np.ndarray:
+                feed[name] = as_numpy(x)
+        try:
+            return session.run(None, feed)
+        except Exception as e:  # onnxruntime's pybind exception types
+            raise BackendError(f"onnxruntime failed to run {self._path.name}: {e}") from None
+
+    def close(self) -> None:
+        self._session = None

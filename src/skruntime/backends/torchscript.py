@@ -1,0 +1,111 @@
+"""TorchScript backend: ``.pt`` files (traced and frozen by the protector), CPU or CUDA.
+
+TorchScript itself checks little: a traced graph accepts a key of the wrong length or dtype and
+computes garbage (or reads past a slice) without an error. Files written by skprotect carry
+their inputs' dtypes and static sizes in the extra file :data:`~.inductor.INPUTS_METADATA`,
+checked before every call like AOTInductor packages; a ``.pt`` without it is run unchecked, and
+any error torch raises is reported as a :class:`~skruntime.errors.BackendError` naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BackendError
+from .base import BackendOptions
+from .gpu import apply_gpu_determinism, cuda_index, require_cuda
+from .inductor import (
+    INPUTS_METADATA,
+    TensorIO,
+    apply_threads,
+    backend_failure,
+    check_inputs,
+    parse_specs,
+)
+
+__all__ = ["TorchScriptBackend"]
+
+_SESSION_OPTIONS = ("optimize_for_inference",)
+
+
+class TorchScriptBackend:
+    """One ``torch.jit.load``-ed module, run under ``torch.inference_mode()``.
+
+    numpy in → numpy out, torch tensors in → tensors out (decided by the first input); tuple,
+    list and dict outputs are flattened. On CUDA (``device="cuda[:N]"``) the GPU settings of
+    :func:`~skruntime.backends.gpu.apply_gpu_determinism` are applied first.
+
+    Threads: ``intra_op_threads`` calls ``torch.set_num_threads`` and ``inter_op_threads``
+    ``torch.set_num_interop_threads``; both are **process-wide** (every torch model in the
+    process shares them), and the inter-op count can be set only once per process (a different
+    value later raises :class:`~skruntime.errors.BackendError`).
+
+    ``session_options``: ``{"optimize_for_inference": True}`` runs
+    ``torch.jit.optimize_for_inference`` after loading (MKLDNN convolutions on CPU; the protector
+    could not save them). Off by default: it changes float rounding slightly.
+    """
+
+    wants_numpy = False
+    """The runtime passes torch tensors through (numpy arrays too)."""
+
+    def __init__(self, path: Path, options: BackendOptions) -> None:
+        self._path = Path(path)
+        unknown = sorted(set(options.session_options) - set(_SESSION_OPTIONS))
+        if unknown:
+            raise BackendError(
+                f"Unknown TorchScript session option(s) {', '.join(unknown)}. Valid: "
+                f"{', '.join(_SESSION_OPTIONS)}."
+            )
+        self.device = "cpu"
+        if options.device != "cpu":
+            require_cuda("TorchScript GPU (.pt)", options.device)
+            self.device = f"cuda:{cuda_index(options.device)}"
+            apply_gpu_determinism()
+        apply_threads(options)
+        extra = {INPUTS_METADATA: ""}
+        try:
+            model = torch.jit.load(str(self._path), map_location=self.device, _extra_files=extra)
+            if options.session_options.get("optimize_for_inference"):
+                model = torch.jit.optimize_for_inference(model)
+        except Exception as err:
+            raise BackendError(
+                f"torch could not load the TorchScript file {self._path} "
+                f"({backend_failure(err)}). Re-deploy the file written by skprotect."
+            ) from None
+        self._model = model.eval()
+        self._specs: list[dict] | None = None
+        self._key_name: str | None = None
+        raw = extra[INPUTS_METADATA]
+        if raw:
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            self._specs, self.input_names, self._key_name = parse_specs(text, self._path.name)
+        else:
+            self.input_names = [a.name for a in model.forward.schema.arguments[1:]]  # not self
+        self._io = TensorIO(self.device)
+
+    def run(self, inputs: Sequence[Any]) -> list[Any]:
+        model = self._model
+        name = self._path.name
+        if model is None:
+            raise BackendError(f"The TorchScript model {name} is closed.")
+        if self._specs is not None:
+            check_inputs(
+                inputs, self._specs, self.input_names, name, self._key_name, kind="TorchScript"
+            )
+        tensors = self._io.to_device(inputs)
+        try:
+            with torch.inference_mode():
+                out = model(*tensors)
+        except Exception as err:
+            raise BackendError(
+                f"The TorchScript model {name} failed ({backend_failure(err)}). Check the input "
+                f"count, shapes and dtypes: it takes {', '.join(self.input_names)}."
+            ) from None
+        return self._io.outputs(out, inputs)
+
+    def close(self) -> None:
+        self._model = None

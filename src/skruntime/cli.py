@@ -1,0 +1,345 @@
+"""The runner: ``skprotect run OUTPUTS_DIR MODEL --format onnx --input x.npy --output y.npy``.
+
+Registered into the ``skprotect`` typer app (``skprotect_pytorch.cli``). This module imports only
+the standard library, numpy and typer at import time; skruntime's runtime (and with it
+onnxruntime, or torch for the torch formats) is imported inside the command, so running an ONNX
+model never imports torch.
+
+Exit codes (:data:`EXIT_CODES`): 0 ok, 2 usage, 3 configuration or integrity error, 4 key error,
+5 input error, 6 missing folder, file, model or format, 1 anything else. Errors are printed as one
+``error: ...`` line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+__all__ = ["EXIT_CODES", "RunFormat", "run_command"]
+
+EXIT_OK = 0
+EXIT_OTHER = 1
+EXIT_USAGE = 2
+EXIT_CONFIGURATION = 3
+EXIT_KEY = 4
+EXIT_INPUT = 5
+EXIT_NOT_FOUND = 6
+
+#: error class name (anywhere in the raised error's MRO, most derived first) -> exit code. Names,
+#: not classes, so that this table needs no import of the runtime (and of its frameworks).
+EXIT_CODES: dict[str, int] = {
+    "ConfigurationError": EXIT_CONFIGURATION,
+    "IntegrityError": EXIT_CONFIGURATION,
+    "KeyFileError": EXIT_KEY,
+    "KeyUnavailableError": EXIT_KEY,
+    "InputError": EXIT_INPUT,
+    "ModelNotFoundError": EXIT_NOT_FOUND,
+    "ModelFileError": EXIT_NOT_FOUND,
+    "FileNotFoundError": EXIT_NOT_FOUND,
+}
+
+
+class RunFormat(enum.StrEnum):
+    """Protected model formats the runner can load (the configuration's format slugs)."""
+
+    onnx = "onnx"
+    torchscript_cpu = "torchscript_cpu"
+    torchscript_gpu = "torchscript_gpu"
+    inductor_cpu = "inductor_cpu"
+    inductor_gpu = "inductor_gpu"
+
+
+class RunPlatform(enum.StrEnum):
+    """Deployment platform whose configuration to read."""
+
+    TXT = "TXT"
+    LINUX = "LINUX"
+
+
+class _CliError(Exception):
+    """An error detected by the runner itself, with its exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The runner's exit code for an error raised while running (see :data:`EXIT_CODES`)."""
+    if isinstance(err, _CliError):
+        return err.code
+    for cls in type(err).__mro__:
+        if cls.__name__ in EXIT_CODES:
+            return EXIT_CODES[cls.__name__]
+    return EXIT_OTHER
+
+
+def _check_device(value: str) -> str:
+    if value == "cpu" or re.fullmatch(r"cuda(:[0-9]+)?", value):
+        return value
+    raise typer.BadParameter(f"must be 'cpu', 'cuda' or 'cuda:N', but got {value!r}")
+
+
+def _load_array_file(path: Path) -> Any:
+    if not path.is_file():
+        raise _CliError(f"input file {path} does not exist.", EXIT_NOT_FOUND)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise _CliError(
+            f"cannot read input file {path} as {path.suffix} ({err}). Save inputs with "
+            f"numpy.save (.npy) or numpy.savez (.npz); object arrays are not accepted.",
+            EXIT_INPUT,
+        ) from err
+
+
+def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.ndarray]:
+    """The model's inputs, in order, from one ``.npy`` per input or from one ``.npz``.
+
+    An ``.npz`` is matched by the model's input names, or else by ``arr_0``, ``arr_1``, ... (the
+    names ``numpy.savez`` gives positional arrays) in order.
+    """
+    expected = len(input_names)
+    if len(paths) == 1 and paths[0].suffix == ".npz":
+        with _load_array_file(paths[0]) as archive:
+            keys = list(archive.files)
+            positional = [f"arr_{i}" for i in range(expected)]
+            if set(input_names) <= set(keys):
+                order = list(input_names)
+            elif set(positional) <= set(keys):
+                order = positional
+            else:
+                raise _CliError(
+                    f"{paths[0]} must hold the model's inputs named {', '.join(input_names)} "
+                    f"(or arr_0..arr_{expected - 1} in order), but holds {', '.join(keys) or '-'}.",
+                    EXIT_INPUT,
+                )
+            extra = sorted(set(keys) - set(order))
+            if extra:
+                raise _CliError(
+                    f"{paths[0]} holds array(s) {', '.join(extra)} that are not inputs of the "
+                    f"model; expected only {', '.join(order)}.",
+                    EXIT_INPUT,
+                )
+            return [archive[k] for k in order]
+    if any(p.suffix == ".npz" for p in paths):
+        raise _CliError(
+            "pass either one .npz holding every input or one .npy per input, not a mix or "
+            "several .npz files.",
+            EXIT_USAGE,
+        )
+    if len(paths) != expected:
+        raise _CliError(
+            f"the model takes {expected} input(s) ({', '.join(input_names)}), but got "
+            f"{len(paths)} --input file(s). Pass one .npy per input, in order, or one .npz.",
+            EXIT_INPUT,
+        )
+    return [_load_array_file(p) for p in paths]
+
+
+def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> None:
+    """Write one output to ``.npy``, or every output to ``.npz`` under its output name."""
+    with path.open("wb") as f:
+        if path.suffix == ".npy":
+            np.save(f, outputs[0], allow_pickle=False)
+        else:
+            np.savez(f, **dict(zip(output_names, outputs, strict=True)))
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _describe(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    return [
+        {"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
+        for n, a in zip(names, arrays, strict=True)
+    ]
+
+
+def _read_kek(path: Path) -> bytes:
+    import base64
+    import binascii
+
+    if not path.is_file():
+        raise _CliError(f"key-encryption key file {path} does not exist.", EXIT_NOT_FOUND)
+    try:
+        return base64.b64decode(path.read_bytes().strip(), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise _CliError(
+            f"{path} is not a base64 key-encryption key (write it with `skprotect export-kek`).",
+            EXIT_KEY,
+        ) from err
+
+
+def _run(
+    outputs_dir: Path,
+    model: str,
+    fmt: str,
+    inputs: Sequence[Path],
+    output: Path | None,
+    *,
+    device: str,
+    threads: int | None,
+    static_key: bool,
+    platform: str | None,
+    kek: Path | None,
+) -> dict[str, Any]:
+    for path in inputs:
+        if path.suffix not in (".npy", ".npz"):
+            raise _CliError(f"--input must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
+    if output is not None and output.suffix not in (".npy", ".npz"):
+        raise _CliError(f"--output must be a .npy or .npz file, but got {output}.", EXIT_USAGE)
+    if not outputs_dir.is_dir():
+        raise _CliError(
+            f"outputs folder {outputs_dir} does not exist: pass the folder that holds the "
+            f"configuration (outputs/<application_name>).",
+            EXIT_NOT_FOUND,
+        )
+    for path in inputs:
+        if not path.is_file():
+            raise _CliError(f"input file {path} does not exist.", EXIT_NOT_FOUND)
+    kek_bytes = _read_kek(kek) if kek is not None else None
+
+    from skruntime import SkRuntime  # lazily: keeps `skprotect --help` fast and torch-free
+
+    t0 = time.perf_counter()
+    runtime = SkRuntime(outputs_dir, platform=platform, kek=kek_bytes)
+    if model not in runtime.models():
+        raise _CliError(
+            f"unknown model '{model}' in {outputs_dir}. Protected models: "
+            f"{', '.join(runtime.models()) or '-'}.",
+            EXIT_NOT_FOUND,
+        )
+    if fmt not in runtime.formats(model):
+        raise _CliError(
+            f"model '{model}' was not protected to format '{fmt}'. Its formats: "
+            f"{', '.join(runtime.formats(model)) or '-'}.",
+            EXIT_NOT_FOUND,
+        )
+    loaded = runtime.load(
+        model, fmt, device=device, intra_op_threads=threads, static_key=static_key
+    )
+    load_seconds = time.perf_counter() - t0
+    with loaded:
+        input_names = list(loaded.input_names)
+        output_names = list(loaded.output_names)
+        if output is not None and output.suffix == ".npy" and len(output_names) != 1:
+            raise _CliError(
+                f"model '{model}' has {len(output_names)} outputs ({', '.join(output_names)}): "
+                f"write them to a .npz file, not {output}.",
+                EXIT_USAGE,
+            )
+        arrays = read_inputs(inputs, input_names)
+        t1 = time.perf_counter()
+        results = [_to_numpy(y) for y in loaded.run(arrays)]
+        run_seconds = time.perf_counter() - t1
+    if output is not None:
+        write_outputs(output, results, output_names)
+    return {
+        "model": model,
+        "format": fmt,
+        "device": device,
+        "inputs": _describe(input_names, arrays),
+        "outputs": _describe(output_names, results),
+        "output_file": str(output) if output is not None else None,
+        "load_seconds": load_seconds,
+        "run_seconds": run_seconds,
+    }
+
+
+def run_command(
+    outputs_dir: Annotated[
+        Path,
+        typer.Argument(help="Folder holding the configuration, e.g. outputs/default_app."),
+    ],
+    model: Annotated[str, typer.Argument(help="Name of the protected model.")],
+    fmt: Annotated[
+        RunFormat, typer.Option("--format", "-f", help="Protected format to load.")
+    ] = RunFormat.onnx,
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="One .npy per model input, in order (repeat the option), or one .npz with "
+            "arrays named like the model's inputs (or arr_0, arr_1, ...).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the result: .npy (single output) or .npz (keys = output names).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary (shapes, dtypes, timings).")
+    ] = False,
+    device: Annotated[
+        str, typer.Option(callback=_check_device, help="cpu, cuda or cuda:N.")
+    ] = "cpu",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Intra-op threads (default: the framework's).")
+    ] = None,
+    static_key: Annotated[
+        bool,
+        typer.Option(
+            "--static-key",
+            help="Feed the static key file as is (models protected with test_key=True only).",
+        ),
+    ] = False,
+    platform: Annotated[
+        RunPlatform | None,
+        typer.Option(help="Configuration to read when the folder holds both platforms'."),
+    ] = None,
+    kek: Annotated[
+        Path | None,
+        typer.Option(help="LINUX platform: key-encryption key file from `skprotect export-kek`."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """Run a protected model on inputs from .npy/.npz files (the runner for every format).
+
+    Exit codes: 0 ok, 2 usage, 3 configuration/integrity, 4 key, 5 input, 6 not found, 1 other.
+    """
+    try:
+        summary = _run(
+            outputs_dir,
+            model,
+            fmt.value,
+            list(inputs or []),
+            output,
+            device=device,
+            threads=threads,
+            static_key=static_key,
+            platform=platform.value if platform is not None else None,
+            kek=kek,
+        )
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        # One line, except for messages that carry a table (the compatibility table).
+        typer.echo(f"error: {str(err).strip() or type(err).__name__}", err=True)
+        raise typer.Exit(exit_code_for(err)) from None
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    shapes = ", ".join(f"{o['name']} {tuple(o['shape'])} {o['dtype']}" for o in summary["outputs"])
+    where = f" -> {output}" if output is not None else ""
+    typer.echo(
+        f"{model} [{summary['format']}, {device}]: {shapes}{where} "
+        f"(load {summary['load_seconds'] * 1e3:.1f} ms, run {summary['run_seconds'] * 1e3:.2f} ms)"
+    )

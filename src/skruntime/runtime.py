@@ -1,0 +1,513 @@
+"""SkRuntime: read an application's configuration, verify and load its protected models.
+
+>>> rt = SkRuntime("outputs/default_app")  # doctest: +SKIP
+>>> model = rt.load("my_model", fmt="onnx")  # doctest: +SKIP
+>>> y = model(x)  # doctest: +SKIP
+
+Loading verifies the model file's SHA-256 against the signed configuration (platform version
+>= 1), unlocks the model's key (TXT: the two key files; LINUX: the encrypted key file and the
+key-encryption key) and derives a fresh session key, fed as the model's last input. This module
+never imports torch: the ONNX path runs with only numpy, onnxruntime and cryptography installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import backend_class
+from .backends.base import Backend, BackendOptions, as_numpy
+from .config import (
+    CONFIG_FILENAMES,
+    PLATFORMS,
+    SUPPORTED_PLATFORM_VERSIONS,
+    Config,
+    InputSpec,
+    load_config,
+    sha256_file,
+)
+from .errors import (
+    ConfigurationError,
+    InputError,
+    IntegrityError,
+    KeyFileError,
+    KeyUnavailableError,
+    ModelClosedError,
+    ModelFileError,
+    ModelNotFoundError,
+)
+from .keyfile import KeyMaterial, key_params_filename, read_txt_keys, session_key
+from .mev import mev_filename, read_mev
+
+__all__ = ["COMPATIBILITY_TABLE", "RUNTIME_VERSION", "LoadedModel", "SkRuntime"]
+
+RUNTIME_VERSION = "0.3.0"
+
+#: (platform version, skprotect minimal version, skruntime minimal version, licence server
+#: minimal version): the seed's table with this project's own package versions.
+COMPATIBILITY_TABLE: tuple[tuple[int, str, str, str], ...] = (
+    (0, "0.3.0", "0.3.0", "none needed"),
+    (1, "0.3.0", "0.3.0", "none needed"),
+    (2, "0.3.0", "0.3.0", "not released yet"),
+)
+
+
+def compatibility_table() -> str:
+    """The platform-version compatibility table as Markdown text."""
+    header = (
+        "| Platform version | skprotect minimal version | skruntime minimal version | "
+        "Licensing server minimal version |"
+    )
+    lines = [header, "|---|---|---|---|"]
+    lines += [f"| {v} | {p} | {r} | {s} |" for v, p, r, s in COMPATIBILITY_TABLE]
+    return "\n".join(lines)
+
+
+def _newer_version_error(path: Path, err: ConfigurationError) -> ConfigurationError | None:
+    """The error with the compatibility table when ``err`` is about a too-new version."""
+    if "newer than this skruntime supports" not in str(err):
+        return None
+    supported = ", ".join(str(v) for v in SUPPORTED_PLATFORM_VERSIONS)
+    return ConfigurationError(
+        f"{err}\nThis skruntime ({RUNTIME_VERSION}) reads platform versions {supported}. "
+        f"Platform version compatibility:\n{compatibility_table()}"
+    )
+
+
+def _platform_name(platform: object) -> str:
+    value = getattr(platform, "value", platform)  # accepts SkProtectorPyTorch.ExportPlatform
+    if isinstance(value, str) and value.upper() in PLATFORMS:
+        return value.upper()
+    raise ConfigurationError(
+        f"platform must be one of {', '.join(PLATFORMS)} or None (auto-detect), but got "
+        f"{platform!r}."
+    )
+
+
+class SkRuntime:
+    """An application's protected models, as written by skprotect in ``outputs/<application>/``.
+
+    Args:
+        outputs_dir: the folder holding the configuration (``skconfig.json`` for TXT, ``skrpl``
+            for LINUX) and the model sub-folders.
+        platform: ``"TXT"`` or ``"LINUX"``; ``None`` detects it from the configuration present
+            (an error when both are).
+        public_key: the application's raw 32-byte Ed25519 public key; when given, a
+            configuration signed by any other key is refused.
+        kek: LINUX only: the 32-byte key-encryption key released by the licence server.
+
+    Raises:
+        ConfigurationError: missing folder or configuration, both platforms present without
+            ``platform=``, invalid signature, too-new platform version (the message shows the
+            compatibility table), invalid content.
+
+    >>> rt = SkRuntime("outputs/default_app")  # doctest: +SKIP
+    >>> rt.models()  # doctest: +SKIP
+    ['my_model']
+    >>> with rt.load("my_model", fmt="onnx") as model:  # doctest: +SKIP
+    ...     y = model(x)
+    """
+
+    SUPPORTED_PLATFORM_VERSIONS = SUPPORTED_PLATFORM_VERSIONS
+
+    def __init__(
+        self,
+        outputs_dir: str | os.PathLike[str],
+        *,
+        platform: str | None = None,
+        public_key: bytes | None = None,
+        kek: bytes | None = None,
+    ) -> None:
+        self.outputs_dir = Path(outputs_dir)
+        if not self.outputs_dir.is_dir():
+            raise ConfigurationError(
+                f"Folder {self.outputs_dir} does not exist or is not a folder. Point SkRuntime "
+                "at outputs/<application_name>/ written by skprotect."
+            )
+        if platform is None:
+            found = [
+                p for p, name in CONFIG_FILENAMES.items() if (self.outputs_dir / name).exists()
+            ]
+            if not found:
+                expected = " or ".join(f"{n} ({p})" for p, n in CONFIG_FILENAMES.items())
+                raise ConfigurationError(
+                    f"No configuration in {self.outputs_dir}: expected {expected}. Point "
+                    "SkRuntime at outputs/<application_name>/ written by skprotect."
+                )
+            if len(found) > 1:
+                raise ConfigurationError(
+                    f"{self.outputs_dir} holds configurations for several platforms "
+                    f"({', '.join(CONFIG_FILENAMES[p] for p in found)}); pass "
+                    f"platform={' or '.join(repr(p) for p in found)} to choose one."
+                )
+            platform = found[0]
+        self.platform = _platform_name(platform)
+        self.config_path = self.outputs_dir / CONFIG_FILENAMES[self.platform]
+        try:
+            config = load_config(self.config_path, public_key=public_key)
+        except ConfigurationError as e:
+            raise (_newer_version_error(self.config_path, e) or e) from None
+        if config.platform != self.platform:
+            raise ConfigurationError(
+                f"Configuration file {self.config_path} is for platform {config.platform}, but "
+                f"its name says {self.platform}. Restore the files written by skprotect."
+            )
+        self.config: Config = config
+        if kek is not None and (not isinstance(kek, bytes | bytearray) or len(kek) != 32):
+            size = len(kek) if isinstance(kek, bytes | bytearray) else type(kek).__name__
+            raise KeyUnavailableError(f"kek must be 32 bytes, but got {size}.")
+        self._kek = bytes(kek) if kek is not None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"SkRuntime({str(self.outputs_dir)!r}, platform={self.platform!r}, "
+            f"platform_version={self.config.platform_version}, models={self.models()})"
+        )
+
+    def models(self) -> list[str]:
+        """The protected model names."""
+        return list(self.config.models)
+
+    def formats(self, model_name: str) -> list[str]:
+        """The formats ``model_name`` was protected for (``onnx``, ``torchscript_cpu``, ...)."""
+        return list(self._model(model_name).formats)
+
+    def _model(self, model_name: str):
+        try:
+            return self.config.models[model_name]
+        except (KeyError, TypeError):
+            raise ModelNotFoundError(
+                f"No model {model_name!r} in {self.config_path}. Models there: "
+                f"{', '.join(self.config.models) or 'none'}."
+            ) from None
+
+    def load(
+        self,
+        model_name: str,
+        fmt: str = "onnx",
+        *,
+        device: str = "cpu",
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+        session_options: Mapping[str, Any] | None = None,
+        static_key: bool = False,
+    ) -> LoadedModel:
+        """Verify and load one protected model file with a fresh session key.
+
+        Args:
+            model_name: a name from :meth:`models`.
+            fmt: a format from :meth:`formats` (``onnx``, ``torchscript_cpu``, ``inductor_cpu``,
+                ...).
+            device: ``"cpu"`` or ``"cuda[:N]"``.
+            intra_op_threads, inter_op_threads: thread settings of the backend.
+            session_options: passed through to the backend (ONNX Runtime: attributes of
+                ``SessionOptions``, and ``"providers"``).
+            static_key: feed the static key instead of a fresh session key; only for models
+                protected with ``test_key=True``.
+
+        Raises:
+            ModelNotFoundError: unknown model or format not protected.
+            ModelFileError: the model file is missing or unreadable.
+            IntegrityError: the model file's SHA-256 differs from the configuration's.
+            KeyFileError: key files missing, corrupted, swapped or of the wrong length.
+            KeyUnavailableError: LINUX without ``kek``, or ``static_key`` on a non-test key.
+            BackendError: the framework could not load the file.
+        """
+        entry = self._model(model_name)
+        if fmt not in entry.formats:
+            raise ModelNotFoundError(
+                f"Model {model_name!r} is not protected for format {fmt!r}; its formats: "
+                f"{', '.join(entry.formats)}. Protect it with that format or load another one."
+            )
+        fentry = entry.formats[fmt]
+        path = self.outputs_dir / fentry.file
+        if not path.is_file():
+            raise ModelFileError(
+                f"Model file {path} of model {model_name!r} ({fmt}) not found. Deploy the whole "
+                f"{self.outputs_dir.name}/ folder written by skprotect."
+            )
+        digest = fentry.sha256
+        if digest is not None or self.platform == "LINUX":
+            try:
+                actual = sha256_file(path)
+            except OSError as e:
+                raise ModelFileError(
+                    f"Model file {path} cannot be read: {e.strerror or e}."
+                ) from None
+            if digest is not None and actual != digest:
+                raise IntegrityError(
+                    f"Model file {path} does not match the SHA-256 in {self.config_path.name}: "
+                    "it was tampered or post-processed; re-deploy the file written by skprotect."
+                )
+            digest = actual
+        material = self._key_material(model_name, fmt, fentry.key_files, digest)
+        if material.length != entry.key.length:
+            raise KeyFileError(
+                f"The key of model {model_name!r} ({fmt}) from {material.source} has "
+                f"{material.length} values, but the configuration expects {entry.key.length}. "
+                "The key files do not belong to this model; restore them or re-protect."
+            )
+        if static_key:
+            if not self._is_static(fentry.key_files, model_name):
+                raise KeyUnavailableError(
+                    f"static_key=True needs a model protected with test_key=True, but the key "
+                    f"of {model_name!r} ({fmt}) is not a test key. Use the default session key."
+                )
+            key = material.static_key()
+        else:
+            key = session_key(material)
+        options = BackendOptions(
+            device=device,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            session_options=dict(session_options or {}),
+        )
+        try:
+            backend = backend_class(fmt)(path, options)
+        except BaseException:
+            key[:] = 0
+            raise
+        return LoadedModel(model_name, fmt, entry.inputs, entry.outputs, key, backend)
+
+    def _key_material(
+        self, model_name: str, fmt: str, key_files: Sequence[str], digest: str | None
+    ) -> KeyMaterial:
+        if self.platform == "TXT":
+            if not key_files:
+                raise KeyFileError(
+                    f"The configuration lists no key files for model {model_name!r} ({fmt}). "
+                    "Re-protect the model."
+                )
+            return read_txt_keys((self.outputs_dir / key_files[0]).parent, model_name)
+        if self._kek is None:
+            raise KeyUnavailableError(
+                f"Model {model_name!r} is protected for the LINUX platform: its key is encrypted "
+                "and the key-encryption key is released by the licence server. Pass "
+                "kek=<32 bytes> to SkRuntime (the licence client provides it)."
+            )
+        name = mev_filename(model_name, fmt)
+        mev = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
+        if not mev:
+            raise KeyFileError(
+                f"The configuration lists no encrypted key file {name} for model "
+                f"{model_name!r} ({fmt}). Re-protect the model for the LINUX platform."
+            )
+        assert digest is not None  # LINUX always hashes the model file
+        return read_mev(
+            self.outputs_dir / mev[0],
+            model_name=model_name,
+            fmt_slug=fmt,
+            model_sha256=digest,
+            kek=self._kek,
+        )
+
+    def _is_static(self, key_files: Sequence[str], model_name: str) -> bool:
+        name = key_params_filename(model_name)
+        params = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
+        if not params:
+            return False
+        try:
+            data = json.loads((self.outputs_dir / params[0]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get("static") is True
+
+
+def _dims_text(spec: InputSpec) -> str:
+    dims = [spec.dynamic_dims.get(a, str(s)) for a, s in enumerate(spec.shape)]
+    return f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"
+
+
+def _describe(spec: InputSpec) -> str:
+    return f"{spec.name!r}: shape {_dims_text(spec)}, dtype {spec.dtype}"
+
+
+class _InputCheck:
+    """Precomputed per-input checks: dtype, rank, static sizes."""
+
+    __slots__ = ("dtype", "ndim", "np_dtype", "spec", "static")
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+        self.dtype = spec.dtype
+        try:  # the numpy dtype object, for an identity fast path (bfloat16 needs ml_dtypes)
+            self.np_dtype: np.dtype | None = np.dtype(spec.dtype)
+        except TypeError:
+            self.np_dtype = None
+        self.ndim = len(spec.shape)
+        self.static = tuple((a, s) for a, s in enumerate(spec.shape) if a not in spec.dynamic_dims)
+
+
+def _dtype_name(x: Any) -> str:
+    dtype = x.dtype
+    if isinstance(dtype, np.dtype):
+        return dtype.name
+    return str(dtype).removeprefix("torch.")
+
+
+class LoadedModel:
+    """A protected model ready to run; call it like the original model.
+
+    ``model(x)`` or ``model(x1, x2)`` (model-input order) or ``model(**{"input.1": x})``
+    (names from :attr:`input_names`): numpy arrays in, numpy arrays out (torch tensors are also
+    accepted; torch formats return tensors). One output gives one array, several a tuple.
+    Inputs are checked against the configuration before the backend sees them. ``close()``
+    (or leaving a ``with`` block) erases the session key.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fmt: str,
+        inputs: Sequence[InputSpec],
+        outputs: Sequence[Any],
+        key: np.ndarray,
+        backend: Backend,
+    ) -> None:
+        self.name = name
+        self.format = fmt
+        self.inputs: list[InputSpec] = list(inputs)
+        self.input_names: list[str] = [i.name for i in inputs]
+        # the file's own output names when the backend knows them (the configuration may list
+        # fewer outputs than a multi-output model has), else the configuration's
+        names = getattr(backend, "output_names", None)
+        self.output_names: list[str] = list(names or (o.name for o in outputs))
+        self.key_length = int(key.size)
+        self._key = key
+        self._backend: Backend | None = backend
+        self._numpy = bool(getattr(backend, "wants_numpy", False))
+        self._checks = tuple(_InputCheck(s) for s in self.inputs)
+        self._index = {n: i for i, n in enumerate(self.input_names)}
+
+    def __repr__(self) -> str:
+        state = ", closed" if self._backend is None else ""
+        return (
+            f"LoadedModel(name={self.name!r}, format={self.format!r}, "
+            f"key_length={self.key_length}{state})"
+        )
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("LoadedModel cannot be pickled: it holds key material.")
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        key = getattr(self, "_key", None)
+        if key is not None:
+            key[:] = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._backend is None
+
+    def close(self) -> None:
+        """Overwrite the session key with zeros and release the backend (idempotent)."""
+        self._key[:] = 0
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    def expected_inputs(self) -> str:
+        """What the configuration expects, one input per line."""
+        return "\n".join(f"  {_describe(s)}" for s in self.inputs)
+
+    def _error(self, what: str) -> InputError:
+        return InputError(
+            f"{what} Model {self.name!r} ({self.format}) expects {len(self.inputs)} input(s):\n"
+            f"{self.expected_inputs()}"
+        )
+
+    def _order(self, args: Sequence[Any], named: Mapping[str, Any]) -> list[Any]:
+        if not named:
+            if len(args) != len(self._checks):
+                raise self._error(f"Got {len(args)} input(s).")
+            return list(args)
+        unknown = [n for n in named if n not in self._index]
+        if unknown:
+            raise self._error(f"Unknown input name(s) {', '.join(map(repr, unknown))}.")
+        if len(args) > len(self._checks):
+            raise self._error(f"Got {len(args)} positional input(s).")
+        ordered: list[Any] = list(args) + [None] * (len(self._checks) - len(args))
+        given = [False] * len(self._checks)
+        for i in range(len(args)):
+            given[i] = True
+        for n, x in named.items():
+            i = self._index[n]
+            if given[i]:
+                raise self._error(f"Input {n!r} is given both by position and by name.")
+            ordered[i], given[i] = x, True
+        missing = [self.input_names[i] for i, g in enumerate(given) if not g]
+        if missing:
+            raise self._error(f"Missing input(s) {', '.join(map(repr, missing))}.")
+        return ordered
+
+    def _check(self, values: list[Any]) -> list[Any]:
+        for i, (check, x) in enumerate(zip(self._checks, values, strict=True)):
+            if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+                x = values[i] = np.asarray(x)
+            shape = x.shape
+            if len(shape) != check.ndim:
+                raise self._error(
+                    f"Input {check.spec.name!r} has shape {tuple(shape)} ({len(shape)}-d), but "
+                    f"the configuration expects {check.ndim}-d {_dims_text(check.spec)}."
+                )
+            for axis, size in check.static:
+                if shape[axis] != size:
+                    raise self._error(
+                        f"Input {check.spec.name!r} has shape {tuple(shape)}, but axis {axis} "
+                        f"must be {size}: expected {_dims_text(check.spec)}."
+                    )
+            if x.dtype is check.np_dtype:  # fast path: native numpy array of the right dtype
+                continue
+            dtype = _dtype_name(x)
+            if dtype != check.dtype:
+                raise self._error(
+                    f"Input {check.spec.name!r} has dtype {dtype}, but the configuration "
+                    f"expects {check.dtype} (convert it, e.g. x.astype(np.{check.dtype}))."
+                )
+            if self._numpy and type(x) is not np.ndarray:
+                x = values[i] = as_numpy(x)
+            if isinstance(x, np.ndarray) and not x.dtype.isnative:
+                values[i] = x.astype(x.dtype.newbyteorder("="))
+        return values
+
+    def run(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
+        """Run once; ``inputs`` in model-input order or by name. Always returns a list."""
+        backend = self._backend
+        if backend is None:
+            raise ModelClosedError(
+                f"Model {self.name!r} ({self.format}) is closed; load it again with "
+                "SkRuntime.load()."
+            )
+        if isinstance(inputs, Mapping):
+            values = self._order((), inputs)
+        else:
+            values = list(inputs)
+            if len(values) != len(self._checks):
+                raise self._error(f"Got {len(values)} input(s).")
+        values = self._check(values)
+        values.append(self._key)
+        return backend.run(values)
+
+    def __call__(self, /, *args: Any, **named: Any) -> Any:
+        backend = self._backend
+        if backend is None:
+            raise ModelClosedError(
+                f"Model {self.name!r} ({self.format}) is closed; load it again with "
+                "SkRuntime.load()."
+            )
+        values = self._check(self._order(args, named))
+        values.append(self._key)
+        out = backend.run(values)
+        return out[0] if len(out) == 1 else tuple(out)

@@ -1,0 +1,315 @@
+"""``skprotect run``: the runner CLI end to end, from the protector's outputs to .npy/.npz files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from skprotect_pytorch.cli import app
+from skprotect_pytorch.protect import SkProtectorPyTorch
+
+EF = SkProtectorPyTorch.ExportFormat
+APP = "cliapp"
+BATCH = torch.export.Dim("batch", min=1, max=64)
+
+
+class TwoInTwoOut(nn.Module):
+    """Two inputs (x, y) and two outputs (logits, feat): exercises ordering and .npz names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fx = nn.Linear(8, 16)
+        self.fy = nn.Linear(4, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.fx(x) + self.fy(y))
+        return self.head(h), h.mean(dim=1)
+
+
+def make_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 5)).eval()
+
+
+def make_two() -> nn.Module:
+    torch.manual_seed(1)
+    return TwoInTwoOut().eval()
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def invoke(*args: str | Path) -> object:
+    return CliRunner().invoke(app, ["run", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def outputs(module_workdir: Path) -> Path:
+    """Protect ``mlp`` (ONNX, test key) and ``two`` (ONNX + TorchScript CPU, key shares), TXT."""
+    protector = SkProtectorPyTorch(application_name=APP)
+    protector.protect_new_model(
+        make_mlp(),
+        "mlp",
+        [torch.randn(2, 6)],
+        model_export_formats=EF.ONNX,
+        dynamic_shapes=({0: BATCH},),
+        test_key=True,
+    )
+    protector.protect_new_model(
+        make_two(),
+        "two",
+        [torch.randn(2, 8), torch.randn(2, 4)],
+        model_export_formats=EF.ONNX | EF.TORCHSCRIPT_CPU,
+        dynamic_shapes=({0: BATCH}, {0: BATCH}),
+        onnx_params={"input_names": ["x", "y"], "output_names": ["logits", "feat"]},
+    )
+    return module_workdir / "outputs" / APP
+
+
+@pytest.fixture(scope="module")
+def data(module_workdir: Path) -> dict[str, object]:
+    """Input files and the original models' outputs."""
+    gen = np.random.default_rng(0)
+    x = gen.standard_normal((3, 8), dtype=np.float32)
+    y = gen.standard_normal((3, 4), dtype=np.float32)
+    m = gen.standard_normal((5, 6), dtype=np.float32)
+    folder = module_workdir / "data"
+    folder.mkdir()
+    np.save(folder / "x.npy", x)
+    np.save(folder / "y.npy", y)
+    np.save(folder / "m.npy", m)
+    np.savez(folder / "named.npz", y=y, x=x)  # order of the archive must not matter
+    np.savez(folder / "positional.npz", x, y)
+    with torch.no_grad():
+        logits, feat = make_two()(torch.from_numpy(x), torch.from_numpy(y))
+        mlp_out = make_mlp()(torch.from_numpy(m))
+    return {
+        "dir": folder,
+        "logits": logits.numpy(),
+        "feat": feat.numpy(),
+        "mlp": mlp_out.numpy(),
+    }
+
+
+# --------------------------------------------------------------------------- success paths
+
+
+def test_npy_in_npy_out(outputs: Path, data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "y.npy"
+    result = invoke(outputs, "mlp", "--format", "onnx", "--input", data["dir"] / "m.npy",
+                    "--output", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "mlp [onnx, cpu]" in result.stdout
+    assert rel(np.load(out), data["mlp"]) < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript_cpu"])
+def test_npy_inputs_in_order_npz_out(outputs: Path, data: dict, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / "out.npz"
+    d = data["dir"]
+    result = invoke(outputs, "two", "-f", fmt, "-i", d / "x.npy", "-i", d / "y.npy", "-o", out)
+    assert result.exit_code == 0, result.output
+    with np.load(out) as archive:
+        assert sorted(archive.files) == ["feat", "logits"]
+        assert rel(archive["logits"], data["logits"]) < 1e-4
+        assert rel(archive["feat"], data["feat"]) < 1e-4
+
+
+@pytest.mark.parametrize("archive", ["named.npz", "positional.npz"])
+def test_npz_inputs(outputs: Path, data: dict, tmp_path: Path, archive: str) -> None:
+    out = tmp_path / "out.npz"
+    result = invoke(outputs, "two", "--input", data["dir"] / archive, "--output", out)
+    assert result.exit_code == 0, result.output
+    with np.load(out) as got:
+        assert rel(got["logits"], data["logits"]) < 1e-4
+
+
+def test_json_summary(outputs: Path, data: dict, tmp_path: Path) -> None:
+    d = data["dir"]
+    result = invoke(outputs, "two", "-i", d / "x.npy", "-i", d / "y.npy", "-o",
+                    tmp_path / "o.npz", "--json", "--threads", "1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["model"] == "two"
+    assert summary["format"] == "onnx"
+    assert summary["device"] == "cpu"
+    assert summary["inputs"] == [
+        {"name": "x", "shape": [3, 8], "dtype": "float32"},
+        {"name": "y", "shape": [3, 4], "dtype": "float32"},
+    ]
+    assert summary["outputs"] == [
+        {"name": "logits", "shape": [3, 3], "dtype": "float32"},
+        {"name": "feat", "shape": [3], "dtype": "float32"},
+    ]
+    assert summary["output_file"] == str(tmp_path / "o.npz")
+    assert summary["load_seconds"] >= 0 and summary["run_seconds"] >= 0
+
+
+def test_without_output_file_prints_summary(outputs: Path, data: dict) -> None:
+    result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy")
+    assert result.exit_code == 0, result.output
+    assert "(5, 5) float32" in result.stdout
+
+
+def test_static_key_of_a_test_key_model(outputs: Path, data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "y.npy"
+    result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "-o", out, "--static-key")
+    assert result.exit_code == 0, result.output
+    assert rel(np.load(out), data["mlp"]) < 1e-4
+
+
+def test_static_key_refused_without_test_key(outputs: Path, data: dict, tmp_path: Path) -> None:
+    d = data["dir"]
+    result = invoke(outputs, "two", "-i", d / "x.npy", "-i", d / "y.npy", "--static-key")
+    assert result.exit_code == 4, result.output
+    assert result.stderr.startswith("error: ")
+    assert not (tmp_path / "o.npz").exists()
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+@pytest.fixture
+def copied(outputs: Path, tmp_path: Path) -> Path:
+    """A private copy of the outputs folder, to tamper with."""
+    return Path(shutil.copytree(outputs, tmp_path / APP))
+
+
+def assert_error(result: object, code: int, *words: str) -> None:
+    assert result.exit_code == code, result.output
+    assert result.stderr.startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_tampered_configuration_exits_3(copied: Path, data: dict) -> None:
+    config = copied / "skconfig.json"
+    doc = json.loads(config.read_text())
+    doc["payload"]["skprotect_version"] = "9.9.9"
+    config.write_text(json.dumps(doc))
+    assert_error(invoke(copied, "mlp", "-i", data["dir"] / "m.npy"), 3)
+
+
+def test_tampered_model_file_exits_3(copied: Path, data: dict) -> None:
+    model_file = copied / "mlp" / "onnx" / "mlp.onnx"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    assert_error(invoke(copied, "mlp", "-i", data["dir"] / "m.npy"), 3, "mlp.onnx")
+
+
+def test_corrupted_key_file_exits_4(copied: Path, data: dict) -> None:
+    key_file = copied / "mlp" / "onnx" / "key_vector_inv_mlp.txt"
+    key_file.write_text(key_file.read_text()[:-20])
+    assert_error(invoke(copied, "mlp", "-i", data["dir"] / "m.npy"), 4)
+
+
+def test_unknown_model_exits_6(outputs: Path, data: dict) -> None:
+    assert_error(invoke(outputs, "nope", "-i", data["dir"] / "m.npy"), 6, "nope")
+
+
+def test_format_not_protected_exits_6(outputs: Path, data: dict) -> None:
+    result = invoke(outputs, "mlp", "-f", "torchscript_cpu", "-i", data["dir"] / "m.npy")
+    assert_error(result, 6, "torchscript_cpu")
+
+
+def test_missing_outputs_folder_exits_6(tmp_path: Path, data: dict) -> None:
+    assert_error(invoke(tmp_path / "absent", "mlp", "-i", data["dir"] / "m.npy"), 6, "absent")
+
+
+def test_missing_input_file_exits_6(outputs: Path, tmp_path: Path) -> None:
+    assert_error(invoke(outputs, "mlp", "-i", tmp_path / "absent.npy"), 6, "absent.npy")
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((5, 7), np.float32), np.zeros((5, 6), np.float64), np.zeros((5, 6, 1), np.float32)],
+    ids=["wrong-shape", "wrong-dtype", "wrong-rank"],
+)
+def test_wrong_input_exits_5(outputs: Path, tmp_path: Path, array: np.ndarray) -> None:
+    np.save(tmp_path / "bad.npy", array)
+    assert_error(invoke(outputs, "mlp", "-i", tmp_path / "bad.npy"), 5)
+
+
+def test_wrong_input_count_exits_5(outputs: Path, data: dict) -> None:
+    assert_error(invoke(outputs, "two", "-i", data["dir"] / "x.npy"), 5, "2 input(s)")
+
+
+def test_npz_without_the_input_names_exits_5(outputs: Path, tmp_path: Path) -> None:
+    np.savez(tmp_path / "bad.npz", a=np.zeros((1, 8), np.float32))
+    assert_error(invoke(outputs, "two", "-i", tmp_path / "bad.npz"), 5, "x, y")
+
+
+def test_unreadable_input_exits_5(outputs: Path, tmp_path: Path) -> None:
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    assert_error(invoke(outputs, "mlp", "-i", tmp_path / "bad.npy"), 5, "bad.npy")
+
+
+def test_several_outputs_to_npy_is_a_usage_error(outputs: Path, data: dict, tmp_path: Path) -> None:
+    d = data["dir"]
+    result = invoke(outputs, "two", "-i", d / "x.npy", "-i", d / "y.npy", "-o", tmp_path / "o.npy")
+    assert_error(result, 2, ".npz")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--format", "tflite"], ["--device", "tpu"], ["--threads", "0"], ["-o", "out.csv"]],
+    ids=["format", "device", "threads", "output-suffix"],
+)
+def test_usage_errors_exit_2(outputs: Path, data: dict, args: list[str]) -> None:
+    result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", *args)
+    assert result.exit_code == 2, result.output
+
+
+def test_debug_shows_the_traceback(outputs: Path, data: dict) -> None:
+    result = invoke(outputs, "nope", "-i", data["dir"] / "m.npy", "--debug")
+    assert result.exit_code == 6
+    assert "Traceback" in result.stderr
+
+
+# --------------------------------------------------------------------------- torch-free path
+
+# The console script `skprotect` is `skprotect_pytorch.cli:app`: this runs exactly that, in a
+# fresh interpreter where any `import torch` fails.
+NO_TORCH = """
+import sys
+sys.modules["torch"] = None
+from skprotect_pytorch.cli import app
+app(prog_name="skprotect")
+"""
+
+
+def test_onnx_runs_with_torch_blocked(outputs: Path, data: dict, tmp_path: Path) -> None:
+    d = data["dir"]
+    out = tmp_path / "out.npz"
+    args = ["run", str(outputs), "two", "--format", "onnx", "-i", str(d / "named.npz")]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args, "-o", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["format"] == "onnx"
+    with np.load(out) as got:
+        assert rel(got["logits"], data["logits"]) < 1e-4
+    # and a torch format fails cleanly there, naming what is missing
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *args[:3], "-f", "torchscript_cpu", *args[5:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "torch" in proc.stderr
+    assert "Traceback" not in proc.stderr
