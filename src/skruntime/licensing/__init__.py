@@ -1,0 +1,1 @@
+"""Licensing: the wire protocol shared with the sklicense server, and the runtime's client."""

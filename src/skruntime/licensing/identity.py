@@ -1,0 +1,271 @@
+"""The device identity: a device id and two key pairs, created on first run, owner-only.
+
+Files in the runtime's state folder (:func:`default_state_dir`: ``$SKRUNTIME_STATE_DIR``, else
+``~/.local/state/skruntime``; created with mode 0700):
+
+``device.key`` (mode 0600, the secret; authoritative)::
+
+    {"format": "skruntime-device-key", "version": 1, "device_id": "<uuid4 hex>",
+     "signing_key": "<base64 raw Ed25519 private key>",
+     "exchange_key": "<base64 raw X25519 private key>"}
+
+``device.json`` (mode 0600, public facts, for operators provisioning the device)::
+
+    {"device_id": ..., "signing_public_key": <base64>, "exchange_public_key": <base64>}
+
+A key file readable or writable by group or others is refused (:class:`LicenceError` saying
+which ``chmod`` fixes it). Two processes starting together on a fresh folder end with one identity:
+``device.key`` is published with a no-clobber hard link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+from ..errors import LicenceError
+from . import protocol
+
+try:  # POSIX advisory locks; without them (Windows) state updates are not cross-process safe
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+STATE_DIR_ENV = "SKRUNTIME_STATE_DIR"
+DEFAULT_STATE_DIR = "~/.local/state/skruntime"
+KEY_FILENAME = "device.key"
+DEVICE_FILENAME = "device.json"
+KEY_FORMAT = "skruntime-device-key"
+_MAX_STATE_BYTES = 1 << 20
+
+
+def default_state_dir() -> Path:
+    """``$SKRUNTIME_STATE_DIR`` when set, else ``~/.local/state/skruntime``."""
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR).expanduser()
+
+
+def ensure_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
+    """Create the state folder (mode 0700) if needed; tighten an existing one to 0700."""
+    path = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            os.chmod(path, 0o700)
+    except OSError as e:
+        raise LicenceError(
+            f"Cannot create the runtime's state folder {path}: {e.strerror or e}. Set "
+            f"{STATE_DIR_ENV} or pass state_dir= to a writable folder."
+        ) from None
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with an owner-only (0600) file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_private(path: Path) -> bytes:
+    """Read an owner-only file; refuse one that group or others may read or write."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise LicenceError(
+                f"{path} is accessible by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); it holds device secrets or licence state. "
+                f"Run `chmod 600 {path}` and check who could have copied it."
+            )
+        if st.st_size > _MAX_STATE_BYTES:
+            raise LicenceError(f"{path} is larger than any state file; remove it.")
+        return f.read(_MAX_STATE_BYTES + 1)
+
+
+def read_private_json(path: Path) -> Any | None:
+    """The JSON in an owner-only file, or None when the file does not exist."""
+    try:
+        data = read_private(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LicenceError(f"Cannot read {path}: {e.strerror or e}.") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise LicenceError(
+            f"{path} is not valid JSON (truncated or edited); remove it to start afresh."
+        ) from None
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path, name: str = "state") -> Iterator[None]:
+    """An exclusive advisory lock on ``<state_dir>/.<name>.lock`` (no-op without fcntl)."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(state_dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _raw_private(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+
+
+class DeviceIdentity:
+    """This device's id, Ed25519 signing key and X25519 key-exchange key.
+
+    >>> identity = DeviceIdentity.load_or_create("/tmp/state")  # doctest: +SKIP
+    >>> headers = {protocol.SIGNATURE_HEADER: identity.sign(body)}  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        device_id: str,
+        signing_key: Ed25519PrivateKey,
+        exchange_key: X25519PrivateKey,
+        state_dir: Path,
+    ) -> None:
+        self.device_id = device_id
+        self.signing_key = signing_key
+        self.exchange_key = exchange_key
+        self.state_dir = state_dir
+
+    def __repr__(self) -> str:
+        return f"DeviceIdentity(device_id={self.device_id!r}, state_dir={str(self.state_dir)!r})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("DeviceIdentity cannot be pickled: it holds private keys.")
+
+    @classmethod
+    def load_or_create(cls, state_dir: str | os.PathLike[str] | None = None) -> DeviceIdentity:
+        """Load the identity from ``state_dir`` (default :func:`default_state_dir`), creating it
+        on first run.
+
+        Raises:
+            LicenceError: the folder cannot be created, a key file is group/world-accessible,
+                or ``device.key`` is corrupted.
+        """
+        path = ensure_state_dir(state_dir)
+        key_path = path / KEY_FILENAME
+        if not key_path.exists():
+            cls._create(path)
+        identity = cls._load(path)
+        device_path = path / DEVICE_FILENAME
+        public = identity.public_info()
+        try:
+            current = read_private_json(device_path)
+        except LicenceError:  # public facts only: rewrite it owner-only
+            current = None
+        if current != public:
+            write_private(device_path, protocol.canonical_bytes(public))
+        return identity
+
+    @classmethod
+    def _create(cls, path: Path) -> None:
+        body = {
+            "format": KEY_FORMAT,
+            "version": 1,
+            "device_id": uuid.uuid4().hex,
+            "signing_key": protocol.b64(_raw_private(Ed25519PrivateKey.generate())),
+            "exchange_key": protocol.b64(_raw_private(X25519PrivateKey.generate())),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{KEY_FILENAME}.", suffix=".tmp")
+        try:
+            try:
+                os.fchmod(fd, 0o600)
+                os.write(fd, protocol.canonical_bytes(body))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):  # another process won the race: keep it
+                os.link(tmp, path / KEY_FILENAME)
+        except OSError as e:
+            raise LicenceError(
+                f"Cannot write the device key in {path}: {e.strerror or e}."
+            ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    @classmethod
+    def _load(cls, path: Path) -> DeviceIdentity:
+        key_path = path / KEY_FILENAME
+        data = read_private_json(key_path)
+        try:
+            if not isinstance(data, dict) or data.get("format") != KEY_FORMAT:
+                raise ValueError("not a device key file")
+            if data.get("version") != 1:
+                raise ValueError(f"version {data.get('version')!r}, expected 1")
+            device_id = data["device_id"]
+            if not isinstance(device_id, str) or uuid.UUID(hex=device_id).hex != device_id:
+                raise ValueError("device_id is not a uuid4 hex string")
+            signing = Ed25519PrivateKey.from_private_bytes(protocol.unb64(data["signing_key"]))
+            exchange = X25519PrivateKey.from_private_bytes(protocol.unb64(data["exchange_key"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise LicenceError(
+                f"Device key file {key_path} is corrupted ({e}). Restore it from a backup; "
+                "removing it creates a new device that must be provisioned again."
+            ) from None
+        return cls(device_id, signing, exchange, path)
+
+    @property
+    def signing_public_key(self) -> bytes:
+        """The raw 32-byte Ed25519 public key."""
+        return self.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def exchange_public_key(self) -> bytes:
+        """The raw 32-byte X25519 public key."""
+        return self.exchange_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def signing_public_key_b64(self) -> str:
+        return protocol.b64(self.signing_public_key)
+
+    @property
+    def exchange_public_key_b64(self) -> str:
+        return protocol.b64(self.exchange_public_key)
+
+    def public_info(self) -> dict[str, str]:
+        """The content of ``device.json``."""
+        return {
+            "device_id": self.device_id,
+            "signing_public_key": self.signing_public_key_b64,
+            "exchange_public_key": self.exchange_public_key_b64,
+        }
+
+    def sign(self, body: Any) -> str:
+        """The ``X-SK-Signature`` header value: base64 Ed25519 over the canonical bytes."""
+        return protocol.sign(body, self.signing_key)

@@ -1,0 +1,99 @@
+"""The licence wire protocol, shared by the runtime's client and the ``sklicense`` server.
+
+Every message body is a JSON object; its *canonical bytes* are
+``json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()``.
+
+Device → server (signed by the device's Ed25519 key, header ``X-SK-Signature: <base64>`` over
+the canonical bytes of the body). Every device request carries ``device_id`` (str),
+``timestamp`` (int, Unix seconds; the server accepts ±:data:`TIMESTAMP_WINDOW_S`) and ``nonce``
+(str, 32 hex chars; the server refuses a nonce it has seen for that device: replay).
+
+``POST /v1/licences`` (:class:`LicenceRequest`): ask for a licence. Fields: ``device_id``,
+``customer_id`` (int, from the configuration), ``application`` (str), ``models`` (list of
+str), ``config_sha256`` (hex of the configuration file), ``signing_public_key`` and
+``exchange_public_key`` (base64 raw Ed25519 / X25519 public keys: a new device is registered on
+its first request, a known device must present the same keys), ``timestamp``, ``nonce``.
+
+``POST /v1/usage`` (:class:`UsageReport`): ``device_id``, ``licence_id``, ``report_id``
+(str, unique per device: the server applies a report once), ``counter`` (int, total inferences
+run on the device under that licence; monotonic), ``timestamp``, ``nonce``.
+
+Server → device: ``200`` with a :class:`SignedLicence` document ``{"licence": {...},
+"signature": "<base64 Ed25519 over the canonical bytes of licence>"}`` signed by the server key
+(whose public key the runtime pins). Licence fields: ``licence_id``, ``device_id``,
+``customer_id``, ``application``, ``models``, ``issued_at`` (int), ``expires_at`` (int),
+``inferences`` (int allowance for this licence, or null when the customer has no quota),
+``request_nonce`` (echo of the request's nonce), ``wrapped_kek`` (null, or for applications
+with a key-encryption key: ``{"ephemeral_public_key": b64 X25519, "nonce": b64 12 bytes,
+"ciphertext": b64}`` = AES-256-GCM under HKDF-SHA256(X25519(ephemeral, device exchange key),
+info=b"skprotect-kek-wrap/v1" + licence_id) with the canonical bytes of
+``{"licence_id", "device_id", "application"}`` as associated data).
+
+Denials: ``403`` with ``{"decision": "deny", "reason": <code>, "detail": <text>}``; reason codes
+are :data:`DENY_REASONS`. ``429`` with reason ``rate_limited`` when a device asks too often.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+SIGNATURE_HEADER = "X-SK-Signature"
+TIMESTAMP_WINDOW_S = 300
+KEK_WRAP_INFO = b"skprotect-kek-wrap/v1"
+
+DENY_REASONS = (
+    "unknown_application",
+    "unknown_customer",
+    "contract_ended",
+    "device_revoked",
+    "too_many_devices",
+    "quota_exhausted",
+    "bad_signature",
+    "stale_request",
+    "replayed_request",
+    "device_key_mismatch",
+    "unknown_model",
+    "rate_limited",
+)
+
+
+def canonical_bytes(body: Any) -> bytes:
+    """The bytes that are signed: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def sign(body: Any, key: Ed25519PrivateKey) -> str:
+    """Base64 Ed25519 signature of the canonical bytes of ``body``."""
+    return b64(key.sign(canonical_bytes(body)))
+
+
+def verify(body: Any, signature: str, public_key: Ed25519PublicKey) -> bool:
+    """True when ``signature`` is a valid signature of ``body`` by ``public_key``."""
+    try:
+        public_key.verify(unb64(signature), canonical_bytes(body))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
