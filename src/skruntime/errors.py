@@ -49,3 +49,37 @@ class BackendError(SkRuntimeError):
 
 class ModelClosedError(SkRuntimeError):
     """The loaded model was closed; its key is erased and it cannot run any more."""
+
+
+class LicenceError(SkRuntimeError):
+    """Base class of the licensing errors: no usable licence, or the device identity is unusable.
+
+    Also raised directly for an invalid licence (bad server signature, another device, another
+    application or customer, a request nonce that is not echoed) and for unsafe state files.
+    """
+
+
+class LicenceDeniedError(LicenceError):
+    """The licence server refused the licence: ``reason`` is its reason code, ``detail`` text."""
+
+    def __init__(self, reason: str, detail: str = "", message: str | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(
+            message
+            or f"The licence server denied the licence: {reason}"
+            + (f" ({detail})" if detail else "")
+            + "."
+        )
+
+
+class LicenceUnavailableError(LicenceError):
+    """No valid licence: none cached, or the cached one expired, and the server is unreachable."""
+
+
+class ClockRollbackError(LicenceError):
+    """The system clock is before the last time seen by the runtime or a licence's issue time."""
+
+
+class QuotaExhaustedError(LicenceError):
+    """The licence's inference allowance is used up and no new licence grants more."""

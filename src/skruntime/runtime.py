@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,21 @@ class SkRuntime:
         public_key: the application's raw 32-byte Ed25519 public key; when given, a
             configuration signed by any other key is refused.
         kek: LINUX only: the 32-byte key-encryption key released by the licence server.
+        licence_server: URL of the ``sklicense`` server. Needs a platform-version-2
+            configuration (its customer) and ``server_public_key``. Each :meth:`load` then holds
+            a valid licence (requested, cached, renewed: :mod:`skruntime.licensing.client`),
+            LINUX keys are unwrapped from the licence when ``kek`` is not given, and every
+            inference (one call of the loaded model, whatever its batch size) is counted
+            against the licence's allowance. ``None``: no licensing (LINUX then needs ``kek``).
+        server_public_key: the licence server's raw 32-byte Ed25519 public key (pinned).
+        state_dir: the runtime's state folder (device identity, licence cache, counters);
+            default ``$SKRUNTIME_STATE_DIR`` or ``~/.local/state/skruntime``.
+        overlap_seconds: renew the licence this long before it expires (default 30 days).
+        requested_inferences: inferences each licence asks for when the customer has a quota
+            (default 10,000; the server grants at most what remains); ``None`` asks for all
+            that remains, leaving nothing to the customer's other devices.
+        transport: an ``httpx`` transport for the licence client, for tests and custom
+            networking.
 
     Raises:
         ConfigurationError: missing folder or configuration, both platforms present without
@@ -122,7 +137,14 @@ class SkRuntime:
         platform: str | None = None,
         public_key: bytes | None = None,
         kek: bytes | None = None,
+        licence_server: str | None = None,
+        server_public_key: bytes | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        overlap_seconds: float = 30 * 24 * 3600,
+        requested_inferences: int | None = 10_000,
+        transport: Any = None,
     ) -> None:
+        self._licence_client: Any = None
         self.outputs_dir = Path(outputs_dir)
         if not self.outputs_dir.is_dir():
             raise ConfigurationError(
@@ -162,6 +184,70 @@ class SkRuntime:
             size = len(kek) if isinstance(kek, bytes | bytearray) else type(kek).__name__
             raise KeyUnavailableError(f"kek must be 32 bytes, but got {size}.")
         self._kek = bytes(kek) if kek is not None else None
+        if licence_server is not None:
+            self._licence_client = self._make_licence_client(
+                licence_server,
+                server_public_key,
+                state_dir,
+                overlap_seconds,
+                requested_inferences,
+                transport,
+            )
+
+    def _make_licence_client(
+        self,
+        server: str,
+        server_public_key: bytes | None,
+        state_dir: str | os.PathLike[str] | None,
+        overlap_seconds: float,
+        requested_inferences: int | None,
+        transport: Any,
+    ) -> Any:
+        if self.config.platform_version < 2 or self.config.customer is None:
+            raise ConfigurationError(
+                f"licence_server needs a platform version 2 configuration (it names the "
+                f"customer), but {self.config_path} has platform version "
+                f"{self.config.platform_version}. Migrate it with "
+                "migrate_configuration(2, ..., customer) or drop licence_server."
+            )
+        if server_public_key is None:
+            raise ConfigurationError(
+                "licence_server needs server_public_key: the licence server's raw 32-byte "
+                "Ed25519 public key, pinned so that only that server's licences are accepted."
+            )
+        from .licensing.client import LicenceClient  # imports httpx: only when licensing
+
+        return LicenceClient(
+            server,
+            state_dir=state_dir,
+            server_public_key=server_public_key,
+            application=self.config.application,
+            customer_id=self.config.customer.id,
+            models=list(self.config.models),
+            config_sha256=sha256_file(self.config_path),
+            overlap_seconds=overlap_seconds,
+            requested_inferences=requested_inferences,
+            transport=transport,
+        )
+
+    @property
+    def licence_client(self) -> Any:
+        """The :class:`~skruntime.licensing.client.LicenceClient`, or None without licensing."""
+        return self._licence_client
+
+    def close(self) -> None:
+        """Flush the inference counter and report usage to the licence server (idempotent).
+
+        Licensed models loaded from this runtime cannot run any more afterwards.
+        """
+        if self._licence_client is not None:
+            self._licence_client.close()
+
+    def __enter__(self) -> SkRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (
@@ -215,9 +301,15 @@ class SkRuntime:
             ModelFileError: the model file is missing or unreadable.
             IntegrityError: the model file's SHA-256 differs from the configuration's.
             KeyFileError: key files missing, corrupted, swapped or of the wrong length.
-            KeyUnavailableError: LINUX without ``kek``, or ``static_key`` on a non-test key.
+            KeyUnavailableError: LINUX without ``kek`` or licence server, or ``static_key`` on
+                a non-test key.
             BackendError: the framework could not load the file.
+            LicenceError: licensing is on and no valid licence is available (its subclasses
+                say why: denied, server unreachable after expiry, clock set back, ...).
         """
+        client = self._licence_client
+        if client is not None:
+            client.ensure_licence()
         entry = self._model(model_name)
         if fmt not in entry.formats:
             raise ModelNotFoundError(
@@ -272,7 +364,8 @@ class SkRuntime:
         except BaseException:
             key[:] = 0
             raise
-        return LoadedModel(model_name, fmt, entry.inputs, entry.outputs, key, backend)
+        meter = client.consume if client is not None else None
+        return LoadedModel(model_name, fmt, entry.inputs, entry.outputs, key, backend, meter)
 
     def _key_material(
         self, model_name: str, fmt: str, key_files: Sequence[str], digest: str | None
@@ -284,11 +377,14 @@ class SkRuntime:
                     "Re-protect the model."
                 )
             return read_txt_keys((self.outputs_dir / key_files[0]).parent, model_name)
-        if self._kek is None:
+        kek = self._kek
+        if kek is None and self._licence_client is not None:
+            kek = self._licence_client.kek()  # unwrapped in memory for this load only
+        if kek is None:
             raise KeyUnavailableError(
                 f"Model {model_name!r} is protected for the LINUX platform: its key is encrypted "
                 "and the key-encryption key is released by the licence server. Pass "
-                "kek=<32 bytes> to SkRuntime (the licence client provides it)."
+                "licence_server= and server_public_key= (or kek=<32 bytes>) to SkRuntime."
             )
         name = mev_filename(model_name, fmt)
         mev = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
@@ -303,7 +399,7 @@ class SkRuntime:
             model_name=model_name,
             fmt_slug=fmt,
             model_sha256=digest,
-            kek=self._kek,
+            kek=kek,
         )
 
     def _is_static(self, key_files: Sequence[str], model_name: str) -> bool:
@@ -357,7 +453,8 @@ class LoadedModel:
     (names from :attr:`input_names`): numpy arrays in, numpy arrays out (torch tensors are also
     accepted; torch formats return tensors). One output gives one array, several a tuple.
     Inputs are checked against the configuration before the backend sees them. ``close()``
-    (or leaving a ``with`` block) erases the session key.
+    (or leaving a ``with`` block) erases the session key. Under a licence, each call (``run``
+    or ``model(...)``) counts one inference, whatever the batch size, before the backend runs.
     """
 
     def __init__(
@@ -368,6 +465,7 @@ class LoadedModel:
         outputs: Sequence[Any],
         key: np.ndarray,
         backend: Backend,
+        meter: Callable[[int], None] | None = None,
     ) -> None:
         self.name = name
         self.format = fmt
@@ -383,6 +481,7 @@ class LoadedModel:
         self._numpy = bool(getattr(backend, "wants_numpy", False))
         self._checks = tuple(_InputCheck(s) for s in self.inputs)
         self._index = {n: i for i, n in enumerate(self.input_names)}
+        self._meter = meter
 
     def __repr__(self) -> str:
         state = ", closed" if self._backend is None else ""
@@ -497,6 +596,8 @@ class LoadedModel:
             if len(values) != len(self._checks):
                 raise self._error(f"Got {len(values)} input(s).")
         values = self._check(values)
+        if self._meter is not None:
+            self._meter(1)
         values.append(self._key)
         return backend.run(values)
 
@@ -508,6 +609,8 @@ class LoadedModel:
                 "SkRuntime.load()."
             )
         values = self._check(self._order(args, named))
+        if self._meter is not None:
+            self._meter(1)
         values.append(self._key)
         out = backend.run(values)
         return out[0] if len(out) == 1 else tuple(out)

@@ -94,12 +94,16 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+class UnsafeFileError(LicenceError):
+    """A state file that group or others may access."""
+
+
 def read_private(path: Path) -> bytes:
     """Read an owner-only file; refuse one that group or others may read or write."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise LicenceError(
+            raise UnsafeFileError(
                 f"{path} is accessible by group or others (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}); it holds device secrets or licence state. "
                 f"Run `chmod 600 {path}` and check who could have copied it."
@@ -186,7 +190,7 @@ class DeviceIdentity:
         public = identity.public_info()
         try:
             current = read_private_json(device_path)
-        except LicenceError:  # public facts only: rewrite it owner-only
+        except UnsafeFileError:  # public facts only: rewrite it owner-only
             current = None
         if current != public:
             write_private(device_path, protocol.canonical_bytes(public))

@@ -12,7 +12,10 @@ the canonical bytes of the body). Every device request carries ``device_id`` (st
 ``customer_id`` (int, from the configuration), ``application`` (str), ``models`` (list of
 str), ``config_sha256`` (hex of the configuration file), ``signing_public_key`` and
 ``exchange_public_key`` (base64 raw Ed25519 / X25519 public keys: a new device is registered on
-its first request, a known device must present the same keys), ``timestamp``, ``nonce``.
+its first request, a known device must present the same keys), ``timestamp``, ``nonce``;
+optional ``requested_inferences`` (int >= 1: the allowance asked for, capped by the customer's
+remaining quota; absent, the licence grants all the remaining quota). The signature of a known
+device is checked against its registered key; of a new device, against ``signing_public_key``.
 
 ``POST /v1/usage`` (:class:`UsageReport`): ``device_id``, ``licence_id``, ``report_id``
 (str, unique per device: the server applies a report once), ``counter`` (int, total inferences
@@ -30,7 +33,11 @@ info=b"skprotect-kek-wrap/v1" + licence_id) with the canonical bytes of
 ``{"licence_id", "device_id", "application"}`` as associated data).
 
 Denials: ``403`` with ``{"decision": "deny", "reason": <code>, "detail": <text>}``; reason codes
-are :data:`DENY_REASONS`. ``429`` with reason ``rate_limited`` when a device asks too often.
+are :data:`DENY_REASONS` (``device_customer_mismatch``: a known device asks for another customer
+than the one it is registered to). ``429`` with reason ``rate_limited`` when a device asks too
+often. Usage reports answer ``200`` ``{"accepted", "duplicate", "report_id", "licence_id",
+"counter"}`` (a repeated ``report_id`` is a duplicate, not an error), ``404`` for a licence of
+another device and ``409`` for a counter lower than one already reported.
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ DENY_REASONS = (
     "device_key_mismatch",
     "unknown_model",
     "rate_limited",
+    "device_customer_mismatch",
 )
 
 

@@ -1,0 +1,3 @@
+from sklicense.cli import app
+
+app(prog_name="sklicense")

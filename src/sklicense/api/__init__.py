@@ -1,0 +1,1 @@
+"""The HTTP API: :func:`sklicense.api.main.create_app`."""

@@ -1,0 +1,62 @@
+"""Applications and their key-encryption keys (admin)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from sklicense import crud
+from sklicense.api.deps import AdminDep, SessionDep
+from sklicense.models import Application
+from sklicense.schemas import ApplicationCreate, ApplicationKekImport, ApplicationPublic
+
+admin_router = APIRouter(prefix="/applications", tags=["admin"])
+
+
+def public(app: Application) -> ApplicationPublic:
+    return ApplicationPublic(
+        id=app.id,
+        name=app.name,
+        has_kek=app.kek is not None,
+        models=app.models,
+        created_at=app.created_at,
+    )
+
+
+def raise_http(error: crud.CrudError) -> HTTPException:
+    return HTTPException(status_code=error.status, detail=str(error))
+
+
+@admin_router.get("", response_model=list[ApplicationPublic])
+def list_applications(admin: AdminDep, session: SessionDep) -> list[ApplicationPublic]:
+    """List applications (the KEK itself is never returned)."""
+    return [public(a) for a in crud.list_applications(session)]
+
+
+@admin_router.post("", response_model=ApplicationPublic, status_code=201)
+def create_application(
+    payload: ApplicationCreate, admin: AdminDep, session: SessionDep
+) -> ApplicationPublic:
+    """Create an application, optionally with its base64 KEK."""
+    try:
+        with session.begin():
+            kek = crud.decode_kek(payload.kek) if payload.kek is not None else None
+            app = crud.create_application(session, payload.name, kek, admin.actor, payload.models)
+    except crud.CrudError as e:
+        raise raise_http(e) from None
+    return public(app)
+
+
+@admin_router.put("/{name}/kek", response_model=ApplicationPublic)
+def import_kek(
+    name: str, payload: ApplicationKekImport, admin: AdminDep, session: SessionDep
+) -> ApplicationPublic:
+    """Import (or replace) the application's KEK (base64, from `skprotect export-kek`)."""
+    try:
+        with session.begin():
+            app = crud.get_application_by_name(session, name)
+            if app is None:
+                raise crud.CrudError(f"application {name!r} not found", status=404)
+            crud.import_kek(session, app, crud.decode_kek(payload.kek), admin.actor)
+    except crud.CrudError as e:
+        raise raise_http(e) from None
+    return public(app)

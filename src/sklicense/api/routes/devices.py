@@ -1,0 +1,35 @@
+"""Devices (admin): list, revoke or reactivate, per-device licence duration override."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from sklicense import crud
+from sklicense.api.deps import AdminDep, SessionDep
+from sklicense.api.routes.applications import raise_http
+from sklicense.schemas import DevicePublic, DeviceUpdate
+
+admin_router = APIRouter(prefix="/devices", tags=["admin"])
+
+
+@admin_router.get("", response_model=list[DevicePublic])
+def list_devices(
+    admin: AdminDep, session: SessionDep, customer_id: int | None = None
+) -> list[DevicePublic]:
+    """List registered devices (optionally of one customer)."""
+    return [DevicePublic.model_validate(d) for d in crud.list_devices(session, customer_id)]
+
+
+@admin_router.patch("/{device_id}", response_model=DevicePublic)
+def update_device(
+    device_id: str, payload: DeviceUpdate, admin: AdminDep, session: SessionDep
+) -> DevicePublic:
+    """Revoke (``status: revoked``) or reactivate a device, or set its duration override."""
+    try:
+        with session.begin():
+            device = crud.update_device(
+                session, device_id, admin.actor, **payload.model_dump(exclude_unset=True)
+            )
+    except crud.CrudError as e:
+        raise raise_http(e) from None
+    return DevicePublic.model_validate(device)

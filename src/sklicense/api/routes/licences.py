@@ -1,0 +1,85 @@
+"""Licences: the device request (``POST /v1/licences``) and the admin listing."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from sklicense import crud, service
+from sklicense.api.deps import (
+    AdminDep,
+    ClockDep,
+    EngineDep,
+    JsonBodyDep,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    SignatureDep,
+)
+from sklicense.schemas import LicencePublic, LicenceRequestIn
+
+router = APIRouter(tags=["device"])
+admin_router = APIRouter(prefix="/licences", tags=["admin"])
+
+
+def invalid(error: ValidationError) -> JSONResponse:
+    return JSONResponse(
+        status_code=422,
+        content={"detail": error.errors(include_url=False, include_context=False)},
+    )
+
+
+@router.post("/licences")
+def request_licence(
+    request: Request,
+    body: JsonBodyDep,
+    signature: SignatureDep,
+    sessions: SessionsDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    clock: ClockDep,
+) -> JSONResponse:
+    """Ask for a signed licence (body and signature per ``skruntime.licensing.protocol``)."""
+    try:
+        licence_request = LicenceRequestIn.model_validate(body)
+    except ValidationError as e:
+        return invalid(e)
+    now = clock()
+    count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now)
+    if count > settings.licence_requests_per_minute:
+        detail = (
+            f"device {licence_request.device_id} sent more than "
+            f"{settings.licence_requests_per_minute} licence requests this minute; retry later"
+        )
+        with sessions.begin() as session:
+            crud.audit(
+                session,
+                f"device:{licence_request.device_id}",
+                "licence.deny",
+                f"customer:{licence_request.customer_id}",
+                {"reason": "rate_limited", "detail": detail},
+            )
+        return JSONResponse(
+            status_code=429,
+            content={"decision": "deny", "reason": "rate_limited", "detail": detail},
+            headers={"Retry-After": str(60 - now % 60)},
+        )
+    outcome = service.request_licence(
+        sessions, licence_request, body, signature, now, request.app.state.signing_key
+    )
+    return JSONResponse(status_code=outcome.status, content=outcome.body)
+
+
+@admin_router.get("", response_model=list[LicencePublic])
+def list_licences(
+    admin: AdminDep,
+    session: SessionDep,
+    customer_id: int | None = None,
+    device_id: str | None = None,
+) -> list[LicencePublic]:
+    """List issued licences, newest first."""
+    return [
+        LicencePublic.model_validate(lic)
+        for lic in crud.list_licences(session, customer_id, device_id)
+    ]

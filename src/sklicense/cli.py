@@ -1,0 +1,361 @@
+"""The ``sklicense`` command line: server, migrations, and admin commands on the database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sklicense import crud, db
+from sklicense.crypto import create_signing_key, load_signing_key, public_key_b64
+from sklicense.settings import Settings, SettingsError
+
+app = typer.Typer(help="skprotect licence server.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+token_app = typer.Typer(help="Admin API bearer tokens.", no_args_is_help=True)
+app_app = typer.Typer(help="Applications and their key-encryption keys.", no_args_is_help=True)
+customer_app = typer.Typer(help="Customers and their policies.", no_args_is_help=True)
+device_app = typer.Typer(help="Devices.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+app.add_typer(app_app, name="app")
+app.add_typer(customer_app, name="customer")
+app.add_typer(device_app, name="device")
+
+CLI_ACTOR = "cli"
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL (default: $SKLICENSE_DATABASE_URL)."),
+]
+StateDir = Annotated[
+    Path | None, typer.Option("--state-dir", help="Holds server.key (default ./sklicense_state).")
+]
+
+
+def fail(message: str) -> None:
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def settings_for(database_url: str | None = None, state_dir: Path | None = None) -> Settings:
+    try:
+        return Settings.from_env().with_overrides(database_url=database_url, state_dir=state_dir)
+    except SettingsError as e:
+        fail(str(e))
+        raise
+
+
+def admin_session(database_url: str | None) -> Any:
+    settings = settings_for(database_url)
+    try:
+        db.check_migrated(settings.database_url)
+    except db.DatabaseNotMigratedError as e:
+        fail(str(e))
+    return db.session_factory(settings.database_url)
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--contract-end must be an ISO 8601 date or datetime, but got {text!r}")
+        raise
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def echo_json(rows: Any) -> None:
+    typer.echo(json.dumps(rows, indent=2, default=str))
+
+
+@app.command()
+def init(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
+    """Create the server signing key (mode 0600) and migrate the database."""
+    settings = settings_for(database_url, state_dir)
+    created = create_signing_key(settings.key_path)
+    key = load_signing_key(settings.key_path)
+    typer.echo(f"{'Created' if created else 'Kept existing'} signing key {settings.key_path}")
+    typer.echo(f"Server public key (pin it in the runtime): {public_key_b64(key)}")
+    db.upgrade(settings.database_url)
+    typer.echo(f"Database {db.safe_url(settings.database_url)} is at revision {db.head_revision()}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    database_url: DatabaseUrl = None,
+    state_dir: StateDir = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Serve the HTTP API (refuses an unmigrated database)."""
+    import os
+
+    import uvicorn
+
+    from sklicense.api.main import create_app
+    from sklicense.crypto import SigningKeyError
+
+    settings = settings_for(database_url, state_dir)
+    try:
+        settings.check_production()
+        db.check_migrated(settings.database_url)
+        create_app(settings)  # fail fast here rather than inside uvicorn
+    except (SettingsError, db.DatabaseNotMigratedError, SigningKeyError) as e:
+        fail(str(e))
+    os.environ["SKLICENSE_DATABASE_URL"] = settings.database_url
+    os.environ["SKLICENSE_STATE_DIR"] = str(settings.state_dir)
+    uvicorn.run(
+        "sklicense.api.main:create_app", factory=True, host=host, port=port, workers=workers
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None) -> None:
+    """Migrate the database to the latest revision."""
+    settings = settings_for(database_url)
+    db.upgrade(settings.database_url)
+    typer.echo(f"Database {db.safe_url(settings.database_url)} is at revision {db.head_revision()}")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin or read-only.")] = "admin",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an admin API token; it is printed once (only its SHA-256 is stored)."""
+    sessions = admin_session(database_url)
+    try:
+        with sessions.begin() as session:
+            token = crud.create_token(session, role, CLI_ACTOR)
+    except crud.CrudError as e:
+        fail(str(e))
+    typer.echo(token)
+
+
+@app_app.command("create")
+def app_create(
+    name: str,
+    kek_file: Annotated[
+        Path | None, typer.Option(help="The base64 file `skprotect export-kek` writes.")
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="A model licences may name (repeat); none given: any model."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an application, optionally with its key-encryption key and model list."""
+    sessions = admin_session(database_url)
+    try:
+        kek = crud.decode_kek(kek_file.read_text()) if kek_file else None
+        with sessions.begin() as session:
+            crud.create_application(session, name, kek, CLI_ACTOR, model or None)
+    except (crud.CrudError, OSError) as e:
+        fail(str(e))
+    typer.echo(f"Created application {name!r}{' with its KEK' if kek_file else ''}")
+
+
+@app_app.command("import-kek")
+def app_import_kek(
+    name: str,
+    kek_file: Annotated[Path, typer.Option(help="The base64 file `skprotect export-kek` writes.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Import (or replace) an application's key-encryption key."""
+    sessions = admin_session(database_url)
+    try:
+        kek = crud.decode_kek(kek_file.read_text())
+        with sessions.begin() as session:
+            application = crud.get_application_by_name(session, name)
+            if application is None:
+                raise crud.CrudError(f"application {name!r} not found")
+            crud.import_kek(session, application, kek, CLI_ACTOR)
+    except (crud.CrudError, OSError) as e:
+        fail(str(e))
+    typer.echo(f"Imported the KEK of application {name!r}")
+
+
+@app_app.command("list")
+def app_list(database_url: DatabaseUrl = None) -> None:
+    """List applications."""
+    with admin_session(database_url)() as session:
+        echo_json(
+            [
+                {"id": a.id, "name": a.name, "has_kek": a.kek is not None, "models": a.models}
+                for a in crud.list_applications(session)
+            ]
+        )
+
+
+def customer_row(c: Any) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "name": c.name,
+        "contract_end": c.contract_end.isoformat() if c.contract_end else None,
+        "inference_quota": c.inference_quota,
+        "inferences_granted": c.inferences_granted,
+        "max_devices": c.max_devices,
+        "default_licence_seconds": c.default_licence_seconds,
+    }
+
+
+@customer_app.command("create")
+def customer_create(
+    id: Annotated[int, typer.Option("--id", help="The Customer.id of the configuration.")],
+    name: Annotated[str, typer.Option(help="Customer name.")],
+    contract_end: Annotated[str | None, typer.Option(help="ISO 8601, UTC if no zone.")] = None,
+    quota: Annotated[int | None, typer.Option(help="Total inference quota.")] = None,
+    max_devices: Annotated[int, typer.Option(help="Maximum active devices.")] = 1,
+    default_days: Annotated[float, typer.Option(help="Default licence duration (days).")] = 30,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a customer (needs --contract-end and/or --quota)."""
+    sessions = admin_session(database_url)
+    try:
+        with sessions.begin() as session:
+            customer = crud.create_customer(
+                session,
+                CLI_ACTOR,
+                id=id,
+                name=name,
+                contract_end=parse_time(contract_end),
+                inference_quota=quota,
+                max_devices=max_devices,
+                default_licence_seconds=round(default_days * 86400),
+            )
+    except crud.CrudError as e:
+        fail(str(e))
+    echo_json(customer_row(customer))
+
+
+@customer_app.command("edit")
+def customer_edit(
+    id: Annotated[int, typer.Option("--id", help="The customer to edit.")],
+    name: Annotated[str | None, typer.Option(help="New name.")] = None,
+    contract_end: Annotated[str | None, typer.Option(help="ISO 8601; 'none' clears it.")] = None,
+    quota: Annotated[int | None, typer.Option(help="Total quota; -1 clears it.")] = None,
+    max_devices: Annotated[int | None, typer.Option(help="Maximum active devices.")] = None,
+    default_days: Annotated[float | None, typer.Option(help="Default duration (days).")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Change a customer's policies."""
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if contract_end is not None:
+        changes["contract_end"] = None if contract_end == "none" else parse_time(contract_end)
+    if quota is not None:
+        changes["inference_quota"] = None if quota == -1 else quota
+    if max_devices is not None:
+        changes["max_devices"] = max_devices
+    if default_days is not None:
+        changes["default_licence_seconds"] = round(default_days * 86400)
+    sessions = admin_session(database_url)
+    try:
+        with sessions.begin() as session:
+            customer = crud.update_customer(session, id, CLI_ACTOR, **changes)
+    except crud.CrudError as e:
+        fail(str(e))
+    echo_json(customer_row(customer))
+
+
+@customer_app.command("list")
+def customer_list(database_url: DatabaseUrl = None) -> None:
+    """List customers."""
+    with admin_session(database_url)() as session:
+        echo_json([customer_row(c) for c in crud.list_customers(session)])
+
+
+@device_app.command("list")
+def device_list(
+    customer: Annotated[int | None, typer.Option(help="Only this customer's devices.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List devices."""
+    with admin_session(database_url)() as session:
+        echo_json(
+            [
+                {
+                    "id": d.id,
+                    "customer_id": d.customer_id,
+                    "status": d.status,
+                    "duration_override_seconds": d.duration_override_seconds,
+                    "created_at": d.created_at.isoformat(),
+                }
+                for d in crud.list_devices(session, customer)
+            ]
+        )
+
+
+@device_app.command("revoke")
+def device_revoke(device_id: str, database_url: DatabaseUrl = None) -> None:
+    """Revoke a device: its licence requests are denied from now on."""
+    _update_device(database_url, device_id, status="revoked")
+    typer.echo(f"Revoked device {device_id}")
+
+
+@device_app.command("edit")
+def device_edit(
+    device_id: str,
+    duration_days: Annotated[
+        float | None, typer.Option(help="Licence duration override (days); -1 clears it.")
+    ] = None,
+    activate: Annotated[bool, typer.Option(help="Reactivate a revoked device.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set a device's duration override or reactivate it."""
+    changes: dict[str, Any] = {}
+    if duration_days is not None:
+        changes["duration_override_seconds"] = (
+            None if duration_days == -1 else round(duration_days * 86400)
+        )
+    if activate:
+        changes["status"] = "active"
+    _update_device(database_url, device_id, **changes)
+    typer.echo(f"Updated device {device_id}")
+
+
+def _update_device(database_url: str | None, device_id: str, **changes: Any) -> None:
+    sessions = admin_session(database_url)
+    try:
+        with sessions.begin() as session:
+            crud.update_device(session, device_id, CLI_ACTOR, **changes)
+    except crud.CrudError as e:
+        fail(str(e))
+
+
+@app.command()
+def usage(
+    customer: Annotated[int | None, typer.Option(help="Only this customer.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Reported usage: the latest counter per licence."""
+    with admin_session(database_url)() as session:
+        echo_json(crud.usage_summary(session, customer))
+
+
+@app.command()
+def audit(
+    limit: Annotated[int, typer.Option(help="Newest entries to show.")] = 50,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """The audit log, newest first."""
+    with admin_session(database_url)() as session:
+        echo_json(
+            [
+                {
+                    "id": e.id,
+                    "at": e.at.isoformat(),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "target": e.target,
+                    "detail": e.detail,
+                }
+                for e in crud.list_audit(session, limit)
+            ]
+        )

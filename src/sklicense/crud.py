@@ -1,0 +1,338 @@
+"""Database operations shared by the HTTP API and the CLI (each caller owns the transaction)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import secrets
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from sklicense.models import (
+    AdminToken,
+    Application,
+    AuditLog,
+    Customer,
+    Device,
+    Licence,
+    RateCounter,
+    UsageReport,
+    utcnow,
+)
+
+ROLES = ("admin", "read-only")
+KEK_BYTES = 32
+RATE_WINDOW_S = 60
+
+
+class CrudError(ValueError):
+    """An admin request that cannot be applied; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- audit ---------------------------------------------------------------------------------------
+
+
+def audit(
+    session: Session, actor: str, action: str, target: str, detail: dict[str, Any] | None = None
+) -> AuditLog:
+    """Append one audit entry (the caller commits it with the action it records)."""
+    entry = AuditLog(at=utcnow(), actor=actor, action=action, target=target, detail=detail or {})
+    session.add(entry)
+    return entry
+
+
+def list_audit(session: Session, limit: int = 100, offset: int = 0) -> list[AuditLog]:
+    stmt = select(AuditLog).order_by(AuditLog.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(stmt))
+
+
+# -- admin tokens --------------------------------------------------------------------------------
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, role: str, actor: str) -> str:
+    """Create a bearer token with ``role``; returns the token (only its SHA-256 is stored)."""
+    if role not in ROLES:
+        raise CrudError(f"role must be one of {', '.join(ROLES)}, but got {role!r}")
+    token = "skl_" + secrets.token_urlsafe(32)
+    row = AdminToken(token_sha256=token_sha256(token), role=role, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    audit(session, actor, "token.create", f"token:{row.id}", {"role": role})
+    return token
+
+
+def token_role(session: Session, token: str) -> str | None:
+    row = session.scalar(select(AdminToken).where(AdminToken.token_sha256 == token_sha256(token)))
+    return row.role if row else None
+
+
+# -- rate limits ---------------------------------------------------------------------------------
+
+
+def _upsert(engine: Engine):  # type: ignore[no-untyped-def]
+    return pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+
+def rate_hit(engine: Engine, key: str, now: int) -> int:
+    """Count one event for ``key`` in the current minute; returns the count (atomic upsert)."""
+    window = now - now % RATE_WINDOW_S
+    insert = _upsert(engine)
+    stmt = insert(RateCounter).values(key=key, window_start=window, count=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
+    ).returning(RateCounter.count)
+    with engine.begin() as connection:
+        count = connection.execute(stmt).scalar_one()
+        if count == 1:  # first event of a window: forget windows older than an hour
+            connection.execute(delete(RateCounter).where(RateCounter.window_start < window - 3600))
+    return int(count)
+
+
+def rate_count(engine: Engine, key: str, now: int) -> int:
+    window = now - now % RATE_WINDOW_S
+    with engine.connect() as connection:
+        count = connection.scalar(
+            select(RateCounter.count).where(
+                RateCounter.key == key, RateCounter.window_start == window
+            )
+        )
+    return int(count or 0)
+
+
+# -- applications --------------------------------------------------------------------------------
+
+
+def decode_kek(text: str) -> bytes:
+    """The KEK from the base64 text ``skprotect export-kek`` writes (32 bytes)."""
+    try:
+        kek = base64.b64decode(text.strip().encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise CrudError("kek must be base64 text (as `skprotect export-kek` writes)") from None
+    if len(kek) != KEK_BYTES:
+        raise CrudError(f"kek must decode to {KEK_BYTES} bytes, but got {len(kek)} bytes")
+    return kek
+
+
+def get_application_by_name(session: Session, name: str) -> Application | None:
+    return session.scalar(select(Application).where(Application.name == name))
+
+
+def create_application(
+    session: Session,
+    name: str,
+    kek: bytes | None,
+    actor: str,
+    models: list[str] | None = None,
+) -> Application:
+    if not name.strip():
+        raise CrudError("name must be a non-empty string, but got an empty one")
+    if get_application_by_name(session, name) is not None:
+        raise CrudError(f"application {name!r} already exists", status=409)
+    app = Application(name=name, kek=kek, models=models, created_at=utcnow())
+    session.add(app)
+    session.flush()
+    detail = {"kek": kek is not None, "models": models}
+    audit(session, actor, "application.create", f"application:{name}", detail)
+    return app
+
+
+def import_kek(session: Session, app: Application, kek: bytes, actor: str) -> Application:
+    replaced = app.kek is not None
+    app.kek = kek
+    audit(
+        session, actor, "application.import_kek", f"application:{app.name}", {"replaced": replaced}
+    )
+    return app
+
+
+def list_applications(session: Session) -> list[Application]:
+    return list(session.scalars(select(Application).order_by(Application.id)))
+
+
+# -- customers -----------------------------------------------------------------------------------
+
+CUSTOMER_FIELDS = (
+    "name",
+    "contract_end",
+    "inference_quota",
+    "max_devices",
+    "default_licence_seconds",
+)
+
+
+def _check_customer(customer: Customer) -> None:
+    if customer.contract_end is None and customer.inference_quota is None:
+        raise CrudError(
+            "a customer needs at least one policy: contract_end and/or inference_quota must be "
+            "set, but both are empty",
+            status=422,
+        )
+    if customer.max_devices < 1:
+        raise CrudError(f"max_devices must be >= 1, but got {customer.max_devices}", status=422)
+    if customer.default_licence_seconds < 1:
+        raise CrudError(
+            f"default_licence_seconds must be >= 1, but got {customer.default_licence_seconds}",
+            status=422,
+        )
+    if customer.inference_quota is not None and customer.inference_quota < 0:
+        raise CrudError(
+            f"inference_quota must be >= 0, but got {customer.inference_quota}", status=422
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+def create_customer(session: Session, actor: str, **fields: Any) -> Customer:
+    if session.get(Customer, fields["id"]) is not None:
+        raise CrudError(f"customer {fields['id']} already exists", status=409)
+    customer = Customer(inferences_granted=0, created_at=utcnow(), **fields)
+    _check_customer(customer)
+    session.add(customer)
+    session.flush()
+    audit(
+        session,
+        actor,
+        "customer.create",
+        f"customer:{customer.id}",
+        {k: _jsonable(v) for k, v in fields.items()},
+    )
+    return customer
+
+
+def get_customer(session: Session, customer_id: int) -> Customer:
+    customer = session.get(Customer, customer_id)
+    if customer is None:
+        raise CrudError(f"customer {customer_id} not found", status=404)
+    return customer
+
+
+def update_customer(session: Session, customer_id: int, actor: str, **changes: Any) -> Customer:
+    customer = session.get(Customer, customer_id, with_for_update=True)
+    if customer is None:
+        raise CrudError(f"customer {customer_id} not found", status=404)
+    for key, value in changes.items():
+        if key not in CUSTOMER_FIELDS:
+            raise CrudError(f"cannot change customer field {key!r}")
+        setattr(customer, key, value)
+    _check_customer(customer)
+    audit(
+        session,
+        actor,
+        "customer.update",
+        f"customer:{customer_id}",
+        {k: _jsonable(v) for k, v in changes.items()},
+    )
+    return customer
+
+
+def list_customers(session: Session) -> list[Customer]:
+    return list(session.scalars(select(Customer).order_by(Customer.id)))
+
+
+# -- devices -------------------------------------------------------------------------------------
+
+
+def list_devices(session: Session, customer_id: int | None = None) -> list[Device]:
+    stmt = select(Device).order_by(Device.created_at, Device.id)
+    if customer_id is not None:
+        stmt = stmt.where(Device.customer_id == customer_id)
+    return list(session.scalars(stmt))
+
+
+def update_device(session: Session, device_id: str, actor: str, **changes: Any) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise CrudError(f"device {device_id!r} not found", status=404)
+    if "status" in changes and changes["status"] not in ("active", "revoked"):
+        raise CrudError(
+            f"status must be 'active' or 'revoked', but got {changes['status']!r}", status=422
+        )
+    override = changes.get("duration_override_seconds")
+    if override is not None and override < 1:
+        raise CrudError(
+            f"duration_override_seconds must be >= 1 or null, but got {override}", status=422
+        )
+    for key, value in changes.items():
+        setattr(device, key, value)
+    action = "device.revoke" if changes.get("status") == "revoked" else "device.update"
+    audit(session, actor, action, f"device:{device_id}", dict(changes))
+    return device
+
+
+def count_active_devices(session: Session, customer_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Device)
+            .where(Device.customer_id == customer_id, Device.status == "active")
+        )
+        or 0
+    )
+
+
+# -- licences and usage --------------------------------------------------------------------------
+
+
+def list_licences(
+    session: Session, customer_id: int | None = None, device_id: str | None = None
+) -> list[Licence]:
+    stmt = select(Licence).order_by(Licence.issued_at.desc(), Licence.id)
+    if customer_id is not None:
+        stmt = stmt.where(Licence.customer_id == customer_id)
+    if device_id is not None:
+        stmt = stmt.where(Licence.device_id == device_id)
+    return list(session.scalars(stmt))
+
+
+def list_usage(session: Session, customer_id: int | None = None) -> list[UsageReport]:
+    stmt = select(UsageReport).order_by(UsageReport.id)
+    if customer_id is not None:
+        stmt = stmt.join(Licence, Licence.id == UsageReport.licence_id).where(
+            Licence.customer_id == customer_id
+        )
+    return list(session.scalars(stmt))
+
+
+def usage_summary(session: Session, customer_id: int | None = None) -> list[dict[str, Any]]:
+    """Per licence: the latest reported counter (counters are totals per licence)."""
+    stmt = (
+        select(
+            Licence.customer_id,
+            UsageReport.device_id,
+            UsageReport.licence_id,
+            func.max(UsageReport.counter),
+            Licence.inferences,
+        )
+        .join(Licence, Licence.id == UsageReport.licence_id)
+        .group_by(Licence.customer_id, UsageReport.device_id, UsageReport.licence_id)
+        .group_by(Licence.inferences)
+        .order_by(Licence.customer_id, UsageReport.device_id)
+    )
+    if customer_id is not None:
+        stmt = stmt.where(Licence.customer_id == customer_id)
+    return [
+        {
+            "customer_id": c,
+            "device_id": d,
+            "licence_id": lic,
+            "counter": int(counter),
+            "allowance": allowance,
+        }
+        for c, d, lic, counter, allowance in session.execute(stmt)
+    ]

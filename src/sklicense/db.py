@@ -1,0 +1,114 @@
+"""Engines, sessions and the programmatic Alembic migrations.
+
+SQLite: every transaction starts with ``BEGIN IMMEDIATE`` (one writer at a time, so the quota
+read-modify-write is serialised across processes). PostgreSQL: the licence decision locks the
+customer row with ``SELECT … FOR UPDATE`` inside its transaction.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class DatabaseNotMigratedError(RuntimeError):
+    """The database schema is missing or older than this server's migrations."""
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 (the driver this package ships); a
+    relative SQLite path is made absolute (against the current directory)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            return "sqlite:///" + str(Path(path).resolve())
+    return url
+
+
+def get_engine(url: str) -> Engine:
+    """One engine per database URL per process."""
+    return _engine(normalise_url(url))
+
+
+@cache
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def session_factory(url: str) -> sessionmaker[Session]:
+    return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` to ``revision`` (``sklicense db upgrade``)."""
+    engine = get_engine(url)
+    config = alembic_config(url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    with get_engine(url).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_migrated(url: str) -> None:
+    """Raise :class:`DatabaseNotMigratedError` unless the database is at the head revision."""
+    current = current_revision(url)
+    head = head_revision()
+    if current != head:
+        state = "not migrated" if current is None else f"at revision {current}"
+        raise DatabaseNotMigratedError(
+            f"The database {safe_url(url)} is {state}; this server needs revision {head}. "
+            "Run `sklicense db upgrade` (with the same --database-url) first."
+        )
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(normalise_url(url)).render_as_string(hide_password=True)

@@ -1,0 +1,183 @@
+"""The licence decision: a function of (request, database state, now) that only reads.
+
+Checks, in order (the first failure is the reason): signature (against the registered device
+key, or for a new device the key in the body) → ``bad_signature``; a known device presenting
+other keys → ``device_key_mismatch``; timestamp outside ±300 s → ``stale_request``; nonce
+already seen for the device → ``replayed_request``; ``unknown_application``;
+``unknown_model`` (only when the application lists its models); ``unknown_customer``; a known
+device of another customer → ``device_customer_mismatch``;
+``device_revoked``; ``contract_ended``; a new device when the customer already has
+``max_devices`` active devices → ``too_many_devices``; no quota left → ``quota_exhausted``.
+
+Allow: expiry = min(now + (device override, else customer default duration), contract end);
+allowance (customers with a quota) = min(remaining quota, requested inferences if given). The
+remaining quota is ``inference_quota - inferences_granted``: inferences granted to a licence
+that is later replaced are not given back (a renewal gets what remains of the quota).
+
+The caller runs :func:`decide` inside the transaction that applies the decision: the customer
+row is read ``FOR UPDATE`` (PostgreSQL) or under ``BEGIN IMMEDIATE`` (SQLite), so two
+concurrent requests can never both spend the same remaining quota.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sklicense.crud import count_active_devices, get_application_by_name
+from sklicense.models import Application, Customer, Device, SeenNonce
+from sklicense.schemas import LicenceRequestIn
+from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S, unb64, verify
+
+
+@dataclass(frozen=True)
+class Allow:
+    application: Application
+    customer: Customer
+    device: Device | None  # None: a new device, registered when the decision is applied
+    issued_at: int
+    expires_at: int
+    inferences: int | None
+
+
+@dataclass(frozen=True)
+class Deny:
+    reason: str
+    detail: str
+    #: False when the request is not authenticated or already seen: its nonce is not recorded.
+    record_nonce: bool = True
+
+
+Decision = Allow | Deny
+
+
+def signature_valid(body: dict[str, Any], signature: str | None, public_key_b64: str) -> bool:
+    if not signature:
+        return False
+    try:
+        key = Ed25519PublicKey.from_public_bytes(unb64(public_key_b64))
+    except ValueError:
+        return False
+    return verify(body, signature, key)
+
+
+def check_message(
+    session: Session,
+    device: Device | None,
+    signing_key_b64: str,
+    body: dict[str, Any],
+    signature: str | None,
+    timestamp: int,
+    nonce: str,
+    now: int,
+) -> Deny | None:
+    """Signature, timestamp window and nonce checks shared by every device request."""
+    if not signature_valid(body, signature, signing_key_b64):
+        whose = "the device's registered key" if device is not None else "the key in the request"
+        return Deny("bad_signature", f"the request signature does not verify with {whose}", False)
+    if abs(now - timestamp) > TIMESTAMP_WINDOW_S:
+        return Deny(
+            "stale_request",
+            f"request timestamp {timestamp} differs from the server time {now} by "
+            f"{abs(now - timestamp)} s; allowed ±{TIMESTAMP_WINDOW_S} s: check the device clock",
+            False,
+        )
+    seen = session.scalar(
+        select(SeenNonce.id).where(
+            SeenNonce.device_id == device_id_of(body), SeenNonce.nonce == nonce
+        )
+    )
+    if seen is not None:
+        return Deny("replayed_request", f"nonce {nonce} was already used by this device", False)
+    return None
+
+
+def device_id_of(body: dict[str, Any]) -> str:
+    return str(body.get("device_id", ""))
+
+
+def decide(
+    session: Session,
+    request: LicenceRequestIn,
+    body: dict[str, Any],
+    signature: str | None,
+    now: int,
+) -> Decision:
+    """Decide a licence request; reads only (locks the customer row for the transaction)."""
+    customer = session.get(Customer, request.customer_id, with_for_update=True)
+    device = session.get(Device, request.device_id)
+    signing_key = device.signing_public_key if device else request.signing_public_key
+    denied = check_message(
+        session, device, signing_key, body, signature, request.timestamp, request.nonce, now
+    )
+    if denied is not None:
+        return denied
+    if device is not None and (
+        device.signing_public_key != request.signing_public_key
+        or device.exchange_public_key != request.exchange_public_key
+    ):
+        return Deny(
+            "device_key_mismatch",
+            f"device {device.id} is registered with other public keys than the request presents",
+        )
+    application = get_application_by_name(session, request.application)
+    if application is None:
+        return Deny("unknown_application", f"application {request.application!r} is not known")
+    if application.models is not None:
+        unknown = sorted(set(request.models) - set(application.models))
+        if unknown:
+            return Deny(
+                "unknown_model",
+                f"application {application.name!r} has no model named "
+                f"{', '.join(repr(m) for m in unknown)}",
+            )
+    if customer is None:
+        return Deny("unknown_customer", f"customer {request.customer_id} is not known")
+    if device is not None and device.customer_id != customer.id:
+        return Deny(
+            "device_customer_mismatch",
+            f"device {device.id} is registered to customer {device.customer_id}, "
+            f"not customer {customer.id}",
+        )
+    if device is not None and device.status == "revoked":
+        return Deny("device_revoked", f"device {device.id} is revoked")
+    now_dt = dt.datetime.fromtimestamp(now, dt.UTC)
+    if customer.contract_end is not None and customer.contract_end <= now_dt:
+        return Deny(
+            "contract_ended",
+            f"the contract of customer {customer.id} ended at {customer.contract_end.isoformat()}",
+        )
+    if device is None:
+        active = count_active_devices(session, customer.id)
+        if active >= customer.max_devices:
+            return Deny(
+                "too_many_devices",
+                f"customer {customer.id} already has {active} active devices "
+                f"(maximum {customer.max_devices})",
+            )
+    inferences: int | None = None
+    if customer.inference_quota is not None:
+        remaining = customer.inference_quota - customer.inferences_granted
+        if remaining <= 0:
+            return Deny(
+                "quota_exhausted",
+                f"customer {customer.id} has used its quota of {customer.inference_quota} "
+                "inferences",
+            )
+        inferences = remaining
+        if request.requested_inferences is not None:
+            inferences = min(remaining, request.requested_inferences)
+    duration = (
+        device.duration_override_seconds
+        if device is not None and device.duration_override_seconds is not None
+        else customer.default_licence_seconds
+    )
+    expires_at = now + duration
+    if customer.contract_end is not None:
+        expires_at = min(expires_at, int(customer.contract_end.timestamp()))
+    return Allow(application, customer, device, now, expires_at, inferences)

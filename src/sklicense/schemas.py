@@ -1,0 +1,205 @@
+"""Pydantic request/response schemas (separate Create / Update / Public shapes per resource)."""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from skruntime.licensing.protocol import unb64
+
+NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _raw_key(value: str) -> str:
+    try:
+        raw = unb64(value)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise ValueError("must be base64 of a raw 32-byte public key") from None
+    if len(raw) != 32:
+        raise ValueError(f"must be a raw 32-byte public key, but got {len(raw)} bytes")
+    return value
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must include a timezone (e.g. 2026-06-30T00:00:00Z)")
+    return value
+
+
+class DeviceMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(min_length=1, max_length=200)
+    timestamp: int
+    nonce: str
+
+    @field_validator("nonce")
+    @classmethod
+    def _nonce(cls, value: str) -> str:
+        if not NONCE_RE.match(value):
+            raise ValueError("must be 32 lowercase hex characters")
+        return value
+
+
+class LicenceRequestIn(DeviceMessage):
+    customer_id: int
+    application: str = Field(min_length=1, max_length=200)
+    models: list[str]
+    config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signing_public_key: str
+    exchange_public_key: str
+    #: Optional extension: the allowance the device asks for (capped by the remaining quota).
+    requested_inferences: int | None = Field(default=None, ge=1)
+
+    @field_validator("signing_public_key", "exchange_public_key")
+    @classmethod
+    def _keys(cls, value: str) -> str:
+        return _raw_key(value)
+
+
+class UsageReportIn(DeviceMessage):
+    licence_id: str = Field(min_length=1, max_length=36)
+    report_id: str = Field(min_length=1, max_length=100)
+    counter: int = Field(ge=0)
+
+
+class UsageReceipt(BaseModel):
+    accepted: bool
+    duplicate: bool
+    report_id: str
+    licence_id: str
+    counter: int
+
+
+class Denial(BaseModel):
+    decision: str = "deny"
+    reason: str
+    detail: str
+
+
+class ApplicationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    kek: str | None = Field(default=None, description="base64 KEK (`skprotect export-kek`)")
+    models: list[str] | None = Field(
+        default=None, description="model names licences may name (absent: any model)"
+    )
+
+
+class ApplicationKekImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kek: str
+
+
+class ApplicationPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    has_kek: bool
+    models: list[str] | None
+    created_at: dt.datetime
+
+
+class CustomerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int
+    name: str = Field(min_length=1, max_length=200)
+    contract_end: dt.datetime | None = None
+    inference_quota: int | None = Field(default=None, ge=0)
+    max_devices: int = Field(default=1, ge=1)
+    default_licence_seconds: int = Field(default=30 * 86400, ge=1)
+
+    @field_validator("contract_end")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        return _aware(value)
+
+
+class CustomerUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    contract_end: dt.datetime | None = None
+    inference_quota: int | None = Field(default=None, ge=0)
+    max_devices: int | None = Field(default=None, ge=1)
+    default_licence_seconds: int | None = Field(default=None, ge=1)
+
+    @field_validator("contract_end")
+    @classmethod
+    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
+        return _aware(value)
+
+
+class CustomerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    contract_end: dt.datetime | None
+    inference_quota: int | None
+    inferences_granted: int
+    max_devices: int
+    default_licence_seconds: int
+    created_at: dt.datetime
+
+
+class DeviceUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: str | None = Field(default=None, pattern=r"^(active|revoked)$")
+    duration_override_seconds: int | None = Field(default=None, ge=1)
+
+
+class DevicePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    customer_id: int
+    signing_public_key: str
+    exchange_public_key: str
+    duration_override_seconds: int | None
+    status: str
+    created_at: dt.datetime
+
+
+class LicencePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    device_id: str
+    customer_id: int
+    application_id: int
+    models: list[str]
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+    inferences: int | None
+    request_nonce: str
+
+
+class UsageReportPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    device_id: str
+    report_id: str
+    licence_id: str
+    counter: int
+    received_at: dt.datetime
+
+
+class AuditPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: dt.datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]

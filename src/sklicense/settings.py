@@ -1,0 +1,99 @@
+"""Server settings: a frozen dataclass read from the environment (``SKLICENSE_*``) or the CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///./sklicense.db"
+ENVIRONMENTS = ("local", "production")
+#: Admin tokens that are refused outside local use (copied from examples and templates).
+WEAK_ADMIN_TOKENS = frozenset({"", "changethis", "change-me", "admin", "secret"})
+
+
+class SettingsError(ValueError):
+    """The server settings are invalid; the message says which one and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Licence server settings.
+
+    ``signing_key_file`` defaults to ``<state_dir>/server.key`` (created by ``sklicense init``);
+    ``admin_token``, when set, is accepted as an admin bearer token besides the database tokens.
+    In ``production`` both must be given explicitly (no default key path, no weak token).
+    """
+
+    database_url: str = DEFAULT_DATABASE_URL
+    state_dir: Path = Path("./sklicense_state")
+    environment: str = "local"
+    signing_key_file: Path | None = None
+    admin_token: str | None = None
+    licence_requests_per_minute: int = 30
+    admin_auth_failures_per_minute: int = 10
+
+    def __post_init__(self) -> None:
+        if self.environment not in ENVIRONMENTS:
+            raise SettingsError(
+                f"environment must be one of {', '.join(ENVIRONMENTS)}, but got "
+                f"{self.environment!r}"
+            )
+        for name in ("licence_requests_per_minute", "admin_auth_failures_per_minute"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SettingsError(f"{name} must be a positive integer, but got {value!r}")
+        if not self.database_url:
+            raise SettingsError("database_url must be set, but got an empty string")
+
+    @property
+    def key_path(self) -> Path:
+        """Where the server's Ed25519 signing key lives."""
+        return self.signing_key_file or (Path(self.state_dir) / "server.key")
+
+    def check_production(self) -> None:
+        """Refuse default secrets outside local use (called before serving)."""
+        if self.environment != "production":
+            return
+        if self.signing_key_file is None:
+            raise SettingsError(
+                "environment is 'production' but no signing key is configured: set "
+                "SKLICENSE_SIGNING_KEY_FILE to the server key file (created by `sklicense init`)."
+            )
+        token = self.admin_token or ""
+        if token.lower() in WEAK_ADMIN_TOKENS or len(token) < 32:
+            raise SettingsError(
+                "environment is 'production' but no strong admin token is configured: set "
+                "SKLICENSE_ADMIN_TOKEN to a random secret of at least 32 characters."
+            )
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        """A copy with the non-None ``overrides`` applied (CLI options)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read ``SKLICENSE_DATABASE_URL``, ``SKLICENSE_STATE_DIR``, ``SKLICENSE_ENVIRONMENT``,
+        ``SKLICENSE_SIGNING_KEY_FILE``, ``SKLICENSE_ADMIN_TOKEN``,
+        ``SKLICENSE_LICENCE_REQUESTS_PER_MINUTE``, ``SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE``."""
+        env = os.environ if environ is None else environ
+
+        def integer(name: str, default: int) -> int:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return int(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be an integer, but got {raw!r}") from None
+
+        key_file = env.get("SKLICENSE_SIGNING_KEY_FILE")
+        return cls(
+            database_url=env.get("SKLICENSE_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            state_dir=Path(env.get("SKLICENSE_STATE_DIR") or "./sklicense_state"),
+            environment=env.get("SKLICENSE_ENVIRONMENT") or "local",
+            signing_key_file=Path(key_file) if key_file else None,
+            admin_token=env.get("SKLICENSE_ADMIN_TOKEN") or None,
+            licence_requests_per_minute=integer("SKLICENSE_LICENCE_REQUESTS_PER_MINUTE", 30),
+            admin_auth_failures_per_minute=integer("SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE", 10),
+        )

@@ -1,0 +1,111 @@
+"""Helpers of the licence server tests: a fake device, a fake clock, provisioning."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from sklicense import crud
+from skruntime.licensing.protocol import SIGNATURE_HEADER, b64, new_nonce, sign
+
+T0 = 1_780_000_000  # 2026-05-28T20:26:40Z: the injected "now" of most tests
+APP = "demo-app"
+CONFIG_SHA = "ab" * 32
+
+
+class Clock:
+    """An injectable server clock (Unix seconds)."""
+
+    def __init__(self, now: int = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class FakeDevice:
+    """A device identity that builds and signs protocol messages."""
+
+    def __init__(self, device_id: str | None = None) -> None:
+        self.id = device_id or f"dev-{secrets.token_hex(4)}"
+        self.signing_key = Ed25519PrivateKey.generate()
+        self.exchange_key = X25519PrivateKey.generate()
+
+    @property
+    def signing_public(self) -> str:
+        return b64(
+            self.signing_key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
+
+    @property
+    def exchange_public(self) -> str:
+        return b64(
+            self.exchange_key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        )
+
+    def licence_request(self, customer_id: int, now: int, **overrides: Any) -> dict[str, Any]:
+        body = {
+            "device_id": self.id,
+            "customer_id": customer_id,
+            "application": APP,
+            "models": ["model-a"],
+            "config_sha256": CONFIG_SHA,
+            "signing_public_key": self.signing_public,
+            "exchange_public_key": self.exchange_public,
+            "timestamp": now,
+            "nonce": new_nonce(),
+        }
+        body.update(overrides)
+        return body
+
+    def usage_report(
+        self, licence_id: str, report_id: str, counter: int, now: int
+    ) -> dict[str, Any]:
+        return {
+            "device_id": self.id,
+            "licence_id": licence_id,
+            "report_id": report_id,
+            "counter": counter,
+            "timestamp": now,
+            "nonce": new_nonce(),
+        }
+
+    def headers(self, body: dict[str, Any], key: Ed25519PrivateKey | None = None) -> dict[str, str]:
+        return {SIGNATURE_HEADER: sign(body, key or self.signing_key)}
+
+
+def make_application(sessions: Any, kek: bytes | None = None, name: str = APP) -> None:
+    with sessions.begin() as session:
+        crud.create_application(session, name, kek, "test")
+
+
+def make_customer(sessions: Any, **fields: Any) -> None:
+    values: dict[str, Any] = {
+        "id": 42,
+        "name": "Acme",
+        "contract_end": None,
+        "inference_quota": 1000,
+        "max_devices": 2,
+        "default_licence_seconds": 7 * 86400,
+    }
+    values.update(fields)
+    with sessions.begin() as session:
+        crud.create_customer(session, "test", **values)
+
+
+def random_kek() -> bytes:
+    return base64.b64decode(base64.b64encode(os.urandom(32)))

@@ -1,0 +1,557 @@
+"""The runtime's licence client against a fake server that follows skruntime.licensing.protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from skruntime.errors import (
+    ClockRollbackError,
+    LicenceDeniedError,
+    LicenceError,
+    LicenceUnavailableError,
+    QuotaExhaustedError,
+)
+from skruntime.licensing import protocol
+from skruntime.licensing.client import LicenceClient
+from skruntime.licensing.identity import DeviceIdentity
+
+URL = "http://licence.test"
+T0 = 1_750_000_000
+DAY = 24 * 3600
+
+
+class Clock:
+    def __init__(self, t: int = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeServer:
+    """POST /v1/licences and /v1/usage per protocol.py, with switches for failures."""
+
+    def __init__(
+        self, *, duration: int = 365 * DAY, quota: int | None = None, kek: bytes | None = None
+    ) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.public_key = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.duration = duration
+        self.quota = quota
+        self.kek = kek
+        self.up = True
+        self.deny: tuple[str, str] | None = None
+        self.tamper: Any = None  # callable(document) -> document
+        self.lose_usage_answers = 0  # apply the report, then answer 500
+        self.devices: dict[str, dict[str, str]] = {}
+        self.nonces: set[str] = set()
+        self.licence_requests: list[dict[str, Any]] = []
+        self.usage_requests: list[dict[str, Any]] = []
+        self.report_ids: set[str] = set()
+        self.counters: dict[str, int] = {}  # licence id -> highest counter applied
+
+    @property
+    def used(self) -> int:
+        return sum(self.counters.values())
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            raise httpx.ConnectError("connection refused", request=request)
+        body = json.loads(request.content)
+        signature = request.headers[protocol.SIGNATURE_HEADER]
+        assert request.content == protocol.canonical_bytes(body)
+        if body["nonce"] in self.nonces:
+            return self.denial("replayed_request")
+        self.nonces.add(body["nonce"])
+        if request.url.path == "/v1/licences":
+            device = self.devices.setdefault(
+                body["device_id"],
+                {"sign": body["signing_public_key"], "exchange": body["exchange_public_key"]},
+            )
+            if not self.check(body, signature, device):
+                return self.denial("bad_signature")
+            self.licence_requests.append(body)
+            return self.licence(body, device)
+        if request.url.path == "/v1/usage":
+            if not self.check(body, signature, self.devices[body["device_id"]]):
+                return self.denial("bad_signature")
+            self.usage_requests.append(body)
+            if body["report_id"] not in self.report_ids:
+                self.report_ids.add(body["report_id"])
+                lid = body["licence_id"]
+                self.counters[lid] = max(self.counters.get(lid, 0), body["counter"])
+            if self.lose_usage_answers:
+                self.lose_usage_answers -= 1
+                return httpx.Response(500, json={"error": "lost"})
+            return httpx.Response(200, json={"accepted": True})
+        return httpx.Response(404)
+
+    @staticmethod
+    def check(body: dict[str, Any], signature: str, device: dict[str, str]) -> bool:
+        key = Ed25519PublicKey.from_public_bytes(protocol.unb64(device["sign"]))
+        return protocol.verify(body, signature, key)
+
+    @staticmethod
+    def denial(reason: str, detail: str = "") -> httpx.Response:
+        return httpx.Response(403, json={"decision": "deny", "reason": reason, "detail": detail})
+
+    def licence(self, body: dict[str, Any], device: dict[str, str]) -> httpx.Response:
+        if self.deny is not None:
+            return self.denial(*self.deny)
+        inferences = None
+        if self.quota is not None:
+            inferences = self.quota - self.used
+            if inferences <= 0:
+                return self.denial("quota_exhausted", f"{self.used} of {self.quota} used")
+        licence_id = str(uuid.uuid4())
+        licence = {
+            "licence_id": licence_id,
+            "device_id": body["device_id"],
+            "customer_id": body["customer_id"],
+            "application": body["application"],
+            "models": body["models"],
+            "issued_at": body["timestamp"],
+            "expires_at": body["timestamp"] + self.duration,
+            "inferences": inferences,
+            "request_nonce": body["nonce"],
+            "wrapped_kek": self.wrap(licence_id, body, device["exchange"]) if self.kek else None,
+        }
+        document = {"licence": licence, "signature": protocol.sign(licence, self.key)}
+        if self.tamper is not None:
+            document = self.tamper(document)
+        return httpx.Response(200, json=document)
+
+    def wrap(self, licence_id: str, body: dict[str, Any], exchange: str) -> dict[str, str]:
+        assert self.kek is not None
+        ephemeral = X25519PrivateKey.generate()
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(protocol.unb64(exchange)))
+        key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=protocol.KEK_WRAP_INFO + licence_id.encode(),
+        ).derive(shared)
+        nonce = os.urandom(12)
+        aad = protocol.canonical_bytes(
+            {
+                "licence_id": licence_id,
+                "device_id": body["device_id"],
+                "application": body["application"],
+            }
+        )
+        ephemeral_public = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return {
+            "ephemeral_public_key": protocol.b64(ephemeral_public),
+            "nonce": protocol.b64(nonce),
+            "ciphertext": protocol.b64(AESGCM(key).encrypt(nonce, self.kek, aad)),
+        }
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def server() -> FakeServer:
+    return FakeServer()
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def make_client(server: FakeServer, state: Path, clock: Clock, **kw: Any) -> LicenceClient:
+    options: dict[str, Any] = {
+        "state_dir": state,
+        "server_public_key": server.public_key,
+        "application": "app",
+        "customer_id": 7,
+        "models": ["net"],
+        "config_sha256": "ab" * 32,
+        "clock": clock,
+        "transport": server.transport(),
+    }
+    options.update(kw)
+    return LicenceClient(URL, **options)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_first_licence_cache_and_permissions(server, state, clock) -> None:
+    client = make_client(server, state, clock)
+    licence = client.ensure_licence()
+    assert len(server.licence_requests) == 1
+    request = server.licence_requests[0]
+    assert request["customer_id"] == 7 and request["application"] == "app"
+    assert request["models"] == ["net"] and request["config_sha256"] == "ab" * 32
+    assert request["timestamp"] == T0 and request["device_id"] == client.identity.device_id
+    assert licence.issued_at == T0 and licence.expires_at == T0 + 365 * DAY
+    assert licence.device_id == client.identity.device_id and licence.inferences is None
+    # cached: no new request, in this client and in a new one (another process)
+    clock.t += 10 * DAY
+    assert client.ensure_licence() == licence
+    client.close()
+    other = make_client(server, state, clock)
+    assert other.ensure_licence() == licence
+    assert len(server.licence_requests) == 1
+    other.close()
+    assert mode(state) == 0o700
+    for name in ("device.key", "device.json", "licence_app.json", "clock.json"):
+        assert mode(state / name) == 0o600, name
+    info = json.loads((state / "device.json").read_text())
+    assert info["device_id"] == licence.device_id and len(uuid.UUID(hex=info["device_id"]).hex)
+
+
+def test_identity_stable_and_unsafe_key_refused(state) -> None:
+    first = DeviceIdentity.load_or_create(state)
+    second = DeviceIdentity.load_or_create(state)
+    assert first.device_id == second.device_id
+    assert first.signing_public_key == second.signing_public_key
+    assert first.exchange_public_key == second.exchange_public_key
+    body = {"device_id": first.device_id, "nonce": protocol.new_nonce()}
+    public = Ed25519PublicKey.from_public_bytes(first.signing_public_key)
+    assert protocol.verify(body, first.sign(body), public)
+    os.chmod(state / "device.key", 0o644)
+    with pytest.raises(LicenceError, match="chmod 600"):
+        DeviceIdentity.load_or_create(state)
+
+
+def test_state_dir_from_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SKRUNTIME_STATE_DIR", str(tmp_path / "env_state"))
+    identity = DeviceIdentity.load_or_create()
+    assert identity.state_dir == tmp_path / "env_state"
+    assert (tmp_path / "env_state" / "device.key").exists()
+
+
+def test_renewal_inside_overlap_starts_at_request_time(state, clock) -> None:
+    server = FakeServer(duration=100 * DAY)
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY)
+    first = client.ensure_licence()
+    client.consume(3)
+    clock.t = T0 + 69 * DAY  # before the overlap window: no request
+    assert client.ensure_licence() == first
+    assert len(server.licence_requests) == 1
+    clock.t = T0 + 75 * DAY  # inside: renew
+    renewed = client.ensure_licence()
+    assert renewed.licence_id != first.licence_id
+    assert renewed.issued_at == T0 + 75 * DAY
+    assert renewed.expires_at == T0 + 175 * DAY
+    # the old licence's usage was reported before the renewal, exactly
+    assert server.counters == {first.licence_id: 3}
+    assert json.loads((state / "licence_app.json").read_text())["licence"]["licence_id"] == (
+        renewed.licence_id
+    )
+    client.close()
+
+
+def test_server_down_within_and_after_validity(state, clock) -> None:
+    server = FakeServer(duration=100 * DAY)
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY)
+    licence = client.ensure_licence()
+    server.up = False
+    clock.t = T0 + 80 * DAY  # inside the overlap window: renewal fails, cached licence works
+    assert client.ensure_licence() == licence
+    client.consume()
+    clock.t = T0 + 99 * DAY
+    assert client.ensure_licence() == licence
+    clock.t = T0 + 100 * DAY  # expired
+    with pytest.raises(LicenceUnavailableError) as err:
+        client.ensure_licence()
+    text = str(err.value)
+    assert "expired at" in text and URL in text and "unreachable" in text
+    with pytest.raises(LicenceUnavailableError):
+        client.consume()
+    server.up = True  # back: a new licence starts at the request time
+    assert client.ensure_licence().issued_at == T0 + 100 * DAY
+
+
+def test_no_licence_and_server_down(server, state, clock) -> None:
+    server.up = False
+    client = make_client(server, state, clock)
+    with pytest.raises(LicenceUnavailableError, match="No licence"):
+        client.ensure_licence()
+
+
+def test_denial_reason_propagates(server, state, clock) -> None:
+    server.deny = ("unknown_customer", "customer 7 is not known")
+    client = make_client(server, state, clock)
+    with pytest.raises(LicenceDeniedError) as err:
+        client.ensure_licence()
+    assert err.value.reason == "unknown_customer"
+    assert err.value.detail == "customer 7 is not known"
+    assert "unknown_customer" in str(err.value)
+
+
+def test_revoked_during_overlap_drops_licence(state, clock) -> None:
+    server = FakeServer(duration=100 * DAY)
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY)
+    client.ensure_licence()
+    server.deny = ("device_revoked", "")
+    clock.t = T0 + 80 * DAY
+    with pytest.raises(LicenceDeniedError, match="device_revoked"):
+        client.ensure_licence()
+    assert not (state / "licence_app.json").exists()
+
+
+def _modify(field: str, value: Any):
+    def tamper(document: dict[str, Any]) -> dict[str, Any]:
+        document["licence"][field] = value
+        return document
+
+    return tamper
+
+
+def test_tampered_licence_refused(server, state, clock) -> None:
+    server.tamper = _modify("expires_at", T0 + 10 * 365 * DAY)
+    client = make_client(server, state, clock)
+    with pytest.raises(LicenceError, match="signature"):
+        client.ensure_licence()
+    assert not (state / "licence_app.json").exists()
+
+
+def test_tampered_cache_is_ignored(server, state, clock) -> None:
+    client = make_client(server, state, clock)
+    client.ensure_licence()
+    client.close()
+    path = state / "licence_app.json"
+    document = json.loads(path.read_text())
+    document["licence"]["inferences"] = None
+    document["licence"]["expires_at"] += 1000 * DAY
+    path.write_text(json.dumps(document))
+    os.chmod(path, 0o600)
+    other = make_client(server, state, clock)
+    assert other.ensure_licence().expires_at == T0 + 365 * DAY
+    assert len(server.licence_requests) == 2
+
+
+def test_wrong_server_key_refused(server, state, clock) -> None:
+    other_key = (
+        Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+    client = make_client(server, state, clock, server_public_key=other_key)
+    with pytest.raises(LicenceError, match="pinned server public key"):
+        client.ensure_licence()
+
+
+def _resign(server: FakeServer, field: str, value: Any):
+    def tamper(document: dict[str, Any]) -> dict[str, Any]:
+        document["licence"][field] = value
+        document["signature"] = protocol.sign(document["licence"], server.key)
+        return document
+
+    return tamper
+
+
+def test_wrong_device_refused(server, state, clock) -> None:
+    server.tamper = _resign(server, "device_id", uuid.uuid4().hex)
+    with pytest.raises(LicenceError, match="not this device"):
+        make_client(server, state, clock).ensure_licence()
+
+
+def test_nonce_not_echoed_refused(server, state, clock) -> None:
+    server.tamper = _resign(server, "request_nonce", protocol.new_nonce())
+    with pytest.raises(LicenceError, match="nonce"):
+        make_client(server, state, clock).ensure_licence()
+
+
+def test_other_customer_refused(server, state, clock) -> None:
+    server.tamper = _resign(server, "customer_id", 8)
+    with pytest.raises(LicenceError, match="customer 8"):
+        make_client(server, state, clock).ensure_licence()
+
+
+def test_clock_rollback(server, state, clock) -> None:
+    client = make_client(server, state, clock)
+    client.ensure_licence()
+    clock.t = T0 + 5 * DAY
+    client.consume()
+    client.close()
+    clock.t = T0 + 2 * DAY  # set back before the last time seen
+    with pytest.raises(ClockRollbackError, match="set back"):
+        make_client(server, state, clock).ensure_licence()
+    clock.t = T0 + 5 * DAY - 100  # within the tolerance
+    make_client(server, state, clock).ensure_licence()
+    # without the last-seen file, the licence's issue time still catches it
+    (state / "clock.json").unlink()
+    clock.t = T0 - DAY
+    with pytest.raises(ClockRollbackError, match="issue time"):
+        make_client(server, state, clock).ensure_licence()
+
+
+def test_clock_rollback_in_a_running_client(server, state, clock) -> None:
+    client = make_client(server, state, clock)
+    client.consume()
+    clock.t += 3 * DAY
+    client.consume()
+    clock.t -= DAY
+    with pytest.raises(ClockRollbackError):
+        client.consume()
+
+
+def test_allowance_exhausted_exact_counts(state, clock) -> None:
+    server = FakeServer(quota=5)
+    client = make_client(server, state, clock, persist_every=100)
+    for _ in range(5):
+        client.consume()
+    assert client.ensure_licence().inferences == 5
+    with pytest.raises(QuotaExhaustedError, match="quota_exhausted"):
+        client.consume()
+    # the renewal reported the exact count and asked once
+    assert server.used == 5 and len(server.licence_requests) == 2
+    assert server.usage_requests[-1]["counter"] == 5
+    with pytest.raises(QuotaExhaustedError):  # no new request before retry_seconds
+        client.consume()
+    assert len(server.licence_requests) == 2
+    # the administrator raises the quota: the next attempt gets a licence for 3 more
+    server.quota = 8
+    clock.t += 301
+    for _ in range(3):
+        client.consume()
+    assert client.ensure_licence().inferences == 3
+    clock.t += 301
+    with pytest.raises(QuotaExhaustedError):
+        client.consume()
+    assert server.used == 8
+    client.close()
+    assert server.used == 8
+
+
+def test_counter_is_reserved_before_granting(state, clock, server) -> None:
+    client = make_client(server, state, clock, persist_every=10)
+    licence = client.ensure_licence()
+    client.consume(3)
+    usage = json.loads((state / "usage_app.json").read_text())["licences"][licence.licence_id]
+    assert usage["counter"] == 10  # a crash now counts 10, never fewer than the 3 run
+    for _ in range(8):
+        client.consume()
+    usage = json.loads((state / "usage_app.json").read_text())["licences"][licence.licence_id]
+    assert usage["counter"] == 20
+    client.close()  # gives back the unused 9, then reports the exact 11
+    assert server.counters == {licence.licence_id: 11}
+    assert mode(state / "usage_app.json") == 0o600
+    with pytest.raises(LicenceError, match="closed"):
+        client.consume()
+
+
+def test_usage_report_idempotent(state, clock, server) -> None:
+    client = make_client(server, state, clock, persist_every=1)
+    licence = client.ensure_licence()
+    for _ in range(4):
+        client.consume()
+    server.lose_usage_answers = 1  # applied, but the answer is lost
+    assert client.report_usage() is False
+    assert client.usage()["reported"] == 0
+    assert client.report_usage() is True  # sent again with the same report id
+    ids = [r["report_id"] for r in server.usage_requests]
+    assert ids == [f"{licence.licence_id}:4"] * 2
+    assert server.counters == {licence.licence_id: 4}
+    assert client.report_usage() is True  # nothing new: nothing sent
+    assert len(server.usage_requests) == 2
+    server.up = False
+    client.consume()
+    client.close()  # report fails: not raised, kept for later
+    assert server.counters == {licence.licence_id: 4}
+    server.up = True
+    other = make_client(server, state, clock)
+    assert other.report_usage() is True
+    assert server.counters == {licence.licence_id: 5}
+
+
+def test_kek_unwrap(state, clock) -> None:
+    kek = os.urandom(32)
+    server = FakeServer(kek=kek)
+    client = make_client(server, state, clock)
+    assert client.kek() == kek
+    # another device cannot open it
+    other = make_client(server, state.parent / "other", clock)
+    licence = client.ensure_licence()
+    from skruntime.licensing.client import unwrap_kek
+
+    with pytest.raises(LicenceError, match="another device key"):
+        unwrap_kek(licence, other.identity.exchange_key)
+
+
+def test_kek_missing(server, state, clock) -> None:
+    with pytest.raises(LicenceError, match="carries no key-encryption key"):
+        make_client(server, state, clock).kek()
+
+
+# ---------------------------------------------------------------------- runtime integration
+
+
+def test_runtime_linux_licensed(tmp_path, monkeypatch) -> None:
+    torch = pytest.importorskip("torch")
+    from skprotect_pytorch import Customer
+    from skprotect_pytorch.protect import SkProtectorPyTorch
+    from skruntime import SkRuntime
+    from skruntime.errors import KeyUnavailableError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SKPROTECT_STATE_DIR", raising=False)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    ).eval()
+    x = torch.randn(4, 6)
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(
+        model,
+        "net",
+        [x],
+        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
+        deployment_platform=SkProtectorPyTorch.ExportPlatform.LINUX,
+        platform_version=2,
+        customer=Customer(7, "ACME"),
+    )
+    with torch.no_grad():
+        expected = model(x).numpy()
+    server = FakeServer(quota=3, kek=protector.state.kek)
+    outputs = tmp_path / "outputs/app"
+    with pytest.raises(KeyUnavailableError):
+        SkRuntime(outputs).load("net")
+    state = tmp_path / "state"
+    with SkRuntime(
+        outputs,
+        licence_server=URL,
+        server_public_key=server.public_key,
+        state_dir=state,
+        transport=server.transport(),
+    ) as rt:
+        with rt.load("net") as net:
+            for _ in range(3):
+                y = net(x.numpy())
+                np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+            with pytest.raises(QuotaExhaustedError):
+                net(x.numpy())
+        request = server.licence_requests[0]
+        assert request["customer_id"] == 7 and request["models"] == ["net"]
+        from skruntime.config import sha256_file
+
+        assert request["config_sha256"] == sha256_file(outputs / "skrpl")
+    assert server.used == 3
+    # the unwrapped key never touched the disk
+    kek = protector.state.kek
+    for path in state.iterdir():
+        assert kek not in path.read_bytes() and protocol.b64(kek).encode() not in path.read_bytes()

@@ -1,0 +1,321 @@
+"""POST /v1/licences: every deny reason (code and detail word for word), allow path, expiry math,
+licence signature, KEK wrapping, rate limit, audit — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select
+from tests.licensing.server_helpers import (
+    APP,
+    T0,
+    FakeDevice,
+    make_application,
+    make_customer,
+    random_kek,
+)
+
+from sklicense import crud
+from sklicense.crypto import kek_associated_data, kek_wrap_key
+from sklicense.models import AuditLog, Customer, Device, SeenNonce
+from skruntime.licensing.protocol import DENY_REASONS, unb64, verify
+
+DAY = 86400
+
+
+def ask(client: Any, device: FakeDevice, body: dict[str, Any], key: Any = None) -> Any:
+    return client.post("/v1/licences", json=body, headers=device.headers(body, key))
+
+
+def licence_of(response: Any) -> dict[str, Any]:
+    assert response.status_code == 200, response.json()
+    return response.json()["licence"]
+
+
+def assert_denied(response: Any, reason: str, detail: str, status: int = 403) -> None:
+    assert reason in DENY_REASONS
+    assert response.status_code == status, response.json()
+    assert response.json() == {"decision": "deny", "reason": reason, "detail": detail}
+
+
+@pytest.fixture
+def setup(sessions: Any) -> Any:
+    make_application(sessions)
+    year = dt.datetime.fromtimestamp(T0 + 365 * DAY, dt.UTC)
+    make_customer(sessions, contract_end=year, inference_quota=None)
+    return sessions
+
+
+def test_allow_default_duration_signed_and_audited(client, setup, clock) -> None:
+    device = FakeDevice("dev-1")
+    body = device.licence_request(42, clock.now)
+    response = ask(client, device, body)
+    document = response.json()
+    licence = licence_of(response)
+    assert licence["issued_at"] == T0
+    assert licence["expires_at"] == T0 + 7 * DAY
+    assert licence["inferences"] is None
+    assert licence["request_nonce"] == body["nonce"]
+    assert licence["wrapped_kek"] is None
+    assert licence["device_id"] == "dev-1" and licence["customer_id"] == 42
+    assert licence["application"] == APP and licence["models"] == ["model-a"]
+    server_key = Ed25519PublicKey.from_public_bytes(
+        unb64(client.get("/v1/public-key").json()["public_key"])
+    )
+    assert verify(licence, document["signature"], server_key)
+    assert not verify(licence | {"inferences": 10**9}, document["signature"], server_key)
+    with setup() as session:
+        actions = [e.action for e in session.scalars(select(AuditLog).order_by(AuditLog.id))]
+        assert actions[-2:] == ["device.register", "licence.allow"]
+        assert session.get(Customer, 42).inferences_granted == 0
+        assert session.get(Device, "dev-1").status == "active"
+
+
+def test_allow_device_override(client, setup, clock) -> None:
+    device = FakeDevice("dev-1")
+    licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    with setup.begin() as session:
+        crud.update_device(session, "dev-1", "test", duration_override_seconds=3 * DAY)
+    clock.now += 100
+    licence = licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    assert licence["issued_at"] == T0 + 100
+    assert licence["expires_at"] == T0 + 100 + 3 * DAY
+
+
+def test_allow_capped_at_contract_end(client, sessions, clock) -> None:
+    make_application(sessions)
+    end = dt.datetime.fromtimestamp(T0 + 2 * DAY, dt.UTC)
+    make_customer(sessions, contract_end=end, inference_quota=None)
+    device = FakeDevice()
+    licence = licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    assert licence["expires_at"] == T0 + 2 * DAY
+    assert licence["inferences"] is None
+
+
+def test_requested_chunks_until_quota_exhausted(client, sessions, clock) -> None:
+    make_application(sessions)
+    make_customer(sessions, inference_quota=20)
+    device = FakeDevice()
+    granted = []
+    for _ in range(3):
+        body = device.licence_request(42, clock.now, requested_inferences=7)
+        granted.append(licence_of(ask(client, device, body))["inferences"])
+    assert granted == [7, 7, 6]
+    body = device.licence_request(42, clock.now, requested_inferences=7)
+    assert_denied(
+        ask(client, device, body),
+        "quota_exhausted",
+        "customer 42 has used its quota of 20 inferences",
+    )
+    with sessions() as session:
+        assert session.get(Customer, 42).inferences_granted == 20
+
+
+def test_kek_wrapped_to_device_round_trip(client, sessions, clock) -> None:
+    kek = random_kek()
+    make_application(sessions, kek=kek)
+    make_customer(sessions)
+    device = FakeDevice()
+    licence = licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    wrapped = licence["wrapped_kek"]
+    ephemeral = X25519PublicKey.from_public_bytes(unb64(wrapped["ephemeral_public_key"]))
+    key = kek_wrap_key(device.exchange_key.exchange(ephemeral), licence["licence_id"])
+    aad = kek_associated_data(licence["licence_id"], device.id, APP)
+    plain = AESGCM(key).decrypt(unb64(wrapped["nonce"]), unb64(wrapped["ciphertext"]), aad)
+    assert plain == kek
+
+
+@pytest.mark.parametrize(
+    ("case", "reason", "detail"),
+    [
+        ("unknown_application", "unknown_application", "application 'nope' is not known"),
+        ("unknown_customer", "unknown_customer", "customer 999 is not known"),
+        (
+            "bad_signature_new",
+            "bad_signature",
+            "the request signature does not verify with the key in the request",
+        ),
+        (
+            "stale_past",
+            "stale_request",
+            f"request timestamp {T0 - 301} differs from the server time {T0} by 301 s; "
+            "allowed ±300 s: check the device clock",
+        ),
+        (
+            "stale_future",
+            "stale_request",
+            f"request timestamp {T0 + 301} differs from the server time {T0} by 301 s; "
+            "allowed ±300 s: check the device clock",
+        ),
+    ],
+)
+def test_deny_on_new_device(client, setup, clock, case, reason, detail) -> None:
+    device = FakeDevice()
+    overrides: dict[str, Any] = {
+        "unknown_application": {"application": "nope"},
+        "unknown_customer": {"customer_id": 999},
+        "stale_past": {"timestamp": T0 - 301},
+        "stale_future": {"timestamp": T0 + 301},
+    }.get(case, {})
+    customer_id = overrides.pop("customer_id", 42)
+    body = device.licence_request(customer_id, clock.now, **overrides)
+    key = Ed25519PrivateKey.generate() if case == "bad_signature_new" else None
+    assert_denied(ask(client, device, body, key), reason, detail)
+    with setup() as session:
+        entry = session.scalars(select(AuditLog).order_by(AuditLog.id.desc())).first()
+        assert (entry.action, entry.detail["reason"]) == ("licence.deny", reason)
+        assert session.get(Device, device.id) is None
+
+
+def test_timestamp_window_edge_allowed(client, setup, clock) -> None:
+    device = FakeDevice()
+    licence_of(ask(client, device, device.licence_request(42, clock.now, timestamp=T0 - 300)))
+
+
+def test_deny_bad_signature_known_device(client, setup, clock) -> None:
+    device = FakeDevice("dev-1")
+    licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    body = device.licence_request(42, clock.now)
+    assert_denied(
+        ask(client, device, body, Ed25519PrivateKey.generate()),
+        "bad_signature",
+        "the request signature does not verify with the device's registered key",
+    )
+    missing = client.post("/v1/licences", json=device.licence_request(42, clock.now))
+    assert missing.json()["reason"] == "bad_signature"
+
+
+def test_deny_device_key_mismatch(client, setup, clock) -> None:
+    device = FakeDevice("dev-1")
+    licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    other = FakeDevice("dev-1")
+    body = device.licence_request(42, clock.now, exchange_public_key=other.exchange_public)
+    assert_denied(
+        ask(client, device, body),
+        "device_key_mismatch",
+        "device dev-1 is registered with other public keys than the request presents",
+    )
+    # an impostor signing with its own key is refused on the signature
+    body = other.licence_request(42, clock.now)
+    assert ask(client, other, body).json()["reason"] == "bad_signature"
+
+
+def test_deny_replayed_request(client, setup, clock) -> None:
+    device = FakeDevice()
+    body = device.licence_request(42, clock.now)
+    licence_of(ask(client, device, body))
+    assert_denied(
+        ask(client, device, body),
+        "replayed_request",
+        f"nonce {body['nonce']} was already used by this device",
+    )
+
+
+def test_deny_device_revoked(client, setup, clock) -> None:
+    device = FakeDevice("dev-1")
+    licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    with setup.begin() as session:
+        crud.update_device(session, "dev-1", "test", status="revoked")
+    assert_denied(
+        ask(client, device, device.licence_request(42, clock.now)),
+        "device_revoked",
+        "device dev-1 is revoked",
+    )
+
+
+def test_deny_contract_ended(client, sessions, clock) -> None:
+    make_application(sessions)
+    end = dt.datetime.fromtimestamp(T0, dt.UTC)
+    make_customer(sessions, contract_end=end, inference_quota=None)
+    device = FakeDevice()
+    assert_denied(
+        ask(client, device, device.licence_request(42, clock.now)),
+        "contract_ended",
+        "the contract of customer 42 ended at 2026-05-28T20:26:40+00:00",
+    )
+
+
+def test_deny_too_many_devices(client, setup, clock) -> None:
+    for _ in range(2):
+        device = FakeDevice()
+        body = device.licence_request(42, clock.now, requested_inferences=1)
+        licence_of(ask(client, device, body))
+    third = FakeDevice()
+    assert_denied(
+        ask(client, third, third.licence_request(42, clock.now)),
+        "too_many_devices",
+        "customer 42 already has 2 active devices (maximum 2)",
+    )
+
+
+def test_deny_device_customer_mismatch(client, setup, clock) -> None:
+    make_customer(setup, id=43, name="Other")
+    device = FakeDevice("dev-1")
+    licence_of(ask(client, device, device.licence_request(42, clock.now, requested_inferences=1)))
+    assert_denied(
+        ask(client, device, device.licence_request(43, clock.now)),
+        "device_customer_mismatch",
+        "device dev-1 is registered to customer 42, not customer 43",
+    )
+
+
+def test_rate_limited(client, setup, clock, settings) -> None:
+    device = FakeDevice()
+    limit = settings.licence_requests_per_minute
+    clock.now = T0 - T0 % 60  # start of a window
+    for _ in range(limit):
+        body = device.licence_request(42, clock.now, requested_inferences=1)
+        licence_of(ask(client, device, body))
+    response = ask(client, device, device.licence_request(42, clock.now))
+    assert_denied(
+        response,
+        "rate_limited",
+        f"device {device.id} sent more than {limit} licence requests this minute; retry later",
+        status=429,
+    )
+    clock.now += 60
+    licence_of(ask(client, device, device.licence_request(42, clock.now, requested_inferences=1)))
+
+
+def test_malformed_request_is_422(client, setup, clock) -> None:
+    device = FakeDevice()
+    body = device.licence_request(42, clock.now, nonce="short")
+    response = ask(client, device, body)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == "Value error, must be 32 lowercase hex characters"
+
+
+def test_deny_unknown_model_when_application_lists_models(client, sessions, clock) -> None:
+    with sessions.begin() as session:
+        crud.create_application(session, APP, None, "test", models=["model-a", "model-b"])
+    make_customer(
+        sessions, inference_quota=None, contract_end=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    )
+    device = FakeDevice()
+    body = device.licence_request(42, clock.now, models=["model-b", "model-z", "model-y"])
+    assert_denied(
+        ask(client, device, body),
+        "unknown_model",
+        "application 'demo-app' has no model named 'model-y', 'model-z'",
+    )
+    body = device.licence_request(42, clock.now, models=["model-b"])
+    assert licence_of(ask(client, device, body))["models"] == ["model-b"]
+
+
+def test_old_nonces_are_forgotten_and_stay_refused_as_stale(client, setup, clock) -> None:
+    device = FakeDevice()
+    first = device.licence_request(42, clock.now)
+    licence_of(ask(client, device, first))
+    clock.now += 601
+    licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    with setup() as session:
+        nonces = session.scalars(select(SeenNonce.nonce).where(SeenNonce.device_id == device.id))
+        assert list(nonces) != [] and first["nonce"] not in list(
+            session.scalars(select(SeenNonce.nonce))
+        )
+    assert ask(client, device, first).json()["reason"] == "stale_request"

@@ -1,0 +1,157 @@
+"""Migrations, start-up refusals (unmigrated database, missing key, production defaults), CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+from typer.testing import CliRunner
+
+from sklicense import db
+from sklicense.cli import app as cli
+from sklicense.crypto import SigningKeyError
+from sklicense.models import AuditLog
+from sklicense.settings import Settings, SettingsError
+
+EXPECTED_TABLES = {
+    "alembic_version",
+    "applications",
+    "customers",
+    "devices",
+    "licences",
+    "usage_reports",
+    "seen_nonces",
+    "rate_counters",
+    "admin_tokens",
+    "audit_log",
+}
+
+
+def test_migrated_schema(database_url) -> None:
+    assert db.current_revision(database_url) == db.head_revision() == "0001"
+    assert set(inspect(db.get_engine(database_url)).get_table_names()) == EXPECTED_TABLES
+    db.check_migrated(database_url)
+
+
+def test_policy_check_constraint(database_url) -> None:
+    engine = db.get_engine(database_url)
+    with (
+        pytest.raises(IntegrityError, match=r"ck_customers_policy|CHECK constraint failed"),
+        engine.begin() as connection,
+    ):
+        connection.execute(
+            text(
+                "INSERT INTO customers (id, name, default_licence_seconds, max_devices, "
+                "inferences_granted, created_at) VALUES (1, 'x', 60, 1, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+
+
+def test_audit_log_is_append_only(database_url) -> None:
+    from sklicense.models import AppendOnlyError, utcnow
+
+    sessions = db.session_factory(database_url)
+    with sessions.begin() as session:
+        session.add(AuditLog(at=utcnow(), actor="t", action="a", target="x", detail={}))
+    with pytest.raises(AppendOnlyError, match="append-only"), sessions.begin() as session:
+        session.get(AuditLog, 1).action = "changed"
+    with pytest.raises(AppendOnlyError, match="append-only"), sessions.begin() as session:
+        session.delete(session.get(AuditLog, 1))
+
+
+def test_unmigrated_database_is_refused(tmp_path: Path, state_dir: Path) -> None:
+    from sklicense.api.main import create_app
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    message = (
+        f"The database {url} is not migrated; this server needs revision 0001. "
+        "Run `sklicense db upgrade` (with the same --database-url) first."
+    )
+    with pytest.raises(db.DatabaseNotMigratedError) as error:
+        create_app(Settings(database_url=url, state_dir=state_dir))
+    assert str(error.value) == message
+    result = CliRunner().invoke(
+        cli, ["serve", "--database-url", url, "--state-dir", str(state_dir)]
+    )
+    assert result.exit_code == 1
+    assert "is not migrated" in result.output and "sklicense db upgrade" in result.output
+    result = CliRunner().invoke(cli, ["db", "upgrade", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    create_app(Settings(database_url=url, state_dir=state_dir))
+
+
+def test_missing_signing_key_is_refused(sqlite_url, tmp_path: Path) -> None:
+    from sklicense.api.main import create_app
+
+    with pytest.raises(SigningKeyError, match="Run `sklicense init`"):
+        create_app(Settings(database_url=sqlite_url, state_dir=tmp_path / "none"))
+
+
+def test_production_refuses_defaults(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="no signing key is configured"):
+        Settings(environment="production", admin_token="x" * 40).check_production()
+    key = tmp_path / "k"
+    with pytest.raises(SettingsError, match="no strong admin token"):
+        Settings(environment="production", signing_key_file=key).check_production()
+    with pytest.raises(SettingsError, match="no strong admin token"):
+        Settings(
+            environment="production", signing_key_file=key, admin_token="changethis"
+        ).check_production()
+    Settings(
+        environment="production", signing_key_file=key, admin_token="x" * 40
+    ).check_production()
+    with pytest.raises(SettingsError, match="environment must be one of local, production"):
+        Settings(environment="staging")
+    env = Settings.from_env({"SKLICENSE_LICENCE_REQUESTS_PER_MINUTE": "5"})
+    assert env.licence_requests_per_minute == 5 and env.database_url == "sqlite:///./sklicense.db"
+
+
+def test_cli_admin_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SKLICENSE_DATABASE_URL", raising=False)
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(cli, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "Created signing key" in run("init")
+    key = tmp_path / "sklicense_state" / "server.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    token = run("token", "create", "--role", "read-only").strip()
+    assert token.startswith("skl_")
+    (tmp_path / "kek.b64").write_text("QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\n")
+    run("app", "create", "demo-app", "--kek-file", "kek.b64", "--model", "m1", "--model", "m2")
+    assert json.loads(run("app", "list")) == [
+        {"id": 1, "name": "demo-app", "has_kek": True, "models": ["m1", "m2"]}
+    ]
+    created = json.loads(
+        run("customer", "create", "--id", "42", "--name", "Acme", "--contract-end", "2027-01-01")
+    )
+    assert created["contract_end"] == "2027-01-01T00:00:00+00:00"
+    edited = json.loads(run("customer", "edit", "--id", "42", "--quota", "500"))
+    assert edited["inference_quota"] == 500
+    failed = runner.invoke(cli, ["customer", "create", "--id", "7", "--name", "NoPolicy"])
+    assert failed.exit_code == 1 and "at least one policy" in failed.output
+    missing = runner.invoke(cli, ["device", "revoke", "nope"])
+    assert missing.exit_code == 1 and "device 'nope' not found" in missing.output
+    assert json.loads(run("device", "list")) == []
+    assert json.loads(run("usage")) == []
+    audit = json.loads(run("audit"))
+    assert [e["action"] for e in audit] == [
+        "customer.update",
+        "customer.create",
+        "application.create",
+        "token.create",
+    ]
+    sessions = db.session_factory("sqlite:///./sklicense.db")
+    with sessions() as session:
+        from sklicense import crud
+
+        assert crud.token_role(session, token) == "read-only"
