@@ -31,8 +31,13 @@ def test_export_kek_refuses_outputs_folder(workdir: Path) -> None:
 
 @pytest.mark.slow
 def test_quickstart_accuracy_table(workdir: Path) -> None:
-    original, rows, _ = run_quickstart()
+    original, rows, _, licensed = run_quickstart()
     assert original > 0.9
+    # the licensing path: LINUX, embedded server, key released by the licence
+    assert licensed is not None
+    assert licensed.accuracy == original
+    assert licensed.used == 1 and licensed.allowance == 100
+    assert licensed.expires_at - licensed.issued_at == 30 * 86400
     assert {row.format for row in rows} >= {"onnx", "torchscript_cpu", "inductor_cpu"}
     for row in rows:
         assert abs(row.accuracy_with_key - original) <= 0.005, row
@@ -40,6 +45,7 @@ def test_quickstart_accuracy_table(workdir: Path) -> None:
         assert row.accuracy_random_key <= 0.2, row
         assert row.key_length > 0
     # a second run replaces the model instead of failing on the existing name
-    original_again, rows_again, _ = run_quickstart()
+    original_again, rows_again, _, licensed_again = run_quickstart()
     assert original_again == original
+    assert licensed_again is not None and licensed_again.accuracy == original
     assert [r.accuracy_with_key for r in rows_again] == [r.accuracy_with_key for r in rows]

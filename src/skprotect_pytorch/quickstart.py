@@ -1,5 +1,10 @@
 """The quickstart: train a small CNN on scikit-learn's bundled digits, protect it to every format
-this machine can produce, and compare accuracy with the key, without it, and of the original."""
+this machine can produce, and compare accuracy with the key, without it, and of the original.
+
+Its last section is the licensing path: the model is protected again for the LINUX platform
+(platform version 2, a customer), an ``sklicense`` server is started embedded on loopback with
+SQLite in a temporary folder, the application (with its key-encryption key) and the customer are
+provisioned, and the runtime runs the licensed model, its key released by the licence."""
 
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ from .result import ProtectionResult
 
 APPLICATION = "quickstart"
 MODEL_NAME = "digits_cnn"
+LICENSED_APPLICATION = "quickstart_licensed"
+LICENSED_CUSTOMER_ID = 1001
+LICENSED_QUOTA = 1000
 
 
 class DigitsCNN(nn.Module):
@@ -124,8 +132,110 @@ def evaluate(result: ProtectionResult, data: Dataset) -> list[FormatRow]:
     return rows
 
 
-def run_quickstart(workdir: Path | None = None) -> tuple[float, list[FormatRow], ProtectionResult]:
-    """Train, protect and evaluate; returns (original accuracy, rows per format, result)."""
+@dataclass
+class LicensedRun:
+    """The licensed model's run on the test set, and the licence it ran under."""
+
+    accuracy: float
+    licence_id: str
+    issued_at: int
+    expires_at: int
+    allowance: int | None
+    used: int
+    server_url: str
+    seconds: float
+
+
+def run_licensed(model: nn.Module, data: Dataset) -> LicensedRun:
+    """Protect ``model`` for LINUX (platform version 2), serve the licence server embedded on
+    loopback (SQLite in a temporary folder), provision it and run the licensed model."""
+    import datetime as dt
+    import tempfile
+
+    from sklicense import crud, db
+    from sklicense.embedded import EmbeddedServer, init_state
+    from sklicense.settings import Settings
+    from skruntime import SkRuntime
+
+    from .customer import Customer
+
+    start = time.perf_counter()
+    protector = SkProtectorPyTorch(application_name=LICENSED_APPLICATION)
+    linux = SkProtectorPyTorch.ExportPlatform.LINUX
+    config_path = protector.config_path(linux)
+    exists = config_path.exists() and MODEL_NAME in load_config(config_path).models
+    protect = protector.protect_updated_model if exists else protector.protect_new_model
+    protect(
+        model,
+        MODEL_NAME,
+        [torch.from_numpy(data.x_test[:2])],
+        model_export_formats=ExportFormat.ONNX,
+        deployment_platform=linux,
+        platform_version=2,
+        customer=Customer(LICENSED_CUSTOMER_ID, "Quickstart Customer"),
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+    )
+    with tempfile.TemporaryDirectory(prefix="sklicense-quickstart-") as tmp:
+        folder = Path(tmp)
+        # `sklicense init`: the server's signing key and the migrated SQLite database
+        settings = Settings(
+            database_url=f"sqlite:///{folder / 'sklicense.db'}", state_dir=folder / "server"
+        )
+        server_public_key = init_state(settings)
+        # provisioning (what `sklicense app create` and `sklicense customer create` do)
+        sessions = db.session_factory(settings.database_url)
+        with sessions.begin() as session:
+            crud.create_application(
+                session, LICENSED_APPLICATION, protector.state.kek, "quickstart"
+            )
+            crud.create_customer(
+                session,
+                "quickstart",
+                id=LICENSED_CUSTOMER_ID,
+                name="Quickstart Customer",
+                contract_end=dt.datetime.now(dt.UTC) + dt.timedelta(days=365),
+                inference_quota=LICENSED_QUOTA,
+                max_devices=1,
+                default_licence_seconds=30 * 86400,
+            )
+        try:
+            # the device registers itself with its first licence request
+            with (
+                EmbeddedServer(settings) as server,
+                SkRuntime(
+                    config_path.parent,
+                    licence_server=server.url,
+                    server_public_key=server_public_key,
+                    state_dir=folder / "device",
+                    overlap_seconds=7 * 86400,
+                    requested_inferences=100,
+                ) as runtime,
+            ):
+                with runtime.load(MODEL_NAME) as licensed:
+                    logits = licensed(data.x_test)
+                client = runtime.licence_client
+                client.flush()  # give back the unused reservation: the counter is exact
+                licence = client.ensure_licence()
+                used = client.usage()["counter"]
+        finally:
+            db.get_engine(settings.database_url).dispose()
+    return LicensedRun(
+        accuracy=accuracy(np.asarray(logits), data.y_test),
+        licence_id=licence.licence_id,
+        issued_at=licence.issued_at,
+        expires_at=licence.expires_at,
+        allowance=licence.inferences,
+        used=used,
+        server_url=server.url,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def run_quickstart(
+    workdir: Path | None = None, *, licensed: bool = True
+) -> tuple[float, list[FormatRow], ProtectionResult, LicensedRun | None]:
+    """Train, protect and evaluate; returns (original accuracy, rows per format, result, the
+    licensed run or None when ``licensed`` is False)."""
     import os
 
     if workdir is not None:
@@ -151,7 +261,8 @@ def run_quickstart(workdir: Path | None = None) -> tuple[float, list[FormatRow],
         model_export_formats=formats,
         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
     )
-    return original, evaluate(result, data), result
+    rows = evaluate(result, data)
+    return original, rows, result, run_licensed(model, data) if licensed else None
 
 
 def main() -> None:
@@ -161,7 +272,7 @@ def main() -> None:
 
     console = Console(width=max(Console().width, 100))
     start = time.perf_counter()
-    original, rows, result = run_quickstart()
+    original, rows, result, licensed = run_quickstart()
     table = Table(title=f"digits CNN, {len(load_digits_split().y_test)} test images (chance 0.10)")
     for column in ("format", "original", "with key", "without key", "random key", "key length"):
         table.add_column(column)
@@ -174,7 +285,27 @@ def main() -> None:
             f"{row.accuracy_random_key:.3f}",
             str(row.key_length),
         )
+    if licensed is not None:
+        table.add_row(
+            "onnx, LINUX, licensed",
+            f"{original:.3f}",
+            f"{licensed.accuracy:.3f}",
+            "-",
+            "-",
+            "-",
+        )
     console.print(table)
+    if licensed is not None:
+        when = "%Y-%m-%d %H:%M UTC"
+        issued = time.strftime(when, time.gmtime(licensed.issued_at))
+        expires = time.strftime(when, time.gmtime(licensed.expires_at))
+        console.print(
+            f"licensed run ({LICENSED_APPLICATION}, customer {LICENSED_CUSTOMER_ID}, embedded "
+            f"server {licensed.server_url}, {licensed.seconds:.1f} s): licence "
+            f"{licensed.licence_id} issued {issued}, expires {expires}, allowance "
+            f"{licensed.allowance} inferences, {licensed.used} used "
+            f"(customer quota {LICENSED_QUOTA})"
+        )
     console.print(f"files written: {len(result.files)} under {result.output_dir}")
     for path in result.files:
         console.print(f"  {path}")

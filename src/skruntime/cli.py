@@ -5,9 +5,9 @@ the standard library, numpy and typer at import time; skruntime's runtime (and w
 onnxruntime, or torch for the torch formats) is imported inside the command, so running an ONNX
 model never imports torch.
 
-Exit codes (:data:`EXIT_CODES`): 0 ok, 2 usage, 3 configuration or integrity error, 4 key error,
-5 input error, 6 missing folder, file, model or format, 1 anything else. Errors are printed as one
-``error: ...`` line on stderr; ``--debug`` adds the traceback.
+Exit codes (:data:`EXIT_CODES`): 0 ok, 2 usage, 3 configuration or integrity error, 4 key or
+licence error, 5 input error, 6 missing folder, file, model or format, 1 anything else. Errors
+are printed as one ``error: ...`` line on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ EXIT_CODES: dict[str, int] = {
     "ModelNotFoundError": EXIT_NOT_FOUND,
     "ModelFileError": EXIT_NOT_FOUND,
     "FileNotFoundError": EXIT_NOT_FOUND,
+    # licensing: no usable licence is a key error (the key is released with the licence)
+    "LicenceDeniedError": EXIT_KEY,
+    "LicenceUnavailableError": EXIT_KEY,
+    "ClockRollbackError": EXIT_KEY,
+    "QuotaExhaustedError": EXIT_KEY,
+    "LicenceError": EXIT_KEY,
 }
 
 
@@ -183,6 +189,33 @@ def _read_kek(path: Path) -> bytes:
         ) from err
 
 
+def _read_server_public_key(value: str) -> bytes:
+    """The licence server's raw 32-byte Ed25519 public key: a file holding it (raw or base64),
+    or the base64 text itself (``sklicense init`` prints it)."""
+    import base64
+    import binascii
+
+    path = Path(value)
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a base64 string too long for a file name
+        is_file = False
+    data = path.read_bytes() if is_file else value.encode("ascii", "replace")
+    if len(data) == 32 and is_file:
+        return data
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise _CliError(
+            f"--server-public-key must be a file holding the licence server's public key or "
+            f"that key in base64 (32 bytes; `sklicense init` prints it), but got {value!r}.",
+            EXIT_USAGE,
+        )
+    return raw
+
+
 def _run(
     outputs_dir: Path,
     model: str,
@@ -195,6 +228,9 @@ def _run(
     static_key: bool,
     platform: str | None,
     kek: Path | None,
+    licence_server: str | None = None,
+    server_public_key: str | None = None,
+    state_dir: Path | None = None,
 ) -> dict[str, Any]:
     for path in inputs:
         if path.suffix not in (".npy", ".npz"):
@@ -211,11 +247,55 @@ def _run(
         if not path.is_file():
             raise _CliError(f"input file {path} does not exist.", EXIT_NOT_FOUND)
     kek_bytes = _read_kek(kek) if kek is not None else None
+    licensing: dict[str, Any] = {}
+    if licence_server is not None:
+        if server_public_key is None:
+            raise _CliError(
+                "--licence-server needs --server-public-key (the server's public key, pinned).",
+                EXIT_USAGE,
+            )
+        licensing = {
+            "licence_server": licence_server,
+            "server_public_key": _read_server_public_key(server_public_key),
+            "state_dir": state_dir,
+        }
+    elif server_public_key is not None or state_dir is not None:
+        raise _CliError("--server-public-key and --state-dir need --licence-server.", EXIT_USAGE)
 
     from skruntime import SkRuntime  # lazily: keeps `skprotect --help` fast and torch-free
 
     t0 = time.perf_counter()
-    runtime = SkRuntime(outputs_dir, platform=platform, kek=kek_bytes)
+    runtime = SkRuntime(outputs_dir, platform=platform, kek=kek_bytes, **licensing)
+    try:
+        return _run_loaded(
+            runtime,
+            outputs_dir,
+            model,
+            fmt,
+            inputs,
+            output,
+            t0,
+            device=device,
+            threads=threads,
+            static_key=static_key,
+        )
+    finally:
+        runtime.close()  # flushes the inference counter and reports usage
+
+
+def _run_loaded(
+    runtime: Any,
+    outputs_dir: Path,
+    model: str,
+    fmt: str,
+    inputs: Sequence[Path],
+    output: Path | None,
+    t0: float,
+    *,
+    device: str,
+    threads: int | None,
+    static_key: bool,
+) -> dict[str, Any]:
     if model not in runtime.models():
         raise _CliError(
             f"unknown model '{model}' in {outputs_dir}. Protected models: "
@@ -309,11 +389,30 @@ def run_command(
         Path | None,
         typer.Option(help="LINUX platform: key-encryption key file from `skprotect export-kek`."),
     ] = None,
+    licence_server: Annotated[
+        str | None,
+        typer.Option(help="URL of the sklicense server (platform version 2 configurations)."),
+    ] = None,
+    server_public_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The licence server's Ed25519 public key: a file (raw or base64) or the base64 "
+            "text `sklicense init` prints."
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Device identity and licence cache (default $SKRUNTIME_STATE_DIR or "
+            "~/.local/state/skruntime)."
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Run a protected model on inputs from .npy/.npz files (the runner for every format).
 
-    Exit codes: 0 ok, 2 usage, 3 configuration/integrity, 4 key, 5 input, 6 not found, 1 other.
+    Exit codes: 0 ok, 2 usage, 3 configuration/integrity, 4 key or licence, 5 input, 6 not
+    found, 1 other.
     """
     try:
         summary = _run(
@@ -327,6 +426,9 @@ def run_command(
             static_key=static_key,
             platform=platform.value if platform is not None else None,
             kek=kek,
+            licence_server=licence_server,
+            server_public_key=server_public_key,
+            state_dir=state_dir,
         )
     except Exception as err:
         if debug:

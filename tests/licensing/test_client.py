@@ -266,6 +266,21 @@ def test_renewal_inside_overlap_starts_at_request_time(state, clock) -> None:
     client.close()
 
 
+def test_licence_shorter_than_overlap_is_not_renewed_on_every_call(state, clock) -> None:
+    """A renewal that cannot leave the window (contract end, short licences) waits."""
+    server = FakeServer(duration=10 * DAY)
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY, retry_seconds=300)
+    client.ensure_licence()  # inside its window from the start
+    for _ in range(20):
+        client.ensure_licence()
+        client.consume(1)
+    assert len(server.licence_requests) == 2  # the first licence, one renewal, then waiting
+    clock.t += 301
+    client.ensure_licence()
+    assert len(server.licence_requests) == 3
+    client.close()
+
+
 def test_server_down_within_and_after_validity(state, clock) -> None:
     server = FakeServer(duration=100 * DAY)
     client = make_client(server, state, clock, overlap_seconds=30 * DAY)

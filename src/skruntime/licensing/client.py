@@ -545,7 +545,7 @@ class LicenceClient:
                     if now < self._next_retry:
                         return licence
                     try:
-                        return self._renew(now)
+                        renewed = self._renew(now)
                     except _Unreachable as e:
                         log.warning(
                             "Licence renewal failed (server %s unreachable: %s); the current "
@@ -566,6 +566,12 @@ class LicenceClient:
                             _when(licence.expires_at),
                         )
                         return licence
+                    if now >= renewed.expires_at - self.overlap_seconds:
+                        # the renewal could not leave the window (contract end, or a licence
+                        # shorter than the overlap): ask again only after retry_seconds, not on
+                        # every inference
+                        self._next_retry = now + self.retry_seconds
+                    return renewed
             try:
                 return self._renew(now)
             except _Unreachable as e:
