@@ -1,0 +1,452 @@
+"""Inference overhead of the lock: locked vs original latency, side by side, as ratios.
+
+For each reference model of ``bench/models.py`` (random weights) this locks a copy with the
+default lock (``skprotect_pytorch.lock.lock_model``, every supported layer) and exports both the
+original and the locked model with the project's exporters (``skprotect_pytorch.export``), batch
+dynamic, into a temporary folder. Then, per runtime configuration, it times the original and the
+locked artifact in the same process:
+
+* ONNX Runtime (CPU EP, default graph optimisations), 1 and 2 intra-op threads, batch 1 and 32;
+* TorchScript CPU (``torch.jit`` trace+freeze), ``torch.set_num_threads(1)``, batch 1 and 32;
+* AOTInductor CPU (``--aoti``; each compile takes 10-60 s), 1 thread, batch 1 and 32.
+
+Sequence models (Transformer, LSTM, GRU) use sequences of 32 steps. Each pair is warmed up, then
+timed in interleaved blocks (original, locked, locked, original, ...) so that drift and other
+load on the machine hit both sides alike; the reported ratio is median(locked) / median(original)
+over all calls. Before timing, the locked artifact fed the static key is checked against the
+original (batch 1).
+
+Usage::
+
+    python bench/overhead.py --quick            # a few minutes, no AOTInductor
+    python bench/overhead.py                    # full run
+    python bench/overhead.py --aoti --heavy     # + AOTInductor, + ResNet-18 224 px at batch 32
+    python bench/overhead.py --models mlp,gru   # a subset
+
+No result is asserted: the numbers depend on the machine, which the output names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import BENCH_MODELS, BenchModel
+
+EXAMPLE_BATCH = 2  # export example: > 1 so that the batch dimension stays dynamic
+BATCHES = (1, 32)
+
+
+# ---------------------------------------------------------------------------------------------
+# machine and timing helpers
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line() -> str:
+    import onnxruntime
+    import torch
+
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    try:
+        load = " load average {:.2f} {:.2f} {:.2f};".format(*os.getloadavg())
+    except OSError:
+        load = ""
+    return (
+        f"{cpu_model()}, {cores} logical cores ({usable} usable),{load} {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}"
+    )
+
+
+def command_line() -> str:
+    return " ".join(["python", *sys.argv])
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    """Wall-clock seconds of each of ``n`` calls of ``fn``."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+@dataclass
+class PairTiming:
+    original: float  # median seconds per call
+    locked: float
+    calls: int  # per side
+
+    @property
+    def ratio(self) -> float:
+        return self.locked / self.original
+
+
+def measure_pair(
+    original: Callable[[], object],
+    locked: Callable[[], object],
+    *,
+    blocks: int,
+    block_s: float,
+    max_calls: int = 2000,
+) -> PairTiming:
+    """Median latency of both sides, after warm-up, in ``blocks`` interleaved blocks.
+
+    The calls per block are chosen so that one side's block lasts about ``block_s`` seconds
+    (at least 2 calls). The order inside a block alternates so neither side always runs first.
+    """
+    for fn in (original, locked, original, locked):  # warm-up (TorchScript profiles 2 runs)
+        fn()
+    probe = statistics.median(timed(original, 3) + timed(locked, 3))
+    per_block = int(min(max_calls, max(2, block_s / max(probe, 1e-7))))
+    timed(original, per_block)  # warm-up at the measured rate
+    timed(locked, per_block)
+    orig: list[float] = []
+    lock: list[float] = []
+    for b in range(blocks):
+        if b % 2 == 0:
+            orig += timed(original, per_block)
+            lock += timed(locked, per_block)
+        else:
+            lock += timed(locked, per_block)
+            orig += timed(original, per_block)
+    return PairTiming(statistics.median(orig), statistics.median(lock), per_block * blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# protecting and exporting
+
+
+@dataclass
+class ExportedPair:
+    """Original and locked artifacts of one model in one format, with the static key."""
+
+    model: BenchModel
+    fmt_name: str
+    original: Path
+    locked: Path
+    key: np.ndarray
+    original_seconds: float
+    locked_seconds: float
+    locked_layers: int
+    key_length: int
+
+
+def export_options(example: object) -> object:
+    import torch
+
+    from skprotect_pytorch.export import build_export_options
+
+    return build_export_options(
+        [example],
+        {"input_names": ["x"], "output_names": ["y"]},
+        ({0: torch.export.Dim("batch")},),
+    )
+
+
+def lock(model: object, seed: int = 0, name: str = "bench") -> object:
+    from skprotect_pytorch.lock import lock_model
+
+    return lock_model(
+        model,
+        layer_filter=lambda n, m: True,
+        secret_rng=np.random.default_rng(seed),
+        public_seed=f"bench/{name}",
+    )
+
+
+def export_pair(bm: BenchModel, fmt_name: str, outdir: Path, seed: int = 0) -> ExportedPair:
+    """Lock ``bm`` (default lock) and export original and locked model to ``fmt_name``."""
+    import torch
+
+    from skprotect_pytorch.export import get_exporter
+    from skprotect_pytorch.formats import ExportFormat
+
+    fmt = ExportFormat[fmt_name]
+    exporter = get_exporter(fmt)
+    model = bm.make(seed)
+    x = bm.example(EXAMPLE_BATCH, seed)
+    opts = export_options(x)
+    locked = lock(model, seed, bm.name)
+    key = locked.layout.static_key()
+    orig_path = outdir / f"{bm.name}_original{exporter.extension}"
+    lock_path = outdir / f"{bm.name}_locked{exporter.extension}"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        t0 = time.perf_counter()
+        exporter.export(model, (x,), orig_path, opts, with_key=False)
+        t1 = time.perf_counter()
+        exporter.export(locked.keyed, (x, torch.from_numpy(key)), lock_path, opts, with_key=True)
+        t2 = time.perf_counter()
+    return ExportedPair(
+        bm,
+        fmt_name,
+        orig_path,
+        lock_path,
+        key,
+        t1 - t0,
+        t2 - t1,
+        len(locked.locked_layers),
+        locked.layout.length,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# runners with explicit thread counts (the exporters' own loaders use the runtime defaults)
+
+Runner = Callable[[Sequence[np.ndarray]], Callable[[], list[np.ndarray]]]
+
+
+def ort_runner(path: Path, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def bind(inputs: Sequence[np.ndarray]) -> Callable[[], list[np.ndarray]]:
+        feed = dict(zip(names, inputs, strict=True))
+        return lambda: session.run(None, feed)
+
+    return bind
+
+
+def torch_runner(call: Callable[..., object]) -> Runner:
+    import torch
+
+    def bind(inputs: Sequence[np.ndarray]) -> Callable[[], list[np.ndarray]]:
+        tensors = [torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]
+
+        def run() -> list[np.ndarray]:
+            with torch.inference_mode():
+                out = call(*tensors)
+            return [out.numpy()] if isinstance(out, torch.Tensor) else [t.numpy() for t in out]
+
+        return run
+
+    return bind
+
+
+def torchscript_runner(path: Path, threads: int) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    return torch_runner(torch.jit.load(str(path), map_location="cpu"))
+
+
+def aoti_runner(path: Path, threads: int) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    compiled = torch._inductor.aoti_load_package(str(path))
+    return torch_runner(compiled)
+
+
+# backend label -> (export format name, runner factory, thread counts)
+BACKENDS: dict[str, tuple[str, Callable[[Path, int], Runner], tuple[int, ...]]] = {
+    "ORT": ("ONNX", ort_runner, (1, 2)),
+    "TorchScript": ("TORCHSCRIPT_CPU", torchscript_runner, (1,)),
+    "AOTI": ("INDUCTOR_CPU", aoti_runner, (1,)),
+}
+
+
+@dataclass
+class ModelResult:
+    name: str
+    cells: dict[str, PairTiming | str] = field(default_factory=dict)  # column -> timing/reason
+    notes: list[str] = field(default_factory=list)
+
+
+def column(backend: str, threads: int, batch: int) -> str:
+    return f"{backend} {threads}t b{batch}"
+
+
+def columns(backends: Sequence[str]) -> list[str]:
+    return [column(b, t, batch) for b in backends for t in BACKENDS[b][2] for batch in BATCHES]
+
+
+def _rel_err(a: np.ndarray, e: np.ndarray) -> float:
+    return float(np.max(np.abs(a - e)) / max(float(np.max(np.abs(e))), 1e-30))
+
+
+def bench_backend(
+    bm: BenchModel,
+    backend: str,
+    outdir: Path,
+    result: ModelResult,
+    *,
+    blocks: int,
+    block_s: float,
+    heavy: bool,
+    log: Callable[[str], None],
+) -> None:
+    fmt_name, make_runner, thread_counts = BACKENDS[backend]
+    t0 = time.perf_counter()
+    try:
+        pair = export_pair(bm, fmt_name, outdir)
+    except Exception as err:
+        reason = f"export failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        for t in thread_counts:
+            for batch in BATCHES:
+                result.cells[column(backend, t, batch)] = "export failed"
+        result.notes.append(f"{backend}: {reason}")
+        log(traceback.format_exc())
+        return
+    log(
+        f"  {backend}: exported in {time.perf_counter() - t0:.1f} s "
+        f"({pair.locked_layers} layers locked, key length {pair.key_length})"
+    )
+    for threads in thread_counts:
+        orig_bind = make_runner(pair.original, threads)
+        lock_bind = make_runner(pair.locked, threads)
+        for batch in BATCHES:
+            col = column(backend, threads, batch)
+            if bm.name == "resnet18_224" and batch > 1 and not heavy:
+                result.cells[col] = "skipped (--heavy)"
+                continue
+            x = bm.example(batch).numpy()
+            orig = orig_bind([x])
+            locked = lock_bind([x, pair.key])
+            err = _rel_err(locked()[0], orig()[0])
+            if not err < 1e-3:
+                result.cells[col] = f"mismatch {err:.1e}"
+                continue
+            timing = measure_pair(orig, locked, blocks=blocks, block_s=block_s)
+            result.cells[col] = timing
+            log(
+                f"    {col}: original {timing.original * 1e3:.3f} ms, locked "
+                f"{timing.locked * 1e3:.3f} ms, ratio {timing.ratio:.2f} ({timing.calls} calls)"
+            )
+
+
+def run_bench(
+    model_names: Sequence[str],
+    backends: Sequence[str],
+    *,
+    blocks: int,
+    block_s: float,
+    heavy: bool,
+    log: Callable[[str], None] = print,
+) -> list[ModelResult]:
+    """Export and time every model on every backend; the per-model results."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="skprotect_overhead_") as tmp:
+        for name in model_names:
+            bm = BENCH_MODELS[name]
+            log(f"{name}: {bm.description}")
+            result = ModelResult(name)
+            for backend in backends:
+                bench_backend(
+                    bm,
+                    backend,
+                    Path(tmp),
+                    result,
+                    blocks=blocks,
+                    block_s=block_s,
+                    heavy=heavy,
+                    log=log,
+                )
+            results.append(result)
+    return results
+
+
+def markdown_tables(results: Sequence[ModelResult], backends: Sequence[str]) -> str:
+    cols = columns(backends)
+    lines = ["**Ratio locked / original (median latency)**", ""]
+    lines.append("| model | " + " | ".join(cols) + " |")
+    lines.append("|---|" + "---:|" * len(cols))
+    for r in results:
+        cells = []
+        for c in cols:
+            v = r.cells.get(c, "-")
+            cells.append(f"{v.ratio:.2f}" if isinstance(v, PairTiming) else str(v))
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    lines += ["", "**Original median latency (ms) → locked (ms)**", ""]
+    lines.append("| model | " + " | ".join(cols) + " |")
+    lines.append("|---|" + "---:|" * len(cols))
+    for r in results:
+        cells = []
+        for c in cols:
+            v = r.cells.get(c, "-")
+            cells.append(
+                f"{v.original * 1e3:.3g} → {v.locked * 1e3:.3g}"
+                if isinstance(v, PairTiming)
+                else "-"
+            )
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    notes = [f"- {r.name}: {n}" for r in results for n in r.notes]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter timing blocks")
+    parser.add_argument("--aoti", action="store_true", help="also AOTInductor (slow compiles)")
+    parser.add_argument("--heavy", action="store_true", help="also ResNet-18 224 px at batch 32")
+    parser.add_argument(
+        "--models", default=",".join(BENCH_MODELS), help="comma-separated subset of models"
+    )
+    parser.add_argument("--blocks", type=int, help="interleaved blocks per side")
+    parser.add_argument("--block-ms", type=float, help="target duration of one side's block")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCH_MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(BENCH_MODELS)}")
+    blocks = args.blocks or (6 if args.quick else 12)
+    block_s = (args.block_ms or (150.0 if args.quick else 500.0)) / 1e3
+    backends = ["ORT", "TorchScript"] + (["AOTI"] if args.aoti else [])
+
+    start = time.perf_counter()
+    results = run_bench(
+        names,
+        backends,
+        blocks=blocks,
+        block_s=block_s,
+        heavy=args.heavy,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    print(f"machine: {machine_line()}")
+    print(f"command: {command_line()}")
+    print(
+        f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {blocks} interleaved "
+        f"blocks per side of ~{block_s * 1e3:.0f} ms each after warm-up, medians; batch "
+        f"dynamic at export (example batch {EXAMPLE_BATCH}); "
+        f"total {time.perf_counter() - start:.0f} s"
+    )
+    print()
+    print(markdown_tables(results, backends))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
