@@ -48,5 +48,51 @@ def export_kek(
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
 
 
+@app.command()
+def audit(
+    quick: Annotated[
+        bool, typer.Option(help="One-point training sweep and one seed (minutes, not hours).")
+    ] = False,
+    budgets: Annotated[
+        str, typer.Option(help="Attacker budgets, % of the training data, comma-separated.")
+    ] = "1,5,10,25",
+    seeds: Annotated[
+        int | None, typer.Option(help="Seeds per budget (default: 3, or 1 with --quick).")
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the report as JSON to this file.")
+    ] = None,
+    markdown_file: Annotated[
+        Path | None, typer.Option("--markdown", help="Write the report as markdown to this file.")
+    ] = None,
+) -> None:
+    """Attack a locked reference model as a thief with the files and x % of the data would;
+    print the report and exit 1 when the gate fails (docs/security.md)."""
+    from .audit import AuditConfig, run_audit
+
+    try:
+        values = tuple(float(b) for b in budgets.split(",") if b.strip())
+    except ValueError:
+        typer.echo(
+            f"error: --budgets must be numbers separated by commas, got '{budgets}'", err=True
+        )
+        raise typer.Exit(2) from None
+    if not values or any(not 0 < b <= 100 for b in values):
+        typer.echo(f"error: every budget must be in (0, 100], got '{budgets}'", err=True)
+        raise typer.Exit(2)
+    report = run_audit(
+        AuditConfig(budgets=values, quick=quick, seeds=seeds),
+        log=lambda line: typer.echo(line, err=True),
+    )
+    text = report.to_markdown()
+    if json_file is not None:
+        json_file.write_text(report.to_json())
+    if markdown_file is not None:
+        markdown_file.write_text(text)
+    typer.echo(text)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

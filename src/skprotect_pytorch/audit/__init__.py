@@ -1,1 +1,180 @@
-"""Audit: measure what an attacker gains from the locked files (DESIGN.md §1.4, §2)."""
+"""Audit: measure what an attacker gains from the locked files (DESIGN.md §1.4, §2).
+
+>>> report = run_audit(AuditConfig(quick=True, budgets=(1,)))
+>>> print(report.to_markdown())
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..lock import LockSettings, lock_model
+from .attacks import (
+    AttackOutcome,
+    StolenModel,
+    attack_finetune,
+    attack_key_learning,
+    attack_no_key,
+    baseline_from_scratch,
+    permutation_recovery,
+    weight_cosines,
+)
+from .data import make_tabular_task
+from .models import QUICK_SWEEP, SweepConfig, TabularMLP, accuracy, train_model
+from .report import AuditReport, AuditRow
+
+__all__ = ["AuditConfig", "AuditReport", "AuditRow", "run_audit"]
+
+ATTACKS = ("A0", "A1", "A2")
+NOT_IMPLEMENTED = [
+    "A2 with weights trained jointly",
+    "A3 data-free statistics",
+    "A4 reference alignment",
+    "A5 public base",
+    "reference models other than the tabular MLP (CNN, Transformer, LSTM, GRU)",
+]
+
+
+@dataclass
+class AuditConfig:
+    """What to run.  ``quick`` uses the one-point sweep and one seed unless given explicitly."""
+
+    budgets: Sequence[float] = (1, 5, 10, 25)
+    attacks: Sequence[str] = ATTACKS
+    quick: bool = False
+    seeds: int | None = None
+    sweep: SweepConfig | None = None
+    victim_epochs: int | None = None
+    data_seed: int = 0
+    lock_seed: int = 1
+    threads: int | None = 1
+    """Torch threads while auditing (tiny models: one thread avoids oversubscription)."""
+    lock_settings: LockSettings = field(default_factory=LockSettings)
+
+    def resolved(self) -> tuple[SweepConfig, int, int]:
+        sweep = self.sweep or (QUICK_SWEEP if self.quick else SweepConfig())
+        seeds = self.seeds or (1 if self.quick else 3)
+        epochs = self.victim_epochs or (10 if self.quick else 30)
+        return sweep, seeds, epochs
+
+
+def _row(
+    outcome: AttackOutcome,
+    reference: float,
+    stolen: StolenModel,
+    true_perms,
+    original: torch.nn.Module,
+) -> AuditRow:
+    row = AuditRow(
+        outcome.attack,
+        outcome.variant,
+        outcome.budget,
+        outcome.accuracy,
+        outcome.accuracies,
+        reference,
+    )
+    if outcome.recovered_keys and outcome.attack in ("A0", "A2"):
+        recov = [permutation_recovery(stolen, k, true_perms) for k in outcome.recovered_keys]
+        cos = [weight_cosines(stolen, k, original) for k in outcome.recovered_keys]
+        row.perm_recovered = max(r for r, _ in recov)
+        row.perm_chance = recov[0][1]
+        row.max_cos = max(c["max_cos"] for c in cos)
+        row.max_cos_floor = max(c["max_cos_floor"] for c in cos)
+        row.cos_excess = max(c["cos_excess"] for c in cos)
+    return row.judge()
+
+
+def run_audit(config: AuditConfig | None = None, log=print) -> AuditReport:
+    """Train the reference MLP, lock it with the default lock, attack it, and judge the gate."""
+    config = config or AuditConfig()
+    start = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(config, start, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(config: AuditConfig, start: float, log) -> AuditReport:
+    sweep, n_seeds, victim_epochs = config.resolved()
+    seeds = list(range(n_seeds))
+    unknown = set(config.attacks) - set(ATTACKS)
+    if unknown:
+        raise ValueError(f"Unknown attacks {sorted(unknown)}; implemented: {', '.join(ATTACKS)}")
+
+    task = make_tabular_task(seed=config.data_seed)
+    model = train_model(TabularMLP(), task.x_train, task.y_train, epochs=victim_epochs, seed=0)
+
+    def lock(seed: int):
+        return lock_model(
+            model,
+            layer_filter=lambda name, m: True,
+            secret_rng=np.random.default_rng(seed),
+            settings=config.lock_settings,
+        )
+
+    locked = lock(config.lock_seed)
+    true_perms = locked.layout.perms
+    stolen = StolenModel.from_locked(locked)
+    true_key = torch.from_numpy(locked.layout.static_key())
+    full = accuracy(stolen.forward_with(true_key), task.x_test, task.y_test)
+    log(f"victim MLP: {100 * full:.2f} % with the key; chance {100 * task.chance:.2f} %")
+    # Another key of the same architecture (a second product of the same vendor).
+    other_key = torch.from_numpy(lock(config.lock_seed + 1000).layout.static_key())
+
+    rows: list[AuditRow] = []
+    if "A0" in config.attacks:
+        for o in attack_no_key(stolen, task, other_key=other_key, seed=config.lock_seed):
+            rows.append(_row(o, task.chance, stolen, true_perms, model))
+            log(f"A0 {o.variant}: {100 * o.accuracy:.2f} %")
+
+    baselines: dict[str, float] = {}
+    baseline_seeds: dict[str, list[float]] = {}
+    if set(config.attacks) - {"A0"}:
+        for budget in config.budgets:
+            b = baseline_from_scratch(TabularMLP, task, budget, sweep, seeds)
+            baselines[f"{budget:g}"] = b.accuracy
+            baseline_seeds[f"{budget:g}"] = b.accuracies
+            log(f"B({budget:g} %): {100 * b.accuracy:.2f} % {b.accuracies}")
+            outcomes: list[AttackOutcome] = []
+            if "A1" in config.attacks:
+                for kind in ("null", "random"):
+                    outcomes.append(
+                        attack_finetune(stolen, task, budget, sweep, seeds, key_kind=kind)
+                    )
+            if "A2" in config.attacks:
+                outcomes.append(attack_key_learning(stolen, task, budget, sweep, seeds))
+            for o in outcomes:
+                rows.append(_row(o, b.accuracy, stolen, true_perms, model))
+                log(f"{o.attack} {o.variant} at {budget:g} %: {100 * o.accuracy:.2f} %")
+
+    settings = {
+        "budgets": list(config.budgets),
+        "attacks": list(config.attacks),
+        "quick": config.quick,
+        "seeds": n_seeds,
+        "sweep": asdict(sweep),
+        "victim_epochs": victim_epochs,
+        "data_seed": config.data_seed,
+        "lock_seed": config.lock_seed,
+        "lock_settings": asdict(config.lock_settings),
+        "torch": torch.__version__,
+    }
+    return AuditReport(
+        settings=settings,
+        model="tabular MLP 40-128-128-10 (make_classification, 20,000 train / 5,000 test)",
+        full_accuracy=full,
+        chance=task.chance,
+        baselines=baselines,
+        baseline_seeds=baseline_seeds,
+        rows=rows,
+        not_run=list(NOT_IMPLEMENTED),
+        seconds=time.perf_counter() - start,
+    )

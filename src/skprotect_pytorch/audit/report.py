@@ -1,0 +1,111 @@
+"""The audit report: per attack and budget, accuracy next to B(x), permutation recovery next
+to chance, aligned weight cosines, and a verdict against the gate (issue 5)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+A0_MARGIN = 0.02
+"""A0: accuracy ≤ chance + 2 points."""
+ATTACK_MARGIN = 0.01
+"""A1-A4: accuracy ≤ B(x) + 1 point."""
+PERM_FACTOR = 5.0
+"""Permutation entries recovered ≤ 5 × chance."""
+COS_LIMIT = 0.1
+"""Aligned |cos| of recovered vs true weights ≤ 0.1 above the noise floor."""
+
+
+@dataclass
+class AuditRow:
+    """One attack variant at one budget (``budget`` is None for A0)."""
+
+    attack: str
+    variant: str
+    budget: float | None
+    accuracy: float
+    accuracies: list[float]
+    reference: float
+    """The accuracy the gate compares with: chance for A0, B(x) for the others."""
+    perm_recovered: float | None = None
+    perm_chance: float | None = None
+    max_cos: float | None = None
+    max_cos_floor: float | None = None
+    cos_excess: float | None = None
+    passed: bool = True
+    reasons: list[str] = field(default_factory=list)
+
+    def judge(self) -> AuditRow:
+        margin = A0_MARGIN if self.attack == "A0" else ATTACK_MARGIN
+        what = "chance" if self.attack == "A0" else "B(x)"
+        self.reasons = []
+        if self.accuracy > self.reference + margin:
+            self.reasons.append(
+                f"accuracy {self.accuracy:.4f} > {what} {self.reference:.4f} + {margin:.2f}"
+            )
+        recovered, chance = self.perm_recovered, self.perm_chance
+        if recovered is not None and chance is not None and recovered > PERM_FACTOR * chance:
+            self.reasons.append(
+                f"permutation recovery {recovered:.4f} > {PERM_FACTOR:g} x chance {chance:.4f}"
+            )
+        if self.cos_excess is not None and self.cos_excess > COS_LIMIT:
+            self.reasons.append(f"aligned |cos| {self.cos_excess:.3f} above the noise floor")
+        self.passed = not self.reasons
+        return self
+
+
+@dataclass
+class AuditReport:
+    """Everything one audit run measured, with the settings that produced it."""
+
+    settings: dict
+    model: str
+    full_accuracy: float
+    chance: float
+    baselines: dict[str, float]
+    """``str(budget)`` → B(x), mean over seeds."""
+    baseline_seeds: dict[str, list[float]]
+    rows: list[AuditRow]
+    not_run: list[str]
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return json.dumps(data, indent=2)
+
+    def to_markdown(self) -> str:
+        def pct(v: float | None) -> str:
+            return "" if v is None else f"{100 * v:.2f}"
+
+        def num(v: float | None) -> str:
+            return "" if v is None else f"{v:.3f}"
+
+        lines = [
+            f"## Audit: {self.model}",
+            "",
+            f"- accuracy of the unlocked model (true key): {pct(self.full_accuracy)} %; "
+            f"chance: {pct(self.chance)} %",
+            f"- settings: `{json.dumps(self.settings)}`",
+            f"- time: {self.seconds:.0f} s; gate: **{'PASS' if self.passed else 'FAIL'}**",
+            "",
+            "| attack | variant | x % | accuracy % | reference % | perm. recovered | "
+            "chance | max row cos | floor | cos excess | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            ref = ("chance " if r.attack == "A0" else "B(x) ") + pct(r.reference)
+            verdict = "pass" if r.passed else "FAIL: " + "; ".join(r.reasons)
+            lines.append(
+                f"| {r.attack} | {r.variant} | {'' if r.budget is None else f'{r.budget:g}'} | "
+                f"{pct(r.accuracy)} | {ref} | {pct(r.perm_recovered)} | {pct(r.perm_chance)} | "
+                f"{num(r.max_cos)} | {num(r.max_cos_floor)} | {num(r.cos_excess)} | {verdict} |"
+            )
+        lines += ["", "Baselines B(x) per seed: " + json.dumps(self.baseline_seeds)]
+        if self.not_run:
+            lines += ["", "Not run: " + "; ".join(self.not_run)]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,211 @@
+"""The audit's attacks: the Gumbel-Sinkhorn/Hungarian key learner recovers a permutation where
+nothing hides it, its relaxed model is exact at the true key, the scoring detects a recovered
+key, and the reduced audit (A0, A1, A2 on the MLP at 1 %) meets the gate on the default lock."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from skprotect_pytorch import audit as audit_pkg
+from skprotect_pytorch.audit import AuditConfig, run_audit
+from skprotect_pytorch.audit.attacks import (
+    RelaxedKey,
+    StolenModel,
+    harden,
+    learn_key,
+    permutation_recovery,
+    relaxed_model,
+    weight_cosines,
+)
+from skprotect_pytorch.audit.constants import artifact_constants
+from skprotect_pytorch.audit.data import make_tabular_task
+from skprotect_pytorch.audit.models import TabularMLP
+from skprotect_pytorch.audit.report import AuditReport, AuditRow
+from skprotect_pytorch.cli import app
+from skprotect_pytorch.lock import lock_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The attacks train many tiny models: one thread avoids oversubscribing shared CI cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _locked_mlp(seed: int = 0):
+    torch.manual_seed(seed)
+    model = TabularMLP(12, 4, hidden=16).eval()
+    locked = lock_model(
+        model, layer_filter=lambda n, m: True, secret_rng=np.random.default_rng(seed + 1)
+    )
+    return model, locked
+
+
+def test_harden_returns_the_permutation_of_a_one_hot_score():
+    p = np.random.default_rng(0).permutation(9)
+    logits = torch.zeros(9, 9)
+    logits[torch.from_numpy(p), torch.arange(9)] = 1.0  # S[p[j], j]: index j gathers p[j]
+    assert np.array_equal(harden(logits), p)
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_key_learning_recovers_the_permutation_of_an_unmixed_layer(scaled):
+    """Without a mixing Q the stored weight is a keyed monomial of the true one, and A2's learner
+    finds the permutation exactly: the attack works where the lock is weak."""
+    n_in, n_out = 16, 8
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    weight = torch.randn(n_out, n_in, generator=gen)
+    perm = rng.permutation(n_in)
+    scale = np.ones(n_in)
+    if scaled:
+        scale = np.exp2(rng.uniform(-1, 1, n_in))
+    scale_t = torch.from_numpy(scale).float()
+    stored = weight[:, torch.from_numpy(perm)] / scale_t  # the gather+mul key undoes both
+    x = torch.randn(1024, n_in, generator=gen)
+    y = x @ weight.T
+
+    torch.manual_seed(0)
+    key = RelaxedKey([n_in], [n_in])
+
+    def forward(inputs):
+        return ((inputs @ key.soft_perm(0)) * key.scales[0]) @ stored.T
+
+    learn_key(forward, key, x, y, lr=0.05, epochs=20, batch_size=64, seed=0, loss="mse")
+    assert (key.hard_perms()[0] == perm).mean() == 1.0
+    if scaled:
+        np.testing.assert_allclose(key.hard_scales()[0], scale, rtol=0.05)
+
+
+def test_relaxed_model_is_exact_at_the_true_key():
+    _, locked = _locked_mlp()
+    stolen = StolenModel.from_locked(locked)
+    net, key = relaxed_model(stolen)
+    with torch.no_grad():
+        for slot, p in enumerate(locked.layout.perms):
+            one_hot = torch.full((len(p), len(p)), -1e4)
+            one_hot[torch.from_numpy(p), torch.arange(len(p))] = 0.0
+            key.logits[slot].copy_(one_hot)
+        for slot, s in enumerate(locked.layout.scales):
+            key.scales[slot].copy_(torch.from_numpy(s))
+    key.eval()
+    key.tau = 1.0
+    x = torch.randn(64, 12)
+    true_key = torch.from_numpy(locked.layout.static_key())
+    torch.testing.assert_close(net(x), stolen.keyed(x, true_key), rtol=1e-4, atol=1e-4)
+    hard = stolen.key(key.hard_perms(), key.hard_scales())
+    torch.testing.assert_close(hard, true_key)
+
+
+def test_scoring_detects_a_recovered_key_and_not_a_null_key():
+    model, locked = _locked_mlp()
+    stolen = StolenModel.from_locked(locked)
+    true_key = torch.from_numpy(locked.layout.static_key())
+    recovered, chance = permutation_recovery(stolen, true_key, locked.layout.perms)
+    assert recovered == 1.0 and chance == pytest.approx(6 / (12 + 16 * 4 + 4))
+    assert weight_cosines(stolen, true_key, model)["max_cos"] == pytest.approx(1.0, abs=1e-5)
+    assert weight_cosines(stolen, true_key, model)["cos_excess"] > 0.3
+    null = weight_cosines(stolen, stolen.null_key(), model)
+    assert null["cos_excess"] < 0.1
+
+
+def test_the_stolen_eager_weights_are_the_numbers_in_the_exported_files(tmp_path):
+    """Attacking the eager locked module is attacking the files: every locked parameter is a
+    constant of the frozen TorchScript and of the ONNX export, bit for bit."""
+    _, locked = _locked_mlp()
+    key = torch.from_numpy(locked.layout.static_key())
+    x = torch.randn(2, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = torch.jit.freeze(torch.jit.trace(locked.keyed.eval(), (x, key)))
+        frozen.save(str(tmp_path / "m.pt"))
+        torch.onnx.export(locked.keyed.eval(), (x, key), str(tmp_path / "m.onnx"), dynamo=False)
+    params = [p.detach().numpy() for p in StolenModel.from_locked(locked).keyed.parameters()]
+    assert len(params) == 6
+    for name in ("m.pt", "m.onnx"):
+        consts = list(artifact_constants(tmp_path / name).values())
+        for p in params:
+            assert any(c.shape == p.shape and np.array_equal(c, p) for c in consts), name
+
+
+def test_reduced_task_gives_one_percent_a_meaningful_size():
+    task = make_tabular_task()
+    assert len(task.y_train) >= 20_000
+    _x, y = task.budget(1, 0)
+    assert len(y) == 200 and len(torch.unique(y)) == task.n_classes
+    assert torch.equal(task.budget(1, 0)[1], y)  # seeded
+
+
+def test_report_verdicts_and_outputs():
+    rows = [
+        AuditRow("A0", "null key", None, 0.11, [0.11], 0.10).judge(),
+        AuditRow("A1", "fine-tune", 1, 0.52, [0.52], 0.50).judge(),
+        AuditRow("A2", "key", 1, 0.2, [0.2], 0.5, 0.2, 0.01, 0.9, 0.6, 0.5).judge(),
+    ]
+    assert rows[0].passed and not rows[1].passed and not rows[2].passed
+    assert len(rows[2].reasons) == 2
+    report = AuditReport({}, "m", 0.9, 0.1, {"1": 0.5}, {"1": [0.5]}, rows, ["A3"])
+    assert not report.passed
+    data = json.loads(report.to_json())
+    assert data["passed"] is False and data["rows"][1]["reasons"]
+    assert "FAIL" in report.to_markdown() and "Not run: A3" in report.to_markdown()
+
+
+def test_cli_audit_writes_reports_and_exits_with_the_verdict(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_audit(config, log=print):
+        seen["config"] = config
+        row = AuditRow("A0", "null key", None, 0.1, [0.1], 0.1).judge()
+        return AuditReport({}, "m", 0.9, 0.1, {}, {}, [row], [])
+
+    monkeypatch.setattr(audit_pkg, "run_audit", fake_run_audit)
+    out_json, out_md = tmp_path / "a.json", tmp_path / "a.md"
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--quick",
+            "--budgets",
+            "1,5",
+            "--json",
+            str(out_json),
+            "--markdown",
+            str(out_md),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["config"].budgets == (1.0, 5.0) and seen["config"].quick
+    assert json.loads(out_json.read_text())["passed"] is True
+    assert "| A0 | null key |" in out_md.read_text()
+    bad = CliRunner().invoke(app, ["audit", "--budgets", "0,x"])
+    assert bad.exit_code == 2
+
+
+@pytest.mark.slow
+def test_reduced_audit_meets_the_gate():
+    """CI audit: A0, A1 (null and random key) and A2 on the locked MLP at 1 %, quick sweep."""
+    report = run_audit(AuditConfig(budgets=(1,), quick=True, seeds=1), log=lambda line: None)
+    assert report.full_accuracy > 0.85  # the victim is good and the true key restores it
+    baseline = report.baselines["1"]
+    assert baseline > report.chance + 0.2  # 1 % is a meaningful budget
+    by_attack = {}
+    for row in report.rows:
+        by_attack.setdefault(row.attack, []).append(row)
+    assert len(by_attack["A0"]) == 4 and len(by_attack["A1"]) == 2 and len(by_attack["A2"]) == 1
+    for row in by_attack["A0"]:
+        assert row.accuracy <= report.chance + 0.02, row
+    for row in by_attack["A1"] + by_attack["A2"]:
+        assert row.accuracy <= baseline + 0.01, row
+    for row in by_attack["A0"] + by_attack["A2"]:
+        assert row.perm_recovered <= 5 * row.perm_chance, row
+        assert row.cos_excess <= 0.1, row
+    assert report.passed, report.to_markdown()
