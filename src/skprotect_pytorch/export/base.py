@@ -6,6 +6,7 @@ Adding a format is one new module with one class decorated by :func:`register_ex
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 import re
@@ -271,3 +272,31 @@ def verify_artifact(
                 "model does not reproduce the reference outputs; report this with the logs."
             )
     return worst
+
+
+class DeviceExporter:
+    """Shared set-up of the torch exporters that come as a CPU and a GPU format."""
+
+    gpu_format: ExportFormat
+
+    def __init__(self, fmt: ExportFormat) -> None:
+        self.fmt = fmt
+        self.device = "cuda" if fmt is self.gpu_format else "cpu"
+
+    def prepare(
+        self,
+        module: nn.Module,
+        example_inputs: tuple[Tensor, ...],
+        path: Path,
+        options: ExportOptions,
+        with_key: bool,
+    ) -> tuple[nn.Module, tuple[Tensor, ...], Path]:
+        """Check the inputs, move a copy to the GPU when needed, create the folder."""
+        args = check_example_inputs(example_inputs, options, with_key)
+        if self.device == "cuda":
+            require_cuda(self.fmt)
+            module = copy.deepcopy(module).to(self.device)  # never move the caller's model
+            args = tuple(a.to(self.device) for a in args)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return module, args, path

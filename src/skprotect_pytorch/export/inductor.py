@@ -14,7 +14,6 @@ naming it. Runtimes that load our ``.pt2`` files must do the same: :func:`input_
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Sequence
@@ -29,9 +28,9 @@ from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, input_spe
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
 from .base import (
+    DeviceExporter,
     ExportReport,
     Runner,
-    check_example_inputs,
     first_line,
     flatten_outputs,
     quiet_upstream_warnings,
@@ -44,14 +43,12 @@ from .options import ExportOptions
 
 
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
-class InductorExporter:
+class InductorExporter(DeviceExporter):
     """``torch.export.export`` + ``torch._inductor.aoti_compile_and_package`` to a ``.pt2``."""
 
     extension = ".pt2"
 
-    def __init__(self, fmt: ExportFormat) -> None:
-        self.fmt = fmt
-        self.device = "cuda" if fmt is ExportFormat.INDUCTOR_GPU else "cpu"
+    gpu_format = ExportFormat.INDUCTOR_GPU
 
     def export(
         self,
@@ -62,13 +59,7 @@ class InductorExporter:
         *,
         with_key: bool,
     ) -> ExportReport:
-        args = check_example_inputs(example_inputs, options, with_key)
-        if self.device == "cuda":
-            require_cuda(self.fmt)
-            module = copy.deepcopy(module).to(self.device)  # never move the caller's model
-            args = tuple(a.to(self.device) for a in args)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        module, args, path = self.prepare(module, example_inputs, path, options, with_key)
         start = time.perf_counter()
         try:
             shapes = signature_dynamic_shapes(module, options.export_dynamic_shapes(with_key))

@@ -12,7 +12,6 @@ TorchScript runs a key of the wrong length or dtype without complaint.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import time
@@ -28,9 +27,9 @@ from skruntime.backends.inductor import INPUTS_METADATA, input_specs
 from ..errors import ExportError
 from ..formats import ExportFormat
 from .base import (
+    DeviceExporter,
     ExportReport,
     Runner,
-    check_example_inputs,
     collect_warnings,
     first_line,
     flatten_outputs,
@@ -50,14 +49,12 @@ def _round_trip(module: torch.jit.ScriptModule) -> None:
 
 
 @register_exporter(ExportFormat.TORCHSCRIPT_CPU, ExportFormat.TORCHSCRIPT_GPU)
-class TorchScriptExporter:
+class TorchScriptExporter(DeviceExporter):
     """Traced, frozen and inference-optimised TorchScript in a ``.pt`` file."""
 
     extension = ".pt"
 
-    def __init__(self, fmt: ExportFormat) -> None:
-        self.fmt = fmt
-        self.device = "cuda" if fmt is ExportFormat.TORCHSCRIPT_GPU else "cpu"
+    gpu_format = ExportFormat.TORCHSCRIPT_GPU
 
     def export(
         self,
@@ -68,13 +65,7 @@ class TorchScriptExporter:
         *,
         with_key: bool,
     ) -> ExportReport:
-        args = check_example_inputs(example_inputs, options, with_key)
-        if self.device == "cuda":
-            require_cuda(self.fmt)
-            module = copy.deepcopy(module).to(self.device)  # never move the caller's model
-            args = tuple(a.to(self.device) for a in args)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        module, args, path = self.prepare(module, example_inputs, path, options, with_key)
         notes: list[str] = []
         start = time.perf_counter()
         module = module.eval()
