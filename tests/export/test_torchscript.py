@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.export.toy_models import ConvNet, Toy, eager
 from torch import nn
 from torch.export import Dim
 
@@ -20,33 +21,6 @@ from skprotect_pytorch.lock import lock_model
 
 CPU = get_exporter(ExportFormat.TORCHSCRIPT_CPU)
 GPU = get_exporter(ExportFormat.TORCHSCRIPT_GPU)
-
-
-class Toy(nn.Module):
-    """Stand-in for a KeyedModel: the key is the last input."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(8, 3)
-
-    def forward(self, x, key):
-        return self.lin(x) * key[:4].sum()
-
-
-class ConvNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-
-def eager(module, *inputs) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [module(*inputs).numpy()]
 
 
 TOY_PARAMS = {"input_names": ["x"], "output_names": ["y"]}
