@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine_line
 from models import BENCH_MODELS, BenchModel
 
 EXAMPLE_BATCH = 2  # export example: > 1 so that the batch dimension stays dynamic
@@ -54,33 +53,6 @@ BATCHES = (1, 32)
 
 # ---------------------------------------------------------------------------------------------
 # machine and timing helpers
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_line() -> str:
-    import onnxruntime
-    import torch
-
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    try:
-        load = " load average {:.2f} {:.2f} {:.2f};".format(*os.getloadavg())
-    except OSError:
-        load = ""
-    return (
-        f"{cpu_model()}, {cores} logical cores ({usable} usable),{load} {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}"
-    )
 
 
 def command_line() -> str:

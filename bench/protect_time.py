@@ -36,8 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine_line
 from models import BENCH_MODELS
-from overhead import EXAMPLE_BATCH, command_line, export_options, lock, machine_line
+from overhead import EXAMPLE_BATCH, command_line, export_options, lock
 
 FORMATS = {"ONNX": "ONNX", "TorchScript": "TORCHSCRIPT_CPU", "AOTI": "INDUCTOR_CPU"}
 

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import io
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,33 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine_line
+
 APP = "bench_app"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_line() -> str:
-    import onnxruntime
-    import torch
-
-    import skruntime
-
-    cores = os.cpu_count()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return (
-        f"{cpu_model()}, {cores} logical cores ({usable} usable), {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, "
-        f"skruntime {skruntime.__version__}"
-    )
 
 
 def protect_models(workdir: Path) -> dict[str, tuple[int, ...]]:

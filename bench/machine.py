@@ -1,0 +1,39 @@
+"""The machine line every benchmark prints: CPU, cores, load, OS and library versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line() -> str:
+    """One line naming the CPU, usable cores, current load and the library versions."""
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    import skruntime
+
+    cores = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    try:
+        load = " load average {:.2f} {:.2f} {:.2f};".format(*os.getloadavg())
+    except OSError:
+        load = ""
+    return (
+        f"{cpu_model()}, {cores} logical cores ({usable} usable),{load} {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, "
+        f"skruntime {skruntime.__version__}"
+    )
