@@ -142,19 +142,23 @@ def export_options(example: object) -> object:
     )
 
 
-def lock(model: object, seed: int = 0, name: str = "bench") -> object:
-    from skprotect_pytorch.lock import lock_model
+def lock(model: object, seed: int = 0, name: str = "bench", preset: str | None = None) -> object:
+    from skprotect_pytorch.lock import LockSettings, lock_model
+    from skprotect_pytorch.lock.context import DEFAULT_PRESET
 
     return lock_model(
         model,
         layer_filter=lambda n, m: True,
         secret_rng=np.random.default_rng(seed),
         public_seed=f"bench/{name}",
+        settings=LockSettings.preset(preset or DEFAULT_PRESET),
     )
 
 
-def export_pair(bm: BenchModel, fmt_name: str, outdir: Path, seed: int = 0) -> ExportedPair:
-    """Lock ``bm`` (default lock) and export original and locked model to ``fmt_name``."""
+def export_pair(
+    bm: BenchModel, fmt_name: str, outdir: Path, seed: int = 0, preset: str | None = None
+) -> ExportedPair:
+    """Lock ``bm`` with ``preset`` (default: the default lock) and export both models."""
     import torch
 
     from skprotect_pytorch.export import get_exporter
@@ -165,7 +169,7 @@ def export_pair(bm: BenchModel, fmt_name: str, outdir: Path, seed: int = 0) -> E
     model = bm.make(seed)
     x = bm.example(EXAMPLE_BATCH, seed)
     opts = export_options(x)
-    locked = lock(model, seed, bm.name)
+    locked = lock(model, seed, bm.name, preset)
     key = locked.layout.static_key()
     orig_path = outdir / f"{bm.name}_original{exporter.extension}"
     lock_path = outdir / f"{bm.name}_locked{exporter.extension}"
@@ -279,11 +283,12 @@ def bench_backend(
     block_s: float,
     heavy: bool,
     log: Callable[[str], None],
+    preset: str | None = None,
 ) -> None:
     fmt_name, make_runner, thread_counts = BACKENDS[backend]
     t0 = time.perf_counter()
     try:
-        pair = export_pair(bm, fmt_name, outdir)
+        pair = export_pair(bm, fmt_name, outdir, preset=preset)
     except Exception as err:
         reason = f"export failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
         for t in thread_counts:
@@ -327,26 +332,30 @@ def run_bench(
     block_s: float,
     heavy: bool,
     log: Callable[[str], None] = print,
+    presets: Sequence[str | None] = (None,),
 ) -> list[ModelResult]:
-    """Export and time every model on every backend; the per-model results."""
+    """Export and time every model on every backend (per lock preset); the result rows."""
     results = []
     with tempfile.TemporaryDirectory(prefix="skprotect_overhead_") as tmp:
         for name in model_names:
             bm = BENCH_MODELS[name]
-            log(f"{name}: {bm.description}")
-            result = ModelResult(name)
-            for backend in backends:
-                bench_backend(
-                    bm,
-                    backend,
-                    Path(tmp),
-                    result,
-                    blocks=blocks,
-                    block_s=block_s,
-                    heavy=heavy,
-                    log=log,
-                )
-            results.append(result)
+            for preset in presets:
+                label = name if preset is None else f"{name} ({preset})"
+                log(f"{label}: {bm.description}")
+                result = ModelResult(label)
+                for backend in backends:
+                    bench_backend(
+                        bm,
+                        backend,
+                        Path(tmp),
+                        result,
+                        blocks=blocks,
+                        block_s=block_s,
+                        heavy=heavy,
+                        log=log,
+                        preset=preset,
+                    )
+                results.append(result)
     return results
 
 
@@ -388,6 +397,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", default=",".join(BENCH_MODELS), help="comma-separated subset of models"
     )
+    parser.add_argument(
+        "--presets",
+        default="",
+        help="comma-separated lock presets to compare (strong, balanced, fast); default: the "
+        "default lock",
+    )
+    parser.add_argument(
+        "--backends", default="", help="comma-separated subset of ORT, TorchScript, AOTI"
+    )
     parser.add_argument("--blocks", type=int, help="interleaved blocks per side")
     parser.add_argument("--block-ms", type=float, help="target duration of one side's block")
     args = parser.parse_args(argv)
@@ -398,6 +416,17 @@ def main(argv: list[str] | None = None) -> None:
     blocks = args.blocks or (6 if args.quick else 12)
     block_s = (args.block_ms or (150.0 if args.quick else 500.0)) / 1e3
     backends = ["ORT", "TorchScript"] + (["AOTI"] if args.aoti else [])
+    if args.backends:
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        bad = [b for b in backends if b not in BACKENDS]
+        if bad:
+            parser.error(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
+    from skprotect_pytorch.lock.context import LOCK_PRESETS
+
+    presets: list[str | None] = [p.strip() for p in args.presets.split(",") if p.strip()] or [None]
+    bad = [p for p in presets if p is not None and p not in LOCK_PRESETS]
+    if bad:
+        parser.error(f"unknown preset(s) {bad}; choose from {', '.join(LOCK_PRESETS)}")
 
     start = time.perf_counter()
     results = run_bench(
@@ -407,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         block_s=block_s,
         heavy=args.heavy,
         log=lambda s: print(s, file=sys.stderr, flush=True),
+        presets=presets,
     )
     print(f"machine: {machine_line()}")
     print(f"command: {command_line()}")

@@ -357,6 +357,8 @@ def test_tampered_configuration_is_refused(workdir: Path) -> None:
         ({"platform_version": 1, "customer": Customer(2)}, InvalidArgumentError, ">= 2"),
         ({"customer": 1}, InvalidArgumentError, "Customer"),
         ({"test_key": "yes"}, InvalidArgumentError, "test_key"),
+        ({"lock_preset": "fast"}, InvalidArgumentError, "lock_preset must be one of"),
+        ({"lock_preset": 1}, InvalidArgumentError, "lock_preset"),
         ({"inductor_configs": [1]}, InvalidArgumentError, "inductor_configs"),
         ({"onnx_params": {"input_names": []}}, InvalidArgumentError, "input_names"),
         (
@@ -388,6 +390,28 @@ def test_bad_arguments(workdir: Path, kwargs: dict, error: type, message: str) -
     with pytest.raises(error, match=message):
         SkProtectorPyTorch(application_name="app").protect_new_model(**call)
     assert not (workdir / "outputs/app/net").exists()
+
+
+def test_lock_preset_changes_the_stored_weights_not_the_outputs(workdir: Path) -> None:
+    """``balanced`` mixes one side of each layer, ``strong`` (the default) both: same outputs
+    with the test key, different stored weights."""
+    model, x = make_model(), INPUTS[0].numpy()
+    ref = model(INPUTS[0]).detach().numpy()
+    protector = SkProtectorPyTorch(application_name="app")
+    weights = {}
+    for name, preset in (("strong", None), ("balanced", "balanced")):
+        kwargs = {} if preset is None else {"lock_preset": preset}
+        protector.protect_new_model(
+            model, name, INPUTS, model_export_formats=EF.ONNX, test_key=True, **kwargs
+        )
+        folder = workdir / f"outputs/app/{name}/onnx"
+        key = read_static_key(folder / f"key_vector_inv_{name}.txt")
+        path = next(folder.glob("*.onnx"))
+        assert rel(onnx_run(path, x, key), ref) < 1e-4
+        assert rel(onnx_run(path, x, np.zeros_like(key)), ref) > 0.5
+        model_proto = __import__("onnx").load(str(path))
+        weights[name] = sorted(tuple(t.dims) for t in model_proto.graph.initializer)
+    assert weights["strong"] != weights["balanced"], weights
 
 
 def test_gpu_formats_skipped_with_warning(workdir: Path) -> None:

@@ -65,6 +65,7 @@ class ProtectRequest:
     config_path: Path
     save_original: bool
     quantize_compatibility: bool
+    lock_preset: str
     test_key: bool
 
 
@@ -257,7 +258,9 @@ def _run_group(
             reference,
             layer_filter=layer_filter,
             secret_rng=state.key_rng(name, group.value, KEY_EPOCH),
-            settings=LockSettings(quantize_compatibility=request.quantize_compatibility),
+            settings=LockSettings.preset(
+                request.lock_preset, quantize_compatibility=request.quantize_compatibility
+            ),
             public_seed=f"{request.application_name}/{name}/{group.value}",
         )
     for d in locked.layers:

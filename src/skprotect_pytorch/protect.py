@@ -30,6 +30,7 @@ from .customer import Customer
 from .errors import InvalidArgumentError, RemovedAPIError
 from .export import DEFAULT_ONNX_PARAMS
 from .formats import ExportFormat, ExportPlatform
+from .lock.context import DEFAULT_PRESET, LOCK_PRESETS
 from .logs import enable_file_log, get_logger
 from .pipeline import ProtectRequest, run_protection
 from .result import ProtectionResult
@@ -116,6 +117,7 @@ class SkProtectorPyTorch:
         inductor_configs: dict | None = inductor_configs,
         save_original: bool | None = False,
         quantize_compatibility: bool | None = False,
+        lock_preset: str | None = DEFAULT_PRESET,
         test_key: bool | None = False,
         platform_version: int | None = 2,
         customer: Customer | None = Customer(),  # noqa: B008 (immutable dataclass)
@@ -141,6 +143,7 @@ class SkProtectorPyTorch:
         inductor_configs: dict | None = inductor_configs,
         save_original: bool | None = False,
         quantize_compatibility: bool | None = False,
+        lock_preset: str | None = DEFAULT_PRESET,
         test_key: bool | None = False,
         platform_version: int | None = 2,
         customer: Customer | None = Customer(),  # noqa: B008 (immutable dataclass)
@@ -228,6 +231,12 @@ class SkProtectorPyTorch:
             if not isinstance(value, bool | None):
                 raise InvalidArgumentError(f"{flag} must be a bool, but got {value!r}.")
             flags[flag] = bool(value)
+        preset = DEFAULT_PRESET if a["lock_preset"] is None else a["lock_preset"]
+        if not isinstance(preset, str) or preset not in LOCK_PRESETS:
+            raise InvalidArgumentError(
+                f"lock_preset must be one of {', '.join(map(repr, LOCK_PRESETS))}, but got "
+                f"{preset!r}. See docs/security.md for what each preset costs and protects."
+            )
         if a["inductor_configs"] is not None and not isinstance(a["inductor_configs"], dict):
             raise InvalidArgumentError(
                 "inductor_configs must be a dict of AOTInductor options, but got "
@@ -249,6 +258,7 @@ class SkProtectorPyTorch:
             application_name=self.application_name,
             outputs_dir=self.outputs_dir,
             config_path=self.config_path(platform),
+            lock_preset=preset,
             **flags,
         )
 

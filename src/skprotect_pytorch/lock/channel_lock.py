@@ -20,6 +20,7 @@ from ..errors import UnsupportedLayerError
 from .context import LockContext
 
 MixSide = Literal["in", "out"]
+KeyedSides = Literal["both", "mixed"]
 
 
 def _block_sizes(n: int, block: int) -> list[int]:
@@ -81,19 +82,45 @@ class BlockMix(nn.Module):
     def apply_transpose(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Return ``Qᵀ x`` along ``axis`` (the public un-mix)."""
         axis = axis % x.dim()  # non-negative axes: the TorchScript ONNX exporter needs them
-        last = x.dim() - 1
-        x = x.movedim(axis, last)
+        rows = x.movedim(axis, 0)
+        y = self.apply_rows(rows.reshape(rows.shape[0], -1)).reshape(rows.shape)
+        return y.movedim(0, axis)
+
+    def apply_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """``Qᵀ t`` for a channel-first ``(n, N)`` matrix: one batched MatMul over the blocks.
+
+        Channel-first keeps the blocks' rows contiguous, so the un-mix is ``k`` GEMMs of
+        ``(b, b) @ (b, N)`` instead of ``k·N`` vector-matrix products.
+        """
         if self.uniform:
             k, b, _ = self.blocks.shape
-            y = (x.unflatten(-1, (k, b)).unsqueeze(-2) @ self.blocks).squeeze(-2).flatten(-2)
+            return (self.blocks.transpose(1, 2) @ t.reshape(k, b, -1)).reshape(k * b, -1)
+        return self.matrix.t() @ t
+
+    def apply_conv(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """``Qᵀ x`` on the channel axis of an ``(N, C, *spatial)`` tensor as a 1×1 grouped conv.
+
+        onnxruntime keeps Conv in its blocked NCHWc layout, so this avoids the two layout
+        transposes a MatMul on the channel axis would need (DESIGN.md §3, "what was learned").
+        """
+        spatial = x.dim() - 2
+        if self.uniform:
+            k, b, _ = self.blocks.shape
+            weight, groups = self.blocks.transpose(1, 2).reshape(k * b, b), k
         else:
-            y = x @ self.matrix
-        return y.movedim(last, axis)
+            weight, groups = self.matrix.t(), 1
+        weight = weight.reshape(*weight.shape, *([1] * spatial))
+        conv = torch.nn.functional.conv1d if spatial == 1 else torch.nn.functional.conv2d
+        return conv(x, weight, groups=groups)
 
 
 @dataclass
 class ChannelPlan:
-    """The secret and public parts of one locked linear map."""
+    """The secret and public parts of one locked linear map.
+
+    A side that is not keyed has the identity permutation and unit scales: its stored axis is
+    in the true channel order and needs no key op at run time.
+    """
 
     groups: int
     out_per_group: int
@@ -104,6 +131,8 @@ class ChannelPlan:
     out_scale: np.ndarray
     mix_in: BlockMix | None
     mix_out: BlockMix | None
+    keyed_in: bool = True
+    keyed_out: bool = True
 
 
 def _grouped_perm(rng: np.random.Generator, groups: int, n: int) -> np.ndarray:
@@ -118,12 +147,16 @@ def plan_channels(
     in_per_group: int,
     *,
     mix_both: bool = False,
+    keyed_sides: KeyedSides | None = None,
 ) -> ChannelPlan:
     """Draw the keyed monomials and the public mixing for a ``(G, O, I)`` channel matrix.
 
-    Mixing goes on the smaller channel side (cheaper un-mix).  ``mix_both`` mixes both sides:
-    needed when the matrix is sparse (regrouped depthwise convs), where one-sided mixing would
-    leave every stored tap vector a rescaled copy of one true kernel.
+    Mixing goes on the smaller channel side (cheaper un-mix), or on both sides when the
+    settings say ``mix_sides="both"`` or ``mix_both`` is set: needed when the matrix is sparse
+    (regrouped depthwise convs), where one-sided mixing would leave every stored tap vector a
+    rescaled copy of one true kernel.  ``keyed_sides``
+    (default: the settings') is ``"both"`` or ``"mixed"``: key only the mixed side(s), where
+    the monomial sits outside the public mixing so that the attacker cannot strip it.
     """
     candidates = [(n, side) for n, side in ((out_per_group, "out"), (in_per_group, "in")) if n >= 2]
     if not candidates:
@@ -131,7 +164,9 @@ def plan_channels(
             f"Layer '{name}' has a single input and output channel per group: no mixing can hide "
             "its weights. Exclude it with layer_filter or give it more channels."
         )
+    mix_both = mix_both or ctx.settings.mix_sides == "both"
     sides = {side for _, side in candidates} if mix_both else {min(candidates)[1]}
+    keyed = {"in", "out"} if (keyed_sides or ctx.settings.keyed_sides) == "both" else sides
 
     def mix(side: MixSide) -> BlockMix | None:
         if side not in sides:
@@ -141,17 +176,25 @@ def plan_channels(
             groups * n, groups, ctx.settings.mix_block, ctx.public_rng(f"{name}/{side}")
         )
 
-    rng = ctx.secret_rng
+    def monomial(side: MixSide, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if side not in keyed:
+            return np.arange(groups * n), np.ones(groups * n, dtype=np.float32)
+        return _grouped_perm(ctx.secret_rng, groups, n), ctx.random_scales(groups * n)
+
+    in_perm, in_scale = monomial("in", in_per_group)
+    out_perm, out_scale = monomial("out", out_per_group)
     return ChannelPlan(
         groups=groups,
         out_per_group=out_per_group,
         in_per_group=in_per_group,
-        in_perm=_grouped_perm(rng, groups, in_per_group),
-        in_scale=ctx.random_scales(groups * in_per_group),
-        out_perm=_grouped_perm(rng, groups, out_per_group),
-        out_scale=ctx.random_scales(groups * out_per_group),
+        in_perm=in_perm,
+        in_scale=in_scale,
+        out_perm=out_perm,
+        out_scale=out_scale,
         mix_in=mix("in"),
         mix_out=mix("out"),
+        keyed_in="in" in keyed,
+        keyed_out="out" in keyed,
     )
 
 
@@ -186,40 +229,79 @@ def lock_bias(bias: torch.Tensor | None, plan: ChannelPlan) -> torch.Tensor | No
 
 
 class ChannelOps(nn.Module):
-    """Activation-side ops of one locked map: key Gather+Mul in; key Gather+Mul, un-mix out."""
+    """Activation-side ops of one locked map: key Gather+Mul in; key Gather+Mul, un-mix out.
+
+    A side that the plan does not key has no slots (``None``) and no key op.  On an innermost
+    channel axis (linear layouts) the ops run channel-first: one Transpose, then Gather on
+    axis 0 (onnxruntime copies whole rows instead of single elements) and the un-mix as one
+    batched MatMul, then one Transpose back.  On a conv's channel axis they run in place and
+    the un-mix is a grouped 1×1 conv.
+    """
 
     def __init__(self, plan: ChannelPlan, ctx: LockContext) -> None:
         super().__init__()
         layout = ctx.layout
         inverse = np.argsort(plan.out_perm)
-        self.in_perm_slot = layout.add_perm(plan.in_perm)
-        self.in_scale_slot = layout.add_scale(plan.in_scale)
-        self.out_perm_slot = layout.add_perm(inverse)
-        self.out_scale_slot = layout.add_scale((1.0 / plan.out_scale[inverse]).astype(np.float32))
+        self.in_perm_slot = layout.add_perm(plan.in_perm) if plan.keyed_in else None
+        self.in_scale_slot = layout.add_scale(plan.in_scale) if plan.keyed_in else None
+        self.out_perm_slot = layout.add_perm(inverse) if plan.keyed_out else None
+        self.out_scale_slot = (
+            layout.add_scale((1.0 / plan.out_scale[inverse]).astype(np.float32))
+            if plan.keyed_out
+            else None
+        )
         self.mix_in = plan.mix_in
         self.mix_out = plan.mix_out
         self.slots = ctx.slots
 
+    def _key(self, perm_slot: int | None, scale_slot: int | None):
+        if perm_slot is None or scale_slot is None:
+            return None
+        return self.slots.perm(perm_slot), self.slots.scale(scale_slot)
+
     @staticmethod
-    def _gather_mul(
-        x: torch.Tensor, axis: int, idx: torch.Tensor, scale: torch.Tensor
-    ) -> torch.Tensor:
-        axis = axis % x.dim()
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        return x.index_select(axis, idx) * scale.view(shape)
+    def _rows(t: torch.Tensor, key, mix: BlockMix | None, mix_first: bool) -> torch.Tensor:
+        """Key op (row Gather+Mul) and un-mix on a channel-first ``(n, N)`` matrix."""
+        if mix is not None and mix_first:
+            t = mix.apply_rows(t)
+        if key is not None:
+            t = t.index_select(0, key[0]) * key[1].unsqueeze(1)
+        if mix is not None and not mix_first:
+            t = mix.apply_rows(t)
+        return t
+
+    @staticmethod
+    def _channels(x: torch.Tensor, axis: int, key, mix, mix_first: bool) -> torch.Tensor:
+        """The same on a channel axis that is not innermost (convs: ``(N, C, *spatial)``)."""
+        conv_layout = axis == 1 and x.dim() in (3, 4)
+        if mix is not None and mix_first:
+            x = mix.apply_conv(x, axis) if conv_layout else mix.apply_transpose(x, axis)
+        if key is not None:
+            shape = [1] * x.dim()
+            shape[axis] = -1
+            x = x.index_select(axis, key[0]) * key[1].view(shape)
+        if mix is not None and not mix_first:
+            x = mix.apply_conv(x, axis) if conv_layout else mix.apply_transpose(x, axis)
+        return x
+
+    def _transform(self, x: torch.Tensor, axis: int, key, mix, mix_first: bool) -> torch.Tensor:
+        if key is None and mix is None:
+            return x
+        axis = axis % x.dim()  # non-negative axes: the TorchScript ONNX exporter needs them
+        if axis != x.dim() - 1 or x.dim() < 2:
+            return self._channels(x, axis, key, mix, mix_first)
+        if x.dim() == 2:  # (batch, channels): no reshapes around the transposes
+            return self._rows(x.t(), key, mix, mix_first).t().contiguous()
+        lead = x.shape[:-1]
+        t = self._rows(x.reshape(-1, x.shape[-1]).t(), key, mix, mix_first)
+        return t.t().contiguous().reshape(*lead, t.shape[0])
 
     def enter(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Move an input from the true channel basis into the layer's locked basis."""
-        if self.mix_in is not None:
-            x = self.mix_in.apply_transpose(x, axis)
-        s = self.slots
-        return self._gather_mul(x, axis, s.perm(self.in_perm_slot), s.scale(self.in_scale_slot))
+        key = self._key(self.in_perm_slot, self.in_scale_slot)
+        return self._transform(x, axis, key, self.mix_in, mix_first=True)
 
     def leave(self, z: torch.Tensor, axis: int) -> torch.Tensor:
         """Bring the layer's locked output back to the true channel basis."""
-        s = self.slots
-        z = self._gather_mul(z, axis, s.perm(self.out_perm_slot), s.scale(self.out_scale_slot))
-        if self.mix_out is not None:
-            z = self.mix_out.apply_transpose(z, axis)
-        return z
+        key = self._key(self.out_perm_slot, self.out_scale_slot)
+        return self._transform(z, axis, key, self.mix_out, mix_first=False)

@@ -49,12 +49,43 @@ class LockSettings:
     """Grouped/depthwise convs are regrouped until each group has this many input channels."""
     quantize_compatibility: bool = False
     """Use unit-magnitude (sign) scales so the locked weights keep the original value ranges."""
+    mix_sides: str = "smaller"
+    """``"smaller"``: public mixing on the smaller channel side of each layer; ``"both"``: on
+    both sides, so that a stored entry mixes ``mix_block²`` true entries instead of
+    ``mix_block`` (aligned correlation ≈ 1/16 instead of ≈ 1/4 with blocks of 16)."""
+    keyed_sides: str = "both"
+    """``"both"``: keyed monomials on both channel sides of every layer; ``"mixed"``: only on
+    the side(s) with the public mixing.  ``"mixed"`` halves the key ops but fails the audit
+    (the null key already decodes the unkeyed side: docs/security.md); no preset uses it."""
 
     def __post_init__(self) -> None:
         if self.mix_block < 2:
             raise ValueError(f"mix_block must be >= 2, but got {self.mix_block}")
+        if self.mix_sides not in ("smaller", "both"):
+            raise ValueError(f"mix_sides must be 'smaller' or 'both', but got {self.mix_sides!r}")
+        if self.keyed_sides not in ("both", "mixed"):
+            raise ValueError(f"keyed_sides must be 'both' or 'mixed', but got {self.keyed_sides!r}")
         if self.min_group_channels < 1:
             raise ValueError(f"min_group_channels must be >= 1, but got {self.min_group_channels}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: object) -> LockSettings:
+        """The named trade-off between strength and inference overhead (docs/security.md)."""
+        if name not in LOCK_PRESETS:
+            raise ValueError(
+                f"Unknown lock preset {name!r}; choose one of {', '.join(LOCK_PRESETS)}."
+            )
+        return cls(**{**LOCK_PRESETS[name], **overrides})
+
+
+LOCK_PRESETS: dict[str, dict[str, object]] = {
+    "strong": {"mix_sides": "both", "keyed_sides": "both"},
+    "balanced": {"mix_sides": "smaller", "keyed_sides": "both"},
+}
+"""Named lock constructions, strongest first.  ``strong`` passes the whole audit gate;
+``balanced`` costs less but its stored weights keep a measurable correlation with the true ones
+(gate 4); numbers in docs/security.md and docs/benchmarks.md."""
+DEFAULT_PRESET = "strong"
 
 
 @dataclass

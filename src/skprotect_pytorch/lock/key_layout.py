@@ -71,7 +71,8 @@ class KeyDecoder(nn.Module):
 
     The key is flattened, cast to float32 and padded/truncated to the expected length, so a key of
     the wrong length, dtype or shape decodes to garbage rather than reading out of bounds; indices
-    are reduced modulo their slot size and clamped, so NaN or huge values cannot index outside.
+    are cast to int64 and reduced modulo their slot size, so NaN or huge values cannot index
+    outside.
     """
 
     def __init__(self, perm_sizes: list[int], scale_sizes: list[int]) -> None:
@@ -82,19 +83,16 @@ class KeyDecoder(nn.Module):
         self.n_scale = sum(scale_sizes)
         self.length = self.n_perm + 2 * self.n_scale
         moduli = np.concatenate(
-            [np.full(n, n, dtype=np.float32) for n in perm_sizes] or [np.zeros(0, np.float32)]
+            [np.full(n, n, dtype=np.int64) for n in perm_sizes] or [np.zeros(0, np.int64)]
         )
         self.register_buffer("moduli", torch.from_numpy(moduli), persistent=False)
-        self.register_buffer(
-            "max_index", torch.from_numpy(moduli.astype(np.int64) - 1), persistent=False
-        )
 
     def forward(self, key: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         flat = key.reshape(-1).to(torch.float32)
         flat = F.pad(flat, (0, self.length))[: self.length]
-        raw_idx = torch.remainder(torch.round(flat[: self.n_perm]), self.moduli)
-        idx = torch.clamp(raw_idx.to(torch.int64), min=0)
-        idx = torch.minimum(idx, self.max_index)
+        # Integer remainder by a positive modulus lies in [0, n) for every int64, including
+        # what NaN or huge floats cast to: two graph ops, no out-of-bounds index possible.
+        idx = torch.remainder(flat[: self.n_perm].to(torch.int64), self.moduli)
         u = flat[self.n_perm : self.n_perm + self.n_scale]
         v = flat[self.n_perm + self.n_scale :]
         scales = u * v

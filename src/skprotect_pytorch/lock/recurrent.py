@@ -183,7 +183,9 @@ class _KeyedMatrix(nn.Module):
 
     def __init__(self, name: str, weight: Tensor, bias: Tensor | None, ctx: LockContext) -> None:
         super().__init__()
-        plan = plan_channels(ctx, name, 1, weight.shape[0], weight.shape[1])
+        # Both sides keyed: the state feeds back into this matrix, so a one-sided key would
+        # leave the recurrence running in the true basis of the unkeyed side.
+        plan = plan_channels(ctx, name, 1, weight.shape[0], weight.shape[1], keyed_sides="both")
         locked_w = lock_matrix(weight.detach().unsqueeze(0), plan)[0]
         if bias is None:
             bias = torch.zeros(weight.shape[0], dtype=weight.dtype)

@@ -1,0 +1,125 @@
+"""Lock presets (strong, balanced) and the one-sided key setting: every reference model is
+reproduced exactly with the static key and turned into garbage without it; ``keyed_sides="mixed"``
+keys only the mixed side; gate 4 (aligned correlation of stored and true weights) holds for
+``strong`` and detects weaker constructions."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from tests.assertions import assert_equivalent, assert_garbage
+from tests.models import MODEL_FACTORIES
+from torch import nn
+
+from skprotect_pytorch.audit.stored_weights import _unkey, aligned_weight_correlations
+from skprotect_pytorch.lock import LockSettings, lock_model
+from skprotect_pytorch.lock.channel_lock import ChannelOps, lock_matrix, plan_channels
+from skprotect_pytorch.lock.context import DEFAULT_PRESET, LOCK_PRESETS, KeySlots, LockContext
+from skprotect_pytorch.lock.key_layout import KeyLayout
+
+ONE_SIDED = {"mix_sides": "smaller", "keyed_sides": "mixed"}
+
+
+def _lock(model: nn.Module, preset: str, seed: int = 0, **overrides):
+    settings = (
+        LockSettings(**ONE_SIDED, **overrides)
+        if preset == "one-sided"
+        else LockSettings.preset(preset, **overrides)
+    )
+    return lock_model(
+        model,
+        layer_filter=lambda n, m: True,
+        secret_rng=np.random.default_rng(seed),
+        settings=settings,
+    )
+
+
+@pytest.mark.parametrize("preset", [*LOCK_PRESETS, "one-sided"])
+@pytest.mark.parametrize("model_name", list(MODEL_FACTORIES))
+def test_each_preset_reproduces_the_model_with_the_key_and_garbles_it_without(preset, model_name):
+    model, inputs = MODEL_FACTORIES[model_name](3)
+    locked = _lock(model, preset)
+    key = torch.from_numpy(locked.layout.static_key())
+    with torch.no_grad():
+        ref = model(*inputs)
+        assert_equivalent(locked.keyed(*inputs, key), ref)
+        assert_garbage(locked.keyed(*inputs, torch.zeros_like(key)), ref)
+        assert_garbage(locked.keyed(*inputs, torch.rand_like(key) * 100), ref)
+
+
+def test_one_sided_keys_only_the_mixed_side_and_needs_a_shorter_key():
+    model, _ = MODEL_FACTORIES["mlp"](0)
+    fast, balanced = _lock(model, "one-sided"), _lock(model, "balanced")
+    assert fast.layout.length < balanced.layout.length
+    ops = [m for m in fast.keyed.modules() if isinstance(m, ChannelOps)]
+    assert ops
+    for o in ops:  # one mixed side per layer; exactly that side keyed
+        assert (o.in_perm_slot is None) == (o.mix_in is None)
+        assert (o.out_perm_slot is None) == (o.mix_out is None)
+
+
+def test_strong_mixes_both_sides_of_every_layer():
+    model, _ = MODEL_FACTORIES["resnet"](0)
+    ops = [m for m in _lock(model, "strong").keyed.modules() if isinstance(m, ChannelOps)]
+    assert ops and all(o.mix_in is not None and o.mix_out is not None for o in ops)
+
+
+def test_unknown_preset_and_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="Unknown lock preset 'fast'"):
+        LockSettings.preset("fast")
+    with pytest.raises(ValueError, match="mix_sides"):
+        LockSettings(mix_sides="left")
+    with pytest.raises(ValueError, match="keyed_sides"):
+        LockSettings(keyed_sides="none")
+    assert DEFAULT_PRESET in LOCK_PRESETS
+    assert LockSettings.preset("strong", quantize_compatibility=True).quantize_compatibility
+
+
+@pytest.mark.parametrize("model_name", ["resnet", "mobilenet", "mlp", "transformer", "gru", "lstm"])
+def test_strong_keeps_every_stored_weight_below_the_gate_4_correlation(model_name):
+    model, _ = MODEL_FACTORIES[model_name](1)
+    scores = aligned_weight_correlations(_lock(model, "strong", seed=5), model)
+    assert scores
+    failing = [s for s in scores if not s.passes]
+    assert not failing, failing
+
+
+def test_strong_stays_below_0_1_where_the_noise_floor_is_lower():
+    model = nn.Sequential(nn.Linear(96, 256), nn.ReLU(), nn.Linear(256, 128)).eval()
+    scores = aligned_weight_correlations(_lock(model, "strong", seed=2), model)
+    assert [s.layer for s in scores] == ["0", "2"]
+    assert all(s.noise_floor < 0.1 and s.correlation <= 0.1 for s in scores), scores
+    fast = aligned_weight_correlations(_lock(model, "balanced", seed=2), model)
+    assert any(s.correlation > 0.1 for s in fast), fast  # one mixed side: ≈ 1/√16 per entry
+
+
+def test_gate_4_flags_a_one_sided_mix_of_a_three_channel_input():
+    """A conv with 3 input channels mixed only there keeps ~1/√3 of each true kernel (unit key
+    magnitudes: secret magnitudes blur it by a random amount)."""
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 8, 1)).eval()
+    fast = _lock(model, "one-sided", quantize_compatibility=True)
+    scores = {s.layer: s for s in aligned_weight_correlations(fast, model)}
+    assert scores["0"].correlation > 0.3 and not scores["0"].passes
+    strong = _lock(model, "strong", quantize_compatibility=True)
+    strong = {s.layer: s for s in aligned_weight_correlations(strong, model)}
+    assert strong["0"].passes
+
+
+def test_unkey_recovers_a_weight_stored_without_mixing_exactly():
+    """Control for the measurement: with the mixing removed, undoing the true permutations and
+    signs gives back the true weight (unit magnitudes), so its correlation is 1."""
+    ctx = LockContext(
+        KeyLayout(),
+        np.random.default_rng(0),
+        KeySlots(),
+        LockSettings(quantize_compatibility=True),
+    )
+    w = torch.randn(1, 24, 20, dtype=torch.float64)
+    plan = replace(plan_channels(ctx, "probe", 1, 24, 20), mix_in=None, mix_out=None)
+    stored = lock_matrix(w, plan).numpy()
+    aligned = _unkey(stored, ChannelOps(plan, ctx), ctx.layout)
+    np.testing.assert_allclose(aligned, w.numpy(), atol=1e-12)
+    assert not np.allclose(stored, w.numpy())  # the permutation did move rows and columns
