@@ -1,0 +1,852 @@
+"""Int8 quantization of locked models: ONNX Runtime dynamic and static (QDQ) quantization of the
+locked model versus the same quantization of the original, accuracy on reference tasks.
+
+For each reference task the model is trained (seeded, one torch thread), then locked with
+``skprotect_pytorch.lock.lock_model`` (every supported layer, lock preset ``--preset``, default
+the product's) with ``quantize_compatibility=True`` and with the default settings, each ``--keys``
+times (a different key and public mixing each time). The original and the locked models are
+exported with the project's ONNX exporter (dynamo, opset 18, batch dynamic), passed through
+``onnxruntime.quantization.quant_pre_process`` (ORT's recommended pre-processing: shape
+inference, graph optimisation such as BatchNorm folding) and :func:`untranspose_gemm_inputs`,
+then quantized with ONNX Runtime's own tools, with the same arguments for original and locked:
+
+* ``dynamic``: ``quantize_dynamic(per_channel=True, weight_type=QInt8)``;
+* ``static``: ``quantize_static(quant_format=QDQ, per_channel=True, activation_type=QInt8,
+  weight_type=QInt8, calibrate_method=MinMax)`` on a seeded ``--calib-percent`` % of the
+  training inputs. The locked model is calibrated **with the key it will run with** (here the
+  static key): every calibration batch feeds the model input *and* the ``key_vector`` input;
+* ``static_fo``: the same with ``extra_options={"OpTypesToExcludeOutputQuantization":
+  ["Conv", "Gemm", "MatMul"]}`` (the layers' outputs stay float until the next layer's input).
+
+``nodes_to_exclude`` (locked models; the same rules find nothing in the originals):
+
+* the key and every node that reads it or a tensor decoded from it (:func:`key_nodes`: the
+  decoder's Reshape/Pad/Slice/Round/Mod/Cast/Clip/Split/Mul and the Gather/Mul nodes that apply
+  indices and scales to activations). ORT's default static op list includes Pad, Slice, Mul and
+  Gather, so without this it puts QuantizeLinear nodes on the key itself (accuracy falls to
+  chance) or on the decoded scale vectors; :func:`check_key_not_quantized` checks the result;
+* the lock's public (block-)orthogonal mixing ops (:func:`mixing_nodes`), unless the variant
+  says "int8": quantizing them adds rounding points that the original does not have;
+* in dynamic mode, MatMuls with a rank-3 constant weight (the uniform block un-mix): ORT's
+  ``DynamicQuantizeMatMul`` rejects their per-channel zero points at run time.
+
+Each accuracy is measured on the task's test set with onnxruntime (CPU EP), for the locked
+models with the static key and checked equal with a runtime session key. The excess drop is
+the locked model's accuracy drop (from the fp32 original) minus the original's under the same
+quantization; issue 5's target is ≤ 0.5 points with ``quantize_compatibility=True``. The log
+also counts how many trained weights each quantized model stores as int8 (locked = original).
+
+Usage::
+
+    python bench/quantization.py                 # tabular MLP, digits CNN, suite ResNet CNN
+    python bench/quantization.py --quick --keys 1
+    python bench/quantization.py --tasks tabular,transformer
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine_line
+
+INPUT_NAME = "x"
+KEY_NAME = "key_vector"  # the exporter's name for the key input (ExportOptions.key_name)
+EXAMPLE_BATCH = 2  # export example: > 1 so that the batch dimension stays dynamic
+CALIB_BATCH = 64
+QUANT_MODES = ("dynamic", "static", "static_fo")
+MODE_LABELS = {
+    "dynamic": "dynamic",
+    "static": "static QDQ",
+    "static_fo": "static QDQ, layer outputs float",
+}
+FLOAT_OUTPUT_OPS = ["Conv", "Gemm", "MatMul"]  # static_fo: OpTypesToExcludeOutputQuantization
+TARGET_POINTS = 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# reference tasks
+
+
+@dataclass
+class TrainedTask:
+    """A trained reference model with its data, as numpy arrays for onnxruntime."""
+
+    name: str
+    description: str
+    model: object  # torch.nn.Module in eval mode
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Train on one torch thread: small models train ~10x faster than on 2 busy cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def tabular_task(quick: bool, seed: int = 0) -> TrainedTask:
+    """``audit.data.make_tabular_task`` with ``audit.models.TabularMLP`` (40-128-128-10)."""
+    from skprotect_pytorch.audit.data import make_tabular_task
+    from skprotect_pytorch.audit.models import TabularMLP, train_model
+
+    if quick:
+        task = make_tabular_task(n_train=4_000, n_test=2_000, seed=seed)
+        epochs = 10
+    else:
+        task = make_tabular_task(seed=seed)
+        epochs = 30
+    model = TabularMLP(task.n_features, task.n_classes)
+    with one_thread():
+        train_model(model, task.x_train, task.y_train, epochs=epochs, seed=seed)
+    return TrainedTask(
+        "tabular_mlp",
+        f"make_tabular_task ({len(task.y_train)} train / {len(task.y_test)} test, "
+        f"40 features, 10 classes), TabularMLP 40-128-128-10, {epochs} epochs",
+        model,
+        task.x_train.numpy(),
+        task.x_test.numpy(),
+        task.y_test.numpy(),
+    )
+
+
+def digits_task(quick: bool, seed: int = 0) -> TrainedTask:
+    """The quickstart's DigitsCNN (2 conv + BatchNorm, 2 linear) on scikit-learn's 8x8 digits."""
+    from skprotect_pytorch.quickstart import load_digits_split, train
+
+    data = load_digits_split(seed)
+    epochs = 10 if quick else 20
+    with one_thread():
+        model = train(data, epochs=epochs, seed=seed)
+    return TrainedTask(
+        "digits_cnn",
+        f"sklearn digits 8x8 ({len(data.y_train)} train / {len(data.y_test)} test), quickstart "
+        f"DigitsCNN (conv16-BN-conv32-BN-fc64-fc10), {epochs} epochs",
+        model,
+        data.x_train.numpy(),
+        data.x_test,
+        data.y_test,
+    )
+
+
+def suite_task(name: str) -> Callable[[bool, int], TrainedTask]:
+    """A reference model of the audit suite (``audit.suite.SUITE``), trained as the victim."""
+
+    def make(quick: bool, seed: int = 0) -> TrainedTask:
+        from skprotect_pytorch.audit.suite import reference
+
+        spec = reference(name)
+        task = spec.task(seed)
+        epochs = spec.quick_epochs if quick else spec.victim_epochs
+        with one_thread():
+            model = spec.train_victim(task, epochs, seed)
+        return TrainedTask(
+            f"suite_{name}",
+            f"audit suite '{name}': {spec.description}, {epochs} epochs",
+            model,
+            task.x_train.numpy(),
+            task.x_test.numpy(),
+            task.y_test.numpy(),
+        )
+
+    return make
+
+
+TASKS: dict[str, Callable[[bool, int], TrainedTask]] = {
+    "tabular": tabular_task,
+    "digits": digits_task,
+    "cnn": suite_task("cnn"),
+    "transformer": suite_task("transformer"),
+    "lstm": suite_task("lstm"),
+    "gru": suite_task("gru"),
+}
+DEFAULT_TASKS = ("tabular", "digits", "cnn")
+
+
+# ---------------------------------------------------------------------------------------------
+# locking, exporting, quantizing
+
+
+def export_onnx(module: object, example: Sequence[object], path: Path, *, with_key: bool) -> Path:
+    """Export with the project's ONNX exporter, batch dynamic, input ``x`` (+ ``key_vector``)."""
+    import torch
+
+    from skprotect_pytorch.export import build_export_options, get_exporter
+    from skprotect_pytorch.formats import ExportFormat
+
+    opts = build_export_options(
+        [example[0]],
+        {"input_names": [INPUT_NAME], "output_names": ["y"]},
+        ({0: torch.export.Dim("batch")},),
+    )
+    exporter = get_exporter(ExportFormat.ONNX)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        exporter.export(module, tuple(example), path, opts, with_key=with_key)
+    return path
+
+
+def lock(
+    model: object, *, quantize_compatibility: bool, seed: int, name: str, preset: str | None = None
+) -> object:
+    """``lock_model`` on every supported layer with a lock preset (default: the product's)."""
+    from skprotect_pytorch.lock import LockSettings, lock_model
+
+    return lock_model(
+        model,
+        layer_filter=lambda n, m: True,
+        secret_rng=np.random.default_rng(seed),
+        settings=LockSettings.preset(
+            preset or default_preset(), quantize_compatibility=quantize_compatibility
+        ),
+        public_seed=f"bench/quantization/{name}",
+    )
+
+
+def default_preset() -> str:
+    """The lock preset ``protect_new_model`` uses by default."""
+    from skprotect_pytorch.lock.context import DEFAULT_PRESET
+
+    return DEFAULT_PRESET
+
+
+def key_tensors(graph: object, key_name: str = KEY_NAME) -> set[str]:
+    """Tensors computed from the key alone (with constants): the key and its decoded parts."""
+    constants = {t.name for t in graph.initializer}
+    keyed = {key_name}
+    changed = True
+    while changed:  # a fixed point, so that node order does not matter
+        changed = False
+        for node in graph.node:
+            dynamic = [i for i in node.input if i and i not in constants]
+            if node.op_type == "Constant" or not dynamic:
+                new = set(node.output) - constants
+                constants |= new
+                changed |= bool(new)
+            elif all(i in keyed for i in dynamic) and not set(node.output) <= keyed:
+                keyed.update(node.output)
+                changed = True
+    return keyed
+
+
+def key_nodes(model_path: Path, key_name: str = KEY_NAME) -> list[str]:
+    """Nodes that read the key or anything decoded from it: the key decoder (Reshape, Pad,
+    Slice, Round, Mod, Cast, Clip, Split, the scale product ``u*v``) and the Gather/Mul nodes
+    that apply the decoded indices and scales to activations."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    keyed = key_tensors(graph, key_name)
+    return [n.name for n in graph.node if any(i in keyed for i in n.input)]
+
+
+def _constants(graph: object) -> dict[str, np.ndarray]:
+    """Initializers and Constant-node values of a graph, by tensor name."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _orthogonal_blocks(w: np.ndarray, conv_groups: int | None = None, tol: float = 1e-4) -> bool:
+    """True if ``w`` is one or a stack of square orthogonal matrices (a MatMul/Gemm weight), or,
+    with ``conv_groups``, a 1x1 (grouped) conv kernel made of them."""
+    if conv_groups is not None:
+        if w.ndim < 3 or any(d != 1 for d in w.shape[2:]) or w.shape[0] % conv_groups:
+            return False
+        w = w.reshape(conv_groups, w.shape[0] // conv_groups, w.shape[1])
+    elif w.ndim == 2:
+        w = w[None]
+    if w.ndim != 3 or w.shape[1] != w.shape[2] or w.shape[1] < 2:
+        return False
+    blocks = w.astype(np.float64)
+    gram = blocks @ blocks.transpose(0, 2, 1)
+    return bool(np.abs(gram - np.eye(w.shape[1])).max() < tol)
+
+
+def mixing_nodes(model_path: Path) -> list[str]:
+    """MatMul/Gemm/Conv nodes whose constant weight is (block-)orthogonal: the lock's public
+    mixing and un-mixing ops (no trained layer has an exactly orthogonal weight)."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    constants = _constants(graph)
+    names = []
+    for node in graph.node:
+        if node.op_type == "Conv":
+            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+            w = constants.get(node.input[1])
+            if w is not None and _orthogonal_blocks(w, conv_groups=groups):
+                names.append(node.name)
+        elif node.op_type in ("MatMul", "Gemm"):
+            ws = [constants.get(i) for i in node.input[:2]]
+            if any(w is not None and _orthogonal_blocks(w) for w in ws):
+                names.append(node.name)
+    return names
+
+
+def batched_weight_matmuls(model_path: Path) -> list[str]:
+    """MatMul nodes with a constant weight of rank > 2 (the lock's uniform block un-mix)."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    constants = _constants(graph)
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and any(i in constants and constants[i].ndim > 2 for i in n.input)
+    ]
+
+
+def untranspose_gemm_inputs(path: Path) -> int:
+    """Rewrite every ``Gemm(transA=1)`` as ``Transpose`` + ``Gemm(transA=0)``, in place.
+
+    The lock's channel-first linear layout ends in a Transpose that ORT's graph optimiser folds
+    into the next Gemm as ``transA=1``; ORT's dynamic quantizer only handles Gemms with
+    ``transA=0`` (it rewrites them to MatMul) and silently leaves the others in float. Returns
+    the number of Gemms rewritten (none in the original models).
+    """
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(path))
+    nodes = []
+    count = 0
+    for node in proto.graph.node:
+        trans_a = next((a for a in node.attribute if a.name == "transA"), None)
+        if node.op_type == "Gemm" and trans_a is not None and trans_a.i == 1:
+            transposed = f"{node.input[0]}_untransposed_{count}"
+            nodes.append(
+                helper.make_node(
+                    "Transpose", [node.input[0]], [transposed], name=f"{node.name}_transA"
+                )
+            )
+            node.input[0] = transposed
+            trans_a.i = 0
+            count += 1
+        nodes.append(node)
+    if count:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        onnx.save(proto, str(path))
+    return count
+
+
+def trained_weights(model_path: Path) -> list[str]:
+    """Constant weights of the Conv/MatMul/Gemm nodes that are not the lock's mixing ops."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    constants = _constants(graph)
+    mixing = set(mixing_nodes(model_path))
+    names = []
+    for node in graph.node:
+        if node.op_type in ("Conv", "MatMul", "Gemm") and node.name not in mixing:
+            names += [i for i in node.input[:2] if i in constants and constants[i].ndim >= 2]
+    return sorted(set(names))
+
+
+def quantized_count(quantized_path: Path, weights: Sequence[str]) -> int:
+    """How many of ``weights`` are stored as int8 in the quantized model."""
+    import onnx
+
+    stored = {t.name for t in onnx.load(str(quantized_path)).graph.initializer}
+    return sum(
+        any(s.startswith(w + "_") and s.endswith("_quantized") for s in stored) for w in weights
+    )
+
+
+def check_key_not_quantized(model_path: Path, key_name: str = KEY_NAME) -> list[str]:
+    """Problems found: (de)quantize nodes reading the key or a tensor decoded from it."""
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    keyed = key_tensors(graph, key_name)
+    ops = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+    return [
+        f"{n.op_type} {n.name} reads key-derived {n.input[0]}"
+        for n in graph.node
+        if n.op_type in ops and n.input[0] in keyed
+    ]
+
+
+class KeyedCalibrationReader:
+    """Calibration batches of model inputs, each fed together with the run-time key (if any)."""
+
+    def __init__(self, inputs: np.ndarray, key: np.ndarray | None, batch: int = CALIB_BATCH):
+        self.inputs = inputs
+        self.key = key
+        self.batch = batch
+        self._iter: Iterator[dict[str, np.ndarray]] | None = None
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, len(self.inputs), self.batch):
+            feed = {INPUT_NAME: self.inputs[i : i + self.batch]}
+            if self.key is not None:
+                feed[KEY_NAME] = self.key
+            yield feed
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._iter is None:
+            self._iter = self._batches()
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = None
+
+
+def _as_calibration_reader(reader: KeyedCalibrationReader) -> object:
+    """Wrap in ORT's ``CalibrationDataReader`` base class (its API checks isinstance)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return reader.get_next()
+
+        def rewind(self) -> None:
+            reader.rewind()
+
+    return Reader()
+
+
+def preprocess(src: Path, dst: Path) -> Path:
+    """ORT's recommended ``quant_pre_process`` (shape inference + graph optimisation), then
+    :func:`untranspose_gemm_inputs`."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst))
+    untranspose_gemm_inputs(dst)
+    return dst
+
+
+def exclusions(src: Path, mode: str, *, keyed: bool, quantize_mixing: bool) -> list[str]:
+    """``nodes_to_exclude`` for ``src``: the key decoder (locked models) and, unless
+    ``quantize_mixing``, the lock's public mixing ops; always the rank-3 MatMuls in dynamic mode.
+
+    The same rules run on the original model, where they find nothing to exclude.
+    """
+    exclude = key_nodes(src) if keyed else []
+    if not quantize_mixing:
+        exclude += mixing_nodes(src)
+    if mode == "dynamic":
+        # DynamicQuantizeMatMul rejects per-channel zero points of a rank-3 weight at run time
+        exclude += [n for n in batched_weight_matmuls(src) if n not in exclude]
+    return exclude
+
+
+def quantize(
+    src: Path,
+    dst: Path,
+    mode: str,
+    calib: np.ndarray,
+    key: np.ndarray | None,
+    *,
+    quantize_mixing: bool = False,
+) -> tuple[Path, list[str]]:
+    """Quantize ``src`` (dynamic, or static QDQ calibrated with ``key``); returns the excluded."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    exclude = exclusions(src, mode, keyed=key is not None, quantize_mixing=quantize_mixing)
+    if mode == "dynamic":
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+        )
+    else:
+        quantize_static(
+            str(src),
+            str(dst),
+            _as_calibration_reader(KeyedCalibrationReader(calib, key)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=exclude,
+            extra_options=(
+                {"OpTypesToExcludeOutputQuantization": FLOAT_OUTPUT_OPS}
+                if mode == "static_fo"
+                else {}
+            ),
+        )
+    return dst, exclude
+
+
+def ort_accuracy(
+    path: Path, x: np.ndarray, y: np.ndarray, key: np.ndarray | None, batch: int = 512
+) -> float:
+    """Top-1 accuracy of an ONNX model on ``(x, y)`` with onnxruntime CPU."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    correct = 0
+    for i in range(0, len(y), batch):
+        feed = {INPUT_NAME: x[i : i + batch]}
+        if key is not None:
+            feed[KEY_NAME] = key
+        logits = session.run(None, feed)[0]
+        correct += int((logits.argmax(-1) == y[i : i + batch]).sum())
+    return correct / len(y)
+
+
+# ---------------------------------------------------------------------------------------------
+# the measurement
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of locking and quantizing: the lock setting and whether its mixing ops go int8."""
+
+    quantize_compatibility: bool
+    quantize_mixing: bool
+
+    @property
+    def setting(self) -> str:
+        return "quantize_compatibility=True" if self.quantize_compatibility else "default"
+
+    @property
+    def mixing(self) -> str:
+        return "int8" if self.quantize_mixing else "fp32 (excluded)"
+
+
+RECOMMENDED = Variant(quantize_compatibility=True, quantize_mixing=False)
+VARIANTS = (
+    RECOMMENDED,
+    Variant(quantize_compatibility=True, quantize_mixing=True),
+    Variant(quantize_compatibility=False, quantize_mixing=False),
+    Variant(quantize_compatibility=False, quantize_mixing=True),
+)
+
+
+@dataclass
+class Row:
+    """Accuracies (fractions) of one task and variant, the locked ones over several keys."""
+
+    task: str
+    variant: Variant
+    fp32_original: float
+    original: dict[str, float]  # mode -> accuracy
+    trained: int  # trained weight tensors (Conv/MatMul/Gemm) of the original
+    int8_original: dict[str, int]  # mode -> how many of them are stored int8
+    fp32_locked: list[float] = field(default_factory=list)  # one per key
+    locked: dict[str, list[float]] = field(default_factory=dict)  # mode -> one per key
+    int8_locked: dict[str, list[int]] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # mode -> nodes excluded (last key)
+    notes: list[str] = field(default_factory=list)
+
+    def drops(self, mode: str) -> list[float]:
+        """Locked accuracy drop in points from the fp32 original, per key."""
+        return [100.0 * (self.fp32_original - a) for a in self.locked[mode]]
+
+    def original_drop(self, mode: str) -> float:
+        return 100.0 * (self.fp32_original - self.original[mode])
+
+    def excesses(self, mode: str) -> list[float]:
+        """Locked drop minus original drop, in points, per key (the issue's target: ≤ 0.5)."""
+        return [d - self.original_drop(mode) for d in self.drops(mode)]
+
+    def fp32_max_gap(self) -> float:
+        """Largest fp32 accuracy difference locked vs original, in points."""
+        return max(abs(100.0 * (a - self.fp32_original)) for a in self.fp32_locked)
+
+
+def calibration_split(x_train: np.ndarray, percent: float, seed: int) -> np.ndarray:
+    """A seeded random ``percent`` % of the training inputs (at least two batches)."""
+    n = len(x_train)
+    size = min(n, max(2 * CALIB_BATCH, round(n * percent / 100.0)))
+    idx = np.random.default_rng(seed).choice(n, size=size, replace=False)
+    return np.ascontiguousarray(x_train[np.sort(idx)])
+
+
+@dataclass
+class LockedExport:
+    """One locked, exported and pre-processed model with its static key."""
+
+    path: Path
+    key: np.ndarray
+    session_key: np.ndarray  # another valid key (what the runtime feeds), same outputs
+    fp32_accuracy: float
+    weights: list[str]
+
+
+def run_task(
+    task: TrainedTask,
+    outdir: Path,
+    *,
+    variants: Sequence[Variant] = VARIANTS,
+    modes: Sequence[str] = QUANT_MODES,
+    keys: int = 3,
+    calib_percent: float = 5.0,
+    seed: int = 0,
+    preset: str | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Row]:
+    """Export, quantize and evaluate the original and each locked variant of ``task``.
+
+    Each variant is locked ``keys`` times (secret seeds ``seed .. seed+keys-1``, a public seed
+    per key): the accuracy loss of a locked model depends a little on its key and mixing.
+    """
+    import torch
+
+    from skruntime.keyfile import KeyMaterial, session_key
+
+    x_test, y_test = task.x_test, task.y_test
+    calib = calibration_split(task.x_train, calib_percent, seed)
+    example = torch.from_numpy(task.x_train[:EXAMPLE_BATCH])
+    t0 = time.perf_counter()
+    orig_raw = outdir / f"{task.name}_original.onnx"
+    export_onnx(task.model, [example], orig_raw, with_key=False)
+    orig_pre = preprocess(orig_raw, outdir / f"{task.name}_original.pre.onnx")
+    fp32_original = ort_accuracy(orig_pre, x_test, y_test, None)
+    weights = trained_weights(orig_pre)
+    original: dict[str, float] = {}
+    int8_original: dict[str, int] = {}
+    for mode in modes:
+        q, _ = quantize(orig_pre, outdir / f"{task.name}_original.{mode}.onnx", mode, calib, None)
+        original[mode] = ort_accuracy(q, x_test, y_test, None)
+        int8_original[mode] = quantized_count(q, weights)
+    accs = ", ".join(f"{m} {a:.4f}" for m, a in original.items())
+    int8 = ", ".join(f"{m} {n}/{len(weights)}" for m, n in int8_original.items())
+    log(
+        f"  original: fp32 {fp32_original:.4f}, {accs}; int8 weights {int8} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    exports: dict[tuple[bool, int], LockedExport] = {}
+    rows = []
+    for variant in variants:
+        t0 = time.perf_counter()
+        qc = variant.quantize_compatibility
+        row = Row(task.name, variant, fp32_original, original, len(weights), int8_original)
+        for k in range(seed, seed + keys):
+            tag = f"{'qc' if qc else 'default'}_k{k}"
+            if (qc, k) not in exports:
+                locked = lock(
+                    task.model,
+                    quantize_compatibility=qc,
+                    seed=k,
+                    name=f"{task.name}/{k}",
+                    preset=preset,
+                )
+                key = locked.layout.static_key()
+                raw = outdir / f"{task.name}_locked_{tag}.onnx"
+                export_onnx(locked.keyed, [example, torch.from_numpy(key)], raw, with_key=True)
+                pre = preprocess(raw, outdir / f"{task.name}_locked_{tag}.pre.onnx")
+                acc = ort_accuracy(pre, x_test, y_test, key)
+                material = KeyMaterial(key, locked.layout.spec())
+                other = session_key(material, np.random.default_rng(k))
+                exports[qc, k] = LockedExport(pre, key, other, acc, trained_weights(pre))
+            exp = exports[qc, k]
+            row.fp32_locked.append(exp.fp32_accuracy)
+            if len(exp.weights) != len(weights):
+                row.notes.append(
+                    f"key {k}: {len(exp.weights)} trained weights found in the locked graph, "
+                    f"{len(weights)} in the original"
+                )
+            for mode in modes:
+                mix = "mixq" if variant.quantize_mixing else "mixf"
+                q, excluded = quantize(
+                    exp.path,
+                    outdir / f"{task.name}_locked_{tag}_{mix}.{mode}.onnx",
+                    mode,
+                    calib,
+                    exp.key,
+                    quantize_mixing=variant.quantize_mixing,
+                )
+                row.excluded[mode] = len(excluded)
+                problems = check_key_not_quantized(q)
+                if problems:
+                    row.notes.append(f"key {k}, {mode}: key quantized: {'; '.join(problems[:3])}")
+                acc = ort_accuracy(q, x_test, y_test, exp.key)
+                row.locked.setdefault(mode, []).append(acc)
+                if ort_accuracy(q, x_test, y_test, exp.session_key) != acc:
+                    row.notes.append(f"key {k}, {mode}: a session key changes the accuracy")
+                n_int8 = quantized_count(q, exp.weights)
+                row.int8_locked.setdefault(mode, []).append(n_int8)
+                if n_int8 != int8_original[mode]:
+                    row.notes.append(
+                        f"key {k}, {mode}: {n_int8} of {len(exp.weights)} locked weights int8, "
+                        f"{int8_original[mode]} of {len(weights)} original"
+                    )
+        accs = ", ".join(
+            f"{m} " + "/".join(f"{a:.4f}" for a in accs) for m, accs in row.locked.items()
+        )
+        fp32 = "/".join(f"{a:.4f}" for a in row.fp32_locked)
+        int8 = ", ".join(
+            f"{m} " + "/".join(str(n) for n in ns) for m, ns in row.int8_locked.items()
+        )
+        excl = ", ".join(f"{m} {n}" for m, n in row.excluded.items())
+        log(
+            f"  locked ({variant.setting}, mixing {variant.mixing}; {keys} keys): fp32 {fp32}, "
+            f"{accs}; int8 weights {int8}; nodes excluded {excl} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
+        rows.append(row)
+    return rows
+
+
+def run_bench(
+    task_names: Sequence[str],
+    *,
+    quick: bool,
+    variants: Sequence[Variant] = VARIANTS,
+    modes: Sequence[str] = QUANT_MODES,
+    keys: int = 3,
+    calib_percent: float = 5.0,
+    seed: int = 0,
+    preset: str | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[list[Row], dict[str, TrainedTask]]:
+    """Train every task, then measure it; the rows and the trained tasks."""
+    rows: list[Row] = []
+    tasks: dict[str, TrainedTask] = {}
+    with tempfile.TemporaryDirectory(prefix="skprotect_quant_") as tmp:
+        for name in task_names:
+            t0 = time.perf_counter()
+            task = TASKS[name](quick, seed)
+            tasks[name] = task
+            log(f"{task.name}: {task.description} (trained in {time.perf_counter() - t0:.1f} s)")
+            rows += run_task(
+                task,
+                Path(tmp),
+                variants=variants,
+                modes=modes,
+                keys=keys,
+                calib_percent=calib_percent,
+                seed=seed,
+                preset=preset,
+                log=log,
+            )
+    return rows, tasks
+
+
+def markdown_table(
+    rows: Sequence[Row], tasks: dict[str, TrainedTask] | None = None, calib_percent: float = 5.0
+) -> str:
+    """One line per task, variant and mode: accuracies (%), drops and the excess drop."""
+    header = [
+        "task",
+        "lock setting",
+        "lock's mixing ops",
+        "quantization",
+        "fp32 original → locked",
+        "int8 original",
+        "int8 locked (mean)",
+        "excess drop mean / worst",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---|---|" + "---:|" * (len(header) - 4)]
+    for r in rows:
+        fp32 = float(np.mean(r.fp32_locked))
+        for mode in r.locked:
+            acc = float(np.mean(r.locked[mode]))
+            ex = r.excesses(mode)
+            cells = [
+                r.task,
+                r.variant.setting,
+                r.variant.mixing,
+                MODE_LABELS[mode],
+                f"{100 * r.fp32_original:.2f} → {100 * fp32:.2f}",
+                f"{100 * r.original[mode]:.2f} ({-r.original_drop(mode):+.2f})",
+                f"{100 * acc:.2f} ({100 * (acc - r.fp32_original):+.2f})",
+                f"**{float(np.mean(ex)):+.2f}** / {max(ex):+.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    n_keys = len(rows[0].fp32_locked) if rows else 0
+    notes = [
+        f"Accuracy in %, change from the fp32 original in points in parentheses; locked values "
+        f"are the mean over {n_keys} key(s). Excess drop = locked drop − original drop, in "
+        "points, mean and worst over the keys (issue 5 target: ≤ 0.5 with "
+        "quantize_compatibility=True).",
+    ]
+    notes += [f"- {r.task} / {r.variant.setting}: {n}" for r in rows for n in r.notes]
+    for t in (tasks or {}).values():
+        n = len(t.y_test)
+        calib = len(calibration_split(t.x_train, calib_percent, 0))
+        notes.append(
+            f"- {t.name}: {n} test samples (1 sample = {100 / n:.3f} points), "
+            f"{calib} calibration inputs"
+        )
+    return "\n".join([*lines, "", *notes])
+
+
+def worst_excess(rows: Sequence[Row], mode: str, variant: Variant = RECOMMENDED) -> float:
+    """The largest excess drop (points) of ``mode`` over the rows of ``variant`` and the keys."""
+    values = [
+        e for r in rows if r.variant == variant and mode in r.locked for e in r.excesses(mode)
+    ]
+    return max(values, default=0.0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller tasks, fewer epochs")
+    parser.add_argument(
+        "--tasks",
+        default=",".join(DEFAULT_TASKS),
+        help=f"comma-separated, from {', '.join(TASKS)}",
+    )
+    parser.add_argument(
+        "--calib-percent", type=float, default=5.0, help="%% of training inputs for calibration"
+    )
+    parser.add_argument("--keys", type=int, default=3, help="locks (keys) per variant")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", help="lock preset (default: the product's default)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    if args.keys < 1:
+        parser.error("--keys must be >= 1")
+    print(machine_line())
+    print("command:", " ".join(["python", *sys.argv]))
+    print(f"lock preset: {args.preset or default_preset()}")
+    rows, tasks = run_bench(
+        names,
+        quick=args.quick,
+        keys=args.keys,
+        calib_percent=args.calib_percent,
+        seed=args.seed,
+        preset=args.preset,
+    )
+    print()
+    print(markdown_table(rows, tasks, args.calib_percent))
+    print(f"\nworst excess drop, {RECOMMENDED.setting}, mixing {RECOMMENDED.mixing}:")
+    for mode in QUANT_MODES:
+        print(f"  {MODE_LABELS[mode]}: {worst_excess(rows, mode):+.2f} points")
+    print(f"(target ≤ {TARGET_POINTS})")
+
+
+if __name__ == "__main__":
+    main()
