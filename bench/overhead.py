@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--presets",
         default="",
-        help="comma-separated lock presets to compare (strong, balanced, fast); default: the "
+        help="comma-separated lock presets to compare (strong, balanced); default: the "
         "default lock",
     )
     parser.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -48,8 +49,33 @@ def export_kek(
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
 
 
+class AuditModel(StrEnum):
+    """The audit's reference models (``audit.suite.SUITE``; listed here to keep the CLI light)."""
+
+    mlp = "mlp"
+    cnn = "cnn"
+    transformer = "transformer"
+    lstm = "lstm"
+    gru = "gru"
+
+
+class AuditPreset(StrEnum):
+    """The lock presets (``lock.context.LOCK_PRESETS``; listed here to keep the CLI light)."""
+
+    strong = "strong"
+    balanced = "balanced"
+
+
 @app.command()
 def audit(
+    model: Annotated[
+        AuditModel,
+        typer.Option(help="Reference model of the suite to lock and attack (docs/security.md)."),
+    ] = AuditModel.mlp,
+    preset: Annotated[
+        AuditPreset,
+        typer.Option(help="Lock preset to audit (the product's default is strong)."),
+    ] = AuditPreset.strong,
     quick: Annotated[
         bool, typer.Option(help="One-point training sweep and one seed (minutes, not hours).")
     ] = False,
@@ -69,6 +95,7 @@ def audit(
     """Attack a locked reference model as a thief with the files and x % of the data would;
     print the report and exit 1 when the gate fails (docs/security.md)."""
     from .audit import AuditConfig, run_audit
+    from .lock import LockSettings
 
     try:
         values = tuple(float(b) for b in budgets.split(",") if b.strip())
@@ -81,7 +108,13 @@ def audit(
         typer.echo(f"error: every budget must be in (0, 100], got '{budgets}'", err=True)
         raise typer.Exit(2)
     report = run_audit(
-        AuditConfig(budgets=values, quick=quick, seeds=seeds),
+        AuditConfig(
+            model=model.value,
+            budgets=values,
+            quick=quick,
+            seeds=seeds,
+            lock_settings=LockSettings.preset(preset.value),
+        ),
         log=lambda line: typer.echo(line, err=True),
     )
     text = report.to_markdown()
@@ -90,6 +123,8 @@ def audit(
     if markdown_file is not None:
         markdown_file.write_text(text)
     typer.echo(text)
+    for warning in report.warnings:  # report-only (A5): never changes the exit code
+        typer.echo(f"warning: {warning}", err=True)
     if not report.passed:
         raise typer.Exit(1)
 

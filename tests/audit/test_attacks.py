@@ -1,6 +1,6 @@
 """The audit's attacks: the Gumbel-Sinkhorn/Hungarian key learner recovers a permutation where
 nothing hides it, its relaxed model is exact at the true key, the scoring detects a recovered
-key, and the reduced audit (A0, A1, A2 on the MLP at 1 %) meets the gate on the default lock."""
+key, and the reduced audit (A0-A5 on the MLP at 1 %) meets the gate on the default lock."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_cli_audit_writes_reports_and_exits_with_the_verdict(tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_reduced_audit_meets_the_gate():
-    """CI audit: A0, A1 (null and random key) and A2 on the locked MLP at 1 %, quick sweep."""
+    """CI audit: A0-A5 on the locked MLP at 1 %, quick sweep; A5 is report-only."""
     report = run_audit(AuditConfig(budgets=(1,), quick=True, seeds=1), log=lambda line: None)
     assert report.full_accuracy > 0.85  # the victim is good and the true key restores it
     baseline = report.baselines["1"]
@@ -200,12 +200,17 @@ def test_reduced_audit_meets_the_gate():
     by_attack = {}
     for row in report.rows:
         by_attack.setdefault(row.attack, []).append(row)
-    assert len(by_attack["A0"]) == 4 and len(by_attack["A1"]) == 2 and len(by_attack["A2"]) == 1
+    counts = {attack: len(rows) for attack, rows in by_attack.items()}
+    assert counts == {"A0": 4, "A1": 2, "A2": 2, "A3": 1, "A4": 2, "A5": 1}
     for row in by_attack["A0"]:
         assert row.accuracy <= report.chance + 0.02, row
-    for row in by_attack["A1"] + by_attack["A2"]:
+    gated = by_attack["A1"] + by_attack["A2"] + by_attack["A3"] + by_attack["A4"]
+    for row in gated:
         assert row.accuracy <= baseline + 0.01, row
-    for row in by_attack["A0"] + by_attack["A2"]:
-        assert row.perm_recovered <= 5 * row.perm_chance, row
-        assert row.cos_excess <= 0.1, row
+    for row in by_attack["A0"] + gated:
+        if row.attack != "A1":  # A1 recovers no key
+            assert row.perm_recovered <= 5 * row.perm_chance, row
+            assert row.cos_excess <= 0.1, row
+    (a5,) = by_attack["A5"]
+    assert a5.passed and a5.perm_recovered is not None  # scored, never gated
     assert report.passed, report.to_markdown()

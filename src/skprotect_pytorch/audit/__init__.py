@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..lock import LockSettings, lock_model
+from .alignment import attack_alignment
 from .attacks import (
     AttackOutcome,
     StolenModel,
@@ -24,26 +25,25 @@ from .attacks import (
     permutation_recovery,
     weight_cosines,
 )
-from .data import make_tabular_task
-from .models import QUICK_SWEEP, SweepConfig, TabularMLP, accuracy, train_model
+from .models import QUICK_SWEEP, SweepConfig, accuracy
+from .public_base import attack_public_base, lock_public_base_victim
 from .report import AuditReport, AuditRow
+from .statistics import attack_statistics
+from .stored_weights import aligned_weight_correlations
+from .suite import SUITE, ReferenceSpec, reference
 
-__all__ = ["AuditConfig", "AuditReport", "AuditRow", "run_audit"]
+__all__ = ["SUITE", "AuditConfig", "AuditReport", "AuditRow", "run_audit"]
 
-ATTACKS = ("A0", "A1", "A2")
-NOT_IMPLEMENTED = [
-    "A2 with weights trained jointly",
-    "A3 data-free statistics",
-    "A4 reference alignment",
-    "A5 public base",
-    "reference models other than the tabular MLP (CNN, Transformer, LSTM, GRU)",
-]
+ATTACKS = ("A0", "A1", "A2", "A3", "A4", "A5")
+NOT_IMPLEMENTED: list[str] = []
 
 
 @dataclass
 class AuditConfig:
-    """What to run.  ``quick`` uses the one-point sweep and one seed unless given explicitly."""
+    """What to run.  ``quick`` uses the one-point sweep and one seed unless given explicitly;
+    ``model`` names the reference model (a key of ``SUITE``: mlp, cnn, transformer, lstm, gru)."""
 
+    model: str = "mlp"
     budgets: Sequence[float] = (1, 5, 10, 25)
     attacks: Sequence[str] = ATTACKS
     quick: bool = False
@@ -56,11 +56,13 @@ class AuditConfig:
     """Torch threads while auditing (tiny models: one thread avoids oversubscription)."""
     lock_settings: LockSettings = field(default_factory=LockSettings)
 
-    def resolved(self) -> tuple[SweepConfig, int, int]:
+    def resolved(self) -> tuple[ReferenceSpec, SweepConfig, int, int]:
+        """The reference spec, sweep, seed count and victim epochs this run uses."""
+        spec = reference(self.model)
         sweep = self.sweep or (QUICK_SWEEP if self.quick else SweepConfig())
         seeds = self.seeds or (1 if self.quick else 3)
-        epochs = self.victim_epochs or (10 if self.quick else 30)
-        return sweep, seeds, epochs
+        epochs = self.victim_epochs or (spec.quick_epochs if self.quick else spec.victim_epochs)
+        return spec, sweep, seeds, epochs
 
 
 def _row(
@@ -78,7 +80,7 @@ def _row(
         outcome.accuracies,
         reference,
     )
-    if outcome.recovered_keys and outcome.attack in ("A0", "A2"):
+    if outcome.recovered_keys:
         recov = [permutation_recovery(stolen, k, true_perms) for k in outcome.recovered_keys]
         cos = [weight_cosines(stolen, k, original) for k in outcome.recovered_keys]
         row.perm_recovered = max(r for r, _ in recov)
@@ -86,11 +88,13 @@ def _row(
         row.max_cos = max(c["max_cos"] for c in cos)
         row.max_cos_floor = max(c["max_cos_floor"] for c in cos)
         row.cos_excess = max(c["cos_excess"] for c in cos)
+    row.notes = list(outcome.notes)
     return row.judge()
 
 
 def run_audit(config: AuditConfig | None = None, log=print) -> AuditReport:
-    """Train the reference MLP, lock it with the default lock, attack it, and judge the gate."""
+    """Train the chosen reference model, lock it with the default lock, attack it, and judge
+    the gate."""
     config = config or AuditConfig()
     start = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -103,14 +107,14 @@ def run_audit(config: AuditConfig | None = None, log=print) -> AuditReport:
 
 
 def _run(config: AuditConfig, start: float, log) -> AuditReport:
-    sweep, n_seeds, victim_epochs = config.resolved()
+    spec, sweep, n_seeds, victim_epochs = config.resolved()
     seeds = list(range(n_seeds))
     unknown = set(config.attacks) - set(ATTACKS)
     if unknown:
         raise ValueError(f"Unknown attacks {sorted(unknown)}; implemented: {', '.join(ATTACKS)}")
 
-    task = make_tabular_task(seed=config.data_seed)
-    model = train_model(TabularMLP(), task.x_train, task.y_train, epochs=victim_epochs, seed=0)
+    task = spec.task(config.data_seed)
+    model = spec.train_victim(task, victim_epochs)
 
     def lock(seed: int):
         return lock_model(
@@ -121,11 +125,15 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         )
 
     locked = lock(config.lock_seed)
+    stored = [
+        {**asdict(score), "passed": score.passes}
+        for score in aligned_weight_correlations(locked, model)
+    ]
     true_perms = locked.layout.perms
     stolen = StolenModel.from_locked(locked)
     true_key = torch.from_numpy(locked.layout.static_key())
     full = accuracy(stolen.forward_with(true_key), task.x_test, task.y_test)
-    log(f"victim MLP: {100 * full:.2f} % with the key; chance {100 * task.chance:.2f} %")
+    log(f"victim {spec.name}: {100 * full:.2f} % with the key; chance {100 * task.chance:.2f} %")
     # Another key of the same architecture (a second product of the same vendor).
     other_key = torch.from_numpy(lock(config.lock_seed + 1000).layout.static_key())
 
@@ -137,9 +145,19 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
 
     baselines: dict[str, float] = {}
     baseline_seeds: dict[str, list[float]] = {}
+    a5 = None
+
+    def lock_fn(victim: torch.nn.Module):
+        return lock_model(
+            victim,
+            layer_filter=lambda name, m: True,
+            secret_rng=np.random.default_rng(config.lock_seed + 2000),
+            settings=config.lock_settings,
+        )
+
     if set(config.attacks) - {"A0"}:
         for budget in config.budgets:
-            b = baseline_from_scratch(TabularMLP, task, budget, sweep, seeds)
+            b = baseline_from_scratch(spec.factory, task, budget, sweep, seeds)
             baselines[f"{budget:g}"] = b.accuracy
             baseline_seeds[f"{budget:g}"] = b.accuracies
             log(f"B({budget:g} %): {100 * b.accuracy:.2f} % {b.accuracies}")
@@ -150,12 +168,30 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
                         attack_finetune(stolen, task, budget, sweep, seeds, key_kind=kind)
                     )
             if "A2" in config.attacks:
-                outcomes.append(attack_key_learning(stolen, task, budget, sweep, seeds))
+                for joint in (False, True):
+                    outcomes.append(
+                        attack_key_learning(stolen, task, budget, sweep, seeds, joint=joint)
+                    )
+            if "A3" in config.attacks:
+                outcomes.append(attack_statistics(stolen, task, budget, sweep, seeds))
+            if "A4" in config.attacks:
+                outcomes += attack_alignment(stolen, spec.factory, task, budget, sweep, seeds)
             for o in outcomes:
                 rows.append(_row(o, b.accuracy, stolen, true_perms, model))
                 log(f"{o.attack} {o.variant} at {budget:g} %: {100 * o.accuracy:.2f} %")
+            if "A5" in config.attacks:
+                a5 = a5 or lock_public_base_victim(
+                    spec.factory, task, lock_fn, epochs=victim_epochs
+                )
+                matched, direct = attack_public_base(a5.stolen, a5.base, task, budget, sweep, seeds)
+                rows.append(_row(matched, direct.accuracy, a5.stolen, a5.true_perms, a5.victim))
+                log(
+                    f"A5 at {budget:g} %: matched {100 * matched.accuracy:.2f} %, fine-tuned base "
+                    f"{100 * direct.accuracy:.2f} % (victim {100 * a5.full_accuracy:.2f} %)"
+                )
 
     settings = {
+        "model": spec.name,
         "budgets": list(config.budgets),
         "attacks": list(config.attacks),
         "quick": config.quick,
@@ -169,7 +205,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     }
     return AuditReport(
         settings=settings,
-        model="tabular MLP 40-128-128-10 (make_classification, 20,000 train / 5,000 test)",
+        model=spec.description,
         full_accuracy=full,
         chance=task.chance,
         baselines=baselines,
@@ -177,4 +213,5 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         rows=rows,
         not_run=list(NOT_IMPLEMENTED),
         seconds=time.perf_counter() - start,
+        stored_weights=stored,
     )

@@ -10,9 +10,11 @@ Every attack returns :class:`AttackOutcome` values; scoring against the true key
 
 - A0 :func:`attack_no_key`: run the model with guessed keys (null, zero, random, another key).
 - A1 :func:`attack_finetune`: train all weights with a fixed guessed key on the budget.
-- A2 :func:`attack_key_learning`: freeze the weights and learn the key: scales directly,
-  permutations relaxed with Gumbel-Sinkhorn (annealed temperature) then hardened with the
-  Hungarian algorithm.
+- A2 :func:`attack_key_learning`: learn the key (weights frozen, or trained jointly): scales
+  directly, permutations relaxed with Gumbel-Sinkhorn (annealed temperature) then hardened with
+  the Hungarian algorithm.
+- A3 ``audit.statistics``, A4 ``audit.alignment``, A5 ``audit.public_base``: matching attacks
+  built on ``audit.matching``; they fine-tune with :func:`finetune_from_key`.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from ..errors import UnsupportedLayerError
 from ..lock import LockedModel
 from ..lock.channel_lock import ChannelOps
 from ..lock.keyed_model import KeyedModel
-from .data import TabularTask
+from .data import Task
+from .matching import KeyEstimate, effective_weight, keyed_layers, reference_weights
 from .models import SweepConfig, accuracy, train_sweep_point
+from .relaxed_recurrent import replace_keyed_matrices
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +91,8 @@ class AttackOutcome:
     accuracies: list[float]
     recovered_keys: list[torch.Tensor] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """What the attack did not model (those key slots stay at the null key), for the report."""
 
     @property
     def accuracy(self) -> float:
@@ -130,7 +137,7 @@ def _sweep_best(
 # ---------------------------------------------------------------------------------------------
 def baseline_from_scratch(
     make_model: Callable[[], nn.Module],
-    task: TabularTask,
+    task: Task,
     budget: float,
     sweep: SweepConfig,
     seeds: Sequence[int],
@@ -158,7 +165,7 @@ def baseline_from_scratch(
 
 def attack_no_key(
     stolen: StolenModel,
-    task: TabularTask,
+    task: Task,
     *,
     other_key: torch.Tensor | None = None,
     seed: int = 0,
@@ -179,23 +186,20 @@ def attack_no_key(
     ]
 
 
-def attack_finetune(
+def finetune_from_key(
     stolen: StolenModel,
-    task: TabularTask,
+    task: Task,
     budget: float,
     sweep: SweepConfig,
     seeds: Sequence[int],
-    *,
-    key_kind: str = "null",
+    key_for_seed: Callable[[int], torch.Tensor],
 ) -> AttackOutcome:
-    """A1: train every weight of the locked model with a fixed guessed key (``null``/``random``)."""
+    """Train every weight of the locked model with a fixed key on the budget (the baseline's
+    sweep); the accuracy of the key before training counts too (the thief keeps the better)."""
     accs = []
     for seed in seeds:
         x, y = task.budget(budget, seed)
-        if key_kind == "null":
-            key = stolen.null_key()
-        else:
-            key = stolen.random_key(np.random.default_rng([seed, 17]))
+        key = key_for_seed(seed)
 
         def make(key: torch.Tensor = key):
             module = copy.deepcopy(stolen.keyed).train()
@@ -208,8 +212,30 @@ def attack_finetune(
                 lambda: accuracy(forward, task.x_test, task.y_test),
             )
 
-        accs.append(_sweep_best(make, x, y, sweep, seed))
-    return AttackOutcome("A1", f"fine-tune, {key_kind} key", budget, accs)
+        start = accuracy(stolen.forward_with(key), task.x_test, task.y_test)
+        accs.append(max(start, _sweep_best(make, x, y, sweep, seed)))
+    return AttackOutcome("A1", "fine-tune", budget, accs)
+
+
+def attack_finetune(
+    stolen: StolenModel,
+    task: Task,
+    budget: float,
+    sweep: SweepConfig,
+    seeds: Sequence[int],
+    *,
+    key_kind: str = "null",
+) -> AttackOutcome:
+    """A1: train every weight of the locked model with a fixed guessed key (``null``/``random``)."""
+
+    def key_for_seed(seed: int) -> torch.Tensor:
+        if key_kind == "null":
+            return stolen.null_key()
+        return stolen.random_key(np.random.default_rng([seed, 17]))
+
+    outcome = finetune_from_key(stolen, task, budget, sweep, seeds, key_for_seed)
+    outcome.variant = f"fine-tune, {key_kind} key"
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +284,12 @@ class RelaxedKey(nn.Module):
             logits = logits + self.noise * -torch.log(-torch.log(u))
         return log_sinkhorn(logits / self.tau, self.sinkhorn_iters)
 
+    @torch.no_grad()
+    def start_at_null_key(self, margin: float = 10.0) -> None:
+        """Logits ``margin · I``: every slot starts as a (nearly hard) identity permutation."""
+        for logits in self.logits:
+            logits.copy_(margin * torch.eye(len(logits)))
+
     def hard_perms(self) -> list[np.ndarray]:
         return [harden(p) for p in self.logits]
 
@@ -274,49 +306,73 @@ class RelaxedChannelOps(nn.Module):
         self.slots = (ops.in_perm_slot, ops.in_scale_slot, ops.out_perm_slot, ops.out_scale_slot)
         self.key = [key]  # a list: not registered as a submodule of every layer
 
-    def _apply(self, x: torch.Tensor, axis: int, perm_slot: int, scale_slot: int):
+    def monomial(self, side: str) -> torch.Tensor | None:
+        """The relaxed key op of one side as a dense matrix ``M`` (row vectors: ``x ↦ x M``):
+        soft permutation times scales; ``None`` where that side has no key op."""
+        perm_slot, scale_slot = self.slots[:2] if side == "in" else self.slots[2:]
         key = self.key[0]
-        axis = axis % x.dim()
-        x = x.movedim(axis, -1) @ key.soft_perm(perm_slot)
-        return (x * key.scales[scale_slot]).movedim(-1, axis)
+        m = None if perm_slot is None else key.soft_perm(perm_slot)
+        if scale_slot is not None:
+            scale = key.scales[scale_slot]
+            m = torch.diag(scale) if m is None else m * scale
+        return m
+
+    @staticmethod
+    def _apply(x: torch.Tensor, axis: int, m: torch.Tensor | None) -> torch.Tensor:
+        """``x ↦ x M`` along ``axis``; no op for ``M = None``."""
+        if m is None:
+            return x
+        return (x.movedim(axis, -1) @ m).movedim(-1, axis)
 
     def enter(self, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """The relaxed :meth:`ChannelOps.enter`: public un-mix, then the soft key op."""
         if self.mix_in is not None:
             x = self.mix_in.apply_transpose(x, axis)
-        return self._apply(x, axis, self.slots[0], self.slots[1])
+        return self._apply(x, axis, self.monomial("in"))
 
     def leave(self, z: torch.Tensor, axis: int) -> torch.Tensor:
-        z = self._apply(z, axis, self.slots[2], self.slots[3])
+        """The relaxed :meth:`ChannelOps.leave`: the soft key op, then the public un-mix."""
+        z = self._apply(z, axis, self.monomial("out"))
         if self.mix_out is not None:
             z = self.mix_out.apply_transpose(z, axis)
         return z
 
 
-def _replace_ops(root: nn.Module, key: RelaxedKey) -> int:
-    count = 0
+def _replace_ops(root: nn.Module, key: RelaxedKey) -> set[int]:
+    """Swap every recurrent keyed matrix and every :class:`ChannelOps` for a relaxed one;
+    returns the perm slots the relaxed ops read."""
+    replace_keyed_matrices(root, lambda ops: RelaxedChannelOps(ops, key))
+    covered: set[int] = set()
     for module in root.modules():
         for name, child in list(module._modules.items()):
             if isinstance(child, ChannelOps):
                 setattr(module, name, RelaxedChannelOps(child, key))
-                count += 1
-    return count
+                covered |= {s for s in (child.in_perm_slot, child.out_perm_slot) if s is not None}
+            elif isinstance(child, RelaxedChannelOps):
+                covered |= {s for s in child.slots[::2] if s is not None}
+    return covered
 
 
-def relaxed_model(stolen: StolenModel) -> tuple[nn.Module, RelaxedKey]:
-    """A copy of the locked network (weights frozen) whose key ops read a trainable key.
+def relaxed_model(
+    stolen: StolenModel, *, train_weights: bool = False
+) -> tuple[nn.Module, RelaxedKey]:
+    """A copy of the locked network whose key ops read a trainable key; its weights are frozen
+    unless ``train_weights`` (A2 joint variant).
 
-    Handles every layer built on :class:`ChannelOps` (Linear, Conv, ConvTranspose); raises if the
-    model has key slots that no such layer uses (recurrent/attention layers are not covered yet).
+    Covers every keyed op of the lock: layers built on :class:`ChannelOps` (Linear, Conv,
+    ConvTranspose, the four projections of attention, the input projections of LSTM/GRU) and
+    the recurrent matrices of LSTM/GRU (:mod:`.relaxed_recurrent`).  A model with a key slot that
+    none of these reads (a future layer family) is an error, not a silent partial attack.
     """
     net = copy.deepcopy(stolen.keyed.model)
     for p in net.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(train_weights)
     key = RelaxedKey(stolen.perm_sizes, stolen.scale_sizes)
-    n_ops = _replace_ops(net, key)
-    if 2 * n_ops != len(stolen.perm_sizes):
-        raise NotImplementedError(
-            f"A2 covers layers built on ChannelOps only; the model has {len(stolen.perm_sizes)} "
-            f"permutation slots but {n_ops} ChannelOps."
+    missing = sorted(set(range(len(stolen.perm_sizes))) - _replace_ops(net, key))
+    if missing:
+        raise UnsupportedLayerError(
+            f"A2 cannot relax permutation slots {missing}: no Linear, Conv, attention or "
+            "recurrent layer of the lock reads them."
         )
     return net, key
 
@@ -332,10 +388,16 @@ def learn_key(
     batch_size: int,
     seed: int,
     loss: str = "ce",
+    weights: Sequence[nn.Parameter] = (),
+    weight_lr: float | None = None,
 ) -> None:
-    """Fit a relaxed key by gradient descent with annealed Gumbel-Sinkhorn temperature."""
+    """Fit a relaxed key by gradient descent with annealed Gumbel-Sinkhorn temperature; any
+    ``weights`` are trained jointly at ``weight_lr``."""
     key.train()
-    opt = torch.optim.Adam(key.parameters(), lr=lr)
+    groups = [{"params": list(key.parameters()), "lr": lr}]
+    if weights:
+        groups.append({"params": list(weights), "lr": weight_lr or lr})
+    opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(seed)
     n = len(x)
     steps = epochs * max(1, -(-n // batch_size))
@@ -353,20 +415,34 @@ def learn_key(
     key.eval()
 
 
+def _with_weights(stolen: StolenModel, net: nn.Module) -> KeyedModel:
+    """The locked module carrying the (jointly trained) weights of a relaxed copy."""
+    module = copy.deepcopy(stolen.keyed)
+    module.model.load_state_dict(net.state_dict())
+    return module.eval()
+
+
 def attack_key_learning(
     stolen: StolenModel,
-    task: TabularTask,
+    task: Task,
     budget: float,
     sweep: SweepConfig,
     seeds: Sequence[int],
     *,
     key_lr_scale: float = 10.0,
+    joint: bool = False,
 ) -> AttackOutcome:
-    """A2: weights frozen; learn scales and Gumbel-Sinkhorn permutations on the budget, harden
-    with the Hungarian algorithm, and evaluate the locked model with the recovered hard key.
+    """A2: learn scales and Gumbel-Sinkhorn permutations on the budget, harden with the
+    Hungarian algorithm, and evaluate the locked model with the recovered hard key.
 
-    Learning rates are the sweep's times ``key_lr_scale`` (logits need larger steps than
-    weights); the epochs are the sweep's largest.  The best hard key over the sweep counts.
+    Weights frozen, or with ``joint`` trained together with the key at the sweep's learning rate
+    (the key's is the sweep's times ``key_lr_scale``: logits need larger steps than weights).
+    The joint variant starts at the null key (:meth:`RelaxedKey.start_at_null_key`): from the
+    near-uniform start the soft permutations average the features away and the trainable
+    weights collapse to one class (measured on the MLP at 1 %: 10.6-13.9 %).
+    The epochs are the sweep's largest.  The best over the sweep counts; in the joint variant
+    the thief keeps the better of the trained weights under the hard key and the relaxed network
+    itself (a deployable model too).  Recovered keys are the hard keys.
     """
     accs, keys = [], []
     for seed in seeds:
@@ -374,7 +450,9 @@ def attack_key_learning(
         best, best_key = -1.0, None
         for lr in sweep.lrs:
             torch.manual_seed(seed)
-            net, key = relaxed_model(stolen)
+            net, key = relaxed_model(stolen, train_weights=joint)
+            if joint:
+                key.start_at_null_key()
             learn_key(
                 net,
                 key,
@@ -384,14 +462,23 @@ def attack_key_learning(
                 epochs=max(sweep.epochs),
                 batch_size=sweep.batch_size,
                 seed=seed,
+                weights=list(net.parameters()) if joint else (),
+                weight_lr=lr,
             )
+            net.eval()
             hard = stolen.key(key.hard_perms(), key.hard_scales())
-            acc = accuracy(stolen.forward_with(hard), task.x_test, task.y_test)
+            module = _with_weights(stolen, net) if joint else stolen.keyed
+            acc = accuracy(stolen.forward_with(hard, module), task.x_test, task.y_test)
+            if joint:
+                acc = max(acc, accuracy(net, task.x_test, task.y_test))
             if acc > best:
                 best, best_key = acc, hard
         accs.append(best)
         keys.append(best_key)
-    return AttackOutcome("A2", "key learning (Gumbel-Sinkhorn + Hungarian)", budget, accs, keys)
+    variant = (
+        "key learning, joint weights" if joint else "key learning (Gumbel-Sinkhorn + Hungarian)"
+    )
+    return AttackOutcome("A2", variant, budget, accs, keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,8 +489,9 @@ def permutation_recovery(
 ) -> tuple[float, float]:
     """Fraction of permutation entries equal to the true ones, and its chance level.
 
-    A random permutation of ``n`` matches one entry on average, so chance is
-    ``n_slots / n_entries``.
+    Counts every permutation slot of the key, whatever layer reads it (Linear, conv, attention
+    projections, LSTM/GRU input projections and recurrent matrices).  A random permutation of
+    ``n`` matches one entry on average, so chance is ``n_slots / n_entries``.
     """
     total = sum(stolen.perm_sizes)
     got = key[:total].round().long().numpy()
@@ -413,21 +501,14 @@ def permutation_recovery(
 
 @torch.no_grad()
 def effective_weights(stolen: StolenModel, key: torch.Tensor) -> Iterator[tuple[str, np.ndarray]]:
-    """Each locked Linear's weight in the true basis as the given key decodes it
-    (``layer(I) - layer(0)``); with the true key this is the original weight."""
-    keyed = stolen.keyed
-    perms, scales = keyed.decoder(key)
-    keyed._slots.perms, keyed._slots.scales = perms, scales
-    try:
-        for name, module in keyed.model.named_modules():
-            if isinstance(getattr(module, "ops", None), ChannelOps) and hasattr(
-                module, "in_features"
-            ):
-                eye = torch.eye(module.in_features)
-                w = (module(eye) - module(torch.zeros(1, module.in_features))).T
-                yield name, w.numpy().astype(np.float64)
-    finally:
-        keyed._slots.perms = keyed._slots.scales = None
+    """Every keyed matrix's weight in the true basis as the given key decodes it, ``(O, I,
+    taps)``: Linear and conv layers (grouped ones as dense block-diagonal matrices), attention
+    projections, LSTM/GRU input projections and recurrent matrices (``audit.matching``'s model of
+    the key ops, checked against the locked modules by the tests); with the true key these are
+    the original weights (convs with their BatchNorm folded in)."""
+    est = KeyEstimate.decode(stolen.keyed.decoder, key)
+    for layer in keyed_layers(stolen.keyed.model):
+        yield layer.name, effective_weight(layer, est)
 
 
 def aligned_row_cosines(recovered: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -445,26 +526,37 @@ def aligned_row_cosines(recovered: np.ndarray, true: np.ndarray) -> np.ndarray:
 def weight_cosines(
     stolen: StolenModel, key: torch.Tensor, original: nn.Module, seed: int = 0
 ) -> dict[str, float]:
-    """Aligned |cos| between recovered and true weight rows, per locked Linear, against a noise
-    floor (the same statistic for a random Gaussian guess of the same shape).
+    """Aligned |cos| between recovered and true weight rows (taps flattened into the row), per
+    keyed matrix, against a noise floor (the same statistic for a random Gaussian guess of the
+    same shape).
 
-    Returns the largest row |cos| and its floor (over all layers), and ``cos_excess``: the
-    largest, over layers, of mean aligned |cos| minus the floor's mean.  Row cosines of short
-    rows are large by chance (a 40-wide row matched by Hungarian among 128 reaches ~0.4 for
-    noise), so the gate compares against the floor.
+    Every keyed matrix with a counterpart in ``original`` is scored
+    (:func:`~.matching.reference_weights`): Linear, conv, the q/k/v/out projections of
+    ``nn.MultiheadAttention``, and per LSTM/GRU layer the input projection (all gates and
+    directions) and each direction's ``W_hh`` and ``W_hr``.
+    Returns the largest row |cos| and its floor (over all matrices), ``cos_excess``: the
+    largest, over matrices, of mean aligned |cos| minus the floor's mean, and ``scored``: how
+    many matrices were scored.  Row cosines of short rows are large by chance (a 40-wide row
+    matched by Hungarian among 128 reaches ~0.4 for noise), so the gate compares against the
+    floor.
     """
-    named = dict(original.named_modules())
+    targets = reference_weights(original, keyed_layers(stolen.keyed.model))
     rng = np.random.default_rng(seed)
     best, floor_best, excess = [], [], []
     for name, w in effective_weights(stolen, key):
-        true = named[name].weight.detach().double().numpy()
-        cos = aligned_row_cosines(w, true)
+        if name not in targets:
+            continue
+        true = targets[name][0].reshape(len(w), -1)
+        cos = aligned_row_cosines(w.reshape(len(w), -1), true)
         noise = aligned_row_cosines(rng.standard_normal(true.shape), true)
         best.append(cos.max())
         floor_best.append(noise.max())
         excess.append(cos.mean() - noise.mean())
+    if not best:
+        raise ValueError("weight_cosines: no keyed matrix of the locked model is in `original`.")
     return {
         "max_cos": float(max(best)),
         "max_cos_floor": float(max(floor_best)),
         "cos_excess": float(max(excess)),
+        "scored": float(len(best)),
     }

@@ -1,11 +1,13 @@
-"""Generated reference task for the audit: a seeded tabular classification problem.
+"""Generated reference tasks for the audit: tabular, image and sequence classification.
 
-Large enough that 1 % of the training set (200 samples) is a meaningful attacker budget, and
-generated locally (no downloads).
+Each task is seeded and generated locally (no downloads), with 20,000 training samples so that
+1 % (200 samples) is a meaningful attacker budget, and hard enough that 1 % of the data trains
+a clearly worse model than all of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +16,8 @@ from sklearn.datasets import make_classification
 
 
 @dataclass(frozen=True)
-class TabularTask:
-    """Standardised train/test tensors of one classification task."""
+class Task:
+    """Train/test tensors of one classification task; inputs may have any per-sample shape."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -24,8 +26,14 @@ class TabularTask:
     n_classes: int
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (``(features,)``, ``(C, H, W)``, ``(length, features)``)."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
     def n_features(self) -> int:
-        return int(self.x_train.shape[1])
+        """Size of the last input axis (the feature axis of tabular and sequence tasks)."""
+        return int(self.x_train.shape[-1])
 
     @property
     def chance(self) -> float:
@@ -42,6 +50,17 @@ class TabularTask:
         return self.x_train[idx], self.y_train[idx]
 
 
+TabularTask = Task
+"""The name the attacks were written against; every task now has this type."""
+
+
+def _split(x: np.ndarray, y: np.ndarray, n_train: int, n_classes: int) -> Task:
+    """A task from float inputs and integer labels; the first ``n_train`` rows train."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(y.astype(np.int64))
+    return Task(xt[:n_train], yt[:n_train], xt[n_train:], yt[n_train:], n_classes)
+
+
 def make_tabular_task(
     *,
     n_train: int = 20_000,
@@ -49,7 +68,7 @@ def make_tabular_task(
     n_features: int = 40,
     n_classes: int = 10,
     seed: int = 0,
-) -> TabularTask:
+) -> Task:
     """10-class, 40-feature ``make_classification`` task, standardised with training statistics."""
     x, y = make_classification(
         n_samples=n_train + n_test,
@@ -64,6 +83,121 @@ def make_tabular_task(
     )
     x = x.astype(np.float32)
     mean, std = x[:n_train].mean(0), x[:n_train].std(0) + 1e-6
-    x = (x - mean) / std
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    return TabularTask(xt[:n_train], yt[:n_train], xt[n_train:], yt[n_train:], n_classes)
+    return _split((x - mean) / std, y, n_train, n_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image task: procedurally drawn shapes
+# ---------------------------------------------------------------------------------------------
+ShapeMask = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+"""``(u, v, width) -> inside`` in the shape's own frame (radius about 1)."""
+
+
+def _bar(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return (np.abs(v) < 1.5 * w) & (np.abs(u) < 1.0)
+
+
+def _plus(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return _bar(u, v, w / 1.5) | _bar(v, u, w / 1.5)
+
+
+SHAPES: dict[str, ShapeMask] = {
+    "disc": lambda u, v, w: np.hypot(u, v) < 0.9,
+    "ring": lambda u, v, w: np.abs(np.hypot(u, v) - 0.75) < w,
+    "square": lambda u, v, w: np.maximum(np.abs(u), np.abs(v)) < 0.75,
+    "frame": lambda u, v, w: np.abs(np.maximum(np.abs(u), np.abs(v)) - 0.75) < w,
+    "triangle": lambda u, v, w: (v > -0.6) & (v < 0.9 - 1.7 * np.abs(u)),
+    "plus": _plus,
+    "cross": lambda u, v, w: _plus((u - v) / np.sqrt(2), (u + v) / np.sqrt(2), w),
+    "horizontal bar": _bar,
+    "vertical bar": lambda u, v, w: _bar(v, u, w),
+    "two dots": lambda u, v, w: np.hypot(np.abs(u) - 0.55, v) < 0.35,
+}
+"""The ten image classes, in label order."""
+
+
+def make_image_task(
+    *,
+    n_train: int = 20_000,
+    n_test: int = 5_000,
+    size: int = 16,
+    noise: float = 0.4,
+    seed: int = 0,
+) -> Task:
+    """1×size×size images of ten shape classes with random position, scale, rotation, stroke,
+    polarity, background gradient, a distractor blob and pixel noise (``SHAPES``).
+
+    The nuisances make the class invariant to many transformations, which a small budget cannot
+    teach: that is what separates 1 % from 100 % of the data.
+    """
+    rng = np.random.default_rng([seed, 0x1A6E])
+    n = n_train + n_test
+    y = rng.integers(0, len(SHAPES), size=n)
+    grid = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    gy, gx = np.meshgrid(grid, grid, indexing="ij")  # (size, size)
+
+    def per_sample(a: np.ndarray) -> np.ndarray:
+        return a[:, None, None]
+
+    centre = rng.uniform(-size / 6, size / 6, size=(n, 2))
+    radius = rng.uniform(size * 0.22, size * 0.38, size=n)
+    angle = rng.uniform(-0.35, 0.35, size=n)  # ±20°: bars stay horizontal/vertical
+    dx, dy = gx[None] - per_sample(centre[:, 0]), gy[None] - per_sample(centre[:, 1])
+    cos, sin = per_sample(np.cos(angle)), per_sample(np.sin(angle))
+    u = (cos * dx + sin * dy) / per_sample(radius)
+    v = (-sin * dx + cos * dy) / per_sample(radius)
+    width = per_sample(rng.uniform(0.12, 0.25, size=n))
+    mask = np.zeros((n, size, size), dtype=bool)
+    for label, shape in enumerate(SHAPES.values()):
+        sel = y == label
+        mask[sel] = shape(u[sel], v[sel], width[sel])
+
+    contrast = rng.uniform(0.6, 1.4, size=n) * rng.choice([-1.0, 1.0], size=n)
+    slope = rng.normal(0, 0.04, size=(n, 2))
+    background = per_sample(slope[:, 0]) * gx[None] + per_sample(slope[:, 1]) * gy[None]
+    blob_at = rng.uniform(-size / 2, size / 2, size=(n, 2))
+    blob = per_sample(rng.uniform(-1.0, 1.0, size=n)) * np.exp(
+        -((gx[None] - per_sample(blob_at[:, 0])) ** 2 + (gy[None] - per_sample(blob_at[:, 1])) ** 2)
+        / (2 * per_sample(rng.uniform(1.0, 2.5, size=n)) ** 2)
+    )
+    x = per_sample(contrast) * mask + background + blob + rng.normal(0, noise, size=mask.shape)
+    return _split(x[:, None], y, n_train, len(SHAPES))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence task: which Markov chain generated the tokens
+# ---------------------------------------------------------------------------------------------
+def make_sequence_task(
+    *,
+    n_train: int = 20_000,
+    n_test: int = 5_000,
+    length: int = 16,
+    vocab: int = 8,
+    n_classes: int = 10,
+    mixing: float = 0.3,
+    seed: int = 0,
+) -> Task:
+    """One-hot token sequences ``(length, vocab)``; the label is which of ``n_classes`` Markov
+    chains generated the sequence.
+
+    Every chain's transition matrix is doubly stochastic (a random mixture of permutations,
+    blended with the uniform matrix by ``mixing``), so every chain has the uniform stationary
+    distribution: token counts carry almost nothing, and a classifier must remember which
+    token preceded which (order and memory).
+    """
+    rng = np.random.default_rng([seed, 0x5E9])
+    chains = np.empty((n_classes, vocab, vocab))
+    for c in range(n_classes):
+        weights = rng.dirichlet(np.ones(3))
+        perms = sum(w * np.eye(vocab)[rng.permutation(vocab)] for w in weights)
+        chains[c] = (1 - mixing) * perms + mixing / vocab
+    cumulative = chains.cumsum(-1)
+    n = n_train + n_test
+    y = rng.integers(0, n_classes, size=n)
+    tokens = np.empty((n, length), dtype=np.int64)
+    tokens[:, 0] = rng.integers(0, vocab, size=n)
+    draws = rng.random((n, length))
+    for t in range(1, length):
+        row = cumulative[y, tokens[:, t - 1]]  # (n, vocab)
+        tokens[:, t] = np.minimum((draws[:, t, None] > row).sum(-1), vocab - 1)
+    return _split(np.eye(vocab)[tokens], y, n_train, n_classes)

@@ -1,8 +1,14 @@
-"""Reference model of the audit (an MLP for the tabular task) and the seeded trainer shared by
-the victim, the baseline and every attack, so they all get the same training sweep."""
+"""Reference models of the audit (MLP, ResNet-style CNN, Transformer, LSTM, GRU) and the seeded
+trainer shared by the victim, the baseline and every attack, so they all get the same sweep.
+
+Every weight layer of the reference models is one the lock supports (Linear, Conv2d,
+MultiheadAttention, LSTM, GRU; eval-mode BatchNorm is folded into its conv), so the audit
+attacks the whole network, not a lightly locked part of it.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -23,6 +29,122 @@ class TabularMLP(nn.Sequential):
             nn.ReLU(),
             nn.Linear(hidden, n_classes),
         )
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus a shortcut (1×1 conv-BN when the shape changes), then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+
+
+class ResNetCNN(nn.Module):
+    """Small ResNet: conv-BN-ReLU stem, residual stages (the later ones stride 2), global
+    average pool, linear head."""
+
+    def __init__(
+        self, in_channels: int = 1, n_classes: int = 10, widths: tuple[int, ...] = (8, 16, 32)
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+        )
+        blocks = [
+            ResidualBlock(c_in, c_out, 1 if i == 0 else 2)
+            for i, (c_in, c_out) in enumerate(zip((widths[0], *widths), widths, strict=False))
+        ]
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(widths[-1], n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((-2, -1)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm encoder block: ``x + MHA(LN(x))``, then ``x + FFN(LN(x))``."""
+
+    def __init__(self, dim: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.ReLU(), nn.Linear(ffn, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.ffn(self.norm2(x))
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """Fixed sine/cosine position codes ``(length, dim)``: nothing to learn from a small budget."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10_000.0) / dim))
+    codes = torch.zeros(length, dim)
+    codes[:, 0::2], codes[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return codes
+
+
+class TransformerClassifier(nn.Module):
+    """Sequence classifier: linear token embedding plus sinusoidal positions, encoder blocks with
+    ``nn.MultiheadAttention``, final LayerNorm, mean pool over time, linear head."""
+
+    def __init__(
+        self,
+        n_features: int = 8,
+        n_classes: int = 10,
+        length: int = 16,
+        dim: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(n_features, dim)
+        self.register_buffer("position", sinusoidal_positions(length, dim))
+        self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, 2 * dim) for _ in range(layers)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_classes)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the attention projections: ``nn.MultiheadAttention`` only has a private
+        ``_reset_parameters``, which the trainers' seeded ``reset_parameters`` sweep misses."""
+        for m in self.modules():
+            if isinstance(m, nn.MultiheadAttention):
+                m._reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.embed(x) + self.position[: x.shape[-2]])
+        return self.head(self.norm(h).mean(-2))
+
+
+class RecurrentClassifier(nn.Module):
+    """Sequence classifier: an LSTM or GRU (batch first) read at the last step, linear head."""
+
+    def __init__(
+        self, cell: str = "lstm", n_features: int = 8, n_classes: int = 10, hidden: int = 64
+    ) -> None:
+        super().__init__()
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = rnn(n_features, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
 
 
 @dataclass(frozen=True)

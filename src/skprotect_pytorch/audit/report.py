@@ -14,6 +14,9 @@ PERM_FACTOR = 5.0
 """Permutation entries recovered ≤ 5 × chance."""
 COS_LIMIT = 0.1
 """Aligned |cos| of recovered vs true weights ≤ 0.1 above the noise floor."""
+REPORT_ONLY = frozenset({"A5"})
+"""Attacks that never fail the gate (DESIGN.md §2: a public base is not protected); they warn
+when they beat their reference by more than ``ATTACK_MARGIN``."""
 
 
 @dataclass
@@ -34,8 +37,22 @@ class AuditRow:
     cos_excess: float | None = None
     passed: bool = True
     reasons: list[str] = field(default_factory=list)
+    warning: str | None = None
+    """Report-only attacks (A5): why the model is recoverable, if it is."""
+    notes: list[str] = field(default_factory=list)
+    """What the attack did not model (``AttackOutcome.notes``): which key slots it left at the
+    null key, so that the report says what the attack covered."""
 
     def judge(self) -> AuditRow:
+        if self.attack in REPORT_ONLY:
+            self.passed, self.reasons, self.warning = True, [], None
+            if self.accuracy > self.reference + ATTACK_MARGIN:
+                self.warning = (
+                    f"the model is recoverable from its public base: {self.variant} reaches "
+                    f"{100 * self.accuracy:.2f} % > fine-tuning the base "
+                    f"{100 * self.reference:.2f} % + {100 * ATTACK_MARGIN:g} point"
+                )
+            return self
         margin = A0_MARGIN if self.attack == "A0" else ATTACK_MARGIN
         what = "chance" if self.attack == "A0" else "B(x)"
         self.reasons = []
@@ -68,14 +85,38 @@ class AuditReport:
     rows: list[AuditRow]
     not_run: list[str]
     seconds: float = 0.0
+    stored_weights: list[dict] = field(default_factory=list)
+    """Gate 4 per keyed matrix: ``layer``, ``shape``, ``correlation``, ``noise_floor``,
+    ``passed`` (see :mod:`skprotect_pytorch.audit.stored_weights`)."""
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.rows)
+        return all(r.passed for r in self.rows) and all(s["passed"] for s in self.stored_weights)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per report-only row that warns (never part of the gate)."""
+        return [
+            f"{r.attack} at {r.budget:g} %: {r.warning}"
+            if r.budget is not None
+            else f"{r.attack}: {r.warning}"
+            for r in self.rows
+            if r.warning
+        ]
+
+    @property
+    def notes(self) -> list[str]:
+        """Each attack variant's coverage notes once (they repeat across budgets)."""
+        seen = dict.fromkeys(
+            f"{r.attack} ({r.variant}): {note}" for r in self.rows for note in r.notes
+        )
+        return list(seen)
 
     def to_json(self) -> str:
         data = asdict(self)
         data["passed"] = self.passed
+        data["warnings"] = self.warnings
+        data["notes"] = self.notes
         return json.dumps(data, indent=2)
 
     def to_markdown(self) -> str:
@@ -98,14 +139,34 @@ class AuditReport:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
-            ref = ("chance " if r.attack == "A0" else "B(x) ") + pct(r.reference)
+            label = {"A0": "chance "}.get(r.attack, "B(x) ")
+            ref = ("base fine-tuned " if r.attack in REPORT_ONLY else label) + pct(r.reference)
             verdict = "pass" if r.passed else "FAIL: " + "; ".join(r.reasons)
+            if r.attack in REPORT_ONLY:
+                verdict = "report only" + (f"; WARNING: {r.warning}" if r.warning else "")
             lines.append(
                 f"| {r.attack} | {r.variant} | {'' if r.budget is None else f'{r.budget:g}'} | "
                 f"{pct(r.accuracy)} | {ref} | {pct(r.perm_recovered)} | {pct(r.perm_chance)} | "
                 f"{num(r.max_cos)} | {num(r.max_cos_floor)} | {num(r.cos_excess)} | {verdict} |"
             )
         lines += ["", "Baselines B(x) per seed: " + json.dumps(self.baseline_seeds)]
+        if self.stored_weights:
+            worst = max(self.stored_weights, key=lambda s: s["correlation"] - s["noise_floor"])
+            failing = [s["layer"] for s in self.stored_weights if not s["passed"]]
+            lines += [
+                "",
+                f"Gate 4 (stored weights, aligned by the true permutations and signs): "
+                f"{len(self.stored_weights)} keyed matrices, largest correlation "
+                f"{max(s['correlation'] for s in self.stored_weights):.3f}; closest to its "
+                f"noise floor: {worst['layer']} {worst['correlation']:.3f} (floor "
+                f"{worst['noise_floor']:.3f}); "
+                + (f"**FAIL** on {', '.join(failing)}" if failing else "pass"),
+            ]
+        for warning in self.warnings:
+            lines += ["", f"**Warning** {warning}"]
+        if self.notes:
+            lines += ["", "Coverage notes (what each attack did not model):"]
+            lines += [f"- {note}" for note in self.notes]
         if self.not_run:
             lines += ["", "Not run: " + "; ".join(self.not_run)]
         return "\n".join(lines) + "\n"

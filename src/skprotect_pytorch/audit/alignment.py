@@ -1,0 +1,293 @@
+"""A4: reference alignment.  The thief trains its own reference of the same architecture on the
+budget, aligns the locked model's key to it, then fine-tunes.
+
+- weight matching (Git Re-Basin style, :func:`~.matching.weight_match`): per keyed layer,
+  two-sided Hungarian initialisation then alternating exact least-squares Hungarian steps that
+  make the locked layer's effective weight under the candidate key match the reference's;
+- activation matching (:func:`activation_match`): starting from the weight-matching key, per
+  keyed linear in forward order, correlate the locked layer's stored-basis outputs with the
+  reference's outputs on the budget's inputs (Hungarian on ``|corr|``, scales by regression),
+  and fit the input side by least squares on the same activations.
+
+Coverage: weight matching covers every keyed matrix with a counterpart in the reference (all of
+them for the same architecture: Linear, conv of any groups, attention projections, LSTM/GRU
+matrices); activation matching covers the keyed linears whose reference output is observable
+(:func:`reference_activation`); convs and recurrent matrices keep the weight-matching estimate.
+Each estimate's ``notes`` list what was left out; they go to the outcome and the report.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..lock.keyed_model import _mha_fastpath_disabled
+from ..lock.linear import LockedLinear
+from .attacks import AttackOutcome, StolenModel, finetune_from_key
+from .data import Task
+from .matching import (
+    KeyedLayer,
+    KeyEstimate,
+    Target,
+    hungarian,
+    keyed_layers,
+    reference_weights,
+)
+from .matching import weight_match as _weight_match
+from .models import SweepConfig, accuracy, train_sweep_point
+
+
+def train_reference(
+    make_model: Callable[[], nn.Module],
+    task: Task,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sweep: SweepConfig,
+    seed: int,
+) -> nn.Module:
+    """The thief's reference: trained from scratch on the budget with the baseline's sweep; the
+    best checkpoint (test accuracy, the same oracle choice as the baseline) is kept."""
+    best, best_state, model = -1.0, None, None
+    for lr in sweep.lrs:
+        torch.manual_seed(seed + 7919)  # another initialisation than the baseline's
+        model = make_model()
+        for m in model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        model.train()
+
+        def evaluate(model: nn.Module = model) -> float:
+            nonlocal best, best_state
+            acc = accuracy(model.eval(), task.x_test, task.y_test)
+            model.train()
+            if acc > best:
+                best, best_state = acc, copy.deepcopy(model.state_dict())
+            return acc
+
+        train_sweep_point(
+            model,
+            model.parameters(),
+            x,
+            y,
+            lr=lr,
+            epochs=sweep.epochs,
+            batch_size=sweep.batch_size,
+            seed=seed,
+            evaluate=evaluate,
+            weight_decay=sweep.weight_decay,
+        )
+    assert model is not None and best_state is not None
+    model.load_state_dict(best_state)
+    return model.eval()
+
+
+def weight_match_key(stolen: StolenModel, reference: nn.Module) -> KeyEstimate:
+    """The key that best maps every keyed layer's stored weight onto the reference's weight
+    (every keyed matrix with a counterpart in the reference; ``notes`` list the others)."""
+    layers = keyed_layers(stolen.keyed.model)
+    targets = reference_weights(reference, layers)
+    return _weight_match(layers, KeyEstimate.null(stolen.perm_sizes, stolen.scale_sizes), targets)
+
+
+Picker = Callable[[tuple, dict, object], torch.Tensor]
+"""Picks one tensor from a module call: ``(args, kwargs, output) -> tensor``."""
+
+
+@torch.no_grad()
+def _capture(run: Callable[[], object], module: nn.Module, pick: Picker) -> torch.Tensor | None:
+    """``pick`` applied to the first call of ``module`` during ``run()``; ``None`` if the
+    module is never called as a module (e.g. the ``out_proj`` of ``nn.MultiheadAttention``,
+    whose weight torch uses directly)."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_hook(
+        lambda _m, args, kwargs, output: seen.append(pick(args, kwargs, output)),
+        with_kwargs=True,
+    )
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0].detach().double() if seen else None
+
+
+def _argument(index: int, name: str) -> Picker:
+    """Picks the call's argument ``index`` (or keyword ``name``)."""
+    return lambda args, kwargs, _out: args[index] if len(args) > index else kwargs[name]
+
+
+def _first_output(_args: tuple, _kwargs: dict, output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+def _linear(x: torch.Tensor, target: Target) -> torch.Tensor:
+    """``x Wᵀ + b`` for a reference ``(O, I, 1)`` target."""
+    w, b = target
+    y = x @ torch.from_numpy(w[:, :, 0]).T
+    return y if b is None else y + torch.from_numpy(b)
+
+
+def _batch_first(t: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """An attention argument or output in the ``(N, L, E)`` layout the locked attention uses."""
+    return t if batch_first or t.dim() != 3 else t.transpose(0, 1)
+
+
+def reference_activation(
+    reference: nn.Module, layer: KeyedLayer, x: torch.Tensor
+) -> torch.Tensor | None:
+    """The reference's output of the computation that the locked linear ``layer`` performs, on
+    the budget's inputs, in the row layout of the locked layer's own input; ``None`` where the
+    reference does not expose it.
+
+    Covered: a Linear of the same name that the reference calls; the q/k/v projections of an
+    ``nn.MultiheadAttention`` (its inputs times the chunk of ``in_proj_weight``); its
+    ``out_proj`` (the attention's output); the input projection of the first layer of an
+    LSTM/GRU (its input times ``weight_ih``).  Not covered: the input projections of later
+    LSTM/GRU layers (torch's fused layer hides their inputs).
+    """
+    modules = dict(reference.named_modules())
+
+    def run() -> object:
+        with _mha_fastpath_disabled():  # the fused path would bypass the hooked modules
+            return reference(x)
+
+    parent_name, _, leaf = layer.name.rpartition(".")
+    parent = modules.get(parent_name)
+    if isinstance(parent, nn.MultiheadAttention):
+        if leaf == "out_proj":
+            out = _capture(run, parent, _first_output)
+            return None if out is None else _batch_first(out, parent.batch_first)
+        index = ("q_proj", "k_proj", "v_proj").index(leaf)
+        arg = _capture(run, parent, _argument(index, ("query", "key", "value")[index]))
+        target = reference_weights(reference, [layer]).get(layer.name)
+        if arg is None or target is None:
+            return None
+        return _linear(_batch_first(arg, parent.batch_first), target)
+    module = modules.get(layer.name)
+    if isinstance(module, nn.Linear):
+        return _capture(run, module, _first_output)
+    first_projection = "layers.0.input_proj"
+    if layer.family != "recurrent" or not layer.name.endswith(first_projection):
+        return None
+    rnn = modules.get(layer.name.removesuffix(first_projection).rstrip("."))
+    target = reference_weights(reference, [layer]).get(layer.name)
+    if not isinstance(rnn, nn.LSTM | nn.GRU) or target is None:
+        return None
+    arg = _capture(run, rnn, _argument(0, "input"))
+    if arg is None:
+        return None
+    # the locked layer runs time-major, (T, N, I): swap the axes of a batch-first input
+    return _linear(arg.transpose(0, 1) if rnn.batch_first and arg.dim() == 3 else arg, target)
+
+
+def _match_outputs(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Key index ``k`` takes stored output ``p[k]`` maximising ``|corr|``; scale by regression."""
+    zc, tc = z - z.mean(0), target - target.mean(0)
+    zn = zc / (np.linalg.norm(zc, axis=0) + 1e-12)
+    tn = tc / (np.linalg.norm(tc, axis=0) + 1e-12)
+    p = hungarian(np.abs(tn.T @ zn))
+    zp = zc[:, p]
+    return p, (zp * tc).sum(0) / ((zp**2).sum(0) + 1e-30)
+
+
+def _match_inputs(w: np.ndarray, u: np.ndarray, zt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Input side by least squares, ``zt ≈ Σ_j s_j W'[:, j] ⊗ u[:, p[j]]``: Hungarian on the
+    separable gain ``G² / n``, then the scales jointly (normal equations)."""
+    g = w.T @ zt.T @ u
+    n = np.outer((w**2).sum(0), (u**2).sum(0)) + 1e-30
+    p = hungarian(g**2 / n)
+    gram = (w.T @ w) * (u[:, p].T @ u[:, p])
+    rhs = g[np.arange(len(p)), p]
+    return p, np.linalg.lstsq(gram, rhs, rcond=None)[0]
+
+
+def _align_layer(
+    layer: KeyedLayer, key: KeyEstimate, u: np.ndarray, target: np.ndarray, rounds: int
+) -> None:
+    """Alternate the output and input sides of one Linear on activations."""
+    w = layer.weight[:, :, 0]
+    b = np.zeros(layer.n_out) if layer.bias is None else layer.bias
+    for _ in range(rounds):
+        inp, out = key.side(layer.ops, "in"), key.side(layer.ops, "out")
+        x_locked = u if inp is None else u[:, inp[0]] * inp[1]
+        z = x_locked @ w.T + b
+        if out is not None:
+            key.set_side(layer.ops, "out", *_match_outputs(z, target))
+            perm, scale = key.side(layer.ops, "out")
+            zt = np.empty_like(target)
+            zt[:, perm] = target / scale
+        else:
+            zt = target
+        if inp is not None:
+            key.set_side(layer.ops, "in", *_match_inputs(w, u, zt - b))
+
+
+def activation_match(
+    stolen: StolenModel,
+    reference: nn.Module,
+    x: torch.Tensor,
+    key: KeyEstimate,
+    *,
+    rounds: int = 3,
+) -> KeyEstimate:
+    """Refine ``key`` layer by layer on the budget's inputs: every keyed linear (Linear layers,
+    attention projections, LSTM/GRU input projections) whose reference output
+    :func:`reference_activation` can observe.  Each layer's input comes from the locked model
+    under the key found so far; its target is the reference's output, brought into the
+    pre-un-mix basis.  The other layers (convs, recurrent matrices, unobservable linears) keep
+    their estimate; ``notes`` list them."""
+    key = copy.deepcopy(key)
+    kept = []
+    for layer in keyed_layers(stolen.keyed.model):
+        if layer.weight.shape[2] != 1 or not isinstance(layer.module, LockedLinear):
+            kept.append(layer.name)
+            continue
+        y_ref = reference_activation(reference, layer, x)
+        if y_ref is None:
+            kept.append(layer.name)
+            continue
+        current = stolen.key(key.perms, key.scales)
+        x_in = _capture(lambda k=current: stolen.keyed(x, k), layer.module, _argument(0, "x"))
+        assert x_in is not None  # every keyed layer of the locked model runs
+        u = x_in.reshape(-1, layer.n_in).numpy() @ layer.t_in
+        target = y_ref.reshape(-1, layer.n_out).numpy() @ layer.t_out.T
+        _align_layer(layer, key, u, target, rounds)
+    if kept:
+        key.notes.append(
+            "activation matching does not model (weight-matching estimate kept): " + ", ".join(kept)
+        )
+    return key
+
+
+def attack_alignment(
+    stolen: StolenModel,
+    make_model: Callable[[], nn.Module],
+    task: Task,
+    budget: float,
+    sweep: SweepConfig,
+    seeds: Sequence[int],
+) -> list[AttackOutcome]:
+    """A4: per seed a reference on the budget; weight matching and activation matching keys,
+    each followed by fine-tuning from it."""
+    keys: dict[str, dict[int, torch.Tensor]] = {"weight": {}, "activation": {}}
+    notes: dict[str, set[str]] = {"weight": set(), "activation": set()}
+    for seed in seeds:
+        x, y = task.budget(budget, seed)
+        reference = train_reference(make_model, task, x, y, sweep, seed)
+        wm = weight_match_key(stolen, reference)
+        am = activation_match(stolen, reference, x, wm)
+        keys["weight"][seed] = stolen.key(wm.perms, wm.scales)
+        keys["activation"][seed] = stolen.key(am.perms, am.scales)
+        notes["weight"].update(wm.notes)
+        notes["activation"].update(am.notes)
+    outcomes = []
+    for kind, by_seed in keys.items():
+        o = finetune_from_key(stolen, task, budget, sweep, seeds, by_seed.__getitem__)
+        o.attack, o.variant = "A4", f"{kind} matching to own reference + fine-tune"
+        o.recovered_keys = [by_seed[s] for s in seeds]
+        o.notes = sorted(notes[kind])
+        outcomes.append(o)
+    return outcomes

@@ -1,0 +1,125 @@
+"""The audit's reference suite: generated tasks, reference models, and their wiring into the audit.
+
+Issue 5 asks for tasks that ship or are generated (no downloads) with at least 20,000 training
+samples, and for an MLP, a ResNet-style CNN, a Transformer, an LSTM and a GRU that the default
+lock locks exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from skprotect_pytorch import audit as audit_pkg
+from skprotect_pytorch.audit import AuditConfig, AuditReport
+from skprotect_pytorch.audit.attacks import StolenModel
+from skprotect_pytorch.audit.data import SHAPES
+from skprotect_pytorch.audit.models import accuracy, train_model
+from skprotect_pytorch.audit.suite import SUITE, reference
+from skprotect_pytorch.cli import AuditModel, AuditPreset, app
+from skprotect_pytorch.lock import lock_model
+from skprotect_pytorch.lock.context import LOCK_PRESETS
+
+GENERATORS = {spec.make_task: name for name, spec in SUITE.items()}
+"""One entry per distinct task generator (the sequence models share one task)."""
+
+TINY_RUNS = {
+    "mlp": {"n": 4000, "epochs": 3, "lr": 1e-3, "batch_size": 128},
+    "cnn": {"n": 4000, "epochs": 3, "lr": 3e-3, "batch_size": 128},
+    "lstm": {"n": 4000, "epochs": 4, "lr": 1e-2, "batch_size": 32},
+    "gru": {"n": 4000, "epochs": 3, "lr": 1e-2, "batch_size": 32},
+    "transformer": {"n": 20_000, "epochs": 5, "lr": 2e-3, "batch_size": 128},
+}
+"""Victim training small enough for CI and large enough to be clearly above chance (the
+Transformer needs a few epochs on the whole set before it finds the bigrams: a slow test)."""
+SLOW = {"transformer"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("make_task", list(GENERATORS), ids=list(GENERATORS.values()))
+def test_tasks_are_generated_deterministically_and_large_enough(make_task):
+    task, again, other = make_task(seed=0), make_task(seed=0), make_task(seed=1)
+    assert len(task.y_train) >= 20_000 and len(task.y_test) >= 5_000
+    assert len(task.budget(1, seed=0)[1]) == len(task.y_train) // 100
+    assert torch.equal(task.x_train, again.x_train) and torch.equal(task.y_test, again.y_test)
+    assert not torch.equal(task.x_train, other.x_train)
+    assert task.x_train.dtype == torch.float32 and torch.isfinite(task.x_train).all()
+    # Every class is present and none dominates: chance is about 1 / n_classes.
+    assert torch.bincount(task.y_train, minlength=task.n_classes).min() > 0
+    assert task.chance < 1.5 / task.n_classes
+
+
+def test_the_image_classes_are_the_listed_shapes():
+    task = reference("cnn").task()
+    assert task.input_shape == (1, 16, 16) and task.n_classes == len(SHAPES) == 10
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SUITE],
+)
+def test_reference_model_learns_and_locks_exactly(name):
+    spec = reference(name)
+    task = spec.task()
+    run = dict(TINY_RUNS[name])
+    n = run.pop("n")
+    model = train_model(spec.factory(), task.x_train[:n], task.y_train[:n], seed=0, **run)
+    x, y = task.x_test[:2000], task.y_test[:2000]
+    trained = accuracy(model, x, y)
+    assert trained > task.chance + 0.15, f"{name} learned only {trained:.3f}"
+
+    locked = lock_model(
+        model, layer_filter=lambda _name, _m: True, secret_rng=np.random.default_rng(7)
+    )
+    assert not locked.skipped_layers, locked.skipped_layers
+    stolen = StolenModel.from_locked(locked)
+    true_key = torch.from_numpy(locked.layout.static_key())
+    with torch.no_grad():
+        diff = (stolen.forward_with(true_key)(x) - model(x)).abs().max().item()
+    assert diff < 1e-4
+    zero_key = torch.zeros_like(true_key)
+    assert accuracy(stolen.forward_with(zero_key), x, y) < task.chance + 0.05
+
+
+def test_cnn_batchnorms_are_folded_by_the_lock():
+    model = reference("cnn").factory().eval()
+    locked = lock_model(
+        model, layer_filter=lambda _n, _m: True, secret_rng=np.random.default_rng(0)
+    )
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert n_bn > 0 and len(locked.folded_batchnorms) == n_bn
+
+
+def test_audit_config_selects_the_reference_model():
+    spec, _, seeds, epochs = AuditConfig(model="gru", quick=True).resolved()
+    assert spec is SUITE["gru"] and seeds == 1 and epochs == spec.quick_epochs
+    assert AuditConfig(model="cnn").resolved()[3] == SUITE["cnn"].victim_epochs
+    with pytest.raises(ValueError, match="choose from mlp, cnn, transformer, lstm, gru"):
+        AuditConfig(model="vgg").resolved()
+
+
+def test_cli_audit_model_option_selects_the_suite_model(monkeypatch):
+    assert [m.value for m in AuditModel] == list(SUITE)  # the CLI's light copy of the names
+    assert [p.value for p in AuditPreset] == list(LOCK_PRESETS)
+    seen = {}
+
+    def fake_run_audit(config, log=print):
+        seen["config"] = config
+        return AuditReport({}, "m", 0.9, 0.1, {}, {}, [], [])
+
+    monkeypatch.setattr(audit_pkg, "run_audit", fake_run_audit)
+    result = CliRunner().invoke(app, ["audit", "--model", "cnn", "--quick", "--budgets", "1"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].model == "cnn" and seen["config"].budgets == (1.0,)
+    CliRunner().invoke(app, ["audit", "--quick"])
+    assert seen["config"].model == "mlp"
+    assert CliRunner().invoke(app, ["audit", "--model", "vgg"]).exit_code == 2

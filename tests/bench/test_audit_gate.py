@@ -1,0 +1,63 @@
+"""Keeps ``bench/audit_gate.py`` working: its smallest run audits two reference models (A0 only,
+one victim epoch) and writes a report naming its command and date."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import audit_gate  # noqa: E402
+from skprotect_pytorch.audit import SUITE  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_smallest_gate_run_writes_both_reports(tmp_path):
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--quick",
+        "--models",
+        "mlp,gru",
+        "--attacks",
+        "A0",
+        "--budgets",
+        "1",
+        "--victim-epochs",
+        "1",
+    ]
+    lines: list[str] = []
+    result = audit_gate.run_gate(argv, log=lines.append)
+
+    assert set(result.reports) == {"mlp", "gru"} and not result.errors
+    assert result.passed, result.to_markdown()
+    gru = result.reports["gru"]
+    assert gru.settings["model"] == "gru" and gru.model == SUITE["gru"].description
+    assert gru.full_accuracy > gru.chance + 0.15  # one epoch of training, then locked
+    assert any("total" in line for line in lines) and any("gru: victim" in line for line in lines)
+
+    text = (tmp_path / "audit_gate.md").read_text()
+    assert "python bench/audit_gate.py --out" in text and result.date in text
+    assert "| mlp |" in text and "| gru |" in text and "### Audit: GRU classifier" in text
+    data = json.loads((tmp_path / "audit_gate.json").read_text())
+    assert data["passed"] and data["command"] == result.command
+    assert {r["variant"] for r in data["models"]["gru"]["rows"]} >= {"null key", "zero key"}
+
+
+def test_gate_options_are_checked():
+    with pytest.raises(SystemExit):
+        audit_gate.parse_args(["--out", "x", "--models", "vgg"])
+    args = audit_gate.parse_args(["--out", "x"])
+    assert args.budgets == audit_gate.GATE_BUDGETS and args.models[0] == "mlp"
