@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tests.audit.helpers import set_true_key
 from typer.testing import CliRunner
 
 from skprotect_pytorch import audit as audit_pkg
@@ -30,14 +31,7 @@ from skprotect_pytorch.audit.report import AuditReport, AuditRow
 from skprotect_pytorch.cli import app
 from skprotect_pytorch.lock import lock_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The attacks train many tiny models: one thread avoids oversubscribing shared CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _locked_mlp(seed: int = 0):
@@ -89,14 +83,7 @@ def test_relaxed_model_is_exact_at_the_true_key():
     _, locked = _locked_mlp()
     stolen = StolenModel.from_locked(locked)
     net, key = relaxed_model(stolen)
-    with torch.no_grad():
-        for slot, p in enumerate(locked.layout.perms):
-            one_hot = torch.full((len(p), len(p)), -1e4)
-            one_hot[torch.from_numpy(p), torch.arange(len(p))] = 0.0
-            key.logits[slot].copy_(one_hot)
-        for slot, s in enumerate(locked.layout.scales):
-            key.scales[slot].copy_(torch.from_numpy(s))
-    key.eval()
+    set_true_key(key, locked)
     key.tau = 1.0
     x = torch.randn(64, 12)
     true_key = torch.from_numpy(locked.layout.static_key())

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.audit.helpers import set_true_key
 from torch import nn
 
 from skprotect_pytorch.audit.alignment import (
@@ -39,12 +40,7 @@ FEATURES, CLASSES, LENGTH = 6, 3, 5
 TINY_SWEEP = SweepConfig(lrs=(3e-3,), epochs=(1,), batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RecurrentHead(nn.Module):
@@ -127,25 +123,13 @@ def _inputs(n: int = 4) -> torch.Tensor:
     return torch.randn(n, LENGTH, FEATURES, generator=torch.Generator().manual_seed(3))
 
 
-def _set_true_key(key, locked: LockedModel) -> None:
-    """Logits one-hot at the true permutations (a hard Sinkhorn output), scales the true ones."""
-    with torch.no_grad():
-        for slot, p in enumerate(locked.layout.perms):
-            one_hot = torch.full((len(p), len(p)), -1e4)
-            one_hot[torch.from_numpy(p), torch.arange(len(p))] = 0.0
-            key.logits[slot].copy_(one_hot)
-        for slot, s in enumerate(locked.layout.scales):
-            key.scales[slot].copy_(torch.from_numpy(s))
-    key.eval()
-
-
 @pytest.mark.parametrize("name", list(MODELS))
 def test_relaxed_model_is_exact_at_the_true_key_and_trainable(name):
     model, locked, stolen = _locked(name)
     x = _inputs()
     true_key = torch.from_numpy(locked.layout.static_key())
     net, key = relaxed_model(stolen, train_weights=True)
-    _set_true_key(key, locked)
+    set_true_key(key, locked)
     net.eval()
     torch.testing.assert_close(net(x), stolen.keyed(x, true_key), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(net(x), model(x), rtol=1e-4, atol=1e-5)

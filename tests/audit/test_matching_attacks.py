@@ -11,6 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tests.audit.helpers import set_true_key
 from torch import nn
 
 import skprotect_pytorch.lock.linear as linear_lock
@@ -30,13 +31,7 @@ from skprotect_pytorch.audit.report import AuditReport, AuditRow
 from skprotect_pytorch.audit.statistics import data_free_key, pair_interface
 from skprotect_pytorch.lock import LockSettings, lock_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lock(model: nn.Module, *, mixed: bool = True, seed: int = 3, settings=None, monkeypatch=None):
@@ -197,16 +192,10 @@ def test_joint_key_learning_carries_trained_weights_into_the_locked_module(train
     stolen = StolenModel.from_locked(locked)
     net, key = relaxed_model(stolen, train_weights=True)
     assert all(p.requires_grad for p in net.parameters())
+    set_true_key(key, locked)
     with torch.no_grad():
-        for slot, p in enumerate(locked.layout.perms):
-            one_hot = torch.full((len(p), len(p)), -1e4)
-            one_hot[torch.from_numpy(p), torch.arange(len(p))] = 0.0
-            key.logits[slot].copy_(one_hot)
-        for slot, s in enumerate(locked.layout.scales):
-            key.scales[slot].copy_(torch.from_numpy(s))
         for p in net.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    key.eval()
     module = _with_weights(stolen, net)
     true_key = torch.from_numpy(locked.layout.static_key())
     x = task.x_test[:64]

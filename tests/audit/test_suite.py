@@ -37,12 +37,7 @@ Transformer needs a few epochs on the whole set before it finds the bigrams: a s
 SLOW = {"transformer"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("make_task", list(GENERATORS), ids=list(GENERATORS.values()))

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..lock.keyed_model import _mha_fastpath_disabled
 from ..lock.linear import LockedLinear
-from .attacks import AttackOutcome, StolenModel, finetune_from_key
+from .attacks import AttackOutcome, StolenModel, _sweep_best, finetune_from_key, fresh_model
 from .data import Task
 from .matching import (
     KeyedLayer,
@@ -38,7 +38,7 @@ from .matching import (
     reference_weights,
 )
 from .matching import weight_match as _weight_match
-from .models import SweepConfig, accuracy, train_sweep_point
+from .models import SweepConfig, accuracy
 
 
 def train_reference(
@@ -52,13 +52,10 @@ def train_reference(
     """The thief's reference: trained from scratch on the budget with the baseline's sweep; the
     best checkpoint (test accuracy, the same oracle choice as the baseline) is kept."""
     best, best_state, model = -1.0, None, None
-    for lr in sweep.lrs:
-        torch.manual_seed(seed + 7919)  # another initialisation than the baseline's
-        model = make_model()
-        for m in model.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-        model.train()
+
+    def make():
+        nonlocal model
+        model = fresh_model(make_model)
 
         def evaluate(model: nn.Module = model) -> float:
             nonlocal best, best_state
@@ -68,18 +65,10 @@ def train_reference(
                 best, best_state = acc, copy.deepcopy(model.state_dict())
             return acc
 
-        train_sweep_point(
-            model,
-            model.parameters(),
-            x,
-            y,
-            lr=lr,
-            epochs=sweep.epochs,
-            batch_size=sweep.batch_size,
-            seed=seed,
-            evaluate=evaluate,
-            weight_decay=sweep.weight_decay,
-        )
+        return model, list(model.parameters()), evaluate
+
+    # another initialisation than the baseline's
+    _sweep_best(make, x, y, sweep, seed, init_seed=seed + 7919)
     assert model is not None and best_state is not None
     model.load_state_dict(best_state)
     return model.eval()

@@ -107,11 +107,13 @@ def _sweep_best(
     seed: int,
     on_step_factory: Callable[[], Callable[[float], None] | None] = lambda: None,
     after: Callable[[float, dict[int, float]], None] | None = None,
+    init_seed: int | None = None,
 ) -> float:
-    """Best test accuracy over the sweep; ``make()`` builds a fresh learner for each lr."""
+    """Best test accuracy over the sweep; ``make()`` builds a fresh learner for each lr, under
+    ``torch.manual_seed(init_seed)`` (``seed`` unless given)."""
     best = 0.0
     for lr in sweep.lrs:
-        torch.manual_seed(seed)
+        torch.manual_seed(seed if init_seed is None else init_seed)
         forward, params, evaluate = make()
         scores = train_sweep_point(
             forward,
@@ -132,6 +134,41 @@ def _sweep_best(
     return best
 
 
+def _sweep_per_seed(
+    build: Callable[[], nn.Module],
+    task: Task,
+    budget: float,
+    sweep: SweepConfig,
+    seeds: Sequence[int],
+) -> list[float]:
+    """Per seed, the best test accuracy of ``build()``'s model trained on that seed's budget with
+    the sweep: the one training loop of the from-scratch baseline and A5's base-only fine-tune."""
+    accs = []
+    for seed in seeds:
+        x, y = task.budget(budget, seed)
+
+        def make():
+            model = build()
+            return (
+                model,
+                list(model.parameters()),
+                lambda: accuracy(model, task.x_test, task.y_test),
+            )
+
+        accs.append(_sweep_best(make, x, y, sweep, seed))
+    return accs
+
+
+def fresh_model(make_model: Callable[[], nn.Module]) -> nn.Module:
+    """A new ``make_model()`` with every layer re-initialised, in train mode: what the baseline
+    and the thief's reference (A4) train from scratch."""
+    model = make_model()
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return model.train()
+
+
 # ---------------------------------------------------------------------------------------------
 # Baseline and A0, A1
 # ---------------------------------------------------------------------------------------------
@@ -143,23 +180,7 @@ def baseline_from_scratch(
     seeds: Sequence[int],
 ) -> AttackOutcome:
     """B(x): the same architecture trained from scratch on the same budget with the same sweep."""
-    accs = []
-    for seed in seeds:
-        x, y = task.budget(budget, seed)
-
-        def make():
-            model = make_model()
-            for m in model.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
-            model.train()
-            return (
-                model,
-                list(model.parameters()),
-                lambda: accuracy(model, task.x_test, task.y_test),
-            )
-
-        accs.append(_sweep_best(make, x, y, sweep, seed))
+    accs = _sweep_per_seed(lambda: fresh_model(make_model), task, budget, sweep, seeds)
     return AttackOutcome("B", "from scratch", budget, accs)
 
 

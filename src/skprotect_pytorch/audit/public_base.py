@@ -16,7 +16,7 @@ from torch import nn
 
 from ..lock import LockedModel
 from .alignment import weight_match_key
-from .attacks import AttackOutcome, StolenModel, _sweep_best, finetune_from_key
+from .attacks import AttackOutcome, StolenModel, _sweep_per_seed, finetune_from_key
 from .data import Task
 from .models import SweepConfig, accuracy, train_model, train_sweep_point
 
@@ -69,21 +69,14 @@ def finetune_base(
     base: nn.Module, task: Task, budget: float, sweep: SweepConfig, seeds: Sequence[int]
 ) -> AttackOutcome:
     """What the public base alone gives: fine-tune it on the budget with the sweep."""
-    accs = []
-    for seed in seeds:
-        x, y = task.budget(budget, seed)
 
-        def make():
-            model = copy.deepcopy(base).train()
-            for p in model.parameters():
-                p.requires_grad_(True)
-            return (
-                model,
-                list(model.parameters()),
-                lambda: accuracy(model, task.x_test, task.y_test),
-            )
+    def trainable_base() -> nn.Module:
+        model = copy.deepcopy(base).train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
 
-        accs.append(_sweep_best(make, x, y, sweep, seed))
+    accs = _sweep_per_seed(trainable_base, task, budget, sweep, seeds)
     return AttackOutcome("A5", "fine-tune the public base (reference)", budget, accs)
 
 
