@@ -1,9 +1,12 @@
-"""The machine line every benchmark prints: CPU, cores, load, OS and library versions."""
+"""What every benchmark shares: the machine line it prints (CPU, cores, load, OS, library
+versions) and the wall-clock timer of its calls."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -37,3 +40,13 @@ def machine_line() -> str:
         f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, "
         f"skruntime {skruntime.__version__}"
     )
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    """Wall-clock seconds of each of ``n`` calls of ``fn``."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times

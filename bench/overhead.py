@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line
+from machine import machine_line, timed
 from models import BENCH_MODELS, BenchModel
 
 EXAMPLE_BATCH = 2  # export example: > 1 so that the batch dimension stays dynamic
@@ -57,16 +57,6 @@ BATCHES = (1, 32)
 
 def command_line() -> str:
     return " ".join(["python", *sys.argv])
-
-
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    """Wall-clock seconds of each of ``n`` calls of ``fn``."""
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 @dataclass
@@ -359,30 +349,34 @@ def run_bench(
     return results
 
 
+def _table(
+    results: Sequence[ModelResult], cols: list[str], title: str, cell: Callable[[object], str]
+) -> list[str]:
+    """One markdown table: a row per result, a column per runtime configuration."""
+    lines = [title, "", "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in results:
+        cells = [cell(r.cells.get(c, "-")) for c in cols]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_tables(results: Sequence[ModelResult], backends: Sequence[str]) -> str:
     cols = columns(backends)
-    lines = ["**Ratio locked / original (median latency)**", ""]
-    lines.append("| model | " + " | ".join(cols) + " |")
-    lines.append("|---|" + "---:|" * len(cols))
-    for r in results:
-        cells = []
-        for c in cols:
-            v = r.cells.get(c, "-")
-            cells.append(f"{v.ratio:.2f}" if isinstance(v, PairTiming) else str(v))
-        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-    lines += ["", "**Original median latency (ms) → locked (ms)**", ""]
-    lines.append("| model | " + " | ".join(cols) + " |")
-    lines.append("|---|" + "---:|" * len(cols))
-    for r in results:
-        cells = []
-        for c in cols:
-            v = r.cells.get(c, "-")
-            cells.append(
-                f"{v.original * 1e3:.3g} → {v.locked * 1e3:.3g}"
-                if isinstance(v, PairTiming)
-                else "-"
-            )
-        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    lines = _table(
+        results,
+        cols,
+        "**Ratio locked / original (median latency)**",
+        lambda v: f"{v.ratio:.2f}" if isinstance(v, PairTiming) else str(v),
+    )
+    lines.append("")
+    lines += _table(
+        results,
+        cols,
+        "**Original median latency (ms) → locked (ms)**",
+        lambda v: (
+            f"{v.original * 1e3:.3g} → {v.locked * 1e3:.3g}" if isinstance(v, PairTiming) else "-"
+        ),
+    )
     notes = [f"- {r.name}: {n}" for r in results for n in r.notes]
     if notes:
         lines += ["", *notes]

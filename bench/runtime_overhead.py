@@ -27,15 +27,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line
+from machine import machine_line, timed
 
 APP = "bench_app"
 
@@ -84,16 +82,6 @@ def protect_models(workdir: Path) -> dict[str, tuple[int, ...]]:
             test_key=True,
         )
     return shapes
-
-
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    """Wall-clock seconds of each of ``n`` calls of ``fn``."""
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def bench_model(

@@ -260,40 +260,37 @@ class ChannelOps(nn.Module):
         return self.slots.perm(perm_slot), self.slots.scale(scale_slot)
 
     @staticmethod
-    def _rows(t: torch.Tensor, key, mix: BlockMix | None, mix_first: bool) -> torch.Tensor:
-        """Key op (row Gather+Mul) and un-mix on a channel-first ``(n, N)`` matrix."""
-        if mix is not None and mix_first:
-            t = mix.apply_rows(t)
-        if key is not None:
-            t = t.index_select(0, key[0]) * key[1].unsqueeze(1)
-        if mix is not None and not mix_first:
-            t = mix.apply_rows(t)
-        return t
-
-    @staticmethod
-    def _channels(x: torch.Tensor, axis: int, key, mix, mix_first: bool) -> torch.Tensor:
-        """The same on a channel axis that is not innermost (convs: ``(N, C, *spatial)``)."""
-        conv_layout = axis == 1 and x.dim() in (3, 4)
-        if mix is not None and mix_first:
-            x = mix.apply_conv(x, axis) if conv_layout else mix.apply_transpose(x, axis)
+    def _in_order(x: torch.Tensor, axis: int, key, unmix, mix_first: bool) -> torch.Tensor:
+        """The key op (Gather+Mul along ``axis``) and the un-mix, in the order of the side."""
+        if unmix is not None and mix_first:
+            x = unmix(x)
         if key is not None:
             shape = [1] * x.dim()
             shape[axis] = -1
             x = x.index_select(axis, key[0]) * key[1].view(shape)
-        if mix is not None and not mix_first:
-            x = mix.apply_conv(x, axis) if conv_layout else mix.apply_transpose(x, axis)
+        if unmix is not None and not mix_first:
+            x = unmix(x)
         return x
 
     def _transform(self, x: torch.Tensor, axis: int, key, mix, mix_first: bool) -> torch.Tensor:
         if key is None and mix is None:
             return x
         axis = axis % x.dim()  # non-negative axes: the TorchScript ONNX exporter needs them
-        if axis != x.dim() - 1 or x.dim() < 2:
-            return self._channels(x, axis, key, mix, mix_first)
+        if axis != x.dim() - 1 or x.dim() < 2:  # convs: (N, C, *spatial), in place
+            conv_layout = axis == 1 and x.dim() in (3, 4)
+            along = None
+            if mix is not None:
+                apply = mix.apply_conv if conv_layout else mix.apply_transpose
+
+                def along(t: torch.Tensor) -> torch.Tensor:
+                    return apply(t, axis)
+
+            return self._in_order(x, axis, key, along, mix_first)
+        rows = mix.apply_rows if mix is not None else None  # channel-first (n, N)
         if x.dim() == 2:  # (batch, channels): no reshapes around the transposes
-            return self._rows(x.t(), key, mix, mix_first).t().contiguous()
+            return self._in_order(x.t(), 0, key, rows, mix_first).t().contiguous()
         lead = x.shape[:-1]
-        t = self._rows(x.reshape(-1, x.shape[-1]).t(), key, mix, mix_first)
+        t = self._in_order(x.reshape(-1, x.shape[-1]).t(), 0, key, rows, mix_first)
         return t.t().contiguous().reshape(*lead, t.shape[0])
 
     def enter(self, x: torch.Tensor, axis: int) -> torch.Tensor:
