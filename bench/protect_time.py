@@ -43,26 +43,9 @@ from overhead import EXAMPLE_BATCH, command_line, export_options, lock
 FORMATS = {"ONNX": "ONNX", "TorchScript": "TORCHSCRIPT_CPU", "AOTI": "INDUCTOR_CPU"}
 
 
-def plain_once(name: str, fmt_name: str, outdir: Path) -> float:
-    from skprotect_pytorch.export import get_exporter, verify_artifact
-    from skprotect_pytorch.formats import ExportFormat
-
-    bm = BENCH_MODELS[name]
-    model, x = bm.make(), bm.example(EXAMPLE_BATCH)
-    exporter = get_exporter(ExportFormat[fmt_name])
-    path = outdir / f"{name}_plain{exporter.extension}"
-    start = time.perf_counter()
-    opts = export_options(x)
-    import torch
-
-    with torch.no_grad():
-        expected = [model(x).numpy()]
-    exporter.export(model, (x,), path, opts, with_key=False)
-    verify_artifact(exporter, path, opts, [x.numpy()], expected)
-    return time.perf_counter() - start
-
-
-def protect_once(name: str, fmt_name: str, outdir: Path) -> float:
+def export_once(name: str, fmt_name: str, outdir: Path, *, protect: bool) -> float:
+    """Seconds to export ``name`` plainly, or to protect it (lock, eager check, export), and
+    verify the artifact against the original's outputs."""
     import torch
 
     from skprotect_pytorch.export import get_exporter, verify_artifact
@@ -71,11 +54,15 @@ def protect_once(name: str, fmt_name: str, outdir: Path) -> float:
     bm = BENCH_MODELS[name]
     model, x = bm.make(), bm.example(EXAMPLE_BATCH)
     exporter = get_exporter(ExportFormat[fmt_name])
-    path = outdir / f"{name}_locked{exporter.extension}"
+    path = outdir / f"{name}_{'locked' if protect else 'plain'}{exporter.extension}"
     start = time.perf_counter()
     opts = export_options(x)
     with torch.no_grad():
         expected = [model(x).numpy()]
+    if not protect:
+        exporter.export(model, (x,), path, opts, with_key=False)
+        verify_artifact(exporter, path, opts, [x.numpy()], expected)
+        return time.perf_counter() - start
     locked = lock(model, 0, name)
     key = locked.layout.static_key()
     with torch.no_grad():
@@ -108,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         # untimed warm-up: the first export in a process pays imports and exporter set-up
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             for label in formats:
-                plain_once("mlp", FORMATS[label], Path(tmp))
+                export_once("mlp", FORMATS[label], Path(tmp), protect=False)
         for name in names:
             rows[name] = {}
             for label in formats:
@@ -124,9 +111,13 @@ def main(argv: list[str] | None = None) -> None:
                             order = (0, 1) if i % 2 == 0 else (1, 0)
                             for side in order:
                                 if side == 0:
-                                    plain.append(plain_once(name, fmt_name, Path(tmp)))
+                                    plain.append(
+                                        export_once(name, fmt_name, Path(tmp), protect=False)
+                                    )
                                 else:
-                                    prot.append(protect_once(name, fmt_name, Path(tmp)))
+                                    prot.append(
+                                        export_once(name, fmt_name, Path(tmp), protect=True)
+                                    )
                 except Exception as err:
                     rows[name][label] = f"failed: {type(err).__name__}"
                     print(f"{name} {label}: {err!r:.300}", file=sys.stderr, flush=True)
