@@ -34,8 +34,9 @@ def machine_line() -> str:
         load = " load average {:.2f} {:.2f} {:.2f};".format(*os.getloadavg())
     except OSError:
         load = ""
+    gpu = f" GPU {torch.cuda.get_device_name()};" if torch.cuda.is_available() else ""
     return (
-        f"{cpu_model()}, {cores} logical cores ({usable} usable),{load} {platform.system()} "
+        f"{cpu_model()}, {cores} logical cores ({usable} usable),{load}{gpu} {platform.system()} "
         f"{platform.release()}; Python {platform.python_version()}, numpy {np.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, "
         f"skruntime {skruntime.__version__}"

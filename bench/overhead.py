@@ -8,7 +8,10 @@ locked artifact in the same process:
 
 * ONNX Runtime (CPU EP, default graph optimisations), 1 and 2 intra-op threads, batch 1 and 32;
 * TorchScript CPU (``torch.jit`` trace+freeze), ``torch.set_num_threads(1)``, batch 1 and 32;
-* AOTInductor CPU (``--aoti``; each compile takes 10-60 s), 1 thread, batch 1 and 32.
+* AOTInductor CPU (``--aoti``; each compile takes 10-60 s), 1 thread, batch 1 and 32;
+* on a CUDA machine, ``--backends TorchScript-GPU,AOTI-GPU``: the GPU formats in full float32
+  (the runtime's settings), inputs already on the GPU, each call ending with the copy of the
+  outputs to the host.
 
 Sequence models (Transformer, LSTM, GRU) use sequences of 32 steps. Each pair is warmed up, then
 timed in interleaved blocks (original, locked, locked, original, ...) so that drift and other
@@ -205,16 +208,18 @@ def ort_runner(path: Path, threads: int) -> Runner:
     return bind
 
 
-def torch_runner(call: Callable[..., object]) -> Runner:
+def torch_runner(call: Callable[..., object], device: str = "cpu") -> Runner:
+    """Inputs live on ``device``; each call ends with the copy of the outputs to the host."""
     import torch
 
     def bind(inputs: Sequence[np.ndarray]) -> Callable[[], list[np.ndarray]]:
-        tensors = [torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]
+        tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in inputs]
 
         def run() -> list[np.ndarray]:
             with torch.inference_mode():
                 out = call(*tensors)
-            return [out.numpy()] if isinstance(out, torch.Tensor) else [t.numpy() for t in out]
+            outs = [out] if isinstance(out, torch.Tensor) else list(out)
+            return [t.cpu().numpy() for t in outs]
 
         return run
 
@@ -236,11 +241,32 @@ def aoti_runner(path: Path, threads: int) -> Runner:
     return torch_runner(compiled)
 
 
+def torchscript_gpu_runner(path: Path, threads: int) -> Runner:
+    import torch
+
+    from skruntime.backends.gpu import apply_gpu_determinism
+
+    apply_gpu_determinism()  # full float32, as the runtime runs GPU models
+    return torch_runner(torch.jit.load(str(path), map_location="cuda"), "cuda")
+
+
+def aoti_gpu_runner(path: Path, threads: int) -> Runner:
+    import torch
+
+    from skruntime.backends.gpu import apply_gpu_determinism
+
+    apply_gpu_determinism()
+    return torch_runner(torch._inductor.aoti_load_package(str(path)), "cuda")
+
+
 # backend label -> (export format name, runner factory, thread counts)
 BACKENDS: dict[str, tuple[str, Callable[[Path, int], Runner], tuple[int, ...]]] = {
     "ORT": ("ONNX", ort_runner, (1, 2)),
     "TorchScript": ("TORCHSCRIPT_CPU", torchscript_runner, (1,)),
     "AOTI": ("INDUCTOR_CPU", aoti_runner, (1,)),
+    # CUDA only (one GPU; the thread count does not apply)
+    "TorchScript-GPU": ("TORCHSCRIPT_GPU", torchscript_gpu_runner, (1,)),
+    "AOTI-GPU": ("INDUCTOR_GPU", aoti_gpu_runner, (1,)),
 }
 
 
@@ -398,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
         "default lock",
     )
     parser.add_argument(
-        "--backends", default="", help="comma-separated subset of ORT, TorchScript, AOTI"
+        "--backends", default="", help="comma-separated subset of " + ", ".join(BACKENDS)
     )
     parser.add_argument("--blocks", type=int, help="interleaved blocks per side")
     parser.add_argument("--block-ms", type=float, help="target duration of one side's block")

@@ -19,9 +19,11 @@ from skprotect_pytorch.audit.constants import artifact_constants, find_weight_le
 from skprotect_pytorch.export import get_exporter
 from skprotect_pytorch.export.options import ExportOptions
 from skprotect_pytorch.protect import SkProtectorPyTorch
+from skruntime.backends import BackendOptions, backend_class
 
 EF = SkProtectorPyTorch.ExportFormat
 SEQUENCE_MODELS = {"transformer", "lstm", "gru"}
+_GPU_FORMATS = {".pt": "torchscript_gpu", ".pt2": "inductor_gpu"}
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
@@ -41,7 +43,10 @@ def _other_sizes(name: str, inputs: list[torch.Tensor]) -> list[np.ndarray]:
     return [torch.randn(*shape, generator=torch.Generator().manual_seed(7)).numpy()]
 
 
-def _runner(path: Path) -> Runner:
+def _runner(path: Path, device: str = "cpu") -> Runner:
+    if device != "cpu":  # the runtime's GPU backends: numpy in, inputs moved to the GPU
+        backend = backend_class(_GPU_FORMATS[path.suffix])(path, BackendOptions(device=device))
+        return backend.run
     if path.suffix == ".onnx":
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
@@ -89,12 +94,15 @@ def protected(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return _protect(request.param, EF.ONNX | EF.TORCHSCRIPT_CPU, tmp_path_factory.mktemp("m"))
 
 
-def _check_artifact(name: str, model, inputs, path: Path, other_key: np.ndarray) -> None:
-    run = _runner(path)
+def _check_artifact(
+    name: str, model, inputs, path: Path, other_key: np.ndarray, device: str = "cpu"
+) -> None:
+    run = _runner(path, device)
     key = _key(path, name)
+    reference = model.to(device)  # GPU runs compare with the original on the same GPU
     for arrays in ([t.numpy() for t in inputs], _other_sizes(name, inputs)):
         with torch.no_grad():
-            expected = model(*[torch.from_numpy(a) for a in arrays]).numpy()
+            expected = reference(*[torch.from_numpy(a).to(device) for a in arrays]).cpu().numpy()
         assert_equivalent(run([*arrays, key])[0], expected, rtol=1e-4)
         rng = np.random.default_rng(0)
         wrong = {
@@ -149,3 +157,20 @@ def test_inductor_cpu(name: str, tmp_path: Path) -> None:
         k: v.detach().numpy() for k, v in protected["model"].state_dict().items() if v.dim() >= 2
     }
     assert find_weight_leaks(artifact_constants(path), weights) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(MODEL_FACTORIES))
+def test_gpu_formats(name: str, tmp_path: Path) -> None:
+    """TorchScript GPU and AOTInductor GPU match the CPU original under the runtime's settings."""
+    protected = _protect(name, EF.TORCHSCRIPT_GPU | EF.INDUCTOR_GPU | EF.ONNX, tmp_path)
+    result = protected["result"]
+    other = _key(result.formats["onnx"].path, name)
+    weights = {
+        k: v.detach().numpy() for k, v in protected["model"].state_dict().items() if v.dim() >= 2
+    }
+    for fmt in ("torchscript_gpu", "inductor_gpu"):
+        path = result.formats[fmt].path
+        _check_artifact(name, protected["model"], protected["inputs"], path, other, "cuda")
+        assert find_weight_leaks(artifact_constants(path), weights) == []

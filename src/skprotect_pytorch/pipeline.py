@@ -8,6 +8,7 @@ place and the configuration rewritten.  If that final step fails, replaced files
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from skruntime.backends.gpu import gpu_float32
 from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
 
 from .configuration import add_model
@@ -290,42 +292,48 @@ def _run_group(
     hashes: dict[str, str] = {}
     keyed = locked.keyed.to(device)
     example = (*(t.to(device) for t in request.input_tensors), key_tensor.to(device))
-    for fmt in formats:
-        exporter = get_exporter(fmt)
-        path = staging.path(f"{group_dir}/{name}{exporter.extension}")
-        start = time.perf_counter()
-        with step(f"Exporting '{name}' to {fmt.name}"):
-            report = exporter.export(keyed, example, path, options, with_key=True)
-        with step(f"Verifying {fmt.name} artifact"):
-            err = verify_artifact(exporter, path, options, [*inputs_np, static_key], expected)
-            run = exporter.load(path, options)
-            no_key = _rel_diff(run([*inputs_np, zero_key]), expected)
-        seconds = time.perf_counter() - start
-        logger.info(
-            "%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
-            fmt.name,
-            err,
-            no_key,
-            seconds,
-            report.exporter,
-        )
-        result.formats[fmt.slug] = FormatResult(
-            format=fmt.slug,
-            group=group.value,
-            path=staging.final(path),
-            key_length=locked.layout.length,
-            max_rel_error=err,
-            no_key_rel_diff=no_key,
-            seconds=seconds,
-            exporter=report.exporter,
-        )
-        hashes[fmt.slug] = sha256_file(path)
-        entries[fmt.slug] = FormatEntry(
-            group=group.value,
-            file=f"{group_dir}/{path.name}",
-            key_files=[],
-            sha256=hashes[fmt.slug] if request.platform_version >= 1 else None,
-        )
+    # GPU float32 differs from the CPU's by more than the lock's own rounding (other conv
+    # algorithms): the GPU group is verified in full float32 against the original on the GPU.
+    with gpu_float32() if device == "cuda" else contextlib.nullcontext():
+        if device == "cuda":
+            with torch.no_grad():
+                expected = _as_numpy(copy.deepcopy(reference).to(device)(*example[:-1]))
+        for fmt in formats:
+            exporter = get_exporter(fmt)
+            path = staging.path(f"{group_dir}/{name}{exporter.extension}")
+            start = time.perf_counter()
+            with step(f"Exporting '{name}' to {fmt.name}"):
+                report = exporter.export(keyed, example, path, options, with_key=True)
+            with step(f"Verifying {fmt.name} artifact"):
+                err = verify_artifact(exporter, path, options, [*inputs_np, static_key], expected)
+                run = exporter.load(path, options)
+                no_key = _rel_diff(run([*inputs_np, zero_key]), expected)
+            seconds = time.perf_counter() - start
+            logger.info(
+                "%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
+                fmt.name,
+                err,
+                no_key,
+                seconds,
+                report.exporter,
+            )
+            result.formats[fmt.slug] = FormatResult(
+                format=fmt.slug,
+                group=group.value,
+                path=staging.final(path),
+                key_length=locked.layout.length,
+                max_rel_error=err,
+                no_key_rel_diff=no_key,
+                seconds=seconds,
+                exporter=report.exporter,
+            )
+            hashes[fmt.slug] = sha256_file(path)
+            entries[fmt.slug] = FormatEntry(
+                group=group.value,
+                file=f"{group_dir}/{path.name}",
+                key_files=[],
+                sha256=hashes[fmt.slug] if request.platform_version >= 1 else None,
+            )
     keyed.to("cpu")
     return locked, entries, hashes
 

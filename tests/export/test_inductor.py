@@ -157,3 +157,19 @@ def test_gpu_package_runs_and_checks_the_key(tmp_path):
     assert verify_artifact(GPU, report.path, opts, inputs, eager(model, x3, key), rtol=1e-3) < 1e-3
     with pytest.raises(InvalidArgumentError, match=r'rejected its key "key_vector" \(shape \(7,\)'):
         GPU.load(report.path, opts)([x3.numpy(), key.numpy()[:7]])
+
+
+def test_gpu_compile_turns_off_compile_time_autotuning_unless_asked():
+    x, key = torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options([x], {"input_names": ["x"]}, ({0: Dim("batch")},))
+    gpu = GPU.compile_configs(opts, (x, key), with_key=True)
+    assert gpu["triton.autotune_at_compile_time"] is False  # random inputs index out of bounds
+    assert "skprotect.inputs" in gpu["aot_inductor.metadata"]
+    assert "triton.autotune_at_compile_time" not in CPU.compile_configs(opts, (x, key), True)
+    asked = build_export_options(
+        [x],
+        {"input_names": ["x"]},
+        ({0: Dim("batch")},),
+        inductor_configs={"triton.autotune_at_compile_time": True},
+    )
+    assert GPU.compile_configs(asked, (x, key), with_key=True)["triton.autotune_at_compile_time"]

@@ -21,7 +21,7 @@ from torch import nn
 from skprotect_pytorch.formats import ExportFormat as EF
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime.backends import BackendOptions, backend_class
-from skruntime.backends.gpu import apply_gpu_determinism
+from skruntime.backends.gpu import apply_gpu_determinism, gpu_float32
 from skruntime.backends.inductor import InductorBackend
 from skruntime.backends.torchscript import TorchScriptBackend
 from skruntime.errors import BackendError, InputError
@@ -291,21 +291,27 @@ def test_torchscript_without_metadata_runs_and_wraps_torch_errors(tmp_path):
     assert "\n" not in message
 
 
-def test_gpu_determinism_settings():
-    saved = (
+def _gpu_settings() -> tuple:
+    return (
         torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.allow_tf32,
         torch.get_float32_matmul_precision(),
         torch.backends.cudnn.benchmark,
     )
+
+
+def test_gpu_determinism_settings_inside_gpu_float32_only():
+    saved = _gpu_settings()
     try:
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
-        apply_gpu_determinism()
-        assert torch.backends.cuda.matmul.allow_tf32 is False
-        assert torch.backends.cudnn.allow_tf32 is False
-        assert torch.get_float32_matmul_precision() == "highest"
-        assert torch.backends.cudnn.benchmark is False
+        torch.backends.cudnn.allow_tf32 = True
+        before = _gpu_settings()
+        with gpu_float32():
+            assert _gpu_settings() == (False, False, "highest", False)
+        assert _gpu_settings() == before  # the caller's settings come back
+        apply_gpu_determinism()  # the runtime's process-wide form
+        assert _gpu_settings() == (False, False, "highest", False)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved[0]
         torch.backends.cudnn.allow_tf32 = saved[1]

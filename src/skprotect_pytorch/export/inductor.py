@@ -63,7 +63,7 @@ class InductorExporter(DeviceExporter):
         start = time.perf_counter()
         try:
             shapes = signature_dynamic_shapes(module, options.export_dynamic_shapes(with_key))
-            with quiet_upstream_warnings():
+            with quiet_upstream_warnings(), torch.no_grad():
                 program = torch.export.export(module.eval(), args, dynamic_shapes=shapes)
         except Exception as err:
             raise ExportError(
@@ -71,15 +71,12 @@ class InductorExporter(DeviceExporter):
                 "input_tensors and that dynamic_shapes matches what the model allows."
             ) from err
         exported = time.perf_counter()
-        configs = dict(options.inductor_configs)
-        metadata = dict(configs.get("aot_inductor.metadata") or {})
-        dims = options.export_dynamic_shapes(with_key)
-        names = options.names(with_key)
-        key_name = options.key_name if with_key else None
-        metadata[INPUTS_METADATA] = json.dumps(input_specs(args, dims, names, key_name))
-        configs["aot_inductor.metadata"] = metadata
+        configs = self.compile_configs(options, args, with_key)
         try:
-            with quiet_upstream_warnings():
+            # Without no_grad, a CUDA compile of parameters that require grad fails in addmm's
+            # out= variant ("functions with out=... arguments don't support automatic
+            # differentiation"); an inference package needs no autograd anyway.
+            with quiet_upstream_warnings(), torch.no_grad():
                 torch._inductor.aoti_compile_and_package(
                     program, package_path=str(path), inductor_configs=configs
                 )
@@ -99,6 +96,25 @@ class InductorExporter(DeviceExporter):
                 f"torch.export {exported - start:.1f} s, AOTInductor compile {end - exported:.1f} s"
             ],
         )
+
+    def compile_configs(
+        self, options: ExportOptions, args: tuple[Tensor, ...], with_key: bool
+    ) -> dict:
+        """The user's ``inductor_configs``, plus the input specs in the package metadata and,
+        on CUDA, no compile-time autotuning unless the user asked for it."""
+        configs = dict(options.inductor_configs)
+        if self.device == "cuda":
+            # Compile-time autotuning runs each Triton kernel on random inputs, so the kernels
+            # that index with key-decoded permutations read out of bounds and trip a device-side
+            # assert (pytorch/pytorch#194018). Tuned at the first run instead, on real inputs.
+            configs.setdefault("triton.autotune_at_compile_time", False)
+        metadata = dict(configs.get("aot_inductor.metadata") or {})
+        dims = options.export_dynamic_shapes(with_key)
+        names = options.names(with_key)
+        key_name = options.key_name if with_key else None
+        metadata[INPUTS_METADATA] = json.dumps(input_specs(args, dims, names, key_name))
+        configs["aot_inductor.metadata"] = metadata
+        return configs
 
     def load(self, path: Path, options: ExportOptions) -> Runner:
         if self.device == "cuda":

@@ -6,6 +6,9 @@ backend may use :data:`ORT_CUDA_FP32_OPTIONS` without torch installed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from ..errors import BackendError
 
 ORT_CUDA_FP32_OPTIONS = {"use_tf32": "0"}
@@ -42,6 +45,28 @@ def apply_gpu_determinism() -> None:
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.benchmark = False
+
+
+@contextmanager
+def gpu_float32() -> Iterator[None]:
+    """:func:`apply_gpu_determinism` inside a block only, then the caller's settings again: for
+    code (the protector's GPU verification) that must not change a user's process for good."""
+    import torch
+
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.benchmark,
+    )
+    apply_gpu_determinism()
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved[0]
+        torch.backends.cudnn.allow_tf32 = saved[1]
+        torch.set_float32_matmul_precision(saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
 
 
 def require_cuda(what: str, device: str) -> None:
