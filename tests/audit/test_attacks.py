@@ -18,6 +18,8 @@ from skprotect_pytorch.audit import AuditConfig, run_audit
 from skprotect_pytorch.audit.attacks import (
     RelaxedKey,
     StolenModel,
+    best_over_gains,
+    fresh_model,
     harden,
     learn_key,
     permutation_recovery,
@@ -26,7 +28,7 @@ from skprotect_pytorch.audit.attacks import (
 )
 from skprotect_pytorch.audit.constants import artifact_constants
 from skprotect_pytorch.audit.data import make_tabular_task
-from skprotect_pytorch.audit.models import TabularMLP
+from skprotect_pytorch.audit.models import SweepConfig, TabularMLP
 from skprotect_pytorch.audit.report import AuditReport, AuditRow
 from skprotect_pytorch.cli import app
 from skprotect_pytorch.lock import lock_model
@@ -131,6 +133,24 @@ def test_reduced_task_gives_one_percent_a_meaningful_size():
     assert torch.equal(task.budget(1, 0)[1], y)  # seeded
 
 
+def test_from_scratch_learners_try_every_init_gain():
+    torch.manual_seed(0)
+    default = fresh_model(TabularMLP)
+    torch.manual_seed(0)
+    scaled = fresh_model(TabularMLP, 2.0)
+    for (name, d), (_, g) in zip(
+        default.named_parameters(), scaled.named_parameters(), strict=True
+    ):
+        if d.dim() >= 2:  # Gaussian weights of RMS gain / sqrt(fan_in)
+            rms = float(g.pow(2).mean().sqrt())
+            assert rms == pytest.approx(2.0 / d.shape[1] ** 0.5, rel=0.1), name
+        else:
+            assert torch.equal(g, d), name  # biases keep the layers' own reset values
+    sweep = SweepConfig(init_gains=(None, 1.0, 2.0))
+    runs = {None: [0.2, 0.5], 1.0: [0.4, 0.1], 2.0: [0.3, 0.3]}
+    assert best_over_gains(runs.__getitem__, sweep) == [0.4, 0.5]  # per seed
+
+
 def test_report_verdicts_and_outputs():
     rows = [
         AuditRow("A0", "null key", None, 0.11, [0.11], 0.10).judge(),
@@ -139,6 +159,11 @@ def test_report_verdicts_and_outputs():
     ]
     assert rows[0].passed and not rows[1].passed and not rows[2].passed
     assert len(rows[2].reasons) == 2
+    # A4 is also compared with its own procedure run without the stolen files
+    above_control = AuditRow("A4", "weight", 1, 0.55, [0.55], 0.50, control=0.53).judge()
+    within_control = AuditRow("A4", "weight", 1, 0.55, [0.55], 0.50, control=0.545).judge()
+    assert above_control.reasons == ["accuracy 0.5500 > its no-files control 0.5300 + 0.01"]
+    assert within_control.passed
     report = AuditReport({}, "m", 0.9, 0.1, {"1": 0.5}, {"1": [0.5]}, rows, ["A3"])
     assert not report.passed
     data = json.loads(report.to_json())

@@ -239,6 +239,8 @@ def test_attacks_run_and_are_scored_on_sequence_models(name):
         rows.append(AuditRow(o.attack, o.variant, 50, o.accuracy, o.accuracies, 0.5, notes=o.notes))
     a3 = outcomes[2]
     assert (name == "lstm") == any("LSTM/GRU" in note for note in a3.notes)
+    for a4 in outcomes[3:]:  # the reference fine-tuned again, without the stolen files
+        assert len(a4.extra["control"]) == 1 and 0.0 <= a4.extra["control"][0] <= 1.0
     report = AuditReport({}, name, 1.0, 0.34, {}, {}, rows, [])
     if report.notes:
         assert "Coverage notes" in report.to_markdown()

@@ -80,6 +80,8 @@ def _row(
         outcome.accuracies,
         reference,
     )
+    control = outcome.extra.get("control")
+    row.control = float(np.mean(control)) if control else None
     if outcome.recovered_keys:
         recov = [permutation_recovery(stolen, k, true_perms) for k in outcome.recovered_keys]
         cos = [weight_cosines(stolen, k, original) for k in outcome.recovered_keys]

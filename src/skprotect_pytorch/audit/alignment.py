@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,7 +28,14 @@ from torch import nn
 
 from ..lock.keyed_model import _mha_fastpath_disabled
 from ..lock.linear import LockedLinear
-from .attacks import AttackOutcome, StolenModel, _sweep_best, finetune_from_key, fresh_model
+from .attacks import (
+    AttackOutcome,
+    StolenModel,
+    _sweep_best,
+    _sweep_per_seed,
+    finetune_from_key,
+    fresh_model,
+)
 from .data import Task
 from .matching import (
     KeyedLayer,
@@ -49,13 +57,14 @@ def train_reference(
     sweep: SweepConfig,
     seed: int,
 ) -> nn.Module:
-    """The thief's reference: trained from scratch on the budget with the baseline's sweep; the
-    best checkpoint (test accuracy, the same oracle choice as the baseline) is kept."""
+    """The thief's reference: trained from scratch on the budget with the baseline's sweep (init
+    gains included); the best checkpoint (test accuracy, the same oracle choice as the baseline)
+    is kept."""
     best, best_state, model = -1.0, None, None
 
-    def make():
+    def make(gain: float | None):
         nonlocal model
-        model = fresh_model(make_model)
+        model = fresh_model(make_model, gain)
 
         def evaluate(model: nn.Module = model) -> float:
             nonlocal best, best_state
@@ -67,11 +76,15 @@ def train_reference(
 
         return model, list(model.parameters()), evaluate
 
-    # another initialisation than the baseline's
-    _sweep_best(make, x, y, sweep, seed, init_seed=seed + 7919)
+    for gain in sweep.init_gains:  # another initialisation than the baseline's
+        _sweep_best(partial(make, gain), x, y, sweep, seed, init_seed=seed + 7919)
     assert model is not None and best_state is not None
     model.load_state_dict(best_state)
     return model.eval()
+
+
+def _trainable_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).train()
 
 
 def weight_match_key(stolen: StolenModel, reference: nn.Module) -> KeyEstimate:
@@ -260,12 +273,15 @@ def attack_alignment(
     seeds: Sequence[int],
 ) -> list[AttackOutcome]:
     """A4: per seed a reference on the budget; weight matching and activation matching keys,
-    each followed by fine-tuning from it."""
+    each followed by fine-tuning from it. The no-files control (``extra["control"]``) fine-tunes
+    the reference itself with the same sweep: what the second training round gains alone."""
     keys: dict[str, dict[int, torch.Tensor]] = {"weight": {}, "activation": {}}
     notes: dict[str, set[str]] = {"weight": set(), "activation": set()}
+    control: list[float] = []
     for seed in seeds:
         x, y = task.budget(budget, seed)
         reference = train_reference(make_model, task, x, y, sweep, seed)
+        control += _sweep_per_seed(partial(_trainable_copy, reference), task, budget, sweep, [seed])
         wm = weight_match_key(stolen, reference)
         am = activation_match(stolen, reference, x, wm)
         keys["weight"][seed] = stolen.key(wm.perms, wm.scales)
@@ -278,5 +294,6 @@ def attack_alignment(
         o.attack, o.variant = "A4", f"{kind} matching to own reference + fine-tune"
         o.recovered_keys = [by_seed[s] for s in seeds]
         o.notes = sorted(notes[kind])
+        o.extra["control"] = control
         outcomes.append(o)
     return outcomes

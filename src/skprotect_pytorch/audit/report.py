@@ -29,7 +29,7 @@ class AuditRow:
     accuracy: float
     accuracies: list[float]
     reference: float
-    """The accuracy the gate compares with: chance for A0, B(x) for the others."""
+    """Chance for A0, B(x) for the others (fine-tuning the public base for A5)."""
     perm_recovered: float | None = None
     perm_chance: float | None = None
     max_cos: float | None = None
@@ -42,6 +42,11 @@ class AuditRow:
     notes: list[str] = field(default_factory=list)
     """What the attack did not model (``AttackOutcome.notes``): which key slots it left at the
     null key, so that the report says what the attack covered."""
+    control: float | None = None
+    """The same procedure without the stolen files, where the attack has one (A4: the thief's
+    own reference fine-tuned again with the sweep). The gate compares with the larger of
+    ``reference`` and ``control``: an attack that gains no more than its own procedure gains
+    without the files has not shown that the files help."""
 
     def judge(self) -> AuditRow:
         if self.attack in REPORT_ONLY:
@@ -54,12 +59,12 @@ class AuditRow:
                 )
             return self
         margin = A0_MARGIN if self.attack == "A0" else ATTACK_MARGIN
-        what = "chance" if self.attack == "A0" else "B(x)"
+        what, limit = "chance" if self.attack == "A0" else "B(x)", self.reference
+        if self.control is not None and self.control > limit:
+            what, limit = "its no-files control", self.control
         self.reasons = []
-        if self.accuracy > self.reference + margin:
-            self.reasons.append(
-                f"accuracy {self.accuracy:.4f} > {what} {self.reference:.4f} + {margin:.2f}"
-            )
+        if self.accuracy > limit + margin:
+            self.reasons.append(f"accuracy {self.accuracy:.4f} > {what} {limit:.4f} + {margin:.2f}")
         recovered, chance = self.perm_recovered, self.perm_chance
         if recovered is not None and chance is not None and recovered > PERM_FACTOR * chance:
             self.reasons.append(
@@ -134,9 +139,9 @@ class AuditReport:
             f"- settings: `{json.dumps(self.settings)}`",
             f"- time: {self.seconds:.0f} s; gate: **{'PASS' if self.passed else 'FAIL'}**",
             "",
-            "| attack | variant | x % | accuracy % | reference % | perm. recovered | "
-            "chance | max row cos | floor | cos excess | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| attack | variant | x % | accuracy % | reference % | no-files control % | "
+            "perm. recovered | chance | max row cos | floor | cos excess | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.rows:
             label = {"A0": "chance "}.get(r.attack, "B(x) ")
@@ -146,7 +151,8 @@ class AuditReport:
                 verdict = "report only" + (f"; WARNING: {r.warning}" if r.warning else "")
             lines.append(
                 f"| {r.attack} | {r.variant} | {'' if r.budget is None else f'{r.budget:g}'} | "
-                f"{pct(r.accuracy)} | {ref} | {pct(r.perm_recovered)} | {pct(r.perm_chance)} | "
+                f"{pct(r.accuracy)} | {ref} | {pct(r.control)} | {pct(r.perm_recovered)} | "
+                f"{pct(r.perm_chance)} | "
                 f"{num(r.max_cos)} | {num(r.max_cos_floor)} | {num(r.cos_excess)} | {verdict} |"
             )
         lines += ["", "Baselines B(x) per seed: " + json.dumps(self.baseline_seeds)]
