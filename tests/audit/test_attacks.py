@@ -104,6 +104,13 @@ def test_scoring_detects_a_recovered_key_and_not_a_null_key():
     assert weight_cosines(stolen, true_key, model)["cos_excess"] > 0.3
     null = weight_cosines(stolen, stolen.null_key(), model)
     assert null["cos_excess"] < 0.1
+    # The floor from a twin network: the victim's own weights as the "independent" guess leave
+    # no excess even for the true key; an unrelated random network leaves the true key's.
+    assert weight_cosines(stolen, true_key, model, twin=model)["cos_excess"] == pytest.approx(
+        0.0, abs=1e-5
+    )
+    other, _ = _locked_mlp(seed=5)
+    assert weight_cosines(stolen, true_key, model, twin=other)["cos_excess"] > 0.3
 
 
 def test_the_stolen_eager_weights_are_the_numbers_in_the_exported_files(tmp_path):

@@ -71,6 +71,7 @@ def _row(
     stolen: StolenModel,
     true_perms,
     original: torch.nn.Module,
+    twin: torch.nn.Module | None = None,
 ) -> AuditRow:
     row = AuditRow(
         outcome.attack,
@@ -84,7 +85,7 @@ def _row(
     row.control = float(np.mean(control)) if control else None
     if outcome.recovered_keys:
         recov = [permutation_recovery(stolen, k, true_perms) for k in outcome.recovered_keys]
-        cos = [weight_cosines(stolen, k, original) for k in outcome.recovered_keys]
+        cos = [weight_cosines(stolen, k, original, twin=twin) for k in outcome.recovered_keys]
         row.perm_recovered = max(r for r, _ in recov)
         row.perm_chance = recov[0][1]
         row.max_cos = max(c["max_cos"] for c in cos)
@@ -117,6 +118,9 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
 
     task = spec.task(config.data_seed)
     model = spec.train_victim(task, victim_epochs)
+    # The cosine check's noise floor: the same architecture trained with another seed (what
+    # any trained network shares with the victim, e.g. smooth conv kernels).
+    twin = spec.train_victim(task, victim_epochs, seed=1)
 
     def lock(seed: int):
         return lock_model(
@@ -142,7 +146,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     rows: list[AuditRow] = []
     if "A0" in config.attacks:
         for o in attack_no_key(stolen, task, other_key=other_key, seed=config.lock_seed):
-            rows.append(_row(o, task.chance, stolen, true_perms, model))
+            rows.append(_row(o, task.chance, stolen, true_perms, model, twin))
             log(f"A0 {o.variant}: {100 * o.accuracy:.2f} %")
 
     baselines: dict[str, float] = {}
@@ -179,7 +183,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
             if "A4" in config.attacks:
                 outcomes += attack_alignment(stolen, spec.factory, task, budget, sweep, seeds)
             for o in outcomes:
-                rows.append(_row(o, b.accuracy, stolen, true_perms, model))
+                rows.append(_row(o, b.accuracy, stolen, true_perms, model, twin))
                 log(f"{o.attack} {o.variant} at {budget:g} %: {100 * o.accuracy:.2f} %")
             if "A5" in config.attacks:
                 a5 = a5 or lock_public_base_victim(

@@ -561,11 +561,17 @@ def aligned_row_cosines(recovered: np.ndarray, true: np.ndarray) -> np.ndarray:
 
 
 def weight_cosines(
-    stolen: StolenModel, key: torch.Tensor, original: nn.Module, seed: int = 0
+    stolen: StolenModel,
+    key: torch.Tensor,
+    original: nn.Module,
+    seed: int = 0,
+    twin: nn.Module | None = None,
 ) -> dict[str, float]:
     """Aligned |cos| between recovered and true weight rows (taps flattened into the row), per
-    keyed matrix, against a noise floor (the same statistic for a random Gaussian guess of the
-    same shape).
+    keyed matrix, against a noise floor: the same statistic for a guess that knows nothing of
+    the victim. The guess is a random Gaussian of the same shape, or, with ``twin`` (the same
+    architecture trained independently), the twin's weights: trained conv kernels share smooth,
+    low-frequency shapes, so any trained kernel matches a victim's far above Gaussian noise.
 
     Every keyed matrix with a counterpart in ``original`` is scored
     (:func:`~.matching.reference_weights`): Linear, conv, the q/k/v/out projections of
@@ -577,7 +583,9 @@ def weight_cosines(
     matched by Hungarian among 128 reaches ~0.4 for noise), so the gate compares against the
     floor.
     """
-    targets = reference_weights(original, keyed_layers(stolen.keyed.model))
+    layers = keyed_layers(stolen.keyed.model)
+    targets = reference_weights(original, layers)
+    guesses = reference_weights(twin, layers) if twin is not None else {}
     rng = np.random.default_rng(seed)
     best, floor_best, excess = [], [], []
     for name, w in effective_weights(stolen, key):
@@ -585,7 +593,10 @@ def weight_cosines(
             continue
         true = targets[name][0].reshape(len(w), -1)
         cos = aligned_row_cosines(w.reshape(len(w), -1), true)
-        noise = aligned_row_cosines(rng.standard_normal(true.shape), true)
+        guess = guesses[name][0].reshape(true.shape) if name in guesses else None
+        noise = aligned_row_cosines(
+            rng.standard_normal(true.shape) if guess is None else guess, true
+        )
         best.append(cos.max())
         floor_best.append(noise.max())
         excess.append(cos.mean() - noise.mean())
