@@ -139,7 +139,9 @@ def test_relaxed_model_is_exact_at_the_true_key_and_trainable(name):
             logits.normal_()
     key.train()
     key.anneal(0.0)
-    net(x).square().sum().backward()
+    # small inputs: under a random soft key the conditioned mixing can saturate the attention
+    # softmax, and a saturated softmax passes no gradient to the q/k key slots
+    net(0.1 * x).square().sum().backward()
     assert all(p.grad is not None for p in net.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in key.logits)
 

@@ -237,7 +237,12 @@ def test_public_base_rows_warn_but_never_fail():
 @pytest.mark.slow
 def test_public_base_attack_recovers_the_fine_tuned_victim(trained):
     """A5 end to end on the small task: the victim fine-tuned from a public base is recovered
-    by matching against the base (the mixing does not help), better than chance by far."""
+    by matching against the base (the mixing does not help), better than chance by far.
+
+    With the default conditioned mixing the matcher (least squares in the stored frame) still
+    recovers most permutation entries (76 % here, chance 4 %) but fits the scales less well
+    than with an orthogonal one: 51 % before fine-tuning against the victim's 77 % (chance 30 %).
+    """
     from skprotect_pytorch.audit.public_base import attack_public_base, make_public_base_victim
 
     task, _, _ = trained
@@ -245,8 +250,13 @@ def test_public_base_attack_recovers_the_fine_tuned_victim(trained):
     locked = _lock(pair.victim)
     stolen = StolenModel.from_locked(locked)
     matched, direct = attack_public_base(stolen, pair.base, task, 1, QUICK_SWEEP, [0])
+    assert matched.extra["key_accuracy"] > task.chance + 0.15
+    recovered, chance = permutation_recovery(stolen, matched.recovered_keys[0], locked.layout.perms)
+    assert recovered > 0.5 > 5 * chance
+    orthogonal = _lock(pair.victim, settings=LockSettings(mix_condition=1.0))
+    matched, _ = attack_public_base(
+        StolenModel.from_locked(orthogonal), pair.base, task, 1, QUICK_SWEEP, [0]
+    )
     full = accuracy(pair.victim, task.x_test, task.y_test)
     assert matched.extra["key_accuracy"] >= full - 0.05
-    recovered, chance = permutation_recovery(stolen, matched.recovered_keys[0], locked.layout.perms)
-    assert recovered > 5 * chance
     assert 0.0 <= direct.accuracy <= 1.0

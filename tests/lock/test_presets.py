@@ -92,8 +92,37 @@ def test_strong_stays_below_0_1_where_the_noise_floor_is_lower():
     scores = aligned_weight_correlations(_lock(model, "strong", seed=2), model)
     assert [s.layer for s in scores] == ["0", "2"]
     assert all(s.noise_floor < 0.1 and s.correlation <= 0.1 for s in scores), scores
-    fast = aligned_weight_correlations(_lock(model, "balanced", seed=2), model)
-    assert any(s.correlation > 0.1 for s in fast), fast  # one mixed side: ≈ 1/√16 per entry
+    # one orthogonal mixed side: ≈ 1/√16 per entry (a conditioned mixing lowers it to ≈ 0.1)
+    fast = aligned_weight_correlations(_lock(model, "balanced", seed=2, mix_condition=1.0), model)
+    assert any(s.correlation > 0.1 for s in fast), fast
+
+
+@pytest.mark.parametrize("condition", [1.0, 16.0])
+def test_mixing_condition_number_and_exact_unmix(condition):
+    """The public mixing has the requested condition number, its un-mix is its inverse, and
+    every reference model stays exact with the key (float32, 1e-4)."""
+    from skprotect_pytorch.lock.channel_lock import BlockMix
+
+    mix = BlockMix(64, 2, 16, np.random.default_rng(0), condition)
+    for q in mix.group_matrices:
+        for b in range(0, 32, 16):
+            block = q[b : b + 16, b : b + 16]
+            assert np.linalg.cond(block) == pytest.approx(condition, rel=1e-6)
+    x = torch.randn(64, 5, dtype=torch.float64)
+    q = torch.block_diag(*map(torch.from_numpy, mix.group_matrices))
+    torch.testing.assert_close(mix.apply_rows((q @ x).float()).double(), x, rtol=0, atol=1e-4)
+    model, inputs = MODEL_FACTORIES["resnet"](0)
+    locked = _lock(model, "strong", mix_condition=condition)
+    key = torch.from_numpy(locked.layout.static_key())
+    with torch.no_grad():
+        assert_equivalent(locked.keyed(*inputs, key).numpy(), model(*inputs).numpy(), rtol=1e-4)
+
+
+def test_quantize_compatibility_keeps_the_mixing_orthogonal():
+    assert LockSettings(quantize_compatibility=True).mixing_condition == 1.0
+    assert LockSettings().mixing_condition == LockSettings().mix_condition == 16.0
+    with pytest.raises(ValueError, match="mix_condition must be >= 1"):
+        LockSettings(mix_condition=0.5)
 
 
 def test_gate_4_flags_a_one_sided_mix_of_a_three_channel_input():

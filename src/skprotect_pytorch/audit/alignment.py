@@ -255,7 +255,7 @@ def activation_match(
         x_in = _capture(lambda k=current: stolen.keyed(x, k), layer.module, _argument(0, "x"))
         assert x_in is not None  # every keyed layer of the locked model runs
         u = x_in.reshape(-1, layer.n_in).numpy() @ layer.t_in
-        target = y_ref.reshape(-1, layer.n_out).numpy() @ layer.t_out.T
+        target = y_ref.reshape(-1, layer.n_out).numpy() @ layer.f_out.T
         _align_layer(layer, key, u, target, rounds)
     if kept:
         key.notes.append(

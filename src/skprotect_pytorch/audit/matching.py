@@ -4,8 +4,10 @@ as a stored channel matrix, and key estimates made by Hungarian matching on it.
 A keyed layer computes ``W_eff = Toᵀ · D_out Π_out · W' · D_in Π_in · Tiᵀ`` where ``W'`` is the
 stored weight, ``Ti``/``To`` the public un-mix matrices (identity where a side is unmixed),
 ``Π`` the key's gathers (``Π[j, p[j]] = 1``) and ``D`` its scales.  With the true key
-``W_eff = W``, so ``W' = Π_outᵀ D_out⁻¹ · (To W Ti) · Π_inᵀ D_in⁻¹``: the stored matrix is
-``A = To W Ti`` up to keyed monomials on both sides.  A side whose slot is ``None`` has no key op.
+``W_eff = W``, so ``W' = Π_outᵀ D_out⁻¹ · (To⁻ᵀ W Ti⁻ᵀ) · Π_inᵀ D_in⁻¹``: the stored matrix is
+``A = To⁻ᵀ W Ti⁻ᵀ`` (``To W Ti`` for an orthogonal mixing) up to keyed monomials on both
+sides.  The public mixing and its inverse are in the files, so the attacks use both.  A side
+whose slot is ``None`` has no key op.
 
 Every keyed matrix of the lock is such a layer (:func:`keyed_layers`): Linear, conv (a grouped
 conv as its dense block-diagonal channel matrix, a transposed conv with its axes swapped), the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -59,6 +62,17 @@ class KeyedLayer:
     t_out: np.ndarray
     family: str = "linear"
     role: str = ""
+
+    @cached_property
+    def f_in(self) -> np.ndarray:
+        """``Ti⁻ᵀ``: takes a true-basis weight's input side into the stored frame (``Ti`` when
+        the public mixing is orthogonal)."""
+        return np.linalg.inv(self.t_in).T
+
+    @cached_property
+    def f_out(self) -> np.ndarray:
+        """``To⁻ᵀ``: the same for the output side."""
+        return np.linalg.inv(self.t_out).T
 
     @property
     def n_out(self) -> int:
@@ -323,19 +337,20 @@ def match_descriptors(stored: np.ndarray, target: np.ndarray, axis: int) -> np.n
 # Weight matching against a target weight (A4, A5)
 # ---------------------------------------------------------------------------------------------
 def _solve_in(layer: KeyedLayer, key: KeyEstimate, target: np.ndarray):
-    """Exact least-squares step for the input side given the output side: Hungarian on
-    ``G[j, r]² / n_j`` with ``G = Σ_taps Uᵀ W_R Ti``, ``U = Toᵀ D Π W'``; scale ``G / n``."""
+    """Least-squares step for the input side given the output side, in the stored frame:
+    Hungarian on ``G[j, r]² / n_j`` with ``G = Σ_taps Uᵀ W_R Ti⁻ᵀ``, ``U = Toᵀ D Π W'``; scale
+    ``G / n``. Exact for an orthogonal mixing; otherwise exact at the true key."""
     u = _monomial_rows(layer.weight, key.side(layer.ops, "out"), layer.t_out)
-    g = np.einsum("ojk,ock,cr->jr", u, target, layer.t_in, optimize=True)
+    g = np.einsum("ojk,ock,cr->jr", u, target, layer.f_in, optimize=True)
     n = (u**2).sum(axis=(0, 2)) + 1e-30
     p = hungarian(g**2 / n[:, None])
     return p, g[np.arange(len(p)), p] / n
 
 
 def _solve_out(layer: KeyedLayer, key: KeyEstimate, target: np.ndarray):
-    """Same for the output side given the input side: ``G = Σ_taps To W_R Vᵀ``."""
+    """Same for the output side given the input side: ``G = Σ_taps To⁻ᵀ W_R Vᵀ``."""
     v = _monomial_cols(layer.weight, key.side(layer.ops, "in"), layer.t_in)
-    g = np.einsum("ro,ock,sck->rs", layer.t_out, target, v, optimize=True)
+    g = np.einsum("ro,ock,sck->rs", layer.f_out, target, v, optimize=True)
     n = (v**2).sum(axis=(1, 2)) + 1e-30
     p = hungarian(g**2 / n[None, :])
     return p, g[np.arange(len(p)), p] / n[p]
@@ -387,10 +402,11 @@ def match_two_sided(
 
 
 def init_from_descriptors(layer: KeyedLayer, key: KeyEstimate, target: np.ndarray) -> None:
-    """First guess for one layer: match stored rows/columns to those of ``A = To W_R Ti``
-    (:func:`match_two_sided`, invariant to all scales and signs), then fit the signed scales of
+    """First guess for one layer: match stored rows/columns to those of ``A = To⁻ᵀ W_R Ti⁻ᵀ``
+    (the reference in the stored frame; ``To W_R Ti`` for an orthogonal mixing) with
+    :func:`match_two_sided` (invariant to all scales and signs), then fit the signed scales of
     the two monomials."""
-    a = np.einsum("po,oik,iq->pqk", layer.t_out, target, layer.t_in, optimize=True)
+    a = np.einsum("po,oik,iq->pqk", layer.f_out, target, layer.f_in, optimize=True)
     w = layer.weight
     has_in, has_out = key.side(layer.ops, "in"), key.side(layer.ops, "out")
     row_src, col_src = match_two_sided(w, a, rows=has_out is not None, cols=has_in is not None)

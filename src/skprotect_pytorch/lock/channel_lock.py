@@ -52,10 +52,38 @@ def _flat_orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
     return (signs[0][:, None] * base * signs[1][None, :])[rng.permutation(n)][:, rng.permutation(n)]
 
 
-class BlockMix(nn.Module):
-    """Public block-diagonal orthogonal ``Q`` over one channel axis; blocks stay inside groups."""
+def _conditioned_mixing(rng: np.random.Generator, n: int, condition: float) -> np.ndarray:
+    """A random mixing block with condition number ``condition``: ``H₁ · diag(s) · H₂`` with
+    two flat orthogonal ``H`` and singular values ``s`` log-spaced over ``[1, condition]``
+    (geometric mean 1, shuffled); ``condition == 1`` gives the flat orthogonal block itself.
 
-    def __init__(self, n_total: int, groups: int, block: int, rng: np.random.Generator) -> None:
+    An orthogonal mixing keeps each locked matrix's singular values, which a thief can read
+    after balancing away the secret scales: on the suite CNN a start with only the victim's
+    singular values beat training from scratch (docs/security.md, "Init scale").
+    """
+    q = _flat_orthogonal(rng, n)
+    if condition == 1.0 or n == 1:
+        return q
+    s = np.exp(np.linspace(0.0, np.log(condition), n))
+    s = rng.permutation(s / np.exp(np.log(s).mean()))
+    return (q * s) @ _flat_orthogonal(rng, n)
+
+
+class BlockMix(nn.Module):
+    """Public block-diagonal mixing ``Q`` over one channel axis; blocks stay inside groups.
+
+    ``group_matrices`` (``Q``, float64) lock the weights; the buffers hold ``(Q⁻¹)ᵀ`` so that
+    the un-mix is their transpose, ``Q⁻¹`` (``Qᵀ`` when ``Q`` is orthogonal).
+    """
+
+    def __init__(
+        self,
+        n_total: int,
+        groups: int,
+        block: int,
+        rng: np.random.Generator,
+        condition: float = 1.0,
+    ) -> None:
         super().__init__()
         n = n_total // groups
         sizes = _block_sizes(n, block)
@@ -64,9 +92,9 @@ class BlockMix(nn.Module):
         for g in range(groups):
             start = 0
             for size in sizes:
-                q = _flat_orthogonal(rng, size)
+                q = _conditioned_mixing(rng, size, condition)
                 dense[g, start : start + size, start : start + size] = q
-                blocks.append(q)
+                blocks.append(np.linalg.inv(q).T)
                 start += size
         self.group_matrices = dense  # float64 (G, n, n), used to transform weights
         self.uniform = len(set(sizes)) == 1
@@ -76,18 +104,18 @@ class BlockMix(nn.Module):
         else:
             full = np.zeros((n_total, n_total))
             for g in range(groups):
-                full[g * n : (g + 1) * n, g * n : (g + 1) * n] = dense[g]
+                full[g * n : (g + 1) * n, g * n : (g + 1) * n] = np.linalg.inv(dense[g]).T
             self.register_buffer("matrix", torch.from_numpy(full.astype(np.float32)))
 
     def apply_transpose(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """Return ``Qᵀ x`` along ``axis`` (the public un-mix)."""
+        """Return ``Q⁻¹ x`` along ``axis`` (the public un-mix; ``Qᵀ x`` for orthogonal ``Q``)."""
         axis = axis % x.dim()  # non-negative axes: the TorchScript ONNX exporter needs them
         rows = x.movedim(axis, 0)
         y = self.apply_rows(rows.reshape(rows.shape[0], -1)).reshape(rows.shape)
         return y.movedim(0, axis)
 
     def apply_rows(self, t: torch.Tensor) -> torch.Tensor:
-        """``Qᵀ t`` for a channel-first ``(n, N)`` matrix: one batched MatMul over the blocks.
+        """``Q⁻¹ t`` for a channel-first ``(n, N)`` matrix: one batched MatMul over the blocks.
 
         Channel-first keeps the blocks' rows contiguous, so the un-mix is ``k`` GEMMs of
         ``(b, b) @ (b, N)`` instead of ``k·N`` vector-matrix products.
@@ -98,7 +126,7 @@ class BlockMix(nn.Module):
         return self.matrix.t() @ t
 
     def apply_conv(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """``Qᵀ x`` on the channel axis of an ``(N, C, *spatial)`` tensor as a 1×1 grouped conv.
+        """``Q⁻¹ x`` on the channel axis of an ``(N, C, *spatial)`` tensor as a 1×1 grouped conv.
 
         onnxruntime keeps Conv in its blocked NCHWc layout, so this avoids the two layout
         transposes a MatMul on the channel axis would need (DESIGN.md §3, "what was learned").
@@ -173,7 +201,11 @@ def plan_channels(
             return None
         n = out_per_group if side == "out" else in_per_group
         return BlockMix(
-            groups * n, groups, ctx.settings.mix_block, ctx.public_rng(f"{name}/{side}")
+            groups * n,
+            groups,
+            ctx.settings.mix_block,
+            ctx.public_rng(f"{name}/{side}"),
+            ctx.settings.mixing_condition,
         )
 
     def monomial(side: MixSide, n: int) -> tuple[np.ndarray, np.ndarray]:
