@@ -106,6 +106,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=None, help=f"default {GATE_SEEDS} (1 if quick)")
     p.add_argument("--victim-epochs", type=int, default=None, help="default: the suite's")
     p.add_argument("--preset", default=DEFAULT_PRESET, help="lock preset (strong, balanced)")
+    p.add_argument(
+        "--mix-condition",
+        type=float,
+        help="condition number of the public mixing blocks (default: the preset's; 1 = orthogonal)",
+    )
     args = p.parse_args(argv)
     args.models = _csv(args.models)
     args.attacks = _csv(args.attacks)
@@ -118,6 +123,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"unknown attacks {unknown}; implemented: {', '.join(ATTACKS)}")
     if args.preset not in LOCK_PRESETS:
         p.error(f"unknown preset '{args.preset}'; choose from {', '.join(LOCK_PRESETS)}")
+    overrides = {} if args.mix_condition is None else {"mix_condition": args.mix_condition}
+    try:
+        args.settings = LockSettings.preset(args.preset, **overrides)
+    except ValueError as err:
+        p.error(str(err))
     if not args.budgets or any(not 0 < b <= 100 for b in args.budgets):
         p.error("every budget must be in (0, 100]")
     return args
@@ -141,7 +151,7 @@ def run_gate(argv: list[str], log=print) -> GateResult:
             quick=args.quick,
             seeds=args.seeds or (None if args.quick else GATE_SEEDS),
             victim_epochs=args.victim_epochs,
-            lock_settings=LockSettings.preset(args.preset),
+            lock_settings=args.settings,
         )
 
         def progress(line: str, name: str = name) -> None:

@@ -61,3 +61,8 @@ def test_gate_options_are_checked():
         audit_gate.parse_args(["--out", "x", "--models", "vgg"])
     args = audit_gate.parse_args(["--out", "x"])
     assert args.budgets == audit_gate.GATE_BUDGETS and args.models[0] == "mlp"
+    assert args.settings.mix_condition == 16.0  # the default lock
+    orthogonal = audit_gate.parse_args(["--out", "x", "--mix-condition", "1"])
+    assert orthogonal.settings.mix_condition == 1.0 and orthogonal.settings.mix_sides == "both"
+    with pytest.raises(SystemExit):
+        audit_gate.parse_args(["--out", "x", "--mix-condition", "0.5"])

@@ -419,6 +419,37 @@ def init_from_descriptors(layer: KeyedLayer, key: KeyEstimate, target: np.ndarra
         key.set_side(layer.ops, "in", p_in, 1.0 / a_cols)
 
 
+def _least_squares_scales(columns: np.ndarray, mixes: np.ndarray, target: np.ndarray):
+    """Scales ``s`` minimising ``‖Σ_j s_j · mixes[j] ⊗ columns[j] − target‖²``; ``columns[j]``
+    and ``target`` flattened over their other axes (normal equations, tiny ridge)."""
+    cf = columns.reshape(len(columns), -1)
+    gram = (mixes @ mixes.T) * (cf @ cf.T)
+    rhs = np.einsum("jd,jx,dx->j", mixes, cf, target, optimize=True)
+    ridge = 1e-9 * np.trace(gram) / len(gram) + 1e-30
+    return np.linalg.solve(gram + ridge * np.eye(len(gram)), rhs)
+
+
+def true_frame_scales(layer: KeyedLayer, key: KeyEstimate, target: np.ndarray, iters: int = 10):
+    """For the current permutations, the signed scales of both sides by alternating least
+    squares on ``‖W_eff − W_R‖²`` in the true frame. The Hungarian steps work in the stored
+    frame, which weights the reference's errors by a conditioned public mixing; ``W_eff`` is
+    linear in each side's scales, so this step is exact for any mixing."""
+    for _ in range(iters):
+        out = key.side(layer.ops, "out")
+        if out is not None:  # W_eff[o] = Σ_r To[r, o] s_r B[r], B = input side applied, gathered
+            b = _monomial_cols(layer.weight, key.side(layer.ops, "in"), layer.t_in)[out[0]]
+            t = target.reshape(len(target), -1)
+            key.set_side(layer.ops, "out", out[0], _least_squares_scales(b, layer.t_out, t))
+        inp = key.side(layer.ops, "in")
+        if inp is not None:  # W_eff[:, d] = Σ_j Ti[d, p_j] s_j V[:, j], V = output side applied
+            v = _monomial_rows(layer.weight, key.side(layer.ops, "out"), layer.t_out)
+            t = np.moveaxis(target, 1, 0).reshape(target.shape[1], -1)
+            cols = np.moveaxis(v, 1, 0)
+            key.set_side(
+                layer.ops, "in", inp[0], _least_squares_scales(cols, layer.t_in[:, inp[0]].T, t)
+            )
+
+
 def _fix_gauge(layer: KeyedLayer, key: KeyEstimate, bias: np.ndarray | None) -> None:
     """The weight fixes only the product of the two sides' scales; choose the factor ``c``
     (out × c, in ÷ c) that best matches the bias too."""
@@ -440,8 +471,9 @@ def weight_match(
     rounds: int = 10,
 ) -> KeyEstimate:
     """Git Re-Basin-style weight matching of every keyed layer to a target weight (the
-    reference's, in its own basis): :func:`init_from_descriptors`, then alternating exact
-    least-squares Hungarian steps on the input and output sides, then :func:`_fix_gauge`.
+    reference's, in its own basis): :func:`init_from_descriptors`, then alternating
+    least-squares Hungarian steps on the input and output sides, then the scales refitted in
+    the true frame (:func:`true_frame_scales`), then :func:`_fix_gauge`.
     Layers without a target keep their slots and are listed in ``key.notes``."""
     missing = [layer.name for layer in layers if layer.name not in targets]
     if missing:
@@ -459,5 +491,6 @@ def weight_match(
                 key.set_side(layer.ops, "in", *_solve_in(layer, key, target))
             if key.side(layer.ops, "out") is not None:
                 key.set_side(layer.ops, "out", *_solve_out(layer, key, target))
+        true_frame_scales(layer, key, target)
         _fix_gauge(layer, key, bias)
     return key
