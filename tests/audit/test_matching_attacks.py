@@ -260,3 +260,26 @@ def test_public_base_attack_recovers_the_fine_tuned_victim(trained):
     full = accuracy(pair.victim, task.x_test, task.y_test)
     assert matched.extra["key_accuracy"] >= full - 0.05
     assert 0.0 <= direct.accuracy <= 1.0
+
+
+def test_true_frame_scales_are_exact_and_keep_undetermined_ones():
+    """The scale refit solves the least squares exactly, and a dead channel (a zero column,
+    which no data determines) keeps its previous scale instead of becoming 0 or NaN (the CNN
+    audit crashed on a zero scale before)."""
+    from skprotect_pytorch.audit.matching import _least_squares_scales
+
+    rng = np.random.default_rng(0)
+    cols, mixes, s_true = (
+        rng.standard_normal((6, 5, 3)),
+        rng.standard_normal((6, 4)),
+        rng.normal(size=6),
+    )
+    target = np.einsum("j,jd,jx->dx", s_true, mixes, cols.reshape(6, -1))
+    np.testing.assert_allclose(
+        _least_squares_scales(cols, mixes, target, np.ones(6)), s_true, atol=1e-6
+    )
+    cols[2] = 0.0
+    target = np.einsum("j,jd,jx->dx", s_true, mixes, cols.reshape(6, -1))
+    got = _least_squares_scales(cols, mixes, target, np.full(6, 7.0))
+    assert got[2] == 7.0 and np.isfinite(got).all()
+    np.testing.assert_allclose(np.delete(got, 2), np.delete(s_true, 2), atol=1e-6)

@@ -220,7 +220,7 @@ def _align_layer(
             key.set_side(layer.ops, "out", *_match_outputs(z, target))
             perm, scale = key.side(layer.ops, "out")
             zt = np.empty_like(target)
-            zt[:, perm] = target / scale
+            zt[:, perm] = target / np.where(scale == 0, 1.0, scale)  # a dead output: no scale
         else:
             zt = target
         if inp is not None:

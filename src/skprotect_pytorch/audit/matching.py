@@ -419,14 +419,19 @@ def init_from_descriptors(layer: KeyedLayer, key: KeyEstimate, target: np.ndarra
         key.set_side(layer.ops, "in", p_in, 1.0 / a_cols)
 
 
-def _least_squares_scales(columns: np.ndarray, mixes: np.ndarray, target: np.ndarray):
+def _least_squares_scales(
+    columns: np.ndarray, mixes: np.ndarray, target: np.ndarray, previous: np.ndarray
+) -> np.ndarray:
     """Scales ``s`` minimising ``‖Σ_j s_j · mixes[j] ⊗ columns[j] − target‖²``; ``columns[j]``
-    and ``target`` flattened over their other axes (normal equations, tiny ridge)."""
+    and ``target`` flattened over their other axes (normal equations, tiny ridge). A scale the
+    data does not determine (a dead channel: zero column) keeps its ``previous`` value."""
     cf = columns.reshape(len(columns), -1)
     gram = (mixes @ mixes.T) * (cf @ cf.T)
     rhs = np.einsum("jd,jx,dx->j", mixes, cf, target, optimize=True)
     ridge = 1e-9 * np.trace(gram) / len(gram) + 1e-30
-    return np.linalg.solve(gram + ridge * np.eye(len(gram)), rhs)
+    s = np.linalg.solve(gram + ridge * np.eye(len(gram)), rhs)
+    undetermined = ~np.isfinite(s) | (np.abs(s) < 1e-12) | (np.diag(gram) <= ridge)
+    return np.where(undetermined, previous, s)
 
 
 def true_frame_scales(layer: KeyedLayer, key: KeyEstimate, target: np.ndarray, iters: int = 10):
@@ -439,15 +444,15 @@ def true_frame_scales(layer: KeyedLayer, key: KeyEstimate, target: np.ndarray, i
         if out is not None:  # W_eff[o] = Σ_r To[r, o] s_r B[r], B = input side applied, gathered
             b = _monomial_cols(layer.weight, key.side(layer.ops, "in"), layer.t_in)[out[0]]
             t = target.reshape(len(target), -1)
-            key.set_side(layer.ops, "out", out[0], _least_squares_scales(b, layer.t_out, t))
+            scales = _least_squares_scales(b, layer.t_out, t, out[1])
+            key.set_side(layer.ops, "out", out[0], scales)
         inp = key.side(layer.ops, "in")
         if inp is not None:  # W_eff[:, d] = Σ_j Ti[d, p_j] s_j V[:, j], V = output side applied
             v = _monomial_rows(layer.weight, key.side(layer.ops, "out"), layer.t_out)
             t = np.moveaxis(target, 1, 0).reshape(target.shape[1], -1)
             cols = np.moveaxis(v, 1, 0)
-            key.set_side(
-                layer.ops, "in", inp[0], _least_squares_scales(cols, layer.t_in[:, inp[0]].T, t)
-            )
+            scales = _least_squares_scales(cols, layer.t_in[:, inp[0]].T, t, inp[1])
+            key.set_side(layer.ops, "in", inp[0], scales)
 
 
 def _fix_gauge(layer: KeyedLayer, key: KeyEstimate, bias: np.ndarray | None) -> None:
