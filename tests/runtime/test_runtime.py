@@ -246,7 +246,9 @@ def test_session_options_and_threads(rt: SkRuntime) -> None:
         session_options={"graph_optimization_level": level},
     ) as model:
         reference = rt.load("net")
-        assert rel(model(X), reference(X)) < 1e-6
+        # same locked graph, optimised or not: only float32 rounding differs (the conditioned
+        # public mixing scales it by up to its condition number, 16; measured 2.8e-6)
+        assert rel(model(X), reference(X)) < 1e-5
         reference.close()
     with pytest.raises(BackendError, match="bogus_option"):
         rt.load("net", session_options={"bogus_option": 1})
