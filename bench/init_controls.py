@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -39,17 +40,12 @@ from skprotect_pytorch.audit.attacks import (
     attack_finetune,
     fresh_model,
 )
-from skprotect_pytorch.audit.models import QUICK_SWEEP, SweepConfig
+from skprotect_pytorch.audit.models import QUICK_SWEEP
 from skprotect_pytorch.audit.statistics import attack_statistics
 from skprotect_pytorch.audit.suite import SUITE
 from skprotect_pytorch.lock import lock_model
 
-SINGLE_INIT = SweepConfig(
-    lrs=QUICK_SWEEP.lrs,
-    epochs=QUICK_SWEEP.epochs,
-    batch_size=QUICK_SWEEP.batch_size,
-    init_gains=(None,),
-)
+SINGLE_INIT = dataclasses.replace(QUICK_SWEEP, init_gains=(None,))
 """The quick sweep with one initialisation: each control row is one init scheme."""
 
 

@@ -41,6 +41,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -226,37 +227,29 @@ def torch_runner(call: Callable[..., object], device: str = "cpu") -> Runner:
     return bind
 
 
-def torchscript_runner(path: Path, threads: int) -> Runner:
+def _torch_threads_and_device(threads: int, device: str) -> None:
+    """Host threads for the torch backends; on CUDA also the runtime's full-float32 settings."""
     import torch
 
     torch.set_num_threads(threads)
-    return torch_runner(torch.jit.load(str(path), map_location="cpu"))
+    if device != "cpu":
+        from skruntime.backends.gpu import apply_gpu_determinism
+
+        apply_gpu_determinism()
 
 
-def aoti_runner(path: Path, threads: int) -> Runner:
+def torchscript_runner(path: Path, threads: int, device: str = "cpu") -> Runner:
     import torch
 
-    torch.set_num_threads(threads)
-    compiled = torch._inductor.aoti_load_package(str(path))
-    return torch_runner(compiled)
+    _torch_threads_and_device(threads, device)
+    return torch_runner(torch.jit.load(str(path), map_location=device), device)
 
 
-def torchscript_gpu_runner(path: Path, threads: int) -> Runner:
+def aoti_runner(path: Path, threads: int, device: str = "cpu") -> Runner:
     import torch
 
-    from skruntime.backends.gpu import apply_gpu_determinism
-
-    apply_gpu_determinism()  # full float32, as the runtime runs GPU models
-    return torch_runner(torch.jit.load(str(path), map_location="cuda"), "cuda")
-
-
-def aoti_gpu_runner(path: Path, threads: int) -> Runner:
-    import torch
-
-    from skruntime.backends.gpu import apply_gpu_determinism
-
-    apply_gpu_determinism()
-    return torch_runner(torch._inductor.aoti_load_package(str(path)), "cuda")
+    _torch_threads_and_device(threads, device)
+    return torch_runner(torch._inductor.aoti_load_package(str(path)), device)
 
 
 # backend label -> (export format name, runner factory, thread counts)
@@ -264,9 +257,9 @@ BACKENDS: dict[str, tuple[str, Callable[[Path, int], Runner], tuple[int, ...]]] 
     "ORT": ("ONNX", ort_runner, (1, 2)),
     "TorchScript": ("TORCHSCRIPT_CPU", torchscript_runner, (1,)),
     "AOTI": ("INDUCTOR_CPU", aoti_runner, (1,)),
-    # CUDA only (one GPU; the thread count does not apply)
-    "TorchScript-GPU": ("TORCHSCRIPT_GPU", torchscript_gpu_runner, (1,)),
-    "AOTI-GPU": ("INDUCTOR_GPU", aoti_gpu_runner, (1,)),
+    # CUDA only (one GPU; the thread count is the host's)
+    "TorchScript-GPU": ("TORCHSCRIPT_GPU", partial(torchscript_runner, device="cuda"), (1,)),
+    "AOTI-GPU": ("INDUCTOR_GPU", partial(aoti_runner, device="cuda"), (1,)),
 }
 
 

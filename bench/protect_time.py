@@ -109,15 +109,9 @@ def main(argv: list[str] | None = None) -> None:
                     ):
                         for i in range(repeats):
                             order = (0, 1) if i % 2 == 0 else (1, 0)
-                            for side in order:
-                                if side == 0:
-                                    plain.append(
-                                        export_once(name, fmt_name, Path(tmp), protect=False)
-                                    )
-                                else:
-                                    prot.append(
-                                        export_once(name, fmt_name, Path(tmp), protect=True)
-                                    )
+                            for side in order:  # 0: plain export, 1: protect
+                                seconds = export_once(name, fmt_name, Path(tmp), protect=side == 1)
+                                (plain, prot)[side].append(seconds)
                 except Exception as err:
                     rows[name][label] = f"failed: {type(err).__name__}"
                     print(f"{name} {label}: {err!r:.300}", file=sys.stderr, flush=True)

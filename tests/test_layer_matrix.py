@@ -65,6 +65,11 @@ def _runner(path: Path, device: str = "cpu") -> Runner:
     return run
 
 
+def _weights(model) -> dict[str, np.ndarray]:
+    """The model's weight tensors (2-D and up): what the leak search looks for in artifacts."""
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items() if v.dim() >= 2}
+
+
 def _key(path: Path, model_name: str) -> np.ndarray:
     text = (path.parent / f"key_vector_inv_{model_name}.txt").read_text()
     return np.array([np.float32(v) for v in text.split()], dtype=np.float32)
@@ -135,9 +140,7 @@ def test_onnx_and_torchscript(protected: dict) -> None:
 
 
 def test_no_plaintext_weight_in_any_artifact(protected: dict) -> None:
-    weights = {
-        k: v.detach().numpy() for k, v in protected["model"].state_dict().items() if v.dim() >= 2
-    }
+    weights = _weights(protected["model"])
     for fmt in protected["result"].formats.values():
         leaks = find_weight_leaks(artifact_constants(fmt.path), weights)
         assert leaks == [], f"{fmt.format}: {leaks}"
@@ -153,9 +156,7 @@ def test_inductor_cpu(name: str, tmp_path: Path) -> None:
     _check_artifact(
         name, protected["model"], protected["inputs"], path, _key(result.formats["onnx"].path, name)
     )
-    weights = {
-        k: v.detach().numpy() for k, v in protected["model"].state_dict().items() if v.dim() >= 2
-    }
+    weights = _weights(protected["model"])
     assert find_weight_leaks(artifact_constants(path), weights) == []
 
 
@@ -163,13 +164,12 @@ def test_inductor_cpu(name: str, tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", sorted(MODEL_FACTORIES))
 def test_gpu_formats(name: str, tmp_path: Path) -> None:
-    """TorchScript GPU and AOTInductor GPU match the CPU original under the runtime's settings."""
+    """TorchScript GPU and AOTInductor GPU match the original run on the same GPU, under the
+    runtime's full-float32 settings."""
     protected = _protect(name, EF.TORCHSCRIPT_GPU | EF.INDUCTOR_GPU | EF.ONNX, tmp_path)
     result = protected["result"]
     other = _key(result.formats["onnx"].path, name)
-    weights = {
-        k: v.detach().numpy() for k, v in protected["model"].state_dict().items() if v.dim() >= 2
-    }
+    weights = _weights(protected["model"])
     for fmt in ("torchscript_gpu", "inductor_gpu"):
         path = result.formats[fmt].path
         _check_artifact(name, protected["model"], protected["inputs"], path, other, "cuda")

@@ -175,9 +175,11 @@ def fresh_model(make_model: Callable[[], nn.Module], gain: float | None = None) 
     return model.train()
 
 
-def best_over_gains(run: Callable[[float | None], list[float]], sweep: SweepConfig) -> list[float]:
-    """Per seed, the best of ``run(gain)`` over the sweep's init gains."""
-    per_gain = [run(gain) for gain in sweep.init_gains]
+def best_over_gains(
+    run: Callable[[float | None], list[float]], gains: Sequence[float | None]
+) -> list[float]:
+    """Per seed, the best of ``run(gain)`` over ``gains`` (a sweep's init gains)."""
+    per_gain = [run(gain) for gain in gains]
     return [max(accs) for accs in zip(*per_gain, strict=True)]
 
 
@@ -197,7 +199,7 @@ def baseline_from_scratch(
     def run(gain: float | None) -> list[float]:
         return _sweep_per_seed(lambda: fresh_model(make_model, gain), task, budget, sweep, seeds)
 
-    return AttackOutcome("B", "from scratch", budget, best_over_gains(run, sweep))
+    return AttackOutcome("B", "from scratch", budget, best_over_gains(run, sweep.init_gains))
 
 
 def attack_no_key(

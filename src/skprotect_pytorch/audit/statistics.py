@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .attacks import AttackOutcome, StolenModel, finetune_from_key
+from .attacks import AttackOutcome, StolenModel, best_over_gains, finetune_from_key
 from .data import Task
 from .matching import (
     KeyedLayer,
@@ -148,7 +148,7 @@ def attack_statistics(
         key = keys[gain]
         return finetune_from_key(stolen, task, budget, sweep, seeds, lambda seed: key).accuracies
 
-    accs = [max(col) for col in zip(*(run(g) for g in gains), strict=True)]
+    accs = best_over_gains(run, gains)
     outcome = AttackOutcome("A3", "data-free statistics + fine-tune", budget, accs)
     outcome.recovered_keys = [keys[gains[0]]]  # the permutations do not depend on the gain
     outcome.notes = list(estimates[gains[0]].notes)

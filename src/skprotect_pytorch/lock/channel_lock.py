@@ -87,8 +87,9 @@ class BlockMix(nn.Module):
         super().__init__()
         n = n_total // groups
         sizes = _block_sizes(n, block)
+        self.uniform = len(set(sizes)) == 1
         dense = np.zeros((groups, n, n))
-        blocks = []
+        blocks = []  # (Q⁻¹)ᵀ per block, in channel order
         for g in range(groups):
             start = 0
             for size in sizes:
@@ -97,15 +98,12 @@ class BlockMix(nn.Module):
                 blocks.append(np.linalg.inv(q).T)
                 start += size
         self.group_matrices = dense  # float64 (G, n, n), used to transform weights
-        self.uniform = len(set(sizes)) == 1
         if self.uniform:
             stacked = np.stack(blocks).astype(np.float32)
             self.register_buffer("blocks", torch.from_numpy(stacked))
         else:
-            full = np.zeros((n_total, n_total))
-            for g in range(groups):
-                full[g * n : (g + 1) * n, g * n : (g + 1) * n] = np.linalg.inv(dense[g]).T
-            self.register_buffer("matrix", torch.from_numpy(full.astype(np.float32)))
+            full = torch.block_diag(*(torch.from_numpy(b) for b in blocks)).float()
+            self.register_buffer("matrix", full)
 
     def apply_transpose(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Return ``Q⁻¹ x`` along ``axis`` (the public un-mix; ``Qᵀ x`` for orthogonal ``Q``)."""
