@@ -81,7 +81,8 @@ class BareAttention(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """A conv, a depthwise conv (regrouped by the lock) and a transposed conv, then a Linear."""
+    """A thin conv (its taps unfolded into channels by the lock), a depthwise conv (regrouped),
+    a transposed conv, then a Linear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,6 +156,8 @@ def test_scoring_covers_every_keyed_matrix(name):
     layers = keyed_layers(stolen.keyed.model)
     targets = reference_weights(model, layers)
     assert set(targets) == {layer.name for layer in layers}
+    if name == "conv-groups":  # the unfolded conv is scored as (O, channels·taps, 1)
+        assert targets["body.0"][0].shape == (16, FEATURES * 3, 1)
     for layer_name, w in effective_weights(stolen, true_key):
         np.testing.assert_allclose(w, targets[layer_name][0], atol=1e-5)
     cos = weight_cosines(stolen, true_key, model)

@@ -17,7 +17,7 @@ from tests.assertions import assert_equivalent, assert_garbage, garbage_ratio, r
 from tests.models import randomize_batchnorms
 from torch import nn
 
-from skprotect_pytorch.lock import lock_model
+from skprotect_pytorch.lock import LockSettings, lock_model
 
 Inputs = list[torch.Tensor]
 
@@ -216,6 +216,10 @@ _CONV_VARIANTS: dict[str, tuple[tuple, dict]] = {
     "depthwise": ((8, 8, 3), {"groups": 8, "padding": 1}),
     "depthwise-mult2": ((8, 16, 3), {"groups": 8, "padding": 1}),
     "wide-in": ((24, 6, 1), {}),
+    # thin stems: taps unfolded into channels (LockSettings.unfold_taps_max)
+    "stem-grey": ((1, 8, 3), {"padding": 1}),
+    "stem-rgb-stride2-reflect": ((3, 8, 3), {"stride": 2, "padding": 1, "padding_mode": "reflect"}),
+    "stem-one-channel-out": ((1, 1, 3), {}),
 }
 
 
@@ -623,6 +627,64 @@ def test_single_channel_layer_is_reported_not_silently_skipped() -> None:
     locked = lock_all(nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 8)))
     assert [d.name for d in locked.skipped_layers] == ["0"]
     assert "single input and output channel" in locked.skipped_layers[0].reason
+
+
+def _stored_kernels(locked, name: str) -> torch.Tensor:
+    mod = locked.keyed.model.get_submodule(name)
+    return mod.conv.weight.detach().double().reshape(mod.conv.out_channels, -1)
+
+
+def test_thin_stem_taps_are_unfolded_so_the_lock_reaches_them() -> None:
+    """A one-group conv with few input channels has its taps unfolded into channels: channel
+    mixing alone keeps every stored kernel in the span of the true kernels (here a rank-2 set of
+    spatial profiles, so the stored kernels reveal them exactly); unfolded, the taps are mixed
+    and keyed, and the stored kernels leave that span."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 8, 3, padding=1)
+    profiles = torch.randn(2, 9)
+    with torch.no_grad():
+        conv.weight.copy_((torch.randn(8, 2) @ profiles).reshape(8, 1, 3, 3))
+    model = nn.Sequential(conv, nn.ReLU()).eval()
+    basis = torch.linalg.qr(profiles.double().T).Q  # (9, 2): the true kernels' span
+
+    def outside_span(locked) -> float:
+        k = _stored_kernels(locked, "0")
+        rest = k.reshape(-1, 9) - (k.reshape(-1, 9) @ basis) @ basis.T
+        return float(rest.norm() / k.norm())
+
+    plain = lock_all(model, settings=LockSettings(unfold_taps_max=0))
+    assert plain.keyed.model[0].unfold is None
+    assert outside_span(plain) < 1e-6
+    locked = lock_all(model)
+    unfold = locked.keyed.model[0].unfold
+    assert unfold.out_channels == 9 and unfold.groups == 1 and not unfold.weight.requires_grad
+    assert locked.keyed.model[0].conv.kernel_size == (1, 1)
+    assert outside_span(locked) > 0.3
+    x = torch.randn(2, 1, 6, 6)
+    assert_equivalent(run(locked.keyed, [x, static_key(locked)]), run(model, [x]))
+
+
+@pytest.mark.parametrize(
+    ("conv", "unfolded"),
+    [
+        (nn.Conv2d(3, 16, 3), True),  # 27 unfolded channels
+        (nn.Conv2d(3, 64, 7, stride=2), False),  # 147 > unfold_taps_max: too costly
+        (nn.Conv2d(8, 16, 3), False),  # enough channels to mix
+        (nn.Conv2d(2, 8, 1), False),  # no taps
+        (nn.Conv2d(4, 8, 3, groups=2), False),  # grouped: regrouped instead
+        (nn.ConvTranspose2d(2, 8, 3), False),
+    ],
+)
+def test_which_convs_have_their_taps_unfolded(conv: nn.Module, unfolded: bool) -> None:
+    locked = lock_all(nn.Sequential(conv))
+    assert (locked.keyed.model[0].unfold is not None) is unfolded
+    wide = lock_all(nn.Sequential(conv), settings=LockSettings(unfold_taps_max=200))
+    assert (wide.keyed.model[0].unfold is not None) is (unfolded or conv.kernel_size == (7, 7))
+
+
+def test_unfold_setting_is_validated() -> None:
+    with pytest.raises(ValueError, match="unfold_taps_max must be >= 0"):
+        LockSettings(unfold_taps_max=-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,11 +127,15 @@ def test_quantize_compatibility_keeps_the_mixing_orthogonal():
 
 def test_gate_4_flags_a_one_sided_mix_of_a_three_channel_input():
     """A conv with 3 input channels mixed only there keeps ~1/√3 of each true kernel (unit key
-    magnitudes: secret magnitudes blur it by a random amount)."""
+    magnitudes: secret magnitudes blur it by a random amount); with its 27 taps unfolded into
+    channels (the default for such a stem) the same one-sided lock mixes them and passes."""
     model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 8, 1)).eval()
-    fast = _lock(model, "one-sided", quantize_compatibility=True)
+    fast = _lock(model, "one-sided", quantize_compatibility=True, unfold_taps_max=0)
     scores = {s.layer: s for s in aligned_weight_correlations(fast, model)}
     assert scores["0"].correlation > 0.3 and not scores["0"].passes
+    unfolded = _lock(model, "one-sided", quantize_compatibility=True)
+    scores = {s.layer: s for s in aligned_weight_correlations(unfolded, model)}
+    assert scores["0"].shape == (1, 32, 27, 1, 1) and scores["0"].passes
     strong = _lock(model, "strong", quantize_compatibility=True)
     strong = {s.layer: s for s in aligned_weight_correlations(strong, model)}
     assert strong["0"].passes

@@ -200,8 +200,13 @@ def reference_weights(model: nn.Module, layers: Sequence[KeyedLayer]) -> dict[st
     out = {}
     for layer in layers:
         target = _plain_target(model, layer.name)
-        if target is not None and target[0].shape == layer.weight.shape:
-            out[layer.name] = target
+        if target is None:
+            continue
+        w, b = target
+        if getattr(layer.module, "unfold", None) is not None and w.size == layer.weight.size:
+            w = w.reshape(layer.weight.shape)  # taps unfolded into input channels, in order
+        if w.shape == layer.weight.shape:
+            out[layer.name] = (w, b)
     return out
 
 

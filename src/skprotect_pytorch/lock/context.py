@@ -59,6 +59,15 @@ class LockSettings:
     start from: on the suite CNN at 1 %, A3 reached 20.9 % with orthogonal mixing, 19.0 % at 4
     and 13.5 % at 16, against 17.8 % from scratch. ``quantize_compatibility`` uses 1 (a
     conditioned mixing widens the stored value ranges)."""
+    unfold_taps_max: int = 32
+    """A one-group conv with fewer than ``min_group_channels`` input channels and at most this
+    many ``channels × taps`` (a 3×3 stem on grey or RGB images) is locked as a public tap
+    unfold (a one-hot grouped conv, exact) and a 1×1 conv over the unfolded channels, so that
+    the mixing and the key reach its spatial taps too: channel mixing alone leaves every stored
+    kernel a mixture of true kernels, and on the suite CNN's 1-channel stem that kept an
+    aligned |cos| 0.18 above a twin network's.  The unfold costs about ``taps`` passes over
+    the input: a 7×7 RGB stem (147) at 224 px added about 25 % to ResNet-18 in onnxruntime,
+    hence the cap.  0 turns it off."""
     keyed_sides: str = "both"
     """``"both"``: keyed monomials on both channel sides of every layer; ``"mixed"``: only on
     the side(s) with the public mixing.  ``"mixed"`` halves the key ops but fails the audit
@@ -73,6 +82,8 @@ class LockSettings:
             raise ValueError(f"keyed_sides must be 'both' or 'mixed', but got {self.keyed_sides!r}")
         if not self.mix_condition >= 1.0:
             raise ValueError(f"mix_condition must be >= 1, but got {self.mix_condition}")
+        if self.unfold_taps_max < 0:
+            raise ValueError(f"unfold_taps_max must be >= 0, but got {self.unfold_taps_max}")
         if self.min_group_channels < 1:
             raise ValueError(f"min_group_channels must be >= 1, but got {self.min_group_channels}")
 

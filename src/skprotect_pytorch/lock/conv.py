@@ -1,12 +1,15 @@
-"""Lockers for Conv1d/2d and ConvTranspose1d/2d: channel axes keyed, spatial taps untouched.
+"""Lockers for Conv1d/2d and ConvTranspose1d/2d: channel axes keyed.
 
 Grouped and depthwise convs are first regrouped into fewer, larger groups (block-diagonal
 weights, exact) so that every group has at least ``min_group_channels`` input channels to mix.
+A one-group conv with very few input channels (a stem) has its spatial taps unfolded into
+channels first (:func:`unfold_taps`), so that the mixing and the key reach the taps too.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -53,16 +56,57 @@ def _merge_factor(groups: int, in_per_group: int, wanted: int) -> int:
     return groups
 
 
-class LockedConv(nn.Module):
-    """A conv (or transposed conv) with locked weights between key ops on the channel axis."""
+def unfold_taps(module: nn.Conv1d | nn.Conv2d) -> tuple[nn.Module, nn.Module]:
+    """Split a one-group conv into a public tap unfold and a 1×1 conv, exactly.
 
-    def __init__(self, conv: ConvLike, ops: ChannelOps) -> None:
+    The unfold is a grouped conv with one-hot kernels (the conv's stride, padding, dilation and
+    padding mode) whose output channel ``c·K + t`` is tap ``t`` of input channel ``c``; the
+    1×1 conv holds the weight reshaped to ``(O, C·K)``, the order of ``weight.reshape``.
+    """
+    c, o, kernel = module.in_channels, module.out_channels, module.kernel_size
+    taps, ones = math.prod(kernel), (1,) * len(kernel)
+    w = module.weight.detach()
+    unfold = type(module)(
+        c, c * taps, kernel, module.stride, module.padding, module.dilation, groups=c,
+        bias=False, padding_mode=module.padding_mode, device=w.device, dtype=w.dtype,
+    )  # fmt: skip
+    one_hot = torch.eye(taps, dtype=w.dtype, device=w.device).reshape(taps, 1, *kernel)
+    unfold.weight = nn.Parameter(one_hot.repeat(c, 1, *ones), requires_grad=False)
+    point = type(module)(
+        c * taps, o, 1, bias=module.bias is not None, device=w.device, dtype=w.dtype
+    )
+    point.weight = nn.Parameter(w.reshape(o, c * taps, *ones).clone(), requires_grad=False)
+    if module.bias is not None:
+        point.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+    return unfold, point
+
+
+def _unfolds(module: ConvLike, ctx: LockContext) -> bool:
+    """Whether ``module`` is a thin one-group conv whose taps the lock unfolds into channels."""
+    taps, settings = math.prod(module.kernel_size), ctx.settings
+    return (
+        isinstance(module, nn.Conv1d | nn.Conv2d)
+        and module.groups == 1
+        and taps > 1
+        and module.in_channels < settings.min_group_channels
+        and module.in_channels * taps <= settings.unfold_taps_max
+    )
+
+
+class LockedConv(nn.Module):
+    """A conv (or transposed conv) with locked weights between key ops on the channel axis;
+    ``unfold`` (public, or ``None``) first turns the input's taps into channels."""
+
+    def __init__(self, conv: ConvLike, ops: ChannelOps, unfold: nn.Module | None = None) -> None:
         super().__init__()
+        self.unfold = unfold
         self.conv = conv
         self.ops = ops
         self.spatial_dims = len(conv.kernel_size)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.unfold is not None:
+            x = self.unfold(x)
         axis = x.dim() - self.spatial_dims - 1
         z = self.conv(self.ops.enter(x, axis), *args, **kwargs)
         return self.ops.leave(z, axis)
@@ -70,6 +114,9 @@ class LockedConv(nn.Module):
 
 @register_locker(nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 def lock_conv(name: str, module: ConvLike, ctx: LockContext) -> LockedConv:
+    unfold = None
+    if _unfolds(module, ctx):
+        unfold, module = unfold_taps(module)
     a = to_channel_matrix(module, module.weight.detach())
     factor = _merge_factor(module.groups, a.shape[2], ctx.settings.min_group_channels)
     if factor > 1:
@@ -81,4 +128,4 @@ def lock_conv(name: str, module: ConvLike, ctx: LockContext) -> LockedConv:
     conv.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if module.bias is not None:
         conv.bias = nn.Parameter(lock_bias(module.bias, plan), requires_grad=False)
-    return LockedConv(conv, ChannelOps(plan, ctx))
+    return LockedConv(conv, ChannelOps(plan, ctx), unfold)
