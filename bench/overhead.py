@@ -32,6 +32,7 @@ No result is asserted: the numbers depend on the machine, which the output names
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import io
 import statistics
@@ -40,7 +41,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -136,16 +137,38 @@ def export_options(example: object) -> object:
     )
 
 
-def lock(model: object, seed: int = 0, name: str = "bench", preset: str | None = None) -> object:
-    from skprotect_pytorch.lock import LockSettings, lock_model
+def lock_settings(spec: str | None) -> object:
+    """The lock of a ``--presets`` entry: a preset name with optional ``+field=value``
+    overrides of ``LockSettings``, e.g. ``strong+unfold_taps_max=0``; ``None``: the default."""
+    from skprotect_pytorch.lock import LockSettings
     from skprotect_pytorch.lock.context import DEFAULT_PRESET
+
+    name, *pairs = (spec or DEFAULT_PRESET).split("+")
+    known = {f.name for f in fields(LockSettings)}
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(
+                f"{pair!r} in {spec!r}: write field=value with a LockSettings field "
+                f"({', '.join(sorted(known))})"
+            )
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value  # a bare string, e.g. mix_sides=smaller
+    return LockSettings.preset(name, **overrides)
+
+
+def lock(model: object, seed: int = 0, name: str = "bench", preset: str | None = None) -> object:
+    from skprotect_pytorch.lock import lock_model
 
     return lock_model(
         model,
         layer_filter=lambda n, m: True,
         secret_rng=np.random.default_rng(seed),
         public_seed=f"bench/{name}",
-        settings=LockSettings.preset(preset or DEFAULT_PRESET),
+        settings=lock_settings(preset),
     )
 
 
@@ -413,7 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--presets",
         default="",
-        help="comma-separated lock presets to compare (strong, balanced); default: the "
+        help="comma-separated locks to compare: a preset (strong, balanced), optionally with "
+        "+field=value overrides of LockSettings (strong+unfold_taps_max=0); default: the "
         "default lock",
     )
     parser.add_argument(
@@ -434,12 +458,12 @@ def main(argv: list[str] | None = None) -> None:
         bad = [b for b in backends if b not in BACKENDS]
         if bad:
             parser.error(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
-    from skprotect_pytorch.lock.context import LOCK_PRESETS
-
     presets: list[str | None] = [p.strip() for p in args.presets.split(",") if p.strip()] or [None]
-    bad = [p for p in presets if p is not None and p not in LOCK_PRESETS]
-    if bad:
-        parser.error(f"unknown preset(s) {bad}; choose from {', '.join(LOCK_PRESETS)}")
+    for p in presets:
+        try:
+            lock_settings(p)
+        except (ValueError, TypeError) as exc:
+            parser.error(f"--presets: {exc}")
 
     start = time.perf_counter()
     results = run_bench(

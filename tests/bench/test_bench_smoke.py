@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -30,3 +31,19 @@ def test_overhead_logic_on_mlp(tmp_path):
     result = overhead.ModelResult("mlp", {overhead.column("ORT", 1, 1): timing})
     table = overhead.markdown_tables([result], ["ORT"])
     assert "| mlp | " in table and f"{timing.ratio:.2f}" in table
+
+
+def test_lock_variants_are_presets_with_overrides():
+    from skprotect_pytorch.lock import LockSettings
+
+    assert overhead.lock_settings(None) == LockSettings()
+    assert overhead.lock_settings("balanced") == LockSettings.preset("balanced")
+    variant = overhead.lock_settings("strong+unfold_taps_max=0+mix_condition=1.0")
+    assert variant == LockSettings(unfold_taps_max=0, mix_condition=1.0)
+    assert overhead.lock_settings("strong+mix_sides=smaller").mix_sides == "smaller"
+    with pytest.raises(ValueError, match="LockSettings field"):
+        overhead.lock_settings("strong+no_such_field=1")
+    with pytest.raises(ValueError, match="Unknown lock preset"):
+        overhead.lock_settings("fastest")
+    with pytest.raises(SystemExit):
+        overhead.main(["--presets", "strong+mix_block", "--models", "mlp"])
