@@ -114,7 +114,8 @@ def _keyed_matrices(mod: nn.Module, true: nn.Module, name: str) -> Iterator[tupl
         if factor > 1:
             w = merge_groups(w, factor)
         stored = to_channel_matrix(mod.conv, mod.conv.weight.detach())
-        w = w.reshape(stored.shape)  # an unfolded conv: taps become input channels
+        if mod.unfold is not None:  # taps unfolded into input channels, in order
+            w = w.reshape(stored.shape)
         yield name, stored.double().numpy(), w.double().numpy(), mod.ops
     elif isinstance(true, nn.Linear):
         yield name, _matrix(mod.weight), _matrix(true.weight), mod.ops
