@@ -747,3 +747,42 @@ def test_legacy_onnx_export_of_locked_conv_runs_in_onnxruntime(tmp_path) -> None
     names = [i.name for i in session.get_inputs()]
     (out,) = session.run(None, dict(zip(names, [x.numpy(), key.numpy()], strict=True)))
     assert_equivalent(out, run(model, [x]))
+
+
+@pytest.mark.parametrize("quantizable", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3), (2, 3, 4)])
+def test_both_linear_layouts_reproduce_the_original(quantizable, bias, lead) -> None:
+    """The channel-first GEMM (``W' @ xᵀ``, default) and the quantizable one (``x W'ᵀ``, with
+    ``quantize_compatibility``) give the original's output for every input rank nn.Linear
+    takes, with and without bias."""
+    torch.manual_seed(0)
+    model = nn.Linear(20, 33, bias=bias)
+    locked = lock_all(model, settings=LockSettings(quantize_compatibility=quantizable))
+    layer = locked.keyed.model
+    assert layer.quantizable is quantizable
+    x = torch.randn(*lead, 20)
+    out = run(locked.keyed, [x, static_key(locked)])
+    assert out.shape == (*lead, 33)
+    assert_equivalent(out, run(model, [x]))
+
+
+@pytest.mark.parametrize("quantizable", [False, True])
+def test_linear_weight_is_the_gemm_operand_onnxruntime_quantizes(tmp_path, quantizable) -> None:
+    """onnxruntime's quantizers take a Gemm's weight only as its second input: the default
+    layout puts the locked weight first (no transposed operand), ``quantize_compatibility``
+    second."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    locked = lock_all(model, settings=LockSettings(quantize_compatibility=quantizable))
+    path = tmp_path / "mlp.onnx"
+    x = torch.randn(3, 12)
+    torch.onnx.export(locked.keyed, (x, static_key(locked)), str(path), dynamo=True, optimize=True)
+    graph = onnx.load(str(path)).graph
+    weights = {t.name for t in graph.initializer if t.name.endswith("weight")}
+    gemms = [n for n in graph.node if n.op_type in ("Gemm", "MatMul") and set(n.input) & weights]
+    assert len(gemms) == 2
+    slot = 1 if quantizable else 0
+    assert all(n.input[slot] in weights for n in gemms), [list(n.input) for n in gemms]

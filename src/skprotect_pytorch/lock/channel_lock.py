@@ -306,6 +306,8 @@ class ChannelOps(nn.Module):
         if key is None and mix is None:
             return x
         axis = axis % x.dim()  # non-negative axes: the TorchScript ONNX exporter needs them
+        if axis == 0 and x.dim() == 2:  # channel-first rows (n, N), as locked linears run
+            return self._in_order(x, 0, key, mix.apply_rows if mix is not None else None, mix_first)
         if axis != x.dim() - 1 or x.dim() < 2:  # convs: (N, C, *spatial), in place
             conv_layout = axis == 1 and x.dim() in (3, 4)
             along = None

@@ -48,7 +48,9 @@ class LockSettings:
     min_group_channels: int = 8
     """Grouped/depthwise convs are regrouped until each group has this many input channels."""
     quantize_compatibility: bool = False
-    """Use unit-magnitude (sign) scales so the locked weights keep the original value ranges."""
+    """Use unit-magnitude (sign) scales so the locked weights keep the original value ranges,
+    and keep each linear's weight the second GEMM operand (``x W'ᵀ``), the only one onnxruntime's
+    quantizers quantize; the default ``W' @ xᵀ`` saves a transpose per layer."""
     mix_sides: str = "both"
     """``"smaller"``: public mixing on the smaller channel side of each layer; ``"both"``: on
     both sides, so that a stored entry mixes ``mix_block²`` true entries instead of

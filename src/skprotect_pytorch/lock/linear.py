@@ -12,19 +12,42 @@ from .registry import register_locker
 
 
 class LockedLinear(nn.Module):
-    """``y = W x + b`` computed as un-key(W' · key(x) + b') with locked ``W'``, ``b'``."""
+    """``y = W x + b`` computed as un-key(W' · key(x) + b') with locked ``W'``, ``b'``.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, ops: ChannelOps) -> None:
+    The key ops and the un-mix run channel-first, on ``(features, rows)`` (DESIGN.md §3).  By
+    default the GEMM does too, ``W' @ xᵀ``, so one transpose goes in and one comes out
+    (onnxruntime ran ``x W'ᵀ`` as a ``transA`` Gemm plus a Transpose per layer).  With
+    ``quantizable`` the weight stays the GEMM's second operand, ``x W'ᵀ``, because onnxruntime's
+    quantizers only take a Gemm/MatMul weight there (the first operand stays float).
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        ops: ChannelOps,
+        *,
+        quantizable: bool = False,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.ops = ops
         self.in_features = weight.shape[1]
         self.out_features = weight.shape[0]
+        self.quantizable = quantizable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = F.linear(self.ops.enter(x, -1), self.weight, self.bias)
-        return self.ops.leave(z, -1)
+        lead = x.shape[:-1]
+        rows = self.ops.enter((x if x.dim() == 2 else x.reshape(-1, self.in_features)).t(), 0)
+        if self.quantizable:
+            z = F.linear(rows.t(), self.weight, self.bias).t()
+        elif self.bias is None:
+            z = self.weight @ rows
+        else:
+            z = torch.addmm(self.bias.unsqueeze(1), self.weight, rows)
+        y = self.ops.leave(z, 0).t()
+        return y if x.dim() == 2 else y.reshape(*lead, self.out_features)
 
 
 def lock_linear_weights(
@@ -33,7 +56,12 @@ def lock_linear_weights(
     """Lock a raw ``(out, in)`` weight and bias; reused by lockers of layers built on linears."""
     plan = plan_channels(ctx, name, 1, weight.shape[0], weight.shape[1])
     locked_w = lock_matrix(weight.unsqueeze(0), plan)[0]
-    return LockedLinear(locked_w, lock_bias(bias, plan), ChannelOps(plan, ctx))
+    return LockedLinear(
+        locked_w,
+        lock_bias(bias, plan),
+        ChannelOps(plan, ctx),
+        quantizable=ctx.settings.quantize_compatibility,
+    )
 
 
 @register_locker(nn.Linear)

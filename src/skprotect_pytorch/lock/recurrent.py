@@ -9,7 +9,10 @@ layer is computed as
 - a time loop whose step computes ``R h + b_hh`` with a locked recurrent matrix
   ``W_hh' = M_out · Q · W_hh · M_in⁻¹`` (key Gather+Mul and the public un-mix on the hidden
   state, per step), the gate non-linearities in the true basis, and for LSTM with ``proj_size``
-  a locked ``W_hr``.
+  a locked ``W_hr``.  The loop runs channel-first: states ``(hidden, batch)`` and projected
+  inputs ``(T, gates, batch)``, so the key's Gathers copy whole rows, the un-mix is one batched
+  GEMM over the mixing blocks and ``W' @ h`` needs no transposed operand (the row-major step
+  gathered single elements on the last axis and un-mixed with ``batch × blocks`` tiny GEMMs).
 
 Exact torch semantics: gate order (LSTM ``i, f, g, o``; GRU ``r, z, n`` with ``b_hn`` inside
 ``r * (...)``), ``num_layers``, ``bidirectional`` (the reverse direction runs on the reversed
@@ -36,7 +39,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
@@ -62,9 +64,10 @@ UNROLLED_BACKENDS: tuple[str, ...] = ()
 # --------------------------------------------------------------------------------------------
 # Step functions: plain tensor code, TorchScript-compatible (used by all three loop drivers).
 # Parameter list of one direction: for W_hh, then (proj_size only) for W_hr, eight tensors
-#   +0 w'  +1 b'  +2 in-side mix blocks  +3 out-side mix blocks  +4 in idx  +5 in scale
+#   +0 w'  +1 b'  +2 in-side un-mix blocks  +3 out-side un-mix blocks  +4 in idx  +5 in scale
 #   +6 out idx  +7 out scale
-# (an unmixed side gets an empty placeholder).  ``flags`` =
+# (an unmixed side gets an empty placeholder).  Every step tensor is channel-first,
+# ``(channels, batch)``.  ``flags`` =
 #   [hh_mix_in, hh_mix_out, hr_mix_in, hr_mix_out, has_proj].
 # --------------------------------------------------------------------------------------------
 
@@ -73,19 +76,25 @@ _KEY_POSITIONS = frozenset({4, 5, 6, 7, 12, 13, 14, 15})
 
 
 def _unmix(x: Tensor, blocks: Tensor) -> Tensor:
-    """``Qᵀ x`` on the last axis for block-diagonal ``Q`` given as ``(k, b, b)`` blocks."""
+    """``Q⁻¹ x`` on the rows of a channel-first ``(n, batch)`` step tensor; ``blocks`` are the
+    ``(k, b, b)`` blocks of ``Q⁻¹`` (one batched GEMM, fixed ranks for every exporter)."""
     k = blocks.size(0)
     b = blocks.size(1)
-    n = x.size(0)  # x is a 2-D (batch, channels) step tensor: fixed ranks for every exporter
-    return (x.reshape(n, k, 1, b) @ blocks).reshape(n, k * b)
+    n = x.size(1)  # the batch, named: a -1 here loses the batch symbol under torch.export
+    return (blocks @ x.reshape(k, b, n)).reshape(k * b, n)
 
 
 def _keyed_linear(x: Tensor, p: list[Tensor], o: int, mix_in: bool, mix_out: bool) -> Tensor:
-    """Locked linear ``p[o:o+8]`` on the last axis: true-basis input to true-basis output."""
+    """Locked linear ``p[o:o+8]`` on channel-first ``(in, batch)``: true basis in and out."""
     if mix_in:
         x = _unmix(x, p[o + 2])
-    z = F.linear(x.index_select(-1, p[o + 4]) * p[o + 5], p[o], p[o + 1])
-    z = z.index_select(-1, p[o + 6]) * p[o + 7]
+    # Bias and scales become columns here, not once per call: ``torch.export`` gives every
+    # tensor lifted into the scan body fresh size symbols, so a lifted column's 1 would no
+    # longer broadcast against the batch.
+    z = torch.addmm(
+        p[o + 1].unsqueeze(1), p[o], x.index_select(0, p[o + 4]) * p[o + 5].unsqueeze(1)
+    )
+    z = z.index_select(0, p[o + 6]) * p[o + 7].unsqueeze(1)
     if mix_out:
         z = _unmix(z, p[o + 3])
     return z
@@ -98,21 +107,21 @@ def _cell(
     hg = _keyed_linear(h, p, 0, flags[0], flags[1])
     if kind == 0:  # LSTM_KIND (TorchScript cannot read module globals)
         g = xg + hg
-        n4 = g.size(-1) // 4
-        gi = g.narrow(-1, 0, n4)
-        gf = g.narrow(-1, n4, n4)
-        gg = g.narrow(-1, 2 * n4, n4)
-        go = g.narrow(-1, 3 * n4, n4)
+        n4 = g.size(0) // 4
+        gi = g.narrow(0, 0, n4)
+        gf = g.narrow(0, n4, n4)
+        gg = g.narrow(0, 2 * n4, n4)
+        go = g.narrow(0, 3 * n4, n4)
         c_new = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
         h_new = torch.sigmoid(go) * torch.tanh(c_new)
         if flags[4]:
             h_new = _keyed_linear(h_new, p, 8, flags[2], flags[3])
         return h_new, c_new
-    n3 = xg.size(-1) // 3
-    rz = torch.sigmoid(xg.narrow(-1, 0, 2 * n3) + hg.narrow(-1, 0, 2 * n3))
-    r = rz.narrow(-1, 0, n3)
-    z = rz.narrow(-1, n3, n3)
-    n = torch.tanh(xg.narrow(-1, 2 * n3, n3) + r * hg.narrow(-1, 2 * n3, n3))
+    n3 = xg.size(0) // 3
+    rz = torch.sigmoid(xg.narrow(0, 0, 2 * n3) + hg.narrow(0, 0, 2 * n3))
+    r = rz.narrow(0, 0, n3)
+    z = rz.narrow(0, n3, n3)
+    n = torch.tanh(xg.narrow(0, 2 * n3, n3) + r * hg.narrow(0, 2 * n3, n3))
     return (1.0 - z) * n + z * h, c
 
 
@@ -121,7 +130,8 @@ def _direction_loop(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run one direction of one layer over time (a reverse direction gets a pre-flipped ``x``).
 
-    Returns the stacked outputs ``(T, N, H_out)``, the final ``h`` and the final ``c``.
+    Channel-first: ``x (T, G, N)``, states ``(H, N)``.  Returns the stacked outputs
+    ``(T, H_out, N)``, the final ``h`` and the final ``c``.
     """
     h = h0
     c = c0
@@ -155,8 +165,8 @@ def _scan_direction(
     p = [t.clone() if i in _KEY_POSITIONS else t for i, t in enumerate(p)]
     # Using the batch size (exactly once) inside the body makes export lift it as a loop input:
     # Inductor's scan -> while_loop lowering needs every symbol of the output shapes bound.
-    batch = x.size(1)
-    h_size = h0.shape[-1]
+    batch = x.size(2)
+    h_size = h0.shape[0]
     # Views with a storage offset (h0[k], the chunks of the fused input projection) make Dynamo
     # guard on that offset, which specialises the batch size: hand the loop fresh tensors.
     x = x.clone()
@@ -166,7 +176,7 @@ def _scan_direction(
     def combine(carry: list[Tensor], xt: Tensor):
         c = carry[1] if lstm else carry[0]
         h, c = _cell(kind, xt, carry[0], c, p, flags)
-        h = h.reshape(batch, h_size)
+        h = h.reshape(h_size, batch)
         return ([h, c] if lstm else [h]), h.clone()
 
     final, ys = scan(combine, [h0, c0] if lstm else [h0], x)
@@ -203,9 +213,11 @@ class _KeyedMatrix(nn.Module):
         return self.ops.mix_out is not None
 
     def _blocks(self, mix: BlockMix | None) -> Tensor:
+        """The un-mix ``Q⁻¹`` as ``(k, b, b)`` blocks (one block for a non-uniform mixing),
+        transposed here, once per call, so that the time loop does not transpose them."""
         if mix is None:
             return self.no_mix
-        return mix.blocks if mix.uniform else mix.matrix.unsqueeze(0)
+        return (mix.blocks if mix.uniform else mix.matrix.unsqueeze(0)).transpose(1, 2)
 
     def tensors(self) -> list[Tensor]:
         """The eight tensors of this matrix for the current call's key (see ``_keyed_linear``)."""
@@ -302,11 +314,14 @@ class LockedRNNBase(nn.Module):
                 p = layer.hh[d].tensors()
                 if layer.hr is not None:
                     p = p + layer.hr[d].tensors()
-                xd = xproj[d] if d == 0 else xproj[d].flip(0)
-                y, h, c = loop(self.kind, xd, h0[li * n_dir + d], cs0[d], p, flags)
+                xd = (xproj[d] if d == 0 else xproj[d].flip(0)).transpose(1, 2).contiguous()
+                h_in = h0[li * n_dir + d].t().contiguous()
+                c_in = cs0[d].t().contiguous() if lstm else cs0[d]
+                y, h, c = loop(self.kind, xd, h_in, c_in, p, flags)
+                y = y.transpose(1, 2)
                 ys.append(y if d == 0 else y.flip(0))
-                h_finals.append(h)
-                c_finals.append(c)
+                h_finals.append(h.t())
+                c_finals.append(c.t() if lstm else c)
             layer_in = ys[0] if n_dir == 1 else torch.cat(ys, -1)
         h_n = torch.stack(h_finals)
         c_n = torch.stack(c_finals) if lstm else None
