@@ -420,3 +420,51 @@ def _leaves_t(x) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
     return [leaf for item in x for leaf in _leaves_t(item)]
+
+
+class _StackedHead(nn.Module):
+    """The bench's sequence classifier: a 2-layer batch-first cell, no initial state, a head."""
+
+    def __init__(self, cell: type[nn.LSTM] | type[nn.GRU]) -> None:
+        super().__init__()
+        self.rnn = cell(12, 32, num_layers=2, batch_first=True)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU], ids=["LSTM", "GRU"])
+def test_protector_onnx_export_of_a_stacked_cell_needs_no_fallback(cell, tmp_path: Path):
+    """The product's ONNX exporter, batch dynamic, keeps the dynamo export (a ``Scan`` loop):
+    a step tensor whose size symbols ``torch.export`` cannot relate to the batch once broke it,
+    and the legacy fallback exported a slower ``Loop``."""
+    import onnx
+    import onnxruntime as ort
+
+    from skprotect_pytorch.export import build_export_options, get_exporter
+    from skprotect_pytorch.formats import ExportFormat
+
+    torch.manual_seed(0)
+    model = _StackedHead(cell).eval()
+    locked = lock_model(model, layer_filter=lambda n, m: True, secret_rng=np.random.default_rng(0))
+    key = torch.from_numpy(locked.layout.static_key())
+    x = torch.randn(2, 8, 12)
+    opts = build_export_options([x], {"input_names": ["x"]}, ({0: Dim("batch")},))
+    path = tmp_path / "model.onnx"
+    report = get_exporter(ExportFormat.ONNX).export(
+        locked.keyed, (x, key), path, opts, with_key=True
+    )
+    assert not [n for n in report.notes if "dynamo export failed" in n], report.notes
+    assert "Scan" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        xb = torch.randn(batch, 8, 12)
+        feeds = dict(
+            zip([i.name for i in session.get_inputs()], [xb.numpy(), key.numpy()], strict=True)
+        )
+        (out,) = session.run(None, feeds)
+        with torch.no_grad():
+            ref = model(xb).numpy()
+        assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
