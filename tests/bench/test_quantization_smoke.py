@@ -38,3 +38,44 @@ def test_quantized_locked_mlp_matches_quantized_original(tmp_path: Path) -> None
     static = tmp_path / f"{task.name}_locked_qc_k0_mixf.static.onnx"
     assert static.exists() and quantization.check_key_not_quantized(static) == []
     assert quantization.key_nodes(tmp_path / f"{task.name}_locked_qc_k0.pre.onnx")
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_reduce_range_reaches_onnxruntime(tmp_path: Path, reduce_range: bool) -> None:
+    """``reduce_range`` stores 7-bit weights (|q| ≤ 64), the cure for int8 saturation on x86
+    CPUs without VNNI; full range uses ±127."""
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    src = tmp_path / "mlp.onnx"
+    quantization.export_onnx(model.eval(), [torch.randn(2, 16)], src, with_key=False)
+    dst = tmp_path / "mlp.int8.onnx"
+    quantization.quantize(
+        src, dst, "dynamic", np.zeros((4, 16), np.float32), None, reduce_range=reduce_range
+    )
+    stored = [
+        numpy_helper.to_array(t).astype(int)
+        for t in onnx.load(str(dst)).graph.initializer
+        if t.name.endswith("_quantized")
+    ]
+    assert len(stored) == 2
+    peak = max(int(np.abs(q).max()) for q in stored)
+    assert (peak <= 64) if reduce_range else (peak == 127), peak
+
+
+def test_int8_saturation_is_detected_from_the_cpu_flags(monkeypatch, tmp_path: Path) -> None:
+    import machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(machine, "Path", lambda _: cpuinfo)
+    monkeypatch.setattr(machine.platform, "machine", lambda: "x86_64")
+    cpuinfo.write_text("flags\t: fpu sse avx2 fma\n")
+    assert machine.int8_saturates()
+    cpuinfo.write_text("flags\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not machine.int8_saturates()
+    monkeypatch.setattr(machine.platform, "machine", lambda: "aarch64")
+    assert not machine.int8_saturates()
