@@ -261,11 +261,11 @@ def lock_bias(bias: torch.Tensor | None, plan: ChannelPlan) -> torch.Tensor | No
 class ChannelOps(nn.Module):
     """Activation-side ops of one locked map: key Gather+Mul in; key Gather+Mul, un-mix out.
 
-    A side that the plan does not key has no slots (``None``) and no key op.  On an innermost
-    channel axis (linear layouts) the ops run channel-first: one Transpose, then Gather on
-    axis 0 (onnxruntime copies whole rows instead of single elements) and the un-mix as one
-    batched MatMul, then one Transpose back.  On a conv's channel axis they run in place and
-    the un-mix is a grouped 1×1 conv.
+    A side that the plan does not key has no slots (``None``) and no key op.  On channel-first
+    rows ``(n, N)`` (locked linears transpose into that layout themselves) the Gather runs on
+    axis 0, so onnxruntime copies whole rows instead of single elements, and the un-mix is one
+    batched MatMul.  On a conv's channel axis they run in place and the un-mix is a grouped
+    1×1 conv.
     """
 
     def __init__(self, plan: ChannelPlan, ctx: LockContext) -> None:
@@ -306,24 +306,17 @@ class ChannelOps(nn.Module):
         if key is None and mix is None:
             return x
         axis = axis % x.dim()  # non-negative axes: the TorchScript ONNX exporter needs them
-        if axis == 0 and x.dim() == 2:  # channel-first rows (n, N), as locked linears run
+        if axis == 0 and x.dim() == 2:  # channel-first rows (n, N): linears, unbatched Conv1d
             return self._in_order(x, 0, key, mix.apply_rows if mix is not None else None, mix_first)
-        if axis != x.dim() - 1 or x.dim() < 2:  # convs: (N, C, *spatial), in place
-            conv_layout = axis == 1 and x.dim() in (3, 4)
-            along = None
-            if mix is not None:
-                apply = mix.apply_conv if conv_layout else mix.apply_transpose
+        conv_layout = axis == 1 and x.dim() in (3, 4)  # (N, C, *spatial), in place
+        along = None
+        if mix is not None:
+            apply = mix.apply_conv if conv_layout else mix.apply_transpose
 
-                def along(t: torch.Tensor) -> torch.Tensor:
-                    return apply(t, axis)
+            def along(t: torch.Tensor) -> torch.Tensor:
+                return apply(t, axis)
 
-            return self._in_order(x, axis, key, along, mix_first)
-        rows = mix.apply_rows if mix is not None else None  # channel-first (n, N)
-        if x.dim() == 2:  # (batch, channels): no reshapes around the transposes
-            return self._in_order(x.t(), 0, key, rows, mix_first).t().contiguous()
-        lead = x.shape[:-1]
-        t = self._in_order(x.reshape(-1, x.shape[-1]).t(), 0, key, rows, mix_first)
-        return t.t().contiguous().reshape(*lead, t.shape[0])
+        return self._in_order(x, axis, key, along, mix_first)
 
     def enter(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Move an input from the true channel basis into the layer's locked basis."""
