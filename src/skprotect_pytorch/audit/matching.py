@@ -233,7 +233,7 @@ class KeyEstimate:
             perms, scales = decoder(key)
         return cls(
             [p.numpy().astype(np.int64) for p in perms],
-            [s.double().numpy() for s in scales],
+            [s.double().reshape(-1).numpy() for s in scales],
         )
 
     def side(self, ops: ChannelOps, side: str) -> tuple[np.ndarray, np.ndarray] | None:

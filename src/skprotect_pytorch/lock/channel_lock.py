@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedLayerError
@@ -136,7 +137,7 @@ class BlockMix(nn.Module):
         else:
             weight, groups = self.matrix.t(), 1
         weight = weight.reshape(*weight.shape, *([1] * spatial))
-        conv = torch.nn.functional.conv1d if spatial == 1 else torch.nn.functional.conv2d
+        conv = F.conv1d if spatial == 1 else F.conv2d
         return conv(x, weight, groups=groups)
 
 
@@ -295,9 +296,15 @@ class ChannelOps(nn.Module):
         if unmix is not None and mix_first:
             x = unmix(x)
         if key is not None:
-            shape = [1] * x.dim()
-            shape[axis] = -1
-            x = x.index_select(axis, key[0]) * key[1].view(shape)
+            perm, scale = key
+            if axis == 0 and x.dim() == 2:
+                # Channel-first rows: ``embedding`` exports as one bare Gather (``index_select``
+                # adds a Reshape of the indices), and the key's scale column fits as it is.
+                x = F.embedding(perm, x) * scale
+            else:
+                shape = [1] * x.dim()
+                shape[axis] = -1
+                x = x.index_select(axis, perm) * scale.view(shape)
         if unmix is not None and not mix_first:
             x = unmix(x)
         return x

@@ -72,7 +72,8 @@ class KeyDecoder(nn.Module):
     The key is flattened, cast to float32 and padded/truncated to the expected length, so a key of
     the wrong length, dtype or shape decodes to garbage rather than reading out of bounds; indices
     are cast to int64 and reduced modulo their slot size, so NaN or huge values cannot index
-    outside.
+    outside.  Indices come out 1-D; scales as ``(n, 1)`` columns, the shape that channel-first
+    rows broadcast against, so most slots need no per-slot Reshape in the exported graph.
     """
 
     def __init__(self, perm_sizes: list[int], scale_sizes: list[int]) -> None:
@@ -95,7 +96,7 @@ class KeyDecoder(nn.Module):
         idx = torch.remainder(flat[: self.n_perm].to(torch.int64), self.moduli)
         u = flat[self.n_perm : self.n_perm + self.n_scale]
         v = flat[self.n_perm + self.n_scale :]
-        scales = u * v
+        scales = (u * v).reshape(-1, 1)  # columns: channel-first rows scale without a Reshape
         perms = list(torch.split(idx, self.perm_sizes)) if self.perm_sizes else []
         scale_list = list(torch.split(scales, self.scale_sizes)) if self.scale_sizes else []
         return perms, scale_list

@@ -39,15 +39,21 @@ class LockedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        rows = self.ops.enter((x if x.dim() == 2 else x.reshape(-1, self.in_features)).t(), 0)
+        # Features first, then flatten: (N, T, C) -> Transpose -> (C, N, T) -> Reshape, so the
+        # output's inverse Transpose meets the next layer's across an elementwise op (ReLU,
+        # GELU) and onnxruntime's transpose optimizer cancels both. Axes are spelled positive:
+        # the legacy ONNX exporter writes a negative one into Transpose's perm as it is.
+        last = x.dim() - 1
+        flat = x.t() if last == 1 else x.movedim(last, 0).reshape(self.in_features, -1)
+        rows = self.ops.enter(flat, 0)
         if self.quantizable:
             z = F.linear(rows.t(), self.weight, self.bias).t()
         elif self.bias is None:
             z = self.weight @ rows
         else:
             z = torch.addmm(self.bias.unsqueeze(1), self.weight, rows)
-        y = self.ops.leave(z, 0).t()
-        return y if x.dim() == 2 else y.reshape(*lead, self.out_features)
+        y = self.ops.leave(z, 0)
+        return y.t() if last == 1 else y.reshape(self.out_features, *lead).movedim(0, last)
 
 
 def lock_linear_weights(

@@ -88,13 +88,13 @@ def _keyed_linear(x: Tensor, p: list[Tensor], o: int, mix_in: bool, mix_out: boo
     """Locked linear ``p[o:o+8]`` on channel-first ``(in, batch)``: true basis in and out."""
     if mix_in:
         x = _unmix(x, p[o + 2])
-    # Bias and scales become columns here, not once per call: ``torch.export`` gives every
-    # tensor lifted into the scan body fresh size symbols, so a lifted column's 1 would no
-    # longer broadcast against the batch.
+    # Bias and scales are shaped as columns here although the key's scales come as columns:
+    # ``torch.export`` gives every tensor lifted into the scan body fresh size symbols, so a
+    # lifted column's 1 would no longer broadcast against the batch.
     z = torch.addmm(
-        p[o + 1].unsqueeze(1), p[o], x.index_select(0, p[o + 4]) * p[o + 5].unsqueeze(1)
+        p[o + 1].unsqueeze(1), p[o], torch.embedding(x, p[o + 4]) * p[o + 5].reshape(-1, 1)
     )
-    z = z.index_select(0, p[o + 6]) * p[o + 7].unsqueeze(1)
+    z = torch.embedding(z, p[o + 6]) * p[o + 7].reshape(-1, 1)
     if mix_out:
         z = _unmix(z, p[o + 3])
     return z
