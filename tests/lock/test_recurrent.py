@@ -457,7 +457,12 @@ def test_protector_onnx_export_of_a_stacked_cell_needs_no_fallback(cell, tmp_pat
         locked.keyed, (x, key), path, opts, with_key=True
     )
     assert not [n for n in report.notes if "dynamo export failed" in n], report.notes
-    assert "Scan" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    scans = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Scan"]
+    assert scans
+    # The key's scales ride in the un-mix blocks (folded once per call): the only Muls left in
+    # the time step are the cell's own three gate products.
+    body = next(a.g for a in scans[0].attribute if a.name == "body")
+    assert [n.op_type for n in body.node].count("Mul") == 3
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         xb = torch.randn(batch, 8, 12)

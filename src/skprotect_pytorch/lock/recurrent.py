@@ -31,7 +31,9 @@ runs is picked at trace time (see :data:`LOOP_MECHANISMS`):
   recorded as a ``prim::Loop`` (survives ``torch.jit.freeze``).
 
 No path unrolls the loop, so :data:`UNROLLED_BACKENDS` is empty.  Per step the key costs two
-Gather+Mul pairs and one public block un-mix on the hidden state (plus the same for ``W_hr``).
+Gathers on the hidden state and the public block un-mixes (plus the same for ``W_hr``): on a
+mixed side the key's scales are folded into the un-mix blocks once per call, outside the loop
+(rows scaled on the input side, columns on the output side), so the step has no key Mul there.
 """
 
 from __future__ import annotations
@@ -66,13 +68,14 @@ UNROLLED_BACKENDS: tuple[str, ...] = ()
 # Parameter list of one direction: for W_hh, then (proj_size only) for W_hr, eight tensors
 #   +0 w'  +1 b'  +2 in-side un-mix blocks  +3 out-side un-mix blocks  +4 in idx  +5 in scale
 #   +6 out idx  +7 out scale
-# (an unmixed side gets an empty placeholder).  Every step tensor is channel-first,
+# (an unmixed side gets an empty placeholder; a mixed side's blocks carry its scales, and its
+# scale tensor is not read).  Every step tensor is channel-first,
 # ``(channels, batch)``.  ``flags`` =
 #   [hh_mix_in, hh_mix_out, hr_mix_in, hr_mix_out, has_proj].
 # --------------------------------------------------------------------------------------------
 
 _KEY_POSITIONS = frozenset({4, 5, 6, 7, 12, 13, 14, 15})
-"""Positions of key-derived tensors in a direction's parameter list."""
+"""Positions of the key's slot views in a direction's parameter list."""
 
 
 def _unmix(x: Tensor, blocks: Tensor) -> Tensor:
@@ -85,19 +88,21 @@ def _unmix(x: Tensor, blocks: Tensor) -> Tensor:
 
 
 def _keyed_linear(x: Tensor, p: list[Tensor], o: int, mix_in: bool, mix_out: bool) -> Tensor:
-    """Locked linear ``p[o:o+8]`` on channel-first ``(in, batch)``: true basis in and out."""
-    if mix_in:
-        x = _unmix(x, p[o + 2])
+    """Locked linear ``p[o:o+8]`` on channel-first ``(in, batch)``: true basis in and out.
+
+    A mixed side's scales are already in its un-mix blocks; an unmixed side multiplies by them.
+    """
     # Bias and scales are shaped as columns here although the key's scales come as columns:
     # ``torch.export`` gives every tensor lifted into the scan body fresh size symbols, so a
     # lifted column's 1 would no longer broadcast against the batch.
-    z = torch.addmm(
-        p[o + 1].unsqueeze(1), p[o], torch.embedding(x, p[o + 4]) * p[o + 5].reshape(-1, 1)
-    )
-    z = torch.embedding(z, p[o + 6]) * p[o + 7].reshape(-1, 1)
+    if mix_in:
+        x = torch.embedding(_unmix(x, p[o + 2]), p[o + 4])
+    else:
+        x = torch.embedding(x, p[o + 4]) * p[o + 5].reshape(-1, 1)
+    z = torch.embedding(torch.addmm(p[o + 1].unsqueeze(1), p[o], x), p[o + 6])
     if mix_out:
-        z = _unmix(z, p[o + 3])
-    return z
+        return _unmix(z, p[o + 3])
+    return z * p[o + 7].reshape(-1, 1)
 
 
 def _cell(
@@ -220,18 +225,28 @@ class _KeyedMatrix(nn.Module):
         return (mix.blocks if mix.uniform else mix.matrix.unsqueeze(0)).transpose(1, 2)
 
     def tensors(self) -> list[Tensor]:
-        """The eight tensors of this matrix for the current call's key (see ``_keyed_linear``)."""
+        """The eight tensors of this matrix for the current call's key (see ``_keyed_linear``).
+
+        A mixed side's scales are folded into its un-mix blocks here, once per call, so that
+        the time loop does no key Mul on that side.  Output side: ``Q⁻¹ · diag(s)`` (columns;
+        ``s`` is in the gathered order the un-mix reads).  Input side: the step computes
+        ``s ⊙ gather(Q⁻¹ x, idx)``, which is ``gather(diag(t) · Q⁻¹ x, idx)`` with ``t`` the
+        scales scattered to their source rows, ``t[idx] = s`` (rows).  A wrong key with repeated
+        indices leaves some of ``t`` zero: garbage out, never an out-of-bounds read.
+        """
         s = self.ops.slots
-        return [
-            self.weight,
-            self.bias,
-            self._blocks(self.ops.mix_in),
-            self._blocks(self.ops.mix_out),
-            s.perm(self.ops.in_perm_slot),
-            s.scale(self.ops.in_scale_slot),
-            s.perm(self.ops.out_perm_slot),
-            s.scale(self.ops.out_scale_slot),
-        ]
+        in_idx, in_scale = s.perm(self.ops.in_perm_slot), s.scale(self.ops.in_scale_slot)
+        out_idx, out_scale = s.perm(self.ops.out_perm_slot), s.scale(self.ops.out_scale_slot)
+        in_blocks = self._blocks(self.ops.mix_in)
+        out_blocks = self._blocks(self.ops.mix_out)
+        if self.ops.mix_in is not None:
+            k, b = in_blocks.shape[0], in_blocks.shape[1]
+            rows = torch.zeros_like(in_scale).scatter(0, in_idx.unsqueeze(1), in_scale)
+            in_blocks = in_blocks * rows.reshape(k, b, 1)
+        if self.ops.mix_out is not None:
+            k, b = out_blocks.shape[0], out_blocks.shape[1]
+            out_blocks = out_blocks * out_scale.reshape(k, 1, b)
+        return [self.weight, self.bias, in_blocks, out_blocks, in_idx, in_scale, out_idx, out_scale]
 
 
 class _LockedRecurrentLayer(nn.Module):
