@@ -1,10 +1,11 @@
 """What every benchmark shares: the machine line it prints (CPU, cores, load, OS, library
-versions) and the wall-clock timer of its calls."""
+versions), the wall-clock timer of its calls and the interleaved timing of several sides."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,3 +65,28 @@ def timed(fn: Callable[[], object], n: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def measure_interleaved(
+    calls: dict[str, Callable[[], object]], *, blocks: int, block_s: float, max_calls: int = 2000
+) -> tuple[dict[str, float], int]:
+    """Median seconds per call of every side, after warm-up, timed in ``blocks`` interleaved
+    blocks (the order reverses every other block, so no side always runs first), and the
+    number of calls per side.  Load and drift on the machine hit all sides alike.
+
+    The calls per block are chosen so that the slowest side's block lasts about ``block_s``
+    seconds (at least 2 calls).
+    """
+    for _ in range(2):  # warm-up (TorchScript profiles 2 runs)
+        for fn in calls.values():
+            fn()
+    probe = max(statistics.median(timed(fn, 3)) for fn in calls.values())
+    per_block = int(min(max_calls, max(2, block_s / max(probe, 1e-7))))
+    for fn in calls.values():
+        timed(fn, per_block)  # warm-up at the measured rate
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    for b in range(blocks):
+        for name in order if b % 2 == 0 else order[::-1]:
+            times[name] += timed(calls[name], per_block)
+    return {name: statistics.median(t) for name, t in times.items()}, per_block * blocks

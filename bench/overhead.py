@@ -35,7 +35,6 @@ import argparse
 import ast
 import contextlib
 import io
-import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line, timed
+from machine import machine_line, measure_interleaved
 from models import BENCH_MODELS, BenchModel
 
 EXAMPLE_BATCH = 2  # export example: > 1 so that the batch dimension stays dynamic
@@ -83,27 +82,14 @@ def measure_pair(
     block_s: float,
     max_calls: int = 2000,
 ) -> PairTiming:
-    """Median latency of both sides, after warm-up, in ``blocks`` interleaved blocks.
-
-    The calls per block are chosen so that one side's block lasts about ``block_s`` seconds
-    (at least 2 calls). The order inside a block alternates so neither side always runs first.
-    """
-    for fn in (original, locked, original, locked):  # warm-up (TorchScript profiles 2 runs)
-        fn()
-    probe = statistics.median(timed(original, 3) + timed(locked, 3))
-    per_block = int(min(max_calls, max(2, block_s / max(probe, 1e-7))))
-    timed(original, per_block)  # warm-up at the measured rate
-    timed(locked, per_block)
-    orig: list[float] = []
-    lock: list[float] = []
-    for b in range(blocks):
-        if b % 2 == 0:
-            orig += timed(original, per_block)
-            lock += timed(locked, per_block)
-        else:
-            lock += timed(locked, per_block)
-            orig += timed(original, per_block)
-    return PairTiming(statistics.median(orig), statistics.median(lock), per_block * blocks)
+    """Median latency of both sides, interleaved (:func:`machine.measure_interleaved`)."""
+    medians, calls = measure_interleaved(
+        {"original": original, "locked": locked},
+        blocks=blocks,
+        block_s=block_s,
+        max_calls=max_calls,
+    )
+    return PairTiming(medians["original"], medians["locked"], calls)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ No timing is asserted (the numbers depend on the machine); only that the pieces 
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -47,3 +48,20 @@ def test_lock_variants_are_presets_with_overrides():
         overhead.lock_settings("fastest")
     with pytest.raises(SystemExit):
         overhead.main(["--presets", "strong+mix_block", "--models", "mlp"])
+
+
+def test_compare_trees_exports_a_checkout_and_times_it_side_by_side(tmp_path):
+    import compare_trees
+
+    repo = BENCH.parent
+    compare_trees.export_tree(repo, tmp_path / "t", ["mlp"])
+    assert (tmp_path / "t" / "mlp_locked.onnx").exists()
+    dirs = {"before": tmp_path / "t", "after": tmp_path / "t"}
+    lines = compare_trees.compare(dirs, ["mlp"], rounds=2, blocks=2, block_s=0.001)
+    assert lines[0] == "| model | batch | before | after |"
+    rows = [line for line in lines if line.startswith("| mlp |")]
+    assert [row.split(" | ")[1] for row in rows] == ["1", "32"]
+    assert all(row.count("(") == 2 for row in rows)  # two trees, each with its two rounds
+    assert re.fullmatch(r"Optimised nodes: mlp (\d+) → \1", lines[-1])  # same graph twice
+    with pytest.raises(SystemExit, match="no src/skprotect_pytorch"):
+        compare_trees.export_tree(tmp_path, tmp_path / "u", ["mlp"])
