@@ -39,7 +39,7 @@ sys.path.insert(0, str(BENCH))
 
 from machine import machine_line, measure_interleaved  # noqa: E402
 from models import BENCH_MODELS  # noqa: E402
-from overhead import BATCHES, export_pair, ort_runner  # noqa: E402
+from overhead import BATCHES, _rel_err, export_pair, ort_runner  # noqa: E402
 
 
 def export_models(outdir: Path, models: list[str]) -> None:
@@ -101,8 +101,7 @@ def compare(
             reference = calls["original"]()[0]
             for t in labels:
                 calls[t] = locked[t]([x, keys[t]])
-                out = calls[t]()[0]
-                err = float(np.max(np.abs(out - reference)) / max(np.max(np.abs(reference)), 1e-30))
+                err = _rel_err(calls[t]()[0], reference)
                 if not err < 1e-3:
                     raise SystemExit(f"{m} from {t} differs from the original by {err:.1e}.")
             ratios: dict[str, list[float]] = {t: [] for t in labels}
