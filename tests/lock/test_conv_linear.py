@@ -665,21 +665,46 @@ def test_thin_stem_taps_are_unfolded_so_the_lock_reaches_them() -> None:
 
 
 @pytest.mark.parametrize(
-    ("conv", "unfolded"),
+    ("conv", "unfolded", "unfolded_wide"),
     [
-        (nn.Conv2d(3, 16, 3), True),  # 27 unfolded channels
-        (nn.Conv2d(3, 64, 7, stride=2), False),  # 147 > unfold_taps_max: too costly
-        (nn.Conv2d(8, 16, 3), False),  # enough channels to mix
-        (nn.Conv2d(2, 8, 1), False),  # no taps
-        (nn.Conv2d(4, 8, 3, groups=2), False),  # grouped: regrouped instead
-        (nn.ConvTranspose2d(2, 8, 3), False),
+        (nn.Conv2d(3, 16, 3), True, True),  # 27 unfolded channels
+        (nn.Conv2d(3, 64, 7, stride=2), False, True),  # 147 > unfold_taps_max: too costly
+        (nn.Conv2d(8, 16, 3), False, True),  # 72 > unfold_taps_max
+        (nn.Conv2d(16, 16, 3), False, False),  # enough channels to mix
+        (nn.Conv2d(2, 8, 1), False, False),  # no taps
+        (nn.Conv2d(4, 8, 3, groups=2), False, False),  # grouped: regrouped instead
+        (nn.ConvTranspose2d(2, 8, 3), False, False),
     ],
 )
-def test_which_convs_have_their_taps_unfolded(conv: nn.Module, unfolded: bool) -> None:
+def test_which_convs_have_their_taps_unfolded(
+    conv: nn.Module, unfolded: bool, unfolded_wide: bool
+) -> None:
     locked = lock_all(nn.Sequential(conv))
     assert (locked.keyed.model[0].unfold is not None) is unfolded
     wide = lock_all(nn.Sequential(conv), settings=LockSettings(unfold_taps_max=200))
-    assert (wide.keyed.model[0].unfold is not None) is (unfolded or conv.kernel_size == (7, 7))
+    assert (wide.keyed.model[0].unfold is not None) is unfolded_wide
+
+
+@pytest.mark.parametrize(
+    ("channels", "min_group_channels", "groups"),
+    [(64, None, 4), (64, 8, 8), (24, 16, 1), (96, 32, 3)],
+)
+def test_depthwise_convs_are_regrouped_to_min_group_channels(
+    channels: int, min_group_channels: int | None, groups: int
+) -> None:
+    """A depthwise conv is locked as a grouped conv with at least ``min_group_channels`` input
+    channels per group (16 by default: onnxruntime's NCHWc channel block), exactly."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+    model = nn.Sequential(conv, nn.ReLU()).eval()
+    kwargs = {} if min_group_channels is None else {"min_group_channels": min_group_channels}
+    locked = lock_all(model, settings=LockSettings(**kwargs))
+    stored = locked.keyed.model[0].conv
+    assert stored.groups == groups
+    assert stored.weight.shape == (channels, channels // groups, 3, 3)
+    x = torch.randn(2, channels, 7, 7)
+    out = run(locked.keyed, [x, static_key(locked)])
+    assert_equivalent(out, run(model, [x]))
+    assert_garbage(run(locked.keyed, [x, torch.zeros_like(static_key(locked))]), run(model, [x]))
 
 
 def test_unfold_setting_is_validated() -> None:

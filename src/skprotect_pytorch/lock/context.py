@@ -45,8 +45,12 @@ class LockSettings:
 
     mix_block: int = 16
     """Size of the public orthogonal mixing blocks applied next to each weight."""
-    min_group_channels: int = 8
-    """Grouped/depthwise convs are regrouped until each group has this many input channels."""
+    min_group_channels: int = 16
+    """Grouped/depthwise convs are regrouped until each group has this many input channels.
+    16 is the mixing block, and a multiple of onnxruntime's NCHWc channel block (8 with AVX2,
+    16 with AVX-512), so the regrouped convs keep its blocked kernels: with AVX-512 a 3×3 conv
+    in groups of 8 fell back to a generic kernel and ran 1.6–2.1× slower than in groups of 16,
+    twice the MACs (docs/benchmarks.md)."""
     quantize_compatibility: bool = False
     """Use unit-magnitude (sign) scales so the locked weights keep the original value ranges,
     and keep each linear's weight the second GEMM operand (``x W'ᵀ``), the only one onnxruntime's
