@@ -118,6 +118,29 @@ def test_mixing_condition_number_and_exact_unmix(condition):
         assert_equivalent(locked.keyed(*inputs, key).numpy(), model(*inputs).numpy(), rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("n_total", "groups", "segments"), [(64, 2, 1), (40, 1, 2), (80, 2, 4), (1000, 1, 2)]
+)
+def test_unmix_runs_per_segment_of_equal_blocks(n_total, groups, segments):
+    """Channels that are not a multiple of the block (a larger last block) are un-mixed one
+    segment of equal blocks at a time, never as a dense block-diagonal matrix, and every way of
+    applying the un-mix (rows, grouped conv, any axis, the dense form) inverts ``Q`` exactly."""
+    from skprotect_pytorch.lock.channel_lock import BlockMix
+
+    mix = BlockMix(n_total, groups, 16, np.random.default_rng(0), 16.0)
+    assert mix.segments == segments and mix.uniform is (segments == 1)
+    assert max(b.shape[-1] for b in mix.segment_blocks()) < 32
+    q = torch.block_diag(*map(torch.from_numpy, mix.group_matrices))
+    x = torch.randn(n_total, 6, dtype=torch.float64)
+    mixed = (q @ x).float()
+    torch.testing.assert_close(mix.apply_rows(mixed).double(), x, rtol=0, atol=1e-4)
+    image = mixed.T.reshape(2, 3, n_total).transpose(1, 2).unsqueeze(-1)  # (N, C, 3, 1)
+    back = mix.apply_conv(image, 1).squeeze(-1).transpose(1, 2).reshape(6, n_total).T
+    torch.testing.assert_close(back.double(), x, rtol=0, atol=1e-4)
+    torch.testing.assert_close(mix.apply_transpose(mixed.T, -1).T.double(), x, rtol=0, atol=1e-4)
+    torch.testing.assert_close(mix.dense().double(), torch.linalg.inv(q).T, rtol=0, atol=1e-5)
+
+
 def test_quantize_compatibility_keeps_the_mixing_orthogonal():
     assert LockSettings(quantize_compatibility=True).mixing_condition == 1.0
     assert LockSettings().mixing_condition == LockSettings().mix_condition == 16.0
@@ -127,18 +150,23 @@ def test_quantize_compatibility_keeps_the_mixing_orthogonal():
 
 def test_gate_4_flags_a_one_sided_mix_of_a_three_channel_input():
     """A conv with 3 input channels mixed only there keeps ~1/√3 of each true kernel (unit key
-    magnitudes: secret magnitudes blur it by a random amount); with its 27 taps unfolded into
-    channels (the default for such a stem) the same one-sided lock mixes them and passes."""
+    magnitudes: secret magnitudes blur it by a random amount).  Unfolding its 27 taps into
+    channels (the default for such a stem) lets the same one-sided lock mix them: the
+    correlation drops to about its noise floor (under it for 4 of 10 seeded models, so not a
+    pass to rely on), and ``strong`` passes.  The model is seeded: the margins are a few
+    hundredths, so an unseeded one made this test depend on the tests run before it."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 8, 1)).eval()
     fast = _lock(model, "one-sided", quantize_compatibility=True, unfold_taps_max=0)
-    scores = {s.layer: s for s in aligned_weight_correlations(fast, model)}
-    assert scores["0"].correlation > 0.3 and not scores["0"].passes
+    folded = {s.layer: s for s in aligned_weight_correlations(fast, model)}["0"]
+    assert folded.correlation > folded.noise_floor + 0.1 and not folded.passes
     unfolded = _lock(model, "one-sided", quantize_compatibility=True)
     scores = {s.layer: s for s in aligned_weight_correlations(unfolded, model)}
-    assert scores["0"].shape == (1, 32, 27, 1, 1) and scores["0"].passes
+    assert scores["0"].shape == (1, 32, 27, 1, 1)
+    assert scores["0"].correlation < folded.correlation - 0.05
     strong = _lock(model, "strong", quantize_compatibility=True)
     strong = {s.layer: s for s in aligned_weight_correlations(strong, model)}
-    assert strong["0"].passes
+    assert strong["0"].passes and strong["0"].correlation < scores["0"].correlation
 
 
 def test_unkey_recovers_a_weight_stored_without_mixing_exactly():

@@ -70,11 +70,26 @@ def _conditioned_mixing(rng: np.random.Generator, n: int, condition: float) -> n
     return (q * s) @ _flat_orthogonal(rng, n)
 
 
+def _runs(sizes: list[int]) -> list[int]:
+    """Lengths of the runs of equal consecutive ``sizes`` (``[16, 16, 24] → [2, 1]``)."""
+    runs: list[int] = []
+    for i, size in enumerate(sizes):
+        if i and size == sizes[i - 1]:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs
+
+
 class BlockMix(nn.Module):
     """Public block-diagonal mixing ``Q`` over one channel axis; blocks stay inside groups.
 
     ``group_matrices`` (``Q``, float64) lock the weights; the buffers hold ``(Q⁻¹)ᵀ`` so that
-    the un-mix is their transpose, ``Q⁻¹`` (``Qᵀ`` when ``Q`` is orthogonal).
+    the un-mix is their transpose, ``Q⁻¹`` (``Qᵀ`` when ``Q`` is orthogonal).  The blocks are
+    stacked per *segment*, a run of equal-size consecutive blocks (one segment when ``n`` is a
+    multiple of the block, two when a larger last block takes the remainder), so that every
+    un-mix is one batched MatMul or grouped conv per segment: a dense block-diagonal matrix
+    instead cost a 1000-class head 4 MB of reads per call.
     """
 
     def __init__(
@@ -88,7 +103,6 @@ class BlockMix(nn.Module):
         super().__init__()
         n = n_total // groups
         sizes = _block_sizes(n, block)
-        self.uniform = len(set(sizes)) == 1
         dense = np.zeros((groups, n, n))
         blocks = []  # (Q⁻¹)ᵀ per block, in channel order
         for g in range(groups):
@@ -99,12 +113,27 @@ class BlockMix(nn.Module):
                 blocks.append(np.linalg.inv(q).T)
                 start += size
         self.group_matrices = dense  # float64 (G, n, n), used to transform weights
-        if self.uniform:
-            stacked = np.stack(blocks).astype(np.float32)
-            self.register_buffer("blocks", torch.from_numpy(stacked))
-        else:
-            full = torch.block_diag(*(torch.from_numpy(b) for b in blocks)).float()
-            self.register_buffer("matrix", full)
+        first = 0
+        self.segments = 0
+        for count in _runs(sizes * groups):
+            stacked = torch.from_numpy(np.stack(blocks[first : first + count]).astype(np.float32))
+            name = "blocks" if self.segments == 0 else f"blocks_{self.segments}"
+            self.register_buffer(name, stacked)
+            first += count
+            self.segments += 1
+
+    @property
+    def uniform(self) -> bool:
+        """Whether all blocks have one size (one segment, the ``blocks`` buffer)."""
+        return self.segments == 1
+
+    def segment_blocks(self) -> list[torch.Tensor]:
+        """The ``(k, b, b)`` stacks of ``(Q⁻¹)ᵀ`` blocks of each segment, in channel order."""
+        return [self.blocks, *(getattr(self, f"blocks_{i}") for i in range(1, self.segments))]
+
+    def dense(self) -> torch.Tensor:
+        """``(Q⁻¹)ᵀ`` as one dense block-diagonal ``(n, n)`` matrix."""
+        return torch.block_diag(*(b for stack in self.segment_blocks() for b in stack))
 
     def apply_transpose(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """Return ``Q⁻¹ x`` along ``axis`` (the public un-mix; ``Qᵀ x`` for orthogonal ``Q``)."""
@@ -119,10 +148,13 @@ class BlockMix(nn.Module):
         Channel-first keeps the blocks' rows contiguous, so the un-mix is ``k`` GEMMs of
         ``(b, b) @ (b, N)`` instead of ``k·N`` vector-matrix products.
         """
-        if self.uniform:
-            k, b, _ = self.blocks.shape
-            return (self.blocks.transpose(1, 2) @ t.reshape(k, b, -1)).reshape(k * b, -1)
-        return self.matrix.t() @ t
+        parts, start = [], 0
+        for blocks in self.segment_blocks():
+            k, b, _ = blocks.shape
+            rows = t if self.uniform else t[start : start + k * b]
+            parts.append((blocks.transpose(1, 2) @ rows.reshape(k, b, -1)).reshape(k * b, -1))
+            start += k * b
+        return parts[0] if self.uniform else torch.cat(parts)
 
     def apply_conv(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """``Q⁻¹ x`` on the channel axis of an ``(N, C, *spatial)`` tensor as a 1×1 grouped conv.
@@ -131,14 +163,15 @@ class BlockMix(nn.Module):
         transposes a MatMul on the channel axis would need (DESIGN.md §3, "what was learned").
         """
         spatial = x.dim() - 2
-        if self.uniform:
-            k, b, _ = self.blocks.shape
-            weight, groups = self.blocks.transpose(1, 2).reshape(k * b, b), k
-        else:
-            weight, groups = self.matrix.t(), 1
-        weight = weight.reshape(*weight.shape, *([1] * spatial))
         conv = F.conv1d if spatial == 1 else F.conv2d
-        return conv(x, weight, groups=groups)
+        parts, start = [], 0
+        for blocks in self.segment_blocks():
+            k, b, _ = blocks.shape
+            weight = blocks.transpose(1, 2).reshape(k * b, b, *([1] * spatial))
+            channels = x if self.uniform else x[:, start : start + k * b]
+            parts.append(conv(channels, weight, groups=k))
+            start += k * b
+        return parts[0] if self.uniform else torch.cat(parts, 1)
 
 
 @dataclass

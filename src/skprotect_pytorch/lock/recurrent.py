@@ -208,6 +208,9 @@ class _KeyedMatrix(nn.Module):
         self.bias = nn.Parameter(lock_bias(bias.detach(), plan), requires_grad=False)
         self.ops = ChannelOps(plan, ctx)
         self.register_buffer("no_mix", torch.zeros(0, dtype=weight.dtype), persistent=False)
+        for side, mix in (("in", plan.mix_in), ("out", plan.mix_out)):
+            if mix is not None and not mix.uniform:  # the loop takes one stack of blocks
+                self.register_buffer(f"{side}_dense", mix.dense().unsqueeze(0))
 
     @property
     def mix_in(self) -> bool:
@@ -217,12 +220,12 @@ class _KeyedMatrix(nn.Module):
     def mix_out(self) -> bool:
         return self.ops.mix_out is not None
 
-    def _blocks(self, mix: BlockMix | None) -> Tensor:
-        """The un-mix ``Q⁻¹`` as ``(k, b, b)`` blocks (one block for a non-uniform mixing),
-        transposed here, once per call, so that the time loop does not transpose them."""
+    def _blocks(self, side: str, mix: BlockMix | None) -> Tensor:
+        """The un-mix ``Q⁻¹`` as ``(k, b, b)`` blocks (one dense block for a non-uniform
+        mixing), transposed here, once per call, so that the time loop does not transpose them."""
         if mix is None:
             return self.no_mix
-        return (mix.blocks if mix.uniform else mix.matrix.unsqueeze(0)).transpose(1, 2)
+        return (mix.blocks if mix.uniform else getattr(self, f"{side}_dense")).transpose(1, 2)
 
     def tensors(self) -> list[Tensor]:
         """The eight tensors of this matrix for the current call's key (see ``_keyed_linear``).
@@ -237,8 +240,8 @@ class _KeyedMatrix(nn.Module):
         s = self.ops.slots
         in_idx, in_scale = s.perm(self.ops.in_perm_slot), s.scale(self.ops.in_scale_slot)
         out_idx, out_scale = s.perm(self.ops.out_perm_slot), s.scale(self.ops.out_scale_slot)
-        in_blocks = self._blocks(self.ops.mix_in)
-        out_blocks = self._blocks(self.ops.mix_out)
+        in_blocks = self._blocks("in", self.ops.mix_in)
+        out_blocks = self._blocks("out", self.ops.mix_out)
         if self.ops.mix_in is not None:
             k, b = in_blocks.shape[0], in_blocks.shape[1]
             rows = torch.zeros_like(in_scale).scatter(0, in_idx.unsqueeze(1), in_scale)
