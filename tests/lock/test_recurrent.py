@@ -384,6 +384,31 @@ def test_onnx_legacy_export_keeps_a_dynamic_loop(kind: str, tmp_path: Path):
     _check_runs(case, model, run, key)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_hidden_size_off_the_mixing_block_runs_exactly(kind: str, tmp_path: Path):
+    """Hidden 40 mixes in blocks of 16 and 24 (two segments): the time loop takes the un-mix
+    as one dense block; exact eagerly and in ONNX Runtime, garbage without the key."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = (nn.LSTM if kind == "LSTM" else nn.GRU)(IN, 40, batch_first=True).eval()
+    locked, key = lock(model)
+    layer = next(m for m in locked.keyed.modules() if isinstance(m, LockedRNNBase))
+    hh = layer.layers[0].hh[0]
+    assert not hh.ops.mix_in.uniform and hh.in_dense.shape == (1, 40, 40)
+    x = torch.randn(3, 7, IN)
+    with torch.no_grad():
+        ref, out = model(x)[0], locked.keyed(x, key)[0]
+        wrong = locked.keyed(x, torch.zeros_like(key))[0]
+    assert rel_err(out, ref) < REL_TOL and rel_err(wrong, ref) > 0.5
+    path = tmp_path / "model.onnx"
+    program = torch.export.export(locked.keyed, (x, key))
+    torch.onnx.export(program, (x, key), str(path), dynamo=True, external_data=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = dict(zip([i.name for i in session.get_inputs()], [x.numpy(), key.numpy()], strict=True))
+    assert rel_err(torch.from_numpy(session.run(None, feeds)[0]), ref) < REL_TOL
+
+
 @pytest.mark.parametrize("kind", sorted(EXPORT_CASES))
 def test_jit_trace_keeps_a_dynamic_loop(kind: str):
     case, model, locked, key = _setup(kind)
