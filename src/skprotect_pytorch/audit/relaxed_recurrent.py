@@ -64,8 +64,8 @@ class RelaxedKeyedMatrix(_KeyedMatrix):
         return [
             weight,
             bias,
-            self._blocks(self.ops.mix_in),
-            self._blocks(self.ops.mix_out),
+            self._blocks("in"),
+            self._blocks("out"),
             self.index_in,
             self.unit_in,
             self.index_out,

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedLayerError
-from .channel_lock import BlockMix, ChannelOps, lock_bias, lock_matrix, plan_channels
+from .channel_lock import ChannelOps, lock_bias, lock_matrix, plan_channels
 from .context import LockContext
 from .linear import LockedLinear, lock_linear_weights
 from .registry import register_locker
@@ -220,9 +220,10 @@ class _KeyedMatrix(nn.Module):
     def mix_out(self) -> bool:
         return self.ops.mix_out is not None
 
-    def _blocks(self, side: str, mix: BlockMix | None) -> Tensor:
-        """The un-mix ``Q⁻¹`` as ``(k, b, b)`` blocks (one dense block for a non-uniform
-        mixing), transposed here, once per call, so that the time loop does not transpose them."""
+    def _blocks(self, side: str) -> Tensor:
+        """The un-mix ``Q⁻¹`` of ``side`` as ``(k, b, b)`` blocks (one dense block for a
+        non-uniform mixing), transposed here, once per call, so the time loop does not."""
+        mix = self.ops.mix_in if side == "in" else self.ops.mix_out
         if mix is None:
             return self.no_mix
         return (mix.blocks if mix.uniform else getattr(self, f"{side}_dense")).transpose(1, 2)
@@ -240,8 +241,8 @@ class _KeyedMatrix(nn.Module):
         s = self.ops.slots
         in_idx, in_scale = s.perm(self.ops.in_perm_slot), s.scale(self.ops.in_scale_slot)
         out_idx, out_scale = s.perm(self.ops.out_perm_slot), s.scale(self.ops.out_scale_slot)
-        in_blocks = self._blocks("in", self.ops.mix_in)
-        out_blocks = self._blocks("out", self.ops.mix_out)
+        in_blocks = self._blocks("in")
+        out_blocks = self._blocks("out")
         if self.ops.mix_in is not None:
             k, b = in_blocks.shape[0], in_blocks.shape[1]
             rows = torch.zeros_like(in_scale).scatter(0, in_idx.unsqueeze(1), in_scale)
