@@ -432,6 +432,20 @@ def test_static_key_reproduces_original(case: LayerCase) -> None:
         assert_equivalent(run(locked.keyed, [*fresh, key]), reference(model, fresh))
 
 
+@pytest.mark.parametrize("mode", [False, True])
+@pytest.mark.parametrize(
+    "build_model",
+    [lambda: nn.GRU(4, 16), lambda: nn.Linear(8, 16), lambda: nn.Sequential(nn.Linear(8, 16))],
+    ids=["gru-root", "linear-root", "sequential"],
+)
+def test_locked_modules_keep_the_mode_of_what_they_replace(build_model, mode: bool) -> None:
+    """A locked layer is a new module (those start in training mode): it takes the mode of the
+    layer it replaces, so a model locked in eval mode exports in eval mode, even when the
+    locked layer is the root."""
+    locked = lock_all(build_model().train(mode))
+    assert {m.training for m in locked.keyed.modules()} == {mode}
+
+
 @pytest.mark.parametrize("case", _params(LAYER_CASES, xfail=False))
 def test_user_model_is_not_modified(case: LayerCase) -> None:
     model, _ = build(case)

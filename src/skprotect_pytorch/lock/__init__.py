@@ -107,7 +107,8 @@ def lock_model(
             decisions.append(LayerDecision(name, kind, False, "excluded by layer_filter"))
             continue
         try:
-            replacements[id(module)] = locker(name, module, ctx)
+            # A new module starts in training mode: keep the mode of the layer it replaces.
+            replacements[id(module)] = locker(name, module, ctx).train(module.training)
         except UnsupportedLayerError as err:
             decisions.append(LayerDecision(name, kind, False, str(err)))
             continue
@@ -122,4 +123,5 @@ def lock_model(
     locked_root = _swap(work, replacements)
     keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots)
     keyed.training = locked_root.training
+    keyed.decoder.train(locked_root.training)
     return LockedModel(keyed, ctx.layout, decisions, folded)
