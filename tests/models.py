@@ -103,10 +103,10 @@ def make_mobilenet(seed: int = 0) -> tuple[nn.Module, list[torch.Tensor]]:
         nn.BatchNorm2d(8),
         nn.ReLU6(),
         _dw_pw(8, 16, stride=1),
-        _dw_pw(16, 16, stride=2, multiplier=2),
+        _dw_pw(16, 40, stride=2, multiplier=2),  # 40 channels: mixing blocks of 16 and 24
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(16, 10),
+        nn.Linear(40, 10),
     )
     return _finish(model, [(2, 3, 16, 16)], gen)
 
