@@ -69,10 +69,11 @@ class KeyLayout:
 class KeyDecoder(nn.Module):
     """Turns the raw key input into per-slot index and scale tensors, never failing on bad keys.
 
-    The key is flattened, cast to float32 and padded/truncated to the expected length, so a key of
-    the wrong length, dtype or shape decodes to garbage rather than reading out of bounds; indices
-    are cast to int64 and reduced modulo their slot size, so NaN or huge values cannot index
-    outside.  Indices come out 1-D; scales as ``(n, 1)`` columns, the shape that channel-first
+    The key is flattened, cast to float32 and, in eager mode, padded/truncated to the expected
+    length, so a key of the wrong length, dtype or shape decodes to garbage rather than reading
+    out of bounds (an exported graph, traced with the right length, rejects other lengths);
+    indices are cast to int64 and reduced modulo their slot size, so NaN or huge values cannot
+    index outside.  Indices come out 1-D; scales as ``(n, 1)`` columns, the shape that channel-first
     rows broadcast against, so most slots need no per-slot Reshape in the exported graph.
     """
 
@@ -90,7 +91,11 @@ class KeyDecoder(nn.Module):
 
     def forward(self, key: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         flat = key.reshape(-1).to(torch.float32)
-        flat = F.pad(flat, (0, self.length))[: self.length]
+        if not torch.jit.is_tracing() and flat.shape[0] != self.length:
+            # Only a key of the wrong length pays for the copies: exports are traced with the
+            # right one and keep the key's length static, so the runtime, onnxruntime and the
+            # packages' loaders reject any other length with an error before running.
+            flat = F.pad(flat, (0, self.length))[: self.length]
         # Integer remainder by a positive modulus lies in [0, n) for every int64, including
         # what NaN or huge floats cast to: two graph ops, no out-of-bounds index possible.
         idx = torch.remainder(flat[: self.n_perm].to(torch.int64), self.moduli)
