@@ -245,7 +245,7 @@ class _KeyedMatrix(nn.Module):
         out_blocks = self._blocks("out")
         if self.ops.mix_in is not None:
             k, b = in_blocks.shape[0], in_blocks.shape[1]
-            rows = torch.zeros_like(in_scale).scatter(0, in_idx.unsqueeze(1), in_scale)
+            rows = torch.zeros_like(in_scale).scatter(0, in_idx.long().unsqueeze(1), in_scale)
             in_blocks = in_blocks * rows.reshape(k, b, 1)
         if self.ops.mix_out is not None:
             k, b = out_blocks.shape[0], out_blocks.shape[1]
