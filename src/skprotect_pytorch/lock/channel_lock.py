@@ -9,6 +9,7 @@ Every layer family reduces its weights to grouped channel matrices ``(G, O, I, *
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,6 +132,14 @@ class BlockMix(nn.Module):
         """The ``(k, b, b)`` stacks of ``(Q⁻¹)ᵀ`` blocks of each segment, in channel order."""
         return [self.blocks, *(getattr(self, f"blocks_{i}") for i in range(1, self.segments))]
 
+    def _segments(self) -> Iterator[tuple[torch.Tensor, slice]]:
+        """Each segment's ``(k, b, b)`` blocks and the channel range they un-mix."""
+        start = 0
+        for blocks in self.segment_blocks():
+            k, b, _ = blocks.shape
+            yield blocks, slice(start, start + k * b)
+            start += k * b
+
     def dense(self) -> torch.Tensor:
         """``(Q⁻¹)ᵀ`` as one dense block-diagonal ``(n, n)`` matrix."""
         return torch.block_diag(*(b for stack in self.segment_blocks() for b in stack))
@@ -148,12 +157,11 @@ class BlockMix(nn.Module):
         Channel-first keeps the blocks' rows contiguous, so the un-mix is ``k`` GEMMs of
         ``(b, b) @ (b, N)`` instead of ``k·N`` vector-matrix products.
         """
-        parts, start = [], 0
-        for blocks in self.segment_blocks():
+        parts = []
+        for blocks, channels in self._segments():
             k, b, _ = blocks.shape
-            rows = t if self.uniform else t[start : start + k * b]
+            rows = t if self.uniform else t[channels]
             parts.append((blocks.transpose(1, 2) @ rows.reshape(k, b, -1)).reshape(k * b, -1))
-            start += k * b
         return parts[0] if self.uniform else torch.cat(parts)
 
     def apply_conv(self, x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -164,13 +172,11 @@ class BlockMix(nn.Module):
         """
         spatial = x.dim() - 2
         conv = F.conv1d if spatial == 1 else F.conv2d
-        parts, start = [], 0
-        for blocks in self.segment_blocks():
+        parts = []
+        for blocks, channels in self._segments():
             k, b, _ = blocks.shape
             weight = blocks.transpose(1, 2).reshape(k * b, b, *([1] * spatial))
-            channels = x if self.uniform else x[:, start : start + k * b]
-            parts.append(conv(channels, weight, groups=k))
-            start += k * b
+            parts.append(conv(x if self.uniform else x[:, channels], weight, groups=k))
         return parts[0] if self.uniform else torch.cat(parts, 1)
 
 

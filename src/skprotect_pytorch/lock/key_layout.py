@@ -67,7 +67,7 @@ class KeyLayout:
 
 
 class KeyDecoder(nn.Module):
-    """Turns the raw key input into per-slot index and scale tensors, never failing on bad keys.
+    """Turns the raw key input into per-slot index and scale tensors; no key indexes out of bounds.
 
     The key is flattened, cast to float32 and, in eager mode, padded/truncated to the expected
     length, so a key of the wrong length, dtype or shape decodes to garbage rather than reading
