@@ -1,4 +1,4 @@
-"""The lock's ONNX Runtime overhead as built by several source trees, side by side in one run.
+"""The lock's overhead as built by several source trees, side by side in one run.
 
 A change to how the lock is spelled in the exported graph (not to what it stores) is judged by
 timing the graphs of the commit before and after it against the same original, in the same
@@ -6,17 +6,19 @@ process: two separate ``bench/overhead.py`` runs differ by more than such a chan
 machine.  Each tree (a checkout of this project, e.g. ``git worktree add /tmp/before <commit>``)
 locks and exports every model with the bench's ``export_pair`` (seed 0: the same stored weights
 and key wherever the lock's construction is unchanged) in a subprocess that imports that tree's
-``src/``.  This process then loads the original and every tree's locked model into onnxruntime
-(CPU, 1 thread, default optimisations), checks each against the original, and times them all
-interleaved (:func:`machine.measure_interleaved`), ``--rounds`` times.  It prints per model and
-batch each tree's ratio to the original in every round and their median, and the optimised
-node count of each graph (onnxruntime's extended level, outer graph; a ``Scan``'s body is not
+``src/``.  This process then loads the original and every tree's locked model into the
+``--backend`` (onnxruntime by default, or TorchScript or AOTInductor; CPU, 1 thread), checks
+each against the original, and times them all interleaved
+(:func:`machine.measure_interleaved`), ``--rounds`` times.  It prints per model and batch each
+tree's ratio to the original in every round and their median, and for onnxruntime the
+optimised node count of each graph (extended level, outer graph; a ``Scan``'s body is not
 counted).
 
 Usage::
 
     git worktree add /tmp/before <commit>
     python bench/compare_trees.py --trees /tmp/before,. --models transformer,lstm --rounds 3
+    python bench/compare_trees.py --trees /tmp/before,. --models resnet18_32 --backend AOTI
 
 No result is asserted: the numbers depend on the machine, which the output names.
 """
@@ -39,18 +41,26 @@ sys.path.insert(0, str(BENCH))
 
 from machine import machine_line, measure_interleaved  # noqa: E402
 from models import BENCH_MODELS  # noqa: E402
-from overhead import BATCHES, _rel_err, export_pair, ort_runner  # noqa: E402
+from overhead import BACKENDS, BATCHES, _rel_err, export_pair  # noqa: E402
 
 
-def export_models(outdir: Path, models: list[str]) -> None:
-    """Lock and export ``models`` to ONNX with the ``skprotect_pytorch`` this process imports."""
+def export_models(outdir: Path, models: list[str], backend: str) -> None:
+    """Lock and export ``models`` in ``backend``'s format with the ``skprotect_pytorch`` this
+    process imports; the artifacts' paths go to a list file beside them."""
     outdir.mkdir(parents=True, exist_ok=True)
     for name in models:
-        pair = export_pair(BENCH_MODELS[name], "ONNX", outdir)
+        pair = export_pair(BENCH_MODELS[name], BACKENDS[backend][0], outdir)
         np.save(outdir / f"{name}_key.npy", pair.key)
+        (outdir / f"{name}_paths.txt").write_text(f"{pair.original}\n{pair.locked}\n")
 
 
-def export_tree(tree: Path, outdir: Path, models: list[str]) -> None:
+def artifacts(outdir: Path, model: str) -> tuple[Path, Path]:
+    """The original and locked artifact that :func:`export_models` wrote for ``model``."""
+    original, locked = (outdir / f"{model}_paths.txt").read_text().split()
+    return Path(original), Path(locked)
+
+
+def export_tree(tree: Path, outdir: Path, models: list[str], backend: str) -> None:
     """Run :func:`export_models` in a subprocess that imports ``tree/src``; fail clearly if
     that tree is not a checkout of this project or its package is not the one imported."""
     src = (tree / "src").resolve()
@@ -67,7 +77,7 @@ def export_tree(tree: Path, outdir: Path, models: list[str]) -> None:
     if not Path(imported).resolve().is_relative_to(src):
         raise SystemExit(f"{tree}: Python imports skprotect_pytorch from {imported}, not {src}.")
     args = [sys.executable, str(Path(__file__).resolve()), "--export-to", str(outdir)]
-    subprocess.run([*args, "--models", ",".join(models)], env=env, check=True)
+    subprocess.run([*args, "--models", ",".join(models), "--backend", backend], env=env, check=True)
 
 
 def node_count(path: Path) -> int:
@@ -84,16 +94,22 @@ def node_count(path: Path) -> int:
 
 
 def compare(
-    dirs: dict[str, Path], models: list[str], *, rounds: int, blocks: int, block_s: float
+    dirs: dict[str, Path],
+    models: list[str],
+    backend: str,
+    *,
+    rounds: int,
+    blocks: int,
+    block_s: float,
 ) -> list[str]:
     """Time every tree's locked model against the original; markdown lines of the results."""
     labels = list(dirs)
     first = dirs[labels[0]]
+    runner = BACKENDS[backend][1]
     lines = ["| model | batch | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(labels)]
-    nodes = {m: {t: node_count(d / f"{m}_locked.onnx") for t, d in dirs.items()} for m in models}
     for m in models:
-        original = ort_runner(first / f"{m}_original.onnx", 1)
-        locked = {t: ort_runner(d / f"{m}_locked.onnx", 1) for t, d in dirs.items()}
+        original = runner(artifacts(first, m)[0], 1)
+        locked = {t: runner(artifacts(d, m)[1], 1) for t, d in dirs.items()}
         keys = {t: np.load(d / f"{m}_key.npy") for t, d in dirs.items()}
         for batch in BATCHES:
             x = BENCH_MODELS[m].example(batch).numpy()
@@ -115,9 +131,12 @@ def compare(
             ]
             lines.append(f"| {m} | {batch} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-    lines += ["", "Optimised nodes: " + "; ".join(
-        f"{m} " + " → ".join(str(nodes[m][t]) for t in labels) for m in models
-    )]  # fmt: skip
+    if backend == "ORT":
+        nodes = {m: [str(node_count(artifacts(d, m)[1])) for d in dirs.values()] for m in models}
+        lines += [
+            "",
+            "Optimised nodes: " + "; ".join(f"{m} " + " → ".join(n) for m, n in nodes.items()),
+        ]
     return lines
 
 
@@ -125,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trees", help="comma-separated checkouts of skprotect, oldest first")
     parser.add_argument("--models", default="mlp,transformer,lstm,gru")
+    parser.add_argument(
+        "--backend", default="ORT", choices=[b for b in BACKENDS if not b.endswith("-GPU")]
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timing rounds per model and batch")
     parser.add_argument("--blocks", type=int, default=12, help="interleaved blocks per round")
     parser.add_argument("--block-ms", type=float, default=100.0, help="duration of one block")
@@ -135,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(BENCH_MODELS)}")
     if args.export_to:
-        export_models(Path(args.export_to), models)
+        export_models(Path(args.export_to), models, args.backend)
         return
     trees = [Path(t.strip()) for t in (args.trees or "").split(",") if t.strip()]
     if len(trees) < 2 or args.rounds < 1:
@@ -147,16 +169,21 @@ def main(argv: list[str] | None = None) -> None:
             label = f"{tree.resolve().name or tree} ({i})"
             dirs[label] = Path(tmp) / str(i)
             print(f"exporting {', '.join(models)} with {tree} ...", flush=True)
-            export_tree(tree, dirs[label], models)
+            export_tree(tree, dirs[label], models, args.backend)
         lines = compare(
-            dirs, models, rounds=args.rounds, blocks=args.blocks, block_s=args.block_ms / 1e3
+            dirs,
+            models,
+            args.backend,
+            rounds=args.rounds,
+            blocks=args.blocks,
+            block_s=args.block_ms / 1e3,
         )
     print()
     print(f"machine: {machine_line()}")
     print(f"command: python {' '.join(sys.argv)}")
     print(
         f"ratio locked / original, median of {args.rounds} rounds (each round in brackets), "
-        f"ONNX Runtime CPU, 1 thread; total {time.perf_counter() - start:.0f} s"
+        f"{args.backend} CPU, 1 thread; total {time.perf_counter() - start:.0f} s"
     )
     print()
     print("\n".join(lines))

@@ -50,18 +50,24 @@ def test_lock_variants_are_presets_with_overrides():
         overhead.main(["--presets", "strong+mix_block", "--models", "mlp"])
 
 
-def test_compare_trees_exports_a_checkout_and_times_it_side_by_side(tmp_path):
+@pytest.mark.parametrize("backend", ["ORT", "TorchScript"])
+def test_compare_trees_exports_a_checkout_and_times_it_side_by_side(tmp_path, backend):
     import compare_trees
 
     repo = BENCH.parent
-    compare_trees.export_tree(repo, tmp_path / "t", ["mlp"])
-    assert (tmp_path / "t" / "mlp_locked.onnx").exists()
+    compare_trees.export_tree(repo, tmp_path / "t", ["mlp"], backend)
+    original, locked = compare_trees.artifacts(tmp_path / "t", "mlp")
+    assert original.exists() and locked.exists() and locked.parent == tmp_path / "t"
+    assert locked.suffix == (".onnx" if backend == "ORT" else ".pt")
     dirs = {"before": tmp_path / "t", "after": tmp_path / "t"}
-    lines = compare_trees.compare(dirs, ["mlp"], rounds=2, blocks=2, block_s=0.001)
+    lines = compare_trees.compare(dirs, ["mlp"], backend, rounds=2, blocks=2, block_s=0.001)
     assert lines[0] == "| model | batch | before | after |"
     rows = [line for line in lines if line.startswith("| mlp |")]
     assert [row.split(" | ")[1] for row in rows] == ["1", "32"]
     assert all(row.count("(") == 2 for row in rows)  # two trees, each with its two rounds
-    assert re.fullmatch(r"Optimised nodes: mlp (\d+) → \1", lines[-1])  # same graph twice
+    if backend == "ORT":
+        assert re.fullmatch(r"Optimised nodes: mlp (\d+) → \1", lines[-1])  # same graph twice
+    else:
+        assert lines[-1] == rows[-1]  # node counts are onnxruntime's only
     with pytest.raises(SystemExit, match="no src/skprotect_pytorch"):
-        compare_trees.export_tree(tmp_path, tmp_path / "u", ["mlp"])
+        compare_trees.export_tree(tmp_path, tmp_path / "u", ["mlp"], backend)
