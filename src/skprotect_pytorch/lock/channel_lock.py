@@ -165,18 +165,28 @@ class BlockMix(nn.Module):
         return parts[0] if self.uniform else torch.cat(parts)
 
     def apply_conv(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """``Q⁻¹ x`` on the channel axis of an ``(N, C, *spatial)`` tensor as a 1×1 grouped conv.
+        """``Q⁻¹ x`` on the channel axis of an ``(N, C, *spatial)`` tensor, in place.
 
-        onnxruntime keeps Conv in its blocked NCHWc layout, so this avoids the two layout
-        transposes a MatMul on the channel axis would need (DESIGN.md §3, "what was learned").
+        Exported (ONNX, ``torch.export`` for AOTInductor): a 1×1 grouped conv.  onnxruntime
+        keeps Conv in its blocked NCHWc layout, so this avoids the two layout transposes a
+        MatMul on the channel axis would need (DESIGN.md §3, "what was learned"); AOTInductor
+        measured slower with the MatMul on ResNet-18 at batch 1 (docs/benchmarks.md).
+        Eager and TorchScript: one batched MatMul of the blocks with an ``(N, k, b, H·W)``
+        view, since ATen runs a small grouped 1×1 conv one group at a time below batch 16.
         """
+        conv_form = torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
         spatial = x.dim() - 2
         conv = F.conv1d if spatial == 1 else F.conv2d
         parts = []
         for blocks, channels in self._segments():
             k, b, _ = blocks.shape
-            weight = blocks.transpose(1, 2).reshape(k * b, b, *([1] * spatial))
-            parts.append(conv(x if self.uniform else x[:, channels], weight, groups=k))
+            part = x if self.uniform else x[:, channels]
+            if conv_form:
+                weight = blocks.transpose(1, 2).reshape(k * b, b, *([1] * spatial))
+                parts.append(conv(part, weight, groups=k))
+            else:
+                rows = part.unflatten(1, (k, b)).flatten(3)
+                parts.append((blocks.transpose(1, 2) @ rows).reshape(part.shape))
         return parts[0] if self.uniform else torch.cat(parts, 1)
 
 
@@ -305,7 +315,7 @@ class ChannelOps(nn.Module):
     rows ``(n, N)`` (locked linears transpose into that layout themselves) the Gather runs on
     axis 0, so onnxruntime copies whole rows instead of single elements, and the un-mix is one
     batched MatMul.  On a conv's channel axis they run in place and the un-mix is a grouped
-    1×1 conv.
+    1×1 conv in ONNX, a batched MatMul elsewhere (:meth:`BlockMix.apply_conv`).
     """
 
     def __init__(self, plan: ChannelPlan, ctx: LockContext) -> None:
