@@ -167,14 +167,14 @@ class BlockMix(nn.Module):
     def apply_conv(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         """``Q⁻¹ x`` on the channel axis of an ``(N, C, *spatial)`` tensor, in place.
 
-        Exported (ONNX, ``torch.export`` for AOTInductor): a 1×1 grouped conv.  onnxruntime
-        keeps Conv in its blocked NCHWc layout, so this avoids the two layout transposes a
-        MatMul on the channel axis would need (DESIGN.md §3, "what was learned"); AOTInductor
-        measured slower with the MatMul on ResNet-18 at batch 1 (docs/benchmarks.md).
-        Eager and TorchScript: one batched MatMul of the blocks with an ``(N, k, b, H·W)``
-        view, since ATen runs a small grouped 1×1 conv one group at a time below batch 16.
+        For ONNX a 1×1 grouped conv: onnxruntime keeps Conv in its blocked NCHWc layout, so
+        this avoids the two layout transposes a MatMul on the channel axis would need
+        (DESIGN.md §3, "what was learned").  Everywhere else (eager, TorchScript, AOTInductor)
+        one batched MatMul of the blocks with an ``(N, k, b, H·W)`` view: ATen runs a small
+        grouped 1×1 conv one group at a time below batch 16, and Inductor's is slower still
+        (docs/benchmarks.md).
         """
-        conv_form = torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+        conv_form = torch.onnx.is_in_onnx_export()
         spatial = x.dim() - 2
         conv = F.conv1d if spatial == 1 else F.conv2d
         parts = []
