@@ -160,6 +160,20 @@ def test_gpu_package_runs_and_checks_the_key(tmp_path):
         GPU.load(report.path, opts)([x3.numpy(), key.numpy()[:7]])
 
 
+def test_cpu_compile_turns_off_layout_optimisation_unless_asked():
+    x, key = torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options([x], {"input_names": ["x"]}, ({0: Dim("batch")},))
+    assert CPU.compile_configs(opts, (x, key), with_key=True)["layout_optimization"] is False
+    assert "layout_optimization" not in GPU.compile_configs(opts, (x, key), with_key=True)
+    asked = build_export_options(
+        [x],
+        {"input_names": ["x"]},
+        ({0: Dim("batch")},),
+        inductor_configs={"layout_optimization": True},
+    )
+    assert CPU.compile_configs(asked, (x, key), with_key=True)["layout_optimization"] is True
+
+
 def test_gpu_compile_turns_off_compile_time_autotuning_unless_asked():
     x, key = torch.randn(2, 8), torch.rand(10)
     opts = build_export_options([x], {"input_names": ["x"]}, ({0: Dim("batch")},))

@@ -100,9 +100,15 @@ class InductorExporter(DeviceExporter):
     def compile_configs(
         self, options: ExportOptions, args: tuple[Tensor, ...], with_key: bool
     ) -> dict:
-        """The user's ``inductor_configs``, plus the input specs in the package metadata and,
-        on CUDA, no compile-time autotuning unless the user asked for it."""
+        """The user's ``inductor_configs``, plus the input specs in the package metadata, and
+        unless the user set them: on CPU no layout optimisation, on CUDA no compile-time
+        autotuning."""
         configs = dict(options.inductor_configs)
+        if self.device == "cpu":
+            # Inductor turns conv graphs channels-last; on CPU that made a ResNet-18 at 32 px
+            # 1.8× slower at batch 1 and its locked copy's un-mix slower still
+            # (docs/benchmarks.md, "AOTInductor without layout optimisation").
+            configs.setdefault("layout_optimization", False)
         if self.device == "cuda":
             # Compile-time autotuning runs each Triton kernel on random inputs, so the kernels
             # that index with key-decoded permutations read out of bounds and trip a device-side
