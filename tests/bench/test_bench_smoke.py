@@ -71,3 +71,20 @@ def test_compare_trees_exports_a_checkout_and_times_it_side_by_side(tmp_path, ba
         assert lines[-1] == rows[-1]  # node counts are onnxruntime's only
     with pytest.raises(SystemExit, match="no src/skprotect_pytorch"):
         compare_trees.export_tree(tmp_path, tmp_path / "u", ["mlp"], backend)
+
+
+def test_random_keys_scores_the_audits_key_among_others(capsys):
+    import random_keys
+
+    random_keys.main(["--model", "mlp", "--victim-epochs", "1", "--keys", "3"])
+    out = capsys.readouterr().out
+    with_key, chance = map(
+        float, re.search(r"with the key ([\d.]+) %, chance ([\d.]+) %", out).groups()
+    )
+    assert with_key > chance + 20  # one epoch already learns the task
+    for label in ("random keys", "other locks' keys"):
+        line = re.search(rf"{label}: 3 keys, mean ([\d.]+) %, sd [\d.]+, max ([\d.]+) %", out)
+        assert line is not None and float(line[1]) <= float(line[2]) < with_key
+    assert re.search(r"the audit's random key \(seed 1\): [\d.]+ %", out)
+    with pytest.raises(SystemExit):
+        random_keys.main(["--model", "mlp", "--keys", "0"])

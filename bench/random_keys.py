@@ -1,0 +1,84 @@
+"""How far above chance a wrong key gets: the spread behind A0's single random key.
+
+The audit's A0 tries one seeded random key and one other lock's key per victim. This script
+trains the same victim as ``skprotect audit`` (suite model, data seed 0, lock seed 1), then
+scores ``--keys`` random keys (drawn like A0's, seeds ``[s, 0xA0]``; ``s = 1`` is the
+audit's) and as many keys of other locks of the same model (lock seeds 1001, 1002, …),
+and prints their mean, standard deviation, maximum and how many exceed gate 1's bound
+(chance + 2 points). No result is asserted: it is a measurement.
+
+Usage::
+
+    python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from skprotect_pytorch.audit import AuditConfig
+from skprotect_pytorch.audit.attacks import StolenModel, accuracy
+from skprotect_pytorch.audit.suite import SUITE, reference
+from skprotect_pytorch.lock import lock_model
+
+
+def summary(label: str, accs: np.ndarray, bound: float) -> str:
+    """One line: mean, spread, maximum and the count above ``bound`` (all in %)."""
+    return (
+        f"{label}: {len(accs)} keys, mean {accs.mean():.2f} %, sd {accs.std():.2f}, "
+        f"max {accs.max():.2f} %, above {bound:.2f} %: {(accs > bound).sum()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, choices=sorted(SUITE))
+    parser.add_argument("--victim-epochs", type=int, help="default: the suite's")
+    parser.add_argument("--keys", type=int, default=100, help="random keys and other locks' keys")
+    args = parser.parse_args(argv)
+    if args.keys < 1:
+        parser.error("--keys must be at least 1")
+    torch.set_num_threads(1)
+    config = AuditConfig(model=args.model)
+    spec = reference(args.model)
+    task = spec.task(config.data_seed)
+    victim = spec.train_victim(task, args.victim_epochs or spec.victim_epochs)
+
+    def lock(seed: int):
+        return lock_model(
+            victim,
+            layer_filter=lambda name, m: True,
+            secret_rng=np.random.default_rng(seed),
+            settings=config.lock_settings,
+        )
+
+    locked = lock(config.lock_seed)
+    stolen = StolenModel.from_locked(locked)
+
+    def score(key: torch.Tensor) -> float:
+        return 100 * accuracy(stolen.forward_with(key), task.x_test, task.y_test)
+
+    chance = 100 * task.chance
+    bound = chance + 2
+    with_key = score(torch.from_numpy(locked.layout.static_key()))
+    print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
+    draws = [stolen.random_key(np.random.default_rng([s, 0xA0])) for s in range(args.keys)]
+    random_accs = np.array([score(k) for k in draws])
+    print(summary("random keys", random_accs, bound))
+    if args.keys > config.lock_seed:
+        audit_key = random_accs[config.lock_seed]
+        print(f"the audit's random key (seed {config.lock_seed}): {audit_key:.2f} %")
+    others = [
+        torch.from_numpy(lock(config.lock_seed + 1000 + i).layout.static_key())
+        for i in range(args.keys)
+    ]
+    print(summary("other locks' keys", np.array([score(k) for k in others]), bound))
+    print(f"command: python {' '.join(sys.argv)}")
+
+
+if __name__ == "__main__":
+    main()
