@@ -20,10 +20,8 @@ import sys
 import numpy as np
 import torch
 
-from skprotect_pytorch.audit import AuditConfig
+from skprotect_pytorch.audit import SUITE, AuditConfig
 from skprotect_pytorch.audit.attacks import StolenModel, accuracy
-from skprotect_pytorch.audit.suite import SUITE, reference
-from skprotect_pytorch.lock import lock_model
 
 
 def summary(label: str, accs: np.ndarray, bound: float) -> str:
@@ -43,20 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.keys < 1:
         parser.error("--keys must be at least 1")
     torch.set_num_threads(1)
-    config = AuditConfig(model=args.model)
-    spec = reference(args.model)
+    config = AuditConfig(model=args.model, victim_epochs=args.victim_epochs)
+    spec, _sweep, _seeds, victim_epochs = config.resolved()
     task = spec.task(config.data_seed)
-    victim = spec.train_victim(task, args.victim_epochs or spec.victim_epochs)
-
-    def lock(seed: int):
-        return lock_model(
-            victim,
-            layer_filter=lambda name, m: True,
-            secret_rng=np.random.default_rng(seed),
-            settings=config.lock_settings,
-        )
-
-    locked = lock(config.lock_seed)
+    victim = spec.train_victim(task, victim_epochs)
+    locked = config.lock(victim, config.lock_seed)
     stolen = StolenModel.from_locked(locked)
 
     def score(key: torch.Tensor) -> float:
@@ -73,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         audit_key = random_accs[config.lock_seed]
         print(f"the audit's random key (seed {config.lock_seed}): {audit_key:.2f} %")
     others = [
-        torch.from_numpy(lock(config.lock_seed + 1000 + i).layout.static_key())
+        torch.from_numpy(config.lock(victim, config.lock_seed + 1000 + i).layout.static_key())
         for i in range(args.keys)
     ]
     print(summary("other locks' keys", np.array([score(k) for k in others]), bound))

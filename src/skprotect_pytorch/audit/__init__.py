@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..lock import LockSettings, lock_model
+from ..lock import LockedModel, LockSettings, lock_model
 from .alignment import attack_alignment
 from .attacks import (
     AttackOutcome,
@@ -63,6 +63,15 @@ class AuditConfig:
         seeds = self.seeds or (1 if self.quick else 3)
         epochs = self.victim_epochs or (spec.quick_epochs if self.quick else spec.victim_epochs)
         return spec, sweep, seeds, epochs
+
+    def lock(self, model: torch.nn.Module, seed: int) -> LockedModel:
+        """Lock ``model`` as the audit does: every supported layer, secrets drawn from ``seed``."""
+        return lock_model(
+            model,
+            layer_filter=lambda name, m: True,
+            secret_rng=np.random.default_rng(seed),
+            settings=self.lock_settings,
+        )
 
 
 def _row(
@@ -122,15 +131,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     # any trained network shares with the victim, e.g. smooth conv kernels).
     twin = spec.train_victim(task, victim_epochs, seed=1)
 
-    def lock(seed: int):
-        return lock_model(
-            model,
-            layer_filter=lambda name, m: True,
-            secret_rng=np.random.default_rng(seed),
-            settings=config.lock_settings,
-        )
-
-    locked = lock(config.lock_seed)
+    locked = config.lock(model, config.lock_seed)
     stored = [
         {**asdict(score), "passed": score.passes}
         for score in aligned_weight_correlations(locked, model)
@@ -141,7 +142,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     full = accuracy(stolen.forward_with(true_key), task.x_test, task.y_test)
     log(f"victim {spec.name}: {100 * full:.2f} % with the key; chance {100 * task.chance:.2f} %")
     # Another key of the same architecture (a second product of the same vendor).
-    other_key = torch.from_numpy(lock(config.lock_seed + 1000).layout.static_key())
+    other_key = torch.from_numpy(config.lock(model, config.lock_seed + 1000).layout.static_key())
 
     rows: list[AuditRow] = []
     if "A0" in config.attacks:
@@ -153,13 +154,8 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     baseline_seeds: dict[str, list[float]] = {}
     a5 = None
 
-    def lock_fn(victim: torch.nn.Module):
-        return lock_model(
-            victim,
-            layer_filter=lambda name, m: True,
-            secret_rng=np.random.default_rng(config.lock_seed + 2000),
-            settings=config.lock_settings,
-        )
+    def lock_fn(victim: torch.nn.Module) -> LockedModel:
+        return config.lock(victim, config.lock_seed + 2000)
 
     if set(config.attacks) - {"A0"}:
         for budget in config.budgets:
