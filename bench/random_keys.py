@@ -3,9 +3,10 @@
 The audit's A0 tries one seeded random key and one other lock's key per victim. This script
 trains the same victim as ``skprotect audit`` (suite model, data seed 0, lock seed 1), then
 scores ``--keys`` random keys (drawn like A0's, seeds ``[s, 0xA0]``; ``s = 1`` is the
-audit's) and as many keys of other locks of the same model (lock seeds 1001, 1002, …),
-and prints their mean, standard deviation, maximum and how many exceed gate 1's bound
-(chance + 2 points). No result is asserted: it is a measurement.
+audit's), as many keys of other locks of the same model (lock seeds 1001, 1002, …) and, for
+comparison, as many untrained networks of the architecture (torch seeds 0, 1, …: what a thief
+has without the files), and prints their mean, standard deviation, maximum and how many
+exceed gate 1's bound (chance + 2 points). No result is asserted: it is a measurement.
 
 Usage::
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, choices=sorted(SUITE))
     parser.add_argument("--victim-epochs", type=int, help="default: the suite's")
-    parser.add_argument("--keys", type=int, default=100, help="random keys and other locks' keys")
+    parser.add_argument("--keys", type=int, default=100, help="draws of each kind")
     args = parser.parse_args(argv)
     if args.keys < 1:
         parser.error("--keys must be at least 1")
@@ -48,15 +49,20 @@ def main(argv: list[str] | None = None) -> None:
     locked = config.lock(victim, config.lock_seed)
     stolen = StolenModel.from_locked(locked)
 
-    def score(key: torch.Tensor) -> float:
-        return 100 * accuracy(stolen.forward_with(key), task.x_test, task.y_test)
+    def score(forward) -> float:
+        with torch.no_grad():
+            return 100 * accuracy(forward, task.x_test, task.y_test)
+
+    def untrained(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return spec.factory().eval()
 
     chance = 100 * task.chance
     bound = chance + 2
-    with_key = score(torch.from_numpy(locked.layout.static_key()))
+    with_key = score(stolen.forward_with(torch.from_numpy(locked.layout.static_key())))
     print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
     draws = [stolen.random_key(np.random.default_rng([s, 0xA0])) for s in range(args.keys)]
-    random_accs = np.array([score(k) for k in draws])
+    random_accs = np.array([score(stolen.forward_with(k)) for k in draws])
     print(summary("random keys", random_accs, bound))
     if args.keys > config.lock_seed:
         audit_key = random_accs[config.lock_seed]
@@ -65,7 +71,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.from_numpy(config.lock(victim, config.lock_seed + 1000 + i).layout.static_key())
         for i in range(args.keys)
     ]
-    print(summary("other locks' keys", np.array([score(k) for k in others]), bound))
+    print(
+        summary(
+            "other locks' keys", np.array([score(stolen.forward_with(k)) for k in others]), bound
+        )
+    )
+    fresh = np.array([score(untrained(s)) for s in range(args.keys)])
+    print(summary("untrained networks", fresh, bound))
     print(f"command: python {' '.join(sys.argv)}")
 
 
