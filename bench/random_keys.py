@@ -28,7 +28,7 @@ from skprotect_pytorch.audit.attacks import StolenModel, accuracy
 def summary(label: str, accs: np.ndarray, bound: float) -> str:
     """One line: mean, spread, maximum and the count above ``bound`` (all in %)."""
     return (
-        f"{label}: {len(accs)} keys, mean {accs.mean():.2f} %, sd {accs.std():.2f}, "
+        f"{label} ({len(accs)}): mean {accs.mean():.2f} %, sd {accs.std():.2f}, "
         f"max {accs.max():.2f} %, above {bound:.2f} %: {(accs > bound).sum()}"
     )
 

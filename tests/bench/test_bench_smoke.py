@@ -83,7 +83,7 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
     )
     assert with_key > chance + 20  # one epoch already learns the task
     for label in ("random keys", "other locks' keys", "untrained networks"):
-        line = re.search(rf"{label}: 3 keys, mean ([\d.]+) %, sd [\d.]+, max ([\d.]+) %", out)
+        line = re.search(rf"{label} \(3\): mean ([\d.]+) %, sd [\d.]+, max ([\d.]+) %", out)
         assert line is not None and float(line[1]) <= float(line[2]) < with_key
     assert re.search(r"the audit's random key \(seed 1\): [\d.]+ %", out)
     with pytest.raises(SystemExit):
