@@ -106,7 +106,7 @@ class InductorExporter(DeviceExporter):
         configs = dict(options.inductor_configs)
         if self.device == "cpu":
             # Inductor turns conv graphs channels-last; on CPU that made a ResNet-18 at 32 px
-            # 1.8× slower at batch 1 and its locked copy's un-mix slower still
+            # 1.4–1.8× slower at batch 1 and its locked copy's un-mix slower still
             # (docs/benchmarks.md, "AOTInductor without layout optimisation").
             configs.setdefault("layout_optimization", False)
         if self.device == "cuda":
