@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from skprotect_pytorch.audit import SUITE, AuditConfig
-from skprotect_pytorch.audit.attacks import StolenModel, accuracy
+from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key, accuracy
 
 
 def summary(label: str, accs: np.ndarray, bound: float) -> str:
@@ -61,16 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     bound = chance + 2
     with_key = score(stolen.forward_with(torch.from_numpy(locked.layout.static_key())))
     print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
-    draws = [stolen.random_key(np.random.default_rng([s, 0xA0])) for s in range(args.keys)]
+    draws = [a0_random_key(stolen, s) for s in range(args.keys)]
     random_accs = np.array([score(stolen.forward_with(k)) for k in draws])
     print(summary("random keys", random_accs, bound))
     if args.keys > config.lock_seed:
         audit_key = random_accs[config.lock_seed]
         print(f"the audit's random key (seed {config.lock_seed}): {audit_key:.2f} %")
-    others = [
-        torch.from_numpy(config.lock(victim, config.lock_seed + 1000 + i).layout.static_key())
-        for i in range(args.keys)
-    ]
+    others = [config.other_key(victim, i) for i in range(args.keys)]
     print(
         summary(
             "other locks' keys", np.array([score(stolen.forward_with(k)) for k in others]), bound

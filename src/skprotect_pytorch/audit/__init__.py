@@ -73,6 +73,11 @@ class AuditConfig:
             settings=self.lock_settings,
         )
 
+    def other_key(self, model: torch.nn.Module, index: int = 0) -> torch.Tensor:
+        """The key of another lock of ``model`` (a second product of the same vendor); index
+        0 is the one A0 tries."""
+        return torch.from_numpy(self.lock(model, self.lock_seed + 1000 + index).layout.static_key())
+
 
 def _row(
     outcome: AttackOutcome,
@@ -141,8 +146,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     true_key = torch.from_numpy(locked.layout.static_key())
     full = accuracy(stolen.forward_with(true_key), task.x_test, task.y_test)
     log(f"victim {spec.name}: {100 * full:.2f} % with the key; chance {100 * task.chance:.2f} %")
-    # Another key of the same architecture (a second product of the same vendor).
-    other_key = torch.from_numpy(config.lock(model, config.lock_seed + 1000).layout.static_key())
+    other_key = config.other_key(model)
 
     rows: list[AuditRow] = []
     if "A0" in config.attacks:

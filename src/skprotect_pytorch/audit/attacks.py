@@ -202,6 +202,11 @@ def baseline_from_scratch(
     return AttackOutcome("B", "from scratch", budget, best_over_gains(run, sweep.init_gains))
 
 
+def a0_random_key(stolen: StolenModel, seed: int) -> torch.Tensor:
+    """A0's random key for ``seed``: the draw the audit reports (``seed`` is the lock seed)."""
+    return stolen.random_key(np.random.default_rng([seed, 0xA0]))
+
+
 def attack_no_key(
     stolen: StolenModel,
     task: Task,
@@ -213,7 +218,7 @@ def attack_no_key(
     keys = {
         "null key": stolen.null_key(),
         "zero key": torch.zeros(sum(stolen.perm_sizes) + 2 * sum(stolen.scale_sizes)),
-        "random key": stolen.random_key(np.random.default_rng([seed, 0xA0])),
+        "random key": a0_random_key(stolen, seed),
     }
     if other_key is not None:
         keys["another model's key"] = other_key
