@@ -3,20 +3,34 @@
 The audit's A0 tries one seeded random key and one other lock's key per victim. This script
 trains the same victim as ``skprotect audit`` (suite model, data seed 0, lock seed 1), then
 scores ``--keys`` random keys (drawn like A0's, seeds ``[s, 0xA0]``; ``s = 1`` is the
-audit's), as many keys of other locks of the same model (lock seeds 1001, 1002, …) and, for
-comparison, as many untrained networks of the architecture (torch seeds 0, 1, …: what a thief
-has without the files), and prints their mean, standard deviation, maximum and how many
-exceed gate 1's bound (chance + 2 points). No result is asserted: it is a measurement.
+audit's), as many keys of other locks of the same model (lock seeds 1001, 1002, …) and, as
+controls, as many networks that have no key at all:
+
+- untrained networks of the architecture (torch seeds 0, 1, …: what a thief has without the
+  files);
+- the victim with every weight tensor's entries shuffled (its magnitudes without its structure);
+- the victim with every weight tensor turned by random orthogonal matrices on both channel axes
+  and scaled like a wrong key (``2**U(-3, 3)`` per channel): its singular values kept, the way a
+  wrong key keeps them up to its scales.
+
+It prints each kind's mean, standard deviation, maximum and how many exceed gate 1's bound
+(chance + 2 points). With ``--search-budget X`` it also plays the thief who searches the wrong
+keys with labelled data: the random key that scores best on the audit's X % labelled split
+(seed 0), and that key's accuracy on the test set, to set next to B(X). No result is asserted:
+it is a measurement.
 
 Usage::
 
-    python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100
+    python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100 \
+        --search-budget 1 --search-budget 5
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,14 +47,61 @@ def summary(label: str, accs: np.ndarray, bound: float) -> str:
     )
 
 
+def shuffled(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of ``model`` whose weight tensors (two axes or more) have their entries shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in out.parameters():
+            if p.dim() >= 2:
+                flat = p.reshape(-1)
+                p.copy_(flat[torch.randperm(flat.numel(), generator=g)].reshape(p.shape))
+    return out.eval()
+
+
+def _scaled_orthogonal(n: int, g: torch.Generator) -> torch.Tensor:
+    """A Haar-random orthogonal ``n × n`` matrix with its columns scaled by ``2**U(-3, 3)``."""
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    return (q * torch.exp2(torch.rand(n, generator=g, dtype=torch.float64) * 6 - 3)).float()
+
+
+def rotated(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of ``model`` with every weight ``W`` (axes ``(out, in, *taps)``) replaced by
+    ``A · W · B`` for scaled random orthogonal ``A``, ``B``; biases permuted to follow."""
+    g = torch.Generator().manual_seed(seed)
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for module in out.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                if p.dim() < 2:
+                    continue
+                a, b = _scaled_orthogonal(p.shape[0], g), _scaled_orthogonal(p.shape[1], g)
+                p.copy_(torch.einsum("po,oi...,iq->pq...", a, p, b))
+                bias = getattr(module, name.replace("weight", "bias"), None)
+                if isinstance(bias, torch.Tensor) and bias.shape == p.shape[:1]:
+                    bias.copy_(bias[torch.randperm(bias.numel(), generator=g)])
+    return out.eval()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, choices=sorted(SUITE))
     parser.add_argument("--victim-epochs", type=int, help="default: the suite's")
     parser.add_argument("--keys", type=int, default=100, help="draws of each kind")
+    parser.add_argument(
+        "--search-budget",
+        type=float,
+        action="append",
+        default=[],
+        metavar="X",
+        help="pick the best random key on X %% of the labelled training set (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.keys < 1:
         parser.error("--keys must be at least 1")
+    if any(not 0 < x <= 100 for x in args.search_budget):
+        parser.error("--search-budget must be a percentage in (0, 100]")
     torch.set_num_threads(1)
     config = AuditConfig(model=args.model, victim_epochs=args.victim_epochs)
     spec, _sweep, _seeds, victim_epochs = config.resolved()
@@ -49,32 +110,42 @@ def main(argv: list[str] | None = None) -> None:
     locked = config.lock(victim, config.lock_seed)
     stolen = StolenModel.from_locked(locked)
 
-    def score(forward) -> float:
+    def score(forward: Callable, x: torch.Tensor = task.x_test, y: torch.Tensor = task.y_test):
         with torch.no_grad():
-            return 100 * accuracy(forward, task.x_test, task.y_test)
+            return 100 * accuracy(forward, x, y)
 
     def untrained(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         return spec.factory().eval()
+
+    def spread(label: str, forwards) -> np.ndarray:
+        accs = np.array([score(f) for f in forwards])
+        print(summary(label, accs, bound), flush=True)
+        return accs
 
     chance = 100 * task.chance
     bound = chance + 2
     with_key = score(stolen.forward_with(torch.from_numpy(locked.layout.static_key())))
     print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
     draws = [a0_random_key(stolen, s) for s in range(args.keys)]
-    random_accs = np.array([score(stolen.forward_with(k)) for k in draws])
-    print(summary("random keys", random_accs, bound))
+    random_accs = spread("random keys", (stolen.forward_with(k) for k in draws))
     if args.keys > config.lock_seed:
         audit_key = random_accs[config.lock_seed]
         print(f"the audit's random key (seed {config.lock_seed}): {audit_key:.2f} %")
-    others = [config.other_key(victim, i) for i in range(args.keys)]
-    print(
-        summary(
-            "other locks' keys", np.array([score(stolen.forward_with(k)) for k in others]), bound
+    others = (config.other_key(victim, i) for i in range(args.keys))
+    spread("other locks' keys", (stolen.forward_with(k) for k in others))
+    spread("untrained networks", (untrained(s) for s in range(args.keys)))
+    spread("victim, weights shuffled", (shuffled(victim, s) for s in range(args.keys)))
+    spread("victim, weights turned and scaled", (rotated(victim, s) for s in range(args.keys)))
+    for percent in args.search_budget:
+        x, y = task.budget(percent, seed=0)
+        on_budget = [score(stolen.forward_with(k), x, y) for k in draws]
+        best = int(np.argmax(on_budget))
+        print(
+            f"key search on {percent:g} % ({len(y)} labelled samples): best of {args.keys} "
+            f"random keys (seed {best}) scores {on_budget[best]:.2f} % there, "
+            f"{random_accs[best]:.2f} % on the test set"
         )
-    )
-    fresh = np.array([score(untrained(s)) for s in range(args.keys)])
-    print(summary("untrained networks", fresh, bound))
     print(f"command: python {' '.join(sys.argv)}")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
@@ -76,15 +77,49 @@ def test_compare_trees_exports_a_checkout_and_times_it_side_by_side(tmp_path, ba
 def test_random_keys_scores_the_audits_key_among_others(capsys):
     import random_keys
 
-    random_keys.main(["--model", "mlp", "--victim-epochs", "1", "--keys", "3"])
+    random_keys.main(
+        ["--model", "mlp", "--victim-epochs", "1", "--keys", "3", "--search-budget", "1"]
+    )
     out = capsys.readouterr().out
     with_key, chance = map(
         float, re.search(r"with the key ([\d.]+) %, chance ([\d.]+) %", out).groups()
     )
     assert with_key > chance + 20  # one epoch already learns the task
-    for label in ("random keys", "other locks' keys", "untrained networks"):
+    labels = (
+        "random keys",
+        "other locks' keys",
+        "untrained networks",
+        "victim, weights shuffled",
+        "victim, weights turned and scaled",
+    )
+    for label in labels:
         line = re.search(rf"{label} \(3\): mean ([\d.]+) %, sd [\d.]+, max ([\d.]+) %", out)
         assert line is not None and float(line[1]) <= float(line[2]) < with_key
+    randoms = re.search(r"random keys \(3\): mean [\d.]+ %, sd [\d.]+, max ([\d.]+) %", out)
+    search = re.search(
+        r"key search on 1 % \(200 labelled samples\): best of 3 random keys \(seed \d\) "
+        r"scores ([\d.]+) % there, ([\d.]+) % on the test set",
+        out,
+    )
+    assert search is not None and float(search[2]) <= float(randoms[1])
     assert re.search(r"the audit's random key \(seed 1\): [\d.]+ %", out)
-    with pytest.raises(SystemExit):
-        random_keys.main(["--model", "mlp", "--keys", "0"])
+    for bad in (["--keys", "0"], ["--search-budget", "0"], ["--search-budget", "101"]):
+        with pytest.raises(SystemExit):
+            random_keys.main(["--model", "mlp", *bad])
+
+
+def test_controls_keep_what_they_claim_to_keep():
+    """Shuffling keeps each weight's entries; turning changes them and permutes the biases."""
+    import random_keys
+    from skprotect_pytorch.audit.models import RecurrentClassifier, TransformerClassifier
+
+    for model in (TransformerClassifier(), RecurrentClassifier("lstm")):
+        weights = {n: p for n, p in model.named_parameters() if p.dim() >= 2}
+        mixed = dict(random_keys.shuffled(model, 0).named_parameters())
+        turned = dict(random_keys.rotated(model, 0).named_parameters())
+        for name, w in weights.items():
+            torch.testing.assert_close(mixed[name].flatten().sort()[0], w.flatten().sort()[0])
+            assert not torch.allclose(mixed[name], w) and not torch.allclose(turned[name], w)
+        for name, p in model.named_parameters():
+            if p.dim() < 2:  # biases are permuted, norm parameters kept
+                torch.testing.assert_close(turned[name].sort()[0], p.sort()[0])
