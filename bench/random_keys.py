@@ -22,7 +22,7 @@ it is a measurement.
 Usage::
 
     python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100 \
-        --search-budget 1 --search-budget 5
+        --search-budget 1 --search-budget 5 [--mix-condition 1]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch
 
 from skprotect_pytorch.audit import SUITE, AuditConfig
 from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key, accuracy
+from skprotect_pytorch.lock import LockSettings
 
 
 def summary(label: str, accs: np.ndarray, bound: float) -> str:
@@ -97,13 +98,23 @@ def main(argv: list[str] | None = None) -> None:
         metavar="X",
         help="pick the best random key on X %% of the labelled training set (repeatable)",
     )
+    parser.add_argument(
+        "--mix-condition",
+        type=float,
+        help="condition number of the public mixing blocks (default: the default lock's)",
+    )
     args = parser.parse_args(argv)
     if args.keys < 1:
         parser.error("--keys must be at least 1")
     if any(not 0 < x <= 100 for x in args.search_budget):
         parser.error("--search-budget must be a percentage in (0, 100]")
+    overrides = {} if args.mix_condition is None else {"mix_condition": args.mix_condition}
+    try:
+        settings = LockSettings(**overrides)
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(1)
-    config = AuditConfig(model=args.model, victim_epochs=args.victim_epochs)
+    config = AuditConfig(model=args.model, victim_epochs=args.victim_epochs, lock_settings=settings)
     spec, _sweep, _seeds, victim_epochs = config.resolved()
     task = spec.task(config.data_seed)
     victim = spec.train_victim(task, victim_epochs)

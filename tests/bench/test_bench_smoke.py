@@ -103,9 +103,35 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
     )
     assert search is not None and float(search[2]) <= float(randoms[1])
     assert re.search(r"the audit's random key \(seed 1\): [\d.]+ %", out)
-    for bad in (["--keys", "0"], ["--search-budget", "0"], ["--search-budget", "101"]):
+    bad_args = (
+        ["--keys", "0"],
+        ["--search-budget", "0"],
+        ["--search-budget", "101"],
+        ["--mix-condition", "0.5"],
+    )
+    for bad in bad_args:
         with pytest.raises(SystemExit):
             random_keys.main(["--model", "mlp", *bad])
+
+
+def test_random_keys_locks_with_the_mixing_condition_asked_for(monkeypatch):
+    import random_keys
+    from skprotect_pytorch.lock import LockSettings
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(**kwargs):
+        seen.append(kwargs["lock_settings"].mix_condition)
+        raise Stop
+
+    monkeypatch.setattr(random_keys, "AuditConfig", record)
+    for argv, expected in (([], LockSettings().mix_condition), (["--mix-condition", "1"], 1.0)):
+        with pytest.raises(Stop):
+            random_keys.main(["--model", "mlp", *argv])
+        assert seen.pop() == expected
 
 
 def test_controls_keep_what_they_claim_to_keep():
