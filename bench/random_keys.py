@@ -22,7 +22,7 @@ it is a measurement.
 Usage::
 
     python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100 \
-        --search-budget 1 --search-budget 5 [--mix-condition 1]
+        --search-budget 1 --search-budget 5 [--mix-condition 1] [--mix-block 64]
 """
 
 from __future__ import annotations
@@ -103,12 +103,21 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="condition number of the public mixing blocks (default: the default lock's)",
     )
+    parser.add_argument(
+        "--mix-block",
+        type=int,
+        help="size of the public mixing blocks (default: the default lock's)",
+    )
     args = parser.parse_args(argv)
     if args.keys < 1:
         parser.error("--keys must be at least 1")
     if any(not 0 < x <= 100 for x in args.search_budget):
         parser.error("--search-budget must be a percentage in (0, 100]")
-    overrides = {} if args.mix_condition is None else {"mix_condition": args.mix_condition}
+    overrides = {
+        name: value
+        for name, value in (("mix_condition", args.mix_condition), ("mix_block", args.mix_block))
+        if value is not None
+    }
     try:
         settings = LockSettings(**overrides)
     except ValueError as err:

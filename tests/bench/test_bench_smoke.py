@@ -108,13 +108,14 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
         ["--search-budget", "0"],
         ["--search-budget", "101"],
         ["--mix-condition", "0.5"],
+        ["--mix-block", "1"],
     )
     for bad in bad_args:
         with pytest.raises(SystemExit):
             random_keys.main(["--model", "mlp", *bad])
 
 
-def test_random_keys_locks_with_the_mixing_condition_asked_for(monkeypatch):
+def test_random_keys_locks_with_the_mixing_asked_for(monkeypatch):
     import random_keys
     from skprotect_pytorch.lock import LockSettings
 
@@ -124,11 +125,18 @@ def test_random_keys_locks_with_the_mixing_condition_asked_for(monkeypatch):
         pass
 
     def record(**kwargs):
-        seen.append(kwargs["lock_settings"].mix_condition)
+        settings = kwargs["lock_settings"]
+        seen.append((settings.mix_condition, settings.mix_block))
         raise Stop
 
     monkeypatch.setattr(random_keys, "AuditConfig", record)
-    for argv, expected in (([], LockSettings().mix_condition), (["--mix-condition", "1"], 1.0)):
+    default = LockSettings()
+    cases = (
+        ([], (default.mix_condition, default.mix_block)),
+        (["--mix-condition", "1"], (1.0, default.mix_block)),
+        (["--mix-block", "64", "--mix-condition", "4"], (4.0, 64)),
+    )
+    for argv, expected in cases:
         with pytest.raises(Stop):
             random_keys.main(["--model", "mlp", *argv])
         assert seen.pop() == expected
