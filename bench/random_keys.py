@@ -10,8 +10,8 @@ controls, as many networks that have no key at all:
   files);
 - the victim with every weight tensor's entries shuffled (its magnitudes without its structure);
 - the victim with every weight tensor turned by random orthogonal matrices on both channel axes
-  and scaled like a wrong key (``2**U(-3, 3)`` per channel): its singular values kept, the way a
-  wrong key keeps them up to its scales.
+  and scaled like a wrong key (``2**U(-3, 3)`` per channel): its singular structure kept up to
+  those scales, as a wrong key keeps it.
 
 It prints each kind's mean, standard deviation, maximum and how many exceed gate 1's bound
 (chance + 2 points). With ``--search-budget X`` it also plays the thief who searches the wrong
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     locked = config.lock(victim, config.lock_seed)
     stolen = StolenModel.from_locked(locked)
 
-    def score(forward: Callable, x: torch.Tensor = task.x_test, y: torch.Tensor = task.y_test):
+    def score(
+        forward: Callable, x: torch.Tensor = task.x_test, y: torch.Tensor = task.y_test
+    ) -> float:
         with torch.no_grad():
             return 100 * accuracy(forward, x, y)
 
