@@ -80,7 +80,7 @@ def rotated(model: torch.nn.Module, seed: int) -> torch.nn.Module:
                 a, b = _scaled_orthogonal(p.shape[0], g), _scaled_orthogonal(p.shape[1], g)
                 p.copy_(torch.einsum("po,oi...,iq->pq...", a, p, b))
                 bias = getattr(module, name.replace("weight", "bias"), None)
-                if isinstance(bias, torch.Tensor) and bias.shape == p.shape[:1]:
+                if "weight" in name and isinstance(bias, torch.Tensor):
                     bias.copy_(bias[torch.randperm(bias.numel(), generator=g)])
     return out.eval()
 

@@ -165,7 +165,7 @@ class BlockMix(nn.Module):
         return parts[0] if self.uniform else torch.cat(parts)
 
     def apply_conv(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        """``Q⁻¹ x`` on the channel axis of an ``(N, C, *spatial)`` tensor, in place.
+        """``Q⁻¹ x`` on the channel axis of an ``(N, C, *spatial)`` tensor, left where it is.
 
         For ONNX a 1×1 grouped conv: onnxruntime keeps Conv in its blocked NCHWc layout, so
         this avoids the two layout transposes a MatMul on the channel axis would need
@@ -176,13 +176,13 @@ class BlockMix(nn.Module):
         """
         conv_form = torch.onnx.is_in_onnx_export()
         spatial = x.dim() - 2
-        conv = F.conv1d if spatial == 1 else F.conv2d
         parts = []
         for blocks, channels in self._segments():
             k, b, _ = blocks.shape
             part = x if self.uniform else x[:, channels]
             if conv_form:
                 weight = blocks.transpose(1, 2).reshape(k * b, b, *([1] * spatial))
+                conv = F.conv1d if spatial == 1 else F.conv2d
                 parts.append(conv(part, weight, groups=k))
             else:
                 rows = part.unflatten(1, (k, b)).flatten(3)
