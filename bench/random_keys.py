@@ -16,13 +16,16 @@ controls, as many networks that have no key at all:
 It prints each kind's mean, standard deviation, maximum and how many exceed gate 1's bound
 (chance + 2 points). With ``--search-budget X`` it also plays the thief who searches the wrong
 keys with labelled data: the random key that scores best on the audit's X % labelled split
-(seed 0), and that key's accuracy on the test set, to set next to B(X). No result is asserted:
-it is a measurement.
+(seed 0), and that key's accuracy on the test set, to set next to B(X). With ``--wrong-only
+PREFIXES`` it also scores the random keys on the layers named there only (the true key
+everywhere else), to find which layers' wrong keys leave accuracy above chance. No result is
+asserted: it is a measurement.
 
 Usage::
 
     python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100 \
-        --search-budget 1 --search-budget 5 [--mix-condition 1] [--mix-block 64]
+        --search-budget 1 --search-budget 5 [--mix-condition 1] [--mix-block 64] \
+        [--wrong-only embed --wrong-only blocks.0,blocks.1 --wrong-only head]
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ import torch
 
 from skprotect_pytorch.audit import SUITE, AuditConfig
 from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key, accuracy
-from skprotect_pytorch.lock import LockSettings
+from skprotect_pytorch.lock import LockedModel, LockSettings
+from skprotect_pytorch.lock.channel_lock import ChannelOps
 
 
 def summary(label: str, accs: np.ndarray, bound: float) -> str:
@@ -85,6 +89,59 @@ def rotated(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return out.eval()
 
 
+def key_slots(locked: LockedModel, prefixes: list[str]) -> tuple[set[int], set[int]]:
+    """The permutation and scale slots of the locked layers whose names start with a prefix.
+
+    Names are those of the original model (``blocks.0.attn.q_proj``); an unknown prefix is an
+    error rather than an ablation that silently changes nothing.
+    """
+    perms: set[int] = set()
+    scales: set[int] = set()
+    matched = set()
+    for name, module in locked.keyed.model.named_modules():
+        if not isinstance(module, ChannelOps):
+            continue
+        hits = [p for p in prefixes if name == p or name.startswith(p + ".")]
+        matched.update(hits)
+        if hits:
+            perms.update(s for s in (module.in_perm_slot, module.out_perm_slot) if s is not None)
+            scales.update(s for s in (module.in_scale_slot, module.out_scale_slot) if s is not None)
+    if missing := set(prefixes) - matched:
+        layers = ", ".join(d.name for d in locked.locked_layers)
+        raise ValueError(f"no locked layer under {', '.join(sorted(missing))}; locked: {layers}")
+    return perms, scales
+
+
+def splice(
+    true_key: torch.Tensor,
+    wrong_key: torch.Tensor,
+    slots: tuple[set[int], set[int]],
+    perm_sizes: list[int],
+    scale_sizes: list[int],
+) -> torch.Tensor:
+    """``true_key`` with the given permutation and scale slots taken from ``wrong_key``.
+
+    The layout is every permutation, then every scale's ``u``, then every scale's ``v``
+    (``skprotect_pytorch.lock.key_layout``).
+    """
+    perm_slots, scale_slots = slots
+    out = true_key.clone()
+    ranges = []
+    start = 0
+    for i, n in enumerate(perm_sizes):
+        if i in perm_slots:
+            ranges.append((start, n))
+        start += n
+    n_scale = sum(scale_sizes)
+    for i, n in enumerate(scale_sizes):
+        if i in scale_slots:
+            ranges += [(start, n), (start + n_scale, n)]
+        start += n
+    for begin, n in ranges:
+        out[begin : begin + n] = wrong_key[begin : begin + n]
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, choices=sorted(SUITE))
@@ -108,6 +165,14 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         help="size of the public mixing blocks (default: the default lock's)",
     )
+    parser.add_argument(
+        "--wrong-only",
+        action="append",
+        default=[],
+        metavar="PREFIXES",
+        help="also score the random keys on the layers under these comma-separated module "
+        "names only, the true key elsewhere (repeatable: one ablation each)",
+    )
     args = parser.parse_args(argv)
     if args.keys < 1:
         parser.error("--keys must be at least 1")
@@ -129,6 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     victim = spec.train_victim(task, victim_epochs)
     locked = config.lock(victim, config.lock_seed)
     stolen = StolenModel.from_locked(locked)
+    try:
+        ablations = {group: key_slots(locked, group.split(",")) for group in args.wrong_only}
+    except ValueError as err:
+        parser.error(f"--wrong-only: {err}")
 
     def score(
         forward: Callable, x: torch.Tensor = task.x_test, y: torch.Tensor = task.y_test
@@ -147,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
 
     chance = 100 * task.chance
     bound = chance + 2
-    with_key = score(stolen.forward_with(torch.from_numpy(locked.layout.static_key())))
+    true_key = torch.from_numpy(locked.layout.static_key())
+    with_key = score(stolen.forward_with(true_key))
     print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
     draws = [a0_random_key(stolen, s) for s in range(args.keys)]
     random_accs = spread("random keys", (stolen.forward_with(k) for k in draws))
@@ -159,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
     spread("untrained networks", (untrained(s) for s in range(args.keys)))
     spread("victim, weights shuffled", (shuffled(victim, s) for s in range(args.keys)))
     spread("victim, weights turned and scaled", (rotated(victim, s) for s in range(args.keys)))
+    for group, slots in ablations.items():
+        spliced = (splice(true_key, k, slots, stolen.perm_sizes, stolen.scale_sizes) for k in draws)
+        spread(f"random keys on {group} only", (stolen.forward_with(k) for k in spliced))
     for percent in args.search_budget:
         x, y = task.budget(percent, seed=0)
         on_budget = [score(stolen.forward_with(k), x, y) for k in draws]

@@ -77,9 +77,8 @@ def test_compare_trees_exports_a_checkout_and_times_it_side_by_side(tmp_path, ba
 def test_random_keys_scores_the_audits_key_among_others(capsys):
     import random_keys
 
-    random_keys.main(
-        ["--model", "mlp", "--victim-epochs", "1", "--keys", "3", "--search-budget", "1"]
-    )
+    argv = ["--model", "mlp", "--victim-epochs", "1", "--keys", "3", "--search-budget", "1"]
+    random_keys.main([*argv, "--wrong-only", "4", "--wrong-only", "0,2,4"])
     out = capsys.readouterr().out
     with_key, chance = map(
         float, re.search(r"with the key ([\d.]+) %, chance ([\d.]+) %", out).groups()
@@ -103,16 +102,55 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
     )
     assert search is not None and float(search[2]) <= float(randoms[1])
     assert re.search(r"the audit's random key \(seed 1\): [\d.]+ %", out)
+    every_layer = re.search(r"random keys on 0,2,4 only \(3\): (mean .*)", out)
+    all_random = re.search(r"^random keys \(3\): (mean .*)", out, re.MULTILINE)
+    assert every_layer is not None and every_layer[1] == all_random[1]
+    assert re.search(r"random keys on 4 only \(3\): mean [\d.]+ %", out)
     bad_args = (
         ["--keys", "0"],
         ["--search-budget", "0"],
         ["--search-budget", "101"],
         ["--mix-condition", "0.5"],
         ["--mix-block", "1"],
+        ["--victim-epochs", "1", "--wrong-only", "head"],  # the MLP's layers are 0, 2, 4
     )
     for bad in bad_args:
         with pytest.raises(SystemExit):
             random_keys.main(["--model", "mlp", *bad])
+
+
+def test_wrong_key_on_some_layers_leaves_the_others_exact():
+    """The ablation's spliced key: true everywhere but the named layers' slots."""
+    import random_keys
+    from skprotect_pytorch.audit import AuditConfig
+    from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key
+    from skprotect_pytorch.audit.models import TabularMLP
+
+    config = AuditConfig(model="mlp")
+    torch.manual_seed(0)
+    locked = config.lock(TabularMLP().eval(), 1)
+    stolen = StolenModel.from_locked(locked)
+    true_key = torch.from_numpy(locked.layout.static_key())
+    wrong = a0_random_key(stolen, 1)
+    sizes = stolen.perm_sizes, stolen.scale_sizes
+    every = random_keys.key_slots(locked, ["0", "2", "4"])
+    assert torch.equal(random_keys.splice(true_key, wrong, every, *sizes), wrong)
+    assert torch.equal(random_keys.splice(true_key, wrong, (set(), set()), *sizes), true_key)
+    head_only = random_keys.splice(true_key, wrong, random_keys.key_slots(locked, ["4"]), *sizes)
+
+    seen = []
+    head = locked.keyed.model[4]
+    handle = head.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    x = torch.randn(5, 40)
+    with torch.no_grad():
+        locked.keyed(x, true_key)
+        locked.keyed(x, head_only)
+    handle.remove()
+    (true_in, true_out), (spliced_in, spliced_out) = seen
+    torch.testing.assert_close(spliced_in, true_in)  # the layers before the head: true key
+    assert not torch.allclose(spliced_out, true_out, atol=1e-2)
+    with pytest.raises(ValueError, match="no locked layer under head"):
+        random_keys.key_slots(locked, ["head"])
 
 
 def test_random_keys_locks_with_the_mixing_asked_for(monkeypatch):
