@@ -25,7 +25,7 @@ Usage::
 
     python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100 \
         --search-budget 1 --search-budget 5 [--mix-condition 1] [--mix-block 64] \
-        [--wrong-only embed --wrong-only blocks.0,blocks.1 --wrong-only head]
+        [--no-controls] [--wrong-only embed --wrong-only blocks.0,blocks.1 --wrong-only head]
 """
 
 from __future__ import annotations
@@ -166,6 +166,11 @@ def main(argv: list[str] | None = None) -> None:
         help="size of the public mixing blocks (default: the default lock's)",
     )
     parser.add_argument(
+        "--no-controls",
+        action="store_true",
+        help="skip other locks' keys and the key-less controls (random keys and ablations only)",
+    )
+    parser.add_argument(
         "--wrong-only",
         action="append",
         default=[],
@@ -224,11 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.keys > config.lock_seed:
         audit_key = random_accs[config.lock_seed]
         print(f"the audit's random key (seed {config.lock_seed}): {audit_key:.2f} %")
-    others = (config.other_key(victim, i) for i in range(args.keys))
-    spread("other locks' keys", (stolen.forward_with(k) for k in others))
-    spread("untrained networks", (untrained(s) for s in range(args.keys)))
-    spread("victim, weights shuffled", (shuffled(victim, s) for s in range(args.keys)))
-    spread("victim, weights turned and scaled", (rotated(victim, s) for s in range(args.keys)))
+    if not args.no_controls:
+        others = (config.other_key(victim, i) for i in range(args.keys))
+        spread("other locks' keys", (stolen.forward_with(k) for k in others))
+        spread("untrained networks", (untrained(s) for s in range(args.keys)))
+        spread("victim, weights shuffled", (shuffled(victim, s) for s in range(args.keys)))
+        spread("victim, weights turned and scaled", (rotated(victim, s) for s in range(args.keys)))
     for group, slots in ablations.items():
         spliced = (splice(true_key, k, slots, stolen.perm_sizes, stolen.scale_sizes) for k in draws)
         spread(f"random keys on {group} only", (stolen.forward_with(k) for k in spliced))

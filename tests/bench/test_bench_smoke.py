@@ -106,6 +106,10 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
     all_random = re.search(r"^random keys \(3\): (mean .*)", out, re.MULTILINE)
     assert every_layer is not None and every_layer[1] == all_random[1]
     assert re.search(r"random keys on 4 only \(3\): mean [\d.]+ %", out)
+    random_keys.main([*argv, "--no-controls", "--wrong-only", "4"])
+    short = capsys.readouterr().out
+    assert "random keys (3)" in short and "random keys on 4 only (3)" in short
+    assert not any(label in short for label in labels[1:])
     bad_args = (
         ["--keys", "0"],
         ["--search-budget", "0"],
