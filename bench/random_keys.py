@@ -18,8 +18,9 @@ It prints each kind's mean, standard deviation, maximum and how many exceed gate
 keys with labelled data: the random key that scores best on the audit's X % labelled split
 (seed 0), and that key's accuracy on the test set, to set next to B(X). With ``--wrong-only
 PREFIXES`` it also scores the random keys on the layers named there only (the true key
-everywhere else), to find which layers' wrong keys leave accuracy above chance. No result is
-asserted: it is a measurement.
+everywhere else), to find which layers' wrong keys leave accuracy above chance; with
+``--scale-range R`` the random keys' scale magnitudes span ``2**±R`` instead of the audit's
+``2**±3`` (0: signs only). No result is asserted: it is a measurement.
 
 Usage::
 
@@ -87,6 +88,15 @@ def rotated(model: torch.nn.Module, seed: int) -> torch.nn.Module:
                 if "weight" in name and isinstance(bias, torch.Tensor):
                     bias.copy_(bias[torch.randperm(bias.numel(), generator=g)])
     return out.eval()
+
+
+def rescaled(key: torch.Tensor, n_perm: int, n_scale: int, scale_range: float) -> torch.Tensor:
+    """``key`` with each scale ``±2**e`` (``e ~ U(-3, 3)``) turned into ``±2**(e·R/3)``: the same
+    draw with magnitudes over ``2**±R`` instead of ``2**±3``."""
+    out = key.clone()
+    u = out[n_perm : n_perm + n_scale]
+    out[n_perm : n_perm + n_scale] = torch.sign(u) * u.abs() ** (scale_range / 3)
+    return out
 
 
 def key_slots(locked: LockedModel, prefixes: list[str]) -> tuple[set[int], set[int]]:
@@ -166,6 +176,13 @@ def main(argv: list[str] | None = None) -> None:
         help="size of the public mixing blocks (default: the default lock's)",
     )
     parser.add_argument(
+        "--scale-range",
+        type=float,
+        default=3.0,
+        metavar="R",
+        help="random keys' scale magnitudes span 2**±R (default 3, the audit's; 0: signs only)",
+    )
+    parser.add_argument(
         "--no-controls",
         action="store_true",
         help="skip other locks' keys and the key-less controls (random keys and ablations only)",
@@ -181,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.keys < 1:
         parser.error("--keys must be at least 1")
+    if not 0 <= args.scale_range <= 30:
+        parser.error("--scale-range must be in [0, 30]")
     if any(not 0 < x <= 100 for x in args.search_budget):
         parser.error("--search-budget must be a percentage in (0, 100]")
     overrides = {
@@ -225,8 +244,13 @@ def main(argv: list[str] | None = None) -> None:
     with_key = score(stolen.forward_with(true_key))
     print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
     draws = [a0_random_key(stolen, s) for s in range(args.keys)]
-    random_accs = spread("random keys", (stolen.forward_with(k) for k in draws))
-    if args.keys > config.lock_seed:
+    audits = args.scale_range == 3
+    if not audits:
+        n_perm, n_scale = sum(stolen.perm_sizes), sum(stolen.scale_sizes)
+        draws = [rescaled(k, n_perm, n_scale, args.scale_range) for k in draws]
+    label = "random keys" if audits else f"random keys, scales 2**±{args.scale_range:g}"
+    random_accs = spread(label, (stolen.forward_with(k) for k in draws))
+    if audits and args.keys > config.lock_seed:
         audit_key = random_accs[config.lock_seed]
         print(f"the audit's random key (seed {config.lock_seed}): {audit_key:.2f} %")
     if not args.no_controls:
@@ -237,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         spread("victim, weights turned and scaled", (rotated(victim, s) for s in range(args.keys)))
     for group, slots in ablations.items():
         spliced = (splice(true_key, k, slots, stolen.perm_sizes, stolen.scale_sizes) for k in draws)
-        spread(f"random keys on {group} only", (stolen.forward_with(k) for k in spliced))
+        spread(f"{label} on {group} only", (stolen.forward_with(k) for k in spliced))
     for percent in args.search_budget:
         x, y = task.budget(percent, seed=0)
         on_budget = [score(stolen.forward_with(k), x, y) for k in draws]

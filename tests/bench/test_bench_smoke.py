@@ -117,6 +117,7 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
         ["--mix-condition", "0.5"],
         ["--mix-block", "1"],
         ["--victim-epochs", "1", "--wrong-only", "head"],  # the MLP's layers are 0, 2, 4
+        ["--scale-range", "-1"],
     )
     for bad in bad_args:
         with pytest.raises(SystemExit):
@@ -155,6 +156,19 @@ def test_wrong_key_on_some_layers_leaves_the_others_exact():
     assert not torch.allclose(spliced_out, true_out, atol=1e-2)
     with pytest.raises(ValueError, match="no locked layer under head"):
         random_keys.key_slots(locked, ["head"])
+
+
+def test_rescaled_keys_keep_the_draw_and_change_only_the_magnitudes():
+    import random_keys
+
+    perms = torch.tensor([2.0, 0.0, 1.0])
+    u = torch.tensor([-8.0, 0.125, 2.0, -1.0])
+    key = torch.cat([perms, u, torch.ones(4)])
+    torch.testing.assert_close(random_keys.rescaled(key, 3, 4, 3.0), key)
+    signs = random_keys.rescaled(key, 3, 4, 0.0)
+    torch.testing.assert_close(signs, torch.cat([perms, torch.sign(u), torch.ones(4)]))
+    half = random_keys.rescaled(key, 3, 4, 1.5)[3:7]
+    torch.testing.assert_close(half, torch.tensor([-(8.0**0.5), 0.125**0.5, 2.0**0.5, -1.0]))
 
 
 def test_random_keys_locks_with_the_mixing_asked_for(monkeypatch):
