@@ -171,6 +171,21 @@ def test_rescaled_keys_keep_the_draw_and_change_only_the_magnitudes():
     torch.testing.assert_close(half, torch.tensor([-(8.0**0.5), 0.125**0.5, 2.0**0.5, -1.0]))
 
 
+def test_task_probe_finds_the_class_in_the_transitions(capsys):
+    import task_probe
+
+    task_probe.main(["--model", "lstm", "--iterations", "30"])
+    out = capsys.readouterr().out
+    chance = float(re.search(r"chance ([\d.]+) %", out)[1])
+    means = float(re.search(r"on token means: ([\d.]+) %", out)[1])
+    transitions = float(re.search(r"on transitions: ([\d.]+) %", out)[1])
+    assert means < chance + 5 and transitions > chance + 50  # Markov chains differ in transitions
+    with pytest.raises(SystemExit):
+        task_probe.main(["--model", "lstm", "--iterations", "0"])
+    with pytest.raises(SystemExit):
+        task_probe.main(["--model", "mlp"])  # tabular: no time axis
+
+
 def test_random_keys_locks_with_the_mixing_asked_for(monkeypatch):
     import random_keys
     from skprotect_pytorch.lock import LockSettings
