@@ -24,8 +24,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from skprotect_pytorch.audit import SUITE, AuditConfig
+from skprotect_pytorch.audit import AuditConfig
 from skprotect_pytorch.audit.data import Task
+
+SEQUENCE_MODELS = ("gru", "lstm", "transformer")
+"""The suite models whose task is a sequence ``(length, features)`` per sample."""
 
 SUMMARIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "token means": lambda x: x.mean(1),
@@ -57,8 +60,7 @@ def probe(task: Task, summary: Callable[[torch.Tensor], torch.Tensor], iteration
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sequence_models = sorted(name for name in SUITE if name in ("transformer", "lstm", "gru"))
-    parser.add_argument("--model", required=True, choices=sequence_models)
+    parser.add_argument("--model", required=True, choices=SEQUENCE_MODELS)
     parser.add_argument("--iterations", type=int, default=500, help="L-BFGS iterations")
     args = parser.parse_args(argv)
     if args.iterations < 1:
