@@ -20,13 +20,19 @@ keys with labelled data: the random key that scores best on the audit's X % labe
 PREFIXES`` it also scores the random keys on the layers named there only (the true key
 everywhere else), to find which layers' wrong keys leave accuracy above chance; with
 ``--scale-range R`` the random keys' scale magnitudes span ``2**±R`` instead of the audit's
-``2**±3`` (0: signs only). No result is asserted: it is a measurement.
+``2**±3`` (0: signs only). With ``--information`` each kind's line is followed by what its
+predictions say about the class whatever class they name: the mutual information between
+predicted and true class in bits (plug-in estimate on the test set, the same small upward
+bias for every kind) and the accuracy of the best one-to-one relabelling of the predictions,
+the most a thief could read from them by renaming classes. No result is asserted: it is a
+measurement.
 
 Usage::
 
     python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100 \
         --search-budget 1 --search-budget 5 [--mix-condition 1] [--mix-block 64] \
-        [--no-controls] [--wrong-only embed --wrong-only blocks.0,blocks.1 --wrong-only head]
+        [--no-controls] [--wrong-only embed --wrong-only blocks.0,blocks.1 --wrong-only head] \
+        [--information]
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from skprotect_pytorch.audit import SUITE, AuditConfig
-from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key, accuracy
+from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key
 from skprotect_pytorch.lock import LockedModel, LockSettings
 from skprotect_pytorch.lock.channel_lock import ChannelOps
 
@@ -50,6 +57,29 @@ def summary(label: str, accs: np.ndarray, bound: float) -> str:
     return (
         f"{label} ({len(accs)}): mean {accs.mean():.2f} %, sd {accs.std():.2f}, "
         f"max {accs.max():.2f} %, above {bound:.2f} %: {(accs > bound).sum()}"
+    )
+
+
+def label_information(pred: np.ndarray, y: np.ndarray, classes: int) -> tuple[float, float]:
+    """Mutual information between predicted and true class (bits, plug-in estimate) and the
+    accuracy (%) of the best one-to-one relabelling of ``pred``: how much a network's outputs
+    say about the class, whichever class they name."""
+    joint = np.zeros((classes, classes))
+    np.add.at(joint, (pred, y), 1.0)
+    joint /= joint.sum()
+    outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+    seen = joint > 0
+    bits = float((joint[seen] * np.log2(joint[seen] / outer[seen])).sum())
+    rows, cols = linear_sum_assignment(joint, maximize=True)
+    return bits, 100 * float(joint[rows, cols].sum())
+
+
+def information_summary(info: np.ndarray) -> str:
+    """One line from ``label_information`` rows: mean and maximum of both figures."""
+    bits, relabelled = info[:, 0], info[:, 1]
+    return (
+        f"  information: mean {bits.mean():.4f} bits, max {bits.max():.4f}; best relabelling: "
+        f"mean {relabelled.mean():.2f} %, max {relabelled.max():.2f} %"
     )
 
 
@@ -195,6 +225,11 @@ def main(argv: list[str] | None = None) -> None:
         help="also score the random keys on the layers under these comma-separated module "
         "names only, the true key elsewhere (repeatable: one ablation each)",
     )
+    parser.add_argument(
+        "--information",
+        action="store_true",
+        help="also print each kind's label information (bits) and best-relabelling accuracy",
+    )
     args = parser.parse_args(argv)
     if args.keys < 1:
         parser.error("--keys must be at least 1")
@@ -223,19 +258,31 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         parser.error(f"--wrong-only: {err}")
 
+    def predict(forward: Callable, x: torch.Tensor = task.x_test) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate(
+                [forward(x[i : i + 4096]).argmax(-1).numpy() for i in range(0, len(x), 4096)]
+            )
+
     def score(
         forward: Callable, x: torch.Tensor = task.x_test, y: torch.Tensor = task.y_test
     ) -> float:
-        with torch.no_grad():
-            return 100 * accuracy(forward, x, y)
+        return 100 * float((predict(forward, x) == y.numpy()).mean())
+
+    y_test = task.y_test.numpy()
+    classes = int(y_test.max()) + 1
 
     def untrained(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         return spec.factory().eval()
 
     def spread(label: str, forwards) -> np.ndarray:
-        accs = np.array([score(f) for f in forwards])
+        preds = [predict(f) for f in forwards]
+        accs = np.array([100 * (p == y_test).mean() for p in preds])
         print(summary(label, accs, bound), flush=True)
+        if args.information:
+            info = np.array([label_information(p, y_test, classes) for p in preds])
+            print(information_summary(info), flush=True)
         return accs
 
     chance = 100 * task.chance
@@ -243,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
     true_key = torch.from_numpy(locked.layout.static_key())
     with_key = score(stolen.forward_with(true_key))
     print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
+    if args.information:
+        bits, _ = label_information(predict(stolen.forward_with(true_key)), y_test, classes)
+        print(f"  information with the key: {bits:.4f} bits")
     draws = [a0_random_key(stolen, s) for s in range(args.keys)]
     audits = args.scale_range == 3
     if not audits:

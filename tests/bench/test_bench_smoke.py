@@ -106,10 +106,20 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
     all_random = re.search(r"^random keys \(3\): (mean .*)", out, re.MULTILINE)
     assert every_layer is not None and every_layer[1] == all_random[1]
     assert re.search(r"random keys on 4 only \(3\): mean [\d.]+ %", out)
-    random_keys.main([*argv, "--no-controls", "--wrong-only", "4"])
+    random_keys.main([*argv, "--no-controls", "--wrong-only", "4", "--information"])
     short = capsys.readouterr().out
     assert "random keys (3)" in short and "random keys on 4 only (3)" in short
     assert not any(label in short for label in labels[1:])
+    keyed_bits = float(re.search(r"information with the key: ([\d.]+) bits", short)[1])
+    info = re.findall(
+        r"information: mean ([\d.]+) bits, max ([\d.]+); best relabelling: mean ([\d.]+) %, "
+        r"max ([\d.]+) %",
+        short,
+    )
+    assert len(info) == 2  # the random keys, then the ablation
+    for mean_bits, max_bits, mean_relabelled, max_relabelled in info:
+        assert 0 <= float(mean_bits) <= float(max_bits) < keyed_bits
+        assert float(mean_relabelled) <= float(max_relabelled) <= 100
     bad_args = (
         ["--keys", "0"],
         ["--search-budget", "0"],
@@ -122,6 +132,26 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
     for bad in bad_args:
         with pytest.raises(SystemExit):
             random_keys.main(["--model", "mlp", *bad])
+
+
+def test_label_information_ignores_class_names_and_sees_constant_outputs():
+    import random_keys
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=4000)
+    entropy = -sum(f * np.log2(f) for f in np.bincount(y) / len(y))
+    bits, relabelled = random_keys.label_information(y, y, 4)
+    assert bits == pytest.approx(entropy) and relabelled == pytest.approx(100)
+    renamed = (y + 1) % 4  # every prediction wrong, every class still told apart
+    bits, relabelled = random_keys.label_information(renamed, y, 4)
+    assert bits == pytest.approx(entropy) and relabelled == pytest.approx(100)
+    constant = np.full_like(y, 2)
+    bits, relabelled = random_keys.label_information(constant, y, 4)
+    assert bits == pytest.approx(0, abs=1e-12)
+    assert relabelled == pytest.approx(100 * np.bincount(y).max() / len(y))
+    independent = rng.integers(0, 4, size=4000)
+    bits, relabelled = random_keys.label_information(independent, y, 4)
+    assert bits < 0.01 and relabelled < 30
 
 
 def test_wrong_key_on_some_layers_leaves_the_others_exact():
