@@ -48,6 +48,7 @@ from scipy.optimize import linear_sum_assignment
 
 from skprotect_pytorch.audit import SUITE, AuditConfig
 from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key
+from skprotect_pytorch.audit.models import predictions
 from skprotect_pytorch.lock import LockedModel, LockSettings
 from skprotect_pytorch.lock.channel_lock import ChannelOps
 
@@ -259,10 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--wrong-only: {err}")
 
     def predict(forward: Callable, x: torch.Tensor = task.x_test) -> np.ndarray:
-        with torch.no_grad():
-            return np.concatenate(
-                [forward(x[i : i + 4096]).argmax(-1).numpy() for i in range(0, len(x), 4096)]
-            )
+        return predictions(forward, x).numpy()
 
     def score(
         forward: Callable, x: torch.Tensor = task.x_test, y: torch.Tensor = task.y_test
@@ -288,10 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     chance = 100 * task.chance
     bound = chance + 2
     true_key = torch.from_numpy(locked.layout.static_key())
-    with_key = score(stolen.forward_with(true_key))
+    keyed_pred = predict(stolen.forward_with(true_key))
+    with_key = 100 * (keyed_pred == y_test).mean()
     print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
     if args.information:
-        bits, _ = label_information(predict(stolen.forward_with(true_key)), y_test, classes)
+        bits, _ = label_information(keyed_pred, y_test, classes)
         print(f"  information with the key: {bits:.4f} bits")
     draws = [a0_random_key(stolen, s) for s in range(args.keys)]
     audits = args.scale_range == 3

@@ -174,11 +174,13 @@ QUICK_SWEEP = SweepConfig(lrs=(3e-3,), epochs=(20, 50), batch_size=64)
 
 
 @torch.no_grad()
+def predictions(forward: Forward, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """The predicted class of every row of ``x``, evaluated ``batch`` rows at a time."""
+    return torch.cat([forward(x[i : i + batch]).argmax(-1) for i in range(0, len(x), batch)])
+
+
 def accuracy(forward: Forward, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
-    correct = 0
-    for i in range(0, len(y), batch):
-        correct += int((forward(x[i : i + batch]).argmax(-1) == y[i : i + batch]).sum())
-    return correct / len(y)
+    return int((predictions(forward, x, batch) == y).sum()) / len(y)
 
 
 def train_sweep_point(
