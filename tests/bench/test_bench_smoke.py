@@ -258,3 +258,54 @@ def test_controls_keep_what_they_claim_to_keep():
         for name, p in model.named_parameters():
             if p.dim() < 2:  # biases are permuted, norm parameters kept
                 torch.testing.assert_close(turned[name].sort()[0], p.sort()[0])
+
+
+def test_overhead_breakdown_strips_one_kind_of_key_op_at_a_time(tmp_path, capsys):
+    import onnx
+    import onnxruntime as ort
+
+    import overhead_breakdown as ob
+
+    bm = BENCH_MODELS["mlp"]
+    pair = overhead.export_pair(bm, "ONNX", tmp_path)
+    locked = onnx.load(str(pair.locked))
+    key_name = locked.graph.input[-1].name
+    # 3 locked linears, keyed and mixed on both sides
+    assert ob.count_key_ops(locked) == {"gather": 6, "scale": 6, "unmix": 6}
+    x = bm.example(2).numpy()
+
+    def run(model: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        return session.run(None, {"x": x, key_name: pair.key})[0]
+
+    expected = run(locked)
+    np.testing.assert_array_equal(run(ob.strip_key_ops(locked, frozenset())), expected)
+    for kinds in ob.VARIANTS.values():
+        stripped = ob.strip_key_ops(locked, kinds)
+        onnx.checker.check_model(stripped)
+        left = ob.count_key_ops(stripped)
+        assert all(left[k] == (0 if k in kinds else 6) for k in ob.KINDS)
+        out = run(stripped)
+        assert out.shape == expected.shape and not np.allclose(out, expected, atol=1e-3)
+    bare = ob.strip_key_ops(locked, frozenset(ob.KINDS))
+    assert ob.key_derived(bare.graph, key_name) == {key_name}  # the key decoding is gone
+    assert {n.op_type for n in bare.graph.node} <= {
+        "Identity",
+        "Transpose",
+        "Reshape",
+        "Gemm",
+        "Relu",
+    }
+
+    row = ob.Breakdown("mlp", 1, {"original": 1.0, "locked": 3.0, "no key Gather": 2.0})
+    assert row.ratio("locked") == 3.0 and row.share("no key Gather") == 0.5
+    rows = ob.breakdown_model("mlp", tmp_path, blocks=2, block_s=0.001, log=lambda s: None)
+    assert [r.batch for r in rows] == [1, 32]
+    assert all(set(r.seconds) == {"original", "locked", *ob.VARIANTS} for r in rows)
+    table = ob.markdown_table(rows)
+    assert table.count("| mlp | ") == 2 and "mlp: 6 Gather, 6 Mul, 6 un-mix" in table
+    with pytest.raises(SystemExit):
+        ob.main(["--models", "lstm"])
+    assert "Scan body" in capsys.readouterr().err
