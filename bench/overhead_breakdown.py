@@ -5,19 +5,19 @@ The lock adds three kinds of ops around every locked layer (DESIGN.md §3): the 
 (the secret permutation), the key's **Mul** (the secret scales) and the public **un-mix** (a
 batched MatMul of 16×16 blocks, or a grouped 1×1 Conv on a conv's channel axis).  For each model
 this exports the original and the locked model with the bench's ``export_pair`` (seed 0, the
-default lock), finds those ops in the locked graph (Gathers and Muls fed by the key; MatMuls
-with a constant ``(k, b, b)`` block stack; grouped 1×1 Convs with a constant weight) and writes
+default lock), finds those ops in the locked graph and in its ``Scan`` bodies (Gathers and Muls
+fed by the key; MatMuls with a constant ``(k, b, b)`` block stack, or with one that carries the
+key's scales, as in the recurrent cells; grouped 1×1 Convs with a constant weight) and writes
 variants of the graph in which the ops of one kind, or of all three, are replaced by Identity.
 Nodes left without a consumer (the key decoding, once nothing reads it) are removed.  What the
 "all three" variant still adds over the original is the layout: transposes into channel-first
-rows, the reshapes around the blocks, the GEMM's operand order, and the fusions the key ops
-broke.
+rows, the reshapes around the blocks, the GEMM's operand order, the regrouped depthwise convs,
+and for the LSTM/GRU the cell written out in a ``Scan`` instead of onnxruntime's fused op.
 
 The variants compute garbage (that is the point of the key ops); only their latency is used.
 All sides are timed in one process, interleaved (:func:`machine.measure_interleaved`), 1 thread,
 batch 1 and 32, and printed as ratios to the original, with each kind's share of the overhead,
-``(locked - variant) / (locked - original)``.  The recurrent models are not offered: their key
-ops on the hidden state run inside a ``Scan`` body, which this does not rewrite.
+``(locked - variant) / (locked - original)``.
 
 Usage::
 
@@ -52,14 +52,40 @@ VARIANTS: dict[str, frozenset[str]] = {
     "no un-mix": frozenset({"unmix"}),
     "none of the three": frozenset(KINDS),
 }
-MODELS = tuple(name for name in BENCH_MODELS if name not in ("lstm", "gru"))
+MODELS = tuple(BENCH_MODELS)
 BATCHES = (1, 32)
 
 
-def key_derived(graph: onnx.GraphProto, key_name: str) -> set[str]:
-    """Names of the tensors computed from the key and constants only (the key decoding)."""
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies of a control-flow node (a ``Scan``'s loop body)."""
+    return [attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
+
+
+def _free_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads from the scope around it."""
+    local = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(node.input)
+        for body in _subgraphs(node):
+            used |= _free_names(body)
+        local.update(node.output)
+    return used - local
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Everything a node reads: its inputs and what its bodies take from the outer scope."""
+    names = set(node.input)
+    for body in _subgraphs(node):
+        names |= _free_names(body)
+    return names
+
+
+def key_derived(graph: onnx.GraphProto, derived: set[str]) -> set[str]:
+    """``derived`` grown by the tensors of ``graph`` computed from it and constants only (the
+    key decoding; in a loop body, the per-step use of key parts decoded outside)."""
     constants = {init.name for init in graph.initializer} | {""}
-    derived = {key_name}
+    derived = set(derived)
     for node in graph.node:  # ONNX graphs are topologically sorted
         if node.op_type == "Constant":
             constants.update(node.output)
@@ -77,27 +103,65 @@ def _attribute(node: onnx.NodeProto, name: str, default: object) -> object:
     return default
 
 
-def classify_key_ops(graph: onnx.GraphProto, key_name: str) -> dict[int, tuple[str, str]]:
-    """Node index → (kind, the data input an Identity would pass on) for every key op."""
-    derived = key_derived(graph, key_name)
-    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
-    ops: dict[int, tuple[str, str]] = {}
+def _classify(node: onnx.NodeProto, derived: set[str], shapes: dict) -> tuple[str, str] | None:
+    """(kind, the data input an Identity would pass on) if ``node`` is a key op."""
+    ins = list(node.input)
+    keyed = [name in derived for name in ins]
+    if node.op_type == "Gather" and keyed == [False, True]:
+        return "gather", ins[0]
+    if node.op_type == "Mul" and sum(keyed) == 1:
+        return "scale", ins[keyed.index(False)]
+    if node.op_type == "MatMul":
+        if sum(keyed) == 1:  # an un-mix whose blocks carry the key's scales (recurrent cells)
+            return "unmix", ins[keyed.index(False)]
+        block = [i for i, name in enumerate(ins) if len(shapes.get(name, ())) == 3]
+        dims = shapes[ins[block[0]]] if len(block) == 1 else ()
+        if dims and dims[1] == dims[2] and not any(keyed):
+            return "unmix", ins[1 - block[0]]
+    if node.op_type == "Conv" and int(_attribute(node, "group", 1)) > 1:
+        weight = shapes.get(ins[1], ())
+        if len(weight) >= 3 and all(d == 1 for d in weight[2:]):
+            return "unmix", ins[0]
+    return None
+
+
+def _key_ops(
+    graph: onnx.GraphProto, derived: set[str], shapes: dict
+) -> list[tuple[onnx.GraphProto, int, str, str]]:
+    """(graph, node index, kind, data input) of every key op in ``graph`` and its bodies."""
+    derived = key_derived(graph, derived)
+    shapes = {**shapes, **{init.name: tuple(init.dims) for init in graph.initializer}}
+    found = []
     for i, node in enumerate(graph.node):
-        ins = list(node.input)
-        if node.op_type == "Gather" and ins[1] in derived and ins[0] not in derived:
-            ops[i] = ("gather", ins[0])
-        elif node.op_type == "Mul" and sum(name in derived for name in ins) == 1:
-            ops[i] = ("scale", next(name for name in ins if name not in derived))
-        elif node.op_type == "MatMul":
-            block = [name for name in ins if len(shapes.get(name, ())) == 3]
-            dims = shapes[block[0]] if len(block) == 1 else ()
-            if dims and dims[1] == dims[2] and not set(ins) & derived:
-                ops[i] = ("unmix", next(name for name in ins if name != block[0]))
-        elif node.op_type == "Conv" and int(_attribute(node, "group", 1)) > 1:
-            weight = shapes.get(ins[1], ())
-            if len(weight) >= 3 and all(d == 1 for d in weight[2:]) and weight[0] % weight[1] == 0:
-                ops[i] = ("unmix", ins[0])
-    return ops
+        op = _classify(node, derived, shapes)
+        if op is not None:
+            found.append((graph, i, *op))
+        for body in _subgraphs(node):
+            found += _key_ops(body, derived, shapes)
+    return found
+
+
+def classify_key_ops(model: onnx.ModelProto) -> list[tuple[onnx.GraphProto, int, str, str]]:
+    """Every key op of the model, loop bodies included: (graph, node index, kind, data input)."""
+    return _key_ops(model.graph, {model.graph.input[-1].name}, {})
+
+
+def _prune(graph: onnx.GraphProto) -> None:
+    """Drop nodes nothing needs (bodies first) and initializers nothing reads."""
+    for node in graph.node:
+        for body in _subgraphs(node):
+            _prune(body)
+    needed = {o.name for o in graph.output}
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed |= _reads(node)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    initializers = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
 
 
 def strip_key_ops(model: onnx.ModelProto, kinds: frozenset[str]) -> onnx.ModelProto:
@@ -105,30 +169,18 @@ def strip_key_ops(model: onnx.ModelProto, kinds: frozenset[str]) -> onnx.ModelPr
     unused initializers removed (the graph inputs stay, so it takes the same feed)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    graph = out.graph
-    key_name = graph.input[-1].name
-    for i, (kind, data) in classify_key_ops(graph, key_name).items():
+    for graph, i, kind, data in classify_key_ops(out):
         if kind in kinds:
-            node = graph.node[i]
-            graph.node[i].CopyFrom(onnx.helper.make_node("Identity", [data], [node.output[0]]))
-    needed = {o.name for o in graph.output}
-    kept: list[onnx.NodeProto] = []
-    for node in reversed(graph.node):
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed.update(node.input)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [init for init in graph.initializer if init.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
+            output = graph.node[i].output[0]
+            graph.node[i].CopyFrom(onnx.helper.make_node("Identity", [data], [output]))
+    _prune(out.graph)
     return out
 
 
 def count_key_ops(model: onnx.ModelProto) -> dict[str, int]:
-    """How many key ops of each kind the model's outer graph has."""
-    ops = classify_key_ops(model.graph, model.graph.input[-1].name)
-    return {kind: sum(k == kind for k, _ in ops.values()) for kind in KINDS}
+    """How many key ops of each kind the model has (one in a loop body counts once)."""
+    kinds = [kind for _, _, kind, _ in classify_key_ops(model)]
+    return {kind: kinds.count(kind) for kind in KINDS}
 
 
 @dataclass
@@ -204,7 +256,7 @@ def markdown_table(rows: Sequence[Breakdown]) -> str:
     counts = {r.model: r.counts for r in rows}
     lines += [
         "",
-        "Key ops per model (outer graph): "
+        "Key ops per model (one in a Scan body counted once): "
         + "; ".join(
             f"{m}: {c['gather']} Gather, {c['scale']} Mul, {c['unmix']} un-mix"
             for m, c in counts.items()
@@ -216,7 +268,9 @@ def markdown_table(rows: Sequence[Breakdown]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--models", default="mlp,transformer,resnet18_32", help=f"subset of {', '.join(MODELS)}"
+        "--models",
+        default="mlp,transformer,resnet18_32,lstm,gru",
+        help=f"subset of {', '.join(MODELS)}",
     )
     parser.add_argument("--blocks", type=int, default=8, help="interleaved blocks per side")
     parser.add_argument("--block-ms", type=float, default=150.0, help="one side's block, ms")
@@ -224,10 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     bad = [n for n in names if n not in MODELS]
     if bad:
-        parser.error(
-            f"unknown or unsupported model(s) {bad}; choose from {', '.join(MODELS)} "
-            "(the recurrent models' key ops run inside a Scan body, which is not rewritten)"
-        )
+        parser.error(f"unknown model(s) {bad}; choose from {', '.join(MODELS)}")
     start = time.perf_counter()
     rows: list[Breakdown] = []
     with tempfile.TemporaryDirectory(prefix="skprotect_breakdown_") as tmp:

@@ -290,7 +290,7 @@ def test_overhead_breakdown_strips_one_kind_of_key_op_at_a_time(tmp_path, capsys
         out = run(stripped)
         assert out.shape == expected.shape and not np.allclose(out, expected, atol=1e-3)
     bare = ob.strip_key_ops(locked, frozenset(ob.KINDS))
-    assert ob.key_derived(bare.graph, key_name) == {key_name}  # the key decoding is gone
+    assert ob.key_derived(bare.graph, {key_name}) == {key_name}  # the key decoding is gone
     assert {n.op_type for n in bare.graph.node} <= {
         "Identity",
         "Transpose",
@@ -307,5 +307,26 @@ def test_overhead_breakdown_strips_one_kind_of_key_op_at_a_time(tmp_path, capsys
     table = ob.markdown_table(rows)
     assert table.count("| mlp | ") == 2 and "mlp: 6 Gather, 6 Mul, 6 un-mix" in table
     with pytest.raises(SystemExit):
-        ob.main(["--models", "lstm"])
-    assert "Scan body" in capsys.readouterr().err
+        ob.main(["--models", "mlp,resnet50"])
+    assert "unknown model(s) ['resnet50']" in capsys.readouterr().err
+
+
+def test_overhead_breakdown_reaches_into_the_recurrent_scan_body(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    import overhead_breakdown as ob
+
+    bm = BENCH_MODELS["gru"]
+    pair = overhead.export_pair(bm, "ONNX", tmp_path)
+    locked = onnx.load(str(pair.locked))
+    ops = ob.classify_key_ops(locked)
+    in_body = {kind for graph, _, kind, _ in ops if graph is not locked.graph}
+    assert in_body == {"gather", "unmix"}  # the hidden state's key ops, scales folded in
+    bare = ob.strip_key_ops(locked, frozenset(ob.KINDS))
+    assert ob.count_key_ops(bare) == {"gather": 0, "scale": 0, "unmix": 0}
+    key_name = locked.graph.input[-1].name
+    assert ob.key_derived(bare.graph, {key_name}) == {key_name}
+    x = bm.example(2).numpy()
+    session = ort.InferenceSession(bare.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": x, key_name: pair.key})[0].shape == (2, 10)
