@@ -2,10 +2,15 @@
 
     python bench/audit_gate.py --out audit-gate            # the full gate (hours)
     python bench/audit_gate.py --out /tmp/g --quick --models mlp --budgets 1
+    python bench/audit_gate.py --out g --cells cells --models mlp --budgets 25 &   # two processes
+    python bench/audit_gate.py --out g --cells cells --models mlp --budgets 25     # share the cells
 
 Writes ``audit_gate.md`` and ``audit_gate.json`` to ``--out`` (rewritten after every model, so
 a long run that stops keeps what it measured), prints progress with elapsed times, and exits 1
-unless every model ran and passed.  The markdown starts with the exact command and the date:
+unless every model ran and passed.  With ``--cells DIR`` every finished cell (a baseline, or one
+attack variant at one budget) is kept in DIR with the networks it attacks, so a stopped run
+goes on where it stopped, and two processes on the same DIR share the work
+(``skprotect_pytorch.audit.cells``).  The markdown starts with the exact command and the date:
 it is the text committed as ``docs/security.md``'s measured section.
 """
 
@@ -105,6 +110,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--seeds", type=int, default=None, help=f"default {GATE_SEEDS} (1 if quick)")
     p.add_argument("--victim-epochs", type=int, default=None, help="default: the suite's")
+    p.add_argument(
+        "--cells",
+        type=Path,
+        help="folder that keeps finished cells and the attacked networks: rerun to resume, or "
+        "run two processes on it to share the work",
+    )
     p.add_argument("--preset", default=DEFAULT_PRESET, help="lock preset (strong, balanced)")
     p.add_argument(
         "--mix-condition",
@@ -152,6 +163,7 @@ def run_gate(argv: list[str], log=print) -> GateResult:
             seeds=args.seeds or (None if args.quick else GATE_SEEDS),
             victim_epochs=args.victim_epochs,
             lock_settings=args.settings,
+            cells=args.cells,
         )
 
         def progress(line: str, name: str = name) -> None:

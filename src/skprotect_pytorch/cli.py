@@ -91,6 +91,14 @@ def audit(
     markdown_file: Annotated[
         Path | None, typer.Option("--markdown", help="Write the report as markdown to this file.")
     ] = None,
+    cells: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep every finished cell (a baseline, or one attack at one budget) and the "
+            "attacked networks in this folder: run again to go on where a run stopped, or run "
+            "two processes on it to share the work."
+        ),
+    ] = None,
 ) -> None:
     """Attack a locked reference model as a thief with the files and x % of the data would;
     print the report and exit 1 when the gate fails (docs/security.md)."""
@@ -107,16 +115,21 @@ def audit(
     if not values or any(not 0 < b <= 100 for b in values):
         typer.echo(f"error: every budget must be in (0, 100], got '{budgets}'", err=True)
         raise typer.Exit(2)
-    report = run_audit(
-        AuditConfig(
-            model=model.value,
-            budgets=values,
-            quick=quick,
-            seeds=seeds,
-            lock_settings=LockSettings.preset(preset.value),
-        ),
-        log=lambda line: typer.echo(line, err=True),
-    )
+    try:
+        report = run_audit(
+            AuditConfig(
+                model=model.value,
+                budgets=values,
+                quick=quick,
+                seeds=seeds,
+                lock_settings=LockSettings.preset(preset.value),
+                cells=cells,
+            ),
+            log=lambda line: typer.echo(line, err=True),
+        )
+    except SkProtectError as err:  # e.g. an unwritable or damaged --cells folder
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     text = report.to_markdown()
     if json_file is not None:
         json_file.write_text(report.to_json())

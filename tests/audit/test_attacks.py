@@ -31,6 +31,7 @@ from skprotect_pytorch.audit.data import make_tabular_task
 from skprotect_pytorch.audit.models import SweepConfig, TabularMLP
 from skprotect_pytorch.audit.report import AuditReport, AuditRow
 from skprotect_pytorch.cli import app
+from skprotect_pytorch.errors import StateError
 from skprotect_pytorch.lock import lock_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -202,14 +203,24 @@ def test_cli_audit_writes_reports_and_exits_with_the_verdict(tmp_path, monkeypat
             str(out_json),
             "--markdown",
             str(out_md),
+            "--cells",
+            str(tmp_path / "cells"),
         ],
     )
     assert result.exit_code == 0, result.output
     assert seen["config"].budgets == (1.0, 5.0) and seen["config"].quick
+    assert seen["config"].cells == tmp_path / "cells"
     assert json.loads(out_json.read_text())["passed"] is True
     assert "| A0 | null key |" in out_md.read_text()
     bad = CliRunner().invoke(app, ["audit", "--budgets", "0,x"])
     assert bad.exit_code == 2
+
+    def unwritable(config, log=print):
+        raise StateError("Cannot use /x for the audit's cells (Read-only file system); ...")
+
+    monkeypatch.setattr(audit_pkg, "run_audit", unwritable)
+    refused = CliRunner().invoke(app, ["audit", "--quick", "--cells", "/x"])
+    assert refused.exit_code == 2 and "error: Cannot use /x" in refused.output
 
 
 @pytest.mark.slow

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +27,9 @@ from .attacks import (
     permutation_recovery,
     weight_cosines,
 )
+from .cells import PENDING, CellStore
 from .models import QUICK_SWEEP, SweepConfig, accuracy
-from .public_base import attack_public_base, lock_public_base_victim
+from .public_base import LockedPublicBaseVictim, attack_public_base, make_public_base_victim
 from .report import AuditReport, AuditRow
 from .statistics import attack_statistics
 from .stored_weights import aligned_weight_correlations
@@ -54,6 +57,9 @@ class AuditConfig:
     lock_seed: int = 1
     threads: int | None = 1
     """Torch threads while auditing (tiny models: one thread avoids oversubscription)."""
+    cells: Path | None = None
+    """Folder for finished cells (:mod:`.cells`): a run that stops keeps them, a later run or a
+    second process on the same folder reuses them; ``None`` keeps them in memory."""
     lock_settings: LockSettings = field(default_factory=LockSettings)
 
     def resolved(self) -> tuple[ReferenceSpec, SweepConfig, int, int]:
@@ -79,33 +85,46 @@ class AuditConfig:
         return torch.from_numpy(self.lock(model, self.lock_seed + 1000 + index).layout.static_key())
 
 
-def _row(
-    outcome: AttackOutcome,
-    reference: float,
+def _rows(
+    outcomes: Sequence[AttackOutcome],
     stolen: StolenModel,
     true_perms,
     original: torch.nn.Module,
     twin: torch.nn.Module | None = None,
-) -> AuditRow:
-    row = AuditRow(
-        outcome.attack,
-        outcome.variant,
-        outcome.budget,
-        outcome.accuracy,
-        outcome.accuracies,
-        reference,
-    )
-    control = outcome.extra.get("control")
-    row.control = float(np.mean(control)) if control else None
-    if outcome.recovered_keys:
-        recov = [permutation_recovery(stolen, k, true_perms) for k in outcome.recovered_keys]
-        cos = [weight_cosines(stolen, k, original, twin=twin) for k in outcome.recovered_keys]
-        row.perm_recovered = max(r for r, _ in recov)
-        row.perm_chance = recov[0][1]
-        row.max_cos = max(c["max_cos"] for c in cos)
-        row.max_cos_floor = max(c["max_cos_floor"] for c in cos)
-        row.cos_excess = max(c["cos_excess"] for c in cos)
-    row.notes = list(outcome.notes)
+    reference: float | None = None,
+) -> list[dict]:
+    """The report rows of ``outcomes`` as stored in a cell: scored against the truth, not yet
+    judged; ``reference`` None means B(x), filled in when the report is assembled."""
+    rows = []
+    for outcome in outcomes:
+        row = AuditRow(
+            outcome.attack,
+            outcome.variant,
+            outcome.budget,
+            outcome.accuracy,
+            outcome.accuracies,
+            reference,  # type: ignore[arg-type]  # B(x) is set by _judged
+        )
+        control = outcome.extra.get("control")
+        row.control = float(np.mean(control)) if control else None
+        if outcome.recovered_keys:
+            recov = [permutation_recovery(stolen, k, true_perms) for k in outcome.recovered_keys]
+            cos = [weight_cosines(stolen, k, original, twin=twin) for k in outcome.recovered_keys]
+            row.perm_recovered = max(r for r, _ in recov)
+            row.perm_chance = recov[0][1]
+            row.max_cos = max(c["max_cos"] for c in cos)
+            row.max_cos_floor = max(c["max_cos_floor"] for c in cos)
+            row.cos_excess = max(c["cos_excess"] for c in cos)
+        row.notes = list(outcome.notes)
+        rows.append(asdict(row))
+    return rows
+
+
+def _judged(stored: dict, baselines: dict[str, float]) -> AuditRow:
+    """A stored row as a judged :class:`AuditRow` (B(x) filled in where it is the reference)."""
+    row = AuditRow(**stored)
+    if row.reference is None:
+        row.reference = baselines[f"{row.budget:g}"]
     return row.judge()
 
 
@@ -129,12 +148,29 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     unknown = set(config.attacks) - set(ATTACKS)
     if unknown:
         raise ValueError(f"Unknown attacks {sorted(unknown)}; implemented: {', '.join(ATTACKS)}")
+    context = {
+        "model": spec.name,
+        "seeds": n_seeds,
+        "sweep": asdict(sweep),
+        "victim_epochs": victim_epochs,
+        "data_seed": config.data_seed,
+        "lock_seed": config.lock_seed,
+        "lock_settings": asdict(config.lock_settings),
+    }
+    store = CellStore(config.cells, context)
 
     task = spec.task(config.data_seed)
-    model = spec.train_victim(task, victim_epochs)
     # The cosine check's noise floor: the same architecture trained with another seed (what
     # any trained network shares with the victim, e.g. smooth conv kernels).
-    twin = spec.train_victim(task, victim_epochs, seed=1)
+    nets = store.modules(
+        "victims",
+        spec.factory,
+        lambda: {
+            "victim": spec.train_victim(task, victim_epochs),
+            "twin": spec.train_victim(task, victim_epochs, seed=1),
+        },
+    )
+    model, twin = nets["victim"], nets["twin"]
 
     locked = config.lock(model, config.lock_seed)
     stored = [
@@ -148,53 +184,115 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     log(f"victim {spec.name}: {100 * full:.2f} % with the key; chance {100 * task.chance:.2f} %")
     other_key = config.other_key(model)
 
-    rows: list[AuditRow] = []
+    a5: list = []
+
+    def a5_victim():
+        """A5's locked fine-tuned victim, built once (its networks stored as cells)."""
+        if not a5:
+            pair = store.modules(
+                "a5_public_base",
+                spec.factory,
+                lambda: vars(make_public_base_victim(spec.factory, task, epochs=victim_epochs)),
+            )
+            lock = config.lock(pair["victim"], config.lock_seed + 2000)
+            a5.append(LockedPublicBaseVictim.from_lock(pair["base"], pair["victim"], lock, task))
+        return a5[0]
+
+    def scored(outcomes: Sequence[AttackOutcome]) -> dict:
+        return {"rows": _rows(outcomes, stolen, true_perms, model, twin)}
+
+    def a5_cell(budget: float) -> dict:
+        v = a5_victim()
+        matched, direct = attack_public_base(v.stolen, v.base, task, budget, sweep, seeds)
+        rows = _rows([matched], v.stolen, v.true_perms, v.victim, reference=direct.accuracy)
+        return {"rows": rows, "victim_accuracy": v.full_accuracy}
+
+    def attack_cells(attack: str, budget: float) -> list[tuple[str, Callable[[], dict]]]:
+        """The cells of one attack at one budget: one per independently trained variant."""
+        args = (task, budget, sweep, seeds)
+        cells = {
+            "A1": [
+                (f"A1-{kind}", lambda k=kind: [attack_finetune(stolen, *args, key_kind=k)])
+                for kind in ("null", "random")
+            ],
+            "A2": [
+                (f"A2-{name}", lambda j=joint: [attack_key_learning(stolen, *args, joint=j)])
+                for name, joint in (("frozen", False), ("joint", True))
+            ],
+            "A3": [("A3", lambda: [attack_statistics(stolen, *args)])],
+            "A4": [("A4", lambda: attack_alignment(stolen, spec.factory, *args))],
+        }
+        if attack == "A5":
+            return [(f"A5@{budget:g}", lambda: a5_cell(budget))]
+        return [(f"{name}@{budget:g}", lambda f=f: scored(f())) for name, f in cells[attack]]
+
+    plan: list[tuple[str, Callable[[], Any]]] = []
     if "A0" in config.attacks:
-        for o in attack_no_key(stolen, task, other_key=other_key, seed=config.lock_seed):
-            rows.append(_row(o, task.chance, stolen, true_perms, model, twin))
-            log(f"A0 {o.variant}: {100 * o.accuracy:.2f} %")
-
-    baselines: dict[str, float] = {}
-    baseline_seeds: dict[str, list[float]] = {}
-    a5 = None
-
-    def lock_fn(victim: torch.nn.Module) -> LockedModel:
-        return config.lock(victim, config.lock_seed + 2000)
-
+        plan.append(
+            (
+                "A0",
+                lambda: {
+                    "rows": _rows(
+                        attack_no_key(stolen, task, other_key=other_key, seed=config.lock_seed),
+                        stolen,
+                        true_perms,
+                        model,
+                        twin,
+                        reference=task.chance,
+                    )
+                },
+            )
+        )
     if set(config.attacks) - {"A0"}:
         for budget in config.budgets:
-            b = baseline_from_scratch(spec.factory, task, budget, sweep, seeds)
-            baselines[f"{budget:g}"] = b.accuracy
-            baseline_seeds[f"{budget:g}"] = b.accuracies
-            log(f"B({budget:g} %): {100 * b.accuracy:.2f} % {b.accuracies}")
-            outcomes: list[AttackOutcome] = []
-            if "A1" in config.attacks:
-                for kind in ("null", "random"):
-                    outcomes.append(
-                        attack_finetune(stolen, task, budget, sweep, seeds, key_kind=kind)
-                    )
-            if "A2" in config.attacks:
-                for joint in (False, True):
-                    outcomes.append(
-                        attack_key_learning(stolen, task, budget, sweep, seeds, joint=joint)
-                    )
-            if "A3" in config.attacks:
-                outcomes.append(attack_statistics(stolen, task, budget, sweep, seeds))
-            if "A4" in config.attacks:
-                outcomes += attack_alignment(stolen, spec.factory, task, budget, sweep, seeds)
-            for o in outcomes:
-                rows.append(_row(o, b.accuracy, stolen, true_perms, model, twin))
-                log(f"{o.attack} {o.variant} at {budget:g} %: {100 * o.accuracy:.2f} %")
-            if "A5" in config.attacks:
-                a5 = a5 or lock_public_base_victim(
-                    spec.factory, task, lock_fn, epochs=victim_epochs
+            plan.append(
+                (
+                    f"B@{budget:g}",
+                    lambda b=budget: (
+                        baseline_from_scratch(spec.factory, task, b, sweep, seeds).accuracies
+                    ),
                 )
-                matched, direct = attack_public_base(a5.stolen, a5.base, task, budget, sweep, seeds)
-                rows.append(_row(matched, direct.accuracy, a5.stolen, a5.true_perms, a5.victim))
-                log(
-                    f"A5 at {budget:g} %: matched {100 * matched.accuracy:.2f} %, fine-tuned base "
-                    f"{100 * direct.accuracy:.2f} % (victim {100 * a5.full_accuracy:.2f} %)"
+            )
+            for attack in ATTACKS[1:]:
+                if attack in config.attacks:
+                    plan += attack_cells(attack, budget)
+
+    values: dict[str, Any] = {}
+
+    def report_cell(name: str, value: Any) -> None:
+        values[name] = value
+        if name.startswith("B@"):
+            log(f"B({name[2:]} %): {100 * float(np.mean(value)):.2f} % {value}")
+            return
+        for r in value["rows"]:
+            at = "" if r["budget"] is None else f" at {r['budget']:g} %"
+            line = f"{r['attack']} {r['variant']}{at}: {100 * r['accuracy']:.2f} %"
+            if r["attack"] == "A5":
+                line += (
+                    f" (fine-tuned base {100 * r['reference']:.2f} %, "
+                    f"victim {100 * value['victim_accuracy']:.2f} %)"
                 )
+            log(line)
+
+    pending = []
+    for name, compute in plan:
+        value = store.try_get(name, compute)
+        if value is PENDING:
+            log(f"{name}: being computed by another process; coming back to it")
+            pending.append((name, compute))
+        else:
+            report_cell(name, value)
+    for name, compute in pending:
+        report_cell(name, store.get(name, compute))
+
+    baselines = {name[2:]: float(np.mean(v)) for name, v in values.items() if name[:2] == "B@"}
+    baseline_seeds = {name[2:]: v for name, v in values.items() if name[:2] == "B@"}
+    rows = [
+        _judged(r, baselines)
+        for name, _ in plan
+        if not name.startswith("B@")
+        for r in values[name]["rows"]
+    ]
 
     settings = {
         "model": spec.name,
@@ -220,4 +318,5 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         not_run=list(NOT_IMPLEMENTED),
         seconds=time.perf_counter() - start,
         stored_weights=stored,
+        cells=store.summary(),
     )

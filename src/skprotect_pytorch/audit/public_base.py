@@ -110,18 +110,12 @@ class LockedPublicBaseVictim:
     stolen: StolenModel
     full_accuracy: float
 
-
-def lock_public_base_victim(
-    make_model: Callable[[], nn.Module],
-    task: Task,
-    lock: Callable[[nn.Module], LockedModel],
-    *,
-    epochs: int,
-) -> LockedPublicBaseVictim:
-    """Build the fine-tuned victim of :func:`make_public_base_victim` and lock it with ``lock``."""
-    pair = make_public_base_victim(make_model, task, epochs=epochs)
-    locked = lock(pair.victim)
-    stolen = StolenModel.from_locked(locked)
-    true_key = torch.from_numpy(locked.layout.static_key())
-    full = accuracy(stolen.forward_with(true_key), task.x_test, task.y_test)
-    return LockedPublicBaseVictim(pair.base, pair.victim, locked.layout.perms, stolen, full)
+    @classmethod
+    def from_lock(
+        cls, base: nn.Module, victim: nn.Module, locked: LockedModel, task: Task
+    ) -> LockedPublicBaseVictim:
+        """The victim of :func:`make_public_base_victim` as locked by ``locked``."""
+        stolen = StolenModel.from_locked(locked)
+        true_key = torch.from_numpy(locked.layout.static_key())
+        full = accuracy(stolen.forward_with(true_key), task.x_test, task.y_test)
+        return cls(base, victim, locked.layout.perms, stolen, full)

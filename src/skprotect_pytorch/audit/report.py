@@ -93,6 +93,9 @@ class AuditReport:
     stored_weights: list[dict] = field(default_factory=list)
     """Gate 4 per keyed matrix: ``layer``, ``shape``, ``correlation``, ``noise_floor``,
     ``passed`` (see :mod:`skprotect_pytorch.audit.stored_weights`)."""
+    cells: dict = field(default_factory=dict)
+    """Where the run kept its cells (``AuditConfig.cells``): ``folder``, how many were
+    ``computed`` and ``reused``, and ``cell_seconds``, the compute time of all of them."""
 
     @property
     def passed(self) -> bool:
@@ -124,6 +127,15 @@ class AuditReport:
         data["notes"] = self.notes
         return json.dumps(data, indent=2)
 
+    def _cells_text(self) -> str:
+        if not self.cells.get("folder"):
+            return ""
+        c = self.cells
+        return (
+            f" ({c['computed']} cells computed, {c['reused']} reused from `{c['folder']}`; "
+            f"{c['cell_seconds']:.0f} s of compute in all)"
+        )
+
     def to_markdown(self) -> str:
         def pct(v: float | None) -> str:
             return "" if v is None else f"{100 * v:.2f}"
@@ -137,7 +149,8 @@ class AuditReport:
             f"- accuracy of the unlocked model (true key): {pct(self.full_accuracy)} %; "
             f"chance: {pct(self.chance)} %",
             f"- settings: `{json.dumps(self.settings)}`",
-            f"- time: {self.seconds:.0f} s; gate: **{'PASS' if self.passed else 'FAIL'}**",
+            f"- time: {self.seconds:.0f} s{self._cells_text()}; "
+            f"gate: **{'PASS' if self.passed else 'FAIL'}**",
             "",
             "| attack | variant | x % | accuracy % | reference % | no-files control % | "
             "perm. recovered | chance | max row cos | floor | cos excess | verdict |",

@@ -1,0 +1,247 @@
+"""A folder of finished audit cells, so that a gate run of many hours can stop and go on later,
+run as two processes on two cores, and never mix results from two victims (issue 5).
+
+A *cell* is one unit of the audit that the rest does not depend on: a baseline B(x), or one
+attack variant at one budget with all its seeds.  Its result is stored as JSON under a folder
+named for everything it depends on (model, victim epochs, data and lock seeds, lock settings,
+sweep, seed count); the trained networks it attacks (victim, twin, A5's base and victim) are
+stored there too, so a later run, on this machine or another one, attacks the very same
+networks instead of retraining them.  Writes are atomic: a run killed mid-cell loses that cell
+only.  A process claims a cell with a ``.claim`` file before it computes it; another process
+on the same folder skips claimed cells, computes the others, then waits for the claimed ones
+(a claim whose process has died on this host is taken over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from skruntime.config import atomic_write_bytes
+
+from ..errors import StateError
+
+CELL_FORMAT = 1
+"""Bumped when what a cell stores changes: older folders are then not reused."""
+
+PENDING = object()
+"""What :meth:`CellStore.try_get` returns for a cell another live process is computing."""
+
+
+def fingerprint(context: dict[str, Any]) -> str:
+    """A short hash of the run settings a cell depends on (sorted JSON)."""
+    text = json.dumps({"cell_format": CELL_FORMAT, **context}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _process_alive(host: str, pid: int) -> bool:
+    """Whether the claim's process still runs; a claim from another host is assumed alive."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CellStore:
+    """Finished cells of one audit run: in memory (``root=None``) or in ``root/<model>-<hash>``.
+
+    ``context`` is every setting the cells depend on; it names the folder and is written beside
+    the cells as ``settings.json``.
+    """
+
+    def __init__(self, root: Path | None, context: dict[str, Any], *, poll_s: float = 5.0) -> None:
+        self.context = context
+        self.poll_s = poll_s
+        self.reused = 0
+        self.computed = 0
+        self.cell_seconds = 0.0
+        """Compute time of every cell in this run's report, reused ones included."""
+        self._memory: dict[str, Any] = {}
+        self.folder: Path | None = None
+        if root is not None:
+            name = f"{context.get('model', 'audit')}-{fingerprint(context)}"
+            self.folder = Path(root) / name
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                settings = self.folder / "settings.json"
+                if not settings.exists():
+                    text = json.dumps(context, indent=2, sort_keys=True, default=str)
+                    atomic_write_bytes(settings, text.encode())
+            except OSError as err:
+                raise StateError(
+                    f"Cannot use {self.folder} for the audit's cells ({err.strerror}); pass a "
+                    "writable folder with free space, or no cell folder at all."
+                ) from err
+
+    def summary(self) -> dict[str, Any]:
+        """What the report says of the cells (empty when they were kept in memory)."""
+        if self.folder is None:
+            return {}
+        return {
+            "folder": str(self.folder),
+            "computed": self.computed,
+            "reused": self.reused,
+            "cell_seconds": round(self.cell_seconds, 1),
+        }
+
+    # -- cells ------------------------------------------------------------------------------
+    def try_get(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The cell's stored value, or ``compute()`` run now and stored; :data:`PENDING` when
+        another live process holds the cell's claim."""
+        if self.folder is None:
+            if name not in self._memory:
+                self._memory[name] = self._timed(compute)
+            return self._memory[name]["value"]
+        path = self.folder / f"{name}.json"
+        while True:
+            if path.exists():
+                return self._load(path)
+            if self._claim(path):
+                try:
+                    if path.exists():  # finished between our check and our claim
+                        return self._load(path)
+                    record = self._timed(compute)
+                    self._write(path, json.dumps(record, indent=2).encode())
+                    return record["value"]
+                finally:
+                    self._release(path)
+            if self._claim_alive(path):
+                return PENDING
+
+    def get(self, name: str, compute: Callable[[], Any]) -> Any:
+        """Like :meth:`try_get`, but waits for a cell another process is computing (taking it
+        over if that process dies)."""
+        while (value := self.try_get(name, compute)) is PENDING:
+            time.sleep(self.poll_s)
+        return value
+
+    def _timed(self, compute: Callable[[], Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        value = compute()
+        seconds = time.perf_counter() - start
+        self.computed += 1
+        self.cell_seconds += seconds
+        return {"value": value, "seconds": seconds, "host": socket.gethostname()}
+
+    def _load(self, path: Path) -> Any:
+        try:
+            record = json.loads(path.read_text())
+            value, seconds = record["value"], float(record["seconds"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise StateError(
+                f"Audit cell {path} is unreadable ({err}); delete it and run again to recompute "
+                "that cell (the other cells are kept)."
+            ) from err
+        self.reused += 1
+        self.cell_seconds += seconds
+        return value
+
+    # -- networks ---------------------------------------------------------------------------
+    def modules(
+        self,
+        name: str,
+        factory: Callable[[], nn.Module],
+        make: Callable[[], dict[str, nn.Module]],
+    ) -> dict[str, nn.Module]:
+        """Networks stored under ``name`` (state dicts loaded into ``factory()``), or ``make()``
+        trained now and stored; in eval mode either way."""
+        if self.folder is None:
+            if name not in self._memory:
+                self._memory[name] = make()
+            return self._memory[name]
+        path = self.folder / f"{name}.pt"
+        while True:
+            if path.exists():
+                return self._load_modules(path, factory)
+            if self._claim(path):
+                try:
+                    if path.exists():
+                        return self._load_modules(path, factory)
+                    nets = make()
+                    buffer = io.BytesIO()
+                    torch.save({k: net.state_dict() for k, net in nets.items()}, buffer)
+                    self._write(path, buffer.getvalue())
+                    return {k: net.eval() for k, net in nets.items()}
+                finally:
+                    self._release(path)
+            if self._claim_alive(path):
+                time.sleep(self.poll_s)
+
+    @staticmethod
+    def _load_modules(path: Path, factory: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+        try:
+            states = torch.load(path, weights_only=True)
+            nets = {}
+            for key, state in states.items():
+                net = factory()
+                net.load_state_dict(state)
+                nets[key] = net.eval()
+        except Exception as err:  # torch raises several types for a damaged or foreign file
+            raise StateError(
+                f"Stored networks {path} cannot be loaded ({type(err).__name__}: {err}); delete "
+                "the whole cell folder and run again (its cells were computed on these networks)."
+            ) from err
+        return nets
+
+    # -- claims and writes ------------------------------------------------------------------
+    def _write(self, path: Path, data: bytes) -> None:
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as err:
+            raise StateError(
+                f"Cannot store audit cell {path} ({err.strerror}); free space or pick another "
+                "folder. Cells stored before are intact."
+            ) from err
+
+    @staticmethod
+    def _claim_path(path: Path) -> Path:
+        return path.with_name(path.name + ".claim")
+
+    def _claim(self, path: Path) -> bool:
+        """Link a written claim file into place (atomic, so never seen empty); ``False`` if
+        another process holds the claim."""
+        claim = self._claim_path(path)
+        tmp = claim.with_name(f".{claim.name}.{os.getpid()}")
+        tmp.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        try:
+            os.link(tmp, claim)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+        return True
+
+    def _claim_alive(self, path: Path) -> bool:
+        """Whether the claim's holder still runs; a dead holder's claim is removed."""
+        claim = self._claim_path(path)
+        try:
+            host, pid = claim.read_text().split()
+            alive = _process_alive(host, int(pid))
+        except FileNotFoundError:
+            return False  # released meanwhile: look again
+        except ValueError:
+            alive = False  # not a claim this module wrote
+        if not alive:
+            with contextlib.suppress(FileNotFoundError):
+                claim.unlink()
+        return alive
+
+    def _release(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._claim_path(path).unlink()

@@ -1,0 +1,189 @@
+"""The audit's cell folder (``AuditConfig.cells``): a stopped run resumes where it stopped with
+the same numbers, two processes share the work without computing a cell twice, and damaged or
+unwritable folders give clear errors without touching the cells already stored."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import skprotect_pytorch.audit as audit_pkg
+import skprotect_pytorch.audit.cells as cells_mod
+from skprotect_pytorch.audit import AuditConfig, run_audit
+from skprotect_pytorch.audit.cells import PENDING, CellStore
+from skprotect_pytorch.audit.suite import ReferenceSpec
+from skprotect_pytorch.errors import StateError
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = {"model": "mlp", "quick": True, "budgets": (1,), "victim_epochs": 2}
+
+
+def _rows(report) -> list[tuple]:
+    return [
+        (r.attack, r.variant, r.budget, r.accuracy, r.reference, r.perm_recovered, r.passed)
+        for r in report.rows
+    ]
+
+
+def _forbid(monkeypatch, *names: str) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stored cell was computed again")
+
+    for name in names:
+        monkeypatch.setattr(audit_pkg, name, refuse)
+
+
+def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_thread):
+    config = AuditConfig(**SMALL, attacks=("A0", "A1"), cells=tmp_path)
+    first = run_audit(config, log=lambda line: None)
+    (folder,) = tmp_path.iterdir()
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        "A0.json",
+        "A1-null@1.json",
+        "A1-random@1.json",
+        "B@1.json",
+        "settings.json",
+        "victims.pt",
+    ]
+    assert first.cells["computed"] == 4 and first.cells["reused"] == 0
+    assert json.loads((folder / "settings.json").read_text())["model"] == "mlp"
+
+    # the same numbers as a run that keeps its cells in memory
+    in_memory = run_audit(AuditConfig(**SMALL, attacks=("A0", "A1")), log=lambda line: None)
+    assert _rows(in_memory) == _rows(first) and in_memory.cells == {}
+
+    # a rerun trains nothing and attacks nothing: every cell and both networks are read back
+    (folder / "A1-random@1.json").rename(tmp_path / "kept.json")  # as if stopped in that cell
+    _forbid(monkeypatch, "baseline_from_scratch", "attack_no_key")
+    monkeypatch.setattr(
+        ReferenceSpec, "train_victim", lambda *a, **k: pytest.fail("victim retrained")
+    )
+    lines: list[str] = []
+    resumed = run_audit(config, log=lines.append)
+    assert resumed.cells["computed"] == 1 and resumed.cells["reused"] == 3
+    assert _rows(resumed) == _rows(first)
+    assert any(line.startswith("A1 fine-tune, random key at 1 %") for line in lines)
+    assert "1 cells computed, 3 reused from" in resumed.to_markdown()
+    assert (
+        json.loads((folder / "A1-random@1.json").read_text())["value"]
+        == json.loads((tmp_path / "kept.json").read_text())["value"]
+    )
+
+
+def test_other_settings_get_their_own_folder(tmp_path, one_thread):
+    run_audit(AuditConfig(**SMALL, attacks=("A0",), cells=tmp_path), log=lambda line: None)
+    run_audit(
+        AuditConfig(**SMALL, attacks=("A0",), cells=tmp_path, lock_seed=7), log=lambda line: None
+    )
+    folders = sorted(tmp_path.iterdir())
+    assert len(folders) == 2
+    seeds = {json.loads((f / "settings.json").read_text())["lock_seed"] for f in folders}
+    assert seeds == {1, 7}
+
+
+def test_a_claimed_cell_is_left_to_its_holder_until_the_holder_dies(tmp_path):
+    store = CellStore(tmp_path, {"model": "m"}, poll_s=0.05)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim = store.folder / "x.json.claim"
+        claim.write_text(f"{cells_mod.socket.gethostname()} {holder.pid}\n")
+        assert store.try_get("x", lambda: pytest.fail("computed a claimed cell")) is PENDING
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.try_get("x", lambda: 42) == 42  # the dead holder's claim is taken over
+    assert not claim.exists() and store.computed == 1
+
+    # a live holder that finishes while we wait: its value, not ours
+    claim = store.folder / "y.json.claim"
+    claim.write_text(f"{cells_mod.socket.gethostname()} {os.getpid()}\n")
+
+    def finish() -> None:
+        time.sleep(0.3)
+        record = {"value": "theirs", "seconds": 5.0, "host": "h"}
+        (store.folder / "y.json").write_text(json.dumps(record))
+        claim.unlink()
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    assert store.get("y", lambda: "ours") == "theirs"
+    thread.join()
+    assert store.reused == 1 and store.cell_seconds >= 5.0
+
+
+def test_damaged_cells_and_unwritable_folders_are_clear_errors(tmp_path, monkeypatch):
+    store = CellStore(tmp_path, {"model": "m"})
+    store.try_get("good", lambda: [1, 2])
+    (store.folder / "bad.json").write_text("{")
+    with pytest.raises(StateError, match=r"bad\.json is unreadable.*delete it"):
+        store.try_get("bad", lambda: 0)
+    (store.folder / "victims.pt").write_bytes(b"not a state dict")
+    with pytest.raises(StateError, match="delete the whole cell folder"):
+        store.modules("victims", lambda: None, lambda: {})
+
+    def disk_full(path, data, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cells_mod, "atomic_write_bytes", disk_full)
+    with pytest.raises(StateError, match="free space"):
+        store.try_get("new", lambda: 1)
+    assert not (store.folder / "new.json").exists()
+    assert not (store.folder / "new.json.claim").exists()  # released: a rerun can compute it
+    assert store.try_get("good", lambda: pytest.fail("recomputed")) == [1, 2]
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateError, match="writable folder"):
+        CellStore(blocker, {"model": "m"})
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_cells_and_compute_each_once(tmp_path):
+    """Two gate runs on one cell folder, started together: each cell is computed by one of
+    them, and both reports hold every row with the same numbers."""
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "audit_gate.py"),
+        "--quick",
+        "--models",
+        "mlp",
+        "--budgets",
+        "1,5",
+        "--attacks",
+        "A0,A1,A3",
+        "--victim-epochs",
+        "2",
+        "--cells",
+        str(tmp_path / "cells"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen(
+            [*command, "--out", str(tmp_path / f"out{i}")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    reports = [
+        json.loads((tmp_path / f"out{i}" / "audit_gate.json").read_text())["models"]["mlp"]
+        for i in range(2)
+    ]
+    n_cells = 1 + 2 * (1 + 2 + 1)  # A0; per budget B, A1 null and random, A3
+    assert sum(r["cells"]["computed"] for r in reports) == n_cells
+    assert all(r["cells"]["computed"] + r["cells"]["reused"] == n_cells for r in reports)
+    assert reports[0]["rows"] == reports[1]["rows"] and len(reports[0]["rows"]) == 4 + 2 * 3
