@@ -82,6 +82,29 @@ def test_key_learning_recovers_the_permutation_of_an_unmixed_layer(scaled):
         np.testing.assert_allclose(key.hard_scales()[0], scale, rtol=0.05)
 
 
+def test_a_drawn_step_batches_equal_slots_and_matches_slot_by_slot():
+    """``RelaxedKey.draw`` runs one Sinkhorn per slot size; without noise each slot's matrix
+    equals the one computed alone, gradients reach every slot, and ``forget`` ends the step."""
+    torch.manual_seed(0)
+    key = RelaxedKey([8, 5, 8, 8], [])
+    key.anneal(0.5)
+    key.eval()  # no Gumbel noise: the batched and the single Sinkhorn must agree
+    alone = [key.soft_perm(s) for s in range(4)]
+    key.draw()
+    assert sorted(len(v) for v in key._by_size.values()) == [1, 3]
+    for slot in range(4):
+        torch.testing.assert_close(key.soft_perm(slot), alone[slot])
+    sum(key.soft_perm(s)[0, 1] for s in range(4)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in key.logits)
+    key.train()
+    key.draw()
+    noisy = key.soft_perm(2)
+    assert key.soft_perm(2) is noisy  # one draw per step, however often a slot is read
+    torch.testing.assert_close(noisy.sum(0), torch.ones(8), rtol=1e-3, atol=1e-3)
+    key.forget()
+    assert key.soft_perm(2) is not noisy
+
+
 def test_relaxed_model_is_exact_at_the_true_key():
     _, locked = _locked_mlp()
     stolen = StolenModel.from_locked(locked)

@@ -55,6 +55,8 @@ def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_
         "victims.pt",
     ]
     assert first.cells["computed"] == 4 and first.cells["reused"] == 0
+    assert first.cells["code"] == [cells_mod.code_version()]  # which code computed the cells
+    assert json.loads((folder / "B@1.json").read_text())["code"] == cells_mod.code_version()
     assert json.loads((folder / "settings.json").read_text())["model"] == "mlp"
 
     # the same numbers as a run that keeps its cells in memory

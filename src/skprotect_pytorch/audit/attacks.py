@@ -315,18 +315,40 @@ class RelaxedKey(nn.Module):
         self.tau = 1.0
         self.noise = 1.0
         self.sinkhorn_iters = 20
+        self._by_size: dict[int, list[int]] = {}
+        for slot, n in enumerate(perm_sizes):
+            self._by_size.setdefault(n, []).append(slot)
+        self._drawn: dict[int, torch.Tensor] | None = None
 
     def anneal(self, progress: float, tau0: float = 1.0, tau1: float = 0.05) -> None:
         """Geometric temperature schedule; the Gumbel noise fades with it."""
         self.tau = tau0 * (tau1 / tau0) ** progress
         self.noise = 1.0 - progress
 
-    def soft_perm(self, slot: int) -> torch.Tensor:
-        logits = self.logits[slot]
+    def _relax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Gumbel noise (while training), temperature, Sinkhorn: over the last two axes."""
         if self.training and self.noise > 0:
             u = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
             logits = logits + self.noise * -torch.log(-torch.log(u))
         return log_sinkhorn(logits / self.tau, self.sinkhorn_iters)
+
+    def draw(self) -> None:
+        """Draw one training step's soft permutations, every slot of one size in one batched
+        Sinkhorn: a Transformer has 24 slots of 64, and one small Sinkhorn per slot made most
+        of the step's time.  :meth:`soft_perm` returns them until :meth:`forget`."""
+        self._drawn = {}
+        for slots in self._by_size.values():
+            relaxed = self._relax(torch.stack([self.logits[s] for s in slots]))
+            self._drawn.update(zip(slots, relaxed.unbind(), strict=True))
+
+    def forget(self) -> None:
+        """Back to computing each soft permutation when it is read (evaluation)."""
+        self._drawn = None
+
+    def soft_perm(self, slot: int) -> torch.Tensor:
+        if self._drawn is not None:
+            return self._drawn[slot]
+        return self._relax(self.logits[slot])
 
     @torch.no_grad()
     def start_at_null_key(self, margin: float = 10.0) -> None:
@@ -453,9 +475,11 @@ def learn_key(
             key.anneal(step / steps)
             idx = order[i : i + batch_size]
             opt.zero_grad()
+            key.draw()
             loss_fn(forward(x[idx]), y[idx]).backward()
             opt.step()
             step += 1
+    key.forget()
     key.eval()
 
 

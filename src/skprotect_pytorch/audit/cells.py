@@ -15,11 +15,13 @@ on the same folder skips claimed cells, computes the others, then waits for the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +32,7 @@ from torch import nn
 
 from skruntime.config import atomic_write_bytes
 
+from .. import __version__
 from ..errors import StateError
 
 CELL_FORMAT = 1
@@ -43,6 +46,31 @@ def fingerprint(context: dict[str, Any]) -> str:
     """A short hash of the run settings a cell depends on (sorted JSON)."""
     text = json.dumps({"cell_format": CELL_FORMAT, **context}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of the audit's source (``+changes`` when it differs from the commit), or
+    the package version outside a checkout: each cell records the code that computed it."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--", str(source.parents[1])],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return commit + ("+changes" if changed else "")
 
 
 def _process_alive(host: str, pid: int) -> bool:
@@ -72,6 +100,8 @@ class CellStore:
         self.computed = 0
         self.cell_seconds = 0.0
         """Compute time of every cell in this run's report, reused ones included."""
+        self.code: set[str] = set()
+        """The code versions that computed this run's cells (:func:`code_version`)."""
         self._memory: dict[str, Any] = {}
         self.folder: Path | None = None
         if root is not None:
@@ -98,6 +128,7 @@ class CellStore:
             "computed": self.computed,
             "reused": self.reused,
             "cell_seconds": round(self.cell_seconds, 1),
+            "code": sorted(self.code),
         }
 
     # -- cells ------------------------------------------------------------------------------
@@ -137,7 +168,13 @@ class CellStore:
         seconds = time.perf_counter() - start
         self.computed += 1
         self.cell_seconds += seconds
-        return {"value": value, "seconds": seconds, "host": socket.gethostname()}
+        self.code.add(code_version())
+        return {
+            "value": value,
+            "seconds": seconds,
+            "host": socket.gethostname(),
+            "code": code_version(),
+        }
 
     def _load(self, path: Path) -> Any:
         try:
@@ -150,6 +187,7 @@ class CellStore:
             ) from err
         self.reused += 1
         self.cell_seconds += seconds
+        self.code.add(record.get("code", "unknown"))
         return value
 
     # -- networks ---------------------------------------------------------------------------

@@ -95,7 +95,8 @@ class AuditReport:
     ``passed`` (see :mod:`skprotect_pytorch.audit.stored_weights`)."""
     cells: dict = field(default_factory=dict)
     """Where the run kept its cells (``AuditConfig.cells``): ``folder``, how many were
-    ``computed`` and ``reused``, and ``cell_seconds``, the compute time of all of them."""
+    ``computed`` and ``reused``, ``cell_seconds``, the compute time of all of them, and ``code``,
+the code versions that computed them."""
 
     @property
     def passed(self) -> bool:
@@ -133,7 +134,7 @@ class AuditReport:
         c = self.cells
         return (
             f" ({c['computed']} cells computed, {c['reused']} reused from `{c['folder']}`; "
-            f"{c['cell_seconds']:.0f} s of compute in all)"
+            f"{c['cell_seconds']:.0f} s of compute in all; code {', '.join(c['code'])})"
         )
 
     def to_markdown(self) -> str:
