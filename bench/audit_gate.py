@@ -76,16 +76,18 @@ class GateResult:
             f"Machine: {self.machine}. Total time: {self.seconds:.0f} s. "
             f"Gate: **{'PASS' if self.passed else 'FAIL'}**.",
             "",
-            "| model | accuracy with key % | chance % | rows | failed rows | time s | gate |",
-            "|---|---|---|---|---|---|---|",
+            "| model | accuracy with key % | chance % | rows | failed rows | not run | time s "
+            "| gate |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in self.reports.items():
             failed = sum(not row.passed for row in r.rows)
             lines.append(
                 f"| {name} | {100 * r.full_accuracy:.2f} | {100 * r.chance:.2f} | {len(r.rows)} "
-                f"| {failed} | {r.seconds:.0f} | {'PASS' if r.passed else 'FAIL'} |"
+                f"| {failed} | {len(r.not_run)} | {r.seconds:.0f} | "
+                f"{'PASS' if r.passed else 'FAIL'} |"
             )
-        lines += [f"| {name} | | | | | | ERROR: {err} |" for name, err in self.errors.items()]
+        lines += [f"| {name} | | | | | | | ERROR: {err} |" for name, err in self.errors.items()]
         for r in self.reports.values():
             lines += ["", "#" + r.to_markdown()]  # each model's report one heading level down
         return "\n".join(lines) + "\n"
@@ -116,6 +118,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="folder that keeps finished cells and the attacked networks: rerun to resume, or "
         "run two processes on it to share the work",
     )
+    p.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="compute nothing: report what --cells holds and list the missing cells as not run",
+    )
     p.add_argument("--preset", default=DEFAULT_PRESET, help="lock preset (strong, balanced)")
     p.add_argument(
         "--mix-condition",
@@ -139,6 +146,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.settings = LockSettings.preset(args.preset, **overrides)
     except ValueError as err:
         p.error(str(err))
+    if args.stored_only and args.cells is None:
+        p.error("--stored-only reports a cell folder: give --cells too")
     if not args.budgets or any(not 0 < b <= 100 for b in args.budgets):
         p.error("every budget must be in (0, 100]")
     return args
@@ -164,6 +173,7 @@ def run_gate(argv: list[str], log=print) -> GateResult:
             victim_epochs=args.victim_epochs,
             lock_settings=args.settings,
             cells=args.cells,
+            stored_only=args.stored_only,
         )
 
         def progress(line: str, name: str = name) -> None:

@@ -99,6 +99,13 @@ def audit(
             "two processes on it to share the work."
         ),
     ] = None,
+    stored_only: Annotated[
+        bool,
+        typer.Option(
+            help="Compute nothing: report what --cells holds and list the missing cells as not "
+            "run (the report then fails)."
+        ),
+    ] = False,
 ) -> None:
     """Attack a locked reference model as a thief with the files and x % of the data would;
     print the report and exit 1 when the gate fails (docs/security.md)."""
@@ -124,10 +131,11 @@ def audit(
                 seeds=seeds,
                 lock_settings=LockSettings.preset(preset.value),
                 cells=cells,
+                stored_only=stored_only,
             ),
             log=lambda line: typer.echo(line, err=True),
         )
-    except SkProtectError as err:  # e.g. an unwritable or damaged --cells folder
+    except SkProtectError as err:  # e.g. a damaged --cells folder, or nothing stored in it
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     text = report.to_markdown()

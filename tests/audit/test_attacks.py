@@ -232,7 +232,7 @@ def test_cli_audit_writes_reports_and_exits_with_the_verdict(tmp_path, monkeypat
     )
     assert result.exit_code == 0, result.output
     assert seen["config"].budgets == (1.0, 5.0) and seen["config"].quick
-    assert seen["config"].cells == tmp_path / "cells"
+    assert seen["config"].cells == tmp_path / "cells" and not seen["config"].stored_only
     assert json.loads(out_json.read_text())["passed"] is True
     assert "| A0 | null key |" in out_md.read_text()
     bad = CliRunner().invoke(app, ["audit", "--budgets", "0,x"])
@@ -242,8 +242,14 @@ def test_cli_audit_writes_reports_and_exits_with_the_verdict(tmp_path, monkeypat
         raise StateError("Cannot use /x for the audit's cells (Read-only file system); ...")
 
     monkeypatch.setattr(audit_pkg, "run_audit", unwritable)
-    refused = CliRunner().invoke(app, ["audit", "--quick", "--cells", "/x"])
+    refused = CliRunner().invoke(app, ["audit", "--quick", "--cells", "/x", "--stored-only"])
     assert refused.exit_code == 2 and "error: Cannot use /x" in refused.output
+
+
+def test_cli_audit_stored_only_on_an_empty_folder_says_what_to_do(tmp_path):
+    result = CliRunner().invoke(app, ["audit", "--cells", str(tmp_path), "--stored-only"])
+    assert result.exit_code == 2
+    assert "No cells for these settings" in result.output and "none for this model" in result.output
 
 
 @pytest.mark.slow

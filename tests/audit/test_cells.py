@@ -81,6 +81,34 @@ def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_
     )
 
 
+def test_stored_only_reports_what_the_folder_holds_and_computes_nothing(
+    tmp_path, monkeypatch, one_thread
+):
+    run_audit(AuditConfig(**SMALL, attacks=("A0", "A1"), cells=tmp_path), log=lambda line: None)
+    (folder,) = tmp_path.iterdir()
+    (folder / "B@1.json").unlink()  # the A1 rows are stored, their baseline is not
+    _forbid(monkeypatch, "baseline_from_scratch", "attack_no_key", "attack_finetune")
+    config = AuditConfig(**SMALL, attacks=("A0", "A1", "A3"), cells=tmp_path, stored_only=True)
+    report = run_audit(config, log=lambda line: None)
+    assert [r.attack for r in report.rows] == ["A0"] * 4
+    assert report.not_run == [
+        "B@1 (not computed yet)",
+        "A3@1 (not computed yet)",
+        "the rows at 1 % stored but not judged: B(1 %) missing",
+    ]
+    assert not report.passed  # a partial gate never passes
+    assert "Not run: B@1 (not computed yet)" in report.to_markdown()
+    assert not (folder / "B@1.json").exists() and not (folder / "A3@1.json").exists()
+
+    with pytest.raises(StateError, match=r"No cells for these settings.*found mlp-"):
+        run_audit(
+            AuditConfig(**SMALL, attacks=("A0",), cells=tmp_path, stored_only=True, lock_seed=9),
+            log=lambda line: None,
+        )
+    with pytest.raises(ValueError, match=r"give AuditConfig\.cells"):
+        run_audit(AuditConfig(**SMALL, stored_only=True), log=lambda line: None)
+
+
 def test_other_settings_get_their_own_folder(tmp_path, one_thread):
     run_audit(AuditConfig(**SMALL, attacks=("A0",), cells=tmp_path), log=lambda line: None)
     run_audit(

@@ -66,3 +66,7 @@ def test_gate_options_are_checked():
     assert orthogonal.settings.mix_condition == 1.0 and orthogonal.settings.mix_sides == "both"
     with pytest.raises(SystemExit):
         audit_gate.parse_args(["--out", "x", "--mix-condition", "0.5"])
+    with pytest.raises(SystemExit):
+        audit_gate.parse_args(["--out", "x", "--stored-only"])  # needs --cells
+    stored = audit_gate.parse_args(["--out", "x", "--cells", "c", "--stored-only"])
+    assert stored.stored_only and stored.cells == Path("c")

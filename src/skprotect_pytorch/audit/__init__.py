@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InvalidArgumentError
 from ..lock import LockedModel, LockSettings, lock_model
 from .alignment import attack_alignment
 from .attacks import (
@@ -27,7 +28,7 @@ from .attacks import (
     permutation_recovery,
     weight_cosines,
 )
-from .cells import PENDING, CellStore
+from .cells import MISSING, PENDING, CellStore
 from .models import QUICK_SWEEP, SweepConfig, accuracy
 from .public_base import LockedPublicBaseVictim, attack_public_base, make_public_base_victim
 from .report import AuditReport, AuditRow
@@ -38,7 +39,6 @@ from .suite import SUITE, ReferenceSpec, reference
 __all__ = ["SUITE", "AuditConfig", "AuditReport", "AuditRow", "run_audit"]
 
 ATTACKS = ("A0", "A1", "A2", "A3", "A4", "A5")
-NOT_IMPLEMENTED: list[str] = []
 
 
 @dataclass
@@ -60,6 +60,9 @@ class AuditConfig:
     cells: Path | None = None
     """Folder for finished cells (:mod:`.cells`): a run that stops keeps them, a later run or a
     second process on the same folder reuses them; ``None`` keeps them in memory."""
+    stored_only: bool = False
+    """Compute nothing: report the cells stored in ``cells`` and list the missing ones as not
+    run (what a gate built up in pieces holds so far)."""
     lock_settings: LockSettings = field(default_factory=LockSettings)
 
     def resolved(self) -> tuple[ReferenceSpec, SweepConfig, int, int]:
@@ -157,7 +160,11 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         "lock_seed": config.lock_seed,
         "lock_settings": asdict(config.lock_settings),
     }
-    store = CellStore(config.cells, context)
+    if config.stored_only and config.cells is None:
+        raise InvalidArgumentError(
+            "stored_only reports the cells of a cell folder: give AuditConfig.cells as well."
+        )
+    store = CellStore(config.cells, context, compute=not config.stored_only)
 
     task = spec.task(config.data_seed)
     # The cosine check's noise floor: the same architecture trained with another seed (what
@@ -274,10 +281,12 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
                 )
             log(line)
 
-    pending = []
+    pending, not_run = [], []
     for name, compute in plan:
         value = store.try_get(name, compute)
-        if value is PENDING:
+        if value is MISSING or (value is PENDING and config.stored_only):
+            not_run.append(f"{name} (not computed yet)")
+        elif value is PENDING:
             log(f"{name}: being computed by another process; coming back to it")
             pending.append((name, compute))
         else:
@@ -287,12 +296,14 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
 
     baselines = {name[2:]: float(np.mean(v)) for name, v in values.items() if name[:2] == "B@"}
     baseline_seeds = {name[2:]: v for name, v in values.items() if name[:2] == "B@"}
-    rows = [
-        _judged(r, baselines)
-        for name, _ in plan
-        if not name.startswith("B@")
-        for r in values[name]["rows"]
-    ]
+    rows, unjudged = [], set()
+    for name, _ in plan:
+        for r in values.get(name, {"rows": []})["rows"] if name[:2] != "B@" else []:
+            if r["reference"] is None and f"{r['budget']:g}" not in baselines:
+                unjudged.add(f"{r['budget']:g}")
+            else:
+                rows.append(_judged(r, baselines))
+    not_run += [f"the rows at {x} % stored but not judged: B({x} %) missing" for x in unjudged]
 
     settings = {
         "model": spec.name,
@@ -315,7 +326,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         baselines=baselines,
         baseline_seeds=baseline_seeds,
         rows=rows,
-        not_run=list(NOT_IMPLEMENTED),
+        not_run=not_run,
         seconds=time.perf_counter() - start,
         stored_weights=stored,
         cells=store.summary(),

@@ -40,6 +40,8 @@ CELL_FORMAT = 1
 
 PENDING = object()
 """What :meth:`CellStore.try_get` returns for a cell another live process is computing."""
+MISSING = object()
+"""What :meth:`CellStore.try_get` returns for a cell not stored when the store computes nothing."""
 
 
 def fingerprint(context: dict[str, Any]) -> str:
@@ -90,12 +92,21 @@ class CellStore:
     """Finished cells of one audit run: in memory (``root=None``) or in ``root/<model>-<hash>``.
 
     ``context`` is every setting the cells depend on; it names the folder and is written beside
-    the cells as ``settings.json``.
+    the cells as ``settings.json``.  With ``compute=False`` the store only reads: missing cells
+    are :data:`MISSING` and missing networks an error.
     """
 
-    def __init__(self, root: Path | None, context: dict[str, Any], *, poll_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        root: Path | None,
+        context: dict[str, Any],
+        *,
+        poll_s: float = 5.0,
+        compute: bool = True,
+    ) -> None:
         self.context = context
         self.poll_s = poll_s
+        self.compute = compute
         self.reused = 0
         self.computed = 0
         self.cell_seconds = 0.0
@@ -107,6 +118,13 @@ class CellStore:
         if root is not None:
             name = f"{context.get('model', 'audit')}-{fingerprint(context)}"
             self.folder = Path(root) / name
+            if not compute and not self.folder.is_dir():
+                others = sorted(p.name for p in Path(root).glob(f"{context.get('model')}-*"))
+                raise StateError(
+                    f"No cells for these settings in {root} (expected {name}/; found "
+                    f"{', '.join(others) or 'none for this model'}): compare their "
+                    "settings.json with the options given."
+                )
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 settings = self.folder / "settings.json"
@@ -143,6 +161,8 @@ class CellStore:
         while True:
             if path.exists():
                 return self._load(path)
+            if not self.compute:
+                return MISSING
             if self._claim(path):
                 try:
                     if path.exists():  # finished between our check and our claim
@@ -207,6 +227,11 @@ class CellStore:
         while True:
             if path.exists():
                 return self._load_modules(path, factory)
+            if not self.compute:
+                raise StateError(
+                    f"{path} does not exist: no run has stored its networks in {self.folder} "
+                    "yet. Run the audit with this cell folder once without --stored-only."
+                )
             if self._claim(path):
                 try:
                     if path.exists():

@@ -100,7 +100,12 @@ the code versions that computed them."""
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.rows) and all(s["passed"] for s in self.stored_weights)
+        """Every row and every stored weight passes, and nothing asked for was left unrun."""
+        return (
+            not self.not_run
+            and all(r.passed for r in self.rows)
+            and all(s["passed"] for s in self.stored_weights)
+        )
 
     @property
     def warnings(self) -> list[str]:
