@@ -151,7 +151,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     unknown = set(config.attacks) - set(ATTACKS)
     if unknown:
         raise ValueError(f"Unknown attacks {sorted(unknown)}; implemented: {', '.join(ATTACKS)}")
-    context = {
+    context = {  # what every cell depends on (names the cell folder)
         "model": spec.name,
         "seeds": n_seeds,
         "sweep": asdict(sweep),
@@ -303,19 +303,14 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
                 unjudged.add(f"{r['budget']:g}")
             else:
                 rows.append(_judged(r, baselines))
-    not_run += [f"the rows at {x} % stored but not judged: B({x} %) missing" for x in unjudged]
+    for x in sorted(unjudged):
+        not_run.append(f"the rows at {x} % stored but not judged: B({x} %) missing")
 
     settings = {
-        "model": spec.name,
+        **context,
         "budgets": list(config.budgets),
         "attacks": list(config.attacks),
         "quick": config.quick,
-        "seeds": n_seeds,
-        "sweep": asdict(sweep),
-        "victim_epochs": victim_epochs,
-        "data_seed": config.data_seed,
-        "lock_seed": config.lock_seed,
-        "lock_settings": asdict(config.lock_settings),
         "torch": torch.__version__,
     }
     return AuditReport(
