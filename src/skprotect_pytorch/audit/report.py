@@ -139,7 +139,8 @@ the code versions that computed them."""
         c = self.cells
         return (
             f" ({c['computed']} cells computed, {c['reused']} reused from `{c['folder']}`; "
-            f"{c['cell_seconds']:.0f} s of compute in all; code {', '.join(c['code'])})"
+            f"{c['cell_seconds']:.0f} s of compute in all"
+            + (f"; code {', '.join(c['code'])})" if c["code"] else ")")
         )
 
     def to_markdown(self) -> str:
