@@ -284,7 +284,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     pending, not_run = [], []
     for name, compute in plan:
         value = store.try_get(name, compute)
-        if value is MISSING or (value is PENDING and config.stored_only):
+        if value is MISSING:
             not_run.append(f"{name} (not computed yet)")
         elif value is PENDING:
             log(f"{name}: being computed by another process; coming back to it")
@@ -298,7 +298,9 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     baseline_seeds = {name[2:]: v for name, v in values.items() if name[:2] == "B@"}
     rows, unjudged = [], set()
     for name, _ in plan:
-        for r in values.get(name, {"rows": []})["rows"] if name[:2] != "B@" else []:
+        if name.startswith("B@") or name not in values:
+            continue
+        for r in values[name]["rows"]:
             if r["reference"] is None and f"{r['budget']:g}" not in baselines:
                 unjudged.add(f"{r['budget']:g}")
             else:

@@ -114,6 +114,7 @@ class CellStore:
         self.code: set[str] = set()
         """The code versions that computed this run's cells (:func:`code_version`)."""
         self._memory: dict[str, Any] = {}
+        self._networks: dict[str, dict[str, nn.Module]] = {}
         self.folder: Path | None = None
         if root is not None:
             name = f"{context.get('model', 'audit')}-{fingerprint(context)}"
@@ -152,28 +153,19 @@ class CellStore:
     # -- cells ------------------------------------------------------------------------------
     def try_get(self, name: str, compute: Callable[[], Any]) -> Any:
         """The cell's stored value, or ``compute()`` run now and stored; :data:`PENDING` when
-        another live process holds the cell's claim."""
+        another live process holds the cell's claim, :data:`MISSING` when the store only reads."""
         if self.folder is None:
             if name not in self._memory:
-                self._memory[name] = self._timed(compute)
-            return self._memory[name]["value"]
+                self._memory[name] = self._timed(compute)["value"]
+            return self._memory[name]
         path = self.folder / f"{name}.json"
-        while True:
-            if path.exists():
-                return self._load(path)
-            if not self.compute:
-                return MISSING
-            if self._claim(path):
-                try:
-                    if path.exists():  # finished between our check and our claim
-                        return self._load(path)
-                    record = self._timed(compute)
-                    self._write(path, json.dumps(record, indent=2).encode())
-                    return record["value"]
-                finally:
-                    self._release(path)
-            if self._claim_alive(path):
-                return PENDING
+
+        def produce() -> Any:
+            record = {**self._timed(compute), "code": code_version()}
+            self._write(path, json.dumps(record, indent=2).encode())
+            return record["value"]
+
+        return self._obtain(path, lambda: self._load(path), produce)
 
     def get(self, name: str, compute: Callable[[], Any]) -> Any:
         """Like :meth:`try_get`, but waits for a cell another process is computing (taking it
@@ -188,13 +180,9 @@ class CellStore:
         seconds = time.perf_counter() - start
         self.computed += 1
         self.cell_seconds += seconds
-        self.code.add(code_version())
-        return {
-            "value": value,
-            "seconds": seconds,
-            "host": socket.gethostname(),
-            "code": code_version(),
-        }
+        if self.folder is not None:
+            self.code.add(code_version())
+        return {"value": value, "seconds": seconds, "host": socket.gethostname()}
 
     def _load(self, path: Path) -> Any:
         try:
@@ -210,6 +198,23 @@ class CellStore:
         self.code.add(record.get("code", "unknown"))
         return value
 
+    def _obtain(self, path: Path, load: Callable[[], Any], produce: Callable[[], Any]) -> Any:
+        """``load()`` if ``path`` exists, else ``produce()`` under this process's claim (which
+        writes ``path``); :data:`PENDING` while another live process holds the claim."""
+        while True:
+            if path.exists():
+                return load()
+            if not self.compute:
+                return MISSING
+            if self._claim(path):
+                try:
+                    # finished between our check and our claim?
+                    return load() if path.exists() else produce()
+                finally:
+                    self._release(path)
+            if self._claim_alive(path):
+                return PENDING
+
     # -- networks ---------------------------------------------------------------------------
     def modules(
         self,
@@ -218,33 +223,31 @@ class CellStore:
         make: Callable[[], dict[str, nn.Module]],
     ) -> dict[str, nn.Module]:
         """Networks stored under ``name`` (state dicts loaded into ``factory()``), or ``make()``
-        trained now and stored; in eval mode either way."""
+        trained now and stored; in eval mode either way.  Waits while another process trains
+        them."""
         if self.folder is None:
-            if name not in self._memory:
-                self._memory[name] = make()
-            return self._memory[name]
+            if name not in self._networks:
+                self._networks[name] = make()
+            return self._networks[name]
         path = self.folder / f"{name}.pt"
+
+        def produce() -> dict[str, nn.Module]:
+            nets = make()
+            buffer = io.BytesIO()
+            torch.save({k: net.state_dict() for k, net in nets.items()}, buffer)
+            self._write(path, buffer.getvalue())
+            return {k: net.eval() for k, net in nets.items()}
+
         while True:
-            if path.exists():
-                return self._load_modules(path, factory)
-            if not self.compute:
+            nets = self._obtain(path, lambda: self._load_modules(path, factory), produce)
+            if nets is MISSING:
                 raise StateError(
                     f"{path} does not exist: no run has stored its networks in {self.folder} "
                     "yet. Run the audit with this cell folder once without --stored-only."
                 )
-            if self._claim(path):
-                try:
-                    if path.exists():
-                        return self._load_modules(path, factory)
-                    nets = make()
-                    buffer = io.BytesIO()
-                    torch.save({k: net.state_dict() for k, net in nets.items()}, buffer)
-                    self._write(path, buffer.getvalue())
-                    return {k: net.eval() for k, net in nets.items()}
-                finally:
-                    self._release(path)
-            if self._claim_alive(path):
-                time.sleep(self.poll_s)
+            if nets is not PENDING:
+                return nets
+            time.sleep(self.poll_s)
 
     @staticmethod
     def _load_modules(path: Path, factory: Callable[[], nn.Module]) -> dict[str, nn.Module]:
@@ -281,13 +284,19 @@ class CellStore:
         another process holds the claim."""
         claim = self._claim_path(path)
         tmp = claim.with_name(f".{claim.name}.{os.getpid()}")
-        tmp.write_text(f"{socket.gethostname()} {os.getpid()}\n")
         try:
+            tmp.write_text(f"{socket.gethostname()} {os.getpid()}\n")
             os.link(tmp, claim)
         except FileExistsError:
             return False
+        except OSError as err:
+            raise StateError(
+                f"Cannot claim audit cell {path} ({err.strerror}); free space or pick another "
+                "folder. Cells stored before are intact."
+            ) from err
         finally:
-            tmp.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         return True
 
     def _claim_alive(self, path: Path) -> bool:

@@ -95,8 +95,8 @@ class AuditReport:
     ``passed`` (see :mod:`skprotect_pytorch.audit.stored_weights`)."""
     cells: dict = field(default_factory=dict)
     """Where the run kept its cells (``AuditConfig.cells``): ``folder``, how many were
-    ``computed`` and ``reused``, ``cell_seconds``, the compute time of all of them, and ``code``,
-the code versions that computed them."""
+    ``computed`` and ``reused``, ``cell_seconds``, the compute time of all of them, and
+    ``code``, the code versions that computed them."""
 
     @property
     def passed(self) -> bool:
