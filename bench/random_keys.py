@@ -24,15 +24,17 @@ everywhere else), to find which layers' wrong keys leave accuracy above chance; 
 predictions say about the class whatever class they name: the mutual information between
 predicted and true class in bits (plug-in estimate on the test set, the same small upward
 bias for every kind) and the accuracy of the best one-to-one relabelling of the predictions,
-the most a thief could read from them by renaming classes. No result is asserted: it is a
-measurement.
+the most a thief could read from them by renaming classes. With ``--attention`` (models with
+attention layers) each kind's line is also followed by how sharp its attention is: the median
+over its networks of each attention layer's mean weight entropy, over the log of the number of
+keys (1: uniform, 0: one-hot). No result is asserted: it is a measurement.
 
 Usage::
 
     python bench/random_keys.py --model transformer --victim-epochs 8 --keys 100 \
         --search-budget 1 --search-budget 5 [--mix-condition 1] [--mix-block 64] \
         [--no-controls] [--wrong-only embed --wrong-only blocks.0,blocks.1 --wrong-only head] \
-        [--information]
+        [--information] [--attention]
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
+from torch import nn
 
 from skprotect_pytorch.audit import SUITE, AuditConfig
 from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key
 from skprotect_pytorch.audit.models import predictions
 from skprotect_pytorch.lock import LockedModel, LockSettings
+from skprotect_pytorch.lock.attention import LockedMultiheadAttention
 from skprotect_pytorch.lock.channel_lock import ChannelOps
 
 
@@ -82,6 +86,49 @@ def information_summary(info: np.ndarray) -> str:
         f"  information: mean {bits.mean():.4f} bits, max {bits.max():.4f}; best relabelling: "
         f"mean {relabelled.mean():.2f} %, max {relabelled.max():.2f} %"
     )
+
+
+_MHA_ARGS = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+
+
+def attention_layers(root: nn.Module) -> list[nn.Module]:
+    """The attention modules under ``root``, plain or locked, in module order."""
+    kinds = (nn.MultiheadAttention, LockedMultiheadAttention)
+    return [m for m in root.modules() if isinstance(m, kinds)]
+
+
+def attention_entropy(root: nn.Module, run: Callable[[], object]) -> list[float]:
+    """Each attention layer's mean weight entropy over the log of its key count during ``run()``:
+    1 when every query attends uniformly, 0 when each attends to one key.
+
+    A hook re-calls the layer with the same inputs and ``need_weights=True`` to read the weights
+    (the model itself may ask for none).
+    """
+    totals = [[0.0, 0] for _ in attention_layers(root)]
+
+    def recorder(index: int):
+        def record(module, args, kwargs, _output) -> None:
+            call = {**dict(zip(_MHA_ARGS, args, strict=False)), **kwargs}
+            call.update(need_weights=True, average_attn_weights=False)
+            weights = module.forward(**call)[1]
+            rows = weights.clamp_min(1e-30)
+            entropy = -(rows.log() * weights).sum(-1) / np.log(weights.shape[-1])
+            totals[index][0] += float(entropy.sum())
+            totals[index][1] += entropy.numel()
+
+        return record
+
+    hooks = [
+        layer.register_forward_hook(recorder(i), with_kwargs=True)
+        for i, layer in enumerate(attention_layers(root))
+    ]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [total / count for total, count in totals]
 
 
 def shuffled(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -227,6 +274,11 @@ def main(argv: list[str] | None = None) -> None:
         "names only, the true key elsewhere (repeatable: one ablation each)",
     )
     parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="also print how sharp each kind's attention is (models with attention layers)",
+    )
+    parser.add_argument(
         "--information",
         action="store_true",
         help="also print each kind's label information (bits) and best-relabelling accuracy",
@@ -254,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     victim = spec.train_victim(task, victim_epochs)
     locked = config.lock(victim, config.lock_seed)
     stolen = StolenModel.from_locked(locked)
+    if args.attention and not attention_layers(victim):
+        parser.error(f"--attention: the {args.model} has no attention layers")
     try:
         ablations = {group: key_slots(locked, group.split(",")) for group in args.wrong_only}
     except ValueError as err:
@@ -274,24 +328,43 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(seed)
         return spec.factory().eval()
 
+    def observed(forward: Callable) -> tuple[np.ndarray, list[float]]:
+        """The predictions on the test set, and the attention entropies if asked for."""
+        if not args.attention:
+            return predict(forward), []
+        root = forward if isinstance(forward, nn.Module) else stolen.keyed
+        out: list[np.ndarray] = []
+        entropies = attention_entropy(root, lambda: out.append(predict(forward)))
+        return out[0], entropies
+
+    def attention_line(entropies: list[list[float]]) -> str:
+        median = np.median(np.array(entropies), axis=0)
+        return "  attention entropy per layer (1 uniform, 0 one-hot): " + ", ".join(
+            f"{e:.3f}" for e in median
+        )
+
     def spread(label: str, forwards) -> np.ndarray:
-        preds = [predict(f) for f in forwards]
+        preds, entropies = zip(*(observed(f) for f in forwards), strict=True)
         accs = np.array([100 * (p == y_test).mean() for p in preds])
         print(summary(label, accs, bound), flush=True)
         if args.information:
             info = np.array([label_information(p, y_test, classes) for p in preds])
             print(information_summary(info), flush=True)
+        if args.attention:
+            print(attention_line(list(entropies)), flush=True)
         return accs
 
     chance = 100 * task.chance
     bound = chance + 2
     true_key = torch.from_numpy(locked.layout.static_key())
-    keyed_pred = predict(stolen.forward_with(true_key))
+    keyed_pred, keyed_entropy = observed(stolen.forward_with(true_key))
     with_key = 100 * (keyed_pred == y_test).mean()
     print(f"{args.model}: with the key {with_key:.2f} %, chance {chance:.2f} %")
     if args.information:
         bits, _ = label_information(keyed_pred, y_test, classes)
         print(f"  information with the key: {bits:.4f} bits")
+    if args.attention:
+        print(attention_line([keyed_entropy]))
     draws = [a0_random_key(stolen, s) for s in range(args.keys)]
     audits = args.scale_range == 3
     if not audits:

@@ -128,10 +128,47 @@ def test_random_keys_scores_the_audits_key_among_others(capsys):
         ["--mix-block", "1"],
         ["--victim-epochs", "1", "--wrong-only", "head"],  # the MLP's layers are 0, 2, 4
         ["--scale-range", "-1"],
+        ["--victim-epochs", "1", "--attention"],  # the MLP has no attention layer
     )
     for bad in bad_args:
         with pytest.raises(SystemExit):
             random_keys.main(["--model", "mlp", *bad])
+
+
+def test_random_keys_reports_attention_sharpness_per_layer(capsys):
+    import random_keys
+
+    argv = ["--model", "transformer", "--victim-epochs", "1", "--keys", "2", "--no-controls"]
+    random_keys.main([*argv, "--attention"])
+    lines = re.findall(
+        r"attention entropy per layer \(1 uniform, 0 one-hot\): ([\d.]+), ([\d.]+)$",
+        capsys.readouterr().out,
+        re.MULTILINE,
+    )
+    assert len(lines) == 2  # with the key, then the random keys; one figure per block
+    assert all(0 <= float(e) <= 1 for line in lines for e in line)
+
+
+def test_attention_entropy_is_one_for_uniform_and_near_zero_for_sharp_attention():
+    import random_keys
+
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(4, 5, 8)
+    with torch.no_grad():
+        attention.in_proj_weight[:16].zero_()  # q = k = bias only: every key scores the same
+        attention.in_proj_bias.zero_()
+
+    def run() -> None:
+        attention(x, x, x, need_weights=False)
+
+    (uniform,) = random_keys.attention_entropy(attention, run)
+    assert uniform == pytest.approx(1.0)
+    with torch.no_grad():
+        attention.in_proj_weight[:16] = 100 * torch.eye(8).repeat(2, 1)  # q = k = 100 x
+    (sharp,) = random_keys.attention_entropy(attention, run)
+    assert sharp < 0.01
+    assert not attention._forward_hooks  # the hooks are gone afterwards
 
 
 def test_label_information_ignores_class_names_and_sees_constant_outputs():
