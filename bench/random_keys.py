@@ -111,8 +111,8 @@ def attention_entropy(root: nn.Module, run: Callable[[], object]) -> list[float]
             call = {**dict(zip(_MHA_ARGS, args, strict=False)), **kwargs}
             call.update(need_weights=True, average_attn_weights=False)
             weights = module.forward(**call)[1]
-            rows = weights.clamp_min(1e-30)
-            entropy = -(rows.log() * weights).sum(-1) / np.log(weights.shape[-1])
+            logs = weights.clamp_min(1e-30).log()  # 0 · log 0 counts as 0
+            entropy = -(logs * weights).sum(-1) / np.log(weights.shape[-1])
             totals[index][0] += float(entropy.sum())
             totals[index][1] += entropy.numel()
 
