@@ -22,7 +22,10 @@ Both get ``reduce_range=True`` (7-bit weights) where onnxruntime's int8 GEMM can
 x86 CPU without VNNI (``--reduce-range auto``, the default; ``on``/``off`` force it): there the
 u8×s8 kernel adds pairs of products in int16, and on an AMD EPYC without VNNI full-range
 weights cost the locked LSTM 8 points (its input projection is a quantized Gemm, the original's
-sits in the fused LSTM op, which ORT leaves float) against 0.0–0.06 with 7-bit weights.
+sits in the fused LSTM op, which ORT's static quantizer leaves float and its dynamic one runs as
+``DynamicQuantizeLSTM`` without that loss) against 0.0–0.06 with 7-bit weights. The count of
+int8 weights covers the fused ops' ``W`` and ``R`` and the matrices inside the locked cell's
+``Scan`` (which ORT leaves float in both modes).
 
 ``nodes_to_exclude`` (locked models; the same rules find nothing in the originals):
 
@@ -264,6 +267,10 @@ def key_nodes(model_path: Path, key_name: str = KEY_NAME) -> list[str]:
     return [n.name for n in graph.node if any(i in keyed for i in n.input)]
 
 
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+"""ONNX's fused recurrent ops; their inputs 1 and 2 are the input and recurrent weights."""
+
+
 def _constants(graph: object) -> dict[str, np.ndarray]:
     """Initializers and Constant-node values of a graph, by tensor name."""
     from onnx import numpy_helper
@@ -291,6 +298,18 @@ def _orthogonal_blocks(w: np.ndarray, conv_groups: int | None = None, tol: float
     return bool(np.abs(gram - np.eye(w.shape[1])).max() < tol)
 
 
+def _is_mixing(node: object, constants: dict[str, np.ndarray]) -> bool:
+    """True for a MatMul/Gemm/Conv whose constant weight is (block-)orthogonal."""
+    if node.op_type == "Conv":
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        w = constants.get(node.input[1])
+        return w is not None and _orthogonal_blocks(w, conv_groups=groups)
+    if node.op_type in ("MatMul", "Gemm"):
+        ws = [constants.get(i) for i in node.input[:2]]
+        return any(w is not None and _orthogonal_blocks(w) for w in ws)
+    return False
+
+
 def mixing_nodes(model_path: Path) -> list[str]:
     """MatMul/Gemm/Conv nodes whose constant weight is (block-)orthogonal: the lock's public
     mixing and un-mixing ops (no trained layer has an exactly orthogonal weight)."""
@@ -298,18 +317,7 @@ def mixing_nodes(model_path: Path) -> list[str]:
 
     graph = onnx.load(str(model_path)).graph
     constants = _constants(graph)
-    names = []
-    for node in graph.node:
-        if node.op_type == "Conv":
-            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-            w = constants.get(node.input[1])
-            if w is not None and _orthogonal_blocks(w, conv_groups=groups):
-                names.append(node.name)
-        elif node.op_type in ("MatMul", "Gemm"):
-            ws = [constants.get(i) for i in node.input[:2]]
-            if any(w is not None and _orthogonal_blocks(w) for w in ws):
-                names.append(node.name)
-    return names
+    return [node.name for node in graph.node if _is_mixing(node, constants)]
 
 
 def batched_weight_matmuls(model_path: Path) -> list[str]:
@@ -359,25 +367,49 @@ def untranspose_gemm_inputs(path: Path) -> int:
     return count
 
 
-def trained_weights(model_path: Path) -> list[str]:
-    """Constant weights of the Conv/MatMul/Gemm nodes that are not the lock's mixing ops."""
+def _bodies(node: object) -> list[object]:
+    """The subgraphs of a control-flow node (the locked recurrent cell's ``Scan``)."""
     import onnx
 
-    graph = onnx.load(str(model_path)).graph
-    constants = _constants(graph)
-    mixing = set(mixing_nodes(model_path))
-    names = []
-    for node in graph.node:
-        if node.op_type in ("Conv", "MatMul", "Gemm") and node.name not in mixing:
-            names += [i for i in node.input[:2] if i in constants and constants[i].ndim >= 2]
+    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+
+
+def trained_weights(model_path: Path) -> list[str]:
+    """The trained weights a quantizer could store as int8: the constant weights of the
+    Conv/MatMul/Gemm nodes that are not the lock's mixing ops, in the graph and in its loop
+    bodies (the locked recurrent matrices sit in a ``Scan``), and the ``W`` and ``R`` inputs of
+    fused LSTM/GRU/RNN ops (an original's recurrent layer)."""
+    import onnx
+
+    names: list[str] = []
+
+    def visit(graph: object, outer: dict[str, np.ndarray]) -> None:
+        constants = {**outer, **_constants(graph)}
+        for node in graph.node:
+            if node.op_type in ("Conv", "MatMul", "Gemm") and not _is_mixing(node, constants):
+                names.extend(i for i in node.input[:2] if i in constants and constants[i].ndim >= 2)
+            elif node.op_type in RECURRENT_OPS:
+                names.extend(i for i in node.input[1:3] if i in constants)
+            for body in _bodies(node):
+                visit(body, constants)
+
+    visit(onnx.load(str(model_path)).graph, {})
     return sorted(set(names))
 
 
 def quantized_count(quantized_path: Path, weights: Sequence[str]) -> int:
-    """How many of ``weights`` are stored as int8 in the quantized model."""
+    """How many of ``weights`` are stored as int8 in the quantized model (any subgraph)."""
     import onnx
 
-    stored = {t.name for t in onnx.load(str(quantized_path)).graph.initializer}
+    stored: set[str] = set()
+
+    def visit(graph: object) -> None:
+        stored.update(t.name for t in graph.initializer)
+        for node in graph.node:
+            for body in _bodies(node):
+                visit(body)
+
+    visit(onnx.load(str(quantized_path)).graph)
     return sum(
         any(s.startswith(w + "_") and s.endswith("_quantized") for s in stored) for w in weights
     )

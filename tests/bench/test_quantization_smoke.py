@@ -79,3 +79,34 @@ def test_int8_saturation_is_detected_from_the_cpu_flags(monkeypatch, tmp_path: P
     assert not machine.int8_saturates()
     monkeypatch.setattr(machine.platform, "machine", lambda: "aarch64")
     assert not machine.int8_saturates()
+
+
+def test_weight_count_sees_recurrent_matrices_in_fused_ops_and_in_the_scan(tmp_path: Path) -> None:
+    """The int8 count covers an original LSTM's fused-op ``W``/``R`` and the locked cell's
+    recurrent matrix inside its ``Scan``; onnxruntime's dynamic quantizer turns the former into
+    ``DynamicQuantizeLSTM`` (int8) and leaves the latter float."""
+    import numpy as np
+    import torch
+
+    from skprotect_pytorch.audit import SUITE
+
+    torch.manual_seed(0)
+    model = SUITE["lstm"].factory().eval()
+    x = torch.randn(2, 16, 8)
+    locked = quantization.lock(model, quantize_compatibility=True, seed=0, name="lstm")
+    key = locked.layout.static_key()
+    calib = np.zeros((4, 16, 8), np.float32)
+    counts = {}
+    for side, module, inputs, k in (
+        ("original", model, [x], None),
+        ("locked", locked.keyed, [x, torch.from_numpy(key)], key),
+    ):
+        raw = quantization.export_onnx(
+            module, inputs, tmp_path / f"{side}.onnx", with_key=k is not None
+        )
+        pre = quantization.preprocess(raw, tmp_path / f"{side}.pre.onnx")
+        weights = quantization.trained_weights(pre)
+        q, _ = quantization.quantize(pre, tmp_path / f"{side}.dynamic.onnx", "dynamic", calib, k)
+        counts[side] = (len(weights), quantization.quantized_count(q, weights))
+    # original: the LSTM's W and R, the head; locked: input projection, recurrent matrix, head
+    assert counts == {"original": (3, 3), "locked": (3, 2)}
