@@ -367,11 +367,17 @@ def untranspose_gemm_inputs(path: Path) -> int:
     return count
 
 
-def _bodies(node: object) -> list[object]:
-    """The subgraphs of a control-flow node (the locked recurrent cell's ``Scan``)."""
+def _graphs(graph: object, outer: dict[str, np.ndarray] | None = None) -> Iterator[tuple]:
+    """``graph`` and the bodies of its loops (the locked recurrent cell's ``Scan``), each with
+    the constants it can read: its own and its outer scopes'."""
     import onnx
 
-    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    constants = {**(outer or {}), **_constants(graph)}
+    yield graph, constants
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g, constants)
 
 
 def trained_weights(model_path: Path) -> list[str]:
@@ -381,35 +387,25 @@ def trained_weights(model_path: Path) -> list[str]:
     fused LSTM/GRU/RNN ops (an original's recurrent layer)."""
     import onnx
 
-    names: list[str] = []
-
-    def visit(graph: object, outer: dict[str, np.ndarray]) -> None:
-        constants = {**outer, **_constants(graph)}
+    names = set()
+    for graph, constants in _graphs(onnx.load(str(model_path)).graph):
         for node in graph.node:
             if node.op_type in ("Conv", "MatMul", "Gemm") and not _is_mixing(node, constants):
-                names.extend(i for i in node.input[:2] if i in constants and constants[i].ndim >= 2)
+                names.update(i for i in node.input[:2] if i in constants and constants[i].ndim >= 2)
             elif node.op_type in RECURRENT_OPS:
-                names.extend(i for i in node.input[1:3] if i in constants)
-            for body in _bodies(node):
-                visit(body, constants)
-
-    visit(onnx.load(str(model_path)).graph, {})
-    return sorted(set(names))
+                names.update(i for i in node.input[1:3] if i in constants)
+    return sorted(names)
 
 
 def quantized_count(quantized_path: Path, weights: Sequence[str]) -> int:
     """How many of ``weights`` are stored as int8 in the quantized model (any subgraph)."""
     import onnx
 
-    stored: set[str] = set()
-
-    def visit(graph: object) -> None:
-        stored.update(t.name for t in graph.initializer)
-        for node in graph.node:
-            for body in _bodies(node):
-                visit(body)
-
-    visit(onnx.load(str(quantized_path)).graph)
+    stored = {
+        t.name
+        for graph, _ in _graphs(onnx.load(str(quantized_path)).graph)
+        for t in graph.initializer
+    }
     return sum(
         any(s.startswith(w + "_") and s.endswith("_quantized") for s in stored) for w in weights
     )
