@@ -45,11 +45,16 @@ the locked model's accuracy drop (from the fp32 original) minus the original's u
 quantization; issue 5's target is ≤ 0.5 points with ``quantize_compatibility=True``. The log
 also counts how many trained weights each quantized model stores as int8 (locked = original).
 
+With ``--latency`` the recommended variant's first key is also timed against the original
+(onnxruntime, one thread, batch 1 and 32, all models interleaved): what int8 gains on each side,
+and the locked / original ratio in fp32 and in every mode.
+
 Usage::
 
     python bench/quantization.py                 # tabular MLP, digits CNN, suite ResNet CNN
     python bench/quantization.py --quick --keys 1
     python bench/quantization.py --tasks tabular,transformer
+    python bench/quantization.py --tasks tabular,digits,cnn,transformer,lstm,gru --keys 1 --latency
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import int8_saturates, machine_line
+from machine import int8_saturates, machine_line, measure_interleaved
 
 INPUT_NAME = "x"
 KEY_NAME = "key_vector"  # the exporter's name for the key input (ExportOptions.key_name)
@@ -82,6 +87,7 @@ MODE_LABELS = {
 }
 FLOAT_OUTPUT_OPS = ["Conv", "Gemm", "MatMul"]  # static_fo: OpTypesToExcludeOutputQuantization
 TARGET_POINTS = 0.5
+LATENCY_BATCHES = (1, 32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,15 +548,46 @@ def quantize(
     return dst, exclude
 
 
-def ort_accuracy(
-    path: Path, x: np.ndarray, y: np.ndarray, key: np.ndarray | None, batch: int = 512
-) -> float:
-    """Top-1 accuracy of an ONNX model on ``(x, y)`` with onnxruntime CPU."""
+def ort_session(path: Path, threads: int | None = None) -> object:
+    """An onnxruntime CPU session; ``threads`` pins intra-op threads and runs ops in sequence."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def ort_latency(
+    models: dict[str, tuple[Path, np.ndarray | None]],
+    x: np.ndarray,
+    *,
+    blocks: int = 8,
+    block_s: float = 0.2,
+) -> dict[int, dict[str, float]]:
+    """Median seconds per call of every model (path and key, ``None`` for an original) at each
+    of :data:`LATENCY_BATCHES`, onnxruntime with one thread, all models timed interleaved."""
+    sessions = {name: (ort_session(path, threads=1), key) for name, (path, key) in models.items()}
+    out = {}
+    for batch in LATENCY_BATCHES:
+        calls = {}
+        for name, (session, key) in sessions.items():
+            feed = {INPUT_NAME: np.ascontiguousarray(x[:batch])}
+            if key is not None:
+                feed[KEY_NAME] = key
+            calls[name] = lambda session=session, feed=feed: session.run(None, feed)
+        out[batch], _ = measure_interleaved(calls, blocks=blocks, block_s=block_s)
+    return out
+
+
+def ort_accuracy(
+    path: Path, x: np.ndarray, y: np.ndarray, key: np.ndarray | None, batch: int = 512
+) -> float:
+    """Top-1 accuracy of an ONNX model on ``(x, y)`` with onnxruntime CPU."""
+    session = ort_session(path)
     correct = 0
     for i in range(0, len(y), batch):
         feed = {INPUT_NAME: x[i : i + batch]}
@@ -605,6 +642,8 @@ class Row:
     int8_locked: dict[str, list[int]] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)  # mode -> nodes excluded (last key)
     notes: list[str] = field(default_factory=list)
+    latency: dict[int, dict[str, float]] = field(default_factory=dict)
+    """batch -> ``"<fp32 or mode> original|locked"`` -> median seconds per call (first key)."""
 
     def drops(self, mode: str) -> list[float]:
         """Locked accuracy drop in points from the fp32 original, per key."""
@@ -652,12 +691,16 @@ def run_task(
     seed: int = 0,
     preset: str | None = None,
     reduce_range: bool = False,
+    latency: bool = False,
+    latency_block_s: float = 0.2,
     log: Callable[[str], None] = print,
 ) -> list[Row]:
     """Export, quantize and evaluate the original and each locked variant of ``task``.
 
     Each variant is locked ``keys`` times (secret seeds ``seed .. seed+keys-1``, a public seed
     per key): the accuracy loss of a locked model depends a little on its key and mixing.
+    With ``latency``, the recommended variant's first key is also timed against the original,
+    in fp32 and in every mode (:func:`ort_latency`, blocks of ``latency_block_s`` seconds).
     """
     import torch
 
@@ -674,6 +717,7 @@ def run_task(
     weights = trained_weights(orig_pre)
     original: dict[str, float] = {}
     int8_original: dict[str, int] = {}
+    timed_original: dict[str, tuple[Path, None]] = {"fp32 original": (orig_pre, None)}
     for mode in modes:
         q, _ = quantize(
             orig_pre,
@@ -685,6 +729,7 @@ def run_task(
         )
         original[mode] = ort_accuracy(q, x_test, y_test, None)
         int8_original[mode] = quantized_count(q, weights)
+        timed_original[f"{mode} original"] = (q, None)
     accs = ", ".join(f"{m} {a:.4f}" for m, a in original.items())
     int8 = ", ".join(f"{m} {n}/{len(weights)}" for m, n in int8_original.items())
     log(
@@ -697,6 +742,7 @@ def run_task(
         t0 = time.perf_counter()
         qc = variant.quantize_compatibility
         row = Row(task.name, variant, fp32_original, original, len(weights), int8_original)
+        timed: dict[str, tuple[Path, np.ndarray | None]] = dict(timed_original)
         for k in range(seed, seed + keys):
             tag = f"{'qc' if qc else 'default'}_k{k}"
             if (qc, k) not in exports:
@@ -717,6 +763,8 @@ def run_task(
                 exports[qc, k] = LockedExport(pre, key, other, acc, trained_weights(pre))
             exp = exports[qc, k]
             row.fp32_locked.append(exp.fp32_accuracy)
+            if k == seed:
+                timed["fp32 locked"] = (exp.path, exp.key)
             if len(exp.weights) != len(weights):
                 row.notes.append(
                     f"key {k}: {len(exp.weights)} trained weights found in the locked graph, "
@@ -734,6 +782,8 @@ def run_task(
                     reduce_range=reduce_range,
                 )
                 row.excluded[mode] = len(excluded)
+                if k == seed:
+                    timed[f"{mode} locked"] = (q, exp.key)
                 problems = check_key_not_quantized(q)
                 if problems:
                     row.notes.append(f"key {k}, {mode}: key quantized: {'; '.join(problems[:3])}")
@@ -761,6 +811,13 @@ def run_task(
             f"{accs}; int8 weights {int8}; nodes excluded {excl} "
             f"({time.perf_counter() - t0:.1f} s)"
         )
+        if latency and variant == RECOMMENDED:
+            row.latency = ort_latency(timed, x_test, block_s=latency_block_s)
+            for batch, medians in row.latency.items():
+                log(
+                    f"    latency b{batch} (ms, 1 thread): "
+                    + ", ".join(f"{name} {1e3 * t:.3f}" for name, t in medians.items())
+                )
         rows.append(row)
     return rows
 
@@ -776,6 +833,7 @@ def run_bench(
     seed: int = 0,
     preset: str | None = None,
     reduce_range: bool = False,
+    latency: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[list[Row], dict[str, TrainedTask]]:
     """Train every task, then measure it; the rows and the trained tasks."""
@@ -797,6 +855,7 @@ def run_bench(
                 seed=seed,
                 preset=preset,
                 reduce_range=reduce_range,
+                latency=latency,
                 log=log,
             )
     return rows, tasks
@@ -851,6 +910,31 @@ def markdown_table(
     return "\n".join([*lines, "", *notes])
 
 
+def latency_table(rows: Sequence[Row]) -> str:
+    """Per timed row and batch: original → locked median latency (ms) and their ratio, in fp32
+    and in every mode."""
+    timed = [r for r in rows if r.latency]
+    if not timed:
+        return ""
+    first = timed[0].latency[LATENCY_BATCHES[0]]
+    kinds = [n.removesuffix(" original") for n in first if n.endswith(" original")]
+    header = ["task", "lock setting", "batch"] + [
+        f"{MODE_LABELS.get(kind, kind)}: original → locked (ms), ratio" for kind in kinds
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|" + "---|" * len(kinds)]
+    for r in timed:
+        for batch, t in r.latency.items():
+            cells = [
+                f"{1e3 * t[f'{k} original']:.3f} → {1e3 * t[f'{k} locked']:.3f}, "
+                f"**{t[f'{k} locked'] / t[f'{k} original']:.2f}**"
+                for k in kinds
+            ]
+            lines.append(
+                f"| {r.task} | {r.variant.setting} | {batch} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
+
+
 def worst_excess(rows: Sequence[Row], mode: str, variant: Variant = RECOMMENDED) -> float:
     """The largest excess drop (points) of ``mode`` over the rows of ``variant`` and the keys."""
     values = [
@@ -880,6 +964,12 @@ def main(argv: list[str] | None = None) -> None:
         help="7-bit weights (onnxruntime's reduce_range); auto: on where int8 GEMMs can "
         "saturate (x86 without VNNI), on both the original and the locked models",
     )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time the recommended variant's first key against the original "
+        "(onnxruntime, one thread, batch 1 and 32, interleaved), in fp32 and in every mode",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
     unknown = [n for n in names if n not in TASKS]
@@ -900,9 +990,13 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         preset=args.preset,
         reduce_range=reduce_range,
+        latency=args.latency,
     )
     print()
     print(markdown_table(rows, tasks, args.calib_percent))
+    if args.latency:
+        print("\nLatency, onnxruntime, 1 thread, median per call (first key):\n")
+        print(latency_table(rows))
     print(f"\nworst excess drop, {RECOMMENDED.setting}, mixing {RECOMMENDED.mixing}:")
     for mode in QUANT_MODES:
         print(f"  {MODE_LABELS[mode]}: {worst_excess(rows, mode):+.2f} points")

@@ -25,6 +25,8 @@ def test_quantized_locked_mlp_matches_quantized_original(tmp_path: Path) -> None
         variants=[quantization.RECOMMENDED],
         modes=("dynamic", "static"),
         keys=1,
+        latency=True,
+        latency_block_s=0.005,
         log=lambda line: None,
     )
     assert row.fp32_locked == [row.fp32_original]
@@ -32,6 +34,15 @@ def test_quantized_locked_mlp_matches_quantized_original(tmp_path: Path) -> None
     assert row.trained == 3
     for mode in ("dynamic", "static"):
         assert row.int8_original[mode] == 3 and row.int8_locked[mode] == [3]
+    # every model timed at both batch sizes; the table shows one ratio per kind
+    sides = {
+        f"{k} {side}" for k in ("fp32", "dynamic", "static") for side in ("original", "locked")
+    }
+    assert set(row.latency) == set(quantization.LATENCY_BATCHES)
+    assert all(set(t) == sides and min(t.values()) > 0 for t in row.latency.values())
+    table = quantization.latency_table([row]).splitlines()
+    assert len(table) == 2 + len(quantization.LATENCY_BATCHES)
+    assert all(line.count("**") == 2 * 3 for line in table[2:])
     (excess,) = row.excesses("dynamic")
     assert excess <= quantization.TARGET_POINTS, quantization.markdown_table([row])
     # the static model was calibrated with the key: its key decoder stayed float
