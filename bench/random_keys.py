@@ -302,12 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     config = AuditConfig(model=args.model, victim_epochs=args.victim_epochs, lock_settings=settings)
     spec, _sweep, _seeds, victim_epochs = config.resolved()
+    if args.attention and not attention_layers(spec.factory()):
+        parser.error(f"--attention: the {args.model} has no attention layers")
     task = spec.task(config.data_seed)
     victim = spec.train_victim(task, victim_epochs)
     locked = config.lock(victim, config.lock_seed)
     stolen = StolenModel.from_locked(locked)
-    if args.attention and not attention_layers(victim):
-        parser.error(f"--attention: the {args.model} has no attention layers")
     try:
         ablations = {group: key_slots(locked, group.split(",")) for group in args.wrong_only}
     except ValueError as err:
