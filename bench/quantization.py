@@ -548,19 +548,6 @@ def quantize(
     return dst, exclude
 
 
-def ort_session(path: Path, threads: int | None = None) -> object:
-    """An onnxruntime CPU session; ``threads`` pins intra-op threads and runs ops in sequence."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads is not None:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-
-
 def ort_latency(
     models: dict[str, tuple[Path, np.ndarray | None]],
     x: np.ndarray,
@@ -569,16 +556,18 @@ def ort_latency(
     block_s: float = 0.2,
 ) -> dict[int, dict[str, float]]:
     """Median seconds per call of every model (path and key, ``None`` for an original) at each
-    of :data:`LATENCY_BATCHES`, onnxruntime with one thread, all models timed interleaved."""
-    sessions = {name: (ort_session(path, threads=1), key) for name, (path, key) in models.items()}
+    of :data:`LATENCY_BATCHES`, onnxruntime with one thread (the overhead bench's sessions), all
+    models timed interleaved."""
+    from overhead import ort_runner
+
+    runners = {name: (ort_runner(path, 1), key) for name, (path, key) in models.items()}
     out = {}
     for batch in LATENCY_BATCHES:
-        calls = {}
-        for name, (session, key) in sessions.items():
-            feed = {INPUT_NAME: np.ascontiguousarray(x[:batch])}
-            if key is not None:
-                feed[KEY_NAME] = key
-            calls[name] = lambda session=session, feed=feed: session.run(None, feed)
+        inputs = [np.ascontiguousarray(x[:batch])]
+        calls = {
+            name: bind(inputs if key is None else [*inputs, key])
+            for name, (bind, key) in runners.items()
+        }
         out[batch], _ = measure_interleaved(calls, blocks=blocks, block_s=block_s)
     return out
 
@@ -587,7 +576,11 @@ def ort_accuracy(
     path: Path, x: np.ndarray, y: np.ndarray, key: np.ndarray | None, batch: int = 512
 ) -> float:
     """Top-1 accuracy of an ONNX model on ``(x, y)`` with onnxruntime CPU."""
-    session = ort_session(path)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     correct = 0
     for i in range(0, len(y), batch):
         feed = {INPUT_NAME: x[i : i + batch]}
