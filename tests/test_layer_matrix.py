@@ -16,6 +16,7 @@ from tests.assertions import assert_equivalent, garbage_ratio
 from tests.models import MODEL_FACTORIES
 
 from skprotect_pytorch.audit.constants import artifact_constants, find_weight_leaks
+from skprotect_pytorch.errors import ExportError
 from skprotect_pytorch.export import get_exporter
 from skprotect_pytorch.export.options import ExportOptions
 from skprotect_pytorch.protect import SkProtectorPyTorch
@@ -160,17 +161,37 @@ def test_inductor_cpu(name: str, tmp_path: Path) -> None:
     assert find_weight_leaks(artifact_constants(path), weights) == []
 
 
+# Seen on the GPU machine's torch 2.11.0+cu130 (our pin 2.13 has no CUDA build there):
+# torch.export on CUDA adds batch guards it cannot prove for these models (docs/api.md, "GPU
+# formats: what has run on a GPU"). Strict, so a torch that fixes it turns the mark into a failure.
+_TORCH_211_AOTI_GPU_FAILS = {"mlp", "lstm", "gru"}
+
+
+def _gpu_case(name: str, fmt: str):
+    known = (
+        fmt == "inductor_gpu"
+        and name in _TORCH_211_AOTI_GPU_FAILS
+        and torch.__version__.startswith("2.11.")
+    )
+    reason = "torch 2.11 on CUDA: torch.export cannot prove its batch guards for this model"
+    return pytest.param(
+        name, fmt, marks=pytest.mark.xfail(known, reason=reason, raises=ExportError, strict=True)
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", sorted(MODEL_FACTORIES))
-def test_gpu_formats(name: str, tmp_path: Path) -> None:
-    """TorchScript GPU and AOTInductor GPU match the original run on the same GPU, under the
-    runtime's full-float32 settings."""
-    protected = _protect(name, EF.TORCHSCRIPT_GPU | EF.INDUCTOR_GPU | EF.ONNX, tmp_path)
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [_gpu_case(n, f) for n in sorted(MODEL_FACTORIES) for f in ("torchscript_gpu", "inductor_gpu")],
+)
+def test_gpu_formats(name: str, fmt: str, tmp_path: Path) -> None:
+    """TorchScript GPU and AOTInductor GPU, one protection each (so one format's failure hides
+    nothing of the other's), match the original run on the same GPU under the runtime's
+    full-float32 settings."""
+    protected = _protect(name, EF[fmt.upper()] | EF.ONNX, tmp_path)
     result = protected["result"]
+    path = result.formats[fmt].path
     other = _key(result.formats["onnx"].path, name)
-    weights = _weights(protected["model"])
-    for fmt in ("torchscript_gpu", "inductor_gpu"):
-        path = result.formats[fmt].path
-        _check_artifact(name, protected["model"], protected["inputs"], path, other, "cuda")
-        assert find_weight_leaks(artifact_constants(path), weights) == []
+    _check_artifact(name, protected["model"], protected["inputs"], path, other, "cuda")
+    assert find_weight_leaks(artifact_constants(path), _weights(protected["model"])) == []
