@@ -168,6 +168,7 @@ _TORCH_211_AOTI_GPU_FAILS = {"mlp", "lstm", "gru"}
 
 
 def _gpu_case(name: str, fmt: str):
+    """One (model, GPU format) case, marked as the known failure where torch 2.11 runs it."""
     known = (
         fmt == "inductor_gpu"
         and name in _TORCH_211_AOTI_GPU_FAILS
