@@ -147,18 +147,23 @@ def test_no_plaintext_weight_in_any_artifact(protected: dict) -> None:
         assert leaks == [], f"{fmt.format}: {leaks}"
 
 
+def _protect_and_check(name: str, fmt: str, root: Path, device: str = "cpu") -> Path:
+    """Protect ``name`` in ``fmt`` (beside ONNX, whose key is the other group's), check the
+    artifact on ``device`` and search it for plaintext weights; the artifact's path."""
+    protected = _protect(name, EF[fmt.upper()] | EF.ONNX, root)
+    result = protected["result"]
+    path = result.formats[fmt].path
+    other = _key(result.formats["onnx"].path, name)
+    _check_artifact(name, protected["model"], protected["inputs"], path, other, device)
+    assert find_weight_leaks(artifact_constants(path), _weights(protected["model"])) == []
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODEL_FACTORIES))
 def test_inductor_cpu(name: str, tmp_path: Path) -> None:
-    protected = _protect(name, EF.INDUCTOR_CPU | EF.ONNX, tmp_path)
-    result = protected["result"]
-    path = result.formats["inductor_cpu"].path
+    path = _protect_and_check(name, "inductor_cpu", tmp_path)
     assert path.suffix == ".pt2"
-    _check_artifact(
-        name, protected["model"], protected["inputs"], path, _key(result.formats["onnx"].path, name)
-    )
-    weights = _weights(protected["model"])
-    assert find_weight_leaks(artifact_constants(path), weights) == []
 
 
 # Seen on the GPU machine's torch 2.11.0+cu130 (our pin 2.13 has no CUDA build there):
@@ -190,9 +195,4 @@ def test_gpu_formats(name: str, fmt: str, tmp_path: Path) -> None:
     """TorchScript GPU and AOTInductor GPU, one protection each (so one format's failure hides
     nothing of the other's), match the original run on the same GPU under the runtime's
     full-float32 settings."""
-    protected = _protect(name, EF[fmt.upper()] | EF.ONNX, tmp_path)
-    result = protected["result"]
-    path = result.formats[fmt].path
-    other = _key(result.formats["onnx"].path, name)
-    _check_artifact(name, protected["model"], protected["inputs"], path, other, "cuda")
-    assert find_weight_leaks(artifact_constants(path), _weights(protected["model"])) == []
+    _protect_and_check(name, fmt, tmp_path, "cuda")
