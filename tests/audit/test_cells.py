@@ -55,6 +55,11 @@ def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_
         "victims.pt",
     ]
     assert first.cells["computed"] == 4 and first.cells["reused"] == 0
+    stored = {n: json.loads((folder / f"{n}.json").read_text())["seconds"] for n in ("A0", "B@1")}
+    times = first.cells["cell_times"]
+    assert sorted(times) == ["A0", "A1-null@1", "A1-random@1", "B@1"]
+    assert all(times[n] == round(t, 1) for n, t in stored.items())
+    assert first.cells["cell_seconds"] == pytest.approx(sum(times.values()), abs=0.3)
     assert first.cells["code"] == [cells_mod.code_version()]  # which code computed the cells
     assert json.loads((folder / "B@1.json").read_text())["code"] == cells_mod.code_version()
     assert json.loads((folder / "settings.json").read_text())["model"] == "mlp"
@@ -75,6 +80,8 @@ def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_
     assert _rows(resumed) == _rows(first)
     assert any(line.startswith("A1 fine-tune, random key at 1 %") for line in lines)
     assert "1 cells computed, 3 reused from" in resumed.to_markdown()
+    assert resumed.cells["cell_times"]["B@1"] == times["B@1"]  # a reused cell keeps its time
+    assert f"B@1 {times['B@1']:,.0f}" in resumed.to_markdown()
     assert (
         json.loads((folder / "A1-random@1.json").read_text())["value"]
         == json.loads((tmp_path / "kept.json").read_text())["value"]
@@ -147,7 +154,7 @@ def test_a_claimed_cell_is_left_to_its_holder_until_the_holder_dies(tmp_path):
     thread.start()
     assert store.get("y", lambda: "ours") == "theirs"
     thread.join()
-    assert store.reused == 1 and store.cell_seconds >= 5.0
+    assert store.reused == 1 and store.cell_times["y"] == 5.0
 
 
 def test_damaged_cells_and_unwritable_folders_are_clear_errors(tmp_path, monkeypatch):

@@ -109,8 +109,9 @@ class CellStore:
         self.compute = compute
         self.reused = 0
         self.computed = 0
-        self.cell_seconds = 0.0
-        """Compute time of every cell in this run's report, reused ones included."""
+        self.cell_times: dict[str, float] = {}
+        """Each cell's compute time in this run's report, reused ones included, in the order
+        the run met them: what a cell costs is what decides how to schedule the next ones."""
         self.code: set[str] = set()
         """The code versions that computed this run's cells (:func:`code_version`)."""
         self._memory: dict[str, Any] = {}
@@ -138,6 +139,11 @@ class CellStore:
                     "writable folder with free space, or no cell folder at all."
                 ) from err
 
+    @property
+    def cell_seconds(self) -> float:
+        """Compute time of every cell in this run's report, reused ones included."""
+        return sum(self.cell_times.values())
+
     def summary(self) -> dict[str, Any]:
         """What the report says of the cells (empty when they were kept in memory)."""
         if self.folder is None:
@@ -147,6 +153,7 @@ class CellStore:
             "computed": self.computed,
             "reused": self.reused,
             "cell_seconds": round(self.cell_seconds, 1),
+            "cell_times": {name: round(t, 1) for name, t in self.cell_times.items()},
             "code": sorted(self.code),
         }
 
@@ -156,12 +163,12 @@ class CellStore:
         another live process holds the cell's claim, :data:`MISSING` when the store only reads."""
         if self.folder is None:
             if name not in self._memory:
-                self._memory[name] = self._timed(compute)["value"]
+                self._memory[name] = self._timed(name, compute)["value"]
             return self._memory[name]
         path = self.folder / f"{name}.json"
 
         def produce() -> Any:
-            record = {**self._timed(compute), "code": code_version()}
+            record = {**self._timed(name, compute), "code": code_version()}
             self._write(path, json.dumps(record, indent=2).encode())
             return record["value"]
 
@@ -174,12 +181,12 @@ class CellStore:
             time.sleep(self.poll_s)
         return value
 
-    def _timed(self, compute: Callable[[], Any]) -> dict[str, Any]:
+    def _timed(self, name: str, compute: Callable[[], Any]) -> dict[str, Any]:
         start = time.perf_counter()
         value = compute()
         seconds = time.perf_counter() - start
         self.computed += 1
-        self.cell_seconds += seconds
+        self.cell_times[name] = seconds
         if self.folder is not None:
             self.code.add(code_version())
         return {"value": value, "seconds": seconds, "host": socket.gethostname()}
@@ -194,7 +201,7 @@ class CellStore:
                 "that cell (the other cells are kept)."
             ) from err
         self.reused += 1
-        self.cell_seconds += seconds
+        self.cell_times[path.stem] = seconds
         self.code.add(record.get("code", "unknown"))
         return value
 

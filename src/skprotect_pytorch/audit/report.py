@@ -95,8 +95,8 @@ class AuditReport:
     ``passed`` (see :mod:`skprotect_pytorch.audit.stored_weights`)."""
     cells: dict = field(default_factory=dict)
     """Where the run kept its cells (``AuditConfig.cells``): ``folder``, how many were
-    ``computed`` and ``reused``, ``cell_seconds``, the compute time of all of them, and
-    ``code``, the code versions that computed them."""
+    ``computed`` and ``reused``, ``cell_seconds``, the compute time of all of them,
+    ``cell_times``, each cell's, and ``code``, the code versions that computed them."""
 
     @property
     def passed(self) -> bool:
@@ -143,6 +143,14 @@ class AuditReport:
             + (f"; code {', '.join(c['code'])})" if c["code"] else ")")
         )
 
+    def _cell_times_lines(self) -> list[str]:
+        """Each cell's compute time: what the next run of a budget will cost, cell by cell."""
+        times = self.cells.get("cell_times")
+        if not times:
+            return []
+        listed = ", ".join(f"{name} {seconds:,.0f}" for name, seconds in times.items())
+        return [f"- compute time per cell, s: {listed}"]
+
     def to_markdown(self) -> str:
         def pct(v: float | None) -> str:
             return "" if v is None else f"{100 * v:.2f}"
@@ -158,6 +166,7 @@ class AuditReport:
             f"- settings: `{json.dumps(self.settings)}`",
             f"- time: {self.seconds:.0f} s{self._cells_text()}; "
             f"gate: **{'PASS' if self.passed else 'FAIL'}**",
+            *self._cell_times_lines(),
             "",
             "| attack | variant | x % | accuracy % | reference % | no-files control % | "
             "perm. recovered | chance | max row cos | floor | cos excess | verdict |",
