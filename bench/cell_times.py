@@ -1,0 +1,89 @@
+"""What each stored audit cell cost, as the markdown table of ``docs/security.md``'s "Cell times".
+
+    python bench/cell_times.py docs/audit/cells
+    python bench/cell_times.py docs/audit/cells --todo 25     # the cells left at x = 25 %
+
+Reads the ``seconds`` every cell JSON records (one core's compute) from each ``<model>-<hash>``
+folder that ``bench/audit_gate.py --cells`` wrote, one row per model and budget, and with
+``--todo X`` lists the cells not yet stored at x = X %, longest first by their time at the
+nearest smaller budget, so that a session can schedule them one process per core.  A0
+(seconds, once per model) is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+BASELINE = "B"
+
+
+def read_times(cells: Path) -> dict[str, dict[float, dict[str, float]]]:
+    """model → budget → cell name (``B``, ``A1-null``, …) → seconds, from every stored cell."""
+    if not cells.is_dir():
+        raise SystemExit(f"{cells} is not a folder; pass the --cells folder of bench/audit_gate.py")
+    times: dict[str, dict[float, dict[str, float]]] = {}
+    for folder in sorted(p for p in cells.iterdir() if (p / "settings.json").is_file()):
+        model = json.loads((folder / "settings.json").read_text())["model"]
+        for path in folder.glob("*@*.json"):
+            name, budget = path.stem.split("@")
+            seconds = json.loads(path.read_text())["seconds"]
+            times.setdefault(model, {}).setdefault(float(budget), {})[name] = seconds
+    return times
+
+
+def _columns(times: dict[str, dict[float, dict[str, float]]]) -> list[str]:
+    """The baseline first, then the attack variants in order (their names sort as they run)."""
+    names = {name for budgets in times.values() for cells in budgets.values() for name in cells}
+    return sorted(names, key=lambda n: (n != BASELINE, n))
+
+
+def table(times: dict[str, dict[float, dict[str, float]]]) -> str:
+    """The markdown table: seconds per cell, "–" where a cell is not stored, and the total."""
+    columns = _columns(times)
+    lines = [
+        "| model | x % | " + " | ".join(columns) + " | all cells |",
+        "|---|---:|" + "---:|" * (len(columns) + 1),
+    ]
+    for model, budgets in times.items():
+        for budget, cells in sorted(budgets.items()):
+            row = [f"{cells[c]:,.0f}" if c in cells else "–" for c in columns]
+            total = f"{sum(cells.values()) / 60:,.0f} min"
+            if len(cells) < len(columns):
+                total += " so far"
+            lines.append(f"| {model} | {budget:g} | " + " | ".join(row) + f" | {total} |")
+    return "\n".join(lines)
+
+
+def todo(times: dict[str, dict[float, dict[str, float]]], budget: float) -> str:
+    """The cells missing at ``budget``, longest first by their time at the nearest smaller one."""
+    columns = _columns(times)
+    left: list[tuple[float, str]] = []
+    for model, budgets in times.items():
+        smaller = [b for b in budgets if b < budget]
+        before = budgets[max(smaller)] if smaller else {}
+        for name in columns:
+            if name not in budgets.get(budget, {}):
+                left.append((before.get(name, 0.0), f"{model} {name}@{budget:g}"))
+    if not left:
+        return f"Every cell is stored at x = {budget:g} %."
+    lines = [f"Left at x = {budget:g} %, with each cell's time at the nearest smaller budget:"]
+    lines += [f"  {cell:<28} {seconds:>8,.0f} s" for seconds, cell in sorted(left, reverse=True)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("cells", type=Path, help="the --cells folder of bench/audit_gate.py")
+    p.add_argument("--todo", type=float, metavar="X", help="also list the cells left at x = X %%")
+    args = p.parse_args(argv)
+    times = read_times(args.cells)
+    print(table(times))
+    if args.todo is not None:
+        print()
+        print(todo(times, args.todo))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Keeps ``bench/cell_times.py`` right: its table adds up the stored cells' seconds, marks the
+missing ones, and ``docs/security.md`` shows the table the committed cells give."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import cell_times  # noqa: E402
+
+
+def _store(cells: Path, model: str, seconds: dict[str, float]) -> None:
+    folder = cells / f"{model}-0123456789ab"
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps({"model": model}))
+    (folder / "A0.json").write_text(json.dumps({"value": {}, "seconds": 3.0}))
+    for name, s in seconds.items():
+        (folder / f"{name}.json").write_text(json.dumps({"value": [], "seconds": s}))
+
+
+@pytest.fixture
+def cells(tmp_path: Path) -> Path:
+    _store(tmp_path, "gru", {"B@5": 60.4, "A1-null@5": 120.0, "A3@5": 300.0, "B@25": 600.0})
+    _store(tmp_path, "cnn", {"B@5": 90.0, "A1-null@5": 30.0, "A3@5": 60.0})
+    return tmp_path
+
+
+def test_table_sums_each_row_and_marks_missing_cells(cells: Path) -> None:
+    lines = cell_times.table(cell_times.read_times(cells)).splitlines()
+    assert lines[0] == "| model | x % | B | A1-null | A3 | all cells |"
+    assert lines[2:] == [
+        "| cnn | 5 | 90 | 30 | 60 | 3 min |",
+        "| gru | 5 | 60 | 120 | 300 | 8 min |",
+        "| gru | 25 | 600 | – | – | 10 min so far |",
+    ]
+
+
+def test_todo_lists_missing_cells_longest_first(cells: Path) -> None:
+    lines = cell_times.todo(cell_times.read_times(cells), 25).splitlines()
+    assert [line.split()[:3] for line in lines[1:]] == [
+        ["gru", "A3@25", "300"],
+        ["gru", "A1-null@25", "120"],
+        ["cnn", "B@25", "90"],
+        ["cnn", "A3@25", "60"],
+        ["cnn", "A1-null@25", "30"],
+    ]
+    assert cell_times.todo(cell_times.read_times(cells), 5) == "Every cell is stored at x = 5 %."
+
+
+def test_missing_folder_says_what_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--cells folder"):
+        cell_times.read_times(tmp_path / "nowhere")
+
+
+def test_security_doc_shows_the_committed_cells_times() -> None:
+    expected = cell_times.table(cell_times.read_times(ROOT / "docs" / "audit" / "cells"))
+    assert expected in (ROOT / "docs" / "security.md").read_text(), (
+        "regenerate the Cell times table: python bench/cell_times.py docs/audit/cells"
+    )
