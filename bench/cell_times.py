@@ -6,31 +6,56 @@
 Reads the ``seconds`` every cell JSON records (one core's compute) from each ``<model>-<hash>``
 folder that ``bench/audit_gate.py --cells`` wrote, one row per model and budget, and with
 ``--todo X`` lists the cells not yet stored at x = X %, longest first by their time at the
-nearest smaller budget, so that a session can schedule them one process per core.  A0
-(seconds, once per model) is left out.
+nearest smaller budget, so that a session can schedule them one process per core, with the
+parts a stopped run stored of them (a rerun goes on from there).  A0 (seconds, once per
+model) is left out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 BASELINE = "B"
 
 
-def read_times(cells: Path) -> dict[str, dict[float, dict[str, float]]]:
-    """model → budget → cell name (``B``, ``A1-null``, …) → seconds, from every stored cell."""
+def _folders(cells: Path) -> Iterator[tuple[str, Path]]:
+    """(model, folder) for every cell folder in ``cells``."""
     if not cells.is_dir():
         raise SystemExit(f"{cells} is not a folder; pass the --cells folder of bench/audit_gate.py")
-    times: dict[str, dict[float, dict[str, float]]] = {}
     for folder in sorted(p for p in cells.iterdir() if (p / "settings.json").is_file()):
-        model = json.loads((folder / "settings.json").read_text())["model"]
+        yield json.loads((folder / "settings.json").read_text())["model"], folder
+
+
+def read_times(cells: Path) -> dict[str, dict[float, dict[str, float]]]:
+    """model → budget → cell name (``B``, ``A1-null``, …) → seconds, from every stored cell."""
+    times: dict[str, dict[float, dict[str, float]]] = {}
+    for model, folder in _folders(cells):
         for path in folder.glob("*@*.json"):
             name, budget = path.stem.split("@")
             seconds = json.loads(path.read_text())["seconds"]
             times.setdefault(model, {}).setdefault(float(budget), {})[name] = seconds
     return times
+
+
+def read_parts(cells: Path) -> dict[str, tuple[int, float]]:
+    """``"<model> <cell>@<x>"`` → (parts stored, their seconds) for each cell a stopped run left
+    in parts (``<cell>@<x>.parts/``, see ``skprotect_pytorch.audit.cells.part``)."""
+    progress = {}
+    for model, folder in _folders(cells):
+        for parts in folder.glob("*@*.parts"):
+            seconds = []
+            for path in parts.rglob("*.pt"):
+                try:
+                    seconds.append(float(torch.load(path, weights_only=True)["seconds"]))
+                except Exception as err:  # torch raises several types for a damaged file
+                    raise SystemExit(f"{path} is unreadable ({err}): delete it") from err
+            progress[f"{model} {parts.stem}"] = (len(seconds), sum(seconds))
+    return progress
 
 
 def _columns(times: dict[str, dict[float, dict[str, float]]]) -> list[str]:
@@ -56,8 +81,13 @@ def table(times: dict[str, dict[float, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def todo(times: dict[str, dict[float, dict[str, float]]], budget: float) -> str:
-    """The cells missing at ``budget``, longest first by their time at the nearest smaller one."""
+def todo(
+    times: dict[str, dict[float, dict[str, float]]],
+    budget: float,
+    parts: dict[str, tuple[int, float]] | None = None,
+) -> str:
+    """The cells missing at ``budget``, longest first by their time at the nearest smaller one,
+    each with the ``parts`` stored of it (:func:`read_parts`)."""
     columns = _columns(times)
     left: list[tuple[float, str]] = []
     for model, budgets in times.items():
@@ -69,7 +99,12 @@ def todo(times: dict[str, dict[float, dict[str, float]]], budget: float) -> str:
     if not left:
         return f"Every cell is stored at x = {budget:g} %."
     lines = [f"Left at x = {budget:g} %, with each cell's time at the nearest smaller budget:"]
-    lines += [f"  {cell:<28} {seconds:>8,.0f} s" for seconds, cell in sorted(left, reverse=True)]
+    for seconds, cell in sorted(left, reverse=True):
+        line = f"  {cell:<28} {seconds:>8,.0f} s"
+        if parts and cell in parts:
+            count, done = parts[cell]
+            line += f"   {count} parts stored, {done:,.0f} s of compute"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -82,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(times))
     if args.todo is not None:
         print()
-        print(todo(times, args.todo))
+        print(todo(times, args.todo, read_parts(args.cells)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The audit's cell folder (``AuditConfig.cells``): a stopped run resumes where it stopped with
-the same numbers, two processes share the work without computing a cell twice, and damaged or
-unwritable folders give clear errors without touching the cells already stored."""
+the same numbers (inside a cell too, from its stored parts), two processes share the work
+without computing a cell twice, and damaged or unwritable folders give clear errors without
+touching the cells already stored."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import skprotect_pytorch.audit as audit_pkg
+import skprotect_pytorch.audit.attacks as attacks_mod
 import skprotect_pytorch.audit.cells as cells_mod
 from skprotect_pytorch.audit import AuditConfig, run_audit
-from skprotect_pytorch.audit.cells import PENDING, CellStore
+from skprotect_pytorch.audit.cells import PENDING, CellStore, part
 from skprotect_pytorch.audit.suite import ReferenceSpec
 from skprotect_pytorch.errors import StateError
 
@@ -86,6 +89,125 @@ def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_
         json.loads((folder / "A1-random@1.json").read_text())["value"]
         == json.loads((tmp_path / "kept.json").read_text())["value"]
     )
+
+
+class Stopped(Exception):
+    """A run killed in the middle of a cell."""
+
+
+def _stop() -> None:
+    raise Stopped
+
+
+def test_a_stopped_cell_resumes_from_its_stored_parts(tmp_path):
+    store = CellStore(tmp_path, {"model": "m"})
+    done: list[str] = []
+
+    def work(name: str, value, stop_at: str | None):
+        if name == stop_at:
+            raise Stopped
+        time.sleep(0.05)
+        done.append(name)
+        return value
+
+    def cell(stop_at: str | None = None) -> dict:
+        first = part("seed0", lambda: work("seed0", 1.5, stop_at))
+
+        def second() -> list[torch.Tensor]:
+            return [
+                part(f"lr{lr}", lambda lr=lr: work(f"lr{lr}", torch.full((2,), lr), stop_at))
+                for lr in (1, 2)
+            ]
+
+        keys = [k.tolist() for k in part("seed1", second)]
+        return {"first": first, "second": keys, "end": part("end", lambda: work("end", 0, stop_at))}
+
+    def stored() -> list[str]:
+        return sorted(str(p.relative_to(parts)) for p in parts.rglob("*.pt"))
+
+    parts = store.folder / "c@1.parts"
+    with pytest.raises(Stopped):
+        store.try_get("c@1", lambda: cell(stop_at="lr2"))
+    assert done == ["seed0", "lr1"]
+    assert stored() == ["seed0.pt", "seed1/lr1.pt"]  # seed 1 is not stored yet, its lr1 is
+    assert not (store.folder / "c@1.json").exists()
+    assert not (store.folder / "c@1.json.claim").exists()  # released: a rerun can compute it
+
+    done.clear()
+    with pytest.raises(Stopped):
+        store.try_get("c@1", lambda: cell(stop_at="end"))
+    assert done == ["lr2"]  # the stored parts are read back, not computed again
+    assert stored() == ["seed0.pt", "seed1.pt"]  # a stored part replaces its own parts
+
+    done.clear()
+    value = store.try_get("c@1", cell)
+    assert done == ["end"]
+    assert value == {"first": 1.5, "second": [[1.0, 1.0], [2.0, 2.0]], "end": 0} == cell()
+    assert not parts.exists()  # the finished cell replaces its parts
+    record = json.loads((store.folder / "c@1.json").read_text())
+    assert record["value"] == value
+    assert record["seconds"] >= 0.2  # the parts computed before the stops count
+    assert store.cell_times["c@1"] == record["seconds"]
+    assert record["parts_code"] == [cells_mod.code_version()]
+    assert part("free", lambda: 7) == 7  # outside a cell: just computed
+    assert sorted(p.name for p in store.folder.iterdir()) == ["c@1.json", "settings.json"]
+
+
+def test_damaged_parts_are_clear_errors_and_a_full_disk_keeps_the_parts_stored(
+    tmp_path, monkeypatch
+):
+    store = CellStore(tmp_path, {"model": "m"})
+
+    def cell() -> list:
+        return [part(f"seed{s}", lambda s=s: s * 2.0) for s in range(3)]
+
+    with pytest.raises(Stopped):
+        store.try_get("c", lambda: [*cell(), part("last", _stop)])
+    (store.folder / "c.parts" / "seed1.pt").write_bytes(b"torn")
+    with pytest.raises(StateError, match=r"seed1\.pt is unreadable.*delete it"):
+        store.try_get("c", cell)
+    assert not (store.folder / "c.json.claim").exists()
+    (store.folder / "c.parts" / "seed1.pt").unlink()
+
+    def disk_full(path, data, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cells_mod, "atomic_write_bytes", disk_full)
+    with pytest.raises(StateError, match=r"c\.parts/seed1\.pt.*free space"):
+        store.try_get("c", cell)
+    assert sorted(p.name for p in (store.folder / "c.parts").iterdir()) == ["seed0.pt", "seed2.pt"]
+    monkeypatch.undo()
+    assert store.try_get("c", cell) == [0.0, 2.0, 4.0]
+
+
+def test_a_run_stopped_inside_a_cell_resumes_with_the_same_numbers(
+    tmp_path, monkeypatch, one_thread
+):
+    small = {**SMALL, "seeds": 2, "attacks": ("A1",)}
+    in_memory = run_audit(AuditConfig(**small), log=lambda line: None)
+    sweep_best = attacks_mod._sweep_best
+    calls: list[int] = []
+
+    def counted(*args, stop_at: int | None = None, **kwargs):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise Stopped
+        return sweep_best(*args, **kwargs)
+
+    # B(1 %) is 3 init gains x 2 seeds; the run stops in A1's null key, on its second seed
+    monkeypatch.setattr(attacks_mod, "_sweep_best", lambda *a, **k: counted(*a, stop_at=8, **k))
+    with pytest.raises(Stopped):
+        run_audit(AuditConfig(**small, cells=tmp_path), log=lambda line: None)
+    (folder,) = tmp_path.iterdir()
+    assert (folder / "B@1.json").exists() and not (folder / "A1-null@1.json").exists()
+    assert [p.name for p in (folder / "A1-null@1.parts").iterdir()] == ["seed0.pt"]
+
+    calls.clear()
+    monkeypatch.setattr(attacks_mod, "_sweep_best", counted)
+    resumed = run_audit(AuditConfig(**small, cells=tmp_path), log=lambda line: None)
+    assert len(calls) == 3  # A1's null key on seed 1, its random key on seeds 0 and 1
+    assert _rows(resumed) == _rows(in_memory)
+    assert not list(folder.glob("*.parts"))
 
 
 def test_stored_only_reports_what_the_folder_holds_and_computes_nothing(

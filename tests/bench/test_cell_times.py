@@ -1,5 +1,6 @@
 """Keeps ``bench/cell_times.py`` right: its table adds up the stored cells' seconds, marks the
-missing ones, and ``docs/security.md`` shows the table the committed cells give."""
+missing ones, its todo list shows the parts of cells a stopped run stored, and
+``docs/security.md`` shows the table the committed cells give."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -51,6 +53,21 @@ def test_todo_lists_missing_cells_longest_first(cells: Path) -> None:
         ["cnn", "A1-null@25", "30"],
     ]
     assert cell_times.todo(cell_times.read_times(cells), 5) == "Every cell is stored at x = 5 %."
+
+
+def test_todo_shows_the_parts_a_stopped_run_stored(cells: Path) -> None:
+    parts = next(cells.glob("gru-*")) / "A3@25.parts"
+    (parts / "gain-1").mkdir(parents=True)
+    torch.save({"value": [0.9], "seconds": 200.0, "code": "abc"}, parts / "seed0.pt")
+    torch.save({"value": 0.8, "seconds": 50.5, "code": "abc"}, parts / "gain-1" / "seed1.pt")
+    progress = cell_times.read_parts(cells)
+    assert progress == {"gru A3@25": (2, 250.5)}
+    lines = cell_times.todo(cell_times.read_times(cells), 25, progress).splitlines()
+    assert " ".join(lines[1].split()) == "gru A3@25 300 s 2 parts stored, 250 s of compute"
+    assert lines[2].split()[:3] == ["gru", "A1-null@25", "120"] and "parts" not in lines[2]
+    (parts / "seed0.pt").write_bytes(b"torn")
+    with pytest.raises(SystemExit, match=r"seed0\.pt is unreadable.*delete it"):
+        cell_times.read_parts(cells)
 
 
 def test_missing_folder_says_what_to_pass(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from .attacks import (
     finetune_from_key,
     fresh_model,
 )
+from .cells import part
 from .data import Task
 from .matching import (
     KeyedLayer,
@@ -275,27 +276,36 @@ def attack_alignment(
     """A4: per seed a reference on the budget; weight matching and activation matching keys,
     each followed by fine-tuning from it. The no-files control (``extra["control"]``) fine-tunes
     the reference itself with the same sweep: what the second training round gains alone."""
-    keys: dict[str, dict[int, torch.Tensor]] = {"weight": {}, "activation": {}}
-    notes: dict[str, set[str]] = {"weight": set(), "activation": set()}
-    control: list[float] = []
-    for seed in seeds:
+
+    def aligned(seed: int) -> dict:
+        """One seed's reference, its no-files control and both matchings' keys and notes."""
         x, y = task.budget(budget, seed)
         reference = train_reference(make_model, task, x, y, sweep, seed)
         # like finetune_from_key, the start counts too (the thief keeps the better)
         again = _sweep_per_seed(partial(_trainable_copy, reference), task, budget, sweep, [seed])
-        control.append(max(accuracy(reference, task.x_test, task.y_test), again[0]))
         wm = weight_match_key(stolen, reference)
         am = activation_match(stolen, reference, x, wm)
-        keys["weight"][seed] = stolen.key(wm.perms, wm.scales)
-        keys["activation"][seed] = stolen.key(am.perms, am.scales)
-        notes["weight"].update(wm.notes)
-        notes["activation"].update(am.notes)
+        return {
+            "control": max(accuracy(reference, task.x_test, task.y_test), again[0]),
+            "weight": {"key": stolen.key(wm.perms, wm.scales), "notes": list(wm.notes)},
+            "activation": {"key": stolen.key(am.perms, am.scales), "notes": list(am.notes)},
+        }
+
+    per_seed = {seed: part(f"reference-seed{seed}", partial(aligned, seed)) for seed in seeds}
     outcomes = []
-    for kind, by_seed in keys.items():
-        o = finetune_from_key(stolen, task, budget, sweep, seeds, by_seed.__getitem__)
-        o.attack, o.variant = "A4", f"{kind} matching to own reference + fine-tune"
+    for kind in ("weight", "activation"):
+        by_seed = {seed: found[kind]["key"] for seed, found in per_seed.items()}
+        accs = part(
+            kind,
+            lambda by_seed=by_seed: (
+                finetune_from_key(
+                    stolen, task, budget, sweep, seeds, by_seed.__getitem__
+                ).accuracies
+            ),
+        )
+        o = AttackOutcome("A4", f"{kind} matching to own reference + fine-tune", budget, accs)
         o.recovered_keys = [by_seed[s] for s in seeds]
-        o.notes = sorted(notes[kind])
-        o.extra["control"] = control
+        o.notes = sorted({note for found in per_seed.values() for note in found[kind]["notes"]})
+        o.extra["control"] = [per_seed[s]["control"] for s in seeds]
         outcomes.append(o)
     return outcomes

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from ..errors import UnsupportedLayerError
 from ..lock import LockedModel
 from ..lock.channel_lock import ChannelOps
 from ..lock.keyed_model import KeyedModel
+from .cells import part
 from .data import Task
 from .matching import KeyEstimate, effective_weight, keyed_layers, reference_weights
 from .models import SweepConfig, accuracy, train_sweep_point
@@ -143,8 +145,8 @@ def _sweep_per_seed(
 ) -> list[float]:
     """Per seed, the best test accuracy of ``build()``'s model trained on that seed's budget with
     the sweep: the one training loop of the from-scratch baseline and A5's base-only fine-tune."""
-    accs = []
-    for seed in seeds:
+
+    def one(seed: int) -> float:
         x, y = task.budget(budget, seed)
 
         def make():
@@ -155,8 +157,9 @@ def _sweep_per_seed(
                 lambda: accuracy(model, task.x_test, task.y_test),
             )
 
-        accs.append(_sweep_best(make, x, y, sweep, seed))
-    return accs
+        return _sweep_best(make, x, y, sweep, seed)
+
+    return [part(f"seed{seed}", partial(one, seed)) for seed in seeds]
 
 
 def fresh_model(make_model: Callable[[], nn.Module], gain: float | None = None) -> nn.Module:
@@ -179,7 +182,10 @@ def best_over_gains(
     run: Callable[[float | None], list[float]], gains: Sequence[float | None]
 ) -> list[float]:
     """Per seed, the best of ``run(gain)`` over ``gains`` (a sweep's init gains)."""
-    per_gain = [run(gain) for gain in gains]
+    per_gain = [
+        part(f"gain-{'default' if gain is None else f'{gain:g}'}", partial(run, gain))
+        for gain in gains
+    ]
     return [max(accs) for accs in zip(*per_gain, strict=True)]
 
 
@@ -240,12 +246,12 @@ def finetune_from_key(
 ) -> AttackOutcome:
     """Train every weight of the locked model with a fixed key on the budget (the baseline's
     sweep); the accuracy of the key before training counts too (the thief keeps the better)."""
-    accs = []
-    for seed in seeds:
+
+    def one(seed: int) -> float:
         x, y = task.budget(budget, seed)
         key = key_for_seed(seed)
 
-        def make(key: torch.Tensor = key):
+        def make():
             module = copy.deepcopy(stolen.keyed).train()
             for p in module.parameters():
                 p.requires_grad_(True)
@@ -257,7 +263,9 @@ def finetune_from_key(
             )
 
         start = accuracy(stolen.forward_with(key), task.x_test, task.y_test)
-        accs.append(max(start, _sweep_best(make, x, y, sweep, seed)))
+        return max(start, _sweep_best(make, x, y, sweep, seed))
+
+    accs = [part(f"seed{seed}", partial(one, seed)) for seed in seeds]
     return AttackOutcome("A1", "fine-tune", budget, accs)
 
 
@@ -512,37 +520,40 @@ def attack_key_learning(
     the thief keeps the better of the trained weights under the hard key and the relaxed network
     itself (a deployable model too).  Recovered keys are the hard keys.
     """
+
+    def one(seed: int, lr: float) -> dict:
+        """One sweep point: the accuracy it reaches and its hard key."""
+        x, y = task.budget(budget, seed)
+        torch.manual_seed(seed)
+        net, key = relaxed_model(stolen, train_weights=joint)
+        if joint:
+            key.start_at_null_key()
+        learn_key(
+            net,
+            key,
+            x,
+            y,
+            lr=lr * key_lr_scale,
+            epochs=max(sweep.epochs),
+            batch_size=sweep.batch_size,
+            seed=seed,
+            weights=list(net.parameters()) if joint else (),
+            weight_lr=lr,
+        )
+        net.eval()
+        hard = stolen.key(key.hard_perms(), key.hard_scales())
+        module = _with_weights(stolen, net) if joint else stolen.keyed
+        acc = accuracy(stolen.forward_with(hard, module), task.x_test, task.y_test)
+        if joint:
+            acc = max(acc, accuracy(net, task.x_test, task.y_test))
+        return {"accuracy": acc, "key": hard}
+
     accs, keys = [], []
     for seed in seeds:
-        x, y = task.budget(budget, seed)
-        best, best_key = -1.0, None
-        for lr in sweep.lrs:
-            torch.manual_seed(seed)
-            net, key = relaxed_model(stolen, train_weights=joint)
-            if joint:
-                key.start_at_null_key()
-            learn_key(
-                net,
-                key,
-                x,
-                y,
-                lr=lr * key_lr_scale,
-                epochs=max(sweep.epochs),
-                batch_size=sweep.batch_size,
-                seed=seed,
-                weights=list(net.parameters()) if joint else (),
-                weight_lr=lr,
-            )
-            net.eval()
-            hard = stolen.key(key.hard_perms(), key.hard_scales())
-            module = _with_weights(stolen, net) if joint else stolen.keyed
-            acc = accuracy(stolen.forward_with(hard, module), task.x_test, task.y_test)
-            if joint:
-                acc = max(acc, accuracy(net, task.x_test, task.y_test))
-            if acc > best:
-                best, best_key = acc, hard
-        accs.append(best)
-        keys.append(best_key)
+        points = [part(f"seed{seed}-lr{lr:g}", partial(one, seed, lr)) for lr in sweep.lrs]
+        best = max(points, key=lambda point: point["accuracy"])
+        accs.append(best["accuracy"])
+        keys.append(best["key"])
     variant = (
         "key learning, joint weights" if joint else "key learning (Gumbel-Sinkhorn + Hungarian)"
     )

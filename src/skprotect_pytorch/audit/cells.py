@@ -7,9 +7,11 @@ named for everything it depends on (model, victim epochs, data and lock seeds, l
 sweep, seed count); the trained networks it attacks (victim, twin, A5's base and victim) are
 stored there too, so a later run, on this machine or another one, attacks the very same
 networks instead of retraining them.  Writes are atomic: a run killed mid-cell loses that cell
-only.  A process claims a cell with a ``.claim`` file before it computes it; another process
-on the same folder skips claimed cells, computes the others, then waits for the claimed ones
-(a claim whose process has died on this host is taken over).
+only, and not even all of it: the pieces of a cell that take long (one seed, one init gain,
+one learning rate: :func:`part`) are stored as they finish, so a cell of more hours than a
+session has resumes where it stopped.  A process claims a cell with a ``.claim`` file before it
+computes it; another process on the same folder skips claimed cells, computes the others, then
+waits for the claimed ones (a claim whose process has died on this host is taken over).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -42,6 +46,8 @@ PENDING = object()
 """What :meth:`CellStore.try_get` returns for a cell another live process is computing."""
 MISSING = object()
 """What :meth:`CellStore.try_get` returns for a cell not stored when the store computes nothing."""
+
+T = TypeVar("T")
 
 
 def fingerprint(context: dict[str, Any]) -> str:
@@ -86,6 +92,74 @@ def _process_alive(host: str, pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class _Parts:
+    """The stored parts of the one cell being computed: ``<cell>.parts/<name>.pt``, a nested
+    part's in its parents' subfolder until they are stored, each with its value and compute
+    time."""
+
+    def __init__(self, folder: Path, write: Callable[[Path, bytes], None]) -> None:
+        self.folder = folder
+        self.write = write
+        self.prefix: list[str] = []
+        self.reused_seconds = 0.0
+        """Compute time of the parts read back instead of computed (a cell's cost includes it)."""
+        self.code: set[str] = set()
+        """The code versions that computed the parts read back."""
+
+    def get(self, name: str, compute: Callable[[], T]) -> T:
+        path = self.folder.joinpath(*self.prefix, f"{name}.pt")
+        if path.exists():
+            record = self._load(path)
+            self.reused_seconds += record["seconds"]
+            self.code.add(record["code"])
+            return record["value"]
+        start, reused = time.perf_counter(), self.reused_seconds
+        self.prefix.append(name)
+        try:
+            value = compute()
+        finally:
+            self.prefix.pop()
+        seconds = time.perf_counter() - start + self.reused_seconds - reused
+        buffer = io.BytesIO()
+        torch.save({"value": value, "seconds": seconds, "code": code_version()}, buffer)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StateError(
+                f"Cannot store audit cell part {path} ({err.strerror}); free space or pick "
+                "another folder. Cells stored before are intact."
+            ) from err
+        self.write(path, buffer.getvalue())
+        shutil.rmtree(path.with_suffix(""), ignore_errors=True)  # its own parts, now inside it
+        return value
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any]:
+        try:
+            record = torch.load(path, weights_only=True)
+            value, seconds, code = record["value"], float(record["seconds"]), str(record["code"])
+        except Exception as err:  # torch raises several types for a damaged file
+            raise StateError(
+                f"Audit cell part {path} is unreadable ({type(err).__name__}: {err}); delete "
+                "it and run again to recompute that part (the other parts and cells are kept)."
+            ) from err
+        return {"value": value, "seconds": seconds, "code": code}
+
+
+_PARTS: ContextVar[_Parts | None] = ContextVar("audit_cell_parts", default=None)
+
+
+def part(name: str, compute: Callable[[], T]) -> T:
+    """``compute()``, stored as a part of the cell being computed in a cell folder, or read back
+    when a stopped run stored it: attacks wrap each seed, init gain and learning rate in one, so
+    a cell of hours loses at most the part it was in.  ``compute`` must return what
+    ``torch.load(weights_only=True)`` reads back (numbers, strings, tensors, lists, dicts) and
+    act on nothing outside it; ``name`` is unique among its siblings.  Outside a cell folder it
+    just computes."""
+    parts = _PARTS.get()
+    return compute() if parts is None else parts.get(name, compute)
 
 
 class CellStore:
@@ -167,9 +241,19 @@ class CellStore:
             return self._memory[name]
         path = self.folder / f"{name}.json"
 
+        parts_folder = self.folder / f"{name}.parts"
+
         def produce() -> Any:
-            record = {**self._timed(name, compute), "code": code_version()}
+            parts = _Parts(parts_folder, self._write)
+            token = _PARTS.set(parts)
+            try:
+                record = {**self._timed(name, compute, parts), "code": code_version()}
+            finally:
+                _PARTS.reset(token)
+            if parts.code:
+                record["parts_code"] = sorted(parts.code)
             self._write(path, json.dumps(record, indent=2).encode())
+            shutil.rmtree(parts_folder, ignore_errors=True)
             return record["value"]
 
         return self._obtain(path, lambda: self._load(path), produce)
@@ -181,14 +265,19 @@ class CellStore:
             time.sleep(self.poll_s)
         return value
 
-    def _timed(self, name: str, compute: Callable[[], Any]) -> dict[str, Any]:
+    def _timed(
+        self, name: str, compute: Callable[[], Any], parts: _Parts | None = None
+    ) -> dict[str, Any]:
+        """``compute()`` with its compute time, counting that of the parts read back."""
         start = time.perf_counter()
         value = compute()
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + (parts.reused_seconds if parts else 0.0)
         self.computed += 1
         self.cell_times[name] = seconds
         if self.folder is not None:
             self.code.add(code_version())
+        if parts is not None:
+            self.code.update(parts.code)
         return {"value": value, "seconds": seconds, "host": socket.gethostname()}
 
     def _load(self, path: Path) -> Any:
@@ -203,6 +292,7 @@ class CellStore:
         self.reused += 1
         self.cell_times[path.stem] = seconds
         self.code.add(record.get("code", "unknown"))
+        self.code.update(record.get("parts_code", ()))
         return value
 
     def _obtain(self, path: Path, load: Callable[[], Any], produce: Callable[[], Any]) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from ..lock import LockedModel
 from .alignment import weight_match_key
 from .attacks import AttackOutcome, StolenModel, _sweep_per_seed, finetune_from_key
+from .cells import part
 from .data import Task
 from .models import SweepConfig, accuracy, train_model, train_sweep_point
 
@@ -76,7 +78,7 @@ def finetune_base(
             p.requires_grad_(True)
         return model
 
-    accs = _sweep_per_seed(trainable_base, task, budget, sweep, seeds)
+    accs = part("base", partial(_sweep_per_seed, trainable_base, task, budget, sweep, seeds))
     return AttackOutcome("A5", "fine-tune the public base (reference)", budget, accs)
 
 
@@ -92,8 +94,11 @@ def attack_public_base(
     reference), fine-tune from that key; returned with the base-only fine-tune to compare."""
     est = weight_match_key(stolen, base)
     key = stolen.key(est.perms, est.scales)
-    matched = finetune_from_key(stolen, task, budget, sweep, seeds, lambda seed: key)
-    matched.attack, matched.variant = "A5", "weight matching to the public base + fine-tune"
+    accs = part(
+        "matched",
+        lambda: finetune_from_key(stolen, task, budget, sweep, seeds, lambda seed: key).accuracies,
+    )
+    matched = AttackOutcome("A5", "weight matching to the public base + fine-tune", budget, accs)
     matched.recovered_keys = [key]
     matched.notes = list(est.notes)
     matched.extra["key_accuracy"] = accuracy(stolen.forward_with(key), task.x_test, task.y_test)
