@@ -100,7 +100,7 @@ def _stop() -> None:
 
 
 def test_a_stopped_cell_resumes_from_its_stored_parts(tmp_path):
-    store = CellStore(tmp_path, {"model": "m"})
+    store = CellStore(tmp_path, {"model": "m"}, log=lambda line: None)
     done: list[str] = []
 
     def work(name: str, value, stop_at: str | None):
@@ -156,7 +156,7 @@ def test_a_stopped_cell_resumes_from_its_stored_parts(tmp_path):
 def test_damaged_parts_are_clear_errors_and_a_full_disk_keeps_the_parts_stored(
     tmp_path, monkeypatch
 ):
-    store = CellStore(tmp_path, {"model": "m"})
+    store = CellStore(tmp_path, {"model": "m"}, log=lambda line: None)
 
     def cell() -> list:
         return [part(f"seed{s}", lambda s=s: s * 2.0) for s in range(3)]
@@ -204,7 +204,9 @@ def test_a_run_stopped_inside_a_cell_resumes_with_the_same_numbers(
 
     calls.clear()
     monkeypatch.setattr(attacks_mod, "_sweep_best", counted)
-    resumed = run_audit(AuditConfig(**small, cells=tmp_path), log=lambda line: None)
+    lines: list[str] = []
+    resumed = run_audit(AuditConfig(**small, cells=tmp_path), log=lines.append)
+    assert "A1-null@1: going on from 1 stored part(s) of a stopped run" in lines
     assert len(calls) == 3  # A1's null key on seed 1, its random key on seeds 0 and 1
     assert _rows(resumed) == _rows(in_memory)
     assert not list(folder.glob("*.parts"))

@@ -164,7 +164,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         raise InvalidArgumentError(
             "stored_only reports the cells of a cell folder: give AuditConfig.cells as well."
         )
-    store = CellStore(config.cells, context, compute=not config.stored_only)
+    store = CellStore(config.cells, context, compute=not config.stored_only, log=log)
 
     task = spec.task(config.data_seed)
     # The cosine check's noise floor: the same architecture trained with another seed (what

@@ -167,7 +167,8 @@ class CellStore:
 
     ``context`` is every setting the cells depend on; it names the folder and is written beside
     the cells as ``settings.json``.  With ``compute=False`` the store only reads: missing cells
-    are :data:`MISSING` and missing networks an error.
+    are :data:`MISSING` and missing networks an error.  ``log`` tells when a cell goes on from
+    stored parts.
     """
 
     def __init__(
@@ -177,10 +178,12 @@ class CellStore:
         *,
         poll_s: float = 5.0,
         compute: bool = True,
+        log: Callable[[str], None] = print,
     ) -> None:
         self.context = context
         self.poll_s = poll_s
         self.compute = compute
+        self.log = log
         self.reused = 0
         self.computed = 0
         self.cell_times: dict[str, float] = {}
@@ -244,6 +247,8 @@ class CellStore:
         parts_folder = self.folder / f"{name}.parts"
 
         def produce() -> Any:
+            if stored := len(list(parts_folder.rglob("*.pt"))):
+                self.log(f"{name}: going on from {stored} stored part(s) of a stopped run")
             parts = _Parts(parts_folder, self._write)
             token = _PARTS.set(parts)
             try:
