@@ -243,7 +243,6 @@ class CellStore:
                 self._memory[name] = self._timed(name, compute)["value"]
             return self._memory[name]
         path = self.folder / f"{name}.json"
-
         parts_folder = self.folder / f"{name}.parts"
 
         def produce() -> Any:
