@@ -18,7 +18,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+from skprotect_pytorch.audit.cells import read_part
+from skprotect_pytorch.errors import StateError
 
 BASELINE = "B"
 
@@ -48,12 +49,10 @@ def read_parts(cells: Path) -> dict[str, tuple[int, float]]:
     progress = {}
     for model, folder in _folders(cells):
         for parts in folder.glob("*@*.parts"):
-            seconds = []
-            for path in parts.rglob("*.pt"):
-                try:
-                    seconds.append(float(torch.load(path, weights_only=True)["seconds"]))
-                except Exception as err:  # torch raises several types for a damaged file
-                    raise SystemExit(f"{path} is unreadable ({err}): delete it") from err
+            try:
+                seconds = [read_part(path)["seconds"] for path in parts.rglob("*.pt")]
+            except StateError as err:
+                raise SystemExit(str(err)) from err
             progress[f"{model} {parts.stem}"] = (len(seconds), sum(seconds))
     return progress
 

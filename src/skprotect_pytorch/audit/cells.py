@@ -94,6 +94,20 @@ def _process_alive(host: str, pid: int) -> bool:
     return True
 
 
+def read_part(path: Path) -> dict[str, Any]:
+    """A stored part's record (``value``, ``seconds``, ``code``); a damaged file gives a
+    StateError naming the file to delete."""
+    try:
+        record = torch.load(path, weights_only=True)
+        value, seconds, code = record["value"], float(record["seconds"]), str(record["code"])
+    except Exception as err:  # torch raises several types for a damaged file
+        raise StateError(
+            f"Audit cell part {path} is unreadable ({type(err).__name__}: {err}); delete "
+            "it and run again to recompute that part (the other parts and cells are kept)."
+        ) from err
+    return {"value": value, "seconds": seconds, "code": code}
+
+
 class _Parts:
     """The stored parts of the one cell being computed: ``<cell>.parts/<name>.pt``, a nested
     part's in its parents' subfolder until they are stored, each with its value and compute
@@ -111,7 +125,7 @@ class _Parts:
     def get(self, name: str, compute: Callable[[], T]) -> T:
         path = self.folder.joinpath(*self.prefix, f"{name}.pt")
         if path.exists():
-            record = self._load(path)
+            record = read_part(path)
             self.reused_seconds += record["seconds"]
             self.code.add(record["code"])
             return record["value"]
@@ -134,18 +148,6 @@ class _Parts:
         self.write(path, buffer.getvalue())
         shutil.rmtree(path.with_suffix(""), ignore_errors=True)  # its own parts, now inside it
         return value
-
-    @staticmethod
-    def _load(path: Path) -> dict[str, Any]:
-        try:
-            record = torch.load(path, weights_only=True)
-            value, seconds, code = record["value"], float(record["seconds"]), str(record["code"])
-        except Exception as err:  # torch raises several types for a damaged file
-            raise StateError(
-                f"Audit cell part {path} is unreadable ({type(err).__name__}: {err}); delete "
-                "it and run again to recompute that part (the other parts and cells are kept)."
-            ) from err
-        return {"value": value, "seconds": seconds, "code": code}
 
 
 _PARTS: ContextVar[_Parts | None] = ContextVar("audit_cell_parts", default=None)
