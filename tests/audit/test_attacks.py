@@ -5,6 +5,7 @@ key, and the reduced audit (A0-A5 on the MLP at 1 %) meets the gate on the defau
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -16,12 +17,14 @@ from typer.testing import CliRunner
 from skprotect_pytorch import audit as audit_pkg
 from skprotect_pytorch.audit import AuditConfig, run_audit
 from skprotect_pytorch.audit.attacks import (
+    LOG_FLOOR,
     RelaxedKey,
     StolenModel,
     best_over_gains,
     fresh_model,
     harden,
     learn_key,
+    log_sinkhorn,
     permutation_recovery,
     relaxed_model,
     weight_cosines,
@@ -51,6 +54,35 @@ def test_harden_returns_the_permutation_of_a_one_hot_score():
     logits = torch.zeros(9, 9)
     logits[torch.from_numpy(p), torch.arange(9)] = 1.0  # S[p[j], j]: index j gathers p[j]
     assert np.array_equal(harden(logits), p)
+
+
+def _plain_log_sinkhorn(log_alpha: torch.Tensor, iters: int = 20) -> torch.Tensor:
+    """The textbook log-domain Sinkhorn, ``exp`` underflowing to 0 where it does."""
+    for _ in range(iters):
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-1, keepdim=True)
+        log_alpha = log_alpha - torch.logsumexp(log_alpha, dim=-2, keepdim=True)
+    return log_alpha.exp()
+
+
+@pytest.mark.parametrize("spread", [1.0, 20.0, 2000.0])
+def test_log_sinkhorn_matches_the_textbook_one_but_never_underflows(spread):
+    """The floor moves no entry by more than exp(LOG_FLOOR) and no gradient by more than
+    rounding, at spreads from none to the thousands an annealed temperature gives."""
+    base = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0)) * spread
+    weight = torch.randn(32, 32, generator=torch.Generator().manual_seed(1))
+    results = []
+    for sinkhorn in (log_sinkhorn, _plain_log_sinkhorn):
+        logits = base.clone().requires_grad_(True)
+        out = sinkhorn(logits)
+        (out * weight).sum().backward()
+        results.append((out.detach(), logits.grad))
+    (out, grad), (plain_out, plain_grad) = results
+    assert torch.allclose(out, plain_out, rtol=0, atol=2 * math.exp(LOG_FLOOR))
+    assert torch.allclose(grad, plain_grad, rtol=1e-4, atol=1e-5)
+    assert out.min() >= math.exp(LOG_FLOOR) * 0.99  # no denormal, no zero
+    assert torch.allclose(out.sum(-2), torch.ones(3, 32), atol=1e-5)  # it ends on columns
+    if spread > 100:
+        assert plain_out.min() == 0  # the case the floor is for: plain exp underflows
 
 
 @pytest.mark.parametrize("scaled", [False, True])
