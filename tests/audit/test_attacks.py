@@ -15,7 +15,7 @@ from tests.audit.helpers import set_true_key
 from typer.testing import CliRunner
 
 from skprotect_pytorch import audit as audit_pkg
-from skprotect_pytorch.audit import AuditConfig, run_audit
+from skprotect_pytorch.audit import AuditConfig, flushes_denormals, run_audit
 from skprotect_pytorch.audit.attacks import (
     LOG_FLOOR,
     RelaxedKey,
@@ -285,6 +285,20 @@ def test_cli_audit_stored_only_on_an_empty_folder_says_what_to_do(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("before", [False, True])
+def test_run_audit_flushes_denormals_while_it_runs_and_restores_the_flag(monkeypatch, before):
+    during = []
+    monkeypatch.setattr(audit_pkg, "_run", lambda *args: during.append(flushes_denormals()))
+    torch.set_flush_denormal(before)
+    try:
+        assert flushes_denormals() is before
+        run_audit(AuditConfig(), log=lambda line: None)
+        assert during == [True]
+        assert flushes_denormals() is before
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_reduced_audit_meets_the_gate():
     """CI audit: A0-A5 on the locked MLP at 1 %, quick sweep; A5 is report-only."""
     report = run_audit(AuditConfig(budgets=(1,), quick=True, seeds=1), log=lambda line: None)
