@@ -302,8 +302,8 @@ slower on an Intel Xeon, and the denormal results slow the arithmetic after them
 
 class _FlooredLogSumExp(torch.autograd.Function):
     """``logsumexp`` over ``dim`` whose terms under ``exp(LOG_FLOOR)`` of the largest count as
-    that: the value moves by under 1e-24 relative, and those terms' gradient (under 1e-26) is
-    zero."""
+    that: the sum moves by at most ``n · 9e-27`` relative (``n`` terms), and those terms'
+    gradient (under 9e-27) is zero."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, dim: int) -> torch.Tensor:
