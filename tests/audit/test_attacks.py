@@ -284,9 +284,9 @@ def test_cli_audit_stored_only_on_an_empty_folder_says_what_to_do(tmp_path):
     assert "No cells for these settings" in result.output and "none for this model" in result.output
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("before", [False, True])
 def test_run_audit_flushes_denormals_while_it_runs_and_restores_the_flag(monkeypatch, before):
+    """Flushed for the run (A2's tiny products), and the caller's flag is back afterwards."""
     during = []
     monkeypatch.setattr(audit_pkg, "_run", lambda *args: during.append(flushes_denormals()))
     torch.set_flush_denormal(before)
@@ -299,6 +299,7 @@ def test_run_audit_flushes_denormals_while_it_runs_and_restores_the_flag(monkeyp
         torch.set_flush_denormal(False)
 
 
+@pytest.mark.slow
 def test_reduced_audit_meets_the_gate():
     """CI audit: A0-A5 on the locked MLP at 1 %, quick sweep; A5 is report-only."""
     report = run_audit(AuditConfig(budgets=(1,), quick=True, seeds=1), log=lambda line: None)
