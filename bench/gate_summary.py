@@ -1,0 +1,180 @@
+"""The full gate at a glance: one row per model and budget from the committed audit reports.
+
+    python bench/gate_summary.py docs/audit/full_gate/audit_gate.json docs/audit/gate_*.json
+
+Reads the JSON that ``bench/audit_gate.py`` writes (one report, or a batch file whose ``runs``
+hold reports, bare or under ``report``), keeps the runs with the full sweep (``--quick`` runs
+are left out unless ``--with-quick``), and merges the runs of one model and budget, which a
+split run stores apart (each attack once: a second copy of one is an error, not a silent
+choice).  Each row gives B(x), the gated attack (A1–A4) with the highest accuracy (mean of
+its seeds) and how far under B(x) it stayed (the gate itself compares A4 with the larger of
+B(x) and A4's no-files control; this column does not, so it never reads kinder), the highest
+wrong-key accuracy (A0) against chance, the most permutation entries any attack recovered
+against chance, the largest aligned-cosine excess, gate 4, and the verdict.  Attacks missing
+from A0–A4 make the verdict "incomplete", and which ones are named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GATED = ("A0", "A1", "A2", "A3", "A4")
+"""The attacks the gate judges; A5 (the public base) is report-only."""
+
+
+@dataclass
+class Entry:
+    """What the runs of one model at one budget measured."""
+
+    rows: dict[tuple[str, str], dict] = field(default_factory=dict)
+    """(attack, variant) → the report's row."""
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)
+    chance: float = 0.0
+    baseline: float | None = None
+    stored_weights_passed: bool | None = None
+    not_run: list[str] = field(default_factory=list)
+
+
+def _reports(path: Path) -> list[dict]:
+    """The audit reports in one file of ``bench/audit_gate.py``'s, whatever its shape."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{path}: not a readable JSON report of bench/audit_gate.py ({err})")
+    runs = data.get("runs", [data])
+    reports = [run.get("report", run) for run in runs]
+    if not all(isinstance(r.get("models"), dict | list) for r in reports):
+        raise SystemExit(f"{path}: no 'models' in its report; pass bench/audit_gate.py's JSON")
+    return reports
+
+
+def _models(report: dict) -> list[dict]:
+    models = report["models"]
+    return list(models.values()) if isinstance(models, dict) else models
+
+
+def collect(paths: list[Path], with_quick: bool = False) -> dict[tuple[str, float], Entry]:
+    """(model, budget) → the merged rows of every full-sweep run in ``paths``."""
+    entries: dict[tuple[str, float], Entry] = {}
+    for path in paths:
+        for report in _reports(path):
+            for model in _models(report):
+                settings = model["settings"]
+                if settings.get("quick") and not with_quick:
+                    continue
+                for budget in settings["budgets"]:
+                    entry = entries.setdefault((settings["model"], float(budget)), Entry())
+                    _merge(entry, model, float(budget), f"{path} ({report.get('date', '?')})")
+    return entries
+
+
+def _merge(entry: Entry, model: dict, budget: float, source: str) -> None:
+    entry.chance = model["chance"]
+    for row in model["rows"]:
+        if row["budget"] is not None and float(row["budget"]) != budget:
+            continue
+        key = (row["attack"], row["variant"])
+        if key in entry.rows:
+            raise SystemExit(
+                f"{row['attack']} ({row['variant']}) of the {model['settings']['model']} at "
+                f"{budget:g} % is in {entry.sources[key]} and in {source}: pass one of them"
+            )
+        entry.rows[key], entry.sources[key] = row, source
+    for key, baseline in model["baselines"].items():
+        if float(key) == budget:
+            entry.baseline = baseline
+    if model.get("stored_weights"):
+        passed = all(w["passed"] for w in model["stored_weights"])
+        entry.stored_weights_passed = passed and entry.stored_weights_passed is not False
+    entry.not_run += model.get("not_run", [])
+
+
+_SHORT = {
+    "null key": "null key",
+    "random key": "random key",
+    "joint weights": "joint weights",
+    "Gumbel-Sinkhorn": "frozen weights",
+    "weight matching": "weight matching",
+    "activation matching": "activation matching",
+}
+
+
+def label(row: dict) -> str:
+    """``A4, activation matching``: the attack and the part of its variant that tells it apart."""
+    for words, short in _SHORT.items():
+        if words in row["variant"] and row["attack"] != "A3":
+            return f"{row['attack']}, {short}"
+    return row["attack"]
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def summary_row(model: str, budget: float, entry: Entry) -> str:
+    """One markdown row of :func:`table`."""
+    rows = list(entry.rows.values())
+    missing = [a for a in GATED if not any(r["attack"] == a for r in rows)]
+    attacks = [r for r in rows if r["attack"] in GATED[1:]]
+    best = max(attacks, key=lambda r: r["accuracy"], default=None)
+    wrong_keys = [r["accuracy"] for r in rows if r["attack"] == "A0"]
+    gated = [r for r in rows if r["attack"] in GATED]
+    ratios = [
+        r["perm_recovered"] / r["perm_chance"]
+        for r in gated
+        if r["perm_recovered"] is not None and r["perm_chance"]
+    ]
+    excess = [r["cos_excess"] for r in gated if r["cos_excess"] is not None]
+    failed = any(not r["passed"] for r in gated) or entry.stored_weights_passed is False
+    if failed:
+        verdict = "FAIL"
+    elif missing or entry.not_run or entry.stored_weights_passed is None:
+        absent = missing + entry.not_run + (["gate 4"] if entry.stored_weights_passed is None else [])
+        verdict = "incomplete: " + ", ".join(absent)
+    else:
+        verdict = "pass"
+    cells = [
+        model,
+        f"{budget:g}",
+        _pct(entry.baseline) if entry.baseline is not None else "–",
+        label(best) if best else "–",
+        _pct(best["accuracy"]) if best else "–",
+        f"{100 * (best['reference'] - best['accuracy']):.1f}" if best else "–",
+        f"{_pct(max(wrong_keys))} ({_pct(entry.chance)})" if wrong_keys else "–",
+        f"{max(ratios):.2f} ×" if ratios else "–",
+        f"{max(excess):.3f}" if excess else "–",
+        {True: "pass", False: "FAIL", None: "–"}[entry.stored_weights_passed],
+        verdict,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| model | x % | B(x) % | best attack | its accuracy % | under B(x), points | "
+    "A0 highest % (chance) | perm. recovered, most | cos excess, most | gate 4 | gate |\n"
+    "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|"
+)
+
+
+def table(entries: dict[tuple[str, float], Entry]) -> str:
+    """The markdown table, by model and then budget."""
+    lines = [HEADER] + [summary_row(m, b, entries[m, b]) for m, b in sorted(entries)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("reports", type=Path, nargs="+", help="JSON reports of bench/audit_gate.py")
+    p.add_argument("--with-quick", action="store_true", help="also count --quick runs")
+    args = p.parse_args(argv)
+    entries = collect(args.reports, args.with_quick)
+    if not entries:
+        raise SystemExit("no full-sweep run in these reports (add --with-quick for quick runs)")
+    print(table(entries))
+
+
+if __name__ == "__main__":
+    main()
