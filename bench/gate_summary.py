@@ -43,7 +43,9 @@ def _reports(path: Path) -> list[dict]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"{path}: not a readable JSON report of bench/audit_gate.py ({err})")
+        raise SystemExit(
+            f"{path}: not a readable JSON report of bench/audit_gate.py ({err})"
+        ) from None
     runs = data.get("runs", [data])
     reports = [run.get("report", run) for run in runs]
     if not all(isinstance(r.get("models"), dict | list) for r in reports):
@@ -132,7 +134,8 @@ def summary_row(model: str, budget: float, entry: Entry) -> str:
     if failed:
         verdict = "FAIL"
     elif missing or entry.not_run or entry.stored_weights_passed is None:
-        absent = missing + entry.not_run + (["gate 4"] if entry.stored_weights_passed is None else [])
+        no_gate_4 = ["gate 4"] if entry.stored_weights_passed is None else []
+        absent = missing + entry.not_run + no_gate_4
         verdict = "incomplete: " + ", ".join(absent)
     else:
         verdict = "pass"
