@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -59,6 +61,43 @@ class AuditModel(StrEnum):
     gru = "gru"
 
 
+def _refuse_unwritable(path: Path, option: str) -> None:
+    """Exit 2 before any work if ``path`` cannot take a report: an audit runs for hours, and a
+    report it cannot write at the end would be lost."""
+    folder = path.parent
+    problem = None
+    if not folder.is_dir():
+        problem = f"its folder {folder} does not exist; create it or pass another path"
+    elif path.is_dir():
+        problem = "it is a folder; pass a file name"
+    elif not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        problem = "it is not writable; pass a path you can write to"
+    if problem:
+        typer.echo(f"error: {option} {path}: {problem}.", err=True)
+        raise typer.Exit(2)
+
+
+def _write_report(path: Path, text: str, option: str) -> bool:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, so that a full
+    disk leaves the previous file whole; say why and return False when it fails."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        typer.echo(
+            f"error: could not write {option} {path} ({err.strerror or err}); the report is "
+            "printed above: free space or pass another path, then copy it from there.",
+            err=True,
+        )
+        return False
+    return True
+
+
 class AuditPreset(StrEnum):
     """The lock presets (``lock.context.LOCK_PRESETS``; listed here to keep the CLI light)."""
 
@@ -112,6 +151,10 @@ def audit(
     from .audit import AuditConfig, run_audit
     from .lock import LockSettings
 
+    outputs = {"--json": json_file, "--markdown": markdown_file}
+    for option, path in outputs.items():
+        if path is not None:
+            _refuse_unwritable(path, option)
     try:
         values = tuple(float(b) for b in budgets.split(",") if b.strip())
     except ValueError:
@@ -139,13 +182,17 @@ def audit(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     text = report.to_markdown()
-    if json_file is not None:
-        json_file.write_text(report.to_json())
-    if markdown_file is not None:
-        markdown_file.write_text(text)
-    typer.echo(text)
+    typer.echo(text)  # first: a report that cannot be written is still on screen
     for warning in report.warnings:  # report-only (A5): never changes the exit code
         typer.echo(f"warning: {warning}", err=True)
+    contents = {"--json": report.to_json, "--markdown": lambda: text}
+    written = [
+        _write_report(path, contents[option](), option)
+        for option, path in outputs.items()
+        if path is not None
+    ]
+    if not all(written):
+        raise typer.Exit(2)
     if not report.passed:
         raise typer.Exit(1)
 

@@ -1,0 +1,77 @@
+"""``skprotect audit --json/--markdown``: a path that cannot take the report is refused before
+the hours of work, and a write that fails at the end loses neither the report (it is on
+screen) nor the file a previous run wrote."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from skprotect_pytorch import audit as audit_pkg
+from skprotect_pytorch import cli
+from skprotect_pytorch.audit.report import AuditReport, AuditRow
+
+runs: list[object] = []
+
+
+@pytest.fixture(autouse=True)
+def fake_audit(monkeypatch):
+    """A passing one-row report instead of hours of training."""
+    runs.clear()
+
+    def fake_run_audit(config, log=print):
+        runs.append(config)
+        row = AuditRow("A0", "null key", None, 0.1, [0.1], 0.1).judge()
+        return AuditReport({}, "m", 0.9, 0.1, {}, {}, [row], [])
+
+    monkeypatch.setattr(audit_pkg, "run_audit", fake_run_audit)
+
+
+def _audit(*args: str):
+    return CliRunner().invoke(cli.app, ["audit", "--quick", *args])
+
+
+@pytest.mark.parametrize(
+    ("option", "where", "says"),
+    [
+        ("--json", "missing/report.json", "does not exist; create it"),
+        ("--markdown", ".", "is a folder; pass a file name"),
+    ],
+)
+def test_an_unusable_report_path_is_refused_before_the_audit_runs(
+    tmp_path: Path, option: str, where: str, says: str
+) -> None:
+    result = _audit(option, str(tmp_path / where))
+    assert result.exit_code == 2
+    assert f"error: {option} {tmp_path / where}" in result.output and says in result.output
+    assert runs == []
+
+
+def test_a_failed_write_keeps_the_previous_file_and_the_report_on_screen(
+    tmp_path: Path, monkeypatch
+) -> None:
+    previous = tmp_path / "report.json"
+    previous.write_text('{"passed": true, "from": "last week"}')
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli.os, "replace", disk_full)
+    result = _audit("--json", str(previous), "--markdown", str(tmp_path / "report.md"))
+    assert result.exit_code == 2, result.output
+    assert "| A0 | null key |" in result.output  # the report itself was printed
+    assert f"could not write --json {previous} (No space left on device)" in result.output
+    assert json.loads(previous.read_text()) == {"passed": True, "from": "last week"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary left
+
+
+def test_reports_are_written_whole(tmp_path: Path) -> None:
+    result = _audit("--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a.json").read_text())["passed"] is True
+    assert "| A0 | null key |" in (tmp_path / "a.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.md"]
