@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -93,9 +94,27 @@ class GateResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out: Path) -> None:
+        """Both reports, each through a temporary file: a full disk keeps the previous one."""
+        for name, text in (
+            ("audit_gate.md", self.to_markdown()),
+            ("audit_gate.json", self.to_json()),
+        ):
+            staged = out / f".{name}.tmp"
+            try:
+                staged.write_text(text)
+                os.replace(staged, out / name)
+            finally:
+                staged.unlink(missing_ok=True)
+
+
+def prepare_out(out: Path) -> None:
+    """Create the report folder, or stop before any work if it cannot take the reports."""
+    try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "audit_gate.md").write_text(self.to_markdown())
-        (out / "audit_gate.json").write_text(self.to_json())
+    except OSError as err:
+        raise SystemExit(f"--out {out}: cannot create it ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK):
+        raise SystemExit(f"--out {out}: not writable; pass a folder you can write to")
 
 
 def _csv(text: str) -> list[str]:
@@ -156,6 +175,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_gate(argv: list[str], log=print) -> GateResult:
     """Audit every requested model, writing the reports after each one."""
     args = parse_args(argv)
+    prepare_out(args.out)
     start = time.perf_counter()
     result = GateResult(
         command=shlex.join(["python", "bench/audit_gate.py", *argv]),

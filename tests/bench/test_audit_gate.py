@@ -54,6 +54,17 @@ def test_smallest_gate_run_writes_both_reports(tmp_path):
     data = json.loads((tmp_path / "audit_gate.json").read_text())
     assert data["passed"] and data["command"] == result.command
     assert {r["variant"] for r in data["models"]["gru"]["rows"]} >= {"null key", "zero key"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit_gate.json", "audit_gate.md"]
+
+
+def test_an_out_folder_that_cannot_be_made_stops_before_any_work(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(audit_gate, "run_audit", lambda *a, **k: calls.append(a))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match=r"--out .*a_file/reports: cannot create it"):
+        audit_gate.run_gate(["--out", str(blocker / "reports"), "--quick"], log=lambda s: None)
+    assert calls == []
 
 
 def test_gate_options_are_checked():
