@@ -103,6 +103,12 @@ class GateResult:
             try:
                 staged.write_text(text)
                 os.replace(staged, out / name)
+            except OSError as err:
+                raise SystemExit(
+                    f"could not write {out / name} ({err.strerror or err}); the finished cells "
+                    "are kept in --cells if you gave it: free space, then rerun the same "
+                    "command with --stored-only to write the reports"
+                ) from None
             finally:
                 staged.unlink(missing_ok=True)
 

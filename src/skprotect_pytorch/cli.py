@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -80,15 +79,12 @@ def _refuse_unwritable(path: Path, option: str) -> None:
 def _write_report(path: Path, text: str, option: str) -> bool:
     """Write ``text`` to ``path`` through a temporary file in the same folder, so that a full
     disk leaves the previous file whole; say why and return False when it fails."""
-    tmp = None
+    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the umask's permissions
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
+        staged.write_text(text, encoding="utf-8")
+        os.replace(staged, path)
     except OSError as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
         typer.echo(
             f"error: could not write {option} {path} ({err.strerror or err}); the report is "
             "printed above: free space or pass another path, then copy it from there.",

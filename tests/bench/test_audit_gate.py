@@ -3,6 +3,7 @@ one victim epoch) and writes a report naming its command and date."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -81,3 +82,17 @@ def test_gate_options_are_checked():
         audit_gate.parse_args(["--out", "x", "--stored-only"])  # needs --cells
     stored = audit_gate.parse_args(["--out", "x", "--cells", "c", "--stored-only"])
     assert stored.stored_only and stored.cells == Path("c")
+
+
+def test_a_full_disk_keeps_the_previous_reports_and_says_what_to_do(tmp_path, monkeypatch):
+    (tmp_path / "audit_gate.md").write_text("last run")
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_gate.os, "replace", disk_full)
+    result = audit_gate.GateResult(command="python bench/audit_gate.py", date="d", machine="m")
+    with pytest.raises(SystemExit, match=r"No space left on device.*--stored-only"):
+        result.write(tmp_path)
+    assert (tmp_path / "audit_gate.md").read_text() == "last run"
+    assert [p.name for p in tmp_path.iterdir()] == ["audit_gate.md"]
