@@ -120,6 +120,13 @@ def audit(
     seeds: Annotated[
         int | None, typer.Option(help="Seeds per budget (default: 3, or 1 with --quick).")
     ] = None,
+    attacks: Annotated[
+        str, typer.Option(help="Attacks to run, comma-separated (A0 … A5; default: all).")
+    ] = "A0,A1,A2,A3,A4,A5",
+    victim_epochs: Annotated[
+        int | None,
+        typer.Option(min=1, help="Epochs to train the victim (default: the suite's)."),
+    ] = None,
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Write the report as JSON to this file.")
     ] = None,
@@ -144,8 +151,17 @@ def audit(
 ) -> None:
     """Attack a locked reference model as a thief with the files and x % of the data would;
     print the report and exit 1 when the gate fails (docs/security.md)."""
-    from .audit import AuditConfig, run_audit
+    from .audit import ATTACKS, AuditConfig, run_audit
     from .lock import LockSettings
+
+    chosen = tuple(a.strip() for a in attacks.split(",") if a.strip())
+    if not chosen or set(chosen) - set(ATTACKS):
+        typer.echo(
+            f"error: --attacks takes names from {', '.join(ATTACKS)} separated by commas, got "
+            f"'{attacks}'",
+            err=True,
+        )
+        raise typer.Exit(2)
 
     outputs = {"--json": json_file, "--markdown": markdown_file}
     for option, path in outputs.items():
@@ -166,8 +182,10 @@ def audit(
             AuditConfig(
                 model=model.value,
                 budgets=values,
+                attacks=chosen,
                 quick=quick,
                 seeds=seeds,
+                victim_epochs=victim_epochs,
                 lock_settings=LockSettings.preset(preset.value),
                 cells=cells,
                 stored_only=stored_only,

@@ -1,6 +1,7 @@
-"""``skprotect audit --json/--markdown``: a path that cannot take the report is refused before
-the hours of work, and a write that fails at the end loses neither the report (it is on
-screen) nor the file a previous run wrote."""
+"""``skprotect audit``: its options reach the audit and bad ones are refused before it runs; a
+``--json``/``--markdown`` path that cannot take the report is refused before the hours of work,
+and a write that fails at the end loses neither the report (it is on screen) nor the file a
+previous run wrote."""
 
 from __future__ import annotations
 
@@ -75,3 +76,20 @@ def test_reports_are_written_whole(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "a.json").read_text())["passed"] is True
     assert "| A0 | null key |" in (tmp_path / "a.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.md"]
+
+
+def test_attacks_and_victim_epochs_reach_the_audit() -> None:
+    result = _audit("--attacks", "A0, A2", "--victim-epochs", "3")
+    assert result.exit_code == 0, result.output
+    assert tuple(runs[-1].attacks) == ("A0", "A2") and runs[-1].victim_epochs == 3
+    assert _audit().exit_code == 0 and tuple(runs[-1].attacks) == audit_pkg.ATTACKS
+
+
+@pytest.mark.parametrize(
+    "args", [["--attacks", "A0,A9"], ["--attacks", ","], ["--victim-epochs", "0"]]
+)
+def test_bad_attacks_or_epochs_are_refused_before_the_audit_runs(args: list[str]) -> None:
+    result = _audit(*args)
+    assert result.exit_code == 2 and runs == []
+    if args[0] == "--attacks":
+        assert "--attacks takes names from A0, A1, A2, A3, A4, A5" in result.output
