@@ -34,6 +34,8 @@ class Entry:
     sources: dict[tuple[str, str], str] = field(default_factory=dict)
     chance: float = 0.0
     baseline: float | None = None
+    """B(x) of the last run read; the table shows the B(x) the best attack was judged against
+    (split runs each train their own)."""
     stored_weights_passed: bool | None = None
     not_run: list[str] = field(default_factory=list)
 
@@ -142,7 +144,7 @@ def summary_row(model: str, budget: float, entry: Entry) -> str:
     cells = [
         model,
         f"{budget:g}",
-        _pct(entry.baseline) if entry.baseline is not None else "–",
+        _pct(best["reference"] if best else entry.baseline) if best or entry.baseline else "–",
         label(best) if best else "–",
         _pct(best["accuracy"]) if best else "–",
         f"{100 * (best['reference'] - best['accuracy']):.1f}" if best else "–",
