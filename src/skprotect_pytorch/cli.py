@@ -118,7 +118,8 @@ def audit(
         str, typer.Option(help="Attacker budgets, % of the training data, comma-separated.")
     ] = "1,5,10,25",
     seeds: Annotated[
-        int | None, typer.Option(help="Seeds per budget (default: 3, or 1 with --quick).")
+        int | None,
+        typer.Option(min=1, help="Seeds per budget (default: 3, or 1 with --quick)."),
     ] = None,
     attacks: Annotated[
         str, typer.Option(help="Attacks to run, comma-separated (A0 … A5; default: all).")

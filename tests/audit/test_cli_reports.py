@@ -86,7 +86,7 @@ def test_attacks_and_victim_epochs_reach_the_audit() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["--attacks", "A0,A9"], ["--attacks", ","], ["--victim-epochs", "0"]]
+    "args", [["--attacks", "A0,A9"], ["--attacks", ","], ["--victim-epochs", "0"], ["--seeds", "0"]]
 )
 def test_bad_attacks_or_epochs_are_refused_before_the_audit_runs(args: list[str]) -> None:
     result = _audit(*args)
