@@ -30,6 +30,7 @@ from machine import machine_line
 from skprotect_pytorch.audit import ATTACKS, SUITE, AuditConfig, AuditReport, run_audit
 from skprotect_pytorch.lock import LockSettings
 from skprotect_pytorch.lock.context import DEFAULT_PRESET, LOCK_PRESETS
+from skruntime.config import atomic_write_bytes
 
 GATE_BUDGETS = (1.0, 5.0, 10.0, 25.0)
 GATE_SEEDS = 3
@@ -94,23 +95,19 @@ class GateResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out: Path) -> None:
-        """Both reports, each through a temporary file: a full disk keeps the previous one."""
+        """Both reports, each written atomically: a full disk keeps the previous one."""
         for name, text in (
             ("audit_gate.md", self.to_markdown()),
             ("audit_gate.json", self.to_json()),
         ):
-            staged = out / f".{name}.tmp"
             try:
-                staged.write_text(text)
-                os.replace(staged, out / name)
+                atomic_write_bytes(out / name, text.encode("utf-8"))
             except OSError as err:
                 raise SystemExit(
                     f"could not write {out / name} ({err.strerror or err}); the finished cells "
                     "are kept in --cells if you gave it: free space, then rerun the same "
                     "command with --stored-only to write the reports"
                 ) from None
-            finally:
-                staged.unlink(missing_ok=True)
 
 
 def prepare_out(out: Path) -> None:

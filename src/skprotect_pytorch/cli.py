@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from skruntime.cli import run_command
+from skruntime.config import atomic_write_bytes
 
 from .errors import SkProtectError
 
@@ -77,14 +78,11 @@ def _refuse_unwritable(path: Path, option: str) -> None:
 
 
 def _write_report(path: Path, text: str, option: str) -> bool:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so that a full
-    disk leaves the previous file whole; say why and return False when it fails."""
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the umask's permissions
+    """Write ``text`` to ``path`` atomically, so that a full disk leaves the previous file whole;
+    say why and return False when it fails."""
     try:
-        staged.write_text(text, encoding="utf-8")
-        os.replace(staged, path)
+        atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as err:
-        staged.unlink(missing_ok=True)
         typer.echo(
             f"error: could not write {option} {path} ({err.strerror or err}); the report is "
             "printed above: free space or pass another path, then copy it from there.",
