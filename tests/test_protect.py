@@ -20,6 +20,7 @@ from skprotect_pytorch.errors import (
     SkProtectError,
     VerificationError,
 )
+from skprotect_pytorch.lock.coverage import PlaintextWeight
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime.config import load_config
 from skruntime.keyfile import read_txt_keys, session_key
@@ -132,18 +133,28 @@ def test_layer_filter_called_once_per_layer_across_groups(workdir: Path) -> None
         calls.append(name)
         return name == "fc"
 
-    result = SkProtectorPyTorch(application_name="app").protect_new_model(
-        make_model(),
-        "net",
-        INPUTS,
-        layer_filter=only_fc,
-        model_export_formats=EF.ONNX | EF.TORCHSCRIPT_CPU,
-    )
+    said = r"1 weight tensor\(s\) of 'net' are stored in plaintext"
+    with pytest.warns(RuntimeWarning, match=said) as seen:
+        result = SkProtectorPyTorch(application_name="app").protect_new_model(
+            make_model(),
+            "net",
+            INPUTS,
+            layer_filter=only_fc,
+            model_export_formats=EF.ONNX | EF.TORCHSCRIPT_CPU,
+        )
     assert calls == ["conv", "fc"]
     assert [d.name for d in result.locked_layers] == ["fc"]
     assert [(d.name, d.reason) for d in result.skipped_layers] == [
         ("conv", "excluded by layer_filter")
     ]
+    # the excluded conv's kernel ships unlocked: said once (not per format group) and listed
+    assert len([w for w in seen if "plaintext" in str(w.message)]) == 1
+    assert result.plaintext_weights == [
+        PlaintextWeight(
+            "conv.weight", (8, 3, 3, 3), "layer 'conv' was not locked: excluded by layer_filter"
+        )
+    ]
+    assert "weights stored in plaintext: 1" in str(result)
     assert result.formats["onnx"].key_length == result.formats["torchscript_cpu"].key_length
 
 

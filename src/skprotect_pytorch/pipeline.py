@@ -36,6 +36,7 @@ from .export.options import ExportOptions
 from .formats import ExportFormat, ExportPlatform, FormatGroup
 from .lock import LockedModel, lock_model
 from .lock.context import LockSettings
+from .lock.coverage import PlaintextWeight
 from .logs import get_logger
 from .platforms import write_platform_keys
 from .progress import console, step
@@ -121,6 +122,19 @@ def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
     )
     den = sum(float(np.linalg.norm(e.astype(np.float64))) for e in expected) or 1.0
     return num / den
+
+
+def _warn_plaintext(model_name: str, weights: list[PlaintextWeight]) -> None:
+    """Say that some weight tensors ship unlocked: the user may not know a layer type is
+    unsupported, and a thief reads these tensors without the key."""
+    listed = "; ".join(f"{w.name} {tuple(w.shape)}: {w.reason}" for w in weights)
+    message = (
+        f"{len(weights)} weight tensor(s) of '{model_name}' are stored in plaintext and readable "
+        f"without the key ({listed}). Replace them with supported layers (docs/api.md) if they "
+        "must be protected; ProtectionResult.plaintext_weights lists them."
+    )
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    get_logger().warning(message)
 
 
 def _selected_formats(request: ProtectRequest, result: ProtectionResult) -> list[ExportFormat]:
@@ -419,6 +433,9 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             )
             result.layers = locked.layers
             result.folded_batchnorms = locked.folded_batchnorms
+            if locked.plaintext and not result.plaintext_weights:  # once, not per group
+                _warn_plaintext(request.model_name, locked.plaintext)
+            result.plaintext_weights = locked.plaintext
             key_length = locked.layout.length
             key_paths = write_platform_keys(
                 request.platform,

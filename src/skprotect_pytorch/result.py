@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .lock import LayerDecision
+from .lock.coverage import PlaintextWeight
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class ProtectionResult:
     original_files: list[Path] = field(default_factory=list)
     layers: list[LayerDecision] = field(default_factory=list)
     folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)
+    plaintext_weights: list[PlaintextWeight] = field(default_factory=list)
+    """Weight tensors outside every locked layer: written to the artifacts as they are."""
     seconds: float = 0.0
 
     @property
@@ -68,6 +71,14 @@ class ProtectionResult:
             f"  layers locked : {len(self.locked_layers)}, skipped: {len(self.skipped_layers)}",
         ]
         lines += [f"    - {d.name} ({d.layer_type}): {d.reason}" for d in self.skipped_layers]
+        if self.plaintext_weights:
+            lines.append(
+                f"  weights stored in plaintext: {len(self.plaintext_weights)} (readable without "
+                "the key)"
+            )
+            lines += [
+                f"    - {w.name} {tuple(w.shape)}: {w.reason}" for w in self.plaintext_weights
+            ]
         if self.folded_batchnorms:
             folded = ", ".join(f"{bn}→{conv}" for conv, bn in self.folded_batchnorms)
             lines.append(f"  BatchNorms folded: {folded}")

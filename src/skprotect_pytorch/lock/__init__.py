@@ -17,6 +17,7 @@ from ..errors import InvalidArgumentError, UnsupportedLayerError
 from . import attention, conv, linear, recurrent  # noqa: F401  (registers the lockers)
 from .batchnorm import fold_batchnorms
 from .context import KeySlots, LockContext, LockSettings
+from .coverage import PlaintextWeight, plaintext_weights
 from .key_layout import KeyLayout
 from .keyed_model import KeyedModel
 from .registry import find_locker, supported_layer_types
@@ -42,6 +43,8 @@ class LockedModel:
     layout: KeyLayout
     layers: list[LayerDecision] = field(default_factory=list)
     folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)
+    plaintext: list[PlaintextWeight] = field(default_factory=list)
+    """Weight tensors outside every locked layer, stored as they are (:mod:`.coverage`)."""
 
     @property
     def locked_layers(self) -> list[LayerDecision]:
@@ -120,8 +123,13 @@ def lock_model(
             f"No layer of the model was locked ({detail}). Supported layer types are {names}; "
             "check layer_filter."
         )
+    plaintext = plaintext_weights(
+        work,
+        (d.name for d in decisions if d.locked),
+        {d.name: d.reason for d in decisions if not d.locked},
+    )
     locked_root = _swap(work, replacements)
     keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots)
     keyed.training = locked_root.training
     keyed.decoder.train(locked_root.training)
-    return LockedModel(keyed, ctx.layout, decisions, folded)
+    return LockedModel(keyed, ctx.layout, decisions, folded, plaintext)

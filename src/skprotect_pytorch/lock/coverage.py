@@ -1,0 +1,56 @@
+"""Which weight tensors a lock leaves in plaintext, and why.
+
+The lock keys the weight matrices of the supported layers only. Any other weight tensor of two
+or more dimensions (an ``nn.Embedding`` table, a learned positional encoding, a kernel of a
+layer that was skipped or excluded) is written to every artifact as it is: a thief reads it
+without the key. This lists them so that the protector's result and the audit can say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PlaintextWeight:
+    """A weight tensor stored unlocked: its parameter name, shape and the reason."""
+
+    name: str
+    shape: tuple[int, ...]
+    reason: str
+
+
+def _owner(param_name: str) -> str:
+    return param_name.rpartition(".")[0]
+
+
+def _covering(owner: str, names: Iterable[str]) -> str | None:
+    """The first of ``names`` that is ``owner`` or one of its ancestors."""
+    return next((n for n in names if n == "" or owner == n or owner.startswith(n + ".")), None)
+
+
+def plaintext_weights(
+    model: nn.Module, locked: Iterable[str], skipped: dict[str, str]
+) -> list[PlaintextWeight]:
+    """The weight tensors (two or more dimensions) of ``model`` outside every ``locked`` layer.
+
+    ``skipped`` maps the supported layers that were not locked to the reason, which is then
+    the tensor's reason; any other owner is a module type the lock does not support.
+    """
+    locked = list(locked)
+    modules = dict(model.named_modules())
+    found = []
+    for name, param in model.named_parameters():
+        if param.dim() < 2 or _covering(_owner(name), locked) is not None:
+            continue
+        layer = _covering(_owner(name), skipped)
+        if layer is not None:
+            reason = f"layer '{layer}' was not locked: {skipped[layer]}"
+        else:
+            kind = type(modules[_owner(name)]).__name__
+            reason = f"{kind} is not a layer type the lock supports"
+        found.append(PlaintextWeight(name, tuple(param.shape), reason))
+    return found
