@@ -92,6 +92,7 @@ def _merge(entry: Entry, model: dict, budget: float, source: str) -> None:
             entry.baseline = baseline
     if model.get("stored_weights"):
         passed = all(w["passed"] for w in model["stored_weights"])
+        passed = passed and not model.get("plaintext_weights")  # unlocked tensors fail gate 4
         entry.stored_weights_passed = passed and entry.stored_weights_passed is not False
     entry.not_run += model.get("not_run", [])
 

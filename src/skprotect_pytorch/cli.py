@@ -51,16 +51,6 @@ def export_kek(
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
 
 
-class AuditModel(StrEnum):
-    """The audit's reference models (``audit.suite.SUITE``; listed here to keep the CLI light)."""
-
-    mlp = "mlp"
-    cnn = "cnn"
-    transformer = "transformer"
-    lstm = "lstm"
-    gru = "gru"
-
-
 def _refuse_unwritable(path: Path, option: str) -> None:
     """Exit 2 before any work if ``path`` cannot take a report: an audit runs for hours, and a
     report it cannot write at the end would be lost."""
@@ -102,9 +92,14 @@ class AuditPreset(StrEnum):
 @app.command()
 def audit(
     model: Annotated[
-        AuditModel,
-        typer.Option(help="Reference model of the suite to lock and attack (docs/security.md)."),
-    ] = AuditModel.mlp,
+        str,
+        typer.Option(
+            help="What to lock and attack: a reference model of the suite (mlp, cnn, "
+            "transformer, lstm, gru; docs/security.md), or your own as FILE.py:NAME or "
+            "module:NAME, naming a spec built with skprotect_pytorch.audit.model_spec "
+            "(docs/api.md)."
+        ),
+    ] = "mlp",
     preset: Annotated[
         AuditPreset,
         typer.Option(help="Lock preset to audit (the product's default is strong)."),
@@ -148,9 +143,9 @@ def audit(
         ),
     ] = False,
 ) -> None:
-    """Attack a locked reference model as a thief with the files and x % of the data would;
-    print the report and exit 1 when the gate fails (docs/security.md)."""
-    from .audit import ATTACKS, AuditConfig, run_audit
+    """Attack a locked model (a reference model, or yours) as a thief with the files and x % of
+    the data would; print the report and exit 1 when the gate fails (docs/security.md)."""
+    from .audit import ATTACKS, AuditConfig, load_spec, run_audit
     from .lock import LockSettings
 
     chosen = tuple(a.strip() for a in attacks.split(",") if a.strip())
@@ -177,9 +172,14 @@ def audit(
         typer.echo(f"error: every budget must be in (0, 100], got '{budgets}'", err=True)
         raise typer.Exit(2)
     try:
+        spec = load_spec(model)
+    except SkProtectError as err:
+        typer.echo(f"error: --model: {err}", err=True)
+        raise typer.Exit(2) from None
+    try:
         report = run_audit(
             AuditConfig(
-                model=model.value,
+                model=spec,
                 budgets=values,
                 attacks=chosen,
                 quick=quick,
@@ -191,7 +191,7 @@ def audit(
             ),
             log=lambda line: typer.echo(line, err=True),
         )
-    except SkProtectError as err:  # e.g. a damaged --cells folder, or nothing stored in it
+    except SkProtectError as err:  # a damaged --cells folder, nothing stored, no lockable layer
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     text = report.to_markdown()

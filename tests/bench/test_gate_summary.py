@@ -1,6 +1,6 @@
 """Keeps ``bench/gate_summary.py`` right: it merges split runs, leaves quick runs out, refuses
-an attack stored twice, names what is missing, reads a failed row as a failure, and
-``docs/security.md`` shows the table the committed reports give."""
+an attack stored twice, names what is missing, reads a failed row or an unlocked weight as a
+failure, and ``docs/security.md`` shows the table the committed reports give."""
 
 from __future__ import annotations
 
@@ -85,6 +85,9 @@ def test_a_failed_row_or_stored_weight_fails_the_row(tmp_path: Path) -> None:
     assert gate_summary.table(gate_summary.collect([path])).splitlines()[2].endswith("| FAIL |")
     bad_weights = _model("cnn", [5.0], [A0, A3], stored_weights=[{"passed": False}])
     path = _write(tmp_path / "b.json", bad_weights)
+    assert "| FAIL | FAIL |" in gate_summary.table(gate_summary.collect([path]))
+    unlocked = [{"name": "embed.weight", "shape": [20, 16], "reason": "Embedding ..."}]
+    path = _write(tmp_path / "c.json", _model("cnn", [5.0], [A0, A3], plaintext_weights=unlocked))
     assert "| FAIL | FAIL |" in gate_summary.table(gate_summary.collect([path]))
 
 

@@ -29,6 +29,8 @@ from .attacks import (
     weight_cosines,
 )
 from .cells import MISSING, PENDING, CellStore
+from .custom import load_spec, model_spec, task_from_arrays
+from .data import Task
 from .models import QUICK_SWEEP, SweepConfig, accuracy
 from .public_base import LockedPublicBaseVictim, attack_public_base, make_public_base_victim
 from .report import AuditReport, AuditRow
@@ -36,7 +38,18 @@ from .statistics import attack_statistics
 from .stored_weights import aligned_weight_correlations
 from .suite import SUITE, ReferenceSpec, reference
 
-__all__ = ["SUITE", "AuditConfig", "AuditReport", "AuditRow", "run_audit"]
+__all__ = [
+    "SUITE",
+    "AuditConfig",
+    "AuditReport",
+    "AuditRow",
+    "ReferenceSpec",
+    "Task",
+    "load_spec",
+    "model_spec",
+    "run_audit",
+    "task_from_arrays",
+]
 
 ATTACKS = ("A0", "A1", "A2", "A3", "A4", "A5")
 
@@ -44,9 +57,12 @@ ATTACKS = ("A0", "A1", "A2", "A3", "A4", "A5")
 @dataclass
 class AuditConfig:
     """What to run.  ``quick`` uses the one-point sweep and one seed unless given explicitly;
-    ``model`` names the reference model (a key of ``SUITE``: mlp, cnn, transformer, lstm, gru)."""
+    ``model`` names the reference model (a key of ``SUITE``: mlp, cnn, transformer, lstm, gru)
+    or is a :class:`ReferenceSpec` of your own."""
 
-    model: str = "mlp"
+    model: str | ReferenceSpec = "mlp"
+    """A reference model of the suite by name, or a spec of your own model
+    (:func:`~skprotect_pytorch.audit.custom.model_spec`)."""
     budgets: Sequence[float] = (1, 5, 10, 25)
     attacks: Sequence[str] = ATTACKS
     quick: bool = False
@@ -67,7 +83,15 @@ class AuditConfig:
 
     def resolved(self) -> tuple[ReferenceSpec, SweepConfig, int, int]:
         """The reference spec, sweep, seed count and victim epochs this run uses."""
-        spec = reference(self.model)
+        if isinstance(self.model, ReferenceSpec):
+            spec = self.model
+        elif isinstance(self.model, str):
+            spec = reference(self.model)
+        else:
+            raise InvalidArgumentError(
+                f"AuditConfig.model must be the name of a reference model or a ReferenceSpec "
+                f"(skprotect_pytorch.audit.custom.model_spec), but got {type(self.model).__name__}."
+            )
         sweep = self.sweep or (QUICK_SWEEP if self.quick else SweepConfig())
         seeds = self.seeds or (1 if self.quick else 3)
         epochs = self.victim_epochs or (spec.quick_epochs if self.quick else spec.victim_epochs)
@@ -174,6 +198,8 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         "lock_seed": config.lock_seed,
         "lock_settings": asdict(config.lock_settings),
     }
+    if spec.fingerprint is not None:  # a model of your own: its data and weights name the cells
+        context["target"] = spec.fingerprint
     if config.stored_only and config.cells is None:
         raise InvalidArgumentError(
             "stored_only reports the cells of a cell folder: give AuditConfig.cells as well."
@@ -187,7 +213,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         "victims",
         spec.factory,
         lambda: {
-            "victim": spec.train_victim(task, victim_epochs),
+            "victim": spec.shipped_model(task, victim_epochs),
             "twin": spec.train_victim(task, victim_epochs, seed=1),
         },
     )
@@ -340,5 +366,6 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         not_run=not_run,
         seconds=time.perf_counter() - start,
         stored_weights=stored,
+        plaintext_weights=[asdict(w) for w in locked.plaintext],
         cells=store.summary(),
     )

@@ -93,6 +93,9 @@ class AuditReport:
     stored_weights: list[dict] = field(default_factory=list)
     """Gate 4 per keyed matrix: ``layer``, ``shape``, ``correlation``, ``noise_floor``,
     ``passed`` (see :mod:`skprotect_pytorch.audit.stored_weights`)."""
+    plaintext_weights: list[dict] = field(default_factory=list)
+    """Weight tensors the lock left unlocked (``name``, ``shape``, ``reason``): stored as they
+    are, so gate 4 fails on each (:mod:`skprotect_pytorch.lock.coverage`)."""
     cells: dict = field(default_factory=dict)
     """Where the run kept its cells (``AuditConfig.cells``): ``folder``, how many were
     ``computed`` and ``reused``, ``cell_seconds``, the compute time of all of them,
@@ -100,9 +103,11 @@ class AuditReport:
 
     @property
     def passed(self) -> bool:
-        """Every row and every stored weight passes, and nothing asked for was left unrun."""
+        """Every row and every stored weight passes, no weight is stored in plaintext, and
+        nothing asked for was left unrun."""
         return (
             not self.not_run
+            and not self.plaintext_weights
             and all(r.passed for r in self.rows)
             and all(s["passed"] for s in self.stored_weights)
         )
@@ -196,6 +201,15 @@ class AuditReport:
                 f"noise floor: {worst['layer']} {worst['correlation']:.3f} (floor "
                 f"{worst['noise_floor']:.3f}); "
                 + (f"**FAIL** on {', '.join(failing)}" if failing else "pass"),
+            ]
+        if self.plaintext_weights:
+            listed = "; ".join(
+                f"{w['name']} {tuple(w['shape'])}: {w['reason']}" for w in self.plaintext_weights
+            )
+            lines += [
+                "",
+                f"Gate 4, **FAIL**: {len(self.plaintext_weights)} weight tensor(s) stored in "
+                f"plaintext, readable without the key ({listed})",
             ]
         for warning in self.warnings:
             lines += ["", f"**Warning** {warning}"]

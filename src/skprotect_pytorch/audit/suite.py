@@ -6,8 +6,9 @@ what "the CNN" is, and a new reference model is one entry here.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, partial
 
 import torch
@@ -19,8 +20,13 @@ from .models import RecurrentClassifier, ResNetCNN, TabularMLP, TransformerClass
 
 @dataclass(frozen=True)
 class ReferenceSpec:
-    """One reference model: its generated task, a factory for a fresh (untrained) network, and
-    how the victim is trained (Adam at ``victim_lr``, ``victim_epochs`` or ``quick_epochs``)."""
+    """One audited model: its task, a factory for a fresh (untrained) network, and how the
+    victim is trained (Adam at ``victim_lr``, ``victim_epochs`` or ``quick_epochs``).
+
+    The suite's entries generate their task and train their victim. A spec of your own
+    (:func:`~skprotect_pytorch.audit.custom.model_spec`) carries your data, your trained model
+    as ``victim`` and a ``fingerprint`` of both, which names its cells.
+    """
 
     name: str
     description: str
@@ -31,13 +37,23 @@ class ReferenceSpec:
     quick_epochs: int
     victim_lr: float = 1e-3
     victim_batch: int = 128
+    victim: nn.Module | None = field(default=None, compare=False, repr=False)
+    """A trained model to audit as it is; ``None`` trains one (the twin is trained either way)."""
+    fingerprint: str | None = None
+    """What the cells depend on beyond the name (your data and model); ``None`` for the suite."""
 
     def task(self, seed: int = 0) -> Task:
         """The task generated with ``seed`` (cached: the gate reuses it for every attack)."""
         return _task(self.make_task, seed)
 
+    def shipped_model(self, task: Task, epochs: int) -> nn.Module:
+        """The model the vendor ships: a copy of ``victim`` if given, else trained (seed 0)."""
+        if self.victim is not None:
+            return copy.deepcopy(self.victim).eval()
+        return self.train_victim(task, epochs)
+
     def train_victim(self, task: Task, epochs: int, seed: int = 0) -> nn.Module:
-        """The model the vendor ships: trained on the whole training set, in eval mode."""
+        """A model trained on the whole training set with ``seed``, in eval mode."""
         torch.manual_seed(seed)  # seeded construction too, not only the seeded re-initialisation
         return train_model(
             self.factory(),

@@ -1,0 +1,303 @@
+"""Audit a model of your own: your architecture, your trained model and your labelled data in
+place of a reference model of the suite.
+
+>>> task = task_from_arrays(x_train, y_train, x_test, y_test)
+>>> spec = model_spec("my_net", MyNet, task, victim=trained_net, epochs=20)
+>>> report = run_audit(AuditConfig(model=spec, budgets=(1, 5)))
+
+The audit scores classifiers: the model maps a batch of inputs to ``(batch, n_classes)``
+logits, and every learner (the baseline B(x), the attacks, the twin that sets the cosine
+noise floor) trains ``factory()`` networks with cross-entropy on your data.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from .data import Task
+from .suite import SUITE, ReferenceSpec
+
+
+def _tensor(value: object, what: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise InvalidArgumentError(
+        f"{what} must be a numpy array or a torch tensor, but got {type(value).__name__}."
+    )
+
+
+def _inputs(value: object, what: str) -> torch.Tensor:
+    """Float inputs as float32; integer ones (token ids) as int64."""
+    x = _tensor(value, what)
+    if x.is_floating_point():
+        x = x.float()
+        if not torch.isfinite(x).all():
+            raise InvalidArgumentError(
+                f"{what} holds NaN or infinite values; clean the data first."
+            )
+    elif x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        x = x.long()
+    else:
+        raise InvalidArgumentError(
+            f"{what} must hold real numbers or integer ids, but has dtype {x.dtype}."
+        )
+    if x.dim() < 2 or len(x) == 0:
+        raise InvalidArgumentError(
+            f"{what} must have a sample axis first and at least one feature axis, but has shape "
+            f"{tuple(x.shape)}."
+        )
+    return x
+
+
+def _labels(value: object, what: str, n: int) -> torch.Tensor:
+    y = _tensor(value, what)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise InvalidArgumentError(
+            f"{what} must hold integer class indices, but has dtype {y.dtype}; convert with "
+            "y.astype(np.int64) (or .long()) after checking the values are whole numbers."
+        )
+    if y.dim() != 1 or len(y) != n:
+        raise InvalidArgumentError(
+            f"{what} must be one class index per sample ({n} samples), but has shape "
+            f"{tuple(y.shape)}."
+        )
+    return y.long()
+
+
+def task_from_arrays(
+    x_train: object,
+    y_train: object,
+    x_test: object,
+    y_test: object,
+    n_classes: int | None = None,
+) -> Task:
+    """A classification task from your arrays (numpy or torch): inputs with the samples first
+    (floats become float32, integer ids int64), integer labels in ``[0, n_classes)``;
+    ``n_classes`` defaults to the largest label + 1.
+
+    The attacker's budgets are drawn from the training split and every accuracy is measured on
+    the test split, so the test split should be data the model was not trained on.
+    """
+    xt, xs = _inputs(x_train, "x_train"), _inputs(x_test, "x_test")
+    if xt.shape[1:] != xs.shape[1:] or xt.dtype != xs.dtype:
+        raise InvalidArgumentError(
+            f"x_train and x_test must have the same sample shape and kind, but have "
+            f"{tuple(xt.shape[1:])} {xt.dtype} and {tuple(xs.shape[1:])} {xs.dtype}."
+        )
+    yt, ys = _labels(y_train, "y_train", len(xt)), _labels(y_test, "y_test", len(xs))
+    largest = int(max(yt.max(), ys.max()))
+    if n_classes is None:
+        n_classes = largest + 1
+    if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
+        raise InvalidArgumentError(f"n_classes must be an integer ≥ 2, but is {n_classes!r}.")
+    if int(min(yt.min(), ys.min())) < 0 or largest >= n_classes:
+        raise InvalidArgumentError(
+            f"labels must lie in [0, {n_classes}), but range from "
+            f"{int(min(yt.min(), ys.min()))} to {largest}."
+        )
+    return Task(xt, yt, xs, ys, n_classes)
+
+
+def _digest(*tensors: torch.Tensor, text: str = "") -> str:
+    h = hashlib.sha256(text.encode())
+    for t in tensors:
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _check_architecture(factory: Callable[[], nn.Module], victim: nn.Module | None) -> nn.Module:
+    """``factory()`` (checked to build what ``victim`` is, when given)."""
+    fresh = factory()
+    if not isinstance(fresh, nn.Module):
+        raise InvalidArgumentError(
+            f"factory() must return a torch.nn.Module, but returned {type(fresh).__name__}."
+        )
+    if victim is None:
+        return fresh
+    if not isinstance(victim, nn.Module):
+        raise InvalidArgumentError(
+            f"victim must be a trained torch.nn.Module, but is {type(victim).__name__}."
+        )
+    built, given = _shapes(fresh), _shapes(victim)
+    if built != given:
+        differ = sorted(
+            f"{k}: factory {built.get(k, 'missing')}, victim {given.get(k, 'missing')}"
+            for k in set(built) | set(given)
+            if built.get(k) != given.get(k)
+        )
+        raise InvalidArgumentError(
+            "factory() must build the victim's architecture (the baseline and the attacks train "
+            f"it from scratch), but their tensors differ: {'; '.join(differ[:5])}"
+            + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+        )
+    return fresh
+
+
+def _check_logits(model: nn.Module, task: Task) -> None:
+    """The audit's accuracy is the argmax of ``(batch, n_classes)`` logits."""
+    probe = task.x_test[:2]
+    try:
+        with torch.no_grad():
+            out = copy.deepcopy(model).eval()(probe)  # your model keeps its mode
+    except Exception as err:
+        raise InvalidArgumentError(
+            f"the model fails on two test samples of shape {tuple(probe.shape)}: {err}"
+        ) from err
+    want = (len(probe), task.n_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InvalidArgumentError(
+            f"the audit scores classifiers: the model must return logits of shape {want} for "
+            f"two samples, but returned {got}."
+        )
+
+
+def _positive(value: object, name: str, kinds: tuple[type, ...], what: str) -> None:
+    if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0:
+        raise InvalidArgumentError(f"{name} must be a positive {what}, but is {value!r}.")
+
+
+def model_spec(
+    name: str,
+    factory: Callable[[], nn.Module],
+    task: Task,
+    *,
+    victim: nn.Module | None = None,
+    epochs: int = 15,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    description: str | None = None,
+) -> ReferenceSpec:
+    """A spec that audits your model: ``factory()`` builds the architecture untrained, ``task``
+    holds your data (:func:`task_from_arrays`), ``victim`` is your trained model (``None``:
+    the audit trains one with Adam at ``lr`` for ``epochs`` epochs of ``batch_size``).
+
+    The twin (a second network trained the same way, whose weights set the noise floor of the
+    cosine check) is always trained with these settings, so give the ones you trained with.
+    ``AuditConfig.victim_epochs``, when set, overrides ``epochs``.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidArgumentError(f"name must be a non-empty string, but is {name!r}.")
+    if not callable(factory):
+        raise InvalidArgumentError(
+            f"factory must be a callable that builds the untrained model (e.g. the class), but "
+            f"is {type(factory).__name__}."
+        )
+    if not isinstance(task, Task):
+        raise InvalidArgumentError(
+            f"task must be a Task (task_from_arrays), but is {type(task).__name__}."
+        )
+    _positive(epochs, "epochs", (int,), "integer")
+    _positive(lr, "lr", (int, float), "number")
+    _positive(batch_size, "batch_size", (int,), "integer")
+    fresh = _check_architecture(factory, victim)
+    _check_logits(victim if victim is not None else fresh, task)
+    arch = "; ".join(f"{k} {v}" for k, v in _shapes(fresh).items())
+    fingerprint = _digest(
+        task.x_train,
+        task.y_train,
+        task.x_test,
+        task.y_test,
+        *(() if victim is None else victim.state_dict().values()),
+        text=f"{arch}|{task.n_classes}|lr {lr}|batch {batch_size}|own victim {victim is not None}",
+    )
+    n_params = sum(p.numel() for p in fresh.parameters())
+    return ReferenceSpec(
+        name,
+        description
+        or (
+            f"{name} ({type(fresh).__name__}, {n_params:,} parameters; your data: "
+            f"{len(task.y_train):,} train / {len(task.y_test):,} test, {task.n_classes} classes)"
+        ),
+        _FixedTask(task),
+        factory,
+        victim_epochs=epochs,
+        quick_epochs=epochs,
+        victim_lr=lr,
+        victim_batch=batch_size,
+        victim=victim,
+        fingerprint=fingerprint,
+    )
+
+
+class _FixedTask:
+    """``make_task`` of a spec built on your data: there is one task, seed 0."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def __call__(self, seed: int = 0) -> Task:
+        if seed != 0:
+            raise InvalidArgumentError(
+                f"data_seed={seed} asks for another generated task, but this spec audits your "
+                "own data, of which there is one: leave AuditConfig.data_seed at 0."
+            )
+        return self.task
+
+
+def load_spec(text: str) -> ReferenceSpec:
+    """The spec ``text`` names: a suite model (``mlp``), or ``FILE.py:NAME`` / ``module:NAME``
+    where ``NAME`` is a :class:`ReferenceSpec` or a function that returns one."""
+    if text in SUITE:
+        return SUITE[text]
+    where, sep, attr = text.rpartition(":")
+    if not sep or not where or not attr:
+        raise InvalidArgumentError(
+            f"'{text}' is neither a reference model ({', '.join(SUITE)}) nor FILE.py:NAME or "
+            "module:NAME naming a ReferenceSpec (skprotect_pytorch.audit.custom.model_spec)."
+        )
+    module = _import(where)
+    if not hasattr(module, attr):
+        raise InvalidArgumentError(f"{where} has no attribute '{attr}'.")
+    value = getattr(module, attr)
+    if callable(value) and not isinstance(value, ReferenceSpec):
+        value = value()
+    if not isinstance(value, ReferenceSpec):
+        raise InvalidArgumentError(
+            f"{text} must be a ReferenceSpec or a function returning one (build it with "
+            f"skprotect_pytorch.audit.custom.model_spec), but is {type(value).__name__}."
+        )
+    return value
+
+
+def _import(where: str):
+    """A module by file path (``*.py``) or by dotted name; a clear error if it cannot load."""
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise InvalidArgumentError(f"{where} does not exist or is not a file.")
+            digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+            name = f"skprotect_audit_spec_{digest}"
+            found = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(found)
+            sys.modules[name] = module  # dataclasses and pickling look the module up
+            try:
+                found.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module
+        return importlib.import_module(where)
+    except InvalidArgumentError:
+        raise
+    except Exception as err:  # the user's file: any error in it is theirs to see
+        raise InvalidArgumentError(f"loading {where} failed: {type(err).__name__}: {err}") from err
