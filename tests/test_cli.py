@@ -1,4 +1,4 @@
-"""The ``skprotect`` command line: quickstart and export-kek."""
+"""The ``skprotect`` command line: quickstart, export-kek and scan."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import app
+from skprotect_pytorch.protect import SkProtectorPyTorch
 from skprotect_pytorch.quickstart import run_quickstart
 from skprotect_pytorch.state import ProtectionState
 
@@ -49,3 +52,73 @@ def test_quickstart_accuracy_table(workdir: Path) -> None:
     assert original_again == original
     assert licensed_again is not None and licensed_again.accuracy == original
     assert [r.accuracy_with_key for r in rows_again] == [r.accuracy_with_key for r in rows]
+
+
+class _ScanNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_scan_finds_plaintext_weights_only_where_they_are(workdir: Path) -> None:
+    torch.manual_seed(0)
+    model = _ScanNet().eval()
+    torch.save(model.state_dict(), "net_state.pt")
+    protector = SkProtectorPyTorch(application_name="app")
+    inputs = [torch.randn(1, 3, 4, 4)]
+    formats = SkProtectorPyTorch.ExportFormat.ONNX | SkProtectorPyTorch.ExportFormat.TORCHSCRIPT_CPU
+    full = protector.protect_new_model(
+        model, "net", inputs, model_export_formats=formats, save_original=True
+    )
+    locked = [str(r.path) for r in full.formats.values()]
+    original_onnx = next(str(p) for p in full.original_files if p.suffix == ".onnx")
+
+    def scan(*args: str):
+        return CliRunner().invoke(app, ["scan", *args])
+
+    clean = scan(*locked, "--original", "net_state.pt")
+    assert clean.exit_code == 0, clean.output
+    assert clean.output.count("no weight of the original found (2 weight tensors") == 2
+    assert scan(locked[0], "--original", original_onnx).exit_code == 0
+
+    leaky = scan(original_onnx, "--original", "net_state.pt")  # the detector does detect
+    assert leaky.exit_code == 1
+    assert "2 weight(s) of the original found in plaintext:" in leaky.output
+    assert "conv.weight in" in leaky.output and "fc.weight in" in leaky.output
+
+    with pytest.warns(RuntimeWarning, match="stored in plaintext"):
+        partial = protector.protect_new_model(
+            model, "net2", inputs, layer_filter=lambda name, m: name != "fc"
+        )
+    found = scan(str(partial.formats["onnx"].path), "--original", "net_state.pt")
+    assert found.exit_code == 1
+    assert "1 weight(s) of the original found in plaintext" in found.output
+    assert "fc.weight in" in found.output and "conv.weight" not in found.output
+
+
+def test_scan_refuses_what_it_cannot_read(workdir: Path) -> None:
+    torch.save({"epoch": 3}, "no_tensors.pt")
+    Path("notes.txt").write_text("x")
+    Path("model.onnx").write_bytes(b"not onnx")
+    for args, message in [
+        (["model.onnx", "--original", "missing.pt"], "'missing.pt' does not exist"),
+        (["model.onnx", "--original", "notes.txt"], "Cannot read original weights from"),
+        (["model.onnx", "--original", "no_tensors.pt"], "holds no tensors by name"),
+        (["notes.txt", "--original", "no_tensors.pt"], "holds no tensors by name"),
+    ]:
+        result = CliRunner().invoke(app, ["scan", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+    torch.save({"w": torch.randn(16, 16)}, "state.pt")
+    for args, message in [
+        (["notes.txt"], "the suffix must be one of"),
+        (["model.onnx"], "Cannot read the constants of 'model.onnx' (DecodeError"),
+        (["model.onnx", "--threshold", "0"], "--threshold must be in (0, 1], but got 0.0"),
+    ]:
+        result = CliRunner().invoke(app, ["scan", *args, "--original", "state.pt"])
+        assert result.exit_code == 2, result.output
+        assert message in result.output

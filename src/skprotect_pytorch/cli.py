@@ -51,6 +51,64 @@ def export_kek(
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
 
 
+@app.command()
+def scan(
+    artifacts: Annotated[
+        list[Path], typer.Argument(help="Shipped files to scan: .onnx, TorchScript .pt, .pt2.")
+    ],
+    original: Annotated[
+        Path,
+        typer.Option(
+            help="The original model's weights: a state dict saved with torch.save, or an "
+            "unlocked .onnx / TorchScript export (protect with save_original=True)."
+        ),
+    ],
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="|cosine| in (0, 1] above which a constant's row or column counts as a copy "
+            "of an original one."
+        ),
+    ] = 0.999,
+) -> None:
+    """Scan shipped files for plaintext weights of the original model (copies, transposes,
+    rows permuted and rescaled); exit 1 when one is found."""
+    from .audit.constants import artifact_constants, find_weight_leaks, original_weights
+    from .progress import step
+
+    if not 0.0 < threshold <= 1.0:
+        typer.echo(f"error: --threshold must be in (0, 1], but got {threshold}", err=True)
+        raise typer.Exit(2)
+    found = {}
+    try:
+        weights = original_weights(original)
+        for path in artifacts:  # ResNet-18 at 224 px: about 25 s per file
+            with step(f"Scanning {path}"):
+                found[path] = find_weight_leaks(artifact_constants(path), weights, threshold)
+    except SkProtectError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    matrices = sum(1 for w in weights.values() if w.ndim >= 2)
+    for path, leaks in found.items():
+        if not leaks:
+            typer.echo(
+                f"{path}: no weight of the original found ({matrices} weight tensors compared; "
+                "rows and columns shorter than 8 values are not)"
+            )
+            continue
+        where: dict[tuple[str, str], list] = {}
+        for leak in leaks:  # one line per weight and constant, its rows and columns together
+            where.setdefault((leak.weight, leak.constant), []).append(leak)
+        names = {weight for weight, _ in where}
+        typer.echo(f"{path}: {len(names)} weight(s) of the original found in plaintext:")
+        for (weight, constant), same in where.items():
+            hows = " and ".join(sorted({leak.how for leak in same}))
+            best = max(leak.max_cos for leak in same)
+            typer.echo(f"  - {weight} in {constant} ({hows}, |cos| {best:.4f})")
+    if any(found.values()):
+        raise typer.Exit(1)
+
+
 def _refuse_unwritable(path: Path, option: str) -> None:
     """Exit 2 before any work if ``path`` cannot take a report: an audit runs for hours, and a
     report it cannot write at the end would be lost."""

@@ -52,7 +52,14 @@ def artifact_constants(path: Path) -> dict[str, np.ndarray]:
         )
     if not path.is_file():
         raise InvalidArgumentError(f"Artifact '{path}' does not exist. Check the path.")
-    return extractor(path)
+    try:
+        return extractor(path)
+    except Exception as err:  # onnx, torch.jit and zipfile each raise their own on bad bytes
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InvalidArgumentError(
+            f"Cannot read the constants of '{path}' ({type(err).__name__}: {reason}): the file "
+            f"is damaged, truncated or not a {path.suffix} artifact. Export it again."
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +241,70 @@ def aoti_package_constants(path: Path) -> dict[str, np.ndarray]:
                 continue
             out[f"blob:{name}"] = np.frombuffer(archive.read(name), dtype=np.uint8)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The original weights to search for
+# ---------------------------------------------------------------------------------------------
+
+_STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive holds ``code/`` and ``constants.pkl``; a saved state dict not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _state_dict(path: Path) -> dict[str, np.ndarray]:
+    """Tensors of a ``torch.save``-d state dict, or of its ``state_dict``/``model`` entry (the
+    usual checkpoint layouts); loaded with ``weights_only=True``, so no code runs."""
+    import torch
+
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InvalidArgumentError(
+            f"'{path}' is not a state dict torch.load can read with weights_only=True ({err}). "
+            "Save the original with torch.save(model.state_dict(), path), or pass an unlocked "
+            "export (protect with save_original=True)."
+        ) from err
+    if isinstance(loaded, dict) and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
+        loaded = next(
+            (loaded[k] for k in ("state_dict", "model") if isinstance(loaded.get(k), dict)),
+            loaded,
+        )
+    tensors = (
+        {k: v.detach().float().numpy() for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+        if isinstance(loaded, dict)
+        else {}
+    )
+    if not tensors:
+        raise InvalidArgumentError(
+            f"'{path}' holds no tensors by name (found {type(loaded).__name__}); save the "
+            "original with torch.save(model.state_dict(), path)."
+        )
+    return tensors
+
+
+def original_weights(path: Path) -> dict[str, np.ndarray]:
+    """The original model's tensors, to search the shipped files for: from a saved state dict
+    (``.pt``/``.pth``/``.bin``/``.ckpt``) or from an unlocked ONNX or TorchScript export (what
+    ``save_original=True`` writes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgumentError(f"The original '{path}' does not exist. Check the path.")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx" or (suffix in (".ts", ".torchscript")) or _is_torchscript(path):
+        return artifact_constants(path)
+    if suffix in _STATE_DICT_SUFFIXES:
+        return _state_dict(path)
+    raise InvalidArgumentError(
+        f"Cannot read original weights from '{path.name}': pass a state dict "
+        f"({', '.join(_STATE_DICT_SUFFIXES)}) or an unlocked .onnx or TorchScript export."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
