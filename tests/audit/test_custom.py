@@ -177,6 +177,8 @@ def test_bad_specs_are_refused_with_what_to_fix(task, trained) -> None:
         model_spec("three", lambda: nn.Linear(12, 3), task)
     with pytest.raises(InvalidArgumentError, match="fails on two test samples"):
         model_spec("bad", lambda: nn.Linear(5, 4), task)
+    with pytest.raises(InvalidArgumentError, match="victim holds tensors on meta: the audit"):
+        model_spec("net", Net, task, victim=Net().to("meta"))  # as a GPU model would be refused
     with pytest.raises(InvalidArgumentError, match="lr must be a positive number"):
         model_spec("net", Net, task, lr=0)
     with pytest.raises(InvalidArgumentError, match="task must be a Task"):

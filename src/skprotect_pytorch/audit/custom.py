@@ -136,6 +136,12 @@ def _check_architecture(factory: Callable[[], nn.Module], victim: nn.Module | No
         raise InvalidArgumentError(
             f"victim must be a trained torch.nn.Module, but is {type(victim).__name__}."
         )
+    devices = {t.device.type for t in victim.state_dict().values()}
+    if devices - {"cpu"}:
+        raise InvalidArgumentError(
+            f"victim holds tensors on {', '.join(sorted(devices - {'cpu'}))}: the audit runs on "
+            "the CPU; pass victim.cpu() (a copy is audited either way)."
+        )
     built, given = _shapes(fresh), _shapes(victim)
     if built != given:
         differ = sorted(
