@@ -116,7 +116,8 @@ def start_servers(url: str, state_dir: Path, processes: int, log: Path):
     }
     command = [sys.executable, "-m", "sklicense", "serve", "--port", str(port)]
     command += ["--workers", str(processes)]
-    server = subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:  # the server writes to its own copy of the descriptor
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
