@@ -84,6 +84,10 @@ def test_scan_finds_plaintext_weights_only_where_they_are(workdir: Path) -> None
     assert clean.exit_code == 0, clean.output
     assert clean.output.count("no weight of the original found (2 weight tensors") == 2
     assert scan(locked[0], "--original", original_onnx).exit_code == 0
+    folder = scan("outputs/app/net", "--original", "net_state.pt")  # original/ left out
+    assert folder.exit_code == 0, folder.output
+    assert folder.output.count("no weight of the original found") == 2
+    assert scan("outputs/app/net/original", "--original", "net_state.pt").exit_code == 1
 
     leaky = scan(original_onnx, "--original", "net_state.pt")  # the detector does detect
     assert leaky.exit_code == 1
@@ -114,7 +118,9 @@ def test_scan_refuses_what_it_cannot_read(workdir: Path) -> None:
         assert result.exit_code == 2, result.output
         assert message in result.output
     torch.save({"w": torch.randn(16, 16)}, "state.pt")
+    Path("empty").mkdir()
     for args, message in [
+        (["empty"], "empty holds no .onnx, .pt or .pt2 file to scan"),
         (["notes.txt"], "the suffix must be one of"),
         (["model.onnx"], "Cannot read the constants of 'model.onnx' (DecodeError"),
         (["model.onnx", "--threshold", "0"], "--threshold must be in (0, 1], but got 0.0"),

@@ -54,7 +54,11 @@ def export_kek(
 @app.command()
 def scan(
     artifacts: Annotated[
-        list[Path], typer.Argument(help="Shipped files to scan: .onnx, TorchScript .pt, .pt2.")
+        list[Path],
+        typer.Argument(
+            help="Shipped files to scan (.onnx, TorchScript .pt, .pt2), or folders such as "
+            "outputs/APP/MODEL: every artifact in them but the unlocked original/ copies."
+        ),
     ],
     original: Annotated[
         Path,
@@ -73,16 +77,28 @@ def scan(
 ) -> None:
     """Scan shipped files for plaintext weights of the original model (copies, transposes,
     rows permuted and rescaled); exit 1 when one is found."""
-    from .audit.constants import artifact_constants, find_weight_leaks, original_weights
+    from .audit.constants import (
+        artifact_constants,
+        artifact_files,
+        find_weight_leaks,
+        original_weights,
+    )
     from .progress import step
 
     if not 0.0 < threshold <= 1.0:
         typer.echo(f"error: --threshold must be in (0, 1], but got {threshold}", err=True)
         raise typer.Exit(2)
+    files = []
+    for given in artifacts:
+        inside = artifact_files(given) if given.is_dir() else [given]
+        if not inside:
+            typer.echo(f"error: {given} holds no .onnx, .pt or .pt2 file to scan", err=True)
+            raise typer.Exit(2)
+        files += inside
     found = {}
     try:
         weights = original_weights(original)
-        for path in artifacts:  # ResNet-18 at 224 px: about 25 s per file
+        for path in files:  # ResNet-18 at 224 px: about 25 s per file
             with step(f"Scanning {path}"):
                 found[path] = find_weight_leaks(artifact_constants(path), weights, threshold)
     except SkProtectError as err:

@@ -37,6 +37,19 @@ def _register(*suffixes: str) -> Callable[[Extractor], Extractor]:
     return wrap
 
 
+def artifact_files(folder: Path) -> list[Path]:
+    """The artifacts under ``folder`` (by suffix, sorted), leaving out ``original/`` folders:
+    the unlocked copies ``save_original=True`` writes are plaintext by design."""
+    folder = Path(folder)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in _EXTRACTORS
+        and "original" not in p.relative_to(folder).parts[:-1]
+    )
+
+
 def artifact_constants(path: Path) -> dict[str, np.ndarray]:
     """Every numeric constant stored in an artifact (``.onnx``, TorchScript ``.pt``, ``.pt2``).
 
