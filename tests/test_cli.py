@@ -47,6 +47,7 @@ def test_quickstart_accuracy_table(workdir: Path) -> None:
         assert row.accuracy_without_key <= 0.2, row  # chance is 0.10 on ten balanced classes
         assert row.accuracy_random_key <= 0.2, row  # mean of 8 random keys
         assert row.key_length > 0
+        assert row.weights_in_file == 0, row  # skprotect scan's search finds none of them
     # a second run replaces the model instead of failing on the existing name
     original_again, rows_again, _, licensed_again = run_quickstart()
     assert original_again == original

@@ -106,10 +106,17 @@ class FormatRow:
     """Mean over :data:`RANDOM_KEYS` random keys: the lock's secrets are fresh per protection,
     so one random key's accuracy is one draw of a spread (once 20.8 % on 360 images)."""
     key_length: int
+    weights_in_file: int
+    """How many of the original's weight tensors ``skprotect scan`` finds in the file (0)."""
 
 
-def evaluate(result: ProtectionResult, data: Dataset) -> list[FormatRow]:
-    """Run every artifact on the test set with a per-session key, a zero key and random keys."""
+def evaluate(
+    result: ProtectionResult, data: Dataset, weights: dict[str, np.ndarray]
+) -> list[FormatRow]:
+    """Run every artifact on the test set with a per-session key, a zero key and random keys,
+    and search it for the original ``weights`` as ``skprotect scan`` does."""
+    from .audit.constants import artifact_constants, find_weight_leaks
+
     config = load_config(result.config_path)
     entry = config.models[result.model_name]
     options = ExportOptions(
@@ -137,6 +144,12 @@ def evaluate(result: ProtectionResult, data: Dataset) -> list[FormatRow]:
                     np.mean([accuracy(run([data.x_test, k])[0], data.y_test) for k in random_keys])
                 ),
                 key_length=fmt_result.key_length,
+                weights_in_file=len(
+                    {
+                        leak.weight
+                        for leak in find_weight_leaks(artifact_constants(fmt_result.path), weights)
+                    }
+                ),
             )
         )
     return rows
@@ -271,7 +284,8 @@ def run_quickstart(
         model_export_formats=formats,
         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
     )
-    rows = evaluate(result, data)
+    weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    rows = evaluate(result, data, weights)
     return original, rows, result, run_licensed(model, data) if licensed else None
 
 
@@ -280,12 +294,13 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 100))
+    console = Console(width=max(Console().width, 120))
     start = time.perf_counter()
     original, rows, result, licensed = run_quickstart()
     table = Table(title=f"digits CNN, {len(load_digits_split().y_test)} test images (chance 0.10)")
     random_column = f"random key (mean of {RANDOM_KEYS})"
-    for column in ("format", "original", "with key", "without key", random_column, "key length"):
+    columns = ("format", "original", "with key", "without key", random_column, "key length")
+    for column in (*columns, "original weights in file"):
         table.add_column(column)
     for row in rows:
         table.add_row(
@@ -295,12 +310,14 @@ def main() -> None:
             f"{row.accuracy_without_key:.3f}",
             f"{row.accuracy_random_key:.3f}",
             str(row.key_length),
+            str(row.weights_in_file),
         )
     if licensed is not None:
         table.add_row(
             "onnx, LINUX, licensed",
             f"{original:.3f}",
             f"{licensed.accuracy:.3f}",
+            "-",
             "-",
             "-",
             "-",
