@@ -57,3 +57,26 @@ def test_fully_locked_model_has_no_plaintext_weights() -> None:
     for net in (model, nn.Linear(8, 16)):  # the second: the root itself is the locked layer
         locked = lock_model(net, layer_filter=lambda n, m: True, secret_rng=np.random.default_rng())
         assert locked.plaintext == []
+
+
+class TiedNet(nn.Module):
+    """A language-model head tied to the embedding: one tensor, two modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 20, bias=False)
+        self.embed = nn.Embedding(20, 16)
+        self.embed.weight = self.head.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(tokens))
+
+
+def test_a_tied_weight_counts_when_one_of_its_modules_leaves_it_plain() -> None:
+    locked = lock_model(
+        TiedNet().eval(), layer_filter=lambda n, m: True, secret_rng=np.random.default_rng(0)
+    )
+    assert [d.name for d in locked.locked_layers] == ["head"]
+    assert locked.plaintext == [
+        PlaintextWeight("embed.weight", (20, 16), "Embedding is not a layer type the lock supports")
+    ]

@@ -38,14 +38,17 @@ def plaintext_weights(
     """The weight tensors (two or more dimensions) of ``model`` outside every ``locked`` layer.
 
     ``skipped`` maps the supported layers that were not locked to the reason, which is then
-    the tensor's reason; any other owner is a module type the lock does not support.
+    the tensor's reason; any other owner is a module type the lock does not support. A tensor
+    shared by several modules (tied weights: an embedding and the output layer) counts when any
+    of them leaves it unlocked.
     """
     locked = list(locked)
-    modules = dict(model.named_modules())
-    found = []
-    for name, param in model.named_parameters():
-        if param.dim() < 2 or _covering(_owner(name), locked) is not None:
+    modules = dict(model.named_modules(remove_duplicate=False))
+    found, seen = [], set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if param.dim() < 2 or id(param) in seen or _covering(_owner(name), locked) is not None:
             continue
+        seen.add(id(param))
         layer = _covering(_owner(name), skipped)
         if layer is not None:
             reason = f"layer '{layer}' was not locked: {skipped[layer]}"
