@@ -272,6 +272,8 @@ def audit(
     typer.echo(text)  # first: a report that cannot be written is still on screen
     for warning in report.warnings:  # report-only (A5): never changes the exit code
         typer.echo(f"warning: {warning}", err=True)
+    for caveat in report.caveats:
+        typer.echo(f"caveat: {caveat}", err=True)
     contents = {"--json": report.to_json, "--markdown": lambda: text}
     written = [
         _write_report(path, contents[option](), option)

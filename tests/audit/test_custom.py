@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from skprotect_pytorch.audit import (
     AuditConfig,
+    AuditReport,
     load_spec,
     model_spec,
     run_audit,
@@ -101,6 +102,8 @@ def test_the_audit_attacks_the_given_model_and_leaves_it_as_it_was(
         "net (Net, 1,604 parameters; your data: 1,200 train / 300 test, 4 classes)"
     )
     assert not report.plaintext_weights and len(report.stored_weights) == 3
+    assert report.test_samples == 300 and "the test split has 300 samples" in report.caveats[0]
+    assert f"**caveat**: {report.caveats[0]}" in report.to_markdown()
 
     constant = copy.deepcopy(trained)  # a victim no training would give: always class 2
     with torch.no_grad():
@@ -240,3 +243,12 @@ def test_cli_audits_a_spec_from_a_file(tmp_path: Path, one_thread) -> None:
     result = CliRunner().invoke(app, ["audit", "--model", f"{broken}:spec"])
     assert result.exit_code == 2
     assert "loading" in result.output and "the data folder is not mounted" in result.output
+
+
+def test_a_small_test_split_is_called_out_with_the_odds() -> None:
+    def report(n: int | None) -> AuditReport:
+        return AuditReport({}, "m", 0.9, 0.1, {}, {}, [], [], test_samples=n)
+
+    (caveat,) = report(400).caveats  # sd 1.5 points: 2 points is 1.33 sd, 9.1 % above it
+    assert "chance ± 1.5 points" in caveat and "probability 9.1 %" in caveat
+    assert report(5000).caveats == [] and report(None).caveats == []

@@ -367,5 +367,6 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         seconds=time.perf_counter() - start,
         stored_weights=stored,
         plaintext_weights=[asdict(w) for w in locked.plaintext],
+        test_samples=len(task.y_test),
         cells=store.summary(),
     )

@@ -4,6 +4,7 @@ to chance, aligned weight cosines, and a verdict against the gate (issue 5)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 A0_MARGIN = 0.02
@@ -14,6 +15,8 @@ PERM_FACTOR = 5.0
 """Permutation entries recovered ≤ 5 × chance."""
 COS_LIMIT = 0.1
 """Aligned |cos| of recovered vs true weights ≤ 0.1 above the noise floor."""
+SMALL_TEST = 2000
+"""Test splits smaller than this make A0's 2-point bound a coin toss for some draws."""
 REPORT_ONLY = frozenset({"A5"})
 """Attacks that never fail the gate (DESIGN.md §2: a public base is not protected); they warn
 when they beat their reference by more than ``ATTACK_MARGIN``."""
@@ -96,6 +99,8 @@ class AuditReport:
     plaintext_weights: list[dict] = field(default_factory=list)
     """Weight tensors the lock left unlocked (``name``, ``shape``, ``reason``): stored as they
     are, so gate 4 fails on each (:mod:`skprotect_pytorch.lock.coverage`)."""
+    test_samples: int | None = None
+    """Size of the test split every accuracy is measured on (None in reports before it)."""
     cells: dict = field(default_factory=dict)
     """Where the run kept its cells (``AuditConfig.cells``): ``folder``, how many were
     ``computed`` and ``reused``, ``cell_seconds``, the compute time of all of them,
@@ -124,6 +129,21 @@ class AuditReport:
         ]
 
     @property
+    def caveats(self) -> list[str]:
+        """What limits the reading of this report (a small test split)."""
+        n = self.test_samples
+        if n is None or n >= SMALL_TEST:
+            return []
+        sd = (self.chance * (1 - self.chance) / n) ** 0.5
+        tail = 0.5 * math.erfc(A0_MARGIN / sd / math.sqrt(2))
+        return [
+            f"the test split has {n:,} samples: an output unrelated to the input scores chance "
+            f"± {100 * sd:.1f} points (one standard deviation), so each A0 row exceeds its "
+            f"{100 * A0_MARGIN:g}-point bound by luck alone with probability {100 * tail:.1f} %; "
+            f"audit with {SMALL_TEST:,} or more test samples"
+        ]
+
+    @property
     def notes(self) -> list[str]:
         """Each attack variant's coverage notes once (they repeat across budgets)."""
         seen = dict.fromkeys(
@@ -136,6 +156,7 @@ class AuditReport:
         data["passed"] = self.passed
         data["warnings"] = self.warnings
         data["notes"] = self.notes
+        data["caveats"] = self.caveats
         return json.dumps(data, indent=2)
 
     def _cells_text(self) -> str:
@@ -172,6 +193,7 @@ class AuditReport:
             f"- time: {self.seconds:.0f} s{self._cells_text()}; "
             f"gate: **{'PASS' if self.passed else 'FAIL'}**",
             *self._cell_times_lines(),
+            *(f"- **caveat**: {c}" for c in self.caveats),
             "",
             "| attack | variant | x % | accuracy % | reference % | no-files control % | "
             "perm. recovered | chance | max row cos | floor | cos excess | verdict |",
