@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
@@ -81,8 +82,10 @@ def test_scan_finds_plaintext_weights_only_where_they_are(workdir: Path) -> None
     def scan(*args: str):
         return CliRunner().invoke(app, ["scan", *args])
 
+    save_file({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, "net.safetensors")
     clean = scan(*locked, "--original", "net_state.pt")
     assert clean.exit_code == 0, clean.output
+    assert scan(*locked, "--original", "net.safetensors").exit_code == 0
     assert clean.output.count("no weight of the original found (2 weight tensors") == 2
     assert scan(locked[0], "--original", original_onnx).exit_code == 0
     folder = scan("outputs/app/net", "--original", "net_state.pt")  # original/ left out
@@ -92,6 +95,8 @@ def test_scan_finds_plaintext_weights_only_where_they_are(workdir: Path) -> None
 
     leaky = scan(original_onnx, "--original", "net_state.pt")  # the detector does detect
     assert leaky.exit_code == 1
+    in_bf16 = scan(original_onnx, "--original", "net.safetensors")  # rounded: cos > 0.999 still
+    assert in_bf16.exit_code == 1 and "2 weight(s) of the original found" in in_bf16.output
     assert "2 weight(s) of the original found in plaintext:" in leaky.output
     assert "conv.weight in" in leaky.output and "fc.weight in" in leaky.output
 
@@ -120,6 +125,9 @@ def test_scan_refuses_what_it_cannot_read(workdir: Path) -> None:
         assert message in result.output
     torch.save({"w": torch.randn(16, 16)}, "state.pt")
     Path("empty").mkdir()
+    Path("bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    result = CliRunner().invoke(app, ["scan", "model.onnx", "--original", "bad.safetensors"])
+    assert result.exit_code == 2 and "not a readable .safetensors file" in result.output
     for args, message in [
         (["empty"], "empty holds no .onnx, .pt or .pt2 file to scan"),
         (["notes.txt"], "the suffix must be one of"),

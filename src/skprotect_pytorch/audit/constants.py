@@ -302,21 +302,37 @@ def _state_dict(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Tensors of a ``.safetensors`` file (the Hugging Face format), any float dtype."""
+    from safetensors.torch import load_file
+
+    try:
+        loaded = load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own SafetensorError on bad headers
+        raise InvalidArgumentError(
+            f"'{path}' is not a readable .safetensors file ({err}); save it again."
+        ) from err
+    return {k: v.float().numpy() for k, v in loaded.items()}
+
+
 def original_weights(path: Path) -> dict[str, np.ndarray]:
     """The original model's tensors, to search the shipped files for: from a saved state dict
-    (``.pt``/``.pth``/``.bin``/``.ckpt``) or from an unlocked ONNX or TorchScript export (what
-    ``save_original=True`` writes)."""
+    (``.pt``/``.pth``/``.bin``/``.ckpt``), a ``.safetensors`` file, or an unlocked ONNX or
+    TorchScript export (what ``save_original=True`` writes)."""
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(f"The original '{path}' does not exist. Check the path.")
     suffix = path.suffix.lower()
     if suffix == ".onnx" or (suffix in (".ts", ".torchscript")) or _is_torchscript(path):
         return artifact_constants(path)
+    if suffix == ".safetensors":
+        return _safetensors(path)
     if suffix in _STATE_DICT_SUFFIXES:
         return _state_dict(path)
     raise InvalidArgumentError(
         f"Cannot read original weights from '{path.name}': pass a state dict "
-        f"({', '.join(_STATE_DICT_SUFFIXES)}) or an unlocked .onnx or TorchScript export."
+        f"({', '.join(_STATE_DICT_SUFFIXES)}), a .safetensors file, or an unlocked .onnx or "
+        "TorchScript export."
     )
 
 
