@@ -115,7 +115,7 @@ def _digest(*tensors: torch.Tensor, text: str = "") -> str:
     h = hashlib.sha256(text.encode())
     for t in tensors:
         h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
