@@ -319,3 +319,19 @@ def test_old_nonces_are_forgotten_and_stay_refused_as_stale(client, setup, clock
             session.scalars(select(SeenNonce.nonce))
         )
     assert ask(client, device, first).json()["reason"] == "stale_request"
+
+
+def test_sqlite_device_requests_take_turns_in_one_lock_per_database(tmp_path, monkeypatch) -> None:
+    """SQLite: one process-wide lock per database file (relative and absolute URLs alike), so
+    waiting requests block on it instead of polling the busy handler; PostgreSQL: none."""
+    import contextlib
+    import threading
+
+    from sklicense import db
+
+    monkeypatch.chdir(tmp_path)
+    lock = db.device_writes("sqlite:///a.db")
+    assert isinstance(lock, type(threading.Lock()))
+    assert db.device_writes(f"sqlite:///{tmp_path / 'a.db'}") is lock
+    assert db.device_writes("sqlite:///b.db") is not lock
+    assert isinstance(db.device_writes("postgresql://u@h/d"), contextlib.nullcontext)

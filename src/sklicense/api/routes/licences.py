@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from sklicense import crud, service
+from sklicense import crud, db, service
 from sklicense.api.deps import (
     AdminDep,
     ClockDep,
@@ -45,29 +45,30 @@ def request_licence(
         licence_request = LicenceRequestIn.model_validate(body)
     except ValidationError as e:
         return invalid(e)
-    now = clock()
-    count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now)
-    if count > settings.licence_requests_per_minute:
-        detail = (
-            f"device {licence_request.device_id} sent more than "
-            f"{settings.licence_requests_per_minute} licence requests this minute; retry later"
-        )
-        with sessions.begin() as session:
-            crud.audit(
-                session,
-                f"device:{licence_request.device_id}",
-                "licence.deny",
-                f"customer:{licence_request.customer_id}",
-                {"reason": "rate_limited", "detail": detail},
+    with db.device_writes(settings.database_url):  # SQLite: requests take turns, no polling
+        now = clock()
+        count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now)
+        if count > settings.licence_requests_per_minute:
+            detail = (
+                f"device {licence_request.device_id} sent more than "
+                f"{settings.licence_requests_per_minute} licence requests this minute; retry later"
             )
-        return JSONResponse(
-            status_code=429,
-            content={"decision": "deny", "reason": "rate_limited", "detail": detail},
-            headers={"Retry-After": str(60 - now % 60)},
+            with sessions.begin() as session:
+                crud.audit(
+                    session,
+                    f"device:{licence_request.device_id}",
+                    "licence.deny",
+                    f"customer:{licence_request.customer_id}",
+                    {"reason": "rate_limited", "detail": detail},
+                )
+            return JSONResponse(
+                status_code=429,
+                content={"decision": "deny", "reason": "rate_limited", "detail": detail},
+                headers={"Retry-After": str(60 - now % 60)},
+            )
+        outcome = service.request_licence(
+            sessions, licence_request, body, signature, now, request.app.state.signing_key
         )
-    outcome = service.request_licence(
-        sessions, licence_request, body, signature, now, request.app.state.signing_key
-    )
     return JSONResponse(status_code=outcome.status, content=outcome.body)
 
 

@@ -8,13 +8,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from sklicense import crud, service
+from sklicense import crud, db, service
 from sklicense.api.deps import (
     AdminDep,
     ClockDep,
     JsonBodyDep,
     SessionDep,
     SessionsDep,
+    SettingsDep,
     SignatureDep,
 )
 from sklicense.api.routes.licences import invalid
@@ -26,14 +27,19 @@ admin_router = APIRouter(prefix="/usage", tags=["admin"])
 
 @router.post("/usage")
 def report_usage(
-    body: JsonBodyDep, signature: SignatureDep, sessions: SessionsDep, clock: ClockDep
+    body: JsonBodyDep,
+    signature: SignatureDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    clock: ClockDep,
 ) -> JSONResponse:
     """Report a licence's inference counter (idempotent per ``report_id``)."""
     try:
         report = UsageReportIn.model_validate(body)
     except ValidationError as e:
         return invalid(e)
-    outcome = service.report_usage(sessions, report, body, signature, clock())
+    with db.device_writes(settings.database_url):
+        outcome = service.report_usage(sessions, report, body, signature, clock())
     return JSONResponse(status_code=outcome.status, content=outcome.body)
 
 
