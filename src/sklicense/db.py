@@ -1,8 +1,9 @@
 """Engines, sessions and the programmatic Alembic migrations.
 
 SQLite: every transaction starts with ``BEGIN IMMEDIATE`` (one writer at a time, so the quota
-read-modify-write is serialised across processes). PostgreSQL: the licence decision locks the
-customer row with ``SELECT … FOR UPDATE`` inside its transaction.
+read-modify-write is serialised across processes), and the device requests of one process take
+turns on a lock (:func:`device_writes`). PostgreSQL: the licence decision locks the customer
+row with ``SELECT … FOR UPDATE`` inside its transaction.
 """
 
 from __future__ import annotations
