@@ -106,7 +106,9 @@ def granted(url: str) -> int:
         return sum(c.inferences_granted for c in session.scalars(select(Customer)))
 
 
-def start_servers(url: str, state_dir: Path, processes: int, log: Path):
+def start_server(
+    url: str, state_dir: Path, processes: int, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     """``sklicense serve --workers processes`` on a free port; returns (process, base URL)."""
     port = free_port()
     env = os.environ | {
@@ -177,7 +179,7 @@ def device_loop(
 def measure(cell: Cell, url: str, work: Path, args: argparse.Namespace) -> Cell:
     state = work / "server"
     provision(url, state, args.customers)
-    server, base = start_servers(url, state, cell.processes, work / "server.log")
+    server, base = start_server(url, state, cell.processes, work / "server.log")
     try:
         lock = threading.Lock()
         cpu = time.process_time()
@@ -209,6 +211,7 @@ class TemporaryPostgres:
     def __init__(self, maintenance: str) -> None:
         self.maintenance = maintenance
         self.name = f"sklicense_bench_{secrets.token_hex(6)}"
+        self.url = db.normalise_url(f"{maintenance.rsplit('/', 1)[0]}/{self.name}")
 
     def __enter__(self) -> str:
         import psycopg
@@ -221,14 +224,12 @@ class TemporaryPostgres:
                 f"PostgreSQL at {self.maintenance} is unreachable ({err}); start it, pass "
                 "--postgres URL, or run --backends sqlite."
             ) from None
-        return db.normalise_url(f"{self.maintenance.rsplit('/', 1)[0]}/{self.name}")
+        return self.url
 
     def __exit__(self, *exc: object) -> None:
         import psycopg
 
-        db.get_engine(
-            db.normalise_url(f"{self.maintenance.rsplit('/', 1)[0]}/{self.name}")
-        ).dispose()
+        db.get_engine(self.url).dispose()
         with psycopg.connect(self.maintenance, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
