@@ -13,10 +13,13 @@ are printed as one ``error: ...`` line on stderr; ``--debug`` adds the traceback
 from __future__ import annotations
 
 import enum
+import io
 import json
+import os
 import re
 import time
 import traceback
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -95,17 +98,28 @@ def _check_device(value: str) -> str:
     raise typer.BadParameter(f"must be 'cpu', 'cuda' or 'cuda:N', but got {value!r}")
 
 
+def _unreadable(path: Path, err: object) -> _CliError:
+    return _CliError(
+        f"cannot read input file {path} as {path.suffix} ({err}). Save inputs with "
+        f"numpy.save (.npy) or numpy.savez (.npz); object arrays are not accepted.",
+        EXIT_INPUT,
+    )
+
+
 def _load_array_file(path: Path) -> Any:
+    """A ``.npy`` array, or an open ``NpzFile`` for a ``.npz`` (checked to be one)."""
     if not path.is_file():
         raise _CliError(f"input file {path} does not exist.", EXIT_NOT_FOUND)
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise _CliError(
-            f"cannot read input file {path} as {path.suffix} ({err}). Save inputs with "
-            f"numpy.save (.npy) or numpy.savez (.npz); object arrays are not accepted.",
-            EXIT_INPUT,
-        ) from err
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise _unreadable(path, err) from err
+    if (path.suffix == ".npz") != isinstance(loaded, np.lib.npyio.NpzFile):
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            loaded.close()
+        kind = "a .npz archive" if path.suffix == ".npy" else "a single .npy array"
+        raise _unreadable(path, f"the file is {kind}")
+    return loaded
 
 
 def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.ndarray]:
@@ -136,7 +150,10 @@ def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.nd
                     f"model; expected only {', '.join(order)}.",
                     EXIT_INPUT,
                 )
-            return [archive[k] for k in order]
+            try:  # the members are read here, lazily
+                return [archive[k] for k in order]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+                raise _unreadable(paths[0], err) from err
     if any(p.suffix == ".npz" for p in paths):
         raise _CliError(
             "pass either one .npz holding every input or one .npy per input, not a mix or "
@@ -152,13 +169,35 @@ def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.nd
     return [_load_array_file(p) for p in paths]
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse an output path that cannot be written before the model is loaded and run."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise _CliError(
+            f"--output {path}: its folder {folder} does not exist; create it first.", EXIT_USAGE
+        )
+    if path.is_dir() or not os.access(folder, os.W_OK):
+        raise _CliError(f"--output {path}: not a file path this user can write.", EXIT_USAGE)
+
+
 def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> None:
-    """Write one output to ``.npy``, or every output to ``.npz`` under its output name."""
-    with path.open("wb") as f:
-        if path.suffix == ".npy":
-            np.save(f, outputs[0], allow_pickle=False)
-        else:
-            np.savez(f, **dict(zip(output_names, outputs, strict=True)))
+    """Write one output to ``.npy``, or every output to ``.npz`` under its output name, through
+    a temporary file: a full disk leaves no truncated file and an earlier one whole."""
+    from skruntime.config import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    if path.suffix == ".npy":
+        np.save(buffer, outputs[0], allow_pickle=False)
+    else:
+        np.savez(buffer, **dict(zip(output_names, outputs, strict=True)))
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        raise _CliError(
+            f"could not write --output {path} ({err.strerror or err}); free space or pass "
+            "another path.",
+            EXIT_OTHER,
+        ) from err
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -237,6 +276,8 @@ def _run(
             raise _CliError(f"--input must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
     if output is not None and output.suffix not in (".npy", ".npz"):
         raise _CliError(f"--output must be a .npy or .npz file, but got {output}.", EXIT_USAGE)
+    if output is not None:
+        _check_writable(output)
     if not outputs_dir.is_dir():
         raise _CliError(
             f"outputs folder {outputs_dir} does not exist: pass the folder that holds the "
@@ -267,7 +308,7 @@ def _run(
     t0 = time.perf_counter()
     runtime = SkRuntime(outputs_dir, platform=platform, kek=kek_bytes, **licensing)
     try:
-        return _run_loaded(
+        summary = _run_loaded(
             runtime,
             outputs_dir,
             model,
@@ -279,8 +320,14 @@ def _run(
             threads=threads,
             static_key=static_key,
         )
-    finally:
-        runtime.close()  # flushes the inference counter and reports usage
+    except BaseException:
+        try:  # the first error is the one to report; a failing close() only adds a warning
+            runtime.close()
+        except Exception as close_err:
+            typer.echo(f"warning: closing the runtime failed too: {close_err}", err=True)
+        raise
+    runtime.close()  # flushes the inference counter and reports usage
+    return summary
 
 
 def _run_loaded(

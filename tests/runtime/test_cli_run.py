@@ -255,6 +255,53 @@ def test_unreadable_input_exits_5(outputs: Path, tmp_path: Path) -> None:
     assert_error(invoke(outputs, "mlp", "-i", tmp_path / "bad.npy"), 5, "bad.npy")
 
 
+def test_unreadable_npz_exits_5_and_names_the_file(outputs: Path, tmp_path: Path) -> None:
+    m = np.zeros((2, 6), np.float32)
+    np.savez(tmp_path / "whole.npz", arr_0=m)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:100])
+    np.save(tmp_path / "array.npy", m)
+    (tmp_path / "array.npz").write_bytes((tmp_path / "array.npy").read_bytes())  # .npy inside
+    np.savez(tmp_path / "objects.npz", arr_0=np.array([{"a": 1}], dtype=object))
+    (tmp_path / "archive.npy").write_bytes((tmp_path / "whole.npz").read_bytes())  # .npz inside
+    for name in ("cut.npz", "array.npz", "objects.npz", "archive.npy"):
+        assert_error(invoke(outputs, "mlp", "-i", tmp_path / name), 5, name, "cannot read")
+
+
+def test_output_is_checked_first_and_written_whole(
+    outputs: Path, data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = data["dir"] / "m.npy"
+    result = invoke(outputs, "mlp", "-i", m, "-o", tmp_path / "nodir" / "y.npy")
+    assert_error(result, 2, "nodir", "does not exist")
+    assert "load" not in result.stdout  # refused before the model was loaded
+    target = tmp_path / "y.npy"
+    target.write_bytes(b"earlier result")
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("skruntime.config._write_all", full_disk)
+    assert_error(invoke(outputs, "mlp", "-i", m, "-o", target), 1, "y.npy", "No space left")
+    assert target.read_bytes() == b"earlier result"  # the earlier file is whole
+    assert [p.name for p in tmp_path.iterdir()] == ["y.npy"]  # no temporary left behind
+
+
+def test_a_failing_close_does_not_hide_the_error(
+    outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from skruntime import SkRuntime
+
+    def broken_close(self: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(SkRuntime, "close", broken_close)
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    result = invoke(outputs, "mlp", "-i", tmp_path / "bad.npy")
+    assert result.exit_code == 5, result.output  # the input error, not the close() one
+    assert "cannot read input file" in result.stderr
+    assert "warning: closing the runtime failed too" in result.stderr
+
+
 def test_several_outputs_to_npy_is_a_usage_error(outputs: Path, data: dict, tmp_path: Path) -> None:
     d = data["dir"]
     result = invoke(outputs, "two", "-i", d / "x.npy", "-i", d / "y.npy", "-o", tmp_path / "o.npy")
