@@ -25,6 +25,7 @@ from sklicense.models import (
     UsageReport,
     utcnow,
 )
+from sklicense.schemas import INT64_MAX, MAX_LICENCE_SECONDS
 
 ROLES = ("admin", "read-only")
 KEK_BYTES = 32
@@ -175,6 +176,24 @@ CUSTOMER_FIELDS = (
 
 
 def _check_customer(customer: Customer) -> None:
+    for field in ("name", "max_devices", "default_licence_seconds"):
+        if getattr(customer, field) is None:
+            raise CrudError(f"{field} cannot be null: leave it out to keep its value", status=422)
+    if not isinstance(customer.name, str) or not customer.name.strip() or len(customer.name) > 200:
+        raise CrudError(
+            f"name must be 1 to 200 characters and not blank, but got {customer.name!r}",
+            status=422,
+        )
+    for field in ("id", "max_devices", "inference_quota"):
+        value = getattr(customer, field)
+        if value is not None and not 0 <= value <= INT64_MAX:
+            raise CrudError(f"{field} must be in [0, {INT64_MAX}], but got {value}", status=422)
+    if customer.default_licence_seconds > MAX_LICENCE_SECONDS:
+        raise CrudError(
+            f"default_licence_seconds must be at most {MAX_LICENCE_SECONDS} (100 years), but got "
+            f"{customer.default_licence_seconds}",
+            status=422,
+        )
     if customer.contract_end is None and customer.inference_quota is None:
         raise CrudError(
             "a customer needs at least one policy: contract_end and/or inference_quota must be "
@@ -264,9 +283,11 @@ def update_device(session: Session, device_id: str, actor: str, **changes: Any) 
             f"status must be 'active' or 'revoked', but got {changes['status']!r}", status=422
         )
     override = changes.get("duration_override_seconds")
-    if override is not None and override < 1:
+    if override is not None and not 1 <= override <= MAX_LICENCE_SECONDS:
         raise CrudError(
-            f"duration_override_seconds must be >= 1 or null, but got {override}", status=422
+            f"duration_override_seconds must be in [1, {MAX_LICENCE_SECONDS}] (100 years) or "
+            f"null, but got {override}",
+            status=422,
         )
     for key, value in changes.items():
         setattr(device, key, value)

@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from skruntime.licensing.protocol import unb64
 
 NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
+INT64_MAX = 2**63 - 1
+"""The largest integer both databases store (BIGINT); larger ones are refused with a 422."""
+MAX_LICENCE_SECONDS = 100 * 365 * 86400
+"""Licence durations above 100 years are refused: an expiry must fit a datetime."""
+ID = Field(ge=0, le=INT64_MAX)
 
 
 def _raw_key(value: str) -> str:
@@ -27,14 +32,19 @@ def _raw_key(value: str) -> str:
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError("must include a timezone (e.g. 2026-06-30T00:00:00Z)")
+    if value is not None:
+        try:
+            value.astimezone(dt.UTC)  # stored in UTC: 9999-12-31T23:00-14:00 does not fit
+        except OverflowError:
+            raise ValueError("is out of range once converted to UTC") from None
     return value
 
 
 class DeviceMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    device_id: str = Field(min_length=1, max_length=200)
-    timestamp: int
+    device_id: str = Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")
+    timestamp: int = Field(ge=0, le=INT64_MAX)
     nonce: str
 
     @field_validator("nonce")
@@ -46,14 +56,14 @@ class DeviceMessage(BaseModel):
 
 
 class LicenceRequestIn(DeviceMessage):
-    customer_id: int
+    customer_id: int = ID
     application: str = Field(min_length=1, max_length=200)
     models: list[str]
     config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     signing_public_key: str
     exchange_public_key: str
     #: Optional extension: the allowance the device asks for (capped by the remaining quota).
-    requested_inferences: int | None = Field(default=None, ge=1)
+    requested_inferences: int | None = Field(default=None, ge=1, le=INT64_MAX)
 
     @field_validator("signing_public_key", "exchange_public_key")
     @classmethod
@@ -64,7 +74,7 @@ class LicenceRequestIn(DeviceMessage):
 class UsageReportIn(DeviceMessage):
     licence_id: str = Field(min_length=1, max_length=36)
     report_id: str = Field(min_length=1, max_length=100)
-    counter: int = Field(ge=0)
+    counter: int = Field(ge=0, le=INT64_MAX)
 
 
 class UsageReceipt(BaseModel):
@@ -110,12 +120,12 @@ class ApplicationPublic(BaseModel):
 class CustomerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: int
+    id: int = ID
     name: str = Field(min_length=1, max_length=200)
     contract_end: dt.datetime | None = None
-    inference_quota: int | None = Field(default=None, ge=0)
-    max_devices: int = Field(default=1, ge=1)
-    default_licence_seconds: int = Field(default=30 * 86400, ge=1)
+    inference_quota: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    max_devices: int = Field(default=1, ge=1, le=INT64_MAX)
+    default_licence_seconds: int = Field(default=30 * 86400, ge=1, le=MAX_LICENCE_SECONDS)
 
     @field_validator("contract_end")
     @classmethod
@@ -128,14 +138,22 @@ class CustomerUpdate(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     contract_end: dt.datetime | None = None
-    inference_quota: int | None = Field(default=None, ge=0)
-    max_devices: int | None = Field(default=None, ge=1)
-    default_licence_seconds: int | None = Field(default=None, ge=1)
+    inference_quota: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    max_devices: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    default_licence_seconds: int | None = Field(default=None, ge=1, le=MAX_LICENCE_SECONDS)
 
     @field_validator("contract_end")
     @classmethod
     def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
         return _aware(value)
+
+    @field_validator("name", "max_devices", "default_licence_seconds")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        """Only ``contract_end`` and ``inference_quota`` can be cleared (null = none)."""
+        if value is None:
+            raise ValueError("cannot be null: leave the field out to keep its value")
+        return value
 
 
 class CustomerPublic(BaseModel):
@@ -155,7 +173,7 @@ class DeviceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: str | None = Field(default=None, pattern=r"^(active|revoked)$")
-    duration_override_seconds: int | None = Field(default=None, ge=1)
+    duration_override_seconds: int | None = Field(default=None, ge=1, le=MAX_LICENCE_SECONDS)
 
 
 class DevicePublic(BaseModel):

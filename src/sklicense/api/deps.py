@@ -7,13 +7,14 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Path, Query, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense import crud
+from sklicense.schemas import INT64_MAX
 from sklicense.settings import Settings
-from skruntime.licensing.protocol import SIGNATURE_HEADER
+from skruntime.licensing.protocol import SIGNATURE_HEADER, canonical_bytes
 
 
 def get_settings(request: Request) -> Settings:
@@ -40,6 +41,9 @@ def get_session(
         yield session
 
 
+CustomerIdPath = Annotated[int, Path(ge=0, le=INT64_MAX)]
+"""A customer id in a URL path: larger ones do not fit the database (422, not 500)."""
+CustomerIdQuery = Annotated[int | None, Query(ge=0, le=INT64_MAX)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Callable[[], int], Depends(get_clock)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
@@ -47,11 +51,30 @@ SessionDep = Annotated[Session, Depends(get_session)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
+MAX_DEVICE_BODY = 16 * 1024
+"""Bytes a device request may have: a licence request is under 1 KiB."""
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def get_json_body(request: Request) -> dict[str, Any]:
-    """The raw JSON object of a device request (the signature covers exactly these fields)."""
+    """The raw JSON object of a device request (the signature covers exactly these fields).
+
+    Anyone can send one before the signature is checked, so it is bounded and strict: at most
+    :data:`MAX_DEVICE_BODY` bytes (413), and no NaN/Infinity, nesting beyond Python's recursion
+    limit or lone surrogates in strings (400), each of which would otherwise fail later as a 500.
+    """
+    raw = await request.body()
+    if len(raw) > MAX_DEVICE_BODY:
+        raise HTTPException(
+            status_code=413, detail=f"the request body is over {MAX_DEVICE_BODY} bytes"
+        )
     try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(raw, parse_constant=_no_constant)
+        canonical_bytes(body)  # what the signature check will encode: lone surrogates fail here
+    except (ValueError, UnicodeError, RecursionError):
         raise HTTPException(status_code=400, detail="the request body must be JSON") from None
     if not isinstance(body, dict):
         raise HTTPException(status_code=400, detail="the request body must be a JSON object")

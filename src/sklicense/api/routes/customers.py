@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from sklicense import crud
-from sklicense.api.deps import AdminDep, SessionDep
+from sklicense.api.deps import AdminDep, CustomerIdPath, SessionDep
 from sklicense.api.routes.applications import raise_http
 from sklicense.schemas import CustomerCreate, CustomerPublic, CustomerUpdate
 
@@ -19,7 +19,9 @@ def list_customers(admin: AdminDep, session: SessionDep) -> list[CustomerPublic]
 
 
 @admin_router.get("/{customer_id}", response_model=CustomerPublic)
-def get_customer(customer_id: int, admin: AdminDep, session: SessionDep) -> CustomerPublic:
+def get_customer(
+    customer_id: CustomerIdPath, admin: AdminDep, session: SessionDep
+) -> CustomerPublic:
     """One customer."""
     try:
         return CustomerPublic.model_validate(crud.get_customer(session, customer_id))
@@ -42,7 +44,7 @@ def create_customer(
 
 @admin_router.patch("/{customer_id}", response_model=CustomerPublic)
 def update_customer(
-    customer_id: int, payload: CustomerUpdate, admin: AdminDep, session: SessionDep
+    customer_id: CustomerIdPath, payload: CustomerUpdate, admin: AdminDep, session: SessionDep
 ) -> CustomerPublic:
     """Change a customer's name, contract end, quota, maximum devices or default duration
     (fields sent as null are cleared)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from sklicense import crud
-from sklicense.api.deps import AdminDep, SessionDep
+from sklicense.api.deps import AdminDep, CustomerIdQuery, SessionDep
 from sklicense.api.routes.applications import raise_http
 from sklicense.schemas import DevicePublic, DeviceUpdate
 
@@ -14,7 +14,7 @@ admin_router = APIRouter(prefix="/devices", tags=["admin"])
 
 @admin_router.get("", response_model=list[DevicePublic])
 def list_devices(
-    admin: AdminDep, session: SessionDep, customer_id: int | None = None
+    admin: AdminDep, session: SessionDep, customer_id: CustomerIdQuery = None
 ) -> list[DevicePublic]:
     """List registered devices (optionally of one customer)."""
     return [DevicePublic.model_validate(d) for d in crud.list_devices(session, customer_id)]

@@ -10,6 +10,7 @@ from sklicense import crud, db, service
 from sklicense.api.deps import (
     AdminDep,
     ClockDep,
+    CustomerIdQuery,
     EngineDep,
     JsonBodyDep,
     SessionDep,
@@ -26,7 +27,10 @@ admin_router = APIRouter(prefix="/licences", tags=["admin"])
 def invalid(error: ValidationError) -> JSONResponse:
     return JSONResponse(
         status_code=422,
-        content={"detail": error.errors(include_url=False, include_context=False)},
+        # never the input: anyone can send a device request, and echoing it amplifies it
+        content={
+            "detail": error.errors(include_url=False, include_context=False, include_input=False)
+        },
     )
 
 
@@ -76,7 +80,7 @@ def request_licence(
 def list_licences(
     admin: AdminDep,
     session: SessionDep,
-    customer_id: int | None = None,
+    customer_id: CustomerIdQuery = None,
     device_id: str | None = None,
 ) -> list[LicencePublic]:
     """List issued licences, newest first."""

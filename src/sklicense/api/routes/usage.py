@@ -12,6 +12,7 @@ from sklicense import crud, db, service
 from sklicense.api.deps import (
     AdminDep,
     ClockDep,
+    CustomerIdQuery,
     JsonBodyDep,
     SessionDep,
     SessionsDep,
@@ -45,7 +46,7 @@ def report_usage(
 
 @admin_router.get("", response_model=list[UsageReportPublic])
 def list_usage(
-    admin: AdminDep, session: SessionDep, customer_id: int | None = None
+    admin: AdminDep, session: SessionDep, customer_id: CustomerIdQuery = None
 ) -> list[UsageReportPublic]:
     """List usage reports (optionally of one customer)."""
     return [UsageReportPublic.model_validate(r) for r in crud.list_usage(session, customer_id)]
@@ -53,7 +54,7 @@ def list_usage(
 
 @admin_router.get("/summary")
 def usage_summary(
-    admin: AdminDep, session: SessionDep, customer_id: int | None = None
+    admin: AdminDep, session: SessionDep, customer_id: CustomerIdQuery = None
 ) -> list[dict[str, Any]]:
     """Per licence: the latest reported counter and the licence's allowance."""
     return crud.usage_summary(session, customer_id)
