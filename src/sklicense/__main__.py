@@ -1,3 +1,3 @@
-from sklicense.cli import app
+from sklicense.cli import main
 
-app(prog_name="sklicense")
+main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ import typer
 
 from sklicense import crud, db
 from sklicense.crypto import create_signing_key, load_signing_key, public_key_b64
+from sklicense.schemas import MAX_LICENCE_SECONDS
 from sklicense.settings import Settings, SettingsError
 
 app = typer.Typer(help="skprotect licence server.", no_args_is_help=True)
@@ -40,6 +42,33 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def main() -> None:
+    """The ``sklicense`` command: what the database, the key file or the disk refuse is said in
+    one line (exit code 1), not as a traceback of hundreds of lines."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sklicense.crypto import SigningKeyError
+
+    try:
+        app(prog_name="sklicense")  # exits itself on success, usage errors and fail()
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        _stop(
+            f"the database refused: {reason}. Check --database-url (or SKLICENSE_DATABASE_URL), "
+            "that the server is reachable, and that the database file and its folder are "
+            "writable with space left."
+        )
+    except ImportError as err:
+        _stop(f"{err}: the database URL names a driver that is not installed.")
+    except (SigningKeyError, OSError) as err:
+        _stop(str(err))
+
+
+def _stop(message: str) -> None:
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise SystemExit(1)
+
+
 def settings_for(database_url: str | None = None, state_dir: Path | None = None) -> Settings:
     try:
         return Settings.from_env().with_overrides(database_url=database_url, state_dir=state_dir)
@@ -55,6 +84,23 @@ def admin_session(database_url: str | None) -> Any:
     except db.DatabaseNotMigratedError as e:
         fail(str(e))
     return db.session_factory(settings.database_url)
+
+
+def kek_text(path: Path) -> str:
+    """The base64 text of a KEK file; a binary file is refused with what to pass instead."""
+    try:
+        return path.read_text(encoding="ascii")
+    except UnicodeDecodeError:
+        fail(f"{path} is not base64 text: pass the file `skprotect export-kek` writes")
+        raise
+
+
+def seconds_of(days: float, option: str) -> int:
+    """``days`` as seconds, refused unless a finite, positive duration of at most 100 years."""
+    seconds = days * 86400
+    if not math.isfinite(seconds) or not 1 <= round(seconds) <= MAX_LICENCE_SECONDS:
+        fail(f"{option} must be a number of days over 0 and up to 36500, but got {days}")
+    return round(seconds)
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
@@ -152,7 +198,7 @@ def app_create(
     """Create an application, optionally with its key-encryption key and model list."""
     sessions = admin_session(database_url)
     try:
-        kek = crud.decode_kek(kek_file.read_text()) if kek_file else None
+        kek = crud.decode_kek(kek_text(kek_file)) if kek_file else None
         with sessions.begin() as session:
             crud.create_application(session, name, kek, CLI_ACTOR, model or None)
     except (crud.CrudError, OSError) as e:
@@ -169,7 +215,7 @@ def app_import_kek(
     """Import (or replace) an application's key-encryption key."""
     sessions = admin_session(database_url)
     try:
-        kek = crud.decode_kek(kek_file.read_text())
+        kek = crud.decode_kek(kek_text(kek_file))
         with sessions.begin() as session:
             application = crud.get_application_by_name(session, name)
             if application is None:
@@ -226,7 +272,7 @@ def customer_create(
                 contract_end=parse_time(contract_end),
                 inference_quota=quota,
                 max_devices=max_devices,
-                default_licence_seconds=round(default_days * 86400),
+                default_licence_seconds=seconds_of(default_days, "--default-days"),
             )
     except crud.CrudError as e:
         fail(str(e))
@@ -254,7 +300,7 @@ def customer_edit(
     if max_devices is not None:
         changes["max_devices"] = max_devices
     if default_days is not None:
-        changes["default_licence_seconds"] = round(default_days * 86400)
+        changes["default_licence_seconds"] = seconds_of(default_days, "--default-days")
     sessions = admin_session(database_url)
     try:
         with sessions.begin() as session:
@@ -312,7 +358,7 @@ def device_edit(
     changes: dict[str, Any] = {}
     if duration_days is not None:
         changes["duration_override_seconds"] = (
-            None if duration_days == -1 else round(duration_days * 86400)
+            None if duration_days == -1 else seconds_of(duration_days, "--duration-days")
         )
     if activate:
         changes["status"] = "active"
@@ -341,7 +387,7 @@ def usage(
 
 @app.command()
 def audit(
-    limit: Annotated[int, typer.Option(help="Newest entries to show.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="Newest entries to show.")] = 50,
     database_url: DatabaseUrl = None,
 ) -> None:
     """The audit log, newest first."""

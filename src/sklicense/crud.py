@@ -218,6 +218,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def create_customer(session: Session, actor: str, **fields: Any) -> Customer:
+    if not 0 <= fields["id"] <= INT64_MAX:  # before the lookup, which cannot bind it
+        raise CrudError(f"id must be in [0, {INT64_MAX}], but got {fields['id']}", status=422)
     if session.get(Customer, fields["id"]) is not None:
         raise CrudError(f"customer {fields['id']} already exists", status=409)
     customer = Customer(inferences_granted=0, created_at=utcnow(), **fields)

@@ -8,6 +8,8 @@ datetime cannot hold are refused when they are set, not when a licence is next i
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from tests.licensing.server_helpers import FakeDevice, bearer, make_application, make_customer
@@ -83,3 +85,71 @@ def test_a_long_licence_duration_is_refused_where_it_is_set(sessions) -> None:
         make_customer(sessions, id=8, default_licence_seconds=10**12)
     with pytest.raises(CrudError, match="name must be 1 to 200 characters and not blank"):
         make_customer(sessions, id=9, name="   ")
+
+
+def _sklicense(*args: str, cwd) -> subprocess.CompletedProcess[str]:
+    """The installed command's entry point (``python -m sklicense``), as an operator runs it."""
+    command = [sys.executable, "-m", "sklicense", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_failures_are_one_line_errors(tmp_path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'x.db'}"
+    assert (
+        _sklicense("init", "--state-dir", "st", "--database-url", db_url, cwd=tmp_path).returncode
+        == 0
+    )
+    (tmp_path / "rand.kek").write_bytes(bytes(range(128, 228)))
+    (tmp_path / "keydir" / "server.key").mkdir(parents=True)
+    cases = [
+        (
+            ["customer", "list", "--database-url", "postgresql://u@127.0.0.1:1/x"],
+            "database refused",
+        ),
+        (
+            ["customer", "list", "--database-url", f"sqlite:///{tmp_path}/no/x.db"],
+            "database refused",
+        ),
+        (
+            [
+                "customer",
+                "create",
+                "--id",
+                str(2**63),
+                "--name",
+                "a",
+                "--quota",
+                "5",
+                "--database-url",
+                db_url,
+            ],
+            "id must be in",
+        ),
+        (
+            [
+                "customer",
+                "create",
+                "--id",
+                "5",
+                "--name",
+                "a",
+                "--quota",
+                "5",
+                "--default-days",
+                "nan",
+                "--database-url",
+                db_url,
+            ],
+            "--default-days must be",
+        ),
+        (
+            ["app", "create", "a2", "--kek-file", "rand.kek", "--database-url", db_url],
+            "is not base64 text",
+        ),
+        (["init", "--state-dir", "keydir", "--database-url", db_url], "Is a directory"),
+    ]
+    for args, message in cases:
+        done = _sklicense(*args, cwd=tmp_path)
+        assert done.returncode == 1, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) <= 3, (args, done.stderr)
