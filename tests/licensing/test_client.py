@@ -570,3 +570,52 @@ def test_runtime_linux_licensed(tmp_path, monkeypatch) -> None:
     kek = protector.state.kek
     for path in state.iterdir():
         assert kek not in path.read_bytes() and protocol.b64(kek).encode() not in path.read_bytes()
+
+
+def test_a_full_state_folder_is_a_licence_error_and_the_issued_licence_is_kept(
+    server, state, clock, monkeypatch
+) -> None:
+    """The disk fills up between the request and the cache write: the licence the server
+    issued is used from memory (a retry does not ask, and pay, for another); what then cannot
+    be saved is a LicenceError naming the folder, never a raw OSError."""
+    import skruntime.licensing.client as client_module
+    import skruntime.licensing.identity as identity
+
+    client = make_client(server, state, clock)
+    real_write_private, real_write = client_module.write_private, os.write
+
+    def cache_full(path: Path, data: bytes) -> None:
+        if path.name.startswith("licence_"):
+            raise identity._state_error(path, OSError(28, "No space left on device"))
+        real_write_private(path, data)
+
+    monkeypatch.setattr(client_module, "write_private", cache_full)
+    with pytest.warns(RuntimeWarning, match="used from memory for this process only"):
+        licence = client.ensure_licence()
+    assert client.ensure_licence() == licence and len(server.licence_requests) == 1
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(identity.os, "write", full)
+    with pytest.raises(LicenceError, match=f"Cannot write .*No space left.*{state.name}"):
+        client.consume()  # the count must be saved before an inference runs
+    assert not list(state.glob(".*.tmp"))  # no temporary left behind
+    monkeypatch.setattr(identity.os, "write", real_write)
+    client.close()
+
+
+def test_close_reports_usage_when_the_counter_cannot_be_saved(
+    server, state, clock, monkeypatch
+) -> None:
+    client = make_client(server, state, clock)
+    client.ensure_licence()
+    for _ in range(3):
+        client.consume()
+    client._save_last_seen()
+    sent = []
+    monkeypatch.setattr(client, "flush", lambda: (_ for _ in ()).throw(LicenceError("disk full")))
+    monkeypatch.setattr(client, "report_usage", lambda: sent.append(True) or True)
+    with pytest.raises(LicenceError, match="disk full"):
+        client.close()
+    assert sent == [True]  # reported although the flush failed

@@ -43,6 +43,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -491,7 +492,14 @@ class LicenceClient:
                 f"The licence server issued licence {licence.licence_id} already expired at "
                 f"{_when(licence.expires_at)}; check the server's and this device's clocks."
             )
-        write_private(self._licence_path, protocol.canonical_bytes(document))
+        try:
+            write_private(self._licence_path, protocol.canonical_bytes(document))
+        except LicenceError as err:  # issued and paid for: use it from memory, do not drop it
+            warnings.warn(
+                f"{err} Licence {licence.licence_id} is used from memory for this process only.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self._switch(licence)
         return licence
 
@@ -726,22 +734,30 @@ class LicenceClient:
                         response.status_code,
                         response.text[:200],
                     )
-            with state_lock(self.state_dir, f"usage_{self.application}"):
-                usage = self._read_usage()
-                for licence_id, counter in acknowledged.items():
-                    if licence_id in usage:
-                        entry = usage[licence_id]
-                        entry["reported"] = max(entry.get("reported", 0), counter)
-                done = [
-                    licence_id
-                    for licence_id, entry in usage.items()
-                    if licence_id != current and entry.get("counter", 0) <= entry.get("reported", 0)
-                ]
-                for licence_id in done:
-                    del usage[licence_id]
-                if acknowledged or done:
-                    self._write_usage(usage)
-                return all(e.get("counter", 0) <= e.get("reported", 0) for e in usage.values())
+            try:
+                return self._record_reported(acknowledged, current)
+            except LicenceError as e:  # reported, but not recorded: sent again next time
+                log.warning("Usage reports sent but not recorded: %s", e)
+                return False
+
+    def _record_reported(self, acknowledged: dict[str, int], current: str | None) -> bool:
+        """Note the acknowledged counters and drop finished licences; True when all reported."""
+        with self._lock, state_lock(self.state_dir, f"usage_{self.application}"):
+            usage = self._read_usage()
+            for licence_id, counter in acknowledged.items():
+                if licence_id in usage:
+                    entry = usage[licence_id]
+                    entry["reported"] = max(entry.get("reported", 0), counter)
+            done = [
+                licence_id
+                for licence_id, entry in usage.items()
+                if licence_id != current and entry.get("counter", 0) <= entry.get("reported", 0)
+            ]
+            for licence_id in done:
+                del usage[licence_id]
+            if acknowledged or done:
+                self._write_usage(usage)
+            return all(e.get("counter", 0) <= e.get("reported", 0) for e in usage.values())
 
     def flush(self) -> None:
         """Give back the unused reservation and persist the last time seen."""
@@ -755,8 +771,10 @@ class LicenceClient:
             if self._closed:
                 return
             try:
-                self.flush()
-                self.report_usage()
+                try:
+                    self.flush()
+                finally:  # a counter that cannot be saved is still reported to the server
+                    self.report_usage()
             finally:
                 self._closed = True
                 self._http.close()

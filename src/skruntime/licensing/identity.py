@@ -75,9 +75,21 @@ def ensure_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
     return path
 
 
+def _state_error(path: Path, err: OSError) -> LicenceError:
+    return LicenceError(
+        f"Cannot write {path}: {err.strerror or err}. The runtime keeps its licence, counters "
+        f"and clock in {path.parent}: free space there or make it writable (or set "
+        f"{STATE_DIR_ENV} / pass state_dir= to another folder)."
+    )
+
+
 def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with an owner-only (0600) file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Replace ``path`` atomically with an owner-only (0600) file; a full or read-only folder
+    raises :class:`LicenceError` naming it, and leaves the old file whole."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _state_error(path, e) from None
     try:
         try:
             os.fchmod(fd, 0o600)
@@ -88,9 +100,11 @@ def write_private(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _state_error(path, e) from None
         raise
 
 
@@ -135,7 +149,14 @@ def state_lock(state_dir: Path, name: str = "state") -> Iterator[None]:
     if fcntl is None:  # pragma: no cover
         yield
         return
-    fd = os.open(state_dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    path = state_dir / f".{name}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        try:  # a read-only folder: an existing lock file still locks when opened to read
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            raise _state_error(path, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
