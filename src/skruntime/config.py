@@ -716,6 +716,20 @@ def load_config(
     key_raw = _b64(doc["public_key"], "public_key", 32, path)
     signature = _b64(doc["signature"], "signature", 64, path)
     if public_key is not None:
+        if not isinstance(public_key, Ed25519PublicKey | bytes | bytearray) or (
+            not isinstance(public_key, Ed25519PublicKey) and len(public_key) != 32
+        ):
+            size = (
+                f"{len(public_key)} bytes"
+                if isinstance(public_key, str | bytes | bytearray)
+                else ""
+            )
+            raise ConfigurationError(
+                f"public_key must be the application's raw 32-byte Ed25519 key (bytes) or an "
+                f"Ed25519PublicKey, but got {type(public_key).__name__} {size}".rstrip()
+                + ": a base64 text (as the configuration file stores it) must be decoded "
+                "first, e.g. base64.b64decode(text)."
+            )
         expected = (
             public_key_bytes(public_key)
             if isinstance(public_key, Ed25519PublicKey)

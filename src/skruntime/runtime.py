@@ -183,6 +183,11 @@ class SkRuntime:
         if kek is not None and (not isinstance(kek, bytes | bytearray) or len(kek) != 32):
             size = len(kek) if isinstance(kek, bytes | bytearray) else type(kek).__name__
             raise KeyUnavailableError(f"kek must be 32 bytes, but got {size}.")
+        if kek is not None and self.platform != "LINUX":
+            raise KeyUnavailableError(
+                f"kek decrypts LINUX key files, but {self.config_path} is for platform "
+                f"{self.platform}, whose keys are in plain files: leave kek (--kek) out."
+            )
         self._kek = bytes(kek) if kek is not None else None
         if licence_server is not None:
             self._licence_client = self._make_licence_client(
@@ -591,6 +596,11 @@ class LoadedModel:
             )
         if isinstance(inputs, Mapping):
             values = self._order((), inputs)
+        elif hasattr(inputs, "shape"):  # list(array) would split it into rows, one per input
+            raise self._error(
+                "run() takes a list of inputs (or a dict by name), but got one array: pass "
+                "[x], or call the model as model(x)."
+            )
         else:
             values = list(inputs)
             if len(values) != len(self._checks):

@@ -264,6 +264,27 @@ def test_cuda_without_provider_is_a_clear_error(rt: SkRuntime) -> None:
         rt.load("net", device="cuda")
 
 
+def test_a_gpu_device_with_cpu_only_providers_is_refused(rt: SkRuntime) -> None:
+    """device= and the providers list disagree: refused, not run on the CPU silently."""
+    options = {"providers": ["CPUExecutionProvider"]}
+    with pytest.raises(BackendError, match="asks for a GPU, but session_options"):
+        rt.load("net", device="cuda", session_options=options)
+    with rt.load("net", session_options=options) as model:  # agreeing: fine
+        assert model(X).shape == (2, 5)
+
+
+def test_kek_on_a_txt_configuration_is_refused(app: Protected) -> None:
+    with pytest.raises(KeyUnavailableError, match=r"kek decrypts LINUX key files, but .* TXT"):
+        SkRuntime(app.out, platform="TXT", kek=b"\0" * 32)
+
+
+def test_a_base64_public_key_says_to_decode_it(app: Protected) -> None:
+    text = base64.b64encode(app.public_key).decode()
+    for given, kind in ((text, "str 44 bytes"), (text.encode(), "bytes 44 bytes")):
+        with pytest.raises(ConfigurationError, match=f"but got {kind}: a base64 text"):
+            SkRuntime(app.out, platform="TXT", public_key=given)
+
+
 # --------------------------------------------------------------------------- close / repr
 
 
@@ -306,6 +327,8 @@ def test_wrong_input_count(rt: SkRuntime) -> None:
             assert "'input.1': shape (batch, 3, 4, 4), dtype float32" in str(err.value)
         with pytest.raises(InputError, match="Got 2 input"):
             model.run([X, X])
+        with pytest.raises(InputError, match=r"run\(\) takes a list of inputs .* got one array"):
+            model.run(X)  # list(X) would have split it into rows
 
 
 @pytest.mark.parametrize(

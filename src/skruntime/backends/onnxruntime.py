@@ -18,7 +18,14 @@ __all__ = ["OnnxRuntimeBackend"]
 
 def _providers(options: BackendOptions) -> list[Any]:
     if "providers" in options.session_options:
-        return list(options.session_options["providers"])
+        providers = list(options.session_options["providers"])
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        if options.device != "cpu" and "CUDAExecutionProvider" not in names:
+            raise BackendError(
+                f"device={options.device!r} asks for a GPU, but session_options['providers'] "
+                f"is {names}: add CUDAExecutionProvider to the list, or leave out one of the two."
+            )
+        return providers
     if options.device == "cpu":
         return ["CPUExecutionProvider"]
     available = ort.get_available_providers()
