@@ -30,6 +30,9 @@ last input.
     spec            {"length": int, "perm_sizes": [int], "scale_sizes": [int]}
     txt_sha256      hex SHA-256 of the .txt's values as little-endian float32 bytes; binds the
                     two files together (a stale or swapped .txt is refused)
+    model_sha256    (optional) [hex SHA-256], the model files the pair unlocks; the runtime
+                    refuses the pair for any other model file (key files left from another
+                    protection run), and accepts files written before this field existed
     perm_offsets    (static=false only) [int], one per index: share B of the permutations
     u_exponents     (static=false only) [int], one per scale
     v_exponents     (static=false only) [int], one per scale
@@ -49,6 +52,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +287,7 @@ def write_txt_keys(
     *,
     test_key: bool,
     rng: np.random.Generator,
+    model_sha256: Sequence[str] = (),
 ) -> list[Path]:
     """Write a model's two TXT key files into ``folder``; returns ``[txt_path, json_path]``.
 
@@ -292,6 +298,9 @@ def write_txt_keys(
         spec: its layout (``KeyLayout.spec()``).
         test_key: write the static key itself (feedable as-is) instead of two shares.
         rng: randomness for the shares (pass the state's ``key_rng`` for reproducible files).
+        model_sha256: the SHA-256 of each model file these keys unlock (the format group's
+            artifacts): a reader refuses the pair for any other model file, so key files left
+            from another protection run are an error, not garbage outputs.
 
     Raises:
         ValueError: invalid model name, spec or key.
@@ -326,6 +335,8 @@ def write_txt_keys(
         params["u_exponents"] = [int(x) for x in a]
         params["v_exponents"] = [int(x) for x in b]
     params["txt_sha256"] = _values_sha256(share)
+    if model_sha256:
+        params["model_sha256"] = sorted(model_sha256)
     folder = Path(folder)
     txt_path = folder / key_txt_filename(model_name)
     json_path = folder / key_params_filename(model_name)
@@ -415,12 +426,17 @@ def _int_array(params: dict[str, Any], name: str, size: int, path: Path) -> np.n
         raise _corrupt(path, f"{name} holds out-of-range integers") from None
 
 
-def read_txt_keys(folder: str | os.PathLike[str], model_name: str) -> KeyMaterial:
+def read_txt_keys(
+    folder: str | os.PathLike[str], model_name: str, model_sha256: str | None = None
+) -> KeyMaterial:
     """Read a model's two TXT key files from ``folder`` and combine them.
 
+    ``model_sha256``, the hash of the model file being loaded, is checked against the hashes
+    the key files were written for (files written before they recorded them are accepted).
+
     Raises:
-        KeyFileError: a file is missing, truncated, corrupted, or the two files do not belong
-            together (the message names the file).
+        KeyFileError: a file is missing, truncated, corrupted, the two files do not belong
+            together, or they were written for another model file (the message names the file).
     """
     _check_model_name(model_name)
     folder = Path(folder)
@@ -442,6 +458,19 @@ def read_txt_keys(folder: str | os.PathLike[str], model_name: str) -> KeyMateria
         raise KeyFileError(
             f"Key file {json_path} belongs to model {params.get('model')!r}, not {model_name!r}. "
             "Restore the model's own key files."
+        )
+    written_for = params.get("model_sha256")
+    if written_for is not None and (
+        not isinstance(written_for, list)
+        or not all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in written_for)
+    ):
+        raise _corrupt(json_path, "model_sha256 must be a list of SHA-256 hex digests")
+    if model_sha256 is not None and written_for is not None and model_sha256 not in written_for:
+        raise KeyFileError(
+            f"Key files in {folder} were written for another protection of model "
+            f"{model_name!r} (for model file(s) {', '.join(h[:12] for h in written_for)}…, not "
+            f"{model_sha256[:12]}…). Deploy the key files written together with this model "
+            "file, or re-protect the model."
         )
     static = params.get("static")
     if not isinstance(static, bool):

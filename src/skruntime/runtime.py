@@ -381,7 +381,7 @@ class SkRuntime:
                     f"The configuration lists no key files for model {model_name!r} ({fmt}). "
                     "Re-protect the model."
                 )
-            return read_txt_keys((self.outputs_dir / key_files[0]).parent, model_name)
+            return read_txt_keys((self.outputs_dir / key_files[0]).parent, model_name, digest)
         kek = self._kek
         if kek is None and self._licence_client is not None:
             kek = self._licence_client.kek()  # unwrapped in memory for this load only

@@ -217,6 +217,28 @@ def test_swapped_txt_from_other_run(tmp_path: Path) -> None:
         read_txt_keys(tmp_path / "a", "m")
 
 
+def test_key_files_of_another_protection_run_are_refused(tmp_path: Path) -> None:
+    """The whole pair left from an earlier run beside a new model file: refused, by hash."""
+    key, spec = make_key()
+    old_model, new_model, other_format = "a" * 64, "b" * 64, "c" * 64
+    write_txt_keys(
+        tmp_path, "m", key, spec, test_key=False, rng=np.random.default_rng(1),
+        model_sha256=[old_model, other_format],
+    )  # fmt: skip
+    assert read_txt_keys(tmp_path, "m", old_model).static_key().tobytes() == key.tobytes()
+    assert read_txt_keys(tmp_path, "m", other_format).static_key().tobytes() == key.tobytes()
+    with pytest.raises(KeyFileError, match="written for another protection of model 'm'"):
+        read_txt_keys(tmp_path, "m", new_model)
+    # files from before the hashes were recorded, and a reader that knows no hash: accepted
+    params_path = tmp_path / "key_params_m.json"
+    params = json.loads(params_path.read_text())
+    params_path.write_text(json.dumps({k: v for k, v in params.items() if k != "model_sha256"}))
+    assert read_txt_keys(tmp_path, "m", new_model).static_key().tobytes() == key.tobytes()
+    params_path.write_text(json.dumps(params | {"model_sha256": ["not a digest"]}))
+    with pytest.raises(KeyFileError, match="model_sha256 must be a list of SHA-256"):
+        read_txt_keys(tmp_path, "m", new_model)
+
+
 def test_json_not_json(written) -> None:
     folder, _, params = written
     params.write_text("{", encoding="utf-8")

@@ -457,10 +457,17 @@ def test_swapped_key_files_refused(app: Protected, tmp_path: Path) -> None:
     shutil.copy(app.out / "tnet/onnx/key_params_tnet.json", dst / "key_params_tnet.json")
     with pytest.raises(KeyFileError, match="do not belong together"):
         rt.load("tnet")
-    # an attacker who also rewrites the model name in the params gets a valid key of the
-    # wrong model: it loads (same length) but the outputs are garbage
+    # the model name rewritten in the params: the model file hashes they list still refuse it
     params = json.loads((src / "key_params_net.json").read_text())
     params["model"] = "tnet"
+    (dst / "key_params_tnet.json").write_text(json.dumps(params))
+    with pytest.raises(KeyFileError, match="written for another protection of model 'tnet'"):
+        rt.load("tnet")
+    # an attacker who rewrites the hashes too (TXT files are not signed) gets a valid key of
+    # the wrong model: it loads (same length) but the outputs are garbage
+    params["model_sha256"] = json.loads((app.out / "tnet/onnx/key_params_tnet.json").read_text())[
+        "model_sha256"
+    ]
     (dst / "key_params_tnet.json").write_text(json.dumps(params))
     assert read_txt_keys(dst, "tnet").length == rt.config.models["tnet"].key.length
     with rt.load("tnet") as model:

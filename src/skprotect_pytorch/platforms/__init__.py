@@ -37,7 +37,13 @@ def write_platform_keys(
     rng = state.key_rng(model_name, f"{folder.name}/txt-shares", key_epoch)
     if platform is ExportPlatform.TXT:
         paths = write_txt_keys(
-            folder, model_name, static_key, layout.spec(), test_key=test_key, rng=rng
+            folder,
+            model_name,
+            static_key,
+            layout.spec(),
+            test_key=test_key,
+            rng=rng,
+            model_sha256=list(model_hashes.values()),
         )
         return {slug: list(paths) for slug in model_hashes}
     files: dict[str, list[Path]] = {}
