@@ -116,8 +116,25 @@ def current_revision(url: str) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a file-based SQLite URL, else None."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0] or ".")
+
+
 def check_migrated(url: str) -> None:
-    """Raise :class:`DatabaseNotMigratedError` unless the database is at the head revision."""
+    """Raise :class:`DatabaseNotMigratedError` unless the database is at the head revision.
+
+    A SQLite file that does not exist is reported as such, and not created: connecting would
+    leave an empty file at a mistyped path."""
+    path = _sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise DatabaseNotMigratedError(
+            f"The database file {path} does not exist. Check the path (--database-url or "
+            "SKLICENSE_DATABASE_URL), or create the database with `sklicense init`."
+        )
     current = current_revision(url)
     head = head_revision()
     if current != head:

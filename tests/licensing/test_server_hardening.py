@@ -107,8 +107,8 @@ def test_cli_failures_are_one_line_errors(tmp_path) -> None:
             "database refused",
         ),
         (
-            ["customer", "list", "--database-url", f"sqlite:///{tmp_path}/no/x.db"],
-            "database refused",
+            ["customer", "list", "--database-url", f"sqlite:///{tmp_path}/typo.db"],
+            "typo.db does not exist",
         ),
         (
             [
@@ -153,3 +153,4 @@ def test_cli_failures_are_one_line_errors(tmp_path) -> None:
         assert done.returncode == 1, (args, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) <= 3, (args, done.stderr)
+    assert not (tmp_path / "typo.db").exists()  # a mistyped path is not created

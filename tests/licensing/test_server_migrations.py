@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -68,6 +69,10 @@ def test_unmigrated_database_is_refused(tmp_path: Path, state_dir: Path) -> None
     from sklicense.api.main import create_app
 
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    with pytest.raises(db.DatabaseNotMigratedError, match=r"fresh\.db does not exist"):
+        create_app(Settings(database_url=url, state_dir=state_dir))
+    assert not (tmp_path / "fresh.db").exists()  # checking did not create it
+    sqlite3.connect(tmp_path / "fresh.db").close()  # an empty database: there, not migrated
     message = (
         f"The database {url} is not migrated; this server needs revision 0001. "
         "Run `sklicense db upgrade` (with the same --database-url) first."
