@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -259,10 +260,66 @@ def test_config_write_failure_restores_files(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pipeline, "add_model", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(ExportError, match=r"No space left on device.*previous files are restored"):
         protector.protect_updated_model(make_model(5), "net", INPUTS, model_export_formats=EF.ONNX)
     assert onnx_path.read_bytes() == before_model
     assert protector.config_path(EP.TXT).read_bytes() == before_config
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_failure_while_moving_files_in_restores_every_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up after the first file of an update is in place: every file, keys
+    included, is the previous one again, and no staging or backup folder is left."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
+    before = _tree(workdir / "outputs")
+
+    import skprotect_pytorch.pipeline as pipeline
+
+    real_replace, moves = os.replace, []
+
+    def fills_up(src, dst):
+        if ".staging" in str(src) and ".staging" not in str(dst):
+            moves.append(dst)
+            if len(moves) == 2:
+                raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pipeline.os, "replace", fills_up)
+    with pytest.raises(ExportError, match="previous files are restored"):
+        protector.protect_updated_model(make_model(5), "net", INPUTS, model_export_formats=EF.ONNX)
+    assert _tree(workdir / "outputs") == before
+
+
+def test_a_failed_restore_keeps_the_backups_and_says_where(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
+
+    import skprotect_pytorch.pipeline as pipeline
+
+    real_replace = os.replace
+
+    def no_way_back(src, dst):
+        if "-backup" in str(src):
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "add_model", disk_full)
+    monkeypatch.setattr(pipeline.os, "replace", no_way_back)
+    with pytest.raises(ExportError, match=r"previous files are kept in .*-backup"):
+        protector.protect_updated_model(make_model(5), "net", INPUTS, model_export_formats=EF.ONNX)
+    backups = [p for p in (workdir / "outputs/app").iterdir() if p.name.endswith("-backup")]
+    assert len(backups) == 1 and any(p.is_file() for p in backups[0].rglob("*"))
 
 
 def test_save_original(workdir: Path) -> None:

@@ -221,16 +221,27 @@ class _Staging:
             os.replace(staged, final)
 
     def rollback(self) -> None:
-        for final, backup in reversed(self.moved):
-            if backup is not None:
-                os.replace(backup, final)
-            else:
-                final.unlink(missing_ok=True)
-        self.moved.clear()
+        """Put every replaced file back; what cannot be restored stays in the backup folder,
+        which :meth:`cleanup` then keeps, and the error says where it is."""
+        while self.moved:
+            final, backup = self.moved[-1]
+            try:
+                if backup is not None:
+                    os.replace(backup, final)
+                else:
+                    final.unlink(missing_ok=True)
+            except OSError as err:
+                raise ExportError(
+                    f"Could not restore {final} ({err.strerror or err}) after a failed update; "
+                    f"the previous files are kept in {self.root.name}-backup under "
+                    f"{self.outputs_dir}: move them back by hand."
+                ) from err
+            self.moved.pop()
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-        shutil.rmtree(self.root.with_name(self.root.name + "-backup"), ignore_errors=True)
+        if not self.moved:  # backups still to restore are never deleted
+            shutil.rmtree(self.root.with_name(self.root.name + "-backup"), ignore_errors=True)
 
 
 def _describe_inputs(options: ExportOptions, tensors: list[torch.Tensor]) -> list[dict]:
@@ -462,8 +473,8 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             key={"name": options.key_name, "length": key_length},
             formats=format_entries,
         )
-        staging.commit_files()
         try:
+            staging.commit_files()
             add_model(
                 request.config_path,
                 request.model_name,
@@ -475,9 +486,16 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
                 signing_key=state.signing_key,
                 replace=request.replace,
             )
-        except BaseException:
+        except BaseException as err:
             staging.rollback()
+            if isinstance(err, OSError):  # a full or read-only disk while moving files in
+                raise ExportError(
+                    f"Could not move the protected files into {request.outputs_dir} "
+                    f"({err.strerror or err}); the previous files are restored. Free space or "
+                    "check the folder's permissions, then protect again."
+                ) from err
             raise
+        staging.moved.clear()  # committed: the backups are no longer needed
     finally:
         staging.cleanup()
     result.seconds = time.perf_counter() - start
