@@ -386,6 +386,8 @@ def test_migrate_and_update_customer(workdir: Path) -> None:
         protector.protect_new_model(make_model(), "other", INPUTS, model_export_formats=EF.ONNX)
     with pytest.raises(SkProtectError):
         protector.update_customer(Customer(3, "x"), EP.TXT)
+    with pytest.raises(InvalidArgumentError, match="platform version 2 configurations only"):
+        protector.migrate_configuration(1, EP.TXT, Customer(7, "ACME"))  # it would be dropped
     protector.migrate_configuration(1, EP.TXT)
     config = load_config(path)
     digest = config.models["net"].formats["onnx"].sha256
@@ -393,6 +395,11 @@ def test_migrate_and_update_customer(workdir: Path) -> None:
     protector.migrate_configuration(2, EP.TXT, Customer(4, "Four"))
     assert load_config(path).customer == {"id": 4, "name": "Four"}
     protector.update_customer(Customer(5, "Five"), EP.TXT)
+    assert load_config(path).customer == {"id": 5, "name": "Five"}
+    with pytest.raises(InvalidArgumentError, match="Use update_customer"):
+        protector.migrate_configuration(2, EP.TXT, Customer(9, "Other"))  # a no-op otherwise
+    protector.migrate_configuration(2, EP.TXT, Customer(5, "Five"))  # the same: nothing to do
+    protector.migrate_configuration(2, EP.TXT)
     assert load_config(path).customer == {"id": 5, "name": "Five"}
     with pytest.raises(SkProtectError):
         protector.migrate_configuration(1, EP.TXT)

@@ -234,7 +234,8 @@ def migrate_configuration(
 
     0 → 1 hashes every protected model file (resolved against ``outputs_dir``, default the
     configuration's folder); 1 → 2 adds ``customer`` (default ``Customer()``); 0 → 2 does both.
-    The same version is a no-op (nothing is written).
+    The same version is a no-op (nothing is written). A non-default ``customer`` with a version
+    below 2, or one that differs from a version-2 file's, is refused: it would be ignored.
 
     Raises:
         ConfigurationError: no file, a downgrade, or protected model files missing (all named).
@@ -249,7 +250,18 @@ def migrate_configuration(
         )
     config = _load_own(path, signing_key)
     current = config.platform_version
+    asked = customer is not None and customer != Customer()
+    if asked and version < 2:
+        raise InvalidArgumentError(
+            f"customer={customer!r} is written in platform version 2 configurations only, but "
+            f"version {version} was asked: migrate to version 2, or leave customer out."
+        )
     if version == current:
+        if asked and version == 2 and _customer_entry(customer) != config.customer:
+            raise InvalidArgumentError(
+                f"{path} is already at platform version 2, with customer {config.customer}: "
+                "migrating does not change it. Use update_customer(customer, platform) to."
+            )
         return config
     if version < current:
         raise ConfigurationError(
