@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -550,3 +551,27 @@ def test_every_output_is_named_in_file_and_configuration(workdir: Path) -> None:
             model_export_formats=EF.ONNX,
             onnx_params={"input_names": ["x"], "output_names": ["a", "b", "c"]},
         )
+
+
+class _Boom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("boom")
+
+
+def test_a_model_that_fails_on_the_inputs_is_an_input_error(workdir: Path) -> None:
+    protector = SkProtectorPyTorch(application_name="app")
+    cases = [
+        (make_model(), [torch.randn(2, 3, 5, 5)], r"\(2, 3, 5, 5\) float32 on cpu"),
+        (make_model(), [INPUTS[0].double()], "float64"),
+        (make_model(), [INPUTS[0], INPUTS[0]], "2 tensor"),
+        (_Boom().eval(), [torch.randn(1, 4)], "ValueError: boom"),
+    ]
+    for model, inputs, detail in cases:
+        with pytest.raises(InvalidArgumentError, match="The model fails on input_tensors") as err:
+            protector.protect_new_model(model, "net", inputs, model_export_formats=EF.ONNX)
+        assert re.search(detail, str(err.value)), str(err.value)
+    assert not (workdir / "outputs/app/net").exists()

@@ -124,6 +124,26 @@ def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
     return num / den
 
 
+def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+    """The original model's outputs on ``inputs``; a model that fails on them is the caller's
+    input error, said with the inputs it got, not a traceback from inside torch."""
+    try:
+        with torch.no_grad():
+            return _as_numpy(model(*inputs))
+    except ExportError:
+        raise
+    except Exception as err:
+        given = ", ".join(
+            f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}" for t in inputs
+        )
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InvalidArgumentError(
+            f"The model fails on input_tensors ({len(inputs)} tensor(s): {given}): "
+            f"{type(err).__name__}: {reason}. Pass one example tensor per argument of the "
+            "model's forward, with the shapes, dtypes and device it expects."
+        ) from err
+
+
 def _warn_plaintext(model_name: str, weights: list[PlaintextWeight]) -> None:
     """Say that some weight tensors ship unlocked: the user may not know a layer type is
     unsupported, and a thief reads these tensors without the key."""
@@ -410,8 +430,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     formats = _selected_formats(request, result)
     console.print(f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}")
     reference = copy.deepcopy(request.model).eval()
-    with torch.no_grad():
-        expected = _as_numpy(reference(*request.input_tensors))
+    expected = _run_reference(reference, request.input_tensors)
     options = _complete_output_names(options, len(expected))
     logger.info(
         "protecting '%s': inputs %s, formats %s, platform %s v%d",
