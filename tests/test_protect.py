@@ -575,3 +575,44 @@ def test_a_model_that_fails_on_the_inputs_is_an_input_error(workdir: Path) -> No
             protector.protect_new_model(model, "net", inputs, model_export_formats=EF.ONNX)
         assert re.search(detail, str(err.value)), str(err.value)
     assert not (workdir / "outputs/app/net").exists()
+
+
+def test_the_requested_opset_is_written_or_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's dynamo exporter only logs that it could not convert to an older opset: the
+    legacy exporter is tried then, and an opset no exporter wrote is an error."""
+    import onnx
+
+    protector = SkProtectorPyTorch(application_name="app")
+    result = protector.protect_new_model(
+        make_model(),
+        "net",
+        INPUTS,
+        model_export_formats=EF.ONNX,
+        onnx_params={"input_names": ["x"], "opset_version": 11},
+    )
+    path = result.formats["onnx"].path
+    assert [o.version for o in onnx.load(str(path)).opset_import if o.domain == ""] == [11]
+    assert result.formats["onnx"].exporter == "torch.onnx dynamo=False opset 11"
+    with pytest.raises(InvalidArgumentError, match="must be an integer from 9 to"):
+        protector.protect_new_model(
+            make_model(),
+            "n2",
+            INPUTS,
+            model_export_formats=EF.ONNX,
+            onnx_params={"input_names": ["x"], "opset_version": 99},
+        )
+
+    import skprotect_pytorch.export.onnx as onnx_export
+
+    calls = []
+
+    def disk_full(*args, **kwargs):
+        calls.append(kwargs["dynamo"])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_export, "_torch_onnx_export", disk_full)
+    with pytest.raises(ExportError, match=r"could not write to .*No space left on device"):
+        protector.protect_new_model(make_model(), "n3", INPUTS, model_export_formats=EF.ONNX)
+    assert calls == [True]  # no second attempt with the other exporter on a full disk

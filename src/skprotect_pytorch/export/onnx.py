@@ -145,12 +145,21 @@ class OnnxExporter:
         errors: list[str] = []
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as tmp:
             written = Path(tmp) / path.name
+            wanted = extra.get("opset_version")
             for dynamo in attempts:
                 try:
                     with collect_warnings(notes, UserWarning):
                         _torch_onnx_export(
                             module, args, written, options, with_key, dynamo=dynamo, extra=extra
                         )
+                    got = _opset(written)
+                    if wanted is not None and got != wanted:  # torch only logs this
+                        raise ExportError(f"it wrote opset {got}, not the requested {wanted}")
+                except OSError as err:  # a full or read-only disk: the other exporter fails too
+                    raise ExportError(
+                        f"ONNX export could not write to {path.parent} ({err.strerror or err}). "
+                        "Free space or check the folder's permissions."
+                    ) from err
                 except Exception as err:
                     errors.append(f"dynamo={dynamo}: {first_line(err)}")
                     for leftover in Path(tmp).iterdir():

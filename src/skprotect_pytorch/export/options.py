@@ -323,11 +323,16 @@ def _onnx_extra(params: Mapping[str, Any]) -> dict[str, Any]:
                 f"are {', '.join(['input_names', 'output_names', 'dynamic_axes', *allowed])}."
             )
         extra[key] = value
+    from onnx.defs import onnx_opset_version
+
     opset = extra.get("opset_version")
-    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < 9):
+    newest = onnx_opset_version()
+    if opset is not None and (
+        not isinstance(opset, int) or isinstance(opset, bool) or not 9 <= opset <= newest
+    ):
         raise InvalidArgumentError(
-            f'onnx_params["opset_version"] must be an integer >= 9, but got {opset!r}. '
-            f"The default is {DEFAULT_OPSET}."
+            f'onnx_params["opset_version"] must be an integer from 9 to {newest} (the newest '
+            f"this onnx knows), but got {opset!r}. The default is {DEFAULT_OPSET}."
         )
     return extra
 
