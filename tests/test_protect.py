@@ -616,3 +616,34 @@ def test_the_requested_opset_is_written_or_refused(
     with pytest.raises(ExportError, match=r"could not write to .*No space left on device"):
         protector.protect_new_model(make_model(), "n3", INPUTS, model_export_formats=EF.ONNX)
     assert calls == [True]  # no second attempt with the other exporter on a full disk
+
+
+def test_an_update_with_fewer_formats_removes_the_old_ones(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No locked model or key of the previous version stays beside the configuration untracked;
+    a failed update puts them back with the rest."""
+    protector = SkProtectorPyTorch(application_name="app")
+    both = EF.ONNX | EF.TORCHSCRIPT_CPU
+    protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=both)
+    cpu = workdir / "outputs/app/net/cpu"
+    before = _tree(workdir / "outputs")
+    assert sorted(p.name for p in cpu.iterdir()) == [
+        "key_params_net.json", "key_vector_inv_net.txt", "net.pt"
+    ]  # fmt: skip
+
+    import skprotect_pytorch.pipeline as pipeline
+
+    real_add_model = pipeline.add_model
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "add_model", disk_full)
+    with pytest.raises(ExportError, match="previous files are restored"):
+        protector.protect_updated_model(make_model(3), "net", INPUTS, model_export_formats=EF.ONNX)
+    assert _tree(workdir / "outputs") == before
+    monkeypatch.setattr(pipeline, "add_model", real_add_model)
+    protector.protect_updated_model(make_model(3), "net", INPUTS, model_export_formats=EF.ONNX)
+    assert list(load_config(protector.config_path(EP.TXT)).models["net"].formats) == ["onnx"]
+    assert not any(p.is_file() for p in cpu.rglob("*"))

@@ -16,7 +16,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,17 @@ def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
     return num / den
 
 
+def _retired_files(request: ProtectRequest, written: set[str]) -> set[str]:
+    """An update's stale files: those the replaced entry lists that this protection does not
+    write again (a format left out now), so that no untracked locked model or key stays."""
+    if not request.replace:
+        return set()
+    old = load_config(request.config_path).models[request.model_name]
+    listed = {f.file for f in old.formats.values()}
+    listed |= {k for f in old.formats.values() for k in f.key_files}
+    return listed - written
+
+
 def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
     """The original model's outputs on ``inputs``; a model that fails on them is the caller's
     input error, said with the inputs it got, not a traceback from inside torch."""
@@ -227,7 +238,13 @@ class _Staging:
     def final(self, staged: Path) -> Path:
         return self.outputs_dir / staged.relative_to(self.root)
 
-    def commit_files(self) -> None:
+    def staged_files(self) -> set[str]:
+        """The staged files, as paths relative to the outputs folder."""
+        return {str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file()}
+
+    def commit_files(self, retire: Iterable[str] = ()) -> None:
+        """Move the staged files into place, and the ``retire``-d ones (relative paths an update
+        no longer writes) out of it; every replaced or retired file is kept for a rollback."""
         backup_dir = self.root.with_name(self.root.name + "-backup")
         for staged in sorted(p for p in self.root.rglob("*") if p.is_file()):
             final = self.final(staged)
@@ -239,6 +256,13 @@ class _Staging:
                 os.replace(final, backup)
             self.moved.append((final, backup))
             os.replace(staged, final)
+        for relative in sorted(retire):
+            final = self.outputs_dir / relative
+            if final.is_file():
+                backup = backup_dir / relative
+                backup.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(final, backup)
+                self.moved.append((final, backup))
 
     def rollback(self) -> None:
         """Put every replaced file back; what cannot be restored stays in the backup folder,
@@ -493,7 +517,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             formats=format_entries,
         )
         try:
-            staging.commit_files()
+            staging.commit_files(retire=_retired_files(request, staging.staged_files()))
             add_model(
                 request.config_path,
                 request.model_name,
