@@ -647,3 +647,20 @@ def test_an_update_with_fewer_formats_removes_the_old_ones(
     protector.protect_updated_model(make_model(3), "net", INPUTS, model_export_formats=EF.ONNX)
     assert list(load_config(protector.config_path(EP.TXT)).models["net"].formats) == ["onnx"]
     assert not any(p.is_file() for p in cpu.rglob("*"))
+
+
+def test_an_unwritable_outputs_folder_is_said_up_front(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if ".staging-" in self.name:
+            raise OSError(30, "Read-only file system")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(ExportError, match=r"Cannot write to .*Read-only file system"):
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            make_model(), "net", INPUTS, model_export_formats=EF.ONNX
+        )

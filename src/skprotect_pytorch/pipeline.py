@@ -227,7 +227,13 @@ class _Staging:
     def __init__(self, outputs_dir: Path) -> None:
         self.outputs_dir = outputs_dir
         self.root = outputs_dir / f".staging-{uuid.uuid4().hex[:12]}"
-        self.root.mkdir(parents=True)
+        try:
+            self.root.mkdir(parents=True)
+        except OSError as err:
+            raise ExportError(
+                f"Cannot write to {outputs_dir} ({err.strerror or err}): protect from a folder "
+                "where outputs/ can be created and written, with space left."
+            ) from err
         self.moved: list[tuple[Path, Path | None]] = []  # (final path, backup or None)
 
     def path(self, relative: str) -> Path:
