@@ -664,3 +664,21 @@ def test_an_unwritable_outputs_folder_is_said_up_front(
         SkProtectorPyTorch(application_name="app").protect_new_model(
             make_model(), "net", INPUTS, model_export_formats=EF.ONNX
         )
+
+
+def test_dynamic_axes_are_checked_at_another_size(workdir: Path) -> None:
+    """An axis declared dynamic is verified at a second size: one the model cannot vary (a
+    Linear's features) is refused, where it used to be recorded as dynamic and fail at run
+    time; a real batch axis passes."""
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    protector = SkProtectorPyTorch(application_name="app")
+    with pytest.raises(InvalidArgumentError, match=r"cannot vary: with f=9 .* mat1 and mat2"):
+        protector.protect_new_model(
+            mlp, "m", [torch.randn(2, 8)], model_export_formats=EF.ONNX,
+            dynamic_shapes=[{1: torch.export.Dim("f")}],
+        )  # fmt: skip
+    at_max = [{0: torch.export.Dim("batch", min=1, max=2)}]  # 2 is the maximum: checked at 1
+    result = protector.protect_new_model(
+        mlp, "m", [torch.randn(2, 8)], model_export_formats=EF.ONNX, dynamic_shapes=at_max
+    )
+    assert result.formats["onnx"].max_rel_error < 1e-4

@@ -155,6 +155,61 @@ def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndar
         ) from err
 
 
+def _check_other_sizes(
+    reference: nn.Module, request: ProtectRequest, options: ExportOptions
+) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """Inputs at other sizes of the dynamic axes and the original's outputs on them, for the
+    artifacts to be checked against; an axis the model itself cannot vary is refused here."""
+    found = _other_sizes(list(request.input_tensors), options.dynamic_shapes)
+    if found is None:
+        return None
+    tensors, sizes = found
+    try:
+        with torch.no_grad():
+            expected = _as_numpy(reference(*tensors))
+    except Exception as err:
+        raise InvalidArgumentError(
+            f"dynamic_shapes declares axes the model cannot vary: with {sizes} (one from the "
+            f"example) the original model fails ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}). Declare only the "
+            "axes the model accepts at any size (e.g. the batch), or give their real range."
+        ) from err
+    return [t.detach().cpu().numpy() for t in tensors], expected
+
+
+def _other_sizes(
+    inputs: list[torch.Tensor], dynamic_shapes: tuple | None
+) -> tuple[list[torch.Tensor], str] | None:
+    """The example inputs with every dynamic axis one longer (or one shorter, at its maximum):
+    the same slices repeated or dropped, so values stay valid; None without dynamic axes.
+    Returns the tensors and a description of the sizes, e.g. ``"batch=3"``."""
+    sizes: dict[str, int] = {}
+    for tensor, dims in zip(inputs, dynamic_shapes or (), strict=False):
+        for axis, dim in (dims or {}).items():
+            name = getattr(dim, "__name__", None)
+            if name is None or name in sizes:
+                continue
+            n, low, high = tensor.shape[axis], getattr(dim, "min", 1), getattr(dim, "max", None)
+            bigger = high is None or not isinstance(high, int) or n + 1 <= high
+            sizes[name] = n + 1 if bigger else n - 1
+            if sizes[name] < max(low, 1):
+                del sizes[name]
+    if not sizes:
+        return None
+    resized = []
+    for i, tensor in enumerate(inputs):
+        dims = (dynamic_shapes[i] if i < len(dynamic_shapes) else None) or {}
+        for axis, dim in dims.items():
+            size = sizes.get(getattr(dim, "__name__", ""))
+            if size is None:
+                continue
+            n = tensor.shape[axis]
+            extra = tensor.narrow(axis, 0, 1)
+            tensor = torch.cat([tensor, extra], axis) if size > n else tensor.narrow(axis, 0, size)
+        resized.append(tensor)
+    return resized, ", ".join(f"{k}={v}" for k, v in sizes.items())
+
+
 def _warn_plaintext(model_name: str, weights: list[PlaintextWeight]) -> None:
     """Say that some weight tensors ship unlocked: the user may not know a layer type is
     unsupported, and a thief reads these tensors without the key."""
@@ -362,6 +417,7 @@ def _run_group(
         )
     inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
     zero_key = np.zeros_like(static_key)
+    other = _check_other_sizes(reference, request, options) if device == "cpu" else None
     group_dir = f"{name}/{group.value}"
     entries: dict[str, FormatEntry] = {}
     hashes: dict[str, str] = {}
@@ -383,6 +439,8 @@ def _run_group(
                 err = verify_artifact(exporter, path, options, [*inputs_np, static_key], expected)
                 run = exporter.load(path, options)
                 no_key = _rel_diff(run([*inputs_np, zero_key]), expected)
+                if other is not None:  # the dynamic axes: the artifact at another size too
+                    verify_artifact(exporter, path, options, [*other[0], static_key], other[1])
             seconds = time.perf_counter() - start
             logger.info(
                 "%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
