@@ -99,7 +99,10 @@ def seconds_of(days: float, option: str) -> int:
     """``days`` as seconds, refused unless a finite, positive duration of at most 100 years."""
     seconds = days * 86400
     if not math.isfinite(seconds) or not 1 <= round(seconds) <= MAX_LICENCE_SECONDS:
-        fail(f"{option} must be a number of days over 0 and up to 36500, but got {days}")
+        fail(
+            f"{option} must be a number of days over 0 and up to "
+            f"{MAX_LICENCE_SECONDS // 86400}, but got {days}"
+        )
     return round(seconds)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,7 @@ from typing import Annotated
 import typer
 
 from skruntime.cli import run_command
-from skruntime.config import atomic_write_bytes
+from skruntime.config import atomic_write_bytes, unwritable_reason
 
 from .errors import SkProtectError
 
@@ -63,8 +62,9 @@ def scan(
     original: Annotated[
         Path,
         typer.Option(
-            help="The original model's weights: a state dict saved with torch.save, or an "
-            "unlocked .onnx / TorchScript export (protect with save_original=True)."
+            help="The original model's weights: a state dict saved with torch.save, a "
+            ".safetensors file, or an unlocked .onnx / TorchScript export (protect with "
+            "save_original=True)."
         ),
     ],
     threshold: Annotated[
@@ -128,15 +128,7 @@ def scan(
 def _refuse_unwritable(path: Path, option: str) -> None:
     """Exit 2 before any work if ``path`` cannot take a report: an audit runs for hours, and a
     report it cannot write at the end would be lost."""
-    folder = path.parent
-    problem = None
-    if not folder.is_dir():
-        problem = f"its folder {folder} does not exist; create it or pass another path"
-    elif path.is_dir():
-        problem = "it is a folder; pass a file name"
-    elif not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        problem = "it is not writable; pass a path you can write to"
-    if problem:
+    if problem := unwritable_reason(path):
         typer.echo(f"error: {option} {path}: {problem}.", err=True)
         raise typer.Exit(2)
 

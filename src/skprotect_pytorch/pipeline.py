@@ -32,6 +32,7 @@ from .configuration import add_model
 from .customer import Customer
 from .errors import ExportError, InvalidArgumentError, VerificationError
 from .export import build_export_options, cuda_available, get_exporter, verify_artifact
+from .export.base import first_line
 from .export.options import ExportOptions
 from .formats import ExportFormat, ExportPlatform, FormatGroup
 from .lock import LockedModel, lock_model
@@ -124,15 +125,15 @@ def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
     return num / den
 
 
-def _retired_files(request: ProtectRequest, written: set[str]) -> set[str]:
-    """An update's stale files: those the replaced entry lists that this protection does not
-    write again (a format left out now), so that no untracked locked model or key stays."""
+def _replaced_files(request: ProtectRequest) -> set[str]:
+    """The files the replaced entry lists: those the update does not write again (a format left
+    out now) are retired, so that no untracked locked model or key stays."""
     if not request.replace:
         return set()
     old = load_config(request.config_path).models[request.model_name]
-    listed = {f.file for f in old.formats.values()}
-    listed |= {k for f in old.formats.values() for k in f.key_files}
-    return listed - written
+    return {f.file for f in old.formats.values()} | {
+        k for f in old.formats.values() for k in f.key_files
+    }
 
 
 def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
@@ -147,11 +148,10 @@ def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndar
         given = ", ".join(
             f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}" for t in inputs
         )
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InvalidArgumentError(
             f"The model fails on input_tensors ({len(inputs)} tensor(s): {given}): "
-            f"{type(err).__name__}: {reason}. Pass one example tensor per argument of the "
-            "model's forward, with the shapes, dtypes and device it expects."
+            f"{first_line(err)}. Pass one example tensor per argument of the model's forward, "
+            "with the shapes, dtypes and device it expects."
         ) from err
 
 
@@ -159,21 +159,20 @@ def _check_other_sizes(
     reference: nn.Module, request: ProtectRequest, options: ExportOptions
 ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     """Inputs at other sizes of the dynamic axes and the original's outputs on them, for the
-    artifacts to be checked against; an axis the model itself cannot vary is refused here."""
+    CPU artifacts to be checked against; an axis the model itself cannot vary is refused."""
     found = _other_sizes(list(request.input_tensors), options.dynamic_shapes)
     if found is None:
         return None
     tensors, sizes = found
     try:
-        with torch.no_grad():
-            expected = _as_numpy(reference(*tensors))
-    except Exception as err:
+        expected = _run_reference(reference, tensors)
+    except InvalidArgumentError as err:
         raise InvalidArgumentError(
             f"dynamic_shapes declares axes the model cannot vary: with {sizes} (one from the "
-            f"example) the original model fails ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}). Declare only the "
-            "axes the model accepts at any size (e.g. the batch), or give their real range."
-        ) from err
+            f"example) the original model fails ({first_line(err.__cause__ or err)}). Declare "
+            "only the axes the model accepts at any size (e.g. the batch), or give their real "
+            "range."
+        ) from err.__cause__
     return [t.detach().cpu().numpy() for t in tensors], expected
 
 
@@ -299,15 +298,14 @@ class _Staging:
     def final(self, staged: Path) -> Path:
         return self.outputs_dir / staged.relative_to(self.root)
 
-    def staged_files(self) -> set[str]:
-        """The staged files, as paths relative to the outputs folder."""
-        return {str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file()}
-
     def commit_files(self, retire: Iterable[str] = ()) -> None:
-        """Move the staged files into place, and the ``retire``-d ones (relative paths an update
-        no longer writes) out of it; every replaced or retired file is kept for a rollback."""
+        """Move the staged files into place, and those of ``retire`` (paths relative to the
+        outputs folder) that were not written again out of it; every replaced or retired file
+        is kept for a rollback."""
         backup_dir = self.root.with_name(self.root.name + "-backup")
-        for staged in sorted(p for p in self.root.rglob("*") if p.is_file()):
+        staged_files = sorted(p for p in self.root.rglob("*") if p.is_file())
+        written = {str(p.relative_to(self.root)) for p in staged_files}
+        for staged in staged_files:
             final = self.final(staged)
             final.parent.mkdir(parents=True, exist_ok=True)
             backup = None
@@ -317,7 +315,7 @@ class _Staging:
                 os.replace(final, backup)
             self.moved.append((final, backup))
             os.replace(staged, final)
-        for relative in sorted(retire):
+        for relative in sorted(set(retire) - written):
             final = self.outputs_dir / relative
             if final.is_file():
                 backup = backup_dir / relative
@@ -378,6 +376,7 @@ def _run_group(
     reference: nn.Module,
     options: ExportOptions,
     expected: list[np.ndarray],
+    other_sizes: tuple[list[np.ndarray], list[np.ndarray]] | None,
     staging: _Staging,
     layer_filter: Callable[[str, nn.Module], bool],
     result: ProtectionResult,
@@ -417,7 +416,7 @@ def _run_group(
         )
     inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
     zero_key = np.zeros_like(static_key)
-    other = _check_other_sizes(reference, request, options) if device == "cpu" else None
+    other = other_sizes if device == "cpu" else None  # the GPU group: the example size only
     group_dir = f"{name}/{group.value}"
     entries: dict[str, FormatEntry] = {}
     hashes: dict[str, str] = {}
@@ -520,6 +519,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     reference = copy.deepcopy(request.model).eval()
     expected = _run_reference(reference, request.input_tensors)
     options = _complete_output_names(options, len(expected))
+    other_sizes = _check_other_sizes(reference, request, options)
     logger.info(
         "protecting '%s': inputs %s, formats %s, platform %s v%d",
         request.model_name,
@@ -545,6 +545,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
                 reference,
                 options,
                 expected,
+                other_sizes,
                 staging,
                 layer_filter,
                 result,
@@ -581,7 +582,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             formats=format_entries,
         )
         try:
-            staging.commit_files(retire=_retired_files(request, staging.staged_files()))
+            staging.commit_files(retire=_replaced_files(request))
             add_model(
                 request.config_path,
                 request.model_name,

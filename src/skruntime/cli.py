@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import io
 import json
-import os
 import re
 import time
 import traceback
@@ -171,13 +170,10 @@ def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.nd
 
 def _check_writable(path: Path) -> None:
     """Refuse an output path that cannot be written before the model is loaded and run."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise _CliError(
-            f"--output {path}: its folder {folder} does not exist; create it first.", EXIT_USAGE
-        )
-    if path.is_dir() or not os.access(folder, os.W_OK):
-        raise _CliError(f"--output {path}: not a file path this user can write.", EXIT_USAGE)
+    from skruntime.config import unwritable_reason
+
+    if problem := unwritable_reason(path):
+        raise _CliError(f"--output {path}: {problem}.", EXIT_USAGE)
 
 
 def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> None:

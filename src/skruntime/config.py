@@ -764,6 +764,20 @@ def load_config(
         ) from None
 
 
+def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be written as a file (its folder missing, a folder itself, no write
+    permission), or None: for commands to refuse an output path before their work, not after."""
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        return f"its folder {folder} does not exist; create it or pass another path"
+    if path.is_dir():
+        return "it is a folder; pass a file name"
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "it is not writable; pass a path you can write to"
+    return None
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically: a crash leaves the old file or the new one.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def test_a_failed_write_keeps_the_previous_file_and_the_report_on_screen(
     def disk_full(src, dst):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cli.os, "replace", disk_full)
+    monkeypatch.setattr(os, "replace", disk_full)  # what atomic_write_bytes moves with
     result = _audit("--json", str(previous), "--markdown", str(tmp_path / "report.md"))
     assert result.exit_code == 2, result.output
     assert "| A0 | null key |" in result.output  # the report itself was printed

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..export.base import first_line
 
 Extractor = Callable[[Path], dict[str, np.ndarray]]
 _EXTRACTORS: dict[str, Extractor] = {}
@@ -68,10 +69,9 @@ def artifact_constants(path: Path) -> dict[str, np.ndarray]:
     try:
         return extractor(path)
     except Exception as err:  # onnx, torch.jit and zipfile each raise their own on bad bytes
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InvalidArgumentError(
-            f"Cannot read the constants of '{path}' ({type(err).__name__}: {reason}): the file "
-            f"is damaged, truncated or not a {path.suffix} artifact. Export it again."
+            f"Cannot read the constants of '{path}' ({first_line(err)}): the file is damaged, "
+            f"truncated or not a {path.suffix} artifact. Export it again."
         ) from err
 
 

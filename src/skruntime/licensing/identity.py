@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from ..config import atomic_write_bytes
 from ..errors import LicenceError
 from . import protocol
 
@@ -87,25 +88,9 @@ def write_private(path: Path, data: bytes) -> None:
     """Replace ``path`` atomically with an owner-only (0600) file; a full or read-only folder
     raises :class:`LicenceError` naming it, and leaves the old file whole."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write_bytes(path, data, mode=0o600)
     except OSError as e:
         raise _state_error(path, e) from None
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _state_error(path, e) from None
-        raise
 
 
 class UnsafeFileError(LicenceError):
