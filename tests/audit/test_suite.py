@@ -16,9 +16,10 @@ from skprotect_pytorch import audit as audit_pkg
 from skprotect_pytorch.audit import AuditConfig, AuditReport
 from skprotect_pytorch.audit.attacks import StolenModel
 from skprotect_pytorch.audit.data import SHAPES
-from skprotect_pytorch.audit.models import accuracy, train_model
+from skprotect_pytorch.audit.models import SweepConfig, accuracy, train_model
 from skprotect_pytorch.audit.suite import SUITE, reference
 from skprotect_pytorch.cli import AuditPreset, app
+from skprotect_pytorch.errors import InvalidArgumentError
 from skprotect_pytorch.lock import lock_model
 from skprotect_pytorch.lock.context import LOCK_PRESETS
 
@@ -100,6 +101,78 @@ def test_audit_config_selects_the_reference_model():
     assert AuditConfig(model="cnn").resolved()[3] == SUITE["cnn"].victim_epochs
     with pytest.raises(ValueError, match="choose from mlp, cnn, transformer, lstm, gru"):
         AuditConfig(model="vgg").resolved()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"budgets": (0,)}, r"budgets entry must be a positive number, but is 0"),
+        ({"budgets": (150,)}, r"percentage of the training data in \(0, 100\], but one is 150"),
+        ({"budgets": (float("nan"),)}, r"positive number, but is nan"),
+        ({"budgets": ()}, r"budgets must be a non-empty list"),
+        ({"budgets": "5"}, r"budgets must be a non-empty list"),
+        ({"budgets": (5, 5.0)}, r"budgets lists 5\.0 twice"),
+        ({"attacks": ("A9",)}, r"unknown attacks \['A9'\]; choose from A0, A1"),
+        ({"attacks": ("A0", "A0")}, r"attacks lists 'A0' twice"),
+        ({"attacks": "A0"}, r"attacks must be a non-empty list"),
+        ({"seeds": 0}, r"seeds must be a positive integer"),
+        ({"victim_epochs": 0}, r"victim_epochs must be a positive integer"),
+        ({"threads": 0}, r"threads must be a positive integer"),
+        ({"seeds": 1.5}, r"seeds must be a positive integer"),
+        ({"data_seed": -1}, r"data_seed must be an integer in \[0, 4294967295\]"),
+        ({"lock_seed": True}, r"lock_seed must be an integer"),
+        ({"sweep": {"lrs": (1e-3,)}}, r"sweep must be a SweepConfig, but is dict"),
+        ({"cells": 3}, r"cells must be a folder path"),
+        ({"stored_only": True}, r"give AuditConfig\.cells"),
+    ],
+)
+def test_audit_config_refuses_values_it_would_misread(kwargs, message):
+    """Each of these used to run: seeds=0 as the default 3, a 150 % budget, a budget given twice
+    computed and reported twice, an unknown attack only once the victim had been trained."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        AuditConfig(**kwargs)
+
+
+def test_audit_config_takes_numpy_numbers_as_python_ones(tmp_path):
+    config = AuditConfig(
+        budgets=[np.int64(5), np.float32(2.5)],
+        seeds=np.int64(2),
+        victim_epochs=np.int32(3),
+        data_seed=np.uint8(4),
+        cells=str(tmp_path),
+    )
+    assert config.budgets == (5.0, 2.5) and config.seeds == 2 and config.victim_epochs == 3
+    assert all(type(v) is int for v in (config.seeds, config.victim_epochs, config.data_seed))
+    assert config.cells == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lrs": ()}, r"lrs must be a non-empty list"),
+        ({"lrs": (1e-3, -1)}, r"lrs entry must be a positive number, but is -1"),
+        ({"epochs": (0,)}, r"epochs entry must be a positive integer, but is 0"),
+        ({"epochs": (2.5,)}, r"epochs entry must be a positive integer"),
+        ({"batch_size": 0}, r"batch_size must be a positive integer"),
+        ({"weight_decay": -0.1}, r"weight_decay must be a finite number ≥ 0"),
+        ({"init_gains": (None, 0)}, r"init_gains entry must be a positive number, but is 0"),
+    ],
+)
+def test_sweep_config_refuses_a_sweep_that_cannot_train(kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        SweepConfig(**kwargs)
+
+
+def test_sweep_config_keeps_lists_as_tuples():
+    sweep = SweepConfig(lrs=[np.float64(3e-3)], epochs=[np.int64(2), 4], init_gains=[None, 2])
+    assert sweep == SweepConfig(lrs=(3e-3,), epochs=(2, 4), init_gains=(None, 2.0))
+    assert hash(sweep) == hash(SweepConfig(lrs=(3e-3,), epochs=(2, 4), init_gains=(None, 2.0)))
+
+
+def test_cli_audit_refuses_a_repeated_budget():
+    result = CliRunner().invoke(app, ["audit", "--quick", "--budgets", "5,5", "--attacks", "A0"])
+    assert result.exit_code == 2
+    assert "budgets lists 5.0 twice; give each once" in result.output
 
 
 def test_cli_audit_model_option_selects_the_suite_model(monkeypatch):

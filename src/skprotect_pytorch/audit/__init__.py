@@ -18,6 +18,14 @@ import torch
 from ..errors import InvalidArgumentError
 from ..lock import LockedModel, LockSettings, lock_model
 from .alignment import attack_alignment
+from .arguments import (
+    NUMBER,
+    optional_positive_int,
+    require_positive,
+    require_unique,
+    seed,
+    sequence_of,
+)
 from .attacks import (
     AttackOutcome,
     StolenModel,
@@ -81,17 +89,61 @@ class AuditConfig:
     run (what a gate built up in pieces holds so far)."""
     lock_settings: LockSettings = field(default_factory=LockSettings)
 
-    def resolved(self) -> tuple[ReferenceSpec, SweepConfig, int, int]:
-        """The reference spec, sweep, seed count and victim epochs this run uses."""
-        if isinstance(self.model, ReferenceSpec):
-            spec = self.model
-        elif isinstance(self.model, str):
-            spec = reference(self.model)
-        else:
+    def __post_init__(self) -> None:
+        """Refuse what would be misread (``seeds=0`` as the default, a budget of 150 %, a
+        repeated budget computed twice) before any training starts."""
+        if isinstance(self.model, str):
+            reference(self.model)
+        elif not isinstance(self.model, ReferenceSpec):
             raise InvalidArgumentError(
                 f"AuditConfig.model must be the name of a reference model or a ReferenceSpec "
                 f"(skprotect_pytorch.audit.custom.model_spec), but got {type(self.model).__name__}."
             )
+        budgets = sequence_of(self.budgets, "AuditConfig.budgets", "percentages")
+        for b in budgets:
+            require_positive(b, "every AuditConfig.budgets entry", NUMBER, "number")
+            if b > 100:
+                raise InvalidArgumentError(
+                    f"every AuditConfig.budgets entry is a percentage of the training data in "
+                    f"(0, 100], but one is {b!r}."
+                )
+        require_unique(budgets, "AuditConfig.budgets", key=lambda b: f"{b:g}")
+        attacks = sequence_of(self.attacks, "AuditConfig.attacks", f"names from {ATTACKS}")
+        unknown = [a for a in attacks if a not in ATTACKS]
+        if unknown:
+            raise InvalidArgumentError(
+                f"AuditConfig.attacks has unknown attacks {unknown}; choose from "
+                f"{', '.join(ATTACKS)}."
+            )
+        require_unique(attacks, "AuditConfig.attacks")
+        self.budgets, self.attacks = tuple(float(b) for b in budgets), attacks
+        self.seeds = optional_positive_int(self.seeds, "AuditConfig.seeds")
+        self.victim_epochs = optional_positive_int(self.victim_epochs, "AuditConfig.victim_epochs")
+        self.threads = optional_positive_int(self.threads, "AuditConfig.threads")
+        self.data_seed = seed(self.data_seed, "AuditConfig.data_seed", 2**32 - 1)  # sklearn's
+        self.lock_seed = seed(self.lock_seed, "AuditConfig.lock_seed")
+        for name, value, kind in (
+            ("sweep", self.sweep, SweepConfig),
+            ("lock_settings", self.lock_settings, LockSettings),
+        ):
+            if value is not None and not isinstance(value, kind):
+                raise InvalidArgumentError(
+                    f"AuditConfig.{name} must be a {kind.__name__}, but is {type(value).__name__}."
+                )
+        if self.cells is not None:
+            if not isinstance(self.cells, str | Path):
+                raise InvalidArgumentError(
+                    f"AuditConfig.cells must be a folder path, but is {type(self.cells).__name__}."
+                )
+            self.cells = Path(self.cells)
+        if self.stored_only and self.cells is None:
+            raise InvalidArgumentError(
+                "stored_only reports the cells of a cell folder: give AuditConfig.cells as well."
+            )
+
+    def resolved(self) -> tuple[ReferenceSpec, SweepConfig, int, int]:
+        """The reference spec, sweep, seed count and victim epochs this run uses."""
+        spec = self.model if isinstance(self.model, ReferenceSpec) else reference(self.model)
         sweep = self.sweep or (QUICK_SWEEP if self.quick else SweepConfig())
         seeds = self.seeds or (1 if self.quick else 3)
         epochs = self.victim_epochs or (spec.quick_epochs if self.quick else spec.victim_epochs)
@@ -186,9 +238,6 @@ def run_audit(config: AuditConfig | None = None, log=print) -> AuditReport:
 def _run(config: AuditConfig, start: float, log) -> AuditReport:
     spec, sweep, n_seeds, victim_epochs = config.resolved()
     seeds = list(range(n_seeds))
-    unknown = set(config.attacks) - set(ATTACKS)
-    if unknown:
-        raise ValueError(f"Unknown attacks {sorted(unknown)}; implemented: {', '.join(ATTACKS)}")
     context = {  # what every cell depends on (names the cell folder)
         "model": spec.name,
         "seeds": n_seeds,
@@ -200,10 +249,6 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     }
     if spec.fingerprint is not None:  # a model of your own: its data and weights name the cells
         context["target"] = spec.fingerprint
-    if config.stored_only and config.cells is None:
-        raise InvalidArgumentError(
-            "stored_only reports the cells of a cell folder: give AuditConfig.cells as well."
-        )
     store = CellStore(config.cells, context, compute=not config.stored_only, log=log)
 
     task = spec.task(config.data_seed)

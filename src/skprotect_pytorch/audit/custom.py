@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from .arguments import INTEGER, NUMBER, require_positive
 from .data import Task
 from .suite import SUITE, ReferenceSpec
 
@@ -176,11 +177,6 @@ def _check_logits(model: nn.Module, task: Task) -> None:
         )
 
 
-def _positive(value: object, name: str, kinds: tuple[type, ...], what: str) -> None:
-    if not isinstance(value, kinds) or isinstance(value, bool) or not value > 0:
-        raise InvalidArgumentError(f"{name} must be a positive {what}, but is {value!r}.")
-
-
 def model_spec(
     name: str,
     factory: Callable[[], nn.Module],
@@ -211,9 +207,10 @@ def model_spec(
         raise InvalidArgumentError(
             f"task must be a Task (task_from_arrays), but is {type(task).__name__}."
         )
-    _positive(epochs, "epochs", (int,), "integer")
-    _positive(lr, "lr", (int, float), "number")
-    _positive(batch_size, "batch_size", (int,), "integer")
+    require_positive(epochs, "epochs", INTEGER, "integer")
+    require_positive(lr, "lr", NUMBER, "number")
+    require_positive(batch_size, "batch_size", INTEGER, "integer")
+    epochs, lr, batch_size = int(epochs), float(lr), int(batch_size)  # numpy scalars too
     fresh = _check_architecture(factory, victim)
     _check_logits(victim if victim is not None else fresh, task)
     arch = "; ".join(f"{k} {v}" for k, v in _shapes(fresh).items())

@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 from torch import nn
+
+from ..errors import InvalidArgumentError
+from .arguments import INTEGER, NUMBER, require_positive, sequence_of
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -168,6 +172,33 @@ class SweepConfig:
     the same RMS levels. The init scale is knowledge a thief has without the stolen files: at
     1 % the default init of nn.GRU reaches 23.4 %, a Gaussian at gain 2 50.8 %
     (``bench/init_controls.py``)."""
+
+    def __post_init__(self) -> None:
+        lrs = sequence_of(self.lrs, "SweepConfig.lrs", "learning rates")
+        epochs = sequence_of(self.epochs, "SweepConfig.epochs", "epoch counts")
+        gains = sequence_of(self.init_gains, "SweepConfig.init_gains", "gains or None")
+        for lr in lrs:
+            require_positive(lr, "every SweepConfig.lrs entry", NUMBER, "number")
+        for n in epochs:
+            require_positive(n, "every SweepConfig.epochs entry", INTEGER, "integer")
+        for gain in gains:
+            if gain is not None:
+                require_positive(gain, "every SweepConfig.init_gains entry", NUMBER, "number")
+        require_positive(self.batch_size, "SweepConfig.batch_size", INTEGER, "integer")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, Real) or not 0 <= wd < math.inf:
+            raise InvalidArgumentError(
+                f"SweepConfig.weight_decay must be a finite number ≥ 0, but is {wd!r}."
+            )
+        normal = {  # Python numbers in tuples: hashable, as typed, and JSON for the cell names
+            "lrs": tuple(float(lr) for lr in lrs),
+            "epochs": tuple(int(n) for n in epochs),
+            "init_gains": tuple(None if g is None else float(g) for g in gains),
+            "batch_size": int(self.batch_size),
+            "weight_decay": float(wd),
+        }
+        for attr, value in normal.items():
+            object.__setattr__(self, attr, value)
 
 
 QUICK_SWEEP = SweepConfig(lrs=(3e-3,), epochs=(20, 50), batch_size=64)

@@ -14,6 +14,7 @@ from functools import cache, partial
 import torch
 from torch import nn
 
+from ..errors import InvalidArgumentError
 from .data import Task, make_image_task, make_sequence_task, make_tabular_task
 from .models import RecurrentClassifier, ResNetCNN, TabularMLP, TransformerClassifier, train_model
 
@@ -132,6 +133,6 @@ def reference(name: str) -> ReferenceSpec:
     try:
         return SUITE[name]
     except KeyError:
-        raise ValueError(
-            f"Unknown reference model '{name}'; choose from {', '.join(SUITE)}"
+        raise InvalidArgumentError(
+            f"Unknown reference model {name!r}; choose from {', '.join(SUITE)}."
         ) from None

@@ -1,0 +1,60 @@
+"""Checks of the audit's public arguments, so a wrong value is refused up front with what to
+pass instead of being read as a default (``seeds=0``) or failing hours later."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+from ..errors import InvalidArgumentError
+
+
+def require_positive(value: object, name: str, kinds: tuple[type, ...], what: str) -> None:
+    """Refuse ``value`` unless it is a finite number of ``kinds`` above zero (never a bool)."""
+    if (
+        not isinstance(value, kinds)
+        or isinstance(value, bool)
+        or not math.isfinite(value)  # type: ignore[arg-type]
+        or not value > 0  # type: ignore[operator]
+    ):
+        raise InvalidArgumentError(f"{name} must be a positive {what}, but is {value!r}.")
+
+
+INTEGER = (Integral,)
+NUMBER = (Real,)
+"""The ``kinds`` to pass: numpy scalars count, as Python's ``int`` and ``float`` do."""
+
+
+def optional_positive_int(value: object, name: str) -> int | None:
+    """``None`` (the default) or an integer ≥ 1, as a Python int."""
+    if value is None:
+        return None
+    require_positive(value, name, INTEGER, "integer (or None for the default)")
+    return int(value)  # type: ignore[call-overload]
+
+
+def seed(value: object, name: str, upper: int = 2**63 - 1) -> int:
+    """An integer seed in [0, upper], as a Python int."""
+    if not isinstance(value, Integral) or isinstance(value, bool) or not 0 <= value <= upper:
+        raise InvalidArgumentError(f"{name} must be an integer in [0, {upper}], but is {value!r}.")
+    return int(value)
+
+
+def sequence_of(value: object, name: str, what: str) -> tuple:
+    """``value`` as a non-empty tuple: a list or tuple of ``what`` (a bare string is refused,
+    it would be read letter by letter)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        raise InvalidArgumentError(
+            f"{name} must be a non-empty list or tuple of {what}, but is {value!r}."
+        )
+    return tuple(value)
+
+
+def require_unique(values: tuple, name: str, key=str) -> None:
+    """Refuse repeated entries (by ``key``): each would be computed and reported twice."""
+    seen: set = set()
+    for v in values:
+        if key(v) in seen:
+            raise InvalidArgumentError(f"{name} lists {v!r} twice; give each once.")
+        seen.add(key(v))
