@@ -24,6 +24,9 @@ def test_export_kek(workdir: Path) -> None:
     written = (workdir / "kek.b64").read_text().strip()
     assert base64.b64decode(written) == ProtectionState.open("app").kek
     assert stat.S_IMODE((workdir / "kek.b64").stat().st_mode) == 0o600
+    public_key = base64.b64encode(ProtectionState.open("app").public_key_bytes).decode()
+    assert f"public key of 'app': {public_key}\n" in result.output
+    assert f"sklicense app create app --kek-file kek.b64 --public-key {public_key}" in result.output
 
 
 def test_export_kek_refuses_outputs_folder(workdir: Path) -> None:

@@ -186,6 +186,18 @@ def token_create(
     typer.echo(token)
 
 
+MAX_DEVICES_HELP = "Maximum registered devices (a revoked device keeps its slot)."
+PUBLIC_KEY_HELP = (
+    "Base64 Ed25519 key that signs the application's configuration files (`skprotect "
+    "export-kek` prints it; it is also the configuration file's public_key)."
+)
+PublicKeyOption = Annotated[str | None, typer.Option(help=PUBLIC_KEY_HELP)]
+UNBOUND_WARNING = (
+    "Warning: application {name!r} has no public key, so a device can name any customer id in "
+    "its licence requests. Register it: sklicense app set-public-key {name} KEY"
+)
+
+
 @app_app.command("create")
 def app_create(
     name: str,
@@ -196,17 +208,43 @@ def app_create(
         list[str] | None,
         typer.Option(help="A model licences may name (repeat); none given: any model."),
     ] = None,
+    public_key: PublicKeyOption = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Create an application, optionally with its key-encryption key and model list."""
+    """Create an application, optionally with its key-encryption key, model list and the
+    public key that signs its configuration files."""
     sessions = admin_session(database_url)
     try:
         kek = crud.decode_kek(kek_text(kek_file)) if kek_file else None
         with sessions.begin() as session:
-            crud.create_application(session, name, kek, CLI_ACTOR, model or None)
+            crud.create_application(session, name, kek, CLI_ACTOR, model or None, public_key)
     except (crud.CrudError, OSError) as e:
         fail(str(e))
     typer.echo(f"Created application {name!r}{' with its KEK' if kek_file else ''}")
+    if public_key is None:
+        typer.echo(UNBOUND_WARNING.format(name=name), err=True)
+
+
+@app_app.command("set-public-key")
+def app_set_public_key(
+    name: str,
+    public_key: Annotated[str, typer.Argument(help=PUBLIC_KEY_HELP)],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Register (or replace) the key that signs an application's configuration files."""
+    sessions = admin_session(database_url)
+    try:
+        with sessions.begin() as session:
+            application = crud.get_application_by_name(session, name)
+            if application is None:
+                raise crud.CrudError(f"application {name!r} not found")
+            crud.set_public_key(session, application, public_key, CLI_ACTOR)
+    except crud.CrudError as e:
+        fail(str(e))
+    typer.echo(
+        f"Registered the configuration key of application {name!r}: licence requests must now "
+        "carry a configuration it signed for the customer they name"
+    )
 
 
 @app_app.command("import-kek")
@@ -235,7 +273,13 @@ def app_list(database_url: DatabaseUrl = None) -> None:
     with admin_session(database_url)() as session:
         echo_json(
             [
-                {"id": a.id, "name": a.name, "has_kek": a.kek is not None, "models": a.models}
+                {
+                    "id": a.id,
+                    "name": a.name,
+                    "has_kek": a.kek is not None,
+                    "models": a.models,
+                    "public_key": a.public_key,
+                }
                 for a in crud.list_applications(session)
             ]
         )
@@ -259,7 +303,7 @@ def customer_create(
     name: Annotated[str, typer.Option(help="Customer name.")],
     contract_end: Annotated[str | None, typer.Option(help="ISO 8601, UTC if no zone.")] = None,
     quota: Annotated[int | None, typer.Option(help="Total inference quota.")] = None,
-    max_devices: Annotated[int, typer.Option(help="Maximum active devices.")] = 1,
+    max_devices: Annotated[int, typer.Option(help=MAX_DEVICES_HELP)] = 1,
     default_days: Annotated[float, typer.Option(help="Default licence duration (days).")] = 30,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -288,7 +332,7 @@ def customer_edit(
     name: Annotated[str | None, typer.Option(help="New name.")] = None,
     contract_end: Annotated[str | None, typer.Option(help="ISO 8601; 'none' clears it.")] = None,
     quota: Annotated[int | None, typer.Option(help="Total quota; -1 clears it.")] = None,
-    max_devices: Annotated[int | None, typer.Option(help="Maximum active devices.")] = None,
+    max_devices: Annotated[int | None, typer.Option(help=MAX_DEVICES_HELP)] = None,
     default_days: Annotated[float | None, typer.Option(help="Default duration (days).")] = None,
     database_url: DatabaseUrl = None,
 ) -> None:

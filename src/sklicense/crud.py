@@ -128,6 +128,20 @@ def decode_kek(text: str) -> bytes:
     return kek
 
 
+def decode_public_key(text: str) -> str:
+    """The application's configuration public key, base64 of 32 raw Ed25519 bytes (as
+    ``skprotect export-kek`` prints it, or the ``public_key`` of a configuration file)."""
+    try:
+        raw = base64.b64decode(text.strip().encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise CrudError(
+            "public_key must be base64 text (as `skprotect export-kek` prints it)"
+        ) from None
+    if len(raw) != 32:
+        raise CrudError(f"public_key must decode to 32 bytes, but got {len(raw)} bytes")
+    return base64.b64encode(raw).decode("ascii")
+
+
 def get_application_by_name(session: Session, name: str) -> Application | None:
     return session.scalar(select(Application).where(Application.name == name))
 
@@ -138,16 +152,31 @@ def create_application(
     kek: bytes | None,
     actor: str,
     models: list[str] | None = None,
+    public_key: str | None = None,
 ) -> Application:
     if not name.strip():
         raise CrudError("name must be a non-empty string, but got an empty one")
     if get_application_by_name(session, name) is not None:
         raise CrudError(f"application {name!r} already exists", status=409)
-    app = Application(name=name, kek=kek, models=models, created_at=utcnow())
+    key = None if public_key is None else decode_public_key(public_key)
+    app = Application(name=name, kek=kek, models=models, public_key=key, created_at=utcnow())
     session.add(app)
     session.flush()
-    detail = {"kek": kek is not None, "models": models}
+    detail = {"kek": kek is not None, "models": models, "public_key": key}
     audit(session, actor, "application.create", f"application:{name}", detail)
+    return app
+
+
+def set_public_key(session: Session, app: Application, public_key: str, actor: str) -> Application:
+    """Register (or replace) the key that signs the application's configuration files."""
+    previous, app.public_key = app.public_key, decode_public_key(public_key)
+    audit(
+        session,
+        actor,
+        "application.set_public_key",
+        f"application:{app.name}",
+        {"public_key": app.public_key, "replaced": previous},
+    )
     return app
 
 
@@ -298,15 +327,16 @@ def update_device(session: Session, device_id: str, actor: str, **changes: Any) 
     return device
 
 
-def count_active_devices(session: Session, customer_id: int) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Device)
-            .where(Device.customer_id == customer_id, Device.status == "active")
-        )
-        or 0
-    )
+def count_devices(session: Session, customer_id: int) -> tuple[int, int]:
+    """The customer's registered devices: (all, of them revoked). A revoked device keeps its
+    slot under ``max_devices``: otherwise its holder could register a fresh identity in it."""
+    rows = session.execute(
+        select(Device.status, func.count())
+        .where(Device.customer_id == customer_id)
+        .group_by(Device.status)
+    ).all()
+    counts = {status: int(n) for status, n in rows}
+    return sum(counts.values()), counts.get("revoked", 0)
 
 
 # -- licences and usage --------------------------------------------------------------------------

@@ -4,10 +4,13 @@ Checks, in order (the first failure is the reason): signature (against the regis
 key, or for a new device the key in the body) → ``bad_signature``; a known device presenting
 other keys → ``device_key_mismatch``; timestamp outside ±300 s → ``stale_request``; nonce
 already seen for the device → ``replayed_request``; ``unknown_application``;
-``unknown_model`` (only when the application lists its models); ``unknown_customer``; a known
+``unknown_model`` (only when the application lists its models); ``customer_not_proven`` (only
+when the application's public key is registered: the request carries no configuration signed
+by it for this application, customer and models); ``unknown_customer``; a known
 device of another customer → ``device_customer_mismatch``;
 ``device_revoked``; ``contract_ended``; a new device when the customer already has
-``max_devices`` active devices → ``too_many_devices``; no quota left → ``quota_exhausted``.
+``max_devices`` registered devices, revoked ones included → ``too_many_devices``; no quota
+left → ``quota_exhausted``.
 
 Allow: expiry = min(now + (device override, else customer default duration), contract end);
 allowance (customers with a quota) = min(remaining quota, requested inferences if given). The
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sklicense.crud import count_active_devices, get_application_by_name
+from sklicense.crud import count_devices, get_application_by_name
 from sklicense.models import Application, Customer, Device, SeenNonce
 from sklicense.schemas import LicenceRequestIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S, unb64, verify
@@ -97,6 +100,46 @@ def check_message(
     return None
 
 
+def check_configuration(application: Application, request: LicenceRequestIn) -> Deny | None:
+    """The request's configuration must be signed by the application's registered key and name
+    this application, the request's customer and every model it asks for: a device cannot
+    charge (or be licensed by) a customer its vendor did not ship this configuration to."""
+
+    def unproven(detail: str) -> Deny:
+        return Deny("customer_not_proven", detail)
+
+    config = request.configuration
+    if config is None:
+        return unproven(
+            f"application {application.name!r} requires the signed configuration in licence "
+            "requests: update skruntime on the device"
+        )
+    key = Ed25519PublicKey.from_public_bytes(unb64(application.public_key or ""))
+    if not verify(config.payload, config.signature, key):
+        return unproven(
+            f"the configuration is not signed by the registered key of application "
+            f"{application.name!r}: it was modified, or is another application's"
+        )
+    payload = config.payload
+    customer = payload.get("customer")
+    named = customer.get("id") if isinstance(customer, dict) else None
+    models = payload.get("models")
+    missing = sorted(set(request.models) - set(models if isinstance(models, dict) else ()))
+    if payload.get("application") != application.name:
+        return unproven(
+            f"the configuration is of application {payload.get('application')!r}, "
+            f"not {application.name!r}"
+        )
+    if isinstance(named, bool) or named != request.customer_id:
+        return unproven(
+            f"the configuration is licensed to customer {named!r}, not customer "
+            f"{request.customer_id}"
+        )
+    if missing:
+        return unproven(f"the configuration has no model named {', '.join(map(repr, missing))}")
+    return None
+
+
 def device_id_of(body: dict[str, Any]) -> str:
     return str(body.get("device_id", ""))
 
@@ -136,6 +179,10 @@ def decide(
                 f"application {application.name!r} has no model named "
                 f"{', '.join(repr(m) for m in unknown)}",
             )
+    if application.public_key is not None:
+        unproven = check_configuration(application, request)
+        if unproven is not None:
+            return unproven
     if customer is None:
         return Deny("unknown_customer", f"customer {request.customer_id} is not known")
     if device is not None and device.customer_id != customer.id:
@@ -153,12 +200,18 @@ def decide(
             f"the contract of customer {customer.id} ended at {customer.contract_end.isoformat()}",
         )
     if device is None:
-        active = count_active_devices(session, customer.id)
-        if active >= customer.max_devices:
+        registered, revoked = count_devices(session, customer.id)
+        if registered >= customer.max_devices:
+            of_them = (
+                f", {revoked} of them revoked (a revoked device keeps its slot: raise "
+                "max_devices to register a replacement)"
+                if revoked
+                else ""
+            )
             return Deny(
                 "too_many_devices",
-                f"customer {customer.id} already has {active} active devices "
-                f"(maximum {customer.max_devices})",
+                f"customer {customer.id} already has {registered} registered devices "
+                f"(maximum {customer.max_devices}){of_them}",
             )
     inferences: int | None = None
     if customer.inference_quota is not None:

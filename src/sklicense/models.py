@@ -59,6 +59,9 @@ class Application(Base):
     kek: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     #: The model names a licence may name; None: any model (no ``unknown_model`` check).
     models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    #: Base64 Ed25519 key that signs the application's configuration files; when set, a licence
+    #: request must carry a configuration it signed for the customer named (customer_not_proven).
+    public_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

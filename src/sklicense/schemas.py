@@ -7,6 +7,7 @@ import datetime as dt
 import re
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skruntime.licensing.protocol import unb64
@@ -55,6 +56,28 @@ class DeviceMessage(BaseModel):
         return value
 
 
+def _exchange_key(value: str) -> str:
+    """A raw X25519 key that a key exchange accepts: the all-zero and other low-order points
+    give no shared secret, and the KEK could not be wrapped to them."""
+    _raw_key(value)
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(unb64(value)))
+    except ValueError:
+        raise ValueError("is a low-order X25519 point, which no key exchange accepts") from None
+    return value
+
+
+class SignedConfiguration(BaseModel):
+    """The configuration file's signed payload and its signature, as the protector wrote them:
+    proof, checked against the application's registered public key, that the application's
+    vendor licensed these models to the customer the request names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: dict[str, Any]
+    signature: str = Field(min_length=1, max_length=200)
+
+
 class LicenceRequestIn(DeviceMessage):
     customer_id: int = ID
     application: str = Field(min_length=1, max_length=200)
@@ -64,11 +87,18 @@ class LicenceRequestIn(DeviceMessage):
     exchange_public_key: str
     #: Optional extension: the allowance the device asks for (capped by the remaining quota).
     requested_inferences: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    #: Required by applications with a registered public key (``customer_not_proven``).
+    configuration: SignedConfiguration | None = None
 
-    @field_validator("signing_public_key", "exchange_public_key")
+    @field_validator("signing_public_key")
     @classmethod
     def _keys(cls, value: str) -> str:
         return _raw_key(value)
+
+    @field_validator("exchange_public_key")
+    @classmethod
+    def _exchange(cls, value: str) -> str:
+        return _exchange_key(value)
 
 
 class UsageReportIn(DeviceMessage):
@@ -99,12 +129,34 @@ class ApplicationCreate(BaseModel):
     models: list[str] | None = Field(
         default=None, description="model names licences may name (absent: any model)"
     )
+    public_key: str | None = Field(
+        default=None,
+        description="base64 Ed25519 key that signs the application's configuration files "
+        "(`skprotect export-kek` prints it): licence requests must then carry a configuration "
+        "signed by it for the customer they name",
+    )
+
+    @field_validator("public_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        return None if value is None else _raw_key(value)
 
 
 class ApplicationKekImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kek: str
+
+
+class ApplicationPublicKeyImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: str
+
+    @field_validator("public_key")
+    @classmethod
+    def _public_key(cls, value: str) -> str:
+        return _raw_key(value)
 
 
 class ApplicationPublic(BaseModel):
@@ -114,6 +166,7 @@ class ApplicationPublic(BaseModel):
     name: str
     has_kek: bool
     models: list[str] | None
+    public_key: str | None
     created_at: dt.datetime
 
 

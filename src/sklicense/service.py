@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense.crud import audit
 from sklicense.crypto import sign_licence, wrap_kek
-from sklicense.decision import Allow, Deny, check_message, decide
+from sklicense.decision import Allow, Deny, check_message, decide, signature_valid
 from sklicense.models import Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S
@@ -58,6 +58,21 @@ def _with_replay_retry(sessions: sessionmaker[Session], attempt: Any) -> Outcome
                 if tries == 2:
                     raise
     raise AssertionError("unreachable")
+
+
+def signed_by_device(
+    sessions: sessionmaker[Session],
+    request: LicenceRequestIn,
+    body: dict[str, Any],
+    signature: str | None,
+) -> bool:
+    """Whether the request is signed by the device it names (its registered key; a new
+    device's own key): only such requests count against the device's rate limit, so nobody
+    can exhaust another device's limit by sending unsigned requests in its name."""
+    with sessions() as session:
+        device = session.get(Device, request.device_id)
+        key = device.signing_public_key if device else request.signing_public_key
+    return signature_valid(body, signature, key)
 
 
 def request_licence(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -39,15 +40,24 @@ def export_kek(
         str, typer.Option(help="Application whose key to export.")
     ] = "default_app",
 ) -> None:
-    """Export the application's key-encryption key (LINUX platform) for the licence server."""
+    """Export the application's key-encryption key (LINUX platform) for the licence server,
+    and print the public key that signs its configuration files (the server checks with it
+    that a device's configuration was made for the customer it names)."""
     from .state import ProtectionState
 
     try:
-        ProtectionState.open(application_name).export_kek(output)
+        state = ProtectionState.open(application_name)
+        state.export_kek(output)
     except SkProtectError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    public_key = base64.b64encode(state.public_key_bytes).decode("ascii")
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
+    typer.echo(
+        f"public key of '{application_name}': {public_key}\n"
+        f"register both: sklicense app create {application_name} --kek-file {output} "
+        f"--public-key {public_key}"
+    )
 
 
 @app.command()

@@ -14,6 +14,7 @@ import sys
 import pytest
 from tests.licensing.server_helpers import FakeDevice, bearer, make_application, make_customer
 
+from sklicense.api.deps import MAX_DEVICE_BODY
 from sklicense.schemas import INT64_MAX, MAX_LICENCE_SECONDS
 
 JUNK_SIGNATURE = {"X-SK-Signature": "AAAA", "Content-Type": "application/json"}
@@ -26,7 +27,7 @@ JUNK_SIGNATURE = {"X-SK-Signature": "AAAA", "Content-Type": "application/json"}
         ('{"device_id": NaN}', 400),
         ("[" * 8_000 + "]" * 8_000, 400),  # under the size cap, over the recursion limit
         ('{"device_id": "\\ud800"}', 400),
-        ('{"x": "' + "a" * 20_000 + '"}', 413),
+        ('{"x": "' + "a" * MAX_DEVICE_BODY + '"}', 413),
     ],
     ids=["nan", "deep", "surrogate", "oversized"],
 )

@@ -249,7 +249,7 @@ def test_deny_too_many_devices(client, setup, clock) -> None:
     assert_denied(
         ask(client, third, third.licence_request(42, clock.now)),
         "too_many_devices",
-        "customer 42 already has 2 active devices (maximum 2)",
+        "customer 42 already has 2 registered devices (maximum 2)",
     )
 
 

@@ -34,9 +34,25 @@ EXPECTED_TABLES = {
 
 
 def test_migrated_schema(database_url) -> None:
-    assert db.current_revision(database_url) == db.head_revision() == "0001"
+    assert db.current_revision(database_url) == db.head_revision() == "0002"
     assert set(inspect(db.get_engine(database_url)).get_table_names()) == EXPECTED_TABLES
     db.check_migrated(database_url)
+
+
+def test_upgrade_from_0001_keeps_applications(tmp_path: Path) -> None:
+    """0002 adds the applications' public key; a server upgraded from 0001 keeps its rows,
+    their key unset (customers taken on trust until one is registered)."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0001")
+    with db.get_engine(url).begin() as connection:
+        connection.execute(
+            text("INSERT INTO applications (name, created_at) VALUES ('app', CURRENT_TIMESTAMP)")
+        )
+    db.upgrade(url)
+    assert db.current_revision(url) == "0002"
+    with db.get_engine(url).begin() as connection:
+        rows = connection.execute(text("SELECT name, public_key FROM applications")).all()
+    assert [tuple(r) for r in rows] == [("app", None)]
 
 
 def test_policy_check_constraint(database_url) -> None:
@@ -74,7 +90,7 @@ def test_unmigrated_database_is_refused(tmp_path: Path, state_dir: Path) -> None
     assert not (tmp_path / "fresh.db").exists()  # checking did not create it
     sqlite3.connect(tmp_path / "fresh.db").close()  # an empty database: there, not migrated
     message = (
-        f"The database {url} is not migrated; this server needs revision 0001. "
+        f"The database {url} is not migrated; this server needs revision 0002. "
         "Run `sklicense db upgrade` (with the same --database-url) first."
     )
     with pytest.raises(db.DatabaseNotMigratedError) as error:
@@ -134,7 +150,7 @@ def test_cli_admin_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "kek.b64").write_text("QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\n")
     run("app", "create", "demo-app", "--kek-file", "kek.b64", "--model", "m1", "--model", "m2")
     assert json.loads(run("app", "list")) == [
-        {"id": 1, "name": "demo-app", "has_kek": True, "models": ["m1", "m2"]}
+        {"id": 1, "name": "demo-app", "has_kek": True, "models": ["m1", "m2"], "public_key": None}
     ]
     created = json.loads(
         run("customer", "create", "--id", "42", "--name", "Acme", "--contract-end", "2027-01-01")

@@ -51,8 +51,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-MAX_DEVICE_BODY = 16 * 1024
-"""Bytes a device request may have: a licence request is under 1 KiB."""
+MAX_DEVICE_BODY = 256 * 1024
+"""Bytes a device request may have: a licence request is about 1 KiB plus its configuration's
+signed payload (about 0.5 KiB per model), so about 500 models."""
 
 
 def _no_constant(name: str) -> None:

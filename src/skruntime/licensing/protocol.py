@@ -14,8 +14,12 @@ str), ``config_sha256`` (hex of the configuration file), ``signing_public_key`` 
 ``exchange_public_key`` (base64 raw Ed25519 / X25519 public keys: a new device is registered on
 its first request, a known device must present the same keys), ``timestamp``, ``nonce``;
 optional ``requested_inferences`` (int >= 1: the allowance asked for, capped by the customer's
-remaining quota; absent, the licence grants all the remaining quota). The signature of a known
-device is checked against its registered key; of a new device, against ``signing_public_key``.
+remaining quota; absent, the licence grants all the remaining quota) and ``configuration``
+(``{"payload": {...}, "signature": "<base64>"}``: the configuration file's signed payload and
+signature as the protector wrote them; required by applications whose public key is registered
+on the server, which check that their key signed it, for this application, this customer and
+these models: ``customer_not_proven`` otherwise). The signature of a known device is checked
+against its registered key; of a new device, against ``signing_public_key``.
 
 ``POST /v1/usage`` (:class:`UsageReport`): ``device_id``, ``licence_id``, ``report_id``
 (str, unique per device: the server applies a report once), ``counter`` (int, total inferences
@@ -69,6 +73,7 @@ DENY_REASONS = (
     "unknown_model",
     "rate_limited",
     "device_customer_mismatch",
+    "customer_not_proven",
 )
 
 

@@ -7,7 +7,12 @@ from fastapi import APIRouter, HTTPException
 from sklicense import crud
 from sklicense.api.deps import AdminDep, SessionDep
 from sklicense.models import Application
-from sklicense.schemas import ApplicationCreate, ApplicationKekImport, ApplicationPublic
+from sklicense.schemas import (
+    ApplicationCreate,
+    ApplicationKekImport,
+    ApplicationPublic,
+    ApplicationPublicKeyImport,
+)
 
 admin_router = APIRouter(prefix="/applications", tags=["admin"])
 
@@ -18,6 +23,7 @@ def public(app: Application) -> ApplicationPublic:
         name=app.name,
         has_kek=app.kek is not None,
         models=app.models,
+        public_key=app.public_key,
         created_at=app.created_at,
     )
 
@@ -40,7 +46,9 @@ def create_application(
     try:
         with session.begin():
             kek = crud.decode_kek(payload.kek) if payload.kek is not None else None
-            app = crud.create_application(session, payload.name, kek, admin.actor, payload.models)
+            app = crud.create_application(
+                session, payload.name, kek, admin.actor, payload.models, payload.public_key
+            )
     except crud.CrudError as e:
         raise raise_http(e) from None
     return public(app)
@@ -57,6 +65,23 @@ def import_kek(
             if app is None:
                 raise crud.CrudError(f"application {name!r} not found", status=404)
             crud.import_kek(session, app, crud.decode_kek(payload.kek), admin.actor)
+    except crud.CrudError as e:
+        raise raise_http(e) from None
+    return public(app)
+
+
+@admin_router.put("/{name}/public-key", response_model=ApplicationPublic)
+def set_public_key(
+    name: str, payload: ApplicationPublicKeyImport, admin: AdminDep, session: SessionDep
+) -> ApplicationPublic:
+    """Register (or replace) the key that signs the application's configuration files: from
+    then on a licence request must carry a configuration it signed for the customer named."""
+    try:
+        with session.begin():
+            app = crud.get_application_by_name(session, name)
+            if app is None:
+                raise crud.CrudError(f"application {name!r} not found", status=404)
+            crud.set_public_key(session, app, payload.public_key, admin.actor)
     except crud.CrudError as e:
         raise raise_http(e) from None
     return public(app)

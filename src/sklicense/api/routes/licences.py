@@ -51,7 +51,8 @@ def request_licence(
         return invalid(e)
     with db.device_writes(settings.database_url):  # SQLite: requests take turns, no polling
         now = clock()
-        count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now)
+        signed = service.signed_by_device(sessions, licence_request, body, signature)
+        count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now) if signed else 0
         if count > settings.licence_requests_per_minute:
             detail = (
                 f"device {licence_request.device_id} sent more than "

@@ -1,0 +1,26 @@
+"""Applications get the public key that signs their configuration files (customer binding).
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-06
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("applications") as batch:
+        batch.add_column(sa.Column("public_key", sa.String(100), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("applications") as batch:
+        batch.drop_column("public_key")
