@@ -33,6 +33,10 @@ last input.
     model_sha256    (optional) [hex SHA-256], the model files the pair unlocks; the runtime
                     refuses the pair for any other model file (key files left from another
                     protection run), and accepts files written before this field existed
+    params_sha256   (optional) hex SHA-256 of the canonical JSON (sorted keys, no spaces) of
+                    every other field: an edited or corrupted JSON (a changed share B would
+                    otherwise combine into a wrong key and wrong outputs) is refused; files
+                    written before this field existed are accepted
     perm_offsets    (static=false only) [int], one per index: share B of the permutations
     u_exponents     (static=false only) [int], one per scale
     v_exponents     (static=false only) [int], one per scale
@@ -59,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import NAME_RE, atomic_write_bytes
+from .config import NAME_RE, atomic_write_bytes, canonical_json
 from .errors import KeyFileError
 
 KEY_PARAMS_FORMAT = "skprotect-key-params"
@@ -275,6 +279,12 @@ def _values_sha256(values: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(values, dtype="<f4").tobytes()).hexdigest()
 
 
+def _params_sha256(params: dict[str, Any]) -> str:
+    """The hash that seals a key-params file: of every field but itself."""
+    sealed = {k: v for k, v in params.items() if k != "params_sha256"}
+    return hashlib.sha256(canonical_json(sealed)).hexdigest()
+
+
 def _format_txt(values: np.ndarray) -> bytes:
     return "".join(f"{np.float32(v)!s}\n" for v in values.tolist()).encode("ascii")
 
@@ -337,6 +347,7 @@ def write_txt_keys(
     params["txt_sha256"] = _values_sha256(share)
     if model_sha256:
         params["model_sha256"] = sorted(model_sha256)
+    params["params_sha256"] = _params_sha256(params)
     folder = Path(folder)
     txt_path = folder / key_txt_filename(model_name)
     json_path = folder / key_params_filename(model_name)
@@ -449,6 +460,13 @@ def read_txt_keys(
         raise _corrupt(json_path, "it is not valid UTF-8 JSON") from None
     if not isinstance(params, dict) or params.get("format") != KEY_PARAMS_FORMAT:
         raise _corrupt(json_path, f'it is not a "{KEY_PARAMS_FORMAT}" file')
+    if "params_sha256" in params:
+        try:
+            sealed = params["params_sha256"] == _params_sha256(params)
+        except ValueError:  # NaN or Infinity, which no writer puts there
+            sealed = False
+        if not sealed:
+            raise _corrupt(json_path, "its content does not match its params_sha256 (edited?)")
     if params.get("version") != KEY_PARAMS_VERSION:
         raise KeyFileError(
             f"Key file {json_path} has version {params.get('version')!r}; this skruntime reads "

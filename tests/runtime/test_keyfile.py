@@ -12,6 +12,7 @@ import pytest
 from skruntime.errors import KeyFileError
 from skruntime.keyfile import (
     KeyMaterial,
+    _params_sha256,
     key_params_filename,
     key_txt_filename,
     read_txt_keys,
@@ -99,7 +100,7 @@ def test_txt_share_alone_is_not_the_key(tmp_path: Path) -> None:
     assert len(doc["perm_offsets"]) == sum(spec["perm_sizes"])
     # the json alone holds no key values at all
     assert set(doc) == {
-        "format", "version", "model", "static", "spec", "txt_sha256",
+        "format", "version", "model", "static", "spec", "txt_sha256", "params_sha256",
         "perm_offsets", "u_exponents", "v_exponents",
     }  # fmt: skip
 
@@ -140,14 +141,46 @@ def written(tmp_path: Path):
     return tmp_path, txt, params
 
 
-def _edit_json(path: Path, **changes) -> None:
+def _edit_json(path: Path, *, reseal: bool = True, **changes) -> None:
+    """Change fields; ``reseal`` recomputes params_sha256, so that the checks after the seal
+    (which also guard files written before it existed) are what is tested."""
     doc = json.loads(path.read_text(encoding="utf-8"))
     for k, v in changes.items():
         if v is None:
             doc.pop(k)
         else:
             doc[k] = v
+    if reseal and "params_sha256" in doc:
+        doc["params_sha256"] = _params_sha256(doc)
     path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+@pytest.mark.parametrize("field", ["perm_offsets", "u_exponents", "v_exponents", "static"])
+def test_an_edited_share_is_refused_not_combined(written, field: str) -> None:
+    """A changed exponent combined into a valid but wrong key: silently wrong outputs."""
+    folder, _, params = written
+    doc = json.loads(params.read_text(encoding="utf-8"))
+    value = not doc[field] if field == "static" else [doc[field][0] + 1, *doc[field][1:]]
+    _edit_json(params, reseal=False, **{field: value})
+    with pytest.raises(
+        KeyFileError, match=r"key_params_m\.json is corrupted: its content does not match its"
+    ):
+        read_txt_keys(folder, "m")
+
+
+def test_a_nan_in_the_params_is_refused(written) -> None:
+    folder, _, params = written
+    text = params.read_text(encoding="utf-8").replace('"version": 1', '"version": NaN')
+    params.write_text(text, encoding="utf-8")
+    with pytest.raises(KeyFileError, match="does not match its params_sha256"):
+        read_txt_keys(folder, "m")
+
+
+def test_params_written_before_the_seal_are_read(written) -> None:
+    folder, _, params = written
+    sealed = read_txt_keys(folder, "m").static_key()
+    _edit_json(params, params_sha256=None)
+    assert np.array_equal(read_txt_keys(folder, "m").static_key(), sealed)
 
 
 def test_missing_txt(written) -> None:
@@ -231,10 +264,9 @@ def test_key_files_of_another_protection_run_are_refused(tmp_path: Path) -> None
         read_txt_keys(tmp_path, "m", new_model)
     # files from before the hashes were recorded, and a reader that knows no hash: accepted
     params_path = tmp_path / "key_params_m.json"
-    params = json.loads(params_path.read_text())
-    params_path.write_text(json.dumps({k: v for k, v in params.items() if k != "model_sha256"}))
+    _edit_json(params_path, model_sha256=None)
     assert read_txt_keys(tmp_path, "m", new_model).static_key().tobytes() == key.tobytes()
-    params_path.write_text(json.dumps(params | {"model_sha256": ["not a digest"]}))
+    _edit_json(params_path, model_sha256=["not a digest"])
     with pytest.raises(KeyFileError, match="model_sha256 must be a list of SHA-256"):
         read_txt_keys(tmp_path, "m", new_model)
 

@@ -30,7 +30,7 @@ from skruntime import (
     SkRuntime,
 )
 from skruntime.config import canonical_json, public_key_bytes
-from skruntime.keyfile import read_txt_keys
+from skruntime.keyfile import _params_sha256, read_txt_keys
 
 EF = SkProtectorPyTorch.ExportFormat
 EP = SkProtectorPyTorch.ExportPlatform
@@ -457,9 +457,14 @@ def test_swapped_key_files_refused(app: Protected, tmp_path: Path) -> None:
     shutil.copy(app.out / "tnet/onnx/key_params_tnet.json", dst / "key_params_tnet.json")
     with pytest.raises(KeyFileError, match="do not belong together"):
         rt.load("tnet")
-    # the model name rewritten in the params: the model file hashes they list still refuse it
+    # the model name rewritten in the params: their seal refuses it
     params = json.loads((src / "key_params_net.json").read_text())
     params["model"] = "tnet"
+    (dst / "key_params_tnet.json").write_text(json.dumps(params))
+    with pytest.raises(KeyFileError, match="does not match its params_sha256"):
+        rt.load("tnet")
+    # resealed too: the model file hashes they list still refuse it
+    params["params_sha256"] = _params_sha256(params)
     (dst / "key_params_tnet.json").write_text(json.dumps(params))
     with pytest.raises(KeyFileError, match="written for another protection of model 'tnet'"):
         rt.load("tnet")
@@ -468,6 +473,7 @@ def test_swapped_key_files_refused(app: Protected, tmp_path: Path) -> None:
     params["model_sha256"] = json.loads((app.out / "tnet/onnx/key_params_tnet.json").read_text())[
         "model_sha256"
     ]
+    params["params_sha256"] = _params_sha256(params)
     (dst / "key_params_tnet.json").write_text(json.dumps(params))
     assert read_txt_keys(dst, "tnet").length == rt.config.models["tnet"].key.length
     with rt.load("tnet") as model:
