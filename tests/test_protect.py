@@ -682,3 +682,47 @@ def test_dynamic_axes_are_checked_at_another_size(workdir: Path) -> None:
         mlp, "m", [torch.randn(2, 8)], model_export_formats=EF.ONNX, dynamic_shapes=at_max
     )
     assert result.formats["onnx"].max_rel_error < 1e-4
+
+
+SEED_ORDER = [
+    "model",
+    "model_name",
+    "input_tensors",
+    "layer_filter",
+    "model_export_formats",
+    "deployment_platform",
+    "dynamic_shapes",
+    "onnx_params",
+    "inductor_configs",
+    "save_original",
+    "quantize_compatibility",
+    "test_key",
+    "platform_version",
+    "customer",
+]
+
+
+@pytest.mark.parametrize("method", ["protect_new_model", "protect_updated_model"])
+def test_parameters_keep_the_usage_documents_order(method: str) -> None:
+    """Positional calls written against the usage document must keep working: our own
+    ``lock_preset`` is keyword-only, after the document's parameters."""
+    import inspect
+
+    params = inspect.signature(getattr(SkProtectorPyTorch, method)).parameters
+    positional = [n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == ["self", *SEED_ORDER]
+    assert params["lock_preset"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_a_positional_call_in_the_usage_documents_order(workdir: Path) -> None:
+    from skprotect_pytorch.protect import default_onnx_params, inductor_configs
+
+    protector = SkProtectorPyTorch(application_name="app")
+    result = protector.protect_new_model(
+        make_model(), "net", INPUTS, None, EF.ONNX, EP.TXT, None, default_onnx_params,
+        inductor_configs, False, False, True, 2, Customer(3, "Positional"),
+    )  # fmt: skip
+    assert list(result.formats) == ["onnx"]
+    config = load_config(protector.config_path(EP.TXT))
+    assert (config.customer.id, config.customer.name) == (3, "Positional")
+    assert config.models["net"].formats["onnx"]

@@ -117,10 +117,11 @@ class SkProtectorPyTorch:
         inductor_configs: dict | None = inductor_configs,
         save_original: bool | None = False,
         quantize_compatibility: bool | None = False,
-        lock_preset: str | None = DEFAULT_PRESET,
         test_key: bool | None = False,
         platform_version: int | None = 2,
         customer: Customer | None = Customer(),  # noqa: B008 (immutable dataclass)
+        *,
+        lock_preset: str | None = DEFAULT_PRESET,
         **legacy_kwargs: Any,
     ) -> ProtectionResult:
         """Protect a model for the first time and add it to the configuration file.
@@ -143,10 +144,11 @@ class SkProtectorPyTorch:
         inductor_configs: dict | None = inductor_configs,
         save_original: bool | None = False,
         quantize_compatibility: bool | None = False,
-        lock_preset: str | None = DEFAULT_PRESET,
         test_key: bool | None = False,
         platform_version: int | None = 2,
         customer: Customer | None = Customer(),  # noqa: B008 (immutable dataclass)
+        *,
+        lock_preset: str | None = DEFAULT_PRESET,
         **legacy_kwargs: Any,
     ) -> ProtectionResult:
         """Protect a new version of a deployed model and replace its configuration entry.
