@@ -16,7 +16,7 @@ from skprotect_pytorch import Customer
 from skprotect_pytorch.configuration import add_model, migrate_configuration, update_customer
 from skprotect_pytorch.errors import ConfigurationError, InvalidArgumentError, SkProtectError
 from skprotect_pytorch.formats import ExportPlatform
-from skruntime.config import FormatEntry, ModelEntry, load_config, public_key_bytes
+from skruntime.config import CustomerEntry, FormatEntry, ModelEntry, load_config, public_key_bytes
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -135,10 +135,22 @@ def test_replace_existing_model(cfg: Path) -> None:
     assert config.models["mlp"].formats["onnx"].sha256 == "cd" * 32
 
 
-def test_lower_version_file_needs_migration(cfg: Path) -> None:
+def test_lower_version_file_is_migrated_in_the_same_write(cfg: Path) -> None:
+    """The usage document: protecting at a higher version migrates the configuration."""
     add(cfg, version=0)
-    with pytest.raises(ConfigurationError, match=r"call migrate_configuration\(2, \.\.\.\) first"):
-        add(cfg, "b", version=2)
+    model_file = cfg.parent / "mlp" / "onnx" / "mlp.onnx"
+    before = cfg.read_bytes()
+    with pytest.raises(ConfigurationError, match=r"mlp\.onnx are missing"):
+        add(cfg, "b", version=2, customer=Customer(4, "Four"))
+    assert cfg.read_bytes() == before  # nothing written
+    model_file.parent.mkdir(parents=True)
+    model_file.write_bytes(b"old protected model")
+    config = add(cfg, "b", version=2, customer=Customer(4, "Four"))
+    assert load_config(cfg, public_key=public_key_bytes(KEY)) == config
+    assert config.platform_version == 2 and sorted(config.models) == ["b", "mlp"]
+    assert config.customer == CustomerEntry(4, "Four")
+    digest = hashlib.sha256(b"old protected model").hexdigest()
+    assert config.models["mlp"].formats["onnx"].sha256 == digest
 
 
 def test_higher_version_file_is_not_downgraded(cfg: Path) -> None:

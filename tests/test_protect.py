@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -383,8 +384,6 @@ def test_migrate_and_update_customer(workdir: Path) -> None:
     )
     path = protector.config_path(EP.TXT)
     assert load_config(path).models["net"].formats["onnx"].sha256 is None
-    with pytest.raises(InvalidArgumentError, match="migrate_configuration"):
-        protector.protect_new_model(make_model(), "other", INPUTS, model_export_formats=EF.ONNX)
     with pytest.raises(SkProtectError):
         protector.update_customer(Customer(3, "x"), EP.TXT)
     with pytest.raises(InvalidArgumentError, match="platform version 2 configurations only"):
@@ -404,6 +403,41 @@ def test_migrate_and_update_customer(workdir: Path) -> None:
     assert load_config(path).customer == {"id": 5, "name": "Five"}
     with pytest.raises(SkProtectError):
         protector.migrate_configuration(1, EP.TXT)
+
+
+def test_protecting_at_a_higher_version_migrates_the_configuration(workdir: Path) -> None:
+    """The usage document: "If models were protected with a lower version ..., the script will
+    automatically perform a migration" (it needs the old protected models in outputs/)."""
+    from skruntime import SkRuntime
+
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(
+        make_model(), "net", INPUTS, model_export_formats=EF.ONNX, platform_version=0
+    )
+    path = protector.config_path(EP.TXT)
+    old_file = protector.outputs_dir / "net" / "onnx" / "net.onnx"
+    old_file.rename(old_file.with_suffix(".moved"))
+    before = path.read_bytes()
+    with pytest.raises(SkProtectError, match=r"net\.onnx are missing.*Put the old protected"):
+        protector.protect_new_model(make_model(1), "other", INPUTS, model_export_formats=EF.ONNX)
+    assert path.read_bytes() == before
+    assert not (protector.outputs_dir / "other").exists()  # refused before the export
+    old_file.with_suffix(".moved").rename(old_file)
+    protector.protect_new_model(
+        make_model(1), "other", INPUTS, model_export_formats=EF.ONNX, customer=Customer(6, "Six")
+    )
+    config = load_config(path)
+    assert config.platform_version == 2 and config.customer == {"id": 6, "name": "Six"}
+    assert (
+        config.models["net"].formats["onnx"].sha256
+        == hashlib.sha256(old_file.read_bytes()).hexdigest()
+    )
+    runtime = SkRuntime(protector.outputs_dir, platform="TXT")
+    for name, seed in (("net", 0), ("other", 1)):
+        with torch.no_grad():
+            expected = make_model(seed)(INPUTS[0]).numpy()
+        with runtime.load(name) as model:
+            assert rel(model(INPUTS[0].numpy()), expected) < 1e-5
 
 
 def test_tampered_configuration_is_refused(workdir: Path) -> None:

@@ -118,15 +118,18 @@ def add_model(
 ) -> Config:
     """Add (``replace=False``) or replace (``replace=True``) a model's entry; returns the config.
 
-    The file is created if missing (``replace=False`` only). For platform version 0 the entry's
-    SHA-256 fields are dropped; from version 1 they are required. For version 2 ``customer``
-    must match the file's (change it with :func:`update_customer`); below 2 only the default
-    customer is accepted.
+    The file is created if missing (``replace=False`` only). A file at a lower platform version
+    is migrated to ``platform_version`` in the same write (as :func:`migrate_configuration`
+    does: its protected model files must be in the file's folder). For platform version 0 the
+    entry's SHA-256 fields are dropped; from version 1 they are required. For version 2
+    ``customer`` must match the file's (change it with :func:`update_customer`); below 2 only
+    the default customer is accepted.
 
     Raises:
         ConfigurationError: the model is already there (new) or missing (replace), the file has
-            another platform version, platform, application, customer or signing key, or it
-            cannot be read or written.
+            a higher platform version, another platform, application, customer or signing key,
+            its protected model files are missing for a migration from version 0, or it cannot
+            be read or written.
         InvalidArgumentError: an argument has the wrong type or value.
     """
     path = Path(config_path)
@@ -154,6 +157,8 @@ def add_model(
             customer_entry = wanted_customer if version == 2 else None
         else:
             _check_compatible(path, existing, version, platform_value, application)
+            if existing.platform_version < version:  # the usage document's automatic migration
+                existing = migrated_config(path, existing, version, path.parent, customer)
             present = model_name in existing.models
             if replace and not present:
                 names = ", ".join(sorted(existing.models)) or "none"
@@ -205,13 +210,6 @@ def _check_compatible(
         raise ConfigurationError(
             f"{path} belongs to application '{existing.application}', not '{application}'. "
             "Use the application's own outputs folder."
-        )
-    if existing.platform_version < version:
-        raise ConfigurationError(
-            f"{path} is at platform version {existing.platform_version} but version {version} "
-            f"was requested; call migrate_configuration({version}, ...) first (it needs the "
-            "protected model files under outputs/), or pass "
-            f"platform_version={existing.platform_version}."
         )
     if existing.platform_version > version:
         raise ConfigurationError(
@@ -270,8 +268,19 @@ def migrate_configuration(
             f"platform_version={version} if your SkRuntime needs it."
         )
     folder = Path(outputs_dir) if outputs_dir is not None else path.parent
+    migrated = migrated_config(path, config, version, folder, customer)
+    with _as_protector_errors():
+        write_config(path, migrated, signing_key)
+    return migrated
+
+
+def migrated_config(
+    path: Path, config: Config, version: int, folder: Path, customer: Customer | None
+) -> Config:
+    """``config`` upgraded to ``version`` in memory: 0 → 1 hashes the protected model files
+    under ``folder``, → 2 adds ``customer``. Nothing is written."""
     models = dict(config.models)
-    if current == 0:
+    if config.platform_version == 0:
         missing = [
             str(folder / fmt.file)
             for entry in models.values()
@@ -299,7 +308,7 @@ def migrate_configuration(
             ) from e
     customer_entry = _customer_entry(customer) if version == 2 else None
     with _as_protector_errors():
-        migrated = Config(
+        return Config(
             platform_version=version,
             platform=config.platform,
             application=config.application,
@@ -307,8 +316,6 @@ def migrate_configuration(
             models=models,
             customer=customer_entry,
         )
-        write_config(path, migrated, signing_key)
-    return migrated
 
 
 def update_customer(

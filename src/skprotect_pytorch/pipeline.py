@@ -28,7 +28,7 @@ from torch import nn
 from skruntime.backends.gpu import gpu_float32
 from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
 
-from .configuration import add_model
+from .configuration import add_model, migrated_config
 from .customer import Customer
 from .errors import ExportError, InvalidArgumentError, VerificationError
 from .export import build_export_options, cuda_available, get_exporter, verify_artifact
@@ -266,12 +266,28 @@ def _precheck_config(request: ProtectRequest) -> None:
             f"protect_new_model: model '{request.model_name}' is already in "
             f"{request.config_path}. Use protect_updated_model to replace it, or another name."
         )
-    if config.platform_version != request.platform_version:
+    if config.platform_version > request.platform_version:
         raise InvalidArgumentError(
             f"{request.config_path} has platform version {config.platform_version} but "
-            f"platform_version={request.platform_version} was requested: call "
-            f"migrate_configuration({request.platform_version}, ...) first, or pass "
-            f"platform_version={config.platform_version}."
+            f"platform_version={request.platform_version} was requested: configurations are "
+            f"never downgraded. Pass platform_version={config.platform_version}, or protect "
+            "into a new application if your SkRuntime needs the older version."
+        )
+    if config.platform_version < request.platform_version:
+        # Migrated with the protection's write (usage document); a missing old model file
+        # of a version-0 file is reported now, before the export.
+        migrated_config(
+            request.config_path,
+            config,
+            request.platform_version,
+            request.config_path.parent,
+            request.customer,
+        )
+        get_logger().info(
+            "%s is at platform version %d: it is migrated to %d with this protection",
+            request.config_path,
+            config.platform_version,
+            request.platform_version,
         )
 
 
