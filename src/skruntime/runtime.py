@@ -53,7 +53,7 @@ RUNTIME_VERSION = "0.3.0"
 COMPATIBILITY_TABLE: tuple[tuple[int, str, str, str], ...] = (
     (0, "0.3.0", "0.3.0", "none needed"),
     (1, "0.3.0", "0.3.0", "none needed"),
-    (2, "0.3.0", "0.3.0", "not released yet"),
+    (2, "0.3.0", "0.3.0", "0.3.0"),
 )
 
 
