@@ -248,3 +248,20 @@ def test_aoti_package_locked_has_no_plaintext_row(tmp_path) -> None:
     assert {x.how for x in leaks} == {"exact"}
     locked_path = package(locked.keyed, (*inputs, key_of(locked)), tmp_path / "locked.pt2")
     assert find_weight_leaks(artifact_constants(locked_path), weights) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"chunk": 0}, "chunk must be a positive integer, but is 0"),
+        ({"chunk": -1}, "chunk must be a positive integer, but is -1"),
+        ({"min_length": 0}, "min_length must be a positive integer"),
+        ({"threshold": 0}, r"threshold must be in \(0, 1\], but got 0"),
+        ({"threshold": "0.9"}, r"threshold must be in \(0, 1\], but got '0.9'"),
+    ],
+)
+def test_find_weight_leaks_refuses_bad_settings(kwargs, message) -> None:
+    """chunk=-1 used to find no leak at all, and chunk=0 raised a bare ValueError."""
+    weights = {"w": np.ones((16, 16), np.float32)}
+    with pytest.raises(InvalidArgumentError, match=message):
+        find_weight_leaks({"c": np.ones((16, 16), np.float32)}, weights, **kwargs)

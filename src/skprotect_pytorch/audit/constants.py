@@ -18,12 +18,14 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..export.base import first_line
+from .arguments import INTEGER, require_positive
 
 Extractor = Callable[[Path], dict[str, np.ndarray]]
 _EXTRACTORS: dict[str, Extractor] = {}
@@ -471,8 +473,10 @@ def find_weight_leaks(
     reshape that fits; ``uint8`` constants (binary blobs) are searched for the exact float32
     bytes of every original row and column.
     """
-    if not 0.0 < threshold <= 1.0:
-        raise InvalidArgumentError(f"threshold must be in (0, 1], but got {threshold}")
+    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not 0 < threshold <= 1:
+        raise InvalidArgumentError(f"threshold must be in (0, 1], but got {threshold!r}")
+    require_positive(min_length, "min_length", INTEGER, "integer")
+    require_positive(chunk, "chunk", INTEGER, "integer")
     label_names: list[tuple[str, str]] = []
     by_length: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     exact_rows: list[tuple[int, np.ndarray]] = []
