@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -39,6 +43,24 @@ def test_toy_with_key_runs_at_other_batch_sizes(tmp_path, batch):
     assert verify_artifact(CPU, report.path, opts, inputs, eager(model, xb, key)) < 1e-5
     with pytest.raises(VerificationError, match="differs from the reference"):
         verify_artifact(CPU, report.path, opts, inputs, [eager(model, xb, key)[0] * 2])
+
+
+def test_shipped_file_names_no_path_of_the_build_machine(tmp_path):
+    """torch.jit.save's .debug_pkl records hold the traced call stack: the absolute paths of
+    the protection script, the model's module and the virtualenv."""
+    torch.manual_seed(0)
+    model, x, key = Toy().eval(), torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options([x], TOY_PARAMS, ({0: Dim("batch")},))
+    path = CPU.export(model, (x, key), tmp_path / "toy.pt", opts, with_key=True).path
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        content = b"".join(archive.read(n) for n in names)
+    assert not [n for n in names if n.endswith(".debug_pkl")]
+    for where in (Path(__file__).parent, Path(torch.__file__).parent, Path(sys.prefix)):
+        assert str(where).encode() not in content
+    inputs = [torch.randn(3, 8).numpy(), key.numpy()]
+    reference = eager(model, torch.from_numpy(inputs[0]), key)
+    assert verify_artifact(CPU, path, opts, inputs, reference) < 1e-5
 
 
 def test_locked_conv_model_with_dynamic_axes_only(tmp_path):

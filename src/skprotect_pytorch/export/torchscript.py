@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +39,23 @@ from .base import (
     to_numpy,
 )
 from .options import ExportOptions
+
+
+def without_debug_records(archive: bytes) -> bytes:
+    """The TorchScript archive without its ``.debug_pkl`` records. They map each op to the
+    Python call stack that traced it: absolute paths of the build machine's files (the
+    protection script, the model's module, the virtualenv) with function names and line
+    numbers, none of which a shipped file should carry. ``torch.jit.load`` does not need
+    them; only error messages of a failing op lose their Python source lines."""
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(archive)) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target,
+    ):
+        for info in source.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                target.writestr(info, source.read(info.filename))
+    return out.getvalue()
 
 
 def _round_trip(module: torch.jit.ScriptModule) -> None:
@@ -97,7 +115,9 @@ class TorchScriptExporter(DeviceExporter):
             options.key_name if with_key else None,
         )
         # the runtime checks inputs against these: a traced graph accepts a wrong key silently
-        torch.jit.save(frozen, str(path), _extra_files={INPUTS_METADATA: json.dumps(specs)})
+        buffer = io.BytesIO()
+        torch.jit.save(frozen, buffer, _extra_files={INPUTS_METADATA: json.dumps(specs)})
+        path.write_bytes(without_debug_records(buffer.getvalue()))
         return ExportReport(
             path=path,
             fmt=self.fmt,
