@@ -55,8 +55,11 @@ class FakeServer:
         self.quota = quota
         self.kek = kek
         self.up = True
+        self.time: int | None = None  # the server's clock; None: the request's timestamp
         self.deny: tuple[str, str] | None = None
         self.tamper: Any = None  # callable(document) -> document
+        self.answer: Any = None  # callable(request) -> response: replaces licence answers
+        self.calls: list[str] = []  # the path of every request that reached the server
         self.lose_usage_answers = 0  # apply the report, then answer 500
         self.devices: dict[str, dict[str, str]] = {}
         self.nonces: set[str] = set()
@@ -75,6 +78,9 @@ class FakeServer:
     def handle(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
             raise httpx.ConnectError("connection refused", request=request)
+        self.calls.append(request.url.path)
+        if self.answer is not None and request.url.path == "/v1/licences":
+            return self.answer(request)
         body = json.loads(request.content)
         signature = request.headers[protocol.SIGNATURE_HEADER]
         assert request.content == protocol.canonical_bytes(body)
@@ -88,6 +94,8 @@ class FakeServer:
             )
             if not self.check(body, signature, device):
                 return self.denial("bad_signature")
+            if self.time is not None and abs(body["timestamp"] - self.time) > 300:
+                return self.denial("stale_request", f"the server's time is {self.time}")
             self.licence_requests.append(body)
             return self.licence(body, device)
         if request.url.path == "/v1/usage":
@@ -128,8 +136,8 @@ class FakeServer:
             "customer_id": body["customer_id"],
             "application": body["application"],
             "models": body["models"],
-            "issued_at": body["timestamp"],
-            "expires_at": body["timestamp"] + self.duration,
+            "issued_at": body["timestamp"] if self.time is None else self.time,
+            "expires_at": (body["timestamp"] if self.time is None else self.time) + self.duration,
             "inferences": inferences,
             "request_nonce": body["nonce"],
             "wrapped_kek": self.wrap(licence_id, body, device["exchange"]) if self.kek else None,
@@ -403,8 +411,9 @@ def test_clock_rollback(server, state, clock) -> None:
     clock.t = T0 + 5 * DAY
     client.consume()
     client.close()
+    server.time = T0 + 5 * DAY  # the real time: the server refuses the set-back clock
     clock.t = T0 + 2 * DAY  # set back before the last time seen
-    with pytest.raises(ClockRollbackError, match="set back"):
+    with pytest.raises(ClockRollbackError, match=r"set back.*did not confirm.*stale_request"):
         make_client(server, state, clock).ensure_licence()
     clock.t = T0 + 5 * DAY - 100  # within the tolerance
     make_client(server, state, clock).ensure_licence()
@@ -420,6 +429,7 @@ def test_clock_rollback_in_a_running_client(server, state, clock) -> None:
     client.consume()
     clock.t += 3 * DAY
     client.consume()
+    server.time = clock.t
     clock.t -= DAY
     with pytest.raises(ClockRollbackError):
         client.consume()
@@ -619,3 +629,326 @@ def test_close_reports_usage_when_the_counter_cannot_be_saved(
     with pytest.raises(LicenceError, match="disk full"):
         client.close()
     assert sent == [True]  # reported although the flush failed
+
+
+# ---------------------------------------------------------------------- failed renewals
+
+
+def _other_key_answer(request: httpx.Request) -> httpx.Response:
+    """A well-formed licence for this request, signed by another key than the pinned one."""
+    body = json.loads(request.content)
+    licence = {
+        "licence_id": str(uuid.uuid4()),
+        "device_id": body["device_id"],
+        "customer_id": body["customer_id"],
+        "application": body["application"],
+        "models": body["models"],
+        "issued_at": body["timestamp"],
+        "expires_at": body["timestamp"] + 365 * DAY,
+        "inferences": None,
+        "request_nonce": body["nonce"],
+        "wrapped_kek": None,
+    }
+    return httpx.Response(
+        200,
+        json={
+            "licence": licence,
+            "signature": protocol.sign(licence, Ed25519PrivateKey.generate()),
+        },
+    )
+
+
+def _raise_invalid_url(request: httpx.Request) -> httpx.Response:
+    raise httpx.InvalidURL("Invalid port: ':1'")
+
+
+# label, licence answer, the warning inside the window, the error once the licence expired
+FAILED_RENEWALS = [
+    (
+        "captive portal 200 html",
+        lambda r: httpx.Response(200, content=b"<html>login</html>"),
+        "non-JSON content",
+        (LicenceError, "non-JSON content"),
+    ),
+    (
+        "404",
+        lambda r: httpx.Response(404, content=b"not found"),
+        "HTTP 404",
+        (LicenceError, "HTTP 404"),
+    ),
+    (
+        "403 html (a proxy, not a denial)",
+        lambda r: httpx.Response(403, content=b"<html>forbidden</html>"),
+        "HTTP 403",
+        (LicenceError, "HTTP 403"),
+    ),
+    (
+        "200 nested too deeply",
+        lambda r: httpx.Response(200, content=b"[" * 100_000),
+        "nested too deeply",
+        (LicenceError, "nested too deeply"),
+    ),
+    (
+        "200 signed by another key",
+        _other_key_answer,
+        "pinned server public key",
+        (LicenceError, "pinned server public key"),
+    ),
+    (
+        "transport raises InvalidURL",
+        _raise_invalid_url,
+        "unreachable: InvalidURL",
+        (LicenceUnavailableError, "expired at .* unreachable \\(InvalidURL"),
+    ),
+    (
+        "503",
+        lambda r: httpx.Response(503),
+        "unreachable: HTTP 503",
+        (LicenceUnavailableError, "expired at .* unreachable \\(HTTP 503"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "warning", "expired"),
+    [case[1:] for case in FAILED_RENEWALS],
+    ids=[case[0] for case in FAILED_RENEWALS],
+)
+def test_failed_renewal_inside_the_window_keeps_the_licence_and_backs_off(
+    state, clock, caplog, answer, warning, expired
+) -> None:
+    server = FakeServer(duration=100 * DAY)
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY, retry_seconds=300)
+    licence = client.ensure_licence()
+    server.answer = answer
+    clock.t = T0 + 80 * DAY  # inside the window
+    with caplog.at_level("WARNING", logger="skruntime.licensing.client"):
+        assert client.ensure_licence() == licence
+        client.consume()
+    assert server.calls.count("/v1/licences") == 2  # the first licence, one renewal attempt
+    failures = [r.getMessage() for r in caplog.records if "renewal failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert warning in failures[0] and "stays valid until" in failures[0]
+    for _ in range(5):  # backed off: no new attempt before retry_seconds
+        assert client.ensure_licence() == licence
+    assert server.calls.count("/v1/licences") == 2
+    clock.t += 301
+    assert client.ensure_licence() == licence
+    assert server.calls.count("/v1/licences") == 3
+    clock.t = T0 + 100 * DAY  # expired: no licence to fall back on, the error is raised
+    error, match = expired
+    with pytest.raises(error, match=match) as raised:
+        client.ensure_licence()
+    assert not isinstance(raised.value, LicenceDeniedError)
+    assert json.loads((state / "licence_app.json").read_text())["licence"]["licence_id"] == (
+        licence.licence_id
+    )
+
+
+def test_an_explicit_denial_is_not_a_failed_renewal(state, clock) -> None:
+    server = FakeServer(duration=100 * DAY)
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY)
+    client.ensure_licence()
+    clock.t = T0 + 100 * DAY
+    server.deny = ("contract_ended", "customer 7's contract ended")
+    with pytest.raises(LicenceDeniedError) as err:
+        client.ensure_licence()
+    assert err.value.reason == "contract_ended"
+    server.deny = None
+    server.answer = lambda r: httpx.Response(429, content=b"slow down")  # a proxy's 429
+    with pytest.raises(LicenceDeniedError) as err:
+        client.ensure_licence()
+    assert err.value.reason == "rate_limited"
+
+
+# ---------------------------------------------------------------------- clock reconciliation
+
+
+def test_a_forward_clock_jump_is_reconciled_with_the_servers_signed_time(
+    state, clock, caplog
+) -> None:
+    """The clock jumped 180 days ahead once, then NTP corrected it: the server's licence,
+    issued for a request stamped with the corrected time, resets the last time seen."""
+    server = FakeServer(duration=365 * DAY)
+    server.time = T0
+    first = make_client(server, state, clock)
+    first.ensure_licence()
+    first.close()
+    clock.t = T0 + 180 * DAY  # the jump: the cached licence is still valid, no server call
+    jumped = make_client(server, state, clock)
+    jumped.consume()
+    jumped.close()
+    assert json.loads((state / "clock.json").read_text()) == {"last_seen": T0 + 180 * DAY}
+    clock.t = server.time = T0 + 3600  # corrected
+    with caplog.at_level("WARNING", logger="skruntime.licensing.client"):
+        recovered = make_client(server, state, clock)
+        licence = recovered.ensure_licence()
+    assert licence.issued_at == T0 + 3600 and len(server.licence_requests) == 2
+    assert "the last time seen is reset" in caplog.text
+    assert json.loads((state / "clock.json").read_text()) == {"last_seen": T0 + 3600}
+    recovered.consume()
+    recovered.close()
+    later = make_client(server, state, clock)  # a new process: no rollback, no server call
+    assert later.ensure_licence() == licence and len(server.licence_requests) == 2
+    later.close()
+    # a clock set back beyond the server's signed time is still refused, and asks the server
+    # at most once per retry_seconds
+    clock.t = T0 - DAY
+    back = make_client(server, state, clock, retry_seconds=300)
+    with pytest.raises(ClockRollbackError, match=r"did not confirm.*stale_request"):
+        back.ensure_licence()
+    calls = len(server.calls)
+    with pytest.raises(ClockRollbackError, match="set back"):
+        back.consume()
+    assert len(server.calls) == calls
+    assert json.loads((state / "clock.json").read_text()) == {"last_seen": T0 + 3600}
+
+
+def test_a_rollback_is_refused_offline(server, state, clock) -> None:
+    client = make_client(server, state, clock)
+    client.consume()
+    clock.t += 3 * DAY
+    client.consume()
+    client.close()
+    server.up = False
+    clock.t -= 2 * DAY
+    with pytest.raises(ClockRollbackError, match=r"did not confirm.*unreachable"):
+        make_client(server, state, clock).ensure_licence()
+
+
+# ---------------------------------------------------------------------- malformed state
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+    os.chmod(path, 0o600)
+
+
+# label, file, content, the error when it is read (None: ignored with a warning)
+MALFORMED_STATE = [
+    ("licence cache nested", "licence_app.json", "[" * 200_000, None),
+    ("licence cache not JSON", "licence_app.json", '{"licence": ', None),
+    ("usage nested", "usage_app.json", "[" * 200_000, "usage_app.json is malformed .nested"),
+    (
+        "usage counter a string",
+        "usage_app.json",
+        '{"licences": {"L": {"counter": "5", "reported": 0}}}',
+        "usage_app.json is malformed .the entry of licence 'L'",
+    ),
+    (
+        "usage entry a list",
+        "usage_app.json",
+        '{"licences": {"L": [1, 2]}}',
+        "usage_app.json is malformed .the entry of licence 'L'",
+    ),
+    (
+        "usage negative counter",
+        "usage_app.json",
+        '{"licences": {"L": {"counter": -4}}}',
+        "usage_app.json is malformed",
+    ),
+    ("usage a list", "usage_app.json", "[]", "usage_app.json is malformed .no licences"),
+    ("clock nested", "clock.json", "[" * 200_000, "clock.json is malformed .nested"),
+    (
+        "clock out of range",
+        "clock.json",
+        '{"last_seen": 99999999999999999999}',
+        "clock.json is malformed .last_seen",
+    ),
+    ("clock a string", "clock.json", '{"last_seen": "yesterday"}', "clock.json is malformed"),
+    ("clock empty", "clock.json", "", "clock.json is malformed"),
+    ("device key nested", "device.key", "[" * 200_000, "device.key is corrupted .nested"),
+    (
+        "device key not a string",
+        "device.key",
+        '{"format": "skruntime-device-key", "version": 1, "device_id": "'
+        + "a" * 32
+        + '", "signing_key": 5, "exchange_key": 5}',
+        "device.key is corrupted",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "error"),
+    [case[1:] for case in MALFORMED_STATE],
+    ids=[case[0] for case in MALFORMED_STATE],
+)
+def test_malformed_state_files(server, state, clock, caplog, name, content, error) -> None:
+    """A bad licence cache is ignored with a warning; a bad counter, clock or key file is a
+    LicenceError naming it, and is left as it is (never reset silently)."""
+    client = make_client(server, state, clock)
+    client.consume()
+    client.close()
+    _write(state / name, content)
+    if error is None:
+        with caplog.at_level("WARNING", logger="skruntime.licensing.client"):
+            licence = make_client(server, state, clock).ensure_licence()
+        assert "Ignoring the cached licence" in caplog.text
+        assert len(server.licence_requests) == 2 and licence.issued_at == clock.t
+        return
+    with pytest.raises(LicenceError, match=error) as raised:
+        make_client(server, state, clock).consume()
+    assert str(state / name) in str(raised.value)
+    assert (state / name).read_text() == content
+
+
+def test_device_json_that_is_not_json_is_rewritten(state) -> None:
+    identity = DeviceIdentity.load_or_create(state)
+    _write(state / "device.json", "[" * 200_000)
+    assert DeviceIdentity.load_or_create(state).device_id == identity.device_id
+    assert json.loads((state / "device.json").read_text()) == identity.public_info()
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "127.0.0.1:8765", "ftp://licence.test", ""])
+def test_invalid_server_url_is_refused_when_the_client_is_made(server, state, clock, url) -> None:
+    with pytest.raises(LicenceError, match=r"licence server URL .* is invalid"):
+        LicenceClient(
+            url,
+            state_dir=state,
+            server_public_key=server.public_key,
+            application="app",
+            customer_id=7,
+            models=["net"],
+            config_sha256="ab" * 32,
+        )
+
+
+def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) -> None:
+    """Reported entries of valid licences stay (at most 64 of replaced ones); expired, used-up
+    and older runtimes' reported entries go; the current licence's entry always stays."""
+    server = FakeServer(quota=1000)
+    client = make_client(server, state, clock, persist_every=1)
+    current = client.ensure_licence().licence_id
+    path = state / "usage_app.json"
+    licences = json.loads(path.read_text())["licences"]
+    licences |= {
+        "expired": {"counter": 5, "reported": 5, "expires_at": T0 - 301, "inferences": 9},
+        "used-up": {"counter": 10, "reported": 10, "expires_at": T0 + DAY, "inferences": 10},
+        "legacy": {"counter": 2, "reported": 2},
+    }
+    idle = {f"idle-{i:02d}": T0 + DAY + i for i in range(70)}
+    for licence_id, expires_at in idle.items():
+        licences[licence_id] = {
+            "counter": 1,
+            "reported": 1,
+            "expires_at": expires_at,
+            "inferences": 10,
+        }
+    _write(path, json.dumps({"licences": licences}))
+    client.consume()
+    client.close()
+    kept = json.loads(path.read_text())["licences"]
+    assert set(kept) == {current} | {f"idle-{i:02d}" for i in range(6, 70)}  # the latest 64
+    assert kept[current] == {
+        "counter": 1,
+        "reported": 1,
+        "expires_at": T0 + 365 * DAY,
+        "inferences": 1000,
+    }
+    assert kept["idle-69"] == {
+        "counter": 1,
+        "reported": 1,
+        "expires_at": T0 + DAY + 69,
+        "inferences": 10,
+    }

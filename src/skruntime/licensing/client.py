@@ -10,18 +10,32 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     the last signed licence document of the server, verified again (signature, device,
     application, customer) every time it is read.
 ``usage_<application>.json``
-    ``{"licences": {"<licence_id>": {"counter": int, "reported": int}}}``: inferences counted
-    under each licence, and the counter last acknowledged by the server. Entries of old licences
-    are dropped once fully reported.
+    ``{"licences": {"<licence_id>": {"counter": int, "reported": int, "expires_at": int,
+    "inferences": int}}}``: inferences counted under each licence, the counter last acknowledged
+    by the server, and the licence's expiry and allowance (absent in files of older runtimes, and
+    ``inferences`` for licences without an allowance). An entry is kept, reported or not, while its
+    licence could still be used: it is dropped once fully reported and either expired or used up
+    (never the entry of the cached licence, nor of the dropping process's own); of the reported
+    entries of replaced licences still valid, the latest 64 are kept (the file's size bound). A
+    process never counts a licence again from 0: a licence it has counted whose entry is gone is
+    used up for it (it takes the cached licence, or renews). A malformed file is refused
+    (:class:`LicenceError` naming it); it is never reset silently.
 ``clock.json``
     ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection.
+    A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
+    it: a licence it issues for a request stamped with the local time (fresh: it echoes the
+    request's nonce) shows the server agrees, and ``last_seen`` is reset to that time. A clock that
+    was set back gets ``stale_request`` instead and stays refused. A malformed file is refused.
 
 Timeline. A licence is used as is until ``expires_at - overlap_seconds``. Inside the overlap
 window each :meth:`LicenceClient.ensure_licence` tries to renew (at most once per
-``retry_seconds`` after a failure); the server starts the new licence at the request time. An
-unreachable server (or a denial other than ``device_revoked``) inside the window keeps the cached
-licence until it expires; after expiry an unreachable server raises
-:class:`LicenceUnavailableError`.
+``retry_seconds`` after a failure); the server starts the new licence at the request time. Any
+failed renewal inside the window (server unreachable, an answer that is not a verified licence
+for this request, or a denial other than ``device_revoked``) keeps the cached licence until it
+expires, with a warning naming the cause; after expiry an unreachable server raises
+:class:`LicenceUnavailableError` and a bad answer the :class:`LicenceError` that describes it.
+A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body; any
+other ``403`` (a proxy, a captive portal) is a bad answer.
 
 Counting (one :meth:`LicenceClient.consume` per inference). The persisted counter is a
 *reservation*: before granting an inference that is not covered yet, the client adds a block of
@@ -32,8 +46,9 @@ counts up to ``persist_every - 1`` inferences that never ran, but the counter ne
 than were run, and the file is written once per ``persist_every`` inferences instead of once per
 inference. Several processes sharing one state folder each reserve their own blocks from the same
 file, so together they never exceed the allowance; a block given back never lowers the counter
-below what the server has already been told (reports are monotonic). ``persist_every=1``
-writes the exact count before every inference.
+below what the server has already been told (reports are monotonic). When a licence's
+allowance is used up, a process first takes the licence that another process renewed to, and
+renews only if there is none. ``persist_every=1`` writes the exact count before every inference.
 """
 
 from __future__ import annotations
@@ -67,6 +82,7 @@ from ..errors import (
 from . import protocol
 from .identity import (
     DeviceIdentity,
+    MalformedStateError,
     UnsafeFileError,
     ensure_state_dir,
     read_private_json,
@@ -86,12 +102,25 @@ DEFAULT_CLOCK_TOLERANCE_S = protocol.TIMESTAMP_WINDOW_S
 DEFAULT_REQUESTED_INFERENCES = 10_000
 """Inferences a licence asks for when the customer has a quota (None: all that remains)."""
 CLOCK_FILENAME = "clock.json"
+_MAX_IDLE_ENTRIES = 64
+"""Reported entries of replaced, still valid licences kept in the usage file (its size bound)."""
+_USAGE_HOLDS = "the inference counters of this device's licences"
+_CLOCK_HOLDS = "the last time this device saw, for clock-rollback detection"
 _LAST_SEEN_PERSIST_S = 60
 _KEK_SIZE = 32
+_MAX_TIME = 253_402_300_799  # 9999-12-31 23:59:59 UTC: a later time in a state file is corrupt
 
 
 def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):  # out of the platform's calendar
+        return f"Unix time {ts}"
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative JSON integer (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _int_field(value: object, name: str) -> int:
@@ -104,6 +133,30 @@ def _str_field(value: object, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string")
     return value
+
+
+def _describe(entry: dict[str, int], licence: Licence) -> None:
+    """Note in a counter entry until when, and up to what, its licence may be used."""
+    entry["expires_at"] = licence.expires_at
+    if licence.inferences is not None:
+        entry["inferences"] = licence.inferences
+
+
+def _checked_url(url: str) -> str:
+    """``url`` without a trailing slash; a :class:`LicenceError` unless it is an http(s) URL with
+    a host (found here, not at the first request deep inside a renewal)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as e:
+        reason = str(e)
+    else:
+        if parsed.scheme in ("http", "https") and parsed.host:
+            return url.rstrip("/")
+        reason = "not an http:// or https:// URL with a host"
+    raise LicenceError(
+        f"The licence server URL {url!r} is invalid ({reason}). Give the server's base URL, "
+        "e.g. https://licence.example:8765."
+    )
 
 
 @dataclass(frozen=True)
@@ -226,8 +279,23 @@ def unwrap_kek(licence: Licence, exchange_key: Any) -> bytes:
     return kek
 
 
-class _Unreachable(Exception):
+class _RenewalFailed(Exception):
+    """No licence decision came back from the server (the message says why)."""
+
+
+class _Unreachable(_RenewalFailed):
     """The server could not be reached or answered with a server error."""
+
+
+class _BadAnswer(_RenewalFailed):
+    """The server answered, but not with a verified licence for this request, nor a denial.
+
+    ``error`` is what is raised when there is no valid licence to fall back on.
+    """
+
+    def __init__(self, error: LicenceError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class LicenceClient:
@@ -288,7 +356,7 @@ class LicenceClient:
                 "persist_every must be >= 1; overlap_seconds, retry_seconds and clock_tolerance "
                 "must be >= 0."
             )
-        self.server_url = server_url.rstrip("/")
+        self.server_url = _checked_url(server_url)
         self.state_dir: Path = ensure_state_dir(state_dir)
         self.identity = DeviceIdentity.load_or_create(self.state_dir)
         self._server_key = Ed25519PublicKey.from_public_bytes(bytes(server_public_key))
@@ -306,13 +374,11 @@ class LicenceClient:
         self._lock = threading.RLock()
         self._licence: Licence | None = None
         self._next_retry = float("-inf")
+        self._next_clock_check = float("-inf")
         self._available = 0  # reserved in the counter file, not used yet (current licence)
+        self._counted: set[str] = set()  # licences this process has a counter entry for
         self._closed = False
-        self._last_seen = 0
-        self._last_seen_saved = 0
-        clock_state = read_private_json(self._clock_path)
-        if isinstance(clock_state, dict) and isinstance(clock_state.get("last_seen"), int):
-            self._last_seen = self._last_seen_saved = clock_state["last_seen"]
+        self._last_seen = self._last_seen_saved = self._read_last_seen()
 
     def __repr__(self) -> str:
         return (
@@ -340,15 +406,42 @@ class LicenceClient:
     def _clock_path(self) -> Path:
         return self.state_dir / CLOCK_FILENAME
 
+    def _malformed(self, path: Path, problem: str, holds: str) -> LicenceError:
+        return LicenceError(
+            f"{path} is malformed ({problem}); it holds {holds} and must not be edited. Restore "
+            'it from a backup, or remove it to start afresh (docs/licensing.md, "Clock rollback '
+            'and the state folder").'
+        )
+
     def _read_usage(self) -> dict[str, dict[str, int]]:
-        data = read_private_json(self._usage_path)
+        """The counter entries, checked: a malformed file is refused, never reset silently."""
+        try:
+            data = read_private_json(self._usage_path)
+        except MalformedStateError as e:
+            raise self._malformed(self._usage_path, e.problem, _USAGE_HOLDS) from None
+        if data is None:
+            return {}
         licences = data.get("licences") if isinstance(data, dict) else None
-        if data is not None and not isinstance(licences, dict):
-            raise LicenceError(
-                f"{self._usage_path} is malformed; it is the inference counter and must not be "
-                "edited. Restore it from a backup."
-            )
-        return licences or {}
+        if not isinstance(licences, dict):
+            raise self._malformed(self._usage_path, "no licences object", _USAGE_HOLDS)
+        for licence_id, entry in licences.items():
+            if not isinstance(entry, dict) or not all(
+                _is_count(entry.get(k, 0)) for k in ("counter", "reported", "expires_at")
+            ):
+                raise self._malformed(
+                    self._usage_path,
+                    f"the entry of licence {licence_id[:40]!r} is not counts",
+                    _USAGE_HOLDS,
+                )
+            if "inferences" in entry and not _is_count(entry["inferences"]):
+                raise self._malformed(
+                    self._usage_path,
+                    f"the allowance of licence {licence_id[:40]!r} is not a count",
+                    _USAGE_HOLDS,
+                )
+            entry.setdefault("counter", 0)
+            entry.setdefault("reported", 0)
+        return licences
 
     def _write_usage(self, licences: dict[str, dict[str, int]]) -> None:
         write_private(self._usage_path, protocol.canonical_bytes({"licences": licences}))
@@ -359,6 +452,16 @@ class LicenceClient:
             licence_id = self.ensure_licence().licence_id
         entry = self._read_usage().get(licence_id, {})
         return {"counter": entry.get("counter", 0), "reported": entry.get("reported", 0)}
+
+    def _cached_licence_id(self) -> str | None:
+        """The id in the licence cache file (unverified: only compared), or None."""
+        try:
+            document = read_private_json(self._licence_path)
+        except LicenceError:
+            return None
+        body = document.get("licence") if isinstance(document, dict) else None
+        licence_id = body.get("licence_id") if isinstance(body, dict) else None
+        return licence_id if isinstance(licence_id, str) else None
 
     # ------------------------------------------------------------------ clock
 
@@ -377,16 +480,35 @@ class LicenceClient:
                 self._save_last_seen()
         return now
 
+    def _read_last_seen(self) -> int:
+        """``last_seen`` of ``clock.json`` (0 when there is none); a malformed file is refused,
+        never taken as 0, which would turn the rollback check off."""
+        try:
+            data = read_private_json(self._clock_path)
+        except MalformedStateError as e:
+            raise self._malformed(self._clock_path, e.problem, _CLOCK_HOLDS) from None
+        if data is None:
+            return 0
+        last_seen = data.get("last_seen") if isinstance(data, dict) else None
+        if not _is_count(last_seen) or last_seen > _MAX_TIME:
+            raise self._malformed(
+                self._clock_path, "last_seen is not a time in Unix seconds", _CLOCK_HOLDS
+            )
+        return last_seen
+
     def _save_last_seen(self) -> None:
         with state_lock(self.state_dir, "clock"):
-            data = read_private_json(self._clock_path)
-            stored = data.get("last_seen") if isinstance(data, dict) else None
-            if isinstance(stored, int) and stored > self._last_seen:
-                self._last_seen = stored
+            self._last_seen = max(self._last_seen, self._read_last_seen())
             write_private(
                 self._clock_path, protocol.canonical_bytes({"last_seen": self._last_seen})
             )
             self._last_seen_saved = self._last_seen
+
+    def _reset_last_seen(self, now: int) -> None:
+        """Set the last time seen to ``now``, also lower: only once the server confirmed it."""
+        with state_lock(self.state_dir, "clock"):
+            write_private(self._clock_path, protocol.canonical_bytes({"last_seen": now}))
+            self._last_seen = self._last_seen_saved = now
 
     def _check_issued(self, licence: Licence, now: int) -> None:
         if now < licence.issued_at - self.clock_tolerance:
@@ -434,14 +556,35 @@ class LicenceClient:
             response = self._http.post(
                 path, content=protocol.canonical_bytes(body), headers=headers | _JSON
             )
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
             raise _Unreachable(f"{type(e).__name__}: {e}") from None
         if response.status_code >= 500:
             raise _Unreachable(f"HTTP {response.status_code}")
         return response
 
+    def _denial(self, response: httpx.Response) -> LicenceDeniedError | None:
+        """The server's denial in a 403/429 answer; None when it is not one (a proxy's page)."""
+        try:
+            data = response.json()
+        except (ValueError, RecursionError):
+            data = None
+        if isinstance(data, dict) and data.get("decision") == "deny":
+            reason, detail = data.get("reason"), data.get("detail")
+            if isinstance(reason, str) and reason:
+                return LicenceDeniedError(reason, detail if isinstance(detail, str) else "")
+        if response.status_code == 429:  # rate limited, by the server or a proxy before it
+            return LicenceDeniedError("rate_limited")
+        return None
+
     def _request(self, now: int) -> Licence:
-        """Ask the server for a licence; verify and cache it. Raises _Unreachable."""
+        """Ask the server for a licence; verify and cache it.
+
+        Raises:
+            _Unreachable: no answer, or a server error.
+            _BadAnswer: an answer that is neither a verified licence for this request nor a
+                denial.
+            LicenceDeniedError: the server's denial.
+        """
         nonce = protocol.new_nonce()
         body = {
             "device_id": self.identity.device_id,
@@ -458,26 +601,48 @@ class LicenceClient:
             body["requested_inferences"] = self.requested_inferences
         response = self._post("/v1/licences", body)
         if response.status_code in (403, 429):
-            try:
-                data = response.json()
-            except ValueError:
-                data = {}
-            reason = data.get("reason") if isinstance(data, dict) else None
-            detail = data.get("detail") if isinstance(data, dict) else None
-            raise LicenceDeniedError(
-                str(reason or ("rate_limited" if response.status_code == 429 else "denied")),
-                str(detail or ""),
+            denial = self._denial(response)
+            if denial is not None:
+                raise denial
+        try:
+            licence = self._verified_answer(response, nonce, now)
+        except ClockRollbackError:
+            raise
+        except LicenceError as e:
+            raise _BadAnswer(e) from None
+        try:
+            write_private(self._licence_path, protocol.canonical_bytes(licence.document))
+        except LicenceError as err:  # issued and paid for: use it from memory, do not drop it
+            warnings.warn(
+                f"{err} Licence {licence.licence_id} is used from memory for this process only.",
+                RuntimeWarning,
+                stacklevel=2,
             )
+        self._switch(licence, fresh=True)
+        return licence
+
+    def _verified_answer(self, response: httpx.Response, nonce: str, now: int) -> Licence:
+        """The licence in the server's answer to the request with ``nonce`` at ``now``.
+
+        Raises:
+            LicenceError: not a 200 JSON answer, not signed by the pinned key, not for this
+                runtime or this request, or already expired.
+            ClockRollbackError: ``now`` is before the licence's issue time.
+        """
         if response.status_code != 200:
             raise LicenceError(
                 f"The licence server at {self.server_url} answered HTTP "
-                f"{response.status_code} to a licence request: {response.text[:200]}"
+                f"{response.status_code} to a licence request, not a licence or a denial: "
+                f"{response.text[:200]!r}. Check the server URL: a proxy or a captive portal "
+                "may be in the way."
             )
         try:
             document = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise LicenceError(
-                f"The licence server at {self.server_url} answered with non-JSON content."
+                f"The licence server at {self.server_url} answered with non-JSON content (or "
+                "JSON nested too deeply). Check the server URL: a proxy or a captive portal may "
+                "be in the way."
             ) from None
         licence = Licence.from_document(document, self._server_key)
         self._check_licence(licence)
@@ -492,58 +657,87 @@ class LicenceClient:
                 f"The licence server issued licence {licence.licence_id} already expired at "
                 f"{_when(licence.expires_at)}; check the server's and this device's clocks."
             )
-        try:
-            write_private(self._licence_path, protocol.canonical_bytes(document))
-        except LicenceError as err:  # issued and paid for: use it from memory, do not drop it
-            warnings.warn(
-                f"{err} Licence {licence.licence_id} is used from memory for this process only.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self._switch(licence)
         return licence
 
-    def _switch(self, licence: Licence) -> None:
+    def _switch(self, licence: Licence, *, fresh: bool) -> None:
+        """Make ``licence`` the current one and open its counter entry (``fresh``: just issued
+        by the server, else read from the cache)."""
         old = self._licence
         if old is not None and old.licence_id != licence.licence_id:
             self._release()
         self._licence = licence
         self._available = 0
+        self._open_counter(licence, fresh=fresh)
+
+    def _open_counter(self, licence: Licence, *, fresh: bool) -> None:
+        """Create or update the counter entry of ``licence`` and note it as counted here.
+
+        A cached licence whose entry is missing gets one only while it is still the cached
+        licence: otherwise another process renewed, used it up and dropped its entry after the
+        cache was read, and counting it again from 0 would spend its allowance twice.
+        """
+        licence_id = licence.licence_id
+        with state_lock(self.state_dir, f"usage_{self.application}"):
+            usage = self._read_usage()
+            entry = usage.get(licence_id)
+            if entry is None:
+                if not fresh and self._cached_licence_id() != licence_id:
+                    self._counted.add(licence_id)  # used up: consume() renews
+                    return
+                entry = usage[licence_id] = {"counter": 0, "reported": 0}
+            before = dict(entry)
+            _describe(entry, licence)
+            if entry != before:
+                self._write_usage(usage)
+            self._counted.add(licence_id)
 
     def _renew(self, now: int) -> Licence:
-        """Report usage, then request a licence. Raises _Unreachable, LicenceDeniedError."""
+        """Report usage, then request a licence.
+
+        Raises:
+            _RenewalFailed: no licence decision came back (retried after ``retry_seconds``).
+            LicenceDeniedError: the server's denial (retried after ``retry_seconds``).
+        """
         self._release()
         self.report_usage()
         try:
             return self._request(now)
-        except _Unreachable:
+        except (_RenewalFailed, LicenceDeniedError):
             self._next_retry = now + self.retry_seconds
             raise
-        except LicenceDeniedError:
-            self._next_retry = now + self.retry_seconds
-            raise
+
+    def _failure(self, e: _RenewalFailed) -> str:
+        """Why a renewal failed, for a warning or an error message."""
+        if isinstance(e, _Unreachable):
+            return f"the licence server at {self.server_url} is unreachable: {e}"
+        return f"the licence server's answer is unusable: {e}"
 
     def ensure_licence(self) -> Licence:
         """A valid licence for this application: the cached one, renewed inside the overlap
         window, or a new one.
 
         Raises:
-            ClockRollbackError: the clock is before the last time seen or the licence's issue.
+            ClockRollbackError: the clock is before the last time seen (and the server does not
+                confirm it) or before the licence's issue.
             LicenceDeniedError: the server refused (``.reason`` is its code).
             LicenceUnavailableError: no valid licence and the server is unreachable.
-            LicenceError: the server's answer does not verify, or the client is closed.
+            LicenceError: no valid licence and the server's answer is not a verified licence
+                for this request, a state file is malformed, or the client is closed.
         """
         with self._lock:
             if self._closed:
                 raise LicenceError("The licence client is closed; create a new runtime.")
-            now = self._now()
+            try:
+                now = self._now()
+            except ClockRollbackError as rollback:
+                return self._confirm_clock(rollback)
             licence = self._licence
             if licence is None or now >= licence.expires_at - self.overlap_seconds:
                 cached = self._load_cached()  # another process may have renewed it
                 if cached is not None and (
                     licence is None or cached.expires_at > licence.expires_at
                 ):
-                    self._switch(cached)
+                    self._switch(cached, fresh=False)
                     licence = cached
             if licence is not None:
                 self._check_issued(licence, now)
@@ -554,13 +748,13 @@ class LicenceClient:
                         return licence
                     try:
                         renewed = self._renew(now)
-                    except _Unreachable as e:
+                    except _RenewalFailed as e:
                         log.warning(
-                            "Licence renewal failed (server %s unreachable: %s); the current "
-                            "licence stays valid until %s.",
-                            self.server_url,
-                            e,
+                            "Licence renewal failed (%s); the current licence stays valid until "
+                            "%s. Next attempt after %s.",
+                            self._failure(e),
                             _when(licence.expires_at),
+                            _when(self._next_retry),
                         )
                         return licence
                     except LicenceDeniedError as e:
@@ -582,6 +776,8 @@ class LicenceClient:
                     return renewed
             try:
                 return self._renew(now)
+            except _BadAnswer as e:
+                raise e.error from None
             except _Unreachable as e:
                 if licence is not None:
                     raise LicenceUnavailableError(
@@ -595,6 +791,46 @@ class LicenceClient:
                     f"server at {self.server_url} is unreachable ({e}). Connect to the server "
                     "once to obtain a licence."
                 ) from None
+
+    def _confirm_clock(self, rollback: ClockRollbackError) -> Licence:
+        """The clock is before the last time seen: let the licence server settle which is right.
+
+        A licence issued for a request stamped with the local time, echoing its nonce and
+        signed by the pinned key, proves the server agrees with this clock (it refuses a
+        timestamp off by more than its window as ``stale_request``): the last time seen was a
+        clock that had jumped forward, and is reset. Otherwise ``rollback`` stands, with the
+        server's reason; the server is asked at most once per ``retry_seconds``.
+        """
+        now = int(self._clock())
+        if now < self._next_clock_check:
+            raise rollback
+        self._next_clock_check = now + self.retry_seconds
+        try:
+            licence = self._renew(now)
+        except _RenewalFailed as e:
+            cause = self._failure(e)
+        except LicenceDeniedError as e:
+            if e.reason == "device_revoked":
+                self._drop_cache()
+                raise
+            cause = f"it refused the request: {e.reason}" + (f", {e.detail}" if e.detail else "")
+        else:
+            if abs(licence.issued_at - now) <= self.clock_tolerance:
+                log.warning(
+                    "The system clock (%s) is before the last time this device saw (%s), but "
+                    "the licence server confirms it (licence %s issued at %s): the last time "
+                    "seen is reset.",
+                    _when(now),
+                    _when(self._last_seen),
+                    licence.licence_id,
+                    _when(licence.issued_at),
+                )
+                self._reset_last_seen(now)
+                return licence
+            cause = f"it issued licence {licence.licence_id} at {_when(licence.issued_at)}"
+        raise ClockRollbackError(
+            f"{rollback} The licence server did not confirm this clock ({cause})."
+        ) from None
 
     def _drop_cache(self) -> None:
         self._release()
@@ -618,7 +854,12 @@ class LicenceClient:
         """Reserve a block covering ``n`` inferences in the counter file; False if over."""
         with state_lock(self.state_dir, f"usage_{self.application}"):
             usage = self._read_usage()
-            entry = usage.setdefault(licence.licence_id, {"counter": 0, "reported": 0})
+            entry = usage.get(licence.licence_id)
+            if entry is None:
+                if licence.licence_id in self._counted:
+                    return False  # counted here, then dropped: never counted again from 0
+                entry = usage[licence.licence_id] = {"counter": 0, "reported": 0}
+            _describe(entry, licence)
             counter = entry["counter"]
             need = n - self._available
             block = max(need, self.persist_every - self._available)
@@ -628,6 +869,7 @@ class LicenceClient:
                 block = min(block, licence.inferences - counter)
             entry["counter"] = counter + block
             self._write_usage(usage)
+            self._counted.add(licence.licence_id)
             self._available += block
             return True
 
@@ -643,6 +885,17 @@ class LicenceClient:
                 entry["counter"] = max(entry["counter"] - available, entry.get("reported", 0))
                 self._write_usage(usage)
             self._available = 0
+
+    def _other_cached(self, licence: Licence) -> Licence | None:
+        """The cached licence when it is another one than ``licence`` and valid now: the cache
+        only ever receives licences just issued, so another process renewed."""
+        cached = self._load_cached()
+        if cached is None or cached.licence_id == licence.licence_id:
+            return None
+        now = int(self._clock())
+        if not cached.issued_at - self.clock_tolerance <= now < cached.expires_at:
+            return None
+        return cached
 
     def consume(self, n: int = 1) -> None:
         """Count ``n`` inferences against the licence before they run.
@@ -661,9 +914,18 @@ class LicenceClient:
             if self._reserve(licence, n):
                 self._available -= n
                 return
+            cached = self._other_cached(licence)
+            if cached is not None:
+                self._switch(cached, fresh=False)
+                licence = cached
+                if self._reserve(licence, n):
+                    self._available -= n
+                    return
             # the allowance is used up: one renewal may grant more
             used_up = (
                 f"The {licence.inferences} inferences of licence {licence.licence_id} are used up"
+                if licence.inferences is not None
+                else f"The counter of licence {licence.licence_id} is gone from {self._usage_path}"
             )
             now = self._now()
             if now < self._next_retry:
@@ -673,11 +935,8 @@ class LicenceClient:
                 )
             try:
                 licence = self._renew(now)
-            except _Unreachable as e:
-                raise QuotaExhaustedError(
-                    f"{used_up} and the licence server at {self.server_url} is unreachable "
-                    f"({e}) to grant more."
-                ) from None
+            except _RenewalFailed as e:
+                raise QuotaExhaustedError(f"{used_up} and {self._failure(e)}.") from None
             except LicenceDeniedError as e:
                 raise QuotaExhaustedError(
                     f"{used_up} and the licence server grants no more ({e.reason}"
@@ -747,17 +1006,42 @@ class LicenceClient:
             for licence_id, counter in acknowledged.items():
                 if licence_id in usage:
                     entry = usage[licence_id]
-                    entry["reported"] = max(entry.get("reported", 0), counter)
+                    entry["reported"] = max(entry["reported"], counter)
+            keep = {current, self._cached_licence_id()}
+            now = int(self._clock())
             done = [
                 licence_id
                 for licence_id, entry in usage.items()
-                if licence_id != current and entry.get("counter", 0) <= entry.get("reported", 0)
+                if licence_id not in keep and self._finished(entry, now)
             ]
+            idle = sorted(  # reported, still usable by a process that holds it: oldest first
+                (entry.get("expires_at", 0), licence_id)
+                for licence_id, entry in usage.items()
+                if licence_id not in keep
+                and licence_id not in done
+                and entry["counter"] <= entry["reported"]
+            )
+            done += [licence_id for _, licence_id in idle[: len(idle) - _MAX_IDLE_ENTRIES]]
             for licence_id in done:
                 del usage[licence_id]
             if acknowledged or done:
                 self._write_usage(usage)
-            return all(e.get("counter", 0) <= e.get("reported", 0) for e in usage.values())
+            return all(e["counter"] <= e["reported"] for e in usage.values())
+
+    def _finished(self, entry: dict[str, int], now: int) -> bool:
+        """Whether a counter entry can be dropped: fully reported, and its licence can no longer
+        be used by any process (expired, or its allowance fully counted).
+
+        An entry of an older runtime (no ``expires_at``) is dropped once reported, as that
+        runtime did: no process of this one has counted under it, or it would carry one.
+        """
+        if entry["counter"] > entry["reported"]:
+            return False
+        if "expires_at" not in entry:
+            return True
+        if entry["expires_at"] + self.clock_tolerance <= now:
+            return True
+        return "inferences" in entry and entry["counter"] >= entry["inferences"]
 
     def flush(self) -> None:
         """Give back the unused reservation and persist the last time seen."""

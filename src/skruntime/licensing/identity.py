@@ -112,8 +112,23 @@ def read_private(path: Path) -> bytes:
         return f.read(_MAX_STATE_BYTES + 1)
 
 
+class MalformedStateError(LicenceError):
+    """A state file that is not JSON (truncated, edited); ``problem`` says how, for callers
+    that know what the file holds and what to do about it."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} is not valid JSON ({problem}); it was truncated or edited.")
+        self.problem = problem
+
+
 def read_private_json(path: Path) -> Any | None:
-    """The JSON in an owner-only file, or None when the file does not exist."""
+    """The JSON in an owner-only file, or None when the file does not exist.
+
+    Raises:
+        UnsafeFileError: group or others may access it.
+        MalformedStateError: not UTF-8 JSON, or nested deeper than the parser takes.
+        LicenceError: it cannot be read, or it is larger than any state file.
+    """
     try:
         data = read_private(path)
     except FileNotFoundError:
@@ -122,10 +137,10 @@ def read_private_json(path: Path) -> Any | None:
         raise LicenceError(f"Cannot read {path}: {e.strerror or e}.") from None
     try:
         return json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise LicenceError(
-            f"{path} is not valid JSON (truncated or edited); remove it to start afresh."
-        ) from None
+    except RecursionError:
+        raise MalformedStateError(path, "nested too deeply") from None
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
+        raise MalformedStateError(path, str(e)[:120]) from None
 
 
 @contextlib.contextmanager
@@ -147,6 +162,13 @@ def state_lock(state_dir: Path, name: str = "state") -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _corrupted_key(key_path: Path, problem: str) -> LicenceError:
+    return LicenceError(
+        f"Device key file {key_path} is corrupted ({problem}). Restore it from a backup; "
+        "removing it creates a new device that must be provisioned again."
+    )
 
 
 def _raw_private(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
@@ -196,7 +218,7 @@ class DeviceIdentity:
         public = identity.public_info()
         try:
             current = read_private_json(device_path)
-        except UnsafeFileError:  # public facts only: rewrite it owner-only
+        except (UnsafeFileError, MalformedStateError):  # public facts only: rewrite it
             current = None
         if current != public:
             write_private(device_path, protocol.canonical_bytes(public))
@@ -232,7 +254,10 @@ class DeviceIdentity:
     @classmethod
     def _load(cls, path: Path) -> DeviceIdentity:
         key_path = path / KEY_FILENAME
-        data = read_private_json(key_path)
+        try:
+            data = read_private_json(key_path)
+        except MalformedStateError as e:
+            raise _corrupted_key(key_path, e.problem) from None
         try:
             if not isinstance(data, dict) or data.get("format") != KEY_FORMAT:
                 raise ValueError("not a device key file")
@@ -243,11 +268,8 @@ class DeviceIdentity:
                 raise ValueError("device_id is not a uuid4 hex string")
             signing = Ed25519PrivateKey.from_private_bytes(protocol.unb64(data["signing_key"]))
             exchange = X25519PrivateKey.from_private_bytes(protocol.unb64(data["exchange_key"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise LicenceError(
-                f"Device key file {key_path} is corrupted ({e}). Restore it from a backup; "
-                "removing it creates a new device that must be provisioned again."
-            ) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # AttributeError: unb64
+            raise _corrupted_key(key_path, str(e)) from None
         return cls(device_id, signing, exchange, path)
 
     @property
