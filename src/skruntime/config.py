@@ -618,7 +618,8 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
-def _read_capped(path: Path) -> bytes:
+def read_config_bytes(path: Path) -> bytes:
+    """The configuration file's bytes, refused unread above :data:`MAX_CONFIG_BYTES`."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -682,7 +683,7 @@ def load_config(
     ['resnet18']
     """
     path = Path(path)
-    raw = _read_capped(path)
+    raw = read_config_bytes(path)
     try:
         text = raw.decode("utf-8")
         doc = json.loads(

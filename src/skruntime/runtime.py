@@ -12,6 +12,7 @@ never imports torch: the ONNX path runs with only numpy, onnxruntime and cryptog
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from .config import (
     Config,
     InputSpec,
     load_config,
+    read_config_bytes,
     sha256_file,
 )
 from .errors import (
@@ -222,6 +224,15 @@ class SkRuntime:
             )
         from .licensing.client import LicenceClient  # imports httpx: only when licensing
 
+        raw = read_config_bytes(self.config_path)
+        try:
+            signed = json.loads(raw)
+            configuration = {"payload": signed["payload"], "signature": signed["signature"]}
+        except (ValueError, TypeError, KeyError):
+            raise ConfigurationError(
+                f"{self.config_path} changed after it was loaded and is no longer a "
+                "configuration file; create the runtime again."
+            ) from None
         return LicenceClient(
             server,
             state_dir=state_dir,
@@ -229,7 +240,8 @@ class SkRuntime:
             application=self.config.application,
             customer_id=self.config.customer.id,
             models=list(self.config.models),
-            config_sha256=sha256_file(self.config_path),
+            config_sha256=hashlib.sha256(raw).hexdigest(),
+            configuration=configuration,
             overlap_seconds=overlap_seconds,
             requested_inferences=requested_inferences,
             transport=transport,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class Protected:
     x: np.ndarray
     expected: np.ndarray
     kek_b64: str
+    public_key_b64: str
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,7 @@ def protected(module_workdir: Path) -> Protected:
         skprotect_cli, ["export-kek", "kek.b64", "--application-name", APPLICATION]
     )
     assert result.exit_code == 0, result.output
+    (public_key,) = re.findall(rf"public key of '{APPLICATION}': (\S+)", result.output)
     with torch.no_grad():
         expected = model(x).numpy()
     return Protected(
@@ -78,6 +82,7 @@ def protected(module_workdir: Path) -> Protected:
         x=x.numpy(),
         expected=expected,
         kek_b64=(module_workdir / "kek.b64").read_text().strip(),
+        public_key_b64=public_key,
     )
 
 
@@ -125,9 +130,12 @@ def live(settings, tokens, protected) -> Any:
         public_key = unb64(httpx.get(f"{server.url}/v1/public-key").json()["public_key"])
         admin = Admin(server.url, tokens["admin"])
         try:
-            created = admin.call(
-                "POST", "/applications", json={"name": APPLICATION, "kek": protected.kek_b64}
-            )
+            application = {
+                "name": APPLICATION,
+                "kek": protected.kek_b64,
+                "public_key": protected.public_key_b64,  # customers bound to the configuration
+            }
+            created = admin.call("POST", "/applications", json=application)
             assert created["has_kek"] is True
             yield Live(server, admin, public_key)
         finally:
@@ -154,6 +162,7 @@ def client(live: Live, protected: Protected, state: Path, **kwargs: Any) -> Any:
 
     config_path = protected.outputs / "skrpl"
     config = load_config(config_path)
+    signed = json.loads(config_path.read_text())
     return LicenceClient(
         live.url,
         state_dir=state,
@@ -162,6 +171,7 @@ def client(live: Live, protected: Protected, state: Path, **kwargs: Any) -> Any:
         customer_id=config.customer.id,
         models=list(config.models),
         config_sha256=sha256_file(config_path),
+        configuration={"payload": signed["payload"], "signature": signed["signature"]},
         **({"overlap_seconds": OVERLAP} | kwargs),
     )
 
@@ -235,6 +245,32 @@ def test_unknown_customer(live, protected, tmp_path) -> None:
     with pytest.raises(LicenceDeniedError) as info:
         run_once(live, protected, tmp_path / "device")
     assert info.value.reason == "unknown_customer"
+
+
+def test_files_of_one_customer_are_not_licensed_as_another(live, protected, tmp_path) -> None:
+    """A thief with customer 7's files, whose contract has ended, edits the configuration to
+    customer 8 and signs it with its own key: the runtime (not pinned to the vendor's key)
+    loads it, and the server refuses to license it as customer 8 or to charge customer 8."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from skruntime.config import load_config, write_config
+
+    ended = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
+    live.admin.customer(contract_end=ended)
+    live.admin.customer(id=CUSTOMER + 1, name="Other", inference_quota=100)
+    stolen = tmp_path / "stolen"
+    shutil.copytree(protected.outputs, stolen)
+    config = load_config(stolen / "skrpl")
+    forged = dataclasses.replace(config, customer=dataclasses.replace(config.customer, id=8))
+    write_config(stolen / "skrpl", forged, Ed25519PrivateKey.generate())
+    thief = dataclasses.replace(protected, outputs=stolen)
+    with pytest.raises(LicenceDeniedError) as info:
+        run_once(live, thief, tmp_path / "device")
+    assert info.value.reason == "customer_not_proven"
+    assert "licensed to customer 7, not customer 8" not in str(info.value)  # re-signed: no
+    assert "not signed by the registered key" in str(info.value)
+    assert live.admin.call("GET", f"/customers/{CUSTOMER + 1}")["inferences_granted"] == 0
+    assert live.admin.call("GET", "/devices") == []
 
 
 def test_too_many_devices(live, protected, tmp_path) -> None:

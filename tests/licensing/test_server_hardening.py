@@ -14,8 +14,8 @@ import sys
 import pytest
 from tests.licensing.server_helpers import FakeDevice, bearer, make_application, make_customer
 
-from sklicense.api.deps import MAX_DEVICE_BODY
 from sklicense.schemas import INT64_MAX, MAX_LICENCE_SECONDS
+from skruntime.licensing.protocol import MAX_DEVICE_BODY
 
 JUNK_SIGNATURE = {"X-SK-Signature": "AAAA", "Content-Type": "application/json"}
 

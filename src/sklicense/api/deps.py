@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sklicense import crud
 from sklicense.schemas import INT64_MAX
 from sklicense.settings import Settings
-from skruntime.licensing.protocol import SIGNATURE_HEADER, canonical_bytes
+from skruntime.licensing.protocol import MAX_DEVICE_BODY, SIGNATURE_HEADER, canonical_bytes
 
 
 def get_settings(request: Request) -> Settings:
@@ -51,9 +51,6 @@ SessionDep = Annotated[Session, Depends(get_session)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-MAX_DEVICE_BODY = 256 * 1024
-"""Bytes a device request may have: a licence request is about 1 KiB plus its configuration's
-signed payload (about 0.5 KiB per model), so about 500 models."""
 
 
 def _no_constant(name: str) -> None:

@@ -59,7 +59,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,38 @@ class _BadAnswer(_RenewalFailed):
         self.error = error
 
 
+def _checked_configuration(
+    configuration: Mapping[str, Any] | None, application: str, customer_id: int
+) -> dict[str, Any] | None:
+    """The signed configuration to send, refused here if the server would refuse it anyway:
+    not the application's or customer's it claims, or too large for a device request."""
+    if configuration is None:
+        return None
+    payload = configuration.get("payload") if isinstance(configuration, Mapping) else None
+    signature = configuration.get("signature") if isinstance(configuration, Mapping) else None
+    customer = payload.get("customer") if isinstance(payload, dict) else None
+    if not isinstance(signature, str) or not isinstance(customer, dict):
+        raise LicenceError(
+            "configuration must be the configuration file's {'payload', 'signature'} of a "
+            "platform version 2 configuration (it names the customer)."
+        )
+    if payload.get("application") != application or customer.get("id") != customer_id:
+        raise LicenceError(
+            f"The configuration names application {payload.get('application')!r} and customer "
+            f"{customer.get('id')!r}, not {application!r} and {customer_id!r}: it changed since "
+            "the runtime loaded it. Create the runtime again."
+        )
+    document = {"payload": payload, "signature": signature}
+    size = len(protocol.canonical_bytes(document))
+    if size > protocol.MAX_DEVICE_BODY - 4096:  # room for the request's other fields
+        raise LicenceError(
+            f"The configuration's signed payload is {size} bytes; a licence request may carry "
+            f"{protocol.MAX_DEVICE_BODY - 4096}. Split the application's models over several "
+            "applications."
+        )
+    return document
+
+
 class LicenceClient:
     """The licence client of one application on this device.
 
@@ -308,6 +340,10 @@ class LicenceClient:
         server_public_key: the server's raw 32-byte Ed25519 public key (pinned).
         application, customer_id, models, config_sha256: what the licence is requested for
             (from the signed configuration).
+        configuration: the configuration file's ``{"payload", "signature"}`` as the protector
+            wrote them, sent with every licence request: a server that knows the application's
+            public key licenses this device only as the customer it names (None: not sent,
+            for servers that take the customer id on trust).
         overlap_seconds: renew this long before expiry (default 30 days).
         timeout: seconds per HTTP request.
         clock: returns the current Unix time (tests).
@@ -327,6 +363,7 @@ class LicenceClient:
         customer_id: int,
         models: Sequence[str],
         config_sha256: str,
+        configuration: Mapping[str, Any] | None = None,
         overlap_seconds: float = DEFAULT_OVERLAP_S,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -364,6 +401,7 @@ class LicenceClient:
         self.customer_id = int(customer_id)
         self.models = list(models)
         self.config_sha256 = config_sha256
+        self.configuration = _checked_configuration(configuration, application, customer_id)
         self.overlap_seconds = overlap_seconds
         self.retry_seconds = retry_seconds
         self.persist_every = persist_every
@@ -599,6 +637,8 @@ class LicenceClient:
         }
         if self.requested_inferences is not None:  # leave quota for the customer's other devices
             body["requested_inferences"] = self.requested_inferences
+        if self.configuration is not None:  # the vendor's proof of the customer id
+            body["configuration"] = self.configuration
         response = self._post("/v1/licences", body)
         if response.status_code in (403, 429):
             denial = self._denial(response)

@@ -57,6 +57,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 SIGNATURE_HEADER = "X-SK-Signature"
 TIMESTAMP_WINDOW_S = 300
+MAX_DEVICE_BODY = 256 * 1024
+"""Bytes a device request may have: a licence request is about 1 KiB plus its configuration's
+signed payload (about 0.5 KiB per model), so about 500 models."""
 KEK_WRAP_INFO = b"skprotect-kek-wrap/v1"
 
 DENY_REASONS = (
@@ -104,9 +107,10 @@ def sign(body: Any, key: Ed25519PrivateKey) -> str:
 
 
 def verify(body: Any, signature: str, public_key: Ed25519PublicKey) -> bool:
-    """True when ``signature`` is a valid signature of ``body`` by ``public_key``."""
+    """True when ``signature`` is a valid signature of ``body`` by ``public_key`` (False, too,
+    for a body nested too deeply to serialise)."""
     try:
         public_key.verify(unb64(signature), canonical_bytes(body))
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, RecursionError):
         return False
     return True
