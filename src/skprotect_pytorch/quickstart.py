@@ -8,6 +8,7 @@ provisioned, and the runtime runs the licensed model, its key released by the li
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,7 +210,12 @@ def run_licensed(model: nn.Module, data: Dataset) -> LicensedRun:
         sessions = db.session_factory(settings.database_url)
         with sessions.begin() as session:
             crud.create_application(
-                session, LICENSED_APPLICATION, protector.state.kek, "quickstart"
+                session,
+                LICENSED_APPLICATION,
+                protector.state.kek,
+                "quickstart",
+                # devices are licensed only as the customer their signed configuration names
+                public_key=base64.b64encode(protector.state.public_key_bytes).decode("ascii"),
             )
             crud.create_customer(
                 session,
