@@ -30,7 +30,7 @@ from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
 
 from .configuration import add_model, migrated_config
 from .customer import Customer
-from .errors import ExportError, InvalidArgumentError, VerificationError
+from .errors import ExportError, InvalidArgumentError
 from .export import build_export_options, cuda_available, get_exporter, verify_artifact
 from .export.base import first_line
 from .export.options import ExportOptions
@@ -38,6 +38,8 @@ from .formats import ExportFormat, ExportPlatform, FormatGroup
 from .lock import LockedModel, lock_model
 from .lock.context import LockSettings
 from .lock.coverage import PlaintextWeight
+from .lock.diagnose import eager_failure, mismatch_error
+from .lock.preflight import check_lockable, copy_model
 from .logs import get_logger
 from .platforms import write_platform_keys
 from .progress import console, step
@@ -421,15 +423,14 @@ def _run_group(
         )
     static_key = locked.layout.static_key()
     key_tensor = torch.from_numpy(static_key)
-    with torch.no_grad():
-        eager = _as_numpy(locked.keyed(*request.input_tensors, key_tensor))
+    try:
+        with torch.no_grad():
+            eager = _as_numpy(locked.keyed(*request.input_tensors, key_tensor))
+    except Exception as err:  # the original ran on these inputs: the lock broke its forward
+        raise eager_failure(name, locked.keyed.model, err) from err
     eager_err = _rel_diff(eager, expected)
     if eager_err > 1e-4:
-        raise VerificationError(
-            f"The locked model of '{name}' differs from the original by {eager_err:.2e} "
-            "(relative) before export. The model probably reads a layer's weights outside its "
-            "forward(); exclude that layer with layer_filter. See the log for details."
-        )
+        raise mismatch_error(name, reference, eager_err)
     inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
     zero_key = np.zeros_like(static_key)
     other = other_sizes if device == "cpu" else None  # the GPU group: the example size only
@@ -515,6 +516,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     """Lock, export, verify and commit; see the module docstring."""
     start = time.perf_counter()
     logger = get_logger()
+    check_lockable(request.model)  # before any work: not float32, pruned, legacy weight norm
     _precheck_config(request)
     options = build_export_options(
         request.input_tensors,
@@ -532,7 +534,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     )
     formats = _selected_formats(request, result)
     console.print(f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}")
-    reference = copy.deepcopy(request.model).eval()
+    reference = copy_model(request.model).eval()
     expected = _run_reference(reference, request.input_tensors)
     options = _complete_output_names(options, len(expected))
     other_sizes = _check_other_sizes(reference, request, options)

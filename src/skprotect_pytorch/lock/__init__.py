@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ from .context import KeySlots, LockContext, LockSettings
 from .coverage import PlaintextWeight, plaintext_weights
 from .key_layout import KeyLayout
 from .keyed_model import KeyedModel
+from .preflight import check_lockable, copy_model
 from .registry import find_locker, supported_layer_types
 
 LayerFilter = Callable[[str, nn.Module], bool]
@@ -73,8 +73,13 @@ def lock_model(
     settings: LockSettings | None = None,
     public_seed: str = "",
 ) -> LockedModel:
-    """Return a locked deep copy of ``model``; the user's model object is never modified."""
-    work = copy.deepcopy(model)  # keeps the modules' train/eval modes
+    """Return a locked deep copy of ``model``; the user's model object is never modified.
+
+    A model the lock cannot take (not float32, pruned, legacy weight norm) is refused first
+    with :class:`InvalidArgumentError` (:mod:`.preflight`).
+    """
+    check_lockable(model)
+    work = copy_model(model)  # keeps the modules' train/eval modes
     folded = fold_batchnorms(work)  # only eval-mode BatchNorms are folded
     slots = KeySlots()
     ctx = LockContext(

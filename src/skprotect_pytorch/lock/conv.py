@@ -8,7 +8,6 @@ channels first (:func:`unfold_taps`), so that the mixing and the key reach the t
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -19,6 +18,25 @@ from .context import LockContext
 from .registry import register_locker
 
 ConvLike = nn.Conv1d | nn.Conv2d | nn.ConvTranspose1d | nn.ConvTranspose2d
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+
+def _base_type(module: ConvLike) -> type[ConvLike]:
+    """``module``'s torch conv type.  New convs are built of it, never of the module's own
+    class: a subclass may have another ``__init__``, and a parametrized layer's class holds its
+    weight as a property that cannot be assigned."""
+    return next(t for t in type(module).__mro__ if t in _CONV_TYPES)
+
+
+def _plain_conv(module: ConvLike, groups: int) -> ConvLike:
+    """A conv like ``module`` but with ``groups``; weight and bias are still to be assigned."""
+    base = _base_type(module)
+    kwargs = {"output_padding": module.output_padding} if module.transposed else {}
+    return base(
+        module.in_channels, module.out_channels, module.kernel_size, module.stride,
+        module.padding, dilation=module.dilation, groups=groups, bias=module.bias is not None,
+        padding_mode=module.padding_mode, device="meta", dtype=module.weight.dtype, **kwargs,
+    )  # fmt: skip
 
 
 def to_channel_matrix(module: ConvLike, weight: torch.Tensor) -> torch.Tensor:
@@ -66,15 +84,14 @@ def unfold_taps(module: nn.Conv1d | nn.Conv2d) -> tuple[nn.Module, nn.Module]:
     c, o, kernel = module.in_channels, module.out_channels, module.kernel_size
     taps, ones = math.prod(kernel), (1,) * len(kernel)
     w = module.weight.detach()
-    unfold = type(module)(
+    base = _base_type(module)
+    unfold = base(
         c, c * taps, kernel, module.stride, module.padding, module.dilation, groups=c,
-        bias=False, padding_mode=module.padding_mode, device=w.device, dtype=w.dtype,
+        bias=False, padding_mode=module.padding_mode, device="meta", dtype=w.dtype,
     )  # fmt: skip
     one_hot = torch.eye(taps, dtype=w.dtype, device=w.device).reshape(taps, 1, *kernel)
     unfold.weight = nn.Parameter(one_hot.repeat(c, 1, *ones), requires_grad=False)
-    point = type(module)(
-        c * taps, o, 1, bias=module.bias is not None, device=w.device, dtype=w.dtype
-    )
+    point = base(c * taps, o, 1, bias=module.bias is not None, device="meta", dtype=w.dtype)
     point.weight = nn.Parameter(w.reshape(o, c * taps, *ones).clone(), requires_grad=False)
     if module.bias is not None:
         point.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
@@ -93,16 +110,57 @@ def _unfolds(module: ConvLike, ctx: LockContext) -> bool:
     )
 
 
+class _Copied:
+    """A read-only copy of one of the replaced layer's hyper-parameters, for model code that
+    reads them (``self.conv.out_channels``); the locked layer's own math does not use them."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: LockedConv | None, owner: type | None = None):
+        return self if obj is None else obj.source_attributes[self.name]
+
+    def __set__(self, obj: LockedConv, value: object) -> None:
+        raise AttributeError(f"{self.name} of a locked conv is a read-only copy of the original's")
+
+
 class LockedConv(nn.Module):
     """A conv (or transposed conv) with locked weights between key ops on the channel axis;
-    ``unfold`` (public, or ``None``) first turns the input's taps into channels."""
+    ``unfold`` (public, or ``None``) first turns the input's taps into channels.
 
-    def __init__(self, conv: ConvLike, ops: ChannelOps, unfold: nn.Module | None = None) -> None:
+    It keeps the original layer's public hyper-parameters (``in_channels`` … ``padding_mode``)
+    as read-only copies.  ``weight`` and ``bias`` are the *locked* tensors: their dtype and
+    device are the original's, their values (and, after an unfold, the weight's shape) are not.
+    """
+
+    in_channels = _Copied()
+    out_channels = _Copied()
+    kernel_size = _Copied()
+    stride = _Copied()
+    padding = _Copied()
+    dilation = _Copied()
+    groups = _Copied()
+    padding_mode = _Copied()
+    output_padding = _Copied()
+    transposed = _Copied()
+
+    def __init__(
+        self, source: ConvLike, conv: ConvLike, ops: ChannelOps, unfold: nn.Module | None = None
+    ) -> None:
         super().__init__()
+        self.source_attributes = {n: getattr(source, n) for n in _COPIED}
         self.unfold = unfold
         self.conv = conv
         self.ops = ops
         self.spatial_dims = len(conv.kernel_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.conv.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.conv.bias
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.unfold is not None:
@@ -112,20 +170,22 @@ class LockedConv(nn.Module):
         return self.ops.leave(z, axis)
 
 
+_COPIED = tuple(n for n, v in vars(LockedConv).items() if isinstance(v, _Copied))
+
+
 @register_locker(nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 def lock_conv(name: str, module: ConvLike, ctx: LockContext) -> LockedConv:
-    unfold = None
+    source, unfold = module, None
     if _unfolds(module, ctx):
         unfold, module = unfold_taps(module)
     a = to_channel_matrix(module, module.weight.detach())
     factor = _merge_factor(module.groups, a.shape[2], ctx.settings.min_group_channels)
     if factor > 1:
         a = merge_groups(a, factor)
-    conv = copy.deepcopy(module)
-    conv.groups = module.groups // factor
+    conv = _plain_conv(module, module.groups // factor)
     plan = plan_channels(ctx, name, conv.groups, a.shape[1], a.shape[2], mix_both=factor > 1)
     weight = from_channel_matrix(conv, lock_matrix(a, plan))
     conv.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     if module.bias is not None:
         conv.bias = nn.Parameter(lock_bias(module.bias, plan), requires_grad=False)
-    return LockedConv(conv, ChannelOps(plan, ctx), unfold)
+    return LockedConv(source, conv, ChannelOps(plan, ctx), unfold)

@@ -268,6 +268,8 @@ class _LockedRecurrentLayer(nn.Module):
 class LockedRNNBase(nn.Module):
     """Locked ``nn.LSTM`` / ``nn.GRU``: same call signature and outputs as the original layer.
 
+    The original's hyper-parameters (``input_size``, ``hidden_size``, ``num_layers``, ``bias``,
+    ``batch_first``, ``bidirectional``, ``proj_size``, ``dropout``) are kept as attributes.
     Attributes ``loop_mechanisms`` and ``unrolled_backends`` say how the time loop is recorded
     on each backend (see the module docstring); the sequence length stays dynamic everywhere.
     """
@@ -286,8 +288,14 @@ class LockedRNNBase(nn.Module):
         self.batch_first = module.batch_first
         self.bidirectional = module.bidirectional
         self.proj_size = getattr(module, "proj_size", 0)
+        self.dropout = module.dropout
         self.num_directions = 2 if module.bidirectional else 1
         self.layers = nn.ModuleList(layers)
+
+    def flatten_parameters(self) -> None:
+        """A no-op, kept so that model code calling ``self.rnn.flatten_parameters()`` (usual
+        before a cuDNN or DataParallel run) still works: the locked layer holds no fused cuDNN
+        weight buffer to compact."""
 
     @property
     def _h_out(self) -> int:

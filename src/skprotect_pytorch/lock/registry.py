@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Protocol
 
@@ -35,19 +37,72 @@ def supported_layer_types() -> tuple[type[nn.Module], ...]:
     return tuple(_LOCKERS)
 
 
+def _module_attr(name: str) -> object:
+    return inspect.getattr_static(nn.Module, name, None)
+
+
+@functools.cache
+def _forward_path(base: type[nn.Module]) -> tuple[str, ...]:
+    """``forward`` and the methods and properties of ``base`` that it calls, transitively (by
+    the attribute names their code uses), less ``nn.Module``'s own: what a subclass must keep
+    for the lock to hold."""
+    found: list[str] = []
+    todo = ["forward"]
+    while todo:
+        name = todo.pop()
+        attr = inspect.getattr_static(base, name, None)
+        fn = attr.fget if isinstance(attr, property) else getattr(attr, "__func__", attr)
+        if name in found or not inspect.isfunction(fn) or attr is _module_attr(name):
+            continue
+        found.append(name)
+        todo.extend(fn.__code__.co_names)
+    return tuple(found)
+
+
+def _overridden(module: nn.Module, base: type[nn.Module]) -> list[str]:
+    """The names of :func:`_forward_path` that ``module``'s class replaces."""
+    cls = type(module)
+    return [
+        n
+        for n in _forward_path(base)
+        if inspect.getattr_static(cls, n, None) is not inspect.getattr_static(base, n, None)
+    ]
+
+
 def find_locker(module: nn.Module) -> Locker | None:
     """The locker for ``module``'s type, or ``None`` if the type is not supported.
 
-    Subclasses of a supported type are accepted only when they keep its ``forward``: a subclass
-    with its own forward may compute something the locker cannot reproduce.
+    The locker reproduces the base type's own ``forward``; a layer whose call does something
+    else is refused with :class:`UnsupportedLayerError` (the caller reports it as skipped):
+    a subclass that overrides ``forward`` or a method it calls (a ``Conv2d`` with its own
+    ``_conv_forward``), or a layer with forward hooks or pre-hooks, which the locked
+    replacement would silently drop.
     """
     for t in type(module).__mro__:
-        if t in _LOCKERS:
-            if type(module).forward is not t.forward:
-                raise UnsupportedLayerError(
-                    f"{type(module).__name__} subclasses {t.__name__} but overrides forward(); "
-                    f"only {', '.join(x.__name__ for x in _LOCKERS)} with their own forward are "
-                    "supported. Exclude it with layer_filter."
-                )
-            return _LOCKERS[t]
+        if t not in _LOCKERS:
+            continue
+        kind = type(module).__name__
+        overridden = _overridden(module, t)
+        if overridden:
+            methods = ", ".join(f"{n}()" for n in overridden)
+            raise UnsupportedLayerError(
+                f"{kind} subclasses {t.__name__} but overrides {methods}, which the locked "
+                "layer cannot reproduce; the layer is left unlocked. Only the forward() of "
+                f"{', '.join(x.__name__ for x in _LOCKERS)} and the methods it calls are "
+                "locked: keep them in subclasses to lock them."
+            )
+        hooks = [
+            label
+            for label, registered in (
+                ("forward hooks", module._forward_hooks),
+                ("forward pre-hooks", module._forward_pre_hooks),
+            )
+            if registered
+        ]
+        if hooks:
+            raise UnsupportedLayerError(
+                f"{kind} has {' and '.join(hooks)}, which the locked layer would not run; the "
+                "layer is left unlocked so that they still do. Remove the hooks to lock it."
+            )
+        return _LOCKERS[t]
     return None

@@ -1,0 +1,87 @@
+"""Why a locked model fails or differs where the original works, said in terms of the user's
+model (which layer, which attribute) and with what to do, for the protector's first eager run.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import SkProtectError, UnsupportedLayerError, VerificationError
+from ..export.base import first_line
+
+_LOCK_PACKAGE = __name__.rpartition(".")[0]
+
+
+def _missing_attribute(err: AttributeError, root: nn.Module) -> tuple[str, nn.Module, str] | None:
+    """``(layer name, locked layer, attribute)`` when ``err`` was raised by the
+    ``nn.Module.__getattr__`` of a locked replacement inside ``root``, else ``None``."""
+    names = {id(m): n for n, m in root.named_modules()}
+    found = None
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if (
+            frame.f_code.co_name == "__getattr__"
+            and id(owner) in names
+            and type(owner).__module__.startswith(_LOCK_PACKAGE)
+        ):
+            found = names[id(owner)], owner, str(frame.f_locals.get("name", "?"))
+        tb = tb.tb_next
+    return found
+
+
+def eager_failure(model_name: str, root: nn.Module, err: Exception) -> SkProtectError:
+    """The error to raise when the locked model ``root`` raised ``err`` on inputs on which the
+    original ran: our own errors as they are, anything else as an
+    :class:`UnsupportedLayerError` naming the layer and attribute when it can."""
+    if isinstance(err, SkProtectError):
+        return err
+    if isinstance(err, AttributeError):
+        found = _missing_attribute(err, root)
+        if found is not None:
+            name, layer, attribute = found
+            label = f"layer '{name}'" if name else "the model itself"
+            return UnsupportedLayerError(
+                f"The forward() of '{model_name}' uses attribute '{attribute}' of {label}, "
+                f"which the locked layer ({type(layer).__name__}) does not have. Exclude that "
+                f"layer with layer_filter (e.g. lambda name, module: name != '{name}'), or "
+                "change forward() to only call the layer."
+            )
+    return UnsupportedLayerError(
+        f"The locked model of '{model_name}' fails on input_tensors where the original runs "
+        f"({first_line(err)}). Its forward() probably uses a locked layer other than by calling "
+        "it (reads its attributes or weights, or calls its methods); exclude that layer with "
+        "layer_filter (docs/api.md, Supported layers)."
+    )
+
+
+def _nested_tensor_encoders(model: nn.Module) -> list[str]:
+    """The ``nn.TransformerEncoder`` layers that take torch's nested-tensor path in eval mode."""
+    return [
+        name or "<model>"
+        for name, module in model.named_modules()
+        if isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor", False)
+    ]
+
+
+def mismatch_error(model_name: str, original: nn.Module, rel_diff: float) -> VerificationError:
+    """The error for a locked model whose eager outputs differ from the original's."""
+    head = (
+        f"The locked model of '{model_name}' differs from the original by {rel_diff:.2e} "
+        "(relative) before export."
+    )
+    encoders = _nested_tensor_encoders(original)
+    if encoders:
+        return VerificationError(
+            f"{head} Its nn.TransformerEncoder {', '.join(encoders)} was built with "
+            "enable_nested_tensor=True: given a src_key_padding_mask in eval mode, torch runs it "
+            "on nested tensors and returns zeros at the padded positions, which the locked model "
+            "(it cannot use torch's fused fast path) does not. Build the encoder with "
+            "enable_nested_tensor=False (the outputs at real tokens are unchanged) and protect "
+            "again."
+        )
+    return VerificationError(
+        f"{head} The model probably reads a layer's weights outside its forward(); exclude that "
+        "layer with layer_filter. See the log for details."
+    )

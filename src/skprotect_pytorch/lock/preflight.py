@@ -1,0 +1,96 @@
+"""Checks made before a model is copied and locked: what the lock cannot take is refused up
+front with what to do, instead of failing later deep inside torch.
+
+- Hook-based reparametrisations (``torch.nn.utils.prune``, the legacy
+  ``torch.nn.utils.weight_norm``) keep a computed, non-leaf tensor as the layer's weight, which
+  ``copy.deepcopy`` cannot copy; the user makes them permanent first.
+- The lock works in float32 (its mixing blocks, key decoder and scales are float32, and so are
+  the runtime's key vectors): a float64/float16/bfloat16 supported layer is refused rather than
+  silently converted, since that would change the model's outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+from torch.nn.utils.weight_norm import WeightNorm
+
+from ..errors import InvalidArgumentError
+from .registry import supported_layer_types
+
+
+def _reparametrisation_error(name: str, module: nn.Module) -> InvalidArgumentError | None:
+    """The error for a layer whose weight a pruning or legacy weight-norm hook recomputes."""
+    label = f"'{name}' ({type(module).__name__})" if name else type(module).__name__
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod):
+            tensor = getattr(hook, "_tensor_name", "weight")
+            return InvalidArgumentError(
+                f"Layer {label} is pruned with torch.nn.utils.prune: its '{tensor}' is "
+                f"recomputed from '{tensor}_orig' and '{tensor}_mask' by a hook, which cannot be "
+                f"copied or locked. Make the pruning permanent first with "
+                f"torch.nn.utils.prune.remove(module, '{tensor}') for every pruned parameter, "
+                "then protect."
+            )
+        if isinstance(hook, WeightNorm):
+            return InvalidArgumentError(
+                f"Layer {label} uses the legacy torch.nn.utils.weight_norm on '{hook.name}', "
+                "whose hook-computed weight cannot be copied or locked. Build the layer with "
+                "torch.nn.utils.parametrizations.weight_norm instead, or fold the norm into a "
+                "plain weight with torch.nn.utils.remove_weight_norm(module), then protect."
+            )
+    return None
+
+
+def _wrong_dtypes(model: nn.Module) -> list[str]:
+    """``"name (Type, dtype)"`` for every supported layer with non-float32 floating tensors."""
+    found, layers = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, supported_layer_types()) or any(
+            layer == "" or name.startswith(f"{layer}.") for layer in layers
+        ):
+            continue  # not a layer to lock, or part of one (MultiheadAttention.out_proj)
+        layers.append(name)
+        dtypes = {
+            t.dtype
+            for t in (*module.parameters(), *module.buffers())
+            if t.is_floating_point() and t.dtype != torch.float32
+        }
+        if dtypes:
+            kinds = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+            found.append(f"{name or '<model>'} ({type(module).__name__}, {kinds})")
+    return found
+
+
+def check_lockable(model: nn.Module) -> None:
+    """Raise :class:`InvalidArgumentError` if ``model`` cannot be copied or locked as it is."""
+    for name, module in model.named_modules():
+        error = _reparametrisation_error(name, module)
+        if error is not None:
+            raise error
+    wrong = _wrong_dtypes(model)
+    if wrong:
+        raise InvalidArgumentError(
+            f"The lock works in float32, but {len(wrong)} layer(s) to lock are not float32: "
+            f"{'; '.join(wrong)}. Convert the model with model.float() and pass float32 "
+            "input_tensors; the protected model then computes in float32 and returns float32 "
+            "outputs."
+        )
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``; a model that cannot be copied is an input error that says why,
+    not a traceback from inside ``copy`` (call :func:`check_lockable` first for the usual
+    causes, said more precisely)."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as err:
+        raise InvalidArgumentError(
+            f"The model cannot be copied with copy.deepcopy ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); the protector never modifies "
+            "your model, so it locks a copy. Keep only parameters, buffers and plain attributes "
+            "on the modules (no tensors computed from parameters, e.g. by hooks), then protect."
+        ) from err
