@@ -204,3 +204,37 @@ def test_wrong_example_input_count_is_rejected(tmp_path):
         InvalidArgumentError, match=r"needs 2 example tensor\(s\) \(x, key_vector\)"
     ):
         EXPORTER.export(Toy(), (x,), tmp_path / "m.onnx", opts, with_key=True)
+
+
+class _LastStep(nn.Module):
+    """An LSTM classifier: the model whose Dynamo guards leaked from one export to the next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(6, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def test_a_fixed_batch_export_does_not_break_a_later_dynamic_one(tmp_path):
+    """Exporting a locked LSTM with a fixed batch left Dynamo guards that failed a later
+    dynamic-batch export in the same process (``2 != N``): each export traces afresh."""
+    torch.manual_seed(0)
+    locked = lock_model(
+        _LastStep().eval(), layer_filter=lambda n, m: True, secret_rng=np.random.default_rng(0)
+    )
+    key = torch.from_numpy(locked.layout.static_key())
+    x = torch.randn(2, 5, 6)
+    params = {"input_names": ["x"], "output_names": ["y"]}
+    fixed = build_export_options([x], params, None)
+    EXPORTER.export(locked.keyed, (x, key), tmp_path / "fixed.onnx", fixed, with_key=True)
+    dynamic = build_export_options([x], params, ({0: Dim("batch")},))
+    path = tmp_path / "dynamic.onnx"
+    report = EXPORTER.export(locked.keyed, (x, key), path, dynamic, with_key=True)
+    assert report.exporter.startswith("torch.onnx dynamo=True")  # not the legacy fallback
+    x4 = torch.randn(4, 5, 6)
+    with torch.no_grad():
+        expected = [locked.keyed(x4, key).numpy()]
+    assert verify_artifact(EXPORTER, path, dynamic, [x4.numpy(), key.numpy()], expected) < 1e-5

@@ -184,6 +184,20 @@ def quiet_upstream_warnings() -> Iterator[None]:
         registration.setLevel(level)
 
 
+@contextlib.contextmanager
+def isolated_traces() -> Iterator[None]:
+    """Run a ``torch.export``-based export with Dynamo's caches cleared before and after.
+    Guards of an earlier export in the same process (another model, or one with a fixed
+    batch) were reused and failed the next one: a locked LSTM exported with a fixed batch made
+    a later dynamic-batch export fail on a guard ``2 != N``. Clearing after, too, leaves none
+    of ours to the user's own exports."""
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        torch._dynamo.reset()
+
+
 def first_line(err: BaseException) -> str:
     """``Type: first line of the message``, then the same for its cause (exporters wrap errors)."""
     parts = []

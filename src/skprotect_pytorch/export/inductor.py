@@ -33,6 +33,7 @@ from .base import (
     Runner,
     first_line,
     flatten_outputs,
+    isolated_traces,
     quiet_upstream_warnings,
     register_exporter,
     require_cuda,
@@ -63,7 +64,7 @@ class InductorExporter(DeviceExporter):
         start = time.perf_counter()
         try:
             shapes = signature_dynamic_shapes(module, options.export_dynamic_shapes(with_key))
-            with quiet_upstream_warnings(), torch.no_grad():
+            with isolated_traces(), quiet_upstream_warnings(), torch.no_grad():
                 program = torch.export.export(module.eval(), args, dynamic_shapes=shapes)
         except Exception as err:
             raise ExportError(

@@ -9,6 +9,7 @@ Weights are always stored inside the file (no external-data side file).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -29,6 +30,7 @@ from .base import (
     check_example_inputs,
     collect_warnings,
     first_line,
+    isolated_traces,
     quiet_upstream_warnings,
     register_exporter,
     signature_dynamic_shapes,
@@ -60,7 +62,7 @@ def _torch_onnx_export(
         kwargs["external_data"] = False
     else:
         kwargs["dynamic_axes"] = options.onnx_dynamic_axes()
-    with quiet_upstream_warnings():
+    with isolated_traces() if dynamo else contextlib.nullcontext(), quiet_upstream_warnings():
         torch.onnx.export(module, args, str(f), **kwargs)
 
 
