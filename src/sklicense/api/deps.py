@@ -51,8 +51,6 @@ SessionDep = Annotated[Session, Depends(get_session)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-
-
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
