@@ -30,9 +30,9 @@ from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
 
 from .configuration import add_model, migrated_config
 from .customer import Customer
-from .errors import ExportError, InvalidArgumentError
+from .errors import ExportError, InvalidArgumentError, SkProtectError
 from .export import build_export_options, cuda_available, get_exporter, verify_artifact
-from .export.base import first_line
+from .export.base import Exporter, first_line
 from .export.options import ExportOptions
 from .formats import ExportFormat, ExportPlatform, FormatGroup
 from .lock import LockedModel, lock_model
@@ -44,6 +44,7 @@ from .logs import get_logger
 from .platforms import write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
+from .shared_files import OtherPlatform
 from .state import ProtectionState
 
 KEY_EPOCH = 0
@@ -307,6 +308,7 @@ class _Staging:
                 "where outputs/ can be created and written, with space left."
             ) from err
         self.moved: list[tuple[Path, Path | None]] = []  # (final path, backup or None)
+        self.kept: set[str] = set()  # files in place that stay as they are (never retired)
 
     def path(self, relative: str) -> Path:
         p = self.root / relative
@@ -316,13 +318,18 @@ class _Staging:
     def final(self, staged: Path) -> Path:
         return self.outputs_dir / staged.relative_to(self.root)
 
+    def keep_final(self, staged: Path) -> None:
+        """Drop ``staged``: the file already in place at its final path is kept instead."""
+        self.kept.add(str(staged.relative_to(self.root)))
+        staged.unlink()
+
     def commit_files(self, retire: Iterable[str] = ()) -> None:
         """Move the staged files into place, and those of ``retire`` (paths relative to the
         outputs folder) that were not written again out of it; every replaced or retired file
         is kept for a rollback."""
         backup_dir = self.root.with_name(self.root.name + "-backup")
         staged_files = sorted(p for p in self.root.rglob("*") if p.is_file())
-        written = {str(p.relative_to(self.root)) for p in staged_files}
+        written = {str(p.relative_to(self.root)) for p in staged_files} | self.kept
         for staged in staged_files:
             final = self.final(staged)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -386,6 +393,21 @@ def _describe_inputs(options: ExportOptions, tensors: list[torch.Tensor]) -> lis
     return described
 
 
+def _reproduces(
+    exporter: Exporter,
+    path: Path,
+    options: ExportOptions,
+    checks: list[tuple[list[np.ndarray], list[np.ndarray]]],
+) -> bool:
+    """Whether the artifact at ``path`` computes every check's outputs from its inputs."""
+    try:
+        for inputs, outputs in checks:
+            verify_artifact(exporter, path, options, inputs, outputs)
+    except SkProtectError:
+        return False
+    return True
+
+
 def _run_group(
     request: ProtectRequest,
     state: ProtectionState,
@@ -398,6 +420,7 @@ def _run_group(
     staging: _Staging,
     layer_filter: Callable[[str, nn.Module], bool],
     result: ProtectionResult,
+    other_platform: OtherPlatform | None,
 ) -> tuple[LockedModel, dict[str, FormatEntry], dict[str, str]]:
     logger = get_logger()
     name = request.model_name
@@ -451,12 +474,22 @@ def _run_group(
             start = time.perf_counter()
             with step(f"Exporting '{name}' to {fmt.name}"):
                 report = exporter.export(keyed, example, path, options, with_key=True)
+            checks = [([*inputs_np, static_key], expected)]
+            if other is not None:  # the dynamic axes: the artifact at another size too
+                checks.append(([*other[0], static_key], other[1]))
             with step(f"Verifying {fmt.name} artifact"):
-                err = verify_artifact(exporter, path, options, [*inputs_np, static_key], expected)
+                err = verify_artifact(exporter, path, options, *checks[0])
                 run = exporter.load(path, options)
                 no_key = _rel_diff(run([*inputs_np, zero_key]), expected)
-                if other is not None:  # the dynamic axes: the artifact at another size too
-                    verify_artifact(exporter, path, options, [*other[0], static_key], other[1])
+                for inputs, outputs in checks[1:]:
+                    verify_artifact(exporter, path, options, inputs, outputs)
+            relative = f"{group_dir}/{path.name}"
+            if other_platform is not None and other_platform.ships(relative, staging.final(path)):
+                if _reproduces(exporter, staging.final(path), options, checks):
+                    staging.keep_final(path)  # the other platform's file: this model, this key
+                    path = staging.final(path)
+                else:
+                    other_platform.warn_replaced(relative, name)
             seconds = time.perf_counter() - start
             logger.info(
                 "%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
@@ -469,7 +502,7 @@ def _run_group(
             result.formats[fmt.slug] = FormatResult(
                 format=fmt.slug,
                 group=group.value,
-                path=staging.final(path),
+                path=request.outputs_dir / relative,
                 key_length=locked.layout.length,
                 max_rel_error=err,
                 no_key_rel_diff=no_key,
@@ -479,7 +512,7 @@ def _run_group(
             hashes[fmt.slug] = sha256_file(path)
             entries[fmt.slug] = FormatEntry(
                 group=group.value,
-                file=f"{group_dir}/{path.name}",
+                file=relative,
                 key_files=[],
                 sha256=hashes[fmt.slug] if request.platform_version >= 1 else None,
             )
@@ -550,6 +583,15 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     by_group: dict[FormatGroup, list[ExportFormat]] = {}
     for fmt in formats:
         by_group.setdefault(fmt.group, []).append(fmt)
+    other_platform = OtherPlatform.of(request.outputs_dir, request.platform, request.model_name)
+    writes_txt_keys = request.platform is ExportPlatform.TXT or request.test_key
+    if other_platform is not None and writes_txt_keys:
+        other_platform.refuse_key_clash(
+            request.outputs_dir,
+            request.model_name,
+            [group.value for group in by_group],
+            static=request.test_key,
+        )
     staging = _Staging(request.outputs_dir)
     try:
         format_entries: dict[str, FormatEntry] = {}
@@ -567,6 +609,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
                 staging,
                 layer_filter,
                 result,
+                other_platform,
             )
             result.layers = locked.layers
             result.folded_batchnorms = locked.folded_batchnorms

@@ -50,7 +50,13 @@ def write_platform_keys(
     extra = []
     if test_key:  # test keys are meant to be fed by hand, next to the encrypted ones
         extra = write_txt_keys(
-            folder, model_name, static_key, layout.spec(), test_key=True, rng=rng
+            folder,
+            model_name,
+            static_key,
+            layout.spec(),
+            test_key=True,
+            rng=rng,
+            model_sha256=list(model_hashes.values()),
         )
     for slug, digest in model_hashes.items():
         path = folder / mev_filename(model_name, slug)

@@ -1,0 +1,108 @@
+"""Files the other platform's configuration lists: both platforms write a format group's model
+file to the same path, so a protection for one must not silently break the other's deployment.
+
+TorchScript and AOTInductor files are never byte-identical from one export to the next, so
+protecting a model for the second platform used to rewrite them and leave the first platform's
+configuration refusing its own files (``IntegrityError``). Now an existing file that the other
+platform ships is kept when it still computes this protection's model with this protection's
+key (the same model version: the key depends on the application, model and group only); a
+file of another version is replaced with a warning that names what to protect again.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from skruntime.config import CONFIG_FILENAMES, load_config, sha256_file
+from skruntime.errors import SkProtectError
+from skruntime.keyfile import key_params_filename, key_txt_filename
+
+from .errors import InvalidArgumentError
+from .formats import ExportPlatform
+from .logs import get_logger
+
+
+@dataclass(frozen=True)
+class OtherPlatform:
+    """The other platform's files of one model: model files with their recorded SHA-256, and
+    key files (paths relative to the application's outputs folder)."""
+
+    platform: ExportPlatform
+    model_files: dict[str, str | None]
+    key_files: frozenset[str]
+
+    @classmethod
+    def of(
+        cls, outputs_dir: Path, platform: ExportPlatform, model_name: str
+    ) -> OtherPlatform | None:
+        """The other platform's entry of ``model_name``; None when it has no readable one
+        (nothing of it to keep: an unreadable file is reported by its own runtime)."""
+        other = next(p for p in ExportPlatform if p is not platform)
+        path = outputs_dir / CONFIG_FILENAMES[other.value]
+        if not path.is_file():
+            return None
+        try:
+            entry = load_config(path).models.get(model_name)
+        except SkProtectError:
+            return None
+        if entry is None:
+            return None
+        return cls(
+            other,
+            {f.file: f.sha256 for f in entry.formats.values()},
+            frozenset(k for f in entry.formats.values() for k in f.key_files),
+        )
+
+    def refuse_key_clash(
+        self, outputs_dir: Path, model_name: str, groups: list[str], static: bool
+    ) -> None:
+        """Refuse to write TXT key files (``static``: a test key, else key shares) where the
+        other platform's configuration lists TXT key files of the other kind: a LINUX test
+        key written over a TXT deployment's shares would silently turn its key into the plain
+        key, and TXT shares over a LINUX test key would break that test. The same kind is the
+        same key (it depends on the application, model and group only)."""
+        clash = sorted(
+            f"{model_name}/{group}/{key_txt_filename(model_name)}"
+            for group in groups
+            if f"{model_name}/{group}/{key_params_filename(model_name)}" in self.key_files
+            and _holds_test_key(outputs_dir / model_name / group, model_name) != static
+        )
+        if not clash:
+            return
+        theirs = "key shares" if static else "static test key"
+        ours = "the static test key" if static else "key shares"
+        raise InvalidArgumentError(
+            f"This protection writes {ours} as {', '.join(clash)}, where the "
+            f"{self.platform.value} configuration of this application keeps the {theirs} of "
+            f"model '{model_name}': that deployment would silently get the other kind of key. "
+            "Protect one of the two into another application_name, or both with the same "
+            "test_key."
+        )
+
+    def ships(self, relative: str, final: Path) -> bool:
+        """Whether ``final`` is the other platform's model file as its configuration records
+        it (so that replacing it would break that deployment)."""
+        digest = self.model_files.get(relative)
+        return digest is not None and final.is_file() and sha256_file(final) == digest
+
+    def warn_replaced(self, relative: str, model_name: str) -> None:
+        message = (
+            f"{relative} was the {self.platform.value} deployment's file of another version of "
+            f"'{model_name}' and now holds this one: the {self.platform.value} configuration "
+            f"refuses it (IntegrityError) until '{model_name}' is protected for "
+            f"{self.platform.value} again."
+        )
+        get_logger().warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
+
+
+def _holds_test_key(folder: Path, model_name: str) -> bool:
+    """Whether the TXT key files in ``folder`` are a static test key (not key shares)."""
+    try:
+        params = json.loads((folder / key_params_filename(model_name)).read_text("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False  # unreadable: not known to be a test key, so not overwritten
+    return isinstance(params, dict) and params.get("static") is True
