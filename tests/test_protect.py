@@ -440,6 +440,19 @@ def test_protecting_at_a_higher_version_migrates_the_configuration(workdir: Path
             assert rel(model(INPUTS[0].numpy()), expected) < 1e-5
 
 
+def test_another_customer_is_refused_before_the_export(workdir: Path) -> None:
+    """One configuration, one customer: the refusal came after the export and left empty
+    model folders behind."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(
+        make_model(), "net", INPUTS, model_export_formats=EF.ONNX, customer=Customer(5, "Five")
+    )
+    before = sorted(p.relative_to(workdir) for p in (workdir / "outputs").rglob("*"))
+    with pytest.raises(SkProtectError, match=r"licensed to Customer\(5, 'Five'\) but customer="):
+        protector.protect_new_model(make_model(1), "other", INPUTS, model_export_formats=EF.ONNX)
+    assert sorted(p.relative_to(workdir) for p in (workdir / "outputs").rglob("*")) == before
+
+
 def test_tampered_configuration_is_refused(workdir: Path) -> None:
     protector = SkProtectorPyTorch(application_name="app")
     protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)

@@ -172,13 +172,8 @@ def add_model(
                     f"Model '{model_name}' is already in {path}; use protect_updated_model to "
                     "replace it, or choose another model name."
                 )
-            if version == 2 and existing.customer != wanted_customer:
-                raise ConfigurationError(
-                    f"{path} is licensed to {_describe(existing.customer)} but "
-                    f"customer={_describe(wanted_customer)} was given. Pass "
-                    f"customer={_describe(existing.customer)}, or call update_customer first to "
-                    "change the customer of every model."
-                )
+            if version == 2:
+                check_same_customer(path, existing, customer)
             models = {**existing.models, model_name: entry}
             customer_entry = existing.customer
         try:
@@ -196,6 +191,18 @@ def add_model(
             ) from e
         write_config(path, config, signing_key)
     return config
+
+
+def check_same_customer(path: Path, existing: Config, customer: Customer | None) -> None:
+    """One version-2 configuration has one customer: refuse another (the default included)."""
+    wanted = _customer_entry(customer)
+    if existing.platform_version == 2 and existing.customer != wanted:
+        raise ConfigurationError(
+            f"{path} is licensed to {_describe(existing.customer)} but "
+            f"customer={_describe(wanted)} was given. Pass "
+            f"customer={_describe(existing.customer)}, or call update_customer first to "
+            "change the customer of every model."
+        )
 
 
 def _check_compatible(

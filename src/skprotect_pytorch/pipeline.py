@@ -28,7 +28,7 @@ from torch import nn
 from skruntime.backends.gpu import gpu_float32
 from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
 
-from .configuration import add_model, migrated_config
+from .configuration import add_model, check_same_customer, migrated_config
 from .customer import Customer
 from .errors import ExportError, InvalidArgumentError, SkProtectError
 from .export import build_export_options, cuda_available, get_exporter, verify_artifact
@@ -276,6 +276,7 @@ def _precheck_config(request: ProtectRequest) -> None:
             f"never downgraded. Pass platform_version={config.platform_version}, or protect "
             "into a new application if your SkRuntime needs the older version."
         )
+    check_same_customer(request.config_path, config, request.customer)  # before the export
     if config.platform_version < request.platform_version:
         # Migrated with the protection's write (usage document); a missing old model file
         # of a version-0 file is reported now, before the export.
