@@ -363,7 +363,8 @@ def list_usage(session: Session, customer_id: int | None = None) -> list[UsageRe
 
 
 def usage_summary(session: Session, customer_id: int | None = None) -> list[dict[str, Any]]:
-    """Per licence: the latest reported counter (counters are totals per licence)."""
+    """Per licence: the latest reported counter (counters are totals per licence), its
+    allowance, and whether the device reported more than the allowance it was granted."""
     stmt = (
         select(
             Licence.customer_id,
@@ -386,6 +387,8 @@ def usage_summary(session: Session, customer_id: int | None = None) -> list[dict
             "licence_id": lic,
             "counter": int(counter),
             "allowance": allowance,
+            # a device that counted past its allowance: a modified runtime, or a clone
+            "over_allowance": allowance is not None and int(counter) > allowance,
         }
         for c, d, lic, counter, allowance in session.execute(stmt)
     ]

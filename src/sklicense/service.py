@@ -258,12 +258,14 @@ def report_usage(
                 received_at=_ts(now),
             )
         )
+        over = licence.inferences is not None and report.counter > licence.inferences
         audit(
             session,
             f"device:{device.id}",
-            "usage.report",
+            "usage.over_allowance" if over else "usage.report",
             f"licence:{licence.id}",
-            {"report_id": report.report_id, "counter": report.counter},
+            {"report_id": report.report_id, "counter": report.counter}
+            | ({"allowance": licence.inferences} if over else {}),
         )
         return Outcome(200, receipt)
 

@@ -46,8 +46,23 @@ def test_usage_idempotent_and_listed(client, licensed, clock, tokens) -> None:
             "licence_id": licence_id,
             "counter": 9,
             "allowance": 100,
+            "over_allowance": False,
         }
     ]
+
+
+def test_a_counter_past_the_allowance_is_flagged(client, licensed, clock, tokens) -> None:
+    """Only a modified runtime or a cloned state folder counts past its licence's allowance:
+    the report is kept (the count is what the device says it ran) and flagged for the vendor."""
+    device, licence_id = licensed
+    assert report(client, device, device.usage_report(licence_id, "r1", 100, clock.now)).is_success
+    response = report(client, device, device.usage_report(licence_id, "r2", 1_000_000, clock.now))
+    assert response.status_code == 200
+    admin = bearer(tokens["admin"])
+    (row,) = client.get("/v1/admin/usage/summary", headers=admin).json()
+    assert (row["counter"], row["allowance"], row["over_allowance"]) == (1_000_000, 100, True)
+    actions = [e["action"] for e in client.get("/v1/admin/audit", headers=admin).json()]
+    assert actions.count("usage.over_allowance") == 1 and actions.count("usage.report") == 1
 
 
 def test_usage_counter_is_monotonic(client, licensed, clock) -> None:
