@@ -440,6 +440,21 @@ def test_protecting_at_a_higher_version_migrates_the_configuration(workdir: Path
             assert rel(model(INPUTS[0].numpy()), expected) < 1e-5
 
 
+def test_updating_a_model_migrates_without_its_old_files(workdir: Path) -> None:
+    """The replaced model's old files are not hashed: an update that drops a format (whose old
+    file is retired before the configuration is written) or whose old files are gone works."""
+    protector = SkProtectorPyTorch(application_name="app")
+    both = EF.ONNX | EF.TORCHSCRIPT_CPU
+    protector.protect_new_model(
+        make_model(), "net", INPUTS, model_export_formats=both, platform_version=0
+    )
+    (protector.outputs_dir / "net" / "onnx" / "net.onnx").unlink()
+    protector.protect_updated_model(make_model(1), "net", INPUTS, model_export_formats=EF.ONNX)
+    config = load_config(protector.config_path(EP.TXT))
+    assert config.platform_version == 2 and list(config.models["net"].formats) == ["onnx"]
+    assert not (protector.outputs_dir / "net" / "cpu" / "net.pt").exists()  # retired
+
+
 def test_another_customer_is_refused_before_the_export(workdir: Path) -> None:
     """One configuration, one customer: the refusal came after the export and left empty
     model folders behind."""

@@ -114,3 +114,39 @@ def test_test_keys_for_both_platforms_are_the_same_files(workdir: Path) -> None:
     after = {p.name: p.read_bytes() for p in folder.iterdir()}
     assert {name: after[name] for name in before} == before  # same key, same model hashes
     assert runs(protector, EP.TXT, "onnx", seed=0) and runs(protector, EP.LINUX, "onnx", seed=0)
+
+
+def test_an_update_for_one_platform_keeps_the_files_the_other_lists(workdir: Path) -> None:
+    """LINUX updated to ONNX only used to retire net/cpu/net.pt, which TXT still ships."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protect(protector, EP.TXT)
+    protect(protector, EP.LINUX)
+    protect(protector, EP.LINUX, formats=EF.ONNX, update=True)
+    assert (protector.outputs_dir / "net" / "cpu" / "net.pt").is_file()
+    assert runs(protector, EP.TXT, "torchscript_cpu", seed=0)
+    assert runs(protector, EP.LINUX, "onnx", seed=0)
+
+
+def test_a_version_0_deployment_is_kept_too(workdir: Path) -> None:
+    """A version-0 configuration records no SHA-256; its file is still the same model."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protect(protector, EP.LINUX, platform_version=0)
+    pt = protector.outputs_dir / "net" / "cpu" / "net.pt"
+    first = pt.read_bytes()
+    protect(protector, EP.TXT)
+    assert pt.read_bytes() == first
+    assert runs(protector, EP.LINUX, "torchscript_cpu", seed=0)
+    assert runs(protector, EP.TXT, "torchscript_cpu", seed=0)
+
+
+@pytest.mark.slow
+def test_shared_test_key_files_unlock_both_platforms_model_files(workdir: Path) -> None:
+    """TXT and LINUX test keys share the CPU group's key files: written by LINUX for its
+    TorchScript file only, they used to refuse TXT's AOTInductor file."""
+    protector = SkProtectorPyTorch(application_name="app")
+    cpu = EF.TORCHSCRIPT_CPU | EF.INDUCTOR_CPU
+    protect(protector, EP.TXT, formats=cpu, test_key=True)
+    protect(protector, EP.LINUX, formats=EF.TORCHSCRIPT_CPU, test_key=True)
+    for fmt in ("torchscript_cpu", "inductor_cpu"):
+        assert runs(protector, EP.TXT, fmt, seed=0), fmt
+    assert runs(protector, EP.LINUX, "torchscript_cpu", seed=0)

@@ -156,10 +156,13 @@ def add_model(
             models = {model_name: entry}
             customer_entry = wanted_customer if version == 2 else None
         else:
-            _check_compatible(path, existing, version, platform_value, application)
-            if existing.platform_version < version:  # the usage document's automatic migration
-                existing = migrated_config(path, existing, version, path.parent, customer)
+            check_compatible(path, existing, version, platform_value, application)
             present = model_name in existing.models
+            if existing.platform_version < version:  # the usage document's automatic migration
+                replacement = (model_name, entry) if replace and present else None
+                existing = migrated_config(
+                    path, existing, version, path.parent, customer, replacement
+                )
             if replace and not present:
                 names = ", ".join(sorted(existing.models)) or "none"
                 raise ConfigurationError(
@@ -205,9 +208,11 @@ def check_same_customer(path: Path, existing: Config, customer: Customer | None)
         )
 
 
-def _check_compatible(
+def check_compatible(
     path: Path, existing: Config, version: int, platform: str, application: str
 ) -> None:
+    """The existing file must be of this platform and application, at a version not above
+    ``version`` (a lower one is migrated; configurations are never downgraded)."""
     if existing.platform != platform:
         raise ConfigurationError(
             f"{path} is a {existing.platform} configuration, but the {platform} platform was "
@@ -281,26 +286,43 @@ def migrate_configuration(
     return migrated
 
 
+def check_migratable(path: Path, config: Config, folder: Path, replacing: str | None) -> None:
+    """A version-0 file records no SHA-256: migrating it hashes every protected model file
+    under ``folder``, so they must be there (except those of ``replacing``, the model whose
+    entry the protection replaces)."""
+    if config.platform_version != 0:
+        return
+    missing = [
+        str(folder / fmt.file)
+        for name, entry in config.models.items()
+        if name != replacing
+        for fmt in entry.formats.values()
+        if not (folder / fmt.file).is_file()
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"Cannot migrate {path} to a newer platform version: the protected model "
+            f"file(s) {', '.join(missing)} are missing, and version 1 records their "
+            "SHA-256. Put the old protected models back in outputs/<application>/ (each in "
+            "its model's sub-folder), or re-protect all models in a clean environment."
+        )
+
+
 def migrated_config(
-    path: Path, config: Config, version: int, folder: Path, customer: Customer | None
+    path: Path,
+    config: Config,
+    version: int,
+    folder: Path,
+    customer: Customer | None,
+    replacement: tuple[str, ModelEntry] | None = None,
 ) -> Config:
     """``config`` upgraded to ``version`` in memory: 0 → 1 hashes the protected model files
-    under ``folder``, → 2 adds ``customer``. Nothing is written."""
-    models = dict(config.models)
+    under ``folder``, → 2 adds ``customer``; ``replacement`` (name, new entry) takes the place
+    of that model's entry, whose old files are not hashed. Nothing is written."""
+    replacing = replacement[0] if replacement else None
+    check_migratable(path, config, folder, replacing)
+    models = {name: e for name, e in config.models.items() if name != replacing}
     if config.platform_version == 0:
-        missing = [
-            str(folder / fmt.file)
-            for entry in models.values()
-            for fmt in entry.formats.values()
-            if not (folder / fmt.file).is_file()
-        ]
-        if missing:
-            raise ConfigurationError(
-                f"Cannot migrate {path} to platform version {version}: the protected model "
-                f"file(s) {', '.join(missing)} are missing, and version 1 records their "
-                "SHA-256. Put the old protected models back in outputs/<application>/ (each in "
-                "its model's sub-folder), or re-protect all models in a clean environment."
-            )
         try:
             models = {
                 name: entry.with_sha256(
@@ -313,6 +335,8 @@ def migrated_config(
                 f"Cannot migrate {path}: reading a protected model file failed: "
                 f"{e.strerror or e} ({e.filename}). Check its permissions and retry."
             ) from e
+    if replacement is not None:
+        models[replacement[0]] = replacement[1]
     customer_entry = _customer_entry(customer) if version == 2 else None
     with _as_protector_errors():
         return Config(

@@ -28,7 +28,7 @@ from torch import nn
 from skruntime.backends.gpu import gpu_float32
 from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
 
-from .configuration import add_model, check_same_customer, migrated_config
+from .configuration import add_model, check_compatible, check_migratable, check_same_customer
 from .customer import Customer
 from .errors import ExportError, InvalidArgumentError, SkProtectError
 from .export import build_export_options, cuda_available, get_exporter, verify_artifact
@@ -269,23 +269,21 @@ def _precheck_config(request: ProtectRequest) -> None:
             f"protect_new_model: model '{request.model_name}' is already in "
             f"{request.config_path}. Use protect_updated_model to replace it, or another name."
         )
-    if config.platform_version > request.platform_version:
-        raise InvalidArgumentError(
-            f"{request.config_path} has platform version {config.platform_version} but "
-            f"platform_version={request.platform_version} was requested: configurations are "
-            f"never downgraded. Pass platform_version={config.platform_version}, or protect "
-            "into a new application if your SkRuntime needs the older version."
-        )
-    check_same_customer(request.config_path, config, request.customer)  # before the export
-    if config.platform_version < request.platform_version:
-        # Migrated with the protection's write (usage document); a missing old model file
-        # of a version-0 file is reported now, before the export.
-        migrated_config(
+    # what the configuration write checks, before the export instead of after it
+    check_compatible(
+        request.config_path,
+        config,
+        request.platform_version,
+        request.platform.value,
+        request.application_name,
+    )
+    check_same_customer(request.config_path, config, request.customer)
+    if config.platform_version < request.platform_version:  # migrated with the write
+        check_migratable(
             request.config_path,
             config,
-            request.platform_version,
             request.config_path.parent,
-            request.customer,
+            request.model_name if request.replace else None,
         )
         get_logger().info(
             "%s is at platform version %d: it is migrated to %d with this protection",
@@ -486,7 +484,9 @@ def _run_group(
                     verify_artifact(exporter, path, options, inputs, outputs)
             relative = f"{group_dir}/{path.name}"
             if other_platform is not None and other_platform.ships(relative, staging.final(path)):
-                if _reproduces(exporter, staging.final(path), options, checks):
+                # a GPU file is checked at the example size only: kept only without dynamic axes
+                checked = device == "cpu" or other_sizes is None
+                if checked and _reproduces(exporter, staging.final(path), options, checks):
                     staging.keep_final(path)  # the other platform's file: this model, this key
                     path = staging.final(path)
                 else:
@@ -627,6 +627,11 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
                 test_key=request.test_key,
                 state=state,
                 key_epoch=KEY_EPOCH,
+                also_unlocks=(
+                    other_platform.hashes_beside(request.model_name, group.value)
+                    if other_platform is not None
+                    else None
+                ),
             )
             for slug, entry in entries.items():
                 entry.key_files = [
@@ -644,7 +649,10 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             formats=format_entries,
         )
         try:
-            staging.commit_files(retire=_replaced_files(request))
+            retire = _replaced_files(request)
+            if other_platform is not None:  # still the other deployment's
+                retire -= other_platform.files
+            staging.commit_files(retire=retire)
             add_model(
                 request.config_path,
                 request.model_name,

@@ -6,7 +6,9 @@ protecting a model for the second platform used to rewrite them and leave the fi
 configuration refusing its own files (``IntegrityError``). Now an existing file that the other
 platform ships is kept when it still computes this protection's model with this protection's
 key (the same model version: the key depends on the application, model and group only); a
-file of another version is replaced with a warning that names what to protect again.
+file of another version is replaced with a warning that names what to protect again. An update
+never retires a file the other platform lists, and TXT key files both list unlock both
+platforms' model files.
 """
 
 from __future__ import annotations
@@ -84,16 +86,37 @@ class OtherPlatform:
 
     def ships(self, relative: str, final: Path) -> bool:
         """Whether ``final`` is the other platform's model file as its configuration records
-        it (so that replacing it would break that deployment)."""
-        digest = self.model_files.get(relative)
-        return digest is not None and final.is_file() and sha256_file(final) == digest
+        it (so that replacing it would break that deployment); a version-0 configuration
+        records no SHA-256, so there the file's presence is enough."""
+        if relative not in self.model_files or not final.is_file():
+            return False
+        digest = self.model_files[relative]
+        return digest is None or sha256_file(final) == digest
+
+    @property
+    def files(self) -> set[str]:
+        """Every file the other platform lists for the model: an update never retires them."""
+        return set(self.model_files) | set(self.key_files)
+
+    def hashes_beside(self, model_name: str, group: str) -> list[str]:
+        """The recorded SHA-256 of the other platform's model files in ``group`` when it
+        shares this group's TXT key files, which must then unlock those files too."""
+        params = f"{model_name}/{group}/{key_params_filename(model_name)}"
+        if params not in self.key_files:
+            return []
+        return [
+            digest
+            for file, digest in self.model_files.items()
+            if digest is not None and file.startswith(f"{model_name}/{group}/")
+        ]
 
     def warn_replaced(self, relative: str, model_name: str) -> None:
         message = (
-            f"{relative} was the {self.platform.value} deployment's file of another version of "
-            f"'{model_name}' and now holds this one: the {self.platform.value} configuration "
-            f"refuses it (IntegrityError) until '{model_name}' is protected for "
-            f"{self.platform.value} again."
+            f"{relative} was the {self.platform.value} deployment's file and now holds this "
+            f"protection's (it does not compute this version of '{model_name}', or is a GPU "
+            f"file with dynamic axes, which cannot be checked at other sizes): the "
+            f"{self.platform.value} configuration refuses it (IntegrityError) until "
+            f"'{model_name}' is protected for {self.platform.value} again."
         )
         get_logger().warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=5)
@@ -104,5 +127,5 @@ def _holds_test_key(folder: Path, model_name: str) -> bool:
     try:
         params = json.loads((folder / key_params_filename(model_name)).read_text("utf-8"))
     except (OSError, ValueError, RecursionError):
-        return False  # unreadable: not known to be a test key, so not overwritten
+        return False  # unreadable: taken for shares (its own runtime reports it)
     return isinstance(params, dict) and params.get("static") is True

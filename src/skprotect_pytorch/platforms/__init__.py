@@ -28,8 +28,12 @@ def write_platform_keys(
     test_key: bool,
     state: ProtectionState,
     key_epoch: int,
+    also_unlocks: list[str] | None = None,
 ) -> dict[str, list[Path]]:
-    """Write the key files of one format group; returns the key files of each format slug."""
+    """Write the key files of one format group; returns the key files of each format slug.
+    ``also_unlocks``: SHA-256 of the other platform's model files that share this group's TXT
+    key files, recorded with this group's own so that both runtimes accept them."""
+    unlocks = sorted({*model_hashes.values(), *(also_unlocks or [])})
     folder.mkdir(parents=True, exist_ok=True)
     static_key = layout.static_key()
     # the shares' masks come from their own derived stream: independent of the key's draws,
@@ -43,7 +47,7 @@ def write_platform_keys(
             layout.spec(),
             test_key=test_key,
             rng=rng,
-            model_sha256=list(model_hashes.values()),
+            model_sha256=unlocks,
         )
         return {slug: list(paths) for slug in model_hashes}
     files: dict[str, list[Path]] = {}
@@ -56,7 +60,7 @@ def write_platform_keys(
             layout.spec(),
             test_key=True,
             rng=rng,
-            model_sha256=list(model_hashes.values()),
+            model_sha256=unlocks,
         )
     for slug, digest in model_hashes.items():
         path = folder / mev_filename(model_name, slug)
