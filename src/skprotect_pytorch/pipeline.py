@@ -550,7 +550,9 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     """Lock, export, verify and commit; see the module docstring."""
     start = time.perf_counter()
     logger = get_logger()
-    check_lockable(request.model)  # before any work: not float32, pruned, legacy weight norm
+    layer_filter = _memo_filter(request.layer_filter)
+    # before any work: pruned, legacy weight norm, a layer to lock that is not float32
+    check_lockable(request.model, layer_filter)
     _precheck_config(request)
     options = build_export_options(
         request.input_tensors,
@@ -580,7 +582,6 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         request.platform.value,
         request.platform_version,
     )
-    layer_filter = _memo_filter(request.layer_filter)
     by_group: dict[FormatGroup, list[ExportFormat]] = {}
     for fmt in formats:
         by_group.setdefault(fmt.group, []).append(fmt)

@@ -89,8 +89,9 @@ DTYPE_CASES = {
 def _dtype_message(layers: str) -> str:
     return re.escape(
         f"but {layers.count('(')} layer(s) to lock are not float32: {layers}. Convert the model "
-        "with model.float() and pass float32 input_tensors; the protected model then computes "
-        "in float32 and returns float32 outputs."
+        "with model.float() and pass float32 input_tensors (the protected model then computes "
+        "in float32 and returns float32 outputs), or leave those layers unlocked with "
+        "layer_filter."
     )
 
 
@@ -107,6 +108,29 @@ def test_non_float32_layers_are_refused_before_any_work(workdir: Path, case) -> 
     with pytest.raises(InvalidArgumentError, match=_dtype_message(layers)):
         protect(make().eval(), inputs())
     assert not (workdir / "outputs").exists()
+
+
+class _Mixed(nn.Module):
+    """A float64 layer the user keeps out of the lock, before a float32 one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.precise = nn.Linear(12, 10).double()
+        self.head = nn.Linear(10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.precise(x.double())).float())
+
+
+def test_a_layer_left_out_by_layer_filter_keeps_its_dtype(workdir: Path) -> None:
+    """Mixed precision with the other-precision layers excluded was refused as a whole."""
+    torch.manual_seed(0)
+    model, inputs = _Mixed().eval(), [torch.randn(4, 12)]
+    with pytest.raises(InvalidArgumentError, match=_dtype_message("precise (Linear, float64)")):
+        protect(model, inputs)
+    result = protect(model, inputs, layer_filter=lambda name, m: name != "precise")
+    assert [d.name for d in result.layers if d.locked] == ["head"]
+    assert_onnx_matches(workdir, model, inputs)
 
 
 def test_a_float_converted_model_protects(workdir: Path) -> None:

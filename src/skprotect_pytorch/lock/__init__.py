@@ -78,7 +78,7 @@ def lock_model(
     A model the lock cannot take (not float32, pruned, legacy weight norm) is refused first
     with :class:`InvalidArgumentError` (:mod:`.preflight`).
     """
-    check_lockable(model)
+    check_lockable(model, layer_filter)
     work = copy_model(model)  # keeps the modules' train/eval modes
     folded = fold_batchnorms(work)  # only eval-mode BatchNorms are folded
     slots = KeySlots()

@@ -12,6 +12,7 @@ front with what to do, instead of failing later deep inside torch.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -45,8 +46,9 @@ def _reparametrisation_error(name: str, module: nn.Module) -> InvalidArgumentErr
     return None
 
 
-def _wrong_dtypes(model: nn.Module) -> list[str]:
-    """``"name (Type, dtype)"`` for every supported layer with non-float32 floating tensors."""
+def _wrong_dtypes(model: nn.Module, layer_filter: Callable[[str, nn.Module], bool]) -> list[str]:
+    """``"name (Type, dtype)"`` for every layer to lock with non-float32 floating tensors
+    (a layer ``layer_filter`` excludes keeps its dtype: it is not locked)."""
     found, layers = [], []
     for name, module in model.named_modules():
         if not isinstance(module, supported_layer_types()) or any(
@@ -54,6 +56,8 @@ def _wrong_dtypes(model: nn.Module) -> list[str]:
         ):
             continue  # not a layer to lock, or part of one (MultiheadAttention.out_proj)
         layers.append(name)
+        if layer_filter(name, module) is False:
+            continue
         dtypes = {
             t.dtype
             for t in (*module.parameters(), *module.buffers())
@@ -65,19 +69,22 @@ def _wrong_dtypes(model: nn.Module) -> list[str]:
     return found
 
 
-def check_lockable(model: nn.Module) -> None:
-    """Raise :class:`InvalidArgumentError` if ``model`` cannot be copied or locked as it is."""
+def check_lockable(
+    model: nn.Module, layer_filter: Callable[[str, nn.Module], bool] = lambda name, m: True
+) -> None:
+    """Raise :class:`InvalidArgumentError` if ``model`` cannot be copied, or the layers
+    ``layer_filter`` selects cannot be locked, as they are."""
     for name, module in model.named_modules():
         error = _reparametrisation_error(name, module)
         if error is not None:
             raise error
-    wrong = _wrong_dtypes(model)
+    wrong = _wrong_dtypes(model, layer_filter)
     if wrong:
         raise InvalidArgumentError(
             f"The lock works in float32, but {len(wrong)} layer(s) to lock are not float32: "
             f"{'; '.join(wrong)}. Convert the model with model.float() and pass float32 "
-            "input_tensors; the protected model then computes in float32 and returns float32 "
-            "outputs."
+            "input_tensors (the protected model then computes in float32 and returns float32 "
+            "outputs), or leave those layers unlocked with layer_filter."
         )
 
 
