@@ -25,7 +25,7 @@ from sklicense.models import (
     UsageReport,
     utcnow,
 )
-from sklicense.schemas import INT64_MAX, MAX_LICENCE_SECONDS
+from sklicense.schemas import INT64_MAX, MAX_LICENCE_SECONDS, application_public_key
 
 ROLES = ("admin", "read-only")
 KEK_BYTES = 32
@@ -129,17 +129,14 @@ def decode_kek(text: str) -> bytes:
 
 
 def decode_public_key(text: str) -> str:
-    """The application's configuration public key, base64 of 32 raw Ed25519 bytes (as
-    ``skprotect export-kek`` prints it, or the ``public_key`` of a configuration file)."""
+    """The application's configuration public key (as ``skprotect export-kek`` prints it, or
+    the ``public_key`` of a configuration file), checked as the admin API checks it."""
     try:
-        raw = base64.b64decode(text.strip().encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
+        return application_public_key(text)
+    except ValueError as err:
         raise CrudError(
-            "public_key must be base64 text (as `skprotect export-kek` prints it)"
+            f"public_key {err} (the line `skprotect export-kek` prints)", status=422
         ) from None
-    if len(raw) != 32:
-        raise CrudError(f"public_key must decode to 32 bytes, but got {len(raw)} bytes")
-    return base64.b64encode(raw).decode("ascii")
 
 
 def get_application_by_name(session: Session, name: str) -> Application | None:

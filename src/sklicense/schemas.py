@@ -30,6 +30,12 @@ def _raw_key(value: str) -> str:
     return value
 
 
+def application_public_key(value: str) -> str:
+    """An application's configuration key as the admin gives it (``skprotect export-kek``'s
+    line, surrounding blanks allowed), normalised: base64 of 32 raw Ed25519 bytes."""
+    return _raw_key(value.strip())
+
+
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError("must include a timezone (e.g. 2026-06-30T00:00:00Z)")
@@ -139,7 +145,7 @@ class ApplicationCreate(BaseModel):
     @field_validator("public_key")
     @classmethod
     def _public_key(cls, value: str | None) -> str | None:
-        return None if value is None else _raw_key(value)
+        return None if value is None else application_public_key(value)
 
 
 class ApplicationKekImport(BaseModel):
@@ -156,7 +162,7 @@ class ApplicationPublicKeyImport(BaseModel):
     @field_validator("public_key")
     @classmethod
     def _public_key(cls, value: str) -> str:
-        return _raw_key(value)
+        return application_public_key(value)
 
 
 class ApplicationPublic(BaseModel):

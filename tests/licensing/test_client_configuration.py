@@ -20,14 +20,16 @@ SIGNED = {
 }
 
 
-def client(state: Path, configuration: Any, transport: Any = None) -> LicenceClient:
+def client(
+    state: Path, configuration: Any, transport: Any = None, models: Any = ("net",)
+) -> LicenceClient:
     return LicenceClient(
         "http://127.0.0.1:9",
         state_dir=state,
         server_public_key=bytes(32),
         application="app",
         customer_id=7,
-        models=["net"],
+        models=list(models),
         config_sha256="ab" * 32,
         configuration=configuration,
         transport=transport,
@@ -73,3 +75,12 @@ def test_a_configuration_the_server_would_refuse_is_refused_here(
 ) -> None:
     with pytest.raises(LicenceError, match=message):
         client(tmp_path, configuration)
+
+
+def test_the_model_names_count_towards_the_request_size(tmp_path: Path) -> None:
+    """A configuration just under the limit, with many model names, drew a 413 that the
+    client took for a proxy in the way."""
+    names = [f"model-{i:05d}-{'n' * 40}" for i in range(MAX_DEVICE_BODY // 50)]
+    with pytest.raises(LicenceError, match="signed payload and model names take"):
+        client(tmp_path, SIGNED, models=names)
+    client(tmp_path, SIGNED, models=names[:100])  # well under: accepted

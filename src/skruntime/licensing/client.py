@@ -299,7 +299,10 @@ class _BadAnswer(_RenewalFailed):
 
 
 def _checked_configuration(
-    configuration: Mapping[str, Any] | None, application: str, customer_id: int
+    configuration: Mapping[str, Any] | None,
+    application: str,
+    customer_id: int,
+    models: list[str],
 ) -> dict[str, Any] | None:
     """The signed configuration to send, refused here if the server would refuse it anyway:
     not the application's or customer's it claims, or too large for a device request."""
@@ -320,12 +323,13 @@ def _checked_configuration(
             "the runtime loaded it. Create the runtime again."
         )
     document = {"payload": payload, "signature": signature}
-    size = len(protocol.canonical_bytes(document))
-    if size > protocol.MAX_DEVICE_BODY - 4096:  # room for the request's other fields
+    # the request's other fields (ids, keys, nonce, hashes) take under 1 KiB besides these
+    size = len(protocol.canonical_bytes({"configuration": document, "models": models}))
+    if size > protocol.MAX_DEVICE_BODY - 2048:
         raise LicenceError(
-            f"The configuration's signed payload is {size} bytes; a licence request may carry "
-            f"{protocol.MAX_DEVICE_BODY - 4096}. Split the application's models over several "
-            "applications."
+            f"The configuration's signed payload and model names take {size} bytes; a licence "
+            f"request may carry {protocol.MAX_DEVICE_BODY - 2048}. Split the application's "
+            "models over several applications."
         )
     return document
 
@@ -401,7 +405,9 @@ class LicenceClient:
         self.customer_id = int(customer_id)
         self.models = list(models)
         self.config_sha256 = config_sha256
-        self.configuration = _checked_configuration(configuration, application, customer_id)
+        self.configuration = _checked_configuration(
+            configuration, application, customer_id, self.models
+        )
         self.overlap_seconds = overlap_seconds
         self.retry_seconds = retry_seconds
         self.persist_every = persist_every
