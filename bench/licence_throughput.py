@@ -39,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from machine import machine_line
@@ -81,12 +82,18 @@ class Cell:
         )
 
 
-def provision(url: str, state_dir: Path, customers: int) -> None:
-    """Signing key, migrated schema, an application with a KEK and ``customers`` customers."""
+def provision(url: str, state_dir: Path, customers: int, binding: bool) -> dict[int, dict] | None:
+    """Signing key, migrated schema, an application with a KEK and ``customers`` customers;
+    with ``binding``, the application's public key too, and per customer the signed
+    configuration its devices send (docs/licensing.md, customer binding)."""
     init_state(Settings(database_url=url, state_dir=state_dir))
+    vendor = Ed25519PrivateKey.generate()
+    public_key = protocol.b64(vendor.public_key().public_bytes_raw()) if binding else None
     sessions = db.session_factory(url)
     with sessions.begin() as session:
-        crud.create_application(session, APPLICATION, secrets.token_bytes(32), "bench")
+        crud.create_application(
+            session, APPLICATION, secrets.token_bytes(32), "bench", public_key=public_key
+        )
         for customer in range(1, customers + 1):
             crud.create_customer(
                 session,
@@ -98,6 +105,19 @@ def provision(url: str, state_dir: Path, customers: int) -> None:
                 max_devices=10**6,
                 default_licence_seconds=86400,
             )
+    if not binding:
+        return None
+    configurations: dict[int, dict] = {}
+    for customer in range(1, customers + 1):
+        payload = {
+            "platform_version": 2,
+            "platform": "LINUX",
+            "application": APPLICATION,
+            "models": {"bench-model": {"key_epoch": 0}},
+            "customer": {"id": customer, "name": f"Bench {customer}"},
+        }
+        configurations[customer] = {"payload": payload, "signature": protocol.sign(payload, vendor)}
+    return configurations
 
 
 def granted(url: str) -> int:
@@ -136,10 +156,16 @@ def start_server(
 
 
 def device_loop(
-    base: str, state_dir: Path, customer: int, until: float, cell: Cell, lock: threading.Lock
+    base: str,
+    state_dir: Path,
+    customer: int,
+    configuration: dict | None,
+    until: float,
+    cell: Cell,
+    lock: threading.Lock,
 ) -> None:
     """One device of ``customer``: signed licence requests for one inference each until
-    ``until``."""
+    ``until``, carrying the customer's signed ``configuration`` when the server binds them."""
     identity = DeviceIdentity.load_or_create(state_dir)
     latencies, refused, first = [], {}, ""
     with httpx.Client(base_url=base, timeout=30) as client:
@@ -156,6 +182,8 @@ def device_loop(
                 "nonce": protocol.new_nonce(),
                 "requested_inferences": 1,
             }
+            if configuration is not None:
+                body["configuration"] = configuration
             headers = {protocol.SIGNATURE_HEADER: identity.sign(body)}
             start = time.perf_counter()
             try:
@@ -178,17 +206,26 @@ def device_loop(
 
 def measure(cell: Cell, url: str, work: Path, args: argparse.Namespace) -> Cell:
     state = work / "server"
-    provision(url, state, args.customers)
+    configurations = provision(url, state, args.customers, not args.no_binding)
     server, base = start_server(url, state, cell.processes, work / "server.log")
     try:
         lock = threading.Lock()
         cpu = time.process_time()
         start = time.perf_counter()
         until = start + args.seconds
-        threads = [  # device i belongs to customer i mod K + 1
+        owner = [i % args.customers + 1 for i in range(args.clients)]  # customer i mod K + 1
+        threads = [
             threading.Thread(
                 target=device_loop,
-                args=(base, work / f"dev{i}", i % args.customers + 1, until, cell, lock),
+                args=(
+                    base,
+                    work / f"dev{i}",
+                    owner[i],
+                    configurations[owner[i]] if configurations else None,
+                    until,
+                    cell,
+                    lock,
+                ),
             )
             for i in range(args.clients)
         ]
@@ -257,6 +294,12 @@ def main(argv: list[str] | None = None) -> None:
         "its row lock, which keeps its quota exact)",
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="per cell")
+    parser.add_argument(
+        "--no-binding",
+        action="store_true",
+        help="register no application public key and send no configuration (customers taken "
+        "on trust): the cost of the customer binding, by difference",
+    )
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="maintenance database URL")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -280,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"command: {command_line()}")
     print(
         f"{args.clients} devices of {args.customers} customer(s) in threads of this process, "
-        "one inference per licence"
+        "one inference per licence, customers "
+        + ("taken on trust" if args.no_binding else "bound (signed configuration)")
     )
     print()
     print(

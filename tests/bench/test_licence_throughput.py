@@ -27,11 +27,22 @@ def test_both_backends_answer_and_count_exactly(capsys) -> None:
     licence_throughput.main(
         ["--processes", "1", "--seconds", "1", "--clients", "3", "--customers", "2"]
     )
-    rows = [m.groups() for line in capsys.readouterr().out.splitlines() if (m := ROW.match(line))]
+    out = capsys.readouterr().out
+    rows = [m.groups() for line in out.splitlines() if (m := ROW.match(line))]
     assert [r[:2] for r in rows] == [("sqlite", "1"), ("postgres", "1")]
     for _, _, answered, _, refused, quota in rows:
         assert int(answered.replace(",", "")) > 0
-        assert refused == "0" and quota == "exact"
+        assert refused == "0" and quota == "exact"  # every signed configuration was accepted
+    assert "customers bound (signed configuration)" in out
+
+
+def test_without_binding_customers_are_taken_on_trust(capsys) -> None:
+    argv = ["--backends", "sqlite", "--processes", "1", "--seconds", "0.5", "--no-binding"]
+    licence_throughput.main(argv)
+    out = capsys.readouterr().out
+    assert "customers taken on trust" in out
+    (row,) = [m.groups() for line in out.splitlines() if (m := ROW.match(line))]
+    assert row[4] == "0" and row[5] == "exact"
 
 
 def test_a_wrong_count_stops_the_bench(monkeypatch, capsys) -> None:
