@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,22 @@ def test_a_fixed_batch_export_does_not_break_a_later_dynamic_one(tmp_path):
     with torch.no_grad():
         expected = [locked.keyed(x4, key).numpy()]
     assert verify_artifact(EXPORTER, path, dynamic, [x4.numpy(), key.numpy()], expected) < 1e-5
+
+
+def test_shipped_file_has_no_stack_traces_or_build_paths(tmp_path):
+    """The dynamo exporter records each op's Python stack trace (absolute paths and the
+    model's own source lines), class hierarchy and FX node in the node metadata."""
+    torch.manual_seed(0)
+    model, x, key = Toy().eval(), torch.randn(2, 8), torch.rand(10)
+    params = {"input_names": ["x"], "output_names": ["y"]}
+    opts = build_export_options([x], params, ({0: Dim("batch")},))
+    path = EXPORTER.export(model, (x, key), tmp_path / "toy.onnx", opts, with_key=True).path
+    content = path.read_bytes()
+    for where in (Path(__file__).parent, Path(torch.__file__).parent, Path(sys.prefix)):
+        assert str(where).encode() not in content
+    assert b"stack_trace" not in content and b"class_hierarchy" not in content
+    proto = onnx.load(str(path))
+    assert not any(n.metadata_props or n.doc_string for n in proto.graph.node)
+    xb = torch.randn(3, 8)
+    inputs = [xb.numpy(), key.numpy()]
+    assert verify_artifact(EXPORTER, path, opts, inputs, eager(model, xb, key)) < 1e-5

@@ -10,7 +10,6 @@ Weights are always stored inside the file (no external-data side file).
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -66,8 +65,47 @@ def _torch_onnx_export(
         torch.onnx.export(module, args, str(f), **kwargs)
 
 
+def _clear_records(message: Any) -> None:
+    """Empty a proto's ``doc_string`` and ``metadata_props`` where it has them."""
+    fields = message.DESCRIPTOR.fields_by_name
+    if "doc_string" in fields:
+        message.doc_string = ""
+    if "metadata_props" in fields:
+        del message.metadata_props[:]
+
+
+def _clear_nodes(nodes: Any) -> None:
+    for node in nodes:
+        _clear_records(node)
+        for attribute in node.attribute:
+            if attribute.HasField("g"):
+                _clear_graph(attribute.g)
+            for graph in attribute.graphs:
+                _clear_graph(graph)
+
+
+def _clear_graph(graph: onnx.GraphProto) -> None:
+    _clear_records(graph)
+    for item in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        _clear_records(item)
+    _clear_nodes(graph.node)
+
+
+def without_build_records(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` without the exporter's per-node records: the dynamo exporter stores each op's
+    Python stack trace (absolute paths of the build machine, and the model's own source lines),
+    its module class hierarchy and FX node. onnxruntime needs none of them."""
+    _clear_records(proto)
+    _clear_graph(proto.graph)
+    for function in proto.functions:
+        _clear_records(function)
+        _clear_nodes(function.node)
+    return proto
+
+
 def _save_single_file(written: Path, target: Path) -> bool:
-    """Move the exported model to ``target`` with every weight inlined; True if it had to inline."""
+    """Save the exported model to ``target`` as one file, every weight inlined and the
+    exporter's build records removed; True if it had to inline."""
     proto = onnx.load(str(written), load_external_data=False)
     external = any(
         t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
@@ -77,12 +115,10 @@ def _save_single_file(written: Path, target: Path) -> bool:
         for a in n.attribute
         if a.HasField("t")
     )
-    if not external:
-        os.replace(written, target)
-        return False
-    proto = onnx.load(str(written), load_external_data=True)
-    onnx.save_model(proto, str(target), save_as_external_data=False)
-    return True
+    if external:
+        proto = onnx.load(str(written), load_external_data=True)
+    onnx.save_model(without_build_records(proto), str(target), save_as_external_data=False)
+    return external
 
 
 def _check_names(path: Path, options: ExportOptions, with_key: bool) -> list[str]:
