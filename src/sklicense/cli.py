@@ -12,7 +12,7 @@ import typer
 
 from sklicense import crud, db
 from sklicense.crypto import create_signing_key, load_signing_key, public_key_b64
-from sklicense.schemas import MAX_LICENCE_SECONDS
+from sklicense.schemas import INT32_MAX, INT64_MAX, MAX_LICENCE_SECONDS, aware_datetime
 from sklicense.settings import Settings, SettingsError
 
 app = typer.Typer(help="skprotect licence server.", no_args_is_help=True)
@@ -106,15 +106,36 @@ def seconds_of(days: float, option: str) -> int:
     return round(seconds)
 
 
+def in_range(value: int | None, option: str, low: int, high: int) -> None:
+    """Refuse a given ``value`` outside ``[low, high]`` in one line: the database cannot bind
+    it, and would fail with a traceback (SQLite) or a misleading refusal (PostgreSQL)."""
+    if value is not None and not low <= value <= high:
+        fail(f"{option} must be in [{low}, {high}], but got {value}")
+
+
 def parse_time(text: str | None) -> dt.datetime | None:
-    if text is None or text == "":
+    """``--contract-end`` (UTC if no zone); None when not given. An empty text is refused:
+    only ``none`` clears a contract end, where the command allows it."""
+    if text is None:
         return None
     try:
         value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         fail(f"--contract-end must be an ISO 8601 date or datetime, but got {text!r}")
         raise
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    try:
+        return aware_datetime(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+    except ValueError as err:
+        fail(f"--contract-end {err}, but got {text!r}")
+        raise
+
+
+def migrate(url: str) -> None:
+    """``db.upgrade``; a database that a newer release migrated is one error line."""
+    try:
+        db.upgrade(url)
+    except db.DatabaseTooNewError as e:
+        fail(str(e))
 
 
 def echo_json(rows: Any) -> None:
@@ -129,7 +150,7 @@ def init(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
     key = load_signing_key(settings.key_path)
     typer.echo(f"{'Created' if created else 'Kept existing'} signing key {settings.key_path}")
     typer.echo(f"Server public key (pin it in the runtime): {public_key_b64(key)}")
-    db.upgrade(settings.database_url)
+    migrate(settings.database_url)
     typer.echo(f"Database {db.safe_url(settings.database_url)} is at revision {db.head_revision()}")
 
 
@@ -167,7 +188,7 @@ def serve(
 def db_upgrade(database_url: DatabaseUrl = None) -> None:
     """Migrate the database to the latest revision."""
     settings = settings_for(database_url)
-    db.upgrade(settings.database_url)
+    migrate(settings.database_url)
     typer.echo(f"Database {db.safe_url(settings.database_url)} is at revision {db.head_revision()}")
 
 
@@ -184,6 +205,29 @@ def token_create(
     except crud.CrudError as e:
         fail(str(e))
     typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(database_url: DatabaseUrl = None) -> None:
+    """List tokens: id, role, creation time and fingerprint (the start of the token's SHA-256,
+    as in the audit log's ``token:<fingerprint>`` actors); never the token."""
+    with admin_session(database_url)() as session:
+        echo_json([crud.token_row(t) for t in crud.list_tokens(session)])
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="The id `token list` shows.")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a token: its next request gets 401."""
+    sessions = admin_session(database_url)
+    try:
+        with sessions.begin() as session:
+            crud.revoke_token(session, token_id, CLI_ACTOR)
+    except crud.CrudError as e:
+        fail(str(e))
+    typer.echo(f"Revoked token {token_id}")
 
 
 MAX_DEVICES_HELP = "Maximum registered devices (a revoked device keeps its slot)."
@@ -235,9 +279,7 @@ def app_set_public_key(
     sessions = admin_session(database_url)
     try:
         with sessions.begin() as session:
-            application = crud.get_application_by_name(session, name)
-            if application is None:
-                raise crud.CrudError(f"application {name!r} not found")
+            application = crud.get_application(session, name)
             crud.set_public_key(session, application, public_key, CLI_ACTOR)
     except crud.CrudError as e:
         fail(str(e))
@@ -258,13 +300,35 @@ def app_import_kek(
     try:
         kek = crud.decode_kek(kek_text(kek_file))
         with sessions.begin() as session:
-            application = crud.get_application_by_name(session, name)
-            if application is None:
-                raise crud.CrudError(f"application {name!r} not found")
+            application = crud.get_application(session, name)
             crud.import_kek(session, application, kek, CLI_ACTOR)
     except (crud.CrudError, OSError) as e:
         fail(str(e))
     typer.echo(f"Imported the KEK of application {name!r}")
+
+
+@app_app.command("set-models")
+def app_set_models(
+    name: str,
+    model: Annotated[
+        list[str] | None, typer.Option(help="A model licences may name (repeat).")
+    ] = None,
+    any_model: Annotated[bool, typer.Option("--any", help="Licences may name any model.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Replace the model names an application's licences may name."""
+    if bool(model) == any_model:
+        fail("give --model (repeat it for each model) or --any, not both and not neither")
+    sessions = admin_session(database_url)
+    try:
+        with sessions.begin() as session:
+            crud.set_models(session, crud.get_application(session, name), model, CLI_ACTOR)
+    except crud.CrudError as e:
+        fail(str(e))
+    typer.echo(
+        f"Application {name!r} licences may name "
+        + ("any model" if any_model else ", ".join(map(repr, model or [])))
+    )
 
 
 @app_app.command("list")
@@ -308,6 +372,9 @@ def customer_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a customer (needs --contract-end and/or --quota)."""
+    in_range(id, "--id", 0, INT64_MAX)
+    in_range(quota, "--quota", 0, INT64_MAX)
+    in_range(max_devices, "--max-devices", 1, INT32_MAX)
     sessions = admin_session(database_url)
     try:
         with sessions.begin() as session:
@@ -337,6 +404,9 @@ def customer_edit(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Change a customer's policies."""
+    in_range(id, "--id", 0, INT64_MAX)
+    in_range(quota, "--quota", -1, INT64_MAX)
+    in_range(max_devices, "--max-devices", 1, INT32_MAX)
     changes: dict[str, Any] = {}
     if name is not None:
         changes["name"] = name
@@ -348,13 +418,21 @@ def customer_edit(
         changes["max_devices"] = max_devices
     if default_days is not None:
         changes["default_licence_seconds"] = seconds_of(default_days, "--default-days")
+    if not changes:
+        fail(
+            "nothing would change: give at least one of --name, --contract-end, --quota, "
+            "--max-devices, --default-days"
+        )
     sessions = admin_session(database_url)
     try:
         with sessions.begin() as session:
             customer = crud.update_customer(session, id, CLI_ACTOR, **changes)
+            warning = crud.quota_warning(session, customer, changes, dt.datetime.now(dt.UTC))
     except crud.CrudError as e:
         fail(str(e))
     echo_json(customer_row(customer))
+    if warning:
+        typer.echo(f"Warning: {warning}", err=True)
 
 
 @customer_app.command("list")
@@ -370,6 +448,7 @@ def device_list(
     database_url: DatabaseUrl = None,
 ) -> None:
     """List devices."""
+    in_range(customer, "--customer", 0, INT64_MAX)
     with admin_session(database_url)() as session:
         echo_json(
             [
@@ -409,6 +488,8 @@ def device_edit(
         )
     if activate:
         changes["status"] = "active"
+    if not changes:
+        fail("nothing would change: give --duration-days and/or --activate")
     _update_device(database_url, device_id, **changes)
     typer.echo(f"Updated device {device_id}")
 
@@ -428,16 +509,18 @@ def usage(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Reported usage: the latest counter per licence."""
+    in_range(customer, "--customer", 0, INT64_MAX)
     with admin_session(database_url)() as session:
         echo_json(crud.usage_summary(session, customer))
 
 
 @app.command()
 def audit(
-    limit: Annotated[int, typer.Option(min=1, help="Newest entries to show.")] = 50,
+    limit: Annotated[int, typer.Option(help="Newest entries to show.")] = 50,
     database_url: DatabaseUrl = None,
 ) -> None:
     """The audit log, newest first."""
+    in_range(limit, "--limit", 1, INT64_MAX)
     with admin_session(database_url)() as session:
         echo_json(
             [

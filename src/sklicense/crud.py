@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sklicense.models import (
@@ -25,17 +26,28 @@ from sklicense.models import (
     UsageReport,
     utcnow,
 )
-from sklicense.schemas import INT64_MAX, MAX_LICENCE_SECONDS, application_public_key
+from sklicense.schemas import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_LICENCE_SECONDS,
+    MAX_MODELS,
+    MAX_NAME,
+    application_name_problem,
+    application_public_key,
+    text_problem,
+)
 
 ROLES = ("admin", "read-only")
 KEK_BYTES = 32
 RATE_WINDOW_S = 60
+FINGERPRINT_CHARS = 12
 
 
 class CrudError(ValueError):
-    """An admin request that cannot be applied; ``status`` is the HTTP status to answer."""
+    """An admin request that cannot be applied; ``status`` is the HTTP status to answer (422
+    by default: the request is well-formed JSON but its values cannot be applied)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 422) -> None:
         super().__init__(message)
         self.status = status
 
@@ -76,9 +88,42 @@ def create_token(session: Session, role: str, actor: str) -> str:
     return token
 
 
+def token_fingerprint(token: str) -> str:
+    """What names a token in listings and as the audit log's actor (``token:<fingerprint>``)."""
+    return token_sha256(token)[:FINGERPRINT_CHARS]
+
+
 def token_role(session: Session, token: str) -> str | None:
     row = session.scalar(select(AdminToken).where(AdminToken.token_sha256 == token_sha256(token)))
     return row.role if row else None
+
+
+def token_row(row: AdminToken) -> dict[str, Any]:
+    """A token as listed: never the token, the start of its SHA-256 instead."""
+    return {
+        "id": row.id,
+        "role": row.role,
+        "created_at": row.created_at,
+        "fingerprint": row.token_sha256[:FINGERPRINT_CHARS],
+    }
+
+
+def list_tokens(session: Session) -> list[AdminToken]:
+    return list(session.scalars(select(AdminToken).order_by(AdminToken.id)))
+
+
+def revoke_token(session: Session, token_id: int, actor: str) -> AdminToken:
+    """Delete the token: its next request gets 401 (each request looks the token up)."""
+    if not 0 <= token_id <= INT32_MAX:  # before the lookup, which cannot bind it
+        raise CrudError(f"token id must be in [0, {INT32_MAX}], but got {token_id}")
+    row = session.get(AdminToken, token_id)
+    if row is None:
+        raise CrudError(f"token {token_id} not found", status=404)
+    session.delete(row)
+    listed = token_row(row)
+    detail = {"role": listed["role"], "fingerprint": listed["fingerprint"]}
+    audit(session, actor, "token.revoke", f"token:{token_id}", detail)
+    return row
 
 
 # -- rate limits ---------------------------------------------------------------------------------
@@ -103,17 +148,6 @@ def rate_hit(engine: Engine, key: str, now: int) -> int:
     return int(count)
 
 
-def rate_count(engine: Engine, key: str, now: int) -> int:
-    window = now - now % RATE_WINDOW_S
-    with engine.connect() as connection:
-        count = connection.scalar(
-            select(RateCounter.count).where(
-                RateCounter.key == key, RateCounter.window_start == window
-            )
-        )
-    return int(count or 0)
-
-
 # -- applications --------------------------------------------------------------------------------
 
 
@@ -134,13 +168,48 @@ def decode_public_key(text: str) -> str:
     try:
         return application_public_key(text)
     except ValueError as err:
-        raise CrudError(
-            f"public_key {err} (the line `skprotect export-kek` prints)", status=422
-        ) from None
+        raise CrudError(f"public_key {err} (the line `skprotect export-kek` prints)") from None
+
+
+def _insert(session: Session, row: Any, conflict: str) -> None:
+    """Add ``row``; a concurrent insert of the same key is a 409, not a 500 (the lookup before
+    it saw nothing: two admins created the same row at once)."""
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise CrudError(conflict, status=409) from None
 
 
 def get_application_by_name(session: Session, name: str) -> Application | None:
+    if text_problem(name):  # no such row can exist, and PostgreSQL cannot bind NUL
+        return None
     return session.scalar(select(Application).where(Application.name == name))
+
+
+def get_application(session: Session, name: str) -> Application:
+    application = get_application_by_name(session, name)
+    if application is None:
+        raise CrudError(f"application {name!r} not found", status=404)
+    return application
+
+
+def check_models(models: list[str] | None) -> list[str] | None:
+    """An application's model list: None (any model) or 1 to 1,000 names of 1 to 200
+    characters. An empty list would deny every licence request (``unknown_model``)."""
+    if models is None:
+        return None
+    if not models:
+        raise CrudError("models must name at least one model, or be null for any model, but got []")
+    if len(models) > MAX_MODELS:
+        raise CrudError(f"models must name at most {MAX_MODELS} models, but got {len(models)}")
+    for model in models:
+        if not 1 <= len(model) <= MAX_NAME:
+            raise CrudError(f"model names must be 1 to {MAX_NAME} characters, but got {len(model)}")
+        problem = text_problem(model)
+        if problem:
+            raise CrudError(f"model names {problem}")
+    return models
 
 
 def create_application(
@@ -151,14 +220,15 @@ def create_application(
     models: list[str] | None = None,
     public_key: str | None = None,
 ) -> Application:
-    if not name.strip():
-        raise CrudError("name must be a non-empty string, but got an empty one")
+    problem = application_name_problem(name)
+    if problem:
+        raise CrudError(f"name {problem}")
+    check_models(models)
     if get_application_by_name(session, name) is not None:
         raise CrudError(f"application {name!r} already exists", status=409)
     key = None if public_key is None else decode_public_key(public_key)
     app = Application(name=name, kek=kek, models=models, public_key=key, created_at=utcnow())
-    session.add(app)
-    session.flush()
+    _insert(session, app, f"application {name!r} already exists")
     detail = {"kek": kek is not None, "models": models, "public_key": key}
     audit(session, actor, "application.create", f"application:{name}", detail)
     return app
@@ -186,6 +256,21 @@ def import_kek(session: Session, app: Application, kek: bytes, actor: str) -> Ap
     return app
 
 
+def set_models(
+    session: Session, app: Application, models: list[str] | None, actor: str
+) -> Application:
+    """Replace the model names licences may name (None: any model)."""
+    previous, app.models = app.models, check_models(models)
+    audit(
+        session,
+        actor,
+        "application.set_models",
+        f"application:{app.name}",
+        {"models": app.models, "replaced": previous},
+    )
+    return app
+
+
 def list_applications(session: Session) -> list[Application]:
     return list(session.scalars(select(Application).order_by(Application.id)))
 
@@ -204,38 +289,37 @@ CUSTOMER_FIELDS = (
 def _check_customer(customer: Customer) -> None:
     for field in ("name", "max_devices", "default_licence_seconds"):
         if getattr(customer, field) is None:
-            raise CrudError(f"{field} cannot be null: leave it out to keep its value", status=422)
+            raise CrudError(f"{field} cannot be null: leave it out to keep its value")
     if not isinstance(customer.name, str) or not customer.name.strip() or len(customer.name) > 200:
         raise CrudError(
-            f"name must be 1 to 200 characters and not blank, but got {customer.name!r}",
-            status=422,
+            f"name must be 1 to 200 characters and not blank, but got {customer.name!r}"
         )
-    for field in ("id", "max_devices", "inference_quota"):
+    problem = text_problem(customer.name)
+    if problem:
+        raise CrudError(f"name {problem}")
+    for field, high in (
+        ("id", INT64_MAX),
+        ("max_devices", INT32_MAX),
+        ("inference_quota", INT64_MAX),
+    ):
         value = getattr(customer, field)
-        if value is not None and not 0 <= value <= INT64_MAX:
-            raise CrudError(f"{field} must be in [0, {INT64_MAX}], but got {value}", status=422)
+        if value is not None and not 0 <= value <= high:
+            raise CrudError(f"{field} must be in [0, {high}], but got {value}")
     if customer.default_licence_seconds > MAX_LICENCE_SECONDS:
         raise CrudError(
             f"default_licence_seconds must be at most {MAX_LICENCE_SECONDS} (100 years), but got "
-            f"{customer.default_licence_seconds}",
-            status=422,
+            f"{customer.default_licence_seconds}"
         )
     if customer.contract_end is None and customer.inference_quota is None:
         raise CrudError(
             "a customer needs at least one policy: contract_end and/or inference_quota must be "
-            "set, but both are empty",
-            status=422,
+            "set, but both are empty"
         )
     if customer.max_devices < 1:
-        raise CrudError(f"max_devices must be >= 1, but got {customer.max_devices}", status=422)
+        raise CrudError(f"max_devices must be >= 1, but got {customer.max_devices}")
     if customer.default_licence_seconds < 1:
         raise CrudError(
-            f"default_licence_seconds must be >= 1, but got {customer.default_licence_seconds}",
-            status=422,
-        )
-    if customer.inference_quota is not None and customer.inference_quota < 0:
-        raise CrudError(
-            f"inference_quota must be >= 0, but got {customer.inference_quota}", status=422
+            f"default_licence_seconds must be >= 1, but got {customer.default_licence_seconds}"
         )
 
 
@@ -245,13 +329,12 @@ def _jsonable(value: Any) -> Any:
 
 def create_customer(session: Session, actor: str, **fields: Any) -> Customer:
     if not 0 <= fields["id"] <= INT64_MAX:  # before the lookup, which cannot bind it
-        raise CrudError(f"id must be in [0, {INT64_MAX}], but got {fields['id']}", status=422)
+        raise CrudError(f"id must be in [0, {INT64_MAX}], but got {fields['id']}")
     if session.get(Customer, fields["id"]) is not None:
         raise CrudError(f"customer {fields['id']} already exists", status=409)
     customer = Customer(inferences_granted=0, created_at=utcnow(), **fields)
     _check_customer(customer)
-    session.add(customer)
-    session.flush()
+    _insert(session, customer, f"customer {fields['id']} already exists")
     audit(
         session,
         actor,
@@ -270,6 +353,8 @@ def get_customer(session: Session, customer_id: int) -> Customer:
 
 
 def update_customer(session: Session, customer_id: int, actor: str, **changes: Any) -> Customer:
+    if not changes:
+        raise CrudError(f"nothing would change: give at least one of {', '.join(CUSTOMER_FIELDS)}")
     customer = session.get(Customer, customer_id, with_for_update=True)
     if customer is None:
         raise CrudError(f"customer {customer_id} not found", status=404)
@@ -292,6 +377,29 @@ def list_customers(session: Session) -> list[Customer]:
     return list(session.scalars(select(Customer).order_by(Customer.id)))
 
 
+def quota_warning(
+    session: Session, customer: Customer, changes: dict[str, Any], now: dt.datetime
+) -> str | None:
+    """What to tell the admin whose ``changes`` set a quota while licences issued without one
+    are still valid: they stay unlimited until they expire (an allowance is fixed when signed)."""
+    if changes.get("inference_quota") is None:
+        return None
+    count, latest = session.execute(
+        select(func.count(), func.max(Licence.expires_at)).where(
+            Licence.customer_id == customer.id,
+            Licence.inferences.is_(None),
+            Licence.expires_at > now,
+        )
+    ).one()
+    if not count:
+        return None
+    return (
+        f"customer {customer.id} has {count} licence(s) issued without a quota that stay "
+        f"unlimited until they expire (the last at {latest.isoformat()}); the quota applies "
+        "to licences issued from now on"
+    )
+
+
 # -- devices -------------------------------------------------------------------------------------
 
 
@@ -303,19 +411,18 @@ def list_devices(session: Session, customer_id: int | None = None) -> list[Devic
 
 
 def update_device(session: Session, device_id: str, actor: str, **changes: Any) -> Device:
+    if not changes:
+        raise CrudError("nothing would change: give status and/or duration_override_seconds")
     device = session.get(Device, device_id)
     if device is None:
         raise CrudError(f"device {device_id!r} not found", status=404)
     if "status" in changes and changes["status"] not in ("active", "revoked"):
-        raise CrudError(
-            f"status must be 'active' or 'revoked', but got {changes['status']!r}", status=422
-        )
+        raise CrudError(f"status must be 'active' or 'revoked', but got {changes['status']!r}")
     override = changes.get("duration_override_seconds")
     if override is not None and not 1 <= override <= MAX_LICENCE_SECONDS:
         raise CrudError(
             f"duration_override_seconds must be in [1, {MAX_LICENCE_SECONDS}] (100 years) or "
-            f"null, but got {override}",
-            status=422,
+            f"null, but got {override}"
         )
     for key, value in changes.items():
         setattr(device, key, value)

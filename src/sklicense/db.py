@@ -28,6 +28,10 @@ class DatabaseNotMigratedError(RuntimeError):
     """The database schema is missing or older than this server's migrations."""
 
 
+class DatabaseTooNewError(DatabaseNotMigratedError):
+    """The database is at a revision this server does not know: a newer release migrated it."""
+
+
 def normalise_url(url: str) -> str:
     """``postgresql://`` and ``postgres://`` mean psycopg 3 (the driver this package ships); a
     relative SQLite path is made absolute (against the current directory)."""
@@ -49,7 +53,11 @@ def get_engine(url: str) -> Engine:
 @cache
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            hide_parameters=True,  # a failing statement's values (a KEK) never reach a log
+        )
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, record: Any) -> None:
@@ -64,7 +72,7 @@ def _engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 def device_writes(url: str) -> AbstractContextManager[Any]:
@@ -97,7 +105,9 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at ``url`` to ``revision`` (``sklicense db upgrade``)."""
+    """Migrate the database at ``url`` to ``revision`` (``sklicense db upgrade``); a database
+    that a newer release migrated is refused (:class:`DatabaseTooNewError`)."""
+    _refuse_newer(url, current_revision(url))
     engine = get_engine(url)
     config = alembic_config(url)
     with engine.begin() as connection:
@@ -105,10 +115,24 @@ def upgrade(url: str, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
+
+
+def _refuse_newer(url: str, current: str | None) -> None:
+    """Raise :class:`DatabaseTooNewError` if ``current`` is no revision of this server."""
+    if current is not None and current not in {s.revision for s in _scripts().walk_revisions()}:
+        raise DatabaseTooNewError(
+            f"The database {safe_url(url)} is at revision {current}, newer than this server "
+            f"(its latest revision is {head_revision()}): upgrade sklicense to the release that "
+            "migrated it; `sklicense db upgrade` cannot downgrade a database."
+        )
 
 
 def current_revision(url: str) -> str | None:
@@ -125,7 +149,8 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 def check_migrated(url: str) -> None:
-    """Raise :class:`DatabaseNotMigratedError` unless the database is at the head revision.
+    """Raise :class:`DatabaseNotMigratedError` unless the database is at the head revision
+    (:class:`DatabaseTooNewError` when a newer release migrated it).
 
     A SQLite file that does not exist is reported as such, and not created: connecting would
     leave an empty file at a mistyped path."""
@@ -136,6 +161,7 @@ def check_migrated(url: str) -> None:
             "SKLICENSE_DATABASE_URL), or create the database with `sklicense init`."
         )
     current = current_revision(url)
+    _refuse_newer(url, current)
     head = head_revision()
     if current != head:
         state = "not migrated" if current is None else f"at revision {current}"

@@ -37,6 +37,9 @@ from sklicense.models import Application, Customer, Device, SeenNonce
 from sklicense.schemas import LicenceRequestIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S, unb64, verify
 
+UNKNOWN_MODELS_NAMED = 5
+"""An ``unknown_model`` denial names this many (the audit log keeps every denial)."""
+
 
 @dataclass(frozen=True)
 class Allow:
@@ -174,10 +177,12 @@ def decide(
     if application.models is not None:
         unknown = sorted(set(request.models) - set(application.models))
         if unknown:
+            more = len(unknown) - UNKNOWN_MODELS_NAMED
             return Deny(
                 "unknown_model",
                 f"application {application.name!r} has no model named "
-                f"{', '.join(repr(m) for m in unknown)}",
+                f"{', '.join(repr(m) for m in unknown[:UNKNOWN_MODELS_NAMED])}"
+                + (f" and {more} more" if more > 0 else ""),
             )
     if application.public_key is not None:
         unproven = check_configuration(application, request)

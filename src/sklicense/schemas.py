@@ -5,7 +5,8 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import re
-from typing import Any
+import unicodedata
+from typing import Annotated, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -17,7 +18,45 @@ INT64_MAX = 2**63 - 1
 """The largest integer both databases store (BIGINT); larger ones are refused with a 422."""
 MAX_LICENCE_SECONDS = 100 * 365 * 86400
 """Licence durations above 100 years are refused: an expiry must fit a datetime."""
+INT32_MAX = 2**31 - 1
+"""The largest value of an INTEGER column (admin token ids, ``max_devices``)."""
 ID = Field(ge=0, le=INT64_MAX)
+MAX_NAME = 200
+"""The longest application, customer, model name or device id (the columns' length)."""
+MAX_MODELS = 1000
+"""The most model names an application lists or a licence request asks for."""
+DEVICE_ID_PATTERN = r"^[!-~]+$"
+"""Device ids are printable ASCII without spaces (the runtime's are uuid4 hex)."""
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as a name, or None: PostgreSQL refuses NUL and lone
+    surrogates (a 500 otherwise), and no other control character belongs in a name."""
+    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cs")})
+    if bad:
+        return f"must not contain control characters, but got {', '.join(map(repr, bad))}"
+    return None
+
+
+def segment_problem(value: str) -> str | None:
+    """Why ``value`` cannot name a resource in an admin URL path (``/devices/{id}``,
+    ``/applications/{name}``), or None: it must come back whole from a percent-encoded path
+    segment, and ``%2F`` is decoded to ``/`` before routing, ``.`` and ``..`` are dot-segments
+    that clients remove."""
+    if "/" in value:
+        return f"must not contain '/' (admin URL paths name it), but got {value!r}"
+    if value in (".", ".."):
+        return f"must not be '.' or '..' (admin URL paths name it), but got {value!r}"
+    return text_problem(value)
+
+
+def application_name_problem(value: str) -> str | None:
+    """Why ``value`` cannot name an application, or None (the one check of the API and CLI)."""
+    if not value.strip() or len(value) > MAX_NAME:
+        shown = repr(value) if len(value) <= MAX_NAME else f"{len(value)} characters"
+        return f"must be 1 to {MAX_NAME} characters and not blank, but got {shown}"
+    return segment_problem(value)
 
 
 def _raw_key(value: str) -> str:
@@ -36,23 +75,36 @@ def application_public_key(value: str) -> str:
     return _raw_key(value.strip())
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
+def aware_datetime(value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` if it has a timezone and fits a datetime once converted to UTC (it is stored
+    in UTC: 9999-12-31T23:00-14:00 does not fit)."""
     if value is not None and value.tzinfo is None:
         raise ValueError("must include a timezone (e.g. 2026-06-30T00:00:00Z)")
     if value is not None:
         try:
-            value.astimezone(dt.UTC)  # stored in UTC: 9999-12-31T23:00-14:00 does not fit
+            value.astimezone(dt.UTC)
         except OverflowError:
-            raise ValueError("is out of range once converted to UTC") from None
+            raise ValueError(
+                "must be from 0001-01-01 to 9999-12-31 once converted to UTC"
+            ) from None
     return value
 
 
 class DeviceMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    device_id: str = Field(min_length=1, max_length=200, pattern=r"^[!-~]+$")
+    device_id: str = Field(min_length=1, max_length=MAX_NAME, pattern=DEVICE_ID_PATTERN)
     timestamp: int = Field(ge=0, le=INT64_MAX)
     nonce: str
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        """The admin API names the device in its URL path (``/v1/admin/devices/{id}``)."""
+        problem = segment_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("nonce")
     @classmethod
@@ -86,8 +138,9 @@ class SignedConfiguration(BaseModel):
 
 class LicenceRequestIn(DeviceMessage):
     customer_id: int = ID
-    application: str = Field(min_length=1, max_length=200)
-    models: list[str]
+    application: str = Field(min_length=1, max_length=MAX_NAME)
+    #: Bounded: a denial names the unknown ones, and the audit log keeps the denial.
+    models: list[ModelName] = Field(max_length=MAX_MODELS)
     config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     signing_public_key: str
     exchange_public_key: str
@@ -95,6 +148,14 @@ class LicenceRequestIn(DeviceMessage):
     requested_inferences: int | None = Field(default=None, ge=1, le=INT64_MAX)
     #: Required by applications with a registered public key (``customer_not_proven``).
     configuration: SignedConfiguration | None = None
+
+    @field_validator("application")
+    @classmethod
+    def _application(cls, value: str) -> str:
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("signing_public_key")
     @classmethod
@@ -130,10 +191,14 @@ class Denial(BaseModel):
 class ApplicationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(
+        description="1 to 200 characters, not blank, no '/' or control characters (checked by "
+        "crud, as for the CLI)"
+    )
     kek: str | None = Field(default=None, description="base64 KEK (`skprotect export-kek`)")
     models: list[str] | None = Field(
-        default=None, description="model names licences may name (absent: any model)"
+        default=None,
+        description="model names licences may name (null or absent: any model; never empty)",
     )
     public_key: str | None = Field(
         default=None,
@@ -165,6 +230,14 @@ class ApplicationPublicKeyImport(BaseModel):
         return application_public_key(value)
 
 
+class ApplicationUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] | None = Field(
+        default=None, description="model names licences may name (null: any model; never empty)"
+    )
+
+
 class ApplicationPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -183,13 +256,13 @@ class CustomerCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     contract_end: dt.datetime | None = None
     inference_quota: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    max_devices: int = Field(default=1, ge=1, le=INT64_MAX)
+    max_devices: int = Field(default=1, ge=1, le=INT32_MAX)
     default_licence_seconds: int = Field(default=30 * 86400, ge=1, le=MAX_LICENCE_SECONDS)
 
     @field_validator("contract_end")
     @classmethod
     def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
-        return _aware(value)
+        return aware_datetime(value)
 
 
 class CustomerUpdate(BaseModel):
@@ -198,13 +271,13 @@ class CustomerUpdate(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     contract_end: dt.datetime | None = None
     inference_quota: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    max_devices: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    max_devices: int | None = Field(default=None, ge=1, le=INT32_MAX)
     default_licence_seconds: int | None = Field(default=None, ge=1, le=MAX_LICENCE_SECONDS)
 
     @field_validator("contract_end")
     @classmethod
     def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
-        return _aware(value)
+        return aware_datetime(value)
 
     @field_validator("name", "max_devices", "default_licence_seconds")
     @classmethod
@@ -226,6 +299,11 @@ class CustomerPublic(BaseModel):
     max_devices: int
     default_licence_seconds: int
     created_at: dt.datetime
+
+
+class CustomerUpdated(CustomerPublic):
+    #: Set when a quota was set while licences issued without one are still valid.
+    warning: str | None = None
 
 
 class DeviceUpdate(BaseModel):
@@ -269,6 +347,16 @@ class UsageReportPublic(BaseModel):
     licence_id: str
     counter: int
     received_at: dt.datetime
+
+
+class TokenPublic(BaseModel):
+    """An admin token as listed: never the token, only the start of its SHA-256, which is also
+    the ``token:<fingerprint>`` actor of its audit entries."""
+
+    id: int
+    role: str
+    created_at: dt.datetime
+    fingerprint: str
 
 
 class AuditPublic(BaseModel):

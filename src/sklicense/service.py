@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from sklicense.decision import Allow, Deny, check_message, decide, signature_val
 from sklicense.models import Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,14 @@ def request_licence(
         decision = decide(session, request, body, signature, now)
         actor = f"device:{request.device_id}"
         target = f"customer:{request.customer_id}"
+        if isinstance(decision, Deny) and decision.reason == "bad_signature":
+            # anyone can send these, as fast as they like: the audit log would grow with each
+            logger.warning(
+                "licence request naming device %r denied: %s (not audited)",
+                request.device_id,
+                decision.detail,
+            )
+            return _deny(decision)
         if isinstance(decision, Deny):
             if decision.record_nonce:
                 remember_nonce(session, request.device_id, request.nonce, now)

@@ -167,8 +167,11 @@ def test_deny_on_new_device(client, setup, clock, case, reason, detail) -> None:
     key = Ed25519PrivateKey.generate() if case == "bad_signature_new" else None
     assert_denied(ask(client, device, body, key), reason, detail)
     with setup() as session:
-        entry = session.scalars(select(AuditLog).order_by(AuditLog.id.desc())).first()
-        assert (entry.action, entry.detail["reason"]) == ("licence.deny", reason)
+        denials = session.scalars(select(AuditLog).where(AuditLog.action == "licence.deny"))
+        # anyone can send unsigned requests: they are logged, not audited
+        assert [e.detail["reason"] for e in denials] == (
+            [] if reason == "bad_signature" else [reason]
+        )
         assert session.get(Device, device.id) is None
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense import crud
-from sklicense.schemas import INT64_MAX
+from sklicense.schemas import DEVICE_ID_PATTERN, INT32_MAX, INT64_MAX, MAX_NAME
 from sklicense.settings import Settings
 from skruntime.licensing.protocol import MAX_DEVICE_BODY, SIGNATURE_HEADER, canonical_bytes
 
@@ -44,6 +44,13 @@ def get_session(
 CustomerIdPath = Annotated[int, Path(ge=0, le=INT64_MAX)]
 """A customer id in a URL path: larger ones do not fit the database (422, not 500)."""
 CustomerIdQuery = Annotated[int | None, Query(ge=0, le=INT64_MAX)]
+DeviceIdPath = Annotated[str, Path(min_length=1, max_length=MAX_NAME, pattern=DEVICE_ID_PATTERN)]
+"""A device id in a URL path: one a device could register (no NUL, which PostgreSQL cannot
+bind: 422, not 500)."""
+DeviceIdQuery = Annotated[
+    str | None, Query(min_length=1, max_length=MAX_NAME, pattern=DEVICE_ID_PATTERN)
+]
+TokenIdPath = Annotated[int, Path(ge=0, le=INT32_MAX)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Callable[[], int], Depends(get_clock)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
@@ -98,6 +105,24 @@ class Admin:
         self.role = role
 
 
+READ_ONLY_DETAIL = "this token is read-only: admin role required"
+
+
+def _authenticate(
+    settings: Settings, sessions: sessionmaker[Session], authorization: str | None
+) -> Admin | None:
+    """The admin a bearer token names, or None. The configured token is compared as bytes
+    (``hmac.compare_digest`` refuses non-ASCII ``str``)."""
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    token = authorization.removeprefix("Bearer ").strip()
+    if settings.admin_token and hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+        return Admin("admin:configured-token", "admin")
+    with sessions() as session:
+        role = crud.token_role(session, token)
+    return None if role is None else Admin(f"token:{crud.token_fingerprint(token)}", role)
+
+
 def get_admin(
     request: Request,
     settings: SettingsDep,
@@ -106,34 +131,35 @@ def get_admin(
     clock: ClockDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Admin:
-    """Bearer-token authentication; failures count against a per-client rate limit."""
-    client = request.client.host if request.client else "unknown"
-    key = f"admin-auth:{client}"
-    now = clock()
-    if crud.rate_count(engine, key, now) >= settings.admin_auth_failures_per_minute:
-        raise HTTPException(
-            status_code=429, detail="too many failed admin authentications; retry in a minute"
-        )
-    role: str | None = None
-    actor = ""
-    if authorization and authorization.startswith("Bearer "):
-        token = authorization.removeprefix("Bearer ").strip()
-        if settings.admin_token and hmac.compare_digest(token, settings.admin_token):
-            role, actor = "admin", "admin:configured-token"
-        else:
-            with sessions() as session:
-                role = crud.token_role(session, token)
-            actor = f"token:{crud.token_sha256(token)[:12]}"
-    if role is None:
-        crud.rate_hit(engine, key, now)
+    """Bearer-token authentication. The token is checked first: a valid one always passes, so
+    bad tokens sent from an admin's address cannot lock the admin out. Failures count per
+    client address; past ``admin_auth_failures_per_minute`` they get 429 instead of 401."""
+    admin = _authenticate(settings, sessions, authorization)
+    if admin is None:
+        client = request.client.host if request.client else "unknown"
+        failures = crud.rate_hit(engine, f"admin-auth:{client}", clock())
+        if failures > settings.admin_auth_failures_per_minute:
+            raise HTTPException(
+                status_code=429, detail="too many failed admin authentications; retry in a minute"
+            )
         raise HTTPException(
             status_code=401,
             detail="missing or invalid bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if request.method not in ("GET", "HEAD") and role != "admin":
-        raise HTTPException(status_code=403, detail="this token is read-only: admin role required")
-    return Admin(actor, role)
+    if request.method not in ("GET", "HEAD") and admin.role != "admin":
+        raise HTTPException(status_code=403, detail=READ_ONLY_DETAIL)
+    return admin
 
 
 AdminDep = Annotated[Admin, Depends(get_admin)]
+
+
+def get_admin_role(admin: AdminDep) -> Admin:
+    """An admin-role token, also for reads that read-only tokens may not make (the tokens)."""
+    if admin.role != "admin":
+        raise HTTPException(status_code=403, detail=READ_ONLY_DETAIL)
+    return admin
+
+
+AdminRoleDep = Annotated[Admin, Depends(get_admin_role)]

@@ -14,6 +14,7 @@ from sklicense.api.routes import (
     devices,
     health,
     licences,
+    tokens,
     usage,
 )
 from sklicense.crypto import load_signing_key
@@ -34,6 +35,6 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     app.state.signing_key = load_signing_key(settings.key_path)
     for module in (health, licences, usage):
         app.include_router(module.router, prefix="/v1")
-    for module in (applications, customers, devices, licences, usage, audit):
+    for module in (applications, customers, devices, licences, usage, audit, tokens):
         app.include_router(module.admin_router, prefix="/v1/admin")
     return app

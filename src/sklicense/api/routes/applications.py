@@ -12,6 +12,7 @@ from sklicense.schemas import (
     ApplicationKekImport,
     ApplicationPublic,
     ApplicationPublicKeyImport,
+    ApplicationUpdate,
 )
 
 admin_router = APIRouter(prefix="/applications", tags=["admin"])
@@ -61,9 +62,7 @@ def import_kek(
     """Import (or replace) the application's KEK (base64, from `skprotect export-kek`)."""
     try:
         with session.begin():
-            app = crud.get_application_by_name(session, name)
-            if app is None:
-                raise crud.CrudError(f"application {name!r} not found", status=404)
+            app = crud.get_application(session, name)
             crud.import_kek(session, app, crud.decode_kek(payload.kek), admin.actor)
     except crud.CrudError as e:
         raise raise_http(e) from None
@@ -78,10 +77,24 @@ def set_public_key(
     then on a licence request must carry a configuration it signed for the customer named."""
     try:
         with session.begin():
-            app = crud.get_application_by_name(session, name)
-            if app is None:
-                raise crud.CrudError(f"application {name!r} not found", status=404)
+            app = crud.get_application(session, name)
             crud.set_public_key(session, app, payload.public_key, admin.actor)
+    except crud.CrudError as e:
+        raise raise_http(e) from None
+    return public(app)
+
+
+@admin_router.patch("/{name}", response_model=ApplicationPublic)
+def update_application(
+    name: str, payload: ApplicationUpdate, admin: AdminDep, session: SessionDep
+) -> ApplicationPublic:
+    """Replace the model names licences may name (``models: null``: any model)."""
+    if "models" not in payload.model_fields_set:
+        raise HTTPException(status_code=422, detail="nothing would change: give models")
+    try:
+        with session.begin():
+            app = crud.get_application(session, name)
+            crud.set_models(session, app, payload.models, admin.actor)
     except crud.CrudError as e:
         raise raise_http(e) from None
     return public(app)

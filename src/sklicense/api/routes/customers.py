@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from fastapi import APIRouter
 
 from sklicense import crud
-from sklicense.api.deps import AdminDep, CustomerIdPath, SessionDep
+from sklicense.api.deps import AdminDep, ClockDep, CustomerIdPath, SessionDep
 from sklicense.api.routes.applications import raise_http
-from sklicense.schemas import CustomerCreate, CustomerPublic, CustomerUpdate
+from sklicense.schemas import CustomerCreate, CustomerPublic, CustomerUpdate, CustomerUpdated
 
 admin_router = APIRouter(prefix="/customers", tags=["admin"])
 
@@ -42,17 +44,23 @@ def create_customer(
     return CustomerPublic.model_validate(customer)
 
 
-@admin_router.patch("/{customer_id}", response_model=CustomerPublic)
+@admin_router.patch("/{customer_id}", response_model=CustomerUpdated)
 def update_customer(
-    customer_id: CustomerIdPath, payload: CustomerUpdate, admin: AdminDep, session: SessionDep
-) -> CustomerPublic:
+    customer_id: CustomerIdPath,
+    payload: CustomerUpdate,
+    admin: AdminDep,
+    session: SessionDep,
+    clock: ClockDep,
+) -> CustomerUpdated:
     """Change a customer's name, contract end, quota, maximum devices or default duration
-    (fields sent as null are cleared)."""
+    (fields sent as null are cleared); ``warning`` says when licences issued without a quota
+    stay unlimited after one is set."""
+    changes = payload.model_dump(exclude_unset=True)
     try:
         with session.begin():
-            customer = crud.update_customer(
-                session, customer_id, admin.actor, **payload.model_dump(exclude_unset=True)
-            )
+            customer = crud.update_customer(session, customer_id, admin.actor, **changes)
+            now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+            warning = crud.quota_warning(session, customer, changes, now)
     except crud.CrudError as e:
         raise raise_http(e) from None
-    return CustomerPublic.model_validate(customer)
+    return CustomerUpdated.model_validate(customer).model_copy(update={"warning": warning})

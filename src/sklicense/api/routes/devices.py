@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from sklicense import crud
-from sklicense.api.deps import AdminDep, CustomerIdQuery, SessionDep
+from sklicense.api.deps import AdminDep, CustomerIdQuery, DeviceIdPath, SessionDep
 from sklicense.api.routes.applications import raise_http
 from sklicense.schemas import DevicePublic, DeviceUpdate
 
@@ -22,7 +22,7 @@ def list_devices(
 
 @admin_router.patch("/{device_id}", response_model=DevicePublic)
 def update_device(
-    device_id: str, payload: DeviceUpdate, admin: AdminDep, session: SessionDep
+    device_id: DeviceIdPath, payload: DeviceUpdate, admin: AdminDep, session: SessionDep
 ) -> DevicePublic:
     """Revoke (``status: revoked``) or reactivate a device, or set its duration override."""
     try:

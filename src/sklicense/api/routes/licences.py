@@ -11,6 +11,7 @@ from sklicense.api.deps import (
     AdminDep,
     ClockDep,
     CustomerIdQuery,
+    DeviceIdQuery,
     EngineDep,
     JsonBodyDep,
     SessionDep,
@@ -82,7 +83,7 @@ def list_licences(
     admin: AdminDep,
     session: SessionDep,
     customer_id: CustomerIdQuery = None,
-    device_id: str | None = None,
+    device_id: DeviceIdQuery = None,
 ) -> list[LicencePublic]:
     """List issued licences, newest first."""
     return [
