@@ -39,6 +39,13 @@ def text_problem(value: str) -> str | None:
     return None
 
 
+def refused_if(problem: str | None, value: str) -> str:
+    """``value``, or the validation error ``problem`` names."""
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def segment_problem(value: str) -> str | None:
     """Why ``value`` cannot name a resource in an admin URL path (``/devices/{id}``,
     ``/applications/{name}``), or None: it must come back whole from a percent-encoded path
@@ -101,10 +108,7 @@ class DeviceMessage(BaseModel):
     @classmethod
     def _device_id(cls, value: str) -> str:
         """The admin API names the device in its URL path (``/v1/admin/devices/{id}``)."""
-        problem = segment_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
+        return refused_if(segment_problem(value), value)
 
     @field_validator("nonce")
     @classmethod
@@ -152,10 +156,7 @@ class LicenceRequestIn(DeviceMessage):
     @field_validator("application")
     @classmethod
     def _application(cls, value: str) -> str:
-        problem = text_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
+        return refused_if(text_problem(value), value)
 
     @field_validator("signing_public_key")
     @classmethod

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, HTTPException
+from sqlalchemy.orm import Session
 
 from sklicense import crud
 from sklicense.api.deps import AdminDep, SessionDep
@@ -33,6 +36,19 @@ def raise_http(error: crud.CrudError) -> HTTPException:
     return HTTPException(status_code=error.status, detail=str(error))
 
 
+def changed(
+    session: Session, name: str, change: Callable[[Application], object]
+) -> ApplicationPublic:
+    """Apply ``change`` to the application called ``name`` in one transaction."""
+    try:
+        with session.begin():
+            app = crud.get_application(session, name)
+            change(app)
+    except crud.CrudError as e:
+        raise raise_http(e) from None
+    return public(app)
+
+
 @admin_router.get("", response_model=list[ApplicationPublic])
 def list_applications(admin: AdminDep, session: SessionDep) -> list[ApplicationPublic]:
     """List applications (the KEK itself is never returned)."""
@@ -60,13 +76,11 @@ def import_kek(
     name: str, payload: ApplicationKekImport, admin: AdminDep, session: SessionDep
 ) -> ApplicationPublic:
     """Import (or replace) the application's KEK (base64, from `skprotect export-kek`)."""
-    try:
-        with session.begin():
-            app = crud.get_application(session, name)
-            crud.import_kek(session, app, crud.decode_kek(payload.kek), admin.actor)
-    except crud.CrudError as e:
-        raise raise_http(e) from None
-    return public(app)
+    return changed(
+        session,
+        name,
+        lambda app: crud.import_kek(session, app, crud.decode_kek(payload.kek), admin.actor),
+    )
 
 
 @admin_router.put("/{name}/public-key", response_model=ApplicationPublic)
@@ -75,13 +89,11 @@ def set_public_key(
 ) -> ApplicationPublic:
     """Register (or replace) the key that signs the application's configuration files: from
     then on a licence request must carry a configuration it signed for the customer named."""
-    try:
-        with session.begin():
-            app = crud.get_application(session, name)
-            crud.set_public_key(session, app, payload.public_key, admin.actor)
-    except crud.CrudError as e:
-        raise raise_http(e) from None
-    return public(app)
+    return changed(
+        session,
+        name,
+        lambda app: crud.set_public_key(session, app, payload.public_key, admin.actor),
+    )
 
 
 @admin_router.patch("/{name}", response_model=ApplicationPublic)
@@ -91,10 +103,6 @@ def update_application(
     """Replace the model names licences may name (``models: null``: any model)."""
     if "models" not in payload.model_fields_set:
         raise HTTPException(status_code=422, detail="nothing would change: give models")
-    try:
-        with session.begin():
-            app = crud.get_application(session, name)
-            crud.set_models(session, app, payload.models, admin.actor)
-    except crud.CrudError as e:
-        raise raise_http(e) from None
-    return public(app)
+    return changed(
+        session, name, lambda app: crud.set_models(session, app, payload.models, admin.actor)
+    )
