@@ -12,10 +12,11 @@ are printed as one ``error: ...`` line on stderr; ``--debug`` adds the traceback
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import io
 import json
-import re
 import time
 import traceback
 import zipfile
@@ -92,9 +93,33 @@ def exit_code_for(err: BaseException) -> int:
 
 
 def _check_device(value: str) -> str:
-    if value == "cpu" or re.fullmatch(r"cuda(:[0-9]+)?", value):
-        return value
-    raise typer.BadParameter(f"must be 'cpu', 'cuda' or 'cuda:N', but got {value!r}")
+    from skruntime.backends.base import device_problem  # the runtime's rule, imported on use
+
+    if problem := device_problem(value):
+        raise typer.BadParameter(problem)
+    return value
+
+
+def _check_threads(value: int | None) -> int | None:
+    from skruntime.backends.base import threads_problem
+
+    if value is not None and (problem := threads_problem(value)):
+        raise typer.BadParameter(problem)
+    return value
+
+
+def _not_a_file(path: Path, what: str) -> _CliError:
+    """The error for a path that should be an existing file: a folder, or nothing there."""
+    if path.is_dir():
+        return _CliError(f"{what} {path} is a folder, not a file; pass the file.", EXIT_NOT_FOUND)
+    return _CliError(f"{what} {path} does not exist.", EXIT_NOT_FOUND)
+
+
+def _empty(path: Path, option: str) -> _CliError | None:
+    """A usage error for an empty path (``-o ''``: typer reads it as the folder ``.``)."""
+    if str(path) != ".":
+        return None
+    return _CliError(f"{option}: the path is empty (or '.'); pass a file name.", EXIT_USAGE)
 
 
 def _unreadable(path: Path, err: object) -> _CliError:
@@ -108,7 +133,7 @@ def _unreadable(path: Path, err: object) -> _CliError:
 def _load_array_file(path: Path) -> Any:
     """A ``.npy`` array, or an open ``NpzFile`` for a ``.npz`` (checked to be one)."""
     if not path.is_file():
-        raise _CliError(f"input file {path} does not exist.", EXIT_NOT_FOUND)
+        raise _not_a_file(path, "input file")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -209,46 +234,52 @@ def _describe(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[dict[s
     ]
 
 
-def _read_kek(path: Path) -> bytes:
-    import base64
-    import binascii
-
-    if not path.is_file():
-        raise _CliError(f"key-encryption key file {path} does not exist.", EXIT_NOT_FOUND)
+def _key_bytes(data: bytes, *, raw: bool) -> bytes | None:
+    """A 32-byte key from ``data``: its base64 text, or (``raw``: a file's bytes) the key itself.
+    Never ambiguous: the base64 text of 32 bytes is 44 characters long."""
+    if raw and len(data) == 32:
+        return data
     try:
-        return base64.b64decode(path.read_bytes().strip(), validate=True)
-    except (binascii.Error, ValueError) as err:
+        key = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return key if len(key) == 32 else None
+
+
+def _read_kek(path: Path) -> bytes:
+    """The LINUX key-encryption key from a file: raw 32 bytes, or base64 as ``skprotect
+    export-kek`` writes it (like ``--server-public-key``, which takes both)."""
+    if problem := _empty(path, "--kek"):
+        raise problem
+    if not path.is_file():
+        raise _not_a_file(path, "key-encryption key file")
+    kek = _key_bytes(path.read_bytes(), raw=True)
+    if kek is None:
         raise _CliError(
-            f"{path} is not a base64 key-encryption key (write it with `skprotect export-kek`).",
+            f"{path} holds no key-encryption key: expected 32 bytes, raw or base64-encoded (as "
+            "`skprotect export-kek` writes it).",
             EXIT_KEY,
-        ) from err
+        )
+    return kek
 
 
 def _read_server_public_key(value: str) -> bytes:
     """The licence server's raw 32-byte Ed25519 public key: a file holding it (raw or base64),
     or the base64 text itself (``sklicense init`` prints it)."""
-    import base64
-    import binascii
-
     path = Path(value)
     try:
         is_file = path.is_file()
     except OSError:  # e.g. a base64 string too long for a file name
         is_file = False
     data = path.read_bytes() if is_file else value.encode("ascii", "replace")
-    if len(data) == 32 and is_file:
-        return data
-    try:
-        raw = base64.b64decode(data.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 32:
+    key = _key_bytes(data, raw=is_file)
+    if key is None:
         raise _CliError(
             f"--server-public-key must be a file holding the licence server's public key or "
             f"that key in base64 (32 bytes; `sklicense init` prints it), but got {value!r}.",
             EXIT_USAGE,
         )
-    return raw
+    return key
 
 
 def _run(
@@ -267,22 +298,25 @@ def _run(
     server_public_key: str | None = None,
     state_dir: Path | None = None,
 ) -> dict[str, Any]:
-    for path in inputs:
+    for option, path in [*(("--input", p) for p in inputs), ("--output", output)]:
+        if path is None:
+            continue
+        if problem := _empty(path, option):
+            raise problem
         if path.suffix not in (".npy", ".npz"):
-            raise _CliError(f"--input must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
-    if output is not None and output.suffix not in (".npy", ".npz"):
-        raise _CliError(f"--output must be a .npy or .npz file, but got {output}.", EXIT_USAGE)
+            raise _CliError(f"{option} must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
     if output is not None:
         _check_writable(output)
     if not outputs_dir.is_dir():
+        state = "is a file, not a folder" if outputs_dir.exists() else "does not exist"
         raise _CliError(
-            f"outputs folder {outputs_dir} does not exist: pass the folder that holds the "
+            f"outputs folder {outputs_dir} {state}: pass the folder that holds the "
             f"configuration (outputs/<application_name>).",
             EXIT_NOT_FOUND,
         )
     for path in inputs:
         if not path.is_file():
-            raise _CliError(f"input file {path} does not exist.", EXIT_NOT_FOUND)
+            raise _not_a_file(path, "input file")
     kek_bytes = _read_kek(kek) if kek is not None else None
     licensing: dict[str, Any] = {}
     if licence_server is not None:
@@ -392,14 +426,14 @@ def run_command(
         RunFormat, typer.Option("--format", "-f", help="Protected format to load.")
     ] = RunFormat.onnx,
     inputs: Annotated[
-        list[Path] | None,
+        list[Path],
         typer.Option(
             "--input",
             "-i",
             help="One .npy per model input, in order (repeat the option), or one .npz with "
             "arrays named like the model's inputs (or arr_0, arr_1, ...).",
         ),
-    ] = None,
+    ] = ...,  # required: typer refuses a run without --input (exit 2)
     output: Annotated[
         Path | None,
         typer.Option(
@@ -415,7 +449,8 @@ def run_command(
         str, typer.Option(callback=_check_device, help="cpu, cuda or cuda:N.")
     ] = "cpu",
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Intra-op threads (default: the framework's).")
+        int | None,
+        typer.Option(callback=_check_threads, help="Intra-op threads (default: the framework's)."),
     ] = None,
     static_key: Annotated[
         bool,
@@ -430,7 +465,10 @@ def run_command(
     ] = None,
     kek: Annotated[
         Path | None,
-        typer.Option(help="LINUX platform: key-encryption key file from `skprotect export-kek`."),
+        typer.Option(
+            help="LINUX platform: key-encryption key file, base64 (as `skprotect export-kek` "
+            "writes it) or raw 32 bytes."
+        ),
     ] = None,
     licence_server: Annotated[
         str | None,
@@ -454,15 +492,14 @@ def run_command(
 ) -> None:
     """Run a protected model on inputs from .npy/.npz files (the runner for every format).
 
-    Exit codes: 0 ok, 2 usage, 3 configuration/integrity, 4 key or licence, 5 input, 6 not
-    found, 1 other.
+    Exit codes: 0 ok, 1 other, 2 usage, 3 config/integrity, 4 key/licence, 5 input, 6 not found.
     """
     try:
         summary = _run(
             outputs_dir,
             model,
             fmt.value,
-            list(inputs or []),
+            list(inputs),
             output,
             device=device,
             threads=threads,

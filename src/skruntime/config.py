@@ -766,11 +766,15 @@ def load_config(
 
 
 def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
-    """Why ``path`` cannot be written as a file (its folder missing, a folder itself, no write
-    permission), or None: for commands to refuse an output path before their work, not after."""
+    """Why ``path`` cannot be written as a file (its folder missing or a file, a folder itself, no
+    write permission), or None: for commands to refuse an output path before their work, not
+    after."""
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
+        blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():  # -o report.json/y.npy
+            return f"{blocking} is a file, not a folder; pass a path in a folder"
         return f"its folder {folder} does not exist; create it or pass another path"
     if path.is_dir():
         return "it is a folder; pass a file name"

@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,12 @@ class SkRuntime:
         transport: Any = None,
     ) -> None:
         self._licence_client: Any = None
+        if not isinstance(outputs_dir, str | os.PathLike):
+            raise ConfigurationError(
+                "outputs_dir must be the path (str or os.PathLike) of the folder skprotect wrote, "
+                f"e.g. 'outputs/default_app', but got the {type(outputs_dir).__name__} "
+                f"{outputs_dir!r}."
+            )
         self.outputs_dir = Path(outputs_dir)
         if not self.outputs_dir.is_dir():
             raise ConfigurationError(
@@ -260,6 +267,12 @@ class SkRuntime:
         if self._licence_client is not None:
             self._licence_client.close()
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "SkRuntime cannot be pickled: it may hold key material (kek) and licence state. "
+            "Create one SkRuntime in each process instead."
+        )
+
     def __enter__(self) -> SkRuntime:
         return self
 
@@ -314,16 +327,28 @@ class SkRuntime:
                 protected with ``test_key=True``.
 
         Raises:
+            BackendError: an invalid ``device``, thread count or ``session_options`` (checked
+                first), or the framework could not load the file.
             ModelNotFoundError: unknown model or format not protected.
             ModelFileError: the model file is missing or unreadable.
             IntegrityError: the model file's SHA-256 differs from the configuration's.
             KeyFileError: key files missing, corrupted, swapped or of the wrong length.
-            KeyUnavailableError: LINUX without ``kek`` or licence server, or ``static_key`` on
-                a non-test key.
-            BackendError: the framework could not load the file.
+            KeyUnavailableError: LINUX without ``kek`` or licence server, ``static_key`` on a
+                non-test key, or a ``static_key`` that is not a bool.
             LicenceError: licensing is on and no valid licence is available (its subclasses
                 say why: denied, server unreachable after expiry, clock set back, ...).
         """
+        options = BackendOptions(
+            device=device,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            session_options={} if session_options is None else session_options,
+        )
+        if not isinstance(static_key, bool):
+            raise KeyUnavailableError(
+                f"static_key must be True or False, but got the {type(static_key).__name__} "
+                f"{static_key!r}."
+            )
         client = self._licence_client
         if client is not None:
             client.ensure_licence()
@@ -370,12 +395,6 @@ class SkRuntime:
             key = material.static_key()
         else:
             key = session_key(material)
-        options = BackendOptions(
-            device=device,
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=inter_op_threads,
-            session_options=dict(session_options or {}),
-        )
         try:
             backend = backend_class(fmt)(path, options)
         except BaseException:
@@ -456,11 +475,45 @@ class _InputCheck:
         self.static = tuple((a, s) for a, s in enumerate(spec.shape) if a not in spec.dynamic_dims)
 
 
+def _shared_dims(specs: Sequence[InputSpec]) -> tuple[tuple[str, tuple[tuple[int, int], ...]], ...]:
+    """Dynamic dimensions named on several axes (``(name, ((input index, axis), ...))``): their
+    sizes must agree in every call. torch.export gives one name to one symbolic size (two inputs
+    declared with the same ``Dim("batch")``); the names it writes for unnamed hints
+    (``DimHint(AUTO)``, ...) tie nothing and are left out."""
+    places: dict[str, list[tuple[int, int]]] = {}
+    for i, spec in enumerate(specs):
+        for axis, name in spec.dynamic_dims.items():
+            if not name.startswith("DimHint("):
+                places.setdefault(name, []).append((i, axis))
+    return tuple((name, tuple(where)) for name, where in places.items() if len(where) > 1)
+
+
+#: Python values read as arrays (``np.asarray``); anything else that is not an array is refused.
+_PYTHON_ARRAYS = (list, tuple, int, float, complex)
+
+
 def _dtype_name(x: Any) -> str:
     dtype = x.dtype
     if isinstance(dtype, np.dtype):
         return dtype.name
     return str(dtype).removeprefix("torch.")
+
+
+def _subject(check: _InputCheck, x: Any, source: Any) -> str:
+    """An input as error messages name it (with the Python type it was given as, if any)."""
+    if source is None:
+        return f"Input {check.spec.name!r}"
+    given = type(source).__name__
+    return f"Input {check.spec.name!r} (a Python {given}, read as a {x.dtype} array)"
+
+
+def _conversion(x: Any, dtype: str, source: Any) -> str:
+    """How to pass ``x`` (``source``: the Python value it was read from) with ``dtype``."""
+    if source is not None:
+        return f"pass a numpy array or torch tensor, e.g. np.asarray(x, dtype=np.{dtype})"
+    if hasattr(x, "detach"):
+        return f"convert it, e.g. x.to(torch.{dtype})"
+    return f"convert it, e.g. x.astype(np.{dtype})"
 
 
 class LoadedModel:
@@ -469,9 +522,14 @@ class LoadedModel:
     ``model(x)`` or ``model(x1, x2)`` (model-input order) or ``model(**{"input.1": x})``
     (names from :attr:`input_names`): numpy arrays in, numpy arrays out (torch tensors are also
     accepted; torch formats return tensors). One output gives one array, several a tuple.
-    Inputs are checked against the configuration before the backend sees them. ``close()``
-    (or leaving a ``with`` block) erases the session key. Under a licence, each call (``run``
-    or ``model(...)``) counts one inference, whatever the batch size, before the backend runs.
+    Inputs are checked against the configuration before the backend sees them, inputs sharing a
+    named dynamic dimension against each other too. ``close()`` (or leaving a ``with`` block)
+    erases the session key. Under a licence, each call (``run`` or ``model(...)``) counts one
+    inference, whatever the batch size, before the backend runs.
+
+    Thread-safe: threads may call one model at the same time (the calls run in parallel), and
+    ``close()`` from another thread waits for the calls in progress before it erases the key;
+    calls that start after ``close()`` raise :class:`ModelClosedError`.
     """
 
     def __init__(
@@ -497,11 +555,16 @@ class LoadedModel:
         self._backend: Backend | None = backend
         self._numpy = bool(getattr(backend, "wants_numpy", False))
         self._checks = tuple(_InputCheck(s) for s in self.inputs)
+        self._shared = _shared_dims(self.inputs)
         self._index = {n: i for i, n in enumerate(self.input_names)}
         self._meter = meter
+        # calls in progress, so that close() erases the key only once none uses it
+        self._state = threading.Condition(threading.Lock())
+        self._calls = 0
+        self._closed = False
 
     def __repr__(self) -> str:
-        state = ", closed" if self._backend is None else ""
+        state = ", closed" if self._closed else ""
         return (
             f"LoadedModel(name={self.name!r}, format={self.format!r}, "
             f"key_length={self.key_length}{state})"
@@ -525,12 +588,20 @@ class LoadedModel:
 
     @property
     def closed(self) -> bool:
-        return self._backend is None
+        return self._closed
 
     def close(self) -> None:
-        """Overwrite the session key with zeros and release the backend (idempotent)."""
-        self._key[:] = 0
-        backend, self._backend = self._backend, None
+        """Refuse new calls, wait for the calls in progress (in other threads), then overwrite
+        the session key with zeros and release the backend (idempotent).
+
+        Erasing the key under a running call would make it return wrong outputs without an
+        error, so this waits; do not call it from inside a call of this model (it would wait
+        for itself)."""
+        with self._state:
+            self._closed = True
+            self._state.wait_for(lambda: self._calls == 0)
+            self._key[:] = 0
+            backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()
 
@@ -568,20 +639,63 @@ class LoadedModel:
             raise self._error(f"Missing input(s) {', '.join(map(repr, missing))}.")
         return ordered
 
+    def _listed(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
+        """``run()``'s argument in model-input order."""
+        if isinstance(inputs, Mapping):
+            return self._order((), inputs)
+        # list(array) would split an array into rows, one per input; list("ab") into letters
+        if (
+            hasattr(inputs, "shape")
+            or isinstance(inputs, str | bytes)
+            or not isinstance(inputs, Iterable)
+        ):
+            got = "one array" if hasattr(inputs, "shape") else f"a {type(inputs).__name__} value"
+            raise self._error(
+                f"run() takes a list of inputs (or a dict by name), but got {got}: pass [x], or "
+                "call the model as model(x)."
+            )
+        values = list(inputs)
+        if len(values) != len(self._checks):
+            raise self._error(f"Got {len(values)} input(s).")
+        return values
+
+    def _as_array(self, check: _InputCheck, x: Any) -> np.ndarray:
+        """A list, tuple or Python number read as an array; other non-arrays are refused."""
+        spec = check.spec
+        wanted = (
+            f"pass a numpy array or torch tensor of dtype {spec.dtype} and shape {_dims_text(spec)}"
+        )
+        if not isinstance(x, _PYTHON_ARRAYS):
+            raise self._error(
+                f"Input {spec.name!r} is a {type(x).__name__} value, not an array: {wanted}."
+            )
+        try:
+            array = np.asarray(x)
+        except ValueError:  # ragged nesting
+            array = None
+        if array is None or array.dtype.kind not in "biufc":
+            raise self._error(
+                f"Input {spec.name!r} is a {type(x).__name__} that is not a regular array of "
+                f"numbers: {wanted}."
+            )
+        return array
+
     def _check(self, values: list[Any]) -> list[Any]:
         for i, (check, x) in enumerate(zip(self._checks, values, strict=True)):
+            source = None  # the Python value an array was read from
             if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-                x = values[i] = np.asarray(x)
+                source, x = x, self._as_array(check, x)
+                values[i] = x
             shape = x.shape
             if len(shape) != check.ndim:
                 raise self._error(
-                    f"Input {check.spec.name!r} has shape {tuple(shape)} ({len(shape)}-d), but "
-                    f"the configuration expects {check.ndim}-d {_dims_text(check.spec)}."
+                    f"{_subject(check, x, source)} has shape {tuple(shape)} ({len(shape)}-d), "
+                    f"but the configuration expects {check.ndim}-d {_dims_text(check.spec)}."
                 )
             for axis, size in check.static:
                 if shape[axis] != size:
                     raise self._error(
-                        f"Input {check.spec.name!r} has shape {tuple(shape)}, but axis {axis} "
+                        f"{_subject(check, x, source)} has shape {tuple(shape)}, but axis {axis} "
                         f"must be {size}: expected {_dims_text(check.spec)}."
                     )
             if x.dtype is check.np_dtype:  # fast path: native numpy array of the right dtype
@@ -589,50 +703,53 @@ class LoadedModel:
             dtype = _dtype_name(x)
             if dtype != check.dtype:
                 raise self._error(
-                    f"Input {check.spec.name!r} has dtype {dtype}, but the configuration "
-                    f"expects {check.dtype} (convert it, e.g. x.astype(np.{check.dtype}))."
+                    f"{_subject(check, x, source)} has dtype {dtype}, but the configuration "
+                    f"expects {check.dtype} ({_conversion(x, check.dtype, source)})."
                 )
             if self._numpy and type(x) is not np.ndarray:
                 x = values[i] = as_numpy(x)
             if isinstance(x, np.ndarray) and not x.dtype.isnative:
                 values[i] = x.astype(x.dtype.newbyteorder("="))
+        for dim, places in self._shared:
+            sizes = [values[i].shape[axis] for i, axis in places]
+            if any(size != sizes[0] for size in sizes):
+                found = ", ".join(
+                    f"{self.input_names[i]!r} has {size} on axis {axis}"
+                    for (i, axis), size in zip(places, sizes, strict=True)
+                )
+                raise self._error(
+                    f"Inputs {', '.join(repr(self.input_names[i]) for i, _ in places)} share the "
+                    f"dynamic dimension {dim!r}, which must have one size in a call, but {found}. "
+                    f"Pass inputs of the same {dim!r} size."
+                )
         return values
+
+    def _invoke(self, values: Callable[[], list[Any]]) -> list[Any]:
+        """Check, count and run one call (``values()`` gives its inputs in model order) while
+        it is counted in flight, so that close() cannot erase the key under it."""
+        with self._state:
+            if self._closed:
+                raise ModelClosedError(
+                    f"Model {self.name!r} ({self.format}) is closed; load it again with "
+                    "SkRuntime.load()."
+                )
+            self._calls += 1
+        try:
+            checked = self._check(values())
+            if self._meter is not None:
+                self._meter(1)
+            checked.append(self._key)
+            return self._backend.run(checked)  # type: ignore[union-attr]  # open while in flight
+        finally:
+            with self._state:
+                self._calls -= 1
+                if self._calls == 0:
+                    self._state.notify_all()
 
     def run(self, inputs: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
         """Run once; ``inputs`` in model-input order or by name. Always returns a list."""
-        backend = self._backend
-        if backend is None:
-            raise ModelClosedError(
-                f"Model {self.name!r} ({self.format}) is closed; load it again with "
-                "SkRuntime.load()."
-            )
-        if isinstance(inputs, Mapping):
-            values = self._order((), inputs)
-        elif hasattr(inputs, "shape"):  # list(array) would split it into rows, one per input
-            raise self._error(
-                "run() takes a list of inputs (or a dict by name), but got one array: pass "
-                "[x], or call the model as model(x)."
-            )
-        else:
-            values = list(inputs)
-            if len(values) != len(self._checks):
-                raise self._error(f"Got {len(values)} input(s).")
-        values = self._check(values)
-        if self._meter is not None:
-            self._meter(1)
-        values.append(self._key)
-        return backend.run(values)
+        return self._invoke(lambda: self._listed(inputs))
 
     def __call__(self, /, *args: Any, **named: Any) -> Any:
-        backend = self._backend
-        if backend is None:
-            raise ModelClosedError(
-                f"Model {self.name!r} ({self.format}) is closed; load it again with "
-                "SkRuntime.load()."
-            )
-        values = self._check(self._order(args, named))
-        if self._meter is not None:
-            self._meter(1)
-        values.append(self._key)
-        out = backend.run(values)
+        out = self._invoke(lambda: self._order(args, named))
         return out[0] if len(out) == 1 else tuple(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import app
 from skprotect_pytorch.protect import SkProtectorPyTorch
+from skruntime.cli import _read_kek
 
 EF = SkProtectorPyTorch.ExportFormat
 APP = "cliapp"
@@ -316,6 +318,105 @@ def test_several_outputs_to_npy_is_a_usage_error(outputs: Path, data: dict, tmp_
 def test_usage_errors_exit_2(outputs: Path, data: dict, args: list[str]) -> None:
     result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", *args)
     assert result.exit_code == 2, result.output
+
+
+def test_thread_counts_beyond_the_limit_exit_2(outputs: Path, data: dict) -> None:
+    """Not onnxruntime's pybind TypeError (exit 1): the runtime's limit, as a usage error."""
+    for threads in ("99999999999", "1025"):
+        result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--threads", threads)
+        assert result.exit_code == 2, result.output
+        assert "must be an int from 1 to 1024, but got" in " ".join(result.stderr.split())
+    result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--threads", "1024")
+    assert result.exit_code == 0, result.output
+
+
+def test_input_is_required(outputs: Path) -> None:
+    result = invoke(outputs, "mlp")
+    assert result.exit_code == 2, result.output
+    assert "Missing option '--input' / '-i'." in result.stderr
+
+
+def test_help_marks_input_required_and_lists_exit_codes_on_one_line() -> None:
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    lines = [line.strip(" │") for line in result.stdout.splitlines()]
+    assert (
+        "Exit codes: 0 ok, 1 other, 2 usage, 3 config/integrity, 4 key/licence, 5 input, "
+        "6 not found." in lines
+    )
+    option = next(i for i, line in enumerate(lines) if "--input" in line)
+    assert lines[option].startswith("* ")  # typer's required marker
+    assert "[required]" in " ".join(lines[option : option + 6])
+
+
+def test_inputs_sharing_the_batch_must_agree_exits_5(
+    outputs: Path, data: dict, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "y2.npy", np.zeros((2, 4), np.float32))  # x has 3 rows
+    for fmt in ("onnx", "torchscript_cpu"):
+        result = invoke(outputs, "two", "-f", fmt, "-i", data["dir"] / "x.npy",
+                        "-i", tmp_path / "y2.npy")  # fmt: skip
+        assert_error(result, 5, "share the dynamic dimension 'batch'", "'x' has 3 on axis 0")
+
+
+def test_paths_that_are_folders_files_or_empty(outputs: Path, data: dict, tmp_path: Path) -> None:
+    """Each message says what the path is (a file, a folder, empty), not "does not exist"."""
+    empty = "the path is empty (or '.'); pass a file name."
+    not_a_file = "is a folder, not a file; pass the file."
+    m = data["dir"] / "m.npy"
+    file, folder = tmp_path / "plain", tmp_path / "folder.npy"
+    file.write_bytes(b"a file")
+    folder.mkdir()
+    cases = [
+        (
+            [outputs, "-i", m, "-o", file / "y.npy"],
+            2,
+            f"--output {file}/y.npy: {file} is a file, not a folder; pass a path in a folder.",
+        ),
+        ([outputs, "-i", m, "-o", ""], 2, f"--output: {empty}"),
+        ([outputs, "-i", ""], 2, f"--input: {empty}"),
+        ([outputs, "-i", folder], 6, f"input file {folder} {not_a_file}"),
+        (
+            [outputs, "-i", m, "--kek", tmp_path],
+            6,
+            f"key-encryption key file {tmp_path} {not_a_file}",
+        ),
+        (
+            [file, "-i", m],
+            6,
+            f"outputs folder {file} is a file, not a folder: pass the folder that holds the "
+            "configuration (outputs/<application_name>).",
+        ),
+    ]
+    for (where, *args), code, message in cases:
+        result = invoke(where, "mlp", *args)
+        assert result.exit_code == code, result.output
+        assert result.stderr == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("encoding", ["raw", "base64"])
+def test_kek_file_raw_or_base64(tmp_path: Path, encoding: str) -> None:
+    kek = bytes(range(32))
+    path = tmp_path / "kek"
+    path.write_bytes(kek if encoding == "raw" else base64.b64encode(kek) + b"\n")
+    assert _read_kek(path) == kek
+
+
+@pytest.mark.parametrize("content", [b"short", bytes(33), base64.b64encode(bytes(31))])
+def test_kek_file_of_another_length_exits_4(
+    outputs: Path, data: dict, tmp_path: Path, content: bytes
+) -> None:
+    (tmp_path / "kek").write_bytes(content)
+    result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--kek", tmp_path / "kek")
+    assert_error(result, 4, f"error: {tmp_path}/kek holds no key-encryption key: expected 32 "
+                 "bytes, raw or base64-encoded (as `skprotect export-kek` writes it).")  # fmt: skip
+
+
+def test_raw_kek_is_read_and_passed_on(outputs: Path, data: dict, tmp_path: Path) -> None:
+    """A raw 32-byte kek reaches the runtime, which refuses it for this TXT configuration."""
+    (tmp_path / "kek").write_bytes(bytes(range(32)))
+    result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--kek", tmp_path / "kek")
+    assert_error(result, 4, "kek decrypts LINUX key files, but")
 
 
 def test_debug_shows_the_traceback(outputs: Path, data: dict) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
+import pickle
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,21 +244,102 @@ def test_non_contiguous_input(rt: SkRuntime) -> None:
 
 def test_session_options_and_threads(rt: SkRuntime) -> None:
     level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = rt.load("net")
     with rt.load(
         "net",
         intra_op_threads=1,
         inter_op_threads=1,
         session_options={"graph_optimization_level": level},
     ) as model:
-        reference = rt.load("net")
         # same locked graph, optimised or not: only float32 rounding differs (the conditioned
         # public mixing scales it by up to its condition number, 16; measured 2.8e-6)
         assert rel(model(X), reference(X)) < 1e-5
-        reference.close()
     with pytest.raises(BackendError, match="bogus_option"):
         rt.load("net", session_options={"bogus_option": 1})
-    with pytest.raises(ValueError, match="intra_op_threads"):
-        rt.load("net", intra_op_threads=0)
+    with rt.load("net", intra_op_threads=np.int64(1), inter_op_threads=np.int32(1)) as model:
+        assert np.array_equal(model(X), reference(X))  # numpy integers are thread counts
+    reference.close()
+
+
+INTRA = "intra_op_threads"
+
+
+def threads_error(name: str, got: str) -> str:
+    return (
+        f"{name} must be an int from 1 to 1024, but got {got}; None uses the framework's default."
+    )
+
+
+def device_error(got: str) -> str:
+    return f"device must be 'cpu', 'cuda' or 'cuda:N' (lower case, N a GPU index), but got {got}."
+
+
+def providers_error(got: str) -> str:
+    return (
+        "session_options['providers'] must be a non-empty list of execution provider names (or "
+        f"(name, options) pairs), e.g. ['CPUExecutionProvider'], but got {got}."
+    )
+
+
+BAD_LOAD_ARGUMENTS = {
+    "threads-0": ({"intra_op_threads": 0}, threads_error(INTRA, "0")),
+    "threads-2**40": ({"intra_op_threads": 2**40}, threads_error(INTRA, str(2**40))),
+    "inter-1025": ({"inter_op_threads": 1025}, threads_error("inter_op_threads", "1025")),
+    "threads-bool": ({"intra_op_threads": True}, threads_error(INTRA, "the bool True")),
+    "threads-float": ({"intra_op_threads": 1.5}, threads_error(INTRA, "the float 1.5")),
+    "threads-str": ({"intra_op_threads": "2"}, threads_error(INTRA, "the str '2'")),
+    "device-upper": ({"device": "CPU"}, device_error("'CPU'")),
+    "device-none": ({"device": None}, device_error("None")),
+    "device-cudax": ({"device": "cudax"}, device_error("'cudax'")),
+    "device-cuda-abc": ({"device": "cuda:abc"}, device_error("'cuda:abc'")),
+    "device-cuda-colon": ({"device": "cuda:"}, device_error("'cuda:'")),
+    "options-list": (
+        {"session_options": [("intra_op_num_threads", 1)]},
+        "session_options must be a dict from option names (str) to values, or None, but got the "
+        "list [('intra_op_num_threads', 1)].",
+    ),
+    "providers-str": (
+        {"session_options": {"providers": "CPUExecutionProvider"}},
+        providers_error("'CPUExecutionProvider'"),
+    ),
+    "providers-empty": ({"session_options": {"providers": []}}, providers_error("[]")),
+    "providers-int": ({"session_options": {"providers": [3]}}, providers_error("[3]")),
+    "providers-unknown": (
+        {"session_options": {"providers": ["CPUExecutionProvider", "FooExecutionProvider"]}},
+        "session_options['providers'] names FooExecutionProvider, which this onnxruntime does "
+        f"not have; available: {', '.join(ort.get_available_providers())}. Use those names "
+        "(GPU providers need the matching onnxruntime package, e.g. onnxruntime-gpu).",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message", list(BAD_LOAD_ARGUMENTS.values()), ids=list(BAD_LOAD_ARGUMENTS)
+)
+def test_bad_backend_options_are_backend_errors(rt: SkRuntime, kwargs: dict, message: str) -> None:
+    """Refused before anything is loaded, naming the parameter: not onnxruntime's pybind
+    TypeError, a ValueError or AttributeError, nor a silent fallback to the CPU provider."""
+    with pytest.raises(BackendError) as info:
+        rt.load("net", **kwargs)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("value", ["no", 1, None], ids=["str", "int", "none"])
+def test_static_key_must_be_a_bool(rt: SkRuntime, value: object) -> None:
+    with pytest.raises(KeyUnavailableError) as info:
+        rt.load("tnet", static_key=value)
+    assert str(info.value) == (
+        f"static_key must be True or False, but got the {type(value).__name__} {value!r}."
+    )
+
+
+def test_outputs_dir_must_be_a_path() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        SkRuntime(None)
+    assert str(info.value) == (
+        "outputs_dir must be the path (str or os.PathLike) of the folder skprotect wrote, e.g. "
+        "'outputs/default_app', but got the NoneType None."
+    )
 
 
 @pytest.mark.skipif(
@@ -304,6 +390,106 @@ def test_close_erases_key_and_refuses_calls(rt: SkRuntime) -> None:
     assert np.all(inner == 0)
 
 
+def slowed(model: LoadedModel, before_run: Callable[[], None]) -> None:
+    """Make ``model``'s backend call ``before_run()`` at the start of every run."""
+    backend = model._backend
+    run = backend.run
+
+    def slow_run(values: list) -> list:
+        before_run()
+        return run(values)
+
+    backend.run = slow_run
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_close_waits_for_the_calls_in_flight(app: Protected, rt: SkRuntime) -> None:
+    """close() from another thread while a call runs: the call still gets the intact key (its
+    output is right), close() returns only after it, and calls after close() are refused.
+    Before, close() zeroed the key under the running call: all-zero outputs, no error."""
+    model = rt.load("net")
+    key = model._key
+    in_run, release = threading.Event(), threading.Event()
+    slowed(model, lambda: (in_run.set(), release.wait(10)))
+    result: dict[str, Any] = {}
+    caller = threading.Thread(target=lambda: result.update(y=model(X)))
+    caller.start()
+    assert in_run.wait(10)
+    closer = threading.Thread(target=model.close)
+    closer.start()
+    wait_until(lambda: model.closed)
+    with pytest.raises(ModelClosedError, match="is closed"):  # no new call once closing
+        model(X)
+    time.sleep(0.05)
+    assert closer.is_alive() and np.any(key != 0)  # waits; the running call keeps its key
+    release.set()
+    caller.join(10)
+    closer.join(10)
+    assert not closer.is_alive() and np.all(key == 0)
+    assert rel(result["y"], app.expected("net", X)) < 1e-4
+
+
+def test_close_race_gives_right_outputs_or_model_closed(app: Protected, rt: SkRuntime) -> None:
+    """A thread calling in a loop while the model is closed: every call returns the right output
+    or raises ModelClosedError."""
+    expected = app.expected("net", X)
+    for _ in range(20):
+        model = rt.load("net", intra_op_threads=1, inter_op_threads=1)
+        outcomes: list[Any] = []
+
+        def call_until_closed(model: LoadedModel = model, outcomes: list = outcomes) -> None:
+            while True:
+                try:
+                    outcomes.append(model(X))
+                except ModelClosedError as err:
+                    outcomes.append(err)
+                    return
+
+        caller = threading.Thread(target=call_until_closed)
+        caller.start()
+        wait_until(lambda outcomes=outcomes: len(outcomes) > 0)
+        model.close()
+        caller.join(10)
+        *outputs, last = outcomes
+        assert isinstance(last, ModelClosedError)
+        assert all(rel(y, expected) < 1e-4 for y in outputs)
+
+
+def test_concurrent_calls_run_in_parallel(rt: SkRuntime) -> None:
+    """Six threads calling one model are all inside the backend at once: calls are counted,
+    not serialised behind one lock (a serialised model would break the barrier)."""
+    barrier = threading.Barrier(6, timeout=10)
+    with rt.load("net") as model:
+        reference = model(X)
+        slowed(model, barrier.wait)
+        outputs: list[np.ndarray] = []
+        threads = [threading.Thread(target=lambda: outputs.append(model(X))) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert not barrier.broken and len(outputs) == 6
+    assert all(np.array_equal(y, reference) for y in outputs)
+
+
+def test_runtime_cannot_be_pickled(app: Protected) -> None:
+    """An SkRuntime may hold the raw kek: pickling it would write the key to a byte string."""
+    rt = SkRuntime(app.out, platform="LINUX", kek=app.kek)
+    for copier in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError) as info:
+            copier(rt)
+        assert str(info.value) == (
+            "SkRuntime cannot be pickled: it may hold key material (kek) and licence state. "
+            "Create one SkRuntime in each process instead."
+        )
+
+
 def test_repr_never_shows_key(rt: SkRuntime) -> None:
     with rt.load("tnet", static_key=True) as model:
         text = repr(model) + str(model)
@@ -331,6 +517,87 @@ def test_wrong_input_count(rt: SkRuntime) -> None:
             model.run(X)  # list(X) would have split it into rows
 
 
+@pytest.mark.parametrize("inputs", [None, 3, "ab"], ids=["none", "int", "str"])
+def test_run_needs_a_list_or_dict(rt: SkRuntime, inputs: object) -> None:
+    with rt.load("net") as model, pytest.raises(InputError) as info:
+        model.run(inputs)
+    assert str(info.value).startswith(
+        f"run() takes a list of inputs (or a dict by name), but got a {type(inputs).__name__} "
+        "value: pass [x], or call the model as model(x). Model 'net' (onnx) expects 1 input(s):"
+    )
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (
+            None,
+            "Input 'input.1' is a NoneType value, not an array: pass a numpy array or torch "
+            "tensor of dtype float32 and shape (batch, 3, 4, 4).",
+        ),
+        (
+            "abc",
+            "Input 'input.1' is a str value, not an array: pass a numpy array or torch tensor of "
+            "dtype float32 and shape (batch, 3, 4, 4).",
+        ),
+        (
+            X.tolist(),
+            "Input 'input.1' (a Python list, read as a float64 array) has dtype float64, but the "
+            "configuration expects float32 (pass a numpy array or torch tensor, e.g. "
+            "np.asarray(x, dtype=np.float32)).",
+        ),
+        (
+            [[1.0, 2.0], [3.0]],
+            "Input 'input.1' is a list that is not a regular array of numbers: pass a numpy "
+            "array or torch tensor of dtype float32 and shape (batch, 3, 4, 4).",
+        ),
+        (
+            2.5,
+            "Input 'input.1' (a Python float, read as a float64 array) has shape () (0-d), but "
+            "the configuration expects 4-d (batch, 3, 4, 4).",
+        ),
+        (
+            torch.from_numpy(X).double(),
+            "Input 'input.1' has dtype float64, but the configuration expects float32 (convert "
+            "it, e.g. x.to(torch.float32)).",
+        ),
+    ],
+    ids=["none", "str", "list-float64", "ragged-list", "python-float", "torch-float64"],
+)
+def test_inputs_that_are_not_arrays_name_their_type(
+    rt: SkRuntime, given: object, message: str
+) -> None:
+    with rt.load("net") as model, pytest.raises(InputError) as info:
+        model(given)
+    assert str(info.value).startswith(f"{message} Model 'net' (onnx) expects 1 input(s):")
+
+
+def test_a_list_of_the_right_dtype_is_still_accepted(app: Protected, rt: SkRuntime) -> None:
+    with rt.load("net") as model:
+        assert np.array_equal(model(list(X)), model(X))  # a list of float32 arrays
+
+
+def test_inputs_sharing_a_dynamic_dimension_must_agree(app: Protected, rt: SkRuntime) -> None:
+    """x and z share the dynamic 'batch': sizes 3 and 2 are refused before the backend (which
+    raised its own error; AOTInductor read out of bounds)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    z = rng.standard_normal((3, 4)).astype(np.float32)
+    with rt.load("multi") as model:
+        n1, n2 = model.input_names
+        assert model.inputs[0].dynamic_dims == model.inputs[1].dynamic_dims == {0: "batch"}
+        with pytest.raises(InputError) as info:
+            model(x, z[:2])
+        assert str(info.value) == (
+            f"Inputs {n1!r}, {n2!r} share the dynamic dimension 'batch', which must have one "
+            f"size in a call, but {n1!r} has 3 on axis 0, {n2!r} has 2 on axis 0. Pass inputs "
+            f"of the same 'batch' size. Model 'multi' (onnx) expects 2 input(s):\n"
+            f"  {n1!r}: shape (batch, 6), dtype float32\n  {n2!r}: shape (batch, 4), dtype float32"
+        )
+        for got, want in zip(model(x, z), app.expected("multi", x, z), strict=True):
+            assert rel(got, want) < 1e-4
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
@@ -339,7 +606,7 @@ def test_wrong_input_count(rt: SkRuntime) -> None:
         (np.zeros((2, 3, 4, 5), np.float32), r"axis 3 must be 4"),
         (X.astype(np.float64), r"dtype float64, but the configuration expects float32"),
         (X.astype(np.float16), r"dtype float16"),
-        (torch.from_numpy(X).double(), r"dtype float64"),
+        (torch.from_numpy(X).double(), r"dtype float64, .*x\.to\(torch\.float32\)"),
     ],
     ids=["rank", "channels", "width", "float64", "float16", "torch_float64"],
 )

@@ -131,6 +131,46 @@ def test_tensor_in_tensor_out(protected, fmt, batch):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    "layout",
+    [
+        lambda x: x.to(memory_format=torch.channels_last),
+        lambda x: x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),
+        lambda x: x.transpose(2, 3).contiguous().transpose(2, 3),
+        lambda x: x.repeat_interleave(2, 0)[::2],
+    ],
+    ids=["channels_last", "permuted", "transposed", "strided_batch"],
+)
+def test_non_contiguous_tensors(protected, fmt, layout):
+    """The same values in other memory layouts give the same outputs (AOTInductor indexed them
+    as row-major: channels_last gave outputs off by 1e2)."""
+    p = protected(fmt)
+    backend = load(p, fmt)
+    x = torch.randn(3, 3, 8, 8)
+    view = layout(x)
+    assert torch.equal(view, x) and not view.is_contiguous()
+    key = torch.from_numpy(p.key)
+    assert torch.equal(backend.run([view, key])[0], backend.run([x, key])[0])
+    assert rel(backend.run([view, key])[0].numpy(), expected(p.model, x)) < 1e-4
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tensor_outputs_are_ordinary_tensors(protected, fmt):
+    """Not inference tensors: callers may modify them in place and use them with autograd."""
+    p = protected(fmt)
+    backend = load(p, fmt)
+    x = torch.randn(2, 3, 8, 8)
+    y = backend.run([x, torch.from_numpy(p.key)])[0]
+    assert not y.is_inference() and not y.requires_grad
+    want = expected(p.model, x)
+    y += 1
+    assert rel(y.numpy() - 1, want) < 1e-4
+    weight = torch.ones(4, requires_grad=True)
+    (y.requires_grad_() * weight).sum().backward()
+    assert torch.equal(weight.grad, y.detach().sum(0))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_registry_and_read_only_inputs(protected, fmt):
     p = protected(fmt)
     cls = {"torchscript_cpu": TorchScriptBackend, "inductor_cpu": InductorBackend}[fmt]

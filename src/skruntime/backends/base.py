@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from ..errors import BackendError
+
+MAX_THREADS = 1024
+"""Upper bound of a thread count: far above the cores of any machine a model runs on (more
+threads than cores only slow a model down), and far below the C ``int`` in which onnxruntime and
+torch store the count (a larger number fails inside their bindings with an unreadable error)."""
+
+_DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+def device_problem(device: object) -> str | None:
+    """What is wrong with a device name, or None for ``"cpu"``, ``"cuda"`` or ``"cuda:N"``: the
+    one rule of :class:`BackendOptions` and of ``skprotect run --device``."""
+    if isinstance(device, str) and _DEVICE_RE.fullmatch(device):
+        return None
+    return f"must be 'cpu', 'cuda' or 'cuda:N' (lower case, N a GPU index), but got {device!r}"
+
+
+def threads_problem(count: object) -> str | None:
+    """What is wrong with a thread count, or None for an integer from 1 to :data:`MAX_THREADS`
+    (numpy integers included; bools and floats are refused, not rounded)."""
+    wanted = f"must be an int from 1 to {MAX_THREADS}"
+    if isinstance(count, bool | np.bool_):
+        return f"{wanted}, but got the bool {count!r}"
+    try:
+        value = operator.index(count)
+    except TypeError:
+        return f"{wanted}, but got the {type(count).__name__} {count!r}"
+    if not 1 <= value <= MAX_THREADS:
+        return f"{wanted}, but got {value}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -25,12 +59,24 @@ class BackendOptions:
     ``{"graph_optimization_level": ...}``) or, for ``"providers"``, the provider list."""
 
     def __post_init__(self) -> None:
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', but got {self.device!r}")
+        """Refuse what the frameworks would refuse later with their own errors (or worse,
+        accept: ``True`` threads, a device name that only fails on first use)."""
+        if problem := device_problem(self.device):
+            raise BackendError(f"device {problem}.")
         for name in ("intra_op_threads", "inter_op_threads"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive int or None, but got {value!r}")
+            if value is None:
+                continue
+            if problem := threads_problem(value):
+                raise BackendError(f"{name} {problem}; None uses the framework's default.")
+            object.__setattr__(self, name, operator.index(value))  # numpy ints: plain int
+        options = self.session_options
+        if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+            raise BackendError(
+                "session_options must be a dict from option names (str) to values, or None, "
+                f"but got the {type(options).__name__} {options!r}."
+            )
+        object.__setattr__(self, "session_options", dict(options))
 
 
 class Backend(Protocol):

@@ -166,6 +166,9 @@ class TensorIO:
         self.device = torch.device(device)
 
     def to_device(self, inputs: Sequence[Any]) -> list[torch.Tensor]:
+        """Contiguous (row-major) tensors on the device. AOTInductor's compiled code indexes its
+        inputs as row-major whatever their strides say, so a channels_last or permuted tensor
+        would be read in the wrong order; ``contiguous()`` is free for tensors that already are."""
         tensors = []
         for x in inputs:
             if not isinstance(x, torch.Tensor):
@@ -173,15 +176,21 @@ class TensorIO:
                 if not (x.flags.c_contiguous and x.flags.writeable):
                     x = np.array(x, order="C")  # torch.from_numpy wants a writeable buffer
                 x = torch.from_numpy(x)
-            tensors.append(x.to(self.device))
+            tensors.append(x.to(self.device).contiguous())
         return tensors
 
     def outputs(self, out: Any, inputs: Sequence[Any]) -> list[Any]:
-        """Flatten tuple/list/dict outputs; numpy unless the first input is a torch tensor."""
+        """Flatten tuple/list/dict outputs; numpy unless the first input is a torch tensor.
+
+        Tensors come back as ordinary tensors: the backends run under ``inference_mode`` (the
+        fastest mode: no version counters), whose inference tensors callers could neither modify
+        in place nor use with autograd, so those are cloned outside it (a copy of the outputs
+        only; numpy outputs need none)."""
         flat = _flatten(out)
         first = inputs[0] if inputs else None
         if isinstance(first, torch.Tensor):
-            return [t.to(first.device) for t in flat]
+            moved = (t.to(first.device) for t in flat)
+            return [t.clone() if t.is_inference() else t for t in moved]
         return [t.detach().cpu().numpy() for t in flat]
 
 

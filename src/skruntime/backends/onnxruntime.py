@@ -16,9 +16,33 @@ from .gpu import ORT_CUDA_FP32_OPTIONS
 __all__ = ["OnnxRuntimeBackend"]
 
 
+def _given_providers(providers: object) -> list[Any]:
+    """``session_options["providers"]`` checked: a non-empty list of names (or ``(name,
+    options)`` pairs) of providers this onnxruntime has. onnxruntime itself would split a string
+    into letters, and fall back to the CPU for an unknown name with only a printed warning."""
+    available = ort.get_available_providers()
+    usage = (
+        "session_options['providers'] must be a non-empty list of execution provider names "
+        f"(or (name, options) pairs), e.g. ['CPUExecutionProvider'], but got {providers!r}."
+    )
+    if not isinstance(providers, list | tuple) or not providers:
+        raise BackendError(usage)
+    names = [p[0] if isinstance(p, tuple) and len(p) == 2 else p for p in providers]
+    if not all(isinstance(n, str) for n in names):
+        raise BackendError(usage)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise BackendError(
+            f"session_options['providers'] names {', '.join(unknown)}, which this onnxruntime "
+            f"does not have; available: {', '.join(available)}. Use those names (GPU providers "
+            "need the matching onnxruntime package, e.g. onnxruntime-gpu)."
+        )
+    return list(providers)
+
+
 def _providers(options: BackendOptions) -> list[Any]:
     if "providers" in options.session_options:
-        providers = list(options.session_options["providers"])
+        providers = _given_providers(options.session_options["providers"])
         names = [p[0] if isinstance(p, tuple) else p for p in providers]
         if options.device != "cpu" and "CUDAExecutionProvider" not in names:
             raise BackendError(

@@ -35,8 +35,9 @@ _SESSION_OPTIONS = ("optimize_for_inference",)
 class TorchScriptBackend:
     """One ``torch.jit.load``-ed module, run under ``torch.inference_mode()``.
 
-    numpy in → numpy out, torch tensors in → tensors out (decided by the first input); tuple,
-    list and dict outputs are flattened. On CUDA (``device="cuda[:N]"``) the GPU settings of
+    numpy in → numpy out, torch tensors in → ordinary tensors out (decided by the first input;
+    :meth:`~.inductor.TensorIO.outputs`); tuple, list and dict outputs are flattened. On CUDA
+    (``device="cuda[:N]"``) the GPU settings of
     :func:`~skruntime.backends.gpu.apply_gpu_determinism` are applied first.
 
     Threads: ``intra_op_threads`` calls ``torch.set_num_threads`` and ``inter_op_threads``
