@@ -35,7 +35,7 @@ from .export import build_export_options, cuda_available, get_exporter, verify_a
 from .export.base import Exporter, first_line
 from .export.options import ExportOptions
 from .formats import ExportFormat, ExportPlatform, FormatGroup
-from .lock import LockedModel, lock_model
+from .lock import LockedModel, lock_model, once_per_layer
 from .lock.context import LockSettings
 from .lock.coverage import PlaintextWeight
 from .lock.diagnose import eager_failure, mismatch_error
@@ -74,18 +74,6 @@ class ProtectRequest:
     quantize_compatibility: bool
     lock_preset: str
     test_key: bool
-
-
-def _memo_filter(fn: Callable[[str, nn.Module], bool]) -> Callable[[str, nn.Module], bool]:
-    """Call the user's filter once per layer even though each format group is locked anew."""
-    seen: dict[str, bool] = {}
-
-    def memo(name: str, module: nn.Module) -> bool:
-        if name not in seen:
-            seen[name] = fn(name, module)
-        return seen[name]
-
-    return memo
 
 
 def _as_numpy(outputs: Any) -> list[np.ndarray]:
@@ -550,7 +538,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     """Lock, export, verify and commit; see the module docstring."""
     start = time.perf_counter()
     logger = get_logger()
-    layer_filter = _memo_filter(request.layer_filter)
+    layer_filter = once_per_layer(request.layer_filter)  # each format group locks anew
     # before any work: pruned, legacy weight norm, a layer to lock that is not float32
     check_lockable(request.model, layer_filter)
     _precheck_config(request)

@@ -55,6 +55,20 @@ class LockedModel:
         return [d for d in self.layers if not d.locked]
 
 
+def once_per_layer(layer_filter: LayerFilter) -> LayerFilter:
+    """``layer_filter`` called once per layer name, its answer remembered: the pre-flight
+    check and the lock ask about the same layers, and the protector locks once per format
+    group, while the user's filter may count, log or be slow."""
+    seen: dict[str, bool] = {}
+
+    def remembered(name: str, module: nn.Module) -> bool:
+        if name not in seen:
+            seen[name] = layer_filter(name, module)
+        return seen[name]
+
+    return remembered
+
+
 def _swap(root: nn.Module, replacements: dict[int, nn.Module]) -> nn.Module:
     if id(root) in replacements:
         return replacements[id(root)]
@@ -78,6 +92,7 @@ def lock_model(
     A model the lock cannot take (not float32, pruned, legacy weight norm) is refused first
     with :class:`InvalidArgumentError` (:mod:`.preflight`).
     """
+    layer_filter = once_per_layer(layer_filter)
     check_lockable(model, layer_filter)
     work = copy_model(model)  # keeps the modules' train/eval modes
     folded = fold_batchnorms(work)  # only eval-mode BatchNorms are folded
