@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from skruntime.config import NAME_RE
 from skruntime.licensing.protocol import unb64
 
 NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -59,11 +60,16 @@ def segment_problem(value: str) -> str | None:
 
 
 def application_name_problem(value: str) -> str | None:
-    """Why ``value`` cannot name an application, or None (the one check of the API and CLI)."""
-    if not value.strip() or len(value) > MAX_NAME:
-        shown = repr(value) if len(value) <= MAX_NAME else f"{len(value)} characters"
-        return f"must be 1 to {MAX_NAME} characters and not blank, but got {shown}"
-    return segment_problem(value)
+    """Why ``value`` cannot name an application, or None (the one check of the API and CLI):
+    it must be a name a configuration file can hold (``skruntime.config.NAME_RE``), or no
+    device could ever ask for it; such a name is also safe in a URL path."""
+    if NAME_RE.fullmatch(value) and value not in (".", ".."):
+        return None
+    shown = repr(value) if len(value) <= MAX_NAME else f"{len(value)} characters"
+    return (
+        "must be an application name a configuration can hold: 1 to 128 letters, digits, '_', "
+        f"'.' or '-', not starting with '.' or '-', but got {shown}"
+    )
 
 
 def _raw_key(value: str) -> str:
