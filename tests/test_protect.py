@@ -455,6 +455,29 @@ def test_updating_a_model_migrates_without_its_old_files(workdir: Path) -> None:
     assert not (protector.outputs_dir / "net" / "cpu" / "net.pt").exists()  # retired
 
 
+class _MaskedAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, key_padding_mask=mask, need_weights=False)[0]
+
+
+def test_example_inputs_giving_nan_are_refused_before_the_export(workdir: Path) -> None:
+    """A fully masked sequence: torch's fast path returns NaN, which no file can be checked
+    against; this used to fail after the export with "report this with the logs"."""
+    torch.manual_seed(0)
+    model, x = _MaskedAttention().eval(), torch.randn(2, 5, 8)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    protector = SkProtectorPyTorch(application_name="app")
+    with pytest.raises(InvalidArgumentError, match=r"output\(s\) \[0\] hold NaN"):
+        protector.protect_new_model(model, "m", [x, mask.index_fill(0, torch.tensor([1]), True)])
+    assert not (workdir / "outputs" / "app" / "m").exists()
+    result = protector.protect_new_model(model, "m", [x, mask], model_export_formats=EF.ONNX)
+    assert result.formats["onnx"].max_rel_error < 1e-4
+
+
 def test_another_customer_is_refused_before_the_export(workdir: Path) -> None:
     """One configuration, one customer: the refusal came after the export and left empty
     model folders behind."""

@@ -132,7 +132,7 @@ def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndar
     input error, said with the inputs it got, not a traceback from inside torch."""
     try:
         with torch.no_grad():
-            return _as_numpy(model(*inputs))
+            outputs = _as_numpy(model(*inputs))
     except ExportError:
         raise
     except Exception as err:
@@ -144,6 +144,14 @@ def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndar
             f"{first_line(err)}. Pass one example tensor per argument of the model's forward, "
             "with the shapes, dtypes and device it expects."
         ) from err
+    bad = [i for i, y in enumerate(outputs) if y.dtype.kind in "fc" and np.isnan(y).any()]
+    if bad:  # no artifact can be checked against NaN (it never equals itself)
+        raise InvalidArgumentError(
+            f"The model's output(s) {bad} hold NaN on input_tensors, so no protected file can "
+            "be checked against them. Pass example inputs on which the outputs are numbers "
+            "(for instance, no sequence whose attention keys are all masked)."
+        )
+    return outputs
 
 
 def _check_other_sizes(
