@@ -256,6 +256,18 @@ def test_session_options_and_threads(rt: SkRuntime) -> None:
         assert rel(model(X), reference(X)) < 1e-5
     with pytest.raises(BackendError, match="bogus_option"):
         rt.load("net", session_options={"bogus_option": 1})
+    refused = {  # a value of the wrong type: one line naming the type, not pybind's signatures
+        "intra_op_num_threads": ("x", "int (its default is 0)"),
+        "graph_optimization_level": (7, "onnxruntime.GraphOptimizationLevel (its default is <"),
+    }
+    for name, (value, takes) in refused.items():
+        with pytest.raises(BackendError) as error:
+            rt.load("net", session_options={name: value})
+        message = str(error.value)
+        assert f"{name}={value!r} was refused by onnxruntime: it takes a value of type {takes}" in (
+            message
+        )
+        assert "\n" not in message and "incompatible function arguments" not in message
     with rt.load("net", intra_op_threads=np.int64(1), inter_op_threads=np.int32(1)) as model:
         assert np.array_equal(model(X), reference(X))  # numpy integers are thread counts
     reference.close()

@@ -80,11 +80,16 @@ def _session_options(options: BackendOptions) -> ort.SessionOptions:
             f"the attributes of onnxruntime.SessionOptions: {', '.join(known)}."
         )
     for name, value in extra.items():
+        default = getattr(so, name)
         try:
             setattr(so, name, value)
-        except (TypeError, AttributeError, ValueError) as e:
+        except (TypeError, AttributeError, ValueError):  # pybind's message lists signatures
+            kind = type(default).__name__
+            if type(default).__module__ != "builtins" and hasattr(ort, kind):
+                kind = f"onnxruntime.{kind}"  # e.g. onnxruntime.GraphOptimizationLevel
             raise BackendError(
-                f"Session option {name}={value!r} was refused by onnxruntime: {e}"
+                f"Session option {name}={value!r} was refused by onnxruntime: it takes a value "
+                f"of type {kind} (its default is {default!r})."
             ) from None
     return so
 
