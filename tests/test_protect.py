@@ -236,7 +236,7 @@ def test_failure_leaves_outputs_untouched(workdir: Path, monkeypatch: pytest.Mon
     def broken(*args, **kwargs):
         raise VerificationError("simulated failure")
 
-    monkeypatch.setattr(pipeline, "verify_artifact", broken)
+    monkeypatch.setattr(pipeline, "check_outputs", broken)
     with pytest.raises(VerificationError):
         protector.protect_updated_model(make_model(3), "net", INPUTS, model_export_formats=EF.ONNX)
     with pytest.raises(VerificationError):

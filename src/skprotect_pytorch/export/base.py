@@ -254,8 +254,32 @@ def verify_artifact(
     The relative error of an output is its largest absolute difference divided by the largest
     magnitude of the expected output (so near-zero elements do not dominate).
     """
+    run = load_artifact(exporter, path, options)
+    return check_outputs(exporter, path, run, inputs, expected, rtol)
+
+
+def load_artifact(exporter: Exporter, path: Path, options: ExportOptions) -> Runner:
+    """The artifact loaded once for several runs (loading an AOTInductor package takes time)."""
     try:
-        actual = exporter.load(Path(path), options)(inputs)
+        return exporter.load(Path(path), options)
+    except Exception as err:
+        raise VerificationError(
+            f"The {exporter.fmt.name} artifact {path} could not be loaded ({first_line(err)}). "
+            "Check the export log; re-export the model."
+        ) from err
+
+
+def check_outputs(
+    exporter: Exporter,
+    path: Path,
+    run: Runner,
+    inputs: list[np.ndarray],
+    expected: list[np.ndarray],
+    rtol: float = 1e-4,
+) -> float:
+    """:func:`verify_artifact` with the artifact already loaded as ``run``."""
+    try:
+        actual = run(inputs)
     except Exception as err:
         raise VerificationError(
             f"The {exporter.fmt.name} artifact {path} could not be run on the example inputs "
