@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+from sqlalchemy.orm import Session
 
 from sklicense import crud, db
 from sklicense.crypto import create_signing_key, load_signing_key, public_key_b64
@@ -84,6 +86,29 @@ def admin_session(database_url: str | None) -> Any:
     except db.DatabaseNotMigratedError as e:
         fail(str(e))
     return db.session_factory(settings.database_url)
+
+
+T = TypeVar("T")
+
+
+def committed(database_url: str | None, change: Callable[[Session], T]) -> T:
+    """``change(session)`` in one admin transaction; what crud refuses is one Error line."""
+    sessions = admin_session(database_url)
+    try:
+        with sessions.begin() as session:
+            return change(session)
+    except crud.CrudError as e:
+        fail(str(e))
+        raise
+
+
+def read_kek(path: Path) -> bytes:
+    """The KEK in the file `skprotect export-kek` writes; a bad file is one Error line."""
+    try:
+        return crud.decode_kek(kek_text(path))
+    except (crud.CrudError, OSError) as e:
+        fail(str(e))
+        raise
 
 
 def kek_text(path: Path) -> str:
@@ -198,13 +223,7 @@ def token_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an admin API token; it is printed once (only its SHA-256 is stored)."""
-    sessions = admin_session(database_url)
-    try:
-        with sessions.begin() as session:
-            token = crud.create_token(session, role, CLI_ACTOR)
-    except crud.CrudError as e:
-        fail(str(e))
-    typer.echo(token)
+    typer.echo(committed(database_url, lambda s: crud.create_token(s, role, CLI_ACTOR)))
 
 
 @token_app.command("list")
@@ -221,12 +240,7 @@ def token_revoke(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Revoke a token: its next request gets 401."""
-    sessions = admin_session(database_url)
-    try:
-        with sessions.begin() as session:
-            crud.revoke_token(session, token_id, CLI_ACTOR)
-    except crud.CrudError as e:
-        fail(str(e))
+    committed(database_url, lambda s: crud.revoke_token(s, token_id, CLI_ACTOR))
     typer.echo(f"Revoked token {token_id}")
 
 
@@ -257,13 +271,11 @@ def app_create(
 ) -> None:
     """Create an application, optionally with its key-encryption key, model list and the
     public key that signs its configuration files."""
-    sessions = admin_session(database_url)
-    try:
-        kek = crud.decode_kek(kek_text(kek_file)) if kek_file else None
-        with sessions.begin() as session:
-            crud.create_application(session, name, kek, CLI_ACTOR, model or None, public_key)
-    except (crud.CrudError, OSError) as e:
-        fail(str(e))
+    kek = read_kek(kek_file) if kek_file else None
+    committed(
+        database_url,
+        lambda s: crud.create_application(s, name, kek, CLI_ACTOR, model or None, public_key),
+    )
     typer.echo(f"Created application {name!r}{' with its KEK' if kek_file else ''}")
     if public_key is None:
         typer.echo(UNBOUND_WARNING.format(name=name), err=True)
@@ -276,13 +288,10 @@ def app_set_public_key(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Register (or replace) the key that signs an application's configuration files."""
-    sessions = admin_session(database_url)
-    try:
-        with sessions.begin() as session:
-            application = crud.get_application(session, name)
-            crud.set_public_key(session, application, public_key, CLI_ACTOR)
-    except crud.CrudError as e:
-        fail(str(e))
+    committed(
+        database_url,
+        lambda s: crud.set_public_key(s, crud.get_application(s, name), public_key, CLI_ACTOR),
+    )
     typer.echo(
         f"Registered the configuration key of application {name!r}: licence requests must now "
         "carry a configuration it signed for the customer they name"
@@ -296,14 +305,11 @@ def app_import_kek(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Import (or replace) an application's key-encryption key."""
-    sessions = admin_session(database_url)
-    try:
-        kek = crud.decode_kek(kek_text(kek_file))
-        with sessions.begin() as session:
-            application = crud.get_application(session, name)
-            crud.import_kek(session, application, kek, CLI_ACTOR)
-    except (crud.CrudError, OSError) as e:
-        fail(str(e))
+    kek = read_kek(kek_file)
+    committed(
+        database_url,
+        lambda s: crud.import_kek(s, crud.get_application(s, name), kek, CLI_ACTOR),
+    )
     typer.echo(f"Imported the KEK of application {name!r}")
 
 
@@ -319,12 +325,10 @@ def app_set_models(
     """Replace the model names an application's licences may name."""
     if bool(model) == any_model:
         fail("give --model (repeat it for each model) or --any, not both and not neither")
-    sessions = admin_session(database_url)
-    try:
-        with sessions.begin() as session:
-            crud.set_models(session, crud.get_application(session, name), model, CLI_ACTOR)
-    except crud.CrudError as e:
-        fail(str(e))
+    committed(
+        database_url,
+        lambda s: crud.set_models(s, crud.get_application(s, name), model, CLI_ACTOR),
+    )
     typer.echo(
         f"Application {name!r} licences may name "
         + ("any model" if any_model else ", ".join(map(repr, model or [])))
@@ -375,21 +379,15 @@ def customer_create(
     in_range(id, "--id", 0, INT64_MAX)
     in_range(quota, "--quota", 0, INT64_MAX)
     in_range(max_devices, "--max-devices", 1, INT32_MAX)
-    sessions = admin_session(database_url)
-    try:
-        with sessions.begin() as session:
-            customer = crud.create_customer(
-                session,
-                CLI_ACTOR,
-                id=id,
-                name=name,
-                contract_end=parse_time(contract_end),
-                inference_quota=quota,
-                max_devices=max_devices,
-                default_licence_seconds=seconds_of(default_days, "--default-days"),
-            )
-    except crud.CrudError as e:
-        fail(str(e))
+    fields = {
+        "id": id,
+        "name": name,
+        "contract_end": parse_time(contract_end),
+        "inference_quota": quota,
+        "max_devices": max_devices,
+        "default_licence_seconds": seconds_of(default_days, "--default-days"),
+    }
+    customer = committed(database_url, lambda s: crud.create_customer(s, CLI_ACTOR, **fields))
     echo_json(customer_row(customer))
 
 
@@ -423,13 +421,12 @@ def customer_edit(
             "nothing would change: give at least one of --name, --contract-end, --quota, "
             "--max-devices, --default-days"
         )
-    sessions = admin_session(database_url)
-    try:
-        with sessions.begin() as session:
-            customer = crud.update_customer(session, id, CLI_ACTOR, **changes)
-            warning = crud.quota_warning(session, customer, changes, dt.datetime.now(dt.UTC))
-    except crud.CrudError as e:
-        fail(str(e))
+
+    def edit(session: Session) -> tuple[Any, str | None]:
+        customer = crud.update_customer(session, id, CLI_ACTOR, **changes)
+        return customer, crud.quota_warning(session, customer, changes, dt.datetime.now(dt.UTC))
+
+    customer, warning = committed(database_url, edit)
     echo_json(customer_row(customer))
     if warning:
         typer.echo(f"Warning: {warning}", err=True)
@@ -495,12 +492,7 @@ def device_edit(
 
 
 def _update_device(database_url: str | None, device_id: str, **changes: Any) -> None:
-    sessions = admin_session(database_url)
-    try:
-        with sessions.begin() as session:
-            crud.update_device(session, device_id, CLI_ACTOR, **changes)
-    except crud.CrudError as e:
-        fail(str(e))
+    committed(database_url, lambda s: crud.update_device(s, device_id, CLI_ACTOR, **changes))
 
 
 @app.command()
