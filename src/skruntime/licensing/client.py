@@ -896,8 +896,12 @@ class LicenceClient:
 
     # ------------------------------------------------------------------ counting
 
-    def _reserve(self, licence: Licence, n: int) -> bool:
-        """Reserve a block covering ``n`` inferences in the counter file; False if over."""
+    def _take(self, licence: Licence, n: int) -> bool:
+        """Take ``n`` inferences of ``licence``: from the reservation, topped up by a block
+        reserved in the counter file; False (nothing taken) if that would go over."""
+        if n <= self._available:
+            self._available -= n
+            return True
         with state_lock(self.state_dir, f"usage_{self.application}"):
             usage = self._read_usage()
             entry = usage.get(licence.licence_id)
@@ -916,7 +920,7 @@ class LicenceClient:
             entry["counter"] = counter + block
             self._write_usage(usage)
             self._counted.add(licence.licence_id)
-            self._available += block
+            self._available += block - n
             return True
 
     def _release(self) -> None:
@@ -954,18 +958,13 @@ class LicenceClient:
             raise ValueError(f"n must be an integer >= 1, but got {n!r}.")
         with self._lock:
             licence = self.ensure_licence()
-            if n <= self._available:
-                self._available -= n
-                return
-            if self._reserve(licence, n):
-                self._available -= n
+            if self._take(licence, n):
                 return
             cached = self._other_cached(licence)
             if cached is not None:
                 self._switch(cached, fresh=False)
                 licence = cached
-                if self._reserve(licence, n):
-                    self._available -= n
+                if self._take(licence, n):
                     return
             # the allowance is used up: one renewal may grant more
             used_up = (
@@ -989,8 +988,7 @@ class LicenceClient:
                     + (f": {e.detail}" if e.detail else "")
                     + "). Ask the licence administrator to raise the quota."
                 ) from e
-            if self._reserve(licence, n):
-                self._available -= n
+            if self._take(licence, n):
                 return
             self._next_retry = now + self.retry_seconds
             raise QuotaExhaustedError(
