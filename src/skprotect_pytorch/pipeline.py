@@ -480,13 +480,16 @@ def _run_group(
                 for inputs, outputs in checks[1:]:
                     check_outputs(exporter, path, run, inputs, outputs)
             relative = f"{group_dir}/{path.name}"
-            if other_platform is not None and other_platform.ships(relative, staging.final(path)):
+            kept = None  # the SHA-256 of the other platform's file, when it is kept
+            if other_platform is not None:
+                final = staging.final(path)
+                shipped = other_platform.shipped_digest(relative, final)
                 # a GPU file is checked at the example size only: kept only without dynamic axes
                 checked = device == "cpu" or other_sizes is None
-                if checked and _reproduces(exporter, staging.final(path), options, checks):
+                if shipped and checked and _reproduces(exporter, final, options, checks):
                     staging.keep_final(path)  # the other platform's file: this model, this key
-                    path = staging.final(path)
-                else:
+                    kept = shipped
+                elif shipped:
                     other_platform.warn_replaced(relative, name)
             seconds = time.perf_counter() - start
             logger.info(
@@ -507,7 +510,7 @@ def _run_group(
                 seconds=seconds,
                 exporter=report.exporter,
             )
-            hashes[fmt.slug] = sha256_file(path)
+            hashes[fmt.slug] = kept or sha256_file(path)
             entries[fmt.slug] = FormatEntry(
                 group=group.value,
                 file=relative,

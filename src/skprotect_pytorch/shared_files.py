@@ -84,14 +84,14 @@ class OtherPlatform:
             "test_key."
         )
 
-    def ships(self, relative: str, final: Path) -> bool:
-        """Whether ``final`` is the other platform's model file as its configuration records
-        it (so that replacing it would break that deployment); a version-0 configuration
-        records no SHA-256, so there the file's presence is enough."""
+    def shipped_digest(self, relative: str, final: Path) -> str | None:
+        """The SHA-256 of ``final`` when it is the other platform's model file as its
+        configuration records it (so that replacing it would break that deployment), else
+        None; a version-0 configuration records no SHA-256, so there presence is enough."""
         if relative not in self.model_files or not final.is_file():
-            return False
-        digest = self.model_files[relative]
-        return digest is None or sha256_file(final) == digest
+            return None
+        digest = sha256_file(final)
+        return digest if self.model_files[relative] in (None, digest) else None
 
     @property
     def files(self) -> set[str]:
