@@ -33,6 +33,7 @@ from skruntime.licensing.identity import DeviceIdentity
 URL = "http://licence.test"
 T0 = 1_750_000_000
 DAY = 24 * 3600
+_MAX_TIME = 253_402_300_799
 
 
 class Clock:
@@ -52,6 +53,7 @@ class FakeServer:
         self.key = Ed25519PrivateKey.generate()
         self.public_key = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.duration = duration
+        self.contract_end: int | None = None  # licences never outlive it
         self.quota = quota
         self.kek = kek
         self.up = True
@@ -129,6 +131,7 @@ class FakeServer:
             inferences = self.quota - self.used
             if inferences <= 0:
                 return self.denial("quota_exhausted", f"{self.used} of {self.quota} used")
+            inferences = min(inferences, body.get("requested_inferences") or inferences)
         licence_id = str(uuid.uuid4())
         licence = {
             "licence_id": licence_id,
@@ -137,7 +140,10 @@ class FakeServer:
             "application": body["application"],
             "models": body["models"],
             "issued_at": body["timestamp"] if self.time is None else self.time,
-            "expires_at": (body["timestamp"] if self.time is None else self.time) + self.duration,
+            "expires_at": min(
+                (body["timestamp"] if self.time is None else self.time) + self.duration,
+                self.contract_end or _MAX_TIME,
+            ),
             "inferences": inferences,
             "request_nonce": body["nonce"],
             "wrapped_kek": self.wrap(licence_id, body, device["exchange"]) if self.kek else None,
@@ -274,19 +280,48 @@ def test_renewal_inside_overlap_starts_at_request_time(state, clock) -> None:
     client.close()
 
 
-def test_licence_shorter_than_overlap_is_not_renewed_on_every_call(state, clock) -> None:
-    """A renewal that cannot leave the window (contract end, short licences) waits."""
-    server = FakeServer(duration=10 * DAY)
+def test_licence_shorter_than_overlap_is_renewed_from_its_half_life(state, clock) -> None:
+    """Every renewal draws a new allowance from the quota: a licence no longer than the overlap
+    (the defaults: 30-day licences, 30-day overlap) is not renewed on every use, but once half of
+    it has run, so the device keeps at least half a licence of offline time."""
+    server = FakeServer(duration=10 * DAY, quota=10**9)
     client = make_client(server, state, clock, overlap_seconds=30 * DAY, retry_seconds=300)
-    client.ensure_licence()  # inside its window from the start
-    for _ in range(20):
-        client.ensure_licence()
+    first = client.ensure_licence()
+    for _ in range(4 * 19):  # one inference every 6 hours for 19 days
         client.consume(1)
-    assert len(server.licence_requests) == 2  # the first licence, one renewal, then waiting
-    clock.t += 301
-    client.ensure_licence()
-    assert len(server.licence_requests) == 3
+        clock.t += 6 * 3600
+    issued = [r["timestamp"] - T0 for r in server.licence_requests]
+    assert issued == [0, 5 * DAY, 10 * DAY, 15 * DAY]  # before: every 6 hours from the start
+    assert client.ensure_licence().expires_at == T0 + 25 * DAY
+    assert server.counters[first.licence_id] == 20
     client.close()
+
+
+def test_a_licence_at_the_contract_end_is_not_renewed_again_for_validity(state, clock) -> None:
+    """In a contract's last month a renewal cannot extend the licence: after the one that
+    found this out, no renewal draws quota until the allowance is used up or it expires."""
+    server = FakeServer(duration=365 * DAY, quota=10**9)
+    server.contract_end = T0 + 40 * DAY
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY, requested_inferences=50)
+    client.ensure_licence()  # expires at the contract end: renewal window from day 10
+    for _ in range(4 * 20):  # one inference every 6 hours until day 20
+        client.consume(1)
+        clock.t += 6 * 3600
+    assert [r["timestamp"] - T0 for r in server.licence_requests] == [0, 10 * DAY]
+    client.close()
+    other = make_client(server, state, clock, requested_inferences=50)  # another process
+    for _ in range(4 * 19):  # until day 39: renewed only when 50 inferences are used up
+        other.consume(1)
+        clock.t += 6 * 3600
+    renewals = [r["timestamp"] - T0 for r in server.licence_requests]
+    assert renewals == [0, 10 * DAY, 22 * DAY + DAY // 2, 35 * DAY]
+    cached = json.loads((state / "licence_app.json").read_text())
+    assert cached["at_contract_end"] is True
+    assert cached["licence"]["expires_at"] == T0 + 40 * DAY
+    server.contract_end = T0 + 100 * DAY  # extended: the licence is renewed when it expires
+    clock.t = T0 + 40 * DAY
+    assert other.ensure_licence().expires_at == T0 + 100 * DAY
+    other.close()
 
 
 def test_server_down_within_and_after_validity(state, clock) -> None:
@@ -952,3 +987,28 @@ def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) ->
         "expires_at": T0 + DAY + 69,
         "inferences": 10,
     }
+
+
+@pytest.mark.parametrize("wanted", [0, 2**63, True, 1.5])
+def test_a_requested_allowance_the_server_refuses_is_refused_when_the_client_is_made(
+    server, state, clock, wanted
+) -> None:
+    """2**63 was sent with every licence request and refused with a 422, reported as an answer
+    that is not a licence ("a proxy or a captive portal may be in the way")."""
+    with pytest.raises(ValueError, match=r"requested_inferences must be an int from 1 to 9223"):
+        make_client(server, state, clock, requested_inferences=wanted)
+    assert server.calls == []
+
+
+def test_a_revoked_device_whose_allowance_is_used_up_is_told_it_is_revoked(state, clock) -> None:
+    """The renewal for more allowance raised QuotaExhaustedError ("ask the licence
+    administrator to raise the quota") and kept the cache; a revocation is a denial."""
+    server = FakeServer(quota=2)
+    client = make_client(server, state, clock, requested_inferences=2, persist_every=1)
+    client.consume(2)
+    server.deny = ("device_revoked", "device is revoked")
+    with pytest.raises(LicenceDeniedError) as err:
+        client.consume()
+    assert err.value.reason == "device_revoked"
+    assert not (state / "licence_app.json").exists()
+    client.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,13 @@ class Live:
 
 @pytest.fixture
 def live(sqlite_url: str, tmp_path: Path) -> Iterator[Callable[[int], Live]]:
-    """``live(quota)``: start the server with a customer of that inference quota."""
+    """``live(quota, duration)``: start the server with a customer of that inference quota and
+    licence duration (seconds)."""
     from tests.licensing.conftest import clean
 
     servers: list[EmbeddedServer] = []
 
-    def start(quota: int) -> Live:
+    def start(quota: int, duration: int = HOUR) -> Live:
         clean(sqlite_url)
         create_signing_key(tmp_path / "server" / "server.key")
         settings = Settings(
@@ -85,7 +87,7 @@ def live(sqlite_url: str, tmp_path: Path) -> Iterator[Callable[[int], Live]]:
             id=CUSTOMER,
             inference_quota=quota,
             max_devices=10,
-            default_licence_seconds=HOUR,
+            default_licence_seconds=duration,
         )
         server = EmbeddedServer(settings).start()
         servers.append(server)
@@ -138,14 +140,15 @@ def test_a_renewal_by_another_runtime_does_not_let_an_allowance_be_spent_twice(
 def test_a_reported_entry_is_kept_while_its_licence_can_be_used(live, tmp_path) -> None:
     """B renews inside its window while A still counts under L1: B's report keeps L1's entry
     (reported, not expired, not used up), and A goes on from L1's count, not from 0."""
-    server = live(100)
+    server = live(100, duration=400)  # licences no longer than the overlap: renewed from 200 s
     state = tmp_path / "device"
     a = client(server, state, requested_inferences=10, persist_every=3)
     a.consume()
     a.consume()  # L1: 3 reserved, 2 run
     l1 = a.ensure_licence()
-    b = client(server, state, requested_inferences=10, overlap_seconds=2 * HOUR)
-    l2 = b.ensure_licence()  # inside B's window from the start: renewed
+    later = lambda: time.time() + 250  # noqa: E731 (B's clock, within the server's window)
+    b = client(server, state, requested_inferences=10, overlap_seconds=2 * HOUR, clock=later)
+    l2 = b.ensure_licence()  # past L1's half-life for B: renewed
     assert l2.licence_id != l1.licence_id
     b.close()
     entries = json.loads((state / f"usage_{APP}.json").read_text())["licences"]

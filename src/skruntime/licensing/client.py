@@ -29,7 +29,12 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
 
 Timeline. A licence is used as is until ``expires_at - overlap_seconds``. Inside the overlap
 window each :meth:`LicenceClient.ensure_licence` tries to renew (at most once per
-``retry_seconds`` after a failure); the server starts the new licence at the request time. Any
+``retry_seconds`` after a failure); the server starts the new licence at the request time. Every
+renewal draws a new allowance from the customer's quota, so renewals that cannot extend a licence
+are not repeated: a licence no longer than ``overlap_seconds`` is renewed from its half-life
+instead, and a licence that a renewal could not extend (it ends at the contract end, like the
+licence it replaced; the cache file notes it, unsigned, as ``"at_contract_end": true``) is
+renewed only when its allowance is used up or it expires. Any
 failed renewal inside the window (server unreachable, an answer that is not a verified licence
 for this request, or a denial other than ``device_revoked``) keeps the cached licence until it
 expires, with a warning naming the cause; after expiry an unreachable server raises
@@ -60,7 +65,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +114,10 @@ _CLOCK_HOLDS = "the last time this device saw, for clock-rollback detection"
 _LAST_SEEN_PERSIST_S = 60
 _KEK_SIZE = 32
 _MAX_TIME = 253_402_300_799  # 9999-12-31 23:59:59 UTC: a later time in a state file is corrupt
+_MAX_REQUESTED = 2**63 - 1
+"""The largest allowance a licence request may ask for (the server's 64-bit integers)."""
+_AT_CONTRACT_END = "at_contract_end"
+"""Cache-file note (unsigned: it only delays renewals) on a licence a renewal could not extend."""
 
 
 def _when(ts: float) -> str:
@@ -380,11 +389,11 @@ class LicenceClient:
         if requested_inferences is not None and (
             isinstance(requested_inferences, bool)
             or not isinstance(requested_inferences, int)
-            or requested_inferences < 1
-        ):
+            or not 1 <= requested_inferences <= _MAX_REQUESTED
+        ):  # a larger one is refused by the server (422) at every licence request
             raise ValueError(
-                f"requested_inferences must be a positive int or None, but got "
-                f"{requested_inferences!r}."
+                f"requested_inferences must be an int from 1 to {_MAX_REQUESTED} or None, but "
+                f"got {requested_inferences!r}."
             )
         if not isinstance(server_public_key, bytes | bytearray) or len(server_public_key) != 32:
             raise LicenceError(
@@ -656,6 +665,9 @@ class LicenceClient:
             raise
         except LicenceError as e:
             raise _BadAnswer(e) from None
+        previous = self._licence
+        if previous is not None and licence.expires_at == previous.expires_at:
+            licence = replace(licence, document=licence.document | {_AT_CONTRACT_END: True})
         try:
             write_private(self._licence_path, protocol.canonical_bytes(licence.document))
         except LicenceError as err:  # issued and paid for: use it from memory, do not drop it
@@ -705,6 +717,18 @@ class LicenceClient:
             )
         return licence
 
+    def _renewal_opens(self, licence: Licence) -> float:
+        """When renewing ``licence`` for its validity starts. Each renewal draws a new allowance
+        from the quota: a licence no longer than the overlap (every use would renew it) is
+        renewed from its half-life, and one a renewal could not extend (the contract end) only
+        once it expires (:meth:`consume` still renews it when its allowance is used up)."""
+        if licence.document.get(_AT_CONTRACT_END) is True:
+            return licence.expires_at
+        duration = licence.expires_at - licence.issued_at
+        return licence.expires_at - (
+            self.overlap_seconds if duration > self.overlap_seconds else duration / 2
+        )
+
     def _switch(self, licence: Licence, *, fresh: bool) -> None:
         """Make ``licence`` the current one and open its counter entry (``fresh``: just issued
         by the server, else read from the cache)."""
@@ -742,13 +766,19 @@ class LicenceClient:
 
         Raises:
             _RenewalFailed: no licence decision came back (retried after ``retry_seconds``).
-            LicenceDeniedError: the server's denial (retried after ``retry_seconds``).
+            LicenceDeniedError: the server's denial (retried after ``retry_seconds``;
+                ``device_revoked`` also drops the cached licence).
         """
         self._release()
         self.report_usage()
         try:
             return self._request(now)
-        except (_RenewalFailed, LicenceDeniedError):
+        except LicenceDeniedError as e:
+            if e.reason == "device_revoked":  # at once, even inside the licence's validity
+                self._drop_cache()
+            self._next_retry = now + self.retry_seconds
+            raise
+        except _RenewalFailed:
             self._next_retry = now + self.retry_seconds
             raise
 
@@ -778,7 +808,7 @@ class LicenceClient:
             except ClockRollbackError as rollback:
                 return self._confirm_clock(rollback)
             licence = self._licence
-            if licence is None or now >= licence.expires_at - self.overlap_seconds:
+            if licence is None or now >= self._renewal_opens(licence):
                 cached = self._load_cached()  # another process may have renewed it
                 if cached is not None and (
                     licence is None or cached.expires_at > licence.expires_at
@@ -787,7 +817,7 @@ class LicenceClient:
                     licence = cached
             if licence is not None:
                 self._check_issued(licence, now)
-                if now < licence.expires_at - self.overlap_seconds:
+                if now < self._renewal_opens(licence):
                     return licence
                 if now < licence.expires_at:  # overlap window: renew, keep it on failure
                     if now < self._next_retry:
@@ -805,7 +835,6 @@ class LicenceClient:
                         return licence
                     except LicenceDeniedError as e:
                         if e.reason == "device_revoked":
-                            self._drop_cache()
                             raise
                         log.warning(
                             "Licence renewal denied (%s); the current licence stays valid "
@@ -814,10 +843,10 @@ class LicenceClient:
                             _when(licence.expires_at),
                         )
                         return licence
-                    if now >= renewed.expires_at - self.overlap_seconds:
-                        # the renewal could not leave the window (contract end, or a licence
-                        # shorter than the overlap): ask again only after retry_seconds, not on
-                        # every inference
+                    if now >= self._renewal_opens(renewed):
+                        # the renewed licence is already due (a very short one, issued by a
+                        # server clock behind this one): ask again only after retry_seconds,
+                        # not on every inference
                         self._next_retry = now + self.retry_seconds
                     return renewed
             try:
@@ -857,7 +886,6 @@ class LicenceClient:
             cause = self._failure(e)
         except LicenceDeniedError as e:
             if e.reason == "device_revoked":
-                self._drop_cache()
                 raise
             cause = f"it refused the request: {e.reason}" + (f", {e.detail}" if e.detail else "")
         else:
@@ -983,6 +1011,8 @@ class LicenceClient:
             except _RenewalFailed as e:
                 raise QuotaExhaustedError(f"{used_up} and {self._failure(e)}.") from None
             except LicenceDeniedError as e:
+                if e.reason == "device_revoked":
+                    raise
                 raise QuotaExhaustedError(
                     f"{used_up} and the licence server grants no more ({e.reason}"
                     + (f": {e.detail}" if e.detail else "")
