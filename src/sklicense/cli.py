@@ -195,6 +195,8 @@ def serve(
     from sklicense.api.main import create_app
     from sklicense.crypto import SigningKeyError
 
+    in_range(port, "--port", 1, 65535)
+    in_range(workers, "--workers", 1, INT32_MAX)
     settings = settings_for(database_url, state_dir)
     try:
         settings.check_production()
@@ -220,10 +222,19 @@ def db_upgrade(database_url: DatabaseUrl = None) -> None:
 @token_app.command("create")
 def token_create(
     role: Annotated[str, typer.Option(help="admin or read-only.")] = "admin",
+    expires_days: Annotated[
+        float | None,
+        typer.Option(help="Days until the token expires (default: valid until revoked)."),
+    ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create an admin API token; it is printed once (only its SHA-256 is stored)."""
-    typer.echo(committed(database_url, lambda s: crud.create_token(s, role, CLI_ACTOR)))
+    expires_at = None
+    if expires_days is not None:
+        seconds = seconds_of(expires_days, "--expires-days")
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        expires_at = now + dt.timedelta(seconds=seconds)
+    typer.echo(committed(database_url, lambda s: crud.create_token(s, role, CLI_ACTOR, expires_at)))
 
 
 @token_app.command("list")

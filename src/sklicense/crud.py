@@ -76,15 +76,26 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, role: str, actor: str) -> str:
-    """Create a bearer token with ``role``; returns the token (only its SHA-256 is stored)."""
+def create_token(
+    session: Session, role: str, actor: str, expires_at: dt.datetime | None = None
+) -> str:
+    """Create a bearer token with ``role``, valid until ``expires_at`` (None: until revoked);
+    returns the token (only its SHA-256 is stored)."""
     if role not in ROLES:
         raise CrudError(f"role must be one of {', '.join(ROLES)}, but got {role!r}")
+    now = utcnow()
+    if expires_at is not None and (expires_at.tzinfo is None or expires_at <= now):
+        raise CrudError(
+            f"expires_at must be a timezone-aware time in the future, but got {expires_at!r}"
+        )
     token = "skl_" + secrets.token_urlsafe(32)
-    row = AdminToken(token_sha256=token_sha256(token), role=role, created_at=utcnow())
+    row = AdminToken(
+        token_sha256=token_sha256(token), role=role, created_at=now, expires_at=expires_at
+    )
     session.add(row)
     session.flush()
-    audit(session, actor, "token.create", f"token:{row.id}", {"role": role})
+    detail = {"role": role, "expires_at": _jsonable(expires_at)}
+    audit(session, actor, "token.create", f"token:{row.id}", detail)
     return token
 
 
@@ -93,9 +104,13 @@ def token_fingerprint(token: str) -> str:
     return token_sha256(token)[:FINGERPRINT_CHARS]
 
 
-def token_role(session: Session, token: str) -> str | None:
+def token_role(session: Session, token: str, now: dt.datetime | None = None) -> str | None:
+    """The role of a stored token that has not expired at ``now`` (default: the current
+    time), else None."""
     row = session.scalar(select(AdminToken).where(AdminToken.token_sha256 == token_sha256(token)))
-    return row.role if row else None
+    if row is None or (row.expires_at is not None and row.expires_at <= (now or utcnow())):
+        return None
+    return row.role
 
 
 def token_row(row: AdminToken) -> dict[str, Any]:
@@ -104,6 +119,7 @@ def token_row(row: AdminToken) -> dict[str, Any]:
         "id": row.id,
         "role": row.role,
         "created_at": row.created_at,
+        "expires_at": row.expires_at,
         "fingerprint": row.token_sha256[:FINGERPRINT_CHARS],
     }
 

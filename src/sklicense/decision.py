@@ -24,7 +24,7 @@ concurrent requests can never both spend the same remaining quota.
 
 from __future__ import annotations
 
-import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,8 +198,9 @@ def decide(
         )
     if device is not None and device.status == "revoked":
         return Deny("device_revoked", f"device {device.id} is revoked")
-    now_dt = dt.datetime.fromtimestamp(now, dt.UTC)
-    if customer.contract_end is not None and customer.contract_end <= now_dt:
+    # licences are in whole seconds: a contract ending within this second leaves no licence
+    end = None if customer.contract_end is None else math.floor(customer.contract_end.timestamp())
+    if end is not None and end <= now:
         return Deny(
             "contract_ended",
             f"the contract of customer {customer.id} ended at {customer.contract_end.isoformat()}",
@@ -236,6 +237,6 @@ def decide(
         else customer.default_licence_seconds
     )
     expires_at = now + duration
-    if customer.contract_end is not None:
-        expires_at = min(expires_at, int(customer.contract_end.timestamp()))
+    if end is not None:
+        expires_at = min(expires_at, end)
     return Allow(application, customer, device, now, expires_at, inferences)

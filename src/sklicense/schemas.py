@@ -164,6 +164,14 @@ class LicenceRequestIn(DeviceMessage):
     def _application(cls, value: str) -> str:
         return refused_if(text_problem(value), value)
 
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str]) -> list[str]:
+        """Stored in the licence and named in denials: no NUL or other control character."""
+        for model in value:
+            refused_if(text_problem(model), model)
+        return value
+
     @field_validator("signing_public_key")
     @classmethod
     def _keys(cls, value: str) -> str:
@@ -363,6 +371,8 @@ class TokenPublic(BaseModel):
     id: int
     role: str
     created_at: dt.datetime
+    #: None: valid until revoked.
+    expires_at: dt.datetime | None
     fingerprint: str
 
 

@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from tests.licensing.server_helpers import (
     APP,
     FakeDevice,
@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from sklicense import crud
 from sklicense.cli import app as cli
-from sklicense.models import AuditLog
+from sklicense.models import AuditLog, Customer, Licence
 
 KEK = base64.b64encode(b"k" * 32).decode()
 INT64 = "9223372036854775807"
@@ -238,6 +238,22 @@ def test_licence_request_model_lists_are_bounded(client, sessions) -> None:
         403,
         "application 'demo-app' has no model named 'x0', 'x1', 'x2', 'x3', 'x4' and 2 more",
     )
+
+
+@pytest.mark.parametrize("model", ["a\x00b", "a\x07b", "a\nb"])
+def test_licence_request_model_names_with_control_characters_are_422(
+    client, sessions, model
+) -> None:
+    """An application that allows any model stored such a name in the licence (and signed it);
+    a NUL, which PostgreSQL keeps in a JSON column, was licensed on both databases."""
+    make_application(sessions)  # any model
+    make_customer(sessions)
+    response = licence_request(client, FakeDevice(), models=["model-a", model])
+    assert response.status_code == 422, response.text
+    assert "control characters" in response.json()["detail"][0]["msg"]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Licence)) == 0
+        assert session.get(Customer, 42).inferences_granted == 0
 
 
 def test_unsigned_requests_are_logged_not_audited(client, sessions, caplog) -> None:

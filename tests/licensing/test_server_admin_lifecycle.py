@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import threading
 import time
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from tests.licensing.conftest import clean
 from tests.licensing.server_helpers import (
     APP,
+    Clock,
     FakeDevice,
     bearer,
     make_application,
@@ -75,6 +77,55 @@ def test_tokens_are_listed_by_fingerprint_and_revoked_at_once(client, tokens, se
         "token:2",
         {"role": "read-only", "fingerprint": crud.token_fingerprint(tokens["read-only"])},
     )
+
+
+def test_a_token_with_an_expiry_stops_working_then(database_url, sessions, settings) -> None:
+    """``token create --expires-days``: listed with its expiry, 401 from then on (by the
+    server's clock), audited; without the option a token is valid until revoked."""
+    created = invoke(database_url, "token", "create", "--expires-days", "2")
+    assert created.exit_code == 0, created.output
+    token = created.output.strip()
+    [row] = invoke_json(database_url, "token", "list")
+    expires = dt.datetime.fromisoformat(row["expires_at"])
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    assert abs((expires - soon).total_seconds()) < 60
+    [entry] = audit_entries(sessions, "token.create")
+    assert entry.detail == {"role": "admin", "expires_at": expires.isoformat()}
+    clock = Clock(int(expires.timestamp()) - 1)
+    with TestClient(create_app(settings, clock)) as client:
+        listed = client.get("/v1/admin/tokens", headers=bearer(token))
+        assert listed.status_code == 200 and listed.json()[0]["expires_at"] is not None
+        clock.now += 1
+        gone = client.get("/v1/admin/tokens", headers=bearer(token))
+        assert (gone.status_code, gone.json()) == (401, UNAUTHENTICATED)
+    for days, message in (("0", "over 0"), ("nan", "over 0"), ("36501", "up to 36500")):
+        refused = invoke(database_url, "token", "create", "--expires-days", days)
+        assert refused.exit_code == 1 and message in refused.output, refused.output
+    for when in (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(3000, 1, 1)):
+        with sessions.begin() as session, pytest.raises(crud.CrudError, match="in the future"):
+            crud.create_token(session, "admin", "test", when)
+    forever = invoke(database_url, "token", "create").output.strip()
+    assert invoke_json(database_url, "token", "list")[1]["expires_at"] is None
+    with sessions() as session:
+        far = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+        assert crud.token_role(session, forever, far) == "admin"
+        assert crud.token_role(session, token, far) is None
+
+
+def test_the_bearer_scheme_is_case_insensitive(client, tokens) -> None:
+    """RFC 9110: ``bearer`` and ``BEARER`` name the scheme too (they got 401)."""
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        headers = {"Authorization": f"{scheme} {tokens['admin']}"}
+        assert client.get("/v1/admin/customers", headers=headers).status_code == 200, scheme
+    for header in ("Bearer", "Bearer ", "Basic " + tokens["admin"], tokens["admin"]):
+        response = client.get("/v1/admin/customers", headers={"Authorization": header})
+        assert response.status_code == 401, header
+
+
+def invoke_json(database_url: str, *args: str) -> Any:
+    done = invoke(database_url, *args)
+    assert done.exit_code == 0, done.output
+    return json.loads(done.output)
 
 
 def test_cli_lists_and_revokes_tokens(database_url, tokens, sessions) -> None:

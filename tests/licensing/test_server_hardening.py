@@ -7,13 +7,17 @@ datetime cannot hold are refused when they are set, not when a licence is next i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from typing import Any
+from unittest import mock
 
 import pytest
 from tests.licensing.server_helpers import FakeDevice, bearer, make_application, make_customer
 
+from sklicense.api.limits import MAX_ADMIN_BODY, BodyLimit
 from sklicense.schemas import INT64_MAX, MAX_LICENCE_SECONDS
 from skruntime.licensing.protocol import MAX_DEVICE_BODY
 
@@ -34,6 +38,56 @@ JUNK_SIGNATURE = {"X-SK-Signature": "AAAA", "Content-Type": "application/json"}
 def test_malformed_device_bodies_are_refused(client, path: str, raw: str, status: int) -> None:
     response = client.post(path, content=raw.encode(), headers=JUNK_SIGNATURE)
     assert response.status_code == status, response.text
+
+
+CHUNK = 64 * 1024
+
+
+def _limited(path: str, headers: list[tuple[bytes, bytes]]) -> tuple[list[Any], int, bytes]:
+    """Send an endless chunked body through :class:`BodyLimit`: (messages sent back, chunks
+    the middleware pulled, what the app read)."""
+    pulled = 0
+    seen = bytearray()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b" " * CHUNK, "more_body": pulled < 4}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        seen.extend(message["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    asyncio.run(BodyLimit(app)(scope, receive, send))
+    return sent, pulled, bytes(seen)
+
+
+@pytest.mark.parametrize(
+    ("path", "limit"), [("/v1/licences", MAX_DEVICE_BODY), ("/v1/admin/customers", MAX_ADMIN_BODY)]
+)
+def test_an_oversized_body_is_refused_before_it_is_read_whole(path: str, limit: int) -> None:
+    """413 before the framework buffers the body (it did: a 400 MiB body to either path, sent
+    by anyone, grew the server by 0.8 to 1.2 GiB before the 413 or the 401)."""
+    declared = [(b"content-length", str(100 * limit).encode())]
+    sent, pulled, seen = _limited(path, declared)
+    assert sent[0]["status"] == 413 and pulled == 0 and not seen
+    with mock.patch(f"{__name__}.CHUNK", limit // 3):  # chunked: refused after the limit
+        sent, pulled, seen = _limited(path, [])
+    assert sent[0]["status"] == 413 and pulled == 4 and not seen
+    assert str(limit).encode() in sent[1]["body"]
+
+
+def test_a_body_within_the_limit_reaches_the_app_whole() -> None:
+    sent, pulled, seen = _limited("/v1/licences", [])
+    assert sent[0]["status"] == 200 and pulled == 4 and seen == b" " * (4 * CHUNK)
 
 
 @pytest.mark.parametrize("path", ["/v1/licences", "/v1/usage"])
@@ -74,6 +128,9 @@ def test_admin_values_that_cannot_be_stored_are_refused(client, tokens, sessions
     for listing in ("devices", "licences", "usage"):
         url = f"/v1/admin/{listing}?customer_id={2**63}"
         assert client.get(url, headers=admin).status_code == 422, listing
+    audit = client.get(f"/v1/admin/audit?offset={2**63}", headers=admin)  # was a 500
+    assert audit.status_code == 422, audit.text
+    assert client.get(f"/v1/admin/audit?offset={INT64_MAX}", headers=admin).json() == []
     cleared = client.patch("/v1/admin/customers/42", json={"inference_quota": None}, headers=admin)
     assert cleared.status_code == 422 and "at least one policy" in cleared.text
 
@@ -148,6 +205,14 @@ def test_cli_failures_are_one_line_errors(tmp_path) -> None:
             "is not base64 text",
         ),
         (["init", "--state-dir", "keydir", "--database-url", db_url], "Is a directory"),
+        (  # was a 40-line traceback of uvicorn's bind (OverflowError)
+            ["serve", "--port", "99999", "--state-dir", "st", "--database-url", db_url],
+            "--port must be in [1, 65535], but got 99999",
+        ),
+        (
+            ["serve", "--workers", "0", "--state-dir", "st", "--database-url", db_url],
+            "--workers must be in [1,",
+        ),
     ]
     for args, message in cases:
         done = _sklicense(*args, cwd=tmp_path)

@@ -243,6 +243,23 @@ def test_deny_contract_ended(client, sessions, clock) -> None:
     )
 
 
+def test_a_contract_ending_within_the_second_is_ended(client, sessions, clock) -> None:
+    """Licences are in whole seconds: a contract ending half a second after the request got a
+    licence expiring as it was issued (the runtime refuses it as faulty), and was charged."""
+    make_application(sessions)
+    end = dt.datetime.fromtimestamp(T0, dt.UTC) + dt.timedelta(milliseconds=500)
+    make_customer(sessions, contract_end=end, inference_quota=10)
+    device = FakeDevice()
+    assert_denied(
+        ask(client, device, device.licence_request(42, clock.now)),
+        "contract_ended",
+        "the contract of customer 42 ended at 2026-05-28T20:26:40.500000+00:00",
+    )
+    clock.now -= 1  # a second earlier: a licence of one second, up to the contract end
+    licence = licence_of(ask(client, device, device.licence_request(42, clock.now)))
+    assert (licence["issued_at"], licence["expires_at"]) == (T0 - 1, T0)
+
+
 def test_deny_too_many_devices(client, setup, clock) -> None:
     for _ in range(2):
         device = FakeDevice()

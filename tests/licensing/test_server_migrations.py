@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sqlite3
@@ -34,7 +35,7 @@ EXPECTED_TABLES = {
 
 
 def test_migrated_schema(database_url) -> None:
-    assert db.current_revision(database_url) == db.head_revision() == "0002"
+    assert db.current_revision(database_url) == db.head_revision() == "0003"
     assert set(inspect(db.get_engine(database_url)).get_table_names()) == EXPECTED_TABLES
     db.check_migrated(database_url)
 
@@ -49,10 +50,56 @@ def test_upgrade_from_0001_keeps_applications(tmp_path: Path) -> None:
             text("INSERT INTO applications (name, created_at) VALUES ('app', CURRENT_TIMESTAMP)")
         )
     db.upgrade(url)
-    assert db.current_revision(url) == "0002"
+    assert db.current_revision(url) == "0003"
     with db.get_engine(url).begin() as connection:
         rows = connection.execute(text("SELECT name, public_key FROM applications")).all()
     assert [tuple(r) for r in rows] == [("app", None)]
+
+
+def test_downgrade_to_0001_keeps_licensed_applications(database_url, sessions) -> None:
+    """Downgrading to 0001 drops the columns 0002 and 0003 added and keeps the rows, also on
+    SQLite, where copying and dropping the applications table is refused by its licences'
+    foreign keys."""
+    from alembic import command
+    from tests.licensing.server_helpers import T0, make_application, make_customer
+
+    from sklicense import crud
+    from sklicense.models import Device, Licence
+
+    issued = dt.datetime.fromtimestamp(T0, dt.UTC)
+    make_application(sessions)
+    make_customer(sessions)
+    with sessions.begin() as session:
+        crud.create_token(session, "admin", "test", dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+        session.add(
+            Device(id="d1", customer_id=42, signing_public_key="k", exchange_public_key="k")
+        )
+        session.flush()
+        session.add(
+            Licence(
+                id="l1", device_id="d1", customer_id=42, application_id=1, models=["m"],
+                issued_at=issued, expires_at=issued, inferences=None, request_nonce="n",
+            )
+        )  # fmt: skip
+
+    def columns(table: str) -> set[str]:
+        return {c["name"] for c in inspect(db.get_engine(database_url)).get_columns(table)}
+
+    assert "expires_at" in columns("admin_tokens") and "public_key" in columns("applications")
+    config = db.alembic_config(database_url)
+    try:
+        with db.get_engine(database_url).begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0001")
+        assert db.current_revision(database_url) == "0001"
+        assert "public_key" not in columns("applications")
+        assert "expires_at" not in columns("admin_tokens")
+        with db.get_engine(database_url).begin() as connection:
+            assert connection.execute(text("SELECT count(*) FROM licences")).scalar_one() == 1
+            assert connection.execute(text("SELECT count(*) FROM admin_tokens")).scalar_one() == 1
+    finally:
+        db.upgrade(database_url)  # the session's database, for the next tests
+    assert db.current_revision(database_url) == db.head_revision()
 
 
 def test_policy_check_constraint(database_url) -> None:
@@ -90,7 +137,7 @@ def test_unmigrated_database_is_refused(tmp_path: Path, state_dir: Path) -> None
     assert not (tmp_path / "fresh.db").exists()  # checking did not create it
     sqlite3.connect(tmp_path / "fresh.db").close()  # an empty database: there, not migrated
     message = (
-        f"The database {url} is not migrated; this server needs revision 0002. "
+        f"The database {url} is not migrated; this server needs revision 0003. "
         "Run `sklicense db upgrade` (with the same --database-url) first."
     )
     with pytest.raises(db.DatabaseNotMigratedError) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sklicense import crud
 from sklicense.schemas import DEVICE_ID_PATTERN, INT32_MAX, INT64_MAX, MAX_NAME
 from sklicense.settings import Settings
-from skruntime.licensing.protocol import MAX_DEVICE_BODY, SIGNATURE_HEADER, canonical_bytes
+from skruntime.licensing.protocol import SIGNATURE_HEADER, canonical_bytes
 
 
 def get_settings(request: Request) -> Settings:
@@ -66,14 +67,12 @@ async def get_json_body(request: Request) -> dict[str, Any]:
     """The raw JSON object of a device request (the signature covers exactly these fields).
 
     Anyone can send one before the signature is checked, so it is bounded and strict: at most
-    :data:`MAX_DEVICE_BODY` bytes (413), and no NaN/Infinity, nesting beyond Python's recursion
-    limit or lone surrogates in strings (400), each of which would otherwise fail later as a 500.
+    :data:`~skruntime.licensing.protocol.MAX_DEVICE_BODY` bytes (413, from
+    :class:`~sklicense.api.limits.BodyLimit` while the body arrives), and no NaN/Infinity,
+    nesting beyond Python's recursion limit or lone surrogates in strings (400), each of which
+    would otherwise fail later as a 500.
     """
     raw = await request.body()
-    if len(raw) > MAX_DEVICE_BODY:
-        raise HTTPException(
-            status_code=413, detail=f"the request body is over {MAX_DEVICE_BODY} bytes"
-        )
     try:
         body = json.loads(raw, parse_constant=_no_constant)
         canonical_bytes(body)  # what the signature check will encode: lone surrogates fail here
@@ -109,17 +108,19 @@ READ_ONLY_DETAIL = "this token is read-only: admin role required"
 
 
 def _authenticate(
-    settings: Settings, sessions: sessionmaker[Session], authorization: str | None
+    settings: Settings, sessions: sessionmaker[Session], authorization: str | None, now: int
 ) -> Admin | None:
-    """The admin a bearer token names, or None. The configured token is compared as bytes
+    """The admin a bearer token names (a stored one unless it expired before ``now``), or None.
+    The scheme is case-insensitive (RFC 9110); the configured token is compared as bytes
     (``hmac.compare_digest`` refuses non-ASCII ``str``)."""
-    if not authorization or not authorization.startswith("Bearer "):
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         return None
-    token = authorization.removeprefix("Bearer ").strip()
     if settings.admin_token and hmac.compare_digest(token.encode(), settings.admin_token.encode()):
         return Admin("admin:configured-token", "admin")
     with sessions() as session:
-        role = crud.token_role(session, token)
+        role = crud.token_role(session, token, dt.datetime.fromtimestamp(now, dt.UTC))
     return None if role is None else Admin(f"token:{crud.token_fingerprint(token)}", role)
 
 
@@ -134,7 +135,7 @@ def get_admin(
     """Bearer-token authentication. The token is checked first: a valid one always passes, so
     bad tokens sent from an admin's address cannot lock the admin out. Failures count per
     client address; past ``admin_auth_failures_per_minute`` they get 429 instead of 401."""
-    admin = _authenticate(settings, sessions, authorization)
+    admin = _authenticate(settings, sessions, authorization, clock())
     if admin is None:
         client = request.client.host if request.client else "unknown"
         failures = crud.rate_hit(engine, f"admin-auth:{client}", clock())

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 from sklicense import db
+from sklicense.api.limits import BodyLimit
 from sklicense.api.routes import (
     applications,
     audit,
@@ -28,6 +29,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     settings.check_production()
     db.check_migrated(settings.database_url)
     app = FastAPI(title="sklicense", summary="skprotect licence server", version="1")
+    app.add_middleware(BodyLimit)
     app.state.settings = settings
     app.state.clock = clock or unix_now
     app.state.engine = db.get_engine(settings.database_url)

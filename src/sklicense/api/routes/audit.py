@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from sklicense import crud
 from sklicense.api.deps import AdminDep, SessionDep
-from sklicense.schemas import AuditPublic
+from sklicense.schemas import INT64_MAX, AuditPublic
 
 admin_router = APIRouter(prefix="/audit", tags=["admin"])
 
@@ -18,7 +18,7 @@ def list_audit(
     admin: AdminDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,  # larger: the database cannot bind
 ) -> list[AuditPublic]:
     """Audit entries, newest first."""
     return [AuditPublic.model_validate(e) for e in crud.list_audit(session, limit, offset)]

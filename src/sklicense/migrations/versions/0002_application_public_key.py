@@ -22,5 +22,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("applications") as batch:
-        batch.drop_column("public_key")
+    if op.get_bind().dialect.name == "sqlite":
+        # not batch mode: it copies the table and drops the old one, which the foreign keys of
+        # the licences refuse (SQLite 3.35 and later drop a column in place)
+        op.execute("ALTER TABLE applications DROP COLUMN public_key")
+    else:
+        op.drop_column("applications", "public_key")
