@@ -115,11 +115,11 @@ def _not_a_file(path: Path, what: str) -> _CliError:
     return _CliError(f"{what} {path} does not exist.", EXIT_NOT_FOUND)
 
 
-def _empty(path: Path, option: str) -> _CliError | None:
+def _empty(path: Path, option: str, wanted: str = "a file name") -> _CliError | None:
     """A usage error for an empty path (``-o ''``: typer reads it as the folder ``.``)."""
     if str(path) != ".":
         return None
-    return _CliError(f"{option}: the path is empty (or '.'); pass a file name.", EXIT_USAGE)
+    return _CliError(f"{option}: the path is empty (or '.'); pass {wanted}.", EXIT_USAGE)
 
 
 def _unreadable(path: Path, err: object) -> _CliError:
@@ -271,7 +271,12 @@ def _read_server_public_key(value: str) -> bytes:
         is_file = path.is_file()
     except OSError:  # e.g. a base64 string too long for a file name
         is_file = False
-    data = path.read_bytes() if is_file else value.encode("ascii", "replace")
+    try:
+        data = path.read_bytes() if is_file else value.encode("ascii", "replace")
+    except OSError as err:  # e.g. no read permission: one usage line, like an unreadable --kek
+        raise _CliError(
+            f"--server-public-key {path} cannot be read: {err.strerror or err}.", EXIT_USAGE
+        ) from err
     key = _key_bytes(data, raw=is_file)
     if key is None:
         raise _CliError(
@@ -330,6 +335,9 @@ def _run(
             "server_public_key": _read_server_public_key(server_public_key),
             "state_dir": state_dir,
         }
+        # '' (typer: '.') would make the current folder owner-only and hold the device key
+        if state_dir is not None and (problem := _empty(state_dir, "--state-dir", "a folder")):
+            raise problem
     elif server_public_key is not None or state_dir is not None:
         raise _CliError("--server-public-key and --state-dir need --licence-server.", EXIT_USAGE)
 

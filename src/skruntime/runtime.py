@@ -82,6 +82,43 @@ def _newer_version_error(path: Path, err: ConfigurationError) -> ConfigurationEr
     )
 
 
+_DEFAULT_OVERLAP_SECONDS = 30 * 24 * 3600
+_DEFAULT_REQUESTED_INFERENCES = 10_000
+
+
+def _check_licensing_options(licence_server: object, options: Mapping[str, Any]) -> None:
+    """Refuse licensing options that would be silently ignored (no ``licence_server``), and a
+    ``state_dir`` that is not a path (the licence client checks the other values)."""
+    defaults = {
+        "server_public_key": None,
+        "state_dir": None,
+        "overlap_seconds": _DEFAULT_OVERLAP_SECONDS,
+        "requested_inferences": _DEFAULT_REQUESTED_INFERENCES,
+        "transport": None,
+    }
+    if licence_server is None:
+        ignored = [
+            n
+            for n, v in options.items()
+            if (v is not None if defaults[n] is None else v != defaults[n])
+        ]
+        if ignored:
+            raise ConfigurationError(
+                f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} only used with "
+                "licence_server=, which is not given: pass licence_server= (the sklicense "
+                "server's URL) to license, or leave them out."
+            )
+    state_dir = options["state_dir"]
+    if state_dir is not None and (
+        not isinstance(state_dir, str | os.PathLike) or os.fspath(state_dir) == ""
+    ):
+        # "" would be the current folder: made owner-only, with the device key written into it
+        raise ConfigurationError(
+            f"state_dir must be a folder path (str or os.PathLike, not empty) or None, but got "
+            f"the {type(state_dir).__name__} {state_dir!r}."
+        )
+
+
 def _platform_name(platform: object) -> str:
     value = getattr(platform, "value", platform)  # accepts SkProtectorPyTorch.ExportPlatform
     if isinstance(value, str) and value.upper() in PLATFORMS:
@@ -122,7 +159,9 @@ class SkRuntime:
     Raises:
         ConfigurationError: missing folder or configuration, both platforms present without
             ``platform=``, invalid signature, too-new platform version (the message shows the
-            compatibility table), invalid content.
+            compatibility table), invalid content; a licensing option (``server_public_key``,
+            ``state_dir``, ``overlap_seconds``, ``requested_inferences``, ``transport``) given
+            without ``licence_server`` or of an invalid value.
 
     >>> rt = SkRuntime("outputs/default_app")  # doctest: +SKIP
     >>> rt.models()  # doctest: +SKIP
@@ -143,11 +182,21 @@ class SkRuntime:
         licence_server: str | None = None,
         server_public_key: bytes | None = None,
         state_dir: str | os.PathLike[str] | None = None,
-        overlap_seconds: float = 30 * 24 * 3600,
-        requested_inferences: int | None = 10_000,
+        overlap_seconds: float = _DEFAULT_OVERLAP_SECONDS,
+        requested_inferences: int | None = _DEFAULT_REQUESTED_INFERENCES,
         transport: Any = None,
     ) -> None:
         self._licence_client: Any = None
+        _check_licensing_options(
+            licence_server,
+            {
+                "server_public_key": server_public_key,
+                "state_dir": state_dir,
+                "overlap_seconds": overlap_seconds,
+                "requested_inferences": requested_inferences,
+                "transport": transport,
+            },
+        )
         if not isinstance(outputs_dir, str | os.PathLike):
             raise ConfigurationError(
                 "outputs_dir must be the path (str or os.PathLike) of the folder skprotect wrote, "
@@ -160,10 +209,8 @@ class SkRuntime:
                 f"Folder {self.outputs_dir} does not exist or is not a folder. Point SkRuntime "
                 "at outputs/<application_name>/ written by skprotect."
             )
+        found = [p for p, name in CONFIG_FILENAMES.items() if (self.outputs_dir / name).exists()]
         if platform is None:
-            found = [
-                p for p, name in CONFIG_FILENAMES.items() if (self.outputs_dir / name).exists()
-            ]
             if not found:
                 expected = " or ".join(f"{n} ({p})" for p, n in CONFIG_FILENAMES.items())
                 raise ConfigurationError(
@@ -174,11 +221,20 @@ class SkRuntime:
                 raise ConfigurationError(
                     f"{self.outputs_dir} holds configurations for several platforms "
                     f"({', '.join(CONFIG_FILENAMES[p] for p in found)}); pass "
-                    f"platform={' or '.join(repr(p) for p in found)} to choose one."
+                    f"platform={' or '.join(repr(p) for p in found)} (skprotect run: --platform "
+                    f"{' or '.join(found)}) to choose one."
                 )
             platform = found[0]
         self.platform = _platform_name(platform)
         self.config_path = self.outputs_dir / CONFIG_FILENAMES[self.platform]
+        if found and self.platform not in found:
+            other = found[0]
+            raise ConfigurationError(
+                f"No {self.platform} configuration ({self.config_path.name}) in "
+                f"{self.outputs_dir}; it holds the {other} one ({CONFIG_FILENAMES[other]}). Pass "
+                f"platform={other!r} (skprotect run: --platform {other}), or protect the models "
+                f"for {self.platform}."
+            )
         try:
             config = load_config(self.config_path, public_key=public_key)
         except ConfigurationError as e:
@@ -240,19 +296,22 @@ class SkRuntime:
                 f"{self.config_path} changed after it was loaded and is no longer a "
                 "configuration file; create the runtime again."
             ) from None
-        return LicenceClient(
-            server,
-            state_dir=state_dir,
-            server_public_key=server_public_key,
-            application=self.config.application,
-            customer_id=self.config.customer.id,
-            models=list(self.config.models),
-            config_sha256=hashlib.sha256(raw).hexdigest(),
-            configuration=configuration,
-            overlap_seconds=overlap_seconds,
-            requested_inferences=requested_inferences,
-            transport=transport,
-        )
+        try:
+            return LicenceClient(
+                server,
+                state_dir=state_dir,
+                server_public_key=server_public_key,
+                application=self.config.application,
+                customer_id=self.config.customer.id,
+                models=list(self.config.models),
+                config_sha256=hashlib.sha256(raw).hexdigest(),
+                configuration=configuration,
+                overlap_seconds=overlap_seconds,
+                requested_inferences=requested_inferences,
+                transport=transport,
+            )
+        except ValueError as e:  # a bad overlap_seconds or requested_inferences
+            raise ConfigurationError(str(e)) from None
 
     @property
     def licence_client(self) -> Any:
@@ -349,15 +408,19 @@ class SkRuntime:
                 f"static_key must be True or False, but got the {type(static_key).__name__} "
                 f"{static_key!r}."
             )
-        client = self._licence_client
-        if client is not None:
-            client.ensure_licence()
         entry = self._model(model_name)
+        if not isinstance(fmt, str):  # a list would raise TypeError, ExportFormat.ONNX mislead
+            raise ModelNotFoundError(
+                f"fmt must be a format name (str), one of {', '.join(entry.formats)} for model "
+                f"{model_name!r}, but got the {type(fmt).__name__} {fmt!r}."
+            )
         if fmt not in entry.formats:
             raise ModelNotFoundError(
                 f"Model {model_name!r} is not protected for format {fmt!r}; its formats: "
                 f"{', '.join(entry.formats)}. Protect it with that format or load another one."
             )
+        backend_type = backend_class(fmt)
+        backend_type.check_options(options)  # providers, option names, CUDA: before any read
         fentry = entry.formats[fmt]
         path = self.outputs_dir / fentry.file
         if not path.is_file():
@@ -365,20 +428,19 @@ class SkRuntime:
                 f"Model file {path} of model {model_name!r} ({fmt}) not found. Deploy the whole "
                 f"{self.outputs_dir.name}/ folder written by skprotect."
             )
-        digest = fentry.sha256
-        if digest is not None or self.platform == "LINUX":
-            try:
-                actual = sha256_file(path)
-            except OSError as e:
-                raise ModelFileError(
-                    f"Model file {path} cannot be read: {e.strerror or e}."
-                ) from None
-            if digest is not None and actual != digest:
-                raise IntegrityError(
-                    f"Model file {path} does not match the SHA-256 in {self.config_path.name}: "
-                    "it was tampered or post-processed; re-deploy the file written by skprotect."
-                )
-            digest = actual
+        # hashed in every platform version: the key files name the model file they unlock
+        try:
+            digest = sha256_file(path)
+        except OSError as e:
+            raise ModelFileError(f"Model file {path} cannot be read: {e.strerror or e}.") from None
+        if fentry.sha256 is not None and digest != fentry.sha256:
+            raise IntegrityError(
+                f"Model file {path} does not match the SHA-256 in {self.config_path.name}: "
+                "it was tampered or post-processed; re-deploy the file written by skprotect."
+            )
+        client = self._licence_client
+        if client is not None:  # after the local checks: a typo or bad file is no licence error
+            client.ensure_licence()
         material = self._key_material(model_name, fmt, fentry.key_files, digest)
         if material.length != entry.key.length:
             raise KeyFileError(
@@ -396,7 +458,7 @@ class SkRuntime:
         else:
             key = session_key(material)
         try:
-            backend = backend_class(fmt)(path, options)
+            backend = backend_type(path, options)
         except BaseException:
             key[:] = 0
             raise
@@ -404,7 +466,7 @@ class SkRuntime:
         return LoadedModel(model_name, fmt, entry.inputs, entry.outputs, key, backend, meter)
 
     def _key_material(
-        self, model_name: str, fmt: str, key_files: Sequence[str], digest: str | None
+        self, model_name: str, fmt: str, key_files: Sequence[str], digest: str
     ) -> KeyMaterial:
         if self.platform == "TXT":
             if not key_files:
@@ -420,7 +482,8 @@ class SkRuntime:
             raise KeyUnavailableError(
                 f"Model {model_name!r} is protected for the LINUX platform: its key is encrypted "
                 "and the key-encryption key is released by the licence server. Pass "
-                "licence_server= and server_public_key= (or kek=<32 bytes>) to SkRuntime."
+                "licence_server= and server_public_key= (or kek=<32 bytes>) to SkRuntime "
+                "(skprotect run: --licence-server URL --server-public-key KEY, or --kek FILE)."
             )
         name = mev_filename(model_name, fmt)
         mev = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
@@ -429,7 +492,6 @@ class SkRuntime:
                 f"The configuration lists no encrypted key file {name} for model "
                 f"{model_name!r} ({fmt}). Re-protect the model for the LINUX platform."
             )
-        assert digest is not None  # LINUX always hashes the model file
         return read_mev(
             self.outputs_dir / mev[0],
             model_name=model_name,

@@ -82,6 +82,11 @@ class BackendOptions:
 class Backend(Protocol):
     """A loaded model file. Inputs are the model's inputs followed by the key vector."""
 
+    @staticmethod
+    def check_options(options: BackendOptions) -> None:
+        """Raise BackendError for options this backend refuses; reads no file (run first)."""
+        ...
+
     def __init__(self, path: Path, options: BackendOptions) -> None: ...
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:

@@ -25,7 +25,13 @@ from ..errors import BackendError, InputError
 from .base import BackendOptions
 from .gpu import apply_gpu_determinism, cuda_index, require_cuda
 
-__all__ = ["INPUTS_METADATA", "InductorBackend", "check_inputs", "input_specs"]
+__all__ = [
+    "INPUTS_METADATA",
+    "InductorBackend",
+    "check_inputs",
+    "check_torch_options",
+    "input_specs",
+]
 
 INPUTS_METADATA = "skprotect.inputs"
 """Package metadata key (and TorchScript extra file): JSON list, one object per input, key
@@ -206,6 +212,18 @@ def _flatten(out: Any) -> list[torch.Tensor]:
     )
 
 
+def check_torch_options(options: BackendOptions, valid: Sequence[str], kind: str) -> None:
+    """Refuse unknown session options and a CUDA device torch cannot use (BackendError): the
+    checks of a torch backend that need no file, run by the runtime before it reads any."""
+    unknown = sorted(set(options.session_options) - set(valid))
+    if unknown:
+        raise BackendError(
+            f"Unknown {kind} session option(s) {', '.join(unknown)}. Valid: {', '.join(valid)}."
+        )
+    if options.device != "cpu":
+        require_cuda(f"{kind} GPU", options.device)
+
+
 _SESSION_OPTIONS = {"run_single_threaded": bool}
 
 
@@ -222,19 +240,18 @@ class InductorBackend:
     wants_numpy = False
     """The runtime passes torch tensors through (numpy arrays too)."""
 
+    @staticmethod
+    def check_options(options: BackendOptions) -> None:
+        """Refuse unknown session options and an unusable CUDA device, before any file is read."""
+        check_torch_options(options, list(_SESSION_OPTIONS), "AOTInductor")
+
     def __init__(self, path: Path, options: BackendOptions) -> None:
         self._path = Path(path)
         name = self._path.name
-        unknown = sorted(set(options.session_options) - set(_SESSION_OPTIONS))
-        if unknown:
-            raise BackendError(
-                f"Unknown AOTInductor session option(s) {', '.join(unknown)}. Valid: "
-                f"{', '.join(_SESSION_OPTIONS)}."
-            )
+        self.check_options(options)
         self.device = "cpu"
         index = -1
         if options.device != "cpu":
-            require_cuda("AOTInductor GPU (.pt2)", options.device)
             index = cuda_index(options.device)
             self.device = f"cuda:{index}"
             apply_gpu_determinism()

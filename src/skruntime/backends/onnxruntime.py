@@ -72,6 +72,15 @@ def _session_options(options: BackendOptions) -> ort.SessionOptions:
     if options.inter_op_threads is not None:
         so.inter_op_num_threads = options.inter_op_threads
     extra = {k: v for k, v in options.session_options.items() if k != "providers"}
+    for option, param in (
+        ("intra_op_num_threads", "intra_op_threads"),
+        ("inter_op_num_threads", "inter_op_threads"),
+    ):
+        if option in extra and getattr(options, param) is not None:  # one would be ignored
+            raise BackendError(
+                f"The thread count is given twice: {param}={getattr(options, param)} and "
+                f"session_options[{option!r}]={extra[option]!r}; pass only {param}."
+            )
     unknown = sorted(k for k in extra if k.startswith("_") or not hasattr(so, k))
     if unknown:
         known = sorted(a for a in dir(so) if not a.startswith("_") and not callable(getattr(so, a)))
@@ -99,6 +108,12 @@ class OnnxRuntimeBackend:
 
     wants_numpy = True
     """LoadedModel converts torch tensors to numpy before calling :meth:`run`."""
+
+    @staticmethod
+    def check_options(options: BackendOptions) -> None:
+        """Refuse invalid providers, session options or device, before any file is read."""
+        _providers(options)
+        _session_options(options)
 
     def __init__(self, path: Path, options: BackendOptions) -> None:
         providers = _providers(options)

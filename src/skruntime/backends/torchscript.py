@@ -17,13 +17,14 @@ import torch
 
 from ..errors import BackendError
 from .base import BackendOptions
-from .gpu import apply_gpu_determinism, cuda_index, require_cuda
+from .gpu import apply_gpu_determinism, cuda_index
 from .inductor import (
     INPUTS_METADATA,
     TensorIO,
     apply_threads,
     backend_failure,
     check_inputs,
+    check_torch_options,
     parse_specs,
 )
 
@@ -53,17 +54,16 @@ class TorchScriptBackend:
     wants_numpy = False
     """The runtime passes torch tensors through (numpy arrays too)."""
 
+    @staticmethod
+    def check_options(options: BackendOptions) -> None:
+        """Refuse unknown session options and an unusable CUDA device, before any file is read."""
+        check_torch_options(options, _SESSION_OPTIONS, "TorchScript")
+
     def __init__(self, path: Path, options: BackendOptions) -> None:
         self._path = Path(path)
-        unknown = sorted(set(options.session_options) - set(_SESSION_OPTIONS))
-        if unknown:
-            raise BackendError(
-                f"Unknown TorchScript session option(s) {', '.join(unknown)}. Valid: "
-                f"{', '.join(_SESSION_OPTIONS)}."
-            )
+        self.check_options(options)
         self.device = "cpu"
         if options.device != "cpu":
-            require_cuda("TorchScript GPU (.pt)", options.device)
             self.device = f"cuda:{cuda_index(options.device)}"
             apply_gpu_determinism()
         apply_threads(options)
