@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sklicense.crud import audit
 from sklicense.crypto import sign_licence, wrap_kek
 from sklicense.decision import Allow, Deny, check_message, decide, signature_valid
-from sklicense.models import Device, Licence, SeenNonce, UsageReport
+from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S
 
@@ -98,6 +98,10 @@ def request_licence(
                 decision.detail,
             )
             return _deny(decision)
+        if isinstance(decision, Deny) and decision.reason == "replayed_request":
+            resent = _resend(session, request, now, key)
+            if resent is not None:
+                return resent
         if isinstance(decision, Deny):
             if decision.record_nonce:
                 remember_nonce(session, request.device_id, request.nonce, now)
@@ -143,40 +147,18 @@ def _allow(
     if allow.inferences is not None:
         allow.customer.inferences_granted += allow.inferences
     licence_id = str(uuid.uuid4())
-    session.add(
-        Licence(
-            id=licence_id,
-            device_id=device.id,
-            customer_id=allow.customer.id,
-            application_id=allow.application.id,
-            models=list(request.models),
-            issued_at=_ts(allow.issued_at),
-            expires_at=_ts(allow.expires_at),
-            inferences=allow.inferences,
-            request_nonce=request.nonce,
-        )
+    row = Licence(
+        id=licence_id,
+        device_id=device.id,
+        customer_id=allow.customer.id,
+        application_id=allow.application.id,
+        models=list(request.models),
+        issued_at=_ts(allow.issued_at),
+        expires_at=_ts(allow.expires_at),
+        inferences=allow.inferences,
+        request_nonce=request.nonce,
     )
-    wrapped = None
-    if allow.application.kek is not None:
-        wrapped = wrap_kek(
-            allow.application.kek,
-            device.exchange_public_key,
-            licence_id,
-            device.id,
-            allow.application.name,
-        )
-    licence = {
-        "licence_id": licence_id,
-        "device_id": device.id,
-        "customer_id": allow.customer.id,
-        "application": allow.application.name,
-        "models": list(request.models),
-        "issued_at": allow.issued_at,
-        "expires_at": allow.expires_at,
-        "inferences": allow.inferences,
-        "request_nonce": request.nonce,
-        "wrapped_kek": wrapped,
-    }
+    session.add(row)
     audit(
         session,
         f"device:{device.id}",
@@ -191,7 +173,69 @@ def _allow(
         },
     )
     session.flush()
+    return _answer(row, device, allow.application, key)
+
+
+def _answer(
+    row: Licence, device: Device, application: Application, key: Ed25519PrivateKey
+) -> Outcome:
+    """The signed licence document for a stored licence (its KEK wrapped to the device)."""
+    wrapped = None
+    if application.kek is not None:
+        wrapped = wrap_kek(
+            application.kek, device.exchange_public_key, row.id, device.id, application.name
+        )
+    licence = {
+        "licence_id": row.id,
+        "device_id": device.id,
+        "customer_id": row.customer_id,
+        "application": application.name,
+        "models": list(row.models),
+        "issued_at": int(row.issued_at.timestamp()),
+        "expires_at": int(row.expires_at.timestamp()),
+        "inferences": row.inferences,
+        "request_nonce": row.request_nonce,
+        "wrapped_kek": wrapped,
+    }
     return Outcome(200, sign_licence(licence, key))
+
+
+def _resend(
+    session: Session, request: LicenceRequestIn, now: int, key: Ed25519PrivateKey
+) -> Outcome | None:
+    """The licence already granted to this very request, when a device sends it again (its
+    answer was lost: a timeout, a proxy's 502): sent again, not charged again. None when the
+    nonce's request was denied, or reused for another request, or the device or licence is no
+    longer good: then it stays ``replayed_request``. A captured request replayed by someone
+    else within the ±300 s window gets only what its device already got: a KEK wrapped to that
+    device's key."""
+    row = session.scalar(
+        select(Licence).where(
+            Licence.device_id == request.device_id, Licence.request_nonce == request.nonce
+        )
+    )
+    if row is None:
+        return None
+    device = session.get(Device, row.device_id)
+    application = session.get(Application, row.application_id)
+    if (
+        device is None
+        or application is None
+        or device.status != "active"
+        or row.customer_id != request.customer_id
+        or application.name != request.application
+        or list(row.models) != list(request.models)
+        or row.expires_at.timestamp() <= now
+    ):
+        return None
+    audit(
+        session,
+        f"device:{device.id}",
+        "licence.resend",
+        f"customer:{row.customer_id}",
+        {"licence_id": row.id, "application": application.name},
+    )
+    return _answer(row, device, application, key)
 
 
 def report_usage(

@@ -206,7 +206,9 @@ def make_client(server: FakeServer, state: Path, clock: Clock, **kw: Any) -> Lic
         "transport": server.transport(),
     }
     options.update(kw)
-    return LicenceClient(URL, **options)
+    client = LicenceClient(URL, **options)
+    client.resend_delays = ()  # counted per request here; resends: test_lost_answers_are_resent
+    return client
 
 
 def mode(path: Path) -> int:
@@ -780,6 +782,37 @@ def test_failed_renewal_inside_the_window_keeps_the_licence_and_backs_off(
     )
 
 
+def _read_timeout(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("timed out", request=request)
+
+
+def _connect_error(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+@pytest.mark.parametrize(
+    ("answer", "sent"),
+    [(_read_timeout, 3), (lambda r: httpx.Response(502), 3), (_connect_error, 1)],
+    ids=["read timeout", "502", "connection refused"],
+)
+def test_lost_answers_are_resent(state, clock, answer, sent) -> None:
+    """An answer lost after the request may have reached the server is asked for again with the
+    identical signed bytes (the server resends a granted licence uncharged); a request that
+    never left (connection refused) is not."""
+    server = FakeServer()
+    bodies: list[bytes] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.read() + request.headers[protocol.SIGNATURE_HEADER].encode())
+        return answer(request)
+
+    client = make_client(server, state, clock, transport=httpx.MockTransport(record))
+    client.resend_delays = (0.0, 0.0)
+    with pytest.raises(LicenceUnavailableError):
+        client.ensure_licence()
+    assert len(bodies) == sent and len(set(bodies)) == 1
+
+
 def test_an_explicit_denial_is_not_a_failed_renewal(state, clock) -> None:
     server = FakeServer(duration=100 * DAY)
     client = make_client(server, state, clock, overlap_seconds=30 * DAY)
@@ -1012,3 +1045,27 @@ def test_a_revoked_device_whose_allowance_is_used_up_is_told_it_is_revoked(state
     assert err.value.reason == "device_revoked"
     assert not (state / "licence_app.json").exists()
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("overlap_seconds", float("nan")),
+        ("overlap_seconds", float("inf")),
+        ("overlap_seconds", True),
+        ("retry_seconds", -1),
+        ("clock_tolerance", "5"),
+        ("timeout", 0),
+    ],
+)
+def test_bad_durations_are_refused_by_name(state, clock, option, value) -> None:
+    with pytest.raises(ValueError, match=f"^{option} must be a finite number of seconds"):
+        make_client(FakeServer(), state, clock, **{option: value})
+
+
+def test_an_empty_state_dir_is_refused_not_the_current_folder(tmp_path, clock, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = stat.S_IMODE(tmp_path.stat().st_mode)
+    with pytest.raises(LicenceError, match="state_dir is empty"):
+        make_client(FakeServer(), "", clock)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == [] and stat.S_IMODE(tmp_path.stat().st_mode) == before

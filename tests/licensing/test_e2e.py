@@ -338,12 +338,50 @@ def test_replayed_request(live, protected, tmp_path) -> None:
             SIGNATURE_HEADER: headers[SIGNATURE_HEADER.lower()],
         },
     )
-    assert replay.status_code == 403
-    assert replay.json()["reason"] == "replayed_request"
+    # a granted request sent again gets the same licence, its KEK wrapped to the same device,
+    # and is not charged again; the answer echoes the device's nonce, so it is useless elsewhere
+    assert replay.status_code == 200, replay.text
+    (issued,) = live.admin.call("GET", "/licences")
+    assert replay.json()["licence"]["licence_id"] == issued["id"]
+    assert live.admin.call("GET", f"/customers/{CUSTOMER}")["inferences_granted"] == 1000
+    # the same nonce in another request is refused
+    other = json.loads(body) | {"models": []}
+    response = httpx.post(live.url + path, json=other, headers={SIGNATURE_HEADER: "x"})
+    assert response.status_code in (403, 422)
     # a forged signature on a fresh body is refused as well
     forged = json.loads(body) | {"nonce": "0" * 32}
     response = httpx.post(live.url + path, json=forged, headers={SIGNATURE_HEADER: b64(b"\0" * 64)})
     assert response.status_code == 403 and response.json()["reason"] == "bad_signature"
+
+
+class LoseFirstAnswer(httpx.BaseTransport):
+    """The network path drops the answer to the first licence request after the server has
+    granted it (a read timeout), like a proxy or a flaky link."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.sent: list[bytes] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.url.path == "/v1/licences":
+            self.sent.append(request.read())
+            if len(self.sent) == 1:
+                response.read()
+                raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+
+def test_a_lost_answer_is_asked_again_without_charging_twice(live, protected, tmp_path) -> None:
+    live.admin.customer(inference_quota=100)
+    transport = LoseFirstAnswer()
+    with client(live, protected, tmp_path / "device", transport=transport) as lc:
+        lc.resend_delays = (0.01,)
+        licence = lc.ensure_licence()
+    assert len(transport.sent) == 2 and transport.sent[0] == transport.sent[1]
+    (issued,) = live.admin.call("GET", "/licences")
+    assert licence.licence_id == issued["id"] and licence.inferences == 100
+    assert live.admin.call("GET", f"/customers/{CUSTOMER}")["inferences_granted"] == 100
 
 
 def test_clock_rollback(live, protected, tmp_path) -> None:

@@ -208,15 +208,46 @@ def test_deny_device_key_mismatch(client, setup, clock) -> None:
     assert ask(client, other, body).json()["reason"] == "bad_signature"
 
 
+def test_a_granted_request_sent_again_gets_the_same_licence_uncharged(client, setup, clock) -> None:
+    """A device whose answer was lost sends the identical request again: the same licence comes
+    back (its KEK wrapped anew to the same device), the quota is not charged twice."""
+    make_application(setup, kek=random_kek(), name="kek-app")
+    with setup.begin() as session:
+        session.get(Customer, 42).inference_quota = 100
+    device = FakeDevice("dev-1")
+    body = device.licence_request(42, clock.now, application="kek-app", requested_inferences=30)
+    first = licence_of(ask(client, device, body))
+    clock.now += 60
+    again = licence_of(ask(client, device, body))
+    assert {k: v for k, v in again.items() if k != "wrapped_kek"} == {
+        k: v for k, v in first.items() if k != "wrapped_kek"
+    }
+    assert again["wrapped_kek"] is not None and again["wrapped_kek"] != first["wrapped_kek"]
+    with setup() as session:
+        assert session.get(Customer, 42).inferences_granted == 30
+        actions = [e.action for e in session.scalars(select(AuditLog).order_by(AuditLog.id))]
+        assert actions[-2:] == ["licence.allow", "licence.resend"]
+
+
 def test_deny_replayed_request(client, setup, clock) -> None:
-    device = FakeDevice()
+    """A nonce is answered with a licence once: sent again for another request, after a denial,
+    or once the device is revoked, it is ``replayed_request``."""
+    device = FakeDevice("dev-1")
     body = device.licence_request(42, clock.now)
     licence_of(ask(client, device, body))
+    detail = f"nonce {body['nonce']} was already used by this device"
+    other = body | {"models": ["model-b"]}  # same nonce, signed anew for another request
+    assert_denied(ask(client, device, other), "replayed_request", detail)
+    denied = device.licence_request(43, clock.now)  # unknown customer: denied, nonce kept
+    assert ask(client, device, denied).json()["reason"] == "unknown_customer"
     assert_denied(
-        ask(client, device, body),
+        ask(client, device, denied),
         "replayed_request",
-        f"nonce {body['nonce']} was already used by this device",
+        f"nonce {denied['nonce']} was already used by this device",
     )
+    with setup.begin() as session:
+        crud.update_device(session, "dev-1", "test", status="revoked")
+    assert_denied(ask(client, device, body), "replayed_request", detail)
 
 
 def test_deny_device_revoked(client, setup, clock) -> None:

@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import numbers
 import os
 import threading
 import time
@@ -118,6 +120,17 @@ _MAX_REQUESTED = 2**63 - 1
 """The largest allowance a licence request may ask for (the server's 64-bit integers)."""
 _AT_CONTRACT_END = "at_contract_end"
 """Cache-file note (unsigned: it only delays renewals) on a licence a renewal could not extend."""
+
+
+_ANSWER_LOST = (
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.DecodingError,
+)
+"""Failures after which the request may have reached the server (unlike a refused connection)."""
 
 
 def _when(ts: float) -> str:
@@ -366,6 +379,10 @@ class LicenceClient:
         clock_tolerance: seconds the clock may step back before :class:`ClockRollbackError`.
     """
 
+    resend_delays: tuple[float, ...] = (0.5, 2.0)
+    """Seconds before each resend of a licence request whose answer was lost (well inside the
+    server's ±300 s window)."""
+
     def __init__(
         self,
         server_url: str,
@@ -400,12 +417,26 @@ class LicenceClient:
                 "server_public_key must be the licence server's raw 32-byte Ed25519 public key."
             )
         if isinstance(persist_every, bool) or not isinstance(persist_every, int):
-            raise ValueError("persist_every must be an integer >= 1.")
-        if persist_every < 1 or overlap_seconds < 0 or retry_seconds < 0 or clock_tolerance < 0:
-            raise ValueError(
-                "persist_every must be >= 1; overlap_seconds, retry_seconds and clock_tolerance "
-                "must be >= 0."
-            )
+            raise ValueError(f"persist_every must be an integer >= 1, but got {persist_every!r}.")
+        if persist_every < 1:
+            raise ValueError(f"persist_every must be >= 1, but got {persist_every}.")
+        for name, seconds in (
+            ("overlap_seconds", overlap_seconds),
+            ("retry_seconds", retry_seconds),
+            ("clock_tolerance", clock_tolerance),
+            ("timeout", timeout),
+        ):
+            if (
+                isinstance(seconds, bool)
+                or not isinstance(seconds, numbers.Real)
+                or not math.isfinite(seconds)
+                or seconds < 0
+                or (name == "timeout" and seconds == 0)
+            ):
+                least = "> 0" if name == "timeout" else ">= 0"
+                raise ValueError(
+                    f"{name} must be a finite number of seconds {least}, not {seconds!r}."
+                )
         self.server_url = _checked_url(server_url)
         self.state_dir: Path = ensure_state_dir(state_dir)
         self.identity = DeviceIdentity.load_or_create(self.state_dir)
@@ -603,17 +634,30 @@ class LicenceClient:
             return None
         return licence
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        headers = {protocol.SIGNATURE_HEADER: self.identity.sign(body)}
-        try:
-            response = self._http.post(
-                path, content=protocol.canonical_bytes(body), headers=headers | _JSON
-            )
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
-            raise _Unreachable(f"{type(e).__name__}: {e}") from None
-        if response.status_code >= 500:
-            raise _Unreachable(f"HTTP {response.status_code}")
-        return response
+    def _post(self, path: str, body: dict[str, Any], *, resend: bool = False) -> httpx.Response:
+        """POST the signed ``body``. With ``resend``, an answer lost after the request may have
+        reached the server (a read timeout, a dropped connection, a 5xx) is asked for again with
+        the identical signed bytes, after each of :attr:`resend_delays`: the server answers a
+        granted request's resend with the same licence, without charging the quota again."""
+        content = protocol.canonical_bytes(body)
+        headers = {protocol.SIGNATURE_HEADER: self.identity.sign(body)} | _JSON
+        delays = iter(self.resend_delays if resend else ())
+        while True:
+            try:
+                response = self._http.post(path, content=content, headers=headers)
+            except _ANSWER_LOST as e:
+                failure = f"{type(e).__name__}: {e}"
+            except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
+                raise _Unreachable(f"{type(e).__name__}: {e}") from None  # not sent, or no use
+            else:
+                if response.status_code < 500:
+                    return response
+                failure = f"HTTP {response.status_code}"
+            delay = next(delays, None)
+            if delay is None:
+                raise _Unreachable(failure)
+            log.warning("Licence server: %s; sending the same request again", failure)
+            time.sleep(delay)
 
     def _denial(self, response: httpx.Response) -> LicenceDeniedError | None:
         """The server's denial in a 403/429 answer; None when it is not one (a proxy's page)."""
@@ -654,7 +698,7 @@ class LicenceClient:
             body["requested_inferences"] = self.requested_inferences
         if self.configuration is not None:  # the vendor's proof of the customer id
             body["configuration"] = self.configuration
-        response = self._post("/v1/licences", body)
+        response = self._post("/v1/licences", body, resend=True)
         if response.status_code in (403, 429):
             denial = self._denial(response)
             if denial is not None:

@@ -62,7 +62,13 @@ def default_state_dir() -> Path:
 
 
 def ensure_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
-    """Create the state folder (mode 0700) if needed; tighten an existing one to 0700."""
+    """Create the state folder (mode 0700) if needed; tighten an existing one to 0700. An empty
+    path is refused: it would be the current folder, made owner-only and filled with keys."""
+    if state_dir is not None and os.fspath(state_dir) in ("", b""):
+        raise LicenceError(
+            f"state_dir is empty. Pass the folder for the runtime's state, or None for "
+            f"${STATE_DIR_ENV} or {DEFAULT_STATE_DIR}."
+        )
     path = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
