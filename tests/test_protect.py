@@ -17,6 +17,7 @@ from torch import nn
 
 from skprotect_pytorch import Customer
 from skprotect_pytorch.errors import (
+    ConfigurationError,
     ExportError,
     InvalidArgumentError,
     RemovedAPIError,
@@ -211,12 +212,13 @@ def test_torchscript_cpu_runs_with_key(workdir: Path) -> None:
 
 def test_new_and_updated_model_rules(workdir: Path) -> None:
     protector = SkProtectorPyTorch(application_name="app")
-    with pytest.raises(InvalidArgumentError, match="no model 'net' to replace"):
+    # the errors of docs/api.md, the same ones the configuration write raises
+    with pytest.raises(ConfigurationError, match="no model 'net' to replace"):
         protector.protect_updated_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
     protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
-    with pytest.raises(InvalidArgumentError, match="already in"):
+    with pytest.raises(ConfigurationError, match="already in"):
         protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
-    with pytest.raises(InvalidArgumentError, match="models there: net"):
+    with pytest.raises(ConfigurationError, match="models there: net"):
         protector.protect_updated_model(make_model(), "nt", INPUTS, model_export_formats=EF.ONNX)
     protector.protect_new_model(make_model(1), "net2", INPUTS, model_export_formats=EF.ONNX)
     config = load_config(protector.config_path(EP.TXT))

@@ -103,6 +103,14 @@ def test_refuses_default_state_when_cwd_is_in_outputs(
         ProtectionState.open("default_app")
 
 
+def test_an_application_named_outputs_is_not_inside_outputs(tmp_path: Path) -> None:
+    """Only the folders above the application's own count: an application called 'outputs'
+    was refused as if its state were inside a shipped outputs folder."""
+    state = ProtectionState.open("outputs", root=tmp_path / "state")
+    assert state.folder == tmp_path / "state" / "outputs"
+    assert (state.folder / "master.key").is_file()
+
+
 def test_refuses_group_readable_master(tmp_path: Path) -> None:
     state = ProtectionState.open("app", root=tmp_path)
     os.chmod(state.folder / "master.key", 0o640)

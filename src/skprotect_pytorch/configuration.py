@@ -9,9 +9,12 @@ The file format itself is specified in :mod:`skruntime.config`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -33,7 +36,54 @@ from . import __version__
 from .customer import Customer
 from .errors import ConfigurationError, InvalidArgumentError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None  # type: ignore[assignment]
+
 _SUPPORTED = ", ".join(str(v) for v in SUPPORTED_PLATFORM_VERSIONS)
+_held = threading.local()  # folders whose lock this thread holds: a nested use does not wait
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@contextlib.contextmanager
+def config_lock(folder: Path) -> Iterator[None]:
+    """Hold the exclusive lock of an application's outputs folder while the block runs.
+
+    Two protection scripts of one application running at once each read the configuration,
+    add their model and write it back: without the lock the second write drops the first's
+    model. The lock is an advisory ``flock`` on the folder itself (no lock file ships in
+    ``outputs/``); a missing or unopenable folder is not locked (its write fails on its own).
+    """
+    key = os.path.abspath(folder)
+    held = _held.__dict__.setdefault("folders", set())
+    fd = None
+    if fcntl is not None and key not in held:
+        with contextlib.suppress(OSError):
+            fd = os.open(key, os.O_RDONLY)
+    if fd is None:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
+        yield
+    finally:
+        held.discard(key)
+        os.close(fd)  # closing releases the lock
+
+
+def _under_config_lock(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``func(config_path, ...)`` holding the lock of the configuration's folder."""
+
+    @functools.wraps(func)
+    def locked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        path = args[0] if args else kwargs["config_path"]
+        with config_lock(Path(path).parent):  # type: ignore[arg-type]
+            return func(*args, **kwargs)
+
+    return locked
 
 
 @contextlib.contextmanager
@@ -47,7 +97,8 @@ def _as_protector_errors() -> Iterator[None]:
         raise ConfigurationError(str(e)) from e
 
 
-def _check_version(version: object, what: str = "platform_version") -> int:
+def check_version(version: object, what: str = "platform_version") -> int:
+    """``version`` as a supported platform version (an int, not a float or numpy number)."""
     if isinstance(version, bool) or not isinstance(version, int):
         raise InvalidArgumentError(f"{what} must be an int, but got {version!r}.")
     if version not in SUPPORTED_PLATFORM_VERSIONS:
@@ -83,7 +134,7 @@ def _describe(customer: CustomerEntry | None) -> str:
     return f"Customer({customer.id}, {customer.name!r})"
 
 
-def _load_own(path: Path, signing_key: Ed25519PrivateKey) -> Config:
+def load_own(path: Path, signing_key: Ed25519PrivateKey) -> Config:
     """Load ``path`` pinned to this application's key, with a protector-level error if not."""
     if not isinstance(signing_key, Ed25519PrivateKey):
         raise InvalidArgumentError(
@@ -93,17 +144,20 @@ def _load_own(path: Path, signing_key: Ed25519PrivateKey) -> Config:
         return load_config(path, public_key=public_key_bytes(signing_key))
     except rt_errors.ConfigurationError as pinned_error:
         try:
-            load_config(path)
+            unpinned = load_config(path)
         except rt_errors.ConfigurationError:
             raise ConfigurationError(str(pinned_error)) from pinned_error
         raise ConfigurationError(
-            f"{path} is signed by a different application key than this protector's: the "
-            "private protection state (master.key) changed since the file was written. Restore "
-            "the state folder from its backup, or move the outputs folder away and re-protect "
-            "every model of the application."
+            f"{path} (application '{unpinned.application}') is signed by a different application "
+            "key than this protector's: it is another application's file, or the private "
+            "protection state (master.key) changed since the file was written. Use the "
+            "application's own outputs folder; otherwise restore the state folder from its "
+            "backup, or move the outputs folder away and re-protect every model of the "
+            "application."
         ) from pinned_error
 
 
+@_under_config_lock
 def add_model(
     config_path: str | os.PathLike[str],
     model_name: str,
@@ -133,7 +187,7 @@ def add_model(
         InvalidArgumentError: an argument has the wrong type or value.
     """
     path = Path(config_path)
-    version = _check_version(platform_version)
+    version = check_version(platform_version)
     platform_value = _platform_value(platform)
     if not isinstance(entry, ModelEntry):
         raise InvalidArgumentError(f"entry must be a ModelEntry, but got {type(entry).__name__}.")
@@ -145,7 +199,7 @@ def add_model(
             "at its default."
         )
     entry = entry.with_sha256({slug: None for slug in entry.formats}) if version == 0 else entry
-    existing = _load_own(path, signing_key) if path.exists() else None
+    existing = load_own(path, signing_key) if path.exists() else None
     with _as_protector_errors():
         if existing is None:
             if replace:
@@ -232,6 +286,7 @@ def check_compatible(
         )
 
 
+@_under_config_lock
 def migrate_configuration(
     config_path: str | os.PathLike[str],
     version: int,
@@ -252,13 +307,13 @@ def migrate_configuration(
         InvalidArgumentError: ``version`` is not a supported platform version.
     """
     path = Path(config_path)
-    version = _check_version(version, "version")
+    version = check_version(version, "version")
     if not path.exists():
         raise ConfigurationError(
             f"There is no configuration file {path} to migrate. Protect a model first "
             f"(protect_new_model with platform_version={version})."
         )
-    config = _load_own(path, signing_key)
+    config = load_own(path, signing_key)
     current = config.platform_version
     asked = customer is not None and customer != Customer()
     if asked and version < 2:
@@ -349,6 +404,7 @@ def migrated_config(
         )
 
 
+@_under_config_lock
 def update_customer(
     config_path: str | os.PathLike[str],
     customer: Customer,
@@ -371,7 +427,7 @@ def update_customer(
             f"There is no configuration file {path} to update. Protect a model first "
             "(protect_new_model with platform_version=2)."
         )
-    config = _load_own(path, signing_key)
+    config = load_own(path, signing_key)
     if config.platform_version != 2:
         raise ConfigurationError(
             f"update_customer needs a platform version 2 configuration, but {path} is at "

@@ -2,35 +2,68 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 LOGGER_NAME = "skprotect"
+_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
 
 
 def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
+# Without it, Python's last-resort handler printed every warning and failure on stderr a second
+# time (each is also a ``warnings.warn`` or the exception raised); records still reach the file
+# of ``save_logs`` and any handler the application installs.
+get_logger().addHandler(logging.NullHandler())
+
+
 def enable_file_log(folder: Path | None = None) -> Path:
-    """Attach a DEBUG file handler writing to ``./log/skprotect_<time>.log``; returns its path."""
+    """Create ``./log/skprotect_<time>.log`` (``-<n>`` added when taken) with the library
+    versions; returns its path.
+
+    The file receives the log of the calls made inside :func:`file_log` with its path, so that
+    each protector's calls go to its own file, not to the last created one."""
     folder = folder or Path.cwd() / "log"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"skprotect_{time.strftime('%Y%m%d-%H%M%S')}.log"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count():  # a protector created in the same second gets its own file
+        path = folder / (f"skprotect_{stamp}.log" if n == 0 else f"skprotect_{stamp}-{n}.log")
+        with contextlib.suppress(FileExistsError):
+            path.open("x", encoding="utf-8").close()
+            break
+    with file_log(path):
+        logger = get_logger()
+        logger.debug("python %s on %s", sys.version.split()[0], platform.platform())
+        for name in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "cryptography"):
+            module = sys.modules.get(name)
+            logger.debug("%s %s", name, getattr(module, "__version__", "not imported"))
+    return path
+
+
+@contextlib.contextmanager
+def file_log(path: Path | None) -> Iterator[None]:
+    """Write the skprotect log, DEBUG and up, to ``path`` (appended) while the block runs;
+    nothing when ``path`` is None."""
+    if path is None:
+        yield
+        return
     logger = get_logger()
-    for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler):
-            logger.removeHandler(handler)
-            handler.close()
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(_FORMAT)
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
-    logger.debug("python %s on %s", sys.version.split()[0], platform.platform())
-    for name in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "cryptography"):
-        module = sys.modules.get(name)
-        logger.debug("%s %s", name, getattr(module, "__version__", "not imported"))
-    return path
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(level)

@@ -23,14 +23,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
 from skruntime.backends.gpu import gpu_float32
 from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
 
-from .configuration import add_model, check_compatible, check_migratable, check_same_customer
+from .configuration import (
+    add_model,
+    check_compatible,
+    check_migratable,
+    check_same_customer,
+    config_lock,
+    load_own,
+)
 from .customer import Customer
-from .errors import ExportError, InvalidArgumentError, SkProtectError
+from .errors import ConfigurationError, ExportError, InvalidArgumentError, SkProtectError
 from .export import build_export_options, cuda_available, get_exporter, verify_artifact
 from .export.base import Exporter, check_outputs, first_line, load_artifact
 from .export.options import ExportOptions
@@ -46,6 +54,11 @@ from .progress import console, step
 from .result import FormatResult, ProtectionResult
 from .shared_files import OtherPlatform
 from .state import ProtectionState
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows: staging folders are not locked)
+    fcntl = None  # type: ignore[assignment]
 
 KEY_EPOCH = 0
 """Keys are derived per (model, format group, epoch); epoch rotation is not exposed yet."""
@@ -242,26 +255,27 @@ def _selected_formats(request: ProtectRequest, result: ProtectionResult) -> list
     return kept
 
 
-def _precheck_config(request: ProtectRequest) -> None:
-    """Fail before the expensive work if the configuration would refuse the model."""
+def _precheck_config(request: ProtectRequest, signing_key: Ed25519PrivateKey) -> None:
+    """Fail before the expensive work if the configuration would refuse the model, with the
+    errors of the write itself: a file signed by another key (a lost master secret) included."""
     if not request.config_path.exists():
         if request.replace:
-            raise InvalidArgumentError(
+            raise ConfigurationError(
                 f"protect_updated_model: there is no configuration {request.config_path} yet, so "
                 f"there is no model '{request.model_name}' to replace. Use protect_new_model."
             )
         return
-    config = load_config(request.config_path)
+    config = load_own(request.config_path, signing_key)
     present = request.model_name in config.models
     if request.replace and not present:
         names = ", ".join(sorted(config.models)) or "none"
-        raise InvalidArgumentError(
+        raise ConfigurationError(
             f"protect_updated_model: model '{request.model_name}' is not in "
             f"{request.config_path} (models there: {names}). Use protect_new_model for a new "
             "model, or the exact name of the model to replace."
         )
     if not request.replace and present:
-        raise InvalidArgumentError(
+        raise ConfigurationError(
             f"protect_new_model: model '{request.model_name}' is already in "
             f"{request.config_path}. Use protect_updated_model to replace it, or another name."
         )
@@ -295,8 +309,15 @@ class _Staging:
     def __init__(self, outputs_dir: Path) -> None:
         self.outputs_dir = outputs_dir
         self.root = outputs_dir / f".staging-{uuid.uuid4().hex[:12]}"
+        self.owner: int | None = None  # the folder's descriptor, locked while the run lasts
         try:
-            self.root.mkdir(parents=True)
+            outputs_dir.mkdir(parents=True, exist_ok=True)
+            with config_lock(outputs_dir):  # no orphan scan between the mkdir and the lock
+                _remove_orphans(outputs_dir)
+                self.root.mkdir()
+                if fcntl is not None:
+                    self.owner = os.open(self.root, os.O_RDONLY)
+                    fcntl.flock(self.owner, fcntl.LOCK_EX)
         except OSError as err:
             raise ExportError(
                 f"Cannot write to {outputs_dir} ({err.strerror or err}): protect from a folder "
@@ -365,6 +386,29 @@ class _Staging:
         shutil.rmtree(self.root, ignore_errors=True)
         if not self.moved:  # backups still to restore are never deleted
             shutil.rmtree(self.root.with_name(self.root.name + "-backup"), ignore_errors=True)
+        if self.owner is not None:
+            os.close(self.owner)
+            self.owner = None
+
+
+def _remove_orphans(outputs_dir: Path) -> None:
+    """Remove the staging folders of protections whose process died (killed, out of memory):
+    hidden in ``outputs/``, which ships, they hold locked models, keys, even save_original's
+    plaintext copies. A running protection holds its folder's lock; backups are kept."""
+    if fcntl is None:  # no way to tell a running protection's folder
+        return
+    for folder in outputs_dir.glob(".staging-*"):
+        if folder.name.endswith("-backup") or not folder.is_dir():
+            continue
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its protection is still running
+            continue
+        finally:
+            os.close(fd)
+        shutil.rmtree(folder, ignore_errors=True)
+        get_logger().info("removed %s, left by an interrupted protection", folder)
 
 
 def _describe_inputs(options: ExportOptions, tensors: list[torch.Tensor]) -> list[dict]:
@@ -553,7 +597,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     layer_filter = once_per_layer(request.layer_filter)  # each format group locks anew
     # before any work: pruned, legacy weight norm, a layer to lock that is not float32
     check_lockable(request.model, layer_filter)
-    _precheck_config(request)
+    _precheck_config(request, state.signing_key)
     options = build_export_options(
         request.input_tensors,
         request.onnx_params,
@@ -649,32 +693,42 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             key={"name": options.key_name, "length": key_length},
             formats=format_entries,
         )
-        try:
-            retire = _replaced_files(request)
-            if other_platform is not None:  # still the other deployment's
-                retire -= other_platform.files
-            staging.commit_files(retire=retire)
-            add_model(
-                request.config_path,
-                request.model_name,
-                entry,
-                platform=request.platform.value,
-                platform_version=request.platform_version,
-                customer=request.customer,
-                application=request.application_name,
-                signing_key=state.signing_key,
-                replace=request.replace,
-            )
-        except BaseException as err:
-            staging.rollback()
-            if isinstance(err, OSError):  # a full or read-only disk while moving files in
-                raise ExportError(
-                    f"Could not move the protected files into {request.outputs_dir} "
-                    f"({err.strerror or err}); the previous files are restored. Free space or "
-                    "check the folder's permissions, then protect again."
-                ) from err
-            raise
+        # files and configuration change together: another protection of the application
+        # waits, so that neither drops the other's model nor mixes their files
+        with config_lock(request.outputs_dir):
+            try:
+                retire = _replaced_files(request)
+                if other_platform is not None:  # still the other deployment's
+                    retire -= other_platform.files
+                staging.commit_files(retire=retire)
+                add_model(
+                    request.config_path,
+                    request.model_name,
+                    entry,
+                    platform=request.platform.value,
+                    platform_version=request.platform_version,
+                    customer=request.customer,
+                    application=request.application_name,
+                    signing_key=state.signing_key,
+                    replace=request.replace,
+                )
+            except BaseException as err:
+                staging.rollback()
+                if isinstance(err, OSError):  # a full or read-only disk while moving files in
+                    raise ExportError(
+                        f"Could not move the protected files into {request.outputs_dir} "
+                        f"({err.strerror or err}); the previous files are restored. Free space "
+                        "or check the folder's permissions, then protect again."
+                    ) from err
+                raise
         staging.moved.clear()  # committed: the backups are no longer needed
+    except OSError as err:  # a full or read-only disk while writing the staged files
+        where = f" ({err.filename})" if err.filename else ""
+        raise ExportError(
+            f"Could not write the protected files{where}: {err.strerror or err}. Nothing in "
+            f"{request.outputs_dir} was changed. Free space or check the folder's permissions, "
+            "then protect again."
+        ) from err
     finally:
         staging.cleanup()
     result.seconds = time.perf_counter() - start

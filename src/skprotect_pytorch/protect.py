@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from skruntime.config import CONFIG_FILENAMES, SUPPORTED_PLATFORM_VERSIONS
+from skruntime.config import CONFIG_FILENAMES
 
 from . import legacy
+from .configuration import check_version
 from .configuration import migrate_configuration as _migrate
 from .configuration import update_customer as _update_customer
 from .customer import Customer
@@ -31,7 +32,7 @@ from .errors import InvalidArgumentError, RemovedAPIError
 from .export import DEFAULT_ONNX_PARAMS
 from .formats import ExportFormat, ExportPlatform
 from .lock.context import DEFAULT_PRESET, LOCK_PRESETS
-from .logs import enable_file_log, get_logger
+from .logs import enable_file_log, file_log, get_logger
 from .pipeline import ProtectRequest, run_protection
 from .result import ProtectionResult
 from .state import ProtectionState
@@ -55,6 +56,18 @@ def _check_name(value: Any, what: str) -> str:
         raise InvalidArgumentError(
             f"{what} must be 1-128 characters of letters, digits, '.', '_' or '-' starting with "
             f"a letter or digit (it names files and folders), but got {value!r}."
+        )
+    return value
+
+
+def _check_model_name(value: Any) -> str:
+    """A model name also names a folder beside the configuration files: it must not be one."""
+    _check_name(value, "model_name")
+    if value.casefold() in {name.casefold() for name in CONFIG_FILENAMES.values()}:
+        raise InvalidArgumentError(
+            f"model_name {value!r} is the name of a configuration file in outputs/<application>/ "
+            f"({', '.join(CONFIG_FILENAMES.values())}), where the model's folder would go. "
+            "Choose another model name."
         )
     return value
 
@@ -86,7 +99,14 @@ class SkProtectorPyTorch:
         self.application_name = _check_name(application_name, "application_name")
         self.save_logs = bool(save_logs)
         self.outputs_dir = Path.cwd() / "outputs" / self.application_name
-        self.log_path = enable_file_log() if self.save_logs else None
+        try:
+            self.log_path = enable_file_log() if self.save_logs else None
+        except OSError as err:
+            raise InvalidArgumentError(
+                f"save_logs=True, but the log cannot be written to {Path.cwd() / 'log'} "
+                f"({err.strerror or err}). Run from a folder where log/ can be created and "
+                "written, or pass save_logs=False."
+            ) from err
         self._state: ProtectionState | None = None
 
     @property
@@ -170,19 +190,19 @@ class SkProtectorPyTorch:
                 )
             args[new] = value
         request = self._validate(args, replace)
-        logger = get_logger()
-        try:
-            return run_protection(request, self.state)
-        except Exception:
-            logger.exception("protection of '%s' failed", request.model_name)
-            raise
+        with file_log(self.log_path):
+            try:
+                return run_protection(request, self.state)
+            except Exception:
+                get_logger().exception("protection of '%s' failed", request.model_name)
+                raise
 
     def _validate(self, a: dict[str, Any], replace: bool) -> ProtectRequest:
         if not isinstance(a["model"], nn.Module):
             raise InvalidArgumentError(
                 f"model must be a torch.nn.Module, but got {type(a['model']).__name__}."
             )
-        _check_name(a["model_name"], "model_name")
+        _check_model_name(a["model_name"])
         tensors = a["input_tensors"]
         if (
             not isinstance(tensors, list | tuple)
@@ -211,12 +231,8 @@ class SkProtectorPyTorch:
                 "deployment_platform must be SkProtectorPyTorch.ExportPlatform.TXT or .LINUX, but "
                 f"got {platform!r}."
             )
-        version = 2 if a["platform_version"] is None else a["platform_version"]
-        if isinstance(version, bool) or version not in SUPPORTED_PLATFORM_VERSIONS:
-            raise InvalidArgumentError(
-                f"platform_version must be one of {list(SUPPORTED_PLATFORM_VERSIONS)}, but got "
-                f"{version!r}."
-            )
+        # before the export: 2.0 or numpy's 2 compare equal to 2 but are refused at the write
+        version = 2 if a["platform_version"] is None else check_version(a["platform_version"])
         customer = a["customer"] if a["customer"] is not None else Customer()
         if not isinstance(customer, Customer):
             raise InvalidArgumentError(
@@ -287,14 +303,15 @@ class SkProtectorPyTorch:
                 f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
             )
         path = self.config_path(deployment_platform)
-        _migrate(
-            path,
-            version,
-            outputs_dir=self.outputs_dir,
-            customer=customer or Customer(),
-            signing_key=self.state.signing_key,
-        )
-        get_logger().info("migrated %s to platform version %d", path, version)
+        with file_log(self.log_path):
+            _migrate(
+                path,
+                version,
+                outputs_dir=self.outputs_dir,
+                customer=customer or Customer(),
+                signing_key=self.state.signing_key,
+            )
+            get_logger().info("migrated %s to platform version %d", path, version)
         return path
 
     def update_customer(self, customer: Customer, deployment_platform: ExportPlatform) -> Path:
@@ -309,8 +326,9 @@ class SkProtectorPyTorch:
                 f"but got {deployment_platform!r}."
             )
         path = self.config_path(deployment_platform)
-        _update_customer(path, customer, signing_key=self.state.signing_key)
-        get_logger().info("customer of %s set to %s", path, customer)
+        with file_log(self.log_path):
+            _update_customer(path, customer, signing_key=self.state.signing_key)
+            get_logger().info("customer of %s set to %s", path, customer)
         return path
 
 

@@ -82,7 +82,7 @@ class ProtectionState:
             )
         base = Path(root or os.environ.get(STATE_ENV_VAR) or Path.cwd() / DEFAULT_STATE_DIRNAME)
         folder = base.expanduser() / application_name
-        if _inside_outputs(folder):
+        if _inside_outputs(folder.parent):  # the application's own name may be 'outputs'
             raise StateError(
                 f"The private protection state folder {folder.resolve()} is inside an 'outputs' "
                 "folder, which is shipped with the application; the master secret must never "

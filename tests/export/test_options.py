@@ -215,6 +215,15 @@ ERROR_CASES = {
         dict(onnx_params=params(opset_version=999)),
         "(the newest this onnx knows), but got 999",
     ),
+    # 0 and -4 are one dimension of X: the second used to replace the first silently
+    "dynamic-shapes-axis-twice": (
+        dict(dynamic_shapes=({0: Dim("a"), -4: Dim("b")},)),
+        "dimension -4 is dimension 0 again, given twice",
+    ),
+    "dynamic-axes-axis-twice": (
+        dict(onnx_params=params(dynamic_axes={"image": {0: "a", -4: "b"}})),
+        "dimension -4 is dimension 0 again, given twice",
+    ),
     "inductor-configs-not-dict": (
         dict(inductor_configs=[("max_autotune", True)]),
         "inductor_configs must be a dict with string keys",

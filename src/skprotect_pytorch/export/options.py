@@ -205,13 +205,20 @@ def _dynamic_axes(
     return out
 
 
-def _check_axis(axis: Any, ndim: int, where: str) -> int:
+def _check_axis(axis: Any, ndim: int, where: str, seen: Mapping[int, Any]) -> int:
+    """``axis`` counted from the start; one already in ``seen`` (e.g. 0 and -2 of a 2-D
+    tensor) is refused, not silently replaced."""
     if not isinstance(axis, int) or isinstance(axis, bool):
         raise InvalidArgumentError(f"{where}: dimension keys must be integers, but got {axis!r}.")
     if not -ndim <= axis < ndim:
         raise InvalidArgumentError(
             f"{where}: dimension {axis} is out of range for a tensor with {ndim} dimension(s). "
             f"Use a dimension index in [0, {ndim - 1}]."
+        )
+    if axis % ndim in seen:
+        raise InvalidArgumentError(
+            f"{where}: dimension {axis} is dimension {axis % ndim} again, given twice. Give each "
+            "dimension once."
         )
     return axis % ndim
 
@@ -257,7 +264,7 @@ def _dynamic_shapes(raw: Any, tensors: list[Tensor], source: str) -> tuple[DimSp
             )
         norm: DimSpec = {}
         for axis, dim in spec.items():
-            a = _check_axis(axis, t.dim(), f"{source}[{i}]")
+            a = _check_axis(axis, t.dim(), f"{source}[{i}]", norm)
             if dim is not None and not _is_dim(dim):
                 raise InvalidArgumentError(
                     f"{source}[{i}][{axis}] must be a torch.export.Dim or None, but got "
@@ -278,7 +285,7 @@ def _shapes_from_axes(
     for i, (name, t) in enumerate(zip(names, tensors, strict=True)):
         spec: DimSpec = {}
         for axis, label in axes.get(name, {}).items():
-            a = _check_axis(axis, t.dim(), f'onnx_params["dynamic_axes"]["{name}"]')
+            a = _check_axis(axis, t.dim(), f'onnx_params["dynamic_axes"]["{name}"]', spec)
             _check_dynamic_size(t, i, a, None, 'onnx_params["dynamic_axes"]')
             ident = _identifier(label)
             spec[a] = dims.setdefault(ident, torch.export.Dim(ident))

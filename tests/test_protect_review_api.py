@@ -1,0 +1,278 @@
+"""Public-API review: names, arguments and failures that used to surface late or wrongly."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from torch import nn
+
+import skprotect_pytorch.configuration as configuration
+import skprotect_pytorch.pipeline as pipeline
+import skprotect_pytorch.protect as protect
+from skprotect_pytorch import Customer
+from skprotect_pytorch.errors import ConfigurationError, ExportError, InvalidArgumentError
+from skprotect_pytorch.logs import get_logger
+from skprotect_pytorch.protect import SkProtectorPyTorch
+from skruntime.config import FormatEntry, ModelEntry, load_config
+
+EF = SkProtectorPyTorch.ExportFormat
+EP = SkProtectorPyTorch.ExportPlatform
+INPUTS = [torch.randn(2, 8, generator=torch.Generator().manual_seed(0))]
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+
+
+def no_export(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the export started although the call was bound to fail")
+
+
+@pytest.mark.parametrize("name", ["skrpl", "skconfig.json", "SKRPL"])
+def test_a_model_named_like_a_configuration_file_is_refused(workdir: Path, name: str) -> None:
+    """The model's folder goes beside the configuration files: a model called ``skrpl`` made
+    every later LINUX protection of the application fail ("Is a directory")."""
+    with pytest.raises(InvalidArgumentError, match="name of a configuration file"):
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            mlp(), name, INPUTS, model_export_formats=EF.ONNX
+        )
+    assert not (workdir / "outputs").exists()
+
+
+@pytest.mark.parametrize("version", [2.0, np.int64(2), "2"])
+def test_a_platform_version_of_another_type_is_refused_before_the_export(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, version: object
+) -> None:
+    """2.0 and numpy's 2 equal 2, so they passed the argument check and were refused by the
+    configuration write, after every format had been exported."""
+    monkeypatch.setattr(pipeline, "get_exporter", no_export)
+    with pytest.raises(InvalidArgumentError, match="platform_version must be an int"):
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            mlp(), "net", INPUTS, model_export_formats=EF.ONNX, platform_version=version
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"id": 2**63}, "at most 9223372036854775807"),
+        ({"id": 1, "name": "x" * 1025}, "at most 1024 characters"),
+        ({"id": 1, "name": "\ud800"}, "valid Unicode"),
+    ],
+    ids=["id-over-int64", "long-name", "lone-surrogate"],
+)
+def test_a_customer_no_configuration_or_licence_server_takes_is_refused(
+    kwargs: dict, message: str
+) -> None:
+    """These were accepted, then refused by the configuration write after the export (name) or
+    by the licence server at deployment (id)."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        Customer(**kwargs)
+
+
+def test_a_configuration_of_another_master_secret_is_refused_before_the_export(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost private state folder used to be found out by the configuration write, after
+    every format (minutes of AOTInductor compiles) had been exported."""
+    SkProtectorPyTorch(application_name="app").protect_new_model(
+        mlp(), "net", INPUTS, model_export_formats=EF.ONNX
+    )
+    shutil.rmtree(workdir / ".skprotect_private")
+    monkeypatch.setattr(pipeline, "get_exporter", no_export)
+    with pytest.raises(ConfigurationError, match="different application key"):
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            mlp(1), "other", INPUTS, model_export_formats=EF.ONNX
+        )
+
+
+def test_each_protector_logs_into_its_own_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last protector created with save_logs=True took the log of every other one, and one
+    with save_logs=False still wrote into it."""
+
+    def fake_run(request: pipeline.ProtectRequest, state: object) -> str:
+        get_logger().info("protecting model %s", request.model_name)
+        return request.model_name
+
+    monkeypatch.setattr(protect, "run_protection", fake_run)
+    first = SkProtectorPyTorch(application_name="a1", save_logs=True)
+    second = SkProtectorPyTorch(application_name="a2", save_logs=True)
+    quiet = SkProtectorPyTorch(application_name="a3")
+    assert first.log_path != second.log_path  # even when created in the same second
+    for protector, name in ((first, "m1"), (second, "m2"), (quiet, "m3")):
+        protector.protect_new_model(mlp(), name, INPUTS, model_export_formats=EF.ONNX)
+    first_log, second_log = first.log_path.read_text(), second.log_path.read_text()
+    assert "protecting model m1" in first_log and "torch" in first_log
+    assert "protecting model m2" in second_log
+    assert "m2" not in first_log and "m1" not in second_log
+    assert "m3" not in first_log + second_log
+
+
+def _entry(name: str) -> ModelEntry:
+    return ModelEntry(
+        key_epoch=0,
+        inputs=[{"name": "x", "shape": [1, 4], "dtype": "float32", "dynamic_dims": {}}],
+        outputs=[{"name": "y"}],
+        key={"name": "key_vector", "length": 12},
+        formats={
+            "onnx": FormatEntry(
+                group="onnx", file=f"{name}/onnx/{name}.onnx", key_files=[], sha256="ab" * 32
+            )
+        },
+    )
+
+
+def test_two_protections_at_once_keep_both_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two scripts of one application each read the configuration, added their model and
+    wrote it back: the slower write dropped the other's model (its files stayed, untracked)."""
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    path = tmp_path / "outputs" / "app" / "skconfig.json"
+
+    def add(name: str) -> None:
+        configuration.add_model(
+            path,
+            name,
+            _entry(name),
+            platform="TXT",
+            platform_version=2,
+            customer=None,
+            application="app",
+            signing_key=key,
+            replace=False,
+        )
+
+    add("first")
+    real_write = configuration.write_config
+
+    def slow_write(*args: object, **kwargs: object) -> None:
+        time.sleep(0.3)  # the other thread reads the file meanwhile, unless it waits
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(configuration, "write_config", slow_write)
+    threads = [threading.Thread(target=add, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(load_config(path).models) == ["a", "b", "first"]
+
+
+def test_a_full_disk_while_staging_is_an_export_error(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing a TorchScript file to a full disk raised a bare OSError, naming neither the
+    problem's place nor what to do; the previous files stay as they were."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(mlp(), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU)
+    outputs = workdir / "outputs"
+    before = {p: p.read_bytes() for p in outputs.rglob("*") if p.is_file()}
+    real_write = Path.write_bytes
+
+    def full(self: Path, data: bytes) -> int:
+        if self.suffix == ".pt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(ExportError, match=r"No space left on device\. Nothing in .* changed"):
+        protector.protect_updated_model(
+            mlp(1), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU
+        )
+    assert {p: p.read_bytes() for p in outputs.rglob("*") if p.is_file()} == before
+
+
+def test_another_applications_configuration_is_named_as_such_before_the_export(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configuration copied from another application is refused before the export, and the
+    error names that application instead of blaming a lost master secret only."""
+    other_key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    configuration.add_model(
+        workdir / "outputs" / "app" / "skconfig.json",
+        "first",
+        _entry("first"),
+        platform="TXT",
+        platform_version=2,
+        customer=None,
+        application="other_app",
+        signing_key=other_key,
+        replace=False,
+    )
+    monkeypatch.setattr(pipeline, "get_exporter", no_export)
+    with pytest.raises(ConfigurationError, match=r"'other_app'.*another application's file"):
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            mlp(), "net", INPUTS, model_export_formats=EF.ONNX
+        )
+
+
+def test_a_failure_is_said_once_on_stderr(tmp_path: Path) -> None:
+    """Without save_logs, Python's last-resort log handler printed the failure's traceback on
+    stderr before the exception itself was raised (and every warning twice)."""
+    script = (
+        "import torch\n"
+        "from skprotect_pytorch.errors import InvalidArgumentError\n"
+        "from skprotect_pytorch.protect import SkProtectorPyTorch\n"
+        "model = torch.nn.Linear(8, 4).double()\n"
+        "try:\n"
+        "    SkProtectorPyTorch().protect_new_model(model, 'm', [torch.randn(2, 8).double()])\n"
+        "except InvalidArgumentError:\n"
+        "    pass\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "protection of" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_killed_protections_staging_folder_is_removed_by_the_next(workdir: Path) -> None:
+    """A protection killed before its commit (out of memory in an AOTInductor compile) left a
+    hidden staging folder in outputs/, shipped with it: locked models, their keys, even the
+    plaintext originals of save_original. The next protection removes it; a running
+    protection's folder and a backup kept for a manual restore stay."""
+    fcntl = pytest.importorskip("fcntl")
+    app = workdir / "outputs" / "app"
+    names = (".staging-0a", ".staging-0b-backup", ".staging-0c")
+    orphan, backup, running = (app / name for name in names)
+    for folder in (orphan, backup, running):
+        (folder / "x" / "original").mkdir(parents=True)
+        (folder / "x" / "original" / "x_onnx.onnx").write_bytes(b"plaintext weights")
+    held = os.open(running, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the running protection does
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            mlp(), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU
+        )
+    finally:
+        os.close(held)
+    assert not orphan.exists()
+    assert backup.is_dir() and running.is_dir()
+    assert sorted(p.name for p in app.iterdir()) == [
+        ".staging-0b-backup",
+        ".staging-0c",
+        "net",
+        "skconfig.json",
+    ]
+
+
+def test_a_log_folder_that_cannot_be_written_is_one_clear_error(workdir: Path) -> None:
+    """save_logs=True where ./log cannot be created raised a bare OSError."""
+    (workdir / "log").write_text("a file where the log folder should be")
+    with pytest.raises(InvalidArgumentError, match=r"save_logs=True, but the log cannot be"):
+        SkProtectorPyTorch(application_name="app", save_logs=True)
