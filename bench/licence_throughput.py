@@ -135,6 +135,7 @@ def start_server(
         "SKLICENSE_DATABASE_URL": url,
         "SKLICENSE_STATE_DIR": str(state_dir),
         "SKLICENSE_LICENCE_REQUESTS_PER_MINUTE": str(10**9),  # measure work, not the limiter
+        "SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE": str(10**9),
     }
     command = [sys.executable, "-m", "sklicense", "serve", "--port", str(port)]
     command += ["--workers", str(processes)]

@@ -68,14 +68,16 @@ def signed_by_device(
     request: LicenceRequestIn,
     body: dict[str, Any],
     signature: str | None,
-) -> bool:
+) -> tuple[bool, bool]:
     """Whether the request is signed by the device it names (its registered key; a new
-    device's own key): only such requests count against the device's rate limit, so nobody
-    can exhaust another device's limit by sending unsigned requests in its name."""
+    device's own key), and whether that device is registered. Only signed requests count
+    against the device's rate limit, so nobody can exhaust another device's limit by sending
+    unsigned requests in its name; a new device's count against its sender's address, since
+    anyone can make a new identity for each request."""
     with sessions() as session:
         device = session.get(Device, request.device_id)
         key = device.signing_public_key if device else request.signing_public_key
-    return signature_valid(body, signature, key)
+    return signature_valid(body, signature, key), device is not None
 
 
 def request_licence(

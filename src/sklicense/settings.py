@@ -32,6 +32,7 @@ class Settings:
     admin_token: str | None = None
     licence_requests_per_minute: int = 30
     admin_auth_failures_per_minute: int = 10
+    new_device_requests_per_minute: int = 120
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -39,7 +40,11 @@ class Settings:
                 f"environment must be one of {', '.join(ENVIRONMENTS)}, but got "
                 f"{self.environment!r}"
             )
-        for name in ("licence_requests_per_minute", "admin_auth_failures_per_minute"):
+        for name in (
+            "licence_requests_per_minute",
+            "admin_auth_failures_per_minute",
+            "new_device_requests_per_minute",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SettingsError(f"{name} must be a positive integer, but got {value!r}")
@@ -75,7 +80,8 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Read ``SKLICENSE_DATABASE_URL``, ``SKLICENSE_STATE_DIR``, ``SKLICENSE_ENVIRONMENT``,
         ``SKLICENSE_SIGNING_KEY_FILE``, ``SKLICENSE_ADMIN_TOKEN``,
-        ``SKLICENSE_LICENCE_REQUESTS_PER_MINUTE``, ``SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE``."""
+        ``SKLICENSE_LICENCE_REQUESTS_PER_MINUTE``, ``SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE``,
+        ``SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE``."""
         env = os.environ if environ is None else environ
 
         def integer(name: str, default: int) -> int:
@@ -96,4 +102,5 @@ class Settings:
             admin_token=env.get("SKLICENSE_ADMIN_TOKEN") or None,
             licence_requests_per_minute=integer("SKLICENSE_LICENCE_REQUESTS_PER_MINUTE", 30),
             admin_auth_failures_per_minute=integer("SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE", 10),
+            new_device_requests_per_minute=integer("SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE", 120),
         )

@@ -3,6 +3,7 @@ licence signature, KEK wrapping, rate limit, audit — on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select
+from sqlalchemy import func, select
 from tests.licensing.server_helpers import (
     APP,
     T0,
@@ -331,6 +332,43 @@ def test_rate_limited(client, setup, clock, settings) -> None:
     )
     clock.now += 60
     licence_of(ask(client, device, device.licence_request(42, clock.now, requested_inferences=1)))
+
+
+def test_new_devices_are_rate_limited_per_sender_unaudited(setup, clock, settings) -> None:
+    """Anyone can make a fresh identity per request: past the limit, requests of unregistered
+    devices from one address are refused (429) without an audit or nonce row; registered
+    devices are not held up."""
+    from fastapi.testclient import TestClient
+
+    from sklicense.api.main import create_app
+
+    clock.now = T0 - T0 % 60  # start of a window
+    limited = dataclasses.replace(settings, new_device_requests_per_minute=2)
+    known = FakeDevice("dev-known")
+    with TestClient(create_app(limited, clock)) as client:
+        licence_of(ask(client, known, known.licence_request(42, clock.now)))  # new device 1
+        fresh = FakeDevice()
+        licence_of(ask(client, fresh, fresh.licence_request(42, clock.now)))  # new device 2
+        with setup() as session:
+            audited = session.scalar(select(func.count()).select_from(AuditLog))
+            nonces = session.scalar(select(func.count()).select_from(SeenNonce))
+        flood = FakeDevice()
+        response = ask(client, flood, flood.licence_request(42, clock.now))
+        assert_denied(
+            response,
+            "rate_limited",
+            "more than 2 licence requests of unregistered devices came from testclient this "
+            "minute; retry later",
+            status=429,
+        )
+        with setup() as session:
+            assert session.scalar(select(func.count()).select_from(AuditLog)) == audited
+            assert session.scalar(select(func.count()).select_from(SeenNonce)) == nonces
+            assert session.get(Device, flood.id) is None
+        licence_of(ask(client, known, known.licence_request(42, clock.now)))
+        clock.now += 60  # the next minute: counted again (denied here by max_devices, audited)
+        response = ask(client, flood, flood.licence_request(42, clock.now))
+        assert response.json()["reason"] == "too_many_devices"
 
 
 def test_malformed_request_is_422(client, setup, clock) -> None:

@@ -177,6 +177,11 @@ def test_production_refuses_defaults(tmp_path: Path) -> None:
         Settings(environment="staging")
     env = Settings.from_env({"SKLICENSE_LICENCE_REQUESTS_PER_MINUTE": "5"})
     assert env.licence_requests_per_minute == 5 and env.database_url == "sqlite:///./sklicense.db"
+    assert env.new_device_requests_per_minute == 120
+    env = Settings.from_env({"SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE": "7"})
+    assert env.new_device_requests_per_minute == 7
+    with pytest.raises(SettingsError, match="new_device_requests_per_minute must be a positive"):
+        Settings(new_device_requests_per_minute=0)
 
 
 def test_cli_admin_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

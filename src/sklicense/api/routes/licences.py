@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -21,6 +23,7 @@ from sklicense.api.deps import (
 )
 from sklicense.schemas import LicencePublic, LicenceRequestIn
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["device"])
 admin_router = APIRouter(prefix="/licences", tags=["admin"])
 
@@ -32,6 +35,14 @@ def invalid(error: ValidationError) -> JSONResponse:
         content={
             "detail": error.errors(include_url=False, include_context=False, include_input=False)
         },
+    )
+
+
+def _rate_limited(detail: str, now: int) -> JSONResponse:
+    return JSONResponse(
+        status_code=429,
+        content={"decision": "deny", "reason": "rate_limited", "detail": detail},
+        headers={"Retry-After": str(60 - now % 60)},
     )
 
 
@@ -52,7 +63,18 @@ def request_licence(
         return invalid(e)
     with db.device_writes(settings.database_url):  # SQLite: requests take turns, no polling
         now = clock()
-        signed = service.signed_by_device(sessions, licence_request, body, signature)
+        signed, registered = service.signed_by_device(sessions, licence_request, body, signature)
+        if signed and not registered:
+            sender = request.client.host if request.client else "unknown"
+            count = crud.rate_hit(engine, f"new-device:{sender}", now)
+            if count > settings.new_device_requests_per_minute:
+                # a flood of fresh identities: refused unaudited, or each would add audit rows
+                logger.warning("licence requests of new devices from %s rate limited", sender)
+                return _rate_limited(
+                    f"more than {settings.new_device_requests_per_minute} licence requests of "
+                    f"unregistered devices came from {sender} this minute; retry later",
+                    now,
+                )
         count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now) if signed else 0
         if count > settings.licence_requests_per_minute:
             detail = (
@@ -67,11 +89,7 @@ def request_licence(
                     f"customer:{licence_request.customer_id}",
                     {"reason": "rate_limited", "detail": detail},
                 )
-            return JSONResponse(
-                status_code=429,
-                content={"decision": "deny", "reason": "rate_limited", "detail": detail},
-                headers={"Retry-After": str(60 - now % 60)},
-            )
+            return _rate_limited(detail, now)
         outcome = service.request_licence(
             sessions, licence_request, body, signature, now, request.app.state.signing_key
         )
