@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from tests.assertions import assert_equivalent
 from tests.export.toy_models import ConvNet, Toy, eager
 from torch import nn
 from torch.export import Dim
@@ -16,6 +21,7 @@ from skprotect_pytorch.export import (
     get_exporter,
     verify_artifact,
 )
+from skprotect_pytorch.export.inductor import build_folders, without_build_paths
 from skprotect_pytorch.formats import ExportFormat
 from skprotect_pytorch.lock import lock_model
 
@@ -63,6 +69,45 @@ def test_dynamic_batch_from_dynamic_axes(locked_package, batch):
     model, key, opts, report, _ = locked_package
     x = torch.randn(batch, 3, 16, 16)
     assert verify_artifact(CPU, report.path, opts, [x.numpy(), key], eager(model, x)) < 1e-4
+
+
+@pytest.mark.slow
+def test_package_carries_no_build_paths_and_still_runs(locked_package):
+    """AOTInductor writes torch's cache folder, the virtualenv and the Python installation
+    into the generated sources and the compiled library; the shipped package has none."""
+    model, key, _, report, run = locked_package
+    content = report.path.read_bytes()
+    folders = build_folders()
+    assert str(Path(torch.__file__).parent) in folders and sys.prefix in folders
+    for folder in folders:
+        assert folder.encode() not in content, folder
+    x = torch.randn(3, 3, 16, 16)
+    assert_equivalent(run([x.numpy(), key]), eager(model, x), rtol=1e-4)
+
+
+def test_build_paths_are_blanked_in_place_and_sources_only_packages_kept(tmp_path):
+    """Same-length blanks keep every offset of the compiled library; a package of sources only
+    is compiled where it is loaded, from the folders it names."""
+    folder = build_folders()[0]
+    library = b"\x7fELF" + folder.encode() + b"/x.cpp\x00code"
+    source = b"// g++ " + folder.encode() + b"/x.cpp -o x.so\n"
+    package = tmp_path / "m.pt2"
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("m/data/aotinductor/model/x.so", library)
+        archive.writestr("m/data/aotinductor/model/x.cpp", source)
+    assert without_build_paths(package) is True
+    with zipfile.ZipFile(package) as archive:
+        blanked = archive.read("m/data/aotinductor/model/x.so")
+        assert folder.encode() not in archive.read("m/data/aotinductor/model/x.cpp")
+    assert len(blanked) == len(library) and blanked.endswith(b"/x.cpp\x00code")
+    assert without_build_paths(package) is False
+    sources_only = tmp_path / "cpp.pt2"
+    with zipfile.ZipFile(sources_only, "w") as archive:
+        archive.writestr("m/data/aotinductor/model/x.cpp", source)
+    before = sources_only.read_bytes()
+    assert without_build_paths(sources_only) is False
+    assert sources_only.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpp.pt2", "m.pt2"]
 
 
 @pytest.mark.slow
@@ -133,6 +178,25 @@ def test_compile_failure_is_an_export_error(tmp_path, monkeypatch):
     opts = build_export_options([x], {"input_names": ["x"]})
     with pytest.raises(ExportError, match=r"^AOTInductor compilation failed \(RuntimeError: no C"):
         CPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
+
+
+def test_a_package_without_its_weights_is_refused_before_any_work(tmp_path, monkeypatch):
+    """torch 2.13 packages no weights with package_constants_in_so=False alone, and loading
+    that package killed the protection with a segmentation fault."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: calls.append("export"))
+    x, key = torch.randn(2, 8), torch.rand(10)
+    in_so = {"aot_inductor.package_constants_in_so": False}
+    opts = build_export_options([x], {"input_names": ["x"]}, inductor_configs=in_so)
+    with pytest.raises(InvalidArgumentError, match=r"package_constants_on_disk_format"):
+        CPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
+    assert calls == [] and not (tmp_path / "m.pt2").exists()
+    on_disk = {**in_so, "aot_inductor.package_constants_on_disk_format": "binary_blob"}
+    opts = build_export_options([x], {"input_names": ["x"]}, inductor_configs=on_disk)
+    assert (
+        CPU.compile_configs(opts, (x, key), with_key=True)["aot_inductor.package_constants_in_so"]
+        is False
+    )
 
 
 @pytest.mark.skipif(cuda_available(), reason="checks the refusal on machines without CUDA")

@@ -165,13 +165,25 @@ def collect_warnings(notes: list[str], *categories: type[Warning]) -> Iterator[N
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+_QUIETED_LOGGERS = (
+    # "torchvision is not installed" notices: we register no torchvision op
+    "torch.onnx._internal.exporter._registration",
+    # a requested opset below 18: torch's notice that it converts, then the converter's own
+    # failure with a full traceback; the exporter checks the opset it got and falls back to
+    # the legacy exporter, with the reason in the report's notes
+    "torch.onnx._internal.exporter._compat",
+    "onnxscript.version_converter",
+)
+
+
 @contextlib.contextmanager
 def quiet_upstream_warnings() -> Iterator[None]:
-    """Hide torch's internal deprecation chatter that users cannot act on (and the ONNX
-    exporter's "torchvision is not installed" notices: we register no torchvision op)."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    """Hide torch's internal deprecation chatter and the ONNX exporters' log warnings that
+    users cannot act on (:data:`_QUIETED_LOGGERS`)."""
+    loggers = [logging.getLogger(name) for name in _QUIETED_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -181,7 +193,8 @@ def quiet_upstream_warnings() -> Iterator[None]:
             )
             yield
     finally:
-        registration.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager

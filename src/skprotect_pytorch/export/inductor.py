@@ -15,7 +15,10 @@ naming it. Runtimes that load our ``.pt2`` files must do the same: :func:`input_
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +45,52 @@ from .base import (
 )
 from .options import ExportOptions
 
+_MIN_SCRUBBED_PREFIX = 8
+"""Shorter folders (``/usr``, ``/root``) are left alone: replacing so few bytes anywhere in a
+compiled library could hit code or data, and they say little about the build machine."""
+
+
+def build_folders() -> list[str]:
+    """The build machine's folders that AOTInductor writes into a package, longest first:
+    torch's compile cache (named after the user), torch's install folder (the virtualenv) and
+    the Python installations (the compile commands' include and library folders)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    named = (cache_dir(), os.path.dirname(torch.__file__), sys.prefix, sys.base_prefix)
+    folders = {*named, *map(os.path.realpath, named)}
+    wanted = (f for f in folders if os.path.isabs(f) and len(f) >= _MIN_SCRUBBED_PREFIX)
+    return sorted(wanted, key=len, reverse=True)
+
+
+def without_build_paths(path: Path) -> bool:
+    """Rewrite the package at ``path`` with every :func:`build_folders` path blanked out in
+    place (same length, ``/___…``, so no offset inside the compiled library moves); True if
+    anything was replaced. AOTInductor leaves them in its generated sources (the compile
+    commands as comments), in the library's source-file strings (``__FILE__`` of its runtime
+    checks) and in its debug line tables; loading needs none of them. A package of sources
+    only (``aot_inductor.package_cpp_only``) is compiled again where it is loaded, from the
+    folders it names, so it is left as it is."""
+    folders = [f.encode() for f in build_folders()]
+    partial = path.with_name(f".{path.name}.partial")
+    changed = False
+    try:
+        with zipfile.ZipFile(path) as source:
+            if not any(name.endswith(".so") for name in source.namelist()):
+                return False
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as target:
+                for info in source.infolist():  # one member in memory at a time
+                    data = source.read(info.filename)
+                    for folder in folders:
+                        if folder in data:
+                            data = data.replace(folder, b"/" + b"_" * (len(folder) - 1))
+                            changed = True
+                    target.writestr(info, data)
+        if changed:
+            os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return changed
+
 
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
 class InductorExporter(DeviceExporter):
@@ -61,6 +110,7 @@ class InductorExporter(DeviceExporter):
         with_key: bool,
     ) -> ExportReport:
         module, args, path = self.prepare(module, example_inputs, path, options, with_key)
+        configs = self.compile_configs(options, args, with_key)
         start = time.perf_counter()
         try:
             shapes = signature_dynamic_shapes(module, options.export_dynamic_shapes(with_key))
@@ -72,7 +122,6 @@ class InductorExporter(DeviceExporter):
                 "input_tensors and that dynamic_shapes matches what the model allows."
             ) from err
         exported = time.perf_counter()
-        configs = self.compile_configs(options, args, with_key)
         try:
             # Without no_grad, a CUDA compile of parameters that require grad fails in addmm's
             # out= variant ("functions with out=... arguments don't support automatic
@@ -86,6 +135,13 @@ class InductorExporter(DeviceExporter):
                 f"AOTInductor compilation failed ({first_line(err)}). Check inductor_configs and "
                 "that a C++ compiler is installed"
                 + (" (and the CUDA toolkit)." if self.device == "cuda" else ".")
+            ) from err
+        try:
+            without_build_paths(path)
+        except OSError as err:
+            raise ExportError(
+                f"AOTInductor package {path} could not be rewritten without the build machine's "
+                f"paths ({err.strerror or err}). Free space or check the folder's permissions."
             ) from err
         end = time.perf_counter()
         return ExportReport(
@@ -103,8 +159,20 @@ class InductorExporter(DeviceExporter):
     ) -> dict:
         """The user's ``inductor_configs``, plus the input specs in the package metadata, and
         unless the user set them: on CPU no layout optimisation, on CUDA no compile-time
-        autotuning."""
+        autotuning. Settings that make a package that cannot be loaded are refused."""
         configs = dict(options.inductor_configs)
+        if configs.get("aot_inductor.package_constants_in_so") is False and not configs.get(
+            "aot_inductor.package_constants_on_disk_format"
+        ):
+            # torch 2.13 then packages no weights at all, and loading the package crashes the
+            # process (segmentation fault) instead of raising.
+            raise InvalidArgumentError(
+                'inductor_configs sets "aot_inductor.package_constants_in_so" to False without '
+                '"aot_inductor.package_constants_on_disk_format": AOTInductor then writes the '
+                "package without its weights, and loading it crashes the process. Also set "
+                '"aot_inductor.package_constants_on_disk_format": "binary_blob", or leave '
+                '"aot_inductor.package_constants_in_so" out.'
+            )
         if self.device == "cpu":
             # Inductor turns conv graphs channels-last; on CPU that made a ResNet-18 at 32 px
             # 1.4–1.8× slower at batch 1 and its locked copy's un-mix slower still

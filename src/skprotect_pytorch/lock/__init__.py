@@ -106,9 +106,10 @@ def lock_model(
     )
     decisions: list[LayerDecision] = []
     replacements: dict[int, nn.Module] = {}
+    kept: dict[str, str] = {}  # parameters that a locked layer stores as they are
     handled: list[str] = []
     for name, module in work.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in handled):
+        if any(prefix == "" or name.startswith(prefix + ".") for prefix in handled):
             continue  # parts of a supported layer (e.g. MultiheadAttention.out_proj)
         kind = type(module).__name__
         try:
@@ -135,6 +136,8 @@ def lock_model(
         except UnsupportedLayerError as err:
             decisions.append(LayerDecision(name, kind, False, str(err)))
             continue
+        for attr, reason in getattr(replacements[id(module)], "kept_in_plaintext", {}).items():
+            kept[f"{name}.{attr}" if name else attr] = reason
         decisions.append(LayerDecision(name, kind, True))
     if not replacements:
         names = ", ".join(t.__name__ for t in supported_layer_types())
@@ -147,6 +150,7 @@ def lock_model(
         work,
         (d.name for d in decisions if d.locked),
         {d.name: d.reason for d in decisions if not d.locked},
+        kept,
     )
     locked_root = _swap(work, replacements)
     keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots)

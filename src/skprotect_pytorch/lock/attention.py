@@ -70,9 +70,16 @@ class LockedMultiheadAttention(nn.Module):
         self.k_proj = k_proj
         self.v_proj = v_proj
         self.out_proj = out_proj
-        # bias_k/bias_v are appended key/value rows, not weight matrices: kept in plaintext.
+        # bias_k/bias_v are appended key/value rows, not weight matrices: kept in plaintext,
+        # and said so in the protection's plaintext weights (lock_model reads this).
         self.bias_k = None if source.bias_k is None else _frozen(source.bias_k)
         self.bias_v = None if source.bias_v is None else _frozen(source.bias_v)
+        self.kept_in_plaintext = {
+            attr: "MultiheadAttention(add_bias_kv=True) keeps its appended key/value row as it "
+            "is: the lock covers its four projections only"
+            for attr in ("bias_k", "bias_v")
+            if getattr(self, attr) is not None
+        }
 
     def forward(
         self,

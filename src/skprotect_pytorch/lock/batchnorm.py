@@ -18,10 +18,26 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    """Whether ``bn`` can be folded into ``conv`` exactly.  Only float32 pairs are: the fold
+    writes float32 weights, and a float64/float16/bfloat16 pair reaches here only when
+    layer_filter leaves its conv unlocked, with the dtype it has (docs/api.md).  Neither may
+    have forward hooks: a conv's would then see the normalised output, and a BatchNorm's would
+    be dropped with the BatchNorm."""
     return (
         type(conv) in _CONVS
         and type(bn) in _BNS
+        and not _hooked(conv)
+        and not _hooked(bn)
+        and all(
+            t.dtype == torch.float32
+            for t in (*conv.parameters(), *bn.parameters(), *bn.buffers())
+            if t.is_floating_point()
+        )
         and not bn.training
         and bn.track_running_stats
         and bn.running_mean is not None
@@ -45,11 +61,19 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
 
 
 def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:
+    """``(conv, batchnorm)`` pairs where the BatchNorm is the only user of the conv's output
+    and each is called once.  A module whose tensors ``forward`` also reads directly
+    (``F.conv2d(x, self.conv.weight)``) is left out: folding would change what it reads."""
     graph = fx.symbolic_trace(model).graph
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
+    read = [node.target for node in graph.nodes if node.op == "get_attr"]
+
+    def only_called_once(name: str) -> bool:
+        return calls[name] == 1 and not any(t.startswith(f"{name}.") for t in read)
+
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or len(node.args) != 1:
@@ -59,8 +83,8 @@ def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:
             isinstance(src, fx.Node)
             and src.op == "call_module"
             and len(src.users) == 1
-            and calls[src.target] == 1
-            and calls[node.target] == 1
+            and only_called_once(src.target)
+            and only_called_once(node.target)
         ):
             pairs.append((src.target, node.target))
     return pairs

@@ -33,24 +33,34 @@ def _covering(owner: str, names: Iterable[str]) -> str | None:
 
 
 def plaintext_weights(
-    model: nn.Module, locked: Iterable[str], skipped: dict[str, str]
+    model: nn.Module,
+    locked: Iterable[str],
+    skipped: dict[str, str],
+    kept: dict[str, str] | None = None,
 ) -> list[PlaintextWeight]:
-    """The weight tensors (two or more dimensions) of ``model`` outside every ``locked`` layer.
+    """The weight tensors (two or more dimensions) of ``model`` outside every ``locked`` layer,
+    and those that a locked layer stores as they are.
 
     ``skipped`` maps the supported layers that were not locked to the reason, which is then
-    the tensor's reason; any other owner is a module type the lock does not support. A tensor
-    shared by several modules (tied weights: an embedding and the output layer) counts when any
-    of them leaves it unlocked.
+    the tensor's reason; any other owner is a module type the lock does not support. ``kept``
+    maps the parameters of locked layers that their lock keeps unchanged (a
+    ``MultiheadAttention``'s ``bias_k``) to the reason. A tensor shared by several modules
+    (tied weights: an embedding and the output layer) counts when any of them leaves it
+    unlocked.
     """
-    locked = list(locked)
+    locked, kept = list(locked), kept or {}
     modules = dict(model.named_modules(remove_duplicate=False))
     found, seen = [], set()
     for name, param in model.named_parameters(remove_duplicate=False):
-        if param.dim() < 2 or id(param) in seen or _covering(_owner(name), locked) is not None:
+        if param.dim() < 2 or id(param) in seen:
+            continue
+        if name not in kept and _covering(_owner(name), locked) is not None:
             continue
         seen.add(id(param))
         layer = _covering(_owner(name), skipped)
-        if layer is not None:
+        if name in kept:
+            reason = kept[name]
+        elif layer is not None:
             reason = f"layer '{layer}' was not locked: {skipped[layer]}"
         else:
             kind = type(modules[_owner(name)]).__name__

@@ -279,8 +279,11 @@ class LockedRNNBase(nn.Module):
     loop_mechanisms = LOOP_MECHANISMS
     unrolled_backends = UNROLLED_BACKENDS
 
-    def __init__(self, module: nn.LSTM | nn.GRU, layers: list[_LockedRecurrentLayer]) -> None:
+    def __init__(
+        self, module: nn.LSTM | nn.GRU, layers: list[_LockedRecurrentLayer], name: str = ""
+    ) -> None:
         super().__init__()
+        self.layer_name = name  # for errors: the layer's name in the user's model
         self.input_size = module.input_size
         self.hidden_size = module.hidden_size
         self.num_layers = module.num_layers
@@ -356,9 +359,12 @@ class LockedRNNBase(nn.Module):
 
     def _prepare(self, x: Tensor) -> tuple[Tensor, bool]:
         if not isinstance(x, Tensor):
+            kind = type(self).__name__.removeprefix("Locked")
             raise UnsupportedLayerError(
-                f"Locked {type(self).__name__} accepts tensors only (no PackedSequence); got "
-                f"{type(x).__name__}."
+                f"Layer '{self.layer_name}' ({kind}) was called with a {type(x).__name__}, but "
+                f"the locked {kind} takes tensors only, not a PackedSequence. Exclude the layer "
+                f"with layer_filter (e.g. lambda name, module: name != '{self.layer_name}'): it "
+                "then stays unlocked, its weights in plaintext."
             )
         if x.dim() not in (2, 3):
             raise ValueError(f"{type(self).__name__}: expected 2-D or 3-D input, got {x.dim()}-D")
@@ -416,8 +422,16 @@ class LockedGRU(LockedRNNBase):
 
 
 def _param(module: nn.Module, name: str) -> Tensor | None:
+    """The tensor ``name`` of ``module`` (``None`` if absent), read as an attribute so that a
+    parametrized weight (``torch.nn.utils.parametrize``) gives its current computed value:
+    ``get_parameter`` refuses it, as it is no ``nn.Parameter``."""
     p = getattr(module, name, None)
     return None if p is None else p.detach()
+
+
+def _stacked(module: nn.Module, name: str, suffixes: list[str]) -> Tensor:
+    """The tensors ``name + suffix`` of ``module``, one per direction, stacked on the rows."""
+    return torch.cat([getattr(module, f"{name}{s}").detach() for s in suffixes])
 
 
 @register_locker(nn.LSTM, nn.GRU)
@@ -430,23 +444,21 @@ def lock_recurrent(name: str, module: nn.LSTM | nn.GRU, ctx: LockContext) -> Loc
     suffixes = ["", "_reverse"][:n_dir]
     layers: list[_LockedRecurrentLayer] = []
     for li in range(module.num_layers):
-        w_ih = torch.cat([module.get_parameter(f"weight_ih_l{li}{s}").detach() for s in suffixes])
-        b_ih = None
-        if module.bias:
-            b_ih = torch.cat([module.get_parameter(f"bias_ih_l{li}{s}").detach() for s in suffixes])
+        w_ih = _stacked(module, f"weight_ih_l{li}", suffixes)
+        b_ih = _stacked(module, f"bias_ih_l{li}", suffixes) if module.bias else None
         input_proj = lock_linear_weights(f"{name}.weight_ih_l{li}", w_ih, b_ih, ctx)
         hh: list[_KeyedMatrix] = []
         hr: list[_KeyedMatrix] | None = [] if proj else None
         for s in suffixes:
-            w_hh = module.get_parameter(f"weight_hh_l{li}{s}").detach()
+            w_hh = getattr(module, f"weight_hh_l{li}{s}").detach()
             hh.append(
                 _KeyedMatrix(
                     f"{name}.weight_hh_l{li}{s}", w_hh, _param(module, f"bias_hh_l{li}{s}"), ctx
                 )
             )
             if hr is not None:
-                w_hr = module.get_parameter(f"weight_hr_l{li}{s}").detach()
+                w_hr = getattr(module, f"weight_hr_l{li}{s}").detach()
                 hr.append(_KeyedMatrix(f"{name}.weight_hr_l{li}{s}", w_hr, None, ctx))
         layers.append(_LockedRecurrentLayer(input_proj, hh, hr))
     cls = LockedLSTM if lstm else LockedGRU
-    return cls(module, layers)
+    return cls(module, layers, name)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 from ..errors import UnsupportedLayerError
 from .context import LockContext
@@ -99,6 +100,14 @@ def find_locker(module: nn.Module) -> Locker | None:
             )
             if registered
         ]
+        if any(isinstance(h, SpectralNorm) for h in module._forward_pre_hooks.values()):
+            raise UnsupportedLayerError(
+                f"{kind} uses the legacy torch.nn.utils.spectral_norm, a forward pre-hook that "
+                "recomputes its weight, which the locked layer would not run; the layer is left "
+                "unlocked. Build it with torch.nn.utils.parametrizations.spectral_norm instead "
+                "(locked with its computed weight), or fold the norm into a plain weight with "
+                "torch.nn.utils.remove_spectral_norm(module), then protect."
+            )
         if hooks:
             raise UnsupportedLayerError(
                 f"{kind} has {' and '.join(hooks)}, which the locked layer would not run; the "
