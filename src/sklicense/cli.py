@@ -106,8 +106,14 @@ def read_kek(path: Path) -> bytes:
     """The KEK in the file `skprotect export-kek` writes; a bad file is one Error line."""
     try:
         return crud.decode_kek(kek_text(path))
-    except (crud.CrudError, OSError) as e:
-        fail(str(e))
+    except crud.CrudError as e:
+        fail(f"--kek-file {path}: {e}")
+        raise
+    except OSError as e:
+        fail(
+            f"--kek-file {path} cannot be read ({e.strerror or e}): pass the file "
+            "`skprotect export-kek` wrote"
+        )
         raise
 
 

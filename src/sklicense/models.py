@@ -158,7 +158,10 @@ class RateCounter(Base):
 
 class AdminToken(Base):
     __tablename__ = "admin_tokens"
-    __table_args__ = (CheckConstraint("role IN ('admin', 'read-only')", name="ck_tokens_role"),)
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'read-only')", name="ck_tokens_role"),
+        {"sqlite_autoincrement": True},  # a revoked token's id is never given to another
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)

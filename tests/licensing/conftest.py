@@ -77,6 +77,7 @@ def clean(url: str) -> None:
         else:
             for table in TABLES:
                 connection.execute(text(f"DELETE FROM {table}"))
+            connection.execute(text("DELETE FROM sqlite_sequence"))  # AUTOINCREMENT counters
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -71,6 +71,9 @@ def test_tokens_are_listed_by_fingerprint_and_revoked_at_once(client, tokens, se
     again = client.delete("/v1/admin/tokens/2", headers=admin)
     assert (again.status_code, again.json()) == (404, {"detail": "token 2 not found"})
     assert client.delete(f"/v1/admin/tokens/{2**31}", headers=admin).status_code == 422
+    with sessions.begin() as session:  # a revoked token's id is not given to the next one
+        crud.create_token(session, "read-only", "test")
+    assert [t["id"] for t in client.get("/v1/admin/tokens", headers=admin).json()] == [1, 3]
     [entry] = audit_entries(sessions, "token.revoke")
     assert (entry.actor, entry.target, entry.detail) == (
         f"token:{crud.token_fingerprint(tokens['admin'])}",

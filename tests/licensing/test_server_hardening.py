@@ -204,6 +204,10 @@ def test_cli_failures_are_one_line_errors(tmp_path) -> None:
             ["app", "create", "a2", "--kek-file", "rand.kek", "--database-url", db_url],
             "is not base64 text",
         ),
+        (
+            ["app", "create", "a3", "--kek-file", "missing.b64", "--database-url", db_url],
+            "--kek-file missing.b64 cannot be read (No such file or directory): pass the file",
+        ),
         (["init", "--state-dir", "keydir", "--database-url", db_url], "Is a directory"),
         (  # was a 40-line traceback of uvicorn's bind (OverflowError)
             ["serve", "--port", "99999", "--state-dir", "st", "--database-url", db_url],

@@ -1,4 +1,6 @@
-"""Admin tokens get an optional expiry (``sklicense token create --expires-days``).
+"""Admin tokens get an optional expiry (``sklicense token create --expires-days``), and on
+SQLite ids that are never reused (``AUTOINCREMENT``): a revoked token's id given to the next
+token made audit entries and a later ``token revoke`` ambiguous.
 
 Revision ID: 0003
 Revises: 0002
@@ -18,6 +20,11 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("admin_tokens", sa.Column("expires_at", sa.DateTime(timezone=True)))
+    if op.get_bind().dialect.name == "sqlite":  # PostgreSQL's sequences never reuse an id
+        with op.batch_alter_table(
+            "admin_tokens", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+        ):
+            pass
 
 
 def downgrade() -> None:
