@@ -451,8 +451,9 @@ class SkRuntime:
         if static_key:
             if not self._is_static(fentry.key_files, model_name):
                 raise KeyUnavailableError(
-                    f"static_key=True needs a model protected with test_key=True, but the key "
-                    f"of {model_name!r} ({fmt}) is not a test key. Use the default session key."
+                    f"static_key=True (skprotect run: --static-key) needs a model protected with "
+                    f"test_key=True, but the key of {model_name!r} ({fmt}) is not a test key. Use "
+                    "the default session key."
                 )
             key = material.static_key()
         else:
