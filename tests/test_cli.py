@@ -13,12 +13,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import app
+from skprotect_pytorch.errors import StateError
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skprotect_pytorch.quickstart import run_quickstart
 from skprotect_pytorch.state import ProtectionState
 
 
 def test_export_kek(workdir: Path) -> None:
+    ProtectionState.open("app")  # what the application's first protection creates
     result = CliRunner().invoke(app, ["export-kek", "kek.b64", "--application-name", "app"])
     assert result.exit_code == 0, result.output
     written = (workdir / "kek.b64").read_text().strip()
@@ -29,11 +31,70 @@ def test_export_kek(workdir: Path) -> None:
     assert f"sklicense app create app --kek-file kek.b64 --public-key {public_key}" in result.output
 
 
+def test_export_kek_refuses_an_application_without_master_secret(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in the name, or another folder than the protection's, would create a new master
+    secret and export a KEK that unlocks none of the application's key files."""
+    ProtectionState.open("my_app")
+    result = CliRunner().invoke(app, ["export-kek", "kek.b64", "--application-name", "my-app"])
+    assert result.exit_code == 1
+    assert "application 'my-app' has no master secret (" in result.output
+    assert not (workdir / ".skprotect_private" / "my-app").exists()
+    assert not (workdir / "kek.b64").exists()
+    other = workdir / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    result = CliRunner().invoke(app, ["export-kek", "kek.b64", "--application-name", "my_app"])
+    assert result.exit_code == 1 and "Run export-kek from the folder" in result.output
+    assert not (other / ".skprotect_private").exists()
+    monkeypatch.setenv("SKPROTECT_STATE_DIR", str(workdir / ".skprotect_private"))
+    result = CliRunner().invoke(app, ["export-kek", "kek.b64", "--application-name", "my_app"])
+    assert result.exit_code == 0, result.output
+    assert base64.b64decode((other / "kek.b64").read_text()) == ProtectionState.open("my_app").kek
+
+
+def test_export_kek_refuses_a_folder(workdir: Path) -> None:
+    ProtectionState.open("default_app")
+    for path in ("", "."):
+        result = CliRunner().invoke(app, ["export-kek", path])
+        assert result.exit_code == 1
+        assert "error: . is a folder; pass a file name for the key." in result.output
+
+
 def test_export_kek_refuses_outputs_folder(workdir: Path) -> None:
+    ProtectionState.open("default_app")
     (workdir / "outputs").mkdir()
     result = CliRunner().invoke(app, ["export-kek", "outputs/kek.b64"])
     assert result.exit_code == 1
-    assert "error:" in result.output
+    assert "inside an 'outputs' folder" in result.output
+    assert not (workdir / "outputs" / "kek.b64").exists()
+
+
+def test_quickstart_skips_the_licensed_run_without_the_licence_extra(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a ``skprotect[protect]`` install the licensed run would end the quickstart with a
+    traceback after minutes of protection: it is skipped up front, and the output says why."""
+    import sys
+    from types import SimpleNamespace
+
+    from skprotect_pytorch import quickstart
+
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)  # import fails, find_spec gives None
+    asked = []
+
+    def protected_only(workdir: Path | None = None, *, licensed: bool = True):
+        asked.append(licensed)
+        result = SimpleNamespace(files=[], output_dir=Path("outputs"), skipped_formats={})
+        return 0.99, [], result, None
+
+    monkeypatch.setattr(quickstart, "run_quickstart", protected_only)
+    result = CliRunner().invoke(app, ["quickstart"])
+    assert result.exit_code == 0, result.output
+    assert asked == [False]
+    assert "skipped the licensed run: sqlalchemy not installed" in result.output
+    assert "pip install 'skprotect[licence]'" in result.output
 
 
 @pytest.mark.slow
@@ -131,8 +192,11 @@ def test_scan_refuses_what_it_cannot_read(workdir: Path) -> None:
     Path("bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     result = CliRunner().invoke(app, ["scan", "model.onnx", "--original", "bad.safetensors"])
     assert result.exit_code == 2 and "not a readable .safetensors file" in result.output
+    result = CliRunner().invoke(app, ["scan", "model.onnx", "--original", "empty"])
+    assert result.exit_code == 2 and "--original empty is a folder; pass the" in result.output
     for args, message in [
         (["empty"], "empty holds no .onnx, .pt or .pt2 file to scan"),
+        (["missing_folder/"], "error: missing_folder does not exist; check the path."),
         (["notes.txt"], "the suffix must be one of"),
         (["model.onnx"], "Cannot read the constants of 'model.onnx' (DecodeError"),
         (["model.onnx", "--threshold", "0"], "--threshold must be in (0, 1], but got 0.0"),
@@ -140,3 +204,63 @@ def test_scan_refuses_what_it_cannot_read(workdir: Path) -> None:
         result = CliRunner().invoke(app, ["scan", *args, "--original", "state.pt"])
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+def test_quickstart_refuses_an_unusable_state_folder_before_training(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from inside an ``outputs`` folder, the quickstart used to train for minutes before
+    the protector refused the state folder."""
+    from skprotect_pytorch import quickstart
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained before checking the state folder")
+
+    monkeypatch.setattr(quickstart, "train", no_training)
+    with pytest.raises(StateError, match="inside an 'outputs' folder"):
+        run_quickstart(workdir / "outputs" / "inner")
+    assert not (workdir / "outputs" / "inner" / ".skprotect_private").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["quickstart"], 1),
+        (["scan", "model.onnx", "--original", "state.pt"], 2),  # 1 would say: a weight found
+        (["audit", "--quick"], 2),  # 1 would say: the gate failed
+    ],
+)
+def test_commands_of_the_protector_need_its_extra(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], code: int
+) -> None:
+    """On a ``skprotect[runtime]`` install these commands said so with a traceback."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # find_spec gives None, import fails
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert f"error: skprotect {args[0]} needs torch, not installed here" in result.output
+    assert "pip install 'skprotect[protect]'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budgets", "5,5.0"], "error: --budgets lists a budget twice, got '5,5.0'"),
+        (["--stored-only"], "error: --stored-only reports what a cells folder holds: pass --cells"),
+        (
+            ["--json", "report", "--markdown", "./report"],
+            "error: --json and --markdown both name report: one report would overwrite the other",
+        ),
+    ],
+)
+def test_audit_names_its_own_options_in_errors(
+    workdir: Path, args: list[str], message: str
+) -> None:
+    """These errors used to name AuditConfig's fields (``AuditConfig.budgets``), which the command
+    line user never wrote."""
+    result = CliRunner().invoke(app, ["audit", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "AuditConfig" not in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -10,18 +11,38 @@ from typing import Annotated
 import typer
 
 from skruntime.cli import run_command
-from skruntime.config import atomic_write_bytes, unwritable_reason
+from skruntime.config import NAME_RE, atomic_write_bytes, unwritable_reason
 
-from .errors import SkProtectError
+from .errors import SkProtectError, StateError
 
 app = typer.Typer(help="skprotect: lock, export and license PyTorch models.", no_args_is_help=True)
 app.command("run")(run_command)
+
+
+PROTECT_MODULES = ("torch", "onnx", "onnxruntime", "onnxscript", "safetensors", "sklearn")
+"""What the ``protect`` extra installs: quickstart, scan and audit import from it."""
+
+
+def _require_protector(command: str, code: int) -> None:
+    """Exit ``code`` with one line naming what to install when the ``protect`` extra is missing
+    (a ``skprotect[runtime]`` install runs ``skprotect run`` only), instead of a traceback."""
+    import importlib.util
+
+    missing = [name for name in PROTECT_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        typer.echo(
+            f"error: skprotect {command} needs {', '.join(missing)}, not installed here: "
+            "pip install 'skprotect[protect]'.",
+            err=True,
+        )
+        raise typer.Exit(code)
 
 
 @app.command()
 def quickstart() -> None:
     """Train a small CNN on the bundled digits data, protect it to every format this machine can
     produce, and print accuracy with the key, without it, and of the original."""
+    _require_protector("quickstart", 1)
     from .quickstart import main
 
     try:
@@ -29,6 +50,23 @@ def quickstart() -> None:
     except SkProtectError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+
+
+def _refuse_new_application(application_name: str) -> None:
+    """Refuse an application without a master secret here: opening it would create a new one,
+    and its key-encryption key would unlock none of the application's shipped key files."""
+    from .state import DEFAULT_STATE_DIRNAME, MASTER_KEY_FILENAME, STATE_ENV_VAR
+
+    base = Path(os.environ.get(STATE_ENV_VAR) or Path.cwd() / DEFAULT_STATE_DIRNAME).expanduser()
+    master = base / application_name / MASTER_KEY_FILENAME
+    if NAME_RE.fullmatch(application_name) and not master.exists():
+        raise StateError(
+            f"application '{application_name}' has no master secret ({master} does not "
+            "exist): no model of it was protected with this state folder, and a new secret's "
+            "key would unlock none of its files. Run export-kek from the folder the protection "
+            f"scripts ran in (with their {STATE_ENV_VAR}, if they set it), and check the "
+            "application name."
+        )
 
 
 @app.command("export-kek")
@@ -45,7 +83,11 @@ def export_kek(
     that a device's configuration was made for the customer it names)."""
     from .state import ProtectionState
 
+    if output.is_dir():  # '' and '.' too: typer reads an empty path as '.'
+        typer.echo(f"error: {output} is a folder; pass a file name for the key.", err=True)
+        raise typer.Exit(1)
     try:
+        _refuse_new_application(application_name)
         state = ProtectionState.open(application_name)
         state.export_kek(output)
     except SkProtectError as err:
@@ -87,6 +129,7 @@ def scan(
 ) -> None:
     """Scan shipped files for plaintext weights of the original model (copies, transposes,
     rows permuted and rescaled); exit 1 when one is found."""
+    _require_protector("scan", 2)  # not 1: that says a weight was found
     from .audit.constants import (
         artifact_constants,
         artifact_files,
@@ -98,8 +141,18 @@ def scan(
     if not 0.0 < threshold <= 1.0:
         typer.echo(f"error: --threshold must be in (0, 1], but got {threshold}", err=True)
         raise typer.Exit(2)
+    if original.is_dir():  # original_weights would say it does not exist
+        typer.echo(
+            f"error: --original {original} is a folder; pass the original's weights file (a "
+            "state dict, a .safetensors file or an unlocked .onnx / TorchScript export).",
+            err=True,
+        )
+        raise typer.Exit(2)
     files = []
     for given in artifacts:
+        if not given.exists():  # a missing folder has no suffix: say what is wrong with it
+            typer.echo(f"error: {given} does not exist; check the path.", err=True)
+            raise typer.Exit(2)
         inside = artifact_files(given) if given.is_dir() else [given]
         if not inside:
             typer.echo(f"error: {given} holds no .onnx, .pt or .pt2 file to scan", err=True)
@@ -221,6 +274,7 @@ def audit(
 ) -> None:
     """Attack a locked model (a reference model, or yours) as a thief with the files and x % of
     the data would; print the report and exit 1 when the gate fails (docs/security.md)."""
+    _require_protector("audit", 2)  # not 1: that says the gate failed
     from .audit import ATTACKS, AuditConfig, load_spec, run_audit
     from .lock import LockSettings
 
@@ -237,6 +291,17 @@ def audit(
     for option, path in outputs.items():
         if path is not None:
             _refuse_unwritable(path, option)
+    if (
+        json_file is not None
+        and markdown_file is not None
+        and (json_file.resolve() == markdown_file.resolve())
+    ):
+        typer.echo(
+            f"error: --json and --markdown both name {json_file}: one report would overwrite "
+            "the other; give two files",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         values = tuple(float(b) for b in budgets.split(",") if b.strip())
     except ValueError:
@@ -246,6 +311,16 @@ def audit(
         raise typer.Exit(2) from None
     if not values or any(not 0 < b <= 100 for b in values):
         typer.echo(f"error: every budget must be in (0, 100], got '{budgets}'", err=True)
+        raise typer.Exit(2)
+    if len(set(values)) < len(values):
+        typer.echo(
+            f"error: --budgets lists a budget twice, got '{budgets}'; give each once", err=True
+        )
+        raise typer.Exit(2)
+    if stored_only and cells is None:
+        typer.echo(
+            "error: --stored-only reports what a cells folder holds: pass --cells DIR", err=True
+        )
         raise typer.Exit(2)
     try:
         spec = load_spec(model)

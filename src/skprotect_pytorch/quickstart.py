@@ -25,6 +25,7 @@ from .export.options import ExportOptions
 from .formats import ExportFormat
 from .protect import SkProtectorPyTorch
 from .result import ProtectionResult
+from .state import ProtectionState
 
 APPLICATION = "quickstart"
 MODEL_NAME = "digits_cnn"
@@ -260,6 +261,18 @@ def run_licensed(model: nn.Module, data: Dataset) -> LicensedRun:
     )
 
 
+LICENCE_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "httpx")
+"""What the licensed run imports from the ``licence`` extra (SQLite needs no psycopg)."""
+
+
+def missing_licence_modules() -> list[str]:
+    """The modules of the ``licence`` extra that are not installed: without them the licensed run
+    is skipped up front rather than failing with a traceback after the protection."""
+    import importlib.util
+
+    return [name for name in LICENCE_MODULES if importlib.util.find_spec(name) is None]
+
+
 def run_quickstart(
     workdir: Path | None = None, *, licensed: bool = True
 ) -> tuple[float, list[FormatRow], ProtectionResult, LicensedRun | None]:
@@ -270,6 +283,8 @@ def run_quickstart(
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         os.chdir(workdir)
+    for application in (APPLICATION, LICENSED_APPLICATION) if licensed else (APPLICATION,):
+        ProtectionState.open(application)  # an unusable state folder fails before the training
     data = load_digits_split()
     model = train(data)
     with torch.no_grad():
@@ -298,11 +313,13 @@ def run_quickstart(
 def main() -> None:
     """Entry point of ``skprotect quickstart``."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=max(Console().width, 120))
     start = time.perf_counter()
-    original, rows, result, licensed = run_quickstart()
+    missing = missing_licence_modules()
+    original, rows, result, licensed = run_quickstart(licensed=not missing)
     table = Table(title=f"digits CNN, {len(load_digits_split().y_test)} test images (chance 0.10)")
     random_column = f"random key (mean of {RANDOM_KEYS})"
     columns = ("format", "original", "with key", "without key", random_column, "key length")
@@ -345,4 +362,9 @@ def main() -> None:
         console.print(f"  {path}")
     for fmt, reason in result.skipped_formats.items():
         console.print(f"[yellow]skipped {fmt}[/yellow]: {reason}")
+    if missing:
+        console.print(
+            f"[yellow]skipped the licensed run[/yellow]: {', '.join(missing)} not installed; "
+            + escape("run pip install 'skprotect[licence]' for it")
+        )
     console.print(f"total time: {time.perf_counter() - start:.1f} s")
