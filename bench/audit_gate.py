@@ -28,6 +28,7 @@ from pathlib import Path
 
 from machine import machine_line
 from skprotect_pytorch.audit import ATTACKS, SUITE, AuditConfig, AuditReport, run_audit
+from skprotect_pytorch.errors import InvalidArgumentError
 from skprotect_pytorch.lock import LockSettings
 from skprotect_pytorch.lock.context import DEFAULT_PRESET, LOCK_PRESETS
 from skruntime.config import atomic_write_bytes
@@ -154,10 +155,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.models = _csv(args.models)
     args.attacks = _csv(args.attacks)
-    args.budgets = tuple(float(b) for b in _csv(args.budgets))
+    try:
+        args.budgets = tuple(float(b) for b in _csv(args.budgets))
+    except ValueError:
+        p.error(f"--budgets must be numbers separated by commas, got '{args.budgets}'")
     for name in args.models:
         if name not in SUITE:
             p.error(f"unknown model '{name}'; choose from {', '.join(SUITE)}")
+    if not args.models:
+        p.error(f"--models takes suite names separated by commas: {', '.join(SUITE)}")
+    if len(set(args.models)) < len(args.models):
+        p.error(f"--models lists a model twice ('{','.join(args.models)}'); give each once")
     unknown = sorted(set(args.attacks) - set(ATTACKS))
     if unknown:
         p.error(f"unknown attacks {unknown}; implemented: {', '.join(ATTACKS)}")
@@ -172,6 +180,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--stored-only reports a cell folder: give --cells too")
     if not args.budgets or any(not 0 < b <= 100 for b in args.budgets):
         p.error("every budget must be in (0, 100]")
+    try:  # every value checked before hours of work (--seeds 0 is not the default)
+        args.configs = {
+            name: AuditConfig(
+                model=name,
+                budgets=args.budgets,
+                attacks=args.attacks,
+                quick=args.quick,
+                seeds=GATE_SEEDS if args.seeds is None and not args.quick else args.seeds,
+                victim_epochs=args.victim_epochs,
+                lock_settings=args.settings,
+                cells=args.cells,
+                stored_only=args.stored_only,
+            )
+            for name in args.models
+        }
+    except InvalidArgumentError as err:
+        p.error(str(err))
     return args
 
 
@@ -187,17 +212,7 @@ def run_gate(argv: list[str], log=print) -> GateResult:
     )
     for name in args.models:
         log(f"== {name}: {SUITE[name].description}")
-        config = AuditConfig(
-            model=name,
-            budgets=args.budgets,
-            attacks=args.attacks,
-            quick=args.quick,
-            seeds=args.seeds or (None if args.quick else GATE_SEEDS),
-            victim_epochs=args.victim_epochs,
-            lock_settings=args.settings,
-            cells=args.cells,
-            stored_only=args.stored_only,
-        )
+        config = args.configs[name]
 
         def progress(line: str, name: str = name) -> None:
             log(f"[{time.perf_counter() - start:7.0f} s] {name}: {line}")

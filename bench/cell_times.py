@@ -8,7 +8,8 @@ folder that ``bench/audit_gate.py --cells`` wrote, one row per model and budget,
 ``--todo X`` lists the cells not yet stored at x = X %, longest first by their time at the
 nearest smaller budget, so that a session can schedule them one process per core, with the
 parts a stopped run stored of them (a rerun goes on from there).  A0 (seconds, once per
-model) is left out.
+model) is left out.  A model with several folders (other settings) gets a row per folder,
+named by the folder.
 """
 
 from __future__ import annotations
@@ -25,11 +26,22 @@ BASELINE = "B"
 
 
 def _folders(cells: Path) -> Iterator[tuple[str, Path]]:
-    """(model, folder) for every cell folder in ``cells``."""
+    """(label, folder) for every cell folder in ``cells``: the model, or the folder's name for a
+    model with several (other settings), whose times must not be mixed in one row."""
     if not cells.is_dir():
         raise SystemExit(f"{cells} is not a folder; pass the --cells folder of bench/audit_gate.py")
-    for folder in sorted(p for p in cells.iterdir() if (p / "settings.json").is_file()):
-        yield json.loads((folder / "settings.json").read_text())["model"], folder
+    folders = sorted(p for p in cells.iterdir() if (p / "settings.json").is_file())
+    if not folders:
+        raise SystemExit(
+            f"{cells} holds no cell folder (<model>-<hash>/settings.json); pass the --cells "
+            "folder of bench/audit_gate.py"
+        )
+    models = {
+        folder: json.loads((folder / "settings.json").read_text())["model"] for folder in folders
+    }
+    several = {m for m in models.values() if list(models.values()).count(m) > 1}
+    for folder, model in models.items():
+        yield (folder.name if model in several else model), folder
 
 
 def read_times(cells: Path) -> dict[str, dict[float, dict[str, float]]]:
@@ -112,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("cells", type=Path, help="the --cells folder of bench/audit_gate.py")
     p.add_argument("--todo", type=float, metavar="X", help="also list the cells left at x = X %%")
     args = p.parse_args(argv)
+    if args.todo is not None and not 0 < args.todo <= 100:
+        p.error(f"--todo takes a budget in (0, 100], got {args.todo:g}")
     times = read_times(args.cells)
     print(table(times))
     if args.todo is not None:

@@ -39,7 +39,7 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from machine import machine_line, measure_interleaved  # noqa: E402
+from machine import machine_line, measure_interleaved, positive_float, positive_int  # noqa: E402
 from models import BENCH_MODELS  # noqa: E402
 from overhead import BACKENDS, BATCHES, _rel_err, export_pair  # noqa: E402
 
@@ -147,9 +147,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backend", default="ORT", choices=[b for b in BACKENDS if not b.endswith("-GPU")]
     )
-    parser.add_argument("--rounds", type=int, default=3, help="timing rounds per model and batch")
-    parser.add_argument("--blocks", type=int, default=12, help="interleaved blocks per round")
-    parser.add_argument("--block-ms", type=float, default=100.0, help="duration of one block")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="timing rounds per model and batch"
+    )
+    parser.add_argument(
+        "--blocks", type=positive_int, default=12, help="interleaved blocks per round"
+    )
+    parser.add_argument(
+        "--block-ms", type=positive_float, default=100.0, help="duration of one block"
+    )
     parser.add_argument("--export-to", help=argparse.SUPPRESS)  # the per-tree subprocess
     args = parser.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -160,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         export_models(Path(args.export_to), models, args.backend)
         return
     trees = [Path(t.strip()) for t in (args.trees or "").split(",") if t.strip()]
-    if len(trees) < 2 or args.rounds < 1:
-        parser.error("--trees needs at least two checkouts, and --rounds at least 1")
+    if len(trees) < 2:
+        parser.error("--trees needs at least two checkouts")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skprotect_trees_") as tmp:
         dirs = {}

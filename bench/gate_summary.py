@@ -6,7 +6,8 @@ Reads the JSON that ``bench/audit_gate.py`` writes (one report, or a batch file 
 hold reports, bare or under ``report``), keeps the runs with the full sweep (``--quick`` runs
 are left out unless ``--with-quick``), and merges the runs of one model and budget, which a
 split run stores apart (each attack once: a second copy of one is an error, not a silent
-choice).  Each row gives B(x), the gated attack (A1–A4) with the highest accuracy (mean of
+choice; runs with other settings, such as the lock, the seeds or the sweep, are an error
+too).  Each row gives B(x), the gated attack (A1–A4) with the highest accuracy (mean of
 its seeds) and how far under B(x) it stayed (the gate itself compares A4 with the larger of
 B(x) and A4's no-files control; this column does not, so it never reads kinder), the highest
 wrong-key accuracy (A0) against chance, the most permutation entries any attack recovered
@@ -18,11 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 GATED = ("A0", "A1", "A2", "A3", "A4")
 """The attacks the gate judges; A5 (the public base) is report-only."""
+CONTEXT = ("seeds", "sweep", "victim_epochs", "data_seed", "lock_seed", "lock_settings", "target")
+"""The settings a run's numbers depend on (what names its cells): runs merged into one row must
+agree on them, or the row would mix two victims, locks or sweeps."""
+NOT_RUN_BUDGET = re.compile(r"@(\S+) \(|rows at (\S+) % ")
+"""The budget in a report's ``not_run`` item (``A3@25 (not computed yet)``, ``the rows at 25 %
+stored but not judged: ...``); an item without one (``A0 ...``) holds at every budget."""
 
 
 @dataclass
@@ -38,6 +46,8 @@ class Entry:
     (split runs each train their own)."""
     stored_weights_passed: bool | None = None
     not_run: list[str] = field(default_factory=list)
+    context: dict | None = None
+    """The :data:`CONTEXT` settings of the first run merged, and its ``source``."""
 
 
 def _reports(path: Path) -> list[dict]:
@@ -75,7 +85,35 @@ def collect(paths: list[Path], with_quick: bool = False) -> dict[tuple[str, floa
     return entries
 
 
+def _same_context(entry: Entry, model: dict, budget: float, source: str) -> None:
+    """Refuse to merge a run whose settings differ from those merged before."""
+    context = {key: model["settings"].get(key) for key in CONTEXT}
+    if entry.context is None:
+        entry.context = {"settings": context, "source": source}
+        return
+    first = entry.context["settings"]
+    differ = [key for key in CONTEXT if first[key] != context[key]]
+    if differ:
+        raise SystemExit(
+            f"the {model['settings']['model']} at {budget:g} % ran with other settings in "
+            f"{entry.context['source']} and in {source} ({', '.join(differ)}: "
+            f"{', '.join(f'{first[k]} against {context[k]}' for k in differ)}): their rows "
+            "cannot make one row; pass the runs of one setting"
+        )
+
+
+def _not_run_at(items: list[str], budget: float) -> list[str]:
+    """The ``not_run`` items that concern ``budget`` (those naming no budget concern all)."""
+    kept = []
+    for item in items:
+        found = NOT_RUN_BUDGET.search(item)
+        if found is None or float(found.group(1) or found.group(2)) == budget:
+            kept.append(item)
+    return kept
+
+
 def _merge(entry: Entry, model: dict, budget: float, source: str) -> None:
+    _same_context(entry, model, budget, source)
     entry.chance = model["chance"]
     for row in model["rows"]:
         if row["budget"] is not None and float(row["budget"]) != budget:
@@ -94,7 +132,7 @@ def _merge(entry: Entry, model: dict, budget: float, source: str) -> None:
         passed = all(w["passed"] for w in model["stored_weights"])
         passed = passed and not model.get("plaintext_weights")  # unlocked tensors fail gate 4
         entry.stored_weights_passed = passed and entry.stored_weights_passed is not False
-    entry.not_run += model.get("not_run", [])
+    entry.not_run += _not_run_at(model.get("not_run", []), budget)
 
 
 _SHORT = {

@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line
+from machine import machine_line, positive_float
 from skprotect_pytorch.audit.attacks import (
     StolenModel,
     _sweep_per_seed,
@@ -110,7 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(SUITE)}")
-    gains = tuple(float(g) for g in args.gains.split(","))
+    if not 0 < args.budget <= 100:
+        parser.error(f"--budget must be a percentage in (0, 100], got {args.budget:g}")
+    try:
+        gains = tuple(positive_float(g) for g in args.gains.split(","))
+    except argparse.ArgumentTypeError as err:
+        parser.error(f"--gains takes numbers above 0 separated by commas: {err}")
     torch.set_num_threads(1)
     start = time.perf_counter()
     table = {}

@@ -1,8 +1,11 @@
 """What every benchmark shares: the machine line it prints (CPU, cores, load, OS, library
-versions), the wall-clock timer of its calls and the interleaved timing of several sides."""
+versions), the wall-clock timer of its calls, the interleaved timing of several sides and the
+argparse types of their counts and durations."""
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import platform
 import statistics
@@ -55,6 +58,29 @@ def machine_line() -> str:
         f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, "
         f"skruntime {skruntime.__version__}"
     )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1, so that 0 is refused, not read as the default or
+    timed as nothing after minutes of exports."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (a duration)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:

@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line, measure_interleaved
+from machine import machine_line, measure_interleaved, positive_float, positive_int
 from models import BENCH_MODELS, BenchModel
 
 EXAMPLE_BATCH = 2  # export example: > 1 so that the batch dimension stays dynamic
@@ -431,8 +431,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backends", default="", help="comma-separated subset of " + ", ".join(BACKENDS)
     )
-    parser.add_argument("--blocks", type=int, help="interleaved blocks per side")
-    parser.add_argument("--block-ms", type=float, help="target duration of one side's block")
+    parser.add_argument("--blocks", type=positive_int, help="interleaved blocks per side")
+    parser.add_argument(
+        "--block-ms", type=positive_float, help="target duration of one side's block"
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCH_MODELS]
@@ -446,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
         bad = [b for b in backends if b not in BACKENDS]
         if bad:
             parser.error(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
+        if args.aoti and "AOTI" not in backends:  # "also AOTInductor", with --backends too
+            backends.append("AOTI")
     presets: list[str | None] = [p.strip() for p in args.presets.split(",") if p.strip()] or [None]
     for p in presets:
         try:

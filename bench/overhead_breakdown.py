@@ -41,7 +41,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line, measure_interleaved
+from machine import machine_line, measure_interleaved, positive_float, positive_int
 from models import BENCH_MODELS
 from overhead import command_line, export_pair, ort_runner
 
@@ -272,8 +272,12 @@ def main(argv: list[str] | None = None) -> None:
         default="mlp,transformer,resnet18_32,lstm,gru",
         help=f"subset of {', '.join(MODELS)}",
     )
-    parser.add_argument("--blocks", type=int, default=8, help="interleaved blocks per side")
-    parser.add_argument("--block-ms", type=float, default=150.0, help="one side's block, ms")
+    parser.add_argument(
+        "--blocks", type=positive_int, default=8, help="interleaved blocks per side"
+    )
+    parser.add_argument(
+        "--block-ms", type=positive_float, default=150.0, help="one side's block, ms"
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     bad = [n for n in names if n not in MODELS]

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line
+from machine import machine_line, positive_int
 from models import BENCH_MODELS
 from overhead import EXAMPLE_BATCH, command_line, export_options, lock
 
@@ -79,13 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run of each instead of three")
     parser.add_argument("--aoti", action="store_true", help="also AOTInductor CPU (slow)")
-    parser.add_argument("--repeats", type=int, help="runs of each side (median)")
+    parser.add_argument("--repeats", type=positive_int, help="runs of each side (median)")
     parser.add_argument(
         "--models", default=",".join(BENCH_MODELS), help="comma-separated subset of models"
     )
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if unknown := [n for n in names if n not in BENCH_MODELS]:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(BENCH_MODELS)}")
     formats = ["ONNX", "TorchScript"] + (["AOTI"] if args.aoti else [])
     if args.aoti:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"

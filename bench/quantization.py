@@ -937,7 +937,7 @@ def worst_excess(rows: Sequence[Row], mode: str, variant: Variant = RECOMMENDED)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller tasks, fewer epochs")
     parser.add_argument(
         "--tasks",
@@ -970,6 +970,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
     if args.keys < 1:
         parser.error("--keys must be >= 1")
+    if not 0 < args.calib_percent <= 100:
+        parser.error(f"--calib-percent must be in (0, 100], got {args.calib_percent:g}")
     print(machine_line())
     print("command:", " ".join(["python", *sys.argv]))
     print(f"lock preset: {args.preset or default_preset()}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import int8_saturates, machine_line
+from machine import int8_saturates, machine_line, positive_float
 from models import BENCH_MODELS
 from overhead import command_line, export_pair
 from quantization import (
@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--preset", default="strong", help="lock preset (quantize_compatibility is added)"
     )
-    parser.add_argument("--block-s", type=float, default=0.3, help="timing block per side, s")
+    parser.add_argument(
+        "--block-s", type=positive_float, default=0.3, help="timing block per side, s"
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if unknown := [n for n in names if n not in BENCH_MODELS]:

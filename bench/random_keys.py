@@ -49,6 +49,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from machine import positive_int
 from skprotect_pytorch.audit import SUITE, AuditConfig
 from skprotect_pytorch.audit.attacks import StolenModel, a0_random_key
 from skprotect_pytorch.audit.models import predictions
@@ -233,7 +234,7 @@ def splice(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, choices=sorted(SUITE))
-    parser.add_argument("--victim-epochs", type=int, help="default: the suite's")
+    parser.add_argument("--victim-epochs", type=positive_int, help="default: the suite's")
     parser.add_argument("--keys", type=int, default=100, help="draws of each kind")
     parser.add_argument(
         "--search-budget",

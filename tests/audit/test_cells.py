@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import skprotect_pytorch.audit as audit_pkg
 import skprotect_pytorch.audit.attacks as attacks_mod
@@ -266,7 +267,7 @@ def test_a_claimed_cell_is_left_to_its_holder_until_the_holder_dies(tmp_path):
 
     # a live holder that finishes while we wait: its value, not ours
     claim = store.folder / "y.json.claim"
-    claim.write_text(f"{cells_mod.socket.gethostname()} {os.getpid()}\n")
+    claim.write_text(f"{cells_mod.socket.gethostname()} {os.getpid()} {cells_mod.CLAIM_TOKEN}\n")
 
     def finish() -> None:
         time.sleep(0.3)
@@ -279,6 +280,41 @@ def test_a_claimed_cell_is_left_to_its_holder_until_the_holder_dies(tmp_path):
     assert store.get("y", lambda: "ours") == "theirs"
     thread.join()
     assert store.reused == 1 and store.cell_times["y"] == 5.0
+
+
+def test_a_claim_left_by_a_killed_run_with_our_pid_is_taken_over(tmp_path):
+    """A restarted container has the same host name and often the same pid (1): the killed
+    run's claim looked alive, and the run waited for itself forever."""
+    store = CellStore(tmp_path, {"model": "m"}, poll_s=0.05)
+    host = cells_mod.socket.gethostname()
+    for name, text in (
+        ("old", f"{host} {os.getpid()}\n"),  # a claim written before claims had a token
+        ("other", f"{host} {os.getpid()} 0123456789abcdef\n"),  # another process's token
+    ):
+        (store.folder / f"{name}.json.claim").write_text(text)
+        assert store.get(name, lambda: 7) == 7
+        assert not (store.folder / f"{name}.json.claim").exists()
+    assert store.computed == 2
+
+
+def test_a_run_waiting_for_a_claim_says_which_file_to_delete(tmp_path):
+    """It waited in silence, forever when the holder had died on another host."""
+    lines: list[str] = []
+    store = CellStore(tmp_path, {"model": "m"}, poll_s=0.05, log=lines.append)
+
+    def claimed(name: str) -> None:
+        claim = store.folder / f"{name}.claim"
+        claim.write_text("elsewhere 123\n")  # another host: cannot be checked, assumed alive
+        threading.Timer(0.3, claim.unlink).start()
+
+    claimed("c.json")
+    assert store.get("c", lambda: 5) == 5
+    claimed("victims.pt")
+    store.modules("victims", lambda: nn.Linear(2, 2), lambda: {"v": nn.Linear(2, 2)})
+    waits = [line for line in lines if line.startswith("waiting for")]
+    assert len(waits) == 2 and "claimed by elsewhere 123" in waits[0]
+    assert "c.json.claim" in waits[0] and "victims.pt.claim" in waits[1]
+    assert all("delete the claim file" in line for line in waits)
 
 
 def test_damaged_cells_and_unwritable_folders_are_clear_errors(tmp_path, monkeypatch):

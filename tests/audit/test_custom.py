@@ -164,6 +164,19 @@ def test_bad_data_is_refused_with_what_to_fix(change: dict, message: str) -> Non
         task_from_arrays(**given)
 
 
+def test_numpy_class_counts_are_taken_as_python_ones() -> None:
+    """``n_classes=y.max() + 1`` (a numpy integer) was refused as not an integer."""
+    x, y, xs, ys = arrays()
+    task = task_from_arrays(x, y, xs, ys, n_classes=np.int64(y.max()) + 1)
+    assert task.n_classes == 4 and type(task.n_classes) is int
+
+
+def test_a_report_on_a_one_class_test_split_has_its_caveat() -> None:
+    """A test split of one class has no spread: the caveat divided by zero."""
+    report = AuditReport({}, "m", 0.9, 1.0, {}, {}, [], [], test_samples=300)
+    assert "with probability 0.0 %" in report.caveats[0] and report.to_json()
+
+
 class Wide(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -186,6 +199,18 @@ def test_bad_specs_are_refused_with_what_to_fix(task, trained) -> None:
         model_spec("net", Net, task, lr=0)
     with pytest.raises(InvalidArgumentError, match="task must be a Task"):
         model_spec("net", Net, arrays())
+    for name in ("../escape", "nets/mine", ".", ".."):  # cells were written outside the folder
+        with pytest.raises(InvalidArgumentError, match="must be one folder name"):
+            model_spec(name, Net, task)
+    x_train, y_train, x_test, y_test = arrays()
+    order = np.argsort(y_test, kind="stable")  # sorted by label: the last 10 are one class
+    one_class = task_from_arrays(x_train, y_train, x_test[order][-10:], y_test[order][-10:])
+    with pytest.raises(InvalidArgumentError, match="test split holds only class 3: chance"):
+        model_spec("net", Net, one_class)  # the report's caveat divided by zero at the end
+    # 3 training samples, 4 classes: numpy's error
+    small = task_from_arrays(x_train[:3], y_train[:3], x_test, y_test, n_classes=4)
+    with pytest.raises(InvalidArgumentError, match="training split has 3 samples, fewer than"):
+        model_spec("net", Net, small)  # came from run_audit, after training the victim
     spec = model_spec("net", Net, task, victim=trained)
     with pytest.raises(InvalidArgumentError, match=r"leave AuditConfig\.data_seed at 0"):
         run_audit(AuditConfig(model=spec, attacks=("A0",), data_seed=1), log=lambda line: None)

@@ -213,6 +213,25 @@ def test_joint_key_learning_runs_on_a_budget(trained):
     assert outcome.recovered_keys[0].shape == stolen.null_key().shape
 
 
+def test_joint_key_learning_decays_the_weights_with_the_sweep(trained, monkeypatch):
+    """A2 trained its weights without the sweep's weight decay, which every other learner uses;
+    the key itself is not decayed."""
+    task, victim, _ = trained
+    stolen = StolenModel.from_locked(_lock(victim))
+    adam, groups = torch.optim.Adam, []
+
+    def recording_adam(params, *args, **kwargs):
+        groups.append([{k: v for k, v in g.items() if k != "params"} for g in params])
+        return adam(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", recording_adam)
+    sweep = SweepConfig(lrs=(3e-3,), epochs=(1,), batch_size=64, weight_decay=0.01)
+    attack_key_learning(stolen, task, 5, sweep, [0], joint=True)
+    key_group, weight_group = groups[0]
+    assert weight_group == {"lr": 3e-3, "weight_decay": 0.01}
+    assert key_group["lr"] == 3e-2 and "weight_decay" not in key_group
+
+
 def test_related_task_keeps_the_inputs_and_relabels_a_seeded_fraction(trained):
     task, _, _ = trained
     base = related_task(task)

@@ -122,6 +122,9 @@ def test_audit_config_selects_the_reference_model():
         ({"data_seed": -1}, r"data_seed must be an integer in \[0, 4294967295\]"),
         ({"lock_seed": True}, r"lock_seed must be an integer"),
         ({"sweep": {"lrs": (1e-3,)}}, r"sweep must be a SweepConfig, but is dict"),
+        ({"lock_settings": None}, r"lock_settings must be a LockSettings, but is NoneType"),
+        ({"quick": "False"}, r"quick must be True or False, but is 'False'"),
+        ({"stored_only": 1}, r"stored_only must be True or False, but is 1"),
         ({"cells": 3}, r"cells must be a folder path"),
         ({"stored_only": True}, r"give AuditConfig\.cells"),
     ],
@@ -172,7 +175,8 @@ def test_sweep_config_keeps_lists_as_tuples():
 def test_cli_audit_refuses_a_repeated_budget():
     result = CliRunner().invoke(app, ["audit", "--quick", "--budgets", "5,5", "--attacks", "A0"])
     assert result.exit_code == 2
-    assert "budgets lists 5.0 twice; give each once" in result.output
+    assert "budgets lists" in result.output and "twice" in result.output
+    assert "give each once" in result.output
 
 
 def test_cli_audit_model_option_selects_the_suite_model(monkeypatch):

@@ -84,6 +84,41 @@ def test_gate_options_are_checked():
     assert stored.stored_only and stored.cells == Path("c")
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--seeds", "0"], "AuditConfig.seeds must be a positive integer"),
+        (["--seeds", "-1"], "AuditConfig.seeds must be a positive integer"),
+        (["--victim-epochs", "0"], "AuditConfig.victim_epochs must be a positive integer"),
+        (["--budgets", "1,1"], "AuditConfig.budgets lists 1.0 twice"),
+        (["--budgets", "1,x"], "--budgets must be numbers separated by commas"),
+        (["--attacks", "A0,A0"], "AuditConfig.attacks lists 'A0' twice"),
+        (["--models", "mlp,mlp"], "--models lists a model twice"),
+        (["--models", ","], "--models takes suite names"),
+        (["--attacks", ""], "AuditConfig.attacks must be a non-empty list"),
+    ],
+)
+def test_bad_values_are_usage_errors_before_any_work(
+    tmp_path, monkeypatch, capsys, options, message
+):
+    """``--seeds 0`` was read as the default, and the other values failed with a traceback
+    once the out folder was made; each is now a usage error (exit 2) before any work."""
+    calls = []
+    monkeypatch.setattr(audit_gate, "run_audit", lambda *a, **k: calls.append(a))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        audit_gate.run_gate(["--out", str(out), "--quick", *options], log=lambda s: None)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert calls == [] and not out.exists()
+
+
+def test_seeds_default_to_the_gates_three_or_quicks_one():
+    assert audit_gate.parse_args(["--out", "x"]).configs["mlp"].resolved()[2] == 3
+    assert audit_gate.parse_args(["--out", "x", "--quick"]).configs["gru"].resolved()[2] == 1
+    two = audit_gate.parse_args(["--out", "x", "--quick", "--seeds", "2", "--models", "cnn"])
+    assert list(two.configs) == ["cnn"] and two.configs["cnn"].resolved()[2] == 2
+
+
 def test_a_full_disk_keeps_the_previous_reports_and_says_what_to_do(tmp_path, monkeypatch):
     (tmp_path / "audit_gate.md").write_text("last run")
 

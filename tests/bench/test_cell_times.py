@@ -17,8 +17,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import cell_times  # noqa: E402
 
 
-def _store(cells: Path, model: str, seconds: dict[str, float]) -> None:
-    folder = cells / f"{model}-0123456789ab"
+def _store(
+    cells: Path, model: str, seconds: dict[str, float], digest: str = "0123456789ab"
+) -> None:
+    folder = cells / f"{model}-{digest}"
     folder.mkdir(parents=True)
     (folder / "settings.json").write_text(json.dumps({"model": model}))
     (folder / "A0.json").write_text(json.dumps({"value": {}, "seconds": 3.0}))
@@ -73,6 +75,41 @@ def test_todo_shows_the_parts_a_stopped_run_stored(cells: Path) -> None:
 def test_missing_folder_says_what_to_pass(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--cells folder"):
         cell_times.read_times(tmp_path / "nowhere")
+
+
+def test_a_folder_without_cells_is_refused_not_reported_complete(tmp_path: Path) -> None:
+    """An empty folder (or its parent passed by mistake) read as "every cell is stored"."""
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(SystemExit, match="holds no cell folder"):
+        cell_times.read_times(tmp_path)
+    with pytest.raises(SystemExit):
+        cell_times.main([str(tmp_path), "--todo", "25"])
+
+
+def test_a_models_folders_of_other_settings_get_their_own_rows(cells: Path) -> None:
+    """Two gru folders (e.g. quick and full) were merged into one row, one's seconds hiding
+    the other's."""
+    _store(cells, "gru", {"B@5": 5.0, "A1-null@5": 7.0, "A3@5": 9.0}, digest="fedcba987654")
+    lines = cell_times.table(cell_times.read_times(cells)).splitlines()
+    assert lines[2:] == [
+        "| cnn | 5 | 90 | 30 | 60 | 3 min |",
+        "| gru-0123456789ab | 5 | 60 | 120 | 300 | 8 min |",
+        "| gru-0123456789ab | 25 | 600 | – | – | 10 min so far |",
+        "| gru-fedcba987654 | 5 | 5 | 7 | 9 | 0 min |",
+    ]
+    parts = cells / "gru-fedcba987654" / "A3@25.parts"
+    parts.mkdir()
+    torch.save({"value": [0.9], "seconds": 4.0, "code": "abc"}, parts / "seed0.pt")
+    progress = cell_times.read_parts(cells)
+    assert progress == {"gru-fedcba987654 A3@25": (1, 4.0)}
+    todo = cell_times.todo(cell_times.read_times(cells), 25, progress)
+    assert "gru-fedcba987654 A3@25" in todo and "1 parts stored" in todo
+
+
+def test_a_todo_budget_out_of_range_is_refused(cells: Path) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cell_times.main([str(cells), "--todo", "0"])
+    assert stop.value.code == 2
 
 
 def test_security_doc_shows_the_committed_cells_times() -> None:

@@ -39,7 +39,7 @@ def _model(name: str, budgets: list[float], rows: list[dict], quick: bool = Fals
         "chance": 0.1,
         "baselines": {f"{b:g}": 0.5 for b in budgets},
         "rows": rows,
-        "not_run": [],
+        "not_run": extra.pop("not_run", []),
         "stored_weights": extra.pop("stored_weights", [{"passed": True}]),
         **extra,
     }
@@ -104,6 +104,36 @@ def test_an_attack_stored_twice_is_refused(tmp_path: Path) -> None:
     second = _write(tmp_path / "b.json", _model("mlp", [5.0], [A3]))
     with pytest.raises(SystemExit, match=r"A3 .* of the mlp at 5 % is in .*a\.json.*b\.json"):
         gate_summary.collect([first, second])
+
+
+def test_runs_with_other_settings_are_not_merged(tmp_path: Path) -> None:
+    """A balanced-lock run of A3 and a strong-lock run of the rest made one "pass" row."""
+    strong = _model("mlp", [5.0], [A0, A4])
+    strong["settings"].update(seeds=3, lock_settings={"mix_sides": "both"})
+    balanced = _model("mlp", [5.0], [A3])
+    balanced["settings"].update(seeds=3, lock_settings={"mix_sides": "smaller"})
+    first, second = _write(tmp_path / "a.json", strong), _write(tmp_path / "b.json", balanced)
+    with pytest.raises(SystemExit, match=r"mlp at 5 % ran with other settings .*lock_settings"):
+        gate_summary.collect([first, second])
+    same = _model("mlp", [5.0], [A3])
+    same["settings"].update(seeds=3, lock_settings={"mix_sides": "both"})
+    merged = gate_summary.collect([first, _write(tmp_path / "c.json", same)])
+    assert len(merged["mlp", 5.0].rows) == 3
+
+
+def test_what_was_not_run_counts_at_its_own_budget_only(tmp_path: Path) -> None:
+    """A stored-only report missing its 25 % cells marked its complete 5 % row incomplete."""
+    a1 = _row("A1", "fine-tune, null key", 5.0, 0.11, reference=0.5)
+    a2 = _row("A2", "key learning, joint weights", 5.0, 0.12, reference=0.5)
+    a4 = {**A4, "budget": 5.0}
+    missing = ["B@25 (not computed yet)", "A3@25 (not computed yet)"]
+    path = _write(
+        tmp_path / "a.json", _model("gru", [5.0, 25.0], [A0, a1, a2, A3, a4], not_run=missing)
+    )
+    lines = gate_summary.table(gate_summary.collect([path])).splitlines()
+    assert lines[2].startswith("| gru | 5 |") and lines[2].endswith("| pass | pass |")
+    assert lines[3].startswith("| gru | 25 |") and "B@25 (not computed yet)" in lines[3]
+    assert gate_summary._not_run_at(["A0 (not computed yet)"], 5.0) == ["A0 (not computed yet)"]
 
 
 def test_unreadable_files_say_what_to_pass(tmp_path: Path) -> None:

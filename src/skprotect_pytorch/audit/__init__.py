@@ -122,11 +122,18 @@ class AuditConfig:
         self.threads = optional_positive_int(self.threads, "AuditConfig.threads")
         self.data_seed = seed(self.data_seed, "AuditConfig.data_seed", 2**32 - 1)  # sklearn's
         self.lock_seed = seed(self.lock_seed, "AuditConfig.lock_seed")
-        for name, value, kind in (
-            ("sweep", self.sweep, SweepConfig),
-            ("lock_settings", self.lock_settings, LockSettings),
+        for flag in ("quick", "stored_only"):  # a string "False" would read as True
+            value = getattr(self, flag)
+            if not isinstance(value, bool | np.bool_):
+                raise InvalidArgumentError(
+                    f"AuditConfig.{flag} must be True or False, but is {value!r}."
+                )
+            setattr(self, flag, bool(value))
+        for name, value, kind, optional in (
+            ("sweep", self.sweep, SweepConfig, True),
+            ("lock_settings", self.lock_settings, LockSettings, False),
         ):
-            if value is not None and not isinstance(value, kind):
+            if not isinstance(value, kind) and not (optional and value is None):
                 raise InvalidArgumentError(
                     f"AuditConfig.{name} must be a {kind.__name__}, but is {type(value).__name__}."
                 )

@@ -495,13 +495,17 @@ def learn_key(
     loss: str = "ce",
     weights: Sequence[nn.Parameter] = (),
     weight_lr: float | None = None,
+    weight_decay: float = 0.0,
 ) -> None:
     """Fit a relaxed key by gradient descent with annealed Gumbel-Sinkhorn temperature; any
-    ``weights`` are trained jointly at ``weight_lr``."""
+    ``weights`` are trained jointly at ``weight_lr`` with ``weight_decay`` (the key is not
+    decayed)."""
     key.train()
     groups = [{"params": list(key.parameters()), "lr": lr}]
     if weights:
-        groups.append({"params": list(weights), "lr": weight_lr or lr})
+        groups.append(
+            {"params": list(weights), "lr": weight_lr or lr, "weight_decay": weight_decay}
+        )
     opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(seed)
     n = len(x)
@@ -570,6 +574,7 @@ def attack_key_learning(
             seed=seed,
             weights=list(net.parameters()) if joint else (),
             weight_lr=lr,
+            weight_decay=sweep.weight_decay,
         )
         net.eval()
         hard = stolen.key(key.hard_perms(), key.hard_scales())

@@ -11,7 +11,8 @@ only, and not even all of it: the pieces of a cell that take long (one seed, one
 one learning rate: :func:`part`) are stored as they finish, so a cell of more hours than a
 session has resumes where it stopped.  A process claims a cell with a ``.claim`` file before it
 computes it; another process on the same folder skips claimed cells, computes the others, then
-waits for the claimed ones (a claim whose process has died on this host is taken over).
+waits for the claimed ones (a claim whose process has died on this host is taken over, and so
+is one left by a killed run whose pid this process now has, as after a container restart).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -81,10 +83,19 @@ def code_version() -> str:
     return commit + ("+changes" if changed else "")
 
 
-def _process_alive(host: str, pid: int) -> bool:
-    """Whether the claim's process still runs; a claim from another host is assumed alive."""
+CLAIM_TOKEN = uuid.uuid4().hex
+"""This process's mark in its claims: a restarted container gets the same host name and often
+the same pid (1 as its first process), so a pid alone cannot tell this run's claims from those
+of the run it replaced."""
+
+
+def _process_alive(host: str, pid: int, token: str | None = None) -> bool:
+    """Whether the claim's process still runs; a claim from another host is assumed alive, and
+    one with this process's pid but not its token is a killed predecessor's."""
     if host != socket.gethostname():
         return True
+    if pid == os.getpid():
+        return token == CLAIM_TOKEN
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -267,9 +278,22 @@ class CellStore:
     def get(self, name: str, compute: Callable[[], Any]) -> Any:
         """Like :meth:`try_get`, but waits for a cell another process is computing (taking it
         over if that process dies)."""
+        told = False
         while (value := self.try_get(name, compute)) is PENDING:
+            told = told or self._waiting(self.folder / f"{name}.json")  # type: ignore[operator]
             time.sleep(self.poll_s)
         return value
+
+    def _waiting(self, path: Path) -> bool:
+        """Say once what this run waits for, and what to do if that process is gone."""
+        claim = self._claim_path(path)
+        with contextlib.suppress(OSError):
+            holder = " ".join(claim.read_text().split()[:2])  # host and pid
+            self.log(
+                f"waiting for {path.name}: claimed by {holder} ({claim}); if that process is "
+                "gone (on another host it cannot be checked), delete the claim file"
+            )
+        return True
 
     def _timed(
         self, name: str, compute: Callable[[], Any], parts: _Parts | None = None
@@ -341,6 +365,7 @@ class CellStore:
             self._write(path, buffer.getvalue())
             return {k: net.eval() for k, net in nets.items()}
 
+        told = False
         while True:
             nets = self._obtain(path, lambda: self._load_modules(path, factory), produce)
             if nets is MISSING:
@@ -350,6 +375,7 @@ class CellStore:
                 )
             if nets is not PENDING:
                 return nets
+            told = told or self._waiting(path)
             time.sleep(self.poll_s)
 
     @staticmethod
@@ -388,7 +414,7 @@ class CellStore:
         claim = self._claim_path(path)
         tmp = claim.with_name(f".{claim.name}.{os.getpid()}")
         try:
-            tmp.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+            tmp.write_text(f"{socket.gethostname()} {os.getpid()} {CLAIM_TOKEN}\n")
             os.link(tmp, claim)
         except FileExistsError:
             return False
@@ -406,8 +432,8 @@ class CellStore:
         """Whether the claim's holder still runs; a dead holder's claim is removed."""
         claim = self._claim_path(path)
         try:
-            host, pid = claim.read_text().split()
-            alive = _process_alive(host, int(pid))
+            host, pid, *token = claim.read_text().split()  # no token: written before it
+            alive = _process_alive(host, int(pid), *token[:1])
         except FileNotFoundError:
             return False  # released meanwhile: look again
         except ValueError:

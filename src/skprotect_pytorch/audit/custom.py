@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +103,9 @@ def task_from_arrays(
     largest = int(max(yt.max(), ys.max()))
     if n_classes is None:
         n_classes = largest + 1
-    if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
+    if not isinstance(n_classes, Integral) or isinstance(n_classes, bool) or n_classes < 2:
         raise InvalidArgumentError(f"n_classes must be an integer ≥ 2, but is {n_classes!r}.")
+    n_classes = int(n_classes)  # numpy's too (y.max() + 1)
     if int(min(yt.min(), ys.min())) < 0 or largest >= n_classes:
         raise InvalidArgumentError(
             f"labels must lie in [0, {n_classes}), but range from "
@@ -198,6 +200,11 @@ def model_spec(
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError(f"name must be a non-empty string, but is {name!r}.")
+    if Path(name).name != name or name == "..":  # it names the cell folder inside --cells
+        raise InvalidArgumentError(
+            f"name {name!r} must be one folder name, without '/' and not '.' or '..': it names "
+            "the audit's cell folder."
+        )
     if not callable(factory):
         raise InvalidArgumentError(
             f"factory must be a callable that builds the untrained model (e.g. the class), but "
@@ -206,6 +213,18 @@ def model_spec(
     if not isinstance(task, Task):
         raise InvalidArgumentError(
             f"task must be a Task (task_from_arrays), but is {type(task).__name__}."
+        )
+    if len(task.y_test.unique()) < 2:
+        raise InvalidArgumentError(
+            f"the test split holds only class {int(task.y_test[0])}: chance (always predicting "
+            "it) is 100 % and no attack can score above it, so the gate would measure nothing; "
+            "split the data at random (a data set sorted by label leaves one class at its end)."
+        )
+    if len(task.y_train) < task.n_classes:  # Task.budget draws at least n_classes samples
+        raise InvalidArgumentError(
+            f"the training split has {len(task.y_train)} samples, fewer than its "
+            f"{task.n_classes} classes, and the thief's budget is never smaller than the number "
+            "of classes; give a larger training split."
         )
     require_positive(epochs, "epochs", INTEGER, "integer")
     require_positive(lr, "lr", NUMBER, "number")

@@ -135,7 +135,8 @@ class AuditReport:
         if n is None or n >= SMALL_TEST:
             return []
         sd = (self.chance * (1 - self.chance) / n) ** 0.5
-        tail = 0.5 * math.erfc(A0_MARGIN / sd / math.sqrt(2))
+        z = A0_MARGIN / sd if sd else math.inf  # one class in the test split: no spread
+        tail = 0.5 * math.erfc(z / math.sqrt(2))
         return [
             f"the test split has {n:,} samples: an output unrelated to the input scores chance "
             f"± {100 * sd:.1f} points (one standard deviation), so each A0 row exceeds its "

@@ -1,0 +1,76 @@
+"""Keeps the bench scripts' command lines honest: ``--help`` works for each, and a count or
+duration of 0 or below is a usage error before any export, not the default in disguise
+(``--blocks 0``) nor a crash on an empty median after minutes of work."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import overhead  # noqa: E402
+
+SCRIPTS = sorted(
+    path.stem
+    for path in BENCH.glob("*.py")
+    if "def main(" in path.read_text() and path.stem != "licence_throughput"
+)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_works(script: str, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main(["--help"])
+    assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_quantization_help_says_what_it_measures(capsys) -> None:
+    """Its description stopped mid-sentence ("... quantization of the")."""
+    with pytest.raises(SystemExit):
+        importlib.import_module("quantization").main(["--help"])
+    assert "accuracy on reference tasks" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("script", "argv", "message"),
+    [
+        ("overhead", ["--blocks", "0"], "--blocks: must be at least 1, got 0"),
+        ("overhead", ["--block-ms", "0"], "--block-ms: must be a number above 0"),
+        ("overhead_breakdown", ["--blocks", "-1"], "--blocks: must be at least 1, got -1"),
+        ("overhead_breakdown", ["--block-ms", "nan"], "--block-ms: must be a number above 0"),
+        ("compare_trees", ["--trees", "a,b", "--rounds", "0"], "--rounds: must be at least 1"),
+        ("compare_trees", ["--trees", "a,b", "--blocks", "0"], "--blocks: must be at least 1"),
+        ("protect_time", ["--repeats", "0"], "--repeats: must be at least 1, got 0"),
+        ("protect_time", ["--repeats", "-1"], "--repeats: must be at least 1, got -1"),
+        ("protect_time", ["--models", "vgg"], "unknown model(s) ['vgg']"),
+        ("quantized_overhead", ["--block-s", "0"], "--block-s: must be a number above 0"),
+        ("random_keys", ["--model", "mlp", "--victim-epochs", "0"], "must be at least 1"),
+        ("init_controls", ["--budget", "0"], "--budget must be a percentage in (0, 100]"),
+        ("quantization", ["--calib-percent", "0"], "--calib-percent must be in (0, 100]"),
+        ("init_controls", ["--gains", "1,,2"], "--gains takes numbers above 0"),
+    ],
+)
+def test_bad_counts_and_durations_are_usage_errors(script, argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(script).main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_overhead_aoti_adds_aotinductor_to_the_backends_given(monkeypatch) -> None:
+    """``--aoti`` ("also AOTInductor") was dropped without a word when --backends was given."""
+    seen = {}
+
+    def fake_run_bench(names, backends, **kwargs):
+        seen["backends"] = list(backends)
+        return []
+
+    monkeypatch.setattr(overhead, "run_bench", fake_run_bench)
+    overhead.main(["--models", "mlp", "--backends", "ORT", "--aoti"])
+    assert seen["backends"] == ["ORT", "AOTI"]
+    overhead.main(["--models", "mlp", "--aoti"])
+    assert seen["backends"] == ["ORT", "TorchScript", "AOTI"]
