@@ -113,6 +113,15 @@ def token_role(session: Session, token: str, now: dt.datetime | None = None) -> 
     return row.role
 
 
+def token_expired(session: Session, token: str, now: dt.datetime) -> dt.datetime | None:
+    """When a stored token expired, if it did at or before ``now``; else None (unknown, or
+    still valid): its holder is told so, not that the token is invalid."""
+    row = session.scalar(select(AdminToken).where(AdminToken.token_sha256 == token_sha256(token)))
+    if row is None or row.expires_at is None or row.expires_at > now:
+        return None
+    return row.expires_at
+
+
 def token_row(row: AdminToken) -> dict[str, Any]:
     """A token as listed: never the token, the start of its SHA-256 instead."""
     return {

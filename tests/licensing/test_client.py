@@ -1069,3 +1069,59 @@ def test_an_empty_state_dir_is_refused_not_the_current_folder(tmp_path, clock, m
     with pytest.raises(LicenceError, match="state_dir is empty"):
         make_client(FakeServer(), "", clock)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == [] and stat.S_IMODE(tmp_path.stat().st_mode) == before
+
+
+def test_a_renewal_in_the_same_second_is_not_taken_for_the_contract_end(state, clock) -> None:
+    """An allowance used up within the second it was issued is renewed with the same expiry:
+    that renewal was noted ``at_contract_end``, so the licence was never renewed in its overlap
+    window and a server down at its expiry stopped the device."""
+    server = FakeServer(duration=365 * DAY, quota=10**9)
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY, requested_inferences=5)
+    client.consume(5)
+    client.consume(1)  # the allowance is used up: renewed at once, expiring with the first
+    assert "at_contract_end" not in json.loads((state / "licence_app.json").read_text())
+    clock.t = T0 + 340 * DAY  # inside the overlap window
+    assert client.ensure_licence().expires_at == T0 + 705 * DAY
+    assert [r["timestamp"] - T0 for r in server.licence_requests] == [0, 0, 340 * DAY]
+    client.close()
+
+
+def test_a_lost_denial_is_asked_for_anew_not_reported_as_a_replay(state, clock) -> None:
+    """The server answers the resend of a granted request with its licence, of a denied one
+    with ``replayed_request``: that was raised as the denial, hiding the real reason (here the
+    contract's end) behind "nonce ... was already used by this device"."""
+    server = FakeServer()
+    server.deny = ("contract_ended", "the contract of customer 7 ended")
+    lost: list[httpx.Response] = []
+
+    def lose_first_answer(request: httpx.Request) -> httpx.Response:
+        response = server.handle(request)
+        if not lost:
+            lost.append(response)
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+    client = make_client(server, state, clock, transport=httpx.MockTransport(lose_first_answer))
+    client.resend_delays = (0.0,)
+    with pytest.raises(LicenceDeniedError) as err:
+        client.ensure_licence()
+    assert (err.value.reason, err.value.detail) == server.deny
+    assert len(server.calls) == 3  # the request, its resend, a fresh request
+    client.close()
+
+
+def test_a_process_takes_the_contract_end_renewal_another_made(state, clock) -> None:
+    """Two processes of a device hold the same licence ending at the contract end; once one has
+    renewed it (same expiry, noted in the cache), the other renewed it again, drawing another
+    allowance from the quota for nothing."""
+    server = FakeServer(duration=365 * DAY, quota=10**9)
+    server.contract_end = T0 + 40 * DAY
+    first, second = (make_client(server, state, clock, overlap_seconds=30 * DAY) for _ in "ab")
+    assert first.ensure_licence() == second.ensure_licence()
+    clock.t = T0 + 10 * DAY  # the renewal window opens
+    renewed = second.ensure_licence()
+    clock.t += 60
+    assert first.ensure_licence() == renewed
+    assert [r["timestamp"] - T0 for r in server.licence_requests] == [0, 10 * DAY]
+    first.close()
+    second.close()

@@ -98,9 +98,17 @@ def test_a_token_with_an_expiry_stops_working_then(database_url, sessions, setti
     with TestClient(create_app(settings, clock)) as client:
         listed = client.get("/v1/admin/tokens", headers=bearer(token))
         assert listed.status_code == 200 and listed.json()[0]["expires_at"] is not None
-        clock.now += 1
+        clock.now += 1  # its holder is told it expired (it got "missing or invalid")
         gone = client.get("/v1/admin/tokens", headers=bearer(token))
-        assert (gone.status_code, gone.json()) == (401, UNAUTHENTICATED)
+        assert (gone.status_code, gone.json()) == (
+            401,
+            {
+                "detail": f"the bearer token expired at {expires.isoformat()}: create a new "
+                "one (sklicense token create) and revoke this one"
+            },
+        )
+        unknown = client.get("/v1/admin/tokens", headers=bearer(token + "x"))
+        assert (unknown.status_code, unknown.json()) == (401, UNAUTHENTICATED)
     for days, message in (("0", "over 0"), ("nan", "over 0"), ("36501", "up to 36500")):
         refused = invoke(database_url, "token", "create", "--expires-days", days)
         assert refused.exit_code == 1 and message in refused.output, refused.output

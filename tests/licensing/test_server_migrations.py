@@ -56,10 +56,39 @@ def test_upgrade_from_0001_keeps_applications(tmp_path: Path) -> None:
     assert [tuple(r) for r in rows] == [("app", None)]
 
 
+def test_upgrade_to_0003_never_reuses_a_revoked_token_id(tmp_path: Path) -> None:
+    """0003 makes SQLite token ids AUTOINCREMENT so audit entries name one token each; a token
+    revoked before the upgrade with the highest id is named only in the audit log, and its id
+    was given to the next token created."""
+    from sklicense import crud
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db.upgrade(url, "0002")
+    with db.get_engine(url).begin() as connection:
+        for token in ("h1", "h2", "h3"):
+            connection.execute(
+                text(
+                    "INSERT INTO admin_tokens (token_sha256, role, created_at) "
+                    "VALUES (:h, 'admin', CURRENT_TIMESTAMP)"
+                ),
+                {"h": token},
+            )
+        connection.execute(text("DELETE FROM admin_tokens WHERE id = 3"))
+    with db.session_factory(url).begin() as session:
+        for action, token_id in (("create", 1), ("create", 2), ("create", 3), ("revoke", 3)):
+            crud.audit(session, "cli", f"token.{action}", f"token:{token_id}", {})
+    db.upgrade(url)
+    with db.session_factory(url).begin() as session:
+        crud.create_token(session, "admin", "cli")
+    with db.get_engine(url).begin() as connection:
+        ids = connection.execute(text("SELECT id FROM admin_tokens ORDER BY id")).scalars().all()
+    assert ids == [1, 2, 4]
+
+
 def test_downgrade_to_0001_keeps_licensed_applications(database_url, sessions) -> None:
     """Downgrading to 0001 drops the columns 0002 and 0003 added and keeps the rows, also on
     SQLite, where copying and dropping the applications table is refused by its licences'
-    foreign keys."""
+    foreign keys; admin tokens with an expiry are deleted, not made valid until revoked."""
     from alembic import command
     from tests.licensing.server_helpers import T0, make_application, make_customer
 
@@ -71,6 +100,7 @@ def test_downgrade_to_0001_keeps_licensed_applications(database_url, sessions) -
     make_customer(sessions)
     with sessions.begin() as session:
         crud.create_token(session, "admin", "test", dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+        kept = crud.create_token(session, "read-only", "test")
         session.add(
             Device(id="d1", customer_id=42, signing_public_key="k", exchange_public_key="k")
         )
@@ -96,7 +126,9 @@ def test_downgrade_to_0001_keeps_licensed_applications(database_url, sessions) -
         assert "expires_at" not in columns("admin_tokens")
         with db.get_engine(database_url).begin() as connection:
             assert connection.execute(text("SELECT count(*) FROM licences")).scalar_one() == 1
-            assert connection.execute(text("SELECT count(*) FROM admin_tokens")).scalar_one() == 1
+            # 0002 has no expiry: the token made to expire would be valid until revoked
+            tokens = connection.execute(text("SELECT token_sha256, role FROM admin_tokens")).all()
+            assert [tuple(t) for t in tokens] == [(crud.token_sha256(kept), "read-only")]
     finally:
         db.upgrade(database_url)  # the session's database, for the next tests
     assert db.current_revision(database_url) == db.head_revision()

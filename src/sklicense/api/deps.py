@@ -110,17 +110,26 @@ READ_ONLY_DETAIL = "this token is read-only: admin role required"
 def _authenticate(
     settings: Settings, sessions: sessionmaker[Session], authorization: str | None, now: int
 ) -> Admin | None:
-    """The admin a bearer token names (a stored one unless it expired before ``now``), or None.
-    The scheme is case-insensitive (RFC 9110); the configured token is compared as bytes
-    (``hmac.compare_digest`` refuses non-ASCII ``str``)."""
+    """The admin a bearer token names, or None; a stored token that expired at or before
+    ``now`` is a 401 that says so. The scheme is case-insensitive (RFC 9110); the configured
+    token is compared as bytes (``hmac.compare_digest`` refuses non-ASCII ``str``)."""
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None
     if settings.admin_token and hmac.compare_digest(token.encode(), settings.admin_token.encode()):
         return Admin("admin:configured-token", "admin")
+    when = dt.datetime.fromtimestamp(now, dt.UTC)
     with sessions() as session:
-        role = crud.token_role(session, token, dt.datetime.fromtimestamp(now, dt.UTC))
+        role = crud.token_role(session, token, when)
+        expired = None if role is not None else crud.token_expired(session, token, when)
+    if expired is not None:
+        raise HTTPException(
+            status_code=401,
+            detail=f"the bearer token expired at {expired.isoformat()}: create a new one "
+            "(sklicense token create) and revoke this one",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return None if role is None else Admin(f"token:{crud.token_fingerprint(token)}", role)
 
 

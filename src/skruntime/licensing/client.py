@@ -133,6 +133,11 @@ _ANSWER_LOST = (
 """Failures after which the request may have reached the server (unlike a refused connection)."""
 
 
+def _at_contract_end(licence: Licence) -> bool:
+    """Whether the cache notes ``licence`` as one a renewal could not extend."""
+    return licence.document.get(_AT_CONTRACT_END) is True
+
+
 def _when(ts: float) -> str:
     try:
         return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
@@ -634,14 +639,18 @@ class LicenceClient:
             return None
         return licence
 
-    def _post(self, path: str, body: dict[str, Any], *, resend: bool = False) -> httpx.Response:
-        """POST the signed ``body``. With ``resend``, an answer lost after the request may have
-        reached the server (a read timeout, a dropped connection, a 5xx) is asked for again with
-        the identical signed bytes, after each of :attr:`resend_delays`: the server answers a
-        granted request's resend with the same licence, without charging the quota again."""
+    def _post(
+        self, path: str, body: dict[str, Any], *, resend: bool = False
+    ) -> tuple[httpx.Response, bool]:
+        """POST the signed ``body``; returns the answer and whether it answers a resend. With
+        ``resend``, an answer lost after the request may have reached the server (a read
+        timeout, a dropped connection, a 5xx) is asked for again with the identical signed
+        bytes, after each of :attr:`resend_delays`: the server answers a granted request's
+        resend with the same licence, without charging the quota again."""
         content = protocol.canonical_bytes(body)
         headers = {protocol.SIGNATURE_HEADER: self.identity.sign(body)} | _JSON
         delays = iter(self.resend_delays if resend else ())
+        resent = False
         while True:
             try:
                 response = self._http.post(path, content=content, headers=headers)
@@ -651,13 +660,14 @@ class LicenceClient:
                 raise _Unreachable(f"{type(e).__name__}: {e}") from None  # not sent, or no use
             else:
                 if response.status_code < 500:
-                    return response
+                    return response, resent
                 failure = f"HTTP {response.status_code}"
             delay = next(delays, None)
             if delay is None:
                 raise _Unreachable(failure)
             log.warning("Licence server: %s; sending the same request again", failure)
             time.sleep(delay)
+            resent = True
 
     def _denial(self, response: httpx.Response) -> LicenceDeniedError | None:
         """The server's denial in a 403/429 answer; None when it is not one (a proxy's page)."""
@@ -682,35 +692,19 @@ class LicenceClient:
                 denial.
             LicenceDeniedError: the server's denial.
         """
-        nonce = protocol.new_nonce()
-        body = {
-            "device_id": self.identity.device_id,
-            "customer_id": self.customer_id,
-            "application": self.application,
-            "models": self.models,
-            "config_sha256": self.config_sha256,
-            "signing_public_key": self.identity.signing_public_key_b64,
-            "exchange_public_key": self.identity.exchange_public_key_b64,
-            "timestamp": now,
-            "nonce": nonce,
-        }
-        if self.requested_inferences is not None:  # leave quota for the customer's other devices
-            body["requested_inferences"] = self.requested_inferences
-        if self.configuration is not None:  # the vendor's proof of the customer id
-            body["configuration"] = self.configuration
-        response = self._post("/v1/licences", body, resend=True)
-        if response.status_code in (403, 429):
-            denial = self._denial(response)
-            if denial is not None:
-                raise denial
+        body, response = self._ask(now)
         try:
-            licence = self._verified_answer(response, nonce, now)
+            licence = self._verified_answer(response, body["nonce"], now)
         except ClockRollbackError:
             raise
         except LicenceError as e:
             raise _BadAnswer(e) from None
         previous = self._licence
-        if previous is not None and licence.expires_at == previous.expires_at:
+        if (  # issued later than the licence it replaces, yet no longer: the contract end
+            previous is not None
+            and licence.expires_at == previous.expires_at
+            and (licence.issued_at > previous.issued_at or _at_contract_end(previous))
+        ):
             licence = replace(licence, document=licence.document | {_AT_CONTRACT_END: True})
         try:
             write_private(self._licence_path, protocol.canonical_bytes(licence.document))
@@ -722,6 +716,46 @@ class LicenceClient:
             )
         self._switch(licence, fresh=True)
         return licence
+
+    def _ask(self, now: int) -> tuple[dict[str, Any], httpx.Response]:
+        """Send a licence request stamped ``now``; returns it and the answer, unless that is a
+        denial (raised). The server answers the resend of a granted request with its licence,
+        of a denied one with ``replayed_request``: then the denial was lost, and a fresh
+        request is sent once to learn its reason.
+
+        Raises:
+            _Unreachable: no answer, or a server error.
+            LicenceDeniedError: the server's denial.
+        """
+        for fresh in (False, True):
+            body = self._licence_body(now)
+            response, resent = self._post("/v1/licences", body, resend=True)
+            denial = self._denial(response) if response.status_code in (403, 429) else None
+            if denial is None:
+                return body, response
+            if fresh or not resent or denial.reason != "replayed_request":
+                raise denial
+            log.warning("Licence server: the lost answer was a denial; asking again for it")
+        raise AssertionError("unreachable")
+
+    def _licence_body(self, now: int) -> dict[str, Any]:
+        """A licence request stamped ``now``, with a new nonce (signed by :meth:`_post`)."""
+        body = {
+            "device_id": self.identity.device_id,
+            "customer_id": self.customer_id,
+            "application": self.application,
+            "models": self.models,
+            "config_sha256": self.config_sha256,
+            "signing_public_key": self.identity.signing_public_key_b64,
+            "exchange_public_key": self.identity.exchange_public_key_b64,
+            "timestamp": now,
+            "nonce": protocol.new_nonce(),
+        }
+        if self.requested_inferences is not None:  # leave quota for the customer's other devices
+            body["requested_inferences"] = self.requested_inferences
+        if self.configuration is not None:  # the vendor's proof of the customer id
+            body["configuration"] = self.configuration
+        return body
 
     def _verified_answer(self, response: httpx.Response, nonce: str, now: int) -> Licence:
         """The licence in the server's answer to the request with ``nonce`` at ``now``.
@@ -766,7 +800,7 @@ class LicenceClient:
         from the quota: a licence no longer than the overlap (every use would renew it) is
         renewed from its half-life, and one a renewal could not extend (the contract end) only
         once it expires (:meth:`consume` still renews it when its allowance is used up)."""
-        if licence.document.get(_AT_CONTRACT_END) is True:
+        if _at_contract_end(licence):
             return licence.expires_at
         duration = licence.expires_at - licence.issued_at
         return licence.expires_at - (
@@ -854,8 +888,12 @@ class LicenceClient:
             licence = self._licence
             if licence is None or now >= self._renewal_opens(licence):
                 cached = self._load_cached()  # another process may have renewed it
+                # taken when later, or as late but issued later (renewed at the contract end:
+                # renewing it again here would only draw more quota)
                 if cached is not None and (
-                    licence is None or cached.expires_at > licence.expires_at
+                    licence is None
+                    or (cached.expires_at, cached.issued_at)
+                    > (licence.expires_at, licence.issued_at)
                 ):
                     self._switch(cached, fresh=False)
                     licence = cached
@@ -1098,7 +1136,7 @@ class LicenceClient:
                     "nonce": protocol.new_nonce(),
                 }
                 try:
-                    response = self._post("/v1/usage", body)
+                    response, _ = self._post("/v1/usage", body)
                 except _Unreachable as e:
                     log.warning("Usage report for licence %s failed: %s", licence_id, e)
                     continue
