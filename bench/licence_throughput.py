@@ -166,11 +166,12 @@ def device_loop(
     lock: threading.Lock,
 ) -> None:
     """One device of ``customer``: signed licence requests for one inference each until
-    ``until``, carrying the customer's signed ``configuration`` when the server binds them."""
+    ``until`` (at least one, so a slow start still gives every device an answer to check),
+    carrying the customer's signed ``configuration`` when the server binds them."""
     identity = DeviceIdentity.load_or_create(state_dir)
     latencies, refused, first = [], {}, ""
     with httpx.Client(base_url=base, timeout=30) as client:
-        while time.perf_counter() < until:
+        while (not latencies and not refused) or time.perf_counter() < until:
             body = {
                 "device_id": identity.device_id,
                 "customer_id": customer,
