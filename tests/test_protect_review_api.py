@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import subprocess
@@ -276,3 +277,148 @@ def test_a_log_folder_that_cannot_be_written_is_one_clear_error(workdir: Path) -
     (workdir / "log").write_text("a file where the log folder should be")
     with pytest.raises(InvalidArgumentError, match=r"save_logs=True, but the log cannot be"):
         SkProtectorPyTorch(application_name="app", save_logs=True)
+
+
+def test_a_filesystem_that_refuses_folder_locks_still_protects(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS emulates flock with POSIX locks, and an exclusive one needs a descriptor open for
+    writing, which a folder never has: every protection on NFS failed with "Cannot write to
+    outputs/app (Bad file descriptor)". It now runs unlocked, and a staging folder whose
+    protection cannot be told running or dead is kept, not deleted."""
+    fcntl = pytest.importorskip("fcntl")
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd: int, operation: int) -> None:
+        read_only = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        if operation & fcntl.LOCK_EX and read_only:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    other = workdir / "outputs" / "app" / ".staging-0c"
+    other.mkdir(parents=True)
+    SkProtectorPyTorch(application_name="app").protect_new_model(
+        mlp(), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU
+    )
+    assert list(load_config(workdir / "outputs" / "app" / "skconfig.json").models) == ["net"]
+    assert other.is_dir()
+
+
+def test_a_staging_folder_removed_during_the_orphan_scan_is_passed_over(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A protection finishing (its cleanup removes its staging folder) while another one's
+    orphan scan looked at that folder failed the other with "Cannot write to outputs/app"."""
+    app = workdir / "outputs" / "app"
+    finishing = app / ".staging-0d"
+    finishing.mkdir(parents=True)
+    real_is_dir = Path.is_dir
+
+    def finishes_meanwhile(self: Path) -> bool:
+        found = real_is_dir(self)
+        if self == finishing:
+            shutil.rmtree(finishing)  # listed and checked, then gone
+        return found
+
+    monkeypatch.setattr(Path, "is_dir", finishes_meanwhile)
+    SkProtectorPyTorch(application_name="app").protect_new_model(
+        mlp(), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU
+    )
+    assert list(load_config(app / "skconfig.json").models) == ["net"]
+
+
+def test_two_protectors_in_two_threads_each_log_into_their_own_file(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each call's file took the records of every thread (the other protector's too), and the
+    first call to end put the logger back to its level while the other still ran, whose later
+    records were then dropped from its file."""
+    first_started, first_done = threading.Event(), threading.Event()
+
+    def fake_run(request: pipeline.ProtectRequest, state: object) -> None:
+        name = request.model_name
+        get_logger().info("start %s", name)
+        if name == "m1":
+            first_started.set()
+            time.sleep(0.2)  # m2 starts meanwhile
+        else:
+            first_started.wait(5)
+            first_done.wait(5)  # m1 has ended: its file's block is over
+        get_logger().info("end %s", name)
+
+    monkeypatch.setattr(protect, "run_protection", fake_run)
+    level = get_logger().level
+    first = SkProtectorPyTorch(application_name="a1", save_logs=True)
+    second = SkProtectorPyTorch(application_name="a2", save_logs=True)
+
+    def run_first() -> None:
+        first.protect_new_model(mlp(), "m1", INPUTS)
+        first_done.set()
+
+    threads = [
+        threading.Thread(target=run_first),
+        threading.Thread(target=second.protect_new_model, args=(mlp(), "m2", INPUTS)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    first_log, second_log = first.log_path.read_text(), second.log_path.read_text()
+    assert "start m1" in first_log and "end m1" in first_log and "m2" not in first_log
+    assert "start m2" in second_log and "end m2" in second_log and "m1" not in second_log
+    assert get_logger().level == level  # as before the calls
+
+
+def test_a_log_folder_removed_after_the_protector_was_made(workdir: Path) -> None:
+    """Each call opens its log again: a ./log cleaned up after the protector was created made
+    the next protection fail with a bare FileNotFoundError; a log that cannot be written then
+    is one clear error."""
+    protector = SkProtectorPyTorch(application_name="app", save_logs=True)
+    shutil.rmtree(workdir / "log")
+    protector.protect_new_model(mlp(), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU)
+    assert "protecting 'net'" in protector.log_path.read_text()
+    shutil.rmtree(workdir / "log")
+    (workdir / "log").write_text("a file where the log folder was")
+    with pytest.raises(InvalidArgumentError, match=r"cannot be written.*save_logs=False"):
+        protector.protect_updated_model(
+            mlp(), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU
+        )
+
+
+def test_the_log_file_keeps_its_records_when_logging_leaves_out_threads(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``logging.logThreads = False`` no record says its thread: the file must still get
+    the call's records rather than none."""
+    monkeypatch.setattr(logging, "logThreads", False)
+
+    def fake_run(request: pipeline.ProtectRequest, state: object) -> None:
+        get_logger().info("protecting model %s", request.model_name)
+
+    monkeypatch.setattr(protect, "run_protection", fake_run)
+    protector = SkProtectorPyTorch(application_name="app", save_logs=True)
+    protector.protect_new_model(mlp(), "m1", INPUTS)
+    assert "protecting model m1" in protector.log_path.read_text()
+
+
+def test_a_staging_folder_that_cannot_be_locked_stops_the_protection(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staging folder left unlocked (here: no descriptor left) would look like a killed
+    protection's to the next one, which would delete it mid-run; the protection stops at once
+    instead, and leaves no folder behind."""
+    real_lock = configuration.lock_folder
+
+    def no_descriptor_left(folder: Path) -> int | None:
+        if Path(folder).name.startswith(".staging-"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_lock(folder)
+
+    monkeypatch.setattr(configuration, "lock_folder", no_descriptor_left)
+    monkeypatch.setattr(pipeline, "lock_folder", no_descriptor_left)
+    with pytest.raises(ExportError, match="Too many open files"):
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            mlp(), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU
+        )
+    assert list((workdir / "outputs" / "app").iterdir()) == []

@@ -9,6 +9,7 @@ The file format itself is specified in :mod:`skruntime.config`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import threading
@@ -47,6 +48,28 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+_NO_LOCKS = {errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
+"""What ``flock`` answers on a filesystem that cannot lock a folder (NFS emulates ``flock`` with
+POSIX locks, whose exclusive kind needs a descriptor open for writing: ``EBADF``)."""
+
+
+def lock_folder(folder: str | os.PathLike[str]) -> int | None:
+    """A descriptor of ``folder`` holding its exclusive ``flock`` (closing it releases the lock),
+    or None where no lock can be had: no ``fcntl`` (Windows), or a filesystem that refuses
+    it (:data:`_NO_LOCKS`). A folder that cannot be opened raises ``OSError``."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException as err:  # a refusal, or interrupted while waiting
+        os.close(fd)
+        if isinstance(err, OSError) and err.errno in _NO_LOCKS:
+            return None
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def config_lock(folder: Path) -> Iterator[None]:
     """Hold the exclusive lock of an application's outputs folder while the block runs.
@@ -54,20 +77,20 @@ def config_lock(folder: Path) -> Iterator[None]:
     Two protection scripts of one application running at once each read the configuration,
     add their model and write it back: without the lock the second write drops the first's
     model. The lock is an advisory ``flock`` on the folder itself (no lock file ships in
-    ``outputs/``); a missing or unopenable folder is not locked (its write fails on its own).
+    ``outputs/``); a folder that cannot be opened or locked (:func:`lock_folder`) is used
+    without it, as before the lock existed.
     """
     key = os.path.abspath(folder)
     held = _held.__dict__.setdefault("folders", set())
     fd = None
-    if fcntl is not None and key not in held:
-        with contextlib.suppress(OSError):
-            fd = os.open(key, os.O_RDONLY)
+    if key not in held:
+        with contextlib.suppress(OSError):  # a missing folder: its write fails on its own
+            fd = lock_folder(key)
     if fd is None:
         yield
         return
+    held.add(key)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        held.add(key)
         yield
     finally:
         held.discard(key)

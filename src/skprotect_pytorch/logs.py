@@ -7,9 +7,12 @@ import itertools
 import logging
 import platform
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import InvalidArgumentError
 
 LOGGER_NAME = "skprotect"
 _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
@@ -48,22 +51,48 @@ def enable_file_log(folder: Path | None = None) -> Path:
     return path
 
 
+_levels_lock = threading.Lock()
+_open_logs = 0  # file_log blocks running, in every thread
+_level_before = logging.NOTSET  # the logger's level before the first of them
+
+
 @contextlib.contextmanager
 def file_log(path: Path | None) -> Iterator[None]:
     """Write the skprotect log, DEBUG and up, to ``path`` (appended) while the block runs;
-    nothing when ``path`` is None."""
+    nothing when ``path`` is None.
+
+    Only the records of the calling thread go to ``path``: two protectors working in two
+    threads each keep their own file. The logger stays at DEBUG until the last such block ends.
+    """
     if path is None:
         yield
         return
     logger = get_logger()
-    handler = logging.FileHandler(path, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a log folder cleaned up since
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"save_logs=True, but the log {path} cannot be written ({err.strerror or err}). "
+            "Make its folder writable, or create the protector with save_logs=False."
+        ) from err
     handler.setFormatter(_FORMAT)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    thread = threading.get_ident()
+    # None: the application turned logging.logThreads off, so no record says its thread
+    handler.addFilter(lambda record: record.thread in (thread, None))
+    global _open_logs, _level_before
+    with _levels_lock:
+        if not _open_logs:
+            _level_before = logger.level
+        _open_logs += 1
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        with _levels_lock:
+            logger.removeHandler(handler)
+            _open_logs -= 1
+            if not _open_logs:
+                logger.setLevel(_level_before)
         handler.close()
-        logger.setLevel(level)

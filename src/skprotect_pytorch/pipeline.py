@@ -36,6 +36,7 @@ from .configuration import (
     check_same_customer,
     config_lock,
     load_own,
+    lock_folder,
 )
 from .customer import Customer
 from .errors import ConfigurationError, ExportError, InvalidArgumentError, SkProtectError
@@ -315,10 +316,9 @@ class _Staging:
             with config_lock(outputs_dir):  # no orphan scan between the mkdir and the lock
                 _remove_orphans(outputs_dir)
                 self.root.mkdir()
-                if fcntl is not None:
-                    self.owner = os.open(self.root, os.O_RDONLY)
-                    fcntl.flock(self.owner, fcntl.LOCK_EX)
+                self.owner = lock_folder(self.root)
         except OSError as err:
+            shutil.rmtree(self.root, ignore_errors=True)  # unlocked: the next scan could not tell
             raise ExportError(
                 f"Cannot write to {outputs_dir} ({err.strerror or err}): protect from a folder "
                 "where outputs/ can be created and written, with space left."
@@ -394,16 +394,20 @@ class _Staging:
 def _remove_orphans(outputs_dir: Path) -> None:
     """Remove the staging folders of protections whose process died (killed, out of memory):
     hidden in ``outputs/``, which ships, they hold locked models, keys, even save_original's
-    plaintext copies. A running protection holds its folder's lock; backups are kept."""
+    plaintext copies. A running protection holds its folder's lock; backups are kept, and so is
+    every folder where no lock can tell (Windows, NFS)."""
     if fcntl is None:  # no way to tell a running protection's folder
         return
     for folder in outputs_dir.glob(".staging-*"):
         if folder.name.endswith("-backup") or not folder.is_dir():
             continue
-        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:  # removed meanwhile by its own protection's cleanup
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # its protection is still running
+        except OSError:  # its protection is still running, or no lock can tell (NFS): kept
             continue
         finally:
             os.close(fd)

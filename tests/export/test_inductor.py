@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -252,3 +253,44 @@ def test_gpu_compile_turns_off_compile_time_autotuning_unless_asked():
         inductor_configs={"triton.autotune_at_compile_time": True},
     )
     assert GPU.compile_configs(asked, (x, key), with_key=True)["triton.autotune_at_compile_time"]
+
+
+def _library_package(path: Path, library: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("m/data/aotinductor/model/x.so", library)
+    return path
+
+
+def _library(path: Path) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        return archive.read("m/data/aotinductor/model/x.so")
+
+
+def test_build_paths_are_blanked_chunk_by_chunk_even_across_chunks(tmp_path, monkeypatch):
+    """Each member was read into memory whole and copied again by the blanking: a library
+    holding gigabytes of weights took twice its size in memory. Members now go through in
+    chunks, and a path split between two chunks is blanked whole, not from its shorter
+    build folder on (the virtualenv inside torch's folder)."""
+    import skprotect_pytorch.export.inductor as inductor
+
+    folder = build_folders()[0].encode()
+    blank = b"/" + b"_" * (len(folder) - 1)
+    noise = np.random.default_rng(0).bytes(8 << 20)
+    library = noise[:1000] + folder + noise[1000:] + folder
+    package = _library_package(tmp_path / "m.pt2", library)
+    monkeypatch.setattr(inductor, "_CHUNK", 1 << 18, raising=False)
+    tracemalloc.start()
+    try:
+        assert without_build_paths(package) is True
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(library) / 2, peak
+    assert _library(package) == library.replace(folder, blank)
+    small = library[:3000]
+    for chunk in (7, 1000 + 5, 1000 + len(folder) // 2):  # the path cut in two
+        monkeypatch.setattr(inductor, "_CHUNK", chunk, raising=False)
+        package = _library_package(tmp_path / f"m{chunk}.pt2", small)
+        assert without_build_paths(package) is True
+        assert _library(package) == small.replace(folder, blank), chunk

@@ -14,13 +14,16 @@ naming it. Runtimes that load our ``.pt2`` files must do the same: :func:`input_
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import sys
 import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -69,8 +72,14 @@ def without_build_paths(path: Path) -> bool:
     commands as comments), in the library's source-file strings (``__FILE__`` of its runtime
     checks) and in its debug line tables; loading needs none of them. A package of sources
     only (``aot_inductor.package_cpp_only``) is compiled again where it is loaded, from the
-    folders it names, so it is left as it is."""
+    folders it names, so it is left as it is. Members are copied in chunks: a library holding
+    gigabytes of weights is never read into memory whole."""
     folders = [f.encode() for f in build_folders()]
+    if not folders:
+        return False
+    # longest first: where a folder and one inside it both start, the whole path is blanked
+    pattern = re.compile(b"|".join(map(re.escape, folders)))
+    overlap = len(folders[0]) - 1  # a path split between two chunks
     partial = path.with_name(f".{path.name}.partial")
     changed = False
     try:
@@ -78,18 +87,43 @@ def without_build_paths(path: Path) -> bool:
             if not any(name.endswith(".so") for name in source.namelist()):
                 return False
             with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as target:
-                for info in source.infolist():  # one member in memory at a time
-                    data = source.read(info.filename)
-                    for folder in folders:
-                        if folder in data:
-                            data = data.replace(folder, b"/" + b"_" * (len(folder) - 1))
-                            changed = True
-                    target.writestr(info, data)
+                for info in source.infolist():
+                    large = info.file_size >= zipfile.ZIP64_LIMIT
+                    with (
+                        source.open(info) as data,
+                        target.open(copy.copy(info), "w", force_zip64=large) as out,
+                    ):
+                        changed |= _copy_blanked(data, out, pattern, overlap)
         if changed:
             os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return changed
+
+
+_CHUNK = 16 << 20
+
+
+def _copy_blanked(
+    data: IO[bytes], out: IO[bytes], pattern: re.Pattern[bytes], overlap: int
+) -> bool:
+    """Copy ``data`` to ``out`` with each match of ``pattern`` blanked; a match starting in the
+    last ``overlap`` bytes of a chunk waits for the next one, which may complete a longer
+    folder. True if anything was blanked."""
+    changed = False
+    tail = b""
+    while True:
+        chunk = data.read(_CHUNK)
+        buffer = bytearray(tail + chunk)
+        end = max(len(buffer) - overlap, 0) if chunk else len(buffer)
+        spans = [m.span() for m in pattern.finditer(buffer) if m.start() < end]
+        for start, stop in spans:
+            buffer[start:stop] = b"/" + b"_" * (stop - start - 1)
+        changed |= bool(spans)
+        out.write(buffer[:end])
+        tail = bytes(buffer[end:])
+        if not chunk:
+            return changed
 
 
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
