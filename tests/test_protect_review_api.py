@@ -137,6 +137,21 @@ def _entry(name: str) -> ModelEntry:
     )
 
 
+def _add(path: Path, name: str, application: str, key: Ed25519PrivateKey) -> None:
+    """Add ``name`` to the TXT version-2 configuration at ``path``, as a protection would."""
+    configuration.add_model(
+        path,
+        name,
+        _entry(name),
+        platform="TXT",
+        platform_version=2,
+        customer=None,
+        application=application,
+        signing_key=key,
+        replace=False,
+    )
+
+
 def test_two_protections_at_once_keep_both_models(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -146,17 +161,7 @@ def test_two_protections_at_once_keep_both_models(
     path = tmp_path / "outputs" / "app" / "skconfig.json"
 
     def add(name: str) -> None:
-        configuration.add_model(
-            path,
-            name,
-            _entry(name),
-            platform="TXT",
-            platform_version=2,
-            customer=None,
-            application="app",
-            signing_key=key,
-            replace=False,
-        )
+        _add(path, name, "app", key)
 
     add("first")
     real_write = configuration.write_config
@@ -204,17 +209,7 @@ def test_another_applications_configuration_is_named_as_such_before_the_export(
     """A configuration copied from another application is refused before the export, and the
     error names that application instead of blaming a lost master secret only."""
     other_key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-    configuration.add_model(
-        workdir / "outputs" / "app" / "skconfig.json",
-        "first",
-        _entry("first"),
-        platform="TXT",
-        platform_version=2,
-        customer=None,
-        application="other_app",
-        signing_key=other_key,
-        replace=False,
-    )
+    _add(workdir / "outputs" / "app" / "skconfig.json", "first", "other_app", other_key)
     monkeypatch.setattr(pipeline, "get_exporter", no_export)
     with pytest.raises(ConfigurationError, match=r"'other_app'.*another application's file"):
         SkProtectorPyTorch(application_name="app").protect_new_model(
