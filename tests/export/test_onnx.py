@@ -276,3 +276,41 @@ def test_an_older_opset_exports_without_upstream_tracebacks_in_the_log(tmp_path,
     assert report.exporter.endswith("opset 14")
     assert report.notes[0].startswith("dynamo export failed")
     assert verify_artifact(EXPORTER, report.path, opts, [x.numpy()], eager(model, x)) < 1e-5
+
+
+def test_overlapping_quieting_in_two_threads_restores_every_logger_and_filter() -> None:
+    """Two exports in two threads that end in the order they began (not nested): each used to
+    restore what it saw on entry, so the second left torch's loggers at ERROR for good."""
+    import logging
+    import threading
+    import warnings
+
+    from skprotect_pytorch.export.base import _QUIETED_LOGGERS, quiet_upstream_warnings
+
+    loggers = [logging.getLogger(name) for name in _QUIETED_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    filters = list(warnings.filters)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    quiet_after_first_ended: list[bool] = []
+
+    def first() -> None:
+        with quiet_upstream_warnings():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        with quiet_upstream_warnings():
+            b_in.set()
+            a_out.wait(10)
+            quiet_after_first_ended.append(all(lg.level == logging.ERROR for lg in loggers))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert quiet_after_first_ended == [True]
+    assert [logger.level for logger in loggers] == levels
+    assert list(warnings.filters) == filters

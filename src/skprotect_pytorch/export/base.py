@@ -10,6 +10,7 @@ import copy
 import inspect
 import logging
 import re
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -176,25 +177,50 @@ _QUIETED_LOGGERS = (
 )
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0  # quiet_upstream_warnings blocks running, in every thread
+_quiet_undo: Callable[[], None] | None = None  # restores what the first of them changed
+
+
 @contextlib.contextmanager
 def quiet_upstream_warnings() -> Iterator[None]:
     """Hide torch's internal deprecation chatter and the ONNX exporters' log warnings that
-    users cannot act on (:data:`_QUIETED_LOGGERS`)."""
+    users cannot act on (:data:`_QUIETED_LOGGERS`). Exports running in several threads share
+    one quieting, undone when the last ends: each restoring what it saw on entry left the
+    loggers at ERROR and the filters changed when two overlapped."""
+    global _quiet_depth, _quiet_undo
+    with _quiet_lock:
+        if not _quiet_depth:
+            _quiet_undo = _quiet()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if not _quiet_depth and _quiet_undo is not None:
+                _quiet_undo()
+                _quiet_undo = None
+
+
+def _quiet() -> Callable[[], None]:
+    """Quieten the upstream loggers and warnings; returns what undoes it."""
     loggers = [logging.getLogger(name) for name in _QUIETED_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
-            warnings.filterwarnings(
-                "ignore", message=".*dynamo=False.*", category=DeprecationWarning
-            )
-            yield
-    finally:
+    caught = warnings.catch_warnings()
+    caught.__enter__()
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\..*")
+    warnings.filterwarnings("ignore", message=".*dynamo=False.*", category=DeprecationWarning)
+
+    def undo() -> None:
+        caught.__exit__(None, None, None)
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+    return undo
 
 
 @contextlib.contextmanager
