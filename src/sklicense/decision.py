@@ -72,6 +72,12 @@ def signature_valid(body: dict[str, Any], signature: str | None, public_key_b64:
     return verify(body, signature, key)
 
 
+def bad_signature(*, registered: bool) -> Deny:
+    """The denial of a request whose signature does not verify (its nonce is not recorded)."""
+    whose = "the device's registered key" if registered else "the key in the request"
+    return Deny("bad_signature", f"the request signature does not verify with {whose}", False)
+
+
 def check_message(
     session: Session,
     device: Device | None,
@@ -84,8 +90,7 @@ def check_message(
 ) -> Deny | None:
     """Signature, timestamp window and nonce checks shared by every device request."""
     if not signature_valid(body, signature, signing_key_b64):
-        whose = "the device's registered key" if device is not None else "the key in the request"
-        return Deny("bad_signature", f"the request signature does not verify with {whose}", False)
+        return bad_signature(registered=device is not None)
     if abs(now - timestamp) > TIMESTAMP_WINDOW_S:
         return Deny(
             "stale_request",

@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense.crud import audit
 from sklicense.crypto import sign_licence, wrap_kek
-from sklicense.decision import Allow, Deny, check_message, decide, signature_valid
+from sklicense.decision import (
+    Allow,
+    Deny,
+    bad_signature,
+    check_message,
+    decide,
+    signature_valid,
+)
 from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S
@@ -80,6 +87,17 @@ def signed_by_device(
     return signature_valid(body, signature, key), device is not None
 
 
+def refuse_unsigned(request: LicenceRequestIn, *, registered: bool) -> Outcome:
+    """The answer to a licence request its device did not sign, given before any transaction:
+    anyone can send these, as fast as they like, so they neither lock the customer's row nor
+    add to the audit log."""
+    deny = bad_signature(registered=registered)
+    logger.warning(
+        "licence request naming device %r denied: %s (not audited)", request.device_id, deny.detail
+    )
+    return _deny(deny)
+
+
 def request_licence(
     sessions: sessionmaker[Session],
     request: LicenceRequestIn,
@@ -93,13 +111,8 @@ def request_licence(
         actor = f"device:{request.device_id}"
         target = f"customer:{request.customer_id}"
         if isinstance(decision, Deny) and decision.reason == "bad_signature":
-            # anyone can send these, as fast as they like: the audit log would grow with each
-            logger.warning(
-                "licence request naming device %r denied: %s (not audited)",
-                request.device_id,
-                decision.detail,
-            )
-            return _deny(decision)
+            # the device was registered with another key since it was looked up
+            return refuse_unsigned(request, registered=True)
         if isinstance(decision, Deny) and decision.reason == "replayed_request":
             resent = _resend(session, request, now, key)
             if resent is not None:

@@ -424,3 +424,23 @@ def test_sqlite_device_requests_take_turns_in_one_lock_per_database(tmp_path, mo
     assert db.device_writes(f"sqlite:///{tmp_path / 'a.db'}") is lock
     assert db.device_writes("sqlite:///b.db") is not lock
     assert isinstance(db.device_writes("postgresql://u@h/d"), contextlib.nullcontext)
+
+
+@pytest.mark.parametrize(
+    ("host", "counted_as"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),  # the same host's other address
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_new_devices_are_counted_per_ipv4_address_or_ipv6_64(host: str, counted_as: str) -> None:
+    """One host usually holds a whole IPv6 /64: counting single addresses would not limit it."""
+    from starlette.requests import Request
+
+    from sklicense.api.routes.licences import _sender
+
+    request = Request({"type": "http", "client": (host, 1234), "headers": []})
+    assert _sender(request) == counted_as

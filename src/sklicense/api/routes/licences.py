@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 from fastapi import APIRouter, Request
@@ -38,6 +39,21 @@ def invalid(error: ValidationError) -> JSONResponse:
     )
 
 
+def _sender(request: Request) -> str:
+    """The address the new-device limit counts under: an IPv4 address, or an IPv6 address's
+    /64 (one host usually holds a whole /64, so counting single addresses would not limit it)."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 def _rate_limited(detail: str, now: int) -> JSONResponse:
     return JSONResponse(
         status_code=429,
@@ -64,8 +80,11 @@ def request_licence(
     with db.device_writes(settings.database_url):  # SQLite: requests take turns, no polling
         now = clock()
         signed, registered = service.signed_by_device(sessions, licence_request, body, signature)
-        if signed and not registered:
-            sender = request.client.host if request.client else "unknown"
+        if not signed:
+            outcome = service.refuse_unsigned(licence_request, registered=registered)
+            return JSONResponse(status_code=outcome.status, content=outcome.body)
+        if not registered:
+            sender = _sender(request)
             count = crud.rate_hit(engine, f"new-device:{sender}", now)
             if count > settings.new_device_requests_per_minute:
                 # a flood of fresh identities: refused unaudited, or each would add audit rows
@@ -75,7 +94,7 @@ def request_licence(
                     f"unregistered devices came from {sender} this minute; retry later",
                     now,
                 )
-        count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now) if signed else 0
+        count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now)
         if count > settings.licence_requests_per_minute:
             detail = (
                 f"device {licence_request.device_id} sent more than "
