@@ -53,7 +53,7 @@ from .logs import get_logger
 from .platforms import write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
-from .shared_files import OtherPlatform
+from .shared_files import OtherPlatform, warn_plain_keys_beside_linux
 from .state import ProtectionState
 
 try:
@@ -139,6 +139,23 @@ def _replaced_files(request: ProtectRequest) -> set[str]:
     return {f.file for f in old.formats.values()} | {
         k for f in old.formats.values() for k in f.key_files
     }
+
+
+def _warn_stale_originals(request: ProtectRequest) -> None:
+    """Say that unlocked copies from an earlier ``save_original=True`` protection are still in
+    the shipped folder: this protection did not write them, so its summary does not list them,
+    and whoever gets the folder reads the plaintext weights."""
+    folder = request.outputs_dir / request.model_name / "original"
+    stale = sorted(p.name for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    if not stale:
+        return
+    message = (
+        f"{folder} still holds unlocked copies of '{request.model_name}' from an earlier "
+        f"save_original=True protection ({', '.join(stale)}): plaintext weights, readable by "
+        f"whoever gets {request.outputs_dir}. Delete that folder before shipping."
+    )
+    warnings.warn(message, UserWarning, stacklevel=5)
+    get_logger().warning(message)
 
 
 def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
@@ -738,4 +755,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     result.seconds = time.perf_counter() - start
     logger.info("protected '%s' in %.1f s", request.model_name, result.seconds)
     console.print(str(result), highlight=False, markup=False, soft_wrap=True)
+    warn_plain_keys_beside_linux(request.outputs_dir, request.model_name)
+    if not request.save_original:
+        _warn_stale_originals(request)
     return result

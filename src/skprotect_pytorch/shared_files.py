@@ -122,6 +122,39 @@ class OtherPlatform:
         warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
+def warn_plain_keys_beside_linux(outputs_dir: Path, model_name: str) -> None:
+    """Warn when TXT key files of ``model_name`` (TXT platform or ``test_key=True``) sit in a
+    group folder of its LINUX deployment: the key is the same for both platforms, so shipping the
+    folder as is gives anyone the key and the model without a licence."""
+    path = outputs_dir / CONFIG_FILENAMES[ExportPlatform.LINUX.value]
+    if not path.is_file():
+        return
+    try:
+        entry = load_config(path).models.get(model_name)
+    except SkProtectError:
+        return
+    if entry is None:
+        return
+    groups = sorted({f.group for f in entry.formats.values()})
+    plain = [
+        f"{model_name}/{group}/{name}"
+        for group in groups
+        for name in (key_txt_filename(model_name), key_params_filename(model_name))
+        if (outputs_dir / model_name / group / name).is_file()
+    ]
+    if not plain:
+        return
+    message = (
+        f"{outputs_dir} holds the key of model '{model_name}' in plain files ({', '.join(plain)}: "
+        "TXT platform or test_key=True), and that key also unlocks the LINUX files beside "
+        "them: whoever gets these files runs the model without a licence. Ship a LINUX "
+        f"deployment without them (only {path.name}, the model files and mev_*.bin), or "
+        "protect the TXT or test build into another application_name."
+    )
+    get_logger().warning(message)
+    warnings.warn(message, UserWarning, stacklevel=5)
+
+
 def _holds_test_key(folder: Path, model_name: str) -> bool:
     """Whether the TXT key files in ``folder`` are a static test key (not key shares)."""
     try:

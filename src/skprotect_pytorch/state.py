@@ -64,6 +64,15 @@ class ProtectionState:
     def __repr__(self) -> str:
         return f"ProtectionState(application_name={self.application_name!r}, folder={self.folder})"
 
+    def __reduce__(self) -> tuple:
+        """Refuse pickling (and copying): the pickle would hold the master secret in plain bytes,
+        from which every key of the application and its KEK derive."""
+        raise TypeError(
+            "ProtectionState (and an SkProtectorPyTorch holding it) cannot be pickled or copied: "
+            "it holds the application's master secret. Create one SkProtectorPyTorch in each "
+            "process instead (it reopens the private state folder)."
+        )
+
     # ------------------------------------------------------------------ opening
 
     @classmethod
