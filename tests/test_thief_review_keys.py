@@ -29,8 +29,10 @@ def make_model() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
 
 
-def protect(protector: SkProtectorPyTorch, platform: EP, **kwargs) -> None:
-    protector.protect_new_model(
+def protect(protector: SkProtectorPyTorch, platform: EP, *, update: bool = False, **kwargs) -> None:
+    """Protect (or with ``update``, protect again) the test model for ``platform``."""
+    method = protector.protect_updated_model if update else protector.protect_new_model
+    method(
         make_model(),
         "net",
         [X],
@@ -96,25 +98,10 @@ def test_stale_unlocked_originals_are_named_when_not_written_again(workdir: Path
     protector = SkProtectorPyTorch(application_name="app")
     protect(protector, EP.LINUX, save_original=True)
     with pytest.warns(UserWarning, match=r"net/original still holds unlocked copies.*net_onnx"):
-        protector.protect_updated_model(
-            make_model(),
-            "net",
-            [X],
-            model_export_formats=EF.ONNX,
-            deployment_platform=EP.LINUX,
-            customer=Customer(3, "Acme"),
-        )
+        protect(protector, EP.LINUX, update=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # written on purpose: listed, no warning
-        protector.protect_updated_model(
-            make_model(),
-            "net",
-            [X],
-            model_export_formats=EF.ONNX,
-            deployment_platform=EP.LINUX,
-            customer=Customer(3, "Acme"),
-            save_original=True,
-        )
+        protect(protector, EP.LINUX, update=True, save_original=True)
 
 
 @pytest.mark.parametrize("dump", [pickle.dumps, copy.deepcopy])
