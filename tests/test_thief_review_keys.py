@@ -114,3 +114,53 @@ def test_the_master_secret_cannot_be_pickled(workdir: Path, dump) -> None:
     for obj in (protector, state):
         with pytest.raises(TypeError, match="holds the application's master secret"):
             dump(obj)
+
+
+class WithTable(nn.Module):
+    """A model with a plaintext tensor (an embedding table) that the protector warns about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(10, 6)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.table(ids))
+
+
+def test_the_protectors_warnings_point_at_the_callers_line(workdir: Path) -> None:
+    """Each warning names the line of the user's call (so that warning filters and tracebacks
+    find it), not a line inside skprotect: plaintext tensors, skipped GPU formats, a file of the
+    other platform replaced, plain keys beside a LINUX deployment, stale unlocked copies."""
+    ids = torch.tensor([[1, 2, 3]])
+    protector = SkProtectorPyTorch(application_name="app")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        protector.protect_new_model(
+            WithTable().eval(), "net", [ids], model_export_formats=EF.ONNX, test_key=True
+        )
+        protector.protect_new_model(
+            WithTable().eval(),
+            "net",
+            [ids],
+            model_export_formats=EF.ONNX | EF.TORCHSCRIPT_GPU,
+            deployment_platform=EP.LINUX,
+            customer=Customer(3, "Acme"),
+            save_original=True,
+        )
+        protector.protect_updated_model(
+            WithTable().eval(),
+            "net",
+            [ids],
+            model_export_formats=EF.ONNX,
+            deployment_platform=EP.LINUX,
+            customer=Customer(3, "Acme"),
+        )
+    ours = [w for w in caught if issubclass(w.category, RuntimeWarning | UserWarning)]
+    said = " | ".join(str(w.message) for w in ours)
+    for expected in ("plaintext", "key of model 'net' in plain files", "unlocked copies"):
+        assert expected in said
+    assert {(Path(w.filename).name, w.category.__name__) for w in ours} <= {
+        (Path(__file__).name, "RuntimeWarning"),
+        (Path(__file__).name, "UserWarning"),
+    }, [(w.filename, w.lineno, str(w.message)[:50]) for w in ours]

@@ -248,7 +248,7 @@ def _warn_plaintext(model_name: str, weights: list[PlaintextWeight]) -> None:
         f"without the key ({listed}). Replace them with supported layers (docs/api.md) if they "
         "must be protected; ProtectionResult.plaintext_weights lists them."
     )
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    warnings.warn(message, RuntimeWarning, stacklevel=5)
     get_logger().warning(message)
 
 
@@ -261,7 +261,7 @@ def _selected_formats(request: ProtectRequest, result: ProtectionResult) -> list
         if fmt.needs_cuda:
             reason = "CUDA is not available on this machine; protect on a machine with a GPU"
             result.skipped_formats[fmt.slug] = reason
-            warnings.warn(f"{fmt.name} skipped: {reason}.", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"{fmt.name} skipped: {reason}.", RuntimeWarning, stacklevel=5)
             get_logger().warning("%s skipped: %s", fmt.name, reason)
     if not kept:
         raise ExportError(

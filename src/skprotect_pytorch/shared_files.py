@@ -119,7 +119,7 @@ class OtherPlatform:
             f"'{model_name}' is protected for {self.platform.value} again."
         )
         get_logger().warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=5)
+        warnings.warn(message, RuntimeWarning, stacklevel=6)
 
 
 def warn_plain_keys_beside_linux(outputs_dir: Path, model_name: str) -> None:
