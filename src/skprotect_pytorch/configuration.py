@@ -53,16 +53,17 @@ _NO_LOCKS = {errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.E
 POSIX locks, whose exclusive kind needs a descriptor open for writing: ``EBADF``)."""
 
 
-def lock_folder(folder: str | os.PathLike[str]) -> int | None:
+def lock_folder(folder: str | os.PathLike[str], *, wait: bool = True) -> int | None:
     """A descriptor of ``folder`` holding its exclusive ``flock`` (closing it releases the lock),
     or None where no lock can be had: no ``fcntl`` (Windows), or a filesystem that refuses
-    it (:data:`_NO_LOCKS`). A folder that cannot be opened raises ``OSError``."""
+    it (:data:`_NO_LOCKS`). A folder that cannot be opened raises ``OSError``, and so does one
+    another process holds when ``wait`` is False (``BlockingIOError``)."""
     if fcntl is None:
         return None
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except BaseException as err:  # a refusal, or interrupted while waiting
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as err:  # a refusal, held elsewhere, or interrupted while waiting
         os.close(fd)
         if isinstance(err, OSError) and err.errno in _NO_LOCKS:
             return None

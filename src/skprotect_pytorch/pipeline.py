@@ -56,11 +56,6 @@ from .result import FormatResult, ProtectionResult
 from .shared_files import OtherPlatform, warn_plain_keys_beside_linux
 from .state import ProtectionState
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover (Windows: staging folders are not locked)
-    fcntl = None  # type: ignore[assignment]
-
 KEY_EPOCH = 0
 """Keys are derived per (model, format group, epoch); epoch rotation is not exposed yet."""
 
@@ -413,21 +408,16 @@ def _remove_orphans(outputs_dir: Path) -> None:
     hidden in ``outputs/``, which ships, they hold locked models, keys, even save_original's
     plaintext copies. A running protection holds its folder's lock; backups are kept, and so is
     every folder where no lock can tell (Windows, NFS)."""
-    if fcntl is None:  # no way to tell a running protection's folder
-        return
     for folder in outputs_dir.glob(".staging-*"):
         if folder.name.endswith("-backup") or not folder.is_dir():
             continue
         try:
-            fd = os.open(folder, os.O_RDONLY)
-        except OSError:  # removed meanwhile by its own protection's cleanup
+            fd = lock_folder(folder, wait=False)
+        except OSError:  # its protection is still running, or removed it meanwhile: kept
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # its protection is still running, or no lock can tell (NFS): kept
+        if fd is None:  # no lock can tell a running protection's folder
             continue
-        finally:
-            os.close(fd)
+        os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
         get_logger().info("removed %s, left by an interrupted protection", folder)
 
