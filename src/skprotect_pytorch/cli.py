@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -11,9 +10,9 @@ from typing import Annotated
 import typer
 
 from skruntime.cli import run_command
-from skruntime.config import NAME_RE, atomic_write_bytes, unwritable_reason
+from skruntime.config import atomic_write_bytes, unwritable_reason
 
-from .errors import SkProtectError, StateError
+from .errors import SkProtectError
 
 app = typer.Typer(help="skprotect: lock, export and license PyTorch models.", no_args_is_help=True)
 app.command("run")(run_command)
@@ -52,23 +51,6 @@ def quickstart() -> None:
         raise typer.Exit(1) from None
 
 
-def _refuse_new_application(application_name: str) -> None:
-    """Refuse an application without a master secret here: opening it would create a new one,
-    and its key-encryption key would unlock none of the application's shipped key files."""
-    from .state import DEFAULT_STATE_DIRNAME, MASTER_KEY_FILENAME, STATE_ENV_VAR
-
-    base = Path(os.environ.get(STATE_ENV_VAR) or Path.cwd() / DEFAULT_STATE_DIRNAME).expanduser()
-    master = base / application_name / MASTER_KEY_FILENAME
-    if NAME_RE.fullmatch(application_name) and not master.exists():
-        raise StateError(
-            f"application '{application_name}' has no master secret ({master} does not "
-            "exist): no model of it was protected with this state folder, and a new secret's "
-            "key would unlock none of its files. Run export-kek from the folder the protection "
-            f"scripts ran in (with their {STATE_ENV_VAR}, if they set it), and check the "
-            "application name."
-        )
-
-
 @app.command("export-kek")
 def export_kek(
     output: Annotated[
@@ -87,8 +69,7 @@ def export_kek(
         typer.echo(f"error: {output} is a folder; pass a file name for the key.", err=True)
         raise typer.Exit(1)
     try:
-        _refuse_new_application(application_name)
-        state = ProtectionState.open(application_name)
+        state = ProtectionState.open(application_name, create=False)
         state.export_kek(output)
     except SkProtectError as err:
         typer.echo(f"error: {err}", err=True)

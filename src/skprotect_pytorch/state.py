@@ -76,13 +76,16 @@ class ProtectionState:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, application_name: str, root: Path | str | None = None) -> ProtectionState:
-        """Open (creating on first use) the state folder of ``application_name``.
+    def open(
+        cls, application_name: str, root: Path | str | None = None, *, create: bool = True
+    ) -> ProtectionState:
+        """Open (creating on first use, unless ``create`` is False) the state folder of
+        ``application_name``.
 
         Raises:
             StateError: invalid application name; the folder is inside an ``outputs`` folder,
                 accessible to other users, or not creatable; ``master.key`` is readable by
-                others or has the wrong size.
+                others or has the wrong size; no ``master.key`` yet and ``create`` is False.
         """
         if not isinstance(application_name, str) or not NAME_RE.fullmatch(application_name):
             raise StateError(
@@ -98,6 +101,15 @@ class ProtectionState:
                 f"ship. Set {STATE_ENV_VAR} (or run from another directory) so that the state "
                 "lives outside outputs/."
             )
+        master = folder / MASTER_KEY_FILENAME
+        if not create and not master.exists():  # a new secret would unlock none of its files
+            raise StateError(
+                f"application '{application_name}' has no master secret ({master} does not "
+                "exist): no model of it was protected with this state folder, and a new secret's "
+                "key would unlock none of its files. Run export-kek from the folder the "
+                f"protection scripts ran in (with their {STATE_ENV_VAR}, if they set it), and "
+                "check the application name."
+            )
         try:
             base.mkdir(mode=0o700, parents=True, exist_ok=True)
             folder.mkdir(mode=0o700, exist_ok=True)
@@ -111,7 +123,7 @@ class ProtectionState:
                 f"The private protection state folder {folder} is accessible to other users "
                 f"(mode {_mode(folder):o}). Run `chmod 700 {folder}` and retry."
             )
-        return cls(folder, application_name, _load_or_create_master(folder / MASTER_KEY_FILENAME))
+        return cls(folder, application_name, _load_or_create_master(master))
 
     # ------------------------------------------------------------------ derivations
 
