@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -316,18 +321,47 @@ def _precheck_config(request: ProtectRequest, signing_key: Ed25519PrivateKey) ->
         )
 
 
+_STAGING_NAME = re.compile(r"\.staging-(?P<system>[0-9a-f]{16})-[0-9a-f]{12}")
+"""A staging folder's name: the tag of the system that writes it (:func:`_system_tag`), then
+a random id; its backup folder adds ``-backup``."""
+
+_OWNER_FILE = ".owner.json"
+"""In each staging folder: the host name, process id and start time of its protection, for the
+messages about a folder this system keeps; never moved into place (no model name starts with
+a dot)."""
+
+_STALE_AFTER_S = 24 * 3600
+"""Another system's staging folder unchanged this long is said (a warning), not only logged."""
+
+
+def _system_tag() -> str:
+    """16 hex digits naming this running system: its host name and boot (Linux's boot id).
+
+    A folder lock tells a running protection only on the system that took it: on NFS mounted
+    with local locks (``local_lock=all``), each host's ``flock`` always succeeds there, so a
+    scan that trusted the lock alone deleted another host's running staging folder. Each
+    staging folder's name carries this tag, given at its creation (no moment without it), and
+    only this system's folders are removed as orphans. A hash: the name shows neither."""
+    boot = ""
+    with contextlib.suppress(OSError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    system = f"skprotect-staging\0{socket.gethostname()}\0{boot}".encode()
+    return hashlib.sha256(system).hexdigest()[:16]
+
+
 class _Staging:
     """Files written under a private staging folder, moved into place all together."""
 
     def __init__(self, outputs_dir: Path) -> None:
         self.outputs_dir = outputs_dir
-        self.root = outputs_dir / f".staging-{uuid.uuid4().hex[:12]}"
+        self.root = outputs_dir / f".staging-{_system_tag()}-{uuid.uuid4().hex[:12]}"
         self.owner: int | None = None  # the folder's descriptor, locked while the run lasts
         try:
             outputs_dir.mkdir(parents=True, exist_ok=True)
             with config_lock(outputs_dir):  # no orphan scan between the mkdir and the lock
                 _remove_orphans(outputs_dir)
                 self.root.mkdir()
+                _write_owner(self.root / _OWNER_FILE)
                 self.owner = lock_folder(self.root)
         except OSError as err:
             shutil.rmtree(self.root, ignore_errors=True)  # unlocked: the next scan could not tell
@@ -356,36 +390,41 @@ class _Staging:
         outputs folder) that were not written again out of it; every replaced or retired file
         is kept for a rollback."""
         backup_dir = self.root.with_name(self.root.name + "-backup")
-        staged_files = sorted(p for p in self.root.rglob("*") if p.is_file())
+        marker = self.root / _OWNER_FILE
+        staged_files = sorted(p for p in self.root.rglob("*") if p.is_file() and p != marker)
         written = {str(p.relative_to(self.root)) for p in staged_files} | self.kept
         for staged in staged_files:
-            final = self.final(staged)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            backup = None
-            if final.exists():
-                backup = backup_dir / staged.relative_to(self.root)
-                backup.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(final, backup)
-            self.moved.append((final, backup))
-            os.replace(staged, final)
-        for relative in sorted(set(retire) - written):
+            relative = staged.relative_to(self.root)
             final = self.outputs_dir / relative
-            if final.is_file():
-                backup = backup_dir / relative
-                backup.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(final, backup)
-                self.moved.append((final, backup))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                self._set_aside(final, backup_dir / relative)
+            else:
+                self.moved.append((final, None))
+            os.replace(staged, final)
+        for name in sorted(set(retire) - written):
+            if (self.outputs_dir / name).is_file():
+                self._set_aside(self.outputs_dir / name, backup_dir / name)
+
+    def _set_aside(self, final: Path, backup: Path) -> None:
+        """Move ``final`` to ``backup``, recorded for :meth:`rollback` before the move: an
+        interruption (Ctrl-C) between the two would otherwise lose the previous file, which
+        the cleanup deletes with the backup folder."""
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        self.moved.append((final, backup))
+        os.replace(final, backup)
 
     def rollback(self) -> None:
-        """Put every replaced file back; what cannot be restored stays in the backup folder,
-        which :meth:`cleanup` then keeps, and the error says where it is."""
+        """Put every replaced file back and remove the new ones; a file recorded but not moved
+        yet (no backup there) is still in place. What cannot be restored stays in the backup
+        folder, which :meth:`cleanup` then keeps, and the error says where it is."""
         while self.moved:
             final, backup = self.moved[-1]
             try:
-                if backup is not None:
-                    os.replace(backup, final)
-                else:
+                if backup is None:
                     final.unlink(missing_ok=True)
+                elif backup.exists():
+                    os.replace(backup, final)
             except OSError as err:
                 raise ExportError(
                     f"Could not restore {final} ({err.strerror or err}) after a failed update; "
@@ -395,21 +434,89 @@ class _Staging:
             self.moved.pop()
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        if not self.moved:  # backups still to restore are never deleted
+        """Remove the staging folder, and its backups unless some are still to restore; the
+        backups first, so that no scan sees them without their staging folder (a leftover)."""
+        if not self.moved:
             shutil.rmtree(self.root.with_name(self.root.name + "-backup"), ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
         if self.owner is not None:
             os.close(self.owner)
             self.owner = None
 
 
+def _write_owner(marker: Path) -> None:
+    """Say in ``marker`` which protection writes its staging folder, for a person reading a
+    message about it on another host: host name, process id and start time, nothing else."""
+    owner = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    marker.write_text(json.dumps(owner) + "\n", encoding="utf-8")
+
+
+def _describe_owner(folder: Path) -> str:
+    """Who wrote ``folder``, from its owner file, for a message."""
+    try:
+        owner = json.loads((folder / _OWNER_FILE).read_text(encoding="utf-8"))
+        return (
+            f"the protection of process {int(owner['pid'])} on host {str(owner['host'])!r}, "
+            f"started {owner['started']}"
+        )
+    except (OSError, ValueError, TypeError, KeyError):
+        return "a protection whose host is not recorded"
+
+
+def _last_change(folder: Path) -> float:
+    """The newest modification time in ``folder`` and below: a running protection keeps
+    writing files there."""
+    times = []
+    for path in (folder, *folder.rglob("*")):
+        with contextlib.suppress(OSError):  # removed meanwhile
+            times.append(path.stat().st_mtime)
+    return max(times, default=time.time())
+
+
+def _keep_other_systems(folder: Path) -> None:
+    """Keep a staging folder another system writes: its lock is not visible from here, so its
+    protection may still run. Logged; said as a warning once it has not changed for
+    :data:`_STALE_AFTER_S`, with how to remove it, since it would ship with ``outputs/``."""
+    owner = _describe_owner(folder)
+    idle_s = time.time() - _last_change(folder)
+    if idle_s < _STALE_AFTER_S:
+        get_logger().info(
+            "kept %s: written by %s, on another machine (or on this one before it restarted), "
+            "which this protection cannot tell running or ended",
+            folder,
+            owner,
+        )
+        return
+    message = (
+        f"{folder} was written by {owner}, on another machine (or on this one before it "
+        f"restarted), and has not changed for {idle_s / 3600:.0f} hours. It holds locked models "
+        f"and keys and ships with {folder.parent}. Protections on other machines cannot tell "
+        "whether it still runs, so they keep it: if it ended, or its machine restarted since, "
+        "delete this folder by hand."
+    )
+    warnings.warn(message, UserWarning, stacklevel=7)
+    get_logger().warning(message)
+
+
 def _remove_orphans(outputs_dir: Path) -> None:
     """Remove the staging folders of protections whose process died (killed, out of memory):
     hidden in ``outputs/``, which ships, they hold locked models, keys, even save_original's
-    plaintext copies. A running protection holds its folder's lock; backups are kept, and so is
-    every folder where no lock can tell (Windows, NFS)."""
-    for folder in outputs_dir.glob(".staging-*"):
+    plaintext copies. Only this system's folders (:func:`_system_tag`) whose lock can be taken
+    are removed: a running protection holds its folder's lock; backups are kept, and so is
+    every folder where no lock can tell (Windows, NFS) or whose lock is another system's.
+    Folders named without a system (written before the tag existed) are judged by the lock."""
+    system = _system_tag()
+    folders = sorted(outputs_dir.glob(".staging-*"))
+    for folder in folders:
         if folder.name.endswith("-backup") or not folder.is_dir():
+            continue
+        named = _STAGING_NAME.fullmatch(folder.name)
+        if named is not None and named["system"] != system:
+            _keep_other_systems(folder)
             continue
         try:
             fd = lock_folder(folder, wait=False)
@@ -420,6 +527,25 @@ def _remove_orphans(outputs_dir: Path) -> None:
         os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
         get_logger().info("removed %s, left by an interrupted protection", folder)
+    for backup in (folder for folder in folders if folder.name.endswith("-backup")):
+        if not backup.with_name(backup.name.removesuffix("-backup")).exists():
+            _warn_left_backup(backup)  # its protection ended, unfinished
+
+
+def _warn_left_backup(backup: Path) -> None:
+    """Say that a backup folder outlived its protection: that protection was killed while it
+    moved its files into place, or could not put the previous ones back (its error said so).
+    The files in place may then differ from what the configuration records, and the backup
+    holds the previous locked models and keys, hidden in the folder that ships."""
+    message = (
+        f"{backup} holds the files a protection of this application moved aside while moving "
+        "its own into place, and that protection did not finish (it was killed, or could not "
+        "restore them). Where a file in place differs from what the configuration records "
+        "(the runtime refuses it with IntegrityError), move it back from this folder, at the "
+        f"same relative path; then delete this folder: it ships with {backup.parent}."
+    )
+    warnings.warn(message, UserWarning, stacklevel=7)
+    get_logger().warning(message)
 
 
 def _describe_inputs(options: ExportOptions, tensors: list[torch.Tensor]) -> list[dict]:
@@ -601,6 +727,61 @@ def _export_originals(
         result.original_files.append(staging.final(path))
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """Inode and modification time of ``path`` (None if missing): an atomic rewrite changes
+    both, so a changed identity says the file was written."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _commit(
+    request: ProtectRequest,
+    staging: _Staging,
+    entry: ModelEntry,
+    other_platform: OtherPlatform | None,
+    signing_key: Ed25519PrivateKey,
+) -> None:
+    """Move the staged files into place and write the configuration, holding the application's
+    lock: another protection waits, so that neither drops the other's model nor mixes their
+    files. A failure before the configuration is written restores every previous file; an
+    interruption once it is written (Ctrl-C as the write returns) leaves the protection
+    complete, since a rollback then would put back files the configuration no longer records."""
+    with config_lock(request.outputs_dir):
+        before = _file_identity(request.config_path)
+        try:
+            retire = _replaced_files(request)
+            if other_platform is not None:  # still the other deployment's
+                retire -= other_platform.files
+            staging.commit_files(retire=retire)
+            add_model(
+                request.config_path,
+                request.model_name,
+                entry,
+                platform=request.platform.value,
+                platform_version=request.platform_version,
+                customer=request.customer,
+                application=request.application_name,
+                signing_key=signing_key,
+                replace=request.replace,
+            )
+        except BaseException as err:
+            if _file_identity(request.config_path) != before:  # written: committed
+                staging.moved.clear()
+                raise
+            staging.rollback()
+            if isinstance(err, OSError):  # a full or read-only disk while moving files in
+                raise ExportError(
+                    f"Could not move the protected files into {request.outputs_dir} "
+                    f"({err.strerror or err}); the previous files are restored. Free space "
+                    "or check the folder's permissions, then protect again."
+                ) from err
+            raise
+    staging.moved.clear()  # committed: the backups are no longer needed
+
+
 def run_protection(request: ProtectRequest, state: ProtectionState) -> ProtectionResult:
     """Lock, export, verify and commit; see the module docstring."""
     start = time.perf_counter()
@@ -704,35 +885,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             key={"name": options.key_name, "length": key_length},
             formats=format_entries,
         )
-        # files and configuration change together: another protection of the application
-        # waits, so that neither drops the other's model nor mixes their files
-        with config_lock(request.outputs_dir):
-            try:
-                retire = _replaced_files(request)
-                if other_platform is not None:  # still the other deployment's
-                    retire -= other_platform.files
-                staging.commit_files(retire=retire)
-                add_model(
-                    request.config_path,
-                    request.model_name,
-                    entry,
-                    platform=request.platform.value,
-                    platform_version=request.platform_version,
-                    customer=request.customer,
-                    application=request.application_name,
-                    signing_key=state.signing_key,
-                    replace=request.replace,
-                )
-            except BaseException as err:
-                staging.rollback()
-                if isinstance(err, OSError):  # a full or read-only disk while moving files in
-                    raise ExportError(
-                        f"Could not move the protected files into {request.outputs_dir} "
-                        f"({err.strerror or err}); the previous files are restored. Free space "
-                        "or check the folder's permissions, then protect again."
-                    ) from err
-                raise
-        staging.moved.clear()  # committed: the backups are no longer needed
+        _commit(request, staging, entry, other_platform, state.signing_key)
     except OSError as err:  # a full or read-only disk while writing the staged files
         where = f" ({err.filename})" if err.filename else ""
         raise ExportError(
