@@ -13,6 +13,7 @@ from skruntime.cli import run_command
 from skruntime.config import atomic_write_bytes, unwritable_reason
 
 from .errors import SkProtectError
+from .extras import missing_modules
 
 app = typer.Typer(help="skprotect: lock, export and license PyTorch models.", no_args_is_help=True)
 app.command("run")(run_command)
@@ -25,9 +26,7 @@ PROTECT_MODULES = ("torch", "onnx", "onnxruntime", "onnxscript", "safetensors", 
 def _require_protector(command: str, code: int) -> None:
     """Exit ``code`` with one line naming what to install when the ``protect`` extra is missing
     (a ``skprotect[runtime]`` install runs ``skprotect run`` only), instead of a traceback."""
-    import importlib.util
-
-    missing = [name for name in PROTECT_MODULES if importlib.util.find_spec(name) is None]
+    missing = missing_modules(PROTECT_MODULES)
     if missing:
         typer.echo(
             f"error: skprotect {command} needs {', '.join(missing)}, not installed here: "

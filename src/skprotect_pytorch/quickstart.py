@@ -22,6 +22,7 @@ from skruntime.keyfile import read_txt_keys, session_key
 
 from .export import cuda_available, get_exporter
 from .export.options import ExportOptions
+from .extras import missing_modules
 from .formats import ExportFormat
 from .protect import SkProtectorPyTorch
 from .result import ProtectionResult
@@ -268,9 +269,7 @@ LICENCE_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "httpx")
 def missing_licence_modules() -> list[str]:
     """The modules of the ``licence`` extra that are not installed: without them the licensed run
     is skipped up front rather than failing with a traceback after the protection."""
-    import importlib.util
-
-    return [name for name in LICENCE_MODULES if importlib.util.find_spec(name) is None]
+    return missing_modules(LICENCE_MODULES)
 
 
 def run_quickstart(
