@@ -62,20 +62,46 @@ class Deny:
 Decision = Allow | Deny
 
 
-def signature_valid(body: dict[str, Any], signature: str | None, public_key_b64: str) -> bool:
+def signed_with(
+    body: dict[str, Any],
+    signature: str | None,
+    public_key_b64: str,
+    verified: bytes | None = None,
+) -> bytes | None:
+    """The raw bytes of ``public_key_b64`` when ``signature`` over ``body`` verifies with it,
+    else None. ``verified`` is the key that already verified this very body and signature
+    (before the transaction): when ``public_key_b64`` is still that key, the signature is not
+    verified a second time; when it changed in between (the device was registered with another
+    key), it is."""
     if not signature:
-        return False
+        return None
     try:
-        key = Ed25519PublicKey.from_public_bytes(unb64(public_key_b64))
+        raw = unb64(public_key_b64)
+        if verified is not None and raw == verified:
+            return raw
+        key = Ed25519PublicKey.from_public_bytes(raw)
     except ValueError:
-        return False
-    return verify(body, signature, key)
+        return None
+    return raw if verify(body, signature, key) else None
 
 
 def bad_signature(*, registered: bool) -> Deny:
     """The denial of a request whose signature does not verify (its nonce is not recorded)."""
     whose = "the device's registered key" if registered else "the key in the request"
     return Deny("bad_signature", f"the request signature does not verify with {whose}", False)
+
+
+def stale_request(timestamp: int, now: int) -> Deny | None:
+    """``stale_request`` when a request's ``timestamp`` is more than :data:`TIMESTAMP_WINDOW_S`
+    from the server time ``now`` (its nonce is not recorded), else None."""
+    if abs(now - timestamp) <= TIMESTAMP_WINDOW_S:
+        return None
+    return Deny(
+        "stale_request",
+        f"request timestamp {timestamp} differs from the server time {now} by "
+        f"{abs(now - timestamp)} s; allowed ±{TIMESTAMP_WINDOW_S} s: check the device clock",
+        False,
+    )
 
 
 def check_message(
@@ -87,17 +113,15 @@ def check_message(
     timestamp: int,
     nonce: str,
     now: int,
+    verified: bytes | None = None,
 ) -> Deny | None:
-    """Signature, timestamp window and nonce checks shared by every device request."""
-    if not signature_valid(body, signature, signing_key_b64):
+    """Signature, timestamp window and nonce checks shared by every device request
+    (``verified``: see :func:`signed_with`)."""
+    if signed_with(body, signature, signing_key_b64, verified) is None:
         return bad_signature(registered=device is not None)
-    if abs(now - timestamp) > TIMESTAMP_WINDOW_S:
-        return Deny(
-            "stale_request",
-            f"request timestamp {timestamp} differs from the server time {now} by "
-            f"{abs(now - timestamp)} s; allowed ±{TIMESTAMP_WINDOW_S} s: check the device clock",
-            False,
-        )
+    stale = stale_request(timestamp, now)
+    if stale is not None:
+        return stale
     seen = session.scalar(
         select(SeenNonce.id).where(
             SeenNonce.device_id == device_id_of(body), SeenNonce.nonce == nonce
@@ -158,13 +182,24 @@ def decide(
     body: dict[str, Any],
     signature: str | None,
     now: int,
+    verified: bytes | None = None,
 ) -> Decision:
-    """Decide a licence request; reads only (locks the customer row for the transaction)."""
+    """Decide a licence request; reads only (locks the customer row for the transaction).
+    ``verified``: the device key that verified the signature before the transaction (see
+    :func:`signed_with`)."""
     customer = session.get(Customer, request.customer_id, with_for_update=True)
     device = session.get(Device, request.device_id)
     signing_key = device.signing_public_key if device else request.signing_public_key
     denied = check_message(
-        session, device, signing_key, body, signature, request.timestamp, request.nonce, now
+        session,
+        device,
+        signing_key,
+        body,
+        signature,
+        request.timestamp,
+        request.nonce,
+        now,
+        verified,
     )
     if denied is not None:
         return denied

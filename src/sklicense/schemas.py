@@ -107,7 +107,8 @@ class DeviceMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device_id: str = Field(min_length=1, max_length=MAX_NAME, pattern=DEVICE_ID_PATTERN)
-    timestamp: int = Field(ge=0, le=INT64_MAX)
+    #: Integers of a device message are JSON integers (strict): ``true`` is not 1, nor "42" 42.
+    timestamp: int = Field(ge=0, le=INT64_MAX, strict=True)
     nonce: str
 
     @field_validator("device_id")
@@ -147,7 +148,7 @@ class SignedConfiguration(BaseModel):
 
 
 class LicenceRequestIn(DeviceMessage):
-    customer_id: int = ID
+    customer_id: int = Field(ge=0, le=INT64_MAX, strict=True)
     application: str = Field(min_length=1, max_length=MAX_NAME)
     #: Bounded: a denial names the unknown ones, and the audit log keeps the denial.
     models: list[ModelName] = Field(max_length=MAX_MODELS)
@@ -155,7 +156,7 @@ class LicenceRequestIn(DeviceMessage):
     signing_public_key: str
     exchange_public_key: str
     #: Optional extension: the allowance the device asks for (capped by the remaining quota).
-    requested_inferences: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    requested_inferences: int | None = Field(default=None, ge=1, le=INT64_MAX, strict=True)
     #: Required by applications with a registered public key (``customer_not_proven``).
     configuration: SignedConfiguration | None = None
 
@@ -186,7 +187,14 @@ class LicenceRequestIn(DeviceMessage):
 class UsageReportIn(DeviceMessage):
     licence_id: str = Field(min_length=1, max_length=36)
     report_id: str = Field(min_length=1, max_length=100)
-    counter: int = Field(ge=0, le=INT64_MAX)
+    counter: int = Field(ge=0, le=INT64_MAX, strict=True)
+
+    @field_validator("licence_id", "report_id")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        """Looked up and stored: a NUL, which PostgreSQL cannot bind, would be a 500 there (and
+        stored as given by SQLite); no other control character belongs in an id."""
+        return refused_if(text_problem(value), value)
 
 
 class UsageReceipt(BaseModel):

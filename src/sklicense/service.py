@@ -21,7 +21,7 @@ from sklicense.decision import (
     bad_signature,
     check_message,
     decide,
-    signature_valid,
+    signed_with,
 )
 from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
@@ -75,16 +75,18 @@ def signed_by_device(
     request: LicenceRequestIn,
     body: dict[str, Any],
     signature: str | None,
-) -> tuple[bool, bool]:
-    """Whether the request is signed by the device it names (its registered key; a new
-    device's own key), and whether that device is registered. Only signed requests count
-    against the device's rate limit, so nobody can exhaust another device's limit by sending
-    unsigned requests in its name; a new device's count against its sender's address, since
-    anyone can make a new identity for each request."""
+) -> tuple[bytes | None, bool]:
+    """The raw key the request is signed with when that is the key of the device it names (its
+    registered key; a new device's own key), else None; and whether that device is registered.
+    Only signed requests count against the device's rate limit, so nobody can exhaust another
+    device's limit by sending unsigned requests in its name; a new device's count against its
+    sender's address, since anyone can make a new identity for each request. The key is passed
+    on to :func:`request_licence`, which verifies the signature again only if the device's key
+    changed in between."""
     with sessions() as session:
         device = session.get(Device, request.device_id)
         key = device.signing_public_key if device else request.signing_public_key
-    return signature_valid(body, signature, key), device is not None
+    return signed_with(body, signature, key), device is not None
 
 
 def refuse_unsigned(request: LicenceRequestIn, *, registered: bool) -> Outcome:
@@ -105,9 +107,14 @@ def request_licence(
     signature: str | None,
     now: int,
     key: Ed25519PrivateKey,
+    verified: bytes | None = None,
 ) -> Outcome:
+    """Decide and apply a licence request in one transaction. ``verified``: the device key that
+    :func:`signed_by_device` verified the signature with (not verified again unless the
+    device's key is another one by now)."""
+
     def attempt(session: Session) -> Outcome:
-        decision = decide(session, request, body, signature, now)
+        decision = decide(session, request, body, signature, now, verified)
         actor = f"device:{request.device_id}"
         target = f"customer:{request.customer_id}"
         if isinstance(decision, Deny) and decision.reason == "bad_signature":

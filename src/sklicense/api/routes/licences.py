@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense import crud, db, service
 from sklicense.api.deps import (
@@ -22,21 +25,30 @@ from sklicense.api.deps import (
     SettingsDep,
     SignatureDep,
 )
+from sklicense.decision import stale_request
 from sklicense.schemas import LicencePublic, LicenceRequestIn
+from sklicense.settings import Settings
+from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["device"])
 admin_router = APIRouter(prefix="/licences", tags=["admin"])
 
 
+MAX_ERRORS_SHOWN = 10
+"""A device request's 422 lists this many validation errors, then how many more there were."""
+
+
 def invalid(error: ValidationError) -> JSONResponse:
-    return JSONResponse(
-        status_code=422,
-        # never the input: anyone can send a device request, and echoing it amplifies it
-        content={
-            "detail": error.errors(include_url=False, include_context=False, include_input=False)
-        },
-    )
+    """The 422 of a device request that is not a valid message: never its input, and at most
+    :data:`MAX_ERRORS_SHOWN` errors: anyone can send one, and otherwise each of thousands of
+    unknown keys (``{"k1":0,"k2":0,...}``, about 10 bytes each) would add an error of about 80
+    bytes, an answer 8 times the size of the request."""
+    errors = error.errors(include_url=False, include_context=False, include_input=False)
+    content: dict[str, Any] = {"detail": errors[:MAX_ERRORS_SHOWN]}
+    if len(errors) > MAX_ERRORS_SHOWN:
+        content["errors_not_shown"] = len(errors) - MAX_ERRORS_SHOWN
+    return JSONResponse(status_code=422, content=content)
 
 
 def _sender(request: Request) -> str:
@@ -62,6 +74,44 @@ def _rate_limited(detail: str, now: int) -> JSONResponse:
     )
 
 
+def _device_rate_limited(
+    engine: Engine,
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    request: LicenceRequestIn,
+    now: int,
+) -> JSONResponse | None:
+    """The 429 of a device past ``licence_requests_per_minute`` signed requests this minute, or
+    None. Requests with a timestamp outside the window count apart: whoever once captured a
+    request of the device could replay it, stale but signed, as often as they like, and keep
+    the device itself from renewing. The first refusal of a minute is audited, the others
+    logged at WARNING: a device that keeps asking (a retry loop, a revoked device, a replayed
+    request) would otherwise add an audit row per request."""
+    stale = stale_request(request.timestamp, now) is not None
+    count = crud.rate_hit(engine, f"{'stale-' if stale else ''}licence:{request.device_id}", now)
+    limit = settings.licence_requests_per_minute
+    if count <= limit:
+        return None
+    detail = f"device {request.device_id} sent more than {limit} licence requests " + (
+        f"with a timestamp more than {TIMESTAMP_WINDOW_S} s from the server time this minute; "
+        "check the device clock"
+        if stale
+        else "this minute; retry later"
+    )
+    if count > limit + 1:
+        logger.warning("%s (audited once a minute)", detail)
+        return _rate_limited(detail, now)
+    with sessions.begin() as session:
+        crud.audit(
+            session,
+            f"device:{request.device_id}",
+            "licence.deny",
+            f"customer:{request.customer_id}",
+            {"reason": "rate_limited", "detail": detail},
+        )
+    return _rate_limited(detail, now)
+
+
 @router.post("/licences")
 def request_licence(
     request: Request,
@@ -79,8 +129,8 @@ def request_licence(
         return invalid(e)
     with db.device_writes(settings.database_url):  # SQLite: requests take turns, no polling
         now = clock()
-        signed, registered = service.signed_by_device(sessions, licence_request, body, signature)
-        if not signed:
+        verified, registered = service.signed_by_device(sessions, licence_request, body, signature)
+        if verified is None:
             outcome = service.refuse_unsigned(licence_request, registered=registered)
             return JSONResponse(status_code=outcome.status, content=outcome.body)
         if not registered:
@@ -94,23 +144,17 @@ def request_licence(
                     f"unregistered devices came from {sender} this minute; retry later",
                     now,
                 )
-        count = crud.rate_hit(engine, f"licence:{licence_request.device_id}", now)
-        if count > settings.licence_requests_per_minute:
-            detail = (
-                f"device {licence_request.device_id} sent more than "
-                f"{settings.licence_requests_per_minute} licence requests this minute; retry later"
-            )
-            with sessions.begin() as session:
-                crud.audit(
-                    session,
-                    f"device:{licence_request.device_id}",
-                    "licence.deny",
-                    f"customer:{licence_request.customer_id}",
-                    {"reason": "rate_limited", "detail": detail},
-                )
-            return _rate_limited(detail, now)
+        limited = _device_rate_limited(engine, sessions, settings, licence_request, now)
+        if limited is not None:
+            return limited
         outcome = service.request_licence(
-            sessions, licence_request, body, signature, now, request.app.state.signing_key
+            sessions,
+            licence_request,
+            body,
+            signature,
+            now,
+            request.app.state.signing_key,
+            verified,
         )
     return JSONResponse(status_code=outcome.status, content=outcome.body)
 
