@@ -8,6 +8,7 @@ and refuses bad input with a message that says what to fix.
 from __future__ import annotations
 
 import copy
+import sys
 import textwrap
 from pathlib import Path
 
@@ -277,3 +278,32 @@ def test_a_small_test_split_is_called_out_with_the_odds() -> None:
     (caveat,) = report(400).caveats  # sd 1.5 points: 2 points is 1.33 sd, 9.1 % above it
     assert "chance ± 1.5 points" in caveat and "probability 9.1 %" in caveat
     assert report(5000).caveats == [] and report(None).caveats == []
+
+
+def test_a_spec_file_imports_the_packages_beside_it(tmp_path: Path, monkeypatch) -> None:
+    # api.md's example: my_audit.py does `from my_project.model import ...`, run from elsewhere
+    project = tmp_path / "work"
+    (project / "my_project").mkdir(parents=True)
+    (project / "my_project" / "__init__.py").write_text("")
+    (project / "my_project" / "model.py").write_text(
+        "from torch import nn\n\n"
+        "def make():\n    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))\n"
+    )
+    spec_file = textwrap.dedent(SPEC_FILE).replace(
+        "lambda: nn.Sequential(nn.Linear(6, 16), nn.ReLU(),\n"
+        "                      nn.Linear(16, 3))",
+        "make",
+    )
+    assert "make, task" in spec_file
+    (project / "my_audit.py").write_text("from my_project.model import make\n" + spec_file)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the entries added go with the test
+    for name in [m for m in sys.modules if m.startswith("my_project")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert load_spec(f"{project / 'my_audit.py'}:build").name == "tiny"
+    assert sys.path[0] == str(project)
+    # module form: the current folder, as python -m
+    monkeypatch.chdir(project)
+    monkeypatch.delitem(sys.modules, "my_audit", raising=False)
+    assert load_spec("my_audit:build").name == "tiny"

@@ -300,13 +300,24 @@ def load_spec(text: str) -> ReferenceSpec:
     return value
 
 
+def _on_import_path(folder: Path) -> None:
+    """Put ``folder`` first on Python's import path, where ``python FILE.py`` puts the file's
+    folder and ``python -m`` the current one: the user's spec file imports the user's own
+    packages beside it (``from my_project.model import MyNet``) without ``PYTHONPATH``."""
+    entry = str(folder)
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
 def _import(where: str):
-    """A module by file path (``*.py``) or by dotted name; a clear error if it cannot load."""
+    """A module by file path (``*.py``, its folder on the import path) or by dotted name (the
+    current folder on the import path); a clear error if it cannot load."""
     try:
         if where.endswith(".py"):
             path = Path(where)
             if not path.is_file():
                 raise InvalidArgumentError(f"{where} does not exist or is not a file.")
+            _on_import_path(path.resolve().parent)
             digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
             name = f"skprotect_audit_spec_{digest}"
             found = importlib.util.spec_from_file_location(name, path)
@@ -318,6 +329,7 @@ def _import(where: str):
                 del sys.modules[name]
                 raise
             return module
+        _on_import_path(Path.cwd())
         return importlib.import_module(where)
     except InvalidArgumentError:
         raise
