@@ -201,6 +201,16 @@ def _check_writable(path: Path) -> None:
         raise _CliError(f"--output {path}: {problem}.", EXIT_USAGE)
 
 
+def _write_npz(buffer: io.BytesIO, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+    """An ``.npz`` archive holding each array under its name, as ``np.savez(f, **arrays)``
+    writes it, for any name: ``np.savez``'s own parameters would take an output named ``file``
+    (a TypeError) or ``allow_pickle`` (read as the flag: the output silently left out)."""
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in zip(names, arrays, strict=True):
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
 def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> None:
     """Write one output to ``.npy``, or every output to ``.npz`` under its output name, through
     a temporary file: a full disk leaves no truncated file and an earlier one whole."""
@@ -210,7 +220,7 @@ def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Seque
     if path.suffix == ".npy":
         np.save(buffer, outputs[0], allow_pickle=False)
     else:
-        np.savez(buffer, **dict(zip(output_names, outputs, strict=True)))
+        _write_npz(buffer, output_names, outputs)
     try:
         atomic_write_bytes(path, buffer.getvalue())
     except OSError as err:
@@ -219,12 +229,6 @@ def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Seque
             "another path.",
             EXIT_OTHER,
         ) from err
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _describe(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[dict[str, Any]]:
@@ -253,7 +257,15 @@ def _read_kek(path: Path) -> bytes:
         raise problem
     if not path.is_file():
         raise _not_a_file(path, "key-encryption key file")
-    kek = _key_bytes(path.read_bytes(), raw=True)
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # e.g. no read permission: one line, not errno's bare text
+        raise _CliError(
+            f"--kek {path} cannot be read: {err.strerror or err}. Give this user read access "
+            "to the key-encryption key file.",
+            EXIT_KEY,
+        ) from err
+    kek = _key_bytes(data, raw=True)
     if kek is None:
         raise _CliError(
             f"{path} holds no key-encryption key: expected 32 bytes, raw or base64-encoded (as "
@@ -381,6 +393,8 @@ def _run_loaded(
     threads: int | None,
     static_key: bool,
 ) -> dict[str, Any]:
+    from skruntime.backends.base import as_numpy  # the runtime's conversion, imported on use
+
     if model not in runtime.models():
         raise _CliError(
             f"unknown model '{model}' in {outputs_dir}. Protected models: "
@@ -408,7 +422,7 @@ def _run_loaded(
             )
         arrays = read_inputs(inputs, input_names)
         t1 = time.perf_counter()
-        results = [_to_numpy(y) for y in loaded.run(arrays)]
+        results = [as_numpy(y) for y in loaded.run(arrays)]
         run_seconds = time.perf_counter() - t1
     if output is not None:
         write_outputs(output, results, output_names)

@@ -683,7 +683,23 @@ def load_config(
     ['resnet18']
     """
     path = Path(path)
-    raw = read_config_bytes(path)
+    return parse_config(read_config_bytes(path), path, public_key=public_key)
+
+
+def parse_config(
+    raw: bytes,
+    path: str | os.PathLike[str],
+    *,
+    public_key: bytes | Ed25519PublicKey | None = None,
+) -> Config:
+    """Verify and validate a configuration file's bytes (read by :func:`read_config_bytes`).
+
+    For callers that use the verified bytes themselves (the licence request sends them): read
+    the file once, verify these bytes, and use the same bytes, never a second read that could
+    see another file. ``path`` only names the file in messages. Raises what :func:`load_config`
+    raises.
+    """
+    path = Path(path)
     try:
         text = raw.decode("utf-8")
         doc = json.loads(

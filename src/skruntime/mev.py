@@ -158,7 +158,7 @@ def read_mev(
     minimum = len(MEV_MAGIC) + NONCE_SIZE + TAG_SIZE
     if len(data) > MAX_MEV_BYTES:
         raise KeyFileError(f"Encrypted key file {path} is larger than any key.")
-    if not data.startswith(MEV_MAGIC):
+    if not MEV_MAGIC.startswith(data[: len(MEV_MAGIC)]):  # a file cut short is truncated
         raise KeyFileError(
             f"Encrypted key file {path} is not a skprotect key file (bad magic). Restore it or "
             "re-protect the model."

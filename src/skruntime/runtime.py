@@ -30,7 +30,7 @@ from .config import (
     SUPPORTED_PLATFORM_VERSIONS,
     Config,
     InputSpec,
-    load_config,
+    parse_config,
     read_config_bytes,
     sha256_file,
 )
@@ -235,8 +235,11 @@ class SkRuntime:
                 f"platform={other!r} (skprotect run: --platform {other}), or protect the models "
                 f"for {self.platform}."
             )
+        # read once: the licence request sends these very bytes, not a second read of a file
+        # that may have been replaced since they were verified
+        raw = read_config_bytes(self.config_path)
         try:
-            config = load_config(self.config_path, public_key=public_key)
+            config = parse_config(raw, self.config_path, public_key=public_key)
         except ConfigurationError as e:
             raise (_newer_version_error(self.config_path, e) or e) from None
         if config.platform != self.platform:
@@ -256,6 +259,7 @@ class SkRuntime:
         self._kek = bytes(kek) if kek is not None else None
         if licence_server is not None:
             self._licence_client = self._make_licence_client(
+                raw,
                 licence_server,
                 server_public_key,
                 state_dir,
@@ -266,6 +270,7 @@ class SkRuntime:
 
     def _make_licence_client(
         self,
+        raw: bytes,
         server: str,
         server_public_key: bytes | None,
         state_dir: str | os.PathLike[str] | None,
@@ -273,6 +278,9 @@ class SkRuntime:
         requested_inferences: int | None,
         transport: Any,
     ) -> Any:
+        """The licence client for ``self.config``. ``raw``: the configuration bytes that
+        ``self.config`` was verified from; its SHA-256 and signed payload go into the licence
+        requests, so that they always describe the configuration this runtime runs."""
         if self.config.platform_version < 2 or self.config.customer is None:
             raise ConfigurationError(
                 f"licence_server needs a platform version 2 configuration (it names the "
@@ -287,15 +295,8 @@ class SkRuntime:
             )
         from .licensing.client import LicenceClient  # imports httpx: only when licensing
 
-        raw = read_config_bytes(self.config_path)
-        try:
-            signed = json.loads(raw)
-            configuration = {"payload": signed["payload"], "signature": signed["signature"]}
-        except (ValueError, TypeError, KeyError):
-            raise ConfigurationError(
-                f"{self.config_path} changed after it was loaded and is no longer a "
-                "configuration file; create the runtime again."
-            ) from None
+        signed = json.loads(raw)  # the bytes parse_config verified: valid, signed JSON
+        configuration = {"payload": signed["payload"], "signature": signed["signature"]}
         try:
             return LicenceClient(
                 server,
@@ -562,6 +563,19 @@ def _dtype_name(x: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _tensor_problem(x: Any) -> str | None:
+    """Why a torch tensor cannot be fed, or None: a sparse tensor or one on the ``meta`` device
+    has no dense values to read, and each framework would fail on it with its own error type
+    (read without importing torch: other arrays have neither attribute)."""
+    layout = str(getattr(x, "layout", "torch.strided"))
+    if layout != "torch.strided":
+        kind = layout.removeprefix("torch.")
+        return f"is a {kind} tensor: pass a dense tensor, e.g. x.to_dense()"
+    if getattr(x, "is_meta", False):
+        return "is a tensor on the meta device, which holds no values: pass one with its data"
+    return None
+
+
 def _subject(check: _InputCheck, x: Any, source: Any) -> str:
     """An input as error messages name it (with the Python type it was given as, if any)."""
     if source is None:
@@ -763,6 +777,8 @@ class LoadedModel:
                     )
             if x.dtype is check.np_dtype:  # fast path: native numpy array of the right dtype
                 continue
+            if problem := _tensor_problem(x):
+                raise self._error(f"Input {check.spec.name!r} {problem}.")
             dtype = _dtype_name(x)
             if dtype != check.dtype:
                 raise self._error(

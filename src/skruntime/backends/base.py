@@ -99,7 +99,10 @@ class Backend(Protocol):
 
 
 def as_numpy(x: Any) -> np.ndarray:
-    """numpy view of an array-like (torch tensors included, without importing torch)."""
+    """numpy view of an array-like (torch tensors included, without importing torch).
+
+    Tensors go through ``numpy(force=True)``: detached, on the CPU, with a lazy negation or
+    conjugation applied (``x.numpy()`` refuses a tensor whose neg or conj bit is set)."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy()
+        return x.numpy(force=True)
     return np.asarray(x)

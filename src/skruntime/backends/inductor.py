@@ -14,6 +14,9 @@ protector's exporters import it.
 from __future__ import annotations
 
 import json
+import os
+import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -227,6 +230,68 @@ def check_torch_options(options: BackendOptions, valid: Sequence[str], kind: str
 _SESSION_OPTIONS = {"run_single_threaded": bool}
 
 
+class _Package:
+    """One loaded AOTInductor package, shared by the backends of one file, device and options.
+
+    ``run_single_threaded=True`` runs the package "without thread synchronization logic" (torch's
+    words; its C++ says "obviously unsafe to use in a threaded environment"), so its calls are
+    serialised here: a LoadedModel may be called from several threads, and the package may be
+    shared by several LoadedModels."""
+
+    __slots__ = ("__weakref__", "lock", "metadata", "model")
+
+    def __init__(self, model: Any, single_threaded: bool) -> None:
+        self.model = model
+        self.metadata: dict[str, str] = dict(model.get_metadata())
+        self.lock = threading.Lock() if single_threaded else None
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> Any:
+        if self.lock is None:
+            return self.model(*tensors)
+        with self.lock:
+            return self.model(*tensors)
+
+
+#: Loaded packages by file identity, device and options. torch never unloads a package: each
+#: ``aoti_load_package`` extracts its library (compiled code and weights) to a new temporary
+#: file and keeps it mapped until the process exits, even once deleted, so every load of the
+#: same file cost its size again in memory and temporary disk space (and ~6 memory mappings:
+#: a process fails at ``vm.max_map_count``). Loading an unchanged file again reuses its package.
+_PACKAGES: weakref.WeakValueDictionary[tuple[Any, ...], _Package] = weakref.WeakValueDictionary()
+#: CPU packages stay loaded for the process (torch would keep their library anyway); a GPU one
+#: only while a model uses it, so that closing its models frees the weights' GPU memory.
+_KEPT: list[_Package] = []
+_PACKAGES_LOCK = threading.Lock()
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """What changes when a file is replaced or rewritten (None: it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _shared_package(path: Path, device_index: int, options: dict[str, bool]) -> _Package:
+    """The package of ``path`` loaded once per process for each device and options (a file
+    changed since its load is loaded anew); raises what torch raises."""
+    identity = _identity(path)
+    key = (identity, device_index, tuple(sorted(options.items())))
+    with _PACKAGES_LOCK:  # one load of a package, even when threads load it at once
+        package = _PACKAGES.get(key) if identity is not None else None
+        if package is None:
+            model = torch._inductor.aoti_load_package(
+                str(path), device_index=device_index, **options
+            )
+            package = _Package(model, options.get("run_single_threaded", False))
+            if identity is not None and _identity(path) == identity:  # unchanged while loading
+                _PACKAGES[key] = package
+                if device_index < 0:
+                    _KEPT.append(package)
+    return package
+
+
 class InductorBackend:
     """One AOTInductor ``.pt2`` package; checks every call's inputs against its metadata.
 
@@ -234,7 +299,9 @@ class InductorBackend:
     (``device="cuda[:N]"``) the GPU settings of :func:`~skruntime.backends.gpu.
     apply_gpu_determinism` are applied first. ``intra_op_threads`` sets torch's (OpenMP) thread
     count for the whole process. ``session_options``: ``{"run_single_threaded": bool}``, passed
-    to ``aoti_load_package``.
+    to ``aoti_load_package`` (calls of such a package are then serialised: torch's own thread
+    synchronisation is off). The loaded package is shared by every backend of the same
+    unchanged file, device and options (:data:`_PACKAGES`): torch never unloads one.
     """
 
     wants_numpy = False
@@ -258,16 +325,15 @@ class InductorBackend:
         apply_threads(options)
         extra = {k: bool(v) for k, v in options.session_options.items()}
         try:
-            self._model = torch._inductor.aoti_load_package(
-                str(self._path), device_index=index, **extra
-            )
-            raw = self._model.get_metadata().get(INPUTS_METADATA)
+            package = _shared_package(self._path, index, extra)
         except Exception as err:
             raise BackendError(
                 f"torch could not load the AOTInductor package {self._path} "
                 f"({backend_failure(err)}). Re-deploy the file written by skprotect, compiled "
                 "for this device (a CPU package runs on the CPU, a GPU package on CUDA)."
             ) from None
+        self._package: _Package | None = package  # None once closed
+        raw = package.metadata.get(INPUTS_METADATA)
         if raw is None:
             raise BackendError(
                 f"{name} was not written by skprotect (no {INPUTS_METADATA} metadata), so its "
@@ -277,14 +343,14 @@ class InductorBackend:
         self._io = TensorIO(self.device)
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
-        model = self._model
-        if model is None:
+        package = self._package
+        if package is None:
             raise BackendError(f"The AOTInductor model {self._path.name} is closed.")
         check_inputs(inputs, self._specs, self.input_names, self._path.name, self._key_name)
         tensors = self._io.to_device(inputs)
         try:
             with torch.inference_mode():
-                out = model(*tensors)
+                out = package(tensors)
         except Exception as err:
             raise BackendError(
                 f"The AOTInductor model {self._path.name} failed ({backend_failure(err)}). "
@@ -293,4 +359,4 @@ class InductorBackend:
         return self._io.outputs(out, inputs)
 
     def close(self) -> None:
-        self._model = None
+        self._package = None
