@@ -148,11 +148,14 @@ def to_numpy(tensors: Sequence[Tensor]) -> list[np.ndarray]:
 
 
 @contextlib.contextmanager
-def collect_warnings(notes: list[str], *categories: type[Warning]) -> Iterator[None]:
-    """Record the (unique) warnings of ``categories`` raised inside the block as report notes."""
+def collect_warnings(
+    notes: list[str], *categories: type[Warning]
+) -> Iterator[list[warnings.WarningMessage]]:
+    """Record the (unique) warnings of ``categories`` raised inside the block as report notes;
+    yields the list of every warning caught, filled when the block ends."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield
+        yield caught
     seen: set[str] = set()
     for w in caught:
         if categories and not issubclass(w.category, categories):
@@ -161,6 +164,32 @@ def collect_warnings(notes: list[str], *categories: type[Warning]) -> Iterator[N
         if msg and msg not in seen:
             seen.add(msg)
             notes.append(f"{w.category.__name__}: {msg}")
+
+
+_BAKED_VALUE = "might cause the trace to be incorrect"
+
+
+def refuse_baked_values(
+    caught: Sequence[warnings.WarningMessage], exporter: str, detail: str = ""
+) -> None:
+    """Raise :class:`ExportError` when a ``torch.jit`` trace turned a tensor into a Python value.
+
+    A trace records tensor ops only: an ``if x.mean() > 0:``, ``int(t)``, ``t.item()`` or a loop
+    over a tensor in ``forward`` becomes the constant it was for ``input_tensors``, so the
+    artifact passes the verification on them and returns wrong outputs for other inputs.
+    torch only warns (a ``TracerWarning``); a silently wrong artifact is worse than a refusal.
+    """
+    for w in caught:
+        text = str(w.message)
+        if issubclass(w.category, torch.jit.TracerWarning) and _BAKED_VALUE in text:
+            raise ExportError(
+                f"{exporter} traces the model, and its forward() turns a tensor into a Python "
+                f"value at {w.filename}:{w.lineno} ({text.split('. ')[0]}): the artifact would "
+                "keep the value it had for input_tensors as a constant and return wrong outputs "
+                f"for other inputs.{detail} Compute it with tensor ops instead (torch.where for a "
+                "branch on values; the tensor itself rather than .item(), float() or int(); "
+                "x.size(i) for a size), or leave this format out of model_export_formats."
+            )
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -31,6 +31,7 @@ from .base import (
     first_line,
     isolated_traces,
     quiet_upstream_warnings,
+    refuse_baked_values,
     register_exporter,
     signature_dynamic_shapes,
 )
@@ -148,6 +149,41 @@ def _check_names(path: Path, options: ExportOptions, with_key: bool) -> list[str
     return notes
 
 
+def _required_dynamic_axes(options: ExportOptions) -> dict[str, list[int]]:
+    """The input axes the user made dynamic, by input name (``Dim.AUTO`` lets torch choose,
+    so an axis given as ``Dim.AUTO`` is not required to stay dynamic)."""
+    if options.dynamic_shapes is None:
+        return {name: list(axes) for name, axes in (options.dynamic_axes or {}).items()}
+    auto, static = torch.export.Dim.AUTO, torch.export.Dim.STATIC
+    return {
+        name: [axis for axis, dim in (spec or {}).items() if dim not in (None, auto, static)]
+        for name, spec in zip(options.input_names, options.dynamic_shapes, strict=True)
+    }
+
+
+def _check_dynamic_axes(path: Path, options: ExportOptions) -> None:
+    """Raise :class:`ExportError` when the file fixed a dynamic input axis to its example size.
+
+    The dynamo exporter does so without an error when ``forward`` specialises the size (e.g.
+    ``int(x.shape[0])``): onnxruntime then refuses every other size.
+    """
+    proto = onnx.load(str(path), load_external_data=False)
+    dims = {i.name: list(i.type.tensor_type.shape.dim) for i in proto.graph.input}
+    fixed = [
+        f"{name}[{axis}] = {dims[name][axis].dim_value}"
+        for name, axes in _required_dynamic_axes(options).items()
+        for axis in axes
+        if dims.get(name) and dims[name][axis].HasField("dim_value")
+    ]
+    if fixed:
+        raise ExportError(
+            f"the ONNX file fixed dynamic axes to their example size ({', '.join(fixed)}): the "
+            "model's forward() specialises them (e.g. int(x.shape[0]), or a Python branch on a "
+            "size). Make forward() work for every size with tensor ops, or leave those axes "
+            "out of dynamic_shapes"
+        )
+
+
 def _opset(path: Path) -> int | None:
     proto = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -186,13 +222,14 @@ class OnnxExporter:
             wanted = extra.get("opset_version")
             for dynamo in attempts:
                 try:
-                    with collect_warnings(notes, UserWarning):
+                    with collect_warnings(notes, UserWarning) as caught:
                         _torch_onnx_export(
                             module, args, written, options, with_key, dynamo=dynamo, extra=extra
                         )
                     got = _opset(written)
                     if wanted is not None and got != wanted:  # torch only logs this
                         raise ExportError(f"it wrote opset {got}, not the requested {wanted}")
+                    _check_dynamic_axes(written, options)
                 except OSError as err:  # a full or read-only disk: the other exporter fails too
                     raise ExportError(
                         f"ONNX export could not write to {path.parent} ({err.strerror or err}). "
@@ -214,6 +251,8 @@ class OnnxExporter:
                 notes.insert(
                     0, f"dynamo export failed ({errors[0]}); used the legacy dynamo=False exporter"
                 )
+            why = f" (The dynamo exporter failed: {errors[0]}.)" if errors else ""
+            refuse_baked_values(caught, "The legacy ONNX exporter (dynamo=False)", why)
             if _save_single_file(written, path):
                 notes.append("weights were written as external data; re-saved inlined")
         notes += _check_names(path, options, with_key)

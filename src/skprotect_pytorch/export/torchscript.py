@@ -34,6 +34,7 @@ from .base import (
     collect_warnings,
     first_line,
     flatten_outputs,
+    refuse_baked_values,
     register_exporter,
     require_cuda,
     to_numpy,
@@ -88,7 +89,7 @@ class TorchScriptExporter(DeviceExporter):
         start = time.perf_counter()
         module = module.eval()
         try:
-            with torch.no_grad(), collect_warnings(notes, torch.jit.TracerWarning):
+            with torch.no_grad(), collect_warnings(notes, torch.jit.TracerWarning) as caught:
                 traced = torch.jit.trace(module, args, check_trace=False, strict=False)
             frozen = torch.jit.freeze(traced)
         except Exception as err:
@@ -96,6 +97,7 @@ class TorchScriptExporter(DeviceExporter):
                 f"TorchScript tracing failed ({first_line(err)}). Check that the model runs with "
                 "input_tensors, or choose another format in model_export_formats."
             ) from err
+        refuse_baked_values(caught, f"ExportFormat.{self.fmt.name}")
         steps = "trace+freeze"
         try:
             # on a fresh freeze: optimize_for_inference rewrites its argument in place

@@ -16,7 +16,7 @@ from ..errors import InvalidArgumentError, UnsupportedLayerError
 from . import attention, conv, linear, recurrent  # noqa: F401  (registers the lockers)
 from .batchnorm import fold_batchnorms
 from .context import KeySlots, LockContext, LockSettings
-from .coverage import PlaintextWeight, plaintext_weights
+from .coverage import PlaintextWeight, plaintext_buffers, plaintext_weights
 from .key_layout import KeyLayout
 from .keyed_model import KeyedModel
 from .preflight import check_lockable, copy_model
@@ -45,6 +45,9 @@ class LockedModel:
     folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)
     plaintext: list[PlaintextWeight] = field(default_factory=list)
     """Weight tensors outside every locked layer, stored as they are (:mod:`.coverage`)."""
+    plaintext_buffers: list[PlaintextWeight] = field(default_factory=list)
+    """Floating-point buffers of two or more dimensions outside every locked layer, stored as
+    they are: public tables (masks, position encodings) or trained values (:mod:`.coverage`)."""
 
     @property
     def locked_layers(self) -> list[LayerDecision]:
@@ -152,8 +155,9 @@ def lock_model(
         {d.name: d.reason for d in decisions if not d.locked},
         kept,
     )
+    buffers = plaintext_buffers(work, (d.name for d in decisions if d.locked))
     locked_root = _swap(work, replacements)
     keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots)
     keyed.training = locked_root.training
     keyed.decoder.train(locked_root.training)
-    return LockedModel(keyed, ctx.layout, decisions, folded, plaintext)
+    return LockedModel(keyed, ctx.layout, decisions, folded, plaintext, buffers)

@@ -4,10 +4,11 @@ model (which layer, which attribute) and with what to do, for the protector's fi
 
 from __future__ import annotations
 
-from torch import nn
+from torch import fx, nn
 
 from ..errors import SkProtectError, UnsupportedLayerError, VerificationError
 from ..export.base import first_line
+from .registry import supported_layer_types
 
 _LOCK_PACKAGE = __name__.rpartition(".")[0]
 
@@ -81,7 +82,39 @@ def mismatch_error(model_name: str, original: nn.Module, rel_diff: float) -> Ver
             "enable_nested_tensor=False (the outputs at real tokens are unchanged) and protect "
             "again."
         )
+    read = _layers_read_directly(original)
+    if read:
+        names = ", ".join(f"'{name}'" for name in read)
+        return VerificationError(
+            f"{head} Its forward() reads the tensors of layer(s) {names} directly (e.g. "
+            "F.linear(x, self.fc.weight.t()) for tied weights), and a locked layer's tensors "
+            "are the locked ones. Leave those layers unlocked with layer_filter (e.g. "
+            f"lambda name, module: name not in {{{names}}}), or only call them, and protect again."
+        )
     return VerificationError(
         f"{head} The model probably reads a layer's weights outside its forward(); exclude that "
-        "layer with layer_filter. See the log for details."
+        "layer with layer_filter. Two other causes: a forward() that is random in eval mode "
+        "(torch.randn, torch.rand_like, …) or that changes its inputs in place (x.mul_(2)) "
+        "gives other outputs at each run; make it deterministic and out-of-place. See the log "
+        "for details."
     )
+
+
+def _layers_read_directly(model: nn.Module) -> list[str]:
+    """The supported layers whose tensors ``forward`` reads other than by calling the layer
+    (``self.fc.weight``), outermost layer first, as torch.fx sees them; none when fx cannot
+    trace the model (data-dependent control flow)."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:
+        return []
+    layers = [n for n, m in model.named_modules() if isinstance(m, supported_layer_types())]
+    found: list[str] = []
+    for node in graph.nodes:
+        if node.op != "get_attr":
+            continue
+        target = str(node.target)
+        layer = next((n for n in layers if n and target.startswith(f"{n}.")), None)
+        if layer is not None and layer not in found:
+            found.append(layer)
+    return found

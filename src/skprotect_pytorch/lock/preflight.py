@@ -4,6 +4,9 @@ front with what to do, instead of failing later deep inside torch.
 - Hook-based reparametrisations (``torch.nn.utils.prune``, the legacy
   ``torch.nn.utils.weight_norm``) keep a computed, non-leaf tensor as the layer's weight, which
   ``copy.deepcopy`` cannot copy; the user makes them permanent first.
+- A lazy module (``nn.LazyLinear``, ``nn.LazyConv2d``, …) never called has uninitialised
+  tensors: its first call would fill them with fresh random values, and the protected model
+  would hold those instead of trained weights.
 - The lock works in float32 (its mixing blocks, key decoder and scales are float32, and so are
   the runtime's key vectors): a float64/float16/bfloat16 supported layer is refused rather than
   silently converted, since that would change the model's outputs.
@@ -16,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.nn.utils import prune
 from torch.nn.utils.weight_norm import WeightNorm
 
@@ -69,11 +73,25 @@ def _wrong_dtypes(model: nn.Module, layer_filter: Callable[[str, nn.Module], boo
     return found
 
 
+def _uninitialised(model: nn.Module) -> list[str]:
+    """The names of the lazy parameters and buffers that no call has materialised yet."""
+    tensors = (*model.named_parameters(), *model.named_buffers())
+    return [name for name, t in tensors if is_lazy(t)]
+
+
 def check_lockable(
     model: nn.Module, layer_filter: Callable[[str, nn.Module], bool] = lambda name, m: True
 ) -> None:
-    """Raise :class:`InvalidArgumentError` if ``model`` cannot be copied, or the layers
-    ``layer_filter`` selects cannot be locked, as they are."""
+    """Raise :class:`InvalidArgumentError` if ``model`` cannot be copied, holds uninitialised
+    lazy tensors, or the layers ``layer_filter`` selects cannot be locked, as they are."""
+    lazy = _uninitialised(model)
+    if lazy:
+        raise InvalidArgumentError(
+            f"The model has uninitialised lazy tensors ({', '.join(lazy)}): a Lazy* module "
+            "(e.g. nn.LazyLinear) creates its weights at its first call, so they hold no trained "
+            "values yet. Call the model once on an input, load your trained weights "
+            "(model.load_state_dict(...)), then protect."
+        )
     for name, module in model.named_modules():
         error = _reparametrisation_error(name, module)
         if error is not None:
