@@ -78,5 +78,11 @@ def test_a_tied_weight_counts_when_one_of_its_modules_leaves_it_plain() -> None:
     )
     assert [d.name for d in locked.locked_layers] == ["head"]
     assert locked.plaintext == [
-        PlaintextWeight("embed.weight", (20, 16), "Embedding is not a layer type the lock supports")
+        PlaintextWeight(
+            "embed.weight",
+            (20, 16),
+            "Embedding is not a layer type the lock supports; it is also the weight of locked "
+            "layer 'head', whose key a thief can solve from the two: untie the weights, or "
+            "exclude that layer with layer_filter",
+        )
     ]

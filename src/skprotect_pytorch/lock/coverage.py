@@ -83,8 +83,31 @@ def plaintext_weights(
             reason = f"layer '{layer}' was not locked: {skipped[layer]}"
         else:
             reason = f"{type(modules[owner]).__name__} is not a layer type the lock supports"
+        reason += _tied(param, params, locked_ids, modules)
         found.append(PlaintextWeight(name, tuple(param.shape), reason))
     return found
+
+
+def _tied(
+    param: nn.Parameter,
+    params: dict[str, nn.Parameter],
+    locked_ids: dict[int, str],
+    modules: dict[str, nn.Module],
+) -> str:
+    """What a plaintext tensor tied to a locked layer's weight (an embedding and the output
+    layer) gives away: that layer's stored weight beside its plaintext original tells its key."""
+    layers = {
+        layer
+        for name, tensor in params.items()
+        if tensor is param and (layer := _covering(_owner(name), locked_ids, modules))
+    }
+    if not layers:
+        return ""
+    return (
+        f"; it is also the weight of locked layer {', '.join(map(repr, sorted(layers)))}, whose "
+        "key a thief can solve from the two: untie the weights, or exclude that layer with "
+        "layer_filter"
+    )
 
 
 def plaintext_buffers(model: nn.Module, locked: Iterable[str]) -> list[PlaintextWeight]:
