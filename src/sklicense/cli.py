@@ -117,10 +117,23 @@ def read_kek(path: Path) -> bytes:
         raise
 
 
+MAX_KEK_FILE = 1024
+"""Bytes a KEK file may have: `skprotect export-kek` writes 45 (base64 and a newline). Reading
+stops past this, so that a wrong file (a model, ``/dev/zero``) is not read whole first."""
+
+
 def kek_text(path: Path) -> str:
-    """The base64 text of a KEK file; a binary file is refused with what to pass instead."""
+    """The base64 text of a KEK file; a binary or large file is refused with what to pass
+    instead."""
+    with path.open("rb") as file:
+        data = file.read(MAX_KEK_FILE + 1)
+    if len(data) > MAX_KEK_FILE:
+        fail(
+            f"{path} is over {MAX_KEK_FILE} bytes, so not a KEK file: pass the file "
+            "`skprotect export-kek` writes (45 bytes)"
+        )
     try:
-        return path.read_text(encoding="ascii")
+        return data.decode("ascii")
     except UnicodeDecodeError:
         fail(f"{path} is not base64 text: pass the file `skprotect export-kek` writes")
         raise
@@ -131,7 +144,7 @@ def seconds_of(days: float, option: str) -> int:
     seconds = days * 86400
     if not math.isfinite(seconds) or not 1 <= round(seconds) <= MAX_LICENCE_SECONDS:
         fail(
-            f"{option} must be a number of days over 0 and up to "
+            f"{option} must be a number of days over 0 (1 second at least) and up to "
             f"{MAX_LICENCE_SECONDS // 86400}, but got {days}"
         )
     return round(seconds)

@@ -438,7 +438,9 @@ def list_devices(session: Session, customer_id: int | None = None) -> list[Devic
 def update_device(session: Session, device_id: str, actor: str, **changes: Any) -> Device:
     if not changes:
         raise CrudError("nothing would change: give status and/or duration_override_seconds")
-    device = session.get(Device, device_id)
+    # no such device can exist, and neither database can bind a lone surrogate (from a command
+    # line argument that is not UTF-8)
+    device = None if text_problem(device_id) else session.get(Device, device_id)
     if device is None:
         raise CrudError(f"device {device_id!r} not found", status=404)
     if "status" in changes and changes["status"] not in ("active", "revoked"):

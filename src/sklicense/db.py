@@ -1,15 +1,17 @@
 """Engines, sessions and the programmatic Alembic migrations.
 
 SQLite: every transaction starts with ``BEGIN IMMEDIATE`` (one writer at a time, so the quota
-read-modify-write is serialised across processes), and the device requests of one process take
-turns on a lock (:func:`device_writes`). PostgreSQL: the licence decision locks the customer
-row with ``SELECT … FOR UPDATE`` inside its transaction.
+read-modify-write is serialised across processes), except a lookup's (:func:`reading`: a plain
+``BEGIN``, no write lock), and the device requests of one process take turns on a lock
+(:func:`device_writes`). PostgreSQL: the licence decision locks the customer row, and a usage
+report its licence's row, with ``SELECT … FOR UPDATE`` inside its transaction.
 """
 
 from __future__ import annotations
 
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+READ_ONLY = "sklicense_read_only"
+"""The execution option of a :func:`reading` session's connection."""
 
 
 class DatabaseNotMigratedError(RuntimeError):
@@ -69,7 +73,8 @@ def _engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = connection.get_execution_options().get(READ_ONLY, False)
+            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
@@ -95,6 +100,18 @@ def _sqlite_lock(url: str) -> threading.Lock:
 
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for lookups that write nothing. On SQLite its transaction starts with a plain
+    (deferred) ``BEGIN``, not ``BEGIN IMMEDIATE``: it neither waits for nor holds up another
+    connection's write transaction (an unsigned device request, which anyone can send, only
+    looks up the device's key). Whatever it reads is checked again by the transaction that
+    writes, so a value changed in between is not acted on."""
+    with sessions() as session:
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
 
 
 def alembic_config(url: str) -> Config:
@@ -172,7 +189,10 @@ def check_migrated(url: str) -> None:
 
 
 def safe_url(url: str) -> str:
-    """The URL with any password masked, for messages."""
+    """The URL with any password masked, for messages; characters that are not UTF-8 text (a
+    file name of another encoding, passed on the command line) are shown escaped, as
+    ``\udcff``, since the URL cannot be rendered with them."""
     from sqlalchemy.engine import make_url
 
-    return make_url(normalise_url(url)).render_as_string(hide_password=True)
+    text = normalise_url(url).encode("utf-8", "backslashreplace").decode("utf-8")
+    return make_url(text).render_as_string(hide_password=True)

@@ -91,6 +91,12 @@ def bad_signature(*, registered: bool) -> Deny:
     return Deny("bad_signature", f"the request signature does not verify with {whose}", False)
 
 
+def unregistered(device_id: str) -> Deny:
+    """The denial of a usage report naming a device that is not registered: it has no key to
+    verify the report with (its nonce is not recorded)."""
+    return Deny("bad_signature", f"device {device_id} is not registered", False)
+
+
 def stale_request(timestamp: int, now: int) -> Deny | None:
     """``stale_request`` when a request's ``timestamp`` is more than :data:`TIMESTAMP_WINDOW_S`
     from the server time ``now`` (its nonce is not recorded), else None."""

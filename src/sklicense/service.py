@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from sklicense import db
 from sklicense.crud import audit
 from sklicense.crypto import sign_licence, wrap_kek
 from sklicense.decision import (
     Allow,
     Deny,
-    bad_signature,
     check_message,
     decide,
     signed_with,
+    unregistered,
 )
 from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
@@ -40,63 +42,128 @@ def _ts(seconds: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
+NONCE_RETENTION_S = 2 * TIMESTAMP_WINDOW_S
+"""How long a device request's nonce is remembered: the timestamp window, plus the window again
+as the margin. A request is accepted only while its timestamp is within
+:data:`TIMESTAMP_WINDOW_S` of the server time, and its nonce was recorded within that window
+too, so more than twice the window after the nonce was recorded the request is refused as
+stale whatever its nonce (also by another server process whose clock differs: each compares
+the same timestamp with its own time)."""
+NONCE_PRUNE_EVERY_S = 60
+"""How often one process deletes expired nonces (server time)."""
+NONCE_PRUNE_BATCH = 1000
+"""The most nonces one prune deletes: a large backlog is deleted in batches, one per request."""
+
+_nonces_pruned_at: dict[str, int] = {}
+"""Per database URL: when this process last deleted expired nonces (a full batch: no entry)."""
+_pruning = threading.Lock()
+
+
 def remember_nonce(session: Session, device_id: str, nonce: str, now: int) -> None:
-    """Record a nonce and forget the device's nonces older than twice the timestamp window
-    (a request that old is refused as stale before its nonce is looked at)."""
-    session.execute(
-        delete(SeenNonce).where(
-            SeenNonce.device_id == device_id,
-            SeenNonce.seen_at < _ts(now - 2 * TIMESTAMP_WINDOW_S),
-        )
-    )
+    """Record a nonce (:func:`forget_expired_nonces` deletes it once it is of no use)."""
     session.add(SeenNonce(device_id=device_id, nonce=nonce, seen_at=_ts(now)))
+
+
+def _prune_due(url: str, now: int) -> bool:
+    """Whether this process should prune the nonces of the database at ``url`` now (and note
+    that it does): not in the minute after its last prune, unless the clock was set back."""
+    with _pruning:
+        last = _nonces_pruned_at.get(url)
+        if last is not None and last <= now < last + NONCE_PRUNE_EVERY_S:
+            return False
+        _nonces_pruned_at[url] = now
+        return True
+
+
+def forget_expired_nonces(sessions: sessionmaker[Session], now: int) -> int | None:
+    """Delete up to :data:`NONCE_PRUNE_BATCH` nonces, of any device, recorded more than
+    :data:`NONCE_RETENTION_S` before ``now``, when this process has not done so in the last
+    :data:`NONCE_PRUNE_EVERY_S` (or its last prune deleted a full batch: more are waiting).
+    Returns how many were deleted (0 when the prune failed), or None when it was not due.
+
+    Pruning all devices, not the requesting one's: a device that never asks again (a one-off
+    identity) would keep its nonces for ever. Once a minute and bounded, in a transaction of
+    its own after the request's, so that it holds no request's locks; on PostgreSQL the rows
+    another server process is deleting are skipped, not waited for. A prune that fails is
+    logged, not raised: the request it follows is committed, and the next prune deletes what
+    this one did not."""
+    with sessions() as session:
+        url = str(session.get_bind().url)
+    if not _prune_due(url, now):
+        return None
+    expired = (
+        select(SeenNonce.id)
+        .where(SeenNonce.seen_at < _ts(now - NONCE_RETENTION_S))
+        .limit(NONCE_PRUNE_BATCH)
+        .with_for_update(skip_locked=True)  # rendered on PostgreSQL only
+    )
+    try:
+        with sessions.begin() as session:
+            result = session.execute(
+                delete(SeenNonce)
+                .where(SeenNonce.id.in_(expired))
+                .execution_options(synchronize_session=False)
+            )
+    except SQLAlchemyError as e:
+        logger.warning("expired nonces not deleted (retried in a minute): %s", e)
+        return 0
+    deleted = int(result.rowcount)
+    if deleted >= NONCE_PRUNE_BATCH:
+        with _pruning:
+            _nonces_pruned_at.pop(url, None)
+    return deleted
 
 
 def _deny(deny: Deny) -> Outcome:
     return Outcome(403, {"decision": "deny", "reason": deny.reason, "detail": deny.detail})
 
 
-def _with_replay_retry(sessions: sessionmaker[Session], attempt: Any) -> Outcome:
+def _with_replay_retry(sessions: sessionmaker[Session], attempt: Any, now: int) -> Outcome:
     """Run ``attempt(session)``; a concurrent duplicate nonce/report (IntegrityError) is retried
-    once, when the decision then sees the committed row."""
+    once, when the decision then sees the committed row. Then expired nonces are pruned, when
+    due (:func:`forget_expired_nonces`)."""
     for tries in (1, 2):
         with sessions() as session:
             try:
                 with session.begin():
-                    return attempt(session)
+                    outcome = attempt(session)
+                break
             except IntegrityError:
                 if tries == 2:
                     raise
-    raise AssertionError("unreachable")
+    forget_expired_nonces(sessions, now)
+    return outcome
 
 
 def signed_by_device(
     sessions: sessionmaker[Session],
-    request: LicenceRequestIn,
+    device_id: str,
     body: dict[str, Any],
     signature: str | None,
+    new_device_key: str | None = None,
 ) -> tuple[bytes | None, bool]:
-    """The raw key the request is signed with when that is the key of the device it names (its
-    registered key; a new device's own key), else None; and whether that device is registered.
-    Only signed requests count against the device's rate limit, so nobody can exhaust another
-    device's limit by sending unsigned requests in its name; a new device's count against its
-    sender's address, since anyone can make a new identity for each request. The key is passed
-    on to :func:`request_licence`, which verifies the signature again only if the device's key
-    changed in between."""
-    with sessions() as session:
-        device = session.get(Device, request.device_id)
-        key = device.signing_public_key if device else request.signing_public_key
-    return signed_with(body, signature, key), device is not None
+    """The raw key a device request is signed with when that is the key of the device it names
+    (its registered key; for a new device, ``new_device_key``: the key in a licence request),
+    else None; and whether that device is registered. Only signed requests count against the
+    device's rate limits, so nobody can exhaust another device's limit by sending unsigned
+    requests in its name; a new device's count against its sender's address, since anyone can
+    make a new identity for each request. The lookup takes no write lock
+    (:func:`sklicense.db.reading`). The key is passed on to :func:`request_licence` or
+    :func:`report_usage`, which verify the signature again only if the device's key changed in
+    between."""
+    with db.reading(sessions) as session:
+        device = session.get(Device, device_id)
+        key = device.signing_public_key if device else new_device_key
+    verified = None if key is None else signed_with(body, signature, key)
+    return verified, device is not None
 
 
-def refuse_unsigned(request: LicenceRequestIn, *, registered: bool) -> Outcome:
-    """The answer to a licence request its device did not sign, given before any transaction:
-    anyone can send these, as fast as they like, so they neither lock the customer's row nor
-    add to the audit log."""
-    deny = bad_signature(registered=registered)
-    logger.warning(
-        "licence request naming device %r denied: %s (not audited)", request.device_id, deny.detail
-    )
+def refuse_unsigned(what: str, device_id: str, deny: Deny) -> Outcome:
+    """The answer to a device request (``what``: "licence request", "usage report") that its
+    device did not sign, given after one read-only lookup and before the transaction that
+    writes: anyone can send these, as fast as they like, so they neither lock a row nor add to
+    the audit log (a WARNING in the server log instead)."""
+    logger.warning("%s naming device %r denied: %s (not audited)", what, device_id, deny.detail)
     return _deny(deny)
 
 
@@ -119,7 +186,7 @@ def request_licence(
         target = f"customer:{request.customer_id}"
         if isinstance(decision, Deny) and decision.reason == "bad_signature":
             # the device was registered with another key since it was looked up
-            return refuse_unsigned(request, registered=True)
+            return refuse_unsigned("licence request", request.device_id, decision)
         if isinstance(decision, Deny) and decision.reason == "replayed_request":
             resent = _resend(session, request, now, key)
             if resent is not None:
@@ -141,7 +208,7 @@ def request_licence(
             return _deny(decision)
         return _allow(session, decision, request, now, key)
 
-    return _with_replay_retry(sessions, attempt)
+    return _with_replay_retry(sessions, attempt, now)
 
 
 def _allow(
@@ -266,13 +333,18 @@ def report_usage(
     body: dict[str, Any],
     signature: str | None,
     now: int,
+    verified: bytes | None = None,
 ) -> Outcome:
+    """Apply a usage report in one transaction: idempotent per ``report_id``, counters
+    monotonic per licence. The licence row is locked (``FOR UPDATE`` on PostgreSQL; SQLite
+    has one writer at a time), so that two concurrent reports cannot both pass the
+    monotonicity check and store a counter lower than one stored before it. ``verified``: see
+    :func:`request_licence`. A revoked device may still report: what it ran is accounting."""
+
     def attempt(session: Session) -> Outcome:
         device = session.get(Device, report.device_id)
         if device is None:
-            return _deny(
-                Deny("bad_signature", f"device {report.device_id} is not registered", False)
-            )
+            return _deny(unregistered(report.device_id))
         denied = check_message(
             session,
             device,
@@ -282,6 +354,7 @@ def report_usage(
             report.timestamp,
             report.nonce,
             now,
+            verified,
         )
         if denied is not None:
             return _deny(denied)
@@ -308,7 +381,7 @@ def report_usage(
                     "counter": existing.counter,
                 },
             )
-        licence = session.get(Licence, report.licence_id)
+        licence = session.get(Licence, report.licence_id, with_for_update=True)
         if licence is None or licence.device_id != device.id:
             return Outcome(
                 404,
@@ -346,4 +419,4 @@ def report_usage(
         )
         return Outcome(200, receipt)
 
-    return _with_replay_retry(sessions, attempt)
+    return _with_replay_retry(sessions, attempt, now)

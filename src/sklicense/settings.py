@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -10,6 +11,11 @@ DEFAULT_DATABASE_URL = "sqlite:///./sklicense.db"
 ENVIRONMENTS = ("local", "production")
 #: Admin tokens that are refused outside local use (copied from examples and templates).
 WEAK_ADMIN_TOKENS = frozenset({"", "changethis", "change-me", "admin", "secret"})
+ADMIN_TOKEN_PATTERN = re.compile(r"[!-~](?:[ -~]*[!-~])?")
+"""What a configured admin token can be: printable ASCII, spaces only inside. It travels in an
+HTTP header, which the server reads as Latin-1 and strips: a token with other characters, or
+with a space at either end, could never match (and a lone surrogate, from an environment
+variable that is not UTF-8, failed every admin request with a 500)."""
 
 
 class SettingsError(ValueError):
@@ -33,6 +39,7 @@ class Settings:
     licence_requests_per_minute: int = 30
     admin_auth_failures_per_minute: int = 10
     new_device_requests_per_minute: int = 120
+    usage_reports_per_minute: int = 60
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -44,12 +51,19 @@ class Settings:
             "licence_requests_per_minute",
             "admin_auth_failures_per_minute",
             "new_device_requests_per_minute",
+            "usage_reports_per_minute",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SettingsError(f"{name} must be a positive integer, but got {value!r}")
         if not self.database_url:
             raise SettingsError("database_url must be set, but got an empty string")
+        if self.admin_token and not ADMIN_TOKEN_PATTERN.fullmatch(self.admin_token):
+            raise SettingsError(  # never the token itself: it is a secret
+                "admin_token (SKLICENSE_ADMIN_TOKEN) must be printable ASCII, without a space at "
+                "either end (it is sent in an HTTP header), but the one given is not: generate "
+                "one with `openssl rand -hex 32`"
+            )
 
     @property
     def key_path(self) -> Path:
@@ -81,7 +95,7 @@ class Settings:
         """Read ``SKLICENSE_DATABASE_URL``, ``SKLICENSE_STATE_DIR``, ``SKLICENSE_ENVIRONMENT``,
         ``SKLICENSE_SIGNING_KEY_FILE``, ``SKLICENSE_ADMIN_TOKEN``,
         ``SKLICENSE_LICENCE_REQUESTS_PER_MINUTE``, ``SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE``,
-        ``SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE``."""
+        ``SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE``, ``SKLICENSE_USAGE_REPORTS_PER_MINUTE``."""
         env = os.environ if environ is None else environ
 
         def integer(name: str, default: int) -> int:
@@ -103,4 +117,5 @@ class Settings:
             licence_requests_per_minute=integer("SKLICENSE_LICENCE_REQUESTS_PER_MINUTE", 30),
             admin_auth_failures_per_minute=integer("SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE", 10),
             new_device_requests_per_minute=integer("SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE", 120),
+            usage_reports_per_minute=integer("SKLICENSE_USAGE_REPORTS_PER_MINUTE", 60),
         )

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 from tests.licensing.server_helpers import Clock
 
-from sklicense import crud, db
+from sklicense import crud, db, service
 from sklicense.crypto import create_signing_key
 from sklicense.settings import Settings
 
@@ -84,6 +84,8 @@ def clean(url: str) -> None:
 def database_url(request: pytest.FixtureRequest) -> str:
     url = request.getfixturevalue(f"{request.param}_url")
     clean(url)
+    # a fresh database: when this process last pruned its nonces belongs to the one before
+    service._nonces_pruned_at.pop(url, None)
     return url
 
 

@@ -9,8 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense import crud, db, service
 from sklicense.api.deps import (
@@ -25,10 +23,9 @@ from sklicense.api.deps import (
     SettingsDep,
     SignatureDep,
 )
-from sklicense.decision import stale_request
+from sklicense.api.rate_limits import DeviceLimit, device_rate_limited, rate_limited
+from sklicense.decision import bad_signature
 from sklicense.schemas import LicencePublic, LicenceRequestIn
-from sklicense.settings import Settings
-from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["device"])
@@ -66,52 +63,6 @@ def _sender(request: Request) -> str:
     return str(address)
 
 
-def _rate_limited(detail: str, now: int) -> JSONResponse:
-    return JSONResponse(
-        status_code=429,
-        content={"decision": "deny", "reason": "rate_limited", "detail": detail},
-        headers={"Retry-After": str(60 - now % 60)},
-    )
-
-
-def _device_rate_limited(
-    engine: Engine,
-    sessions: sessionmaker[Session],
-    settings: Settings,
-    request: LicenceRequestIn,
-    now: int,
-) -> JSONResponse | None:
-    """The 429 of a device past ``licence_requests_per_minute`` signed requests this minute, or
-    None. Requests with a timestamp outside the window count apart: whoever once captured a
-    request of the device could replay it, stale but signed, as often as they like, and keep
-    the device itself from renewing. The first refusal of a minute is audited, the others
-    logged at WARNING: a device that keeps asking (a retry loop, a revoked device, a replayed
-    request) would otherwise add an audit row per request."""
-    stale = stale_request(request.timestamp, now) is not None
-    count = crud.rate_hit(engine, f"{'stale-' if stale else ''}licence:{request.device_id}", now)
-    limit = settings.licence_requests_per_minute
-    if count <= limit:
-        return None
-    detail = f"device {request.device_id} sent more than {limit} licence requests " + (
-        f"with a timestamp more than {TIMESTAMP_WINDOW_S} s from the server time this minute; "
-        "check the device clock"
-        if stale
-        else "this minute; retry later"
-    )
-    if count > limit + 1:
-        logger.warning("%s (audited once a minute)", detail)
-        return _rate_limited(detail, now)
-    with sessions.begin() as session:
-        crud.audit(
-            session,
-            f"device:{request.device_id}",
-            "licence.deny",
-            f"customer:{request.customer_id}",
-            {"reason": "rate_limited", "detail": detail},
-        )
-    return _rate_limited(detail, now)
-
-
 @router.post("/licences")
 def request_licence(
     request: Request,
@@ -129,9 +80,19 @@ def request_licence(
         return invalid(e)
     with db.device_writes(settings.database_url):  # SQLite: requests take turns, no polling
         now = clock()
-        verified, registered = service.signed_by_device(sessions, licence_request, body, signature)
+        verified, registered = service.signed_by_device(
+            sessions,
+            licence_request.device_id,
+            body,
+            signature,
+            licence_request.signing_public_key,
+        )
         if verified is None:
-            outcome = service.refuse_unsigned(licence_request, registered=registered)
+            outcome = service.refuse_unsigned(
+                "licence request",
+                licence_request.device_id,
+                bad_signature(registered=registered),
+            )
             return JSONResponse(status_code=outcome.status, content=outcome.body)
         if not registered:
             sender = _sender(request)
@@ -139,12 +100,22 @@ def request_licence(
             if count > settings.new_device_requests_per_minute:
                 # a flood of fresh identities: refused unaudited, or each would add audit rows
                 logger.warning("licence requests of new devices from %s rate limited", sender)
-                return _rate_limited(
+                return rate_limited(
                     f"more than {settings.new_device_requests_per_minute} licence requests of "
                     f"unregistered devices came from {sender} this minute; retry later",
                     now,
                 )
-        limited = _device_rate_limited(engine, sessions, settings, licence_request, now)
+        limited = device_rate_limited(
+            engine,
+            sessions,
+            DeviceLimit(
+                "licence", "licence requests", "licence.deny", settings.licence_requests_per_minute
+            ),
+            licence_request.device_id,
+            licence_request.timestamp,
+            f"customer:{licence_request.customer_id}",
+            now,
+        )
         if limited is not None:
             return limited
         outcome = service.request_licence(

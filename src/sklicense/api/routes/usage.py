@@ -13,13 +13,16 @@ from sklicense.api.deps import (
     AdminDep,
     ClockDep,
     CustomerIdQuery,
+    EngineDep,
     JsonBodyDep,
     SessionDep,
     SessionsDep,
     SettingsDep,
     SignatureDep,
 )
+from sklicense.api.rate_limits import DeviceLimit, device_rate_limited
 from sklicense.api.routes.licences import invalid
+from sklicense.decision import bad_signature, unregistered
 from sklicense.schemas import UsageReportIn, UsageReportPublic
 
 router = APIRouter(tags=["device"])
@@ -31,16 +34,36 @@ def report_usage(
     body: JsonBodyDep,
     signature: SignatureDep,
     sessions: SessionsDep,
+    engine: EngineDep,
     settings: SettingsDep,
     clock: ClockDep,
 ) -> JSONResponse:
-    """Report a licence's inference counter (idempotent per ``report_id``)."""
+    """Report a licence's inference counter (idempotent per ``report_id``). Unsigned reports
+    are refused before the transaction; a device's signed reports, a revoked device's included,
+    are limited to ``usage_reports_per_minute``."""
     try:
         report = UsageReportIn.model_validate(body)
     except ValidationError as e:
         return invalid(e)
     with db.device_writes(settings.database_url):
-        outcome = service.report_usage(sessions, report, body, signature, clock())
+        now = clock()
+        verified, registered = service.signed_by_device(sessions, report.device_id, body, signature)
+        if verified is None:
+            deny = bad_signature(registered=True) if registered else unregistered(report.device_id)
+            outcome = service.refuse_unsigned("usage report", report.device_id, deny)
+            return JSONResponse(status_code=outcome.status, content=outcome.body)
+        limited = device_rate_limited(
+            engine,
+            sessions,
+            DeviceLimit("usage", "usage reports", "usage.deny", settings.usage_reports_per_minute),
+            report.device_id,
+            report.timestamp,
+            f"licence:{report.licence_id}",
+            now,
+        )
+        if limited is not None:
+            return limited
+        outcome = service.report_usage(sessions, report, body, signature, now, verified)
     return JSONResponse(status_code=outcome.status, content=outcome.body)
 
 
