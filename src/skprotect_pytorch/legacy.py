@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from typing import Any
 
 from .errors import RemovedAPIError
@@ -37,22 +38,52 @@ LEGACY_FORMAT_NAMES = {
 }
 
 
-def translate_kwargs(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
-    """Map renamed pre-0.1 keyword arguments (with a DeprecationWarning); reject removed ones."""
+def _refusal(name: str, where: str) -> Exception:
+    """The error for a keyword argument ``where`` does not take: a removed pre-0.1 argument
+    names its replacement, any other is unexpected (as Python says it)."""
+    if name in _REMOVED_KWARGS:
+        return RemovedAPIError(_REMOVED_KWARGS[name])
+    return TypeError(f"{where}() got an unexpected keyword argument '{name}'.")
+
+
+def refuse_kwargs(kwargs: dict[str, Any], where: str) -> None:
+    """Refuse the constructor's extra keyword arguments: the renamed ones belong to the
+    protect calls, and taking them here would drop them with a misleading warning."""
+    for name in kwargs:
+        raise _refusal(name, where)
+
+
+def translate_kwargs(
+    kwargs: dict[str, Any], where: str, given: Collection[str] = ()
+) -> dict[str, Any]:
+    """Map renamed pre-0.1 keyword arguments of a protect call (with a DeprecationWarning);
+    reject removed ones, and pre-0.2 string values of ``protected_model_format``.
+
+    ``given``: the parameters the call passed under their new names; an old name given with
+    its new one is refused, as Python refuses one argument passed twice: taking either value
+    would silently drop the other."""
     out = {}
     for name, value in kwargs.items():
-        if name in _REMOVED_KWARGS:
-            raise RemovedAPIError(_REMOVED_KWARGS[name])
-        if name in _RENAMED_KWARGS:
-            new = _RENAMED_KWARGS[name]
-            warnings.warn(
-                f"'{name}' was renamed '{new}' in v0.1.0; update the call to {where}.",
-                DeprecationWarning,
-                stacklevel=3,
+        new = _RENAMED_KWARGS.get(name)
+        if new is None:
+            raise _refusal(name, where)
+        if new == "model_export_formats" and isinstance(value, str):
+            raise RemovedAPIError(
+                f"{name}={value!r} is a pre-0.2 value: pass "
+                "model_export_formats=SkProtectorPyTorch.ExportFormat.<FORMAT> values "
+                "combined with '|'."
             )
-            out[new] = value
-            continue
-        raise TypeError(f"{where}() got an unexpected keyword argument '{name}'.")
+        if new in given:
+            raise TypeError(
+                f"{where}() got both '{name}' and its new name '{new}' (renamed in v0.1.0): "
+                f"pass only {new}=."
+            )
+        warnings.warn(
+            f"'{name}' was renamed '{new}' in v0.1.0; update the call to {where}.",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        out[new] = value
     return out
 
 

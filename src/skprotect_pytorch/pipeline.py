@@ -32,7 +32,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
 from skruntime.backends.gpu import gpu_float32
-from skruntime.config import FormatEntry, ModelEntry, load_config, sha256_file
+from skruntime.config import (
+    CONFIG_FILENAMES,
+    Config,
+    FormatEntry,
+    ModelEntry,
+    load_config,
+    sha256_file,
+)
 
 from .configuration import (
     add_model,
@@ -58,7 +65,7 @@ from .logs import get_logger
 from .platforms import write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
-from .shared_files import OtherPlatform, warn_plain_keys_beside_linux
+from .shared_files import OtherPlatform, warn_plain_keys_beside_linux, warn_untracked_files
 from .state import ProtectionState
 
 KEY_EPOCH = 0
@@ -141,12 +148,14 @@ def _replaced_files(request: ProtectRequest) -> set[str]:
     }
 
 
-def _warn_stale_originals(request: ProtectRequest) -> None:
+def _warn_stale_originals(request: ProtectRequest, written: list[Path]) -> None:
     """Say that unlocked copies from an earlier ``save_original=True`` protection are still in
-    the shipped folder: this protection did not write them, so its summary does not list them,
-    and whoever gets the folder reads the plaintext weights."""
+    the shipped folder: this protection did not write them (``written``: the copies it did
+    write, with ``save_original=True``; a format it left out keeps the earlier copy), so its
+    summary does not list them, and whoever gets the folder reads the plaintext weights."""
     folder = request.outputs_dir / request.model_name / "original"
-    stale = sorted(p.name for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    files = folder.glob("*") if folder.is_dir() else ()
+    stale = sorted(p.name for p in files if p.is_file() and p not in written)
     if not stale:
         return
     message = (
@@ -273,24 +282,44 @@ def _selected_formats(request: ProtectRequest, result: ProtectionResult) -> list
     return kept
 
 
-def _precheck_config(request: ProtectRequest, signing_key: Ed25519PrivateKey) -> None:
+def _where_else(request: ProtectRequest, advice: str) -> str:
+    """What to do about a model to replace that this platform's configuration lacks: when the
+    other platform's configuration has it, the ``deployment_platform`` was forgotten (TXT is the
+    default), and ``advice`` (protect it as new) would add plain key files beside a LINUX
+    deployment's files."""
+    other = OtherPlatform.of(request.outputs_dir, request.platform, request.model_name)
+    if other is None:
+        return advice
+    return (
+        f"It is in the {other.platform.value} configuration "
+        f"({CONFIG_FILENAMES[other.platform.value]}): pass deployment_platform="
+        f"SkProtectorPyTorch.ExportPlatform.{other.platform.value} to replace it there."
+    )
+
+
+def _precheck_config(request: ProtectRequest, signing_key: Ed25519PrivateKey) -> Config | None:
     """Fail before the expensive work if the configuration would refuse the model, with the
-    errors of the write itself: a file signed by another key (a lost master secret) included."""
+    errors of the write itself: a file signed by another key (a lost master secret) included.
+    Returns the configuration as it is now (None when there is none yet)."""
     if not request.config_path.exists():
         if request.replace:
             raise ConfigurationError(
                 f"protect_updated_model: there is no configuration {request.config_path} yet, so "
-                f"there is no model '{request.model_name}' to replace. Use protect_new_model."
+                f"there is no model '{request.model_name}' to replace. "
+                + _where_else(request, "Use protect_new_model.")
             )
-        return
+        return None
     config = load_own(request.config_path, signing_key)
     present = request.model_name in config.models
     if request.replace and not present:
         names = ", ".join(sorted(config.models)) or "none"
         raise ConfigurationError(
             f"protect_updated_model: model '{request.model_name}' is not in "
-            f"{request.config_path} (models there: {names}). Use protect_new_model for a new "
-            "model, or the exact name of the model to replace."
+            f"{request.config_path} (models there: {names}). "
+            + _where_else(
+                request,
+                "Use protect_new_model for a new model, or the exact name of the model to replace.",
+            )
         )
     if not request.replace and present:
         raise ConfigurationError(
@@ -319,6 +348,30 @@ def _precheck_config(request: ProtectRequest, signing_key: Ed25519PrivateKey) ->
             config.platform_version,
             request.platform_version,
         )
+    return config
+
+
+def _refuse_dropping_deployed(
+    request: ProtectRequest, config: Config | None, result: ProtectionResult
+) -> None:
+    """An update removes the formats of the replaced entry that it does not write again: that is
+    how a format is dropped on purpose (left out of ``model_export_formats``). A format that was
+    asked for but skipped here (a GPU format on a machine without CUDA) is no such choice, so
+    the update is refused before the export instead of deleting that deployed file and key."""
+    if not request.replace or config is None:
+        return
+    deployed = config.models[request.model_name].formats
+    lost = [slug for slug in result.skipped_formats if slug in deployed]
+    if not lost:
+        return
+    names = ", ".join(slug.upper() for slug in lost)
+    files = ", ".join(deployed[slug].file for slug in lost)
+    raise ExportError(
+        f"protect_updated_model: model '{request.model_name}' is deployed in {names} ({files}), "
+        "which cannot be protected here (CUDA is not available on this machine): the update "
+        "would remove that deployed format with its files. Run the update on a machine with a "
+        f"CUDA GPU, or leave {names} out of model_export_formats to remove it on purpose."
+    )
 
 
 _STAGING_NAME = re.compile(r"\.staging-(?P<system>[0-9a-f]{16})-[0-9a-f]{12}")
@@ -789,7 +842,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     layer_filter = once_per_layer(request.layer_filter)  # each format group locks anew
     # before any work: pruned, legacy weight norm, a layer to lock that is not float32
     check_lockable(request.model, layer_filter)
-    _precheck_config(request, state.signing_key)
+    config = _precheck_config(request, state.signing_key)
     options = build_export_options(
         request.input_tensors,
         request.onnx_params,
@@ -805,6 +858,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         config_path=request.config_path,
     )
     formats = _selected_formats(request, result)
+    _refuse_dropping_deployed(request, config, result)
     console.print(f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}")
     reference = copy_model(request.model).eval()
     expected = _run_reference(reference, request.input_tensors)
@@ -899,6 +953,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     logger.info("protected '%s' in %.1f s", request.model_name, result.seconds)
     console.print(str(result), highlight=False, markup=False, soft_wrap=True)
     warn_plain_keys_beside_linux(request.outputs_dir, request.model_name)
-    if not request.save_original:
-        _warn_stale_originals(request)
+    with config_lock(request.outputs_dir):  # no other protection half-way through its commit
+        warn_untracked_files(request.outputs_dir, request.model_name)
+    _warn_stale_originals(request, result.original_files)
     return result

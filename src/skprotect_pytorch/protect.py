@@ -13,6 +13,7 @@ and :mod:`skprotect_pytorch.configuration`.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from .configuration import check_version
 from .configuration import migrate_configuration as _migrate
 from .configuration import update_customer as _update_customer
 from .customer import Customer
-from .errors import InvalidArgumentError, RemovedAPIError
+from .errors import ConfigurationError, InvalidArgumentError, RemovedAPIError
 from .export import DEFAULT_ONNX_PARAMS
 from .formats import ExportFormat, ExportPlatform
 from .lock.context import DEFAULT_PRESET, LOCK_PRESETS
@@ -72,6 +73,17 @@ def _check_model_name(value: Any) -> str:
     return value
 
 
+def _given(args: dict[str, Any]) -> set[str]:
+    """The parameters of a ``protect_*_model`` call that hold other than their default values,
+    i.e. that the caller passed."""
+    parameters = inspect.signature(SkProtectorPyTorch.protect_new_model).parameters
+    return {
+        name
+        for name, value in args.items()
+        if name in parameters and value is not parameters[name].default
+    }
+
+
 class SkProtectorPyTorch:
     """Locks trained PyTorch models with a secret key and exports them for deployment.
 
@@ -91,7 +103,7 @@ class SkProtectorPyTorch:
         application_name: str = "default_app",
         **legacy_kwargs: Any,
     ) -> None:
-        legacy.translate_kwargs(legacy_kwargs, "SkProtectorPyTorch")
+        legacy.refuse_kwargs(legacy_kwargs, "SkProtectorPyTorch")
         if not isinstance(save_logs, bool | None):
             raise InvalidArgumentError(
                 f"save_logs must be a bool, but got {type(save_logs).__name__}."
@@ -119,6 +131,22 @@ class SkProtectorPyTorch:
     def config_path(self, deployment_platform: ExportPlatform) -> Path:
         """Path of the configuration file of ``deployment_platform``."""
         return self.outputs_dir / CONFIG_FILENAMES[deployment_platform.value]
+
+    def _existing_config(self, platform: ExportPlatform, what: str) -> Path:
+        """The configuration file of ``platform``; when it is missing but the other platform's
+        is there, the wrong ``deployment_platform`` was passed: said here, where the error of
+        a missing file would advise protecting a model first."""
+        path = self.config_path(platform)
+        if path.exists():
+            return path
+        for other in ExportPlatform:
+            if other is not platform and self.config_path(other).exists():
+                raise ConfigurationError(
+                    f"{what}: there is no {platform.value} configuration {path}, but there is "
+                    f"the {other.value} one ({self.config_path(other).name}): pass "
+                    f"deployment_platform=SkProtectorPyTorch.ExportPlatform.{other.value}."
+                )
+        return path  # none at all: the configuration operation says so
 
     def protect(self, *args: Any, **kwargs: Any) -> None:
         """Removed in v0.1.0; raises an error naming the replacement."""
@@ -181,14 +209,8 @@ class SkProtectorPyTorch:
         args = dict(args)
         args.pop("self")
         where = "protect_updated_model" if replace else "protect_new_model"
-        for new, value in legacy.translate_kwargs(args.pop("legacy_kwargs"), where).items():
-            if new == "model_export_formats" and isinstance(value, str):
-                raise RemovedAPIError(
-                    f"protected_model_format={value!r} is a pre-0.2 value: pass "
-                    "model_export_formats=SkProtectorPyTorch.ExportFormat.<FORMAT> values "
-                    "combined with '|'."
-                )
-            args[new] = value
+        legacy_kwargs = args.pop("legacy_kwargs")
+        args.update(legacy.translate_kwargs(legacy_kwargs, where, _given(args)))
         request = self._validate(args, replace)
         with file_log(self.log_path):
             try:
@@ -302,7 +324,7 @@ class SkProtectorPyTorch:
             raise InvalidArgumentError(
                 f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
             )
-        path = self.config_path(deployment_platform)
+        path = self._existing_config(deployment_platform, "migrate_configuration")
         with file_log(self.log_path):
             _migrate(
                 path,
@@ -325,7 +347,7 @@ class SkProtectorPyTorch:
                 "deployment_platform must be a single SkProtectorPyTorch.ExportPlatform value, "
                 f"but got {deployment_platform!r}."
             )
-        path = self.config_path(deployment_platform)
+        path = self._existing_config(deployment_platform, "update_customer")
         with file_log(self.log_path):
             _update_customer(path, customer, signing_key=self.state.signing_key)
             get_logger().info("customer of %s set to %s", path, customer)

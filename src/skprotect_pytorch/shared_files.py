@@ -155,6 +155,44 @@ def warn_plain_keys_beside_linux(outputs_dir: Path, model_name: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=5)
 
 
+def warn_untracked_files(outputs_dir: Path, model_name: str) -> None:
+    """Warn about files in the model's folder that no configuration of the application lists
+    (``original/`` aside, warned about on its own): locked models and keys of an earlier
+    protection whose configuration entry is gone (a configuration deleted to start again, or
+    the other platform's dropped). No runtime loads them, but they ship with the folder, and
+    their keys still unlock their models."""
+    listed: set[str] = set()
+    for platform in ExportPlatform:
+        path = outputs_dir / CONFIG_FILENAMES[platform.value]
+        if not path.is_file():
+            continue
+        try:
+            entry = load_config(path).models.get(model_name)
+        except SkProtectError:
+            return  # which files an unreadable configuration lists cannot be told
+        if entry is not None:
+            for fmt in entry.formats.values():
+                listed |= {fmt.file, *fmt.key_files}
+    folder = outputs_dir / model_name
+    untracked = sorted(
+        relative
+        for relative in (p.relative_to(outputs_dir).as_posix() for p in folder.rglob("*"))
+        if relative not in listed
+        and not relative.startswith(f"{model_name}/original/")
+        and (outputs_dir / relative).is_file()
+    )
+    if not untracked:
+        return
+    message = (
+        f"{outputs_dir} holds files of model '{model_name}' that no configuration lists "
+        f"({', '.join(untracked)}): left by an earlier protection whose configuration entry is "
+        "gone (a configuration file deleted or replaced). No runtime loads them, but they ship "
+        f"with the folder and their keys still unlock their models: delete them before shipping."
+    )
+    get_logger().warning(message)
+    warnings.warn(message, UserWarning, stacklevel=5)
+
+
 def _holds_test_key(folder: Path, model_name: str) -> bool:
     """Whether the TXT key files in ``folder`` are a static test key (not key shares)."""
     try:
