@@ -182,8 +182,14 @@ def migrate(url: str) -> None:
         fail(str(e))
 
 
+def _json_value(value: Any) -> str:
+    """A value ``json`` cannot write: times in ISO 8601, as the admin API and the other
+    listings write them (``str`` would put a space before the time), anything else as text."""
+    return value.isoformat() if isinstance(value, dt.datetime) else str(value)
+
+
 def echo_json(rows: Any) -> None:
-    typer.echo(json.dumps(rows, indent=2, default=str))
+    typer.echo(json.dumps(rows, indent=2, default=_json_value))
 
 
 @app.command()
@@ -306,7 +312,11 @@ def app_create(
         database_url,
         lambda s: crud.create_application(s, name, kek, CLI_ACTOR, model or None, public_key),
     )
-    typer.echo(f"Created application {name!r}{' with its KEK' if kek_file else ''}")
+    registered = [what for what, given in (("KEK", kek_file), ("public key", public_key)) if given]
+    typer.echo(
+        f"Created application {name!r}"
+        + (f" with its {' and '.join(registered)}" if registered else "")
+    )
     if public_key is None:
         typer.echo(UNBOUND_WARNING.format(name=name), err=True)
 

@@ -59,17 +59,74 @@ class LicenceError(SkRuntimeError):
     """
 
 
+# What a device's user can do about each denial of the server (docs/licensing.md, decision
+# table): the error message says what is wrong, then this.
+DENIAL_ADVICE = {
+    "rate_limited": "Wait a minute, then try again.",
+    "bad_signature": (
+        "The request did not arrive as the device signed it, or the device key in the state "
+        "folder is damaged: check any proxy between the device and the server, or restore "
+        "the state folder."
+    ),
+    "stale_request": "Set the device clock right (e.g. with NTP), then try again.",
+    "replayed_request": "Try again: the next attempt sends a new request.",
+    "device_key_mismatch": (
+        "The state folder's device keys are not the ones the server registered for this "
+        "device id: restore the device's original state folder."
+    ),
+    "unknown_application": (
+        "Ask the licence administrator to register the application (sklicense app create)."
+    ),
+    "unknown_model": (
+        "Ask the licence administrator to add the model to the application "
+        "(sklicense app set-models)."
+    ),
+    "customer_not_proven": (
+        "Ship the configuration file the application's protector signed, or ask the licence "
+        "administrator to register the application's public key (sklicense app "
+        "set-public-key)."
+    ),
+    "unknown_customer": (
+        "Ask the licence administrator to create the customer the configuration names "
+        "(sklicense customer create)."
+    ),
+    "device_customer_mismatch": (
+        "This device is registered for another customer: use another state folder "
+        "(state_dir, --state-dir) for this customer's models."
+    ),
+    "device_revoked": (
+        "Ask the licence administrator to reactivate the device "
+        "(sklicense device edit DEVICE_ID --activate)."
+    ),
+    "contract_ended": (
+        "Ask the licence administrator to extend the contract "
+        "(sklicense customer edit --contract-end)."
+    ),
+    "too_many_devices": (
+        "Ask the licence administrator to raise the customer's device limit "
+        "(sklicense customer edit --max-devices), or run on a device already registered."
+    ),
+    "quota_exhausted": (
+        "Ask the licence administrator to raise the quota (sklicense customer edit --quota)."
+    ),
+}
+
+
 class LicenceDeniedError(LicenceError):
-    """The licence server refused the licence: ``reason`` is its reason code, ``detail`` text."""
+    """The licence server refused the licence: ``reason`` is its reason code, ``detail`` text.
+
+    The default message adds what the device's user can do (:data:`DENIAL_ADVICE`)."""
 
     def __init__(self, reason: str, detail: str = "", message: str | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        advice = DENIAL_ADVICE.get(reason)
         super().__init__(
             message
             or f"The licence server denied the licence: {reason}"
             + (f" ({detail})" if detail else "")
             + "."
+            + (f" {advice}" if advice else "")
         )
 
 

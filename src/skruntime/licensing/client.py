@@ -80,6 +80,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import (
+    DENIAL_ADVICE,
     ClockRollbackError,
     LicenceDeniedError,
     LicenceError,
@@ -361,6 +362,32 @@ def _checked_configuration(
     return document
 
 
+#: Said when a usage report is not acknowledged: the counter is kept, nothing is lost.
+_RESENT = "It is sent again at the next licence renewal or close()."
+
+
+def _inferences(count: int) -> str:
+    """``count`` with its noun, singular or plural, for messages."""
+    return f"{count} inference" + ("" if count == 1 else "s")
+
+
+def _check_server_public_key(key: object) -> None:
+    """Refuse a pinned server key that is not 32 raw bytes, saying what was given: the usual
+    mistake is the base64 text that ``sklicense init`` and ``GET /v1/public-key`` print."""
+    if isinstance(key, bytes | bytearray) and len(key) == 32:
+        return
+    got = (
+        f"{type(key).__name__} of length {len(key)}"
+        if isinstance(key, str | bytes | bytearray)
+        else type(key).__name__
+    )
+    raise LicenceError(
+        "server_public_key must be the licence server's raw 32-byte Ed25519 public key, but "
+        f"got {got}: decode the base64 text that `sklicense init` prints first, e.g. "
+        "base64.b64decode(text)."
+    )
+
+
 class LicenceClient:
     """The licence client of one application on this device.
 
@@ -417,10 +444,7 @@ class LicenceClient:
                 f"requested_inferences must be an int from 1 to {_MAX_REQUESTED} or None, but "
                 f"got {requested_inferences!r}."
             )
-        if not isinstance(server_public_key, bytes | bytearray) or len(server_public_key) != 32:
-            raise LicenceError(
-                "server_public_key must be the licence server's raw 32-byte Ed25519 public key."
-            )
+        _check_server_public_key(server_public_key)
         if isinstance(persist_every, bool) or not isinstance(persist_every, int):
             raise ValueError(f"persist_every must be an integer >= 1, but got {persist_every!r}.")
         if persist_every < 1:
@@ -1078,7 +1102,8 @@ class LicenceClient:
                     return
             # the allowance is used up: one renewal may grant more
             used_up = (
-                f"The {licence.inferences} inferences of licence {licence.licence_id} are used up"
+                f"The allowance of licence {licence.licence_id} "
+                f"({_inferences(licence.inferences)}) is used up"
                 if licence.inferences is not None
                 else f"The counter of licence {licence.licence_id} is gone from {self._usage_path}"
             )
@@ -1098,7 +1123,8 @@ class LicenceClient:
                 raise QuotaExhaustedError(
                     f"{used_up} and the licence server grants no more ({e.reason}"
                     + (f": {e.detail}" if e.detail else "")
-                    + "). Ask the licence administrator to raise the quota."
+                    + "). "
+                    + DENIAL_ADVICE.get(e.reason, "Ask the licence administrator.")
                 ) from e
             if self._take(licence, n):
                 return
@@ -1138,16 +1164,19 @@ class LicenceClient:
                 try:
                     response, _ = self._post("/v1/usage", body)
                 except _Unreachable as e:
-                    log.warning("Usage report for licence %s failed: %s", licence_id, e)
+                    log.warning(
+                        "Usage report for licence %s failed: %s. %s", licence_id, e, _RESENT
+                    )
                     continue
                 if 200 <= response.status_code < 300:
                     acknowledged[licence_id] = counter
                 else:
                     log.warning(
-                        "Usage report for licence %s refused: HTTP %s %s",
+                        "Usage report for licence %s refused: HTTP %s %s. %s",
                         licence_id,
                         response.status_code,
                         response.text[:200],
+                        _RESENT,
                     )
             try:
                 return self._record_reported(acknowledged, current)
