@@ -429,6 +429,24 @@ def customer_create(
     }
     customer = committed(database_url, lambda s: crud.create_customer(s, CLI_ACTOR, **fields))
     echo_json(customer_row(customer))
+    ended = ended_contract_warning(id, fields["contract_end"], dt.datetime.now(dt.UTC))
+    if ended:
+        typer.echo(f"Warning: {ended}", err=True)
+
+
+def ended_contract_warning(
+    customer_id: int, contract_end: dt.datetime | None, now: dt.datetime
+) -> str | None:
+    """What to tell the admin who creates a customer whose contract has already ended: a typo
+    (2025 for 2035) that would otherwise show up only as ``contract_ended`` denials on the
+    customer's devices. Not refused: a past end is how a customer is retired (docs)."""
+    if contract_end is None or contract_end > now:
+        return None
+    return (
+        f"the contract end {contract_end.isoformat()} is not in the future: every licence "
+        f"request of customer {customer_id} is denied contract_ended. If that is a mistake, "
+        f"set the right date: sklicense customer edit --id {customer_id} --contract-end DATE"
+    )
 
 
 @customer_app.command("edit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import uuid
 from pathlib import Path
@@ -45,7 +46,8 @@ class Clock:
 
 
 class FakeServer:
-    """POST /v1/licences and /v1/usage per protocol.py, with switches for failures."""
+    """GET /v1/public-key, POST /v1/licences and /v1/usage per protocol.py, with switches for
+    failures."""
 
     def __init__(
         self, *, duration: int = 365 * DAY, quota: int | None = None, kek: bytes | None = None
@@ -83,6 +85,10 @@ class FakeServer:
         self.calls.append(request.url.path)
         if self.answer is not None and request.url.path == "/v1/licences":
             return self.answer(request)
+        if request.url.path == "/v1/public-key":
+            return httpx.Response(
+                200, json={"algorithm": "Ed25519", "public_key": protocol.b64(self.public_key)}
+            )
         body = json.loads(request.content)
         signature = request.headers[protocol.SIGNATURE_HEADER]
         assert request.content == protocol.canonical_bytes(body)
@@ -406,12 +412,120 @@ def test_tampered_cache_is_ignored(server, state, clock) -> None:
     assert len(server.licence_requests) == 2
 
 
-def test_wrong_server_key_refused(server, state, clock) -> None:
-    other_key = (
-        Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
-    client = make_client(server, state, clock, server_public_key=other_key)
-    with pytest.raises(LicenceError, match="pinned server public key"):
+def _new_public_key() -> bytes:
+    return Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def test_wrong_server_key_refused_before_any_licence_request(server, state, clock) -> None:
+    """A wrongly pinned key was found only in the signed answer, after the server had
+    registered the device and drawn the licence's allowance from the quota: at every attempt."""
+    other_key = _new_public_key()
+    for _ in range(2):
+        client = make_client(server, state, clock, server_public_key=other_key)
+        with pytest.raises(
+            LicenceError,
+            match=rf"at {URL} presents the public key {re.escape(protocol.b64(server.public_key))}"
+            rf".*pins {re.escape(protocol.b64(other_key))} \(server_public_key\).*No licence "
+            "was requested",
+        ):
+            client.ensure_licence()
+        client.close()
+    assert server.calls == ["/v1/public-key"] * 2  # never noted as checked: asked every time
+    assert server.licence_requests == [] and server.devices == {}
+
+
+def test_the_server_key_is_asked_once_per_server_and_pinned_key(server, state, clock) -> None:
+    client = make_client(server, state, clock)
+    client.ensure_licence()
+    client.close()
+    assert json.loads((state / "server_keys.json").read_text()) == {
+        "checked": {URL: protocol.b64(server.public_key)}
+    }
+    assert mode(state / "server_keys.json") == 0o600
+    clock.t += 366 * DAY  # expired: a new licence, without asking for the key again
+    again = make_client(server, state, clock)
+    again.ensure_licence()
+    again.close()
+    assert server.calls.count("/v1/public-key") == 1
+    assert len(server.licence_requests) == 2
+
+
+def test_a_server_whose_key_changed_is_caught_by_the_signature_then_asked_again(
+    server, state, clock
+) -> None:
+    """The noted check is no guarantee: the licence's signature is. A licence that does not
+    verify drops the note, so the next attempt is refused before it draws from the quota."""
+    pinned = server.public_key
+    make_client(server, state, clock).ensure_licence()
+    server.key = Ed25519PrivateKey.generate()  # the server's key changed since it was checked
+    server.public_key = server.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    clock.t += 366 * DAY
+    client = make_client(server, state, clock, server_public_key=pinned)
+    with pytest.raises(LicenceError, match="does not verify with the pinned server public key"):
+        client.ensure_licence()
+    assert json.loads((state / "server_keys.json").read_text()) == {"checked": {}}
+    with pytest.raises(LicenceError, match="presents the public key"):
+        client.ensure_licence()
+    assert len(server.licence_requests) == 2  # the first licence, the one that did not verify
+    assert server.calls.count("/v1/public-key") == 2
+
+
+@pytest.mark.parametrize(
+    "content", [b"{not json", b'{"checked": []}', b'{"checked": {"x": 1}}', b"[]"]
+)
+def test_a_malformed_server_keys_file_is_checked_again_and_rewritten(
+    server, state, clock, caplog, content
+) -> None:
+    """The file only holds checks: starting afresh loses nothing (unlike the counters)."""
+    state.mkdir(mode=0o700)
+    path = state / "server_keys.json"
+    path.write_bytes(content)
+    os.chmod(path, 0o600)
+    make_client(server, state, clock).ensure_licence()
+    assert f"{path} is malformed" in caplog.text
+    assert server.calls[0] == "/v1/public-key"
+    assert json.loads(path.read_text()) == {"checked": {URL: protocol.b64(server.public_key)}}
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (404, b'{"detail": "Not Found"}'),
+        (200, b"<html>captive portal</html>"),
+        (200, b'{"public_key": "not base64!"}'),
+        (200, b'{"public_key": "AAAA"}'),
+        (200, b'{"public_key": 5}'),
+    ],
+    ids=["404", "html", "not-base64", "short", "not-a-string"],
+)
+def test_an_answer_that_is_not_a_public_key_is_refused_before_any_licence_request(
+    server, state, clock, status, body
+) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/public-key":
+            return httpx.Response(status, content=body)
+        return server.handle(request)
+
+    client = make_client(server, state, clock, transport=httpx.MockTransport(handle))
+    with pytest.raises(LicenceError, match=rf"answered GET /v1/public-key with HTTP {status}"):
+        client.ensure_licence()
+    assert server.licence_requests == []
+
+
+def test_a_server_key_check_that_fails_keeps_a_valid_licence(server, state, clock) -> None:
+    """Inside the renewal window, an unreachable or wrong key check is a failed renewal: the
+    cached licence stays in use (it verified with the pinned key)."""
+    server.duration = 10 * DAY
+    client = make_client(server, state, clock, overlap_seconds=5 * DAY)
+    licence = client.ensure_licence()
+    (state / "server_keys.json").unlink()
+    server.public_key = _new_public_key()
+    clock.t += 6 * DAY
+    assert client.ensure_licence() == licence
+    assert len(server.licence_requests) == 1
+    server.up = False
+    clock.t += 5 * DAY
+    with pytest.raises(LicenceUnavailableError, match="unreachable"):
         client.ensure_licence()
 
 
@@ -803,6 +917,8 @@ def test_lost_answers_are_resent(state, clock, answer, sent) -> None:
     bodies: list[bytes] = []
 
     def record(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/public-key":
+            return server.handle(request)
         bodies.append(request.read() + request.headers[protocol.SIGNATURE_HEADER].encode())
         return answer(request)
 
@@ -1096,7 +1212,7 @@ def test_a_lost_denial_is_asked_for_anew_not_reported_as_a_replay(state, clock) 
 
     def lose_first_answer(request: httpx.Request) -> httpx.Response:
         response = server.handle(request)
-        if not lost:
+        if not lost and request.url.path == "/v1/licences":
             lost.append(response)
             raise httpx.ReadTimeout("the answer was lost", request=request)
         return response
@@ -1106,7 +1222,7 @@ def test_a_lost_denial_is_asked_for_anew_not_reported_as_a_replay(state, clock) 
     with pytest.raises(LicenceDeniedError) as err:
         client.ensure_licence()
     assert (err.value.reason, err.value.detail) == server.deny
-    assert len(server.calls) == 3  # the request, its resend, a fresh request
+    assert server.calls.count("/v1/licences") == 3  # the request, its resend, a fresh one
     client.close()
 
 

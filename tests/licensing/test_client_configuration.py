@@ -41,6 +41,8 @@ def test_every_licence_request_carries_the_signed_configuration(tmp_path: Path) 
     bodies: list[dict] = []
 
     def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/public-key":  # the pinned key, bytes(32), checked first
+            return httpx.Response(200, json={"public_key": "A" * 43 + "="})
         bodies.append(json.loads(request.content))
         return httpx.Response(403, json={"decision": "deny", "reason": "x", "detail": "y"})
 

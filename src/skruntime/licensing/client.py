@@ -20,6 +20,17 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     process never counts a licence again from 0: a licence it has counted whose entry is gone is
     used up for it (it takes the cached licence, or renews). A malformed file is refused
     (:class:`LicenceError` naming it); it is never reset silently.
+``server_keys.json``
+    ``{"checked": {"<server URL>": "<base64 public key>"}}``: the key each server presented at
+    ``GET /v1/public-key`` when it matched the pinned one. Before its first licence request to a
+    server with a pinned key not noted here, the client asks the server for its key and refuses
+    a mismatch (:class:`LicenceError` showing both keys) without sending a licence request: a
+    wrongly pinned key would otherwise be found only in the signed answer, after the server
+    registered the device and drew the licence's allowance from the customer's quota, at every
+    retry. This guards against misconfiguration only (anyone in the path can answer the GET):
+    every licence is still verified with the pinned key, and a licence answer that does not
+    verify drops the server's entry, so its key is asked again before the next request. A
+    malformed file only holds checks: it is warned about and checked afresh, never refused.
 ``clock.json``
     ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection.
     A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
@@ -110,6 +121,8 @@ DEFAULT_CLOCK_TOLERANCE_S = protocol.TIMESTAMP_WINDOW_S
 DEFAULT_REQUESTED_INFERENCES = 10_000
 """Inferences a licence asks for when the customer has a quota (None: all that remains)."""
 CLOCK_FILENAME = "clock.json"
+SERVER_KEYS_FILENAME = "server_keys.json"
+"""The server keys already checked against the pinned ones (see the module docs)."""
 _MAX_IDLE_ENTRIES = 64
 """Reported entries of replaced, still valid licences kept in the usage file (its size bound)."""
 _USAGE_HOLDS = "the inference counters of this device's licences"
@@ -469,7 +482,8 @@ class LicenceClient:
         self.server_url = _checked_url(server_url)
         self.state_dir: Path = ensure_state_dir(state_dir)
         self.identity = DeviceIdentity.load_or_create(self.state_dir)
-        self._server_key = Ed25519PublicKey.from_public_bytes(bytes(server_public_key))
+        self._server_key_raw = bytes(server_public_key)
+        self._server_key = Ed25519PublicKey.from_public_bytes(self._server_key_raw)
         self.application = application
         self.customer_id = int(customer_id)
         self.models = list(models)
@@ -518,6 +532,10 @@ class LicenceClient:
     @property
     def _clock_path(self) -> Path:
         return self.state_dir / CLOCK_FILENAME
+
+    @property
+    def _server_keys_path(self) -> Path:
+        return self.state_dir / SERVER_KEYS_FILENAME
 
     def _malformed(self, path: Path, problem: str, holds: str) -> LicenceError:
         return LicenceError(
@@ -708,20 +726,23 @@ class LicenceClient:
         return None
 
     def _request(self, now: int) -> Licence:
-        """Ask the server for a licence; verify and cache it.
+        """Check the server's key (:meth:`_check_server_key`), then ask the server for a
+        licence; verify and cache it.
 
         Raises:
             _Unreachable: no answer, or a server error.
-            _BadAnswer: an answer that is neither a verified licence for this request nor a
-                denial.
+            _BadAnswer: the server presents another key than the pinned one, or an answer that
+                is neither a verified licence for this request nor a denial.
             LicenceDeniedError: the server's denial.
         """
+        self._check_server_key()
         body, response = self._ask(now)
         try:
             licence = self._verified_answer(response, body["nonce"], now)
         except ClockRollbackError:
             raise
         except LicenceError as e:
+            self._note_server_key(checked=False)  # its key is asked again before the next one
             raise _BadAnswer(e) from None
         previous = self._licence
         if (  # issued later than the licence it replaces, yet no longer: the contract end
@@ -740,6 +761,98 @@ class LicenceClient:
             )
         self._switch(licence, fresh=True)
         return licence
+
+    # ------------------------------------------------------------------ the server's key
+
+    def _check_server_key(self) -> None:
+        """Refuse a server that presents another key than the pinned one, before any licence
+        request: its licences would not verify, yet each request would register the device
+        and draw an allowance from the customer's quota. Asked once per server URL and pinned
+        key (noted in ``server_keys.json``); a guard against misconfiguration, not a security
+        check (the licence's signature is).
+
+        Raises:
+            _Unreachable: no answer, or a server error.
+            _BadAnswer: the answer is not a public key, or not the pinned one.
+        """
+        if self._checked_server_keys().get(self.server_url) == protocol.b64(self._server_key_raw):
+            return
+        presented = self._presented_key()
+        if presented != self._server_key_raw:
+            raise _BadAnswer(
+                LicenceError(
+                    f"The licence server at {self.server_url} presents the public key "
+                    f"{protocol.b64(presented)} (GET /v1/public-key), but this runtime pins "
+                    f"{protocol.b64(self._server_key_raw)} (server_public_key): its licences "
+                    "would not verify. No licence was requested, so nothing was drawn from the "
+                    "customer's quota. Pin the key that `sklicense init` printed for this "
+                    "server, or check that the URL is the right licence server."
+                )
+            )
+        self._note_server_key(checked=True)
+
+    def _presented_key(self) -> bytes:
+        """The raw public key the server presents at ``GET /v1/public-key``.
+
+        Raises:
+            _Unreachable: no answer, or a server error.
+            _BadAnswer: any other answer than a 32-byte key in base64.
+        """
+        try:
+            response = self._http.get("/v1/public-key")
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
+            raise _Unreachable(f"{type(e).__name__}: {e}") from None
+        if response.status_code >= 500:
+            raise _Unreachable(f"HTTP {response.status_code}")
+        try:
+            data = response.json() if response.status_code == 200 else None
+        except (ValueError, RecursionError):
+            data = None
+        encoded = data.get("public_key") if isinstance(data, dict) else None
+        try:
+            key = protocol.unb64(encoded) if isinstance(encoded, str) else b""
+        except ValueError:  # not base64, or not ASCII
+            key = b""
+        if len(key) != 32:
+            raise _BadAnswer(
+                LicenceError(
+                    f"The licence server at {self.server_url} answered GET /v1/public-key with "
+                    f"HTTP {response.status_code} {response.text[:200]!r}, not its public key. "
+                    "Check the server URL: a proxy or a captive portal may be in the way, or it "
+                    "is not an sklicense server."
+                )
+            )
+        return key
+
+    def _checked_server_keys(self) -> dict[str, str]:
+        """``{server URL: base64 key}`` of ``server_keys.json``; empty, with a warning, when the
+        file is malformed (it only holds checks: they are made again)."""
+        path = self._server_keys_path
+        try:
+            data = read_private_json(path)
+            if data is None:
+                return {}
+            checked = data.get("checked") if isinstance(data, dict) else None
+        except MalformedStateError:
+            checked = None
+        if isinstance(checked, dict) and all(isinstance(v, str) for v in checked.values()):
+            return checked
+        log.warning("%s is malformed; the server key is checked again and it is rewritten.", path)
+        return {}
+
+    def _note_server_key(self, *, checked: bool) -> None:
+        """Note the pinned key as the one this server presents, or (``checked=False``) drop the
+        server's entry. A failed write is only warned about: the key is asked again."""
+        with state_lock(self.state_dir, "server_keys"):
+            keys = self._checked_server_keys()
+            if checked:
+                keys[self.server_url] = protocol.b64(self._server_key_raw)
+            elif keys.pop(self.server_url, None) is None:
+                return
+            try:
+                write_private(self._server_keys_path, protocol.canonical_bytes({"checked": keys}))
+            except LicenceError as e:
+                log.warning("%s The server's key is asked again at the next licence request.", e)
 
     def _ask(self, now: int) -> tuple[dict[str, Any], httpx.Response]:
         """Send a licence request stamped ``now``; returns it and the answer, unless that is a
@@ -899,8 +1012,9 @@ class LicenceClient:
                 confirm it) or before the licence's issue.
             LicenceDeniedError: the server refused (``.reason`` is its code).
             LicenceUnavailableError: no valid licence and the server is unreachable.
-            LicenceError: no valid licence and the server's answer is not a verified licence
-                for this request, a state file is malformed, or the client is closed.
+            LicenceError: no valid licence and the server presents another key than the
+                pinned one, or its answer is not a verified licence for this request; a state
+                file is malformed, or the client is closed.
         """
         with self._lock:
             if self._closed:
