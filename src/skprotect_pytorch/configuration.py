@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import skruntime.errors as rt_errors
 from skruntime.config import (
+    CONFIG_FILENAMES,
     LATEST_PLATFORM_VERSION,
     PLATFORMS,
     SUPPORTED_PLATFORM_VERSIONS,
@@ -181,6 +182,18 @@ def load_own(path: Path, signing_key: Ed25519PrivateKey) -> Config:
         ) from pinned_error
 
 
+def check_file_name(path: Path, config: Config) -> None:
+    """A configuration must have its platform's file name: the runtime finds, and checks, each
+    platform's file by its name (:data:`~skruntime.config.CONFIG_FILENAMES`), so a LINUX file
+    renamed to the TXT name (or the reverse) is refused there. Re-signing it would not help."""
+    platform = next((p for p, name in CONFIG_FILENAMES.items() if name == path.name), None)
+    if platform is not None and platform != config.platform:
+        raise ConfigurationError(
+            f"{path} holds a {config.platform} configuration, but its name is the {platform} "
+            "one: restore the files skprotect wrote."
+        )
+
+
 @_under_config_lock
 def add_model(
     config_path: str | os.PathLike[str],
@@ -327,7 +340,8 @@ def migrate_configuration(
     below 2, or one that differs from a version-2 file's, is refused: it would be ignored.
 
     Raises:
-        ConfigurationError: no file, a downgrade, or protected model files missing (all named).
+        ConfigurationError: no file, a downgrade, protected model files missing (all named),
+            or a file named as the other platform's configuration.
         InvalidArgumentError: ``version`` is not a supported platform version.
     """
     path = Path(config_path)
@@ -338,6 +352,7 @@ def migrate_configuration(
             f"(protect_new_model with platform_version={version})."
         )
     config = load_own(path, signing_key)
+    check_file_name(path, config)
     current = config.platform_version
     asked = customer is not None and customer != Customer()
     if asked and version < 2:
@@ -438,7 +453,8 @@ def update_customer(
     """Replace the customer of a platform-version-2 configuration; returns the new config.
 
     Raises:
-        ConfigurationError: no file, or the file is below platform version 2.
+        ConfigurationError: no file, the file is below platform version 2, or it is named as
+            the other platform's configuration.
         InvalidArgumentError: ``customer`` is not a :class:`~skprotect_pytorch.Customer`.
     """
     path = Path(config_path)
@@ -452,6 +468,7 @@ def update_customer(
             "(protect_new_model with platform_version=2)."
         )
     config = load_own(path, signing_key)
+    check_file_name(path, config)
     if config.platform_version != 2:
         raise ConfigurationError(
             f"update_customer needs a platform version 2 configuration, but {path} is at "

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from skruntime.backends.gpu import gpu_float32
 from skruntime.config import (
@@ -52,8 +53,15 @@ from .configuration import (
 )
 from .customer import Customer
 from .errors import ConfigurationError, ExportError, InvalidArgumentError, SkProtectError
-from .export import build_export_options, cuda_available, get_exporter, verify_artifact
-from .export.base import Exporter, check_outputs, first_line, load_artifact
+from .export import build_export_options, cuda_available, get_exporter
+from .export.base import (
+    Exporter,
+    Runner,
+    check_outputs,
+    first_line,
+    load_artifact,
+    signature_dynamic_shapes,
+)
 from .export.options import ExportOptions
 from .formats import ExportFormat, ExportPlatform, FormatGroup
 from .lock import LockedModel, lock_model, once_per_layer
@@ -98,15 +106,32 @@ class ProtectRequest:
 
 
 def _as_numpy(outputs: Any) -> list[np.ndarray]:
-    """Flatten a model's outputs (tensor, tuple, nested tuples) to a list of arrays."""
+    """Flatten a model's outputs (tensor, tuple, list, dict, nested) to a list of arrays: a
+    dict's values in their order, the rule of the exporters' check
+    (:func:`~skprotect_pytorch.export.base.flatten_outputs`) and of the runtime's backends."""
     if isinstance(outputs, torch.Tensor):
         return [outputs.detach().cpu().numpy()]
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
     if isinstance(outputs, list | tuple):
         return [a for o in outputs if o is not None for a in _as_numpy(o)]
     raise ExportError(
-        f"The model returned {type(outputs).__name__}; only tensors and (nested) tuples or lists "
-        "of tensors can be exported. Wrap the model so forward() returns tensors."
+        f"The model returned {type(outputs).__name__}; only tensors and (nested) tuples, lists "
+        "or dicts of tensors can be exported. Wrap the model so forward() returns tensors."
     )
+
+
+def _clones(tensors: Iterable[torch.Tensor], device: str | None = None) -> list[torch.Tensor]:
+    """Copies of ``tensors`` (on ``device``, if given) for a model to run on: a forward that
+    changes its inputs in place (``x.mul_(2)``) must change neither the caller's example
+    tensors nor the inputs of the next run, which would then differ from the first."""
+    return [t.detach().to(device or t.device, copy=True) for t in tensors]
+
+
+def _on_copies(run: Runner) -> Runner:
+    """``run`` fed copies of its input arrays: an artifact reads numpy arrays without copying
+    them (``torch.from_numpy``), so an in-place forward would change the check's inputs."""
+    return lambda inputs: run([np.array(x, copy=True) for x in inputs])
 
 
 def _complete_output_names(options: ExportOptions, count: int) -> ExportOptions:
@@ -128,12 +153,19 @@ def _complete_output_names(options: ExportOptions, count: int) -> ExportOptions:
     return dataclasses.replace(options, output_names=names)
 
 
+def _as_wide(a: np.ndarray) -> np.ndarray:
+    """``a`` in float64 (complex128 if complex), so that any outputs subtract: numpy refuses
+    ``-`` on bools (a model returning ``y > 0``) and wraps unsigned integers around."""
+    return a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
+
+
 def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
+    """The norm of the outputs' differences from ``expected`` relative to ``expected``'s."""
     num = sum(
-        float(np.linalg.norm((o - e).astype(np.float64)))
+        float(np.linalg.norm(_as_wide(o) - _as_wide(e)))
         for o, e in zip(outputs, expected, strict=True)
     )
-    den = sum(float(np.linalg.norm(e.astype(np.float64))) for e in expected) or 1.0
+    den = sum(float(np.linalg.norm(_as_wide(e))) for e in expected) or 1.0
     return num / den
 
 
@@ -172,7 +204,7 @@ def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndar
     input error, said with the inputs it got, not a traceback from inside torch."""
     try:
         with torch.no_grad():
-            outputs = _as_numpy(model(*inputs))
+            outputs = _as_numpy(model(*_clones(inputs)))
     except ExportError:
         raise
     except Exception as err:
@@ -195,11 +227,13 @@ def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndar
 
 
 def _check_other_sizes(
-    reference: nn.Module, request: ProtectRequest, options: ExportOptions
+    reference: nn.Module,
+    request: ProtectRequest,
+    axes: _DynamicAxes,
 ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     """Inputs at other sizes of the dynamic axes and the original's outputs on them, for the
     CPU artifacts to be checked against; an axis the model itself cannot vary is refused."""
-    found = _other_sizes(list(request.input_tensors), options.dynamic_shapes)
+    found = _other_sizes(list(request.input_tensors), axes)
     if found is None:
         return None
     tensors, sizes = found
@@ -216,29 +250,27 @@ def _check_other_sizes(
 
 
 def _other_sizes(
-    inputs: list[torch.Tensor], dynamic_shapes: tuple | None
+    inputs: list[torch.Tensor], axes: _DynamicAxes
 ) -> tuple[list[torch.Tensor], str] | None:
-    """The example inputs with every dynamic axis one longer (or one shorter, at its maximum):
-    the same slices repeated or dropped, so values stay valid; None without dynamic axes.
-    Returns the tensors and a description of the sizes, e.g. ``"batch=3"``."""
+    """The example inputs with every named dynamic axis one longer (or one shorter, at the
+    highest size of its range), axes of one name together: the same slices repeated or
+    dropped, so values stay valid; None without such axes. Returns the tensors and a
+    description of the sizes, e.g. ``"batch=3"``."""
     sizes: dict[str, int] = {}
-    for tensor, dims in zip(inputs, dynamic_shapes or (), strict=False):
-        for axis, dim in (dims or {}).items():
-            name = getattr(dim, "__name__", None)
-            if name is None or name in sizes:
+    for tensor, names in zip(inputs, axes.names, strict=True):
+        for axis, name in names.items():
+            if name not in axes.ranges or name in sizes:  # unnamed, or done
                 continue
-            n, low, high = tensor.shape[axis], getattr(dim, "min", 1), getattr(dim, "max", None)
-            bigger = high is None or not isinstance(high, int) or n + 1 <= high
-            sizes[name] = n + 1 if bigger else n - 1
+            n, (low, high) = tensor.shape[axis], axes.ranges[name]
+            sizes[name] = n + 1 if high is None or n + 1 <= high else n - 1
             if sizes[name] < max(low, 1):
                 del sizes[name]
     if not sizes:
         return None
     resized = []
-    for i, tensor in enumerate(inputs):
-        dims = (dynamic_shapes[i] if i < len(dynamic_shapes) else None) or {}
-        for axis, dim in dims.items():
-            size = sizes.get(getattr(dim, "__name__", ""))
+    for tensor, names in zip(inputs, axes.names, strict=True):
+        for axis, name in names.items():
+            size = sizes.get(name)
             if size is None:
                 continue
             n = tensor.shape[axis]
@@ -259,6 +291,19 @@ def _warn_plaintext(model_name: str, weights: list[PlaintextWeight]) -> None:
     )
     warnings.warn(message, RuntimeWarning, stacklevel=5)
     get_logger().warning(message)
+
+
+def _log_plaintext_buffers(model_name: str, buffers: list[PlaintextWeight]) -> None:
+    """Say (info: most are public tables, such as attention masks) which buffers ship as they
+    are: one holding trained values is as readable as a plaintext weight."""
+    get_logger().info(
+        "%d buffer(s) of '%s' are stored as they are, readable without the key (%s): public "
+        "tables (masks, position encodings) need no key; register trained values as parameters "
+        "of a supported layer instead. ProtectionResult.plaintext_buffers lists them.",
+        len(buffers),
+        model_name,
+        "; ".join(f"{b.name} {tuple(b.shape)}" for b in buffers),
+    )
 
 
 def _selected_formats(request: ProtectRequest, result: ProtectionResult) -> list[ExportFormat]:
@@ -601,25 +646,117 @@ def _warn_left_backup(backup: Path) -> None:
     get_logger().warning(message)
 
 
-def _describe_inputs(options: ExportOptions, tensors: list[torch.Tensor]) -> list[dict]:
+def _describe_inputs(
+    options: ExportOptions, tensors: list[torch.Tensor], axes: _DynamicAxes
+) -> list[dict]:
     """Input names, example shapes, dtypes and named dynamic axes, for the configuration."""
-    described = []
-    for i, (name, t) in enumerate(zip(options.input_names, tensors, strict=True)):
-        dims = (options.dynamic_shapes or [None] * len(tensors))[i] or {}
-        dynamic = {
-            str(axis): getattr(dim, "__name__", str(dim))
-            for axis, dim in dims.items()
-            if dim is not None
+    return [
+        {
+            "name": name,
+            "shape": list(t.shape),
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "dynamic_dims": {str(axis): dim for axis, dim in sorted(dims.items())},
         }
-        described.append(
-            {
-                "name": name,
-                "shape": list(t.shape),
-                "dtype": str(t.dtype).removeprefix("torch."),
-                "dynamic_dims": dynamic,
-            }
+        for name, t, dims in zip(options.input_names, tensors, axes.names, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class _DynamicAxes:
+    """The inputs' dynamic axes: per input, axis -> name (axes of one name have one size), and
+    per name the range of sizes, ``(lowest, highest or None)``. A name without a range is a
+    hint's own (``"DimHint(AUTO)"``, torch.export could not resolve it): it ties nothing."""
+
+    names: list[dict[int, str]]
+    ranges: dict[str, tuple[int, int | None]]
+
+
+def _is_hint(dim: Any) -> bool:
+    """Whether ``dim`` is a ``Dim.AUTO`` / ``Dim.DYNAMIC`` / ``Dim.STATIC`` hint (no name)."""
+    return isinstance(dim, type(torch.export.Dim.AUTO))
+
+
+def _size_range(low: Any, high: Any) -> tuple[int, int | None]:
+    """A ``Dim``'s or torch.export's range as ints; ``None``: no highest size (``int_oo``)."""
+    finite = isinstance(high, int) or getattr(high, "is_Integer", False)
+    return int(low or 0), int(high) if finite else None
+
+
+def _dynamic_axes(
+    model: nn.Module, options: ExportOptions, tensors: list[torch.Tensor]
+) -> _DynamicAxes:
+    """The inputs' dynamic axes, named for the configuration.
+
+    The runtime checks that axes of one name have one size in a call: an AOTInductor package
+    reads one input's size for all of them, so a call where they differ computes garbage or
+    reads past an input's end. A named ``Dim`` is its name; a hint carries none, so torch.export
+    says which symbolic size it became (``"s52"``, the same for axes it found equal, or the
+    name of a named ``Dim`` it equals). An axis torch fixed to its example size is static.
+    """
+    shapes = options.dynamic_shapes or (None,) * len(tensors)
+    specs = [{a: d for a, d in (spec or {}).items() if d is not None} for spec in shapes]
+    named = {
+        d.__name__: _size_range(d.min, d.max)
+        for spec in specs
+        for d in spec.values()
+        if not _is_hint(d)
+    }
+    if not any(_is_hint(d) for spec in specs for d in spec.values()):
+        return _DynamicAxes([{a: d.__name__ for a, d in spec.items()} for spec in specs], named)
+    program = _export_reference(model, options, tensors)
+    if program is None:  # unresolved: the hints' own names, which the runtime ties to nothing
+        static = torch.export.Dim.STATIC
+        names = [
+            {a: getattr(d, "__name__", str(d)) for a, d in spec.items() if d is not static}
+            for spec in specs
+        ]
+        return _DynamicAxes(names, named)
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    sizes = [nodes[name].meta["val"].shape for name in program.graph_signature.user_inputs]
+    aliases = {
+        str(sizes[i][a]): d.__name__
+        for i, spec in enumerate(specs)
+        for a, d in spec.items()
+        if not _is_hint(d)
+    }
+    axes = _DynamicAxes([{} for _ in specs], {})
+    for i, spec in enumerate(specs):
+        for axis, dim in spec.items():
+            size = sizes[i][axis]
+            if is_concrete_int(size):
+                get_logger().info(
+                    "input %d, axis %d (%s): torch.export fixed it to %s, recorded static",
+                    i,
+                    axis,
+                    dim,
+                    size,
+                )
+                continue
+            name = aliases.get(str(size), str(size))
+            axes.names[i][axis] = name
+            limits = program.range_constraints.get(size.node.expr)  # none for an expression
+            axes.ranges[name] = _size_range(limits.lower, limits.upper) if limits else (0, None)
+    return axes
+
+
+def _export_reference(
+    model: nn.Module, options: ExportOptions, tensors: list[torch.Tensor]
+) -> torch.export.ExportedProgram | None:
+    """``model`` exported with ``dynamic_shapes`` (its inputs' sizes, symbolic or fixed, and
+    their ranges), or None when torch.export cannot export it (logged)."""
+    shapes = signature_dynamic_shapes(model, options.export_dynamic_shapes(with_key=False))
+    try:
+        with warnings.catch_warnings():  # the exports before said what there is to say
+            warnings.simplefilter("ignore")
+            return torch.export.export(model, tuple(_clones(tensors)), dynamic_shapes=shapes)
+    except Exception as err:
+        get_logger().warning(
+            "torch.export cannot resolve the Dim.AUTO / Dim.DYNAMIC axes of dynamic_shapes "
+            "(%s): they are recorded unnamed, so the runtime cannot check that the axes torch "
+            "found equal get one size in a call. Give such axes one named Dim instead.",
+            first_line(err),
         )
-    return described
+        return None
 
 
 def _reproduces(
@@ -630,7 +767,7 @@ def _reproduces(
 ) -> bool:
     """Whether the artifact at ``path`` computes every check's outputs from its inputs."""
     try:
-        run = load_artifact(exporter, path, options)
+        run = _on_copies(load_artifact(exporter, path, options))
         for inputs, outputs in checks:
             check_outputs(exporter, path, run, inputs, outputs)
     except SkProtectError:
@@ -678,7 +815,7 @@ def _run_group(
     key_tensor = torch.from_numpy(static_key)
     try:
         with torch.no_grad():
-            eager = _as_numpy(locked.keyed(*request.input_tensors, key_tensor))
+            eager = _as_numpy(locked.keyed(*_clones(request.input_tensors), key_tensor))
     except Exception as err:  # the original ran on these inputs: the lock broke its forward
         raise eager_failure(name, locked.keyed.model, err) from err
     eager_err = _rel_diff(eager, expected)
@@ -691,24 +828,25 @@ def _run_group(
     entries: dict[str, FormatEntry] = {}
     hashes: dict[str, str] = {}
     keyed = locked.keyed.to(device)
-    example = (*(t.to(device) for t in request.input_tensors), key_tensor.to(device))
     # GPU float32 differs from the CPU's by more than the lock's own rounding (other conv
     # algorithms): the GPU group is verified in full float32 against the original on the GPU.
     with gpu_float32() if device == "cuda" else contextlib.nullcontext():
         if device == "cuda":
             with torch.no_grad():
-                expected = _as_numpy(copy.deepcopy(reference).to(device)(*example[:-1]))
+                on_gpu = _clones(request.input_tensors, device)
+                expected = _as_numpy(copy.deepcopy(reference).to(device)(*on_gpu))
         for fmt in formats:
             exporter = get_exporter(fmt)
             path = staging.path(f"{group_dir}/{name}{exporter.extension}")
             start = time.perf_counter()
             with step(f"Exporting '{name}' to {fmt.name}"):
+                example = (*_clones(request.input_tensors, device), key_tensor.to(device))
                 report = exporter.export(keyed, example, path, options, with_key=True)
             checks = [([*inputs_np, static_key], expected)]
             if other is not None:  # the dynamic axes: the artifact at another size too
                 checks.append(([*other[0], static_key], other[1]))
             with step(f"Verifying {fmt.name} artifact"):
-                run = load_artifact(exporter, path, options)  # once: an AOTI load is slow
+                run = _on_copies(load_artifact(exporter, path, options))  # once: AOTI is slow
                 err = check_outputs(exporter, path, run, *checks[0])
                 no_key = _rel_diff(run([*inputs_np, zero_key]), expected)
                 for inputs, outputs in checks[1:]:
@@ -773,9 +911,10 @@ def _export_originals(
         )
         with step(f"Exporting the original (unlocked) model to {fmt.name}"):
             module = reference.to(device)
-            example = tuple(t.to(device) for t in request.input_tensors)
+            example = tuple(_clones(request.input_tensors, device))
             exporter.export(module, example, path, options, with_key=False)
-            verify_artifact(exporter, path, options, inputs_np, expected)
+            run = _on_copies(load_artifact(exporter, path, options))
+            check_outputs(exporter, path, run, inputs_np, expected)
             reference.to("cpu")
         result.original_files.append(staging.final(path))
 
@@ -863,7 +1002,8 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     reference = copy_model(request.model).eval()
     expected = _run_reference(reference, request.input_tensors)
     options = _complete_output_names(options, len(expected))
-    other_sizes = _check_other_sizes(reference, request, options)
+    axes = _dynamic_axes(reference, options, request.input_tensors)
+    other_sizes = _check_other_sizes(reference, request, axes)
     logger.info(
         "protecting '%s': inputs %s, formats %s, platform %s v%d",
         request.model_name,
@@ -908,6 +1048,9 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             if locked.plaintext and not result.plaintext_weights:  # once, not per group
                 _warn_plaintext(request.model_name, locked.plaintext)
             result.plaintext_weights = locked.plaintext
+            if locked.plaintext_buffers and not result.plaintext_buffers:  # once, not per group
+                _log_plaintext_buffers(request.model_name, locked.plaintext_buffers)
+            result.plaintext_buffers = locked.plaintext_buffers
             key_length = locked.layout.length
             key_paths = write_platform_keys(
                 request.platform,
@@ -934,7 +1077,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             _export_originals(request, formats, reference, options, expected, staging, result)
         entry = ModelEntry(
             key_epoch=KEY_EPOCH,
-            inputs=_describe_inputs(options, request.input_tensors),
+            inputs=_describe_inputs(options, request.input_tensors, axes),
             outputs=[{"name": n} for n in options.output_names],
             key={"name": options.key_name, "length": key_length},
             formats=format_entries,

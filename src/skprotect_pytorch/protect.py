@@ -13,6 +13,7 @@ and :mod:`skprotect_pytorch.configuration`.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from .pipeline import ProtectRequest, run_protection
 from .result import ProtectionResult
 from .state import ProtectionState
 
-default_onnx_params: dict[str, Any] = dict(DEFAULT_ONNX_PARAMS)
+default_onnx_params: dict[str, Any] = copy.deepcopy(dict(DEFAULT_ONNX_PARAMS))
 """Default ``onnx_params``: ``input_names=["input.1"]``, ``output_names=["output.1"]``."""
 
 inductor_configs: dict[str, Any] = {}
@@ -69,6 +70,17 @@ def _check_model_name(value: Any) -> str:
             f"model_name {value!r} is the name of a configuration file in outputs/<application>/ "
             f"({', '.join(CONFIG_FILENAMES.values())}), where the model's folder would go. "
             "Choose another model name."
+        )
+    return value
+
+
+def _check_platform(value: Any) -> ExportPlatform:
+    """``value`` as the one platform of a configuration (a string such as ``"TXT"`` has no
+    ``.value`` and would fail with an AttributeError from inside the call)."""
+    if not isinstance(value, ExportPlatform):
+        raise InvalidArgumentError(
+            "deployment_platform must be a single SkProtectorPyTorch.ExportPlatform value, but "
+            f"got {value!r}."
         )
     return value
 
@@ -130,7 +142,7 @@ class SkProtectorPyTorch:
 
     def config_path(self, deployment_platform: ExportPlatform) -> Path:
         """Path of the configuration file of ``deployment_platform``."""
-        return self.outputs_dir / CONFIG_FILENAMES[deployment_platform.value]
+        return self.outputs_dir / CONFIG_FILENAMES[_check_platform(deployment_platform).value]
 
     def _existing_config(self, platform: ExportPlatform, what: str) -> Path:
         """The configuration file of ``platform``; when it is missing but the other platform's
@@ -247,12 +259,7 @@ class SkProtectorPyTorch:
                 "model_export_formats must be SkProtectorPyTorch.ExportFormat values combined with "
                 f"'|', but got {formats!r}."
             )
-        platform = a["deployment_platform"]
-        if not isinstance(platform, ExportPlatform):
-            raise InvalidArgumentError(
-                "deployment_platform must be SkProtectorPyTorch.ExportPlatform.TXT or .LINUX, but "
-                f"got {platform!r}."
-            )
+        platform = _check_platform(a["deployment_platform"])
         # before the export: 2.0 or numpy's 2 compare equal to 2 but are refused at the write
         version = 2 if a["platform_version"] is None else check_version(a["platform_version"])
         customer = a["customer"] if a["customer"] is not None else Customer()
@@ -313,11 +320,7 @@ class SkProtectorPyTorch:
         Version 0 → 1 hashes the protected model files found in ``outputs/<app>/``; 1 → 2 adds
         ``customer``. Returns the configuration path.
         """
-        if not isinstance(deployment_platform, ExportPlatform):
-            raise InvalidArgumentError(
-                "deployment_platform must be a single SkProtectorPyTorch.ExportPlatform value, "
-                f"but got {deployment_platform!r}."
-            )
+        _check_platform(deployment_platform)
         if isinstance(version, bool) or not isinstance(version, int):
             raise InvalidArgumentError(f"version must be an int, but got {version!r}.")
         if customer is not None and not isinstance(customer, Customer):
@@ -342,11 +345,7 @@ class SkProtectorPyTorch:
             raise InvalidArgumentError(
                 f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
             )
-        if not isinstance(deployment_platform, ExportPlatform):
-            raise InvalidArgumentError(
-                "deployment_platform must be a single SkProtectorPyTorch.ExportPlatform value, "
-                f"but got {deployment_platform!r}."
-            )
+        _check_platform(deployment_platform)
         path = self._existing_config(deployment_platform, "update_customer")
         with file_log(self.log_path):
             _update_customer(path, customer, signing_key=self.state.signing_key)

@@ -43,6 +43,9 @@ class ProtectionResult:
     folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)
     plaintext_weights: list[PlaintextWeight] = field(default_factory=list)
     """Weight tensors outside every locked layer: written to the artifacts as they are."""
+    plaintext_buffers: list[PlaintextWeight] = field(default_factory=list)
+    """Floating-point buffers of two or more dimensions outside every locked layer, written to
+    the artifacts as they are: public tables (masks, position encodings) or trained values."""
     seconds: float = 0.0
 
     @property
@@ -79,6 +82,12 @@ class ProtectionResult:
             lines += [
                 f"    - {w.name} {tuple(w.shape)}: {w.reason}" for w in self.plaintext_weights
             ]
+        if self.plaintext_buffers:
+            lines.append(
+                f"  buffers stored as they are: {len(self.plaintext_buffers)} (readable without "
+                "the key: fine for masks or position tables, not for trained values)"
+            )
+            lines += [f"    - {b.name} {tuple(b.shape)}" for b in self.plaintext_buffers]
         if self.folded_batchnorms:
             folded = ", ".join(f"{bn}→{conv}" for conv, bn in self.folded_batchnorms)
             lines.append(f"  BatchNorms folded: {folded}")
