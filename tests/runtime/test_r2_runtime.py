@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,7 @@ def test_a_lazily_negated_tensor_is_read_with_its_values(outputs: Path, fmt: str
 
 
 def test_an_unreadable_kek_file_is_one_key_error_line(
-    outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    outputs: Path, tmp_path: Path, deny_reading: Callable[[Path], None]
 ) -> None:
     """A --kek file without read permission ended as "error: [Errno 13] Permission denied:
     'kek'" and exit code 1, not as a key error saying what to do (tests run as root, who reads
@@ -188,14 +189,7 @@ def test_an_unreadable_kek_file_is_one_key_error_line(
     kek = tmp_path / "kek"
     kek.write_bytes(bytes(32))
     np.save(tmp_path / "x.npy", X)
-    read_bytes = Path.read_bytes
-
-    def denied(path: Path) -> bytes:
-        if path == kek:
-            raise PermissionError(13, "Permission denied", str(path))
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    deny_reading(kek)
     args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy"), "--kek", str(kek)]
     result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 4

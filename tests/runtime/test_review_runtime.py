@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -230,19 +231,11 @@ def test_numpy_numbers_are_valid_overlaps(outputs: Path, tmp_path: Path) -> None
 
 
 def test_an_unreadable_server_public_key_file_is_one_usage_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, deny_reading: Callable[[Path], None]
 ) -> None:
-    """Root reads every file, so the permission error is simulated."""
     key = tmp_path / "server.pub"
     key.write_bytes(bytes(32))
-    real = Path.read_bytes
-
-    def denied(self: Path) -> bytes:
-        if self == key:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
-
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    deny_reading(key)
     with pytest.raises(_CliError, match="cannot be read: Permission denied") as info:
         _read_server_public_key(str(key))
     assert info.value.code == 2
