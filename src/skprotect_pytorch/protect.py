@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from skruntime.backends.inductor import row_major
 from skruntime.config import CONFIG_FILENAMES
 
 from . import legacy
@@ -292,7 +293,8 @@ class SkProtectorPyTorch:
         return ProtectRequest(
             model=a["model"],
             model_name=a["model_name"],
-            input_tensors=list(tensors),
+            # the strides the runtime feeds (row_major): AOTInductor compiles for the example's
+            input_tensors=[row_major(t) for t in tensors],
             layer_filter=layer_filter,
             formats=formats,
             platform=platform,

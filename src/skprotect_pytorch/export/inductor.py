@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, input_specs
+from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, input_specs, row_major
 
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
@@ -242,7 +242,9 @@ class InductorExporter(DeviceExporter):
         def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
             names = options.names(with_key=len(specs) > len(options.input_names))
             check_inputs(inputs, specs, names, name, options.key_name, error=InvalidArgumentError)
-            tensors = [torch.from_numpy(np.ascontiguousarray(x)).to(device) for x in inputs]
+            tensors = [
+                row_major(torch.from_numpy(np.ascontiguousarray(x)).to(device)) for x in inputs
+            ]
             with torch.no_grad():
                 out = compiled(*tensors)
             return to_numpy(flatten_outputs(out))

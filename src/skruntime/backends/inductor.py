@@ -168,6 +168,27 @@ def apply_threads(options: BackendOptions) -> None:
             ) from None
 
 
+def row_major(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with the strides of a new row-major tensor of its shape (a copy only where
+    they differ).
+
+    ``contiguous()`` is not enough: a tensor with a size-1 axis is contiguous whatever that
+    axis' stride, and aten chooses a convolution's output layout from the strides, size-1
+    axes included. A 1-channel image batch sliced from a transposed array (strides
+    ``(64, 1, 8, 1)``) makes a conv return channels_last: AOTInductor compiles its code for
+    the layout it saw at export and reads any other as garbage (a quickstart package: error
+    26 on the logits for the same values with row-major strides). Export examples and call
+    inputs both go through here, so the two always agree."""
+    if tensor.layout != torch.strided or tensor.stride() == _row_major_strides(tensor.shape):
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def _row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """The strides torch gives a new tensor of ``shape`` (size-1 axes included)."""
+    return torch.empty(tuple(shape), device="meta").stride()
+
+
 class TensorIO:
     """numpy or torch tensors in → tensors on ``device``; outputs back in the callers' kind."""
 
@@ -175,9 +196,10 @@ class TensorIO:
         self.device = torch.device(device)
 
     def to_device(self, inputs: Sequence[Any]) -> list[torch.Tensor]:
-        """Contiguous (row-major) tensors on the device. AOTInductor's compiled code indexes its
-        inputs as row-major whatever their strides say, so a channels_last or permuted tensor
-        would be read in the wrong order; ``contiguous()`` is free for tensors that already are."""
+        """Row-major tensors on the device (:func:`row_major`). AOTInductor's compiled code
+        indexes its inputs as row-major whatever their strides say, so a channels_last or
+        permuted tensor would be read in the wrong order; tensors that already are row-major
+        are not copied."""
         tensors = []
         for x in inputs:
             if not isinstance(x, torch.Tensor):
@@ -185,7 +207,7 @@ class TensorIO:
                 if not (x.flags.c_contiguous and x.flags.writeable):
                     x = np.array(x, order="C")  # torch.from_numpy wants a writeable buffer
                 x = torch.from_numpy(x)
-            tensors.append(x.to(self.device).contiguous())
+            tensors.append(row_major(x.to(self.device)))
         return tensors
 
     def outputs(self, out: Any, inputs: Sequence[Any]) -> list[Any]:
