@@ -49,8 +49,8 @@ def _refusal(name: str, where: str) -> Exception:
 def refuse_kwargs(kwargs: dict[str, Any], where: str) -> None:
     """Refuse the constructor's extra keyword arguments: the renamed ones belong to the
     protect calls, and taking them here would drop them with a misleading warning."""
-    for name in kwargs:
-        raise _refusal(name, where)
+    if kwargs:
+        raise _refusal(next(iter(kwargs)), where)
 
 
 def translate_kwargs(

@@ -185,8 +185,14 @@ def row_major(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    """The strides torch gives a new tensor of ``shape`` (size-1 axes included)."""
-    return torch.empty(tuple(shape), device="meta").stride()
+    """The strides torch gives a new tensor of ``shape`` (size-1 axes included; an empty axis
+    counts as 1, as in torch), computed without making a tensor: this runs on every call."""
+    strides = []
+    step = 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 class TensorIO:
