@@ -300,9 +300,18 @@ def test_documented_defaults_match_the_code(entry: Entry) -> None:
     code = params(entry.obj)
     stated = [(n, d) for n, d in heading_signature(heading) or [] if d is not None]
     stated += [(n, row[0]) for n, row in parameter_table(body).items() if row]
+    # a row of a section shared by two methods may be the other's own parameter (rotate_keys,
+    # protect_updated_model's only): checked against that method, not this one
+    others = {
+        n
+        for e in ENTRIES
+        if not e.name and (e.page, e.heading) == (entry.page, entry.heading)
+        for n in params(e.obj)
+    }
     problems = [
         problem
         for name, text in stated
+        if name in code or name not in others
         if (problem := default_problem(name, text, code[name].default if name in code else EMPTY))
     ]
     assert not problems, f"docs/{entry.page} section {heading}: {problems}"

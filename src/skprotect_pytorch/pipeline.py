@@ -76,9 +76,6 @@ from .result import FormatResult, ProtectionResult
 from .shared_files import OtherPlatform, warn_plain_keys_beside_linux, warn_untracked_files
 from .state import ProtectionState
 
-KEY_EPOCH = 0
-"""Keys are derived per (model, format group, epoch); epoch rotation is not exposed yet."""
-
 
 @dataclass
 class ProtectRequest:
@@ -103,6 +100,7 @@ class ProtectRequest:
     quantize_compatibility: bool
     lock_preset: str
     test_key: bool
+    rotate_keys: bool
 
 
 def _as_numpy(outputs: Any) -> list[np.ndarray]:
@@ -394,6 +392,43 @@ def _precheck_config(request: ProtectRequest, signing_key: Ed25519PrivateKey) ->
             request.platform_version,
         )
     return config
+
+
+def _deployed_epoch(config: Config | None, model_name: str) -> int | None:
+    """The key epoch ``config`` records for ``model_name``; None when it does not have it."""
+    entry = config.models.get(model_name) if config is not None else None
+    return entry.key_epoch if entry is not None else None
+
+
+def _other_config(request: ProtectRequest) -> Config | None:
+    """The other platform's configuration, read (not verified: it only raises the epoch) for
+    its key epochs; None when it is missing or unreadable (its own runtime reports that)."""
+    other = next(p for p in ExportPlatform if p is not request.platform)
+    path = request.outputs_dir / CONFIG_FILENAMES[other.value]
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path)
+    except SkProtectError:
+        return None
+
+
+def _key_epoch(request: ProtectRequest, config: Config | None) -> int:
+    """The key epoch of this protection: the newest one the model is deployed with, one more
+    with ``rotate_keys``. An update without it keeps its deployed keys (reproducible), and never
+    goes back to a key that a rotation replaced. Both platforms count: they derive a group's
+    key alike and share its model files, so a model protected for one platform after a rotation
+    on the other takes the rotated keys, not the replaced (possibly leaked) ones."""
+    epochs = [_deployed_epoch(c, request.model_name) for c in (config, _other_config(request))]
+    epoch = max((e for e in epochs if e is not None), default=0)
+    if request.rotate_keys:
+        epoch += 1
+        get_logger().info(
+            "rotate_keys: new keys for every format group of '%s', key epoch %d",
+            request.model_name,
+            epoch,
+        )
+    return epoch
 
 
 def _refuse_dropping_deployed(
@@ -690,8 +725,10 @@ def _dynamic_axes(
     The runtime checks that axes of one name have one size in a call: an AOTInductor package
     reads one input's size for all of them, so a call where they differ computes garbage or
     reads past an input's end. A named ``Dim`` is its name; a hint carries none, so torch.export
-    says which symbolic size it became (``"s52"``, the same for axes it found equal, or the
-    name of a named ``Dim`` it equals). An axis torch fixed to its example size is static.
+    says which symbolic size it became: the name of a named ``Dim`` it equals, else a symbol
+    (``s52``, the same for the axes it found equal), recorded under the first axis that has it,
+    e.g. ``"x.shape[0]"``, which the runtime's messages can show. An axis torch fixed to its
+    example size is static.
     """
     shapes = options.dynamic_shapes or (None,) * len(tensors)
     specs = [{a: d for a, d in (spec or {}).items() if d is not None} for spec in shapes]
@@ -713,7 +750,8 @@ def _dynamic_axes(
         return _DynamicAxes(names, named)
     nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     sizes = [nodes[name].meta["val"].shape for name in program.graph_signature.user_inputs]
-    aliases = {
+    # symbolic size -> its recorded name: a named Dim's, else the first axis's that has it
+    size_names = {
         str(sizes[i][a]): d.__name__
         for i, spec in enumerate(specs)
         for a, d in spec.items()
@@ -721,7 +759,7 @@ def _dynamic_axes(
     }
     axes = _DynamicAxes([{} for _ in specs], {})
     for i, spec in enumerate(specs):
-        for axis, dim in spec.items():
+        for axis, dim in sorted(spec.items()):
             size = sizes[i][axis]
             if is_concrete_int(size):
                 get_logger().info(
@@ -732,7 +770,8 @@ def _dynamic_axes(
                     size,
                 )
                 continue
-            name = aliases.get(str(size), str(size))
+            # not an identifier, so never a named Dim's name
+            name = size_names.setdefault(str(size), f"{options.input_names[i]}.shape[{axis}]")
             axes.names[i][axis] = name
             limits = program.range_constraints.get(size.node.expr)  # none for an expression
             axes.ranges[name] = _size_range(limits.lower, limits.upper) if limits else (0, None)
@@ -796,7 +835,7 @@ def _run_group(
         locked = lock_model(
             reference,
             layer_filter=layer_filter,
-            secret_rng=state.key_rng(name, group.value, KEY_EPOCH),
+            secret_rng=state.key_rng(name, group.value, result.key_epoch),
             settings=LockSettings.preset(
                 request.lock_preset, quantize_compatibility=request.quantize_compatibility
             ),
@@ -995,6 +1034,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         platform=request.platform.value,
         platform_version=request.platform_version,
         config_path=request.config_path,
+        key_epoch=_key_epoch(request, config),
     )
     formats = _selected_formats(request, result)
     _refuse_dropping_deployed(request, config, result)
@@ -1060,7 +1100,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
                 model_hashes=hashes,
                 test_key=request.test_key,
                 state=state,
-                key_epoch=KEY_EPOCH,
+                key_epoch=result.key_epoch,
                 also_unlocks=(
                     other_platform.hashes_beside(request.model_name, group.value)
                     if other_platform is not None
@@ -1076,7 +1116,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         if request.save_original:
             _export_originals(request, formats, reference, options, expected, staging, result)
         entry = ModelEntry(
-            key_epoch=KEY_EPOCH,
+            key_epoch=result.key_epoch,
             inputs=_describe_inputs(options, request.input_tensors, axes),
             outputs=[{"name": n} for n in options.output_names],
             key={"name": options.key_name, "length": key_length},

@@ -210,11 +210,14 @@ class SkProtectorPyTorch:
         customer: Customer | None = Customer(),  # noqa: B008 (immutable dataclass)
         *,
         lock_preset: str | None = DEFAULT_PRESET,
+        rotate_keys: bool = False,
         **legacy_kwargs: Any,
     ) -> ProtectionResult:
         """Protect a new version of a deployed model and replace its configuration entry.
 
-        ``model_name`` must already be in the configuration. See docs/api.md.
+        ``model_name`` must already be in the configuration. ``rotate_keys=True`` draws new
+        keys (the next key epoch), so that a leaked key of the deployed version unlocks none
+        of the new files. See docs/api.md.
         """
         return self._protect(locals(), replace=True)
 
@@ -279,6 +282,9 @@ class SkProtectorPyTorch:
             if not isinstance(value, bool | None):
                 raise InvalidArgumentError(f"{flag} must be a bool, but got {value!r}.")
             flags[flag] = bool(value)
+        rotate_keys = a.get("rotate_keys", False)  # protect_updated_model's only
+        if not isinstance(rotate_keys, bool):
+            raise InvalidArgumentError(f"rotate_keys must be a bool, but got {rotate_keys!r}.")
         preset = DEFAULT_PRESET if a["lock_preset"] is None else a["lock_preset"]
         if not isinstance(preset, str) or preset not in LOCK_PRESETS:
             raise InvalidArgumentError(
@@ -308,6 +314,7 @@ class SkProtectorPyTorch:
             outputs_dir=self.outputs_dir,
             config_path=self.config_path(platform),
             lock_preset=preset,
+            rotate_keys=rotate_keys,
             **flags,
         )
 

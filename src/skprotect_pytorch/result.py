@@ -35,6 +35,9 @@ class ProtectionResult:
     platform: str
     platform_version: int
     config_path: Path
+    key_epoch: int = 0
+    """The key epoch the keys were drawn for (recorded in the configuration entry): 0 at first,
+    one more with each ``protect_updated_model(..., rotate_keys=True)``."""
     formats: dict[str, FormatResult] = field(default_factory=dict)
     skipped_formats: dict[str, str] = field(default_factory=dict)
     key_files: list[Path] = field(default_factory=list)
@@ -71,6 +74,7 @@ class ProtectionResult:
             f"  output folder : {self.output_dir}",
             f"  configuration : {self.config_path} (platform {self.platform}, "
             f"version {self.platform_version})",
+            f"  key epoch     : {self.key_epoch}",
             f"  layers locked : {len(self.locked_layers)}, skipped: {len(self.skipped_layers)}",
         ]
         lines += [f"    - {d.name} ({d.layer_type}): {d.reason}" for d in self.skipped_layers]
