@@ -380,6 +380,55 @@ def check_outputs(
     return worst
 
 
+class InputsCopied(nn.Module):
+    """``module`` run on copies of the inputs (by position) that its forward changes in place.
+
+    A traced or compiled artifact gets its inputs without a copy (the runtime wraps the caller's
+    numpy arrays with ``torch.from_numpy``), so ``x.mul_(2)`` in ``forward`` would change the
+    caller's arrays; the copies are exported only for the inputs that need them."""
+
+    def __init__(self, module: nn.Module, copied: Sequence[int]) -> None:
+        super().__init__()
+        self.module = module
+        self.copied = frozenset(copied)
+
+    def forward(self, *inputs: Tensor) -> Any:
+        return self.module(*(x.clone() if i in self.copied else x for i, x in enumerate(inputs)))
+
+
+def mutated_inputs(module: nn.Module, args: Sequence[Tensor]) -> list[int]:
+    """Positions of the inputs that ``module``'s forward changes in place, found by one run on
+    copies: a tensor's version counter counts every in-place op on it or its views, even one
+    that leaves the values as they were (``x.clamp_(0)`` on positive examples)."""
+    copies = [a.detach().clone() for a in args]
+    versions = [c._version for c in copies]
+    try:
+        with torch.no_grad():
+            module(*copies)
+    except Exception as err:
+        raise ExportError(
+            f"The model failed on copies of its example inputs ({first_line(err)}). Check that "
+            "it runs with input_tensors."
+        ) from err
+    return [i for i, (c, v) in enumerate(zip(copies, versions, strict=True)) if c._version != v]
+
+
+def without_input_mutation(
+    module: nn.Module, args: Sequence[Tensor], names: Sequence[str]
+) -> tuple[nn.Module, list[str]]:
+    """``module``, wrapped in :class:`InputsCopied` when its forward changes inputs in place,
+    and the report note that says so (none otherwise: other models export unchanged)."""
+    mutated = mutated_inputs(module, args)
+    if not mutated:
+        return module, []
+    listed = ", ".join(repr(names[i]) if i < len(names) else f"#{i}" for i in mutated)
+    note = (
+        f"forward() changes input(s) {listed} in place: the artifact copies them first, so that "
+        "it never changes the caller's arrays"
+    )
+    return InputsCopied(module, mutated).eval(), [note]
+
+
 class DeviceExporter:
     """Shared set-up of the torch exporters that come as a CPU and a GPU format."""
 
@@ -396,13 +445,16 @@ class DeviceExporter:
         path: Path,
         options: ExportOptions,
         with_key: bool,
-    ) -> tuple[nn.Module, tuple[Tensor, ...], Path]:
-        """Check the inputs, move a copy to the GPU when needed, create the folder."""
+    ) -> tuple[nn.Module, tuple[Tensor, ...], Path, list[str]]:
+        """Check the inputs, move a copy to the GPU when needed, copy the inputs that forward
+        changes in place (:func:`without_input_mutation`), create the folder; the last item is
+        the report's notes."""
         args = check_example_inputs(example_inputs, options, with_key)
         if self.device == "cuda":
             require_cuda(self.fmt)
             module = copy.deepcopy(module).to(self.device)  # never move the caller's model
             args = tuple(a.to(self.device) for a in args)
+        module, notes = without_input_mutation(module.eval(), args, options.names(with_key))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return module, args, path
+        return module, args, path, notes

@@ -143,13 +143,13 @@ class InductorExporter(DeviceExporter):
         *,
         with_key: bool,
     ) -> ExportReport:
-        module, args, path = self.prepare(module, example_inputs, path, options, with_key)
-        configs = self.compile_configs(options, args, with_key)
         start = time.perf_counter()
+        module, args, path, notes = self.prepare(module, example_inputs, path, options, with_key)
+        configs = self.compile_configs(options, args, with_key)
         try:
             shapes = signature_dynamic_shapes(module, options.export_dynamic_shapes(with_key))
             with isolated_traces(), quiet_upstream_warnings(), torch.no_grad():
-                program = torch.export.export(module.eval(), args, dynamic_shapes=shapes)
+                program = torch.export.export(module, args, dynamic_shapes=shapes)
         except Exception as err:
             raise ExportError(
                 f"torch.export failed ({first_line(err)}). Check that the model runs with "
@@ -184,7 +184,9 @@ class InductorExporter(DeviceExporter):
             exporter=f"torch.export + aoti_compile_and_package ({self.device})",
             seconds=end - start,
             notes=[
-                f"torch.export {exported - start:.1f} s, AOTInductor compile {end - exported:.1f} s"
+                *notes,
+                f"torch.export {exported - start:.1f} s, AOTInductor compile "
+                f"{end - exported:.1f} s",
             ],
         )
 

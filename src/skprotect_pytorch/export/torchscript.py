@@ -84,10 +84,8 @@ class TorchScriptExporter(DeviceExporter):
         *,
         with_key: bool,
     ) -> ExportReport:
-        module, args, path = self.prepare(module, example_inputs, path, options, with_key)
-        notes: list[str] = []
         start = time.perf_counter()
-        module = module.eval()
+        module, args, path, notes = self.prepare(module, example_inputs, path, options, with_key)
         try:
             with torch.no_grad(), collect_warnings(notes, torch.jit.TracerWarning) as caught:
                 traced = torch.jit.trace(module, args, check_trace=False, strict=False)
