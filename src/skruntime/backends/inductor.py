@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +195,20 @@ def _row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-class TensorIO:
-    """numpy or torch tensors in → tensors on ``device``; outputs back in the callers' kind."""
+def _storage(tensor: torch.Tensor) -> int:
+    """The address of the memory ``tensor`` (or the tensor it is a view of) lives in."""
+    return tensor.untyped_storage().data_ptr()
 
-    def __init__(self, device: str) -> None:
+
+class TensorIO:
+    """numpy or torch tensors in → tensors on ``device``; outputs back in the callers' kind.
+
+    ``owned``: the tensors the model keeps between calls (a TorchScript module's constants),
+    which an output may be, or be a view of."""
+
+    def __init__(self, device: str, owned: Iterable[torch.Tensor] = ()) -> None:
         self.device = torch.device(device)
+        self._owned = frozenset(_storage(t) for t in owned if t.layout == torch.strided)
 
     def to_device(self, inputs: Sequence[Any]) -> list[torch.Tensor]:
         """Row-major tensors on the device (:func:`row_major`). AOTInductor's compiled code
@@ -216,14 +225,21 @@ class TensorIO:
             tensors.append(row_major(x.to(self.device)))
         return tensors
 
-    def outputs(self, out: Any, inputs: Sequence[Any]) -> list[Any]:
+    def outputs(self, out: Any, inputs: Sequence[Any], fed: Sequence[torch.Tensor]) -> list[Any]:
         """Flatten tuple/list/dict outputs; numpy unless the first input is a torch tensor.
+
+        ``fed``: the tensors the model ran on (:meth:`to_device`). An output that shares memory
+        with one of them (``return x``, ``x[:, :2]``: the caller's own array on the CPU) or with
+        a tensor the model keeps (a constant returned as is) is copied, so that a caller who
+        writes to its outputs changes neither its inputs nor the next call's outputs (as with
+        onnxruntime); the other outputs are not copied.
 
         Tensors come back as ordinary tensors: the backends run under ``inference_mode`` (the
         fastest mode: no version counters), whose inference tensors callers could neither modify
         in place nor use with autograd, so those are cloned outside it (a copy of the outputs
         only; numpy outputs need none)."""
-        flat = _flatten(out)
+        shared = self._owned.union(_storage(t) for t in fed)
+        flat = [t.clone() if _storage(t) in shared else t for t in _flatten(out)]
         first = inputs[0] if inputs else None
         if isinstance(first, torch.Tensor):
             moved = (t.to(first.device) for t in flat)
@@ -384,7 +400,7 @@ class InductorBackend:
                 f"The AOTInductor model {self._path.name} failed ({backend_failure(err)}). "
                 "Check the input shapes and dtypes against the model's inputs."
             ) from None
-        return self._io.outputs(out, inputs)
+        return self._io.outputs(out, inputs, tensors)
 
     def close(self) -> None:
         self._package = None

@@ -33,6 +33,18 @@ __all__ = ["TorchScriptBackend"]
 _SESSION_OPTIONS = ("optimize_for_inference",)
 
 
+def _held_tensors(model: torch.jit.ScriptModule) -> list[torch.Tensor]:
+    """The tensors a TorchScript module keeps between calls: its parameters and buffers, and
+    the constants a frozen graph holds them as. A model may return one as is (a buffer of
+    anchors), and ``.numpy()`` would hand the caller the model's own memory."""
+    constants = [
+        node.output().toIValue()
+        for node in model.graph.findAllNodes("prim::Constant", recurse=True)
+        if node.output().type().kind() == "TensorType"
+    ]
+    return [*model.parameters(), *model.buffers(), *constants]
+
+
 class TorchScriptBackend:
     """One ``torch.jit.load``-ed module, run under ``torch.inference_mode()``.
 
@@ -86,7 +98,7 @@ class TorchScriptBackend:
             self._specs, self.input_names, self._key_name = parse_specs(text, self._path.name)
         else:
             self.input_names = [a.name for a in model.forward.schema.arguments[1:]]  # not self
-        self._io = TensorIO(self.device)
+        self._io = TensorIO(self.device, owned=_held_tensors(model))
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         model = self._model
@@ -106,7 +118,7 @@ class TorchScriptBackend:
                 f"The TorchScript model {name} failed ({backend_failure(err)}). Check the input "
                 f"count, shapes and dtypes: it takes {', '.join(self.input_names)}."
             ) from None
-        return self._io.outputs(out, inputs)
+        return self._io.outputs(out, inputs, tensors)
 
     def close(self) -> None:
         self._model = None
