@@ -36,7 +36,8 @@ last input.
     params_sha256   (optional) hex SHA-256 of the canonical JSON (sorted keys, no spaces) of
                     every other field: an edited or corrupted JSON (a changed share B would
                     otherwise combine into a wrong key and wrong outputs) is refused; files
-                    written before this field existed are accepted
+                    written before this field existed are accepted if they hold only the
+                    fields listed here
     perm_offsets    (static=false only) [int], one per index: share B of the permutations
     u_exponents     (static=false only) [int], one per scale
     v_exponents     (static=false only) [int], one per scale
@@ -74,6 +75,22 @@ _FLOAT32_EXACT = 1 << 24
 _MAX_TXT_BYTES = MAX_KEY_LENGTH * 48
 _MAX_JSON_BYTES = MAX_KEY_LENGTH * 24 + (1 << 20)
 _SHARE_EXPONENT = 16
+#: Every field a key-params file may hold (see the module docstring).
+_PARAMS_FIELDS = frozenset(
+    {
+        "format",
+        "version",
+        "model",
+        "static",
+        "spec",
+        "txt_sha256",
+        "model_sha256",
+        "params_sha256",
+        "perm_offsets",
+        "u_exponents",
+        "v_exponents",
+    }
+)
 _SESSION_EXPONENT = 8
 _SESSION_MAX_T = 63
 
@@ -437,6 +454,26 @@ def _int_array(params: dict[str, Any], name: str, size: int, path: Path) -> np.n
         raise _corrupt(path, f"{name} holds out-of-range integers") from None
 
 
+def _check_seal(params: dict[str, Any], path: Path) -> None:
+    """Refuse a key-params file whose content does not match its ``params_sha256``. A file
+    without one (written before the seal existed) may hold only the known fields: a corrupted
+    field name (``"p`rams_sha256"``) would otherwise switch the seal off, and a corrupted share
+    would then combine into a wrong key and wrong outputs without an error."""
+    if "params_sha256" not in params:
+        unknown = sorted(set(params) - _PARAMS_FIELDS)
+        if unknown:
+            raise _corrupt(
+                path, f"it has no params_sha256 but unknown field(s) {', '.join(unknown)}"
+            )
+        return
+    try:
+        sealed = params["params_sha256"] == _params_sha256(params)
+    except ValueError:  # NaN or Infinity, which no writer puts there
+        sealed = False
+    if not sealed:
+        raise _corrupt(path, "its content does not match its params_sha256 (edited?)")
+
+
 def read_txt_keys(
     folder: str | os.PathLike[str], model_name: str, model_sha256: str | None = None
 ) -> KeyMaterial:
@@ -460,13 +497,7 @@ def read_txt_keys(
         raise _corrupt(json_path, "it is not valid UTF-8 JSON") from None
     if not isinstance(params, dict) or params.get("format") != KEY_PARAMS_FORMAT:
         raise _corrupt(json_path, f'it is not a "{KEY_PARAMS_FORMAT}" file')
-    if "params_sha256" in params:
-        try:
-            sealed = params["params_sha256"] == _params_sha256(params)
-        except ValueError:  # NaN or Infinity, which no writer puts there
-            sealed = False
-        if not sealed:
-            raise _corrupt(json_path, "its content does not match its params_sha256 (edited?)")
+    _check_seal(params, json_path)
     if params.get("version") != KEY_PARAMS_VERSION:
         raise KeyFileError(
             f"Key file {json_path} has version {params.get('version')!r}; this skruntime reads "
