@@ -17,6 +17,8 @@ import binascii
 import enum
 import io
 import json
+import os
+import stat
 import time
 import traceback
 import zipfile
@@ -122,6 +124,12 @@ def _empty(path: Path, option: str, wanted: str = "a file name") -> _CliError | 
     return _CliError(f"{option}: the path is empty (or '.'); pass {wanted}.", EXIT_USAGE)
 
 
+#: What numpy raises for a file it cannot read as an array; MemoryError: a header that
+#: declares more data than memory holds (a damaged or foreign file: "Unable to allocate
+#: 768. TiB"), which is the input file's fault, not an internal error.
+_READ_ERRORS = (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile)
+
+
 def _unreadable(path: Path, err: object) -> _CliError:
     return _CliError(
         f"cannot read input file {path} as {path.suffix} ({err}). Save inputs with "
@@ -136,7 +144,7 @@ def _load_array_file(path: Path) -> Any:
         raise _not_a_file(path, "input file")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except _READ_ERRORS as err:
         raise _unreadable(path, err) from err
     if (path.suffix == ".npz") != isinstance(loaded, np.lib.npyio.NpzFile):
         if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -176,7 +184,7 @@ def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.nd
                 )
             try:  # the members are read here, lazily
                 return [archive[k] for k in order]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            except _READ_ERRORS as err:
                 raise _unreadable(paths[0], err) from err
     if any(p.suffix == ".npz" for p in paths):
         raise _CliError(
@@ -194,10 +202,11 @@ def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.nd
 
 
 def _check_writable(path: Path) -> None:
-    """Refuse an output path that cannot be written before the model is loaded and run."""
+    """Refuse an output path that cannot be written before the model is loaded and run (the
+    file a symbolic link names: :func:`write_outputs` replaces that one)."""
     from skruntime.config import unwritable_reason
 
-    if problem := unwritable_reason(path):
+    if problem := unwritable_reason(os.path.realpath(path)):
         raise _CliError(f"--output {path}: {problem}.", EXIT_USAGE)
 
 
@@ -211,6 +220,20 @@ def _write_npz(buffer: io.BytesIO, names: Sequence[str], arrays: Sequence[np.nda
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
+def _output_target(path: Path) -> tuple[Path, int]:
+    """The file to replace for ``--output`` and its permissions, as ``numpy.save`` would
+    write it: through a symbolic link to the file it names (replacing the link would leave
+    that file stale), keeping an existing file's permissions, else those of a new file under
+    the umask (the replacing file is new: a 0600 file came back 0644, readable by all)."""
+    target = Path(os.path.realpath(path))
+    try:
+        return target, stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return target, 0o666 & ~umask
+
+
 def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> None:
     """Write one output to ``.npy``, or every output to ``.npz`` under its output name, through
     a temporary file: a full disk leaves no truncated file and an earlier one whole."""
@@ -222,7 +245,8 @@ def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Seque
     else:
         _write_npz(buffer, output_names, outputs)
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        target, mode = _output_target(path)  # OSError too: a loop of symbolic links
+        atomic_write_bytes(target, buffer.getvalue(), mode=mode)
     except OSError as err:
         raise _CliError(
             f"could not write --output {path} ({err.strerror or err}); free space or pass "
