@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import copy
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +21,7 @@ from .context import KeySlots, LockContext, LockSettings
 from .coverage import PlaintextWeight, plaintext_buffers, plaintext_weights
 from .key_layout import KeyLayout
 from .keyed_model import KeyedModel
-from .preflight import check_lockable, copy_model
+from .preflight import check_lockable, copy_model, strip_compile_wrappers
 from .registry import find_locker, supported_layer_types
 
 LayerFilter = Callable[[str, nn.Module], bool]
@@ -72,14 +74,36 @@ def once_per_layer(layer_filter: LayerFilter) -> LayerFilter:
     return remembered
 
 
+def _rebound_calls(root: nn.Module, replacements: dict[int, nn.Module]) -> dict[int, object]:
+    """A replaced layer's ``forward`` or ``__call__`` kept as an attribute (``self.first =
+    self.a.forward``), bound to its locked layer instead: a deep copy would bind the original
+    class's method to the locked layer, which computes garbage with its locked weights."""
+    found: dict[int, object] = {}
+    for module in root.modules():
+        for value in vars(module).values():
+            if (
+                isinstance(value, types.MethodType)
+                and id(value.__self__) in replacements
+                and value.__name__ in ("forward", "__call__")
+            ):
+                found[id(value)] = getattr(replacements[id(value.__self__)], value.__name__)
+    return found
+
+
 def _swap(root: nn.Module, replacements: dict[int, nn.Module]) -> nn.Module:
-    if id(root) in replacements:
-        return replacements[id(root)]
-    for parent in root.modules():
-        for attr, child in list(parent._modules.items()):
-            if child is not None and id(child) in replacements:
-                setattr(parent, attr, replacements[id(child)])
-    return root
+    """``root`` with every layer in ``replacements`` (by ``id``) replaced by its locked module
+    wherever the model refers to it: as a registered child, and in plain attributes too (a
+    list ``self.order = [self.a, self.b]`` that ``forward`` iterates, a dict, a bound call).
+
+    Replacing the registered children alone left such a model calling the unlocked layers,
+    every key giving the original's outputs.  A deep copy whose memo maps each layer to its
+    replacement reaches every reference that ``copy.deepcopy`` follows; tensors are shared,
+    not copied.
+    """
+    memo: dict[int, object] = {id(t): t for t in (*root.parameters(), *root.buffers())}
+    memo.update(replacements)
+    memo.update(_rebound_calls(root, replacements))
+    return copy.deepcopy(root, memo)
 
 
 def lock_model(
@@ -93,11 +117,12 @@ def lock_model(
     """Return a locked deep copy of ``model``; the user's model object is never modified.
 
     A model the lock cannot take (not float32, pruned, legacy weight norm) is refused first
-    with :class:`InvalidArgumentError` (:mod:`.preflight`).
+    with :class:`InvalidArgumentError` (:mod:`.preflight`).  ``torch.compile`` wrappers are
+    dropped from the copy: its layers are named and locked as in the uncompiled model.
     """
     layer_filter = once_per_layer(layer_filter)
     check_lockable(model, layer_filter)
-    work = copy_model(model)  # keeps the modules' train/eval modes
+    work = strip_compile_wrappers(copy_model(model))  # keeps the modules' train/eval modes
     folded = fold_batchnorms(work)  # only eval-mode BatchNorms are folded
     slots = KeySlots()
     ctx = LockContext(
