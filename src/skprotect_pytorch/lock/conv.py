@@ -162,7 +162,9 @@ class LockedConv(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.conv.bias
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        # ``input``, as torch's convs name it: model code may pass it by keyword.
+        x = input
         if self.unfold is not None:
             x = self.unfold(x)
         axis = x.dim() - self.spatial_dims - 1

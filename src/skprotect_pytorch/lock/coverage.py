@@ -4,14 +4,17 @@ The lock keys the weight matrices of the supported layers only. Any other weight
 or more dimensions (an ``nn.Embedding`` table, a learned positional encoding, a kernel of a
 layer that was skipped or excluded) is written to every artifact as it is: a thief reads it
 without the key. This lists them so that the protector's result and the audit can say so, and
-lists apart the floating-point buffers, which are stored as they are too.
+lists apart the floating-point buffers, which are stored as they are too.  Weights outside the
+parameters are listed as well: a quantized layer's packed weight, and the tensors and modules
+held in plain attributes (a list instead of an ``nn.ModuleList``), which the lock never sees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -82,10 +85,140 @@ def plaintext_weights(
         elif layer is not None:
             reason = f"layer '{layer}' was not locked: {skipped[layer]}"
         else:
-            reason = f"{type(modules[owner]).__name__} is not a layer type the lock supports"
+            reason = _unsupported(modules[owner])
         reason += _tied(param, params, locked_ids, modules)
         found.append(PlaintextWeight(name, tuple(param.shape), reason))
+    return (
+        found
+        + _packed_weights(model, locked_ids, modules)
+        + _held_weights(model, locked_ids, modules)
+    )
+
+
+MODULE_INTERNALS = frozenset(vars(nn.Module()))
+"""The attributes every module has (``_parameters``, ``_modules``, the hook dicts, …)."""
+
+
+def _held(value: object, path: str) -> Iterator[tuple[str, object]]:
+    """The tensors and modules in a plain attribute's value (also inside lists, tuples and
+    dicts), each with the expression that reaches it (``blocks[0]``)."""
+    if isinstance(value, torch.Tensor | nn.Module):
+        yield path, value
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _held(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _held(item, f"{path}[{key!r}]")
+
+
+def _plain_attributes(
+    model: nn.Module, locked_ids: dict[int, str], modules: dict[str, nn.Module]
+) -> Iterator[tuple[str, object, nn.Module]]:
+    """Each tensor or module held in a plain attribute (``self.blocks = [nn.Linear(…)]``,
+    ``self.proj = torch.randn(…)``) of a module outside every locked layer, once, with its path
+    and the module holding it: ``forward`` may use it, and every export then stores it."""
+    seen: set[int] = set()
+    for owner, module in modules.items():
+        if _covering(owner, locked_ids, modules) is not None:
+            continue
+        for attr, value in vars(module).items():
+            if attr in MODULE_INTERNALS:
+                continue
+            for path, item in _held(value, f"{owner}.{attr}" if owner else attr):
+                if id(item) not in seen:
+                    seen.add(id(item))
+                    yield path, item, module
+
+
+def _registered(model: nn.Module) -> set[int]:
+    """The ``id`` of every parameter, buffer and module of ``model``."""
+    return {id(t) for t in (*model.parameters(), *model.buffers(), *model.modules())}
+
+
+def _held_weights(
+    model: nn.Module, locked_ids: dict[int, str], modules: dict[str, nn.Module]
+) -> list[PlaintextWeight]:
+    """The weights (two or more dimensions) that plain attributes hold: those of a module not
+    registered as a submodule, which the lock does not see, and a locked layer's original
+    tensor (``self.ws = [self.fc.weight]``), which the locked model keeps as it is."""
+    registered = _registered(model)
+    locked = {
+        id(t): layer
+        for name, t in model.named_parameters(remove_duplicate=False)
+        if (layer := _covering(_owner(name), locked_ids, modules)) is not None
+    }
+    found = []
+    for path, item, holder in _plain_attributes(model, locked_ids, modules):
+        if isinstance(item, torch.Tensor) and id(item) in locked and item.dim() >= 2:
+            reason = (
+                f"a plain attribute of {type(holder).__name__} holds the original of a tensor "
+                f"of locked layer '{locked[id(item)]}', which the locked model keeps as it is: "
+                "use the layer's output instead, or exclude the layer with layer_filter"
+            )
+            found.append(PlaintextWeight(path, tuple(item.shape), reason))
+        elif isinstance(item, nn.Module) and id(item) not in registered:
+            reason = (
+                f"{type(item).__name__} held by {type(holder).__name__} in a plain attribute, "
+                "not registered as a submodule, so the lock does not see it: hold it in an "
+                "nn.ModuleList or nn.ModuleDict, or assign it directly (self.name = module)"
+            )
+            found += [
+                PlaintextWeight(f"{path}.{name}", tuple(t.shape), reason)
+                for name, t in (*item.named_parameters(), *item.named_buffers())
+                if t.dim() >= 2
+            ]
     return found
+
+
+def _matrix_shapes(value: object) -> Iterator[tuple[int, ...]]:
+    """The shapes of the tensors of two or more dimensions in a state-dict value: a tensor, a
+    tuple or list of them, or a TorchScript object's state (packed quantized weights)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2:
+            yield tuple(value.shape)
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _matrix_shapes(item)
+    elif isinstance(value, torch.ScriptObject) and hasattr(value, "__getstate__"):
+        yield from _matrix_shapes(value.__getstate__())
+
+
+def _packed_weights(
+    model: nn.Module, locked_ids: dict[int, str], modules: dict[str, nn.Module]
+) -> list[PlaintextWeight]:
+    """The weights that modules keep in their state dict outside every parameter and buffer
+    (a quantized layer's packed int8 weight), outside every locked layer: no parameter, so
+    :func:`plaintext_weights` missed them, yet every export stores them as they are."""
+    tensors = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    tensors |= {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    found = []
+    for name, value in model.state_dict(keep_vars=True).items():
+        shape = next(_matrix_shapes(value), None)
+        owner = _owner(name)
+        if name in tensors or shape is None or owner not in modules:
+            continue  # a parameter or buffer (listed apart), no matrix, or a renamed entry
+        if _covering(owner, locked_ids, modules) is not None:
+            continue
+        kind = type(modules[owner])
+        reason = (
+            f"{kind.__module__}.{kind.__qualname__} keeps it outside its parameters (a quantized "
+            "layer's packed weight), which the lock does not key: protect the float32 model "
+            "instead (quantize_compatibility=True keeps the locked model quantizable)"
+        )
+        found.append(PlaintextWeight(name, shape, reason))
+    return found
+
+
+def _unsupported(module: nn.Module) -> str:
+    """Why the lock leaves ``module``'s own weights as they are."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return (
+            f"a TorchScript module ({module.original_name}, from torch.jit.script or trace) is "
+            "compiled code the lock cannot change: keep it an eager nn.Module (the protector "
+            "exports TorchScript itself)"
+        )
+    return f"{type(module).__name__} is not a layer type the lock supports"
 
 
 def _tied(
@@ -117,7 +250,8 @@ def plaintext_buffers(model: nn.Module, locked: Iterable[str]) -> list[Plaintext
     Most are public by design (a causal mask, a sinusoidal position table), but a buffer can
     hold trained values too (a frozen projection registered with ``register_buffer``), which a
     thief then reads without the key. Listed apart from :func:`plaintext_weights`, whose
-    entries all fail the audit's gate 4, so that the user can tell which is which.
+    entries all fail the audit's gate 4, so that the user can tell which is which.  Tensors
+    held in plain attributes (:func:`_plain_attributes`) are listed here too.
     """
     modules = dict(model.named_modules(remove_duplicate=False))
     locked_ids = {id(modules[name]): name for name in locked}
@@ -132,4 +266,17 @@ def plaintext_buffers(model: nn.Module, locked: Iterable[str]) -> list[Plaintext
         kind = type(modules[owner]).__name__
         reason = f"buffer of {kind}, not a parameter: the lock keys parameters only"
         found.append(PlaintextWeight(name, tuple(buffer.shape), reason))
+    registered = _registered(model)
+    for path, item, holder in _plain_attributes(model, locked_ids, modules):
+        if (
+            isinstance(item, torch.Tensor)
+            and id(item) not in registered
+            and item.dim() >= 2
+            and item.is_floating_point()
+        ):
+            reason = (
+                f"plain tensor attribute of {type(holder).__name__}, neither a parameter nor a "
+                "buffer: the lock keys parameters only, and the exports store it as a constant"
+            )
+            found.append(PlaintextWeight(path, tuple(item.shape), reason))
     return found

@@ -37,7 +37,9 @@ class LockedLinear(nn.Module):
         self.out_features = weight.shape[0]
         self.quantizable = quantizable
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # ``input``, as nn.Linear names it: model code may pass it by keyword.
+        x = input
         lead = x.shape[:-1]
         # Features first, then flatten: (N, T, C) -> Transpose -> (C, N, T) -> Reshape, so the
         # output's inverse Transpose meets the next layer's across an elementwise op (ReLU,
