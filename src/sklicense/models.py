@@ -143,7 +143,8 @@ class SeenNonce(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(200))
     nonce: Mapped[str] = mapped_column(String(64))
-    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: Indexed (migration 0004): the nonce prune selects the expired nonces by it.
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class RateCounter(Base):
@@ -152,7 +153,8 @@ class RateCounter(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(300))
-    window_start: Mapped[int] = mapped_column(BigInteger)
+    #: Indexed (migration 0004): ``crud.rate_hit`` deletes the windows older than an hour by it.
+    window_start: Mapped[int] = mapped_column(BigInteger, index=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
