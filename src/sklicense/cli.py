@@ -427,26 +427,22 @@ def customer_create(
         "max_devices": max_devices,
         "default_licence_seconds": seconds_of(default_days, "--default-days"),
     }
-    customer = committed(database_url, lambda s: crud.create_customer(s, CLI_ACTOR, **fields))
+
+    def add(session: Session) -> tuple[Any, str | None]:
+        customer = crud.create_customer(session, CLI_ACTOR, **fields)
+        return customer, customer_warning(session, customer, fields)
+
+    customer, warning = committed(database_url, add)
     echo_json(customer_row(customer))
-    ended = ended_contract_warning(id, fields["contract_end"], dt.datetime.now(dt.UTC))
-    if ended:
-        typer.echo(f"Warning: {ended}", err=True)
+    if warning:
+        typer.echo(f"Warning: {warning}", err=True)
 
 
-def ended_contract_warning(
-    customer_id: int, contract_end: dt.datetime | None, now: dt.datetime
-) -> str | None:
-    """What to tell the admin who creates a customer whose contract has already ended: a typo
-    (2025 for 2035) that would otherwise show up only as ``contract_ended`` denials on the
-    customer's devices. Not refused: a past end is how a customer is retired (docs)."""
-    if contract_end is None or contract_end > now:
-        return None
-    return (
-        f"the contract end {contract_end.isoformat()} is not in the future: every licence "
-        f"request of customer {customer_id} is denied contract_ended. If that is a mistake, "
-        f"set the right date: sklicense customer edit --id {customer_id} --contract-end DATE"
-    )
+def customer_warning(session: Session, customer: Any, changes: dict[str, Any]) -> str | None:
+    """What to tell the admin after ``customer create`` or ``edit`` (:func:`crud.customer_warning`:
+    a contract end not in the future, a quota that licences issued without one escape)."""
+    fix = f"sklicense customer edit --id {customer.id} --contract-end DATE"
+    return crud.customer_warning(session, customer, changes, dt.datetime.now(dt.UTC), fix)
 
 
 @customer_app.command("edit")
@@ -482,7 +478,7 @@ def customer_edit(
 
     def edit(session: Session) -> tuple[Any, str | None]:
         customer = crud.update_customer(session, id, CLI_ACTOR, **changes)
-        return customer, crud.quota_warning(session, customer, changes, dt.datetime.now(dt.UTC))
+        return customer, customer_warning(session, customer, changes)
 
     customer, warning = committed(database_url, edit)
     echo_json(customer_row(customer))

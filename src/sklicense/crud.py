@@ -9,7 +9,7 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, Select, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -62,6 +62,12 @@ def audit(
     entry = AuditLog(at=utcnow(), actor=actor, action=action, target=target, detail=detail or {})
     session.add(entry)
     return entry
+
+
+def paged(stmt: Select[Any], limit: int | None, offset: int) -> Select[Any]:
+    """``stmt`` (in a total order) from its ``offset``-th row, at most ``limit`` rows (None:
+    all, as the CLI lists them; the admin API answers pages, its lists growing with devices)."""
+    return stmt.limit(limit).offset(offset)
 
 
 def list_audit(session: Session, limit: int = 100, offset: int = 0) -> list[AuditLog]:
@@ -398,8 +404,57 @@ def update_customer(session: Session, customer_id: int, actor: str, **changes: A
     return customer
 
 
-def list_customers(session: Session) -> list[Customer]:
-    return list(session.scalars(select(Customer).order_by(Customer.id)))
+def list_customers(session: Session, limit: int | None = None, offset: int = 0) -> list[Customer]:
+    return list(session.scalars(paged(select(Customer).order_by(Customer.id), limit, offset)))
+
+
+def customer_warning(
+    session: Session, customer: Customer, changes: dict[str, Any], now: dt.datetime, fix: str
+) -> str | None:
+    """What to tell the admin after creating or changing a customer (``changes``: the fields
+    set), or None: :func:`ended_contract_warning` and :func:`quota_warning`, in that order."""
+    warnings = (
+        ended_contract_warning(session, customer, changes, now, fix),
+        quota_warning(session, customer, changes, now),
+    )
+    return "; ".join(w for w in warnings if w) or None
+
+
+def ended_contract_warning(
+    session: Session, customer: Customer, changes: dict[str, Any], now: dt.datetime, fix: str
+) -> str | None:
+    """What to tell the admin whose ``changes`` set a contract end that is not in the future:
+    recorded (it is how a customer is retired), but a typo (2025 for 2035) would otherwise
+    show up only as ``contract_ended`` denials on the customer's devices, and the licences
+    already issued stay valid until they expire. ``fix``: how to set another date."""
+    end = changes.get("contract_end")
+    if end is None or end > now:
+        return None
+    valid, latest = _valid_licences(session, customer, now)
+    still = (
+        f" ({valid} licence(s) already issued stay valid until they expire, the last at "
+        f"{latest.isoformat()})"
+        if valid
+        else ""
+    )
+    return (
+        f"the contract end {end.isoformat()} is not in the future: every licence "
+        f"request of customer {customer.id} is denied contract_ended{still}. If that is a "
+        f"mistake, set the right date: {fix}"
+    )
+
+
+def _valid_licences(
+    session: Session, customer: Customer, now: dt.datetime, *where: Any
+) -> tuple[int, dt.datetime | None]:
+    """How many of the customer's licences (also matching ``where``) are valid at ``now``,
+    and when the last of them expires."""
+    count, latest = session.execute(
+        select(func.count(), func.max(Licence.expires_at)).where(
+            Licence.customer_id == customer.id, Licence.expires_at > now, *where
+        )
+    ).one()
+    return count, latest
 
 
 def quota_warning(
@@ -409,13 +464,7 @@ def quota_warning(
     are still valid: they stay unlimited until they expire (an allowance is fixed when signed)."""
     if changes.get("inference_quota") is None:
         return None
-    count, latest = session.execute(
-        select(func.count(), func.max(Licence.expires_at)).where(
-            Licence.customer_id == customer.id,
-            Licence.inferences.is_(None),
-            Licence.expires_at > now,
-        )
-    ).one()
+    count, latest = _valid_licences(session, customer, now, Licence.inferences.is_(None))
     if not count:
         return None
     return (
@@ -428,11 +477,13 @@ def quota_warning(
 # -- devices -------------------------------------------------------------------------------------
 
 
-def list_devices(session: Session, customer_id: int | None = None) -> list[Device]:
+def list_devices(
+    session: Session, customer_id: int | None = None, limit: int | None = None, offset: int = 0
+) -> list[Device]:
     stmt = select(Device).order_by(Device.created_at, Device.id)
     if customer_id is not None:
         stmt = stmt.where(Device.customer_id == customer_id)
-    return list(session.scalars(stmt))
+    return list(session.scalars(paged(stmt, limit, offset)))
 
 
 def update_device(session: Session, device_id: str, actor: str, **changes: Any) -> Device:
@@ -474,26 +525,34 @@ def count_devices(session: Session, customer_id: int) -> tuple[int, int]:
 
 
 def list_licences(
-    session: Session, customer_id: int | None = None, device_id: str | None = None
+    session: Session,
+    customer_id: int | None = None,
+    device_id: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[Licence]:
     stmt = select(Licence).order_by(Licence.issued_at.desc(), Licence.id)
     if customer_id is not None:
         stmt = stmt.where(Licence.customer_id == customer_id)
     if device_id is not None:
         stmt = stmt.where(Licence.device_id == device_id)
-    return list(session.scalars(stmt))
+    return list(session.scalars(paged(stmt, limit, offset)))
 
 
-def list_usage(session: Session, customer_id: int | None = None) -> list[UsageReport]:
+def list_usage(
+    session: Session, customer_id: int | None = None, limit: int | None = None, offset: int = 0
+) -> list[UsageReport]:
     stmt = select(UsageReport).order_by(UsageReport.id)
     if customer_id is not None:
         stmt = stmt.join(Licence, Licence.id == UsageReport.licence_id).where(
             Licence.customer_id == customer_id
         )
-    return list(session.scalars(stmt))
+    return list(session.scalars(paged(stmt, limit, offset)))
 
 
-def usage_summary(session: Session, customer_id: int | None = None) -> list[dict[str, Any]]:
+def usage_summary(
+    session: Session, customer_id: int | None = None, limit: int | None = None, offset: int = 0
+) -> list[dict[str, Any]]:
     """Per licence: the latest reported counter (counters are totals per licence), its
     allowance, and whether the device reported more than the allowance it was granted."""
     stmt = (
@@ -507,7 +566,7 @@ def usage_summary(session: Session, customer_id: int | None = None) -> list[dict
         .join(Licence, Licence.id == UsageReport.licence_id)
         .group_by(Licence.customer_id, UsageReport.device_id, UsageReport.licence_id)
         .group_by(Licence.inferences)
-        .order_by(Licence.customer_id, UsageReport.device_id)
+        .order_by(Licence.customer_id, UsageReport.device_id, UsageReport.licence_id)
     )
     if customer_id is not None:
         stmt = stmt.where(Licence.customer_id == customer_id)
@@ -521,5 +580,5 @@ def usage_summary(session: Session, customer_id: int | None = None) -> list[dict
             # a device that counted past its allowance: a modified runtime, or a clone
             "over_allowance": allowance is not None and int(counter) > allowance,
         }
-        for c, d, lic, counter, allowance in session.execute(stmt)
+        for c, d, lic, counter, allowance in session.execute(paged(stmt, limit, offset))
     ]

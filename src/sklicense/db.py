@@ -77,7 +77,26 @@ def _engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    return create_engine(
+        url, pool_pre_ping=True, hide_parameters=True, connect_args=_connect_timeout(url)
+    )
+
+
+CONNECT_TIMEOUT_S = 10
+"""How long a PostgreSQL connection attempt may take, unless the URL says otherwise
+(``?connect_timeout=``): without it, a server that accepts the connection and never answers
+(a wrong port, a stalled host) kept the CLI, or a request, waiting for ever."""
+
+
+def _connect_timeout(url: str) -> dict[str, int]:
+    """PostgreSQL's ``connect_timeout``: :data:`CONNECT_TIMEOUT_S` unless the URL sets one
+    (another driver gets nothing: it may not take the argument)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT_S}
 
 
 def device_writes(url: str) -> AbstractContextManager[Any]:

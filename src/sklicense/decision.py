@@ -93,8 +93,27 @@ def bad_signature(*, registered: bool) -> Deny:
 
 def unregistered(device_id: str) -> Deny:
     """The denial of a usage report naming a device that is not registered: it has no key to
-    verify the report with (its nonce is not recorded)."""
-    return Deny("bad_signature", f"device {device_id} is not registered", False)
+    verify the report with (its nonce is not recorded), and no licence of this server to
+    report on, so the device drops the report (``unknown_device``, not ``bad_signature``,
+    which it sends again)."""
+    return Deny("unknown_device", f"device {device_id} is not registered", False)
+
+
+def counter_behind(licence_id: str, counter: int, highest: int) -> Deny:
+    """The denial of a usage report whose counter is lower than one already stored for its
+    licence (counters are totals: the device's state folder was restored from a backup, say):
+    the server already counts more, so the device does not send it again."""
+    return Deny(
+        "counter_behind",
+        f"counter {counter} is lower than the {highest} already reported for licence "
+        f"{licence_id}: counters are monotonic",
+    )
+
+
+def unknown_licence(licence_id: str, device_id: str) -> Deny:
+    """The denial of a usage report on a licence this server did not issue to the device (it
+    never will): the device drops the report."""
+    return Deny("unknown_licence", f"licence {licence_id} is not a licence of device {device_id}")
 
 
 def stale_request(timestamp: int, now: int) -> Deny | None:

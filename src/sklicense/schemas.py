@@ -325,7 +325,8 @@ class CustomerPublic(BaseModel):
 
 
 class CustomerUpdated(CustomerPublic):
-    #: Set when a quota was set while licences issued without one are still valid.
+    #: Set when the contract end set is not in the future, or a quota was set while licences
+    #: issued without one are still valid (``crud.customer_warning``).
     warning: str | None = None
 
 

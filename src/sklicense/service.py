@@ -21,8 +21,10 @@ from sklicense.decision import (
     Allow,
     Deny,
     check_message,
+    counter_behind,
     decide,
     signed_with,
+    unknown_licence,
     unregistered,
 )
 from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
@@ -114,8 +116,8 @@ def forget_expired_nonces(sessions: sessionmaker[Session], now: int) -> int | No
     return deleted
 
 
-def _deny(deny: Deny) -> Outcome:
-    return Outcome(403, {"decision": "deny", "reason": deny.reason, "detail": deny.detail})
+def _deny(deny: Deny, status: int = 403) -> Outcome:
+    return Outcome(status, {"decision": "deny", "reason": deny.reason, "detail": deny.detail})
 
 
 def _with_replay_retry(sessions: sessionmaker[Session], attempt: Any, now: int) -> Outcome:
@@ -383,22 +385,12 @@ def report_usage(
             )
         licence = session.get(Licence, report.licence_id, with_for_update=True)
         if licence is None or licence.device_id != device.id:
-            return Outcome(
-                404,
-                {"detail": f"licence {report.licence_id} is not a licence of device {device.id}"},
-            )
+            return _deny(unknown_licence(report.licence_id, device.id), status=404)
         highest = session.scalar(
             select(func.max(UsageReport.counter)).where(UsageReport.licence_id == licence.id)
         )
         if highest is not None and report.counter < highest:
-            return Outcome(
-                409,
-                {
-                    "detail": f"counter {report.counter} is lower than the "
-                    f"{highest} already reported for licence {licence.id}: "
-                    "counters are monotonic"
-                },
-            )
+            return _deny(counter_behind(licence.id, report.counter, highest), status=409)
         session.add(
             UsageReport(
                 device_id=device.id,

@@ -71,6 +71,8 @@ def test_usage_counter_is_monotonic(client, licensed, clock) -> None:
     response = report(client, device, device.usage_report(licence_id, "r2", 4, clock.now))
     assert response.status_code == 409
     assert response.json() == {
+        "decision": "deny",
+        "reason": "counter_behind",
         "detail": f"counter 4 is lower than the 5 already reported for licence {licence_id}: "
         "counters are monotonic"
     }
@@ -94,5 +96,9 @@ def test_usage_denials(client, licensed, clock) -> None:
     other = report(client, device, device.usage_report("nope", "r9", 1, clock.now))
     assert (other.status_code, other.json()) == (
         404,
-        {"detail": "licence nope is not a licence of device dev-1"},
+        {
+            "decision": "deny",
+            "reason": "unknown_licence",
+            "detail": "licence nope is not a licence of device dev-1",
+        },
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
-from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, Header, HTTPException, Path, Query, Request, Response
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,6 +17,8 @@ from sklicense import crud
 from sklicense.schemas import DEVICE_ID_PATTERN, INT32_MAX, INT64_MAX, MAX_NAME
 from sklicense.settings import Settings
 from skruntime.licensing.protocol import SIGNATURE_HEADER, canonical_bytes
+
+T = TypeVar("T")
 
 
 def get_settings(request: Request) -> Settings:
@@ -52,6 +55,38 @@ DeviceIdQuery = Annotated[
     str | None, Query(min_length=1, max_length=MAX_NAME, pattern=DEVICE_ID_PATTERN)
 ]
 TokenIdPath = Annotated[int, Path(ge=0, le=INT32_MAX)]
+MAX_PAGE = 1000
+"""The most rows one answer of an admin list lists (and its default): the lists of devices,
+licences and usage reports grow with the devices, and rows are never deleted."""
+NEXT_OFFSET_HEADER = "X-Next-Offset"
+
+
+@dataclass(frozen=True)
+class Page:
+    """The ``?limit=&offset=`` of an admin list."""
+
+    limit: int
+    offset: int
+
+    def of(self, rows: Callable[[int, int], Sequence[T]], response: Response) -> Sequence[T]:
+        """The page of ``rows(limit, offset)``; when more rows follow, the
+        :data:`NEXT_OFFSET_HEADER` of ``response`` is the offset of the next page (one more row
+        is read to know it)."""
+        found = rows(self.limit + 1, self.offset)
+        if len(found) > self.limit:
+            response.headers[NEXT_OFFSET_HEADER] = str(self.offset + self.limit)
+        return found[: self.limit]
+
+
+def get_page(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,  # larger: the database cannot bind
+) -> Page:
+    """The page an admin list answers: ``limit`` rows from ``offset``."""
+    return Page(limit, offset)
+
+
+PageDep = Annotated[Page, Depends(get_page)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Callable[[], int], Depends(get_clock)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]

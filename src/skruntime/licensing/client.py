@@ -377,6 +377,13 @@ def _checked_configuration(
 
 #: Said when a usage report is not acknowledged: the counter is kept, nothing is lost.
 _RESENT = "It is sent again at the next licence renewal or close()."
+#: Why a usage report that the server refuses for good is dropped, per reason.
+_DROPPED = {
+    "unknown_licence": "{server} does not know that licence, and the {counted} counted under "
+    "it are not reported",
+    "counter_behind": "{server} already holds a higher counter for that licence than the "
+    "{counted} counted here, as when the state folder was restored from a backup",
+}
 
 
 def _inferences(count: int) -> str:
@@ -1255,7 +1262,10 @@ class LicenceClient:
 
         Idempotent: the report id is ``"<licence_id>:<counter>"``, so a report whose answer was
         lost is applied once by the server when sent again. Failures are not raised (logged;
-        retried at the next renewal or close). Returns True when everything is reported.
+        retried at the next renewal or close), except the refusals no resend can change
+        (:data:`~.protocol.USAGE_DROP_REASONS`: the server does not know the licence or the
+        device), whose reports are dropped with one warning. Returns True when everything is
+        reported (or dropped).
         """
         with self._lock:
             current = self._licence.licence_id if self._licence is not None else None
@@ -1265,41 +1275,81 @@ class LicenceClient:
                     for licence_id, entry in self._read_usage().items()
                     if entry.get("counter", 0) > entry.get("reported", 0)
                 }
-            acknowledged: dict[str, int] = {}
+            settled: dict[str, int] = {}  # acknowledged, or dropped: not sent again
             for licence_id, counter in pending.items():  # no file lock held while on the network
-                body = {
-                    "device_id": self.identity.device_id,
-                    "licence_id": licence_id,
-                    "report_id": f"{licence_id}:{counter}",
-                    "counter": counter,
-                    "timestamp": int(self._clock()),
-                    "nonce": protocol.new_nonce(),
-                }
-                try:
-                    response, _ = self._post("/v1/usage", body)
-                except _Unreachable as e:
-                    log.warning(
-                        "Usage report for licence %s failed: %s. %s", licence_id, e, _RESENT
-                    )
+                answer = self._send_report(licence_id, counter)
+                if answer is None:
                     continue
-                if 200 <= response.status_code < 300:
-                    acknowledged[licence_id] = counter
-                else:
-                    log.warning(
-                        "Usage report for licence %s refused: HTTP %s %s. %s",
-                        licence_id,
-                        response.status_code,
-                        response.text[:200],
-                        _RESENT,
-                    )
+                settled[licence_id] = counter
+                if answer == "unknown_device":  # nor any licence of it: drop them all
+                    self._drop_unknown_device(pending, settled)
+                    break
             try:
-                return self._record_reported(acknowledged, current)
+                return self._record_reported(settled, current)
             except LicenceError as e:  # reported, but not recorded: sent again next time
                 log.warning("Usage reports sent but not recorded: %s", e)
                 return False
 
+    def _send_report(self, licence_id: str, counter: int) -> str | None:
+        """Send one usage report. Returns None when it is to be sent again (a failure, logged),
+        else ``"accepted"`` or the reason of a denial in :data:`~.protocol.USAGE_DROP_REASONS`
+        (logged here, but ``unknown_device``: the caller says it once for all reports)."""
+        body = {
+            "device_id": self.identity.device_id,
+            "licence_id": licence_id,
+            "report_id": f"{licence_id}:{counter}",
+            "counter": counter,
+            "timestamp": int(self._clock()),
+            "nonce": protocol.new_nonce(),
+        }
+        try:
+            response, _ = self._post("/v1/usage", body)
+        except _Unreachable as e:  # network errors and 5xx
+            log.warning("Usage report for licence %s failed: %s. %s", licence_id, e, _RESENT)
+            return None
+        if 200 <= response.status_code < 300:
+            return "accepted"
+        denial = self._denial(response) if response.status_code in (403, 404, 409) else None
+        if denial is not None and denial.reason in protocol.USAGE_DROP_REASONS:
+            if denial.reason != "unknown_device":  # said once for all the device's reports
+                log.warning(
+                    "Usage report for licence %s dropped: %s (HTTP %s %s: %s), so it would "
+                    "refuse it at every resend.",
+                    licence_id,
+                    _DROPPED[denial.reason].format(
+                        server=self.server_url, counted=_inferences(counter)
+                    ),
+                    response.status_code,
+                    denial.reason,
+                    denial.detail,
+                )
+            return denial.reason
+        log.warning(
+            "Usage report for licence %s refused: HTTP %s %s. %s",
+            licence_id,
+            response.status_code,
+            response.text[:200],
+            _RESENT,
+        )
+        return None
+
+    def _drop_unknown_device(self, pending: dict[str, int], settled: dict[str, int]) -> None:
+        """Add every pending report to ``settled`` (dropped) after the server answered that it
+        has not registered this device: it has none of its licences either. One warning."""
+        settled.update(pending)
+        log.warning(
+            "Usage reports of %d licence(s) dropped: %s has not registered this device (%s: "
+            "unknown_device), so it has none of its licences and would refuse the reports at "
+            "every resend; the %s counted under them are not reported.",
+            len(pending),
+            self.server_url,
+            self.identity.device_id,
+            _inferences(sum(pending.values())),
+        )
+
     def _record_reported(self, acknowledged: dict[str, int], current: str | None) -> bool:
-        """Note the acknowledged counters and drop finished licences; True when all reported."""
+        """Note the acknowledged (or dropped) counters and drop finished licences; True when all
+        reported."""
         with self._lock, state_lock(self.state_dir, f"usage_{self.application}"):
             usage = self._read_usage()
             for licence_id, counter in acknowledged.items():

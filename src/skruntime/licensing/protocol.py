@@ -40,8 +40,12 @@ Denials: ``403`` with ``{"decision": "deny", "reason": <code>, "detail": <text>}
 are :data:`DENY_REASONS` (``device_customer_mismatch``: a known device asks for another customer
 than the one it is registered to). ``429`` with reason ``rate_limited`` when a device asks too
 often. Usage reports answer ``200`` ``{"accepted", "duplicate", "report_id", "licence_id",
-"counter"}`` (a repeated ``report_id`` is a duplicate, not an error), ``404`` for a licence of
-another device and ``409`` for a counter lower than one already reported.
+"counter"}`` (a repeated ``report_id`` is a duplicate, not an error), and denials for reports
+the server will never take, whose reason is one of :data:`USAGE_DROP_REASONS`: ``404``
+``unknown_licence`` (a licence this server did not issue to the device), ``403``
+``unknown_device`` (a device it has not registered), ``409`` ``counter_behind`` (a counter
+lower than one already reported for the licence). The device drops those reports; it sends any
+other refused report again.
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ DENY_REASONS = (
     "device_customer_mismatch",
     "customer_not_proven",
 )
+
+USAGE_DROP_REASONS = ("unknown_licence", "unknown_device", "counter_behind")
+"""Reasons of usage report denials that no resend can change: the server does not know the
+licence (or the device), or already holds a higher counter for it; the device drops the
+report instead of sending it at every renewal and close."""
 
 
 def canonical_bytes(body: Any) -> bytes:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from sklicense import crud
-from sklicense.api.deps import AdminDep, CustomerIdQuery, DeviceIdPath, SessionDep
+from sklicense.api.deps import AdminDep, CustomerIdQuery, DeviceIdPath, PageDep, SessionDep
 from sklicense.api.routes.applications import raise_http
 from sklicense.schemas import DevicePublic, DeviceUpdate
 
@@ -14,10 +14,15 @@ admin_router = APIRouter(prefix="/devices", tags=["admin"])
 
 @admin_router.get("", response_model=list[DevicePublic])
 def list_devices(
-    admin: AdminDep, session: SessionDep, customer_id: CustomerIdQuery = None
+    admin: AdminDep,
+    session: SessionDep,
+    page: PageDep,
+    response: Response,
+    customer_id: CustomerIdQuery = None,
 ) -> list[DevicePublic]:
-    """List registered devices (optionally of one customer)."""
-    return [DevicePublic.model_validate(d) for d in crud.list_devices(session, customer_id)]
+    """List registered devices (optionally of one customer; a page)."""
+    devices = page.of(lambda n, skip: crud.list_devices(session, customer_id, n, skip), response)
+    return [DevicePublic.model_validate(d) for d in devices]
 
 
 @admin_router.patch("/{device_id}", response_model=DevicePublic)

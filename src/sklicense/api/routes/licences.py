@@ -6,7 +6,7 @@ import ipaddress
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -18,6 +18,7 @@ from sklicense.api.deps import (
     DeviceIdQuery,
     EngineDep,
     JsonBodyDep,
+    PageDep,
     SessionDep,
     SessionsDep,
     SettingsDep,
@@ -134,11 +135,13 @@ def request_licence(
 def list_licences(
     admin: AdminDep,
     session: SessionDep,
+    page: PageDep,
+    response: Response,
     customer_id: CustomerIdQuery = None,
     device_id: DeviceIdQuery = None,
 ) -> list[LicencePublic]:
-    """List issued licences, newest first."""
-    return [
-        LicencePublic.model_validate(lic)
-        for lic in crud.list_licences(session, customer_id, device_id)
-    ]
+    """List issued licences, newest first (a page)."""
+    licences = page.of(
+        lambda n, skip: crud.list_licences(session, customer_id, device_id, n, skip), response
+    )
+    return [LicencePublic.model_validate(lic) for lic in licences]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -15,6 +15,7 @@ from sklicense.api.deps import (
     CustomerIdQuery,
     EngineDep,
     JsonBodyDep,
+    PageDep,
     SessionDep,
     SessionsDep,
     SettingsDep,
@@ -69,15 +70,26 @@ def report_usage(
 
 @admin_router.get("", response_model=list[UsageReportPublic])
 def list_usage(
-    admin: AdminDep, session: SessionDep, customer_id: CustomerIdQuery = None
+    admin: AdminDep,
+    session: SessionDep,
+    page: PageDep,
+    response: Response,
+    customer_id: CustomerIdQuery = None,
 ) -> list[UsageReportPublic]:
-    """List usage reports (optionally of one customer)."""
-    return [UsageReportPublic.model_validate(r) for r in crud.list_usage(session, customer_id)]
+    """List usage reports (optionally of one customer; a page)."""
+    reports = page.of(lambda n, skip: crud.list_usage(session, customer_id, n, skip), response)
+    return [UsageReportPublic.model_validate(r) for r in reports]
 
 
 @admin_router.get("/summary")
 def usage_summary(
-    admin: AdminDep, session: SessionDep, customer_id: CustomerIdQuery = None
+    admin: AdminDep,
+    session: SessionDep,
+    page: PageDep,
+    response: Response,
+    customer_id: CustomerIdQuery = None,
 ) -> list[dict[str, Any]]:
-    """Per licence: the latest reported counter and the licence's allowance."""
-    return crud.usage_summary(session, customer_id)
+    """Per licence: the latest reported counter and the licence's allowance (a page)."""
+    return list(
+        page.of(lambda n, skip: crud.usage_summary(session, customer_id, n, skip), response)
+    )
