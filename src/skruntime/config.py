@@ -699,6 +699,17 @@ def parse_config(
     see another file. ``path`` only names the file in messages. Raises what :func:`load_config`
     raises.
     """
+    return parse_signed_config(raw, path, public_key=public_key)[0]
+
+
+def parse_signed_config(
+    raw: bytes,
+    path: str | os.PathLike[str],
+    *,
+    public_key: bytes | Ed25519PublicKey | None = None,
+) -> tuple[Config, dict[str, Any]]:
+    """:func:`parse_config`, and the file's signed part as parsed (``{"payload": ...,
+    "signature": ...}``, what a licence request carries), so that the bytes are parsed once."""
     path = Path(path)
     try:
         text = raw.decode("utf-8")
@@ -773,12 +784,13 @@ def parse_config(
     ):
         raise ConfigurationError(f"Configuration file {path}: {_version_message(version)}")
     try:
-        return Config.from_dict(payload)
+        config = Config.from_dict(payload)
     except ConfigurationError as e:
         raise ConfigurationError(
             f"Configuration file {path} is invalid: {e} Re-protect the models with this "
             "skprotect version."
         ) from None
+    return config, {"payload": payload, "signature": doc["signature"]}
 
 
 def unwritable_reason(path: str | os.PathLike[str]) -> str | None:

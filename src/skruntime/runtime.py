@@ -23,16 +23,15 @@ from typing import Any
 import numpy as np
 
 from .backends import backend_class
-from .backends.base import Backend, BackendOptions, as_numpy
+from .backends.base import Backend, BackendOptions, ModelFile, as_numpy
 from .config import (
     CONFIG_FILENAMES,
     PLATFORMS,
     SUPPORTED_PLATFORM_VERSIONS,
     Config,
     InputSpec,
-    parse_config,
+    parse_signed_config,
     read_config_bytes,
-    sha256_file,
 )
 from .errors import (
     ConfigurationError,
@@ -239,7 +238,7 @@ class SkRuntime:
         # that may have been replaced since they were verified
         raw = read_config_bytes(self.config_path)
         try:
-            config = parse_config(raw, self.config_path, public_key=public_key)
+            config, signed = parse_signed_config(raw, self.config_path, public_key=public_key)
         except ConfigurationError as e:
             raise (_newer_version_error(self.config_path, e) or e) from None
         if config.platform != self.platform:
@@ -260,6 +259,7 @@ class SkRuntime:
         if licence_server is not None:
             self._licence_client = self._make_licence_client(
                 raw,
+                signed,
                 licence_server,
                 server_public_key,
                 state_dir,
@@ -271,6 +271,7 @@ class SkRuntime:
     def _make_licence_client(
         self,
         raw: bytes,
+        signed: dict[str, Any],
         server: str,
         server_public_key: bytes | None,
         state_dir: str | os.PathLike[str] | None,
@@ -279,8 +280,9 @@ class SkRuntime:
         transport: Any,
     ) -> Any:
         """The licence client for ``self.config``. ``raw``: the configuration bytes that
-        ``self.config`` was verified from; its SHA-256 and signed payload go into the licence
-        requests, so that they always describe the configuration this runtime runs."""
+        ``self.config`` was verified from, ``signed``: their signed part as parsed then; the
+        SHA-256 of one and the other go into the licence requests, so that they always
+        describe the configuration this runtime runs."""
         if self.config.platform_version < 2 or self.config.customer is None:
             raise ConfigurationError(
                 f"licence_server needs a platform version 2 configuration (it names the "
@@ -295,8 +297,6 @@ class SkRuntime:
             )
         from .licensing.client import LicenceClient  # imports httpx: only when licensing
 
-        signed = json.loads(raw)  # the bytes parse_config verified: valid, signed JSON
-        configuration = {"payload": signed["payload"], "signature": signed["signature"]}
         try:
             return LicenceClient(
                 server,
@@ -306,7 +306,7 @@ class SkRuntime:
                 customer_id=self.config.customer.id,
                 models=list(self.config.models),
                 config_sha256=hashlib.sha256(raw).hexdigest(),
-                configuration=configuration,
+                configuration=signed,
                 overlap_seconds=overlap_seconds,
                 requested_inferences=requested_inferences,
                 transport=transport,
@@ -375,6 +375,9 @@ class SkRuntime:
     ) -> LoadedModel:
         """Verify and load one protected model file with a fresh session key.
 
+        The file is read once: its SHA-256 is checked and the backend loads those very bytes,
+        so a file replaced after the check cannot run.
+
         Args:
             model_name: a name from :meth:`models`.
             fmt: a format from :meth:`formats` (``onnx``, ``torchscript_cpu``, ``inductor_cpu``,
@@ -429,11 +432,14 @@ class SkRuntime:
                 f"Model file {path} of model {model_name!r} ({fmt}) not found. Deploy the whole "
                 f"{self.outputs_dir.name}/ folder written by skprotect."
             )
-        # hashed in every platform version: the key files name the model file they unlock
+        # read once and hashed in every platform version (the key files name the model file
+        # they unlock); the backend loads these bytes, never the path: a file replaced after
+        # this check cannot run
         try:
-            digest = sha256_file(path)
+            model_file = ModelFile.read(path)
         except OSError as e:
             raise ModelFileError(f"Model file {path} cannot be read: {e.strerror or e}.") from None
+        digest = model_file.sha256
         if fentry.sha256 is not None and digest != fentry.sha256:
             raise IntegrityError(
                 f"Model file {path} does not match the SHA-256 in {self.config_path.name}: "
@@ -460,7 +466,7 @@ class SkRuntime:
         else:
             key = session_key(material)
         try:
-            backend = backend_type(path, options)
+            backend = backend_type(model_file, options)
         except BaseException:
             key[:] = 0
             raise

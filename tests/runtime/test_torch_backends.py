@@ -296,6 +296,7 @@ def test_pt2_without_metadata_is_refused(tmp_path, monkeypatch):
             return {"AOTI_DEVICE_KEY": "cpu"}
 
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: Package())
+    (tmp_path / "m.pt2").write_bytes(b"package without metadata")  # packages are shared by bytes
     with pytest.raises(BackendError) as info:
         InductorBackend(tmp_path / "m.pt2", BackendOptions())
     assert str(info.value) == (
@@ -310,6 +311,7 @@ def test_pt2_with_corrupt_metadata_is_refused(tmp_path, monkeypatch):
             return {"skprotect.inputs": '[{"shape": [-1], "dtype": "float32"}]'}
 
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: Package())
+    (tmp_path / "m.pt2").write_bytes(b"package with corrupt metadata")
     with pytest.raises(BackendError, match=r"^m\.pt2 has unreadable skprotect\.inputs metadata"):
         InductorBackend(tmp_path / "m.pt2", BackendOptions())
 

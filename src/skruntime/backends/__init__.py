@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 
 from ..errors import SkRuntimeError
-from .base import Backend, BackendOptions
+from .base import Backend, BackendOptions, ModelFile
 
-__all__ = ["Backend", "BackendOptions", "backend_class", "registered_formats"]
+__all__ = ["Backend", "BackendOptions", "ModelFile", "backend_class", "registered_formats"]
 
 _BACKENDS: dict[str, str] = {
     "onnx": "skruntime.backends.onnxruntime:OnnxRuntimeBackend",

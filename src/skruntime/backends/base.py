@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import operator
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +81,33 @@ class BackendOptions:
         object.__setattr__(self, "session_options", dict(options))
 
 
+@dataclass(frozen=True, repr=False)
+class ModelFile:
+    """A model file read once: its bytes and their SHA-256. Backends load these very bytes and
+    never open the path again, so a file replaced after its integrity check cannot run."""
+
+    path: Path
+    """Where the bytes were read from, for messages only."""
+    data: bytes
+    sha256: str
+    """Lower-case hex SHA-256 of ``data``."""
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> ModelFile:
+        """Read the whole file and hash what was read (raises ``OSError`` if unreadable)."""
+        with open(path, "rb") as f:
+            data = f.read()
+        return cls(Path(path), data, hashlib.sha256(data).hexdigest())
+
+    @classmethod
+    def of(cls, model: ModelFile | str | os.PathLike[str]) -> ModelFile:
+        """``model`` itself, or the file at that path read with :meth:`read`."""
+        return model if isinstance(model, ModelFile) else cls.read(model)
+
+    def __repr__(self) -> str:  # not the bytes, which may be gigabytes
+        return f"ModelFile({str(self.path)!r}, {len(self.data)} bytes, sha256={self.sha256})"
+
+
 class Backend(Protocol):
     """A loaded model file. Inputs are the model's inputs followed by the key vector."""
 
@@ -87,7 +116,9 @@ class Backend(Protocol):
         """Raise BackendError for options this backend refuses; reads no file (run first)."""
         ...
 
-    def __init__(self, path: Path, options: BackendOptions) -> None: ...
+    def __init__(self, model: ModelFile | str | os.PathLike[str], options: BackendOptions) -> None:
+        """Load ``model``'s bytes (a path is read once, :meth:`ModelFile.of`); keep no copy."""
+        ...
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         """Run once. numpy in → numpy out; torch backends also take and return torch tensors."""

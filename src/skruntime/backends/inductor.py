@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, InputError
-from .base import BackendOptions
+from .base import BackendOptions, ModelFile
 from .gpu import apply_gpu_determinism, cuda_index, require_cuda
 
 __all__ = [
@@ -296,11 +297,12 @@ class _Package:
             return self.model(*tensors)
 
 
-#: Loaded packages by file identity, device and options. torch never unloads a package: each
-#: ``aoti_load_package`` extracts its library (compiled code and weights) to a new temporary
-#: file and keeps it mapped until the process exits, even once deleted, so every load of the
-#: same file cost its size again in memory and temporary disk space (and ~6 memory mappings:
-#: a process fails at ``vm.max_map_count``). Loading an unchanged file again reuses its package.
+#: Loaded packages by the verified SHA-256 of their file, device and options. torch never
+#: unloads a package: each ``aoti_load_package`` extracts its library (compiled code and
+#: weights) to a new temporary file and keeps it mapped until the process exits, even once
+#: deleted, so every load of the same file cost its size again in memory and temporary disk
+#: space (and ~6 memory mappings: a process fails at ``vm.max_map_count``). Loading the same
+#: bytes again reuses their package; other bytes (a changed file) are loaded anew.
 _PACKAGES: weakref.WeakValueDictionary[tuple[Any, ...], _Package] = weakref.WeakValueDictionary()
 #: CPU packages stay loaded for the process (torch would keep their library anyway); a GPU one
 #: only while a model uses it, so that closing its models frees the weights' GPU memory.
@@ -308,31 +310,32 @@ _KEPT: list[_Package] = []
 _PACKAGES_LOCK = threading.Lock()
 
 
-def _identity(path: Path) -> tuple[int, ...] | None:
-    """What changes when a file is replaced or rewritten (None: it cannot be read)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool]) -> Any:
+    """Load the package from ``model``'s verified bytes; raises what torch raises.
+
+    ``aoti_load_package`` reads only a path (given a buffer, torch writes it to a temporary file
+    itself), so the bytes are written to a private copy: a new folder only this user can enter
+    (0700), the file created there exclusively. torch extracts what it needs while loading, so
+    the copy is removed right after: the model runs without it."""
+    with tempfile.TemporaryDirectory(prefix="skruntime-") as folder:
+        copy = Path(folder) / "model.pt2"
+        with open(copy, "xb") as f:
+            f.write(model.data)
+        return torch._inductor.aoti_load_package(str(copy), device_index=device_index, **options)
 
 
-def _shared_package(path: Path, device_index: int, options: dict[str, bool]) -> _Package:
-    """The package of ``path`` loaded once per process for each device and options (a file
-    changed since its load is loaded anew); raises what torch raises."""
-    identity = _identity(path)
-    key = (identity, device_index, tuple(sorted(options.items())))
+def _shared_package(model: ModelFile, device_index: int, options: dict[str, bool]) -> _Package:
+    """The package of ``model``'s bytes, loaded once per process for each device and options
+    (keyed on their verified SHA-256); raises what torch raises."""
+    key = (model.sha256, device_index, tuple(sorted(options.items())))
     with _PACKAGES_LOCK:  # one load of a package, even when threads load it at once
-        package = _PACKAGES.get(key) if identity is not None else None
+        package = _PACKAGES.get(key)
         if package is None:
-            model = torch._inductor.aoti_load_package(
-                str(path), device_index=device_index, **options
-            )
-            package = _Package(model, options.get("run_single_threaded", False))
-            if identity is not None and _identity(path) == identity:  # unchanged while loading
-                _PACKAGES[key] = package
-                if device_index < 0:
-                    _KEPT.append(package)
+            loaded = _load_bytes(model, device_index, options)
+            package = _Package(loaded, options.get("run_single_threaded", False))
+            _PACKAGES[key] = package
+            if device_index < 0:
+                _KEPT.append(package)
     return package
 
 
@@ -344,8 +347,9 @@ class InductorBackend:
     apply_gpu_determinism` are applied first. ``intra_op_threads`` sets torch's (OpenMP) thread
     count for the whole process. ``session_options``: ``{"run_single_threaded": bool}``, passed
     to ``aoti_load_package`` (calls of such a package are then serialised: torch's own thread
-    synchronisation is off). The loaded package is shared by every backend of the same
-    unchanged file, device and options (:data:`_PACKAGES`): torch never unloads one.
+    synchronisation is off). The package is loaded from the verified bytes
+    (:class:`~.base.ModelFile`), not from the path, and shared by every backend of the same
+    bytes, device and options (:data:`_PACKAGES`): torch never unloads one.
     """
 
     wants_numpy = False
@@ -356,10 +360,11 @@ class InductorBackend:
         """Refuse unknown session options and an unusable CUDA device, before any file is read."""
         check_torch_options(options, list(_SESSION_OPTIONS), "AOTInductor")
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
-        self._path = Path(path)
-        name = self._path.name
+    def __init__(self, model: ModelFile | str | os.PathLike[str], options: BackendOptions) -> None:
         self.check_options(options)
+        model = ModelFile.of(model)
+        self._path = model.path
+        name = self._path.name
         self.device = "cpu"
         index = -1
         if options.device != "cpu":
@@ -369,7 +374,7 @@ class InductorBackend:
         apply_threads(options)
         extra = {k: bool(v) for k, v in options.session_options.items()}
         try:
-            package = _shared_package(self._path, index, extra)
+            package = _shared_package(model, index, extra)
         except Exception as err:
             raise BackendError(
                 f"torch could not load the AOTInductor package {self._path} "

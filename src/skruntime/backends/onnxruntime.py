@@ -1,16 +1,18 @@
-"""ONNX Runtime backend: ``.onnx`` files on the CPU provider, or CUDA when asked and present."""
+"""ONNX Runtime backend: ``.onnx`` files on the CPU provider, or CUDA when asked and present.
+
+The session is built from the verified bytes (:class:`~.base.ModelFile`), not from the path."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from ..errors import BackendError
-from .base import BackendOptions, as_numpy
+from .base import BackendOptions, ModelFile, as_numpy
 from .gpu import ORT_CUDA_FP32_OPTIONS
 
 __all__ = ["OnnxRuntimeBackend"]
@@ -115,19 +117,28 @@ class OnnxRuntimeBackend:
         _providers(options)
         _session_options(options)
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
+    def __init__(self, model: ModelFile | str | os.PathLike[str], options: BackendOptions) -> None:
         providers = _providers(options)
         so = _session_options(options)
+        model = ModelFile.of(model)
+        path = model.path
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+            session = ort.InferenceSession(model.data, sess_options=so, providers=providers)
         except Exception as e:  # onnxruntime raises its own pybind exception types
             raise BackendError(
                 f"onnxruntime could not load {path}: {e}. Re-deploy the file written by "
                 "skprotect, and check the providers/session options."
             ) from None
-        self.input_names = [i.name for i in self._session.get_inputs()]
-        self.output_names = [o.name for o in self._session.get_outputs()]
-        self.providers = self._session.get_providers()
+        # onnxruntime keeps the bytes for the life of the session, only to rebuild it on another
+        # provider (set_providers(), or its fallback to the CPU when a GPU provider fails in
+        # run()): no fallback (the device asked for, or a BackendError), and the bytes go, so
+        # that a session holds its model once, like one loaded by path
+        session.disable_fallback()
+        session._model_bytes = None
+        self._session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.providers = session.get_providers()
         self._path = path
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:

@@ -9,14 +9,15 @@ any error torch raises is reported as a :class:`~skruntime.errors.BackendError` 
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import BackendError
-from .base import BackendOptions
+from .base import BackendOptions, ModelFile
 from .gpu import apply_gpu_determinism, cuda_index
 from .inductor import (
     INPUTS_METADATA,
@@ -71,9 +72,10 @@ class TorchScriptBackend:
         """Refuse unknown session options and an unusable CUDA device, before any file is read."""
         check_torch_options(options, _SESSION_OPTIONS, "TorchScript")
 
-    def __init__(self, path: Path, options: BackendOptions) -> None:
-        self._path = Path(path)
+    def __init__(self, model: ModelFile | str | os.PathLike[str], options: BackendOptions) -> None:
         self.check_options(options)
+        model = ModelFile.of(model)
+        self._path = model.path
         self.device = "cpu"
         if options.device != "cpu":
             self.device = f"cuda:{cuda_index(options.device)}"
@@ -81,15 +83,18 @@ class TorchScriptBackend:
         apply_threads(options)
         extra = {INPUTS_METADATA: ""}
         try:
-            model = torch.jit.load(str(self._path), map_location=self.device, _extra_files=extra)
+            # the verified bytes, not the path: BytesIO shares them, torch reads them in place
+            module = torch.jit.load(
+                io.BytesIO(model.data), map_location=self.device, _extra_files=extra
+            )
             if options.session_options.get("optimize_for_inference"):
-                model = torch.jit.optimize_for_inference(model)
+                module = torch.jit.optimize_for_inference(module)
         except Exception as err:
             raise BackendError(
                 f"torch could not load the TorchScript file {self._path} "
                 f"({backend_failure(err)}). Re-deploy the file written by skprotect."
             ) from None
-        self._model = model.eval()
+        self._model = module.eval()
         self._specs: list[dict] | None = None
         self._key_name: str | None = None
         raw = extra[INPUTS_METADATA]
@@ -97,8 +102,8 @@ class TorchScriptBackend:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             self._specs, self.input_names, self._key_name = parse_specs(text, self._path.name)
         else:
-            self.input_names = [a.name for a in model.forward.schema.arguments[1:]]  # not self
-        self._io = TensorIO(self.device, owned=_held_tensors(model))
+            self.input_names = [a.name for a in module.forward.schema.arguments[1:]]  # not self
+        self._io = TensorIO(self.device, owned=_held_tensors(module))
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         model = self._model
