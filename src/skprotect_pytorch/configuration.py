@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import NoReturn, ParamSpec, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -27,12 +28,14 @@ from skruntime.config import (
     SUPPORTED_PLATFORM_VERSIONS,
     Config,
     CustomerEntry,
+    FormatEntry,
     ModelEntry,
     load_config,
     public_key_bytes,
     sha256_file,
     write_config,
 )
+from skruntime.keyfile import key_params_filename
 
 from . import __version__
 from .customer import Customer
@@ -219,8 +222,8 @@ def add_model(
     Raises:
         ConfigurationError: the model is already there (new) or missing (replace), the file has
             a higher platform version, another platform, application, customer or signing key,
-            its protected model files are missing for a migration from version 0, or it cannot
-            be read or written.
+            its protected model files are missing or replaced for a migration from version 0,
+            or it cannot be read or written.
         InvalidArgumentError: an argument has the wrong type or value.
     """
     path = Path(config_path)
@@ -340,8 +343,9 @@ def migrate_configuration(
     below 2, or one that differs from a version-2 file's, is refused: it would be ignored.
 
     Raises:
-        ConfigurationError: no file, a downgrade, protected model files missing (all named),
-            or a file named as the other platform's configuration.
+        ConfigurationError: no file, a downgrade, protected model files missing or replaced
+            since their protection (all named), or a file named as the other platform's
+            configuration.
         InvalidArgumentError: ``version`` is not a supported platform version.
     """
     path = Path(config_path)
@@ -382,24 +386,86 @@ def migrate_configuration(
 
 def check_migratable(path: Path, config: Config, folder: Path, replacing: str | None) -> None:
     """A version-0 file records no SHA-256: migrating it hashes every protected model file
-    under ``folder``, so they must be there (except those of ``replacing``, the model whose
-    entry the protection replaces)."""
-    if config.platform_version != 0:
-        return
-    missing = [
-        str(folder / fmt.file)
-        for name, entry in config.models.items()
-        if name != replacing
-        for fmt in entry.formats.values()
-        if not (folder / fmt.file).is_file()
-    ]
+    under ``folder`` (except those of ``replacing``, the model whose entry the protection
+    replaces), so they must be there, and be the files their key files were written for."""
+    if config.platform_version == 0:
+        _protected_hashes(path, config, folder, replacing)
+
+
+def _protected_hashes(
+    path: Path, config: Config, folder: Path, replacing: str | None = None
+) -> dict[str, dict[str, str]]:
+    """The SHA-256 of each protected model file of ``config`` under ``folder``, per model and
+    format (``replacing``'s left out), for a migration from version 0. Refuses missing files,
+    and files their TXT key files were not written for: the runtime refuses those
+    (``KeyFileError``), so version 1 would sign the hash of a file that cannot run."""
+    models = {name: e for name, e in config.models.items() if name != replacing}
+    missing = _files_where(models, lambda name, slug, fmt: not (folder / fmt.file).is_file())
     if missing:
+        _refuse_migration(path, folder, missing, "are missing")
+    try:
+        hashes = {
+            name: {slug: sha256_file(folder / f.file) for slug, f in e.formats.items()}
+            for name, e in models.items()
+        }
+    except OSError as e:
         raise ConfigurationError(
-            f"Cannot migrate {path} to a newer platform version: the protected model "
-            f"file(s) {', '.join(missing)} are missing, and version 1 records their "
-            "SHA-256. Put the old protected models back in outputs/<application>/ (each in "
-            "its model's sub-folder), or re-protect all models in a clean environment."
+            f"Cannot migrate {path}: reading a protected model file failed: "
+            f"{e.strerror or e} ({e.filename}). Check its permissions and retry."
+        ) from e
+    stale = _files_where(
+        models, lambda name, slug, fmt: not _unlocks(folder, name, fmt, hashes[name][slug])
+    )
+    if stale:
+        _refuse_migration(
+            path,
+            folder,
+            stale,
+            "are not the files their key files were written for (replaced or modified since "
+            "their protection: the runtime refuses them with KeyFileError)",
         )
+    return hashes
+
+
+def _files_where(
+    models: dict[str, ModelEntry], test: Callable[[str, str, FormatEntry], bool]
+) -> dict[str, list[str]]:
+    """The model files for which ``test(model name, format, format entry)`` holds, per model."""
+    found: dict[str, list[str]] = {}
+    for name, entry in models.items():
+        for slug, fmt in entry.formats.items():
+            if test(name, slug, fmt):
+                found.setdefault(name, []).append(fmt.file)
+    return found
+
+
+def _unlocks(folder: Path, model_name: str, fmt: FormatEntry, digest: str) -> bool:
+    """Whether the format's TXT key files were written for the model file of SHA-256
+    ``digest``; True where they do not say (encrypted LINUX key files, files written before
+    they recorded it, or unreadable ones, which the runtime reports itself)."""
+    params = next(
+        (k for k in fmt.key_files if Path(k).name == key_params_filename(model_name)), None
+    )
+    if params is None:
+        return True
+    try:
+        written_for = json.loads((folder / params).read_bytes()).get("model_sha256")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return True
+    return not isinstance(written_for, list) or digest in written_for
+
+
+def _refuse_migration(path: Path, folder: Path, bad: dict[str, list[str]], what: str) -> NoReturn:
+    """Refuse a migration from version 0 because of the model files ``bad`` (per model)."""
+    files = ", ".join(str(folder / file) for model_files in bad.values() for file in model_files)
+    names = ", ".join(f"'{name}'" for name in bad)
+    raise ConfigurationError(
+        f"Cannot migrate {path} to a newer platform version: the protected model file(s) "
+        f"{files} {what}, and version 1 records the SHA-256 of every protected model file. "
+        "Put the old protected models back in outputs/<application>/ (each in its model's "
+        f"sub-folder); otherwise re-protect {names} with protect_updated_model(..., "
+        "platform_version=0) and migrate then, or re-protect all models in a clean environment."
+    )
 
 
 def migrated_config(
@@ -414,21 +480,10 @@ def migrated_config(
     under ``folder``, → 2 adds ``customer``; ``replacement`` (name, new entry) takes the place
     of that model's entry, whose old files are not hashed. Nothing is written."""
     replacing = replacement[0] if replacement else None
-    check_migratable(path, config, folder, replacing)
     models = {name: e for name, e in config.models.items() if name != replacing}
     if config.platform_version == 0:
-        try:
-            models = {
-                name: entry.with_sha256(
-                    {slug: sha256_file(folder / f.file) for slug, f in entry.formats.items()}
-                )
-                for name, entry in models.items()
-            }
-        except OSError as e:
-            raise ConfigurationError(
-                f"Cannot migrate {path}: reading a protected model file failed: "
-                f"{e.strerror or e} ({e.filename}). Check its permissions and retry."
-            ) from e
+        hashes = _protected_hashes(path, config, folder, replacing)
+        models = {name: entry.with_sha256(hashes[name]) for name, entry in models.items()}
     if replacement is not None:
         models[replacement[0]] = replacement[1]
     customer_entry = _customer_entry(customer) if version == 2 else None
