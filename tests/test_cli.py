@@ -86,7 +86,12 @@ def test_quickstart_skips_the_licensed_run_without_the_licence_extra(
 
     def protected_only(workdir: Path | None = None, *, licensed: bool = True):
         asked.append(licensed)
-        result = SimpleNamespace(files=[], output_dir=Path("outputs"), skipped_formats={})
+        result = SimpleNamespace(
+            files=[],
+            output_dir=Path("outputs"),
+            config_path=Path("outputs/skconfig.json"),
+            skipped_formats={},
+        )
         return 0.99, [], result, None
 
     monkeypatch.setattr(quickstart, "run_quickstart", protected_only)

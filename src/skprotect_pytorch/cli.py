@@ -39,7 +39,9 @@ def _require_protector(command: str, code: int) -> None:
 @app.command()
 def quickstart() -> None:
     """Train a small CNN on the bundled digits data, protect it to every format this machine can
-    produce, and print accuracy with the key, without it, and of the original."""
+    produce, and print accuracy with the key, without it, and of the original; then run a LINUX
+    copy under a licence from an embedded licence server. Writes outputs/, log/ and
+    .skprotect_private/ in the current folder."""
     _require_protector("quickstart", 1)
     from .quickstart import main
 
@@ -48,6 +50,26 @@ def quickstart() -> None:
     except SkProtectError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+
+
+def _kek_output_problem(output: Path, state_root: Path) -> str | None:
+    """Why ``export-kek`` must not write the key to ``output``, or None: a folder, a path
+    through a file (where mkdir would say only "File exists"), or a master secret of the
+    state folder ``state_root``, which the key would overwrite for good."""
+    from .state import MASTER_KEY_FILENAME
+
+    if output.is_dir():  # '' and '.' too: typer reads an empty path as '.'
+        return f"{output} is a folder; pass a file name for the key."
+    blocking = next((p for p in output.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        return f"{blocking} is a file, not a folder; pass a path in a folder."
+    target = output.resolve()
+    if target.name == MASTER_KEY_FILENAME and target.parent.parent == state_root.resolve():
+        return (
+            f"{output} is the master secret of application '{target.parent.name}': writing "
+            "the key there would destroy it. Pass another file name."
+        )
+    return None
 
 
 @app.command("export-kek")
@@ -64,15 +86,16 @@ def export_kek(
     that a device's configuration was made for the customer it names)."""
     from .state import ProtectionState
 
-    if output.is_dir():  # '' and '.' too: typer reads an empty path as '.'
-        typer.echo(f"error: {output} is a folder; pass a file name for the key.", err=True)
-        raise typer.Exit(1)
     try:
         state = ProtectionState.open(application_name, create=False)
-        state.export_kek(output)
+        problem = _kek_output_problem(output, state.folder.parent)
+        if problem is None:
+            state.export_kek(output)
     except SkProtectError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        problem = str(err)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(1)
     public_key = base64.b64encode(state.public_key_bytes).decode("ascii")
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
     typer.echo(

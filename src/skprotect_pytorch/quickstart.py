@@ -170,6 +170,8 @@ class LicensedRun:
     used: int
     server_url: str
     seconds: float
+    files: list[Path]
+    """What the LINUX protection wrote: its configuration, model and key files."""
 
 
 def run_licensed(model: nn.Module, data: Dataset) -> LicensedRun:
@@ -191,7 +193,7 @@ def run_licensed(model: nn.Module, data: Dataset) -> LicensedRun:
     config_path = protector.config_path(linux)
     exists = config_path.exists() and MODEL_NAME in load_config(config_path).models
     protect = protector.protect_updated_model if exists else protector.protect_new_model
-    protect(
+    result = protect(
         model,
         MODEL_NAME,
         [torch.from_numpy(data.x_test[:2])],
@@ -259,11 +261,17 @@ def run_licensed(model: nn.Module, data: Dataset) -> LicensedRun:
         used=used,
         server_url=server.url,
         seconds=time.perf_counter() - start,
+        files=written(result),
     )
 
 
 LICENCE_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "httpx")
 """What the licensed run imports from the ``licence`` extra (SQLite needs no psycopg)."""
+
+
+def written(result: ProtectionResult) -> list[Path]:
+    """Every file a protection wrote: its configuration first, then model and key files."""
+    return [result.config_path, *result.files]
 
 
 def missing_licence_modules() -> list[str]:
@@ -356,9 +364,11 @@ def main() -> None:
             f"{licensed.allowance} inferences, {licensed.used} used "
             f"(customer quota {LICENSED_QUOTA})"
         )
-    console.print(f"files written: {len(result.files)} under {result.output_dir}")
-    for path in result.files:
-        console.print(f"  {path}")
+    runs = [written(result)] + ([licensed.files] if licensed is not None else [])
+    for files in runs:
+        console.print(f"files written: {len(files)} under {files[0].parent}")
+        for path in files:
+            console.print(f"  {path}")
     for fmt, reason in result.skipped_formats.items():
         console.print(f"[yellow]skipped {fmt}[/yellow]: {reason}")
     if missing:
