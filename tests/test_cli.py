@@ -46,7 +46,7 @@ def test_export_kek_refuses_an_application_without_master_secret(
     other.mkdir()
     monkeypatch.chdir(other)
     result = CliRunner().invoke(app, ["export-kek", "kek.b64", "--application-name", "my_app"])
-    assert result.exit_code == 1 and "Run export-kek from the folder" in result.output
+    assert result.exit_code == 1 and "Run this from the folder" in result.output
     assert not (other / ".skprotect_private").exists()
     monkeypatch.setenv("SKPROTECT_STATE_DIR", str(workdir / ".skprotect_private"))
     result = CliRunner().invoke(app, ["export-kek", "kek.b64", "--application-name", "my_app"])

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from skprotect_pytorch import Customer, quickstart
 from skprotect_pytorch.cli import app
+from skprotect_pytorch.errors import StateError
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skprotect_pytorch.state import ProtectionState
 
@@ -43,6 +44,17 @@ def test_export_kek_never_overwrites_a_master_secret(workdir: Path, given: str) 
         "there would destroy it. Pass another file name.\n"
     )
     assert {p: p.read_bytes() for p in secrets} == secrets
+
+
+def test_the_api_never_overwrites_a_master_secret_either(workdir: Path) -> None:
+    """``ProtectionState.export_kek`` (the Python API under the command) wrote over it too."""
+    state = ProtectionState.open("app")
+    master = workdir / ".skprotect_private" / "app" / "master.key"
+    secret = master.read_bytes()
+    with pytest.raises(StateError, match="is the master secret of application 'app'"):
+        state.export_kek(master)
+    assert master.read_bytes() == secret
+    assert state.export_kek(workdir / "kek.b64").read_bytes().strip()  # elsewhere: written
 
 
 def test_export_kek_names_the_file_in_the_way(workdir: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from skprotect_pytorch import Customer
-from skprotect_pytorch.errors import ConfigurationError
+from skprotect_pytorch.errors import ConfigurationError, StateError
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
 
@@ -78,3 +78,26 @@ def test_a_missing_model_file_names_the_model_to_re_protect(workdir: Path) -> No
     moved.rename(protector.outputs_dir / "n/onnx/n.onnx")  # put back: the migration goes on
     protector.migrate_configuration(1, EP.TXT)
     assert SkRuntime(protector.outputs_dir).config.platform_version == 1
+
+
+def test_a_lost_state_folder_creates_no_new_master_secret(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """migrate_configuration and update_customer created a new master.key where the state
+    folder was missing, then failed with "signed by a different application key", leaving a
+    secret that unlocks none of the application's files."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(mlp(0), "m", [X], model_export_formats=EF.ONNX, platform_version=1)
+    config = protector.config_path(EP.TXT)
+    before = config.read_bytes()
+    elsewhere = workdir / "elsewhere"
+    monkeypatch.setenv("SKPROTECT_STATE_DIR", str(elsewhere))
+    lost = SkProtectorPyTorch(application_name="app")
+    for call in (
+        lambda: lost.migrate_configuration(2, EP.TXT, Customer(3, "Three")),
+        lambda: lost.update_customer(Customer(3, "Three"), EP.TXT),
+    ):
+        with pytest.raises(StateError, match="application 'app' has no master secret"):
+            call()
+        assert not (elsewhere / "app" / "master.key").exists()
+        assert config.read_bytes() == before

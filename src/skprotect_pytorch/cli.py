@@ -52,23 +52,15 @@ def quickstart() -> None:
         raise typer.Exit(1) from None
 
 
-def _kek_output_problem(output: Path, state_root: Path) -> str | None:
-    """Why ``export-kek`` must not write the key to ``output``, or None: a folder, a path
-    through a file (where mkdir would say only "File exists"), or a master secret of the
-    state folder ``state_root``, which the key would overwrite for good."""
-    from .state import MASTER_KEY_FILENAME
-
+def _kek_output_problem(output: Path) -> str | None:
+    """Why ``export-kek`` must not write the key to ``output``, or None: a folder, or a path
+    through a file (where mkdir would say only "File exists"). A master secret is refused by
+    :meth:`ProtectionState.export_kek` itself."""
     if output.is_dir():  # '' and '.' too: typer reads an empty path as '.'
         return f"{output} is a folder; pass a file name for the key."
     blocking = next((p for p in output.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         return f"{blocking} is a file, not a folder; pass a path in a folder."
-    target = output.resolve()
-    if target.name == MASTER_KEY_FILENAME and target.parent.parent == state_root.resolve():
-        return (
-            f"{output} is the master secret of application '{target.parent.name}': writing "
-            "the key there would destroy it. Pass another file name."
-        )
     return None
 
 
@@ -88,7 +80,7 @@ def export_kek(
 
     try:
         state = ProtectionState.open(application_name, create=False)
-        problem = _kek_output_problem(output, state.folder.parent)
+        problem = _kek_output_problem(output)
         if problem is None:
             state.export_kek(output)
     except SkProtectError as err:

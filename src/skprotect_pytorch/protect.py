@@ -141,6 +141,14 @@ class SkProtectorPyTorch:
             self._state = ProtectionState.open(self.application_name)
         return self._state
 
+    def _existing_state(self) -> ProtectionState:
+        """The state of an application already protected here: migrating or re-signing a
+        configuration with a new master secret created on the spot would only fail later
+        ("signed by a different application key"), leaving that useless secret behind."""
+        if self._state is None:
+            self._state = ProtectionState.open(self.application_name, create=False)
+        return self._state
+
     def config_path(self, deployment_platform: ExportPlatform) -> Path:
         """Path of the configuration file of ``deployment_platform``."""
         return self.outputs_dir / CONFIG_FILENAMES[_check_platform(deployment_platform).value]
@@ -343,7 +351,7 @@ class SkProtectorPyTorch:
                 version,
                 outputs_dir=self.outputs_dir,
                 customer=customer or Customer(),
-                signing_key=self.state.signing_key,
+                signing_key=self._existing_state().signing_key,
             )
             get_logger().info("migrated %s to platform version %d", path, version)
         return path
@@ -357,7 +365,7 @@ class SkProtectorPyTorch:
         _check_platform(deployment_platform)
         path = self._existing_config(deployment_platform, "update_customer")
         with file_log(self.log_path):
-            _update_customer(path, customer, signing_key=self.state.signing_key)
+            _update_customer(path, customer, signing_key=self._existing_state().signing_key)
             get_logger().info("customer of %s set to %s", path, customer)
         return path
 

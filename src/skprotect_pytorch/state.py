@@ -106,7 +106,7 @@ class ProtectionState:
             raise StateError(
                 f"application '{application_name}' has no master secret ({master} does not "
                 "exist): no model of it was protected with this state folder, and a new secret's "
-                "key would unlock none of its files. Run export-kek from the folder the "
+                "key would unlock none of its files. Run this from the folder the "
                 f"protection scripts ran in (with their {STATE_ENV_VAR}, if they set it), and "
                 "check the application name."
             )
@@ -163,10 +163,20 @@ class ProtectionState:
         """Write the KEK, base64 and a newline, to ``path`` (mode 0600) for the licence server.
 
         Raises:
-            StateError: ``path`` is inside an ``outputs`` folder (the KEK must never ship) or
-                cannot be written.
+            StateError: ``path`` is inside an ``outputs`` folder (the KEK must never ship), is
+                a master secret of this state folder (writing it would destroy every key of
+                that application), or cannot be written.
         """
         path = Path(path)
+        target = path.resolve()  # through '..' and symbolic links
+        if (
+            target.name == MASTER_KEY_FILENAME
+            and target.parent.parent == self.folder.parent.resolve()
+        ):
+            raise StateError(
+                f"{path} is the master secret of application '{target.parent.name}': writing the "
+                "key there would destroy it. Pass another file name."
+            )
         if _inside_outputs(path.parent):
             raise StateError(
                 f"Refusing to write the key-encryption key to {path.resolve()}: it is inside an "
