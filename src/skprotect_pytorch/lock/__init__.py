@@ -18,10 +18,10 @@ from ..errors import InvalidArgumentError, UnsupportedLayerError
 from . import attention, conv, linear, recurrent  # noqa: F401  (registers the lockers)
 from .batchnorm import fold_batchnorms
 from .context import KeySlots, LockContext, LockSettings
-from .coverage import PlaintextWeight, plaintext_buffers, plaintext_weights
+from .coverage import PlaintextWeight, plain_leaves, plaintext_buffers, plaintext_weights
 from .key_layout import KeyLayout
 from .keyed_model import KeyedModel
-from .preflight import check_lockable, copy_model, strip_compile_wrappers
+from .preflight import REBOUND_CALLS, check_lockable, copy_model, strip_compile_wrappers
 from .registry import find_locker, supported_layer_types
 
 LayerFilter = Callable[[str, nn.Module], bool]
@@ -76,15 +76,17 @@ def once_per_layer(layer_filter: LayerFilter) -> LayerFilter:
 
 def _rebound_calls(root: nn.Module, replacements: dict[int, nn.Module]) -> dict[int, object]:
     """A replaced layer's ``forward`` or ``__call__`` kept as an attribute (``self.first =
-    self.a.forward``), bound to its locked layer instead: a deep copy would bind the original
-    class's method to the locked layer, which computes garbage with its locked weights."""
+    self.a.forward``, also in a list, dict or ``functools.partial``), bound to its locked layer
+    instead: a deep copy would bind the original class's method to the locked layer, which
+    computes garbage with its locked weights (8.6 off for one in a list).  Other methods of a
+    replaced layer are refused up front (:func:`.preflight.check_lockable`)."""
     found: dict[int, object] = {}
     for module in root.modules():
-        for value in vars(module).values():
+        for _, value in plain_leaves(list(vars(module).values()), ""):
             if (
                 isinstance(value, types.MethodType)
                 and id(value.__self__) in replacements
-                and value.__name__ in ("forward", "__call__")
+                and value.__name__ in REBOUND_CALLS
             ):
                 found[id(value)] = getattr(replacements[id(value.__self__)], value.__name__)
     return found

@@ -11,6 +11,7 @@ held in plain attributes (a list instead of an ``nn.ModuleList``), which the loc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -99,17 +100,39 @@ MODULE_INTERNALS = frozenset(vars(nn.Module()))
 """The attributes every module has (``_parameters``, ``_modules``, the hook dicts, …)."""
 
 
-def _held(value: object, path: str) -> Iterator[tuple[str, object]]:
-    """The tensors and modules in a plain attribute's value (also inside lists, tuples and
-    dicts), each with the expression that reaches it (``blocks[0]``)."""
-    if isinstance(value, torch.Tensor | nn.Module):
+def plain_leaves(
+    value: object, path: str, seen: set[int] | None = None
+) -> Iterator[tuple[str, object]]:
+    """Each value inside a plain attribute's value, through lists, tuples, dicts and
+    ``functools.partial`` objects, with the expression that reaches it (``blocks[0]``).
+
+    Each container is entered once (``seen`` holds their ``id``): a list that holds itself,
+    or any reference cycle through containers, ended in a RecursionError.
+    """
+    seen = set() if seen is None else seen
+    if not isinstance(value, list | tuple | dict | functools.partial):
         yield path, value
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            yield from _held(item, f"{path}[{i}]")
+        return
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    if isinstance(value, functools.partial):
+        items = [(".func", value.func)]
+        items += [(f".args[{i}]", item) for i, item in enumerate(value.args)]
+        items += [(f".keywords[{k!r}]", item) for k, item in value.keywords.items()]
     elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _held(item, f"{path}[{key!r}]")
+        items = [(f"[{k!r}]", item) for k, item in value.items()]
+    else:
+        items = [(f"[{i}]", item) for i, item in enumerate(value)]
+    for suffix, item in items:
+        yield from plain_leaves(item, path + suffix, seen)
+
+
+def _held(value: object, path: str) -> Iterator[tuple[str, object]]:
+    """The tensors and modules in a plain attribute's value (:func:`plain_leaves`)."""
+    for where, item in plain_leaves(value, path):
+        if isinstance(item, torch.Tensor | nn.Module):
+            yield where, item
 
 
 def _plain_attributes(

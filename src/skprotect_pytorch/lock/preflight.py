@@ -10,9 +10,11 @@ front with what to do, instead of failing later deep inside torch.
 - The lock works in float32 (its mixing blocks, key decoder and scales are float32, and so are
   the runtime's key vectors): a float64/float16/bfloat16 supported layer is refused rather than
   silently converted, since that would change the model's outputs.
-- A function attribute (a lambda or closure) that captured the model's layers would keep
-  calling the user's own, unlocked layers from the locked copy (``copy.deepcopy`` does not copy
-  functions): it is refused, with how to write it instead.
+- A function attribute (a lambda or closure, also in a list, dict or ``functools.partial``)
+  that captured the model's layers would keep calling the user's own, unlocked layers from the
+  locked copy (``copy.deepcopy`` does not copy functions): it is refused, with how to write it
+  instead.  So is a kept bound method of a layer to lock other than its ``forward``
+  (``self.f = self.a.helper``): the copy binds it to the locked layer, giving wrong outputs.
 - A ``torch.compile`` wrapper (``OptimizedModule``) is replaced by the module it wraps
   (:func:`strip_compile_wrappers`): its compiled forward stays bound to the module it was built
   on, so a locked copy would still run the unlocked layer, and every export traces eager code.
@@ -31,9 +33,9 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import prune
 from torch.nn.utils.weight_norm import WeightNorm
 
-from ..errors import InvalidArgumentError
-from .coverage import MODULE_INTERNALS
-from .registry import supported_layer_types
+from ..errors import InvalidArgumentError, UnsupportedLayerError
+from .coverage import MODULE_INTERNALS, plain_leaves
+from .registry import find_locker, supported_layer_types
 
 
 def _reparametrisation_error(name: str, module: nn.Module) -> InvalidArgumentError | None:
@@ -109,19 +111,34 @@ def strip_compile_wrappers(model: nn.Module) -> nn.Module:
     return root
 
 
-def _wrong_dtypes(model: nn.Module, layer_filter: Callable[[str, nn.Module], bool]) -> list[str]:
-    """``"name (Type, dtype)"`` for every layer to lock with non-float32 floating or complex
-    tensors (a layer ``layer_filter`` excludes keeps its dtype: it is not locked).  Complex
-    ones too: the lock's float64 arithmetic silently dropped their imaginary parts."""
+LayerFilter = Callable[[str, nn.Module], bool]
+
+REBOUND_CALLS = ("forward", "__call__")
+"""The methods of a replaced layer that the lock binds to its locked layer when the model
+keeps them as attributes (``self.first = self.a.forward``): they compute the same outputs."""
+
+
+def _layers_to_lock(model: nn.Module, layer_filter: LayerFilter) -> list[tuple[str, nn.Module]]:
+    """The supported layers that ``layer_filter`` does not exclude, less the parts of another
+    (``MultiheadAttention.out_proj``): a layer it excludes stays as it is."""
     found, layers = [], []
     for name, module in uncompiled_named_modules(model):
         if not isinstance(module, supported_layer_types()) or any(
             layer == "" or name.startswith(f"{layer}.") for layer in layers
         ):
-            continue  # not a layer to lock, or part of one (MultiheadAttention.out_proj)
+            continue  # not a layer to lock, or part of one
         layers.append(name)
-        if layer_filter(name, module) is False:
-            continue
+        if layer_filter(name, module) is not False:
+            found.append((name, module))
+    return found
+
+
+def _wrong_dtypes(layers: list[tuple[str, nn.Module]]) -> dict[str, bool]:
+    """``"name (Type, dtype)"`` → whether complex, for every layer to lock with non-float32
+    floating or complex tensors.  Complex ones too: the lock's float64 arithmetic silently
+    dropped their imaginary parts."""
+    found = {}
+    for name, module in layers:
         dtypes = {
             t.dtype
             for t in (*module.parameters(), *module.buffers())
@@ -129,37 +146,116 @@ def _wrong_dtypes(model: nn.Module, layer_filter: Callable[[str, nn.Module], boo
         }
         if dtypes:
             kinds = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
-            found.append(f"{name or '<model>'} ({type(module).__name__}, {kinds})")
+            label = f"{name or '<model>'} ({type(module).__name__}, {kinds})"
+            found[label] = any(d.is_complex for d in dtypes)
     return found
 
 
-def _captures_a_layer(fn: types.FunctionType) -> bool:
-    """Whether ``fn``'s closure holds a module that is or contains a layer the lock replaces."""
-    cells = []
-    for cell in fn.__closure__ or ():
-        try:
-            cells.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            continue
-    return any(
-        isinstance(c, nn.Module)
-        and any(isinstance(m, supported_layer_types()) for m in c.modules())
-        for c in cells
+def _dtype_error(wrong: dict[str, bool]) -> InvalidArgumentError:
+    """What to do about layers that are not float32: convert real ones, exclude complex ones
+    (``model.float()`` drops a complex tensor's imaginary part: other outputs, no error)."""
+    real = [label for label, is_complex in wrong.items() if not is_complex]
+    complex_ = [label.partition(" (")[0] for label, is_complex in wrong.items() if is_complex]
+    advice = []
+    if real:
+        advice.append(
+            "Convert the model with model.float() and pass float32 input_tensors (the protected "
+            "model then computes in float32 and returns float32 outputs), or leave those layers "
+            "unlocked with layer_filter."
+        )
+    if complex_:
+        advice.append(
+            f"Complex-valued layers cannot be locked, nor converted (model.float() drops their "
+            f"imaginary parts): leave them unlocked with layer_filter, e.g. "
+            f"layer_filter=lambda name, module: name not in {complex_!r}."
+        )
+    return InvalidArgumentError(
+        f"The lock works in float32, but {len(wrong)} layer(s) to lock are not float32: "
+        f"{'; '.join(wrong)}. {' '.join(advice)}"
     )
 
 
+def _captured(fn: types.FunctionType) -> list[object]:
+    """What ``fn`` keeps besides its code: its closure's variables and its default arguments,
+    which ``copy.deepcopy`` keeps as they are, together with the function."""
+    values = []
+    for cell in fn.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    return [*values, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
+
+
+def _reaches_a_layer(values: list[object], seen: set[int]) -> bool:
+    """Whether ``values`` hold a module that is or contains a supported layer: directly, in
+    containers, as a bound method's object, or captured by a function they hold."""
+    for value in values:
+        for _, item in plain_leaves(value, "", seen):
+            if isinstance(item, types.MethodType):
+                item = item.__self__
+            if isinstance(item, nn.Module) and any(
+                isinstance(m, supported_layer_types()) for m in item.modules()
+            ):
+                return True
+            if isinstance(item, types.FunctionType) and id(item) not in seen:
+                seen.add(id(item))
+                if _reaches_a_layer(_captured(item), seen):
+                    return True
+    return False
+
+
+def _attribute_leaves(model: nn.Module) -> Iterator[tuple[str, object]]:
+    """Every value in the plain attributes of ``model``'s modules, through lists, tuples, dicts
+    and ``functools.partial`` objects, with its path (``fns[0]``)."""
+    for name, module in uncompiled_named_modules(model):
+        for attr, value in vars(module).items():
+            if attr not in MODULE_INTERNALS:
+                yield from plain_leaves(value, f"{name}.{attr}" if name else attr)
+
+
 def _layer_closures(model: nn.Module) -> list[str]:
-    """The attributes of ``model``'s modules that are functions (lambdas, closures) calling
-    its layers through captured variables: ``copy.deepcopy`` keeps a function as it is, so the
-    locked copy would call the user's unlocked layers, whatever the key."""
+    """The attributes of ``model``'s modules that are functions (lambdas, closures, also in a
+    list, dict or ``functools.partial``) calling its layers through captured variables or
+    default arguments: ``copy.deepcopy`` keeps a function as it is, so the locked copy would
+    call the user's unlocked layers, whatever the key."""
     return [
-        f"{name}.{attr}" if name else attr
-        for name, module in uncompiled_named_modules(model)
-        for attr, value in vars(module).items()
-        if attr not in MODULE_INTERNALS
-        and isinstance(value, types.FunctionType)
-        and _captures_a_layer(value)
+        f"'{path}'"
+        for path, item in _attribute_leaves(model)
+        if isinstance(item, types.FunctionType) and _reaches_a_layer(_captured(item), set())
     ]
+
+
+def _replaced(module: nn.Module) -> bool:
+    """Whether the lock replaces ``module`` (its locker does not refuse it)."""
+    try:
+        return find_locker(module) is not None
+    except UnsupportedLayerError:
+        return False
+
+
+def _layer_methods(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> list[str]:
+    """The attributes that are bound methods of a layer the lock replaces, other than
+    :data:`REBOUND_CALLS` (``self.f = self.a.helper``), or of a part of one (``self.f =
+    self.attn.out_proj.forward``): the copy binds the first to the locked layer, whose weights
+    are keyed (wrong outputs, 35.9 relative error), and the second to an unlocked copy of the
+    part, which ran without the key and shipped its weights unreported."""
+    owners = {}  # id of the layer or part → (its name, whether it is a part)
+    for name, layer in layers:
+        if _replaced(layer):
+            owners |= {
+                id(m): (f"{name}.{part}" if name else part, True)
+                for part, m in layer.named_modules()
+                if part
+            }
+            owners[id(layer)] = (name, False)
+    found = []
+    for path, item in _attribute_leaves(model):
+        if isinstance(item, types.MethodType) and id(item.__self__) in owners:
+            name, part = owners[id(item.__self__)]
+            if part or item.__name__ not in REBOUND_CALLS:
+                found.append(f"'{path}' ({item.__name__}() of layer '{name}')")
+    return found
 
 
 def _uninitialised(model: nn.Module) -> list[str]:
@@ -168,9 +264,7 @@ def _uninitialised(model: nn.Module) -> list[str]:
     return [name for name, t in tensors if is_lazy(t)]
 
 
-def check_lockable(
-    model: nn.Module, layer_filter: Callable[[str, nn.Module], bool] = lambda name, m: True
-) -> None:
+def check_lockable(model: nn.Module, layer_filter: LayerFilter = lambda name, m: True) -> None:
     """Raise :class:`InvalidArgumentError` if ``model`` is TorchScript, cannot be copied, holds
     uninitialised lazy tensors, or the layers ``layer_filter`` selects cannot be locked, as
     they are."""
@@ -195,20 +289,26 @@ def check_lockable(
     closures = _layer_closures(model)
     if closures:
         raise InvalidArgumentError(
-            f"The model's attribute(s) {', '.join(map(repr, closures))} are functions (lambdas "
+            f"The model's attribute(s) {', '.join(closures)} are functions (lambdas "
             "or closures) that call its layers through captured variables: a copy of the model "
             "keeps such a function as it is, so the locked model would still run your unlocked "
             "layers, whatever the key. Make each a method (def name(self, x): ...) or call the "
             "layer directly in forward, then protect."
         )
-    wrong = _wrong_dtypes(model, layer_filter)
-    if wrong:
+    layers = _layers_to_lock(model, layer_filter)
+    methods = _layer_methods(model, layers)
+    if methods:
         raise InvalidArgumentError(
-            f"The lock works in float32, but {len(wrong)} layer(s) to lock are not float32: "
-            f"{'; '.join(wrong)}. Convert the model with model.float() and pass float32 "
-            "input_tensors (the protected model then computes in float32 and returns float32 "
-            "outputs), or leave those layers unlocked with layer_filter."
+            f"The model's attribute(s) {', '.join(methods)} are methods of layers the lock "
+            "replaces, or of their parts: the locked layer holds keyed weights and reproduces "
+            "only the layer's own call, so such a method would compute wrong results or run an "
+            "unlocked copy of the part. Call the layer itself in "
+            "forward (self.layer(x), or keep self.layer.forward), or leave that layer unlocked "
+            "with layer_filter, then protect."
         )
+    wrong = _wrong_dtypes(layers)
+    if wrong:
+        raise _dtype_error(wrong)
 
 
 def copy_model(model: nn.Module) -> nn.Module:
