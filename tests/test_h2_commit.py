@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import skprotect_pytorch.pipeline as pipeline
+import skprotect_pytorch.staging as staging_module
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime.config import load_config, sha256_file
 
@@ -51,7 +52,7 @@ def test_an_interrupt_as_a_replaced_file_is_set_aside_loses_nothing(
         if "-backup" in str(dst):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline.os, "replace", interrupted_on_return)
+    monkeypatch.setattr(os, "replace", interrupted_on_return)
     with pytest.raises(KeyboardInterrupt):
         protector.protect_updated_model(
             mlp(1), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU
@@ -91,14 +92,16 @@ class Killed(Exception):
     """The process dies here: no rollback, no cleanup runs."""
 
 
-def test_a_backup_left_by_a_protection_killed_while_moving_files_in_is_said(
+def test_a_backup_left_by_a_protection_killed_while_moving_files_in_is_rolled_back(
     workdir: Path, protector: SkProtectorPyTorch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A protection killed between two moves into place left the deployment half updated and
     the previous files in a hidden backup folder that ships; later protections removed its
-    staging folder and said nothing. They now warn, at the caller's line, with what to do."""
+    staging folder and said nothing, then only warned. The configuration on disk records the
+    backups: they are moved back, with a warning at the caller's line naming them."""
     app = workdir / "outputs" / "app"
-    staging = pipeline._Staging(app)
+    before = tree(app)
+    staging = staging_module.Staging(app)
     for name in ("key_params_net.json", "key_vector_inv_net.txt", "net.pt"):
         staging.path(f"net/cpu/{name}").write_bytes(b"new " + name.encode())
     real_replace, moves = os.replace, []
@@ -110,16 +113,19 @@ def test_a_backup_left_by_a_protection_killed_while_moving_files_in_is_said(
         real_replace(src, dst)
 
     with monkeypatch.context() as dying:
-        dying.setattr(pipeline.os, "replace", killed_on_the_fourth_move)
+        dying.setattr(os, "replace", killed_on_the_fourth_move)
         with pytest.raises(Killed):
             staging.commit_files()
     assert staging.owner is not None
     os.close(staging.owner)  # the process is gone: its lock is released
     backup = staging.root.with_name(staging.root.name + "-backup")
-    with pytest.warns(UserWarning, match="did not finish") as caught:
+    with pytest.warns(UserWarning, match="rolled back") as caught:
         protector.protect_new_model(mlp(), "other", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU)
     said = [w for w in caught if str(backup) in str(w.message)]
     assert len(said) == 1 and said[0].filename == __file__
-    assert "move it back" in str(said[0].message)
-    assert not staging.root.exists()  # the dead staging folder is removed, its backup kept
-    assert (backup / "net" / "cpu" / "key_params_net.json").is_file()
+    assert "net/cpu/key_params_net.json, net/cpu/key_vector_inv_net.txt" in str(said[0].message)
+    assert not staging.root.exists() and not backup.exists()
+    after = tree(app)
+    assert {k: v for k, v in after.items() if k.startswith("net/")} == {
+        k: v for k, v in before.items() if k.startswith("net/")
+    }

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-import skprotect_pytorch.pipeline as pipeline
+import skprotect_pytorch.staging as staging_module
 from skprotect_pytorch.protect import SkProtectorPyTorch
 
 EF = SkProtectorPyTorch.ExportFormat
@@ -28,12 +28,12 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
 
 
-def running_elsewhere(app: Path, monkeypatch: pytest.MonkeyPatch) -> pipeline._Staging:
+def running_elsewhere(app: Path, monkeypatch: pytest.MonkeyPatch) -> staging_module.Staging:
     """The staging folder of a protection running on another host: made there (another system
     tag), with a staged model, and its lock, taken in that host's kernel, not visible here."""
     with monkeypatch.context() as there:
-        there.setattr(pipeline, "_system_tag", lambda: OTHER_SYSTEM, raising=False)
-        staging = pipeline._Staging(app)
+        there.setattr(staging_module, "_system_tag", lambda: OTHER_SYSTEM)
+        staging = staging_module.Staging(app)
     staging.path("net/onnx/net.onnx").write_bytes(b"a locked model, still being verified")
     if staging.owner is not None:
         os.close(staging.owner)
@@ -54,7 +54,7 @@ def test_a_running_protections_folder_of_another_host_is_kept(
     (backup / "net" / "onnx" / "net.onnx").write_bytes(b"the previous locked model")
     with caplog.at_level(logging.INFO, logger="skprotect"), warnings.catch_warnings():
         warnings.simplefilter("error")
-        here = pipeline._Staging(app)
+        here = staging_module.Staging(app)
     here.cleanup()
     assert (other.root / "net" / "onnx" / "net.onnx").is_file()
     assert (backup / "net" / "onnx" / "net.onnx").is_file()
@@ -67,11 +67,11 @@ def test_a_running_protections_folder_of_another_host_is_kept(
 def test_a_killed_protections_folder_of_this_host_is_still_removed(tmp_path: Path) -> None:
     """The folder of a protection of this system whose lock is free (its process died) goes."""
     app = tmp_path / "outputs" / "app"
-    dead = pipeline._Staging(app)
+    dead = staging_module.Staging(app)
     dead.path("net/original/net_onnx.onnx").write_bytes(b"plaintext weights")
     assert dead.owner is not None
     os.close(dead.owner)  # the process died: its lock is released
-    here = pipeline._Staging(app)
+    here = staging_module.Staging(app)
     here.cleanup()
     assert not dead.root.exists()
 

@@ -282,9 +282,6 @@ def test_a_failure_while_moving_files_in_restores_every_file(
     protector = SkProtectorPyTorch(application_name="app")
     protector.protect_new_model(make_model(), "net", INPUTS, model_export_formats=EF.ONNX)
     before = _tree(workdir / "outputs")
-
-    import skprotect_pytorch.pipeline as pipeline
-
     real_replace, moves = os.replace, []
 
     def fills_up(src, dst):
@@ -294,7 +291,7 @@ def test_a_failure_while_moving_files_in_restores_every_file(
                 raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(pipeline.os, "replace", fills_up)
+    monkeypatch.setattr(os, "replace", fills_up)
     with pytest.raises(ExportError, match="previous files are restored"):
         protector.protect_updated_model(make_model(5), "net", INPUTS, model_export_formats=EF.ONNX)
     assert _tree(workdir / "outputs") == before
@@ -319,7 +316,7 @@ def test_a_failed_restore_keeps_the_backups_and_says_where(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(pipeline, "add_model", disk_full)
-    monkeypatch.setattr(pipeline.os, "replace", no_way_back)
+    monkeypatch.setattr(os, "replace", no_way_back)
     with pytest.raises(ExportError, match=r"previous files are kept in .*-backup"):
         protector.protect_updated_model(make_model(5), "net", INPUTS, model_export_formats=EF.ONNX)
     backups = [p for p in (workdir / "outputs/app").iterdir() if p.name.endswith("-backup")]

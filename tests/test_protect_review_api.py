@@ -21,6 +21,7 @@ from torch import nn
 import skprotect_pytorch.configuration as configuration
 import skprotect_pytorch.pipeline as pipeline
 import skprotect_pytorch.protect as protect
+import skprotect_pytorch.staging as staging
 from skprotect_pytorch import Customer
 from skprotect_pytorch.errors import ConfigurationError, ExportError, InvalidArgumentError
 from skprotect_pytorch.logs import get_logger
@@ -411,7 +412,7 @@ def test_a_staging_folder_that_cannot_be_locked_stops_the_protection(
         return real_lock(folder)
 
     monkeypatch.setattr(configuration, "lock_folder", no_descriptor_left)
-    monkeypatch.setattr(pipeline, "lock_folder", no_descriptor_left)
+    monkeypatch.setattr(staging, "lock_folder", no_descriptor_left)
     with pytest.raises(ExportError, match="Too many open files"):
         SkProtectorPyTorch(application_name="app").protect_new_model(
             mlp(), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU

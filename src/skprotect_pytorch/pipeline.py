@@ -11,18 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
-import json
-import os
-import re
-import shutil
-import socket
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +41,6 @@ from .configuration import (
     check_same_customer,
     config_lock,
     load_own,
-    lock_folder,
 )
 from .customer import Customer
 from .errors import ConfigurationError, ExportError, InvalidArgumentError, SkProtectError
@@ -74,6 +65,7 @@ from .platforms import write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
 from .shared_files import OtherPlatform, warn_plain_keys_beside_linux, warn_untracked_files
+from .staging import Staging
 from .state import ProtectionState
 
 
@@ -454,233 +446,6 @@ def _refuse_dropping_deployed(
     )
 
 
-_STAGING_NAME = re.compile(r"\.staging-(?P<system>[0-9a-f]{16})-[0-9a-f]{12}")
-"""A staging folder's name: the tag of the system that writes it (:func:`_system_tag`), then
-a random id; its backup folder adds ``-backup``."""
-
-_OWNER_FILE = ".owner.json"
-"""In each staging folder: the host name, process id and start time of its protection, for the
-messages about a folder this system keeps; never moved into place (no model name starts with
-a dot)."""
-
-_STALE_AFTER_S = 24 * 3600
-"""Another system's staging folder unchanged this long is said (a warning), not only logged."""
-
-
-def _system_tag() -> str:
-    """16 hex digits naming this running system: its host name and boot (Linux's boot id).
-
-    A folder lock tells a running protection only on the system that took it: on NFS mounted
-    with local locks (``local_lock=all``), each host's ``flock`` always succeeds there, so a
-    scan that trusted the lock alone deleted another host's running staging folder. Each
-    staging folder's name carries this tag, given at its creation (no moment without it), and
-    only this system's folders are removed as orphans. A hash: the name shows neither."""
-    boot = ""
-    with contextlib.suppress(OSError):
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
-    system = f"skprotect-staging\0{socket.gethostname()}\0{boot}".encode()
-    return hashlib.sha256(system).hexdigest()[:16]
-
-
-class _Staging:
-    """Files written under a private staging folder, moved into place all together."""
-
-    def __init__(self, outputs_dir: Path) -> None:
-        self.outputs_dir = outputs_dir
-        self.root = outputs_dir / f".staging-{_system_tag()}-{uuid.uuid4().hex[:12]}"
-        self.owner: int | None = None  # the folder's descriptor, locked while the run lasts
-        try:
-            outputs_dir.mkdir(parents=True, exist_ok=True)
-            with config_lock(outputs_dir):  # no orphan scan between the mkdir and the lock
-                _remove_orphans(outputs_dir)
-                self.root.mkdir()
-                _write_owner(self.root / _OWNER_FILE)
-                self.owner = lock_folder(self.root)
-        except OSError as err:
-            shutil.rmtree(self.root, ignore_errors=True)  # unlocked: the next scan could not tell
-            raise ExportError(
-                f"Cannot write to {outputs_dir} ({err.strerror or err}): protect from a folder "
-                "where outputs/ can be created and written, with space left."
-            ) from err
-        self.moved: list[tuple[Path, Path | None]] = []  # (final path, backup or None)
-        self.kept: set[str] = set()  # files in place that stay as they are (never retired)
-
-    def path(self, relative: str) -> Path:
-        p = self.root / relative
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def final(self, staged: Path) -> Path:
-        return self.outputs_dir / staged.relative_to(self.root)
-
-    def keep_final(self, staged: Path) -> None:
-        """Drop ``staged``: the file already in place at its final path is kept instead."""
-        self.kept.add(str(staged.relative_to(self.root)))
-        staged.unlink()
-
-    def commit_files(self, retire: Iterable[str] = ()) -> None:
-        """Move the staged files into place, and those of ``retire`` (paths relative to the
-        outputs folder) that were not written again out of it; every replaced or retired file
-        is kept for a rollback."""
-        backup_dir = self.root.with_name(self.root.name + "-backup")
-        marker = self.root / _OWNER_FILE
-        staged_files = sorted(p for p in self.root.rglob("*") if p.is_file() and p != marker)
-        written = {str(p.relative_to(self.root)) for p in staged_files} | self.kept
-        for staged in staged_files:
-            relative = staged.relative_to(self.root)
-            final = self.outputs_dir / relative
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
-                self._set_aside(final, backup_dir / relative)
-            else:
-                self.moved.append((final, None))
-            os.replace(staged, final)
-        for name in sorted(set(retire) - written):
-            if (self.outputs_dir / name).is_file():
-                self._set_aside(self.outputs_dir / name, backup_dir / name)
-
-    def _set_aside(self, final: Path, backup: Path) -> None:
-        """Move ``final`` to ``backup``, recorded for :meth:`rollback` before the move: an
-        interruption (Ctrl-C) between the two would otherwise lose the previous file, which
-        the cleanup deletes with the backup folder."""
-        backup.parent.mkdir(parents=True, exist_ok=True)
-        self.moved.append((final, backup))
-        os.replace(final, backup)
-
-    def rollback(self) -> None:
-        """Put every replaced file back and remove the new ones; a file recorded but not moved
-        yet (no backup there) is still in place. What cannot be restored stays in the backup
-        folder, which :meth:`cleanup` then keeps, and the error says where it is."""
-        while self.moved:
-            final, backup = self.moved[-1]
-            try:
-                if backup is None:
-                    final.unlink(missing_ok=True)
-                elif backup.exists():
-                    os.replace(backup, final)
-            except OSError as err:
-                raise ExportError(
-                    f"Could not restore {final} ({err.strerror or err}) after a failed update; "
-                    f"the previous files are kept in {self.root.name}-backup under "
-                    f"{self.outputs_dir}: move them back by hand."
-                ) from err
-            self.moved.pop()
-
-    def cleanup(self) -> None:
-        """Remove the staging folder, and its backups unless some are still to restore; the
-        backups first, so that no scan sees them without their staging folder (a leftover)."""
-        if not self.moved:
-            shutil.rmtree(self.root.with_name(self.root.name + "-backup"), ignore_errors=True)
-        shutil.rmtree(self.root, ignore_errors=True)
-        if self.owner is not None:
-            os.close(self.owner)
-            self.owner = None
-
-
-def _write_owner(marker: Path) -> None:
-    """Say in ``marker`` which protection writes its staging folder, for a person reading a
-    message about it on another host: host name, process id and start time, nothing else."""
-    owner = {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    marker.write_text(json.dumps(owner) + "\n", encoding="utf-8")
-
-
-def _describe_owner(folder: Path) -> str:
-    """Who wrote ``folder``, from its owner file, for a message."""
-    try:
-        owner = json.loads((folder / _OWNER_FILE).read_text(encoding="utf-8"))
-        return (
-            f"the protection of process {int(owner['pid'])} on host {str(owner['host'])!r}, "
-            f"started {owner['started']}"
-        )
-    except (OSError, ValueError, TypeError, KeyError):
-        return "a protection whose host is not recorded"
-
-
-def _last_change(folder: Path) -> float:
-    """The newest modification time in ``folder`` and below: a running protection keeps
-    writing files there."""
-    times = []
-    for path in (folder, *folder.rglob("*")):
-        with contextlib.suppress(OSError):  # removed meanwhile
-            times.append(path.stat().st_mtime)
-    return max(times, default=time.time())
-
-
-def _keep_other_systems(folder: Path) -> None:
-    """Keep a staging folder another system writes: its lock is not visible from here, so its
-    protection may still run. Logged; said as a warning once it has not changed for
-    :data:`_STALE_AFTER_S`, with how to remove it, since it would ship with ``outputs/``."""
-    owner = _describe_owner(folder)
-    idle_s = time.time() - _last_change(folder)
-    if idle_s < _STALE_AFTER_S:
-        get_logger().info(
-            "kept %s: written by %s, on another machine (or on this one before it restarted), "
-            "which this protection cannot tell running or ended",
-            folder,
-            owner,
-        )
-        return
-    message = (
-        f"{folder} was written by {owner}, on another machine (or on this one before it "
-        f"restarted), and has not changed for {idle_s / 3600:.0f} hours. It holds locked models "
-        f"and keys and ships with {folder.parent}. Protections on other machines cannot tell "
-        "whether it still runs, so they keep it: if it ended, or its machine restarted since, "
-        "delete this folder by hand."
-    )
-    warnings.warn(message, UserWarning, stacklevel=7)
-    get_logger().warning(message)
-
-
-def _remove_orphans(outputs_dir: Path) -> None:
-    """Remove the staging folders of protections whose process died (killed, out of memory):
-    hidden in ``outputs/``, which ships, they hold locked models, keys, even save_original's
-    plaintext copies. Only this system's folders (:func:`_system_tag`) whose lock can be taken
-    are removed: a running protection holds its folder's lock; backups are kept, and so is
-    every folder where no lock can tell (Windows, NFS) or whose lock is another system's.
-    Folders named without a system (written before the tag existed) are judged by the lock."""
-    system = _system_tag()
-    folders = sorted(outputs_dir.glob(".staging-*"))
-    for folder in folders:
-        if folder.name.endswith("-backup") or not folder.is_dir():
-            continue
-        named = _STAGING_NAME.fullmatch(folder.name)
-        if named is not None and named["system"] != system:
-            _keep_other_systems(folder)
-            continue
-        try:
-            fd = lock_folder(folder, wait=False)
-        except OSError:  # its protection is still running, or removed it meanwhile: kept
-            continue
-        if fd is None:  # no lock can tell a running protection's folder
-            continue
-        os.close(fd)
-        shutil.rmtree(folder, ignore_errors=True)
-        get_logger().info("removed %s, left by an interrupted protection", folder)
-    for backup in (folder for folder in folders if folder.name.endswith("-backup")):
-        if not backup.with_name(backup.name.removesuffix("-backup")).exists():
-            _warn_left_backup(backup)  # its protection ended, unfinished
-
-
-def _warn_left_backup(backup: Path) -> None:
-    """Say that a backup folder outlived its protection: that protection was killed while it
-    moved its files into place, or could not put the previous ones back (its error said so).
-    The files in place may then differ from what the configuration records, and the backup
-    holds the previous locked models and keys, hidden in the folder that ships."""
-    message = (
-        f"{backup} holds the files a protection of this application moved aside while moving "
-        "its own into place, and that protection did not finish (it was killed, or could not "
-        "restore them). Where a file in place differs from what the configuration records "
-        "(the runtime refuses it with IntegrityError), move it back from this folder, at the "
-        f"same relative path; then delete this folder: it ships with {backup.parent}."
-    )
-    warnings.warn(message, UserWarning, stacklevel=7)
-    get_logger().warning(message)
-
-
 def _describe_inputs(
     options: ExportOptions, tensors: list[torch.Tensor], axes: _DynamicAxes
 ) -> list[dict]:
@@ -823,7 +588,7 @@ def _run_group(
     options: ExportOptions,
     expected: list[np.ndarray],
     other_sizes: tuple[list[np.ndarray], list[np.ndarray]] | None,
-    staging: _Staging,
+    staging: Staging,
     layer_filter: Callable[[str, nn.Module], bool],
     result: ProtectionResult,
     other_platform: OtherPlatform | None,
@@ -938,7 +703,7 @@ def _export_originals(
     reference: nn.Module,
     options: ExportOptions,
     expected: list[np.ndarray],
-    staging: _Staging,
+    staging: Staging,
     result: ProtectionResult,
 ) -> None:
     inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
@@ -970,7 +735,7 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 def _commit(
     request: ProtectRequest,
-    staging: _Staging,
+    staging: Staging,
     entry: ModelEntry,
     other_platform: OtherPlatform | None,
     signing_key: Ed25519PrivateKey,
@@ -1064,7 +829,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             [group.value for group in by_group],
             static=request.test_key,
         )
-    staging = _Staging(request.outputs_dir)
+    staging = Staging(request.outputs_dir)
     try:
         format_entries: dict[str, FormatEntry] = {}
         key_length = 0

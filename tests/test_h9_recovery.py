@@ -1,0 +1,161 @@
+"""A protection killed (SIGKILL, power loss) while it moved its files into place left a half
+updated deployment: some new files in place, some previous ones in a hidden backup folder, the
+configuration the previous one, so the runtime refused the model (IntegrityError) until someone
+moved files back by hand; the next protection only warned. It now recovers: it rolls the dead
+protection back when the configuration on disk records the backups, deletes them when it
+records the files in place, and only warns when the files do not tell."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from skprotect_pytorch.protect import SkProtectorPyTorch
+from skruntime import SkRuntime
+
+EF = SkProtectorPyTorch.ExportFormat
+ALL = "net/onnx/key_params_net.json, net/onnx/key_vector_inv_net.txt, net/onnx/net.onnx"
+INPUTS = [torch.randn(2, 8, generator=torch.Generator().manual_seed(0))]
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    from torch import nn
+    import skprotect_pytorch.pipeline as pipeline
+    from skprotect_pytorch.protect import SkProtectorPyTorch
+
+    where, seed, version = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    real_replace, real_add_model, moves = os.replace, pipeline.add_model, []
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def replace(src, dst):
+        if "-backup" in str(dst) or ".staging-" not in str(dst):  # into place, or set aside
+            moves.append(dst)
+            if where == f"move {len(moves)}":
+                die()
+        real_replace(src, dst)
+
+    def add_model(*args, **kwargs):
+        if where == "before the configuration":
+            die()
+        real_add_model(*args, **kwargs)
+        if where == "after the configuration":
+            die()
+
+    os.replace, pipeline.add_model = replace, add_model
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    inputs = [torch.randn(2, 8, generator=torch.Generator().manual_seed(0))]
+    SkProtectorPyTorch(application_name="app").protect_updated_model(
+        model, "net", inputs, model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
+        platform_version=version,
+    )
+    """
+)
+
+
+def mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+
+
+def killed_update(workdir: Path, where: str, version: int = 2) -> None:
+    """Update 'net' to the model of seed 1 in another process, SIGKILLed at ``where``."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, where, "1", str(version)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+def assert_serves(app: Path, expected: dict[str, nn.Module]) -> None:
+    """The runtime loads every model of ``app`` and each computes its original's outputs."""
+    runtime = SkRuntime(app)
+    assert sorted(runtime.models()) == sorted(expected)
+    x = INPUTS[0].numpy()
+    for name, model in expected.items():
+        with torch.no_grad():
+            want = model(INPUTS[0]).numpy()
+        np.testing.assert_allclose(runtime.load(name, fmt="onnx")(x), want, rtol=1e-4, atol=1e-5)
+
+
+def leftovers(app: Path) -> list[str]:
+    return sorted(p.name for p in app.iterdir() if p.name.startswith(".staging-"))
+
+
+# The update moves 3 files (key params, key vector, model) into place, each one set aside
+# first: 6 moves; "move k" dies before the k-th.
+@pytest.mark.parametrize(
+    ("where", "committed", "named"),
+    [
+        ("move 1", False, "into place: none"),  # the backup folder made, nothing set aside
+        # the new key params in place, the rest the previous files
+        ("move 3", False, "into place: net/onnx/key_params_net.json;"),
+        ("move 6", False, ALL),  # the previous model set aside, the new one not moved in yet
+        ("before the configuration", False, ALL),  # every new file in place, the old config
+        ("after the configuration", True, ALL),  # complete, but its backups never deleted
+    ],
+)
+def test_the_next_protection_recovers_a_killed_commit(
+    workdir: Path, where: str, committed: bool, named: str
+) -> None:
+    """Killed at each step of its commit, an update leaves the application serving again once
+    another model is protected: the previous 'net' when the configuration was not written,
+    the new one when it was; no backup is left, and the warning names the files."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(mlp(0), "net", INPUTS, model_export_formats=EF.ONNX)
+    app = workdir / "outputs" / "app"
+    killed_update(workdir, where)
+    with pytest.warns(UserWarning, match="killed") as caught:
+        protector.protect_new_model(mlp(2), "other", INPUTS, model_export_formats=EF.ONNX)
+    assert_serves(app, {"net": mlp(1 if committed else 0), "other": mlp(2)})
+    assert leftovers(app) == []
+    said = "\n".join(str(w.message) for w in caught if "-backup" in str(w.message))
+    assert ("previous files it had set aside were deleted" in said) == committed
+    assert ("rolled back" in said) == (not committed)
+    assert named in said
+
+
+def test_an_update_of_the_same_model_recovers_and_completes(workdir: Path) -> None:
+    """The killed update run again: it recovers the previous files, then replaces them."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(mlp(0), "net", INPUTS, model_export_formats=EF.ONNX)
+    killed_update(workdir, "move 4")
+    with pytest.warns(UserWarning, match="rolled back"):
+        protector.protect_updated_model(mlp(1), "net", INPUTS, model_export_formats=EF.ONNX)
+    app = workdir / "outputs" / "app"
+    assert_serves(app, {"net": mlp(1)})
+    assert leftovers(app) == []
+
+
+def test_a_configuration_without_hashes_is_left_for_a_person(workdir: Path) -> None:
+    """Platform version 0 records no SHA-256: nothing tells which files belong, so nothing is
+    touched, and the warning says what to do by hand."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(
+        mlp(0), "net", INPUTS, model_export_formats=EF.ONNX, platform_version=0
+    )
+    app = workdir / "outputs" / "app"
+    killed_update(workdir, "move 3", version=0)
+    [backup] = [name for name in leftovers(app) if name.endswith("-backup")]
+    before = {p: p.read_bytes() for p in (app / backup).rglob("*") if p.is_file()}
+    with pytest.warns(UserWarning, match="move it back"):
+        protector.protect_new_model(
+            mlp(2), "other", INPUTS, model_export_formats=EF.ONNX, platform_version=0
+        )
+    assert leftovers(app) == [backup]
+    assert {p: p.read_bytes() for p in (app / backup).rglob("*") if p.is_file()} == before
