@@ -59,6 +59,7 @@ from .lock import LockedModel, lock_model, once_per_layer
 from .lock.context import LockSettings
 from .lock.coverage import PlaintextWeight
 from .lock.diagnose import eager_failure, mismatch_error
+from .lock.outside import run_keyed_checked
 from .lock.preflight import check_lockable, copy_model
 from .logs import get_logger
 from .platforms import write_platform_keys
@@ -619,7 +620,9 @@ def _run_group(
     key_tensor = torch.from_numpy(static_key)
     try:
         with torch.no_grad():
-            eager = _as_numpy(locked.keyed(*_clones(request.input_tensors), key_tensor))
+            eager = _as_numpy(
+                run_keyed_checked(name, locked.keyed, [*_clones(request.input_tensors), key_tensor])
+            )
     except Exception as err:  # the original ran on these inputs: the lock broke its forward
         raise eager_failure(name, locked.keyed.model, err) from err
     eager_err = _rel_diff(eager, expected)
