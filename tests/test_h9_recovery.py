@@ -159,3 +159,20 @@ def test_a_configuration_without_hashes_is_left_for_a_person(workdir: Path) -> N
         )
     assert leftovers(app) == [backup]
     assert {p: p.read_bytes() for p in (app / backup).rglob("*") if p.is_file()} == before
+
+
+def test_a_rollback_keeps_files_no_configuration_records(workdir: Path) -> None:
+    """A rollback deleted the files in the model's folders that no configuration records: a
+    note someone kept there was lost with the dead protection's files. It is named instead."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(mlp(0), "net", INPUTS, model_export_formats=EF.ONNX)
+    app = workdir / "outputs" / "app"
+    note = app / "net" / "onnx" / "NOTES.txt"
+    note.write_text("mine")
+    killed_update(workdir, "move 3")
+    with pytest.warns(UserWarning, match="rolled back") as caught:
+        protector.protect_new_model(mlp(2), "other", INPUTS, model_export_formats=EF.ONNX)
+    assert note.read_text() == "mine"
+    said = "\n".join(str(w.message) for w in caught if "rolled back" in str(w.message))
+    assert "no configuration records them" in said and "net/onnx/NOTES.txt" in said
+    assert_serves(app, {"net": mlp(0), "other": mlp(2)})

@@ -281,8 +281,9 @@ class _Recorded:
 @dataclass(frozen=True)
 class _Recovery:
     """How to settle a dead protection's backup folder: ``committed`` (the configuration on
-    disk records the files in place) deletes the backups; otherwise the backups move back and
-    ``strays``, new files in place that no configuration records, are removed."""
+    disk records the files in place) deletes the backups; otherwise the backups move back, and
+    ``strays``, files in place that no configuration records, are named (not deleted: the dead
+    protection's new files, most likely, but a file someone put there is theirs)."""
 
     backup: Path
     committed: bool
@@ -352,8 +353,8 @@ def _verdict(backup: Path, files: list[str], recorded: _Recorded) -> bool | None
 
 def _strays(outputs_dir: Path, files: list[str], recorded: _Recorded) -> list[str]:
     """The files in the folders the backups come from that no configuration records and no
-    backup replaces: those the dead protection moved in new. ``original/`` folders (unlocked
-    copies, never recorded) are left alone."""
+    backup replaces: most likely those the dead protection moved in new. ``original/`` folders
+    (unlocked copies, never recorded) are not listed."""
     folders = {Path(relative).parent for relative in files} - {Path(".")}
     found = (
         (folder / p.name).as_posix()
@@ -396,8 +397,6 @@ def _applied(recovery: _Recovery) -> bool:
             for relative in recovery.files:
                 (outputs_dir / relative).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(recovery.backup / relative, outputs_dir / relative)
-            for relative in recovery.strays:
-                (outputs_dir / relative).unlink(missing_ok=True)
         shutil.rmtree(recovery.backup)
     except OSError as err:
         get_logger().warning("could not recover %s: %s", recovery.backup, err)
@@ -420,8 +419,9 @@ def _warn_recovered(recovery: _Recovery) -> None:
         message = (
             f"{recovery.backup} was left by a protection of this application killed while it "
             "moved its files into place, before it wrote the configuration: its changes were "
-            f"rolled back. Moved back into place: {files}; removed, as no configuration "
-            f"records them: {strays}. Run that protection again."
+            f"rolled back. Moved back into place: {files}. Left in place, though no "
+            f"configuration records them (the runtime ignores them; delete them unless you "
+            f"put them there): {strays}. Run that protection again."
         )
     warnings.warn(message, UserWarning, stacklevel=7)
     get_logger().warning(message)
