@@ -36,6 +36,7 @@ from skruntime.config import (
     write_config,
 )
 from skruntime.keyfile import key_params_filename
+from skruntime.mev import KEK_SIZE, mev_filename, read_mev
 
 from . import __version__
 from .customer import Customer
@@ -209,12 +210,14 @@ def add_model(
     application: str,
     signing_key: Ed25519PrivateKey,
     replace: bool,
+    kek: bytes | None = None,
 ) -> Config:
     """Add (``replace=False``) or replace (``replace=True``) a model's entry; returns the config.
 
     The file is created if missing (``replace=False`` only). A file at a lower platform version
     is migrated to ``platform_version`` in the same write (as :func:`migrate_configuration`
-    does: its protected model files must be in the file's folder). For platform version 0 the
+    does: its protected model files must be in the file's folder, and with ``kek`` a LINUX
+    file's are checked against their encrypted key files). For platform version 0 the
     entry's SHA-256 fields are dropped; from version 1 they are required. For version 2
     ``customer`` must match the file's (change it with :func:`update_customer`); below 2 only
     the default customer is accepted.
@@ -255,7 +258,7 @@ def add_model(
             if existing.platform_version < version:  # the usage document's automatic migration
                 replacement = (model_name, entry) if replace and present else None
                 existing = migrated_config(
-                    path, existing, version, path.parent, customer, replacement
+                    path, existing, version, path.parent, customer, replacement, kek=kek
                 )
             if replace and not present:
                 names = ", ".join(sorted(existing.models)) or "none"
@@ -334,11 +337,14 @@ def migrate_configuration(
     outputs_dir: str | os.PathLike[str] | None = None,
     customer: Customer | None = None,
     signing_key: Ed25519PrivateKey,
+    kek: bytes | None = None,
 ) -> Config:
     """Upgrade the configuration file to platform ``version``; returns the (new) config.
 
     0 → 1 hashes every protected model file (resolved against ``outputs_dir``, default the
-    configuration's folder); 1 → 2 adds ``customer`` (default ``Customer()``); 0 → 2 does both.
+    configuration's folder) after checking it against its key files (a LINUX file's only with
+    the application's ``kek``: its key files are encrypted); 1 → 2 adds ``customer`` (default
+    ``Customer()``); 0 → 2 does both.
     The same version is a no-op (nothing is written). A non-default ``customer`` with a version
     below 2, or one that differs from a version-2 file's, is refused: it would be ignored.
 
@@ -346,7 +352,8 @@ def migrate_configuration(
         ConfigurationError: no file, a downgrade, protected model files missing or replaced
             since their protection (all named), or a file named as the other platform's
             configuration.
-        InvalidArgumentError: ``version`` is not a supported platform version.
+        InvalidArgumentError: ``version`` is not a supported platform version, or ``kek`` is
+            not a 32-byte key.
     """
     path = Path(config_path)
     version = check_version(version, "version")
@@ -378,27 +385,41 @@ def migrate_configuration(
             f"platform_version={version} if your SkRuntime needs it."
         )
     folder = Path(outputs_dir) if outputs_dir is not None else path.parent
-    migrated = migrated_config(path, config, version, folder, customer)
+    migrated = migrated_config(path, config, version, folder, customer, kek=kek)
     with _as_protector_errors():
         write_config(path, migrated, signing_key)
     return migrated
 
 
-def check_migratable(path: Path, config: Config, folder: Path, replacing: str | None) -> None:
+def check_migratable(
+    path: Path,
+    config: Config,
+    folder: Path,
+    replacing: str | None,
+    *,
+    kek: bytes | None = None,
+) -> None:
     """A version-0 file records no SHA-256: migrating it hashes every protected model file
     under ``folder`` (except those of ``replacing``, the model whose entry the protection
-    replaces), so they must be there, and be the files their key files were written for."""
+    replaces), so they must be there, and be the files their key files were written for
+    (LINUX key files are checked with the application's ``kek`` only)."""
     if config.platform_version == 0:
-        _protected_hashes(path, config, folder, replacing)
+        _protected_hashes(path, config, folder, replacing, kek)
 
 
 def _protected_hashes(
-    path: Path, config: Config, folder: Path, replacing: str | None = None
+    path: Path,
+    config: Config,
+    folder: Path,
+    replacing: str | None = None,
+    kek: bytes | None = None,
 ) -> dict[str, dict[str, str]]:
     """The SHA-256 of each protected model file of ``config`` under ``folder``, per model and
     format (``replacing``'s left out), for a migration from version 0. Refuses missing files,
-    and files their TXT key files were not written for: the runtime refuses those
-    (``KeyFileError``), so version 1 would sign the hash of a file that cannot run."""
+    and files their key files were not written for (TXT ones; LINUX ones given the ``kek``):
+    the runtime refuses those (``KeyFileError``), so version 1 would sign the hash of a file
+    that cannot run."""
+    _check_kek(kek)
     models = {name: e for name, e in config.models.items() if name != replacing}
     missing = _files_where(models, lambda name, slug, fmt: not (folder / fmt.file).is_file())
     if missing:
@@ -414,17 +435,30 @@ def _protected_hashes(
             f"{e.strerror or e} ({e.filename}). Check its permissions and retry."
         ) from e
     stale = _files_where(
-        models, lambda name, slug, fmt: not _unlocks(folder, name, fmt, hashes[name][slug])
+        models,
+        lambda name, slug, fmt: not _unlocks(folder, name, slug, fmt, hashes[name][slug], kek),
     )
     if stale:
         _refuse_migration(
             path,
             folder,
             stale,
-            "are not the files their key files were written for (replaced or modified since "
-            "their protection: the runtime refuses them with KeyFileError)",
+            "are not the files their key files were written for (the model file or its key "
+            "files replaced or modified since their protection: the runtime refuses them with "
+            "KeyFileError)",
         )
     return hashes
+
+
+def _check_kek(kek: object) -> None:
+    """``kek`` must be None or the application's key-encryption key (32 bytes)."""
+    if kek is None or (isinstance(kek, bytes) and len(kek) == KEK_SIZE):
+        return
+    got = f"{len(kek)} bytes" if isinstance(kek, bytes) else type(kek).__name__
+    raise InvalidArgumentError(
+        f"kek must be the application's {KEK_SIZE}-byte key-encryption key "
+        f"(ProtectionState.kek), but got {got}."
+    )
 
 
 def _files_where(
@@ -439,10 +473,15 @@ def _files_where(
     return found
 
 
-def _unlocks(folder: Path, model_name: str, fmt: FormatEntry, digest: str) -> bool:
-    """Whether the format's TXT key files were written for the model file of SHA-256
-    ``digest``; True where they do not say (encrypted LINUX key files, files written before
-    they recorded it, or unreadable ones, which the runtime reports itself)."""
+def _unlocks(
+    folder: Path, model_name: str, slug: str, fmt: FormatEntry, digest: str, kek: bytes | None
+) -> bool:
+    """Whether the format's key files were written for the model file of SHA-256 ``digest``;
+    True where they do not say (LINUX key files without the ``kek``, TXT files written before
+    they recorded it, or missing or unreadable ones, which the runtime reports itself)."""
+    mev = next((k for k in fmt.key_files if Path(k).name == mev_filename(model_name, slug)), None)
+    if mev is not None and kek is not None:
+        return _mev_opens(folder / mev, model_name, slug, digest, kek)
     params = next(
         (k for k in fmt.key_files if Path(k).name == key_params_filename(model_name)), None
     )
@@ -453,6 +492,18 @@ def _unlocks(folder: Path, model_name: str, fmt: FormatEntry, digest: str) -> bo
     except (OSError, ValueError, RecursionError, AttributeError):
         return True
     return not isinstance(written_for, list) or digest in written_for
+
+
+def _mev_opens(path: Path, model_name: str, slug: str, digest: str, kek: bytes) -> bool:
+    """Whether the encrypted key file ``path`` decrypts for the model file of SHA-256
+    ``digest``: its AES-GCM tag authenticates the model, format and model-file hash."""
+    if not path.is_file():
+        return True
+    try:
+        read_mev(path, model_name=model_name, fmt_slug=slug, model_sha256=digest, kek=kek)
+    except rt_errors.KeyFileError:
+        return False
+    return True
 
 
 def _refuse_migration(path: Path, folder: Path, bad: dict[str, list[str]], what: str) -> NoReturn:
@@ -475,14 +526,17 @@ def migrated_config(
     folder: Path,
     customer: Customer | None,
     replacement: tuple[str, ModelEntry] | None = None,
+    *,
+    kek: bytes | None = None,
 ) -> Config:
     """``config`` upgraded to ``version`` in memory: 0 → 1 hashes the protected model files
-    under ``folder``, → 2 adds ``customer``; ``replacement`` (name, new entry) takes the place
-    of that model's entry, whose old files are not hashed. Nothing is written."""
+    under ``folder`` (checked against their key files, LINUX ones with ``kek``), → 2 adds
+    ``customer``; ``replacement`` (name, new entry) takes the place of that model's entry,
+    whose old files are not hashed. Nothing is written."""
     replacing = replacement[0] if replacement else None
     models = {name: e for name, e in config.models.items() if name != replacing}
     if config.platform_version == 0:
-        hashes = _protected_hashes(path, config, folder, replacing)
+        hashes = _protected_hashes(path, config, folder, replacing, kek)
         models = {name: entry.with_sha256(hashes[name]) for name, entry in models.items()}
     if replacement is not None:
         models[replacement[0]] = replacement[1]

@@ -333,7 +333,9 @@ def _where_else(request: ProtectRequest, advice: str) -> str:
     )
 
 
-def _precheck_config(request: ProtectRequest, signing_key: Ed25519PrivateKey) -> Config | None:
+def _precheck_config(
+    request: ProtectRequest, signing_key: Ed25519PrivateKey, kek: bytes
+) -> Config | None:
     """Fail before the expensive work if the configuration would refuse the model, with the
     errors of the write itself: a file signed by another key (a lost master secret) included.
     Returns the configuration as it is now (None when there is none yet)."""
@@ -377,6 +379,7 @@ def _precheck_config(request: ProtectRequest, signing_key: Ed25519PrivateKey) ->
             config,
             request.config_path.parent,
             request.model_name if request.replace else None,
+            kek=kek,
         )
         get_logger().info(
             "%s is at platform version %d: it is migrated to %d with this protection",
@@ -742,6 +745,7 @@ def _commit(
     entry: ModelEntry,
     other_platform: OtherPlatform | None,
     signing_key: Ed25519PrivateKey,
+    kek: bytes,
 ) -> None:
     """Move the staged files into place and write the configuration, holding the application's
     lock: another protection waits, so that neither drops the other's model nor mixes their
@@ -765,6 +769,7 @@ def _commit(
                 application=request.application_name,
                 signing_key=signing_key,
                 replace=request.replace,
+                kek=kek,
             )
         except BaseException as err:
             if _file_identity(request.config_path) != before:  # written: committed
@@ -788,7 +793,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     layer_filter = once_per_layer(request.layer_filter)  # each format group locks anew
     # before any work: pruned, legacy weight norm, a layer to lock that is not float32
     check_lockable(request.model, layer_filter)
-    config = _precheck_config(request, state.signing_key)
+    config = _precheck_config(request, state.signing_key, state.kek)
     options = build_export_options(
         request.input_tensors,
         request.onnx_params,
@@ -890,7 +895,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             key={"name": options.key_name, "length": key_length},
             formats=format_entries,
         )
-        _commit(request, staging, entry, other_platform, state.signing_key)
+        _commit(request, staging, entry, other_platform, state.signing_key, state.kek)
     except OSError as err:  # a full or read-only disk while writing the staged files
         where = f" ({err.filename})" if err.filename else ""
         raise ExportError(

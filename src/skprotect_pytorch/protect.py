@@ -352,6 +352,7 @@ class SkProtectorPyTorch:
                 outputs_dir=self.outputs_dir,
                 customer=customer or Customer(),
                 signing_key=self._existing_state().signing_key,
+                kek=self._existing_state().kek,
             )
             get_logger().info("migrated %s to platform version %d", path, version)
         return path
