@@ -9,6 +9,7 @@ provisioned, and the runtime runs the licensed model, its key released by the li
 from __future__ import annotations
 
 import base64
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,14 @@ from torch import nn
 from skruntime.config import load_config
 from skruntime.keyfile import read_txt_keys, session_key
 
+from .errors import SkProtectError
 from .export import cuda_available, get_exporter
 from .export.options import ExportOptions
 from .extras import missing_modules
 from .formats import ExportFormat
 from .protect import SkProtectorPyTorch
 from .result import ProtectionResult
-from .state import ProtectionState
+from .state import DEFAULT_STATE_DIRNAME, STATE_ENV_VAR, ProtectionState
 
 APPLICATION = "quickstart"
 MODEL_NAME = "digits_cnn"
@@ -280,18 +282,44 @@ def missing_licence_modules() -> list[str]:
     return missing_modules(LICENCE_MODULES)
 
 
+def written_folders(applications: tuple[str, ...]) -> list[Path]:
+    """The folders the quickstart writes: ``log/``, each application's model folder under
+    ``outputs/`` and its private state folder (as :meth:`ProtectionState.open` finds it)."""
+    cwd = Path.cwd()
+    state = Path(os.environ.get(STATE_ENV_VAR) or cwd / DEFAULT_STATE_DIRNAME).expanduser()
+    outputs = [cwd / "outputs" / a / MODEL_NAME for a in applications]
+    return [cwd / "log", *outputs, *(state / a for a in applications)]
+
+
+def check_folders(applications: tuple[str, ...]) -> None:
+    """Fail at once where a folder the quickstart writes cannot be made (a plain file in its
+    way, or a read-only folder): the protection would otherwise fail after the training."""
+    for folder in written_folders(applications):
+        existing = next(p for p in (folder, *folder.parents) if os.path.lexists(p))
+        if not existing.is_dir():
+            problem = f"{existing} is a file, not a folder"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} is not writable"
+        else:
+            continue
+        raise SkProtectError(
+            f"{problem}, but the quickstart writes {folder}: move it away or fix its "
+            "permissions, or run the quickstart from another folder."
+        )
+
+
 def run_quickstart(
     workdir: Path | None = None, *, licensed: bool = True
 ) -> tuple[float, list[FormatRow], ProtectionResult, LicensedRun | None]:
     """Train, protect and evaluate; returns (original accuracy, rows per format, result, the
     licensed run or None when ``licensed`` is False)."""
-    import os
-
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         os.chdir(workdir)
-    for application in (APPLICATION, LICENSED_APPLICATION) if licensed else (APPLICATION,):
-        ProtectionState.open(application)  # an unusable state folder fails before the training
+    applications = (APPLICATION, LICENSED_APPLICATION) if licensed else (APPLICATION,)
+    check_folders(applications)  # before the training (about a minute), not after it
+    for application in applications:
+        ProtectionState.open(application)  # its other checks (permissions) before it too
     data = load_digits_split()
     model = train(data)
     with torch.no_grad():

@@ -1,0 +1,58 @@
+"""The quickstart checks every folder it writes before the training: a plain file named
+``outputs`` or ``log`` in the current folder failed the protection only after it (about
+80 seconds), with a message about the protection."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from skprotect_pytorch import quickstart
+from skprotect_pytorch.cli import app
+from skprotect_pytorch.errors import SkProtectError
+
+
+def _no_training(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("the quickstart trained before checking its folders")
+
+
+@pytest.fixture
+def untrained(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current folder, with the training (and the data loading before it) failing loudly."""
+    monkeypatch.setattr(quickstart, "train", _no_training)
+    monkeypatch.setattr(quickstart, "load_digits_split", _no_training)
+    return workdir
+
+
+@pytest.mark.parametrize(
+    ("blocking", "written"),
+    [
+        ("outputs", "outputs/quickstart/digits_cnn"),
+        ("log", "log"),
+        ("outputs/quickstart_licensed", "outputs/quickstart_licensed/digits_cnn"),
+        (".skprotect_private", ".skprotect_private/quickstart"),
+    ],
+)
+def test_a_file_in_the_way_fails_before_the_training(
+    untrained: Path, blocking: str, written: str
+) -> None:
+    (untrained / blocking).parent.mkdir(parents=True, exist_ok=True)
+    (untrained / blocking).write_text("not a folder")
+    message = (
+        f"{untrained / blocking} is a file, not a folder, but the quickstart writes "
+        f"{untrained / written}: move it away"
+    )
+    with pytest.raises(SkProtectError, match=re.escape(message)):
+        quickstart.run_quickstart(licensed=True)
+    assert not (untrained / ".skprotect_private").is_dir()  # nothing created either
+
+
+def test_the_command_says_it_in_one_line(untrained: Path) -> None:
+    (untrained / "log").write_text("not a folder")
+    result = CliRunner().invoke(app, ["quickstart"])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("\n") == 1
+    assert result.output.startswith(f"error: {untrained / 'log'} is a file, not a folder")
