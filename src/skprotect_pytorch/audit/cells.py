@@ -175,6 +175,18 @@ def part(name: str, compute: Callable[[], T]) -> T:
     return compute() if parts is None else parts.get(name, compute)
 
 
+def _check_cells_path(root: Path) -> None:
+    """``root`` must be a folder, or a path where one can be made: a file there read as "no
+    cells for these settings" with ``compute=False``, and as a failed write otherwise."""
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == root else f"goes through the file {existing}"
+        raise StateError(
+            f"The cells path {root} {where}, not a folder: pass a writable folder for the "
+            "audit's cells (the one a previous run wrote them to, or a new one)."
+        )
+
+
 class CellStore:
     """Finished cells of one audit run: in memory (``root=None``) or in ``root/<model>-<hash>``.
 
@@ -208,6 +220,7 @@ class CellStore:
         self._networks: dict[str, dict[str, nn.Module]] = {}
         self.folder: Path | None = None
         if root is not None:
+            _check_cells_path(Path(root))
             name = f"{context.get('model', 'audit')}-{fingerprint(context)}"
             self.folder = Path(root) / name
             if not compute and not self.folder.is_dir():
