@@ -196,9 +196,10 @@ def _row_major_strides(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _storage(tensor: torch.Tensor) -> int:
-    """The address of the memory ``tensor`` (or the tensor it is a view of) lives in."""
-    return tensor.untyped_storage().data_ptr()
+def _storage(tensor: torch.Tensor) -> int | None:
+    """The address of the memory ``tensor`` (or the tensor it is a view of) lives in; None for
+    a sparse tensor, which has no storage of its own (torch raises for one)."""
+    return tensor.untyped_storage().data_ptr() if tensor.layout == torch.strided else None
 
 
 class TensorIO:
@@ -209,7 +210,7 @@ class TensorIO:
 
     def __init__(self, device: str, owned: Iterable[torch.Tensor] = ()) -> None:
         self.device = torch.device(device)
-        self._owned = frozenset(_storage(t) for t in owned if t.layout == torch.strided)
+        self._owned = frozenset(_storage(t) for t in owned) - {None}
 
     def to_device(self, inputs: Sequence[Any]) -> list[torch.Tensor]:
         """Row-major tensors on the device (:func:`row_major`). AOTInductor's compiled code
@@ -230,22 +231,37 @@ class TensorIO:
         """Flatten tuple/list/dict outputs; numpy unless the first input is a torch tensor.
 
         ``fed``: the tensors the model ran on (:meth:`to_device`). An output that shares memory
-        with one of them (``return x``, ``x[:, :2]``: the caller's own array on the CPU) or with
-        a tensor the model keeps (a constant returned as is) is copied, so that a caller who
-        writes to its outputs changes neither its inputs nor the next call's outputs (as with
-        onnxruntime); the other outputs are not copied.
+        with one of them (``return x``, ``x[:, :2]``: the caller's own array on the CPU), with
+        a tensor the model keeps (a constant returned as is) or with an earlier output is
+        copied, so that a caller who writes to an output changes neither its inputs, nor its
+        other outputs, nor the next call's outputs (as with onnxruntime); the other outputs
+        are not copied.
 
         Tensors come back as ordinary tensors: the backends run under ``inference_mode`` (the
         fastest mode: no version counters), whose inference tensors callers could neither modify
         in place nor use with autograd, so those are cloned outside it (a copy of the outputs
         only; numpy outputs need none)."""
-        shared = self._owned.union(_storage(t) for t in fed)
-        flat = [t.clone() if _storage(t) in shared else t for t in _flatten(out)]
+        flat = self._unshared(_flatten(out), fed)
         first = inputs[0] if inputs else None
         if isinstance(first, torch.Tensor):
             moved = (t.to(first.device) for t in flat)
             return [t.clone() if t.is_inference() else t for t in moved]
         return [t.detach().cpu().numpy() for t in flat]
+
+    def _unshared(
+        self, flat: list[torch.Tensor], fed: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """``flat`` with a copy of each output that shares memory with an input, a tensor the
+        model keeps, or an earlier output (``return y, y[:, :1]``: writing to one would change
+        the other, where onnxruntime returns separate arrays)."""
+        taken = {*self._owned, *map(_storage, fed)} - {None}
+        unshared = []
+        for t in flat:
+            storage = _storage(t)
+            unshared.append(t.clone() if storage in taken else t)
+            if storage is not None:
+                taken.add(storage)
+        return unshared
 
 
 def _flatten(out: Any) -> list[torch.Tensor]:
