@@ -203,11 +203,27 @@ def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.nd
 
 def _check_writable(path: Path) -> None:
     """Refuse an output path that cannot be written before the model is loaded and run (the
-    file a symbolic link names: :func:`write_outputs` replaces that one)."""
+    file a symbolic link names: :func:`write_outputs` replaces that one, or writes into a
+    device or named pipe, which needs no writable folder)."""
     from skruntime.config import unwritable_reason
 
-    if problem := unwritable_reason(os.path.realpath(path)):
+    target = os.path.realpath(path)
+    if _is_special(target) and os.access(target, os.W_OK):
+        return
+    if problem := unwritable_reason(target):
         raise _CliError(f"--output {path}: {problem}.", EXIT_USAGE)
+
+
+def _is_special(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an existing file that is neither a regular file nor a folder: a
+    device (``/dev/null``) or a named pipe, which ``--output`` writes into, as ``numpy.save``
+    would, instead of replacing it (a symbolic link to ``/dev/null`` run as root replaced the
+    system's ``/dev/null`` with a regular file)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _write_npz(buffer: io.BytesIO, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
@@ -236,7 +252,8 @@ def _output_target(path: Path) -> tuple[Path, int]:
 
 def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> None:
     """Write one output to ``.npy``, or every output to ``.npz`` under its output name, through
-    a temporary file: a full disk leaves no truncated file and an earlier one whole."""
+    a temporary file: a full disk leaves no truncated file and an earlier one whole (a device
+    or a named pipe is written into: :func:`_is_special`)."""
     from skruntime.config import atomic_write_bytes
 
     buffer = io.BytesIO()
@@ -246,7 +263,10 @@ def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Seque
         _write_npz(buffer, output_names, outputs)
     try:
         target, mode = _output_target(path)  # OSError too: a loop of symbolic links
-        atomic_write_bytes(target, buffer.getvalue(), mode=mode)
+        if _is_special(target):
+            target.write_bytes(buffer.getvalue())
+        else:
+            atomic_write_bytes(target, buffer.getvalue(), mode=mode)
     except OSError as err:
         raise _CliError(
             f"could not write --output {path} ({err.strerror or err}); free space or pass "
