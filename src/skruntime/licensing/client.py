@@ -1264,8 +1264,8 @@ class LicenceClient:
         lost is applied once by the server when sent again. Failures are not raised (logged;
         retried at the next renewal or close), except the refusals no resend can change
         (:data:`~.protocol.USAGE_DROP_REASONS`: the server does not know the licence or the
-        device), whose reports are dropped with one warning. Returns True when everything is
-        reported (or dropped).
+        device) from a server that presents the pinned key, whose reports are dropped with one
+        warning. Returns True when everything is reported (or dropped).
         """
         with self._lock:
             current = self._licence.licence_id if self._licence is not None else None
@@ -1311,6 +1311,8 @@ class LicenceClient:
             return "accepted"
         denial = self._denial(response) if response.status_code in (403, 404, 409) else None
         if denial is not None and denial.reason in protocol.USAGE_DROP_REASONS:
+            if not self._is_pinned_server(licence_id, denial.reason):
+                return None
             if denial.reason != "unknown_device":  # said once for all the device's reports
                 log.warning(
                     "Usage report for licence %s dropped: %s (HTTP %s %s: %s), so it would "
@@ -1332,6 +1334,23 @@ class LicenceClient:
             _RESENT,
         )
         return None
+
+    def _is_pinned_server(self, licence_id: str, reason: str) -> bool:
+        """Whether the server that refused a report presents the pinned key
+        (:meth:`_check_server_key`): only its word drops a report. Another server at a wrong
+        URL does not know the device either, and the right one would take the report."""
+        try:
+            self._check_server_key()
+        except _RenewalFailed as e:
+            log.warning(
+                "Usage report for licence %s refused (%s) but kept: %s %s",
+                licence_id,
+                reason,
+                e,
+                _RESENT,
+            )
+            return False
+        return True
 
     def _drop_unknown_device(self, pending: dict[str, int], settled: dict[str, int]) -> None:
         """Add every pending report to ``settled`` (dropped) after the server answered that it

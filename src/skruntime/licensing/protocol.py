@@ -44,8 +44,8 @@ often. Usage reports answer ``200`` ``{"accepted", "duplicate", "report_id", "li
 the server will never take, whose reason is one of :data:`USAGE_DROP_REASONS`: ``404``
 ``unknown_licence`` (a licence this server did not issue to the device), ``403``
 ``unknown_device`` (a device it has not registered), ``409`` ``counter_behind`` (a counter
-lower than one already reported for the licence). The device drops those reports; it sends any
-other refused report again.
+lower than one already reported for the licence). The device drops those reports when the
+server presents the pinned key (``GET /v1/public-key``); it sends any other refused report again.
 """
 
 from __future__ import annotations
