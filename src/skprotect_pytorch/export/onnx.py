@@ -4,7 +4,11 @@ The dynamo exporter (``torch.onnx.export(dynamo=True)``) is the default: it hono
 shapes everywhere, where the legacy TorchScript-based exporter bakes e.g. MultiheadAttention's
 sequence length into the graph. The legacy exporter is used only when the dynamo export fails
 (the report's notes say so and why), or when the user sets ``onnx_params["dynamo"]``.
-Weights are always stored inside the file (no external-data side file).
+Weights are always stored inside the shipped file (no external-data side file). The dynamo
+exporter writes them to a side file in a temporary folder first, and :func:`_save_single_file`
+inlines them one tensor at a time: the weights are never held twice more in memory (a
+serialised and a parsed copy of the whole model), which doubled the export's peak memory
+beside the model for models of hundreds of MB.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from onnx import external_data_helper
 from torch import Tensor, nn
 
 from ..errors import ExportError, InvalidArgumentError
@@ -59,7 +64,7 @@ def _torch_onnx_export(
     if dynamo:
         shapes = options.export_dynamic_shapes(with_key)
         kwargs["dynamic_shapes"] = signature_dynamic_shapes(module, shapes)
-        kwargs["external_data"] = False
+        kwargs["external_data"] = True  # inlined by _save_single_file, a tensor at a time
     else:
         kwargs["dynamic_axes"] = options.onnx_dynamic_axes()
     with isolated_traces() if dynamo else contextlib.nullcontext(), quiet_upstream_warnings():
@@ -104,26 +109,48 @@ def without_build_records(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    """Whether the graph's initializers or node attributes keep their data in a side file."""
+    attributes = (a.t for n in proto.graph.node for a in n.attribute if a.HasField("t"))
+    return any(
+        external_data_helper.uses_external_data(t) for t in (*proto.graph.initializer, *attributes)
+    )
+
+
+def _inlined(tensor: onnx.TensorProto, base_dir: Path) -> onnx.ModelProto:
+    """A model holding only ``tensor`` (its data read from ``base_dir`` when external) as
+    its graph's one initializer: serialised after the rest of the model, protobuf appends
+    it to the model's initializers when the file is parsed."""
+    part = onnx.ModelProto()
+    inline = part.graph.initializer.add()
+    inline.CopyFrom(tensor)
+    if external_data_helper.uses_external_data(inline):
+        external_data_helper.load_external_data_for_tensor(inline, str(base_dir))
+        inline.data_location = onnx.TensorProto.DEFAULT
+        del inline.external_data[:]
+    return part
+
+
 def _save_single_file(written: Path, target: Path) -> bool:
     """Save the exported model to ``target`` as one file, every weight inlined and the
-    exporter's build records removed; True if it had to inline."""
+    exporter's build records removed; True if it had to inline.
+
+    The graph's initializers are written one at a time after the rest of the model (protobuf
+    merges repeated fields of a message written in parts), so that memory holds one tensor
+    at a time, not the whole model parsed and serialised (two copies of every weight)."""
     proto = onnx.load(str(written), load_external_data=False)
-    external = any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
-    ) or any(
-        a.t.data_location == onnx.TensorProto.EXTERNAL
-        for n in proto.graph.node
-        for a in n.attribute
-        if a.HasField("t")
-    )
-    if external:
-        proto = onnx.load(str(written), load_external_data=True)
-    onnx.save_model(without_build_records(proto), str(target), save_as_external_data=False)
+    external = _uses_external_data(proto)
+    initializers = list(proto.graph.initializer)
+    del proto.graph.initializer[:]
+    external_data_helper.load_external_data_for_model(proto, str(written.parent))  # the rest
+    with open(target, "wb") as f:
+        f.write(without_build_records(proto).SerializeToString())
+        for tensor in initializers:
+            f.write(_inlined(tensor, written.parent).SerializeToString())
     return external
 
 
-def _check_names(path: Path, options: ExportOptions, with_key: bool) -> list[str]:
-    proto = onnx.load(str(path), load_external_data=False)
+def _check_names(proto: onnx.ModelProto, options: ExportOptions, with_key: bool) -> list[str]:
     inits = {t.name for t in proto.graph.initializer}
     inputs = [i.name for i in proto.graph.input if i.name not in inits]
     expected = options.names(with_key)
@@ -161,13 +188,12 @@ def _required_dynamic_axes(options: ExportOptions) -> dict[str, list[int]]:
     }
 
 
-def _check_dynamic_axes(path: Path, options: ExportOptions) -> None:
+def _check_dynamic_axes(proto: onnx.ModelProto, options: ExportOptions) -> None:
     """Raise :class:`ExportError` when the file fixed a dynamic input axis to its example size.
 
     The dynamo exporter does so without an error when ``forward`` specialises the size (e.g.
     ``int(x.shape[0])``): onnxruntime then refuses every other size.
     """
-    proto = onnx.load(str(path), load_external_data=False)
     dims = {i.name: list(i.type.tensor_type.shape.dim) for i in proto.graph.input}
     fixed = [
         f"{name}[{axis}] = {dims[name][axis].dim_value}"
@@ -184,8 +210,7 @@ def _check_dynamic_axes(path: Path, options: ExportOptions) -> None:
         )
 
 
-def _opset(path: Path) -> int | None:
-    proto = onnx.load(str(path), load_external_data=False)
+def _opset(proto: onnx.ModelProto) -> int | None:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
@@ -226,10 +251,12 @@ class OnnxExporter:
                         _torch_onnx_export(
                             module, args, written, options, with_key, dynamo=dynamo, extra=extra
                         )
-                    got = _opset(written)
+                    # weights in the side file: the graph without them, read once
+                    proto = onnx.load(str(written), load_external_data=False)
+                    got = _opset(proto)
                     if wanted is not None and got != wanted:  # torch only logs this
                         raise ExportError(f"it wrote opset {got}, not the requested {wanted}")
-                    _check_dynamic_axes(written, options)
+                    _check_dynamic_axes(proto, options)
                 except OSError as err:  # a full or read-only disk: the other exporter fails too
                     raise ExportError(
                         f"ONNX export could not write to {path.parent} ({err.strerror or err}). "
@@ -253,14 +280,13 @@ class OnnxExporter:
                 )
             why = f" (The dynamo exporter failed: {errors[0]}.)" if errors else ""
             refuse_baked_values(caught, "The legacy ONNX exporter (dynamo=False)", why)
-            if _save_single_file(written, path):
+            notes += _check_names(proto, options, with_key)
+            if _save_single_file(written, path) and not used:  # dynamo: asked for a side file
                 notes.append("weights were written as external data; re-saved inlined")
-        notes += _check_names(path, options, with_key)
-        opset = _opset(path)
         return ExportReport(
             path=path,
             fmt=self.fmt,
-            exporter=f"torch.onnx dynamo={used} opset {opset}",
+            exporter=f"torch.onnx dynamo={used} opset {got}",
             seconds=time.perf_counter() - start,
             notes=notes,
         )

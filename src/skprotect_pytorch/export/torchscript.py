@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -41,22 +43,25 @@ from .base import (
 )
 from .options import ExportOptions
 
+_CHUNK = 1 << 20  # bytes copied at a time from one archive entry to the file
 
-def without_debug_records(archive: bytes) -> bytes:
-    """The TorchScript archive without its ``.debug_pkl`` records. They map each op to the
-    Python call stack that traced it: absolute paths of the build machine's files (the
-    protection script, the model's module, the virtualenv) with function names and line
-    numbers, none of which a shipped file should carry. ``torch.jit.load`` does not need
-    them; only error messages of a failing op lose their Python source lines."""
-    out = io.BytesIO()
+
+def write_without_debug_records(archive: BinaryIO, path: Path) -> None:
+    """Write the TorchScript archive to ``path`` without its ``.debug_pkl`` records. They map
+    each op to the Python call stack that traced it: absolute paths of the build machine's
+    files (the protection script, the model's module, the virtualenv) with function names and
+    line numbers, none of which a shipped file should carry. ``torch.jit.load`` does not need
+    them; only error messages of a failing op lose their Python source lines. Entries are
+    copied in chunks: holding the archive as bytes, filtered, then as bytes again cost three
+    more copies of the weights in memory."""
     with (
-        zipfile.ZipFile(io.BytesIO(archive)) as source,
-        zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target,
+        zipfile.ZipFile(archive) as source,
+        zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as target,
     ):
         for info in source.infolist():
             if not info.filename.endswith(".debug_pkl"):
-                target.writestr(info, source.read(info.filename))
-    return out.getvalue()
+                with source.open(info) as entry, target.open(info, "w") as copy:
+                    shutil.copyfileobj(entry, copy, _CHUNK)
 
 
 def _round_trip(module: torch.jit.ScriptModule) -> None:
@@ -65,6 +70,20 @@ def _round_trip(module: torch.jit.ScriptModule) -> None:
     torch.jit.save(module, buffer)
     buffer.seek(0)
     torch.jit.load(buffer)
+
+
+def _tracing_failed(err: Exception) -> ExportError:
+    return ExportError(
+        f"TorchScript tracing failed ({first_line(err)}). Check that the model runs with "
+        "input_tensors, or choose another format in model_export_formats."
+    )
+
+
+def _frozen(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    try:
+        return torch.jit.freeze(traced)
+    except Exception as err:
+        raise _tracing_failed(err) from err
 
 
 @register_exporter(ExportFormat.TORCHSCRIPT_CPU, ExportFormat.TORCHSCRIPT_GPU)
@@ -89,25 +108,22 @@ class TorchScriptExporter(DeviceExporter):
         try:
             with torch.no_grad(), collect_warnings(notes, torch.jit.TracerWarning) as caught:
                 traced = torch.jit.trace(module, args, check_trace=False, strict=False)
-            frozen = torch.jit.freeze(traced)
         except Exception as err:
-            raise ExportError(
-                f"TorchScript tracing failed ({first_line(err)}). Check that the model runs with "
-                "input_tensors, or choose another format in model_export_formats."
-            ) from err
+            raise _tracing_failed(err) from err
         refuse_baked_values(caught, f"ExportFormat.{self.fmt.name}")
         steps = "trace+freeze"
         try:
-            # on a fresh freeze: optimize_for_inference rewrites its argument in place
-            optimized = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            _round_trip(optimized)
-            frozen, steps = optimized, steps + "+optimize_for_inference"
+            # a freeze holds a copy of the weights: the fallback one is made only when needed
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            _round_trip(frozen)
+            steps += "+optimize_for_inference"
         except Exception as err:
             notes.append(
                 f"optimize_for_inference output not saved ({first_line(err)}): it holds MKLDNN "
                 "constants that TorchScript cannot serialise (upstream limitation); saved the "
                 "frozen graph, already optimised by freeze (conv-bn folding, constant folding)"
             )
+            frozen = _frozen(traced)
         specs = input_specs(
             args,
             options.export_dynamic_shapes(with_key),
@@ -117,7 +133,7 @@ class TorchScriptExporter(DeviceExporter):
         # the runtime checks inputs against these: a traced graph accepts a wrong key silently
         buffer = io.BytesIO()
         torch.jit.save(frozen, buffer, _extra_files={INPUTS_METADATA: json.dumps(specs)})
-        path.write_bytes(without_debug_records(buffer.getvalue()))
+        write_without_debug_records(buffer, path)
         return ExportReport(
             path=path,
             fmt=self.fmt,
