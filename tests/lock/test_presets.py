@@ -104,12 +104,11 @@ def test_mixing_condition_number_and_exact_unmix(condition):
     from skprotect_pytorch.lock.channel_lock import BlockMix
 
     mix = BlockMix(64, 2, 16, np.random.default_rng(0), condition)
-    for q in mix.group_matrices:
-        for b in range(0, 32, 16):
-            block = q[b : b + 16, b : b + 16]
-            assert np.linalg.cond(block) == pytest.approx(condition, rel=1e-6)
+    assert len(mix.q_blocks) == 4
+    for _, _, block in mix.q_blocks:
+        assert np.linalg.cond(block) == pytest.approx(condition, rel=1e-6)
     x = torch.randn(64, 5, dtype=torch.float64)
-    q = torch.block_diag(*map(torch.from_numpy, mix.group_matrices))
+    q = mix.mixing()
     torch.testing.assert_close(mix.apply_rows((q @ x).float()).double(), x, rtol=0, atol=1e-4)
     model, inputs = MODEL_FACTORIES["resnet"](0)
     locked = _lock(model, "strong", mix_condition=condition)
@@ -136,7 +135,7 @@ def test_unmix_runs_per_segment_of_equal_blocks(
     mix = BlockMix(n_total, groups, 16, np.random.default_rng(0), 16.0)
     assert mix.segments == segments and mix.uniform is (segments == 1)
     assert max(b.shape[-1] for b in mix.segment_blocks()) < 32
-    q = torch.block_diag(*map(torch.from_numpy, mix.group_matrices))
+    q = mix.mixing()
     x = torch.randn(n_total, 6, dtype=torch.float64)
     mixed = (q @ x).float()
     torch.testing.assert_close(mix.apply_rows(mixed).double(), x, rtol=0, atol=1e-4)

@@ -85,7 +85,8 @@ def _runs(sizes: list[int]) -> list[int]:
 class BlockMix(nn.Module):
     """Public block-diagonal mixing ``Q`` over one channel axis; blocks stay inside groups.
 
-    ``group_matrices`` (``Q``, float64) lock the weights; the buffers hold ``(Q⁻¹)ᵀ`` so that
+    ``q_blocks`` (``Q``'s float64 blocks, applied one at a time by :meth:`mix_left` and
+    :meth:`mix_right`) lock the weights; the buffers hold ``(Q⁻¹)ᵀ`` so that
     the un-mix is their transpose, ``Q⁻¹`` (``Qᵀ`` when ``Q`` is orthogonal).  The blocks are
     stacked per *segment*, a run of equal-size consecutive blocks (one segment when ``n`` is a
     multiple of the block, two when a larger last block takes the remainder), so that every
@@ -104,16 +105,15 @@ class BlockMix(nn.Module):
         super().__init__()
         n = n_total // groups
         sizes = _block_sizes(n, block)
-        dense = np.zeros((groups, n, n))
+        self.q_blocks: list[tuple[int, int, np.ndarray]] = []  # (group, start, Q block)
         blocks = []  # (Q⁻¹)ᵀ per block, in channel order
         for g in range(groups):
             start = 0
             for size in sizes:
                 q = _conditioned_mixing(rng, size, condition)
-                dense[g, start : start + size, start : start + size] = q
+                self.q_blocks.append((g, start, q))
                 blocks.append(np.linalg.inv(q).T)
                 start += size
-        self.group_matrices = dense  # float64 (G, n, n), used to transform weights
         first = 0
         self.segments = 0
         for count in _runs(sizes * groups):
@@ -122,6 +122,35 @@ class BlockMix(nn.Module):
             self.register_buffer(name, stacked)
             first += count
             self.segments += 1
+
+    def mix_left(self, a: torch.Tensor) -> torch.Tensor:
+        """``Q a`` on axis 1 of a float64 ``(G, n, ...)`` tensor, one block at a time."""
+        out = torch.empty_like(a)
+        for g, start, q in self.q_blocks:
+            rows = slice(start, start + q.shape[0])
+            out[g, rows] = torch.tensordot(torch.from_numpy(q), a[g, rows], dims=1)
+        return out
+
+    def mixing(self) -> torch.Tensor:
+        """The whole mixing ``Q``, block-diagonal float64 ``(n_total, n_total)``, built on
+        demand (for checks): the lock keeps only its blocks, as a dense ``Q`` per layer held
+        4x the layer's weights in memory for as long as the locked model lived."""
+        n = sum(q.shape[0] for _, _, q in self.q_blocks)
+        dense = torch.zeros(n, n, dtype=torch.float64)
+        offset = 0
+        for _, _, q in self.q_blocks:
+            size = q.shape[0]
+            dense[offset : offset + size, offset : offset + size] = torch.from_numpy(q)
+            offset += size
+        return dense
+
+    def mix_right(self, a: torch.Tensor) -> torch.Tensor:
+        """``a Q`` on axis 2 of a float64 ``(G, O, n, ...)`` tensor, one block at a time."""
+        out = torch.empty_like(a)
+        for g, start, q in self.q_blocks:
+            cols = slice(start, start + q.shape[0])
+            out[g, :, cols] = torch.einsum("oi...,iq->oq...", a[g, :, cols], torch.from_numpy(q))
+        return out
 
     @property
     def uniform(self) -> bool:
@@ -282,9 +311,9 @@ def lock_matrix(weight: torch.Tensor, plan: ChannelPlan) -> torch.Tensor:
     """Return ``M_out · Q · W · M_in⁻¹`` for a grouped channel matrix ``(G, O, I, *taps)``."""
     a = weight.detach().to(torch.float64)
     if plan.mix_out is not None:
-        a = torch.einsum("gpo,goi...->gpi...", torch.from_numpy(plan.mix_out.group_matrices), a)
+        a = plan.mix_out.mix_left(a)
     if plan.mix_in is not None:
-        a = torch.einsum("goi...,giq->goq...", a, torch.from_numpy(plan.mix_in.group_matrices))
+        a = plan.mix_in.mix_right(a)
     g, o, i = plan.groups, plan.out_per_group, plan.in_per_group
     taps = a.shape[3:]
     shape_t = (1,) * len(taps)
@@ -303,7 +332,7 @@ def lock_bias(bias: torch.Tensor | None, plan: ChannelPlan) -> torch.Tensor | No
         return None
     b = bias.detach().to(torch.float64).reshape(plan.groups, plan.out_per_group)
     if plan.mix_out is not None:
-        b = torch.einsum("gpo,go->gp", torch.from_numpy(plan.mix_out.group_matrices), b)
+        b = plan.mix_out.mix_left(b)
     b = b.reshape(-1)[torch.from_numpy(plan.out_perm)] * torch.from_numpy(plan.out_scale).double()
     return b.to(bias.dtype)
 
