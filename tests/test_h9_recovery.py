@@ -104,7 +104,7 @@ def leftovers(app: Path) -> list[str]:
     [
         ("move 1", False, "into place: none"),  # the backup folder made, nothing set aside
         # the new key params in place, the rest the previous files
-        ("move 3", False, "into place: net/onnx/key_params_net.json;"),
+        ("move 3", False, "into place: net/onnx/key_params_net.json."),
         ("move 6", False, ALL),  # the previous model set aside, the new one not moved in yet
         ("before the configuration", False, ALL),  # every new file in place, the old config
         ("after the configuration", True, ALL),  # complete, but its backups never deleted
