@@ -12,6 +12,7 @@ protector's first eager run does, and refuses any parameter that the model does 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
@@ -38,20 +39,28 @@ def _parameters_in(values: Iterable[object]) -> Iterator[nn.Parameter]:
 class _ParameterWatch(TorchFunctionMode):
     """Records the parameters that torch functions receive and ``known`` (``id``\\ s) lacks.
 
-    A torch function mode is thread-local: other threads' models are not seen.
+    Weakly: a parameter that ``forward`` creates and drops (``x * nn.Parameter(c)``) is gone
+    after the run, while a layer reached through a global or a closure stays alive.  A torch
+    function mode is thread-local: other threads' models are not seen.
     """
 
     def __init__(self, known: set[int]) -> None:
         super().__init__()
         self.known = known
-        self.found: dict[int, torch.Tensor] = {}
+        self.found: dict[int, weakref.ref[torch.Tensor]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         for param in _parameters_in((args, kwargs)):
             if id(param) not in self.known:
-                self.found.setdefault(id(param), param)
+                self.found[id(param)] = weakref.ref(param)  # a freed one's id may come again
         return func(*args, **kwargs)
+
+    def outside(self, held: set[int]) -> list[torch.Tensor]:
+        """The recorded parameters still alive that ``held`` (``id``\\ s, after the run) lacks:
+        those the model neither holds nor created and dropped in its forward."""
+        alive = (ref() for ref in self.found.values())
+        return [p for p in alive if p is not None and id(p) not in held]
 
 
 def _tensors(value: object) -> list[torch.Tensor]:
@@ -82,18 +91,21 @@ def run_keyed_checked(
 ) -> object:
     """``keyed(*inputs)`` (the inputs, then the key), refused with
     :class:`InvalidArgumentError` when its forward used a parameter that ``keyed`` does not
-    hold: that layer ran unlocked, whatever the key."""
+    hold and that outlives the run: that layer ran unlocked, whatever the key."""
     watch = _ParameterWatch(_held_tensors(keyed))
     with watch:
         outputs = keyed(*inputs)
-    if watch.found:
-        found = ", ".join(f"shape {tuple(t.shape)}" for t in watch.found.values())
+    outside = watch.outside(_held_tensors(keyed)) if watch.found else []
+    if outside:
+        found = ", ".join(f"shape {tuple(t.shape)}" for t in outside)
         raise InvalidArgumentError(
             f"The forward() of '{model_name}' uses parameters that the model does not hold "
-            f"({found}): a layer it reaches through a global variable or a variable it closes "
-            "over, not through an attribute of the model. The lock copies the model and locks "
-            "the layers the copy holds, so that layer would run unlocked whatever the key, and "
-            "every export would store its weights as they are. Assign the layer to the model "
+            f"({found}): a layer it reaches through a global variable, a variable it closes over "
+            "or a class attribute, or one kept where the lock does not look (in a custom "
+            "object, or a plain attribute of an unregistered module), not through an attribute "
+            "of the model. The lock copies the model and locks the layers the copy holds, so "
+            "that layer would run unlocked whatever the key, and every export would store its "
+            "weights as they are. Assign the layer to the model "
             "(self.name = layer, or an nn.ModuleList) and call it through self, then protect."
         )
     return outputs

@@ -95,8 +95,9 @@ def uncompiled_named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]
 
 
 def strip_compile_wrappers(model: nn.Module) -> nn.Module:
-    """Replace, in place, every ``torch.compile`` wrapper in ``model`` by the module it wraps,
-    and return the (unwrapped) root.
+    """Replace, in place, every ``torch.compile`` wrapper registered in ``model`` by the module
+    it wraps, and return the (unwrapped) root; a copy of it where wrappers are also kept in
+    plain attributes (``self.order = [self.a]``), replaced there too.
 
     A wrapper's compiled forward is bound to the module it was built on, not to its
     ``_orig_mod`` entry: in a deep copy it kept calling the *unlocked* layer, so the locked
@@ -108,7 +109,29 @@ def strip_compile_wrappers(model: nn.Module) -> nn.Module:
         for attr, child in module._modules.items():
             if child is not None:
                 module._modules[attr] = _unwrapped(child)
-    return root
+    kept = _attribute_compile_wrappers(root)
+    if not kept:
+        return root
+    memo: dict[int, object] = {id(t): t for t in (*root.parameters(), *root.buffers())}
+    for wrapper in kept:  # the wrapped module's one copy, registered or not
+        memo[id(wrapper)] = copy.deepcopy(_unwrapped(wrapper), memo)
+    return copy.deepcopy(root, memo)
+
+
+def _attribute_compile_wrappers(root: nn.Module) -> list[nn.Module]:
+    """The ``torch.compile`` wrappers that ``root``'s modules hold in plain attributes, through
+    which a list that ``forward`` iterates would call the unlocked layers."""
+    wrapper = _compile_wrapper_type()
+    if wrapper is None:
+        return []
+    return [
+        item
+        for module in root.modules()
+        for attr, value in vars(module).items()
+        if attr not in MODULE_INTERNALS
+        for _, item in plain_leaves(value, "")
+        if isinstance(item, wrapper)
+    ]
 
 
 LayerFilter = Callable[[str, nn.Module], bool]
