@@ -74,7 +74,7 @@ def test_usage_counter_is_monotonic(client, licensed, clock) -> None:
         "decision": "deny",
         "reason": "counter_behind",
         "detail": f"counter 4 is lower than the 5 already reported for licence {licence_id}: "
-        "counters are monotonic"
+        "counters are monotonic",
     }
 
 
