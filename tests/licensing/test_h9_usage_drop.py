@@ -112,7 +112,7 @@ def test_reports_of_a_device_the_server_does_not_know_are_dropped_at_once(
         "Usage reports of 2 licence(s) dropped: http://testserver has not registered this "
         f"device ({lc.identity.device_id}: unknown_device), so it has none of its licences "
         "and would refuse the reports at every resend; the 5 inferences counted under them "
-        "are not reported."
+        "since their last acknowledged reports are not reported."
     )
     assert lc.report_usage() is True  # not sent again
     assert transport.usage_sent == sent + 1 and len(warnings_of(caplog)) == 1
@@ -121,10 +121,14 @@ def test_reports_of_a_device_the_server_does_not_know_are_dropped_at_once(
 def test_a_report_on_a_licence_the_server_does_not_know_is_dropped(
     device, database_url, sessions, caplog
 ) -> None:
-    """The device is registered with the server, but not the licence: 404 unknown_licence."""
+    """The device is registered with the server, but not the licence: 404 unknown_licence.
+    The warning counts what the drop loses, the 3 inferences since the acknowledged report of
+    4 (it said 7, the whole counter)."""
     lc, transport = device
     licence = lc.ensure_licence()
     lc.consume(4)
+    assert lc.report_usage() is True and lc.usage() == {"counter": 4, "reported": 4}
+    lc.consume(3)
     forget_everything(database_url, sessions)
     identity = lc.identity
     with sessions.begin() as session:
@@ -139,11 +143,12 @@ def test_a_report_on_a_licence_the_server_does_not_know_is_dropped(
     caplog.clear()
     sent = transport.usage_sent
     assert lc.report_usage() is True
-    assert lc.usage() == {"counter": 4, "reported": 4}
+    assert lc.usage() == {"counter": 7, "reported": 7}
     (warning,) = warnings_of(caplog)
     assert warning == (
         f"Usage report for licence {licence.licence_id} dropped: http://testserver does not "
-        "know that licence, and the 4 inferences counted under it are not reported (HTTP 404 "
+        "know that licence, and the 3 inferences counted under it since its last acknowledged "
+        "report are not reported (HTTP 404 "
         f"unknown_licence: licence {licence.licence_id} is not a licence of device "
         f"{identity.device_id}), so it would refuse it at every resend."
     )

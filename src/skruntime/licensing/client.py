@@ -379,8 +379,8 @@ def _checked_configuration(
 _RESENT = "It is sent again at the next licence renewal or close()."
 #: Why a usage report that the server refuses for good is dropped, per reason.
 _DROPPED = {
-    "unknown_licence": "{server} does not know that licence, and the {counted} counted under "
-    "it are not reported",
+    "unknown_licence": "{server} does not know that licence, and the {unreported} counted under "
+    "it since its last acknowledged report are not reported",
     "counter_behind": "{server} already holds a higher counter for that licence than the "
     "{counted} counted here, as when the state folder was restored from a backup",
 }
@@ -1270,19 +1270,25 @@ class LicenceClient:
         with self._lock:
             current = self._licence.licence_id if self._licence is not None else None
             with state_lock(self.state_dir, f"usage_{self.application}"):
+                usage = self._read_usage()
                 pending = {
                     licence_id: entry.get("counter", 0)
-                    for licence_id, entry in self._read_usage().items()
+                    for licence_id, entry in usage.items()
                     if entry.get("counter", 0) > entry.get("reported", 0)
+                }
+                # what a dropped report loses: the count since the last acknowledged one
+                unreported = {
+                    licence_id: counter - usage[licence_id].get("reported", 0)
+                    for licence_id, counter in pending.items()
                 }
             settled: dict[str, int] = {}  # acknowledged, or dropped: not sent again
             for licence_id, counter in pending.items():  # no file lock held while on the network
-                answer = self._send_report(licence_id, counter)
+                answer = self._send_report(licence_id, counter, unreported[licence_id])
                 if answer is None:
                     continue
                 settled[licence_id] = counter
                 if answer == "unknown_device":  # nor any licence of it: drop them all
-                    self._drop_unknown_device(pending, settled)
+                    self._drop_unknown_device(pending, settled, sum(unreported.values()))
                     break
             try:
                 return self._record_reported(settled, current)
@@ -1290,10 +1296,12 @@ class LicenceClient:
                 log.warning("Usage reports sent but not recorded: %s", e)
                 return False
 
-    def _send_report(self, licence_id: str, counter: int) -> str | None:
-        """Send one usage report. Returns None when it is to be sent again (a failure, logged),
-        else ``"accepted"`` or the reason of a denial in :data:`~.protocol.USAGE_DROP_REASONS`
-        (logged here, but ``unknown_device``: the caller says it once for all reports)."""
+    def _send_report(self, licence_id: str, counter: int, unreported: int) -> str | None:
+        """Send one usage report (``unreported``: how many of ``counter`` the server has not
+        acknowledged, what a drop loses). Returns None when it is to be sent again (a failure,
+        logged), else ``"accepted"`` or the reason of a denial in
+        :data:`~.protocol.USAGE_DROP_REASONS` (logged here, but ``unknown_device``: the caller
+        says it once for all reports)."""
         body = {
             "device_id": self.identity.device_id,
             "licence_id": licence_id,
@@ -1319,7 +1327,9 @@ class LicenceClient:
                     "refuse it at every resend.",
                     licence_id,
                     _DROPPED[denial.reason].format(
-                        server=self.server_url, counted=_inferences(counter)
+                        server=self.server_url,
+                        counted=_inferences(counter),
+                        unreported=_inferences(unreported),
                     ),
                     response.status_code,
                     denial.reason,
@@ -1352,18 +1362,22 @@ class LicenceClient:
             return False
         return True
 
-    def _drop_unknown_device(self, pending: dict[str, int], settled: dict[str, int]) -> None:
+    def _drop_unknown_device(
+        self, pending: dict[str, int], settled: dict[str, int], unreported: int
+    ) -> None:
         """Add every pending report to ``settled`` (dropped) after the server answered that it
-        has not registered this device: it has none of its licences either. One warning."""
+        has not registered this device: it has none of its licences either. One warning, with
+        the ``unreported`` inferences the drop loses."""
         settled.update(pending)
         log.warning(
             "Usage reports of %d licence(s) dropped: %s has not registered this device (%s: "
             "unknown_device), so it has none of its licences and would refuse the reports at "
-            "every resend; the %s counted under them are not reported.",
+            "every resend; the %s counted under them since their last acknowledged reports "
+            "are not reported.",
             len(pending),
             self.server_url,
             self.identity.device_id,
-            _inferences(sum(pending.values())),
+            _inferences(unreported),
         )
 
     def _record_reported(self, acknowledged: dict[str, int], current: str | None) -> bool:
