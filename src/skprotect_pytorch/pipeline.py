@@ -390,33 +390,20 @@ def _precheck_config(
     return config
 
 
-def _deployed_epoch(config: Config | None, model_name: str) -> int | None:
-    """The key epoch ``config`` records for ``model_name``; None when it does not have it."""
-    entry = config.models.get(model_name) if config is not None else None
-    return entry.key_epoch if entry is not None else None
-
-
-def _other_config(request: ProtectRequest) -> Config | None:
-    """The other platform's configuration, read (not verified: it only raises the epoch) for
-    its key epochs; None when it is missing or unreadable (its own runtime reports that)."""
-    other = next(p for p in ExportPlatform if p is not request.platform)
-    path = request.outputs_dir / CONFIG_FILENAMES[other.value]
-    if not path.is_file():
-        return None
-    try:
-        return load_config(path)
-    except SkProtectError:
-        return None
-
-
-def _key_epoch(request: ProtectRequest, config: Config | None) -> int:
+def _key_epoch(
+    request: ProtectRequest, config: Config | None, other_platform: OtherPlatform | None
+) -> int:
     """The key epoch of this protection: the newest one the model is deployed with, one more
     with ``rotate_keys``. An update without it keeps its deployed keys (reproducible), and never
     goes back to a key that a rotation replaced. Both platforms count: they derive a group's
     key alike and share its model files, so a model protected for one platform after a rotation
     on the other takes the rotated keys, not the replaced (possibly leaked) ones."""
-    epochs = [_deployed_epoch(c, request.model_name) for c in (config, _other_config(request))]
-    epoch = max((e for e in epochs if e is not None), default=0)
+    entry = config.models.get(request.model_name) if config is not None else None
+    epochs = [
+        *([entry.key_epoch] if entry is not None else []),
+        *([other_platform.key_epoch] if other_platform is not None else []),
+    ]
+    epoch = max(epochs, default=0)
     if request.rotate_keys:
         epoch += 1
         get_logger().info(
@@ -803,6 +790,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         request.dynamic_shapes,
         request.inductor_configs,
     )
+    other_platform = OtherPlatform.of(request.outputs_dir, request.platform, request.model_name)
     result = ProtectionResult(
         model_name=request.model_name,
         application_name=request.application_name,
@@ -810,7 +798,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         platform=request.platform.value,
         platform_version=request.platform_version,
         config_path=request.config_path,
-        key_epoch=_key_epoch(request, config),
+        key_epoch=_key_epoch(request, config, other_platform),
     )
     formats = _selected_formats(request, result)
     _refuse_dropping_deployed(request, config, result)
@@ -831,7 +819,6 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     by_group: dict[FormatGroup, list[ExportFormat]] = {}
     for fmt in formats:
         by_group.setdefault(fmt.group, []).append(fmt)
-    other_platform = OtherPlatform.of(request.outputs_dir, request.platform, request.model_name)
     writes_txt_keys = request.platform is ExportPlatform.TXT or request.test_key
     if other_platform is not None and writes_txt_keys:
         other_platform.refuse_key_clash(

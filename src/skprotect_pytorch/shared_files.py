@@ -30,11 +30,12 @@ from .logs import get_logger
 @dataclass(frozen=True)
 class OtherPlatform:
     """The other platform's files of one model: model files with their recorded SHA-256, and
-    key files (paths relative to the application's outputs folder)."""
+    key files (paths relative to the application's outputs folder), and its key epoch."""
 
     platform: ExportPlatform
     model_files: dict[str, str | None]
     key_files: frozenset[str]
+    key_epoch: int
 
     @classmethod
     def of(
@@ -56,6 +57,7 @@ class OtherPlatform:
             other,
             {f.file: f.sha256 for f in entry.formats.values()},
             frozenset(k for f in entry.formats.values() for k in f.key_files),
+            entry.key_epoch,
         )
 
     def refuse_key_clash(
