@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from tests.licensing.server_helpers import APP, CONFIG_SHA, make_application, make_customer
+from tests.licensing.server_helpers import (
+    device_client,
+    make_application,
+    make_customer,
+)
 
-from skruntime.licensing.client import LicenceClient
 from skruntime.licensing.protocol import b64, unb64
 
 
@@ -38,23 +40,6 @@ class OtherServer(httpx.BaseTransport):
         return httpx.Response(403, json=denial)
 
 
-def _client(url: str, transport: httpx.BaseTransport, key: bytes, folder: Path, clock) -> Any:
-    return LicenceClient(
-        url,
-        state_dir=folder,
-        server_public_key=key,
-        application=APP,
-        customer_id=42,
-        models=["model-a"],
-        config_sha256=CONFIG_SHA,
-        overlap_seconds=60,
-        persist_every=1,
-        requested_inferences=10,
-        clock=clock,
-        transport=transport,
-    )
-
-
 def test_reports_are_kept_when_the_server_presents_another_key(
     client, sessions, clock, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -62,14 +47,14 @@ def test_reports_are_kept_when_the_server_presents_another_key(
     make_customer(sessions, inference_quota=1000)
     pinned = unb64(client.get("/v1/public-key").json()["public_key"])
     folder = tmp_path / "device"
-    device = _client("http://testserver", client._transport, pinned, folder, clock)
+    device = device_client("http://testserver", client._transport, pinned, folder, clock)
     licence = device.ensure_licence()
     device.consume(3)
     device.flush()
     assert device.usage(licence.licence_id) == {"counter": 3, "reported": 0}
 
     other = OtherServer()
-    misdirected = _client("http://other-server", other, pinned, folder, clock)
+    misdirected = device_client("http://other-server", other, pinned, folder, clock)
     assert misdirected.report_usage() is False
     assert other.usage_sent == 1
     assert device.usage(licence.licence_id) == {"counter": 3, "reported": 0}  # kept

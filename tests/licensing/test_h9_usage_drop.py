@@ -16,7 +16,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 from tests.licensing.conftest import clean
-from tests.licensing.server_helpers import APP, CONFIG_SHA, make_application, make_customer
+from tests.licensing.server_helpers import (
+    APP,
+    device_client,
+    make_application,
+    make_customer,
+)
 
 from sklicense.models import Device, UsageReport
 from skruntime.licensing.client import LicenceClient
@@ -56,20 +61,7 @@ def device(client, sessions, clock, tmp_path: Path) -> tuple[LicenceClient, Tran
     provision(sessions)
     transport = Transport(client._transport)
     public_key = unb64(client.get("/v1/public-key").json()["public_key"])
-    lc = LicenceClient(
-        "http://testserver",
-        state_dir=tmp_path / "device",
-        server_public_key=public_key,
-        application=APP,
-        customer_id=42,
-        models=["model-a"],
-        config_sha256=CONFIG_SHA,
-        overlap_seconds=60,
-        persist_every=1,
-        requested_inferences=10,
-        clock=clock,
-        transport=transport,
-    )
+    lc = device_client("http://testserver", transport, public_key, tmp_path / "device", clock)
     yield lc, transport
     lc.close()
 
