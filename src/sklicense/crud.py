@@ -577,7 +577,7 @@ def usage_summary(
             "licence_id": lic,
             "counter": int(counter),
             "allowance": allowance,
-            # a device that counted past its allowance: a modified runtime, or a clone
+            # a device that counted past its allowance: a modified runtime (clones never do)
             "over_allowance": allowance is not None and int(counter) > allowance,
         }
         for c, d, lic, counter, allowance in session.execute(paged(stmt, limit, offset))

@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from skruntime.licensing.protocol import KEK_WRAP_INFO, b64, canonical_bytes, sign, unb64
+from skruntime.licensing.protocol import (
+    KEK_WRAP_INFO,
+    answer_message,
+    b64,
+    canonical_bytes,
+    sign,
+    unb64,
+)
 
 
 class SigningKeyError(RuntimeError):
@@ -61,6 +68,15 @@ def public_key_b64(key: Ed25519PrivateKey) -> str:
 def sign_licence(licence: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     """The SignedLicence document ``{"licence": …, "signature": …}``."""
     return {"licence": licence, "signature": sign(licence, key)}
+
+
+def sign_answer(
+    path: str, status: int, request: dict[str, Any], answer: Any, key: Ed25519PrivateKey
+) -> str:
+    """The ``X-SK-Signature`` of the server's answer to the device ``request`` at ``path``
+    (``protocol.answer_message``): bound to that request, so that the device takes no faked or
+    replayed answer for the server's word."""
+    return sign(answer_message(path, status, canonical_bytes(request), answer), key)
 
 
 def kek_wrap_key(shared_secret: bytes, licence_id: str) -> bytes:

@@ -63,6 +63,7 @@ class FakeServer:
         self.deny: tuple[str, str] | None = None
         self.tamper: Any = None  # callable(document) -> document
         self.answer: Any = None  # callable(request) -> response: replaces licence answers
+        self.signs = True  # sign the answers to device requests (protocol.answer_message)
         self.calls: list[str] = []  # the path of every request that reached the server
         self.lose_usage_answers = 0  # apply the report, then answer 500
         self.devices: dict[str, dict[str, str]] = {}
@@ -85,6 +86,16 @@ class FakeServer:
         self.calls.append(request.url.path)
         if self.answer is not None and request.url.path == "/v1/licences":
             return self.answer(request)
+        response = self.respond(request)
+        if request.method == "POST" and self.signs:
+            data = json.loads(response.content)
+            message = protocol.answer_message(
+                request.url.path, response.status_code, request.content, data
+            )
+            response.headers[protocol.SIGNATURE_HEADER] = protocol.sign(message, self.key)
+        return response
+
+    def respond(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/public-key":
             return httpx.Response(
                 200, json={"algorithm": "Ed25519", "public_key": protocol.b64(self.public_key)}
@@ -117,7 +128,7 @@ class FakeServer:
             if self.lose_usage_answers:
                 self.lose_usage_answers -= 1
                 return httpx.Response(500, json={"error": "lost"})
-            return httpx.Response(200, json={"accepted": True})
+            return httpx.Response(200, json={"accepted": True, "report_id": body["report_id"]})
         return httpx.Response(404)
 
     @staticmethod
@@ -940,9 +951,44 @@ def test_an_explicit_denial_is_not_a_failed_renewal(state, clock) -> None:
     assert err.value.reason == "contract_ended"
     server.deny = None
     server.answer = lambda r: httpx.Response(429, content=b"slow down")  # a proxy's 429
-    with pytest.raises(LicenceDeniedError) as err:
+    client._next_retry = float("-inf")
+    with pytest.raises(LicenceError, match="answered HTTP 429 to a licence request, not a "):
         client.ensure_licence()
-    assert err.value.reason == "rate_limited"
+
+
+def test_a_denial_the_server_did_not_sign_is_not_taken(state, clock, caplog) -> None:
+    """Someone in the network path answers the renewal with the server's ``device_revoked``,
+    unsigned: the device dropped its cached licence, valid for 20 more days, at once. Now only
+    a denial signed by the pinned key for this very request counts (a signed one replayed from
+    another request does not either); the licence stays, with a warning."""
+    server = FakeServer(duration=100 * DAY)
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY)
+    licence = client.ensure_licence()
+    clock.t = T0 + 80 * DAY
+    server.deny = ("device_revoked", "device is revoked")
+    server.signs = False
+    assert client.ensure_licence() == licence
+    assert (state / "licence_app.json").exists()
+    assert "not a licence or a denial signed by the pinned server key" in caplog.text
+    server.signs = True  # the server's signed denial of another request, replayed
+    other = client._licence_body(clock.t)  # another request of this device (its own nonce)
+    replayed = server.handle(
+        httpx.Request(
+            "POST",
+            f"{URL}/v1/licences",
+            content=protocol.canonical_bytes(other),
+            headers={protocol.SIGNATURE_HEADER: client.identity.sign(other)},
+        )
+    )
+    server.answer = lambda request: replayed
+    client._next_retry = float("-inf")
+    assert client.ensure_licence() == licence
+    assert (state / "licence_app.json").exists()
+    server.answer = None
+    client._next_retry = float("-inf")
+    with pytest.raises(LicenceDeniedError, match="device_revoked"):
+        client.ensure_licence()  # the server's own denial of this request
+    assert not (state / "licence_app.json").exists()
 
 
 # ---------------------------------------------------------------------- clock reconciliation

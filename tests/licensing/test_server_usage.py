@@ -52,8 +52,9 @@ def test_usage_idempotent_and_listed(client, licensed, clock, tokens) -> None:
 
 
 def test_a_counter_past_the_allowance_is_flagged(client, licensed, clock, tokens) -> None:
-    """Only a modified runtime or a cloned state folder counts past its licence's allowance:
-    the report is kept (the count is what the device says it ran) and flagged for the vendor."""
+    """Only a modified runtime counts past its licence's allowance (clones of a state folder
+    each stop at it): the report is kept (the count is what the device says it ran) and
+    flagged for the vendor."""
     device, licence_id = licensed
     assert report(client, device, device.usage_report(licence_id, "r1", 100, clock.now)).is_success
     response = report(client, device, device.usage_report(licence_id, "r2", 1_000_000, clock.now))

@@ -50,8 +50,10 @@ failed renewal inside the window (server unreachable, an answer that is not a ve
 for this request, or a denial other than ``device_revoked``) keeps the cached licence until it
 expires, with a warning naming the cause; after expiry an unreachable server raises
 :class:`LicenceUnavailableError` and a bad answer the :class:`LicenceError` that describes it.
-A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body; any
-other ``403`` (a proxy, a captive portal) is a bad answer.
+A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body signed
+by the pinned key for this request (:func:`.protocol.answer_message`); any other answer (a
+proxy's or captive portal's page, a denial that is not signed) is a bad answer. Usage reports
+are likewise acknowledged or dropped only on a signed answer (:meth:`LicenceClient.report_usage`).
 
 Counting (one :meth:`LicenceClient.consume` per inference). The persisted counter is a
 *reservation*: before granting an inference that is not covered yet, the client adds a block of
@@ -320,6 +322,14 @@ def unwrap_kek(licence: Licence, exchange_key: Any) -> bytes:
     return kek
 
 
+@dataclass(frozen=True)
+class _Unsigned:
+    """An answer to a usage report that the pinned server key did not sign for it (``answer``
+    describes it): it neither acknowledges nor refuses the report."""
+
+    answer: str
+
+
 class _RenewalFailed(Exception):
     """No licence decision came back from the server (the message says why)."""
 
@@ -377,6 +387,12 @@ def _checked_configuration(
 
 #: Said when a usage report is not acknowledged: the counter is kept, nothing is lost.
 _RESENT = "It is sent again at the next licence renewal or close()."
+#: Why an answer may not be signed by the pinned server key, and what to do.
+_NOT_SIGNED = (
+    "An sklicense server older than this runtime does not sign its answers: upgrade it. "
+    "Otherwise something in the network path answered instead of the server (a proxy, a "
+    "captive portal, a man in the middle): check the server URL and the network path."
+)
 #: Why a usage report that the server refuses for good is dropped, per reason.
 _DROPPED = {
     "unknown_licence": "{server} does not know that licence, and the {unreported} counted under "
@@ -718,18 +734,32 @@ class LicenceClient:
             time.sleep(delay)
             resent = True
 
-    def _denial(self, response: httpx.Response) -> LicenceDeniedError | None:
-        """The server's denial in a 403/429 answer; None when it is not one (a proxy's page)."""
+    def _signed_answer(
+        self, path: str, body: dict[str, Any], response: httpx.Response
+    ) -> dict[str, Any] | None:
+        """The JSON object the server answered to the request ``body`` at ``path`` when its
+        ``X-SK-Signature`` verifies with the pinned key for this very request
+        (:func:`~.protocol.answer_message`), else None: an answer nobody can fake or replay."""
+        signature = response.headers.get(protocol.SIGNATURE_HEADER)
         try:
             data = response.json()
         except (ValueError, RecursionError):
-            data = None
-        if isinstance(data, dict) and data.get("decision") == "deny":
+            return None
+        if not isinstance(data, dict) or signature is None:
+            return None
+        message = protocol.answer_message(
+            path, response.status_code, protocol.canonical_bytes(body), data
+        )
+        return data if protocol.verify(message, signature, self._server_key) else None
+
+    def _denial(self, body: dict[str, Any], response: httpx.Response) -> LicenceDeniedError | None:
+        """The server's signed denial of the licence request ``body`` in a 403/429 answer; None
+        when it is not one (a proxy's page, or a denial the pinned key did not sign)."""
+        data = self._signed_answer(protocol.LICENCES_PATH, body, response)
+        if data is not None and data.get("decision") == "deny":
             reason, detail = data.get("reason"), data.get("detail")
             if isinstance(reason, str) and reason:
                 return LicenceDeniedError(reason, detail if isinstance(detail, str) else "")
-        if response.status_code == 429:  # rate limited, by the server or a proxy before it
-            return LicenceDeniedError("rate_limited")
         return None
 
     def _request(self, now: int) -> Licence:
@@ -873,8 +903,8 @@ class LicenceClient:
         """
         for fresh in (False, True):
             body = self._licence_body(now)
-            response, resent = self._post("/v1/licences", body, resend=True)
-            denial = self._denial(response) if response.status_code in (403, 429) else None
+            response, resent = self._post(protocol.LICENCES_PATH, body, resend=True)
+            denial = self._denial(body, response) if response.status_code in (403, 429) else None
             if denial is None:
                 return body, response
             if fresh or not resent or denial.reason != "replayed_request":
@@ -912,9 +942,8 @@ class LicenceClient:
         if response.status_code != 200:
             raise LicenceError(
                 f"The licence server at {self.server_url} answered HTTP "
-                f"{response.status_code} to a licence request, not a licence or a denial: "
-                f"{response.text[:200]!r}. Check the server URL: a proxy or a captive portal "
-                "may be in the way."
+                f"{response.status_code} to a licence request, not a licence or a denial "
+                f"signed by the pinned server key: {response.text[:200]!r}. {_NOT_SIGNED}"
             )
         try:
             document = response.json()
@@ -1261,11 +1290,13 @@ class LicenceClient:
         """Send a signed report for every licence whose counter is ahead of the last report.
 
         Idempotent: the report id is ``"<licence_id>:<counter>"``, so a report whose answer was
-        lost is applied once by the server when sent again. Failures are not raised (logged;
-        retried at the next renewal or close), except the refusals no resend can change
+        lost is applied once by the server when sent again. Only answers signed by the pinned
+        key for this very report count (:func:`~.protocol.answer_message`): a receipt
+        acknowledges the report; a refusal no resend can change
         (:data:`~.protocol.USAGE_DROP_REASONS`: the server does not know the licence or the
-        device) from a server that presents the pinned key, whose reports are dropped with one
-        warning. Returns True when everything is reported (or dropped).
+        device, or holds a higher counter) drops it, with one warning. Anything else keeps it
+        for the next renewal or close (logged, not raised; answers that are not signed with one
+        warning for all). Returns True when everything is reported (or dropped).
         """
         with self._lock:
             current = self._licence.licence_id if self._licence is not None else None
@@ -1282,26 +1313,44 @@ class LicenceClient:
                     for licence_id, counter in pending.items()
                 }
             settled: dict[str, int] = {}  # acknowledged, or dropped: not sent again
+            unsigned: list[_Unsigned] = []
             for licence_id, counter in pending.items():  # no file lock held while on the network
                 answer = self._send_report(licence_id, counter, unreported[licence_id])
+                if isinstance(answer, _Unsigned):
+                    unsigned.append(answer)
+                    continue
                 if answer is None:
                     continue
                 settled[licence_id] = counter
                 if answer == "unknown_device":  # nor any licence of it: drop them all
                     self._drop_unknown_device(pending, settled, sum(unreported.values()))
                     break
+            if unsigned:
+                log.warning(
+                    "Usage reports of %d licence(s) kept: %s answered them without a signature "
+                    "of the pinned server key (first: %s), and only a signed answer "
+                    "acknowledges or refuses a report. %s They are sent again at the next "
+                    "licence renewal or close().",
+                    len(unsigned),
+                    self.server_url,
+                    unsigned[0].answer,
+                    _NOT_SIGNED,
+                )
             try:
                 return self._record_reported(settled, current)
             except LicenceError as e:  # reported, but not recorded: sent again next time
                 log.warning("Usage reports sent but not recorded: %s", e)
                 return False
 
-    def _send_report(self, licence_id: str, counter: int, unreported: int) -> str | None:
+    def _send_report(
+        self, licence_id: str, counter: int, unreported: int
+    ) -> str | _Unsigned | None:
         """Send one usage report (``unreported``: how many of ``counter`` the server has not
-        acknowledged, what a drop loses). Returns None when it is to be sent again (a failure,
-        logged), else ``"accepted"`` or the reason of a denial in
+        acknowledged, what a drop loses). Returns ``"accepted"`` or the reason of a denial in
         :data:`~.protocol.USAGE_DROP_REASONS` (logged here, but ``unknown_device``: the caller
-        says it once for all reports)."""
+        says it once for all reports), both only when signed by the pinned key for this report;
+        :class:`_Unsigned` for an answer that is not (the caller warns once for all); None
+        for any other failure (logged): the report is sent again."""
         body = {
             "device_id": self.identity.device_id,
             "licence_id": licence_id,
@@ -1311,31 +1360,36 @@ class LicenceClient:
             "nonce": protocol.new_nonce(),
         }
         try:
-            response, _ = self._post("/v1/usage", body)
+            response, _ = self._post(protocol.USAGE_PATH, body)
         except _Unreachable as e:  # network errors and 5xx
             log.warning("Usage report for licence %s failed: %s. %s", licence_id, e, _RESENT)
             return None
-        if 200 <= response.status_code < 300:
+        data = self._signed_answer(protocol.USAGE_PATH, body, response)
+        if data is None:
+            return _Unsigned(f"HTTP {response.status_code} {response.text[:200]!r}")
+        if (
+            200 <= response.status_code < 300
+            and data.get("accepted") is True
+            and data.get("report_id") == body["report_id"]
+        ):
             return "accepted"
-        denial = self._denial(response) if response.status_code in (403, 404, 409) else None
-        if denial is not None and denial.reason in protocol.USAGE_DROP_REASONS:
-            if not self._is_pinned_server(licence_id, denial.reason):
-                return None
-            if denial.reason != "unknown_device":  # said once for all the device's reports
+        reason, detail = data.get("reason"), data.get("detail")
+        if data.get("decision") == "deny" and reason in protocol.USAGE_DROP_REASONS:
+            if reason != "unknown_device":  # said once for all the device's reports
                 log.warning(
                     "Usage report for licence %s dropped: %s (HTTP %s %s: %s), so it would "
                     "refuse it at every resend.",
                     licence_id,
-                    _DROPPED[denial.reason].format(
+                    _DROPPED[reason].format(
                         server=self.server_url,
                         counted=_inferences(counter),
                         unreported=_inferences(unreported),
                     ),
                     response.status_code,
-                    denial.reason,
-                    denial.detail,
+                    reason,
+                    detail,
                 )
-            return denial.reason
+            return reason
         log.warning(
             "Usage report for licence %s refused: HTTP %s %s. %s",
             licence_id,
@@ -1344,23 +1398,6 @@ class LicenceClient:
             _RESENT,
         )
         return None
-
-    def _is_pinned_server(self, licence_id: str, reason: str) -> bool:
-        """Whether the server that refused a report presents the pinned key
-        (:meth:`_check_server_key`): only its word drops a report. Another server at a wrong
-        URL does not know the device either, and the right one would take the report."""
-        try:
-            self._check_server_key()
-        except _RenewalFailed as e:
-            log.warning(
-                "Usage report for licence %s refused (%s) but kept: %s %s",
-                licence_id,
-                reason,
-                e,
-                _RESENT,
-            )
-            return False
-        return True
 
     def _drop_unknown_device(
         self, pending: dict[str, int], settled: dict[str, int], unreported: int

@@ -44,13 +44,28 @@ often. Usage reports answer ``200`` ``{"accepted", "duplicate", "report_id", "li
 the server will never take, whose reason is one of :data:`USAGE_DROP_REASONS`: ``404``
 ``unknown_licence`` (a licence this server did not issue to the device), ``403``
 ``unknown_device`` (a device it has not registered), ``409`` ``counter_behind`` (a counter
-lower than one already reported for the licence). The device drops those reports when the
-server presents the pinned key (``GET /v1/public-key``); it sends any other refused report again.
+lower than one already reported for the licence).
+
+Signed answers. Every answer of the server to a device request that is a JSON object (the
+licence, the usage receipt, every denial, a 422) carries the header ``X-SK-Signature``: the
+base64 Ed25519 signature by the server key of the canonical bytes of :func:`answer_message`,
+``{"path", "status", "request_sha256", "answer"}``: the request's path (:data:`LICENCES_PATH`,
+:data:`USAGE_PATH`), the HTTP status, the SHA-256 (hex) of the canonical bytes of the request
+body and the answer's JSON body. The request's digest binds the answer to that very request
+(its ``device_id``, ``nonce``, ``report_id``, ``licence_id``, counter...): a signed answer
+cannot be replayed for another request, and nobody in the network path can fake one. The
+device takes an answer as the server's word only when it verifies with the pinned key: a
+usage report is acknowledged by a signed ``200`` whose ``accepted`` is true and whose
+``report_id`` is the report's, dropped on a signed denial of :data:`USAGE_DROP_REASONS`, and
+kept (sent again) on anything else; a denial of a licence request is taken only when signed
+(an unsigned one is a failed request, like a proxy's page). Bodies that are not a JSON object
+(``400``) or too large (``413``) are answered before there is a request to bind, unsigned.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import time
@@ -60,6 +75,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 SIGNATURE_HEADER = "X-SK-Signature"
+"""The header of a device request's signature, and of the server's signature of its answer."""
+LICENCES_PATH = "/v1/licences"
+USAGE_PATH = "/v1/usage"
 TIMESTAMP_WINDOW_S = 300
 MAX_DEVICE_BODY = 256 * 1024
 """Bytes a device request may have: a licence request is about 1 KiB plus its configuration's
@@ -123,3 +141,15 @@ def verify(body: Any, signature: str, public_key: Ed25519PublicKey) -> bool:
     except (InvalidSignature, ValueError, RecursionError):
         return False
     return True
+
+
+def answer_message(path: str, status: int, request: bytes, answer: Any) -> dict[str, Any]:
+    """What the server signs in its answer to a device request (header :data:`SIGNATURE_HEADER`):
+    the request's ``path``, the answer's ``status`` and JSON body, and the SHA-256 of the
+    ``request``'s canonical bytes, which binds the answer to that very request."""
+    return {
+        "path": path,
+        "status": status,
+        "request_sha256": hashlib.sha256(request).hexdigest(),
+        "answer": answer,
+    }

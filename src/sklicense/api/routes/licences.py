@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense import crud, db, service
 from sklicense.api.deps import (
@@ -25,8 +30,11 @@ from sklicense.api.deps import (
     SignatureDep,
 )
 from sklicense.api.rate_limits import DeviceLimit, device_rate_limited, rate_limited
+from sklicense.crypto import sign_answer
 from sklicense.decision import bad_signature
 from sklicense.schemas import LicencePublic, LicenceRequestIn
+from sklicense.settings import Settings
+from skruntime.licensing.protocol import LICENCES_PATH, SIGNATURE_HEADER
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["device"])
@@ -47,6 +55,19 @@ def invalid(error: ValidationError) -> JSONResponse:
     if len(errors) > MAX_ERRORS_SHOWN:
         content["errors_not_shown"] = len(errors) - MAX_ERRORS_SHOWN
     return JSONResponse(status_code=422, content=content)
+
+
+def signed(
+    path: str, body: dict[str, Any], answer: JSONResponse, key: Ed25519PrivateKey
+) -> JSONResponse:
+    """``answer`` to the device request ``body`` at ``path``, with the server's signature bound
+    to that request (``X-SK-Signature``, ``protocol.answer_message``): the device takes no
+    answer for the server's word, an acknowledged usage report or a denial, unless it verifies
+    with the pinned key."""
+    answer.headers[SIGNATURE_HEADER] = sign_answer(
+        path, answer.status_code, body, json.loads(answer.body), key
+    )
+    return answer
 
 
 def _sender(request: Request) -> str:
@@ -74,7 +95,28 @@ def request_licence(
     settings: SettingsDep,
     clock: ClockDep,
 ) -> JSONResponse:
-    """Ask for a signed licence (body and signature per ``skruntime.licensing.protocol``)."""
+    """Ask for a signed licence (body and signature per ``skruntime.licensing.protocol``); every
+    answer is signed."""
+    key = request.app.state.signing_key
+    return signed(
+        LICENCES_PATH,
+        body,
+        _decide_licence(request, body, signature, sessions, engine, settings, clock, key),
+        key,
+    )
+
+
+def _decide_licence(
+    request: Request,
+    body: dict[str, Any],
+    signature: str | None,
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    settings: Settings,
+    clock: Callable[[], int],
+    key: Ed25519PrivateKey,
+) -> JSONResponse:
+    """The answer to a licence request, before it is signed."""
     try:
         licence_request = LicenceRequestIn.model_validate(body)
     except ValidationError as e:
@@ -125,7 +167,7 @@ def request_licence(
             body,
             signature,
             now,
-            request.app.state.signing_key,
+            key,
             verified,
         )
     return JSONResponse(status_code=outcome.status, content=outcome.body)

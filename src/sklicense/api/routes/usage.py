@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense import crud, db, service
 from sklicense.api.deps import (
@@ -22,9 +25,11 @@ from sklicense.api.deps import (
     SignatureDep,
 )
 from sklicense.api.rate_limits import DeviceLimit, device_rate_limited
-from sklicense.api.routes.licences import invalid
+from sklicense.api.routes.licences import invalid, signed
 from sklicense.decision import bad_signature, unregistered
 from sklicense.schemas import UsageReportIn, UsageReportPublic
+from sklicense.settings import Settings
+from skruntime.licensing.protocol import USAGE_PATH
 
 router = APIRouter(tags=["device"])
 admin_router = APIRouter(prefix="/usage", tags=["admin"])
@@ -32,6 +37,7 @@ admin_router = APIRouter(prefix="/usage", tags=["admin"])
 
 @router.post("/usage")
 def report_usage(
+    request: Request,
     body: JsonBodyDep,
     signature: SignatureDep,
     sessions: SessionsDep,
@@ -41,7 +47,22 @@ def report_usage(
 ) -> JSONResponse:
     """Report a licence's inference counter (idempotent per ``report_id``). Unsigned reports
     are refused before the transaction; a device's signed reports, a revoked device's included,
-    are limited to ``usage_reports_per_minute``."""
+    are limited to ``usage_reports_per_minute``. Every answer is signed: only a signed receipt
+    acknowledges a report on the device."""
+    key = request.app.state.signing_key
+    answer = _apply_report(body, signature, sessions, engine, settings, clock)
+    return signed(USAGE_PATH, body, answer, key)
+
+
+def _apply_report(
+    body: dict[str, Any],
+    signature: str | None,
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    settings: Settings,
+    clock: Callable[[], int],
+) -> JSONResponse:
+    """The answer to a usage report, before it is signed."""
     try:
         report = UsageReportIn.model_validate(body)
     except ValidationError as e:
