@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -35,12 +34,13 @@ from skruntime.config import (
     sha256_file,
     write_config,
 )
-from skruntime.keyfile import key_params_filename
-from skruntime.mev import KEK_SIZE, mev_filename, read_mev
+from skruntime.mev import KEK_SIZE
 
 from . import __version__
 from .customer import Customer
 from .errors import ConfigurationError, InvalidArgumentError
+from .formats import ExportPlatform
+from .platforms import KeyFileFault, get_platform
 
 try:
     import fcntl
@@ -225,8 +225,8 @@ def add_model(
     Raises:
         ConfigurationError: the model is already there (new) or missing (replace), the file has
             a higher platform version, another platform, application, customer or signing key,
-            its protected model files are missing or replaced for a migration from version 0,
-            or it cannot be read or written.
+            its protected model files are missing or replaced for a migration from version 0
+            (or their LINUX key files unreadable or damaged), or it cannot be read or written.
         InvalidArgumentError: an argument has the wrong type or value.
     """
     path = Path(config_path)
@@ -350,7 +350,8 @@ def migrate_configuration(
 
     Raises:
         ConfigurationError: no file, a downgrade, protected model files missing or replaced
-            since their protection (all named), or a file named as the other platform's
+            since their protection (all named), LINUX key files that cannot be read or are
+            damaged (named, with what to do), or a file named as the other platform's
             configuration.
         InvalidArgumentError: ``version`` is not a supported platform version, or ``kek`` is
             not a 32-byte key.
@@ -416,9 +417,10 @@ def _protected_hashes(
 ) -> dict[str, dict[str, str]]:
     """The SHA-256 of each protected model file of ``config`` under ``folder``, per model and
     format (``replacing``'s left out), for a migration from version 0. Refuses missing files,
-    and files their key files were not written for (TXT ones; LINUX ones given the ``kek``):
-    the runtime refuses those (``KeyFileError``), so version 1 would sign the hash of a file
-    that cannot run."""
+    and files their key files were not written for (each platform's check, LINUX's given the
+    ``kek``): the runtime refuses those (``KeyFileError``), so version 1 would sign the hash of
+    a file that cannot run. Key files that cannot say (unreadable, damaged) are refused as
+    such, not as replaced model files."""
     _check_kek(kek)
     models = {name: e for name, e in config.models.items() if name != replacing}
     missing = _files_where(models, lambda name, slug, fmt: not (folder / fmt.file).is_file())
@@ -434,10 +436,19 @@ def _protected_hashes(
             f"Cannot migrate {path}: reading a protected model file failed: "
             f"{e.strerror or e} ({e.filename}). Check its permissions and retry."
         ) from e
-    stale = _files_where(
-        models,
-        lambda name, slug, fmt: not _unlocks(folder, name, slug, fmt, hashes[name][slug], kek),
-    )
+    platform = get_platform(ExportPlatform(config.platform))
+    faults: list[KeyFileFault] = []
+
+    def written_for(name: str, slug: str) -> bool:
+        try:
+            return platform.written_for(folder, name, models[name], slug, hashes[name][slug], kek)
+        except KeyFileFault as fault:
+            faults.append(fault)
+            return True  # reported below, as the key file's fault, not the model file's
+
+    stale = _files_where(models, lambda name, slug, fmt: not written_for(name, slug))
+    if faults:
+        _refuse_key_file_faults(path, faults)
     if stale:
         _refuse_migration(
             path,
@@ -473,39 +484,6 @@ def _files_where(
     return found
 
 
-def _unlocks(
-    folder: Path, model_name: str, slug: str, fmt: FormatEntry, digest: str, kek: bytes | None
-) -> bool:
-    """Whether the format's key files were written for the model file of SHA-256 ``digest``;
-    True where they do not say (LINUX key files without the ``kek``, TXT files written before
-    they recorded it, or missing or unreadable ones, which the runtime reports itself)."""
-    mev = next((k for k in fmt.key_files if Path(k).name == mev_filename(model_name, slug)), None)
-    if mev is not None and kek is not None:
-        return _mev_opens(folder / mev, model_name, slug, digest, kek)
-    params = next(
-        (k for k in fmt.key_files if Path(k).name == key_params_filename(model_name)), None
-    )
-    if params is None:
-        return True
-    try:
-        written_for = json.loads((folder / params).read_bytes()).get("model_sha256")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return True
-    return not isinstance(written_for, list) or digest in written_for
-
-
-def _mev_opens(path: Path, model_name: str, slug: str, digest: str, kek: bytes) -> bool:
-    """Whether the encrypted key file ``path`` decrypts for the model file of SHA-256
-    ``digest``: its AES-GCM tag authenticates the model, format and model-file hash."""
-    if not path.is_file():
-        return True
-    try:
-        read_mev(path, model_name=model_name, fmt_slug=slug, model_sha256=digest, kek=kek)
-    except rt_errors.KeyFileError:
-        return False
-    return True
-
-
 def _refuse_migration(path: Path, folder: Path, bad: dict[str, list[str]], what: str) -> NoReturn:
     """Refuse a migration from version 0 because of the model files ``bad`` (per model)."""
     files = ", ".join(str(folder / file) for model_files in bad.values() for file in model_files)
@@ -516,6 +494,21 @@ def _refuse_migration(path: Path, folder: Path, bad: dict[str, list[str]], what:
         "Put the old protected models back in outputs/<application>/ (each in its model's "
         f"sub-folder); otherwise re-protect {names} with protect_updated_model(..., "
         "platform_version=0) and migrate then, or re-protect all models in a clean environment."
+    )
+
+
+def _refuse_key_file_faults(path: Path, faults: list[KeyFileFault]) -> NoReturn:
+    """Refuse a migration from version 0 because key files that cannot be read, or are damaged,
+    cannot tell whether the model files beside them are the ones they were written for."""
+    files = "; ".join(f"{fault.path} {fault.problem}" for fault in faults)
+    names = ", ".join(dict.fromkeys(f"'{fault.model_name}'" for fault in faults))
+    raise ConfigurationError(
+        f"Cannot migrate {path} to a newer platform version: {files}. Such a key file cannot "
+        "show that its model file is the one it was written for, which version 1 needs before "
+        "it records the model file's SHA-256 (the model files are not in question yet). Make "
+        "an unreadable key file readable by this user and retry; put a damaged one back from "
+        f"a backup of the deployment, otherwise re-protect {names} with "
+        "protect_updated_model(..., platform_version=0) and migrate then."
     )
 
 

@@ -62,7 +62,7 @@ from .lock.diagnose import eager_failure, mismatch_error
 from .lock.outside import run_keyed_checked
 from .lock.preflight import check_lockable, copy_model
 from .logs import get_logger
-from .platforms import write_platform_keys
+from .platforms import get_platform, write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
 from .shared_files import OtherPlatform, warn_plain_keys_beside_linux, warn_untracked_files
@@ -819,8 +819,9 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     by_group: dict[FormatGroup, list[ExportFormat]] = {}
     for fmt in formats:
         by_group.setdefault(fmt.group, []).append(fmt)
-    writes_txt_keys = request.platform is ExportPlatform.TXT or request.test_key
-    if other_platform is not None and writes_txt_keys:
+    if other_platform is not None and get_platform(request.platform).writes_plain_keys(
+        request.test_key
+    ):
         other_platform.refuse_key_clash(
             request.outputs_dir,
             request.model_name,

@@ -13,18 +13,17 @@ platforms' model files.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from skruntime.config import CONFIG_FILENAMES, load_config, sha256_file
 from skruntime.errors import SkProtectError
-from skruntime.keyfile import key_params_filename, key_txt_filename
 
 from .errors import InvalidArgumentError
 from .formats import ExportPlatform
 from .logs import get_logger
+from .platforms.txt import holds_test_key, plain_key_names
 
 
 @dataclass(frozen=True)
@@ -68,11 +67,12 @@ class OtherPlatform:
         key written over a TXT deployment's shares would silently turn its key into the plain
         key, and TXT shares over a LINUX test key would break that test. The same kind is the
         same key (it depends on the application, model and group only)."""
+        key, params = plain_key_names(model_name)
         clash = sorted(
-            f"{model_name}/{group}/{key_txt_filename(model_name)}"
+            f"{model_name}/{group}/{key}"
             for group in groups
-            if f"{model_name}/{group}/{key_params_filename(model_name)}" in self.key_files
-            and _holds_test_key(outputs_dir / model_name / group, model_name) != static
+            if f"{model_name}/{group}/{params}" in self.key_files
+            and holds_test_key(outputs_dir / model_name / group, model_name) != static
         )
         if not clash:
             return
@@ -103,7 +103,7 @@ class OtherPlatform:
     def hashes_beside(self, model_name: str, group: str) -> list[str]:
         """The recorded SHA-256 of the other platform's model files in ``group`` when it
         shares this group's TXT key files, which must then unlock those files too."""
-        params = f"{model_name}/{group}/{key_params_filename(model_name)}"
+        params = f"{model_name}/{group}/{plain_key_names(model_name)[1]}"
         if params not in self.key_files:
             return []
         return [
@@ -142,7 +142,7 @@ def warn_plain_keys_beside_linux(outputs_dir: Path, model_name: str) -> None:
     plain = [
         f"{model_name}/{group}/{name}"
         for group in groups
-        for name in (key_txt_filename(model_name), key_params_filename(model_name))
+        for name in plain_key_names(model_name)
         if (outputs_dir / model_name / group / name).is_file()
     ]
     if not plain:
@@ -194,12 +194,3 @@ def warn_untracked_files(outputs_dir: Path, model_name: str) -> None:
     )
     get_logger().warning(message)
     warnings.warn(message, UserWarning, stacklevel=5)
-
-
-def _holds_test_key(folder: Path, model_name: str) -> bool:
-    """Whether the TXT key files in ``folder`` are a static test key (not key shares)."""
-    try:
-        params = json.loads((folder / key_params_filename(model_name)).read_text("utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False  # unreadable: taken for shares (its own runtime reports it)
-    return isinstance(params, dict) and params.get("static") is True

@@ -1,0 +1,108 @@
+"""Migrating a LINUX version-0 configuration whose encrypted key file cannot be read or is cut
+short: the migration used to report the model file as replaced ("not the files their key files
+were written for ... Put the old protected models back"), sending the user after the wrong
+file. It now names the key file, what is wrong with it, and what to do."""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from skprotect_pytorch import configuration
+from skprotect_pytorch.errors import ConfigurationError
+from skprotect_pytorch.protect import SkProtectorPyTorch
+from skruntime.config import load_config
+
+EF = SkProtectorPyTorch.ExportFormat
+EP = SkProtectorPyTorch.ExportPlatform
+X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+MEV = "m/onnx/mev_m_onnx.bin"
+ADVICE = r"Make an unreadable key file readable by this user and retry; put a damaged one back"
+
+
+@pytest.fixture
+def linux_v0_app(workdir: Path) -> SkProtectorPyTorch:
+    """A LINUX application at platform version 0 with one ONNX model ``m``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(
+        model,
+        "m",
+        [X],
+        model_export_formats=EF.ONNX,
+        deployment_platform=EP.LINUX,
+        platform_version=0,
+    )
+    return protector
+
+
+def refused(protector: SkProtectorPyTorch) -> str:
+    """The error of migrating the LINUX configuration to version 1, which stays unchanged."""
+    config = protector.config_path(EP.LINUX)
+    before = config.read_bytes()
+    with pytest.raises(ConfigurationError) as caught:
+        protector.migrate_configuration(1, EP.LINUX)
+    assert config.read_bytes() == before
+    state = protector.state  # the check a protection runs before its export says the same
+    with pytest.raises(ConfigurationError) as precheck:
+        configuration.check_migratable(
+            config,
+            configuration.load_own(config, state.signing_key),
+            config.parent,
+            None,
+            kek=state.kek,
+        )
+    assert str(precheck.value) == str(caught.value)
+    return str(caught.value)
+
+
+def test_an_unreadable_key_file_is_named_as_unreadable(
+    linux_v0_app: SkProtectorPyTorch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Permissions 000 (tests run as root, who reads any file: EACCES is simulated)."""
+    mev = linux_v0_app.outputs_dir / MEV
+    real_open = builtins.open
+
+    def denying_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(file) == mev:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denying_open)
+    message = refused(linux_v0_app)
+    assert f"{mev} cannot be read (Permission denied)" in message
+    assert ADVICE in message
+    assert "m.onnx" not in message  # the model file is not blamed
+
+
+@pytest.mark.parametrize("cut", [0, 10, 0.5], ids=["empty", "10-bytes", "half"])
+def test_a_truncated_key_file_is_named_as_damaged(
+    linux_v0_app: SkProtectorPyTorch, cut: float
+) -> None:
+    mev = linux_v0_app.outputs_dir / MEV
+    data = mev.read_bytes()
+    size = int(len(data) * cut) if isinstance(cut, float) else cut
+    mev.write_bytes(data[:size])
+    message = refused(linux_v0_app)
+    assert f"{mev} is truncated ({size} bytes, where a key of 75 values needs at least" in message
+    assert ADVICE in message
+    assert "Put the old protected models back" not in message
+
+
+def test_a_file_that_is_no_key_file_is_named_as_damaged(
+    linux_v0_app: SkProtectorPyTorch,
+) -> None:
+    mev = linux_v0_app.outputs_dir / MEV
+    mev.write_bytes(b"<html>not found</html>" * 40)
+    message = refused(linux_v0_app)
+    assert f"{mev} is not an encrypted key file (it does not start with SKMEV1)" in message
+
+
+def test_the_intact_key_file_migrates(linux_v0_app: SkProtectorPyTorch) -> None:
+    path = linux_v0_app.migrate_configuration(1, EP.LINUX)
+    assert load_config(path).platform_version == 1
