@@ -21,7 +21,13 @@ from .context import KeySlots, LockContext, LockSettings
 from .coverage import PlaintextWeight, plain_leaves, plaintext_buffers, plaintext_weights
 from .key_layout import KeyLayout
 from .keyed_model import KeyedModel
-from .preflight import REBOUND_CALLS, check_lockable, copy_model, strip_compile_wrappers
+from .preflight import (
+    REBOUND_CALLS,
+    check_lockable,
+    copy_model,
+    sharing_memo,
+    strip_compile_wrappers,
+)
 from .registry import find_locker, supported_layer_types
 
 LayerFilter = Callable[[str, nn.Module], bool]
@@ -45,11 +51,16 @@ class LockedModel:
     layout: KeyLayout
     layers: list[LayerDecision] = field(default_factory=list)
     folded_batchnorms: list[tuple[str, str]] = field(default_factory=list)
-    plaintext: list[PlaintextWeight] = field(default_factory=list)
-    """Weight tensors outside every locked layer, stored as they are (:mod:`.coverage`)."""
     plaintext_buffers: list[PlaintextWeight] = field(default_factory=list)
     """Floating-point buffers of two or more dimensions outside every locked layer, stored as
     they are: public tables (masks, position encodings) or trained values (:mod:`.coverage`)."""
+
+    @property
+    def plaintext(self) -> list[PlaintextWeight]:
+        """Weight tensors outside every locked layer, stored as they are (:mod:`.coverage`),
+        and the matrices that ``forward`` reads outside the model, which the first checked run
+        adds (:func:`.outside.run_keyed_checked`)."""
+        return self.keyed.plaintext
 
     @property
     def locked_layers(self) -> list[LayerDecision]:
@@ -99,10 +110,10 @@ def _swap(root: nn.Module, replacements: dict[int, nn.Module]) -> nn.Module:
 
     Replacing the registered children alone left such a model calling the unlocked layers,
     every key giving the original's outputs.  A deep copy whose memo maps each layer to its
-    replacement reaches every reference that ``copy.deepcopy`` follows; tensors are shared,
-    not copied.
+    replacement reaches every reference that ``copy.deepcopy`` follows; tensors and plain data
+    (:func:`.preflight.sharing_memo`) are shared, not copied.
     """
-    memo: dict[int, object] = {id(t): t for t in (*root.parameters(), *root.buffers())}
+    memo = sharing_memo(root)
     memo.update(replacements)
     memo.update(_rebound_calls(root, replacements))
     return copy.deepcopy(root, memo)
@@ -184,7 +195,7 @@ def lock_model(
     )
     buffers = plaintext_buffers(work, (d.name for d in decisions if d.locked))
     locked_root = _swap(work, replacements)
-    keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots)
+    keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots, plaintext)
     keyed.training = locked_root.training
     keyed.decoder.train(locked_root.training)
-    return LockedModel(keyed, ctx.layout, decisions, folded, plaintext, buffers)
+    return LockedModel(keyed, ctx.layout, decisions, folded, buffers)

@@ -60,11 +60,24 @@ def _fold(conv: nn.Module, bn: nn.Module) -> None:
     )
 
 
+def traced_graph(model: nn.Module) -> fx.Graph:
+    """``model``'s torch.fx graph, ``model`` left as it was: tracing stores each tensor that
+    ``forward`` reads outside the model (a global, a closure variable) on the model as
+    ``_tensor_constantN``, where the lock's copy kept it, and the coverage and the checked run
+    took it for the model's own plain tensor attribute."""
+    before = set(vars(model))
+    try:
+        return fx.symbolic_trace(model).graph
+    finally:
+        for attr in set(vars(model)) - before:
+            delattr(model, attr)
+
+
 def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:
     """``(conv, batchnorm)`` pairs where the BatchNorm is the only user of the conv's output
     and each is called once.  A module whose tensors ``forward`` also reads directly
     (``F.conv2d(x, self.conv.weight)``) is left out: folding would change what it reads."""
-    graph = fx.symbolic_trace(model).graph
+    graph = traced_graph(model)
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":

@@ -103,12 +103,18 @@ _SCALARS = (str, bytes, int, float, complex, type(None))
 """Values no walk of plain attributes looks for: skipped inside containers, unnamed (a
 vocabulary of a million strings took 7 s more to lock with a path formatted for each)."""
 
+SCALAR_TYPES = frozenset({*_SCALARS, bool})
+"""The exact types of :data:`_SCALARS`' values: a container of them only is skipped whole, in
+one pass in C (``SCALAR_TYPES.issuperset(map(type, values))``)."""
+
 
 def plain_leaves(
     value: object, path: str, seen: set[int] | None = None
 ) -> Iterator[tuple[str, object]]:
     """Each value inside a plain attribute's value, through lists, tuples, dicts and
-    ``functools.partial`` objects, with the expression that reaches it (``blocks[0]``).
+    ``functools.partial`` objects, with the expression that reaches it (``blocks[0]``).  A
+    ``functools.partial`` is a value too, before its parts: applied to a layer, a function is
+    judged with its arguments (:mod:`.preflight`).
 
     Each container is entered once (``seen`` holds their ``id``): a list that holds itself,
     or any reference cycle through containers, ended in a RecursionError.  Strings and numbers
@@ -122,9 +128,12 @@ def plain_leaves(
         return
     seen.add(id(value))
     if isinstance(value, functools.partial):
+        yield path, value
         items = [(".func", value.func)]
         items += [(f".args[{i}]", item) for i, item in enumerate(value.args)]
         items += [(f".keywords[{k!r}]", item) for k, item in value.keywords.items()]
+    elif SCALAR_TYPES.issuperset(map(type, value.values() if isinstance(value, dict) else value)):
+        items = []
     elif isinstance(value, dict):
         items = [(f"[{k!r}]", v) for k, v in value.items() if not isinstance(v, _SCALARS)]
     else:

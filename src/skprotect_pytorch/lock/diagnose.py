@@ -4,10 +4,11 @@ model (which layer, which attribute) and with what to do, for the protector's fi
 
 from __future__ import annotations
 
-from torch import fx, nn
+from torch import nn
 
 from ..errors import SkProtectError, UnsupportedLayerError, VerificationError
 from ..export.base import first_line
+from .batchnorm import traced_graph
 from .registry import supported_layer_types
 
 _LOCK_PACKAGE = __name__.rpartition(".")[0]
@@ -105,7 +106,7 @@ def _layers_read_directly(model: nn.Module) -> list[str]:
     (``self.fc.weight``), outermost layer first, as torch.fx sees them; none when fx cannot
     trace the model (data-dependent control flow)."""
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = traced_graph(model)
     except Exception:
         return []
     layers = [n for n, m in model.named_modules() if isinstance(m, supported_layer_types())]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .context import KeySlots
+from .coverage import PlaintextWeight
 from .key_layout import KeyDecoder
 
 
@@ -23,13 +24,25 @@ def _mha_fastpath_disabled():
 
 
 class KeyedModel(nn.Module):
-    """``forward(*inputs, key)``: decodes the key once, then runs the locked model."""
+    """``forward(*inputs, key)``: decodes the key once, then runs the locked model.
 
-    def __init__(self, model: nn.Module, decoder: KeyDecoder, slots: KeySlots) -> None:
+    ``plaintext`` lists the weight tensors it stores unlocked: those the lock left
+    (:mod:`.coverage`), then those its first checked run saw ``forward`` read from outside the
+    model (:func:`.outside.run_keyed_checked`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        decoder: KeyDecoder,
+        slots: KeySlots,
+        plaintext: list[PlaintextWeight],
+    ) -> None:
         super().__init__()
         self.model = model
         self.decoder = decoder
         self._slots = slots
+        self.plaintext = plaintext
 
     @property
     def key_length(self) -> int:
