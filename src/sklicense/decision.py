@@ -10,7 +10,9 @@ by it for this application, customer and models); ``unknown_customer``; a known
 device of another customer → ``device_customer_mismatch``;
 ``device_revoked``; ``contract_ended``; a new device when the customer already has
 ``max_devices`` registered devices, revoked ones included → ``too_many_devices``; no quota
-left → ``quota_exhausted``.
+left → ``quota_exhausted``. Between ``contract_ended`` and ``too_many_devices``: a request that
+``renews`` a licence a new one would not better (:func:`renewed_licence`) → :class:`Keep`, which
+grants nothing and charges nothing (so neither the device limit nor the quota is checked).
 
 Allow: expiry = min(now + (device override, else customer default duration), contract end);
 allowance (customers with a quota) = min(remaining quota, requested inferences if given). The
@@ -33,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sklicense.crud import count_devices, get_application_by_name
-from sklicense.models import Application, Customer, Device, SeenNonce
+from sklicense.models import Application, Customer, Device, Licence, SeenNonce
 from sklicense.schemas import LicenceRequestIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S, unb64, verify
 
@@ -59,7 +61,15 @@ class Deny:
     record_nonce: bool = True
 
 
-Decision = Allow | Deny
+@dataclass(frozen=True)
+class Keep:
+    """The request renews a licence of the device that a new one would not better: it stays
+    the device's licence, nothing is issued or drawn from the quota."""
+
+    licence: Licence
+
+
+Decision = Allow | Deny | Keep
 
 
 def signed_with(
@@ -270,6 +280,17 @@ def decide(
             "contract_ended",
             f"the contract of customer {customer.id} ended at {customer.contract_end.isoformat()}",
         )
+    duration = (
+        device.duration_override_seconds
+        if device is not None and device.duration_override_seconds is not None
+        else customer.default_licence_seconds
+    )
+    expires_at = now + duration
+    if end is not None:
+        expires_at = min(expires_at, end)
+    kept = renewed_licence(session, request, device, application, expires_at, now)
+    if kept is not None:
+        return Keep(kept)
     if device is None:
         registered, revoked = count_devices(session, customer.id)
         if registered >= customer.max_devices:
@@ -296,12 +317,33 @@ def decide(
         inferences = remaining
         if request.requested_inferences is not None:
             inferences = min(remaining, request.requested_inferences)
-    duration = (
-        device.duration_override_seconds
-        if device is not None and device.duration_override_seconds is not None
-        else customer.default_licence_seconds
-    )
-    expires_at = now + duration
-    if end is not None:
-        expires_at = min(expires_at, end)
     return Allow(application, customer, device, now, expires_at, inferences)
+
+
+def renewed_licence(
+    session: Session,
+    request: LicenceRequestIn,
+    device: Device | None,
+    application: Application,
+    expires_at: int,
+    now: int,
+) -> Licence | None:
+    """The licence the request ``renews`` when a renewal expiring at ``expires_at`` would not
+    better it: a licence of this device, customer and application, valid at ``now``, holding
+    every model asked for and expiring at ``expires_at`` too (the contract end, typically).
+    None otherwise, and the request is a plain one: a renewal that expires later extends the
+    licence, and one that expires sooner (a contract or licence duration shortened since) is
+    issued too, so that the shorter term takes effect."""
+    if request.renews is None or device is None:
+        return None
+    licence = session.get(Licence, request.renews)
+    if (
+        licence is None
+        or licence.device_id != device.id
+        or licence.customer_id != device.customer_id
+        or licence.application_id != application.id
+        or not set(request.models) <= set(licence.models)
+    ):
+        return None
+    expiry = math.floor(licence.expires_at.timestamp())
+    return licence if now < expiry == expires_at else None

@@ -159,11 +159,15 @@ class LicenceRequestIn(DeviceMessage):
     requested_inferences: int | None = Field(default=None, ge=1, le=INT64_MAX, strict=True)
     #: Required by applications with a registered public key (``customer_not_proven``).
     configuration: SignedConfiguration | None = None
+    #: The licence this request renews: kept (``decision: keep``, nothing charged) when a
+    #: renewal would expire at the same time and grant no other model.
+    renews: str | None = Field(default=None, min_length=1, max_length=36)
 
-    @field_validator("application")
+    @field_validator("application", "renews")
     @classmethod
-    def _application(cls, value: str) -> str:
-        return refused_if(text_problem(value), value)
+    def _text(cls, value: str | None) -> str | None:
+        """Stored or looked up: no NUL or other control character."""
+        return None if value is None else refused_if(text_problem(value), value)
 
     @field_validator("models")
     @classmethod

@@ -20,6 +20,7 @@ from sklicense.crypto import sign_licence, wrap_kek
 from sklicense.decision import (
     Allow,
     Deny,
+    Keep,
     check_message,
     counter_behind,
     decide,
@@ -29,7 +30,7 @@ from sklicense.decision import (
 )
 from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
-from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S
+from skruntime.licensing.protocol import KEEP_DECISION, TIMESTAMP_WINDOW_S
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,8 @@ def request_licence(
                 },
             )
             return _deny(decision)
+        if isinstance(decision, Keep):
+            return _keep(session, decision, request, now)
         return _allow(session, decision, request, now, key)
 
     return _with_replay_retry(sessions, attempt, now)
@@ -265,6 +268,33 @@ def _allow(
     )
     session.flush()
     return _answer(row, device, allow.application, key)
+
+
+def _keep(session: Session, keep: Keep, request: LicenceRequestIn, now: int) -> Outcome:
+    """The answer to a request that renews a licence a new one would not better: it stays the
+    device's licence, nothing is issued or charged. Signed and bound to the request like every
+    answer, so that the device can take it as the server's word that it may go on (checked, not
+    revoked, the contract not extended)."""
+    remember_nonce(session, request.device_id, request.nonce, now)
+    licence = keep.licence
+    expires_at = int(licence.expires_at.timestamp())
+    audit(
+        session,
+        f"device:{request.device_id}",
+        "licence.keep",
+        f"customer:{licence.customer_id}",
+        {"licence_id": licence.id, "application": request.application, "expires_at": expires_at},
+    )
+    return Outcome(
+        200,
+        {
+            "decision": KEEP_DECISION,
+            "licence_id": licence.id,
+            "expires_at": expires_at,
+            "detail": f"a renewal would expire at {_ts(expires_at).isoformat()} too: licence "
+            f"{licence.id} stays valid, nothing is issued or drawn from the quota",
+        },
+    )
 
 
 def _answer(

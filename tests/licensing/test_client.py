@@ -72,6 +72,9 @@ class FakeServer:
         self.usage_requests: list[dict[str, Any]] = []
         self.report_ids: set[str] = set()
         self.counters: dict[str, int] = {}  # licence id -> highest counter applied
+        self.issued: dict[str, dict[str, Any]] = {}  # licence id -> licence
+        self.kept: list[dict[str, Any]] = []  # the requests answered "keep"
+        self.knows_renews = True  # False: a server older than the renews field (422)
 
     @property
     def used(self) -> int:
@@ -115,6 +118,9 @@ class FakeServer:
                 return self.denial("bad_signature")
             if self.time is not None and abs(body["timestamp"] - self.time) > 300:
                 return self.denial("stale_request", f"the server's time is {self.time}")
+            if "renews" in body and not self.knows_renews:
+                error = {"type": "extra_forbidden", "loc": ["renews"], "msg": "Extra inputs"}
+                return httpx.Response(422, json={"detail": [error]})
             self.licence_requests.append(body)
             return self.licence(body, device)
         if request.url.path == "/v1/usage":
@@ -143,6 +149,13 @@ class FakeServer:
     def licence(self, body: dict[str, Any], device: dict[str, str]) -> httpx.Response:
         if self.deny is not None:
             return self.denial(*self.deny)
+        now = body["timestamp"] if self.time is None else self.time
+        expires_at = min(now + self.duration, self.contract_end or _MAX_TIME)
+        renewed = self.issued.get(body.get("renews", ""))
+        if renewed is not None and renewed["expires_at"] == expires_at:
+            self.kept.append(body)
+            keep = {"licence_id": renewed["licence_id"], "expires_at": expires_at}
+            return httpx.Response(200, json={"decision": "keep", "detail": ""} | keep)
         inferences = None
         if self.quota is not None:
             inferences = self.quota - self.used
@@ -156,15 +169,13 @@ class FakeServer:
             "customer_id": body["customer_id"],
             "application": body["application"],
             "models": body["models"],
-            "issued_at": body["timestamp"] if self.time is None else self.time,
-            "expires_at": min(
-                (body["timestamp"] if self.time is None else self.time) + self.duration,
-                self.contract_end or _MAX_TIME,
-            ),
+            "issued_at": now,
+            "expires_at": expires_at,
             "inferences": inferences,
             "request_nonce": body["nonce"],
             "wrapped_kek": self.wrap(licence_id, body, device["exchange"]) if self.kek else None,
         }
+        self.issued[licence_id] = licence
         document = {"licence": licence, "signature": protocol.sign(licence, self.key)}
         if self.tamper is not None:
             document = self.tamper(document)
@@ -316,9 +327,11 @@ def test_licence_shorter_than_overlap_is_renewed_from_its_half_life(state, clock
     client.close()
 
 
-def test_a_licence_at_the_contract_end_is_not_renewed_again_for_validity(state, clock) -> None:
-    """In a contract's last month a renewal cannot extend the licence: after the one that
-    found this out, no renewal draws quota until the allowance is used up or it expires."""
+def test_a_licence_at_the_contract_end_is_checked_daily_not_renewed(state, clock) -> None:
+    """In a contract's last month a renewal cannot extend the licence: the renewal names the
+    licence it renews and the server answers ``keep``, free of charge, once a day; only a used
+    up allowance draws more quota. Before, the first such renewal drew a new allowance (the
+    old one's rest was lost), then nothing was asked until the licence expired."""
     server = FakeServer(duration=365 * DAY, quota=10**9)
     server.contract_end = T0 + 40 * DAY
     client = make_client(server, state, clock, overlap_seconds=30 * DAY, requested_inferences=50)
@@ -326,21 +339,52 @@ def test_a_licence_at_the_contract_end_is_not_renewed_again_for_validity(state, 
     for _ in range(4 * 20):  # one inference every 6 hours until day 20
         client.consume(1)
         clock.t += 6 * 3600
-    assert [r["timestamp"] - T0 for r in server.licence_requests] == [0, 10 * DAY]
     client.close()
     other = make_client(server, state, clock, requested_inferences=50)  # another process
     for _ in range(4 * 19):  # until day 39: renewed only when 50 inferences are used up
         other.consume(1)
         clock.t += 6 * 3600
-    renewals = [r["timestamp"] - T0 for r in server.licence_requests]
-    assert renewals == [0, 10 * DAY, 22 * DAY + DAY // 2, 35 * DAY]
+    kept = [(r["timestamp"] - T0) / DAY for r in server.kept]
+    charged = [(r["timestamp"] - T0) / DAY for r in server.licence_requests if r not in server.kept]
+    assert charged == [0, 12.5, 25, 37.5]  # before: 0, 10, 22.5, 35
+    assert kept == [10, 11, 12, *(13.5 + d for d in range(12)), *range(26, 38), 38.5]
+    assert [lic["inferences"] for lic in server.issued.values()] == [50] * 4
     cached = json.loads((state / "licence_app.json").read_text())
-    assert cached["at_contract_end"] is True
+    assert (cached["at_contract_end"], cached["checked_at"]) == (True, T0 + 38 * DAY + DAY // 2)
     assert cached["licence"]["expires_at"] == T0 + 40 * DAY
-    server.contract_end = T0 + 100 * DAY  # extended: the licence is renewed when it expires
-    clock.t = T0 + 40 * DAY
+    server.contract_end = T0 + 100 * DAY  # extended: seen at the next check, a day later
+    clock.t = T0 + 39 * DAY + DAY // 2
     assert other.ensure_licence().expires_at == T0 + 100 * DAY
     other.close()
+
+
+def test_a_server_older_than_renews_renews_as_before(state, clock, caplog) -> None:
+    """A server of the previous release refuses the unknown ``renews`` (its signed 422): the
+    request is sent again without it, and renewed as before, with a warning."""
+    server = FakeServer(duration=365 * DAY, quota=10**9)
+    server.contract_end = T0 + 40 * DAY
+    server.knows_renews = False
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY)
+    first = client.ensure_licence()
+    clock.t = T0 + 10 * DAY
+    renewed = client.ensure_licence()
+    assert renewed.licence_id != first.licence_id and renewed.expires_at == first.expires_at
+    assert ["renews" in r for r in server.licence_requests] == [False, False]
+    assert "does not know the renews field" in caplog.text
+    client.close()
+
+
+def test_a_keep_of_another_licence_is_a_bad_answer(state, clock, caplog) -> None:
+    server = FakeServer(duration=365 * DAY)
+    server.contract_end = T0 + 40 * DAY
+    client = make_client(server, state, clock, overlap_seconds=30 * DAY)
+    licence = client.ensure_licence()
+    server.issued[licence.licence_id]["licence_id"] = "another"
+    clock.t = T0 + 10 * DAY
+    assert client.ensure_licence() == licence  # kept until it expires, with a warning
+    assert "answered that licence 'another'" in caplog.text and "server is faulty" in caplog.text
+    assert "at_contract_end" not in json.loads((state / "licence_app.json").read_text())
+    client.close()
 
 
 def test_server_down_within_and_after_validity(state, clock) -> None:
@@ -971,7 +1015,7 @@ def test_a_denial_the_server_did_not_sign_is_not_taken(state, clock, caplog) -> 
     assert (state / "licence_app.json").exists()
     assert "not a licence or a denial signed by the pinned server key" in caplog.text
     server.signs = True  # the server's signed denial of another request, replayed
-    other = client._licence_body(clock.t)  # another request of this device (its own nonce)
+    other = client._licence_body(clock.t, None)  # another request of this device (its own nonce)
     replayed = server.handle(
         httpx.Request(
             "POST",
@@ -1218,6 +1262,8 @@ def test_a_revoked_device_whose_allowance_is_used_up_is_told_it_is_revoked(state
         ("retry_seconds", -1),
         ("clock_tolerance", "5"),
         ("timeout", 0),
+        ("contract_end_check_seconds", -86400),
+        ("contract_end_check_seconds", float("inf")),
     ],
 )
 def test_bad_durations_are_refused_by_name(state, clock, option, value) -> None:

@@ -147,6 +147,8 @@ def test_a_reported_entry_is_kept_while_its_licence_can_be_used(live, tmp_path) 
     a.consume()  # L1: 3 reserved, 2 run
     l1 = a.ensure_licence()
     later = lambda: time.time() + 250  # noqa: E731 (B's clock, within the server's window)
+    # the server's next second: a renewal in L1's second would expire with it, and be "keep"
+    time.sleep(1.01 - time.time() % 1)
     b = client(server, state, requested_inferences=10, overlap_seconds=2 * HOUR, clock=later)
     l2 = b.ensure_licence()  # past L1's half-life for B: renewed
     assert l2.licence_id != l1.licence_id

@@ -41,11 +41,14 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
 Timeline. A licence is used as is until ``expires_at - overlap_seconds``. Inside the overlap
 window each :meth:`LicenceClient.ensure_licence` tries to renew (at most once per
 ``retry_seconds`` after a failure); the server starts the new licence at the request time. Every
-renewal draws a new allowance from the customer's quota, so renewals that cannot extend a licence
-are not repeated: a licence no longer than ``overlap_seconds`` is renewed from its half-life
-instead, and a licence that a renewal could not extend (it ends at the contract end, like the
-licence it replaced; the cache file notes it, unsigned, as ``"at_contract_end": true``) is
-renewed only when its allowance is used up or it expires. Any
+renewal draws a new allowance from the customer's quota, so a licence no longer than
+``overlap_seconds`` is renewed from its half-life instead. A renewal for validity names the
+licence it renews (``renews``): when a new licence would expire at the same time (the contract
+end), the server answers a signed ``keep`` and charges nothing; the licence (or one a renewal
+could not extend, like the licence it replaced) is noted in the cache file, unsigned, as
+``"at_contract_end": true`` with ``"checked_at"``, the time of that answer, and checked again
+every ``contract_end_check_seconds`` (a day) until it expires, so that a contract extended, or a
+device revoked, in that time takes effect within a day. Any
 failed renewal inside the window (server unreachable, an answer that is not a verified licence
 for this request, or a denial other than ``device_revoked``) keeps the cached licence until it
 expires, with a warning naming the cause; after expiry an unreachable server raises
@@ -136,6 +139,10 @@ _MAX_REQUESTED = 2**63 - 1
 """The largest allowance a licence request may ask for (the server's 64-bit integers)."""
 _AT_CONTRACT_END = "at_contract_end"
 """Cache-file note (unsigned: it only delays renewals) on a licence a renewal could not extend."""
+_CHECKED_AT = "checked_at"
+"""Cache-file note on such a licence: when the server last said so (absent: its issue time)."""
+DEFAULT_CONTRACT_END_CHECK_S = 24 * 3600
+"""How often a licence a renewal could not extend is checked with the server (free)."""
 
 
 _ANSWER_LOST = (
@@ -152,6 +159,13 @@ _ANSWER_LOST = (
 def _at_contract_end(licence: Licence) -> bool:
     """Whether the cache notes ``licence`` as one a renewal could not extend."""
     return licence.document.get(_AT_CONTRACT_END) is True
+
+
+def _checked_at(licence: Licence) -> int:
+    """When the server last said that a renewal could not extend ``licence`` (its issue time
+    unless the cache notes a later check)."""
+    checked = licence.document.get(_CHECKED_AT)
+    return max(checked, licence.issued_at) if _is_count(checked) else licence.issued_at
 
 
 def _when(ts: float) -> str:
@@ -445,6 +459,9 @@ class LicenceClient:
         retry_seconds: after a failed renewal, wait this long before trying again.
         persist_every: inferences reserved per counter-file write (see the module docs).
         clock_tolerance: seconds the clock may step back before :class:`ClockRollbackError`.
+        contract_end_check_seconds: how often a licence that a renewal cannot extend (it ends
+            at the contract end) is checked with the server, which charges nothing for it: a
+            contract extended or a device revoked since takes effect then (default a day).
     """
 
     resend_delays: tuple[float, ...] = (0.5, 2.0)
@@ -470,6 +487,7 @@ class LicenceClient:
         persist_every: int = DEFAULT_PERSIST_EVERY,
         clock_tolerance: float = DEFAULT_CLOCK_TOLERANCE_S,
         requested_inferences: int | None = DEFAULT_REQUESTED_INFERENCES,
+        contract_end_check_seconds: float = DEFAULT_CONTRACT_END_CHECK_S,
     ) -> None:
         if requested_inferences is not None and (
             isinstance(requested_inferences, bool)
@@ -490,6 +508,7 @@ class LicenceClient:
             ("retry_seconds", retry_seconds),
             ("clock_tolerance", clock_tolerance),
             ("timeout", timeout),
+            ("contract_end_check_seconds", contract_end_check_seconds),
         ):
             if (
                 isinstance(seconds, bool)
@@ -519,6 +538,7 @@ class LicenceClient:
         self.persist_every = persist_every
         self.clock_tolerance = clock_tolerance
         self.requested_inferences = requested_inferences
+        self.contract_end_check_seconds = contract_end_check_seconds
         self._clock = clock
         self._http = httpx.Client(base_url=self.server_url, timeout=timeout, transport=transport)
         self._lock = threading.RLock()
@@ -762,25 +782,42 @@ class LicenceClient:
                 return LicenceDeniedError(reason, detail if isinstance(detail, str) else "")
         return None
 
-    def _request(self, now: int) -> Licence:
+    def _request(self, now: int, renews: Licence | None = None) -> Licence:
         """Check the server's key (:meth:`_check_server_key`), then ask the server for a
-        licence; verify and cache it.
+        licence; verify and cache it. ``renews``: the current licence, named in the request;
+        returned (noted as checked) when the server answers that a new one would not better it.
 
         Raises:
             _Unreachable: no answer, or a server error.
             _BadAnswer: the server presents another key than the pinned one, or an answer that
-                is neither a verified licence for this request nor a denial.
+                is neither a verified licence for this request, its ``keep`` nor a denial.
             LicenceDeniedError: the server's denial.
         """
         self._check_server_key()
-        body, response = self._ask(now)
+        body, response = self._ask(now, renews)
+        if renews is not None and self._renews_unknown(body, response):
+            log.warning(
+                "The licence server at %s does not know the renews field (it is older than "
+                "this runtime): a licence at the contract end is renewed, drawing an allowance "
+                "from the quota, instead of checked for free. Upgrade the server.",
+                self.server_url,
+            )
+            renews = None
+            body, response = self._ask(now, renews)
         try:
-            licence = self._verified_answer(response, body["nonce"], now)
+            kept = None if renews is None else self._kept(body, response, renews)
+            licence = (
+                kept if kept is not None else self._verified_answer(response, body["nonce"], now)
+            )
         except ClockRollbackError:
             raise
         except LicenceError as e:
             self._note_server_key(checked=False)  # its key is asked again before the next one
             raise _BadAnswer(e) from None
+        if kept is not None:
+            self._cache(kept, only_over=kept.licence_id)
+            self._licence = kept  # the same licence: its counter and reservation stay
+            return kept
         previous = self._licence
         if (  # issued later than the licence it replaces, yet no longer: the contract end
             previous is not None
@@ -788,16 +825,81 @@ class LicenceClient:
             and (licence.issued_at > previous.issued_at or _at_contract_end(previous))
         ):
             licence = replace(licence, document=licence.document | {_AT_CONTRACT_END: True})
-        try:
-            write_private(self._licence_path, protocol.canonical_bytes(licence.document))
-        except LicenceError as err:  # issued and paid for: use it from memory, do not drop it
-            warnings.warn(
-                f"{err} Licence {licence.licence_id} is used from memory for this process only.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self._cache(licence)
         self._switch(licence, fresh=True)
         return licence
+
+    def _kept(
+        self, body: dict[str, Any], response: httpx.Response, renews: Licence
+    ) -> Licence | None:
+        """``renews``, noted as checked at the request's time, when the server answered the
+        licence request ``body`` with its signed ``keep`` (a new licence would not better it);
+        None for any other answer.
+
+        Raises:
+            LicenceError: a signed ``keep`` of another licence or expiry.
+        """
+        data = (
+            self._signed_answer(protocol.LICENCES_PATH, body, response)
+            if response.status_code == 200
+            else None
+        )
+        if data is None or data.get("decision") != protocol.KEEP_DECISION:
+            return None
+        if (data.get("licence_id"), data.get("expires_at")) != (
+            renews.licence_id,
+            renews.expires_at,
+        ):
+            raise LicenceError(
+                f"The licence server at {self.server_url} answered that licence "
+                f"{data.get('licence_id')!r} expiring at {data.get('expires_at')!r} stays valid, "
+                f"but the request renews licence {renews.licence_id} expiring at "
+                f"{renews.expires_at}: the server is faulty. Upgrade it or report the problem."
+            )
+        notes = {_AT_CONTRACT_END: True, _CHECKED_AT: body["timestamp"]}
+        return replace(renews, document=renews.document | notes)
+
+    def _renews_unknown(self, body: dict[str, Any], response: httpx.Response) -> bool:
+        """Whether the server refused the licence request ``body`` (its signed 422) for its
+        ``renews`` field alone, as an extra field: a server older than this runtime."""
+        if response.status_code != 422:
+            return False
+        data = self._signed_answer(protocol.LICENCES_PATH, body, response)
+        errors = data.get("detail") if data is not None else None
+        return (
+            isinstance(errors, list)
+            and len(errors) == 1
+            and isinstance(errors[0], dict)
+            and errors[0].get("loc") == ["renews"]
+            and errors[0].get("type") == "extra_forbidden"
+        )
+
+    def _cache(self, licence: Licence, *, only_over: str | None = None) -> None:
+        """Write ``licence`` to the cache file; with ``only_over`` (a licence checked, not
+        issued), only while the cache holds the licence of that id: another process may have
+        cached a newer one. A licence that cannot be written is used from memory by this
+        process, with a warning."""
+        with state_lock(self.state_dir, f"licence_{self.application}"):
+            if only_over is not None and self._cached_licence_id() != only_over:
+                return
+            try:
+                write_private(self._licence_path, protocol.canonical_bytes(licence.document))
+            except LicenceError as err:
+                if only_over is not None:
+                    log.warning(
+                        "%s The check of licence %s is not noted: the other processes of this "
+                        "device check it again.",
+                        err,
+                        licence.licence_id,
+                    )
+                    return
+                # issued and paid for: use it from memory, do not drop it
+                warnings.warn(
+                    f"{err} Licence {licence.licence_id} is used from memory for this process "
+                    "only.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     # ------------------------------------------------------------------ the server's key
 
@@ -891,8 +993,9 @@ class LicenceClient:
             except LicenceError as e:
                 log.warning("%s The server's key is asked again at the next licence request.", e)
 
-    def _ask(self, now: int) -> tuple[dict[str, Any], httpx.Response]:
-        """Send a licence request stamped ``now``; returns it and the answer, unless that is a
+    def _ask(self, now: int, renews: Licence | None) -> tuple[dict[str, Any], httpx.Response]:
+        """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any);
+        returns it and the answer, unless that is a
         denial (raised). The server answers the resend of a granted request with its licence,
         of a denied one with ``replayed_request``: then the denial was lost, and a fresh
         request is sent once to learn its reason.
@@ -902,7 +1005,7 @@ class LicenceClient:
             LicenceDeniedError: the server's denial.
         """
         for fresh in (False, True):
-            body = self._licence_body(now)
+            body = self._licence_body(now, renews)
             response, resent = self._post(protocol.LICENCES_PATH, body, resend=True)
             denial = self._denial(body, response) if response.status_code in (403, 429) else None
             if denial is None:
@@ -912,7 +1015,7 @@ class LicenceClient:
             log.warning("Licence server: the lost answer was a denial; asking again for it")
         raise AssertionError("unreachable")
 
-    def _licence_body(self, now: int) -> dict[str, Any]:
+    def _licence_body(self, now: int, renews: Licence | None) -> dict[str, Any]:
         """A licence request stamped ``now``, with a new nonce (signed by :meth:`_post`)."""
         body = {
             "device_id": self.identity.device_id,
@@ -929,6 +1032,8 @@ class LicenceClient:
             body["requested_inferences"] = self.requested_inferences
         if self.configuration is not None:  # the vendor's proof of the customer id
             body["configuration"] = self.configuration
+        if renews is not None:  # kept, free of charge, when a new one would not better it
+            body["renews"] = renews.licence_id
         return body
 
     def _verified_answer(self, response: httpx.Response, nonce: str, now: int) -> Licence:
@@ -971,10 +1076,13 @@ class LicenceClient:
     def _renewal_opens(self, licence: Licence) -> float:
         """When renewing ``licence`` for its validity starts. Each renewal draws a new allowance
         from the quota: a licence no longer than the overlap (every use would renew it) is
-        renewed from its half-life, and one a renewal could not extend (the contract end) only
-        once it expires (:meth:`consume` still renews it when its allowance is used up)."""
+        renewed from its half-life. One a renewal could not extend (the contract end) is
+        checked with the server instead, which charges nothing for that: inside the overlap
+        window, once per ``contract_end_check_seconds`` after the last check (:meth:`consume`
+        still renews it when its allowance is used up)."""
         if _at_contract_end(licence):
-            return licence.expires_at
+            checks = _checked_at(licence) + self.contract_end_check_seconds
+            return min(licence.expires_at, max(licence.expires_at - self.overlap_seconds, checks))
         duration = licence.expires_at - licence.issued_at
         return licence.expires_at - (
             self.overlap_seconds if duration > self.overlap_seconds else duration / 2
@@ -1012,8 +1120,8 @@ class LicenceClient:
                 self._write_usage(usage)
             self._counted.add(licence_id)
 
-    def _renew(self, now: int) -> Licence:
-        """Report usage, then request a licence.
+    def _renew(self, now: int, renews: Licence | None = None) -> Licence:
+        """Report usage, then request a licence (``renews``: see :meth:`_request`).
 
         Raises:
             _RenewalFailed: no licence decision came back (retried after ``retry_seconds``).
@@ -1023,7 +1131,7 @@ class LicenceClient:
         self._release()
         self.report_usage()
         try:
-            return self._request(now)
+            return self._request(now, renews)
         except LicenceDeniedError as e:
             if e.reason == "device_revoked":  # at once, even inside the licence's validity
                 self._drop_cache()
@@ -1063,13 +1171,16 @@ class LicenceClient:
             if licence is None or now >= self._renewal_opens(licence):
                 cached = self._load_cached()  # another process may have renewed it
                 # taken when later, or as late but issued later (renewed at the contract end:
-                # renewing it again here would only draw more quota)
+                # renewing it again here would only draw more quota), or checked later
                 if cached is not None and (
                     licence is None
-                    or (cached.expires_at, cached.issued_at)
-                    > (licence.expires_at, licence.issued_at)
+                    or (cached.expires_at, cached.issued_at, _checked_at(cached))
+                    > (licence.expires_at, licence.issued_at, _checked_at(licence))
                 ):
-                    self._switch(cached, fresh=False)
+                    if licence is not None and cached.licence_id == licence.licence_id:
+                        self._licence = cached  # its counter and reservation stay
+                    else:
+                        self._switch(cached, fresh=False)
                     licence = cached
             if licence is not None:
                 self._check_issued(licence, now)
@@ -1079,7 +1190,7 @@ class LicenceClient:
                     if now < self._next_retry:
                         return licence
                     try:
-                        renewed = self._renew(now)
+                        renewed = self._renew(now, renews=licence)
                     except _RenewalFailed as e:
                         log.warning(
                             "Licence renewal failed (%s); the current licence stays valid until "

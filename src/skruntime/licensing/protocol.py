@@ -18,8 +18,9 @@ remaining quota; absent, the licence grants all the remaining quota) and ``confi
 (``{"payload": {...}, "signature": "<base64>"}``: the configuration file's signed payload and
 signature as the protector wrote them; required by applications whose public key is registered
 on the server, which check that their key signed it, for this application, this customer and
-these models: ``customer_not_proven`` otherwise). The signature of a known device is checked
-against its registered key; of a new device, against ``signing_public_key``.
+these models: ``customer_not_proven`` otherwise) and ``renews`` (str, the ``licence_id`` of the
+device's licence that this request renews for validity; see below). The signature of a known
+device is checked against its registered key; of a new device, against ``signing_public_key``.
 
 ``POST /v1/usage`` (:class:`UsageReport`): ``device_id``, ``licence_id``, ``report_id``
 (str, unique per device: the server applies a report once), ``counter`` (int, total inferences
@@ -35,6 +36,16 @@ with a key-encryption key: ``{"ephemeral_public_key": b64 X25519, "nonce": b64 1
 "ciphertext": b64}`` = AES-256-GCM under HKDF-SHA256(X25519(ephemeral, device exchange key),
 info=b"skprotect-kek-wrap/v1" + licence_id) with the canonical bytes of
 ``{"licence_id", "device_id", "application"}`` as associated data).
+
+Keep: a request that ``renews`` a licence a new one would not better (a licence of this device,
+customer and application, still valid, holding every model asked for, and expiring when the new
+one would: the contract end) is answered ``200`` ``{"decision": "keep", "licence_id",
+"expires_at", "detail"}`` (:data:`KEEP_DECISION`), after every check up to ``contract_ended``
+(so a revoked device gets ``device_revoked``): the device keeps that licence, nothing is issued
+or drawn from the quota. A renewal that would expire later (a contract extended) or sooner (one
+shortened) is issued as usual, and a ``renews`` naming another licence (unknown, of another
+device, expired, lacking a model) makes a plain request. Only a device that needs no new
+allowance names it: one whose allowance is used up asks without it.
 
 Denials: ``403`` with ``{"decision": "deny", "reason": <code>, "detail": <text>}``; reason codes
 are :data:`DENY_REASONS` (``device_customer_mismatch``: a known device asks for another customer
@@ -57,9 +68,10 @@ cannot be replayed for another request, and nobody in the network path can fake 
 device takes an answer as the server's word only when it verifies with the pinned key: a
 usage report is acknowledged by a signed ``200`` whose ``accepted`` is true and whose
 ``report_id`` is the report's, dropped on a signed denial of :data:`USAGE_DROP_REASONS`, and
-kept (sent again) on anything else; a denial of a licence request is taken only when signed
-(an unsigned one is a failed request, like a proxy's page). Bodies that are not a JSON object
-(``400``) or too large (``413``) are answered before there is a request to bind, unsigned.
+kept (sent again) on anything else; a denial or a ``keep`` of a licence request is taken only
+when signed (an unsigned one is a failed request, like a proxy's page). Bodies that are not a
+JSON object (``400``) or too large (``413``) are answered before there is a request to bind,
+unsigned.
 """
 
 from __future__ import annotations
@@ -100,6 +112,10 @@ DENY_REASONS = (
     "device_customer_mismatch",
     "customer_not_proven",
 )
+
+KEEP_DECISION = "keep"
+"""The ``decision`` of the answer to a request that ``renews`` a licence a new one would not
+better: the device keeps it, nothing is charged."""
 
 USAGE_DROP_REASONS = ("unknown_licence", "unknown_device", "counter_behind")
 """Reasons of usage report denials that no resend can change: the server does not know the
