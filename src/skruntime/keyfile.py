@@ -60,12 +60,15 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import NAME_RE, atomic_write_bytes, canonical_json
-from .errors import KeyFileError
+from .errors import KeyFileError, KeyUnavailableError
+
+if TYPE_CHECKING:
+    from .keysource import KeyUnlock
 
 KEY_PARAMS_FORMAT = "skprotect-key-params"
 KEY_PARAMS_VERSION = 1
@@ -553,3 +556,30 @@ def read_txt_keys(
         key[n_perm + n_scale :] = np.ldexp(share[n_perm + n_scale :], -b)
         share = key
     return KeyMaterial(share, spec, source=str(txt_path))
+
+
+class TxtKeySource:
+    """The TXT platform's :class:`~.keysource.KeySource`: the two plain key files in the
+    folder of the configuration's key files."""
+
+    def __init__(self, outputs_dir: Path, config_path: Path, unlock: KeyUnlock) -> None:
+        """Refuse a ``kek``: TXT keys are plain files, nothing to decrypt (the licence checks
+        the runtime's right to run, it releases no TXT key)."""
+        if unlock.kek is not None:
+            raise KeyUnavailableError(
+                f"kek decrypts LINUX key files, but {config_path} is for platform TXT, whose "
+                "keys are in plain files: leave kek (--kek) out."
+            )
+        self._outputs_dir = outputs_dir
+
+    def read(
+        self, model_name: str, fmt: str, key_files: Sequence[str], model_sha256: str
+    ) -> KeyMaterial:
+        """The key from the pair of files in the folder of ``key_files[0]``."""
+        if not key_files:
+            raise KeyFileError(
+                f"The configuration lists no key files for model {model_name!r} ({fmt}). "
+                "Re-protect the model."
+            )
+        folder = (self._outputs_dir / key_files[0]).parent
+        return read_txt_keys(folder, model_name, model_sha256)

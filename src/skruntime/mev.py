@@ -28,16 +28,20 @@ import json
 import os
 import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .config import FORMAT_GROUPS, NAME_RE, atomic_write_bytes, canonical_json
-from .errors import KeyFileError
+from .errors import KeyFileError, KeyUnavailableError
 from .keyfile import MAX_KEY_LENGTH, KeyMaterial, validate_spec
+
+if TYPE_CHECKING:
+    from .keysource import KeyUnlock
 
 MEV_MAGIC = b"SKMEV1"
 MEV_HEADER_FORMAT = "skprotect-mev-key"
@@ -215,3 +219,48 @@ def _parse_plaintext(plaintext: bytes, path: Path) -> KeyMaterial:
         raise corrupt(f"{len(body)} key bytes, expected {4 * spec['length']}")
     key = np.frombuffer(body, dtype="<f4").astype(np.float32)
     return KeyMaterial(key, spec, source=str(path))
+
+
+class LinuxKeySource:
+    """The LINUX platform's :class:`~.keysource.KeySource`: the encrypted key file of each
+    protected model file, opened with the runtime's ``kek`` or, without one, the key-encryption
+    key released by the licence (unwrapped in memory for each load only)."""
+
+    def __init__(self, outputs_dir: Path, config_path: Path, unlock: KeyUnlock) -> None:
+        self._outputs_dir = outputs_dir
+        self._config_path = config_path
+        self._unlock = unlock
+
+    def _kek(self, model_name: str) -> bytes:
+        unlock = self._unlock
+        if unlock.kek is not None:
+            return unlock.kek
+        if unlock.from_licence is not None:
+            return unlock.from_licence()
+        raise KeyUnavailableError(
+            f"Model {model_name!r} is protected for the LINUX platform ({self._config_path}): "
+            "its key is encrypted and the key-encryption key is released by the licence server. "
+            "Pass "
+            "licence_server= and server_public_key= (or kek=<32 bytes>) to SkRuntime "
+            "(skprotect run: --licence-server URL --server-public-key KEY, or --kek FILE)."
+        )
+
+    def read(
+        self, model_name: str, fmt: str, key_files: Sequence[str], model_sha256: str
+    ) -> KeyMaterial:
+        """The key decrypted from the ``mev_<model>_<format>.bin`` file among ``key_files``."""
+        kek = self._kek(model_name)
+        name = mev_filename(model_name, fmt)
+        mev = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
+        if not mev:
+            raise KeyFileError(
+                f"The configuration lists no encrypted key file {name} for model "
+                f"{model_name!r} ({fmt}). Re-protect the model for the LINUX platform."
+            )
+        return read_mev(
+            self._outputs_dir / mev[0],
+            model_name=model_name,
+            fmt_slug=fmt,
+            model_sha256=model_sha256,
+            kek=kek,
+        )

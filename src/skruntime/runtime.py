@@ -43,8 +43,8 @@ from .errors import (
     ModelFileError,
     ModelNotFoundError,
 )
-from .keyfile import KeyMaterial, key_params_filename, read_txt_keys, session_key
-from .mev import mev_filename, read_mev
+from .keyfile import key_params_filename, session_key
+from .keysource import KEY_SOURCES, KeySource, KeyUnlock
 
 __all__ = ["COMPATIBILITY_TABLE", "RUNTIME_VERSION", "LoadedModel", "SkRuntime"]
 
@@ -83,6 +83,7 @@ def _newer_version_error(path: Path, err: ConfigurationError) -> ConfigurationEr
 
 _DEFAULT_OVERLAP_SECONDS = 30 * 24 * 3600
 _DEFAULT_REQUESTED_INFERENCES = 10_000
+_DEFAULT_CONTRACT_END_CHECK_SECONDS = 24 * 3600
 
 
 def _check_licensing_options(licence_server: object, options: Mapping[str, Any]) -> None:
@@ -93,6 +94,7 @@ def _check_licensing_options(licence_server: object, options: Mapping[str, Any])
         "state_dir": None,
         "overlap_seconds": _DEFAULT_OVERLAP_SECONDS,
         "requested_inferences": _DEFAULT_REQUESTED_INFERENCES,
+        "contract_end_check_seconds": _DEFAULT_CONTRACT_END_CHECK_SECONDS,
         "transport": None,
     }
     if licence_server is None:
@@ -152,6 +154,9 @@ class SkRuntime:
         requested_inferences: inferences each licence asks for when the customer has a quota
             (default 10,000; the server grants at most what remains); ``None`` asks for all
             that remains, leaving nothing to the customer's other devices.
+        contract_end_check_seconds: how often a licence that a renewal cannot extend (it ends
+            at the contract end) is checked with the server, free of charge, so that a contract
+            extended or a device revoked since takes effect (default a day).
         transport: an ``httpx`` transport for the licence client, for tests and custom
             networking.
 
@@ -159,7 +164,8 @@ class SkRuntime:
         ConfigurationError: missing folder or configuration, both platforms present without
             ``platform=``, invalid signature, too-new platform version (the message shows the
             compatibility table), invalid content; a licensing option (``server_public_key``,
-            ``state_dir``, ``overlap_seconds``, ``requested_inferences``, ``transport``) given
+            ``state_dir``, ``overlap_seconds``, ``requested_inferences``,
+            ``contract_end_check_seconds``, ``transport``) given
             without ``licence_server`` or of an invalid value.
 
     >>> rt = SkRuntime("outputs/default_app")  # doctest: +SKIP
@@ -183,6 +189,7 @@ class SkRuntime:
         state_dir: str | os.PathLike[str] | None = None,
         overlap_seconds: float = _DEFAULT_OVERLAP_SECONDS,
         requested_inferences: int | None = _DEFAULT_REQUESTED_INFERENCES,
+        contract_end_check_seconds: float = _DEFAULT_CONTRACT_END_CHECK_SECONDS,
         transport: Any = None,
     ) -> None:
         self._licence_client: Any = None
@@ -193,6 +200,7 @@ class SkRuntime:
                 "state_dir": state_dir,
                 "overlap_seconds": overlap_seconds,
                 "requested_inferences": requested_inferences,
+                "contract_end_check_seconds": contract_end_check_seconds,
                 "transport": transport,
             },
         )
@@ -250,12 +258,13 @@ class SkRuntime:
         if kek is not None and (not isinstance(kek, bytes | bytearray) or len(kek) != 32):
             size = len(kek) if isinstance(kek, bytes | bytearray) else type(kek).__name__
             raise KeyUnavailableError(f"kek must be 32 bytes, but got {size}.")
-        if kek is not None and self.platform != "LINUX":
-            raise KeyUnavailableError(
-                f"kek decrypts LINUX key files, but {self.config_path} is for platform "
-                f"{self.platform}, whose keys are in plain files: leave kek (--kek) out."
-            )
-        self._kek = bytes(kek) if kek is not None else None
+        unlock = KeyUnlock(
+            kek=bytes(kek) if kek is not None else None,
+            from_licence=self._kek_from_licence if licence_server is not None else None,
+        )
+        self._keys: KeySource = KEY_SOURCES[self.platform](
+            self.outputs_dir, self.config_path, unlock
+        )
         if licence_server is not None:
             self._licence_client = self._make_licence_client(
                 raw,
@@ -265,6 +274,7 @@ class SkRuntime:
                 state_dir,
                 overlap_seconds,
                 requested_inferences,
+                contract_end_check_seconds,
                 transport,
             )
 
@@ -277,6 +287,7 @@ class SkRuntime:
         state_dir: str | os.PathLike[str] | None,
         overlap_seconds: float,
         requested_inferences: int | None,
+        contract_end_check_seconds: float,
         transport: Any,
     ) -> Any:
         """The licence client for ``self.config``. ``raw``: the configuration bytes that
@@ -309,10 +320,15 @@ class SkRuntime:
                 configuration=signed,
                 overlap_seconds=overlap_seconds,
                 requested_inferences=requested_inferences,
+                contract_end_check_seconds=contract_end_check_seconds,
                 transport=transport,
             )
-        except ValueError as e:  # a bad overlap_seconds or requested_inferences
+        except ValueError as e:  # a bad overlap_seconds, requested_inferences or check period
             raise ConfigurationError(str(e)) from None
+
+    def _kek_from_licence(self) -> bytes:
+        """The key-encryption key of a valid licence, unwrapped in memory for one load."""
+        return self._licence_client.kek()
 
     @property
     def licence_client(self) -> Any:
@@ -448,7 +464,7 @@ class SkRuntime:
         client = self._licence_client
         if client is not None:  # after the local checks: a typo or bad file is no licence error
             client.ensure_licence()
-        material = self._key_material(model_name, fmt, fentry.key_files, digest)
+        material = self._keys.read(model_name, fmt, fentry.key_files, digest)
         if material.length != entry.key.length:
             raise KeyFileError(
                 f"The key of model {model_name!r} ({fmt}) from {material.source} has "
@@ -472,41 +488,6 @@ class SkRuntime:
             raise
         meter = client.consume if client is not None else None
         return LoadedModel(model_name, fmt, entry.inputs, entry.outputs, key, backend, meter)
-
-    def _key_material(
-        self, model_name: str, fmt: str, key_files: Sequence[str], digest: str
-    ) -> KeyMaterial:
-        if self.platform == "TXT":
-            if not key_files:
-                raise KeyFileError(
-                    f"The configuration lists no key files for model {model_name!r} ({fmt}). "
-                    "Re-protect the model."
-                )
-            return read_txt_keys((self.outputs_dir / key_files[0]).parent, model_name, digest)
-        kek = self._kek
-        if kek is None and self._licence_client is not None:
-            kek = self._licence_client.kek()  # unwrapped in memory for this load only
-        if kek is None:
-            raise KeyUnavailableError(
-                f"Model {model_name!r} is protected for the LINUX platform: its key is encrypted "
-                "and the key-encryption key is released by the licence server. Pass "
-                "licence_server= and server_public_key= (or kek=<32 bytes>) to SkRuntime "
-                "(skprotect run: --licence-server URL --server-public-key KEY, or --kek FILE)."
-            )
-        name = mev_filename(model_name, fmt)
-        mev = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
-        if not mev:
-            raise KeyFileError(
-                f"The configuration lists no encrypted key file {name} for model "
-                f"{model_name!r} ({fmt}). Re-protect the model for the LINUX platform."
-            )
-        return read_mev(
-            self.outputs_dir / mev[0],
-            model_name=model_name,
-            fmt_slug=fmt,
-            model_sha256=digest,
-            kek=kek,
-        )
 
     def _is_static(self, key_files: Sequence[str], model_name: str) -> bool:
         name = key_params_filename(model_name)

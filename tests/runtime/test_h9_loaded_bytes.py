@@ -78,13 +78,13 @@ def _load_swapped(
     app = shutil.copytree(deployed, tmp_path / "app")
     rt = SkRuntime(app)
     relative = rt.config.models["net"].formats[fmt].file
-    key_material = SkRuntime._key_material
+    read_keys = rt._keys.read
 
-    def swap_then_read_keys(self: SkRuntime, *args: Any) -> Any:
+    def swap_then_read_keys(*args: Any) -> Any:
         shutil.copyfile(attacker / relative, app / relative)
-        return key_material(self, *args)
+        return read_keys(*args)
 
-    monkeypatch.setattr(SkRuntime, "_key_material", swap_then_read_keys)
+    monkeypatch.setattr(rt._keys, "read", swap_then_read_keys)
     with rt.load("net", fmt) as model:
         got = np.asarray(model(X))
     monkeypatch.undo()

@@ -109,6 +109,7 @@ def test_load_checks_names_and_files_before_the_licence(licensed: SkRuntime) -> 
         {"overlap_seconds": 3600},
         {"requested_inferences": None},
         {"requested_inferences": 5},
+        {"contract_end_check_seconds": 3600},
         {"transport": object()},
     ],
 )
@@ -125,6 +126,8 @@ def test_licensing_options_without_licence_server_are_refused(outputs: Path, opt
         ({"overlap_seconds": float("inf")}, "overlap_seconds must be a finite number"),
         ({"overlap_seconds": "1h"}, "overlap_seconds must be a finite number"),
         ({"overlap_seconds": True}, "overlap_seconds must be a finite number"),
+        ({"contract_end_check_seconds": -1}, "contract_end_check_seconds must be a finite"),
+        ({"contract_end_check_seconds": "1d"}, "contract_end_check_seconds must be a finite"),
         ({"requested_inferences": 0}, "requested_inferences must be an int from 1"),
         ({"requested_inferences": 2**63}, "requested_inferences must be an int from 1"),
         ({"requested_inferences": 2.5}, "requested_inferences must be an int from 1"),
@@ -228,6 +231,18 @@ def test_numpy_numbers_are_valid_overlaps(outputs: Path, tmp_path: Path) -> None
             overlap_seconds=overlap,
         ) as rt:
             assert rt.licence_client.overlap_seconds == overlap
+
+
+def test_the_contract_end_check_period_reaches_the_licence_client(
+    outputs: Path, tmp_path: Path
+) -> None:
+    options = {"licence_server": UNREACHABLE, "server_public_key": bytes(32)}
+    with SkRuntime(outputs / "v2", state_dir=tmp_path / "state", **options) as rt:
+        assert rt.licence_client.contract_end_check_seconds == 24 * 3600
+    with SkRuntime(
+        outputs / "v2", state_dir=tmp_path / "state", contract_end_check_seconds=600, **options
+    ) as rt:
+        assert rt.licence_client.contract_end_check_seconds == 600
 
 
 def test_an_unreadable_server_public_key_file_is_one_usage_error(

@@ -42,10 +42,46 @@ def _given_providers(providers: object) -> list[Any]:
     return list(providers)
 
 
+def _names(providers: Sequence[Any]) -> list[str]:
+    """Provider names of a provider list whose entries are names or ``(name, options)``."""
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def _gpu_advice(names: Sequence[str]) -> str:
+    """What to do when a GPU provider in ``names`` cannot start ("" when none is there)."""
+    if not any(n in _GPU_PROVIDERS for n in names):
+        return ""
+    return (
+        " GPU providers need the CUDA and cuDNN libraries of the versions this onnxruntime-gpu "
+        "was built for (onnxruntime's install page lists them) on the library path: install "
+        "those, or ask for the CPU (device='cpu')."
+    )
+
+
+def _check_created(created: Sequence[str], asked: Sequence[str], path: os.PathLike[str]) -> None:
+    """Refuse a session that lacks an asked provider: onnxruntime drops a provider it cannot
+    create (CUDA listed as available but its libraries missing or broken) with only a warning
+    and runs on the CPU, while the caller asked for, and would report, a GPU run."""
+    missing = [n for n in asked if n not in created]
+    if missing:
+        raise BackendError(
+            f"onnxruntime could not create the execution provider(s) {', '.join(missing)} for "
+            f"{path}: the session would run on {', '.join(created)} only."
+            + (
+                _gpu_advice(missing)
+                or " Install what that provider needs, or leave it out of "
+                "session_options['providers']."
+            )
+        )
+
+
 def _providers(options: BackendOptions) -> list[Any]:
     if "providers" in options.session_options:
         providers = _given_providers(options.session_options["providers"])
-        names = [p[0] if isinstance(p, tuple) else p for p in providers]
+        names = _names(providers)
         if options.device != "cpu" and "CUDAExecutionProvider" not in names:
             raise BackendError(
                 f"device={options.device!r} asks for a GPU, but session_options['providers'] "
@@ -122,19 +158,25 @@ class OnnxRuntimeBackend:
         so = _session_options(options)
         model = ModelFile.of(model)
         path = model.path
+        asked = _names(providers)
         try:
-            session = ort.InferenceSession(model.data, sess_options=so, providers=providers)
+            # enable_fallback=False: a GPU provider that fails to start raises here, instead of
+            # onnxruntime printing the error and rebuilding the session on the CPU; it also
+            # keeps run() from doing so when the provider fails during a call
+            session = ort.InferenceSession(
+                model.data, sess_options=so, providers=providers, enable_fallback=False
+            )
         except Exception as e:  # onnxruntime raises its own pybind exception types
             raise BackendError(
-                f"onnxruntime could not load {path}: {e}. Re-deploy the file written by "
-                "skprotect, and check the providers/session options."
+                f"onnxruntime could not load {path} with providers {', '.join(asked)}: {e}. "
+                "Re-deploy the file written by skprotect, and check the providers/session "
+                f"options.{_gpu_advice(asked)}"
             ) from None
         # onnxruntime keeps the bytes for the life of the session, only to rebuild it on another
-        # provider (set_providers(), or its fallback to the CPU when a GPU provider fails in
-        # run()): no fallback (the device asked for, or a BackendError), and the bytes go, so
-        # that a session holds its model once, like one loaded by path
-        session.disable_fallback()
+        # provider (set_providers(), or the fallback turned off above): the bytes go, so that a
+        # session holds its model once, like one loaded by path
         session._model_bytes = None
+        _check_created(session.get_providers(), asked, path)
         self._session = session
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]

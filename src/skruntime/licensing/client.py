@@ -139,6 +139,9 @@ _MAX_REQUESTED = 2**63 - 1
 """The largest allowance a licence request may ask for (the server's 64-bit integers)."""
 _AT_CONTRACT_END = "at_contract_end"
 """Cache-file note (unsigned: it only delays renewals) on a licence a renewal could not extend."""
+_RENEWALS_PER_CONSUME = 4
+"""Renewals one :meth:`LicenceClient.consume` tries while runtimes sharing its state folder
+reserve each new licence's whole allowance first (licences smaller than ``persist_every``)."""
 _CHECKED_AT = "checked_at"
 """Cache-file note on such a licence: when the server last said so (absent: its issue time)."""
 DEFAULT_CONTRACT_END_CHECK_S = 24 * 3600
@@ -1355,45 +1358,67 @@ class LicenceClient:
             licence = self.ensure_licence()
             if self._take(licence, n):
                 return
-            cached = self._other_cached(licence)
-            if cached is not None:
-                self._switch(cached, fresh=False)
-                licence = cached
+            for _ in range(_RENEWALS_PER_CONSUME):
+                cached = self._other_cached(licence)
+                if cached is not None:
+                    self._switch(cached, fresh=False)
+                    licence = cached
+                    if self._take(licence, n):
+                        return
+                licence, now = self._renew_used_up(licence)
                 if self._take(licence, n):
                     return
-            # the allowance is used up: one renewal may grant more
-            used_up = (
-                f"The allowance of licence {licence.licence_id} "
-                f"({_inferences(licence.inferences)}) is used up"
-                if licence.inferences is not None
-                else f"The counter of licence {licence.licence_id} is gone from {self._usage_path}"
-            )
-            now = self._now()
-            if now < self._next_retry:
-                raise QuotaExhaustedError(
-                    f"{used_up}; the licence server granted no more at the last attempt. Next "
-                    f"attempt after {_when(self._next_retry)}."
-                )
-            try:
-                licence = self._renew(now)
-            except _RenewalFailed as e:
-                raise QuotaExhaustedError(f"{used_up} and {self._failure(e)}.") from None
-            except LicenceDeniedError as e:
-                if e.reason == "device_revoked":
-                    raise
-                raise QuotaExhaustedError(
-                    f"{used_up} and the licence server grants no more ({e.reason}"
-                    + (f": {e.detail}" if e.detail else "")
-                    + "). "
-                    + DENIAL_ADVICE.get(e.reason, "Ask the licence administrator.")
-                ) from e
-            if self._take(licence, n):
-                return
-            self._next_retry = now + self.retry_seconds
+                if licence.inferences is not None and licence.inferences < n:
+                    self._next_retry = now + self.retry_seconds
+                    raise QuotaExhaustedError(
+                        f"The new licence {licence.licence_id} grants {licence.inferences} "
+                        f"inferences, fewer than the {n} asked. Ask the licence administrator to "
+                        "raise the quota."
+                    )
+                # it grants enough, but a runtime sharing the state folder reserved all of it
+                # between its caching and this take (a runtime whose licence is used up takes
+                # the cached one): renew again, without waiting retry_seconds
             raise QuotaExhaustedError(
-                f"The new licence {licence.licence_id} grants {licence.inferences} inferences, "
-                f"fewer than the {n} asked. Ask the licence administrator to raise the quota."
+                f"The {_RENEWALS_PER_CONSUME} licences renewed for this inference were each used "
+                f"up by other runtimes sharing the state folder {self.state_dir} before this one "
+                "could count on them. Raise requested_inferences (each licence's allowance), or "
+                "give each runtime its own state folder."
             )
+
+    def _renew_used_up(self, licence: Licence) -> tuple[Licence, int]:
+        """A new licence in place of ``licence``, whose allowance is used up (or whose counter
+        is gone), and the time it was asked at.
+
+        Raises:
+            QuotaExhaustedError: the last renewal failed less than ``retry_seconds`` ago, or
+                this one fails or is denied (other than ``device_revoked``).
+            LicenceDeniedError: ``device_revoked``; and the errors of :meth:`_now`.
+        """
+        used_up = (
+            f"The allowance of licence {licence.licence_id} "
+            f"({_inferences(licence.inferences)}) is used up"
+            if licence.inferences is not None
+            else f"The counter of licence {licence.licence_id} is gone from {self._usage_path}"
+        )
+        now = self._now()
+        if now < self._next_retry:
+            raise QuotaExhaustedError(
+                f"{used_up}; the licence server granted no more at the last attempt. Next "
+                f"attempt after {_when(self._next_retry)}."
+            )
+        try:
+            return self._renew(now), now
+        except _RenewalFailed as e:
+            raise QuotaExhaustedError(f"{used_up} and {self._failure(e)}.") from None
+        except LicenceDeniedError as e:
+            if e.reason == "device_revoked":
+                raise
+            raise QuotaExhaustedError(
+                f"{used_up} and the licence server grants no more ({e.reason}"
+                + (f": {e.detail}" if e.detail else "")
+                + "). "
+                + DENIAL_ADVICE.get(e.reason, "Ask the licence administrator.")
+            ) from e
 
     # ------------------------------------------------------------------ usage reports
 
