@@ -810,3 +810,123 @@ def test_a_positional_call_in_the_usage_documents_order(workdir: Path) -> None:
     config = load_config(protector.config_path(EP.TXT))
     assert (config.customer.id, config.customer.name) == (3, "Positional")
     assert config.models["net"].formats["onnx"]
+
+
+def test_no_copy_of_the_model_is_kept_longer_than_needed(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each copy of the weights is as large as the model: the protector's reference copy was
+    kept through the last group's exports and checks, the ONNX group's locked model through
+    its artifact's check and the next group, where onnxscript's rewrite rules kept the last
+    exported graph, with every weight of the locked model, until the next ONNX export (the
+    graph still holds some biases there: small, one value per channel)."""
+    import gc
+    import weakref
+
+    import skprotect_pytorch.pipeline as pipeline
+
+    references: list[weakref.ref] = []
+    onnx_weights: list[weakref.ref] = []  # the first group's (ONNX) weight matrices
+    seen: list[tuple[bool, int]] = []  # at each artifact check: reference alive, ONNX alive
+
+    def copy_model(model: nn.Module) -> nn.Module:
+        copied = real_copy(model)
+        references.append(weakref.ref(copied))
+        return copied
+
+    def lock_model(*args, **kwargs):
+        locked = real_lock(*args, **kwargs)
+        if not onnx_weights:
+            onnx_weights.extend(weakref.ref(p) for p in locked.keyed.parameters() if p.dim() > 1)
+        return locked
+
+    def load_artifact(*args, **kwargs):
+        gc.collect()
+        seen.append((references[0]() is not None, sum(w() is not None for w in onnx_weights)))
+        return real_load(*args, **kwargs)
+
+    real_copy, real_lock, real_load = (
+        pipeline.copy_model,
+        pipeline.lock_model,
+        pipeline.load_artifact,
+    )
+    monkeypatch.setattr(pipeline, "copy_model", copy_model)
+    monkeypatch.setattr(pipeline, "lock_model", lock_model)
+    monkeypatch.setattr(pipeline, "load_artifact", load_artifact)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    SkProtectorPyTorch(application_name="app").protect_new_model(
+        model, "net", [torch.randn(2, 6)], model_export_formats=EF.ONNX | EF.TORCHSCRIPT_CPU
+    )
+    # the ONNX group's check: the CPU group still locks from the reference
+    assert seen == [(True, 0), (False, 0)]
+    gc.collect()
+    assert [w for w in [*references, *onnx_weights] if w() is not None] == []
+
+
+class _DoublesInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return self.fc(x)
+
+
+def test_the_exports_take_input_mutation_from_the_checked_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch exporters ran the locked model once more each to find the inputs its forward
+    changes in place, beside the protector's own checked run: now that run says it, once per
+    format group, and the artifact still copies such an input before changing it."""
+    import skprotect_pytorch.export.base as base
+
+    def no_second_run(*args, **kwargs):
+        raise AssertionError("the exporter ran the model again to find input mutation")
+
+    monkeypatch.setattr(base, "mutated_inputs", no_second_run)
+    result = SkProtectorPyTorch(application_name="app").protect_new_model(
+        _DoublesInPlace().eval(),
+        "net",
+        [torch.randn(2, 3)],
+        model_export_formats=EF.TORCHSCRIPT_CPU,
+        test_key=True,
+    )
+    path = result.formats["torchscript_cpu"].path
+    key = torch.from_numpy(read_static_key(path.parent / "key_vector_inv_net.txt"))
+    x = torch.ones(2, 3)
+    with torch.no_grad():
+        torch.jit.load(str(path))(x, key)
+    assert torch.equal(x, torch.ones(2, 3))  # the caller's input, as it was
+
+
+@pytest.mark.parametrize(
+    ("save_original", "in_place"), [(False, [False, True]), (True, [False, False])]
+)
+def test_the_last_lock_takes_the_reference_copy(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, save_original: bool, in_place: list[bool]
+) -> None:
+    """The lock's working copy beside the protector's reference copy set the peak memory: the
+    last group locks the reference itself, unless the originals are still to be exported."""
+    import skprotect_pytorch.pipeline as pipeline
+
+    calls: list[bool] = []
+
+    def lock_model(*args, **kwargs):
+        calls.append(kwargs["in_place"])
+        return real_lock(*args, **kwargs)
+
+    real_lock = pipeline.lock_model
+    monkeypatch.setattr(pipeline, "lock_model", lock_model)
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    SkProtectorPyTorch(application_name="app").protect_new_model(
+        model,
+        "net",
+        INPUTS,
+        model_export_formats=EF.ONNX | EF.TORCHSCRIPT_CPU,
+        save_original=save_original,
+    )
+    assert calls == in_place
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

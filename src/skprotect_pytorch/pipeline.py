@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -59,6 +60,7 @@ from .lock import LockedModel, lock_model, once_per_layer
 from .lock.context import LockSettings
 from .lock.coverage import PlaintextWeight
 from .lock.diagnose import eager_failure, mismatch_error
+from .lock.key_layout import KeyLayout
 from .lock.outside import run_keyed_checked
 from .lock.preflight import check_lockable, copy_model
 from .logs import get_logger
@@ -570,32 +572,56 @@ def _reproduces(
     return True
 
 
-def _run_group(
+class _Reference:
+    """The protector's eval-mode copy of the model (the user's own is never changed): the
+    original's outputs come from it and every format group is locked from a copy of it, but
+    the last, which locks it in place: the weights are not held once more while locking (the
+    protection's peak memory), nor through the last group's exports and artifact checks."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model: nn.Module | None = model
+
+    @property
+    def model(self) -> nn.Module:
+        """The copy; a step that asks for it after :meth:`release` is a bug of the pipeline."""
+        if self._model is None:
+            raise RuntimeError("the protector's reference copy of the model is already released")
+        return self._model
+
+    def take(self) -> nn.Module:
+        """The copy, handed over for good (the last lock changes it): no longer held here."""
+        model = self.model
+        self._model = None
+        return model
+
+
+def _lock_checked(
     request: ProtectRequest,
     state: ProtectionState,
     group: FormatGroup,
-    formats: list[ExportFormat],
     reference: nn.Module,
-    options: ExportOptions,
     expected: list[np.ndarray],
-    other_sizes: tuple[list[np.ndarray], list[np.ndarray]] | None,
-    staging: Staging,
     layer_filter: Callable[[str, nn.Module], bool],
-    result: ProtectionResult,
-    other_platform: OtherPlatform | None,
-) -> tuple[LockedModel, dict[str, FormatEntry], dict[str, str]]:
+    key_epoch: int,
+    *,
+    in_place: bool,
+) -> tuple[LockedModel, tuple[int, ...]]:
+    """``reference`` locked for ``group`` (``in_place``: itself, not a copy), run once with its
+    key on the example inputs, whose outputs must be the original's. Returns it with the
+    positions of the inputs (key last) that this run changed in place: the torch exporters
+    then need no run of their own."""
     logger = get_logger()
     name = request.model_name
-    device = "cuda" if group is FormatGroup.GPU else "cpu"
     with step(f"Locking '{name}' for the {group.value} format group"):
         locked = lock_model(
             reference,
             layer_filter=layer_filter,
-            secret_rng=state.key_rng(name, group.value, result.key_epoch),
+            secret_rng=state.key_rng(name, group.value, key_epoch),
             settings=LockSettings.preset(
                 request.lock_preset, quantize_compatibility=request.quantize_compatibility
             ),
             public_seed=f"{request.application_name}/{name}/{group.value}",
+            in_place=in_place,
         )
     for d in locked.layers:
         logger.debug(
@@ -606,39 +632,97 @@ def _run_group(
             "locked" if d.locked else "skipped",
             d.reason,
         )
-    static_key = locked.layout.static_key()
-    key_tensor = torch.from_numpy(static_key)
+    args = [*_clones(request.input_tensors), torch.from_numpy(locked.layout.static_key())]
+    versions = [a._version for a in args]  # counts every in-place op, even a no-op clamp_
     try:
         with torch.no_grad():
-            eager = _as_numpy(
-                run_keyed_checked(name, locked.keyed, [*_clones(request.input_tensors), key_tensor])
-            )
+            eager = _as_numpy(run_keyed_checked(name, locked.keyed, args))
     except Exception as err:  # the original ran on these inputs: the lock broke its forward
         raise eager_failure(name, locked.keyed.model, err) from err
     eager_err = _rel_diff(eager, expected)
     if eager_err > 1e-4:
         raise mismatch_error(name, reference, eager_err)
+    changed = zip(args, versions, strict=True)
+    return locked, tuple(i for i, (a, version) in enumerate(changed) if a._version != version)
+
+
+def _gpu_reference(reference: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+    """The original's outputs on the GPU in full float32: GPU float32 differs from the CPU's
+    by more than the lock's own rounding (other conv algorithms), so the GPU group is
+    verified against these. The reference itself stays on the CPU."""
+    with gpu_float32(), torch.no_grad():
+        return _as_numpy(copy.deepcopy(reference).to("cuda")(*_clones(inputs, "cuda")))
+
+
+def _run_group(
+    request: ProtectRequest,
+    state: ProtectionState,
+    group: FormatGroup,
+    formats: list[ExportFormat],
+    reference: _Reference,
+    options: ExportOptions,
+    expected: list[np.ndarray],
+    other_sizes: tuple[list[np.ndarray], list[np.ndarray]] | None,
+    staging: Staging,
+    layer_filter: Callable[[str, nn.Module], bool],
+    result: ProtectionResult,
+    other_platform: OtherPlatform | None,
+    *,
+    last: bool,
+) -> tuple[KeyLayout, dict[str, FormatEntry], dict[str, str]]:
+    """Lock for ``group``, export every format of it, then verify each artifact; the lock's
+    decisions go to ``result``. ``last``: no later step needs ``reference``, so this lock
+    takes it. The locked model is dropped once every format is written."""
+    logger = get_logger()
+    name = request.model_name
+    device = "cuda" if group is FormatGroup.GPU else "cpu"
+    cpu_expected = expected
+    if device == "cuda":  # before the lock, which may take the reference
+        expected = _gpu_reference(reference.model, request.input_tensors)
+    locked, mutated = _lock_checked(
+        request,
+        state,
+        group,
+        reference.take() if last else reference.model,
+        cpu_expected,
+        layer_filter,
+        result.key_epoch,
+        in_place=last,
+    )
+    result.layers = locked.layers
+    result.folded_batchnorms = locked.folded_batchnorms
+    result.plaintext_weights = locked.plaintext
+    result.plaintext_buffers = locked.plaintext_buffers
+    layout = locked.layout
+    keyed = locked.keyed.to(device)
+    del locked  # the locked model lives in ``keyed`` alone, dropped after the exports
+    static_key = layout.static_key()
+    key_tensor = torch.from_numpy(static_key)
     inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
     zero_key = np.zeros_like(static_key)
     other = other_sizes if device == "cpu" else None  # the GPU group: the example size only
+    group_options = dataclasses.replace(options, mutated_inputs=mutated)
     group_dir = f"{name}/{group.value}"
     entries: dict[str, FormatEntry] = {}
     hashes: dict[str, str] = {}
-    keyed = locked.keyed.to(device)
-    # GPU float32 differs from the CPU's by more than the lock's own rounding (other conv
-    # algorithms): the GPU group is verified in full float32 against the original on the GPU.
+    # the GPU group is exported and verified in full float32, as its outputs were computed
     with gpu_float32() if device == "cuda" else contextlib.nullcontext():
-        if device == "cuda":
-            with torch.no_grad():
-                on_gpu = _clones(request.input_tensors, device)
-                expected = _as_numpy(copy.deepcopy(reference).to(device)(*on_gpu))
+        written = []
         for fmt in formats:
             exporter = get_exporter(fmt)
             path = staging.path(f"{group_dir}/{name}{exporter.extension}")
             start = time.perf_counter()
             with step(f"Exporting '{name}' to {fmt.name}"):
                 example = (*_clones(request.input_tensors, device), key_tensor.to(device))
-                report = exporter.export(keyed, example, path, options, with_key=True)
+                report = exporter.export(keyed, example, path, group_options, with_key=True)
+            written.append((fmt, exporter, path, report, time.perf_counter() - start))
+        # as large as the model (+382 MiB for a 400 MB MLP): not kept through the checks, where
+        # each loaded artifact holds the model again; its modules refer to each other, so only
+        # the cycle collector frees it
+        del keyed
+        gc.collect()
+        for fmt, exporter, path, report, export_seconds in written:
+            start = time.perf_counter()
             checks = [([*inputs_np, static_key], expected)]
             if other is not None:  # the dynamic axes: the artifact at another size too
                 checks.append(([*other[0], static_key], other[1]))
@@ -649,7 +733,7 @@ def _run_group(
                 for inputs, outputs in checks[1:]:
                     check_outputs(exporter, path, run, inputs, outputs)
             # the loaded artifact holds the model again (an onnxruntime session: +505 MiB for a
-            # 400 MB MLP): freed here, not kept through the next format's export
+            # 400 MB MLP): freed here, not kept through the next format's check
             del run
             relative = f"{group_dir}/{path.name}"
             kept = None  # the SHA-256 of the other platform's file, when it is kept
@@ -663,7 +747,7 @@ def _run_group(
                     kept = shipped
                 elif shipped:
                     other_platform.warn_replaced(relative, name)
-            seconds = time.perf_counter() - start
+            seconds = export_seconds + time.perf_counter() - start
             logger.info(
                 "%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
                 fmt.name,
@@ -676,7 +760,7 @@ def _run_group(
                 format=fmt.slug,
                 group=group.value,
                 path=request.outputs_dir / relative,
-                key_length=locked.layout.length,
+                key_length=layout.length,
                 max_rel_error=err,
                 no_key_rel_diff=no_key,
                 seconds=seconds,
@@ -689,8 +773,7 @@ def _run_group(
                 key_files=[],
                 sha256=hashes[fmt.slug] if request.platform_version >= 1 else None,
             )
-    keyed.to("cpu")
-    return locked, entries, hashes
+    return layout, entries, hashes
 
 
 def _export_originals(
@@ -803,11 +886,11 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     formats = _selected_formats(request, result)
     _refuse_dropping_deployed(request, config, result)
     console.print(f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}")
-    reference = copy_model(request.model).eval()
-    expected = _run_reference(reference, request.input_tensors)
+    reference = _Reference(copy_model(request.model).eval())
+    expected = _run_reference(reference.model, request.input_tensors)
     options = _complete_output_names(options, len(expected))
-    axes = _dynamic_axes(reference, options, request.input_tensors)
-    other_sizes = _check_other_sizes(reference, request, axes)
+    axes = _dynamic_axes(reference.model, options, request.input_tensors)
+    other_sizes = _check_other_sizes(reference.model, request, axes)
     logger.info(
         "protecting '%s': inputs %s, formats %s, platform %s v%d",
         request.model_name,
@@ -832,8 +915,8 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     try:
         format_entries: dict[str, FormatEntry] = {}
         key_length = 0
-        for group, group_formats in by_group.items():
-            locked, entries, hashes = _run_group(
+        for index, (group, group_formats) in enumerate(by_group.items()):
+            layout, entries, hashes = _run_group(
                 request,
                 state,
                 group,
@@ -846,21 +929,19 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
                 layer_filter,
                 result,
                 other_platform,
+                # the originals are exported from the reference after the groups
+                last=index == len(by_group) - 1 and not request.save_original,
             )
-            result.layers = locked.layers
-            result.folded_batchnorms = locked.folded_batchnorms
-            if locked.plaintext and not result.plaintext_weights:  # once, not per group
-                _warn_plaintext(request.model_name, locked.plaintext)
-            result.plaintext_weights = locked.plaintext
-            if locked.plaintext_buffers and not result.plaintext_buffers:  # once, not per group
-                _log_plaintext_buffers(request.model_name, locked.plaintext_buffers)
-            result.plaintext_buffers = locked.plaintext_buffers
-            key_length = locked.layout.length
+            if index == 0 and result.plaintext_weights:  # every group locks the same layers
+                _warn_plaintext(request.model_name, result.plaintext_weights)
+            if index == 0 and result.plaintext_buffers:
+                _log_plaintext_buffers(request.model_name, result.plaintext_buffers)
+            key_length = layout.length
             key_paths = write_platform_keys(
                 request.platform,
                 staging.root / request.model_name / group.value,
                 model_name=request.model_name,
-                layout=locked.layout,
+                layout=layout,
                 model_hashes=hashes,
                 test_key=request.test_key,
                 state=state,
@@ -878,7 +959,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             result.key_files += sorted({staging.final(p) for ps in key_paths.values() for p in ps})
             format_entries.update(entries)
         if request.save_original:
-            _export_originals(request, formats, reference, options, expected, staging, result)
+            _export_originals(request, formats, reference.model, options, expected, staging, result)
         entry = ModelEntry(
             key_epoch=result.key_epoch,
             inputs=_describe_inputs(options, request.input_tensors, axes),

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 from tests.export.toy_models import Toy
 from torch import nn
 from torch.export import Dim
 
+import skprotect_pytorch.export.base as base
+from skprotect_pytorch.errors import InvalidArgumentError
 from skprotect_pytorch.export import build_export_options, get_exporter
 from skprotect_pytorch.export.base import mutated_inputs
 from skprotect_pytorch.formats import ExportFormat
@@ -48,3 +53,24 @@ def test_only_a_model_that_changes_its_inputs_is_wrapped(tmp_path) -> None:
         with_key=True,
     )
     assert not [n for n in plain.notes if "in place" in n]
+
+
+def test_positions_the_caller_found_are_taken_without_a_run(tmp_path, monkeypatch) -> None:
+    """``ExportOptions.mutated_inputs`` (the protector's checked run found them) spares the
+    exporter its own run of the model; a position beyond the inputs is refused."""
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the exporter ran the model to find input mutation")
+
+    monkeypatch.setattr(base, "mutated_inputs", no_run)
+    params = {"input_names": ["x", "y"], "output_names": ["z"]}
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    opts = dataclasses.replace(build_export_options([x, y], params, None), mutated_inputs=(1,))
+    report = TS.export(ClampsInPlace(), (x, y), tmp_path / "m.pt", opts, with_key=False)
+    assert [n for n in report.notes if "'y' in place" in n]
+    ys = -np.ones((2, 3), np.float32)
+    TS.load(report.path, opts)([np.ones((2, 3), np.float32), ys])
+    assert (ys == -1).all()
+    wrong = dataclasses.replace(opts, mutated_inputs=(2,))
+    with pytest.raises(InvalidArgumentError, match=r"mutated_inputs \[2\] names inputs beyond"):
+        TS.export(ClampsInPlace(), (x, y), tmp_path / "w.pt", wrong, with_key=False)

@@ -414,11 +414,21 @@ def mutated_inputs(module: nn.Module, args: Sequence[Tensor]) -> list[int]:
 
 
 def without_input_mutation(
-    module: nn.Module, args: Sequence[Tensor], names: Sequence[str]
+    module: nn.Module,
+    args: Sequence[Tensor],
+    names: Sequence[str],
+    known: Sequence[int] | None = None,
 ) -> tuple[nn.Module, list[str]]:
     """``module``, wrapped in :class:`InputsCopied` when its forward changes inputs in place,
-    and the report note that says so (none otherwise: other models export unchanged)."""
-    mutated = mutated_inputs(module, args)
+    and the report note that says so (none otherwise: other models export unchanged).
+    ``known``: those inputs' positions from a run the caller made (else found by one run)."""
+    if known is not None and any(not 0 <= i < len(args) for i in known):
+        raise InvalidArgumentError(
+            f"ExportOptions.mutated_inputs {list(known)} names inputs beyond the {len(args)} "
+            "example input(s). Give positions in the example inputs (the key last), or None "
+            "to find them by a run."
+        )
+    mutated = list(known) if known is not None else mutated_inputs(module, args)
     if not mutated:
         return module, []
     listed = ", ".join(repr(names[i]) if i < len(names) else f"#{i}" for i in mutated)
@@ -447,14 +457,16 @@ class DeviceExporter:
         with_key: bool,
     ) -> tuple[nn.Module, tuple[Tensor, ...], Path, list[str]]:
         """Check the inputs, move a copy to the GPU when needed, copy the inputs that forward
-        changes in place (:func:`without_input_mutation`), create the folder; the last item is
-        the report's notes."""
+        changes in place (:func:`without_input_mutation`, or ``options.mutated_inputs``), create
+        the folder; the last item is the report's notes."""
         args = check_example_inputs(example_inputs, options, with_key)
         if self.device == "cuda":
             require_cuda(self.fmt)
             module = copy.deepcopy(module).to(self.device)  # never move the caller's model
             args = tuple(a.to(self.device) for a in args)
-        module, notes = without_input_mutation(module.eval(), args, options.names(with_key))
+        module, notes = without_input_mutation(
+            module.eval(), args, options.names(with_key), options.mutated_inputs
+        )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return module, args, path, notes

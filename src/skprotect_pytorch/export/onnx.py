@@ -68,7 +68,19 @@ def _torch_onnx_export(
     else:
         kwargs["dynamic_axes"] = options.onnx_dynamic_axes()
     with isolated_traces() if dynamo else contextlib.nullcontext(), quiet_upstream_warnings():
-        torch.onnx.export(module, args, str(f), **kwargs)
+        program = torch.onnx.export(module, args, str(f), **kwargs)
+    if program is not None:  # dynamo: written, so the graph's weights are not needed any more
+        _drop_weights(program.model.graph)
+
+
+def _drop_weights(graph: Any) -> None:
+    """Detach the weights from the dynamo exporter's in-memory graph (an ``onnx_ir`` graph,
+    whose initializers wrap the module's own tensors). onnxscript's rewrite rules, module
+    globals, keep the last node they matched, and so that graph and every weight of the
+    exported module, until the next ONNX export in the process: the locked model (as large as
+    the model) stayed alive through the artifact's check and after the protection returned."""
+    for value in (*graph.inputs, *graph.initializers.values()):  # a folded weight: an input
+        value.const_value = None
 
 
 def _clear_records(message: Any) -> None:

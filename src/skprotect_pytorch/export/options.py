@@ -53,6 +53,10 @@ class ExportOptions:
     dynamic_axes: dict[str, dict[int, str]] | None = None
     onnx_extra: dict[str, Any] = field(default_factory=dict)
     inductor_configs: dict[str, Any] = field(default_factory=dict)
+    mutated_inputs: tuple[int, ...] | None = None
+    """Positions of the inputs (key included) that the module's forward changes in place, when
+    the caller found them in a run of its own (the protector's checked run of the locked
+    model); None: the torch exporters find them with one more run of the module."""
 
     def names(self, with_key: bool) -> list[str]:
         """Graph input names: the model inputs, then the key when ``with_key``."""

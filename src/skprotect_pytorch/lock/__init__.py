@@ -126,8 +126,13 @@ def lock_model(
     secret_rng: np.random.Generator,
     settings: LockSettings | None = None,
     public_seed: str = "",
+    in_place: bool = False,
 ) -> LockedModel:
     """Return a locked deep copy of ``model``; the user's model object is never modified.
+
+    ``in_place``: lock ``model`` itself, not a copy, for a caller that passes its own copy and
+    needs it no longer (the protector's reference copy, at its last lock): the weights are
+    then not held twice more while locking, which set the peak memory of a protection.
 
     A model the lock cannot take (not float32, pruned, legacy weight norm) is refused first
     with :class:`InvalidArgumentError` (:mod:`.preflight`).  ``torch.compile`` wrappers are
@@ -135,7 +140,7 @@ def lock_model(
     """
     layer_filter = once_per_layer(layer_filter)
     check_lockable(model, layer_filter)
-    work = strip_compile_wrappers(copy_model(model))  # keeps the modules' train/eval modes
+    work = strip_compile_wrappers(model if in_place else copy_model(model))  # modes kept
     folded = fold_batchnorms(work)  # only eval-mode BatchNorms are folded
     slots = KeySlots()
     ctx = LockContext(
