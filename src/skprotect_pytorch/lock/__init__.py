@@ -119,6 +119,20 @@ def _swap(root: nn.Module, replacements: dict[int, nn.Module]) -> nn.Module:
     return copy.deepcopy(root, memo)
 
 
+def _unlocked_summary(decisions: list[LayerDecision], shown: int = 3) -> str:
+    """Each reason the layers were not locked, with the first ``shown`` layers it applies to:
+    naming each of a model's 2,000 layers excluded by ``layer_filter`` made an 81,000-character
+    error."""
+    by_reason: dict[str, list[str]] = {}
+    for d in decisions:
+        by_reason.setdefault(d.reason, []).append(d.name)
+    parts = []
+    for reason, names in by_reason.items():
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        parts.append(f"{', '.join(names[:shown])}{more}: {reason}")
+    return "; ".join(parts) or "no supported layer"
+
+
 def lock_model(
     model: nn.Module,
     *,
@@ -187,9 +201,9 @@ def lock_model(
         decisions.append(LayerDecision(name, kind, True))
     if not replacements:
         names = ", ".join(t.__name__ for t in supported_layer_types())
-        detail = "; ".join(f"{d.name}: {d.reason}" for d in decisions) or "no supported layer"
         raise UnsupportedLayerError(
-            f"No layer of the model was locked ({detail}). Supported layer types are {names}; "
+            f"No layer of the model was locked ({_unlocked_summary(decisions)}). Supported "
+            f"layer types are {names}; "
             "check layer_filter."
         )
     plaintext = plaintext_weights(

@@ -127,15 +127,16 @@ def strip_compile_wrappers(model: nn.Module) -> nn.Module:
 
 def _inert(value: object, memo: dict[int, object], decided: dict[int, bool]) -> bool:
     """Whether ``value`` holds no object that a copy may have to replace (a module, a
-    function, a method, any other object): only numbers, strings, tensors, numeric arrays, and
-    lists, tuples and dicts of them.  Each such value but a number or string goes into
+    function, a method, any other object): only numbers, strings, tensors, arrays without
+    Python objects (an ``object`` field of a structured array can hold a layer), and lists,
+    tuples and dicts of them.  Each such value but a number or string goes into
     ``memo`` as itself; ``decided`` holds the containers judged (a cycle is not inert: judged
     on the way, its parts would be too early)."""
     kind = type(value)
     if kind in SCALAR_TYPES:
         return True
     if isinstance(value, torch.Tensor | np.ndarray):
-        inert = not isinstance(value, np.ndarray) or value.dtype != object
+        inert = not isinstance(value, np.ndarray) or not value.dtype.hasobject
     elif kind not in (list, tuple, dict):
         return False
     elif id(value) in decided:
