@@ -156,7 +156,7 @@ class SkRuntime:
             that remains, leaving nothing to the customer's other devices.
         contract_end_check_seconds: how often a licence that a renewal cannot extend (it ends
             at the contract end) is checked with the server, free of charge, so that a contract
-            extended or a device revoked since takes effect (default a day).
+            extended or ended early, or a device revoked, since takes effect (default a day).
         transport: an ``httpx`` transport for the licence client, for tests and custom
             networking.
 

@@ -299,3 +299,40 @@ def test_every_platform_has_one_key_source() -> None:
     """Each platform reads its keys through one module behind :class:`KeySource`."""
     assert set(KEY_SOURCES) == set(PLATFORMS)
     assert {"TXT": TxtKeySource, "LINUX": LinuxKeySource} == KEY_SOURCES
+
+
+def test_a_gpu_failure_during_a_run_is_not_retried_on_the_cpu_by_onnxruntime_1_20(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime 1.20, the oldest this package takes, ignores ``InferenceSession(...,
+    enable_fallback=False)`` (1.32 reads it): with ``disable_fallback()`` no longer called, a
+    provider failing in run() made onnxruntime rebuild the session on its fallback providers
+    (from bytes dropped after loading) instead of raising."""
+    from onnxruntime.capi import _pybind_state as C
+    from onnxruntime.capi import onnxruntime_inference_collection as collection
+
+    init = collection.Session.__init__
+    monkeypatch.setattr(  # as in 1.20: the keyword is not read, fallback is on
+        collection.Session, "__init__", lambda self, enable_fallback=True: init(self, True)
+    )
+    model = SkRuntime(live.outputs).load("net", "onnx", device="cpu")
+    session = model._backend._session  # type: ignore[union-attr]
+
+    class FailingProvider:
+        """The session's provider, failing in run()."""
+
+        def __init__(self, sess: Any) -> None:
+            self.sess = sess
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.sess, name)
+
+        def run(self, *args: Any) -> Any:
+            raise C.EPFail("CUDA failure 700: an illegal memory access was encountered")
+
+    monkeypatch.setattr(session, "_sess", FailingProvider(session._sess))
+    rebuilt: list[Any] = []
+    monkeypatch.setattr(session, "set_providers", lambda *a, **k: rebuilt.append(a))
+    with pytest.raises(BackendError, match="CUDA failure 700"):
+        model(X)
+    assert rebuilt == []

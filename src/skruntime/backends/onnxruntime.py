@@ -172,6 +172,9 @@ class OnnxRuntimeBackend:
                 "Re-deploy the file written by skprotect, and check the providers/session "
                 f"options.{_gpu_advice(asked)}"
             ) from None
+        # and for run() here too: onnxruntime 1.20, the oldest this package takes, ignores the
+        # keyword (1.32 reads it) and would rebuild a failing GPU session on the CPU in run()
+        session.disable_fallback()
         # onnxruntime keeps the bytes for the life of the session, only to rebuild it on another
         # provider (set_providers(), or the fallback turned off above): the bytes go, so that a
         # session holds its model once, like one loaded by path

@@ -47,10 +47,13 @@ licence it renews (``renews``): when a new licence would expire at the same time
 end), the server answers a signed ``keep`` and charges nothing; the licence (or one a renewal
 could not extend, like the licence it replaced) is noted in the cache file, unsigned, as
 ``"at_contract_end": true`` with ``"checked_at"``, the time of that answer, and checked again
-every ``contract_end_check_seconds`` (a day) until it expires, so that a contract extended, or a
-device revoked, in that time takes effect within a day. Any
-failed renewal inside the window (server unreachable, an answer that is not a verified licence
-for this request, or a denial other than ``device_revoked``) keeps the cached licence until it
+every ``contract_end_check_seconds`` (a day) until it expires, so that a contract extended or
+ended early, or a device revoked, in that time takes effect within a day. A server that does
+not know ``renews`` (its ``422``, signed or not) gets a plain renewal instead, charged, unless
+the licence is noted at the contract end already: that one is kept and noted as checked, so
+that the daily checks never draw an allowance. Any failed renewal inside the window (server
+unreachable, an answer that is not a verified licence for this request, or a denial other than
+``device_revoked`` and ``contract_ended``, which drop it) keeps the cached licence until it
 expires, with a warning naming the cause; after expiry an unreachable server raises
 :class:`LicenceUnavailableError` and a bad answer the :class:`LicenceError` that describes it.
 A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body signed
@@ -146,6 +149,9 @@ _CHECKED_AT = "checked_at"
 """Cache-file note on such a licence: when the server last said so (absent: its issue time)."""
 DEFAULT_CONTRACT_END_CHECK_S = 24 * 3600
 """How often a licence a renewal could not extend is checked with the server (free)."""
+_ENDS_LICENCE = ("device_revoked", "contract_ended")
+"""Denials of a renewal that end the licence in use at once: the server no longer licenses the
+device, or the customer's contract ended before the licence's expiry (ended early)."""
 
 
 _ANSWER_LOST = (
@@ -464,7 +470,8 @@ class LicenceClient:
         clock_tolerance: seconds the clock may step back before :class:`ClockRollbackError`.
         contract_end_check_seconds: how often a licence that a renewal cannot extend (it ends
             at the contract end) is checked with the server, which charges nothing for it: a
-            contract extended or a device revoked since takes effect then (default a day).
+            contract extended or ended early, or a device revoked, since takes effect then
+            (default a day).
     """
 
     resend_delays: tuple[float, ...] = (0.5, 2.0)
@@ -788,7 +795,8 @@ class LicenceClient:
     def _request(self, now: int, renews: Licence | None = None) -> Licence:
         """Check the server's key (:meth:`_check_server_key`), then ask the server for a
         licence; verify and cache it. ``renews``: the current licence, named in the request;
-        returned (noted as checked) when the server answers that a new one would not better it.
+        returned (noted as checked) when the server answers that a new one would not better it,
+        or, noted at the contract end already, when the server does not know ``renews``.
 
         Raises:
             _Unreachable: no answer, or a server error.
@@ -798,29 +806,35 @@ class LicenceClient:
         """
         self._check_server_key()
         body, response = self._ask(now, renews)
-        if renews is not None and self._renews_unknown(body, response):
+        if renews is not None and self._renews_unknown(response):
+            if _at_contract_end(renews):  # a plain renewal would charge an allowance daily
+                log.warning(
+                    "The licence server at %s does not know the renews field (it is older than "
+                    "this runtime), so it cannot check licence %s at the contract end for free: "
+                    "the licence is kept until it expires, and a contract extended or a device "
+                    "revoked since is seen only then. Upgrade the server.",
+                    self.server_url,
+                    renews.licence_id,
+                )
+                return self._keep(renews, body)
             log.warning(
                 "The licence server at %s does not know the renews field (it is older than "
-                "this runtime): a licence at the contract end is renewed, drawing an allowance "
-                "from the quota, instead of checked for free. Upgrade the server.",
+                "this runtime): the licence is renewed, drawing an allowance from the quota, "
+                "and one at the contract end is then kept until it expires. Upgrade the server.",
                 self.server_url,
             )
             renews = None
             body, response = self._ask(now, renews)
         try:
             kept = None if renews is None else self._kept(body, response, renews)
-            licence = (
-                kept if kept is not None else self._verified_answer(response, body["nonce"], now)
-            )
+            licence = kept if kept is not None else self._verified_answer(response, body, now)
         except ClockRollbackError:
             raise
         except LicenceError as e:
             self._note_server_key(checked=False)  # its key is asked again before the next one
             raise _BadAnswer(e) from None
         if kept is not None:
-            self._cache(kept, only_over=kept.licence_id)
-            self._licence = kept  # the same licence: its counter and reservation stay
-            return kept
+            return self._keep(kept, body)
         previous = self._licence
         if (  # issued later than the licence it replaces, yet no longer: the contract end
             previous is not None
@@ -835,9 +849,8 @@ class LicenceClient:
     def _kept(
         self, body: dict[str, Any], response: httpx.Response, renews: Licence
     ) -> Licence | None:
-        """``renews``, noted as checked at the request's time, when the server answered the
-        licence request ``body`` with its signed ``keep`` (a new licence would not better it);
-        None for any other answer.
+        """``renews`` when the server answered the licence request ``body`` with its signed
+        ``keep`` (a new licence would not better it); None for any other answer.
 
         Raises:
             LicenceError: a signed ``keep`` of another licence or expiry.
@@ -859,16 +872,30 @@ class LicenceClient:
                 f"but the request renews licence {renews.licence_id} expiring at "
                 f"{renews.expires_at}: the server is faulty. Upgrade it or report the problem."
             )
-        notes = {_AT_CONTRACT_END: True, _CHECKED_AT: body["timestamp"]}
-        return replace(renews, document=renews.document | notes)
+        return renews
 
-    def _renews_unknown(self, body: dict[str, Any], response: httpx.Response) -> bool:
-        """Whether the server refused the licence request ``body`` (its signed 422) for its
-        ``renews`` field alone, as an extra field: a server older than this runtime."""
+    def _keep(self, licence: Licence, body: dict[str, Any]) -> Licence:
+        """Go on with ``licence`` (the current one), noted as at the contract end and checked
+        at the time of the licence request ``body``, in memory and in the cache."""
+        notes = {_AT_CONTRACT_END: True, _CHECKED_AT: body["timestamp"]}
+        kept = replace(licence, document=licence.document | notes)
+        self._cache(kept, only_over=kept.licence_id)
+        self._licence = kept  # the same licence: its counter and reservation stay
+        return kept
+
+    def _renews_unknown(self, response: httpx.Response) -> bool:
+        """Whether the server refused a licence request for its ``renews`` field alone, as an
+        extra field (a 422): a server older than this runtime. Taken signed or not (servers
+        before the signed answers sign nothing): it only makes the runtime renew as a runtime
+        without ``renews`` did, or keep a licence at the contract end, never charging more than
+        that runtime."""
         if response.status_code != 422:
             return False
-        data = self._signed_answer(protocol.LICENCES_PATH, body, response)
-        errors = data.get("detail") if data is not None else None
+        try:
+            data = response.json()
+        except (ValueError, RecursionError):
+            return False
+        errors = data.get("detail") if isinstance(data, dict) else None
         return (
             isinstance(errors, list)
             and len(errors) == 1
@@ -1039,15 +1066,25 @@ class LicenceClient:
             body["renews"] = renews.licence_id
         return body
 
-    def _verified_answer(self, response: httpx.Response, nonce: str, now: int) -> Licence:
-        """The licence in the server's answer to the request with ``nonce`` at ``now``.
+    def _verified_answer(self, response: httpx.Response, body: dict[str, Any], now: int) -> Licence:
+        """The licence in the server's answer to the licence request ``body`` sent at ``now``.
 
         Raises:
             LicenceError: not a 200 JSON answer, not signed by the pinned key, not for this
                 runtime or this request, or already expired.
             ClockRollbackError: ``now`` is before the licence's issue time.
         """
+        nonce = body["nonce"]
         if response.status_code != 200:
+            if self._signed_answer(protocol.LICENCES_PATH, body, response) is not None:
+                raise LicenceError(
+                    f"The licence server at {self.server_url} refused the licence request with "
+                    f"HTTP {response.status_code} {response.text[:300]!r}, an answer it signed "
+                    "that is neither a licence nor a denial: it does not take the request as "
+                    "valid. Upgrade the older of the two (sklicense or skruntime) when they "
+                    "speak different protocol versions, else fix the field the answer names "
+                    "(it comes from the runtime's configuration)."
+                )
             raise LicenceError(
                 f"The licence server at {self.server_url} answered HTTP "
                 f"{response.status_code} to a licence request, not a licence or a denial "
@@ -1061,6 +1098,13 @@ class LicenceClient:
                 "JSON nested too deeply). Check the server URL: a proxy or a captive portal may "
                 "be in the way."
             ) from None
+        if not isinstance(document, dict) or not isinstance(document.get("licence"), dict):
+            raise LicenceError(
+                f"The licence server at {self.server_url} answered a licence request with "
+                f"{response.text[:200]!r}, not a licence document ({{licence, signature}}). "
+                "Check the server URL: a proxy or a captive portal may be in the way, or it is "
+                "not an sklicense server."
+            )
         licence = Licence.from_document(document, self._server_key)
         self._check_licence(licence)
         if licence.request_nonce != nonce:
@@ -1129,14 +1173,14 @@ class LicenceClient:
         Raises:
             _RenewalFailed: no licence decision came back (retried after ``retry_seconds``).
             LicenceDeniedError: the server's denial (retried after ``retry_seconds``;
-                ``device_revoked`` also drops the cached licence).
+                one of :data:`_ENDS_LICENCE` also drops the cached licence).
         """
         self._release()
         self.report_usage()
         try:
             return self._request(now, renews)
         except LicenceDeniedError as e:
-            if e.reason == "device_revoked":  # at once, even inside the licence's validity
+            if e.reason in _ENDS_LICENCE:  # at once, even inside the licence's validity
                 self._drop_cache()
             self._next_retry = now + self.retry_seconds
             raise
@@ -1204,7 +1248,7 @@ class LicenceClient:
                         )
                         return licence
                     except LicenceDeniedError as e:
-                        if e.reason == "device_revoked":
+                        if e.reason in _ENDS_LICENCE:
                             raise
                         log.warning(
                             "Licence renewal denied (%s); the current licence stays valid "
