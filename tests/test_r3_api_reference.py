@@ -46,6 +46,7 @@ PROSE_DEFAULTS: dict[str, Callable[[Any], bool]] = {
     "every supported layer": lambda f: callable(f) and f("fc", None) is True,
     "framework default": lambda d: d is None,
     "30 days": lambda d: d == 30 * _DAY,
+    "1 day": lambda d: d == _DAY,
 }
 
 # Names the default expressions of the pages may use.
