@@ -49,6 +49,7 @@ from .export import build_export_options, cuda_available, get_exporter
 from .export.base import (
     Exporter,
     Runner,
+    VersionedCopies,
     check_outputs,
     first_line,
     load_artifact,
@@ -632,18 +633,16 @@ def _lock_checked(
             "locked" if d.locked else "skipped",
             d.reason,
         )
-    args = [*_clones(request.input_tensors), torch.from_numpy(locked.layout.static_key())]
-    versions = [a._version for a in args]  # counts every in-place op, even a no-op clamp_
+    args = VersionedCopies([*request.input_tensors, torch.from_numpy(locked.layout.static_key())])
     try:
         with torch.no_grad():
-            eager = _as_numpy(run_keyed_checked(name, locked.keyed, args))
+            eager = _as_numpy(run_keyed_checked(name, locked.keyed, args.tensors))
     except Exception as err:  # the original ran on these inputs: the lock broke its forward
         raise eager_failure(name, locked.keyed.model, err) from err
     eager_err = _rel_diff(eager, expected)
     if eager_err > 1e-4:
         raise mismatch_error(name, reference, eager_err)
-    changed = zip(args, versions, strict=True)
-    return locked, tuple(i for i, (a, version) in enumerate(changed) if a._version != version)
+    return locked, tuple(args.changed())
 
 
 def _gpu_reference(reference: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:

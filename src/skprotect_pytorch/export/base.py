@@ -396,21 +396,37 @@ class InputsCopied(nn.Module):
         return self.module(*(x.clone() if i in self.copied else x for i, x in enumerate(inputs)))
 
 
+class VersionedCopies:
+    """Copies of some tensors, for a run that must say which of them it changed in place: a
+    tensor's version counter counts every in-place op on it or its views, even one that leaves
+    the values as they were (``x.clamp_(0)`` on positive examples)."""
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        # made as normal tensors even under the caller's torch.inference_mode(), whose
+        # inference tensors have no version counter (reading it raises)
+        with torch.inference_mode(False):
+            self.tensors = [t.detach().clone() for t in tensors]
+        self._versions = [t._version for t in self.tensors]
+
+    def changed(self) -> list[int]:
+        """Positions of the copies changed in place since they were made."""
+        pairs = zip(self.tensors, self._versions, strict=True)
+        return [i for i, (t, version) in enumerate(pairs) if t._version != version]
+
+
 def mutated_inputs(module: nn.Module, args: Sequence[Tensor]) -> list[int]:
     """Positions of the inputs that ``module``'s forward changes in place, found by one run on
-    copies: a tensor's version counter counts every in-place op on it or its views, even one
-    that leaves the values as they were (``x.clamp_(0)`` on positive examples)."""
-    copies = [a.detach().clone() for a in args]
-    versions = [c._version for c in copies]
+    copies (:class:`VersionedCopies`)."""
+    copies = VersionedCopies(args)
     try:
         with torch.no_grad():
-            module(*copies)
+            module(*copies.tensors)
     except Exception as err:
         raise ExportError(
             f"The model failed on copies of its example inputs ({first_line(err)}). Check that "
             "it runs with input_tensors."
         ) from err
-    return [i for i, (c, v) in enumerate(zip(copies, versions, strict=True)) if c._version != v]
+    return copies.changed()
 
 
 def without_input_mutation(
