@@ -143,6 +143,25 @@ def test_falls_back_to_legacy_exporter_when_dynamo_fails(tmp_path, monkeypatch):
     assert verify_artifact(EXPORTER, report.path, opts, inputs, eager(model, x5, key)) < 1e-5
 
 
+def test_an_exporter_graph_of_another_shape_keeps_the_dynamo_export(tmp_path, monkeypatch):
+    """Detaching the weights from the exporter's graph only frees memory sooner: an onnx_ir
+    whose graph lacks what it touches must not turn a written dynamo export into a fallback."""
+
+    def other_graph(graph):
+        raise AttributeError("'Graph' object has no attribute 'initializers'")
+
+    monkeypatch.setattr(onnx_export, "_drop_weights", other_graph)
+    model, x, key = Toy().eval(), torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options(
+        [x], {"input_names": ["x"], "output_names": ["y"]}, ({0: Dim("batch")},)
+    )
+    report = EXPORTER.export(model, (x, key), tmp_path / "m.onnx", opts, with_key=True)
+    assert report.exporter == "torch.onnx dynamo=True opset 18"
+    assert report.notes == []
+    inputs = [x.numpy(), key.numpy()]
+    assert verify_artifact(EXPORTER, report.path, opts, inputs, eager(model, x, key)) < 1e-5
+
+
 def test_user_choice_of_exporter_is_not_second_guessed(tmp_path, monkeypatch):
     calls = []
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
+from ..logs import get_logger
 from .base import (
     ExportReport,
     Runner,
@@ -70,7 +71,10 @@ def _torch_onnx_export(
     with isolated_traces() if dynamo else contextlib.nullcontext(), quiet_upstream_warnings():
         program = torch.onnx.export(module, args, str(f), **kwargs)
     if program is not None:  # dynamo: written, so the graph's weights are not needed any more
-        _drop_weights(program.model.graph)
+        try:
+            _drop_weights(program.model.graph)
+        except AttributeError as err:  # another onnx_ir: not a failed export, only later freed
+            get_logger().debug("ONNX export: the exporter's graph keeps its weights (%s)", err)
 
 
 def _drop_weights(graph: Any) -> None:
