@@ -126,6 +126,20 @@ def _copy_blanked(
             return changed
 
 
+def release_last_trace() -> None:
+    """Drop torch's map of the last ``make_fx`` trace's fake tensors to its graph nodes.
+
+    ``torch.fx.experimental.proxy_tensor`` keeps it in a module global, for the fake-tensor
+    leak check of ``torch.export`` (which reads it right after its own trace), and clears it
+    only when the next trace starts. After an AOTInductor compile its nodes hold the compiled
+    graph module, and with it the locked model's weights, until the process exports again:
+    +50 MiB kept after protecting a 50 MB model (docs/benchmarks.md, "Repeated
+    protections")."""
+    from torch.fx.experimental import proxy_tensor
+
+    proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT.clear()
+
+
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
 class InductorExporter(DeviceExporter):
     """``torch.export.export`` + ``torch._inductor.aoti_compile_and_package`` to a ``.pt2``."""
@@ -170,6 +184,8 @@ class InductorExporter(DeviceExporter):
                 "that a C++ compiler is installed"
                 + (" (and the CUDA toolkit)." if self.device == "cuda" else ".")
             ) from err
+        finally:
+            release_last_trace()
         try:
             without_build_paths(path)
         except OSError as err:

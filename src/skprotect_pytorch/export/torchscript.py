@@ -64,12 +64,12 @@ def write_without_debug_records(archive: BinaryIO, path: Path) -> None:
                     shutil.copyfileobj(entry, copy, _CHUNK)
 
 
-def _round_trip(module: torch.jit.ScriptModule) -> None:
-    """Save and reload in memory: some optimised graphs save fine but cannot be loaded back."""
+def _saved(module: torch.jit.ScriptModule, extra_files: dict[str, str]) -> io.BytesIO:
+    """``module`` saved in memory with ``extra_files``, read from the start."""
     buffer = io.BytesIO()
-    torch.jit.save(module, buffer)
+    torch.jit.save(module, buffer, _extra_files=extra_files)
     buffer.seek(0)
-    torch.jit.load(buffer)
+    return buffer
 
 
 def _tracing_failed(err: Exception) -> ExportError:
@@ -84,6 +84,57 @@ def _frozen(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
         return torch.jit.freeze(traced)
     except Exception as err:
         raise _tracing_failed(err) from err
+
+
+def _frozen_archive(
+    traced: torch.jit.ScriptModule,
+    device: str,
+    scratch: Path,
+    extra_files: dict[str, str],
+    notes: list[str],
+) -> tuple[io.BytesIO, str]:
+    """The frozen, if possible optimised, ``traced`` module saved in memory with
+    ``extra_files``, and the steps it went through.
+
+    It is frozen once saved to ``scratch`` (removed again) and loaded back: ``torch.jit.trace``
+    puts the traced module's types in TorchScript's global compilation unit, and
+    ``torch.jit.freeze`` adds the frozen type there, its graph holding every weight as a
+    constant; frozen as traced, the locked model's tensors stayed alive for the rest of the
+    process, +50 MiB per protection of a 50 MB model (docs/benchmarks.md, "Repeated
+    protections"). A loaded module's unit is freed with the module. Loaded from a file, not
+    memory, and again for the fallback: an in-memory archive is copied whole before loading,
+    and a module kept for the fallback would hold one more copy of the weights."""
+
+    def loaded() -> torch.jit.ScriptModule:
+        return torch.jit.load(str(scratch), map_location=device)
+
+    try:
+        try:
+            torch.jit.save(traced, str(scratch))
+        except RuntimeError as err:  # torch's archive writer: "file write failed", not OSError
+            raise ExportError(
+                f"TorchScript export could not save the traced model to {scratch} "
+                f"({first_line(err)}). If the disk is full or the folder read-only, free space "
+                "or check its permissions; otherwise the traced model cannot be serialised by "
+                "TorchScript: protect it for another format."
+            ) from err
+        try:
+            # a freeze holds a copy of the weights: the fallback one is made only when needed
+            optimized = torch.jit.optimize_for_inference(torch.jit.freeze(loaded()))
+            buffer = _saved(optimized, extra_files)
+            del optimized
+            # some optimised graphs save fine but cannot be loaded back
+            torch.jit.load(buffer, map_location=device)
+            return buffer, "trace+freeze+optimize_for_inference"
+        except Exception as err:
+            notes.append(
+                f"optimize_for_inference output not saved ({first_line(err)}): it holds MKLDNN "
+                "constants that TorchScript cannot serialise (upstream limitation); saved the "
+                "frozen graph, already optimised by freeze (conv-bn folding, constant folding)"
+            )
+            return _saved(_frozen(loaded()), extra_files), "trace+freeze"
+    finally:
+        scratch.unlink(missing_ok=True)
 
 
 @register_exporter(ExportFormat.TORCHSCRIPT_CPU, ExportFormat.TORCHSCRIPT_GPU)
@@ -111,19 +162,6 @@ class TorchScriptExporter(DeviceExporter):
         except Exception as err:
             raise _tracing_failed(err) from err
         refuse_baked_values(caught, f"ExportFormat.{self.fmt.name}")
-        steps = "trace+freeze"
-        try:
-            # a freeze holds a copy of the weights: the fallback one is made only when needed
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            _round_trip(frozen)
-            steps += "+optimize_for_inference"
-        except Exception as err:
-            notes.append(
-                f"optimize_for_inference output not saved ({first_line(err)}): it holds MKLDNN "
-                "constants that TorchScript cannot serialise (upstream limitation); saved the "
-                "frozen graph, already optimised by freeze (conv-bn folding, constant folding)"
-            )
-            frozen = _frozen(traced)
         specs = input_specs(
             args,
             options.export_dynamic_shapes(with_key),
@@ -131,8 +169,9 @@ class TorchScriptExporter(DeviceExporter):
             options.key_name if with_key else None,
         )
         # the runtime checks inputs against these: a traced graph accepts a wrong key silently
-        buffer = io.BytesIO()
-        torch.jit.save(frozen, buffer, _extra_files={INPUTS_METADATA: json.dumps(specs)})
+        extra_files = {INPUTS_METADATA: json.dumps(specs)}
+        scratch = path.with_name(f".{path.name}.traced")
+        buffer, steps = _frozen_archive(traced, self.device, scratch, extra_files, notes)
         write_without_debug_records(buffer, path)
         return ExportReport(
             path=path,
