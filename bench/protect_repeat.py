@@ -127,7 +127,7 @@ def run_side(src: str | None, fmt: str, args: argparse.Namespace) -> list[dict]:
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="ONNX,TORCHSCRIPT_CPU")
     parser.add_argument("--runs", type=int, default=6)
@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--compare-src", action="append", default=[], metavar="PATH")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.runs, args.width, args.layers)
         return
