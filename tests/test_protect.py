@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from tests.export.toy_models import DoublesInPlace
 from torch import nn
 
 from skprotect_pytorch import Customer
@@ -864,16 +865,6 @@ def test_no_copy_of_the_model_is_kept_longer_than_needed(
     assert [w for w in [*references, *onnx_weights] if w() is not None] == []
 
 
-class _DoublesInPlace(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x.mul_(2)
-        return self.fc(x)
-
-
 def test_the_exports_take_input_mutation_from_the_checked_run(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -887,7 +878,7 @@ def test_the_exports_take_input_mutation_from_the_checked_run(
 
     monkeypatch.setattr(base, "mutated_inputs", no_second_run)
     result = SkProtectorPyTorch(application_name="app").protect_new_model(
-        _DoublesInPlace().eval(),
+        DoublesInPlace().eval(),
         "net",
         [torch.randn(2, 3)],
         model_export_formats=EF.TORCHSCRIPT_CPU,

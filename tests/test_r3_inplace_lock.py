@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from tests.export.toy_models import DoublesInPlace
 
 from skprotect_pytorch.export.base import mutated_inputs
 from skprotect_pytorch.protect import SkProtectorPyTorch
@@ -15,21 +15,11 @@ from skprotect_pytorch.protect import SkProtectorPyTorch
 EF = SkProtectorPyTorch.ExportFormat
 
 
-class _DoublesInPlace(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x.mul_(2)
-        return self.fc(x)
-
-
 def test_input_mutation_is_found_under_inference_mode() -> None:
     """Tensors made under torch.inference_mode() have no version counter: reading it raised
     "Inference tensors do not track version counter"."""
     with torch.inference_mode():
-        assert mutated_inputs(_DoublesInPlace().eval(), [torch.randn(2, 3)]) == [0]
+        assert mutated_inputs(DoublesInPlace().eval(), [torch.randn(2, 3)]) == [0]
 
 
 @pytest.mark.parametrize("formats", [EF.ONNX, EF.TORCHSCRIPT_CPU])
@@ -38,7 +28,7 @@ def test_a_protection_runs_under_inference_mode(workdir: Path, formats: EF) -> N
     the checked run recorded input mutation, then failed with torch's RuntimeError); the
     TorchScript artifact still copies the input its forward changes."""
     torch.manual_seed(0)
-    model = _DoublesInPlace().eval()
+    model = DoublesInPlace().eval()
     with torch.inference_mode():
         result = SkProtectorPyTorch(application_name="app").protect_new_model(
             model, "net", [torch.randn(2, 3)], model_export_formats=formats, test_key=True

@@ -29,6 +29,18 @@ class ConvNet(nn.Module):
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
+class DoublesInPlace(nn.Module):
+    """A forward that changes its input in place (``x.mul_(2)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.mul_(2)
+        return self.fc(x)
+
+
 def eager(module, *inputs) -> list[np.ndarray]:
     with torch.no_grad():
         return [module(*inputs).numpy()]
