@@ -11,7 +11,7 @@ from skruntime.config import FormatEntry, ModelEntry
 from skruntime.keyfile import key_params_filename, key_txt_filename, write_txt_keys
 
 from ..formats import ExportPlatform
-from .base import GroupKeys, register_platform
+from .base import GroupKeys, KeyFileFault, register_platform
 
 
 def plain_key_names(model_name: str) -> tuple[str, str]:
@@ -46,17 +46,30 @@ def plain_keys_written_for(
     outputs_dir: Path, model_name: str, fmt: FormatEntry, digest: str
 ) -> bool:
     """Whether the format's TXT key files were written for the model file of SHA-256 ``digest``;
-    True where they do not say (none listed, written before they recorded it, or missing or
-    unreadable, which the runtime reports itself)."""
+    True where they do not say (none listed, written before they recorded it, or missing,
+    which the runtime reports itself).
+
+    Raises:
+        KeyFileFault: the key-params file is there but cannot be read, or is not a JSON object.
+    """
     params = next(
         (k for k in fmt.key_files if Path(k).name == key_params_filename(model_name)), None
     )
     if params is None:
         return True
+    path = outputs_dir / params
     try:
-        written_for = json.loads((outputs_dir / params).read_bytes()).get("model_sha256")
-    except (OSError, ValueError, RecursionError, AttributeError):
+        document = json.loads(path.read_bytes())
+    except FileNotFoundError:
         return True
+    except OSError as err:
+        raise KeyFileFault(path, model_name, f"cannot be read ({err.strerror or err})") from None
+    except (ValueError, RecursionError) as err:
+        problem = f"is not a key-params file (not JSON: {str(err)[:80]})"
+        raise KeyFileFault(path, model_name, problem) from None
+    if not isinstance(document, dict):
+        raise KeyFileFault(path, model_name, "is not a key-params file (not a JSON object)")
+    written_for = document.get("model_sha256")
     return not isinstance(written_for, list) or digest in written_for
 
 

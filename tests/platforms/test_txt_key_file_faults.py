@@ -1,0 +1,76 @@
+"""Migrating a TXT version-0 configuration whose key-params file cannot be read or is damaged:
+the migration went ahead (the SHA-256 it needs to compare was taken as "not recorded") and left
+the runtime to refuse the model later; it now names the key file and what to do, as for LINUX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from skprotect_pytorch.errors import ConfigurationError
+from skprotect_pytorch.protect import SkProtectorPyTorch
+
+EF = SkProtectorPyTorch.ExportFormat
+EP = SkProtectorPyTorch.ExportPlatform
+X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+PARAMS = "m/onnx/key_params_m.json"
+ADVICE = r"Make an unreadable key file readable by this user and retry; put a damaged one back"
+
+
+@pytest.fixture
+def txt_v0_app(workdir: Path) -> SkProtectorPyTorch:
+    """A TXT application at platform version 0 with one ONNX model ``m``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(model, "m", [X], model_export_formats=EF.ONNX, platform_version=0)
+    return protector
+
+
+def refused(protector: SkProtectorPyTorch) -> str:
+    """The error of migrating the TXT configuration to version 1, which stays unchanged."""
+    config = protector.config_path(EP.TXT)
+    before = config.read_bytes()
+    with pytest.raises(ConfigurationError) as caught:
+        protector.migrate_configuration(1, EP.TXT)
+    assert config.read_bytes() == before
+    return str(caught.value)
+
+
+def test_an_unreadable_key_params_file_is_named(
+    txt_v0_app: SkProtectorPyTorch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Permissions 000 (tests run as root, who reads any file: EACCES is simulated)."""
+    params = txt_v0_app.outputs_dir / PARAMS
+    real_read = Path.read_bytes
+
+    def denying(self: Path) -> bytes:
+        if self == params:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denying)
+    message = refused(txt_v0_app)
+    assert f"{params} cannot be read (Permission denied)" in message
+    assert ADVICE in message
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b'{"model_sha', "not JSON"), (b"[1, 2]", "not a JSON object"), (b"", "not JSON")],
+)
+def test_a_damaged_key_params_file_is_named(
+    txt_v0_app: SkProtectorPyTorch, content: bytes, problem: str
+) -> None:
+    params = txt_v0_app.outputs_dir / PARAMS
+    params.write_bytes(content)
+    message = refused(txt_v0_app)
+    assert f"{params} is not a key-params file ({problem}" in message
+    assert ADVICE in message
+
+
+def test_an_intact_txt_configuration_migrates(txt_v0_app: SkProtectorPyTorch) -> None:
+    txt_v0_app.migrate_configuration(1, EP.TXT)
