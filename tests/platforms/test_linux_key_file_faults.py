@@ -9,56 +9,23 @@ import builtins
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
+from tests.platforms.v0_migration import ADVICE, EP, protect_v0
+from tests.platforms.v0_migration import refused as refused_on
 
-from skprotect_pytorch import configuration
-from skprotect_pytorch.errors import ConfigurationError
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime.config import load_config
 
-EF = SkProtectorPyTorch.ExportFormat
-EP = SkProtectorPyTorch.ExportPlatform
-X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
 MEV = "m/onnx/mev_m_onnx.bin"
-ADVICE = r"Make an unreadable key file readable by this user and retry; put a damaged one back"
 
 
 @pytest.fixture
 def linux_v0_app(workdir: Path) -> SkProtectorPyTorch:
     """A LINUX application at platform version 0 with one ONNX model ``m``."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    protector = SkProtectorPyTorch(application_name="app")
-    protector.protect_new_model(
-        model,
-        "m",
-        [X],
-        model_export_formats=EF.ONNX,
-        deployment_platform=EP.LINUX,
-        platform_version=0,
-    )
-    return protector
+    return protect_v0(EP.LINUX)
 
 
 def refused(protector: SkProtectorPyTorch) -> str:
-    """The error of migrating the LINUX configuration to version 1, which stays unchanged."""
-    config = protector.config_path(EP.LINUX)
-    before = config.read_bytes()
-    with pytest.raises(ConfigurationError) as caught:
-        protector.migrate_configuration(1, EP.LINUX)
-    assert config.read_bytes() == before
-    state = protector.state  # the check a protection runs before its export says the same
-    with pytest.raises(ConfigurationError) as precheck:
-        configuration.check_migratable(
-            config,
-            configuration.load_own(config, state.signing_key),
-            config.parent,
-            None,
-            kek=state.kek,
-        )
-    assert str(precheck.value) == str(caught.value)
-    return str(caught.value)
+    return refused_on(protector, EP.LINUX)
 
 
 def test_an_unreadable_key_file_is_named_as_unreadable(

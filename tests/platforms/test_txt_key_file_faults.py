@@ -7,37 +7,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
+from tests.platforms.v0_migration import ADVICE, EP, protect_v0
+from tests.platforms.v0_migration import refused as refused_on
 
-from skprotect_pytorch.errors import ConfigurationError
 from skprotect_pytorch.protect import SkProtectorPyTorch
 
-EF = SkProtectorPyTorch.ExportFormat
-EP = SkProtectorPyTorch.ExportPlatform
-X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
 PARAMS = "m/onnx/key_params_m.json"
-ADVICE = r"Make an unreadable key file readable by this user and retry; put a damaged one back"
 
 
 @pytest.fixture
 def txt_v0_app(workdir: Path) -> SkProtectorPyTorch:
     """A TXT application at platform version 0 with one ONNX model ``m``."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    protector = SkProtectorPyTorch(application_name="app")
-    protector.protect_new_model(model, "m", [X], model_export_formats=EF.ONNX, platform_version=0)
-    return protector
+    return protect_v0(EP.TXT)
 
 
 def refused(protector: SkProtectorPyTorch) -> str:
-    """The error of migrating the TXT configuration to version 1, which stays unchanged."""
-    config = protector.config_path(EP.TXT)
-    before = config.read_bytes()
-    with pytest.raises(ConfigurationError) as caught:
-        protector.migrate_configuration(1, EP.TXT)
-    assert config.read_bytes() == before
-    return str(caught.value)
+    return refused_on(protector, EP.TXT)
 
 
 def test_an_unreadable_key_params_file_is_named(
