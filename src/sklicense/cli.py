@@ -175,10 +175,11 @@ def parse_time(text: str | None) -> dt.datetime | None:
 
 
 def migrate(url: str) -> None:
-    """``db.upgrade``; a database that a newer release migrated is one error line."""
+    """``db.upgrade``; a database that a newer release migrated, or a SQLite path that is a
+    folder, is one error line."""
     try:
         db.upgrade(url)
-    except db.DatabaseTooNewError as e:
+    except db.DatabaseNotMigratedError as e:
         fail(str(e))
 
 

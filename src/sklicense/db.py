@@ -142,7 +142,9 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` to ``revision`` (``sklicense db upgrade``); a database
-    that a newer release migrated is refused (:class:`DatabaseTooNewError`)."""
+    that a newer release migrated is refused (:class:`DatabaseTooNewError`), and so is a SQLite
+    path that is a folder (:func:`_refuse_folder`)."""
+    _refuse_folder(url)
     _refuse_newer(url, current_revision(url))
     engine = get_engine(url)
     config = alembic_config(url)
@@ -184,12 +186,24 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///").split("?", 1)[0] or ".")
 
 
+def _refuse_folder(url: str) -> None:
+    """Raise :class:`DatabaseNotMigratedError` when the SQLite URL names a folder: SQLite says
+    only "unable to open database file", and "does not exist" would be wrong."""
+    path = _sqlite_file(url)
+    if path is not None and path.is_dir():
+        raise DatabaseNotMigratedError(
+            f"The database path {path} is a folder, not a database file: name a file in it "
+            f"(--database-url or SKLICENSE_DATABASE_URL), e.g. sqlite:///{path / 'sklicense.db'}."
+        )
+
+
 def check_migrated(url: str) -> None:
     """Raise :class:`DatabaseNotMigratedError` unless the database is at the head revision
     (:class:`DatabaseTooNewError` when a newer release migrated it).
 
     A SQLite file that does not exist is reported as such, and not created: connecting would
     leave an empty file at a mistyped path."""
+    _refuse_folder(url)
     path = _sqlite_file(url)
     if path is not None and not path.is_file():
         raise DatabaseNotMigratedError(

@@ -21,7 +21,7 @@ MAX_LICENCE_SECONDS = 100 * 365 * 86400
 """Licence durations above 100 years are refused: an expiry must fit a datetime."""
 INT32_MAX = 2**31 - 1
 """The largest value of an INTEGER column (admin token ids, ``max_devices``)."""
-ID = Field(ge=0, le=INT64_MAX)
+ID = Field(ge=0, le=INT64_MAX, strict=True)
 MAX_NAME = 200
 """The longest application, customer, model name or device id (the columns' length)."""
 MAX_MODELS = 1000
@@ -100,6 +100,18 @@ def aware_datetime(value: dt.datetime | None) -> dt.datetime | None:
             raise ValueError(
                 "must be from 0001-01-01 to 9999-12-31 once converted to UTC"
             ) from None
+    return value
+
+
+def iso_text(value: object) -> object:
+    """An admin's ``contract_end`` is ISO 8601 text (or null; a datetime from Python): a JSON
+    number would be taken as Unix seconds, or milliseconds above 2e10, so a year (``2030``)
+    became 1970-01-01T00:33:50Z."""
+    if value is not None and not isinstance(value, str | dt.datetime):
+        raise ValueError(
+            'must be ISO 8601 text with a timezone (e.g. "2026-06-30T00:00:00Z"), but got '
+            f"{value!r}"
+        )
     return value
 
 
@@ -277,14 +289,24 @@ class ApplicationPublic(BaseModel):
 
 
 class CustomerCreate(BaseModel):
+    """A new customer (admin API). Integers are JSON integers (strict), as in device messages,
+    here and in the other admin bodies: ``true`` is not a quota of 1, nor ``"42"`` customer 42."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: int = ID
     name: str = Field(min_length=1, max_length=200)
     contract_end: dt.datetime | None = None
-    inference_quota: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    max_devices: int = Field(default=1, ge=1, le=INT32_MAX)
-    default_licence_seconds: int = Field(default=30 * 86400, ge=1, le=MAX_LICENCE_SECONDS)
+    inference_quota: int | None = Field(default=None, ge=0, le=INT64_MAX, strict=True)
+    max_devices: int = Field(default=1, ge=1, le=INT32_MAX, strict=True)
+    default_licence_seconds: int = Field(
+        default=30 * 86400, ge=1, le=MAX_LICENCE_SECONDS, strict=True
+    )
+
+    @field_validator("contract_end", mode="before")
+    @classmethod
+    def _iso(cls, value: object) -> object:
+        return iso_text(value)
 
     @field_validator("contract_end")
     @classmethod
@@ -297,9 +319,16 @@ class CustomerUpdate(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     contract_end: dt.datetime | None = None
-    inference_quota: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    max_devices: int | None = Field(default=None, ge=1, le=INT32_MAX)
-    default_licence_seconds: int | None = Field(default=None, ge=1, le=MAX_LICENCE_SECONDS)
+    inference_quota: int | None = Field(default=None, ge=0, le=INT64_MAX, strict=True)
+    max_devices: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True)
+    default_licence_seconds: int | None = Field(
+        default=None, ge=1, le=MAX_LICENCE_SECONDS, strict=True
+    )
+
+    @field_validator("contract_end", mode="before")
+    @classmethod
+    def _iso(cls, value: object) -> object:
+        return iso_text(value)
 
     @field_validator("contract_end")
     @classmethod
@@ -338,7 +367,9 @@ class DeviceUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: str | None = Field(default=None, pattern=r"^(active|revoked)$")
-    duration_override_seconds: int | None = Field(default=None, ge=1, le=MAX_LICENCE_SECONDS)
+    duration_override_seconds: int | None = Field(
+        default=None, ge=1, le=MAX_LICENCE_SECONDS, strict=True
+    )
 
 
 class DevicePublic(BaseModel):

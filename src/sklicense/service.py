@@ -371,7 +371,21 @@ def report_usage(
     monotonic per licence. The licence row is locked (``FOR UPDATE`` on PostgreSQL; SQLite
     has one writer at a time), so that two concurrent reports cannot both pass the
     monotonicity check and store a counter lower than one stored before it. ``verified``: see
-    :func:`request_licence`. A revoked device may still report: what it ran is accounting."""
+    :func:`request_licence`. A revoked device may still report: what it ran is accounting.
+    A refusal of a report its device signed is audited as ``usage.deny``, as a licence
+    request's is as ``licence.deny``."""
+
+    def denied_report(session: Session, deny: Deny, status: int = 403) -> Outcome:
+        """The refusal of the report, audited (its device signed it: :func:`signed_by_device`
+        verified it with the key of the registered device, and a device's key never changes)."""
+        audit(
+            session,
+            f"device:{report.device_id}",
+            "usage.deny",
+            f"licence:{report.licence_id}",
+            {"reason": deny.reason, "detail": deny.detail},
+        )
+        return _deny(deny, status)
 
     def attempt(session: Session) -> Outcome:
         device = session.get(Device, report.device_id)
@@ -389,7 +403,7 @@ def report_usage(
             verified,
         )
         if denied is not None:
-            return _deny(denied)
+            return denied_report(session, denied)
         remember_nonce(session, device.id, report.nonce, now)
         receipt = {
             "accepted": True,
@@ -415,12 +429,12 @@ def report_usage(
             )
         licence = session.get(Licence, report.licence_id, with_for_update=True)
         if licence is None or licence.device_id != device.id:
-            return _deny(unknown_licence(report.licence_id, device.id), status=404)
+            return denied_report(session, unknown_licence(report.licence_id, device.id), 404)
         highest = session.scalar(
             select(func.max(UsageReport.counter)).where(UsageReport.licence_id == licence.id)
         )
         if highest is not None and report.counter < highest:
-            return _deny(counter_behind(licence.id, report.counter, highest), status=409)
+            return denied_report(session, counter_behind(licence.id, report.counter, highest), 409)
         session.add(
             UsageReport(
                 device_id=device.id,

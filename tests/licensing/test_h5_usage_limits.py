@@ -146,8 +146,8 @@ def test_concurrent_reports_never_store_a_decreasing_counter(client, sessions, c
     """Each round, 8 threads report counters ``round * 10 + thread`` at once. Without the
     licence row locked, on PostgreSQL two reports both passed the monotonicity check (409),
     so a lower counter was stored after a higher one. Every report is either stored (in
-    counter order) or refused with 409, and each stored one is audited as over the allowance
-    exactly when it is."""
+    counter order) or refused with 409 (audited as ``usage.deny``), and each stored one is
+    audited as over the allowance exactly when it is."""
     make_application(sessions)
     make_customer(sessions, inference_quota=ALLOWANCE)
     device = FakeDevice("dev-1")
@@ -188,6 +188,7 @@ def test_concurrent_reports_never_store_a_decreasing_counter(client, sessions, c
     assert over > 0 and audited(sessions) == {
         "usage.over_allowance": over,
         "usage.report": len(counters) - over,
+        "usage.deny:counter_behind": statuses.count(409),
     }
     with sessions() as session:
         (summary,) = crud.usage_summary(session)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from sklicense import db
 from sklicense.api.limits import BodyLimit
@@ -22,6 +25,29 @@ from sklicense.crypto import load_signing_key
 from sklicense.settings import Settings
 from skruntime.licensing.protocol import now as unix_now
 
+logger = logging.getLogger(__name__)
+
+DATABASE_RETRY_AFTER_S = 10
+"""The ``Retry-After`` of a request answered 503 because the database failed it."""
+
+
+def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    """503 with ``Retry-After`` for a request the database failed (unreachable, dropped
+    connection, locked past the busy timeout, a deadlock), instead of a bare 500 "Internal
+    Server Error" that neither a load balancer's health check nor an admin can act on. The
+    reason is logged, not answered: anyone can send a device request."""
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    logger.error(
+        "%s %s failed, the database is unavailable: %s", request.method, request.url.path, reason
+    )
+    return JSONResponse(
+        status_code=503,
+        content={
+            "detail": "the licence database is unavailable (the server log says why): retry later"
+        },
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
 
 def create_app(settings: Settings | None = None, clock: Callable[[], int] | None = None) -> FastAPI:
     """Build the app; refuses an unmigrated database, a missing key or default secrets."""
@@ -30,6 +56,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     db.check_migrated(settings.database_url)
     app = FastAPI(title="sklicense", summary="skprotect licence server", version="1")
     app.add_middleware(BodyLimit)
+    app.add_exception_handler(OperationalError, database_unavailable)
     app.state.settings = settings
     app.state.clock = clock or unix_now
     app.state.engine = db.get_engine(settings.database_url)
