@@ -401,7 +401,10 @@ def _read_limited(path: Path, limit: int) -> bytes:
             "the model's folder; copy them from outputs/ or re-protect the model."
         ) from None
     except OSError as e:
-        raise KeyFileError(f"Key file {path} cannot be read: {e.strerror or e}.") from None
+        raise KeyFileError(
+            f"Key file {path} cannot be read: {e.strerror or e}. Make it a file this user can "
+            "read: copy it from the protector's outputs/ folder, or fix its permissions."
+        ) from None
     if len(data) > limit:
         raise KeyFileError(f"Key file {path} is larger than any key ({limit} bytes max).")
     return data

@@ -157,7 +157,8 @@ def read_mev(
         ) from None
     except OSError as e:
         raise KeyFileError(
-            f"Encrypted key file {path} cannot be read: {e.strerror or e}."
+            f"Encrypted key file {path} cannot be read: {e.strerror or e}. Make it a file this "
+            "user can read: copy it from the protector's outputs/ folder, or fix its permissions."
         ) from None
     minimum = len(MEV_MAGIC) + NONCE_SIZE + TAG_SIZE
     if len(data) > MAX_MEV_BYTES:
@@ -181,8 +182,10 @@ def read_mev(
         raise KeyFileError(
             f"Encrypted key file {path} cannot be decrypted: the key-encryption key is wrong, "
             f"the file was modified, or it belongs to another model, format or model file than "
-            f"{model_name!r} / {fmt_slug!r} with SHA-256 {model_sha256[:12]}…. Check the licence "
-            "and ship the key file written with this model file."
+            f"{model_name!r} / {fmt_slug!r} with SHA-256 {model_sha256[:12]}…. Check the "
+            "key-encryption key (kek=, skprotect run --kek: the one `skprotect export-kek` "
+            "writes for this application) or the licence that releases it, and ship the key file "
+            "written with this model file."
         ) from None
     return _parse_plaintext(plaintext, path)
 

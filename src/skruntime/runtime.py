@@ -34,6 +34,7 @@ from .config import (
     read_config_bytes,
 )
 from .errors import (
+    BackendError,
     ConfigurationError,
     InputError,
     IntegrityError,
@@ -406,7 +407,8 @@ class SkRuntime:
                 protected with ``test_key=True``.
 
         Raises:
-            BackendError: an invalid ``device``, thread count or ``session_options`` (checked
+            BackendError: an invalid ``device`` (``inductor_cpu`` runs only on the CPU,
+                ``inductor_gpu`` only on CUDA), thread count or ``session_options`` (checked
                 first), or the framework could not load the file.
             ModelNotFoundError: unknown model or format not protected.
             ModelFileError: the model file is missing or unreadable.
@@ -439,13 +441,16 @@ class SkRuntime:
                 f"Model {model_name!r} is not protected for format {fmt!r}; its formats: "
                 f"{', '.join(entry.formats)}. Protect it with that format or load another one."
             )
+        _check_compiled_device(fmt, options.device, model_name, entry.formats)
         backend_type = backend_class(fmt)
         backend_type.check_options(options)  # providers, option names, CUDA: before any read
         fentry = entry.formats[fmt]
         path = self.outputs_dir / fentry.file
         if not path.is_file():
+            # a folder, or a link to a device, is there: "not found" would contradict `ls`
+            state = "is not a regular file" if path.exists() else "not found"
             raise ModelFileError(
-                f"Model file {path} of model {model_name!r} ({fmt}) not found. Deploy the whole "
+                f"Model file {path} of model {model_name!r} ({fmt}) {state}. Deploy the whole "
                 f"{self.outputs_dir.name}/ folder written by skprotect."
             )
         # read once and hashed in every platform version (the key files name the model file
@@ -454,7 +459,11 @@ class SkRuntime:
         try:
             model_file = ModelFile.read(path)
         except OSError as e:
-            raise ModelFileError(f"Model file {path} cannot be read: {e.strerror or e}.") from None
+            raise ModelFileError(
+                f"Model file {path} cannot be read: {e.strerror or e}. Give this user read "
+                f"access to it, or deploy the {self.outputs_dir.name}/ folder written by "
+                "skprotect again."
+            ) from None
         digest = model_file.sha256
         if fentry.sha256 is not None and digest != fentry.sha256:
             raise IntegrityError(
@@ -499,6 +508,39 @@ class SkRuntime:
         except (OSError, ValueError):
             return False
         return isinstance(data, dict) and data.get("static") is True
+
+
+#: AOTInductor formats and the device kind their package is compiled for. torch loads a GPU
+#: package on CUDA even for device="cpu" (device_index -1: the current GPU), which was then fed
+#: CPU tensors (its compiled code checks their device only under AOTI_RUNTIME_CHECK_INPUTS); a
+#: CPU package on a GPU was refused by torch ("Incorrect device passed to aoti_runner_cpu") or
+#: as if a GPU format had been asked for, neither saying what to load instead.
+_COMPILED_FOR = {"inductor_cpu": "cpu", "inductor_gpu": "cuda"}
+
+
+def _check_compiled_device(
+    fmt: str, device: str, model_name: str, formats: Mapping[str, Any]
+) -> None:
+    """Refuse a ``device`` of the other kind than an AOTInductor format is compiled for."""
+    wanted = _COMPILED_FOR.get(fmt)
+    if wanted is None or (device == "cpu") == (wanted == "cpu"):
+        return
+    other = next(f for f, kind in _COMPILED_FOR.items() if kind != wanted)
+    where = "the CPU" if wanted == "cpu" else "CUDA GPUs"
+    use = (
+        "device='cpu' (skprotect run: --device cpu)"
+        if wanted == "cpu"
+        else "device='cuda' or 'cuda:N' (skprotect run: --device cuda)"
+    )
+    instead = (
+        f"load format {other!r} for device={device!r}"
+        if other in formats
+        else f"protect the model for {other} too to run it on device={device!r}"
+    )
+    raise BackendError(
+        f"Format {fmt!r} of model {model_name!r} is compiled for {where} and cannot run on "
+        f"device={device!r}: load it with {use}, or {instead}."
+    )
 
 
 def _dims_text(spec: InputSpec) -> str:

@@ -137,8 +137,9 @@ def test_a_gpu_provider_onnxruntime_cannot_create_is_a_backend_error(
     rt = SkRuntime(live.outputs)
     message = (
         r"could not create the execution provider\(s\) CUDAExecutionProvider for .*net\.onnx: "
-        r"the session would run on CPUExecutionProvider only\. GPU providers need the CUDA and "
-        r"cuDNN libraries .* or ask for the CPU \(device='cpu'\)\."
+        r"the session would run on CPUExecutionProvider only\. onnxruntime's warning on stderr "
+        r"says why \(e\.g\. a CUDA or cuDNN library it could not load\)\. GPU providers need the "
+        r"CUDA and cuDNN libraries .* or ask for the CPU \(device='cpu'\)\."
     )
     with (
         pytest.warns(UserWarning, match="not in available provider names"),
@@ -305,7 +306,7 @@ def test_a_gpu_failure_during_a_run_is_not_retried_on_the_cpu_by_onnxruntime_1_2
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """onnxruntime 1.20, the oldest this package takes, ignores ``InferenceSession(...,
-    enable_fallback=False)`` (1.32 reads it): with ``disable_fallback()`` no longer called, a
+    enable_fallback=False)`` (1.32 reads it): with the fallback not turned off otherwise, a
     provider failing in run() made onnxruntime rebuild the session on its fallback providers
     (from bytes dropped after loading) instead of raising."""
     from onnxruntime.capi import _pybind_state as C

@@ -51,6 +51,20 @@ def moduli(spec: dict) -> np.ndarray:
 # ----------------------------------------------------------------------------- files
 
 
+def test_an_unreadable_key_file_says_what_to_do(tmp_path: Path) -> None:
+    """A folder where a key file belongs: the error gave errno's text and no way out."""
+    key, spec = make_key()
+    txt, _ = write_txt_keys(tmp_path, "mlp", key, spec, test_key=False, rng=np.random.default_rng())
+    txt.unlink()
+    txt.mkdir()
+    with pytest.raises(KeyFileError) as e:
+        read_txt_keys(tmp_path, "mlp")
+    assert str(e.value) == (
+        f"Key file {txt} cannot be read: Is a directory. Make it a file this user can read: "
+        "copy it from the protector's outputs/ folder, or fix its permissions."
+    )
+
+
 @pytest.mark.parametrize("test_key", [True, False], ids=["static", "shares"])
 def test_round_trip(tmp_path: Path, test_key: bool) -> None:
     key, spec = make_key()

@@ -92,6 +92,15 @@ def test_wrong_context_fails(tmp_path: Path, overrides: dict) -> None:
     assert str(path) in str(e.value)
 
 
+def test_a_wrong_kek_names_where_the_kek_comes_from(tmp_path: Path) -> None:
+    """A wrong ``kek=`` (``--kek``) was answered "Check the licence", with no licence in use."""
+    path = tmp_path / "k.bin"
+    write(path)
+    with pytest.raises(KeyFileError) as e:
+        read(path, kek=bytes(32))
+    assert "Check the key-encryption key (kek=, skprotect run --kek: the one " in str(e.value)
+
+
 @pytest.mark.parametrize("offset", [7, 20, -1], ids=["nonce", "ciphertext", "tag"])
 def test_tampered_byte_fails(tmp_path: Path, offset: int) -> None:
     path = tmp_path / "k.bin"
@@ -106,6 +115,18 @@ def test_tampered_byte_fails(tmp_path: Path, offset: int) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match=r"k\.bin not found"):
         read(tmp_path / "k.bin")
+
+
+def test_an_unreadable_file_says_what_to_do(tmp_path: Path) -> None:
+    """A folder where the key file belongs: the error gave errno's text and no way out."""
+    (tmp_path / "k.bin").mkdir()
+    with pytest.raises(KeyFileError) as e:
+        read(tmp_path / "k.bin")
+    assert str(e.value) == (
+        f"Encrypted key file {tmp_path / 'k.bin'} cannot be read: Is a directory. Make it a "
+        "file this user can read: copy it from the protector's outputs/ folder, or fix its "
+        "permissions."
+    )
 
 
 def test_bad_magic(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from skruntime import (
     ModelNotFoundError,
     SkRuntime,
 )
+from skruntime.backends.base import ModelFile
 from skruntime.config import canonical_json, public_key_bytes
 from skruntime.keyfile import _params_sha256, read_txt_keys
 
@@ -661,6 +662,36 @@ def test_missing_model_file(app: Protected, tmp_path: Path) -> None:
     (out / "net" / "onnx" / "net.onnx").unlink()
     with pytest.raises(ModelFileError, match=r"net\.onnx.*not found"):
         SkRuntime(out, platform="TXT").load("net")
+
+
+def test_a_model_path_that_is_no_file_is_not_called_missing(app: Protected, tmp_path: Path) -> None:
+    """A folder (or a link to a device) where the model file belongs was reported "not found",
+    which ``ls`` contradicts."""
+    out = app.copy(tmp_path / "app")
+    model = out / "net" / "onnx" / "net.onnx"
+    model.unlink()
+    model.mkdir()
+    with pytest.raises(ModelFileError, match=r"net\.onnx of model 'net' \(onnx\) is not a "):
+        SkRuntime(out, platform="TXT").load("net")
+
+
+def test_an_unreadable_model_file_says_what_to_do(
+    app: Protected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests run as root, who reads any file: the permission error is simulated. The error gave
+    errno's text and no way out."""
+    out = app.copy(tmp_path / "app")
+
+    def denied(path: Path) -> ModelFile:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(ModelFile, "read", denied)
+    with pytest.raises(ModelFileError) as e:
+        SkRuntime(out, platform="TXT").load("net")
+    assert str(e.value) == (
+        f"Model file {out / 'net' / 'onnx' / 'net.onnx'} cannot be read: Permission denied. "
+        "Give this user read access to it, or deploy the app/ folder written by skprotect again."
+    )
 
 
 # --------------------------------------------------------------------------- tampering

@@ -355,6 +355,22 @@ def _shared_package(model: ModelFile, device_index: int, options: dict[str, bool
     return package
 
 
+def _failure_advice() -> str:
+    """What to do after a failed call. With ``AOTI_RUNTIME_CHECK_INPUTS`` on (set and not
+    starting with "0", as the compiled code reads it, once per process), AOTInductor's own check
+    refuses inputs its code computes correctly (see the module docstring), and its message
+    ("dim value is too small ... expected it to be >= 2") sent users to inputs that are right."""
+    value = os.environ.get("AOTI_RUNTIME_CHECK_INPUTS")
+    if value is None or value.startswith("0"):
+        return "Check the input shapes and dtypes against the model's inputs."
+    return (
+        f"AOTI_RUNTIME_CHECK_INPUTS={value!r} is set in this process's environment: it turns on "
+        "AOTInductor's own input check, which refuses sizes its compiled code computes "
+        "correctly (a batch of 1, or above 15 for CPU convolutions); skprotect checks every "
+        "call's inputs itself. Unset it and start the process again."
+    )
+
+
 class InductorBackend:
     """One AOTInductor ``.pt2`` package; checks every call's inputs against its metadata.
 
@@ -419,7 +435,7 @@ class InductorBackend:
         except Exception as err:
             raise BackendError(
                 f"The AOTInductor model {self._path.name} failed ({backend_failure(err)}). "
-                "Check the input shapes and dtypes against the model's inputs."
+                + _failure_advice()
             ) from None
         return self._io.outputs(out, inputs, tensors)
 

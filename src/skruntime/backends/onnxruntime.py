@@ -64,12 +64,14 @@ def _gpu_advice(names: Sequence[str]) -> str:
 def _check_created(created: Sequence[str], asked: Sequence[str], path: os.PathLike[str]) -> None:
     """Refuse a session that lacks an asked provider: onnxruntime drops a provider it cannot
     create (CUDA listed as available but its libraries missing or broken) with only a warning
-    and runs on the CPU, while the caller asked for, and would report, a GPU run."""
+    and runs on the CPU, while the caller asked for, and would report, a GPU run. The reason is
+    in that warning only, which onnxruntime's C++ logger writes to stderr: it is pointed to."""
     missing = [n for n in asked if n not in created]
     if missing:
         raise BackendError(
             f"onnxruntime could not create the execution provider(s) {', '.join(missing)} for "
-            f"{path}: the session would run on {', '.join(created)} only."
+            f"{path}: the session would run on {', '.join(created)} only. onnxruntime's warning "
+            "on stderr says why (e.g. a CUDA or cuDNN library it could not load)."
             + (
                 _gpu_advice(missing)
                 or " Install what that provider needs, or leave it out of "
@@ -141,6 +143,18 @@ def _session_options(options: BackendOptions) -> ort.SessionOptions:
     return so
 
 
+class _Session(ort.InferenceSession):
+    """An ``InferenceSession`` that never rebuilds itself on other providers. onnxruntime 1.20,
+    the oldest this package takes, ignores ``enable_fallback=False`` (1.32 reads it): a GPU
+    provider raising while the session was built (its cuDNN missing) was printed and the session
+    rebuilt on the CPU, so the refusal that followed lacked the cause; a provider failing in
+    ``run()`` rebuilt it too."""
+
+    def _create_inference_session(self, *args: Any, **kwargs: Any) -> None:
+        self.disable_fallback()  # read by 1.20's __init__ and run() when a provider raises
+        super()._create_inference_session(*args, **kwargs)
+
+
 class OnnxRuntimeBackend:
     """One ``onnxruntime.InferenceSession``; inputs are fed by the session's own input names."""
 
@@ -160,10 +174,10 @@ class OnnxRuntimeBackend:
         path = model.path
         asked = _names(providers)
         try:
-            # enable_fallback=False: a GPU provider that fails to start raises here, instead of
-            # onnxruntime printing the error and rebuilding the session on the CPU; it also
-            # keeps run() from doing so when the provider fails during a call
-            session = ort.InferenceSession(
+            # no fallback (_Session): a GPU provider that fails to start raises here, instead of
+            # onnxruntime printing the error and rebuilding the session on the CPU; nor does
+            # run() when the provider fails during a call
+            session = _Session(
                 model.data, sess_options=so, providers=providers, enable_fallback=False
             )
         except Exception as e:  # onnxruntime raises its own pybind exception types
@@ -172,11 +186,8 @@ class OnnxRuntimeBackend:
                 "Re-deploy the file written by skprotect, and check the providers/session "
                 f"options.{_gpu_advice(asked)}"
             ) from None
-        # and for run() here too: onnxruntime 1.20, the oldest this package takes, ignores the
-        # keyword (1.32 reads it) and would rebuild a failing GPU session on the CPU in run()
-        session.disable_fallback()
         # onnxruntime keeps the bytes for the life of the session, only to rebuild it on another
-        # provider (set_providers(), or the fallback turned off above): the bytes go, so that a
+        # provider (set_providers(), or the fallback _Session turns off): the bytes go, so that a
         # session holds its model once, like one loaded by path
         session._model_bytes = None
         _check_created(session.get_providers(), asked, path)
