@@ -146,6 +146,29 @@ def test_a_weight_outside_every_lockable_layer_fails_gate_4(task, one_thread) ->
     assert "Gate 4, **FAIL**: 1 weight tensor(s) stored in plaintext" in report.to_markdown()
 
 
+MIX = torch.randn(12, 12, generator=torch.Generator().manual_seed(0))
+
+
+class MixesInputs(Net):
+    """Net that first mixes its inputs with a global matrix, which no export keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x @ MIX)
+
+
+def test_a_matrix_read_outside_the_model_fails_gate_4(task, one_thread) -> None:
+    """The audit locked the model without running it, so its gate 4 listed nothing: the
+    protector's first run lists such a tensor, and every export stores it as it is."""
+    torch.manual_seed(0)
+    victim = train_model(MixesInputs(), task.x_train, task.y_train, lr=3e-3, epochs=3)
+    spec = model_spec("mixes", MixesInputs, task, victim=victim, epochs=3)
+    report = run_audit(AuditConfig(model=spec, attacks=("A0",)), log=lambda line: None)
+    assert [(w["name"], w["shape"]) for w in report.plaintext_weights] == [
+        (f"{__name__}.MIX", (12, 12))
+    ]
+    assert "Gate 4, **FAIL**: 1 weight tensor(s) stored in plaintext" in report.to_markdown()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

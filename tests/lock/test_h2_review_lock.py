@@ -20,7 +20,7 @@ from skprotect_pytorch.lock.outside import _candidates, run_keyed_checked
 
 torch.manual_seed(0)
 GLOBAL_WEIGHT = torch.randn(8, 8)
-GLOBAL_VECTOR = torch.randn(8)
+GLOBAL_VECTOR = torch.full((8,), 0.5)  # one number: not a weight
 TRAINABLE = torch.randn(8, 8, requires_grad=True)
 
 
@@ -39,7 +39,8 @@ def _checked(locked, x: torch.Tensor, zero_key: bool = False) -> torch.Tensor:
 
 def _reads_outside() -> nn.Module:
     """Reads a global matrix, a closure's matrix and a class attribute's; and constants that
-    are not weights: a 1-D global, a mask made in forward, a registered buffer, the input."""
+    are not weights: a global vector of one number, a mask made in forward, a registered
+    buffer, the input."""
     closed = torch.randn(8, 8)
 
     class ReadsOutside(nn.Module):

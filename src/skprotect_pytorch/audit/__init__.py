@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InvalidArgumentError
 from ..lock import LockedModel, LockSettings, lock_model
+from ..lock.outside import run_keyed_checked
 from .alignment import attack_alignment
 from .arguments import (
     NUMBER,
@@ -272,13 +273,15 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     model, twin = nets["victim"], nets["twin"]
 
     locked = config.lock(model, config.lock_seed)
+    true_key = torch.from_numpy(locked.layout.static_key())
+    with torch.no_grad():  # the protector's first run: adds the tensors read outside the model
+        run_keyed_checked(spec.name, locked.keyed, [task.x_test[:8].clone(), true_key])
     stored = [
         {**asdict(score), "passed": score.passes}
         for score in aligned_weight_correlations(locked, model)
     ]
     true_perms = locked.layout.perms
     stolen = StolenModel.from_locked(locked)
-    true_key = torch.from_numpy(locked.layout.static_key())
     full = accuracy(stolen.forward_with(true_key), task.x_test, task.y_test)
     log(f"victim {spec.name}: {100 * full:.2f} % with the key; chance {100 * task.chance:.2f} %")
     other_key = config.other_key(model)

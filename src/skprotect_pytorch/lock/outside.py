@@ -7,9 +7,10 @@ in the copy, so it runs unlocked whatever the key (the locked model still gave t
 outputs with the true key: no output check saw it) and every export stores its weights as
 they are.  Only a run shows it: :func:`run_keyed_checked` runs the locked model once, as the
 protector's first eager run does, refuses any parameter (or tensor that requires grad) that
-the model does not hold, and lists the other floating-point matrices it reads from outside
-as plaintext weights: a thief reads them without the key, and a public constant (a mask) is
-said to be one by registering it as a buffer.
+the model does not hold, and lists the other floating-point (complex, quantized) tensors it
+reads from outside as plaintext weights, and the NumPy arrays it turns into tensors: a thief
+reads them without the key, and a public constant (a mask) is said to be one by registering
+it as a buffer.
 
 >>> outputs = run_keyed_checked("net", locked.keyed, [x, key])
 """
@@ -17,11 +18,14 @@ said to be one by registering it as a buffer.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import sys
 import types
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -30,12 +34,16 @@ from ..errors import InvalidArgumentError
 from .coverage import MODULE_INTERNALS, PlaintextWeight, plain_leaves
 from .keyed_model import KeyedModel
 
+Data = torch.Tensor | np.ndarray
+"""What ``forward`` may read outside the model and every export then stores: a tensor, or a
+NumPy array that a torch function turns into one (``torch.tensor(a)``)."""
 
-def _tensors_in(values: Iterable[object]) -> Iterator[torch.Tensor]:
-    """The tensors among ``values``, also inside lists, tuples and dicts (an LSTM's flat
-    weights); a loop, not ``torch.utils._pytree``, which took 20 us per torch call."""
+
+def _tensors_in(values: Iterable[object]) -> Iterator[Data]:
+    """The tensors and NumPy arrays among ``values``, also inside lists, tuples and dicts (an
+    LSTM's flat weights); a loop, not ``torch.utils._pytree``, which took 20 us per torch call."""
     for value in values:
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor | np.ndarray):
             yield value
         elif isinstance(value, list | tuple):
             yield from _tensors_in(value)
@@ -43,37 +51,57 @@ def _tensors_in(values: Iterable[object]) -> Iterator[torch.Tensor]:
             yield from _tensors_in(value.values())
 
 
+def _on_the_host(value: Data) -> bool:
+    """Whether ``value`` is a plain tensor with its own memory on the CPU, where a NumPy
+    array's memory can be (a sparse tensor has no single address)."""
+    return (
+        type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu"
+    )
+
+
 class _OutsideWatch(TorchFunctionMode):
-    """Records the tensors that torch functions receive that ``known`` (``id``\\ s) lacks and
-    that no torch function of the run returned: those that existed before the run, outside
-    the model and its inputs.
+    """Records the tensors (and NumPy arrays) that torch functions receive that ``known``
+    (``id``\\ s) lacks and that no torch function of the run returned: those that existed
+    before the run, outside the model and its inputs.
 
     Weakly: one that ``forward`` creates other than by a torch function and drops (``x *
     nn.Parameter(c)``, ``torch.from_numpy(a)``) is gone after the run, while a layer or tensor
-    reached through a global or a closure stays alive.  A torch function mode is thread-local:
-    other threads' models are not seen.
+    reached through a global or a closure stays alive; where a dropped one's memory lies is
+    kept, which tells a global array that ``torch.from_numpy`` (no torch function call) read.
+    Created ones are weakly kept too: such a tensor often takes the ``id`` of a freed one that
+    a torch function returned.  A torch function mode is thread-local: other threads' models
+    are not seen.
     """
 
     def __init__(self, known: set[int]) -> None:
         super().__init__()
         self.known = known
-        self.created: set[int] = set()
-        self.found: dict[int, weakref.ref[torch.Tensor]] = {}
+        self.created: dict[int, weakref.ref[Data]] = {}
+        self.found: dict[int, weakref.ref[Data]] = {}
+        self.addresses: dict[int, int] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        for tensor in _tensors_in((args, kwargs)):
-            if id(tensor) not in self.known and id(tensor) not in self.created:
-                self.found[id(tensor)] = weakref.ref(tensor)  # a freed one's id may come again
+        for value in _tensors_in((args, kwargs)):
+            made = self.created.get(id(value))
+            if id(value) not in self.known and (made is None or made() is not value):
+                self.found[id(value)] = weakref.ref(value)  # a freed one's id may come again
+                if _on_the_host(value):
+                    self.addresses[id(value)] = value.data_ptr()
         result = func(*args, **kwargs)
-        self.created.update(id(t) for t in _tensors_in((result,)))
+        self.created.update((id(t), weakref.ref(t)) for t in _tensors_in((result,)))
         return result
 
-    def outside(self, held: set[int]) -> list[torch.Tensor]:
-        """The recorded tensors still alive that ``held`` (``id``\\ s, after the run) lacks:
-        those the model neither holds nor created and dropped in its forward."""
+    def outside(self, held: set[int]) -> list[Data]:
+        """The recorded tensors and arrays still alive that ``held`` (``id``\\ s, after the run)
+        lacks: those the model neither holds nor created and dropped in its forward."""
         alive = (ref() for ref in self.found.values())
         return [t for t in alive if t is not None and id(t) not in held]
+
+    def dropped_addresses(self) -> list[int]:
+        """Where the memory of the recorded CPU tensors gone after the run lay: made in
+        ``forward`` other than by a torch function, possibly over a NumPy array's memory."""
+        return [at for i, at in self.addresses.items() if self.found[i]() is None]
 
 
 def _tensors(value: object) -> list[torch.Tensor]:
@@ -97,9 +125,11 @@ def _held_tensors(root: nn.Module) -> set[int]:
     return held
 
 
-def _is_weight(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is trainable: an ``nn.Parameter``, or a leaf that requires grad."""
-    return isinstance(tensor, nn.Parameter) or (tensor.requires_grad and tensor.is_leaf)
+def _is_weight(value: Data) -> bool:
+    """Whether ``value`` is trainable: an ``nn.Parameter``, or a leaf tensor that requires grad."""
+    return isinstance(value, nn.Parameter) or (
+        isinstance(value, torch.Tensor) and value.requires_grad and value.is_leaf
+    )
 
 
 _LIBRARIES = frozenset({"torch", "numpy", *sys.stdlib_module_names})
@@ -163,29 +193,37 @@ def _function_values(fn: types.FunctionType) -> Iterator[tuple[str, object]]:
             yield f"{module_name}.{var}", fn.__globals__[var]
 
 
+def _attributes(root: nn.Module) -> Iterator[tuple[str, object]]:
+    """The plain attributes of ``root``'s modules, with their paths (``enc.table``)."""
+    for name, module in root.named_modules():
+        for attr, value in vars(module).items():
+            if attr not in MODULE_INTERNALS:
+                yield f"{name}.{attr}" if name else attr, value
+
+
 def _held_objects(root: nn.Module) -> Iterator[tuple[str, object]]:
     """The attributes of the user's objects that ``root``'s modules hold in plain attributes
     (a config object: ``cfg.proj``), which neither the lock nor the coverage enters."""
-    for name, module in root.named_modules():
-        for attr, value in vars(module).items():
-            if attr in MODULE_INTERNALS:
-                continue
-            for path, leaf in plain_leaves(value, f"{name}.{attr}" if name else attr):
-                if (
-                    _user_code(type(leaf).__module__)
-                    and not isinstance(leaf, nn.Module | torch.Tensor | type)
-                    and hasattr(leaf, "__dict__")
-                ):
-                    yield from ((f"{path}.{k}", v) for k, v in vars(leaf).items())
+    for where, value in _attributes(root):
+        for path, leaf in plain_leaves(value, where):
+            if (
+                _user_code(type(leaf).__module__)
+                and not isinstance(leaf, nn.Module | torch.Tensor | type)
+                and hasattr(leaf, "__dict__")
+            ):
+                yield from ((f"{path}.{k}", v) for k, v in vars(leaf).items())
 
 
 def _candidates(root: nn.Module) -> Iterator[tuple[str, object]]:
     """Where ``root``'s forward may reach a value outside the model, each with its label: the
-    attributes of objects the model holds (:func:`_held_objects`), class attributes
+    NumPy arrays its modules hold in plain attributes (``enc.table``), the attributes of
+    objects the model holds (:func:`_held_objects`), class attributes
     (``Net.W``), then the values its functions read (:func:`_function_values`),
     following the user's functions and helper objects they read (a module-level ``helper``
     that reads a global).  Each class and function once: searching each instance's class again
     took 7.3 s to name 50 tensors that a model of 2,000 blocks read."""
+    for where, value in _attributes(root):
+        yield from ((p, a) for p, a in plain_leaves(value, where) if isinstance(a, np.ndarray))
     yield from _held_objects(root)
     classes = dict.fromkeys(cls for module in root.modules() for cls in type(module).__mro__)
     for cls in classes:  # in order: the first place a tensor is found names it
@@ -202,18 +240,38 @@ def _candidates(root: nn.Module) -> Iterator[tuple[str, object]]:
                 pending.update(dict.fromkeys(f for f in _user_functions(leaf) if f not in done))
 
 
-def _labels(root: nn.Module, tensors: list[torch.Tensor]) -> dict[int, str]:
+_CACHE = type(functools.cache(len))
+"""The wrapper of ``functools.lru_cache`` (and ``functools.cache``): it lists its results to the
+garbage collector (``gc.get_referents``) only."""
+
+
+def _cached(cache: object) -> Iterator[tuple[str, Data]]:
+    """The tensors and arrays among the results that a ``functools.lru_cache`` holds, with
+    their places (``()``, ``()[0]`` in a tuple it returned)."""
+    own = getattr(cache, "__dict__", None)  # functools.wraps's attributes, no result
+    held = [r for r in gc.get_referents(cache) if r is not own]
+    results = [v for r in held for v in (r.values() if isinstance(r, dict) else (r,))]
+    for result in results:
+        for place, value in plain_leaves(result, "()"):
+            if isinstance(value, torch.Tensor | np.ndarray):
+                yield place, value
+
+
+def _labels(root: nn.Module, tensors: Sequence[Data]) -> dict[int, str]:
     """Where ``forward`` finds each of ``tensors`` (:func:`_candidates`), by ``id``: the value
-    itself, inside a list, tuple or dict (``module.TABLES['w']``), or a parameter or buffer of
-    a module there (``module.ENCODER.weight``); one pass over the candidates for all."""
+    itself, inside a list, tuple or dict (``module.TABLES['w']``), a parameter or buffer of a
+    module there (``module.ENCODER.weight``), or a result that a ``functools.lru_cache`` holds
+    (``module.causal_mask()``); one pass over the candidates for all."""
     wanted = {id(t) for t in tensors}
     labels: dict[int, str] = {}
     for label, value in _candidates(root):
         for path, leaf in plain_leaves(value, label):
-            if isinstance(leaf, torch.Tensor):
+            if isinstance(leaf, torch.Tensor | np.ndarray):
                 found = [("", leaf)]
             elif isinstance(leaf, nn.Module):
                 found = [(f".{n}", t) for n, t in (*leaf.named_parameters(), *leaf.named_buffers())]
+            elif isinstance(leaf, _CACHE):
+                found = list(_cached(leaf))
             else:
                 continue
             for suffix, tensor in found:
@@ -224,25 +282,72 @@ def _labels(root: nn.Module, tensors: list[torch.Tensor]) -> dict[int, str]:
     return labels
 
 
-def _plaintext(tensors: list[torch.Tensor], root: nn.Module) -> list[PlaintextWeight]:
-    """The floating-point and complex matrices (two or more dimensions) among ``tensors``, as
-    plaintext weights named where ``forward`` finds them (a complex one is two real ones)."""
-    matrices = [t for t in tensors if t.dim() >= 2 and (t.is_floating_point() or t.is_complex())]
-    labels = _labels(root, matrices)
+MIN_NUMBERS = 8
+"""The fewest numbers a tensor read outside the model holds to be listed: fewer (an RGB mean
+and deviation, a few scalars) are a public constant far more often than trained values, and
+tell little (the audit's leak search skips vectors shorter than this for the same reason)."""
+
+
+def _listed(value: Data) -> bool:
+    """Whether a tensor or array read outside the model is listed as a plaintext weight: of
+    any number of dimensions (a trained bias vector too), floating-point, complex or quantized,
+    of :data:`MIN_NUMBERS` numbers or more, not all equal (``torch.ones(64)`` tells one)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "fc":
+            return False
+        flat = value.reshape(-1)
+    elif value.layout != torch.strided:  # sparse: its stored numbers are chosen ones
+        return (value.is_floating_point() or value.is_complex()) and value.numel() >= MIN_NUMBERS
+    elif value.is_floating_point() or value.is_complex() or value.is_quantized:
+        flat = (value.dequantize() if value.is_quantized else value).detach().reshape(-1)
+    else:
+        return False
+    return len(flat) >= MIN_NUMBERS and bool((flat != flat[0]).any())
+
+
+def _byte_range(array: np.ndarray) -> range:
+    """The addresses of ``array``'s numbers (a strided view's span)."""
+    start = array.__array_interface__["data"][0]
+    steps = [(n - 1) * s for n, s in zip(array.shape, array.strides, strict=True)]
+    low = start + sum(s for s in steps if s < 0)
+    return range(low, start + sum(s for s in steps if s > 0) + array.itemsize)
+
+
+def _arrays_at(root: nn.Module, addresses: list[int]) -> list[np.ndarray]:
+    """The NumPy arrays where ``forward`` may find values (:func:`_candidates`) that hold one
+    of ``addresses``: read by ``torch.from_numpy``, which shares their memory and is no torch
+    function that a mode sees."""
+    found: dict[int, np.ndarray] = {}
+    for _, value in _candidates(root):
+        for _, leaf in plain_leaves(value, ""):
+            if isinstance(leaf, np.ndarray) and leaf.size and id(leaf) not in found:
+                span = _byte_range(leaf)
+                if any(at in span for at in addresses):
+                    found[id(leaf)] = leaf
+    return list(found.values())
+
+
+def _plaintext(values: list[Data], root: nn.Module) -> list[PlaintextWeight]:
+    """The tensors and arrays among ``values`` that :func:`_listed` keeps, as plaintext
+    weights named where ``forward`` finds them (a complex one is two real ones)."""
+    listed = [v for v in values if _listed(v)]
+    labels = _labels(root, listed)
     found = []
-    for i, tensor in enumerate(matrices):
-        name = labels.get(id(tensor), f"<tensor outside the model #{i}>")
+    for i, value in enumerate(listed):
+        name = labels.get(id(value), f"<tensor outside the model #{i}>")
         reason = (
             "a tensor that forward() reads outside the model (a global variable, a variable it "
             "closes over, a class attribute, a cache that an earlier call filled, such as a "
             "functools.lru_cache, or an object the model holds that is not a module, list, "
-            "tuple or dict), neither a parameter nor a buffer: the lock "
-            "never sees it, and every export stores it as a constant. If it holds trained "
-            "values, make it the weight of a supported layer held by the model; if it is a "
-            "public constant (a mask, a fixed transform), register it as a buffer "
-            "(self.register_buffer(name, tensor)), which plaintext_buffers then lists"
+            "tuple or dict), or a NumPy array it turns into a tensor, neither a parameter nor a "
+            "buffer: the lock never sees it, and every export stores it as a constant. If it "
+            "holds trained values, make it the weight (or bias) of a supported layer held by "
+            "the model; if it is a public constant (a mask, a fixed transform, normalisation "
+            "statistics), register it as a buffer (self.register_buffer(name, "
+            "torch.as_tensor(value))): plaintext_buffers lists the buffers of two or more "
+            "dimensions, at info level"
         )
-        found.append(PlaintextWeight(name, tuple(tensor.shape), reason))
+        found.append(PlaintextWeight(name, tuple(value.shape), reason))
     return found
 
 
@@ -254,13 +359,18 @@ def run_keyed_checked(
     """``keyed(*inputs)`` (the inputs, then the key), refused with
     :class:`InvalidArgumentError` when its forward used a parameter (or a tensor that
     requires grad) that ``keyed`` does not hold and that outlives the run: that layer ran
-    unlocked, whatever the key.  The floating-point matrices it read from outside are added
-    to ``keyed.plaintext`` (the locked model's ``plaintext``, which the protector warns about)."""
+    unlocked, whatever the key.  The tensors and NumPy arrays it read from outside that
+    :func:`_listed` keeps are added to ``keyed.plaintext`` (the locked model's ``plaintext``,
+    which the protector warns about)."""
     watch = _OutsideWatch(_held_tensors(keyed) | {id(t) for t in inputs})
     with watch:
         outputs = keyed(*inputs)
     held = _held_tensors(keyed) | {id(t) for t in _tensors_in((outputs,))}
     outside = watch.outside(held) if watch.found else []
+    dropped = watch.dropped_addresses()
+    if dropped:
+        seen = {id(v) for v in outside}
+        outside += [a for a in _arrays_at(keyed.model, dropped) if id(a) not in seen]
     weights = [t for t in outside if _is_weight(t)]
     if weights:
         labels = _labels(keyed.model, weights)

@@ -273,14 +273,33 @@ def _plain_attribute(obj: object, name: str) -> bool:
     return all(isinstance(item, _PLAIN_DATA) for item in items)
 
 
+_UNNAMED_READS = frozenset(
+    {"eval", "exec", "locals", "vars", "_getframe", "currentframe", "f_locals"}
+)
+"""Names through which code reads its variables without naming them in its instructions
+(``eval("self.a")`` sees the closure's ``self``; so do ``locals()`` and a frame's
+``f_locals``)."""
+
+
+def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    """``code`` and the code of every function (lambda, comprehension) nested in it."""
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _codes(const)
+
+
 def _reads_plain_data(fn: types.FunctionType, var: str, value: object) -> bool:
     """Whether ``fn`` uses its closure variable ``var`` (holding ``value``) only to read plain
     data attributes of it (``lambda x: x * self.scale``), so that it cannot reach a layer
     through it: every use is a load followed by an attribute read (not a method call) of a
-    :func:`_plain_attribute`, and no function nested in ``fn`` uses it."""
+    :func:`_plain_attribute`, no function nested in ``fn`` uses it, and no code in it names
+    :data:`_UNNAMED_READS`."""
     code = fn.__code__
-    nested = (c for c in code.co_consts if isinstance(c, types.CodeType))
-    if any(var in c.co_freevars for c in nested):
+    codes = list(_codes(code))
+    if any(var in c.co_freevars for c in codes[1:]):
+        return False
+    if any(_UNNAMED_READS.intersection(c.co_names) for c in codes):
         return False
     ops = list(dis.get_instructions(code))
     for op, after in zip(ops, [*ops[1:], None], strict=True):
