@@ -93,11 +93,11 @@ def test_a_configuration_of_another_master_secret_is_refused_before_the_export(
         mlp(), "net", INPUTS, model_export_formats=EF.ONNX
     )
     shutil.rmtree(workdir / ".skprotect_private")
+    replaced = SkProtectorPyTorch(application_name="app")
+    assert replaced.state.folder.is_dir()  # a new master secret (a wrong backup put back)
     monkeypatch.setattr(pipeline, "get_exporter", no_export)
     with pytest.raises(ConfigurationError, match="different application key"):
-        SkProtectorPyTorch(application_name="app").protect_new_model(
-            mlp(1), "other", INPUTS, model_export_formats=EF.ONNX
-        )
+        replaced.protect_new_model(mlp(1), "other", INPUTS, model_export_formats=EF.ONNX)
 
 
 def test_each_protector_logs_into_its_own_file(

@@ -175,7 +175,11 @@ def load_own(path: Path, signing_key: Ed25519PrivateKey) -> Config:
         try:
             unpinned = load_config(path)
         except rt_errors.ConfigurationError:
-            raise ConfigurationError(str(pinned_error)) from pinned_error
+            raise ConfigurationError(
+                f"{pinned_error} No protection, migration or customer change can use it until "
+                "then; to start this platform's deployment over instead, move it away and "
+                "protect every model again with protect_new_model."
+            ) from pinned_error
         raise ConfigurationError(
             f"{path} (application '{unpinned.application}') is signed by a different application "
             "key than this protector's: it is another application's file, or the private "

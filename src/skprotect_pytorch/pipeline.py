@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import gc
 import time
 import warnings
@@ -193,6 +194,25 @@ def _warn_stale_originals(request: ProtectRequest, written: list[Path]) -> None:
     get_logger().warning(message)
 
 
+def _warn_migrated(request: ProtectRequest, config: Config | None) -> None:
+    """Say that this protection migrated the configuration (``config``, as it was) to a higher
+    platform version: the usage document's automatic migration, but for every model of the
+    file and for good, so a ``platform_version`` left at its default by mistake is seen now,
+    not when a device's older runtime refuses the file (it was logged only)."""
+    if config is None or config.platform_version >= request.platform_version:
+        return
+    old, new = config.platform_version, request.platform_version
+    message = (
+        f"{request.config_path} was at platform version {old}: this protection migrated it, "
+        f"with every model in it, to platform_version={new}, which a runtime that supports "
+        f"only version {old} refuses. Configurations are never downgraded: if your devices "
+        f"need version {old}, re-protect every model of the application into a new "
+        f"application_name with platform_version={old}."
+    )
+    warnings.warn(message, UserWarning, stacklevel=5)
+    get_logger().warning(message)
+
+
 def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
     """The original model's outputs on ``inputs``; a model that fails on them is the caller's
     input error, said with the inputs it got, not a traceback from inside torch."""
@@ -321,6 +341,26 @@ def _selected_formats(request: ProtectRequest, result: ProtectionResult) -> list
     return kept
 
 
+def _warn_unused_settings(options: ExportOptions, formats: list[ExportFormat]) -> None:
+    """Say which format settings no format of this protection uses (``inductor_configs``
+    without an AOTInductor format, ``torch.onnx.export`` arguments of ``onnx_params`` without
+    ONNX): given, they look applied; the input and output names serve every format."""
+    unused = []
+    if options.inductor_configs and not any(f.slug.startswith("inductor") for f in formats):
+        unused.append(f"inductor_configs ({', '.join(options.inductor_configs)})")
+    if options.onnx_extra and ExportFormat.ONNX not in formats:
+        unused.append(f"onnx_params {', '.join(options.onnx_extra)}")
+    if not unused:
+        return
+    message = (
+        f"{' and '.join(unused)}: not used, since no format this protection writes "
+        f"({', '.join(f.name for f in formats)}) takes them. Add the format to "
+        "model_export_formats, or leave them out."
+    )
+    warnings.warn(message, UserWarning, stacklevel=5)
+    get_logger().warning(message)
+
+
 def _where_else(request: ProtectRequest, advice: str) -> str:
     """What to do about a model to replace that this platform's configuration lacks: when the
     other platform's configuration has it, the ``deployment_platform`` was forgotten (TXT is the
@@ -336,12 +376,38 @@ def _where_else(request: ProtectRequest, advice: str) -> str:
     )
 
 
+def _refuse_case_twin(request: ProtectRequest) -> None:
+    """Refuse a new model whose name differs from a model of the application (either
+    platform's) only in case: on a case-insensitive disk (macOS, Windows: where the folder may
+    be protected, copied or deployed) both name one folder, so the new model's files silently
+    replace the other's, whose configuration entry then fails (``IntegrityError``)."""
+    wanted = request.model_name.casefold()
+    for path in (request.outputs_dir / name for name in sorted(set(CONFIG_FILENAMES.values()))):
+        if not path.is_file():
+            continue
+        try:
+            names = load_config(path).models
+        except SkProtectError:
+            continue  # the configuration checks report it
+        twin = next((n for n in names if n != request.model_name and n.casefold() == wanted), None)
+        if twin is not None:
+            raise InvalidArgumentError(
+                f"model_name '{request.model_name}' differs from the model '{twin}' of "
+                f"{path} only in case: on a case-insensitive disk (macOS, Windows) both are "
+                f"the folder {request.outputs_dir / twin}, and this model's files would replace "
+                f"those of '{twin}'. Choose another name, or pass '{twin}' to "
+                "protect_updated_model to replace that model."
+            )
+
+
 def _precheck_config(
     request: ProtectRequest, signing_key: Ed25519PrivateKey, kek: bytes
 ) -> Config | None:
     """Fail before the expensive work if the configuration would refuse the model, with the
     errors of the write itself: a file signed by another key (a lost master secret) included.
     Returns the configuration as it is now (None when there is none yet)."""
+    if not request.replace:
+        _refuse_case_twin(request)
     if not request.config_path.exists():
         if request.replace:
             raise ConfigurationError(
@@ -811,6 +877,26 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
+def _os_error(err: OSError) -> str:
+    """``err`` as a message part naming the file it is about, e.g. ``".../m/cpu: File exists"``."""
+    reason = err.strerror or str(err)
+    return f"{err.filename}: {reason}" if err.filename else reason
+
+
+def _move_advice(err: OSError) -> str:
+    """What to do when moving the staged files into place failed with ``err``."""
+    if err.errno == errno.EXDEV:  # a model folder linked to another disk: no file moves there
+        return (
+            "Every folder under the application's outputs folder must be on its disk: replace "
+            "a symbolic link to another disk inside it by a real folder (link the whole "
+            "application folder instead), then protect again."
+        )
+    return (
+        "Free space, or check the folder's permissions and that no file is in the way, then "
+        "protect again."
+    )
+
+
 def _commit(
     request: ProtectRequest,
     staging: Staging,
@@ -851,8 +937,7 @@ def _commit(
             if isinstance(err, OSError):  # a full or read-only disk while moving files in
                 raise ExportError(
                     f"Could not move the protected files into {request.outputs_dir} "
-                    f"({err.strerror or err}); the previous files are restored. Free space "
-                    "or check the folder's permissions, then protect again."
+                    f"({_os_error(err)}); the previous files are restored. {_move_advice(err)}"
                 ) from err
             raise
     staging.moved.clear()  # committed: the backups are no longer needed
@@ -883,6 +968,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         key_epoch=_key_epoch(request, config, other_platform),
     )
     formats = _selected_formats(request, result)
+    _warn_unused_settings(options, formats)
     _refuse_dropping_deployed(request, config, result)
     console.print(f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}")
     reference = _Reference(copy_model(request.model).eval())
@@ -983,4 +1069,5 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     with config_lock(request.outputs_dir):  # no other protection half-way through its commit
         warn_untracked_files(request.outputs_dir, request.model_name)
     _warn_stale_originals(request, result.original_files)
+    _warn_migrated(request, config)
     return result

@@ -24,21 +24,27 @@ import torch
 from torch import nn
 
 from skruntime.backends.inductor import row_major
-from skruntime.config import CONFIG_FILENAMES
+from skruntime.config import CONFIG_FILENAMES, load_config
 
 from . import legacy
 from .configuration import check_version
 from .configuration import migrate_configuration as _migrate
 from .configuration import update_customer as _update_customer
 from .customer import Customer
-from .errors import ConfigurationError, InvalidArgumentError, RemovedAPIError
+from .errors import (
+    ConfigurationError,
+    InvalidArgumentError,
+    RemovedAPIError,
+    SkProtectError,
+    StateError,
+)
 from .export import DEFAULT_ONNX_PARAMS
 from .formats import ExportFormat, ExportPlatform
 from .lock.context import DEFAULT_PRESET, LOCK_PRESETS
 from .logs import enable_file_log, file_log, get_logger
 from .pipeline import ProtectRequest, run_protection
 from .result import ProtectionResult
-from .state import ProtectionState
+from .state import ProtectionState, state_root
 
 default_onnx_params: dict[str, Any] = copy.deepcopy(dict(DEFAULT_ONNX_PARAMS))
 """Default ``onnx_params``: ``input_names=["input.1"]``, ``output_names=["output.1"]``."""
@@ -124,6 +130,9 @@ class SkProtectorPyTorch:
         self.application_name = _check_name(application_name, "application_name")
         self.save_logs = bool(save_logs)
         self.outputs_dir = Path.cwd() / "outputs" / self.application_name
+        # found now, as the outputs folder is: a script that changes directory afterwards
+        # would otherwise put the master secret where no later script looks for it
+        self._state_root = state_root()
         try:
             self.log_path = enable_file_log() if self.save_logs else None
         except OSError as err:
@@ -138,7 +147,7 @@ class SkProtectorPyTorch:
     def state(self) -> ProtectionState:
         """The application's private state (master secret); created on first use."""
         if self._state is None:
-            self._state = ProtectionState.open(self.application_name)
+            self._state = ProtectionState.open(self.application_name, self._state_root)
         return self._state
 
     def _existing_state(self) -> ProtectionState:
@@ -146,8 +155,36 @@ class SkProtectorPyTorch:
         configuration with a new master secret created on the spot would only fail later
         ("signed by a different application key"), leaving that useless secret behind."""
         if self._state is None:
-            self._state = ProtectionState.open(self.application_name, create=False)
+            self._state = ProtectionState.open(
+                self.application_name, self._state_root, create=False
+            )
         return self._state
+
+    def _protected_here(self) -> bool:
+        """Whether the outputs folder holds a configuration of this application (one of
+        another application, or a damaged one, is for the protection's own checks to name)."""
+        for platform in ExportPlatform:
+            path = self.config_path(platform)
+            try:
+                if path.is_file() and load_config(path).application == self.application_name:
+                    return True
+            except (SkProtectError, OSError):
+                continue
+        return False
+
+    def _protection_state(self) -> ProtectionState:
+        """The state a protection uses: an application that already has a configuration was
+        protected with a master secret, so none is created (a new one would only be refused
+        as "signed by a different application key", and be left behind)."""
+        if not self._protected_here():
+            return self.state
+        try:
+            return self._existing_state()
+        except StateError as err:
+            raise StateError(
+                f"{err} To protect the application anew instead, move {self.outputs_dir} away "
+                "first: its files would not work with a new secret."
+            ) from err
 
     def config_path(self, deployment_platform: ExportPlatform) -> Path:
         """Path of the configuration file of ``deployment_platform``."""
@@ -238,7 +275,7 @@ class SkProtectorPyTorch:
         request = self._validate(args, replace)
         with file_log(self.log_path):
             try:
-                return run_protection(request, self.state)
+                return run_protection(request, self._protection_state())
             except Exception:
                 get_logger().exception("protection of '%s' failed", request.model_name)
                 raise

@@ -28,7 +28,7 @@ from .extras import missing_modules
 from .formats import ExportFormat
 from .protect import SkProtectorPyTorch
 from .result import ProtectionResult
-from .state import DEFAULT_STATE_DIRNAME, STATE_ENV_VAR, ProtectionState
+from .state import ProtectionState, state_root
 
 APPLICATION = "quickstart"
 MODEL_NAME = "digits_cnn"
@@ -286,7 +286,7 @@ def written_folders(applications: tuple[str, ...]) -> list[Path]:
     """The folders the quickstart writes: ``log/``, each application's model folder under
     ``outputs/`` and its private state folder (as :meth:`ProtectionState.open` finds it)."""
     cwd = Path.cwd()
-    state = Path(os.environ.get(STATE_ENV_VAR) or cwd / DEFAULT_STATE_DIRNAME).expanduser()
+    state = state_root()
     outputs = [cwd / "outputs" / a / MODEL_NAME for a in applications]
     return [cwd / "log", *outputs, *(state / a for a in applications)]
 

@@ -45,6 +45,12 @@ def _inside_outputs(path: Path) -> bool:
     return "outputs" in path.resolve().parts
 
 
+def state_root() -> Path:
+    """The folder that holds the applications' state folders, as an absolute path:
+    ``$SKPROTECT_STATE_DIR``, else ``./.skprotect_private`` of the current directory."""
+    return Path(os.environ.get(STATE_ENV_VAR) or DEFAULT_STATE_DIRNAME).expanduser().absolute()
+
+
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -92,8 +98,8 @@ class ProtectionState:
                 "application_name must be 1-128 characters of letters, digits, '_', '.' or '-' "
                 f"(not starting with '.' or '-'), but got {application_name!r}."
             )
-        base = Path(root or os.environ.get(STATE_ENV_VAR) or Path.cwd() / DEFAULT_STATE_DIRNAME)
-        folder = base.expanduser() / application_name
+        base = Path(root).expanduser() if root else state_root()
+        folder = base / application_name
         if _inside_outputs(folder.parent):  # the application's own name may be 'outputs'
             raise StateError(
                 f"The private protection state folder {folder.resolve()} is inside an 'outputs' "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -179,6 +181,47 @@ def test_compile_failure_is_an_export_error(tmp_path, monkeypatch):
     opts = build_export_options([x], {"input_names": ["x"]})
     with pytest.raises(ExportError, match=r"^AOTInductor compilation failed \(RuntimeError: no C"):
         CPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
+    assert not (tmp_path / "m.pt2").exists()
+
+
+FULL_DISK_EXPORT = """
+import errno, os, sys
+from pathlib import Path
+import torch
+from tests.export.toy_models import Toy
+from skprotect_pytorch.export import build_export_options, get_exporter
+from skprotect_pytorch.formats import ExportFormat
+
+folder = Path(sys.argv[1])
+os.symlink("/dev/full", folder / "toy.pt2")  # the package lands on a full disk
+x = torch.randn(2, 8)
+options = build_export_options([x], {"input_names": ["x"], "output_names": ["y"]})
+try:
+    get_exporter(ExportFormat.INDUCTOR_CPU).export(
+        Toy().eval(), (x, torch.rand(10)), folder / "toy.pt2", options, with_key=True
+    )
+except OSError as err:
+    print("OSError", errno.errorcode[err.errno])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_an_os_error_not_a_crash(tmp_path):
+    """aoti_compile_and_package writing to a path on a full disk aborted the whole process
+    (C++ terminate: the archive writer's destructor threw while its error unwound); the
+    protection turns an OSError into an ExportError that says to free space."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FULL_DISK_EXPORT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "OSError ENOSPC"
+    assert not (tmp_path / "toy.pt2").is_symlink()  # the link is removed, not /dev/full
+    assert Path("/dev/full").exists()
 
 
 def test_a_package_without_its_weights_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ naming it. Runtimes that load our ``.pt2`` files must do the same: :func:`input_
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import re
@@ -173,10 +174,15 @@ class InductorExporter(DeviceExporter):
         try:
             # Without no_grad, a CUDA compile of parameters that require grad fails in addmm's
             # out= variant ("functions with out=... arguments don't support automatic
-            # differentiation"); an inference package needs no autograd anyway.
+            # differentiation"); an inference package needs no autograd anyway. Packaged in
+            # memory, then written: on a full disk torch's archive writer, writing to a path or
+            # a file, aborts the whole process (a write in its __exit__ fails again, and its
+            # destructor throws while that error unwinds: C++ terminate). The package (about
+            # the weights' size) is held once, only until it is written.
+            package = io.BytesIO()
             with quiet_upstream_warnings(), torch.no_grad():
                 torch._inductor.aoti_compile_and_package(
-                    program, package_path=str(path), inductor_configs=configs
+                    program, package_path=package, inductor_configs=configs
                 )
         except Exception as err:
             raise ExportError(
@@ -186,6 +192,14 @@ class InductorExporter(DeviceExporter):
             ) from err
         finally:
             release_last_trace()
+        try:
+            with open(path, "wb") as file:
+                file.write(package.getbuffer())
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            # a full or read-only disk, said by the protection with the file it names
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        del package
         try:
             without_build_paths(path)
         except OSError as err:

@@ -110,7 +110,13 @@ def _frozen_archive(
 
     try:
         try:
-            torch.jit.save(traced, str(scratch))
+            # through a Python file: on a full disk, torch's own file writer aborts the whole
+            # process (its destructor throws while the error unwinds: C++ terminate)
+            with open(scratch, "wb") as file:
+                torch.jit.save(traced, file)
+        except OSError as err:
+            # a full or read-only disk, said by the protection with the file it names
+            raise OSError(err.errno, err.strerror, str(scratch)) from err
         except RuntimeError as err:  # torch's archive writer: "file write failed", not OSError
             raise ExportError(
                 f"TorchScript export could not save the traced model to {scratch} "

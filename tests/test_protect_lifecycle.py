@@ -1,0 +1,196 @@
+"""A user's protection lifecycle across calls and scripts: what a protection does when the
+application's files changed since the last call."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from skprotect_pytorch.errors import (
+    ConfigurationError,
+    ExportError,
+    InvalidArgumentError,
+    StateError,
+)
+from skprotect_pytorch.protect import SkProtectorPyTorch
+
+EF = SkProtectorPyTorch.ExportFormat
+EP = SkProtectorPyTorch.ExportPlatform
+X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+
+
+def mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+
+
+@pytest.mark.parametrize("platform", [EP.TXT, EP.LINUX])
+def test_a_protection_without_the_applications_state_creates_no_master_secret(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, platform: EP
+) -> None:
+    """A protection script run without the state folder of an application already protected
+    here (another SKPROTECT_STATE_DIR) created a new master.key, then failed with "signed by a
+    different application key", leaving a secret that unlocks none of the application's files."""
+    first = SkProtectorPyTorch(application_name="app")
+    first.protect_new_model(
+        mlp(0), "m", [X], model_export_formats=EF.ONNX, deployment_platform=platform
+    )
+    config = first.config_path(platform)
+    before = config.read_bytes()
+    elsewhere = workdir / "elsewhere"
+    monkeypatch.setenv("SKPROTECT_STATE_DIR", str(elsewhere))
+    lost = SkProtectorPyTorch(application_name="app")
+    for call in (lost.protect_updated_model, lost.protect_new_model):
+        name = "m" if call == lost.protect_updated_model else "n"
+        with pytest.raises(StateError, match=r"no master secret .* move .*outputs/app away"):
+            call(mlp(1), name, [X], model_export_formats=EF.ONNX, deployment_platform=platform)
+        assert not (elsewhere / "app" / "master.key").exists()
+        assert config.read_bytes() == before
+    monkeypatch.delenv("SKPROTECT_STATE_DIR")  # back in the scripts' setting, it goes on
+    first.protect_new_model(
+        mlp(1), "n", [X], model_export_formats=EF.ONNX, deployment_platform=platform
+    )
+
+
+def test_the_state_folder_is_found_where_the_outputs_folder_is(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script that changed directory after making its protector wrote outputs/ in the first
+    folder and the master secret in the second, where no other script of the application
+    finds it."""
+    protector = SkProtectorPyTorch(application_name="app")
+    (workdir / "data").mkdir()
+    monkeypatch.chdir(workdir / "data")
+    result = protector.protect_new_model(mlp(0), "m", [X], model_export_formats=EF.ONNX)
+    assert result.output_dir == workdir / "outputs" / "app"
+    assert (workdir / ".skprotect_private" / "app" / "master.key").is_file()
+    assert not (workdir / "data" / ".skprotect_private").exists()
+    monkeypatch.chdir(workdir)  # another script of the application, from the same folder
+    SkProtectorPyTorch(application_name="app").migrate_configuration(2, EP.TXT)
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_model_folder_on_another_disk_is_named_with_what_to_do(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model folder linked to another disk cannot take the staged files (EXDEV): the error
+    said "free space or check the folder's permissions", neither of which helps, and did not
+    name the file."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(mlp(0), "m", [X], model_export_formats=EF.ONNX)
+    before = _tree(workdir / "outputs")
+    real_replace = os.replace
+
+    other_disk = str(workdir / "outputs" / "app" / "m")
+
+    def across_disks(src: os.PathLike, dst: os.PathLike) -> None:
+        if str(src).startswith(other_disk) != str(dst).startswith(other_disk):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", across_disks)
+    with pytest.raises(ExportError) as caught:
+        protector.protect_updated_model(mlp(1), "m", [X], model_export_formats=EF.ONNX)
+    message = str(caught.value)
+    assert "previous files are restored" in message
+    assert "key_params_m.json: Invalid cross-device link" in message
+    assert "symbolic link to another disk" in message
+    assert "Free space" not in message
+    assert _tree(workdir / "outputs") == before
+
+
+def test_a_protection_that_migrates_the_configuration_says_so(workdir: Path) -> None:
+    """An update of a version-0 application with platform_version left at its default (2)
+    migrated the whole configuration for good, which a version-0 runtime refuses, with only an
+    info line in the log."""
+    protector = SkProtectorPyTorch(application_name="app")
+    for name in ("m", "n"):
+        protector.protect_new_model(
+            mlp(0), name, [X], model_export_formats=EF.ONNX, platform_version=0
+        )
+    with pytest.warns(
+        UserWarning,
+        match=r"skconfig.json was at platform version 0: .* to "
+        r"platform_version=2, .* runtime that supports only version 0 refuses",
+    ):
+        protector.protect_updated_model(mlp(1), "m", [X], model_export_formats=EF.ONNX)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # already at version 2: nothing to say
+        protector.protect_updated_model(mlp(2), "n", [X], model_export_formats=EF.ONNX)
+
+
+def test_a_new_model_named_like_another_but_for_case_is_refused(workdir: Path) -> None:
+    """On a case-insensitive disk (macOS, Windows) a model 'net' beside 'Net' writes into the
+    folder of 'Net' and silently replaces its files, breaking its deployment."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(
+        mlp(0), "Net", [X], model_export_formats=EF.ONNX, deployment_platform=EP.LINUX
+    )
+    before = _tree(workdir / "outputs")
+    for name, platform in (("net", EP.TXT), ("NET", EP.LINUX)):
+        with pytest.raises(InvalidArgumentError, match=f"'{name}' differs from the model 'Net'"):
+            protector.protect_new_model(
+                mlp(1), name, [X], model_export_formats=EF.ONNX, deployment_platform=platform
+            )
+    assert _tree(workdir / "outputs") == before
+    protector.protect_new_model(  # the same model for the other platform is no twin
+        mlp(0), "Net", [X], model_export_formats=EF.ONNX, deployment_platform=EP.TXT
+    )
+
+
+def test_format_settings_no_protected_format_takes_are_said(workdir: Path) -> None:
+    """inductor_configs with no AOTInductor format, and torch.onnx.export arguments with no
+    ONNX format, were accepted and silently ignored."""
+    protector = SkProtectorPyTorch(application_name="app")
+    with pytest.warns(UserWarning, match=r"inductor_configs \(max_autotune\): not used.*\(ONNX\)"):
+        protector.protect_new_model(
+            mlp(0),
+            "m",
+            [X],
+            model_export_formats=EF.ONNX,
+            inductor_configs={"max_autotune": True},
+        )
+    with pytest.warns(UserWarning, match=r"onnx_params opset_version: not used.*TORCHSCRIPT_CPU"):
+        protector.protect_new_model(
+            mlp(0),
+            "n",
+            [X],
+            model_export_formats=EF.TORCHSCRIPT_CPU,
+            onnx_params={"input_names": ["x"], "opset_version": 17},
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the names serve every format
+        protector.protect_updated_model(
+            mlp(0),
+            "n",
+            [X],
+            model_export_formats=EF.TORCHSCRIPT_CPU,
+            onnx_params={"input_names": ["x"], "output_names": ["y"]},
+        )
+
+
+def test_a_damaged_configuration_says_how_to_start_over(workdir: Path) -> None:
+    """A configuration cut short (a disk that filled up under another tool) was refused with
+    "re-protect the models", which every protection then refused the same way."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protector.protect_new_model(mlp(0), "m", [X], model_export_formats=EF.ONNX)
+    config = protector.config_path(EP.TXT)
+    config.write_bytes(config.read_bytes()[:100])
+    with pytest.raises(ConfigurationError, match="move it away and protect every model again"):
+        protector.protect_updated_model(mlp(1), "m", [X], model_export_formats=EF.ONNX)
+    config.rename(workdir / "damaged.json")  # what the message says
+    protector.protect_new_model(mlp(1), "m", [X], model_export_formats=EF.ONNX)
