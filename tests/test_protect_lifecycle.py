@@ -152,6 +152,24 @@ def test_a_new_model_named_like_another_but_for_case_is_refused(workdir: Path) -
     )
 
 
+def test_a_new_model_name_with_a_file_extension_is_refused(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usage document's model_name is "without file extension": 'resnet.onnx' was taken and
+    named the files resnet.onnx.onnx. A model deployed under such a name can still be updated."""
+    protector = SkProtectorPyTorch(application_name="app")
+    for name, stem in (("resnet.onnx", "resnet"), ("net.v2.PT2", "net.v2")):
+        with pytest.raises(InvalidArgumentError, match=f"Pass model_name='{stem}'"):
+            protector.protect_new_model(mlp(0), name, [X], model_export_formats=EF.ONNX)
+    assert not (workdir / "outputs").exists()
+    protector.protect_new_model(mlp(0), "net.v2", [X], model_export_formats=EF.ONNX)
+    monkeypatch.setattr("skprotect_pytorch.protect.MODEL_FILE_EXTENSIONS", frozenset())
+    protector.protect_new_model(mlp(0), "old.onnx", [X], model_export_formats=EF.ONNX)
+    monkeypatch.undo()
+    result = protector.protect_updated_model(mlp(1), "old.onnx", [X], model_export_formats=EF.ONNX)
+    assert result.formats["onnx"].path.name == "old.onnx.onnx"
+
+
 def test_format_settings_no_protected_format_takes_are_said(workdir: Path) -> None:
     """inductor_configs with no AOTInductor format, and torch.onnx.export arguments with no
     ONNX format, were accepted and silently ignored."""

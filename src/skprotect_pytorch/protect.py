@@ -69,14 +69,29 @@ def _check_name(value: Any, what: str) -> str:
     return value
 
 
-def _check_model_name(value: Any) -> str:
-    """A model name also names a folder beside the configuration files: it must not be one."""
+MODEL_FILE_EXTENSIONS = frozenset(
+    {".onnx", ".pt", ".pt2", ".pth", ".ckpt", ".safetensors", ".bin", ".json", ".txt"}
+)
+"""Endings of a model or key file: a new ``model_name`` (the usage document's "name without
+file extension") ending with one would name files such as ``resnet.onnx.onnx``."""
+
+
+def _check_model_name(value: Any, new: bool) -> str:
+    """A model name also names a folder beside the configuration files: it must not be one.
+    A ``new`` model's name must not end with a file extension (a deployed one keeps its name)."""
     _check_name(value, "model_name")
     if value.casefold() in {name.casefold() for name in CONFIG_FILENAMES.values()}:
         raise InvalidArgumentError(
             f"model_name {value!r} is the name of a configuration file in outputs/<application>/ "
             f"({', '.join(CONFIG_FILENAMES.values())}), where the model's folder would go. "
             "Choose another model name."
+        )
+    suffix = Path(value).suffix
+    if new and suffix.lower() in MODEL_FILE_EXTENSIONS:
+        raise InvalidArgumentError(
+            f"model_name {value!r} ends with the file extension {suffix!r}: it is the name "
+            f"without file extension, which names the files (here {value}{suffix}). Pass "
+            f"model_name={value[: -len(suffix)]!r}."
         )
     return value
 
@@ -285,7 +300,7 @@ class SkProtectorPyTorch:
             raise InvalidArgumentError(
                 f"model must be a torch.nn.Module, but got {type(a['model']).__name__}."
             )
-        _check_model_name(a["model_name"])
+        _check_model_name(a["model_name"], new=not replace)
         tensors = a["input_tensors"]
         if (
             not isinstance(tensors, list | tuple)
