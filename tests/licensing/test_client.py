@@ -126,6 +126,8 @@ class FakeServer:
         if request.url.path == "/v1/usage":
             if not self.check(body, signature, self.devices[body["device_id"]]):
                 return self.denial("bad_signature")
+            if self.time is not None and abs(body["timestamp"] - self.time) > 300:
+                return self.denial("stale_request", f"the server's time is {self.time}")
             self.usage_requests.append(body)
             if body["report_id"] not in self.report_ids:
                 self.report_ids.add(body["report_id"])
@@ -1041,8 +1043,9 @@ def test_a_denial_the_server_did_not_sign_is_not_taken(state, clock, caplog) -> 
 def test_a_forward_clock_jump_is_reconciled_with_the_servers_signed_time(
     state, clock, caplog
 ) -> None:
-    """The clock jumped 180 days ahead once, then NTP corrected it: the server's licence,
-    issued for a request stamped with the corrected time, resets the last time seen."""
+    """The clock jumped 180 days ahead once, then NTP corrected it: the server's signed receipt
+    of a usage report stamped with the corrected time resets the last time seen, and the device
+    goes on with its licence (no new one drawn from the quota)."""
     server = FakeServer(duration=365 * DAY)
     server.time = T0
     first = make_client(server, state, clock)
@@ -1057,13 +1060,14 @@ def test_a_forward_clock_jump_is_reconciled_with_the_servers_signed_time(
     with caplog.at_level("WARNING", logger="skruntime.licensing.client"):
         recovered = make_client(server, state, clock)
         licence = recovered.ensure_licence()
-    assert licence.issued_at == T0 + 3600 and len(server.licence_requests) == 2
-    assert "the last time seen is reset" in caplog.text
+    assert licence.issued_at == T0 and len(server.licence_requests) == 1
+    assert server.usage_requests[-1]["timestamp"] == T0 + 3600
+    assert "confirms it (its signed answer to usage report" in caplog.text
     assert json.loads((state / "clock.json").read_text()) == {"last_seen": T0 + 3600}
     recovered.consume()
     recovered.close()
     later = make_client(server, state, clock)  # a new process: no rollback, no server call
-    assert later.ensure_licence() == licence and len(server.licence_requests) == 2
+    assert later.ensure_licence() == licence and len(server.licence_requests) == 1
     later.close()
     # a clock set back beyond the server's signed time is still refused, and asks the server
     # at most once per retry_seconds
@@ -1086,7 +1090,11 @@ def test_a_rollback_is_refused_offline(server, state, clock) -> None:
     client.close()
     server.up = False
     clock.t -= 2 * DAY
-    with pytest.raises(ClockRollbackError, match=r"did not confirm.*unreachable"):
+    with pytest.raises(
+        ClockRollbackError,
+        match=r"did not confirm.*unreachable.*; if this clock is right \(it was ahead before\), "
+        r"connect the device to the licence server once to confirm it\)\.$",
+    ):
         make_client(server, state, clock).ensure_licence()
 
 
@@ -1269,6 +1277,17 @@ def test_a_revoked_device_whose_allowance_is_used_up_is_told_it_is_revoked(state
 def test_bad_durations_are_refused_by_name(state, clock, option, value) -> None:
     with pytest.raises(ValueError, match=f"^{option} must be a finite number of seconds"):
         make_client(FakeServer(), state, clock, **{option: value})
+
+
+@pytest.mark.parametrize("application", ["team/app", "../app", ".hidden", "", 7])
+def test_an_application_name_that_names_no_state_file_is_refused(state, clock, application) -> None:
+    """It names the licence and counter files: "team/app" (or "../app") failed at the first
+    inference with "Cannot write ...: No such file or directory ... free space there"."""
+    with pytest.raises(
+        ValueError, match=r"^application must be the configuration's application name.*but got "
+    ):
+        make_client(FakeServer(), state, clock, application=application)
+    assert not state.exists()
 
 
 def test_an_empty_state_dir_is_refused_not_the_current_folder(tmp_path, clock, monkeypatch) -> None:

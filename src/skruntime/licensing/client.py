@@ -31,12 +31,21 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     every licence is still verified with the pinned key, and a licence answer that does not
     verify drops the server's entry, so its key is asked again before the next request. A
     malformed file only holds checks: it is warned about and checked afresh, never refused.
+    ``"signs"`` (absent while empty), of the same form: the servers whose answer to a device
+    request verified with the pinned key (:meth:`LicenceClient._signed_answer`); an unsigned
+    ``422`` about ``renews`` from one of them is a failed request, not a server older than
+    ``renews`` (:meth:`LicenceClient._renews_unknown`).
 ``clock.json``
     ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection.
     A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
-    it: a licence it issues for a request stamped with the local time (fresh: it echoes the
-    request's nonce) shows the server agrees, and ``last_seen`` is reset to that time. A clock that
-    was set back gets ``stale_request`` instead and stays refused. A malformed file is refused.
+    it: its signed receipt of a usage report stamped with the local time shows, free of charge,
+    that the server agrees (it refuses a timestamp off its window as ``stale_request`` first);
+    without a licence to report on (or a server that cannot answer so), a licence it issues for a
+    request stamped with the local time (fresh: it echoes the request's nonce) does, for the
+    allowance it draws. Then ``last_seen`` is reset to that time; a process that saw a later
+    time than its clock shows never writes it over a lower ``last_seen`` (it would undo such a
+    reset), but refuses that clock itself until the server confirms it. A clock that was set
+    back gets ``stale_request`` instead and stays refused. A malformed file is refused.
 
 Timeline. A licence is used as is until ``expires_at - overlap_seconds``. Inside the overlap
 window each :meth:`LicenceClient.ensure_licence` tries to renew (at most once per
@@ -49,13 +58,14 @@ could not extend, like the licence it replaced) is noted in the cache file, unsi
 ``"at_contract_end": true`` with ``"checked_at"``, the time of that answer, and checked again
 every ``contract_end_check_seconds`` (a day) until it expires, so that a contract extended or
 ended early, or a device revoked, in that time takes effect within a day. A server that does
-not know ``renews`` (its ``422``, signed or not) gets a plain renewal instead, charged, unless
-the licence is noted at the contract end already: that one is kept and noted as checked, so
-that the daily checks never draw an allowance. Any failed renewal inside the window (server
-unreachable, an answer that is not a verified licence for this request, or a denial other than
-``device_revoked`` and ``contract_ended``, which drop it) keeps the cached licence until it
-expires, with a warning naming the cause; after expiry an unreachable server raises
-:class:`LicenceUnavailableError` and a bad answer the :class:`LicenceError` that describes it.
+not know ``renews`` (its ``422``; an unsigned one only from a server never seen signing) gets
+a plain renewal instead, charged, unless the licence is noted at the contract end already: that
+one is kept and noted as checked, so that the daily checks never draw an allowance. Any failed
+renewal inside the window (server unreachable, an answer that is not a verified licence for
+this request, or a denial other than ``device_revoked`` and ``contract_ended``, which drop it)
+keeps the cached licence until it expires, with a warning naming the cause; after expiry an
+unreachable server raises :class:`LicenceUnavailableError` and a bad answer the
+:class:`LicenceError` that describes it.
 A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body signed
 by the pinned key for this request (:func:`.protocol.answer_message`); any other answer (a
 proxy's or captive portal's page, a denial that is not signed) is a bad answer. Usage reports
@@ -72,7 +82,10 @@ inference. Several processes sharing one state folder each reserve their own blo
 file, so together they never exceed the allowance; a block given back never lowers the counter
 below what the server has already been told (reports are monotonic). When a licence's
 allowance is used up, a process first takes the licence that another process renewed to, and
-renews only if there is none. ``persist_every=1`` writes the exact count before every inference.
+renews only if there is none. A licence due (in its window, expired or missing) is renewed by
+one process at a time (``.renew_<application>.lock``): the others take its licence from the
+cache instead of drawing an allowance each (:meth:`LicenceClient._renew_due`).
+``persist_every=1`` writes the exact count before every inference.
 """
 
 from __future__ import annotations
@@ -85,7 +98,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -98,6 +111,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..config import NAME_RE
 from ..errors import (
     DENIAL_ADVICE,
     ClockRollbackError,
@@ -117,6 +131,11 @@ from .identity import (
     write_private,
 )
 
+try:  # POSIX advisory locks (see .identity.state_lock)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["DEFAULT_OVERLAP_S", "Licence", "LicenceClient", "unwrap_kek"]
 
 log = logging.getLogger(__name__)
@@ -131,6 +150,8 @@ DEFAULT_REQUESTED_INFERENCES = 10_000
 CLOCK_FILENAME = "clock.json"
 SERVER_KEYS_FILENAME = "server_keys.json"
 """The server keys already checked against the pinned ones (see the module docs)."""
+_CHECKED, _SIGNS = "checked", "signs"
+"""The maps of ``server_keys.json``: servers whose key was checked, servers seen signing."""
 _MAX_IDLE_ENTRIES = 64
 """Reported entries of replaced, still valid licences kept in the usage file (its size bound)."""
 _USAGE_HOLDS = "the inference counters of this device's licences"
@@ -163,6 +184,30 @@ _ANSWER_LOST = (
     httpx.DecodingError,
 )
 """Failures after which the request may have reached the server (unlike a refused connection)."""
+
+
+@contextlib.contextmanager
+def _renewing(state_dir: Path, application: str, *, wait: bool) -> Iterator[bool]:
+    """Hold the device's lock on renewing ``application``'s licence (``.renew_<application>
+    .lock``) and yield True; yield False at once, holding nothing, when another process holds it
+    and ``wait`` is false. True without a lock where there are no POSIX locks or the lock file
+    cannot be made (a read-only folder): renewals are then not serialised."""
+    fd = None
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fd = os.open(state_dir / f".renew_{application}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    if fd is None:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+        yield held
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _at_contract_end(licence: Licence) -> bool:
@@ -425,6 +470,16 @@ _DROPPED = {
 }
 
 
+def _acknowledges(response: httpx.Response, data: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether ``data``, the server's signed answer to the usage report ``body``, is its
+    receipt."""
+    return (
+        200 <= response.status_code < 300
+        and data.get("accepted") is True
+        and data.get("report_id") == body["report_id"]
+    )
+
+
 def _inferences(count: int) -> str:
     """``count`` with its noun, singular or plural, for messages."""
     return f"{count} inference" + ("" if count == 1 else "s")
@@ -508,6 +563,12 @@ class LicenceClient:
                 f"requested_inferences must be an int from 1 to {_MAX_REQUESTED} or None, but "
                 f"got {requested_inferences!r}."
             )
+        if not isinstance(application, str) or not NAME_RE.fullmatch(application):
+            raise ValueError(  # it names the state files: "a/b" failed as a full disk would
+                "application must be the configuration's application name, 1-128 letters, "
+                "digits, '_', '.' or '-' (not starting with '.' or '-'), which names this "
+                f"application's files in the state folder, but got {application!r}."
+            )
         _check_server_public_key(server_public_key)
         if isinstance(persist_every, bool) or not isinstance(persist_every, int):
             raise ValueError(f"persist_every must be an integer >= 1, but got {persist_every!r}.")
@@ -558,6 +619,7 @@ class LicenceClient:
         self._available = 0  # reserved in the counter file, not used yet (current licence)
         self._counted: set[str] = set()  # licences this process has a counter entry for
         self._closed = False
+        self._signs_noted = False  # this server's signed answer noted (server_keys.json)
         self._last_seen = self._last_seen_saved = self._read_last_seen()
 
     def __repr__(self) -> str:
@@ -681,12 +743,17 @@ class LicenceClient:
         return last_seen
 
     def _save_last_seen(self) -> None:
+        """Persist the latest time seen, never lowering the file's. A time this process saw
+        later than the clock shows now is not written: the file holds less only once another
+        process reset it, when the server confirmed the clock (which had jumped forward), and
+        this one would undo that for every later process (this process still refuses a clock
+        before it)."""
         with state_lock(self.state_dir, "clock"):
-            self._last_seen = max(self._last_seen, self._read_last_seen())
-            write_private(
-                self._clock_path, protocol.canonical_bytes({"last_seen": self._last_seen})
-            )
-            self._last_seen_saved = self._last_seen
+            saved = self._read_last_seen()
+            self._last_seen = max(self._last_seen, saved)
+            seen = max(saved, min(self._last_seen, int(self._clock())))
+            write_private(self._clock_path, protocol.canonical_bytes({"last_seen": seen}))
+            self._last_seen_saved = seen
 
     def _reset_last_seen(self, now: int) -> None:
         """Set the last time seen to ``now``, also lower: only once the server confirmed it."""
@@ -780,7 +847,10 @@ class LicenceClient:
         message = protocol.answer_message(
             path, response.status_code, protocol.canonical_bytes(body), data
         )
-        return data if protocol.verify(message, signature, self._server_key) else None
+        if not protocol.verify(message, signature, self._server_key):
+            return None
+        self._note_signed()
+        return data
 
     def _denial(self, body: dict[str, Any], response: httpx.Response) -> LicenceDeniedError | None:
         """The server's signed denial of the licence request ``body`` in a 403/429 answer; None
@@ -806,7 +876,7 @@ class LicenceClient:
         """
         self._check_server_key()
         body, response = self._ask(now, renews)
-        if renews is not None and self._renews_unknown(response):
+        if renews is not None and self._renews_unknown(body, response):
             if _at_contract_end(renews):  # a plain renewal would charge an allowance daily
                 log.warning(
                     "The licence server at %s does not know the renews field (it is older than "
@@ -831,7 +901,7 @@ class LicenceClient:
         except ClockRollbackError:
             raise
         except LicenceError as e:
-            self._note_server_key(checked=False)  # its key is asked again before the next one
+            self._note_server(_CHECKED, noted=False)  # its key is asked again before the next
             raise _BadAnswer(e) from None
         if kept is not None:
             return self._keep(kept, body)
@@ -883,13 +953,18 @@ class LicenceClient:
         self._licence = kept  # the same licence: its counter and reservation stay
         return kept
 
-    def _renews_unknown(self, response: httpx.Response) -> bool:
-        """Whether the server refused a licence request for its ``renews`` field alone, as an
-        extra field (a 422): a server older than this runtime. Taken signed or not (servers
-        before the signed answers sign nothing): it only makes the runtime renew as a runtime
-        without ``renews`` did, or keep a licence at the contract end, never charging more than
-        that runtime."""
+    def _renews_unknown(self, body: dict[str, Any], response: httpx.Response) -> bool:
+        """Whether the server refused the licence request ``body`` for its ``renews`` field
+        alone, as an extra field (a 422): a server older than this runtime. Taken unsigned too
+        (servers before the signed answers sign nothing), unless this server was seen signing
+        its answers (noted in ``server_keys.json``): then an unsigned one came from the network
+        path, and taking it would delay a contract-end check by ``contract_end_check_seconds``
+        or charge a renewal; it is a failed request instead, retried after ``retry_seconds``."""
         if response.status_code != 422:
+            return False
+        if self._signed_answer(protocol.LICENCES_PATH, body, response) is None and (
+            self._server_notes()[_SIGNS].get(self.server_url) == protocol.b64(self._server_key_raw)
+        ):
             return False
         try:
             data = response.json()
@@ -944,7 +1019,9 @@ class LicenceClient:
             _Unreachable: no answer, or a server error.
             _BadAnswer: the answer is not a public key, or not the pinned one.
         """
-        if self._checked_server_keys().get(self.server_url) == protocol.b64(self._server_key_raw):
+        if self._server_notes()[_CHECKED].get(self.server_url) == protocol.b64(
+            self._server_key_raw
+        ):
             return
         presented = self._presented_key()
         if presented != self._server_key_raw:
@@ -958,7 +1035,7 @@ class LicenceClient:
                     "server, or check that the URL is the right licence server."
                 )
             )
-        self._note_server_key(checked=True)
+        self._note_server(_CHECKED, noted=True)
 
     def _presented_key(self) -> bytes:
         """The raw public key the server presents at ``GET /v1/public-key``.
@@ -993,35 +1070,58 @@ class LicenceClient:
             )
         return key
 
-    def _checked_server_keys(self) -> dict[str, str]:
-        """``{server URL: base64 key}`` of ``server_keys.json``; empty, with a warning, when the
-        file is malformed (it only holds checks: they are made again)."""
+    def _server_notes(self) -> dict[str, dict[str, str]]:
+        """The notes of ``server_keys.json``, ``{"checked": {server URL: base64 key}, "signs":
+        {...}}``; empty, with a warning, when the file is malformed (it only holds checks: they
+        are made again)."""
         path = self._server_keys_path
         try:
             data = read_private_json(path)
-            if data is None:
-                return {}
-            checked = data.get("checked") if isinstance(data, dict) else None
         except MalformedStateError:
-            checked = None
-        if isinstance(checked, dict) and all(isinstance(v, str) for v in checked.values()):
-            return checked
-        log.warning("%s is malformed; the server key is checked again and it is rewritten.", path)
-        return {}
+            data = []
+        if data is None:
+            return {_CHECKED: {}, _SIGNS: {}}
+        notes = {}
+        for name in (_CHECKED, _SIGNS):
+            noted = (
+                data.get(name, {} if name == _SIGNS else None) if isinstance(data, dict) else None
+            )
+            if not isinstance(noted, dict) or not all(isinstance(v, str) for v in noted.values()):
+                log.warning(
+                    "%s is malformed; the server key is checked again and it is rewritten.", path
+                )
+                return {_CHECKED: {}, _SIGNS: {}}
+            notes[name] = noted
+        return notes
 
-    def _note_server_key(self, *, checked: bool) -> None:
-        """Note the pinned key as the one this server presents, or (``checked=False``) drop the
-        server's entry. A failed write is only warned about: the key is asked again."""
+    def _note_server(self, name: str, *, noted: bool) -> None:
+        """Note the pinned key for this server in ``server_keys.json``'s ``name`` map, or
+        (``noted=False``) drop the server's entry. A failed write is only warned about: what it
+        notes is checked again."""
+        key = protocol.b64(self._server_key_raw)
         with state_lock(self.state_dir, "server_keys"):
-            keys = self._checked_server_keys()
-            if checked:
-                keys[self.server_url] = protocol.b64(self._server_key_raw)
-            elif keys.pop(self.server_url, None) is None:
+            notes = self._server_notes()
+            if noted:
+                notes[name][self.server_url] = key
+            elif notes[name].pop(self.server_url, None) is None:
                 return
+            content = {_CHECKED: notes[_CHECKED]} | (
+                {_SIGNS: notes[_SIGNS]} if notes[_SIGNS] else {}
+            )
             try:
-                write_private(self._server_keys_path, protocol.canonical_bytes({"checked": keys}))
+                write_private(self._server_keys_path, protocol.canonical_bytes(content))
             except LicenceError as e:
-                log.warning("%s The server's key is asked again at the next licence request.", e)
+                log.warning("%s What it notes of the licence server is checked again.", e)
+
+    def _note_signed(self) -> None:
+        """Note, once per process, that this server signs its answers with the pinned key: an
+        unsigned answer about ``renews`` is then not the server's (:meth:`_renews_unknown`)."""
+        if not self._signs_noted:
+            self._signs_noted = True
+            if self._server_notes()[_SIGNS].get(self.server_url) != protocol.b64(
+                self._server_key_raw
+            ):
+                self._note_server(_SIGNS, noted=True)
 
     def _ask(self, now: int, renews: Licence | None) -> tuple[dict[str, Any], httpx.Response]:
         """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any);
@@ -1167,6 +1267,41 @@ class LicenceClient:
                 self._write_usage(usage)
             self._counted.add(licence_id)
 
+    def _renew_due(self, now: int, renews: Licence | None = None) -> Licence:
+        """:meth:`_renew` the licence that :meth:`ensure_licence` found due (``renews``: in its
+        window; None: expired or missing), one process of the device at a time: each renewal
+        draws an allowance, so processes whose licence fell due together drew one each. A
+        process that waited for another's renewal takes the licence it cached; one renewing a
+        valid licence does not wait: it goes on with it, and takes the other's from the cache at
+        a later call.
+        """
+        with _renewing(self.state_dir, self.application, wait=renews is None) as alone:
+            if renews is not None and not alone:
+                return renews
+            taken = self._renewed_meanwhile(now, checked=renews is not None)
+            return taken if taken is not None else self._renew(now, renews)
+
+    def _renewed_meanwhile(self, now: int, *, checked: bool) -> Licence | None:
+        """The licence another process cached while this one waited to renew, made the current
+        one, when there is one to go on with (else None): for a renewal for validity
+        (``checked``), a later one than the current one (:meth:`_take_cached`: also the current
+        one checked later, as at the contract end); else another licence than the current one
+        (expired), valid now, with inferences left to count (an allowance smaller than
+        ``persist_every`` is reserved whole by the process that renewed)."""
+        current = self._licence
+        if checked or current is None:
+            taken = self._take_cached()
+            valid = taken is not None and taken is not current and now < taken.expires_at
+            return taken if valid else None
+        cached = self._other_cached(current)
+        if cached is None or (
+            cached.inferences is not None
+            and self._read_usage().get(cached.licence_id, {}).get("counter", 0) >= cached.inferences
+        ):
+            return None
+        self._switch(cached, fresh=False)
+        return cached
+
     def _renew(self, now: int, renews: Licence | None = None) -> Licence:
         """Report usage, then request a licence (``renews``: see :meth:`_request`).
 
@@ -1187,6 +1322,24 @@ class LicenceClient:
         except _RenewalFailed:
             self._next_retry = now + self.retry_seconds
             raise
+
+    def _take_cached(self) -> Licence | None:
+        """Make the cached licence the current one when it is later than the current one, or
+        as late but issued later (renewed at the contract end: renewing it again would only
+        draw more quota), or checked later: another process renewed or checked it. Returns the
+        current licence."""
+        licence, cached = self._licence, self._load_cached()
+        if cached is not None and (
+            licence is None
+            or (cached.expires_at, cached.issued_at, _checked_at(cached))
+            > (licence.expires_at, licence.issued_at, _checked_at(licence))
+        ):
+            if licence is not None and cached.licence_id == licence.licence_id:
+                self._licence = cached  # its counter and reservation stay
+            else:
+                self._switch(cached, fresh=False)
+            return cached
+        return licence
 
     def _failure(self, e: _RenewalFailed) -> str:
         """Why a renewal failed, for a warning or an error message."""
@@ -1216,19 +1369,7 @@ class LicenceClient:
                 return self._confirm_clock(rollback)
             licence = self._licence
             if licence is None or now >= self._renewal_opens(licence):
-                cached = self._load_cached()  # another process may have renewed it
-                # taken when later, or as late but issued later (renewed at the contract end:
-                # renewing it again here would only draw more quota), or checked later
-                if cached is not None and (
-                    licence is None
-                    or (cached.expires_at, cached.issued_at, _checked_at(cached))
-                    > (licence.expires_at, licence.issued_at, _checked_at(licence))
-                ):
-                    if licence is not None and cached.licence_id == licence.licence_id:
-                        self._licence = cached  # its counter and reservation stay
-                    else:
-                        self._switch(cached, fresh=False)
-                    licence = cached
+                licence = self._take_cached()  # another process may have renewed it
             if licence is not None:
                 self._check_issued(licence, now)
                 if now < self._renewal_opens(licence):
@@ -1237,7 +1378,7 @@ class LicenceClient:
                     if now < self._next_retry:
                         return licence
                     try:
-                        renewed = self._renew(now, renews=licence)
+                        renewed = self._renew_due(now, renews=licence)
                     except _RenewalFailed as e:
                         log.warning(
                             "Licence renewal failed (%s); the current licence stays valid until "
@@ -1264,7 +1405,7 @@ class LicenceClient:
                         self._next_retry = now + self.retry_seconds
                     return renewed
             try:
-                return self._renew(now)
+                return self._renew_due(now)
             except _BadAnswer as e:
                 raise e.error from None
             except _Unreachable as e:
@@ -1284,41 +1425,93 @@ class LicenceClient:
     def _confirm_clock(self, rollback: ClockRollbackError) -> Licence:
         """The clock is before the last time seen: let the licence server settle which is right.
 
-        A licence issued for a request stamped with the local time, echoing its nonce and
-        signed by the pinned key, proves the server agrees with this clock (it refuses a
-        timestamp off by more than its window as ``stale_request``): the last time seen was a
-        clock that had jumped forward, and is reset. Otherwise ``rollback`` stands, with the
-        server's reason; the server is asked at most once per ``retry_seconds``.
+        The server refuses a request stamped more than its window off its own time
+        (``stale_request``) before it answers anything else, and signs every answer for its very
+        request: its signed answer to a usage report stamped with the local time
+        (:meth:`_report_confirms_clock`) proves, free of charge, that it agrees with this clock.
+        Without that proof to ask for, a licence it issues for a request stamped with the local
+        time, echoing its nonce, within ``clock_tolerance`` of it proves it, for the allowance it
+        draws. Then the last time seen (a clock that had jumped forward) is reset. Otherwise
+        ``rollback`` stands, with the server's reason; the server is asked at most once per
+        ``retry_seconds``.
         """
         now = int(self._clock())
         if now < self._next_clock_check:
             raise rollback
         self._next_clock_check = now + self.retry_seconds
+        licence: Licence | None = None
         try:
-            licence = self._renew(now)
+            proof = self._report_confirms_clock(now)
+            if proof is None:
+                licence = self._renew(now)
         except _RenewalFailed as e:
             cause = self._failure(e)
+            if isinstance(e, _Unreachable):
+                cause += (
+                    "; if this clock is right (it was ahead before), connect the device to the "
+                    "licence server once to confirm it"
+                )
         except LicenceDeniedError as e:
             if e.reason == "device_revoked":
                 raise
             cause = f"it refused the request: {e.reason}" + (f", {e.detail}" if e.detail else "")
         else:
-            if abs(licence.issued_at - now) <= self.clock_tolerance:
+            if licence is not None:
+                proof = f"licence {licence.licence_id} issued at {_when(licence.issued_at)}"
+            if licence is None or abs(licence.issued_at - now) <= self.clock_tolerance:
                 log.warning(
                     "The system clock (%s) is before the last time this device saw (%s), but "
-                    "the licence server confirms it (licence %s issued at %s): the last time "
-                    "seen is reset.",
+                    "the licence server confirms it (%s): the last time seen is reset.",
                     _when(now),
                     _when(self._last_seen),
-                    licence.licence_id,
-                    _when(licence.issued_at),
+                    proof,
                 )
                 self._reset_last_seen(now)
-                return licence
-            cause = f"it issued licence {licence.licence_id} at {_when(licence.issued_at)}"
+                return licence if licence is not None else self.ensure_licence()
+            cause = f"it issued {proof}"
         raise ClockRollbackError(
             f"{rollback} The licence server did not confirm this clock ({cause})."
         ) from None
+
+    def _report_confirms_clock(self, now: int) -> str | None:
+        """The server's free word that it agrees with the clock ``now``, for
+        :meth:`_confirm_clock`: it answers a usage report of the current (else the cached)
+        licence stamped ``now``, at its counter (a duplicate when reported already), with a
+        receipt or ``counter_behind`` signed for that report, which it gives only to a
+        timestamp inside its window. Returns what proves it, or None when a licence request is
+        needed instead: no licence to report on, a ``clock_tolerance`` narrower than the
+        server's window (the receipt proves no more), a server that does not know the licence
+        or the device, or an answer not signed for the report (a server older than the
+        signed answers, or a man in the middle).
+
+        Raises:
+            _Unreachable: no answer, or a server error.
+            LicenceDeniedError: the server's signed denial (``stale_request``: it does not
+                agree).
+        """
+        licence = self._licence or self._load_cached()
+        if licence is None or self.clock_tolerance < protocol.TIMESTAMP_WINDOW_S:
+            return None
+        self._release()  # report only inferences that ran
+        with state_lock(self.state_dir, f"usage_{self.application}"):
+            counter = self._read_usage().get(licence.licence_id, {}).get("counter", 0)
+        body = self._report_body(licence.licence_id, counter, now)
+        response, _ = self._post(protocol.USAGE_PATH, body)
+        data = self._signed_answer(protocol.USAGE_PATH, body, response)
+        if data is None:
+            return None
+        reason, detail = data.get("reason"), data.get("detail")
+        if not _acknowledges(response, data, body) and reason != "counter_behind":
+            if data.get("decision") == "deny" and isinstance(reason, str) and reason:
+                if reason in ("unknown_licence", "unknown_device"):
+                    return None
+                raise LicenceDeniedError(reason, detail if isinstance(detail, str) else "")
+            return None
+        try:  # reported (or, counter_behind, dropped) as report_usage() would
+            self._record_reported({licence.licence_id: counter}, licence.licence_id)
+        except LicenceError as e:
+            log.warning("Usage report sent but not recorded: %s", e)
+        return f"its signed answer to usage report {body['report_id']}"
 
     def _drop_cache(self) -> None:
         self._release()
@@ -1531,14 +1724,7 @@ class LicenceClient:
         says it once for all reports), both only when signed by the pinned key for this report;
         :class:`_Unsigned` for an answer that is not (the caller warns once for all); None
         for any other failure (logged): the report is sent again."""
-        body = {
-            "device_id": self.identity.device_id,
-            "licence_id": licence_id,
-            "report_id": f"{licence_id}:{counter}",
-            "counter": counter,
-            "timestamp": int(self._clock()),
-            "nonce": protocol.new_nonce(),
-        }
+        body = self._report_body(licence_id, counter, int(self._clock()))
         try:
             response, _ = self._post(protocol.USAGE_PATH, body)
         except _Unreachable as e:  # network errors and 5xx
@@ -1547,11 +1733,7 @@ class LicenceClient:
         data = self._signed_answer(protocol.USAGE_PATH, body, response)
         if data is None:
             return _Unsigned(f"HTTP {response.status_code} {response.text[:200]!r}")
-        if (
-            200 <= response.status_code < 300
-            and data.get("accepted") is True
-            and data.get("report_id") == body["report_id"]
-        ):
+        if _acknowledges(response, data, body):
             return "accepted"
         reason, detail = data.get("reason"), data.get("detail")
         if data.get("decision") == "deny" and reason in protocol.USAGE_DROP_REASONS:
@@ -1578,6 +1760,18 @@ class LicenceClient:
             _RESENT,
         )
         return None
+
+    def _report_body(self, licence_id: str, counter: int, timestamp: int) -> dict[str, Any]:
+        """A usage report of ``counter`` inferences under ``licence_id`` stamped ``timestamp``;
+        its id ``"<licence_id>:<counter>"`` makes a resend a duplicate, applied once."""
+        return {
+            "device_id": self.identity.device_id,
+            "licence_id": licence_id,
+            "report_id": f"{licence_id}:{counter}",
+            "counter": counter,
+            "timestamp": timestamp,
+            "nonce": protocol.new_nonce(),
+        }
 
     def _drop_unknown_device(
         self, pending: dict[str, int], settled: dict[str, int], unreported: int
