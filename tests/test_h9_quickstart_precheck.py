@@ -5,14 +5,19 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from skprotect_pytorch import quickstart
 from skprotect_pytorch.cli import app
-from skprotect_pytorch.errors import SkProtectError
+from skprotect_pytorch.errors import SkProtectError, StateError
+from skprotect_pytorch.formats import ExportFormat
+from skprotect_pytorch.protect import SkProtectorPyTorch
 
 
 def _no_training(*_args: object, **_kwargs: object) -> None:
@@ -56,3 +61,15 @@ def test_the_command_says_it_in_one_line(untrained: Path) -> None:
     assert result.exit_code == 1, result.output
     assert result.output.count("\n") == 1
     assert result.output.startswith(f"error: {untrained / 'log'} is a file, not a folder")
+
+
+def test_a_lost_master_secret_fails_before_the_training(untrained: Path) -> None:
+    """A quickstart run again after its state folder was deleted made a new master secret, then
+    failed after the training ("signed by a different application key"), leaving it behind."""
+    SkProtectorPyTorch(application_name=quickstart.APPLICATION).protect_new_model(
+        nn.Linear(4, 2), "m", [torch.randn(1, 4)], model_export_formats=ExportFormat.ONNX
+    )
+    shutil.rmtree(untrained / ".skprotect_private")
+    with pytest.raises(StateError, match="no master secret"):
+        quickstart.run_quickstart(licensed=False)
+    assert not (untrained / ".skprotect_private" / quickstart.APPLICATION).exists()

@@ -28,7 +28,7 @@ from .extras import missing_modules
 from .formats import ExportFormat
 from .protect import SkProtectorPyTorch
 from .result import ProtectionResult
-from .state import ProtectionState, state_root
+from .state import state_root
 
 APPLICATION = "quickstart"
 MODEL_NAME = "digits_cnn"
@@ -319,7 +319,9 @@ def run_quickstart(
     applications = (APPLICATION, LICENSED_APPLICATION) if licensed else (APPLICATION,)
     check_folders(applications)  # before the training (about a minute), not after it
     for application in applications:
-        ProtectionState.open(application)  # its other checks (permissions) before it too
+        # the state's checks before it too: permissions, and a master secret lost for an
+        # application already protected here (no new one is made, the protection's rule)
+        SkProtectorPyTorch(application_name=application)._protection_state()
     data = load_digits_split()
     model = train(data)
     with torch.no_grad():
