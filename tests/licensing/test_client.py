@@ -1298,6 +1298,17 @@ def test_an_empty_state_dir_is_refused_not_the_current_folder(tmp_path, clock, m
     assert list(tmp_path.iterdir()) == [] and stat.S_IMODE(tmp_path.stat().st_mode) == before
 
 
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_state_dir_that_is_a_file_is_named_as_one(tmp_path, clock, below) -> None:
+    """The state folder (or a folder above it) is a file: "File exists" read as a folder that
+    exists."""
+    (tmp_path / "state").write_text("not a folder")
+    target = tmp_path / "state" / below if below else tmp_path / "state"
+    with pytest.raises(LicenceError, match=f"{tmp_path / 'state'} is a file, not a folder"):
+        make_client(FakeServer(), target, clock)
+    assert (tmp_path / "state").read_text() == "not a folder"
+
+
 def test_a_renewal_in_the_same_second_is_not_taken_for_the_contract_end(state, clock) -> None:
     """An allowance used up within the second it was issued is renewed with the same expiry:
     that renewal was noted ``at_contract_end``, so the licence was never renewed in its overlap

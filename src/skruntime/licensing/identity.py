@@ -75,8 +75,15 @@ def ensure_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             os.chmod(path, 0o700)
     except OSError as e:
+        # "File exists" for a file at the path (or above it) would read as a folder that exists
+        blocking = next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+        problem = (
+            f"{blocking} is a file, not a folder"
+            if blocking is not None and not blocking.is_dir()
+            else e.strerror or e
+        )
         raise LicenceError(
-            f"Cannot create the runtime's state folder {path}: {e.strerror or e}. Set "
+            f"Cannot create the runtime's state folder {path}: {problem}. Set "
             f"{STATE_DIR_ENV} or pass state_dir= to a writable folder."
         ) from None
     return path
