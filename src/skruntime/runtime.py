@@ -24,6 +24,7 @@ import numpy as np
 
 from .backends import backend_class
 from .backends.base import Backend, BackendOptions, ModelFile, as_numpy
+from .backends.inputs import range_problem, range_text
 from .config import (
     CONFIG_FILENAMES,
     PLATFORMS,
@@ -548,17 +549,25 @@ def _dims_text(spec: InputSpec) -> str:
     return f"({', '.join(dims)}{',' if len(dims) == 1 else ''})"
 
 
-def _describe(spec: InputSpec) -> str:
-    return f"{spec.name!r}: shape {_dims_text(spec)}, dtype {spec.dtype}"
+def _describe(check: _InputCheck) -> str:
+    spec = check.spec
+    ranges = "".join(
+        f", {spec.dynamic_dims[axis]} {range_text(*sizes)}" for axis, sizes in check.ranges.items()
+    )
+    return f"{spec.name!r}: shape {_dims_text(spec)}, dtype {spec.dtype}{ranges}"
 
 
 class _InputCheck:
-    """Precomputed per-input checks: dtype, rank, static sizes."""
+    """Precomputed per-input checks: dtype, rank, static sizes, ranges of the dynamic sizes."""
 
-    __slots__ = ("dtype", "ndim", "np_dtype", "spec", "static")
+    __slots__ = ("dtype", "ndim", "np_dtype", "ranges", "spec", "static")
 
-    def __init__(self, spec: InputSpec) -> None:
+    def __init__(self, spec: InputSpec, ranges: Mapping[int, tuple[int, int | None]]) -> None:
+        """``ranges``: the sizes the model file records for its dynamic axes (``{}``: none
+        recorded, as in files written before they were), of the axes the configuration makes
+        dynamic."""
         self.spec = spec
+        self.ranges = {a: r for a, r in sorted(ranges.items()) if a in spec.dynamic_dims}
         self.dtype = spec.dtype
         try:  # the numpy dtype object, for an identity fast path (bfloat16 needs ml_dtypes)
             self.np_dtype: np.dtype | None = np.dtype(spec.dtype)
@@ -629,9 +638,10 @@ class LoadedModel:
     (names from :attr:`input_names`): numpy arrays in, numpy arrays out (torch tensors are also
     accepted; torch formats return tensors). One output gives one array, several a tuple.
     Inputs are checked against the configuration before the backend sees them, inputs sharing a
-    named dynamic dimension against each other too. ``close()`` (or leaving a ``with`` block)
-    erases the session key. Under a licence, each call (``run`` or ``model(...)``) counts one
-    inference, whatever the batch size, before the backend runs.
+    named dynamic dimension against each other too, dynamic sizes against the ranges the model
+    file records (:data:`~.backends.inputs.INPUTS_METADATA`). ``close()`` (or leaving a
+    ``with`` block) erases the session key. Under a licence, each call (``run`` or
+    ``model(...)``) counts one inference, whatever the batch size, before the backend runs.
 
     Thread-safe: threads may call one model at the same time (the calls run in parallel), and
     ``close()`` from another thread waits for the calls in progress before it erases the key;
@@ -660,7 +670,12 @@ class LoadedModel:
         self._key = key
         self._backend: Backend | None = backend
         self._numpy = bool(getattr(backend, "wants_numpy", False))
-        self._checks = tuple(_InputCheck(s) for s in self.inputs)
+        # the configuration cannot carry the dynamic axes' ranges (older runtimes would refuse
+        # it): the backend reads them from the model file, key last
+        ranges = getattr(backend, "input_ranges", None) or ()
+        self._checks = tuple(
+            _InputCheck(s, ranges[i] if i < len(ranges) else {}) for i, s in enumerate(self.inputs)
+        )
         self._shared = _shared_dims(self.inputs)
         self._index = {n: i for i, n in enumerate(self.input_names)}
         self._meter = meter
@@ -713,7 +728,7 @@ class LoadedModel:
 
     def expected_inputs(self) -> str:
         """What the configuration expects, one input per line."""
-        return "\n".join(f"  {_describe(s)}" for s in self.inputs)
+        return "\n".join(f"  {_describe(c)}" for c in self._checks)
 
     def _error(self, what: str) -> InputError:
         return InputError(
@@ -804,6 +819,10 @@ class LoadedModel:
                         f"{_subject(check, x, source)} has shape {tuple(shape)}, but axis {axis} "
                         f"must be {size}: expected {_dims_text(check.spec)}."
                     )
+            if check.ranges and (
+                problem := range_problem(shape, check.ranges, check.spec.dynamic_dims)
+            ):
+                raise self._error(f"{_subject(check, x, source)} {problem}")
             if x.dtype is check.np_dtype:  # fast path: native numpy array of the right dtype
                 continue
             if problem := _tensor_problem(x):

@@ -605,7 +605,8 @@ def test_inputs_sharing_a_dynamic_dimension_must_agree(app: Protected, rt: SkRun
             f"Inputs {n1!r}, {n2!r} share the dynamic dimension 'batch', which must have one "
             f"size in a call, but {n1!r} has 3 on axis 0, {n2!r} has 2 on axis 0. Pass inputs "
             f"of the same 'batch' size. Model 'multi' (onnx) expects 2 input(s):\n"
-            f"  {n1!r}: shape (batch, 6), dtype float32\n  {n2!r}: shape (batch, 4), dtype float32"
+            f"  {n1!r}: shape (batch, 6), dtype float32, batch 1 to 64\n"
+            f"  {n2!r}: shape (batch, 4), dtype float32, batch 1 to 64"
         )
         for got, want in zip(model(x, z), app.expected("multi", x, z), strict=True):
             assert rel(got, want) < 1e-4

@@ -14,9 +14,10 @@ beside the model for models of hundreds of MB.
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ import onnx
 import torch
 from onnx import external_data_helper
 from torch import Tensor, nn
+
+from skruntime.backends.inputs import INPUTS_METADATA, input_specs
 
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
@@ -147,9 +150,12 @@ def _inlined(tensor: onnx.TensorProto, base_dir: Path) -> onnx.ModelProto:
     return part
 
 
-def _save_single_file(written: Path, target: Path) -> bool:
-    """Save the exported model to ``target`` as one file, every weight inlined and the
-    exporter's build records removed; True if it had to inline.
+def _save_single_file(
+    written: Path, target: Path, metadata: Mapping[str, str] | None = None
+) -> bool:
+    """Save the exported model to ``target`` as one file, every weight inlined, the
+    exporter's build records removed and ``metadata`` set as the model's metadata properties;
+    True if it had to inline.
 
     The graph's initializers are written one at a time after the rest of the model (protobuf
     merges repeated fields of a message written in parts), so that memory holds one tensor
@@ -159,8 +165,10 @@ def _save_single_file(written: Path, target: Path) -> bool:
     initializers = list(proto.graph.initializer)
     del proto.graph.initializer[:]
     external_data_helper.load_external_data_for_model(proto, str(written.parent))  # the rest
+    without_build_records(proto)
+    onnx.helper.set_model_props(proto, dict(metadata or {}))
     with open(target, "wb") as f:
-        f.write(without_build_records(proto).SerializeToString())
+        f.write(proto.SerializeToString())
         for tensor in initializers:
             f.write(_inlined(tensor, written.parent).SerializeToString())
     return external
@@ -297,7 +305,15 @@ class OnnxExporter:
             why = f" (The dynamo exporter failed: {errors[0]}.)" if errors else ""
             refuse_baked_values(caught, "The legacy ONNX exporter (dynamo=False)", why)
             notes += _check_names(proto, options, with_key)
-            if _save_single_file(written, path) and not used:  # dynamo: asked for a side file
+            # the inputs as the runtime checks them: the dynamic axes' ranges are recorded here
+            specs = input_specs(
+                args,
+                options.export_dynamic_shapes(with_key),
+                options.names(with_key),
+                options.key_name if with_key else None,
+            )
+            metadata = {INPUTS_METADATA: json.dumps(specs)}
+            if _save_single_file(written, path, metadata) and not used:  # dynamo: a side file
                 notes.append("weights were written as external data; re-saved inlined")
         return ExportReport(
             path=path,

@@ -6,14 +6,13 @@ read as if it were right, i.e. out of bounds. Its own check (environment variabl
 spurious guard on the batch size while compiling (``s0 < 16`` from the fake conv's backend
 choice), so the check rejects every batch above 15 although the compiled code computes them
 correctly. skprotect therefore records each input's dtype and static dimensions in the package
-metadata (:data:`INPUTS_METADATA`, written with :func:`input_specs`) and every loader checks them
-with :func:`check_inputs` before every call. This module is that one implementation; the
-protector's exporters import it.
+metadata (:data:`~.inputs.INPUTS_METADATA`, written with :func:`~.inputs.input_specs`), with the
+ranges the dynamic axes were declared for, and every loader checks them with :func:`check_inputs`
+before every call. This module is that one implementation; the protector's exporters import it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -28,6 +27,7 @@ import torch
 from ..errors import BackendError, InputError
 from .base import BackendOptions, ModelFile
 from .gpu import apply_gpu_determinism, cuda_index, require_cuda
+from .inputs import INPUTS_METADATA, input_specs, parse_specs, range_problem, spec_ranges
 
 __all__ = [
     "INPUTS_METADATA",
@@ -35,62 +35,8 @@ __all__ = [
     "check_inputs",
     "check_torch_options",
     "input_specs",
+    "parse_specs",
 ]
-
-INPUTS_METADATA = "skprotect.inputs"
-"""Package metadata key (and TorchScript extra file): JSON list, one object per input, key
-included, in call order: ``{"shape": [int | null], "dtype": str}`` where ``null`` marks a
-dynamic axis and ``dtype`` is torch's name without ``torch.`` (``"float32"``). Optional fields:
-``"name"`` (the graph input name) and ``"key": true`` on the key input."""
-
-
-def input_specs(
-    args: Sequence[torch.Tensor],
-    dynamic: Sequence[dict | None] | None,
-    names: Sequence[str] | None = None,
-    key_name: str | None = None,
-) -> list[dict]:
-    """Dtype and shape (``None`` for dynamic axes) of each example input, key included.
-
-    With ``names``, each spec also carries its input name; the input named ``key_name`` is
-    flagged ``"key": true`` so that loaders can say "key" in their messages.
-    """
-    specs = []
-    for i, t in enumerate(args):
-        axes = (dynamic[i] if dynamic and i < len(dynamic) else None) or {}
-        shape = [
-            None if axis in axes and axes[axis] is not None else n for axis, n in enumerate(t.shape)
-        ]
-        spec: dict[str, Any] = {"shape": shape, "dtype": str(t.dtype).removeprefix("torch.")}
-        if names is not None and i < len(names):
-            spec["name"] = names[i]
-            if key_name is not None and names[i] == key_name:
-                spec["key"] = True
-        specs.append(spec)
-    return specs
-
-
-def parse_specs(raw: str, source: str) -> tuple[list[dict], list[str], str | None]:
-    """Validate :data:`INPUTS_METADATA` JSON; return the specs, input names and the key's name."""
-    try:
-        specs = json.loads(raw)
-        ok = isinstance(specs, list) and all(
-            isinstance(s, dict)
-            and isinstance(s.get("dtype"), str)
-            and isinstance(s.get("shape"), list)
-            and all(n is None or (isinstance(n, int) and n >= 0) for n in s["shape"])
-            for s in specs
-        )
-    except (ValueError, TypeError):
-        ok = False
-    if not ok:
-        raise BackendError(
-            f"{source} has unreadable {INPUTS_METADATA} metadata, so its inputs cannot be "
-            "checked. Re-deploy the file written by skprotect."
-        )
-    names = [str(s.get("name") or f"#{i}") for i, s in enumerate(specs)]
-    key_name = next((n for n, s in zip(names, specs, strict=True) if s.get("key")), None)
-    return specs, names, key_name
 
 
 def _shape_dtype(x: Any) -> tuple[tuple[int, ...], str]:
@@ -112,7 +58,8 @@ def check_inputs(
     kind: str = "AOTInductor",
     error: type[Exception] = InputError,
 ) -> None:
-    """Raise ``error`` for an input whose count, dtype or static size is wrong.
+    """Raise ``error`` for an input whose count, dtype or static size is wrong, or whose
+    dynamic size is outside the range its spec records (the compiled code may rely on it).
 
     ``inputs`` are numpy arrays or torch tensors; ``name`` is the model file's name, ``kind`` the
     format named in the message (``"AOTInductor"`` or ``"TorchScript"``).
@@ -130,8 +77,8 @@ def check_inputs(
             and len(got_shape) == len(shape)
             and all(want is None or want == got for want, got in zip(shape, got_shape, strict=True))
         )
+        label = names[i] if i < len(names) else f"#{i}"
         if not ok:
-            label = names[i] if i < len(names) else f"#{i}"
             what = "key" if label == key_name else "input"
             expected = tuple("dynamic" if n is None else n for n in shape)
             raise error(
@@ -140,6 +87,8 @@ def check_inputs(
                 "with the shape and dtype it was exported with"
                 + (" (the key is a float32 vector of fixed length)." if what == "key" else ".")
             )
+        if problem := range_problem(got_shape, spec.get("ranges", {})):
+            raise error(f'The {kind} model {name} rejected its input "{label}": it {problem}')
 
 
 def backend_failure(err: BaseException) -> str:
@@ -421,6 +370,8 @@ class InductorBackend:
                 "inputs cannot be checked. Re-export it with skprotect."
             )
         self._specs, self.input_names, self._key_name = parse_specs(raw, name)
+        self.input_ranges = [spec_ranges(s) for s in self._specs]
+        """Per input (key last), the sizes its dynamic axes were declared for."""
         self._io = TensorIO(self.device)
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:

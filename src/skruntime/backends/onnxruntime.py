@@ -1,6 +1,8 @@
 """ONNX Runtime backend: ``.onnx`` files on the CPU provider, or CUDA when asked and present.
 
-The session is built from the verified bytes (:class:`~.base.ModelFile`), not from the path."""
+The session is built from the verified bytes (:class:`~.base.ModelFile`), not from the path.
+The ranges of the dynamic axes are read from the model's metadata property
+:data:`~.inputs.INPUTS_METADATA` (files written before it was recorded have none)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import onnxruntime as ort
 from ..errors import BackendError
 from .base import BackendOptions, ModelFile, as_numpy
 from .gpu import ORT_CUDA_FP32_OPTIONS
+from .inputs import INPUTS_METADATA, parse_specs, spec_ranges
 
 __all__ = ["OnnxRuntimeBackend"]
 
@@ -196,6 +199,12 @@ class OnnxRuntimeBackend:
         self.output_names = [o.name for o in session.get_outputs()]
         self.providers = session.get_providers()
         self._path = path
+        raw = session.get_modelmeta().custom_metadata_map.get(INPUTS_METADATA)
+        self.input_ranges: list[dict[int, tuple[int, int | None]]] | None = (
+            None if raw is None else [spec_ranges(s) for s in parse_specs(raw, path.name)[0]]
+        )
+        """Per input (key last), the sizes its dynamic axes were declared for; None without
+        the metadata."""
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         """Run once. Inputs are numpy arrays (others are converted); onnxruntime itself copies

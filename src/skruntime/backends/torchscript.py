@@ -2,9 +2,10 @@
 
 TorchScript itself checks little: a traced graph accepts a key of the wrong length or dtype and
 computes garbage (or reads past a slice) without an error. Files written by skprotect carry
-their inputs' dtypes and static sizes in the extra file :data:`~.inductor.INPUTS_METADATA`,
-checked before every call like AOTInductor packages; a ``.pt`` without it is run unchecked, and
-any error torch raises is reported as a :class:`~skruntime.errors.BackendError` naming the file.
+their inputs' dtypes, static sizes and dynamic ranges in the extra file
+:data:`~.inputs.INPUTS_METADATA`, checked before every call like AOTInductor packages; a
+``.pt`` without it is run unchecked, and any error torch raises is reported as a
+:class:`~skruntime.errors.BackendError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,15 +20,8 @@ import torch
 from ..errors import BackendError
 from .base import BackendOptions, ModelFile
 from .gpu import apply_gpu_determinism, cuda_index
-from .inductor import (
-    INPUTS_METADATA,
-    TensorIO,
-    apply_threads,
-    backend_failure,
-    check_inputs,
-    check_torch_options,
-    parse_specs,
-)
+from .inductor import TensorIO, apply_threads, backend_failure, check_inputs, check_torch_options
+from .inputs import INPUTS_METADATA, parse_specs, spec_ranges
 
 __all__ = ["TorchScriptBackend"]
 
@@ -97,10 +91,14 @@ class TorchScriptBackend:
         self._model = module.eval()
         self._specs: list[dict] | None = None
         self._key_name: str | None = None
+        self.input_ranges: list[dict[int, tuple[int, int | None]]] | None = None
+        """Per input (key last), the sizes its dynamic axes were declared for; None without
+        the metadata."""
         raw = extra[INPUTS_METADATA]
         if raw:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             self._specs, self.input_names, self._key_name = parse_specs(text, self._path.name)
+            self.input_ranges = [spec_ranges(s) for s in self._specs]
         else:
             self.input_names = [a.name for a in module.forward.schema.arguments[1:]]  # not self
         self._io = TensorIO(self.device, owned=_held_tensors(module))
