@@ -27,6 +27,7 @@ from skruntime.errors import (
     LicenceUnavailableError,
     QuotaExhaustedError,
 )
+from skruntime.licensing import identity as identity_module
 from skruntime.licensing import protocol
 from skruntime.licensing.client import LicenceClient
 from skruntime.licensing.identity import DeviceIdentity
@@ -1363,3 +1364,13 @@ def test_a_process_takes_the_contract_end_renewal_another_made(state, clock) -> 
     assert [r["timestamp"] - T0 for r in server.licence_requests] == [0, 10 * DAY]
     first.close()
     second.close()
+
+
+def test_a_new_device_key_is_made_durable_in_its_folder(tmp_path, monkeypatch) -> None:
+    """The device key is linked into the state folder: without syncing the folder, a power
+    loss could forget the link, and the device come back as a new one to provision again."""
+    synced: list[Path] = []
+    monkeypatch.setattr(identity_module, "fsync_dir", synced.append)
+    DeviceIdentity.load_or_create(tmp_path / "state")
+    assert (tmp_path / "state" / identity_module.KEY_FILENAME).is_file()
+    assert tmp_path / "state" in synced

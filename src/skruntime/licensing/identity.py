@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from ..config import atomic_write_bytes
+from ..config import atomic_write_bytes, fsync_dir
 from ..errors import LicenceError
 from . import protocol
 
@@ -256,6 +256,7 @@ class DeviceIdentity:
                 os.close(fd)
             with contextlib.suppress(FileExistsError):  # another process won the race: keep it
                 os.link(tmp, path / KEY_FILENAME)
+            fsync_dir(path)  # the link survives a power loss, as the device's identity must
         except OSError as e:
             raise LicenceError(
                 f"Cannot write the device key in {path}: {e.strerror or e}."
