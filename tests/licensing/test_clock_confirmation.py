@@ -20,7 +20,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 from tests.licensing.server_helpers import make_application, make_customer
-from tests.licensing.test_h11_contract_end_checks import ALLOWANCE, Network, granted, runtime
+from tests.licensing.test_contract_end_checks import ALLOWANCE, Network, granted, runtime
 
 from sklicense.models import UsageReport
 from skruntime.errors import ClockRollbackError

@@ -18,7 +18,7 @@ import logging
 import httpx
 import pytest
 from tests.licensing.server_helpers import APP
-from tests.licensing.test_h11_contract_end_checks import DAY, audited, contract, runtime
+from tests.licensing.test_contract_end_checks import DAY, audited, contract, runtime
 
 from sklicense import crud
 from skruntime.errors import LicenceDeniedError

@@ -1,4 +1,4 @@
-"""Review of the licensing changes: usage reports are dropped on the word of the pinned server
+"""Usage reports are dropped on the word of the pinned server
 only.
 
 A state folder pointed at a licence server URL that answers with another key than the pinned

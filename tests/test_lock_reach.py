@@ -1,4 +1,4 @@
-"""Review of the protector's lock: a parameter that ``forward`` creates for one call is no
+"""What the protector's lock reaches: a parameter that ``forward`` creates for one call is no
 layer outside the model; a layer the lock cannot see inside an unregistered module is refused
 with a message that says where it may be; a compiled layer kept in a plain list is locked; the
 walk of plain attributes skips strings and numbers."""

@@ -1,4 +1,4 @@
-"""Public-API review: names, arguments and failures that used to surface late or wrongly."""
+"""The public API's input: names, arguments and failures that used to surface late or wrongly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review findings on SkRuntime: key files bound to their model file in every platform version,
+"""SkRuntime's checks: key files bound to their model file in every platform version,
 local checks before the licence, and licensing options that are checked instead of ignored."""
 
 from __future__ import annotations

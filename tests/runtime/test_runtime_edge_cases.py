@@ -1,4 +1,4 @@
-"""Second review of skruntime: the licence request carries the verified configuration bytes,
+"""skruntime edge cases: the licence request carries the verified configuration bytes,
 and the defects a demanding user hits (threads, repeated loads, odd inputs, the command line)."""
 
 from __future__ import annotations

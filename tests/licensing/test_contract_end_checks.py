@@ -26,7 +26,7 @@ from tests.licensing.server_helpers import (
     make_application,
     make_customer,
 )
-from tests.licensing.test_h10_signed_answers import server_key, signed_for
+from tests.licensing.test_signed_answers import server_key, signed_for
 
 from sklicense import crud
 from sklicense.models import AuditLog, Customer, Licence

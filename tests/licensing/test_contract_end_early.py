@@ -1,4 +1,4 @@
-"""Review of the contract-end checks (1c86094): a contract ended early, and servers that do not
+"""Contract-end checks: a contract ended early, and servers that do not
 know ``renews``.
 
 - A contract the administrator ended early (its end set to now) got a signed
@@ -26,7 +26,7 @@ import httpx
 import pytest
 from fastapi.responses import JSONResponse
 from tests.licensing.server_helpers import APP, make_application, make_customer
-from tests.licensing.test_h11_contract_end_checks import (
+from tests.licensing.test_contract_end_checks import (
     ALLOWANCE,
     DAY,
     at,

@@ -1,4 +1,4 @@
-"""Review of the runtime changes: outputs of the torch backends are independent of each other,
+"""Outputs of the torch backends are independent of each other,
 a sparse output still comes back, and ``--output`` writes into a device or pipe.
 
 A model returning one tensor twice, or a tensor and a view of it (``return y, y[:, :1]``),

@@ -1,4 +1,4 @@
-"""Review of the protection's memory changes (da10469): the checked eager run that records
+"""Protections under ``torch.inference_mode()``: the checked eager run that records
 which inputs forward changes in place, the last group's in-place lock."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review of the lock: plain tensors that ``forward`` reads outside the model are listed as
+"""Plain tensors that ``forward`` reads outside the model are listed as
 plaintext (trainable ones refused); tracing leaves no constant on the lock's copy; a class's
 method applied to a layer with ``functools.partial`` is refused naming the attribute; a lambda
 that reads only a number through ``self`` is allowed; the locked copy shares plain data instead

@@ -1,4 +1,5 @@
-"""Review of the runtime (h4): a GPU provider onnxruntime could not create, one runtime used by 8
+"""The runtime's providers and concurrency: a GPU provider onnxruntime could not create,
+one runtime used by 8
 threads, and runtimes sharing one outputs folder and one licence state folder, counted exactly
 against a real ``sklicense`` server (SQLite) on loopback."""
 

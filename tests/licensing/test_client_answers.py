@@ -1,4 +1,4 @@
-"""Review of the licence client (h12): what answers that are not a licence say."""
+"""The licence client: what answers that are not a licence say."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Second review of the LINUX key store: a key file cut short is reported as truncated."""
+"""The LINUX key store: a key file cut short is reported as truncated."""
 
 from __future__ import annotations
 
