@@ -85,10 +85,11 @@ class GateResult:
         ]
         for name, r in self.reports.items():
             failed = sum(not row.passed for row in r.rows)
+            partial = f" ({', '.join(r.gated_not_asked)} not run)" if r.gated_not_asked else ""
             lines.append(
                 f"| {name} | {100 * r.full_accuracy:.2f} | {100 * r.chance:.2f} | {len(r.rows)} "
                 f"| {failed} | {len(r.not_run)} | {r.seconds:.0f} | "
-                f"{'PASS' if r.passed else 'FAIL'} |"
+                f"{'PASS' if r.passed else 'FAIL'}{partial} |"
             )
         lines += [f"| {name} | | | | | | | ERROR: {err} |" for name, err in self.errors.items()]
         for r in self.reports.values():

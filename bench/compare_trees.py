@@ -39,7 +39,13 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from machine import machine_line, measure_interleaved, positive_float, positive_int  # noqa: E402
+from machine import (  # noqa: E402
+    comma_names,
+    machine_line,
+    measure_interleaved,
+    positive_float,
+    positive_int,
+)
 from models import BENCH_MODELS  # noqa: E402
 from overhead import BACKENDS, BATCHES, _rel_err, export_pair  # noqa: E402
 
@@ -158,10 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--export-to", help=argparse.SUPPRESS)  # the per-tree subprocess
     args = parser.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in BENCH_MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(BENCH_MODELS)}")
+    models = comma_names(parser, args.models, "--models", "model", BENCH_MODELS)
     if args.export_to:
         export_models(Path(args.export_to), models, args.backend)
         return

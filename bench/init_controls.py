@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line, positive_float
+from machine import comma_names, machine_line, positive_float
 from skprotect_pytorch.audit.attacks import (
     StolenModel,
     _sweep_per_seed,
@@ -106,10 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=1.0, help="x %% of the training set")
     parser.add_argument("--gains", default="1,2", help="comma-separated Gaussian init gains")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SUITE]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(SUITE)}")
+    names = comma_names(parser, args.models, "--models", "model", SUITE)
     if not 0 < args.budget <= 100:
         parser.error(f"--budget must be a percentage in (0, 100], got {args.budget:g}")
     try:

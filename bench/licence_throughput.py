@@ -42,7 +42,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from machine import machine_line
+from machine import comma_names, machine_line
 from overhead import command_line
 from sklicense import crud, db
 from sklicense.embedded import free_port, init_state
@@ -304,9 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="maintenance database URL")
     args = parser.parse_args(argv)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if unknown := set(backends) - {"sqlite", "postgres"}:
-        parser.error(f"unknown backends {sorted(unknown)}; choose sqlite, postgres")
+    backends = comma_names(parser, args.backends, "--backends", "backend", ("sqlite", "postgres"))
     try:
         counts = [int(p) for p in args.processes.split(",") if p.strip()]
     except ValueError:

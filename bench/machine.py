@@ -10,7 +10,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -81,6 +81,28 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
     return value
+
+
+def comma_names(
+    parser: argparse.ArgumentParser,
+    text: str,
+    option: str,
+    what: str,
+    choices: Iterable[str] | None = None,
+) -> list[str]:
+    """The names of a comma-separated option, each given once and, with ``choices``, one of
+    them, or a usage error: an empty list measured nothing and printed an empty table, and a
+    name given twice was measured twice."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    allowed = None if choices is None else list(choices)
+    listed = "" if allowed is None else f"; choose from {', '.join(allowed)}"
+    if not names:
+        parser.error(f"{option} names no {what}{listed}")
+    if allowed is not None and (unknown := [n for n in names if n not in allowed]):
+        parser.error(f"unknown {what}(s) {unknown}{listed}")
+    if repeated := sorted({n for n in names if names.count(n) > 1}):
+        parser.error(f"{option} lists {', '.join(repeated)} twice; give each {what} once")
+    return names
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:

@@ -48,7 +48,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line, measure_interleaved, positive_float, positive_int
+from machine import (
+    comma_names,
+    machine_line,
+    measure_interleaved,
+    positive_float,
+    positive_int,
+)
 from models import BENCH_MODELS, BenchModel
 
 EXAMPLE_BATCH = 2  # export example: > 1 so that the batch dimension stays dynamic
@@ -436,21 +442,17 @@ def main(argv: list[str] | None = None) -> None:
         "--block-ms", type=positive_float, help="target duration of one side's block"
     )
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCH_MODELS]
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(BENCH_MODELS)}")
+    names = comma_names(parser, args.models, "--models", "model", BENCH_MODELS)
     blocks = args.blocks or (6 if args.quick else 12)
     block_s = (args.block_ms or (150.0 if args.quick else 500.0)) / 1e3
     backends = ["ORT", "TorchScript"] + (["AOTI"] if args.aoti else [])
     if args.backends:
-        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        bad = [b for b in backends if b not in BACKENDS]
-        if bad:
-            parser.error(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
+        backends = comma_names(parser, args.backends, "--backends", "backend", BACKENDS)
         if args.aoti and "AOTI" not in backends:  # "also AOTInductor", with --backends too
             backends.append("AOTI")
-    presets: list[str | None] = [p.strip() for p in args.presets.split(",") if p.strip()] or [None]
+    presets: list[str | None] = [None]
+    if args.presets:
+        presets = list(comma_names(parser, args.presets, "--presets", "lock"))
     for p in presets:
         try:
             lock_settings(p)

@@ -41,7 +41,13 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line, measure_interleaved, positive_float, positive_int
+from machine import (
+    comma_names,
+    machine_line,
+    measure_interleaved,
+    positive_float,
+    positive_int,
+)
 from models import BENCH_MODELS
 from overhead import command_line, export_pair, ort_runner
 
@@ -279,10 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         "--block-ms", type=positive_float, default=150.0, help="one side's block, ms"
     )
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    bad = [n for n in names if n not in MODELS]
-    if bad:
-        parser.error(f"unknown model(s) {bad}; choose from {', '.join(MODELS)}")
+    names = comma_names(parser, args.models, "--models", "model", MODELS)
     start = time.perf_counter()
     rows: list[Breakdown] = []
     with tempfile.TemporaryDirectory(prefix="skprotect_breakdown_") as tmp:

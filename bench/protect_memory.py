@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from torch import nn
 
-from machine import machine_line
+from machine import comma_names, machine_line, positive_float
 
 MB = 1024 * 1024
 RESULT_PREFIX = "PROTECT_MEMORY_RESULT "
@@ -311,9 +311,14 @@ def result_row(case: str, label: str, plain: dict[str, Any], prot: dict[str, Any
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: mlp,transformer")
-    parser.add_argument("--mlp-million", type=float, default=100.0, help="MLP parameters (M)")
     parser.add_argument(
-        "--transformer-million", type=float, default=50.0, help="Transformer parameters (M)"
+        "--mlp-million", type=positive_float, default=100.0, help="MLP parameters (M)"
+    )
+    parser.add_argument(
+        "--transformer-million",
+        type=positive_float,
+        default=50.0,
+        help="Transformer parameters (M)",
     )
     parser.add_argument("--formats", default="ONNX", help="comma-separated: ONNX,TORCHSCRIPT_CPU")
     parser.add_argument("--stages", action="store_true", help="print each stage's RSS peak")
@@ -327,12 +332,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.case_list = [c.strip() for c in args.cases.split(",") if c.strip()]
-    args.format_list = [f.strip().upper() for f in args.formats.split(",") if f.strip()]
-    if unknown := [c for c in args.case_list if c not in CASES]:
-        parser.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
-    if unknown := [f for f in args.format_list if f not in FORMATS]:
-        parser.error(f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
+    args.case_list = comma_names(parser, args.cases, "--cases", "case", CASES)
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 (torch's count) or more, got {args.threads}")
+    args.format_list = comma_names(parser, args.formats.upper(), "--formats", "format", FORMATS)
     if missing := [p for p in args.compare_src if not (p / "skprotect_pytorch").is_dir()]:
         parser.error(f"--compare-src {missing[0]} has no skprotect_pytorch package")
     return args

@@ -38,6 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import comma_names, machine_line, positive_int
+
 MB = 1024 * 1024
 RESULT_PREFIX = "PROTECT_REPEAT_RESULT "
 
@@ -130,22 +132,25 @@ def run_side(src: str | None, fmt: str, args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--formats", default="ONNX,TORCHSCRIPT_CPU")
-    parser.add_argument("--runs", type=int, default=6)
-    parser.add_argument("--width", type=int, default=1800)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--runs", type=positive_int, default=6)
+    parser.add_argument("--width", type=positive_int, default=1800)
+    parser.add_argument("--layers", type=positive_int, default=4)
     parser.add_argument("--compare-src", action="append", default=[], metavar="PATH")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.runs, args.width, args.layers)
         return
-    from machine import machine_line
+    from skprotect_pytorch.formats import ExportFormat
 
+    formats = comma_names(parser, args.formats, "--formats", "format", ExportFormat.__members__)
+    if missing := [p for p in args.compare_src if not (Path(p) / "skprotect_pytorch").is_dir()]:
+        parser.error(f"--compare-src {missing[0]} has no skprotect_pytorch package")
     print(machine_line())
     size = args.layers * (args.width * args.width + args.width) * 4 / MB
     print(f"MLP {args.layers} x Linear({args.width}, {args.width}): {size:.0f} MiB of weights")
     sides = [("this tree", None), *((src, src) for src in args.compare_src)]
-    for fmt in args.formats.split(","):
+    for fmt in formats:
         for label, src in sides:
             rows = run_side(src, fmt, args)
             print(

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_line, positive_int
+from machine import comma_names, machine_line, positive_int
 from models import BENCH_MODELS
 from overhead import EXAMPLE_BATCH, command_line, export_options, lock
 
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    if unknown := [n for n in names if n not in BENCH_MODELS]:
-        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(BENCH_MODELS)}")
+    names = comma_names(parser, args.models, "--models", "model", BENCH_MODELS)
     formats = ["ONNX", "TorchScript"] + (["AOTI"] if args.aoti else [])
     if args.aoti:
         os.environ["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"

@@ -73,7 +73,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import int8_saturates, machine_line, measure_interleaved
+from machine import comma_names, int8_saturates, machine_line, measure_interleaved
 
 INPUT_NAME = "x"
 KEY_NAME = "key_vector"  # the exporter's name for the key input (ExportOptions.key_name)
@@ -964,12 +964,17 @@ def main(argv: list[str] | None = None) -> None:
         "(onnxruntime, one thread, batch 1 and 32, interleaved), in fp32 and in every mode",
     )
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
-    unknown = [n for n in names if n not in TASKS]
-    if unknown:
-        parser.error(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+    names = comma_names(parser, args.tasks, "--tasks", "task", TASKS)
     if args.keys < 1:
         parser.error("--keys must be >= 1")
+    if args.seed < 0:
+        parser.error(f"--seed must be 0 or more, got {args.seed}")
+    from skprotect_pytorch.lock import LockSettings
+
+    try:  # before the tasks train, not at the first lock
+        LockSettings.preset(args.preset or default_preset())
+    except ValueError as err:
+        parser.error(f"--preset: {err}")
     if not 0 < args.calib_percent <= 100:
         parser.error(f"--calib-percent must be in (0, 100], got {args.calib_percent:g}")
     print(machine_line())

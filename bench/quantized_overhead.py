@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import int8_saturates, machine_line, positive_float
+from machine import comma_names, int8_saturates, machine_line, positive_float
 from models import BENCH_MODELS
-from overhead import command_line, export_pair
+from overhead import command_line, export_pair, lock_settings
 from quantization import (
     LATENCY_BATCHES,
     check_key_not_quantized,
@@ -90,10 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         "--block-s", type=positive_float, default=0.3, help="timing block per side, s"
     )
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    if unknown := [n for n in names if n not in BENCH_MODELS]:
-        parser.error(f"unknown models {unknown}; choose from {', '.join(BENCH_MODELS)}")
+    names = comma_names(parser, args.models, "--models", "model", BENCH_MODELS)
     preset = f"{args.preset}+quantize_compatibility=True"
+    try:  # before the first export
+        lock_settings(preset)
+    except (ValueError, TypeError) as err:
+        parser.error(f"--preset: {err}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="skprotect-qbench-") as tmp:
         for name in names:

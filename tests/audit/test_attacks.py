@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -31,10 +32,10 @@ from skprotect_pytorch.audit.attacks import (
 )
 from skprotect_pytorch.audit.constants import artifact_constants
 from skprotect_pytorch.audit.data import make_tabular_task
-from skprotect_pytorch.audit.models import SweepConfig, TabularMLP
+from skprotect_pytorch.audit.models import SweepConfig, TabularMLP, batches
 from skprotect_pytorch.audit.report import AuditReport, AuditRow
 from skprotect_pytorch.cli import app
-from skprotect_pytorch.errors import StateError
+from skprotect_pytorch.errors import InvalidArgumentError, StateError
 from skprotect_pytorch.lock import lock_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -237,6 +238,19 @@ def test_report_verdicts_and_outputs():
     assert "FAIL" in report.to_markdown() and "Not run: A3" in report.to_markdown()
 
 
+@pytest.mark.parametrize(
+    "row",
+    [
+        AuditRow("A1", "fine-tune", 1, 0.2, [0.2], math.nan),  # B(x) of an empty baseline cell
+        AuditRow("A0", "null key", None, math.nan, [math.nan], 0.1),
+        AuditRow("A2", "key", 1, 0.2, [0.2], 0.5, math.nan, 0.01),
+        AuditRow("A3", "stats", 1, 0.2, [0.2], 0.5, cos_excess=math.nan),
+    ],
+)
+def test_a_nan_in_a_row_fails_it_instead_of_passing_every_comparison(row: AuditRow) -> None:
+    assert not row.judge().passed and len(row.reasons) == 1
+
+
 def test_cli_audit_writes_reports_and_exits_with_the_verdict(tmp_path, monkeypatch):
     seen = {}
 
@@ -323,3 +337,29 @@ def test_reduced_audit_meets_the_gate():
     (a5,) = by_attack["A5"]
     assert a5.passed and a5.perm_recovered is not None  # scored, never gated
     assert report.passed, report.to_markdown()
+
+
+def test_training_batches_never_leave_one_sample_alone() -> None:
+    def sizes(n: int, size: int) -> list[int]:
+        return [s.stop - s.start for s in batches(n, size)]
+
+    assert sizes(65, 64) == [65]  # BatchNorm cannot train on a batch of one
+    assert sizes(129, 64) == [64, 65]
+    assert sizes(66, 64) == [64, 2] and sizes(128, 64) == [64, 64] and sizes(1, 64) == [1]
+    assert sizes(200, 64) == [64, 64, 64, 8]  # the suite's budgets are cut as before
+
+
+@pytest.mark.parametrize(
+    ("config", "log", "says"),
+    [
+        ("mlp", print, "run_audit takes an AuditConfig, e.g. AuditConfig(model='mlp'"),
+        ({"model": "mlp"}, print, "but got dict"),
+        (None, None, "log must be a callable taking one line"),  # called after the victim trains
+    ],
+)
+def test_run_audit_refuses_what_is_not_a_config_or_a_log(config, log, says, monkeypatch) -> None:
+    """An AttributeError ('str' object has no attribute 'threads') before; a None log failed
+    only once the victim and its twin were trained."""
+    monkeypatch.setattr(audit_pkg, "_run", lambda *a: pytest.fail("the audit ran"))
+    with pytest.raises(InvalidArgumentError, match=re.escape(says)):
+        run_audit(config, log=log)

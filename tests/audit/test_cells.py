@@ -240,6 +240,28 @@ def test_stored_only_reports_what_the_folder_holds_and_computes_nothing(
     with pytest.raises(ValueError, match=r"give AuditConfig\.cells"):
         run_audit(AuditConfig(**SMALL, stored_only=True), log=lambda line: None)
 
+    # a baseline cell without one accuracy per seed made B(x) NaN, and the A1 rows passed; an
+    # attack cell without its rows left the attack out, and the gate passed without it
+    config = AuditConfig(**SMALL, attacks=("A0", "A1"), cells=tmp_path, stored_only=True)
+    for cell, value, says in (
+        ("B@1", "[]", "not 1 accuracies"),
+        ("B@1", "[NaN]", "not 1 accuracies"),
+        ("B@1", "[0.5, 0.5]", "not 1 accuracies"),
+        ("B@1", '{"rows": []}', "not 1 accuracies"),
+        ("A1-null@1", '{"rows": []}', "not rows of A1 with 1 accuracies"),
+        ("A0", '{"rows": [{"attack": "A1", "accuracies": [0.1]}]}', "not rows of A0"),
+    ):
+        path = folder / f"{cell}.json"
+        stored = path.read_text() if path.exists() else None  # B@1 was deleted above
+        path.write_text(f'{{"value": {value}, "seconds": 1.0}}')
+        with pytest.raises(StateError, match=rf"{cell}\.json holds .*{says}.*delete it"):
+            run_audit(config, log=lambda line: None)
+        if stored is None:
+            path.unlink()
+        else:
+            path.write_text(stored)
+    assert len(run_audit(config, log=lambda line: None).rows) == 4  # A0's: the cells put back
+
 
 def test_other_settings_get_their_own_folder(tmp_path, one_thread):
     run_audit(AuditConfig(**SMALL, attacks=("A0",), cells=tmp_path), log=lambda line: None)

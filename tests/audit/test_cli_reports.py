@@ -94,3 +94,25 @@ def test_bad_attacks_or_epochs_are_refused_before_the_audit_runs(args: list[str]
     assert result.exit_code == 2 and runs == []
     if args[0] == "--attacks":
         assert "--attacks takes names from A0, A1, A2, A3, A4, A5" in result.output
+
+
+def test_a_run_of_some_attacks_says_which_gated_ones_its_pass_leaves_out(monkeypatch) -> None:
+    """A pass of A0 and A5 alone judged no attack A1–A4: the report, its JSON and the CLI's
+    stderr say so instead of a bare "gate: PASS"."""
+
+    def only_a0_a5(config, log=print):
+        row = AuditRow("A0", "null key", None, 0.1, [0.1], 0.1).judge()
+        return AuditReport({"attacks": list(config.attacks)}, "m", 0.9, 0.1, {}, {}, [row], [])
+
+    monkeypatch.setattr(audit_pkg, "run_audit", only_a0_a5)
+    result = CliRunner().invoke(cli.app, ["audit", "--quick", "--attacks", "A0,A5"])
+    assert result.exit_code == 0  # nothing failed; what ran is named
+    assert "gate: **PASS** (A1, A2, A3, A4 not run)" in result.stdout
+    caveat = "A1, A2, A3, A4 not run: the gate verdict covers A0 and gate 4 only"
+    assert f"caveat: {caveat}" in result.stderr
+
+    report = only_a0_a5(audit_pkg.AuditConfig(attacks=("A5",)))
+    assert report.gated_not_asked == ["A0", "A1", "A2", "A3", "A4"]
+    assert "the gate verdict covers gate 4 only" in json.loads(report.to_json())["caveats"][0]
+    full = only_a0_a5(audit_pkg.AuditConfig())
+    assert full.caveats == [] and "not run)" not in full.to_markdown()

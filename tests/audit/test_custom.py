@@ -129,6 +129,21 @@ def test_cells_are_kept_apart_per_data_and_model(task, trained, tmp_path, one_th
     folders = {first["folder"], a0(other_data)["folder"], a0(retrained)["folder"]}
     assert len(folders) == 3
 
+    # the same tensors, another activation or forward: another model, not the cells of Net's
+    # (the fingerprint held the tensor shapes only: the Tanh run reused the ReLU victim)
+    def tanh() -> nn.Module:
+        return nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 4))
+
+    def relu() -> nn.Module:
+        return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    class Skip(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x) + self.body[0](x))
+
+    prints = {model_spec("net", f, task, epochs=3).fingerprint for f in (Net, Skip, tanh, relu)}
+    assert len(prints) == 4
+
 
 def test_a_weight_outside_every_lockable_layer_fails_gate_4(task, one_thread) -> None:
     torch.manual_seed(0)
@@ -330,3 +345,27 @@ def test_a_spec_file_imports_the_packages_beside_it(tmp_path: Path, monkeypatch)
     monkeypatch.chdir(project)
     monkeypatch.delitem(sys.modules, "my_audit", raising=False)
     assert load_spec("my_audit:build").name == "tiny"
+
+
+class BatchNormNet(nn.Module):
+    """A BatchNorm between two Linears: in training it needs two samples per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Linear(12, 32), nn.BatchNorm1d(32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.bn(self.a(x))))
+
+
+def test_a_batchnorm_model_trains_on_a_budget_that_leaves_one_sample_over(task, one_thread) -> None:
+    # 65 of the 1,200 training rows, in batches of 64: the learners' last batch held one sample,
+    # on which BatchNorm raised (ValueError: Expected more than 1 value per channel)
+    budget = 65 / 12
+    assert len(task.budget(budget, 0)[1]) == 65
+    spec = model_spec("bn", BatchNormNet, task, epochs=1, batch_size=109)  # 1,200 = 11 × 109 + 1
+    sweep = SweepConfig(lrs=(3e-3,), epochs=(1,), init_gains=(None,), batch_size=64)
+    config = AuditConfig(model=spec, attacks=("A1", "A2"), budgets=(budget,), sweep=sweep, seeds=1)
+    report = run_audit(config, log=lambda line: None)
+    assert {r.attack for r in report.rows} == {"A1", "A2"} and not report.not_run
+    assert list(report.baselines) == [f"{budget:g}"]

@@ -52,6 +52,7 @@ def test_smallest_gate_run_writes_both_reports(tmp_path):
     text = (tmp_path / "audit_gate.md").read_text()
     assert "python bench/audit_gate.py --out" in text and result.date in text
     assert "| mlp |" in text and "| gru |" in text and "### Audit: GRU classifier" in text
+    assert text.count("PASS (A1, A2, A3, A4 not run) |") == 2  # A0 alone: the pass says so
     data = json.loads((tmp_path / "audit_gate.json").read_text())
     assert data["passed"] and data["command"] == result.command
     assert {r["variant"] for r in data["models"]["gru"]["rows"]} >= {"null key", "zero key"}

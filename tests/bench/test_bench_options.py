@@ -53,6 +53,31 @@ def test_quantization_help_says_what_it_measures(capsys) -> None:
         ("init_controls", ["--budget", "0"], "--budget must be a percentage in (0, 100]"),
         ("quantization", ["--calib-percent", "0"], "--calib-percent must be in (0, 100]"),
         ("init_controls", ["--gains", "1,,2"], "--gains takes numbers above 0"),
+        # an empty list measured nothing and printed an empty table; a repeated name was
+        # measured twice (two rows for one model)
+        ("overhead", ["--models", ","], "--models names no model; choose from"),
+        ("overhead", ["--models", "mlp,gru,mlp"], "--models lists mlp twice"),
+        ("overhead", ["--backends", ","], "--backends names no backend"),
+        ("overhead", ["--backends", "ORT,ORT"], "--backends lists ORT twice"),
+        ("overhead", ["--presets", "strong,strong"], "--presets lists strong twice"),
+        ("protect_time", ["--models", ""], "--models names no model"),
+        ("overhead_breakdown", ["--models", "mlp,mlp"], "--models lists mlp twice"),
+        ("quantized_overhead", ["--models", ","], "--models names no model"),
+        ("quantization", ["--tasks", "cnn,cnn"], "--tasks lists cnn twice"),
+        ("init_controls", ["--models", " "], "--models names no model"),
+        ("compare_trees", ["--trees", "a,b", "--models", "mlp,mlp"], "--models lists mlp twice"),
+        ("protect_memory", ["--formats", "onnx,ONNX"], "--formats lists ONNX twice"),
+        ("protect_memory", ["--cases", ","], "--cases names no case"),
+        ("protect_memory", ["--mlp-million", "-1"], "--mlp-million: must be a number above 0"),
+        ("protect_memory", ["--transformer-million", "nan"], "must be a number above 0"),
+        ("protect_memory", ["--threads", "-2"], "--threads must be 0 (torch's count) or more"),
+        ("protect_repeat", ["--formats", "ONNX,PDF"], "unknown format(s) ['PDF']"),
+        ("protect_repeat", ["--runs", "0"], "--runs: must be at least 1, got 0"),
+        ("licence_throughput", ["--backends", ","], "--backends names no backend"),
+        # these failed with a traceback at the first lock, after training or exporting
+        ("quantization", ["--preset", "bogus"], "--preset: Unknown lock preset 'bogus'"),
+        ("quantization", ["--seed", "-1"], "--seed must be 0 or more, got -1"),
+        ("quantized_overhead", ["--preset", "bogus"], "--preset: Unknown lock preset 'bogus'"),
     ],
 )
 def test_bad_counts_and_durations_are_usage_errors(script, argv, message, capsys) -> None:

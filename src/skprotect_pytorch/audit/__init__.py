@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, StateError
 from ..lock import LockedModel, LockSettings, lock_model
 from ..lock.outside import run_keyed_checked
 from .alignment import attack_alignment
@@ -215,6 +215,41 @@ def _judged(stored: dict, baselines: dict[str, float]) -> AuditRow:
     return row.judge()
 
 
+def _accuracies(value: Any, n: int) -> bool:
+    """Whether ``value`` is a list of ``n`` accuracies in [0, 1]."""
+    return (
+        isinstance(value, list)
+        and len(value) == n
+        and all(isinstance(a, int | float) and 0 <= a <= 1 for a in value)
+    )
+
+
+def _check_cell(name: str, value: Any, n_seeds: int, folder: Path | None) -> None:
+    """A stored cell must hold what computing it gives: a baseline one accuracy in [0, 1] per
+    seed, an attack's cell rows of that attack with one accuracy per seed (A0: per key).  An
+    empty or damaged one made B(x) NaN, which every row passed, or dropped an attack's rows,
+    and the gate passed without them."""
+    attack = name.split("@")[0].split("-")[0]
+    if attack == "B":
+        ok, want = _accuracies(value, n_seeds), f"{n_seeds} accuracies in [0, 1] (one per seed)"
+    else:
+        rows = value.get("rows") if isinstance(value, dict) else None
+        per_row = 1 if attack == "A0" else n_seeds
+        ok = bool(rows) and all(
+            isinstance(r, dict)
+            and r.get("attack") == attack
+            and _accuracies(r.get("accuracies"), per_row)
+            for r in rows  # type: ignore[union-attr]
+        )
+        want = f"rows of {attack} with {per_row} accuracies in [0, 1] each"
+    if not ok:
+        where = name if folder is None else folder / f"{name}.json"
+        raise StateError(
+            f"Audit cell {where} holds {value!r}, not {want}; delete it and run again to "
+            "recompute it (the other cells are kept)."
+        )
+
+
 def flushes_denormals() -> bool:
     """Whether this thread flushes denormal floats to zero now (torch sets it, has no getter)."""
     return torch.tensor([1e-39]).mul(1.0).item() == 0.0
@@ -230,7 +265,17 @@ def run_audit(config: AuditConfig | None = None, log=print) -> AuditReport:
     The flag is per thread: it covers the audit's one thread (``AuditConfig.threads``), not
     the workers of a multi-threaded run.
     """
-    config = config or AuditConfig()
+    config = AuditConfig() if config is None else config
+    if not isinstance(config, AuditConfig):
+        raise InvalidArgumentError(
+            "run_audit takes an AuditConfig, e.g. AuditConfig(model='mlp', quick=True), but got "
+            f"{type(config).__name__}."
+        )
+    if not callable(log):  # it is first called after the victim's training
+        raise InvalidArgumentError(
+            f"log must be a callable taking one line (print, or lambda line: None for silence), "
+            f"but is {log!r}."
+        )
     start = time.perf_counter()
     previous_threads, previous_flush = torch.get_num_threads(), flushes_denormals()
     if config.threads:
@@ -362,6 +407,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     values: dict[str, Any] = {}
 
     def report_cell(name: str, value: Any) -> None:
+        _check_cell(name, value, n_seeds, store.folder)
         values[name] = value
         if name.startswith("B@"):
             log(f"B({name[2:]} %): {100 * float(np.mean(value)):.2f} % {value}")

@@ -37,7 +37,7 @@ from ..lock.keyed_model import KeyedModel
 from .cells import part
 from .data import Task
 from .matching import KeyEstimate, effective_weight, keyed_layers, reference_weights
-from .models import SweepConfig, accuracy, train_sweep_point
+from .models import SweepConfig, accuracy, batches, train_sweep_point
 from .relaxed_recurrent import replace_keyed_matrices
 
 
@@ -509,14 +509,15 @@ def learn_key(
     opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(seed)
     n = len(x)
-    steps = epochs * max(1, -(-n // batch_size))
+    slices = batches(n, batch_size)
+    steps = epochs * len(slices)
     step = 0
     loss_fn: Callable = nn.CrossEntropyLoss() if loss == "ce" else nn.MSELoss()
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen)
-        for i in range(0, n, batch_size):
+        for batch in slices:
             key.anneal(step / steps)
-            idx = order[i : i + batch_size]
+            idx = order[batch]
             opt.zero_grad()
             key.draw()
             loss_fn(forward(x[idx]), y[idx]).backward()

@@ -12,10 +12,12 @@ noise floor) trains ``factory()`` networks with cross-entropy on your data.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from numbers import Integral
@@ -124,6 +126,19 @@ def _digest(*tensors: torch.Tensor, text: str = "") -> str:
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _code(model: nn.Module) -> str:
+    """What the shapes do not say of an architecture: the module as printed (its layers and
+    activations) and the source of its class (its ``forward``) where Python has it, except
+    torch's own classes (``nn.Sequential``: the print says it all, and a torch upgrade would
+    rename the cells)."""
+    kind = type(model)
+    source = f"{kind.__module__}.{kind.__qualname__}"
+    if not kind.__module__.startswith("torch."):
+        with contextlib.suppress(OSError, TypeError):  # a class defined interactively
+            source = inspect.getsource(kind)
+    return f"{model!r}|{source}"
 
 
 def _check_architecture(factory: Callable[[], nn.Module], victim: nn.Module | None) -> nn.Module:
@@ -239,7 +254,8 @@ def model_spec(
         task.x_test,
         task.y_test,
         *(() if victim is None else victim.state_dict().values()),
-        text=f"{arch}|{task.n_classes}|lr {lr}|batch {batch_size}|own victim {victim is not None}",
+        text=f"{arch}|{_code(fresh)}|{task.n_classes}|lr {lr}|batch {batch_size}|"
+        f"own victim {victim is not None}",
     )
     n_params = sum(p.numel() for p in fresh.parameters())
     return ReferenceSpec(

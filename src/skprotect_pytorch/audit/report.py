@@ -17,6 +17,8 @@ COS_LIMIT = 0.1
 """Aligned |cos| of recovered vs true weights ≤ 0.1 above the noise floor."""
 SMALL_TEST = 2000
 """Test splits smaller than this make A0's 2-point bound a coin toss for some draws."""
+GATED = ("A0", "A1", "A2", "A3", "A4")
+"""The attacks the gate judges: a run of only some of them judges only those."""
 REPORT_ONLY = frozenset({"A5"})
 """Attacks that never fail the gate (DESIGN.md §2: a public base is not protected); they warn
 when they beat their reference by more than ``ATTACK_MARGIN``."""
@@ -54,7 +56,7 @@ class AuditRow:
     def judge(self) -> AuditRow:
         if self.attack in REPORT_ONLY:
             self.passed, self.reasons, self.warning = True, [], None
-            if self.accuracy > self.reference + ATTACK_MARGIN:
+            if not self.accuracy <= self.reference + ATTACK_MARGIN:
                 self.warning = (
                     f"the model is recoverable from its public base: {self.variant} reaches "
                     f"{100 * self.accuracy:.2f} % > fine-tuning the base "
@@ -65,15 +67,15 @@ class AuditRow:
         what, limit = "chance" if self.attack == "A0" else "B(x)", self.reference
         if self.control is not None and self.control > limit:
             what, limit = "its no-files control", self.control
-        self.reasons = []
-        if self.accuracy > limit + margin:
+        self.reasons = []  # each test written "not ≤", so that a NaN (a damaged cell) fails it
+        if not self.accuracy <= limit + margin:
             self.reasons.append(f"accuracy {self.accuracy:.4f} > {what} {limit:.4f} + {margin:.2f}")
         recovered, chance = self.perm_recovered, self.perm_chance
-        if recovered is not None and chance is not None and recovered > PERM_FACTOR * chance:
+        if recovered is not None and chance is not None and not recovered <= PERM_FACTOR * chance:
             self.reasons.append(
                 f"permutation recovery {recovered:.4f} > {PERM_FACTOR:g} x chance {chance:.4f}"
             )
-        if self.cos_excess is not None and self.cos_excess > COS_LIMIT:
+        if self.cos_excess is not None and not self.cos_excess <= COS_LIMIT:
             self.reasons.append(f"aligned |cos| {self.cos_excess:.3f} above the noise floor")
         self.passed = not self.reasons
         return self
@@ -129,11 +131,26 @@ class AuditReport:
         ]
 
     @property
+    def gated_not_asked(self) -> list[str]:
+        """The gated attacks (A0–A4) this run was not asked for (``settings["attacks"]``): its
+        verdict says nothing of them; empty when the settings do not list the attacks."""
+        asked = self.settings.get("attacks")
+        return [] if asked is None else [a for a in GATED if a not in asked]
+
+    @property
     def caveats(self) -> list[str]:
-        """What limits the reading of this report (a small test split)."""
+        """What limits the reading of this report (a small test split, gated attacks not run)."""
+        found = []
+        if missing := self.gated_not_asked:
+            ran = [a for a in GATED if a not in missing]
+            found.append(
+                f"{', '.join(missing)} not run: the gate verdict covers "
+                f"{', '.join(ran) + ' and ' if ran else ''}gate 4 only; run every attack "
+                f"({', '.join(GATED)}) for the whole gate"
+            )
         n = self.test_samples
         if n is None or n >= SMALL_TEST:
-            return []
+            return found
         sd = (self.chance * (1 - self.chance) / n) ** 0.5
         z = A0_MARGIN / sd if sd else math.inf  # one class in the test split: no spread
         tail = 0.5 * math.erfc(z / math.sqrt(2))
@@ -141,7 +158,8 @@ class AuditReport:
             f"the test split has {n:,} samples: an output unrelated to the input scores chance "
             f"± {100 * sd:.1f} points (one standard deviation), so each A0 row exceeds its "
             f"{100 * A0_MARGIN:g}-point bound by luck alone with probability {100 * tail:.1f} %; "
-            f"audit with {SMALL_TEST:,} or more test samples"
+            f"audit with {SMALL_TEST:,} or more test samples",
+            *found,
         ]
 
     @property
@@ -192,7 +210,8 @@ class AuditReport:
             f"chance: {pct(self.chance)} %",
             f"- settings: `{json.dumps(self.settings)}`",
             f"- time: {self.seconds:.0f} s{self._cells_text()}; "
-            f"gate: **{'PASS' if self.passed else 'FAIL'}**",
+            f"gate: **{'PASS' if self.passed else 'FAIL'}**"
+            + (f" ({', '.join(self.gated_not_asked)} not run)" if self.gated_not_asked else ""),
             *self._cell_times_lines(),
             *(f"- **caveat**: {c}" for c in self.caveats),
             "",
