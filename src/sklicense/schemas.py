@@ -103,11 +103,22 @@ def aware_datetime(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+def _number(text: str) -> bool:
+    """Whether ``text`` reads as a number, which pydantic takes as a Unix time, not ISO 8601."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def iso_text(value: object) -> object:
     """An admin's ``contract_end`` is ISO 8601 text (or null; a datetime from Python): a JSON
     number would be taken as Unix seconds, or milliseconds above 2e10, so a year (``2030``)
-    became 1970-01-01T00:33:50Z."""
-    if value is not None and not isinstance(value, str | dt.datetime):
+    became 1970-01-01T00:33:50Z; and so would a number in text (``"2030"``)."""
+    if value is not None and (
+        not isinstance(value, str | dt.datetime) or (isinstance(value, str) and _number(value))
+    ):
         raise ValueError(
             'must be ISO 8601 text with a timezone (e.g. "2026-06-30T00:00:00Z"), but got '
             f"{value!r}"

@@ -1,7 +1,7 @@
 """Admin API integers are JSON integers and contract ends ISO 8601 text: ``true`` was taken as
 1 (``"inference_quota": true`` set a quota of 1, ``"id": true`` created customer 1), ``"5"``
 and ``5.0`` as 5, and a number as a contract end in Unix seconds (a year, ``2030``, became
-1970-01-01T00:33:50Z). SQLite and PostgreSQL."""
+1970-01-01T00:33:50Z), a number in text (``"2030"``) too. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_a_quota_of_true_is_not_set(client: Any, tokens: Any, sessions: Any) -> 
         assert session.get(Customer, 42).inference_quota == 1000
 
 
-@pytest.mark.parametrize("value", [2030, 1_900_000_000, 1.5e12, True])
+@pytest.mark.parametrize("value", [2030, 1_900_000_000, 1.5e12, True, "2030", "1.9e9"])
 def test_a_contract_end_must_be_iso_text(
     client: Any, tokens: Any, sessions: Any, value: Any
 ) -> None:

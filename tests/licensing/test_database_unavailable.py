@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 from tests.licensing.conftest import PG_MAINTENANCE_URL
 from tests.licensing.server_helpers import (
     Clock,
@@ -75,3 +78,25 @@ def test_requests_the_database_fails_are_503(dropped: Any, caplog: Any) -> None:
     for line, request in zip(logged, answers, strict=True):
         assert line.startswith(f"{request} failed, the database is unavailable: ")
         assert f'database "{name}" does not exist' in line
+
+
+def test_a_database_error_without_a_message_is_503_too(
+    settings: Settings, clock: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    """A driver error with an empty message was an IndexError in the handler itself: a bare
+    500, the database's failure hidden behind it."""
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("SELECT 1", {}, sqlite3.OperationalError())
+
+    app = create_app(settings, clock)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        monkeypatch.setattr(Session, "execute", fails)
+        with caplog.at_level(logging.ERROR, logger="sklicense.api.main"):
+            response = client.get("/v1/health")
+    assert (response.status_code, response.json()) == (503, {"detail": DETAIL})
+    assert response.headers["Retry-After"] == "10"
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "sklicense.api.main"]
+    assert line == (
+        "GET /v1/health failed, the database is unavailable: OperationalError (no message)"
+    )

@@ -36,7 +36,9 @@ def database_unavailable(request: Request, error: Exception) -> JSONResponse:
     connection, locked past the busy timeout, a deadlock), instead of a bare 500 "Internal
     Server Error" that neither a load balancer's health check nor an admin can act on. The
     reason is logged, not answered: anyone can send a device request."""
-    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()  # none for a driver error without a message
+    reason = lines[0] if lines else f"{type(cause).__name__} (no message)"
     logger.error(
         "%s %s failed, the database is unavailable: %s", request.method, request.url.path, reason
     )
