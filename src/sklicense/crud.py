@@ -9,7 +9,7 @@ import hashlib
 import secrets
 from typing import Any
 
-from sqlalchemy import Engine, Select, delete, func, select
+from sqlalchemy import Connection, Engine, Select, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -166,16 +166,27 @@ def _upsert(engine: Engine):  # type: ignore[no-untyped-def]
 
 def rate_hit(engine: Engine, key: str, now: int) -> int:
     """Count one event for ``key`` in the current minute; returns the count (atomic upsert)."""
+    with engine.begin() as connection:
+        return _count_hit(connection, engine, key, now)
+
+
+def rate_hit_in(session: Session, key: str, now: int) -> int:
+    """:func:`rate_hit` inside ``session``'s transaction (on SQLite a second connection would
+    wait for the write lock that transaction holds)."""
+    return _count_hit(session, session.get_bind(), key, now)
+
+
+def _count_hit(
+    connection: Connection | Session, bind: Engine | Connection, key: str, now: int
+) -> int:
     window = now - now % RATE_WINDOW_S
-    insert = _upsert(engine)
-    stmt = insert(RateCounter).values(key=key, window_start=window, count=1)
+    stmt = _upsert(bind)(RateCounter).values(key=key, window_start=window, count=1)
     stmt = stmt.on_conflict_do_update(
         index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
     ).returning(RateCounter.count)
-    with engine.begin() as connection:
-        count = connection.execute(stmt).scalar_one()
-        if count == 1:  # first event of a window: forget windows older than an hour
-            connection.execute(delete(RateCounter).where(RateCounter.window_start < window - 3600))
+    count = connection.execute(stmt).scalar_one()
+    if count == 1:  # first event of a window: forget windows older than an hour
+        connection.execute(delete(RateCounter).where(RateCounter.window_start < window - 3600))
     return int(count)
 
 

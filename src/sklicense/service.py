@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from sklicense import db
-from sklicense.crud import audit
+from sklicense.crud import audit, rate_hit_in
 from sklicense.crypto import sign_licence, wrap_kek
 from sklicense.decision import (
     Allow,
@@ -359,6 +359,10 @@ def _resend(
     return _answer(row, device, application, key)
 
 
+_AUDITED_ONCE_A_MINUTE = ("stale_request", "replayed_request")
+"""Refusals of a usage report that a replayed capture repeats: audited once a minute."""
+
+
 def report_usage(
     sessions: sessionmaker[Session],
     report: UsageReportIn,
@@ -377,7 +381,19 @@ def report_usage(
 
     def denied_report(session: Session, deny: Deny, status: int = 403) -> Outcome:
         """The refusal of the report, audited (its device signed it: :func:`signed_by_device`
-        verified it with the key of the registered device, and a device's key never changes)."""
+        verified it with the key of the registered device, and a device's key never changes).
+        A stale or replayed report only once a minute per device and reason: one captured
+        report replayed in a loop would add up to a row per report allowed
+        (``usage_reports_per_minute``), for ever."""
+        if deny.reason in _AUDITED_ONCE_A_MINUTE and (
+            rate_hit_in(session, f"audit-usage-{deny.reason}:{report.device_id}", now) > 1
+        ):
+            logger.warning(
+                "usage report of device %r denied: %s (audited once a minute)",
+                report.device_id,
+                deny.detail,
+            )
+            return _deny(deny, status)
         audit(
             session,
             f"device:{report.device_id}",

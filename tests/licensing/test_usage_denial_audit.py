@@ -153,3 +153,24 @@ def test_licence_requests_stale_or_replayed_are_audited_too(client, sessions, cl
         )
         for reason, answer in (("replayed_request", replayed), ("stale_request", stale_answer))
     ]
+
+
+def test_a_replayed_or_stale_report_in_a_loop_is_audited_once_a_minute(
+    client, licensed, sessions, clock
+) -> None:
+    """One captured report, replayed in a loop (stale, or within the window), added an audit
+    row per replay the rate limit let through: 61 rows a minute, for ever. Now one a minute
+    per device and reason; the answers are unchanged."""
+    device, licence_id = licensed
+    clock.now -= clock.now % 60  # the loop stays within one minute
+    taken = device.usage_report(licence_id, "r2", 6, clock.now)
+    assert send(client, device, taken).is_success
+    stale = device.usage_report(licence_id, "r3", 7, clock.now - 301)
+    before = last_audit_id(sessions)
+    answers = [send(client, device, body).json()["reason"] for body in [taken, stale] * 5]
+    assert answers == ["replayed_request", "stale_request"] * 5
+    reasons = [detail["reason"] for *_, detail in audit_rows(sessions, before)]
+    assert reasons == ["replayed_request", "stale_request"]
+    clock.now += 60  # the next minute: audited again
+    assert send(client, device, taken).json()["reason"] == "replayed_request"
+    assert [d["reason"] for *_, d in audit_rows(sessions, before)][2:] == ["replayed_request"]
