@@ -11,6 +11,8 @@ one without a valid licence waits for the other's renewal and takes its licence.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from pathlib import Path
@@ -97,3 +99,33 @@ def test_processes_whose_licence_expired_renew_once(tmp_path) -> None:
     assert second.ensure_licence() == first.ensure_licence()
     first.close()
     second.close()
+
+
+def test_a_process_holding_the_renewal_lock_for_ever_delays_the_others_a_bounded_time(
+    tmp_path,
+) -> None:
+    """A process stopped while it renews (SIGSTOP, a debugger), or a forked child that kept
+    the lock, made every other process whose licence expired wait for ever; with the server
+    down, each waiter waited for every failure before its own. The wait is now about one
+    renewal's requests (3 x timeout), then the process renews alone."""
+    clock = Clock()
+    server = FakeServer(duration=10 * DAY, quota=10**6)
+    (client,) = processes(server, tmp_path / "state", clock, count=1)
+    client.consume()
+    client._timeout = 0.2  # the bound is 3 x timeout: 0.6 s
+    clock.t = T0 + 20 * DAY  # expired
+    holder = os.open(tmp_path / "state" / ".renew_app.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another open file: a process that never lets go
+    renewing = threading.Thread(target=client.consume, daemon=True)
+    try:
+        start = time.monotonic()
+        renewing.start()
+        renewing.join(timeout=5)  # before: blocked until the holder let go
+        waited = time.monotonic() - start
+        assert not renewing.is_alive()
+    finally:
+        os.close(holder)
+        renewing.join()
+    assert 0.6 <= waited < 5
+    assert len(server.licence_requests) == 2  # renewed alone after the wait
+    client.close()

@@ -187,11 +187,14 @@ _ANSWER_LOST = (
 
 
 @contextlib.contextmanager
-def _renewing(state_dir: Path, application: str, *, wait: bool) -> Iterator[bool]:
+def _renewing(state_dir: Path, application: str, *, wait_seconds: float) -> Iterator[bool]:
     """Hold the device's lock on renewing ``application``'s licence (``.renew_<application>
-    .lock``) and yield True; yield False at once, holding nothing, when another process holds it
-    and ``wait`` is false. True without a lock where there are no POSIX locks or the lock file
-    cannot be made (a read-only folder): renewals are then not serialised."""
+    .lock``) and yield True; yield False, holding nothing, when another process still holds it
+    after ``wait_seconds`` (0: at once). Bounded: a holder stopped (SIGSTOP, a debugger) or a
+    forked child that kept the lock must not stop every other process, and with the server down
+    each waiter would otherwise wait for every failure before its own. True without a lock where
+    there are no POSIX locks or the lock file cannot be made (a read-only folder): renewals are
+    then not serialised."""
     fd = None
     if fcntl is not None:
         with contextlib.suppress(OSError):
@@ -200,14 +203,24 @@ def _renewing(state_dir: Path, application: str, *, wait: bool) -> Iterator[bool
         yield True
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held = True
-        except BlockingIOError:
-            held = False
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    held = False
+                    break
+                time.sleep(_RENEWAL_POLL_S)
         yield held
     finally:
         os.close(fd)  # closing releases the lock
+
+
+_RENEWAL_POLL_S = 0.02
+"""How often a process waiting for another's renewal looks whether it is done."""
 
 
 def _at_contract_end(licence: Licence) -> bool:
@@ -611,6 +624,7 @@ class LicenceClient:
         self.requested_inferences = requested_inferences
         self.contract_end_check_seconds = contract_end_check_seconds
         self._clock = clock
+        self._timeout = timeout
         self._http = httpx.Client(base_url=self.server_url, timeout=timeout, transport=transport)
         self._lock = threading.RLock()
         self._licence: Licence | None = None
@@ -1275,7 +1289,10 @@ class LicenceClient:
         valid licence does not wait: it goes on with it, and takes the other's from the cache at
         a later call.
         """
-        with _renewing(self.state_dir, self.application, wait=renews is None) as alone:
+        # an expired licence waits, at most about one renewal's requests (public key, usage
+        # report, licence: timeout each), then renews alone
+        wait = 0.0 if renews is not None else 3 * self._timeout
+        with _renewing(self.state_dir, self.application, wait_seconds=wait) as alone:
             if renews is not None and not alone:
                 return renews
             taken = self._renewed_meanwhile(now, checked=renews is not None)
