@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -152,14 +153,37 @@ def test_a_new_model_named_like_another_but_for_case_is_refused(workdir: Path) -
     )
 
 
+def test_a_model_deployed_beside_its_case_twin_can_be_added_to_the_other_platform(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'Net' and 'net', both deployed for LINUX by an earlier release, each have their folder
+    already: adding 'Net' to TXT was refused as a twin of 'net', a folder it makes no more."""
+    protector = SkProtectorPyTorch(application_name="app")
+    monkeypatch.setattr("skprotect_pytorch.pipeline._refuse_case_twin", lambda request: None)
+    for name in ("Net", "net"):
+        protector.protect_new_model(
+            mlp(0), name, [X], model_export_formats=EF.ONNX, deployment_platform=EP.LINUX
+        )
+    monkeypatch.undo()
+    protector.protect_new_model(
+        mlp(0), "Net", [X], model_export_formats=EF.ONNX, deployment_platform=EP.TXT
+    )
+    with pytest.raises(InvalidArgumentError, match="'NET' differs from the model 'Net'"):
+        protector.protect_new_model(
+            mlp(0), "NET", [X], model_export_formats=EF.ONNX, deployment_platform=EP.TXT
+        )
+
+
 def test_a_new_model_name_with_a_file_extension_is_refused(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The usage document's model_name is "without file extension": 'resnet.onnx' was taken and
     named the files resnet.onnx.onnx. A model deployed under such a name can still be updated."""
     protector = SkProtectorPyTorch(application_name="app")
-    for name, stem in (("resnet.onnx", "resnet"), ("net.v2.PT2", "net.v2")):
-        with pytest.raises(InvalidArgumentError, match=f"Pass model_name='{stem}'"):
+    for name, stem in (("resnet.onnx", "resnet"), ("net.v2.PT2", "net.v2"), ("w.pth", "w")):
+        # it said "(here w.pth.pth)": no file of that name is written
+        message = re.escape(f"(the ONNX one {name}.onnx). Pass model_name='{stem}'")
+        with pytest.raises(InvalidArgumentError, match=message):
             protector.protect_new_model(mlp(0), name, [X], model_export_formats=EF.ONNX)
     assert not (workdir / "outputs").exists()
     protector.protect_new_model(mlp(0), "net.v2", [X], model_export_formats=EF.ONNX)
@@ -168,6 +192,11 @@ def test_a_new_model_name_with_a_file_extension_is_refused(
     monkeypatch.undo()
     result = protector.protect_updated_model(mlp(1), "old.onnx", [X], model_export_formats=EF.ONNX)
     assert result.formats["onnx"].path.name == "old.onnx.onnx"
+    # the same model for the other platform: it was refused, naming a name with other keys
+    linux = protector.protect_new_model(
+        mlp(1), "old.onnx", [X], model_export_formats=EF.ONNX, deployment_platform=EP.LINUX
+    )
+    assert linux.formats["onnx"].path == result.formats["onnx"].path
 
 
 def test_format_settings_no_protected_format_takes_are_said(workdir: Path) -> None:

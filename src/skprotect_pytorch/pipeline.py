@@ -380,24 +380,28 @@ def _refuse_case_twin(request: ProtectRequest) -> None:
     """Refuse a new model whose name differs from a model of the application (either
     platform's) only in case: on a case-insensitive disk (macOS, Windows: where the folder may
     be protected, copied or deployed) both name one folder, so the new model's files silently
-    replace the other's, whose configuration entry then fails (``IntegrityError``)."""
+    replace the other's, whose configuration entry then fails (``IntegrityError``).  A model
+    that the other platform has already is no new folder: it may be added to this one."""
     wanted = request.model_name.casefold()
+    models: dict[str, Path] = {}
     for path in (request.outputs_dir / name for name in sorted(set(CONFIG_FILENAMES.values()))):
         if not path.is_file():
             continue
         try:
-            names = load_config(path).models
+            models.update(dict.fromkeys(load_config(path).models, path))
         except SkProtectError:
             continue  # the configuration checks report it
-        twin = next((n for n in names if n != request.model_name and n.casefold() == wanted), None)
-        if twin is not None:
-            raise InvalidArgumentError(
-                f"model_name '{request.model_name}' differs from the model '{twin}' of "
-                f"{path} only in case: on a case-insensitive disk (macOS, Windows) both are "
-                f"the folder {request.outputs_dir / twin}, and this model's files would replace "
-                f"those of '{twin}'. Choose another name, or pass '{twin}' to "
-                "protect_updated_model to replace that model."
-            )
+    if request.model_name in models:
+        return
+    twin = next((n for n in models if n.casefold() == wanted), None)
+    if twin is not None:
+        raise InvalidArgumentError(
+            f"model_name '{request.model_name}' differs from the model '{twin}' of "
+            f"{models[twin]} only in case: on a case-insensitive disk (macOS, Windows) both are "
+            f"the folder {request.outputs_dir / twin}, and this model's files would replace "
+            f"those of '{twin}'. Choose another name, or pass '{twin}' to "
+            "protect_updated_model to replace that model."
+        )
 
 
 def _precheck_config(

@@ -78,7 +78,8 @@ file extension") ending with one would name files such as ``resnet.onnx.onnx``."
 
 def _check_model_name(value: Any, new: bool) -> str:
     """A model name also names a folder beside the configuration files: it must not be one.
-    A ``new`` model's name must not end with a file extension (a deployed one keeps its name)."""
+    A ``new`` model's name (one that no configuration of the application has) must not end with
+    a file extension: a deployed one keeps its name, on the other platform too."""
     _check_name(value, "model_name")
     if value.casefold() in {name.casefold() for name in CONFIG_FILENAMES.values()}:
         raise InvalidArgumentError(
@@ -90,7 +91,7 @@ def _check_model_name(value: Any, new: bool) -> str:
     if new and suffix.lower() in MODEL_FILE_EXTENSIONS:
         raise InvalidArgumentError(
             f"model_name {value!r} ends with the file extension {suffix!r}: it is the name "
-            f"without file extension, which names the files (here {value}{suffix}). Pass "
+            f"without file extension, which names the files (the ONNX one {value}.onnx). Pass "
             f"model_name={value[: -len(suffix)]!r}."
         )
     return value
@@ -175,17 +176,24 @@ class SkProtectorPyTorch:
             )
         return self._state
 
-    def _protected_here(self) -> bool:
-        """Whether the outputs folder holds a configuration of this application (one of
-        another application, or a damaged one, is for the protection's own checks to name)."""
+    def _deployed_models(self) -> set[str] | None:
+        """The models of this application's configurations in the outputs folder, both
+        platforms'; None when it holds none (one of another application, or a damaged one, is
+        for the protection's own checks to name)."""
+        models: set[str] | None = None
         for platform in ExportPlatform:
             path = self.config_path(platform)
             try:
-                if path.is_file() and load_config(path).application == self.application_name:
-                    return True
+                config = load_config(path) if path.is_file() else None
             except (SkProtectError, OSError):
                 continue
-        return False
+            if config is not None and config.application == self.application_name:
+                models = (models or set()) | set(config.models)
+        return models
+
+    def _protected_here(self) -> bool:
+        """Whether the outputs folder holds a configuration of this application."""
+        return self._deployed_models() is not None
 
     def _protection_state(self) -> ProtectionState:
         """The state a protection uses: an application that already has a configuration was
@@ -300,7 +308,9 @@ class SkProtectorPyTorch:
             raise InvalidArgumentError(
                 f"model must be a torch.nn.Module, but got {type(a['model']).__name__}."
             )
-        _check_model_name(a["model_name"], new=not replace)
+        name = _check_name(a["model_name"], "model_name")
+        # deployed on the other platform, it keeps its name there too
+        _check_model_name(name, new=not replace and name not in (self._deployed_models() or ()))
         tensors = a["input_tensors"]
         if (
             not isinstance(tensors, list | tuple)

@@ -134,6 +134,18 @@ def test_arrays_forward_makes_or_that_hold_no_weight_are_not_listed() -> None:
     assert _checked(Reads(read), torch.randn(2, 8)) == []
 
 
+def _adds_bias(row: torch.Tensor) -> torch.Tensor:
+    return row + BIAS
+
+
+def test_a_model_that_calls_torch_vmap_is_checked() -> None:
+    """The first checked run raised "Cannot access data pointer of Tensor that doesn't have
+    storage": vmap's batched tensors reach torch functions as plain tensors without memory."""
+    assert _checked(Reads(lambda x: torch.vmap(lambda r: r * r.sum())(x)), torch.randn(2, 8)) == []
+    listed = _checked(Reads(lambda x: torch.vmap(_adds_bias)(x)), torch.randn(2, 8))
+    assert listed == [(f"{__name__}.BIAS", (8,))]
+
+
 @functools.lru_cache
 def _mixer(n: int) -> torch.Tensor:
     return torch.randn(n, n)

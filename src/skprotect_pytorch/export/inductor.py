@@ -54,6 +54,41 @@ _MIN_SCRUBBED_PREFIX = 8
 compiled library could hit code or data, and they say little about the build machine."""
 
 
+class _ErrorKeepingFile(io.RawIOBase):
+    """``file`` as torch's archive writer writes a package into it, streamed (the package is
+    about the weights' size): the first ``OSError`` (a full disk) is kept in :attr:`error`,
+    not raised, and later writes are dropped. Raised to it, the error aborted the whole
+    process: a write in the writer's ``__exit__`` fails again, and its destructor throws while
+    that error unwinds (C++ terminate), writing to a path or a file alike."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__()
+        self.file = file
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.error is None:
+            try:
+                self.file.write(data)
+            except OSError as err:
+                self.error = err
+        return len(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if self.error is None:
+            try:
+                return self.file.seek(offset, whence)
+            except OSError as err:
+                self.error = err
+        return 0
+
+
 def build_folders() -> list[str]:
     """The build machine's folders that AOTInductor writes into a package, longest first:
     torch's compile cache (named after the user), torch's install folder (the virtualenv) and
@@ -172,34 +207,33 @@ class InductorExporter(DeviceExporter):
             ) from err
         exported = time.perf_counter()
         try:
-            # Without no_grad, a CUDA compile of parameters that require grad fails in addmm's
-            # out= variant ("functions with out=... arguments don't support automatic
-            # differentiation"); an inference package needs no autograd anyway. Packaged in
-            # memory, then written: on a full disk torch's archive writer, writing to a path or
-            # a file, aborts the whole process (a write in its __exit__ fails again, and its
-            # destructor throws while that error unwinds: C++ terminate). The package (about
-            # the weights' size) is held once, only until it is written.
-            package = io.BytesIO()
-            with quiet_upstream_warnings(), torch.no_grad():
-                torch._inductor.aoti_compile_and_package(
-                    program, package_path=package, inductor_configs=configs
-                )
-        except Exception as err:
-            raise ExportError(
-                f"AOTInductor compilation failed ({first_line(err)}). Check inductor_configs and "
-                "that a C++ compiler is installed"
-                + (" (and the CUDA toolkit)." if self.device == "cuda" else ".")
-            ) from err
-        finally:
-            release_last_trace()
-        try:
             with open(path, "wb") as file:
-                file.write(package.getbuffer())
-        except OSError as err:
+                sink = _ErrorKeepingFile(file)
+                try:
+                    # Without no_grad, a CUDA compile of parameters that require grad fails in
+                    # addmm's out= variant ("functions with out=... arguments don't support
+                    # automatic differentiation"); an inference package needs no autograd anyway.
+                    with quiet_upstream_warnings(), torch.no_grad():
+                        torch._inductor.aoti_compile_and_package(
+                            program, package_path=sink, inductor_configs=configs
+                        )
+                except Exception as err:
+                    if sink.error is not None:  # the disk's error, not what it led to
+                        raise sink.error from err
+                    raise ExportError(
+                        f"AOTInductor compilation failed ({first_line(err)}). Check "
+                        "inductor_configs and that a C++ compiler is installed"
+                        + (" (and the CUDA toolkit)." if self.device == "cuda" else ".")
+                    ) from err
+                finally:
+                    release_last_trace()
+            if sink.error is not None:
+                raise sink.error
+        except (OSError, ExportError) as err:
             path.unlink(missing_ok=True)
-            # a full or read-only disk, said by the protection with the file it names
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        del package
+            if isinstance(err, OSError):  # a full or read-only disk, said by the protection
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
         try:
             without_build_paths(path)
         except OSError as err:

@@ -53,9 +53,13 @@ def _tensors_in(values: Iterable[object]) -> Iterator[Data]:
 
 def _on_the_host(value: Data) -> bool:
     """Whether ``value`` is a plain tensor with its own memory on the CPU, where a NumPy
-    array's memory can be (a sparse tensor has no single address)."""
+    array's memory can be (a sparse tensor has no single address, and a ``torch.vmap``
+    batched tensor, a plain ``torch.Tensor`` too, none: its ``data_ptr()`` raises)."""
     return (
-        type(value) is torch.Tensor and value.layout == torch.strided and value.device.type == "cpu"
+        type(value) is torch.Tensor
+        and value.layout == torch.strided
+        and value.device.type == "cpu"
+        and torch._C._has_storage(value)
     )
 
 
