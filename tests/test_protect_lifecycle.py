@@ -21,6 +21,7 @@ from skprotect_pytorch.errors import (
     StateError,
 )
 from skprotect_pytorch.protect import SkProtectorPyTorch
+from skruntime import SkRuntime
 
 EF = SkProtectorPyTorch.ExportFormat
 EP = SkProtectorPyTorch.ExportPlatform
@@ -241,3 +242,37 @@ def test_a_damaged_configuration_says_how_to_start_over(workdir: Path) -> None:
         protector.protect_updated_model(mlp(1), "m", [X], model_export_formats=EF.ONNX)
     config.rename(workdir / "damaged.json")  # what the message says
     protector.protect_new_model(mlp(1), "m", [X], model_export_formats=EF.ONNX)
+
+
+def test_a_shared_file_recording_other_dynamic_ranges_is_not_kept(workdir: Path) -> None:
+    """The other platform's ONNX file, kept when it reproduced the outputs, recorded that
+    protection's range (batch 2 to 8), so the LINUX runtime refused the batches 9 to 64 its
+    own protection asked for. It is replaced now (with the warning that the other platform
+    must be protected again); a file with the same range is still kept."""
+    protector = SkProtectorPyTorch(application_name="app")
+    x4 = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+
+    def protect(platform: EP, high: int, new: bool = True) -> None:
+        call = protector.protect_new_model if new else protector.protect_updated_model
+        call(
+            mlp(0),
+            "m",
+            [x4],
+            model_export_formats=EF.ONNX,
+            deployment_platform=platform,
+            dynamic_shapes=[{0: torch.export.Dim("batch", min=2, max=high)}],
+        )
+
+    protect(EP.TXT, 8)
+    shared = protector.outputs_dir / "m" / "onnx" / "m.onnx"
+    before = shared.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # nothing replaced: no warning
+        protect(EP.LINUX, 8)
+    assert shared.read_bytes() == before
+    with pytest.warns(RuntimeWarning, match="was the TXT deployment's file"):
+        protect(EP.LINUX, 64, new=False)
+    runtime = SkRuntime(protector.outputs_dir, platform="LINUX", kek=protector.state.kek)
+    batch = torch.randn(20, 6)
+    with runtime.load("m") as model, torch.no_grad():
+        assert abs(model(batch.numpy()) - mlp(0)(batch).numpy()).max() < 1e-4

@@ -54,6 +54,7 @@ from .export.base import (
     check_outputs,
     first_line,
     load_artifact,
+    recorded_ranges,
     signature_dynamic_shapes,
 )
 from .export.options import ExportOptions
@@ -630,10 +631,17 @@ def _export_reference(
 def _reproduces(
     exporter: Exporter,
     path: Path,
+    staged: Path,
     options: ExportOptions,
     checks: list[tuple[list[np.ndarray], list[np.ndarray]]],
 ) -> bool:
-    """Whether the artifact at ``path`` computes every check's outputs from its inputs."""
+    """Whether the artifact at ``path`` can stand for the one ``staged``: it computes every
+    check's outputs from its inputs, and records no other dynamic ranges (the runtime enforces
+    a file's own: kept with another one, it refused sizes this protection asked for). A file
+    that records none (written before ranges were) accepts every size, as before."""
+    kept = recorded_ranges(path)
+    if kept is not None and kept != recorded_ranges(staged):
+        return False
     try:
         run = _on_copies(load_artifact(exporter, path, options))
         for inputs, outputs in checks:
@@ -811,7 +819,7 @@ def _run_group(
                 shipped = other_platform.shipped_digest(relative, final)
                 # a GPU file is checked at the example size only: kept only without dynamic axes
                 checked = device == "cpu" or other_sizes is None
-                if shipped and checked and _reproduces(exporter, final, options, checks):
+                if shipped and checked and _reproduces(exporter, final, path, options, checks):
                     staging.keep_final(path)  # the other platform's file: this model, this key
                     kept = shipped
                 elif shipped:

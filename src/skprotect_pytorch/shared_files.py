@@ -116,7 +116,8 @@ class OtherPlatform:
         message = (
             f"{relative} was the {self.platform.value} deployment's file and now holds this "
             f"protection's (it does not compute this version of '{model_name}' with this key, "
-            "a new version or new keys from rotate_keys, or is a GPU "
+            "a new version or new keys from rotate_keys, records other dynamic ranges than "
+            "this protection's dynamic_shapes, or is a GPU "
             f"file with dynamic axes, which cannot be checked at other sizes): the "
             f"{self.platform.value} configuration refuses it (IntegrityError) until "
             f"'{model_name}' is protected for {self.platform.value} again."

@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 import logging
 import re
 import threading
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from skruntime.backends.inputs import INPUTS_METADATA
 
 from ..errors import ExportError, InvalidArgumentError, VerificationError
 from ..formats import ExportFormat
@@ -324,6 +328,44 @@ def verify_artifact(
     """
     run = load_artifact(exporter, path, options)
     return check_outputs(exporter, path, run, inputs, expected, rtol)
+
+
+def recorded_ranges(path: Path) -> list[Any] | None:
+    """The dynamic axes' ranges that the model file at ``path`` records per input, which the
+    runtime enforces (``[{"0": [2, 8]}, None]``); None when it records none (written before
+    ranges were recorded, no declared range, or damaged)."""
+    record = _recorded_inputs(path)
+    if not isinstance(record, list):
+        return None
+    ranges = [spec.get("ranges") if isinstance(spec, dict) else None for spec in record]
+    return ranges if any(ranges) else None
+
+
+def _recorded_inputs(path: Path) -> Any:
+    """The input record (:data:`~skruntime.backends.inputs.INPUTS_METADATA`, parsed) that the
+    model file at ``path`` carries; None when it has none. In a TorchScript or AOTInductor
+    archive, its extra file or metadata; in an ONNX file, a metadata property."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    if name.endswith(f"/extra/{INPUTS_METADATA}"):
+                        return json.loads(archive.read(name))
+                    if name.endswith("_metadata.json"):  # AOTInductor's, the record a value
+                        raw = json.loads(archive.read(name)).get(INPUTS_METADATA)
+                        return None if raw is None else json.loads(raw)
+            return None
+        import onnx  # the protect extra's; only ONNX files need it
+        from google.protobuf.message import DecodeError
+
+        try:
+            props = onnx.load(str(path), load_external_data=False).metadata_props
+        except DecodeError:
+            return None
+        raw = next((p.value for p in props if p.key == INPUTS_METADATA), None)
+        return None if raw is None else json.loads(raw)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
 
 
 def load_artifact(exporter: Exporter, path: Path, options: ExportOptions) -> Runner:
