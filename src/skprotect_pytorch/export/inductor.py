@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, input_specs, row_major
+from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, row_major
 
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
@@ -284,11 +284,7 @@ class InductorExporter(DeviceExporter):
             # assert (pytorch/pytorch#194018). Tuned at the first run instead, on real inputs.
             configs.setdefault("triton.autotune_at_compile_time", False)
         metadata = dict(configs.get("aot_inductor.metadata") or {})
-        dims = options.export_dynamic_shapes(with_key)
-        names = options.names(with_key)
-        key_name = options.key_name if with_key else None
-        metadata[INPUTS_METADATA] = json.dumps(input_specs(args, dims, names, key_name))
-        configs["aot_inductor.metadata"] = metadata
+        configs["aot_inductor.metadata"] = metadata | options.inputs_record(args, with_key)
         return configs
 
     def load(self, path: Path, options: ExportOptions) -> Runner:

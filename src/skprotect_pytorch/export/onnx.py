@@ -14,7 +14,6 @@ beside the model for models of hundreds of MB.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -26,8 +25,6 @@ import onnx
 import torch
 from onnx import external_data_helper
 from torch import Tensor, nn
-
-from skruntime.backends.inputs import INPUTS_METADATA, input_specs
 
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
@@ -305,14 +302,7 @@ class OnnxExporter:
             why = f" (The dynamo exporter failed: {errors[0]}.)" if errors else ""
             refuse_baked_values(caught, "The legacy ONNX exporter (dynamo=False)", why)
             notes += _check_names(proto, options, with_key)
-            # the inputs as the runtime checks them: the dynamic axes' ranges are recorded here
-            specs = input_specs(
-                args,
-                options.export_dynamic_shapes(with_key),
-                options.names(with_key),
-                options.key_name if with_key else None,
-            )
-            metadata = {INPUTS_METADATA: json.dumps(specs)}
+            metadata = options.inputs_record(args, with_key)
             if _save_single_file(written, path, metadata) and not used:  # dynamo: a side file
                 notes.append("weights were written as external data; re-saved inlined")
         return ExportReport(

@@ -10,6 +10,7 @@ derived from it so that every format (ONNX, TorchScript, AOTInductor) honours th
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from skruntime.backends.inputs import INPUTS_METADATA, input_specs
 
 from ..errors import InvalidArgumentError
 
@@ -61,6 +64,18 @@ class ExportOptions:
     def names(self, with_key: bool) -> list[str]:
         """Graph input names: the model inputs, then the key when ``with_key``."""
         return [*self.input_names, self.key_name] if with_key else list(self.input_names)
+
+    def inputs_record(self, args: Sequence[Tensor], with_key: bool) -> dict[str, str]:
+        """The input record every format stores in its file (``{INPUTS_METADATA: json}``):
+        names, dtypes, static sizes and the declared ranges of the dynamic axes, which the
+        runtime checks every call against (a traced graph takes a wrong key silently)."""
+        specs = input_specs(
+            args,
+            self.export_dynamic_shapes(with_key),
+            self.names(with_key),
+            self.key_name if with_key else None,
+        )
+        return {INPUTS_METADATA: json.dumps(specs)}
 
     def export_dynamic_shapes(self, with_key: bool) -> tuple[DimSpec | None, ...] | None:
         """``dynamic_shapes`` for ``torch.export``/dynamo, the key's length static."""

@@ -13,7 +13,6 @@ TorchScript runs a key of the wrong length or dtype without complaint.
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import time
 import zipfile
@@ -24,8 +23,6 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from torch import Tensor, nn
-
-from skruntime.backends.inductor import INPUTS_METADATA, input_specs
 
 from ..errors import ExportError
 from ..formats import ExportFormat
@@ -168,14 +165,7 @@ class TorchScriptExporter(DeviceExporter):
         except Exception as err:
             raise _tracing_failed(err) from err
         refuse_baked_values(caught, f"ExportFormat.{self.fmt.name}")
-        specs = input_specs(
-            args,
-            options.export_dynamic_shapes(with_key),
-            options.names(with_key),
-            options.key_name if with_key else None,
-        )
-        # the runtime checks inputs against these: a traced graph accepts a wrong key silently
-        extra_files = {INPUTS_METADATA: json.dumps(specs)}
+        extra_files = options.inputs_record(args, with_key)
         scratch = path.with_name(f".{path.name}.traced")
         buffer, steps = _frozen_archive(traced, self.device, scratch, extra_files, notes)
         write_without_debug_records(buffer, path)
