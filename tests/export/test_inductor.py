@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import textwrap
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from tests.assertions import assert_equivalent
-from tests.export.toy_models import ConvNet, Toy, eager
+from tests.export.toy_models import ConvNet, Toy, eager, export_onto_full_disk
 from torch import nn
 from torch._inductor import package as inductor_package
 from torch.export import Dim
@@ -185,40 +183,13 @@ def test_compile_failure_is_an_export_error(tmp_path, monkeypatch):
     assert not (tmp_path / "m.pt2").exists()
 
 
-FULL_DISK_EXPORT = """
-import errno, os, sys
-from pathlib import Path
-import torch
-from tests.export.toy_models import Toy
-from skprotect_pytorch.export import build_export_options, get_exporter
-from skprotect_pytorch.formats import ExportFormat
-
-folder = Path(sys.argv[1])
-os.symlink("/dev/full", folder / "toy.pt2")  # the package lands on a full disk
-x = torch.randn(2, 8)
-options = build_export_options([x], {"input_names": ["x"], "output_names": ["y"]})
-try:
-    get_exporter(ExportFormat.INDUCTOR_CPU).export(
-        Toy().eval(), (x, torch.rand(10)), folder / "toy.pt2", options, with_key=True
-    )
-except OSError as err:
-    print("OSError", errno.errorcode[err.errno])
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_a_full_disk_is_an_os_error_not_a_crash(tmp_path):
     """aoti_compile_and_package writing to a path on a full disk aborted the whole process
     (C++ terminate: the archive writer's destructor threw while its error unwound); the
     protection turns an OSError into an ExportError that says to free space."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FULL_DISK_EXPORT), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=Path(__file__).parents[2],
-    )
+    done = export_onto_full_disk(tmp_path, "INDUCTOR_CPU", "toy.pt2", "toy.pt2", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "OSError ENOSPC"
     assert not (tmp_path / "toy.pt2").is_symlink()  # the link is removed, not /dev/full

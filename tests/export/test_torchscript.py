@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tests.export.toy_models import ConvNet, Toy, eager
+from tests.export.toy_models import ConvNet, Toy, eager, export_onto_full_disk
 from torch import nn
 from torch.export import Dim
 
@@ -144,38 +142,13 @@ def test_gpu_variant_traces_on_cuda(tmp_path):
     assert verify_artifact(GPU, report.path, opts, inputs, eager(model, x3), rtol=1e-3) < 1e-3
 
 
-FULL_DISK_EXPORT = """
-import errno, os, sys
-from pathlib import Path
-import torch
-from tests.export.toy_models import Toy
-from skprotect_pytorch.export import build_export_options, get_exporter
-from skprotect_pytorch.formats import ExportFormat
-
-folder = Path(sys.argv[1])
-os.symlink("/dev/full", folder / ".toy.pt.traced")  # the exporter's scratch file: a full disk
-x = torch.randn(2, 8)
-options = build_export_options([x], {"input_names": ["x"], "output_names": ["y"]})
-try:
-    get_exporter(ExportFormat.TORCHSCRIPT_CPU).export(
-        Toy().eval(), (x, torch.rand(10)), folder / "toy.pt", options, with_key=True
-    )
-except OSError as err:
-    print("OSError", errno.errorcode[err.errno])
-"""
-
-
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_a_full_disk_is_an_os_error_not_a_crash(tmp_path):
     """torch.jit.save to a path on a full disk aborted the whole process (C++ terminate: the
     archive writer's destructor threw while its error unwound), losing the user's session;
     the protection turns an OSError into an ExportError that says to free space."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FULL_DISK_EXPORT), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).parents[2],
+    done = export_onto_full_disk(
+        tmp_path, "TORCHSCRIPT_CPU", ".toy.pt.traced", "toy.pt", timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "OSError ENOSPC"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -44,3 +48,40 @@ class DoublesInPlace(nn.Module):
 def eager(module, *inputs) -> list[np.ndarray]:
     with torch.no_grad():
         return [module(*inputs).numpy()]
+
+
+_FULL_DISK_EXPORT = """
+import errno, os, sys
+from pathlib import Path
+import torch
+from tests.export.toy_models import Toy
+from skprotect_pytorch.export import build_export_options, get_exporter
+from skprotect_pytorch.formats import ExportFormat
+
+folder, fmt, link, target = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+os.symlink("/dev/full", folder / link)  # that file lands on a full disk
+x = torch.randn(2, 8)
+options = build_export_options([x], {"input_names": ["x"], "output_names": ["y"]})
+try:
+    get_exporter(ExportFormat[fmt]).export(
+        Toy().eval(), (x, torch.rand(10)), folder / target, options, with_key=True
+    )
+except OSError as err:
+    print("OSError", errno.errorcode[err.errno])
+"""
+
+
+def export_onto_full_disk(
+    folder: Path, fmt: str, link: str, target: str, timeout: int
+) -> subprocess.CompletedProcess[str]:
+    """Export :class:`Toy` in format ``fmt`` (an ``ExportFormat`` name) to ``folder/target``
+    with ``folder/link`` linked to ``/dev/full``, in a child process: torch's archive writers
+    aborted the whole process on a full disk. The child prints ``OSError ENOSPC`` when the
+    export raised that."""
+    return subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_EXPORT, str(folder), fmt, link, target],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).parents[2],
+    )
