@@ -66,7 +66,7 @@ def test_a_torchscript_scratch_file_that_cannot_be_written_is_an_export_error(
     real_save = torch.jit.save
 
     def full_disk(module, f, *args, **kwargs):
-        if str(f).endswith(".traced"):
+        if str(getattr(f, "name", f)).endswith(".traced"):  # a path or a file
             raise RuntimeError("[enforce fail at inline_container.cc:778] . file write failed")
         return real_save(module, f, *args, **kwargs)
 
