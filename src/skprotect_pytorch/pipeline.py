@@ -176,6 +176,13 @@ def _replaced_files(request: ProtectRequest) -> set[str]:
     }
 
 
+def _tell(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn the line that called the protector (through ``run_protection`` and the
+    protector's method) with ``message``, and log it."""
+    warnings.warn(message, category, stacklevel=6)
+    get_logger().warning(message)
+
+
 def _warn_stale_originals(request: ProtectRequest, written: list[Path]) -> None:
     """Say that unlocked copies from an earlier ``save_original=True`` protection are still in
     the shipped folder: this protection did not write them (``written``: the copies it did
@@ -191,8 +198,7 @@ def _warn_stale_originals(request: ProtectRequest, written: list[Path]) -> None:
         f"save_original=True protection ({', '.join(stale)}): plaintext weights, readable by "
         f"whoever gets {request.outputs_dir}. Delete that folder before shipping."
     )
-    warnings.warn(message, UserWarning, stacklevel=5)
-    get_logger().warning(message)
+    _tell(message)
 
 
 def _warn_migrated(request: ProtectRequest, config: Config | None) -> None:
@@ -210,8 +216,7 @@ def _warn_migrated(request: ProtectRequest, config: Config | None) -> None:
         f"need version {old}, re-protect every model of the application into a new "
         f"application_name with platform_version={old}."
     )
-    warnings.warn(message, UserWarning, stacklevel=5)
-    get_logger().warning(message)
+    _tell(message)
 
 
 def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
@@ -304,8 +309,7 @@ def _warn_plaintext(model_name: str, weights: list[PlaintextWeight]) -> None:
         f"without the key ({listed}). Replace them with supported layers (docs/api.md) if they "
         "must be protected; ProtectionResult.plaintext_weights lists them."
     )
-    warnings.warn(message, RuntimeWarning, stacklevel=5)
-    get_logger().warning(message)
+    _tell(message, RuntimeWarning)
 
 
 def _log_plaintext_buffers(model_name: str, buffers: list[PlaintextWeight]) -> None:
@@ -358,8 +362,7 @@ def _warn_unused_settings(options: ExportOptions, formats: list[ExportFormat]) -
         f"({', '.join(f.name for f in formats)}) takes them. Add the format to "
         "model_export_formats, or leave them out."
     )
-    warnings.warn(message, UserWarning, stacklevel=5)
-    get_logger().warning(message)
+    _tell(message)
 
 
 def _where_else(request: ProtectRequest, advice: str) -> str:
