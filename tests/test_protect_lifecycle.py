@@ -276,3 +276,17 @@ def test_a_shared_file_recording_other_dynamic_ranges_is_not_kept(workdir: Path)
     batch = torch.randn(20, 6)
     with runtime.load("m") as model, torch.no_grad():
         assert abs(model(batch.numpy()) - mlp(0)(batch).numpy()).max() < 1e-4
+
+
+def test_a_damaged_configuration_creates_no_master_secret(workdir: Path) -> None:
+    """With the configuration damaged and no master secret (a new checkout of the outputs),
+    a protection made a new master.key before the configuration check refused the file."""
+    config = workdir / "outputs" / "app" / "skconfig.json"
+    config.parent.mkdir(parents=True)
+    config.write_text('{"version": 2, "truncated')
+    with pytest.raises(StateError, match=r"no master secret .* move .*outputs/app away"):
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            mlp(0), "m", [X], model_export_formats=EF.ONNX
+        )
+    assert not (workdir / ".skprotect_private" / "app" / "master.key").exists()
+    assert config.read_text() == '{"version": 2, "truncated'

@@ -192,8 +192,20 @@ class SkProtectorPyTorch:
         return models
 
     def _protected_here(self) -> bool:
-        """Whether the outputs folder holds a configuration of this application."""
-        return self._deployed_models() is not None
+        """Whether the outputs folder holds a configuration of this application, or one too
+        damaged to say whose it is: a master secret made now would fix neither."""
+        if self._deployed_models() is not None:
+            return True
+        for platform in ExportPlatform:
+            path = self.config_path(platform)
+            try:
+                if path.is_file():
+                    load_config(path)
+            except SkProtectError:
+                return True
+            except OSError:
+                continue
+        return False
 
     def _protection_state(self) -> ProtectionState:
         """The state a protection uses: an application that already has a configuration was
