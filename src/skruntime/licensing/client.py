@@ -98,7 +98,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,11 +130,6 @@ from .identity import (
     state_lock,
     write_private,
 )
-
-try:  # POSIX advisory locks (see .identity.state_lock)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["DEFAULT_OVERLAP_S", "Licence", "LicenceClient", "unwrap_kek"]
 
@@ -184,43 +179,6 @@ _ANSWER_LOST = (
     httpx.DecodingError,
 )
 """Failures after which the request may have reached the server (unlike a refused connection)."""
-
-
-@contextlib.contextmanager
-def _renewing(state_dir: Path, application: str, *, wait_seconds: float) -> Iterator[bool]:
-    """Hold the device's lock on renewing ``application``'s licence (``.renew_<application>
-    .lock``) and yield True; yield False, holding nothing, when another process still holds it
-    after ``wait_seconds`` (0: at once). Bounded: a holder stopped (SIGSTOP, a debugger) or a
-    forked child that kept the lock must not stop every other process, and with the server down
-    each waiter would otherwise wait for every failure before its own. True without a lock where
-    there are no POSIX locks or the lock file cannot be made (a read-only folder): renewals are
-    then not serialised."""
-    fd = None
-    if fcntl is not None:
-        with contextlib.suppress(OSError):
-            fd = os.open(state_dir / f".renew_{application}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    if fd is None:
-        yield True
-        return
-    try:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    held = False
-                    break
-                time.sleep(_RENEWAL_POLL_S)
-        yield held
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-_RENEWAL_POLL_S = 0.02
-"""How often a process waiting for another's renewal looks whether it is done."""
 
 
 def _at_contract_end(licence: Licence) -> bool:
@@ -1290,9 +1248,12 @@ class LicenceClient:
         a later call.
         """
         # an expired licence waits, at most about one renewal's requests (public key, usage
-        # report, licence: timeout each), then renews alone
+        # report, licence: timeout each), then renews alone: a holder stopped (SIGSTOP, a
+        # debugger) or a forked child that kept the lock must not stop every other process, and
+        # with the server down each waiter would otherwise wait for every failure before its own
         wait = 0.0 if renews is not None else 3 * self._timeout
-        with _renewing(self.state_dir, self.application, wait_seconds=wait) as alone:
+        lock = f"renew_{self.application}"
+        with state_lock(self.state_dir, lock, wait_seconds=wait) as alone:
             if renews is not None and not alone:
                 return renews
             taken = self._renewed_meanwhile(now, checked=renews is not None)

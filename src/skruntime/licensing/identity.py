@@ -25,6 +25,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,10 +158,14 @@ def read_private_json(path: Path) -> Any | None:
 
 
 @contextlib.contextmanager
-def state_lock(state_dir: Path, name: str = "state") -> Iterator[None]:
-    """An exclusive advisory lock on ``<state_dir>/.<name>.lock`` (no-op without fcntl)."""
+def state_lock(
+    state_dir: Path, name: str = "state", *, wait_seconds: float | None = None
+) -> Iterator[bool]:
+    """An exclusive advisory lock on ``<state_dir>/.<name>.lock`` (no-op without fcntl); yields
+    whether it is held. ``wait_seconds``: give up after that long (0: at once) and yield False,
+    holding nothing; None waits for as long as it takes."""
     if fcntl is None:  # pragma: no cover
-        yield
+        yield True
         return
     path = state_dir / f".{name}.lock"
     try:
@@ -171,10 +176,29 @@ def state_lock(state_dir: Path, name: str = "state") -> Iterator[None]:
         except OSError:
             raise _state_error(path, e) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield _flock(fd, wait_seconds)
     finally:
         os.close(fd)  # closing releases the lock
+
+
+_LOCK_POLL_S = 0.02
+"""How often a bounded wait for a lock looks whether it is free."""
+
+
+def _flock(fd: int, wait_seconds: float | None) -> bool:
+    """Lock ``fd`` exclusively, waiting at most ``wait_seconds`` (None: for ever)."""
+    if wait_seconds is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_LOCK_POLL_S)
 
 
 def _corrupted_key(key_path: Path, problem: str) -> LicenceError:
