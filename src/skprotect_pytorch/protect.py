@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from skruntime.backends.inductor import row_major
-from skruntime.config import CONFIG_FILENAMES, load_config
+from skruntime.config import CONFIG_FILENAMES, Config, load_config
 
 from . import legacy
 from .configuration import check_version
@@ -176,36 +176,34 @@ class SkProtectorPyTorch:
             )
         return self._state
 
-    def _deployed_models(self) -> set[str] | None:
-        """The models of this application's configurations in the outputs folder, both
-        platforms'; None when it holds none (one of another application, or a damaged one, is
-        for the protection's own checks to name)."""
-        models: set[str] | None = None
-        for platform in ExportPlatform:
-            path = self.config_path(platform)
-            try:
-                config = load_config(path) if path.is_file() else None
-            except (SkProtectError, OSError):
-                continue
-            if config is not None and config.application == self.application_name:
-                models = (models or set()) | set(config.models)
-        return models
-
-    def _protected_here(self) -> bool:
-        """Whether the outputs folder holds a configuration of this application, or one too
-        damaged to say whose it is: a master secret made now would fix neither."""
-        if self._deployed_models() is not None:
-            return True
+    def _configurations(self) -> list[Config | None]:
+        """The configurations in the outputs folder, both platforms'; None for one too damaged
+        to read (a file that cannot be opened is left out, for the protection's checks)."""
+        found: list[Config | None] = []
         for platform in ExportPlatform:
             path = self.config_path(platform)
             try:
                 if path.is_file():
-                    load_config(path)
+                    found.append(load_config(path))
             except SkProtectError:
-                return True
+                found.append(None)
             except OSError:
                 continue
-        return False
+        return found
+
+    def _deployed_models(self) -> set[str] | None:
+        """The models of this application's configurations in the outputs folder, both
+        platforms'; None when it holds none (one of another application, or a damaged one, is
+        for the protection's own checks to name)."""
+        mine = [c for c in self._configurations() if c and c.application == self.application_name]
+        return {name for config in mine for name in config.models} if mine else None
+
+    def _protected_here(self) -> bool:
+        """Whether the outputs folder holds a configuration of this application, or one too
+        damaged to say whose it is: a master secret made now would fix neither."""
+        return any(
+            c is None or c.application == self.application_name for c in self._configurations()
+        )
 
     def _protection_state(self) -> ProtectionState:
         """The state a protection uses: an application that already has a configuration was
