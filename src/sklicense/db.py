@@ -23,6 +23,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from sklicense.settings import DEFAULT_POOL_TIMEOUT_S
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 READ_ONLY = "sklicense_read_only"
 """The execution option of a :func:`reading` session's connection."""
@@ -49,18 +51,28 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def get_engine(url: str) -> Engine:
-    """One engine per database URL per process."""
-    return _engine(normalise_url(url))
+def get_engine(url: str, pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S) -> Engine:
+    """One engine per database URL (and pool timeout) per process. A request that finds every
+    pooled connection in use waits at most ``pool_timeout_s`` seconds for one, then fails with
+    :class:`sqlalchemy.exc.TimeoutError` (the server answers 503): SQLAlchemy's default, 30 s,
+    kept a client waiting past its own timeout for a bare 500."""
+    return _engine(normalise_url(url), pool_timeout_s)
 
 
 @cache
-def _engine(url: str) -> Engine:
+def _engine(url: str, pool_timeout_s: float) -> Engine:
+    # an in-memory SQLite database has a pool of one connection per thread: nothing to wait for
+    pooled = (
+        {}
+        if url.startswith("sqlite") and _sqlite_file(url) is None
+        else {"pool_timeout": pool_timeout_s}
+    )
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
             hide_parameters=True,  # a failing statement's values (a KEK) never reach a log
+            **pooled,
         )
 
         @event.listens_for(engine, "connect")
@@ -78,7 +90,11 @@ def _engine(url: str) -> Engine:
 
         return engine
     return create_engine(
-        url, pool_pre_ping=True, hide_parameters=True, connect_args=_connect_timeout(url)
+        url,
+        pool_pre_ping=True,
+        hide_parameters=True,
+        connect_args=_connect_timeout(url),
+        **pooled,
     )
 
 
@@ -117,8 +133,11 @@ def _sqlite_lock(url: str) -> threading.Lock:
     return threading.Lock()
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+def session_factory(
+    url: str, pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+) -> sessionmaker[Session]:
+    """Sessions of :func:`get_engine`'s engine for ``url`` and ``pool_timeout_s``."""
+    return sessionmaker(get_engine(url, pool_timeout_s), expire_on_commit=False)
 
 
 @contextmanager

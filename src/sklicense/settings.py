@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///./sklicense.db"
+DEFAULT_POOL_TIMEOUT_S = 3.0
+"""How long a request waits for a free database connection when all of the pool's are in use
+(slow transactions, more concurrent requests than connections), before it is answered 503 with
+``Retry-After``: less than the runtime's 5 s request timeout, so that a device gets that answer
+instead of timing out (SQLAlchemy's default, 30 s, outlasted every client for a bare 500)."""
 ENVIRONMENTS = ("local", "production")
 #: Admin tokens that are refused outside local use (copied from examples and templates).
 WEAK_ADMIN_TOKENS = frozenset({"", "changethis", "change-me", "admin", "secret"})
@@ -29,6 +35,8 @@ class Settings:
     ``signing_key_file`` defaults to ``<state_dir>/server.key`` (created by ``sklicense init``);
     ``admin_token``, when set, is accepted as an admin bearer token besides the database tokens.
     In ``production`` both must be given explicitly (no default key path, no weak token).
+    ``database_pool_timeout_s``: how long a request waits for a free database connection
+    (:data:`DEFAULT_POOL_TIMEOUT_S`) before it is answered 503.
     """
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -40,6 +48,7 @@ class Settings:
     admin_auth_failures_per_minute: int = 10
     new_device_requests_per_minute: int = 120
     usage_reports_per_minute: int = 60
+    database_pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -56,6 +65,16 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SettingsError(f"{name} must be a positive integer, but got {value!r}")
+        timeout = self.database_pool_timeout_s
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (timeout > 0 and math.isfinite(timeout))
+        ):
+            raise SettingsError(
+                "database_pool_timeout_s (SKLICENSE_DATABASE_POOL_TIMEOUT_S) must be a finite "
+                f"number of seconds > 0, but got {timeout!r}"
+            )
         if not self.database_url:
             raise SettingsError("database_url must be set, but got an empty string")
         if self.admin_token and not ADMIN_TOKEN_PATTERN.fullmatch(self.admin_token):
@@ -95,7 +114,8 @@ class Settings:
         """Read ``SKLICENSE_DATABASE_URL``, ``SKLICENSE_STATE_DIR``, ``SKLICENSE_ENVIRONMENT``,
         ``SKLICENSE_SIGNING_KEY_FILE``, ``SKLICENSE_ADMIN_TOKEN``,
         ``SKLICENSE_LICENCE_REQUESTS_PER_MINUTE``, ``SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE``,
-        ``SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE``, ``SKLICENSE_USAGE_REPORTS_PER_MINUTE``."""
+        ``SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE``, ``SKLICENSE_USAGE_REPORTS_PER_MINUTE``,
+        ``SKLICENSE_DATABASE_POOL_TIMEOUT_S``."""
         env = os.environ if environ is None else environ
 
         def integer(name: str, default: int) -> int:
@@ -106,6 +126,17 @@ class Settings:
                 return int(raw)
             except ValueError:
                 raise SettingsError(f"{name} must be an integer, but got {raw!r}") from None
+
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(
+                    f"{name} must be a number of seconds, but got {raw!r}"
+                ) from None
 
         key_file = env.get("SKLICENSE_SIGNING_KEY_FILE")
         return cls(
@@ -118,4 +149,7 @@ class Settings:
             admin_auth_failures_per_minute=integer("SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE", 10),
             new_device_requests_per_minute=integer("SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE", 120),
             usage_reports_per_minute=integer("SKLICENSE_USAGE_REPORTS_PER_MINUTE", 60),
+            database_pool_timeout_s=seconds(
+                "SKLICENSE_DATABASE_POOL_TIMEOUT_S", DEFAULT_POOL_TIMEOUT_S
+            ),
         )

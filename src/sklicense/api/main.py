@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from sklicense import db
+from sklicense.api import database_errors
 from sklicense.api.limits import BodyLimit
 from sklicense.api.routes import (
     applications,
@@ -31,24 +33,35 @@ DATABASE_RETRY_AFTER_S = 10
 """The ``Retry-After`` of a request answered 503 because the database failed it."""
 
 
-def database_unavailable(request: Request, error: Exception) -> JSONResponse:
-    """503 with ``Retry-After`` for a request the database failed (unreachable, dropped
-    connection, locked past the busy timeout, a deadlock), instead of a bare 500 "Internal
-    Server Error" that neither a load balancer's health check nor an admin can act on. The
-    reason is logged, not answered: anyone can send a device request."""
+def _reason(error: SQLAlchemyError) -> str:
+    """The first line of the driver's message (what the log shows)."""
     cause = getattr(error, "orig", None) or error
     lines = str(cause).strip().splitlines()  # none for a driver error without a message
-    reason = lines[0] if lines else f"{type(cause).__name__} (no message)"
-    logger.error(
-        "%s %s failed, the database is unavailable: %s", request.method, request.url.path, reason
-    )
-    return JSONResponse(
-        status_code=503,
-        content={
-            "detail": "the licence database is unavailable (the server log says why): retry later"
-        },
-        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
-    )
+    return lines[0] if lines else f"{type(cause).__name__} (no message)"
+
+
+def database_failed(request: Request, error: Exception) -> JSONResponse:
+    """The handler of a request the database failed (:func:`database_errors.classify`): a
+    transient failure (unreachable, dropped connection, locked past the busy timeout, no pooled
+    connection free in time, a deadlock) is 503 with ``Retry-After``, which a load balancer or
+    a device acts on; a permanent one (not migrated, read-only, not a database) a 500 whose
+    detail says what to do, since a retry never succeeds. Not a bare 500 "Internal Server
+    Error". The reason is logged, not answered: anyone can send a device request. Another
+    error (a constraint violated: a bug) is raised again, to the server's handler of errors."""
+    assert isinstance(error, SQLAlchemyError)
+    failure = database_errors.classify(error)
+    if failure is None:
+        raise error
+    where = f"{request.method} {request.url.path} failed"
+    if failure.status == 503:
+        logger.error("%s, the database is unavailable: %s", where, _reason(error))
+        return JSONResponse(
+            status_code=503,
+            content={"detail": failure.detail},
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+    logger.error("%s, the database needs an administrator: %s", where, _reason(error))
+    return JSONResponse(status_code=failure.status, content={"detail": failure.detail})
 
 
 def create_app(settings: Settings | None = None, clock: Callable[[], int] | None = None) -> FastAPI:
@@ -58,11 +71,13 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     db.check_migrated(settings.database_url)
     app = FastAPI(title="sklicense", summary="skprotect licence server", version="1")
     app.add_middleware(BodyLimit)
-    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(DBAPIError, database_failed)
+    app.add_exception_handler(PoolTimeoutError, database_failed)
     app.state.settings = settings
     app.state.clock = clock or unix_now
-    app.state.engine = db.get_engine(settings.database_url)
-    app.state.sessions = db.session_factory(settings.database_url)
+    timeout = settings.database_pool_timeout_s
+    app.state.engine = db.get_engine(settings.database_url, timeout)
+    app.state.sessions = db.session_factory(settings.database_url, timeout)
     app.state.signing_key = load_signing_key(settings.key_path)
     for module in (health, licences, usage):
         app.include_router(module.router, prefix="/v1")
