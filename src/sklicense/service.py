@@ -28,7 +28,7 @@ from sklicense.decision import (
     unknown_licence,
     unregistered,
 )
-from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
+from sklicense.models import Application, Customer, Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
 from skruntime.licensing.protocol import KEEP_DECISION, TIMESTAMP_WINDOW_S
 
@@ -327,8 +327,10 @@ def _resend(
     """The licence already granted to this very request, when a device sends it again (its
     answer was lost: a timeout, a proxy's 502): sent again, not charged again. None when the
     nonce's request was denied, or reused for another request, or the device or licence is no
-    longer good: then it stays ``replayed_request``. A captured request replayed by someone
-    else within the ±300 s window gets only what its device already got: a KEK wrapped to that
+    longer good (expired, or outliving the customer's contract since an admin moved its end
+    earlier): then it stays ``replayed_request``, and the device asks afresh (a licence ending
+    with the contract, or ``contract_ended``). A captured request replayed by someone else
+    within the ±300 s window gets only what its device already got: a KEK wrapped to that
     device's key."""
     row = session.scalar(
         select(Licence).where(
@@ -339,9 +341,12 @@ def _resend(
         return None
     device = session.get(Device, row.device_id)
     application = session.get(Application, row.application_id)
+    customer = session.get(Customer, row.customer_id)
     if (
         device is None
         or application is None
+        or customer is None
+        or (customer.contract_end is not None and row.expires_at > customer.contract_end)
         or device.status != "active"
         or row.customer_id != request.customer_id
         or application.name != request.application
