@@ -7,6 +7,7 @@ import binascii
 import datetime as dt
 import hashlib
 import secrets
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, delete, func, select
@@ -237,8 +238,9 @@ def get_application(session: Session, name: str) -> Application:
 
 
 def check_models(models: list[str] | None) -> list[str] | None:
-    """An application's model list: None (any model) or 1 to 1,000 names of 1 to 200
-    characters. An empty list would deny every licence request (``unknown_model``)."""
+    """An application's model list: None (any model) or 1 to 1,000 distinct names of 1 to 200
+    characters. An empty list would deny every licence request (``unknown_model``); a name
+    given twice is a typo more often than not (the admin meant another model)."""
     if models is None:
         return None
     if not models:
@@ -251,6 +253,12 @@ def check_models(models: list[str] | None) -> list[str] | None:
         problem = text_problem(model)
         if problem:
             raise CrudError(f"model names {problem}")
+    twice = sorted(model for model, count in Counter(models).items() if count > 1)
+    if twice:
+        raise CrudError(
+            f"models must name each model once, but {', '.join(map(repr, twice))} appear more "
+            "than once: remove the repeats (or name the model you meant)"
+        )
     return models
 
 

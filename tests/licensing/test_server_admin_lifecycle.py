@@ -201,6 +201,11 @@ def test_an_empty_model_list_is_refused_and_models_can_be_changed(client, tokens
             {"models": []},
             "models must name at least one model, or be null for any model, but got []",
         ),
+        (
+            {"models": ["m1", "m2", "m1", "m2", "m3"]},
+            "models must name each model once, but 'm1', 'm2' appear more than once: remove the "
+            "repeats (or name the model you meant)",
+        ),
     ):
         response = client.patch(path, json=body, headers=admin)
         assert (response.status_code, response.json()) == (422, {"detail": detail})
