@@ -496,8 +496,10 @@ def test_the_server_key_is_asked_once_per_server_and_pinned_key(server, state, c
     client = make_client(server, state, clock)
     client.ensure_licence()
     client.close()
+    pinned = protocol.b64(server.public_key)  # its signed licence answer: "signs" too
     assert json.loads((state / "server_keys.json").read_text()) == {
-        "checked": {URL: protocol.b64(server.public_key)}
+        "checked": {URL: pinned},
+        "signs": {URL: pinned},
     }
     assert mode(state / "server_keys.json") == 0o600
     clock.t += 366 * DAY  # expired: a new licence, without asking for the key again
@@ -521,7 +523,10 @@ def test_a_server_whose_key_changed_is_caught_by_the_signature_then_asked_again(
     client = make_client(server, state, clock, server_public_key=pinned)
     with pytest.raises(LicenceError, match="does not verify with the pinned server public key"):
         client.ensure_licence()
-    assert json.loads((state / "server_keys.json").read_text()) == {"checked": {}}
+    assert json.loads((state / "server_keys.json").read_text()) == {
+        "checked": {},
+        "signs": {URL: protocol.b64(pinned)},  # the first answer's; the other one's is not
+    }
     with pytest.raises(LicenceError, match="presents the public key"):
         client.ensure_licence()
     assert len(server.licence_requests) == 2  # the first licence, the one that did not verify
@@ -542,7 +547,8 @@ def test_a_malformed_server_keys_file_is_checked_again_and_rewritten(
     make_client(server, state, clock).ensure_licence()
     assert f"{path} is malformed" in caplog.text
     assert server.calls[0] == "/v1/public-key"
-    assert json.loads(path.read_text()) == {"checked": {URL: protocol.b64(server.public_key)}}
+    pinned = protocol.b64(server.public_key)
+    assert json.loads(path.read_text()) == {"checked": {URL: pinned}, "signs": {URL: pinned}}
 
 
 @pytest.mark.parametrize(

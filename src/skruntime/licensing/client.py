@@ -32,9 +32,14 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     verify drops the server's entry, so its key is asked again before the next request. A
     malformed file only holds checks: it is warned about and checked afresh, never refused.
     ``"signs"`` (absent while empty), of the same form: the servers whose answer to a device
-    request verified with the pinned key (:meth:`LicenceClient._signed_answer`); an unsigned
-    ``422`` about ``renews`` from one of them is a failed request, not a server older than
-    ``renews`` (:meth:`LicenceClient._renews_unknown`).
+    request (a licence, a receipt, a denial, a ``keep``) verified with the pinned key
+    (:meth:`LicenceClient._signed_answer`); an unsigned ``422`` about ``renews`` from one of
+    them is a failed request, not a server older than ``renews``
+    (:meth:`LicenceClient._renews_unknown`). Other entries (a newer runtime's) are kept when the
+    file is rewritten. A runtime older than ``"signs"`` rewrites the file without it (when it
+    checks a server's key, or drops a check): a process that saw the server sign still knows,
+    and the next signed answer notes it again, but until then a process started afresh takes an
+    unsigned ``422`` about ``renews`` as the server's.
 ``clock.json``
     ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection.
     A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
@@ -82,9 +87,11 @@ inference. Several processes sharing one state folder each reserve their own blo
 file, so together they never exceed the allowance; a block given back never lowers the counter
 below what the server has already been told (reports are monotonic). When a licence's
 allowance is used up, a process first takes the licence that another process renewed to, and
-renews only if there is none. A licence due (in its window, expired or missing) is renewed by
-one process at a time (``.renew_<application>.lock``): the others take its licence from the
-cache instead of drawing an allowance each (:meth:`LicenceClient._renew_due`).
+renews only if there is none. One process at a time renews (``.renew_<application>.lock``),
+so that the others take its licence from the cache instead of drawing an allowance each: a
+licence due (in its window, expired or missing; :meth:`LicenceClient._renew_due`), or used up
+(:meth:`LicenceClient.consume`: the renewing process counts on the new licence before it lets
+the lock go, so that one waiting finds what is left of it, and renews only if nothing is).
 ``persist_every=1`` writes the exact count before every inference.
 """
 
@@ -591,7 +598,7 @@ class LicenceClient:
         self._available = 0  # reserved in the counter file, not used yet (current licence)
         self._counted: set[str] = set()  # licences this process has a counter entry for
         self._closed = False
-        self._signs_noted = False  # this server's signed answer noted (server_keys.json)
+        self._seen_signing = False  # this server signed an answer to this process
         self._last_seen = self._last_seen_saved = self._read_last_seen()
 
     def __repr__(self) -> str:
@@ -877,6 +884,9 @@ class LicenceClient:
             raise _BadAnswer(e) from None
         if kept is not None:
             return self._keep(kept, body)
+        # the licence verified; the answer's own signature (absent from a server older than
+        # the signed answers, though it signs licences) notes that this server signs answers
+        self._signed_answer(protocol.LICENCES_PATH, body, response)
         previous = self._licence
         if (  # issued later than the licence it replaces, yet no longer: the contract end
             previous is not None
@@ -935,7 +945,7 @@ class LicenceClient:
         if response.status_code != 422:
             return False
         if self._signed_answer(protocol.LICENCES_PATH, body, response) is None and (
-            self._server_notes()[_SIGNS].get(self.server_url) == protocol.b64(self._server_key_raw)
+            self._seen_signing or self._signing_noted()
         ):
             return False
         try:
@@ -1042,10 +1052,11 @@ class LicenceClient:
             )
         return key
 
-    def _server_notes(self) -> dict[str, dict[str, str]]:
+    def _server_notes(self) -> dict[str, Any]:
         """The notes of ``server_keys.json``, ``{"checked": {server URL: base64 key}, "signs":
-        {...}}``; empty, with a warning, when the file is malformed (it only holds checks: they
-        are made again)."""
+        {...}}``, with any other entry of the file as it is (a newer runtime's: kept when this
+        one rewrites the file); empty, with a warning, when the file is malformed (it only holds
+        checks: they are made again)."""
         path = self._server_keys_path
         try:
             data = read_private_json(path)
@@ -1053,7 +1064,7 @@ class LicenceClient:
             data = []
         if data is None:
             return {_CHECKED: {}, _SIGNS: {}}
-        notes = {}
+        notes = dict(data) if isinstance(data, dict) else {}
         for name in (_CHECKED, _SIGNS):
             noted = (
                 data.get(name, {} if name == _SIGNS else None) if isinstance(data, dict) else None
@@ -1077,23 +1088,27 @@ class LicenceClient:
                 notes[name][self.server_url] = key
             elif notes[name].pop(self.server_url, None) is None:
                 return
-            content = {_CHECKED: notes[_CHECKED]} | (
-                {_SIGNS: notes[_SIGNS]} if notes[_SIGNS] else {}
-            )
+            if not notes[_SIGNS]:
+                del notes[_SIGNS]  # absent while empty
             try:
-                write_private(self._server_keys_path, protocol.canonical_bytes(content))
+                write_private(self._server_keys_path, protocol.canonical_bytes(notes))
             except LicenceError as e:
                 log.warning("%s What it notes of the licence server is checked again.", e)
 
     def _note_signed(self) -> None:
-        """Note, once per process, that this server signs its answers with the pinned key: an
-        unsigned answer about ``renews`` is then not the server's (:meth:`_renews_unknown`)."""
-        if not self._signs_noted:
-            self._signs_noted = True
-            if self._server_notes()[_SIGNS].get(self.server_url) != protocol.b64(
-                self._server_key_raw
-            ):
-                self._note_server(_SIGNS, noted=True)
+        """Note that this server signs its answers with the pinned key, so that an unsigned
+        answer about ``renews`` is not taken as the server's (:meth:`_renews_unknown`): in this
+        process, and in ``server_keys.json`` for the others, again whenever the note is gone
+        from it (a runtime older than the note rewrites the file without it)."""
+        self._seen_signing = True
+        if not self._signing_noted():
+            self._note_server(_SIGNS, noted=True)
+
+    def _signing_noted(self) -> bool:
+        """Whether ``server_keys.json`` notes that this server signs with the pinned key."""
+        return self._server_notes()[_SIGNS].get(self.server_url) == protocol.b64(
+            self._server_key_raw
+        )
 
     def _ask(self, now: int, renews: Licence | None) -> tuple[dict[str, Any], httpx.Response]:
         """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any);
@@ -1252,12 +1267,17 @@ class LicenceClient:
         # debugger) or a forked child that kept the lock must not stop every other process, and
         # with the server down each waiter would otherwise wait for every failure before its own
         wait = 0.0 if renews is not None else 3 * self._timeout
-        lock = f"renew_{self.application}"
-        with state_lock(self.state_dir, lock, wait_seconds=wait) as alone:
+        with self._renewal_lock(wait=wait) as alone:
             if renews is not None and not alone:
                 return renews
             taken = self._renewed_meanwhile(now, checked=renews is not None)
             return taken if taken is not None else self._renew(now, renews)
+
+    def _renewal_lock(self, *, wait: float) -> contextlib.AbstractContextManager[bool]:
+        """The device's lock on renewing this application's licence
+        (``.renew_<application>.lock``), waited for at most ``wait`` seconds; it yields whether
+        it is held (else the caller goes on alone)."""
+        return state_lock(self.state_dir, f"renew_{self.application}", wait_seconds=wait)
 
     def _renewed_meanwhile(self, now: int, *, checked: bool) -> Licence | None:
         """The licence another process cached while this one waited to renew, made the current
@@ -1492,9 +1512,16 @@ class LicenceClient:
         return f"its signed answer to usage report {body['report_id']}"
 
     def _drop_cache(self) -> None:
+        """Forget the current licence and remove the cache file (the server ended it), under
+        the licence lock that :meth:`_cache` writes under: a process checking that the cache
+        still holds a licence before noting it (:meth:`_keep`) would otherwise write the
+        licence back between its check and its write, for every process to use."""
         self._release()
         self._licence = None
-        with contextlib.suppress(FileNotFoundError):
+        with (
+            state_lock(self.state_dir, f"licence_{self.application}"),
+            contextlib.suppress(FileNotFoundError),
+        ):
             os.unlink(self._licence_path)
 
     def kek(self) -> bytes:
@@ -1574,15 +1601,19 @@ class LicenceClient:
             if self._take(licence, n):
                 return
             for _ in range(_RENEWALS_PER_CONSUME):
-                cached = self._other_cached(licence)
-                if cached is not None:
-                    self._switch(cached, fresh=False)
-                    licence = cached
+                # one process at a time, as in _renew_due: one that used the licence up
+                # meanwhile waits, then counts on the rest of the new licence (this one counted
+                # on it before letting go) instead of drawing an allowance of its own
+                with self._renewal_lock(wait=3 * self._timeout):
+                    cached = self._other_cached(licence)
+                    if cached is not None:
+                        self._switch(cached, fresh=False)
+                        licence = cached
+                        if self._take(licence, n):
+                            return
+                    licence, now = self._renew_used_up(licence)
                     if self._take(licence, n):
                         return
-                licence, now = self._renew_used_up(licence)
-                if self._take(licence, n):
-                    return
                 if licence.inferences is not None and licence.inferences < n:
                     self._next_retry = now + self.retry_seconds
                     raise QuotaExhaustedError(
@@ -1591,8 +1622,9 @@ class LicenceClient:
                         "raise the quota."
                     )
                 # it grants enough, but a runtime sharing the state folder reserved all of it
-                # between its caching and this take (a runtime whose licence is used up takes
-                # the cached one): renew again, without waiting retry_seconds
+                # between its caching and this take (one whose licence fell due takes the cached
+                # one, one that waited past the lock's bound goes on alone): renew again,
+                # without waiting retry_seconds
             raise QuotaExhaustedError(
                 f"The {_RENEWALS_PER_CONSUME} licences renewed for this inference were each used "
                 f"up by other runtimes sharing the state folder {self.state_dir} before this one "
