@@ -111,9 +111,16 @@ def _check_threads(value: int | None) -> int | None:
 
 
 def _not_a_file(path: Path, what: str) -> _CliError:
-    """The error for a path that should be an existing file: a folder, or nothing there."""
-    if path.is_dir():
-        return _CliError(f"{what} {path} is a folder, not a file; pass the file.", EXIT_NOT_FOUND)
+    """The error for a path that should be an existing file: a folder, a named pipe or a
+    device (whose reads block or never end), or nothing there."""
+    from skruntime.files import file_kind
+
+    try:
+        kind = file_kind(path.stat().st_mode)
+    except OSError:
+        kind = None
+    if kind is not None:
+        return _CliError(f"{what} {path} is {kind}, not a file; pass the file.", EXIT_NOT_FOUND)
     return _CliError(f"{what} {path} does not exist.", EXIT_NOT_FOUND)
 
 

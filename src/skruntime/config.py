@@ -82,6 +82,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import ConfigurationError
+from .files import NotRegularFileError, open_regular
 
 CONFIG_FORMAT = "skprotect-config"
 CONFIG_FILENAMES: dict[str, str] = {"TXT": "skconfig.json", "LINUX": "skrpl"}
@@ -619,15 +620,21 @@ def _reject_constant(name: str) -> None:
 
 
 def read_config_bytes(path: Path) -> bytes:
-    """The configuration file's bytes, refused unread above :data:`MAX_CONFIG_BYTES`."""
+    """The configuration file's bytes, refused unread above :data:`MAX_CONFIG_BYTES` or when
+    it is not a regular file (a FIFO would block, a device never end)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             data = f.read(MAX_CONFIG_BYTES + 1) if size <= MAX_CONFIG_BYTES else b""
     except FileNotFoundError:
         raise ConfigurationError(
             f"Configuration file {path} not found. Protect a model first (protect_new_model), "
             "or point the runtime at the folder that holds the configuration."
+        ) from None
+    except NotRegularFileError as e:
+        raise ConfigurationError(
+            f"Configuration file {e}: it cannot be read as a configuration. Replace it with the "
+            "file skprotect wrote (copy it from the protector's outputs/ folder)."
         ) from None
     except OSError as e:
         raise ConfigurationError(
@@ -898,9 +905,10 @@ def write_config(
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:
-    """Lower-case hex SHA-256 of a file, read in chunks (raises ``OSError`` if unreadable)."""
+    """Lower-case hex SHA-256 of a file, read in chunks (raises ``OSError`` if unreadable, and
+    :class:`~.files.NotRegularFileError`, an ``OSError``, for a FIFO, device or folder)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()

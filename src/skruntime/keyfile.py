@@ -66,6 +66,7 @@ import numpy as np
 
 from .config import NAME_RE, atomic_write_bytes, canonical_json
 from .errors import KeyFileError, KeyUnavailableError
+from .files import NotRegularFileError, open_regular
 
 if TYPE_CHECKING:
     from .keysource import KeyUnlock
@@ -387,8 +388,9 @@ def write_txt_keys(
 
 
 def _read_limited(path: Path, limit: int) -> bytes:
+    """A key file's bytes, refused unread above ``limit`` or when it is not a regular file."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             if os.fstat(f.fileno()).st_size > limit:
                 raise KeyFileError(
                     f"Key file {path} is larger than any key ({limit} bytes max); it is not a "
@@ -399,6 +401,11 @@ def _read_limited(path: Path, limit: int) -> bytes:
         raise KeyFileError(
             f"Key file {path} not found. Both key files written by the protector must be in "
             "the model's folder; copy them from outputs/ or re-protect the model."
+        ) from None
+    except NotRegularFileError as e:
+        raise KeyFileError(
+            f"Key file {e}: it cannot be read as a key. Replace it with the file the protector "
+            "wrote (copy it from the protector's outputs/ folder), or re-protect the model."
         ) from None
     except OSError as e:
         raise KeyFileError(
@@ -480,6 +487,30 @@ def _check_seal(params: dict[str, Any], path: Path) -> None:
         raise _corrupt(path, "its content does not match its params_sha256 (edited?)")
 
 
+def _read_params(path: Path) -> dict[str, Any]:
+    """A key-params file's fields, checked to be one (format, seal, version)."""
+    raw = _read_limited(path, _MAX_JSON_BYTES)
+    try:
+        params = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise _corrupt(path, "it is not valid UTF-8 JSON") from None
+    if not isinstance(params, dict) or params.get("format") != KEY_PARAMS_FORMAT:
+        raise _corrupt(path, f'it is not a "{KEY_PARAMS_FORMAT}" file')
+    _check_seal(params, path)
+    if params.get("version") != KEY_PARAMS_VERSION:
+        raise KeyFileError(
+            f"Key file {path} has version {params.get('version')!r}; this skruntime reads "
+            f"version {KEY_PARAMS_VERSION}. Upgrade skruntime or re-protect the model."
+        )
+    return params
+
+
+def is_test_key(path: str | os.PathLike[str]) -> bool:
+    """Whether the key-params file ``path`` says its key is a test key (``static``: written
+    with ``test_key=True``), read like :func:`read_txt_keys` reads it (KeyFileError)."""
+    return _read_params(Path(path)).get("static") is True
+
+
 def read_txt_keys(
     folder: str | os.PathLike[str], model_name: str, model_sha256: str | None = None
 ) -> KeyMaterial:
@@ -489,26 +520,15 @@ def read_txt_keys(
     the key files were written for (files written before they recorded them are accepted).
 
     Raises:
-        KeyFileError: a file is missing, truncated, corrupted, the two files do not belong
-            together, or they were written for another model file (the message names the file).
+        KeyFileError: a file is missing, not a regular file (a FIFO, a device), truncated,
+            corrupted, the two files do not belong together, or they were written for another
+            model file (the message names the file).
     """
     _check_model_name(model_name)
     folder = Path(folder)
     txt_path = folder / key_txt_filename(model_name)
     json_path = folder / key_params_filename(model_name)
-    raw = _read_limited(json_path, _MAX_JSON_BYTES)
-    try:
-        params = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise _corrupt(json_path, "it is not valid UTF-8 JSON") from None
-    if not isinstance(params, dict) or params.get("format") != KEY_PARAMS_FORMAT:
-        raise _corrupt(json_path, f'it is not a "{KEY_PARAMS_FORMAT}" file')
-    _check_seal(params, json_path)
-    if params.get("version") != KEY_PARAMS_VERSION:
-        raise KeyFileError(
-            f"Key file {json_path} has version {params.get('version')!r}; this skruntime reads "
-            f"version {KEY_PARAMS_VERSION}. Upgrade skruntime or re-protect the model."
-        )
+    params = _read_params(json_path)
     if params.get("model") != model_name:
         raise KeyFileError(
             f"Key file {json_path} belongs to model {params.get('model')!r}, not {model_name!r}. "

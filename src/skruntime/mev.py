@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .config import FORMAT_GROUPS, NAME_RE, atomic_write_bytes, canonical_json
 from .errors import KeyFileError, KeyUnavailableError
+from .files import NotRegularFileError, open_regular
 from .keyfile import MAX_KEY_LENGTH, KeyMaterial, validate_spec
 
 if TYPE_CHECKING:
@@ -136,14 +137,15 @@ def read_mev(
     """Decrypt an encrypted key file for the given model, format and model-file SHA-256.
 
     Raises:
-        KeyFileError: missing, truncated or not a key file; wrong KEK, modified file, or a key
-            file for another model, format or model file (the message names the file).
+        KeyFileError: missing, not a regular file (a FIFO, a device), truncated or not a key
+            file; wrong KEK, modified file, or a key file for another model, format or model
+            file (the message names the file).
     """
     _check_ids(model_name, fmt_slug, model_sha256)
     kek = _check_kek(kek)
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             if os.fstat(f.fileno()).st_size > MAX_MEV_BYTES:
                 raise KeyFileError(
                     f"Encrypted key file {path} is larger than any key ({MAX_MEV_BYTES} bytes "
@@ -154,6 +156,12 @@ def read_mev(
         raise KeyFileError(
             f"Encrypted key file {path} not found. Ship the mev_*.bin files written by the "
             "protector next to the configuration, or re-protect the model."
+        ) from None
+    except NotRegularFileError as e:
+        raise KeyFileError(
+            f"Encrypted key file {e}: it cannot be read as a key. Replace it with the file the "
+            "protector wrote (copy it from the protector's outputs/ folder), or re-protect the "
+            "model."
         ) from None
     except OSError as e:
         raise KeyFileError(

@@ -13,7 +13,6 @@ never imports torch: the ONNX path runs with only numpy, onnxruntime and cryptog
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,7 +44,8 @@ from .errors import (
     ModelFileError,
     ModelNotFoundError,
 )
-from .keyfile import key_params_filename, session_key
+from .files import NotRegularFileError
+from .keyfile import is_test_key, key_params_filename, session_key
 from .keysource import KEY_SOURCES, KeySource, KeyUnlock
 
 __all__ = ["COMPATIBILITY_TABLE", "RUNTIME_VERSION", "LoadedModel", "SkRuntime"]
@@ -163,7 +163,8 @@ class SkRuntime:
             networking.
 
     Raises:
-        ConfigurationError: missing folder or configuration, both platforms present without
+        ConfigurationError: missing folder or configuration, a configuration that is not a
+            regular file (a named pipe, a device: refused unread), both platforms present without
             ``platform=``, invalid signature, too-new platform version (the message shows the
             compatibility table), invalid content; a licensing option (``server_public_key``,
             ``state_dir``, ``overlap_seconds``, ``requested_inferences``,
@@ -410,11 +411,14 @@ class SkRuntime:
         Raises:
             BackendError: an invalid ``device`` (``inductor_cpu`` runs only on the CPU,
                 ``inductor_gpu`` only on CUDA), thread count or ``session_options`` (checked
-                first), or the framework could not load the file.
+                first), a TorchScript file whose code is bound to another device (it names
+                the device or formats to use), or the framework could not load the file.
             ModelNotFoundError: unknown model or format not protected.
-            ModelFileError: the model file is missing or unreadable.
+            ModelFileError: the model file is missing, unreadable or not a regular file (a
+                folder, a named pipe, a device: refused unread).
             IntegrityError: the model file's SHA-256 differs from the configuration's.
-            KeyFileError: key files missing, corrupted, swapped or of the wrong length.
+            KeyFileError: key files missing, not regular files, corrupted, swapped or of the
+                wrong length.
             KeyUnavailableError: LINUX without ``kek`` or licence server, ``static_key`` on a
                 non-test key, or a ``static_key`` that is not a bool.
             LicenceError: licensing is on and no valid licence is available (its subclasses
@@ -447,18 +451,22 @@ class SkRuntime:
         backend_type.check_options(options)  # providers, option names, CUDA: before any read
         fentry = entry.formats[fmt]
         path = self.outputs_dir / fentry.file
-        if not path.is_file():
-            # a folder, or a link to a device, is there: "not found" would contradict `ls`
-            state = "is not a regular file" if path.exists() else "not found"
-            raise ModelFileError(
-                f"Model file {path} of model {model_name!r} ({fmt}) {state}. Deploy the whole "
-                f"{self.outputs_dir.name}/ folder written by skprotect."
-            )
         # read once and hashed in every platform version (the key files name the model file
         # they unlock); the backend loads these bytes, never the path: a file replaced after
         # this check cannot run
         try:
             model_file = ModelFile.read(path)
+        except (FileNotFoundError, NotRegularFileError) as e:
+            # a folder, or a link to a device, is there: "not found" would contradict `ls`
+            state = (
+                f"is not a regular file but {e.kind}"
+                if isinstance(e, NotRegularFileError)
+                else "not found"
+            )
+            raise ModelFileError(
+                f"Model file {path} of model {model_name!r} ({fmt}) {state}. Deploy the whole "
+                f"{self.outputs_dir.name}/ folder written by skprotect."
+            ) from None
         except OSError as e:
             raise ModelFileError(
                 f"Model file {path} cannot be read: {e.strerror or e}. Give this user read "
@@ -500,15 +508,14 @@ class SkRuntime:
         return LoadedModel(model_name, fmt, entry.inputs, entry.outputs, key, backend, meter)
 
     def _is_static(self, key_files: Sequence[str], model_name: str) -> bool:
+        """Whether the model's key-params file among ``key_files`` marks a test key, read and
+        checked as the key source reads it (KeyFileError): it was read again unchecked, so a
+        named pipe put there blocked, and an edited file was believed."""
         name = key_params_filename(model_name)
         params = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
         if not params:
             return False
-        try:
-            data = json.loads((self.outputs_dir / params[0]).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and data.get("static") is True
+        return is_test_key(self.outputs_dir / params[0])
 
 
 #: AOTInductor formats and the device kind their package is compiled for. torch loads a GPU

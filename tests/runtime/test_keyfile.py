@@ -60,8 +60,9 @@ def test_an_unreadable_key_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError) as e:
         read_txt_keys(tmp_path, "mlp")
     assert str(e.value) == (
-        f"Key file {txt} cannot be read: Is a directory. Make it a file this user can read: "
-        "copy it from the protector's outputs/ folder, or fix its permissions."
+        f"Key file {txt} is a folder, not a regular file: it cannot be read as a key. Replace "
+        "it with the file the protector wrote (copy it from the protector's outputs/ folder), "
+        "or re-protect the model."
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import BackendError
+from ..files import open_regular
 
 MAX_THREADS = 1024
 """Upper bound of a thread count: far above the cores of any machine a model runs on (more
@@ -94,8 +95,10 @@ class ModelFile:
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> ModelFile:
-        """Read the whole file and hash what was read (raises ``OSError`` if unreadable)."""
-        with open(path, "rb") as f:
+        """Read the whole file and hash what was read (raises ``OSError`` if unreadable, and
+        :class:`~skruntime.files.NotRegularFileError`, an ``OSError``, for a FIFO, a device
+        or a folder, which would block or never end)."""
+        with open_regular(path) as f:
             data = f.read()
         return cls(Path(path), data, hashlib.sha256(data).hexdigest())
 

@@ -1,0 +1,78 @@
+"""Opening the files a user deploys (configuration, key files, model files) without hanging.
+
+``open()`` of a named pipe (FIFO) blocks until a writer opens it, and a read of a character
+device such as ``/dev/zero`` never ends: a key file or configuration replaced by one of them
+(by mistake, or to hang a service) blocked the process for ever. Every reader of a deployed
+file opens it with :func:`open_regular`, which refuses anything but a regular file before
+reading a byte.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["NotRegularFileError", "file_kind", "open_regular"]
+
+#: the flags every open of a deployed file uses: a FIFO opens at once (no writer needed), a
+#: terminal does not become the process's controlling terminal; O_NONBLOCK does nothing to
+#: the reads of the regular files that are then all that is kept.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+class NotRegularFileError(OSError):
+    """A path that is a folder, FIFO, device or socket where a regular file is needed.
+
+    ``kind`` names what it is (``"a named pipe (FIFO)"``); ``str()`` is ``"<path> is <kind>,
+    not a regular file"``, for callers to follow with what to do."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
+        super().__init__(f"{os.fspath(path)} is {kind}, not a regular file")
+        self.filename = os.fspath(path)
+        self.kind = kind
+
+    def __str__(self) -> str:  # OSError's would be "[Errno None] None: '<path>'"
+        return str(self.args[0])
+
+
+def file_kind(mode: int) -> str | None:
+    """What a ``st_mode`` is when it is not a regular file (``"a folder"``, ...), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` (symbolic links followed) for binary reading if it is a regular file.
+
+    Checked twice: ``stat`` before opening, so that no device is even opened (opening one may
+    act: a tape rewinds), and ``fstat`` of the open descriptor, so that a file swapped for a
+    FIFO between the two is refused too, without blocking (the open is non-blocking).
+
+    Raises:
+        NotRegularFileError: a folder, FIFO, device or socket (an ``OSError``).
+        OSError: what ``open`` raises (``FileNotFoundError``, ``PermissionError``, ...).
+    """
+    path = Path(path)
+    if kind := file_kind(os.stat(path).st_mode):
+        raise NotRegularFileError(path, kind)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        if kind := file_kind(os.fstat(fd).st_mode):
+            raise NotRegularFileError(path, kind)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
