@@ -226,18 +226,26 @@ def _flatten(out: Any) -> list[torch.Tensor]:
 
 
 def check_torch_options(options: BackendOptions, valid: Sequence[str], kind: str) -> None:
-    """Refuse unknown session options and a CUDA device torch cannot use (BackendError): the
-    checks of a torch backend that need no file, run by the runtime before it reads any."""
+    """Refuse unknown session options, values other than True or False (every torch session
+    option is a flag: the text "false" would have turned one on), and a CUDA device torch
+    cannot use (BackendError): the checks of a torch backend that need no file, run by the
+    runtime before it reads any."""
     unknown = sorted(set(options.session_options) - set(valid))
     if unknown:
         raise BackendError(
             f"Unknown {kind} session option(s) {', '.join(unknown)}. Valid: {', '.join(valid)}."
         )
+    for name, value in options.session_options.items():
+        if not isinstance(value, bool | np.bool_):
+            raise BackendError(
+                f"{kind} session option {name} must be True or False, but got the "
+                f"{type(value).__name__} {value!r}."
+            )
     if options.device != "cpu":
         require_cuda(f"{kind} GPU", options.device)
 
 
-_SESSION_OPTIONS = {"run_single_threaded": bool}
+_SESSION_OPTIONS = ("run_single_threaded",)
 
 
 class _Package:
@@ -339,7 +347,7 @@ class InductorBackend:
     @staticmethod
     def check_options(options: BackendOptions) -> None:
         """Refuse unknown session options and an unusable CUDA device, before any file is read."""
-        check_torch_options(options, list(_SESSION_OPTIONS), "AOTInductor")
+        check_torch_options(options, _SESSION_OPTIONS, "AOTInductor")
 
     def __init__(self, model: ModelFile | str | os.PathLike[str], options: BackendOptions) -> None:
         self.check_options(options)

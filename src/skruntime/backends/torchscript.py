@@ -6,13 +6,16 @@ their inputs' dtypes, static sizes and dynamic ranges in the extra file
 :data:`~.inputs.INPUTS_METADATA`, checked before every call like AOTInductor packages; a
 ``.pt`` without it is run unchecked, and any error torch raises is reported as a
 :class:`~skruntime.errors.BackendError` naming the file.
+
+A file runs on either kind of device, its weights moved there, unless its code is bound to a
+device (:func:`device_problem`): it is then refused when loaded for another one.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +29,78 @@ from .inputs import INPUTS_METADATA, parse_specs, spec_ranges
 __all__ = ["TorchScriptBackend"]
 
 _SESSION_OPTIONS = ("optimize_for_inference",)
+
+
+#: op name prefixes whose kernels exist for one kind of device only: ``optimize_for_inference``
+#: fuses a frozen CUDA graph's convolutions into cuDNN ops (``aten::cudnn_convolution_relu``),
+#: and a CPU graph's into MKLDNN or XNNPACK ones
+_DEVICE_OPS = {
+    "cuda": ("aten::cudnn_", "aten::_cudnn_", "aten::miopen_"),
+    "cpu": ("aten::mkldnn_", "aten::to_mkldnn", "prim::mkldnn_", "prim::MKLDNN", "prepacked::"),
+}
+
+
+def _graphs(module: torch.jit.ScriptModule) -> Iterator[Any]:
+    """The graph of every method of ``module`` and its submodules (a frozen module has its
+    calls inlined into ``forward``; a scripted one calls the others' methods)."""
+    for sub in module.modules():
+        methods = getattr(sub, "_c", None)  # a container (ModuleList) has no methods
+        for name in methods._method_names() if methods is not None else ():
+            yield methods._get_method(name).graph
+
+
+def _nodes(block: Any) -> Iterator[Any]:
+    """Every node of a graph or block, those of nested blocks (``if``, loops) included."""
+    for node in block.nodes():
+        yield node
+        for inner in node.blocks():
+            yield from _nodes(inner)
+
+
+def _node_problem(node: Any, target: torch.device) -> tuple[str, torch.device] | None:
+    """Why ``node`` cannot run on ``target`` and the device it needs, or None."""
+    kind = node.kind()
+    if kind == "prim::Constant" and node.output().type().kind() == "DeviceObjType":
+        made = node.output().toIValue()
+        if made.type not in ("cpu", "cuda") or (
+            made.type == target.type and (made.index is None or made.index == target.index)
+        ):
+            return None
+        ops = ", ".join(sorted({use.user.kind() for use in node.output().uses()}))
+        return f"{ops or 'its code'} creates tensors on {made}", made
+    for device, prefixes in _DEVICE_OPS.items():
+        if device != target.type and kind.startswith(prefixes):
+            where = "CUDA" if device == "cuda" else "the CPU"
+            return f"it calls {kind}, which runs only on {where}", torch.device(device)
+    return None
+
+
+def device_problem(module: torch.jit.ScriptModule, device: str) -> str | None:
+    """Why ``module`` cannot run on ``device`` (``"cpu"`` or ``"cuda:N"``) and what to do, or
+    None.
+
+    ``map_location`` moves a module's tensors, not its code: a trace records the device of each
+    tensor it saw created (``torch.zeros(n)`` on the CPU, ``.to("cuda:0")``) as a constant, and
+    a frozen graph optimised on one kind of device holds ops whose kernels exist only there.
+    Such a module failed deep inside its first call on another device (torch's
+    "PythonDispatcher: registered at ..." or "Expected all tensors to be on the same device"),
+    or ran those ops on the device it was traced on (a CPU index tensor read by a CUDA model).
+    A module free of both runs on any device, its weights moved there."""
+    target = torch.device(device)
+    for graph in _graphs(module):
+        for node in _nodes(graph):
+            if found := _node_problem(node, target):
+                problem, needed = found
+                formats = (
+                    "onnx, torchscript_cpu or inductor_cpu"
+                    if target.type == "cpu"
+                    else "onnx, torchscript_gpu or inductor_gpu"
+                )
+                return (
+                    f"{problem}. Load it with device='{needed}', or load the model's format "
+                    f"for {'the CPU' if target.type == 'cpu' else 'CUDA'} ({formats})"
+                )
+    return None
 
 
 def _held_tensors(model: torch.jit.ScriptModule) -> list[torch.Tensor]:
@@ -88,6 +163,11 @@ class TorchScriptBackend:
                 f"torch could not load the TorchScript file {self._path} "
                 f"({backend_failure(err)}). Re-deploy the file written by skprotect."
             ) from None
+        if problem := device_problem(module, self.device):
+            raise BackendError(
+                f"The TorchScript file {self._path} cannot run on device={options.device!r}: "
+                f"{problem}."
+            )
         self._model = module.eval()
         self._specs: list[dict] | None = None
         self._key_name: str | None = None
