@@ -22,7 +22,7 @@ import re
 import sys
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -47,7 +47,7 @@ from .base import (
     signature_dynamic_shapes,
     to_numpy,
 )
-from .options import ExportOptions
+from .options import ExportOptions, SizeRange, exported_axes
 
 _MIN_SCRUBBED_PREFIX = 8
 """Shorter folders (``/usr``, ``/root``) are left alone: replacing so few bytes anywhere in a
@@ -195,7 +195,7 @@ class InductorExporter(DeviceExporter):
     ) -> ExportReport:
         start = time.perf_counter()
         module, args, path, notes = self.prepare(module, example_inputs, path, options, with_key)
-        configs = self.compile_configs(options, args, with_key)
+        self.compile_configs(options, args, with_key)  # refuses bad settings before the export
         try:
             shapes = signature_dynamic_shapes(module, options.export_dynamic_shapes(with_key))
             with isolated_traces(), quiet_upstream_warnings(), torch.no_grad():
@@ -206,6 +206,7 @@ class InductorExporter(DeviceExporter):
                 "input_tensors and that dynamic_shapes matches what the model allows."
             ) from err
         exported = time.perf_counter()
+        configs = self.compile_configs(options, args, with_key, exported_axes(program))
         try:
             with open(path, "wb") as file:
                 sink = _ErrorKeepingFile(file)
@@ -255,10 +256,15 @@ class InductorExporter(DeviceExporter):
         )
 
     def compile_configs(
-        self, options: ExportOptions, args: tuple[Tensor, ...], with_key: bool
+        self,
+        options: ExportOptions,
+        args: tuple[Tensor, ...],
+        with_key: bool,
+        exported: Sequence[Mapping[int, SizeRange]] | None = None,
     ) -> dict:
-        """The user's ``inductor_configs``, plus the input specs in the package metadata, and
-        unless the user set them: on CPU no layout optimisation, on CUDA no compile-time
+        """The user's ``inductor_configs``, plus the input record in the package metadata
+        (``exported``: the exported program's dynamic axes, :meth:`ExportOptions.inputs_record`),
+        and unless the user set them: on CPU no layout optimisation, on CUDA no compile-time
         autotuning. Settings that make a package that cannot be loaded are refused."""
         configs = dict(options.inductor_configs)
         if configs.get("aot_inductor.package_constants_in_so") is False and not configs.get(
@@ -284,7 +290,9 @@ class InductorExporter(DeviceExporter):
             # assert (pytorch/pytorch#194018). Tuned at the first run instead, on real inputs.
             configs.setdefault("triton.autotune_at_compile_time", False)
         metadata = dict(configs.get("aot_inductor.metadata") or {})
-        configs["aot_inductor.metadata"] = metadata | options.inputs_record(args, with_key)
+        configs["aot_inductor.metadata"] = metadata | options.inputs_record(
+            args, with_key, exported
+        )
         return configs
 
     def load(self, path: Path, options: ExportOptions) -> Runner:

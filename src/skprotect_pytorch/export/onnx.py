@@ -41,7 +41,7 @@ from .base import (
     register_exporter,
     signature_dynamic_shapes,
 )
-from .options import DEFAULT_OPSET, ExportOptions
+from .options import DEFAULT_OPSET, ExportOptions, SizeRange, exported_axes
 
 
 def _torch_onnx_export(
@@ -53,7 +53,9 @@ def _torch_onnx_export(
     *,
     dynamo: bool,
     extra: dict[str, Any],
-) -> None:
+) -> list[dict[int, SizeRange]] | None:
+    """Export to ``f``; return the dynamic axes of the program the dynamo exporter exported
+    (:func:`exported_axes`), None for the legacy exporter, which has none."""
     kwargs: dict[str, Any] = {
         "input_names": options.names(with_key),
         "output_names": options.output_names,
@@ -70,11 +72,15 @@ def _torch_onnx_export(
         kwargs["dynamic_axes"] = options.onnx_dynamic_axes()
     with isolated_traces() if dynamo else contextlib.nullcontext(), quiet_upstream_warnings():
         program = torch.onnx.export(module, args, str(f), **kwargs)
-    if program is not None:  # dynamo: written, so the graph's weights are not needed any more
-        try:
-            _drop_weights(program.model.graph)
-        except AttributeError as err:  # another onnx_ir: not a failed export, only later freed
-            get_logger().debug("ONNX export: the exporter's graph keeps its weights (%s)", err)
+    if program is None:
+        return None
+    # written, so the graph's weights are not needed any more
+    try:
+        _drop_weights(program.model.graph)
+    except AttributeError as err:  # another onnx_ir: not a failed export, only later freed
+        get_logger().debug("ONNX export: the exporter's graph keeps its weights (%s)", err)
+    exported = getattr(program, "exported_program", None)
+    return None if exported is None else exported_axes(exported)
 
 
 def _drop_weights(graph: Any) -> None:
@@ -269,7 +275,7 @@ class OnnxExporter:
             for dynamo in attempts:
                 try:
                     with collect_warnings(notes, UserWarning) as caught:
-                        _torch_onnx_export(
+                        exported = _torch_onnx_export(
                             module, args, written, options, with_key, dynamo=dynamo, extra=extra
                         )
                     # weights in the side file: the graph without them, read once
@@ -302,7 +308,7 @@ class OnnxExporter:
             why = f" (The dynamo exporter failed: {errors[0]}.)" if errors else ""
             refuse_baked_values(caught, "The legacy ONNX exporter (dynamo=False)", why)
             notes += _check_names(proto, options, with_key)
-            metadata = options.inputs_record(args, with_key)
+            metadata = options.inputs_record(args, with_key, exported)
             if _save_single_file(written, path, metadata) and not used:  # dynamo: a side file
                 notes.append("weights were written as external data; re-saved inlined")
         return ExportReport(

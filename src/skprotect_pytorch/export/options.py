@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from skruntime.backends.inputs import INPUTS_METADATA, input_specs
+from skruntime.backends.inputs import INPUTS_METADATA, declared_range, input_specs
 
 from ..errors import InvalidArgumentError
 
@@ -46,6 +46,53 @@ DimSpec = dict[int, Any]  # axis -> torch.export.Dim (or a Dim hint such as Dim.
 
 
 @dataclass(frozen=True)
+class SizeRange:
+    """The sizes an exported program's dynamic axis takes, ``max`` None for no highest;
+    :func:`~skruntime.backends.inputs.input_specs` reads it as it reads a ``Dim``'s bounds."""
+
+    min: int
+    max: int | None
+
+    def within(self, dim: Any) -> SizeRange:
+        """This range narrowed to the sizes ``dim`` (the axis's declared ``Dim`` or hint, or
+        None) declares."""
+        low, high = declared_range(dim) or (0, None)
+        highs = [h for h in (self.max, high) if h is not None]
+        return SizeRange(max(self.min, low), min(highs) if highs else None)
+
+
+def _finite(bound: Any) -> int | None:
+    """A sympy bound as an int; None for an infinite one (``int_oo``, ``-int_oo``)."""
+    return int(bound) if isinstance(bound, int) or getattr(bound, "is_Integer", False) else None
+
+
+def exported_axes(program: torch.export.ExportedProgram) -> list[dict[int, SizeRange]] | None:
+    """Per user input of ``program``, its dynamic axes and the sizes ``torch.export`` exported
+    them for (its ``range_constraints``); None when an input's example tensor is not in the
+    graph (the declared axes are recorded then). They can be narrower than the declared ones:
+    a hint (``Dim.AUTO``, ``Dim.DYNAMIC``) without min becomes at least 2 (``torch.export``
+    specialises sizes 0 and 1; torch.onnx exports size-obliviously and keeps them), and what
+    ``forward`` needs narrows it further (a ``Conv1d`` of kernel 3: at least 3). An axis torch
+    fixed to its example size is absent: the record makes it static."""
+    from torch.utils._sympy.value_ranges import bound_sympy
+
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    axes: list[dict[int, SizeRange]] = []
+    for name in program.graph_signature.user_inputs:
+        value = nodes[name].meta.get("val")
+        if not isinstance(value, Tensor):
+            return None
+        found: dict[int, SizeRange] = {}
+        for axis, size in enumerate(value.shape):
+            if isinstance(size, torch.SymInt):
+                bounds = bound_sympy(size.node.expr, program.range_constraints)
+                low, high = _finite(bounds.lower), _finite(bounds.upper)
+                found[axis] = SizeRange(max(low or 0, 0), high)
+        axes.append(found)
+    return axes
+
+
+@dataclass(frozen=True)
 class ExportOptions:
     """Validated export settings; build it with :func:`build_export_options`."""
 
@@ -65,15 +112,31 @@ class ExportOptions:
         """Graph input names: the model inputs, then the key when ``with_key``."""
         return [*self.input_names, self.key_name] if with_key else list(self.input_names)
 
-    def inputs_record(self, args: Sequence[Tensor], with_key: bool) -> dict[str, str]:
+    def inputs_record(
+        self,
+        args: Sequence[Tensor],
+        with_key: bool,
+        exported: Sequence[Mapping[int, SizeRange]] | None = None,
+    ) -> dict[str, str]:
         """The input record every format stores in its file (``{INPUTS_METADATA: json}``):
-        names, dtypes, static sizes and the declared ranges of the dynamic axes, which the
-        runtime checks every call against (a traced graph takes a wrong key silently)."""
+        names, dtypes, static sizes and the ranges of the dynamic axes, which the runtime
+        checks every call against (a traced graph takes a wrong key silently).
+
+        ``exported``: the dynamic axes of the program a ``torch.export``-based exporter wrote
+        (:func:`exported_axes`); the record then says what that program is, each range the
+        narrower of torch's and the declared one. Without it (a TorchScript trace, the legacy
+        ONNX exporter), the declared dynamic axes and their ``Dim`` min/max."""
+        declared = self.export_dynamic_shapes(with_key) or (None,) * len(args)
+        dynamic: list[Mapping[int, Any]] = [
+            {axis: dim for axis, dim in (spec or {}).items() if _dynamic(dim)} for spec in declared
+        ]
+        if exported is not None:
+            dynamic = [
+                {axis: size.within(dims.get(axis)) for axis, size in axes.items()}
+                for axes, dims in zip(exported, dynamic, strict=True)
+            ]
         specs = input_specs(
-            args,
-            self.export_dynamic_shapes(with_key),
-            self.names(with_key),
-            self.key_name if with_key else None,
+            args, dynamic, self.names(with_key), self.key_name if with_key else None
         )
         return {INPUTS_METADATA: json.dumps(specs)}
 

@@ -32,7 +32,8 @@ INPUTS_METADATA = "skprotect.inputs"
 "dtype": str}`` where ``null`` marks a dynamic axis and ``dtype`` is torch's name without
 ``torch.`` (``"float32"``). Optional fields: ``"name"`` (the graph input name), ``"key": true``
 on the key input, and ``"ranges": {"<axis>": [lowest, highest | null]}``, the sizes a dynamic
-axis was declared for (``null``: no highest size), given only for axes with a bound."""
+axis takes (``null``: no highest size), given only for axes with a bound: the declared ones,
+narrowed in files written through ``torch.export`` to the sizes it exported the axis for."""
 
 Ranges = Mapping[int | str, Sequence[int | None]]
 """Dynamic axis (an int, or its JSON text) -> (lowest size, highest size or None) of one input:
@@ -168,7 +169,8 @@ def range_problem(
         return (
             f"has size {size} on axis {axis}{f' (dynamic dimension {dim!r})' if dim else ''}, "
             f"but the model was protected for sizes {range_text(low, high)} on that axis (its "
-            "dynamic_shapes), and was exported and checked for those sizes only. "
+            "dynamic_shapes, or the sizes torch.export exported it for), and was exported and "
+            "checked for those sizes only. "
             f"{fit}, or protect the model again with a wider range for that axis "
             "(torch.export.Dim(..., min=..., max=...))."
         )
