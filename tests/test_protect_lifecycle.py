@@ -181,9 +181,9 @@ def test_a_new_model_name_with_a_file_extension_is_refused(
     """The usage document's model_name is "without file extension": 'resnet.onnx' was taken and
     named the files resnet.onnx.onnx. A model deployed under such a name can still be updated."""
     protector = SkProtectorPyTorch(application_name="app")
-    for name, stem in (("resnet.onnx", "resnet"), ("net.v2.PT2", "net.v2"), ("w.pth", "w")):
-        # it said "(here w.pth.pth)": no file of that name is written
-        message = re.escape(f"(the ONNX one {name}.onnx). Pass model_name='{stem}'")
+    for name, stem in (("resnet.onnx", "resnet"), ("net.v2.PT2", "net.v2"), ("w.pt", "w")):
+        # the file whose extension it doubles, then the names to pass instead
+        message = re.escape(f"pass model_name='{stem}', or '{stem}_")
         with pytest.raises(InvalidArgumentError, match=message):
             protector.protect_new_model(mlp(0), name, [X], model_export_formats=EF.ONNX)
     assert not (workdir / "outputs").exists()

@@ -25,6 +25,7 @@ from torch import nn
 
 from skruntime.backends.inductor import row_major
 from skruntime.config import CONFIG_FILENAMES, Config, load_config
+from skruntime.keyfile import key_params_filename, key_txt_filename
 
 from . import legacy
 from .configuration import check_version
@@ -38,7 +39,7 @@ from .errors import (
     SkProtectError,
     StateError,
 )
-from .export import DEFAULT_ONNX_PARAMS
+from .export import DEFAULT_ONNX_PARAMS, get_exporter, registered_formats
 from .formats import ExportFormat, ExportPlatform
 from .lock.context import DEFAULT_PRESET, LOCK_PRESETS
 from .logs import enable_file_log, file_log, get_logger
@@ -69,17 +70,33 @@ def _check_name(value: Any, what: str) -> str:
     return value
 
 
-MODEL_FILE_EXTENSIONS = frozenset(
-    {".onnx", ".pt", ".pt2", ".pth", ".ckpt", ".safetensors", ".bin", ".json", ".txt"}
-)
-"""Endings of a model or key file: a new ``model_name`` (the usage document's "name without
-file extension") ending with one would name files such as ``resnet.onnx.onnx``."""
+def _files_named_after(name: str) -> list[tuple[str, str]]:
+    """What and which files a protection names after model ``name`` ending with an extension
+    of their own: the model files ``<name><extension>`` and the TXT platform's key files."""
+    models = [
+        (f"{fmt.name} model file", f"{name}{get_exporter(fmt).extension}")
+        for fmt in registered_formats()
+    ]
+    return [
+        *models,
+        ("TXT key file", key_txt_filename(name)),
+        ("TXT key parameters file", key_params_filename(name)),
+    ]
+
+
+MODEL_FILE_EXTENSIONS = frozenset(Path(file).suffix.lower() for _, file in _files_named_after("m"))
+"""The extensions (lower case) of the files a protection names after the model, ending with
+their extension (``.onnx``, ``.pt``, ``.pt2``, and the TXT key files' ``.txt`` and ``.json``):
+a new ``model_name`` (the usage document's "name without file extension") ending with one
+would name a file such as ``resnet.onnx.onnx`` or ``asr.pt.pt``. Other endings (``.pth``,
+``model.v2``) double nothing and are accepted."""
 
 
 def _check_model_name(value: Any, new: bool) -> str:
     """A model name also names a folder beside the configuration files: it must not be one.
     A ``new`` model's name (one that no configuration of the application has) must not end with
-    a file extension: a deployed one keeps its name, on the other platform too."""
+    the extension of a file named after it (:data:`MODEL_FILE_EXTENSIONS`): a deployed one
+    keeps its name, on the other platform too."""
     _check_name(value, "model_name")
     if value.casefold() in {name.casefold() for name in CONFIG_FILENAMES.values()}:
         raise InvalidArgumentError(
@@ -89,10 +106,17 @@ def _check_model_name(value: Any, new: bool) -> str:
         )
     suffix = Path(value).suffix
     if new and suffix.lower() in MODEL_FILE_EXTENSIONS:
+        what, file = next(
+            (what, file)
+            for what, file in _files_named_after(value)
+            if file.lower().endswith(suffix.lower() * 2)
+        )
+        stem = value[: -len(suffix)]
         raise InvalidArgumentError(
-            f"model_name {value!r} ends with the file extension {suffix!r}: it is the name "
-            f"without file extension, which names the files (the ONNX one {value}.onnx). Pass "
-            f"model_name={value[: -len(suffix)]!r}."
+            f"model_name {value!r} ends with {suffix!r}, the extension of the {what} named "
+            f"after it, which would be {file}. model_name is the name without file extension: "
+            f"pass model_name={stem!r}, or {f'{stem}_{suffix[1:]}'!r} to keep {suffix[1:]!r} "
+            "in the name."
         )
     return value
 
