@@ -27,6 +27,7 @@ from skruntime.backends.inputs import INPUTS_METADATA
 
 from ..errors import ExportError, InvalidArgumentError, VerificationError
 from ..formats import ExportFormat
+from .onnx_props import metadata_props
 from .options import ExportOptions
 
 Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
@@ -344,7 +345,8 @@ def recorded_ranges(path: Path) -> list[Any] | None:
 def _recorded_inputs(path: Path) -> Any:
     """The input record (:data:`~skruntime.backends.inputs.INPUTS_METADATA`, parsed) that the
     model file at ``path`` carries; None when it has none. In a TorchScript or AOTInductor
-    archive, its extra file or metadata; in an ONNX file, a metadata property."""
+    archive, its extra file or metadata; in an ONNX file, a metadata property (read without
+    parsing the model: :mod:`.onnx_props`)."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
@@ -355,14 +357,7 @@ def _recorded_inputs(path: Path) -> Any:
                         raw = json.loads(archive.read(name)).get(INPUTS_METADATA)
                         return None if raw is None else json.loads(raw)
             return None
-        import onnx  # the protect extra's; only ONNX files need it
-        from google.protobuf.message import DecodeError
-
-        try:
-            props = onnx.load(str(path), load_external_data=False).metadata_props
-        except DecodeError:
-            return None
-        raw = next((p.value for p in props if p.key == INPUTS_METADATA), None)
+        raw = metadata_props(path).get(INPUTS_METADATA)
         return None if raw is None else json.loads(raw)
     except (OSError, ValueError, zipfile.BadZipFile):
         return None
@@ -497,6 +492,17 @@ def without_input_mutation(
     return InputsCopied(module, mutated).eval(), [note]
 
 
+def on_device(module: nn.Module, device: str) -> nn.Module:
+    """``module`` itself when its parameters and buffers are all on ``device``, else a copy
+    moved there: the caller's model is never moved. The protector hands the GPU exporters its
+    locked model already on the GPU; copied all the same, it was held twice in GPU memory
+    through each GPU export."""
+    target = torch.empty(0, device=device).device  # "cuda" as the tensors say it: "cuda:0"
+    if all(t.device == target for t in (*module.parameters(), *module.buffers())):
+        return module
+    return copy.deepcopy(module).to(device)
+
+
 class DeviceExporter:
     """Shared set-up of the torch exporters that come as a CPU and a GPU format."""
 
@@ -514,14 +520,15 @@ class DeviceExporter:
         options: ExportOptions,
         with_key: bool,
     ) -> tuple[nn.Module, tuple[Tensor, ...], Path, list[str]]:
-        """Check the inputs, move a copy to the GPU when needed, copy the inputs that forward
-        changes in place (:func:`without_input_mutation`, or ``options.mutated_inputs``), create
-        the folder; the last item is the report's notes."""
+        """Check the inputs, have the module and inputs on the exporter's device
+        (:func:`on_device`), copy the inputs that forward changes in place
+        (:func:`without_input_mutation`, or ``options.mutated_inputs``), create the folder; the
+        last item is the report's notes."""
         args = check_example_inputs(example_inputs, options, with_key)
         if self.device == "cuda":
             require_cuda(self.fmt)
-            module = copy.deepcopy(module).to(self.device)  # never move the caller's model
-            args = tuple(a.to(self.device) for a in args)
+        module = on_device(module, self.device)
+        args = tuple(a.to(self.device) for a in args)
         module, notes = without_input_mutation(
             module.eval(), args, options.names(with_key), options.mutated_inputs
         )
