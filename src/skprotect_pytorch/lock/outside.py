@@ -10,17 +10,18 @@ protector's first eager run does, refuses any parameter (or tensor that requires
 the model does not hold, and lists the other floating-point (complex, quantized) tensors it
 reads from outside as plaintext weights, and the NumPy arrays it turns into tensors: a thief
 reads them without the key, and a public constant (a mask) is said to be one by registering
-it as a buffer.
+it as a buffer.  So are the lists and tuples of floating-point numbers that it turns into a
+tensor (``torch.tensor(W_LIST)``) and finds outside the model or in its plain attributes:
+existing before the run, unlike one it builds from the inputs (``x.tolist()``).
 
 >>> outputs = run_keyed_checked("net", locked.keyed, [x, key])
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
-import sys
+import itertools
 import types
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,7 +32,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InvalidArgumentError
-from .coverage import MODULE_INTERNALS, PlaintextWeight, plain_leaves
+from .coverage import MODULE_INTERNALS, SCALAR_TYPES, PlaintextWeight, plain_leaves
+from .functions import called_functions, user_code, user_functions
 from .keyed_model import KeyedModel
 
 Data = torch.Tensor | np.ndarray
@@ -63,6 +65,20 @@ def _on_the_host(value: Data) -> bool:
     )
 
 
+_DATA_ARGUMENTS: dict[object, tuple[int, str]] = {
+    torch.tensor: (0, "data"),
+    torch.as_tensor: (0, "data"),
+    torch.asarray: (0, "obj"),
+    torch.Tensor.new_tensor: (1, "data"),
+}
+"""The torch functions that copy Python data into a new tensor, with where their data is (its
+position, or its keyword): numbers in a list or tuple are no tensor that a torch function
+receives, yet every export stores the tensor they become as a constant."""
+
+Converted = tuple[list | tuple, tuple[int, ...]]
+"""A list or tuple that ``forward`` turned into a tensor, and the tensor's shape."""
+
+
 class _OutsideWatch(TorchFunctionMode):
     """Records the tensors (and NumPy arrays) that torch functions receive that ``known``
     (``id``\\ s) lacks and that no torch function of the run returned: those that existed
@@ -75,6 +91,10 @@ class _OutsideWatch(TorchFunctionMode):
     Created ones are weakly kept too: such a tensor often takes the ``id`` of a freed one that
     a torch function returned.  A torch function mode is thread-local: other threads' models
     are not seen.
+
+    The lists and tuples that :data:`_DATA_ARGUMENTS` turn into floating-point (complex)
+    tensors of :data:`MIN_NUMBERS` numbers or more are kept in ``converted``, strongly (no
+    weak reference to a list exists): their ``id`` stays theirs until the run is judged.
     """
 
     def __init__(self, known: set[int]) -> None:
@@ -83,6 +103,7 @@ class _OutsideWatch(TorchFunctionMode):
         self.created: dict[int, weakref.ref[Data]] = {}
         self.found: dict[int, weakref.ref[Data]] = {}
         self.addresses: dict[int, int] = {}
+        self.converted: dict[int, Converted] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -94,6 +115,16 @@ class _OutsideWatch(TorchFunctionMode):
                     self.addresses[id(value)] = value.data_ptr()
         result = func(*args, **kwargs)
         self.created.update((id(t), weakref.ref(t)) for t in _tensors_in((result,)))
+        data_at = _DATA_ARGUMENTS.get(func)
+        if data_at is not None:
+            at, keyword = data_at
+            data = args[at] if len(args) > at else kwargs.get(keyword)
+            if (
+                isinstance(data, list | tuple)
+                and (result.is_floating_point() or result.is_complex())
+                and result.numel() >= MIN_NUMBERS
+            ):
+                self.converted[id(data)] = (data, tuple(result.shape))
         return result
 
     def outside(self, held: set[int]) -> list[Data]:
@@ -136,65 +167,17 @@ def _is_weight(value: Data) -> bool:
     )
 
 
-_LIBRARIES = frozenset({"torch", "numpy", *sys.stdlib_module_names})
-"""Top-level packages whose functions are not followed: they hold no tensor of the user's."""
-
-
-def _user_functions(value: object) -> list[types.FunctionType]:
-    """The functions of the user's code that ``value`` runs: itself (a function, a bound
-    method's), or the methods of its class (a helper object, or a class); none of torch's,
-    NumPy's or Python's own."""
-    if isinstance(value, types.MethodType):
-        value = value.__func__
-    if isinstance(value, types.FunctionType):
-        return [value] if _user_code(value.__module__) else []
-    if isinstance(value, types.ModuleType | torch.Tensor):
-        return []
-    cls = value if isinstance(value, type) else type(value)
-    return [
-        f
-        for c in cls.__mro__
-        if _user_code(c.__module__)
-        for f in vars(c).values()
-        if isinstance(f, types.FunctionType)
-    ]
-
-
-def _user_code(module_name: str | None) -> bool:
-    """Whether the module ``module_name`` is the user's (not a :data:`_LIBRARIES` one)."""
-    return (module_name or "").partition(".")[0] not in _LIBRARIES
-
-
 def _functions(root: nn.Module) -> Iterator[types.FunctionType]:
     """The functions through which ``root``'s forward may reach a tensor: each module class's
     own methods, and the functions and helper objects held in plain attributes (lambdas,
     ``functools.partial``) or as hooks."""
     for module in root.modules():
-        yield from _user_functions(type(module))
+        yield from user_functions(type(module))
         values = [v for attr, v in vars(module).items() if attr not in MODULE_INTERNALS]
         values += [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]
         for value in values:
             for _, leaf in plain_leaves(value, ""):
-                yield from _user_functions(leaf)
-
-
-def _function_values(fn: types.FunctionType) -> Iterator[tuple[str, object]]:
-    """The values ``fn`` reads besides its arguments, with their labels: its closure
-    variables (``make.<locals>.Net.forward: V``), default arguments (``Net.forward: default
-    W``) and the globals it names (``module.W``)."""
-    code = fn.__code__
-    for var, cell in zip(code.co_freevars, fn.__closure__ or (), strict=True):
-        with contextlib.suppress(ValueError):  # an empty cell
-            yield f"{fn.__qualname__}: {var}", cell.cell_contents
-    defaults = fn.__defaults__ or ()
-    named = code.co_varnames[code.co_argcount - len(defaults) : code.co_argcount]
-    kwdefaults = (fn.__kwdefaults__ or {}).items()
-    for var, value in (*zip(named, defaults, strict=True), *kwdefaults):
-        yield f"{fn.__qualname__}: default {var}", value
-    module_name = fn.__globals__.get("__name__", "?")
-    for var in code.co_names:
-        if var in fn.__globals__:
-            yield f"{module_name}.{var}", fn.__globals__[var]
+                yield from user_functions(leaf)
 
 
 def _attributes(root: nn.Module) -> Iterator[tuple[str, object]]:
@@ -211,7 +194,7 @@ def _held_objects(root: nn.Module) -> Iterator[tuple[str, object]]:
     for where, value in _attributes(root):
         for path, leaf in plain_leaves(value, where):
             if (
-                _user_code(type(leaf).__module__)
+                user_code(type(leaf).__module__)
                 and not isinstance(leaf, nn.Module | torch.Tensor | type)
                 and hasattr(leaf, "__dict__")
             ):
@@ -222,26 +205,18 @@ def _candidates(root: nn.Module) -> Iterator[tuple[str, object]]:
     """Where ``root``'s forward may reach a value outside the model, each with its label: the
     NumPy arrays its modules hold in plain attributes (``enc.table``), the attributes of
     objects the model holds (:func:`_held_objects`), class attributes
-    (``Net.W``), then the values its functions read (:func:`_function_values`),
-    following the user's functions and helper objects they read (a module-level ``helper``
-    that reads a global).  Each class and function once: searching each instance's class again
-    took 7.3 s to name 50 tensors that a model of 2,000 blocks read."""
+    (``Net.W``), then the values its functions read, following the user's functions and
+    helper objects they read (a module-level ``helper`` that reads a global:
+    :func:`.functions.called_functions`).  Each class and function once: searching each
+    instance's class again took 7.3 s to name 50 tensors that a model of 2,000 blocks read."""
     for where, value in _attributes(root):
         yield from ((p, a) for p, a in plain_leaves(value, where) if isinstance(a, np.ndarray))
     yield from _held_objects(root)
     classes = dict.fromkeys(cls for module in root.modules() for cls in type(module).__mro__)
     for cls in classes:  # in order: the first place a tensor is found names it
         yield from ((f"{cls.__qualname__}.{attr}", v) for attr, v in vars(cls).items())
-    pending = dict.fromkeys(_functions(root))
-    done: set[types.FunctionType] = set()
-    while pending:
-        fn = next(iter(pending))
-        del pending[fn]
-        done.add(fn)
-        for label, value in _function_values(fn):
-            yield label, value
-            for _, leaf in plain_leaves(value, ""):
-                pending.update(dict.fromkeys(f for f in _user_functions(leaf) if f not in done))
+    for _, values in called_functions(_functions(root)):
+        yield from values
 
 
 _CACHE = type(functools.cache(len))
@@ -355,6 +330,67 @@ def _plaintext(values: list[Data], root: nn.Module) -> list[PlaintextWeight]:
     return found
 
 
+def _sequences(value: object, path: str, seen: set[int]) -> Iterator[tuple[str, list | tuple]]:
+    """Each list and tuple in ``value``, through lists, tuples and dicts, with the expression
+    that reaches it (``W[0]``, ``TABLES['w']``); each container once (``seen`` holds their
+    ``id``), and one of numbers and strings only not entered (a vocabulary)."""
+    if not isinstance(value, list | tuple | dict) or id(value) in seen:
+        return
+    seen.add(id(value))
+    if not isinstance(value, dict):
+        yield path, value
+    items = value.values() if isinstance(value, dict) else value
+    if SCALAR_TYPES.issuperset(map(type, items)):
+        return
+    for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+        yield from _sequences(item, f"{path}[{key!r}]", seen)
+
+
+def _floats(sequence: list | tuple) -> list[object]:
+    """The floating-point and complex numbers in ``sequence`` and the lists and tuples in it:
+    no integer (a shape, an index) nor bool."""
+    found: list[object] = []
+    for item in sequence:
+        if isinstance(item, list | tuple):
+            found += _floats(item)
+        elif isinstance(item, float | complex | np.floating | np.complexfloating):
+            found.append(item)
+    return found
+
+
+def _trained_numbers(sequence: list | tuple) -> bool:
+    """Whether ``sequence`` holds :data:`MIN_NUMBERS` floating-point numbers or more, not all
+    equal: what :func:`_listed` keeps of a tensor."""
+    numbers = _floats(sequence)
+    return len(numbers) >= MIN_NUMBERS and any(n != numbers[0] for n in numbers)
+
+
+def _converted_sequences(converted: Iterable[Converted], root: nn.Module) -> list[PlaintextWeight]:
+    """The lists and tuples of trained numbers (:func:`_trained_numbers`) among ``converted``
+    that ``forward`` finds in ``root``'s plain attributes or outside the model
+    (:func:`_candidates`), as plaintext weights named where: those are the ones that existed
+    before the run; one that it built from the inputs (``x.tolist()``) is found nowhere."""
+    wanted = {id(s): shape for s, shape in converted if _trained_numbers(s)}
+    labels: dict[int, str] = {}
+    seen: set[int] = set()
+    for label, value in itertools.chain(_attributes(root), _candidates(root)) if wanted else ():
+        for path, sequence in _sequences(value, label, seen):
+            if id(sequence) in wanted:
+                labels.setdefault(id(sequence), path)
+        if len(labels) == len(wanted):
+            break
+    reason = (
+        "a list or tuple of floating-point numbers that forward() turns into a tensor "
+        "(torch.tensor, torch.as_tensor, torch.asarray, Tensor.new_tensor), kept in a global "
+        "variable, a variable it closes over, a class attribute or a plain attribute: the lock "
+        "never sees it, and every export stores its numbers as a constant. If it holds trained "
+        "values, make them the weight (or bias) of a supported layer held by the model; if it "
+        "is a public constant, register it as a buffer (self.register_buffer(name, "
+        "torch.tensor(value))) and use the buffer in forward()"
+    )
+    return [PlaintextWeight(labels[i], shape, reason) for i, shape in wanted.items() if i in labels]
+
+
 def run_keyed_checked(
     model_name: str,
     keyed: KeyedModel,
@@ -364,8 +400,9 @@ def run_keyed_checked(
     :class:`InvalidArgumentError` when its forward used a parameter (or a tensor that
     requires grad) that ``keyed`` does not hold and that outlives the run: that layer ran
     unlocked, whatever the key.  The tensors and NumPy arrays it read from outside that
-    :func:`_listed` keeps are added to ``keyed.plaintext`` (the locked model's ``plaintext``,
-    which the protector warns about)."""
+    :func:`_listed` keeps, and the lists and tuples of trained numbers it turned into tensors
+    (:func:`_converted_sequences`), are added to ``keyed.plaintext`` (the locked model's
+    ``plaintext``, which the protector warns about)."""
     watch = _OutsideWatch(_held_tensors(keyed) | {id(t) for t in inputs})
     with watch:
         outputs = keyed(*inputs)
@@ -394,5 +431,6 @@ def run_keyed_checked(
         )
     known = {(w.name, w.shape) for w in keyed.plaintext}  # a second run lists nothing twice
     found_plain = _plaintext(outside, keyed.model)
+    found_plain += _converted_sequences(watch.converted.values(), keyed.model)
     keyed.plaintext.extend(w for w in found_plain if (w.name, w.shape) not in known)
     return outputs

@@ -14,10 +14,12 @@ front with what to do, instead of failing later deep inside torch.
   that captured the model's layers would keep calling the user's own, unlocked layers from the
   locked copy (``copy.deepcopy`` does not copy functions): it is refused, with how to write it
   instead; one that reads only numbers or strings through a captured object
-  (``lambda x: x * self.scale``) is not.  So is a kept bound method of a layer to lock other
-  than its ``forward`` (``self.f = self.a.helper``), and a method of its class applied to it
-  with ``functools.partial`` (``partial(nn.Linear.forward, self.a)``): the copy applies it to
-  the locked layer, giving wrong outputs.
+  (``lambda x: x * self.scale``) is not, unless it, or a function of the user's it calls, may
+  read variables without naming them (``eval``, a frame's ``f_locals``: a helper reading
+  ``sys._getframe(1).f_locals`` sees the captured model).  So is a kept bound method of a
+  layer to lock other than its ``forward`` (``self.f = self.a.helper``), and a method of its
+  class applied to it with ``functools.partial`` (``partial(nn.Linear.forward, self.a)``): the
+  copy applies it to the locked layer, giving wrong outputs.
 - A ``torch.compile`` wrapper (``OptimizedModule``) is replaced by the module it wraps
   (:func:`strip_compile_wrappers`): its compiled forward stays bound to the module it was built
   on, so a locked copy would still run the unlocked layer, and every export traces eager code.
@@ -42,6 +44,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 
 from ..errors import InvalidArgumentError, UnsupportedLayerError
 from .coverage import MODULE_INTERNALS, SCALAR_TYPES, plain_leaves
+from .functions import called_functions, function_values, nested_codes, user_functions
 from .registry import find_locker, supported_layer_types
 
 
@@ -274,32 +277,52 @@ def _plain_attribute(obj: object, name: str) -> bool:
 
 
 _UNNAMED_READS = frozenset(
-    {"eval", "exec", "locals", "vars", "_getframe", "currentframe", "f_locals"}
+    {"eval", "exec", "locals", "vars", "_getframe", "currentframe", "f_locals", "getargvalues"}
 )
-"""Names through which code reads its variables without naming them in its instructions
-(``eval("self.a")`` sees the closure's ``self``; so do ``locals()`` and a frame's
-``f_locals``)."""
+"""Names through which code reads variables without naming them in its instructions
+(``eval("self.a")`` sees the closure's ``self``; so do ``locals()``, and a frame's
+``f_locals`` or ``inspect.getargvalues``, also its caller's: ``sys._getframe(1)``,
+``inspect.currentframe().f_back``, ``inspect.stack()[1].frame``)."""
 
 
-def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
-    """``code`` and the code of every function (lambda, comprehension) nested in it."""
-    yield code
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _codes(const)
+_FRAME_READS = frozenset({"f_locals", "getargvalues"})
+"""Names through which a function reads the variables of another function's frame, its
+caller's among them (``sys._getframe(1).f_locals``, ``inspect.currentframe().f_back.f_locals``,
+``inspect.stack()[1].frame.f_locals``, ``inspect.getargvalues(frame).locals``); ``eval``,
+``locals()`` or ``vars()`` in a function it calls see only that function's own variables."""
+
+
+def _reads_unnamed(fn: types.FunctionType, plain: set[str]) -> bool:
+    """Whether ``fn``, or a function nested in it, names :data:`_UNNAMED_READS`, or a function
+    of the user's that it may call names :data:`_FRAME_READS`: a helper reading
+    ``sys._getframe(1).f_locals`` sees the variables ``fn`` closes over.  Followed
+    (:func:`.functions.called_functions`) from what ``fn`` reads but its ``plain`` closure
+    variables, through which it calls nothing (a method of the model's class that uses
+    ``vars(self)`` is not the lambda's to run); torch's, NumPy's and Python's own functions
+    are not: ``logging`` and ``warnings`` read frames to name the caller, never to run a
+    layer."""
+    if any(_UNNAMED_READS.intersection(c.co_names) for c in nested_codes(fn.__code__)):
+        return True
+    helpers = dict.fromkeys(
+        f
+        for _, value in function_values(fn, skip=plain)
+        for _, leaf in plain_leaves(value, "")
+        for f in user_functions(leaf)
+    )
+    return any(
+        _FRAME_READS.intersection(c.co_names)
+        for called, _ in called_functions(helpers)
+        for c in nested_codes(called.__code__)
+    )
 
 
 def _reads_plain_data(fn: types.FunctionType, var: str, value: object) -> bool:
     """Whether ``fn`` uses its closure variable ``var`` (holding ``value``) only to read plain
     data attributes of it (``lambda x: x * self.scale``), so that it cannot reach a layer
-    through it: every use is a load followed by an attribute read (not a method call) of a
-    :func:`_plain_attribute`, no function nested in ``fn`` uses it, and no code in it names
-    :data:`_UNNAMED_READS`."""
+    through it by name: every use is a load followed by an attribute read (not a method call)
+    of a :func:`_plain_attribute`, and no function nested in ``fn`` uses it."""
     code = fn.__code__
-    codes = list(_codes(code))
-    if any(var in c.co_freevars for c in codes[1:]):
-        return False
-    if any(_UNNAMED_READS.intersection(c.co_names) for c in codes):
+    if any(var in c.co_freevars for c in list(nested_codes(code))[1:]):
         return False
     ops = list(dis.get_instructions(code))
     for op, after in zip(ops, [*ops[1:], None], strict=True):
@@ -315,15 +338,20 @@ def _reads_plain_data(fn: types.FunctionType, var: str, value: object) -> bool:
 def _captured(fn: types.FunctionType) -> list[object]:
     """What ``fn`` keeps besides its code: its closure's variables and its default arguments,
     which ``copy.deepcopy`` keeps as they are, together with the function; less the closure
-    variables it only reads numbers or strings from (:func:`_reads_plain_data`)."""
-    values = []
+    variables it only reads numbers or strings from (:func:`_reads_plain_data`), unless it
+    may read them without naming them (:func:`_reads_unnamed`)."""
+    values, plain = [], {}
     for var, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
         try:
             value = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-        if not _reads_plain_data(fn, var, value):
+        if _reads_plain_data(fn, var, value):
+            plain[var] = value
+        else:
             values.append(value)
+    if plain and _reads_unnamed(fn, set(plain)):
+        values += plain.values()
     return [*values, *(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
 
 
@@ -452,7 +480,9 @@ def check_lockable(model: nn.Module, layer_filter: LayerFilter = lambda name, m:
     if closures:
         raise InvalidArgumentError(
             f"The model's attribute(s) {', '.join(closures)} are functions (lambdas "
-            "or closures) that call its layers through captured variables: a copy of the model "
+            "or closures) that call its layers through captured variables, or may read such a "
+            "variable without naming it (eval, exec, locals(), vars(), a frame's f_locals, "
+            "also in a function they call: sys._getframe(1).f_locals): a copy of the model "
             "keeps such a function as it is, so the locked model would still run your unlocked "
             "layers, whatever the key. Make each a method (def name(self, x): ...) or call the "
             "layer directly in forward, then protect."
