@@ -8,7 +8,9 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
 
 ``licence_<application>.json``
     the last signed licence document of the server, verified again (signature, device,
-    application, customer) every time it is read.
+    application, customer) every time it is read. A licence just issued is not written over a
+    newer one, valid and issued later, that another process cached meanwhile
+    (:meth:`LicenceClient._cache`).
 ``usage_<application>.json``
     ``{"licences": {"<licence_id>": {"counter": int, "reported": int, "expires_at": int,
     "inferences": int}}}``: inferences counted under each licence, the counter last acknowledged
@@ -47,10 +49,13 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     that the server agrees (it refuses a timestamp off its window as ``stale_request`` first);
     without a licence to report on (or a server that cannot answer so), a licence it issues for a
     request stamped with the local time (fresh: it echoes the request's nonce) does, for the
-    allowance it draws. Then ``last_seen`` is reset to that time; a process that saw a later
-    time than its clock shows never writes it over a lower ``last_seen`` (it would undo such a
-    reset), but refuses that clock itself until the server confirms it. A clock that was set
-    back gets ``stale_request`` instead and stays refused. A malformed file is refused.
+    allowance it draws: one process at a time asks so (the renewal lock below), and one that
+    waited takes the licence another cached meanwhile if it was issued within
+    ``clock_tolerance`` of its clock (:meth:`LicenceClient._licence_confirming`). Then
+    ``last_seen`` is reset to that time; a process that saw a later time than its clock shows
+    never writes it over a lower ``last_seen`` (it would undo such a reset), but refuses that
+    clock itself until the server confirms it. A clock that was set back gets
+    ``stale_request`` instead and stays refused. A malformed file is refused.
 
 Timeline. A licence is used as is until ``expires_at - overlap_seconds``. Inside the overlap
 window each :meth:`LicenceClient.ensure_licence` tries to renew (at most once per
@@ -91,7 +96,8 @@ renews only if there is none. One process at a time renews (``.renew_<applicatio
 so that the others take its licence from the cache instead of drawing an allowance each: a
 licence due (in its window, expired or missing; :meth:`LicenceClient._renew_due`), or used up
 (:meth:`LicenceClient.consume`: the renewing process counts on the new licence before it lets
-the lock go, so that one waiting finds what is left of it, and renews only if nothing is).
+the lock go, so that one waiting finds what is left of it, and renews only if nothing is), or
+needed to confirm a clock set back (:meth:`LicenceClient._confirm_clock`).
 ``persist_every=1`` writes the exact count before every inference.
 """
 
@@ -962,12 +968,24 @@ class LicenceClient:
         )
 
     def _cache(self, licence: Licence, *, only_over: str | None = None) -> None:
-        """Write ``licence`` to the cache file; with ``only_over`` (a licence checked, not
-        issued), only while the cache holds the licence of that id: another process may have
-        cached a newer one. A licence that cannot be written is used from memory by this
-        process, with a warning."""
+        """Write ``licence`` to the cache file, unless the cache holds a newer one
+        (:meth:`_newer_cached`), which another process renewed to while this one renewed too
+        (after waiting past the renewal lock's bound): written over it, the older licence would
+        be the one every process starting afterwards takes. The process goes on with its own
+        licence either way. With ``only_over`` (a licence checked, not issued), written only
+        while the cache holds the licence of that id. A licence that cannot be written is used
+        from memory by this process, with a warning."""
         with state_lock(self.state_dir, f"licence_{self.application}"):
             if only_over is not None and self._cached_licence_id() != only_over:
+                return
+            newer = self._newer_cached(licence) if only_over is None else None
+            if newer is not None:
+                log.info(
+                    "Licence %s is not cached: the cache holds licence %s, issued later by "
+                    "another process of this device; this process goes on with its own.",
+                    licence.licence_id,
+                    newer.licence_id,
+                )
                 return
             try:
                 write_private(self._licence_path, protocol.canonical_bytes(licence.document))
@@ -987,6 +1005,19 @@ class LicenceClient:
                     RuntimeWarning,
                     stacklevel=3,
                 )
+
+    def _newer_cached(self, licence: Licence) -> Licence | None:
+        """The cached licence when it is newer than ``licence``, just issued: another one,
+        valid now, issued later (:meth:`_other_cached`), else None. Issued later is newer even
+        when it expires no later (the contract end) or earlier (a contract shortened); a cached
+        licence that does not verify with the pinned key or does not fit this runtime (another
+        server key, another device key) is none. Nor is a cache file that group or others may
+        access: the licence just issued, paid for, replaces it with an owner-only file."""
+        try:
+            cached = self._other_cached(licence)
+        except UnsafeFileError:
+            return None
+        return cached if cached is not None and cached.issued_at > licence.issued_at else None
 
     # ------------------------------------------------------------------ the server's key
 
@@ -1429,7 +1460,8 @@ class LicenceClient:
         (:meth:`_report_confirms_clock`) proves, free of charge, that it agrees with this clock.
         Without that proof to ask for, a licence it issues for a request stamped with the local
         time, echoing its nonce, within ``clock_tolerance`` of it proves it, for the allowance it
-        draws. Then the last time seen (a clock that had jumped forward) is reset. Otherwise
+        draws; processes confirming together draw one (:meth:`_licence_confirming`). Then the
+        last time seen (a clock that had jumped forward) is reset. Otherwise
         ``rollback`` stands, with the server's reason; the server is asked at most once per
         ``retry_seconds``.
         """
@@ -1437,11 +1469,12 @@ class LicenceClient:
         if now < self._next_clock_check:
             raise rollback
         self._next_clock_check = now + self.retry_seconds
+        seen = self._cached_licence_id()  # one cached after this was issued after this
         licence: Licence | None = None
         try:
             proof = self._report_confirms_clock(now)
             if proof is None:
-                licence = self._renew(now)
+                licence = self._licence_confirming(now, seen)
         except _RenewalFailed as e:
             cause = self._failure(e)
             if isinstance(e, _Unreachable):
@@ -1470,6 +1503,31 @@ class LicenceClient:
         raise ClockRollbackError(
             f"{rollback} The licence server did not confirm this clock ({cause})."
         ) from None
+
+    def _licence_confirming(self, now: int, seen: str | None) -> Licence:
+        """A licence to confirm the clock ``now`` with, for :meth:`_confirm_clock`: asked for
+        by one process of the device at a time, as in :meth:`_renew_due` (each draws an
+        allowance), waiting at most about one renewal's requests. One that waited takes the
+        licence another process cached meanwhile when the server issued it within
+        ``clock_tolerance`` of ``now``: just issued, its signed issue time is the server's
+        word on the time, as a licence of its own would be. Not so the licence cached before
+        (``seen``, the cache's licence id when this process began to confirm): issued long
+        ago, it may well match a clock set back to then.
+
+        Raises:
+            _RenewalFailed, LicenceDeniedError: as :meth:`_renew`.
+        """
+        with self._renewal_lock(wait=3 * self._timeout):
+            cached = self._load_cached()
+            if (
+                cached is not None
+                and cached.licence_id != seen
+                and abs(cached.issued_at - now) <= self.clock_tolerance
+                and now < cached.expires_at
+            ):
+                self._switch(cached, fresh=False)
+                return cached
+            return self._renew(now)
 
     def _report_confirms_clock(self, now: int) -> str | None:
         """The server's free word that it agrees with the clock ``now``, for
