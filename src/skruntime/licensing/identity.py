@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from ..config import atomic_write_bytes, fsync_dir
 from ..errors import LicenceError
+from ..files import open_regular
 from . import protocol
 
 try:  # POSIX advisory locks; without them (Windows) state updates are not cross-process safe
@@ -112,8 +113,10 @@ class UnsafeFileError(LicenceError):
 
 
 def read_private(path: Path) -> bytes:
-    """Read an owner-only file; refuse one that group or others may read or write."""
-    with open(path, "rb") as f:
+    """Read an owner-only file; refuse one that group or others may read or write, and one
+    that is not a regular file (:class:`~skruntime.files.NotRegularFileError`, an ``OSError``:
+    a named pipe would block the process for ever, a device never end)."""
+    with open_regular(path) as f:
         st = os.fstat(f.fileno())
         if stat.S_IMODE(st.st_mode) & 0o077:
             raise UnsafeFileError(
