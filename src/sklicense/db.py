@@ -10,8 +10,10 @@ report its licence's row, with ``SELECT … FOR UPDATE`` inside its transaction.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,13 +23,20 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
-
-from sklicense.settings import DEFAULT_POOL_TIMEOUT_S
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 READ_ONLY = "sklicense_read_only"
 """The execution option of a :func:`reading` session's connection."""
+ADMIN_TIMEOUT_S = 30.0
+"""How long the admin CLI, migrations and the server's start wait for a pooled connection or
+for a lock another connection holds (a request in a server process, another admin command):
+they run locally, under no device's timeout, so a busy server only delays them. The server's
+requests wait its ``database_pool_timeout_s`` instead (:func:`get_engine`)."""
+_deadline: ContextVar[float | None] = ContextVar("sklicense_write_deadline", default=None)
+"""When (``time.monotonic()``) the device request in :func:`device_writes` must have its
+answer: its transactions wait for locks only until then."""
 
 
 class DatabaseNotMigratedError(RuntimeError):
@@ -51,26 +60,31 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def get_engine(url: str, pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S) -> Engine:
-    """One engine per database URL (and pool timeout) per process. A request that finds every
-    pooled connection in use waits at most ``pool_timeout_s`` seconds for one, then fails with
-    :class:`sqlalchemy.exc.TimeoutError` (the server answers 503): SQLAlchemy's default, 30 s,
-    kept a client waiting past its own timeout for a bare 500."""
-    return _engine(normalise_url(url), pool_timeout_s)
+def get_engine(url: str, timeout_s: float = ADMIN_TIMEOUT_S) -> Engine:
+    """One engine per database URL (and timeout) per process. A transaction that finds every
+    pooled connection in use waits at most ``timeout_s`` seconds for one, then fails with
+    :class:`sqlalchemy.exc.TimeoutError`; one that finds another connection holding a lock it
+    needs (SQLite's write lock, a PostgreSQL row) waits as long for it, then fails ("database is
+    locked", PostgreSQL's lock timeout): the server answers both 503. The server passes its
+    ``database_pool_timeout_s``, less than a device's request timeout: SQLAlchemy's pool
+    default and the former SQLite busy timeout, 30 s each, and PostgreSQL's lock waits, without
+    end, kept a device waiting past its own timeout, which then asked again while the server
+    still worked on the first request."""
+    return _engine(normalise_url(url), timeout_s)
 
 
 @cache
-def _engine(url: str, pool_timeout_s: float) -> Engine:
+def _engine(url: str, timeout_s: float) -> Engine:
     # an in-memory SQLite database has a pool of one connection per thread: nothing to wait for
     pooled = (
         {}
         if url.startswith("sqlite") and _sqlite_file(url) is None
-        else {"pool_timeout": pool_timeout_s}
+        else {"pool_timeout": timeout_s}
     )
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
-            connect_args={"timeout": 30, "check_same_thread": False},
+            connect_args={"timeout": timeout_s, "check_same_thread": False},
             hide_parameters=True,  # a failing statement's values (a KEK) never reach a log
             **pooled,
         )
@@ -80,22 +94,31 @@ def _engine(url: str, pool_timeout_s: float) -> Engine:
             dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _begin(connection: Any) -> None:
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={_lock_wait_ms(timeout_s)}")
             read_only = connection.get_execution_options().get(READ_ONLY, False)
             connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         hide_parameters=True,
-        connect_args=_connect_timeout(url),
+        connect_args=_postgres_connect_args(url),
         **pooled,
     )
+    if engine.dialect.name == "postgresql":
+        own = "lock_timeout" in _url_options(url)  # the URL's own wins but for device requests
+
+        @event.listens_for(engine, "begin")
+        def _begin_postgres(connection: Any) -> None:
+            if _deadline.get() is not None or not own:
+                connection.exec_driver_sql(f"SET LOCAL lock_timeout = {_lock_wait_ms(timeout_s)}")
+
+    return engine
 
 
 CONNECT_TIMEOUT_S = 10
@@ -104,9 +127,11 @@ CONNECT_TIMEOUT_S = 10
 (a wrong port, a stalled host) kept the CLI, or a request, waiting for ever."""
 
 
-def _connect_timeout(url: str) -> dict[str, int]:
+def _postgres_connect_args(url: str) -> dict[str, Any]:
     """PostgreSQL's ``connect_timeout``: :data:`CONNECT_TIMEOUT_S` unless the URL sets one
-    (another driver gets nothing: it may not take the argument)."""
+    (another driver gets nothing: it may not take the argument). The lock timeout is set per
+    transaction (``SET LOCAL``, :func:`_engine`), not as a startup ``options`` parameter, which
+    connection poolers such as PgBouncer refuse."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
@@ -115,17 +140,55 @@ def _connect_timeout(url: str) -> dict[str, int]:
     return {"connect_timeout": CONNECT_TIMEOUT_S}
 
 
-def device_writes(url: str) -> AbstractContextManager[Any]:
+def _url_options(url: str) -> str:
+    """The ``options`` of a PostgreSQL URL's query (``-c search_path=...``), joined."""
+    from sqlalchemy.engine import make_url
+
+    given = make_url(url).query.get("options", "")
+    return " ".join([given] if isinstance(given, str) else given)
+
+
+def _lock_wait_ms(timeout_s: float) -> int:
+    """How long a transaction beginning now waits for a lock another connection holds (SQLite's
+    busy timeout, PostgreSQL's lock timeout): until the deadline of the device request it belongs
+    to (:func:`device_writes`), else the engine's ``timeout_s``; at least 1 ms (0 would wait for
+    ever)."""
+    deadline = _deadline.get()
+    return _milliseconds(timeout_s if deadline is None else deadline - time.monotonic())
+
+
+def _milliseconds(seconds: float) -> int:
+    """``seconds`` as the whole milliseconds a lock wait takes, at least 1 (0: no limit)."""
+    return max(1, round(seconds * 1000))
+
+
+@contextmanager
+def device_writes(url: str, timeout_s: float) -> Iterator[None]:
     """What a device request holds while it writes: on SQLite one lock per process, so that
     concurrent requests wait their turn in the process instead of polling SQLite's busy handler,
     which sleeps up to 100 ms between tries (bench/licence_throughput.py, 8 devices at once:
     99th-percentile latency 0.7–1.1 s without the lock, 78–89 ms with it); elsewhere nothing
-    (the row locks queue)."""
-    return (
-        _sqlite_lock(normalise_url(url))
-        if normalise_url(url).startswith("sqlite")
-        else nullcontext()
-    )
+    (the row locks queue).
+
+    The request waits ``timeout_s`` in all for locks (:func:`_lock_wait_ms`): on SQLite for its
+    turn and then for another process's write lock, on PostgreSQL for the rows each of its
+    transactions locks in turn, so that the device gets its 503 in time however many waits
+    there are. Waiting for the turn longer raises :class:`sqlalchemy.exc.TimeoutError` (503)."""
+    deadline = time.monotonic() + timeout_s
+    url = normalise_url(url)
+    lock = _sqlite_lock(url) if url.startswith("sqlite") else None
+    if lock is not None and not lock.acquire(timeout=timeout_s):
+        raise PoolTimeoutError(
+            f"no turn to write came within {timeout_s} s: the device requests before this one "
+            "held it (database_pool_timeout_s)"
+        )
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+        if lock is not None:
+            lock.release()
 
 
 @cache
@@ -133,11 +196,9 @@ def _sqlite_lock(url: str) -> threading.Lock:
     return threading.Lock()
 
 
-def session_factory(
-    url: str, pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
-) -> sessionmaker[Session]:
-    """Sessions of :func:`get_engine`'s engine for ``url`` and ``pool_timeout_s``."""
-    return sessionmaker(get_engine(url, pool_timeout_s), expire_on_commit=False)
+def session_factory(url: str, timeout_s: float = ADMIN_TIMEOUT_S) -> sessionmaker[Session]:
+    """Sessions of :func:`get_engine`'s engine for ``url`` and ``timeout_s``."""
+    return sessionmaker(get_engine(url, timeout_s), expire_on_commit=False)
 
 
 @contextmanager
@@ -162,8 +223,14 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` to ``revision`` (``sklicense db upgrade``); a database
     that a newer release migrated is refused (:class:`DatabaseTooNewError`), and so is a SQLite
-    path that is a folder (:func:`_refuse_folder`)."""
+    path that is a folder (:func:`_refuse_folder`) or in a folder that does not exist."""
     _refuse_folder(url)
+    path = _sqlite_file(url)
+    if path is not None and not path.parent.is_dir():  # SQLite: "unable to open database file"
+        raise DatabaseNotMigratedError(
+            f"The folder {path.parent} of the database file does not exist: create it, or name "
+            "a file in an existing folder (--database-url or SKLICENSE_DATABASE_URL)."
+        )
     _refuse_newer(url, current_revision(url))
     engine = get_engine(url)
     config = alembic_config(url)

@@ -63,6 +63,7 @@ class EmbeddedServer:
         self.startup_timeout = startup_timeout
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._engine: Any = None
 
     @property
     def url(self) -> str:
@@ -78,6 +79,7 @@ class EmbeddedServer:
         from sklicense.api.main import create_app
 
         app = create_app(self.settings, self.clock)  # refuses an unmigrated database here
+        self._engine = app.state.engine
         config = uvicorn.Config(
             app, host=self.host, port=self.port, log_level="warning", access_log=False
         )
@@ -95,13 +97,18 @@ class EmbeddedServer:
         return self
 
     def stop(self) -> None:
-        """Shut the server down and wait for its thread (idempotent)."""
+        """Shut the server down, wait for its thread and close its database connections (its
+        engine is not the one of ``db.get_engine(url)``: it has the pool timeout of the
+        settings), so that the database file can go (idempotent)."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._engine is not None:
+            self._engine.dispose()
         self._server = None
         self._thread = None
+        self._engine = None
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()

@@ -11,9 +11,12 @@ from pathlib import Path
 DEFAULT_DATABASE_URL = "sqlite:///./sklicense.db"
 DEFAULT_POOL_TIMEOUT_S = 3.0
 """How long a request waits for a free database connection when all of the pool's are in use
-(slow transactions, more concurrent requests than connections), before it is answered 503 with
-``Retry-After``: less than the runtime's 5 s request timeout, so that a device gets that answer
-instead of timing out (SQLAlchemy's default, 30 s, outlasted every client for a bare 500)."""
+(slow transactions, more concurrent requests than connections), and in all for the locks that
+other connections hold (SQLite's write lock, PostgreSQL rows: another server process, an admin
+command), before it is answered 503 with ``Retry-After``: less than the runtime's 5 s request
+timeout, so that a device gets that answer instead of timing out and asking again while the
+server still works on its request (SQLAlchemy's pool default and SQLite's former busy timeout,
+30 s each, and PostgreSQL's lock waits, without end, outlasted every client)."""
 ENVIRONMENTS = ("local", "production")
 #: Admin tokens that are refused outside local use (copied from examples and templates).
 WEAK_ADMIN_TOKENS = frozenset({"", "changethis", "change-me", "admin", "secret"})
@@ -35,8 +38,9 @@ class Settings:
     ``signing_key_file`` defaults to ``<state_dir>/server.key`` (created by ``sklicense init``);
     ``admin_token``, when set, is accepted as an admin bearer token besides the database tokens.
     In ``production`` both must be given explicitly (no default key path, no weak token).
-    ``database_pool_timeout_s``: how long a request waits for a free database connection
-    (:data:`DEFAULT_POOL_TIMEOUT_S`) before it is answered 503.
+    ``database_pool_timeout_s``: how long a request waits for a free database connection, or
+    for the locks of other connections (:data:`DEFAULT_POOL_TIMEOUT_S`), before it is answered
+    503.
     """
 
     database_url: str = DEFAULT_DATABASE_URL

@@ -412,18 +412,26 @@ def test_old_nonces_are_forgotten_and_stay_refused_as_stale(client, setup, clock
 
 def test_sqlite_device_requests_take_turns_in_one_lock_per_database(tmp_path, monkeypatch) -> None:
     """SQLite: one process-wide lock per database file (relative and absolute URLs alike), so
-    waiting requests block on it instead of polling the busy handler; PostgreSQL: none."""
-    import contextlib
-    import threading
+    waiting requests block on it (up to their timeout) instead of polling the busy handler;
+    PostgreSQL: none."""
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
     from sklicense import db
 
     monkeypatch.chdir(tmp_path)
-    lock = db.device_writes("sqlite:///a.db")
-    assert isinstance(lock, type(threading.Lock()))
-    assert db.device_writes(f"sqlite:///{tmp_path / 'a.db'}") is lock
-    assert db.device_writes("sqlite:///b.db") is not lock
-    assert isinstance(db.device_writes("postgresql://u@h/d"), contextlib.nullcontext)
+    absolute = f"sqlite:///{tmp_path / 'a.db'}"
+    with db.device_writes("sqlite:///a.db", 1):
+        with pytest.raises(PoolTimeoutError), db.device_writes(absolute, 0.1):
+            pass
+        with db.device_writes("sqlite:///b.db", 0.1):
+            pass
+    postgres = "postgresql://u@h/d"
+    with (
+        db.device_writes(absolute, 0.1),
+        db.device_writes(postgres, 0.1),
+        db.device_writes(postgres, 0.1),
+    ):
+        pass
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 UNAVAILABLE = "the licence database is unavailable (the server log says why): retry later"
 BUSY = (
-    "the licence database is busy: no database connection was free in time (the server log "
-    "says more): retry later"
+    "the licence database is busy: no database connection, or no turn to write, was free in "
+    "time (the server log says more): retry later"
 )
 NOT_MIGRATED = (
     "the licence database lacks this server's tables: it was not migrated, or the server is "

@@ -121,7 +121,8 @@ def _decide_licence(
         licence_request = LicenceRequestIn.model_validate(body)
     except ValidationError as e:
         return invalid(e)
-    with db.device_writes(settings.database_url):  # SQLite: requests take turns, no polling
+    # SQLite: requests take turns, no polling
+    with db.device_writes(settings.database_url, settings.database_pool_timeout_s):
         now = clock()
         verified, registered = service.signed_by_device(
             sessions,

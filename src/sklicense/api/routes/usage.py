@@ -67,7 +67,7 @@ def _apply_report(
         report = UsageReportIn.model_validate(body)
     except ValidationError as e:
         return invalid(e)
-    with db.device_writes(settings.database_url):
+    with db.device_writes(settings.database_url, settings.database_pool_timeout_s):
         now = clock()
         verified, registered = service.signed_by_device(sessions, report.device_id, body, signature)
         if verified is None:
