@@ -13,9 +13,15 @@ import typer
 from sqlalchemy.orm import Session
 
 from sklicense import crud, db
-from sklicense.crypto import create_signing_key, load_signing_key, public_key_b64
+from sklicense.crypto import (
+    SigningKeyError,
+    create_signing_key,
+    load_signing_key,
+    loose_permissions,
+    public_key_b64,
+)
 from sklicense.schemas import INT32_MAX, INT64_MAX, MAX_LICENCE_SECONDS, aware_datetime
-from sklicense.settings import Settings, SettingsError
+from sklicense.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
 
 app = typer.Typer(help="skprotect licence server.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -32,10 +38,18 @@ app.add_typer(device_app, name="device")
 CLI_ACTOR = "cli"
 DatabaseUrl = Annotated[
     str | None,
-    typer.Option("--database-url", help="SQLAlchemy URL (default: $SKLICENSE_DATABASE_URL)."),
+    typer.Option(
+        "--database-url",
+        help=f"SQLAlchemy URL (default: $SKLICENSE_DATABASE_URL, else {DEFAULT_DATABASE_URL}).",
+    ),
 ]
 StateDir = Annotated[
-    Path | None, typer.Option("--state-dir", help="Holds server.key (default ./sklicense_state).")
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Folder of the server key server.key (default: $SKLICENSE_STATE_DIR, else "
+        "./sklicense_state); not with $SKLICENSE_SIGNING_KEY_FILE, which names the key file.",
+    ),
 ]
 
 
@@ -48,8 +62,6 @@ def main() -> None:
     """The ``sklicense`` command: what the database, the key file or the disk refuse is said in
     one line (exit code 1), not as a traceback of hundreds of lines."""
     from sqlalchemy.exc import SQLAlchemyError
-
-    from sklicense.crypto import SigningKeyError
 
     try:
         app(prog_name="sklicense")  # exits itself on success, usage errors and fail()
@@ -72,11 +84,28 @@ def _stop(message: str) -> None:
 
 
 def settings_for(database_url: str | None = None, state_dir: Path | None = None) -> Settings:
+    """The environment's settings with the command's options; ``--state-dir`` is refused when
+    ``SKLICENSE_SIGNING_KEY_FILE`` names the key file, since it would be ignored (``init``
+    created the key elsewhere than the folder given)."""
     try:
-        return Settings.from_env().with_overrides(database_url=database_url, state_dir=state_dir)
+        settings = Settings.from_env()
+        if state_dir is not None and settings.signing_key_file is not None:
+            raise SettingsError(
+                f"--state-dir {state_dir} would be ignored: SKLICENSE_SIGNING_KEY_FILE names the "
+                f"key file ({settings.signing_key_file}). Leave out --state-dir, or unset "
+                "SKLICENSE_SIGNING_KEY_FILE"
+            )
+        return settings.with_overrides(database_url=database_url, state_dir=state_dir)
     except SettingsError as e:
         fail(str(e))
         raise
+
+
+def warn_loose_key(path: Path) -> None:
+    """A warning on stderr when others than its owner may read or change the server key."""
+    warning = loose_permissions(path)
+    if warning:
+        typer.secho(f"Warning: {warning}", fg=typer.colors.YELLOW, err=True)
 
 
 def admin_session(database_url: str | None) -> Any:
@@ -197,9 +226,14 @@ def echo_json(rows: Any) -> None:
 def init(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
     """Create the server signing key (mode 0600) and migrate the database."""
     settings = settings_for(database_url, state_dir)
-    created = create_signing_key(settings.key_path)
-    key = load_signing_key(settings.key_path)
+    try:
+        created = create_signing_key(settings.key_path)
+        key = load_signing_key(settings.key_path)
+    except SigningKeyError as e:
+        fail(str(e))
+        raise
     typer.echo(f"{'Created' if created else 'Kept existing'} signing key {settings.key_path}")
+    warn_loose_key(settings.key_path)
     typer.echo(f"Server public key (pin it in the runtime): {public_key_b64(key)}")
     migrate(settings.database_url)
     typer.echo(f"Database {db.safe_url(settings.database_url)} is at revision {db.head_revision()}")
@@ -219,7 +253,6 @@ def serve(
     import uvicorn
 
     from sklicense.api.main import create_app
-    from sklicense.crypto import SigningKeyError
 
     in_range(port, "--port", 1, 65535)
     in_range(workers, "--workers", 1, INT32_MAX)
@@ -230,6 +263,7 @@ def serve(
         create_app(settings)  # fail fast here rather than inside uvicorn
     except (SettingsError, db.DatabaseNotMigratedError, SigningKeyError) as e:
         fail(str(e))
+    warn_loose_key(settings.key_path)
     os.environ["SKLICENSE_DATABASE_URL"] = settings.database_url
     os.environ["SKLICENSE_STATE_DIR"] = str(settings.state_dir)
     uvicorn.run(
@@ -266,7 +300,7 @@ def token_create(
 @token_app.command("list")
 def token_list(database_url: DatabaseUrl = None) -> None:
     """List tokens: id, role, creation time and fingerprint (the start of the token's SHA-256,
-    as in the audit log's ``token:<fingerprint>`` actors); never the token."""
+    as in the audit log's token:FINGERPRINT actors); never the token."""
     with admin_session(database_url)() as session:
         echo_json([crud.token_row(t) for t in crud.list_tokens(session)])
 
@@ -281,6 +315,13 @@ def token_revoke(
     typer.echo(f"Revoked token {token_id}")
 
 
+NEW_APP_HELP = "The application's name, as its configuration files and licence requests name it."
+AppName = Annotated[
+    str, typer.Argument(help="The application's name (`sklicense app list` shows them).")
+]
+DeviceId = Annotated[
+    str, typer.Argument(help="The device's id (`sklicense device list` shows them).")
+]
 MAX_DEVICES_HELP = "Maximum registered devices (a revoked device keeps its slot)."
 PUBLIC_KEY_HELP = (
     "Base64 Ed25519 key that signs the application's configuration files (`skprotect "
@@ -295,7 +336,7 @@ UNBOUND_WARNING = (
 
 @app_app.command("create")
 def app_create(
-    name: str,
+    name: Annotated[str, typer.Argument(help=NEW_APP_HELP)],
     kek_file: Annotated[
         Path | None, typer.Option(help="The base64 file `skprotect export-kek` writes.")
     ] = None,
@@ -324,7 +365,7 @@ def app_create(
 
 @app_app.command("set-public-key")
 def app_set_public_key(
-    name: str,
+    name: AppName,
     public_key: Annotated[str, typer.Argument(help=PUBLIC_KEY_HELP)],
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -341,7 +382,7 @@ def app_set_public_key(
 
 @app_app.command("import-kek")
 def app_import_kek(
-    name: str,
+    name: AppName,
     kek_file: Annotated[Path, typer.Option(help="The base64 file `skprotect export-kek` writes.")],
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -356,7 +397,7 @@ def app_import_kek(
 
 @app_app.command("set-models")
 def app_set_models(
-    name: str,
+    name: AppName,
     model: Annotated[
         list[str] | None, typer.Option(help="A model licences may name (repeat).")
     ] = None,
@@ -517,7 +558,7 @@ def device_list(
 
 
 @device_app.command("revoke")
-def device_revoke(device_id: str, database_url: DatabaseUrl = None) -> None:
+def device_revoke(device_id: DeviceId, database_url: DatabaseUrl = None) -> None:
     """Revoke a device: its licence requests are denied from now on."""
     _update_device(database_url, device_id, status="revoked")
     typer.echo(f"Revoked device {device_id}")
@@ -525,11 +566,13 @@ def device_revoke(device_id: str, database_url: DatabaseUrl = None) -> None:
 
 @device_app.command("edit")
 def device_edit(
-    device_id: str,
+    device_id: DeviceId,
     duration_days: Annotated[
         float | None, typer.Option(help="Licence duration override (days); -1 clears it.")
     ] = None,
-    activate: Annotated[bool, typer.Option(help="Reactivate a revoked device.")] = False,
+    activate: Annotated[
+        bool, typer.Option("--activate", help="Reactivate a revoked device.")
+    ] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Set a device's duration override or reactivate it."""

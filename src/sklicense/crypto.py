@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from skruntime.config import fsync_dir
 from skruntime.licensing.protocol import (
     KEK_WRAP_INFO,
     answer_message,
@@ -27,24 +31,85 @@ class SigningKeyError(RuntimeError):
 
 
 def create_signing_key(path: Path) -> bool:
-    """Create the Ed25519 server key at ``path`` (PKCS#8 PEM, mode 0600); False if it exists."""
+    """Create the Ed25519 server key at ``path`` (PKCS#8 PEM, mode 0600); False if it exists.
+
+    The key is written whole to a temporary file beside ``path`` and only then linked into
+    place, so that a full disk or an interrupted ``sklicense init`` leaves no empty or partial
+    key, which every later ``init`` kept and every start of the server refused. A folder or
+    disk that refuses the key is a :class:`SigningKeyError` saying what to do."""
     path = Path(path)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    os.chmod(path, 0o600)
-    return True
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _write_new(path, pem)
+    except OSError as err:
+        reason = "a file is in the way" if isinstance(err, FileExistsError) else err.strerror
+        raise SigningKeyError(
+            f"The server signing key {path} cannot be created ({reason or err}): make its "
+            f"folder {path.parent} a writable folder with space left, or choose another "
+            "(--state-dir, or SKLICENSE_SIGNING_KEY_FILE)."
+        ) from err
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+"""The errors of ``os.link`` on a file system without hard links (FAT, some network shares)."""
+
+
+def _write_new(path: Path, data: bytes) -> bool:
+    """Write ``data`` to the new file ``path`` (mode 0600) all at once: False, and nothing
+    written, if ``path`` appeared meanwhile (another ``sklicense init``)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o600)
+        try:
+            os.link(temporary, path)  # unlike a rename, never replaces a key
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if err.errno not in _NO_HARD_LINKS:
+                raise
+            if path.exists():
+                return False
+            os.rename(temporary, path)
+        fsync_dir(path.parent)  # the key's name survives a power cut, as its bytes do
+        return True
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+LOOSE_KEY_BITS = 0o077
+"""Permission bits of the server key that let others than its owner read or change it."""
+
+
+def loose_permissions(path: Path) -> str | None:
+    """What to do about a server key file that others than its owner may read or write (anyone
+    who reads it can sign licences), or None when it is the owner's alone (or unreadable)."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return None
+    if not mode & LOOSE_KEY_BITS:
+        return None
+    return (
+        f"the server signing key {path} has mode {mode & 0o777:04o}: others than its owner "
+        f"can read or change it, and anyone who reads it can sign licences. Run: chmod 600 {path}"
+    )
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The server key at ``path``; a missing, unreadable or malformed file is a
+    :class:`SigningKeyError` saying what to do."""
     path = Path(path)
     if not path.exists():
         raise SigningKeyError(
@@ -52,11 +117,25 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
             "(or point SKLICENSE_SIGNING_KEY_FILE at the existing key)."
         )
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (ValueError, TypeError) as e:
-        raise SigningKeyError(f"The server signing key {path} is not a PEM Ed25519 key: {e}") from e
+        data = path.read_bytes()
+    except OSError as err:
+        raise SigningKeyError(
+            f"The server signing key {path} cannot be read ({err.strerror or err}): point "
+            "--state-dir or SKLICENSE_SIGNING_KEY_FILE at the key file `sklicense init` created, "
+            "and run the server as a user that may read it."
+        ) from err
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SigningKeyError(f"The server signing key {path} is not an Ed25519 key.")
+        what = "is empty" if not data.strip() else "is not a PEM Ed25519 private key"
+        raise SigningKeyError(
+            f"The server signing key {path} {what}: point --state-dir or "
+            "SKLICENSE_SIGNING_KEY_FILE at the key `sklicense init` created, or restore it from "
+            "a backup (only if no device pinned its public key yet, delete it and run "
+            "`sklicense init` again)."
+        )
     return key
 
 
