@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import errno
 import gc
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -45,7 +46,13 @@ from .configuration import (
     load_own,
 )
 from .customer import Customer
-from .errors import ConfigurationError, ExportError, InvalidArgumentError, SkProtectError
+from .errors import (
+    ConfigurationError,
+    ExportError,
+    InvalidArgumentError,
+    SkProtectError,
+    VerificationError,
+)
 from .export import build_export_options, cuda_available, get_exporter
 from .export.base import (
     Exporter,
@@ -219,23 +226,76 @@ def _warn_migrated(request: ProtectRequest, config: Config | None) -> None:
     _tell(message)
 
 
-def _run_reference(model: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+def _none_outputs(outputs: Any, where: str = "output") -> list[str]:
+    """Where the (nested) tuples, lists and dicts of ``outputs`` hold ``None``, e.g.
+    ``output[0]`` or ``output['loss']`` (an optional loss or cache left unset)."""
+    if isinstance(outputs, dict):
+        items = [(f"{where}[{k!r}]", v) for k, v in outputs.items()]
+    elif isinstance(outputs, list | tuple):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(outputs)]
+    else:
+        return []
+    found: list[str] = []
+    for name, value in items:
+        found += [name] if value is None else _none_outputs(value, name)
+    return found
+
+
+def _refuse_none_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
+    """Refuse, before any lock or export, ``None`` among the outputs when a format other than
+    ONNX is asked: ONNX files leave ``None`` out (and so does the check of the outputs), but
+    ``torch.jit.trace`` refuses it and an AOTInductor file returns it, which neither the
+    protector's check nor the runtime can read; both failed only after the exports."""
+    others = [f.name for f in formats if f is not ExportFormat.ONNX]
+    where = _none_outputs(outputs)
+    if others and where:
+        raise InvalidArgumentError(
+            f"The model's outputs hold None at {', '.join(where)}. ONNX files leave None out, "
+            f"but {', '.join(others)} files can return tensors only. Return only tensors from "
+            "forward() (drop the None entries, e.g. in a wrapper module), or protect for "
+            "ExportFormat.ONNX only."
+        )
+
+
+def _keyword_only(model: nn.Module) -> list[str]:
+    """The keyword-only parameters without default of ``model``'s forward: input_tensors are
+    passed by position, so they cannot be given."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): nothing to say
+        return []
+    return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+
+
+def _run_reference(
+    model: nn.Module, inputs: list[torch.Tensor], formats: Iterable[ExportFormat] = ()
+) -> list[np.ndarray]:
     """The original model's outputs on ``inputs``; a model that fails on them is the caller's
-    input error, said with the inputs it got, not a traceback from inside torch."""
+    input error, said with the inputs it got, not a traceback from inside torch. ``formats``:
+    those to be written, which outputs holding ``None`` are checked against (the first run
+    does it; a run at other sizes has the same outputs)."""
     try:
         with torch.no_grad():
-            outputs = _as_numpy(model(*_clones(inputs)))
-    except ExportError:
-        raise
+            raw = model(*_clones(inputs))
     except Exception as err:
         given = ", ".join(
             f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}" for t in inputs
         )
+        keywords = _keyword_only(model)
+        advice = (
+            f"forward() has keyword-only argument(s) {', '.join(keywords)}, which "
+            "input_tensors cannot give (they are passed by position): wrap the model in a "
+            "module whose forward() takes every input by position and calls it by keyword."
+            if keywords
+            else "Pass one example tensor per argument of the model's forward, with the "
+            "shapes, dtypes and device it expects."
+        )
         raise InvalidArgumentError(
             f"The model fails on input_tensors ({len(inputs)} tensor(s): {given}): "
-            f"{first_line(err)}. Pass one example tensor per argument of the model's forward, "
-            "with the shapes, dtypes and device it expects."
+            f"{first_line(err)}. {advice}"
         ) from err
+    outputs = _as_numpy(raw)
+    _refuse_none_outputs(raw, formats)
     bad = [i for i, y in enumerate(outputs) if y.dtype.kind in "fc" and np.isnan(y).any()]
     if bad:  # no artifact can be checked against NaN (it never equals itself)
         raise InvalidArgumentError(
@@ -722,8 +782,58 @@ def _lock_checked(
         raise eager_failure(name, locked.keyed.model, err) from err
     eager_err = _rel_diff(eager, expected)
     if eager_err > 1e-4:
-        raise mismatch_error(name, reference, eager_err)
+        raise _autocast_error(name, locked, args.tensors, eager_err) or mismatch_error(
+            name, reference, eager_err
+        )
     return locked, tuple(args.changed())
+
+
+def _autocast_layers(locked: LockedModel, inputs: list[torch.Tensor]) -> list[str]:
+    """The locked layers that forward() runs under ``torch.autocast`` (in float16 or
+    bfloat16), seen by running ``locked.keyed`` once more on copies of ``inputs`` (key last)."""
+    found: list[str] = []
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: tuple) -> None:
+            if name not in found and any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):
+                found.append(name)
+
+        return hook
+
+    handles = [
+        locked.keyed.model.get_submodule(d.name).register_forward_pre_hook(record(d.name))
+        for d in locked.locked_layers
+    ]
+    try:
+        with torch.no_grad():
+            locked.keyed(*_clones(inputs))
+    except Exception:  # it ran just before: whatever fails now, the general diagnosis says
+        return []
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def _autocast_error(
+    model_name: str, locked: LockedModel, inputs: list[torch.Tensor], rel_diff: float
+) -> VerificationError | None:
+    """The error for a locked model that differs because forward() computes locked layers
+    under ``torch.autocast``: the lock's added ops round otherwise in float16 or bfloat16 (a
+    relative difference of about 1e-2), which the general diagnosis would blame on weights
+    read outside forward(). ``None`` when no locked layer runs under autocast."""
+    layers = _autocast_layers(locked, inputs)
+    if not layers:
+        return None
+    names = ", ".join(f"'{n}'" for n in layers)
+    return VerificationError(
+        f"The locked model of '{model_name}' differs from the original by {rel_diff:.2e} "
+        f"(relative) before export: its forward() runs layer(s) {names} under torch.autocast, "
+        "in float16 or bfloat16, where the ops the lock adds round otherwise than the "
+        "original layer. Remove the autocast from forward() (the protected model then "
+        "computes in float32), or leave those layers unlocked with layer_filter (e.g. "
+        f"lambda name, module: name not in {{{names}}}), and protect again."
+    )
 
 
 def _gpu_reference(reference: nn.Module, inputs: list[torch.Tensor]) -> list[np.ndarray]:
@@ -987,7 +1097,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     _refuse_dropping_deployed(request, config, result)
     console.print(f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}")
     reference = _Reference(copy_model(request.model).eval())
-    expected = _run_reference(reference.model, request.input_tensors)
+    expected = _run_reference(reference.model, request.input_tensors, formats)
     options = _complete_output_names(options, len(expected))
     axes = _dynamic_axes(reference.model, options, request.input_tensors)
     other_sizes = _check_other_sizes(reference.model, request, axes)
