@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import errno
 import io
 import json
 import os
@@ -22,7 +23,8 @@ import stat
 import time
 import traceback
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -110,15 +112,17 @@ def _check_threads(value: int | None) -> int | None:
     return value
 
 
-def _not_a_file(path: Path, what: str) -> _CliError:
+def _not_a_file(path: Path, what: str, kind: str | None = None) -> _CliError:
     """The error for a path that should be an existing file: a folder, a named pipe or a
-    device (whose reads block or never end), or nothing there."""
+    device (whose reads block or never end), or nothing there. ``kind``: what the path was
+    found to be (:class:`~skruntime.files.NotRegularFileError`), else it is looked at."""
     from skruntime.files import file_kind
 
-    try:
-        kind = file_kind(path.stat().st_mode)
-    except OSError:
-        kind = None
+    if kind is None:
+        try:
+            kind = file_kind(path.stat().st_mode)
+        except OSError:
+            kind = None
     if kind is not None:
         return _CliError(f"{what} {path} is {kind}, not a file; pass the file.", EXIT_NOT_FOUND)
     return _CliError(f"{what} {path} does not exist.", EXIT_NOT_FOUND)
@@ -145,31 +149,79 @@ def _unreadable(path: Path, err: object) -> _CliError:
     )
 
 
-def _load_array_file(path: Path) -> Any:
-    """A ``.npy`` array, or an open ``NpzFile`` for a ``.npz`` (checked to be one)."""
-    if not path.is_file():
-        raise _not_a_file(path, "input file")
+#: How each input file must begin: numpy's .npy header, or a zip archive (``numpy.savez``; an
+#: empty archive is only its end record). Any other file was handed to numpy, which reads it as
+#: a pickle and advised loading it "unsafely" with ``allow_pickle`` (a damaged file included).
+_MAGIC = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}
+
+
+def _what_it_is(head: bytes, suffix: str) -> str:
+    """What a file is that lacks the header a ``suffix`` file starts with, from its first bytes."""
+    other = ".npz" if suffix == ".npy" else ".npy"
+    if head.startswith(_MAGIC[other]):
+        return f"the file is {'a .npz archive' if other == '.npz' else 'a single .npy array'}"
+    return f"the file is {'of another format, or damaged' if head else 'empty'}: no {suffix} header"
+
+
+@contextmanager
+def _array_file(path: Path) -> Iterator[Any]:
+    """A ``.npy`` array, or an open ``NpzFile`` for a ``.npz`` (checked to be one), read from
+    ``path`` opened only if it is a regular file (:func:`~skruntime.files.open_regular`: a
+    named pipe swapped in after the path was checked blocked the runner for ever). An archive's
+    arrays are read lazily: within the block only."""
+    from skruntime.files import NotRegularFileError, open_regular
+
     try:
-        loaded = np.load(path, allow_pickle=False)
+        file = open_regular(path)
+    except (NotRegularFileError, FileNotFoundError) as err:
+        raise _not_a_file(path, "input file", getattr(err, "kind", None)) from err
+    except OSError as err:  # e.g. no read permission
+        raise _unreadable(path, err.strerror or err) from err
+    with file:
+        try:
+            head = file.read(6)
+            file.seek(0)
+        except OSError as err:
+            raise _unreadable(path, err.strerror or err) from err
+        if not head.startswith(_MAGIC[path.suffix]):
+            raise _unreadable(path, _what_it_is(head, path.suffix))
+        try:
+            loaded = np.load(file, allow_pickle=False)
+        except _READ_ERRORS as err:
+            raise _unreadable(path, err) from err
+        if path.suffix == ".npy":
+            yield loaded
+            return
+        with loaded:
+            yield loaded
+
+
+def _archive_member(path: Path, archive: Any, key: str) -> np.ndarray:
+    """The array ``key`` of an open ``.npz``; numpy returns a member without a .npy header (a
+    damaged one, or a file added to the zip) as its raw bytes, which went on to the model."""
+    try:
+        array = archive[key]
     except _READ_ERRORS as err:
-        raise _unreadable(path, err) from err
-    if (path.suffix == ".npz") != isinstance(loaded, np.lib.npyio.NpzFile):
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            loaded.close()
-        kind = "a .npz archive" if path.suffix == ".npy" else "a single .npy array"
-        raise _unreadable(path, f"the file is {kind}")
-    return loaded
+        raise _unreadable(path, f"array {key}: {err}") from err
+    if not isinstance(array, np.ndarray):
+        raise _unreadable(path, f"its member {key} is not a .npy array")
+    return array
 
 
-def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.ndarray]:
-    """The model's inputs, in order, from one ``.npy`` per input or from one ``.npz``.
+def read_inputs(
+    paths: Sequence[Path], input_names: Sequence[str]
+) -> tuple[list[np.ndarray], list[str]]:
+    """The model's inputs, in order, from one ``.npy`` per input or from one ``.npz``, and where
+    each was read from (``x.npy``, ``inputs.npz[x]``), for the error of an input the model
+    refuses.
 
     An ``.npz`` is matched by the model's input names, or else by ``arr_0``, ``arr_1``, ... (the
     names ``numpy.savez`` gives positional arrays) in order.
     """
     expected = len(input_names)
     if len(paths) == 1 and paths[0].suffix == ".npz":
-        with _load_array_file(paths[0]) as archive:
+        path = paths[0]
+        with _array_file(path) as archive:
             keys = list(archive.files)
             positional = [f"arr_{i}" for i in range(expected)]
             if set(input_names) <= set(keys):
@@ -178,21 +230,19 @@ def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.nd
                 order = positional
             else:
                 raise _CliError(
-                    f"{paths[0]} must hold the model's inputs named {', '.join(input_names)} "
+                    f"{path} must hold the model's inputs named {', '.join(input_names)} "
                     f"(or arr_0..arr_{expected - 1} in order), but holds {', '.join(keys) or '-'}.",
                     EXIT_INPUT,
                 )
             extra = sorted(set(keys) - set(order))
             if extra:
                 raise _CliError(
-                    f"{paths[0]} holds array(s) {', '.join(extra)} that are not inputs of the "
+                    f"{path} holds array(s) {', '.join(extra)} that are not inputs of the "
                     f"model; expected only {', '.join(order)}.",
                     EXIT_INPUT,
                 )
-            try:  # the members are read here, lazily
-                return [archive[k] for k in order]
-            except _READ_ERRORS as err:
-                raise _unreadable(paths[0], err) from err
+            arrays = [_archive_member(path, archive, k) for k in order]
+            return arrays, [f"{path}[{k}]" for k in order]
     if any(p.suffix == ".npz" for p in paths):
         raise _CliError(
             "pass either one .npz holding every input or one .npy per input, not a mix or "
@@ -205,7 +255,11 @@ def read_inputs(paths: Sequence[Path], input_names: Sequence[str]) -> list[np.nd
             f"{len(paths)} --input file(s). Pass one .npy per input, in order, or one .npz.",
             EXIT_INPUT,
         )
-    return [_load_array_file(p) for p in paths]
+    arrays = []
+    for path in paths:
+        with _array_file(path) as array:
+            arrays.append(array)
+    return arrays, [str(p) for p in paths]
 
 
 def _check_writable(path: Path) -> None:
@@ -275,9 +329,10 @@ def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Seque
         else:
             atomic_write_bytes(target, buffer.getvalue(), mode=mode)
     except OSError as err:
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)  # else "free space" misleads
         raise _CliError(
-            f"could not write --output {path} ({err.strerror or err}); free space or pass "
-            "another path.",
+            f"could not write --output {path} ({err.strerror or err}); "
+            f"{'free space or ' if full else ''}pass another path.",
             EXIT_OTHER,
         ) from err
 
@@ -289,9 +344,17 @@ def _describe(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[dict[s
     ]
 
 
+#: The most bytes read from a key file: a key is 32 bytes raw, 44 in base64 (plus a line end);
+#: anything longer is refused, not read to its end (a multi-gigabyte file given by mistake).
+_KEY_FILE_LIMIT = 4096
+
+
 def _key_bytes(data: bytes, *, raw: bool) -> bytes | None:
     """A 32-byte key from ``data``: its base64 text, or (``raw``: a file's bytes) the key itself.
-    Never ambiguous: the base64 text of 32 bytes is 44 characters long."""
+    Never ambiguous: the base64 text of 32 bytes is 44 characters long. None for data over
+    :data:`_KEY_FILE_LIMIT` bytes, which :func:`_read_key_file` reads no further."""
+    if len(data) > _KEY_FILE_LIMIT:
+        return None
     if raw and len(data) == 32:
         return data
     try:
@@ -301,15 +364,27 @@ def _key_bytes(data: bytes, *, raw: bool) -> bytes | None:
     return key if len(key) == 32 else None
 
 
+def _read_key_file(path: Path) -> bytes:
+    """Up to :data:`_KEY_FILE_LIMIT` + 1 bytes of a key file, opened only if it is a regular file
+    (:func:`~skruntime.files.open_regular`: a named pipe swapped in after a check of the path
+    blocked the runner for ever). Raises what ``open_regular`` raises."""
+    from skruntime.files import open_regular
+
+    with open_regular(path) as f:
+        return f.read(_KEY_FILE_LIMIT + 1)
+
+
 def _read_kek(path: Path) -> bytes:
     """The LINUX key-encryption key from a file: raw 32 bytes, or base64 as ``skprotect
     export-kek`` writes it (like ``--server-public-key``, which takes both)."""
+    from skruntime.files import NotRegularFileError
+
     if problem := _empty(path, "--kek"):
         raise problem
-    if not path.is_file():
-        raise _not_a_file(path, "key-encryption key file")
     try:
-        data = path.read_bytes()
+        data = _read_key_file(path)
+    except (NotRegularFileError, FileNotFoundError) as err:
+        raise _not_a_file(path, "key-encryption key file", getattr(err, "kind", None)) from err
     except OSError as err:  # e.g. no read permission: one line, not errno's bare text
         raise _CliError(
             f"--kek {path} cannot be read: {err.strerror or err}. Give this user read access "
@@ -328,14 +403,20 @@ def _read_kek(path: Path) -> bytes:
 
 def _read_server_public_key(value: str) -> bytes:
     """The licence server's raw 32-byte Ed25519 public key: a file holding it (raw or base64),
-    or the base64 text itself (``sklicense init`` prints it)."""
+    or the base64 text itself (``sklicense init`` prints it). ``value`` is a file when
+    something exists at that path (base64 text may hold ``/``: it names no file)."""
+    from skruntime.files import NotRegularFileError
+
     path = Path(value)
+    is_file = os.path.lexists(path)  # False, not an error, for a text too long for a file name
     try:
-        is_file = path.is_file()
-    except OSError:  # e.g. a base64 string too long for a file name
-        is_file = False
-    try:
-        data = path.read_bytes() if is_file else value.encode("ascii", "replace")
+        data = _read_key_file(path) if is_file else value.encode("ascii", "replace")
+    except NotRegularFileError as err:
+        raise _CliError(
+            f"--server-public-key {err}: pass the file holding the licence server's public key "
+            "or that key in base64.",
+            EXIT_USAGE,
+        ) from err
     except OSError as err:  # e.g. no read permission: one usage line, like an unreadable --kek
         raise _CliError(
             f"--server-public-key {path} cannot be read: {err.strerror or err}.", EXIT_USAGE
@@ -445,6 +526,7 @@ def _run_loaded(
     static_key: bool,
 ) -> dict[str, Any]:
     from skruntime.backends.base import as_numpy  # the runtime's conversion, imported on use
+    from skruntime.errors import InputError
 
     if model not in runtime.models():
         raise _CliError(
@@ -471,9 +553,13 @@ def _run_loaded(
                 f"write them to a .npz file, not {output}.",
                 EXIT_USAGE,
             )
-        arrays = read_inputs(inputs, input_names)
+        arrays, sources = read_inputs(inputs, input_names)
         t1 = time.perf_counter()
-        results = [as_numpy(y) for y in loaded.run(arrays)]
+        try:
+            results = [as_numpy(y) for y in loaded.run(arrays)]
+        except InputError as err:  # it names the model's input: say which file that was
+            read = ", ".join(f"{n!r} = {s}" for n, s in zip(input_names, sources, strict=True))
+            raise _CliError(f"{err}\nThe inputs were read from: {read}.", EXIT_INPUT) from err
         run_seconds = time.perf_counter() - t1
     if output is not None:
         write_outputs(output, results, output_names)

@@ -81,3 +81,38 @@ def test_a_loop_of_symbolic_links_is_one_output_error(tmp_path: Path) -> None:
     with pytest.raises(_CliError, match=r"could not write --output .*a\.npy") as e:
         write_outputs(tmp_path / "a.npy", [Y], ["y"])
     assert e.value.code == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (OSError(28, "No space left on device"), "free space or pass another path."),
+        (OSError(30, "Read-only file system"), "pass another path."),
+    ],
+)
+def test_a_failed_write_advises_freeing_space_only_for_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, advice: str
+) -> None:
+    """Every failed write said "free space or pass another path", a read-only folder too."""
+
+    def failing_write(*args: object) -> None:
+        raise error
+
+    monkeypatch.setattr("skruntime.config._write_all", failing_write)
+    with pytest.raises(_CliError) as e:
+        write_outputs(tmp_path / "y.npy", [Y], ["y"])
+    assert (
+        str(e.value)
+        == f"could not write --output {tmp_path / 'y.npy'} ({error.strerror}); {advice}"
+    )
+
+
+def test_a_full_device_as_output_is_one_output_error(tmp_path: Path) -> None:
+    (tmp_path / "y.npy").symlink_to("/dev/full")
+    with pytest.raises(_CliError) as e:
+        write_outputs(tmp_path / "y.npy", [Y], ["y"])
+    assert (e.value.code, str(e.value)) == (
+        1,
+        f"could not write --output {tmp_path / 'y.npy'} (No space left on device); free space "
+        "or pass another path.",
+    )

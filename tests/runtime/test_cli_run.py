@@ -247,6 +247,17 @@ def test_wrong_input_count_exits_5(outputs: Path, data: dict) -> None:
     assert_error(invoke(outputs, "two", "-i", data["dir"] / "x.npy"), 5, "2 input(s)")
 
 
+def test_an_input_the_model_refuses_is_named_with_its_file(outputs: Path, data: dict) -> None:
+    """Input files swapped on the command line: the error named the model's input 'x' and what
+    it expects, but not the file it had been read from."""
+    result = invoke(outputs, "two", "-i", data["dir"] / "y.npy", "-i", data["dir"] / "x.npy")
+    assert_error(result, 5, "Input 'x' has shape (3, 4), but axis 1 must be 8")
+    assert result.stderr.endswith(
+        f"The inputs were read from: 'x' = {data['dir'] / 'y.npy'}, "
+        f"'y' = {data['dir'] / 'x.npy'}.\n"
+    )
+
+
 def test_npz_without_the_input_names_exits_5(outputs: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", a=np.zeros((1, 8), np.float32))
     assert_error(invoke(outputs, "two", "-i", tmp_path / "bad.npz"), 5, "x, y")

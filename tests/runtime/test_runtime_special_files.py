@@ -21,6 +21,7 @@ from skprotect_pytorch.cli import app as cli_app
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import ConfigurationError, KeyFileError, ModelFileError, SkRuntime
 from skruntime.backends.base import ModelFile
+from skruntime.cli import read_inputs
 from skruntime.config import sha256_file
 from skruntime.files import NotRegularFileError, open_regular
 from skruntime.keyfile import is_test_key
@@ -166,4 +167,91 @@ def test_the_command_line_says_what_an_input_path_is(outputs: Path, tmp_path: Pa
     assert result.exit_code == 6
     assert result.output == (
         f"error: input file {fifo} is a named pipe (FIFO), not a file; pass the file.\n"
+    )
+
+
+def _stat_as_regular(monkeypatch: pytest.MonkeyPatch, fifo: Path, regular: Path) -> None:
+    """Make every ``os.stat`` of ``fifo`` describe ``regular``: the path is checked while still
+    a regular file, and swapped for the FIFO before it is opened."""
+    real_stat = os.stat
+
+    def stat_before_the_swap(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        return real_stat(regular if Path(path) == fifo else path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat_before_the_swap)
+
+
+def test_a_kek_file_swapped_for_a_fifo_after_its_check_is_refused(
+    outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--kek`` was checked with ``Path.is_file()`` and then read with ``read_bytes()``: a
+    FIFO put in its place between the two blocked the runner for ever."""
+    regular, fifo = tmp_path / "regular", tmp_path / "kek"
+    regular.write_bytes(KEK)
+    os.mkfifo(fifo)
+    np.save(tmp_path / "x.npy", X)
+    _stat_as_regular(monkeypatch, fifo, regular)
+    args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy"), "--kek", str(fifo)]
+    result: list[Any] = []
+    err = _without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
+    assert err is None
+    assert result[0].exit_code == 6
+    assert result[0].output == (
+        f"error: key-encryption key file {fifo} is a named pipe (FIFO), not a file; pass the "
+        "file.\n"
+    )
+
+
+def test_a_server_public_key_file_swapped_for_a_fifo_after_its_check_is_refused(
+    outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    regular, fifo = tmp_path / "regular", tmp_path / "server.pub"
+    regular.write_bytes(KEK)
+    os.mkfifo(fifo)
+    np.save(tmp_path / "x.npy", X)
+    _stat_as_regular(monkeypatch, fifo, regular)
+    args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy")]
+    args += ["--licence-server", "http://127.0.0.1:9", "--server-public-key", str(fifo)]
+    result: list[Any] = []
+    err = _without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
+    assert err is None
+    assert result[0].exit_code == 2
+    assert result[0].output == (
+        f"error: --server-public-key {fifo} is a named pipe (FIFO), not a regular file: pass the "
+        "file holding the licence server's public key or that key in base64.\n"
+    )
+
+
+@pytest.mark.parametrize("option", ["--kek", "--server-public-key"])
+def test_a_huge_key_file_is_refused_unread(outputs: Path, tmp_path: Path, option: str) -> None:
+    """A key file is read only as far as a key can go: a 1 TiB (sparse) file given by mistake
+    was read whole, ending as "error: MemoryError" (exit 1) or in the time to read it."""
+    huge = tmp_path / "huge.key"
+    with huge.open("wb") as f:
+        f.truncate(1 << 40)
+    np.save(tmp_path / "x.npy", X)
+    args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy"), option, str(huge)]
+    if option == "--server-public-key":
+        args += ["--licence-server", "http://127.0.0.1:9"]
+    result = CliRunner().invoke(cli_app, args)
+    expected = {
+        "--kek": (4, f"error: {huge} holds no key-encryption key: expected 32 bytes"),
+        "--server-public-key": (2, "error: --server-public-key must be a file holding"),
+    }[option]
+    assert (result.exit_code, result.output[: len(expected[1])]) == expected
+
+
+def test_an_input_file_swapped_for_a_fifo_after_its_check_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--input`` was checked with ``Path.is_file()`` and then given to ``np.load``, whose
+    ``open()`` of a FIFO put in its place in between blocked for ever."""
+    regular, fifo = tmp_path / "regular.npy", tmp_path / "x.npy"
+    np.save(regular, X)
+    os.mkfifo(fifo)
+    _stat_as_regular(monkeypatch, fifo, regular)
+    err = _without_blocking(lambda: read_inputs([fifo], ["x"]), fifo)
+    assert (getattr(err, "code", None), str(err)) == (
+        6,
+        f"input file {fifo} is a named pipe (FIFO), not a file; pass the file.",
     )
