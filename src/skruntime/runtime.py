@@ -12,6 +12,7 @@ never imports torch: the ONNX path runs with only numpy, onnxruntime and cryptog
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -576,10 +577,13 @@ class _InputCheck:
         self.spec = spec
         self.ranges = {a: r for a, r in sorted(ranges.items()) if a in spec.dynamic_dims}
         self.dtype = spec.dtype
-        try:  # the numpy dtype object, for an identity fast path (bfloat16 needs ml_dtypes)
-            self.np_dtype: np.dtype | None = np.dtype(spec.dtype)
-        except TypeError:
-            self.np_dtype = None
+        # the numpy dtype object, for an identity fast path; bfloat16 is not numpy's own (an
+        # ml_dtypes array may have it) and always takes the checks of the slow path, as does a
+        # dtype numpy does not know (float8 types)
+        self.np_dtype: np.dtype | None = None
+        if spec.dtype != "bfloat16":
+            with contextlib.suppress(TypeError):
+                self.np_dtype = np.dtype(spec.dtype)
         self.ndim = len(spec.shape)
         self.static = tuple((a, s) for a, s in enumerate(spec.shape) if a not in spec.dynamic_dims)
 
@@ -839,6 +843,14 @@ class LoadedModel:
                 raise self._error(
                     f"{_subject(check, x, source)} has dtype {dtype}, but the configuration "
                     f"expects {check.dtype} ({_conversion(x, check.dtype, source)})."
+                )
+            if self._numpy and dtype == "bfloat16":
+                raise self._error(
+                    f"Input {check.spec.name!r} is bfloat16, which the {self.format} backend "
+                    "cannot feed: onnxruntime's Python API takes numpy arrays, and numpy has no "
+                    "bfloat16 (a torch tensor cannot be converted, an ml_dtypes array is "
+                    "refused). Load a torch format of the model, or protect it with float32 "
+                    "inputs."
                 )
             if self._numpy and type(x) is not np.ndarray:
                 x = values[i] = as_numpy(x)

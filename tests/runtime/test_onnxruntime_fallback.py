@@ -65,7 +65,7 @@ def onnxruntime_1_20_with_failing_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     "options",
     [
         BackendOptions(device="cuda"),
-        BackendOptions(session_options={"providers": ["CUDAExecutionProvider"]}),
+        BackendOptions(device="cuda", session_options={"providers": ["CUDAExecutionProvider"]}),
     ],
     ids=["device", "providers"],
 )

@@ -7,7 +7,7 @@ The ranges of the dynamic axes are read from the model's metadata property
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -83,15 +83,61 @@ def _check_created(created: Sequence[str], asked: Sequence[str], path: os.PathLi
         )
 
 
+def _gpu_of(provider: Any) -> tuple[int, str] | None:
+    """The GPU a GPU provider's list entry runs on, and why (its ``device_id`` option, or
+    onnxruntime's default 0); None for options that are not a dict (onnxruntime refuses them)."""
+    options = provider[1] if isinstance(provider, tuple) else {}
+    if not isinstance(options, Mapping):
+        return None
+    if "device_id" not in options:
+        return 0, "no device_id, which means GPU 0"
+    given = options["device_id"]
+    text = str(given)
+    if isinstance(given, bool) or not text.isdigit():
+        raise BackendError(
+            f"session_options['providers']: the device_id of {provider[0]} must be a GPU index "
+            f"(0, 1, ...), but got {given!r}."
+        )
+    return int(text), f"device_id {given!r}"
+
+
+def _check_device_agrees(device: str, providers: Sequence[Any]) -> None:
+    """Refuse a provider list that contradicts ``device``. onnxruntime follows the list alone,
+    so a contradiction ran silently elsewhere than asked: ``device="cpu"`` with
+    ``CUDAExecutionProvider`` on the GPU, ``device="cuda:1"`` with ``device_id`` 0 (or none,
+    which means 0) on GPU 0, a GPU device without a GPU provider on the CPU. ``"cuda"``
+    without an index names no GPU: the list's ``device_id`` says which."""
+    names = _names(providers)
+    gpu = [n for n in names if n in _GPU_PROVIDERS]
+    if device == "cpu":
+        if gpu:
+            raise BackendError(
+                f"device='cpu', but session_options['providers'] lists {', '.join(gpu)}, which "
+                f"{'runs' if len(gpu) == 1 else 'run'} on a GPU: pass device='cuda' (or "
+                f"'cuda:N') to run there, or leave {'it' if len(gpu) == 1 else 'them'} out of "
+                "the list to run on the CPU."
+            )
+        return
+    if "CUDAExecutionProvider" not in names:
+        raise BackendError(
+            f"device={device!r} asks for a GPU, but session_options['providers'] is {names}: "
+            "add CUDAExecutionProvider to the list, or leave out one of the two."
+        )
+    _, _, index = device.partition(":")
+    for provider, name in zip(providers, names, strict=True):
+        found = _gpu_of(provider) if index and name in _GPU_PROVIDERS else None
+        if found is not None and found[0] != int(index):
+            raise BackendError(
+                f"device={device!r}, but session_options['providers'] gives {name} "
+                f"{found[1]}: give it the option device_id {index}, or pass "
+                f"device='cuda:{found[0]}' (or device='cuda', which follows the list)."
+            )
+
+
 def _providers(options: BackendOptions) -> list[Any]:
     if "providers" in options.session_options:
         providers = _given_providers(options.session_options["providers"])
-        names = _names(providers)
-        if options.device != "cpu" and "CUDAExecutionProvider" not in names:
-            raise BackendError(
-                f"device={options.device!r} asks for a GPU, but session_options['providers'] "
-                f"is {names}: add CUDAExecutionProvider to the list, or leave out one of the two."
-            )
+        _check_device_agrees(options.device, providers)
         return providers
     if options.device == "cpu":
         return ["CPUExecutionProvider"]
