@@ -4,34 +4,13 @@ LicenceError naming it: opened as before, a FIFO blocked the process until a wri
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
+from tests.fifo import raised_without_blocking
 
 from skruntime.errors import LicenceError
 from skruntime.licensing.identity import read_private_json
-
-
-def _in_thread(fn, timeout: float = 10.0) -> BaseException | None:
-    """Run ``fn`` in a daemon thread; the exception it raised, or fail if it is still running
-    after ``timeout`` seconds (it blocked)."""
-    outcome: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as e:
-            outcome.append(e)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        pytest.fail(f"still blocked after {timeout} s")
-    return outcome[0]
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder"])
@@ -43,7 +22,7 @@ def test_a_state_file_that_is_not_a_regular_file_is_refused_at_once(
         os.mkfifo(path, 0o600)
     else:
         path.mkdir(mode=0o700)
-    error = _in_thread(lambda: read_private_json(path))
+    error = raised_without_blocking(lambda: read_private_json(path), path, timeout=10)
     assert isinstance(error, LicenceError)
     what = "a named pipe (FIFO)" if kind == "fifo" else "a folder"
     assert f"Cannot read {path}: {path} is {what}, not a regular file." == str(error)

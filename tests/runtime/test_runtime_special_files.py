@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tests.fifo import raised_without_blocking
 from torch import nn
 from typer.testing import CliRunner
 
@@ -62,29 +62,6 @@ def _replace(path: Path, kind: str) -> None:
         path.symlink_to("/dev/zero")
 
 
-def _without_blocking(call: Callable[[], Any], fifo: Path) -> BaseException | None:
-    """What ``call`` raises (None if nothing), failing the test if it blocks: then a writer
-    opens ``fifo`` so that the blocked reader ends instead of hanging the test run."""
-    outcome: list[BaseException | None] = []
-
-    def target() -> None:
-        try:
-            call()
-            outcome.append(None)
-        except BaseException as err:  # handed to the test
-            outcome.append(err)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(20)
-    if thread.is_alive():
-        if fifo.exists() and not fifo.is_dir():
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(20)
-        pytest.fail(f"reading {fifo} blocked")
-    return outcome[0]
-
-
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize(
     ("name", "error", "stage"),
@@ -101,7 +78,7 @@ def test_a_deployed_file_that_is_not_a_regular_file_is_refused(
     rt = SkRuntime(app) if stage == "load" else None
     path = app / name
     _replace(path, kind)
-    err = _without_blocking(
+    err = raised_without_blocking(
         (lambda: rt.load("net", "onnx")) if rt is not None else (lambda: SkRuntime(app)), path
     )
     assert isinstance(err, error), err
@@ -119,7 +96,7 @@ def test_an_encrypted_key_file_that_is_a_fifo_is_refused(tmp_path: Path) -> None
     write_mev(path, **ids, key=key, spec=spec, kek=KEK)
     assert read_mev(path, **ids, kek=KEK).length == 4
     _replace(path, "fifo")
-    err = _without_blocking(lambda: read_mev(path, **ids, kek=KEK), path)
+    err = raised_without_blocking(lambda: read_mev(path, **ids, kek=KEK), path)
     assert isinstance(err, KeyFileError)
     assert f"Encrypted key file {path} is a named pipe (FIFO), not a regular file" in str(err)
 
@@ -131,7 +108,7 @@ def test_every_reader_refuses_a_fifo(tmp_path: Path, read: Callable[[Path], Any]
     """The readers that the protector and the backends (given a path) use too."""
     fifo = tmp_path / "file"
     os.mkfifo(fifo)
-    err = _without_blocking(lambda: read(fifo), fifo)
+    err = raised_without_blocking(lambda: read(fifo), fifo)
     assert isinstance(err, NotRegularFileError | KeyFileError), err
     assert f"{fifo} is a named pipe (FIFO), not a regular file" in str(err)
 
@@ -151,7 +128,7 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused(
         return real_stat(regular if Path(path) == fifo else path, *args, **kwargs)
 
     monkeypatch.setattr(os, "stat", stat_before_the_swap)
-    err = _without_blocking(lambda: open_regular(fifo), fifo)
+    err = raised_without_blocking(lambda: open_regular(fifo), fifo)
     assert isinstance(err, NotRegularFileError)
     assert err.kind == "a named pipe (FIFO)"
     with open_regular(regular) as f:
@@ -193,7 +170,7 @@ def test_a_kek_file_swapped_for_a_fifo_after_its_check_is_refused(
     _stat_as_regular(monkeypatch, fifo, regular)
     args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy"), "--kek", str(fifo)]
     result: list[Any] = []
-    err = _without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
+    err = raised_without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
     assert err is None
     assert result[0].exit_code == 6
     assert result[0].output == (
@@ -213,7 +190,7 @@ def test_a_server_public_key_file_swapped_for_a_fifo_after_its_check_is_refused(
     args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy")]
     args += ["--licence-server", "http://127.0.0.1:9", "--server-public-key", str(fifo)]
     result: list[Any] = []
-    err = _without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
+    err = raised_without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
     assert err is None
     assert result[0].exit_code == 2
     assert result[0].output == (
@@ -250,7 +227,7 @@ def test_an_input_file_swapped_for_a_fifo_after_its_check_is_refused(
     np.save(regular, X)
     os.mkfifo(fifo)
     _stat_as_regular(monkeypatch, fifo, regular)
-    err = _without_blocking(lambda: read_inputs([fifo], ["x"]), fifo)
+    err = raised_without_blocking(lambda: read_inputs([fifo], ["x"]), fifo)
     assert (getattr(err, "code", None), str(err)) == (
         6,
         f"input file {fifo} is a named pipe (FIFO), not a file; pass the file.",
