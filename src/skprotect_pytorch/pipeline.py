@@ -528,15 +528,21 @@ def _precheck_config(
 
 
 def _key_epoch(
-    request: ProtectRequest, config: Config | None, other_platform: OtherPlatform | None
+    request: ProtectRequest,
+    config: Config | None,
+    other_platform: OtherPlatform | None,
+    state: ProtectionState,
 ) -> int:
     """The key epoch of this protection: the newest one the model is deployed with, one more
     with ``rotate_keys``. An update without it keeps its deployed keys (reproducible), and never
     goes back to a key that a rotation replaced. Both platforms count: they derive a group's
     key alike and share its model files, so a model protected for one platform after a rotation
-    on the other takes the rotated keys, not the replaced (possibly leaked) ones."""
+    on the other takes the rotated keys, not the replaced (possibly leaked) ones. So does the
+    private state's record of rotations, which outlives the configurations (a deleted
+    ``outputs/``, a model dropped from them)."""
     entry = config.models.get(request.model_name) if config is not None else None
     epochs = [
+        state.key_epoch_floor(request.model_name),
         *([entry.key_epoch] if entry is not None else []),
         *([other_platform.key_epoch] if other_platform is not None else []),
     ]
@@ -1090,7 +1096,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
         platform=request.platform.value,
         platform_version=request.platform_version,
         config_path=request.config_path,
-        key_epoch=_key_epoch(request, config, other_platform),
+        key_epoch=_key_epoch(request, config, other_platform, state),
     )
     formats = _selected_formats(request, result)
     _warn_unused_settings(options, formats)
@@ -1177,6 +1183,9 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             key={"name": options.key_name, "length": key_length},
             formats=format_entries,
         )
+        # before the configuration that deploys the epoch: a record ahead of a failed
+        # protection only means new keys next time, never a replaced one
+        state.record_key_epoch(request.model_name, result.key_epoch)
         _commit(request, staging, entry, other_platform, state.signing_key, state.kek)
     except OSError as err:  # a full or read-only disk while writing the staged files
         where = f" ({err.filename})" if err.filename else ""

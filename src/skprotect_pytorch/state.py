@@ -1,10 +1,12 @@
 """Private protection state: the application's master secret and everything derived from it.
 
 Folder: ``root`` argument, else ``$SKPROTECT_STATE_DIR``, else ``./.skprotect_private``; then
-``/<application_name>/``. It is created owner-only (``0700``) and holds one file, ``master.key``:
-32 random bytes, mode ``0600``. It must never ship, so a folder inside any ``outputs`` folder is
-refused. Everything else is derived with HKDF-SHA256 from the master secret, so re-protecting an
-unchanged model reproduces the same keys and files:
+``/<application_name>/``. It is created owner-only (``0700``) and holds ``master.key``: 32
+random bytes, mode ``0600``; after a key rotation also ``key_epochs.json`` (mode ``0600``), the
+newest key epoch of each rotated model (:meth:`ProtectionState.key_epoch_floor`). It must never
+ship, so a folder inside any ``outputs`` folder is refused. Everything else is derived with
+HKDF-SHA256 from the master secret, so re-protecting an unchanged model reproduces the same keys
+and files:
 
 - ``key_rng(model, group, epoch)``: the random generator that draws a model's key per format group
   and key epoch;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import stat
 import tempfile
@@ -37,6 +40,7 @@ STATE_ENV_VAR = "SKPROTECT_STATE_DIR"
 DEFAULT_STATE_DIRNAME = ".skprotect_private"
 MASTER_KEY_FILENAME = "master.key"
 MASTER_KEY_SIZE = 32
+KEY_EPOCHS_FILENAME = "key_epochs.json"
 _HKDF_SALT = b"skprotect/state/v1"
 _POSIX = os.name == "posix"
 
@@ -149,6 +153,60 @@ class ProtectionState:
             raise StateError(f"epoch must be an integer >= 0, but got {epoch!r}.")
         seed = self._derive("key-rng", model=model_name, group=group_value, epoch=epoch)
         return np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
+
+    def key_epoch_floor(self, model_name: str) -> int:
+        """The newest key epoch that keys of ``model_name`` were drawn for in a rotation (0 if
+        none). The configurations record a model's epoch too, but they live in ``outputs/``:
+        once they are deleted (a clean build folder) or the model is dropped from them, the next
+        protection would start again at epoch 0 and lock with a key that a rotation replaced
+        because it had leaked. This record, beside the master secret, keeps it from going back.
+
+        Raises:
+            StateError: ``key_epochs.json`` cannot be read or is not what this class writes.
+        """
+        return self._key_epochs().get(model_name, 0)
+
+    def record_key_epoch(self, model_name: str, epoch: int) -> None:
+        """Remember that ``model_name``'s keys are drawn for ``epoch`` (a newer one recorded
+        before is kept). Epoch 0 needs no record and writes nothing.
+
+        Raises:
+            StateError: ``key_epochs.json`` cannot be read or written.
+        """
+        epochs = self._key_epochs()
+        if epoch <= epochs.get(model_name, 0):
+            return
+        epochs[model_name] = epoch
+        path = self.folder / KEY_EPOCHS_FILENAME
+        try:
+            atomic_write_bytes(path, canonical_json(epochs) + b"\n", mode=0o600)
+        except OSError as e:
+            raise StateError(
+                f"Could not record the key epoch of model '{model_name}' in {path}: "
+                f"{e.strerror or e}. Free disk space or fix the folder's permissions, then "
+                "protect again."
+            ) from e
+
+    def _key_epochs(self) -> dict[str, int]:
+        path = self.folder / KEY_EPOCHS_FILENAME
+        try:
+            epochs = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise StateError(
+                f"The key epochs file {path} cannot be read ({e}). Restore it from the backup "
+                "of this state folder: without it a protection could lock a model with a key "
+                "that a rotation replaced."
+            ) from None
+        if not isinstance(epochs, dict) or not all(
+            type(v) is int and v > 0 for v in epochs.values()
+        ):
+            raise StateError(
+                f"The key epochs file {path} is corrupted (expected an object of model names "
+                "to epochs >= 1). Restore it from the backup of this state folder."
+            )
+        return epochs
 
     @property
     def signing_key(self) -> Ed25519PrivateKey:
