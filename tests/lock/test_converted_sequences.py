@@ -8,11 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.assertions import assert_equivalent
+from tests.outside_models import Reads
+from tests.outside_models import plaintext_after_checked_run as _checked
 from torch import nn
-
-from skprotect_pytorch.lock import lock_model
-from skprotect_pytorch.lock.outside import run_keyed_checked
 
 _RNG = np.random.default_rng(3)
 W_LIST = _RNG.standard_normal((8, 8)).tolist()
@@ -22,33 +20,6 @@ GLOBAL_MATRIX = torch.randn(8, 8)
 INDICES = list(range(8))
 RGB_MEAN = [0.485, 0.456, 0.406]
 HALVES = [0.5] * 8
-
-
-def _checked(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
-    """``model`` locked and run once through :func:`run_keyed_checked`, as the protector's
-    first run; the outputs must match the original's.  The names and shapes of the plaintext
-    weights are returned."""
-    model.eval()
-    with torch.no_grad():
-        expected = model(x)
-    locked = lock_model(model, layer_filter=lambda n, m: True, secret_rng=np.random.default_rng(0))
-    key = torch.from_numpy(locked.layout.static_key())
-    with torch.no_grad():
-        outputs = run_keyed_checked("net", locked.keyed, [x.clone(), key])
-    assert_equivalent(outputs, expected)
-    return [(w.name, w.shape) for w in locked.plaintext]
-
-
-class Reads(nn.Module):
-    """``self.a(read(x))``: each case turns other data into a tensor."""
-
-    def __init__(self, read) -> None:
-        super().__init__()
-        self.a = nn.Linear(8, 8)
-        self.read = read
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.a(self.read(x))
 
 
 def _closing_over_a_list():

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from tests.assertions import assert_equivalent
+from tests.outside_models import Scales
 from torch import nn
 
 from skprotect_pytorch.errors import InvalidArgumentError
@@ -59,20 +60,6 @@ READER = _Reader()
 def _via_a_captured_helper(m):
     helper = _through_getframe
     return lambda x: helper(x) * m.scale
-
-
-class Scales(nn.Module):
-    """``self.b(self.act(x))``, where ``act`` is a lambda each case makes from the model."""
-
-    def __init__(self, make) -> None:
-        super().__init__()
-        self.a = nn.Linear(8, 8)
-        self.b = nn.Linear(8, 8)
-        self.scale = 0.5
-        self.act = make(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.act(x))
 
 
 def _lock(model: nn.Module):

@@ -9,24 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from tests.outside_models import Scales
 
 from skprotect_pytorch.errors import InvalidArgumentError
 from skprotect_pytorch.lock import lock_model
-
-
-class Scales(nn.Module):
-    """Applies ``self.act``, a lambda that each case makes from the model, before layer ``b``."""
-
-    def __init__(self, make) -> None:
-        super().__init__()
-        self.a = nn.Linear(8, 8)
-        self.b = nn.Linear(8, 8)
-        self.scale = 0.5
-        self.act = make(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.act(x))
 
 
 @pytest.mark.parametrize(

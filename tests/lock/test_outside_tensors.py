@@ -11,11 +11,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tests.assertions import assert_equivalent
+from tests.outside_models import Reads
+from tests.outside_models import plaintext_after_checked_run as _checked
 from torch import nn
-
-from skprotect_pytorch.lock import lock_model
-from skprotect_pytorch.lock.outside import run_keyed_checked
 
 torch.manual_seed(0)
 with warnings.catch_warnings():  # torch deprecates quantized tensors, which models still hold
@@ -29,35 +27,6 @@ TEMPERATURE = torch.tensor(0.7)
 MIX_NP = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
 TABLE_NP = np.random.default_rng(1).standard_normal((8, 8))
 INDEX_NP = np.arange(8)
-
-
-def _checked(model: nn.Module, *inputs: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
-    """The original run (as the protector runs it first, filling any cache), its lock run
-    once through :func:`run_keyed_checked`; the outputs must match, and the names and shapes
-    of the plaintext weights are returned."""
-    model.eval()
-    with torch.no_grad():
-        expected = model(*inputs)
-    locked = lock_model(
-        model, layer_filter=lambda name, module: True, secret_rng=np.random.default_rng(0)
-    )
-    key = torch.from_numpy(locked.layout.static_key())
-    with torch.no_grad():
-        outputs = run_keyed_checked("net", locked.keyed, [*(x.clone() for x in inputs), key])
-    assert_equivalent(outputs, expected)
-    return [(w.name, w.shape) for w in locked.plaintext]
-
-
-class Reads(nn.Module):
-    """``self.a(read(x))``: each test reads something else outside the model."""
-
-    def __init__(self, read) -> None:
-        super().__init__()
-        self.a = nn.Linear(8, 8)
-        self.read = read
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.a(self.read(x))
 
 
 def test_a_quantized_matrix_read_outside_the_model_is_listed() -> None:
