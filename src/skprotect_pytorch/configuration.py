@@ -427,6 +427,7 @@ def _protected_hashes(
     such, not as replaced model files."""
     _check_kek(kek)
     models = {name: e for name, e in config.models.items() if name != replacing}
+    _refuse_left_backups(path, folder, models)
     missing = _files_where(models, lambda name, slug, fmt: not (folder / fmt.file).is_file())
     if missing:
         _refuse_migration(path, folder, missing, "are missing")
@@ -499,6 +500,37 @@ def _refuse_migration(path: Path, folder: Path, bad: dict[str, list[str]], what:
         f"sub-folder); otherwise re-protect {names} with protect_updated_model(..., "
         "platform_version=0) and migrate then, or re-protect all models in a clean environment."
     )
+
+
+def _refuse_left_backups(path: Path, folder: Path, models: dict[str, ModelEntry]) -> None:
+    """Refuse a migration from version 0 while a protection's backup folder holds a previous
+    file of ``models``: that protection was killed while moving its files into place, so the
+    files in place may be its own, never recorded, which version 1 would sign as the deployed
+    ones (and the next protection would then delete the backups as no longer needed). A
+    version-0 file records no SHA-256 to tell, so a person has to (docs/artifacts.md)."""
+    recorded = {
+        file
+        for entry in models.values()
+        for fmt in entry.formats.values()
+        for file in (fmt.file, *fmt.key_files)
+    }
+    for backup in sorted(folder.glob(".staging-*-backup")):
+        held = sorted(
+            relative
+            for relative in (p.relative_to(backup).as_posix() for p in backup.rglob("*"))
+            if relative in recorded
+        )
+        if held:
+            raise ConfigurationError(
+                f"Cannot migrate {path} to a newer platform version: {backup} holds previous "
+                f"files of the deployment ({', '.join(held)}), set aside by a protection killed "
+                "while moving its files into place. The files in place may be that "
+                "protection's, which this configuration does not describe, and version 1 would "
+                "record their SHA-256 as the deployed ones. If the killed protection had not "
+                "written the configuration (most likely), move each file of the backup folder "
+                "back to the same path under the application folder; if it had, keep the files "
+                "in place. Then delete the backup folder (and its staging folder) and retry."
+            )
 
 
 def _refuse_key_file_faults(path: Path, faults: list[KeyFileFault]) -> NoReturn:
