@@ -132,6 +132,52 @@ def _check_platform(value: Any) -> ExportPlatform:
     return value
 
 
+def _check_layer_filter(value: Any) -> Callable[[str, nn.Module], bool]:
+    """``value`` as a filter the lock can call with ``(name, module)``: a function of another
+    arity would fail only once locking starts, with a bare TypeError from inside the lock."""
+    if not callable(value):
+        raise InvalidArgumentError(
+            "layer_filter must be a function (name: str, module: nn.Module) -> bool, but got "
+            f"{type(value).__name__}."
+        )
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # a builtin without a signature: calling it will tell
+        return value
+    try:
+        signature.bind("layer", nn.Module())
+    except TypeError as err:
+        raise InvalidArgumentError(
+            "layer_filter must take two positional arguments (name: str, module: nn.Module), "
+            f"but its signature is {signature} ({err}). Pass e.g. "
+            "layer_filter=lambda name, module: isinstance(module, torch.nn.Linear)."
+        ) from None
+    return value
+
+
+def _check_example_tensors(tensors: Sequence[torch.Tensor]) -> None:
+    """Each example tensor must be one the runtime can be fed like (a dense array) and hold
+    values: every protected file is checked against the original on these tensors, and their
+    static sizes are the deployed model's, so an empty one (batch 0) would check nothing and
+    deploy a model that takes batch 0 only."""
+    for i, tensor in enumerate(tensors):
+        if tensor.layout is not torch.strided:
+            layout = str(tensor.layout).removeprefix("torch.")
+            raise InvalidArgumentError(
+                f"input_tensors[{i}] is a {layout} tensor, but the protected model is run (and "
+                "checked) on dense inputs, as the runtime feeds them: pass "
+                f"input_tensors[{i}].to_dense()."
+            )
+        if tensor.numel() == 0:
+            raise InvalidArgumentError(
+                f"input_tensors[{i}] has no elements (shape {tuple(tensor.shape)}): the "
+                "protected files are checked against the original on input_tensors, which an "
+                "empty tensor does not do, and its sizes become the deployed model's. Pass an "
+                "example with at least one element on each axis (e.g. a batch of 1 or more; "
+                "use dynamic_shapes for sizes that vary)."
+            )
+
+
 def _given(args: dict[str, Any]) -> set[str]:
     """The parameters of a ``protect_*_model`` call that hold other than their default values,
     i.e. that the caller passed."""
@@ -355,12 +401,10 @@ class SkProtectorPyTorch:
                 "input_tensors must be a non-empty list of torch.Tensor, one per model input "
                 f"(e.g. [torch.randn(1, 3, 32, 32)]), but got {type(tensors).__name__}."
             )
-        layer_filter = a["layer_filter"] if a["layer_filter"] is not None else _all_layers
-        if not callable(layer_filter):
-            raise InvalidArgumentError(
-                "layer_filter must be a function (name: str, module: nn.Module) -> bool, but got "
-                f"{type(layer_filter).__name__}."
-            )
+        _check_example_tensors(tensors)
+        layer_filter = _check_layer_filter(
+            a["layer_filter"] if a["layer_filter"] is not None else _all_layers
+        )
         formats = a["model_export_formats"]
         if not isinstance(formats, ExportFormat) or not formats.members:
             raise InvalidArgumentError(
