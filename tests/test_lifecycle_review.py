@@ -124,15 +124,20 @@ def test_a_version_0_migration_does_not_sign_a_killed_protections_files(
     [
         (torch.randn(0, 6), r"input_tensors\[0\] has no elements \(shape \(0, 6\)\)"),
         (torch.randn(2, 6).to_sparse(), r"input_tensors\[0\] is a sparse_coo tensor"),
+        (
+            torch.randn(2, 6).to(torch.bfloat16),
+            r"input_tensors\[0\] is bfloat16, which NumPy has no type for.*\.float\(\)",
+        ),
     ],
-    ids=["empty", "sparse"],
+    ids=["empty", "sparse", "bfloat16"],
 )
 def test_an_example_tensor_the_runtime_cannot_be_fed_like_is_refused(
     workdir: Path, tensor: torch.Tensor, message: str
 ) -> None:
     """An empty example (batch 0) was protected: nothing was compared in the checks, and the
     deployed files took batch 0 only (the runtime refused (2, 6): "axis 0 must be 0"). A
-    sparse one failed as an UnsupportedLayerError blaming the model's forward()."""
+    sparse one failed as an UnsupportedLayerError blaming the model's forward(), and a bfloat16
+    one with torch's "TypeError: Got unsupported ScalarType BFloat16" after the lock."""
     with pytest.raises(InvalidArgumentError, match=message):
         SkProtectorPyTorch(application_name="app").protect_new_model(
             mlp(0), "m", [tensor], model_export_formats=EF.ONNX

@@ -168,6 +168,16 @@ def _check_example_tensors(tensors: Sequence[torch.Tensor]) -> None:
                 "checked) on dense inputs, as the runtime feeds them: pass "
                 f"input_tensors[{i}].to_dense()."
             )
+        try:  # the checks run every file on NumPy copies of the examples, as the runtime feeds
+            tensor.new_empty(0).numpy()
+        except TypeError:
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            raise InvalidArgumentError(
+                f"input_tensors[{i}] is {dtype}, which NumPy has no type for: every protected file "
+                "is checked on NumPy copies of input_tensors, and onnxruntime is fed NumPy arrays. "
+                f"Pass a float32 example (input_tensors[{i}].float()) and convert in forward() "
+                f"(x.to(torch.{dtype})) if the model computes in {dtype}."
+            ) from None
         if tensor.numel() == 0:
             raise InvalidArgumentError(
                 f"input_tensors[{i}] has no elements (shape {tuple(tensor.shape)}): the "
