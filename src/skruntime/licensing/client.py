@@ -1659,6 +1659,11 @@ class LicenceClient:
             if self._take(licence, n):
                 return
             for _ in range(_RENEWALS_PER_CONSUME):
+                if self._other_cached(licence) is None:
+                    # nothing to take and no renewal due yet: said at once, not after waiting
+                    # for the renewal lock (another process renewing, stopped, or a forked
+                    # child that kept it), on every inference until retry_seconds pass
+                    self._retry_due(licence)
                 # one process at a time, as in _renew_due: one that used the licence up
                 # meanwhile waits, then counts on the rest of the new licence (this one counted
                 # on it before letting go) instead of drawing an allowance of its own
@@ -1699,18 +1704,8 @@ class LicenceClient:
                 this one fails or is denied (other than ``device_revoked``).
             LicenceDeniedError: ``device_revoked``; and the errors of :meth:`_now`.
         """
-        used_up = (
-            f"The allowance of licence {licence.licence_id} "
-            f"({_inferences(licence.inferences)}) is used up"
-            if licence.inferences is not None
-            else f"The counter of licence {licence.licence_id} is gone from {self._usage_path}"
-        )
-        now = self._now()
-        if now < self._next_retry:
-            raise QuotaExhaustedError(
-                f"{used_up}; the licence server granted no more at the last attempt. Next "
-                f"attempt after {_when(self._next_retry)}."
-            )
+        used_up = self._used_up(licence)
+        now = self._retry_due(licence)
         try:
             return self._renew(now), now
         except _RenewalFailed as e:
@@ -1724,6 +1719,30 @@ class LicenceClient:
                 + "). "
                 + DENIAL_ADVICE.get(e.reason, "Ask the licence administrator.")
             ) from e
+
+    def _used_up(self, licence: Licence) -> str:
+        """What is used up of ``licence``, for an error message: its allowance, or its counter."""
+        return (
+            f"The allowance of licence {licence.licence_id} "
+            f"({_inferences(licence.inferences)}) is used up"
+            if licence.inferences is not None
+            else f"The counter of licence {licence.licence_id} is gone from {self._usage_path}"
+        )
+
+    def _retry_due(self, licence: Licence) -> int:
+        """The time now, when a renewal of ``licence`` (used up) may be asked for.
+
+        Raises:
+            QuotaExhaustedError: the last renewal failed less than ``retry_seconds`` ago.
+            and the errors of :meth:`_now`.
+        """
+        now = self._now()
+        if now < self._next_retry:
+            raise QuotaExhaustedError(
+                f"{self._used_up(licence)}; the licence server granted no more at the last "
+                f"attempt. Next attempt after {_when(self._next_retry)}."
+            )
+        return now
 
     # ------------------------------------------------------------------ usage reports
 
