@@ -257,6 +257,36 @@ def _refuse_none_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
         )
 
 
+def _numpyless_outputs(outputs: Any, where: str = "output") -> list[str]:
+    """Where the (nested) tuples, lists and dicts of ``outputs`` hold a tensor of a dtype NumPy
+    lacks (``bfloat16``, the float8 types), with its dtype: ``output[0] (bfloat16)``."""
+    if isinstance(outputs, torch.Tensor):
+        try:
+            torch.empty(0, dtype=outputs.dtype).numpy()
+        except TypeError:
+            return [f"{where} ({str(outputs.dtype).removeprefix('torch.')})"]
+        return []
+    if isinstance(outputs, dict):
+        items = [(f"{where}[{k!r}]", v) for k, v in outputs.items()]
+    elif isinstance(outputs, list | tuple):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(outputs)]
+    else:
+        return []
+    return [found for name, value in items for found in _numpyless_outputs(value, name)]
+
+
+def _refuse_numpyless_outputs(outputs: Any) -> None:
+    """Refuse outputs of a dtype NumPy lacks: the protector checks every file, and the runtime
+    returns outputs, as NumPy arrays (torch's ``.numpy()`` raised a bare TypeError)."""
+    where = _numpyless_outputs(outputs)
+    if where:
+        raise InvalidArgumentError(
+            f"The model returns {', '.join(where)}: a dtype NumPy cannot hold, so no protected "
+            "file could be checked against it. Return float32 (or float16) from "
+            "forward(), e.g. y.float(), then protect again."
+        )
+
+
 def _keyword_only(model: nn.Module) -> list[str]:
     """The keyword-only parameters without default of ``model``'s forward: input_tensors are
     passed by position, so they cannot be given."""
@@ -294,8 +324,9 @@ def _run_reference(
             f"The model fails on input_tensors ({len(inputs)} tensor(s): {given}): "
             f"{first_line(err)}. {advice}"
         ) from err
-    outputs = _as_numpy(raw)
     _refuse_none_outputs(raw, formats)
+    _refuse_numpyless_outputs(raw)
+    outputs = _as_numpy(raw)
     bad = [i for i, y in enumerate(outputs) if y.dtype.kind in "fc" and np.isnan(y).any()]
     if bad:  # no artifact can be checked against NaN (it never equals itself)
         raise InvalidArgumentError(
