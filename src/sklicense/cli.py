@@ -85,11 +85,17 @@ def _stop(message: str) -> None:
 
 def settings_for(database_url: str | None = None, state_dir: Path | None = None) -> Settings:
     """The environment's settings with the command's options; ``--state-dir`` is refused when
-    ``SKLICENSE_SIGNING_KEY_FILE`` names the key file, since it would be ignored (``init``
-    created the key elsewhere than the folder given)."""
+    ``SKLICENSE_SIGNING_KEY_FILE`` names another key file than the folder's ``server.key``,
+    since it would be ignored (``init`` created the key elsewhere than the folder given). The
+    same file named both ways, as a service unit written before this check may, is accepted."""
     try:
         settings = Settings.from_env()
-        if state_dir is not None and settings.signing_key_file is not None:
+        key_file = settings.signing_key_file
+        if (
+            state_dir is not None
+            and key_file is not None
+            and (Path(state_dir) / "server.key").resolve() != Path(key_file).resolve()
+        ):
             raise SettingsError(
                 f"--state-dir {state_dir} would be ignored: SKLICENSE_SIGNING_KEY_FILE names the "
                 f"key file ({settings.signing_key_file}). Leave out --state-dir, or unset "

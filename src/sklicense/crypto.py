@@ -38,8 +38,13 @@ def create_signing_key(path: Path) -> bool:
     key, which every later ``init`` kept and every start of the server refused. A folder or
     disk that refuses the key is a :class:`SigningKeyError` saying what to do."""
     path = Path(path)
-    if path.exists() or path.is_symlink():
+    if path.exists():
         return False
+    if path.is_symlink():  # "does not exist: run sklicense init" would send init round in a loop
+        raise SigningKeyError(
+            f"The server signing key {path} is a symbolic link to {os.readlink(path)}, which does "
+            "not exist: remove the link to create a new key there, or restore the key it names."
+        )
     pem = Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

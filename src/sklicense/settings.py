@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -17,6 +16,10 @@ command), before it is answered 503 with ``Retry-After``: less than the runtime'
 timeout, so that a device gets that answer instead of timing out and asking again while the
 server still works on its request (SQLAlchemy's pool default and SQLite's former busy timeout,
 30 s each, and PostgreSQL's lock waits, without end, outlasted every client)."""
+MAX_POOL_TIMEOUT_S = 3600.0
+"""The longest ``database_pool_timeout_s``: PostgreSQL refuses a ``lock_timeout`` over
+2,147,483,647 ms and Python a lock wait over ``threading.TIMEOUT_MAX``, which failed every
+request; an hour is far past any client's own timeout already."""
 ENVIRONMENTS = ("local", "production")
 #: Admin tokens that are refused outside local use (copied from examples and templates).
 WEAK_ADMIN_TOKENS = frozenset({"", "changethis", "change-me", "admin", "secret"})
@@ -73,11 +76,13 @@ class Settings:
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
-            or not (timeout > 0 and math.isfinite(timeout))
+            or not (0 < timeout <= MAX_POOL_TIMEOUT_S)
         ):
             raise SettingsError(
                 "database_pool_timeout_s (SKLICENSE_DATABASE_POOL_TIMEOUT_S) must be a finite "
-                f"number of seconds > 0, but got {timeout!r}"
+                f"number of seconds > 0 and at most {MAX_POOL_TIMEOUT_S:g} (less than a "
+                f"device's request timeout serves devices best; default "
+                f"{DEFAULT_POOL_TIMEOUT_S:g}), but got {timeout!r}"
             )
         if not self.database_url:
             raise SettingsError("database_url must be set, but got an empty string")
