@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,29 @@ def test_a_damaged_record_is_refused_not_read_as_no_rotation(workdir: Path, cont
     (state.folder / RECORD).write_text(content)
     with pytest.raises(StateError, match="Restore it from the backup of this state folder"):
         state.key_epoch_floor("m")
+
+
+def test_two_protections_recording_at_once_keep_both_records(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two protections of the application rotating other models at once (threads here, as two
+    processes would) each read the record and wrote it back: one model's epoch was lost, and
+    its next protection went back to the replaced key. Reading is slowed so that the two
+    overlap whenever nothing keeps them apart."""
+    state = ProtectionState.open("app")
+    read = ProtectionState._key_epochs
+
+    def slow_read(self: ProtectionState) -> dict[str, int]:
+        epochs = read(self)
+        time.sleep(0.3)
+        return epochs
+
+    monkeypatch.setattr(ProtectionState, "_key_epochs", slow_read)
+    threads = [
+        threading.Thread(target=state.record_key_epoch, args=(name, 1)) for name in ("m", "n")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert json.loads((state.folder / RECORD).read_text()) == {"m": 1, "n": 1}

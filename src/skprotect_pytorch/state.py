@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from skruntime.config import NAME_RE, atomic_write_bytes, canonical_json, public_key_bytes
 
+from .configuration import config_lock
 from .errors import StateError
 
 STATE_ENV_VAR = "SKPROTECT_STATE_DIR"
@@ -173,13 +174,16 @@ class ProtectionState:
         Raises:
             StateError: ``key_epochs.json`` cannot be read or written.
         """
-        epochs = self._key_epochs()
-        if epoch <= epochs.get(model_name, 0):
-            return
-        epochs[model_name] = epoch
         path = self.folder / KEY_EPOCHS_FILENAME
         try:
-            atomic_write_bytes(path, canonical_json(epochs) + b"\n", mode=0o600)
+            # the state folder's lock: two protections of the application rotating other
+            # models at once would each write back what it read, and one record would be lost
+            with config_lock(self.folder):
+                epochs = self._key_epochs()
+                if epoch <= epochs.get(model_name, 0):
+                    return
+                epochs[model_name] = epoch
+                atomic_write_bytes(path, canonical_json(epochs) + b"\n", mode=0o600)
         except OSError as e:
             raise StateError(
                 f"Could not record the key epoch of model '{model_name}' in {path}: "
