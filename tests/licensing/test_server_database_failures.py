@@ -236,10 +236,11 @@ def test_postgres_errors_are_classified(cause: Exception, error_type: Any, statu
 
 
 def test_a_locked_sqlite_database_is_transient(tmp_path: Path) -> None:
+    """Busy, as a dry pool is: a lock held past the wait (it said "unavailable")."""
     failure = database_errors.classify(
         OperationalError("INSERT", {}, locked_sqlite_error(tmp_path))
     )
-    assert failure == database_errors.Failure(503, database_errors.UNAVAILABLE)
+    assert failure == database_errors.Failure(503, database_errors.BUSY)
 
 
 def test_a_constraint_violated_is_no_database_failure(

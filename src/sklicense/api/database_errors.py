@@ -1,8 +1,9 @@
 """How the server answers a request the database failed: 503 with ``Retry-After`` when a retry
 can succeed by itself, 500 with what an administrator must do when it never will.
 
-Transient (503): no pooled connection free within the pool timeout, a connection refused or
-dropped, SQLite locked past its busy timeout, a PostgreSQL deadlock, serialization failure,
+Transient (503): no pooled connection free within the pool timeout, a lock another connection
+held past the lock wait (SQLite's busy timeout, PostgreSQL's ``lock_timeout``): "busy"; a
+connection refused or dropped, a PostgreSQL deadlock, serialization failure,
 lock or statement timeout, shutdown or connection limit; and any other ``OperationalError``
 (a failure of the database's operation rather than of the request). Permanent (500): SQLite
 "no such table" or PostgreSQL ``undefined_table`` (the database was never migrated, or is
@@ -22,7 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 UNAVAILABLE = "the licence database is unavailable (the server log says why): retry later"
 BUSY = (
-    "the licence database is busy: no database connection, or no turn to write, was free in "
+    "the licence database is busy: no database connection, turn to write or lock was free in "
     "time (the server log says more): retry later"
 )
 NOT_MIGRATED = (
@@ -59,6 +60,10 @@ _SQLITE_PERMANENT = {
 }
 """SQLite's primary result codes (``sqlite_errorname`` up to its first ``_`` suffix) that no
 retry fixes."""
+_SQLITE_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
+"""SQLite's codes of a lock another connection held past the busy timeout: busy, as the pool."""
+_POSTGRES_LOCK_TIMEOUT = "55P03"
+"""PostgreSQL's lock_not_available: a lock another transaction held past ``lock_timeout``."""
 _SQLITE_NOT_MIGRATED = ("no such table", "no such column")
 """Messages of SQLite's generic ``SQLITE_ERROR`` that say the schema is not this server's."""
 _POSTGRES_PERMANENT = {
@@ -96,12 +101,16 @@ def classify(error: SQLAlchemyError) -> Failure | None:
         primary = "_".join(name.split("_")[:2])  # SQLITE_READONLY_DIRECTORY: SQLITE_READONLY
         if primary in _SQLITE_PERMANENT:
             return Failure(500, _SQLITE_PERMANENT[primary])
+        if primary in _SQLITE_BUSY:
+            return Failure(503, BUSY)
         if str(cause).startswith(_SQLITE_NOT_MIGRATED):
             return Failure(500, NOT_MIGRATED)
     state = getattr(cause, "sqlstate", None)
     if isinstance(state, str) and not error.connection_invalidated:
         if state in _POSTGRES_PERMANENT:
             return Failure(500, _POSTGRES_PERMANENT[state])
+        if state == _POSTGRES_LOCK_TIMEOUT:
+            return Failure(503, BUSY)
         if state.startswith(_POSTGRES_TRANSIENT):
             return Failure(503, UNAVAILABLE)
     if isinstance(error, OperationalError) or error.connection_invalidated:
