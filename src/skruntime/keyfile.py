@@ -483,6 +483,8 @@ def _check_seal(params: dict[str, Any], path: Path) -> None:
         sealed = params["params_sha256"] == _params_sha256(params)
     except ValueError:  # NaN or Infinity, which no writer puts there
         sealed = False
+    except RecursionError:  # parsed just below the recursion limit, too deep to hash
+        raise _corrupt(path, "it is nested too deeply to be a key-params file") from None
     if not sealed:
         raise _corrupt(path, "its content does not match its params_sha256 (edited?)")
 
@@ -594,6 +596,7 @@ class TxtKeySource:
                 "keys are in plain files: leave kek (--kek) out."
             )
         self._outputs_dir = outputs_dir
+        self._config_path = config_path
 
     def read(
         self, model_name: str, fmt: str, key_files: Sequence[str], model_sha256: str
@@ -601,8 +604,8 @@ class TxtKeySource:
         """The key from the pair of files in the folder of ``key_files[0]``."""
         if not key_files:
             raise KeyFileError(
-                f"The configuration lists no key files for model {model_name!r} ({fmt}). "
-                "Re-protect the model."
+                f"The configuration {self._config_path} lists no key files for model "
+                f"{model_name!r} ({fmt}). Re-protect the model."
             )
         folder = (self._outputs_dir / key_files[0]).parent
         return read_txt_keys(folder, model_name, model_sha256)

@@ -265,8 +265,8 @@ class LinuxKeySource:
         mev = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
         if not mev:
             raise KeyFileError(
-                f"The configuration lists no encrypted key file {name} for model "
-                f"{model_name!r} ({fmt}). Re-protect the model for the LINUX platform."
+                f"The configuration {self._config_path} lists no encrypted key file {name} for "
+                f"model {model_name!r} ({fmt}). Re-protect the model for the LINUX platform."
             )
         return read_mev(
             self._outputs_dir / mev[0],

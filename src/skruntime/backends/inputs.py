@@ -122,7 +122,7 @@ def parse_specs(raw: str, source: str) -> tuple[list[dict], list[str], str | Non
             and _valid_ranges(s.get("ranges", {}), s["shape"])
             for s in specs
         )
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deeply
         ok = False
     if not ok:
         raise BackendError(

@@ -241,11 +241,17 @@ class OnnxRuntimeBackend:
         session._model_bytes = None
         _check_created(session.get_providers(), asked, path)
         self._session = session
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = [o.name for o in session.get_outputs()]
+        try:  # onnxruntime does not check that the file's texts are UTF-8, Python's str does
+            self.input_names = [i.name for i in session.get_inputs()]
+            self.output_names = [o.name for o in session.get_outputs()]
+            raw = session.get_modelmeta().custom_metadata_map.get(INPUTS_METADATA)
+        except UnicodeDecodeError:
+            raise BackendError(
+                f"{path} holds input, output or metadata names or values that are not UTF-8 "
+                "text: it is damaged. Re-deploy the file written by skprotect."
+            ) from None
         self.providers = session.get_providers()
         self._path = path
-        raw = session.get_modelmeta().custom_metadata_map.get(INPUTS_METADATA)
         self.input_ranges: list[dict[int, tuple[int, int | None]]] | None = (
             None if raw is None else [spec_ranges(s) for s in parse_specs(raw, path.name)[0]]
         )
