@@ -6,7 +6,9 @@ import logging
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -64,6 +66,29 @@ def database_failed(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=failure.status, content={"detail": failure.detail})
 
 
+NOT_JSON_DETAIL = (
+    "the request body must be JSON: NaN, Infinity and unpaired surrogate escapes (\\ud800 to "
+    "\\udfff) are not JSON text; send numbers and text that JSON can hold"
+)
+NOT_UTF8_DETAIL = "the request body must be JSON in UTF-8, sent with Content-Type: application/json"
+
+
+async def request_invalid(request: Request, error: Exception) -> Response:
+    """FastAPI's 422 of a request its parameters or body do not fit, which echoes each invalid
+    value; or a 400 when that echo cannot be JSON: a body with NaN, Infinity or an unpaired
+    surrogate escape (``"\\ud800"``, in a value or a key), which Python's parser accepts, or
+    the raw body of another ``Content-Type`` that is not UTF-8. FastAPI's own handler fails to
+    encode those: a 500 "Internal Server Error"."""
+    assert isinstance(error, RequestValidationError)
+    try:
+        return await request_validation_exception_handler(request, error)
+    except UnicodeDecodeError:  # the raw bytes of another Content-Type
+        detail = NOT_UTF8_DETAIL
+    except ValueError:  # "Out of range float values", or a UnicodeEncodeError
+        detail = NOT_JSON_DETAIL
+    return JSONResponse(status_code=400, content={"detail": detail})
+
+
 def create_app(settings: Settings | None = None, clock: Callable[[], int] | None = None) -> FastAPI:
     """Build the app; refuses an unmigrated database, a missing key or default secrets."""
     settings = settings or Settings.from_env()
@@ -71,6 +96,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     db.check_migrated(settings.database_url)
     app = FastAPI(title="sklicense", summary="skprotect licence server", version="1")
     app.add_middleware(BodyLimit)
+    app.add_exception_handler(RequestValidationError, request_invalid)
     app.add_exception_handler(DBAPIError, database_failed)
     app.add_exception_handler(PoolTimeoutError, database_failed)
     app.state.settings = settings
