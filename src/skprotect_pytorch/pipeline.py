@@ -16,7 +16,7 @@ import gc
 import inspect
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ from .export.base import (
     check_outputs,
     first_line,
     load_artifact,
+    numpy_holds,
     recorded_ranges,
     signature_dynamic_shapes,
 )
@@ -226,19 +227,18 @@ def _warn_migrated(request: ProtectRequest, config: Config | None) -> None:
     _tell(message)
 
 
-def _none_outputs(outputs: Any, where: str = "output") -> list[str]:
-    """Where the (nested) tuples, lists and dicts of ``outputs`` hold ``None``, e.g.
-    ``output[0]`` or ``output['loss']`` (an optional loss or cache left unset)."""
+def _output_leaves(outputs: Any, where: str = "output") -> Iterator[tuple[str, Any]]:
+    """The leaves of the (nested) tuples, lists and dicts of ``outputs``, each with where it is:
+    ``output[0]``, ``output['loss']``."""
     if isinstance(outputs, dict):
         items = [(f"{where}[{k!r}]", v) for k, v in outputs.items()]
     elif isinstance(outputs, list | tuple):
         items = [(f"{where}[{i}]", v) for i, v in enumerate(outputs)]
     else:
-        return []
-    found: list[str] = []
+        yield where, outputs
+        return
     for name, value in items:
-        found += [name] if value is None else _none_outputs(value, name)
-    return found
+        yield from _output_leaves(value, name)
 
 
 def _refuse_none_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
@@ -247,7 +247,7 @@ def _refuse_none_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
     ``torch.jit.trace`` refuses it and an AOTInductor file returns it, which neither the
     protector's check nor the runtime can read; both failed only after the exports."""
     others = [f.name for f in formats if f is not ExportFormat.ONNX]
-    where = _none_outputs(outputs)
+    where = [name for name, value in _output_leaves(outputs) if value is None]
     if others and where:
         raise InvalidArgumentError(
             f"The model's outputs hold None at {', '.join(where)}. ONNX files leave None out, "
@@ -257,28 +257,14 @@ def _refuse_none_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
         )
 
 
-def _numpyless_outputs(outputs: Any, where: str = "output") -> list[str]:
-    """Where the (nested) tuples, lists and dicts of ``outputs`` hold a tensor of a dtype NumPy
-    lacks (``bfloat16``, the float8 types), with its dtype: ``output[0] (bfloat16)``."""
-    if isinstance(outputs, torch.Tensor):
-        try:
-            torch.empty(0, dtype=outputs.dtype).numpy()
-        except TypeError:
-            return [f"{where} ({str(outputs.dtype).removeprefix('torch.')})"]
-        return []
-    if isinstance(outputs, dict):
-        items = [(f"{where}[{k!r}]", v) for k, v in outputs.items()]
-    elif isinstance(outputs, list | tuple):
-        items = [(f"{where}[{i}]", v) for i, v in enumerate(outputs)]
-    else:
-        return []
-    return [found for name, value in items for found in _numpyless_outputs(value, name)]
-
-
 def _refuse_numpyless_outputs(outputs: Any) -> None:
     """Refuse outputs of a dtype NumPy lacks: the protector checks every file, and the runtime
     returns outputs, as NumPy arrays (torch's ``.numpy()`` raised a bare TypeError)."""
-    where = _numpyless_outputs(outputs)
+    where = [
+        f"{name} ({str(value.dtype).removeprefix('torch.')})"
+        for name, value in _output_leaves(outputs)
+        if isinstance(value, torch.Tensor) and not numpy_holds(value.dtype)
+    ]
     if where:
         raise InvalidArgumentError(
             f"The model returns {', '.join(where)}: a dtype NumPy cannot hold, so no protected "

@@ -40,6 +40,7 @@ from .errors import (
     StateError,
 )
 from .export import DEFAULT_ONNX_PARAMS, get_exporter, registered_formats
+from .export.base import numpy_holds
 from .formats import ExportFormat, ExportPlatform
 from .lock.context import DEFAULT_PRESET, LOCK_PRESETS
 from .logs import enable_file_log, file_log, get_logger
@@ -168,9 +169,7 @@ def _check_example_tensors(tensors: Sequence[torch.Tensor]) -> None:
                 "checked) on dense inputs, as the runtime feeds them: pass "
                 f"input_tensors[{i}].to_dense()."
             )
-        try:  # the checks run every file on NumPy copies of the examples, as the runtime feeds
-            tensor.new_empty(0).numpy()
-        except TypeError:
+        if not numpy_holds(tensor.dtype):  # the files are checked on NumPy copies of them
             dtype = str(tensor.dtype).removeprefix("torch.")
             raise InvalidArgumentError(
                 f"input_tensors[{i}] is {dtype}, which NumPy has no type for: every protected file "

@@ -152,6 +152,16 @@ def to_numpy(tensors: Sequence[Tensor]) -> list[np.ndarray]:
     return [t.detach().cpu().numpy() for t in tensors]
 
 
+def numpy_holds(dtype: torch.dtype) -> bool:
+    """Whether NumPy has a type for ``dtype`` (not for ``bfloat16`` nor the float8 types):
+    the protector checks every file, and onnxruntime is fed, on NumPy arrays."""
+    try:
+        torch.empty(0, dtype=dtype).numpy()
+    except TypeError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def collect_warnings(
     notes: list[str], *categories: type[Warning]
