@@ -273,6 +273,22 @@ def _refuse_numpyless_outputs(outputs: Any) -> None:
         )
 
 
+def _refuse_numpyless_inputs(inputs: list[torch.Tensor]) -> None:
+    """Refuse example tensors of a dtype NumPy lacks: every file is checked on NumPy copies of
+    them, as onnxruntime is fed (it failed after the lock with torch's "Got unsupported
+    ScalarType BFloat16"). After :func:`check_lockable`, whose advice for a model that
+    computes in such a dtype (convert it, and the inputs, with ``.float()``) comes first."""
+    for i, tensor in enumerate(inputs):
+        if not numpy_holds(tensor.dtype):
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            raise InvalidArgumentError(
+                f"input_tensors[{i}] is {dtype}, which NumPy has no type for: every protected file "
+                "is checked on NumPy copies of input_tensors, and onnxruntime is fed NumPy arrays. "
+                f"Pass a float32 example (input_tensors[{i}].float()) and convert in forward() "
+                f"(x.to(torch.{dtype})) if the model computes in {dtype}."
+            )
+
+
 def _keyword_only(model: nn.Module) -> list[str]:
     """The keyword-only parameters without default of ``model``'s forward: input_tensors are
     passed by position, so they cannot be given."""
@@ -1098,6 +1114,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     layer_filter = once_per_layer(request.layer_filter)  # each format group locks anew
     # before any work: pruned, legacy weight norm, a layer to lock that is not float32
     check_lockable(request.model, layer_filter)
+    _refuse_numpyless_inputs(request.input_tensors)
     config = _precheck_config(request, state.signing_key, state.kek)
     options = build_export_options(
         request.input_tensors,

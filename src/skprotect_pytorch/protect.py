@@ -40,7 +40,6 @@ from .errors import (
     StateError,
 )
 from .export import DEFAULT_ONNX_PARAMS, get_exporter, registered_formats
-from .export.base import numpy_holds
 from .formats import ExportFormat, ExportPlatform
 from .lock.context import DEFAULT_PRESET, LOCK_PRESETS
 from .logs import enable_file_log, file_log, get_logger
@@ -169,14 +168,6 @@ def _check_example_tensors(tensors: Sequence[torch.Tensor]) -> None:
                 "checked) on dense inputs, as the runtime feeds them: pass "
                 f"input_tensors[{i}].to_dense()."
             )
-        if not numpy_holds(tensor.dtype):  # the files are checked on NumPy copies of them
-            dtype = str(tensor.dtype).removeprefix("torch.")
-            raise InvalidArgumentError(
-                f"input_tensors[{i}] is {dtype}, which NumPy has no type for: every protected file "
-                "is checked on NumPy copies of input_tensors, and onnxruntime is fed NumPy arrays. "
-                f"Pass a float32 example (input_tensors[{i}].float()) and convert in forward() "
-                f"(x.to(torch.{dtype})) if the model computes in {dtype}."
-            ) from None
         if tensor.numel() == 0:
             raise InvalidArgumentError(
                 f"input_tensors[{i}] has no elements (shape {tuple(tensor.shape)}): the "
