@@ -200,3 +200,13 @@ MODEL_FACTORIES: dict[str, ModelFactory] = {
     "lstm": make_lstm,
     "gru": make_gru,
 }
+
+
+LIFECYCLE_INPUT = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
+"""The example input of :func:`lifecycle_mlp`: the lifecycle tests protect and update it."""
+
+
+def lifecycle_mlp(seed: int) -> nn.Module:
+    """A 6-8-3 MLP whose weights ``seed`` draws: each seed another version of one model."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()

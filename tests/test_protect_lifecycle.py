@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from tests.models import LIFECYCLE_INPUT, lifecycle_mlp
 
 from skprotect_pytorch.errors import (
     ConfigurationError,
@@ -25,12 +25,8 @@ from skruntime import SkRuntime
 
 EF = SkProtectorPyTorch.ExportFormat
 EP = SkProtectorPyTorch.ExportPlatform
-X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+X = LIFECYCLE_INPUT
+mlp = lifecycle_mlp
 
 
 @pytest.mark.parametrize("platform", [EP.TXT, EP.LINUX])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from tests.models import LIFECYCLE_INPUT, lifecycle_mlp
 
 import skprotect_pytorch.pipeline as pipeline
 from skprotect_pytorch import Customer
@@ -22,12 +22,8 @@ from skruntime.config import FormatEntry, load_config
 
 EF = SkProtectorPyTorch.ExportFormat
 EP = SkProtectorPyTorch.ExportPlatform
-X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+X = LIFECYCLE_INPUT
+mlp = lifecycle_mlp
 
 
 def files(folder: Path) -> list[str]:

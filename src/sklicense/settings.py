@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T", int, float)
 DEFAULT_DATABASE_URL = "sqlite:///./sklicense.db"
 DEFAULT_POOL_TIMEOUT_S = 3.0
 """How long a request waits for a free database connection when all of the pool's are in use
@@ -127,25 +130,17 @@ class Settings:
         ``SKLICENSE_DATABASE_POOL_TIMEOUT_S``."""
         env = os.environ if environ is None else environ
 
-        def integer(name: str, default: int) -> int:
+        def number(name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
             raw = env.get(name)
             if raw is None or raw == "":
                 return default
             try:
-                return int(raw)
+                return parse(raw)
             except ValueError:
-                raise SettingsError(f"{name} must be an integer, but got {raw!r}") from None
+                raise SettingsError(f"{name} must be {kind}, but got {raw!r}") from None
 
-        def seconds(name: str, default: float) -> float:
-            raw = env.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                return float(raw)
-            except ValueError:
-                raise SettingsError(
-                    f"{name} must be a number of seconds, but got {raw!r}"
-                ) from None
+        def integer(name: str, default: int) -> int:
+            return number(name, default, int, "an integer")
 
         key_file = env.get("SKLICENSE_SIGNING_KEY_FILE")
         return cls(
@@ -158,7 +153,10 @@ class Settings:
             admin_auth_failures_per_minute=integer("SKLICENSE_ADMIN_AUTH_FAILURES_PER_MINUTE", 10),
             new_device_requests_per_minute=integer("SKLICENSE_NEW_DEVICE_REQUESTS_PER_MINUTE", 120),
             usage_reports_per_minute=integer("SKLICENSE_USAGE_REPORTS_PER_MINUTE", 60),
-            database_pool_timeout_s=seconds(
-                "SKLICENSE_DATABASE_POOL_TIMEOUT_S", DEFAULT_POOL_TIMEOUT_S
+            database_pool_timeout_s=number(
+                "SKLICENSE_DATABASE_POOL_TIMEOUT_S",
+                DEFAULT_POOL_TIMEOUT_S,
+                float,
+                "a number of seconds",
             ),
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from tests.models import LIFECYCLE_INPUT, lifecycle_mlp
 
 from skprotect_pytorch.customer import Customer
 from skprotect_pytorch.protect import SkProtectorPyTorch
@@ -22,12 +22,8 @@ from skruntime.errors import ConfigurationError, IntegrityError, KeyFileError
 
 EF = SkProtectorPyTorch.ExportFormat
 EP = SkProtectorPyTorch.ExportPlatform
-X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+X = LIFECYCLE_INPUT
+mlp = lifecycle_mlp
 
 
 @pytest.fixture(scope="module")
