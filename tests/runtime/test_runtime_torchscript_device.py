@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from skprotect_pytorch.protect import SkProtectorPyTorch
+from skruntime.backends import backend_class
 from skruntime.backends.base import BackendOptions
 from skruntime.backends.torchscript import TorchScriptBackend, device_problem
 from skruntime.errors import BackendError
@@ -78,6 +79,30 @@ def test_a_cpu_bound_graph_is_refused_for_cuda_and_accepted_for_the_cpu() -> Non
         "aten::ones creates tensors on cpu. Load it with device='cpu', or load the model's "
         "format for CUDA (onnx, torchscript_gpu or inductor_gpu)"
     )
+
+
+class _CpuIndexOnGpu(nn.Module):
+    """What a trace on CUDA records for a CPU index tensor reading a CUDA tensor: the CPU
+    constant ran beside CUDA tensors then, and does again on any GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, torch.arange(2, device=torch.device("cpu"))]
+
+
+def test_cpu_made_tensors_of_a_cuda_trace_are_accepted_on_cuda() -> None:
+    """A ``torchscript_gpu`` file (traced on CUDA) with a CPU index tensor was refused on the
+    GPU it was made for, and told to load its format for CUDA, which it is."""
+    scripted = torch.jit.script(_CpuIndexOnGpu())
+    assert device_problem(scripted, "cuda:0", traced_on_cuda=True) is None
+    assert device_problem(scripted, "cpu", traced_on_cuda=True) is None
+    # a CPU trace's CPU-made tensors never met CUDA weights: still refused there
+    assert "creates tensors on cpu" in str(device_problem(scripted, "cuda:0"))
+    assert backend_class("torchscript_gpu").traced_on_cuda
+    assert not backend_class("torchscript_cpu").traced_on_cuda
+    # a CUDA trace's tensors made on one GPU still need that GPU
+    gpu = torch.jit.script(_MadeOnGpu())
+    assert "Load it with device='cuda:0'" in str(device_problem(gpu, "cuda:1", traced_on_cuda=True))
+    assert "Load it with device='cuda:0'" in str(device_problem(gpu, "cpu", traced_on_cuda=True))
 
 
 def test_a_graph_bound_to_one_gpu_is_refused_on_another() -> None:

@@ -16,7 +16,7 @@ __all__ = ["Backend", "BackendOptions", "ModelFile", "backend_class", "registere
 _BACKENDS: dict[str, str] = {
     "onnx": "skruntime.backends.onnxruntime:OnnxRuntimeBackend",
     "torchscript_cpu": "skruntime.backends.torchscript:TorchScriptBackend",
-    "torchscript_gpu": "skruntime.backends.torchscript:TorchScriptBackend",
+    "torchscript_gpu": "skruntime.backends.torchscript:CudaTracedTorchScriptBackend",
     "inductor_cpu": "skruntime.backends.inductor:InductorBackend",
     "inductor_gpu": "skruntime.backends.inductor:InductorBackend",
 }

@@ -26,7 +26,7 @@ from .gpu import apply_gpu_determinism, cuda_index
 from .inductor import TensorIO, apply_threads, backend_failure, check_inputs, check_torch_options
 from .inputs import INPUTS_METADATA, parse_specs, spec_ranges
 
-__all__ = ["TorchScriptBackend"]
+__all__ = ["CudaTracedTorchScriptBackend", "TorchScriptBackend"]
 
 _SESSION_OPTIONS = ("optimize_for_inference",)
 
@@ -57,13 +57,19 @@ def _nodes(block: Any) -> Iterator[Any]:
             yield from _nodes(inner)
 
 
-def _node_problem(node: Any, target: torch.device) -> tuple[str, torch.device] | None:
+def _node_problem(
+    node: Any, target: torch.device, traced_on_cuda: bool
+) -> tuple[str, torch.device] | None:
     """Why ``node`` cannot run on ``target`` and the device it needs, or None."""
     kind = node.kind()
     if kind == "prim::Constant" and node.output().type().kind() == "DeviceObjType":
         made = node.output().toIValue()
-        if made.type not in ("cpu", "cuda") or (
-            made.type == target.type and (made.index is None or made.index == target.index)
+        if (
+            made.type not in ("cpu", "cuda")
+            or (made.type == target.type and (made.index is None or made.index == target.index))
+            # a trace on CUDA ran its CPU-made tensors beside CUDA ones (an index tensor, a
+            # 0-dim number): they do the same on any GPU
+            or (made.type == "cpu" and target.type == "cuda" and traced_on_cuda)
         ):
             return None
         ops = ", ".join(sorted({use.user.kind() for use in node.output().uses()}))
@@ -75,9 +81,13 @@ def _node_problem(node: Any, target: torch.device) -> tuple[str, torch.device] |
     return None
 
 
-def device_problem(module: torch.jit.ScriptModule, device: str) -> str | None:
+def device_problem(
+    module: torch.jit.ScriptModule, device: str, *, traced_on_cuda: bool = False
+) -> str | None:
     """Why ``module`` cannot run on ``device`` (``"cpu"`` or ``"cuda:N"``) and what to do, or
-    None.
+    None. ``traced_on_cuda``: the file is a ``torchscript_gpu`` one, so tensors its code makes
+    on the CPU ran beside CUDA tensors when it was traced, and do again on CUDA (in a file of
+    unknown origin, or a CPU trace, they may meet CUDA weights they never met: refused).
 
     ``map_location`` moves a module's tensors, not its code: a trace records the device of each
     tensor it saw created (``torch.zeros(n)`` on the CPU, ``.to("cuda:0")``) as a constant, and
@@ -89,7 +99,7 @@ def device_problem(module: torch.jit.ScriptModule, device: str) -> str | None:
     target = torch.device(device)
     for graph in _graphs(module):
         for node in _nodes(graph):
-            if found := _node_problem(node, target):
+            if found := _node_problem(node, target, traced_on_cuda):
                 problem, needed = found
                 formats = (
                     "onnx, torchscript_cpu or inductor_cpu"
@@ -135,6 +145,8 @@ class TorchScriptBackend:
 
     wants_numpy = False
     """The runtime passes torch tensors through (numpy arrays too)."""
+    traced_on_cuda = False
+    """Whether the files this class loads were traced on CUDA (:func:`device_problem`)."""
 
     @staticmethod
     def check_options(options: BackendOptions) -> None:
@@ -163,7 +175,7 @@ class TorchScriptBackend:
                 f"torch could not load the TorchScript file {self._path} "
                 f"({backend_failure(err)}). Re-deploy the file written by skprotect."
             ) from None
-        if problem := device_problem(module, self.device):
+        if problem := device_problem(module, self.device, traced_on_cuda=self.traced_on_cuda):
             raise BackendError(
                 f"The TorchScript file {self._path} cannot run on device={options.device!r}: "
                 f"{problem}."
@@ -205,3 +217,10 @@ class TorchScriptBackend:
 
     def close(self) -> None:
         self._model = None
+
+
+class CudaTracedTorchScriptBackend(TorchScriptBackend):
+    """The backend of ``torchscript_gpu`` files, which the protector traces on CUDA: tensors
+    their code makes on the CPU are accepted on CUDA (:func:`device_problem`)."""
+
+    traced_on_cuda = True
