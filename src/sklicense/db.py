@@ -22,9 +22,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
+
+from .api.database_errors import BUSY, classify
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 READ_ONLY = "sklicense_read_only"
@@ -223,7 +226,12 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database at ``url`` to ``revision`` (``sklicense db upgrade``); a database
     that a newer release migrated is refused (:class:`DatabaseTooNewError`), and so is a SQLite
-    path that is a folder (:func:`_refuse_folder`) or in a folder that does not exist."""
+    path that is a folder (:func:`_refuse_folder`) or in a folder that does not exist. The
+    migration is one transaction: interrupted, it leaves the database as it was. A lock held by
+    another connection past :data:`ADMIN_TIMEOUT_S`, or a PostgreSQL user without the right to
+    create tables, is a :class:`DatabaseNotMigratedError` saying what to do
+    (:func:`_upgrade_refusal`; the command line's catch-all advice was about the URL and the
+    disk)."""
     _refuse_folder(url)
     path = _sqlite_file(url)
     if path is not None and not path.parent.is_dir():  # SQLite: "unable to open database file"
@@ -231,12 +239,57 @@ def upgrade(url: str, revision: str = "head") -> None:
             f"The folder {path.parent} of the database file does not exist: create it, or name "
             "a file in an existing folder (--database-url or SKLICENSE_DATABASE_URL)."
         )
-    _refuse_newer(url, current_revision(url))
-    engine = get_engine(url)
     config = alembic_config(url)
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    try:
+        with get_engine(url, ADMIN_TIMEOUT_S).begin() as connection:
+            _one_migration_at_a_time(connection)
+            _refuse_newer(url, MigrationContext.configure(connection).get_current_revision())
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except SQLAlchemyError as error:
+        refusal = _upgrade_refusal(url, error)
+        if refusal is None:
+            raise
+        raise refusal from error
+
+
+def _upgrade_refusal(url: str, error: SQLAlchemyError) -> DatabaseNotMigratedError | None:
+    """What to do when an upgrade failed on a lock held past :data:`ADMIN_TIMEOUT_S` or on a
+    PostgreSQL user that may not create tables; None for other failures (the command line says
+    those in one line)."""
+    failure = classify(error)
+    if failure is not None and failure.detail == BUSY:
+        return DatabaseNotMigratedError(
+            f"The database {safe_url(url)} stayed locked for {ADMIN_TIMEOUT_S:g} s by another "
+            "connection: another `sklicense db upgrade` still migrating it, or a transaction of "
+            "a server or of a database session (PostgreSQL's pg_stat_activity lists them). "
+            "Nothing was changed: run `sklicense db upgrade` again once it has ended."
+        )
+    cause = getattr(error, "orig", None)
+    if getattr(cause, "sqlstate", None) == "42501":  # insufficient_privilege
+        reason = str(cause).strip().splitlines()[0]
+        return DatabaseNotMigratedError(
+            f"The PostgreSQL user of {safe_url(url)} may not change the licence tables "
+            f"({reason}): run `sklicense db upgrade` as the user that owns the database and its "
+            "tables (PostgreSQL 15 and later let only the database's owner create tables in its "
+            "public schema), or GRANT CREATE on the schema to this user."
+        )
+    return None
+
+
+MIGRATION_LOCK_ID = 0x736B6C6963656E73
+"""The PostgreSQL advisory lock (``b"sklicens"`` as a 64-bit key) that a migration holds
+until its transaction ends (:func:`_one_migration_at_a_time`)."""
+
+
+def _one_migration_at_a_time(connection: Connection) -> None:
+    """On PostgreSQL, wait for any other migration of the database to end before reading its
+    revision: two ``sklicense db upgrade`` started together (each replica's start-up) both
+    created the tables or indexes, and the second failed with ``duplicate key value violates
+    unique constraint "pg_type_typname_nsp_index"``; now the second finds the database
+    migrated. SQLite's ``BEGIN IMMEDIATE`` already makes them take turns."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
 
 
 def _scripts() -> ScriptDirectory:
