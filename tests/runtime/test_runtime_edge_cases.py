@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from skprotect_pytorch.cli import app as cli_app
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import InputError, SkRuntime
+from skruntime.backends import inductor
 from skruntime.backends.base import BackendOptions
 from skruntime.backends.inductor import INPUTS_METADATA, InductorBackend
 from skruntime.cli import write_outputs
@@ -144,6 +145,7 @@ def test_a_single_threaded_package_runs_one_call_at_a_time(
     the backend serialises those calls itself (and only those)."""
     probe = _Probe()
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: probe)
+    monkeypatch.setattr(inductor, "check_package", lambda model: None)  # not an archive
     path = tmp_path / f"m{single_threaded}.pt2"
     path.write_bytes(b"package")
     options = BackendOptions(session_options={"run_single_threaded": single_threaded})

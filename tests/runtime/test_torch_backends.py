@@ -20,7 +20,7 @@ from torch import nn
 
 from skprotect_pytorch.formats import ExportFormat as EF
 from skprotect_pytorch.protect import SkProtectorPyTorch
-from skruntime.backends import BackendOptions, backend_class
+from skruntime.backends import BackendOptions, backend_class, inductor
 from skruntime.backends.gpu import apply_gpu_determinism, gpu_float32
 from skruntime.backends.inductor import InductorBackend
 from skruntime.backends.torchscript import TorchScriptBackend
@@ -285,9 +285,12 @@ def test_file_that_is_not_a_model(tmp_path, fmt, name):
     path.write_bytes(b"not a model")
     with pytest.raises(BackendError) as info:
         backend_class(fmt)(path, BackendOptions())
-    assert re.match(
-        rf"torch could not load the .* {re.escape(str(path))} \(RuntimeError: ", str(info.value)
+    refused = (
+        rf"AOTInductor package {re.escape(str(path))} is not a whole, undamaged package "
+        if fmt == "inductor_cpu"  # read before torch sees it
+        else rf"torch could not load the .* {re.escape(str(path))} \(RuntimeError: "
     )
+    assert re.match(refused, str(info.value))
 
 
 def test_pt2_without_metadata_is_refused(tmp_path, monkeypatch):
@@ -296,6 +299,7 @@ def test_pt2_without_metadata_is_refused(tmp_path, monkeypatch):
             return {"AOTI_DEVICE_KEY": "cpu"}
 
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: Package())
+    monkeypatch.setattr(inductor, "check_package", lambda model: None)  # not an archive
     (tmp_path / "m.pt2").write_bytes(b"package without metadata")  # packages are shared by bytes
     with pytest.raises(BackendError) as info:
         InductorBackend(tmp_path / "m.pt2", BackendOptions())
@@ -311,6 +315,7 @@ def test_pt2_with_corrupt_metadata_is_refused(tmp_path, monkeypatch):
             return {"skprotect.inputs": '[{"shape": [-1], "dtype": "float32"}]'}
 
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda *a, **k: Package())
+    monkeypatch.setattr(inductor, "check_package", lambda model: None)  # not an archive
     (tmp_path / "m.pt2").write_bytes(b"package with corrupt metadata")
     with pytest.raises(BackendError, match=r"^m\.pt2 has unreadable skprotect\.inputs metadata"):
         InductorBackend(tmp_path / "m.pt2", BackendOptions())

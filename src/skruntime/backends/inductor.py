@@ -13,10 +13,14 @@ before every call. This module is that one implementation; the protector's expor
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import stat
 import tempfile
 import threading
 import weakref
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,7 @@ __all__ = [
     "INPUTS_METADATA",
     "InductorBackend",
     "check_inputs",
+    "check_package",
     "check_torch_options",
     "input_specs",
     "parse_specs",
@@ -284,12 +289,14 @@ _PACKAGES_LOCK = threading.Lock()
 
 
 def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool]) -> Any:
-    """Load the package from ``model``'s verified bytes; raises what torch raises.
+    """Load the package from ``model``'s verified bytes, once :func:`check_package` has read
+    them (BackendError); raises what torch raises.
 
     ``aoti_load_package`` reads only a path (given a buffer, torch writes it to a temporary file
     itself), so the bytes are written to a private copy: a new folder only this user can enter
     (0700), the file created there exclusively. torch extracts what it needs while loading, so
     the copy is removed right after: the model runs without it."""
+    check_package(model)
     with tempfile.TemporaryDirectory(prefix="skruntime-") as folder:
         copy = Path(folder) / "model.pt2"
         with open(copy, "xb") as f:
@@ -297,9 +304,111 @@ def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool]) -
         return torch._inductor.aoti_load_package(str(copy), device_index=device_index, **options)
 
 
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError, NotImplementedError)
+"""What :mod:`zipfile` raises for a damaged archive: a bad header or CRC, data cut short, a
+declared size beyond the file, an encrypted or unknown-method entry."""
+
+
+def check_package(model: ModelFile) -> None:
+    """Raise BackendError unless ``model``'s bytes are a whole, undamaged package that torch can
+    extract safely, before torch sees them.
+
+    torch's loader (miniz and nlohmann::json, in C++) trusts the archive: it checks no CRC, so a
+    damaged library reaches ``dlopen`` and runs if ``dlopen`` accepts it; it extracts an entry
+    named ``../../x`` outside its temporary folder (any file the process may write); it
+    inflates a compressed entry to whatever size it declares; a metadata JSON nested 200,000
+    levels deep overflows its stack (the process dies of a segmentation fault); and each
+    failed load leaves what it had extracted in the temporary folder. So the archive is read
+    here first, whole (about half the time of the SHA-256 check): every entry stored
+    uncompressed (as torch writes them, so nothing extracts to more than the file's size), with
+    a safe, unique name and a matching CRC, and every JSON entry readable, the metadata ones
+    flat objects of text (what torch reads them as); nothing may come before the first entry
+    (Python's reader allows such bytes and shifts every offset past them; torch's refuses the
+    archive)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(model.data)) as archive:
+            infos = archive.infolist()
+            if infos and (start := min(i.header_offset for i in infos)) != 0:
+                raise BackendError(
+                    f"AOTInductor package {model.path} has {start} bytes that none of its "
+                    "entries accounts for, added before its directory. The file was "
+                    "damaged or changed after skprotect wrote it; re-deploy the file written "
+                    "by skprotect."
+                )
+            seen: set[str] = set()
+            for info in infos:
+                problem = _entry_problem(info, seen)
+                if problem is None and (data := _read_entry(archive, info)) is not None:
+                    problem = _json_problem(info.filename, data)
+                if problem is not None:
+                    raise BackendError(
+                        f"AOTInductor package {model.path} holds {problem}. The file was "
+                        "damaged or changed after skprotect wrote it; re-deploy the file "
+                        "written by skprotect."
+                    )
+                seen.add(info.filename)
+    except _ZIP_ERRORS as err:
+        raise BackendError(
+            f"AOTInductor package {model.path} is not a whole, undamaged package ({err}): it "
+            "was cut short or damaged in transfer. Re-deploy the file written by skprotect."
+        ) from None
+
+
+def _entry_problem(info: zipfile.ZipInfo, seen: set[str]) -> str | None:
+    """What makes an archive entry unsafe to hand to torch's extractor, or None."""
+    name = info.filename
+    if name.startswith("/") or "\\" in name or "\0" in name or ".." in name.split("/"):
+        return f"an entry named {name!r}, which torch would extract outside its folder"
+    if name in seen:
+        return f"two entries named {name!r} (which one torch would read is undefined)"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return f"an entry {name!r} stored as a symbolic link"
+    if info.compress_type != zipfile.ZIP_STORED:
+        return (
+            f"a compressed entry {name!r} ({info.file_size} bytes once extracted, and torch "
+            "would extract whatever size it declares); skprotect writes packages uncompressed"
+        )
+    if info.compress_size != info.file_size:
+        size, stored = info.file_size, info.compress_size
+        return f"an entry {name!r} that declares {size} bytes but stores {stored}"
+    return None
+
+
+_CHUNK = 16 << 20
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | None:
+    """Read ``info`` whole, so that zipfile checks its header and CRC (in chunks: a library may
+    hold gigabytes of weights); its bytes if it is a JSON entry, else None."""
+    is_json = info.filename.endswith(".json")
+    chunks = []
+    with archive.open(info) as entry:
+        while chunk := entry.read(_CHUNK):
+            if is_json:
+                chunks.append(chunk)
+    return b"".join(chunks) if is_json else None
+
+
+def _json_problem(name: str, data: bytes) -> str | None:
+    """What is wrong with a JSON entry of the package, or None. ``*metadata.json``: an object
+    of text values (torch reads each as a string, and ``get_metadata`` decodes them as UTF-8:
+    a lone surrogate such as ``"\\ud800"`` is not)."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+        if not name.endswith("metadata.json"):
+            return None
+        if not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+            return f"metadata {name!r} that is not a JSON object of text values"
+        for text in (*value, *value.values()):
+            text.encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
+        return f"an entry {name!r} that is not UTF-8 JSON (or is nested too deeply)"
+    return None
+
+
 def _shared_package(model: ModelFile, device_index: int, options: dict[str, bool]) -> _Package:
     """The package of ``model``'s bytes, loaded once per process for each device and options
-    (keyed on their verified SHA-256); raises what torch raises."""
+    (keyed on their verified SHA-256); raises what :func:`_load_bytes` raises."""
     key = (model.sha256, device_index, tuple(sorted(options.items())))
     with _PACKAGES_LOCK:  # one load of a package, even when threads load it at once
         package = _PACKAGES.get(key)
@@ -338,7 +447,8 @@ class InductorBackend:
     to ``aoti_load_package`` (calls of such a package are then serialised: torch's own thread
     synchronisation is off). The package is loaded from the verified bytes
     (:class:`~.base.ModelFile`), not from the path, and shared by every backend of the same
-    bytes, device and options (:data:`_PACKAGES`): torch never unloads one.
+    bytes, device and options (:data:`_PACKAGES`): torch never unloads one. Before its first
+    load the package's archive is read whole (:func:`check_package`): torch's loader trusts it.
     """
 
     wants_numpy = False
@@ -364,6 +474,8 @@ class InductorBackend:
         extra = {k: bool(v) for k, v in options.session_options.items()}
         try:
             package = _shared_package(model, index, extra)
+        except BackendError:
+            raise
         except Exception as err:
             raise BackendError(
                 f"torch could not load the AOTInductor package {self._path} "
