@@ -133,8 +133,10 @@ def read_mev(
     fmt_slug: str,
     model_sha256: str,
     kek: bytes,
+    kek_from_licence: bool = False,
 ) -> KeyMaterial:
-    """Decrypt an encrypted key file for the given model, format and model-file SHA-256.
+    """Decrypt an encrypted key file for the given model, format and model-file SHA-256;
+    ``kek_from_licence``: the KEK came from a licence (a wrong one is then the server's).
 
     Raises:
         KeyFileError: missing, not a regular file (a FIFO, a device), truncated or not a key
@@ -187,13 +189,19 @@ def read_mev(
             nonce, data[len(MEV_MAGIC) + NONCE_SIZE :], _aad(model_name, fmt_slug, model_sha256)
         )
     except InvalidTag:
+        check = (
+            "The key-encryption key came from the licence: check that the licence server holds "
+            "this application's (`skprotect export-kek FILE --application-name APP` where the "
+            "models were protected, then `sklicense app import-kek APP --kek-file FILE`)"
+            if kek_from_licence
+            else "Check the key-encryption key (kek=, skprotect run --kek: the one `skprotect "
+            "export-kek` writes for this application) or the licence that releases it"
+        )
         raise KeyFileError(
             f"Encrypted key file {path} cannot be decrypted: the key-encryption key is wrong, "
             f"the file was modified, or it belongs to another model, format or model file than "
-            f"{model_name!r} / {fmt_slug!r} with SHA-256 {model_sha256[:12]}…. Check the "
-            "key-encryption key (kek=, skprotect run --kek: the one `skprotect export-kek` "
-            "writes for this application) or the licence that releases it, and ship the key file "
-            "written with this model file."
+            f"{model_name!r} / {fmt_slug!r} with SHA-256 {model_sha256[:12]}…. {check}, and "
+            "ship the key file written with this model file."
         ) from None
     return _parse_plaintext(plaintext, path)
 
@@ -261,6 +269,7 @@ class LinuxKeySource:
     ) -> KeyMaterial:
         """The key decrypted from the ``mev_<model>_<format>.bin`` file among ``key_files``."""
         kek = self._kek(model_name)
+        from_licence = self._unlock.kek is None  # _kek raised if there was no licence either
         name = mev_filename(model_name, fmt)
         mev = [k for k in key_files if k.rsplit("/", 1)[-1] == name]
         if not mev:
@@ -274,4 +283,5 @@ class LinuxKeySource:
             fmt_slug=fmt,
             model_sha256=model_sha256,
             kek=kek,
+            kek_from_licence=from_licence,
         )

@@ -47,7 +47,7 @@ from .errors import (
 )
 from .files import NotRegularFileError
 from .keyfile import is_test_key, key_params_filename, session_key
-from .keysource import KEY_SOURCES, KeySource, KeyUnlock
+from .keysource import KEY_SOURCES, KeySource, KeyUnlock, check_kek
 
 __all__ = ["COMPATIBILITY_TABLE", "RUNTIME_VERSION", "LoadedModel", "SkRuntime"]
 
@@ -249,6 +249,7 @@ class SkRuntime:
         # read once: the licence request sends these very bytes, not a second read of a file
         # that may have been replaced since they were verified
         raw = read_config_bytes(self.config_path)
+        self._config_sha256 = hashlib.sha256(raw).digest()
         try:
             config, signed = parse_signed_config(raw, self.config_path, public_key=public_key)
         except ConfigurationError as e:
@@ -259,11 +260,8 @@ class SkRuntime:
                 f"its name says {self.platform}. Restore the files written by skprotect."
             )
         self.config: Config = config
-        if kek is not None and (not isinstance(kek, bytes | bytearray) or len(kek) != 32):
-            size = len(kek) if isinstance(kek, bytes | bytearray) else type(kek).__name__
-            raise KeyUnavailableError(f"kek must be 32 bytes, but got {size}.")
         unlock = KeyUnlock(
-            kek=bytes(kek) if kek is not None else None,
+            kek=check_kek(kek),
             from_licence=self._kek_from_licence if licence_server is not None else None,
         )
         self._keys: KeySource = KEY_SOURCES[self.platform](
@@ -329,6 +327,16 @@ class SkRuntime:
             )
         except ValueError as e:  # a bad overlap_seconds, requested_inferences or check period
             raise ConfigurationError(str(e)) from None
+
+    def _config_replaced(self) -> bool:
+        """Whether the configuration file no longer holds the bytes this runtime verified when
+        it was created: a model file then differs from ``self.config`` by a redeployment, not
+        by tampering (an unreadable or removed file counts as replaced)."""
+        try:
+            raw = read_config_bytes(self.config_path)
+        except ConfigurationError:
+            return True
+        return hashlib.sha256(raw).digest() != self._config_sha256
 
     def _kek_from_licence(self) -> bytes:
         """The key-encryption key of a valid licence, unwrapped in memory for one load."""
@@ -476,6 +484,12 @@ class SkRuntime:
             ) from None
         digest = model_file.sha256
         if fentry.sha256 is not None and digest != fentry.sha256:
+            if self._config_replaced():
+                raise IntegrityError(
+                    f"Model file {path} does not match the SHA-256 in {self.config_path.name} as "
+                    "this SkRuntime read it when it was created, and the file has changed since "
+                    "(a new version was deployed). Create a new SkRuntime to load the new version."
+                )
             raise IntegrityError(
                 f"Model file {path} does not match the SHA-256 in {self.config_path.name}: "
                 "it was tampered or post-processed; re-deploy the file written by skprotect."

@@ -1,6 +1,7 @@
 """LINUX platform: one AES-256-GCM encrypted key file ``mev_<model>_<format>.bin`` per protected
-model file, bound to the model name, format and model file's SHA-256, for the Skyld Linux
-keystore; with ``test_key=True`` the TXT key files of the static key too, for testing."""
+model file, bound to the model name, format and model file's SHA-256, which skruntime opens with
+the application's key-encryption key (given to it, or released by the licence server); with
+``test_key=True`` the TXT key files of the static key too, for testing."""
 
 from __future__ import annotations
 
