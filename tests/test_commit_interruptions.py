@@ -41,18 +41,19 @@ def protector(workdir: Path) -> SkProtectorPyTorch:
 def test_an_interrupt_as_a_replaced_file_is_set_aside_loses_nothing(
     workdir: Path, protector: SkProtectorPyTorch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ctrl-C right after the previous model file was moved to the backup folder, before the
-    move was recorded: the rollback did not know it, the cleanup deleted the backup folder,
-    and the previous protection's file was gone."""
+    """Ctrl-C right after the previous model file was moved (now: hard-linked) to the backup
+    folder, before the move was recorded: the rollback did not know it, the cleanup deleted
+    the backup folder, and the previous protection's file was gone."""
     before = tree(workdir / "outputs")
-    real_replace = os.replace
+    for name in ("replace", "link"):
+        real = getattr(os, name)
 
-    def interrupted_on_return(src: str, dst: str) -> None:
-        real_replace(src, dst)
-        if "-backup" in str(dst):
-            raise KeyboardInterrupt
+        def interrupted_on_return(src: str, dst: str, real=real) -> None:  # type: ignore[no-untyped-def]
+            real(src, dst)
+            if "-backup" in str(dst):
+                raise KeyboardInterrupt
 
-    monkeypatch.setattr(os, "replace", interrupted_on_return)
+        monkeypatch.setattr(os, name, interrupted_on_return)
     with pytest.raises(KeyboardInterrupt):
         protector.protect_updated_model(
             mlp(1), "net", INPUTS, model_export_formats=EF.TORCHSCRIPT_CPU
@@ -104,16 +105,20 @@ def test_a_backup_left_by_a_protection_killed_while_moving_files_in_is_rolled_ba
     staging = staging_module.Staging(app)
     for name in ("key_params_net.json", "key_vector_inv_net.txt", "net.pt"):
         staging.path(f"net/cpu/{name}").write_bytes(b"new " + name.encode())
-    real_replace, moves = os.replace, []
+    moves: list[str] = []
 
-    def killed_on_the_fourth_move(src: str, dst: str) -> None:
-        moves.append(dst)
-        if len(moves) == 4:
-            raise Killed
-        real_replace(src, dst)
+    def killed_on_the_fourth_move(real):  # type: ignore[no-untyped-def]
+        def move(src: str, dst: str) -> None:  # a file set aside (linked) or moved into place
+            moves.append(dst)
+            if len(moves) == 4:
+                raise Killed
+            real(src, dst)
+
+        return move
 
     with monkeypatch.context() as dying:
-        dying.setattr(os, "replace", killed_on_the_fourth_move)
+        dying.setattr(os, "replace", killed_on_the_fourth_move(os.replace))
+        dying.setattr(os, "link", killed_on_the_fourth_move(os.link))
         with pytest.raises(Killed):
             staging.commit_files()
     assert staging.owner is not None

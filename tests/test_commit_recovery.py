@@ -34,7 +34,8 @@ CHILD = textwrap.dedent(
     from skprotect_pytorch.protect import SkProtectorPyTorch
 
     where, seed, version = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    real_replace, real_add_model, moves = os.replace, pipeline.add_model, []
+    real_replace, real_link = os.replace, os.link
+    real_add_model, moves = pipeline.add_model, []
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -46,6 +47,12 @@ CHILD = textwrap.dedent(
                 die()
         real_replace(src, dst)
 
+    def link(src, dst):  # a replaced file is set aside as a hard link
+        moves.append(dst)
+        if where == f"move {len(moves)}":
+            die()
+        real_link(src, dst)
+
     def add_model(*args, **kwargs):
         if where == "before the configuration":
             die()
@@ -53,7 +60,7 @@ CHILD = textwrap.dedent(
         if where == "after the configuration":
             die()
 
-    os.replace, pipeline.add_model = replace, add_model
+    os.replace, os.link, pipeline.add_model = replace, link, add_model
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
     inputs = [torch.randn(2, 8, generator=torch.Generator().manual_seed(0))]
@@ -98,7 +105,7 @@ def leftovers(app: Path) -> list[str]:
 
 
 # The update moves 3 files (key params, key vector, model) into place, each one set aside
-# first: 6 moves; "move k" dies before the k-th.
+# (hard-linked into the backup folder) first: 6 moves; "move k" dies before the k-th.
 @pytest.mark.parametrize(
     ("where", "committed", "named"),
     [

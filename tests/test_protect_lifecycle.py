@@ -91,16 +91,18 @@ def test_a_model_folder_on_another_disk_is_named_with_what_to_do(
     protector = SkProtectorPyTorch(application_name="app")
     protector.protect_new_model(mlp(0), "m", [X], model_export_formats=EF.ONNX)
     before = _tree(workdir / "outputs")
-    real_replace = os.replace
-
     other_disk = str(workdir / "outputs" / "app" / "m")
 
-    def across_disks(src: os.PathLike, dst: os.PathLike) -> None:
-        if str(src).startswith(other_disk) != str(dst).startswith(other_disk):
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), str(dst))
-        real_replace(src, dst)
+    def across_disks(real):  # type: ignore[no-untyped-def]
+        def move(src: os.PathLike, dst: os.PathLike) -> None:  # a rename or a hard link
+            if str(src).startswith(other_disk) != str(dst).startswith(other_disk):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), str(dst))
+            real(src, dst)
 
-    monkeypatch.setattr(os, "replace", across_disks)
+        return move
+
+    monkeypatch.setattr(os, "replace", across_disks(os.replace))
+    monkeypatch.setattr(os, "link", across_disks(os.link))
     with pytest.raises(ExportError) as caught:
         protector.protect_updated_model(mlp(1), "m", [X], model_export_formats=EF.ONNX)
     message = str(caught.value)

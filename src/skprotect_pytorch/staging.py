@@ -107,20 +107,27 @@ class Staging:
             final = self.outputs_dir / relative
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():
-                self._set_aside(final, backup_dir / relative)
+                self._set_aside(final, backup_dir / relative, replaced=True)
             else:
                 self.moved.append((final, None))
             os.replace(staged, final)
         for name in sorted(set(retire) - written):
             if (self.outputs_dir / name).is_file():
-                self._set_aside(self.outputs_dir / name, backup_dir / name)
+                self._set_aside(self.outputs_dir / name, backup_dir / name, replaced=False)
 
-    def _set_aside(self, final: Path, backup: Path) -> None:
-        """Move ``final`` to ``backup``, recorded for :meth:`rollback` before the move: an
-        interruption (Ctrl-C) between the two would otherwise lose the previous file, which
-        the cleanup deletes with the backup folder."""
+    def _set_aside(self, final: Path, backup: Path, *, replaced: bool) -> None:
+        """Keep ``final`` at ``backup``, recorded for :meth:`rollback` first: an interruption
+        (Ctrl-C) between the two would otherwise lose the previous file, which the cleanup
+        deletes with the backup folder. A file about to be ``replaced`` is hard-linked there,
+        so that the rename of the new file replaces it in one step: a runtime loading the model
+        meanwhile finds the previous file or the new one, never none. A retired file, or one on
+        a file system without hard links, is moved."""
         backup.parent.mkdir(parents=True, exist_ok=True)
         self.moved.append((final, backup))
+        if replaced:
+            with contextlib.suppress(OSError):
+                os.link(final, backup)
+                return
         os.replace(final, backup)
 
     def rollback(self) -> None:
