@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -23,12 +26,15 @@ from sklicense.crypto import (
 from sklicense.schemas import INT32_MAX, INT64_MAX, MAX_LICENCE_SECONDS, aware_datetime
 from sklicense.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
 
-app = typer.Typer(help="skprotect licence server.", no_args_is_help=True)
-db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
-token_app = typer.Typer(help="Admin API bearer tokens.", no_args_is_help=True)
-app_app = typer.Typer(help="Applications and their key-encryption keys.", no_args_is_help=True)
-customer_app = typer.Typer(help="Customers and their policies.", no_args_is_help=True)
-device_app = typer.Typer(help="Devices.", no_args_is_help=True)
+GROUP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": "markdown"}
+"""Every command group's settings: markdown joins a docstring's lines in the command list
+("rich" kept their line breaks)."""
+app = typer.Typer(help="skprotect licence server.", **GROUP)
+db_app = typer.Typer(help="Database migrations.", **GROUP)
+token_app = typer.Typer(help="Admin API bearer tokens.", **GROUP)
+app_app = typer.Typer(help="Applications and their key-encryption keys.", **GROUP)
+customer_app = typer.Typer(help="Customers and their policies.", **GROUP)
+device_app = typer.Typer(help="Devices.", **GROUP)
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 app.add_typer(app_app, name="app")
@@ -53,8 +59,15 @@ StateDir = Annotated[
 ]
 
 
+def say(label: str, message: str, colour: str) -> None:
+    """``label: message`` on stderr, in ``colour`` on a terminal unless ``NO_COLOR`` is set to
+    anything but an empty string (https://no-color.org)."""
+    plain = bool(os.environ.get("NO_COLOR"))
+    typer.secho(f"{label}: {message}", fg=colour, err=True, color=False if plain else None)
+
+
 def fail(message: str) -> None:
-    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    say("Error", message, typer.colors.RED)
     raise typer.Exit(code=1)
 
 
@@ -79,7 +92,7 @@ def main() -> None:
 
 
 def _stop(message: str) -> None:
-    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    say("Error", message, typer.colors.RED)
     raise SystemExit(1)
 
 
@@ -111,7 +124,7 @@ def warn_loose_key(path: Path) -> None:
     """A warning on stderr when others than its owner may read or change the server key."""
     warning = loose_permissions(path)
     if warning:
-        typer.secho(f"Warning: {warning}", fg=typer.colors.YELLOW, err=True)
+        say("Warning", warning, typer.colors.YELLOW)
 
 
 def admin_session(database_url: str | None) -> Any:
@@ -245,6 +258,35 @@ def init(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
     typer.echo(f"Database {db.safe_url(settings.database_url)} is at revision {db.head_revision()}")
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why ``serve`` cannot listen on ``host:port``, or None: an empty host (uvicorn listened on
+    every interface, not the loopback the help promises), a host that does not resolve, or an
+    address in use or not allowed. uvicorn said these after starting, in a log line, exit 3."""
+    if not host.strip():
+        return (
+            "--host is empty, which listens on every interface: pass an address, e.g. "
+            "127.0.0.1 (the default), or 0.0.0.0 to listen on all IPv4 interfaces"
+        )
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        return f"--host {host!r} cannot be resolved ({reason}): pass an address or a host name"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            in_use = "stop what uses that port, or " if err.errno == errno.EADDRINUSE else ""
+            return (
+                f"cannot listen on {host} port {port} ({err.strerror or err}): {in_use}pass "
+                "another --port or --host"
+            )
+    return None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
@@ -254,8 +296,6 @@ def serve(
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
 ) -> None:
     """Serve the HTTP API (refuses an unmigrated database)."""
-    import os
-
     import uvicorn
 
     from sklicense.api.main import create_app
@@ -269,6 +309,8 @@ def serve(
         create_app(settings)  # fail fast here rather than inside uvicorn
     except (SettingsError, db.DatabaseNotMigratedError, SigningKeyError) as e:
         fail(str(e))
+    if problem := listen_problem(host, port):  # last: a configuration error is said first
+        fail(problem)
     warn_loose_key(settings.key_path)
     os.environ["SKLICENSE_DATABASE_URL"] = settings.database_url
     os.environ["SKLICENSE_STATE_DIR"] = str(settings.state_dir)
@@ -305,8 +347,11 @@ def token_create(
 
 @token_app.command("list")
 def token_list(database_url: DatabaseUrl = None) -> None:
-    """List tokens: id, role, creation time and fingerprint (the start of the token's SHA-256,
-    as in the audit log's token:FINGERPRINT actors); never the token."""
+    """List tokens: id, role, times and fingerprint, never the token.
+
+    The fingerprint is the start of the token's SHA-256, as in the audit log's
+    token:FINGERPRINT actors.
+    """
     with admin_session(database_url)() as session:
         echo_json([crud.token_row(t) for t in crud.list_tokens(session)])
 
@@ -353,8 +398,10 @@ def app_create(
     public_key: PublicKeyOption = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Create an application, optionally with its key-encryption key, model list and the
-    public key that signs its configuration files."""
+    """Create an application, optionally with its KEK, model list and configuration key.
+
+    The configuration key is the public key that signs the application's configuration files.
+    """
     kek = read_kek(kek_file) if kek_file else None
     committed(
         database_url,

@@ -9,13 +9,16 @@ from typing import Annotated
 
 import typer
 
-from skruntime.cli import run_command
-from skruntime.config import atomic_write_bytes, unwritable_reason
+from skruntime.cli import output_problem, run_command, write_output_file
 
 from .errors import SkProtectError
 from .extras import missing_modules
 
-app = typer.Typer(help="skprotect: lock, export and license PyTorch models.", no_args_is_help=True)
+app = typer.Typer(
+    help="skprotect: lock, export and license PyTorch models.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",  # "rich" kept the line breaks of docstrings in the listing
+)
 app.command("run")(run_command)
 
 
@@ -38,10 +41,12 @@ def _require_protector(command: str, code: int) -> None:
 
 @app.command()
 def quickstart() -> None:
-    """Train a small CNN on the bundled digits data, protect it to every format this machine can
-    produce, and print accuracy with the key, without it, and of the original; then run a LINUX
-    copy under a licence from an embedded licence server. Writes outputs/, log/ and
-    .skprotect_private/ in the current folder."""
+    """Train a small CNN on bundled data, protect it and run it with and without the key.
+
+    It is protected to every format this machine can produce; accuracy is printed with the key,
+    without it, and of the original; then a LINUX copy runs under a licence from an embedded
+    licence server. Writes outputs/, log/ and .skprotect_private/ in the current folder.
+    """
     _require_protector("quickstart", 1)
     from .quickstart import main
 
@@ -52,12 +57,26 @@ def quickstart() -> None:
         raise typer.Exit(1) from None
 
 
+def _kind(path: Path) -> str | None:
+    """What ``path`` is when something other than a regular file is there (``"a folder"``, ``"a
+    named pipe (FIFO)"``, ...; symbolic links followed), else None (a file, or nothing)."""
+    from skruntime.files import file_kind
+
+    try:
+        return file_kind(path.stat().st_mode)
+    except OSError:
+        return None
+
+
 def _kek_output_problem(output: Path) -> str | None:
-    """Why ``export-kek`` must not write the key to ``output``, or None: a folder, or a path
-    through a file (where mkdir would say only "File exists"). A master secret is refused by
+    """Why ``export-kek`` must not write the key to ``output``, or None: a folder, a device or
+    named pipe (the key file replaced it: ``/dev/null`` as root), or a path through a file
+    (where mkdir would say only "File exists"). A master secret is refused by
     :meth:`ProtectionState.export_kek` itself."""
     if output.is_dir():  # '' and '.' too: typer reads an empty path as '.'
         return f"{output} is a folder; pass a file name for the key."
+    if kind := _kind(output):
+        return f"{output} is {kind}, not a file; pass a file name for the key (mode 0600)."
     blocking = next((p for p in output.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         return f"{blocking} is a file, not a folder; pass a path in a folder."
@@ -73,9 +92,11 @@ def export_kek(
         str, typer.Option(help="Application whose key to export.")
     ] = "default_app",
 ) -> None:
-    """Export the application's key-encryption key (LINUX platform) for the licence server,
-    and print the public key that signs its configuration files (the server checks with it
-    that a device's configuration was made for the customer it names)."""
+    """Export an application's key-encryption key for the licence server (LINUX platform).
+
+    Also prints the public key that signs its configuration files (the server checks with it
+    that a device's configuration was made for the customer it names).
+    """
     from .state import ProtectionState
 
     try:
@@ -122,8 +143,10 @@ def scan(
         ),
     ] = 0.999,
 ) -> None:
-    """Scan shipped files for plaintext weights of the original model (copies, transposes,
-    rows permuted and rescaled); exit 1 when one is found."""
+    """Scan shipped files for plaintext weights of the original model; exit 1 when one is found.
+
+    Finds copies, transposes, and rows permuted and rescaled.
+    """
     _require_protector("scan", 2)  # not 1: that says a weight was found
     from .audit.constants import (
         artifact_constants,
@@ -136,9 +159,9 @@ def scan(
     if not 0.0 < threshold <= 1.0:
         typer.echo(f"error: --threshold must be in (0, 1], but got {threshold}", err=True)
         raise typer.Exit(2)
-    if original.is_dir():  # original_weights would say it does not exist
+    if kind := _kind(original):  # original_weights would say it does not exist
         typer.echo(
-            f"error: --original {original} is a folder; pass the original's weights file (a "
+            f"error: --original {original} is {kind}; pass the original's weights file (a "
             "state dict, a .safetensors file or an unlocked .onnx / TorchScript export).",
             err=True,
         )
@@ -147,6 +170,9 @@ def scan(
     for given in artifacts:
         if not given.exists():  # a missing folder has no suffix: say what is wrong with it
             typer.echo(f"error: {given} does not exist; check the path.", err=True)
+            raise typer.Exit(2)
+        if not given.is_dir() and (kind := _kind(given)):  # else: "does not exist"
+            typer.echo(f"error: {given} is {kind}, not a file or folder to scan.", err=True)
             raise typer.Exit(2)
         inside = artifact_files(given) if given.is_dir() else [given]
         if not inside:
@@ -186,16 +212,17 @@ def scan(
 def _refuse_unwritable(path: Path, option: str) -> None:
     """Exit 2 before any work if ``path`` cannot take a report: an audit runs for hours, and a
     report it cannot write at the end would be lost."""
-    if problem := unwritable_reason(path):
+    if problem := output_problem(path):
         typer.echo(f"error: {option} {path}: {problem}.", err=True)
         raise typer.Exit(2)
 
 
 def _write_report(path: Path, text: str, option: str) -> bool:
-    """Write ``text`` to ``path`` atomically, so that a full disk leaves the previous file whole;
-    say why and return False when it fails."""
+    """Write ``text`` to ``path`` as ``skprotect run`` writes ``--output`` (a full disk leaves
+    the previous file whole; ``/dev/stdout`` or a link to a file is written through, not
+    replaced); say why and return False when it fails."""
     try:
-        atomic_write_bytes(path, text.encode("utf-8"))
+        write_output_file(path, text.encode("utf-8"))
     except OSError as err:
         typer.echo(
             f"error: could not write {option} {path} ({err.strerror or err}); the report is "
@@ -267,8 +294,11 @@ def audit(
         ),
     ] = False,
 ) -> None:
-    """Attack a locked model (a reference model, or yours) as a thief with the files and x % of
-    the data would; print the report and exit 1 when the gate fails (docs/security.md)."""
+    """Attack a locked model as a thief would; print the report, exit 1 when the gate fails.
+
+    The thief has the shipped files and x % of the training data; the model is a reference
+    model of the suite or yours (docs/security.md).
+    """
     _require_protector("audit", 2)  # not 1: that says the gate failed
     from .audit import ATTACKS, AuditConfig, load_spec, run_audit
     from .lock import LockSettings

@@ -1135,7 +1135,9 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     formats = _selected_formats(request, result)
     _warn_unused_settings(options, formats)
     _refuse_dropping_deployed(request, config, result)
-    console.print(f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}")
+    console.print(  # markup=False: a folder named "[v2]" is a path, not a style
+        f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}", markup=False
+    )
     reference = _Reference(copy_model(request.model).eval())
     expected = _run_reference(reference.model, request.input_tensors, formats)
     options = _complete_output_names(options, len(expected))

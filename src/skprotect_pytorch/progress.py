@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 from .logs import get_logger
 
@@ -15,12 +16,15 @@ console = Console(stderr=True)
 
 @contextlib.contextmanager
 def step(message: str) -> Iterator[None]:
-    """Show a spinner while a step runs, then one line with its duration; log both."""
+    """Show a spinner while a step runs, then one line with its duration; log both. ``message``
+    is plain text: a path's ``[v2]`` was read as markup (dropped, or a ``MarkupError``)."""
     logger = get_logger()
     logger.debug("start: %s", message)
     start = time.perf_counter()
-    with console.status(f"{message}…"):
+    with console.status(f"{escape(message)}…"):
         yield
     seconds = time.perf_counter() - start
     logger.debug("done: %s (%.2f s)", message, seconds)
-    console.print(f"[green]✓[/green] {message} [dim]({seconds:.1f} s)[/dim]", highlight=False)
+    console.print(
+        f"[green]✓[/green] {escape(message)} [dim]({seconds:.1f} s)[/dim]", highlight=False
+    )

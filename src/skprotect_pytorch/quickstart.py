@@ -396,9 +396,9 @@ def main() -> None:
         )
     runs = [written(result)] + ([licensed.files] if licensed is not None else [])
     for files in runs:
-        console.print(f"files written: {len(files)} under {files[0].parent}")
+        console.print(f"files written: {len(files)} under {files[0].parent}", markup=False)
         for path in files:
-            console.print(f"  {path}")
+            console.print(f"  {path}", markup=False)
     for fmt, reason in result.skipped_formats.items():
         console.print(f"[yellow]skipped {fmt}[/yellow]: {reason}")
     if missing:

@@ -31,7 +31,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-__all__ = ["EXIT_CODES", "RunFormat", "run_command"]
+__all__ = ["EXIT_CODES", "RunFormat", "output_problem", "run_command", "write_output_file"]
 
 EXIT_OK = 0
 EXIT_OTHER = 1
@@ -262,17 +262,15 @@ def read_inputs(
     return arrays, [str(p) for p in paths]
 
 
-def _check_writable(path: Path) -> None:
-    """Refuse an output path that cannot be written before the model is loaded and run (the
-    file a symbolic link names: :func:`write_outputs` replaces that one, or writes into a
-    device or named pipe, which needs no writable folder)."""
+def output_problem(path: Path) -> str | None:
+    """Why ``path`` cannot take an output file, or None, for a command to refuse it before its
+    work: the file a symbolic link names is checked (:func:`write_output_file` replaces that
+    one), and a device or named pipe needs no writable folder, only write permission."""
     from skruntime.config import unwritable_reason
 
-    target = os.path.realpath(path)
-    if _is_special(target) and os.access(target, os.W_OK):
-        return
-    if problem := unwritable_reason(target):
-        raise _CliError(f"--output {path}: {problem}.", EXIT_USAGE)
+    if _is_special(path):  # through its links, not realpath: /dev/stdout names "pipe:[…]"
+        return None if os.access(path, os.W_OK) else "it is not writable; pass another path"
+    return unwritable_reason(os.path.realpath(path))
 
 
 def _is_special(path: str | os.PathLike[str]) -> bool:
@@ -311,23 +309,30 @@ def _output_target(path: Path) -> tuple[Path, int]:
         return target, 0o666 & ~umask
 
 
-def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> None:
-    """Write one output to ``.npy``, or every output to ``.npz`` under its output name, through
-    a temporary file: a full disk leaves no truncated file and an earlier one whole (a device
-    or a named pipe is written into: :func:`_is_special`)."""
+def write_output_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` as ``numpy.save`` would (:func:`_output_target`), through a
+    temporary file: a full disk leaves no truncated file and an earlier one whole. A device or
+    a named pipe (``/dev/stdout``, a link to ``/dev/null``) is written into, never replaced
+    (:func:`_is_special`). Raises ``OSError`` (a loop of symbolic links too)."""
     from skruntime.config import atomic_write_bytes
 
+    if _is_special(path):  # opened by its own name: the realpath of /dev/stdout to a pipe,
+        Path(path).write_bytes(data)  # /proc/PID/fd/pipe:[N], names no file
+        return
+    target, mode = _output_target(path)
+    atomic_write_bytes(target, data, mode=mode)
+
+
+def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Sequence[str]) -> None:
+    """Write one output to ``.npy``, or every output to ``.npz`` under its output name
+    (:func:`write_output_file`)."""
     buffer = io.BytesIO()
     if path.suffix == ".npy":
         np.save(buffer, outputs[0], allow_pickle=False)
     else:
         _write_npz(buffer, output_names, outputs)
     try:
-        target, mode = _output_target(path)  # OSError too: a loop of symbolic links
-        if _is_special(target):
-            target.write_bytes(buffer.getvalue())
-        else:
-            atomic_write_bytes(target, buffer.getvalue(), mode=mode)
+        write_output_file(path, buffer.getvalue())
     except OSError as err:
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)  # else "free space" misleads
         raise _CliError(
@@ -378,9 +383,19 @@ def _read_kek(path: Path) -> bytes:
     """The LINUX key-encryption key from a file: raw 32 bytes, or base64 as ``skprotect
     export-kek`` writes it (like ``--server-public-key``, which takes both)."""
     from skruntime.files import NotRegularFileError
+    from skruntime.keysource import kek_encoding
 
     if problem := _empty(path, "--kek"):
         raise problem
+    if not os.path.lexists(path) and kek_encoding(os.fsencode(path)) is not None:
+        # the key itself (--server-public-key takes a key's text): never echo it
+        raise _CliError(
+            "--kek takes the path of a file holding the key-encryption key, but got the key "
+            "itself (not repeated here: on a command line, other users see it in the process "
+            "list). Pass the file that `skprotect export-kek` writes, readable by this user "
+            "only.",
+            EXIT_USAGE,
+        )
     try:
         data = _read_key_file(path)
     except (NotRegularFileError, FileNotFoundError) as err:
@@ -397,6 +412,14 @@ def _read_kek(path: Path) -> bytes:
             f"{path} holds no key-encryption key: expected 32 bytes, raw or base64-encoded (as "
             "`skprotect export-kek` writes it).",
             EXIT_KEY,
+        )
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if os.name == "posix" and mode & 0o077:  # warned, not refused: secret volumes are 0644
+        typer.echo(
+            f"warning: --kek {path} is accessible to other users (mode {mode:o}); whoever reads "
+            f"it decrypts every model key of the application: run `chmod 600 {path}` (as "
+            "`skprotect export-kek` writes it).",
+            err=True,
         )
     return kek
 
@@ -454,8 +477,8 @@ def _run(
             raise problem
         if path.suffix not in (".npy", ".npz"):
             raise _CliError(f"{option} must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
-    if output is not None:
-        _check_writable(output)
+    if output is not None and (problem := output_problem(output)):  # before the model runs
+        raise _CliError(f"--output {output}: {problem}.", EXIT_USAGE)
     if not outputs_dir.is_dir():
         state = "is a file, not a folder" if outputs_dir.exists() else "does not exist"
         raise _CliError(

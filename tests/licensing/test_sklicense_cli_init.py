@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,21 @@ def test_serve_warns_of_a_key_others_may_read(init, tmp_path, monkeypatch) -> No
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))
     for name in ("SKLICENSE_DATABASE_URL", "SKLICENSE_STATE_DIR"):  # serve sets them
         monkeypatch.setenv(name, "")
-    result = init("serve")
+    with socket.socket() as free:  # serve binds to check the port: not 8765, maybe in use
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    result = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'sklicense.db'}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(started) == 1
     assert f"Warning: the server signing key {key} has mode 0640" in result.output

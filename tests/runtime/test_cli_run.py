@@ -410,6 +410,7 @@ def test_kek_file_raw_or_base64(tmp_path: Path, encoding: str) -> None:
     kek = bytes(range(32))
     path = tmp_path / "kek"
     path.write_bytes(kek if encoding == "raw" else base64.b64encode(kek) + b"\n")
+    path.chmod(0o600)
     assert _read_kek(path) == kek
 
 
@@ -426,8 +427,30 @@ def test_kek_file_of_another_length_exits_4(
 def test_raw_kek_is_read_and_passed_on(outputs: Path, data: dict, tmp_path: Path) -> None:
     """A raw 32-byte kek reaches the runtime, which refuses it for this TXT configuration."""
     (tmp_path / "kek").write_bytes(bytes(range(32)))
+    (tmp_path / "kek").chmod(0o600)
     result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--kek", tmp_path / "kek")
     assert_error(result, 4, "kek decrypts LINUX key files, but")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_kek_file_other_users_can_read_is_warned_about(
+    outputs: Path, data: dict, tmp_path: Path, mode: int
+) -> None:
+    """A KEK file readable by others was used silently, while whoever reads it decrypts every
+    model key of the application. Warned, not refused: a Kubernetes secret volume is 0644 by
+    default, and such deployments work today."""
+    kek = tmp_path / "kek"
+    kek.write_bytes(base64.b64encode(bytes(range(32))) + b"\n")
+    kek.chmod(mode)
+    result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--kek", kek)
+    assert result.exit_code == 4, result.output  # then refused: a TXT configuration
+    assert "kek decrypts LINUX key files, but" in result.stderr
+    assert (
+        f"warning: --kek {kek} is accessible to other users (mode {mode:o}); whoever reads it "
+        f"decrypts every model key of the application: run `chmod 600 {kek}`"
+    ) in result.stderr
+    kek.chmod(0o600)
+    assert "warning" not in invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--kek", kek).stderr
 
 
 def test_debug_shows_the_traceback(outputs: Path, data: dict) -> None:

@@ -1,0 +1,58 @@
+"""``skprotect run --kek`` given the key-encryption key itself instead of its file (as
+``--server-public-key`` takes a key's text): the error was "key-encryption key file <the key>
+does not exist.", which printed the secret to the terminal and the logs, and did not say that
+the option takes a file. It now says so without repeating the key."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from skprotect_pytorch.cli import app as cli_app
+
+KEK = bytes(range(100, 132))  # its base64 holds no "//", which a path would fold into "/"
+
+
+def run(tmp_path: Path, kek: str) -> tuple[int, str]:
+    (tmp_path / "outputs").mkdir(exist_ok=True)
+    np.save(tmp_path / "x.npy", np.zeros((1, 2), np.float32))
+    args = ["run", str(tmp_path / "outputs"), "m", "-i", str(tmp_path / "x.npy"), "--kek", kek]
+    result = CliRunner().invoke(cli_app, args)
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("text", [base64.b64encode(KEK).decode(), KEK.hex()], ids=["base64", "hex"])
+def test_the_key_itself_is_refused_without_repeating_it(tmp_path: Path, text: str) -> None:
+    code, output = run(tmp_path, text)
+    assert (code, output) == (
+        2,
+        "error: --kek takes the path of a file holding the key-encryption key, but got the key "
+        "itself (not repeated here: on a command line, other users see it in the process list). "
+        "Pass the file that `skprotect export-kek` writes, readable by this user only.\n",
+    )
+    assert text not in output
+
+
+def test_a_file_named_like_a_key_is_read_as_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = KEK.hex()
+    Path(name).write_bytes(b"not a key")
+    assert run(tmp_path, name) == (
+        4,
+        f"error: {name} holds no key-encryption key: expected 32 bytes, raw or base64-encoded "
+        "(as `skprotect export-kek` writes it).\n",
+    )
+
+
+def test_a_missing_file_is_still_named(tmp_path: Path) -> None:
+    missing = tmp_path / "kek.b64"
+    assert run(tmp_path, str(missing)) == (
+        6,
+        f"error: key-encryption key file {missing} does not exist.\n",
+    )
