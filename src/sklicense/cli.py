@@ -25,6 +25,7 @@ from sklicense.crypto import (
 )
 from sklicense.schemas import INT32_MAX, INT64_MAX, MAX_LICENCE_SECONDS, aware_datetime
 from sklicense.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
+from skruntime.versions import version_option
 
 GROUP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": "markdown"}
 """Every command group's settings: markdown joins a docstring's lines in the command list
@@ -35,6 +36,13 @@ token_app = typer.Typer(help="Admin API bearer tokens.", **GROUP)
 app_app = typer.Typer(help="Applications and their key-encryption keys.", **GROUP)
 customer_app = typer.Typer(help="Customers and their policies.", **GROUP)
 device_app = typer.Typer(help="Devices.", **GROUP)
+
+
+@app.callback()
+def _options(version: version_option("sklicense") = False) -> None:  # type: ignore[valid-type]
+    """skprotect licence server."""
+
+
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 app.add_typer(app_app, name="app")

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from skruntime.cli import output_problem, run_command, write_output_file
+from skruntime.versions import version_option
 
 from .errors import SkProtectError
 from .extras import missing_modules
@@ -20,6 +21,11 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # "rich" kept the line breaks of docstrings in the listing
 )
 app.command("run")(run_command)
+
+
+@app.callback()
+def _options(version: version_option("skprotect") = False) -> None:  # type: ignore[valid-type]
+    """skprotect: lock, export and license PyTorch models."""
 
 
 PROTECT_MODULES = ("torch", "onnx", "onnxruntime", "onnxscript", "safetensors", "sklearn")
