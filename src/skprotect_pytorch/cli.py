@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import traceback
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -317,6 +318,11 @@ def audit(
             err=True,
         )
         raise typer.Exit(2)
+    if len(set(chosen)) < len(chosen):
+        typer.echo(
+            f"error: --attacks lists an attack twice, got '{attacks}'; give each once", err=True
+        )
+        raise typer.Exit(2)
 
     outputs = {"--json": json_file, "--markdown": markdown_file}
     for option, path in outputs.items():
@@ -343,7 +349,7 @@ def audit(
     if not values or any(not 0 < b <= 100 for b in values):
         typer.echo(f"error: every budget must be in (0, 100], got '{budgets}'", err=True)
         raise typer.Exit(2)
-    if len(set(values)) < len(values):
+    if len({f"{b:g}" for b in values}) < len(values):  # the report and cells name it so
         typer.echo(
             f"error: --budgets lists a budget twice, got '{budgets}'; give each once", err=True
         )
@@ -357,6 +363,10 @@ def audit(
         spec = load_spec(model)
     except SkProtectError as err:
         typer.echo(f"error: --model: {err}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as err:  # a function NAME of yours raised: its traceback, then exit 2, not 1
+        typer.echo(traceback.format_exc(), err=True)
+        typer.echo(f"error: --model: {model} raised {type(err).__name__}: {err}", err=True)
         raise typer.Exit(2) from None
     try:
         report = run_audit(

@@ -52,9 +52,17 @@ def sequence_of(value: object, name: str, what: str) -> tuple:
 
 
 def require_unique(values: tuple, name: str, key=str) -> None:
-    """Refuse repeated entries (by ``key``): each would be computed and reported twice."""
-    seen: set = set()
+    """Refuse repeated entries (by ``key``, what names them in the report and the cells): each
+    would be computed and reported twice, or one reported as the other."""
+    seen: dict = {}
     for v in values:
-        if key(v) in seen:
+        if key(v) not in seen:
+            seen[key(v)] = v
+            continue
+        first = seen[key(v)]
+        if first == v:
             raise InvalidArgumentError(f"{name} lists {v!r} twice; give each once.")
-        seen.add(key(v))
+        raise InvalidArgumentError(  # 1 and 1.0000001: one cell name, "1"
+            f"{name} lists {first!r} and {v!r}, which the report and the cells both name "
+            f"{key(v)!r}; give entries that differ within 6 significant digits."
+        )

@@ -185,6 +185,12 @@ def _check_cells_path(root: Path) -> None:
             f"The cells path {root} {where}, not a folder: pass a writable folder for the "
             "audit's cells (the one a previous run wrote them to, or a new one)."
         )
+    if (root / "settings.json").is_file():  # the report names it: given, all was recomputed
+        raise StateError(
+            f"The cells path {root} is the cell folder of one run's settings (it holds "
+            f"settings.json): pass the folder above it, {root.parent}, where each run's "
+            "settings get their own cell folder."
+        )
 
 
 class CellStore:

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UnsupportedLayerError
+from ..lock import lock_model
+from ..lock.registry import find_locker, supported_layer_types
 from .arguments import INTEGER, NUMBER, require_positive
 from .data import Task
 from .suite import SUITE, ReferenceSpec
@@ -43,6 +45,19 @@ def _tensor(value: object, what: str) -> torch.Tensor:
     )
 
 
+_INTEGERS = (
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+)
+"""What ``_inputs`` takes as integer ids (token ids are often stored as uint16)."""
+
+
 def _inputs(value: object, what: str) -> torch.Tensor:
     """Float inputs as float32; integer ones (token ids) as int64."""
     x = _tensor(value, what)
@@ -52,13 +67,20 @@ def _inputs(value: object, what: str) -> torch.Tensor:
             raise InvalidArgumentError(
                 f"{what} holds NaN or infinite values; clean the data first."
             )
-    elif x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
-        x = x.long()
+    elif x.dtype in _INTEGERS:
+        wide, x = x.dtype == torch.uint64, x.long()
+        if wide and (x < 0).any():  # wrapped round
+            raise InvalidArgumentError(
+                f"{what} holds integer ids of 2**63 or more, which int64 cannot hold; renumber "
+                "them."
+            )
     else:
         raise InvalidArgumentError(
             f"{what} must hold real numbers or integer ids, but has dtype {x.dtype}."
         )
-    if x.dim() < 2 or len(x) == 0:
+    if x.dim() >= 2 and len(x) == 0:  # was told it lacked a sample axis
+        raise InvalidArgumentError(f"{what} holds no samples (shape {tuple(x.shape)}).")
+    if x.dim() < 2:
         raise InvalidArgumentError(
             f"{what} must have a sample axis first and at least one feature axis, but has shape "
             f"{tuple(x.shape)}."
@@ -160,6 +182,16 @@ def _check_architecture(factory: Callable[[], nn.Module], victim: nn.Module | No
             f"victim holds tensors on {', '.join(sorted(devices - {'cpu'}))}: the audit runs on "
             "the CPU; pass victim.cpu() (a copy is audited either way)."
         )
+    broken = [
+        k
+        for k, t in victim.state_dict().items()
+        if t.is_floating_point() and not t.isfinite().all()
+    ]
+    if broken:  # its logits are NaN: the audit stopped in scipy after attacking it
+        raise InvalidArgumentError(
+            f"victim holds NaN or infinite weights ({', '.join(broken[:5])}): its training "
+            "diverged; audit a model trained to finite weights."
+        )
     built, given = _shapes(fresh), _shapes(victim)
     if built != given:
         differ = sorted(
@@ -192,6 +224,42 @@ def _check_logits(model: nn.Module, task: Task) -> None:
             f"the audit scores classifiers: the model must return logits of shape {want} for "
             f"two samples, but returned {got}."
         )
+    if not out.is_floating_point():  # cross-entropy trains on float logits
+        raise InvalidArgumentError(
+            f"the audit scores classifiers: the model must return floating-point logits, but "
+            f"returned {out.dtype} values."
+        )
+    if not out.isfinite().all():  # a NaN stopped the audit in scipy after the attacks
+        raise InvalidArgumentError(
+            "the model returns NaN or infinite logits on two test samples: fix the model (or "
+            "the data scale) so that it computes finite logits."
+        )
+
+
+def _supported(module: nn.Module) -> bool:
+    """Whether ``module`` is of a layer type the lock supports (used as it supports or not)."""
+    try:
+        return find_locker(module) is not None
+    except UnsupportedLayerError:
+        return True
+
+
+def _check_lockable(model: nn.Module) -> None:
+    """The audit locks every supported layer of ``model``: a model the lock cannot take was
+    refused only after the victim and its twin were trained (a model without parameters in
+    torch's optimiser), and told to check a ``layer_filter`` the audit does not have."""
+    if not any(_supported(m) for m in model.modules()):
+        names = ", ".join(t.__name__ for t in supported_layer_types())
+        raise InvalidArgumentError(
+            f"the model has no layer the lock supports ({names}), so the audit has nothing to "
+            "lock or attack: every weight would ship in plaintext; build it from those layers."
+        )
+    try:
+        lock_model(model, layer_filter=lambda name, m: True, secret_rng=np.random.default_rng(0))
+    except UnsupportedLayerError as err:
+        raise InvalidArgumentError(
+            f"the lock refuses every layer of the model, so the audit has nothing to attack: {err}"
+        ) from err
 
 
 def model_spec(
@@ -241,12 +309,26 @@ def model_spec(
             f"{task.n_classes} classes, and the thief's budget is never smaller than the number "
             "of classes; give a larger training split."
         )
+    if len(task.y_train.unique()) < 2:
+        raise InvalidArgumentError(
+            f"the training split holds only class {int(task.y_train[0])}: the victim, the "
+            "baseline and every attack would learn to predict it alone, and the gate would "
+            "measure nothing; split the data at random."
+        )
     require_positive(epochs, "epochs", INTEGER, "integer")
     require_positive(lr, "lr", NUMBER, "number")
     require_positive(batch_size, "batch_size", INTEGER, "integer")
+    if description is not None and (not isinstance(description, str) or not description.strip()):
+        raise InvalidArgumentError(
+            f"description must be a non-empty string (the report's title) or None for the "
+            f"default, but is {description!r}."
+        )
     epochs, lr, batch_size = int(epochs), float(lr), int(batch_size)  # numpy scalars too
     fresh = _check_architecture(factory, victim)
     _check_logits(victim if victim is not None else fresh, task)
+    _check_lockable(victim if victim is not None else fresh)
+    if victim is not None:  # the weights fingerprinted are the ones audited, if you train on
+        victim = copy.deepcopy(victim)
     arch = "; ".join(f"{k} {v}" for k, v in _shapes(fresh).items())
     fingerprint = _digest(
         task.x_train,
