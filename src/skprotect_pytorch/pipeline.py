@@ -393,6 +393,25 @@ def _other_sizes(
     return resized, ", ".join(f"{k}={v}" for k, v in sizes.items())
 
 
+def _warn_shared_weights(request: ProtectRequest, groups: list[tuple[str, ...]]) -> None:
+    """Say that locked layers store copies of one weight under a lock that links their keys:
+    with an unmixed keyed side and sign-only scales a thief matches the copies' rows there."""
+    settings = LockSettings.preset(
+        request.lock_preset, quantize_compatibility=request.quantize_compatibility
+    )
+    if settings.mix_sides == "both" or not settings.quantize_compatibility:
+        return  # every matcher tried stays at chance (docs/security.md, "Tied locked weights")
+    listed = "; ".join(", ".join(map(repr, names)) for names in groups)
+    _tell(
+        f"Locked layers of '{request.model_name}' store copies of one weight ({listed}): with "
+        f"lock_preset={request.lock_preset!r} and quantize_compatibility=True a thief matches "
+        "the copies' unmixed side and, from either copy's key there, reads the other's. Use "
+        "lock_preset='strong' (docs/security.md, \"Tied locked weights\"); cloning the weight "
+        "before protecting stores the same two copies.",
+        RuntimeWarning,
+    )
+
+
 def _warn_plaintext(model_name: str, weights: list[PlaintextWeight]) -> None:
     """Say that some weight tensors ship unlocked: the user may not know a layer type is
     unsupported, and a thief reads these tensors without the key."""
@@ -918,6 +937,8 @@ def _run_group(
         result.key_epoch,
         in_place=last,
     )
+    if not result.layers and locked.shared_weights:  # the first group: warn once
+        _warn_shared_weights(request, locked.shared_weights)
     result.layers = locked.layers
     result.folded_batchnorms = locked.folded_batchnorms
     result.plaintext_weights = locked.plaintext

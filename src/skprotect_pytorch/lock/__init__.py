@@ -18,7 +18,13 @@ from ..errors import InvalidArgumentError, UnsupportedLayerError
 from . import attention, conv, linear, recurrent  # noqa: F401  (registers the lockers)
 from .batchnorm import fold_batchnorms
 from .context import KeySlots, LockContext, LockSettings
-from .coverage import PlaintextWeight, plain_leaves, plaintext_buffers, plaintext_weights
+from .coverage import (
+    PlaintextWeight,
+    plain_leaves,
+    plaintext_buffers,
+    plaintext_weights,
+    shared_locked_weights,
+)
 from .key_layout import KeyLayout
 from .keyed_model import KeyedModel
 from .preflight import (
@@ -54,6 +60,9 @@ class LockedModel:
     plaintext_buffers: list[PlaintextWeight] = field(default_factory=list)
     """Floating-point buffers of two or more dimensions outside every locked layer, stored as
     they are: public tables (masks, position encodings) or trained values (:mod:`.coverage`)."""
+    shared_weights: list[tuple[str, ...]] = field(default_factory=list)
+    """Groups of locked layers that store copies of one weight (tied or equal weights,
+    :func:`.coverage.shared_locked_weights`)."""
 
     @property
     def plaintext(self) -> list[PlaintextWeight]:
@@ -213,8 +222,9 @@ def lock_model(
         kept,
     )
     buffers = plaintext_buffers(work, (d.name for d in decisions if d.locked))
+    shared = shared_locked_weights(work, (d.name for d in decisions if d.locked))
     locked_root = _swap(work, replacements)
     keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots, plaintext)
     keyed.training = locked_root.training
     keyed.decoder.train(locked_root.training)
-    return LockedModel(keyed, ctx.layout, decisions, folded, buffers)
+    return LockedModel(keyed, ctx.layout, decisions, folded, buffers, shared)

@@ -280,6 +280,31 @@ def _tied(
     )
 
 
+def shared_locked_weights(model: nn.Module, locked: Iterable[str]) -> list[tuple[str, ...]]:
+    """Groups of ``locked`` layers whose weights are one tensor (tied weights) or equal ones (a
+    tie undone by cloning before protecting): each layer is locked as its own copy of the same
+    matrix, and a lock that leaves a keyed side of it unmixed with sign-only scales
+    (``balanced`` with ``quantize_compatibility``) lets a thief match the copies' rows on that
+    side and link their keys (docs/security.md, "Tied locked weights")."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    groups: dict[tuple, list[tuple[torch.Tensor, list[str]]]] = {}
+    for name in locked:
+        weight = getattr(modules[name], "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+            continue
+        # shape and first entries first: torch.equal on every pair of a deep model's
+        # same-shape layers would compare each weight in full many times over
+        head = tuple(weight.detach().reshape(-1)[:8].tolist())
+        candidates = groups.setdefault((tuple(weight.shape), weight.dtype, head), [])
+        for tensor, names in candidates:
+            if tensor is weight or torch.equal(tensor.detach(), weight.detach()):
+                names.append(name)
+                break
+        else:
+            candidates.append((weight, [name]))
+    return [tuple(names) for same in groups.values() for _, names in same if len(names) > 1]
+
+
 def plaintext_buffers(model: nn.Module, locked: Iterable[str]) -> list[PlaintextWeight]:
     """The floating-point buffers (two or more dimensions) of ``model`` outside every ``locked``
     layer: the exporters write them into every artifact as they are.
