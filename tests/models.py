@@ -210,3 +210,18 @@ def lifecycle_mlp(seed: int) -> nn.Module:
     """A 6-8-3 MLP whose weights ``seed`` draws: each seed another version of one model."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+
+
+def protect_linux_version(protector: object, seed: int, *, new: bool) -> None:
+    """Protect version ``seed`` of :func:`lifecycle_mlp` as model ``m`` (ONNX, LINUX): as a new
+    model, or as an update of the deployed one."""
+    from skprotect_pytorch.formats import ExportFormat, ExportPlatform
+
+    method = protector.protect_new_model if new else protector.protect_updated_model
+    method(
+        lifecycle_mlp(seed),
+        "m",
+        [LIFECYCLE_INPUT],
+        model_export_formats=ExportFormat.ONNX,
+        deployment_platform=ExportPlatform.LINUX,
+    )

@@ -10,34 +10,21 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
+from tests.models import LIFECYCLE_INPUT as X
+from tests.models import lifecycle_mlp, protect_linux_version
 
 import skprotect_pytorch.staging as staging
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
 
-EF = SkProtectorPyTorch.ExportFormat
-EP = SkProtectorPyTorch.ExportPlatform
-X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
 FILES = ["m/onnx/m.onnx", "m/onnx/mev_m_onnx.bin"]
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-
-
-def protect(protector: SkProtectorPyTorch, seed: int, *, new: bool) -> None:
-    method = protector.protect_new_model if new else protector.protect_updated_model
-    method(mlp(seed), "m", [X], model_export_formats=EF.ONNX, deployment_platform=EP.LINUX)
 
 
 def test_the_model_and_key_file_are_never_missing_while_an_update_moves_in(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     protector = SkProtectorPyTorch(application_name="app")
-    protect(protector, 0, new=True)
+    protect_linux_version(protector, 0, new=True)
     out = protector.outputs_dir
     missing: list[str] = []
     for name in ("replace", "link"):
@@ -48,10 +35,10 @@ def test_the_model_and_key_file_are_never_missing_while_an_update_moves_in(
             missing.extend(f for f in FILES if not (out / f).is_file())
 
         monkeypatch.setattr(staging.os, name, watched)
-    protect(protector, 1, new=False)
+    protect_linux_version(protector, 1, new=False)
     monkeypatch.undo()
     assert missing == []
     assert not list(out.glob(".staging-*"))  # the backups were removed with the staging folder
     with SkRuntime(out, kek=protector.state.kek).load("m") as model:
-        expected = mlp(1)(X).detach().numpy()
+        expected = lifecycle_mlp(1)(X).detach().numpy()
         assert abs(model(X.numpy()) - expected).max() < 1e-4

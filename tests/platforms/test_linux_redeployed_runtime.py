@@ -9,34 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from tests.models import LIFECYCLE_INPUT as X
+from tests.models import lifecycle_mlp, protect_linux_version
 
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import IntegrityError, SkRuntime
 
-EF = SkProtectorPyTorch.ExportFormat
-EP = SkProtectorPyTorch.ExportPlatform
-X = torch.randn(2, 6, generator=torch.Generator().manual_seed(0))
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-
-
-def protect(protector: SkProtectorPyTorch, seed: int, *, new: bool) -> None:
-    method = protector.protect_new_model if new else protector.protect_updated_model
-    method(mlp(seed), "m", [X], model_export_formats=EF.ONNX, deployment_platform=EP.LINUX)
-
 
 def test_a_runtime_older_than_the_deployment_says_to_create_a_new_one(workdir: Path) -> None:
     protector = SkProtectorPyTorch(application_name="app")
-    protect(protector, 0, new=True)
+    protect_linux_version(protector, 0, new=True)
     kek = protector.state.kek
     runtime = SkRuntime(protector.outputs_dir, kek=kek)
     runtime.load("m").close()
-    protect(protector, 1, new=False)
+    protect_linux_version(protector, 1, new=False)
     with pytest.raises(IntegrityError) as err:
         runtime.load("m")
     assert str(err.value) == (
@@ -45,7 +31,7 @@ def test_a_runtime_older_than_the_deployment_says_to_create_a_new_one(workdir: P
         "version was deployed). Create a new SkRuntime to load the new version."
     )
     with SkRuntime(protector.outputs_dir, kek=kek).load("m") as model:
-        expected = mlp(1)(X).detach().numpy()
+        expected = lifecycle_mlp(1)(X).detach().numpy()
         np.testing.assert_allclose(model(X.numpy()), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -53,7 +39,7 @@ def test_a_model_file_replaced_under_an_unchanged_configuration_is_still_tamperi
     workdir: Path,
 ) -> None:
     protector = SkProtectorPyTorch(application_name="app")
-    protect(protector, 0, new=True)
+    protect_linux_version(protector, 0, new=True)
     runtime = SkRuntime(protector.outputs_dir, kek=protector.state.kek)
     model_file = protector.outputs_dir / "m" / "onnx" / "m.onnx"
     model_file.write_bytes(model_file.read_bytes() + b"\0")
