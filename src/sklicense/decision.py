@@ -1,9 +1,9 @@
 """The licence decision: a function of (request, database state, now) that only reads.
 
 Checks, in order (the first failure is the reason): signature (against the registered device
-key, or for a new device the key in the body) → ``bad_signature``; a known device presenting
-other keys → ``device_key_mismatch``; timestamp outside ±300 s → ``stale_request``; nonce
-already seen for the device → ``replayed_request``; ``unknown_application``;
+key, or for a new device the key in the body) → ``bad_signature``; timestamp outside ±300 s →
+``stale_request``; nonce already seen for the device → ``replayed_request``; a known device
+presenting other keys → ``device_key_mismatch``; ``unknown_application``;
 ``unknown_model`` (only when the application lists its models); ``customer_not_proven`` (only
 when the application's public key is registered: the request carries no configuration signed
 by it for this application, customer and models); ``unknown_customer``; a known
