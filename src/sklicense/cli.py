@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import json
 import math
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,6 +18,7 @@ import typer
 from sqlalchemy.orm import Session
 
 from sklicense import crud, db
+from sklicense.api.database_errors import BUSY, classify
 from sklicense.crypto import (
     SigningKeyError,
     create_signing_key,
@@ -25,6 +28,7 @@ from sklicense.crypto import (
 )
 from sklicense.schemas import INT32_MAX, INT64_MAX, MAX_LICENCE_SECONDS, aware_datetime
 from sklicense.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
+from skruntime.cli import sigterm_as_interrupt
 from skruntime.versions import version_option
 
 GROUP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": "markdown"}
@@ -81,12 +85,22 @@ def fail(message: str) -> None:
 
 def main() -> None:
     """The ``sklicense`` command: what the database, the key file or the disk refuse is said in
-    one line (exit code 1), not as a traceback of hundreds of lines."""
+    one line (exit code 1), not as a traceback of hundreds of lines; SIGTERM exits 143 after
+    cleaning up as Ctrl-C does (:func:`~skruntime.cli.sigterm_as_interrupt`)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        app(prog_name="sklicense")  # exits itself on success, usage errors and fail()
+        with sigterm_as_interrupt():
+            app(prog_name="sklicense")  # exits itself on success, usage errors and fail()
     except SQLAlchemyError as err:
+        failure = classify(err)
+        if failure is not None and failure.detail == BUSY:  # not the URL's or the disk's fault
+            _stop(
+                f"the database stayed locked for {db.ADMIN_TIMEOUT_S:g} s by another connection: "
+                "another sklicense command, or a transaction of the server or of a database "
+                "session (PostgreSQL's pg_stat_activity lists them). Nothing was changed: run the "
+                "command again once it has ended."
+            )
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         _stop(
             f"the database refused: {reason}. Check --database-url (or SKLICENSE_DATABASE_URL), "
@@ -350,7 +364,29 @@ def token_create(
         seconds = seconds_of(expires_days, "--expires-days")
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         expires_at = now + dt.timedelta(seconds=seconds)
-    typer.echo(committed(database_url, lambda s: crud.create_token(s, role, CLI_ACTOR, expires_at)))
+
+    def create(session: Session) -> None:
+        show_once(crud.create_token(session, role, CLI_ACTOR, expires_at))
+
+    committed(database_url, create)
+
+
+def show_once(token: str) -> None:
+    """Print a new token within the transaction that creates it: standard output closed or a
+    broken pipe fails the command and rolls the token back, where it stayed valid while nobody
+    had seen it (or, with no standard output at all, was not printed without a word)."""
+    try:
+        if sys.stdout is None:  # started with stdout closed: click.echo prints nothing
+            raise OSError(errno.EBADF, "standard output is closed")
+        typer.echo(token)
+    except OSError as err:
+        if sys.stdout is not None:  # what is left in its buffer goes nowhere, not to a warning
+            with contextlib.suppress(OSError, ValueError):  # no file descriptor (CliRunner)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        fail(
+            f"the token could not be printed ({err.strerror or err}), so it was not created: run "
+            "the command again with its output to a terminal, a file or a pipe read to its end"
+        )
 
 
 @token_app.command("list")

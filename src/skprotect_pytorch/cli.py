@@ -3,20 +3,43 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
+import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
 
-from skruntime.cli import output_problem, run_command, write_output_file
+from skruntime.cli import (
+    empty_path,
+    output_problem,
+    run_command,
+    sigterm_as_interrupt,
+    write_output_file,
+)
+from skruntime.config import NAME_RE
 from skruntime.versions import version_option
 
 from .errors import SkProtectError
 from .extras import missing_modules
 
-app = typer.Typer(
+
+class _Cli(typer.Typer):
+    """The ``skprotect`` entry point: SIGTERM cleans up as Ctrl-C does and exits 143
+    (:func:`~skruntime.cli.sigterm_as_interrupt`)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with sigterm_as_interrupt():
+            return super().__call__(*args, **kwargs)
+
+
+app = _Cli(
     help="skprotect: lock, export and license PyTorch models.",
     no_args_is_help=True,
     rich_markup_mode="markdown",  # "rich" kept the line breaks of docstrings in the listing
@@ -64,6 +87,58 @@ def quickstart() -> None:
         raise typer.Exit(1) from None
 
 
+EXIT_UNEXPECTED = 70
+"""``scan`` and ``audit``: an unexpected error (sysexits' EX_SOFTWARE), never 1, which says a
+weight was found or the gate failed, nor 2, which says an input or option was refused."""
+EXIT_BROKEN_PIPE = 141
+"""``scan`` and ``audit``: standard output closed before the results were printed (128 +
+SIGPIPE, as a shell reports a process a closed pipe ended)."""
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")]
+
+
+@contextmanager
+def _unexpected_errors(command: str, debug: bool) -> Iterator[None]:
+    """Turn an error nobody expected in ``command`` (a bug, a broken pipe) into one ``error:``
+    line and its own exit code: it ended with a traceback and exit code 1, read by a CI job as
+    a weight found (scan) or a failed gate (audit). ``debug``: the traceback too."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.Abort, click.ClickException):
+        raise  # the command's own exits, and usage errors
+    except Exception as err:
+        broken = isinstance(err, OSError) and err.errno == errno.EPIPE
+        if broken:  # what is left in stdout's buffer goes nowhere, not to a warning at exit
+            with suppress(OSError, ValueError):  # no file descriptor (tests' CliRunner)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            message = (
+                "the output was closed (broken pipe) before all was printed; the exit code "
+                f"says nothing of the {command}'s result: read its output whole, or save it to "
+                "a file"
+            )
+        else:
+            message = (
+                f"unexpected {type(err).__name__} in skprotect {command}: {err}. Rerun with "
+                "--debug for the traceback, and report it unless it names something to fix"
+            )
+        with suppress(OSError):  # stderr may be the closed pipe too
+            if debug:
+                traceback.print_exc()
+            typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(EXIT_BROKEN_PIPE if broken else EXIT_UNEXPECTED) from None
+
+
+def _application_name(value: str) -> str:
+    """``--application-name``: refused by name, as a usage error (the state's own error named
+    its Python field, application_name)."""
+    if not NAME_RE.fullmatch(value):
+        raise typer.BadParameter(
+            "must be 1-128 characters of letters, digits, '_', '.' or '-' (not starting with "
+            f"'.' or '-'), but got {value!r}"
+        )
+    return value
+
+
 def _kind(path: Path) -> str | None:
     """What ``path`` is when something other than a regular file is there (``"a folder"``, ``"a
     named pipe (FIFO)"``, ...; symbolic links followed), else None (a file, or nothing)."""
@@ -96,7 +171,7 @@ def export_kek(
         Path, typer.Argument(help="File to write the key-encryption key to (mode 0600).")
     ],
     application_name: Annotated[
-        str, typer.Option(help="Application whose key to export.")
+        str, typer.Option(callback=_application_name, help="Application whose key to export.")
     ] = "default_app",
 ) -> None:
     """Export an application's key-encryption key for the licence server (LINUX platform).
@@ -149,11 +224,19 @@ def scan(
             "of an original one."
         ),
     ] = 0.999,
+    debug: Debug = False,
 ) -> None:
     """Scan shipped files for plaintext weights of the original model; exit 1 when one is found.
 
-    Finds copies, transposes, and rows permuted and rescaled.
+    Finds copies, transposes, and rows permuted and rescaled. Exit codes: 0 none found, 1 found,
+    2 bad option or unreadable file, 70 unexpected error, 141 output closed.
     """
+    with _unexpected_errors("scan", debug):
+        _scan(artifacts, original, threshold)
+
+
+def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
+    """``skprotect scan``'s work, its exit codes 0 to 2 (:func:`scan`)."""
     _require_protector("scan", 2)  # not 1: that says a weight was found
     from .audit.constants import (
         artifact_constants,
@@ -300,12 +383,44 @@ def audit(
             "run (the report then fails)."
         ),
     ] = False,
+    debug: Debug = False,
 ) -> None:
     """Attack a locked model as a thief would; print the report, exit 1 when the gate fails.
 
     The thief has the shipped files and x % of the training data; the model is a reference
-    model of the suite or yours (docs/security.md).
+    model of the suite or yours (docs/security.md). Exit codes: 0 passed, 1 failed, 2 bad
+    option or unusable file, 70 unexpected error, 141 output closed.
     """
+    with _unexpected_errors("audit", debug):
+        _audit(
+            model,
+            preset,
+            quick,
+            budgets,
+            seeds,
+            attacks,
+            victim_epochs,
+            json_file,
+            markdown_file,
+            cells,
+            stored_only,
+        )
+
+
+def _audit(
+    model: str,
+    preset: AuditPreset,
+    quick: bool,
+    budgets: str,
+    seeds: int | None,
+    attacks: str,
+    victim_epochs: int | None,
+    json_file: Path | None,
+    markdown_file: Path | None,
+    cells: Path | None,
+    stored_only: bool,
+) -> None:
+    """``skprotect audit``'s work, its exit codes 0 to 2 (:func:`audit`)."""
     _require_protector("audit", 2)  # not 1: that says the gate failed
     from .audit import ATTACKS, AuditConfig, load_spec, run_audit
     from .lock import LockSettings
@@ -325,6 +440,13 @@ def audit(
         raise typer.Exit(2)
 
     outputs = {"--json": json_file, "--markdown": markdown_file}
+    for option, path, wanted in (
+        *((o, p, "a file name") for o, p in outputs.items()),
+        ("--cells", cells, "a folder"),
+    ):
+        if path is not None and (problem := empty_path(path, option, wanted)):
+            typer.echo(f"error: {problem}", err=True)  # '' is read as '.': cells went there
+            raise typer.Exit(2)
     for option, path in outputs.items():
         if path is not None:
             _refuse_unwritable(path, option)

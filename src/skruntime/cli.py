@@ -6,8 +6,9 @@ onnxruntime, or torch for the torch formats) is imported inside the command, so 
 model never imports torch.
 
 Exit codes (:data:`EXIT_CODES`): 0 ok, 2 usage, 3 configuration or integrity error, 4 key or
-licence error, 5 input error, 6 missing folder, file, model or format, 1 anything else. Errors
-are printed as one ``error: ...`` line on stderr; ``--debug`` adds the traceback.
+licence error, 5 input error, 6 missing folder, file, model or format, 1 anything else, 130
+Ctrl-C, 143 SIGTERM (:func:`sigterm_as_interrupt`). Errors are printed as one ``error: ...``
+line on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import errno
 import io
 import json
 import os
+import signal
 import stat
+import threading
 import time
 import traceback
 import zipfile
@@ -31,7 +34,16 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-__all__ = ["EXIT_CODES", "RunFormat", "output_problem", "run_command", "write_output_file"]
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_TERMINATED",
+    "RunFormat",
+    "empty_path",
+    "output_problem",
+    "run_command",
+    "sigterm_as_interrupt",
+    "write_output_file",
+]
 
 EXIT_OK = 0
 EXIT_OTHER = 1
@@ -40,6 +52,7 @@ EXIT_CONFIGURATION = 3
 EXIT_KEY = 4
 EXIT_INPUT = 5
 EXIT_NOT_FOUND = 6
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
 
 #: error class name (anywhere in the raised error's MRO, most derived first) -> exit code. Names,
 #: not classes, so that this table needs no import of the runtime (and of its frameworks).
@@ -128,11 +141,46 @@ def _not_a_file(path: Path, what: str, kind: str | None = None) -> _CliError:
     return _CliError(f"{what} {path} does not exist.", EXIT_NOT_FOUND)
 
 
-def _empty(path: Path, option: str, wanted: str = "a file name") -> _CliError | None:
-    """A usage error for an empty path (``-o ''``: typer reads it as the folder ``.``)."""
+def empty_path(path: Path, option: str, wanted: str = "a file name") -> str | None:
+    """What is wrong with an empty path (``-o ''``: typer reads it as the folder ``.``, which a
+    command would then use), or None."""
     if str(path) != ".":
         return None
-    return _CliError(f"{option}: the path is empty (or '.'); pass {wanted}.", EXIT_USAGE)
+    return f"{option}: the path is empty (or '.'); pass {wanted}."
+
+
+def _empty(path: Path, option: str, wanted: str = "a file name") -> _CliError | None:
+    """:func:`empty_path` as the runner's usage error."""
+    problem = empty_path(path, option, wanted)
+    return None if problem is None else _CliError(problem, EXIT_USAGE)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` where the program is, so that a
+    file being written is cleaned up as on Ctrl-C (SIGTERM's default ended the process at once,
+    leaving the temporary ``.NAME.XXXX.tmp`` of an atomic write beside the target), and the
+    command then exits with :data:`EXIT_TERMINATED` instead of Ctrl-C's 130. For command line
+    entry points only: a library must not take over a process's signals."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal refuses
+        yield
+        return
+    terminated = False
+
+    def interrupt(signum: int, frame: object) -> None:
+        nonlocal terminated
+        terminated = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):  # typer turns KeyboardInterrupt into exit 130
+        if terminated:
+            raise SystemExit(EXIT_TERMINATED) from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 #: What numpy raises for a file it cannot read as an array; MemoryError: a header that
