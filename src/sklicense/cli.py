@@ -66,7 +66,7 @@ StateDir = Annotated[
     typer.Option(
         "--state-dir",
         help="Folder of the server key server.key (default: $SKLICENSE_STATE_DIR, else "
-        "./sklicense_state); not with $SKLICENSE_SIGNING_KEY_FILE, which names the key file.",
+        "./sklicense_state); refused while $SKLICENSE_SIGNING_KEY_FILE names another key file.",
     ),
 ]
 
