@@ -117,7 +117,7 @@ def test_audit_config_selects_the_reference_model():
         ({"attacks": "A0"}, r"attacks must be a non-empty list"),
         ({"seeds": 0}, r"seeds must be a positive integer"),
         ({"victim_epochs": 0}, r"victim_epochs must be a positive integer"),
-        ({"threads": 0}, r"threads must be a positive integer"),
+        ({"threads": 0}, r"threads must be an int from 1 to 1024, but got 0"),
         ({"seeds": 1.5}, r"seeds must be a positive integer"),
         ({"data_seed": -1}, r"data_seed must be an integer in \[0, 4294967295\]"),
         ({"lock_seed": True}, r"lock_seed must be an integer"),

@@ -22,6 +22,7 @@ from .alignment import attack_alignment
 from .arguments import (
     NUMBER,
     optional_positive_int,
+    optional_threads,
     require_positive,
     require_unique,
     seed,
@@ -81,7 +82,8 @@ class AuditConfig:
     data_seed: int = 0
     lock_seed: int = 1
     threads: int | None = 1
-    """Torch threads while auditing (tiny models: one thread avoids oversubscription)."""
+    """Torch threads while auditing, 1 to 1024 as in the runtime (tiny models: one thread
+    avoids oversubscription); ``None`` leaves torch's setting."""
     cells: Path | None = None
     """Folder for finished cells (:mod:`.cells`): a run that stops keeps them, a later run or a
     second process on the same folder reuses them; ``None`` keeps them in memory."""
@@ -120,7 +122,7 @@ class AuditConfig:
         self.budgets, self.attacks = tuple(float(b) for b in budgets), attacks
         self.seeds = optional_positive_int(self.seeds, "AuditConfig.seeds")
         self.victim_epochs = optional_positive_int(self.victim_epochs, "AuditConfig.victim_epochs")
-        self.threads = optional_positive_int(self.threads, "AuditConfig.threads")
+        self.threads = optional_threads(self.threads, "AuditConfig.threads")
         self.data_seed = seed(self.data_seed, "AuditConfig.data_seed", 2**32 - 1)  # sklearn's
         self.lock_seed = seed(self.lock_seed, "AuditConfig.lock_seed")
         for flag in ("quick", "stored_only"):  # a string "False" would read as True
@@ -203,6 +205,7 @@ def _rows(
             row.max_cos_floor = max(c["max_cos_floor"] for c in cos)
             row.cos_excess = max(c["cos_excess"] for c in cos)
         row.notes = list(outcome.notes)
+        row.unmeasured = list(outcome.unmeasured)
         rows.append(asdict(row))
     return rows
 

@@ -39,9 +39,11 @@ from .attacks import (
 from .cells import part
 from .data import Task
 from .matching import (
+    DIVERGED_NOTE,
     KeyedLayer,
     KeyEstimate,
     Target,
+    finite_step,
     hungarian,
     keyed_layers,
     reference_weights,
@@ -241,9 +243,10 @@ def activation_match(
     :func:`reference_activation` can observe.  Each layer's input comes from the locked model
     under the key found so far; its target is the reference's output, brought into the
     pre-un-mix basis.  The other layers (convs, recurrent matrices, unobservable linears) keep
-    their estimate; ``notes`` list them."""
+    their estimate; ``notes`` list them, and the layers whose activations were NaN or infinite
+    (a diverged reference, or inputs too large for float32), which keep theirs too."""
     key = copy.deepcopy(key)
-    kept = []
+    kept, diverged = [], []
     for layer in keyed_layers(stolen.keyed.model):
         if layer.weight.shape[2] != 1 or not isinstance(layer.module, LockedLinear):
             kept.append(layer.name)
@@ -257,11 +260,14 @@ def activation_match(
         assert x_in is not None  # every keyed layer of the locked model runs
         u = x_in.reshape(-1, layer.n_in).numpy() @ layer.t_in
         target = y_ref.reshape(-1, layer.n_out).numpy() @ layer.f_out.T
-        _align_layer(layer, key, u, target, rounds)
+        if not finite_step(key, partial(_align_layer, layer, u=u, target=target, rounds=rounds)):
+            diverged.append(layer.name)
     if kept:
         key.notes.append(
             "activation matching does not model (weight-matching estimate kept): " + ", ".join(kept)
         )
+    if diverged:
+        key.notes.append(DIVERGED_NOTE.format(what="activation matching") + ", ".join(diverged))
     return key
 
 

@@ -4,8 +4,11 @@ pass instead of being read as a default (``seeds=0``) or failing hours later."""
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from numbers import Integral, Real
+
+from skruntime.backends.base import threads_problem
 
 from ..errors import InvalidArgumentError
 
@@ -32,6 +35,17 @@ def optional_positive_int(value: object, name: str) -> int | None:
         return None
     require_positive(value, name, INTEGER, "integer (or None for the default)")
     return int(value)  # type: ignore[call-overload]
+
+
+def optional_threads(value: object, name: str) -> int | None:
+    """``None`` (torch's setting stays) or a thread count by the runtime's rule (1 to
+    ``MAX_THREADS``), as a Python int: 100,000 threads crashed torch in its first matrix
+    product."""
+    if value is None:
+        return None
+    if problem := threads_problem(value):
+        raise InvalidArgumentError(f"{name} {problem}; None leaves torch's setting.")
+    return operator.index(value)  # type: ignore[arg-type]
 
 
 def seed(value: object, name: str, upper: int = 2**63 - 1) -> int:

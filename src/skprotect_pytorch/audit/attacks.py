@@ -36,7 +36,13 @@ from ..lock.channel_lock import ChannelOps
 from ..lock.keyed_model import KeyedModel
 from .cells import part
 from .data import Task
-from .matching import KeyEstimate, effective_weight, keyed_layers, reference_weights
+from .matching import (
+    KeyEstimate,
+    effective_weight,
+    hungarian,
+    keyed_layers,
+    reference_weights,
+)
 from .models import SweepConfig, accuracy, batches, train_sweep_point
 from .relaxed_recurrent import replace_keyed_matrices
 
@@ -96,6 +102,9 @@ class AttackOutcome:
     extra: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     """What the attack did not model (those key slots stay at the null key), for the report."""
+    unmeasured: list[str] = field(default_factory=list)
+    """The seeds (``"seed 0"``) at which every attempt diverged: their accuracy of 0 measured
+    nothing, and the report fails the row (:attr:`.report.AuditRow.unmeasured`)."""
 
     @property
     def accuracy(self) -> float:
@@ -334,10 +343,7 @@ def log_sinkhorn(log_alpha: torch.Tensor, iters: int = 20) -> torch.Tensor:
 
 def harden(logits: torch.Tensor) -> np.ndarray:
     """Hungarian hardening: the index vector ``idx`` maximising ``sum_j logits[idx[j], j]``."""
-    rows, cols = linear_sum_assignment(logits.detach().cpu().numpy(), maximize=True)
-    idx = np.empty(logits.shape[1], dtype=np.int64)
-    idx[cols] = rows
-    return idx
+    return hungarian(logits.detach().cpu().double().numpy().T)
 
 
 class RelaxedKey(nn.Module):
@@ -558,7 +564,9 @@ def attack_key_learning(
     """
 
     def one(seed: int, lr: float) -> dict:
-        """One sweep point: the accuracy it reaches and its hard key."""
+        """One sweep point: the accuracy it reaches and its hard key; a point whose training
+        diverged (NaN or infinite key logits, scales or weights) recovered nothing: accuracy
+        0, no key, and a note (it stopped the audit in scipy's Hungarian)."""
         x, y = task.budget(budget, seed)
         torch.manual_seed(seed)
         net, key = relaxed_model(stolen, train_weights=joint)
@@ -578,6 +586,10 @@ def attack_key_learning(
             weight_decay=sweep.weight_decay,
         )
         net.eval()
+        learnt = [*key.parameters(), *(net.parameters() if joint else ())]
+        if not all(p.isfinite().all() for p in learnt):
+            note = f"seed {seed}, lr {lr:g}: training diverged (NaN or infinite key or weights)"
+            return {"accuracy": 0.0, "key": None, "note": note + ", counted as recovering nothing"}
         hard = stolen.key(key.hard_perms(), key.hard_scales())
         module = _with_weights(stolen, net) if joint else stolen.keyed
         acc = accuracy(stolen.forward_with(hard, module), task.x_test, task.y_test)
@@ -585,16 +597,20 @@ def attack_key_learning(
             acc = max(acc, accuracy(net, task.x_test, task.y_test))
         return {"accuracy": acc, "key": hard}
 
-    accs, keys = [], []
+    accs, keys, notes, unmeasured = [], [], [], []
     for seed in seeds:
         points = [part(f"seed{seed}-lr{lr:g}", partial(one, seed, lr)) for lr in sweep.lrs]
-        best = max(points, key=lambda point: point["accuracy"])
+        notes += [point["note"] for point in points if point.get("note")]
+        best = max(points, key=lambda point: (point["accuracy"], point["key"] is not None))
         accs.append(best["accuracy"])
-        keys.append(best["key"])
+        if best["key"] is not None:
+            keys.append(best["key"])
+        else:  # every point of this seed diverged
+            unmeasured.append(f"seed {seed}")
     variant = (
         "key learning, joint weights" if joint else "key learning (Gumbel-Sinkhorn + Hungarian)"
     )
-    return AttackOutcome("A2", variant, budget, accs, keys)
+    return AttackOutcome("A2", variant, budget, accs, keys, notes=notes, unmeasured=unmeasured)
 
 
 # ---------------------------------------------------------------------------------------------

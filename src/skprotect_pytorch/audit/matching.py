@@ -18,10 +18,11 @@ each to its counterpart in a plaintext model of the same architecture.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -284,8 +285,17 @@ def effective_weight(layer: KeyedLayer, key: KeyEstimate) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Statistics and assignment
 # ---------------------------------------------------------------------------------------------
+class NonFiniteScores(ValueError):
+    """A score matrix with NaN or infinite entries: what matching meets when the model it
+    matches against diverged (scipy's "matrix contains invalid numeric entries")."""
+
+
 def hungarian(score: np.ndarray) -> np.ndarray:
     """``p`` maximising ``sum_j score[j, p[j]]`` (rows: key indices, columns: sources)."""
+    if not np.isfinite(score).all():
+        raise NonFiniteScores(
+            f"a {score.shape[0]}x{score.shape[1]} matching score holds NaN or infinite entries"
+        )
     rows, cols = linear_sum_assignment(score, maximize=True)
     p = np.empty(score.shape[0], dtype=np.int64)
     p[rows] = cols
@@ -336,6 +346,28 @@ def match_descriptors(stored: np.ndarray, target: np.ndarray, axis: int) -> np.n
     (Sinkhorn-normalised, then Hungarian); returns ``p`` with stored ``j`` ↔ target ``p[j]``."""
     cos = descriptors(balanced(stored), axis) @ descriptors(balanced(target), axis).T
     return hungarian(sinkhorn(cos))
+
+
+DIVERGED_NOTE = (
+    "{what}: NaN or infinite scores (the model matched against, or its activations, diverged), "
+    "key slots left as they were: "
+)
+"""The note of the layers whose matching met non-finite numbers, followed by their names."""
+
+
+def finite_step(key: KeyEstimate, step: Callable[[KeyEstimate], None]) -> bool:
+    """Apply one layer's matching ``step`` to ``key`` unless it meets NaN or infinite scores or
+    leaves a non-finite scale: then ``key`` is unchanged and False says so.  A diverged
+    reference stopped the whole audit in scipy; now that layer's attempt recovers nothing."""
+    trial = copy.deepcopy(key)
+    try:
+        step(trial)
+    except NonFiniteScores:
+        return False
+    if not all(np.isfinite(s).all() for s in trial.scales):
+        return False
+    key.perms, key.scales, key.known = trial.perms, trial.scales, trial.known
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,16 +516,16 @@ def weight_match(
     reference's, in its own basis): :func:`init_from_descriptors`, then alternating
     least-squares Hungarian steps on the input and output sides, then the scales refitted in
     the true frame (:func:`true_frame_scales`), then :func:`_fix_gauge`.
-    Layers without a target keep their slots and are listed in ``key.notes``."""
+    Layers without a target, and layers whose matching met NaN or infinite numbers (a diverged
+    reference: :func:`finite_step`), keep their slots and are listed in ``key.notes``."""
     missing = [layer.name for layer in layers if layer.name not in targets]
     if missing:
         key.notes.append(
             "weight matching: no reference counterpart, key slots left at the null key: "
             + ", ".join(missing)
         )
-    for layer in layers:
-        if layer.name not in targets:
-            continue
+
+    def match(layer: KeyedLayer, key: KeyEstimate) -> None:
         target, bias = targets[layer.name]
         init_from_descriptors(layer, key, target)
         for _ in range(rounds):
@@ -503,4 +535,12 @@ def weight_match(
                 key.set_side(layer.ops, "out", *_solve_out(layer, key, target))
         true_frame_scales(layer, key, target)
         _fix_gauge(layer, key, bias)
+
+    diverged = [
+        layer.name
+        for layer in layers
+        if layer.name in targets and not finite_step(key, partial(match, layer))
+    ]
+    if diverged:
+        key.notes.append(DIVERGED_NOTE.format(what="weight matching") + ", ".join(diverged))
     return key

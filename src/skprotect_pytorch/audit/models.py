@@ -210,8 +210,17 @@ def predictions(forward: Forward, x: torch.Tensor, batch: int = 4096) -> torch.T
     return torch.cat([forward(x[i : i + batch]).argmax(-1) for i in range(0, len(x), batch)])
 
 
+@torch.no_grad()
 def accuracy(forward: Forward, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
-    return int((predictions(forward, x, batch) == y).sum()) / len(y)
+    """The fraction of rows of ``x`` whose largest logit is their label.  A row with a NaN or
+    infinite logit counts as wrong: a model whose training diverged predicts nothing, where
+    argmax takes NaN for the largest logit (an all-NaN model scored the share of class 0)."""
+    right = 0
+    for i in range(0, len(x), batch):
+        logits = forward(x[i : i + batch])
+        hits = (logits.argmax(-1) == y[i : i + batch]) & logits.isfinite().all(-1)
+        right += int(hits.sum())
+    return right / len(y)
 
 
 def batches(n: int, batch_size: int) -> list[slice]:

@@ -52,6 +52,9 @@ class AuditRow:
     own reference fine-tuned again with the sweep). The gate compares with the larger of
     ``reference`` and ``control``: an attack that gains no more than its own procedure gains
     without the files has not shown that the files help."""
+    unmeasured: list[str] = field(default_factory=list)
+    """The seeds at which every attempt of the attack diverged (``AttackOutcome.unmeasured``):
+    their accuracy of 0 measured nothing, and would lower the row's mean, so the row fails."""
 
     def judge(self) -> AuditRow:
         if self.attack in REPORT_ONLY:
@@ -77,6 +80,11 @@ class AuditRow:
             )
         if self.cos_excess is not None and not self.cos_excess <= COS_LIMIT:
             self.reasons.append(f"aligned |cos| {self.cos_excess:.3f} above the noise floor")
+        if self.unmeasured:
+            self.reasons.append(
+                f"not measured at {', '.join(self.unmeasured)}: every attempt diverged (lower "
+                "the sweep's learning rates, or scale the inputs, and run again)"
+            )
         self.passed = not self.reasons
         return self
 
