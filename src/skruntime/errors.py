@@ -20,7 +20,7 @@ class ConfigurationError(SkRuntimeError):
 
 
 class IntegrityError(SkRuntimeError):
-    """A protected model file does not match the SHA-256 recorded in the configuration."""
+    """A protected model file does not match the configuration: its SHA-256, or its inputs."""
 
 
 class KeyFileError(SkRuntimeError):

@@ -5,9 +5,10 @@
 >>> y = model(x)  # doctest: +SKIP
 
 Loading verifies the model file's SHA-256 against the signed configuration (platform version
->= 1), unlocks the model's key (TXT: the two key files; LINUX: the encrypted key file and the
-key-encryption key) and derives a fresh session key, fed as the model's last input. This module
-never imports torch: the ONNX path runs with only numpy, onnxruntime and cryptography installed.
+>= 1) and the inputs the file records against the configuration's, unlocks the model's key
+(TXT: the two key files; LINUX: the encrypted key file and the key-encryption key) and derives
+a fresh session key, fed as the model's last input. This module never imports torch: the ONNX
+path runs with only numpy, onnxruntime and cryptography installed.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import numpy as np
 
 from .backends import backend_class
 from .backends.base import Backend, BackendOptions, ModelFile, as_numpy
-from .backends.inputs import range_problem, range_text
+from .backends.inputs import INPUTS_METADATA, range_problem, range_text, spec_name, spec_ranges
 from .config import (
     CONFIG_FILENAMES,
     PLATFORMS,
     SUPPORTED_PLATFORM_VERSIONS,
     Config,
     InputSpec,
+    ModelEntry,
     parse_signed_config,
     read_config_bytes,
 )
@@ -425,7 +427,8 @@ class SkRuntime:
             ModelNotFoundError: unknown model or format not protected.
             ModelFileError: the model file is missing, unreadable or not a regular file (a
                 folder, a named pipe, a device: refused unread).
-            IntegrityError: the model file's SHA-256 differs from the configuration's.
+            IntegrityError: the model file's SHA-256 differs from the configuration's, or the
+                inputs it records (``skprotect.inputs``) disagree with the configuration's.
             KeyFileError: key files missing, not regular files, corrupted, swapped or of the
                 wrong length.
             KeyUnavailableError: LINUX without ``kek`` or licence server, ``static_key`` on a
@@ -519,6 +522,20 @@ class SkRuntime:
         except BaseException:
             key[:] = 0
             raise
+        record = getattr(backend, "input_record", None)  # None: written before it was recorded
+        if record is not None and (problems := _record_disagreement(record, entry)):
+            key[:] = 0
+            backend.close()
+            raise IntegrityError(
+                f"Model file {path} of model {model_name!r} ({fmt}) records inputs (its "
+                f"{INPUTS_METADATA} metadata) that disagree with {self.config_path.name}: "
+                f"{'; '.join(problems)}. Calls are checked against both (an AOTInductor package "
+                "reads its inputs as its record describes them), so they must agree; they were "
+                "not written together (a model file from another protection, or a configuration "
+                "signed again): re-deploy the model file, key files and configuration that "
+                f"skprotect wrote together (the whole {self.outputs_dir.name}/ folder), or "
+                "protect the model again."
+            )
         meter = client.consume if client is not None else None
         return LoadedModel(model_name, fmt, entry.inputs, entry.outputs, key, backend, meter)
 
@@ -531,6 +548,70 @@ class SkRuntime:
         if not params:
             return False
         return is_test_key(self.outputs_dir / params[0])
+
+
+def _record_disagreement(record: Sequence[Mapping[str, Any]], entry: ModelEntry) -> list[str]:
+    """How a model file's input record (:data:`~.backends.inputs.INPUTS_METADATA`, parsed, key
+    last) contradicts the configuration's ``entry`` (its inputs and key), one phrase each;
+    empty when they agree.
+
+    The configuration records no ranges, so an axis agrees when the record accepts the
+    configuration's example size on it: a static axis has that size in the record, or is
+    dynamic there with that size in its range (a trace records a ``Dim.AUTO`` axis that
+    torch.export fixed as dynamic); an axis the configuration makes dynamic is dynamic in the
+    record too (a static one would refuse every other size)."""
+    key = entry.key
+    expected = [*entry.inputs, InputSpec(key.name, (key.length,), "float32")]
+    if len(record) != len(expected):
+        found = ", ".join(repr(spec_name(s, i)) for i, s in enumerate(record))
+        wanted = ", ".join(repr(s.name) for s in expected)
+        return [
+            f"the file records {len(record)} inputs ({found}), the configuration "
+            f"{len(expected) - 1} and the key ({wanted})"
+        ]
+    problems = []
+    for i, (spec, want) in enumerate(zip(record, expected, strict=True)):
+        is_key = i == len(expected) - 1
+        what = f"the key {want.name!r}" if is_key else f"input {want.name!r}"
+        if spec.get("name") is not None and spec["name"] != want.name:
+            problems.append(
+                f"input #{i} is named {spec['name']!r} in the file, {want.name!r} in the "
+                "configuration"
+            )
+        if spec.get("key") and not is_key:
+            problems.append(f"the file marks input #{i} ({want.name!r}) as the key")
+        if spec["dtype"] != want.dtype:
+            source = "a key is float32" if is_key else f"the configuration says {want.dtype}"
+            problems.append(f"{what} has dtype {spec['dtype']} in the file, but {source}")
+        shape = spec["shape"]
+        if len(shape) != len(want.shape):
+            problems.append(
+                f"{what} has {len(shape)} axes in the file, {len(want.shape)} in the configuration"
+            )
+            continue
+        ranges = spec_ranges(spec)
+        for axis, (size, example) in enumerate(zip(shape, want.shape, strict=True)):
+            dim = want.dynamic_dims.get(axis)
+            where = f"{what} axis {axis}"
+            if size is not None and dim is not None:
+                problems.append(
+                    f"{where} is static ({size}) in the file, dynamic ({dim!r}) in the "
+                    "configuration"
+                )
+            elif size is not None and size != example:
+                where = what if is_key else where
+                size_of = "length" if is_key else "size"
+                problems.append(
+                    f"{where} has {size_of} {size} in the file, {example} in the configuration"
+                )
+            elif size is None:
+                low, high = ranges.get(axis, (0, None))
+                if example < low or (high is not None and example > high):
+                    problems.append(
+                        f"{where} takes sizes {range_text(low, high)} in the file, which leave "
+                        f"out the configuration's {'example ' if dim else ''}size {example}"
+                    )
+    return problems
 
 
 #: AOTInductor formats and the device kind their package is compiled for. torch loads a GPU

@@ -42,7 +42,7 @@ from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
 from skruntime.backends.inputs import INPUTS_METADATA
 from skruntime.config import sha256_file
-from skruntime.errors import BackendError, InputError
+from skruntime.errors import BackendError, InputError, IntegrityError
 
 EF = SkProtectorPyTorch.ExportFormat
 FMT = "inductor_cpu"
@@ -316,7 +316,8 @@ def test_bytes_of_the_package(deployed: Deployed, scratch, data: st.DataObject) 
 @given(data=st.data())
 def test_metadata_of_the_package(deployed: Deployed, scratch, data: st.DataObject) -> None:
     """One or both metadata entries replaced by generated JSON or an edit of the original; the
-    input record in them too. An edited record may refuse the call's inputs (InputError)."""
+    input record in them too. An edited record may contradict the configuration (refused by
+    load(): IntegrityError) or refuse the call's inputs (InputError)."""
     folder = scratch()
     original = (folder / MODEL).read_bytes()
     doc = metadata(original)
@@ -330,4 +331,4 @@ def test_metadata_of_the_package(deployed: Deployed, scratch, data: st.DataObjec
         text = dumps(data.draw(json_values))
     which = data.draw(st.sampled_from(["metadata.json", "kernel_metadata.json"]))
     redeploy(folder, with_metadata(original, text, which))
-    run_or_refuse(deployed, folder, also=(InputError,))
+    run_or_refuse(deployed, folder, also=(InputError, IntegrityError))

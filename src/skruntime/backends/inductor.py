@@ -489,8 +489,10 @@ class InductorBackend:
                 f"{name} was not written by skprotect (no {INPUTS_METADATA} metadata), so its "
                 "inputs cannot be checked. Re-export it with skprotect."
             )
-        self._specs, self.input_names, self._key_name = parse_specs(raw, name)
-        self.input_ranges = [spec_ranges(s) for s in self._specs]
+        self.input_record, self.input_names, self._key_name = parse_specs(raw, name)
+        """The package's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last): checked
+        before every call; the runtime compares it with the configuration."""
+        self.input_ranges = [spec_ranges(s) for s in self.input_record]
         """Per input (key last), the sizes its dynamic axes were declared for."""
         self._io = TensorIO(self.device)
 
@@ -498,7 +500,7 @@ class InductorBackend:
         package = self._package
         if package is None:
             raise BackendError(f"The AOTInductor model {self._path.name} is closed.")
-        check_inputs(inputs, self._specs, self.input_names, self._path.name, self._key_name)
+        check_inputs(inputs, self.input_record, self.input_names, self._path.name, self._key_name)
         tensors = self._io.to_device(inputs)
         try:
             with torch.inference_mode():

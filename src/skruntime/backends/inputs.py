@@ -5,7 +5,8 @@ the protector's exporters with :func:`input_specs`, read by every backend with
 The dynamic axes' ranges are recorded here, not in the configuration: its readers refuse unknown
 fields, so a new field there would make every older runtime refuse the whole configuration,
 while older runtimes ignore the fields of this record they do not know. The configuration's
-SHA-256 of the model file (platform version 1 and later) covers the record.
+SHA-256 of the model file (platform version 1 and later) covers the record, and
+``SkRuntime.load()`` refuses a record that disagrees with the configuration's inputs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "parse_specs",
     "range_problem",
     "range_text",
+    "spec_name",
     "spec_ranges",
 ]
 
@@ -129,9 +131,14 @@ def parse_specs(raw: str, source: str) -> tuple[list[dict], list[str], str | Non
             f"{source} has unreadable {INPUTS_METADATA} metadata, so its inputs cannot be "
             "checked. Re-deploy the file written by skprotect."
         )
-    names = [str(s.get("name") or f"#{i}") for i, s in enumerate(specs)]
+    names = [spec_name(s, i) for i, s in enumerate(specs)]
     key_name = next((n for n, s in zip(names, specs, strict=True) if s.get("key")), None)
     return specs, names, key_name
+
+
+def spec_name(spec: Mapping[str, Any], index: int) -> str:
+    """A parsed spec's input name, ``#<index>`` when it records none."""
+    return str(spec.get("name") or f"#{index}")
 
 
 def spec_ranges(spec: Mapping[str, Any]) -> dict[int, tuple[int, int | None]]:

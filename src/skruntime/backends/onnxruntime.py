@@ -252,8 +252,13 @@ class OnnxRuntimeBackend:
             ) from None
         self.providers = session.get_providers()
         self._path = path
+        self.input_record: list[dict] | None = (
+            None if raw is None else parse_specs(raw, path.name)[0]
+        )
+        """The file's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last); None without
+        it. The runtime compares it with the configuration when it loads the file."""
         self.input_ranges: list[dict[int, tuple[int, int | None]]] | None = (
-            None if raw is None else [spec_ranges(s) for s in parse_specs(raw, path.name)[0]]
+            None if self.input_record is None else [spec_ranges(s) for s in self.input_record]
         )
         """Per input (key last), the sizes its dynamic axes were declared for; None without
         the metadata."""

@@ -181,7 +181,9 @@ class TorchScriptBackend:
                 f"{problem}."
             )
         self._model = module.eval()
-        self._specs: list[dict] | None = None
+        self.input_record: list[dict] | None = None
+        """The file's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last); None without
+        it. Checked before every call; the runtime compares it with the configuration."""
         self._key_name: str | None = None
         self.input_ranges: list[dict[int, tuple[int, int | None]]] | None = None
         """Per input (key last), the sizes its dynamic axes were declared for; None without
@@ -189,8 +191,8 @@ class TorchScriptBackend:
         raw = extra[INPUTS_METADATA]
         if raw:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            self._specs, self.input_names, self._key_name = parse_specs(text, self._path.name)
-            self.input_ranges = [spec_ranges(s) for s in self._specs]
+            self.input_record, self.input_names, self._key_name = parse_specs(text, self._path.name)
+            self.input_ranges = [spec_ranges(s) for s in self.input_record]
         else:
             self.input_names = [a.name for a in module.forward.schema.arguments[1:]]  # not self
         self._io = TensorIO(self.device, owned=_held_tensors(module))
@@ -200,9 +202,14 @@ class TorchScriptBackend:
         name = self._path.name
         if model is None:
             raise BackendError(f"The TorchScript model {name} is closed.")
-        if self._specs is not None:
+        if self.input_record is not None:
             check_inputs(
-                inputs, self._specs, self.input_names, name, self._key_name, kind="TorchScript"
+                inputs,
+                self.input_record,
+                self.input_names,
+                name,
+                self._key_name,
+                kind="TorchScript",
             )
         tensors = self._io.to_device(inputs)
         try:
