@@ -4,6 +4,7 @@ the runtime to refuse the model later; it now names the key file and what to do,
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -28,16 +29,17 @@ def refused(protector: SkProtectorPyTorch) -> str:
 def test_an_unreadable_key_params_file_is_named(
     txt_v0_app: SkProtectorPyTorch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Permissions 000 (tests run as root, who reads any file: EACCES is simulated)."""
+    """Permissions 000 (tests run as root, who reads any file: EACCES is simulated where the
+    kernel gives it, at ``os.open``, which ``open_regular`` calls)."""
     params = txt_v0_app.outputs_dir / PARAMS
-    real_read = Path.read_bytes
+    real_open = os.open
 
-    def denying(self: Path) -> bytes:
-        if self == params:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_read(self)
+    def denying(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(file, str | os.PathLike) and Path(file) == params:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denying)
+    monkeypatch.setattr(os, "open", denying)
     message = refused(txt_v0_app)
     assert f"{params} cannot be read (Permission denied)" in message
     assert ADVICE in message

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from skruntime.config import ModelEntry
 from skruntime.errors import KeyFileError
+from skruntime.files import NotRegularFileError, open_regular
 from skruntime.mev import (
     MAX_MEV_BYTES,
     MEV_MAGIC,
@@ -86,9 +87,11 @@ def _fault(path: Path, key_length: int) -> str | None:
     """Why the encrypted key file ``path`` of a key of ``key_length`` values cannot be tried on
     a model file at all (unreadable, too short or long, not a key file); None when it can, and
     then a failed decryption means another model file, or a key file modified in place."""
-    try:
-        with open(path, "rb") as file:
+    try:  # not open(): a named pipe swapped in since the is_file() check would block it
+        with open_regular(path) as file:
             data = file.read(MAX_MEV_BYTES + 1)
+    except NotRegularFileError as err:
+        return f"is not a regular file but {err.kind}"
     except OSError as err:
         return f"cannot be read ({err.strerror or err})"
     if len(data) > MAX_MEV_BYTES:

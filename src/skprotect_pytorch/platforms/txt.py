@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from skruntime.config import FormatEntry, ModelEntry
+from skruntime.files import NotRegularFileError, open_regular
 from skruntime.keyfile import key_params_filename, key_txt_filename, write_txt_keys
 
 from ..formats import ExportPlatform
@@ -21,9 +22,10 @@ def plain_key_names(model_name: str) -> tuple[str, str]:
 
 def holds_test_key(folder: Path, model_name: str) -> bool:
     """Whether the TXT key files in ``folder`` are a static test key (not key shares)."""
-    try:
-        params = json.loads((folder / key_params_filename(model_name)).read_text("utf-8"))
-    except (OSError, ValueError, RecursionError):
+    try:  # a named pipe there would block read_text(): refused unread
+        with open_regular(folder / key_params_filename(model_name)) as file:
+            params = json.loads(file.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return False  # unreadable: taken for shares (its own runtime reports it)
     return isinstance(params, dict) and params.get("static") is True
 
@@ -58,10 +60,13 @@ def plain_keys_written_for(
     if params is None:
         return True
     path = outputs_dir / params
-    try:
-        document = json.loads(path.read_bytes())
+    try:  # a named pipe there would block read_bytes(): refused unread
+        with open_regular(path) as file:
+            document = json.loads(file.read())
     except FileNotFoundError:
         return True
+    except NotRegularFileError as err:
+        raise KeyFileFault(path, model_name, f"is not a regular file but {err.kind}") from None
     except OSError as err:
         raise KeyFileFault(path, model_name, f"cannot be read ({err.strerror or err})") from None
     except (ValueError, RecursionError) as err:
