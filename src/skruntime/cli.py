@@ -427,15 +427,19 @@ def _read_key_file(path: Path) -> bytes:
         return f.read(_KEY_FILE_LIMIT + 1)
 
 
-def _read_kek(path: Path) -> bytes:
+def _read_kek(value: str | os.PathLike[str]) -> bytes:
     """The LINUX key-encryption key from a file: raw 32 bytes, or base64 as ``skprotect
-    export-kek`` writes it (like ``--server-public-key``, which takes both)."""
+    export-kek`` writes it (like ``--server-public-key``, which takes both). ``value``: the
+    option's text as given, not a ``Path`` of it: a path folds ``//`` into ``/``, so a base64
+    key holding ``//`` (about one in 100) was no longer recognised as the key, and echoed."""
     from skruntime.files import NotRegularFileError
     from skruntime.keysource import kek_encoding
 
+    text = os.fspath(value)
+    path = Path(text)
     if problem := _empty(path, "--kek"):
         raise problem
-    if not os.path.lexists(path) and kek_encoding(os.fsencode(path)) is not None:
+    if not os.path.lexists(text) and kek_encoding(os.fsencode(text)) is not None:
         # the key itself (--server-public-key takes a key's text): never echo it
         raise _CliError(
             "--kek takes the path of a file holding the key-encryption key, but got the key "
@@ -513,7 +517,7 @@ def _run(
     threads: int | None,
     static_key: bool,
     platform: str | None,
-    kek: Path | None,
+    kek: str | None,
     licence_server: str | None = None,
     server_public_key: str | None = None,
     state_dir: Path | None = None,
@@ -694,10 +698,11 @@ def run_command(
         typer.Option(help="Configuration to read when the folder holds both platforms'."),
     ] = None,
     kek: Annotated[
-        Path | None,
+        str | None,  # not Path: it folds "//" into "/", which hides a base64 key (_read_kek)
         typer.Option(
+            metavar="FILE",
             help="LINUX platform: key-encryption key file, base64 (as `skprotect export-kek` "
-            "writes it) or raw 32 bytes."
+            "writes it) or raw 32 bytes.",
         ),
     ] = None,
     licence_server: Annotated[

@@ -14,7 +14,10 @@ from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import app as cli_app
 
-KEK = bytes(range(100, 132))  # its base64 holds no "//", which a path would fold into "/"
+KEK = bytes(range(100, 132))
+SLASHED = bytes(range(100, 103)) + b"\xff\xff\xff" + bytes(range(103, 129))
+"""A key whose base64 holds "////" (about one key in 100 holds "//"), which a ``Path`` of the
+option folds into "/": that text was taken for a missing file and echoed (exit code 6)."""
 
 
 def run(tmp_path: Path, kek: str) -> tuple[int, str]:
@@ -25,7 +28,11 @@ def run(tmp_path: Path, kek: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.mark.parametrize("text", [base64.b64encode(KEK).decode(), KEK.hex()], ids=["base64", "hex"])
+@pytest.mark.parametrize(
+    "text",
+    [base64.b64encode(KEK).decode(), base64.b64encode(SLASHED).decode(), KEK.hex()],
+    ids=["base64", "base64 with //", "hex"],
+)
 def test_the_key_itself_is_refused_without_repeating_it(tmp_path: Path, text: str) -> None:
     code, output = run(tmp_path, text)
     assert (code, output) == (
