@@ -121,10 +121,8 @@ def test_matching_against_a_diverged_reference_keeps_that_layers_slots_and_notes
     assert all(np.isfinite(s).all() for s in refined.scales)
 
 
-def test_an_audit_whose_attacks_diverge_finishes_and_says_so(one_thread):
-    """Inputs near 1e30 and a learning rate of 1e6: A2's training and A4's activations
-    diverge; the audit reports every row and notes the diverged attempts, and the A2 rows,
-    whose every attempt diverged, fail: they measured nothing."""
+def _diverging_audit(attacks: tuple[str, ...]):
+    """Inputs near 1e30 and a learning rate of 1e6: every training of the audit diverges."""
     x, y, xs, ys = arrays()
     task = task_from_arrays(x, y, xs, ys)
     net = train_model(Net(), task.x_train, task.y_train, lr=3e-3, epochs=20, seed=0)
@@ -133,17 +131,37 @@ def test_an_audit_whose_attacks_diverge_finishes_and_says_so(one_thread):
     big = task_from_arrays(*arrays(1e30))
     spec = model_spec("big", Net, big, victim=net, epochs=1)
     sweep = SweepConfig(lrs=(1e6,), epochs=(1, 2), init_gains=(None,))
-    report = run_audit(
-        AuditConfig(model=spec, attacks=("A2", "A4"), budgets=(50,), seeds=1, sweep=sweep),
+    return run_audit(
+        AuditConfig(model=spec, attacks=attacks, budgets=(50,), seeds=1, sweep=sweep),
         log=lambda line: None,
     )
+
+
+def test_an_audit_whose_attacks_diverge_finishes_and_says_so(one_thread):
+    """A2's training and A4's activations diverge; the audit reports every row and notes the
+    diverged attempts, and every row, whose every attempt diverged, fails: it measured
+    nothing (A2 names the seed, A4 counts them)."""
+    report = _diverging_audit(("A2", "A4"))
     assert len(report.rows) == 4 and not report.not_run
     assert any("training diverged" in note for note in report.notes)
     assert any("activation matching: NaN or infinite scores" in note for note in report.notes)
     assert not report.passed
     for row in report.rows:
-        unmeasured = "not measured at seed 0: every attempt diverged" in "; ".join(row.reasons)
-        assert unmeasured == (row.attack == "A2")
+        reasons = "; ".join(row.reasons)
+        if row.attack == "A2":
+            assert "not measured at seed 0: every attempt diverged" in reasons
+        else:
+            assert "not measured at 1 of 1 seeds: accuracy 0" in reasons
+
+
+def test_a4_alone_whose_every_attempt_diverged_fails_the_gate(one_thread):
+    """A4 matched against references that diverged and fine-tuned at a diverging rate scored
+    0 and its rows passed (0 <= B(x) + 1 point): the gate passed on an attack that measured
+    nothing, where the audit had stopped in scipy before."""
+    report = _diverging_audit(("A4",))
+    assert [row.accuracies for row in report.rows] == [[0.0], [0.0]]
+    assert not any(row.passed for row in report.rows)
+    assert not report.passed
 
 
 def test_a_row_with_an_unmeasured_seed_fails_the_gate():
@@ -155,7 +173,19 @@ def test_a_row_with_an_unmeasured_seed_fails_the_gate():
         "not measured at seed 1: every attempt diverged (lower the sweep's learning rates, or "
         "scale the inputs, and run again)"
     ]
-    assert AuditRow("A2", "key", 1, 0.4, [0.8, 0.0], 0.5).judge().passed
+    assert AuditRow("A2", "key", 1, 0.4, [0.7, 0.1], 0.5).judge().passed
+
+
+def test_an_accuracy_of_zero_fails_a_row_that_names_no_seed():
+    """A1, A3 and A4 name no unmeasured seeds: an accuracy of exactly 0 (no test sample right,
+    which only NaN or infinite logits score) fails their row; A0's chance bound is unchanged."""
+    row = AuditRow("A4", "weight matching", 50, 0.2, [0.4, 0.0], 0.3).judge()
+    assert row.reasons == [
+        "not measured at 1 of 2 seeds: accuracy 0, no test sample right at any attempt, which "
+        "only NaN or infinite logits score (every attempt diverged; lower the sweep's learning "
+        "rates, or scale the inputs, and run again)"
+    ]
+    assert AuditRow("A0", "null key", None, 0.0, [0.0], 0.25).judge().passed
 
 
 def test_key_learning_names_the_seeds_whose_every_point_diverged(victim, monkeypatch):

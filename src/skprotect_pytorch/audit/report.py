@@ -54,7 +54,10 @@ class AuditRow:
     without the files has not shown that the files help."""
     unmeasured: list[str] = field(default_factory=list)
     """The seeds at which every attempt of the attack diverged (``AttackOutcome.unmeasured``):
-    their accuracy of 0 measured nothing, and would lower the row's mean, so the row fails."""
+    their accuracy of 0 measured nothing, and would lower the row's mean, so the row fails.
+    The other attacks (A1, A3, A4) name no seeds: an accuracy of exactly 0 at a seed fails their
+    row likewise, since a model with finite logits gets some test sample right (a constant
+    guess gets its class's share)."""
 
     def judge(self) -> AuditRow:
         if self.attack in REPORT_ONLY:
@@ -84,6 +87,14 @@ class AuditRow:
             self.reasons.append(
                 f"not measured at {', '.join(self.unmeasured)}: every attempt diverged (lower "
                 "the sweep's learning rates, or scale the inputs, and run again)"
+            )
+        elif self.attack != "A0" and 0.0 in self.accuracies:  # A2 names its seeds above
+            zero = self.accuracies.count(0.0)
+            self.reasons.append(
+                f"not measured at {zero} of {len(self.accuracies)} seeds: accuracy 0, no test "
+                "sample right at any attempt, which only NaN or infinite logits score (every "
+                "attempt diverged; lower the sweep's learning rates, or scale the inputs, and "
+                "run again)"
             )
         self.passed = not self.reasons
         return self
