@@ -8,9 +8,11 @@ import errno
 import json
 import math
 import os
+import signal
 import socket
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -336,9 +338,26 @@ def serve(
     warn_loose_key(settings.key_path)
     os.environ["SKLICENSE_DATABASE_URL"] = settings.database_url
     os.environ["SKLICENSE_STATE_DIR"] = str(settings.state_dir)
-    uvicorn.run(
-        "sklicense.api.main:create_app", factory=True, host=host, port=port, workers=workers
-    )
+    with _default_sigterm():
+        uvicorn.run(
+            "sklicense.api.main:create_app", factory=True, host=host, port=port, workers=workers
+        )
+
+
+@contextlib.contextmanager
+def _default_sigterm() -> Iterator[None]:
+    """SIGTERM's default action within the block (main thread only: ``signal`` refuses the
+    others). uvicorn stops gracefully on SIGTERM and raises it again, so the server then ends
+    by the signal, a clean stop to a service manager; main()'s handler made it exit status
+    143, which systemd reads as a failed service."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @db_app.command("upgrade")
