@@ -285,16 +285,21 @@ def shared_locked_weights(model: nn.Module, locked: Iterable[str]) -> list[tuple
     tie undone by cloning before protecting): each layer is locked as its own copy of the same
     matrix, and a lock that leaves a keyed side of it unmixed with sign-only scales
     (``balanced`` with ``quantize_compatibility``) lets a thief match the copies' rows on that
-    side and link their keys (docs/security.md, "Tied locked weights")."""
+    side and link their keys (docs/security.md, "Tied locked weights"). A weight of one value
+    throughout (zero- or constant-initialised) is no such copy: its rows are all alike, so no
+    match links anything, and the weight tells a thief nothing he did not know."""
     modules = dict(model.named_modules(remove_duplicate=False))
     groups: dict[tuple, list[tuple[torch.Tensor, list[str]]]] = {}
     for name in locked:
         weight = getattr(modules[name], "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
             continue
+        flat = weight.detach().reshape(-1)
+        if bool((flat == flat[0]).all()):
+            continue
         # shape and first entries first: torch.equal on every pair of a deep model's
         # same-shape layers would compare each weight in full many times over
-        head = tuple(weight.detach().reshape(-1)[:8].tolist())
+        head = tuple(flat[:8].tolist())
         candidates = groups.setdefault((tuple(weight.shape), weight.dtype, head), [])
         for tensor, names in candidates:
             if tensor is weight or torch.equal(tensor.detach(), weight.detach()):
