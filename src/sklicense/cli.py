@@ -30,7 +30,7 @@ from sklicense.crypto import (
 )
 from sklicense.schemas import INT32_MAX, INT64_MAX, MAX_LICENCE_SECONDS, aware_datetime
 from sklicense.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
-from skruntime.cli import sigterm_as_interrupt
+from skruntime.cli import discard_stdout, sigterm_as_interrupt
 from skruntime.versions import version_option
 
 GROUP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": "markdown"}
@@ -399,9 +399,8 @@ def show_once(token: str) -> None:
             raise OSError(errno.EBADF, "standard output is closed")
         typer.echo(token)
     except OSError as err:
-        if sys.stdout is not None:  # what is left in its buffer goes nowhere, not to a warning
-            with contextlib.suppress(OSError, ValueError):  # no file descriptor (CliRunner)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if sys.stdout is not None:
+            discard_stdout()
         fail(
             f"the token could not be printed ({err.strerror or err}), so it was not created: run "
             "the command again with its output to a terminal, a file or a pipe read to its end"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import os
-import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -17,6 +15,7 @@ import click
 import typer
 
 from skruntime.cli import (
+    discard_stdout,
     empty_path,
     output_problem,
     run_command,
@@ -108,9 +107,8 @@ def _unexpected_errors(command: str, debug: bool) -> Iterator[None]:
         raise  # the command's own exits, and usage errors
     except Exception as err:
         broken = isinstance(err, OSError) and err.errno == errno.EPIPE
-        if broken:  # what is left in stdout's buffer goes nowhere, not to a warning at exit
-            with suppress(OSError, ValueError):  # no file descriptor (tests' CliRunner)
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if broken:
+            discard_stdout()
             message = (
                 "the output was closed (broken pipe) before all was printed; the exit code "
                 f"says nothing of the {command}'s result: read its output whole, or save it to "

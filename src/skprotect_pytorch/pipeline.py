@@ -393,12 +393,17 @@ def _other_sizes(
     return resized, ", ".join(f"{k}={v}" for k, v in sizes.items())
 
 
+def _lock_settings(request: ProtectRequest) -> LockSettings:
+    """The lock settings the request's preset and ``quantize_compatibility`` name."""
+    return LockSettings.preset(
+        request.lock_preset, quantize_compatibility=request.quantize_compatibility
+    )
+
+
 def _warn_shared_weights(request: ProtectRequest, groups: list[tuple[str, ...]]) -> None:
     """Say that locked layers store copies of one weight under a lock that links their keys:
     with an unmixed keyed side and sign-only scales a thief matches the copies' rows there."""
-    settings = LockSettings.preset(
-        request.lock_preset, quantize_compatibility=request.quantize_compatibility
-    )
+    settings = _lock_settings(request)
     if settings.mix_sides == "both" or not settings.quantize_compatibility:
         return  # every matcher tried stays at chance (docs/security.md, "Tied locked weights")
     listed = "; ".join(", ".join(map(repr, names)) for names in groups)
@@ -817,9 +822,7 @@ def _lock_checked(
             reference,
             layer_filter=layer_filter,
             secret_rng=state.key_rng(name, group.value, key_epoch),
-            settings=LockSettings.preset(
-                request.lock_preset, quantize_compatibility=request.quantize_compatibility
-            ),
+            settings=_lock_settings(request),
             public_seed=f"{request.application_name}/{name}/{group.value}",
             in_place=in_place,
         )

@@ -22,12 +22,13 @@ import json
 import os
 import signal
 import stat
+import sys
 import threading
 import time
 import traceback
 import zipfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_TERMINATED",
     "RunFormat",
+    "discard_stdout",
     "empty_path",
     "output_problem",
     "run_command",
@@ -153,6 +155,18 @@ def _empty(path: Path, option: str, wanted: str = "a file name") -> _CliError | 
     """:func:`empty_path` as the runner's usage error."""
     problem = empty_path(path, option, wanted)
     return None if problem is None else _CliError(problem, EXIT_USAGE)
+
+
+def discard_stdout() -> None:
+    """Point standard output at the null device, so that what is left in its buffer after a
+    broken pipe goes nowhere instead of into a warning at exit; a stdout without a file
+    descriptor (tests' CliRunner) is left as it is."""
+    with suppress(OSError, ValueError, AttributeError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, sys.stdout.fileno())
+        finally:
+            os.close(null)
 
 
 @contextmanager
