@@ -5,11 +5,10 @@ file. It now names the key file, what is wrong with it, and what to do."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from tests.platforms.v0_migration import ADVICE, EP, protect_v0
+from tests.platforms.v0_migration import ADVICE, EP, deny_reading, protect_v0
 from tests.platforms.v0_migration import refused as refused_on
 
 from skprotect_pytorch.protect import SkProtectorPyTorch
@@ -31,17 +30,9 @@ def refused(protector: SkProtectorPyTorch) -> str:
 def test_an_unreadable_key_file_is_named_as_unreadable(
     linux_v0_app: SkProtectorPyTorch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Permissions 000 (tests run as root, who reads any file: EACCES is simulated where the
-    kernel gives it, at ``os.open``, which ``open_regular`` calls)."""
+    """Permissions 000 (:func:`deny_reading`)."""
     mev = linux_v0_app.outputs_dir / MEV
-    real_open = os.open
-
-    def denying_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if isinstance(file, str | os.PathLike) and Path(file) == mev:
-            raise PermissionError(13, "Permission denied", os.fspath(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", denying_open)
+    deny_reading(monkeypatch, mev)
     message = refused(linux_v0_app)
     assert f"{mev} cannot be read (Permission denied)" in message
     assert ADVICE in message

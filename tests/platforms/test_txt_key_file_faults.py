@@ -4,11 +4,10 @@ the runtime to refuse the model later; it now names the key file and what to do,
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from tests.platforms.v0_migration import ADVICE, EP, protect_v0
+from tests.platforms.v0_migration import ADVICE, EP, deny_reading, protect_v0
 from tests.platforms.v0_migration import refused as refused_on
 
 from skprotect_pytorch.protect import SkProtectorPyTorch
@@ -29,17 +28,9 @@ def refused(protector: SkProtectorPyTorch) -> str:
 def test_an_unreadable_key_params_file_is_named(
     txt_v0_app: SkProtectorPyTorch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Permissions 000 (tests run as root, who reads any file: EACCES is simulated where the
-    kernel gives it, at ``os.open``, which ``open_regular`` calls)."""
+    """Permissions 000 (:func:`deny_reading`)."""
     params = txt_v0_app.outputs_dir / PARAMS
-    real_open = os.open
-
-    def denying(file, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if isinstance(file, str | os.PathLike) and Path(file) == params:
-            raise PermissionError(13, "Permission denied", os.fspath(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", denying)
+    deny_reading(monkeypatch, params)
     message = refused(txt_v0_app)
     assert f"{params} cannot be read (Permission denied)" in message
     assert ADVICE in message

@@ -3,6 +3,9 @@ of both platforms."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -52,3 +55,17 @@ def refused(protector: SkProtectorPyTorch, platform: SkProtectorPyTorch.ExportPl
         )
     assert str(precheck.value) == str(caught.value)
     return str(caught.value)
+
+
+def deny_reading(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Make opening ``path`` fail with EACCES, as permissions 000 would: tests run as root, who
+    reads any file, so it is simulated where the kernel gives it, at ``os.open``, which
+    ``open_regular`` calls."""
+    real_open = os.open
+
+    def denying(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(file, str | os.PathLike) and Path(file) == path:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denying)
