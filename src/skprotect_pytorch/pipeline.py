@@ -65,6 +65,7 @@ from .export.base import (
     recorded_ranges,
     signature_dynamic_shapes,
 )
+from .export.onnx import check_fits_one_file
 from .export.options import ExportOptions
 from .formats import ExportFormat, ExportPlatform, FormatGroup
 from .lock import LockedModel, lock_model, once_per_layer
@@ -1158,6 +1159,8 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     )
     formats = _selected_formats(request, result)
     _warn_unused_settings(options, formats)
+    if ExportFormat.ONNX in formats:  # before the model is copied, locked or exported
+        check_fits_one_file(request.model, f"The model '{request.model_name}'")
     _refuse_dropping_deployed(request, config, result)
     console.print(  # markup=False: a folder named "[v2]" is a path, not a style
         f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}", markup=False

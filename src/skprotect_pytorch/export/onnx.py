@@ -43,6 +43,48 @@ from .base import (
 )
 from .options import DEFAULT_OPSET, ExportOptions, SizeRange, exported_axes
 
+MAX_ONNX_BYTES: int = onnx.checker.MAXIMUM_PROTOBUF
+"""The largest ONNX file protobuf, and so onnxruntime, can parse (2 GiB less one byte): the
+shipped file holds every weight, the runtime loading one self-contained file."""
+
+_OTHER_FORMATS = (
+    "Leave ExportFormat.ONNX out of model_export_formats and protect this model to "
+    "TORCHSCRIPT_CPU / TORCHSCRIPT_GPU or INDUCTOR_CPU / INDUCTOR_GPU, whose files have no such "
+    "limit (e.g. model_export_formats=ExportFormat.INDUCTOR_CPU | ExportFormat.INDUCTOR_GPU). "
+    "ONNX external data (weights in a side file) is no way out: the signed configuration "
+    "hashes one model file, and the runtime loads that file alone."
+)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB ({n:,} bytes)"
+
+
+def check_fits_one_file(module: nn.Module, what: str) -> None:
+    """Raise :class:`ExportError` when ``module``'s parameters and buffers alone exceed
+    :data:`MAX_ONNX_BYTES`: before any export work, instead of an ``onnxruntime`` protobuf
+    error when the written file is first loaded. ``what`` names the module in the message."""
+    # each once: parameters() and buffers() leave out a tensor shared by several modules
+    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    if size > MAX_ONNX_BYTES:
+        raise ExportError(
+            f"{what} cannot be exported to ONNX: its weights are {_size(size)}, and one ONNX "
+            f"file holds at most {_size(MAX_ONNX_BYTES)} (protobuf's limit, which onnxruntime "
+            f"cannot load beyond). {_OTHER_FORMATS}"
+        )
+
+
+def _check_written_size(path: Path) -> None:
+    """Remove ``path`` and raise :class:`ExportError` if it is over :data:`MAX_ONNX_BYTES`
+    (weights just under the limit, and the graph's own constants, can push it over)."""
+    size = path.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        path.unlink()
+        raise ExportError(
+            f"The ONNX file is {_size(size)}, over the {_size(MAX_ONNX_BYTES)} one ONNX file can "
+            f"hold (protobuf's limit, which onnxruntime cannot load beyond). {_OTHER_FORMATS}"
+        )
+
 
 def _torch_onnx_export(
     module: nn.Module,
@@ -260,6 +302,7 @@ class OnnxExporter:
         with_key: bool,
     ) -> ExportReport:
         args = check_example_inputs(example_inputs, options, with_key)
+        check_fits_one_file(module, "The locked model" if with_key else "The original model")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = dict(options.onnx_extra)
@@ -311,6 +354,7 @@ class OnnxExporter:
             metadata = options.inputs_record(args, with_key, exported)
             if _save_single_file(written, path, metadata) and not used:  # dynamo: a side file
                 notes.append("weights were written as external data; re-saved inlined")
+            _check_written_size(path)
         return ExportReport(
             path=path,
             fmt=self.fmt,

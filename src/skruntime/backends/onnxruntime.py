@@ -18,7 +18,24 @@ from .base import BackendOptions, ModelFile, as_numpy
 from .gpu import ORT_CUDA_FP32_OPTIONS
 from .inputs import INPUTS_METADATA, parse_specs, spec_ranges
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["MAX_ONNX_BYTES", "OnnxRuntimeBackend"]
+
+MAX_ONNX_BYTES = 2**31 - 1
+"""The largest ``.onnx`` file onnxruntime can parse: protobuf's limit on one message (2 GiB
+less one byte). The backend loads one self-contained file, never external data."""
+
+
+def _check_size(model: ModelFile) -> None:
+    """Refuse a file over :data:`MAX_ONNX_BYTES` with what to do, instead of onnxruntime's
+    protobuf parse error."""
+    size = len(model.data)
+    if size > MAX_ONNX_BYTES:
+        raise BackendError(
+            f"{model.path} is {size:,} bytes, over the {MAX_ONNX_BYTES:,} bytes (2 GiB) one ONNX "
+            "file can hold (protobuf's limit), so onnxruntime cannot load it; skprotect never "
+            "writes such a file. Re-deploy the file written by skprotect; protect a model this "
+            "large to a TorchScript or AOTInductor format, which have no such limit."
+        )
 
 
 def _given_providers(providers: object) -> list[Any]:
@@ -220,6 +237,7 @@ class OnnxRuntimeBackend:
         providers = _providers(options)
         so = _session_options(options)
         model = ModelFile.of(model)
+        _check_size(model)
         path = model.path
         asked = _names(providers)
         try:
