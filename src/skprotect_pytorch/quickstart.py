@@ -308,6 +308,29 @@ def check_folders(applications: tuple[str, ...]) -> None:
         )
 
 
+def check_tmpdir() -> None:
+    """Fail at once where ``TMPDIR`` names a folder that is missing or not writable: Python falls
+    back to /tmp, but torch unpacks an AOTInductor package there to load it and does not, so
+    the protection's check of the ``inductor_cpu`` file failed after the training."""
+    value = os.environ.get("TMPDIR")
+    if not value:
+        return
+    folder = Path(value)
+    if not folder.exists():
+        problem = "does not exist"
+    elif not folder.is_dir():
+        problem = "is not a folder"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = "is not writable"
+    else:
+        return
+    raise SkProtectError(
+        f"TMPDIR is {value}, which {problem}: torch unpacks the AOTInductor format there to "
+        "load it (it does not fall back to /tmp as Python does). Create the folder, point "
+        "TMPDIR to a writable one or unset it, then run the quickstart again."
+    )
+
+
 def run_quickstart(
     workdir: Path | None = None, *, licensed: bool = True
 ) -> tuple[float, list[FormatRow], ProtectionResult, LicensedRun | None]:
@@ -318,6 +341,7 @@ def run_quickstart(
         os.chdir(workdir)
     applications = (APPLICATION, LICENSED_APPLICATION) if licensed else (APPLICATION,)
     check_folders(applications)  # before the training (about a minute), not after it
+    check_tmpdir()
     for application in applications:
         # the state's checks before it too: permissions, and a master secret lost for an
         # application already protected here (no new one is made, the protection's rule)
@@ -353,19 +377,25 @@ def main() -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(width=max(Console().width, 120))
+    # the terminal's width (or $COLUMNS, else 80 through a pipe): a wider console's lines were
+    # broken in two by an 80-column terminal, and by one reading `skprotect quickstart | cat`
+    console = Console()
     start = time.perf_counter()
     missing = missing_licence_modules()
     original, rows, result, licensed = run_quickstart(licensed=not missing)
-    table = Table(title=f"digits CNN, {len(load_digits_split().y_test)} test images (chance 0.10)")
+    # the original's accuracy (one value) in the title: as a column the table was too wide
+    table = Table(
+        title=f"digits CNN, {len(load_digits_split().y_test)} test images: accuracy "
+        f"{original:.3f} of the original (chance 0.10)"
+    )
     random_column = f"random key (mean of {RANDOM_KEYS})"
-    columns = ("format", "original", "with key", "without key", random_column, "key length")
-    for column in (*columns, "original weights in file"):
-        table.add_column(column)
+    columns = ("with key", "without key", random_column, "key length", "original weights in file")
+    table.add_column("format", no_wrap=True)  # the other columns' headers wrap instead
+    for column in columns:
+        table.add_column(column, min_width=len("original"))  # headers wrap between words
     for row in rows:
         table.add_row(
             row.format,
-            f"{original:.3f}",
             f"{row.accuracy_with_key:.3f}",
             f"{row.accuracy_without_key:.3f}",
             f"{row.accuracy_random_key:.3f}",
@@ -375,7 +405,6 @@ def main() -> None:
     if licensed is not None:
         table.add_row(
             "onnx, LINUX, licensed",
-            f"{original:.3f}",
             f"{licensed.accuracy:.3f}",
             "-",
             "-",
@@ -394,16 +423,20 @@ def main() -> None:
             f"{licensed.allowance} inferences, {licensed.used} used "
             f"(customer quota {LICENSED_QUOTA})"
         )
+    # soft_wrap for lines with a path or a command: no line end inserted in them to copy
     runs = [written(result)] + ([licensed.files] if licensed is not None else [])
     for files in runs:
-        console.print(f"files written: {len(files)} under {files[0].parent}", markup=False)
+        console.print(
+            f"files written: {len(files)} under {files[0].parent}", markup=False, soft_wrap=True
+        )
         for path in files:
-            console.print(f"  {path}", markup=False)
+            console.print(f"  {path}", markup=False, soft_wrap=True)
     for fmt, reason in result.skipped_formats.items():
         console.print(f"[yellow]skipped {fmt}[/yellow]: {reason}")
     if missing:
         console.print(
             f"[yellow]skipped the licensed run[/yellow]: {', '.join(missing)} not installed; "
-            + escape("run pip install 'skprotect[licence]' for it")
+            + escape("run pip install 'skprotect[licence]' for it"),
+            soft_wrap=True,
         )
     console.print(f"total time: {time.perf_counter() - start:.1f} s")

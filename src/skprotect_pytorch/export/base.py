@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from skruntime.backends.inductor import unpack_problem
 from skruntime.backends.inputs import INPUTS_METADATA
 
 from ..errors import ExportError, InvalidArgumentError, VerificationError
@@ -378,6 +379,10 @@ def load_artifact(exporter: Exporter, path: Path, options: ExportOptions) -> Run
     try:
         return exporter.load(Path(path), options)
     except Exception as err:
+        if advice := unpack_problem(err):  # torch's AOTInductor loader and TMPDIR
+            raise VerificationError(
+                f"The {exporter.fmt.name} artifact {path} {advice}, then protect again."
+            ) from err
         raise VerificationError(
             f"The {exporter.fmt.name} artifact {path} could not be loaded ({first_line(err)}). "
             "Check the export log; re-export the model."

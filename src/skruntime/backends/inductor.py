@@ -41,6 +41,7 @@ __all__ = [
     "check_torch_options",
     "input_specs",
     "parse_specs",
+    "unpack_problem",
 ]
 
 
@@ -304,6 +305,20 @@ def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool]) -
         return torch._inductor.aoti_load_package(str(copy), device_index=device_index, **options)
 
 
+def unpack_problem(err: BaseException) -> str | None:
+    """Why torch's AOTInductor loader failed, with what to do, when it could not create its
+    folder in ``TMPDIR`` (missing, a file, not writable): unlike Python, it does not fall back
+    to /tmp, and its message ("Error generating temporary directory") names no variable."""
+    if "Error generating temporary directory" not in str(err):
+        return None
+    tmpdir = os.environ.get("TMPDIR") or "unset: /tmp"
+    return (
+        f"could not be loaded: torch unpacks it in TMPDIR ({tmpdir}) and could not "
+        f"({backend_failure(err)}); it does not fall back to /tmp as Python does. Point TMPDIR "
+        "to a writable folder or unset it"
+    )
+
+
 _ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError, NotImplementedError)
 """What :mod:`zipfile` raises for a damaged archive: a bad header or CRC, data cut short, a
 declared size beyond the file, an encrypted or unknown-method entry."""
@@ -477,6 +492,8 @@ class InductorBackend:
         except BackendError:
             raise
         except Exception as err:
+            if advice := unpack_problem(err):
+                raise BackendError(f"The AOTInductor package {self._path} {advice}.") from None
             raise BackendError(
                 f"torch could not load the AOTInductor package {self._path} "
                 f"({backend_failure(err)}). Re-deploy the file written by skprotect, compiled "
