@@ -205,6 +205,13 @@ QUICK_SWEEP = SweepConfig(lrs=(3e-3,), epochs=(20, 50), batch_size=64)
 
 
 @torch.no_grad()
+def predictions(forward: Forward, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """The predicted class of every row of ``x``, evaluated ``batch`` rows at a time (the
+    wrong-key bench, ``bench/random_keys.py``, scores what they say of the class)."""
+    return torch.cat([forward(x[i : i + batch]).argmax(-1) for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
 def accuracy(forward: Forward, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
     """The fraction of rows of ``x`` whose largest logit is their label.  A row with a NaN or
     infinite logit counts as wrong: a model whose training diverged predicts nothing, where
