@@ -26,3 +26,18 @@ def module_workdir(tmp_path_factory: pytest.TempPathFactory):
         yield path
     finally:
         os.chdir(previous)
+
+
+def _no_training(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("the quickstart trained before its checks")
+
+
+@pytest.fixture
+def untrained(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The current folder, with the quickstart's training (and the data loading before it)
+    failing loudly: what it checks first must stop it before."""
+    from skprotect_pytorch import quickstart
+
+    monkeypatch.setattr(quickstart, "train", _no_training)
+    monkeypatch.setattr(quickstart, "load_digits_split", _no_training)
+    return workdir

@@ -20,18 +20,6 @@ from skprotect_pytorch.formats import ExportFormat
 from skprotect_pytorch.protect import SkProtectorPyTorch
 
 
-def _no_training(*_args: object, **_kwargs: object) -> None:
-    raise AssertionError("the quickstart trained before checking its folders")
-
-
-@pytest.fixture
-def untrained(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The current folder, with the training (and the data loading before it) failing loudly."""
-    monkeypatch.setattr(quickstart, "train", _no_training)
-    monkeypatch.setattr(quickstart, "load_digits_split", _no_training)
-    return workdir
-
-
 @pytest.mark.parametrize(
     ("blocking", "written"),
     [

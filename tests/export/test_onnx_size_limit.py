@@ -32,6 +32,13 @@ def _no_export(*_args: object, **_kwargs: object) -> None:
     raise AssertionError("work began on a model over the ONNX size limit")
 
 
+def _export_toy(folder: Path) -> None:
+    """Export :class:`Toy` with a key to ``folder / "m.onnx"``."""
+    EXPORTER.export(
+        Toy().eval(), (torch.randn(2, 8), torch.rand(10)), folder / "m.onnx", OPTIONS, with_key=True
+    )
+
+
 def test_weights_over_the_limit_are_refused_before_the_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -39,13 +46,7 @@ def test_weights_over_the_limit_are_refused_before_the_export(
     monkeypatch.setattr(onnx_export, "_torch_onnx_export", _no_export)
     start = time.perf_counter()
     with pytest.raises(ExportError) as info:
-        EXPORTER.export(
-            Toy().eval(),
-            (torch.randn(2, 8), torch.rand(10)),
-            tmp_path / "m.onnx",
-            OPTIONS,
-            with_key=True,
-        )
+        _export_toy(tmp_path)
     assert time.perf_counter() - start < 1
     assert list(tmp_path.iterdir()) == []
     message = str(info.value)
@@ -76,13 +77,7 @@ def test_a_written_file_over_the_limit_is_removed_and_refused(
     """Weights within the limit, the file (graph, names, constants) over it."""
     monkeypatch.setattr(onnx_export, "MAX_ONNX_BYTES", WEIGHTS)
     with pytest.raises(ExportError, match=r"^The ONNX file is 0\.00 GiB \(\d[\d,]* bytes\), over"):
-        EXPORTER.export(
-            Toy().eval(),
-            (torch.randn(2, 8), torch.rand(10)),
-            tmp_path / "m.onnx",
-            OPTIONS,
-            with_key=True,
-        )
+        _export_toy(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
