@@ -54,14 +54,19 @@ def test_a_customer_changed_after_deployment_is_licensed_as_the_new_one(
     ep = SkProtectorPyTorch.ExportPlatform
     x = torch.randn(2, 6)
     protector = SkProtectorPyTorch(application_name=APPLICATION)
-    protector.protect_new_model(
-        mlp(0),
-        "net",
-        [x],
-        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
-        deployment_platform=ep.LINUX,
-        customer=Customer(7, "ACME"),
-    )
+
+    def protect(method: Any, seed: int, customer: Customer) -> None:
+        """Protect version ``seed`` of the MLP as ``net`` (ONNX, LINUX) for ``customer``."""
+        method(
+            mlp(seed),
+            "net",
+            [x],
+            model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
+            deployment_platform=ep.LINUX,
+            customer=customer,
+        )
+
+    protect(protector.protect_new_model, 0, Customer(7, "ACME"))
     settings = dataclasses.replace(settings, licence_requests_per_minute=1000)
     with (
         EmbeddedServer(settings) as server,
@@ -105,12 +110,5 @@ def test_a_customer_changed_after_deployment_is_licensed_as_the_new_one(
         assert info.value.reason == "device_customer_mismatch"
         assert run(workdir / "device8", 0) < 1e-4
         assert granted(http, 8) > 0 and granted(http, 7) == before7
-        protector.protect_updated_model(
-            mlp(1),
-            "net",
-            [x],
-            model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
-            deployment_platform=ep.LINUX,
-            customer=Customer(8, "Beta"),
-        )
+        protect(protector.protect_updated_model, 1, Customer(8, "Beta"))
         assert run(workdir / "device8", 1) < 1e-4

@@ -158,22 +158,32 @@ def _stat_as_regular(monkeypatch: pytest.MonkeyPatch, fifo: Path, regular: Path)
     monkeypatch.setattr(os, "stat", stat_before_the_swap)
 
 
+def _run_with_fifo_swapped_in(
+    outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fifo: Path, options: list[str]
+) -> Any:
+    """``skprotect run`` with ``options`` naming ``fifo``, which looks regular when checked
+    (:func:`_stat_as_regular`) and is a FIFO when opened; fails if the run blocked on it."""
+    regular = tmp_path / "regular"
+    regular.write_bytes(KEK)
+    os.mkfifo(fifo)
+    np.save(tmp_path / "x.npy", X)
+    _stat_as_regular(monkeypatch, fifo, regular)
+    args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy"), *options]
+    result: list[Any] = []
+    err = raised_without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
+    assert err is None
+    return result[0]
+
+
 def test_a_kek_file_swapped_for_a_fifo_after_its_check_is_refused(
     outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--kek`` was checked with ``Path.is_file()`` and then read with ``read_bytes()``: a
     FIFO put in its place between the two blocked the runner for ever."""
-    regular, fifo = tmp_path / "regular", tmp_path / "kek"
-    regular.write_bytes(KEK)
-    os.mkfifo(fifo)
-    np.save(tmp_path / "x.npy", X)
-    _stat_as_regular(monkeypatch, fifo, regular)
-    args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy"), "--kek", str(fifo)]
-    result: list[Any] = []
-    err = raised_without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
-    assert err is None
-    assert result[0].exit_code == 6
-    assert result[0].output == (
+    fifo = tmp_path / "kek"
+    result = _run_with_fifo_swapped_in(outputs, tmp_path, monkeypatch, fifo, ["--kek", str(fifo)])
+    assert result.exit_code == 6
+    assert result.output == (
         f"error: key-encryption key file {fifo} is a named pipe (FIFO), not a file; pass the "
         "file.\n"
     )
@@ -182,18 +192,11 @@ def test_a_kek_file_swapped_for_a_fifo_after_its_check_is_refused(
 def test_a_server_public_key_file_swapped_for_a_fifo_after_its_check_is_refused(
     outputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    regular, fifo = tmp_path / "regular", tmp_path / "server.pub"
-    regular.write_bytes(KEK)
-    os.mkfifo(fifo)
-    np.save(tmp_path / "x.npy", X)
-    _stat_as_regular(monkeypatch, fifo, regular)
-    args = ["run", str(outputs / "app"), "net", "-i", str(tmp_path / "x.npy")]
-    args += ["--licence-server", "http://127.0.0.1:9", "--server-public-key", str(fifo)]
-    result: list[Any] = []
-    err = raised_without_blocking(lambda: result.append(CliRunner().invoke(cli_app, args)), fifo)
-    assert err is None
-    assert result[0].exit_code == 2
-    assert result[0].output == (
+    fifo = tmp_path / "server.pub"
+    options = ["--licence-server", "http://127.0.0.1:9", "--server-public-key", str(fifo)]
+    result = _run_with_fifo_swapped_in(outputs, tmp_path, monkeypatch, fifo, options)
+    assert result.exit_code == 2
+    assert result.output == (
         f"error: --server-public-key {fifo} is a named pipe (FIFO), not a regular file: pass the "
         "file holding the licence server's public key or that key in base64.\n"
     )
