@@ -23,6 +23,7 @@ from skruntime.cli import (
     write_output_file,
 )
 from skruntime.config import NAME_RE
+from skruntime.files import path_kind
 from skruntime.versions import version_option
 
 from .errors import SkProtectError
@@ -137,17 +138,6 @@ def _application_name(value: str) -> str:
     return value
 
 
-def _kind(path: Path) -> str | None:
-    """What ``path`` is when something other than a regular file is there (``"a folder"``, ``"a
-    named pipe (FIFO)"``, ...; symbolic links followed), else None (a file, or nothing)."""
-    from skruntime.files import file_kind
-
-    try:
-        return file_kind(path.stat().st_mode)
-    except OSError:
-        return None
-
-
 def _kek_output_problem(output: Path) -> str | None:
     """Why ``export-kek`` must not write the key to ``output``, or None: a folder, a device or
     named pipe (the key file replaced it: ``/dev/null`` as root), or a path through a file
@@ -155,7 +145,7 @@ def _kek_output_problem(output: Path) -> str | None:
     :meth:`ProtectionState.export_kek` itself."""
     if output.is_dir():  # '' and '.' too: typer reads an empty path as '.'
         return f"{output} is a folder; pass a file name for the key."
-    if kind := _kind(output):
+    if kind := path_kind(output):
         return f"{output} is {kind}, not a file; pass a file name for the key (mode 0600)."
     blocking = next((p for p in output.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
@@ -247,7 +237,7 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
     if not 0.0 < threshold <= 1.0:
         typer.echo(f"error: --threshold must be in (0, 1], but got {threshold}", err=True)
         raise typer.Exit(2)
-    if kind := _kind(original):  # original_weights would say it does not exist
+    if kind := path_kind(original):  # original_weights would say it does not exist
         typer.echo(
             f"error: --original {original} is {kind}; pass the original's weights file (a "
             "state dict, a .safetensors file or an unlocked .onnx / TorchScript export).",
@@ -259,7 +249,7 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
         if not given.exists():  # a missing folder has no suffix: say what is wrong with it
             typer.echo(f"error: {given} does not exist; check the path.", err=True)
             raise typer.Exit(2)
-        if not given.is_dir() and (kind := _kind(given)):  # else: "does not exist"
+        if not given.is_dir() and (kind := path_kind(given)):  # else: "does not exist"
             typer.echo(f"error: {given} is {kind}, not a file or folder to scan.", err=True)
             raise typer.Exit(2)
         inside = artifact_files(given) if given.is_dir() else [given]

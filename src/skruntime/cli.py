@@ -131,13 +131,9 @@ def _not_a_file(path: Path, what: str, kind: str | None = None) -> _CliError:
     """The error for a path that should be an existing file: a folder, a named pipe or a
     device (whose reads block or never end), or nothing there. ``kind``: what the path was
     found to be (:class:`~skruntime.files.NotRegularFileError`), else it is looked at."""
-    from skruntime.files import file_kind
+    from skruntime.files import path_kind
 
-    if kind is None:
-        try:
-            kind = file_kind(path.stat().st_mode)
-        except OSError:
-            kind = None
+    kind = kind or path_kind(path)
     if kind is not None:
         return _CliError(f"{what} {path} is {kind}, not a file; pass the file.", EXIT_NOT_FOUND)
     return _CliError(f"{what} {path} does not exist.", EXIT_NOT_FOUND)
@@ -340,11 +336,9 @@ def _is_special(path: str | os.PathLike[str]) -> bool:
     device (``/dev/null``) or a named pipe, which ``--output`` writes into, as ``numpy.save``
     would, instead of replacing it (a symbolic link to ``/dev/null`` run as root replaced the
     system's ``/dev/null`` with a regular file)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+    from skruntime.files import path_kind
+
+    return path_kind(path) not in (None, "a folder")
 
 
 def _write_npz(buffer: io.BytesIO, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:

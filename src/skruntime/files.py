@@ -54,6 +54,15 @@ def file_kind(mode: int) -> str | None:
     return "a special file"
 
 
+def path_kind(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when something other than a regular file is there (:func:`file_kind`,
+    symbolic links followed), else None: a regular file, or nothing there."""
+    try:
+        return file_kind(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     """Open ``path`` (symbolic links followed) for binary reading if it is a regular file.
 
