@@ -20,7 +20,6 @@ import typer
 from sqlalchemy.orm import Session
 
 from sklicense import crud, db
-from sklicense.api.database_errors import BUSY, classify
 from sklicense.crypto import (
     SigningKeyError,
     create_signing_key,
@@ -95,13 +94,13 @@ def main() -> None:
         with sigterm_as_interrupt():
             app(prog_name="sklicense")  # exits itself on success, usage errors and fail()
     except SQLAlchemyError as err:
-        failure = classify(err)
-        if failure is not None and failure.detail == BUSY:  # not the URL's or the disk's fault
+        if db.is_busy(err):  # not the URL's or the disk's fault
             _stop(
-                f"the database stayed locked for {db.ADMIN_TIMEOUT_S:g} s by another connection: "
-                "another sklicense command, or a transaction of the server or of a database "
-                "session (PostgreSQL's pg_stat_activity lists them). Nothing was changed: run the "
-                "command again once it has ended."
+                db.locked_message(
+                    "the database",
+                    "another sklicense command, or a transaction of the server",
+                    "the command",
+                )
             )
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         _stop(
@@ -399,8 +398,7 @@ def show_once(token: str) -> None:
             raise OSError(errno.EBADF, "standard output is closed")
         typer.echo(token)
     except OSError as err:
-        if sys.stdout is not None:
-            discard_stdout()
+        discard_stdout()
         fail(
             f"the token could not be printed ({err.strerror or err}), so it was not created: run "
             "the command again with its output to a terminal, a file or a pipe read to its end"

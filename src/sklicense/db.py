@@ -253,17 +253,33 @@ def upgrade(url: str, revision: str = "head") -> None:
         raise refusal from error
 
 
+def is_busy(error: SQLAlchemyError) -> bool:
+    """Whether ``error`` is a wait for a lock another connection held past the timeout."""
+    failure = classify(error)
+    return failure is not None and failure.detail == BUSY
+
+
+def locked_message(database: str, holders: str, rerun: str) -> str:
+    """What to say when ``database`` stayed locked past :data:`ADMIN_TIMEOUT_S`: who may hold
+    it (``holders``) and the command to ``rerun``; nothing was changed."""
+    return (
+        f"{database} stayed locked for {ADMIN_TIMEOUT_S:g} s by another connection: {holders} "
+        "or of a database session (PostgreSQL's pg_stat_activity lists them). Nothing was "
+        f"changed: run {rerun} again once it has ended."
+    )
+
+
 def _upgrade_refusal(url: str, error: SQLAlchemyError) -> DatabaseNotMigratedError | None:
     """What to do when an upgrade failed on a lock held past :data:`ADMIN_TIMEOUT_S` or on a
     PostgreSQL user that may not create tables; None for other failures (the command line says
     those in one line)."""
-    failure = classify(error)
-    if failure is not None and failure.detail == BUSY:
+    if is_busy(error):
         return DatabaseNotMigratedError(
-            f"The database {safe_url(url)} stayed locked for {ADMIN_TIMEOUT_S:g} s by another "
-            "connection: another `sklicense db upgrade` still migrating it, or a transaction of "
-            "a server or of a database session (PostgreSQL's pg_stat_activity lists them). "
-            "Nothing was changed: run `sklicense db upgrade` again once it has ended."
+            locked_message(
+                f"The database {safe_url(url)}",
+                "another `sklicense db upgrade` still migrating it, or a transaction of a server",
+                "`sklicense db upgrade`",
+            )
         )
     cause = getattr(error, "orig", None)
     if getattr(cause, "sqlstate", None) == "42501":  # insufficient_privilege
