@@ -1659,10 +1659,11 @@ class LicenceClient:
             if self._take(licence, n):
                 return
             for _ in range(_RENEWALS_PER_CONSUME):
-                if self._other_cached(licence) is None:
+                if int(self._clock()) < self._next_retry and self._other_cached(licence) is None:
                     # nothing to take and no renewal due yet: said at once, not after waiting
                     # for the renewal lock (another process renewing, stopped, or a forked
-                    # child that kept it), on every inference until retry_seconds pass
+                    # child that kept it), on every inference until retry_seconds pass; the
+                    # cached licence is read only then (once a renewal is due, under the lock)
                     self._retry_due(licence)
                 # one process at a time, as in _renew_due: one that used the licence up
                 # meanwhile waits, then counts on the rest of the new licence (this one counted
