@@ -425,14 +425,15 @@ def _key_bytes(data: bytes, *, raw: bool) -> bytes | None:
     return key if len(key) == 32 else None
 
 
-def _read_key_file(path: Path) -> bytes:
+def _read_key_file(path: Path) -> tuple[bytes, int]:
     """Up to :data:`_KEY_FILE_LIMIT` + 1 bytes of a key file, opened only if it is a regular file
     (:func:`~skruntime.files.open_regular`: a named pipe swapped in after a check of the path
-    blocked the runner for ever). Raises what ``open_regular`` raises."""
+    blocked the runner for ever), and the permission bits of the file read. Raises what
+    ``open_regular`` raises."""
     from skruntime.files import open_regular
 
     with open_regular(path) as f:
-        return f.read(_KEY_FILE_LIMIT + 1)
+        return f.read(_KEY_FILE_LIMIT + 1), stat.S_IMODE(os.fstat(f.fileno()).st_mode)
 
 
 def _read_kek(value: str | os.PathLike[str]) -> bytes:
@@ -457,7 +458,7 @@ def _read_kek(value: str | os.PathLike[str]) -> bytes:
             EXIT_USAGE,
         )
     try:
-        data = _read_key_file(path)
+        data, mode = _read_key_file(path)
     except (NotRegularFileError, FileNotFoundError) as err:
         raise _not_a_file(path, "key-encryption key file", getattr(err, "kind", None)) from err
     except OSError as err:  # e.g. no read permission: one line, not errno's bare text
@@ -473,7 +474,6 @@ def _read_kek(value: str | os.PathLike[str]) -> bytes:
             "`skprotect export-kek` writes it).",
             EXIT_KEY,
         )
-    mode = stat.S_IMODE(os.stat(path).st_mode)
     if os.name == "posix" and mode & 0o077:  # warned, not refused: secret volumes are 0644
         typer.echo(
             f"warning: --kek {path} is accessible to other users (mode {mode:o}); whoever reads "
@@ -493,7 +493,7 @@ def _read_server_public_key(value: str) -> bytes:
     path = Path(value)
     is_file = os.path.lexists(path)  # False, not an error, for a text too long for a file name
     try:
-        data = _read_key_file(path) if is_file else value.encode("ascii", "replace")
+        data = _read_key_file(path)[0] if is_file else value.encode("ascii", "replace")
     except NotRegularFileError as err:
         raise _CliError(
             f"--server-public-key {err}: pass the file holding the licence server's public key "
