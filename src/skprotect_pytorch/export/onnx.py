@@ -26,6 +26,8 @@ import torch
 from onnx import external_data_helper
 from torch import Tensor, nn
 
+from skruntime.backends.base import MAX_ONNX_BYTES
+
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
 from ..logs import get_logger
@@ -42,10 +44,6 @@ from .base import (
     signature_dynamic_shapes,
 )
 from .options import DEFAULT_OPSET, ExportOptions, SizeRange, exported_axes
-
-MAX_ONNX_BYTES: int = onnx.checker.MAXIMUM_PROTOBUF
-"""The largest ONNX file protobuf, and so onnxruntime, can parse (2 GiB less one byte): the
-shipped file holds every weight, the runtime loading one self-contained file."""
 
 _OTHER_FORMATS = (
     "Leave ExportFormat.ONNX out of model_export_formats and protect this model to "

@@ -21,6 +21,12 @@ MAX_THREADS = 1024
 threads than cores only slow a model down), and far below the C ``int`` in which onnxruntime and
 torch store the count (a larger number fails inside their bindings with an unreadable error)."""
 
+MAX_ONNX_BYTES = 2**31 - 1
+"""The largest ``.onnx`` file onnxruntime can parse: protobuf's limit on one message (2 GiB
+less one byte). The protector writes, and the ONNX backend loads, one self-contained file,
+never external data. Here, not in the ONNX backend, so that the protector reads it without
+importing onnxruntime."""
+
 _DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 

@@ -14,15 +14,11 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import BackendError
-from .base import BackendOptions, ModelFile, as_numpy
+from .base import MAX_ONNX_BYTES, BackendOptions, ModelFile, as_numpy
 from .gpu import ORT_CUDA_FP32_OPTIONS
 from .inputs import INPUTS_METADATA, parse_specs, spec_ranges
 
 __all__ = ["MAX_ONNX_BYTES", "OnnxRuntimeBackend"]
-
-MAX_ONNX_BYTES = 2**31 - 1
-"""The largest ``.onnx`` file onnxruntime can parse: protobuf's limit on one message (2 GiB
-less one byte). The backend loads one self-contained file, never external data."""
 
 
 def _check_size(model: ModelFile) -> None:
