@@ -777,8 +777,8 @@ class LoadedModel:
         self._backend: Backend | None = backend
         self._numpy = bool(getattr(backend, "wants_numpy", False))
         # the configuration cannot carry the dynamic axes' ranges (older runtimes would refuse
-        # it): the backend reads them from the model file, key last
-        ranges = getattr(backend, "input_ranges", None) or ()
+        # it): they come from the model file's input record, key last
+        ranges = [spec_ranges(s) for s in getattr(backend, "input_record", None) or ()]
         self._checks = tuple(
             _InputCheck(s, ranges[i] if i < len(ranges) else {}) for i, s in enumerate(self.inputs)
         )

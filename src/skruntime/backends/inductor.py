@@ -31,7 +31,7 @@ import torch
 from ..errors import BackendError, InputError
 from .base import BackendOptions, ModelFile
 from .gpu import apply_gpu_determinism, cuda_index, require_cuda
-from .inputs import INPUTS_METADATA, input_specs, parse_specs, range_problem, spec_ranges
+from .inputs import INPUTS_METADATA, input_specs, parse_specs, range_problem
 
 __all__ = [
     "INPUTS_METADATA",
@@ -509,8 +509,6 @@ class InductorBackend:
         self.input_record, self.input_names, self._key_name = parse_specs(raw, name)
         """The package's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last): checked
         before every call; the runtime compares it with the configuration."""
-        self.input_ranges = [spec_ranges(s) for s in self.input_record]
-        """Per input (key last), the sizes its dynamic axes were declared for."""
         self._io = TensorIO(self.device)
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from ..errors import BackendError
 from .base import MAX_ONNX_BYTES, BackendOptions, ModelFile, as_numpy
 from .gpu import ORT_CUDA_FP32_OPTIONS
-from .inputs import INPUTS_METADATA, parse_specs, spec_ranges
+from .inputs import INPUTS_METADATA, parse_specs
 
 __all__ = ["MAX_ONNX_BYTES", "OnnxRuntimeBackend"]
 
@@ -271,11 +271,6 @@ class OnnxRuntimeBackend:
         )
         """The file's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last); None without
         it. The runtime compares it with the configuration when it loads the file."""
-        self.input_ranges: list[dict[int, tuple[int, int | None]]] | None = (
-            None if self.input_record is None else [spec_ranges(s) for s in self.input_record]
-        )
-        """Per input (key last), the sizes its dynamic axes were declared for; None without
-        the metadata."""
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         """Run once. Inputs are numpy arrays (others are converted); onnxruntime itself copies

@@ -24,7 +24,7 @@ from ..errors import BackendError
 from .base import BackendOptions, ModelFile
 from .gpu import apply_gpu_determinism, cuda_index
 from .inductor import TensorIO, apply_threads, backend_failure, check_inputs, check_torch_options
-from .inputs import INPUTS_METADATA, parse_specs, spec_ranges
+from .inputs import INPUTS_METADATA, parse_specs
 
 __all__ = ["CudaTracedTorchScriptBackend", "TorchScriptBackend"]
 
@@ -185,14 +185,10 @@ class TorchScriptBackend:
         """The file's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last); None without
         it. Checked before every call; the runtime compares it with the configuration."""
         self._key_name: str | None = None
-        self.input_ranges: list[dict[int, tuple[int, int | None]]] | None = None
-        """Per input (key last), the sizes its dynamic axes were declared for; None without
-        the metadata."""
         raw = extra[INPUTS_METADATA]
         if raw:
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             self.input_record, self.input_names, self._key_name = parse_specs(text, self._path.name)
-            self.input_ranges = [spec_ranges(s) for s in self.input_record]
         else:
             self.input_names = [a.name for a in module.forward.schema.arguments[1:]]  # not self
         self._io = TensorIO(self.device, owned=_held_tensors(module))
