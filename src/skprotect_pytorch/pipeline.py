@@ -401,12 +401,17 @@ def _lock_settings(request: ProtectRequest) -> LockSettings:
     )
 
 
-def _warn_shared_weights(request: ProtectRequest, groups: list[tuple[str, ...]]) -> None:
-    """Say that locked layers store copies of one weight under a lock that links their keys:
-    with an unmixed keyed side and sign-only scales a thief matches the copies' rows there."""
+def _links_copies(request: ProtectRequest) -> bool:
+    """Whether the request's lock links the keys of two locked copies of one weight: with an
+    unmixed keyed side and sign-only scales a thief matches the copies' rows there; under the
+    other locks every matcher tried stays at chance (docs/security.md, "Tied locked weights")."""
     settings = _lock_settings(request)
-    if settings.mix_sides == "both" or not settings.quantize_compatibility:
-        return  # every matcher tried stays at chance (docs/security.md, "Tied locked weights")
+    return settings.mix_sides != "both" and settings.quantize_compatibility
+
+
+def _warn_shared_weights(request: ProtectRequest, groups: list[tuple[str, ...]]) -> None:
+    """Say that locked layers store copies of one weight under a lock that links their keys
+    (:func:`_links_copies`)."""
     listed = "; ".join(", ".join(map(repr, names)) for names in groups)
     _tell(
         f"Locked layers of '{request.model_name}' store copies of one weight ({listed}): with "
@@ -811,6 +816,7 @@ def _lock_checked(
     key_epoch: int,
     *,
     in_place: bool,
+    find_shared: bool,
 ) -> tuple[LockedModel, tuple[int, ...]]:
     """``reference`` locked for ``group`` (``in_place``: itself, not a copy), run once with its
     key on the example inputs, whose outputs must be the original's. Returns it with the
@@ -826,6 +832,7 @@ def _lock_checked(
             settings=_lock_settings(request),
             public_seed=f"{request.application_name}/{name}/{group.value}",
             in_place=in_place,
+            find_shared=find_shared,
         )
     for d in locked.layers:
         logger.debug(
@@ -940,8 +947,9 @@ def _run_group(
         layer_filter,
         result.key_epoch,
         in_place=last,
+        find_shared=not result.layers and _links_copies(request),  # the first group: warn once
     )
-    if not result.layers and locked.shared_weights:  # the first group: warn once
+    if locked.shared_weights:
         _warn_shared_weights(request, locked.shared_weights)
     result.layers = locked.layers
     result.folded_batchnorms = locked.folded_batchnorms

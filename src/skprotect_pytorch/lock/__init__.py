@@ -150,8 +150,12 @@ def lock_model(
     settings: LockSettings | None = None,
     public_seed: str = "",
     in_place: bool = False,
+    find_shared: bool = True,
 ) -> LockedModel:
     """Return a locked deep copy of ``model``; the user's model object is never modified.
+
+    ``find_shared``: list the locked layers that store copies of one weight
+    (:attr:`LockedModel.shared_weights`); a caller that will not use them skips the search.
 
     ``in_place``: lock ``model`` itself, not a copy, for a caller that passes its own copy and
     needs it no longer (the protector's reference copy, at its last lock): the weights are
@@ -222,7 +226,8 @@ def lock_model(
         kept,
     )
     buffers = plaintext_buffers(work, (d.name for d in decisions if d.locked))
-    shared = shared_locked_weights(work, (d.name for d in decisions if d.locked))
+    locked_names = (d.name for d in decisions if d.locked)
+    shared = shared_locked_weights(work, locked_names) if find_shared else []
     locked_root = _swap(work, replacements)
     keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots, plaintext)
     keyed.training = locked_root.training
