@@ -250,6 +250,11 @@ def test_stored_only_reports_what_the_folder_holds_and_computes_nothing(
         ("B@1", '{"rows": []}', "not 1 accuracies"),
         ("A1-null@1", '{"rows": []}', "not rows of A1 with 1 accuracies"),
         ("A0", '{"rows": [{"attack": "A1", "accuracies": [0.1]}]}', "not rows of A0"),
+        (  # a string: "not measured at s, e, e, d, ..."
+            "A1-null@1",
+            '{"rows": [{"attack": "A1", "accuracies": [0.1], "unmeasured": "seed 0"}]}',
+            "not rows of A1 with 1 accuracies in \\[0, 1\\] each and, if any, a list of unmeasured",
+        ),
     ):
         path = folder / f"{cell}.json"
         stored = path.read_text() if path.exists() else None  # B@1 was deleted above

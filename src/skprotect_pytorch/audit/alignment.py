@@ -49,7 +49,7 @@ from .matching import (
     reference_weights,
 )
 from .matching import weight_match as _weight_match
-from .models import SweepConfig, accuracy
+from .models import Score, SweepConfig, accuracy, score
 
 
 def train_reference(
@@ -69,13 +69,13 @@ def train_reference(
         nonlocal model
         model = fresh_model(make_model, gain)
 
-        def evaluate(model: nn.Module = model) -> float:
+        def evaluate(model: nn.Module = model) -> Score:
             nonlocal best, best_state
-            acc = accuracy(model.eval(), task.x_test, task.y_test)
+            got = score(model.eval(), task.x_test, task.y_test)
             model.train()
-            if acc > best:
-                best, best_state = acc, copy.deepcopy(model.state_dict())
-            return acc
+            if got["accuracy"] > best:
+                best, best_state = got["accuracy"], copy.deepcopy(model.state_dict())
+            return got
 
         return model, list(model.parameters()), evaluate
 
@@ -301,15 +301,14 @@ def attack_alignment(
     outcomes = []
     for kind in ("weight", "activation"):
         by_seed = {seed: found[kind]["key"] for seed, found in per_seed.items()}
-        accs = part(
+        scores = part(
             kind,
-            lambda by_seed=by_seed: (
-                finetune_from_key(
-                    stolen, task, budget, sweep, seeds, by_seed.__getitem__
-                ).accuracies
+            lambda by_seed=by_seed: finetune_from_key(
+                stolen, task, budget, sweep, seeds, by_seed.__getitem__
             ),
         )
-        o = AttackOutcome("A4", f"{kind} matching to own reference + fine-tune", budget, accs)
+        variant = f"{kind} matching to own reference + fine-tune"
+        o = AttackOutcome.from_scores("A4", variant, budget, seeds, scores)
         o.recovered_keys = [by_seed[s] for s in seeds]
         o.notes = sorted({note for found in per_seed.values() for note in found[kind]["notes"]})
         o.extra["control"] = [per_seed[s]["control"] for s in seeds]

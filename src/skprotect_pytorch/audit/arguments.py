@@ -37,6 +37,25 @@ def optional_positive_int(value: object, name: str) -> int | None:
     return int(value)  # type: ignore[call-overload]
 
 
+MAX_SEEDS = 100
+"""Upper bound of the seeds per budget: each seed draws its own budget and retrains every
+learner of every attack (the full gate's 3 seeds are hours per model and budget on two cores),
+so 100 is over 30 times the gate's statistics, while 10**12 built a list of a trillion seeds
+(MemoryError) and 10**6 ran for ever, both after the victim's training."""
+
+
+def optional_seed_count(value: object, name: str) -> int | None:
+    """``None`` (the default) or a seed count from 1 to :data:`MAX_SEEDS`, as a Python int."""
+    count = optional_positive_int(value, name)
+    if count is not None and count > MAX_SEEDS:
+        raise InvalidArgumentError(
+            f"{name} must be at most {MAX_SEEDS}, but is {count}: each seed retrains every attack "
+            f"at every budget (the full gate uses 3); give 1 to {MAX_SEEDS}, or None for the "
+            "default."
+        )
+    return count
+
+
 def optional_threads(value: object, name: str) -> int | None:
     """``None`` (torch's setting stays) or a thread count by the runtime's rule (1 to
     ``MAX_THREADS``), as a Python int: 100,000 threads crashed torch in its first matrix

@@ -20,10 +20,10 @@ Every attack returns :class:`AttackOutcome` values; scoring against the true key
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -43,8 +43,10 @@ from .matching import (
     keyed_layers,
     reference_weights,
 )
-from .models import SweepConfig, accuracy, batches, train_sweep_point
+from .models import Score, SweepConfig, accuracy, batches, best_score, score, train_sweep_point
 from .relaxed_recurrent import replace_keyed_matrices
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,8 +105,24 @@ class AttackOutcome:
     notes: list[str] = field(default_factory=list)
     """What the attack did not model (those key slots stay at the null key), for the report."""
     unmeasured: list[str] = field(default_factory=list)
-    """The seeds (``"seed 0"``) at which every attempt diverged: their accuracy of 0 measured
+    """The seeds (``"seed 0"``) at which every attempt diverged: their accuracy measured
     nothing, and the report fails the row (:attr:`.report.AuditRow.unmeasured`)."""
+
+    @classmethod
+    def from_scores(
+        cls,
+        attack: str,
+        variant: str,
+        budget: float,
+        seeds: Sequence[int],
+        scores: Sequence[Score],
+    ) -> AttackOutcome:
+        """The outcome of one :class:`~.models.Score` per seed: its accuracies, and the seeds
+        at which nothing was measured named in ``unmeasured`` (every attack records them so)."""
+        pairs = list(zip(seeds, scores, strict=True))
+        accuracies = [got["accuracy"] for got in scores]
+        unmeasured = [f"seed {seed}" for seed, got in pairs if not got["measured"]]
+        return cls(attack, variant, budget, accuracies, unmeasured=unmeasured)
 
     @property
     def accuracy(self) -> float:
@@ -112,18 +130,17 @@ class AttackOutcome:
 
 
 def _sweep_best(
-    make: Callable[[], tuple[Callable, list[nn.Parameter], Callable[[], float]]],
+    make: Callable[[], tuple[Callable, list[nn.Parameter], Callable[[], Score]]],
     x: torch.Tensor,
     y: torch.Tensor,
     sweep: SweepConfig,
     seed: int,
-    on_step_factory: Callable[[], Callable[[float], None] | None] = lambda: None,
-    after: Callable[[float, dict[int, float]], None] | None = None,
     init_seed: int | None = None,
-) -> float:
-    """Best test accuracy over the sweep; ``make()`` builds a fresh learner for each lr, under
-    ``torch.manual_seed(init_seed)`` (``seed`` unless given)."""
-    best = 0.0
+) -> Score:
+    """Best test score over the sweep (:func:`~.models.best_score`); ``make()`` builds a fresh
+    learner for each lr, under ``torch.manual_seed(init_seed)`` (``seed`` unless given), whose
+    ``evaluate`` gives a :class:`~.models.Score`."""
+    points = []
     for lr in sweep.lrs:
         torch.manual_seed(seed if init_seed is None else init_seed)
         forward, params, evaluate = make()
@@ -138,12 +155,9 @@ def _sweep_best(
             seed=seed,
             evaluate=evaluate,
             weight_decay=sweep.weight_decay,
-            on_step=on_step_factory(),
         )
-        if after is not None:
-            after(lr, scores)
-        best = max(best, *scores.values())
-    return best
+        points += scores.values()
+    return best_score(points)
 
 
 def _sweep_per_seed(
@@ -161,13 +175,9 @@ def _sweep_per_seed(
 
         def make():
             model = build()
-            return (
-                model,
-                list(model.parameters()),
-                lambda: accuracy(model, task.x_test, task.y_test),
-            )
+            return model, list(model.parameters()), lambda: score(model, task.x_test, task.y_test)
 
-        return _sweep_best(make, x, y, sweep, seed)
+        return _sweep_best(make, x, y, sweep, seed)["accuracy"]
 
     return [part(f"seed{seed}", partial(one, seed)) for seed in seeds]
 
@@ -189,14 +199,17 @@ def fresh_model(make_model: Callable[[], nn.Module], gain: float | None = None) 
 
 
 def best_over_gains(
-    run: Callable[[float | None], list[float]], gains: Sequence[float | None]
-) -> list[float]:
-    """Per seed, the best of ``run(gain)`` over ``gains`` (a sweep's init gains)."""
+    run: Callable[[float | None], list[T]],
+    gains: Sequence[float | None],
+    best: Callable[[Iterable[T]], T] = max,  # type: ignore[assignment]
+) -> list[T]:
+    """Per seed, the ``best`` of ``run(gain)`` over ``gains`` (a sweep's init gains):
+    accuracies by ``max``, :class:`~.models.Score` values by :func:`~.models.best_score`."""
     per_gain = [
         part(f"gain-{'default' if gain is None else f'{gain:g}'}", partial(run, gain))
         for gain in gains
     ]
-    return [max(accs) for accs in zip(*per_gain, strict=True)]
+    return [best(per_seed) for per_seed in zip(*per_gain, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,11 +266,12 @@ def finetune_from_key(
     sweep: SweepConfig,
     seeds: Sequence[int],
     key_for_seed: Callable[[int], torch.Tensor],
-) -> AttackOutcome:
-    """Train every weight of the locked model with a fixed key on the budget (the baseline's
-    sweep); the accuracy of the key before training counts too (the thief keeps the better)."""
+) -> list[Score]:
+    """Per seed, train every weight of the locked model with a fixed key on the budget (the
+    baseline's sweep); the score of the key before training counts too (the thief keeps the
+    better), and the seed is measured unless every one of these attempts diverged."""
 
-    def one(seed: int) -> float:
+    def one(seed: int) -> Score:
         x, y = task.budget(budget, seed)
         key = key_for_seed(seed)
 
@@ -269,14 +283,13 @@ def finetune_from_key(
             return (
                 forward,
                 list(module.parameters()),
-                lambda: accuracy(forward, task.x_test, task.y_test),
+                lambda: score(forward, task.x_test, task.y_test),
             )
 
-        start = accuracy(stolen.forward_with(key), task.x_test, task.y_test)
-        return max(start, _sweep_best(make, x, y, sweep, seed))
+        start = score(stolen.forward_with(key), task.x_test, task.y_test)
+        return best_score([start, _sweep_best(make, x, y, sweep, seed)])
 
-    accs = [part(f"seed{seed}", partial(one, seed)) for seed in seeds]
-    return AttackOutcome("A1", "fine-tune", budget, accs)
+    return [part(f"seed{seed}", partial(one, seed)) for seed in seeds]
 
 
 def attack_finetune(
@@ -295,9 +308,8 @@ def attack_finetune(
             return stolen.null_key()
         return stolen.random_key(np.random.default_rng([seed, 17]))
 
-    outcome = finetune_from_key(stolen, task, budget, sweep, seeds, key_for_seed)
-    outcome.variant = f"fine-tune, {key_kind} key"
-    return outcome
+    scores = finetune_from_key(stolen, task, budget, sweep, seeds, key_for_seed)
+    return AttackOutcome.from_scores("A1", f"fine-tune, {key_kind} key", budget, seeds, scores)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,9 +576,10 @@ def attack_key_learning(
     """
 
     def one(seed: int, lr: float) -> dict:
-        """One sweep point: the accuracy it reaches and its hard key; a point whose training
-        diverged (NaN or infinite key logits, scales or weights) recovered nothing: accuracy
-        0, no key, and a note (it stopped the audit in scipy's Hungarian)."""
+        """One sweep point: its :class:`~.models.Score` and its hard key; a point whose
+        training diverged (NaN or infinite key logits, scales or weights) recovered nothing:
+        accuracy 0, not measured, no key, and a note (it stopped the audit in scipy's
+        Hungarian)."""
         x, y = task.budget(budget, seed)
         torch.manual_seed(seed)
         net, key = relaxed_model(stolen, train_weights=joint)
@@ -589,28 +602,33 @@ def attack_key_learning(
         learnt = [*key.parameters(), *(net.parameters() if joint else ())]
         if not all(p.isfinite().all() for p in learnt):
             note = f"seed {seed}, lr {lr:g}: training diverged (NaN or infinite key or weights)"
-            return {"accuracy": 0.0, "key": None, "note": note + ", counted as recovering nothing"}
+            return {
+                "accuracy": 0.0,
+                "measured": False,
+                "key": None,
+                "note": note + ", counted as recovering nothing",
+            }
         hard = stolen.key(key.hard_perms(), key.hard_scales())
         module = _with_weights(stolen, net) if joint else stolen.keyed
-        acc = accuracy(stolen.forward_with(hard, module), task.x_test, task.y_test)
+        got = score(stolen.forward_with(hard, module), task.x_test, task.y_test)
         if joint:
-            acc = max(acc, accuracy(net, task.x_test, task.y_test))
-        return {"accuracy": acc, "key": hard}
+            got = best_score([got, score(net, task.x_test, task.y_test)])
+        return {**got, "key": hard}
 
-    accs, keys, notes, unmeasured = [], [], [], []
+    scores, keys, notes = [], [], []
     for seed in seeds:
         points = [part(f"seed{seed}-lr{lr:g}", partial(one, seed, lr)) for lr in sweep.lrs]
         notes += [point["note"] for point in points if point.get("note")]
+        scores.append(best_score(points))
         best = max(points, key=lambda point: (point["accuracy"], point["key"] is not None))
-        accs.append(best["accuracy"])
         if best["key"] is not None:
             keys.append(best["key"])
-        else:  # every point of this seed diverged
-            unmeasured.append(f"seed {seed}")
     variant = (
         "key learning, joint weights" if joint else "key learning (Gumbel-Sinkhorn + Hungarian)"
     )
-    return AttackOutcome("A2", variant, budget, accs, keys, notes=notes, unmeasured=unmeasured)
+    outcome = AttackOutcome.from_scores("A2", variant, budget, seeds, scores)
+    outcome.recovered_keys, outcome.notes = keys, notes
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------------

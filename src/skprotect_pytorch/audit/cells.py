@@ -42,7 +42,14 @@ from .. import __version__
 from ..errors import StateError
 
 CELL_FORMAT = 1
-"""Bumped when what a cell stores changes: older folders are then not reused."""
+"""Bumped when what a cell stores changes: older folders are then not reused.  Rows stored
+without ``unmeasured`` (before every attack recorded it) are still read: see
+``audit._judged``."""
+
+PART_FORMAT = 2
+"""What a stored part's value is: 2 since attacks store a :class:`~.models.Score` per seed
+(format 1: a bare accuracy).  A part of another format is computed again, not read back into
+code that expects the other."""
 
 PENDING = object()
 """What :meth:`CellStore.try_get` returns for a cell another live process is computing."""
@@ -106,17 +113,18 @@ def _process_alive(host: str, pid: int, token: str | None = None) -> bool:
 
 
 def read_part(path: Path) -> dict[str, Any]:
-    """A stored part's record (``value``, ``seconds``, ``code``); a damaged file gives a
-    StateError naming the file to delete."""
+    """A stored part's record (``value``, ``seconds``, ``code``, ``format``: 1 when it has
+    none); a damaged file gives a StateError naming the file to delete."""
     try:
         record = torch.load(path, weights_only=True)
         value, seconds, code = record["value"], float(record["seconds"]), str(record["code"])
+        part_format = int(record.get("format", 1))
     except Exception as err:  # torch raises several types for a damaged file
         raise StateError(
             f"Audit cell part {path} is unreadable ({type(err).__name__}: {err}); delete "
             "it and run again to recompute that part (the other parts and cells are kept)."
         ) from err
-    return {"value": value, "seconds": seconds, "code": code}
+    return {"value": value, "seconds": seconds, "code": code, "format": part_format}
 
 
 class _Parts:
@@ -135,8 +143,8 @@ class _Parts:
 
     def get(self, name: str, compute: Callable[[], T]) -> T:
         path = self.folder.joinpath(*self.prefix, f"{name}.pt")
-        if path.exists():
-            record = read_part(path)
+        record = read_part(path) if path.exists() else None
+        if record is not None and record["format"] == PART_FORMAT:
             self.reused_seconds += record["seconds"]
             self.code.add(record["code"])
             return record["value"]
@@ -148,7 +156,8 @@ class _Parts:
             self.prefix.pop()
         seconds = time.perf_counter() - start + self.reused_seconds - reused
         buffer = io.BytesIO()
-        torch.save({"value": value, "seconds": seconds, "code": code_version()}, buffer)
+        record = {"value": value, "seconds": seconds, "code": code_version()}
+        torch.save({**record, "format": PART_FORMAT}, buffer)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from numbers import Real
+from typing import TypedDict, TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from ..errors import InvalidArgumentError
 from .arguments import INTEGER, NUMBER, require_positive, sequence_of
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+T = TypeVar("T")
 
 
 class TabularMLP(nn.Sequential):
@@ -211,17 +213,44 @@ def predictions(forward: Forward, x: torch.Tensor, batch: int = 4096) -> torch.T
     return torch.cat([forward(x[i : i + batch]).argmax(-1) for i in range(0, len(x), batch)])
 
 
+class Score(TypedDict):
+    """One test accuracy and whether it measured the model: ``measured`` is False when some
+    test logit was NaN or infinite (a diverged model, whose accuracy says nothing of what the
+    learner can reach).  A plain dict, so that cell parts store it (:func:`.cells.part`)."""
+
+    accuracy: float
+    measured: bool
+
+
 @torch.no_grad()
-def accuracy(forward: Forward, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
-    """The fraction of rows of ``x`` whose largest logit is their label.  A row with a NaN or
-    infinite logit counts as wrong: a model whose training diverged predicts nothing, where
-    argmax takes NaN for the largest logit (an all-NaN model scored the share of class 0)."""
-    right = 0
+def score(forward: Forward, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> Score:
+    """The fraction of rows of ``x`` whose largest logit is their label, and whether every
+    logit was finite.  A row with a NaN or infinite logit counts as wrong: a model whose
+    training diverged predicts nothing, where argmax takes NaN for the largest logit (an
+    all-NaN model scored the share of class 0)."""
+    right, finite = 0, True
     for i in range(0, len(x), batch):
         logits = forward(x[i : i + batch])
-        hits = (logits.argmax(-1) == y[i : i + batch]) & logits.isfinite().all(-1)
-        right += int(hits.sum())
-    return right / len(y)
+        rows_finite = logits.isfinite().all(-1)
+        right += int(((logits.argmax(-1) == y[i : i + batch]) & rows_finite).sum())
+        finite = finite and bool(rows_finite.all())
+    return {"accuracy": right / len(y), "measured": finite}
+
+
+def accuracy(forward: Forward, x: torch.Tensor, y: torch.Tensor, batch: int = 4096) -> float:
+    """:func:`score`'s accuracy alone (no-key attacks, references and controls)."""
+    return score(forward, x, y, batch)["accuracy"]
+
+
+def best_score(scores: Iterable[Score]) -> Score:
+    """The best of several attempts at one seed (sweep points, init gains, the start): the
+    largest accuracy, measured when any attempt was; an attempt that diverged never hides what
+    another one found, and a seed is unmeasured only when every attempt diverged."""
+    scores = list(scores)
+    return {
+        "accuracy": max(s["accuracy"] for s in scores),
+        "measured": any(s["measured"] for s in scores),
+    }
 
 
 def batches(n: int, batch_size: int) -> list[slice]:
@@ -244,15 +273,10 @@ def train_sweep_point(
     epochs: Iterable[int],
     batch_size: int,
     seed: int,
-    evaluate: Callable[[], float],
+    evaluate: Callable[[], T],
     weight_decay: float = 0.0,
-    on_step: Callable[[float], None] | None = None,
-) -> dict[int, float]:
-    """Adam on cross-entropy; returns ``{epoch: evaluate()}`` at each listed epoch.
-
-    ``on_step(progress)`` is called before every step with the fraction of training done (used
-    for temperature annealing).
-    """
+) -> dict[int, T]:
+    """Adam on cross-entropy; returns ``{epoch: evaluate()}`` at each listed epoch."""
     checkpoints = sorted(set(epochs))
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -260,19 +284,14 @@ def train_sweep_point(
     loss_fn = nn.CrossEntropyLoss()
     n = len(y)
     slices = batches(n, batch_size)
-    total = checkpoints[-1] * len(slices)
-    step = 0
-    scores: dict[int, float] = {}
+    scores: dict[int, T] = {}
     for epoch in range(1, checkpoints[-1] + 1):
         order = torch.randperm(n, generator=gen)
         for batch in slices:
-            if on_step is not None:
-                on_step(step / total)
             idx = order[batch]
             opt.zero_grad()
             loss_fn(forward(x[idx]), y[idx]).backward()
             opt.step()
-            step += 1
         if epoch in checkpoints:
             scores[epoch] = evaluate()
     return scores

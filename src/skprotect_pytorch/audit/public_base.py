@@ -94,11 +94,11 @@ def attack_public_base(
     reference), fine-tune from that key; returned with the base-only fine-tune to compare."""
     est = weight_match_key(stolen, base)
     key = stolen.key(est.perms, est.scales)
-    accs = part(
-        "matched",
-        lambda: finetune_from_key(stolen, task, budget, sweep, seeds, lambda seed: key).accuracies,
+    scores = part(
+        "matched", lambda: finetune_from_key(stolen, task, budget, sweep, seeds, lambda seed: key)
     )
-    matched = AttackOutcome("A5", "weight matching to the public base + fine-tune", budget, accs)
+    variant = "weight matching to the public base + fine-tune"
+    matched = AttackOutcome.from_scores("A5", variant, budget, seeds, scores)
     matched.recovered_keys = [key]
     matched.notes = list(est.notes)
     matched.extra["key_accuracy"] = accuracy(stolen.forward_with(key), task.x_test, task.y_test)

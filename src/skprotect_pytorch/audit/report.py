@@ -43,7 +43,8 @@ class AuditRow:
     passed: bool = True
     reasons: list[str] = field(default_factory=list)
     warning: str | None = None
-    """Report-only attacks (A5): why the model is recoverable, if it is."""
+    """Report-only attacks (A5): why the model is recoverable, if it is, and the seeds it did
+    not measure."""
     notes: list[str] = field(default_factory=list)
     """What the attack did not model (``AttackOutcome.notes``): which key slots it left at the
     null key, so that the report says what the attack covered."""
@@ -53,21 +54,30 @@ class AuditRow:
     ``reference`` and ``control``: an attack that gains no more than its own procedure gains
     without the files has not shown that the files help."""
     unmeasured: list[str] = field(default_factory=list)
-    """The seeds at which every attempt of the attack diverged (``AttackOutcome.unmeasured``):
-    their accuracy of 0 measured nothing, and would lower the row's mean, so the row fails.
-    The other attacks (A1, A3, A4) name no seeds: an accuracy of exactly 0 at a seed fails their
-    row likewise, since a model with finite logits gets some test sample right (a constant
-    guess gets its class's share)."""
+    """The seeds at which every attempt of the attack diverged (``AttackOutcome.unmeasured``,
+    recorded by A1-A5 alike): their accuracy measured nothing, and would lower the row's mean,
+    so a gated row fails and names them, and a report-only row (A5) warns.  A seed whose logits
+    were finite is measured, even at an accuracy of 0."""
 
     def judge(self) -> AuditRow:
-        if self.attack in REPORT_ONLY:
-            self.passed, self.reasons, self.warning = True, [], None
+        unmeasured = (
+            f"not measured at {', '.join(self.unmeasured)}: every attempt diverged (NaN or "
+            "infinite logits; lower the sweep's learning rates, or scale the inputs, and run "
+            "again)"
+            if self.unmeasured
+            else None
+        )
+        if self.attack in REPORT_ONLY:  # warns of what a gated row fails on
+            found = []
             if not self.accuracy <= self.reference + ATTACK_MARGIN:
-                self.warning = (
+                found.append(
                     f"the model is recoverable from its public base: {self.variant} reaches "
                     f"{100 * self.accuracy:.2f} % > fine-tuning the base "
                     f"{100 * self.reference:.2f} % + {100 * ATTACK_MARGIN:g} point"
                 )
+            if unmeasured:  # its mean, lowered by those seeds, may hide a recovery
+                found.append(f"{self.variant} {unmeasured}")
+            self.passed, self.reasons, self.warning = True, [], "; ".join(found) or None
             return self
         margin = A0_MARGIN if self.attack == "A0" else ATTACK_MARGIN
         what, limit = "chance" if self.attack == "A0" else "B(x)", self.reference
@@ -83,19 +93,8 @@ class AuditRow:
             )
         if self.cos_excess is not None and not self.cos_excess <= COS_LIMIT:
             self.reasons.append(f"aligned |cos| {self.cos_excess:.3f} above the noise floor")
-        if self.unmeasured:
-            self.reasons.append(
-                f"not measured at {', '.join(self.unmeasured)}: every attempt diverged (lower "
-                "the sweep's learning rates, or scale the inputs, and run again)"
-            )
-        elif self.attack != "A0" and 0.0 in self.accuracies:  # A2 names its seeds above
-            zero = self.accuracies.count(0.0)
-            self.reasons.append(
-                f"not measured at {zero} of {len(self.accuracies)} seeds: accuracy 0, no test "
-                "sample right at any attempt, which only NaN or infinite logits score (every "
-                "attempt diverged; lower the sweep's learning rates, or scale the inputs, and "
-                "run again)"
-            )
+        if unmeasured:
+            self.reasons.append(unmeasured)
         self.passed = not self.reasons
         return self
 

@@ -34,7 +34,7 @@ from .matching import (
     keyed_layers,
     sinkhorn,
 )
-from .models import SweepConfig
+from .models import Score, SweepConfig, best_score
 
 
 def balance_scales(layers: Sequence[KeyedLayer], key: KeyEstimate, gain: float = 1.0) -> None:
@@ -144,12 +144,13 @@ def attack_statistics(
     estimates = {gain: data_free_key(stolen, gain) for gain in gains}
     keys = {gain: stolen.key(est.perms, est.scales) for gain, est in estimates.items()}
 
-    def run(gain: float) -> list[float]:
+    def run(gain: float) -> list[Score]:
         key = keys[gain]
-        return finetune_from_key(stolen, task, budget, sweep, seeds, lambda seed: key).accuracies
+        return finetune_from_key(stolen, task, budget, sweep, seeds, lambda seed: key)
 
-    accs = best_over_gains(run, gains)
-    outcome = AttackOutcome("A3", "data-free statistics + fine-tune", budget, accs)
+    scores = best_over_gains(run, gains, best_score)
+    variant = "data-free statistics + fine-tune"
+    outcome = AttackOutcome.from_scores("A3", variant, budget, seeds, scores)
     outcome.recovered_keys = [keys[gains[0]]]  # the permutations do not depend on the gain
     outcome.notes = list(estimates[gains[0]].notes)
     return outcome
