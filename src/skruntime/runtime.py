@@ -423,10 +423,12 @@ class SkRuntime:
             BackendError: an invalid ``device`` (``inductor_cpu`` runs only on the CPU,
                 ``inductor_gpu`` only on CUDA), thread count or ``session_options`` (checked
                 first), a TorchScript file whose code is bound to another device (it names
-                the device or formats to use), or the framework could not load the file.
+                the device or formats to use), an ``.onnx`` file over 2 GiB (refused before
+                it is read), or the framework could not load the file.
             ModelNotFoundError: unknown model or format not protected.
-            ModelFileError: the model file is missing, unreadable or not a regular file (a
-                folder, a named pipe, a device: refused unread).
+            ModelFileError: the model file is missing, unreadable, not a regular file (a
+                folder, a named pipe, a device: refused unread) or larger than the process can
+                allocate.
             IntegrityError: the model file's SHA-256 differs from the configuration's, or the
                 inputs it records (``skprotect.inputs``) disagree with the configuration's.
             KeyFileError: key files missing, not regular files, corrupted, swapped or of the
@@ -466,8 +468,8 @@ class SkRuntime:
         # read once and hashed in every platform version (the key files name the model file
         # they unlock); the backend loads these bytes, never the path: a file replaced after
         # this check cannot run
-        try:
-            model_file = ModelFile.read(path)
+        try:  # a file too large for the backend (ONNX: 2 GiB) is refused before it is read
+            model_file = ModelFile.read(path, getattr(backend_type, "check_size", None))
         except (FileNotFoundError, NotRegularFileError) as e:
             # a folder, or a link to a device, is there: "not found" would contradict `ls`
             state = (
@@ -478,6 +480,14 @@ class SkRuntime:
             raise ModelFileError(
                 f"Model file {path} of model {model_name!r} ({fmt}) {state}. Deploy the whole "
                 f"{self.outputs_dir.name}/ folder written by skprotect."
+            ) from None
+        except MemoryError as e:
+            raise ModelFileError(
+                f"Model file {path} of model {model_name!r} ({fmt}) cannot be read whole, as "
+                f"load() reads it (to check its SHA-256 and load those very bytes): "
+                f"{e or 'out of memory'}. If that is the size of the file skprotect wrote, run "
+                "with more memory; else deploy the "
+                f"{self.outputs_dir.name}/ folder written by skprotect again."
             ) from None
         except OSError as e:
             raise ModelFileError(

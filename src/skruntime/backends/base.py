@@ -6,7 +6,7 @@ import hashlib
 import operator
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +26,11 @@ MAX_ONNX_BYTES = 2**31 - 1
 less one byte). The protector writes, and the ONNX backend loads, one self-contained file,
 never external data. Here, not in the ONNX backend, so that the protector reads it without
 importing onnxruntime."""
+
+SizeCheck = Callable[[Path, int], None]
+"""A backend's check of a model file's size (its path, its size in bytes), raising
+:class:`~skruntime.errors.BackendError` for a size the backend cannot load: the runtime runs it
+on the open file before reading it (:meth:`ModelFile.read`)."""
 
 _DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
@@ -100,25 +105,49 @@ class ModelFile:
     """Lower-case hex SHA-256 of ``data``."""
 
     @classmethod
-    def read(cls, path: str | os.PathLike[str]) -> ModelFile:
+    def read(cls, path: str | os.PathLike[str], check_size: SizeCheck | None = None) -> ModelFile:
         """Read the whole file and hash what was read (raises ``OSError`` if unreadable, and
         :class:`~skruntime.files.NotRegularFileError`, an ``OSError``, for a FIFO, a device
-        or a folder, which would block or never end)."""
+        or a folder, which would block or never end).
+
+        ``check_size`` is called with the path and the size of the open file (its descriptor's
+        ``fstat``, so the very file that would be read) before a byte is read: a file too large
+        for its backend is refused unread, instead of after reading and hashing gigabytes. A
+        file larger than the process can allocate raises ``MemoryError`` naming it and its
+        size (Python's own has no message)."""
         with open_regular(path) as f:
-            data = f.read()
+            size = os.fstat(f.fileno()).st_size
+            if check_size is not None:
+                check_size(Path(path), size)
+            try:
+                data = f.read()
+            except MemoryError:
+                raise MemoryError(
+                    f"{path} is {size:,} bytes, more than this process could allocate to read it"
+                ) from None
         return cls(Path(path), data, hashlib.sha256(data).hexdigest())
 
     @classmethod
-    def of(cls, model: ModelFile | str | os.PathLike[str]) -> ModelFile:
-        """``model`` itself, or the file at that path read with :meth:`read`."""
-        return model if isinstance(model, ModelFile) else cls.read(model)
+    def of(
+        cls, model: ModelFile | str | os.PathLike[str], check_size: SizeCheck | None = None
+    ) -> ModelFile:
+        """``model`` itself, or the file at that path read with :meth:`read`; ``check_size``
+        (as in :meth:`read`) is applied to either, to the bytes read for a ``ModelFile``."""
+        if not isinstance(model, ModelFile):
+            return cls.read(model, check_size)
+        if check_size is not None:
+            check_size(model.path, len(model.data))
+        return model
 
     def __repr__(self) -> str:  # not the bytes, which may be gigabytes
         return f"ModelFile({str(self.path)!r}, {len(self.data)} bytes, sha256={self.sha256})"
 
 
 class Backend(Protocol):
-    """A loaded model file. Inputs are the model's inputs followed by the key vector."""
+    """A loaded model file. Inputs are the model's inputs followed by the key vector.
+
+    A backend whose format has a size limit also has a static method ``check_size``
+    (:data:`SizeCheck`), which the runtime runs before it reads the file."""
 
     @staticmethod
     def check_options(options: BackendOptions) -> None:

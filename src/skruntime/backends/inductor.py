@@ -13,15 +13,17 @@ before every call. This module is that one implementation; the protector's expor
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import shutil
 import stat
 import tempfile
 import threading
 import weakref
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,17 +256,29 @@ def check_torch_options(options: BackendOptions, valid: Sequence[str], kind: str
 _SESSION_OPTIONS = ("run_single_threaded",)
 
 
+def _remove_folder(folder: str, owner: int) -> None:
+    """Remove ``folder`` if this is the process ``owner`` that made it: a child forked from it
+    (a server's worker) runs the same finalizers when it exits, while its parent still uses it."""
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class _Package:
     """One loaded AOTInductor package, shared by the backends of one file, device and options.
 
     ``run_single_threaded=True`` runs the package "without thread synchronization logic" (torch's
     words; its C++ says "obviously unsafe to use in a threaded environment"), so its calls are
     serialised here: a LoadedModel may be called from several threads, and the package may be
-    shared by several LoadedModels."""
+    shared by several LoadedModels.
+
+    ``folder``: the private folder torch extracted the package into (:func:`_load_bytes`),
+    removed with the package (or when the process exits) by the process that loaded it, not
+    before: a GPU package loads its kernels from there on their first call."""
 
     __slots__ = ("__weakref__", "lock", "metadata", "model")
 
-    def __init__(self, model: Any, single_threaded: bool) -> None:
+    def __init__(self, model: Any, single_threaded: bool, folder: str) -> None:
+        weakref.finalize(self, _remove_folder, folder, os.getpid())
         self.model = model
         self.metadata: dict[str, str] = dict(model.get_metadata())
         self.lock = threading.Lock() if single_threaded else None
@@ -289,20 +303,51 @@ _KEPT: list[_Package] = []
 _PACKAGES_LOCK = threading.Lock()
 
 
-def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool]) -> Any:
+@contextlib.contextmanager
+def _tmpdir(folder: str) -> Iterator[None]:
+    """``TMPDIR`` set to ``folder`` for the block, then restored (or unset again): the only way
+    to choose where torch's C++ loader extracts a package (it reads ``TMPDIR`` and takes no
+    folder argument). Process-wide: callers hold :data:`_PACKAGES_LOCK`."""
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+
+
+def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool], folder: str) -> Any:
     """Load the package from ``model``'s verified bytes, once :func:`check_package` has read
-    them (BackendError); raises what torch raises.
+    them (BackendError), torch extracting it into ``folder``; raises what torch raises, and
+    BackendError where the copy cannot be written (a full disk).
 
     ``aoti_load_package`` reads only a path (given a buffer, torch writes it to a temporary file
     itself), so the bytes are written to a private copy: a new folder only this user can enter
     (0700), the file created there exclusively. torch extracts what it needs while loading, so
-    the copy is removed right after: the model runs without it."""
+    the copy is removed right after: the model runs without it. torch extracts into a new
+    ``$TMPDIR/aotinductor_*`` folder, and leaves it behind when the load fails (two of them:
+    it tries two loaders), so ``TMPDIR`` names ``folder`` while torch loads, which the caller
+    removes (:func:`_shared_package`)."""
     check_package(model)
-    with tempfile.TemporaryDirectory(prefix="skruntime-") as folder:
-        copy = Path(folder) / "model.pt2"
-        with open(copy, "xb") as f:
-            f.write(model.data)
-        return torch._inductor.aoti_load_package(str(copy), device_index=device_index, **options)
+    with tempfile.TemporaryDirectory(prefix="skruntime-") as private:
+        copy = Path(private) / "model.pt2"
+        try:
+            with open(copy, "xb") as f:
+                f.write(model.data)
+        except OSError as err:  # a full disk: torch has not seen the package, re-deploying fails
+            raise BackendError(
+                f"The AOTInductor package {model.path} ({len(model.data):,} bytes) could not be "
+                f"copied to the temporary folder {Path(private).parent} for torch to load it: "
+                f"{err.strerror or err}. Make room there for about twice its size (the copy, "
+                "and what torch extracts from it), or point TMPDIR to a folder that has it."
+            ) from None
+        with _tmpdir(folder):
+            return torch._inductor.aoti_load_package(
+                str(copy), device_index=device_index, **options
+            )
 
 
 def unpack_problem(err: BaseException) -> str | None:
@@ -428,8 +473,15 @@ def _shared_package(model: ModelFile, device_index: int, options: dict[str, bool
     with _PACKAGES_LOCK:  # one load of a package, even when threads load it at once
         package = _PACKAGES.get(key)
         if package is None:
-            loaded = _load_bytes(model, device_index, options)
-            package = _Package(loaded, options.get("run_single_threaded", False))
+            # torch's own folder for this load, in a private one: removed at once if the load
+            # fails, else with the package; no other process's or load's folder is touched
+            folder = tempfile.mkdtemp(prefix="skruntime-aoti-")
+            try:
+                loaded = _load_bytes(model, device_index, options, folder)
+                package = _Package(loaded, options.get("run_single_threaded", False), folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             _PACKAGES[key] = package
             if device_index < 0:
                 _KEPT.append(package)

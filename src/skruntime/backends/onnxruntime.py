@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,13 +22,12 @@ from .inputs import INPUTS_METADATA, parse_specs
 __all__ = ["MAX_ONNX_BYTES", "OnnxRuntimeBackend"]
 
 
-def _check_size(model: ModelFile) -> None:
-    """Refuse a file over :data:`MAX_ONNX_BYTES` with what to do, instead of onnxruntime's
-    protobuf parse error."""
-    size = len(model.data)
+def _check_size(path: Path, size: int) -> None:
+    """Refuse a file of ``size`` bytes over :data:`MAX_ONNX_BYTES` with what to do, instead of
+    onnxruntime's protobuf parse error (:data:`~.base.SizeCheck`: run before it is read)."""
     if size > MAX_ONNX_BYTES:
         raise BackendError(
-            f"{model.path} is {size:,} bytes, over the {MAX_ONNX_BYTES:,} bytes (2 GiB) one ONNX "
+            f"{path} is {size:,} bytes, over the {MAX_ONNX_BYTES:,} bytes (2 GiB) one ONNX "
             "file can hold (protobuf's limit), so onnxruntime cannot load it; skprotect never "
             "writes such a file. Re-deploy the file written by skprotect; protect a model this "
             "large to a TorchScript or AOTInductor format, which have no such limit."
@@ -223,6 +223,9 @@ class OnnxRuntimeBackend:
     wants_numpy = True
     """LoadedModel converts torch tensors to numpy before calling :meth:`run`."""
 
+    check_size = staticmethod(_check_size)
+    """Refuse a file over the ONNX size limit; the runtime runs it before reading the file."""
+
     @staticmethod
     def check_options(options: BackendOptions) -> None:
         """Refuse invalid providers, session options or device, before any file is read."""
@@ -232,8 +235,7 @@ class OnnxRuntimeBackend:
     def __init__(self, model: ModelFile | str | os.PathLike[str], options: BackendOptions) -> None:
         providers = _providers(options)
         so = _session_options(options)
-        model = ModelFile.of(model)
-        _check_size(model)
+        model = ModelFile.of(model, _check_size)
         path = model.path
         asked = _names(providers)
         try:
