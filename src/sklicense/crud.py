@@ -431,9 +431,11 @@ def customer_warning(
     session: Session, customer: Customer, changes: dict[str, Any], now: dt.datetime, fix: str
 ) -> str | None:
     """What to tell the admin after creating or changing a customer (``changes``: the fields
-    set), or None: :func:`ended_contract_warning` and :func:`quota_warning`, in that order."""
+    set), or None: :func:`ended_contract_warning`, :func:`spent_quota_warning` and
+    :func:`quota_warning`, in that order."""
     warnings = (
         ended_contract_warning(session, customer, changes, now, fix),
+        spent_quota_warning(customer, changes),
         quota_warning(session, customer, changes, now),
     )
     return "; ".join(w for w in warnings if w) or None
@@ -474,6 +476,23 @@ def _valid_licences(
         )
     ).one()
     return count, latest
+
+
+def spent_quota_warning(customer: Customer, changes: dict[str, Any]) -> str | None:
+    """What to tell the admin whose ``changes`` set a quota that is not above the inferences
+    already granted to the customer: recorded (a quota of 0 stops a customer), but the quota is
+    a total, and one meant as "this many more" would otherwise show up only as
+    ``quota_exhausted`` denials on the customer's devices."""
+    quota = changes.get("inference_quota")
+    granted = customer.inferences_granted
+    if quota is None or quota > granted:
+        return None
+    return (
+        f"the quota {quota} is not above the {granted} inferences already granted to "
+        f"customer {customer.id}: every licence request that needs an allowance is denied "
+        f"quota_exhausted (allowances already granted stay). The quota is the total since the "
+        f"customer was created: to allow N more inferences, set it to {granted} + N"
+    )
 
 
 def quota_warning(

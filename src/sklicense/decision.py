@@ -8,11 +8,13 @@ presenting other keys → ``device_key_mismatch``; ``unknown_application``;
 when the application's public key is registered: the request carries no configuration signed
 by it for this application, customer and models); ``unknown_customer``; a known
 device of another customer → ``device_customer_mismatch``;
-``device_revoked``; ``contract_ended``; a new device when the customer already has
-``max_devices`` registered devices, revoked ones included → ``too_many_devices``; no quota
-left → ``quota_exhausted``. Between ``contract_ended`` and ``too_many_devices``: a request that
-``renews`` a licence a new one would not better (:func:`renewed_licence`) → :class:`Keep`, which
-grants nothing and charges nothing (so neither the device limit nor the quota is checked).
+``device_revoked``; ``contract_ended`` (also when the contract ends by the request's
+timestamp, a device clock ahead of the server's: :func:`ended_on_device`); a new device when
+the customer already has ``max_devices`` registered devices, revoked ones included →
+``too_many_devices``; no quota left → ``quota_exhausted``. Between ``contract_ended`` and
+``too_many_devices``: a request that ``renews`` a licence a new one would not better
+(:func:`renewed_licence`) → :class:`Keep`, which grants nothing and charges nothing (so neither
+the device limit nor the quota is checked).
 
 Allow: expiry = min(now + (device override, else customer default duration), contract end);
 allowance (customers with a quota) = min(remaining quota, requested inferences if given). The
@@ -26,6 +28,7 @@ concurrent requests can never both spend the same remaining quota.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -280,6 +283,8 @@ def decide(
             "contract_ended",
             f"the contract of customer {customer.id} ended at {customer.contract_end.isoformat()}",
         )
+    if end is not None and end <= request.timestamp:
+        return ended_on_device(customer.id, customer.contract_end, request.timestamp, now)
     duration = (
         device.duration_override_seconds
         if device is not None and device.duration_override_seconds is not None
@@ -318,6 +323,20 @@ def decide(
         if request.requested_inferences is not None:
             inferences = min(remaining, request.requested_inferences)
     return Allow(application, customer, device, now, expires_at, inferences)
+
+
+def ended_on_device(customer_id: int, contract_end: dt.datetime, timestamp: int, now: int) -> Deny:
+    """``contract_ended`` for a request stamped at or after the contract end by a device whose
+    clock is ahead of the server's (by at most the timestamp window): a licence ending at the
+    contract end would have expired on arrival, and the device would refuse it after its
+    allowance was drawn from the quota, at every retry."""
+    return Deny(
+        "contract_ended",
+        f"the contract of customer {customer_id} ends at {contract_end.isoformat()}, not after "
+        f"the request's timestamp {timestamp}: the device's clock is {timestamp - now} s ahead of "
+        "the server's, so a licence would have expired on arrival. Check the device's clock "
+        "(NTP)",
+    )
 
 
 def renewed_licence(

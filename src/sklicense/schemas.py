@@ -369,8 +369,9 @@ class CustomerPublic(BaseModel):
 
 
 class CustomerUpdated(CustomerPublic):
-    #: Set when the contract end set is not in the future, or a quota was set while licences
-    #: issued without one are still valid (``crud.customer_warning``).
+    #: Set when the contract end set is not in the future, a quota set is not above the
+    #: inferences granted, or a quota was set while licences issued without one are still valid
+    #: (``crud.customer_warning``).
     warning: str | None = None
 
 

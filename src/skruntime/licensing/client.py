@@ -75,7 +75,11 @@ renewal inside the window (server unreachable, an answer that is not a verified 
 this request, or a denial other than ``device_revoked`` and ``contract_ended``, which drop it)
 keeps the cached licence until it expires, with a warning naming the cause; after expiry an
 unreachable server raises :class:`LicenceUnavailableError` and a bad answer the
-:class:`LicenceError` that describes it.
+:class:`LicenceError` that describes it, raised again without a new licence request until
+``retry_seconds`` pass (:meth:`LicenceClient._refuse_held`: the request may have drawn an
+allowance). An answer is read to at most :data:`MAX_ANSWER_BYTES`, within ``timeout`` after
+its headers; a redirect is a bad answer naming the URL to give instead
+(:meth:`LicenceClient._fetch`).
 A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body signed
 by the pinned key for this request (:func:`.protocol.answer_message`); any other answer (a
 proxy's or captive portal's page, a denial that is not signed) is a bad answer. Usage reports
@@ -181,6 +185,15 @@ DEFAULT_CONTRACT_END_CHECK_S = 24 * 3600
 _ENDS_LICENCE = ("device_revoked", "contract_ended")
 """Denials of a renewal that end the licence in use at once: the server no longer licenses the
 device, or the customer's contract ended before the licence's expiry (ended early)."""
+
+
+MAX_ANSWER_BYTES = 1 << 20
+"""Bytes of an answer the client reads: a licence echoes its request's models (a request has
+at most :data:`~.protocol.MAX_DEVICE_BODY` bytes), and the cache holds at most this much. A
+larger answer (a proxy's download, a faulty server) is refused once this much has arrived,
+never held in memory whole."""
+_IDENTITY = {"Accept-Encoding": "identity"}
+"""Answers are small: asked uncompressed, so that no compressed answer is unpacked at once."""
 
 
 _ANSWER_LOST = (
@@ -600,6 +613,9 @@ class LicenceClient:
         self._lock = threading.RLock()
         self._licence: Licence | None = None
         self._next_retry = float("-inf")
+        #: With no valid licence: until when the last answer, unusable, is raised again instead
+        #: of asking (it may have drawn an allowance, as each new request would).
+        self._bad_answer: tuple[float, LicenceError] | None = None
         self._next_clock_check = float("-inf")
         self._available = 0  # reserved in the counter file, not used yet (current licence)
         self._counted: set[str] = set()  # licences this process has a counter entry for
@@ -800,7 +816,7 @@ class LicenceClient:
         resent = False
         while True:
             try:
-                response = self._http.post(path, content=content, headers=headers)
+                response = self._fetch("POST", path, content=content, headers=headers)
             except _ANSWER_LOST as e:
                 failure = f"{type(e).__name__}: {e}"
             except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
@@ -815,6 +831,71 @@ class LicenceClient:
             log.warning("Licence server: %s; sending the same request again", failure)
             time.sleep(delay)
             resent = True
+
+    def _fetch(self, method: str, path: str, **options: Any) -> httpx.Response:
+        """The server's answer to ``method`` ``path``, read whole: at most
+        :data:`MAX_ANSWER_BYTES`, arriving within the ``timeout`` after its headers, so that an
+        answer no server of this protocol gives (a proxy's download, a body sent a byte at a
+        time) costs neither the device's memory, nor its time (``httpx``'s timeout bounds each
+        read, not the whole), nor a confusing error.
+
+        Raises:
+            httpx.HTTPError: the request's, and :class:`httpx.ReadTimeout` for a body still
+                arriving ``timeout`` seconds after its headers (an answer lost: resent).
+            _BadAnswer: the answer is a redirect (not followed: the server URL is to be
+                changed), or larger than :data:`MAX_ANSWER_BYTES`.
+        """
+        options["headers"] = options.get("headers", {}) | _IDENTITY
+        with self._http.stream(method, path, **options) as response:
+            if response.is_redirect:
+                raise _BadAnswer(self._redirected(method, path, response))
+            deadline = time.monotonic() + self._timeout
+            content = bytearray()
+            for chunk in response.iter_bytes():
+                content += chunk
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout(
+                        f"the answer to {method} {path} was not whole {self._timeout} s after "
+                        f"its headers ({len(content)} bytes had arrived)",
+                        request=response.request,
+                    )
+                if len(content) > MAX_ANSWER_BYTES:
+                    raise _BadAnswer(
+                        LicenceError(
+                            f"The licence server at {self.server_url} answered {method} {path} "
+                            f"with HTTP {response.status_code} "
+                            f"({response.headers.get('Content-Type', 'no Content-Type')}) of "
+                            f"more than {MAX_ANSWER_BYTES} bytes, more than any answer of an "
+                            "sklicense server; the rest was not read. Check the server URL: a "
+                            "proxy or a captive portal may be in the way, or it is not an "
+                            "sklicense server."
+                        )
+                    )
+        headers = [  # the content is decoded and whole now
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=bytes(content),
+            request=response.request,
+        )
+
+    def _redirected(self, method: str, path: str, response: httpx.Response) -> LicenceError:
+        """The error of a redirect in answer to ``method`` ``path``, naming the server URL to
+        give instead: a signed licence request is sent to the configured server only (and a
+        redirected POST may be resent as a GET, or lose its body)."""
+        target = response.url.join(response.headers["Location"])
+        base = str(target.copy_with(query=None, fragment=None))
+        base = base[: -len(path)] if base.endswith(path) else base
+        return LicenceError(
+            f"The licence server at {self.server_url} redirects {method} {path} to {target} "
+            f"(HTTP {response.status_code}); the runtime follows no redirect of the licence "
+            f"server. Give the server URL that the redirect names instead (probably {base!r}), "
+            "or check the network path: a proxy or a captive portal may be in the way."
+        )
 
     def _signed_answer(
         self, path: str, body: dict[str, Any], response: httpx.Response
@@ -1058,7 +1139,7 @@ class LicenceClient:
             _BadAnswer: any other answer than a 32-byte key in base64.
         """
         try:
-            response = self._http.get("/v1/public-key")
+            response = self._fetch("GET", "/v1/public-key")
         except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
             raise _Unreachable(f"{type(e).__name__}: {e}") from None
         if response.status_code >= 500:
@@ -1212,9 +1293,9 @@ class LicenceClient:
             document = response.json()
         except (ValueError, RecursionError):
             raise LicenceError(
-                f"The licence server at {self.server_url} answered with non-JSON content (or "
-                "JSON nested too deeply). Check the server URL: a proxy or a captive portal may "
-                "be in the way."
+                f"The licence server at {self.server_url} answered a licence request with "
+                f"non-JSON content {response.text[:200]!r} (or JSON nested too deeply). Check "
+                "the server URL: a proxy or a captive portal may be in the way."
             ) from None
         if not isinstance(document, dict) or not isinstance(document.get("licence"), dict):
             raise LicenceError(
@@ -1233,8 +1314,10 @@ class LicenceClient:
         self._check_issued(licence, now)
         if licence.expires_at <= now:
             raise LicenceError(
-                f"The licence server issued licence {licence.licence_id} already expired at "
-                f"{_when(licence.expires_at)}; check the server's and this device's clocks."
+                f"The licence server issued licence {licence.licence_id} at "
+                f"{_when(licence.issued_at)}, expiring at {_when(licence.expires_at)}, which "
+                f"this device's clock ({_when(now)}) has passed already: check the server's "
+                "and this device's clocks (NTP)."
             )
         return licence
 
@@ -1255,12 +1338,14 @@ class LicenceClient:
 
     def _switch(self, licence: Licence, *, fresh: bool) -> None:
         """Make ``licence`` the current one and open its counter entry (``fresh``: just issued
-        by the server, else read from the cache)."""
+        by the server, else read from the cache); an unusable answer held before is dropped
+        (it was about the licence this one replaces)."""
         old = self._licence
         if old is not None and old.licence_id != licence.licence_id:
             self._release()
         self._licence = licence
         self._available = 0
+        self._bad_answer = None
         self._open_counter(licence, fresh=fresh)
 
     def _open_counter(self, licence: Licence, *, fresh: bool) -> None:
@@ -1434,7 +1519,12 @@ class LicenceClient:
                         self._next_retry = now + self.retry_seconds
                     return renewed
             try:
-                return self._renew_due(now)
+                self._refuse_held(now)
+                try:
+                    return self._renew_due(now)
+                except _BadAnswer as e:
+                    self._bad_answer = (self._next_retry, e.error)
+                    raise
             except _BadAnswer as e:
                 raise e.error from None
             except _Unreachable as e:
@@ -1450,6 +1540,30 @@ class LicenceClient:
                     f"server at {self.server_url} is unreachable ({e}). Connect to the server "
                     "once to obtain a licence."
                 ) from None
+
+    def _refuse_held(self, now: int) -> None:
+        """With no valid licence, raise the server's last answer again, unusable, while
+        ``retry_seconds`` have not passed since (:attr:`_bad_answer`), instead of asking anew:
+        the request may well have drawn an allowance from the customer's quota (a licence
+        expired on arrival, a proxy's page in place of the licence), and so would each new one,
+        at every call. The server's key is checked first (free: no licence request), so that a
+        key changed since is said.
+
+        Raises:
+            _BadAnswer: the held answer, or the server's key is not the pinned one.
+            _Unreachable: the server's key could not be asked for.
+        """
+        held = self._bad_answer
+        if held is None or now >= held[0]:
+            return
+        self._check_server_key()
+        raise _BadAnswer(
+            LicenceError(
+                f"{held[1]} (The licence server's last answer: it is asked again after "
+                f"{_when(held[0])}, retry_seconds after it, since each licence request may draw "
+                "an allowance from the customer's quota.)"
+            )
+        )
 
     def _confirm_clock(self, rollback: ClockRollbackError) -> Licence:
         """The clock is before the last time seen: let the licence server settle which is right.
@@ -1815,7 +1929,7 @@ class LicenceClient:
         body = self._report_body(licence_id, counter, int(self._clock()))
         try:
             response, _ = self._post(protocol.USAGE_PATH, body)
-        except _Unreachable as e:  # network errors and 5xx
+        except _RenewalFailed as e:  # network errors, 5xx, a redirect, a huge answer
             log.warning("Usage report for licence %s failed: %s. %s", licence_id, e, _RESENT)
             return None
         data = self._signed_answer(protocol.USAGE_PATH, body, response)
