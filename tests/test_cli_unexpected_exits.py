@@ -22,8 +22,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from skprotect_pytorch.cli import EXIT_BROKEN_PIPE, EXIT_UNEXPECTED, app
+from skprotect_pytorch.cli import EXIT_UNEXPECTED, app
 from skprotect_pytorch.state import ProtectionState
+from skruntime.cli import EXIT_BROKEN_PIPE
 
 AUDIT = ["audit", "--quick", "--attacks", "A0", "--budgets", "5"]
 

@@ -11,8 +11,7 @@ import os
 import signal
 import socket
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -29,13 +28,30 @@ from sklicense.crypto import (
 )
 from sklicense.schemas import INT32_MAX, INT64_MAX, MAX_LICENCE_SECONDS, aware_datetime
 from sklicense.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
-from skruntime.cli import discard_stdout, sigterm_as_interrupt
+from skruntime.cli import (
+    OutputGroup,
+    discard_stdout,
+    empty_path,
+    sigterm_as_interrupt,
+    sigterm_handled_by,
+)
+from skruntime.files import open_regular
 from skruntime.versions import version_option
 
 GROUP: dict[str, Any] = {"no_args_is_help": True, "rich_markup_mode": "markdown"}
 """Every command group's settings: markdown joins a docstring's lines in the command list
 ("rich" kept their line breaks)."""
-app = typer.Typer(help="skprotect licence server.", **GROUP)
+
+
+class _Group(OutputGroup):
+    """sklicense's top group: a failed standard output is an ``Error:`` line like the others."""
+
+    def say(self, message: str) -> None:
+        """Print the ``Error:`` line of a failed standard output (:func:`say`)."""
+        say("Error", message, typer.colors.RED)
+
+
+app = typer.Typer(help="skprotect licence server.", cls=_Group, **GROUP)
 db_app = typer.Typer(help="Database migrations.", **GROUP)
 token_app = typer.Typer(help="Admin API bearer tokens.", **GROUP)
 app_app = typer.Typer(help="Applications and their key-encryption keys.", **GROUP)
@@ -123,7 +139,11 @@ def settings_for(database_url: str | None = None, state_dir: Path | None = None)
     """The environment's settings with the command's options; ``--state-dir`` is refused when
     ``SKLICENSE_SIGNING_KEY_FILE`` names another key file than the folder's ``server.key``,
     since it would be ignored (``init`` created the key elsewhere than the folder given). The
-    same file named both ways, as a service unit written before this check may, is accepted."""
+    same file named both ways, as a service unit written before this check may, is accepted.
+    An empty ``--state-dir`` (typer reads it as ``.``: a shell variable left unset) is refused:
+    ``init`` wrote the signing key into the current folder."""
+    if state_dir is not None and (problem := empty_path(state_dir, "--state-dir", "a folder")):
+        fail(problem)
     try:
         settings = Settings.from_env()
         key_file = settings.signing_key_file
@@ -175,6 +195,8 @@ def committed(database_url: str | None, change: Callable[[Session], T]) -> T:
 
 def read_kek(path: Path) -> bytes:
     """The KEK in the file `skprotect export-kek` writes; a bad file is one Error line."""
+    if problem := empty_path(path, "--kek-file"):  # not "--kek-file . cannot be read"
+        fail(problem)
     try:
         return crud.decode_kek(kek_text(path))
     except crud.CrudError as e:
@@ -195,8 +217,8 @@ stops past this, so that a wrong file (a model, ``/dev/zero``) is not read whole
 
 def kek_text(path: Path) -> str:
     """The base64 text of a KEK file; a binary or large file is refused with what to pass
-    instead."""
-    with path.open("rb") as file:
+    instead. Opened only if it is a regular file: a named pipe blocked the command for ever."""
+    with open_regular(path) as file:
         data = file.read(MAX_KEK_FILE + 1)
     if len(data) > MAX_KEK_FILE:
         fail(
@@ -281,32 +303,54 @@ def init(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
     typer.echo(f"Database {db.safe_url(settings.database_url)} is at revision {db.head_revision()}")
 
 
-def listen_problem(host: str, port: int) -> str | None:
+def _listen_addresses(host: str, port: int, workers: int) -> list[tuple[Any, ...]]:
+    """What uvicorn binds for ``--host``/``--port`` (family, address, IPv6-only): with one
+    worker, asyncio's ``create_server`` binds every address ``host`` resolves to, the IPv6 ones
+    IPv6-only; with more, uvicorn's ``Config.bind_socket`` binds one socket, IPv6 when ``host``
+    holds ``:``, else IPv4, which resolves ``host`` as it binds. Resolved first either way:
+    raises ``socket.gaierror`` for a host that resolves to nothing."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    if workers > 1:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return [(family, (host, port), False)]
+    return [(family, address, family == socket.AF_INET6) for family, *_, address in set(found)]
+
+
+def listen_problem(host: str, port: int, workers: int = 1) -> str | None:
     """Why ``serve`` cannot listen on ``host:port``, or None: an empty host (uvicorn listened on
     every interface, not the loopback the help promises), a host that does not resolve, or an
-    address in use or not allowed. uvicorn said these after starting, in a log line, exit 3."""
+    address in use or not allowed. uvicorn said these after starting, in a log line, exit 3.
+    Binds what uvicorn will with ``workers`` (:func:`_listen_addresses`), all at once."""
     if not host.strip():
         return (
             "--host is empty, which listens on every interface: pass an address, e.g. "
             "127.0.0.1 (the default), or 0.0.0.0 to listen on all IPv4 interfaces"
         )
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        addresses = _listen_addresses(host, port, workers)
     except (socket.gaierror, UnicodeError) as err:
         reason = getattr(err, "strerror", None) or err
         return f"--host {host!r} cannot be resolved ({reason}): pass an address or a host name"
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as err:
-            in_use = "stop what uses that port, or " if err.errno == errno.EADDRINUSE else ""
-            return (
-                f"cannot listen on {host} port {port} ({err.strerror or err}): {in_use}pass "
-                "another --port or --host"
-            )
+    with contextlib.ExitStack() as probes:
+        for family, address, v6_only in addresses:
+            probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            if v6_only:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except socket.gaierror:  # workers > 1: bind resolves it, as IPv4
+                return (
+                    f"--host {host} has no IPv4 address, and with --workers over 1 uvicorn "
+                    "listens on IPv4 unless --host is an IPv6 address: pass its IPv6 address"
+                )
+            except OSError as err:
+                where = host if address[0] == host else f"{host} ({address[0]})"
+                in_use = "stop what uses that port, or " if err.errno == errno.EADDRINUSE else ""
+                return (
+                    f"cannot listen on {where} port {port} ({err.strerror or err}): {in_use}pass "
+                    "another --port or --host"
+                )
     return None
 
 
@@ -332,31 +376,18 @@ def serve(
         create_app(settings)  # fail fast here rather than inside uvicorn
     except (SettingsError, db.DatabaseNotMigratedError, SigningKeyError) as e:
         fail(str(e))
-    if problem := listen_problem(host, port):  # last: a configuration error is said first
+    if problem := listen_problem(host, port, workers):  # last: a configuration error first
         fail(problem)
     warn_loose_key(settings.key_path)
     os.environ["SKLICENSE_DATABASE_URL"] = settings.database_url
     os.environ["SKLICENSE_STATE_DIR"] = str(settings.state_dir)
-    with _default_sigterm():
+    # uvicorn stops gracefully on SIGTERM and raises it again, so the server then ends by the
+    # signal, a clean stop to a service manager; main()'s handler made it exit status 143,
+    # which systemd reads as a failed service
+    with sigterm_handled_by(signal.SIG_DFL):
         uvicorn.run(
             "sklicense.api.main:create_app", factory=True, host=host, port=port, workers=workers
         )
-
-
-@contextlib.contextmanager
-def _default_sigterm() -> Iterator[None]:
-    """SIGTERM's default action within the block (main thread only: ``signal`` refuses the
-    others). uvicorn stops gracefully on SIGTERM and raises it again, so the server then ends
-    by the signal, a clean stop to a service manager; main()'s handler made it exit status
-    143, which systemd reads as a failed service."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @db_app.command("upgrade")

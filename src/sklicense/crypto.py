@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from skruntime.config import fsync_dir
+from skruntime.files import loose_key_warning
 from skruntime.licensing.protocol import (
     KEK_WRAP_INFO,
     answer_message,
@@ -93,10 +94,6 @@ def _write_new(path: Path, data: bytes) -> bool:
         temporary.unlink(missing_ok=True)
 
 
-LOOSE_KEY_BITS = 0o077
-"""Permission bits of the server key that let others than its owner read or change it."""
-
-
 def loose_permissions(path: Path) -> str | None:
     """What to do about a server key file that others than its owner may read or write (anyone
     who reads it can sign licences), or None when it is the owner's alone (or unreadable)."""
@@ -104,12 +101,7 @@ def loose_permissions(path: Path) -> str | None:
         mode = Path(path).stat().st_mode
     except OSError:
         return None
-    if not mode & LOOSE_KEY_BITS:
-        return None
-    return (
-        f"the server signing key {path} has mode {mode & 0o777:04o}: others than its owner "
-        f"can read or change it, and anyone who reads it can sign licences. Run: chmod 600 {path}"
-    )
+    return loose_key_warning("the server signing key", path, mode, "can sign licences")
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

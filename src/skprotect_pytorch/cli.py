@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import errno
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -11,15 +10,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from skruntime.cli import (
-    discard_stdout,
+    OutputGroup,
     empty_path,
     output_problem,
     run_command,
     sigterm_as_interrupt,
+    stdout_failed,
+    stdout_failure,
     write_output_file,
 )
 from skruntime.config import NAME_RE
@@ -40,6 +40,7 @@ class _Cli(typer.Typer):
 
 
 app = _Cli(
+    cls=OutputGroup,  # standard output failing is one line, not a traceback
     help="skprotect: lock, export and license PyTorch models.",
     no_args_is_help=True,
     rich_markup_mode="markdown",  # "rich" kept the line breaks of docstrings in the listing
@@ -90,9 +91,10 @@ def quickstart() -> None:
 EXIT_UNEXPECTED = 70
 """``scan`` and ``audit``: an unexpected error (sysexits' EX_SOFTWARE), never 1, which says a
 weight was found or the gate failed, nor 2, which says an input or option was refused."""
-EXIT_BROKEN_PIPE = 141
-"""``scan`` and ``audit``: standard output closed before the results were printed (128 +
-SIGPIPE, as a shell reports a process a closed pipe ended)."""
+
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+"""The base of typer's usage errors: click's ``ClickException``, or typer's copy of it (typer
+0.2x vendors click, and an install without the licence server's uvicorn has no click)."""
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")]
 
@@ -104,27 +106,23 @@ def _unexpected_errors(command: str, debug: bool) -> Iterator[None]:
     a weight found (scan) or a failed gate (audit). ``debug``: the traceback too."""
     try:
         yield
-    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.Abort, click.ClickException):
+    except (typer.Exit, typer.Abort, _USAGE_ERROR):
         raise  # the command's own exits, and usage errors
     except Exception as err:
-        broken = isinstance(err, OSError) and err.errno == errno.EPIPE
-        if broken:
-            discard_stdout()
-            message = (
-                "the output was closed (broken pipe) before all was printed; the exit code "
-                f"says nothing of the {command}'s result: read its output whole, or save it to "
-                "a file"
-            )
+        if stdout_failed(err):
+            note = f"the exit code says nothing of the {command}'s result"
+            message, code = stdout_failure(err, note)
         else:
             message = (
                 f"unexpected {type(err).__name__} in skprotect {command}: {err}. Rerun with "
                 "--debug for the traceback, and report it unless it names something to fix"
             )
+            code = EXIT_UNEXPECTED
         with suppress(OSError):  # stderr may be the closed pipe too
             if debug:
                 traceback.print_exc()
             typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(EXIT_BROKEN_PIPE if broken else EXIT_UNEXPECTED) from None
+        raise typer.Exit(code) from None
 
 
 def _application_name(value: str) -> str:
@@ -217,7 +215,7 @@ def scan(
     """Scan shipped files for plaintext weights of the original model; exit 1 when one is found.
 
     Finds copies, transposes, and rows permuted and rescaled. Exit codes: 0 none found, 1 found,
-    2 bad option or unreadable file, 70 unexpected error, 141 output closed.
+    2 bad option or unreadable file, 70 unexpected error, 74 output not writable, 141 output closed.
     """
     with _unexpected_errors("scan", debug):
         _scan(artifacts, original, threshold)
@@ -341,7 +339,7 @@ def audit(
     ] = "1,5,10,25",
     seeds: Annotated[
         int | None,
-        typer.Option(min=1, help="Seeds per budget (default: 3, or 1 with --quick)."),
+        typer.Option(min=1, help="Seeds per budget, 1 to 100 (default: 3, or 1 with --quick)."),
     ] = None,
     attacks: Annotated[
         str, typer.Option(help="Attacks to run, comma-separated (A0 … A5; default: all).")
@@ -377,7 +375,7 @@ def audit(
 
     The thief has the shipped files and x % of the training data; the model is a reference
     model of the suite or yours (docs/security.md). Exit codes: 0 passed, 1 failed, 2 bad
-    option or unusable file, 70 unexpected error, 141 output closed.
+    option or unusable file, 70 unexpected error, 74 output not writable, 141 output closed.
     """
     with _unexpected_errors("audit", debug):
         _audit(

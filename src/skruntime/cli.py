@@ -7,8 +7,9 @@ model never imports torch.
 
 Exit codes (:data:`EXIT_CODES`): 0 ok, 2 usage, 3 configuration or integrity error, 4 key or
 licence error, 5 input error, 6 missing folder, file, model or format, 1 anything else, 130
-Ctrl-C, 143 SIGTERM (:func:`sigterm_as_interrupt`). Errors are printed as one ``error: ...``
-line on stderr; ``--debug`` adds the traceback.
+Ctrl-C, 143 SIGTERM (:func:`sigterm_as_interrupt`), 74 and 141 standard output not writable or
+closed (:class:`OutputGroup`). Errors are printed as one ``error: ...`` line on stderr;
+``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -30,20 +31,27 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 import numpy as np
 import typer
+from typer.core import TyperGroup
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_CODES",
+    "EXIT_IO_ERROR",
     "EXIT_TERMINATED",
+    "OutputGroup",
     "RunFormat",
     "discard_stdout",
     "empty_path",
     "output_problem",
     "run_command",
     "sigterm_as_interrupt",
+    "sigterm_handled_by",
+    "stdout_failed",
+    "stdout_failure",
     "write_output_file",
 ]
 
@@ -165,16 +173,116 @@ def discard_stdout() -> None:
             os.close(null)
 
 
+EXIT_IO_ERROR = 74
+"""Standard output could not be written (sysexits' EX_IOERR): a full disk, ``> /dev/full``."""
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""Standard output closed before all was printed (141, as a shell reports a process a closed
+pipe ended)."""
+
+
+#: errors of a write whose data found no room: on standard output (``> /dev/full``, a full disk)
+#: when they reach a command line's top (:class:`OutputGroup`), since the commands say those of
+#: the files they write themselves.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def stdout_failed(err: BaseException) -> TypeGuard[OSError]:
+    """Whether ``err`` is standard output failing: a broken pipe (the only pipe these command
+    lines write to), a write that found no room (:data:`_NO_ROOM`: with ``PYTHONUNBUFFERED``
+    nothing is left to retry), or an error that flushing standard output raises again (what
+    could not be written stays in its buffer)."""
+    if not isinstance(err, OSError):
+        return False
+    if err.errno == errno.EPIPE or err.errno in _NO_ROOM:
+        return True
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def stdout_failure(err: OSError, note: str = "") -> tuple[str, int]:
+    """The one line to say on stderr when standard output failed with ``err``
+    (:func:`stdout_failed`), and the exit code: :data:`EXIT_BROKEN_PIPE` or
+    :data:`EXIT_IO_ERROR`. ``note``: what the exit code does not say. Points standard output
+    at the null device (:func:`discard_stdout`), so that exit adds no second error."""
+    discard_stdout()
+    note = f"; {note}" if note else ""
+    if err.errno == errno.EPIPE:
+        return (
+            f"the output was closed (broken pipe) before all was printed{note}: read its "
+            "output whole, or save it to a file",
+            EXIT_BROKEN_PIPE,
+        )
+    return (
+        f"the output could not be written ({err.strerror or err}){note}: send it to a file "
+        "or pipe that takes it all (a disk with space left)",
+        EXIT_IO_ERROR,
+    )
+
+
+class OutputGroup(TyperGroup):
+    """A command line's top group: standard output failing while it prints (``--help``,
+    ``--version`` or a command's result, to ``/dev/full`` or a closed pipe) is one line on
+    stderr (:meth:`say`) and :func:`stdout_failure`'s exit code, where typer printed a
+    traceback, or exited 1 without a word on a broken pipe (rich, which prints the help, ends
+    the process with ``SystemExit(1)`` while handling the ``BrokenPipeError``)."""
+
+    def say(self, message: str) -> None:
+        """Print the ``error:`` line of a failed standard output."""
+        typer.echo(f"error: {message}", err=True)
+
+    @contextmanager
+    def _stdout_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (OSError, SystemExit) as raised:
+            err = raised if isinstance(raised, OSError) else raised.__context__
+            if isinstance(raised, SystemExit) and not isinstance(err, BrokenPipeError):
+                raise  # a command's own exit
+            if not stdout_failed(err):
+                raise
+            message, code = stdout_failure(err)
+            with suppress(OSError):  # stderr may be the closed pipe too
+                self.say(message)
+            raise typer.Exit(code) from None
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        """Parsing runs ``--help`` and ``--version``, which print."""
+        with self._stdout_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        """The commands, and their ``--help``."""
+        with self._stdout_errors():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def sigterm_handled_by(handler: Any) -> Iterator[None]:
+    """Within the block, SIGTERM is handled by ``handler`` (a function or ``signal.SIG_DFL``),
+    then as before; in the main thread only: ``signal.signal`` refuses the others, where
+    nothing changes. For command line entry points only: a library must not take over a
+    process's signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises ``KeyboardInterrupt`` where the program is, so that a
     file being written is cleaned up as on Ctrl-C (SIGTERM's default ended the process at once,
     leaving the temporary ``.NAME.XXXX.tmp`` of an atomic write beside the target), and the
-    command then exits with :data:`EXIT_TERMINATED` instead of Ctrl-C's 130. For command line
-    entry points only: a library must not take over a process's signals."""
-    if threading.current_thread() is not threading.main_thread():  # signal.signal refuses
-        yield
-        return
+    command then exits with :data:`EXIT_TERMINATED` instead of Ctrl-C's 130. Main thread only
+    (:func:`sigterm_handled_by`)."""
     terminated = False
 
     def interrupt(signum: int, frame: object) -> None:
@@ -182,15 +290,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
         terminated = True
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    except (SystemExit, KeyboardInterrupt):  # typer turns KeyboardInterrupt into exit 130
-        if terminated:
-            raise SystemExit(EXIT_TERMINATED) from None
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    with sigterm_handled_by(interrupt):
+        try:
+            yield
+        except (SystemExit, KeyboardInterrupt):  # typer turns KeyboardInterrupt into exit 130
+            if terminated:
+                raise SystemExit(EXIT_TERMINATED) from None
+            raise
 
 
 #: What numpy raises for a file it cannot read as an array; MemoryError: a header that
@@ -441,7 +547,7 @@ def _read_kek(value: str | os.PathLike[str]) -> bytes:
     export-kek`` writes it (like ``--server-public-key``, which takes both). ``value``: the
     option's text as given, not a ``Path`` of it: a path folds ``//`` into ``/``, so a base64
     key holding ``//`` (about one in 100) was no longer recognised as the key, and echoed."""
-    from skruntime.files import NotRegularFileError
+    from skruntime.files import NotRegularFileError, loose_key_warning
     from skruntime.keysource import kek_encoding
 
     text = os.fspath(value)
@@ -474,13 +580,9 @@ def _read_kek(value: str | os.PathLike[str]) -> bytes:
             "`skprotect export-kek` writes it).",
             EXIT_KEY,
         )
-    if os.name == "posix" and mode & 0o077:  # warned, not refused: secret volumes are 0644
-        typer.echo(
-            f"warning: --kek {path} is accessible to other users (mode {mode:o}); whoever reads "
-            f"it decrypts every model key of the application: run `chmod 600 {path}` (as "
-            "`skprotect export-kek` writes it).",
-            err=True,
-        )
+    harm = "decrypts every model key of the application"
+    if warning := loose_key_warning("--kek", path, mode, harm):  # not refused: see the helper
+        typer.echo(f"warning: {warning} (as `skprotect export-kek` writes it).", err=True)
     return kek
 
 

@@ -85,3 +85,20 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def loose_key_warning(
+    subject: str, path: str | os.PathLike[str], mode: int, harm: str
+) -> str | None:
+    """What to say of a secret key file whose permission bits ``mode`` let other users read or
+    change it (``subject``: what the file is; ``harm``: what whoever reads it can do), or None
+    when it is its owner's alone, or off POSIX, whose files have no such bits. A warning, for
+    the caller to print: secret volumes (Kubernetes') are 0644 by default."""
+    mode = stat.S_IMODE(mode)
+    if os.name != "posix" or not mode & 0o077:
+        return None
+    path = os.fspath(path)
+    return (
+        f"{subject} {path} is accessible to other users (mode {mode:o}); whoever reads it "
+        f"{harm}: run `chmod 600 {path}`"
+    )

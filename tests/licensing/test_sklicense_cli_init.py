@@ -130,8 +130,8 @@ def test_a_key_others_may_read_is_warned_about(init, tmp_path) -> None:
     result = init()
     assert result.exit_code == 0
     assert (
-        f"Warning: the server signing key {key} has mode 0644: others than its owner can read "
-        f"or change it, and anyone who reads it can sign licences. Run: chmod 600 {key}"
+        f"Warning: the server signing key {key} is accessible to other users (mode 644); "
+        f"whoever reads it can sign licences: run `chmod 600 {key}`"
     ) in result.output
     key.chmod(0o600)
     assert "Warning" not in init().output
@@ -199,7 +199,9 @@ def test_serve_warns_of_a_key_others_may_read(init, tmp_path, monkeypatch) -> No
     )
     assert result.exit_code == 0, result.output
     assert len(started) == 1
-    assert f"Warning: the server signing key {key} has mode 0640" in result.output
+    assert f"Warning: the server signing key {key} is accessible to other users (mode 640)" in (
+        result.output
+    )
 
 
 def test_a_database_in_a_missing_folder_is_named_as_such(tmp_path: Path) -> None:
