@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from skruntime.backends.inductor import unpack_problem
 from skruntime.backends.inputs import INPUTS_METADATA
+from skruntime.errors import BackendError
 
 from ..errors import ExportError, InvalidArgumentError, VerificationError
 from ..formats import ExportFormat
@@ -378,6 +379,8 @@ def load_artifact(exporter: Exporter, path: Path, options: ExportOptions) -> Run
     """The artifact loaded once for several runs (loading an AOTInductor package takes time)."""
     try:
         return exporter.load(Path(path), options)
+    except BackendError as err:  # the runtime's AOTInductor loader: no temporary folder usable
+        raise VerificationError(f"{err} Then protect again.") from err
     except Exception as err:
         if advice := unpack_problem(err):  # torch's AOTInductor loader and TMPDIR
             raise VerificationError(

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, row_major
+from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, load_package, row_major
 
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
@@ -298,10 +298,12 @@ class InductorExporter(DeviceExporter):
     def load(self, path: Path, options: ExportOptions) -> Runner:
         if self.device == "cuda":
             require_cuda(self.fmt)
-        compiled = torch._inductor.aoti_load_package(str(path))
+        # the runtime's load: torch's extracted folder goes with the package, or at once if the
+        # load fails (torch's own load left two $TMPDIR/aotinductor_* folders per failure)
+        package = load_package(Path(path), -1, {})
         device = self.device
         name = Path(path).name
-        raw = compiled.get_metadata().get(INPUTS_METADATA)
+        raw = package.metadata.get(INPUTS_METADATA)
         if raw is None:
             raise InvalidArgumentError(
                 f"{name} was not written by skprotect (no {INPUTS_METADATA} metadata), so its "
@@ -316,7 +318,7 @@ class InductorExporter(DeviceExporter):
                 row_major(torch.from_numpy(np.ascontiguousarray(x)).to(device)) for x in inputs
             ]
             with torch.no_grad():
-                out = compiled(*tensors)
+                out = package(tensors)
             return to_numpy(flatten_outputs(out))
 
         return run

@@ -47,26 +47,44 @@ def apply_gpu_determinism() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-@contextmanager
-def gpu_float32() -> Iterator[None]:
-    """:func:`apply_gpu_determinism` inside a block only, then the caller's settings again: for
-    code (the protector's GPU verification) that must not change a user's process for good."""
+GpuSettings = tuple[bool, bool, str, bool]
+"""The process-wide torch settings :func:`apply_gpu_determinism` changes, as
+:func:`gpu_settings` reads them."""
+
+
+def gpu_settings() -> GpuSettings:
+    """The current values of the settings :func:`apply_gpu_determinism` changes, for
+    :func:`restore_gpu_settings`."""
     import torch
 
-    saved = (
+    return (
         torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.allow_tf32,
         torch.get_float32_matmul_precision(),
         torch.backends.cudnn.benchmark,
     )
+
+
+def restore_gpu_settings(saved: GpuSettings) -> None:
+    """Put back the settings :func:`gpu_settings` read."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = saved[0]
+    torch.backends.cudnn.allow_tf32 = saved[1]
+    torch.set_float32_matmul_precision(saved[2])
+    torch.backends.cudnn.benchmark = saved[3]
+
+
+@contextmanager
+def gpu_float32() -> Iterator[None]:
+    """:func:`apply_gpu_determinism` inside a block only, then the caller's settings again: for
+    code (the protector's GPU verification) that must not change a user's process for good."""
+    saved = gpu_settings()
     apply_gpu_determinism()
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved[0]
-        torch.backends.cudnn.allow_tf32 = saved[1]
-        torch.set_float32_matmul_precision(saved[2])
-        torch.backends.cudnn.benchmark = saved[3]
+        restore_gpu_settings(saved)
 
 
 def require_cuda(what: str, device: str) -> None:

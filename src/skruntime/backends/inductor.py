@@ -23,7 +23,7 @@ import tempfile
 import threading
 import weakref
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ import torch
 
 from ..errors import BackendError, InputError
 from .base import BackendOptions, ModelFile
-from .gpu import apply_gpu_determinism, cuda_index, require_cuda
+from .gpu import (
+    apply_gpu_determinism,
+    cuda_index,
+    gpu_settings,
+    require_cuda,
+    restore_gpu_settings,
+)
 from .inputs import INPUTS_METADATA, input_specs, parse_specs, range_problem
 
 __all__ = [
@@ -42,6 +48,8 @@ __all__ = [
     "check_package",
     "check_torch_options",
     "input_specs",
+    "load_package",
+    "load_settings",
     "parse_specs",
     "unpack_problem",
 ]
@@ -108,11 +116,31 @@ def backend_failure(err: BaseException) -> str:
     return text if text.startswith(f"{type(err).__name__}:") else f"{type(err).__name__}: {text}"
 
 
-def apply_threads(options: BackendOptions) -> None:
-    """Apply ``intra_op_threads`` / ``inter_op_threads`` to torch. Both are process-wide."""
+@contextlib.contextmanager
+def load_settings(options: BackendOptions, cuda: bool) -> Iterator[None]:
+    """The process-wide settings a torch backend runs with, for the block that loads it: on
+    CUDA those of :func:`~.gpu.apply_gpu_determinism`, and ``intra_op_threads``
+    (``torch.set_num_threads``); put back as they were if the block raises, so that a failed
+    load leaves the process as it was. ``inter_op_threads`` is set once the block succeeded:
+    torch sets that count once per process and cannot change it back."""
+    saved_gpu = gpu_settings() if cuda else None
+    saved_threads = torch.get_num_threads()
+    if cuda:
+        apply_gpu_determinism()
     if options.intra_op_threads is not None:
         torch.set_num_threads(options.intra_op_threads)
-    wanted = options.inter_op_threads
+    try:
+        yield
+        _apply_inter_op_threads(options.inter_op_threads)
+    except BaseException:
+        torch.set_num_threads(saved_threads)
+        if saved_gpu is not None:
+            restore_gpu_settings(saved_gpu)
+        raise
+
+
+def _apply_inter_op_threads(wanted: int | None) -> None:
+    """Set torch's inter-op thread count (process-wide, once per process) to ``wanted``."""
     if wanted is not None and torch.get_num_interop_threads() != wanted:
         try:
             torch.set_num_interop_threads(wanted)
@@ -271,7 +299,7 @@ class _Package:
     serialised here: a LoadedModel may be called from several threads, and the package may be
     shared by several LoadedModels.
 
-    ``folder``: the private folder torch extracted the package into (:func:`_load_bytes`),
+    ``folder``: the private folder torch extracted the package into (:func:`_in_private_folder`),
     removed with the package (or when the process exits) by the process that loaded it, not
     before: a GPU package loads its kernels from there on their first call."""
 
@@ -303,36 +331,93 @@ _KEPT: list[_Package] = []
 _PACKAGES_LOCK = threading.Lock()
 
 
+_TMPDIR_LOCK = threading.Lock()
+"""Held while ``TMPDIR`` names a load's private folder (:func:`_tmpdir`): it is process-wide,
+and the protector loads packages too (:func:`load_package`)."""
+
+
 @contextlib.contextmanager
 def _tmpdir(folder: str) -> Iterator[None]:
     """``TMPDIR`` set to ``folder`` for the block, then restored (or unset again): the only way
     to choose where torch's C++ loader extracts a package (it reads ``TMPDIR`` and takes no
-    folder argument). Process-wide: callers hold :data:`_PACKAGES_LOCK`."""
-    previous = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = folder
+    folder argument). Process-wide: one load at a time (:data:`_TMPDIR_LOCK`)."""
+    with _TMPDIR_LOCK:
+        previous = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = folder
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = previous
+
+
+def _private_folder(prefix: str, package: Path, size: int) -> str:
+    """A new folder only this user can enter (``tempfile.mkdtemp``), for loading ``package``
+    (``size`` bytes); BackendError with what to do where Python has no usable temporary folder
+    (none of ``TMPDIR``, /tmp, /var/tmp, /usr/tmp and the current folder is writable)."""
     try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = previous
+        return tempfile.mkdtemp(prefix=prefix)
+    except OSError as err:
+        where = f" in {Path(err.filename).parent}" if err.filename else ""
+        raise BackendError(
+            f"The AOTInductor package {package} could not be loaded: torch extracts it into a "
+            f"temporary folder, and none could be created{where}: {err.strerror or err}. Point "
+            "TMPDIR to a writable folder with room for about twice the package's size "
+            f"({size:,} bytes)."
+        ) from None
+
+
+def _in_private_folder(
+    load: Callable[[str], Any], package: Path, size: int, options: dict[str, bool]
+) -> _Package:
+    """The package ``load`` returns, given a new private folder (``skruntime-aoti-*``, in
+    Python's temporary folder) for torch to extract it into (:func:`_aoti_load`): removed at
+    once if the load fails, else with the package (or when the process exits), not before: a
+    GPU package loads its kernels from there on their first call. ``package`` (``size``
+    bytes) is named where no folder can be created (BackendError)."""
+    folder = _private_folder("skruntime-aoti-", package, size)
+    try:
+        return _Package(load(folder), options.get("run_single_threaded", False), folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _aoti_load(path: Path, folder: str, device_index: int, options: dict[str, bool]) -> Any:
+    """``aoti_load_package`` of ``path``, ``TMPDIR`` naming ``folder`` meanwhile: torch
+    extracts a package into a new ``$TMPDIR/aotinductor_*`` folder, and leaves it behind when
+    the load fails (two of them: it tries two loaders). Raises what torch raises."""
+    with _tmpdir(folder):
+        return torch._inductor.aoti_load_package(str(path), device_index=device_index, **options)
+
+
+def load_package(path: Path, device_index: int, options: dict[str, bool]) -> _Package:
+    """The AOTInductor package at ``path``, loaded as the runtime loads one (from a path the
+    caller trusts, unshared): what torch extracts goes with the package, or at once if the
+    load fails (:func:`_in_private_folder`). Raises what torch raises, and BackendError where
+    no temporary folder can be created. For the protector's verification."""
+    return _in_private_folder(
+        lambda folder: _aoti_load(path, folder, device_index, options),
+        path,
+        path.stat().st_size,
+        options,
+    )
 
 
 def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool], folder: str) -> Any:
     """Load the package from ``model``'s verified bytes, once :func:`check_package` has read
-    them (BackendError), torch extracting it into ``folder``; raises what torch raises, and
-    BackendError where the copy cannot be written (a full disk).
+    them (BackendError), torch extracting it into ``folder`` (:func:`_aoti_load`); raises what
+    torch raises, and BackendError where the copy cannot be written (a full disk).
 
     ``aoti_load_package`` reads only a path (given a buffer, torch writes it to a temporary file
     itself), so the bytes are written to a private copy: a new folder only this user can enter
     (0700), the file created there exclusively. torch extracts what it needs while loading, so
-    the copy is removed right after: the model runs without it. torch extracts into a new
-    ``$TMPDIR/aotinductor_*`` folder, and leaves it behind when the load fails (two of them:
-    it tries two loaders), so ``TMPDIR`` names ``folder`` while torch loads, which the caller
-    removes (:func:`_shared_package`)."""
+    the copy is removed right after: the model runs without it."""
     check_package(model)
-    with tempfile.TemporaryDirectory(prefix="skruntime-") as private:
+    private = _private_folder("skruntime-", model.path, len(model.data))
+    try:
         copy = Path(private) / "model.pt2"
         try:
             with open(copy, "xb") as f:
@@ -344,10 +429,9 @@ def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool], f
                 f"{err.strerror or err}. Make room there for about twice its size (the copy, "
                 "and what torch extracts from it), or point TMPDIR to a folder that has it."
             ) from None
-        with _tmpdir(folder):
-            return torch._inductor.aoti_load_package(
-                str(copy), device_index=device_index, **options
-            )
+        return _aoti_load(copy, folder, device_index, options)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def unpack_problem(err: BaseException) -> str | None:
@@ -468,20 +552,18 @@ def _json_problem(name: str, data: bytes) -> str | None:
 
 def _shared_package(model: ModelFile, device_index: int, options: dict[str, bool]) -> _Package:
     """The package of ``model``'s bytes, loaded once per process for each device and options
-    (keyed on their verified SHA-256); raises what :func:`_load_bytes` raises."""
+    (keyed on their verified SHA-256); raises what :func:`_load_bytes` and
+    :func:`_in_private_folder` raise."""
     key = (model.sha256, device_index, tuple(sorted(options.items())))
     with _PACKAGES_LOCK:  # one load of a package, even when threads load it at once
         package = _PACKAGES.get(key)
         if package is None:
-            # torch's own folder for this load, in a private one: removed at once if the load
-            # fails, else with the package; no other process's or load's folder is touched
-            folder = tempfile.mkdtemp(prefix="skruntime-aoti-")
-            try:
-                loaded = _load_bytes(model, device_index, options, folder)
-                package = _Package(loaded, options.get("run_single_threaded", False), folder)
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
+            package = _in_private_folder(
+                lambda folder: _load_bytes(model, device_index, options, folder),
+                model.path,
+                len(model.data),
+                options,
+            )
             _PACKAGES[key] = package
             if device_index < 0:
                 _KEPT.append(package)
@@ -510,7 +592,8 @@ class InductorBackend:
     numpy in → numpy out, torch tensors in → tensors out (decided by the first input). On CUDA
     (``device="cuda[:N]"``) the GPU settings of :func:`~skruntime.backends.gpu.
     apply_gpu_determinism` are applied first. ``intra_op_threads`` sets torch's (OpenMP) thread
-    count for the whole process. ``session_options``: ``{"run_single_threaded": bool}``, passed
+    count for the whole process. A load that fails puts these settings back
+    (:func:`load_settings`). ``session_options``: ``{"run_single_threaded": bool}``, passed
     to ``aoti_load_package`` (calls of such a package are then serialised: torch's own thread
     synchronisation is off). The package is loaded from the verified bytes
     (:class:`~.base.ModelFile`), not from the path, and shared by every backend of the same
@@ -536,11 +619,26 @@ class InductorBackend:
         if options.device != "cpu":
             index = cuda_index(options.device)
             self.device = f"cuda:{index}"
-            apply_gpu_determinism()
-        apply_threads(options)
         extra = {k: bool(v) for k, v in options.session_options.items()}
+        with load_settings(options, cuda=index >= 0):  # put back if the load fails
+            package = self._load(model, index, extra)
+            raw = package.metadata.get(INPUTS_METADATA)
+            if raw is None:
+                raise BackendError(
+                    f"{name} was not written by skprotect (no {INPUTS_METADATA} metadata), so "
+                    "its inputs cannot be checked. Re-export it with skprotect."
+                )
+            self.input_record, self.input_names, self._key_name = parse_specs(raw, name)
+            """The package's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last): checked
+            before every call; the runtime compares it with the configuration."""
+        self._package: _Package | None = package  # None once closed
+        self._io = TensorIO(self.device)
+
+    def _load(self, model: ModelFile, index: int, extra: dict[str, bool]) -> _Package:
+        """The shared package of ``model`` (:func:`_shared_package`); BackendError saying what
+        to do where torch cannot load it."""
         try:
-            package = _shared_package(model, index, extra)
+            return _shared_package(model, index, extra)
         except BackendError:
             raise
         except Exception as err:
@@ -551,17 +649,6 @@ class InductorBackend:
                 f"({backend_failure(err)}). Re-deploy the file written by skprotect, compiled "
                 "for this device (a CPU package runs on the CPU, a GPU package on CUDA)."
             ) from None
-        self._package: _Package | None = package  # None once closed
-        raw = package.metadata.get(INPUTS_METADATA)
-        if raw is None:
-            raise BackendError(
-                f"{name} was not written by skprotect (no {INPUTS_METADATA} metadata), so its "
-                "inputs cannot be checked. Re-export it with skprotect."
-            )
-        self.input_record, self.input_names, self._key_name = parse_specs(raw, name)
-        """The package's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last): checked
-        before every call; the runtime compares it with the configuration."""
-        self._io = TensorIO(self.device)
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
         package = self._package

@@ -217,6 +217,25 @@ class _Session(ort.InferenceSession):
         super()._create_inference_session(*args, **kwargs)
 
 
+_OUT_OF_MEMORY = ("Failed to allocate memory", "out of memory", "bad_alloc")
+"""What onnxruntime's messages say when an allocation failed (its CPU arena, CUDA, C++)."""
+
+
+def _run_advice(message: str) -> str:
+    """What to do after onnxruntime failed to run a model with ``message``: an allocation
+    that failed needs a smaller batch or more memory, anything else is in the inputs or the
+    file."""
+    if any(text in message for text in _OUT_OF_MEMORY):
+        return (
+            "It ran out of memory: run fewer inputs at once (a smaller batch), or on a machine "
+            "(or GPU) with more free memory."
+        )
+    return (
+        "Check the inputs' shapes and dtypes against the model's inputs (the key last); if "
+        "they are right, re-deploy the file written by skprotect."
+    )
+
+
 class OnnxRuntimeBackend:
     """One ``onnxruntime.InferenceSession``; inputs are fed by the session's own input names."""
 
@@ -292,7 +311,10 @@ class OnnxRuntimeBackend:
         try:
             return session.run(None, feed)
         except Exception as e:  # onnxruntime's pybind exception types
-            raise BackendError(f"onnxruntime failed to run {self._path.name}: {e}") from None
+            text = str(e).strip()
+            raise BackendError(
+                f"onnxruntime failed to run {self._path.name}: {text}. {_run_advice(text)}"
+            ) from None
 
     def close(self) -> None:
         self._session = None

@@ -22,8 +22,14 @@ import torch
 
 from ..errors import BackendError
 from .base import BackendOptions, ModelFile
-from .gpu import apply_gpu_determinism, cuda_index
-from .inductor import TensorIO, apply_threads, backend_failure, check_inputs, check_torch_options
+from .gpu import cuda_index
+from .inductor import (
+    TensorIO,
+    backend_failure,
+    check_inputs,
+    check_torch_options,
+    load_settings,
+)
 from .inputs import INPUTS_METADATA, parse_specs
 
 __all__ = ["CudaTracedTorchScriptBackend", "TorchScriptBackend"]
@@ -131,7 +137,8 @@ class TorchScriptBackend:
     numpy in → numpy out, torch tensors in → ordinary tensors out (decided by the first input;
     :meth:`~.inductor.TensorIO.outputs`); tuple, list and dict outputs are flattened. On CUDA
     (``device="cuda[:N]"``) the GPU settings of
-    :func:`~skruntime.backends.gpu.apply_gpu_determinism` are applied first.
+    :func:`~skruntime.backends.gpu.apply_gpu_determinism` are applied first. A load that fails
+    puts these and the intra-op thread count back (:func:`~.inductor.load_settings`).
 
     Threads: ``intra_op_threads`` calls ``torch.set_num_threads`` and ``inter_op_threads``
     ``torch.set_num_interop_threads``; both are **process-wide** (every torch model in the
@@ -160,37 +167,38 @@ class TorchScriptBackend:
         self.device = "cpu"
         if options.device != "cpu":
             self.device = f"cuda:{cuda_index(options.device)}"
-            apply_gpu_determinism()
-        apply_threads(options)
-        extra = {INPUTS_METADATA: ""}
-        try:
-            # the verified bytes, not the path: BytesIO shares them, torch reads them in place
-            module = torch.jit.load(
-                io.BytesIO(model.data), map_location=self.device, _extra_files=extra
-            )
-            if options.session_options.get("optimize_for_inference"):
-                module = torch.jit.optimize_for_inference(module)
-        except Exception as err:
-            raise BackendError(
-                f"torch could not load the TorchScript file {self._path} "
-                f"({backend_failure(err)}). Re-deploy the file written by skprotect."
-            ) from None
-        if problem := device_problem(module, self.device, traced_on_cuda=self.traced_on_cuda):
-            raise BackendError(
-                f"The TorchScript file {self._path} cannot run on device={options.device!r}: "
-                f"{problem}."
-            )
-        self._model = module.eval()
-        self.input_record: list[dict] | None = None
-        """The file's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last); None without
-        it. Checked before every call; the runtime compares it with the configuration."""
-        self._key_name: str | None = None
-        raw = extra[INPUTS_METADATA]
-        if raw:
-            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-            self.input_record, self.input_names, self._key_name = parse_specs(text, self._path.name)
-        else:
-            self.input_names = [a.name for a in module.forward.schema.arguments[1:]]  # not self
+        with load_settings(options, cuda=self.device != "cpu"):  # put back if the load fails
+            extra = {INPUTS_METADATA: ""}
+            try:
+                # the verified bytes, not the path: BytesIO shares them, torch reads them in place
+                module = torch.jit.load(
+                    io.BytesIO(model.data), map_location=self.device, _extra_files=extra
+                )
+                if options.session_options.get("optimize_for_inference"):
+                    module = torch.jit.optimize_for_inference(module)
+            except Exception as err:
+                raise BackendError(
+                    f"torch could not load the TorchScript file {self._path} "
+                    f"({backend_failure(err)}). Re-deploy the file written by skprotect."
+                ) from None
+            if problem := device_problem(module, self.device, traced_on_cuda=self.traced_on_cuda):
+                raise BackendError(
+                    f"The TorchScript file {self._path} cannot run on device={options.device!r}: "
+                    f"{problem}."
+                )
+            self._model = module.eval()
+            self.input_record: list[dict] | None = None
+            """The file's :data:`~.inputs.INPUTS_METADATA` record, parsed (key last); None without
+            it. Checked before every call; the runtime compares it with the configuration."""
+            self._key_name: str | None = None
+            raw = extra[INPUTS_METADATA]
+            if raw:
+                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+                self.input_record, self.input_names, self._key_name = parse_specs(
+                    text, self._path.name
+                )
+            else:
+                self.input_names = [a.name for a in module.forward.schema.arguments[1:]]  # not self
         self._io = TensorIO(self.device, owned=_held_tensors(module))
 
     def run(self, inputs: Sequence[Any]) -> list[Any]:
