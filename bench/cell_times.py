@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from skprotect_pytorch.audit.cells import read_part
+from skprotect_pytorch.audit.cells import read_cell, read_part
 from skprotect_pytorch.errors import StateError
 
 BASELINE = "B"
@@ -36,12 +36,24 @@ def _folders(cells: Path) -> Iterator[tuple[str, Path]]:
             f"{cells} holds no cell folder (<model>-<hash>/settings.json); pass the --cells "
             "folder of bench/audit_gate.py"
         )
-    models = {
-        folder: json.loads((folder / "settings.json").read_text())["model"] for folder in folders
-    }
+    models = {folder: _model(folder / "settings.json") for folder in folders}
     several = {m for m in models.values() if list(models.values()).count(m) > 1}
     for folder, model in models.items():
         yield (folder.name if model in several else model), folder
+
+
+def _model(settings: Path) -> str:
+    """The model a cell folder's ``settings.json`` names; a damaged one stops with its path."""
+    try:
+        model = json.loads(settings.read_text())["model"]
+        if not isinstance(model, str):
+            raise TypeError(f"model {model!r} is not a name")
+    except (ValueError, KeyError, TypeError) as err:
+        raise SystemExit(
+            f"{settings} is damaged ({type(err).__name__}: {err}); delete it: the next "
+            "bench/audit_gate.py run with that folder's settings writes it again"
+        ) from None
+    return model
 
 
 def read_times(cells: Path) -> dict[str, dict[float, dict[str, float]]]:
@@ -50,7 +62,10 @@ def read_times(cells: Path) -> dict[str, dict[float, dict[str, float]]]:
     for model, folder in _folders(cells):
         for path in folder.glob("*@*.json"):
             name, budget = path.stem.split("@")
-            seconds = json.loads(path.read_text())["seconds"]
+            try:
+                seconds = read_cell(path)["seconds"]
+            except StateError as err:
+                raise SystemExit(str(err)) from err
             times.setdefault(model, {}).setdefault(float(budget), {})[name] = seconds
     return times
 

@@ -12,7 +12,8 @@ its seeds) and how far under B(x) it stayed (the gate itself compares A4 with th
 B(x) and A4's no-files control; this column does not, so it never reads kinder), the highest
 wrong-key accuracy (A0) against chance, the most permutation entries any attack recovered
 against chance, the largest aligned-cosine excess, gate 4, and the verdict.  Attacks missing
-from A0–A4 make the verdict "incomplete", and which ones are named.
+from A0–A4 make the verdict "incomplete", and which ones are named; a model a run stopped on
+(an error in place of its report) gets a row of its own that says "ERROR" and why.
 """
 
 from __future__ import annotations
@@ -58,11 +59,46 @@ def _reports(path: Path) -> list[dict]:
         raise SystemExit(
             f"{path}: not a readable JSON report of bench/audit_gate.py ({err})"
         ) from None
-    runs = data.get("runs", [data])
-    reports = [run.get("report", run) for run in runs]
-    if not all(isinstance(r.get("models"), dict | list) for r in reports):
-        raise SystemExit(f"{path}: no 'models' in its report; pass bench/audit_gate.py's JSON")
+    runs = data.get("runs", [data]) if isinstance(data, dict) else None
+    reports = [run.get("report", run) if isinstance(run, dict) else None for run in runs or []]
+    if not reports or not all(isinstance(r, dict) and _has_models(r) for r in reports):
+        raise SystemExit(
+            f"{path}: not a report of bench/audit_gate.py (a 'models' entry each with "
+            f"{', '.join(MODEL_KEYS)}, bare or in a batch file's 'runs', and settings naming "
+            "the model and budgets); pass its JSON"
+        )
     return reports
+
+
+MODEL_KEYS = {"settings": dict, "chance": (int, float), "baselines": dict, "rows": list}
+"""What each model of a report holds, read by :func:`collect` (a file without them stopped
+the table in a KeyError or AttributeError naming no file)."""
+
+
+def _has_models(report: dict) -> bool:
+    """Whether ``report`` has models (a dict or list) each with the :data:`MODEL_KEYS`."""
+    models = report.get("models")
+    if not isinstance(models, dict | list):
+        return False
+    return all(
+        isinstance(model, dict)
+        and all(isinstance(model.get(key), kind) for key, kind in MODEL_KEYS.items())
+        and isinstance(model["settings"].get("model"), str)
+        and isinstance(model["settings"].get("budgets"), list)
+        for model in _models(report)
+    )
+
+
+def run_errors(paths: list[Path]) -> list[tuple[str, str]]:
+    """(model, error and where) for each model a run in ``paths`` stopped on: such a model has
+    no rows in that run (``bench/audit_gate.py`` keeps the error under ``errors``), and a
+    summary without it read as a gate of the other models alone."""
+    return [
+        (model, f"{error} ({path}, {report.get('date', '?')})")
+        for path in paths
+        for report in _reports(path)
+        for model, error in (report.get("errors") or {}).items()
+    ]
 
 
 def _models(report: dict) -> list[dict]:
@@ -203,9 +239,14 @@ HEADER = (
 )
 
 
-def table(entries: dict[tuple[str, float], Entry]) -> str:
-    """The markdown table, by model and then budget."""
+def table(
+    entries: dict[tuple[str, float], Entry], errors: list[tuple[str, str]] | None = None
+) -> str:
+    """The markdown table, by model and then budget, then a row per model a run stopped on
+    (:func:`run_errors`)."""
     lines = [HEADER] + [summary_row(m, b, entries[m, b]) for m, b in sorted(entries)]
+    empty = " | ".join(["–"] * (HEADER.splitlines()[0].count("|") - 3))
+    lines += [f"| {model} | {empty} | ERROR: {error} |" for model, error in errors or []]
     return "\n".join(lines)
 
 
@@ -215,9 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--with-quick", action="store_true", help="also count --quick runs")
     args = p.parse_args(argv)
     entries = collect(args.reports, args.with_quick)
-    if not entries:
+    errors = run_errors(args.reports)
+    if not entries and not errors:
         raise SystemExit("no full-sweep run in these reports (add --with-quick for quick runs)")
-    print(table(entries))
+    print(table(entries, errors))
 
 
 if __name__ == "__main__":

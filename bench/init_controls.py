@@ -84,7 +84,7 @@ def controls(name: str, budget: float, gains: tuple[float, ...]) -> dict[str, fl
     victim = spec.train_victim(task, spec.quick_epochs)
 
     def trained(build: Callable[[], nn.Module]) -> float:
-        return 100 * _sweep_per_seed(build, task, budget, SINGLE_INIT, [0])[0]
+        return 100 * _sweep_per_seed(build, task, budget, SINGLE_INIT, [0])[0]["accuracy"]
 
     rows = {"default init": trained(lambda: fresh_model(spec.factory))}
     for gain in gains:

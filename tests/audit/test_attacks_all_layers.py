@@ -245,7 +245,8 @@ def test_attacks_run_and_are_scored_on_sequence_models(name):
     a3 = outcomes[2]
     assert (name == "lstm") == any("LSTM/GRU" in note for note in a3.notes)
     for a4 in outcomes[3:]:  # the reference fine-tuned again, without the stolen files
-        assert len(a4.extra["control"]) == 1 and 0.0 <= a4.extra["control"][0] <= 1.0
+        control = a4.extra["control"]
+        assert len(control.accuracies) == 1 and 0.0 <= control.accuracy <= 1.0
     report = AuditReport({}, name, 1.0, 0.34, {}, {}, rows, [])
     if report.notes:
         assert "Coverage notes" in report.to_markdown()

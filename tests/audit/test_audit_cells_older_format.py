@@ -76,4 +76,4 @@ def test_a_part_stored_as_a_bare_accuracy_is_computed_again(tmp_path):
     assert store.try_get("A1-null@5", cell) == {"accuracy": 0.5, "measured": True}
     assert calls == [0]
     assert "parts_code" not in json.loads((store.folder / "A1-null@5.json").read_text())
-    assert PART_FORMAT == 2
+    assert PART_FORMAT == 3

@@ -117,3 +117,22 @@ def test_security_doc_shows_the_committed_cells_times() -> None:
     assert expected in (ROOT / "docs" / "security.md").read_text(), (
         "regenerate the Cell times table: python bench/cell_times.py docs/audit/cells"
     )
+
+
+@pytest.mark.parametrize("text", ['{"value": []}', "{torn", '{"value": [], "seconds": null}'])
+def test_a_damaged_cell_is_named_with_what_to_do(cells: Path, text: str) -> None:
+    """A cell without its seconds, or torn, stopped the table in a raw KeyError or
+    JSONDecodeError naming no file."""
+    path = cells / "gru-0123456789ab" / "A3@5.json"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=rf"Audit cell {path} is unreadable .*delete it"):
+        cell_times.read_times(cells)
+
+
+@pytest.mark.parametrize("text", ["{torn", "{}", '{"model": 3}'])
+def test_a_damaged_settings_file_is_named(cells: Path, text: str) -> None:
+    """It stopped the table in a raw JSONDecodeError or KeyError naming no file."""
+    settings = cells / "cnn-0123456789ab" / "settings.json"
+    settings.write_text(text)
+    with pytest.raises(SystemExit, match=rf"{settings} is damaged .*delete it"):
+        cell_times.read_times(cells)

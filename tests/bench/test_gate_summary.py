@@ -140,9 +140,16 @@ def test_unreadable_files_say_what_to_pass(tmp_path: Path) -> None:
     (tmp_path / "torn.json").write_text("{")
     with pytest.raises(SystemExit, match="not a readable JSON report"):
         gate_summary.collect([tmp_path / "torn.json"])
+    not_a_report = "not a report of bench/audit_gate.py"
     (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
-    with pytest.raises(SystemExit, match="no 'models'"):
+    with pytest.raises(SystemExit, match=not_a_report):
         gate_summary.collect([tmp_path / "other.json"])
+    # each stopped the table in an AttributeError or KeyError naming no file
+    no_settings = {"models": {"mlp": {"chance": 0.1, "baselines": {}, "rows": []}}}
+    for shape in ([1, 2], {"runs": [1]}, {"runs": []}, no_settings):
+        (tmp_path / "shape.json").write_text(json.dumps(shape))
+        with pytest.raises(SystemExit, match=rf"shape\.json: {not_a_report}"):
+            gate_summary.collect([tmp_path / "shape.json"])
 
 
 def test_security_doc_shows_the_committed_reports_summary() -> None:
@@ -153,3 +160,24 @@ def test_security_doc_shows_the_committed_reports_summary() -> None:
     assert gate_summary.table(gate_summary.collect(paths)) in doc, (
         f"regenerate the table: {command.group(0)}"
     )
+
+
+def test_a_model_a_run_stopped_on_gets_an_error_row(tmp_path, capsys):
+    """The gate's JSON keeps a model that stopped with an error under ``errors``, not
+    ``models``: the summary listed the other models alone, every row "pass"."""
+    report = {
+        "date": "2026-12-05 10:00 UTC",
+        "models": {"mlp": _model("mlp", [5.0], [A0, A3, A4])},
+        "errors": {"gru": "StateError: Audit cell x.json holds ...; delete it"},
+    }
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"runs": [{"report": report}]}))
+    gate_summary.main([str(path)])
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("| gru | – | – |")
+    assert last.endswith(f"| ERROR: StateError: Audit cell x.json holds ...; delete it ({path}, "
+                         "2026-12-05 10:00 UTC) |")  # fmt: skip
+    only_errors = tmp_path / "e.json"
+    only_errors.write_text(json.dumps({**report, "models": {}}))
+    gate_summary.main([str(only_errors)])  # not "no full-sweep run in these reports"
+    assert "| gru |" in capsys.readouterr().out

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,10 +184,14 @@ def _rows(
     true_perms,
     original: torch.nn.Module,
     twin: torch.nn.Module | None = None,
-    reference: float | None = None,
+    reference: float | AttackOutcome | None = None,
 ) -> list[dict]:
     """The report rows of ``outcomes`` as stored in a cell: scored against the truth, not yet
-    judged; ``reference`` None means B(x), filled in when the report is assembled."""
+    judged; ``reference`` is chance (A0), the outcome of A5's reference with the seeds it did
+    not measure, or None for B(x), filled in when the report is assembled."""
+    reference_unmeasured: list[str] = []
+    if isinstance(reference, AttackOutcome):
+        reference, reference_unmeasured = reference.accuracy, reference.unmeasured
     rows = []
     for outcome in outcomes:
         row = AuditRow(
@@ -196,8 +202,10 @@ def _rows(
             outcome.accuracies,
             reference,  # type: ignore[arg-type]  # B(x) is set by _judged
         )
-        control = outcome.extra.get("control")
-        row.control = float(np.mean(control)) if control else None
+        row.reference_unmeasured = list(reference_unmeasured)
+        control: AttackOutcome | None = outcome.extra.get("control")
+        if control is not None:
+            row.control, row.control_unmeasured = control.accuracy, list(control.unmeasured)
         if outcome.recovered_keys:
             recov = [permutation_recovery(stolen, k, true_perms) for k in outcome.recovered_keys]
             cos = [weight_cosines(stolen, k, original, twin=twin) for k in outcome.recovered_keys]
@@ -212,8 +220,21 @@ def _rows(
     return rows
 
 
-def _judged(stored: dict, baselines: dict[str, float]) -> AuditRow:
-    """A stored row as a judged :class:`AuditRow` (B(x) filled in where it is the reference).
+def _baseline(value: list | dict) -> dict[str, list]:
+    """A stored B(x) cell as ``{"accuracies", "unmeasured"}``: a cell stored before B(x)
+    recorded its unmeasured seeds (the committed full gate's, a bare list of accuracies) names
+    none, as nothing of it tells a diverged seed apart."""
+    return {"accuracies": value, "unmeasured": []} if isinstance(value, list) else value
+
+
+def _baseline_cell(outcome: AttackOutcome) -> dict[str, list]:
+    """What a B(x) cell stores: its accuracies and the seeds it did not measure."""
+    return {"accuracies": outcome.accuracies, "unmeasured": outcome.unmeasured}
+
+
+def _judged(stored: dict, baselines: dict[str, dict[str, list]]) -> AuditRow:
+    """A stored row as a judged :class:`AuditRow`, with B(x) (:func:`_baseline`, by budget)
+    and the seeds it did not measure filled in where it is the reference.
     A gated fine-tune row stored before attacks recorded ``unmeasured`` (the committed full
     gate's cells) gets the rule of its time: a seed at accuracy exactly 0 was not measured,
     since a model with finite logits gets some test sample right."""
@@ -222,51 +243,137 @@ def _judged(stored: dict, baselines: dict[str, float]) -> AuditRow:
         stored = {**stored, "unmeasured": zero}
     row = AuditRow(**stored)
     if row.reference is None:
-        row.reference = baselines[f"{row.budget:g}"]
+        baseline = baselines[f"{row.budget:g}"]
+        row.reference = float(np.mean(baseline["accuracies"]))
+        row.reference_unmeasured = list(baseline["unmeasured"])
     return row.judge()
+
+
+def _is_accuracy(value: Any) -> bool:
+    """Whether ``value`` is a number in [0, 1] (a bool is not one)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _accuracies(value: Any, n: int) -> bool:
     """Whether ``value`` is a list of ``n`` accuracies in [0, 1]."""
-    return (
-        isinstance(value, list)
-        and len(value) == n
-        and all(isinstance(a, int | float) and 0 <= a <= 1 for a in value)
-    )
+    return isinstance(value, list) and len(value) == n and all(map(_is_accuracy, value))
 
 
 def _seed_names(value: Any) -> bool:
-    """Whether ``value`` is a list of seed names (a stored row's ``unmeasured``)."""
+    """Whether ``value`` is a list of strings (seed names, notes or reasons of a stored row)."""
     return isinstance(value, list) and all(isinstance(seed, str) for seed in value)
+
+
+def _number_or_none(value: Any) -> bool:
+    """Whether ``value`` is a number or None (a stored row's optional scores)."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _budget(value: Any) -> str | None:
+    """A stored row's budget as its cell names it (``f"{x:g}"``), None if it is no number."""
+    return None if value is None or not _number_or_none(value) else f"{value:g}"
+
+
+_ROW_FIELDS = {f.name: f for f in fields(AuditRow)}
+_ROW_REQUIRED = [
+    name for name, f in _ROW_FIELDS.items() if f.default is f.default_factory is dataclasses.MISSING
+]
+
+
+ROWS_PER_CELL = {"A0": 4, "A4": 2}
+"""The rows an attack's cell holds, one per variant (1 unless listed): A0's four keys (null,
+zero, random, another model's), A4's two matchings; a cell with fewer was judged without the
+others, and a truncated A0 cell passed the gate."""
+
+
+def _row_problem(row: Any, attack: str, budget: str | None, per_row: int) -> str | None:
+    """What is wrong with one stored row of an ``attack`` cell at ``budget`` (``f"{x:g}"``,
+    None for A0), or None: every field :class:`AuditRow` has, of the type it is read as."""
+    if not isinstance(row, dict):
+        return f"a row {row!r} that is not an object"
+    if unknown := sorted(set(row) - _ROW_FIELDS.keys()):
+        return f"a row with fields {unknown} that a row does not have"
+    if missing := [name for name in _ROW_REQUIRED if name not in row]:
+        return f"a row without {', '.join(missing)}"
+    judged_by_b = attack in {"A1", "A2", "A3", "A4"}
+    valid: dict[str, Callable[[Any], bool]] = {
+        "attack": lambda v: v == attack,
+        "variant": lambda v: isinstance(v, str),
+        "budget": lambda v: (v is None) if budget is None else _budget(v) == budget,
+        "accuracy": _is_accuracy,
+        "accuracies": lambda v: _accuracies(v, per_row),
+        "reference": lambda v: _is_accuracy(v) or (v is None and judged_by_b),
+        "control": lambda v: v is None or _is_accuracy(v),
+        "passed": lambda v: isinstance(v, bool),
+        "warning": lambda v: v is None or isinstance(v, str),
+        **dict.fromkeys(
+            ("perm_recovered", "perm_chance", "max_cos", "max_cos_floor", "cos_excess"),
+            _number_or_none,
+        ),
+        **dict.fromkeys(
+            ("reasons", "notes", "unmeasured", "reference_unmeasured", "control_unmeasured"),
+            _seed_names,
+        ),
+    }
+    assert valid.keys() == _ROW_FIELDS.keys()  # a new AuditRow field must be checked here
+    bad = [
+        f"{name} {row[name]!r}" for name, ok in valid.items() if name in row and not ok(row[name])
+    ]
+    if not bad and not math.isclose(row["accuracy"], np.mean(row["accuracies"]), abs_tol=1e-9):
+        bad = [f"accuracy {row['accuracy']!r}, not the mean of its accuracies"]
+    return f"a row with {', '.join(bad)}" if bad else None
+
+
+def _rows_problem(value: Any, attack: str, budget: str | None, per_row: int) -> str | None:
+    """What is wrong with an attack cell's ``value`` (:func:`_row_problem` for each row, the
+    count of its variants, A5's victim accuracy), or None."""
+    rows = value.get("rows") if isinstance(value, dict) else None
+    if not isinstance(rows, list) or not rows:
+        return "no rows"
+    if attack == "A5" and not _is_accuracy(value.get("victim_accuracy")):  # type: ignore[union-attr]
+        return "no victim_accuracy in [0, 1]"
+    for row in rows:
+        if problem := _row_problem(row, attack, budget, per_row):
+            return problem
+    count, variants = ROWS_PER_CELL.get(attack, 1), len({row["variant"] for row in rows})
+    if len(rows) != count or variants != count:
+        return f"{len(rows)} rows of {variants} variants where the attack has {count}, a row each"
+    return None
 
 
 def _check_cell(name: str, value: Any, n_seeds: int, folder: Path | None) -> None:
     """A stored cell must hold what computing it gives: a baseline one accuracy in [0, 1] per
-    seed, an attack's cell rows of that attack with one accuracy per seed (A0: per key) and
-    the seeds it did not measure.  An empty or damaged one made B(x) NaN, which every row
-    passed, or dropped an attack's rows, and the gate passed without them."""
-    attack = name.split("@")[0].split("-")[0]
+    seed (bare, as stored before it named its unmeasured seeds, or with them), an attack's cell
+    one row per variant of that attack at its budget, every field as computing it gives (one
+    accuracy per seed, A0: per key), and A5's the victim's accuracy.  An empty or damaged one
+    made B(x) NaN, which every row passed, dropped an attack's rows, and the gate passed
+    without them, or stopped the report in a KeyError or TypeError naming no file."""
+    attack, _, budget = name.partition("@")
+    attack = attack.split("-")[0]
+    problem = None
     if attack == "B":
-        ok, want = _accuracies(value, n_seeds), f"{n_seeds} accuracies in [0, 1] (one per seed)"
-    else:
-        rows = value.get("rows") if isinstance(value, dict) else None
-        per_row = 1 if attack == "A0" else n_seeds
-        ok = bool(rows) and all(
-            isinstance(r, dict)
-            and r.get("attack") == attack
-            and _accuracies(r.get("accuracies"), per_row)
-            and _seed_names(r.get("unmeasured", []))
-            for r in rows  # type: ignore[union-attr]
+        want = f"{n_seeds} accuracies in [0, 1] (one per seed, bare or as {{'accuracies': [...], "
+        want += "'unmeasured': [seed names]}})"
+        ok = _accuracies(value, n_seeds) or (
+            isinstance(value, dict)
+            and value.keys() == {"accuracies", "unmeasured"}
+            and _accuracies(value["accuracies"], n_seeds)
+            and _seed_names(value["unmeasured"])
         )
+    else:
+        per_row = 1 if attack == "A0" else n_seeds
         want = (
             f"rows of {attack} with {per_row} accuracies in [0, 1] each and, if any, a list "
             "of unmeasured seeds"
         )
+        problem = _rows_problem(value, attack, budget or None, per_row)
+        ok = problem is None
     if not ok:
         where = name if folder is None else folder / f"{name}.json"
         raise StateError(
-            f"Audit cell {where} holds {value!r}, not {want}; delete it and run again to "
-            "recompute it (the other cells are kept)."
+            f"Audit cell {where} holds {value!r}, not {want}"
+            + (f" ({problem})" if problem else "")
+            + "; delete it and run again to recompute it (the other cells are kept)."
         )
 
 
@@ -376,7 +483,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     def a5_cell(budget: float) -> dict:
         v = a5_victim()
         matched, direct = attack_public_base(v.stolen, v.base, task, budget, sweep, seeds)
-        rows = _rows([matched], v.stolen, v.true_perms, v.victim, reference=direct.accuracy)
+        rows = _rows([matched], v.stolen, v.true_perms, v.victim, reference=direct)
         return {"rows": rows, "victim_accuracy": v.full_accuracy}
 
     def attack_cells(attack: str, budget: float) -> list[tuple[str, Callable[[], dict]]]:
@@ -421,8 +528,8 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
             plan.append(
                 (
                     f"B@{budget:g}",
-                    lambda b=budget: (
-                        baseline_from_scratch(spec.factory, task, b, sweep, seeds).accuracies
+                    lambda b=budget: _baseline_cell(
+                        baseline_from_scratch(spec.factory, task, b, sweep, seeds)
                     ),
                 )
             )
@@ -436,7 +543,10 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         _check_cell(name, value, n_seeds, store.folder)
         values[name] = value
         if name.startswith("B@"):
-            log(f"B({name[2:]} %): {100 * float(np.mean(value)):.2f} % {value}")
+            b = _baseline(value)
+            missed = f"; not measured at {', '.join(b['unmeasured'])}" if b["unmeasured"] else ""
+            mean = 100 * float(np.mean(b["accuracies"]))
+            log(f"B({name[2:]} %): {mean:.2f} % {b['accuracies']}{missed}")
             return
         for r in value["rows"]:
             at = "" if r["budget"] is None else f" at {r['budget']:g} %"
@@ -461,17 +571,17 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     for name, compute in pending:
         report_cell(name, store.get(name, compute))
 
-    baselines = {name[2:]: float(np.mean(v)) for name, v in values.items() if name[:2] == "B@"}
-    baseline_seeds = {name[2:]: v for name, v in values.items() if name[:2] == "B@"}
+    stored_b = {name[2:]: _baseline(v) for name, v in values.items() if name[:2] == "B@"}
+    baselines = {x: float(np.mean(b["accuracies"])) for x, b in stored_b.items()}
     rows, unjudged = [], set()
     for name, _ in plan:
         if name.startswith("B@") or name not in values:
             continue
         for r in values[name]["rows"]:
-            if r["reference"] is None and f"{r['budget']:g}" not in baselines:
+            if r["reference"] is None and f"{r['budget']:g}" not in stored_b:
                 unjudged.add(f"{r['budget']:g}")
             else:
-                rows.append(_judged(r, baselines))
+                rows.append(_judged(r, stored_b))
     for x in sorted(unjudged):
         not_run.append(f"the rows at {x} % stored but not judged: B({x} %) missing")
 
@@ -488,7 +598,8 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         full_accuracy=full,
         chance=task.chance,
         baselines=baselines,
-        baseline_seeds=baseline_seeds,
+        baseline_seeds={x: b["accuracies"] for x, b in stored_b.items()},
+        baseline_unmeasured={x: b["unmeasured"] for x, b in stored_b.items()},
         rows=rows,
         not_run=not_run,
         seconds=time.perf_counter() - start,

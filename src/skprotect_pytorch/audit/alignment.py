@@ -49,7 +49,7 @@ from .matching import (
     reference_weights,
 )
 from .matching import weight_match as _weight_match
-from .models import Score, SweepConfig, accuracy, score
+from .models import Score, SweepConfig, best_score, score
 
 
 def train_reference(
@@ -280,8 +280,9 @@ def attack_alignment(
     seeds: Sequence[int],
 ) -> list[AttackOutcome]:
     """A4: per seed a reference on the budget; weight matching and activation matching keys,
-    each followed by fine-tuning from it. The no-files control (``extra["control"]``) fine-tunes
-    the reference itself with the same sweep: what the second training round gains alone."""
+    each followed by fine-tuning from it. The no-files control (``extra["control"]``, an
+    :class:`AttackOutcome` naming its unmeasured seeds) fine-tunes the reference itself with the
+    same sweep: what the second training round gains alone."""
 
     def aligned(seed: int) -> dict:
         """One seed's reference, its no-files control and both matchings' keys and notes."""
@@ -292,7 +293,7 @@ def attack_alignment(
         wm = weight_match_key(stolen, reference)
         am = activation_match(stolen, reference, x, wm)
         return {
-            "control": max(accuracy(reference, task.x_test, task.y_test), again[0]),
+            "control": best_score([score(reference, task.x_test, task.y_test), again[0]]),
             "weight": {"key": stolen.key(wm.perms, wm.scales), "notes": list(wm.notes)},
             "activation": {"key": stolen.key(am.perms, am.scales), "notes": list(am.notes)},
         }
@@ -311,6 +312,9 @@ def attack_alignment(
         o = AttackOutcome.from_scores("A4", variant, budget, seeds, scores)
         o.recovered_keys = [by_seed[s] for s in seeds]
         o.notes = sorted({note for found in per_seed.values() for note in found[kind]["notes"]})
-        o.extra["control"] = [per_seed[s]["control"] for s in seeds]
+        controls = [per_seed[s]["control"] for s in seeds]
+        o.extra["control"] = AttackOutcome.from_scores(
+            "A4", "no-files control", budget, seeds, controls
+        )
         outcomes.append(o)
     return outcomes

@@ -166,18 +166,20 @@ def _sweep_per_seed(
     budget: float,
     sweep: SweepConfig,
     seeds: Sequence[int],
-) -> list[float]:
-    """Per seed, the best test accuracy of ``build()``'s model trained on that seed's budget with
-    the sweep: the one training loop of the from-scratch baseline and A5's base-only fine-tune."""
+) -> list[Score]:
+    """Per seed, the best test :class:`~.models.Score` of ``build()``'s model trained on that
+    seed's budget with the sweep: the one training loop of the references (the from-scratch
+    baseline, A4's no-files control, A5's base-only fine-tune), which name the seeds they did
+    not measure as the attacks do, since a diverged reference is too low to judge against."""
 
-    def one(seed: int) -> float:
+    def one(seed: int) -> Score:
         x, y = task.budget(budget, seed)
 
         def make():
             model = build()
             return model, list(model.parameters()), lambda: score(model, task.x_test, task.y_test)
 
-        return _sweep_best(make, x, y, sweep, seed)["accuracy"]
+        return _sweep_best(make, x, y, sweep, seed)
 
     return [part(f"seed{seed}", partial(one, seed)) for seed in seeds]
 
@@ -225,10 +227,11 @@ def baseline_from_scratch(
     """B(x): the same architecture trained from scratch on the same budget with the same sweep
     (learning rates, epochs and init gains)."""
 
-    def run(gain: float | None) -> list[float]:
+    def run(gain: float | None) -> list[Score]:
         return _sweep_per_seed(lambda: fresh_model(make_model, gain), task, budget, sweep, seeds)
 
-    return AttackOutcome("B", "from scratch", budget, best_over_gains(run, sweep.init_gains))
+    scores = best_over_gains(run, sweep.init_gains, best_score)
+    return AttackOutcome.from_scores("B", "from scratch", budget, seeds, scores)
 
 
 def a0_random_key(stolen: StolenModel, seed: int) -> torch.Tensor:

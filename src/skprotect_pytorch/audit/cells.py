@@ -46,10 +46,11 @@ CELL_FORMAT = 1
 without ``unmeasured`` (before every attack recorded it) are still read: see
 ``audit._judged``."""
 
-PART_FORMAT = 2
-"""What a stored part's value is: 2 since attacks store a :class:`~.models.Score` per seed
-(format 1: a bare accuracy).  A part of another format is computed again, not read back into
-code that expects the other."""
+PART_FORMAT = 3
+"""What a stored part's value is: 3 since the references (B(x), A4's no-files control, A5's
+base fine-tune) store a :class:`~.models.Score` per seed too; 2 when only the attacks did;
+1: a bare accuracy.  A part of another format is computed again, not read back into code that
+expects the other."""
 
 PENDING = object()
 """What :meth:`CellStore.try_get` returns for a cell another live process is computing."""
@@ -125,6 +126,20 @@ def read_part(path: Path) -> dict[str, Any]:
             "it and run again to recompute that part (the other parts and cells are kept)."
         ) from err
     return {"value": value, "seconds": seconds, "code": code, "format": part_format}
+
+
+def read_cell(path: Path) -> dict[str, Any]:
+    """A stored cell's record (``value``, ``seconds`` as a float, and what else it holds); a
+    damaged file gives a StateError naming the file to delete."""
+    try:
+        record = json.loads(path.read_text())
+        value, seconds = record["value"], float(record["seconds"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise StateError(
+            f"Audit cell {path} is unreadable ({type(err).__name__}: {err}); delete it and run "
+            "again to recompute that cell (the other cells are kept)."
+        ) from err
+    return {**record, "value": value, "seconds": seconds}
 
 
 class _Parts:
@@ -339,19 +354,12 @@ class CellStore:
         return {"value": value, "seconds": seconds, "host": socket.gethostname()}
 
     def _load(self, path: Path) -> Any:
-        try:
-            record = json.loads(path.read_text())
-            value, seconds = record["value"], float(record["seconds"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise StateError(
-                f"Audit cell {path} is unreadable ({err}); delete it and run again to recompute "
-                "that cell (the other cells are kept)."
-            ) from err
+        record = read_cell(path)
         self.reused += 1
-        self.cell_times[path.stem] = seconds
+        self.cell_times[path.stem] = record["seconds"]
         self.code.add(record.get("code", "unknown"))
         self.code.update(record.get("parts_code", ()))
-        return value
+        return record["value"]
 
     def _obtain(self, path: Path, load: Callable[[], Any], produce: Callable[[], Any]) -> Any:
         """``load()`` if ``path`` exists, else ``produce()`` under this process's claim (which

@@ -78,8 +78,10 @@ def finetune_base(
             p.requires_grad_(True)
         return model
 
-    accs = part("base", partial(_sweep_per_seed, trainable_base, task, budget, sweep, seeds))
-    return AttackOutcome("A5", "fine-tune the public base (reference)", budget, accs)
+    scores = part("base", partial(_sweep_per_seed, trainable_base, task, budget, sweep, seeds))
+    return AttackOutcome.from_scores(
+        "A5", "fine-tune the public base (reference)", budget, seeds, scores
+    )
 
 
 def attack_public_base(

@@ -19,6 +19,11 @@ SMALL_TEST = 2000
 """Test splits smaller than this make A0's 2-point bound a coin toss for some draws."""
 GATED = ("A0", "A1", "A2", "A3", "A4")
 """The attacks the gate judges: a run of only some of them judges only those."""
+DIVERGED = (
+    "every attempt diverged (NaN or infinite logits; lower the sweep's learning rates, or scale "
+    "the inputs, and run again)"
+)
+"""Why a seed was not measured, and what to do (a row's and a reference's alike)."""
 REPORT_ONLY = frozenset({"A5"})
 """Attacks that never fail the gate (DESIGN.md §2: a public base is not protected); they warn
 when they beat their reference by more than ``ATTACK_MARGIN``."""
@@ -58,14 +63,35 @@ class AuditRow:
     recorded by A1-A5 alike): their accuracy measured nothing, and would lower the row's mean,
     so a gated row fails and names them, and a report-only row (A5) warns.  A seed whose logits
     were finite is measured, even at an accuracy of 0."""
+    reference_unmeasured: list[str] = field(default_factory=list)
+    """The seeds at which ``reference`` (B(x), or A5's fine-tune of the base) measured nothing:
+    it is then too low, and a row above it is not shown to beat it (see :meth:`judge`)."""
+    control_unmeasured: list[str] = field(default_factory=list)
+    """The seeds at which ``control`` measured nothing, as ``reference_unmeasured``."""
+
+    def _unmeasured_references(self) -> list[str]:
+        """The reference seeds that measured nothing, named with their reference."""
+        name = "the base's fine-tune" if self.attack in REPORT_ONLY else "B(x)"
+        return [f"{name} {seed}" for seed in self.reference_unmeasured] + [
+            f"the no-files control {seed}" for seed in self.control_unmeasured
+        ]
 
     def judge(self) -> AuditRow:
+        """Set ``passed``, ``reasons`` and ``warning`` from the gate's limits.
+
+        A row over a reference that measured nothing at some seed (every attempt diverged,
+        which lowers the reference) fails as not measured, naming those seeds, rather than as
+        beating it: the measured reference may be higher.  A row under such a reference passes,
+        since a measured one could only be higher still."""
         unmeasured = (
-            f"not measured at {', '.join(self.unmeasured)}: every attempt diverged (NaN or "
-            "infinite logits; lower the sweep's learning rates, or scale the inputs, and run "
-            "again)"
-            if self.unmeasured
-            else None
+            f"not measured at {', '.join(self.unmeasured)}: {DIVERGED}" if self.unmeasured else None
+        )
+        references = self._unmeasured_references()
+        too_low = (
+            f"; the reference is too low to judge against: not measured at "
+            f"{', '.join(references)}: {DIVERGED}"
+            if references
+            else ""
         )
         if self.attack in REPORT_ONLY:  # warns of what a gated row fails on
             found = []
@@ -73,7 +99,7 @@ class AuditRow:
                 found.append(
                     f"the model is recoverable from its public base: {self.variant} reaches "
                     f"{100 * self.accuracy:.2f} % > fine-tuning the base "
-                    f"{100 * self.reference:.2f} % + {100 * ATTACK_MARGIN:g} point"
+                    f"{100 * self.reference:.2f} % + {100 * ATTACK_MARGIN:g} point{too_low}"
                 )
             if unmeasured:  # its mean, lowered by those seeds, may hide a recovery
                 found.append(f"{self.variant} {unmeasured}")
@@ -85,7 +111,9 @@ class AuditRow:
             what, limit = "its no-files control", self.control
         self.reasons = []  # each test written "not ≤", so that a NaN (a damaged cell) fails it
         if not self.accuracy <= limit + margin:
-            self.reasons.append(f"accuracy {self.accuracy:.4f} > {what} {limit:.4f} + {margin:.2f}")
+            self.reasons.append(
+                f"accuracy {self.accuracy:.4f} > {what} {limit:.4f} + {margin:.2f}{too_low}"
+            )
         recovered, chance = self.perm_recovered, self.perm_chance
         if recovered is not None and chance is not None and not recovered <= PERM_FACTOR * chance:
             self.reasons.append(
@@ -125,6 +153,9 @@ class AuditReport:
     """Where the run kept its cells (``AuditConfig.cells``): ``folder``, how many were
     ``computed`` and ``reused``, ``cell_seconds``, the compute time of all of them,
     ``cell_times``, each cell's, and ``code``, the code versions that computed them."""
+    baseline_unmeasured: dict[str, list[str]] = field(default_factory=dict)
+    """``str(budget)`` → the seeds at which B(x) measured nothing (every attempt diverged; a
+    B(x) cell stored before it was recorded names none)."""
 
     @property
     def passed(self) -> bool:
@@ -181,6 +212,20 @@ class AuditReport:
         ]
 
     @property
+    def unmeasured_references(self) -> list[str]:
+        """Each reference with the seeds it did not measure (B(x) by budget, A4's no-files
+        control and A5's fine-tune of the base by row), once: the rows above one fail as not
+        measured, those under it pass (:meth:`AuditRow.judge`), and both are listed here."""
+        found = [f"B({x} %) {', '.join(s)}" for x, s in self.baseline_unmeasured.items() if s]
+        for r in self.rows:
+            at = f"{r.attack} at {r.budget:g} %" if r.budget is not None else r.attack
+            if r.control_unmeasured:
+                found.append(f"{at}, no-files control {', '.join(r.control_unmeasured)}")
+            if r.reference_unmeasured and r.attack in REPORT_ONLY:
+                found.append(f"{at}, fine-tuning the base {', '.join(r.reference_unmeasured)}")
+        return list(dict.fromkeys(found))
+
+    @property
     def notes(self) -> list[str]:
         """Each attack variant's coverage notes once (they repeat across budgets)."""
         seen = dict.fromkeys(
@@ -193,6 +238,7 @@ class AuditReport:
         data["passed"] = self.passed
         data["warnings"] = self.warnings
         data["notes"] = self.notes
+        data["unmeasured_references"] = self.unmeasured_references
         data["caveats"] = self.caveats
         return json.dumps(data, indent=2)
 
@@ -250,6 +296,9 @@ class AuditReport:
                 f"{num(r.max_cos)} | {num(r.max_cos_floor)} | {num(r.cos_excess)} | {verdict} |"
             )
         lines += ["", "Baselines B(x) per seed: " + json.dumps(self.baseline_seeds)]
+        if self.unmeasured_references:
+            listed = "; ".join(self.unmeasured_references)
+            lines += ["", f"**References not measured** at: {listed}: {DIVERGED}"]
         if self.stored_weights:
             worst = max(self.stored_weights, key=lambda s: s["correlation"] - s["noise_floor"])
             failing = [s["layer"] for s in self.stored_weights if not s["passed"]]
