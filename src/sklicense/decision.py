@@ -314,15 +314,28 @@ def decide(
     if customer.inference_quota is not None:
         remaining = customer.inference_quota - customer.inferences_granted
         if remaining <= 0:
-            return Deny(
-                "quota_exhausted",
-                f"customer {customer.id} has used its quota of {customer.inference_quota} "
-                "inferences",
+            return quota_exhausted(
+                customer.id, customer.inference_quota, customer.inferences_granted
             )
         inferences = remaining
         if request.requested_inferences is not None:
             inferences = min(remaining, request.requested_inferences)
     return Allow(application, customer, device, now, expires_at, inferences)
+
+
+def quota_exhausted(customer_id: int, quota: int, granted: int) -> Deny:
+    """``quota_exhausted`` saying what was granted: the whole quota, or more than a quota an
+    administrator lowered below the inferences already granted."""
+    if granted > quota:
+        return Deny(
+            "quota_exhausted",
+            f"customer {customer_id} was granted {granted} inferences, more than its quota of "
+            f"{quota} (lowered since): raise the quota above {granted} to grant more",
+        )
+    return Deny(
+        "quota_exhausted",
+        f"customer {customer_id} was granted its whole quota of {quota} inferences",
+    )
 
 
 def ended_on_device(customer_id: int, contract_end: dt.datetime, timestamp: int, now: int) -> Deny:

@@ -25,6 +25,7 @@ from sklicense.decision import (
     counter_behind,
     decide,
     signed_with,
+    stale_request,
     unknown_licence,
     unregistered,
 )
@@ -321,17 +322,13 @@ def _answer(
     return Outcome(200, sign_licence(licence, key))
 
 
-def _resend(
-    session: Session, request: LicenceRequestIn, now: int, key: Ed25519PrivateKey
-) -> Outcome | None:
-    """The licence already granted to this very request, when a device sends it again (its
-    answer was lost: a timeout, a proxy's 502): sent again, not charged again. None when the
-    nonce's request was denied, or reused for another request, or the device or licence is no
-    longer good (expired, or outliving the customer's contract since an admin moved its end
-    earlier): then it stays ``replayed_request``, and the device asks afresh (a licence ending
-    with the contract, or ``contract_ended``). A captured request replayed by someone else
-    within the ±300 s window gets only what its device already got: a KEK wrapped to that
-    device's key."""
+def _resendable(
+    session: Session, request: LicenceRequestIn, now: int
+) -> tuple[Licence, Device, Application] | None:
+    """The licence already granted to this very request, with its device and application, when
+    it may be sent again: None when the nonce's request was denied, or reused for another
+    request, or the device or licence is no longer good (expired, or outliving the customer's
+    contract since an admin moved its end earlier)."""
     row = session.scalar(
         select(Licence).where(
             Licence.device_id == request.device_id, Licence.request_nonce == request.nonce
@@ -354,6 +351,22 @@ def _resend(
         or row.expires_at.timestamp() <= now
     ):
         return None
+    return row, device, application
+
+
+def _resend(
+    session: Session, request: LicenceRequestIn, now: int, key: Ed25519PrivateKey
+) -> Outcome | None:
+    """The licence already granted to this very request, when a device sends it again (its
+    answer was lost: a timeout, a proxy's 502): sent again, not charged again. None when it may
+    not be (:func:`_resendable`): then it stays ``replayed_request``, and the device asks
+    afresh (a licence ending with the contract, or ``contract_ended``). A captured request
+    replayed by someone else within the ±300 s window gets only what its device already got: a
+    KEK wrapped to that device's key."""
+    found = _resendable(session, request, now)
+    if found is None:
+        return None
+    row, device, application = found
     audit(
         session,
         f"device:{device.id}",
@@ -362,6 +375,29 @@ def _resend(
         {"licence_id": row.id, "application": application.name},
     )
     return _answer(row, device, application, key)
+
+
+def resend_past_limit(
+    sessions: sessionmaker[Session], request: LicenceRequestIn, now: int, key: Ed25519PrivateKey
+) -> Outcome | None:
+    """The licence already granted to this signed request (verified by :func:`signed_by_device`)
+    when its device, past its rate limit, sends it again inside the timestamp window, else None
+    (the device is answered ``rate_limited``). Refusing it would lose a licence the quota was
+    already charged for, and the device would ask afresh and be charged again; answering it
+    grants nothing. Looked up without a write lock and logged at WARNING, not audited: a
+    captured request replayed in a loop adds no row (the first resend of a minute, under the
+    limit, is audited as ``licence.resend``)."""
+    if stale_request(request.timestamp, now) is not None:
+        return None
+    with db.reading(sessions) as session:
+        found = _resendable(session, request, now)
+        if found is None:
+            return None
+        row, device, application = found
+        logger.warning(
+            "licence %s resent to device %s past its rate limit (not audited)", row.id, device.id
+        )
+        return _answer(row, device, application, key)
 
 
 _AUDITED_ONCE_A_MINUTE = ("stale_request", "replayed_request")

@@ -111,7 +111,7 @@ def test_requested_chunks_until_quota_exhausted(client, sessions, clock) -> None
     assert_denied(
         ask(client, device, body),
         "quota_exhausted",
-        "customer 42 has used its quota of 20 inferences",
+        "customer 42 was granted its whole quota of 20 inferences",
     )
     with sessions() as session:
         assert session.get(Customer, 42).inferences_granted == 20

@@ -42,6 +42,16 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     checks a server's key, or drops a check): a process that saw the server sign still knows,
     and the next signed answer notes it again, but until then a process started afresh takes an
     unsigned ``422`` about ``renews`` as the server's.
+``pending_<application>.json``
+    the last licence request sent whose answer did not come back (a timeout, a dropped
+    connection, a 5xx), unsigned (its signature is made again, the same bytes: Ed25519 is
+    deterministic). The server may have granted it, and answers the very request sent again
+    with that licence, uncharged, but charges a new request again: so the next licence request
+    sends this one again, by this process or another of the device (restarted, say), while its
+    timestamp is inside the server's window by this device's clock and it asks what the
+    runtime asks now (else a new one is signed, and written here before it is sent). Removed
+    once the server answered it (a signed answer other than ``rate_limited``, or a licence that
+    verified); a file that is not such a request is ignored, with a warning, and replaced.
 ``clock.json``
     ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection.
     A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
@@ -59,7 +69,9 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
 
 Timeline. A licence is used as is until ``expires_at - overlap_seconds``. Inside the overlap
 window each :meth:`LicenceClient.ensure_licence` tries to renew (at most once per
-``retry_seconds`` after a failure); the server starts the new licence at the request time. Every
+``retry_seconds`` after a failure; after a request whose answer was lost, once
+:data:`_RESEND_BY_S` after it, to send it again: ``pending_<application>.json``); the server
+starts the new licence at the request time. Every
 renewal draws a new allowance from the customer's quota, so a licence no longer than
 ``overlap_seconds`` is renewed from its half-life instead. A renewal for validity names the
 licence it renews (``renews``): when a new licence would expire at the same time (the contract
@@ -164,6 +176,10 @@ SERVER_KEYS_FILENAME = "server_keys.json"
 """The server keys already checked against the pinned ones (see the module docs)."""
 _CHECKED, _SIGNS = "checked", "signs"
 """The maps of ``server_keys.json``: servers whose key was checked, servers seen signing."""
+_RESEND_BY_S = protocol.TIMESTAMP_WINDOW_S // 2
+"""After a licence request whose answer was lost, the next attempt comes no later than this
+long after its timestamp (not ``retry_seconds`` later), while the server still answers its
+resend with the licence it may have granted (:meth:`LicenceClient._retry_after`)."""
 _MAX_IDLE_ENTRIES = 64
 """Reported entries of replaced, still valid licences kept in the usage file (its size bound)."""
 _USAGE_HOLDS = "the inference counters of this device's licences"
@@ -613,6 +629,8 @@ class LicenceClient:
         self._lock = threading.RLock()
         self._licence: Licence | None = None
         self._next_retry = float("-inf")
+        #: The licence request sent last whose answer did not come back (see the module docs).
+        self._pending: dict[str, Any] | None = None
         #: With no valid licence: until when the last answer, unusable, is raised again instead
         #: of asking (it may have drawn an allowance, as each new request would).
         self._bad_answer: tuple[float, LicenceError] | None = None
@@ -644,6 +662,10 @@ class LicenceClient:
     @property
     def _usage_path(self) -> Path:
         return self.state_dir / f"usage_{self.application}.json"
+
+    @property
+    def _pending_path(self) -> Path:
+        return self.state_dir / f"pending_{self.application}.json"
 
     @property
     def _clock_path(self) -> Path:
@@ -918,12 +940,13 @@ class LicenceClient:
         self._note_signed()
         return data
 
-    def _denial(self, body: dict[str, Any], response: httpx.Response) -> LicenceDeniedError | None:
-        """The server's signed denial of the licence request ``body`` in a 403/429 answer; None
-        when it is not one (a proxy's page, or a denial the pinned key did not sign)."""
-        data = self._signed_answer(protocol.LICENCES_PATH, body, response)
-        if data is not None and data.get("decision") == "deny":
-            reason, detail = data.get("reason"), data.get("detail")
+    @staticmethod
+    def _denial(signed: dict[str, Any] | None) -> LicenceDeniedError | None:
+        """The server's denial in its answer ``signed`` (:meth:`_signed_answer`) to a licence
+        request; None when it is not one, or not signed for the request (a proxy's page, or a
+        denial the pinned key did not sign)."""
+        if signed is not None and signed.get("decision") == "deny":
+            reason, detail = signed.get("reason"), signed.get("detail")
             if isinstance(reason, str) and reason:
                 return LicenceDeniedError(reason, detail if isinstance(detail, str) else "")
         return None
@@ -939,10 +962,12 @@ class LicenceClient:
             _BadAnswer: the server presents another key than the pinned one, or an answer that
                 is neither a verified licence for this request, its ``keep`` nor a denial.
             LicenceDeniedError: the server's denial.
+            ClockRollbackError: ``now`` is before the issue time of the licence (cached).
         """
         self._check_server_key()
         body, response = self._ask(now, renews)
         if renews is not None and self._renews_unknown(body, response):
+            self._answered(body)  # refused for its field, unsigned by a server that old
             if _at_contract_end(renews):  # a plain renewal would charge an allowance daily
                 log.warning(
                     "The licence server at %s does not know the renews field (it is older than "
@@ -964,16 +989,12 @@ class LicenceClient:
         try:
             kept = None if renews is None else self._kept(body, response, renews)
             licence = kept if kept is not None else self._verified_answer(response, body, now)
-        except ClockRollbackError:
-            raise
         except LicenceError as e:
             self._note_server(_CHECKED, noted=False)  # its key is asked again before the next
             raise _BadAnswer(e) from None
+        self._answered(body)  # also by a server older than the signed answers
         if kept is not None:
             return self._keep(kept, body)
-        # the licence verified; the answer's own signature (absent from a server older than
-        # the signed answers, though it signs licences) notes that this server signs answers
-        self._signed_answer(protocol.LICENCES_PATH, body, response)
         previous = self._licence
         if (  # issued later than the licence it replaces, yet no longer: the contract end
             previous is not None
@@ -983,6 +1004,10 @@ class LicenceClient:
             licence = replace(licence, document=licence.document | {_AT_CONTRACT_END: True})
         self._cache(licence)
         self._switch(licence, fresh=True)
+        # checked once cached: the server drew its allowance, and this clock, behind the
+        # server's by more than clock_tolerance (narrower than the server's window), takes it
+        # once it reaches its issue time, rather than ask, and be charged, at every call
+        self._check_issued(licence, now)
         return licence
 
     def _kept(
@@ -1223,26 +1248,116 @@ class LicenceClient:
         )
 
     def _ask(self, now: int, renews: Licence | None) -> tuple[dict[str, Any], httpx.Response]:
-        """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any);
-        returns it and the answer, unless that is a
-        denial (raised). The server answers the resend of a granted request with its licence,
-        of a denied one with ``replayed_request``: then the denial was lost, and a fresh
-        request is sent once to learn its reason.
+        """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any),
+        or the one whose answer was lost before, again (:meth:`_unanswered`); returns it and
+        the answer, unless that is a denial (raised). The server answers the resend of a
+        granted request with its licence, uncharged; of a denied one with
+        ``replayed_request``, and of one no longer inside its window with ``stale_request``:
+        then a fresh request is sent once, to learn the reason of a lost denial.
 
         Raises:
             _Unreachable: no answer, or a server error.
             LicenceDeniedError: the server's denial.
         """
+        # the request another process left unanswered is taken only while none is sending one
+        # (it may be that process's, on its way)
+        with state_lock(self.state_dir, f"sending_{self.application}", wait_seconds=0) as alone:
+            return self._ask_sending(now, renews, others=alone)
+
+    def _ask_sending(
+        self, now: int, renews: Licence | None, *, others: bool
+    ) -> tuple[dict[str, Any], httpx.Response]:
+        """:meth:`_ask`, ``others``: whether the request in ``pending_<application>.json`` may
+        be sent again though another process wrote it (:meth:`_unanswered`)."""
         for fresh in (False, True):
-            body = self._licence_body(now, renews)
+            body = None if fresh else self._unanswered(now, renews, others=others)
+            sent_before = body is not None
+            if body is None:
+                body = self._licence_body(now, renews)
+                self._hold_unanswered(body)
             response, resent = self._post(protocol.LICENCES_PATH, body, resend=True)
-            denial = self._denial(body, response) if response.status_code in (403, 429) else None
+            signed = self._signed_answer(protocol.LICENCES_PATH, body, response)
+            if signed is not None and response.status_code != 429:  # decided
+                self._answered(body)
+            denial = self._denial(signed) if response.status_code in (403, 429) else None
             if denial is None:
                 return body, response
-            if fresh or not resent or denial.reason != "replayed_request":
+            if (
+                fresh
+                or not (resent or sent_before)
+                or denial.reason not in ("replayed_request", "stale_request")
+            ):
                 raise denial
             log.warning("Licence server: the lost answer was a denial; asking again for it")
         raise AssertionError("unreachable")
+
+    def _unanswered(
+        self, now: int, renews: Licence | None, *, others: bool
+    ) -> dict[str, Any] | None:
+        """The licence request whose answer was lost (this process's, else, with ``others``,
+        the one in ``pending_<application>.json``), to be sent again as it is: when its
+        timestamp is at most the server's window before ``now`` and it asks what a request of
+        this runtime renewing ``renews`` would (only the timestamp and the nonce differ; with
+        ``renews`` None, the licence it renews may have expired since). Else None, and a new
+        request is signed."""
+        pending = self._pending
+        if pending is None and others:
+            pending = self._read_unanswered()
+        if pending is None:
+            return None
+        timestamp, nonce = pending.get("timestamp"), pending.get("nonce")
+        if (
+            not _is_count(timestamp)
+            or not timestamp <= now <= timestamp + protocol.TIMESTAMP_WINDOW_S
+        ):
+            return None
+        expected = self._licence_body(timestamp, renews) | {"nonce": nonce}
+        if renews is None and "renews" in pending:  # that licence expired since: still a licence
+            expected["renews"] = pending["renews"]
+        if not isinstance(nonce, str) or pending != expected:
+            return None
+        log.warning(
+            "Sending the licence request of %s again, whose answer was lost: the server may "
+            "have granted it, and a new request would be charged again",
+            _when(timestamp),
+        )
+        self._pending = pending
+        return pending
+
+    def _read_unanswered(self) -> dict[str, Any] | None:
+        """The request in ``pending_<application>.json``, or None (none, or not JSON: warned
+        about, and replaced by the next request)."""
+        try:
+            pending = read_private_json(self._pending_path)
+        except MalformedStateError as e:
+            log.warning("Ignoring %s: %s", self._pending_path, e.problem)
+            return None
+        return pending if isinstance(pending, dict) else None
+
+    def _hold_unanswered(self, body: dict[str, Any]) -> None:
+        """Keep the licence request ``body`` until it is answered (:meth:`_answered`), in
+        memory and in ``pending_<application>.json``, before it is sent: a process that stops
+        before the answer, or a restarted one, sends it again (:meth:`_unanswered`)."""
+        self._pending = body
+        try:
+            with state_lock(self.state_dir, f"pending_{self.application}"):
+                write_private(self._pending_path, protocol.canonical_bytes(body))
+        except LicenceError as e:
+            log.warning("The licence request is kept in memory only: %s", e)
+
+    def _answered(self, body: dict[str, Any]) -> None:
+        """Forget the licence request ``body``: the server answered it. The file is removed
+        only while it holds this request (another process may have written its own since)."""
+        if self._pending is not None and self._pending.get("nonce") == body["nonce"]:
+            self._pending = None
+        with state_lock(self.state_dir, f"pending_{self.application}"):
+            try:
+                held = read_private_json(self._pending_path)
+            except LicenceError:  # not JSON, unreadable: replaced by the next request
+                return
+            if isinstance(held, dict) and held.get("nonce") == body["nonce"]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._pending_path)
 
     def _licence_body(self, now: int, renews: Licence | None) -> dict[str, Any]:
         """A licence request stamped ``now``, with a new nonce (signed by :meth:`_post`)."""
@@ -1271,7 +1386,6 @@ class LicenceClient:
         Raises:
             LicenceError: not a 200 JSON answer, not signed by the pinned key, not for this
                 runtime or this request, or already expired.
-            ClockRollbackError: ``now`` is before the licence's issue time.
         """
         nonce = body["nonce"]
         if response.status_code != 200:
@@ -1311,7 +1425,6 @@ class LicenceClient:
                 f"Licence {licence.licence_id} does not echo this request's nonce: it is a "
                 "replayed or substituted answer. Check the network path to the licence server."
             )
-        self._check_issued(licence, now)
         if licence.expires_at <= now:
             raise LicenceError(
                 f"The licence server issued licence {licence.licence_id} at "
@@ -1434,8 +1547,19 @@ class LicenceClient:
             self._next_retry = now + self.retry_seconds
             raise
         except _RenewalFailed:
-            self._next_retry = now + self.retry_seconds
+            self._next_retry = self._retry_after(now)
             raise
+
+    def _retry_after(self, now: int) -> float:
+        """When to try again after a renewal at ``now`` failed: ``retry_seconds`` later, or
+        sooner while a licence request whose answer was lost can still be sent again
+        (:data:`_RESEND_BY_S` after its timestamp): the server may have granted it, and a new
+        request after the window would be charged again."""
+        retry = now + self.retry_seconds
+        if self._pending is None:
+            return retry
+        resend_at = self._pending["timestamp"] + _RESEND_BY_S
+        return resend_at if now < resend_at < retry else retry
 
     def _take_cached(self) -> Licence | None:
         """Make the cached licence the current one when it is later than the current one, or

@@ -161,7 +161,10 @@ def _decide_licence(
             now,
         )
         if limited is not None:
-            return limited
+            resent = service.resend_past_limit(sessions, licence_request, now, key)
+            if resent is None:
+                return limited
+            return JSONResponse(status_code=resent.status, content=resent.body)
         outcome = service.request_licence(
             sessions,
             licence_request,
