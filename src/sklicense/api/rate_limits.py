@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
@@ -46,19 +47,28 @@ def device_rate_limited(
     timestamp: int,
     target: str,
     now: int,
+    instead: Callable[[], JSONResponse | None] | None = None,
 ) -> JSONResponse | None:
     """The 429 of a device past ``kind.limit`` signed requests of ``kind`` this minute, or
     None; call it only for requests its device signed, so that nobody can spend another
     device's budget. Requests with a timestamp outside the window count apart: whoever once
     captured a request of the device could replay it, stale but signed, as often as they like,
-    and keep the device itself from being answered. The first refusal of a minute is audited
-    (``kind.action`` on ``target``), the others logged at WARNING: a device that keeps asking
-    (a retry loop, a revoked device, a replayed request) would otherwise add an audit row per
-    request."""
+    and keep the device itself from being answered. ``instead``: the answer a request past the
+    limit gets in place of the 429 when it returns one (a resend answered with its licence),
+    not a refusal. The first refusal of a minute is audited (``kind.action`` on ``target``),
+    the others logged at WARNING: a device that keeps asking (a retry loop, a revoked device, a
+    replayed request) would otherwise add an audit row per request."""
     stale = stale_request(timestamp, now) is not None
-    count = crud.rate_hit(engine, f"{'stale-' if stale else ''}{kind.key}:{device_id}", now)
+    key = f"{'stale-' if stale else ''}{kind.key}:{device_id}"
+    count = crud.rate_hit(engine, key, now)
     if count <= kind.limit:
         return None
+    if instead is not None:
+        answer = instead()
+        if answer is not None:
+            return answer
+        # refusals counted apart: an answer `instead` may have had the first place past the limit
+        count = kind.limit + crud.rate_hit(engine, f"refused-{key}", now)
     detail = f"device {device_id} sent more than {kind.limit} {kind.what} " + (
         f"with a timestamp more than {TIMESTAMP_WINDOW_S} s from the server time this minute; "
         "check the device clock"

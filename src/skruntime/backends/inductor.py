@@ -116,27 +116,35 @@ def backend_failure(err: BaseException) -> str:
     return text if text.startswith(f"{type(err).__name__}:") else f"{type(err).__name__}: {text}"
 
 
+_SETTINGS_LOCK = threading.RLock()
+"""Held by a load from reading the process-wide settings to keeping or restoring them
+(:func:`load_settings`): a failed load that restored them while another thread's load went on
+undid the settings of that one (its ``intra_op_threads``)."""
+
+
 @contextlib.contextmanager
 def load_settings(options: BackendOptions, cuda: bool) -> Iterator[None]:
     """The process-wide settings a torch backend runs with, for the block that loads it: on
     CUDA those of :func:`~.gpu.apply_gpu_determinism`, and ``intra_op_threads``
     (``torch.set_num_threads``); put back as they were if the block raises, so that a failed
     load leaves the process as it was. ``inter_op_threads`` is set once the block succeeded:
-    torch sets that count once per process and cannot change it back."""
-    saved_gpu = gpu_settings() if cuda else None
-    saved_threads = torch.get_num_threads()
-    if cuda:
-        apply_gpu_determinism()
-    if options.intra_op_threads is not None:
-        torch.set_num_threads(options.intra_op_threads)
-    try:
-        yield
-        _apply_inter_op_threads(options.inter_op_threads)
-    except BaseException:
-        torch.set_num_threads(saved_threads)
-        if saved_gpu is not None:
-            restore_gpu_settings(saved_gpu)
-        raise
+    torch sets that count once per process and cannot change it back. One load of the process
+    at a time (:data:`_SETTINGS_LOCK`)."""
+    with _SETTINGS_LOCK:
+        saved_gpu = gpu_settings() if cuda else None
+        saved_threads = torch.get_num_threads()
+        if cuda:
+            apply_gpu_determinism()
+        if options.intra_op_threads is not None:
+            torch.set_num_threads(options.intra_op_threads)
+        try:
+            yield
+            _apply_inter_op_threads(options.inter_op_threads)
+        except BaseException:
+            torch.set_num_threads(saved_threads)
+            if saved_gpu is not None:
+                restore_gpu_settings(saved_gpu)
+            raise
 
 
 def _apply_inter_op_threads(wanted: int | None) -> None:

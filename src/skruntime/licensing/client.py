@@ -1296,7 +1296,8 @@ class LicenceClient:
     ) -> dict[str, Any] | None:
         """The licence request whose answer was lost (this process's, else, with ``others``,
         the one in ``pending_<application>.json``), to be sent again as it is: when its
-        timestamp is at most the server's window before ``now`` and it asks what a request of
+        timestamp is within the server's window of ``now`` (after it: a clock NTP stepped
+        back a little since) and it asks what a request of
         this runtime renewing ``renews`` would (only the timestamp and the nonce differ; with
         ``renews`` None, the licence it renews may have expired since). Else None, and a new
         request is signed."""
@@ -1306,10 +1307,7 @@ class LicenceClient:
         if pending is None:
             return None
         timestamp, nonce = pending.get("timestamp"), pending.get("nonce")
-        if (
-            not _is_count(timestamp)
-            or not timestamp <= now <= timestamp + protocol.TIMESTAMP_WINDOW_S
-        ):
+        if not _is_count(timestamp) or abs(now - timestamp) > protocol.TIMESTAMP_WINDOW_S:
             return None
         expected = self._licence_body(timestamp, renews) | {"nonce": nonce}
         if renews is None and "renews" in pending:  # that licence expired since: still a licence
@@ -1325,12 +1323,14 @@ class LicenceClient:
         return pending
 
     def _read_unanswered(self) -> dict[str, Any] | None:
-        """The request in ``pending_<application>.json``, or None (none, or not JSON: warned
-        about, and replaced by the next request)."""
+        """The request in ``pending_<application>.json``, or None (none, or one that cannot be
+        used: not JSON, not owner-only, not a file, unreadable; warned about, and replaced by
+        the next request: it holds no secret, and a new request is all that ignoring it costs)."""
         try:
             pending = read_private_json(self._pending_path)
-        except MalformedStateError as e:
-            log.warning("Ignoring %s: %s", self._pending_path, e.problem)
+        except LicenceError as e:
+            problem = e.problem if isinstance(e, MalformedStateError) else str(e)
+            log.warning("Ignoring %s: %s", self._pending_path, problem)
             return None
         return pending if isinstance(pending, dict) else None
 
@@ -1347,17 +1347,27 @@ class LicenceClient:
 
     def _answered(self, body: dict[str, Any]) -> None:
         """Forget the licence request ``body``: the server answered it. The file is removed
-        only while it holds this request (another process may have written its own since)."""
+        only while it holds this request (another process may have written its own since);
+        where it cannot be (a read-only or full state folder) it stays, with a warning: the
+        answer is not lost for it, and a resend of an answered request is answered again."""
         if self._pending is not None and self._pending.get("nonce") == body["nonce"]:
             self._pending = None
-        with state_lock(self.state_dir, f"pending_{self.application}"):
-            try:
-                held = read_private_json(self._pending_path)
-            except LicenceError:  # not JSON, unreadable: replaced by the next request
-                return
-            if isinstance(held, dict) and held.get("nonce") == body["nonce"]:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._pending_path)
+        try:
+            with state_lock(self.state_dir, f"pending_{self.application}"):
+                try:
+                    held = read_private_json(self._pending_path)
+                except LicenceError:  # not JSON, unreadable: replaced by the next request
+                    return
+                if isinstance(held, dict) and held.get("nonce") == body["nonce"]:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._pending_path)
+        except (LicenceError, OSError) as e:
+            log.warning(
+                "The answered licence request stays in %s (%s): a later request may send it "
+                "again, answered, uncharged, as it was; make the state folder writable",
+                self._pending_path,
+                e,
+            )
 
     def _licence_body(self, now: int, renews: Licence | None) -> dict[str, Any]:
         """A licence request stamped ``now``, with a new nonce (signed by :meth:`_post`)."""

@@ -149,7 +149,7 @@ def _decide_licence(
                     f"unregistered devices came from {sender} this minute; retry later",
                     now,
                 )
-        limited = device_rate_limited(
+        limited_or_resent = device_rate_limited(
             engine,
             sessions,
             DeviceLimit(
@@ -159,12 +159,10 @@ def _decide_licence(
             licence_request.timestamp,
             f"customer:{licence_request.customer_id}",
             now,
+            lambda: _resent(sessions, licence_request, now, key),
         )
-        if limited is not None:
-            resent = service.resend_past_limit(sessions, licence_request, now, key)
-            if resent is None:
-                return limited
-            return JSONResponse(status_code=resent.status, content=resent.body)
+        if limited_or_resent is not None:
+            return limited_or_resent
         outcome = service.request_licence(
             sessions,
             licence_request,
@@ -175,6 +173,15 @@ def _decide_licence(
             verified,
         )
     return JSONResponse(status_code=outcome.status, content=outcome.body)
+
+
+def _resent(
+    sessions: sessionmaker[Session], request: LicenceRequestIn, now: int, key: Ed25519PrivateKey
+) -> JSONResponse | None:
+    """The licence already granted to ``request``, sent again past the device's rate limit
+    (:func:`service.resend_past_limit`), or None."""
+    resent = service.resend_past_limit(sessions, request, now, key)
+    return None if resent is None else JSONResponse(status_code=resent.status, content=resent.body)
 
 
 @admin_router.get("", response_model=list[LicencePublic])
