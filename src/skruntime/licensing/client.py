@@ -784,8 +784,19 @@ class LicenceClient:
             write_private(self._clock_path, protocol.canonical_bytes({"last_seen": now}))
             self._last_seen = self._last_seen_saved = now
 
+    def _ahead(self, licence: Licence, now: int) -> bool:
+        """Whether ``licence`` is issued after ``now`` by more than ``clock_tolerance``."""
+        return now < licence.issued_at - self.clock_tolerance
+
+    def _defer_to(self, licence: Licence) -> None:
+        """Renew no more until ``licence``, cached and issued ahead of this clock, can be
+        taken (:meth:`_ahead`): the current licence, valid, stays in use meanwhile, where
+        taking it raised :class:`ClockRollbackError` at every call, and renewing again drew
+        another allowance from the quota."""
+        self._next_retry = max(self._next_retry, licence.issued_at - self.clock_tolerance)
+
     def _check_issued(self, licence: Licence, now: int) -> None:
-        if now < licence.issued_at - self.clock_tolerance:
+        if self._ahead(licence, now):
             raise ClockRollbackError(
                 f"The system clock ({_when(now)}) is before the issue time of licence "
                 f"{licence.licence_id} ({_when(licence.issued_at)}): the clock was set back. "
@@ -1003,10 +1014,22 @@ class LicenceClient:
         ):
             licence = replace(licence, document=licence.document | {_AT_CONTRACT_END: True})
         self._cache(licence)
-        self._switch(licence, fresh=True)
         # checked once cached: the server drew its allowance, and this clock, behind the
         # server's by more than clock_tolerance (narrower than the server's window), takes it
         # once it reaches its issue time, rather than ask, and be charged, at every call
+        if self._ahead(licence, now) and previous is not None and now < previous.expires_at:
+            log.warning(
+                "Licence %s is issued at %s, ahead of this device's clock (%s) by more than "
+                "clock_tolerance: licence %s stays in use until this clock reaches it. Check "
+                "the system clock (NTP).",
+                licence.licence_id,
+                _when(licence.issued_at),
+                _when(now),
+                previous.licence_id,
+            )
+            self._defer_to(licence)
+            return previous
+        self._switch(licence, fresh=True)
         self._check_issued(licence, now)
         return licence
 
@@ -1522,14 +1545,15 @@ class LicenceClient:
         """The licence another process cached while this one waited to renew, made the current
         one, when there is one to go on with (else None): for a renewal for validity
         (``checked``), a later one than the current one (:meth:`_take_cached`: also the current
-        one checked later, as at the contract end); else another licence than the current one
+        one checked later, as at the contract end, or kept while the later one is issued ahead
+        of this clock); else another licence than the current one
         (expired), valid now, with inferences left to count (an allowance smaller than
         ``persist_every`` is reserved whole by the process that renewed)."""
         current = self._licence
         if checked or current is None:
-            taken = self._take_cached()
-            valid = taken is not None and taken is not current and now < taken.expires_at
-            return taken if valid else None
+            taken = self._take_cached(now)
+            later = taken is not current or now < self._next_retry  # or one issued ahead
+            return taken if taken is not None and later and now < taken.expires_at else None
         cached = self._other_cached(current)
         if cached is None or (
             cached.inferences is not None
@@ -1571,12 +1595,22 @@ class LicenceClient:
         resend_at = self._pending["timestamp"] + _RESEND_BY_S
         return resend_at if now < resend_at < retry else retry
 
-    def _take_cached(self) -> Licence | None:
+    def _take_cached(self, now: int) -> Licence | None:
         """Make the cached licence the current one when it is later than the current one, or
         as late but issued later (renewed at the contract end: renewing it again would only
-        draw more quota), or checked later: another process renewed or checked it. Returns the
-        current licence."""
+        draw more quota), or checked later: another process renewed or checked it; not while
+        it is issued ahead of ``now`` (:meth:`_ahead`) and the current one is valid
+        (:meth:`_defer_to`). Returns the current licence."""
         licence, cached = self._licence, self._load_cached()
+        if (
+            cached is not None
+            and licence is not None
+            and cached.licence_id != licence.licence_id
+            and now < licence.expires_at
+            and self._ahead(cached, now)
+        ):
+            self._defer_to(cached)
+            return licence
         if cached is not None and (
             licence is None
             or (cached.expires_at, cached.issued_at, _checked_at(cached))
@@ -1617,7 +1651,7 @@ class LicenceClient:
                 return self._confirm_clock(rollback)
             licence = self._licence
             if licence is None or now >= self._renewal_opens(licence):
-                licence = self._take_cached()  # another process may have renewed it
+                licence = self._take_cached(now)  # another process may have renewed it
             if licence is not None:
                 self._check_issued(licence, now)
                 if now < self._renewal_opens(licence):
@@ -1650,7 +1684,7 @@ class LicenceClient:
                         # the renewed licence is already due (a very short one, issued by a
                         # server clock behind this one): ask again only after retry_seconds,
                         # not on every inference
-                        self._next_retry = now + self.retry_seconds
+                        self._next_retry = max(self._next_retry, now + self.retry_seconds)
                     return renewed
             try:
                 self._refuse_held(now)
