@@ -70,11 +70,12 @@ from .export.options import ExportOptions
 from .formats import ExportFormat, ExportPlatform, FormatGroup
 from .lock import LockedModel, lock_model, once_per_layer
 from .lock.context import LockSettings
-from .lock.coverage import PlaintextWeight
+from .lock.coverage import PlaintextWeight, WeightAlias, weight_aliases
 from .lock.diagnose import eager_failure, mismatch_error
 from .lock.key_layout import KeyLayout
+from .lock.keyed_model import plain_outputs
 from .lock.outside import run_keyed_checked
-from .lock.preflight import check_lockable, copy_model
+from .lock.preflight import check_lockable, check_no_scripted_submodules, copy_model
 from .logs import get_logger
 from .platforms import get_platform, write_platform_keys
 from .progress import console, step
@@ -258,6 +259,58 @@ def _refuse_none_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
         )
 
 
+def _dict_value_kind(value: Any) -> int | None:
+    """The TorchScript type of a dict value that ``torch.jit.trace`` returns: -1 for a tensor,
+    ``n`` for a tuple of ``n`` tensors, ``None`` for any other value."""
+    if isinstance(value, torch.Tensor):
+        return -1
+    if isinstance(value, tuple) and all(isinstance(t, torch.Tensor) for t in value):
+        return len(value)
+    return None
+
+
+def _untraceable(value: Any, where: str = "output") -> str | None:
+    """Where in ``value`` (the model's outputs) ``torch.jit.trace`` cannot return it, or
+    ``None``: it returns tensors, tuples of such values, non-empty lists of tensors and
+    non-empty dicts with string keys whose values are all tensors or all tuples of as many
+    tensors (TorchScript types a list or dict by one element type). Measured on torch 2.13:
+    a dict mixing a tensor and a tuple, a dict of lists or dicts, a list of tuples and empty
+    containers fail the trace."""
+    if isinstance(value, torch.Tensor):
+        return None
+    if isinstance(value, tuple):
+        inner = (_untraceable(v, f"{where}[{i}]") for i, v in enumerate(value))
+        return next((w for w in inner if w is not None), None)
+    if isinstance(value, list):
+        ok = value and all(isinstance(v, torch.Tensor) for v in value)
+        return None if ok else where
+    if isinstance(value, dict):
+        kinds = {_dict_value_kind(v) for v in value.values()}
+        keys = all(isinstance(k, str) for k in value)
+        return None if keys and len(kinds) == 1 and None not in kinds else where
+    return where
+
+
+def _refuse_untraceable_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
+    """Refuse, before any lock or export, outputs that ``torch.jit.trace`` cannot return
+    (:func:`_untraceable`) when a TorchScript format is asked: it failed after the lock and
+    the other exports, with "TorchScript tracing failed (RuntimeError: output 1 ({y: [...)".
+    """
+    traced = [
+        f.name for f in formats if f in (ExportFormat.TORCHSCRIPT_CPU, ExportFormat.TORCHSCRIPT_GPU)
+    ]
+    where = _untraceable(outputs)
+    if traced and where is not None:
+        raise InvalidArgumentError(
+            f"The model's outputs hold a structure at {where} that {', '.join(traced)} "
+            "(torch.jit.trace) cannot return: TorchScript outputs are tensors, tuples, "
+            "non-empty lists of tensors and non-empty dicts with string keys whose values are "
+            "all tensors (or all tuples of as many tensors). Return such a structure from "
+            "forward() (e.g. flatten it into a tuple in a wrapper module), or choose ONNX or "
+            "INDUCTOR formats only."
+        )
+
+
 def _refuse_numpyless_outputs(outputs: Any) -> None:
     """Refuse outputs of a dtype NumPy lacks: the protector checks every file, and the runtime
     returns outputs, as NumPy arrays (torch's ``.numpy()`` raised a bare TypeError)."""
@@ -328,6 +381,7 @@ def _run_reference(
             f"{first_line(err)}. {advice}"
         ) from err
     _refuse_none_outputs(raw, formats)
+    _refuse_untraceable_outputs(raw, formats)
     _refuse_numpyless_outputs(raw)
     outputs = _as_numpy(raw)
     bad = [i for i, y in enumerate(outputs) if y.dtype.kind in "fc" and np.isnan(y).any()]
@@ -787,10 +841,13 @@ class _Reference:
     """The protector's eval-mode copy of the model (the user's own is never changed): the
     original's outputs come from it and every format group is locked from a copy of it, but
     the last, which locks it in place: the weights are not held once more while locking (the
-    protection's peak memory), nor through the last group's exports and artifact checks."""
+    protection's peak memory), nor through the last group's exports and artifact checks.
+    ``aliases``: the user's buffers over a weight's storage, which the copy no longer shares
+    (:func:`.lock.coverage.weight_aliases`)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self._model: nn.Module | None = model
+    def __init__(self, original: nn.Module) -> None:
+        self.aliases = weight_aliases(original)
+        self._model: nn.Module | None = copy_model(original).eval()
 
     @property
     def model(self) -> nn.Module:
@@ -817,6 +874,7 @@ def _lock_checked(
     *,
     in_place: bool,
     find_shared: bool,
+    aliases: list[WeightAlias],
 ) -> tuple[LockedModel, tuple[int, ...]]:
     """``reference`` locked for ``group`` (``in_place``: itself, not a copy), run once with its
     key on the example inputs, whose outputs must be the original's. Returns it with the
@@ -833,6 +891,7 @@ def _lock_checked(
             public_seed=f"{request.application_name}/{name}/{group.value}",
             in_place=in_place,
             find_shared=find_shared,
+            aliases=aliases,
         )
     for d in locked.layers:
         logger.debug(
@@ -948,6 +1007,7 @@ def _run_group(
         result.key_epoch,
         in_place=last,
         find_shared=not result.layers and _links_copies(request),  # the first group: warn once
+        aliases=reference.aliases,
     )
     if locked.shared_weights:
         _warn_shared_weights(request, locked.shared_weights)
@@ -1038,6 +1098,20 @@ def _run_group(
     return layout, entries, hashes
 
 
+class _PlainOutputs(nn.Module):
+    """The original model returning plain tuples where it returns a ``NamedTuple``, as the
+    locked model does (:func:`.lock.keyed_model.plain_outputs`): AOTInductor cannot serialise
+    a NamedTuple class of the user's, and ``save_original=True`` failed with "AOTInductor
+    compilation failed (NotImplementedError: Can't serialize TreeSpec of namedtuple ...)"."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        return plain_outputs(self.model(*inputs))
+
+
 def _export_originals(
     request: ProtectRequest,
     formats: list[ExportFormat],
@@ -1055,7 +1129,7 @@ def _export_originals(
             f"{request.model_name}/original/{request.model_name}_{fmt.slug}{exporter.extension}"
         )
         with step(f"Exporting the original (unlocked) model to {fmt.name}"):
-            module = reference.to(device)
+            module = _PlainOutputs(reference.to(device))
             example = tuple(_clones(request.input_tensors, device))
             exporter.export(module, example, path, options, with_key=False)
             run = _on_copies(load_artifact(exporter, path, options))
@@ -1169,11 +1243,15 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     _warn_unused_settings(options, formats)
     if ExportFormat.ONNX in formats:  # before the model is copied, locked or exported
         check_fits_one_file(request.model, f"The model '{request.model_name}'")
+    scripted = (ExportFormat.TORCHSCRIPT_CPU, ExportFormat.TORCHSCRIPT_GPU)
+    traced = [f.name for f in formats if f not in scripted]  # torch.export, torch.onnx.export
+    if traced:
+        check_no_scripted_submodules(request.model, traced)
     _refuse_dropping_deployed(request, config, result)
     console.print(  # markup=False: a folder named "[v2]" is a path, not a style
         f"skprotect: protecting '{request.model_name}' into {request.outputs_dir}", markup=False
     )
-    reference = _Reference(copy_model(request.model).eval())
+    reference = _Reference(request.model)
     expected = _run_reference(reference.model, request.input_tensors, formats)
     options = _complete_output_names(options, len(expected))
     axes = _dynamic_axes(reference.model, options, request.input_tensors)

@@ -155,6 +155,26 @@ def _check_layer_filter(value: Any) -> Callable[[str, nn.Module], bool]:
     return value
 
 
+def _check_input_items(tensors: list | tuple) -> None:
+    """Raise :class:`InvalidArgumentError` naming the first item of ``input_tensors`` that is
+    not a tensor: "but got list" named the container, not the item (a ``None`` passed for an
+    optional argument, which no exported model can take as an input)."""
+    for index, item in enumerate(tensors):
+        if isinstance(item, torch.Tensor):
+            continue
+        hint = (
+            "An optional argument left at None is no model input: leave it out of "
+            "input_tensors when it is the last (forward then uses its default), or wrap the "
+            "model in a module whose forward passes None itself."
+            if item is None
+            else "Pass one example tensor per argument of the model's forward."
+        )
+        raise InvalidArgumentError(
+            "input_tensors must be a non-empty list of torch.Tensor, one per model input, but "
+            f"input_tensors[{index}] is {type(item).__name__}. {hint}"
+        )
+
+
 def _check_example_tensors(tensors: Sequence[torch.Tensor]) -> None:
     """Each example tensor must be one the runtime can be fed like (a dense array) and hold
     values: every protected file is checked against the original on these tensors, and their
@@ -392,15 +412,12 @@ class SkProtectorPyTorch:
         # deployed on the other platform, it keeps its name there too
         _check_model_name(name, new=not replace and name not in (self._deployed_models() or ()))
         tensors = a["input_tensors"]
-        if (
-            not isinstance(tensors, list | tuple)
-            or not tensors
-            or not all(isinstance(t, torch.Tensor) for t in tensors)
-        ):
+        if not isinstance(tensors, list | tuple) or not tensors:
             raise InvalidArgumentError(
                 "input_tensors must be a non-empty list of torch.Tensor, one per model input "
                 f"(e.g. [torch.randn(1, 3, 32, 32)]), but got {type(tensors).__name__}."
             )
+        _check_input_items(tensors)
         _check_example_tensors(tensors)
         layer_filter = _check_layer_filter(
             a["layer_filter"] if a["layer_filter"] is not None else _all_layers

@@ -20,10 +20,12 @@ from .batchnorm import fold_batchnorms
 from .context import KeySlots, LockContext, LockSettings
 from .coverage import (
     PlaintextWeight,
+    WeightAlias,
     plain_leaves,
     plaintext_buffers,
     plaintext_weights,
     shared_locked_weights,
+    weight_aliases,
 )
 from .key_layout import KeyLayout
 from .keyed_model import KeyedModel
@@ -88,10 +90,24 @@ def once_per_layer(layer_filter: LayerFilter) -> LayerFilter:
 
     def remembered(name: str, module: nn.Module) -> bool:
         if name not in seen:
-            seen[name] = layer_filter(name, module)
+            seen[name] = _answer(layer_filter(name, module), name)
         return seen[name]
 
     return remembered
+
+
+def _answer(keep: object, name: str) -> bool:
+    """``layer_filter``'s answer for layer ``name`` as a bool: NumPy's bool too (a filter such
+    as ``np.prod(module.weight.shape) > 4096`` returns one, which was refused as "returned
+    bool"); anything else (a tensor, a number, None) is refused, its type named in full."""
+    if isinstance(keep, bool | np.bool_):
+        return bool(keep)
+    kind = type(keep)
+    raise InvalidArgumentError(
+        f"layer_filter must return a bool, but returned {kind.__module__}.{kind.__qualname__} "
+        f"({keep!r:.60}) for layer '{name}'. Return True to lock the layer, False to leave it "
+        "unlocked (e.g. bool(...) around a tensor comparison)."
+    )
 
 
 def _rebound_calls(root: nn.Module, replacements: dict[int, nn.Module]) -> dict[int, object]:
@@ -151,6 +167,7 @@ def lock_model(
     public_seed: str = "",
     in_place: bool = False,
     find_shared: bool = True,
+    aliases: list[WeightAlias] | None = None,
 ) -> LockedModel:
     """Return a locked deep copy of ``model``; the user's model object is never modified.
 
@@ -161,12 +178,18 @@ def lock_model(
     needs it no longer (the protector's reference copy, at its last lock): the weights are
     then not held twice more while locking, which set the peak memory of a protection.
 
+    ``aliases``: the buffers over a weight's storage (:func:`.coverage.weight_aliases`) found
+    on the user's model when ``model`` is a copy of it, whose copying undid them; found on
+    ``model`` itself when ``None``.
+
     A model the lock cannot take (not float32, pruned, legacy weight norm) is refused first
     with :class:`InvalidArgumentError` (:mod:`.preflight`).  ``torch.compile`` wrappers are
     dropped from the copy: its layers are named and locked as in the uncompiled model.
     """
     layer_filter = once_per_layer(layer_filter)
     check_lockable(model, layer_filter)
+    if aliases is None:  # before the copy gives each weight its own storage
+        aliases = weight_aliases(model)
     work = strip_compile_wrappers(model if in_place else copy_model(model))  # modes kept
     folded = fold_batchnorms(work)  # only eval-mode BatchNorms are folded
     slots = KeySlots()
@@ -194,13 +217,7 @@ def lock_model(
         if locker is None:
             continue
         handled.append(name)
-        keep = layer_filter(name, module)
-        if not isinstance(keep, bool):
-            raise InvalidArgumentError(
-                f"layer_filter must return a bool, but returned {type(keep).__name__} for "
-                f"layer '{name}'."
-            )
-        if not keep:
+        if not layer_filter(name, module):
             decisions.append(LayerDecision(name, kind, False, "excluded by layer_filter"))
             continue
         try:
@@ -224,8 +241,9 @@ def lock_model(
         (d.name for d in decisions if d.locked),
         {d.name: d.reason for d in decisions if not d.locked},
         kept,
+        aliases,
     )
-    buffers = plaintext_buffers(work, (d.name for d in decisions if d.locked))
+    buffers = plaintext_buffers(work, (d.name for d in decisions if d.locked), aliases)
     locked_names = (d.name for d in decisions if d.locked)
     shared = shared_locked_weights(work, locked_names) if find_shared else []
     locked_root = _swap(work, replacements)

@@ -51,11 +51,89 @@ def _covering(owner: str, layers: dict[int, str], modules: dict[str, nn.Module])
     return None
 
 
+@dataclass(frozen=True)
+class WeightAlias:
+    """A buffer or plain attribute (``path``, held by module ``owner``) over the storage of
+    parameter ``param``: ``register_buffer("w", self.fc.weight.data)``, ``.detach()``, a view."""
+
+    path: str
+    owner: str
+    param: str
+    shape: tuple[int, ...]
+
+
+def _storage(tensor: torch.Tensor) -> int | None:
+    """Where ``tensor``'s elements live (``None`` for a tensor with no plain storage)."""
+    if (
+        tensor.numel() == 0
+        or tensor.is_meta
+        or tensor.is_quantized
+        or tensor.layout != torch.strided
+    ):
+        return None
+    return tensor.untyped_storage().data_ptr()
+
+
+def _unwrapped_name(name: str) -> str:
+    """``name`` as the lock's copy of the model has it, whose ``torch.compile`` wrappers are
+    stripped (:func:`.preflight.strip_compile_wrappers`): ``a._orig_mod.b`` is ``a.b``."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
+def weight_aliases(model: nn.Module) -> list[WeightAlias]:
+    """The buffers and plain-attribute tensors (two or more dimensions) of ``model`` that share
+    a weight parameter's storage without being it.  Found on the user's model, before it is
+    copied: ``copy.deepcopy`` gives each parameter its own storage, so that the copy's buffer
+    holds the original values unnoticed while the layer is locked."""
+    params: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if param.dim() >= 2 and (where := _storage(param)) is not None:
+            params.setdefault(where, name)
+    if not params:
+        return []
+    modules = dict(model.named_modules(remove_duplicate=False))
+    held = [(name, _owner(name), t) for name, t in model.named_buffers(remove_duplicate=False)]
+    names = {id(module): name for name, module in reversed(modules.items())}
+    held += [
+        (path, names[id(holder)], item)
+        for path, item, holder in _plain_attributes(model, {}, modules)
+        if isinstance(item, torch.Tensor) and not isinstance(item, nn.Parameter)
+    ]
+    found = []
+    for path, owner, tensor in held:
+        where = _storage(tensor) if tensor.dim() >= 2 else None
+        if where in params:
+            names = (_unwrapped_name(n) for n in (path, owner, params[where]))
+            found.append(WeightAlias(*names, tuple(tensor.shape)))
+    return found
+
+
+def _aliased_weights(
+    aliases: Iterable[WeightAlias], locked_ids: dict[int, str], modules: dict[str, nn.Module]
+) -> list[PlaintextWeight]:
+    """The ``aliases`` of a locked layer's weight outside every locked layer: every export
+    stores them as they are, beside the locked weight, so a thief solves the layer's key."""
+    found = []
+    for alias in aliases:
+        layer = _covering(_owner(alias.param), locked_ids, modules)
+        if layer is None or _covering(alias.owner, locked_ids, modules) is not None:
+            continue
+        reason = (
+            f"it holds the original values of '{alias.param}' of locked layer '{layer}' (the "
+            "same storage: .data, .detach() or a view), which the locked model keeps as they "
+            "are, and a thief can solve the layer's key from the two: read the layer's weight "
+            "or output in forward instead, or exclude the layer with layer_filter"
+        )
+        found.append(PlaintextWeight(alias.path, alias.shape, reason))
+    return found
+
+
 def plaintext_weights(
     model: nn.Module,
     locked: Iterable[str],
     skipped: dict[str, str],
     kept: dict[str, str] | None = None,
+    aliases: Iterable[WeightAlias] = (),
 ) -> list[PlaintextWeight]:
     """The weight tensors (two or more dimensions) of ``model`` outside every ``locked`` layer,
     and those that a locked layer stores as they are.
@@ -66,6 +144,8 @@ def plaintext_weights(
     ``MultiheadAttention``'s ``bias_k``) to the reason. A tensor shared by several modules
     (tied weights: an embedding and the output layer) counts when any of them leaves it
     unlocked; a module registered under several names is the same layer under each.
+    ``aliases`` (:func:`weight_aliases`, found before ``model`` was copied) adds the buffers
+    and attributes over a locked layer's weight.
     """
     modules = dict(model.named_modules(remove_duplicate=False))
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -87,13 +167,13 @@ def plaintext_weights(
             reason = f"layer '{layer}' was not locked: {skipped[layer]}"
         else:
             reason = _unsupported(modules[owner])
-        reason += _tied(param, params, locked_ids, modules)
+        own = _covering(owner, locked_ids, modules)  # the locked layer that keeps it as it is
+        reason += _tied(param, params, locked_ids, modules, own)
         found.append(PlaintextWeight(name, tuple(param.shape), reason))
-    return (
-        found
-        + _packed_weights(model, locked_ids, modules)
-        + _held_weights(model, locked_ids, modules)
-    )
+    found += _aliased_weights(aliases, locked_ids, modules)
+    named = {w.name for w in found}
+    held = [w for w in _held_weights(model, locked_ids, modules) if w.name not in named]
+    return found + _packed_weights(model, locked_ids, modules) + held
 
 
 MODULE_INTERNALS = frozenset(vars(nn.Module()))
@@ -263,14 +343,17 @@ def _tied(
     params: dict[str, nn.Parameter],
     locked_ids: dict[int, str],
     modules: dict[str, nn.Module],
+    own: str | None = None,
 ) -> str:
     """What a plaintext tensor tied to a locked layer's weight (an embedding and the output
-    layer) gives away: that layer's stored weight beside its plaintext original tells its key."""
+    layer) gives away: that layer's stored weight beside its plaintext original tells its key.
+    ``own``: the locked layer that keeps ``param`` as it is (a ``MultiheadAttention``'s
+    ``bias_k``), which stores no locked copy of it."""
     layers = {
         layer
         for name, tensor in params.items()
         if tensor is param and (layer := _covering(_owner(name), locked_ids, modules))
-    }
+    } - {own}
     if not layers:
         return ""
     return (
@@ -310,7 +393,9 @@ def shared_locked_weights(model: nn.Module, locked: Iterable[str]) -> list[tuple
     return [tuple(names) for same in groups.values() for _, names in same if len(names) > 1]
 
 
-def plaintext_buffers(model: nn.Module, locked: Iterable[str]) -> list[PlaintextWeight]:
+def plaintext_buffers(
+    model: nn.Module, locked: Iterable[str], aliases: Iterable[WeightAlias] = ()
+) -> list[PlaintextWeight]:
     """The floating-point buffers (two or more dimensions) of ``model`` outside every ``locked``
     layer: the exporters write them into every artifact as they are.
 
@@ -318,13 +403,17 @@ def plaintext_buffers(model: nn.Module, locked: Iterable[str]) -> list[Plaintext
     hold trained values too (a frozen projection registered with ``register_buffer``), which a
     thief then reads without the key. Listed apart from :func:`plaintext_weights`, whose
     entries all fail the audit's gate 4, so that the user can tell which is which.  Tensors
-    held in plain attributes (:func:`_plain_attributes`) are listed here too.
+    held in plain attributes (:func:`_plain_attributes`) are listed here too; those over a
+    locked layer's weight (``aliases``) are plaintext weights instead.
     """
     modules = dict(model.named_modules(remove_duplicate=False))
     locked_ids = {id(modules[name]): name for name in locked}
+    weights = {w.name for w in _aliased_weights(aliases, locked_ids, modules)}
     found, seen = [], set()
     for name, buffer in model.named_buffers(remove_duplicate=False):
         if buffer.dim() < 2 or not buffer.is_floating_point() or id(buffer) in seen:
+            continue
+        if name in weights:
             continue
         owner = _owner(name)
         if _covering(owner, locked_ids, modules) is not None:
@@ -340,6 +429,7 @@ def plaintext_buffers(model: nn.Module, locked: Iterable[str]) -> list[Plaintext
             and id(item) not in registered
             and item.dim() >= 2
             and item.is_floating_point()
+            and path not in weights
         ):
             reason = (
                 f"plain tensor attribute of {type(holder).__name__}, neither a parameter nor a "

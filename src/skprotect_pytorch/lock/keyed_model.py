@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +22,21 @@ def _mha_fastpath_disabled():
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def plain_outputs(value: Any) -> Any:
+    """``value`` (a model's outputs) with every ``NamedTuple`` (or other tuple subclass, such as
+    ``torch.return_types``) a plain tuple, through nested tuples, lists and dicts: the exports
+    flatten outputs to tensors in the same order either way, but AOTInductor cannot serialise a
+    NamedTuple class of the user's ("Can't serialize TreeSpec of namedtuple class"), which
+    failed after the lock and the other exports."""
+    if isinstance(value, tuple):
+        return tuple(plain_outputs(v) for v in value)
+    if isinstance(value, list):
+        return [plain_outputs(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain_outputs(v) for k, v in value.items()}
+    return value
 
 
 class KeyedModel(nn.Module):
@@ -54,6 +70,6 @@ class KeyedModel(nn.Module):
         self._slots.perms, self._slots.scales = perms, scales
         try:
             with _mha_fastpath_disabled():
-                return self.model(*model_inputs)
+                return plain_outputs(self.model(*model_inputs))
         finally:
             self._slots.perms = self._slots.scales = None

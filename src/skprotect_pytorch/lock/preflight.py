@@ -503,6 +503,27 @@ def check_lockable(model: nn.Module, layer_filter: LayerFilter = lambda name, m:
         raise _dtype_error(wrong)
 
 
+def check_no_scripted_submodules(model: nn.Module, formats: list[str]) -> None:
+    """Raise :class:`InvalidArgumentError` if ``model`` holds TorchScript submodules and
+    ``formats`` (ONNX, AOTInductor) are exported by tracing it with ``torch.onnx.export`` or
+    ``torch.export``, neither of which runs through TorchScript code: the export failed only
+    after locking, with "Tried to trace ... but it is not part of the active trace"."""
+    scripted: list[str] = []
+    for name, module in uncompiled_named_modules(model):
+        inside = any(name.startswith(f"{outer}.") for outer in scripted)
+        if name and not inside and isinstance(module, torch.jit.ScriptModule):
+            scripted.append(name)
+    if scripted:
+        raise InvalidArgumentError(
+            f"The model holds TorchScript submodule(s) {', '.join(map(repr, scripted))} (from "
+            f"torch.jit.script or torch.jit.trace): the {' and '.join(formats)} export(s) trace "
+            "the model with torch.onnx.export or torch.export, which cannot run through "
+            "TorchScript code, and the lock cannot key the layers inside it. Keep those "
+            "submodules eager nn.Modules (drop the torch.jit.script/trace call), or choose "
+            "only TORCHSCRIPT_CPU / TORCHSCRIPT_GPU in model_export_formats."
+        )
+
+
 def copy_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``; a model that cannot be copied is an input error that says why,
     not a traceback from inside ``copy`` (call :func:`check_lockable` first for the usual
