@@ -157,10 +157,40 @@ def settings_for(database_url: str | None = None, state_dir: Path | None = None)
                 f"key file ({settings.signing_key_file}). Leave out --state-dir, or unset "
                 "SKLICENSE_SIGNING_KEY_FILE"
             )
-        return settings.with_overrides(database_url=database_url, state_dir=state_dir)
+        settings = settings.with_overrides(database_url=database_url, state_dir=state_dir)
     except SettingsError as e:
         fail(str(e))
         raise
+    where = "--database-url" if database_url is not None else "SKLICENSE_DATABASE_URL"
+    if problem := _database_url_problem(settings.database_url):
+        fail(f"{where} {problem}")
+    return settings
+
+
+def _database_url_problem(url: str) -> str | None:
+    """Why ``url`` is no database URL at all, or None: checked before any work (``init``
+    created the signing key first), and said as such, not as a database that refused."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "sqlite:////var/lib/sklicense/sklicense.db or postgresql://USER@HOST/DATABASE"
+    try:
+        parsed = make_url(db.normalise_url(url))
+    except ArgumentError:  # not echoed: a mistyped URL may hold a password
+        return f"is not a database URL (DIALECT://...); pass one such as {example}."
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        return (
+            f"names a kind of database that SQLAlchemy does not know, '{parsed.drivername}'; "
+            f"pass a URL such as {example}."
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        return (  # `db upgrade` migrated it and said so, then it was gone
+            "names an in-memory SQLite database, which is gone when the command "
+            f"ends; name a database file, e.g. {example.split(' or ')[0]}."
+        )
+    return None
 
 
 def warn_loose_key(path: Path) -> None:

@@ -15,6 +15,7 @@ import typer
 from skruntime.cli import (
     OutputGroup,
     empty_path,
+    file_path,
     output_problem,
     run_command,
     sigterm_as_interrupt,
@@ -154,7 +155,11 @@ def _kek_output_problem(output: Path) -> str | None:
 @app.command("export-kek")
 def export_kek(
     output: Annotated[
-        Path, typer.Argument(help="File to write the key-encryption key to (mode 0600).")
+        Path,
+        typer.Argument(
+            parser=file_path,
+            help="File to write the key-encryption key to (mode 0600).",
+        ),
     ],
     application_name: Annotated[
         str, typer.Option(callback=_application_name, help="Application whose key to export.")
@@ -349,10 +354,16 @@ def audit(
         typer.Option(min=1, help="Epochs to train the victim (default: the suite's)."),
     ] = None,
     json_file: Annotated[
-        Path | None, typer.Option("--json", help="Write the report as JSON to this file.")
+        Path | None,
+        typer.Option("--json", parser=file_path, help="Write the report as JSON to this file."),
     ] = None,
     markdown_file: Annotated[
-        Path | None, typer.Option("--markdown", help="Write the report as markdown to this file.")
+        Path | None,
+        typer.Option(
+            "--markdown",
+            parser=file_path,
+            help="Write the report as markdown to this file.",
+        ),
     ] = None,
     cells: Annotated[
         Path | None,
@@ -454,7 +465,10 @@ def _audit(
             f"error: --budgets must be numbers separated by commas, got '{budgets}'", err=True
         )
         raise typer.Exit(2) from None
-    if not values or any(not 0 < b <= 100 for b in values):
+    if not values:  # `--budgets ""` (a shell variable left unset) was "must be in (0, 100]"
+        typer.echo("error: --budgets is empty: give one budget or more, e.g. 1,5", err=True)
+        raise typer.Exit(2)
+    if any(not 0 < b <= 100 for b in values):
         typer.echo(f"error: every budget must be in (0, 100], got '{budgets}'", err=True)
         raise typer.Exit(2)
     if len({f"{b:g}" for b in values}) < len(values):  # the report and cells name it so

@@ -46,6 +46,7 @@ __all__ = [
     "RunFormat",
     "discard_stdout",
     "empty_path",
+    "file_path",
     "output_problem",
     "run_command",
     "sigterm_as_interrupt",
@@ -153,6 +154,24 @@ def empty_path(path: Path, option: str, wanted: str = "a file name") -> str | No
     if str(path) != ".":
         return None
     return f"{option}: the path is empty (or '.'); pass {wanted}."
+
+
+def file_path(text: str) -> Path:
+    """An option's path to a file to write (typer's ``parser``): ``Path`` drops a trailing
+    ``/``, so ``-o out.npz/``, a folder by its spelling, wrote the file ``out.npz``. Refused."""
+    path = Path(text)
+    if text not in ("", ".") and os.path.basename(text) in ("", "."):  # '' is empty_path's
+        raise typer.BadParameter(
+            f"{text!r} names a folder (a trailing '/'), but a file is expected: pass "
+            f"'{path}' (no trailing '/') or a file in that folder"
+        )
+    return path
+
+
+def _array_suffix(path: Path) -> str:
+    """``path``'s extension in lower case: ``X.NPY`` (as Windows tools name files) is a ``.npy``
+    file, as numpy reads it; it was refused as "must be a .npy or .npz file"."""
+    return path.suffix.lower()
 
 
 def _empty(path: Path, option: str, wanted: str = "a file name") -> _CliError | None:
@@ -307,7 +326,7 @@ _READ_ERRORS = (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile)
 
 def _unreadable(path: Path, err: object) -> _CliError:
     return _CliError(
-        f"cannot read input file {path} as {path.suffix} ({err}). Save inputs with "
+        f"cannot read input file {path} as {_array_suffix(path)} ({err}). Save inputs with "
         f"numpy.save (.npy) or numpy.savez (.npz); object arrays are not accepted.",
         EXIT_INPUT,
     )
@@ -347,13 +366,13 @@ def _array_file(path: Path) -> Iterator[Any]:
             file.seek(0)
         except OSError as err:
             raise _unreadable(path, err.strerror or err) from err
-        if not head.startswith(_MAGIC[path.suffix]):
-            raise _unreadable(path, _what_it_is(head, path.suffix))
+        if not head.startswith(_MAGIC[_array_suffix(path)]):
+            raise _unreadable(path, _what_it_is(head, _array_suffix(path)))
         try:
             loaded = np.load(file, allow_pickle=False)
         except _READ_ERRORS as err:
             raise _unreadable(path, err) from err
-        if path.suffix == ".npy":
+        if _array_suffix(path) == ".npy":
             yield loaded
             return
         with loaded:
@@ -383,7 +402,7 @@ def read_inputs(
     names ``numpy.savez`` gives positional arrays) in order.
     """
     expected = len(input_names)
-    if len(paths) == 1 and paths[0].suffix == ".npz":
+    if len(paths) == 1 and _array_suffix(paths[0]) == ".npz":
         path = paths[0]
         with _array_file(path) as archive:
             keys = list(archive.files)
@@ -407,7 +426,7 @@ def read_inputs(
                 )
             arrays = [_archive_member(path, archive, k) for k in order]
             return arrays, [f"{path}[{k}]" for k in order]
-    if any(p.suffix == ".npz" for p in paths):
+    if any(_array_suffix(p) == ".npz" for p in paths):
         raise _CliError(
             "pass either one .npz holding every input or one .npy per input, not a mix or "
             "several .npz files.",
@@ -489,7 +508,7 @@ def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Seque
     """Write one output to ``.npy``, or every output to ``.npz`` under its output name
     (:func:`write_output_file`)."""
     buffer = io.BytesIO()
-    if path.suffix == ".npy":
+    if _array_suffix(path) == ".npy":
         np.save(buffer, outputs[0], allow_pickle=False)
     else:
         _write_npz(buffer, output_names, outputs)
@@ -616,6 +635,23 @@ def _read_server_public_key(value: str) -> bytes:
     return key
 
 
+def _application_folders(outputs_dir: Path) -> list[str]:
+    """The folders in ``outputs_dir`` that hold a configuration, when it holds none itself:
+    ``skprotect run outputs MODEL`` (the folder above the application's) was told only that
+    ``outputs`` holds no configuration, and to "point SkRuntime" at one."""
+    from skruntime.config import CONFIG_FILENAMES
+
+    def configured(folder: Path) -> bool:
+        return any((folder / name).is_file() for name in CONFIG_FILENAMES.values())
+
+    if configured(outputs_dir):
+        return []
+    try:
+        return sorted(p.name for p in outputs_dir.iterdir() if p.is_dir() and configured(p))
+    except OSError:  # unreadable: SkRuntime says what is wrong with the folder
+        return []
+
+
 def _run(
     outputs_dir: Path,
     model: str,
@@ -637,7 +673,13 @@ def _run(
             continue
         if problem := _empty(path, option):
             raise problem
-        if path.suffix not in (".npy", ".npz"):
+        if path.name.lower() in (".npy", ".npz"):  # `-o "$NAME.npy"`, NAME unset
+            raise _CliError(
+                f"{option} {path}: the file name is only its extension; pass a full name such as "
+                f"data{path.name.lower()}.",
+                EXIT_USAGE,
+            )
+        if _array_suffix(path) not in (".npy", ".npz"):
             raise _CliError(f"{option} must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
     if output is not None and (problem := output_problem(output)):  # before the model runs
         raise _CliError(f"--output {output}: {problem}.", EXIT_USAGE)
@@ -647,6 +689,12 @@ def _run(
             f"outputs folder {outputs_dir} {state}: pass the folder that holds the "
             f"configuration (outputs/<application_name>).",
             EXIT_NOT_FOUND,
+        )
+    if apps := _application_folders(outputs_dir):
+        raise _CliError(
+            f"{outputs_dir} holds no configuration but the folders of applications "
+            f"({', '.join(apps)}): pass one of them, e.g. {outputs_dir / apps[0]}.",
+            EXIT_CONFIGURATION,
         )
     for path in inputs:
         if not path.is_file():
@@ -732,7 +780,7 @@ def _run_loaded(
     with loaded:
         input_names = list(loaded.input_names)
         output_names = list(loaded.output_names)
-        if output is not None and output.suffix == ".npy" and len(output_names) != 1:
+        if output is not None and _array_suffix(output) == ".npy" and len(output_names) != 1:
             raise _CliError(
                 f"model '{model}' has {len(output_names)} outputs ({', '.join(output_names)}): "
                 f"write them to a .npz file, not {output}.",
@@ -783,6 +831,7 @@ def run_command(
         typer.Option(
             "--output",
             "-o",
+            parser=file_path,
             help="Where to write the result: .npy (single output) or .npz (keys = output names).",
         ),
     ] = None,

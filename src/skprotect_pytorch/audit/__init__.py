@@ -43,7 +43,7 @@ from .attacks import (
 )
 from .cells import MISSING, PENDING, CellStore
 from .custom import load_spec, model_spec, task_from_arrays
-from .data import Task
+from .data import Task, require_budget_room
 from .models import QUICK_SWEEP, SweepConfig, accuracy
 from .public_base import LockedPublicBaseVictim, attack_public_base, make_public_base_victim
 from .report import AuditReport, AuditRow
@@ -437,6 +437,7 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     store = CellStore(config.cells, context, compute=not config.stored_only, log=log)
 
     task = spec.task(config.data_seed)
+    require_budget_room(task, f"model '{spec.name}': ")  # a ReferenceSpec built by hand too
     # The cosine check's noise floor: the same architecture trained with another seed (what
     # any trained network shares with the victim, e.g. smooth conv kernels).
     nets = store.modules(

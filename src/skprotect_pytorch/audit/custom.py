@@ -31,7 +31,7 @@ from ..errors import InvalidArgumentError, UnsupportedLayerError
 from ..lock import lock_model
 from ..lock.registry import find_locker, supported_layer_types
 from .arguments import INTEGER, NUMBER, require_positive
-from .data import Task
+from .data import Task, require_budget_room
 from .suite import SUITE, ReferenceSpec
 
 
@@ -303,12 +303,7 @@ def model_spec(
             "it) is 100 % and no attack can score above it, so the gate would measure nothing; "
             "split the data at random (a data set sorted by label leaves one class at its end)."
         )
-    if len(task.y_train) < task.n_classes:  # Task.budget draws at least n_classes samples
-        raise InvalidArgumentError(
-            f"the training split has {len(task.y_train)} samples, fewer than its "
-            f"{task.n_classes} classes, and the thief's budget is never smaller than the number "
-            "of classes; give a larger training split."
-        )
+    require_budget_room(task)
     if len(task.y_train.unique()) < 2:
         raise InvalidArgumentError(
             f"the training split holds only class {int(task.y_train[0])}: the victim, the "

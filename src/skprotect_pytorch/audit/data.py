@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from sklearn.datasets import make_classification
 
+from ..errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class Task:
@@ -45,9 +47,34 @@ class Task:
         """The attacker's labelled budget: a seeded random ``percent`` % of the training set."""
         n = len(self.y_train)
         size = max(self.n_classes, round(n * percent / 100.0))
-        rng = np.random.default_rng([seed, round(percent * 1000)])
+        rng = np.random.default_rng([seed, *budget_seed(percent)])
         idx = torch.from_numpy(rng.choice(n, size=size, replace=False))
         return self.x_train[idx], self.y_train[idx]
+
+
+def require_budget_room(task: Task, where: str = "") -> None:
+    """Refuse a task with fewer training samples than classes before any training:
+    :meth:`Task.budget` draws at least one sample per class, and numpy refused that draw only
+    after the victim had trained. ``where``: what the message starts with (the spec's name)."""
+    n = len(task.y_train)
+    if n < task.n_classes:
+        raise InvalidArgumentError(
+            f"{where}the training split has {n} samples, fewer than its {task.n_classes} "
+            "classes, and the thief's budget is never smaller than the number of classes; give "
+            f"a training split of at least {task.n_classes} samples."
+        )
+
+
+def budget_seed(percent: float) -> list[int]:
+    """The words that seed a budget's draw, after its cell name (``f"{percent:g}"``): budgets
+    the cells tell apart draw apart (``round(percent * 1000)`` alone gave 1.0001 % and 1.0004 %
+    the same sample). A name of at most three decimals keeps that one word, as drawn before."""
+    named = float(f"{percent:g}")
+    millis = round(named * 1000)
+    if named == millis / 1000:
+        return [millis]
+    bits = int(np.float64(named).view(np.uint64))  # nonzero: a budget is positive
+    return [millis, bits >> 32, bits & 0xFFFFFFFF]  # longer: never a one-word seed's pool
 
 
 TabularTask = Task
