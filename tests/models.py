@@ -7,7 +7,9 @@ parameters so that BatchNorm folding is really exercised.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -225,3 +227,22 @@ def protect_linux_version(protector: object, seed: int, *, new: bool) -> None:
         model_export_formats=ExportFormat.ONNX,
         deployment_platform=ExportPlatform.LINUX,
     )
+
+
+def deploy_lifecycle(fmt: object, application: str = "app") -> Path:
+    """Protect :func:`lifecycle_mlp` (seed 0) as model ``m`` of ``application`` for the export
+    format ``fmt`` (TXT platform) in the current folder; returns the application's folder."""
+    from skprotect_pytorch.protect import SkProtectorPyTorch
+
+    SkProtectorPyTorch(application_name=application).protect_new_model(
+        lifecycle_mlp(0), "m", [LIFECYCLE_INPUT], model_export_formats=fmt
+    )
+    return Path("outputs", application).resolve()
+
+
+def replace_by_sparse_file(path: Path, size: int) -> None:
+    """Replace ``path`` by a sparse file of ``size`` bytes (no disk space taken): a model file
+    too large to read, for the runtime's size checks."""
+    path.unlink()
+    with open(path, "xb") as f:
+        os.truncate(f.fileno(), size)

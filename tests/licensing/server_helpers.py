@@ -111,11 +111,15 @@ def random_kek() -> bytes:
     return base64.b64decode(base64.b64encode(os.urandom(32)))
 
 
-def device_client(url: str, transport: Any, key: bytes, folder: Any, clock: Any) -> Any:
+def device_client(
+    url: str, transport: Any, key: bytes, folder: Any, clock: Any, **options: Any
+) -> Any:
     """A runtime's licence client of customer 42 for APP, renewing after every inference (one
-    requested inference batch of 10), talking to ``url`` through ``transport``."""
+    requested inference batch of 10), talking to ``url`` through ``transport``; ``options``
+    replace those defaults or add others."""
     from skruntime.licensing.client import LicenceClient
 
+    defaults = {"overlap_seconds": 60, "persist_every": 1, "requested_inferences": 10}
     return LicenceClient(
         url,
         state_dir=folder,
@@ -124,9 +128,7 @@ def device_client(url: str, transport: Any, key: bytes, folder: Any, clock: Any)
         customer_id=42,
         models=["model-a"],
         config_sha256=CONFIG_SHA,
-        overlap_seconds=60,
-        persist_every=1,
-        requested_inferences=10,
         clock=clock,
         transport=transport,
+        **defaults | options,
     )

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.licensing.server_helpers import APP, CONFIG_SHA, make_application, make_customer
+from tests.licensing.server_helpers import device_client, make_application, make_customer
 
 from sklicense.models import Customer
 from skruntime.errors import ClockRollbackError
-from skruntime.licensing.client import LicenceClient
 from skruntime.licensing.protocol import unb64
 
 
@@ -23,18 +22,11 @@ def test_a_licence_issued_ahead_of_the_clock_is_charged_once(
     make_application(sessions)
     make_customer(sessions, inference_quota=1000)
     pinned = unb64(client.get("/v1/public-key").json()["public_key"])
-    device = LicenceClient(
-        "http://testserver",
-        state_dir=tmp_path / "device",
-        server_public_key=pinned,
-        application=APP,
-        customer_id=42,
-        models=["model-a"],
-        config_sha256=CONFIG_SHA,
-        requested_inferences=10,
-        clock_tolerance=60,
-        clock=lambda: clock.now - 100,  # 100 s behind the server: inside its window
-        transport=client._transport,
+    behind = lambda: clock.now - 100  # 100 s behind the server: inside its window  # noqa: E731
+    folder = tmp_path / "device"
+    options = {"clock_tolerance": 60, "persist_every": 100}
+    device = device_client(
+        "http://testserver", client._transport, pinned, folder, behind, **options
     )
     ids = set()
     for _ in range(3):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tests.licensing.server_helpers import APP, CONFIG_SHA, make_application, make_customer
+from tests.licensing.server_helpers import device_client, make_application, make_customer
 
 from sklicense.models import Customer
 from skruntime.licensing.client import LicenceClient
@@ -20,19 +20,11 @@ DAY = 86400
 
 
 def _device(client, clock, folder: Path, skew: list[int]) -> LicenceClient:
-    return LicenceClient(
-        "http://testserver",
-        state_dir=folder,
-        server_public_key=unb64(client.get("/v1/public-key").json()["public_key"]),
-        application=APP,
-        customer_id=42,
-        models=["model-a"],
-        config_sha256=CONFIG_SHA,
-        requested_inferences=10,
-        clock_tolerance=60,
-        overlap_seconds=DAY,
-        clock=lambda: clock.now - skew[0],
-        transport=client._transport,
+    key = unb64(client.get("/v1/public-key").json()["public_key"])
+    clock_behind = lambda: clock.now - skew[0]  # noqa: E731
+    options = {"clock_tolerance": 60, "overlap_seconds": DAY, "persist_every": 100}
+    return device_client(
+        "http://testserver", client._transport, key, folder, clock_behind, **options
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.models import LIFECYCLE_INPUT, lifecycle_mlp
+from tests.models import LIFECYCLE_INPUT, deploy_lifecycle
 from tests.runtime.test_inductor_package_fuzz import MODEL, SO, redeploy, with_metadata, without
 
 from skprotect_pytorch.protect import SkProtectorPyTorch
@@ -34,13 +34,7 @@ FMT = "inductor_cpu"
 
 @pytest.fixture(scope="module")
 def deployed(module_workdir: Path) -> Path:
-    SkProtectorPyTorch(application_name="app").protect_new_model(
-        lifecycle_mlp(0),
-        "m",
-        [LIFECYCLE_INPUT],
-        model_export_formats=SkProtectorPyTorch.ExportFormat.INDUCTOR_CPU,
-    )
-    return module_workdir / "outputs/app"
+    return deploy_lifecycle(SkProtectorPyTorch.ExportFormat.INDUCTOR_CPU)
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ address space is limited, so that the test allocates nothing large whatever the 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tests.models import LIFECYCLE_INPUT, lifecycle_mlp
+from tests.models import deploy_lifecycle, replace_by_sparse_file
 
 from skprotect_pytorch.protect import SkProtectorPyTorch
 
@@ -35,20 +34,12 @@ except ModelFileError as e:
 
 @pytest.fixture(scope="module")
 def deployed(module_workdir: Path) -> Path:
-    SkProtectorPyTorch(application_name="app").protect_new_model(
-        lifecycle_mlp(0),
-        "m",
-        [LIFECYCLE_INPUT],
-        model_export_formats=SkProtectorPyTorch.ExportFormat.TORCHSCRIPT_CPU,
-    )
-    return module_workdir / "outputs/app"
+    return deploy_lifecycle(SkProtectorPyTorch.ExportFormat.TORCHSCRIPT_CPU)
 
 
 def test_a_model_file_too_large_to_read_is_named(deployed: Path) -> None:
     (model,) = deployed.rglob("*.pt")
-    model.unlink()
-    with open(model, "xb") as f:
-        os.truncate(f.fileno(), HUGE)
+    replace_by_sparse_file(model, HUGE)
     child = subprocess.run(
         [sys.executable, "-c", CHILD.format(limit=LIMIT), str(deployed)],
         capture_output=True,

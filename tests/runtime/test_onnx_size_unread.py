@@ -7,11 +7,10 @@ The size now comes from the open file's ``fstat``, before the read and the SHA-2
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from tests.models import LIFECYCLE_INPUT, lifecycle_mlp
+from tests.models import deploy_lifecycle, replace_by_sparse_file
 
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
@@ -43,25 +42,12 @@ def refusal(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def deployed(module_workdir: Path) -> Path:
-    SkProtectorPyTorch(application_name="app").protect_new_model(
-        lifecycle_mlp(0),
-        "m",
-        [LIFECYCLE_INPUT],
-        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
-    )
-    return module_workdir / "outputs/app"
-
-
-def oversized(path: Path) -> None:
-    """Replace ``path`` by a sparse file over the ONNX limit."""
-    path.unlink()
-    with open(path, "xb") as f:
-        os.truncate(f.fileno(), SPARSE_SIZE)
+    return deploy_lifecycle(SkProtectorPyTorch.ExportFormat.ONNX)
 
 
 def test_load_refuses_an_oversized_onnx_file_unread(deployed: Path) -> None:
     (model,) = deployed.rglob("*.onnx")
-    oversized(model)
+    replace_by_sparse_file(model, SPARSE_SIZE)
     runtime = SkRuntime(deployed)
     before = bytes_read()
     with pytest.raises(BackendError) as info:
@@ -73,7 +59,7 @@ def test_load_refuses_an_oversized_onnx_file_unread(deployed: Path) -> None:
 def test_the_backend_refuses_an_oversized_onnx_path_unread(tmp_path: Path) -> None:
     model = tmp_path / "big.onnx"
     model.touch()
-    oversized(model)
+    replace_by_sparse_file(model, SPARSE_SIZE)
     before = bytes_read()
     with pytest.raises(BackendError) as info:
         OnnxRuntimeBackend(model, BackendOptions())
