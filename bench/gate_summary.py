@@ -89,14 +89,16 @@ def _has_models(report: dict) -> bool:
     )
 
 
-def run_errors(paths: list[Path]) -> list[tuple[str, str]]:
+def run_errors(paths: list[Path], with_quick: bool = False) -> list[tuple[str, str]]:
     """(model, error and where) for each model a run in ``paths`` stopped on: such a model has
     no rows in that run (``bench/audit_gate.py`` keeps the error under ``errors``), and a
-    summary without it read as a gate of the other models alone."""
+    summary without it read as a gate of the other models alone.  A ``--quick`` run's (its
+    command says so: the model has no settings) counts only ``with_quick``, as its rows do."""
     return [
         (model, f"{error} ({path}, {report.get('date', '?')})")
         for path in paths
         for report in _reports(path)
+        if with_quick or "--quick" not in str(report.get("command", "")).split()
         for model, error in (report.get("errors") or {}).items()
     ]
 
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--with-quick", action="store_true", help="also count --quick runs")
     args = p.parse_args(argv)
     entries = collect(args.reports, args.with_quick)
-    errors = run_errors(args.reports)
+    errors = run_errors(args.reports, args.with_quick)
     if not entries and not errors:
         raise SystemExit("no full-sweep run in these reports (add --with-quick for quick runs)")
     print(table(entries, errors))

@@ -1102,7 +1102,10 @@ class _PlainOutputs(nn.Module):
     """The original model returning plain tuples where it returns a ``NamedTuple``, as the
     locked model does (:func:`.lock.keyed_model.plain_outputs`): AOTInductor cannot serialise
     a NamedTuple class of the user's, and ``save_original=True`` failed with "AOTInductor
-    compilation failed (NotImplementedError: Can't serialize TreeSpec of namedtuple ...)"."""
+    compilation failed (NotImplementedError: Can't serialize TreeSpec of namedtuple ...)".
+    Used for those exports only (:func:`_for_export`): the wrapper prefixes every weight's name
+    with ``model.`` (ONNX initializers, ``skprotect scan --original``'s names) and renames
+    TorchScript's inputs."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -1110,6 +1113,28 @@ class _PlainOutputs(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         return plain_outputs(self.model(*inputs))
+
+
+def _holds_tuple_subclass(value: Any) -> bool:
+    """Whether ``value`` (a model's outputs) holds a ``NamedTuple`` or other tuple subclass,
+    through nested tuples, lists and dicts: what :func:`.lock.keyed_model.plain_outputs`
+    changes."""
+    if isinstance(value, tuple) and type(value) is not tuple:
+        return True
+    inner = value.values() if isinstance(value, dict) else value
+    return isinstance(value, tuple | list | dict) and any(map(_holds_tuple_subclass, inner))
+
+
+def _for_export(
+    module: nn.Module, fmt: ExportFormat, example: tuple[torch.Tensor, ...]
+) -> nn.Module:
+    """The original ``module`` to export to ``fmt``: itself, but for AOTInductor when it
+    returns a ``NamedTuple``, which :class:`_PlainOutputs` returns as a plain tuple."""
+    if fmt not in (ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU):
+        return module
+    with torch.no_grad():
+        named = _holds_tuple_subclass(module(*example))
+    return _PlainOutputs(module) if named else module
 
 
 def _export_originals(
@@ -1129,7 +1154,8 @@ def _export_originals(
             f"{request.model_name}/original/{request.model_name}_{fmt.slug}{exporter.extension}"
         )
         with step(f"Exporting the original (unlocked) model to {fmt.name}"):
-            module = _PlainOutputs(reference.to(device))
+            probe = tuple(_clones(request.input_tensors, device))  # forward may change it
+            module = _for_export(reference.to(device), fmt, probe)
             example = tuple(_clones(request.input_tensors, device))
             exporter.export(module, example, path, options, with_key=False)
             run = _on_copies(load_artifact(exporter, path, options))

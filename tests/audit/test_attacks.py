@@ -215,7 +215,7 @@ def test_from_scratch_learners_try_every_init_gain():
             assert torch.equal(g, d), name  # biases keep the layers' own reset values
     sweep = SweepConfig(init_gains=(None, 1.0, 2.0))
     runs = {None: [0.2, 0.5], 1.0: [0.4, 0.1], 2.0: [0.3, 0.3]}
-    assert best_over_gains(runs.__getitem__, sweep.init_gains) == [0.4, 0.5]  # per seed
+    assert best_over_gains(runs.__getitem__, sweep.init_gains, max) == [0.4, 0.5]  # per seed
 
 
 def test_report_verdicts_and_outputs():

@@ -39,8 +39,11 @@ def test_a_row_stored_without_unmeasured_fails_on_a_seed_at_accuracy_zero():
     assert judged.unmeasured == ["seed 1 (accuracy 0)"]
     assert any("not measured at seed 1 (accuracy 0)" in r for r in judged.reasons)
     assert _judged(_row("A3", [0.2, 0.1, 0.3]), {}).passed
-    # a row that records its seeds is judged by them: a measured 0 is a measured 0
-    assert _judged(_row("A1", [0.2, 0.0, 0.3], unmeasured=[]), {}).passed
+    # a row that records its seeds is judged by them: a measured 0 is a measured 0 (an A1 row
+    # with "unmeasured" but no "reference_unmeasured" is eb1301f's, whose list was always empty)
+    current = _row("A1", [0.2, 0.0, 0.3], unmeasured=[], reference_unmeasured=[])
+    assert _judged(current, {}).passed
+    assert not _judged(_row("A1", [0.2, 0.0, 0.3], unmeasured=[]), {}).passed
 
 
 def test_the_committed_gate_cells_are_still_read_and_pass(tmp_path):

@@ -235,12 +235,17 @@ def _baseline_cell(outcome: AttackOutcome) -> dict[str, list]:
 def _judged(stored: dict, baselines: dict[str, dict[str, list]]) -> AuditRow:
     """A stored row as a judged :class:`AuditRow`, with B(x) (:func:`_baseline`, by budget)
     and the seeds it did not measure filled in where it is the reference.
-    A gated fine-tune row stored before attacks recorded ``unmeasured`` (the committed full
-    gate's cells) gets the rule of its time: a seed at accuracy exactly 0 was not measured,
-    since a model with finite logits gets some test sample right."""
-    if "unmeasured" not in stored and stored["attack"] in {"A1", "A2", "A3", "A4"}:
+    A gated fine-tune row stored before it recorded its unmeasured seeds gets the rule of its
+    time: a seed at accuracy exactly 0 was not measured, since a model with finite logits gets
+    some test sample right.  Such are the rows without ``unmeasured`` (the committed full
+    gate's cells) and A1's, A3's and A4's without ``reference_unmeasured``: they were stored
+    with an empty ``unmeasured`` list, which only A2 filled."""
+    attack = stored["attack"]
+    if ("unmeasured" not in stored and attack in {"A1", "A2", "A3", "A4"}) or (
+        "reference_unmeasured" not in stored and attack in {"A1", "A3", "A4"}
+    ):
         zero = [f"seed {i} (accuracy 0)" for i, a in enumerate(stored["accuracies"]) if a == 0]
-        stored = {**stored, "unmeasured": zero}
+        stored = {**stored, "unmeasured": [*stored.get("unmeasured", ()), *zero]}
     row = AuditRow(**stored)
     if row.reference is None:
         baseline = baselines[f"{row.budget:g}"]

@@ -203,10 +203,10 @@ def fresh_model(make_model: Callable[[], nn.Module], gain: float | None = None) 
 def best_over_gains(
     run: Callable[[float | None], list[T]],
     gains: Sequence[float | None],
-    best: Callable[[Iterable[T]], T] = max,  # type: ignore[assignment]
+    best: Callable[[Iterable[T]], T],
 ) -> list[T]:
-    """Per seed, the ``best`` of ``run(gain)`` over ``gains`` (a sweep's init gains):
-    accuracies by ``max``, :class:`~.models.Score` values by :func:`~.models.best_score`."""
+    """Per seed, the ``best`` of ``run(gain)`` over ``gains`` (a sweep's init gains), e.g.
+    :func:`~.models.best_score` of :class:`~.models.Score` values."""
     per_gain = [
         part(f"gain-{'default' if gain is None else f'{gain:g}'}", partial(run, gain))
         for gain in gains

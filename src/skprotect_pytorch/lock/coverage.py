@@ -62,8 +62,10 @@ class WeightAlias:
     shape: tuple[int, ...]
 
 
-def _storage(tensor: torch.Tensor) -> int | None:
-    """Where ``tensor``'s elements live (``None`` for a tensor with no plain storage)."""
+def _span(tensor: torch.Tensor) -> tuple[int, int, int] | None:
+    """Where ``tensor``'s elements live: its storage and the bytes from its first to past its
+    last element (``None`` for a tensor with no plain storage).  Two tensors share values only
+    where these bytes overlap: a weight and a buffer cut apart from one tensor do not."""
     if (
         tensor.numel() == 0
         or tensor.is_meta
@@ -71,7 +73,14 @@ def _storage(tensor: torch.Tensor) -> int | None:
         or tensor.layout != torch.strided
     ):
         return None
-    return tensor.untyped_storage().data_ptr()
+    try:
+        storage, start = tensor.untyped_storage().data_ptr(), tensor.data_ptr()
+    except RuntimeError:  # a wrapper subclass (``_make_wrapper_subclass``) holds no memory
+        return None
+    last = sum(
+        (size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True)
+    )
+    return storage, start, start + (last + 1) * tensor.element_size()
 
 
 def _unwrapped_name(name: str) -> str:
@@ -81,14 +90,15 @@ def _unwrapped_name(name: str) -> str:
 
 
 def weight_aliases(model: nn.Module) -> list[WeightAlias]:
-    """The buffers and plain-attribute tensors (two or more dimensions) of ``model`` that share
-    a weight parameter's storage without being it.  Found on the user's model, before it is
-    copied: ``copy.deepcopy`` gives each parameter its own storage, so that the copy's buffer
-    holds the original values unnoticed while the layer is locked."""
-    params: dict[int, str] = {}
+    """The buffers and plain-attribute tensors (two or more dimensions) of ``model`` over some
+    of a weight parameter's elements without being it, once per name of a tied weight.
+    Found on the user's model, before it is copied: ``copy.deepcopy`` gives each parameter its
+    own storage, so that the copy's buffer holds the original values unnoticed while the layer
+    is locked."""
+    params: dict[int, list[tuple[int, int, str]]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        if param.dim() >= 2 and (where := _storage(param)) is not None:
-            params.setdefault(where, name)
+        if param.dim() >= 2 and (span := _span(param)) is not None:
+            params.setdefault(span[0], []).append((span[1], span[2], name))
     if not params:
         return []
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -101,10 +111,18 @@ def weight_aliases(model: nn.Module) -> list[WeightAlias]:
     ]
     found = []
     for path, owner, tensor in held:
-        where = _storage(tensor) if tensor.dim() >= 2 else None
-        if where in params:
-            names = (_unwrapped_name(n) for n in (path, owner, params[where]))
-            found.append(WeightAlias(*names, tuple(tensor.shape)))
+        span = _span(tensor) if tensor.dim() >= 2 else None
+        if span is None:
+            continue
+        storage, start, end = span
+        # a tied weight under each of its names: the alias is a weight if any of them is locked
+        over = [
+            name for first, past, name in params.get(storage, ()) if first < end and start < past
+        ]
+        for param in dict.fromkeys(over):
+            found.append(
+                WeightAlias(*map(_unwrapped_name, (path, owner, param)), tuple(tensor.shape))
+            )
     return found
 
 
@@ -113,11 +131,14 @@ def _aliased_weights(
 ) -> list[PlaintextWeight]:
     """The ``aliases`` of a locked layer's weight outside every locked layer: every export
     stores them as they are, beside the locked weight, so a thief solves the layer's key."""
-    found = []
+    found, named = [], set()
     for alias in aliases:
         layer = _covering(_owner(alias.param), locked_ids, modules)
-        if layer is None or _covering(alias.owner, locked_ids, modules) is not None:
+        if layer is None or alias.path in named:
             continue
+        if _covering(alias.owner, locked_ids, modules) is not None:
+            continue
+        named.add(alias.path)
         reason = (
             f"it holds the original values of '{alias.param}' of locked layer '{layer}' (the "
             "same storage: .data, .detach() or a view), which the locked model keeps as they "
