@@ -178,6 +178,11 @@ def _database_url_problem(url: str) -> str | None:
         parsed = make_url(db.normalise_url(url))
     except ArgumentError:  # not echoed: a mistyped URL may hold a password
         return f"is not a database URL (DIALECT://...); pass one such as {example}."
+    except ValueError:  # SQLAlchemy's int() of the port: a traceback before
+        return (
+            "has a port that is not a number (HOST:PORT, e.g. localhost:5432); pass a URL "
+            f"such as {example}."
+        )
     try:
         parsed.get_dialect()
     except NoSuchModuleError:

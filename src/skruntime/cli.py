@@ -161,9 +161,11 @@ def file_path(text: str) -> Path:
     ``/``, so ``-o out.npz/``, a folder by its spelling, wrote the file ``out.npz``. Refused."""
     path = Path(text)
     if text not in ("", ".") and os.path.basename(text) in ("", "."):  # '' is empty_path's
+        # '/', './' and '../' are folders without the '/' too: "pass '/'" contradicted itself
+        bare = "" if path.name in ("", ".", "..") else f"'{path}' (no trailing '/') or "
         raise typer.BadParameter(
             f"{text!r} names a folder (a trailing '/'), but a file is expected: pass "
-            f"'{path}' (no trailing '/') or a file in that folder"
+            f"{bare}a file in that folder"
         )
     return path
 
@@ -199,27 +201,47 @@ EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 pipe ended)."""
 
 
-#: errors of a write whose data found no room: on standard output (``> /dev/full``, a full disk)
-#: when they reach a command line's top (:class:`OutputGroup`), since the commands say those of
-#: the files they write themselves.
+#: errors of a write whose data found no room: standard output's only when standard output
+#: itself has none left (:func:`_stdout_without_room`): a protection or an audit writing its own
+#: files on a full disk is the command's error, not "the output could not be written".
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _stdout_without_room() -> bool:
+    """Whether standard output can take nothing more: ``/dev/full``, or a file at the file size
+    limit or on a disk without a free block. Checked where flushing cannot tell
+    (``PYTHONUNBUFFERED``: nothing is left in the buffer to fail again)."""
+    try:
+        fd = sys.stdout.fileno()
+        status = os.fstat(fd)
+        if stat.S_ISCHR(status.st_mode):
+            return status.st_rdev == os.stat("/dev/full").st_rdev
+        if not stat.S_ISREG(status.st_mode):
+            return False
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        at_limit = limit != resource.RLIM_INFINITY and status.st_size >= limit
+        return at_limit or os.fstatvfs(fd).f_bavail == 0
+    except (AttributeError, OSError, ValueError, ImportError):
+        return False  # no file behind it (a test's capture), or no such check here
 
 
 def stdout_failed(err: BaseException) -> TypeGuard[OSError]:
     """Whether ``err`` is standard output failing: a broken pipe (the only pipe these command
-    lines write to), a write that found no room (:data:`_NO_ROOM`: with ``PYTHONUNBUFFERED``
-    nothing is left to retry), or an error that flushing standard output raises again (what
-    could not be written stays in its buffer)."""
+    lines write to), an error that flushing standard output raises again (what could not be
+    written stays in its buffer), or a write that found no room while standard output has none
+    (:func:`_stdout_without_room`)."""
     if not isinstance(err, OSError):
         return False
-    if err.errno == errno.EPIPE or err.errno in _NO_ROOM:
+    if err.errno == errno.EPIPE:
         return True
     try:
         if sys.stdout is not None:
             sys.stdout.flush()
     except (OSError, ValueError):
         return True
-    return False
+    return err.errno in _NO_ROOM and _stdout_without_room()
 
 
 def stdout_failure(err: OSError, note: str = "") -> tuple[str, int]:

@@ -2016,10 +2016,15 @@ class LicenceClient:
         """The time now, when a renewal of ``licence`` (used up) may be asked for.
 
         Raises:
+            ClockRollbackError: the renewal is cached, issued ahead of this clock
+                (:meth:`_defer_to`): said so, not as a server that "granted no more".
             QuotaExhaustedError: the last renewal failed less than ``retry_seconds`` ago.
             and the errors of :meth:`_now`.
         """
         now = self._now()
+        cached = self._load_cached()
+        if cached is not None and cached.licence_id != licence.licence_id:
+            self._check_issued(cached, now)
         if now < self._next_retry:
             raise QuotaExhaustedError(
                 f"{self._used_up(licence)}; the licence server granted no more at the last "
