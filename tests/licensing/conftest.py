@@ -127,3 +127,29 @@ def tokens(sessions: Any) -> dict[str, str]:
             "admin": crud.create_token(session, "admin", "test"),
             "read-only": crud.create_token(session, "read-only", "test"),
         }
+
+
+@pytest.fixture
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``sklicense serve`` with the given options on an initialised SQLite database; uvicorn's
+    start is recorded in ``serve.started``, not run."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from sklicense.cli import app
+
+    for name in ("SKLICENSE_SIGNING_KEY_FILE", "SKLICENSE_STATE_DIR", "SKLICENSE_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    where = ["--state-dir", str(tmp_path / "state")]
+    where += ["--database-url", f"sqlite:///{tmp_path / 'sklicense.db'}"]
+    assert CliRunner().invoke(app, ["init", *where]).exit_code == 0
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))
+    for name in ("SKLICENSE_DATABASE_URL", "SKLICENSE_STATE_DIR"):  # serve sets them
+        monkeypatch.setenv(name, "")
+
+    def run(*options: str) -> Any:
+        return CliRunner().invoke(app, ["serve", *options, *where])
+
+    run.started = started
+    return run

@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from typer.testing import CliRunner
 from uvicorn.config import Config
 
-from sklicense.cli import app, listen_problem
+from sklicense.cli import listen_problem
 
 
 def _ipv6() -> bool:
@@ -79,19 +76,8 @@ def test_the_check_agrees_with_uvicorn(ipv4_port: int, host: str, workers: int) 
         assert binds  # the case the check refused
 
 
-def test_every_address_of_the_host_is_checked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_address_of_the_host_is_checked(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """``dual.test`` resolves to 127.0.0.1 and ::1, and ::1 is in use."""
-    for name in ("SKLICENSE_SIGNING_KEY_FILE", "SKLICENSE_STATE_DIR", "SKLICENSE_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    where = ["--state-dir", str(tmp_path / "state")]
-    where += ["--database-url", f"sqlite:///{tmp_path / 'sklicense.db'}"]
-    assert CliRunner().invoke(app, ["init", *where]).exit_code == 0
-    started: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))
-    for name in ("SKLICENSE_DATABASE_URL", "SKLICENSE_STATE_DIR"):  # serve sets them
-        monkeypatch.setenv(name, "")
     resolve = socket.getaddrinfo
 
     def dual(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
@@ -107,12 +93,10 @@ def test_every_address_of_the_host_is_checked(
         other.bind(("::1", 0))
         other.listen()
         port = other.getsockname()[1]
-        result = CliRunner().invoke(
-            app, ["serve", "--host", "dual.test", "--port", str(port), *where]
-        )
+        result = serve("--host", "dual.test", "--port", str(port))
     assert (result.exit_code, result.output) == (
         1,
         f"Error: cannot listen on dual.test (::1) port {port} (Address already in use): stop "
         "what uses that port, or pass another --port or --host\n",
     )
-    assert started == []
+    assert serve.started == []

@@ -5,35 +5,7 @@ before uvicorn starts: uvicorn logged these after starting and exited 3, and an 
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Any
-
-import pytest
-import uvicorn
-from typer.testing import CliRunner
-
-from sklicense.cli import app
-
-
-@pytest.fixture
-def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``sklicense serve`` with the given options on an initialised SQLite database; uvicorn's
-    start is recorded in ``serve.started``, not run."""
-    for name in ("SKLICENSE_SIGNING_KEY_FILE", "SKLICENSE_STATE_DIR", "SKLICENSE_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    where = ["--state-dir", str(tmp_path / "state")]
-    where += ["--database-url", f"sqlite:///{tmp_path / 'sklicense.db'}"]
-    assert CliRunner().invoke(app, ["init", *where]).exit_code == 0
-    started: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: started.append(kwargs))
-    for name in ("SKLICENSE_DATABASE_URL", "SKLICENSE_STATE_DIR"):  # serve sets them
-        monkeypatch.setenv(name, "")
-
-    def run(*options: str) -> Any:
-        return CliRunner().invoke(app, ["serve", *options, *where])
-
-    run.started = started
-    return run
 
 
 def test_an_empty_host_is_refused(serve: Any) -> None:
