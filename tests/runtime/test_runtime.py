@@ -683,7 +683,7 @@ def test_an_unreadable_model_file_says_what_to_do(
     errno's text and no way out."""
     out = app.copy(tmp_path / "app")
 
-    def denied(path: Path) -> ModelFile:
+    def denied(path: Path, check_size: object = None) -> ModelFile:
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(ModelFile, "read", denied)
