@@ -344,7 +344,9 @@ def audit(
     ] = "1,5,10,25",
     seeds: Annotated[
         int | None,
-        typer.Option(min=1, help="Seeds per budget, 1 to 100 (default: 3, or 1 with --quick)."),
+        typer.Option(  # max: audit.arguments.MAX_SEEDS, which imports torch
+            min=1, max=100, help="Seeds per budget, 1 to 100 (default: 3, or 1 with --quick)."
+        ),
     ] = None,
     attacks: Annotated[
         str, typer.Option(help="Attacks to run, comma-separated (A0 … A5; default: all).")
