@@ -299,8 +299,8 @@ def _refuse_untraceable_outputs(outputs: Any, formats: Iterable[ExportFormat]) -
     traced = [
         f.name for f in formats if f in (ExportFormat.TORCHSCRIPT_CPU, ExportFormat.TORCHSCRIPT_GPU)
     ]
-    where = _untraceable(outputs)
-    if traced and where is not None:
+    where = _untraceable(outputs) if traced else None
+    if where is not None:
         raise InvalidArgumentError(
             f"The model's outputs hold a structure at {where} that {', '.join(traced)} "
             "(torch.jit.trace) cannot return: TorchScript outputs are tensors, tuples, "

@@ -30,7 +30,8 @@ def _model(fill: float | None) -> nn.Sequential:
 
 
 def _shared(model: nn.Module) -> list[tuple[str, ...]]:
-    locked = lock_model(model, layer_filter=lambda n, m: True, secret_rng=np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    locked = lock_model(model, layer_filter=lambda n, m: True, secret_rng=rng, find_shared=True)
     return locked.shared_weights
 
 

@@ -166,7 +166,7 @@ def lock_model(
     settings: LockSettings | None = None,
     public_seed: str = "",
     in_place: bool = False,
-    find_shared: bool = True,
+    find_shared: bool = False,
     aliases: list[WeightAlias] | None = None,
 ) -> LockedModel:
     """Return a locked deep copy of ``model``; the user's model object is never modified.
