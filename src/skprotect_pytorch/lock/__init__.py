@@ -236,15 +236,10 @@ def lock_model(
             f"layer types are {names}; "
             "check layer_filter."
         )
-    plaintext = plaintext_weights(
-        work,
-        (d.name for d in decisions if d.locked),
-        {d.name: d.reason for d in decisions if not d.locked},
-        kept,
-        aliases,
-    )
-    buffers = plaintext_buffers(work, (d.name for d in decisions if d.locked), aliases)
-    locked_names = (d.name for d in decisions if d.locked)
+    locked_names = [d.name for d in decisions if d.locked]
+    unlocked = {d.name: d.reason for d in decisions if not d.locked}
+    plaintext = plaintext_weights(work, locked_names, unlocked, kept, aliases)
+    buffers = plaintext_buffers(work, locked_names, aliases)
     shared = shared_locked_weights(work, locked_names) if find_shared else []
     locked_root = _swap(work, replacements)
     keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots, plaintext)

@@ -19,7 +19,7 @@ from .base import MAX_ONNX_BYTES, BackendOptions, ModelFile, as_numpy
 from .gpu import ORT_CUDA_FP32_OPTIONS
 from .inputs import INPUTS_METADATA, parse_specs
 
-__all__ = ["MAX_ONNX_BYTES", "OnnxRuntimeBackend"]
+__all__ = ["OnnxRuntimeBackend"]
 
 
 def _check_size(path: Path, size: int) -> None:

@@ -1372,9 +1372,12 @@ class LicenceClient:
         """Forget the licence request ``body``: the server answered it. The file is removed
         only while it holds this request (another process may have written its own since);
         where it cannot be (a read-only or full state folder) it stays, with a warning: the
-        answer is not lost for it, and a resend of an answered request is answered again."""
-        if self._pending is not None and self._pending.get("nonce") == body["nonce"]:
-            self._pending = None
+        answer is not lost for it, and a resend of an answered request is answered again.
+        Every request sent is held first (:meth:`_hold_unanswered`, :meth:`_unanswered`), so
+        one no longer held was forgotten already: the file is not read again."""
+        if self._pending is None or self._pending.get("nonce") != body["nonce"]:
+            return
+        self._pending = None
         try:
             with state_lock(self.state_dir, f"pending_{self.application}"):
                 try:
