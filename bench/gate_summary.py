@@ -22,6 +22,7 @@ import argparse
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 GATED = ("A0", "A1", "A2", "A3", "A4")
@@ -29,6 +30,8 @@ GATED = ("A0", "A1", "A2", "A3", "A4")
 CONTEXT = ("seeds", "sweep", "victim_epochs", "data_seed", "lock_seed", "lock_settings", "target")
 """The settings a run's numbers depend on (what names its cells): runs merged into one row must
 agree on them, or the row would mix two victims, locks or sweeps."""
+DATE_FORMAT = "%Y-%m-%d %H:%M UTC"
+"""How ``bench/audit_gate.py`` writes a report's ``date``: when the run started."""
 NOT_RUN_BUDGET = re.compile(r"@(\S+) \(|rows at (\S+) % ")
 """The budget in a report's ``not_run`` item (``A3@25 (not computed yet)``, ``the rows at 25 %
 stored but not judged: ...``); an item without one (``A0 ...``) holds at every budget."""
@@ -93,14 +96,46 @@ def run_errors(paths: list[Path], with_quick: bool = False) -> list[tuple[str, s
     """(model, error and where) for each model a run in ``paths`` stopped on: such a model has
     no rows in that run (``bench/audit_gate.py`` keeps the error under ``errors``), and a
     summary without it read as a gate of the other models alone.  A ``--quick`` run's (its
-    command says so: the model has no settings) counts only ``with_quick``, as its rows do."""
+    command says so: the model has no settings) counts only ``with_quick``, as its rows do.  An
+    error older than a run holding rows of its model is left out: that rerun replaced it."""
+    newest = _newest_rows(paths, with_quick)
     return [
         (model, f"{error} ({path}, {report.get('date', '?')})")
         for path in paths
         for report in _reports(path)
         if with_quick or "--quick" not in str(report.get("command", "")).split()
         for model, error in (report.get("errors") or {}).items()
+        if not _replaced(_when(report), newest.get(model))
     ]
+
+
+def _when(report: dict) -> datetime | None:
+    """When a run started (its ``date``), or None for a report without one in
+    :data:`DATE_FORMAT`."""
+    try:
+        return datetime.strptime(str(report.get("date")), DATE_FORMAT)
+    except ValueError:
+        return None
+
+
+def _newest_rows(paths: list[Path], with_quick: bool) -> dict[str, datetime]:
+    """model -> when the newest run in ``paths`` holding rows of it started (the runs
+    :func:`collect` counts, with a readable date)."""
+    newest: dict[str, datetime] = {}
+    for path in paths:
+        for report in _reports(path):
+            when = _when(report)
+            for model in _models(report):
+                name = model["settings"]["model"]
+                if when and (with_quick or not model["settings"].get("quick")):
+                    newest[name] = max(when, newest.get(name, when))
+    return newest
+
+
+def _replaced(failed_at: datetime | None, rows_at: datetime | None) -> bool:
+    """Whether a run that stopped on a model at ``failed_at`` was run again later with rows at
+    ``rows_at``; undated, or in the same minute, it is not known to be and stays shown."""
+    return failed_at is not None and rows_at is not None and rows_at > failed_at
 
 
 def _models(report: dict) -> list[dict]:
