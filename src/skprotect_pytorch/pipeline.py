@@ -59,6 +59,7 @@ from .export.base import (
     Runner,
     VersionedCopies,
     check_outputs,
+    dataclass_fields,
     first_line,
     load_artifact,
     numpy_holds,
@@ -112,18 +113,22 @@ class ProtectRequest:
 
 
 def _as_numpy(outputs: Any) -> list[np.ndarray]:
-    """Flatten a model's outputs (tensor, tuple, list, dict, nested) to a list of arrays: a
-    dict's values in their order, the rule of the exporters' check
-    (:func:`~skprotect_pytorch.export.base.flatten_outputs`) and of the runtime's backends."""
+    """Flatten a model's outputs (tensor, tuple, list, dict, dataclass, nested) to a list of
+    arrays: a dict's values and a dataclass's fields in their order, the rule of the exporters'
+    check (:func:`~skprotect_pytorch.export.base.flatten_outputs`) and of the runtime's
+    backends."""
     if isinstance(outputs, torch.Tensor):
         return [outputs.detach().cpu().numpy()]
     if isinstance(outputs, dict):
         outputs = list(outputs.values())
+    elif (fields := dataclass_fields(outputs)) is not None:
+        outputs = list(fields.values())
     if isinstance(outputs, list | tuple):
         return [a for o in outputs if o is not None for a in _as_numpy(o)]
     raise ExportError(
-        f"The model returned {type(outputs).__name__}; only tensors and (nested) tuples, lists "
-        "or dicts of tensors can be exported. Wrap the model so forward() returns tensors."
+        f"The model returned {type(outputs).__name__}; only tensors and (nested) tuples, lists, "
+        "dicts or dataclasses of tensors can be exported. Wrap the model so forward() returns "
+        "tensors."
     )
 
 
@@ -230,10 +235,12 @@ def _warn_migrated(request: ProtectRequest, config: Config | None) -> None:
 
 
 def _output_leaves(outputs: Any, where: str = "output") -> Iterator[tuple[str, Any]]:
-    """The leaves of the (nested) tuples, lists and dicts of ``outputs``, each with where it is:
-    ``output[0]``, ``output['loss']``."""
+    """The leaves of the (nested) tuples, lists, dicts and dataclasses of ``outputs``, each with
+    where it is: ``output[0]``, ``output['loss']``, ``output.logits``."""
     if isinstance(outputs, dict):
         items = [(f"{where}[{k!r}]", v) for k, v in outputs.items()]
+    elif (fields := dataclass_fields(outputs)) is not None:
+        items = [(f"{where}.{k}", v) for k, v in fields.items()]
     elif isinstance(outputs, list | tuple):
         items = [(f"{where}[{i}]", v) for i, v in enumerate(outputs)]
     else:
@@ -275,7 +282,8 @@ def _untraceable(value: Any, where: str = "output") -> str | None:
     non-empty dicts with string keys whose values are all tensors or all tuples of as many
     tensors (TorchScript types a list or dict by one element type). Measured on torch 2.13:
     a dict mixing a tensor and a tuple, a dict of lists or dicts, a list of tuples and empty
-    containers fail the trace."""
+    containers fail the trace. A dataclass (not a dict) is traced as the tuple of its fields
+    (:func:`~.lock.keyed_model.plain_outputs`)."""
     if isinstance(value, torch.Tensor):
         return None
     if isinstance(value, tuple):
@@ -288,6 +296,9 @@ def _untraceable(value: Any, where: str = "output") -> str | None:
         kinds = {_dict_value_kind(v) for v in value.values()}
         keys = all(isinstance(k, str) for k in value)
         return None if keys and len(kinds) == 1 and None not in kinds else where
+    if (fields := dataclass_fields(value)) is not None:
+        inner = (_untraceable(v, f"{where}.{k}") for k, v in fields.items())
+        return next((w for w in inner if w is not None), None)
     return where
 
 
@@ -1099,13 +1110,13 @@ def _run_group(
 
 
 class _PlainOutputs(nn.Module):
-    """The original model returning plain tuples where it returns a ``NamedTuple``, as the
-    locked model does (:func:`.lock.keyed_model.plain_outputs`): AOTInductor cannot serialise
-    a NamedTuple class of the user's, and ``save_original=True`` failed with "AOTInductor
-    compilation failed (NotImplementedError: Can't serialize TreeSpec of namedtuple ...)".
-    Used for those exports only (:func:`_for_export`): the wrapper prefixes every weight's name
-    with ``model.`` (ONNX initializers, ``skprotect scan --original``'s names) and renames
-    TorchScript's inputs."""
+    """The original model returning plain tuples where it returns a ``NamedTuple`` or a
+    dataclass, as the locked model does (:func:`.lock.keyed_model.plain_outputs`): AOTInductor
+    cannot serialise a NamedTuple class of the user's, and ``save_original=True`` failed with
+    "AOTInductor compilation failed (NotImplementedError: Can't serialize TreeSpec of
+    namedtuple ...)"; no export returns a dataclass. Used for those exports only
+    (:func:`_for_export`): the wrapper prefixes every weight's name with ``model.`` (ONNX
+    initializers, ``skprotect scan --original``'s names) and renames TorchScript's inputs."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -1115,26 +1126,44 @@ class _PlainOutputs(nn.Module):
         return plain_outputs(self.model(*inputs))
 
 
-def _holds_tuple_subclass(value: Any) -> bool:
-    """Whether ``value`` (a model's outputs) holds a ``NamedTuple`` or other tuple subclass,
-    through nested tuples, lists and dicts: what :func:`.lock.keyed_model.plain_outputs`
-    changes."""
-    if isinstance(value, tuple) and type(value) is not tuple:
+def _holds(value: Any, found: Callable[[Any], bool]) -> bool:
+    """Whether ``value`` (a model's outputs) or anything in it, through nested tuples, lists,
+    dicts and dataclasses, is ``found``: what :func:`.lock.keyed_model.plain_outputs` changes."""
+    if found(value):
         return True
-    inner = value.values() if isinstance(value, dict) else value
-    return isinstance(value, tuple | list | dict) and any(map(_holds_tuple_subclass, inner))
+    if isinstance(value, dict):
+        inner = value.values()
+    elif (fields := dataclass_fields(value)) is not None:
+        inner = fields.values()
+    elif isinstance(value, tuple | list):
+        inner = value
+    else:
+        return False
+    return any(_holds(v, found) for v in inner)
+
+
+def _tuple_subclass(value: Any) -> bool:
+    """A ``NamedTuple``, or another tuple subclass (``torch.return_types``)."""
+    return isinstance(value, tuple) and type(value) is not tuple
+
+
+def _dataclass(value: Any) -> bool:
+    """A dataclass instance that is not a dict (a dataclass class is not one; Hugging Face's
+    ``ModelOutput`` is a dict, which every export returns)."""
+    return not isinstance(value, dict) and dataclass_fields(value) is not None
 
 
 def _for_export(
     module: nn.Module, fmt: ExportFormat, example: tuple[torch.Tensor, ...]
 ) -> nn.Module:
-    """The original ``module`` to export to ``fmt``: itself, but for AOTInductor when it
-    returns a ``NamedTuple``, which :class:`_PlainOutputs` returns as a plain tuple."""
-    if fmt not in (ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU):
-        return module
+    """The original ``module`` to export to ``fmt``: itself, but when it returns a dataclass
+    (which no export returns) or, for AOTInductor, a ``NamedTuple``, :class:`_PlainOutputs`
+    returning it as a plain tuple."""
     with torch.no_grad():
-        named = _holds_tuple_subclass(module(*example))
-    return _PlainOutputs(module) if named else module
+        outputs = module(*example)
+    inductor = fmt in (ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
+    plain = _holds(outputs, _dataclass) or (inductor and _holds(outputs, _tuple_subclass))
+    return _PlainOutputs(module) if plain else module
 
 
 def _export_originals(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import json
 import logging
@@ -136,17 +137,27 @@ def check_example_inputs(
     return tuple(example_inputs)
 
 
+def dataclass_fields(value: Any) -> dict[str, Any] | None:
+    """A dataclass instance's fields, name -> value in their declared order (the order its
+    outputs flatten in), or None for any other value (a dataclass class included)."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return None
+    return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+
+
 def flatten_outputs(out: Any) -> list[Tensor]:
-    """Model outputs (tensor, tuple/list, dict, nested) as a flat list of tensors."""
+    """Model outputs (tensor, tuple/list, dict, dataclass, nested) as a flat list of tensors."""
     if isinstance(out, Tensor):
         return [out]
     if isinstance(out, dict):
         out = list(out.values())
+    elif (fields := dataclass_fields(out)) is not None:
+        out = list(fields.values())
     if isinstance(out, list | tuple):
         return [t for item in out for t in flatten_outputs(item)]
     raise ExportError(
         f"The model returned a {type(out).__name__}; exported models must return tensors "
-        "(or tuples, lists or dicts of tensors)."
+        "(or tuples, lists, dicts or dataclasses of tensors)."
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..export.base import dataclass_fields
 from .context import KeySlots
 from .coverage import PlaintextWeight
 from .key_layout import KeyDecoder
@@ -26,17 +27,21 @@ def _mha_fastpath_disabled():
 
 def plain_outputs(value: Any) -> Any:
     """``value`` (a model's outputs) with every ``NamedTuple`` (or other tuple subclass, such as
-    ``torch.return_types``) a plain tuple, through nested tuples, lists and dicts: the exports
-    flatten outputs to tensors in the same order either way, but AOTInductor cannot serialise a
-    NamedTuple class of the user's ("Can't serialize TreeSpec of namedtuple class"), which
-    failed after the lock and the other exports."""
+    ``torch.return_types``) and every dataclass instance a plain tuple (of its fields, in their
+    order), through nested tuples, lists and dicts: the exports flatten outputs to tensors in
+    the same order either way, but AOTInductor cannot serialise a NamedTuple class of the
+    user's ("Can't serialize TreeSpec of namedtuple class"), which failed after the lock and
+    the other exports, and no export returns a dataclass of the user's (``torch.jit.trace``
+    and ``torch.export`` refuse it). A dict (a dataclass that is one too, as Hugging Face's
+    ``ModelOutput``) stays a dict."""
     if isinstance(value, tuple):
         return tuple(plain_outputs(v) for v in value)
     if isinstance(value, list):
         return [plain_outputs(v) for v in value]
     if isinstance(value, dict):
         return {k: plain_outputs(v) for k, v in value.items()}
-    return value
+    fields = dataclass_fields(value)
+    return value if fields is None else tuple(plain_outputs(v) for v in fields.values())
 
 
 class KeyedModel(nn.Module):
