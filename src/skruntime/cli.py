@@ -269,7 +269,9 @@ class OutputGroup(TyperGroup):
     ``--version`` or a command's result, to ``/dev/full`` or a closed pipe) is one line on
     stderr (:meth:`say`) and :func:`stdout_failure`'s exit code, where typer printed a
     traceback, or exited 1 without a word on a broken pipe (rich, which prints the help, ends
-    the process with ``SystemExit(1)`` while handling the ``BrokenPipeError``)."""
+    the process with ``SystemExit(1)`` while handling the ``BrokenPipeError``). A closed pipe
+    while the command line is parsed (:func:`_while_parsing`: ``--help | head -1``) is silent
+    and exits 141, as ``ls --help`` and ``git --help`` do: its reader took what it wanted."""
 
     def say(self, message: str) -> None:
         """Print the ``error:`` line of a failed standard output."""
@@ -285,6 +287,9 @@ class OutputGroup(TyperGroup):
                 raise  # a command's own exit
             if not stdout_failed(err):
                 raise
+            if err.errno == errno.EPIPE and _while_parsing(raised):
+                discard_stdout()
+                raise typer.Exit(EXIT_BROKEN_PIPE) from None
             message, code = stdout_failure(err)
             with suppress(OSError):  # stderr may be the closed pipe too
                 self.say(message)
@@ -299,6 +304,18 @@ class OutputGroup(TyperGroup):
         """The commands, and their ``--help``."""
         with self._stdout_errors():
             return super().invoke(ctx)
+
+
+def _while_parsing(err: BaseException) -> bool:
+    """Whether ``err`` was raised while a command line was parsed (in click's
+    ``make_context``, of the top group or of a command): only ``--help``, ``--version`` and a
+    group run without a command print then, never a command's result."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "make_context":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 @contextmanager
