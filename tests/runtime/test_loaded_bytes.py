@@ -109,9 +109,9 @@ def test_a_model_file_replaced_after_its_check_does_not_run(
 def test_an_inductor_package_is_loaded_from_a_private_copy_of_the_checked_bytes(
     inductor_pair: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """aoti_load_package reads only a path: it gets a copy of the verified bytes in a new 0700
-    folder, removed once loaded (the model runs without it). Before, it read the replaced
-    deployed file."""
+    """aoti_load_package reads only a path: it gets a copy of the verified bytes in the load's
+    new 0700 folder, removed once loaded (the model runs without it). Before, it read the
+    replaced deployed file."""
     seen: list[tuple[Path, int, str]] = []
     load = torch._inductor.aoti_load_package
 
@@ -126,7 +126,7 @@ def test_an_inductor_package_is_loaded_from_a_private_copy_of_the_checked_bytes(
     np.testing.assert_allclose(got, _expected(), rtol=1e-4, atol=1e-5)
     verified = SkRuntime(inductor_pair[0]).config.models["net"].formats["inductor_cpu"].sha256
     assert [(mode, digest) for _, mode, digest in seen] == [(0o700, verified)]
-    assert not seen[0][0].parent.exists()  # removed once loaded: the model ran without it
+    assert not seen[0][0].exists()  # removed once loaded: the model ran without it
 
 
 class _Package:

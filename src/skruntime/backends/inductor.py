@@ -14,9 +14,11 @@ before every call. This module is that one implementation; the protector's expor
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -292,11 +294,13 @@ def check_torch_options(options: BackendOptions, valid: Sequence[str], kind: str
 _SESSION_OPTIONS = ("run_single_threaded",)
 
 
-def _remove_folder(folder: str, owner: int) -> None:
+def _remove_folder(folder: str, owner: int, lock: int) -> None:
     """Remove ``folder`` if this is the process ``owner`` that made it: a child forked from it
-    (a server's worker) runs the same finalizers when it exits, while its parent still uses it."""
+    (a server's worker) runs the same finalizers when it exits, while its parent still uses it.
+    Then close ``lock``, its descriptor (:func:`_private_folder`), in either process."""
     if os.getpid() == owner:
         shutil.rmtree(folder, ignore_errors=True)
+    os.close(lock)
 
 
 class _Package:
@@ -309,12 +313,13 @@ class _Package:
 
     ``folder``: the private folder torch extracted the package into (:func:`_in_private_folder`),
     removed with the package (or when the process exits) by the process that loaded it, not
-    before: a GPU package loads its kernels from there on their first call."""
+    before: a GPU package loads its kernels from there on their first call. ``lock``: its
+    locked descriptor (:func:`_private_folder`), closed then."""
 
     __slots__ = ("__weakref__", "lock", "metadata", "model")
 
-    def __init__(self, model: Any, single_threaded: bool, folder: str) -> None:
-        weakref.finalize(self, _remove_folder, folder, os.getpid())
+    def __init__(self, model: Any, single_threaded: bool, folder: str, lock: int) -> None:
+        weakref.finalize(self, _remove_folder, folder, os.getpid(), lock)
         self.model = model
         self.metadata: dict[str, str] = dict(model.get_metadata())
         self.lock = threading.Lock() if single_threaded else None
@@ -361,12 +366,81 @@ def _tmpdir(folder: str) -> Iterator[None]:
                 os.environ["TMPDIR"] = previous
 
 
-def _private_folder(prefix: str, package: Path, size: int) -> str:
-    """A new folder only this user can enter (``tempfile.mkdtemp``), for loading ``package``
-    (``size`` bytes); BackendError with what to do where Python has no usable temporary folder
-    (none of ``TMPDIR``, /tmp, /var/tmp, /usr/tmp and the current folder is writable)."""
+_PRIVATE_PREFIX = "skruntime-aoti-"
+#: A private folder's name: the prefix, the pid of the process that made it, ``tempfile``'s
+#: random part. Folders of earlier versions (no pid, no lock) never match: they are left alone.
+_PRIVATE_NAME = re.compile(re.escape(_PRIVATE_PREFIX) + r"[0-9]+-[a-z0-9_]+")
+
+
+def _locked(folder: str) -> int | None:
+    """A descriptor of ``folder`` (not followed if a symbolic link) holding its exclusive
+    ``flock``, or None where a sweep (:func:`_sweep_leftovers`) holds it, or removed the folder
+    before it could be locked. Where the file system has no ``flock`` (some NFS mounts), the
+    descriptor without the lock: no sweep can lock such a folder either, so none removes it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        return tempfile.mkdtemp(prefix=prefix)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a sweep is removing it
+        os.close(fd)
+        return None
+    except OSError:  # no flock here
+        return fd
+    kept = False
+    try:
+        kept = os.path.samestat(os.fstat(fd), os.lstat(folder))
+    except FileNotFoundError:  # a sweep removed it between its creation and the lock
+        pass
+    finally:
+        if not kept:
+            os.close(fd)
+    return fd if kept else None
+
+
+def _remove_if_abandoned(path: str) -> None:
+    """Remove the private folder ``path`` if it is this user's, a real folder (not a symbolic
+    link) and no process holds its lock: the process that made it is gone, killed before it
+    could remove it (a lock dies with its last process, whatever reuses the pid). The lock is
+    held while the folder is removed, so a load that has just created it does not use it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:  # a symbolic link (ELOOP), not a folder, gone, or not ours to open
+        return
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.path.samestat(os.fstat(fd), os.lstat(path)):
+            shutil.rmtree(path, ignore_errors=True)
+    except OSError:  # held by a live process (or no flock here, or gone meanwhile)
+        return
+    finally:
+        os.close(fd)
+
+
+def _sweep_leftovers(parent: str) -> None:
+    """Remove from ``parent`` the private folders of this user's loads whose process is gone
+    (:func:`_remove_if_abandoned`): a process killed with SIGKILL (the OOM killer, a container
+    stopped hard) runs no finalizer, and left its folder, with the package extracted in it,
+    for ever."""
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            if _PRIVATE_NAME.fullmatch(entry.name):
+                _remove_if_abandoned(entry.path)
+
+
+def _private_folder(package: Path, size: int) -> tuple[str, int]:
+    """A new folder only this user can enter (``tempfile.mkdtemp``, named
+    ``skruntime-aoti-<pid>-*``), for loading ``package`` (``size`` bytes), and its descriptor
+    holding its lock (:func:`_locked`) until the folder is removed: what marks it used. The
+    folders of loads whose process is gone are removed first (:func:`_sweep_leftovers`).
+    BackendError with what to do where Python has no usable temporary folder (none of
+    ``TMPDIR``, /tmp, /var/tmp, /usr/tmp and the current folder is writable)."""
+    try:
+        _sweep_leftovers(tempfile.gettempdir())
+        while True:  # a sweep of another process can take a new folder once, not for ever
+            folder = tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-")
+            if (lock := _locked(folder)) is not None:
+                return folder, lock
     except OSError as err:
         where = f" in {Path(err.filename).parent}" if err.filename else ""
         raise BackendError(
@@ -380,16 +454,17 @@ def _private_folder(prefix: str, package: Path, size: int) -> str:
 def _in_private_folder(
     load: Callable[[str], Any], package: Path, size: int, options: dict[str, bool]
 ) -> _Package:
-    """The package ``load`` returns, given a new private folder (``skruntime-aoti-*``, in
+    """The package ``load`` returns, given a new private folder (:func:`_private_folder`, in
     Python's temporary folder) for torch to extract it into (:func:`_aoti_load`): removed at
     once if the load fails, else with the package (or when the process exits), not before: a
-    GPU package loads its kernels from there on their first call. ``package`` (``size``
-    bytes) is named where no folder can be created (BackendError)."""
-    folder = _private_folder("skruntime-aoti-", package, size)
+    GPU package loads its kernels from there on their first call; or by a later load's sweep
+    once the process is gone. ``package`` (``size`` bytes) is named where no folder can be
+    created (BackendError)."""
+    folder, lock = _private_folder(package, size)
     try:
-        return _Package(load(folder), options.get("run_single_threaded", False), folder)
+        return _Package(load(folder), options.get("run_single_threaded", False), folder, lock)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_folder(folder, os.getpid(), lock)
         raise
 
 
@@ -420,26 +495,26 @@ def _load_bytes(model: ModelFile, device_index: int, options: dict[str, bool], f
     torch raises, and BackendError where the copy cannot be written (a full disk).
 
     ``aoti_load_package`` reads only a path (given a buffer, torch writes it to a temporary file
-    itself), so the bytes are written to a private copy: a new folder only this user can enter
-    (0700), the file created there exclusively. torch extracts what it needs while loading, so
-    the copy is removed right after: the model runs without it."""
+    itself), so the bytes are written to a private copy: in ``folder`` (0700, this load's own,
+    swept with it if the process is killed), the file created there exclusively. torch extracts
+    what it needs while loading, so the copy is removed right after: the model runs without
+    it."""
     check_package(model)
-    private = _private_folder("skruntime-", model.path, len(model.data))
+    copy = Path(folder) / "model.pt2"
     try:
-        copy = Path(private) / "model.pt2"
         try:
             with open(copy, "xb") as f:
                 f.write(model.data)
         except OSError as err:  # a full disk: torch has not seen the package, re-deploying fails
             raise BackendError(
                 f"The AOTInductor package {model.path} ({len(model.data):,} bytes) could not be "
-                f"copied to the temporary folder {Path(private).parent} for torch to load it: "
+                f"copied to the temporary folder {Path(folder).parent} for torch to load it: "
                 f"{err.strerror or err}. Make room there for about twice its size (the copy, "
                 "and what torch extracts from it), or point TMPDIR to a folder that has it."
             ) from None
         return _aoti_load(copy, folder, device_index, options)
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        copy.unlink(missing_ok=True)
 
 
 def unpack_problem(err: BaseException) -> str | None:
