@@ -136,16 +136,22 @@ def _check_threads(value: int | None) -> int | None:
     return value
 
 
-def _not_a_file(path: Path, what: str, kind: str | None = None) -> _CliError:
+def _not_a_file(
+    path: Path, what: str, kind: str | None = None, wanted: str | None = None
+) -> _CliError:
     """The error for a path that should be an existing file: a folder, a named pipe or a
     device (whose reads block or never end), or nothing there. ``kind``: what the path was
-    found to be (:class:`~skruntime.files.NotRegularFileError`), else it is looked at."""
+    found to be (:class:`~skruntime.files.NotRegularFileError`), else it is looked at;
+    ``wanted``: the file to pass instead, when "the file" does not say which."""
     from skruntime.files import path_kind
 
     kind = kind or path_kind(path)
     if kind is not None:
-        return _CliError(f"{what} {path} is {kind}, not a file; pass the file.", EXIT_NOT_FOUND)
-    return _CliError(f"{what} {path} does not exist.", EXIT_NOT_FOUND)
+        return _CliError(
+            f"{what} {path} is {kind}, not a file; pass {wanted or 'the file'}.", EXIT_NOT_FOUND
+        )
+    advice = f"; pass {wanted}" if wanted else ""
+    return _CliError(f"{what} {path} does not exist{advice}.", EXIT_NOT_FOUND)
 
 
 def empty_path(path: Path, option: str, wanted: str = "a file name") -> str | None:
@@ -489,7 +495,10 @@ def output_problem(path: Path) -> str | None:
     work: the file a symbolic link names is checked (:func:`write_output_file` replaces that
     one), and a device or named pipe needs no writable folder, only write permission."""
     from skruntime.config import unwritable_reason
+    from skruntime.files import LINK_LOOP, path_kind
 
+    if path_kind(path) == LINK_LOOP:  # realpath stops in the loop: its write failed after the run
+        return f"it is {LINK_LOOP}; pass another path"
     if _is_special(path):  # through its links, not realpath: /dev/stdout names "pipe:[…]"
         return None if os.access(path, os.W_OK) else "it is not writable; pass another path"
     return unwritable_reason(os.path.realpath(path))
@@ -600,6 +609,10 @@ def _read_key_file(path: Path) -> tuple[bytes, int]:
         return f.read(_KEY_FILE_LIMIT + 1), stat.S_IMODE(os.fstat(f.fileno()).st_mode)
 
 
+#: What ``--kek`` takes, for its errors.
+_KEK_FILE = "the key-encryption key file that `skprotect export-kek` writes"
+
+
 def _read_kek(value: str | os.PathLike[str]) -> bytes:
     """The LINUX key-encryption key from a file: raw 32 bytes, or base64 as ``skprotect
     export-kek`` writes it (like ``--server-public-key``, which takes both). ``value``: the
@@ -623,8 +636,9 @@ def _read_kek(value: str | os.PathLike[str]) -> bytes:
         )
     try:
         data, mode = _read_key_file(path)
-    except (NotRegularFileError, FileNotFoundError) as err:
-        raise _not_a_file(path, "key-encryption key file", getattr(err, "kind", None)) from err
+    except (NotRegularFileError, FileNotFoundError) as err:  # /dev/null: a device, exit 6
+        kind = getattr(err, "kind", None)
+        raise _not_a_file(path, "--kek", kind, _KEK_FILE) from err
     except OSError as err:  # e.g. no read permission: one line, not errno's bare text
         raise _CliError(
             f"--kek {path} cannot be read: {err.strerror or err}. Give this user read access "
@@ -633,9 +647,9 @@ def _read_kek(value: str | os.PathLike[str]) -> bytes:
         ) from err
     kek = _key_bytes(data, raw=True)
     if kek is None:
+        content = "holds no key-encryption key" if data else "is empty"
         raise _CliError(
-            f"{path} holds no key-encryption key: expected 32 bytes, raw or base64-encoded (as "
-            "`skprotect export-kek` writes it).",
+            f"--kek {path} {content}: expected 32 bytes, raw or base64-encoded; pass {_KEK_FILE}.",
             EXIT_KEY,
         )
     harm = "decrypts every model key of the application"
@@ -674,6 +688,16 @@ def _read_server_public_key(value: str) -> bytes:
     return key
 
 
+def _input_at(output: Path, inputs: Sequence[Path]) -> Path | None:
+    """The input file that ``output`` is, by its device and inode (another spelling, a symbolic
+    or a hard link), or None: ``-o x.npy -i x.npy`` replaced the inputs with the outputs."""
+    for path in inputs:
+        with suppress(OSError):  # either missing: nothing to replace, or the read says why
+            if os.path.samefile(output, path):
+                return path
+    return None
+
+
 def _application_folders(outputs_dir: Path) -> list[str]:
     """The folders in ``outputs_dir`` that hold a configuration, when it holds none itself:
     ``skprotect run outputs MODEL`` (the folder above the application's) was told only that
@@ -707,6 +731,8 @@ def _run(
     server_public_key: str | None = None,
     state_dir: Path | None = None,
 ) -> dict[str, Any]:
+    from skruntime.files import path_kind
+
     for option, path in [*(("--input", p) for p in inputs), ("--output", output)]:
         if path is None:
             continue
@@ -722,8 +748,15 @@ def _run(
             raise _CliError(f"{option} must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
     if output is not None and (problem := output_problem(output)):  # before the model runs
         raise _CliError(f"--output {output}: {problem}.", EXIT_USAGE)
+    if output is not None and (source := _input_at(output, inputs)) is not None:
+        raise _CliError(
+            f"--output {output} is the same file as --input {source}: the outputs would "
+            "replace the inputs. Pass another --output path.",
+            EXIT_USAGE,
+        )
     if not outputs_dir.is_dir():
-        state = "is a file, not a folder" if outputs_dir.exists() else "does not exist"
+        kind = path_kind(outputs_dir) or ("a file" if outputs_dir.exists() else None)
+        state = f"is {kind}, not a folder" if kind else "does not exist"
         raise _CliError(
             f"outputs folder {outputs_dir} {state}: pass the folder that holds the "
             f"configuration (outputs/<application_name>).",

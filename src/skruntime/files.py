@@ -9,6 +9,7 @@ reading a byte.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -54,13 +55,18 @@ def file_kind(mode: int) -> str | None:
     return "a special file"
 
 
+#: What :func:`path_kind` calls a symbolic link that leads back to itself (ELOOP).
+LINK_LOOP = "a loop of symbolic links"
+
+
 def path_kind(path: str | os.PathLike[str]) -> str | None:
     """What ``path`` is when something other than a regular file is there (:func:`file_kind`,
-    symbolic links followed), else None: a regular file, or nothing there."""
+    symbolic links followed, :data:`LINK_LOOP` for links that never end), else None: a
+    regular file, or nothing there (a loop was said not to exist)."""
     try:
         return file_kind(os.stat(path).st_mode)
-    except OSError:
-        return None
+    except OSError as err:
+        return LINK_LOOP if err.errno == errno.ELOOP else None
 
 
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
@@ -71,11 +77,18 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     FIFO between the two is refused too, without blocking (the open is non-blocking).
 
     Raises:
-        NotRegularFileError: a folder, FIFO, device or socket (an ``OSError``).
+        NotRegularFileError: a folder, FIFO, device or socket, or a loop of symbolic links
+            (an ``OSError``; a loop's ELOOP read as a permission problem to the callers).
         OSError: what ``open`` raises (``FileNotFoundError``, ``PermissionError``, ...).
     """
     path = Path(path)
-    if kind := file_kind(os.stat(path).st_mode):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NotRegularFileError(path, LINK_LOOP) from None
+        raise
+    if kind := file_kind(mode):
         raise NotRegularFileError(path, kind)
     fd = os.open(path, _OPEN_FLAGS)
     try:

@@ -222,7 +222,8 @@ class SkRuntime:
                 f"Folder {self.outputs_dir} does not exist or is not a folder. Point SkRuntime "
                 "at outputs/<application_name>/ written by skprotect."
             )
-        found = [p for p, name in CONFIG_FILENAMES.items() if (self.outputs_dir / name).exists()]
+        # lexists: a link that leads nowhere (or loops) is refused by name, not "no configuration"
+        found = [p for p, n in CONFIG_FILENAMES.items() if os.path.lexists(self.outputs_dir / n)]
         if platform is None:
             if not found:
                 expected = " or ".join(f"{n} ({p})" for p, n in CONFIG_FILENAMES.items())

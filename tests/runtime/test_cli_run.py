@@ -390,7 +390,8 @@ def test_paths_that_are_folders_files_or_empty(outputs: Path, data: dict, tmp_pa
         (
             [outputs, "-i", m, "--kek", tmp_path],
             6,
-            f"key-encryption key file {tmp_path} {not_a_file}",
+            f"--kek {tmp_path} is a folder, not a file; pass the key-encryption key file "
+            "that `skprotect export-kek` writes.",
         ),
         (
             [file, "-i", m],
@@ -420,8 +421,9 @@ def test_kek_file_of_another_length_exits_4(
 ) -> None:
     (tmp_path / "kek").write_bytes(content)
     result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--kek", tmp_path / "kek")
-    assert_error(result, 4, f"error: {tmp_path}/kek holds no key-encryption key: expected 32 "
-                 "bytes, raw or base64-encoded (as `skprotect export-kek` writes it).")  # fmt: skip
+    assert_error(result, 4, f"error: --kek {tmp_path}/kek holds no key-encryption key: expected "
+                 "32 bytes, raw or base64-encoded; pass the key-encryption key file that "
+                 "`skprotect export-kek` writes.")  # fmt: skip
 
 
 def test_raw_kek_is_read_and_passed_on(outputs: Path, data: dict, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ KEK = bytes(range(100, 132))
 SLASHED = bytes(range(100, 103)) + b"\xff\xff\xff" + bytes(range(103, 129))
 """A key whose base64 holds "////" (about one key in 100 holds "//"), which a ``Path`` of the
 option folds into "/": that text was taken for a missing file and echoed (exit code 6)."""
+KEK_FILE = "the key-encryption key file that `skprotect export-kek` writes"
 
 
 def run(tmp_path: Path, kek: str) -> tuple[int, str]:
@@ -52,8 +53,8 @@ def test_a_file_named_like_a_key_is_read_as_the_file(
     Path(name).write_bytes(b"not a key")
     assert run(tmp_path, name) == (
         4,
-        f"error: {name} holds no key-encryption key: expected 32 bytes, raw or base64-encoded "
-        "(as `skprotect export-kek` writes it).\n",
+        f"error: --kek {name} holds no key-encryption key: expected 32 bytes, raw or "
+        f"base64-encoded; pass {KEK_FILE}.\n",
     )
 
 
@@ -61,5 +62,24 @@ def test_a_missing_file_is_still_named(tmp_path: Path) -> None:
     missing = tmp_path / "kek.b64"
     assert run(tmp_path, str(missing)) == (
         6,
-        f"error: key-encryption key file {missing} does not exist.\n",
+        f"error: --kek {missing} does not exist; pass {KEK_FILE}.\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "code", "what"),
+    [("/dev/null", 6, "is a character device, not a file"), ("empty", 4, "is empty")],
+)
+def test_an_empty_or_special_kek_source_names_the_option_and_the_file_to_pass(
+    tmp_path: Path, source: str, code: int, what: str
+) -> None:
+    """``--kek /dev/null`` said "key-encryption key file /dev/null is a character device, not a
+    file; pass the file." (exit code 6) and an empty file "holds no key-encryption key" (exit
+    code 4), neither naming the option nor the file it takes. The codes are those of an input
+    file: 6 for a path that is not a file, 4 (as 5 for inputs) for a file that holds no key."""
+    if source == "empty":
+        source = str(tmp_path / "kek.b64")
+        Path(source).touch()
+    expected = f"error: --kek {source} {what}"
+    expected += ": expected 32 bytes, raw or base64-encoded" if code == 4 else ""
+    assert run(tmp_path, source) == (code, f"{expected}; pass {KEK_FILE}.\n")

@@ -184,8 +184,8 @@ def test_a_kek_file_swapped_for_a_fifo_after_its_check_is_refused(
     result = _run_with_fifo_swapped_in(outputs, tmp_path, monkeypatch, fifo, ["--kek", str(fifo)])
     assert result.exit_code == 6
     assert result.output == (
-        f"error: key-encryption key file {fifo} is a named pipe (FIFO), not a file; pass the "
-        "file.\n"
+        f"error: --kek {fifo} is a named pipe (FIFO), not a file; pass the key-encryption key "
+        "file that `skprotect export-kek` writes.\n"
     )
 
 
@@ -215,7 +215,7 @@ def test_a_huge_key_file_is_refused_unread(outputs: Path, tmp_path: Path, option
         args += ["--licence-server", "http://127.0.0.1:9"]
     result = CliRunner().invoke(cli_app, args)
     expected = {
-        "--kek": (4, f"error: {huge} holds no key-encryption key: expected 32 bytes"),
+        "--kek": (4, f"error: --kek {huge} holds no key-encryption key: expected 32 bytes"),
         "--server-public-key": (2, "error: --server-public-key must be a file holding"),
     }[option]
     assert (result.exit_code, result.output[: len(expected[1])]) == expected
