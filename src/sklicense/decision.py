@@ -12,9 +12,11 @@ device of another customer → ``device_customer_mismatch``;
 timestamp, a device clock ahead of the server's: :func:`ended_on_device`); a new device when
 the customer already has ``max_devices`` registered devices, revoked ones included →
 ``too_many_devices``; no quota left → ``quota_exhausted``. Between ``contract_ended`` and
-``too_many_devices``: a request that ``renews`` a licence a new one would not better
-(:func:`renewed_licence`) → :class:`Keep`, which grants nothing and charges nothing (so neither
-the device limit nor the quota is checked).
+``too_many_devices``: a request that ``supersedes`` an earlier request of the device that was
+granted, whose answer was lost (:func:`resendable`) → :class:`Resend`, that licence again; a
+request that ``renews`` a licence a new one would not better (:func:`renewed_licence`) →
+:class:`Keep`. Neither grants nor charges anything (so neither the device limit nor the quota
+is checked).
 
 Allow: expiry = min(now + (device override, else customer default duration), contract end);
 allowance (customers with a quota) = min(remaining quota, requested inferences if given). The
@@ -72,7 +74,17 @@ class Keep:
     licence: Licence
 
 
-Decision = Allow | Deny | Keep
+@dataclass(frozen=True)
+class Resend:
+    """The licence already granted to the request, or to an earlier request of the device that
+    it ``supersedes``: answered again, nothing is issued or drawn from the quota."""
+
+    licence: Licence
+    device: Device
+    application: Application
+
+
+Decision = Allow | Deny | Keep | Resend
 
 
 def signed_with(
@@ -293,6 +305,9 @@ def decide(
     expires_at = now + duration
     if end is not None:
         expires_at = min(expires_at, end)
+    resent = resendable(session, request, request.supersedes, now)
+    if resent is not None:
+        return resent
     kept = renewed_licence(session, request, device, application, expires_at, now)
     if kept is not None:
         return Keep(kept)
@@ -379,3 +394,41 @@ def renewed_licence(
         return None
     expiry = math.floor(licence.expires_at.timestamp())
     return licence if now < expiry == expires_at else None
+
+
+def resendable(
+    session: Session, request: LicenceRequestIn, nonces: list[str], now: int
+) -> Resend | None:
+    """The latest licence granted to a request of this device whose nonce is one of ``nonces``
+    (the request's own, sent again; or those it ``supersedes``: earlier ones whose answer was
+    lost) when it may be sent again for ``request``: for its customer, application and models,
+    the device active, the licence unexpired and not outliving the customer's contract (moved
+    earlier since). Else None: a request that was denied, or reused for another request, or a
+    licence no longer good. A device naming nonces it did not send gains nothing: only a
+    licence already granted (and charged) to it is answered, wrapped to its own key."""
+    if not nonces:
+        return None
+    row = session.scalar(
+        select(Licence)
+        .where(Licence.device_id == request.device_id, Licence.request_nonce.in_(nonces))
+        .order_by(Licence.issued_at.desc())
+        .limit(1)
+    )
+    if row is None:
+        return None
+    device = session.get(Device, row.device_id)
+    application = session.get(Application, row.application_id)
+    customer = session.get(Customer, row.customer_id)
+    if (
+        device is None
+        or application is None
+        or customer is None
+        or (customer.contract_end is not None and row.expires_at > customer.contract_end)
+        or device.status != "active"
+        or row.customer_id != request.customer_id
+        or application.name != request.application
+        or list(row.models) != list(request.models)
+        or row.expires_at.timestamp() <= now
+    ):
+        return None
+    return Resend(row, device, application)

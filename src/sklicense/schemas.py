@@ -26,9 +26,12 @@ MAX_NAME = 200
 """The longest application, customer, model name or device id (the columns' length)."""
 MAX_MODELS = 1000
 """The most model names an application lists or a licence request asks for."""
+MAX_SUPERSEDED = 16
+"""The most earlier requests a licence request ``supersedes`` (the runtime names at most 8)."""
 DEVICE_ID_PATTERN = r"^[!-~]+$"
 """Device ids are printable ASCII without spaces (the runtime's are uuid4 hex)."""
 ModelName = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Nonce = Annotated[str, Field(pattern=NONCE_RE.pattern)]
 
 
 def text_problem(value: str) -> str | None:
@@ -185,6 +188,9 @@ class LicenceRequestIn(DeviceMessage):
     #: The licence this request renews: kept (``decision: keep``, nothing charged) when a
     #: renewal would expire at the same time and grant no other model.
     renews: str | None = Field(default=None, min_length=1, max_length=36)
+    #: The nonces of this device's earlier requests whose answers were lost and that are too old
+    #: to send again: one granted is answered with its licence, uncharged (``decision.resent``).
+    supersedes: list[Nonce] = Field(default_factory=list, max_length=MAX_SUPERSEDED)
 
     @field_validator("application", "renews")
     @classmethod

@@ -21,15 +21,17 @@ from sklicense.decision import (
     Allow,
     Deny,
     Keep,
+    Resend,
     check_message,
     counter_behind,
     decide,
+    resendable,
     signed_with,
     stale_request,
     unknown_licence,
     unregistered,
 )
-from sklicense.models import Application, Customer, Device, Licence, SeenNonce, UsageReport
+from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
 from skruntime.licensing.protocol import KEEP_DECISION, TIMESTAMP_WINDOW_S
 
@@ -212,6 +214,9 @@ def request_licence(
             return _deny(decision)
         if isinstance(decision, Keep):
             return _keep(session, decision, request, now)
+        if isinstance(decision, Resend):
+            remember_nonce(session, request.device_id, request.nonce, now)
+            return _resent(session, decision, request, key)
         return _allow(session, decision, request, now, key)
 
     return _with_replay_retry(sessions, attempt, now)
@@ -322,82 +327,57 @@ def _answer(
     return Outcome(200, sign_licence(licence, key))
 
 
-def _resendable(
-    session: Session, request: LicenceRequestIn, now: int
-) -> tuple[Licence, Device, Application] | None:
-    """The licence already granted to this very request, with its device and application, when
-    it may be sent again: None when the nonce's request was denied, or reused for another
-    request, or the device or licence is no longer good (expired, or outliving the customer's
-    contract since an admin moved its end earlier)."""
-    row = session.scalar(
-        select(Licence).where(
-            Licence.device_id == request.device_id, Licence.request_nonce == request.nonce
-        )
+def _resent(
+    session: Session, resend: Resend, request: LicenceRequestIn, key: Ed25519PrivateKey
+) -> Outcome:
+    """The signed licence document of ``resend``, audited as ``licence.resend`` (naming the
+    request it was granted to when ``request`` superseded that one)."""
+    row = resend.licence
+    superseded = {} if row.request_nonce == request.nonce else {"granted_to": row.request_nonce}
+    audit(
+        session,
+        f"device:{resend.device.id}",
+        "licence.resend",
+        f"customer:{row.customer_id}",
+        {"licence_id": row.id, "application": resend.application.name} | superseded,
     )
-    if row is None:
-        return None
-    device = session.get(Device, row.device_id)
-    application = session.get(Application, row.application_id)
-    customer = session.get(Customer, row.customer_id)
-    if (
-        device is None
-        or application is None
-        or customer is None
-        or (customer.contract_end is not None and row.expires_at > customer.contract_end)
-        or device.status != "active"
-        or row.customer_id != request.customer_id
-        or application.name != request.application
-        or list(row.models) != list(request.models)
-        or row.expires_at.timestamp() <= now
-    ):
-        return None
-    return row, device, application
+    return _answer(row, resend.device, resend.application, key)
 
 
 def _resend(
     session: Session, request: LicenceRequestIn, now: int, key: Ed25519PrivateKey
 ) -> Outcome | None:
-    """The licence already granted to this very request, when a device sends it again (its
-    answer was lost: a timeout, a proxy's 502): sent again, not charged again. None when it may
-    not be (:func:`_resendable`): then it stays ``replayed_request``, and the device asks
-    afresh (a licence ending with the contract, or ``contract_ended``). A captured request
-    replayed by someone else within the ±300 s window gets only what its device already got: a
-    KEK wrapped to that device's key."""
-    found = _resendable(session, request, now)
-    if found is None:
-        return None
-    row, device, application = found
-    audit(
-        session,
-        f"device:{device.id}",
-        "licence.resend",
-        f"customer:{row.customer_id}",
-        {"licence_id": row.id, "application": application.name},
-    )
-    return _answer(row, device, application, key)
+    """The licence already granted to this very request (or to one it supersedes), when a
+    device sends it again (its answer was lost: a timeout, a proxy's 502): sent again, not
+    charged again. None when it may not be (:func:`resendable`): then it stays
+    ``replayed_request``, and the device asks afresh (a licence ending with the contract, or
+    ``contract_ended``). A captured request replayed by someone else within the ±300 s window
+    gets only what its device already got: a KEK wrapped to that device's key."""
+    found = resendable(session, request, [request.nonce, *request.supersedes], now)
+    return None if found is None else _resent(session, found, request, key)
 
 
 def resend_past_limit(
     sessions: sessionmaker[Session], request: LicenceRequestIn, now: int, key: Ed25519PrivateKey
 ) -> Outcome | None:
-    """The licence already granted to this signed request (verified by :func:`signed_by_device`)
-    when its device, past its rate limit, sends it again inside the timestamp window, else None
-    (the device is answered ``rate_limited``). Refusing it would lose a licence the quota was
-    already charged for, and the device would ask afresh and be charged again; answering it
-    grants nothing. Looked up without a write lock and logged at WARNING, not audited: a
-    captured request replayed in a loop adds no row (the first resend of a minute, under the
-    limit, is audited as ``licence.resend``)."""
+    """The licence already granted to this signed request (verified by :func:`signed_by_device`),
+    or to one it supersedes, when its device, past its rate limit, sends it (again) inside the
+    timestamp window, else None (the device is answered ``rate_limited``). Refusing it would
+    lose a licence the quota was already charged for, and the device would ask afresh and be
+    charged again; answering it grants nothing. Looked up without a write lock and logged at
+    WARNING, not audited: a captured request replayed in a loop adds no row (the first resend
+    of a minute, under the limit, is audited as ``licence.resend``)."""
     if stale_request(request.timestamp, now) is not None:
         return None
     with db.reading(sessions) as session:
-        found = _resendable(session, request, now)
+        found = resendable(session, request, [request.nonce, *request.supersedes], now)
         if found is None:
             return None
-        row, device, application = found
+        row, device = found.licence, found.device
         logger.warning(
             "licence %s resent to device %s past its rate limit (not audited)", row.id, device.id
         )
-        return _answer(row, device, application, key)
+        return _answer(row, device, found.application, key)
 
 
 _AUDITED_ONCE_A_MINUTE = ("stale_request", "replayed_request")

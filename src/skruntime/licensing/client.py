@@ -10,7 +10,11 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     the last signed licence document of the server, verified again (signature, device,
     application, customer) every time it is read. A licence just issued is not written over a
     newer one, valid and issued later, that another process cached meanwhile
-    (:meth:`LicenceClient._cache`).
+    (:meth:`LicenceClient._cache`). A renewal issued ahead of this device's clock (behind the
+    server's by more than ``clock_tolerance``) is written with the licence it replaces, still
+    valid, beside it (``"previous"``, its signed document): a process started before the clock
+    reaches the renewal uses that one meanwhile, while its clock is within the server's
+    timestamp window of the renewal's issue time (:meth:`LicenceClient._previous`).
 ``usage_<application>.json``
     ``{"licences": {"<licence_id>": {"counter": int, "reported": int, "expires_at": int,
     "inferences": int}}}``: inferences counted under each licence, the counter last acknowledged
@@ -37,7 +41,7 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     request (a licence, a receipt, a denial, a ``keep``) verified with the pinned key
     (:meth:`LicenceClient._signed_answer`); an unsigned ``422`` about ``renews`` from one of
     them is a failed request, not a server older than ``renews``
-    (:meth:`LicenceClient._renews_unknown`). Other entries (a newer runtime's) are kept when the
+    (:meth:`LicenceClient._field_unknown`). Other entries (a newer runtime's) are kept when the
     file is rewritten. A runtime older than ``"signs"`` rewrites the file without it (when it
     checks a server's key, or drops a check): a process that saw the server sign still knows,
     and the next signed answer notes it again, but until then a process started afresh takes an
@@ -49,7 +53,9 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     with that licence, uncharged, but charges a new request again: so the next licence request
     sends this one again, by this process or another of the device (restarted, say), while its
     timestamp is inside the server's window by this device's clock and it asks what the
-    runtime asks now (else a new one is signed, and written here before it is sent). Removed
+    runtime asks now (else a new one is signed, and written here before it is sent, naming
+    this one and those it superseded in ``supersedes``: the server answers it with the licence
+    it granted one of them, uncharged, while that licence is valid). Removed
     once the server answered it (a signed answer other than ``rate_limited``, or a licence that
     verified); a file that is not such a request is ignored, with a warning, and replaced.
 ``clock.json``
@@ -90,8 +96,8 @@ unreachable server raises :class:`LicenceUnavailableError` and a bad answer the
 :class:`LicenceError` that describes it, raised again without a new licence request until
 ``retry_seconds`` pass (:meth:`LicenceClient._refuse_held`: the request may have drawn an
 allowance). An answer is read to at most :data:`MAX_ANSWER_BYTES`, within ``timeout`` after
-its headers; a redirect is a bad answer naming the URL to give instead
-(:meth:`LicenceClient._fetch`).
+its headers; a redirect (any ``3xx``) is a bad answer naming the URL to give instead, or the
+``Location`` that is not one (:meth:`LicenceClient._fetch`).
 A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body signed
 by the pinned key for this request (:func:`.protocol.answer_message`); any other answer (a
 proxy's or captive portal's page, a denial that is not signed) is a bad answer. Usage reports
@@ -124,6 +130,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import threading
 import time
 import warnings
@@ -180,6 +187,10 @@ _RESEND_BY_S = protocol.TIMESTAMP_WINDOW_S // 2
 """After a licence request whose answer was lost, the next attempt comes no later than this
 long after its timestamp (not ``retry_seconds`` later), while the server still answers its
 resend with the licence it may have granted (:meth:`LicenceClient._retry_after`)."""
+_SUPERSEDED_KEPT = 8
+"""The most earlier unanswered licence requests a new one names as ``supersedes`` (the first
+and the latest: the server takes 16): one every ``_RESEND_BY_S`` or so through a long outage."""
+_NONCE = re.compile(r"[0-9a-f]{32}")
 _MAX_IDLE_ENTRIES = 64
 """Reported entries of replaced, still valid licences kept in the usage file (its size bound)."""
 _USAGE_HOLDS = "the inference counters of this device's licences"
@@ -196,6 +207,10 @@ _RENEWALS_PER_CONSUME = 4
 reserve each new licence's whole allowance first (licences smaller than ``persist_every``)."""
 _CHECKED_AT = "checked_at"
 """Cache-file note on such a licence: when the server last said so (absent: its issue time)."""
+_PREVIOUS = "previous"
+"""Cache-file entry beside a renewal issued ahead of this device's clock: the signed document
+of the licence it replaces, still valid, which processes started before the clock reaches the
+renewal use meanwhile (:meth:`LicenceClient._previous`)."""
 DEFAULT_CONTRACT_END_CHECK_S = 24 * 3600
 """How often a licence a renewal could not extend is checked with the server (free)."""
 _ENDS_LICENCE = ("device_revoked", "contract_ended")
@@ -411,6 +426,35 @@ class _Unsigned:
     answer: str
 
 
+class _Redirect(Exception):
+    """A redirect (any 3xx) in answer to a request, stopped as it arrived
+    (:func:`_stop_at_redirect`)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+def _stop_at_redirect(response: httpx.Response) -> None:
+    """The licence server's connection's response hook: stop at a redirect before ``httpx``
+    reads its ``Location`` to build the request it would follow, which raised
+    :class:`httpx.RemoteProtocolError` for a ``Location`` that is not a URL, taken for a lost
+    answer (resent, then "unreachable") instead of a redirect."""
+    if response.is_redirect:
+        raise _Redirect(response)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """The server's ``response`` to the licence request ``body``; ``signed``: its JSON object
+    when signed by the pinned key for that request, else None (the one check of that
+    signature: :meth:`LicenceClient._post_licence_request`)."""
+
+    body: dict[str, Any]
+    response: httpx.Response
+    signed: dict[str, Any] | None
+
+
 class _RenewalFailed(Exception):
     """No licence decision came back from the server (the message says why)."""
 
@@ -491,6 +535,14 @@ def _acknowledges(response: httpx.Response, data: dict[str, Any], body: dict[str
         and data.get("accepted") is True
         and data.get("report_id") == body["report_id"]
     )
+
+
+def _nonces(value: object) -> list[str] | None:
+    """``value`` when it is a list of request nonces (of a ``pending_<application>.json``),
+    else None."""
+    if isinstance(value, list) and all(isinstance(n, str) and _NONCE.fullmatch(n) for n in value):
+        return value
+    return None
 
 
 def _inferences(count: int) -> str:
@@ -625,7 +677,12 @@ class LicenceClient:
         self.contract_end_check_seconds = contract_end_check_seconds
         self._clock = clock
         self._timeout = timeout
-        self._http = httpx.Client(base_url=self.server_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.server_url,
+            timeout=timeout,
+            transport=transport,
+            event_hooks={"response": [_stop_at_redirect]},
+        )
         self._lock = threading.RLock()
         self._licence: Licence | None = None
         self._next_retry = float("-inf")
@@ -790,10 +847,34 @@ class LicenceClient:
 
     def _defer_to(self, licence: Licence) -> None:
         """Renew no more until ``licence``, cached and issued ahead of this clock, can be
-        taken (:meth:`_ahead`): the current licence, valid, stays in use meanwhile, where
-        taking it raised :class:`ClockRollbackError` at every call, and renewing again drew
-        another allowance from the quota."""
+        taken (:meth:`_ahead`): a valid licence stays in use meanwhile (the current one, or
+        the one cached beside ``licence``: :meth:`_previous`), where taking ``licence`` raised
+        :class:`ClockRollbackError` at every call, and renewing again drew another allowance
+        from the quota."""
         self._next_retry = max(self._next_retry, licence.issued_at - self.clock_tolerance)
+
+    def _previous(self, cached: Licence, now: int) -> Licence | None:
+        """The licence cached beside ``cached``, a renewal issued ahead of ``now``, that it
+        replaces (:data:`_PREVIOUS`), when it may be used until this clock reaches ``cached``:
+        it verifies and fits this runtime, is valid at ``now``, and ``now`` is no further
+        behind ``cached``'s issue time than the server's timestamp window, as the clock that
+        asked for ``cached`` was (a clock further behind was set back since: it gets
+        :class:`ClockRollbackError` naming ``cached``)."""
+        document = cached.document.get(_PREVIOUS)
+        if document is None or now < cached.issued_at - protocol.TIMESTAMP_WINDOW_S:
+            return None
+        try:
+            previous = Licence.from_document(document, self._server_key)
+            self._check_licence(previous)
+        except LicenceError as e:
+            log.warning(
+                "Ignoring the licence cached beside licence %s in %s: %s",
+                cached.licence_id,
+                self._licence_path,
+                e,
+            )
+            return None
+        return None if self._ahead(previous, now) or now >= previous.expires_at else previous
 
     def _check_issued(self, licence: Licence, now: int) -> None:
         if self._ahead(licence, now):
@@ -879,31 +960,11 @@ class LicenceClient:
                 changed), or larger than :data:`MAX_ANSWER_BYTES`.
         """
         options["headers"] = options.get("headers", {}) | _IDENTITY
-        with self._http.stream(method, path, **options) as response:
-            if response.is_redirect:
-                raise _BadAnswer(self._redirected(method, path, response))
-            deadline = time.monotonic() + self._timeout
-            content = bytearray()
-            for chunk in response.iter_bytes():
-                content += chunk
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout(
-                        f"the answer to {method} {path} was not whole {self._timeout} s after "
-                        f"its headers ({len(content)} bytes had arrived)",
-                        request=response.request,
-                    )
-                if len(content) > MAX_ANSWER_BYTES:
-                    raise _BadAnswer(
-                        LicenceError(
-                            f"The licence server at {self.server_url} answered {method} {path} "
-                            f"with HTTP {response.status_code} "
-                            f"({response.headers.get('Content-Type', 'no Content-Type')}) of "
-                            f"more than {MAX_ANSWER_BYTES} bytes, more than any answer of an "
-                            "sklicense server; the rest was not read. Check the server URL: a "
-                            "proxy or a captive portal may be in the way, or it is not an "
-                            "sklicense server."
-                        )
-                    )
+        try:
+            with self._http.stream(method, path, **options) as response:
+                content = self._read_bounded(method, path, response)
+        except _Redirect as e:
+            raise _BadAnswer(self._redirected(method, path, e.response)) from None
         headers = [  # the content is decoded and whole now
             (name, value)
             for name, value in response.headers.multi_items()
@@ -912,15 +973,56 @@ class LicenceClient:
         return httpx.Response(
             response.status_code,
             headers=headers,
-            content=bytes(content),
+            content=content,
             request=response.request,
         )
 
+    def _read_bounded(self, method: str, path: str, response: httpx.Response) -> bytes:
+        """The body of ``response``, the answer to ``method`` ``path``, within the bounds of
+        :meth:`_fetch` (which raises what this raises)."""
+        deadline = time.monotonic() + self._timeout
+        content = bytearray()
+        for chunk in response.iter_bytes():
+            content += chunk
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(
+                    f"the answer to {method} {path} was not whole {self._timeout} s after "
+                    f"its headers ({len(content)} bytes had arrived)",
+                    request=response.request,
+                )
+            if len(content) > MAX_ANSWER_BYTES:
+                raise _BadAnswer(
+                    LicenceError(
+                        f"The licence server at {self.server_url} answered {method} {path} "
+                        f"with HTTP {response.status_code} "
+                        f"({response.headers.get('Content-Type', 'no Content-Type')}) of "
+                        f"more than {MAX_ANSWER_BYTES} bytes, more than any answer of an "
+                        "sklicense server; the rest was not read. Check the server URL: a "
+                        "proxy or a captive portal may be in the way, or it is not an "
+                        "sklicense server."
+                    )
+                )
+        return bytes(content)
+
     def _redirected(self, method: str, path: str, response: httpx.Response) -> LicenceError:
-        """The error of a redirect in answer to ``method`` ``path``, naming the server URL to
-        give instead: a signed licence request is sent to the configured server only (and a
-        redirected POST may be resent as a GET, or lose its body)."""
-        target = response.url.join(response.headers["Location"])
+        """The error of a redirect (any 3xx) in answer to ``method`` ``path``, naming the
+        server URL to give instead, or, with no ``Location`` that is a URL, what it names: a
+        signed licence request is sent to the configured server only (and a redirected POST
+        may be resent as a GET, or lose its body)."""
+        location = response.headers.get("Location")
+        target, unusable = None, "without a Location header"
+        if location is not None:
+            try:
+                target = response.url.join(location)
+            except httpx.InvalidURL as e:
+                unusable = f"to {location[:200]!r}, which is not a URL ({e})"
+        if target is None:
+            return LicenceError(
+                f"The licence server at {self.server_url} redirects {method} {path} (HTTP "
+                f"{response.status_code}) {unusable}; the runtime follows no redirect of the "
+                "licence server. Give the licence server's own URL as the server URL, or check "
+                "the network path: a proxy or a captive portal may be in the way."
+            )
         base = str(target.copy_with(query=None, fragment=None))
         base = base[: -len(path)] if base.endswith(path) else base
         return LicenceError(
@@ -976,9 +1078,9 @@ class LicenceClient:
             ClockRollbackError: ``now`` is before the issue time of the licence (cached).
         """
         self._check_server_key()
-        body, response = self._ask(now, renews)
-        if renews is not None and self._renews_unknown(body, response):
-            self._answered(body)  # refused for its field, unsigned by a server that old
+        answer = self._ask(now, renews)
+        if renews is not None and self._field_unknown(answer, "renews"):
+            self._answered(answer.body)  # refused for its field, unsigned by a server that old
             if _at_contract_end(renews):  # a plain renewal would charge an allowance daily
                 log.warning(
                     "The licence server at %s does not know the renews field (it is older than "
@@ -988,7 +1090,7 @@ class LicenceClient:
                     self.server_url,
                     renews.licence_id,
                 )
-                return self._keep(renews, body)
+                return self._keep(renews, answer.body)
             log.warning(
                 "The licence server at %s does not know the renews field (it is older than "
                 "this runtime): the licence is renewed, drawing an allowance from the quota, "
@@ -996,16 +1098,16 @@ class LicenceClient:
                 self.server_url,
             )
             renews = None
-            body, response = self._ask(now, renews)
+            answer = self._ask(now, renews)
         try:
-            kept = None if renews is None else self._kept(body, response, renews)
-            licence = kept if kept is not None else self._verified_answer(response, body, now)
+            kept = None if renews is None else self._kept(answer, renews)
+            licence = kept if kept is not None else self._verified_answer(answer, now)
         except LicenceError as e:
             self._note_server(_CHECKED, noted=False)  # its key is asked again before the next
             raise _BadAnswer(e) from None
-        self._answered(body)  # also by a server older than the signed answers
+        self._answered(answer.body)  # also by a server older than the signed answers
         if kept is not None:
-            return self._keep(kept, body)
+            return self._keep(kept, answer.body)
         previous = self._licence
         if (  # issued later than the licence it replaces, yet no longer: the contract end
             previous is not None
@@ -1013,11 +1115,17 @@ class LicenceClient:
             and (licence.issued_at > previous.issued_at or _at_contract_end(previous))
         ):
             licence = replace(licence, document=licence.document | {_AT_CONTRACT_END: True})
-        self._cache(licence)
-        # checked once cached: the server drew its allowance, and this clock, behind the
-        # server's by more than clock_tolerance (narrower than the server's window), takes it
-        # once it reaches its issue time, rather than ask, and be charged, at every call
-        if self._ahead(licence, now) and previous is not None and now < previous.expires_at:
+        # cached even so: the server drew its allowance, and this clock, behind the server's by
+        # more than clock_tolerance (narrower than the server's window), takes it once it
+        # reaches its issue time, rather than ask, and be charged, at every call; the licence
+        # it replaces, still valid, is cached beside it for the processes started meanwhile
+        meanwhile = (
+            previous
+            if previous is not None and now < previous.expires_at and self._ahead(licence, now)
+            else None
+        )
+        self._cache(licence, beside=meanwhile)
+        if meanwhile is not None:
             log.warning(
                 "Licence %s is issued at %s, ahead of this device's clock (%s) by more than "
                 "clock_tolerance: licence %s stays in use until this clock reaches it. Check "
@@ -1025,28 +1133,22 @@ class LicenceClient:
                 licence.licence_id,
                 _when(licence.issued_at),
                 _when(now),
-                previous.licence_id,
+                meanwhile.licence_id,
             )
             self._defer_to(licence)
-            return previous
+            return meanwhile
         self._switch(licence, fresh=True)
         self._check_issued(licence, now)
         return licence
 
-    def _kept(
-        self, body: dict[str, Any], response: httpx.Response, renews: Licence
-    ) -> Licence | None:
-        """``renews`` when the server answered the licence request ``body`` with its signed
-        ``keep`` (a new licence would not better it); None for any other answer.
+    def _kept(self, answer: _Answer, renews: Licence) -> Licence | None:
+        """``renews`` when the server answered the licence request with its signed ``keep`` (a
+        new licence would not better it); None for any other answer.
 
         Raises:
             LicenceError: a signed ``keep`` of another licence or expiry.
         """
-        data = (
-            self._signed_answer(protocol.LICENCES_PATH, body, response)
-            if response.status_code == 200
-            else None
-        )
+        data = answer.signed if answer.response.status_code == 200 else None
         if data is None or data.get("decision") != protocol.KEEP_DECISION:
             return None
         if (data.get("licence_id"), data.get("expires_at")) != (
@@ -1070,40 +1172,40 @@ class LicenceClient:
         self._licence = kept  # the same licence: its counter and reservation stay
         return kept
 
-    def _renews_unknown(self, body: dict[str, Any], response: httpx.Response) -> bool:
-        """Whether the server refused the licence request ``body`` for its ``renews`` field
-        alone, as an extra field (a 422): a server older than this runtime. Taken unsigned too
+    def _field_unknown(self, answer: _Answer, name: str) -> bool:
+        """Whether the server refused the licence request ``answer`` answers for fields it
+        does not know alone (a 422 of extra fields), its field ``name`` (``renews``,
+        ``supersedes``) among them: a server older than this runtime. Taken unsigned too
         (servers before the signed answers sign nothing), unless this server was seen signing
         its answers (noted in ``server_keys.json``): then an unsigned one came from the network
         path, and taking it would delay a contract-end check by ``contract_end_check_seconds``
         or charge a renewal; it is a failed request instead, retried after ``retry_seconds``."""
-        if response.status_code != 422:
+        if answer.response.status_code != 422:
             return False
-        if self._signed_answer(protocol.LICENCES_PATH, body, response) is None and (
-            self._seen_signing or self._signing_noted()
-        ):
+        if answer.signed is None and (self._seen_signing or self._signing_noted()):
             return False
         try:
-            data = response.json()
+            data = answer.response.json()
         except (ValueError, RecursionError):
             return False
         errors = data.get("detail") if isinstance(data, dict) else None
         return (
             isinstance(errors, list)
-            and len(errors) == 1
-            and isinstance(errors[0], dict)
-            and errors[0].get("loc") == ["renews"]
-            and errors[0].get("type") == "extra_forbidden"
+            and all(isinstance(e, dict) and e.get("type") == "extra_forbidden" for e in errors)
+            and any(e.get("loc") == [name] for e in errors)
         )
 
-    def _cache(self, licence: Licence, *, only_over: str | None = None) -> None:
+    def _cache(
+        self, licence: Licence, *, only_over: str | None = None, beside: Licence | None = None
+    ) -> None:
         """Write ``licence`` to the cache file, unless the cache holds a newer one
         (:meth:`_newer_cached`), which another process renewed to while this one renewed too
         (after waiting past the renewal lock's bound): written over it, the older licence would
         be the one every process starting afterwards takes. The process goes on with its own
         licence either way. With ``only_over`` (a licence checked, not issued), written only
-        while the cache holds the licence of that id. A licence that cannot be written is used
-        from memory by this process, with a warning."""
+        while the cache holds the licence of that id. ``beside``: the licence that ``licence``,
+        issued ahead of this clock, replaces, written with it (:data:`_PREVIOUS`). A licence
+        that cannot be written is used from memory by this process, with a warning."""
         with state_lock(self.state_dir, f"licence_{self.application}"):
             if only_over is not None and self._cached_licence_id() != only_over:
                 return
@@ -1116,8 +1218,12 @@ class LicenceClient:
                     newer.licence_id,
                 )
                 return
+            document = licence.document
+            if beside is not None:  # its own previous licence, if any, is of no more use
+                previous = {k: v for k, v in beside.document.items() if k != _PREVIOUS}
+                document = document | {_PREVIOUS: previous}
             try:
-                write_private(self._licence_path, protocol.canonical_bytes(licence.document))
+                write_private(self._licence_path, protocol.canonical_bytes(document))
             except LicenceError as err:
                 if only_over is not None:
                     log.warning(
@@ -1143,7 +1249,7 @@ class LicenceClient:
         server key, another device key) is none. Nor is a cache file that group or others may
         access: the licence just issued, paid for, replaces it with an owner-only file."""
         try:
-            cached = self._other_cached(licence)
+            cached = self._other_cached(licence, self._load_cached())
         except UnsafeFileError:
             return None
         return cached if cached is not None and cached.issued_at > licence.issued_at else None
@@ -1257,7 +1363,7 @@ class LicenceClient:
 
     def _note_signed(self) -> None:
         """Note that this server signs its answers with the pinned key, so that an unsigned
-        answer about ``renews`` is not taken as the server's (:meth:`_renews_unknown`): in this
+        answer about ``renews`` is not taken as the server's (:meth:`_field_unknown`): in this
         process, and in ``server_keys.json`` for the others, again whenever the note is gone
         from it (a runtime older than the note rewrites the file without it)."""
         self._seen_signing = True
@@ -1270,11 +1376,11 @@ class LicenceClient:
             self._server_key_raw
         )
 
-    def _ask(self, now: int, renews: Licence | None) -> tuple[dict[str, Any], httpx.Response]:
+    def _ask(self, now: int, renews: Licence | None) -> _Answer:
         """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any),
-        or the one whose answer was lost before, again (:meth:`_unanswered`); returns it and
-        the answer, unless that is a denial (raised). The server answers the resend of a
-        granted request with its licence, uncharged; of a denied one with
+        or the one whose answer was lost before, again (:meth:`_unanswered`); returns it with
+        the answer (:class:`_Answer`), unless that is a denial (raised). The server answers the
+        resend of a granted request with its licence, uncharged; of a denied one with
         ``replayed_request``, and of one no longer inside its window with ``stale_request``:
         then a fresh request is sent once, to learn the reason of a lost denial.
 
@@ -1287,46 +1393,82 @@ class LicenceClient:
         with state_lock(self.state_dir, f"sending_{self.application}", wait_seconds=0) as alone:
             return self._ask_sending(now, renews, others=alone)
 
-    def _ask_sending(
-        self, now: int, renews: Licence | None, *, others: bool
-    ) -> tuple[dict[str, Any], httpx.Response]:
+    def _ask_sending(self, now: int, renews: Licence | None, *, others: bool) -> _Answer:
         """:meth:`_ask`, ``others``: whether the request in ``pending_<application>.json`` may
-        be sent again though another process wrote it (:meth:`_unanswered`)."""
+        be sent again though another process wrote it (:meth:`_unanswered`). A new request
+        names the unanswered ones it replaces (:meth:`_superseded`)."""
+        held = self._held(others=others)
+        superseded = [] if held is None else self._superseded(held)
         for fresh in (False, True):
-            body = None if fresh else self._unanswered(now, renews, others=others)
+            body = None if fresh else self._unanswered(now, renews, held)
             sent_before = body is not None
             if body is None:
                 body = self._licence_body(now, renews)
+                if superseded:
+                    body["supersedes"] = superseded
                 self._hold_unanswered(body)
-            response, resent = self._post(protocol.LICENCES_PATH, body, resend=True)
-            signed = self._signed_answer(protocol.LICENCES_PATH, body, response)
+            answer, resent = self._send_licence_request(body)
+            response, signed = answer.response, answer.signed
             if signed is not None and response.status_code != 429:  # decided
                 self._answered(body)
             denial = self._denial(signed) if response.status_code in (403, 429) else None
             if denial is None:
-                return body, response
+                return answer
             if (
                 fresh
                 or not (resent or sent_before)
                 or denial.reason not in ("replayed_request", "stale_request")
             ):
                 raise denial
+            superseded = self._superseded(body)  # out of the server's window, maybe granted
             log.warning("Licence server: the lost answer was a denial; asking again for it")
         raise AssertionError("unreachable")
 
-    def _unanswered(
-        self, now: int, renews: Licence | None, *, others: bool
-    ) -> dict[str, Any] | None:
-        """The licence request whose answer was lost (this process's, else, with ``others``,
-        the one in ``pending_<application>.json``), to be sent again as it is: when its
-        timestamp is within the server's window of ``now`` (after it: a clock NTP stepped
-        back a little since) and it asks what a request of
-        this runtime renewing ``renews`` would (only the timestamp and the nonce differ; with
-        ``renews`` None, the licence it renews may have expired since). Else None, and a new
-        request is signed."""
+    def _send_licence_request(self, body: dict[str, Any]) -> tuple[_Answer, bool]:
+        """:meth:`_post` the licence request ``body`` (held); a server older than
+        ``supersedes`` (its ``422``, :meth:`_field_unknown`) gets it again without that field,
+        held in its place: charged again if that server granted one it supersedes."""
+        answer, resent = self._post_licence_request(body)
+        if "supersedes" not in body or not self._field_unknown(answer, "supersedes"):
+            return answer, resent
+        log.warning(
+            "The licence server at %s does not know the supersedes field (it is older than this "
+            "runtime): a licence granted to a request whose answer was lost is charged again. "
+            "Upgrade the server.",
+            self.server_url,
+        )
+        del body["supersedes"]  # never sent as it is: the server refused it before deciding
+        self._hold_unanswered(body)
+        return self._post_licence_request(body)
+
+    def _post_licence_request(self, body: dict[str, Any]) -> tuple[_Answer, bool]:
+        """:meth:`_post` the licence request ``body``: its answer, its signature checked once,
+        for all that reads it, and whether it answers a resend."""
+        response, resent = self._post(protocol.LICENCES_PATH, body, resend=True)
+        signed = self._signed_answer(protocol.LICENCES_PATH, body, response)
+        return _Answer(body, response, signed), resent
+
+    def _held(self, *, others: bool) -> dict[str, Any] | None:
+        """The licence request whose answer was lost: this process's, else, with ``others``,
+        the one in ``pending_<application>.json``; None when there is none, or when the current
+        licence answered it after all (its file could not be removed: :meth:`_answered`)."""
         pending = self._pending
         if pending is None and others:
             pending = self._read_unanswered()
+        if pending is None or self._licence is None:
+            return pending
+        sent = [pending.get("nonce"), *(_nonces(pending.get("supersedes", [])) or ())]
+        return None if self._licence.request_nonce in sent else pending
+
+    def _unanswered(
+        self, now: int, renews: Licence | None, pending: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The licence request ``pending`` whose answer was lost (:meth:`_held`), to be sent
+        again as it is: when its timestamp is within the server's window of ``now`` (after it:
+        a clock NTP stepped back a little since) and it asks what a request of this runtime
+        renewing ``renews`` would (only the timestamp, the nonce and what it ``supersedes``
+        differ; with ``renews`` None, the licence it renews may have expired since). Else
+        None, and a new request is signed."""
         if pending is None:
             return None
         timestamp, nonce = pending.get("timestamp"), pending.get("nonce")
@@ -1335,6 +1477,8 @@ class LicenceClient:
         expected = self._licence_body(timestamp, renews) | {"nonce": nonce}
         if renews is None and "renews" in pending:  # that licence expired since: still a licence
             expected["renews"] = pending["renews"]
+        if "supersedes" in pending:
+            expected["supersedes"] = _nonces(pending["supersedes"])
         if not isinstance(nonce, str) or pending != expected:
             return None
         log.warning(
@@ -1344,6 +1488,20 @@ class LicenceClient:
         )
         self._pending = pending
         return pending
+
+    def _superseded(self, pending: dict[str, Any]) -> list[str]:
+        """The nonces a new licence request names as ``supersedes`` in place of the unanswered
+        request ``pending``: its own and those it superseded (the first and the latest
+        :data:`_SUPERSEDED_KEPT`). The server may have granted any of them, and answers the new
+        request with that licence, uncharged, while it is valid. None (``[]``) when ``pending``
+        is not a request of this runtime."""
+        earlier = _nonces(pending.get("supersedes", []))
+        chain = None if earlier is None else _nonces([*earlier, pending.get("nonce")])
+        if chain is None:
+            return []
+        if len(chain) > _SUPERSEDED_KEPT:
+            return [chain[0], *chain[1 - _SUPERSEDED_KEPT :]]
+        return chain
 
     def _read_unanswered(self) -> dict[str, Any] | None:
         """The request in ``pending_<application>.json``, or None (none, or one that cannot be
@@ -1416,16 +1574,16 @@ class LicenceClient:
             body["renews"] = renews.licence_id
         return body
 
-    def _verified_answer(self, response: httpx.Response, body: dict[str, Any], now: int) -> Licence:
-        """The licence in the server's answer to the licence request ``body`` sent at ``now``.
+    def _verified_answer(self, answer: _Answer, now: int) -> Licence:
+        """The licence in the server's answer to the licence request sent at ``now``.
 
         Raises:
             LicenceError: not a 200 JSON answer, not signed by the pinned key, not for this
                 runtime or this request, or already expired.
         """
-        nonce = body["nonce"]
+        response, nonce = answer.response, answer.body["nonce"]
         if response.status_code != 200:
-            if self._signed_answer(protocol.LICENCES_PATH, body, response) is not None:
+            if answer.signed is not None:
                 raise LicenceError(
                     f"The licence server at {self.server_url} refused the licence request with "
                     f"HTTP {response.status_code} {response.text[:300]!r}, an answer it signed "
@@ -1456,7 +1614,7 @@ class LicenceClient:
             )
         licence = Licence.from_document(document, self._server_key)
         self._check_licence(licence)
-        if licence.request_nonce != nonce:
+        if licence.request_nonce != nonce and not self._superseded_grant(licence, answer):
             raise LicenceError(
                 f"Licence {licence.licence_id} does not echo this request's nonce: it is a "
                 "replayed or substituted answer. Check the network path to the licence server."
@@ -1469,6 +1627,15 @@ class LicenceClient:
                 "and this device's clocks (NTP)."
             )
         return licence
+
+    def _superseded_grant(self, licence: Licence, answer: _Answer) -> bool:
+        """Whether ``licence`` was granted to a request that the licence request answered
+        ``supersedes`` (its answer lost), and the server answered it to that request itself:
+        its answer's signature (:meth:`_signed_answer`) binds that old licence to this
+        request."""
+        return licence.request_nonce in answer.body.get("supersedes", ()) and (
+            answer.signed is not None
+        )
 
     def _renewal_opens(self, licence: Licence) -> float:
         """When renewing ``licence`` for its validity starts. Each renewal draws a new allowance
@@ -1557,7 +1724,7 @@ class LicenceClient:
             taken = self._take_cached(now)
             later = taken is not current or now < self._next_retry  # or one issued ahead
             return taken if taken is not None and later and now < taken.expires_at else None
-        cached = self._other_cached(current)
+        cached = self._other_cached(current, self._load_cached())
         if cached is None or (
             cached.inferences is not None
             and self._read_usage().get(cached.licence_id, {}).get("counter", 0) >= cached.inferences
@@ -1601,19 +1768,25 @@ class LicenceClient:
     def _take_cached(self, now: int) -> Licence | None:
         """Make the cached licence the current one when it is later than the current one, or
         as late but issued later (renewed at the contract end: renewing it again would only
-        draw more quota), or checked later: another process renewed or checked it; not while
-        it is issued ahead of ``now`` (:meth:`_ahead`) and the current one is valid
-        (:meth:`_defer_to`). Returns the current licence."""
+        draw more quota), or checked later: another process renewed or checked it. While it is
+        issued ahead of ``now`` (:meth:`_ahead`), a valid licence is used instead, deferring to
+        it (:meth:`_defer_to`): the current one, else the one it replaces, cached beside it
+        (:meth:`_previous`: a process started after the renewal). Returns the current
+        licence."""
         licence, cached = self._licence, self._load_cached()
         if (
             cached is not None
-            and licence is not None
-            and cached.licence_id != licence.licence_id
-            and now < licence.expires_at
             and self._ahead(cached, now)
+            and (licence is None or cached.licence_id != licence.licence_id)
         ):
-            self._defer_to(cached)
-            return licence
+            meanwhile = (
+                licence
+                if licence is not None and now < licence.expires_at
+                else self._previous(cached, now)
+            )
+            if meanwhile is not None:
+                self._defer_to(cached)
+                cached = meanwhile
         if cached is not None and (
             licence is None
             or (cached.expires_at, cached.issued_at, _checked_at(cached))
@@ -1919,13 +2092,16 @@ class LicenceClient:
                 self._write_usage(usage)
             self._available = 0
 
-    def _other_cached(self, licence: Licence) -> Licence | None:
-        """The cached licence when it is another one than ``licence`` and valid now: the cache
-        only ever receives licences just issued, so another process renewed."""
-        cached = self._load_cached()
+    def _other_cached(self, licence: Licence, cached: Licence | None) -> Licence | None:
+        """The licence of the cache (``cached``: :meth:`_load_cached`, read by the caller) to
+        go on with when it is another one than ``licence`` and valid now: the cache only ever
+        receives licences just issued, so another process renewed. While ``cached`` is issued
+        ahead of this clock, that is the licence cached beside it (:meth:`_previous`)."""
+        now = int(self._clock())
+        if cached is not None and self._ahead(cached, now):
+            cached = self._previous(cached, now)
         if cached is None or cached.licence_id == licence.licence_id:
             return None
-        now = int(self._clock())
         if not cached.issued_at - self.clock_tolerance <= now < cached.expires_at:
             return None
         return cached
@@ -1944,23 +2120,27 @@ class LicenceClient:
             if self._take(licence, n):
                 return
             for _ in range(_RENEWALS_PER_CONSUME):
-                if int(self._clock()) < self._next_retry and self._other_cached(licence) is None:
-                    # nothing to take and no renewal due yet: said at once, not after waiting
-                    # for the renewal lock (another process renewing, stopped, or a forked
-                    # child that kept it), on every inference until retry_seconds pass; the
-                    # cached licence is read only then (once a renewal is due, under the lock)
-                    self._retry_due(licence)
+                if int(self._clock()) < self._next_retry:
+                    cached = self._load_cached()
+                    if self._other_cached(licence, cached) is None:
+                        # nothing to take and no renewal due yet: said at once, not after
+                        # waiting for the renewal lock (another process renewing, stopped, or a
+                        # forked child that kept it), on every inference until retry_seconds
+                        # pass; the cached licence is read only then (once a renewal is due,
+                        # under the lock)
+                        self._retry_due(licence, cached)
                 # one process at a time, as in _renew_due: one that used the licence up
                 # meanwhile waits, then counts on the rest of the new licence (this one counted
                 # on it before letting go) instead of drawing an allowance of its own
                 with self._renewal_lock(wait=3 * self._timeout):
-                    cached = self._other_cached(licence)
-                    if cached is not None:
-                        self._switch(cached, fresh=False)
-                        licence = cached
+                    cached = self._load_cached()
+                    other = self._other_cached(licence, cached)
+                    if other is not None:
+                        self._switch(other, fresh=False)
+                        licence = other
                         if self._take(licence, n):
                             return
-                    licence, now = self._renew_used_up(licence)
+                    licence, now = self._renew_used_up(licence, cached)
                     if self._take(licence, n):
                         return
                 if licence.inferences is not None and licence.inferences < n:
@@ -1981,9 +2161,9 @@ class LicenceClient:
                 "give each runtime its own state folder."
             )
 
-    def _renew_used_up(self, licence: Licence) -> tuple[Licence, int]:
+    def _renew_used_up(self, licence: Licence, cached: Licence | None) -> tuple[Licence, int]:
         """A new licence in place of ``licence``, whose allowance is used up (or whose counter
-        is gone), and the time it was asked at.
+        is gone), and the time it was asked at (``cached``: as :meth:`_retry_due`).
 
         Raises:
             QuotaExhaustedError: the last renewal failed less than ``retry_seconds`` ago, or
@@ -1991,7 +2171,7 @@ class LicenceClient:
             LicenceDeniedError: ``device_revoked``; and the errors of :meth:`_now`.
         """
         used_up = self._used_up(licence)
-        now = self._retry_due(licence)
+        now = self._retry_due(licence, cached)
         try:
             return self._renew(now), now
         except _RenewalFailed as e:
@@ -2015,17 +2195,17 @@ class LicenceClient:
             else f"The counter of licence {licence.licence_id} is gone from {self._usage_path}"
         )
 
-    def _retry_due(self, licence: Licence) -> int:
-        """The time now, when a renewal of ``licence`` (used up) may be asked for.
+    def _retry_due(self, licence: Licence, cached: Licence | None) -> int:
+        """The time now, when a renewal of ``licence`` (used up) may be asked for; ``cached``:
+        the cache file's licence, read by the caller.
 
         Raises:
-            ClockRollbackError: the renewal is cached, issued ahead of this clock
+            ClockRollbackError: the renewal is ``cached``, issued ahead of this clock
                 (:meth:`_defer_to`): said so, not as a server that "granted no more".
             QuotaExhaustedError: the last renewal failed less than ``retry_seconds`` ago.
             and the errors of :meth:`_now`.
         """
         now = self._now()
-        cached = self._load_cached()
         if cached is not None and cached.licence_id != licence.licence_id:
             self._check_issued(cached, now)
         if now < self._next_retry:
