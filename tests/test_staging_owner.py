@@ -32,7 +32,7 @@ def running_elsewhere(app: Path, monkeypatch: pytest.MonkeyPatch) -> staging_mod
     """The staging folder of a protection running on another host: made there (another system
     tag), with a staged model, and its lock, taken in that host's kernel, not visible here."""
     with monkeypatch.context() as there:
-        there.setattr(staging_module, "_system_tag", lambda: OTHER_SYSTEM)
+        there.setattr(staging_module, "system_tag", lambda: OTHER_SYSTEM)
         staging = staging_module.Staging(app)
     staging.path("net/onnx/net.onnx").write_bytes(b"a locked model, still being verified")
     if staging.owner is not None:

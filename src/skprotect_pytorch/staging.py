@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
-import hashlib
 import json
 import os
 import re
@@ -25,13 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from skruntime.config import CONFIG_FILENAMES, load_config, sha256_file
+from skruntime.system import system_tag
 
 from .configuration import config_lock, lock_folder
 from .errors import ExportError, SkProtectError
 from .logs import get_logger
 
 _STAGING_NAME = re.compile(r"\.staging-(?P<system>[0-9a-f]{16})-[0-9a-f]{12}")
-"""A staging folder's name: the tag of the system that writes it (:func:`_system_tag`), then
+"""A staging folder's name: the tag of the system that writes it (:func:`system_tag`), then
 a random id; its backup folder adds ``-backup``."""
 
 _OWNER_FILE = ".owner.json"
@@ -43,27 +43,12 @@ _STALE_AFTER_S = 24 * 3600
 """Another system's staging folder unchanged this long is said (a warning), not only logged."""
 
 
-def _system_tag() -> str:
-    """16 hex digits naming this running system: its host name and boot (Linux's boot id).
-
-    A folder lock tells a running protection only on the system that took it: on NFS mounted
-    with local locks (``local_lock=all``), each host's ``flock`` always succeeds there, so a
-    scan that trusted the lock alone deleted another host's running staging folder. Each
-    staging folder's name carries this tag, given at its creation (no moment without it), and
-    only this system's folders are removed as orphans. A hash: the name shows neither."""
-    boot = ""
-    with contextlib.suppress(OSError):
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
-    system = f"skprotect-staging\0{socket.gethostname()}\0{boot}".encode()
-    return hashlib.sha256(system).hexdigest()[:16]
-
-
 class Staging:
     """Files written under a private staging folder, moved into place all together."""
 
     def __init__(self, outputs_dir: Path) -> None:
         self.outputs_dir = outputs_dir
-        self.root = outputs_dir / f".staging-{_system_tag()}-{uuid.uuid4().hex[:12]}"
+        self.root = outputs_dir / f".staging-{system_tag()}-{uuid.uuid4().hex[:12]}"
         self.owner: int | None = None  # the folder's descriptor, locked while the run lasts
         try:
             outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -221,13 +206,13 @@ def _keep_other_systems(folder: Path) -> None:
 def _remove_orphans(outputs_dir: Path) -> None:
     """Remove the staging folders of protections whose process died (killed, out of memory):
     hidden in ``outputs/``, which ships, they hold locked models, keys, even save_original's
-    plaintext copies. Only this system's folders (:func:`_system_tag`) whose lock can be taken
+    plaintext copies. Only this system's folders (:func:`system_tag`) whose lock can be taken
     are removed: a running protection holds its folder's lock; every folder where no lock can
     tell (Windows, NFS) or whose lock is another system's is kept. Folders named without a
     system (written before the tag existed) are judged by the lock. A backup folder left
     without its staging folder (its protection died while moving files into place) is settled
     from the configuration on disk (:func:`_plan_recovery`), or said when it cannot be."""
-    system = _system_tag()
+    system = system_tag()
     folders = sorted(outputs_dir.glob(".staging-*"))
     for folder in folders:
         if folder.name.endswith("-backup") or not folder.is_dir():

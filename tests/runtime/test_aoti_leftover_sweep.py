@@ -85,10 +85,11 @@ def test_killed_loads_are_swept_and_a_live_ones_folder_is_kept(
     assert len(set(killed)) == 2  # the second load swept the first one's folder
     live = start_child(deployed)
     (live_folder,) = left_in(tmpdir)
-    assert live_folder.startswith(f"skruntime-aoti-{live.pid}-")
+    assert live_folder.startswith(f"skruntime-aoti-{inductor.system_tag()}-{live.pid}-")
     model = SkRuntime(deployed).load("m", FMT)  # a load in this process sweeps too
     own = [name for name in left_in(tmpdir) if name != live_folder]
-    assert [name.startswith(f"skruntime-aoti-{os.getpid()}-") for name in own] == [True]
+    this = f"skruntime-aoti-{inductor.system_tag()}-{os.getpid()}-"
+    assert [name.startswith(this) for name in own] == [True]
     extracted = [p.name.startswith("aotinductor_") for p in (tmpdir / live_folder).iterdir()]
     assert extracted == [True]  # the live process's folder was kept whole
     assert order(live, "run") == "(2, 3)\n"
@@ -99,7 +100,7 @@ def test_killed_loads_are_swept_and_a_live_ones_folder_is_kept(
 
 def folder_like_a_load(tmpdir: Path, pid: int = 1) -> Path:
     """A folder named as a load names its private folder, with a file in it, locked by no one."""
-    folder = tmpdir / f"skruntime-aoti-{pid}-abcd1234"
+    folder = tmpdir / f"skruntime-aoti-{inductor.system_tag()}-{pid}-abcd1234"
     folder.mkdir(mode=0o700)
     (folder / "kept").write_bytes(b"x")
     return folder
@@ -123,7 +124,9 @@ def test_a_sweep_leaves_links_other_users_and_earlier_versions_folders(tmpdir: P
     target = tmpdir / "target"
     target.mkdir()
     (target / "kept").write_bytes(b"x")
-    (tmpdir / "skruntime-aoti-2-linkedto").symlink_to(target, target_is_directory=True)
+    (tmpdir / f"skruntime-aoti-{inductor.system_tag()}-2-linkedto").symlink_to(
+        target, target_is_directory=True
+    )
     other = folder_like_a_load(tmpdir, pid=3)
     os.chown(other, os.geteuid() + 1000, os.getegid())
     earlier = tmpdir / "skruntime-aoti-k2j4_x9q"

@@ -14,7 +14,6 @@ before every call. This module is that one implementation; the protector's expor
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, InputError
+from ..system import system_tag
 from .base import BackendOptions, ModelFile
 from .gpu import (
     apply_gpu_determinism,
@@ -42,6 +42,11 @@ from .gpu import (
     restore_gpu_settings,
 )
 from .inputs import INPUTS_METADATA, input_specs, parse_specs, range_problem
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows: no folder is locked, none is swept)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "INPUTS_METADATA",
@@ -319,10 +324,12 @@ class _Package:
     __slots__ = ("__weakref__", "lock", "metadata", "model")
 
     def __init__(self, model: Any, single_threaded: bool, folder: str, lock: int) -> None:
-        weakref.finalize(self, _remove_folder, folder, os.getpid(), lock)
         self.model = model
         self.metadata: dict[str, str] = dict(model.get_metadata())
         self.lock = threading.Lock() if single_threaded else None
+        # last: where __init__ raises, the caller removes the folder and closes ``lock`` (a
+        # second close could close a descriptor that another thread has opened since)
+        weakref.finalize(self, _remove_folder, folder, os.getpid(), lock)
 
     def __call__(self, tensors: Sequence[torch.Tensor]) -> Any:
         if self.lock is None:
@@ -367,9 +374,12 @@ def _tmpdir(folder: str) -> Iterator[None]:
 
 
 _PRIVATE_PREFIX = "skruntime-aoti-"
-#: A private folder's name: the prefix, the pid of the process that made it, ``tempfile``'s
-#: random part. Folders of earlier versions (no pid, no lock) never match: they are left alone.
-_PRIVATE_NAME = re.compile(re.escape(_PRIVATE_PREFIX) + r"[0-9]+-[a-z0-9_]+")
+#: A private folder's name: the prefix, the tag of the system that made it (:func:`system_tag`),
+#: the pid of its process, ``tempfile``'s random part. Folders of earlier versions (no pid, no
+#: lock) never match: they are left alone.
+_PRIVATE_NAME = re.compile(
+    re.escape(_PRIVATE_PREFIX) + r"(?P<system>[0-9a-f]{16})-[0-9]+-[a-z0-9_]+"
+)
 
 
 def _locked(folder: str) -> int | None:
@@ -377,7 +387,12 @@ def _locked(folder: str) -> int | None:
     ``flock``, or None where a sweep (:func:`_sweep_leftovers`) holds it, or removed the folder
     before it could be locked. Where the file system has no ``flock`` (some NFS mounts), the
     descriptor without the lock: no sweep can lock such a folder either, so none removes it."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:  # a sweep removed it before it could be opened
+        return None
+    if fcntl is None:  # pragma: no cover (Windows)
+        return fd
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:  # a sweep is removing it
@@ -421,24 +436,30 @@ def _sweep_leftovers(parent: str) -> None:
     """Remove from ``parent`` the private folders of this user's loads whose process is gone
     (:func:`_remove_if_abandoned`): a process killed with SIGKILL (the OOM killer, a container
     stopped hard) runs no finalizer, and left its folder, with the package extracted in it,
-    for ever."""
+    for ever. Only this system's folders (:func:`system_tag`): another's lock is not seen."""
+    if fcntl is None:  # pragma: no cover (Windows: no lock tells a live load's folder)
+        return
+    system = system_tag()
     with contextlib.suppress(OSError), os.scandir(parent) as entries:
         for entry in entries:
-            if _PRIVATE_NAME.fullmatch(entry.name):
+            named = _PRIVATE_NAME.fullmatch(entry.name)
+            if named is not None and named["system"] == system:
                 _remove_if_abandoned(entry.path)
 
 
 def _private_folder(package: Path, size: int) -> tuple[str, int]:
     """A new folder only this user can enter (``tempfile.mkdtemp``, named
-    ``skruntime-aoti-<pid>-*``), for loading ``package`` (``size`` bytes), and its descriptor
-    holding its lock (:func:`_locked`) until the folder is removed: what marks it used. The
-    folders of loads whose process is gone are removed first (:func:`_sweep_leftovers`).
+    ``skruntime-aoti-<system>-<pid>-*``), for loading ``package`` (``size`` bytes), and its
+    descriptor holding its lock (:func:`_locked`) until the folder is removed: what marks it
+    used. The folders of loads whose process is gone are removed first
+    (:func:`_sweep_leftovers`).
     BackendError with what to do where Python has no usable temporary folder (none of
     ``TMPDIR``, /tmp, /var/tmp, /usr/tmp and the current folder is writable)."""
     try:
         _sweep_leftovers(tempfile.gettempdir())
         while True:  # a sweep of another process can take a new folder once, not for ever
-            folder = tempfile.mkdtemp(prefix=f"{_PRIVATE_PREFIX}{os.getpid()}-")
+            prefix = f"{_PRIVATE_PREFIX}{system_tag()}-{os.getpid()}-"
+            folder = tempfile.mkdtemp(prefix=prefix)
             if (lock := _locked(folder)) is not None:
                 return folder, lock
     except OSError as err:
