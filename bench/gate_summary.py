@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,9 @@ CONTEXT = ("seeds", "sweep", "victim_epochs", "data_seed", "lock_seed", "lock_se
 agree on them, or the row would mix two victims, locks or sweeps."""
 DATE_FORMAT = "%Y-%m-%d %H:%M UTC"
 """How ``bench/audit_gate.py`` writes a report's ``date``: when the run started."""
+GATE_BUDGETS = (1.0, 5.0, 10.0, 25.0)
+"""The budgets of a ``bench/audit_gate.py`` run whose command has no ``--budgets`` (its
+``GATE_BUDGETS``, which importing would import torch)."""
 NOT_RUN_BUDGET = re.compile(r"@(\S+) \(|rows at (\S+) % ")
 """The budget in a report's ``not_run`` item (``A3@25 (not computed yet)``, ``the rows at 25 %
 stored but not judged: ...``); an item without one (``A0 ...``) holds at every budget."""
@@ -97,7 +101,8 @@ def run_errors(paths: list[Path], with_quick: bool = False) -> list[tuple[str, s
     no rows in that run (``bench/audit_gate.py`` keeps the error under ``errors``), and a
     summary without it read as a gate of the other models alone.  A ``--quick`` run's (its
     command says so: the model has no settings) counts only ``with_quick``, as its rows do.  An
-    error older than a run holding rows of its model is left out: that rerun replaced it."""
+    error older than runs holding rows of its model at every budget of the failed run is left
+    out: those reruns replaced it."""
     newest = _newest_rows(paths, with_quick)
     return [
         (model, f"{error} ({path}, {report.get('date', '?')})")
@@ -105,7 +110,7 @@ def run_errors(paths: list[Path], with_quick: bool = False) -> list[tuple[str, s
         for report in _reports(path)
         if with_quick or "--quick" not in str(report.get("command", "")).split()
         for model, error in (report.get("errors") or {}).items()
-        if not _replaced(_when(report), newest.get(model))
+        if not _replaced(report, model, newest)
     ]
 
 
@@ -118,24 +123,49 @@ def _when(report: dict) -> datetime | None:
         return None
 
 
-def _newest_rows(paths: list[Path], with_quick: bool) -> dict[str, datetime]:
-    """model -> when the newest run in ``paths`` holding rows of it started (the runs
+def _newest_rows(paths: list[Path], with_quick: bool) -> dict[tuple[str, float], datetime]:
+    """(model, budget) -> when the newest run in ``paths`` holding rows of it started (the runs
     :func:`collect` counts, with a readable date)."""
-    newest: dict[str, datetime] = {}
+    newest: dict[tuple[str, float], datetime] = {}
     for path in paths:
         for report in _reports(path):
             when = _when(report)
             for model in _models(report):
-                name = model["settings"]["model"]
-                if when and (with_quick or not model["settings"].get("quick")):
-                    newest[name] = max(when, newest.get(name, when))
+                settings = model["settings"]
+                if when and (with_quick or not settings.get("quick")):
+                    for key in ((settings["model"], float(b)) for b in settings["budgets"]):
+                        newest[key] = max(when, newest.get(key, when))
     return newest
 
 
-def _replaced(failed_at: datetime | None, rows_at: datetime | None) -> bool:
-    """Whether a run that stopped on a model at ``failed_at`` was run again later with rows at
-    ``rows_at``; undated, or in the same minute, it is not known to be and stays shown."""
-    return failed_at is not None and rows_at is not None and rows_at > failed_at
+def _asked_budgets(report: dict) -> set[float] | None:
+    """The budgets a run was asked for: its command's ``--budgets``, else
+    :data:`GATE_BUDGETS`; None for a report without a readable command."""
+    try:
+        words = shlex.split(report["command"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    value = ",".join(f"{b:g}" for b in GATE_BUDGETS)
+    for word, after in zip(words, [*words[1:], ""], strict=True):
+        if word == "--budgets":
+            value = after
+        elif word.startswith("--budgets="):
+            value = word.removeprefix("--budgets=")
+    try:
+        return {float(b) for b in value.split(",") if b.strip()} or None
+    except ValueError:
+        return None
+
+
+def _replaced(report: dict, model: str, newest: dict[tuple[str, float], datetime]) -> bool:
+    """Whether the run ``report``, which stopped on ``model``, was run again later at each of
+    its budgets (``newest``: :func:`_newest_rows`): a rerun at some of them leaves the others
+    failed. Undated, without a command, or rerun in the same minute, it is not known to be and
+    stays shown."""
+    failed_at, budgets = _when(report), _asked_budgets(report)
+    if failed_at is None or budgets is None:
+        return False
+    return all(newest.get((model, b), failed_at) > failed_at for b in budgets)
 
 
 def _models(report: dict) -> list[dict]:

@@ -1,8 +1,10 @@
-"""``bench/gate_summary.py`` drops a model's ERROR row when a later run holds rows of that
-model (the rerun replaced the failed run) and keeps it, dated, when the failure is the newest."""
+"""``bench/gate_summary.py`` drops a model's ERROR row when later runs hold rows of that model
+at every budget of the failed run (the reruns replaced it) and keeps it, dated, when the
+failure is the newest or a budget was not run again."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -27,11 +29,14 @@ FULL = [
 OOM = "RuntimeError: CUDA out of memory"
 
 
-def _run(path: Path, date: str, passed: bool) -> Path:
-    """A full gate run of the gru on ``date``: its rows, or stopped on it."""
-    models = {"gru": _model("gru", [5.0], FULL)} if passed else {}
+def _run(path: Path, date: str, passed: bool, budgets: tuple[float, ...] = (5.0,)) -> Path:
+    """A full gate run of the gru at ``budgets`` on ``date``: its rows, or stopped on it."""
+    models = {"gru": _model("gru", list(budgets), FULL)} if passed else {}
     errors = {} if passed else {"gru": OOM}
-    path.write_text(json.dumps({"date": date, "models": models, "errors": errors}))
+    asked = ",".join(f"{b:g}" for b in budgets)
+    command = f"python bench/audit_gate.py --out runs --models gru --budgets {asked}"
+    report = {"command": command, "date": date, "models": models, "errors": errors}
+    path.write_text(json.dumps(report))
     return path
 
 
@@ -70,3 +75,31 @@ def test_an_undated_failure_stays_shown(tmp_path: Path, capsys: pytest.CaptureFi
     failed.write_text(json.dumps(report))
     rows = _summary(capsys, failed, _run(tmp_path / "b.json", "2026-12-05 14:00 UTC", True))
     assert len(rows) == 2 and rows[1].endswith(f"| ERROR: {OOM} ({failed}, ?) |")
+
+
+def test_a_rerun_at_some_budgets_leaves_the_others_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: the failure at 5 and 25 % hidden by a rerun at 5 % alone, the 25 % never run."""
+    failed = _run(tmp_path / "a.json", "2026-12-05 10:00 UTC", passed=False, budgets=(5.0, 25.0))
+    rerun = _run(tmp_path / "b.json", "2026-12-05 14:00 UTC", passed=True)
+    rows = _summary(capsys, failed, rerun)
+    assert len(rows) == 2 and rows[0].endswith("| pass | pass |")
+    assert rows[1].endswith(f"| ERROR: {OOM} ({failed}, 2026-12-05 10:00 UTC) |")
+    both = _run(tmp_path / "c.json", "2026-12-05 18:00 UTC", passed=True, budgets=(25.0,))
+    assert len(_summary(capsys, failed, rerun, both)) == 2  # 5 and 25 %, no ERROR
+
+
+def test_a_run_without_budgets_was_asked_the_gates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command without ``--budgets`` ran the gate's budgets (``bench/audit_gate.py``'s)."""
+    failed = _run(tmp_path / "a.json", "2026-12-05 10:00 UTC", passed=False)
+    report = json.loads(failed.read_text())
+    report["command"] = "python bench/audit_gate.py --out runs --models gru"
+    failed.write_text(json.dumps(report))
+    assert gate_summary.GATE_BUDGETS == importlib.import_module("audit_gate").GATE_BUDGETS
+    rerun = _run(tmp_path / "b.json", "2026-12-05 14:00 UTC", passed=True)
+    assert _summary(capsys, failed, rerun)[-1].startswith("| gru | – |")
+    everywhere = _run(tmp_path / "c.json", "2026-12-05 14:00 UTC", True, (1.0, 10.0, 25.0))
+    assert len(_summary(capsys, failed, rerun, everywhere)) == 4
