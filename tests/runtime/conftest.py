@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.models import deploy_lifecycle
+
+from skprotect_pytorch.protect import SkProtectorPyTorch
 
 
 @pytest.fixture
@@ -27,3 +31,26 @@ def deny_reading(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
 
     monkeypatch.setattr(os, "open", open_denied)
     return denied.add
+
+
+@pytest.fixture(scope="module")
+def aoti_deployed(module_workdir: Path) -> Path:
+    """The lifecycle MLP deployed as an AOTInductor CPU package (TXT), once per module."""
+    return deploy_lifecycle(SkProtectorPyTorch.ExportFormat.INDUCTOR_CPU)
+
+
+@pytest.fixture
+def temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty temporary folder for torch (``TMPDIR``) and Python (``tempfile``), for
+    this process and its children."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def left_in(folder: Path) -> list[str]:
+    """What is in ``folder``, but for torch's compile cache (``torchinductor_<user>``), which
+    torch creates there for any load, whatever the outcome, and keeps on purpose."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("torchinductor_"))

@@ -13,14 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from tests.models import deploy_lifecycle
-from tests.runtime.test_aoti_temp_cleanup import left_in
+from tests.runtime.conftest import left_in
 
-from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
 from skruntime.backends import inductor
 
@@ -40,25 +37,10 @@ print(model(LIFECYCLE_INPUT.numpy()).shape, flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def deployed(module_workdir: Path) -> Path:
-    return deploy_lifecycle(SkProtectorPyTorch.ExportFormat.INDUCTOR_CPU)
-
-
-@pytest.fixture
-def tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh temporary folder for this process and its children."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setenv("TMPDIR", str(folder))
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def start_child(deployed: Path) -> subprocess.Popen[str]:
+def start_child(aoti_deployed: Path) -> subprocess.Popen[str]:
     """A process that has loaded the model, waiting for its order (:data:`CHILD`)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(deployed)],
+        [sys.executable, "-c", CHILD, str(aoti_deployed)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -74,75 +56,75 @@ def order(child: subprocess.Popen[str], what: str) -> str:
 
 
 def test_killed_loads_are_swept_and_a_live_ones_folder_is_kept(
-    deployed: Path, tmpdir: Path
+    aoti_deployed: Path, temp_folder: Path
 ) -> None:
     killed = []
     for _ in range(2):
-        child = start_child(deployed)
+        child = start_child(aoti_deployed)
         order(child, "kill")
         assert child.returncode == -9
-        killed += left_in(tmpdir)
+        killed += left_in(temp_folder)
     assert len(set(killed)) == 2  # the second load swept the first one's folder
-    live = start_child(deployed)
-    (live_folder,) = left_in(tmpdir)
+    live = start_child(aoti_deployed)
+    (live_folder,) = left_in(temp_folder)
     assert live_folder.startswith(f"skruntime-aoti-{inductor.system_tag()}-{live.pid}-")
-    model = SkRuntime(deployed).load("m", FMT)  # a load in this process sweeps too
-    own = [name for name in left_in(tmpdir) if name != live_folder]
+    model = SkRuntime(aoti_deployed).load("m", FMT)  # a load in this process sweeps too
+    own = [name for name in left_in(temp_folder) if name != live_folder]
     this = f"skruntime-aoti-{inductor.system_tag()}-{os.getpid()}-"
     assert [name.startswith(this) for name in own] == [True]
-    extracted = [p.name.startswith("aotinductor_") for p in (tmpdir / live_folder).iterdir()]
+    extracted = [p.name.startswith("aotinductor_") for p in (temp_folder / live_folder).iterdir()]
     assert extracted == [True]  # the live process's folder was kept whole
     assert order(live, "run") == "(2, 3)\n"
     assert live.returncode == 0
-    assert left_in(tmpdir) == own  # it removed its own folder when it exited
+    assert left_in(temp_folder) == own  # it removed its own folder when it exited
     model.close()
 
 
-def folder_like_a_load(tmpdir: Path, pid: int = 1) -> Path:
+def folder_like_a_load(temp_folder: Path, pid: int = 1) -> Path:
     """A folder named as a load names its private folder, with a file in it, locked by no one."""
-    folder = tmpdir / f"skruntime-aoti-{inductor.system_tag()}-{pid}-abcd1234"
+    folder = temp_folder / f"skruntime-aoti-{inductor.system_tag()}-{pid}-abcd1234"
     folder.mkdir(mode=0o700)
     (folder / "kept").write_bytes(b"x")
     return folder
 
 
-def test_a_sweep_removes_an_unlocked_folder_and_keeps_a_locked_one(tmpdir: Path) -> None:
-    gone = folder_like_a_load(tmpdir)
-    folder, lock = inductor._private_folder(tmpdir / "m.pt2", 1)  # held by this process
-    inductor._sweep_leftovers(str(tmpdir))
-    assert left_in(tmpdir) == [Path(folder).name]
+def test_a_sweep_removes_an_unlocked_folder_and_keeps_a_locked_one(temp_folder: Path) -> None:
+    gone = folder_like_a_load(temp_folder)
+    folder, lock = inductor._private_folder(temp_folder / "m.pt2", 1)  # held by this process
+    inductor._sweep_leftovers(str(temp_folder))
+    assert left_in(temp_folder) == [Path(folder).name]
     assert not gone.exists()
     os.close(lock)  # as the process's end would
-    inductor._sweep_leftovers(str(tmpdir))
-    assert left_in(tmpdir) == []
+    inductor._sweep_leftovers(str(temp_folder))
+    assert left_in(temp_folder) == []
 
 
-def test_a_sweep_leaves_links_other_users_and_earlier_versions_folders(tmpdir: Path) -> None:
+def test_a_sweep_leaves_links_other_users_and_earlier_versions_folders(temp_folder: Path) -> None:
     """Never followed: a symbolic link named like a private folder; never removed: another
     user's folder (tests run as root, who could remove it), and a folder of a version before
     the lock (``skruntime-aoti-`` and 8 random characters), which may belong to a live process."""
-    target = tmpdir / "target"
+    target = temp_folder / "target"
     target.mkdir()
     (target / "kept").write_bytes(b"x")
-    (tmpdir / f"skruntime-aoti-{inductor.system_tag()}-2-linkedto").symlink_to(
+    (temp_folder / f"skruntime-aoti-{inductor.system_tag()}-2-linkedto").symlink_to(
         target, target_is_directory=True
     )
-    other = folder_like_a_load(tmpdir, pid=3)
+    other = folder_like_a_load(temp_folder, pid=3)
     os.chown(other, os.geteuid() + 1000, os.getegid())
-    earlier = tmpdir / "skruntime-aoti-k2j4_x9q"
+    earlier = temp_folder / "skruntime-aoti-k2j4_x9q"
     earlier.mkdir()
-    before = left_in(tmpdir)
-    inductor._sweep_leftovers(str(tmpdir))
-    assert left_in(tmpdir) == before
+    before = left_in(temp_folder)
+    inductor._sweep_leftovers(str(temp_folder))
+    assert left_in(temp_folder) == before
     assert (target / "kept").exists() and (other / "kept").exists()
 
 
 def test_a_folder_a_sweep_holds_or_removed_is_not_used(
-    tmpdir: Path, monkeypatch: pytest.MonkeyPatch
+    temp_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Between ``mkdtemp`` and its lock a new folder is unlocked: a sweep of another process
     may lock it and remove it then, so the load must take another folder, not use it."""
-    folder = tmpdir / "skruntime-aoti-4-abcd1234"
+    folder = temp_folder / "skruntime-aoti-4-abcd1234"
     folder.mkdir()
     sweep = os.open(folder, os.O_RDONLY)
     fcntl.flock(sweep, fcntl.LOCK_EX | fcntl.LOCK_NB)

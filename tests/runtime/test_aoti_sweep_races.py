@@ -20,14 +20,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from tests.runtime.test_aoti_leftover_sweep import tmpdir  # noqa: F401 (a fixture)
-from tests.runtime.test_aoti_temp_cleanup import left_in
+from tests.runtime.conftest import left_in
 
 from skruntime.backends import inductor
 
 
 def test_a_folder_swept_before_it_is_opened_is_made_again(
-    tmpdir: Path,  # noqa: F811
+    temp_folder: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     made: list[str] = []
@@ -40,8 +39,8 @@ def test_a_folder_swept_before_it_is_opened_is_made_again(
         return made[-1]
 
     monkeypatch.setattr(tempfile, "mkdtemp", swept_at_once)
-    folder, lock = inductor._private_folder(tmpdir / "m.pt2", 1)
-    assert folder == made[1] and left_in(tmpdir) == [Path(folder).name]
+    folder, lock = inductor._private_folder(temp_folder / "m.pt2", 1)
+    assert folder == made[1] and left_in(temp_folder) == [Path(folder).name]
     inductor._remove_folder(folder, os.getpid(), lock)
 
 
@@ -53,7 +52,7 @@ class _NoMetadata:
 
 
 def test_a_package_that_fails_to_start_closes_its_lock_once(
-    tmpdir: Path,  # noqa: F811
+    temp_folder: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     made: list[tuple[str, int]] = []
@@ -65,28 +64,28 @@ def test_a_package_that_fails_to_start_closes_its_lock_once(
     close = os.close
     monkeypatch.setattr(os, "close", lambda fd: closed.append(fd) or close(fd))
     with pytest.raises(RuntimeError, match="no metadata"):
-        inductor._in_private_folder(lambda _: _NoMetadata(), tmpdir / "m.pt2", 1, {})
+        inductor._in_private_folder(lambda _: _NoMetadata(), temp_folder / "m.pt2", 1, {})
     gc.collect()
     ((_, lock),) = made
     assert closed.count(lock) == 1
-    assert left_in(tmpdir) == []
+    assert left_in(temp_folder) == []
 
 
 def test_another_systems_folder_is_kept(
-    tmpdir: Path,  # noqa: F811
+    temp_folder: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Its lock is not seen here (NFS with local locks): its load may still run."""
     with monkeypatch.context() as elsewhere:
         elsewhere.setattr(inductor, "system_tag", lambda: "0123456789abcdef")
-        folder, lock = inductor._private_folder(tmpdir / "m.pt2", 1)
+        folder, lock = inductor._private_folder(temp_folder / "m.pt2", 1)
     os.close(lock)  # as unseen as a lock taken on another host
-    inductor._sweep_leftovers(str(tmpdir))
-    assert left_in(tmpdir) == [Path(folder).name]
+    inductor._sweep_leftovers(str(temp_folder))
+    assert left_in(temp_folder) == [Path(folder).name]
 
 
 def test_without_fcntl_the_runtime_loads_and_sweeps_nothing(
-    tmpdir: Path,  # noqa: F811
+    temp_folder: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As on Windows: the module imports, a load gets its folder, no folder is removed."""
@@ -94,8 +93,8 @@ def test_without_fcntl_the_runtime_loads_and_sweeps_nothing(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     monkeypatch.setattr(inductor, "fcntl", None)
-    abandoned = tmpdir / f"skruntime-aoti-{inductor.system_tag()}-1-abcd1234"
+    abandoned = temp_folder / f"skruntime-aoti-{inductor.system_tag()}-1-abcd1234"
     abandoned.mkdir()
-    folder, lock = inductor._private_folder(tmpdir / "m.pt2", 1)
-    assert left_in(tmpdir) == sorted([abandoned.name, Path(folder).name])
+    folder, lock = inductor._private_folder(temp_folder / "m.pt2", 1)
+    assert left_in(temp_folder) == sorted([abandoned.name, Path(folder).name])
     inductor._remove_folder(folder, os.getpid(), lock)

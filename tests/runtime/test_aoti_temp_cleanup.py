@@ -15,42 +15,20 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.models import LIFECYCLE_INPUT, deploy_lifecycle
+from tests.models import LIFECYCLE_INPUT
+from tests.runtime.conftest import left_in
 from tests.runtime.test_inductor_package_fuzz import MODEL, SO, redeploy, with_metadata, without
 
-from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
 from skruntime.backends import inductor
 from skruntime.backends.inputs import INPUTS_METADATA
 from skruntime.errors import BackendError
 
 FMT = "inductor_cpu"
-
-
-@pytest.fixture(scope="module")
-def deployed(module_workdir: Path) -> Path:
-    return deploy_lifecycle(SkProtectorPyTorch.ExportFormat.INDUCTOR_CPU)
-
-
-@pytest.fixture
-def tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh, empty temporary folder for torch (``TMPDIR``) and Python (``tempfile``)."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setenv("TMPDIR", str(folder))
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def left_in(folder: Path) -> list[str]:
-    """What is in ``folder``, but for torch's compile cache (``torchinductor_<user>``), which
-    torch creates there for any load, whatever the outcome, and keeps on purpose."""
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("torchinductor_"))
 
 
 DAMAGES: dict[str, Callable[[bytes], bytes]] = {
@@ -64,35 +42,35 @@ DAMAGES: dict[str, Callable[[bytes], bytes]] = {
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_failed_load_leaves_nothing_in_tmpdir(
-    deployed: Path, tmp_path: Path, tmpdir: Path, damage: str
+    aoti_deployed: Path, tmp_path: Path, temp_folder: Path, damage: str
 ) -> None:
-    folder = Path(shutil.copytree(deployed, tmp_path / "app"))
+    folder = Path(shutil.copytree(aoti_deployed, tmp_path / "app"))
     redeploy(folder, DAMAGES[damage]((folder / MODEL).read_bytes()))
     for _ in range(2):  # a service retrying the load
         with pytest.raises(BackendError, match="torch could not load the AOTInductor package"):
             SkRuntime(folder).load("m", FMT)
-    assert left_in(tmpdir) == []
-    assert os.environ["TMPDIR"] == str(tmpdir)  # restored after the load
+    assert left_in(temp_folder) == []
+    assert os.environ["TMPDIR"] == str(temp_folder)  # restored after the load
 
 
 def test_a_loaded_package_keeps_its_folder_until_it_is_released(
-    deployed: Path, tmpdir: Path
+    aoti_deployed: Path, temp_folder: Path
 ) -> None:
     """While loaded, torch's folder stays (a GPU package loads its kernels from there on their
     first call), inside the runtime's private one; released, both go."""
-    model = SkRuntime(deployed).load("m", FMT)
+    model = SkRuntime(aoti_deployed).load("m", FMT)
     model(LIFECYCLE_INPUT.numpy())
-    (private,) = left_in(tmpdir)
+    (private,) = left_in(temp_folder)
     assert private.startswith("skruntime-aoti-")
-    assert [p.name.startswith("aotinductor_") for p in (tmpdir / private).iterdir()] == [True]
+    assert [p.name.startswith("aotinductor_") for p in (temp_folder / private).iterdir()] == [True]
     model.close()
-    assert left_in(tmpdir) == [private]  # a CPU package stays loaded for the process
-    sha256 = SkRuntime(deployed).config.models["m"].formats[FMT].sha256
+    assert left_in(temp_folder) == [private]  # a CPU package stays loaded for the process
+    sha256 = SkRuntime(aoti_deployed).config.models["m"].formats[FMT].sha256
     package = inductor._PACKAGES[(sha256, -1, ())]
     inductor._KEPT.remove(package)  # released, as a GPU package is when its models close
     del package, model
     gc.collect()
-    assert left_in(tmpdir) == []
+    assert left_in(temp_folder) == []
 
 
 COPY_FAILS = """
@@ -111,26 +89,27 @@ except BackendError as e:
 
 
 def test_a_copy_that_cannot_be_written_says_where_room_is_needed(
-    deployed: Path, tmpdir: Path
+    aoti_deployed: Path, temp_folder: Path
 ) -> None:
     """Writing the private copy for torch failed (a full disk) with "torch could not load the
     AOTInductor package ... (OSError: ...). Re-deploy the file written by skprotect", which
     would fail again the same way."""
     child = subprocess.run(
-        [sys.executable, "-c", COPY_FAILS, str(deployed)],
+        [sys.executable, "-c", COPY_FAILS, str(aoti_deployed)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert child.returncode == 0, child.stderr[-2000:]
-    size = (deployed / MODEL).stat().st_size
+    size = (aoti_deployed / MODEL).stat().st_size
     assert child.stdout.strip() == (
-        f"The AOTInductor package {deployed / MODEL} ({size:,} bytes) could not be copied to the "
-        f"temporary folder {tmpdir} for torch to load it: File too large. Make room there for "
+        f"The AOTInductor package {aoti_deployed / MODEL} ({size:,} bytes) could not be copied "
+        f"to the temporary folder {temp_folder} for torch to load it: File too large. Make room "
+        "there for "
         "about twice its size (the copy, and what torch extracts from it), or point TMPDIR to a "
         "folder that has it."
     )
-    assert left_in(tmpdir) == []
+    assert left_in(temp_folder) == []
 
 
 FORKS = """
@@ -147,15 +126,15 @@ print(before == sorted(p.name for p in Path(sys.argv[2]).iterdir()))
 """
 
 
-def test_a_forked_child_leaves_its_parents_folder(deployed: Path, tmpdir: Path) -> None:
+def test_a_forked_child_leaves_its_parents_folder(aoti_deployed: Path, temp_folder: Path) -> None:
     """The folder is removed by the process that loaded the package only: a child forked from
     it runs the same exit handlers, and removed the folder that its parent still used."""
     child = subprocess.run(
-        [sys.executable, "-c", FORKS, str(deployed), str(tmpdir)],
+        [sys.executable, "-c", FORKS, str(aoti_deployed), str(temp_folder)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip() == "True"
-    assert left_in(tmpdir) == []  # and its parent removed it when it ended
+    assert left_in(temp_folder) == []  # and its parent removed it when it ended
