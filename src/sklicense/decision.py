@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sklicense.crud import count_devices, get_application_by_name
-from sklicense.models import Application, Customer, Device, Licence, SeenNonce
+from sklicense.models import Application, Customer, Device, Licence, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S, unb64, verify
 
@@ -403,9 +403,12 @@ def resendable(
     (the request's own, sent again; or those it ``supersedes``: earlier ones whose answer was
     lost) when it may be sent again for ``request``: for its customer, application and models,
     the device active, the licence unexpired and not outliving the customer's contract (moved
-    earlier since). Else None: a request that was denied, or reused for another request, or a
-    licence no longer good. A device naming nonces it did not send gains nothing: only a
-    licence already granted (and charged) to it is answered, wrapped to its own key."""
+    earlier since), its allowance not reported used up. Else None: a request that was denied,
+    or reused for another request, or a licence no longer good. A device naming nonces it did
+    not send gains nothing: only a licence already granted (and charged) to it is answered,
+    wrapped to its own key. A licence reported used up reached the device, whose runtime drops
+    its counter once that report is acknowledged: sent again, it would be counted again from 0
+    by the process that lost its answer."""
     if not nonces:
         return None
     row = session.scalar(
@@ -429,6 +432,17 @@ def resendable(
         or application.name != request.application
         or list(row.models) != list(request.models)
         or row.expires_at.timestamp() <= now
+        or (
+            row.inferences is not None
+            and (highest_reported(session, row.id) or 0) >= row.inferences
+        )
     ):
         return None
     return Resend(row, device, application)
+
+
+def highest_reported(session: Session, licence_id: str) -> int | None:
+    """The highest counter reported for the licence (counters are totals), or None."""
+    return session.scalar(
+        select(func.max(UsageReport.counter)).where(UsageReport.licence_id == licence_id)
+    )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +25,7 @@ from sklicense.decision import (
     check_message,
     counter_behind,
     decide,
+    highest_reported,
     resendable,
     signed_with,
     stale_request,
@@ -467,9 +468,7 @@ def report_usage(
         licence = session.get(Licence, report.licence_id, with_for_update=True)
         if licence is None or licence.device_id != device.id:
             return denied_report(session, unknown_licence(report.licence_id, device.id), 404)
-        highest = session.scalar(
-            select(func.max(UsageReport.counter)).where(UsageReport.licence_id == licence.id)
-        )
+        highest = highest_reported(session, licence.id)
         if highest is not None and report.counter < highest:
             return denied_report(session, counter_behind(licence.id, report.counter, highest), 409)
         session.add(

@@ -225,3 +225,72 @@ def test_a_pending_file_naming_malformed_nonces_is_replaced(
     device.close()
     assert licence.request_nonce == slow.nonces[-1] != held["nonce"]
     assert len(set(slow.nonces)) == 2 and not pending.exists()
+
+
+@pytest.mark.parametrize("later", [200, 400], ids=["sent again", "superseded"])
+def test_a_lost_grant_another_process_used_up_is_not_sent_again(
+    client, sessions, clock, tmp_path, later: int
+) -> None:
+    """A process's request was granted, its answer lost; another process of the device sent it
+    again and got the licence, used it up, renewed, and reported it (its counter dropped). The
+    first process's next request, sent again or superseding it, is charged a new licence, not
+    answered with that one to count from 0 again. Before: that licence counted 20 inferences on
+    its allowance of 10 (31 counted on 30 granted)."""
+    folder = tmp_path / "device"
+    first, slow, pinned = start(client, sessions, clock, folder, late=3)
+    with pytest.raises(LicenceUnavailableError):
+        first.ensure_licence()
+    clock.now += 100
+    other = start_again(slow, pinned, folder, clock)
+    lost = other.ensure_licence()  # the pending file's request, sent again
+    for _ in range(11):  # its allowance of 10 used up, then renewed
+        other.consume(1)
+    other.flush()
+    clock.now += later - 100
+    used = set()
+    for _ in range(20):
+        first.consume(1)
+        used.add(first._licence.licence_id)
+    first.flush()
+    assert lost.licence_id not in used
+    assert granted(sessions) == (40, [10, 10, 10, 10])  # 31 counted: 10 + 1, 9 + 10 + 1
+    other.close()
+    first.close()
+
+
+class Refused(httpx.BaseTransport):
+    """The first ``refused`` sends of a licence request find the server unreachable (a refused
+    connection: they never reach it)."""
+
+    def __init__(self, inner: httpx.BaseTransport, refused: int) -> None:
+        self.inner, self.refused = inner, refused
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == LICENCES_PATH and self.refused > 0:
+            self.refused -= 1
+            raise httpx.ConnectError("connection refused", request=request)
+        return self.inner.handle_request(request)
+
+
+def test_a_grant_after_requests_that_never_reached_the_server_stays_named(
+    client, sessions, clock, tmp_path
+) -> None:
+    """Unreachable for 450 s (the first request never reached the server), then every answer
+    lost for about 75 minutes: the first request that reached it was granted, and every request
+    after it names it, however long the chain. Before: the chain kept its first request (never
+    sent) and the latest 7, so the granted one was dropped from it after 8 more: 20 inferences
+    charged, 10 received."""
+    folder = tmp_path / "device"
+    device, slow, pinned = start(client, sessions, clock, folder, late=72)
+    device.close()
+    device = start_again(Refused(slow, refused=9), pinned, folder, clock)  # 3 attempts' sends
+    for _ in range(100):
+        try:
+            licence = device.ensure_licence()
+            break
+        except LicenceUnavailableError:
+            clock.now += 150
+    device.close()
+    assert len(set(slow.nonces)) > 8  # more requests than the chain names
+    assert licence.request_nonce == slow.nonces[0]  # the first that reached the server
+    assert granted(sessions) == (10, [10])

@@ -55,9 +55,10 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     timestamp is inside the server's window by this device's clock and it asks what the
     runtime asks now (else a new one is signed, and written here before it is sent, naming
     this one and those it superseded in ``supersedes``: the server answers it with the licence
-    it granted one of them, uncharged, while that licence is valid). Removed
-    once the server answered it (a signed answer other than ``rate_limited``, or a licence that
-    verified); a file that is not such a request is ignored, with a warning, and replaced.
+    it granted one of them, uncharged, while that licence is valid and not reported used up:
+    another process of the device received it then). Removed once the server answered it (a
+    signed answer other than ``rate_limited``, or a licence that verified); a file that is not
+    such a request is ignored, with a warning, and replaced.
 ``clock.json``
     ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection.
     A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
@@ -460,7 +461,12 @@ class _RenewalFailed(Exception):
 
 
 class _Unreachable(_RenewalFailed):
-    """The server could not be reached or answered with a server error."""
+    """The server could not be reached or answered with a server error; ``sent``: whether the
+    request may have reached it (False: every send was refused, a connection error)."""
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class _BadAnswer(_RenewalFailed):
@@ -688,6 +694,9 @@ class LicenceClient:
         self._next_retry = float("-inf")
         #: The licence request sent last whose answer did not come back (see the module docs).
         self._pending: dict[str, Any] | None = None
+        #: The nonce of this process's last licence request when it never reached the server
+        #: (each send refused): a request superseding it need not name it (:meth:`_superseded`).
+        self._never_sent: str | None = None
         #: With no valid licence: until when the last answer, unusable, is raised again instead
         #: of asking (it may have drawn an allowance, as each new request would).
         self._bad_answer: tuple[float, LicenceError] | None = None
@@ -934,7 +943,8 @@ class LicenceClient:
             except _ANSWER_LOST as e:
                 failure = f"{type(e).__name__}: {e}"
             except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
-                raise _Unreachable(f"{type(e).__name__}: {e}") from None  # not sent, or no use
+                failure = f"{type(e).__name__}: {e}"
+                raise _Unreachable(failure, sent=resent) from None  # not sent, or no use
             else:
                 if response.status_code < 500:
                     return response, resent
@@ -1407,7 +1417,7 @@ class LicenceClient:
                 if superseded:
                     body["supersedes"] = superseded
                 self._hold_unanswered(body)
-            answer, resent = self._send_licence_request(body)
+            answer, resent = self._send_noting(body, sent_before=sent_before)
             response, signed = answer.response, answer.signed
             if signed is not None and response.status_code != 429:  # decided
                 self._answered(body)
@@ -1423,6 +1433,22 @@ class LicenceClient:
             superseded = self._superseded(body)  # out of the server's window, maybe granted
             log.warning("Licence server: the lost answer was a denial; asking again for it")
         raise AssertionError("unreachable")
+
+    def _send_noting(self, body: dict[str, Any], *, sent_before: bool) -> tuple[_Answer, bool]:
+        """:meth:`_send_licence_request`, noting in :attr:`_never_sent` whether the request
+        never reached the server: every send refused, now and before (``sent_before``: it was
+        sent by an earlier attempt)."""
+        nonce, refused = body["nonce"], False
+        try:
+            return self._send_licence_request(body)
+        except _Unreachable as e:
+            refused = not e.sent
+            raise
+        finally:
+            if refused and not sent_before:
+                self._never_sent = nonce
+            elif not refused and self._never_sent == nonce:
+                self._never_sent = None
 
     def _send_licence_request(self, body: dict[str, Any]) -> tuple[_Answer, bool]:
         """:meth:`_post` the licence request ``body`` (held); a server older than
@@ -1492,13 +1518,16 @@ class LicenceClient:
     def _superseded(self, pending: dict[str, Any]) -> list[str]:
         """The nonces a new licence request names as ``supersedes`` in place of the unanswered
         request ``pending``: its own and those it superseded (the first and the latest
-        :data:`_SUPERSEDED_KEPT`). The server may have granted any of them, and answers the new
-        request with that licence, uncharged, while it is valid. None (``[]``) when ``pending``
-        is not a request of this runtime."""
+        :data:`_SUPERSEDED_KEPT`), less the one that never reached the server
+        (:attr:`_never_sent`: else a request granted after a refused one would be dropped from a
+        long chain). The server may have granted any of them, and answers the new request with
+        that licence, uncharged, while it is valid. None (``[]``) when ``pending`` is not a
+        request of this runtime."""
         earlier = _nonces(pending.get("supersedes", []))
         chain = None if earlier is None else _nonces([*earlier, pending.get("nonce")])
         if chain is None:
             return []
+        chain = [nonce for nonce in chain if nonce != self._never_sent]
         if len(chain) > _SUPERSEDED_KEPT:
             return [chain[0], *chain[1 - _SUPERSEDED_KEPT :]]
         return chain
