@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.output_group_app import output_group_app
 
 from skruntime.cli import EXIT_BROKEN_PIPE
 
@@ -30,18 +31,12 @@ CASES = {
     for name, (command, arguments) in ENTRY_POINTS.items()
     for args in arguments
 }
-RESULT = """
-import typer
-from skruntime.cli import OutputGroup
-app = typer.Typer(cls=OutputGroup)
-@app.callback()  # a group: one command alone is no OutputGroup
-def group() -> None:
-    pass
-@app.command()
+RESULT = output_group_app(
+    """
 def listing() -> None:
     typer.echo("row")
-app()
 """
+)
 
 
 def _into_closed_pipe(command: list[str]) -> tuple[int, str]:

@@ -12,25 +12,20 @@ from pathlib import Path
 
 import pytest
 import typer
+from tests.output_group_app import output_group_app
 from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import EXIT_UNEXPECTED, _unexpected_errors
 from skruntime.cli import EXIT_IO_ERROR, OutputGroup, stdout_failed
 
-WRITER = """
-import sys, typer
-from skruntime.cli import OutputGroup
-app = typer.Typer(cls=OutputGroup)
-@app.callback()  # a group: one command alone is no OutputGroup
-def group() -> None:
-    pass
-@app.command()
+WRITER = output_group_app(
+    """
 def write(path: str) -> None:
     typer.echo("writing")
     with open(path, "wb") as file:
         file.write(b"x" * 100_000)
-app()
 """
+)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
