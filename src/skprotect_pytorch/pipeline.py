@@ -36,6 +36,7 @@ from skruntime.config import (
     load_config,
     sha256_file,
 )
+from skruntime.keyfile import key_commitment
 
 from .configuration import (
     add_model,
@@ -63,6 +64,7 @@ from .export.base import (
     first_line,
     load_artifact,
     numpy_holds,
+    recorded_commitment,
     recorded_ranges,
     signature_dynamic_shapes,
 )
@@ -78,7 +80,7 @@ from .lock.keyed_model import plain_outputs
 from .lock.outside import run_keyed_checked
 from .lock.preflight import check_lockable, check_no_scripted_submodules, copy_model
 from .logs import get_logger
-from .platforms import get_platform, write_platform_keys
+from .platforms import commitment_nonce, get_platform, write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
 from .shared_files import OtherPlatform, warn_plain_keys_beside_linux, warn_untracked_files
@@ -834,10 +836,14 @@ def _reproduces(
 ) -> bool:
     """Whether the artifact at ``path`` can stand for the one ``staged``: it computes every
     check's outputs from its inputs, and records no other dynamic ranges (the runtime enforces
-    a file's own: kept with another one, it refused sizes this protection asked for). A file
-    that records none (written before ranges were) accepts every size, as before."""
+    a file's own: kept with another one, it refused sizes this protection asked for) and no
+    other key commitment (the TXT key files written now would be refused with it). A file that
+    records none (written before ranges or commitments were) is kept as before."""
     kept = recorded_ranges(path)
     if kept is not None and kept != recorded_ranges(staged):
+        return False
+    commitment = recorded_commitment(path)
+    if commitment is not None and commitment != recorded_commitment(staged):
         return False
     try:
         run = _on_copies(load_artifact(exporter, path, options))
@@ -1034,7 +1040,12 @@ def _run_group(
     inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
     zero_key = np.zeros_like(static_key)
     other = other_sizes if device == "cpu" else None  # the GPU group: the example size only
-    group_options = dataclasses.replace(options, mutated_inputs=mutated)
+    nonce = commitment_nonce(state, name, group.value, result.key_epoch)
+    group_options = dataclasses.replace(
+        options,
+        mutated_inputs=mutated,
+        key_commitment=key_commitment(static_key, layout.spec(), nonce),
+    )
     group_dir = f"{name}/{group.value}"
     entries: dict[str, FormatEntry] = {}
     hashes: dict[str, str] = {}

@@ -33,6 +33,8 @@ last input.
     model_sha256    (optional) [hex SHA-256], the model files the pair unlocks; the runtime
                     refuses the pair for any other model file (key files left from another
                     protection run), and accepts files written before this field existed
+    commitment_nonce  (optional) 64 hex digits, random: the secret half of the key commitment
+                    that the model file records (:func:`key_commitment`)
     params_sha256   (optional) hex SHA-256 of the canonical JSON (sorted keys, no spaces) of
                     every other field: an edited or corrupted JSON (a changed share B would
                     otherwise combine into a wrong key and wrong outputs) is refused; files
@@ -48,6 +50,19 @@ scale factors; the JSON holds ``r`` (uniform in ``[0, n)``), ``a`` and ``b`` (in
 ``[-16, 16]``). Honest limits: the .txt alone hides the permutations (a one-time pad modulo
 ``n``), but reveals each scale up to a power of two. Both files together are the key: TXT is the
 plaintext platform.
+
+The key commitment
+------------------
+
+``params_sha256`` is a plain hash: anyone who can write the folder can edit share B (the key
+then combines into another valid key, giving wrong outputs without an error) and recompute it.
+So the protector also records :func:`key_commitment` of the key in the model file (the key
+input's ``"key_commitment"`` in its ``skprotect.inputs`` record), whose SHA-256 the signed
+configuration covers; the runtime refuses TXT key files that do not combine into that key
+(:func:`check_key_commitment`). The commitment hashes the canonical key with the 256-bit
+``commitment_nonce`` kept in the key-params file: the model file alone (also shipped with
+LINUX's encrypted keys) reveals nothing to test key guesses against. A model file without a
+commitment (protected before it was recorded) loads as before.
 
 Size caps: a key has at most :data:`MAX_KEY_LENGTH` entries; larger files are refused unread.
 """
@@ -213,9 +228,12 @@ class KeyMaterial:
     :func:`session_key` (or, for tests, :meth:`static_key`) to the model as its last input.
     """
 
-    __slots__ = ("_key", "_spec", "source")
+    __slots__ = ("_key", "_spec", "nonce", "source")
 
-    def __init__(self, key: np.ndarray, spec: dict[str, Any], *, source: str = "") -> None:
+    def __init__(
+        self, key: np.ndarray, spec: dict[str, Any], *, source: str = "", nonce: str | None = None
+    ) -> None:
+        """``nonce``: the key-params file's ``commitment_nonce`` (TXT key files that have one)."""
         try:
             self._spec = validate_spec(spec)
             self._key = _canonical(key, self._spec)
@@ -227,6 +245,7 @@ class KeyMaterial:
             ) from None
         self._key.setflags(write=False)
         self.source = source
+        self.nonce = nonce
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -306,6 +325,34 @@ def _params_sha256(params: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(sealed)).hexdigest()
 
 
+def key_commitment(static_key: np.ndarray, spec: dict[str, Any], nonce: str) -> str:
+    """Hex SHA-256 that binds a model file to its key: of the 32-byte ``nonce`` (64 hex
+    digits), the spec's canonical JSON and the canonical key's little-endian float32 values."""
+    spec = validate_spec(spec)
+    return _commitment(_canonical(static_key, spec), spec, nonce)
+
+
+def _commitment(canonical: np.ndarray, spec: dict[str, Any], nonce: str) -> str:
+    """:func:`key_commitment` of a key already in canonical form and a validated spec."""
+    data = bytes.fromhex(nonce) + canonical_json(spec) + np.asarray(canonical, "<f4").tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_key_commitment(material: KeyMaterial, commitment: str, model_path: Path) -> None:
+    """Refuse TXT key ``material`` that does not combine into the key whose
+    :func:`key_commitment` the model file at ``model_path`` records."""
+    if material.nonce is not None and (
+        _commitment(material._key, material._spec, material.nonce) == commitment
+    ):
+        return
+    raise KeyFileError(
+        f"The key files in {Path(material.source).parent} do not belong to model file "
+        f"{model_path}: they do not combine into the key the model file records (edited, or "
+        "written by another protection). Re-deploy the key files written together with this "
+        "model file (the whole folder skprotect wrote), or protect the model again."
+    )
+
+
 def _format_txt(values: np.ndarray) -> bytes:
     return "".join(f"{np.float32(v)!s}\n" for v in values.tolist()).encode("ascii")
 
@@ -319,6 +366,7 @@ def write_txt_keys(
     test_key: bool,
     rng: np.random.Generator,
     model_sha256: Sequence[str] = (),
+    commitment_nonce: str | None = None,
 ) -> list[Path]:
     """Write a model's two TXT key files into ``folder``; returns ``[txt_path, json_path]``.
 
@@ -332,6 +380,8 @@ def write_txt_keys(
         model_sha256: the SHA-256 of each model file these keys unlock (the format group's
             artifacts): a reader refuses the pair for any other model file, so key files left
             from another protection run are an error, not garbage outputs.
+        commitment_nonce: the nonce of the :func:`key_commitment` recorded in those model
+            files (64 hex digits), kept in the key-params file for the runtime's check.
 
     Raises:
         ValueError: invalid model name, spec or key.
@@ -368,6 +418,8 @@ def write_txt_keys(
     params["txt_sha256"] = _values_sha256(share)
     if model_sha256:
         params["model_sha256"] = sorted(model_sha256)
+    if commitment_nonce is not None:
+        params["commitment_nonce"] = commitment_nonce
     params["params_sha256"] = _params_sha256(params)
     folder = Path(folder)
     txt_path = folder / key_txt_filename(model_name)
@@ -549,6 +601,9 @@ def read_txt_keys(
             f"{model_sha256[:12]}…). Deploy the key files written together with this model "
             "file, or re-protect the model."
         )
+    nonce = params.get("commitment_nonce")
+    if nonce is not None and not (isinstance(nonce, str) and re.fullmatch(r"[0-9a-f]{64}", nonce)):
+        raise _corrupt(json_path, "commitment_nonce must be 64 hex digits")
     static = params.get("static")
     if not isinstance(static, bool):
         raise _corrupt(json_path, "static must be true or false")
@@ -580,7 +635,7 @@ def read_txt_keys(
         key[n_perm : n_perm + n_scale] = np.ldexp(share[n_perm : n_perm + n_scale], -a)
         key[n_perm + n_scale :] = np.ldexp(share[n_perm + n_scale :], -b)
         share = key
-    return KeyMaterial(share, spec, source=str(txt_path))
+    return KeyMaterial(share, spec, source=str(txt_path), nonce=nonce)
 
 
 class TxtKeySource:

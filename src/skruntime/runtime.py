@@ -25,7 +25,14 @@ import numpy as np
 
 from .backends import backend_class
 from .backends.base import Backend, BackendOptions, ModelFile, as_numpy
-from .backends.inputs import INPUTS_METADATA, range_problem, range_text, spec_name, spec_ranges
+from .backends.inputs import (
+    INPUTS_METADATA,
+    key_commitment_of,
+    range_problem,
+    range_text,
+    spec_name,
+    spec_ranges,
+)
 from .config import (
     CONFIG_FILENAMES,
     PLATFORMS,
@@ -48,7 +55,13 @@ from .errors import (
     ModelNotFoundError,
 )
 from .files import NotRegularFileError
-from .keyfile import is_test_key, key_params_filename, session_key
+from .keyfile import (
+    TxtKeySource,
+    check_key_commitment,
+    is_test_key,
+    key_params_filename,
+    session_key,
+)
 from .keysource import KEY_SOURCES, KeySource, KeyUnlock, check_kek
 
 __all__ = ["COMPATIBILITY_TABLE", "RUNTIME_VERSION", "LoadedModel", "SkRuntime"]
@@ -547,6 +560,14 @@ class SkRuntime:
                 f"skprotect wrote together (the whole {self.outputs_dir.name}/ folder), or "
                 "protect the model again."
             )
+        commitment = key_commitment_of(record)
+        if commitment is not None and isinstance(self._keys, TxtKeySource):
+            try:  # MEV key files are bound to the model file by their AES-GCM tag already
+                check_key_commitment(material, commitment, path)
+            except KeyFileError:
+                key[:] = 0
+                backend.close()
+                raise
         meter = client.consume if client is not None else None
         return LoadedModel(model_name, fmt, entry.inputs, entry.outputs, key, backend, meter)
 

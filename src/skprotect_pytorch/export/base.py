@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from skruntime.backends.inductor import unpack_problem
-from skruntime.backends.inputs import INPUTS_METADATA
+from skruntime.backends.inputs import INPUTS_METADATA, key_commitment_of
 from skruntime.errors import BackendError
 
 from ..errors import ExportError, InvalidArgumentError, VerificationError
@@ -363,6 +363,15 @@ def recorded_ranges(path: Path) -> list[Any] | None:
         return None
     ranges = [spec.get("ranges") if isinstance(spec, dict) else None for spec in record]
     return ranges if any(ranges) else None
+
+
+def recorded_commitment(path: Path) -> str | None:
+    """The key commitment that the model file at ``path`` records; None when it records none
+    (written before commitments were recorded, or damaged)."""
+    record = _recorded_inputs(path)
+    if not isinstance(record, list) or not all(isinstance(s, dict) for s in record):
+        return None
+    return key_commitment_of(record)
 
 
 def _recorded_inputs(path: Path) -> Any:

@@ -107,6 +107,9 @@ class ExportOptions:
     """Positions of the inputs (key included) that the module's forward changes in place, when
     the caller found them in a run of its own (the protector's checked run of the locked
     model); None: the torch exporters find them with one more run of the module."""
+    key_commitment: str | None = None
+    """The key's :func:`~skruntime.keyfile.key_commitment`, recorded in the file with the key's
+    input spec so that the runtime refuses TXT key files combining into another key."""
 
     def names(self, with_key: bool) -> list[str]:
         """Graph input names: the model inputs, then the key when ``with_key``."""
@@ -136,7 +139,11 @@ class ExportOptions:
                 for axes, dims in zip(exported, dynamic, strict=True)
             ]
         specs = input_specs(
-            args, dynamic, self.names(with_key), self.key_name if with_key else None
+            args,
+            dynamic,
+            self.names(with_key),
+            self.key_name if with_key else None,
+            self.key_commitment if with_key else None,
         )
         return {INPUTS_METADATA: json.dumps(specs)}
 

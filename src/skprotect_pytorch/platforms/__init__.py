@@ -25,10 +25,19 @@ __all__ = [
     "GroupKeys",
     "KeyFileFault",
     "Platform",
+    "commitment_nonce",
     "get_platform",
     "register_platform",
     "write_platform_keys",
 ]
+
+
+def commitment_nonce(state: ProtectionState, model_name: str, group: str, key_epoch: int) -> str:
+    """The nonce of the key commitment of (model, format group, key epoch): secret, from its own
+    derived stream, and the same for every protection of that key (a model file kept from the
+    other platform records the commitment of the TXT key files written beside it)."""
+    rng = state.key_rng(model_name, f"{group}/key-commitment", key_epoch)
+    return rng.bytes(32).hex()
 
 
 def write_platform_keys(
@@ -57,6 +66,7 @@ def write_platform_keys(
         # the shares' masks come from their own derived stream: independent of the key's
         # draws, and reproducible like the rest of the files
         rng=state.key_rng(model_name, f"{folder.name}/txt-shares", key_epoch),
+        commitment_nonce=commitment_nonce(state, model_name, folder.name, key_epoch),
         kek=state.kek,
     )
     return get_platform(platform).write_keys(folder, keys)

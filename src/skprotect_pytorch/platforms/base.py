@@ -28,6 +28,7 @@ class GroupKeys:
     unlocks: list[str]  # every model file SHA-256 that TXT key files of the group unlock
     test_key: bool
     rng: np.random.Generator  # draws the masks of TXT key shares
+    commitment_nonce: str  # of the key commitment the group's model files record
     kek: bytes  # the application's key-encryption key (encrypted key files)
 
 

@@ -32,7 +32,8 @@ def holds_test_key(folder: Path, model_name: str) -> bool:
 
 def write_plain_keys(folder: Path, keys: GroupKeys, *, test_key: bool) -> list[Path]:
     """Write the group's TXT key files: the static key (``test_key``) or its two shares, bound
-    to every model file the group's TXT key files unlock."""
+    to every model file the group's TXT key files unlock, with the nonce of the key commitment
+    those model files record."""
     return write_txt_keys(
         folder,
         keys.model_name,
@@ -41,6 +42,7 @@ def write_plain_keys(folder: Path, keys: GroupKeys, *, test_key: bool) -> list[P
         test_key=test_key,
         rng=keys.rng,
         model_sha256=keys.unlocks,
+        commitment_nonce=keys.commitment_nonce,
     )
 
 

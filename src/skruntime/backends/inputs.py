@@ -12,6 +12,7 @@ SHA-256 of the model file (platform version 1 and later) covers the record, and
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "INPUTS_METADATA",
     "Ranges",
     "input_specs",
+    "key_commitment_of",
     "parse_specs",
     "range_problem",
     "range_text",
@@ -35,7 +37,9 @@ INPUTS_METADATA = "skprotect.inputs"
 ``torch.`` (``"float32"``). Optional fields: ``"name"`` (the graph input name), ``"key": true``
 on the key input, and ``"ranges": {"<axis>": [lowest, highest | null]}``, the sizes a dynamic
 axis takes (``null``: no highest size), given only for axes with a bound: the declared ones,
-narrowed in files written through ``torch.export`` to the sizes it exported the axis for."""
+narrowed in files written through ``torch.export`` to the sizes it exported the axis for.
+The key's spec may carry ``"key_commitment"`` (64 hex digits), the
+:func:`skruntime.keyfile.key_commitment` of the key, checked against TXT key files."""
 
 Ranges = Mapping[int | str, Sequence[int | None]]
 """Dynamic axis (an int, or its JSON text) -> (lowest size, highest size or None) of one input:
@@ -61,12 +65,14 @@ def input_specs(
     dynamic: Sequence[Mapping[int, Any] | None] | None,
     names: Sequence[str] | None = None,
     key_name: str | None = None,
+    key_commitment: str | None = None,
 ) -> list[dict]:
     """Dtype, shape (``None`` for dynamic axes) and declared ranges of each example input (torch
     tensors), key included.
 
     With ``names``, each spec also carries its input name; the input named ``key_name`` is
-    flagged ``"key": true`` so that loaders can say "key" in their messages.
+    flagged ``"key": true`` so that loaders can say "key" in their messages, and carries
+    ``key_commitment`` when given.
     """
     specs = []
     for i, t in enumerate(args):
@@ -86,6 +92,8 @@ def input_specs(
             spec["name"] = names[i]
             if key_name is not None and names[i] == key_name:
                 spec["key"] = True
+                if key_commitment is not None:
+                    spec["key_commitment"] = key_commitment
         specs.append(spec)
     return specs
 
@@ -109,6 +117,17 @@ def _valid_ranges(ranges: object, shape: list) -> bool:
     return True
 
 
+def _valid_commitment(value: object) -> bool:
+    """Whether ``value`` is a spec's ``"key_commitment"``: absent, or 64 lowercase hex digits."""
+    return value is None or (isinstance(value, str) and bool(re.fullmatch(r"[0-9a-f]{64}", value)))
+
+
+def key_commitment_of(specs: Sequence[Mapping[str, Any]] | None) -> str | None:
+    """The key commitment a parsed record carries; None when it has none (files protected
+    before it was recorded)."""
+    return next((s["key_commitment"] for s in specs or () if s.get("key_commitment")), None)
+
+
 def parse_specs(raw: str, source: str) -> tuple[list[dict], list[str], str | None]:
     """Validate :data:`INPUTS_METADATA` JSON; return the specs, input names and the key's name."""
     try:
@@ -122,6 +141,7 @@ def parse_specs(raw: str, source: str) -> tuple[list[dict], list[str], str | Non
                 for n in s["shape"]
             )
             and _valid_ranges(s.get("ranges", {}), s["shape"])
+            and _valid_commitment(s.get("key_commitment"))
             for s in specs
         )
     except (ValueError, TypeError, RecursionError):  # RecursionError: nested too deeply
