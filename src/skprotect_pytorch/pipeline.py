@@ -270,7 +270,10 @@ def _refuse_none_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
 
 def _dict_value_kind(value: Any) -> int | None:
     """The TorchScript type of a dict value that ``torch.jit.trace`` returns: -1 for a tensor,
-    ``n`` for a tuple of ``n`` tensors, ``None`` for any other value."""
+    ``n`` for a tuple of ``n`` tensors (a dataclass is traced as the tuple of its fields:
+    :func:`~.lock.keyed_model.plain_outputs`), ``None`` for any other value."""
+    if not isinstance(value, dict) and (fields := dataclass_fields(value)) is not None:
+        value = tuple(fields.values())
     if isinstance(value, torch.Tensor):
         return -1
     if isinstance(value, tuple) and all(isinstance(t, torch.Tensor) for t in value):
