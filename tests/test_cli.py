@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import shlex
 import stat
 from pathlib import Path
 
@@ -29,6 +30,19 @@ def test_export_kek(workdir: Path) -> None:
     public_key = base64.b64encode(ProtectionState.open("app").public_key_bytes).decode()
     assert f"public key of 'app': {public_key}\n" in result.output
     assert f"sklicense app create app --kek-file kek.b64 --public-key {public_key}" in result.output
+
+
+def test_export_kek_prints_a_registration_line_to_paste(workdir: Path) -> None:
+    """A KEK file whose name holds a space was printed unquoted in the ``sklicense app create``
+    line, which then named two files."""
+    ProtectionState.open("app")
+    result = CliRunner().invoke(app, ["export-kek", "my kek.b64", "--application-name", "app"])
+    assert result.exit_code == 0, result.output
+    line = result.output.splitlines()[-1].removeprefix("register both: ")
+    public_key = base64.b64encode(ProtectionState.open("app").public_key_bytes).decode()
+    assert shlex.split(line) == [
+        "sklicense", "app", "create", "app", "--kek-file", "my kek.b64", "--public-key", public_key
+    ]  # fmt: skip
 
 
 def test_export_kek_refuses_an_application_without_master_secret(

@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -119,15 +120,29 @@ def main() -> None:
                 )
             )
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        _stop(
-            f"the database refused: {reason}. Check --database-url (or SKLICENSE_DATABASE_URL), "
-            "that the server is reachable, and that the database file and its folder are "
-            "writable with space left."
-        )
+        _stop(f"the database refused: {reason}. {_refusal_advice(err, reason)}")
     except ImportError as err:
         _stop(f"{err}: the database URL names a driver that is not installed.")
     except (SigningKeyError, OSError) as err:
         _stop(str(err))
+
+
+def _refusal_advice(err: Exception, reason: str) -> str:
+    """What to do about a database that refused the command: PostgreSQL's missing database is
+    created first (``db upgrade`` creates tables, not databases); the advice about a database
+    file and its folder is SQLite's only (it was given for PostgreSQL's refusals too)."""
+    where = "Check --database-url (or SKLICENSE_DATABASE_URL)"
+    if "psycopg" not in type(getattr(err, "orig", None)).__module__:
+        return (
+            f"{where}, that the server is reachable, and that the database file and its "
+            "folder are writable with space left."
+        )
+    if missing := re.search(r'database "(.+)" does not exist', reason):
+        return (
+            f"{where}, or create the database first (createdb {missing[1]}, or CREATE "
+            f'DATABASE "{missing[1]}" in psql), then run `sklicense db upgrade`.'
+        )
+    return f"{where}: that the server is reachable and its user, password and database exist."
 
 
 def _stop(message: str) -> None:
@@ -198,11 +213,16 @@ def _database_url_problem(url: str) -> str | None:
     return None
 
 
+def warn(message: str) -> None:
+    """A ``Warning:`` line on stderr, yellow on a terminal like every other (:func:`say`)."""
+    say("Warning", message, typer.colors.YELLOW)
+
+
 def warn_loose_key(path: Path) -> None:
     """A warning on stderr when others than its owner may read or change the server key."""
     warning = loose_permissions(path)
     if warning:
-        say("Warning", warning, typer.colors.YELLOW)
+        warn(warning)
 
 
 def admin_session(database_url: str | None) -> Any:
@@ -217,14 +237,17 @@ def admin_session(database_url: str | None) -> Any:
 T = TypeVar("T")
 
 
-def committed(database_url: str | None, change: Callable[[Session], T]) -> T:
-    """``change(session)`` in one admin transaction; what crud refuses is one Error line."""
+def committed(
+    database_url: str | None, change: Callable[[Session], T], exists: str | None = None
+) -> T:
+    """``change(session)`` in one admin transaction; what crud refuses is one Error line, and
+    a row that already exists (409) is followed by ``exists``, the command that changes it."""
     sessions = admin_session(database_url)
     try:
         with sessions.begin() as session:
             return change(session)
     except crud.CrudError as e:
-        fail(str(e))
+        fail(f"{e}: {exists}" if exists and e.status == 409 else str(e))
         raise
 
 
@@ -506,7 +529,7 @@ PUBLIC_KEY_HELP = (
 )
 PublicKeyOption = Annotated[str | None, typer.Option(help=PUBLIC_KEY_HELP)]
 UNBOUND_WARNING = (
-    "Warning: application {name!r} has no public key, so a device can name any customer id in "
+    "application {name!r} has no public key, so a device can name any customer id in "
     "its licence requests. Register it: sklicense app set-public-key {name} KEY"
 )
 
@@ -532,6 +555,8 @@ def app_create(
     committed(
         database_url,
         lambda s: crud.create_application(s, name, kek, CLI_ACTOR, model or None, public_key),
+        exists=f"change it with sklicense app import-kek {name} --kek-file FILE, "
+        f"sklicense app set-public-key {name} KEY or sklicense app set-models {name} --model M",
     )
     registered = [what for what, given in (("KEK", kek_file), ("public key", public_key)) if given]
     typer.echo(
@@ -539,7 +564,7 @@ def app_create(
         + (f" with its {' and '.join(registered)}" if registered else "")
     )
     if public_key is None:
-        typer.echo(UNBOUND_WARNING.format(name=name), err=True)
+        warn(UNBOUND_WARNING.format(name=name))
 
 
 @app_app.command("set-public-key")
@@ -653,10 +678,12 @@ def customer_create(
         customer = crud.create_customer(session, CLI_ACTOR, **fields)
         return customer, customer_warning(session, customer, fields)
 
-    customer, warning = committed(database_url, add)
+    customer, warning = committed(
+        database_url, add, exists=f"change it with sklicense customer edit --id {id}"
+    )
     echo_json(customer_row(customer))
     if warning:
-        typer.echo(f"Warning: {warning}", err=True)
+        warn(warning)
 
 
 def customer_warning(session: Session, customer: Any, changes: dict[str, Any]) -> str | None:
@@ -704,7 +731,7 @@ def customer_edit(
     customer, warning = committed(database_url, edit)
     echo_json(customer_row(customer))
     if warning:
-        typer.echo(f"Warning: {warning}", err=True)
+        warn(warning)
 
 
 @customer_app.command("list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import shlex
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -186,8 +187,8 @@ def export_kek(
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
     typer.echo(
         f"public key of '{application_name}': {public_key}\n"
-        f"register both: sklicense app create {application_name} --kek-file {output} "
-        f"--public-key {public_key}"
+        f"register both: sklicense app create {application_name} "  # a line to paste as it is
+        f"--kek-file {shlex.quote(str(output))} --public-key {public_key}"
     )
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -27,3 +29,28 @@ def test_no_color_turns_the_error_colour_off(
     monkeypatch.delenv("NO_COLOR", raising=False)
     result = CliRunner().invoke(cli, ARGS, env=env, color=True)  # color: as on a terminal
     assert (result.exit_code, result.output) == (1, line)
+
+
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["app", "create", "my_app"], "Warning: application 'my_app' has no public key"),
+        (
+            ["customer", "create", "--id", "7", "--name", "ACME", "--quota", "0"],
+            "Warning: the quota 0 is not above the 0 inferences already granted",
+        ),
+    ],
+    ids=["app-create", "customer-create"],
+)
+def test_the_warnings_of_admin_commands_are_yellow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], start: str
+) -> None:
+    """The warnings of ``app create`` and ``customer create``/``edit`` were printed plain, while
+    the docs (and the signing key's warning) have every ``Warning:`` line yellow."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    url = f"sqlite:///{tmp_path / 'sklicense.db'}"
+    assert CliRunner().invoke(cli, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    result = CliRunner().invoke(cli, [*args, "--database-url", url], color=True)
+    assert result.exit_code == 0, result.output
+    warning = result.output.splitlines()[-1]
+    assert warning.startswith(f"\x1b[33m{start}") and warning.endswith("\x1b[0m")
