@@ -63,8 +63,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
             raise SettingsError(
-                f"environment must be one of {', '.join(ENVIRONMENTS)}, but got "
-                f"{self.environment!r}"
+                f"environment must be one of {', '.join(ENVIRONMENTS)} (set "
+                f"SKLICENSE_ENVIRONMENT to one of them), but got {self.environment!r}"
             )
         for name in (
             "licence_requests_per_minute",
@@ -74,7 +74,10 @@ class Settings:
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise SettingsError(f"{name} must be a positive integer, but got {value!r}")
+                raise SettingsError(  # named by the variable that sets it, too
+                    f"{name} must be a positive integer (set SKLICENSE_{name.upper()} to 1 or "
+                    f"more), but got {value!r}"
+                )
         timeout = self.database_pool_timeout_s
         if (
             isinstance(timeout, bool)

@@ -679,6 +679,8 @@ def _read_server_public_key(value: str) -> bytes:
             f"--server-public-key {path} cannot be read: {err.strerror or err}.", EXIT_USAGE
         ) from err
     key = _key_bytes(data, raw=is_file)
+    if key is None and is_file:
+        raise _CliError(f"--server-public-key {path} {_not_a_public_key(data)}", EXIT_USAGE)
     if key is None:
         raise _CliError(
             f"--server-public-key must be a file holding the licence server's public key or "
@@ -686,6 +688,22 @@ def _read_server_public_key(value: str) -> bytes:
             EXIT_USAGE,
         )
     return key
+
+
+def _not_a_public_key(data: bytes) -> str:
+    """Why a ``--server-public-key`` file's ``data`` holds no public key: the server's private
+    signing key (``server.key``, the one key file ``sklicense init`` writes) is named as such,
+    since it must never reach a device; it was told only that a file was expected."""
+    expected = (
+        "pass a file holding the licence server's 32-byte Ed25519 public key (raw or base64) "
+        "or that key's base64 text, which `sklicense init` prints"
+    )
+    if data.lstrip().startswith(b"-----BEGIN PRIVATE KEY-----"):
+        return (
+            "is a private key (the licence server's signing key, server.key?), not its public "
+            f"key: keep it on the server only, and {expected}."
+        )
+    return f"holds no public key: {expected}."
 
 
 def _input_at(output: Path, inputs: Sequence[Path]) -> Path | None:
