@@ -132,6 +132,7 @@ import math
 import numbers
 import os
 import re
+import ssl
 import threading
 import time
 import warnings
@@ -967,7 +968,8 @@ class LicenceClient:
             httpx.HTTPError: the request's, and :class:`httpx.ReadTimeout` for a body still
                 arriving ``timeout`` seconds after its headers (an answer lost: resent).
             _BadAnswer: the answer is a redirect (not followed: the server URL is to be
-                changed), or larger than :data:`MAX_ANSWER_BYTES`.
+                changed), or larger than :data:`MAX_ANSWER_BYTES`; or the TLS handshake
+                failed (:meth:`_tls_failure`).
         """
         options["headers"] = options.get("headers", {}) | _IDENTITY
         try:
@@ -975,6 +977,11 @@ class LicenceClient:
                 content = self._read_bounded(method, path, response)
         except _Redirect as e:
             raise _BadAnswer(self._redirected(method, path, e.response)) from None
+        except httpx.ConnectError as e:
+            failure = self._tls_failure(e)
+            if failure is None:
+                raise
+            raise _BadAnswer(failure) from None
         headers = [  # the content is decoded and whole now
             (name, value)
             for name, value in response.headers.multi_items()
@@ -986,6 +993,33 @@ class LicenceClient:
             content=content,
             request=response.request,
         )
+
+    def _tls_failure(self, error: httpx.ConnectError) -> LicenceError | None:
+        """The error of a TLS handshake that failed (``error`` caused by an
+        :class:`ssl.SSLError`), or None for another connection error: the server was reached,
+        so it was said to be "unreachable", with the advice to connect to it, where the URL
+        (``https://`` to a plain-HTTP server) or the trust in its certificate is to be fixed.
+        No request was sent."""
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, ssl.SSLError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            return None
+        where = f"The TLS handshake with the licence server at {self.server_url} failed ({cause})"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            advice = (
+                "its certificate is not trusted by this device: give this device the "
+                "certificate of the authority that signed it (SSL_CERT_FILE or SSL_CERT_DIR), "
+                "or serve a certificate this device's authorities trust"
+            )
+        elif "WRONG_VERSION_NUMBER" in str(cause) or "RECORD_LAYER_FAILURE" in str(cause):
+            advice = (
+                "the server there does not speak TLS: give its http:// URL if it serves plain "
+                "HTTP (sklicense serve does, unless a TLS proxy is in front of it)"
+            )
+        else:
+            advice = "check the URL and the TLS set-up of the server or of a proxy in front of it"
+        return LicenceError(f"{where}: {advice}. No licence request was sent.")
 
     def _read_bounded(self, method: str, path: str, response: httpx.Response) -> bytes:
         """The body of ``response``, the answer to ``method`` ``path``, within the bounds of
