@@ -836,17 +836,22 @@ def _reproduces(
     staged: Path,
     options: ExportOptions,
     checks: list[tuple[list[np.ndarray], list[np.ndarray]]],
+    *,
+    plain_keys: bool,
 ) -> bool:
     """Whether the artifact at ``path`` can stand for the one ``staged``: it computes every
     check's outputs from its inputs, and records no other dynamic ranges (the runtime enforces
     a file's own: kept with another one, it refused sizes this protection asked for) and no
     other key commitment (the TXT key files written now would be refused with it). A file that
-    records none (written before ranges or commitments were) is kept as before."""
+    records no ranges (written before they were) is kept as before, and so is one that records
+    no commitment where this protection writes no TXT key files (``plain_keys`` False): kept
+    beside them, it left them unbound for good (an edited key-params file gave wrong outputs,
+    however often the model was protected again)."""
     kept = recorded_ranges(path)
     if kept is not None and kept != recorded_ranges(staged):
         return False
     commitment = recorded_commitment(path)
-    if commitment is not None and commitment != recorded_commitment(staged):
+    if (commitment is not None or plain_keys) and commitment != recorded_commitment(staged):
         return False
     try:
         run = _on_copies(load_artifact(exporter, path, options))
@@ -1043,6 +1048,7 @@ def _run_group(
     inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
     zero_key = np.zeros_like(static_key)
     other = other_sizes if device == "cpu" else None  # the GPU group: the example size only
+    plain_keys = get_platform(request.platform).writes_plain_keys(request.test_key)
     nonce = commitment_nonce(state, name, group.value, result.key_epoch)
     group_options = dataclasses.replace(
         options,
@@ -1089,7 +1095,11 @@ def _run_group(
                 shipped = other_platform.shipped_digest(relative, final)
                 # a GPU file is checked at the example size only: kept only without dynamic axes
                 checked = device == "cpu" or other_sizes is None
-                if shipped and checked and _reproduces(exporter, final, path, options, checks):
+                if (
+                    shipped
+                    and checked
+                    and _reproduces(exporter, final, path, options, checks, plain_keys=plain_keys)
+                ):
                     staging.keep_final(path)  # the other platform's file: this model, this key
                     kept = shipped
                 elif shipped:

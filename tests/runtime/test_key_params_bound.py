@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +19,19 @@ import pytest
 import torch
 from tests.assertions import assert_equivalent, assert_garbage
 from tests.models import LIFECYCLE_INPUT, deploy_lifecycle, lifecycle_mlp
-from tests.runtime.test_deployed_file_fuzz import dumps, reseal_params
-from tests.runtime.test_input_record_agreement import FILES, read_record, redeployed
+from tests.runtime.test_deployed_file_fuzz import dumps, reseal_params, write_config
+from tests.runtime.test_input_record_agreement import FILES, read_record, redeployed, write_record
 from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import app
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
+from skruntime.config import sha256_file
 from skruntime.errors import KeyFileError
 from skruntime.keyfile import _parse_txt, read_txt_keys
 
 EF = SkProtectorPyTorch.ExportFormat
+EP = SkProtectorPyTorch.ExportPlatform
 X = LIFECYCLE_INPUT.numpy()
 
 
@@ -79,9 +82,9 @@ def edited_copy(source: Path, target: Path, fmt: str) -> Path:
     return folder
 
 
-def assert_refused(folder: Path, fmt: str) -> None:
+def assert_refused(folder: Path, fmt: str, platform: str | None = None) -> None:
     with pytest.raises(KeyFileError) as refused:
-        SkRuntime(folder).load("m", fmt)
+        SkRuntime(folder, platform=platform).load("m", fmt)
     message = str(refused.value)
     for part in (Path(FILES[fmt]).name, "do not belong to model file", "Re-deploy the key files"):
         assert part in message, message
@@ -145,4 +148,68 @@ def test_aoti_key_params_are_bound(deployed_aoti: Path, tmp_path: Path) -> None:
         deployed_aoti, tmp_path / "legacy", "inductor_cpu", lambda r: r[-1].pop("key_commitment")
     )
     with SkRuntime(legacy).load("m", "inductor_cpu") as model:
+        assert_equivalent(np.asarray(model(X)), expected())
+
+
+def strip_commitment(folder: Path, platform: str, fmt: str) -> None:
+    """Make ``platform``'s ``fmt`` model file one an older protector wrote: without the key
+    commitment, its configuration's SHA-256 (signed again) and TXT key files made to agree."""
+    path = folder / FILES[fmt]
+    record = read_record(fmt, path)
+    record[-1].pop("key_commitment")
+    old = sha256_file(path)
+    write_record(fmt, path, record)
+    new = sha256_file(path)
+
+    def agree(doc: dict) -> dict:
+        doc["payload"]["models"]["m"]["formats"][fmt]["sha256"] = new
+        return doc
+
+    write_config(folder, platform, agree)
+    params_path = path.parent / "key_params_m.json"
+    if params_path.is_file():
+        params = json.loads(params_path.read_bytes())
+        params["model_sha256"] = [new if h == old else h for h in params["model_sha256"]]
+        params_path.write_bytes(dumps(reseal_params(params)))
+
+
+def test_txt_protection_does_not_keep_the_other_platforms_file_without_commitment(
+    workdir: Path,
+) -> None:
+    """A model file that an older protector wrote for LINUX, which the TXT protection would
+    otherwise keep (it computes the same model with the same key), records no commitment: kept,
+    the TXT key files written beside it stayed unbound however often the model was protected
+    again, and an edited key-params file gave wrong outputs. It is replaced, with the warning
+    that LINUX must protect again."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protect = {"model_export_formats": EF.ONNX}
+    protector.protect_new_model(
+        lifecycle_mlp(0), "m", [LIFECYCLE_INPUT], deployment_platform=EP.LINUX, **protect
+    )
+    folder = workdir / "outputs/app"
+    strip_commitment(folder, "LINUX", "onnx")
+    with pytest.warns(RuntimeWarning, match="was the LINUX deployment's file"):
+        protector.protect_new_model(lifecycle_mlp(0), "m", [LIFECYCLE_INPUT], **protect)
+    assert len(read_record("onnx", folder / FILES["onnx"])[-1]["key_commitment"]) == 64
+    reseal_another_key(folder, "onnx")
+    assert_refused(folder, "onnx", "TXT")
+
+
+def test_linux_protection_keeps_the_txt_file_without_commitment(workdir: Path) -> None:
+    """A LINUX protection writes no TXT key files: the TXT deployment's older file (no
+    commitment) is kept, and that deployment still loads (its key files as before)."""
+    protector = SkProtectorPyTorch(application_name="app")
+    protect = {"model_export_formats": EF.ONNX}
+    protector.protect_new_model(lifecycle_mlp(0), "m", [LIFECYCLE_INPUT], **protect)
+    folder = workdir / "outputs/app"
+    strip_commitment(folder, "TXT", "onnx")
+    legacy = sha256_file(folder / FILES["onnx"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        protector.protect_new_model(
+            lifecycle_mlp(0), "m", [LIFECYCLE_INPUT], deployment_platform=EP.LINUX, **protect
+        )
+    assert not [w for w in caught if "was the TXT deployment's file" in str(w.message)]
+    assert sha256_file(folder / FILES["onnx"]) == legacy
+    with SkRuntime(folder, platform="TXT").load("m", "onnx") as model:
         assert_equivalent(np.asarray(model(X)), expected())
