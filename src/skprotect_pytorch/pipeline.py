@@ -410,6 +410,15 @@ def _run_reference(
     return outputs
 
 
+def _dynamic_source(request: ProtectRequest) -> str:
+    """The argument that declared the dynamic axes, as the user wrote it: ``dynamic_shapes``,
+    else ``onnx_params["dynamic_shapes"]``, else ``onnx_params["dynamic_axes"]``."""
+    if request.dynamic_shapes is not None:
+        return "dynamic_shapes"
+    key = "dynamic_shapes" if (request.onnx_params or {}).get("dynamic_shapes") else "dynamic_axes"
+    return f'onnx_params["{key}"]'
+
+
 def _check_other_sizes(
     reference: nn.Module,
     request: ProtectRequest,
@@ -425,10 +434,10 @@ def _check_other_sizes(
         expected = _run_reference(reference, tensors)
     except InvalidArgumentError as err:
         raise InvalidArgumentError(
-            f"dynamic_shapes declares axes the model cannot vary: with {sizes} (one from the "
-            f"example) the original model fails ({first_line(err.__cause__ or err)}). Declare "
-            "only the axes the model accepts at any size (e.g. the batch), or give their real "
-            "range."
+            f"{_dynamic_source(request)} declares axes the model cannot vary: with {sizes} "
+            "(one from the example) the original model fails "
+            f"({first_line(err.__cause__ or err)}). Declare only the axes the model accepts at "
+            "any size (e.g. the batch), or give their real range."
         ) from err.__cause__
     return [t.detach().cpu().numpy() for t in tensors], expected
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -198,6 +200,56 @@ def _check_example_tensors(tensors: Sequence[torch.Tensor]) -> None:
             )
 
 
+def _test_keys(config_path: Path, model_name: str) -> tuple[int, dict[Path, int]]:
+    """The deployed key epoch of ``model_name`` and, per folder of it whose key-params file
+    says it holds a static test key (``test_key=True``), that key's length; nothing where the
+    configuration or a file cannot be read (the protection's own checks say why)."""
+    try:
+        epoch = load_config(config_path).models[model_name].key_epoch
+    except (SkProtectError, OSError, KeyError):
+        return -1, {}
+    found = {}
+    for path in (config_path.parent / model_name).glob(f"*/{key_params_filename(model_name)}"):
+        txt = path.with_name(key_txt_filename(model_name))
+        if not (path.is_file() and txt.is_file()):  # a named pipe would block the read
+            continue
+        try:
+            if json.loads(path.read_bytes()).get("static") is True:
+                found[path.parent] = len(txt.read_text().split())
+        except (OSError, ValueError, AttributeError):
+            continue
+    return epoch, found
+
+
+def _warn_test_key_kept(result: ProtectionResult, epoch: int, test_keys: dict[Path, int]) -> None:
+    """Warn when an update without ``test_key`` kept the keys of a test build (same epoch, same
+    key length): a copy of its static key file (handed to testers) unlocks the new files as it
+    did the old ones."""
+    if result.key_epoch != epoch:
+        return
+    kept = sorted(
+        {
+            f.path.parent
+            for f in result.formats.values()
+            if test_keys.get(f.path.parent) == f.key_length
+        }
+    )
+    if not kept:
+        return
+    names = ", ".join(
+        str((folder / key_txt_filename(result.model_name)).relative_to(result.output_dir))
+        for folder in kept
+    )
+    message = (
+        f"The deployed '{result.model_name}' had a static test key ({names}, test_key=True), "
+        f"and this update keeps its keys (key epoch {epoch}): a copy of that key file still "
+        "unlocks the new files. Protect again with protect_updated_model(..., "
+        "rotate_keys=True) to draw new keys, unless the test key never left this machine."
+    )
+    warnings.warn(message, UserWarning, stacklevel=4)
+    get_logger().warning(message)
+
+
 def _given(args: dict[str, Any]) -> set[str]:
     """The parameters of a ``protect_*_model`` call that hold other than their default values,
     i.e. that the caller passed."""
@@ -316,7 +368,8 @@ class SkProtectorPyTorch:
     def _existing_config(self, platform: ExportPlatform, what: str) -> Path:
         """The configuration file of ``platform``; when it is missing but the other platform's
         is there, the wrong ``deployment_platform`` was passed: said here, where the error of
-        a missing file would advise protecting a model first."""
+        a missing file would advise protecting a model first. With neither, said before the
+        master secret is looked for, whose absence would hide the missing file."""
         path = self.config_path(platform)
         if path.exists():
             return path
@@ -327,7 +380,12 @@ class SkProtectorPyTorch:
                     f"the {other.value} one ({self.config_path(other).name}): pass "
                     f"deployment_platform=SkProtectorPyTorch.ExportPlatform.{other.value}."
                 )
-        return path  # none at all: the configuration operation says so
+        raise ConfigurationError(
+            f"{what}: there is no configuration file {path} (nor the other platform's): no "
+            f"model of application '{self.application_name}' was protected into "
+            f"{self.outputs_dir}. Run this from the folder the protection scripts ran in and "
+            "check the application name, or protect a model first (protect_new_model)."
+        )
 
     def protect(self, *args: Any, **kwargs: Any) -> None:
         """Removed in v0.1.0; raises an error naming the replacement."""
@@ -396,12 +454,18 @@ class SkProtectorPyTorch:
         legacy_kwargs = args.pop("legacy_kwargs")
         args.update(legacy.translate_kwargs(legacy_kwargs, where, _given(args)))
         request = self._validate(args, replace)
+        keeps_keys = replace and not request.test_key and not request.rotate_keys
+        epoch, test_keys = (
+            _test_keys(request.config_path, request.model_name) if keeps_keys else (-1, {})
+        )
         with file_log(self.log_path):
             try:
-                return run_protection(request, self._protection_state())
+                result = run_protection(request, self._protection_state())
             except Exception:
                 get_logger().exception("protection of '%s' failed", request.model_name)
                 raise
+            _warn_test_key_kept(result, epoch, test_keys)
+        return result
 
     def _validate(self, a: dict[str, Any], replace: bool) -> ProtectRequest:
         if not isinstance(a["model"], nn.Module):

@@ -91,11 +91,11 @@ def test_consistent_dynamic_shapes_and_axes_are_accepted():
 
 
 def test_onnx_extra_and_inductor_configs_pass_through():
-    opts = build_export_options(
-        [X], params(opset_version=17, do_constant_folding=False), None, {"max_autotune": False}
-    )
-    assert opts.onnx_extra == {"opset_version": 17, "do_constant_folding": False}
-    assert opts.inductor_configs == {"max_autotune": False}
+    inductor = {"max_autotune": False, "triton.autotune_at_compile_time": True}
+    onnx_extra = {"opset_version": 17, "do_constant_folding": False, "export_params": True}
+    opts = build_export_options([X], params(**onnx_extra), None, inductor)
+    assert opts.onnx_extra == onnx_extra
+    assert opts.inductor_configs == inductor
 
 
 ERROR_CASES = {
@@ -227,6 +227,23 @@ ERROR_CASES = {
     "inductor-configs-not-dict": (
         dict(inductor_configs=[("max_autotune", True)]),
         "inductor_configs must be a dict with string keys",
+    ),
+    # AOTInductor raised it only when compiling, after the lock and the other exports (11.5 s)
+    "inductor-configs-unknown-option": (
+        dict(inductor_configs={"max_autotun": True}),
+        "inductor_configs['max_autotun'] is not an option of torch._inductor.config (torch "
+        f"{torch.__version__}). Did you mean 'max_autotune'?",
+    ),
+    # torch.export refused it only in the AOTInductor export, after the ONNX one took it
+    "dim-name-defined-twice": (
+        dict(input_tensors=[X, T], dynamic_shapes=({0: Dim("b", max=4)}, {0: Dim("b", max=8)})),
+        "dynamic_shapes gives the dimension 'b' two definitions: Dim('b', min=0, max=4) at "
+        "dynamic_shapes[0][0] and Dim('b', min=0, max=8) at dynamic_shapes[1][0]",
+    ),
+    # the file had no weights: a VerificationError "Node input 'val_2' is not a graph input"
+    "onnx-export-params-false": (
+        dict(onnx_params=params(export_params=False)),
+        'onnx_params["export_params"] must be True: False writes the graph without its',
     ),
 }
 

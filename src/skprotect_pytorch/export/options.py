@@ -9,6 +9,7 @@ derived from it so that every format (ONNX, TorchScript, AOTInductor) honours th
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import re
@@ -40,6 +41,12 @@ _RESERVED_ONNX_KEYS = {
     "kwargs": "models are called with positional inputs only",
     "external_data": "the protected model is always written as one self-contained .onnx file",
     "dynamic_shapes": None,  # handled, not reserved: merged with the dynamic_shapes argument
+}
+
+# torch.onnx.export arguments whose only value that makes a working artifact is True.
+_TRUE_ONNX_KEYS = {
+    "export_params": "False writes the graph without its (locked) weights, which neither the "
+    "check after the export nor the runtime can load",
 }
 
 DimSpec = dict[int, Any]  # axis -> torch.export.Dim (or a Dim hint such as Dim.AUTO)
@@ -363,7 +370,28 @@ def _dynamic_shapes(raw: Any, tensors: list[Tensor], source: str) -> tuple[DimSp
                 _check_dynamic_size(t, i, a, dim, source)
             norm[a] = dim
         shapes.append(norm)
+    _check_one_definition(shapes, source)
     return tuple(shapes)
+
+
+def _check_one_definition(shapes: list[DimSpec | None], source: str) -> None:
+    """Refuse two ``Dim`` objects of one name with other bounds before any work: torch.export
+    refuses them ("Found different definitions"), but only once the AOTInductor export runs,
+    after the lock and the ONNX export, which took them."""
+    seen: dict[str, tuple[Any, str]] = {}
+    for i, spec in enumerate(shapes):
+        for axis, dim in (spec or {}).items():
+            name = getattr(dim, "__name__", None)
+            if not isinstance(name, str):  # None or a hint (Dim.AUTO): it has no name
+                continue
+            where = f"{source}[{i}][{axis}]"
+            first, first_where = seen.setdefault(name, (dim, where))
+            if (first.min, first.max) != (dim.min, dim.max):
+                raise InvalidArgumentError(
+                    f"{source} gives the dimension {name!r} two definitions: {first!r} at "
+                    f"{first_where} and {dim!r} at {where}; torch.export refuses that. Use one "
+                    "Dim object for axes of one size, or give the other Dim another name."
+                )
 
 
 def _shapes_from_axes(
@@ -412,6 +440,10 @@ def _onnx_extra(params: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidArgumentError(
                 f'onnx_params["{key}"] cannot be set: {_RESERVED_ONNX_KEYS[key]}. Remove it.'
             )
+        if key in _TRUE_ONNX_KEYS and value is not True:
+            raise InvalidArgumentError(
+                f'onnx_params["{key}"] must be True: {_TRUE_ONNX_KEYS[key]}. Remove it.'
+            )
         if key not in accepted:
             allowed = sorted(accepted - set(_RESERVED_ONNX_KEYS) - handled)
             raise InvalidArgumentError(
@@ -431,6 +463,23 @@ def _onnx_extra(params: Mapping[str, Any]) -> dict[str, Any]:
             f"this onnx knows), but got {opset!r}. The default is {DEFAULT_OPSET}."
         )
     return extra
+
+
+def _check_inductor_keys(configs: Mapping[str, Any]) -> None:
+    """Refuse an option torch._inductor.config does not have before any work: AOTInductor
+    raised it only when compiling, after the lock and the other formats' exports."""
+    from torch._inductor import config
+
+    known = config.get_config_copy()
+    for key in configs:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise InvalidArgumentError(
+                f"inductor_configs[{key!r}] is not an option of torch._inductor.config "
+                f"(torch {torch.__version__}).{hint} Remove it, or use an option name of "
+                "torch/_inductor/config.py."
+            )
 
 
 def build_export_options(
@@ -496,6 +545,7 @@ def build_export_options(
             f"inductor_configs must be a dict with string keys, but got {inductor_configs!r:.80}. "
             'Pass e.g. {"max_autotune": True}.'
         )
+    _check_inductor_keys(inductor_configs)
     return ExportOptions(
         input_names=input_names,
         output_names=output_names,
