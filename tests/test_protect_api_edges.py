@@ -73,3 +73,18 @@ def test_a_configuration_operation_where_nothing_was_protected_says_so(
     with pytest.raises(ConfigurationError, match=rf"^{operation}: there is no configuration file "):
         calls[operation]()
     assert not (workdir / ".skprotect_private" / "app").exists()
+
+
+def test_a_damaged_test_key_file_does_not_stop_an_update(workdir: Path) -> None:
+    """The look for a kept test key read the plain key-params file whole with json.loads: one
+    nested too deeply (200 kB of brackets) raised RecursionError before any work, though a
+    LINUX update reads only its mev_* key files. It is read as the runtime reads it now."""
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    protector = SkProtectorPyTorch(application_name="app")
+    args = (mlp, "m", [torch.randn(2, 8)])
+    kwargs = {"model_export_formats": EF.ONNX, "deployment_platform": EP.LINUX}
+    with pytest.warns(UserWarning, match="in plain files"):
+        protector.protect_new_model(*args, test_key=True, **kwargs)
+    params = workdir / "outputs" / "app" / "m" / "onnx" / "key_params_m.json"
+    params.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert protector.protect_updated_model(*args, **kwargs).key_epoch == 0

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -138,9 +139,11 @@ def _refusal_advice(err: Exception, reason: str) -> str:
             "folder are writable with space left."
         )
     if missing := re.search(r'database "(.+)" does not exist', reason):
+        name = missing[1]  # quoted for the shell and for SQL: a name may hold ' ', ';' or '"'
         return (
-            f"{where}, or create the database first (createdb {missing[1]}, or CREATE "
-            f'DATABASE "{missing[1]}" in psql), then run `sklicense db upgrade`.'
+            f"{where}, or create the database first (createdb {shlex.quote(name)}, or CREATE "
+            f'DATABASE "{name.replace(chr(34), 2 * chr(34))}" in psql), then run '
+            "`sklicense db upgrade`."
         )
     return f"{where}: that the server is reachable and its user, password and database exist."
 

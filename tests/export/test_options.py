@@ -98,6 +98,16 @@ def test_onnx_extra_and_inductor_configs_pass_through():
     assert opts.inductor_configs == inductor
 
 
+def test_inductor_config_aliases_pass_through():
+    """``force_disable_caches`` is an option of torch._inductor.config (an alias of
+    torch.compiler.config's) that AOTInductor takes, but get_config_copy lists no alias: it was
+    refused as unknown ("Did you mean 'force_shape_pad'?"). The module's own names are not."""
+    inductor = {"force_disable_caches": True, "cpp.threads": 2}
+    assert build_export_options([X], params(), None, inductor).inductor_configs == inductor
+    with pytest.raises(InvalidArgumentError, match=r"inductor_configs\['patch'\] is not an option"):
+        build_export_options([X], params(), None, {"patch": True})
+
+
 ERROR_CASES = {
     "tensors-not-list": (dict(input_tensors=X), "input_tensors must be a non-empty list"),
     "tensors-empty": (dict(input_tensors=[]), "input_tensors must be a non-empty list"),

@@ -6,7 +6,9 @@ every refusal got before)."""
 from __future__ import annotations
 
 import secrets
+import shlex
 import sys
+from urllib.parse import quote
 
 import pytest
 from tests.licensing.conftest import PG_MAINTENANCE_URL
@@ -35,6 +37,19 @@ def test_a_missing_database_is_to_be_created_first(
     assert f'database "{name}" does not exist' in err
     assert f'create the database first (createdb {name}, or CREATE DATABASE "{name}"' in err
     assert "database file" not in err
+
+
+def test_the_advice_for_a_missing_database_quotes_its_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A name with a space, ';' or '"' was given bare: `createdb my db;x` creates "my" (with
+    the comment "db") and runs x, and CREATE DATABASE "a"b" is a syntax error."""
+    name = f'absent {secrets.token_hex(6)};"x'
+    url = f"{BASE}/{quote(name)}"
+    code, err = sklicense_error(monkeypatch, capsys, "customer", "list", "--database-url", url)
+    assert code == 1
+    assert f"(createdb {shlex.quote(name)}, or CREATE DATABASE " in err
+    assert f'CREATE DATABASE "{name.replace(chr(34), 2 * chr(34))}" in psql' in err
 
 
 def test_a_missing_postgresql_user_gets_no_sqlite_advice(

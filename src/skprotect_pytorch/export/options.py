@@ -472,7 +472,7 @@ def _check_inductor_keys(configs: Mapping[str, Any]) -> None:
 
     known = config.get_config_copy()
     for key in configs:
-        if key not in known:
+        if key not in known and not _is_alias(config, key):
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise InvalidArgumentError(
@@ -480,6 +480,14 @@ def _check_inductor_keys(configs: Mapping[str, Any]) -> None:
                 f"(torch {torch.__version__}).{hint} Remove it, or use an option name of "
                 "torch/_inductor/config.py."
             )
+
+
+def _is_alias(config: Any, key: str) -> bool:
+    """Whether ``key`` is an option of ``config`` that names another (``force_disable_caches``
+    sets torch.compiler.config's): ``config.patch`` takes it, ``get_config_copy`` lacks it. The
+    module's own names (``triton``, ``patch``) are no options."""
+    own = key in vars(config) or hasattr(type(config), key)
+    return not own and hasattr(config, key)
 
 
 def build_export_options(

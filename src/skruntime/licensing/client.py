@@ -229,6 +229,11 @@ _IDENTITY = {"Accept-Encoding": "identity"}
 """Answers are small: asked uncompressed, so that no compressed answer is unpacked at once."""
 
 
+_HTTP_MODULES = ("httpx", "httpcore")
+"""Whose errors wrap the one a failed connection raised (an ssl.SSLError in the handshake)."""
+_CLOSED_IN_HANDSHAKE = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+"""The connection closed in the TLS handshake: a server that hung up (overloaded, restarting
+behind a proxy), unreachable as one that reset it, and not a TLS set-up to fix."""
 _ANSWER_LOST = (
     httpx.ReadTimeout,
     httpx.WriteTimeout,
@@ -473,12 +478,15 @@ class _Unreachable(_RenewalFailed):
 class _BadAnswer(_RenewalFailed):
     """The server answered, but not with a verified licence for this request, nor a denial.
 
-    ``error`` is what is raised when there is no valid licence to fall back on.
+    ``error`` is what is raised when there is no valid licence to fall back on; ``held``:
+    whether it is raised again until ``retry_seconds`` pass (False: no request reached the
+    server, a TLS handshake that failed, so there is no allowance to spare).
     """
 
-    def __init__(self, error: LicenceError) -> None:
+    def __init__(self, error: LicenceError, *, held: bool = True) -> None:
         super().__init__(str(error))
         self.error = error
+        self.held = held
 
 
 def _checked_configuration(
@@ -981,7 +989,7 @@ class LicenceClient:
             failure = self._tls_failure(e)
             if failure is None:
                 raise
-            raise _BadAnswer(failure) from None
+            raise _BadAnswer(failure, held=False) from None
         headers = [  # the content is decoded and whole now
             (name, value)
             for name, value in response.headers.multi_items()
@@ -1001,9 +1009,11 @@ class LicenceClient:
         (``https://`` to a plain-HTTP server) or the trust in its certificate is to be fixed.
         No request was sent."""
         cause: BaseException | None = error
-        while cause is not None and not isinstance(cause, ssl.SSLError):
+        while cause is not None and type(cause).__module__.split(".")[0] in _HTTP_MODULES:
             cause = cause.__cause__ or cause.__context__
-        if cause is None:
+        # the error httpcore mapped, not one being handled when it was raised (a refused
+        # connection asked for while the caller handled an SSLError of its own)
+        if not isinstance(cause, ssl.SSLError) or isinstance(cause, _CLOSED_IN_HANDSHAKE):
             return None
         where = f"The TLS handshake with the licence server at {self.server_url} failed ({cause})"
         if isinstance(cause, ssl.SSLCertVerificationError):
@@ -1930,7 +1940,8 @@ class LicenceClient:
                 try:
                     return self._renew_due(now)
                 except _BadAnswer as e:
-                    self._bad_answer = (self._next_retry, e.error)
+                    if e.held:
+                        self._bad_answer = (self._next_retry, e.error)
                     raise
             except _BadAnswer as e:
                 raise e.error from None
