@@ -224,7 +224,7 @@ def _warn_test_key_kept(result: ProtectionResult, epoch: int, test_keys: dict[Pa
     """Warn when an update without ``test_key`` kept the keys of a test build (same epoch, same
     key length): a copy of its static key file (handed to testers) unlocks the new files as it
     did the old ones."""
-    if result.key_epoch != epoch:
+    if not test_keys or result.key_epoch != epoch:
         return
     kept = sorted(
         {
