@@ -348,3 +348,36 @@ def test_build_paths_are_blanked_chunk_by_chunk_even_across_chunks(tmp_path, mon
         package = _library_package(tmp_path / f"m{chunk}.pt2", small)
         assert without_build_paths(package) is True
         assert _library(package) == small.replace(folder, blank), chunk
+
+
+@pytest.mark.slow
+def test_two_exports_of_one_architecture_at_once_keep_their_own_files(tmp_path, monkeypatch):
+    """Another export of the same graph with other weights and metadata, run between this
+    export's compile and its packaging (as a second process on the machine does): torch built
+    both in one folder named after the graph's code, and this package took the other's library
+    (its weights) and wrapper metadata."""
+    torch.manual_seed(0)
+    ours, theirs = Toy().eval(), Toy().eval()
+    x, key = torch.randn(2, 8), torch.ones(8)
+
+    def options(who: str):
+        configs = {"aot_inductor.metadata": {"who": who}}
+        return build_export_options([x], {"input_names": ["x"]}, None, configs)
+
+    package_aoti = inductor_package.package_aoti
+
+    def other_export_first(*args, **kwargs):
+        monkeypatch.setattr(inductor_package, "package_aoti", package_aoti)
+        CPU.export(theirs, (x, key), tmp_path / "theirs.pt2", options("theirs"), with_key=True)
+        return package_aoti(*args, **kwargs)
+
+    monkeypatch.setattr(inductor_package, "package_aoti", other_export_first)
+    report = CPU.export(ours, (x, key), tmp_path / "ours.pt2", options("ours"), with_key=True)
+    with zipfile.ZipFile(report.path) as package:
+        named = [n for n in package.namelist() if n.endswith("metadata.json")]
+        assert len(named) == 2
+        assert {package.read(n) for n in named} == {package.read(named[0])}
+        assert b'"who": "ours"' in package.read(named[0])
+    for module, path in ((ours, report.path), (theirs, tmp_path / "theirs.pt2")):
+        out = CPU.load(path, options("any"))([x.numpy(), key.numpy()])
+        assert_equivalent(out, eager(module, x, key))

@@ -14,15 +14,18 @@ naming it. Runtimes that load our ``.pt2`` files must do the same: :func:`input_
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -87,6 +90,27 @@ class _ErrorKeepingFile(io.RawIOBase):
             except OSError as err:
                 self.error = err
         return 0
+
+
+@contextlib.contextmanager
+def own_build_folder() -> Iterator[None]:
+    """AOTInductor builds in a folder of this export's own, inside torch's compile cache (so
+    :func:`without_build_paths` blanks it), removed afterwards. Torch names its build folder
+    after the graph's code alone: two exports of one architecture at once (other keys, so other
+    weights) wrote the same library and metadata files, and one package could carry the
+    other's (its ``skprotect.inputs`` with the other key's commitment)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    root = Path(cache_dir())
+    root.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="skprotect-build-", dir=root)
+    try:
+        # read by compile_fx_aot when inductor_configs leave it out (aoti_compile_and_package
+        # refuses it there)
+        with torch._inductor.config.patch({"aot_inductor.output_path": folder}):
+            yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def build_folders() -> list[str]:
@@ -214,7 +238,7 @@ class InductorExporter(DeviceExporter):
                     # Without no_grad, a CUDA compile of parameters that require grad fails in
                     # addmm's out= variant ("functions with out=... arguments don't support
                     # automatic differentiation"); an inference package needs no autograd anyway.
-                    with quiet_upstream_warnings(), torch.no_grad():
+                    with own_build_folder(), quiet_upstream_warnings(), torch.no_grad():
                         torch._inductor.aoti_compile_and_package(
                             program, package_path=sink, inductor_configs=configs
                         )
