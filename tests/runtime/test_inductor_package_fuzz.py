@@ -151,8 +151,10 @@ def with_metadata(data: bytes, text: bytes, which: str = "metadata.json") -> byt
 
 
 def metadata(data: bytes) -> dict:
-    (text,) = {b for i, b in entries(data) if i.filename.endswith("metadata.json")}
-    return json.loads(text)
+    """The package's metadata, which its wrapper and kernel metadata files both hold."""
+    texts = {i.filename: b for i, b in entries(data) if i.filename.endswith("metadata.json")}
+    assert len(set(texts.values())) == 1, f"the metadata files differ or are missing: {texts}"
+    return json.loads(next(iter(texts.values())))
 
 
 def renamed(data: bytes, suffix: str, name: str) -> bytes:
