@@ -678,6 +678,8 @@ def _read_server_public_key(value: str) -> bytes:
         raise _CliError(
             f"--server-public-key {path} cannot be read: {err.strerror or err}.", EXIT_USAGE
         ) from err
+    if is_file and data.lstrip().startswith(_PEM_PUBLIC_KEY):
+        return _pem_public_key(path, data)
     key = _key_bytes(data, raw=is_file)
     if key is None and is_file:
         raise _CliError(f"--server-public-key {path} {_not_a_public_key(data)}", EXIT_USAGE)
@@ -690,12 +692,39 @@ def _read_server_public_key(value: str) -> bytes:
     return key
 
 
+_PEM_PUBLIC_KEY = b"-----BEGIN PUBLIC KEY-----"
+
+
+def _pem_public_key(path: Path, data: bytes) -> bytes:
+    """The raw Ed25519 key of a PEM public key file (``openssl pkey -in server.key -pubout``
+    writes one); another kind of key, or a damaged file, is refused saying which."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as err:
+        raise _CliError(
+            f"--server-public-key {path} is a PEM public key that cannot be read ({err}): "
+            "export it again with `openssl pkey -in server.key -pubout`, or pass the base64 "
+            "text that `sklicense init` prints.",
+            EXIT_USAGE,
+        ) from err
+    if not isinstance(key, Ed25519PublicKey):
+        raise _CliError(
+            f"--server-public-key {path} holds an {type(key).__name__}, but the licence server "
+            "signs with Ed25519: pass its public key (`sklicense init` prints it).",
+            EXIT_USAGE,
+        )
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def _not_a_public_key(data: bytes) -> str:
     """Why a ``--server-public-key`` file's ``data`` holds no public key: the server's private
     signing key (``server.key``, the one key file ``sklicense init`` writes) is named as such,
     since it must never reach a device; it was told only that a file was expected."""
     expected = (
-        "pass a file holding the licence server's 32-byte Ed25519 public key (raw or base64) "
+        "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64 or PEM) "
         "or that key's base64 text, which `sklicense init` prints"
     )
     if data.lstrip().startswith(b"-----BEGIN PRIVATE KEY-----"):

@@ -2,7 +2,8 @@
 private signing key (``server.key``, the one key file ``sklicense init`` writes, which a user
 may take for the key to pin) is named as a private key to keep on the server: both were told
 "--server-public-key must be a file holding the licence server's public key", though they were
-files."""
+files. A PEM public key (``openssl pkey -in server.key -pubout``) was said to hold no public
+key: it is read."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from typer.testing import CliRunner
 
 from sklicense.crypto import create_signing_key
 from skprotect_pytorch.cli import app as cli_app
+from skruntime.cli import _read_server_public_key
 
 EXPECTED = (
-    "pass a file holding the licence server's 32-byte Ed25519 public key (raw or base64) or "
+    "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64 or PEM) or "
     "that key's base64 text, which `sklicense init` prints."
 )
 
@@ -50,3 +54,34 @@ def test_a_file_without_a_key_is_named(tmp_path: Path, content: bytes) -> None:
         2,
         f"error: --server-public-key {key_file} holds no public key: {EXPECTED}\n",
     )
+
+
+def pem(public_key) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_a_pem_public_key_is_read(tmp_path: Path) -> None:
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    key_file = tmp_path / "server.pem"
+    key_file.write_bytes(b"\n" + pem(public))
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert _read_server_public_key(str(key_file)) == raw
+    output = run_with_server_key(tmp_path, key_file)[1]  # read: the empty folder is next
+    assert "--server-public-key" not in output and "No configuration in" in output, output
+
+
+def test_a_pem_key_of_another_kind_or_damaged_is_named(tmp_path: Path) -> None:
+    key_file = tmp_path / "server.pem"
+    key_file.write_bytes(pem(ec.generate_private_key(ec.SECP256R1()).public_key()))
+    assert run_with_server_key(tmp_path, key_file) == (
+        2,
+        f"error: --server-public-key {key_file} holds an ECPublicKey, but the licence server "
+        "signs with Ed25519: pass its public key (`sklicense init` prints it).\n",
+    )
+    key_file.write_bytes(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    (tmp_path / "again").mkdir()
+    code, output = run_with_server_key(tmp_path / "again", key_file)
+    assert code == 2 and "is a PEM public key that cannot be read (" in output, output
+    assert "`openssl pkey -in server.key -pubout`" in output
