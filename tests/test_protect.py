@@ -578,12 +578,17 @@ def test_lock_preset_changes_the_stored_weights_not_the_outputs(workdir: Path) -
 def test_gpu_formats_skipped_with_warning(workdir: Path) -> None:
     if torch.cuda.is_available():
         pytest.xfail("GPU formats are available on this machine")
-    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
-        result = SkProtectorPyTorch(application_name="app").protect_new_model(
+    protector = SkProtectorPyTorch(application_name="app", save_logs=True)
+    with pytest.warns(RuntimeWarning, match="CUDA is not available") as said:
+        result = protector.protect_new_model(
             make_model(), "net", INPUTS, model_export_formats=EF.ONNX | EF.TORCHSCRIPT_GPU
         )
     assert list(result.formats) == ["onnx"]
     assert "CUDA" in result.skipped_formats["torchscript_gpu"]
+    (warned,) = [w for w in said if "skipped" in str(w.message)]
+    assert warned.filename == __file__  # the protector's caller, not the library
+    (log,) = (workdir / "log").glob("skprotect_*.log")
+    assert f"WARNING {warned.message}\n" in log.read_text()
 
 
 def test_legacy_api(workdir: Path) -> None:

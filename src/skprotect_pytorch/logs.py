@@ -9,6 +9,7 @@ import platform
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,13 @@ _FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
 
 def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
+
+
+def warn_user(message: str, stacklevel: int, category: type[Warning] = UserWarning) -> None:
+    """Warn the caller with ``message`` (``stacklevel`` as the calling function would pass to
+    ``warnings.warn``) and write it to the protection's log, where ``save_logs`` keeps it."""
+    warnings.warn(message, category, stacklevel=stacklevel + 1)
+    get_logger().warning(message)
 
 
 # Without it, Python's last-resort handler printed every warning and failure on stderr a second

@@ -79,7 +79,7 @@ from .lock.key_layout import KeyLayout
 from .lock.keyed_model import plain_outputs
 from .lock.outside import run_keyed_checked
 from .lock.preflight import check_lockable, check_no_scripted_submodules, copy_model
-from .logs import get_logger
+from .logs import get_logger, warn_user
 from .platforms import commitment_nonce, get_platform, write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
@@ -196,8 +196,7 @@ def _replaced_files(request: ProtectRequest) -> set[str]:
 def _tell(message: str, category: type[Warning] = UserWarning) -> None:
     """Warn the line that called the protector (through ``run_protection`` and the
     protector's method) with ``message``, and log it."""
-    warnings.warn(message, category, stacklevel=6)
-    get_logger().warning(message)
+    warn_user(message, stacklevel=6, category=category)
 
 
 def _warn_stale_originals(request: ProtectRequest, written: list[Path]) -> None:
@@ -536,8 +535,7 @@ def _selected_formats(request: ProtectRequest, result: ProtectionResult) -> list
         if fmt.needs_cuda:
             reason = "CUDA is not available on this machine; protect on a machine with a GPU"
             result.skipped_formats[fmt.slug] = reason
-            warnings.warn(f"{fmt.name} skipped: {reason}.", RuntimeWarning, stacklevel=5)
-            get_logger().warning("%s skipped: %s", fmt.name, reason)
+            warn_user(f"{fmt.name} skipped: {reason}.", stacklevel=5, category=RuntimeWarning)
     if not kept:
         raise ExportError(
             "Only GPU formats were requested ("

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import inspect
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from .errors import (
 from .export import DEFAULT_ONNX_PARAMS, get_exporter, registered_formats
 from .formats import ExportFormat, ExportPlatform
 from .lock.context import DEFAULT_PRESET, LOCK_PRESETS
-from .logs import enable_file_log, file_log, get_logger
+from .logs import enable_file_log, file_log, get_logger, warn_user
 from .pipeline import ProtectRequest, run_protection
 from .result import ProtectionResult
 from .state import ProtectionState, state_root
@@ -245,8 +244,7 @@ def _warn_test_key_kept(result: ProtectionResult, epoch: int, test_keys: dict[Pa
         "unlocks the new files. Protect again with protect_updated_model(..., "
         "rotate_keys=True) to draw new keys, unless the test key never left this machine."
     )
-    warnings.warn(message, UserWarning, stacklevel=4)
-    get_logger().warning(message)
+    warn_user(message, stacklevel=4)
 
 
 def _given(args: dict[str, Any]) -> set[str]:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import time
 import uuid
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from skruntime.system import system_tag
 
 from .configuration import config_lock, lock_folder
 from .errors import ExportError, SkProtectError
-from .logs import get_logger
+from .logs import get_logger, warn_user
 
 _STAGING_NAME = re.compile(r"\.staging-(?P<system>[0-9a-f]{16})-[0-9a-f]{12}")
 """A staging folder's name: the tag of the system that writes it (:func:`system_tag`), then
@@ -199,8 +198,7 @@ def _keep_other_systems(folder: Path) -> None:
         "whether it still runs, so they keep it: if it ended, or its machine restarted since, "
         "delete this folder by hand."
     )
-    warnings.warn(message, UserWarning, stacklevel=7)
-    get_logger().warning(message)
+    warn_user(message, stacklevel=7)
 
 
 def _remove_orphans(outputs_dir: Path) -> None:
@@ -252,8 +250,7 @@ def _warn_left_backup(backup: Path) -> None:
         "(the runtime refuses it with IntegrityError), move it back from this folder, at the "
         f"same relative path; then delete this folder: it ships with {backup.parent}."
     )
-    warnings.warn(message, UserWarning, stacklevel=7)
-    get_logger().warning(message)
+    warn_user(message, stacklevel=7)
 
 
 @dataclass(frozen=True)
@@ -415,5 +412,4 @@ def _warn_recovered(recovery: _Recovery) -> None:
             f"configuration records them (the runtime ignores them; delete them unless you "
             f"put them there): {strays}. Run that protection again."
         )
-    warnings.warn(message, UserWarning, stacklevel=7)
-    get_logger().warning(message)
+    warn_user(message, stacklevel=7)
