@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,39 @@ def module_workdir(tmp_path_factory: pytest.TempPathFactory):
         yield path
     finally:
         os.chdir(previous)
+
+
+def _protect_linear(
+    application: str,
+    model_name: str,
+    features: tuple[int, int],
+    *,
+    batch: int = 2,
+    test_key: bool = True,
+) -> Path:
+    """Protect a seeded ``nn.Linear(*features)`` as ONNX model ``model_name`` of ``application``
+    in the current folder, exported on ``batch`` rows; returns the application's folder."""
+    import torch
+    from torch import nn
+
+    from skprotect_pytorch.protect import SkProtectorPyTorch
+
+    torch.manual_seed(0)
+    SkProtectorPyTorch(application_name=application).protect_new_model(
+        nn.Sequential(nn.Linear(*features)).eval(),
+        model_name,
+        [torch.randn(batch, features[0])],
+        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
+        test_key=test_key,
+    )
+    return Path.cwd() / "outputs" / application
+
+
+@pytest.fixture(scope="session")
+def protect_linear() -> Callable[..., Path]:
+    """The one tiny model the command-line and runtime tests protect (test key by default):
+    ``protect_linear(application, model_name, (in, out), batch=2, test_key=True)``."""
+    return _protect_linear
 
 
 def _no_training(*_args: object, **_kwargs: object) -> None:

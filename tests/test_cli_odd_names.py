@@ -6,30 +6,20 @@ was "must be a .npy or .npz file, but got .npy"); an empty ``--budgets`` is call
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import app
-from skprotect_pytorch.protect import SkProtectorPyTorch
 
 
 @pytest.fixture(scope="module")
-def outputs(module_workdir: Path) -> Path:
+def outputs(module_workdir: Path, protect_linear: Callable[..., Path]) -> Path:
     """One single-output ONNX model ``mlp`` (test key) of application ``odd``."""
-    torch.manual_seed(0)
-    SkProtectorPyTorch(application_name="odd").protect_new_model(
-        nn.Sequential(nn.Linear(6, 5)).eval(),
-        "mlp",
-        [torch.randn(2, 6)],
-        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
-        test_key=True,
-    )
-    return module_workdir / "outputs" / "odd"
+    return protect_linear("odd", "mlp", (6, 5))
 
 
 def test_upper_case_extensions_are_read_and_written(outputs: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import errno
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,23 +60,14 @@ def test_other_errors_are_not_taken_for_standard_output() -> None:
     assert stdout_failed(BrokenPipeError(errno.EPIPE, "Broken pipe"))
 
 
-def test_run_says_its_summary_could_not_be_printed(workdir: Path) -> None:
+def test_run_says_its_summary_could_not_be_printed(
+    workdir: Path, protect_linear: Callable[..., Path]
+) -> None:
     """``skprotect run ... > /dev/full``: the ``--output`` file is written, then the summary
     fails (a traceback before), said in one line."""
     import numpy as np
-    import torch
-    from torch import nn
 
-    from skprotect_pytorch.protect import SkProtectorPyTorch
-
-    torch.manual_seed(0)
-    SkProtectorPyTorch(application_name="app").protect_new_model(
-        nn.Sequential(nn.Linear(6, 5)).eval(),
-        "mlp",
-        [torch.randn(1, 6)],
-        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
-        test_key=True,
-    )
+    protect_linear("app", "mlp", (6, 5), batch=1)
     np.save("x.npy", np.ones((1, 6), np.float32))
     run = [*SKPROTECT, "run", "outputs/app", "mlp", "-i", "x.npy", "-o", "y.npy", "--static-key"]
     with open("/dev/full", "w") as full:

@@ -12,13 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from tests.fifo import raised_without_blocking
-from torch import nn
 from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import app as cli_app
-from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import ConfigurationError, KeyFileError, ModelFileError, SkRuntime
 from skruntime.backends.base import ModelFile
 from skruntime.cli import read_inputs
@@ -35,15 +32,8 @@ KINDS = {"fifo": "a named pipe (FIFO)", "folder": "a folder", "device": "a chara
 
 
 @pytest.fixture(scope="module")
-def outputs(module_workdir: Path) -> Path:
-    torch.manual_seed(0)
-    SkProtectorPyTorch(application_name="app").protect_new_model(
-        nn.Sequential(nn.Linear(4, 3)).eval(),
-        "net",
-        [torch.from_numpy(X)],
-        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
-    )
-    return module_workdir / "outputs"
+def outputs(module_workdir: Path, protect_linear: Callable[..., Path]) -> Path:
+    return protect_linear("app", "net", (4, 3), test_key=False).parent
 
 
 @pytest.fixture
