@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from skruntime.config import CONFIG_FILENAMES, load_config, sha256_file
-from skruntime.system import system_tag
+from skruntime.system import last_change, system_tag, this_system
 
 from .configuration import config_lock, lock_folder
 from .errors import ExportError, SkProtectError
@@ -167,22 +167,12 @@ def _describe_owner(folder: Path) -> str:
         return "a protection whose host is not recorded"
 
 
-def _last_change(folder: Path) -> float:
-    """The newest modification time in ``folder`` and below: a running protection keeps
-    writing files there."""
-    times = []
-    for path in (folder, *folder.rglob("*")):
-        with contextlib.suppress(OSError):  # removed meanwhile
-            times.append(path.stat().st_mtime)
-    return max(times, default=time.time())
-
-
 def _keep_other_systems(folder: Path) -> None:
     """Keep a staging folder another system writes: its lock is not visible from here, so its
     protection may still run. Logged; said as a warning once it has not changed for
     :data:`_STALE_AFTER_S`, with how to remove it, since it would ship with ``outputs/``."""
     owner = _describe_owner(folder)
-    idle_s = time.time() - _last_change(folder)
+    idle_s = time.time() - last_change(folder)  # a running protection keeps writing
     if idle_s < _STALE_AFTER_S:
         get_logger().info(
             "kept %s: written by %s, on another machine (or on this one before it restarted), "
@@ -204,19 +194,20 @@ def _keep_other_systems(folder: Path) -> None:
 def _remove_orphans(outputs_dir: Path) -> None:
     """Remove the staging folders of protections whose process died (killed, out of memory):
     hidden in ``outputs/``, which ships, they hold locked models, keys, even save_original's
-    plaintext copies. Only this system's folders (:func:`system_tag`) whose lock can be taken
-    are removed: a running protection holds its folder's lock; every folder where no lock can
-    tell (Windows, NFS) or whose lock is another system's is kept. Folders named without a
-    system (written before the tag existed) are judged by the lock. A backup folder left
-    without its staging folder (its protection died while moving files into place) is settled
-    from the configuration on disk (:func:`_plan_recovery`), or said when it cannot be."""
-    system = system_tag()
+    plaintext copies. Only this host's folders (:meth:`~skruntime.system.ThisSystem.owns`:
+    of this boot, or of an earlier one) whose lock can be taken are removed: a running
+    protection holds its folder's lock; every folder where no lock can tell (Windows, NFS) or
+    whose lock is another host's is kept. Folders named without a system (written before the
+    tag existed) are judged by the lock. A backup folder left without its staging folder (its
+    protection died while moving files into place) is settled from the configuration on disk
+    (:func:`_plan_recovery`), or said when it cannot be."""
+    here = this_system()
     folders = sorted(outputs_dir.glob(".staging-*"))
     for folder in folders:
         if folder.name.endswith("-backup") or not folder.is_dir():
             continue
         named = _STAGING_NAME.fullmatch(folder.name)
-        if named is not None and named["system"] != system:
+        if named is not None and not here.owns(named["system"], folder):
             _keep_other_systems(folder)
             continue
         try:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, InputError
-from ..system import system_tag
+from ..system import system_tag, this_system
 from .base import BackendOptions, ModelFile
 from .gpu import (
     apply_gpu_determinism,
@@ -375,8 +375,8 @@ def _tmpdir(folder: str) -> Iterator[None]:
 
 _PRIVATE_PREFIX = "skruntime-aoti-"
 #: A private folder's name: the prefix, the tag of the system that made it (:func:`system_tag`),
-#: the pid of its process, ``tempfile``'s random part. Folders of earlier versions (no pid, no
-#: lock) never match: they are left alone.
+#: the pid of its process, ``tempfile``'s random part. Folders of earlier versions (no system:
+#: no lock, or one another host may hold unseen) never match: they are left alone.
 _PRIVATE_NAME = re.compile(
     re.escape(_PRIVATE_PREFIX) + r"(?P<system>[0-9a-f]{16})-[0-9]+-[a-z0-9_]+"
 )
@@ -435,15 +435,20 @@ def _remove_if_abandoned(path: str) -> None:
 def _sweep_leftovers(parent: str) -> None:
     """Remove from ``parent`` the private folders of this user's loads whose process is gone
     (:func:`_remove_if_abandoned`): a process killed with SIGKILL (the OOM killer, a container
-    stopped hard) runs no finalizer, and left its folder, with the package extracted in it,
-    for ever. Only this system's folders (:func:`system_tag`): another's lock is not seen."""
+    stopped hard, a power loss or reboot) runs no finalizer, and left its folder, with the
+    package extracted in it, for ever. Only this host's folders, of this boot or an earlier
+    one (:meth:`~skruntime.system.ThisSystem.owns`): another host's lock is not seen."""
     if fcntl is None:  # pragma: no cover (Windows: no lock tells a live load's folder)
         return
-    system = system_tag()
+    here = this_system()
     with contextlib.suppress(OSError), os.scandir(parent) as entries:
         for entry in entries:
             named = _PRIVATE_NAME.fullmatch(entry.name)
-            if named is not None and named["system"] == system:
+            if (
+                named is not None
+                and entry.is_dir(follow_symlinks=False)
+                and here.owns(named["system"], entry.path)
+            ):
                 _remove_if_abandoned(entry.path)
 
 
