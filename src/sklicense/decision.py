@@ -13,7 +13,8 @@ timestamp, a device clock ahead of the server's: :func:`ended_on_device`); a new
 the customer already has ``max_devices`` registered devices, revoked ones included →
 ``too_many_devices``; no quota left → ``quota_exhausted``. Between ``contract_ended`` and
 ``too_many_devices``: a request that ``supersedes`` an earlier request of the device that was
-granted, whose answer was lost (:func:`resendable`) → :class:`Resend`, that licence again; a
+granted, or answered with a licence granted to one it superseded, whose answer was lost
+(:func:`resendable`) → :class:`Resend`, that licence again; a
 request that ``renews`` a licence a new one would not better (:func:`renewed_licence`) →
 :class:`Keep`. Neither grants nor charges anything (so neither the device limit nor the quota
 is checked).
@@ -36,11 +37,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from sklicense.crud import count_devices, get_application_by_name
-from sklicense.models import Application, Customer, Device, Licence, SeenNonce, UsageReport
+from sklicense.models import (
+    Application,
+    Customer,
+    Device,
+    Licence,
+    LicenceResend,
+    SeenNonce,
+    UsageReport,
+)
 from sklicense.schemas import LicenceRequestIn
 from skruntime.licensing.protocol import TIMESTAMP_WINDOW_S, unb64, verify
 
@@ -401,7 +410,9 @@ def resendable(
 ) -> Resend | None:
     """The latest licence granted to a request of this device whose nonce is one of ``nonces``
     (the request's own, sent again; or those it ``supersedes``: earlier ones whose answer was
-    lost) when it may be sent again for ``request``: for its customer, application and models,
+    lost), or answered to one of them in its place (:class:`~sklicense.models.LicenceResend`:
+    a long chain names only its first and latest requests), when it may be sent again for
+    ``request``: for its customer, application and models,
     the device active, the licence unexpired and not outliving the customer's contract (moved
     earlier since), its allowance not reported used up. Else None: a request that was denied,
     or reused for another request, or a licence no longer good. A device naming nonces it did
@@ -411,9 +422,15 @@ def resendable(
     by the process that lost its answer."""
     if not nonces:
         return None
+    resent = select(LicenceResend.licence_id).where(
+        LicenceResend.device_id == request.device_id, LicenceResend.nonce.in_(nonces)
+    )
     row = session.scalar(
         select(Licence)
-        .where(Licence.device_id == request.device_id, Licence.request_nonce.in_(nonces))
+        .where(
+            Licence.device_id == request.device_id,
+            or_(Licence.request_nonce.in_(nonces), Licence.id.in_(resent)),
+        )
         .order_by(Licence.issued_at.desc())
         .limit(1)
     )

@@ -124,6 +124,21 @@ class Licence(Base):
     request_nonce: Mapped[str] = mapped_column(String(64))
 
 
+class LicenceResend(Base):
+    """A licence request answered with a licence granted to an earlier request it
+    ``supersedes`` (migration 0005): a later request naming this one (its answer lost too)
+    is answered with that licence as well, though it no longer names the request the licence
+    was granted to (the runtime names the first and the latest few of a long chain)."""
+
+    __tablename__ = "licence_resends"
+    __table_args__ = (UniqueConstraint("device_id", "nonce", name="uq_resend_device_nonce"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    nonce: Mapped[str] = mapped_column(String(64))
+    licence_id: Mapped[str] = mapped_column(ForeignKey("licences.id"))
+
+
 class UsageReport(Base):
     __tablename__ = "usage_reports"
     __table_args__ = (UniqueConstraint("device_id", "report_id", name="uq_usage_device_report"),)

@@ -189,7 +189,8 @@ class LicenceRequestIn(DeviceMessage):
     #: renewal would expire at the same time and grant no other model.
     renews: str | None = Field(default=None, min_length=1, max_length=36)
     #: The nonces of this device's earlier requests whose answers were lost and that are too old
-    #: to send again: one granted is answered with its licence, uncharged (``decision.resent``).
+    #: to send again: one granted, or answered with a licence granted to one it superseded, is
+    #: answered with that licence, uncharged (``decision.resendable``).
     supersedes: list[Nonce] = Field(default_factory=list, max_length=MAX_SUPERSEDED)
 
     @field_validator("application", "renews")

@@ -32,7 +32,7 @@ from sklicense.decision import (
     unknown_licence,
     unregistered,
 )
-from sklicense.models import Application, Device, Licence, SeenNonce, UsageReport
+from sklicense.models import Application, Device, Licence, LicenceResend, SeenNonce, UsageReport
 from sklicense.schemas import LicenceRequestIn, UsageReportIn
 from skruntime.licensing.protocol import KEEP_DECISION, TIMESTAMP_WINDOW_S
 
@@ -332,9 +332,12 @@ def _resent(
     session: Session, resend: Resend, request: LicenceRequestIn, key: Ed25519PrivateKey
 ) -> Outcome:
     """The signed licence document of ``resend``, audited as ``licence.resend`` (naming the
-    request it was granted to when ``request`` superseded that one)."""
+    request it was granted to when ``request`` superseded that one, and noting ``request`` as
+    answered with it: :func:`_note_resend`)."""
     row = resend.licence
     superseded = {} if row.request_nonce == request.nonce else {"granted_to": row.request_nonce}
+    if superseded:
+        _note_resend(session, request.device_id, request.nonce, row.id)
     audit(
         session,
         f"device:{resend.device.id}",
@@ -343,6 +346,20 @@ def _resent(
         {"licence_id": row.id, "application": resend.application.name} | superseded,
     )
     return _answer(row, resend.device, resend.application, key)
+
+
+def _note_resend(session: Session, device_id: str, nonce: str, licence_id: str) -> None:
+    """Note that the device's request ``nonce`` was answered with licence ``licence_id``,
+    granted to a request it superseded (once: it may be sent again): a later request naming
+    this one, its answer lost as well, gets that licence too, though the request it was
+    granted to has dropped out of the chain the device names (the first and the latest)."""
+    noted = session.scalar(
+        select(LicenceResend.id).where(
+            LicenceResend.device_id == device_id, LicenceResend.nonce == nonce
+        )
+    )
+    if noted is None:
+        session.add(LicenceResend(device_id=device_id, nonce=nonce, licence_id=licence_id))
 
 
 def _resend(
@@ -366,8 +383,9 @@ def resend_past_limit(
     timestamp window, else None (the device is answered ``rate_limited``). Refusing it would
     lose a licence the quota was already charged for, and the device would ask afresh and be
     charged again; answering it grants nothing. Looked up without a write lock and logged at
-    WARNING, not audited: a captured request replayed in a loop adds no row (the first resend
-    of a minute, under the limit, is audited as ``licence.resend``)."""
+    WARNING, not audited nor noted (:func:`_note_resend`): a captured request replayed in a
+    loop adds no row (the first resend of a minute, under the limit, is audited as
+    ``licence.resend``)."""
     if stale_request(request.timestamp, now) is not None:
         return None
     with db.reading(sessions) as session:

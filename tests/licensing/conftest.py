@@ -30,6 +30,7 @@ TABLES = (
     "rate_counters",
     "seen_nonces",
     "usage_reports",
+    "licence_resends",
     "licences",
     "devices",
     "customers",

@@ -1204,8 +1204,10 @@ def test_invalid_server_url_is_refused_when_the_client_is_made(server, state, cl
 
 
 def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) -> None:
-    """Reported entries of valid licences stay (at most 64 of replaced ones); expired, used-up
-    and older runtimes' reported entries go; the current licence's entry always stays."""
+    """Reported entries of valid licences stay (at most 64 of replaced ones that nothing was
+    counted under; partly used ones all: the server may send their licence again); expired,
+    used-up and older runtimes' reported entries go; the current licence's entry always
+    stays."""
     server = FakeServer(quota=1000)
     client = make_client(server, state, clock, persist_every=1)
     current = client.ensure_licence().licence_id
@@ -1215,12 +1217,14 @@ def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) ->
         "expired": {"counter": 5, "reported": 5, "expires_at": T0 - 301, "inferences": 9},
         "used-up": {"counter": 10, "reported": 10, "expires_at": T0 + DAY, "inferences": 10},
         "legacy": {"counter": 2, "reported": 2},
+        "partly-used": {"counter": 1, "reported": 1, "expires_at": T0 + 1, "inferences": 10},
+        "unlimited": {"counter": 1, "reported": 1, "expires_at": T0 + 2},
     }
     idle = {f"idle-{i:02d}": T0 + DAY + i for i in range(70)}
     for licence_id, expires_at in idle.items():
         licences[licence_id] = {
-            "counter": 1,
-            "reported": 1,
+            "counter": 0,
+            "reported": 0,
             "expires_at": expires_at,
             "inferences": 10,
         }
@@ -1228,7 +1232,8 @@ def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) ->
     client.consume()
     client.close()
     kept = json.loads(path.read_text())["licences"]
-    assert set(kept) == {current} | {f"idle-{i:02d}" for i in range(6, 70)}  # the latest 64
+    # of the 71 others, the latest 64: "unlimited" (no allowance) and idle-00 to 05 go
+    assert set(kept) == {current, "partly-used"} | {f"idle-{i:02d}" for i in range(6, 70)}
     assert kept[current] == {
         "counter": 1,
         "reported": 1,
@@ -1236,8 +1241,8 @@ def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) ->
         "inferences": 1000,
     }
     assert kept["idle-69"] == {
-        "counter": 1,
-        "reported": 1,
+        "counter": 0,
+        "reported": 0,
         "expires_at": T0 + DAY + 69,
         "inferences": 10,
     }

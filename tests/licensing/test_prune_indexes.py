@@ -59,7 +59,7 @@ def test_upgrade_from_0003_with_rows_then_downgrade(database_url, sessions) -> N
             for i in range(5):
                 service.remember_nonce(session, f"dev-{i}", f"{i:032x}", T0 - 1000 * i)
                 session.add(RateCounter(key=f"usage:dev-{i}", window_start=window - 1800 * i))
-        db.upgrade(database_url)
+        db.upgrade(database_url, "0004")
         assert db.current_revision(database_url) == "0004"
         assert [indexes_on(database_url, t) for t in INDEXES] == [[n] for _, n in INDEXES.values()]
         assert (count(sessions, SeenNonce), count(sessions, RateCounter)) == (5, 5)

@@ -26,6 +26,7 @@ EXPECTED_TABLES = {
     "customers",
     "devices",
     "licences",
+    "licence_resends",
     "usage_reports",
     "seen_nonces",
     "rate_counters",
@@ -35,7 +36,7 @@ EXPECTED_TABLES = {
 
 
 def test_migrated_schema(database_url) -> None:
-    assert db.current_revision(database_url) == db.head_revision() == "0004"
+    assert db.current_revision(database_url) == db.head_revision() == "0005"
     assert set(inspect(db.get_engine(database_url)).get_table_names()) == EXPECTED_TABLES
     db.check_migrated(database_url)
 
@@ -50,7 +51,7 @@ def test_upgrade_from_0001_keeps_applications(tmp_path: Path) -> None:
             text("INSERT INTO applications (name, created_at) VALUES ('app', CURRENT_TIMESTAMP)")
         )
     db.upgrade(url)
-    assert db.current_revision(url) == "0004"
+    assert db.current_revision(url) == "0005"
     with db.get_engine(url).begin() as connection:
         rows = connection.execute(text("SELECT name, public_key FROM applications")).all()
     assert [tuple(r) for r in rows] == [("app", None)]
@@ -169,7 +170,7 @@ def test_unmigrated_database_is_refused(tmp_path: Path, state_dir: Path) -> None
     assert not (tmp_path / "fresh.db").exists()  # checking did not create it
     sqlite3.connect(tmp_path / "fresh.db").close()  # an empty database: there, not migrated
     message = (
-        f"The database {url} is not migrated; this server needs revision 0004. "
+        f"The database {url} is not migrated; this server needs revision 0005. "
         "Run `sklicense db upgrade` (with the same --database-url) first."
     )
     with pytest.raises(db.DatabaseNotMigratedError) as error:

@@ -22,10 +22,13 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     ``inferences`` for licences without an allowance). An entry is kept, reported or not, while its
     licence could still be used: it is dropped once fully reported and either expired or used up
     (never the entry of the cached licence, nor of the dropping process's own); of the reported
-    entries of replaced licences still valid, the latest 64 are kept (the file's size bound). A
-    process never counts a licence again from 0: a licence it has counted whose entry is gone is
-    used up for it (it takes the cached licence, or renews). A malformed file is refused
-    (:class:`LicenceError` naming it); it is never reset silently.
+    entries of replaced licences still valid that no inference was counted under (or without
+    an allowance), the latest 64 are kept (the file's size bound): a partly used one stays, since
+    the server may send its licence again to a process whose request it answered, the answer
+    lost, which would count it from 0 (:func:`_partly_used`). A process never counts a licence
+    again from 0: a licence it has counted whose entry is gone is used up for it (it takes the
+    cached licence, or renews). A malformed file is refused (:class:`LicenceError` naming it);
+    it is never reset silently.
 ``server_keys.json``
     ``{"checked": {"<server URL>": "<base64 public key>"}}``: the key each server presented at
     ``GET /v1/public-key`` when it matched the pinned one. Before its first licence request to a
@@ -55,10 +58,10 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     timestamp is inside the server's window by this device's clock and it asks what the
     runtime asks now (else a new one is signed, and written here before it is sent, naming
     this one and those it superseded in ``supersedes``: the server answers it with the licence
-    it granted one of them, uncharged, while that licence is valid and not reported used up:
-    another process of the device received it then). Removed once the server answered it (a
-    signed answer other than ``rate_limited``, or a licence that verified); a file that is not
-    such a request is ignored, with a warning, and replaced.
+    it granted one of them, or answered one of them with, uncharged, while that licence is
+    valid and not reported used up: another process of the device received it then). Removed
+    once the server answered it (a signed answer other than ``rate_limited``, or a licence that
+    verified); a file that is not such a request is ignored, with a warning, and replaced.
 ``clock.json``
     ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection.
     A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
@@ -191,10 +194,13 @@ long after its timestamp (not ``retry_seconds`` later), while the server still a
 resend with the licence it may have granted (:meth:`LicenceClient._retry_after`)."""
 _SUPERSEDED_KEPT = 8
 """The most earlier unanswered licence requests a new one names as ``supersedes`` (the first
-and the latest: the server takes 16): one every ``_RESEND_BY_S`` or so through a long outage."""
+and the latest: the server takes 16): one every ``_RESEND_BY_S`` or so through a long outage.
+The server answers a request naming one it answered with a licence granted to an earlier one
+with that licence too, so the latest ones keep a licence granted in the middle of the chain."""
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _MAX_IDLE_ENTRIES = 64
-"""Reported entries of replaced, still valid licences kept in the usage file (its size bound)."""
+"""Reported entries of replaced, still valid licences kept in the usage file (its size bound),
+partly used ones aside (:func:`_partly_used`)."""
 _USAGE_HOLDS = "the inference counters of this device's licences"
 _CLOCK_HOLDS = "the last time this device saw, for clock-rollback detection"
 _LAST_SEEN_PERSIST_S = 60
@@ -286,6 +292,14 @@ def _describe(entry: dict[str, int], licence: Licence) -> None:
     entry["expires_at"] = licence.expires_at
     if licence.inferences is not None:
         entry["inferences"] = licence.inferences
+
+
+def _partly_used(entry: dict[str, int]) -> bool:
+    """Whether the counter entry of a licence still valid and not used up (not
+    :meth:`LicenceClient._finished`) counts inferences against an allowance: the server may
+    send that licence again (to a process whose request it answered, the answer lost), and
+    without the entry that process would count it again from 0, past its allowance."""
+    return "inferences" in entry and entry["counter"] > 0
 
 
 def _checked_url(url: str) -> str:
@@ -1702,13 +1716,14 @@ class LicenceClient:
         return licence
 
     def _superseded_grant(self, licence: Licence, answer: _Answer) -> bool:
-        """Whether ``licence`` was granted to a request that the licence request answered
-        ``supersedes`` (its answer lost), and the server answered it to that request itself:
-        its answer's signature (:meth:`_signed_answer`) binds that old licence to this
-        request."""
-        return licence.request_nonce in answer.body.get("supersedes", ()) and (
-            answer.signed is not None
-        )
+        """Whether ``licence`` may be granted to another request than the licence request
+        answered: that request ``supersedes`` earlier ones (their answers lost), and the
+        server answered it with ``licence`` itself: its answer's signature
+        (:meth:`_signed_answer`) binds that old licence to this request. The licence's own
+        request may no longer be named: the server answers a request naming one it answered
+        with a licence granted to an earlier one (a long chain names its first and latest
+        requests only)."""
+        return bool(answer.body.get("supersedes")) and answer.signed is not None
 
     def _renewal_opens(self, licence: Licence) -> float:
         """When renewing ``licence`` for its validity starts. Each renewal draws a new allowance
@@ -2445,6 +2460,7 @@ class LicenceClient:
                 if licence_id not in keep
                 and licence_id not in done
                 and entry["counter"] <= entry["reported"]
+                and not _partly_used(entry)
             )
             done += [licence_id for _, licence_id in idle[: len(idle) - _MAX_IDLE_ENTRIES]]
             for licence_id in done:

@@ -21,10 +21,11 @@ on the server, which check that their key signed it, for this application, this 
 these models: ``customer_not_proven`` otherwise), ``renews`` (str, the ``licence_id`` of the
 device's licence that this request renews for validity; see below) and ``supersedes`` (list of
 at most 16 nonces: earlier requests of the device whose answers were lost and that are too old
-to send again; when the server granted one of them to this device, for this customer,
-application and models, and that licence is still valid and not reported used up, it answers
-this request with that licence, ``request_nonce`` the earlier request's, uncharged; the device
-takes it only with the answer's signature for this request). The signature of a known device
+to send again; when the server granted one of them to this device, or answered one of them
+with a licence granted to a request it superseded in turn, for this customer, application and
+models, and that licence is still valid and not reported used up, it answers this request with
+that licence, ``request_nonce`` the request it was granted to, uncharged; the device takes it
+only with the answer's signature for this request). The signature of a known device
 is checked against its registered key; of a new device, against ``signing_public_key``.
 
 ``POST /v1/usage`` (:class:`UsageReport`): ``device_id``, ``licence_id``, ``report_id``
