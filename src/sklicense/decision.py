@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from sklicense.crud import count_devices, get_application_by_name
@@ -91,6 +91,10 @@ class Resend:
     licence: Licence
     device: Device
     application: Application
+    #: The nonce, of those the request names, of the request the licence was granted to or
+    #: answered to (:class:`~sklicense.models.LicenceResend`): the answer's ``request_nonce``,
+    #: which a runtime checks it named (every runtime before 2026-12-07 refused another one).
+    answered: str
 
 
 Decision = Allow | Deny | Keep | Resend
@@ -422,20 +426,26 @@ def resendable(
     by the process that lost its answer."""
     if not nonces:
         return None
-    resent = select(LicenceResend.licence_id).where(
-        LicenceResend.device_id == request.device_id, LicenceResend.nonce.in_(nonces)
-    )
-    row = session.scalar(
-        select(Licence)
-        .where(
-            Licence.device_id == request.device_id,
-            or_(Licence.request_nonce.in_(nonces), Licence.id.in_(resent)),
-        )
-        .order_by(Licence.issued_at.desc())
+    named = union_all(  # the request each licence was granted to first, then those noted
+        select(
+            Licence.id.label("licence_id"),
+            Licence.request_nonce.label("nonce"),
+            literal(0).label("noted"),
+        ).where(Licence.device_id == request.device_id, Licence.request_nonce.in_(nonces)),
+        select(LicenceResend.licence_id, LicenceResend.nonce, literal(1)).where(
+            LicenceResend.device_id == request.device_id, LicenceResend.nonce.in_(nonces)
+        ),
+    ).subquery()
+    found = session.execute(
+        select(Licence, named.c.nonce)
+        .join(named, named.c.licence_id == Licence.id)
+        .where(Licence.device_id == request.device_id)
+        .order_by(Licence.issued_at.desc(), named.c.noted, named.c.nonce)
         .limit(1)
-    )
-    if row is None:
+    ).first()
+    if found is None:
         return None
+    row, answered = found
     device = session.get(Device, row.device_id)
     application = session.get(Application, row.application_id)
     customer = session.get(Customer, row.customer_id)
@@ -455,7 +465,7 @@ def resendable(
         )
     ):
         return None
-    return Resend(row, device, application)
+    return Resend(row, device, application, answered)
 
 
 def highest_reported(session: Session, licence_id: str) -> int | None:

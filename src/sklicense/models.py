@@ -128,7 +128,8 @@ class LicenceResend(Base):
     """A licence request answered with a licence granted to an earlier request it
     ``supersedes`` (migration 0005): a later request naming this one (its answer lost too)
     is answered with that licence as well, though it no longer names the request the licence
-    was granted to (the runtime names the first and the latest few of a long chain)."""
+    was granted to (the runtime names the first and the latest few of a long chain). The
+    latest :data:`~sklicense.service.RESENDS_NOTED` of each device are kept."""
 
     __tablename__ = "licence_resends"
     __table_args__ = (UniqueConstraint("device_id", "nonce", name="uq_resend_device_nonce"),)

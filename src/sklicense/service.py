@@ -33,7 +33,7 @@ from sklicense.decision import (
     unregistered,
 )
 from sklicense.models import Application, Device, Licence, LicenceResend, SeenNonce, UsageReport
-from sklicense.schemas import LicenceRequestIn, UsageReportIn
+from sklicense.schemas import MAX_SUPERSEDED, LicenceRequestIn, UsageReportIn
 from skruntime.licensing.protocol import KEEP_DECISION, TIMESTAMP_WINDOW_S
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ NONCE_PRUNE_EVERY_S = 60
 """How often one process deletes expired nonces (server time)."""
 NONCE_PRUNE_BATCH = 1000
 """The most nonces one prune deletes: a large backlog is deleted in batches, one per request."""
+
+RESENDS_NOTED = 4 * MAX_SUPERSEDED
+"""The most requests of one device noted as answered with a licence granted to one they
+superseded (:func:`_note_resend`): its latest, since a chain names the latest requests of its
+device (the runtime 8, the server takes 16). Unbounded, each request answered so (30 a minute
+pass the default rate limit) added a row for ever."""
 
 _nonces_pruned_at: dict[str, int] = {}
 """Per database URL: when this process last deleted expired nonces (a full batch: no entry)."""
@@ -305,9 +311,15 @@ def _keep(session: Session, keep: Keep, request: LicenceRequestIn, now: int) -> 
 
 
 def _answer(
-    row: Licence, device: Device, application: Application, key: Ed25519PrivateKey
+    row: Licence,
+    device: Device,
+    application: Application,
+    key: Ed25519PrivateKey,
+    answered: str | None = None,
 ) -> Outcome:
-    """The signed licence document for a stored licence (its KEK wrapped to the device)."""
+    """The signed licence document for a stored licence (its KEK wrapped to the device);
+    ``answered``: its ``request_nonce`` when not the request it was granted to (a resend,
+    :attr:`Resend.answered`)."""
     wrapped = None
     if application.kek is not None:
         wrapped = wrap_kek(
@@ -322,7 +334,7 @@ def _answer(
         "issued_at": int(row.issued_at.timestamp()),
         "expires_at": int(row.expires_at.timestamp()),
         "inferences": row.inferences,
-        "request_nonce": row.request_nonce,
+        "request_nonce": answered or row.request_nonce,
         "wrapped_kek": wrapped,
     }
     return Outcome(200, sign_licence(licence, key))
@@ -345,7 +357,7 @@ def _resent(
         f"customer:{row.customer_id}",
         {"licence_id": row.id, "application": resend.application.name} | superseded,
     )
-    return _answer(row, resend.device, resend.application, key)
+    return _answer(row, resend.device, resend.application, key, resend.answered)
 
 
 def _note_resend(session: Session, device_id: str, nonce: str, licence_id: str) -> None:
@@ -360,6 +372,26 @@ def _note_resend(session: Session, device_id: str, nonce: str, licence_id: str) 
     )
     if noted is None:
         session.add(LicenceResend(device_id=device_id, nonce=nonce, licence_id=licence_id))
+        _forget_old_resends(session, device_id)
+
+
+def _forget_old_resends(session: Session, device_id: str) -> None:
+    """Delete the device's notes (:func:`_note_resend`) but its latest
+    :data:`RESENDS_NOTED`: the table's bound, a device's chain naming its latest requests."""
+    session.flush()
+    oldest_kept = session.scalar(
+        select(LicenceResend.id)
+        .where(LicenceResend.device_id == device_id)
+        .order_by(LicenceResend.id.desc())
+        .offset(RESENDS_NOTED - 1)
+        .limit(1)
+    )
+    if oldest_kept is not None:
+        session.execute(
+            delete(LicenceResend)
+            .where(LicenceResend.device_id == device_id, LicenceResend.id < oldest_kept)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _resend(
@@ -396,7 +428,7 @@ def resend_past_limit(
         logger.warning(
             "licence %s resent to device %s past its rate limit (not audited)", row.id, device.id
         )
-        return _answer(row, device, found.application, key)
+        return _answer(row, device, found.application, key, found.answered)
 
 
 _AUDITED_ONCE_A_MINUTE = ("stale_request", "replayed_request")

@@ -614,6 +614,30 @@ def test_nonce_not_echoed_refused(server, state, clock) -> None:
         make_client(server, state, clock).ensure_licence()
 
 
+def test_a_licence_of_a_request_not_superseded_is_refused(state, clock) -> None:
+    """A request that ``supersedes`` earlier ones takes only a licence of one of them (or its
+    own), even in an answer signed for it: for a day (2026-12-07) any licence was taken."""
+    server = FakeServer()
+
+    def lose_answers(request: httpx.Request) -> httpx.Response:
+        response = server.handle(request)
+        if request.url.path == "/v1/licences" and clock.t < T0 + 400:
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+    client = make_client(server, state, clock, transport=httpx.MockTransport(lose_answers))
+    client.resend_delays = (0.0,)
+    with pytest.raises(LicenceUnavailableError):
+        client.ensure_licence()
+    clock.t = T0 + 400  # out of the server's window: a new request names the first
+    server.tamper = _resign(server, "request_nonce", protocol.new_nonce())
+    with pytest.raises(LicenceError, match="does not echo this request's nonce"):
+        client.ensure_licence()
+    first = server.licence_requests[0]["nonce"]
+    assert [r.get("supersedes") for r in server.licence_requests[-2:]] == [None, [first]]
+    client.close()
+
+
 def test_other_customer_refused(server, state, clock) -> None:
     server.tamper = _resign(server, "customer_id", 8)
     with pytest.raises(LicenceError, match="customer 8"):
@@ -1204,10 +1228,9 @@ def test_invalid_server_url_is_refused_when_the_client_is_made(server, state, cl
 
 
 def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) -> None:
-    """Reported entries of valid licences stay (at most 64 of replaced ones that nothing was
-    counted under; partly used ones all: the server may send their licence again); expired,
-    used-up and older runtimes' reported entries go; the current licence's entry always
-    stays."""
+    """Reported entries of valid licences stay (at most 64 of replaced ones, partly used ones
+    first: the server may send their licence again); expired, used-up and older runtimes'
+    reported entries go; the current licence's entry always stays."""
     server = FakeServer(quota=1000)
     client = make_client(server, state, clock, persist_every=1)
     current = client.ensure_licence().licence_id
@@ -1232,8 +1255,8 @@ def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) ->
     client.consume()
     client.close()
     kept = json.loads(path.read_text())["licences"]
-    # of the 71 others, the latest 64: "unlimited" (no allowance) and idle-00 to 05 go
-    assert set(kept) == {current, "partly-used"} | {f"idle-{i:02d}" for i in range(6, 70)}
+    # "partly-used", then the latest 63 of the 71 others: "unlimited" and idle-00 to 06 go
+    assert set(kept) == {current, "partly-used"} | {f"idle-{i:02d}" for i in range(7, 70)}
     assert kept[current] == {
         "counter": 1,
         "reported": 1,
@@ -1246,6 +1269,23 @@ def test_usage_entries_are_kept_while_their_licence_can_be_used(state, clock) ->
         "expires_at": T0 + DAY + 69,
         "inferences": 10,
     }
+
+
+def test_up_to_64_reported_entries_of_replaced_licences_stay(state, clock) -> None:
+    """With 33 to 63 of them, the trim sliced from the end: of 40, 16 went (24 stayed)."""
+    server = FakeServer(quota=1000)
+    client = make_client(server, state, clock, persist_every=1)
+    current = client.ensure_licence().licence_id
+    path = state / "usage_app.json"
+    licences = json.loads(path.read_text())["licences"]
+    idle = {
+        f"idle-{i:02d}": {"counter": 0, "reported": 0, "expires_at": T0 + DAY + i}
+        for i in range(40)
+    }
+    _write(path, json.dumps({"licences": licences | idle}))
+    client.consume()
+    client.close()
+    assert set(json.loads(path.read_text())["licences"]) == {current} | set(idle)
 
 
 @pytest.mark.parametrize("wanted", [0, 2**63, True, 1.5])

@@ -4,10 +4,10 @@ while it was valid (its renewal window opens earlier). Its close() reported L an
 other idle counter entries in the usage file (unused licences, valid after L), dropped L's,
 the oldest: entries of replaced licences beyond 64 were dropped, partly used or not. The first
 process's next request superseded the lost one, the server sent L again (valid, 5 of 10
-reported), and that process counted it from 0: 15 inferences ran on L's allowance of 10. A
-counter entry that counts inferences against an allowance is now kept until its licence
-expires or is used up (of the others, the latest 64 stay). Against the real server app,
-SQLite and PostgreSQL."""
+reported), and that process counted it from 0: 15 inferences ran on L's allowance of 10. Of
+the entries of replaced licences, those that count inferences against an allowance are now
+kept first (64 in all, the file's bound). Against the real server app, SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.licensing.server_helpers import T0
+from sqlalchemy import select
+from tests.licensing.server_helpers import APP, CONFIG_SHA, T0
 from tests.licensing.test_lost_answer_resent_later import granted, start
 from tests.licensing.test_resend_superseded import start_again
 
 from sklicense import crud
+from sklicense.models import Licence
 from skruntime.errors import LicenceUnavailableError
+from skruntime.licensing.client import LicenceClient
 
 
 def idle_entries(count: int, counter: int) -> dict[str, dict[str, int]]:
@@ -71,4 +74,40 @@ def test_a_partly_used_licence_sent_again_is_counted_from_its_count(
         "expires_at": lost.expires_at,
         "inferences": 10,
     }
-    assert len(kept) == 1 + 1 + 64 and "idle-00" not in kept  # the latest 64 unused ones
+    assert len(kept) == 1 + 64 and not {"idle-00", "idle-01"} & set(kept)  # L, 63 unused
+
+
+def test_the_usage_file_keeps_64_replaced_licences_partly_used_ones_first(
+    client, sessions, clock, tmp_path: Path
+) -> None:
+    """Processes of two model sets started in turn, each taking a licence of a week and running
+    one inference: every partly used licence's entry stayed (80 after 80 starts; 200 after 200,
+    33 hours). Now the 64 latest of the replaced ones stay, with the current licence's."""
+    folder = tmp_path / "device"
+    _, slow, pinned = start(client, sessions, clock, folder, late=0)
+    with sessions.begin() as session:
+        crud.update_customer(session, 42, "test", inference_quota=10_000)
+    for start_number in range(80):
+        models = ["model-a"] if start_number % 2 else ["model-b"]
+        process = LicenceClient(
+            "http://testserver",
+            state_dir=folder,
+            server_public_key=pinned,
+            application=APP,
+            customer_id=42,
+            models=models,
+            config_sha256=CONFIG_SHA,
+            clock=clock,
+            transport=slow,
+            persist_every=1,
+            requested_inferences=10,
+        )
+        process.consume()
+        process.close()
+        clock.now += 600
+    with sessions() as session:
+        issued = list(session.scalars(select(Licence.id).order_by(Licence.issued_at)))
+    kept = json.loads((folder / "usage_demo-app.json").read_text())["licences"]
+    assert len(issued) == 80
+    assert set(kept) == set(issued[-65:])
+    assert {entry["counter"] for entry in kept.values()} == {1}

@@ -10,14 +10,17 @@ PostgreSQL."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
+from tests.licensing.server_helpers import FakeDevice
 from tests.licensing.test_lost_answer_resent_later import granted, start
 from tests.licensing.test_resend_superseded import first_grant, post, start_again
 
 from sklicense import crud
-from sklicense.models import AuditLog
+from sklicense.models import AuditLog, LicenceResend
+from sklicense.service import RESENDS_NOTED
 from skruntime.errors import LicenceUnavailableError
 
 
@@ -49,7 +52,8 @@ def test_a_grant_after_a_denial_stays_answered_through_a_long_chain(
         denied = session.scalars(select(AuditLog.detail).where(AuditLog.action == "licence.deny"))
         reasons = [d["reason"] for d in denied]  # the first request's, then its resends'
     assert reasons == ["quota_exhausted"] + ["replayed_request"] * 8
-    assert licence.request_nonce == nonces[1] and licence.inferences == 10
+    # granted to the second request, named no more: the answer names one it answered
+    assert licence.request_nonce in nonces[2:] and licence.inferences == 10
     assert granted(sessions) == (10, [10])
 
 
@@ -57,7 +61,8 @@ def test_a_request_naming_one_answered_with_a_superseded_grant_gets_it(
     client, sessions, clock
 ) -> None:
     """The second request supersedes the first (granted) and is answered with its licence;
-    a third names only the second, and gets that licence too, uncharged."""
+    a third names only the second, and gets that licence too, uncharged, naming the second as
+    its ``request_nonce``: a runtime takes only a licence of a request it names."""
     device, first, licence = first_grant(client, sessions, clock)
     clock.now += 400
     second = device.licence_request(
@@ -71,6 +76,41 @@ def test_a_request_naming_one_answered_with_a_superseded_grant_gets_it(
     answer = post(client, device, third).json()["licence"]
     assert (answer["licence_id"], answer["request_nonce"]) == (
         licence["licence_id"],
-        first["nonce"],
+        second["nonce"],
     )
     assert granted(sessions) == (10, [10])
+
+
+def noted(sessions: Any, device: FakeDevice) -> list[str]:
+    """The nonces of the device's requests noted as answered with a superseded grant."""
+    with sessions() as session:
+        where = LicenceResend.device_id == device.id
+        return list(session.scalars(select(LicenceResend.nonce).where(where).order_by("id")))
+
+
+def test_a_device_keeps_its_latest_notes_only(client, sessions, clock) -> None:
+    """Every request answered with a superseded grant was noted for ever: a device naming its
+    granted request in each of 80 requests (30 a minute are allowed) added 80 rows, and 1,000
+    added 1,000, still there a day after the licence expired. Now the latest 64 of each device
+    stay, and a request naming the latest gets the licence."""
+    other = FakeDevice()
+    device, first, licence = first_grant(client, sessions, clock)
+    granted_other = other.licence_request(42, clock.now, requested_inferences=10)
+    assert post(client, other, granted_other).status_code == 200
+    later = other.licence_request(
+        42, clock.now, requested_inferences=10, supersedes=[granted_other["nonce"]]
+    )
+    assert post(client, other, later).status_code == 200
+    nonces = []
+    for _ in range(RESENDS_NOTED + 16):
+        clock.now += 3
+        body = device.licence_request(
+            42, clock.now, requested_inferences=10, supersedes=[first["nonce"]]
+        )
+        assert post(client, device, body).json()["licence"]["licence_id"] == licence["licence_id"]
+        nonces.append(body["nonce"])
+    assert (noted(sessions, device), noted(sessions, other)) == (nonces[16:], [later["nonce"]])
+    clock.now += 3
+    last = device.licence_request(42, clock.now, requested_inferences=10, supersedes=nonces[-1:])
+    assert post(client, device, last).json()["licence"]["licence_id"] == licence["licence_id"]
+    assert granted(sessions) == (20, [10, 10])

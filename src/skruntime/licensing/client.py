@@ -22,10 +22,10 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     ``inferences`` for licences without an allowance). An entry is kept, reported or not, while its
     licence could still be used: it is dropped once fully reported and either expired or used up
     (never the entry of the cached licence, nor of the dropping process's own); of the reported
-    entries of replaced licences still valid that no inference was counted under (or without
-    an allowance), the latest 64 are kept (the file's size bound): a partly used one stays, since
-    the server may send its licence again to a process whose request it answered, the answer
-    lost, which would count it from 0 (:func:`_partly_used`). A process never counts a licence
+    entries of replaced licences still valid, 64 are kept (the file's size bound): those of
+    partly used licences first, since the server may send such a licence again to a process
+    whose request it answered, the answer lost, which would count it from 0
+    (:func:`_partly_used`), then the latest of the others. A process never counts a licence
     again from 0: a licence it has counted whose entry is gone is used up for it (it takes the
     cached licence, or renews). A malformed file is refused (:class:`LicenceError` naming it);
     it is never reset silently.
@@ -196,11 +196,13 @@ _SUPERSEDED_KEPT = 8
 """The most earlier unanswered licence requests a new one names as ``supersedes`` (the first
 and the latest: the server takes 16): one every ``_RESEND_BY_S`` or so through a long outage.
 The server answers a request naming one it answered with a licence granted to an earlier one
-with that licence too, so the latest ones keep a licence granted in the middle of the chain."""
+with that licence too (naming that request as its ``request_nonce``), so the latest ones keep
+a licence granted in the middle of the chain."""
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _MAX_IDLE_ENTRIES = 64
-"""Reported entries of replaced, still valid licences kept in the usage file (its size bound),
-partly used ones aside (:func:`_partly_used`)."""
+"""Reported entries of replaced, still valid licences kept in the usage file (its size bound):
+those of unused licences are dropped first, the oldest first, then of partly used ones
+(:func:`_partly_used`)."""
 _USAGE_HOLDS = "the inference counters of this device's licences"
 _CLOCK_HOLDS = "the last time this device saw, for clock-rollback detection"
 _LAST_SEEN_PERSIST_S = 60
@@ -1716,14 +1718,14 @@ class LicenceClient:
         return licence
 
     def _superseded_grant(self, licence: Licence, answer: _Answer) -> bool:
-        """Whether ``licence`` may be granted to another request than the licence request
-        answered: that request ``supersedes`` earlier ones (their answers lost), and the
-        server answered it with ``licence`` itself: its answer's signature
-        (:meth:`_signed_answer`) binds that old licence to this request. The licence's own
-        request may no longer be named: the server answers a request naming one it answered
-        with a licence granted to an earlier one (a long chain names its first and latest
-        requests only)."""
-        return bool(answer.body.get("supersedes")) and answer.signed is not None
+        """Whether ``licence`` answered a request that the licence request answered
+        ``supersedes`` (its answer lost): granted to it, or to one it superseded in turn (the
+        server then names it as ``request_nonce``), and the server answered it to that
+        request itself: its answer's signature (:meth:`_signed_answer`) binds that old
+        licence to this request."""
+        return licence.request_nonce in answer.body.get("supersedes", ()) and (
+            answer.signed is not None
+        )
 
     def _renewal_opens(self, licence: Licence) -> float:
         """When renewing ``licence`` for its validity starts. Each renewal draws a new allowance
@@ -2454,15 +2456,15 @@ class LicenceClient:
                 for licence_id, entry in usage.items()
                 if licence_id not in keep and self._finished(entry, now)
             ]
-            idle = sorted(  # reported, still usable by a process that holds it: oldest first
-                (entry.get("expires_at", 0), licence_id)
+            idle = sorted(  # reported, still usable by a process that holds it: dropped first
+                (_partly_used(entry), entry.get("expires_at", 0), licence_id)
                 for licence_id, entry in usage.items()
                 if licence_id not in keep
                 and licence_id not in done
                 and entry["counter"] <= entry["reported"]
-                and not _partly_used(entry)
             )
-            done += [licence_id for _, licence_id in idle[: len(idle) - _MAX_IDLE_ENTRIES]]
+            surplus = max(len(idle) - _MAX_IDLE_ENTRIES, 0)
+            done += [licence_id for *_, licence_id in idle[:surplus]]
             for licence_id in done:
                 del usage[licence_id]
             if acknowledged or done:

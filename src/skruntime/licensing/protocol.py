@@ -24,9 +24,11 @@ at most 16 nonces: earlier requests of the device whose answers were lost and th
 to send again; when the server granted one of them to this device, or answered one of them
 with a licence granted to a request it superseded in turn, for this customer, application and
 models, and that licence is still valid and not reported used up, it answers this request with
-that licence, ``request_nonce`` the request it was granted to, uncharged; the device takes it
-only with the answer's signature for this request). The signature of a known device
-is checked against its registered key; of a new device, against ``signing_public_key``.
+that licence, uncharged, ``request_nonce`` the request it was granted to, or, when this one
+no longer names it, a named one that was answered with it; the device takes it only with the
+answer's signature for this request, and a ``request_nonce`` it names). The signature of a
+known device is checked against its registered key; of a new device, against
+``signing_public_key``.
 
 ``POST /v1/usage`` (:class:`UsageReport`): ``device_id``, ``licence_id``, ``report_id``
 (str, unique per device: the server applies a report once), ``counter`` (int, total inferences
