@@ -21,6 +21,7 @@ import errno
 import io
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -678,11 +679,13 @@ def _read_server_public_key(value: str) -> bytes:
         raise _CliError(
             f"--server-public-key {path} cannot be read: {err.strerror or err}.", EXIT_USAGE
         ) from err
-    if is_file and data.lstrip().startswith(_PEM_PUBLIC_KEY):
-        return _pem_public_key(path, data)
+    if is_file and (labels := _PEM_LABEL.findall(data)):
+        return _pem_public_key(path, data, labels)
     key = _key_bytes(data, raw=is_file)
     if key is None and is_file:
-        raise _CliError(f"--server-public-key {path} {_not_a_public_key(data)}", EXIT_USAGE)
+        raise _CliError(
+            f"--server-public-key {path} holds no public key: {_EXPECTED_KEY}.", EXIT_USAGE
+        )
     if key is None:
         raise _CliError(
             f"--server-public-key must be a file holding the licence server's public key or "
@@ -692,12 +695,44 @@ def _read_server_public_key(value: str) -> bytes:
     return key
 
 
-_PEM_PUBLIC_KEY = b"-----BEGIN PUBLIC KEY-----"
+#: The label of each PEM block (``-----BEGIN PUBLIC KEY-----``: ``PUBLIC KEY``), wherever it is:
+#: text before or after a block is allowed (RFC 7468, and openssl reads such files).
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+
+#: What ``--server-public-key`` takes, for its errors.
+_EXPECTED_KEY = (
+    "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64 or PEM) "
+    "or that key's base64 text, which `sklicense init` prints"
+)
 
 
-def _pem_public_key(path: Path, data: bytes) -> bytes:
-    """The raw Ed25519 key of a PEM public key file (``openssl pkey -in server.key -pubout``
-    writes one); another kind of key, or a damaged file, is refused saying which."""
+def _pem_public_key(path: Path, data: bytes, labels: list[bytes]) -> bytes:
+    """The raw Ed25519 key of a PEM file holding one public key (``openssl pkey -in
+    server.key -pubout`` writes one). A private key (plain, encrypted, OpenSSH's), a
+    certificate, several blocks, another kind of key or a damaged block is refused saying
+    which: each was said to hold no public key, or only the first block was read."""
+    names = ", ".join(label.decode() for label in labels)
+    if any(label.endswith(b"PRIVATE KEY") for label in labels):
+        why = (
+            "is a private key (the licence server's signing key, server.key?), not its public "
+            f"key: keep it on the server only, and {_EXPECTED_KEY}."
+        )
+    elif len(labels) > 1:
+        why = f"holds {len(labels)} PEM blocks ({names}), not one public key: {_EXPECTED_KEY}."
+    elif labels[0] == b"CERTIFICATE":
+        why = (
+            "is a certificate, not a public key: extract the key it certifies with `openssl x509 "
+            f"-in {path} -pubkey -noout > server.pub`, or {_EXPECTED_KEY}."
+        )
+    elif not labels[0].endswith(b"PUBLIC KEY"):
+        why = f"is a PEM {names}, not a public key: {_EXPECTED_KEY}."
+    else:
+        return _pem_ed25519_key(path, data)
+    raise _CliError(f"--server-public-key {path} {why}", EXIT_USAGE)
+
+
+def _pem_ed25519_key(path: Path, data: bytes) -> bytes:
+    """The raw key of the one PEM public key in ``data``, refused unless it is Ed25519."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -717,22 +752,6 @@ def _pem_public_key(path: Path, data: bytes) -> bytes:
             EXIT_USAGE,
         )
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def _not_a_public_key(data: bytes) -> str:
-    """Why a ``--server-public-key`` file's ``data`` holds no public key: the server's private
-    signing key (``server.key``, the one key file ``sklicense init`` writes) is named as such,
-    since it must never reach a device; it was told only that a file was expected."""
-    expected = (
-        "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64 or PEM) "
-        "or that key's base64 text, which `sklicense init` prints"
-    )
-    if data.lstrip().startswith(b"-----BEGIN PRIVATE KEY-----"):
-        return (
-            "is a private key (the licence server's signing key, server.key?), not its public "
-            f"key: keep it on the server only, and {expected}."
-        )
-    return f"holds no public key: {expected}."
 
 
 def _input_at(output: Path, inputs: Sequence[Path]) -> Path | None:

@@ -22,7 +22,8 @@ _MACHINE_IDS = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
 def _first_line(path: str) -> str:
-    """The first line of the file at ``path``, or "" where it cannot be read (none there)."""
+    """The text of the file at ``path`` (one line: an id), stripped, or "" where it cannot be
+    read (none there)."""
     with contextlib.suppress(OSError, UnicodeDecodeError):
         return Path(path).read_text(encoding="ascii").strip()
     return ""

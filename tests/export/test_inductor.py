@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -380,4 +381,58 @@ def test_two_exports_of_one_architecture_at_once_keep_their_own_files(tmp_path, 
         assert b'"who": "ours"' in package.read(named[0])
     for module, path in ((ours, report.path), (theirs, tmp_path / "theirs.pt2")):
         out = CPU.load(path, options("any"))([x.numpy(), key.numpy()])
+        assert_equivalent(out, eager(module, x, key))
+
+
+@pytest.mark.parametrize("folder", ["", "build"])
+def test_an_output_path_of_the_users_is_refused_before_any_work(tmp_path, monkeypatch, folder):
+    """torch refused a path only when compiling, saying to "pass in a package path" (which a
+    protection does not take), and took "" for the folder it shares between exports."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: calls.append("export"))
+    x, key = torch.randn(2, 8), torch.rand(10)
+    configs = {"aot_inductor.output_path": folder}
+    opts = build_export_options([x], {"input_names": ["x"]}, inductor_configs=configs)
+    with pytest.raises(InvalidArgumentError) as refused:
+        CPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
+    assert str(refused.value) == (
+        'inductor_configs sets "aot_inductor.output_path": the protection writes the package '
+        "into outputs/<application_name>/ and AOTInductor builds it in a folder of its own, "
+        "removed afterwards. Leave it out."
+    )
+    assert calls == [] and not (tmp_path / "m.pt2").exists()
+
+
+@pytest.mark.slow
+def test_two_threads_exporting_at_once_each_get_their_own_package(tmp_path):
+    """torch.export and the AOTInductor compile keep process-wide state: two exports in two
+    threads at once failed ("Trying to pop empty mode stack"; with the traces taken one at a
+    time, the compile's KeyError: 'custom'). They now take turns."""
+    torch.manual_seed(0)
+    x, key = torch.randn(2, 8), torch.ones(8)
+    modules = {"a": Toy().eval(), "b": Toy().eval()}
+    reports, errors = {}, []
+
+    def options(who: str):
+        configs = {"aot_inductor.metadata": {"who": who}}
+        return build_export_options([x], {"input_names": ["x"]}, None, configs)
+
+    def export(who: str) -> None:
+        try:
+            path = tmp_path / f"{who}.pt2"
+            reports[who] = CPU.export(modules[who], (x, key), path, options(who), with_key=True)
+        except Exception as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=export, args=(who,)) for who in modules]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for who, module in modules.items():
+        with zipfile.ZipFile(reports[who].path) as package:
+            metadata = [package.read(n) for n in package.namelist() if n.endswith("metadata.json")]
+        assert [f'"who": "{who}"'.encode() in m for m in metadata] == [True, True], who
+        out = CPU.load(reports[who].path, options(who))([x.numpy(), key.numpy()])
         assert_equivalent(out, eager(module, x, key))

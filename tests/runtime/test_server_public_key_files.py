@@ -7,12 +7,15 @@ key: it is read."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
 from sklicense.crypto import create_signing_key
@@ -85,3 +88,76 @@ def test_a_pem_key_of_another_kind_or_damaged_is_named(tmp_path: Path) -> None:
     code, output = run_with_server_key(tmp_path / "again", key_file)
     assert code == 2 and "is a PEM public key that cannot be read (" in output, output
     assert "`openssl pkey -in server.key -pubout`" in output
+
+
+def certificate(signer: ed25519.Ed25519PrivateKey) -> bytes:
+    """A self-signed certificate of ``signer``'s public key, in PEM."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "licence server")])
+    now = datetime.datetime.now(datetime.UTC)
+    built = x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    built = built.public_key(signer.public_key()).serial_number(1).not_valid_before(now)
+    signed = built.not_valid_after(now + datetime.timedelta(days=1)).sign(signer, None)
+    return signed.public_bytes(serialization.Encoding.PEM)
+
+
+def private_pem(kind: serialization.PrivateFormat, encryption) -> bytes:
+    """A fresh Ed25519 private key in PEM, as ``kind`` writes it."""
+    private = ed25519.Ed25519PrivateKey.generate()
+    return private.private_bytes(serialization.Encoding.PEM, kind, encryption)
+
+
+def test_pem_files_holding_no_single_public_key_are_named(tmp_path: Path) -> None:
+    """An encrypted or OpenSSH private key and a certificate were said to hold no public key;
+    of two public keys the first was pinned without a word."""
+    key_file = tmp_path / "server.pem"
+    private = (
+        "is a private key (the licence server's signing key, server.key?), not its public key: "
+        f"keep it on the server only, and {EXPECTED}"
+    )
+    public = pem(ed25519.Ed25519PrivateKey.generate().public_key())
+    said = {
+        private_pem(
+            serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+        ): private,
+        private_pem(serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()): private,
+        public + private_pem(serialization.PrivateFormat.PKCS8, serialization.NoEncryption()): (
+            private
+        ),
+        certificate(ed25519.Ed25519PrivateKey.generate()): (
+            "is a certificate, not a public key: extract the key it certifies with "
+            f"`openssl x509 -in {key_file} -pubkey -noout > server.pub`, or {EXPECTED}"
+        ),
+        public
+        + public: f"holds 2 PEM blocks (PUBLIC KEY, PUBLIC KEY), not one public key: {EXPECTED}",
+        b"-----BEGIN DH PARAMETERS-----\nAAAA\n-----END DH PARAMETERS-----\n": (
+            f"is a PEM DH PARAMETERS, not a public key: {EXPECTED}"
+        ),
+    }
+    for number, (content, message) in enumerate(said.items()):
+        key_file.write_bytes(content)
+        (tmp_path / str(number)).mkdir()
+        assert run_with_server_key(tmp_path / str(number), key_file) == (
+            2,
+            f"error: --server-public-key {key_file} {message}\n",
+        ), number
+
+
+def test_text_around_a_pem_public_key_is_allowed(tmp_path: Path) -> None:
+    """RFC 7468 allows text before and after a block (openssl reads it): a byte-order mark or
+    a line naming the key before it was said to hold no public key."""
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    key_file = tmp_path / "server.pem"
+    for before in (b"\xef\xbb\xbf", b"licence server key:\n"):
+        key_file.write_bytes(before + pem(public) + b"copied 2026-12-07\n")
+        assert _read_server_public_key(str(key_file)) == raw
+
+
+def test_an_x25519_key_is_named(tmp_path: Path) -> None:
+    key_file = tmp_path / "server.pem"
+    key_file.write_bytes(pem(x25519.X25519PrivateKey.generate().public_key()))
+    assert run_with_server_key(tmp_path, key_file) == (
+        2,
+        f"error: --server-public-key {key_file} holds an X25519PublicKey, but the licence "
+        "server signs with Ed25519: pass its public key (`sklicense init` prints it).\n",
+    )

@@ -23,6 +23,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -200,6 +201,15 @@ def release_last_trace() -> None:
     proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT.clear()
 
 
+_ONE_AT_A_TIME = threading.RLock()
+"""Held by an AOTInductor export from its trace to its package. ``torch.export`` and the
+compile keep their state for the whole process (the traced node's metadata, Dynamo's caches
+that :func:`isolated_traces` resets, the trace map :func:`release_last_trace` clears, the GPU
+kernels' cubin paths), so two exports in two threads at once failed: ``torch.export`` with
+"Trying to pop empty mode stack", or, those traces taken one at a time, a compile with
+``KeyError: 'custom'``. Reentrant: an export started by a callback in the same thread runs."""
+
+
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
 class InductorExporter(DeviceExporter):
     """``torch.export.export`` + ``torch._inductor.aoti_compile_and_package`` to a ``.pt2``."""
@@ -209,6 +219,20 @@ class InductorExporter(DeviceExporter):
     gpu_format = ExportFormat.INDUCTOR_GPU
 
     def export(
+        self,
+        module: nn.Module,
+        example_inputs: tuple[Tensor, ...],
+        path: Path,
+        options: ExportOptions,
+        *,
+        with_key: bool,
+    ) -> ExportReport:
+        """One AOTInductor export at a time in this process (:data:`_ONE_AT_A_TIME`); its
+        report's time starts once the export's turn has come."""
+        with _ONE_AT_A_TIME:
+            return self._export(module, example_inputs, path, options, with_key=with_key)
+
+    def _export(
         self,
         module: nn.Module,
         example_inputs: tuple[Tensor, ...],
@@ -302,6 +326,14 @@ class InductorExporter(DeviceExporter):
                 "package without its weights, and loading it crashes the process. Also set "
                 '"aot_inductor.package_constants_on_disk_format": "binary_blob", or leave '
                 '"aot_inductor.package_constants_in_so" out.'
+            )
+        if "aot_inductor.output_path" in configs:
+            # torch refuses a path only when compiling, in its own words ("pass in a package
+            # path"), and takes "" for its shared folder: :func:`own_build_folder` undone.
+            raise InvalidArgumentError(
+                'inductor_configs sets "aot_inductor.output_path": the protection writes the '
+                "package into outputs/<application_name>/ and AOTInductor builds it in a "
+                "folder of its own, removed afterwards. Leave it out."
             )
         if self.device == "cpu":
             # Inductor turns conv graphs channels-last; on CPU that made a ResNet-18 at 32 px
