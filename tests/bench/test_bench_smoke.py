@@ -20,9 +20,14 @@ import overhead  # noqa: E402
 from models import BENCH_MODELS  # noqa: E402
 
 
-def test_overhead_logic_on_mlp(tmp_path):
-    bm = BENCH_MODELS["mlp"]
-    pair = overhead.export_pair(bm, "ONNX", tmp_path)
+@pytest.fixture(scope="module")
+def mlp_onnx_pair(tmp_path_factory) -> overhead.ExportedPair:
+    """The MLP exported to ONNX, original and locked, once for the tests that only read it."""
+    return overhead.export_pair(BENCH_MODELS["mlp"], "ONNX", tmp_path_factory.mktemp("mlp"))
+
+
+def test_overhead_logic_on_mlp(mlp_onnx_pair):
+    bm, pair = BENCH_MODELS["mlp"], mlp_onnx_pair
     assert pair.original.exists() and pair.locked.exists() and pair.locked_layers == 3
     x = bm.example(1).numpy()
     orig = overhead.ort_runner(pair.original, 1)([x])
@@ -297,14 +302,13 @@ def test_controls_keep_what_they_claim_to_keep():
                 torch.testing.assert_close(turned[name].sort()[0], p.sort()[0])
 
 
-def test_overhead_breakdown_strips_one_kind_of_key_op_at_a_time(tmp_path, capsys):
+def test_overhead_breakdown_strips_one_kind_of_key_op_at_a_time(mlp_onnx_pair, tmp_path, capsys):
     import onnx
     import onnxruntime as ort
 
     import overhead_breakdown as ob
 
-    bm = BENCH_MODELS["mlp"]
-    pair = overhead.export_pair(bm, "ONNX", tmp_path)
+    bm, pair = BENCH_MODELS["mlp"], mlp_onnx_pair
     locked = onnx.load(str(pair.locked))
     key_name = locked.graph.input[-1].name
     # 3 locked linears, keyed and mixed on both sides
@@ -353,10 +357,21 @@ def test_overhead_breakdown_reaches_into_the_recurrent_scan_body(tmp_path):
     import onnxruntime as ort
 
     import overhead_breakdown as ob
+    from skprotect_pytorch.export import get_exporter
+    from skprotect_pytorch.formats import ExportFormat
 
+    # the locked GRU only, as export_pair locks and exports it: its original (another dynamo
+    # export of a recurrent model, 10 s) is not read here
     bm = BENCH_MODELS["gru"]
-    pair = overhead.export_pair(bm, "ONNX", tmp_path)
-    locked = onnx.load(str(pair.locked))
+    x = bm.example(overhead.EXAMPLE_BATCH)
+    net = overhead.lock(bm.make(), name=bm.name)
+    key = net.layout.static_key()
+    path = tmp_path / "gru_locked.onnx"
+    options = overhead.export_options(x)
+    get_exporter(ExportFormat.ONNX).export(
+        net.keyed, (x, torch.from_numpy(key)), path, options, with_key=True
+    )
+    locked = onnx.load(str(path))
     ops = ob.classify_key_ops(locked)
     in_body = {kind for graph, _, kind, _ in ops if graph is not locked.graph}
     assert in_body == {"gather", "unmix"}  # the hidden state's key ops, scales folded in
@@ -366,4 +381,4 @@ def test_overhead_breakdown_reaches_into_the_recurrent_scan_body(tmp_path):
     assert ob.key_derived(bare.graph, {key_name}) == {key_name}
     x = bm.example(2).numpy()
     session = ort.InferenceSession(bare.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert session.run(None, {"x": x, key_name: pair.key})[0].shape == (2, 10)
+    assert session.run(None, {"x": x, key_name: key})[0].shape == (2, 10)

@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from sqlalchemy import func, select
+from tests.runtime.licence_worker import count_in_a_process
 from torch import nn
 
 from sklicense import crud, db
@@ -212,31 +213,6 @@ def test_eight_threads_on_one_licensed_runtime_count_exactly(
     assert live.reported() - before == 2 * THREADS * CALLS
 
 
-def _count_in_a_process(
-    outputs: Path, url: str, public_key: bytes, state: Path, start: Any, results: Any
-) -> None:
-    """Run :data:`PROCESS_CALLS` inferences with a licensed runtime of its own on the shared
-    folders, all but the first once every process is ready; put its outputs (or its error)."""
-    try:
-        with (
-            SkRuntime(
-                outputs,
-                licence_server=url,
-                server_public_key=public_key,
-                state_dir=state,
-                requested_inferences=3,
-            ) as rt,
-            rt.load("net") as model,
-        ):
-            ys = [model(X)]
-            start.wait(timeout=60)
-            ys += [model(X) for _ in range(PROCESS_CALLS - 1)]
-        results.put([y.tolist() for y in ys])
-    except BaseException as e:
-        results.put(f"{type(e).__name__}: {e}")
-        raise
-
-
 def test_two_processes_sharing_outputs_and_state_count_exactly(live: Live, tmp_path: Path) -> None:
     """Two processes call the same outputs folder at the same time with one licence state
     folder and licences of 3 inferences: both get the single-process outputs, and the server is
@@ -246,8 +222,10 @@ def test_two_processes_sharing_outputs_and_state_count_exactly(live: Live, tmp_p
     before = live.reported()
     context = multiprocessing.get_context("spawn")
     results, start = context.Queue(), context.Barrier(2)
-    args = (live.outputs, live.url, live.public_key, tmp_path / "device", start, results)
-    processes = [context.Process(target=_count_in_a_process, args=args) for _ in range(2)]
+    args = (live.outputs, live.url, live.public_key, tmp_path / "device", X, PROCESS_CALLS)
+    processes = [
+        context.Process(target=count_in_a_process, args=(*args, start, results)) for _ in range(2)
+    ]
     for p in processes:
         p.start()
     outputs = [results.get(timeout=300) for _ in processes]
@@ -273,6 +251,12 @@ def test_a_licence_another_runtime_takes_first_is_renewed_again(
     a, b = rt_a.load("net"), rt_b.load("net")
     a(X), a(X)  # licence L1, used up by A
     b(X), b(X)  # L1 is used up: B renews to L2 and uses it up
+    # below, B waits for the renewal lock A holds, in this thread: until its bound (three
+    # request timeouts, 15 s), then goes on without it; half a second ends the same way
+    renewal_lock = rt_b.licence_client._renewal_lock
+    monkeypatch.setattr(
+        rt_b.licence_client, "_renewal_lock", lambda *, wait: renewal_lock(wait=min(wait, 0.5))
+    )
     client = rt_a.licence_client
     request = client._request
 
