@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One torch thread per worker (and per process a test starts): with -n 2 on two cores, each
+    # worker's two OpenMP threads spun waiting for the other worker's, and a training that takes
+    # 0.2 s took 8.7 s. Tests of thread settings set theirs explicitly.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
