@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
@@ -26,9 +27,9 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -210,6 +211,18 @@ kernels' cubin paths), so two exports in two threads at once failed: ``torch.exp
 ``KeyError: 'custom'``. Reentrant: an export started by a callback in the same thread runs."""
 
 
+def _one_at_a_time(export: Callable[..., ExportReport]) -> Callable[..., ExportReport]:
+    """``export`` run holding :data:`_ONE_AT_A_TIME`; its report's time starts once the
+    export's turn has come."""
+
+    @functools.wraps(export)
+    def in_turn(*args: Any, **kwargs: Any) -> ExportReport:
+        with _ONE_AT_A_TIME:
+            return export(*args, **kwargs)
+
+    return in_turn
+
+
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
 class InductorExporter(DeviceExporter):
     """``torch.export.export`` + ``torch._inductor.aoti_compile_and_package`` to a ``.pt2``."""
@@ -218,21 +231,8 @@ class InductorExporter(DeviceExporter):
 
     gpu_format = ExportFormat.INDUCTOR_GPU
 
+    @_one_at_a_time
     def export(
-        self,
-        module: nn.Module,
-        example_inputs: tuple[Tensor, ...],
-        path: Path,
-        options: ExportOptions,
-        *,
-        with_key: bool,
-    ) -> ExportReport:
-        """One AOTInductor export at a time in this process (:data:`_ONE_AT_A_TIME`); its
-        report's time starts once the export's turn has come."""
-        with _ONE_AT_A_TIME:
-            return self._export(module, example_inputs, path, options, with_key=with_key)
-
-    def _export(
         self,
         module: nn.Module,
         example_inputs: tuple[Tensor, ...],
