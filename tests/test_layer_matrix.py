@@ -94,12 +94,6 @@ def _protect(name: str, formats: EF, root: Path) -> dict:
     return {"model": model, "inputs": inputs, "result": result}
 
 
-@pytest.fixture(scope="module", params=sorted(MODEL_FACTORIES))
-def protected(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """ONNX + TorchScript CPU: two format groups, two keys."""
-    return _protect(request.param, EF.ONNX | EF.TORCHSCRIPT_CPU, tmp_path_factory.mktemp("m"))
-
-
 def _check_artifact(
     name: str, model, inputs, path: Path, other_key: np.ndarray, device: str = "cpu"
 ) -> None:
@@ -131,20 +125,28 @@ def _check_artifact(
             assert str(err)
 
 
-def test_onnx_and_torchscript(protected: dict) -> None:
-    result = protected["result"]
-    onnx_path = result.formats["onnx"].path
-    ts_path = result.formats["torchscript_cpu"].path
-    name = result.model_name
-    _check_artifact(name, protected["model"], protected["inputs"], onnx_path, _key(ts_path, name))
-    _check_artifact(name, protected["model"], protected["inputs"], ts_path, _key(onnx_path, name))
+# The three CPU formats and the format whose key is the other group's: TorchScript CPU and
+# AOTInductor CPU are one group (one key), ONNX the other.
+OTHER_GROUP = {"onnx": "torchscript_cpu", "torchscript_cpu": "onnx", "inductor_cpu": "onnx"}
 
 
-def test_no_plaintext_weight_in_any_artifact(protected: dict) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MODEL_FACTORIES))
+def test_cpu_formats(name: str, tmp_path: Path) -> None:
+    """One protection per model in the three CPU formats (two format groups, two keys): each
+    artifact is checked, with the other group's key among the wrong ones, and searched for
+    plaintext weights. One test, so that pytest-xdist never protects a model twice."""
+    protected = _protect(name, EF.ONNX | EF.TORCHSCRIPT_CPU | EF.INDUCTOR_CPU, tmp_path)
+    formats = protected["result"].formats
+    assert sorted(formats) == sorted(OTHER_GROUP)
+    assert formats["inductor_cpu"].path.suffix == ".pt2"
     weights = _weights(protected["model"])
-    for fmt in protected["result"].formats.values():
-        leaks = find_weight_leaks(artifact_constants(fmt.path), weights)
-        assert leaks == [], f"{fmt.format}: {leaks}"
+    for fmt, other in OTHER_GROUP.items():
+        path = formats[fmt].path
+        other_key = _key(formats[other].path, name)
+        _check_artifact(name, protected["model"], protected["inputs"], path, other_key)
+        leaks = find_weight_leaks(artifact_constants(path), weights)
+        assert leaks == [], f"{fmt}: {leaks}"
 
 
 def _protect_and_check(name: str, fmt: str, root: Path, device: str = "cpu") -> Path:
@@ -157,13 +159,6 @@ def _protect_and_check(name: str, fmt: str, root: Path, device: str = "cpu") -> 
     _check_artifact(name, protected["model"], protected["inputs"], path, other, device)
     assert find_weight_leaks(artifact_constants(path), _weights(protected["model"])) == []
     return path
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(MODEL_FACTORIES))
-def test_inductor_cpu(name: str, tmp_path: Path) -> None:
-    path = _protect_and_check(name, "inductor_cpu", tmp_path)
-    assert path.suffix == ".pt2"
 
 
 # Seen on the GPU machine's torch 2.11.0+cu130 (our pin 2.13 has no CUDA build there):
