@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import threading
 import tracemalloc
@@ -436,3 +438,35 @@ def test_two_threads_exporting_at_once_each_get_their_own_package(tmp_path):
         assert [f'"who": "{who}"'.encode() in m for m in metadata] == [True, True], who
         out = CPU.load(reports[who].path, options(who))([x.numpy(), key.numpy()])
         assert_equivalent(out, eager(module, x, key))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        # the compiler's output, as torch 2.13 raises it for a full compile cache
+        "CppCompileError: C++ compile error\n\nOutput:\n/tmp/cc57xH7N.s: Assembler messages:\n"
+        "/tmp/cc57xH7N.s: Fatal error: /cache/w.o: No space left on device\n",
+        OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/cache/w.so"),
+    ],
+    ids=["compiler output", "quota"],
+)
+def test_a_compile_out_of_disk_space_says_so(tmp_path, monkeypatch, failure):
+    """It said "check that a C++ compiler is installed" (a full torch compile cache, measured
+    on a 2 MB tmpfs: the assembler could not write the wrapper's object file)."""
+
+    def full(*args, **kwargs):
+        if isinstance(failure, OSError):
+            raise RuntimeError("C++ compile error") from failure
+        raise RuntimeError(failure)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", full)
+    x, key = torch.randn(2, 8), torch.rand(10)
+    opts = build_export_options([x], {"input_names": ["x"]})
+    with pytest.raises(ExportError) as refused:
+        CPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
+    message = str(refused.value)
+    assert message.startswith("AOTInductor compilation ran out of disk space (")
+    assert ("/cache/w.o: No space left on device" in message) != isinstance(failure, OSError)
+    assert "TORCHINDUCTOR_CACHE_DIR" in message and "$TMPDIR: free space there" in message
+    assert "C++ compiler" not in message
+    assert not (tmp_path / "m.pt2").exists()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import io
 import json
@@ -94,6 +95,34 @@ class _ErrorKeepingFile(io.RawIOBase):
         return 0
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NO_SPACE_TEXT = tuple(os.strerror(code) for code in _NO_SPACE)
+
+
+def _out_of_space(err: BaseException) -> str | None:
+    """What said that the disk was full in ``err`` or the errors it came from (an ``OSError``
+    of a full disk or quota, or the compiler's output line saying so), else None: the compile
+    then failed with "a C++ compile error", which sent users to check their compiler."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
+            return str(cause)
+        for line in str(cause).splitlines():
+            if any(text in line for text in _NO_SPACE_TEXT):
+                return line.strip()
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _cache_dir() -> str:
+    """torch's compile cache folder, where AOTInductor builds (:func:`own_build_folder`)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()
+
+
 @contextlib.contextmanager
 def own_build_folder() -> Iterator[None]:
     """AOTInductor builds in a folder of this export's own, inside torch's compile cache (so
@@ -101,9 +130,7 @@ def own_build_folder() -> Iterator[None]:
     after the graph's code alone: two exports of one architecture at once (other keys, so other
     weights) wrote the same library and metadata files, and one package could carry the
     other's (its ``skprotect.inputs`` with the other key's commitment)."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    root = Path(cache_dir())
+    root = Path(_cache_dir())
     root.mkdir(parents=True, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="skprotect-build-", dir=root)
     try:
@@ -119,9 +146,7 @@ def build_folders() -> list[str]:
     """The build machine's folders that AOTInductor writes into a package, longest first:
     torch's compile cache (named after the user), torch's install folder (the virtualenv) and
     the Python installations (the compile commands' include and library folders)."""
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    named = (cache_dir(), os.path.dirname(torch.__file__), sys.prefix, sys.base_prefix)
+    named = (_cache_dir(), os.path.dirname(torch.__file__), sys.prefix, sys.base_prefix)
     folders = {*named, *map(os.path.realpath, named)}
     wanted = (f for f in folders if os.path.isabs(f) and len(f) >= _MIN_SCRUBBED_PREFIX)
     return sorted(wanted, key=len, reverse=True)
@@ -269,6 +294,13 @@ class InductorExporter(DeviceExporter):
                 except Exception as err:
                     if sink.error is not None:  # the disk's error, not what it led to
                         raise sink.error from err
+                    if (full := _out_of_space(err)) is not None:
+                        raise ExportError(
+                            f"AOTInductor compilation ran out of disk space ({full}). It "
+                            f"builds in torch's compile cache ({_cache_dir()}; the environment "
+                            "variable TORCHINDUCTOR_CACHE_DIR moves it) and the compiler writes "
+                            "temporary files in $TMPDIR: free space there, then protect again."
+                        ) from err
                     raise ExportError(
                         f"AOTInductor compilation failed ({first_line(err)}). Check "
                         "inductor_configs and that a C++ compiler is installed"
