@@ -8,6 +8,7 @@ records the files in place, and only warns when the files do not tell."""
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -109,12 +110,16 @@ class Forker:
 
     def __init__(self, log: Path) -> None:
         self.log = log
+        # started before any test's ``workdir`` drops it: the updates' state folder is the
+        # test's, not a $SKPROTECT_STATE_DIR of the environment (theirs failed, or wrote there)
+        env = {k: v for k, v in os.environ.items() if k != "SKPROTECT_STATE_DIR"}
         with open(log, "w") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", FORKER],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
+                env=env,
                 text=True,
             )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import tempfile
 import threading
 import tracemalloc
 import zipfile
@@ -26,7 +27,7 @@ from skprotect_pytorch.export import (
     get_exporter,
     verify_artifact,
 )
-from skprotect_pytorch.export.inductor import build_folders, without_build_paths
+from skprotect_pytorch.export.inductor import _cache_dir, build_folders, without_build_paths
 from skprotect_pytorch.formats import ExportFormat
 from skprotect_pytorch.lock import lock_model
 
@@ -466,7 +467,13 @@ def test_a_compile_out_of_disk_space_says_so(tmp_path, monkeypatch, failure):
         CPU.export(Toy(), (x, key), tmp_path / "m.pt2", opts, with_key=True)
     message = str(refused.value)
     assert message.startswith("AOTInductor compilation ran out of disk space (")
-    assert ("/cache/w.o: No space left on device" in message) != isinstance(failure, OSError)
-    assert "TORCHINDUCTOR_CACHE_DIR" in message and "$TMPDIR: free space there" in message
+    quoted = (
+        f"[Errno {errno.EDQUOT}] {os.strerror(errno.EDQUOT)}: '/cache/w.so'"
+        if isinstance(failure, OSError)
+        else "/tmp/cc57xH7N.s: Fatal error: /cache/w.o: No space left on device"
+    )
+    assert f"disk space ({quoted}). It builds in torch's compile cache ({_cache_dir()};" in message
+    assert "TORCHINDUCTOR_CACHE_DIR" in message
+    assert f"in {tempfile.gettempdir()} ($TMPDIR): free space there" in message
     assert "C++ compiler" not in message
     assert not (tmp_path / "m.pt2").exists()

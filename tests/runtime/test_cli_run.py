@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -357,6 +358,22 @@ def test_thread_counts_beyond_the_limit_exit_2(
     result = invoke(outputs, "mlp", "-i", data["dir"] / "m.npy", "--threads", "1024")
     assert result.exit_code == 0, result.output
     assert set(asked) == {(1024, "0")}  # onnxruntime was given the 1024 threads, not spinning
+
+
+@pytest.mark.parametrize(("cores", "spinning"), [({0}, "0"), ({0, 1}, None)])
+def test_threads_beyond_the_usable_cores_do_not_spin(
+    monkeypatch: pytest.MonkeyPatch, cores: set[int], spinning: str | None
+) -> None:
+    """The cores counted are the process's own (taskset, a container's cpuset): 2 threads
+    pinned to one core spun, since the machine has 2; within the cores, onnxruntime's default."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
+    so = ort_backend._session_options(BackendOptions(intra_op_threads=2))
+    assert so.intra_op_num_threads == 2
+    if spinning is None:
+        with pytest.raises(RuntimeError, match="does not have configuration with key"):
+            so.get_session_config_entry("session.intra_op.allow_spinning")
+    else:
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == spinning
 
 
 def test_input_is_required(outputs: Path) -> None:

@@ -299,7 +299,8 @@ class InductorExporter(DeviceExporter):
                             f"AOTInductor compilation ran out of disk space ({full}). It "
                             f"builds in torch's compile cache ({_cache_dir()}; the environment "
                             "variable TORCHINDUCTOR_CACHE_DIR moves it) and the compiler writes "
-                            "temporary files in $TMPDIR: free space there, then protect again."
+                            f"temporary files in {tempfile.gettempdir()} ($TMPDIR): free space "
+                            "there, then protect again."
                         ) from err
                     raise ExportError(
                         f"AOTInductor compilation failed ({first_line(err)}). Check "

@@ -167,11 +167,20 @@ def _providers(options: BackendOptions) -> list[Any]:
     return [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``'s or a container's cpuset
+    share, which ``os.cpu_count()`` ignores), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def _session_options(options: BackendOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     if options.intra_op_threads is not None:
         so.intra_op_num_threads = options.intra_op_threads
-        if options.intra_op_threads > (os.cpu_count() or 1):
+        if options.intra_op_threads > _usable_cores():
             # more threads than cores, spinning between jobs (the default), starve each other:
             # 1024 threads on 2 busy cores took 18 s to build a tiny model's session, not 0.3 s
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
