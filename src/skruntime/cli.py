@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import stat
 import sys
@@ -722,7 +723,7 @@ def _pem_public_key(path: Path, data: bytes, labels: list[bytes]) -> bytes:
     elif labels[0] == b"CERTIFICATE":
         why = (
             "is a certificate, not a public key: extract the key it certifies with `openssl x509 "
-            f"-in {path} -pubkey -noout > server.pub`, or {_EXPECTED_KEY}."
+            f"-in {shlex.quote(str(path))} -pubkey -noout > server.pub`, or {_EXPECTED_KEY}."
         )
     elif not labels[0].endswith(b"PUBLIC KEY"):
         why = f"is a PEM {names}, not a public key: {_EXPECTED_KEY}."

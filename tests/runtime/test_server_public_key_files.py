@@ -161,3 +161,12 @@ def test_an_x25519_key_is_named(tmp_path: Path) -> None:
         f"error: --server-public-key {key_file} holds an X25519PublicKey, but the licence "
         "server signs with Ed25519: pass its public key (`sklicense init` prints it).\n",
     )
+
+
+def test_the_openssl_command_for_a_certificate_quotes_its_path(tmp_path: Path) -> None:
+    """A path with a space was given unquoted, so the command said to run read another file."""
+    key_file = tmp_path / "my keys" / "server.pem"
+    key_file.parent.mkdir()
+    key_file.write_bytes(certificate(ed25519.Ed25519PrivateKey.generate()))
+    code, output = run_with_server_key(tmp_path, key_file)
+    assert code == 2 and f"`openssl x509 -in '{key_file}' -pubkey -noout" in output, output
