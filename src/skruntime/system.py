@@ -21,8 +21,8 @@ _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _MACHINE_IDS = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
-def _first_line(path: str) -> str:
-    """The text of the file at ``path`` (one line: an id), stripped, or "" where it cannot be
+def _read_id(path: str) -> str:
+    """The id held in the file at ``path`` (its whole text, stripped), or "" where it cannot be
     read (none there)."""
     with contextlib.suppress(OSError, UnicodeDecodeError):
         return Path(path).read_text(encoding="ascii").strip()
@@ -44,9 +44,16 @@ def system_tag() -> str:
     folders, the runtime's AOTInductor load folders). Such a folder's name carries this tag,
     given at its creation, and only this host's folders are swept (:meth:`ThisSystem.owns`).
     A hash: the name shows neither the host nor the boot."""
-    machine = next(filter(None, map(_first_line, _MACHINE_IDS)), "")
-    host = _hex("skruntime-host", socket.gethostname(), machine)[:_HOST_DIGITS]
-    return host + _hex("skruntime-boot", _first_line(_BOOT_ID))[: 16 - _HOST_DIGITS]
+    return _tags(socket.gethostname(), _read_id(_BOOT_ID))[0]
+
+
+def _tags(host_name: str, boot: str) -> tuple[str, str]:
+    """This system's tag (:func:`system_tag`) and the one versions before 2026-12-07 gave it,
+    from its host name and boot id, read once by the caller."""
+    machine = next(filter(None, map(_read_id, _MACHINE_IDS)), "")
+    host = _hex("skruntime-host", host_name, machine)[:_HOST_DIGITS]
+    tag = host + _hex("skruntime-boot", boot)[: 16 - _HOST_DIGITS]
+    return tag, _hex("skprotect-staging", host_name, boot)[:16]
 
 
 def last_change(folder: Path | str) -> float:
@@ -89,5 +96,4 @@ def this_system() -> ThisSystem:
     """This system's :class:`ThisSystem`, read now (the host name may have changed)."""
     boot_clock = getattr(time, "CLOCK_BOOTTIME", None)
     booted = -float("inf") if boot_clock is None else time.time() - time.clock_gettime(boot_clock)
-    earlier = _hex("skprotect-staging", socket.gethostname(), _first_line(_BOOT_ID))[:16]
-    return ThisSystem(system_tag(), earlier, booted)
+    return ThisSystem(*_tags(socket.gethostname(), _read_id(_BOOT_ID)), booted)
