@@ -149,6 +149,22 @@ def test_cpu_formats(name: str, tmp_path: Path) -> None:
         assert leaks == [], f"{fmt}: {leaks}"
 
 
+def test_one_reference_model_without_slow_marks(tmp_path: Path) -> None:
+    """A reference model end to end in ONNX and TorchScript (no AOTInductor compile), so that
+    ``pytest -m "not slow"`` still protects, runs and searches one: the Transformer encoder
+    (MultiheadAttention, Linear, LayerNorm), whose dynamic sequence axis is the one ONNX
+    exporters bake into the graph most easily."""
+    protected = _protect("transformer", EF.ONNX | EF.TORCHSCRIPT_CPU, tmp_path)
+    formats = protected["result"].formats
+    assert sorted(formats) == ["onnx", "torchscript_cpu"]
+    weights = _weights(protected["model"])
+    for fmt, other in (("onnx", "torchscript_cpu"), ("torchscript_cpu", "onnx")):
+        path = formats[fmt].path
+        other_key = _key(formats[other].path, "transformer")
+        _check_artifact("transformer", protected["model"], protected["inputs"], path, other_key)
+        assert find_weight_leaks(artifact_constants(path), weights) == [], fmt
+
+
 def _protect_and_check(name: str, fmt: str, root: Path, device: str = "cpu") -> Path:
     """Protect ``name`` in ``fmt`` (beside ONNX, whose key is the other group's), check the
     artifact on ``device`` and search it for plaintext weights; the artifact's path."""
