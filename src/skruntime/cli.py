@@ -661,9 +661,10 @@ def _read_kek(value: str | os.PathLike[str]) -> bytes:
 
 
 def _read_server_public_key(value: str) -> bytes:
-    """The licence server's raw 32-byte Ed25519 public key: a file holding it (raw or base64),
-    or the base64 text itself (``sklicense init`` prints it). ``value`` is a file when
-    something exists at that path (base64 text may hold ``/``: it names no file)."""
+    """The licence server's raw 32-byte Ed25519 public key: a file holding it (raw, base64,
+    PEM, DER or an OpenSSH public-key line), or the base64 text itself (``sklicense init``
+    prints it). ``value`` is a file when something exists at that path (base64 text may hold
+    ``/``: it names no file)."""
     from skruntime.files import NotRegularFileError
 
     path = Path(value)
@@ -682,7 +683,9 @@ def _read_server_public_key(value: str) -> bytes:
         ) from err
     if is_file and (labels := _PEM_LABEL.findall(data)):
         return _pem_public_key(path, data, labels)
-    key = _key_bytes(data, raw=is_file)
+    key = _key_bytes(data, raw=is_file)  # first: a raw or base64 key is never taken for another
+    if key is None and is_file:
+        key = _ssh_or_der_public_key(path, data)
     if key is None and is_file:
         raise _CliError(
             f"--server-public-key {path} holds no public key: {_EXPECTED_KEY}.", EXIT_USAGE
@@ -700,10 +703,22 @@ def _read_server_public_key(value: str) -> bytes:
 #: text before or after a block is allowed (RFC 7468, and openssl reads such files).
 _PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 
+#: An OpenSSH public-key line (``ssh-ed25519 AAAA... comment``, as ``ssh-keygen`` writes it):
+#: the key type, then the key in base64, whose first 4 bytes (the type's length) give ``AAAA``.
+_SSH_KEY_LINE = re.compile(
+    rb"^[ \t]*[a-z][a-z0-9@.-]*[ \t]+AAAA[A-Za-z0-9+/]+=*(?:[ \t].*)?\r?$", re.M
+)
+
 #: What ``--server-public-key`` takes, for its errors.
 _EXPECTED_KEY = (
-    "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64 or PEM) "
-    "or that key's base64 text, which `sklicense init` prints"
+    "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64, PEM, DER "
+    "or an OpenSSH public-key line) or that key's base64 text, which `sklicense init` prints"
+)
+
+#: Why a private key is refused, for its errors: the PEM and DER forms say the same.
+_PRIVATE_KEY = (
+    "is a private key (the licence server's signing key, server.key?), not its public key: "
+    f"keep it on the server only, and {_EXPECTED_KEY}."
 )
 
 
@@ -714,10 +729,7 @@ def _pem_public_key(path: Path, data: bytes, labels: list[bytes]) -> bytes:
     which: each was said to hold no public key, or only the first block was read."""
     names = ", ".join(label.decode() for label in labels)
     if any(label.endswith(b"PRIVATE KEY") for label in labels):
-        why = (
-            "is a private key (the licence server's signing key, server.key?), not its public "
-            f"key: keep it on the server only, and {_EXPECTED_KEY}."
-        )
+        why = _PRIVATE_KEY
     elif len(labels) > 1:
         why = f"holds {len(labels)} PEM blocks ({names}), not one public key: {_EXPECTED_KEY}."
     elif labels[0] == b"CERTIFICATE":
@@ -735,17 +747,67 @@ def _pem_public_key(path: Path, data: bytes, labels: list[bytes]) -> bytes:
 def _pem_ed25519_key(path: Path, data: bytes) -> bytes:
     """The raw key of the one PEM public key in ``data``, refused unless it is Ed25519."""
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as err:
-        raise _CliError(
-            f"--server-public-key {path} is a PEM public key that cannot be read ({err}): "
-            "export it again with `openssl pkey -in server.key -pubout`, or pass the base64 "
-            "text that `sklicense init` prints.",
-            EXIT_USAGE,
-        ) from err
+        raise _unreadable_public_key(path, "a PEM", err) from err
+    return _ed25519_bytes(path, key)
+
+
+def _ssh_or_der_public_key(path: Path, data: bytes) -> bytes | None:
+    """The raw key of an OpenSSH public-key line (``ssh-keygen``'s ``.pub`` file) or of a DER
+    public key (``openssl pkey -pubout -outform DER``) in ``data``, None if it is neither
+    (both were said to hold no public key). Several key lines, a DER private key, a damaged
+    key line or another kind of key is refused saying which, as a PEM file is. Tried after raw
+    and base64: a 32-byte file is a raw key, and base64 text is ASCII, a DER key is not (an
+    Ed25519 one, 44 bytes like base64 text of 32, starts with ``0x30 0x2a``, ``*`` in ASCII)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    if lines := [match[0].strip() for match in _SSH_KEY_LINE.finditer(data)]:
+        if len(lines) > 1:
+            names = ", ".join(line.split()[0].decode() for line in lines)
+            raise _CliError(
+                f"--server-public-key {path} holds {len(lines)} OpenSSH public keys ({names}), "
+                f"not one: {_EXPECTED_KEY}.",
+                EXIT_USAGE,
+            )
+        try:
+            key = serialization.load_ssh_public_key(lines[0])
+        except (ValueError, UnsupportedAlgorithm) as err:
+            raise _unreadable_public_key(path, "an OpenSSH", err) from err
+        return _ed25519_bytes(path, key)
+    if not data.startswith(b"\x30"):  # a DER SEQUENCE
+        return None
+    try:
+        key = serialization.load_der_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        try:
+            serialization.load_der_private_key(data, password=None)
+        except (ValueError, UnsupportedAlgorithm):
+            return None  # neither: holds no public key
+        except TypeError:  # encrypted: a private key all the same
+            pass
+        raise _CliError(f"--server-public-key {path} {_PRIVATE_KEY}", EXIT_USAGE) from None
+    return _ed25519_bytes(path, key)
+
+
+def _unreadable_public_key(path: Path, form: str, err: Exception) -> _CliError:
+    """The error for a ``form`` (PEM, OpenSSH) public key that cannot be read."""
+    return _CliError(
+        f"--server-public-key {path} is {form} public key that cannot be read ({err}): "
+        "export it again with `openssl pkey -in server.key -pubout`, or pass the base64 "
+        "text that `sklicense init` prints.",
+        EXIT_USAGE,
+    )
+
+
+def _ed25519_bytes(path: Path, key: object) -> bytes:
+    """The raw bytes of ``key`` read from ``path``, refused unless it is an Ed25519 key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if not isinstance(key, Ed25519PublicKey):
         raise _CliError(
             f"--server-public-key {path} holds an {type(key).__name__}, but the licence server "

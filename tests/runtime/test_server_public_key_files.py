@@ -3,10 +3,12 @@ private signing key (``server.key``, the one key file ``sklicense init`` writes,
 may take for the key to pin) is named as a private key to keep on the server: both were told
 "--server-public-key must be a file holding the licence server's public key", though they were
 files. A PEM public key (``openssl pkey -in server.key -pubout``) was said to hold no public
-key: it is read."""
+key: it is read, and so are an OpenSSH public-key line and a DER public key (until 2026-12-07
+both were said to hold no public key)."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
@@ -23,8 +25,8 @@ from skprotect_pytorch.cli import app as cli_app
 from skruntime.cli import _read_server_public_key
 
 EXPECTED = (
-    "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64 or PEM) or "
-    "that key's base64 text, which `sklicense init` prints."
+    "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64, PEM, DER or "
+    "an OpenSSH public-key line) or that key's base64 text, which `sklicense init` prints."
 )
 
 
@@ -170,3 +172,99 @@ def test_the_openssl_command_for_a_certificate_quotes_its_path(tmp_path: Path) -
     key_file.write_bytes(certificate(ed25519.Ed25519PrivateKey.generate()))
     code, output = run_with_server_key(tmp_path, key_file)
     assert code == 2 and f"`openssl x509 -in '{key_file}' -pubkey -noout" in output, output
+
+
+def raw_bytes(public_key: ed25519.Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def openssh_line(public_key) -> bytes:
+    """``public_key`` as ``ssh-keygen`` writes it in its ``.pub`` file: type, key, comment."""
+    line = public_key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return line + b" licence@server\n"
+
+
+def der(public_key) -> bytes:
+    """``public_key`` as ``openssl pkey -pubout -outform DER`` writes it."""
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_an_openssh_or_der_public_key_is_read(tmp_path: Path) -> None:
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    key_file = tmp_path / "server.pub"
+    contents = {
+        "openssh": openssh_line(public),
+        "openssh, CRLF, no comment": openssh_line(public).split(b" licence")[0] + b"\r\n",
+        "der": der(public),
+    }
+    for number, (form, content) in enumerate(contents.items()):
+        key_file.write_bytes(content)
+        assert _read_server_public_key(str(key_file)) == raw_bytes(public), form
+        (tmp_path / str(number)).mkdir()
+        output = run_with_server_key(tmp_path / str(number), key_file)[1]
+        assert "--server-public-key" not in output and "No configuration in" in output, output
+    assert len(der(public)) == 44 and der(public).startswith(b"\x30\x2a")
+
+
+def test_44_bytes_of_base64_and_32_raw_bytes_are_not_taken_for_der(tmp_path: Path) -> None:
+    """A DER Ed25519 key is 44 bytes, as the base64 text of a raw key is: that text is still
+    read as base64, and a raw key that starts as a DER key does is still the raw key."""
+    key_file = tmp_path / "server.pub"
+    raw = raw_bytes(ed25519.Ed25519PrivateKey.generate().public_key())
+    key_file.write_bytes(base64.b64encode(raw))
+    assert key_file.stat().st_size == 44 and _read_server_public_key(str(key_file)) == raw
+    looks_like_der = b"\x30\x2a" + raw[2:]
+    key_file.write_bytes(looks_like_der)
+    assert _read_server_public_key(str(key_file)) == looks_like_der
+
+
+def test_openssh_and_der_keys_of_another_kind_or_private_are_named(tmp_path: Path) -> None:
+    key_file = tmp_path / "server.pub"
+    other_kind = (
+        "but the licence server signs with Ed25519: pass its public key (`sklicense init` "
+        "prints it)."
+    )
+    private_key = (
+        "is a private key (the licence server's signing key, server.key?), not its public key: "
+        f"keep it on the server only, and {EXPECTED}"
+    )
+    private = ed25519.Ed25519PrivateKey.generate()
+    ed_line = openssh_line(private.public_key())
+    rsa_line = openssh_line(rsa.generate_private_key(65537, 2048).public_key())
+    said = {
+        rsa_line: f"holds an RSAPublicKey, {other_kind}",
+        openssh_line(ec.generate_private_key(ec.SECP256R1()).public_key()): (
+            f"holds an ECPublicKey, {other_kind}"
+        ),
+        der(x25519.X25519PrivateKey.generate().public_key()): (
+            f"holds an X25519PublicKey, {other_kind}"
+        ),
+        private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ): private_key,
+        private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pw"),
+        ): private_key,
+        ed_line + rsa_line: (
+            f"holds 2 OpenSSH public keys (ssh-ed25519, ssh-rsa), not one: {EXPECTED}"
+        ),
+    }
+    for number, (content, message) in enumerate(said.items()):
+        key_file.write_bytes(content)
+        (tmp_path / str(number)).mkdir()
+        assert run_with_server_key(tmp_path / str(number), key_file) == (
+            2,
+            f"error: --server-public-key {key_file} {message}\n",
+        ), number
+    key_file.write_bytes(ed_line[:60])  # cut short
+    (tmp_path / "cut").mkdir()
+    code, output = run_with_server_key(tmp_path / "cut", key_file)
+    assert code == 2 and "is an OpenSSH public key that cannot be read (" in output, output
