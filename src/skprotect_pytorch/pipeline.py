@@ -28,6 +28,7 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from skruntime.backends.gpu import gpu_float32
+from skruntime.backends.inputs import recorded_commitment
 from skruntime.config import (
     CONFIG_FILENAMES,
     Config,
@@ -64,7 +65,6 @@ from .export.base import (
     first_line,
     load_artifact,
     numpy_holds,
-    recorded_commitment,
     recorded_ranges,
     signature_dynamic_shapes,
 )

@@ -30,6 +30,7 @@ from .backends.inputs import (
     key_commitment_of,
     range_problem,
     range_text,
+    recorded_commitment,
     spec_name,
     spec_ranges,
 )
@@ -446,7 +447,8 @@ class SkRuntime:
             IntegrityError: the model file's SHA-256 differs from the configuration's, or the
                 inputs it records (``skprotect.inputs``) disagree with the configuration's.
             KeyFileError: key files missing, not regular files, corrupted, swapped or of the
-                wrong length.
+                wrong length, or TXT key files that do not combine into the key the model
+                file records (refused before the backend is built).
             KeyUnavailableError: LINUX without ``kek`` or licence server, ``static_key`` on a
                 non-test key, or a ``static_key`` that is not a bool.
             LicenceError: licensing is on and no valid licence is available (its subclasses
@@ -531,6 +533,13 @@ class SkRuntime:
                 f"{material.length} values, but the configuration expects {entry.key.length}. "
                 "The key files do not belong to this model; restore them or re-protect."
             )
+        # MEV key files are bound to the model file by their AES-GCM tag already. The record is
+        # read from the file's bytes, before the backend is built: edited key files were refused
+        # only after an AOTInductor package was loaded or an onnxruntime session built
+        txt_keys = isinstance(self._keys, TxtKeySource)
+        checked = recorded_commitment(model_file.data) if txt_keys else None
+        if checked is not None:
+            check_key_commitment(material, checked, path)
         if static_key:
             if not self._is_static(fentry.key_files, model_name):
                 raise KeyUnavailableError(
@@ -561,8 +570,8 @@ class SkRuntime:
                 "protect the model again."
             )
         commitment = key_commitment_of(record)
-        if commitment is not None and isinstance(self._keys, TxtKeySource):
-            try:  # MEV key files are bound to the model file by their AES-GCM tag already
+        if txt_keys and commitment not in (None, checked):  # the backend read another record
+            try:
                 check_key_commitment(material, commitment, path)
             except KeyFileError:
                 key[:] = 0

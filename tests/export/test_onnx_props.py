@@ -19,9 +19,9 @@ from torch.export import Dim
 
 from skprotect_pytorch.export import build_export_options, get_exporter
 from skprotect_pytorch.export.base import recorded_ranges
-from skprotect_pytorch.export.onnx_props import metadata_props
 from skprotect_pytorch.formats import ExportFormat
 from skruntime.backends.inputs import INPUTS_METADATA
+from skruntime.backends.onnx_props import metadata_props
 
 RECORD = [{"shape": [None, 512], "dtype": "float32", "ranges": {"0": [2, 8]}}]
 

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 
 from skprotect_pytorch.cli import app
 from skprotect_pytorch.protect import SkProtectorPyTorch
-from skruntime import SkRuntime
+from skruntime import SkRuntime, runtime
+from skruntime.backends import backend_class
 from skruntime.config import sha256_file
 from skruntime.errors import KeyFileError
 from skruntime.keyfile import _parse_txt, read_txt_keys
@@ -106,6 +107,60 @@ def test_resealed_key_params_of_another_key_are_refused(
     assert_refused(folder, fmt)
 
 
+def not_to_be_built(name: str) -> type:
+    """``backend_class`` for a load that must be refused before its backend is built."""
+    real = backend_class(name)
+
+    class NotToBeBuilt(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError(f"the {name} backend was built")
+
+    return NotToBeBuilt
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript_cpu"])
+def test_edited_key_files_are_refused_before_the_backend_is_built(
+    deployed: Path, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commitment is read from the model file's bytes: edited key files were refused only
+    after the backend was built (an onnxruntime session, a TorchScript module, an AOTInductor
+    package loaded, its library extracted), the whole cost of a load for nothing."""
+    folder = edited_copy(deployed, tmp_path, fmt)
+    monkeypatch.setattr(runtime, "backend_class", not_to_be_built)
+    assert_refused(folder, fmt)
+
+
+def test_a_commitment_only_the_backend_reads_is_checked_after_it(
+    deployed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the record read from the bytes miss the commitment that the backend reads, the
+    key files are still checked, the session key wiped and the backend closed."""
+    keys: list[np.ndarray] = []
+    closed: list[bool] = []
+    real_session_key, real_backend_class = runtime.session_key, runtime.backend_class
+
+    def kept_key(material: object) -> np.ndarray:
+        keys.append(real_session_key(material))
+        return keys[-1]
+
+    def closing_noted(name: str) -> type:
+        real = real_backend_class(name)
+
+        class Noted(real):  # type: ignore[misc, valid-type]
+            def close(self) -> None:
+                closed.append(True)
+                super().close()
+
+        return Noted
+
+    folder = edited_copy(deployed, tmp_path, "onnx")
+    monkeypatch.setattr(runtime, "recorded_commitment", lambda _data: None)
+    monkeypatch.setattr(runtime, "session_key", kept_key)
+    monkeypatch.setattr(runtime, "backend_class", closing_noted)
+    assert_refused(folder, "onnx")
+    assert closed == [True] and len(keys) == 1 and not keys[0].any()
+
+
 def test_the_refusal_is_a_key_error_of_skprotect_run(deployed: Path, tmp_path: Path) -> None:
     folder = edited_copy(deployed, tmp_path, "onnx")
     np.save(tmp_path / "x.npy", X)
@@ -140,10 +195,15 @@ def test_a_model_file_without_commitment_loads(deployed: Path, tmp_path: Path, f
 
 
 @pytest.mark.slow
-def test_aoti_key_params_are_bound(deployed_aoti: Path, tmp_path: Path) -> None:
+def test_aoti_key_params_are_bound(
+    deployed_aoti: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with SkRuntime(deployed_aoti).load("m", "inductor_cpu") as model:
         assert_equivalent(np.asarray(model(X)), expected())
-    assert_refused(edited_copy(deployed_aoti, tmp_path / "edited", "inductor_cpu"), "inductor_cpu")
+    with monkeypatch.context() as mp:  # refused before the package is loaded
+        mp.setattr(runtime, "backend_class", not_to_be_built)
+        edited = edited_copy(deployed_aoti, tmp_path / "edited", "inductor_cpu")
+        assert_refused(edited, "inductor_cpu")
     legacy = redeployed(
         deployed_aoti, tmp_path / "legacy", "inductor_cpu", lambda r: r[-1].pop("key_commitment")
     )

@@ -9,12 +9,10 @@ import contextlib
 import copy
 import dataclasses
 import inspect
-import json
 import logging
 import re
 import threading
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from skruntime.backends.inductor import unpack_problem
-from skruntime.backends.inputs import INPUTS_METADATA, key_commitment_of
+from skruntime.backends.inputs import recorded_inputs
 from skruntime.errors import BackendError
 
 from ..errors import ExportError, InvalidArgumentError, VerificationError
 from ..formats import ExportFormat
-from .onnx_props import metadata_props
 from .options import ExportOptions
 
 Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
@@ -358,41 +355,11 @@ def recorded_ranges(path: Path) -> list[Any] | None:
     """The dynamic axes' ranges that the model file at ``path`` records per input, which the
     runtime enforces (``[{"0": [2, 8]}, None]``); None when it records none (written before
     ranges were recorded, no declared range, or damaged)."""
-    record = _recorded_inputs(path)
+    record = recorded_inputs(path)
     if not isinstance(record, list):
         return None
     ranges = [spec.get("ranges") if isinstance(spec, dict) else None for spec in record]
     return ranges if any(ranges) else None
-
-
-def recorded_commitment(path: Path) -> str | None:
-    """The key commitment that the model file at ``path`` records; None when it records none
-    (written before commitments were recorded, or damaged)."""
-    record = _recorded_inputs(path)
-    if not isinstance(record, list) or not all(isinstance(s, dict) for s in record):
-        return None
-    return key_commitment_of(record)
-
-
-def _recorded_inputs(path: Path) -> Any:
-    """The input record (:data:`~skruntime.backends.inputs.INPUTS_METADATA`, parsed) that the
-    model file at ``path`` carries; None when it has none. In a TorchScript or AOTInductor
-    archive, its extra file or metadata; in an ONNX file, a metadata property (read without
-    parsing the model: :mod:`.onnx_props`)."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                for name in archive.namelist():
-                    if name.endswith(f"/extra/{INPUTS_METADATA}"):
-                        return json.loads(archive.read(name))
-                    if name.endswith("_metadata.json"):  # AOTInductor's, the record a value
-                        raw = json.loads(archive.read(name)).get(INPUTS_METADATA)
-                        return None if raw is None else json.loads(raw)
-            return None
-        raw = metadata_props(path).get(INPUTS_METADATA)
-        return None if raw is None else json.loads(raw)
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return None
 
 
 def load_artifact(exporter: Exporter, path: Path, options: ExportOptions) -> Runner:

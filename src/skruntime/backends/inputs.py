@@ -11,12 +11,16 @@ SHA-256 of the model file (platform version 1 and later) covers the record, and
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError
+from .onnx_props import metadata_props
 
 __all__ = [
     "INPUTS_METADATA",
@@ -26,6 +30,8 @@ __all__ = [
     "parse_specs",
     "range_problem",
     "range_text",
+    "recorded_commitment",
+    "recorded_inputs",
     "spec_name",
     "spec_ranges",
 ]
@@ -126,6 +132,38 @@ def key_commitment_of(specs: Sequence[Mapping[str, Any]] | None) -> str | None:
     """The key commitment a parsed record carries; None when it has none (files protected
     before it was recorded)."""
     return next((s["key_commitment"] for s in specs or () if s.get("key_commitment")), None)
+
+
+def recorded_commitment(source: Path | bytes) -> str | None:
+    """The key commitment that the model file ``source`` (its path or its bytes) records; None
+    when it records none (written before commitments were recorded, or damaged)."""
+    record = recorded_inputs(source)
+    if not isinstance(record, list) or not all(isinstance(s, dict) for s in record):
+        return None
+    return key_commitment_of(record)
+
+
+def recorded_inputs(source: Path | bytes) -> Any:
+    """The input record (:data:`INPUTS_METADATA`, parsed, unchecked) that the model file
+    ``source`` (its path or its bytes) carries, read without loading the model (no framework,
+    no torch); None when it has none or cannot be read. In a TorchScript or AOTInductor
+    archive, its extra file or metadata; in an ONNX file, a metadata property
+    (:mod:`.onnx_props`)."""
+    file = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        if zipfile.is_zipfile(file):
+            with zipfile.ZipFile(file) as archive:
+                for name in archive.namelist():
+                    if name.endswith(f"/extra/{INPUTS_METADATA}"):
+                        return json.loads(archive.read(name))
+                    if name.endswith("_metadata.json"):  # AOTInductor's, the record a value
+                        raw = json.loads(archive.read(name)).get(INPUTS_METADATA)
+                        return None if raw is None else json.loads(raw)
+            return None
+        raw = metadata_props(source).get(INPUTS_METADATA)
+        return None if raw is None else json.loads(raw)
+    except (OSError, ValueError, RecursionError, zipfile.BadZipFile):  # nested too deeply
+        return None
 
 
 def parse_specs(raw: str, source: str) -> tuple[list[dict], list[str], str | None]:

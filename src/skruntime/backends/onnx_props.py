@@ -1,4 +1,6 @@
-"""An ONNX file's metadata properties, read without parsing its graph.
+"""An ONNX file's metadata properties, read without parsing its graph (torch-free: the runtime
+reads a model file's input record with it before building its backend, the protector to compare
+records).
 
 ``onnx.load(path, load_external_data=False)`` parses the whole file, weights included (they are
 inside our files): reading the input record of a 200 MB model that way took 0.25-0.3 s and
@@ -59,13 +61,16 @@ def _fields(read: BinaryIO, end: int, wanted: set[int]) -> Iterator[tuple[int, b
         raise ValueError(_TRUNCATED)
 
 
-def metadata_props(path: Path) -> dict[str, str]:
-    """The metadata properties of the ONNX model at ``path`` (the first value of a key given
-    twice). Raises ValueError when the file is not a protobuf message or ends inside a field
-    (a truncated file), OSError when it cannot be read."""
+def metadata_props(source: Path | bytes) -> dict[str, str]:
+    """The metadata properties of the ONNX model at ``source``, a path or the file's bytes
+    (the runtime's, read once), the first value of a key given twice. Raises ValueError when
+    the file is not a protobuf message or ends inside a field (a truncated file), OSError when
+    it cannot be read."""
     props: dict[str, str] = {}
-    with open(path, "rb") as read:
-        for _, entry in _fields(read, Path(path).stat().st_size, {_METADATA_PROPS}):
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as read:
+        size = read.seek(0, io.SEEK_END)
+        read.seek(0)
+        for _, entry in _fields(read, size, {_METADATA_PROPS}):
             parts = dict(_fields(io.BytesIO(entry), len(entry), {_KEY, _VALUE}))
             props.setdefault(parts.get(_KEY, b"").decode(), parts.get(_VALUE, b"").decode())
     return props
