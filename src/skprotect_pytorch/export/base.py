@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import logging
 import re
@@ -16,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -275,6 +276,35 @@ def _quiet() -> Callable[[], None]:
             logger.setLevel(level)
 
     return undo
+
+
+_ONE_AT_A_TIME = threading.RLock()
+"""Held by every AOTInductor export (from its trace to its package) and every ONNX export
+(either exporter) for its whole run. ``torch.export`` and the compile keep their
+state for the whole process (the traced node's metadata, the dispatch mode stack, Dynamo's
+caches that :func:`isolated_traces` resets, the trace map that
+:func:`~.inductor.release_last_trace` clears, the GPU kernels' cubin paths), and the legacy
+ONNX exporter its settings (``torch.onnx``'s opset and export mode), so two exports in two
+threads at once failed: AOTInductor's ``torch.export`` with "Trying to pop empty mode stack",
+or a compile with ``KeyError: 'custom'``; a dynamo ONNX export beside another one, or beside
+an AOTInductor export, with "ProxyTorchDispatchMode slot already occupied", "CURRENT_PATCHER
+is None in finally block" or "Unable to cast NotImplemented to Tensor". One lock for all of
+them. Reentrant: an export started by a callback in the same thread runs."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def one_at_a_time(export: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``export`` run holding :data:`_ONE_AT_A_TIME`: an export in another thread waits for
+    its turn, and its report's time starts once its turn has come."""
+
+    @functools.wraps(export)
+    def in_turn(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with _ONE_AT_A_TIME:
+            return export(*args, **kwargs)
+
+    return in_turn
 
 
 @contextlib.contextmanager

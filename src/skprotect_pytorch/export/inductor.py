@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import functools
 import io
 import json
 import os
@@ -25,12 +24,11 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 import torch
@@ -47,6 +45,7 @@ from .base import (
     first_line,
     flatten_outputs,
     isolated_traces,
+    one_at_a_time,
     quiet_upstream_warnings,
     register_exporter,
     require_cuda,
@@ -96,13 +95,26 @@ class _ErrorKeepingFile(io.RawIOBase):
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-_NO_SPACE_TEXT = tuple(os.strerror(code) for code in _NO_SPACE)
+_NO_SPACE_TEXT = "|".join(re.escape(os.strerror(code)) for code in _NO_SPACE)
+_NO_SPACE_ERRNO = "|".join(str(code) for code in _NO_SPACE)
+_NO_SPACE_LINE = re.compile(
+    # a tool's diagnostic, the system's reason last (perror's form): "as: Fatal error: w.o:
+    # No space left on device", "ld: final link failed: …", "… of w.o: 'No space …'", "(…)"
+    rf"(?:: |\()'?(?:{_NO_SPACE_TEXT})'?\)?\.?$"
+    # Python's OSError, its file after it: "[Errno 28] No space left on device: '/c/w.so'"
+    rf"|\[Errno (?:{_NO_SPACE_ERRNO})\] (?:{_NO_SPACE_TEXT})(?:: .*)?$"
+)
+_QUOTED_SOURCE = re.compile(r"\s*\d*\s*\|")
+"""The start of a source line that GCC quotes under its diagnostic (``   12 |   code``)."""
 
 
 def _out_of_space(err: BaseException) -> str | None:
     """What said that the disk was full in ``err`` or the errors it came from (an ``OSError``
-    of a full disk or quota, or the compiler's output line saying so), else None: the compile
-    then failed with "a C++ compile error", which sent users to check their compiler."""
+    of a full disk or quota, or a line of the compiler's output in the form of a diagnostic
+    saying so: :data:`_NO_SPACE_LINE`), else None: the compile then failed with "a C++
+    compile error", which sent users to check their compiler. A line that merely holds the
+    words (a quoted source line, a string in the code) is no such diagnostic: taken for one,
+    a compile error was said to be a full disk."""
     seen: set[int] = set()
     cause: BaseException | None = err
     while cause is not None and id(cause) not in seen:
@@ -110,7 +122,7 @@ def _out_of_space(err: BaseException) -> str | None:
         if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
             return str(cause)
         for line in str(cause).splitlines():
-            if any(text in line for text in _NO_SPACE_TEXT):
+            if not _QUOTED_SOURCE.match(line) and _NO_SPACE_LINE.search(line.strip()):
                 return line.strip()
         cause = cause.__cause__ or cause.__context__
     return None
@@ -227,27 +239,6 @@ def release_last_trace() -> None:
     proxy_tensor._FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT.clear()
 
 
-_ONE_AT_A_TIME = threading.RLock()
-"""Held by an AOTInductor export from its trace to its package. ``torch.export`` and the
-compile keep their state for the whole process (the traced node's metadata, Dynamo's caches
-that :func:`isolated_traces` resets, the trace map :func:`release_last_trace` clears, the GPU
-kernels' cubin paths), so two exports in two threads at once failed: ``torch.export`` with
-"Trying to pop empty mode stack", or, those traces taken one at a time, a compile with
-``KeyError: 'custom'``. Reentrant: an export started by a callback in the same thread runs."""
-
-
-def _one_at_a_time(export: Callable[..., ExportReport]) -> Callable[..., ExportReport]:
-    """``export`` run holding :data:`_ONE_AT_A_TIME`; its report's time starts once the
-    export's turn has come."""
-
-    @functools.wraps(export)
-    def in_turn(*args: Any, **kwargs: Any) -> ExportReport:
-        with _ONE_AT_A_TIME:
-            return export(*args, **kwargs)
-
-    return in_turn
-
-
 @register_exporter(ExportFormat.INDUCTOR_CPU, ExportFormat.INDUCTOR_GPU)
 class InductorExporter(DeviceExporter):
     """``torch.export.export`` + ``torch._inductor.aoti_compile_and_package`` to a ``.pt2``."""
@@ -256,7 +247,7 @@ class InductorExporter(DeviceExporter):
 
     gpu_format = ExportFormat.INDUCTOR_GPU
 
-    @_one_at_a_time
+    @one_at_a_time
     def export(
         self,
         module: nn.Module,

@@ -38,6 +38,7 @@ from .base import (
     collect_warnings,
     first_line,
     isolated_traces,
+    one_at_a_time,
     quiet_upstream_warnings,
     refuse_baked_values,
     register_exporter,
@@ -290,6 +291,7 @@ class OnnxExporter:
     def __init__(self, fmt: ExportFormat) -> None:
         self.fmt = fmt
 
+    @one_at_a_time
     def export(
         self,
         module: nn.Module,

@@ -1,0 +1,116 @@
+"""Exports that trace with ``torch.export`` take turns across threads.
+
+A dynamo ONNX export beside another one, or beside an AOTInductor export, in two threads at
+once failed: "ProxyTorchDispatchMode slot already occupied", "CURRENT_PATCHER is None in finally
+block", "Unable to cast NotImplemented to Tensor" (ONNX), "Trying to pop empty mode stack"
+(AOTInductor) — 3 of 4 pairs of ONNX exports, and an AOTInductor export beside a loop of ONNX
+exports (1 ONNX failure in 19). Only AOTInductor exports took turns, among themselves."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from tests.export.toy_models import Toy
+
+from skprotect_pytorch.export import build_export_options, get_exporter
+from skprotect_pytorch.formats import ExportFormat
+
+_MEETING_S = 2.0
+"""How long a trace waits for the other thread's trace to join it: a bound, not a delay the
+test relies on; when exports take turns, each first trace waits this long, alone."""
+
+
+class Meeting:
+    """Where the traced forwards of two threads meet: each thread's first forward waits for the
+    other's to be running too (up to :data:`_MEETING_S`), so two traces that can run at once do,
+    every time; records how many threads were tracing when each first forward went on."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.tracing: set[int] = set()
+        self.met: set[int] = set()
+        self.seen: list[int] = []
+
+    def enter(self) -> None:
+        """The forward of the current thread begins."""
+        me = threading.get_ident()
+        with self.changed:
+            self.tracing.add(me)
+            self.changed.notify_all()
+            if me not in self.met:
+                self.met.add(me)
+                self.changed.wait_for(lambda: len(self.tracing) > 1, timeout=_MEETING_S)
+                self.seen.append(len(self.tracing))
+
+    def leave(self) -> None:
+        """The forward of the current thread ends."""
+        with self.changed:
+            self.tracing.discard(threading.get_ident())
+            self.changed.notify_all()
+
+
+class MeetingToy(Toy):
+    """:class:`Toy` whose forward meets the other thread's (:class:`Meeting`)."""
+
+    def __init__(self, meeting: Meeting) -> None:
+        super().__init__()
+        self.meeting = meeting
+
+    def forward(self, x, key):
+        self.meeting.enter()
+        try:
+            return super().forward(x, key)
+        finally:
+            self.meeting.leave()
+
+
+def _export_in_two_threads(fmts: tuple[ExportFormat, ExportFormat], tmp_path) -> list[int]:
+    """Export one :class:`MeetingToy` per format in two threads at once; check that each
+    artifact computes its model; return how many traces ran as each first one went on."""
+    torch.manual_seed(0)
+    meeting = Meeting()
+    x, key = torch.randn(2, 8), torch.ones(8)
+    params = {"input_names": ["x"], "dynamo": True}  # the ONNX exporter with torch.export
+    opts = build_export_options([x], params)
+    modules = [MeetingToy(meeting).eval() for _ in fmts]
+    errors: list[BaseException] = []
+    paths = {}
+
+    def export(i: int) -> None:
+        exporter = get_exporter(fmts[i])
+        try:
+            report = exporter.export(
+                modules[i], (x, key), tmp_path / f"{i}{exporter.extension}", opts, with_key=True
+            )
+            paths[i] = report.path
+        except Exception as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=export, args=(i,)) for i in range(len(fmts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for i, fmt in enumerate(fmts):
+        run = get_exporter(fmt).load(paths[i], opts)
+        with torch.no_grad():
+            expected = modules[i].lin(x) * key[:4].sum()
+        np.testing.assert_allclose(run([x.numpy(), key.numpy()])[0], expected.numpy(), 1e-5)
+    return meeting.seen
+
+
+def test_two_dynamo_onnx_exports_take_turns(tmp_path):
+    """Both traced at once before (the meeting took place), and failed."""
+    seen = _export_in_two_threads((ExportFormat.ONNX, ExportFormat.ONNX), tmp_path)
+    assert seen == [1, 1]
+
+
+@pytest.mark.slow
+def test_a_dynamo_onnx_export_and_an_aotinductor_export_take_turns(tmp_path):
+    """They took no turns between them: one lock for every export that uses torch.export."""
+    seen = _export_in_two_threads((ExportFormat.ONNX, ExportFormat.INDUCTOR_CPU), tmp_path)
+    assert seen == [1, 1]
