@@ -34,7 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from skruntime.backends.inductor import INPUTS_METADATA, check_inputs, load_package, row_major
+from skruntime.backends.inductor import (
+    INPUTS_METADATA,
+    check_inputs,
+    load_package,
+    locked_folder,
+    row_major,
+)
 
 from ..errors import ExportError, InvalidArgumentError
 from ..formats import ExportFormat
@@ -135,45 +141,58 @@ def _cache_dir() -> str:
     return cache_dir()
 
 
+BUILD_PREFIX = "skprotect-build-"
+"""The start of an export's build folder's name (:func:`own_build_folder`)."""
+
+
 @contextlib.contextmanager
-def own_build_folder() -> Iterator[None]:
-    """AOTInductor builds in a folder of this export's own, inside torch's compile cache (so
-    :func:`without_build_paths` blanks it), removed afterwards. Torch names its build folder
-    after the graph's code alone: two exports of one architecture at once (other keys, so other
-    weights) wrote the same library and metadata files, and one package could carry the
-    other's (its ``skprotect.inputs`` with the other key's commitment)."""
+def own_build_folder() -> Iterator[str]:
+    """AOTInductor builds in a folder of this export's own, inside torch's compile cache,
+    removed afterwards; yields its path (:func:`without_build_paths` blanks it). Torch names
+    its build folder after the graph's code alone: two exports of one architecture at once
+    (other keys, so other weights) wrote the same library and metadata files, and one package
+    could carry the other's (its ``skprotect.inputs`` with the other key's commitment).
+
+    The runtime's locked folder (:func:`~skruntime.backends.inductor.locked_folder`: named
+    ``skprotect-build-<system>-<pid>-*``, locked while the export runs), and this host's build
+    folders whose process is gone are removed first: one killed with SIGKILL (the OOM killer,
+    a container stopped hard) left its folder, the compiled library with the weights in it,
+    in the cache for ever."""
     root = Path(_cache_dir())
     root.mkdir(parents=True, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix="skprotect-build-", dir=root)
+    folder, lock = locked_folder(BUILD_PREFIX, str(root))
     try:
         # read by compile_fx_aot when inductor_configs leave it out (aoti_compile_and_package
         # refuses it there)
         with torch._inductor.config.patch({"aot_inductor.output_path": folder}):
-            yield
+            yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        os.close(lock)
 
 
-def build_folders() -> list[str]:
+def build_folders(*builds: str) -> list[str]:
     """The build machine's folders that AOTInductor writes into a package, longest first:
-    torch's compile cache (named after the user), torch's install folder (the virtualenv) and
-    the Python installations (the compile commands' include and library folders)."""
-    named = (_cache_dir(), os.path.dirname(torch.__file__), sys.prefix, sys.base_prefix)
+    the export's build folders ``builds`` (:func:`own_build_folder`: their names hold the
+    host's tag and the pid), torch's compile cache (named after the user), torch's install
+    folder (the virtualenv) and the Python installations (the compile commands' include and
+    library folders)."""
+    named = (*builds, _cache_dir(), os.path.dirname(torch.__file__), sys.prefix, sys.base_prefix)
     folders = {*named, *map(os.path.realpath, named)}
     wanted = (f for f in folders if os.path.isabs(f) and len(f) >= _MIN_SCRUBBED_PREFIX)
     return sorted(wanted, key=len, reverse=True)
 
 
-def without_build_paths(path: Path) -> bool:
-    """Rewrite the package at ``path`` with every :func:`build_folders` path blanked out in
-    place (same length, ``/___…``, so no offset inside the compiled library moves); True if
-    anything was replaced. AOTInductor leaves them in its generated sources (the compile
-    commands as comments), in the library's source-file strings (``__FILE__`` of its runtime
-    checks) and in its debug line tables; loading needs none of them. A package of sources
-    only (``aot_inductor.package_cpp_only``) is compiled again where it is loaded, from the
-    folders it names, so it is left as it is. Members are copied in chunks: a library holding
-    gigabytes of weights is never read into memory whole."""
-    folders = [f.encode() for f in build_folders()]
+def without_build_paths(path: Path, *builds: str) -> bool:
+    """Rewrite the package at ``path`` with every :func:`build_folders` path (``builds``: the
+    export's build folders) blanked out in place (same length, ``/___…``, so no offset inside
+    the compiled library moves); True if anything was replaced. AOTInductor leaves them in its
+    generated sources (the compile commands as comments), in the library's source-file strings
+    (``__FILE__`` of its runtime checks) and in its debug line tables; loading needs none of
+    them. A package of sources only (``aot_inductor.package_cpp_only``) is compiled again where
+    it is loaded, from the folders it names, so it is left as it is. Members are copied in
+    chunks: a library holding gigabytes of weights is never read into memory whole."""
+    folders = [f.encode() for f in build_folders(*builds)]
     if not folders:
         return False
     # longest first: where a folder and one inside it both start, the whole path is blanked
@@ -278,7 +297,7 @@ class InductorExporter(DeviceExporter):
                     # Without no_grad, a CUDA compile of parameters that require grad fails in
                     # addmm's out= variant ("functions with out=... arguments don't support
                     # automatic differentiation"); an inference package needs no autograd anyway.
-                    with own_build_folder(), quiet_upstream_warnings(), torch.no_grad():
+                    with own_build_folder() as build, quiet_upstream_warnings(), torch.no_grad():
                         torch._inductor.aoti_compile_and_package(
                             program, package_path=sink, inductor_configs=configs
                         )
@@ -308,7 +327,7 @@ class InductorExporter(DeviceExporter):
                 raise OSError(err.errno, err.strerror, str(path)) from err
             raise
         try:
-            without_build_paths(path)
+            without_build_paths(path, build)
         except OSError as err:
             raise ExportError(
                 f"AOTInductor package {path} could not be rewritten without the build machine's "

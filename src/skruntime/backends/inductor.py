@@ -57,6 +57,7 @@ __all__ = [
     "input_specs",
     "load_package",
     "load_settings",
+    "locked_folder",
     "parse_specs",
     "unpack_problem",
 ]
@@ -374,12 +375,14 @@ def _tmpdir(folder: str) -> Iterator[None]:
 
 
 _PRIVATE_PREFIX = "skruntime-aoti-"
-#: A private folder's name: the prefix, the tag of the system that made it (:func:`system_tag`),
-#: the pid of its process, ``tempfile``'s random part. Folders of earlier versions (no system:
-#: no lock, or one another host may hold unseen) never match: they are left alone.
-_PRIVATE_NAME = re.compile(
-    re.escape(_PRIVATE_PREFIX) + r"(?P<system>[0-9a-f]{16})-[0-9]+-[a-z0-9_]+"
-)
+
+
+def _folder_name(prefix: str) -> re.Pattern[str]:
+    """A locked folder's name (:func:`locked_folder`): ``prefix``, the tag of the system that
+    made it (:func:`system_tag`), the pid of its process, ``tempfile``'s random part. Folders
+    of earlier versions (no system: no lock, or one another host may hold unseen) never match:
+    they are left alone."""
+    return re.compile(re.escape(prefix) + r"(?P<system>[0-9a-f]{16})-[0-9]+-[a-z0-9_]+")
 
 
 def _locked(folder: str) -> int | None:
@@ -432,18 +435,20 @@ def _remove_if_abandoned(path: str) -> None:
         os.close(fd)
 
 
-def _sweep_leftovers(parent: str) -> None:
-    """Remove from ``parent`` the private folders of this user's loads whose process is gone
-    (:func:`_remove_if_abandoned`): a process killed with SIGKILL (the OOM killer, a container
-    stopped hard, a power loss or reboot) runs no finalizer, and left its folder, with the
-    package extracted in it, for ever. Only this host's folders, of this boot or an earlier
-    one (:meth:`~skruntime.system.ThisSystem.owns`): another host's lock is not seen."""
+def _sweep_leftovers(parent: str, prefix: str = _PRIVATE_PREFIX) -> None:
+    """Remove from ``parent`` this user's folders of ``prefix`` (the private folders of loads,
+    unless told) whose process is gone (:func:`_remove_if_abandoned`): a process killed with
+    SIGKILL (the OOM killer, a container stopped hard, a power loss or reboot) runs no
+    finalizer, and left its folder, with the package extracted in it, for ever. Only this
+    host's folders, of this boot or an earlier one (:meth:`~skruntime.system.ThisSystem.owns`):
+    another host's lock is not seen."""
     if fcntl is None:  # pragma: no cover (Windows: no lock tells a live load's folder)
         return
     here = this_system()
+    name = _folder_name(prefix)
     with contextlib.suppress(OSError), os.scandir(parent) as entries:
         for entry in entries:
-            named = _PRIVATE_NAME.fullmatch(entry.name)
+            named = name.fullmatch(entry.name)
             if (
                 named is not None
                 and entry.is_dir(follow_symlinks=False)
@@ -452,21 +457,27 @@ def _sweep_leftovers(parent: str) -> None:
                 _remove_if_abandoned(entry.path)
 
 
-def _private_folder(package: Path, size: int) -> tuple[str, int]:
-    """A new folder only this user can enter (``tempfile.mkdtemp``, named
-    ``skruntime-aoti-<system>-<pid>-*``), for loading ``package`` (``size`` bytes), and its
+def locked_folder(prefix: str, parent: str | None = None) -> tuple[str, int]:
+    """A new folder only this user can enter (``tempfile.mkdtemp``), named
+    ``<prefix><system>-<pid>-*`` in ``parent`` (Python's temporary folder if None), and its
     descriptor holding its lock (:func:`_locked`) until the folder is removed: what marks it
-    used. The folders of loads whose process is gone are removed first
-    (:func:`_sweep_leftovers`).
+    used. The folders of ``prefix`` there whose process is gone are removed first
+    (:func:`_sweep_leftovers`). Raises ``OSError`` where none can be created."""
+    parent = tempfile.gettempdir() if parent is None else parent
+    _sweep_leftovers(parent, prefix)
+    while True:  # a sweep of another process can take a new folder once, not for ever
+        folder = tempfile.mkdtemp(prefix=f"{prefix}{system_tag()}-{os.getpid()}-", dir=parent)
+        if (lock := _locked(folder)) is not None:
+            return folder, lock
+
+
+def _private_folder(package: Path, size: int) -> tuple[str, int]:
+    """A new locked folder (:func:`locked_folder`, named ``skruntime-aoti-<system>-<pid>-*``)
+    for loading ``package`` (``size`` bytes).
     BackendError with what to do where Python has no usable temporary folder (none of
     ``TMPDIR``, /tmp, /var/tmp, /usr/tmp and the current folder is writable)."""
     try:
-        _sweep_leftovers(tempfile.gettempdir())
-        while True:  # a sweep of another process can take a new folder once, not for ever
-            prefix = f"{_PRIVATE_PREFIX}{system_tag()}-{os.getpid()}-"
-            folder = tempfile.mkdtemp(prefix=prefix)
-            if (lock := _locked(folder)) is not None:
-                return folder, lock
+        return locked_folder(_PRIVATE_PREFIX)
     except OSError as err:
         where = f" in {Path(err.filename).parent}" if err.filename else ""
         raise BackendError(
