@@ -40,6 +40,7 @@ from . import __version__
 from .customer import Customer
 from .errors import ConfigurationError, InvalidArgumentError
 from .formats import ExportPlatform
+from .logs import get_logger
 from .platforms import KeyFileFault, get_platform
 
 try:
@@ -129,7 +130,10 @@ def _as_protector_errors() -> Iterator[None]:
 def check_version(version: object, what: str = "platform_version") -> int:
     """``version`` as a supported platform version (an int, not a float or numpy number)."""
     if isinstance(version, bool) or not isinstance(version, int):
-        raise InvalidArgumentError(f"{what} must be an int, but got {version!r}.")
+        raise InvalidArgumentError(
+            f"{what} must be an int, one of {_SUPPORTED}, but got {version!r}. Use "
+            f"{LATEST_PLATFORM_VERSION} unless your SkRuntime needs an older version."
+        )
     if version not in SUPPORTED_PLATFORM_VERSIONS:
         raise InvalidArgumentError(
             f"{what} must be one of {_SUPPORTED}, but got {version}. Use "
@@ -147,12 +151,21 @@ def _platform_value(platform: object) -> str:
     return str(value)
 
 
+def check_customer(customer: object) -> Customer:
+    """``customer`` as a :class:`Customer`; another value (a customer id given as a bare int,
+    a dict) is refused saying how to build one."""
+    if isinstance(customer, Customer):
+        return customer
+    given_id = isinstance(customer, int) and not isinstance(customer, bool)
+    example = f"Customer(id={customer})" if given_id else 'Customer(id=42, name="acme")'
+    raise InvalidArgumentError(
+        f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}: "
+        f"pass e.g. customer={example} (from skprotect_pytorch import Customer)."
+    )
+
+
 def _customer_entry(customer: Customer | None) -> CustomerEntry:
-    customer = customer if customer is not None else Customer()
-    if not isinstance(customer, Customer):
-        raise InvalidArgumentError(
-            f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
-        )
+    customer = check_customer(customer if customer is not None else Customer())
     with _as_protector_errors():
         return CustomerEntry(customer.id, customer.name)
 
@@ -379,9 +392,11 @@ def migrate_configuration(
     if version == current:
         if asked and version == 2 and _customer_entry(customer) != config.customer:
             raise InvalidArgumentError(
-                f"{path} is already at platform version 2, with customer {config.customer}: "
-                "migrating does not change it. Use update_customer(customer, platform) to."
+                f"{path} is already at platform version 2, licensed to "
+                f"{_describe(config.customer)}: migrating does not change its customer. Use "
+                f"update_customer({customer!r}, deployment_platform) to change it."
             )
+        get_logger().info("%s is already at platform version %d: nothing to migrate", path, version)
         return config
     if version < current:
         raise ConfigurationError(
@@ -393,6 +408,7 @@ def migrate_configuration(
     migrated = migrated_config(path, config, version, folder, customer, kek=kek)
     with _as_protector_errors():
         write_config(path, migrated, signing_key)
+    get_logger().info("migrated %s from platform version %d to %d", path, current, version)
     return migrated
 
 
@@ -596,10 +612,7 @@ def update_customer(
         InvalidArgumentError: ``customer`` is not a :class:`~skprotect_pytorch.Customer`.
     """
     path = Path(config_path)
-    if not isinstance(customer, Customer):
-        raise InvalidArgumentError(
-            f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
-        )
+    check_customer(customer)
     if not path.exists():
         raise ConfigurationError(
             f"There is no configuration file {path} to update. Protect a model first "

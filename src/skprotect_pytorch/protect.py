@@ -13,10 +13,11 @@ and :mod:`skprotect_pytorch.configuration`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from skruntime.config import CONFIG_FILENAMES, Config, load_config
 from skruntime.keyfile import is_test_key, key_params_filename, key_txt_filename
 
 from . import legacy
-from .configuration import check_version
+from .configuration import check_customer, check_version
 from .configuration import migrate_configuration as _migrate
 from .configuration import update_customer as _update_customer
 from .customer import Customer
@@ -444,23 +445,31 @@ class SkProtectorPyTorch:
         """
         return self._protect(locals(), replace=True)
 
+    @contextlib.contextmanager
+    def _logged(self, call: str) -> Iterator[None]:
+        """Run a public call's work with this protector's log (``save_logs``), its failure
+        included with the traceback: an argument, migration or customer error is as much
+        something to send with the log as a failed export."""
+        with file_log(self.log_path):
+            try:
+                yield
+            except Exception:
+                get_logger().exception("%s failed", call)
+                raise
+
     def _protect(self, args: dict[str, Any], *, replace: bool) -> ProtectionResult:
         args = dict(args)
         args.pop("self")
         where = "protect_updated_model" if replace else "protect_new_model"
-        legacy_kwargs = args.pop("legacy_kwargs")
-        args.update(legacy.translate_kwargs(legacy_kwargs, where, _given(args)))
-        request = self._validate(args, replace)
-        keeps_keys = replace and not request.test_key and not request.rotate_keys
-        epoch, test_keys = (
-            _test_keys(request.config_path, request.model_name) if keeps_keys else (-1, {})
-        )
-        with file_log(self.log_path):
-            try:
-                result = run_protection(request, self._protection_state())
-            except Exception:
-                get_logger().exception("protection of '%s' failed", request.model_name)
-                raise
+        with self._logged(f"{where} of {args['model_name']!r}"):
+            legacy_kwargs = args.pop("legacy_kwargs")
+            args.update(legacy.translate_kwargs(legacy_kwargs, where, _given(args)))
+            request = self._validate(args, replace)
+            keeps_keys = replace and not request.test_key and not request.rotate_keys
+            epoch, test_keys = (
+                _test_keys(request.config_path, request.model_name) if keeps_keys else (-1, {})
+            )
+            result = run_protection(request, self._protection_state())
             _warn_test_key_kept(result, epoch, test_keys)
         return result
 
@@ -492,11 +501,7 @@ class SkProtectorPyTorch:
         platform = _check_platform(a["deployment_platform"])
         # before the export: 2.0 or numpy's 2 compare equal to 2 but are refused at the write
         version = 2 if a["platform_version"] is None else check_version(a["platform_version"])
-        customer = a["customer"] if a["customer"] is not None else Customer()
-        if not isinstance(customer, Customer):
-            raise InvalidArgumentError(
-                f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
-            )
+        customer = check_customer(a["customer"] if a["customer"] is not None else Customer())
         if version < 2 and customer != Customer():
             raise InvalidArgumentError(
                 f"customer requires platform_version >= 2, but platform_version is {version}: "
@@ -555,35 +560,27 @@ class SkProtectorPyTorch:
         Version 0 → 1 hashes the protected model files found in ``outputs/<app>/``; 1 → 2 adds
         ``customer``. Returns the configuration path.
         """
-        _check_platform(deployment_platform)
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise InvalidArgumentError(f"version must be an int, but got {version!r}.")
-        if customer is not None and not isinstance(customer, Customer):
-            raise InvalidArgumentError(
-                f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
-            )
-        path = self._existing_config(deployment_platform, "migrate_configuration")
-        with file_log(self.log_path):
+        with self._logged(f"migrate_configuration to version {version!r}"):
+            _check_platform(deployment_platform)
+            version = check_version(version, "version")
+            customer = check_customer(customer if customer is not None else Customer())
+            path = self._existing_config(deployment_platform, "migrate_configuration")
             _migrate(
                 path,
                 version,
                 outputs_dir=self.outputs_dir,
-                customer=customer or Customer(),
+                customer=customer,
                 signing_key=self._existing_state().signing_key,
                 kek=self._existing_state().kek,
             )
-            get_logger().info("migrated %s to platform version %d", path, version)
         return path
 
     def update_customer(self, customer: Customer, deployment_platform: ExportPlatform) -> Path:
         """Replace the customer of the platform's (version 2) configuration file."""
-        if not isinstance(customer, Customer):
-            raise InvalidArgumentError(
-                f"customer must be a skprotect_pytorch.Customer, but got {type(customer).__name__}."
-            )
-        _check_platform(deployment_platform)
-        path = self._existing_config(deployment_platform, "update_customer")
-        with file_log(self.log_path):
+        with self._logged("update_customer"):
+            check_customer(customer)
+            _check_platform(deployment_platform)
+            path = self._existing_config(deployment_platform, "update_customer")
             _update_customer(path, customer, signing_key=self._existing_state().signing_key)
             get_logger().info("customer of %s set to %s", path, customer)
         return path
