@@ -1109,8 +1109,8 @@ def _run_group(
                 ):
                     staging.keep_final(path)  # the other platform's file: this model, this key
                     kept = shipped
-                elif shipped:
-                    other_platform.warn_replaced(relative, name)
+                elif shipped:  # said once committed: a failure leaves that file as it was
+                    other_platform.replaced.append(relative)
             seconds = export_seconds + time.perf_counter() - start
             logger.info(
                 "%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
@@ -1434,6 +1434,8 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     result.seconds = time.perf_counter() - start
     logger.info("protected '%s' in %.1f s", request.model_name, result.seconds)
     console.print(str(result), highlight=False, markup=False, soft_wrap=True)
+    if other_platform is not None:
+        other_platform.warn_replaced(request.model_name)
     warn_plain_keys_beside_linux(request.outputs_dir, request.model_name)
     with config_lock(request.outputs_dir):  # no other protection half-way through its commit
         warn_untracked_files(request.outputs_dir, request.model_name)

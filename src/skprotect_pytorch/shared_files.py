@@ -14,7 +14,7 @@ platforms' model files.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from skruntime.config import CONFIG_FILENAMES, load_config, sha256_file
@@ -35,6 +35,8 @@ class OtherPlatform:
     model_files: dict[str, str | None]
     key_files: frozenset[str]
     key_epoch: int
+    # its model files this protection's replace (once committed), in the order found
+    replaced: list[str] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -112,19 +114,29 @@ class OtherPlatform:
             if digest is not None and file.startswith(f"{model_name}/{group}/")
         ]
 
-    def warn_replaced(self, relative: str, model_name: str) -> None:
+    def warn_replaced(self, model_name: str) -> None:
+        """Say which of the other platform's model files this protection replaced (noted in
+        :attr:`replaced` as each was exported): said once the files are in place, since a
+        protection that fails later leaves the other deployment's files as they were."""
+        for relative in self.replaced:
+            self._warn_replaced(relative, model_name)
+
+    def _warn_replaced(self, relative: str, model_name: str) -> None:
         message = (
             f"{relative} was the {self.platform.value} deployment's file and now holds this "
-            f"protection's (it does not compute this version of '{model_name}' with this key, "
-            "a new version or new keys from rotate_keys, records other dynamic ranges than "
-            "this protection's dynamic_shapes, records no key commitment (written by an "
+            f"protection's (it does not compute this version of '{model_name}' with this key: "
+            "a new version, new keys from rotate_keys, or another lock_preset or "
+            "quantize_compatibility than that deployment's; or it records other dynamic ranges "
+            "than this protection's dynamic_shapes, records no key commitment (written by an "
             "skprotect before 2026-12-07) where this protection writes TXT key files, or is a GPU "
             f"file with dynamic axes, which cannot be checked at other sizes): the "
             f"{self.platform.value} configuration refuses it (IntegrityError) until "
-            f"'{model_name}' is protected for {self.platform.value} again."
+            f"'{model_name}' is protected for {self.platform.value} again. Protect both "
+            "platforms with the same lock_preset, quantize_compatibility and dynamic_shapes, so "
+            "that they share the file: with other settings each protection replaces the other's."
         )
         get_logger().warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=6)
+        warnings.warn(message, RuntimeWarning, stacklevel=6)  # the protector's caller
 
 
 def warn_plain_keys_beside_linux(outputs_dir: Path, model_name: str) -> None:

@@ -71,6 +71,7 @@ import hmac
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -867,7 +868,8 @@ def write_config(
     """Sign ``config`` with ``signing_key`` and write it to ``path`` atomically.
 
     The parent folder is created if needed. A crash or an ``OSError`` (full disk, permissions)
-    never leaves a partial file: the previous file, if any, stays as it was.
+    never leaves a partial file: the previous file, if any, stays as it was. A new file gets
+    mode 0644; a replaced one keeps its permissions.
 
     Raises:
         ConfigurationError: ``config`` is not a :class:`Config`, the file would exceed
@@ -895,13 +897,23 @@ def write_config(
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, mode=_kept_mode(path))
     except OSError as e:
         raise ConfigurationError(
             f"Could not write configuration file {path}: {e.strerror or e}. The previous file, "
             f"if any, is unchanged; free disk space or fix the permissions of {path.parent}, "
             "then retry."
         ) from e
+
+
+def _kept_mode(path: Path) -> int:
+    """The permissions of the configuration file ``path`` that a write replaces, 0644 for a new
+    one: a migration or a customer change rewrites the file, and a 0640 file (readable by the
+    runtime's group only) must not come back readable by every user."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:  # no file yet (or none that can be looked at: the write says why)
+        return 0o644
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:
