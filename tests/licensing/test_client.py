@@ -839,7 +839,7 @@ def test_a_full_state_folder_is_a_licence_error_and_the_issued_licence_is_kept(
         real_write_private(path, data)
 
     monkeypatch.setattr(client_module, "write_private", cache_full)
-    with pytest.warns(RuntimeWarning, match="used from memory for this process only"):
+    with pytest.warns(RuntimeWarning, match="used from memory by this process"):
         licence = client.ensure_licence()
     assert client.ensure_licence() == licence and len(server.licence_requests) == 1
 
@@ -942,8 +942,8 @@ FAILED_RENEWALS = [
     (
         "503",
         lambda r: httpx.Response(503),
-        "unreachable: HTTP 503",
-        (LicenceUnavailableError, "expired at .* unreachable \\(HTTP 503"),
+        "answered with an error, HTTP 503",
+        (LicenceUnavailableError, "expired at .* answered with an error, HTTP 503"),
     ),
 ]
 

@@ -484,11 +484,32 @@ class _RenewalFailed(Exception):
 
 class _Unreachable(_RenewalFailed):
     """The server could not be reached or answered with a server error; ``sent``: whether the
-    request may have reached it (False: every send was refused, a connection error)."""
+    request may have reached it (False: every send was refused, a connection error);
+    ``answered``: a server error (5xx, :func:`_server_error`) was the last answer."""
 
-    def __init__(self, message: str, *, sent: bool = True) -> None:
+    def __init__(self, message: str, *, sent: bool = True, answered: bool = False) -> None:
         super().__init__(message)
         self.sent = sent
+        self.answered = answered
+
+
+_SERVER_ERROR_ADVICE = (
+    "Its answer says what is wrong (the server's log says more): try again later, or ask the "
+    "server's administrator to fix it."
+)
+
+
+def _server_error(response: httpx.Response) -> str:
+    """A 5xx answer in a few words: its status and the ``detail`` sklicense gives (what to do:
+    retry later, or what its administrator must fix, such as a full database disk), else the
+    start of its body (a proxy's page)."""
+    try:
+        data = response.json()
+    except (ValueError, RecursionError):
+        data = None
+    detail = data.get("detail") if isinstance(data, dict) else None
+    said = " ".join((detail if isinstance(detail, str) else response.text).split())[:300]
+    return f"HTTP {response.status_code} {said!r}" if said else f"HTTP {response.status_code}"
 
 
 class _BadAnswer(_RenewalFailed):
@@ -727,6 +748,9 @@ class LicenceClient:
         self._bad_answer: tuple[float, LicenceError] | None = None
         self._next_clock_check = float("-inf")
         self._available = 0  # reserved in the counter file, not used yet (current licence)
+        #: The licence just issued that the cache file could not take (a full state folder),
+        #: with the licence to cache beside it: cached once the folder takes writes again.
+        self._uncached: tuple[Licence, Licence | None] | None = None
         self._counted: set[str] = set()  # licences this process has a counter entry for
         self._closed = False
         self._seen_signing = False  # this server signed an answer to this process
@@ -963,6 +987,7 @@ class LicenceClient:
         delays = iter(self.resend_delays if resend else ())
         resent = False
         while True:
+            answered = False
             try:
                 response = self._fetch("POST", path, content=content, headers=headers)
             except _ANSWER_LOST as e:
@@ -973,10 +998,10 @@ class LicenceClient:
             else:
                 if response.status_code < 500:
                     return response, resent
-                failure = f"HTTP {response.status_code}"
+                failure, answered = _server_error(response), True
             delay = next(delays, None)
             if delay is None:
-                raise _Unreachable(failure)
+                raise _Unreachable(failure, answered=answered)
             log.warning("Licence server: %s; sending the same request again", failure)
             time.sleep(delay)
             resent = True
@@ -1266,7 +1291,12 @@ class LicenceClient:
         )
 
     def _cache(
-        self, licence: Licence, *, only_over: str | None = None, beside: Licence | None = None
+        self,
+        licence: Licence,
+        *,
+        only_over: str | None = None,
+        beside: Licence | None = None,
+        warn: bool = True,
     ) -> None:
         """Write ``licence`` to the cache file, unless the cache holds a newer one
         (:meth:`_newer_cached`), which another process renewed to while this one renewed too
@@ -1275,41 +1305,57 @@ class LicenceClient:
         licence either way. With ``only_over`` (a licence checked, not issued), written only
         while the cache holds the licence of that id. ``beside``: the licence that ``licence``,
         issued ahead of this clock, replaces, written with it (:data:`_PREVIOUS`). A licence
-        that cannot be written is used from memory by this process, with a warning."""
-        with state_lock(self.state_dir, f"licence_{self.application}"):
-            if only_over is not None and self._cached_licence_id() != only_over:
-                return
-            newer = self._newer_cached(licence) if only_over is None else None
-            if newer is not None:
-                log.info(
-                    "Licence %s is not cached: the cache holds licence %s, issued later by "
-                    "another process of this device; this process goes on with its own.",
-                    licence.licence_id,
-                    newer.licence_id,
-                )
-                return
-            document = licence.document
-            if beside is not None:  # its own previous licence, if any, is of no more use
-                previous = {k: v for k, v in beside.document.items() if k != _PREVIOUS}
-                document = document | {_PREVIOUS: previous}
-            try:
-                write_private(self._licence_path, protocol.canonical_bytes(document))
-            except LicenceError as err:
-                if only_over is not None:
-                    log.warning(
-                        "%s The check of licence %s is not noted: the other processes of this "
-                        "device check it again.",
-                        err,
+        that cannot be written is used from memory by this process, with a warning (unless not
+        ``warn``), and cached once the folder takes writes again (:meth:`_cache_again`)."""
+        if only_over is None:
+            self._uncached = None
+        try:
+            with state_lock(self.state_dir, f"licence_{self.application}"):
+                if only_over is not None and self._cached_licence_id() != only_over:
+                    return
+                newer = self._newer_cached(licence) if only_over is None else None
+                if newer is not None:
+                    log.info(
+                        "Licence %s is not cached: the cache holds licence %s, issued later by "
+                        "another process of this device; this process goes on with its own.",
                         licence.licence_id,
+                        newer.licence_id,
                     )
                     return
-                # issued and paid for: use it from memory, do not drop it
+                document = licence.document
+                if beside is not None:  # its own previous licence, if any, is of no more use
+                    previous = {k: v for k, v in beside.document.items() if k != _PREVIOUS}
+                    document = document | {_PREVIOUS: previous}
+                write_private(self._licence_path, protocol.canonical_bytes(document))
+        except LicenceError as err:  # the file, or its lock file (no inode left), not written
+            if only_over is not None:
+                log.warning(
+                    "%s The check of licence %s is not noted: the other processes of this "
+                    "device check it again.",
+                    err,
+                    licence.licence_id,
+                )
+                return
+            # issued and paid for: use it from memory, do not drop it
+            self._uncached = (licence, beside)
+            if warn:
                 warnings.warn(
-                    f"{err} Licence {licence.licence_id} is used from memory for this process "
-                    "only.",
+                    f"{err} Licence {licence.licence_id} is used from memory by this process, "
+                    "and cached once the folder takes writes again.",
                     RuntimeWarning,
                     stacklevel=3,
                 )
+
+    def _cache_again(self) -> None:
+        """Cache the licence the cache file could not take when it was issued (:meth:`_cache`),
+        now that the state folder took a write: else every process started later takes the
+        older licence cached before it (used up, or none), and asks, and pays, for another.
+        Still failing, it stays in memory without another warning."""
+        uncached = self._uncached
+        if uncached is None:
+            return
+        licence, beside = uncached
+        self._cache(licence, beside=beside, warn=False)
 
     def _newer_cached(self, licence: Licence) -> Licence | None:
         """The cached licence when it is newer than ``licence``, just issued: another one,
@@ -1367,7 +1413,7 @@ class LicenceClient:
         except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as e:
             raise _Unreachable(f"{type(e).__name__}: {e}") from None
         if response.status_code >= 500:
-            raise _Unreachable(f"HTTP {response.status_code}")
+            raise _Unreachable(_server_error(response), answered=True)
         try:
             data = response.json() if response.status_code == 200 else None
         except (ValueError, RecursionError):
@@ -1418,18 +1464,20 @@ class LicenceClient:
         (``noted=False``) drop the server's entry. A failed write is only warned about: what it
         notes is checked again."""
         key = protocol.b64(self._server_key_raw)
-        with state_lock(self.state_dir, "server_keys"):
-            notes = self._server_notes()
-            if noted:
-                notes[name][self.server_url] = key
-            elif notes[name].pop(self.server_url, None) is None:
-                return
-            if not notes[_SIGNS]:
-                del notes[_SIGNS]  # absent while empty
-            try:
+        try:  # the file, or its lock file (no inode left): after a licence was issued, too
+            with state_lock(self.state_dir, "server_keys"):
+                notes = self._server_notes()
+                if noted:
+                    notes[name][self.server_url] = key
+                elif notes[name].pop(self.server_url, None) is None:
+                    return
+                if not notes[_SIGNS]:
+                    del notes[_SIGNS]  # absent while empty
                 write_private(self._server_keys_path, protocol.canonical_bytes(notes))
-            except LicenceError as e:
-                log.warning("%s What it notes of the licence server is checked again.", e)
+        except UnsafeFileError:
+            raise
+        except LicenceError as e:
+            log.warning("%s What it notes of the licence server is checked again.", e)
 
     def _note_signed(self) -> None:
         """Note that this server signs its answers with the pinned key, so that an unsigned
@@ -1891,6 +1939,8 @@ class LicenceClient:
 
     def _failure(self, e: _RenewalFailed) -> str:
         """Why a renewal failed, for a warning or an error message."""
+        if isinstance(e, _Unreachable) and e.answered:
+            return f"the licence server at {self.server_url} answered with an error, {e}"
         if isinstance(e, _Unreachable):
             return f"the licence server at {self.server_url} is unreachable: {e}"
         return f"the licence server's answer is unusable: {e}"
@@ -1964,17 +2014,18 @@ class LicenceClient:
                 raise e.error from None
             except _Unreachable as e:
                 if licence is not None:
-                    raise LicenceUnavailableError(
-                        f"The licence for {self.application!r} expired at "
-                        f"{_when(licence.expires_at)} and the licence server at "
-                        f"{self.server_url} is unreachable ({e}). Restore the connection to "
-                        "the server to renew it."
-                    ) from None
-                raise LicenceUnavailableError(
-                    f"No licence for {self.application!r} on this device and the licence "
-                    f"server at {self.server_url} is unreachable ({e}). Connect to the server "
-                    "once to obtain a licence."
-                ) from None
+                    expired = _when(licence.expires_at)
+                    what = f"The licence for {self.application!r} expired at {expired}"
+                    advice = "Restore the connection to the server to renew it."
+                else:
+                    what = f"No licence for {self.application!r} on this device"
+                    advice = "Connect to the server once to obtain a licence."
+                server = f"the licence server at {self.server_url}"
+                if e.answered:
+                    server, advice = f"{server} answered with an error, {e}", _SERVER_ERROR_ADVICE
+                else:
+                    server = f"{server} is unreachable ({e})"
+                raise LicenceUnavailableError(f"{what} and {server}. {advice}") from None
 
     def _refuse_held(self, now: int) -> None:
         """With no valid licence, raise the server's last answer again, unusable, while
@@ -2124,7 +2175,7 @@ class LicenceClient:
         still holds a licence before noting it (:meth:`_keep`) would otherwise write the
         licence back between its check and its write, for every process to use."""
         self._release()
-        self._licence = None
+        self._licence = self._uncached = None
         with (
             state_lock(self.state_dir, f"licence_{self.application}"),
             contextlib.suppress(FileNotFoundError),
@@ -2168,7 +2219,8 @@ class LicenceClient:
             self._write_usage(usage)
             self._counted.add(licence.licence_id)
             self._available += block - n
-            return True
+        self._cache_again()  # the state folder takes writes again
+        return True
 
     def _release(self) -> None:
         """Give the unused reservation of the current licence back (never below reported)."""
@@ -2487,9 +2539,11 @@ class LicenceClient:
         return "inferences" in entry and entry["counter"] >= entry["inferences"]
 
     def flush(self) -> None:
-        """Give back the unused reservation and persist the last time seen."""
+        """Give back the unused reservation, cache a licence the cache file could not take
+        when it was issued, and persist the last time seen."""
         with self._lock:
             self._release()
+            self._cache_again()
             self._save_last_seen()
 
     def close(self) -> None:

@@ -1,0 +1,80 @@
+"""A licence server whose database fails answers 5xx with what to do (``database_errors``);
+the runtime said only that the server was "unreachable (HTTP 500)" and to "connect to the
+server once", though it was reached: the server's detail (a full database disk, a database
+never migrated) was dropped. Now it quotes it. Against the real server app on SQLite."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.licensing.server_helpers import (
+    Clock,
+    device_client,
+    make_application,
+    make_customer,
+)
+
+from sklicense import db
+from sklicense.api import database_errors
+from sklicense.api.main import create_app
+from sklicense.settings import Settings
+from skruntime.errors import LicenceUnavailableError
+from skruntime.licensing.protocol import unb64
+
+
+@pytest.fixture
+def server(tmp_path: Path, state_dir: Path, clock: Clock) -> Iterator[tuple[TestClient, Path]]:
+    """A client of the server app on a SQLite file of its own, a customer provisioned."""
+    path = tmp_path / "sklicense.db"
+    url = f"sqlite:///{path}"
+    db.upgrade(url)
+    sessions = db.session_factory(url)
+    make_application(sessions)
+    make_customer(sessions, inference_quota=1000)
+    app = create_app(Settings(database_url=url, state_dir=state_dir), clock)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client, path
+    finally:
+        db.get_engine(url).dispose()
+
+
+def device(client: TestClient, folder: Path, clock: Clock) -> Any:
+    pinned = unb64(client.get("/v1/public-key").json()["public_key"])
+    runtime = device_client("http://testserver", client._transport, pinned, folder, clock)
+    runtime.resend_delays = (0.0, 0.0)
+    return runtime
+
+
+def test_no_licence_and_a_server_error_quotes_the_servers_detail(server, tmp_path, clock) -> None:
+    client, path = server
+    runtime = device(client, tmp_path / "device", clock)
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE seen_nonces")  # the URL of another database
+    with pytest.raises(LicenceUnavailableError) as error:
+        runtime.ensure_licence()
+    message = str(error.value)
+    assert "unreachable" not in message and "Connect to the server" not in message
+    assert f"answered with an error, HTTP 500 {database_errors.NOT_MIGRATED!r}" in message
+    assert "ask the server's administrator" in message
+
+
+def test_a_failed_renewal_warns_with_the_servers_detail(server, tmp_path, clock, caplog) -> None:
+    client, path = server
+    runtime = device(client, tmp_path / "device", clock)
+    licence = runtime.ensure_licence()
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE seen_nonces")
+    clock.now = licence.expires_at - 30  # inside the renewal window
+    with caplog.at_level(logging.WARNING, logger="skruntime.licensing.client"):
+        assert runtime.ensure_licence() == licence
+    assert f"answered with an error, HTTP 500 {database_errors.NOT_MIGRATED!r}" in caplog.text
+    clock.now = licence.expires_at
+    with pytest.raises(LicenceUnavailableError, match=r"expired at .* answered with an error"):
+        runtime.ensure_licence()
