@@ -66,11 +66,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import hmac
 import json
 import os
 import re
+import shlex
 import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -899,10 +901,16 @@ def write_config(
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data, mode=_kept_mode(path))
     except OSError as e:
+        fix = (  # root's rename over an immutable or append-only file, or into such a folder
+            f"make {path} and {path.parent} writable again (an immutable or append-only "
+            f"attribute, which `lsattr -d {shlex.quote(str(path))} "
+            f"{shlex.quote(str(path.parent))}` shows as i or a, is lifted with `chattr -i -a`)"
+            if e.errno == errno.EPERM
+            else f"free disk space or fix the permissions of {path.parent}"
+        )
         raise ConfigurationError(
             f"Could not write configuration file {path}: {e.strerror or e}. The previous file, "
-            f"if any, is unchanged; free disk space or fix the permissions of {path.parent}, "
-            "then retry."
+            f"if any, is unchanged; {fix}, then retry."
         ) from e
 
 

@@ -454,6 +454,26 @@ def test_atomic_write_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert load_config(path) == make_config(1)
 
 
+def test_an_immutable_configuration_file_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """root's rename over a file marked immutable (``chattr +i``) fails with EPERM: the message
+    named only the folder's permissions, which were fine."""
+    path = tmp_path / "my app" / "skconfig.json"
+    write_config(path, make_config(1), KEY)
+    before = path.read_bytes()
+
+    def immutable(src: str, dst: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(cfgmod.os, "replace", immutable)
+    with pytest.raises(ConfigurationError) as e:
+        write_config(path, make_config(2), KEY)
+    assert f"lsattr -d '{path}' '{path.parent}'" in str(e.value)
+    assert "chattr -i -a" in str(e.value) and "free disk space" not in str(e.value)
+    assert path.read_bytes() == before and _no_temp_files(path.parent)
+
+
 def test_atomic_write_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash (here KeyboardInterrupt) between fsync and replace leaves the old file."""
     path = tmp_path / "skconfig.json"
