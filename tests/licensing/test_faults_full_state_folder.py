@@ -149,3 +149,23 @@ def test_a_licence_the_server_ended_meanwhile_is_not_cached(
         first.ensure_licence()
     first.close()
     assert not (tmp_path / "licence_demo-app.json").exists()
+
+
+def test_every_call_is_refused_while_the_last_time_seen_cannot_be_saved(
+    device, sessions, clock, monkeypatch
+) -> None:
+    """``clock.json`` not saved for over a minute refuses inferences (a clock set back could
+    not be told otherwise). The time was noted before the save: a failed save was not tried
+    again in that second, and every other call in it ran."""
+    disk, first = Disk(monkeypatch), device()
+    first.consume()
+    licence = first.ensure_licence()
+    clock.now += 61
+    disk.full = True
+    for _ in range(3):  # one second: before, the first refused and the next two ran
+        with pytest.raises(LicenceError, match=r"clock\.json: No space left on device"):
+            first.consume()
+    disk.full = False
+    first.consume()
+    first.close()
+    assert first.usage(licence.licence_id) == {"counter": 2, "reported": 2}

@@ -859,9 +859,10 @@ class LicenceClient:
                 "(NTP) and try again."
             )
         if now > self._last_seen:
-            self._last_seen = now
             if now - self._last_seen_saved >= _LAST_SEEN_PERSIST_S:
-                self._save_last_seen()
+                self._save_last_seen(now)  # noted once saved: a failed save is tried again
+            else:
+                self._last_seen = now
         return now
 
     def _read_last_seen(self) -> int:
@@ -880,18 +881,20 @@ class LicenceClient:
             )
         return last_seen
 
-    def _save_last_seen(self) -> None:
-        """Persist the latest time seen, never lowering the file's. A time this process saw
-        later than the clock shows now is not written: the file holds less only once another
-        process reset it, when the server confirmed the clock (which had jumped forward), and
-        this one would undo that for every later process (this process still refuses a clock
-        before it)."""
+    def _save_last_seen(self, now: int = 0) -> None:
+        """Persist the latest time seen (``now`` included), never lowering the file's. A time
+        this process saw later than the clock shows now is not written: the file holds less
+        only once another process reset it, when the server confirmed the clock (which had
+        jumped forward), and this one would undo that for every later process (this process
+        still refuses a clock before it). ``now`` counts as seen only once written: noted
+        before, a save that failed (a full disk) was not tried again, and every other call
+        in that second ran (``clock.json`` not saved for over a minute refuses them all)."""
         with state_lock(self.state_dir, "clock"):
             saved = self._read_last_seen()
-            self._last_seen = max(self._last_seen, saved)
-            seen = max(saved, min(self._last_seen, int(self._clock())))
+            latest = max(self._last_seen, saved, now)
+            seen = max(saved, min(latest, int(self._clock())))
             write_private(self._clock_path, protocol.canonical_bytes({"last_seen": seen}))
-            self._last_seen_saved = seen
+            self._last_seen, self._last_seen_saved = latest, seen
 
     def _reset_last_seen(self, now: int) -> None:
         """Set the last time seen to ``now``, also lower: only once the server confirmed it."""
