@@ -119,12 +119,12 @@ SIGTERM_MID_WRITE = textwrap.dedent(
     import skruntime.config as config
     from skprotect_pytorch.cli import app
 
-    write_all = config._write_all
+    write_all = config.write_all
     def write_then_terminated(fd, data):  # as a `kill` while the file is being written
         write_all(fd, data)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the signal arrives here
-    config._write_all = write_then_terminated
+    config.write_all = write_then_terminated
     app(prog_name="skprotect")
     """
 )

@@ -98,7 +98,7 @@ def test_a_failed_write_advises_freeing_space_only_for_a_full_disk(
     def failing_write(*args: object) -> None:
         raise error
 
-    monkeypatch.setattr("skruntime.config._write_all", failing_write)
+    monkeypatch.setattr("skruntime.config.write_all", failing_write)
     with pytest.raises(_CliError) as e:
         write_outputs(tmp_path / "y.npy", [Y], ["y"])
     assert (

@@ -297,7 +297,7 @@ def test_output_is_checked_first_and_written_whole(
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("skruntime.config._write_all", full_disk)
+    monkeypatch.setattr("skruntime.config.write_all", full_disk)
     assert_error(invoke(outputs, "mlp", "-i", m, "-o", target), 1, "y.npy", "No space left")
     assert target.read_bytes() == b"earlier result"  # the earlier file is whole
     assert [p.name for p in tmp_path.iterdir()] == ["y.npy"]  # no temporary left behind

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from ..config import atomic_write_bytes, fsync_dir
+from ..config import atomic_write_bytes, fsync_dir, write_all
 from ..errors import LicenceError
 from ..files import open_regular
 from . import protocol
@@ -277,7 +277,7 @@ class DeviceIdentity:
         try:
             try:
                 os.fchmod(fd, 0o600)
-                os.write(fd, protocol.canonical_bytes(body))
+                write_all(fd, protocol.canonical_bytes(body))  # not cut short: linked whole
                 os.fsync(fd)
             finally:
                 os.close(fd)
