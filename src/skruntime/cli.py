@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import enum
 import errno
 import io
@@ -593,8 +594,8 @@ def _key_bytes(data: bytes, *, raw: bool) -> bytes | None:
         return None
     if raw and len(data) == 32:
         return data
-    try:
-        key = base64.b64decode(data.strip(), validate=True)
+    try:  # an editor's byte-order mark (Windows Notepad writes one) before the text
+        key = base64.b64decode(data.removeprefix(codecs.BOM_UTF8).strip(), validate=True)
     except (binascii.Error, ValueError):
         return None
     return key if len(key) == 32 else None
@@ -681,6 +682,12 @@ def _read_server_public_key(value: str) -> bytes:
         raise _CliError(
             f"--server-public-key {path} cannot be read: {err.strerror or err}.", EXIT_USAGE
         ) from err
+    if is_file and len(data) > _KEY_FILE_LIMIT:  # read no further: a second key may follow
+        raise _CliError(
+            f"--server-public-key {path} is larger than {_KEY_FILE_LIMIT:,} bytes, more than "
+            f"a public key file holds: {_EXPECTED_KEY}.",
+            EXIT_USAGE,
+        )
     if is_file and (labels := _PEM_LABEL.findall(data)):
         return _pem_public_key(path, data, labels)
     key = _key_bytes(data, raw=is_file)  # first: a raw or base64 key is never taken for another
@@ -703,11 +710,17 @@ def _read_server_public_key(value: str) -> bytes:
 #: text before or after a block is allowed (RFC 7468, and openssl reads such files).
 _PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 
+#: An OpenSSH key type (``ssh-ed25519``, ``ecdsa-sha2-nistp256``, ``sk-ssh-ed25519@openssh.com``)
+#: followed by its key in base64, whose first 4 bytes (the type's length) give ``AAAA``.
+_SSH_KEY = rb"(?:ssh|ecdsa|sk)-[a-z0-9@.-]+[ \t]+AAAA[A-Za-z0-9+/]+=*"
+
 #: An OpenSSH public-key line (``ssh-ed25519 AAAA... comment``, as ``ssh-keygen`` writes it):
-#: the key type, then the key in base64, whose first 4 bytes (the type's length) give ``AAAA``.
-_SSH_KEY_LINE = re.compile(
-    rb"^[ \t]*[a-z][a-z0-9@.-]*[ \t]+AAAA[A-Za-z0-9+/]+=*(?:[ \t].*)?\r?$", re.M
-)
+#: the key first, then an optional comment.
+_SSH_KEY_LINE = re.compile(rb"^[ \t]*" + _SSH_KEY + rb"(?:[ \t].*)?\r?$", re.M)
+
+#: An OpenSSH key after other text on its line: a ``known_hosts`` line (host names first) or an
+#: ``authorized_keys`` line with options (``from="..."``), an SSH host's or user's key.
+_SSH_KEY_AFTER_TEXT = re.compile(rb"^[ \t]*[^ \t#\r\n][^\r\n]*?[ \t]" + _SSH_KEY, re.M)
 
 #: What ``--server-public-key`` takes, for its errors.
 _EXPECTED_KEY = (
@@ -758,14 +771,23 @@ def _pem_ed25519_key(path: Path, data: bytes) -> bytes:
 def _ssh_or_der_public_key(path: Path, data: bytes) -> bytes | None:
     """The raw key of an OpenSSH public-key line (``ssh-keygen``'s ``.pub`` file) or of a DER
     public key (``openssl pkey -pubout -outform DER``) in ``data``, None if it is neither
-    (both were said to hold no public key). Several key lines, a DER private key, a damaged
-    key line or another kind of key is refused saying which, as a PEM file is. Tried after raw
-    and base64: a 32-byte file is a raw key, and base64 text is ASCII, a DER key is not (an
-    Ed25519 one, 44 bytes like base64 text of 32, starts with ``0x30 0x2a``, ``*`` in ASCII)."""
+    (both were said to hold no public key). Several key lines, a key after other text on its
+    line (``known_hosts``, ``authorized_keys``), a DER private key, a damaged key line or
+    another kind of key is refused saying which, as a PEM file is. Tried after raw and base64:
+    a 32-byte file is a raw key, and base64 text is ASCII, a DER key is not (an Ed25519 one,
+    44 bytes like base64 text of 32, starts with ``0x30 0x2a``, ``*`` in ASCII)."""
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
-    if lines := [match[0].strip() for match in _SSH_KEY_LINE.finditer(data)]:
+    text = data.removeprefix(codecs.BOM_UTF8)  # an editor's byte-order mark, as for PEM
+    if _SSH_KEY_AFTER_TEXT.search(text):
+        raise _CliError(
+            f"--server-public-key {path} holds an OpenSSH key after other text on its line (a "
+            "known_hosts or authorized_keys line: an SSH host's or user's key, not the licence "
+            f"server's): {_EXPECTED_KEY}.",
+            EXIT_USAGE,
+        )
+    if lines := [match[0].strip() for match in _SSH_KEY_LINE.finditer(text)]:
         if len(lines) > 1:
             names = ", ".join(line.split()[0].decode() for line in lines)
             raise _CliError(

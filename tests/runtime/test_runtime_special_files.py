@@ -206,7 +206,11 @@ def test_a_huge_key_file_is_refused_unread(outputs: Path, tmp_path: Path, option
     result = CliRunner().invoke(cli_app, args)
     expected = {
         "--kek": (4, f"error: --kek {huge} holds no key-encryption key: expected 32 bytes"),
-        "--server-public-key": (2, f"error: --server-public-key {huge} holds no public key:"),
+        "--server-public-key": (
+            2,
+            f"error: --server-public-key {huge} is larger than 4,096 bytes, more than a public "
+            "key file holds:",
+        ),
     }[option]
     assert (result.exit_code, result.output[: len(expected[1])]) == expected
 

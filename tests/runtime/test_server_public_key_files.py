@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from sklicense.crypto import create_signing_key
 from skprotect_pytorch.cli import app as cli_app
-from skruntime.cli import _read_server_public_key
+from skruntime.cli import _read_kek, _read_server_public_key
 
 EXPECTED = (
     "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64, PEM, DER or "
@@ -268,3 +268,71 @@ def test_openssh_and_der_keys_of_another_kind_or_private_are_named(tmp_path: Pat
     (tmp_path / "cut").mkdir()
     code, output = run_with_server_key(tmp_path / "cut", key_file)
     assert code == 2 and "is an OpenSSH public key that cannot be read (" in output, output
+
+
+def test_a_byte_order_mark_before_an_openssh_line_or_base64_is_allowed(tmp_path: Path) -> None:
+    """An editor's byte-order mark (Windows Notepad writes one) before the key line or the
+    base64 text: the file was said to hold no public key, though one before a PEM block was
+    allowed."""
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    key_file = tmp_path / "server.pub"
+    for text in (openssh_line(public), base64.b64encode(raw_bytes(public)) + b"\r\n"):
+        key_file.write_bytes(b"\xef\xbb\xbf" + text)
+        assert _read_server_public_key(str(key_file)) == raw_bytes(public), text
+
+
+def test_a_file_longer_than_a_key_file_is_refused_not_its_first_key_pinned(tmp_path: Path) -> None:
+    """Only the first 4,096 bytes are read: a second key after them went unseen, and the first
+    was pinned without a word (two keys within them are refused), or a count of the keys in
+    the part read was given as the file's."""
+    first, second = (ed25519.Ed25519PrivateKey.generate().public_key() for _ in range(2))
+    notes = b"# " + b"-" * 78 + b"\n"
+    key_file = tmp_path / "server.pub"
+    for number, form in enumerate((openssh_line, pem)):
+        key_file.write_bytes(form(first) + notes * 60 + form(second))
+        (tmp_path / str(number)).mkdir()
+        assert run_with_server_key(tmp_path / str(number), key_file) == (
+            2,
+            f"error: --server-public-key {key_file} is larger than 4,096 bytes, more than a "
+            f"public key file holds: {EXPECTED}\n",
+        ), form
+
+
+def test_a_known_hosts_or_authorized_keys_line_is_named(tmp_path: Path) -> None:
+    """Host names or options before the key type: said to hold no public key, though it holds
+    one, an SSH host's or user's (not the licence server's); beside a key line, that line's key
+    was taken."""
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    line = openssh_line(public)
+    key_file = tmp_path / "server.pub"
+    for number, before in enumerate(
+        (b"licence.example.com,10.0.0.1 ", b"|1|aGFzaA==|c2FsdA== ", b'from="10.0.0.*",no-pty ')
+    ):
+        for content in (before + line, line + before + line):
+            key_file.write_bytes(content)
+            folder = tmp_path / f"{number}-{len(content)}"
+            folder.mkdir()
+            assert run_with_server_key(folder, key_file) == (
+                2,
+                f"error: --server-public-key {key_file} holds an OpenSSH key after other text on "
+                "its line (a known_hosts or authorized_keys line: an SSH host's or user's key, "
+                f"not the licence server's): {EXPECTED}\n",
+            ), content
+
+
+def test_a_line_of_a_word_and_base64_is_no_key_line(tmp_path: Path) -> None:
+    """Only an OpenSSH key type starts a key line: a note such as ``key AAAA...`` beside the
+    key line made a file "hold 2 OpenSSH public keys (key, ssh-ed25519)"."""
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    key_file = tmp_path / "server.pub"
+    key_file.write_bytes(b"backup AAAAbGljZW5jZQ==\n" + openssh_line(public))
+    assert _read_server_public_key(str(key_file)) == raw_bytes(public)
+
+
+def test_a_byte_order_mark_before_a_kek_file_s_base64_is_allowed(tmp_path: Path) -> None:
+    """``--kek`` reads its base64 text as ``--server-public-key`` does: with the mark too."""
+    kek = bytes(range(32))
+    kek_file = tmp_path / "kek.b64"
+    kek_file.write_bytes(b"\xef\xbb\xbf" + base64.b64encode(kek) + b"\n")
+    kek_file.chmod(0o600)
+    assert _read_kek(str(kek_file)) == kek

@@ -15,6 +15,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -157,12 +158,15 @@ def recorded_inputs(source: Path | bytes) -> Any:
                     if name.endswith(f"/extra/{INPUTS_METADATA}"):
                         return json.loads(archive.read(name))
                     if name.endswith("_metadata.json"):  # AOTInductor's, the record a value
-                        raw = json.loads(archive.read(name)).get(INPUTS_METADATA)
-                        return None if raw is None else json.loads(raw)
+                        metadata = json.loads(archive.read(name))
+                        raw = metadata.get(INPUTS_METADATA) if isinstance(metadata, dict) else None
+                        return json.loads(raw) if isinstance(raw, str) else None
             return None
         raw = metadata_props(source).get(INPUTS_METADATA)
         return None if raw is None else json.loads(raw)
-    except (OSError, ValueError, RecursionError, zipfile.BadZipFile):  # nested too deeply
+    # RuntimeError: JSON nested too deeply (RecursionError), a member encrypted or compressed
+    # in a way zipfile cannot read (NotImplementedError); zlib.error: a damaged member
+    except (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
 
 

@@ -48,6 +48,8 @@ def _fields(read: BinaryIO, end: int, wanted: set[int]) -> Iterator[tuple[int, b
             read.seek(8 if wire == _FIXED64 else 4, io.SEEK_CUR)
         elif wire == _LENGTH:
             length = _varint(read)
+            if length > end - read.tell():  # a length up to 2**70 overflowed a seek, or read()
+                raise ValueError(_TRUNCATED)  # tried to allocate it (MemoryError)
             if number not in wanted:
                 read.seek(length, io.SEEK_CUR)
                 continue
