@@ -65,6 +65,7 @@ from .export.base import (
     first_line,
     load_artifact,
     numpy_holds,
+    one_at_a_time,
     recorded_ranges,
     signature_dynamic_shapes,
 )
@@ -817,11 +818,14 @@ def _dynamic_axes(
     return axes
 
 
+@one_at_a_time
 def _export_reference(
     model: nn.Module, options: ExportOptions, tensors: list[torch.Tensor]
 ) -> torch.export.ExportedProgram | None:
     """``model`` exported with ``dynamic_shapes`` (its inputs' sizes, symbolic or fixed, and
-    their ranges), or None when torch.export cannot export it (logged)."""
+    their ranges), or None when torch.export cannot export it (logged). It takes its turn with
+    the exports (:func:`~.export.base.one_at_a_time`): beside an export in another thread (a
+    protection in each), both failed ("Trying to pop empty mode stack"), this one only logged."""
     shapes = signature_dynamic_shapes(model, options.export_dynamic_shapes(with_key=False))
     try:
         with warnings.catch_warnings():  # the exports before said what there is to say

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 from tests.export.toy_models import Toy
+from torch import nn
 
+from skprotect_pytorch import pipeline
 from skprotect_pytorch.export import build_export_options, get_exporter
 from skprotect_pytorch.formats import ExportFormat
 
@@ -114,3 +116,54 @@ def test_a_dynamo_onnx_export_and_an_aotinductor_export_take_turns(tmp_path):
     """They took no turns between them: one lock for every export that uses torch.export."""
     seen = _export_in_two_threads((ExportFormat.ONNX, ExportFormat.INDUCTOR_CPU), tmp_path)
     assert seen == [1, 1]
+
+
+class MeetingLinear(nn.Module):
+    """A linear layer whose forward meets the other thread's (:class:`Meeting`)."""
+
+    def __init__(self, meeting: Meeting) -> None:
+        super().__init__()
+        self.meeting = meeting
+        self.lin = nn.Linear(8, 4)
+
+    def forward(self, x):
+        self.meeting.enter()
+        try:
+            return self.lin(x)
+        finally:
+            self.meeting.leave()
+
+
+def test_the_protections_reference_export_takes_its_turn(tmp_path):
+    """A protection exports the model itself to name its ``Dim.AUTO`` axes
+    (``pipeline._export_reference``) and took no turn: beside an ONNX export of another
+    protection's thread, both failed in 4 of 4 rounds ("ProxyTorchDispatchMode slot already
+    occupied", "Trying to pop empty mode stack"), the reference export logging a warning and
+    recording the axes unnamed."""
+    meeting = Meeting()
+    x, key = torch.randn(2, 8), torch.ones(8)
+    onnx_opts = build_export_options([x], {"input_names": ["x"], "dynamo": True})
+    auto = ({0: torch.export.Dim.AUTO},)
+    reference_opts = build_export_options([x], {"input_names": ["x"]}, auto)
+    errors: list[BaseException] = []
+    programs = []
+
+    def export_onnx() -> None:
+        exporter = get_exporter(ExportFormat.ONNX)
+        module = MeetingToy(meeting).eval()
+        try:
+            exporter.export(module, (x, key), tmp_path / "m.onnx", onnx_opts, with_key=True)
+        except Exception as err:
+            errors.append(err)
+
+    def export_reference() -> None:
+        model = MeetingLinear(meeting).eval()
+        programs.append(pipeline._export_reference(model, reference_opts, [x]))
+
+    threads = [threading.Thread(target=export_onnx), threading.Thread(target=export_reference)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(programs) == 1 and programs[0] is not None
+    assert meeting.seen == [1, 1]

@@ -279,10 +279,11 @@ def _quiet() -> Callable[[], None]:
 
 
 _ONE_AT_A_TIME = threading.RLock()
-"""Held by every AOTInductor export (from its trace to its package) and every ONNX export
-(either exporter) for its whole run. ``torch.export`` and the compile keep their
-state for the whole process (the traced node's metadata, the dispatch mode stack, Dynamo's
-caches that :func:`isolated_traces` resets, the trace map that
+"""Held by every AOTInductor export (from its trace to its package), every ONNX export
+(either exporter) and a protection's own ``torch.export`` of the model (naming its
+``Dim.AUTO`` axes: ``pipeline._export_reference``) for its whole run. ``torch.export`` and
+the compile keep their state for the whole process (the traced node's metadata, the dispatch
+mode stack, Dynamo's caches that :func:`isolated_traces` resets, the trace map that
 :func:`~.inductor.release_last_trace` clears, the GPU kernels' cubin paths), and the legacy
 ONNX exporter its settings (``torch.onnx``'s opset and export mode), so two exports in two
 threads at once failed: AOTInductor's ``torch.export`` with "Trying to pop empty mode stack",
