@@ -61,10 +61,9 @@ def test_a_file_without_a_key_is_named(tmp_path: Path, content: bytes) -> None:
     )
 
 
-def pem(public_key) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def pem(public_key, encoding: serialization.Encoding = serialization.Encoding.PEM) -> bytes:
+    """``public_key`` as ``openssl pkey -pubout`` writes it (``-outform DER``: ``Encoding.DER``)."""
+    return public_key.public_bytes(encoding, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def test_a_pem_public_key_is_read(tmp_path: Path) -> None:
@@ -188,9 +187,7 @@ def openssh_line(public_key) -> bytes:
 
 def der(public_key) -> bytes:
     """``public_key`` as ``openssl pkey -pubout -outform DER`` writes it."""
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return pem(public_key, serialization.Encoding.DER)
 
 
 def test_an_openssh_or_der_public_key_is_read(tmp_path: Path) -> None:
