@@ -16,6 +16,7 @@ import skprotect_pytorch.pipeline as pipeline
 from skprotect_pytorch.errors import ExportError
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
+from skruntime.errors import IntegrityError
 
 EF = SkProtectorPyTorch.ExportFormat
 EP = SkProtectorPyTorch.ExportPlatform
@@ -89,3 +90,7 @@ def test_the_warning_names_lock_settings_that_differ_between_platforms(workdir: 
     assert "Protect both platforms with the same lock_preset, quantize_compatibility" in str(
         warning.message
     )
+    # the TXT deployment, whose file it was: named as the LINUX protection's, not "tampered"
+    with pytest.raises(IntegrityError, match="it is the file that skrpl records") as refused:
+        txt_runs_version(protector, 0)
+    assert "tampered" not in str(refused.value)

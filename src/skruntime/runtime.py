@@ -277,6 +277,7 @@ class SkRuntime:
                 f"its name says {self.platform}. Restore the files written by skprotect."
             )
         self.config: Config = config
+        self._public_key = public_key  # to read the other platform's configuration alike
         unlock = KeyUnlock(
             kek=check_kek(kek),
             from_licence=self._kek_from_licence if licence_server is not None else None,
@@ -354,6 +355,24 @@ class SkRuntime:
         except ConfigurationError:
             return True
         return hashlib.sha256(raw).digest() != self._config_sha256
+
+    def _other_platform_records(self, digest: str) -> str | None:
+        """The other platform's configuration file in this folder when it records a model file
+        of SHA-256 ``digest`` (both platforms write a group's model file to one path: a later
+        protection for the other one, with other settings, replaced this one's), else None.
+        Before, that file was said to be "tampered or post-processed"."""
+        for platform, name in CONFIG_FILENAMES.items():
+            if platform == self.platform:
+                continue
+            try:
+                raw = read_config_bytes(self.outputs_dir / name)
+                other = parse_signed_config(raw, name, public_key=self._public_key)[0]
+            except ConfigurationError:  # none, or not one this application signed
+                continue
+            recorded = (f.sha256 for e in other.models.values() for f in e.formats.values())
+            if digest in recorded:
+                return name
+        return None
 
     def _kek_from_licence(self) -> bytes:
         """The key-encryption key of a valid licence, unwrapped in memory for one load."""
@@ -518,6 +537,16 @@ class SkRuntime:
                     f"Model file {path} does not match the SHA-256 in {self.config_path.name} as "
                     "this SkRuntime read it when it was created, and the file has changed since "
                     "(a new version was deployed). Create a new SkRuntime to load the new version."
+                )
+            if (other := self._other_platform_records(digest)) is not None:
+                raise IntegrityError(
+                    f"Model file {path} does not match the SHA-256 in {self.config_path.name}: "
+                    f"it is the file that {other} records, written by a protection of "
+                    f"{model_name!r} for that platform after this one's, with other settings "
+                    "(another lock_preset, quantize_compatibility or dynamic_shapes, a new "
+                    f"version or rotate_keys). Protect {model_name!r} for {self.platform} "
+                    "again, or protect both platforms with the same settings so that they "
+                    "share the file, or deploy each platform from its own outputs folder."
                 )
             raise IntegrityError(
                 f"Model file {path} does not match the SHA-256 in {self.config_path.name}: "
