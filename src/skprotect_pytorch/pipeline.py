@@ -53,6 +53,7 @@ from .errors import (
     ExportError,
     InvalidArgumentError,
     SkProtectError,
+    UnsupportedLayerError,
     VerificationError,
 )
 from .export import build_export_options, cuda_available, get_exporter
@@ -75,11 +76,16 @@ from .formats import ExportFormat, ExportPlatform, FormatGroup
 from .lock import LockedModel, lock_model, once_per_layer
 from .lock.context import LockSettings
 from .lock.coverage import PlaintextWeight, WeightAlias, weight_aliases
-from .lock.diagnose import eager_failure, mismatch_error
+from .lock.diagnose import eager_failure, mismatch_error, type_check_error, type_checked_layers
 from .lock.key_layout import KeyLayout
 from .lock.keyed_model import plain_outputs
 from .lock.outside import run_keyed_checked
-from .lock.preflight import check_lockable, check_no_scripted_submodules, copy_model
+from .lock.preflight import (
+    check_lockable,
+    check_no_scripted_submodules,
+    copy_model,
+    uncompiled_named_modules,
+)
 from .logs import get_logger, warn_user
 from .platforms import commitment_nonce, get_platform, write_platform_keys
 from .progress import console, step
@@ -918,6 +924,8 @@ def _lock_checked(
     then need no run of their own."""
     logger = get_logger()
     name = request.model_name
+    # the types forward() may check, read before an in-place lock replaces the layers
+    types = {n: type(m) for n, m in uncompiled_named_modules(reference)}
     with step(f"Locking '{name}' for the {group.value} format group"):
         locked = lock_model(
             reference,
@@ -943,13 +951,47 @@ def _lock_checked(
         with torch.no_grad():
             eager = _as_numpy(run_keyed_checked(name, locked.keyed, args.tensors))
     except Exception as err:  # the original ran on these inputs: the lock broke its forward
-        raise eager_failure(name, locked.keyed.model, err) from err
+        found = None
+        if not isinstance(err, SkProtectError):  # a refusal of ours says what it is already
+            failed = f"fails on input_tensors where the original runs ({first_line(err)})"
+            found = _type_check_error(
+                name, locked, types, args.tensors, expected, failed, UnsupportedLayerError
+            )
+        raise found or eager_failure(name, locked.keyed.model, err) from err
     eager_err = _rel_diff(eager, expected)
     if eager_err > 1e-4:
-        raise _autocast_error(name, locked, args.tensors, eager_err) or mismatch_error(
-            name, reference, eager_err
+        differs = f"differs from the original by {eager_err:.2e} (relative) before export"
+        raise (
+            _type_check_error(
+                name, locked, types, args.tensors, expected, differs, VerificationError
+            )
+            or _autocast_error(name, locked, args.tensors, eager_err)
+            or mismatch_error(name, reference, eager_err)
         )
     return locked, tuple(args.changed())
+
+
+def _type_check_error(
+    model_name: str,
+    locked: LockedModel,
+    types: dict[str, type],
+    inputs: list[torch.Tensor],
+    expected: list[np.ndarray],
+    what: str,
+    error: type[SkProtectError],
+) -> SkProtectError | None:
+    """The ``error`` for a locked model that fails or differs (``what``) because forward() checks
+    the type of locked layers (``isinstance(self.rnn, nn.LSTM)``), which the general diagnosis
+    would blame on weights or attributes; ``None`` when no such check is the cause. ``types``
+    are the original modules' types by name."""
+
+    def matches() -> bool:
+        with torch.no_grad():
+            return _rel_diff(_as_numpy(locked.keyed(*_clones(inputs))), expected) <= 1e-4
+
+    originals = {d.name: types[d.name] for d in locked.locked_layers if d.name in types}
+    layers = type_checked_layers(locked.keyed.model, originals, matches)
+    return type_check_error(model_name, layers, what, error) if layers else None
 
 
 def _autocast_layers(locked: LockedModel, inputs: list[torch.Tensor]) -> list[str]:

@@ -4,6 +4,12 @@ model (which layer, which attribute) and with what to do, for the protector's fi
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
 from torch import nn
 
 from ..errors import SkProtectError, UnsupportedLayerError, VerificationError
@@ -12,6 +18,84 @@ from .batchnorm import traced_graph
 from .registry import supported_layer_types
 
 _LOCK_PACKAGE = __name__.rpartition(".")[0]
+_LIBRARY_DIRS = tuple(
+    str(Path(m.__file__).resolve().parent) for m in (torch, sys.modules[__name__.split(".")[0]])
+)
+_SET_CLASS = object.__dict__["__class__"].__set__
+
+
+def _user_code(filename: str) -> bool:
+    """Whether ``filename`` is the user's code, neither torch's nor the protector's."""
+    return not str(Path(filename).resolve()).startswith(_LIBRARY_DIRS)
+
+
+@contextlib.contextmanager
+def _class_reads(
+    layers: dict[str, nn.Module], answers: dict[str, type], found: list[str]
+) -> Iterator[None]:
+    """Record in ``found`` the names of ``layers`` whose class the user's code asks for
+    (``isinstance(self.fc, nn.Linear)``, ``self.fc.__class__``), answering ``answers[name]``:
+    ``isinstance`` reads ``__class__`` once the object's type fails the test, so each layer
+    gets, for the block, a subclass of its own type whose ``__class__`` notes the read."""
+
+    def recording(cls: type, name: str) -> type:
+        def read(_self: object) -> type:
+            if name not in found and _user_code(sys._getframe(1).f_code.co_filename):
+                found.append(name)
+            return answers[name]
+
+        return type(cls.__name__, (cls,), {"__class__": property(read)})
+
+    originals = {name: type(layer) for name, layer in layers.items()}
+    try:
+        for name, layer in layers.items():
+            _SET_CLASS(layer, recording(originals[name], name))
+        yield
+    finally:
+        for name, layer in layers.items():
+            _SET_CLASS(layer, originals[name])
+
+
+def type_checked_layers(
+    root: nn.Module, originals: dict[str, type], matches: Callable[[], bool]
+) -> list[str]:
+    """The locked layers of ``root`` (named in ``originals``, with their original types) whose
+    type the model's forward() checks and that make it fail or differ: ``isinstance(self.fc,
+    nn.Linear)`` is ``False`` for a locked layer, another class, so forward() takes another
+    branch. ``matches`` runs the locked model once and says whether it gives the original's
+    outputs: it runs once noting the checks, then once with the checked layers answering
+    their original types, which must then match (a check that changes nothing, as in a loop
+    over ``self.modules()`` looking for dropouts, is not the cause)."""
+    layers = {name: root.get_submodule(name) for name in originals}
+    found: list[str] = []
+    noting = _class_reads(layers, {n: type(m) for n, m in layers.items()}, found)
+    with noting, contextlib.suppress(Exception):  # it failed or differed just before
+        matches()
+    if not found:
+        return []
+    answers = {n: originals[n] if n in found else type(m) for n, m in layers.items()}
+    with _class_reads(layers, answers, []):
+        try:
+            return found if matches() else []
+        except Exception:  # still fails: something else breaks it
+            return []
+
+
+def type_check_error(
+    model_name: str, layers: list[str], what: str, error: type[SkProtectError]
+) -> SkProtectError:
+    """The ``error`` for a locked model that ``what`` (fails on the examples, or differs from
+    the original) because forward() checks the types of ``layers``."""
+    names = ", ".join(f"'{n}'" for n in layers)
+    return error(
+        f"The locked model of '{model_name}' {what}: its forward() checks the type of "
+        f"layer(s) {names} (isinstance(self.layer, nn.LSTM), layer.__class__), and a locked "
+        "layer is another class (LockedLinear, LockedConv, LockedLSTM, ...), so the check is "
+        "False and forward() takes another branch. Decide the branch from something the "
+        "locked layer keeps (a flag set in __init__, or its hyper-parameters such as "
+        "hidden_size or proj_size), or leave those layers unlocked with layer_filter (e.g. "
+        f"lambda name, module: name not in {{{names}}}), and protect again."
+    )
 
 
 def _missing_attribute(err: AttributeError, root: nn.Module) -> tuple[str, nn.Module, str] | None:

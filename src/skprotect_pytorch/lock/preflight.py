@@ -454,10 +454,16 @@ def _uninitialised(model: nn.Module) -> list[str]:
     return [name for name, t in tensors if is_lazy(t)]
 
 
+def _on_meta(model: nn.Module) -> list[str]:
+    """The names of the parameters and buffers on the ``meta`` device: shapes without values."""
+    tensors = (*model.named_parameters(), *model.named_buffers())
+    return [name for name, t in tensors if t.is_meta and not is_lazy(t)]
+
+
 def check_lockable(model: nn.Module, layer_filter: LayerFilter = lambda name, m: True) -> None:
     """Raise :class:`InvalidArgumentError` if ``model`` is TorchScript, cannot be copied, holds
-    uninitialised lazy tensors, or the layers ``layer_filter`` selects cannot be locked, as
-    they are."""
+    uninitialised lazy tensors or tensors on the ``meta`` device, or the layers
+    ``layer_filter`` selects cannot be locked, as they are."""
     if isinstance(model, torch.jit.ScriptModule):
         raise InvalidArgumentError(
             "The model is a TorchScript module (from torch.jit.script or torch.jit.trace), "
@@ -471,6 +477,16 @@ def check_lockable(model: nn.Module, layer_filter: LayerFilter = lambda name, m:
             "(e.g. nn.LazyLinear) creates its weights at its first call, so they hold no trained "
             "values yet. Call the model once on an input, load your trained weights "
             "(model.load_state_dict(...)), then protect."
+        )
+    meta = _on_meta(model)
+    if meta:
+        shown = ", ".join(meta[:5]) + (f", ... ({len(meta)} in all)" if len(meta) > 5 else "")
+        raise InvalidArgumentError(
+            f"The model's tensors {shown} are on the 'meta' device: they have shapes but no "
+            "values (a model built under torch.device('meta') or init_empty_weights, whose "
+            "weights were never loaded). Load the trained weights first, e.g. "
+            "model.load_state_dict(state_dict, assign=True) or model.to_empty(device='cpu') "
+            "then model.load_state_dict(state_dict), then protect."
         )
     for name, module in uncompiled_named_modules(model):
         error = _reparametrisation_error(name, module)
