@@ -5,6 +5,7 @@ Adding a format is one new module with one class decorated by :func:`register_ex
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import dataclasses
@@ -13,6 +14,7 @@ import inspect
 import logging
 import re
 import threading
+import tokenize
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -195,6 +197,58 @@ def collect_warnings(
 _BAKED_VALUE = "might cause the trace to be incorrect"
 
 
+def _checks_only(statements: list[ast.stmt]) -> bool:
+    """Whether ``statements`` only raise, warn or check further (nested ``if``s of the same)."""
+    for stmt in statements:
+        if isinstance(stmt, ast.Raise | ast.Pass | ast.Assert):
+            continue
+        if isinstance(stmt, ast.If) and _checks_only(stmt.body) and _checks_only(stmt.orelse):
+            continue
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        func = call.func if isinstance(call, ast.Call) else None
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if name != "warn":
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(filename: str) -> ast.Module | None:
+    try:
+        with tokenize.open(filename) as f:
+            return ast.parse(f.read(), filename)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _only_guards_an_error(filename: str, lineno: int) -> bool:
+    """Whether the condition read at ``filename:lineno`` is an ``assert``'s or that of an ``if``
+    whose branches only raise or warn, as input checks do (torch's ``if size_prods == 1: raise
+    ValueError(...)`` in ``GroupNorm``, ``InstanceNorm``, ``ConvTranspose(output_size=...)``,
+    ``nn.Transformer``). The trace passed the check, so the artifact only skips it: the value
+    it keeps changes no output."""
+    tree = _parsed(filename)
+    if tree is None:
+        return False
+    tests = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If | ast.Assert)
+        and node.test.lineno <= lineno <= (node.test.end_lineno or node.test.lineno)
+    ]
+    if not tests:
+        return False
+    node = max(tests, key=lambda n: (n.test.lineno, n.test.col_offset))  # the innermost
+    caught = any(  # an error caught around it takes another path: a branch after all
+        isinstance(t, ast.Try | ast.TryStar)
+        and any(s.lineno <= node.lineno <= (s.end_lineno or s.lineno) for s in t.body)
+        for t in ast.walk(tree)
+    )
+    return not caught and (
+        isinstance(node, ast.Assert) or (_checks_only(node.body) and _checks_only(node.orelse))
+    )
+
+
 def refuse_baked_values(
     caught: Sequence[warnings.WarningMessage], exporter: str, detail: str = ""
 ) -> None:
@@ -204,10 +258,15 @@ def refuse_baked_values(
     over a tensor in ``forward`` becomes the constant it was for ``input_tensors``, so the
     artifact passes the verification on them and returns wrong outputs for other inputs.
     torch only warns (a ``TracerWarning``); a silently wrong artifact is worse than a refusal.
+    A value that only guards an error (:func:`_only_guards_an_error`) is not refused.
     """
     for w in caught:
         text = str(w.message)
-        if issubclass(w.category, torch.jit.TracerWarning) and _BAKED_VALUE in text:
+        if (
+            issubclass(w.category, torch.jit.TracerWarning)
+            and _BAKED_VALUE in text
+            and not _only_guards_an_error(w.filename, w.lineno)
+        ):
             raise ExportError(
                 f"{exporter} traces the model, and its forward() turns a tensor into a Python "
                 f"value at {w.filename}:{w.lineno} ({text.split('. ')[0]}): the artifact would "
