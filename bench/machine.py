@@ -24,19 +24,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def int8_saturates() -> bool:
-    """Whether onnxruntime's int8 GEMMs can saturate here: an x86 CPU without VNNI, where the
-    u8×s8 kernel (VPMADDUBSW) sums pairs of products in int16; full-range int8 weights then
-    overflow, and quantizing with ``reduce_range=True`` (7-bit weights) avoids it."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # cannot tell: assume the common AVX2 case
-    return "vnni" not in flags
-
-
 def machine_line() -> str:
     """One line naming the CPU, usable cores, current load and the library versions."""
     import numpy as np

@@ -7,8 +7,10 @@ the product's) with ``quantize_compatibility=True`` and with the default setting
 times (a different key and public mixing each time). The original and the locked models are
 exported with the project's ONNX exporter (dynamo, opset 18, batch dynamic), passed through
 ``onnxruntime.quantization.quant_pre_process`` (ORT's recommended pre-processing: shape
-inference, graph optimisation such as BatchNorm folding) and :func:`untranspose_gemm_inputs`,
-then quantized with ONNX Runtime's own tools, with the same arguments for original and locked:
+inference, graph optimisation such as BatchNorm folding) and ``untranspose_gemm_inputs``
+(``skprotect_pytorch.quantization.preprocess_onnx``), then quantized with ONNX Runtime's own
+tools through the library's ``quantize_protected_onnx`` (locked) and ``quantize_original_onnx``
+(original), with the same arguments for both:
 
 * ``dynamic``: ``quantize_dynamic(per_channel=True, weight_type=QInt8)``;
 * ``static``: ``quantize_static(quant_format=QDQ, per_channel=True, activation_type=QInt8,
@@ -27,14 +29,15 @@ sits in the fused LSTM op, which ORT's static quantizer leaves float and its dyn
 int8 weights covers the fused ops' ``W`` and ``R`` and the matrices inside the locked cell's
 ``Scan`` (which ORT leaves float in both modes).
 
-``nodes_to_exclude`` (locked models; the same rules find nothing in the originals):
+``nodes_to_exclude`` (the library's rules; locked models, they find nothing in the originals):
 
-* the key and every node that reads it or a tensor decoded from it (:func:`key_nodes`: the
+* the key and every node that reads it or a tensor decoded from it (``key_nodes``: the
   decoder's Reshape/Pad/Slice/Round/Mod/Cast/Clip/Split/Mul and the Gather/Mul nodes that apply
   indices and scales to activations). ORT's default static op list includes Pad, Slice, Mul and
   Gather, so without this it puts QuantizeLinear nodes on the key itself (accuracy falls to
-  chance) or on the decoded scale vectors; :func:`check_key_not_quantized` checks the result;
-* the lock's public (block-)orthogonal mixing ops (:func:`mixing_nodes`), unless the variant
+  chance) or on the decoded scale vectors; the library checks the result and raises
+  ``VerificationError`` if a key node was quantized;
+* the lock's public (block-)orthogonal mixing ops (``is_mixing_node``), unless the variant
   says "int8": quantizing them adds rounding points that the original does not have;
 * in dynamic mode, MatMuls with a rank-3 constant weight (the uniform block un-mix): ORT's
   ``DynamicQuantizeMatMul`` rejects their per-channel zero points at run time.
@@ -73,10 +76,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import comma_names, int8_saturates, machine_line, measure_interleaved
+from machine import comma_names, machine_line, measure_interleaved
+from skprotect_pytorch.quantization import (
+    KEY_NAME,
+    graph_constants,
+    int8_saturates,
+    is_mixing_node,
+    quantize_original_onnx,
+    quantize_protected_onnx,
+)
+from skprotect_pytorch.quantization import preprocess_onnx as preprocess
 
 INPUT_NAME = "x"
-KEY_NAME = "key_vector"  # the exporter's name for the key input (ExportOptions.key_name)
 EXAMPLE_BATCH = 2  # export example: > 1 so that the batch dimension stays dynamic
 CALIB_BATCH = 64
 QUANT_MODES = ("dynamic", "static", "static_fo")
@@ -85,7 +96,6 @@ MODE_LABELS = {
     "static": "static QDQ",
     "static_fo": "static QDQ, layer outputs float",
 }
-FLOAT_OUTPUT_OPS = ["Conv", "Gemm", "MatMul"]  # static_fo: OpTypesToExcludeOutputQuantization
 TARGET_POINTS = 0.5
 LATENCY_BATCHES = (1, 32)
 
@@ -243,134 +253,8 @@ def default_preset() -> str:
     return DEFAULT_PRESET
 
 
-def key_tensors(graph: object, key_name: str = KEY_NAME) -> set[str]:
-    """Tensors computed from the key alone (with constants): the key and its decoded parts."""
-    constants = {t.name for t in graph.initializer}
-    keyed = {key_name}
-    changed = True
-    while changed:  # a fixed point, so that node order does not matter
-        changed = False
-        for node in graph.node:
-            dynamic = [i for i in node.input if i and i not in constants]
-            if node.op_type == "Constant" or not dynamic:
-                new = set(node.output) - constants
-                constants |= new
-                changed |= bool(new)
-            elif all(i in keyed for i in dynamic) and not set(node.output) <= keyed:
-                keyed.update(node.output)
-                changed = True
-    return keyed
-
-
-def key_nodes(model_path: Path, key_name: str = KEY_NAME) -> list[str]:
-    """Nodes that read the key or anything decoded from it: the key decoder (Reshape, Pad,
-    Slice, Round, Mod, Cast, Clip, Split, the scale product ``u*v``) and the Gather/Mul nodes
-    that apply the decoded indices and scales to activations."""
-    import onnx
-
-    graph = onnx.load(str(model_path)).graph
-    keyed = key_tensors(graph, key_name)
-    return [n.name for n in graph.node if any(i in keyed for i in n.input)]
-
-
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 """ONNX's fused recurrent ops; their inputs 1 and 2 are the input and recurrent weights."""
-
-
-def _constants(graph: object) -> dict[str, np.ndarray]:
-    """Initializers and Constant-node values of a graph, by tensor name."""
-    from onnx import numpy_helper
-
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
-
-
-def _orthogonal_blocks(w: np.ndarray, conv_groups: int | None = None, tol: float = 1e-4) -> bool:
-    """True if ``w`` is one or a stack of square orthogonal matrices (a MatMul/Gemm weight), or,
-    with ``conv_groups``, a 1x1 (grouped) conv kernel made of them."""
-    if conv_groups is not None:
-        if w.ndim < 3 or any(d != 1 for d in w.shape[2:]) or w.shape[0] % conv_groups:
-            return False
-        w = w.reshape(conv_groups, w.shape[0] // conv_groups, w.shape[1])
-    elif w.ndim == 2:
-        w = w[None]
-    if w.ndim != 3 or w.shape[1] != w.shape[2] or w.shape[1] < 2:
-        return False
-    blocks = w.astype(np.float64)
-    gram = blocks @ blocks.transpose(0, 2, 1)
-    return bool(np.abs(gram - np.eye(w.shape[1])).max() < tol)
-
-
-def _is_mixing(node: object, constants: dict[str, np.ndarray]) -> bool:
-    """True for a MatMul/Gemm/Conv whose constant weight is (block-)orthogonal."""
-    if node.op_type == "Conv":
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-        w = constants.get(node.input[1])
-        return w is not None and _orthogonal_blocks(w, conv_groups=groups)
-    if node.op_type in ("MatMul", "Gemm"):
-        ws = [constants.get(i) for i in node.input[:2]]
-        return any(w is not None and _orthogonal_blocks(w) for w in ws)
-    return False
-
-
-def mixing_nodes(model_path: Path) -> list[str]:
-    """MatMul/Gemm/Conv nodes whose constant weight is (block-)orthogonal: the lock's public
-    mixing and un-mixing ops (no trained layer has an exactly orthogonal weight)."""
-    import onnx
-
-    graph = onnx.load(str(model_path)).graph
-    constants = _constants(graph)
-    return [node.name for node in graph.node if _is_mixing(node, constants)]
-
-
-def batched_weight_matmuls(model_path: Path) -> list[str]:
-    """MatMul nodes with a constant weight of rank > 2 (the lock's uniform block un-mix)."""
-    import onnx
-
-    graph = onnx.load(str(model_path)).graph
-    constants = _constants(graph)
-    return [
-        n.name
-        for n in graph.node
-        if n.op_type == "MatMul" and any(i in constants and constants[i].ndim > 2 for i in n.input)
-    ]
-
-
-def untranspose_gemm_inputs(path: Path) -> int:
-    """Rewrite every ``Gemm(transA=1)`` as ``Transpose`` + ``Gemm(transA=0)``, in place.
-
-    The lock's channel-first linear layout ends in a Transpose that ORT's graph optimiser folds
-    into the next Gemm as ``transA=1``; ORT's dynamic quantizer only handles Gemms with
-    ``transA=0`` (it rewrites them to MatMul) and silently leaves the others in float. Returns
-    the number of Gemms rewritten (none in the original models).
-    """
-    import onnx
-    from onnx import helper
-
-    proto = onnx.load(str(path))
-    nodes = []
-    count = 0
-    for node in proto.graph.node:
-        trans_a = next((a for a in node.attribute if a.name == "transA"), None)
-        if node.op_type == "Gemm" and trans_a is not None and trans_a.i == 1:
-            transposed = f"{node.input[0]}_untransposed_{count}"
-            nodes.append(
-                helper.make_node(
-                    "Transpose", [node.input[0]], [transposed], name=f"{node.name}_transA"
-                )
-            )
-            node.input[0] = transposed
-            trans_a.i = 0
-            count += 1
-        nodes.append(node)
-    if count:
-        del proto.graph.node[:]
-        proto.graph.node.extend(nodes)
-        onnx.save(proto, str(path))
-    return count
 
 
 def _graphs(graph: object, outer: dict[str, np.ndarray] | None = None) -> Iterator[tuple]:
@@ -378,7 +262,7 @@ def _graphs(graph: object, outer: dict[str, np.ndarray] | None = None) -> Iterat
     the constants it can read: its own and its outer scopes'."""
     import onnx
 
-    constants = {**(outer or {}), **_constants(graph)}
+    constants = {**(outer or {}), **graph_constants(graph)}
     yield graph, constants
     for node in graph.node:
         for attribute in node.attribute:
@@ -396,7 +280,7 @@ def trained_weights(model_path: Path) -> list[str]:
     names = set()
     for graph, constants in _graphs(onnx.load(str(model_path)).graph):
         for node in graph.node:
-            if node.op_type in ("Conv", "MatMul", "Gemm") and not _is_mixing(node, constants):
+            if node.op_type in ("Conv", "MatMul", "Gemm") and not is_mixing_node(node, constants):
                 names.update(i for i in node.input[:2] if i in constants and constants[i].ndim >= 2)
             elif node.op_type in RECURRENT_OPS:
                 names.update(i for i in node.input[1:3] if i in constants)
@@ -417,84 +301,6 @@ def quantized_count(quantized_path: Path, weights: Sequence[str]) -> int:
     )
 
 
-def check_key_not_quantized(model_path: Path, key_name: str = KEY_NAME) -> list[str]:
-    """Problems found: (de)quantize nodes reading the key or a tensor decoded from it."""
-    import onnx
-
-    graph = onnx.load(str(model_path)).graph
-    keyed = key_tensors(graph, key_name)
-    ops = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
-    return [
-        f"{n.op_type} {n.name} reads key-derived {n.input[0]}"
-        for n in graph.node
-        if n.op_type in ops and n.input[0] in keyed
-    ]
-
-
-class KeyedCalibrationReader:
-    """Calibration batches of model inputs, each fed together with the run-time key (if any)."""
-
-    def __init__(self, inputs: np.ndarray, key: np.ndarray | None, batch: int = CALIB_BATCH):
-        self.inputs = inputs
-        self.key = key
-        self.batch = batch
-        self._iter: Iterator[dict[str, np.ndarray]] | None = None
-
-    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(0, len(self.inputs), self.batch):
-            feed = {INPUT_NAME: self.inputs[i : i + self.batch]}
-            if self.key is not None:
-                feed[KEY_NAME] = self.key
-            yield feed
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._iter is None:
-            self._iter = self._batches()
-        return next(self._iter, None)
-
-    def rewind(self) -> None:
-        self._iter = None
-
-
-def _as_calibration_reader(reader: KeyedCalibrationReader) -> object:
-    """Wrap in ORT's ``CalibrationDataReader`` base class (its API checks isinstance)."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return reader.get_next()
-
-        def rewind(self) -> None:
-            reader.rewind()
-
-    return Reader()
-
-
-def preprocess(src: Path, dst: Path) -> Path:
-    """ORT's recommended ``quant_pre_process`` (shape inference + graph optimisation), then
-    :func:`untranspose_gemm_inputs`."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    quant_pre_process(str(src), str(dst))
-    untranspose_gemm_inputs(dst)
-    return dst
-
-
-def exclusions(src: Path, mode: str, *, keyed: bool, quantize_mixing: bool) -> list[str]:
-    """``nodes_to_exclude`` for ``src``: the key decoder (locked models) and, unless
-    ``quantize_mixing``, the lock's public mixing ops; always the rank-3 MatMuls in dynamic mode.
-
-    The same rules run on the original model, where they find nothing to exclude.
-    """
-    exclude = key_nodes(src) if keyed else []
-    if not quantize_mixing:
-        exclude += mixing_nodes(src)
-    if mode == "dynamic":
-        # DynamicQuantizeMatMul rejects per-channel zero points of a rank-3 weight at run time
-        exclude += [n for n in batched_weight_matmuls(src) if n not in exclude]
-    return exclude
-
-
 def quantize(
     src: Path,
     dst: Path,
@@ -505,47 +311,26 @@ def quantize(
     quantize_mixing: bool = False,
     reduce_range: bool = False,
 ) -> tuple[Path, list[str]]:
-    """Quantize ``src`` (dynamic, or static QDQ calibrated with ``key``); returns the excluded.
-
-    ``reduce_range``: 7-bit weights, for CPUs where full-range int8 saturates
-    (:func:`machine.int8_saturates`)."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    exclude = exclusions(src, mode, keyed=key is not None, quantize_mixing=quantize_mixing)
-    if mode == "dynamic":
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            per_channel=True,
-            reduce_range=reduce_range,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
-        )
+    """Quantize the pre-processed ``src`` in one of :data:`QUANT_MODES` with the library's
+    ``quantize_protected_onnx`` (locked, calibrated with ``key``) or ``quantize_original_onnx``
+    (``key`` None), same settings for both; returns ``dst`` and the nodes left float."""
+    static = mode != "dynamic"
+    options = {
+        "mode": "static" if static else "dynamic",
+        "calibration_inputs": calib if static else None,
+        "calibration_batch": CALIB_BATCH,
+        "per_channel": True,
+        "reduce_range": reduce_range,
+        "float_layer_outputs": mode == "static_fo",
+        "preprocess": False,
+    }
+    if key is None:
+        report = quantize_original_onnx(src, dst, **options)
     else:
-        quantize_static(
-            str(src),
-            str(dst),
-            _as_calibration_reader(KeyedCalibrationReader(calib, key)),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=exclude,
-            extra_options=(
-                {"OpTypesToExcludeOutputQuantization": FLOAT_OUTPUT_OPS}
-                if mode == "static_fo"
-                else {}
-            ),
+        report = quantize_protected_onnx(
+            src, dst, key=key, quantize_mixing=quantize_mixing, **options
         )
-    return dst, exclude
+    return dst, list(report.excluded_nodes)
 
 
 def ort_latency(
@@ -777,9 +562,6 @@ def run_task(
                 row.excluded[mode] = len(excluded)
                 if k == seed:
                     timed[f"{mode} locked"] = (q, exp.key)
-                problems = check_key_not_quantized(q)
-                if problems:
-                    row.notes.append(f"key {k}, {mode}: key quantized: {'; '.join(problems[:3])}")
                 acc = ort_accuracy(q, x_test, y_test, exp.key)
                 row.locked.setdefault(mode, []).append(acc)
                 if ort_accuracy(q, x_test, y_test, exp.session_key) != acc:

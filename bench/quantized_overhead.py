@@ -5,9 +5,10 @@ For each model of ``bench/models.py`` (random weights, seed 0) this locks a copy
 default preset and ``quantize_compatibility=True`` (what a model meant for int8 is locked
 with, docs/api.md), exports both with the project's ONNX exporter (``bench/overhead.py``'s
 ``export_pair``), runs ONNX Runtime's ``quant_pre_process`` on both, and quantizes both the same
-way as ``bench/quantization.py`` does (its ``quantize``: the key's nodes and the public mixing
-left float): ``dynamic`` and ``static_fo`` (static QDQ with the layers' outputs left float, the
-mode that bench recommends), static calibration on 64 seeded random inputs, the locked model's
+way as ``bench/quantization.py`` does (its ``quantize``, the library's
+``quantize_protected_onnx``: the key's nodes and the public mixing left float, the key path
+checked float): ``dynamic`` and ``static_fo`` (static QDQ with the layers' outputs left float,
+the mode that bench recommends), static calibration on 64 seeded random inputs, the locked model's
 fed with its key. Then every model, fp32 and int8, original and locked, is timed in one
 process, interleaved, one onnxruntime thread, at batch 1 and 32 (``ort_latency``), and the
 ratio locked / original is printed per precision. Accuracy is not measured here (random
@@ -28,16 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import comma_names, int8_saturates, machine_line, positive_float
+from machine import comma_names, machine_line, positive_float
 from models import BENCH_MODELS
 from overhead import command_line, export_pair, lock_settings
-from quantization import (
-    LATENCY_BATCHES,
-    check_key_not_quantized,
-    ort_latency,
-    preprocess,
-    quantize,
-)
+from quantization import LATENCY_BATCHES, ort_latency, preprocess, quantize
+from skprotect_pytorch.quantization import int8_saturates
 
 MODES = ("dynamic", "static_fo")
 PRECISIONS = ("fp32", *MODES)
@@ -57,9 +53,7 @@ def quantized_pair(name: str, outdir: Path, preset: str) -> dict[str, tuple[Path
         out[f"fp32 {side}"] = (pre, key)
         for mode in MODES:
             dst = outdir / f"{name}_{side}.{mode}.onnx"
-            quantize(pre, dst, mode, calib, key, reduce_range=reduce_range)
-            if key is not None and (problems := check_key_not_quantized(dst)):
-                raise SystemExit(f"{name}, {mode}: the key was quantized: {problems}")
+            quantize(pre, dst, mode, calib, key, reduce_range=reduce_range)  # key checked float
             out[f"{mode} {side}"] = (dst, key)
     return out
 

@@ -34,6 +34,7 @@ import skruntime
 from skprotect_pytorch import Customer, ExportFormat, ExportPlatform
 from skprotect_pytorch import errors as protect_errors
 from skprotect_pytorch.protect import SkProtectorPyTorch
+from skprotect_pytorch.quantization import quantize_original_onnx, quantize_protected_onnx
 from skruntime import BackendOptions, LoadedModel, SkRuntime
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -85,6 +86,8 @@ ENTRIES: list[Entry] = [
     Entry(SkProtectorPyTorch.update_customer, "api.md", "`update_customer("),
     Entry(Customer, "api.md", "`Customer("),
     Entry(Customer.to_dict, "api.md", "`Customer(", "to_dict"),
+    Entry(quantize_protected_onnx, "api.md", "`quantize_protected_onnx("),
+    Entry(quantize_original_onnx, "api.md", "`quantize_protected_onnx("),
     Entry(SkRuntime, "runtime.md", "`SkRuntime("),
     Entry(SkRuntime.models, "runtime.md", "`SkRuntime(", "models"),
     Entry(SkRuntime.formats, "runtime.md", "`SkRuntime(", "formats"),
