@@ -17,6 +17,7 @@ import os
 import platform
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,7 +408,42 @@ def _model_inputs(model_path: Path, protected: bool) -> tuple[list[_Input], _Inp
             f"{model_path} has a {KEY_NAME!r} input: it is a protected model. Quantize it with "
             "quantize_protected_onnx, which keeps its key path float."
         )
+    if protected and _conditioned_mixing(graph):
+        warnings.warn(  # not refused: some models lose little (the tabular MLP: 4-10 points)
+            f"{model_path} was protected without quantize_compatibility=True: its lock's public "
+            "mixing blocks are not orthogonal, so its locked weights and activations span "
+            "wider ranges than the original's, and int8 may lose most of its accuracy (the "
+            "digits CNN: 99.17 % in float, 13.70-55.56 % in int8; docs/benchmarks.md, "
+            "Quantization). Protect the model again with quantize_compatibility=True and "
+            "quantize that file.",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of quantize_protected_onnx
+        )
     return [i for i in inputs if i.name != KEY_NAME], key
+
+
+def _conditioned_mixing(graph: Any) -> bool:
+    """Whether the protected ``graph`` holds the lock's un-mixing blocks (square blocks of a
+    rank-3 MatMul weight or of a grouped 1x1 conv) and none is orthogonal: a lock without
+    ``quantize_compatibility``, whose mixing has condition number 16 (orthogonal with it)."""
+    constants = graph_constants(graph)
+    found = []
+    for node in graph.node:
+        if node.op_type == "MatMul":
+            found += [
+                _orthogonal_blocks(w)
+                for w in (constants.get(i) for i in node.input)
+                if w is not None and w.ndim == 3 and w.shape[1] == w.shape[2] > 1
+            ]
+        elif node.op_type == "Conv" and (w := constants.get(node.input[1])) is not None:
+            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+            if (
+                groups > 1
+                and w.shape[2:] == (1, 1) * (w.ndim - 2)
+                and w.shape[0] == w.shape[1] * groups
+            ):
+                found.append(_orthogonal_blocks(w, conv_groups=groups))
+    return bool(found) and not any(found)
 
 
 def _check_output(model_path: Path, output_path: Path) -> None:
