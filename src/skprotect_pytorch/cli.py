@@ -389,7 +389,8 @@ def audit(
 
     The thief has the shipped files and x % of the training data; the model is a reference
     model of the suite or yours (docs/security.md). Exit codes: 0 passed, 1 failed, 2 bad
-    option or unusable file, 70 unexpected error, 74 output not writable, 141 output closed.
+    option, unusable file or report file not written, 70 unexpected error, 74 standard output
+    not writable, 130 Ctrl-C (143 SIGTERM; no report written), 141 output closed.
     """
     with _unexpected_errors("audit", debug):
         _audit(
@@ -464,8 +465,10 @@ def _audit(
     try:
         values = tuple(float(b) for b in budgets.split(",") if b.strip())
     except ValueError:
+        percent = " (percentages without '%', e.g. 1,5)" if "%" in budgets else ""
         typer.echo(
-            f"error: --budgets must be numbers separated by commas, got '{budgets}'", err=True
+            f"error: --budgets must be numbers separated by commas{percent}, got '{budgets}'",
+            err=True,
         )
         raise typer.Exit(2) from None
     if not values:  # `--budgets ""` (a shell variable left unset) was "must be in (0, 100]"
@@ -487,6 +490,9 @@ def _audit(
     try:
         spec = load_spec(model)
     except SkProtectError as err:
+        if (cause := err.__cause__) is not None and not isinstance(cause, SkProtectError):
+            # an error in your file or model: its traceback says where
+            typer.echo("".join(traceback.format_exception(cause)), err=True)
         typer.echo(f"error: --model: {err}", err=True)
         raise typer.Exit(2) from None
     except Exception as err:  # a function NAME of yours raised: its traceback, then exit 2, not 1
@@ -511,6 +517,14 @@ def _audit(
     except SkProtectError as err:  # a damaged --cells folder, nothing stored, no lockable layer
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: exit 130 or 143 (typer) said nothing
+        kept = (
+            f"; the finished cells are kept in {cells}: run the same command again to go on"
+            if cells is not None and not stored_only
+            else ""
+        )
+        typer.echo(f"error: interrupted: the audit stopped, no report written{kept}", err=True)
+        raise
     text = report.to_markdown()
     typer.echo(text)  # first: a report that cannot be written is still on screen
     for warning in report.warnings:  # report-only (A5): never changes the exit code

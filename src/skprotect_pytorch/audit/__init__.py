@@ -613,4 +613,10 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
         plaintext_weights=[asdict(w) for w in locked.plaintext],
         test_samples=len(task.y_test),
         cells=store.summary(),
+        budget_samples=(
+            {f"{b:g}": task.budget_size(b) for b in config.budgets}
+            if set(config.attacks) - {"A0"}
+            else {}
+        ),
+        train_samples=len(task.y_train),
     )

@@ -35,13 +35,32 @@ from .data import Task, require_budget_room
 from .suite import SUITE, ReferenceSpec
 
 
+def _numbers(value: np.ndarray, what: str) -> np.ndarray:
+    """``value`` in a form torch takes: in the machine's byte order, long doubles as float64
+    (torch refused both with its own TypeError or ValueError); arrays of strings, objects or
+    dates refused, saying how to make numbers of them."""
+    if value.dtype.kind not in "biufc":
+        fix = (
+            "number the classes 0 … K-1, e.g. classes, y = np.unique(y, return_inverse=True)"
+            if what.startswith("y")
+            else "convert it to numbers, e.g. x.astype(np.float32) (a pandas frame: "
+            "df.to_numpy(dtype=np.float32))"
+        )
+        raise InvalidArgumentError(f"{what} has numpy dtype {value.dtype}, not numbers: {fix}.")
+    widest = {"f": np.dtype(np.float64), "c": np.dtype(np.complex128)}.get(value.dtype.kind)
+    if widest is not None and value.dtype.itemsize > widest.itemsize:  # long double
+        value = value.astype(widest)
+    return np.ascontiguousarray(value.astype(value.dtype.newbyteorder("="), copy=False))
+
+
 def _tensor(value: object, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+        return torch.from_numpy(_numbers(value, what))
     raise InvalidArgumentError(
-        f"{what} must be a numpy array or a torch tensor, but got {type(value).__name__}."
+        f"{what} must be a numpy array or a torch tensor, but got {type(value).__name__}; "
+        "np.asarray(...) makes one of a list, .to_numpy() of a pandas frame or column."
     )
 
 
@@ -163,6 +182,15 @@ def _code(model: nn.Module) -> str:
     return f"{model!r}|{source}"
 
 
+def _require_cpu(model: nn.Module, what: str, fix: str) -> None:
+    """The audit trains and attacks on the CPU, with the task's CPU tensors."""
+    devices = {t.device.type for t in model.state_dict().values()} - {"cpu"}
+    if devices:
+        raise InvalidArgumentError(
+            f"{what} tensors on {', '.join(sorted(devices))}: the audit runs on the CPU; {fix}."
+        )
+
+
 def _check_architecture(factory: Callable[[], nn.Module], victim: nn.Module | None) -> nn.Module:
     """``factory()`` (checked to build what ``victim`` is, when given)."""
     fresh = factory()
@@ -170,18 +198,16 @@ def _check_architecture(factory: Callable[[], nn.Module], victim: nn.Module | No
         raise InvalidArgumentError(
             f"factory() must return a torch.nn.Module, but returned {type(fresh).__name__}."
         )
+    _require_cpu(  # the baseline and the attacks failed in torch after the victim's training
+        fresh, "factory() builds", "build it there (no .cuda() or .to(device) in factory())"
+    )
     if victim is None:
         return fresh
     if not isinstance(victim, nn.Module):
         raise InvalidArgumentError(
             f"victim must be a trained torch.nn.Module, but is {type(victim).__name__}."
         )
-    devices = {t.device.type for t in victim.state_dict().values()}
-    if devices - {"cpu"}:
-        raise InvalidArgumentError(
-            f"victim holds tensors on {', '.join(sorted(devices - {'cpu'}))}: the audit runs on "
-            "the CPU; pass victim.cpu() (a copy is audited either way)."
-        )
+    _require_cpu(victim, "victim holds", "pass victim.cpu() (a copy is audited either way)")
     broken = [
         k
         for k, t in victim.state_dict().items()
@@ -214,15 +240,21 @@ def _check_logits(model: nn.Module, task: Task) -> None:
         with torch.no_grad():
             out = copy.deepcopy(model).eval()(probe)  # your model keeps its mode
     except Exception as err:
+        ids = (
+            ""
+            if probe.is_floating_point()
+            else " (task_from_arrays keeps integer inputs as int64 ids, for an embedding; "
+            "features stored as integers must be passed as floats: x.astype(np.float32))"
+        )
         raise InvalidArgumentError(
-            f"the model fails on two test samples of shape {tuple(probe.shape)}: {err}"
+            f"the model fails on two test samples of shape {tuple(probe.shape)}{ids}: {err}"
         ) from err
     want = (len(probe), task.n_classes)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InvalidArgumentError(
             f"the audit scores classifiers: the model must return logits of shape {want} for "
-            f"two samples, but returned {got}."
+            f"two samples, but returned {got}.{_unseen_classes(task)}{_one_logit(out, task)}"
         )
     if not out.is_floating_point():  # cross-entropy trains on float logits
         raise InvalidArgumentError(
@@ -234,6 +266,31 @@ def _check_logits(model: nn.Module, task: Task) -> None:
             "the model returns NaN or infinite logits on two test samples: fix the model (or "
             "the data scale) so that it computes finite logits."
         )
+
+
+def _one_logit(out: object, task: Task) -> str:
+    """How to audit a binary classifier of one logit (trained with ``BCEWithLogitsLoss``)."""
+    if task.n_classes != 2 or not isinstance(out, torch.Tensor) or out.numel() != 2:
+        return ""
+    return (
+        " A binary classifier of one logit z can be audited through a wrapper module returning "
+        "torch.cat([-z, z], dim=1) / 2 for z of shape (batch, 1) (softmax gives sigmoid(z) back), "
+        "as factory and victim."
+    )
+
+
+def _unseen_classes(task: Task) -> str:
+    """Why the task may have more classes than the model's outputs: labels counted from 1 (or
+    a test split with a label the training split lacks) make ``n_classes`` one too many."""
+    unseen = sorted(set(range(task.n_classes)) - set(task.y_train.tolist()))
+    if not unseen:
+        return ""
+    listed = ", ".join(map(str, unseen[:5])) + (", …" if len(unseen) > 5 else "")
+    return (
+        f" The task has {task.n_classes} classes (task_from_arrays: the largest label + 1 unless "
+        f"n_classes is given), but no training sample has label {listed}: labels counted from "
+        "1 must have 1 subtracted, and both splits must use the same labels."
+    )
 
 
 def _supported(module: nn.Module) -> bool:
@@ -423,7 +480,14 @@ def _import(where: str):
                 raise
             return module
         _on_import_path(Path.cwd())
-        return importlib.import_module(where)
+        try:
+            return importlib.import_module(where)
+        except ModuleNotFoundError as err:
+            if err.name is None or not f"{where}.".startswith(f"{err.name}."):
+                raise  # a module your module imports: where it does is yours to see
+            raise InvalidArgumentError(  # no traceback: it names the module alone
+                f"loading {where} failed: {type(err).__name__}: {err}"
+            ) from None
     except InvalidArgumentError:
         raise
     except Exception as err:  # the user's file: any error in it is theirs to see

@@ -43,12 +43,16 @@ class Task:
         counts = torch.bincount(self.y_test, minlength=self.n_classes)
         return float(counts.max()) / len(self.y_test)
 
+    def budget_size(self, percent: float) -> int:
+        """How many training samples the ``percent`` % budget draws: never fewer than the
+        classes, so that a small training split's budget is larger than its percentage says."""
+        return max(self.n_classes, round(len(self.y_train) * percent / 100.0))
+
     def budget(self, percent: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The attacker's labelled budget: a seeded random ``percent`` % of the training set."""
         n = len(self.y_train)
-        size = max(self.n_classes, round(n * percent / 100.0))
         rng = np.random.default_rng([seed, *budget_seed(percent)])
-        idx = torch.from_numpy(rng.choice(n, size=size, replace=False))
+        idx = torch.from_numpy(rng.choice(n, size=self.budget_size(percent), replace=False))
         return self.x_train[idx], self.y_train[idx]
 
 

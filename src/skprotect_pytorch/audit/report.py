@@ -156,6 +156,12 @@ class AuditReport:
     baseline_unmeasured: dict[str, list[str]] = field(default_factory=dict)
     """``str(budget)`` → the seeds at which B(x) measured nothing (every attempt diverged; a
     B(x) cell stored before it was recorded names none)."""
+    budget_samples: dict[str, int] = field(default_factory=dict)
+    """``str(budget)`` → how many training samples the thief's budget drew: never fewer than
+    the classes, so more than the percentage of a small training split (empty when no attack
+    drew one, and in reports before it)."""
+    train_samples: int | None = None
+    """Size of the training split the budgets are drawn from (None in reports before it)."""
 
     @property
     def passed(self) -> bool:
@@ -188,8 +194,22 @@ class AuditReport:
 
     @property
     def caveats(self) -> list[str]:
-        """What limits the reading of this report (a small test split, gated attacks not run)."""
+        """What limits the reading of this report: a small test split, budgets raised to the
+        number of classes, accuracy bounds not below the unlocked model, gated attacks not run."""
         found = []
+        n = self.test_samples
+        if n is not None and n < SMALL_TEST:
+            sd = (self.chance * (1 - self.chance) / n) ** 0.5
+            z = A0_MARGIN / sd if sd else math.inf  # one class in the test split: no spread
+            tail = 0.5 * math.erfc(z / math.sqrt(2))
+            found.append(
+                f"the test split has {n:,} samples: an output unrelated to the input scores "
+                f"chance ± {100 * sd:.1f} points (one standard deviation), so each A0 row exceeds "
+                f"its {100 * A0_MARGIN:g}-point bound by luck alone with probability "
+                f"{100 * tail:.1f} %; audit with {SMALL_TEST:,} or more test samples"
+            )
+        found += self._raised_budgets()
+        found += self._victim_not_above_references()
         if missing := self.gated_not_asked:
             ran = [a for a in GATED if a not in missing]
             found.append(
@@ -197,18 +217,46 @@ class AuditReport:
                 f"{', '.join(ran) + ' and ' if ran else ''}gate 4 only; run every attack "
                 f"({', '.join(GATED)}) for the whole gate"
             )
-        n = self.test_samples
-        if n is None or n >= SMALL_TEST:
-            return found
-        sd = (self.chance * (1 - self.chance) / n) ** 0.5
-        z = A0_MARGIN / sd if sd else math.inf  # one class in the test split: no spread
-        tail = 0.5 * math.erfc(z / math.sqrt(2))
+        return found
+
+    def _victim_not_above_references(self) -> list[str]:
+        """A caveat where an accuracy bound is not below the unlocked model: there the bound
+        passes even the true key, and only the key checks judge (an untrained victim, its
+        weights never loaded, passed every row without a word)."""
+        full, found = self.full_accuracy, []
+        fix = "audit the trained model (are its weights loaded?)"
+        if any(r.attack == "A0" for r in self.rows) and full <= self.chance + A0_MARGIN:
+            found.append(
+                f"the unlocked model scores {100 * full:.2f} %, not more than "
+                f"{100 * A0_MARGIN:g} points above chance ({100 * self.chance:.2f} %): A0's "
+                "accuracy bound passes even the true key, so only the key checks (permutations, "
+                f"cosines) judge it; {fix}"
+            )
+        level = [x for x, b in self.baselines.items() if b + ATTACK_MARGIN >= full]
+        if level:
+            listed = ", ".join(f"B({x} %) {100 * self.baselines[x]:.2f} %" for x in level)
+            found.append(
+                f"{listed} {'is' if len(level) == 1 else 'are'} not more than "
+                f"{100 * ATTACK_MARGIN:g} point under the unlocked model's {100 * full:.2f} %: "
+                "the accuracy bound there passes even the unlocked model itself, so only the key "
+                f"checks (permutations, cosines; A1 has none) judge those rows; {fix}, or give "
+                "smaller budgets"
+            )
+        return found
+
+    def _raised_budgets(self) -> list[str]:
+        """A caveat per budget the audit raised to the number of classes: its rows and B(x)
+        measure a thief with more data than the budget's percentage says."""
+        n = self.train_samples
+        if not n:
+            return []
         return [
-            f"the test split has {n:,} samples: an output unrelated to the input scores chance "
-            f"± {100 * sd:.1f} points (one standard deviation), so each A0 row exceeds its "
-            f"{100 * A0_MARGIN:g}-point bound by luck alone with probability {100 * tail:.1f} %; "
-            f"audit with {SMALL_TEST:,} or more test samples",
-            *found,
+            f"{x} % of the {n:,} training samples is {n * float(x) / 100:.3g} samples, but the "
+            f"thief is never given fewer samples than classes: the rows at {x} % and B({x} %) "
+            f"measure {k:,} samples, {100 * k / n:.3g} % of the training split; give a larger "
+            "training split or a larger budget"
+            for x, k in self.budget_samples.items()
+            if k > round(n * float(x) / 100)
         ]
 
     @property
@@ -260,6 +308,13 @@ class AuditReport:
         listed = ", ".join(f"{name} {seconds:,.0f}" for name, seconds in times.items())
         return [f"- compute time per cell, s: {listed}"]
 
+    def _budget_samples_lines(self) -> list[str]:
+        """How many samples each budget gave the thief: what B(x) and the rows were trained on."""
+        if not self.budget_samples or not self.train_samples:
+            return []
+        listed = ", ".join(f"{x} % → {k:,}" for x, k in self.budget_samples.items())
+        return [f"- thief's samples per budget (of {self.train_samples:,} training): {listed}"]
+
     def to_markdown(self) -> str:
         def pct(v: float | None) -> str:
             return "" if v is None else f"{100 * v:.2f}"
@@ -272,6 +327,7 @@ class AuditReport:
             "",
             f"- accuracy of the unlocked model (true key): {pct(self.full_accuracy)} %; "
             f"chance: {pct(self.chance)} %",
+            *self._budget_samples_lines(),
             f"- settings: `{json.dumps(self.settings)}`",
             f"- time: {self.seconds:.0f} s{self._cells_text()}; "
             f"gate: **{'PASS' if self.passed else 'FAIL'}**"
