@@ -5,16 +5,15 @@ Adding a format is one new module with one class decorated by :func:`register_ex
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import copy
 import dataclasses
 import functools
 import inspect
+import linecache
 import logging
 import re
 import threading
-import tokenize
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -197,56 +196,38 @@ def collect_warnings(
 _BAKED_VALUE = "might cause the trace to be incorrect"
 
 
-def _checks_only(statements: list[ast.stmt]) -> bool:
-    """Whether ``statements`` only raise, warn or check further (nested ``if``s of the same)."""
-    for stmt in statements:
-        if isinstance(stmt, ast.Raise | ast.Pass | ast.Assert):
-            continue
-        if isinstance(stmt, ast.If) and _checks_only(stmt.body) and _checks_only(stmt.orelse):
-            continue
-        call = stmt.value if isinstance(stmt, ast.Expr) else None
-        func = call.func if isinstance(call, ast.Call) else None
-        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
-        if name != "warn":
-            return False
-    return True
+_TORCH_INPUT_CHECKS = (
+    ("nn/functional.py", "if size_prods == 1:"),  # batch/group/instance norm: one value
+    ("nn/modules/instancenorm.py", "if input.size(feature_dim) != self.num_features:"),
+    (
+        "nn/modules/transformer.py",
+        "if not self.batch_first and src.size(1) != tgt.size(1) and is_batched:",
+    ),
+    (
+        "nn/modules/transformer.py",
+        "elif self.batch_first and src.size(0) != tgt.size(0) and is_batched:",
+    ),
+    (
+        "nn/modules/transformer.py",
+        "if src.size(-1) != self.d_model or tgt.size(-1) != self.d_model:",
+    ),
+)
+"""torch's own input checks whose traced value only decides whether to raise (or warn) for
+an input the trace already passed, by file (within torch) and condition line: a GroupNorm,
+InstanceNorm, BatchNorm without running statistics or nn.Transformer made every model with
+one refused in TorchScript. Named exactly: another line of torch's (ConvTranspose2d's
+``output_size``, whose output padding is a value too), or a changed one, stays refused."""
 
 
-@functools.lru_cache(maxsize=64)
-def _parsed(filename: str) -> ast.Module | None:
+def _torch_input_check(filename: str, lineno: int) -> bool:
+    """Whether ``filename:lineno`` is one of :data:`_TORCH_INPUT_CHECKS`."""
+    root = Path(torch.__file__).parent
     try:
-        with tokenize.open(filename) as f:
-            return ast.parse(f.read(), filename)
-    except (OSError, SyntaxError, ValueError):
-        return None
-
-
-def _only_guards_an_error(filename: str, lineno: int) -> bool:
-    """Whether the condition read at ``filename:lineno`` is an ``assert``'s or that of an ``if``
-    whose branches only raise or warn, as input checks do (torch's ``if size_prods == 1: raise
-    ValueError(...)`` in ``GroupNorm``, ``InstanceNorm``, ``ConvTranspose(output_size=...)``,
-    ``nn.Transformer``). The trace passed the check, so the artifact only skips it: the value
-    it keeps changes no output."""
-    tree = _parsed(filename)
-    if tree is None:
+        inside = Path(filename).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:  # not torch's file
         return False
-    tests = [
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If | ast.Assert)
-        and node.test.lineno <= lineno <= (node.test.end_lineno or node.test.lineno)
-    ]
-    if not tests:
-        return False
-    node = max(tests, key=lambda n: (n.test.lineno, n.test.col_offset))  # the innermost
-    caught = any(  # an error caught around it takes another path: a branch after all
-        isinstance(t, ast.Try | ast.TryStar)
-        and any(s.lineno <= node.lineno <= (s.end_lineno or s.lineno) for s in t.body)
-        for t in ast.walk(tree)
-    )
-    return not caught and (
-        isinstance(node, ast.Assert) or (_checks_only(node.body) and _checks_only(node.orelse))
-    )
+    line = linecache.getline(filename, lineno).strip()
+    return (inside, line) in _TORCH_INPUT_CHECKS
 
 
 def refuse_baked_values(
@@ -258,23 +239,40 @@ def refuse_baked_values(
     over a tensor in ``forward`` becomes the constant it was for ``input_tensors``, so the
     artifact passes the verification on them and returns wrong outputs for other inputs.
     torch only warns (a ``TracerWarning``); a silently wrong artifact is worse than a refusal.
-    A value that only guards an error (:func:`_only_guards_an_error`) is not refused.
+    torch's own input checks (:data:`_TORCH_INPUT_CHECKS`) only guard an error, and pass.
     """
     for w in caught:
         text = str(w.message)
         if (
             issubclass(w.category, torch.jit.TracerWarning)
             and _BAKED_VALUE in text
-            and not _only_guards_an_error(w.filename, w.lineno)
+            and not _torch_input_check(w.filename, w.lineno)
         ):
             raise ExportError(
                 f"{exporter} traces the model, and its forward() turns a tensor into a Python "
                 f"value at {w.filename}:{w.lineno} ({text.split('. ')[0]}): the artifact would "
                 "keep the value it had for input_tensors as a constant and return wrong outputs "
-                f"for other inputs.{detail} Compute it with tensor ops instead (torch.where for a "
-                "branch on values; the tensor itself rather than .item(), float() or int(); "
-                "x.size(i) for a size), or leave this format out of model_export_formats."
+                f"for other inputs.{detail} {_baked_value_advice(w.filename)}"
             )
+
+
+def _baked_value_advice(filename: str) -> str:
+    """What to do about a value baked at ``filename``: the user's code can compute it with
+    tensor ops; torch's (a layer's own code: ConvTranspose2d's output_size, nn.Transformer's
+    mask check) cannot be changed, and the torch.export-based formats keep it symbolic."""
+    if Path(filename).resolve().is_relative_to(Path(torch.__file__).parent.resolve()):
+        return (
+            "The line is torch's own code, in a layer the model calls: leave "
+            "TORCHSCRIPT_CPU/TORCHSCRIPT_GPU out of model_export_formats and use ONNX or "
+            "INDUCTOR_CPU/INDUCTOR_GPU (torch.export traces such values symbolically), or "
+            "call the layer so that it needs no value (e.g. ConvTranspose2d without "
+            "output_size)."
+        )
+    return (
+        "Compute it with tensor ops instead (torch.where for a branch on values; the tensor "
+        "itself rather than .item(), float() or int(); x.size(i) for a size), or leave this "
+        "format out of model_export_formats."
+    )
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
