@@ -821,18 +821,27 @@ def unwritable_reason(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """Replace ``path`` with ``data`` atomically: a crash leaves the old file or the new one.
 
     Writes a temporary file in the same folder, fsyncs it, then ``os.replace``-s it over
     ``path`` and fsyncs the folder. On any error the temporary file is removed, the old file is
-    untouched, and the ``OSError`` propagates.
+    untouched, and the ``OSError`` propagates. ``owner``: the user and group ids the file
+    gets, as far as this process may give them (:func:`_give_owner`).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:
-            os.chmod(tmp, mode)
+            if owner is not None:
+                _give_owner(fd, *owner)
+            os.chmod(tmp, mode)  # after the owner: a change of owner clears setgid
             write_all(fd, data)
             os.fsync(fd)
         finally:
@@ -843,6 +852,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int =
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _give_owner(fd: int, uid: int, gid: int) -> None:
+    """Give the file ``fd`` the user ``uid`` and group ``gid``: root may give both, another
+    user only a group it belongs to; else the file stays the writer's."""
+    for ids in ((uid, gid), (-1, gid)):
+        try:
+            os.fchown(fd, *ids)
+            return
+        except PermissionError:
+            continue
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -872,7 +892,7 @@ def write_config(
 
     The parent folder is created if needed. A crash or an ``OSError`` (full disk, permissions)
     never leaves a partial file: the previous file, if any, stays as it was. A new file gets
-    mode 0644; a replaced one keeps its permissions.
+    mode 0644; a replaced one keeps its permissions, owner and group (:func:`_kept_attributes`).
 
     Raises:
         ConfigurationError: ``config`` is not a :class:`Config`, the file would exceed
@@ -900,7 +920,8 @@ def write_config(
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data, mode=_kept_mode(path))
+        mode, owner = _kept_attributes(path)
+        atomic_write_bytes(path, data, mode=mode, owner=owner)
     except OSError as e:
         fix = (  # root's rename over an immutable or append-only file, or into such a folder
             f"make {path} and {path.parent} writable again (an immutable or append-only "
@@ -915,14 +936,17 @@ def write_config(
         ) from e
 
 
-def _kept_mode(path: Path) -> int:
-    """The permissions of the configuration file ``path`` that a write replaces, 0644 for a new
-    one: a migration or a customer change rewrites the file, and a 0640 file (readable by the
-    runtime's group only) must not come back readable by every user."""
+def _kept_attributes(path: Path) -> tuple[int, tuple[int, int] | None]:
+    """The permissions and the user and group ids of the configuration file ``path`` that a
+    write replaces, 0644 and the writer's for a new one: a migration or a customer change
+    rewrites the file, and a 0640 file (readable by the runtime's group only) must neither come
+    back readable by every user nor, given to the writer's group, unreadable by the runtime.
+    The setuid, setgid and sticky bits are not kept: a configuration is not run."""
     try:
-        return stat.S_IMODE(path.stat().st_mode)
+        st = path.stat()
     except OSError:  # no file yet (or none that can be looked at: the write says why)
-        return 0o644
+        return 0o644, None
+    return stat.S_IMODE(st.st_mode) & 0o777, (st.st_uid, st.st_gid)
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:

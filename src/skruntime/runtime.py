@@ -13,8 +13,10 @@ path runs with only numpy, onnxruntime and cryptography installed.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -149,6 +151,11 @@ def _platform_name(platform: object) -> str:
     )
 
 
+def _signing_key(raw: bytes) -> bytes:
+    """The raw public key that the verified configuration file ``raw`` is signed with."""
+    return base64.b64decode(json.loads(raw)["public_key"])
+
+
 class SkRuntime:
     """An application's protected models, as written by skprotect in ``outputs/<application>/``.
 
@@ -277,7 +284,8 @@ class SkRuntime:
                 f"its name says {self.platform}. Restore the files written by skprotect."
             )
         self.config: Config = config
-        self._public_key = public_key  # to read the other platform's configuration alike
+        # the other platform's configuration is read only when signed by this one's key
+        self._signer = public_key if public_key is not None else _signing_key(raw)
         unlock = KeyUnlock(
             kek=check_kek(kek),
             from_licence=self._kek_from_licence if licence_server is not None else None,
@@ -360,13 +368,15 @@ class SkRuntime:
         """The other platform's configuration file in this folder when it records a model file
         of SHA-256 ``digest`` (both platforms write a group's model file to one path: a later
         protection for the other one, with other settings, replaced this one's), else None.
-        Before, that file was said to be "tampered or post-processed"."""
+        Before, that file was said to be "tampered or post-processed". Only a configuration
+        signed by the key this one is (``public_key``, else its own) is read: one signed by
+        any key could name a tampered file."""
         for platform, name in CONFIG_FILENAMES.items():
             if platform == self.platform:
                 continue
             try:
                 raw = read_config_bytes(self.outputs_dir / name)
-                other = parse_signed_config(raw, name, public_key=self._public_key)[0]
+                other = parse_signed_config(raw, name, public_key=self._signer)[0]
             except ConfigurationError:  # none, or not one this application signed
                 continue
             recorded = (f.sha256 for e in other.models.values() for f in e.formats.values())

@@ -5,6 +5,7 @@ model (which layer, which attribute) and with what to do, for the protector's fi
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +19,10 @@ from .batchnorm import traced_graph
 from .registry import supported_layer_types
 
 _LOCK_PACKAGE = __name__.rpartition(".")[0]
+# with the separator: torch_geometric's or torchvision's code is not torch's
 _LIBRARY_DIRS = tuple(
-    str(Path(m.__file__).resolve().parent) for m in (torch, sys.modules[__name__.split(".")[0]])
+    os.path.join(Path(m.__file__).resolve().parent, "")
+    for m in (torch, sys.modules[__name__.split(".")[0]])
 )
 _SET_CLASS = object.__dict__["__class__"].__set__
 

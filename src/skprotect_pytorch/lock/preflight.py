@@ -460,6 +460,48 @@ def _on_meta(model: nn.Module) -> list[str]:
     return [name for name, t in tensors if t.is_meta and not is_lazy(t)]
 
 
+def _non_persistent(model: nn.Module) -> set[str]:
+    """The names of the buffers that no ``state_dict`` holds (``persistent=False``)."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        for name in module._non_persistent_buffers_set
+    }
+
+
+def _names(names: list[str]) -> str:
+    """The first five of ``names`` and how many in all."""
+    return ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def _meta_message(meta: list[str], non_persistent: set[str]) -> str:
+    """Why tensors on ``meta`` are refused and how to give them values: non-persistent buffers
+    are in no state_dict, so loading one leaves them on meta (to_empty: uninitialised)."""
+    loaded = [n for n in meta if n not in non_persistent]
+    computed = [n for n in meta if n in non_persistent]
+    message = (
+        f"The model's tensors {_names(meta)} are on the 'meta' device: they have shapes but no "
+        "values (a model built under torch.device('meta') or init_empty_weights"
+    )
+    if loaded:
+        message += (
+            ", whose weights were never loaded). Load the trained weights first, e.g. "
+            "model.load_state_dict(state_dict, assign=True) or model.to_empty(device='cpu') "
+            "then model.load_state_dict(state_dict)"
+        )
+    else:
+        message += ")"
+    if computed:
+        message += (
+            f"{'; ' if loaded else '. '}{_names(computed)} are non-persistent buffers "
+            "(register_buffer(..., persistent=False)), which no state_dict holds: "
+            "load_state_dict leaves them on 'meta' and to_empty leaves them uninitialised. "
+            "Compute them again (build the modules that register them on a real device, or "
+            "assign them as their __init__ computes them)"
+        )
+    return message + ", then protect."
+
+
 def check_lockable(model: nn.Module, layer_filter: LayerFilter = lambda name, m: True) -> None:
     """Raise :class:`InvalidArgumentError` if ``model`` is TorchScript, cannot be copied, holds
     uninitialised lazy tensors or tensors on the ``meta`` device, or the layers
@@ -480,14 +522,7 @@ def check_lockable(model: nn.Module, layer_filter: LayerFilter = lambda name, m:
         )
     meta = _on_meta(model)
     if meta:
-        shown = ", ".join(meta[:5]) + (f", ... ({len(meta)} in all)" if len(meta) > 5 else "")
-        raise InvalidArgumentError(
-            f"The model's tensors {shown} are on the 'meta' device: they have shapes but no "
-            "values (a model built under torch.device('meta') or init_empty_weights, whose "
-            "weights were never loaded). Load the trained weights first, e.g. "
-            "model.load_state_dict(state_dict, assign=True) or model.to_empty(device='cpu') "
-            "then model.load_state_dict(state_dict), then protect."
-        )
+        raise InvalidArgumentError(_meta_message(meta, _non_persistent(model)))
     for name, module in uncompiled_named_modules(model):
         error = _reparametrisation_error(name, module)
         if error is not None:
