@@ -66,6 +66,17 @@ def pem(public_key, encoding: serialization.Encoding = serialization.Encoding.PE
     return public_key.public_bytes(encoding, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def assert_each_refused(tmp_path: Path, key_file: Path, said: dict[bytes, str]) -> None:
+    """Each content of ``said`` in ``key_file`` is refused (exit 2) with its message."""
+    for number, (content, message) in enumerate(said.items()):
+        key_file.write_bytes(content)
+        (tmp_path / str(number)).mkdir()
+        assert run_with_server_key(tmp_path / str(number), key_file) == (
+            2,
+            f"error: --server-public-key {key_file} {message}\n",
+        ), number
+
+
 def test_a_pem_public_key_is_read(tmp_path: Path) -> None:
     public = ed25519.Ed25519PrivateKey.generate().public_key()
     key_file = tmp_path / "server.pem"
@@ -134,13 +145,7 @@ def test_pem_files_holding_no_single_public_key_are_named(tmp_path: Path) -> Non
             f"is a PEM DH PARAMETERS, not a public key: {EXPECTED}"
         ),
     }
-    for number, (content, message) in enumerate(said.items()):
-        key_file.write_bytes(content)
-        (tmp_path / str(number)).mkdir()
-        assert run_with_server_key(tmp_path / str(number), key_file) == (
-            2,
-            f"error: --server-public-key {key_file} {message}\n",
-        ), number
+    assert_each_refused(tmp_path, key_file, said)
 
 
 def test_text_around_a_pem_public_key_is_allowed(tmp_path: Path) -> None:
@@ -254,13 +259,7 @@ def test_openssh_and_der_keys_of_another_kind_or_private_are_named(tmp_path: Pat
             f"holds 2 OpenSSH public keys (ssh-ed25519, ssh-rsa), not one: {EXPECTED}"
         ),
     }
-    for number, (content, message) in enumerate(said.items()):
-        key_file.write_bytes(content)
-        (tmp_path / str(number)).mkdir()
-        assert run_with_server_key(tmp_path / str(number), key_file) == (
-            2,
-            f"error: --server-public-key {key_file} {message}\n",
-        ), number
+    assert_each_refused(tmp_path, key_file, said)
     key_file.write_bytes(ed_line[:60])  # cut short
     (tmp_path / "cut").mkdir()
     code, output = run_with_server_key(tmp_path / "cut", key_file)
