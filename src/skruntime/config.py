@@ -856,13 +856,20 @@ def atomic_write_bytes(
 
 def _give_owner(fd: int, uid: int, gid: int) -> None:
     """Give the file ``fd`` the user ``uid`` and group ``gid``: root may give both, another
-    user only a group it belongs to; else the file stays the writer's."""
+    user only a group it belongs to; else the file stays the writer's. So it stays where ids
+    cannot be given at all: Windows (no ``os.fchown``), a user namespace (a rootless
+    container) where the old file's ids are unmapped (``EINVAL``: until 2026-12-07 the whole
+    write failed), a file system without Unix owners."""
+    if not hasattr(os, "fchown"):
+        return
     for ids in ((uid, gid), (-1, gid)):
         try:
             os.fchown(fd, *ids)
-            return
         except PermissionError:
             continue
+        except OSError:
+            return
+        return
 
 
 def write_all(fd: int, data: bytes) -> None:

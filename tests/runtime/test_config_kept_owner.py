@@ -4,6 +4,7 @@ runtime cannot read; and a setuid or setgid bit is not copied onto the new file.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from tests.runtime.test_config import KEY, make_config
 
-from skruntime.config import write_config
+from skruntime.config import load_config, write_config
 
 
 def _other_ids() -> tuple[int, int]:
@@ -44,3 +45,25 @@ def test_a_rewritten_configuration_drops_setuid_and_setgid(tmp_path: Path) -> No
     path.chmod(0o6640)
     write_config(path, make_config(2), KEY)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("where", ["user namespace", "windows"])
+def test_a_configuration_whose_ids_cannot_be_given_is_still_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """In a rootless container the old file's owner, unmapped there, reads as 65534, and
+    fchown to it fails with EINVAL (measured with ``unshare -Ur``); Windows has no os.fchown.
+    Before: the write failed (ConfigurationError; AttributeError on Windows) and the
+    configuration could not be migrated or updated. Now the new file stays the writer's."""
+    path = tmp_path / "skconfig.json"
+    write_config(path, make_config(1), KEY)
+    if where == "windows":
+        monkeypatch.delattr(os, "fchown")
+    else:
+
+        def unmapped(fd: int, uid: int, gid: int) -> None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        monkeypatch.setattr(os, "fchown", unmapped)
+    write_config(path, make_config(2), KEY)
+    assert load_config(path).platform_version == 2
