@@ -15,6 +15,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,21 +62,29 @@ def _export_original(model: nn.Module, example: torch.Tensor, path: Path) -> Pat
     return path
 
 
+def _protect_onnx(
+    model: nn.Module, name: str, example: torch.Tensor, root: Path, app: str = "app", **options
+) -> Path:
+    """``model`` protected to ONNX with its test key, from ``root``; its output folder."""
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        SkProtectorPyTorch(application_name=app).protect_new_model(
+            model, name, [example], model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
+            test_key=True, **options,
+        )  # fmt: skip
+    finally:
+        os.chdir(previous)
+    return root / "outputs" / app / name / "onnx"
+
+
 class Protected:
     """The module's protected MLP: paths, key, calibration and test inputs."""
 
     def __init__(self, root: Path) -> None:
         model = _mlp()
         example = torch.randn(BATCH, FEATURES)
-        SkProtectorPyTorch(application_name="app").protect_new_model(
-            model,
-            "mlp",
-            [example],
-            model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
-            test_key=True,
-            quantize_compatibility=True,
-        )
-        folder = root / "outputs" / "app" / "mlp" / "onnx"
+        folder = _protect_onnx(model, "mlp", example, root, quantize_compatibility=True)
         self.model = folder / "mlp.onnx"
         self.key = read_txt_keys(folder, "mlp").static_key()  # what the docs tell users
         self.original = _export_original(model, example, root / "original.onnx")
@@ -365,15 +374,7 @@ def test_a_protected_cnn_quantizes_like_its_original(
         nn.Linear(16 * 8 * 8, 10),
     ).eval()
     example = torch.randn(2, 3, 8, 8)
-    SkProtectorPyTorch(application_name="app").protect_new_model(
-        model,
-        "cnn",
-        [example],
-        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
-        test_key=True,
-        quantize_compatibility=True,
-    )
-    folder = workdir / "outputs" / "app" / "cnn" / "onnx"
+    folder = _protect_onnx(model, "cnn", example, workdir, quantize_compatibility=True)
     key = read_txt_keys(folder, "cnn").static_key()
     original = _export_original(model, example, workdir / "cnn_original.onnx")
     rng = np.random.default_rng(2)
@@ -412,19 +413,115 @@ def test_a_model_protected_without_quantize_compatibility_is_warned_about(
 ) -> None:
     """Its mixing blocks have condition number 16, not orthogonal: int8 may lose most of its
     accuracy (the digits CNN fell to 13.7-55.6 %). Quantized without a word before."""
-    previous = Path.cwd()
-    os.chdir(tmp_path)
-    try:
-        SkProtectorPyTorch(application_name="plain").protect_new_model(
-            _mlp(), "mlp", [torch.randn(BATCH, FEATURES)],
-            model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX, test_key=True,
-        )  # fmt: skip
-    finally:
-        os.chdir(previous)
-    plain = tmp_path / "outputs" / "plain" / "mlp" / "onnx" / "mlp.onnx"
+    folder = _protect_onnx(_mlp(), "mlp", torch.randn(BATCH, FEATURES), tmp_path, "plain")
+    plain = folder / "mlp.onnx"
     with pytest.warns(RuntimeWarning, match="without quantize_compatibility=True") as caught:
         q.quantize_protected_onnx(plain, tmp_path / "plain.int8.onnx", mode="dynamic")
     assert caught[0].filename == __file__  # the caller's line
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the compatible model: not a word
         q.quantize_protected_onnx(protected.model, tmp_path / "ok.int8.onnx", mode="dynamic")
+
+
+@pytest.mark.parametrize("compatible", [False, True])
+def test_a_convolutional_model_without_quantize_compatibility_is_warned_about(
+    tmp_path: Path, compatible: bool
+) -> None:
+    """A model of convolutions alone: its lock's mixing is 1x1 convs (16 channels: one block,
+    32: two groups), no MatMul. Until 2026-12-07 those were never looked at (only grouped convs,
+    and their kernel's shape was compared with a tuple of the wrong length), so its int8
+    version lost its accuracy without a word."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 10, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
+    example = torch.randn(2, 3, 8, 8)
+    folder = _protect_onnx(model, "fcn", example, tmp_path, quantize_compatibility=compatible)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q.quantize_protected_onnx(folder / "fcn.onnx", tmp_path / "fcn.int8.onnx", mode="dynamic")
+    warned = [w for w in caught if "without quantize_compatibility=True" in str(w.message)]
+    assert len(warned) == (0 if compatible else 1), [str(w.message) for w in caught]
+
+
+def test_a_quantized_key_path_inside_a_subgraph_is_found(tmp_path: Path) -> None:
+    """A locked LSTM exports as a Scan whose body reads the decoded indices and scales of the
+    main graph by name; a (de)quantize node there (one quantized by other means, in a Scan,
+    Loop or If body) was not looked at: check_key_not_quantized said [] until 2026-12-07."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    def constant(name: str, value: float, dtype: type = np.float32) -> Any:
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    def branch(name: str, quantized: bool) -> Any:
+        read = "scale_dq" if quantized else "scale"
+        nodes = [helper.make_node("Mul", ["x", read], [f"{name}_y"], name=f"{name}_mul")]
+        if quantized:
+            nodes[:0] = [
+                helper.make_node("QuantizeLinear", ["scale", "s", "z"], ["scale_q"], name="q"),
+                helper.make_node("DequantizeLinear", ["scale_q", "s", "z"], [read], name="dq"),
+            ]
+        output = helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [4])
+        return helper.make_graph(
+            nodes, name, [], [output], [constant("s", 0.01), constant("z", 0, np.int8)]
+        )
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", [q.KEY_NAME, "two"], ["scale"], name="decode"),
+            helper.make_node(
+                "If",
+                ["cond"],
+                ["y"],
+                name="if",
+                then_branch=branch("then", quantized=True),
+                else_branch=branch("else", quantized=False),
+            ),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info(q.KEY_NAME, TensorProto.FLOAT, [4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [constant("two", 2.0), constant("cond", True, np.bool_)],
+    )
+    path = tmp_path / "subgraph.onnx"
+    save(helper.make_model(graph), str(path))
+    assert q.check_key_not_quantized(path) == [
+        "QuantizeLinear q reads key-derived scale",
+        "DequantizeLinear dq reads key-derived scale_q",
+    ]
+
+
+def test_an_output_path_that_is_a_link_is_written_through(
+    protected: Protected, tmp_path: Path
+) -> None:
+    """As onnx.save (and onnxruntime's own quantizers) write: the file the link points to gets
+    the model, the link stays. Until 2026-12-07 the link was replaced by a file and its target
+    kept the previous model; a link into a missing folder names that folder."""
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v2.onnx"
+    target.write_bytes(b"previous")
+    link = tmp_path / "current.onnx"
+    link.symlink_to(Path("models") / "v2.onnx")  # relative, as ln -s writes it
+    q.quantize_protected_onnx(protected.model, link, mode="dynamic")
+    assert link.is_symlink() and target.read_bytes() != b"previous"
+    assert (
+        _error(
+            _run(link, protected.x, protected.key),
+            _run(protected.model, protected.x, protected.key),
+        )
+        < TOLERANCE
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["current.onnx", "models", "v2.onnx"]
+    dangling = tmp_path / "dangling.onnx"
+    dangling.symlink_to(tmp_path / "gone" / "v3.onnx")
+    with pytest.raises(InvalidArgumentError, match="gone does not exist"):
+        q.quantize_protected_onnx(protected.model, dangling, mode="dynamic")

@@ -91,7 +91,8 @@ def quantize_protected_onnx(
 
     Args:
         model_path: the protected ONNX model (its last input is ``key_vector``).
-        output_path: where the int8 model goes; written whole or not at all.
+        output_path: where the int8 model goes; written whole or not at all (through a
+            symbolic link, into the file it points to).
         mode: ``"static"`` (QDQ, int8 activations, calibrated with ``key``) or ``"dynamic"``
             (int8 weights, activation ranges computed at run time; no key, no calibration).
         key: the key the model will run with, e.g.
@@ -239,8 +240,16 @@ def untranspose_gemm_inputs(path: str | os.PathLike[str]) -> int:
 
 def key_tensors(graph: Any, key_name: str = KEY_NAME) -> set[str]:
     """Tensors computed from the key alone (with constants): the key and its decoded parts."""
-    constants = {t.name for t in graph.initializer}
-    keyed = {key_name}
+    return _keyed_and_constants(graph, key_name, (set(), set()))[0]
+
+
+def _keyed_and_constants(
+    graph: Any, key_name: str, outer: tuple[set[str], set[str]]
+) -> tuple[set[str], set[str]]:
+    """:func:`key_tensors` and the constant tensors of ``graph``, given ``outer``: those of the
+    enclosing graph, which a subgraph (a Scan, Loop or If body) reads by name."""
+    constants = {t.name for t in graph.initializer} | outer[1]
+    keyed = {key_name} | outer[0]
     changed = True
     while changed:  # a fixed point, so that node order does not matter
         changed = False
@@ -253,7 +262,7 @@ def key_tensors(graph: Any, key_name: str = KEY_NAME) -> set[str]:
             elif all(i in keyed for i in dynamic) and not set(node.output) <= keyed:
                 keyed.update(node.output)
                 changed = True
-    return keyed
+    return keyed, constants
 
 
 def key_nodes(graph: Any, key_name: str = KEY_NAME) -> list[str]:
@@ -313,14 +322,21 @@ def _batched_weight_matmuls(graph: Any, constants: Mapping[str, np.ndarray]) -> 
     ]
 
 
-def _key_problems(graph: Any) -> list[str]:
-    """(De)quantize nodes of ``graph`` that read the key or a tensor decoded from it."""
-    keyed = key_tensors(graph)
-    return [
+def _key_problems(graph: Any, outer: tuple[set[str], set[str]] = (set(), set())) -> list[str]:
+    """(De)quantize nodes of ``graph`` and of its subgraphs (the body of a Scan, as an LSTM
+    exports, a Loop or an If) that read the key or a tensor decoded from it: a body reads the
+    decoded indices and scales by name (until 2026-12-07 only the main graph was checked)."""
+    known = _keyed_and_constants(graph, KEY_NAME, outer)
+    problems = [
         f"{n.op_type} {n.name} reads key-derived {n.input[0]}"
         for n in graph.node
-        if n.op_type in _QUANTIZE_OPS and n.input[0] in keyed
+        if n.op_type in _QUANTIZE_OPS and n.input[0] in known[0]
     ]
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                problems += _key_problems(body, known)
+    return problems
 
 
 def _int8_weights(graph: Any) -> int:
@@ -423,9 +439,10 @@ def _model_inputs(model_path: Path, protected: bool) -> tuple[list[_Input], _Inp
 
 
 def _conditioned_mixing(graph: Any) -> bool:
-    """Whether the protected ``graph`` holds the lock's un-mixing blocks (square blocks of a
-    rank-3 MatMul weight or of a grouped 1x1 conv) and none is orthogonal: a lock without
-    ``quantize_compatibility``, whose mixing has condition number 16 (orthogonal with it)."""
+    """Whether the protected ``graph`` holds the lock's mixing blocks (square blocks of a
+    rank-3 MatMul weight or of a 1x1 conv, grouped or not) and none is orthogonal: a lock
+    without ``quantize_compatibility``, whose mixing has condition number 16 (orthogonal with
+    it). A convolutional model's mixing is 1x1 convs only (missed before 2026-12-07)."""
     constants = graph_constants(graph)
     found = []
     for node in graph.node:
@@ -438,9 +455,10 @@ def _conditioned_mixing(graph: Any) -> bool:
         elif node.op_type == "Conv" and (w := constants.get(node.input[1])) is not None:
             groups = next((a.i for a in node.attribute if a.name == "group"), 1)
             if (
-                groups > 1
-                and w.shape[2:] == (1, 1) * (w.ndim - 2)
-                and w.shape[0] == w.shape[1] * groups
+                w.ndim >= 3
+                and w.shape[1] > 1
+                and all(d == 1 for d in w.shape[2:])
+                and w.shape[0] == w.shape[1] * groups  # square blocks
             ):
                 found.append(_orthogonal_blocks(w, conv_groups=groups))
     return bool(found) and not any(found)
@@ -634,7 +652,9 @@ def _quantize(
             raise InvalidArgumentError(f"{name} must be a file path, got {path!r}.")
     source, output = Path(model_path), Path(output_path)
     inputs, key_input = _model_inputs(source, protected)
-    _check_output(source, output)
+    # a link is written through, as onnx.save does (replaced by a file until 2026-12-07)
+    target = Path(os.path.realpath(output)) if output.is_symlink() else output
+    _check_output(source, target)
     checked_key = None
     if key is not None and key_input is not None:
         checked_key = _check_key(key, key_input)
@@ -660,12 +680,12 @@ def _quantize(
     reduce_range = int8_saturates() if reduce_range is None else reduce_range
 
     # Reserve the output's temporary name first: an unwritable folder fails before any work.
-    partial = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial.onnx")
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial.onnx")
     try:
         partial.open("xb").close()
     except OSError as err:
         raise InvalidArgumentError(
-            f"cannot write in output_path's folder {output.parent} ({err.strerror}): pass an "
+            f"cannot write in output_path's folder {target.parent} ({err.strerror}): pass an "
             "output_path in a folder you can write."
         ) from None
     try:
@@ -682,7 +702,7 @@ def _quantize(
                 quantize_mixing=quantize_mixing,
                 float_layer_outputs=float_layer_outputs,
             )
-        os.replace(partial, output)
+        os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
