@@ -717,9 +717,10 @@ def parse_signed_config(
     path: str | os.PathLike[str],
     *,
     public_key: bytes | Ed25519PublicKey | None = None,
-) -> tuple[Config, dict[str, Any]]:
-    """:func:`parse_config`, and the file's signed part as parsed (``{"payload": ...,
-    "signature": ...}``, what a licence request carries), so that the bytes are parsed once."""
+) -> tuple[Config, dict[str, Any], bytes]:
+    """:func:`parse_config`, the file's signed part as parsed (``{"payload": ...,
+    "signature": ...}``, what a licence request carries) and the raw public key it is signed
+    with (``public_key``, else the one it names), so that the bytes are parsed once."""
     path = Path(path)
     try:
         text = raw.decode("utf-8")
@@ -800,7 +801,7 @@ def parse_signed_config(
             f"Configuration file {path} is invalid: {e} Re-protect the models with this "
             "skprotect version."
         ) from None
-    return config, {"payload": payload, "signature": doc["signature"]}
+    return config, {"payload": payload, "signature": doc["signature"]}, key_raw
 
 
 def unwritable_reason(path: str | os.PathLike[str]) -> str | None:

@@ -13,10 +13,8 @@ path runs with only numpy, onnxruntime and cryptography installed.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -151,11 +149,6 @@ def _platform_name(platform: object) -> str:
     )
 
 
-def _signing_key(raw: bytes) -> bytes:
-    """The raw public key that the verified configuration file ``raw`` is signed with."""
-    return base64.b64decode(json.loads(raw)["public_key"])
-
-
 class SkRuntime:
     """An application's protected models, as written by skprotect in ``outputs/<application>/``.
 
@@ -275,7 +268,9 @@ class SkRuntime:
         raw = read_config_bytes(self.config_path)
         self._config_sha256 = hashlib.sha256(raw).digest()
         try:
-            config, signed = parse_signed_config(raw, self.config_path, public_key=public_key)
+            config, signed, signer = parse_signed_config(
+                raw, self.config_path, public_key=public_key
+            )
         except ConfigurationError as e:
             raise (_newer_version_error(self.config_path, e) or e) from None
         if config.platform != self.platform:
@@ -285,7 +280,7 @@ class SkRuntime:
             )
         self.config: Config = config
         # the other platform's configuration is read only when signed by this one's key
-        self._signer = public_key if public_key is not None else _signing_key(raw)
+        self._signer = signer
         unlock = KeyUnlock(
             kek=check_kek(kek),
             from_licence=self._kek_from_licence if licence_server is not None else None,

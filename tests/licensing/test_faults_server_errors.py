@@ -5,6 +5,7 @@ never migrated) was dropped. Now it quotes it. Against the real server app on SQ
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from sklicense import db
 from sklicense.api import database_errors
 from sklicense.api.main import create_app
 from sklicense.settings import Settings
-from skruntime.errors import LicenceUnavailableError
+from skruntime.errors import ClockRollbackError, LicenceUnavailableError
 from skruntime.licensing.protocol import unb64
 
 
@@ -78,3 +79,22 @@ def test_a_failed_renewal_warns_with_the_servers_detail(server, tmp_path, clock,
     clock.now = licence.expires_at
     with pytest.raises(LicenceUnavailableError, match=r"expired at .* answered with an error"):
         runtime.ensure_licence()
+
+
+def test_a_clock_the_server_errs_on_is_not_told_to_connect(server, tmp_path, clock) -> None:
+    """A clock the last time seen is ahead of asks the server to confirm it: its server error
+    was followed by the advice to "connect the device to the licence server once", though the
+    device had reached it."""
+    client, path = server
+    folder = tmp_path / "device"
+    first = device(client, folder, clock)
+    first.consume()
+    first.close()
+    (folder / "clock.json").write_text(json.dumps({"last_seen": clock.now + 3 * 86400}))
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE seen_nonces")
+    with pytest.raises(ClockRollbackError) as error:
+        device(client, folder, clock).ensure_licence()
+    message = str(error.value)
+    assert f"answered with an error, HTTP 500 {database_errors.NOT_MIGRATED!r}" in message
+    assert "connect the device" not in message and "server's administrator has fixed" in message

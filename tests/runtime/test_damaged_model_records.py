@@ -93,3 +93,12 @@ def test_a_damaged_archive_records_nothing(make) -> None:
     """A damaged or unreadable archive member raised zlib's, zipfile's or json's own error
     where "records none" (None) was promised."""
     assert recorded_inputs(make()) is None
+
+
+@pytest.mark.parametrize("commitment", [5, ["0" * 64], "not hex", "A" * 64])
+def test_a_malformed_commitment_is_none(commitment: object) -> None:
+    """The record is read unchecked: a commitment that is not 64 hex digits was returned as it
+    was (a number, a list), and the runtime compared TXT key files with it, refusing them as
+    edited (KeyFileError) where the backend refuses the damaged record (BackendError)."""
+    record = json.dumps([{"name": "key_vector", "key_commitment": commitment}]).encode()
+    assert recorded_commitment(bytes(archive(TORCHSCRIPT_RECORD, record))) is None

@@ -137,11 +137,13 @@ def key_commitment_of(specs: Sequence[Mapping[str, Any]] | None) -> str | None:
 
 def recorded_commitment(source: Path | bytes) -> str | None:
     """The key commitment that the model file ``source`` (its path or its bytes) records; None
-    when it records none (written before commitments were recorded, or damaged)."""
+    when it records none (written before commitments were recorded, or damaged: one that is
+    not 64 hex digits, which the backend refuses as it reads the record, is none here)."""
     record = recorded_inputs(source)
     if not isinstance(record, list) or not all(isinstance(s, dict) for s in record):
         return None
-    return key_commitment_of(record)
+    commitment = key_commitment_of(record)
+    return commitment if _valid_commitment(commitment) else None
 
 
 def recorded_inputs(source: Path | bytes) -> Any:

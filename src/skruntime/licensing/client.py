@@ -93,11 +93,12 @@ ended early, or a device revoked, in that time takes effect within a day. A serv
 not know ``renews`` (its ``422``; an unsigned one only from a server never seen signing) gets
 a plain renewal instead, charged, unless the licence is noted at the contract end already: that
 one is kept and noted as checked, so that the daily checks never draw an allowance. Any failed
-renewal inside the window (server unreachable, an answer that is not a verified licence for
-this request, or a denial other than ``device_revoked`` and ``contract_ended``, which drop it)
-keeps the cached licence until it expires, with a warning naming the cause; after expiry an
-unreachable server raises :class:`LicenceUnavailableError` and a bad answer the
-:class:`LicenceError` that describes it, raised again without a new licence request until
+renewal inside the window (server unreachable or answering 5xx, an answer that is not a
+verified licence for this request, or a denial other than ``device_revoked`` and
+``contract_ended``, which drop it) keeps the cached licence until it expires, with a warning
+naming the cause; after expiry an unreachable server, or its 5xx answer (its detail quoted),
+raises :class:`LicenceUnavailableError` and a bad answer the :class:`LicenceError` that
+describes it, raised again without a new licence request until
 ``retry_seconds`` pass (:meth:`LicenceClient._refuse_held`: the request may have drawn an
 allowance). An answer is read to at most :data:`MAX_ANSWER_BYTES`, within ``timeout`` after
 its headers; a redirect (any ``3xx``) is a bad answer naming the URL to give instead, or the
@@ -1956,7 +1957,8 @@ class LicenceClient:
             ClockRollbackError: the clock is before the last time seen (and the server does not
                 confirm it) or before the licence's issue.
             LicenceDeniedError: the server refused (``.reason`` is its code).
-            LicenceUnavailableError: no valid licence and the server is unreachable.
+            LicenceUnavailableError: no valid licence and the server is unreachable or
+                answers with a server error (5xx, its detail quoted).
             LicenceError: no valid licence and the server presents another key than the
                 pinned one, or its answer is not a verified licence for this request; a state
                 file is malformed, or the client is closed.
@@ -2080,10 +2082,11 @@ class LicenceClient:
                 licence = self._licence_confirming(now, seen)
         except _RenewalFailed as e:
             cause = self._failure(e)
-            if isinstance(e, _Unreachable):
-                cause += (
-                    "; if this clock is right (it was ahead before), connect the device to the "
-                    "licence server once to confirm it"
+            if isinstance(e, _Unreachable):  # reached, a server error: no connection to restore
+                cause += "; if this clock is right (it was ahead before), " + (
+                    "try again once the server's administrator has fixed what its answer names"
+                    if e.answered
+                    else "connect the device to the licence server once to confirm it"
                 )
         except LicenceDeniedError as e:
             if e.reason == "device_revoked":
