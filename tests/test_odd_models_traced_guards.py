@@ -158,3 +158,26 @@ def test_another_line_of_torchs_is_refused_saying_which_formats_trace_it(workdir
             _UpsampleTo(), "m", inputs, model_export_formats=EF.TORCHSCRIPT_CPU
         )
     assert "torch's own code" in str(refused.value) and "INDUCTOR_CPU" in str(refused.value)
+
+
+def test_the_onnx_fallbacks_refusal_of_torchs_line_names_the_dynamo_exporter(
+    workdir: Path,
+) -> None:
+    """The legacy ONNX exporter refused ConvTranspose2d's output_size with the TorchScript
+    advice: leave TORCHSCRIPT_CPU/TORCHSCRIPT_GPU out and use ONNX, the format it was. The
+    dynamo exporter it now names exports the model."""
+    inputs = [torch.randn(2, 4, 5, 5), torch.randn(2, 4, 10, 10)]
+    params = {"input_names": ["x", "skip"]}
+    protector = SkProtectorPyTorch(application_name="app")
+    with pytest.raises(ExportError, match=r"conv\.py:\d+") as refused:
+        protector.protect_new_model(
+            _UpsampleTo(), "m", inputs, model_export_formats=EF.ONNX,
+            onnx_params={**params, "dynamo": False},
+        )  # fmt: skip
+    message = str(refused.value)
+    assert "TORCHSCRIPT" not in message
+    assert "export ONNX with the dynamo exporter" in message and "INDUCTOR_CPU" in message
+    result = protector.protect_new_model(
+        _UpsampleTo(), "m", inputs, model_export_formats=EF.ONNX, onnx_params=params
+    )
+    assert list(result.formats) == ["onnx"]

@@ -189,6 +189,18 @@ def test_a_quantized_key_path_is_refused_and_nothing_is_written(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_quantized_key_path_in_dynamic_mode_is_not_told_to_use_dynamic_mode(
+    protected: Protected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal's way out was "or use mode='dynamic'" whatever the mode: in dynamic mode,
+    the mode that failed."""
+    monkeypatch.setattr(q, "_key_problems", lambda graph: ["DynamicQuantizeLinear reads key"])
+    with pytest.raises(VerificationError, match="quantized the key path") as refused:
+        q.quantize_protected_onnx(protected.model, tmp_path / "m.int8.onnx", mode="dynamic")
+    assert "mode='dynamic'" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failure_leaves_an_existing_output_as_it_was(
     protected: Protected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

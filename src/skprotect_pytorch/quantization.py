@@ -365,7 +365,7 @@ class _Input:
 
 
 def _require_modules(function: str) -> None:
-    """Fail with what to install when onnx or onnxruntime is missing (``skprotect[runtime]``)."""
+    """Fail with what to install when onnx or onnxruntime is missing (``skprotect[protect]``)."""
     missing = missing_modules(QUANTIZATION_MODULES)
     if missing:
         raise ModuleNotFoundError(
@@ -778,10 +778,12 @@ def _run_onnxruntime(
     quantized = onnx.load(str(dst)).graph
     problems = _key_problems(quantized)
     if problems:
+        # dynamic quantization leaves the key alone as a rule: the other mode is no way out
+        other = ", or use mode='dynamic'" if mode == "static" else ""
         raise VerificationError(
             f"onnxruntime quantized the key path of {src.name} ({'; '.join(problems[:3])}): the "
             "model would decode a wrong key. Nothing was written; report this with your "
-            "onnxruntime version, or use mode='dynamic'."
+            f"onnxruntime version{other}."
         )
     return {
         "key_nodes": tuple(keyed),

@@ -19,6 +19,7 @@ from torch import nn
 from skprotect_pytorch import pipeline
 from skprotect_pytorch.export import build_export_options, get_exporter
 from skprotect_pytorch.formats import ExportFormat
+from skprotect_pytorch.lock import lock_model
 
 _MEETING_S = 2.0
 """How long a trace waits for the other thread's trace to join it: a bound, not a delay the
@@ -166,4 +167,76 @@ def test_the_protections_reference_export_takes_its_turn(tmp_path):
     for thread in threads:
         thread.join()
     assert errors == [] and len(programs) == 1 and programs[0] is not None
+    assert meeting.seen == [1, 1]
+
+
+class MeetingKeyed(nn.Module):
+    """A locked model's keyed forward that meets the other thread's (:class:`Meeting`) and
+    notes whether the process was exporting to ONNX as it ran."""
+
+    def __init__(self, meeting: Meeting, keyed: nn.Module) -> None:
+        super().__init__()
+        self.meeting = meeting
+        self.keyed = keyed
+        self.in_onnx_export: list[bool] = []
+
+    def forward(self, x, key):
+        self.meeting.enter()
+        try:
+            self.in_onnx_export.append(torch.onnx.is_in_onnx_export())
+            return self.keyed(x, key)
+        finally:
+            self.meeting.leave()
+
+
+def test_a_torchscript_export_takes_its_turn_beside_an_onnx_export(tmp_path):
+    """An ONNX export marks the whole process as exporting to ONNX, and the lock's channel
+    mixing takes its ONNX form (grouped 1x1 convs) then: a TorchScript export traced in
+    another thread meanwhile shipped 7 convs and no MatMul where alone it ships 3 convs and 4
+    MatMuls (the same outputs, slower: ATen runs the grouped convs one group at a time)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    locked = lock_model(
+        net.eval(), layer_filter=lambda name, module: True, secret_rng=np.random.default_rng(0)
+    )
+    x, key = torch.randn(2, 3, 8, 8), torch.from_numpy(locked.layout.static_key())
+    ts_opts = build_export_options([x], {"input_names": ["x"]})
+    torchscript = get_exporter(ExportFormat.TORCHSCRIPT_CPU)
+
+    def graph_of(module: nn.Module, name: str) -> str:
+        path = tmp_path / name
+        torchscript.export(module, (x, key), path, ts_opts, with_key=True)
+        return str(torch.jit.load(str(path)).graph)
+
+    alone = graph_of(MeetingKeyed(Meeting(), locked.keyed).eval(), "alone.pt")
+    assert "matmul" in alone
+
+    meeting = Meeting()
+    toy_x, toy_key = torch.randn(2, 8), torch.ones(8)
+    onnx_opts = build_export_options([toy_x], {"input_names": ["x"], "dynamo": True})
+    beside = MeetingKeyed(meeting, locked.keyed).eval()
+    errors: list[BaseException] = []
+    graphs = []
+
+    def export_onnx() -> None:
+        module = MeetingToy(meeting).eval()
+        try:
+            get_exporter(ExportFormat.ONNX).export(
+                module, (toy_x, toy_key), tmp_path / "m.onnx", onnx_opts, with_key=True
+            )
+        except Exception as err:
+            errors.append(err)
+
+    def export_torchscript() -> None:
+        graphs.append(graph_of(beside, "beside.pt"))
+
+    threads = [threading.Thread(target=export_onnx), threading.Thread(target=export_torchscript)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(graphs) == 1
+    assert beside.in_onnx_export and not any(beside.in_onnx_export)
+    assert graphs[0].count("conv") == alone.count("conv")
+    assert graphs[0].count("matmul") == alone.count("matmul")
     assert meeting.seen == [1, 1]

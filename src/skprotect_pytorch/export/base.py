@@ -230,8 +230,19 @@ def _torch_input_check(filename: str, lineno: int) -> bool:
     return (inside, line) in _TORCH_INPUT_CHECKS
 
 
+TORCHSCRIPT_INSTEAD = (
+    "leave TORCHSCRIPT_CPU/TORCHSCRIPT_GPU out of model_export_formats and use ONNX or "
+    "INDUCTOR_CPU/INDUCTOR_GPU (torch.export traces such values symbolically)"
+)
+"""What :func:`refuse_baked_values` advises for a value baked in torch's code by TorchScript."""
+
+
 def refuse_baked_values(
-    caught: Sequence[warnings.WarningMessage], exporter: str, detail: str = ""
+    caught: Sequence[warnings.WarningMessage],
+    exporter: str,
+    detail: str = "",
+    *,
+    instead: str = TORCHSCRIPT_INSTEAD,
 ) -> None:
     """Raise :class:`ExportError` when a ``torch.jit`` trace turned a tensor into a Python value.
 
@@ -240,6 +251,8 @@ def refuse_baked_values(
     artifact passes the verification on them and returns wrong outputs for other inputs.
     torch only warns (a ``TracerWarning``); a silently wrong artifact is worse than a refusal.
     torch's own input checks (:data:`_TORCH_INPUT_CHECKS`) only guard an error, and pass.
+    ``instead`` says which exporter or format keeps a value of torch's code symbolic, for
+    ``exporter``: the ONNX fallback's advice was to use ONNX.
     """
     for w in caught:
         text = str(w.message)
@@ -252,21 +265,18 @@ def refuse_baked_values(
                 f"{exporter} traces the model, and its forward() turns a tensor into a Python "
                 f"value at {w.filename}:{w.lineno} ({text.split('. ')[0]}): the artifact would "
                 "keep the value it had for input_tensors as a constant and return wrong outputs "
-                f"for other inputs.{detail} {_baked_value_advice(w.filename)}"
+                f"for other inputs.{detail} {_baked_value_advice(w.filename, instead)}"
             )
 
 
-def _baked_value_advice(filename: str) -> str:
+def _baked_value_advice(filename: str, instead: str) -> str:
     """What to do about a value baked at ``filename``: the user's code can compute it with
     tensor ops; torch's (a layer's own code: ConvTranspose2d's output_size, nn.Transformer's
-    mask check) cannot be changed, and the torch.export-based formats keep it symbolic."""
+    mask check) cannot be changed, and ``instead`` names what keeps it symbolic."""
     if Path(filename).resolve().is_relative_to(Path(torch.__file__).parent.resolve()):
         return (
-            "The line is torch's own code, in a layer the model calls: leave "
-            "TORCHSCRIPT_CPU/TORCHSCRIPT_GPU out of model_export_formats and use ONNX or "
-            "INDUCTOR_CPU/INDUCTOR_GPU (torch.export traces such values symbolically), or "
-            "call the layer so that it needs no value (e.g. ConvTranspose2d without "
-            "output_size)."
+            f"The line is torch's own code, in a layer the model calls: {instead}, or call "
+            "the layer so that it needs no value (e.g. ConvTranspose2d without output_size)."
         )
     return (
         "Compute it with tensor ops instead (torch.where for a branch on values; the tensor "
@@ -337,17 +347,21 @@ def _quiet() -> Callable[[], None]:
 
 _ONE_AT_A_TIME = threading.RLock()
 """Held by every AOTInductor export (from its trace to its package), every ONNX export
-(either exporter) and a protection's own ``torch.export`` of the model (naming its
-``Dim.AUTO`` axes: ``pipeline._export_reference``) for its whole run. ``torch.export`` and
-the compile keep their state for the whole process (the traced node's metadata, the dispatch
-mode stack, Dynamo's caches that :func:`isolated_traces` resets, the trace map that
-:func:`~.inductor.release_last_trace` clears, the GPU kernels' cubin paths), and the legacy
-ONNX exporter its settings (``torch.onnx``'s opset and export mode), so two exports in two
-threads at once failed: AOTInductor's ``torch.export`` with "Trying to pop empty mode stack",
-or a compile with ``KeyError: 'custom'``; a dynamo ONNX export beside another one, or beside
-an AOTInductor export, with "ProxyTorchDispatchMode slot already occupied", "CURRENT_PATCHER
-is None in finally block" or "Unable to cast NotImplemented to Tensor". One lock for all of
-them. Reentrant: an export started by a callback in the same thread runs."""
+(either exporter), every TorchScript export and a protection's own ``torch.export`` of the
+model (naming its ``Dim.AUTO`` axes: ``pipeline._export_reference``) for its whole run.
+``torch.export`` and the compile keep their state for the whole process (the traced node's
+metadata, the dispatch mode stack, Dynamo's caches that :func:`isolated_traces` resets, the
+trace map that :func:`~.inductor.release_last_trace` clears, the GPU kernels' cubin paths),
+and the legacy ONNX exporter its settings (``torch.onnx``'s opset and export mode), so two
+exports in two threads at once failed: AOTInductor's ``torch.export`` with "Trying to pop
+empty mode stack", or a compile with ``KeyError: 'custom'``; a dynamo ONNX export beside
+another one, or beside an AOTInductor export, with "ProxyTorchDispatchMode slot already
+occupied", "CURRENT_PATCHER is None in finally block" or "Unable to cast NotImplemented to
+Tensor". An ONNX export also
+sets ``torch.onnx.is_in_onnx_export()`` for the whole process: a TorchScript trace in another
+thread meanwhile took the lock's ONNX form of its channel mixing (grouped 1x1 convs,
+:meth:`~..lock.channel_lock.BlockMix.apply_conv`) and shipped it instead of the batched MatMul.
+One lock for all of them. Reentrant: an export started by a callback in the same thread runs."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")

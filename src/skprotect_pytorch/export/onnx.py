@@ -46,6 +46,14 @@ from .base import (
 )
 from .options import DEFAULT_OPSET, ExportOptions, SizeRange, exported_axes
 
+_DYNAMO_INSTEAD = (
+    "export ONNX with the dynamo exporter, which traces such values symbolically (leave "
+    'onnx_params["dynamo"] out or True, with an opset_version of 18 or more), or where it '
+    "fails leave ONNX out of model_export_formats and use INDUCTOR_CPU/INDUCTOR_GPU"
+)
+"""What :func:`~.base.refuse_baked_values` advises for a value the fallback exporter baked in
+torch's code: not "use ONNX", the format that failed."""
+
 _OTHER_FORMATS = (
     "Leave ExportFormat.ONNX out of model_export_formats and protect this model to "
     "TORCHSCRIPT_CPU / TORCHSCRIPT_GPU or INDUCTOR_CPU / INDUCTOR_GPU, whose files have no such "
@@ -349,7 +357,9 @@ class OnnxExporter:
                     0, f"dynamo export failed ({errors[0]}); used the legacy dynamo=False exporter"
                 )
             why = f" (The dynamo exporter failed: {errors[0]}.)" if errors else ""
-            refuse_baked_values(caught, "The legacy ONNX exporter (dynamo=False)", why)
+            refuse_baked_values(
+                caught, "The legacy ONNX exporter (dynamo=False)", why, instead=_DYNAMO_INSTEAD
+            )
             notes += _check_names(proto, options, with_key)
             metadata = options.inputs_record(args, with_key, exported)
             if _save_single_file(written, path, metadata) and not used:  # dynamo: a side file

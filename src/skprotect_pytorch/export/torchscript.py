@@ -33,6 +33,7 @@ from .base import (
     collect_warnings,
     first_line,
     flatten_outputs,
+    one_at_a_time,
     refuse_baked_values,
     register_exporter,
     require_cuda,
@@ -148,6 +149,7 @@ class TorchScriptExporter(DeviceExporter):
 
     gpu_format = ExportFormat.TORCHSCRIPT_GPU
 
+    @one_at_a_time
     def export(
         self,
         module: nn.Module,
