@@ -440,28 +440,32 @@ def _model_inputs(model_path: Path, protected: bool) -> tuple[list[_Input], _Inp
 
 def _conditioned_mixing(graph: Any) -> bool:
     """Whether the protected ``graph`` holds the lock's mixing blocks (square blocks of a
-    rank-3 MatMul weight or of a 1x1 conv, grouped or not) and none is orthogonal: a lock
-    without ``quantize_compatibility``, whose mixing has condition number 16 (orthogonal with
-    it). A convolutional model's mixing is 1x1 convs only (missed before 2026-12-07)."""
+    rank-3 MatMul weight or of a 1x1 conv, grouped or not) and none is orthogonal
+    (:func:`is_mixing_node`): a lock without ``quantize_compatibility``, whose mixing has
+    condition number 16 (orthogonal with it). A convolutional model's mixing is 1x1 convs only
+    (missed before 2026-12-07)."""
     constants = graph_constants(graph)
-    found = []
-    for node in graph.node:
-        if node.op_type == "MatMul":
-            found += [
-                _orthogonal_blocks(w)
-                for w in (constants.get(i) for i in node.input)
-                if w is not None and w.ndim == 3 and w.shape[1] == w.shape[2] > 1
-            ]
-        elif node.op_type == "Conv" and (w := constants.get(node.input[1])) is not None:
-            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-            if (
-                w.ndim >= 3
-                and w.shape[1] > 1
-                and all(d == 1 for d in w.shape[2:])
-                and w.shape[0] == w.shape[1] * groups  # square blocks
-            ):
-                found.append(_orthogonal_blocks(w, conv_groups=groups))
+    found = [is_mixing_node(n, constants) for n in graph.node if _block_shaped(n, constants)]
     return bool(found) and not any(found)
+
+
+def _block_shaped(node: Any, constants: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``node`` has the lock's mixing shape: a MatMul with a constant stack of square
+    blocks, or a 1x1 conv whose kernel is square blocks (one per group)."""
+    if node.op_type == "MatMul":
+        return any(
+            (w := constants.get(i)) is not None and w.ndim == 3 and w.shape[1] == w.shape[2] > 1
+            for i in node.input
+        )
+    if node.op_type != "Conv" or (w := constants.get(node.input[1])) is None:
+        return False
+    groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return (
+        w.ndim >= 3
+        and w.shape[1] > 1
+        and all(d == 1 for d in w.shape[2:])
+        and w.shape[0] == w.shape[1] * groups
+    )
 
 
 def _check_output(model_path: Path, output_path: Path) -> None:

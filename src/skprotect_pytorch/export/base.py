@@ -219,15 +219,20 @@ one refused in TorchScript. Named exactly: another line of torch's (ConvTranspos
 ``output_size``, whose output padding is a value too), or a changed one, stays refused."""
 
 
+def _in_torch(filename: str) -> str | None:
+    """``filename`` within torch's package (``nn/functional.py``), or None if not torch's."""
+    try:
+        inside = Path(filename).resolve().relative_to(Path(torch.__file__).parent.resolve())
+    except ValueError:
+        return None
+    return inside.as_posix()
+
+
 def _torch_input_check(filename: str, lineno: int) -> bool:
     """Whether ``filename:lineno`` is one of :data:`_TORCH_INPUT_CHECKS`."""
-    root = Path(torch.__file__).parent
-    try:
-        inside = Path(filename).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:  # not torch's file
-        return False
+    inside = _in_torch(filename)
     line = linecache.getline(filename, lineno).strip()
-    return (inside, line) in _TORCH_INPUT_CHECKS
+    return inside is not None and (inside, line) in _TORCH_INPUT_CHECKS
 
 
 TORCHSCRIPT_INSTEAD = (
@@ -273,7 +278,7 @@ def _baked_value_advice(filename: str, instead: str) -> str:
     """What to do about a value baked at ``filename``: the user's code can compute it with
     tensor ops; torch's (a layer's own code: ConvTranspose2d's output_size, nn.Transformer's
     mask check) cannot be changed, and ``instead`` names what keeps it symbolic."""
-    if Path(filename).resolve().is_relative_to(Path(torch.__file__).parent.resolve()):
+    if _in_torch(filename) is not None:
         return (
             f"The line is torch's own code, in a layer the model calls: {instead}, or call "
             "the layer so that it needs no value (e.g. ConvTranspose2d without output_size)."
@@ -357,11 +362,11 @@ exports in two threads at once failed: AOTInductor's ``torch.export`` with "Tryi
 empty mode stack", or a compile with ``KeyError: 'custom'``; a dynamo ONNX export beside
 another one, or beside an AOTInductor export, with "ProxyTorchDispatchMode slot already
 occupied", "CURRENT_PATCHER is None in finally block" or "Unable to cast NotImplemented to
-Tensor". An ONNX export also
-sets ``torch.onnx.is_in_onnx_export()`` for the whole process: a TorchScript trace in another
-thread meanwhile took the lock's ONNX form of its channel mixing (grouped 1x1 convs,
-:meth:`~..lock.channel_lock.BlockMix.apply_conv`) and shipped it instead of the batched MatMul.
-One lock for all of them. Reentrant: an export started by a callback in the same thread runs."""
+Tensor". An ONNX export also sets ``torch.onnx.is_in_onnx_export()`` for the whole process: a
+TorchScript trace in another thread meanwhile took the lock's ONNX form of its channel mixing
+(grouped 1x1 convs, :meth:`~..lock.channel_lock.BlockMix.apply_conv`) and shipped it instead
+of the batched MatMul. One lock for all of them. Reentrant: an export started by a callback in
+the same thread runs."""
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
