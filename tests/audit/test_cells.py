@@ -51,6 +51,7 @@ def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_
     (folder,) = tmp_path.iterdir()
     names = sorted(p.name for p in folder.iterdir())
     assert names == [
+        "A0-spread.json",
         "A0.json",
         "A1-null@1.json",
         "A1-random@1.json",
@@ -58,10 +59,10 @@ def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_
         "settings.json",
         "victims.pt",
     ]
-    assert first.cells["computed"] == 4 and first.cells["reused"] == 0
+    assert first.cells["computed"] == 5 and first.cells["reused"] == 0
     stored = {n: json.loads((folder / f"{n}.json").read_text())["seconds"] for n in ("A0", "B@1")}
     times = first.cells["cell_times"]
-    assert sorted(times) == ["A0", "A1-null@1", "A1-random@1", "B@1"]
+    assert sorted(times) == ["A0", "A0-spread", "A1-null@1", "A1-random@1", "B@1"]
     assert all(times[n] == round(t, 1) for n, t in stored.items())
     assert first.cells["cell_seconds"] == pytest.approx(sum(times.values()), abs=0.3)
     assert first.cells["code"] == [cells_mod.code_version()]  # which code computed the cells
@@ -74,16 +75,16 @@ def test_a_stopped_run_resumes_with_the_same_numbers(tmp_path, monkeypatch, one_
 
     # a rerun trains nothing and attacks nothing: every cell and both networks are read back
     (folder / "A1-random@1.json").rename(tmp_path / "kept.json")  # as if stopped in that cell
-    _forbid(monkeypatch, "baseline_from_scratch", "attack_no_key")
+    _forbid(monkeypatch, "baseline_from_scratch", "attack_no_key", "wrong_key_spread")
     monkeypatch.setattr(
         ReferenceSpec, "train_victim", lambda *a, **k: pytest.fail("victim retrained")
     )
     lines: list[str] = []
     resumed = run_audit(config, log=lines.append)
-    assert resumed.cells["computed"] == 1 and resumed.cells["reused"] == 3
+    assert resumed.cells["computed"] == 1 and resumed.cells["reused"] == 4
     assert _rows(resumed) == _rows(first)
     assert any(line.startswith("A1 fine-tune, random key at 1 %") for line in lines)
-    assert "1 cells computed, 3 reused from" in resumed.to_markdown()
+    assert "1 cells computed, 4 reused from" in resumed.to_markdown()
     assert resumed.cells["cell_times"]["B@1"] == times["B@1"]  # a reused cell keeps its time
     assert f"B@1 {times['B@1']:,.0f}" in resumed.to_markdown()
     assert (
@@ -407,7 +408,7 @@ def test_two_processes_share_the_cells_and_compute_each_once(tmp_path):
         json.loads((tmp_path / f"out{i}" / "audit_gate.json").read_text())["models"]["mlp"]
         for i in range(2)
     ]
-    n_cells = 1 + 2 * (1 + 2 + 1)  # A0; per budget B, A1 null and random, A3
+    n_cells = 2 + 2 * (1 + 2 + 1)  # A0 and its spread; per budget B, A1 null and random, A3
     assert sum(r["cells"]["computed"] for r in reports) == n_cells
     assert all(r["cells"]["computed"] + r["cells"]["reused"] == n_cells for r in reports)
     assert reports[0]["rows"] == reports[1]["rows"] and len(reports[0]["rows"]) == 4 + 2 * 3

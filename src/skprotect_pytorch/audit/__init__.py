@@ -32,6 +32,7 @@ from .arguments import (
     sequence_of,
 )
 from .attacks import (
+    WRONG_KEY_DRAWS,
     AttackOutcome,
     StolenModel,
     attack_finetune,
@@ -40,13 +41,14 @@ from .attacks import (
     baseline_from_scratch,
     permutation_recovery,
     weight_cosines,
+    wrong_key_spread,
 )
 from .cells import MISSING, PENDING, CellStore
 from .custom import load_spec, model_spec, task_from_arrays
 from .data import Task, require_budget_room
 from .models import QUICK_SWEEP, SweepConfig, accuracy
 from .public_base import LockedPublicBaseVictim, attack_public_base, make_public_base_victim
-from .report import AuditReport, AuditRow
+from .report import A0_MARGIN, SPREAD_KINDS, AuditReport, AuditRow
 from .statistics import attack_statistics
 from .stored_weights import aligned_weight_correlations
 from .suite import SUITE, ReferenceSpec, reference
@@ -285,6 +287,8 @@ _ROW_REQUIRED = [
 ]
 
 
+SPREAD_CELL = "A0-spread"
+"""The cell of the wrong-key spread (:func:`.attacks.wrong_key_spread`), report only."""
 ROWS_PER_CELL = {"A0": 4, "A4": 2}
 """The rows an attack's cell holds, one per variant (1 unless listed): A0's four keys (null,
 zero, random, another model's), A4's two matchings; a cell with fewer was judged without the
@@ -356,7 +360,14 @@ def _check_cell(name: str, value: Any, n_seeds: int, folder: Path | None) -> Non
     attack, _, budget = name.partition("@")
     attack = attack.split("-")[0]
     problem = None
-    if attack == "B":
+    if name == SPREAD_CELL:
+        want = f"{WRONG_KEY_DRAWS} accuracies in [0, 1] for each of {', '.join(SPREAD_KINDS)}"
+        ok = (
+            isinstance(value, dict)
+            and value.keys() == set(SPREAD_KINDS)
+            and all(_accuracies(v, WRONG_KEY_DRAWS) for v in value.values())
+        )
+    elif attack == "B":
         want = f"{n_seeds} accuracies in [0, 1] (one per seed, bare or as {{'accuracies': [...], "
         want += "'unmeasured': [seed names]}})"
         ok = _accuracies(value, n_seeds) or (
@@ -543,6 +554,19 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
             if attack in config.attacks:
                 plan += attack_cells(attack, budget)
 
+    spread: dict[str, list[float]] = {}
+    if "A0" in config.attacks:  # report only: a cell folder from before it is not incomplete
+        value = store.get(SPREAD_CELL, lambda: wrong_key_spread(stolen, spec.factory, task))
+        if value is not MISSING:
+            _check_cell(SPREAD_CELL, value, n_seeds, store.folder)
+            spread = {kind: value[kind] for kind in SPREAD_KINDS}
+            for kind, accs in spread.items():
+                above = sum(a > task.chance + A0_MARGIN for a in accs)
+                log(
+                    f"A0 wrong-key spread, {kind}: mean {100 * np.mean(accs):.2f} %, max "
+                    f"{100 * max(accs):.2f} %, {above} of {len(accs)} above chance + 2 points"
+                )
+
     values: dict[str, Any] = {}
 
     def report_cell(name: str, value: Any) -> None:
@@ -619,4 +643,5 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
             else {}
         ),
         train_samples=len(task.y_train),
+        wrong_key_spread=spread,
     )

@@ -262,6 +262,33 @@ def attack_no_key(
     ]
 
 
+WRONG_KEY_DRAWS = 50
+"""How many random keys, and how many untrained networks, the wrong-key spread scores."""
+
+
+def wrong_key_spread(
+    stolen: StolenModel,
+    make_model: Callable[[], nn.Module],
+    task: Task,
+    draws: int = WRONG_KEY_DRAWS,
+) -> dict[str, list[float]]:
+    """Test accuracy of ``draws`` random keys (A0's draws at seeds 0, 1, …) and of as many
+    untrained networks of the architecture (torch seeds 0, 1, …: what a thief without the files
+    has). A0 judges one draw; this says how often a draw lands above its bound by luck, on this
+    model and test split (on a two-class task often: docs/security.md)."""
+    keys = [
+        accuracy(stolen.forward_with(a0_random_key(stolen, s)), task.x_test, task.y_test)
+        for s in range(draws)
+    ]
+    untrained = []
+    for s in range(draws):
+        with torch.random.fork_rng(devices=[]):  # the caller's torch seed stays as it was
+            torch.manual_seed(s)
+            net = fresh_model(make_model).eval()
+        untrained.append(accuracy(net, task.x_test, task.y_test))
+    return {"random keys": keys, "untrained networks": untrained}
+
+
 def finetune_from_key(
     stolen: StolenModel,
     task: Task,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 
 A0_MARGIN = 0.02
@@ -24,6 +25,8 @@ DIVERGED = (
     "the inputs, and run again)"
 )
 """Why a seed was not measured, and what to do (a row's and a reference's alike)."""
+SPREAD_KINDS = ("random keys", "untrained networks")
+"""The wrong-key spread's two kinds of draw (:func:`.attacks.wrong_key_spread`)."""
 REPORT_ONLY = frozenset({"A5"})
 """Attacks that never fail the gate (DESIGN.md §2: a public base is not protected); they warn
 when they beat their reference by more than ``ATTACK_MARGIN``."""
@@ -162,6 +165,10 @@ class AuditReport:
     drew one, and in reports before it)."""
     train_samples: int | None = None
     """Size of the training split the budgets are drawn from (None in reports before it)."""
+    wrong_key_spread: dict[str, list[float]] = field(default_factory=dict)
+    """``"random keys"`` and ``"untrained networks"`` → the test accuracy of each draw: how
+    often one draw lands above A0's bound by luck (report only; empty when A0 did not run, and
+    in reports and cell folders from before it)."""
 
     @property
     def passed(self) -> bool:
@@ -199,7 +206,7 @@ class AuditReport:
         found = []
         n = self.test_samples
         if n is not None and n < SMALL_TEST:
-            sd = (self.chance * (1 - self.chance) / n) ** 0.5
+            sd = self._sampling_sd() / 100
             z = A0_MARGIN / sd if sd else math.inf  # one class in the test split: no spread
             tail = 0.5 * math.erfc(z / math.sqrt(2))
             found.append(
@@ -210,6 +217,7 @@ class AuditReport:
             )
         found += self._raised_budgets()
         found += self._victim_not_above_references()
+        found += self._wrong_keys_above_bound()
         if missing := self.gated_not_asked:
             ran = [a for a in GATED if a not in missing]
             found.append(
@@ -243,6 +251,65 @@ class AuditReport:
                 "smaller budgets"
             )
         return found
+
+    def _spread_counts(self) -> dict[str, tuple[int, int, float]]:
+        """Per kind of the wrong-key spread: draws above A0's bound, draws, and their sd in
+        points."""
+        bound = self.chance + A0_MARGIN
+        return {
+            kind: (sum(a > bound for a in accs), len(accs), 100 * statistics.pstdev(accs))
+            for kind, accs in self.wrong_key_spread.items()
+        }
+
+    def _wrong_keys_above_bound(self) -> list[str]:
+        """Caveats where draws of the spread land above A0's bound: untrained networks there
+        make one draw a noisy test (a two-class task: 28-49 of 200 random keys above);
+        random keys there more often than untrained networks keep some of the trained model's
+        dependence on its input (the suite's Transformer: docs/security.md)."""
+        counts = self._spread_counts()
+        if not counts:
+            return []
+        (keys, n_keys, sd_keys), (nets, n_nets, sd_nets) = (counts[k] for k in SPREAD_KINDS)
+        bound = f"A0's bound ({100 * (self.chance + A0_MARGIN):.2f} %)"
+        found = []
+        if nets:
+            sampling = self._sampling_sd()
+            found.append(
+                f"{nets} of {n_nets} untrained networks of this architecture (what a thief "
+                f"without the files has) score above {bound}: one draw is a noisy test of it "
+                f"here (their sd {sd_nets:.2f} points"
+                + ("" if sampling is None else f"; the test split's sampling alone: {sampling:.2f}")
+                + "); judge A0 by the wrong-key spread: random keys above the bound no more "
+                "often than untrained networks"
+            )
+        if keys / n_keys > nets / n_nets:
+            best = 100 * max(self.wrong_key_spread[SPREAD_KINDS[0]])
+            found.append(
+                f"{keys} of {n_keys} random keys score above {bound}, the best {best:.2f} %, "
+                f"against {nets} of {n_nets} untrained networks (sd {sd_keys:.2f} against "
+                f"{sd_nets:.2f} points): wrong keys keep more of the trained model's dependence "
+                "on its input than a thief without the files has; measured for the suite's "
+                "Transformer, with what it tells a thief, in docs/security.md (wrong keys on the "
+                "Transformer)"
+            )
+        return found
+
+    def _sampling_sd(self) -> float | None:
+        """The sd in points of an output unrelated to the input on this test split."""
+        n = self.test_samples
+        return None if not n else 100 * (self.chance * (1 - self.chance) / n) ** 0.5
+
+    def _spread_lines(self) -> list[str]:
+        """The wrong-key spread, one line per kind: mean, sd, max, and how many above A0's
+        bound."""
+        return [
+            f"- wrong-key spread, {kind}: mean {100 * statistics.fmean(accs):.2f} %, sd "
+            f"{sd:.2f}, max {100 * max(accs):.2f} %; {above} of {n} above A0's bound "
+            f"({100 * (self.chance + A0_MARGIN):.2f} %)"
+            for (kind, (above, n, sd)), accs in zip(
+                self._spread_counts().items(), self.wrong_key_spread.values(), strict=True
+            )
+        ]
 
     def _raised_budgets(self) -> list[str]:
         """A caveat per budget the audit raised to the number of classes: its rows and B(x)
@@ -333,6 +400,7 @@ class AuditReport:
             f"gate: **{'PASS' if self.passed else 'FAIL'}**"
             + (f" ({', '.join(self.gated_not_asked)} not run)" if self.gated_not_asked else ""),
             *self._cell_times_lines(),
+            *self._spread_lines(),
             *(f"- **caveat**: {c}" for c in self.caveats),
             "",
             "| attack | variant | x % | accuracy % | reference % | no-files control % | "
