@@ -205,8 +205,8 @@ class AuditReport:
         number of classes, accuracy bounds not below the unlocked model, gated attacks not run."""
         found = []
         n = self.test_samples
-        if n is not None and n < SMALL_TEST:
-            sd = self._sampling_sd() / 100
+        if n and n < SMALL_TEST:
+            sd = self._sampling_sd(n)
             z = A0_MARGIN / sd if sd else math.inf  # one class in the test split: no spread
             tail = 0.5 * math.erfc(z / math.sqrt(2))
             found.append(
@@ -273,12 +273,16 @@ class AuditReport:
         bound = f"A0's bound ({100 * (self.chance + A0_MARGIN):.2f} %)"
         found = []
         if nets:
-            sampling = self._sampling_sd()
+            n = self.test_samples
             found.append(
                 f"{nets} of {n_nets} untrained networks of this architecture (what a thief "
                 f"without the files has) score above {bound}: one draw is a noisy test of it "
                 f"here (their sd {sd_nets:.2f} points"
-                + ("" if sampling is None else f"; the test split's sampling alone: {sampling:.2f}")
+                + (
+                    f"; the test split's sampling alone: {100 * self._sampling_sd(n):.2f}"
+                    if n
+                    else ""
+                )
                 + "); judge A0 by the wrong-key spread: random keys above the bound no more "
                 "often than untrained networks"
             )
@@ -294,10 +298,9 @@ class AuditReport:
             )
         return found
 
-    def _sampling_sd(self) -> float | None:
-        """The sd in points of an output unrelated to the input on this test split."""
-        n = self.test_samples
-        return None if not n else 100 * (self.chance * (1 - self.chance) / n) ** 0.5
+    def _sampling_sd(self, n: int) -> float:
+        """The sd of the accuracy of an output unrelated to the input on ``n`` test samples."""
+        return (self.chance * (1 - self.chance) / n) ** 0.5
 
     def _spread_lines(self) -> list[str]:
         """The wrong-key spread, one line per kind: mean, sd, max, and how many above A0's
