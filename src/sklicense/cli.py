@@ -28,7 +28,13 @@ from sklicense.crypto import (
     loose_permissions,
     public_key_b64,
 )
-from sklicense.schemas import INT32_MAX, INT64_MAX, MAX_LICENCE_SECONDS, aware_datetime
+from sklicense.schemas import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_LICENCE_SECONDS,
+    aware_datetime,
+    text_problem,
+)
 from sklicense.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
 from skruntime.cli import (
     OutputGroup,
@@ -59,6 +65,7 @@ token_app = typer.Typer(help="Admin API bearer tokens.", **GROUP)
 app_app = typer.Typer(help="Applications and their key-encryption keys.", **GROUP)
 customer_app = typer.Typer(help="Customers and their policies.", **GROUP)
 device_app = typer.Typer(help="Devices.", **GROUP)
+licence_app = typer.Typer(help="Issued licences.", **GROUP)
 
 
 @app.callback()
@@ -71,6 +78,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(app_app, name="app")
 app.add_typer(customer_app, name="customer")
 app.add_typer(device_app, name="device")
+app.add_typer(licence_app, name="licence")
 
 CLI_ACTOR = "cli"
 DatabaseUrl = Annotated[
@@ -362,6 +370,19 @@ def init(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
     typer.echo(f"Server public key (pin it in the runtime): {public_key_b64(key)}")
     migrate(settings.database_url)
     typer.echo(f"Database {db.safe_url(settings.database_url)} is at revision {db.head_revision()}")
+    if created:
+        with db.session_factory(settings.database_url)() as session:
+            issued, latest = crud.issued_licences(session)
+        if issued:
+            warn(
+                f"the new signing key {settings.key_path} serves a database that already holds "
+                f"{issued} licence(s) (the latest issued at {latest.isoformat()}), signed by "
+                "another key, the one the devices pin: with this key each device's next licence "
+                "request is charged for a licence it refuses. If the server's key was lost, "
+                "delete this one and restore that key from a backup before serving; to rotate "
+                "the key, serve it on another URL beside the old one (docs/licensing.md, "
+                "Rotating the signing key)"
+            )
 
 
 def _listen_addresses(host: str, port: int, workers: int) -> list[tuple[Any, ...]]:
@@ -595,11 +616,26 @@ def app_import_kek(
 ) -> None:
     """Import (or replace) an application's key-encryption key."""
     kek = read_kek(kek_file)
-    committed(
-        database_url,
-        lambda s: crud.import_kek(s, crud.get_application(s, name), kek, CLI_ACTOR),
-    )
+
+    def replace(session: Session) -> int | None:
+        """The application's valid licences when another KEK is replaced, else None."""
+        application = crud.get_application(session, name)
+        previous = application.kek
+        crud.import_kek(session, application, kek, CLI_ACTOR)
+        if previous is None or previous == kek:
+            return None
+        return crud.valid_application_licences(session, application, dt.datetime.now(dt.UTC))
+
+    valid = committed(database_url, replace)
     typer.echo(f"Imported the KEK of application {name!r}")
+    if valid is not None:
+        warn(
+            f"this KEK replaces another one: the licences of {name!r} issued from now on carry "
+            "it, and a device whose model files were protected under the old one cannot open "
+            f"them with such a licence ({valid} licence(s) issued with the old KEK are still "
+            "valid). Check that this is the file `skprotect export-kek` wrote where the models "
+            "were protected; the old KEK is not kept (import its file again to undo)"
+        )
 
 
 @app_app.command("set-models")
@@ -798,19 +834,99 @@ def device_edit(
     typer.echo(f"Updated device {device_id}")
 
 
+@licence_app.command("list")
+def licence_list(
+    customer: Annotated[int | None, typer.Option(help="Only this customer's licences.")] = None,
+    device: Annotated[str | None, typer.Option(help="Only this device's licences.")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """List issued licences, newest first: device, customer, application, models, times and
+    allowance (inferences; null: no quota)."""
+    in_range(customer, "--customer", 0, INT64_MAX)
+    if device is not None and text_problem(device):  # no device holds one (nor can PostgreSQL)
+        fail(f"--device {text_problem(device)}: pass an id `sklicense device list` shows")
+    with admin_session(database_url)() as session:
+        names = {a.id: a.name for a in crud.list_applications(session)}
+        echo_json(
+            [
+                {
+                    "id": lic.id,
+                    "device_id": lic.device_id,
+                    "customer_id": lic.customer_id,
+                    "application": names.get(lic.application_id),
+                    "models": lic.models,
+                    "issued_at": lic.issued_at.isoformat(),
+                    "expires_at": lic.expires_at.isoformat(),
+                    "inferences": lic.inferences,
+                }
+                for lic in crud.list_licences(session, customer, device)
+            ]
+        )
+
+
 def _update_device(database_url: str | None, device_id: str, **changes: Any) -> None:
     committed(database_url, lambda s: crud.update_device(s, device_id, CLI_ACTOR, **changes))
+
+
+def period_bound(text: str | None, option: str, zone: dt.tzinfo) -> dt.datetime | None:
+    """``--since`` / ``--until``: an ISO 8601 date (its midnight) or datetime, in ``zone``
+    when it names none (``--timezone``: each bound gets the offset of its own date, so a
+    month across a daylight saving change is still midnight to midnight); None if not given."""
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{option} must be an ISO 8601 date or datetime, but got {text!r}")
+        raise
+    try:
+        return aware_datetime(value if value.tzinfo else value.replace(tzinfo=zone))
+    except ValueError as err:
+        fail(f"{option} {err}, but got {text!r}")
+        raise
+
+
+def time_zone(name: str) -> dt.tzinfo:
+    """``--timezone``: UTC, or an IANA zone name such as Europe/Berlin."""
+    if name.upper() == "UTC":
+        return dt.UTC
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        fail(
+            f"--timezone must be UTC or an IANA time zone name such as Europe/Berlin, but got "
+            f"{name!r} (on Windows: pip install tzdata)"
+        )
+        raise
 
 
 @app.command()
 def usage(
     customer: Annotated[int | None, typer.Option(help="Only this customer.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Period start: reports received at or after it (ISO 8601 date or time)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Period end: reports received before it (ISO 8601 date or time)."),
+    ] = None,
+    timezone: Annotated[
+        str, typer.Option(help="Zone of --since/--until without one (e.g. Europe/Berlin).")
+    ] = "UTC",
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Reported usage: the latest counter per licence."""
+    """Reported usage: the latest counter per licence; with --since/--until, what was used in
+    that period (used = counter - counter_at_start)."""
     in_range(customer, "--customer", 0, INT64_MAX)
+    zone = time_zone(timezone)
+    start, end = period_bound(since, "--since", zone), period_bound(until, "--until", zone)
+    if start is not None and end is not None and end <= start:
+        fail(f"--until ({end.isoformat()}) must be after --since ({start.isoformat()})")
     with admin_session(database_url)() as session:
-        echo_json(crud.usage_summary(session, customer))
+        echo_json(crud.usage_summary(session, customer, since=start, until=end))
 
 
 @app.command()

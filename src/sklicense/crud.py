@@ -10,7 +10,7 @@ import secrets
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, select
+from sqlalchemy import Connection, Engine, Select, case, delete, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -437,6 +437,7 @@ def customer_warning(
         ended_contract_warning(session, customer, changes, now, fix),
         spent_quota_warning(customer, changes),
         quota_warning(session, customer, changes, now),
+        devices_warning(session, customer, changes),
     )
     return "; ".join(w for w in warnings if w) or None
 
@@ -492,6 +493,26 @@ def spent_quota_warning(customer: Customer, changes: dict[str, Any]) -> str | No
         f"customer {customer.id}: every licence request that needs an allowance is denied "
         f"quota_exhausted (allowances already granted stay). The quota is the total since the "
         f"customer was created: to allow N more inferences, set it to {granted} + N"
+    )
+
+
+def devices_warning(session: Session, customer: Customer, changes: dict[str, Any]) -> str | None:
+    """What to tell the admin whose ``changes`` set a device limit below the devices the
+    customer already registered: they are not unregistered (rows are never deleted) and keep
+    being licensed, which a limit meant to cut the customer's devices would otherwise hide."""
+    limit = changes.get("max_devices")
+    if limit is None:
+        return None
+    registered, revoked = count_devices(session, customer.id)
+    if registered <= limit:
+        return None
+    active = registered - revoked
+    return (
+        f"customer {customer.id} already has {registered} registered devices ({active} "
+        f"active), more than max_devices {limit}: they keep being licensed (devices are never "
+        f"unregistered), and a new device is refused too_many_devices until the limit is "
+        f"above {registered}. To stop some of them, revoke them: sklicense device revoke ID "
+        "(PATCH /v1/admin/devices/{id})"
     )
 
 
@@ -562,6 +583,20 @@ def count_devices(session: Session, customer_id: int) -> tuple[int, int]:
 # -- licences and usage --------------------------------------------------------------------------
 
 
+def valid_application_licences(session: Session, application: Application, now: dt.datetime) -> int:
+    """How many of the application's licences are valid at ``now``."""
+    stmt = select(func.count()).where(
+        Licence.application_id == application.id, Licence.expires_at > now
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def issued_licences(session: Session) -> tuple[int, dt.datetime | None]:
+    """How many licences the database holds, and when the latest was issued."""
+    count, latest = session.execute(select(func.count(), func.max(Licence.issued_at))).one()
+    return int(count), latest
+
+
 def list_licences(
     session: Session,
     customer_id: int | None = None,
@@ -589,10 +624,33 @@ def list_usage(
 
 
 def usage_summary(
-    session: Session, customer_id: int | None = None, limit: int | None = None, offset: int = 0
+    session: Session,
+    customer_id: int | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Per licence: the latest reported counter (counters are totals per licence), its
-    allowance, and whether the device reported more than the allowance it was granted."""
+    allowance, and whether the device reported more than the allowance it was granted.
+
+    With a period (``since`` and/or ``until``, timezone-aware: reports received at or after
+    ``since`` and before ``until``), the licences with a report received in it, each with the
+    counter as reported by ``until`` (``counter``), the counter reported before ``since``
+    (``counter_at_start``, 0 when none) and their difference, ``used``: what the device
+    reported running in the period. Periods that follow one another (``until`` of one the
+    ``since`` of the next) add up to the totals, each report counted in the period that
+    received it."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise CrudError(f"{name} must include a timezone, but got {value.isoformat()}")
+    if since is not None and until is not None and until <= since:
+        raise CrudError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
+    before = (
+        func.max(case((UsageReport.received_at < since, UsageReport.counter)))
+        if since is not None
+        else literal(0)
+    )
     stmt = (
         select(
             Licence.customer_id,
@@ -600,6 +658,7 @@ def usage_summary(
             UsageReport.licence_id,
             func.max(UsageReport.counter),
             Licence.inferences,
+            before,
         )
         .join(Licence, Licence.id == UsageReport.licence_id)
         .group_by(Licence.customer_id, UsageReport.device_id, UsageReport.licence_id)
@@ -608,8 +667,14 @@ def usage_summary(
     )
     if customer_id is not None:
         stmt = stmt.where(Licence.customer_id == customer_id)
-    return [
-        {
+    if until is not None:
+        stmt = stmt.where(UsageReport.received_at < until)
+    if since is not None:
+        stmt = stmt.having(func.max(UsageReport.received_at) >= since)
+    period = since is not None or until is not None
+    rows = []
+    for c, d, lic, counter, allowance, start in session.execute(paged(stmt, limit, offset)):
+        row = {
             "customer_id": c,
             "device_id": d,
             "licence_id": lic,
@@ -618,5 +683,8 @@ def usage_summary(
             # a device that counted past its allowance: a modified runtime (clones never do)
             "over_allowance": allowance is not None and int(counter) > allowance,
         }
-        for c, d, lic, counter, allowance in session.execute(paged(stmt, limit, offset))
-    ]
+        if period:
+            start = 0 if start is None else int(start)
+            row |= {"counter_at_start": start, "used": int(counter) - start}
+        rows.append(row)
+    return rows

@@ -37,6 +37,10 @@ ADMIN_TIMEOUT_S = 30.0
 for a lock another connection holds (a request in a server process, another admin command):
 they run locally, under no device's timeout, so a busy server only delays them. The server's
 requests wait its ``database_pool_timeout_s`` instead (:func:`get_engine`)."""
+_creating: ContextVar[bool] = ContextVar("sklicense_creating", default=False)
+"""Whether a migration runs (:func:`upgrade`), which may create a SQLite database file."""
+DBMOVED = "SQLITE_READONLY_DBMOVED"
+"""SQLite's error of a write to a database file that was moved or deleted while open."""
 _deadline: ContextVar[float | None] = ContextVar("sklicense_write_deadline", default=None)
 """When (``time.monotonic()``) the device request in :func:`device_writes` must have its
 answer: its transactions wait for locks only until then."""
@@ -80,9 +84,7 @@ def get_engine(url: str, timeout_s: float = ADMIN_TIMEOUT_S) -> Engine:
 def _engine(url: str, timeout_s: float) -> Engine:
     # an in-memory SQLite database has a pool of one connection per thread: nothing to wait for
     pooled = (
-        {}
-        if url.startswith("sqlite") and _sqlite_file(url) is None
-        else {"pool_timeout": timeout_s}
+        {} if url.startswith("sqlite") and sqlite_file(url) is None else {"pool_timeout": timeout_s}
     )
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -92,12 +94,35 @@ def _engine(url: str, timeout_s: float) -> Engine:
             **pooled,
         )
 
+        opened: list[bool] = []
+
+        @event.listens_for(engine, "do_connect")
+        def _open(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+            """Once the engine has opened its database file, open it read-write only, never
+            create it: a file moved or deleted while the server runs was created again, empty,
+            by the next connection (every request then answered "run sklicense db upgrade")."""
+            path = sqlite_file(url)
+            if opened and path is not None and not _creating.get() and not cparams.get("uri"):
+                cargs[:1] = [f"{path.resolve().as_uri()}?mode=rw"]
+                cparams["uri"] = True
+
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, record: Any) -> None:
+            if not opened:
+                opened.append(True)
             dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine, "handle_error")
+        def _moved(context: Any) -> None:
+            """A database file moved, replaced or deleted under an open connection
+            (``SQLITE_READONLY_DBMOVED``): every write of that connection fails, for good. The
+            pool's connections are dropped, so the next request opens the file at its path
+            again: the file put back (restored from a backup), or an error naming the file."""
+            if getattr(context.original_exception, "sqlite_errorname", "") == DBMOVED:
+                context.is_disconnect = True
 
         @event.listens_for(engine, "begin")
         def _begin(connection: Any) -> None:
@@ -233,13 +258,14 @@ def upgrade(url: str, revision: str = "head") -> None:
     (:func:`_upgrade_refusal`; the command line's catch-all advice was about the URL and the
     disk)."""
     _refuse_folder(url)
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None and not path.parent.is_dir():  # SQLite: "unable to open database file"
         raise DatabaseNotMigratedError(
             f"The folder {path.parent} of the database file does not exist: create it, or name "
             "a file in an existing folder (--database-url or SKLICENSE_DATABASE_URL)."
         )
     config = alembic_config(url)
+    creating = _creating.set(True)
     try:
         with get_engine(url, ADMIN_TIMEOUT_S).begin() as connection:
             _one_migration_at_a_time(connection)
@@ -251,6 +277,8 @@ def upgrade(url: str, revision: str = "head") -> None:
         if refusal is None:
             raise
         raise refusal from error
+    finally:
+        _creating.reset(creating)
 
 
 def is_busy(error: SQLAlchemyError) -> bool:
@@ -333,7 +361,7 @@ def current_revision(url: str) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     """The file of a file-based SQLite URL, else None."""
     url = normalise_url(url)
     if not url.startswith("sqlite:///") or ":memory:" in url:
@@ -344,7 +372,7 @@ def _sqlite_file(url: str) -> Path | None:
 def _refuse_folder(url: str) -> None:
     """Raise :class:`DatabaseNotMigratedError` when the SQLite URL names a folder: SQLite says
     only "unable to open database file", and "does not exist" would be wrong."""
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None and path.is_dir():
         raise DatabaseNotMigratedError(
             f"The database path {path} is a folder, not a database file: name a file in it "
@@ -359,7 +387,7 @@ def check_migrated(url: str) -> None:
     A SQLite file that does not exist is reported as such, and not created: connecting would
     leave an empty file at a mistyped path."""
     _refuse_folder(url)
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None and not path.is_file():
         raise DatabaseNotMigratedError(
             f"The database file {path} does not exist. Check the path (--database-url or "

@@ -1,10 +1,12 @@
 """How the server answers a request the database failed: 503 with ``Retry-After`` when a retry
 can succeed by itself, 500 with what an administrator must do when it never will.
 
-Transient (503): no pooled connection free within the pool timeout, a lock another connection
-held past the lock wait (SQLite's busy timeout, PostgreSQL's ``lock_timeout``): "busy"; a
-connection refused or dropped, a PostgreSQL deadlock, serialization failure,
-lock or statement timeout, shutdown or connection limit; and any other ``OperationalError``
+Transient (503): a SQLite file moved or deleted under the server (its connections are
+dropped, so the file put back serves again); no pooled connection free within the pool
+timeout, a lock another connection held past the lock wait (SQLite's busy timeout,
+PostgreSQL's ``lock_timeout``): "busy"; a connection refused or dropped, a PostgreSQL
+deadlock, serialization failure, lock or statement timeout, shutdown or connection limit; and
+any other ``OperationalError``
 (a failure of the database's operation rather than of the request). Permanent (500): SQLite
 "no such table" or PostgreSQL ``undefined_table`` (the database was never migrated, or is
 another one), a database the server may not write (SQLite read-only, PostgreSQL read-only
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+RETRY_AFTER_S = 10
+"""The ``Retry-After`` of a request answered 503 because the database failed it."""
 UNAVAILABLE = "the licence database is unavailable (the server log says why): retry later"
 BUSY = (
     "the licence database is busy: no database connection, turn to write or lock was free in "
@@ -50,6 +54,11 @@ CANNOT_OPEN = (
     "the server's user may read and write them; the server log says more"
 )
 DISK_FULL = "the licence database's disk is full: free space on it; the server log says more"
+MOVED = (
+    "the licence database file was moved, replaced or deleted while the server ran: retry "
+    "later; its administrator must put the file back at its path (restore it from a backup "
+    "with the server stopped); the server log says more"
+)
 
 _SQLITE_PERMANENT = {
     "SQLITE_READONLY": READ_ONLY,
@@ -98,6 +107,8 @@ def classify(error: SQLAlchemyError) -> Failure | None:
     cause = error.orig
     if isinstance(cause, sqlite3.Error):
         name = getattr(cause, "sqlite_errorname", "")
+        if name == "SQLITE_READONLY_DBMOVED":  # the engine drops its connections: not for good
+            return Failure(503, MOVED)
         primary = "_".join(name.split("_")[:2])  # SQLITE_READONLY_DIRECTORY: SQLITE_READONLY
         if primary in _SQLITE_PERMANENT:
             return Failure(500, _SQLITE_PERMANENT[primary])

@@ -6,11 +6,12 @@ import logging
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sklicense import db
 from sklicense.api import database_errors
@@ -31,7 +32,7 @@ from skruntime.licensing.protocol import now as unix_now
 
 logger = logging.getLogger(__name__)
 
-DATABASE_RETRY_AFTER_S = 10
+DATABASE_RETRY_AFTER_S = database_errors.RETRY_AFTER_S
 """The ``Retry-After`` of a request answered 503 because the database failed it."""
 
 
@@ -89,6 +90,44 @@ async def request_invalid(request: Request, error: Exception) -> Response:
     return JSONResponse(status_code=400, content={"detail": detail})
 
 
+NEVER_DELETED = {
+    "customers": "set its contract end to retire it (PATCH /v1/admin/customers/{id} with "
+    '{"contract_end": DATE}; sklicense customer edit --id ID --contract-end DATE) and revoke '
+    "its devices",
+    "devices": 'revoke it (PATCH /v1/admin/devices/{id} with {"status": "revoked"}; sklicense '
+    "device revoke ID); a revoked device keeps its slot under max_devices",
+    "applications": "set its model list to a name no configuration uses (PATCH "
+    '/v1/admin/applications/{name} with {"models": [...]}; sklicense app set-models)',
+}
+"""What to do instead of deleting a row of each admin collection: the audit log, licences and
+usage reports refer to them, so they are never deleted."""
+
+
+async def http_error(request: Request, error: Exception) -> Response:
+    """Starlette's answer to an HTTP error, but a ``DELETE`` of a customer, device or
+    application, which are never deleted, says so and what to do instead, not only "Method
+    Not Allowed"."""
+    assert isinstance(error, StarletteHTTPException)
+    parts = request.url.path.strip("/").split("/")
+    if (
+        error.status_code == 405
+        and request.method == "DELETE"
+        and len(parts) == 4
+        and parts[:2] == ["v1", "admin"]
+        and parts[2] in NEVER_DELETED
+    ):
+        what = parts[2].removesuffix("s")
+        return JSONResponse(
+            status_code=405,
+            content={
+                "detail": f"a {what} is never deleted (the audit log, licences and usage "
+                f"reports refer to it): {NEVER_DELETED[parts[2]]}"
+            },
+            headers=error.headers,
+        )
+    return await http_exception_handler(request, error)
+
+
 def create_app(settings: Settings | None = None, clock: Callable[[], int] | None = None) -> FastAPI:
     """Build the app; refuses an unmigrated database, a missing key or default secrets."""
     settings = settings or Settings.from_env()
@@ -97,6 +136,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     app = FastAPI(title="sklicense", summary="skprotect licence server", version="1")
     app.add_middleware(BodyLimit)
     app.add_exception_handler(RequestValidationError, request_invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(DBAPIError, database_failed)
     app.add_exception_handler(PoolTimeoutError, database_failed)
     app.state.settings = settings

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from sklicense import db
+from sklicense.api.database_errors import MOVED, RETRY_AFTER_S
 from sklicense.api.deps import SessionDep
 from sklicense.crypto import public_key_b64
 
+logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
-def health(session: SessionDep) -> dict[str, str]:
-    """Liveness and database reachability."""
+@router.get("/health", response_model=None)
+def health(session: SessionDep) -> dict[str, str] | JSONResponse:
+    """Liveness and database reachability. A SQLite file moved or deleted while the server
+    runs is unavailable, though the connections that opened it still read it (``SELECT 1``
+    answered ok while every write failed)."""
     session.execute(text("SELECT 1"))
+    path = db.sqlite_file(str(session.get_bind().url))
+    if path is not None and not path.is_file():
+        logger.error("GET /v1/health: the database file %s is gone", path)
+        return JSONResponse(
+            status_code=503, content={"detail": MOVED}, headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     return {"status": "ok"}
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import Engine
@@ -25,12 +27,14 @@ from sklicense.api.deps import (
     SignatureDep,
 )
 from sklicense.api.rate_limits import DeviceLimit, device_rate_limited
+from sklicense.api.routes.applications import raise_http
 from sklicense.api.routes.licences import invalid, signed
 from sklicense.decision import bad_signature, unregistered
-from sklicense.schemas import UsageReportIn, UsageReportPublic
+from sklicense.schemas import UsageReportIn, UsageReportPublic, aware_datetime
 from sklicense.settings import Settings
 from skruntime.licensing.protocol import USAGE_PATH
 
+PeriodBound = Annotated[str | None, Query(max_length=64)]
 router = APIRouter(tags=["device"])
 admin_router = APIRouter(prefix="/usage", tags=["admin"])
 
@@ -109,8 +113,35 @@ def usage_summary(
     page: PageDep,
     response: Response,
     customer_id: CustomerIdQuery = None,
+    since: PeriodBound = None,
+    until: PeriodBound = None,
 ) -> list[dict[str, Any]]:
-    """Per licence: the latest reported counter and the licence's allowance (a page)."""
-    return list(
-        page.of(lambda n, skip: crud.usage_summary(session, customer_id, n, skip), response)
-    )
+    """Per licence: the latest reported counter and the licence's allowance (a page); with
+    ``since`` and/or ``until`` (ISO 8601 with a zone), the usage reported in that period."""
+    start, end = period_bound(since, "since"), period_bound(until, "until")
+    try:
+        return list(
+            page.of(
+                lambda n, skip: crud.usage_summary(session, customer_id, n, skip, start, end),
+                response,
+            )
+        )
+    except crud.CrudError as e:
+        raise raise_http(e) from None
+
+
+PERIOD_HELP = "ISO 8601 with a zone, e.g. 2026-11-01T00:00:00+01:00"
+
+
+def period_bound(text: str | None, name: str) -> dt.datetime | None:
+    """``since`` / ``until`` of the usage summary: ISO 8601 text with a zone (422 otherwise)."""
+    if text is None:
+        return None
+    # a "+" not sent as %2B arrives as a space: 2026-03-01T00:00:00 01:00
+    text = re.sub(r"(\d\d:\d\d(?::\d\d(?:\.\d+)?)?) (\d\d(?::?\d\d)?)$", r"\1+\2", text)
+    try:
+        value = aware_datetime(dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError as err:
+        reason = str(err) if "timezone" in str(err) or "0001" in str(err) else "is not ISO 8601"
+        raise HTTPException(status_code=422, detail=f"{name} {reason} ({PERIOD_HELP})") from None
+    return value
