@@ -1111,22 +1111,27 @@ def run_command(
 
     Exit codes: 0 ok, 1 other, 2 usage, 3 config/integrity, 4 key/licence, 5 input, 6 not found.
     """
+    from skruntime.system import core_dumps_disabled
+
     try:
-        summary = _run(
-            outputs_dir,
-            model,
-            fmt.value,
-            list(inputs),
-            output,
-            device=device,
-            threads=threads,
-            static_key=static_key,
-            platform=platform.value if platform is not None else None,
-            kek=kek,
-            licence_server=licence_server,
-            server_public_key=server_public_key,
-            state_dir=state_dir,
-        )
+        # a crash while the key is in memory writes no core file (its copy of the session key,
+        # and of the KEK with --kek); the process is dumpable again once the run is over
+        with core_dumps_disabled():
+            summary = _run(
+                outputs_dir,
+                model,
+                fmt.value,
+                list(inputs),
+                output,
+                device=device,
+                threads=threads,
+                static_key=static_key,
+                platform=platform.value if platform is not None else None,
+                kek=kek,
+                licence_server=licence_server,
+                server_public_key=server_public_key,
+                state_dir=state_dir,
+            )
     except Exception as err:
         if debug:
             traceback.print_exc()

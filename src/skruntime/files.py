@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["NotRegularFileError", "file_kind", "open_regular"]
+__all__ = ["NotRegularFileError", "file_kind", "new_file_mode", "open_regular"]
 
 #: the flags every open of a deployed file uses: a FIFO opens at once (no writer needed), a
 #: terminal does not become the process's controlling terminal; O_NONBLOCK does nothing to
@@ -115,3 +115,27 @@ def loose_key_warning(
         f"{subject} {path} is accessible to other users (mode {mode:o}); whoever reads it "
         f"{harm}: run `chmod 600 {path}`"
     )
+
+
+def _umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` (Linux 4.7 and later) without
+    changing it; elsewhere by setting and restoring it, which is what Python offers (another
+    thread creating a file in between would get the umask 0 for that instant)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
+def new_file_mode(mode: int = 0o666) -> int:
+    """The permission bits that ``open()`` gives a new file created with ``mode``: ``mode``
+    less the process's umask. For files written through a temporary file and renamed into
+    place (created 0600, then given their mode): chmod ignores the umask, so a key file given a
+    fixed 0644 stayed readable by every user under ``umask 077``."""
+    return mode & ~_umask() & 0o7777

@@ -81,7 +81,7 @@ import numpy as np
 
 from .config import NAME_RE, atomic_write_bytes, canonical_json
 from .errors import KeyFileError, KeyUnavailableError
-from .files import NotRegularFileError, open_regular
+from .files import NotRegularFileError, new_file_mode, open_regular
 
 if TYPE_CHECKING:
     from .keysource import KeyUnlock
@@ -369,6 +369,8 @@ def write_txt_keys(
     commitment_nonce: str | None = None,
 ) -> list[Path]:
     """Write a model's two TXT key files into ``folder``; returns ``[txt_path, json_path]``.
+    They get the mode of a new file under the process's umask (0644 under ``umask 022``, 0600
+    under ``umask 077``), as the model files beside them.
 
     Args:
         folder: the model's format-group folder (created if missing).
@@ -424,13 +426,16 @@ def write_txt_keys(
     folder = Path(folder)
     txt_path = folder / key_txt_filename(model_name)
     json_path = folder / key_params_filename(model_name)
+    # the umask's mode, as the model files beside them get: a fixed 0644 (until 2026-12-07)
+    # left the key readable by every user of the machine under ``umask 077``
+    mode = new_file_mode()
     for path, data in (
         (txt_path, _format_txt(share)),
         (json_path, (json.dumps(params, sort_keys=True) + "\n").encode("utf-8")),
     ):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, data)
+            atomic_write_bytes(path, data, mode=mode)
         except OSError as e:
             raise KeyFileError(
                 f"Could not write key file {path}: {e.strerror or e}. Free disk space or fix the "

@@ -13,7 +13,7 @@ import binascii
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import KeyUnavailableError
 from .keyfile import KeyMaterial, TxtKeySource
@@ -76,6 +76,10 @@ class KeyUnlock:
     check it with :func:`check_kek` first."""
     from_licence: Callable[[], bytes] | None
     """Releases the key-encryption key from a valid licence (licensing on), or None."""
+
+    def __reduce__(self) -> Any:
+        # a pickle (or copy) of it, or of the key source holding it, carried the KEK in clear
+        raise TypeError("KeyUnlock cannot be pickled or copied: it holds the key-encryption key.")
 
 
 class KeySource(Protocol):

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .config import FORMAT_GROUPS, NAME_RE, atomic_write_bytes, canonical_json
 from .errors import KeyFileError, KeyUnavailableError
-from .files import NotRegularFileError, open_regular
+from .files import NotRegularFileError, new_file_mode, open_regular
 from .keyfile import MAX_KEY_LENGTH, KeyMaterial, validate_spec
 
 if TYPE_CHECKING:
@@ -98,7 +98,8 @@ def write_mev(
     spec: dict[str, Any],
     kek: bytes,
 ) -> None:
-    """Encrypt ``key`` (stored canonical) under ``kek``, bound to the model file, atomically.
+    """Encrypt ``key`` (stored canonical) under ``kek``, bound to the model file, atomically;
+    the file gets the mode of a new file under the process's umask.
 
     Raises:
         ValueError: invalid name, format, SHA-256, KEK, spec or key.
@@ -118,7 +119,8 @@ def write_mev(
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, MEV_MAGIC + nonce + ciphertext)
+        # the umask's mode, as the model file gets (a fixed 0644 until 2026-12-07)
+        atomic_write_bytes(path, MEV_MAGIC + nonce + ciphertext, mode=new_file_mode())
     except OSError as e:
         raise KeyFileError(
             f"Could not write encrypted key file {path}: {e.strerror or e}. Free disk space or "

@@ -17,8 +17,10 @@ import contextlib
 import hashlib
 import os
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -147,6 +149,36 @@ def _platform_name(platform: object) -> str:
         f"platform must be one of {', '.join(PLATFORMS)} or None (auto-detect), but got "
         f"{platform!r}."
     )
+
+
+def _forget_callee_locals(err: BaseException) -> None:
+    """Clear the local variables of the frames that ``err`` unwound below the frame handling it
+    (and those of the exceptions chained to it there), keeping file, line and function of each.
+
+    Those frames held key material: a backend's the session key among its inputs, a key
+    source's the key-encryption key and the decrypted key. A crash reporter that records local
+    variables (``sentry-sdk`` by default, ``traceback.TracebackException(capture_locals=True)``)
+    wrote their ``repr`` into its report: the whole key vector of a failed call, the KEK of a
+    load refused for a swapped ``mev_*.bin``. An exception chained from outside the failed call
+    (the caller's own, being handled when it called) is left as it is."""
+    tb = err.__traceback__
+    below: set[FrameType] = set()
+    chain: list[BaseException | None] = [err]
+    seen: set[int] = set()
+    while chain:
+        e = chain.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        first = e.__traceback__ if e is not err else (tb.tb_next if tb is not None else None)
+        if first is None or (e is not err and first.tb_frame not in below):
+            continue
+        t = first
+        while t is not None:
+            below.add(t.tb_frame)
+            t = t.tb_next
+        traceback.clear_frames(first)  # skips frames still running
+        chain += [e.__cause__, e.__context__]
 
 
 class SkRuntime:
@@ -560,7 +592,11 @@ class SkRuntime:
         client = self._licence_client
         if client is not None:  # after the local checks: a typo or bad file is no licence error
             client.ensure_licence()
-        material = self._keys.read(model_name, fmt, fentry.key_files, digest)
+        try:
+            material = self._keys.read(model_name, fmt, fentry.key_files, digest)
+        except BaseException as err:  # its frames held the KEK and the decrypted key
+            _forget_callee_locals(err)
+            raise
         if material.length != entry.key.length:
             raise KeyFileError(
                 f"The key of model {model_name!r} ({fmt}) from {material.source} has "
@@ -1055,7 +1091,12 @@ class LoadedModel:
             if self._meter is not None:
                 self._meter(1)
             checked.append(self._key)
-            return self._backend.run(checked)  # type: ignore[union-attr]  # open while in flight
+            try:
+                return self._backend.run(checked)  # type: ignore[union-attr]  # open while in flight
+            except BaseException as err:  # the backend's frames, and this one, hold the key
+                checked.clear()
+                _forget_callee_locals(err)
+                raise
         finally:
             with self._state:
                 self._calls -= 1

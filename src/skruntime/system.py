@@ -1,16 +1,34 @@
-"""A tag naming the running system, for folders that a later run may sweep."""
+"""What the runtime asks of the system it runs on: a tag naming it, for folders that a later
+run may sweep, and a process that writes no core dump while it holds a key."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import socket
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ThisSystem", "last_change", "system_tag", "this_system"]
+try:
+    import resource
+except ImportError:  # pragma: no cover (Windows: no core dumps to turn off)
+    resource = None  # type: ignore[assignment]
+
+__all__ = [
+    "ThisSystem",
+    "core_dumps_disabled",
+    "disable_core_dumps",
+    "last_change",
+    "system_tag",
+    "this_system",
+]
 
 _HOST_DIGITS = 12
 """A tag's first hex digits name the host, the remaining 4 its boot (:func:`system_tag`). Only
@@ -97,3 +115,90 @@ def this_system() -> ThisSystem:
     boot_clock = getattr(time, "CLOCK_BOOTTIME", None)
     booted = -float("inf") if boot_clock is None else time.time() - time.clock_gettime(boot_clock)
     return ThisSystem(*_tags(socket.gethostname(), _read_id(_BOOT_ID)), booted)
+
+
+_PR_SET_DUMPABLE = 4
+_PR_GET_DUMPABLE = 3
+_DUMPS_LOCK = threading.Lock()
+
+
+def _prctl() -> object | None:
+    """libc's ``prctl`` (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # pragma: no cover (no libc, a static Python)
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    return prctl
+
+
+@dataclass(frozen=True)
+class _DumpState:
+    """What :func:`disable_core_dumps` changed, to put back."""
+
+    dumpable: int | None
+    """The process's ``PR_GET_DUMPABLE`` before (None: not Linux, or unknown)."""
+    core_limit: tuple[int, int] | None
+    """Its ``RLIMIT_CORE`` before (None: no ``resource`` module)."""
+
+
+def _disable() -> _DumpState:
+    prctl = _prctl()
+    dumpable = None
+    if prctl is not None:
+        before = prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
+        if before >= 0 and prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+            dumpable = before
+    core_limit = None
+    if resource is not None:
+        with contextlib.suppress(ValueError, OSError):
+            core_limit = resource.getrlimit(resource.RLIMIT_CORE)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, core_limit[1]))
+    return _DumpState(dumpable, core_limit)
+
+
+def disable_core_dumps() -> bool:
+    """Keep the keys of this process out of core dumps, for the rest of its life: mark it not
+    dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``) and set its soft core-file limit to 0.
+
+    A crash (a segmentation fault, ``abort()``, a ``SIGQUIT``) of a process that holds a loaded
+    model writes its memory to a core file, or hands it to the system's crash collector
+    (``systemd-coredump``, ``apport``), which may keep it on disk or send it elsewhere: the
+    session key and, with ``kek=``, the key-encryption key that decrypts every model key of the
+    application are in it. A process that is not dumpable writes none, whatever the core limit
+    (with ``fs.suid_dumpable`` 0, the default; 2 leaves its dump to a collector run as root, 1
+    dumps it as any other), and other processes of the same
+    user may no longer attach a debugger to it or read ``/proc/PID/mem``; its ``/proc/PID``
+    files belong to root. Children it starts with ``exec`` are dumpable again (the core limit
+    is inherited). It does not keep out whoever can run code as this user: that one can start
+    its own process and load the model (see the security notes of docs/runtime.md).
+
+    Returns whether the process was marked not dumpable (False off Linux, where only the core
+    limit is set, and where ``prctl`` failed). Process-wide: debuggers and profilers of this
+    user cannot attach afterwards. ``skprotect run`` does this for its run
+    (:func:`core_dumps_disabled`).
+    """
+    with _DUMPS_LOCK:
+        return _disable().dumpable is not None
+
+
+@contextlib.contextmanager
+def core_dumps_disabled() -> Iterator[bool]:
+    """:func:`disable_core_dumps` for the block, then the process as it was (its dumpable flag
+    and soft core limit put back); yields what :func:`disable_core_dumps` returns."""
+    with _DUMPS_LOCK:
+        state = _disable()
+    try:
+        yield state.dumpable is not None
+    finally:
+        with _DUMPS_LOCK:
+            prctl = _prctl()
+            if state.dumpable is not None and prctl is not None:
+                prctl(_PR_SET_DUMPABLE, state.dumpable, 0, 0, 0)
+            if state.core_limit is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    resource.setrlimit(resource.RLIMIT_CORE, state.core_limit)
