@@ -235,6 +235,7 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
         artifact_files,
         find_weight_leaks,
         original_weights,
+        unlocked_copies,
     )
     from .progress import step
 
@@ -249,6 +250,7 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
         )
         raise typer.Exit(2)
     files = []
+    unlocked: list[Path] = []
     for given in artifacts:
         if not given.exists():  # a missing folder has no suffix: say what is wrong with it
             typer.echo(f"error: {given} does not exist; check the path.", err=True)
@@ -257,6 +259,8 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
             typer.echo(f"error: {given} is {kind}, not a file or folder to scan.", err=True)
             raise typer.Exit(2)
         inside = artifact_files(given) if given.is_dir() else [given]
+        if given.is_dir():
+            unlocked += unlocked_copies(given)
         if not inside:
             typer.echo(f"error: {given} holds no .onnx, .pt or .pt2 file to scan", err=True)
             raise typer.Exit(2)
@@ -287,6 +291,14 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
             hows = " and ".join(sorted({leak.how for leak in same}))
             best = max(leak.max_cos for leak in same)
             typer.echo(f"  - {weight} in {constant} ({hows}, |cos| {best:.4f})")
+    if unlocked:  # a folder scanned as the one to ship held the plaintext model, said clean
+        names = ", ".join(str(p) for p in unlocked)
+        typer.echo(
+            f"warning: not scanned: {names}: unlocked cop{'ies' if len(unlocked) > 1 else 'y'} "
+            "that save_original=True writes, holding the original weights in plaintext. "
+            "Delete the original/ folder before shipping; never ship it.",
+            err=True,
+        )
     if any(found.values()):
         raise typer.Exit(1)
 

@@ -228,6 +228,26 @@ def test_exact_row_bytes_found_in_blob(offset: int) -> None:
     assert find_weight_leaks({"blob": np.frombuffer(bytes(nudged), np.uint8)}, {"w": w}) == []
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("offset", [0, 1, 64])
+def test_half_precision_row_bytes_found_in_blob(dtype: str, offset: int) -> None:
+    """An AOTInductor package of a model in half precision holds its weights as 2-byte values:
+    `skprotect scan` searched blobs for float32 bytes only, and said "no weight of the original
+    found" for an unlocked float16 or bfloat16 package (an MLP's three weights in plaintext)."""
+    rng = np.random.default_rng(offset)
+    gen = torch.Generator().manual_seed(offset)
+    w = torch.randn(6, 10, generator=gen).to(getattr(torch, dtype))
+    stored = w[4].view(torch.int16).numpy().tobytes()  # as the package stores it
+    junk = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+    blob = junk[:offset] + stored + junk
+    original = {"w": w.float().numpy()}  # a half-precision state dict, read as float32
+    leaks = find_weight_leaks({"blob": np.frombuffer(blob, np.uint8)}, original)
+    assert [(x.weight, x.constant, x.how) for x in leaks] == [("w", "blob", "exact")]
+    nudged = bytearray(blob)
+    nudged[offset + 10] ^= 1
+    assert find_weight_leaks({"blob": np.frombuffer(bytes(nudged), np.uint8)}, original) == []
+
+
 @pytest.mark.slow
 def test_aoti_package_locked_has_no_plaintext_row(tmp_path) -> None:
     model, inputs = MODEL_FACTORIES["mlp"]()

@@ -42,15 +42,25 @@ def _register(*suffixes: str) -> Callable[[Extractor], Extractor]:
 
 def artifact_files(folder: Path) -> list[Path]:
     """The artifacts under ``folder`` (by suffix, sorted), leaving out ``original/`` folders:
-    the unlocked copies ``save_original=True`` writes are plaintext by design."""
+    the unlocked copies ``save_original=True`` writes are plaintext by design
+    (:func:`unlocked_copies` lists them)."""
     folder = Path(folder)
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in _EXTRACTORS
-        and "original" not in p.relative_to(folder).parts[:-1]
-    )
+    return [p for p in _artifacts_under(folder) if not _in_original(p, folder)]
+
+
+def unlocked_copies(folder: Path) -> list[Path]:
+    """The artifacts under ``folder`` in ``original/`` folders (sorted): the unlocked copies
+    ``save_original=True`` writes, which hold the original weights and must not ship."""
+    folder = Path(folder)
+    return [p for p in _artifacts_under(folder) if _in_original(p, folder)]
+
+
+def _artifacts_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _EXTRACTORS)
+
+
+def _in_original(path: Path, folder: Path) -> bool:
+    return "original" in path.relative_to(folder).parts[:-1]
 
 
 def artifact_constants(path: Path) -> dict[str, np.ndarray]:
@@ -425,35 +435,65 @@ def _informative(a: np.ndarray) -> np.ndarray:
     return (np.std(a, axis=1) > 1e-6 * np.maximum(rms, 1e-30)) & (rms > 0)
 
 
+def _half_encodings(vec: np.ndarray) -> list[np.ndarray]:
+    """The bytes of ``vec`` as a model in half precision stores it, as ``uint16`` words: IEEE
+    float16 and bfloat16, each rounded to nearest even from float32 as torch converts (an
+    original given in either dtype is read as float32 exactly, so this gives its bytes back)."""
+    f32 = np.ascontiguousarray(vec, dtype="<f4")
+    with np.errstate(over="ignore"):
+        f16 = f32.astype("<f2").view("<u2")
+    bits = f32.view("<u4").astype(np.uint64)
+    bf16 = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+    return [f16, bf16]
+
+
+def _prefix_at(raw: np.ndarray) -> int | None:
+    """Where ``raw`` (words of one element each) has the 8 bytes that :func:`_exact_leaks`
+    looks up: elements all nonzero and not all equal (a run of zeros or of one value is in
+    every blob). None where it has none."""
+    m = 8 // raw.itemsize
+    for k in range(len(raw) - m + 1):
+        window = raw[k : k + m]
+        if np.all(window != 0) and np.any(window != window[0]):
+            return k
+    return None
+
+
 def _exact_leaks(blob: np.ndarray, rows: list[tuple[int, np.ndarray]]) -> dict[int, float]:
-    """Labels whose float32 vectors appear byte for byte in ``blob`` (any 1-byte alignment)."""
+    """Labels whose vectors appear byte for byte in ``blob`` (any 1-byte alignment), stored as
+    float32, or as float16 or bfloat16 (a model exported in half precision: an AOTInductor
+    package of one held its weights so, and was searched for float32 bytes only)."""
     data = blob.tobytes()
-    by_prefix: dict[int, list[tuple[int, int, bytes]]] = {}
+    wanted: dict[int, dict[int, list[tuple[int, int, bytes]]]] = {4: {}, 2: {}}
     for label, vec in rows:
-        raw = np.ascontiguousarray(vec, dtype="<f4").view("<u4")
-        nz = np.flatnonzero((raw[:-1] != 0) & (raw[1:] != 0) & (raw[:-1] != raw[1:]))
-        if nz.size == 0:
-            continue
-        k = int(nz[0])
-        prefix = int(raw[k]) | (int(raw[k + 1]) << 32)
-        by_prefix.setdefault(prefix, []).append((label, k, raw.tobytes()))
+        encodings = [np.ascontiguousarray(vec, dtype="<f4").view("<u4"), *_half_encodings(vec)]
+        for raw in encodings:
+            k = _prefix_at(raw)
+            if k is None:
+                continue
+            prefix = int(np.frombuffer(raw[k:].tobytes()[:8], dtype="<u8")[0])
+            wanted[raw.itemsize].setdefault(prefix, []).append((label, k, raw.tobytes()))
     found: dict[int, float] = {}
-    if not by_prefix:
-        return found
-    prefixes = np.fromiter(by_prefix, dtype=np.uint64)
-    for align in range(4):
-        count = (len(data) - align) // 4
-        if count < 2:
+    for size, by_prefix in wanted.items():
+        if not by_prefix:
             continue
-        words = np.frombuffer(data, dtype="<u4", count=count, offset=align).astype(np.uint64)
-        keys = words[:-1] | (words[1:] << np.uint64(32))
-        for pos in np.flatnonzero(np.isin(keys, prefixes)):
-            for label, k, raw in by_prefix[int(keys[pos])]:
-                if label in found:
-                    continue
-                start = align + 4 * (int(pos) - k)
-                if start >= 0 and data[start : start + len(raw)] == raw:
-                    found[label] = 1.0
+        prefixes = np.fromiter(by_prefix, dtype=np.uint64)
+        for align in range(size):
+            count = (len(data) - align) // size
+            if count < 8 // size:
+                continue
+            words = np.frombuffer(data, dtype=f"<u{size}", count=count, offset=align)
+            words = words.astype(np.uint64)
+            keys = words[: count - 8 // size + 1].copy()
+            for i in range(1, 8 // size):
+                keys |= words[i : count - 8 // size + 1 + i] << np.uint64(8 * size * i)
+            for pos in np.flatnonzero(np.isin(keys, prefixes)):
+                for label, k, raw in by_prefix[int(keys[pos])]:
+                    if label in found:
+                        continue
+                    start = align + size * (int(pos) - k)
+                    if start >= 0 and data[start : start + len(raw)] == raw:
+                        found[label] = 1.0
     return found
 
 
@@ -470,8 +510,8 @@ def find_weight_leaks(
     ``weights`` are the original tensors (1-D ones, e.g. biases, are ignored); vectors shorter
     than ``min_length`` are ignored (short vectors match by chance).  Float constants are
     compared by ``|cosine|`` of every row/column against every original row/column after each
-    reshape that fits; ``uint8`` constants (binary blobs) are searched for the exact float32
-    bytes of every original row and column.
+    reshape that fits; ``uint8`` constants (binary blobs) are searched for the exact float32,
+    float16 and bfloat16 bytes of every original row and column.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, Real) or not 0 < threshold <= 1:
         raise InvalidArgumentError(f"threshold must be in (0, 1], but got {threshold!r}")
