@@ -63,7 +63,10 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     once the server answered it (a signed answer other than ``rate_limited``, or a licence that
     verified); a file that is not such a request is ignored, with a warning, and replaced.
 ``clock.json``
-    ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection.
+    ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection;
+    it advances with the time the monotonic clock measures also while the clock stands behind
+    it (saved, then, a second ahead at most every second), so that a clock set back within the
+    tolerance again and again gains at most the tolerance (:meth:`LicenceClient._now`).
     A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
     it: its signed receipt of a usage report stamped with the local time shows, free of charge,
     that the server agrees (it refuses a timestamp off its window as ``stale_request`` first);
@@ -637,6 +640,8 @@ class LicenceClient:
         overlap_seconds: renew this long before expiry (default 30 days).
         timeout: seconds per HTTP request.
         clock: returns the current Unix time (tests).
+        monotonic: returns the seconds elapsed, never set back (tests; default: the system's
+            monotonic clock with the default ``clock``, none with another one).
         transport: an ``httpx`` transport (for tests and custom networking).
         retry_seconds: after a failed renewal, wait this long before trying again.
         persist_every: inferences reserved per counter-file write (see the module docs).
@@ -665,6 +670,7 @@ class LicenceClient:
         overlap_seconds: float = DEFAULT_OVERLAP_S,
         timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] | None = None,
         transport: httpx.BaseTransport | None = None,
         retry_seconds: float = DEFAULT_RETRY_S,
         persist_every: int = DEFAULT_PERSIST_EVERY,
@@ -729,6 +735,11 @@ class LicenceClient:
         self.requested_inferences = requested_inferences
         self.contract_end_check_seconds = contract_end_check_seconds
         self._clock = clock
+        #: Time elapsed, which nobody sets back: the system's monotonic clock with the system
+        #: clock (else only when given, with an injected clock: tests).
+        self._monotonic = (
+            monotonic if monotonic is not None else time.monotonic if clock is time.time else None
+        )
         self._timeout = timeout
         self._http = httpx.Client(
             base_url=self.server_url,
@@ -756,6 +767,8 @@ class LicenceClient:
         self._closed = False
         self._seen_signing = False  # this server signed an answer to this process
         self._last_seen = self._last_seen_saved = self._read_last_seen()
+        self._anchor: tuple[float, float] | None = None  # (time seen, monotonic clock then)
+        self._anchor_at(self._last_seen)
 
     def __repr__(self) -> str:
         return (
@@ -851,20 +864,50 @@ class LicenceClient:
     # ------------------------------------------------------------------ clock
 
     def _now(self) -> int:
-        """The current time; raises ClockRollbackError when it is before the last time seen."""
-        now = int(self._clock())
+        """The current time; raises ClockRollbackError when it is before the last time seen.
+
+        The last time seen advances with the time elapsed (the monotonic clock, which nobody
+        sets back) also while the clock is behind it: a clock set back by less than
+        ``clock_tolerance`` again and again (just before a licence expires), or held still,
+        no longer stops the licence's time. While behind, the last time seen is saved a second
+        ahead at most every second, so that a process killed and started again with the clock
+        set back does not gain that second again and again."""
+        clock = self._clock()
+        now = int(clock)
+        # the time elapsed since counts, also while the clock stood behind the time seen
+        self._last_seen = max(self._last_seen, self._elapsed_floor())
         if now < self._last_seen - self.clock_tolerance:
             raise ClockRollbackError(
                 f"The system clock ({_when(now)}) is before the last time this device saw "
-                f"({_when(self._last_seen)}): the clock was set back. Fix the system clock "
-                "(NTP) and try again."
+                f"({_when(self._last_seen)}, counting the time elapsed since): the clock was "
+                "set back. Fix the system clock (NTP) and try again."
             )
-        if now > self._last_seen:
+        if now >= self._last_seen:
             if now - self._last_seen_saved >= _LAST_SEEN_PERSIST_S:
                 self._save_last_seen(now)  # noted once saved: a failed save is tried again
             else:
                 self._last_seen = now
+            self._anchor_at(max(self._last_seen, clock))
+        elif self._last_seen >= self._last_seen_saved:
+            self._save_last_seen(reserve=1)
         return now
+
+    def _anchor_at(self, seen: float) -> None:
+        """Count the time elapsed from now on from ``seen``, the last time seen
+        (:meth:`_elapsed_floor`)."""
+        if self._monotonic is not None:
+            self._anchor = (seen, self._monotonic())
+
+    def _elapsed_floor(self, *, partial: bool = False) -> int:
+        """The last time seen when it was anchored (:meth:`_anchor_at`), advanced by the time
+        the monotonic clock measured since, in whole seconds (``partial``: with the second
+        begun, when that is ahead of the clock; the last time seen without a monotonic
+        clock)."""
+        if self._anchor is None or self._monotonic is None:
+            return self._last_seen
+        seen, at = self._anchor
+        floor = seen + max(self._monotonic() - at, 0.0)
+        return math.ceil(floor) if partial and floor > self._clock() else int(floor)
 
     def _read_last_seen(self) -> int:
         """``last_seen`` of ``clock.json`` (0 when there is none); a malformed file is refused,
@@ -882,19 +925,36 @@ class LicenceClient:
             )
         return last_seen
 
-    def _save_last_seen(self, now: int = 0) -> None:
-        """Persist the latest time seen (``now`` included), never lowering the file's. A time
-        this process saw later than the clock shows now is not written: the file holds less
-        only once another process reset it, when the server confirmed the clock (which had
-        jumped forward), and this one would undo that for every later process (this process
-        still refuses a clock before it). ``now`` counts as seen only once written: noted
+    def _save_last_seen(self, now: int = 0, reserve: int = 0, *, closing: bool = False) -> None:
+        """Persist the latest time seen (``now`` included), never lowering the file's, plus
+        ``reserve`` seconds (a clock behind it: :meth:`_now`). A time this process saw later
+        than the clock shows now by more than ``clock_tolerance`` is not written: the file
+        holds less only once another process reset it, when the server confirmed the clock
+        (which had jumped forward), and this one would undo that for every later process (this
+        process still refuses a clock before it). ``now`` counts as seen only once written: noted
         before, a save that failed (a full disk) was not tried again, and every other call
-        in that second ran (``clock.json`` not saved for over a minute refuses them all)."""
+        in that second ran (``clock.json`` not saved for over a minute refuses them all).
+        ``closing`` (:meth:`flush`): the time elapsed since the last call counts, the second
+        begun included while the clock is behind it (else processes closed within a second,
+        the clock held, never moved the time seen), and a reserved second this process wrote
+        and did not reach is given back while the file still holds it (else a device whose
+        clock NTP stepped back would see the time seen move further ahead of its clock at each
+        start, and be refused after 300 of them)."""
         with state_lock(self.state_dir, "clock"):
             saved = self._read_last_seen()
+            if closing:
+                self._last_seen = max(self._last_seen, self._elapsed_floor(partial=True))
+                if saved == self._last_seen_saved and saved > self._last_seen:
+                    saved = self._last_seen  # its own reservation, unused
             latest = max(self._last_seen, saved, now)
-            seen = max(saved, min(latest, int(self._clock())))
+            clock = int(self._clock())
+            seen = max(
+                saved,
+                latest + reserve if latest <= clock + self.clock_tolerance else min(latest, clock),
+            )
             write_private(self._clock_path, protocol.canonical_bytes({"last_seen": seen}))
+            if latest > max(self._last_seen, now):  # another process saw later
+                self._anchor_at(latest)
             self._last_seen, self._last_seen_saved = latest, seen
 
     def _reset_last_seen(self, now: int) -> None:
@@ -902,6 +962,7 @@ class LicenceClient:
         with state_lock(self.state_dir, "clock"):
             write_private(self._clock_path, protocol.canonical_bytes({"last_seen": now}))
             self._last_seen = self._last_seen_saved = now
+            self._anchor_at(now)
 
     def _ahead(self, licence: Licence, now: int) -> bool:
         """Whether ``licence`` is issued after ``now`` by more than ``clock_tolerance``."""
@@ -2550,7 +2611,7 @@ class LicenceClient:
         with self._lock:
             self._release()
             self._cache_again()
-            self._save_last_seen()
+            self._save_last_seen(closing=True)
 
     def close(self) -> None:
         """Flush the counter, report usage (best effort) and close the connection. Idempotent."""

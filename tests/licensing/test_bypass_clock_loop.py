@@ -1,0 +1,202 @@
+"""A device owner keeps an expired licence running by setting the clock back again and again.
+
+The rollback check refused a clock more than ``clock_tolerance`` (300 s) before the last time
+seen, but the last time seen only ever followed the clock: set back by 299 s whenever it
+reached the licence's expiry, with no state file touched and the network cut, a 1-hour
+licence kept running for as long as the loop went on (30 days, 43,200 inferences, in the
+reproduction). The time elapsed now counts (the monotonic clock, which nobody sets back): the
+last time seen advances with it while the clock stands behind, so the loop gains at most
+``clock_tolerance`` past the expiry, in one process or in processes started afresh after each
+set-back. A clock NTP stepped back once, within the tolerance, keeps working.
+"""
+
+from __future__ import annotations
+
+import time as real_time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.licensing.server_helpers import device_client, make_application, make_customer
+from tests.licensing.test_contract_end_checks import Network
+
+from skruntime.errors import ClockRollbackError, LicenceError
+from skruntime.licensing import client as client_module
+from skruntime.licensing.protocol import unb64
+
+HOUR = 3600
+STEP = 60  # seconds between inferences
+TOLERANCE = 300
+
+
+class DeviceTime:
+    """The device's ``time`` module: the system clock, which its owner (root) sets, and the
+    monotonic clock, which nobody sets back."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self.elapsed = 0.0
+        # one function each, as the time module's: the runtime's default clock is time.time
+        self.time = lambda: self.now
+        self.monotonic = lambda: self.elapsed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(real_time, name)
+
+    def tick(self, seconds: int) -> None:
+        self.now += seconds
+        self.elapsed += seconds
+
+
+def device(client: Any, network: Network, folder: Path, device_time: DeviceTime) -> Any:
+    return device_client(
+        "http://testserver",
+        network,
+        unb64(client.get("/v1/public-key").json()["public_key"]),
+        folder,
+        device_time.time,  # the system clock
+        overlap_seconds=STEP,
+        requested_inferences=100_000,
+    )
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["one-process", "restarted"])
+def test_a_clock_set_back_again_and_again_gains_at_most_the_tolerance(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restart: bool
+) -> None:
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    folder = tmp_path / "device"
+    runtime = device(client, network, folder, device_time)
+    runtime.consume()
+    expires_at = runtime.ensure_licence().expires_at
+    assert expires_at == clock.now + HOUR
+    network.up = False  # the owner cuts the network: no renewal, no clock confirmation
+    past_expiry = 0  # inferences run once the real time passed the licence's expiry
+    with pytest.raises(ClockRollbackError) as stopped:
+        for _ in range(2 * 24 * HOUR // STEP):  # 2 days
+            device_time.tick(STEP)
+            if device_time.now >= expires_at - 1:
+                device_time.now -= TOLERANCE - 1  # set back, within the tolerance
+                if restart:  # the process killed (no close), started again
+                    runtime = device(client, network, folder, device_time)
+            runtime.consume()
+            if clock.now + device_time.elapsed >= expires_at:
+                past_expiry += 1
+    # before: ran the whole 2 days (2,820 inferences past the expiry); now at most the
+    # tolerance's worth (300 s, an inference a minute)
+    assert past_expiry <= TOLERANCE // STEP
+    assert clock.now + device_time.elapsed <= expires_at + TOLERANCE + STEP
+    assert "the clock was set back" in str(stopped.value)
+    assert "counting the time elapsed since" in str(stopped.value)
+
+
+def test_a_clock_held_still_stops_at_the_tolerance(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner holds the clock a minute before the expiry (sets it back a second every
+    second): before, the licence never expired."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    runtime = device(client, network, tmp_path / "device", device_time)
+    runtime.consume()
+    network.up = False
+    device_time.tick(HOUR - 60)
+    held = device_time.now
+    ran = 0
+    with pytest.raises(LicenceError):
+        for _ in range(2 * HOUR):  # 2 hours, an inference a second
+            device_time.tick(1)
+            device_time.now = held
+            runtime.consume()
+            ran += 1
+    assert ran <= TOLERANCE
+
+
+def test_a_clock_stepped_back_once_within_the_tolerance_keeps_working(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP steps the clock back by 200 s once: the licence keeps working, in this process and
+    in one started afterwards, until (about) its expiry."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    folder = tmp_path / "device"
+    runtime = device(client, network, folder, device_time)
+    runtime.consume()
+    network.up = False
+    device_time.tick(10 * STEP)
+    runtime.consume()
+    device_time.now -= 200
+    for _ in range(20):
+        device_time.tick(STEP)
+        runtime.consume()
+    runtime.close()
+    again = device(client, network, folder, device_time)
+    for _ in range(20):
+        device_time.tick(STEP)
+        again.consume()
+    again.close()
+
+
+def test_processes_started_again_and_again_behind_a_stepped_back_clock_keep_working(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind the last time seen, a process saves it a second ahead; closing, it gives that
+    second back: 150 processes started in turn after NTP stepped the clock back by 200 s do not
+    push the time seen past the tolerance (each would have added its second)."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    folder = tmp_path / "device"
+    first = device(client, network, folder, device_time)
+    first.consume()
+    first.close()
+    network.up = False
+    device_time.now -= 200
+    for _ in range(150):
+        runtime = device(client, network, folder, device_time)
+        runtime.consume()
+        runtime.close()
+    seen = client_module.LicenceClient._read_last_seen(runtime)
+    assert seen <= device_time.now + 200
+
+
+def test_processes_closed_within_a_second_behind_a_held_clock_stop_at_the_tolerance(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner holds the clock a minute before the expiry and runs each process for under a
+    second, closing it: the second each one began counts, so they stop at the tolerance (with
+    the whole seconds only, every process gave back its reserved second, for ever)."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    folder = tmp_path / "device"
+    first = device(client, network, folder, device_time)
+    first.consume()
+    first.close()
+    network.up = False
+    device_time.tick(HOUR - 60)
+    held = device_time.now
+    started = 0
+    with pytest.raises(LicenceError):
+        for _ in range(2000):  # 30 minutes of processes of 0.9 s
+            device_time.now = held
+            runtime = device(client, network, folder, device_time)
+            started += 1
+            runtime.consume()
+            device_time.elapsed += 0.9
+            runtime.close()
+    assert started <= TOLERANCE + 60
