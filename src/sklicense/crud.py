@@ -507,12 +507,20 @@ def devices_warning(session: Session, customer: Customer, changes: dict[str, Any
     if registered <= limit:
         return None
     active = registered - revoked
-    return (
+    said = (
         f"customer {customer.id} already has {registered} registered devices ({active} "
-        f"active), more than max_devices {limit}: they keep being licensed (devices are never "
-        f"unregistered), and a new device is refused too_many_devices until the limit is "
-        f"above {registered}. To stop some of them, revoke them: sklicense device revoke ID "
-        "(PATCH /v1/admin/devices/{id})"
+        f"active), more than max_devices {limit}: "
+    )
+    refused = (
+        f"a new device is refused too_many_devices until the limit is above {registered} (a "
+        "revoked device keeps its slot)"
+    )
+    if active == 0:  # all revoked: none is licensed, only the new devices are concerned
+        return said + refused
+    return (
+        f"{said}the {active} active ones keep being licensed (devices are never "
+        f"unregistered), and {refused}. To stop some of them, revoke them: sklicense device "
+        "revoke ID (PATCH /v1/admin/devices/{id})"
     )
 
 
@@ -589,6 +597,25 @@ def valid_application_licences(session: Session, application: Application, now: 
         Licence.application_id == application.id, Licence.expires_at > now
     )
     return int(session.scalar(stmt) or 0)
+
+
+def kek_warning(
+    session: Session, application: Application, previous: bytes | None, now: dt.datetime
+) -> str | None:
+    """What to tell the admin who just replaced ``previous``, another KEK, with the
+    application's (``sklicense app import-kek``, ``PUT /v1/admin/applications/{name}/kek``):
+    the model files protected under the old one do not open with the licences issued from
+    now on; None when there was none or it is the same."""
+    if previous is None or previous == application.kek:
+        return None
+    valid = valid_application_licences(session, application, now)
+    return (
+        f"this KEK replaces another one: the licences of {application.name!r} issued from now "
+        "on carry it, and a device whose model files were protected under the old one cannot "
+        f"open them with such a licence ({valid} licence(s) issued with the old KEK are still "
+        "valid). Check that this is the file `skprotect export-kek` wrote where the models "
+        "were protected; the old KEK is not kept (import its file again to undo)"
+    )
 
 
 def issued_licences(session: Session) -> tuple[int, dt.datetime | None]:

@@ -9,6 +9,7 @@ report its licence's row, with ``SELECT … FOR UPDATE`` inside its transaction.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,25 +96,45 @@ def _engine(url: str, timeout_s: float) -> Engine:
         )
 
         opened: list[bool] = []
+        file = engine_file(engine)
 
         @event.listens_for(engine, "do_connect")
-        def _open(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        def _open(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
             """Once the engine has opened its database file, open it read-write only, never
             create it: a file moved or deleted while the server runs was created again, empty,
-            by the next connection (every request then answered "run sklicense db upgrade")."""
-            path = sqlite_file(url)
-            if opened and path is not None and not _creating.get() and not cparams.get("uri"):
-                cargs[:1] = [f"{path.resolve().as_uri()}?mode=rw"]
-                cparams["uri"] = True
+            by the next connection (every request then answered "run sklicense db upgrade").
+            The connection is made here, ``cargs`` and ``cparams`` left as they are: SQLAlchemy
+            2.0 passes every connection of the engine the same two, so changing them made every
+            later connection read-write only, a migration's too (``db upgrade`` in the process
+            could not create the file again: "unable to open database file")."""
+            if opened and file is not None and not _creating.get() and not cparams.get("uri"):
+                uri = f"{file.resolve().as_uri()}?mode=rw"
+                return dialect.connect(uri, *cargs[1:], **{**cparams, "uri": True})
+            return None
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, record: Any) -> None:
             if not opened:
                 opened.append(True)
+            if file is not None:
+                record.info[_FILE_ID] = _file_id(file)
             dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine, "checkout")
+        def _replaced(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            """A connection to a file that another one replaced at its path (a backup moved
+            over it, the server running) still reads the old file, deleted: every read answered
+            from it (health "ok", an admin list of rows the restored file does not hold) until
+            a write failed ``SQLITE_READONLY_DBMOVED``, answered 503. Such a connection is
+            dropped when taken from the pool: the pool opens the file at the path instead. (A
+            file moved away, none at its path, is left to that write's 503 and to the health
+            check.)"""
+            was, now = record.info.get(_FILE_ID), _file_id(file) if file is not None else None
+            if was is not None and now is not None and now != was:
+                raise DisconnectionError(f"the database file {file} was replaced")
 
         @event.listens_for(engine, "handle_error")
         def _moved(context: Any) -> None:
@@ -359,6 +380,31 @@ def _refuse_newer(url: str, current: str | None) -> None:
 def current_revision(url: str) -> str | None:
     with get_engine(url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+_FILE_ID = "sklicense_file_id"
+"""The key of a SQLite connection record's ``info``: the file it opened (:func:`_file_id`)."""
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device and inode), None when none is."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def engine_file(engine: Engine) -> Path | None:
+    """The file a SQLite engine opens, else None. Read from the engine's URL object, never
+    from its text: ``str(engine.url)`` percent-encodes a path's non-ASCII letters, ``@``,
+    ``#`` and ``:`` (``/srv/m%C3%BCller.db``), a file that does not exist."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or ":memory:" in database:
+        return None
+    if database.startswith("file:"):  # a URI (``?uri=true``): SQLite reads it, not a path
+        return None
+    return Path(database)
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -304,6 +304,9 @@ class ApplicationPublic(BaseModel):
     models: list[str] | None
     public_key: str | None
     created_at: dt.datetime
+    #: What the admin should know of the change just made (a KEK replacing another one,
+    #: ``crud.kek_warning``); None otherwise.
+    warning: str | None = None
 
 
 class CustomerCreate(BaseModel):

@@ -33,7 +33,8 @@ def test_a_limit_below_the_registered_devices_is_warned_about(
     result = CliRunner().invoke(cli, [*edit, "--database-url", database_url])
     assert result.exit_code == 0 and json.loads(result.stdout)["max_devices"] == 1
     assert "Warning: customer 42 already has 3 registered devices (3 active)" in result.stderr
-    assert "keep being licensed" in result.stderr and "device revoke" in result.stderr
+    assert "the 3 active ones keep being licensed" in result.stderr
+    assert "device revoke" in result.stderr
 
     patched = client.patch(
         "/v1/admin/customers/42", json={"max_devices": 2}, headers=bearer(tokens["admin"])

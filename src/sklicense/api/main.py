@@ -117,10 +117,11 @@ async def http_error(request: Request, error: Exception) -> Response:
         and parts[2] in NEVER_DELETED
     ):
         what = parts[2].removesuffix("s")
+        article = "an" if what[0] in "aeiou" else "a"  # "an application"
         return JSONResponse(
             status_code=405,
             content={
-                "detail": f"a {what} is never deleted (the audit log, licences and usage "
+                "detail": f"{article} {what} is never deleted (the audit log, licences and usage "
                 f"reports refer to it): {NEVER_DELETED[parts[2]]}"
             },
             headers=error.headers,

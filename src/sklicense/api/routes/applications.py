@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 
 from fastapi import APIRouter, HTTPException
 from sqlalchemy.orm import Session
 
 from sklicense import crud
-from sklicense.api.deps import AdminDep, SessionDep
+from sklicense.api.deps import AdminDep, ClockDep, SessionDep
 from sklicense.models import Application
 from sklicense.schemas import (
     ApplicationCreate,
@@ -73,14 +74,25 @@ def create_application(
 
 @admin_router.put("/{name}/kek", response_model=ApplicationPublic)
 def import_kek(
-    name: str, payload: ApplicationKekImport, admin: AdminDep, session: SessionDep
+    name: str,
+    payload: ApplicationKekImport,
+    admin: AdminDep,
+    session: SessionDep,
+    clock: ClockDep,
 ) -> ApplicationPublic:
-    """Import (or replace) the application's KEK (base64, from `skprotect export-kek`)."""
-    return changed(
-        session,
-        name,
-        lambda app: crud.import_kek(session, app, crud.decode_kek(payload.kek), admin.actor),
-    )
+    """Import (or replace) the application's KEK (base64, from `skprotect export-kek`); the
+    answer's ``warning`` says when it replaced another one (as ``sklicense app import-kek``
+    does)."""
+    warnings: list[str | None] = []
+
+    def replace(app: Application) -> None:
+        previous = app.kek
+        crud.import_kek(session, app, crud.decode_kek(payload.kek), admin.actor)
+        now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+        warnings.append(crud.kek_warning(session, app, previous, now))
+
+    answer = changed(session, name, replace)
+    return answer.model_copy(update={"warning": warnings[0]})
 
 
 @admin_router.put("/{name}/public-key", response_model=ApplicationPublic)

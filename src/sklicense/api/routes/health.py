@@ -23,7 +23,7 @@ def health(session: SessionDep) -> dict[str, str] | JSONResponse:
     runs is unavailable, though the connections that opened it still read it (``SELECT 1``
     answered ok while every write failed)."""
     session.execute(text("SELECT 1"))
-    path = db.sqlite_file(str(session.get_bind().url))
+    path = db.engine_file(session.get_bind().engine)
     if path is not None and not path.is_file():
         logger.error("GET /v1/health: the database file %s is gone", path)
         return JSONResponse(
