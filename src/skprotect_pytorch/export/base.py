@@ -198,6 +198,9 @@ _BAKED_VALUE = "might cause the trace to be incorrect"
 
 _TORCH_INPUT_CHECKS = (
     ("nn/functional.py", "if size_prods == 1:"),  # batch/group/instance norm: one value
+    # F.embedding's padding_idx range checks: compare the (constant) weight's row count only
+    ("nn/functional.py", "if padding_idx >= weight.size(0):"),
+    ("nn/functional.py", "if padding_idx < -weight.size(0):"),
     ("nn/modules/instancenorm.py", "if input.size(feature_dim) != self.num_features:"),
     (
         "nn/modules/transformer.py",
@@ -214,9 +217,10 @@ _TORCH_INPUT_CHECKS = (
 )
 """torch's own input checks whose traced value only decides whether to raise (or warn) for
 an input the trace already passed, by file (within torch) and condition line: a GroupNorm,
-InstanceNorm, BatchNorm without running statistics or nn.Transformer made every model with
-one refused in TorchScript. Named exactly: another line of torch's (ConvTranspose2d's
-``output_size``, whose output padding is a value too), or a changed one, stays refused."""
+InstanceNorm, BatchNorm without running statistics, nn.Transformer or an Embedding with a
+positive padding_idx made every model with one refused in TorchScript. Named exactly:
+another line of torch's (ConvTranspose2d's ``output_size``, whose output padding is a value
+too), or a changed one, stays refused."""
 
 
 def _in_torch(filename: str) -> str | None:

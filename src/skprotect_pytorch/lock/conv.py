@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .channel_lock import ChannelOps, lock_bias, lock_matrix, plan_channels
@@ -153,6 +154,7 @@ class LockedConv(nn.Module):
         self.conv = conv
         self.ops = ops
         self.spatial_dims = len(conv.kernel_size)
+        self.crops_output = _output_padding_past_stride(conv)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -168,8 +170,44 @@ class LockedConv(nn.Module):
         if self.unfold is not None:
             x = self.unfold(x)
         axis = x.dim() - self.spatial_dims - 1
-        z = self.conv(self.ops.enter(x, axis), *args, **kwargs)
+        z = self.ops.enter(x, axis)
+        if self.crops_output and not args and not kwargs:
+            z = self._transposed_then_cropped(z, axis)
+        else:
+            z = self.conv(z, *args, **kwargs)
         return self.ops.leave(z, axis)
+
+    def _transposed_then_cropped(self, z: torch.Tensor, axis: int) -> torch.Tensor:
+        """The transposed conv as its full output (no padding, no output padding, no bias),
+        zero-extended at the end where ``output_padding`` reaches past it, then cropped by
+        ``padding`` and biased: what torch computes, exactly.
+
+        torch allows an ``output_padding`` up to ``max(stride, dilation) - 1``, but
+        onnxruntime's ConvTranspose refuses one of ``stride`` or more ("output_padding may be
+        too large for stride"), so a protected ONNX file of such a layer could not run.
+        """
+        conv = self.conv
+        transpose = F.conv_transpose1d if self.spatial_dims == 1 else F.conv_transpose2d
+        y = transpose(z, conv.weight, None, conv.stride, 0, 0, conv.groups, conv.dilation)
+        extra = [max(0, op - p) for p, op in zip(conv.padding, conv.output_padding, strict=True)]
+        if any(extra):
+            y = F.pad(y, [v for e in reversed(extra) for v in (0, e)])
+        crop = [slice(None)] * (axis + 1)
+        for p, op, e in zip(conv.padding, conv.output_padding, extra, strict=True):
+            end = e + p - op  # >= 0: what the end loses, after the zero extension
+            crop.append(slice(p, -end if end else None))
+        y = y[tuple(crop)]
+        if conv.bias is not None:
+            y = y + conv.bias.view(-1, *([1] * self.spatial_dims))
+        return y
+
+
+def _output_padding_past_stride(conv: ConvLike) -> bool:
+    """Whether a transposed conv has an ``output_padding`` of its ``stride`` or more on some
+    axis (torch allows it when the dilation is larger), which onnxruntime cannot run."""
+    return bool(conv.transposed) and any(
+        op >= s for op, s in zip(conv.output_padding, conv.stride, strict=True)
+    )
 
 
 _COPIED = tuple(n for n, v in vars(LockedConv).items() if isinstance(v, _Copied))

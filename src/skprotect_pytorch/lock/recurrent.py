@@ -174,9 +174,13 @@ def _scan_direction(
     h_size = h0.shape[0]
     # Views with a storage offset (h0[k], the chunks of the fused input projection) make Dynamo
     # guard on that offset, which specialises the batch size: hand the loop fresh tensors.
-    x = x.clone()
-    h0 = h0.clone()
-    c0 = c0.clone()
+    # Fresh in the contiguous strides the body's carries get: at batch 1 a state ``(H, 1)``
+    # made by ``.t().contiguous()`` keeps its transposed strides ``(1, H)`` (a size-1 axis
+    # counts as contiguous whatever its stride), and scan refused init and carry as different
+    # ("Expected init and carry to have same metadata"): no batch-1 LSTM/GRU exported.
+    x = x.clone(memory_format=torch.contiguous_format)
+    h0 = h0.clone(memory_format=torch.contiguous_format)
+    c0 = c0.clone(memory_format=torch.contiguous_format)
 
     def combine(carry: list[Tensor], xt: Tensor):
         c = carry[1] if lstm else carry[0]
