@@ -15,6 +15,7 @@ import typer
 
 from skruntime.cli import (
     OutputGroup,
+    as_the_process,
     empty_path,
     file_path,
     output_problem,
@@ -34,10 +35,11 @@ from .extras import missing_modules
 
 class _Cli(typer.Typer):
     """The ``skprotect`` entry point: SIGTERM cleans up as Ctrl-C does and exits 143
-    (:func:`~skruntime.cli.sigterm_as_interrupt`)."""
+    (:func:`~skruntime.cli.sigterm_as_interrupt`); ``run`` keeps core dumps off until the
+    process ends (:func:`~skruntime.cli.as_the_process`)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), as_the_process():
             return super().__call__(*args, **kwargs)
 
 
@@ -262,7 +264,14 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
         if given.is_dir():
             unlocked += unlocked_copies(given)
         if not inside:
-            typer.echo(f"error: {given} holds no .onnx, .pt or .pt2 file to scan", err=True)
+            copies = unlocked_copies(given) if given.is_dir() else []
+            only = (
+                f", only unlocked copies that save_original=True writes ({copies[0]}...), "
+                "holding the original weights in plaintext: never ship them"
+                if copies
+                else ""
+            )
+            typer.echo(f"error: {given} holds no .onnx, .pt or .pt2 file to scan{only}", err=True)
             raise typer.Exit(2)
         files += inside
     found = {}
@@ -291,7 +300,11 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
             hows = " and ".join(sorted({leak.how for leak in same}))
             best = max(leak.max_cos for leak in same)
             typer.echo(f"  - {weight} in {constant} ({hows}, |cos| {best:.4f})")
-    if unlocked:  # a folder scanned as the one to ship held the plaintext model, said clean
+    # a folder scanned as the one to ship held the plaintext model, said clean; each copy
+    # once (a folder and one inside it both given), none that was given to scan itself
+    scanned = {p.resolve() for p in files}
+    unlocked = list({p.resolve(): p for p in unlocked if p.resolve() not in scanned}.values())
+    if unlocked:
         names = ", ".join(str(p) for p in unlocked)
         typer.echo(
             f"warning: not scanned: {names}: unlocked cop{'ies' if len(unlocked) > 1 else 'y'} "

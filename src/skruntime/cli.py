@@ -47,6 +47,7 @@ __all__ = [
     "EXIT_TERMINATED",
     "OutputGroup",
     "RunFormat",
+    "as_the_process",
     "discard_stdout",
     "empty_path",
     "file_path",
@@ -341,6 +342,26 @@ def sigterm_handled_by(handler: Any) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+_THE_PROCESS = threading.local()
+"""``active``: the command runs as its process's program (:func:`as_the_process`)."""
+
+
+@contextmanager
+def as_the_process() -> Iterator[None]:
+    """Within the block, the command line is its process's program (the ``skprotect`` entry
+    point, not a test's ``CliRunner``): ``run`` then keeps core dumps off for the rest of the
+    process (:func:`~skruntime.system.disable_core_dumps`), not only while it runs. The key's
+    copies stay in memory until the process ends (see the security notes of
+    docs/runtime.md): with core dumps back on after the run (until 2026-12-07), a crash while
+    the process ended (a framework's teardown, an ``atexit`` handler) dumped them."""
+    before = getattr(_THE_PROCESS, "active", False)
+    _THE_PROCESS.active = True
+    try:
+        yield
+    finally:
+        _THE_PROCESS.active = before
 
 
 @contextmanager
@@ -1111,11 +1132,14 @@ def run_command(
 
     Exit codes: 0 ok, 1 other, 2 usage, 3 config/integrity, 4 key/licence, 5 input, 6 not found.
     """
-    from skruntime.system import core_dumps_disabled
+    from skruntime.system import core_dumps_disabled, disable_core_dumps
 
     try:
         # a crash while the key is in memory writes no core file (its copy of the session key,
-        # and of the KEK with --kek); the process is dumpable again once the run is over
+        # and of the KEK with --kek): for the rest of the process, whose memory holds copies of
+        # the key until it ends; in-process (a test's CliRunner) for the run only
+        if getattr(_THE_PROCESS, "active", False):
+            disable_core_dumps()
         with core_dumps_disabled():
             summary = _run(
                 outputs_dir,

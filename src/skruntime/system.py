@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import os
 import socket
@@ -122,8 +123,10 @@ _PR_GET_DUMPABLE = 3
 _DUMPS_LOCK = threading.Lock()
 
 
+@functools.cache
 def _prctl() -> object | None:
-    """libc's ``prctl`` (Linux), or None."""
+    """libc's ``prctl`` (Linux), or None. Looked up once: ``ctypes.util.find_library`` runs
+    ``ldconfig`` in a child process."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -161,6 +164,27 @@ def _disable() -> _DumpState:
     return _DumpState(dumpable, core_limit)
 
 
+def _restore(state: _DumpState) -> None:
+    prctl = _prctl()
+    if state.dumpable is not None and prctl is not None:
+        prctl(_PR_SET_DUMPABLE, state.dumpable, 0, 0, 0)  # 2 (suid_dumpable) is refused: kept 0
+    if state.core_limit is not None:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CORE, state.core_limit)
+
+
+class _Blocks:
+    """The :func:`core_dumps_disabled` blocks in progress, in all threads, and the state the
+    first of them found: the last one to end puts it back, unless :func:`disable_core_dumps`
+    was called meanwhile. Each block put back what it had found itself: where two threads'
+    blocks overlapped without nesting, the first to end made the process dumpable while the
+    other still held its key, and the second left it undumpable for good."""
+
+    count = 0
+    found: _DumpState | None = None
+    for_good = False
+
+
 def disable_core_dumps() -> bool:
     """Keep the keys of this process out of core dumps, for the rest of its life: mark it not
     dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``) and set its soft core-file limit to 0.
@@ -179,26 +203,32 @@ def disable_core_dumps() -> bool:
 
     Returns whether the process was marked not dumpable (False off Linux, where only the core
     limit is set, and where ``prctl`` failed). Process-wide: debuggers and profilers of this
-    user cannot attach afterwards. ``skprotect run`` does this for its run
-    (:func:`core_dumps_disabled`).
+    user cannot attach afterwards; a :func:`core_dumps_disabled` block in progress no longer
+    puts the process back when it ends. ``skprotect run`` does this for its process.
     """
     with _DUMPS_LOCK:
+        _Blocks.for_good = True
         return _disable().dumpable is not None
 
 
 @contextlib.contextmanager
 def core_dumps_disabled() -> Iterator[bool]:
     """:func:`disable_core_dumps` for the block, then the process as it was (its dumpable flag
-    and soft core limit put back); yields what :func:`disable_core_dumps` returns."""
+    and soft core limit put back); yields what :func:`disable_core_dumps` returns. Blocks of
+    several threads, nested or overlapping, keep core dumps off until the last one ends; after
+    :func:`disable_core_dumps` they stay off."""
     with _DUMPS_LOCK:
-        state = _disable()
+        state = _disable()  # again in a nested block: something may have turned dumps on
+        if _Blocks.count == 0:
+            _Blocks.found = state
+        _Blocks.count += 1
+        marked = state.dumpable is not None
     try:
-        yield state.dumpable is not None
+        yield marked
     finally:
         with _DUMPS_LOCK:
-            prctl = _prctl()
-            if state.dumpable is not None and prctl is not None:
-                prctl(_PR_SET_DUMPABLE, state.dumpable, 0, 0, 0)
-            if state.core_limit is not None:
-                with contextlib.suppress(ValueError, OSError):
-                    resource.setrlimit(resource.RLIMIT_CORE, state.core_limit)
+            _Blocks.count -= 1
+            if _Blocks.count == 0:
+                found, _Blocks.found = _Blocks.found, None
+                if found is not None and not _Blocks.for_good:
+                    _restore(found)

@@ -14,10 +14,13 @@ from onnx import helper, numpy_helper
 from tests.models import MODEL_FACTORIES
 from torch import nn
 
+from skprotect_pytorch.audit import constants as constants_module
 from skprotect_pytorch.audit.constants import (
     artifact_constants,
+    artifact_files,
     find_weight_leaks,
     onnx_optimized_constants,
+    unlocked_copies,
 )
 from skprotect_pytorch.errors import InvalidArgumentError
 from skprotect_pytorch.lock import lock_model
@@ -246,6 +249,103 @@ def test_half_precision_row_bytes_found_in_blob(dtype: str, offset: int) -> None
     nudged = bytearray(blob)
     nudged[offset + 10] ^= 1
     assert find_weight_leaks({"blob": np.frombuffer(bytes(nudged), np.uint8)}, original) == []
+
+
+def _encoded(row: torch.Tensor, dtype: str) -> bytes:
+    return (
+        row.to(getattr(torch, dtype))
+        .view(torch.int16 if dtype != "float32" else torch.int32)
+        .numpy()
+        .tobytes()
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_rows_across_the_blob_chunks_and_at_its_end_are_found(
+    dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blob is searched a chunk of words at a time (its whole widening to 8-byte words took
+    3.9 GB of memory for a 100 MB blob): a row whose first bytes end a chunk, or which ends the
+    blob, is found at every byte offset."""
+    monkeypatch.setattr(constants_module, "_BLOB_CHUNK", 8)
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(5, 12, generator=gen)
+    junk = np.random.default_rng(3).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    original = {"w": w.numpy()}
+    for offset in range(0, 45):
+        for tail in (b"", junk[:3]):
+            blob = junk[:offset] + _encoded(w[2], dtype) + tail
+            leaks = find_weight_leaks({"blob": np.frombuffer(blob, np.uint8)}, original)
+            assert [(x.weight, x.how) for x in leaks] == [("w", "exact")], (offset, tail)
+
+
+def test_blob_search_memory_stays_near_the_blob_size() -> None:
+    """A 32 MiB blob: the search widened it whole to 8-byte words, several times over (float16
+    rows: 4 words a key), for a peak of 1,073 MiB (3.9 GB for a 100 MB blob); it now goes a
+    chunk at a time (about 40 MiB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    blob = bytearray(rng.integers(0, 256, 32 << 20, dtype=np.uint8).tobytes())
+    row = torch.from_numpy(w[7]).half().view(torch.int16).numpy().tobytes()
+    blob[-len(row) - 5 : -5] = row
+    data = np.frombuffer(bytes(blob), np.uint8)
+    del blob
+    tracemalloc.start()
+    try:
+        leaks = find_weight_leaks({"blob": data}, {"w": w})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [(x.weight, x.how) for x in leaks] == [("w", "exact")]
+    assert peak < 2 * data.nbytes, f"{peak / 2**20:.0f} MiB for a {data.nbytes >> 20} MiB blob"
+
+
+def test_pruned_originals_and_many_blobs_are_searched_in_seconds() -> None:
+    """The rows' lookup prefixes were found by a Python loop over their elements, run again for
+    every uint8 constant: for a pruned weight (90% zeros: no four nonzero float16 values in a
+    row, the loop ran to the end of each) the search took 183 s for one 2048 x 2048 weight,
+    and 63 s for 200 uint8 constants (a quantized ONNX model) and a 1024 x 1024 one; this
+    test's case over 60 s."""
+    import time
+
+    rng = np.random.default_rng(2)
+    pruned = rng.standard_normal((1024, 1024)).astype(np.float32)
+    pruned[rng.random(pruned.shape) < 0.9] = 0
+    dense = rng.standard_normal((512, 512)).astype(np.float32)
+    blobs = {f"q{i}": rng.integers(0, 256, 4096, dtype=np.uint8) for i in range(100)}
+    start = time.perf_counter()
+    assert find_weight_leaks(blobs, {"pruned": pruned, "dense": dense}) == []
+    assert time.perf_counter() - start < 20  # 2.7 s here
+
+
+def test_only_the_files_of_original_folders_are_unlocked_copies(tmp_path: Path) -> None:
+    """``save_original=True`` writes ``<model>/original/<file>``; a model may be named
+    "original" (its locked files are in ``original/onnx/``): those were left out of a folder's
+    scan ("holds no .onnx, .pt or .pt2 file to scan") and named as unlocked copies."""
+    for relative in (
+        "original/onnx/original.onnx",
+        "original/original/original_onnx.onnx",
+        "m/torchscript/m.pt",
+        "m/original/m_torchscript.pt",
+    ):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    assert artifact_files(tmp_path) == [
+        tmp_path / "m/torchscript/m.pt",
+        tmp_path / "original/onnx/original.onnx",
+    ]
+    assert unlocked_copies(tmp_path) == [
+        tmp_path / "m/original/m_torchscript.pt",
+        tmp_path / "original/original/original_onnx.onnx",
+    ]
+    model = tmp_path / "original"  # the model's own folder, given
+    assert artifact_files(model) == [model / "onnx/original.onnx"]
+    assert unlocked_copies(model) == [model / "original/original_onnx.onnx"]
+    copies = tmp_path / "m" / "original"  # the copies' folder itself, given: scanned
+    assert artifact_files(copies) == [copies / "m_torchscript.pt"]
+    assert unlocked_copies(copies) == []
 
 
 @pytest.mark.slow

@@ -60,7 +60,13 @@ def _artifacts_under(folder: Path) -> list[Path]:
 
 
 def _in_original(path: Path, folder: Path) -> bool:
-    return "original" in path.relative_to(folder).parts[:-1]
+    """Whether ``path`` is a file of an ``original/`` folder below ``folder``, as
+    ``save_original=True`` writes them (``<model>/original/<model>_<format>.<suffix>``). Only
+    the file's own folder counts: a model may be named ``original`` (its locked files are in
+    ``original/onnx/``, which were left out of the scan and, with 2026-12-07's warning, named
+    as unlocked copies)."""
+    parts = path.relative_to(folder).parts
+    return len(parts) >= 2 and parts[-2] == "original"
 
 
 def artifact_constants(path: Path) -> dict[str, np.ndarray]:
@@ -450,49 +456,91 @@ def _half_encodings(vec: np.ndarray) -> list[np.ndarray]:
 def _prefix_at(raw: np.ndarray) -> int | None:
     """Where ``raw`` (words of one element each) has the 8 bytes that :func:`_exact_leaks`
     looks up: elements all nonzero and not all equal (a run of zeros or of one value is in
-    every blob). None where it has none."""
+    every blob). None where it has none. Vectorised: a Python loop over the elements took
+    minutes for the rows of a pruned weight (mostly zeros: the loop ran to their end)."""
     m = 8 // raw.itemsize
-    for k in range(len(raw) - m + 1):
-        window = raw[k : k + m]
-        if np.all(window != 0) and np.any(window != window[0]):
-            return k
-    return None
+    if len(raw) < m:
+        return None
+    windows = np.lib.stride_tricks.sliding_window_view(raw, m)
+    usable = np.all(windows != 0, axis=1) & np.any(windows != windows[:, :1], axis=1)
+    at = np.flatnonzero(usable)
+    return int(at[0]) if at.size else None
 
 
-def _exact_leaks(blob: np.ndarray, rows: list[tuple[int, np.ndarray]]) -> dict[int, float]:
+_HASH_BITS = 24
+"""Bits of the hash of an 8-byte prefix that :class:`_ExactIndex` marks in its table (2**24
+flags, 16 MiB): a position of a blob is looked up only when its hash is marked."""
+
+
+def _prefix_hash(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """A :data:`_HASH_BITS`-bit hash of 8-byte words given as their ``uint32`` halves."""
+    mixed = (lo * np.uint32(0x9E3779B1)) ^ (hi * np.uint32(0x85EBCA77))
+    return mixed >> np.uint32(32 - _HASH_BITS)
+
+
+class _ExactIndex:
+    """The original rows and columns that :func:`_exact_leaks` looks for in blobs, stored as
+    float32, float16 or bfloat16: by the 8 bytes where each is looked up (:func:`_prefix_at`),
+    with a table of those prefixes' hashes. Built once per scan (it was built again for every
+    ``uint8`` constant: a quantized ONNX model has hundreds)."""
+
+    def __init__(self, rows: list[tuple[int, np.ndarray]]) -> None:
+        self.by_prefix: dict[int, list[tuple[int, int, bytes]]] = {}
+        for label, vec in rows:
+            f32 = np.ascontiguousarray(vec, dtype="<f4").view("<u4")
+            for raw in (f32, *_half_encodings(vec)):
+                k = _prefix_at(raw)
+                if k is None:
+                    continue
+                prefix = int(np.frombuffer(raw[k:].tobytes()[:8], dtype="<u8")[0])
+                # k in bytes: the prefix of a float16 row is 2k bytes into it
+                entry = (label, raw.itemsize * k, raw.tobytes())
+                self.by_prefix.setdefault(prefix, []).append(entry)
+        self.prefixes = np.fromiter(self.by_prefix, dtype=np.uint64, count=len(self.by_prefix))
+        self.table = np.zeros(1 << _HASH_BITS, dtype=bool)
+        lo = (self.prefixes & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        hi = (self.prefixes >> np.uint64(32)).astype(np.uint32)
+        self.table[_prefix_hash(lo, hi)] = True
+
+
+_BLOB_CHUNK = 1 << 20
+"""Words of a blob looked up at a time (bounded memory: the blob was widened to 8-byte words
+whole, 3.9 GB of memory for a 100 MB blob)."""
+
+
+def _exact_leaks(blob: np.ndarray, index: _ExactIndex) -> dict[int, float]:
     """Labels whose vectors appear byte for byte in ``blob`` (any 1-byte alignment), stored as
     float32, or as float16 or bfloat16 (a model exported in half precision: an AOTInductor
-    package of one held its weights so, and was searched for float32 bytes only)."""
-    data = blob.tobytes()
-    wanted: dict[int, dict[int, list[tuple[int, int, bytes]]]] = {4: {}, 2: {}}
-    for label, vec in rows:
-        encodings = [np.ascontiguousarray(vec, dtype="<f4").view("<u4"), *_half_encodings(vec)]
-        for raw in encodings:
-            k = _prefix_at(raw)
-            if k is None:
-                continue
-            prefix = int(np.frombuffer(raw[k:].tobytes()[:8], dtype="<u8")[0])
-            wanted[raw.itemsize].setdefault(prefix, []).append((label, k, raw.tobytes()))
+    package of one held its weights so, and was searched for float32 bytes only).
+
+    Every byte offset of the blob starts an 8-byte word, read as two ``uint32`` halves from the
+    4-byte-aligned view at that offset: a word whose hash is marked in the index's table is
+    looked up, and a prefix found there is compared whole with the row it starts."""
     found: dict[int, float] = {}
-    for size, by_prefix in wanted.items():
-        if not by_prefix:
+    if not index.by_prefix:
+        return found
+    data = np.ascontiguousarray(blob, dtype=np.uint8).reshape(-1)
+    size = len(data)
+    for align in range(4):
+        count = (size - align) // 4
+        if count < 2:
             continue
-        prefixes = np.fromiter(by_prefix, dtype=np.uint64)
-        for align in range(size):
-            count = (len(data) - align) // size
-            if count < 8 // size:
+        words = np.frombuffer(data, dtype="<u4", count=count, offset=align)
+        for first in range(0, count - 1, _BLOB_CHUNK):
+            last = min(first + _BLOB_CHUNK, count - 1)  # words [first, last) start a prefix
+            lo, hi = words[first:last], words[first + 1 : last + 1]
+            near = np.flatnonzero(index.table[_prefix_hash(lo, hi)])
+            if near.size == 0:
                 continue
-            words = np.frombuffer(data, dtype=f"<u{size}", count=count, offset=align)
-            words = words.astype(np.uint64)
-            keys = words[: count - 8 // size + 1].copy()
-            for i in range(1, 8 // size):
-                keys |= words[i : count - 8 // size + 1 + i] << np.uint64(8 * size * i)
-            for pos in np.flatnonzero(np.isin(keys, prefixes)):
-                for label, k, raw in by_prefix[int(keys[pos])]:
-                    if label in found:
+            keys = lo[near].astype(np.uint64) | (hi[near].astype(np.uint64) << np.uint64(32))
+            hit = np.isin(keys, index.prefixes)
+            for pos, key in zip(near[hit].tolist(), keys[hit].tolist(), strict=True):
+                at = align + 4 * (first + pos)  # the prefix's byte offset in the blob
+                for label, k, raw in index.by_prefix[key]:
+                    start = at - k
+                    if label in found or start < 0 or start + len(raw) > size:
                         continue
-                    start = align + size * (int(pos) - k)
-                    if start >= 0 and data[start : start + len(raw)] == raw:
+                    if data[start : start + len(raw)].tobytes() == raw:
                         found[label] = 1.0
     return found
 
@@ -543,10 +591,12 @@ def find_weight_leaks(
         for n, parts in by_length.items()
     }
     leaks: list[WeightLeak] = []
+    index: _ExactIndex | None = None  # built on the first blob, for all of them
     for cname, c in constants.items():
         c = np.asarray(c)
         if c.dtype == np.uint8:
-            for label, score in _exact_leaks(c.reshape(-1), exact_rows).items():
+            index = _ExactIndex(exact_rows) if index is None else index
+            for label, score in _exact_leaks(c.reshape(-1), index).items():
                 wname, _ = label_names[label]
                 leaks.append(WeightLeak(wname, cname, "exact", score))
             continue

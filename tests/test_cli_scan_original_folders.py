@@ -1,0 +1,61 @@
+"""``skprotect scan`` of a folder: which files are unlocked copies.
+
+``save_original=True`` writes ``<model>/original/<model>_<format>.<suffix>``. A folder was
+scanned without every file below a folder named ``original``: an application with a model named
+"original" (a valid name) had its locked files left out, ``skprotect scan outputs/app`` said
+"holds no .onnx, .pt or .pt2 file to scan" (exit 2) or, beside another model, named that model's
+locked file as an unlocked copy. A copy given to scan as a file as well was still listed as "not
+scanned", and a copy under two given folders was listed twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from skprotect_pytorch.cli import app
+from skprotect_pytorch.protect import SkProtectorPyTorch
+
+
+def test_a_model_named_original_is_scanned_and_only_its_copy_is_named(workdir: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    torch.save(model.state_dict(), "original.pt")
+    SkProtectorPyTorch(application_name="app").protect_new_model(
+        model,
+        "original",
+        [torch.randn(2, 16)],
+        model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
+        save_original=True,
+    )
+    locked = Path("outputs", "app", "original", "onnx", "original.onnx")
+    copy = Path("outputs", "app", "original", "original", "original_onnx.onnx")
+    assert locked.is_file() and copy.is_file()
+
+    def scan(*paths: str):
+        return CliRunner().invoke(app, ["scan", *paths, "--original", "original.pt"])
+
+    result = scan("outputs/app")
+    assert result.exit_code == 0, result.output
+    assert f"{locked}: no weight of the original found" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"warning: not scanned: {copy}: unlocked copy ")
+    assert str(locked) not in warnings[0]
+
+    twice = scan("outputs/app", "outputs/app/original")  # the copy once
+    assert twice.exit_code == 0, twice.output
+    assert twice.stderr.count(str(copy)) == 1
+
+    given = scan("outputs/app", str(copy))  # scanned, as asked: no "not scanned"
+    assert given.exit_code == 1, given.output
+    assert f"{copy}: 2 weight(s) of the original found in plaintext" in given.stdout
+    assert "not scanned" not in given.stderr
+
+    locked.unlink()  # only the copy left: the error says so
+    only = scan("outputs/app")
+    assert only.exit_code == 2, only.output
+    assert "holds no .onnx, .pt or .pt2 file to scan, only unlocked copies" in only.stderr
+    assert str(copy) in only.stderr
