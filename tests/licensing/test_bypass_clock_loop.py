@@ -35,10 +35,19 @@ class DeviceTime:
 
     def __init__(self, now: int) -> None:
         self.now = now
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # awake
+        self.suspended = 0.0  # the system suspended (monotonic stands still, boot time not)
         # one function each, as the time module's: the runtime's default clock is time.time
         self.time = lambda: self.now
         self.monotonic = lambda: self.elapsed
+        self.clock_gettime = self._clock_gettime
+
+    def _clock_gettime(self, clock_id: int) -> float:
+        if clock_id == real_time.CLOCK_BOOTTIME:
+            return self.elapsed + self.suspended
+        if clock_id == real_time.CLOCK_MONOTONIC:
+            return self.elapsed
+        return real_time.clock_gettime(clock_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(real_time, name)
@@ -200,3 +209,132 @@ def test_processes_closed_within_a_second_behind_a_held_clock_stop_at_the_tolera
             device_time.elapsed += 0.9
             runtime.close()
     assert started <= TOLERANCE + 60
+
+
+def test_processes_sharing_the_state_folder_behind_a_stepped_back_clock_keep_working(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP steps the clock back by 250 s while three processes of one state folder run, an
+    inference each every 0.5 s for 2 minutes: the time seen stays 250 s (and a second) ahead
+    of the clock. Before, each process saved the time another one had saved (its second
+    reserved ahead) a second ahead again and took it as its own: the time seen ran ahead of the
+    clock by two seconds every second, and all three were refused (``ClockRollbackError``)
+    after 26 s (reproduced with three real processes too)."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    folder = tmp_path / "device"
+    runtimes = [device(client, network, folder, device_time) for _ in range(3)]
+    for runtime in runtimes:
+        runtime.consume()
+    network.up = False
+    device_time.tick(60)
+    device_time.now -= 250  # NTP steps the clock back
+    start = device_time.now
+    for _ in range(2 * 60 * 2):  # 2 minutes
+        for runtime in runtimes:
+            device_time.elapsed += 0.5 / len(runtimes)  # the inferences take turns
+            runtime.consume()
+        device_time.now = start + int(device_time.elapsed - 60)
+    seen = client_module.LicenceClient._read_last_seen(runtimes[0])
+    assert seen - device_time.now <= 250 + 2
+    for runtime in runtimes:
+        runtime.close()
+    assert client_module.LicenceClient._read_last_seen(runtimes[0]) - device_time.now <= 250 + 2
+
+
+@pytest.mark.skipif(not hasattr(real_time, "CLOCK_BOOTTIME"), reason="no CLOCK_BOOTTIME (Linux)")
+def test_a_process_kept_running_across_suspends_stops_at_the_tolerance(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner suspends the system for an hour between inferences (``rtcwake -m mem``) and
+    sets the clock back to a minute before the expiry after each resume, in one process kept
+    running. The monotonic clock (``CLOCK_MONOTONIC``) stands still while suspended: counting
+    only the time awake (0.1 s a cycle), the licence ran 3,000 cycles (125 days) past its
+    expiry; the boot-time clock counts the suspends."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    runtime = device(client, network, tmp_path / "device", device_time)
+    runtime.consume()
+    network.up = False
+    device_time.tick(HOUR - 60)
+    held = device_time.now
+    cycles = 0
+    with pytest.raises(ClockRollbackError):
+        for _ in range(400):
+            device_time.suspended += HOUR  # suspended: the clock runs on, monotonic does not
+            device_time.now += HOUR
+            device_time.now = held  # set back after the resume
+            device_time.elapsed += 0.1
+            runtime.consume()
+            cycles += 1
+    assert cycles * HOUR <= TOLERANCE + 60
+
+
+def test_processes_started_in_turn_faster_than_one_a_second_behind_a_stepped_back_clock(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP steps the clock back by 200 s; 400 processes are then started in turn, one every
+    0.15 s, each running 0.05 s (one inference) and closing. A closing process gives back
+    exactly the part of its reserved second it did not reach: the time seen advances by the
+    time the processes ran, and the clock catches up. Before, each counted a whole second (the
+    second begun): the time seen ran ahead of the clock by 0.85 s a process, and the 120th was
+    refused (``ClockRollbackError``; reproduced with forked processes too)."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    folder = tmp_path / "device"
+    first = device(client, network, folder, device_time)
+    first.consume()
+    first.close()
+    network.up = False
+    device_time.now -= 200  # NTP steps the clock back
+    start, started = device_time.now, device_time.elapsed
+    for _ in range(400):
+        runtime = device(client, network, folder, device_time)
+        runtime.consume()
+        device_time.elapsed += 0.05
+        runtime.close()
+        device_time.elapsed += 0.1  # until the next process starts
+        device_time.now = start + int(device_time.elapsed - started)
+    seen = client_module.LicenceClient._read_last_seen(runtime)
+    assert seen - device_time.now <= 200 - 400 * 0.1 + 2
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["one-process", "killed-processes"])
+def test_a_clock_held_still_with_inferences_more_often_than_a_second_stops(
+    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restart: bool
+) -> None:
+    """The owner holds the clock a minute before the expiry and runs an inference every 0.1 s,
+    in one process or in processes killed (no close) after each one. Before, a call that found
+    the clock at the last time seen took the clock again as the time it saw, dropping the time
+    elapsed since: the time seen never advanced, and the licence ran for ever (an hour of
+    inferences in one process, 4,000 in processes killed in turn)."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    network = Network(client._transport)
+    folder = tmp_path / "device"
+    runtime = device(client, network, folder, device_time)
+    runtime.consume()
+    network.up = False
+    device_time.tick(HOUR - 60)
+    held = device_time.now
+    ran = 0
+    with pytest.raises(LicenceError):
+        for _ in range(4000):  # 400 s
+            device_time.elapsed += 0.1
+            device_time.now = held
+            if restart:
+                runtime = device(client, network, folder, device_time)
+            runtime.consume()
+            ran += 1
+    assert ran <= (TOLERANCE + 2) * 10

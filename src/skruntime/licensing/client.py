@@ -64,9 +64,12 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     verified); a file that is not such a request is ignored, with a warning, and replaced.
 ``clock.json``
     ``{"last_seen": int}``: the latest time this device has seen, for clock-rollback detection;
-    it advances with the time the monotonic clock measures also while the clock stands behind
+    it advances with the time the boot-time clock measures also while the clock stands behind
     it (saved, then, a second ahead at most every second), so that a clock set back within the
     tolerance again and again gains at most the tolerance (:meth:`LicenceClient._now`).
+    Behind the clock, also ``"writer"`` (the process that wrote it) and, from a closing
+    process, ``"last_seen_us"`` (the microseconds it reached beyond ``last_seen``; older
+    releases read ``last_seen`` alone): :meth:`LicenceClient._save_last_seen`.
     A clock before it (beyond ``clock_tolerance``) is refused unless the licence server confirms
     it: its signed receipt of a usage report stamped with the local time shows, free of charge,
     that the server agrees (it refuses a timestamp off its window as ``stale_request`` first);
@@ -623,6 +626,19 @@ def _check_server_public_key(key: object) -> None:
     )
 
 
+def _elapsed_clock() -> Callable[[], float]:
+    """The system's clock of the time elapsed, which nobody sets back: ``CLOCK_BOOTTIME``
+    where there is one (Linux), which counts a system suspend, else ``time.monotonic``.
+    ``CLOCK_MONOTONIC`` (``time.monotonic`` on Linux) stands still while the system is
+    suspended: a process kept running across suspends, the clock set back after each resume,
+    ran an expired licence for as long as the suspends lasted (only the time awake counted)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return time.monotonic
+    clock_gettime = time.clock_gettime
+    return lambda: clock_gettime(boottime)
+
+
 class LicenceClient:
     """The licence client of one application on this device.
 
@@ -641,7 +657,8 @@ class LicenceClient:
         timeout: seconds per HTTP request.
         clock: returns the current Unix time (tests).
         monotonic: returns the seconds elapsed, never set back (tests; default: the system's
-            monotonic clock with the default ``clock``, none with another one).
+            boot-time clock, suspends included, with the default ``clock``, none with another
+            one).
         transport: an ``httpx`` transport (for tests and custom networking).
         retry_seconds: after a failed renewal, wait this long before trying again.
         persist_every: inferences reserved per counter-file write (see the module docs).
@@ -738,7 +755,7 @@ class LicenceClient:
         #: Time elapsed, which nobody sets back: the system's monotonic clock with the system
         #: clock (else only when given, with an injected clock: tests).
         self._monotonic = (
-            monotonic if monotonic is not None else time.monotonic if clock is time.time else None
+            monotonic if monotonic is not None else _elapsed_clock() if clock is time.time else None
         )
         self._timeout = timeout
         self._http = httpx.Client(
@@ -766,9 +783,21 @@ class LicenceClient:
         self._counted: set[str] = set()  # licences this process has a counter entry for
         self._closed = False
         self._seen_signing = False  # this server signed an answer to this process
-        self._last_seen = self._last_seen_saved = self._read_last_seen()
-        self._anchor: tuple[float, float] | None = None  # (time seen, monotonic clock then)
-        self._anchor_at(self._last_seen)
+        #: Names this process's writes of ``clock.json`` (``writer``): it gives its reserved
+        #: second back only while no other process wrote the file since (:meth:`_save_last_seen`).
+        self._writer = os.urandom(8).hex()
+        #: The time ``clock.json`` held, exactly, before this process's writes since another
+        #: process's: what no reservation of another process exceeds.
+        self._written_over = 0.0
+        last_seen, exact, _ = self._read_clock()
+        self._last_seen = self._last_seen_saved = last_seen
+        #: (a time this process saw, the monotonic clock then): :meth:`_elapsed_floor`
+        self._anchor: tuple[float, float] = (0.0, 0.0)
+        self._anchor_at(exact)
+        #: The time this process last saved for itself in ``clock.json`` (a second ahead while
+        #: the clock is behind: :meth:`_now`).
+        self._reserved = self._last_seen
+        self._started = False  # :meth:`_now` called
 
     def __repr__(self) -> str:
         return (
@@ -871,59 +900,98 @@ class LicenceClient:
         ``clock_tolerance`` again and again (just before a licence expires), or held still,
         no longer stops the licence's time. While behind, the last time seen is saved a second
         ahead at most every second, so that a process killed and started again with the clock
-        set back does not gain that second again and again."""
+        set back does not gain that second again and again. The time elapsed counts from what
+        this process saw itself (its start, the clock): a later time another process saved
+        (its own second reserved ahead) bounds the clock, but is not advanced further, else
+        processes sharing the state folder behind the clock pushed the time seen ahead a
+        second per process every second, until each was refused."""
+        # the monotonic clock read before the clock: with the clock right, the time this
+        # process saw (:meth:`_elapsed`) is never ahead of it
+        elapsed = self._monotonic() if self._monotonic is not None else None
         clock = self._clock()
         now = int(clock)
         # the time elapsed since counts, also while the clock stood behind the time seen
-        self._last_seen = max(self._last_seen, self._elapsed_floor())
+        exact = self._elapsed(elapsed)
+        own = int(exact)
+        self._last_seen = max(self._last_seen, own)
         if now < self._last_seen - self.clock_tolerance:
             raise ClockRollbackError(
                 f"The system clock ({_when(now)}) is before the last time this device saw "
                 f"({_when(self._last_seen)}, counting the time elapsed since): the clock was "
                 "set back. Fix the system clock (NTP) and try again."
             )
-        if now >= self._last_seen:
+        # a process's first call saves the clock when it is past the time saved, and makes a
+        # reservation when it is not: else processes killed in turn, the clock held still,
+        # each ran on the same time saved, for ever
+        first, self._started = not self._started and self._monotonic is not None, True
+        if (
+            clock >= exact
+            and now >= self._last_seen
+            and not (first and now <= self._last_seen_saved)
+        ):
             if now - self._last_seen_saved >= _LAST_SEEN_PERSIST_S:
                 self._save_last_seen(now)  # noted once saved: a failed save is tried again
+            elif first:
+                with contextlib.suppress(LicenceError):  # tried again within the minute
+                    self._save_last_seen(now)
+                self._last_seen = max(self._last_seen, now)
             else:
                 self._last_seen = now
-            self._anchor_at(max(self._last_seen, clock))
-        elif self._last_seen >= self._last_seen_saved:
+            self._anchor_at(max(clock, exact))  # never back: the file's exact time included
+        elif own >= self._reserved:  # behind: this process reached the second it reserved
+            # (also within the second: a clock held still, an inference every 0.1 s, once
+            # took the clock again at each call, and the licence's time stood still)
             self._save_last_seen(reserve=1)
         return now
 
     def _anchor_at(self, seen: float) -> None:
-        """Count the time elapsed from now on from ``seen``, the last time seen
+        """Count the time elapsed from now on from ``seen``, a time this process saw itself
         (:meth:`_elapsed_floor`)."""
-        if self._monotonic is not None:
-            self._anchor = (seen, self._monotonic())
+        self._anchor = (seen, self._monotonic() if self._monotonic is not None else 0.0)
+
+    def _elapsed(self, monotonic: float | None = None) -> float:
+        """The time this process saw last (:meth:`_anchor_at`), advanced by the time the
+        monotonic clock measured since (``monotonic``: its reading, else read now; without a
+        monotonic clock, that time)."""
+        seen, at = self._anchor
+        if self._monotonic is None:
+            return seen
+        return seen + max((self._monotonic() if monotonic is None else monotonic) - at, 0.0)
 
     def _elapsed_floor(self, *, partial: bool = False) -> int:
-        """The last time seen when it was anchored (:meth:`_anchor_at`), advanced by the time
-        the monotonic clock measured since, in whole seconds (``partial``: with the second
-        begun, when that is ahead of the clock; the last time seen without a monotonic
-        clock)."""
-        if self._anchor is None or self._monotonic is None:
-            return self._last_seen
-        seen, at = self._anchor
-        floor = seen + max(self._monotonic() - at, 0.0)
+        """:meth:`_elapsed` in whole seconds (``partial``: with the second begun, when that is
+        ahead of the clock)."""
+        floor = self._elapsed()
         return math.ceil(floor) if partial and floor > self._clock() else int(floor)
 
     def _read_last_seen(self) -> int:
         """``last_seen`` of ``clock.json`` (0 when there is none); a malformed file is refused,
         never taken as 0, which would turn the rollback check off."""
+        return self._read_clock()[0]
+
+    def _read_clock(self) -> tuple[int, float, str | None]:
+        """``clock.json``: ``last_seen``, the time exactly (``last_seen_us``, the microseconds
+        a closing process saved beyond it; 0 when absent or not such a count: ``last_seen``
+        alone is the bound, as older releases read it) and ``writer``, the process that wrote
+        it last (None when absent)."""
         try:
             data = read_private_json(self._clock_path)
         except MalformedStateError as e:
             raise self._malformed(self._clock_path, e.problem, _CLOCK_HOLDS) from None
         if data is None:
-            return 0
+            return 0, 0.0, None
         last_seen = data.get("last_seen") if isinstance(data, dict) else None
         if not _is_count(last_seen) or last_seen > _MAX_TIME:
             raise self._malformed(
                 self._clock_path, "last_seen is not a time in Unix seconds", _CLOCK_HOLDS
             )
-        return last_seen
+        us = data.get("last_seen_us", 0)
+        writer = data.get("writer")
+        return (
+            last_seen,
+            last_seen + (us / 1e6 if _is_count(us) and us < 1_000_000 else 0.0),
+            writer if isinstance(writer, str) else None,
+        )
 
     def _save_last_seen(self, now: int = 0, reserve: int = 0, *, closing: bool = False) -> None:
         """Persist the latest time seen (``now`` included), never lowering the file's, plus
@@ -941,27 +1009,54 @@ class LicenceClient:
         clock NTP stepped back would see the time seen move further ahead of its clock at each
         start, and be refused after 300 of them)."""
         with state_lock(self.state_dir, "clock"):
-            saved = self._read_last_seen()
-            if closing:
-                self._last_seen = max(self._last_seen, self._elapsed_floor(partial=True))
-                if saved == self._last_seen_saved and saved > self._last_seen:
-                    saved = self._last_seen  # its own reservation, unused
-            latest = max(self._last_seen, saved, now)
+            saved, saved_exact, writer = self._read_clock()
+            if writer != self._writer:  # another process wrote since: its reservation stays
+                self._written_over = saved_exact
+            # what this process saw itself: a later time another process saved is kept, not
+            # reserved ahead of again (processes behind the clock each added their second
+            # to the others', a second per process every second)
+            own = max(self._elapsed_floor(partial=closing), now)
+            exact = max(self._elapsed(), now)
+            document: dict[str, Any] = {}
             clock = int(self._clock())
-            seen = max(
-                saved,
-                latest + reserve if latest <= clock + self.clock_tolerance else min(latest, clock),
-            )
-            write_private(self._clock_path, protocol.canonical_bytes({"last_seen": seen}))
-            if latest > max(self._last_seen, now):  # another process saw later
-                self._anchor_at(latest)
+            behind = self._clock() < exact <= clock + self.clock_tolerance
+            if reserve or (closing and behind):  # behind the clock: see below
+                document["writer"] = self._writer
+            if closing and behind:
+                # the time this process reached, exactly: with whole seconds only, each process
+                # started behind the clock counted at least a second (the second begun, else
+                # processes closed within a second, the clock held, never moved the time
+                # seen), and processes started faster than one a second pushed the time seen
+                # ahead of a clock NTP stepped back until they were refused
+                target = max(saved_exact, exact)
+                back = max(exact, self._written_over)
+                if writer == self._writer and saved == self._last_seen_saved and back < target:
+                    # its own reservation, unused, given back: no other process wrote since,
+                    # so none holds a reservation beyond what the file held before
+                    target = back
+                seen = int(target)
+                us = math.ceil((target - seen) * 1e6)
+                if us >= 1_000_000:
+                    seen, us = seen + 1, 0
+                if us:
+                    document["last_seen_us"] = us
+                latest = max(self._last_seen, seen)
+            else:
+                latest = max(self._last_seen, saved, own)
+                seen = max(
+                    saved,
+                    own + reserve if own <= clock + self.clock_tolerance else min(own, clock),
+                )
+            document["last_seen"] = seen
+            write_private(self._clock_path, protocol.canonical_bytes(document))
             self._last_seen, self._last_seen_saved = latest, seen
+            self._reserved = own + reserve
 
     def _reset_last_seen(self, now: int) -> None:
         """Set the last time seen to ``now``, also lower: only once the server confirmed it."""
         with state_lock(self.state_dir, "clock"):
             write_private(self._clock_path, protocol.canonical_bytes({"last_seen": now}))
-            self._last_seen = self._last_seen_saved = now
+            self._last_seen = self._last_seen_saved = self._reserved = now
             self._anchor_at(now)
 
     def _ahead(self, licence: Licence, now: int) -> bool:
