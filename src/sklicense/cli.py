@@ -319,20 +319,25 @@ def in_range(value: int | None, option: str, low: int, high: int) -> None:
         fail(f"{option} must be in [{low}, {high}], but got {value}")
 
 
-def parse_time(text: str | None) -> dt.datetime | None:
-    """``--contract-end`` (UTC if no zone); None when not given. An empty text is refused:
-    only ``none`` clears a contract end, where the command allows it."""
+def parse_time(
+    text: str | None, option: str = "--contract-end", zone: dt.tzinfo = dt.UTC
+) -> dt.datetime | None:
+    """``option``'s ISO 8601 date (its midnight) or datetime, in ``zone`` when it names none
+    (``--contract-end``: UTC; ``--since``/``--until``: ``--timezone``, each bound with the
+    offset of its own date, so a month across a daylight saving change is still midnight to
+    midnight); None when not given. An empty text is refused: only ``none`` clears a contract
+    end, where the command allows it."""
     if text is None:
         return None
     try:
         value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        fail(f"--contract-end must be an ISO 8601 date or datetime, but got {text!r}")
+        fail(f"{option} must be an ISO 8601 date or datetime, but got {text!r}")
         raise
     try:
-        return aware_datetime(value if value.tzinfo else value.replace(tzinfo=dt.UTC))
+        return aware_datetime(value if value.tzinfo else value.replace(tzinfo=zone))
     except ValueError as err:
-        fail(f"--contract-end {err}, but got {text!r}")
+        fail(f"{option} {err}, but got {text!r}")
         raise
 
 
@@ -873,24 +878,6 @@ def _update_device(database_url: str | None, device_id: str, **changes: Any) -> 
     committed(database_url, lambda s: crud.update_device(s, device_id, CLI_ACTOR, **changes))
 
 
-def period_bound(text: str | None, option: str, zone: dt.tzinfo) -> dt.datetime | None:
-    """``--since`` / ``--until``: an ISO 8601 date (its midnight) or datetime, in ``zone``
-    when it names none (``--timezone``: each bound gets the offset of its own date, so a
-    month across a daylight saving change is still midnight to midnight); None if not given."""
-    if text is None:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"{option} must be an ISO 8601 date or datetime, but got {text!r}")
-        raise
-    try:
-        return aware_datetime(value if value.tzinfo else value.replace(tzinfo=zone))
-    except ValueError as err:
-        fail(f"{option} {err}, but got {text!r}")
-        raise
-
-
 def time_zone(name: str) -> dt.tzinfo:
     """``--timezone``: UTC, or an IANA zone name such as Europe/Berlin."""
     if name.upper() == "UTC":
@@ -927,7 +914,7 @@ def usage(
     that period (used = counter - counter_at_start)."""
     in_range(customer, "--customer", 0, INT64_MAX)
     zone = time_zone(timezone)
-    start, end = period_bound(since, "--since", zone), period_bound(until, "--until", zone)
+    start, end = parse_time(since, "--since", zone), parse_time(until, "--until", zone)
     if start is not None and end is not None and end <= start:
         fail(f"--until ({end.isoformat()}) must be after --since ({start.isoformat()})")
     with admin_session(database_url)() as session:
