@@ -57,6 +57,17 @@ class DeviceTime:
         self.elapsed += seconds
 
 
+@pytest.fixture
+def owned(client, sessions, clock, monkeypatch: pytest.MonkeyPatch) -> tuple[DeviceTime, Network]:
+    """A customer licensed an hour at a time with a quota that never runs out, and the device
+    of its owner: its clocks (:class:`DeviceTime`, in the client's ``time``) and its network."""
+    make_application(sessions)
+    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
+    device_time = DeviceTime(clock.now)
+    monkeypatch.setattr(client_module, "time", device_time)
+    return device_time, Network(client._transport)
+
+
 def device(client: Any, network: Network, folder: Path, device_time: DeviceTime) -> Any:
     return device_client(
         "http://testserver",
@@ -71,13 +82,9 @@ def device(client: Any, network: Network, folder: Path, device_time: DeviceTime)
 
 @pytest.mark.parametrize("restart", [False, True], ids=["one-process", "restarted"])
 def test_a_clock_set_back_again_and_again_gains_at_most_the_tolerance(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restart: bool
+    client, clock, owned, tmp_path: Path, restart: bool
 ) -> None:
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     folder = tmp_path / "device"
     runtime = device(client, network, folder, device_time)
     runtime.consume()
@@ -103,16 +110,10 @@ def test_a_clock_set_back_again_and_again_gains_at_most_the_tolerance(
     assert "counting the time elapsed since" in str(stopped.value)
 
 
-def test_a_clock_held_still_stops_at_the_tolerance(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_clock_held_still_stops_at_the_tolerance(client, owned, tmp_path: Path) -> None:
     """The owner holds the clock a minute before the expiry (sets it back a second every
     second): before, the licence never expired."""
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     runtime = device(client, network, tmp_path / "device", device_time)
     runtime.consume()
     network.up = False
@@ -129,15 +130,11 @@ def test_a_clock_held_still_stops_at_the_tolerance(
 
 
 def test_a_clock_stepped_back_once_within_the_tolerance_keeps_working(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client, owned, tmp_path: Path
 ) -> None:
     """NTP steps the clock back by 200 s once: the licence keeps working, in this process and
     in one started afterwards, until (about) its expiry."""
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     folder = tmp_path / "device"
     runtime = device(client, network, folder, device_time)
     runtime.consume()
@@ -157,16 +154,12 @@ def test_a_clock_stepped_back_once_within_the_tolerance_keeps_working(
 
 
 def test_processes_started_again_and_again_behind_a_stepped_back_clock_keep_working(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client, owned, tmp_path: Path
 ) -> None:
     """Behind the last time seen, a process saves it a second ahead; closing, it gives that
     second back: 150 processes started in turn after NTP stepped the clock back by 200 s do not
     push the time seen past the tolerance (each would have added its second)."""
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     folder = tmp_path / "device"
     first = device(client, network, folder, device_time)
     first.consume()
@@ -182,16 +175,12 @@ def test_processes_started_again_and_again_behind_a_stepped_back_clock_keep_work
 
 
 def test_processes_closed_within_a_second_behind_a_held_clock_stop_at_the_tolerance(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client, owned, tmp_path: Path
 ) -> None:
     """The owner holds the clock a minute before the expiry and runs each process for under a
     second, closing it: the second each one began counts, so they stop at the tolerance (with
     the whole seconds only, every process gave back its reserved second, for ever)."""
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     folder = tmp_path / "device"
     first = device(client, network, folder, device_time)
     first.consume()
@@ -212,7 +201,7 @@ def test_processes_closed_within_a_second_behind_a_held_clock_stop_at_the_tolera
 
 
 def test_processes_sharing_the_state_folder_behind_a_stepped_back_clock_keep_working(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client, owned, tmp_path: Path
 ) -> None:
     """NTP steps the clock back by 250 s while three processes of one state folder run, an
     inference each every 0.5 s for 2 minutes: the time seen stays 250 s (and a second) ahead
@@ -220,11 +209,7 @@ def test_processes_sharing_the_state_folder_behind_a_stepped_back_clock_keep_wor
     reserved ahead) a second ahead again and took it as its own: the time seen ran ahead of the
     clock by two seconds every second, and all three were refused (``ClockRollbackError``)
     after 26 s (reproduced with three real processes too)."""
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     folder = tmp_path / "device"
     runtimes = [device(client, network, folder, device_time) for _ in range(3)]
     for runtime in runtimes:
@@ -247,18 +232,14 @@ def test_processes_sharing_the_state_folder_behind_a_stepped_back_clock_keep_wor
 
 @pytest.mark.skipif(not hasattr(real_time, "CLOCK_BOOTTIME"), reason="no CLOCK_BOOTTIME (Linux)")
 def test_a_process_kept_running_across_suspends_stops_at_the_tolerance(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client, owned, tmp_path: Path
 ) -> None:
     """The owner suspends the system for an hour between inferences (``rtcwake -m mem``) and
     sets the clock back to a minute before the expiry after each resume, in one process kept
     running. The monotonic clock (``CLOCK_MONOTONIC``) stands still while suspended: counting
     only the time awake (0.1 s a cycle), the licence ran 3,000 cycles (125 days) past its
     expiry; the boot-time clock counts the suspends."""
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     runtime = device(client, network, tmp_path / "device", device_time)
     runtime.consume()
     network.up = False
@@ -277,7 +258,7 @@ def test_a_process_kept_running_across_suspends_stops_at_the_tolerance(
 
 
 def test_processes_started_in_turn_faster_than_one_a_second_behind_a_stepped_back_clock(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    client, owned, tmp_path: Path
 ) -> None:
     """NTP steps the clock back by 200 s; 400 processes are then started in turn, one every
     0.15 s, each running 0.05 s (one inference) and closing. A closing process gives back
@@ -285,11 +266,7 @@ def test_processes_started_in_turn_faster_than_one_a_second_behind_a_stepped_bac
     time the processes ran, and the clock catches up. Before, each counted a whole second (the
     second begun): the time seen ran ahead of the clock by 0.85 s a process, and the 120th was
     refused (``ClockRollbackError``; reproduced with forked processes too)."""
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     folder = tmp_path / "device"
     first = device(client, network, folder, device_time)
     first.consume()
@@ -310,18 +287,14 @@ def test_processes_started_in_turn_faster_than_one_a_second_behind_a_stepped_bac
 
 @pytest.mark.parametrize("restart", [False, True], ids=["one-process", "killed-processes"])
 def test_a_clock_held_still_with_inferences_more_often_than_a_second_stops(
-    client, sessions, clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restart: bool
+    client, owned, tmp_path: Path, restart: bool
 ) -> None:
     """The owner holds the clock a minute before the expiry and runs an inference every 0.1 s,
     in one process or in processes killed (no close) after each one. Before, a call that found
     the clock at the last time seen took the clock again as the time it saw, dropping the time
     elapsed since: the time seen never advanced, and the licence ran for ever (an hour of
     inferences in one process, 4,000 in processes killed in turn)."""
-    make_application(sessions)
-    make_customer(sessions, inference_quota=10**9, default_licence_seconds=HOUR)
-    device_time = DeviceTime(clock.now)
-    monkeypatch.setattr(client_module, "time", device_time)
-    network = Network(client._transport)
+    device_time, network = owned
     folder = tmp_path / "device"
     runtime = device(client, network, folder, device_time)
     runtime.consume()
