@@ -394,8 +394,8 @@ def check_locked(case: Case, seed: int) -> None:
         assert ratio > GARBAGE, f"{case.desc}: ‖wrong − ref‖/‖ref‖ {ratio:.3g} without the key"
 
 
-FAST_SEEDS = range(25)
-SLOW_SEEDS = range(25, 125)
+FAST_SEEDS = range(8)
+SLOW_SEEDS = range(8, 40)
 
 
 @pytest.mark.parametrize("seed", FAST_SEEDS)
@@ -511,7 +511,7 @@ def test_protected_onnx_and_torchscript_files(workdir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(1, 4))
+@pytest.mark.parametrize("seed", [1])
 def test_protected_onnx_and_torchscript_files_more(workdir: Path, seed: int) -> None:
     protect_and_check(workdir, [seed, seed + 100], EF.ONNX | EF.TORCHSCRIPT_CPU)
 
