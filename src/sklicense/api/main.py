@@ -32,9 +32,6 @@ from skruntime.licensing.protocol import now as unix_now
 
 logger = logging.getLogger(__name__)
 
-DATABASE_RETRY_AFTER_S = database_errors.RETRY_AFTER_S
-"""The ``Retry-After`` of a request answered 503 because the database failed it."""
-
 
 def _reason(error: SQLAlchemyError) -> str:
     """The first line of the driver's message (what the log shows)."""
@@ -61,7 +58,7 @@ def database_failed(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse(
             status_code=503,
             content={"detail": failure.detail},
-            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+            headers={"Retry-After": str(database_errors.RETRY_AFTER_S)},
         )
     logger.error("%s, the database needs an administrator: %s", where, _reason(error))
     return JSONResponse(status_code=failure.status, content={"detail": failure.detail})
