@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -132,3 +135,31 @@ def device_client(
         transport=transport,
         **defaults | options,
     )
+
+
+@contextmanager
+def sqlite_server(
+    folder: Path, state_dir: Path, clock: Clock, **customer: Any
+) -> Iterator[tuple[Any, Path]]:
+    """A client of the server app on a migrated SQLite file in ``folder``, the application and
+    a customer (``make_customer``'s fields) provisioned, and the file; every engine of the
+    file is disposed after, so the next test's file is not held open."""
+    from fastapi.testclient import TestClient
+
+    from sklicense import db
+    from sklicense.api.main import create_app
+    from sklicense.settings import Settings
+
+    path = folder / "sklicense.db"
+    url = f"sqlite:///{path}"
+    db.upgrade(url)
+    sessions = db.session_factory(url)
+    make_application(sessions)
+    make_customer(sessions, **customer)
+    app = create_app(Settings(database_url=url, state_dir=state_dir), clock)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client, path
+    finally:
+        db.get_engine(url).dispose()
+        db.get_engine(url, Settings().database_pool_timeout_s).dispose()

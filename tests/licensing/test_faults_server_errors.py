@@ -14,17 +14,9 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.licensing.server_helpers import (
-    Clock,
-    device_client,
-    make_application,
-    make_customer,
-)
+from tests.licensing.server_helpers import Clock, device_client, sqlite_server
 
-from sklicense import db
 from sklicense.api import database_errors
-from sklicense.api.main import create_app
-from sklicense.settings import Settings
 from skruntime.errors import ClockRollbackError, LicenceUnavailableError
 from skruntime.licensing.protocol import unb64
 
@@ -32,18 +24,8 @@ from skruntime.licensing.protocol import unb64
 @pytest.fixture
 def server(tmp_path: Path, state_dir: Path, clock: Clock) -> Iterator[tuple[TestClient, Path]]:
     """A client of the server app on a SQLite file of its own, a customer provisioned."""
-    path = tmp_path / "sklicense.db"
-    url = f"sqlite:///{path}"
-    db.upgrade(url)
-    sessions = db.session_factory(url)
-    make_application(sessions)
-    make_customer(sessions, inference_quota=1000)
-    app = create_app(Settings(database_url=url, state_dir=state_dir), clock)
-    try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            yield client, path
-    finally:
-        db.get_engine(url).dispose()
+    with sqlite_server(tmp_path, state_dir, clock, inference_quota=1000) as served:
+        yield served
 
 
 def device(client: TestClient, folder: Path, clock: Clock) -> Any:

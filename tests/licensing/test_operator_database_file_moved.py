@@ -15,29 +15,16 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.licensing.server_helpers import Clock, FakeDevice, make_application, make_customer
+from tests.licensing.server_helpers import Clock, FakeDevice, sqlite_server
 
 from sklicense import db
 from sklicense.api import database_errors
-from sklicense.api.main import create_app
-from sklicense.settings import Settings
 
 
 @pytest.fixture
 def server(tmp_path: Path, state_dir: Path, clock: Clock) -> Iterator[tuple[TestClient, Path]]:
-    path = tmp_path / "sklicense.db"
-    url = f"sqlite:///{path}"
-    db.upgrade(url)
-    sessions = db.session_factory(url)
-    make_application(sessions)
-    make_customer(sessions, inference_quota=1000, max_devices=10)
-    app = create_app(Settings(database_url=url, state_dir=state_dir), clock)
-    try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            yield client, path
-    finally:
-        db.get_engine(url).dispose()
-        db.get_engine(url, Settings().database_pool_timeout_s).dispose()
+    with sqlite_server(tmp_path, state_dir, clock, inference_quota=1000, max_devices=10) as served:
+        yield served
 
 
 def ask(client: TestClient, clock: Clock) -> tuple[int, dict]:
