@@ -1,0 +1,71 @@
+"""``torch.onnx.export`` built its registry of ONNX functions from torchlib at every call (it
+reads the source of about 500 functions: 0.8 s of a 1.9 s protection of a small model). The
+ONNX exporter now builds it once per process and gives each export a copy: these tests pin that
+the copy is the registry torch builds, that one export's additions do not reach the next, and
+that torch's own builder is back after the export."""
+
+from __future__ import annotations
+
+import onnx
+import torch
+from torch import nn
+from torch.onnx._internal.exporter import _registration
+
+from skprotect_pytorch.export import build_export_options
+from skprotect_pytorch.export import onnx as onnx_export
+
+ORIGINAL = _registration.ONNXRegistry.__dict__["from_torchlib"]
+
+
+def test_each_export_gets_a_copy_of_the_registry_torch_builds() -> None:
+    fresh = _registration.ONNXRegistry.from_torchlib(opset_version=18)
+    with onnx_export._torchlib_registry_reused():
+        first = _registration.ONNXRegistry.from_torchlib(opset_version=18)
+        assert _registration.ONNXRegistry.__dict__["from_torchlib"] is not ORIGINAL
+        assert first.opset_version == fresh.opset_version == 18
+        assert first.functions.keys() == fresh.functions.keys()
+        for target, metas in fresh.functions.items():
+            assert [m.onnx_function for m in first.functions[target]] == [
+                m.onnx_function for m in metas
+            ], target
+        # what a custom_translation_table does to its export's registry
+        torchlib_relu = fresh.functions["aten::relu"][0].onnx_function
+        first.register_op(torch.ops.aten.relu.default, torchlib_relu)
+        second = _registration.ONNXRegistry.from_torchlib(opset_version=18)
+        assert len(first.functions["aten::relu"]) == len(fresh.functions["aten::relu"]) + 1
+        assert len(second.functions["aten::relu"]) == len(fresh.functions["aten::relu"])
+        assert _registration.ONNXRegistry.from_torchlib(opset_version=17).opset_version == 17
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"] is ORIGINAL
+
+
+def test_torchs_builder_is_back_after_a_failed_export() -> None:
+    try:
+        with onnx_export._torchlib_registry_reused():
+            raise RuntimeError("the export failed")
+    except RuntimeError:
+        pass
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"] is ORIGINAL
+
+
+def test_an_export_with_the_reused_registry_writes_the_same_graph(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.LayerNorm(8), nn.Linear(8, 3)).eval()
+    example = (torch.randn(2, 6),)
+    options = build_export_options(list(example), {"input_names": ["x"], "output_names": ["y"]})
+    graphs = []
+    for name in ("first.onnx", "second.onnx"):  # the first export of a process builds it
+        path = tmp_path / name
+        onnx_export._torch_onnx_export(model, example, path, options, False, dynamo=True, extra={})
+        graphs.append([(n.op_type, list(n.input)) for n in onnx.load(str(path)).graph.node])
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(
+        model,
+        example,
+        str(plain),
+        input_names=["x"],
+        output_names=["y"],
+        opset_version=onnx_export.DEFAULT_OPSET,
+        dynamo=True,
+    )
+    assert graphs[0] == graphs[1]
+    assert [n.op_type for n in onnx.load(str(plain)).graph.node] == [g[0] for g in graphs[0]]
