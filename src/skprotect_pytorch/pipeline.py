@@ -94,6 +94,11 @@ from .shared_files import OtherPlatform, warn_plain_keys_beside_linux, warn_untr
 from .staging import Staging
 from .state import ProtectionState
 
+COLLECT_FROM_BYTES = 64 * 2**20
+"""A locked model whose weights reach this size is freed by a full garbage collection after its
+exports; a smaller one is left to the collector's own pace (a full collection costs 0.2 s and
+more in a process of many objects: a large share of a small model's protection)."""
+
 
 @dataclass
 class ProtectRequest:
@@ -1124,9 +1129,12 @@ def _run_group(
             written.append((fmt, exporter, path, report, time.perf_counter() - start))
         # as large as the model (+382 MiB for a 400 MB MLP): not kept through the checks, where
         # each loaded artifact holds the model again; its modules refer to each other, so only
-        # the cycle collector frees it
+        # the cycle collector frees it, a full collection worth its time (0.2 s or more in a
+        # process of many objects) only for a model of some size
+        weights = sum(t.numel() * t.element_size() for t in (*keyed.parameters(), *keyed.buffers()))
         del keyed
-        gc.collect()
+        if weights >= COLLECT_FROM_BYTES:
+            gc.collect()
         for fmt, exporter, path, report, export_seconds in written:
             start = time.perf_counter()
             checks = [([*inputs_np, static_key], expected)]
