@@ -6,6 +6,9 @@ that torch's own builder is back after the export."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import onnx
 import torch
 from torch import nn
@@ -69,3 +72,26 @@ def test_an_export_with_the_reused_registry_writes_the_same_graph(tmp_path) -> N
     )
     assert graphs[0] == graphs[1]
     assert [n.op_type for n in onnx.load(str(plain)).graph.node] == [g[0] for g in graphs[0]]
+
+
+def test_operators_registered_after_an_export_reach_the_next_registry() -> None:
+    """torchlib's functions of ``quantized_decomposed`` ops enter the registry only once those
+    ops are registered (``torch.ao.quantization`` imported): the first version kept the
+    registry of the process's first export, without them, for every later export (a full run
+    of the suite found it). A fresh process, where they are not registered yet."""
+    script = """
+from torch.onnx._internal.exporter import _registration
+from skprotect_pytorch.export import onnx as onnx_export
+name = "quantized_decomposed::quantize_per_tensor"
+with onnx_export._torchlib_registry_reused():
+    before = name in _registration.ONNXRegistry.from_torchlib(opset_version=18).functions
+import torch.ao.quantization.fx._decomposed
+with onnx_export._torchlib_registry_reused():
+    after = name in _registration.ONNXRegistry.from_torchlib(opset_version=18).functions
+print(before, after)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

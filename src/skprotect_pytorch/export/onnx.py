@@ -94,33 +94,40 @@ def _check_written_size(path: Path) -> None:
         )
 
 
-@functools.cache
-def _torchlib_functions(build: Any, opset_version: int) -> tuple[int, dict[Any, list[Any]]]:
+@functools.lru_cache(maxsize=4)
+def _torchlib_functions(
+    build: Any, opset_version: int, operators: frozenset[str]
+) -> tuple[int, dict[Any, list[Any]]]:
     """The opset and the functions of the registry ``build`` (torch's own ``from_torchlib``)
-    makes for ``opset_version``; they depend only on the installed torch and onnxscript."""
+    makes for ``opset_version`` while torch knows ``operators``: it depends on nothing else
+    than the installed torch and onnxscript and the operators registered in the process
+    (importing ``torch.ao.quantization`` or a library of custom ops adds some)."""
     registry = build(opset_version=opset_version)
     return registry.opset_version, registry.functions
 
 
 @contextlib.contextmanager
 def _torchlib_registry_reused() -> Iterator[None]:
-    """Within the block, ``torch.onnx.export`` gets a copy of the ONNX function registry it
-    built at the first export of the process, not one built anew: it reads the source of about
-    500 torchlib functions to build it, 0.8 s of a 1.9 s export of a small model. Each export
-    gets its own lists, so a ``custom_translation_table`` does not outlive its export. With a
-    torch whose exporter lacks this registry the block changes nothing."""
+    """Within the block, ``torch.onnx.export`` gets a copy of the ONNX function registry built
+    at an earlier export of the process while the same operators were registered, not one built
+    anew: it reads the source of about 500 torchlib functions to build it, 0.8 s of a 1.9 s
+    export of a small model. Each export gets its own lists, so a ``custom_translation_table``
+    does not outlive its export. With a torch whose exporter lacks this registry the block
+    changes nothing."""
     try:
         from torch.onnx._internal.exporter import _registration
 
         registry_class = _registration.ONNXRegistry
         original = registry_class.__dict__["from_torchlib"]
         build = original.__get__(None, registry_class)
+        operators = torch._C._dispatch_get_all_op_names
     except (ImportError, AttributeError, KeyError):
         yield
         return
 
     def from_torchlib(cls: type, opset_version: int = _registration._constants.TORCHLIB_OPSET):
-        opset, functions = _torchlib_functions(build, opset_version)
+        known = frozenset(operators())  # 5 ms
+        opset, functions = _torchlib_functions(build, opset_version, known)
         registry = cls()
         registry._opset_version = opset
         registry.functions = {target: list(metas) for target, metas in functions.items()}
