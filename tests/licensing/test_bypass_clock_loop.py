@@ -80,6 +80,21 @@ def device(client: Any, network: Network, folder: Path, device_time: DeviceTime)
     )
 
 
+def offline_before_expiry(
+    client: Any, owned: tuple[DeviceTime, Network], folder: Path, *, close: bool = False
+) -> Any:
+    """A runtime of the owner's device licensed once (closed after its inference if ``close``),
+    then cut off the network with its clock a minute before the licence's expiry."""
+    device_time, network = owned
+    runtime = device(client, network, folder, device_time)
+    runtime.consume()
+    if close:
+        runtime.close()
+    network.up = False
+    device_time.tick(HOUR - 60)
+    return runtime
+
+
 @pytest.mark.parametrize("restart", [False, True], ids=["one-process", "restarted"])
 def test_a_clock_set_back_again_and_again_gains_at_most_the_tolerance(
     client, clock, owned, tmp_path: Path, restart: bool
@@ -113,11 +128,8 @@ def test_a_clock_set_back_again_and_again_gains_at_most_the_tolerance(
 def test_a_clock_held_still_stops_at_the_tolerance(client, owned, tmp_path: Path) -> None:
     """The owner holds the clock a minute before the expiry (sets it back a second every
     second): before, the licence never expired."""
-    device_time, network = owned
-    runtime = device(client, network, tmp_path / "device", device_time)
-    runtime.consume()
-    network.up = False
-    device_time.tick(HOUR - 60)
+    device_time, _ = owned
+    runtime = offline_before_expiry(client, owned, tmp_path / "device")
     held = device_time.now
     ran = 0
     with pytest.raises(LicenceError):
@@ -182,11 +194,7 @@ def test_processes_closed_within_a_second_behind_a_held_clock_stop_at_the_tolera
     the whole seconds only, every process gave back its reserved second, for ever)."""
     device_time, network = owned
     folder = tmp_path / "device"
-    first = device(client, network, folder, device_time)
-    first.consume()
-    first.close()
-    network.up = False
-    device_time.tick(HOUR - 60)
+    offline_before_expiry(client, owned, folder, close=True)
     held = device_time.now
     started = 0
     with pytest.raises(LicenceError):
@@ -239,11 +247,8 @@ def test_a_process_kept_running_across_suspends_stops_at_the_tolerance(
     running. The monotonic clock (``CLOCK_MONOTONIC``) stands still while suspended: counting
     only the time awake (0.1 s a cycle), the licence ran 3,000 cycles (125 days) past its
     expiry; the boot-time clock counts the suspends."""
-    device_time, network = owned
-    runtime = device(client, network, tmp_path / "device", device_time)
-    runtime.consume()
-    network.up = False
-    device_time.tick(HOUR - 60)
+    device_time, _ = owned
+    runtime = offline_before_expiry(client, owned, tmp_path / "device")
     held = device_time.now
     cycles = 0
     with pytest.raises(ClockRollbackError):
@@ -296,10 +301,7 @@ def test_a_clock_held_still_with_inferences_more_often_than_a_second_stops(
     inferences in one process, 4,000 in processes killed in turn)."""
     device_time, network = owned
     folder = tmp_path / "device"
-    runtime = device(client, network, folder, device_time)
-    runtime.consume()
-    network.up = False
-    device_time.tick(HOUR - 60)
+    runtime = offline_before_expiry(client, owned, folder)
     held = device_time.now
     ran = 0
     with pytest.raises(LicenceError):
