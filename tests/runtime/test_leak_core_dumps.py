@@ -45,19 +45,27 @@ def test_core_dumps_disabled_for_the_block_then_restored() -> None:
     assert (dumpable(), resource.getrlimit(resource.RLIMIT_CORE)) == before
 
 
-def test_disable_core_dumps_is_for_the_rest_of_the_process() -> None:
-    """In a process of its own: the change is process-wide and not undone."""
+def dump_state_after(lines: str) -> list[str]:
+    """Run ``lines`` in a Python process of its own; return what they print, then that
+    process's dumpable flag and core size limit."""
     code = (
         "import ctypes, ctypes.util, resource\n"
-        "from skruntime.system import disable_core_dumps\n"
-        "marked = disable_core_dumps()\n"
+        f"{lines}"
         "libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')\n"
-        "print(marked, libc.prctl(3, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE)[0])\n"
+        "print(libc.prctl(3, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE)[0])\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
-    assert done.stdout.split() == ["True", "0", "0"]
+    return done.stdout.split()
+
+
+def test_disable_core_dumps_is_for_the_rest_of_the_process() -> None:
+    """In a process of its own: the change is process-wide and not undone."""
+    lines = (
+        "from skruntime.system import disable_core_dumps\nprint(disable_core_dumps(), end=' ')\n"
+    )
+    assert dump_state_after(lines) == ["True", "0", "0"]
 
 
 def test_skprotect_run_holds_the_key_in_a_process_that_cannot_dump_core(
@@ -119,18 +127,12 @@ def test_overlapping_blocks_of_two_threads_keep_core_dumps_off_until_the_last_en
 
 
 def test_disable_core_dumps_within_a_block_is_not_undone_by_its_end() -> None:
-    code = (
-        "import ctypes, ctypes.util, resource\n"
+    lines = (
         "from skruntime.system import core_dumps_disabled, disable_core_dumps\n"
         "with core_dumps_disabled():\n"
         "    disable_core_dumps()\n"
-        "libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')\n"
-        "print(libc.prctl(3, 0, 0, 0, 0), resource.getrlimit(resource.RLIMIT_CORE)[0])\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert done.stdout.split() == ["0", "0"]
+    assert dump_state_after(lines) == ["0", "0"]
 
 
 def test_the_skprotect_run_process_cannot_dump_core_until_it_exits(module_workdir: Path) -> None:
