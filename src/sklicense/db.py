@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from alembic import command
 from alembic.config import Config
@@ -57,12 +58,21 @@ class DatabaseTooNewError(DatabaseNotMigratedError):
 
 def normalise_url(url: str) -> str:
     """``postgresql://`` and ``postgres://`` mean psycopg 3 (the driver this package ships); a
-    relative SQLite path is made absolute (against the current directory)."""
+    relative SQLite path, or the relative path of a SQLite URI (``file:data/sklicense.db`` with
+    ``?uri=true``), is made absolute (against the current directory)."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         path = url.removeprefix("sqlite:///")
+        database, _, query = path.partition("?")
+        options = dict(parse_qsl(query))
+        if _is_uri(database, options):
+            file = _uri_file(database, options)
+            if file is None or file.is_absolute():  # in memory, or SQLite's absolute form
+                return url
+            absolute = quote(str(file.resolve()))
+            return f"sqlite:///{urlsplit(database)._replace(path=absolute).geturl()}?{query}"
         if path and path != ":memory:":
             return "sqlite:///" + str(Path(path).resolve())
     return url
@@ -402,8 +412,8 @@ def engine_file(engine: Engine) -> Path | None:
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or ":memory:" in database:
         return None
-    if database.startswith("file:"):  # a URI (``?uri=true``): SQLite reads it, not a path
-        return None
+    if _is_uri(database, engine.url.query):
+        return _uri_file(database, engine.url.query)
     return Path(database)
 
 
@@ -412,7 +422,23 @@ def sqlite_file(url: str) -> Path | None:
     url = normalise_url(url)
     if not url.startswith("sqlite:///") or ":memory:" in url:
         return None
-    return Path(url.removeprefix("sqlite:///").split("?", 1)[0] or ".")
+    database, _, query = url.removeprefix("sqlite:///").partition("?")
+    options = dict(parse_qsl(query))
+    return _uri_file(database, options) if _is_uri(database, options) else Path(database or ".")
+
+
+def _is_uri(database: str, options: Mapping[str, Any]) -> bool:
+    """Whether SQLAlchemy hands SQLite the URL's database part as a URI (``?uri=true``)."""
+    return database.startswith("file:") and options.get("uri") == "true"
+
+
+def _uri_file(database: str, options: Mapping[str, Any]) -> Path | None:
+    """The file of a SQLite URI (``file:/srv/sklicense.db``, ``file:data/sklicense.db``), None
+    for an in-memory one (``mode=memory``, ``file::memory:``). SQLite opens the URI's path,
+    percent-decoded; until 2026-12-07 a file named "file:..." was looked for instead."""
+    path = unquote(urlsplit(database.partition("?")[0]).path)
+    in_memory = options.get("mode") == "memory" or path in ("", ":memory:")
+    return None if in_memory else Path(path)
 
 
 def _refuse_folder(url: str) -> None:
