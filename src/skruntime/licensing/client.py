@@ -169,6 +169,7 @@ from ..errors import (
     QuotaExhaustedError,
 )
 from . import protocol
+from .holders import Holder, running, sweep
 from .identity import (
     DeviceIdentity,
     MalformedStateError,
@@ -301,6 +302,24 @@ def _describe(entry: dict[str, int], licence: Licence) -> None:
     entry["expires_at"] = licence.expires_at
     if licence.inferences is not None:
         entry["inferences"] = licence.inferences
+
+
+def _used(entry: dict[str, Any]) -> int:
+    """The inferences of a counter entry that count as run: all it reserved but what runtimes
+    still running hold (:mod:`.holders`)."""
+    return entry["counter"] - sum(entry.get("held", {}).values())
+
+
+def _note_held(entry: dict[str, Any], token: str, available: int) -> None:
+    """Note in a counter entry that the runtime of ``token`` holds ``available`` of its
+    reservation (none: its note goes)."""
+    held = entry.setdefault("held", {})
+    if available:
+        held[token] = available
+    else:
+        held.pop(token, None)
+    if not held:
+        del entry["held"]
 
 
 def _partly_used(entry: dict[str, int]) -> bool:
@@ -786,6 +805,8 @@ class LicenceClient:
         #: Names this process's writes of ``clock.json`` (``writer``): it gives its reserved
         #: second back only while no other process wrote the file since (:meth:`_save_last_seen`).
         self._writer = os.urandom(8).hex()
+        #: This runtime's lock file while it holds reserved inferences (:mod:`.holders`).
+        self._holder = Holder(self.state_dir)
         #: The time ``clock.json`` held, exactly, before this process's writes since another
         #: process's: what no reservation of another process exceeds.
         self._written_over = 0.0
@@ -858,6 +879,15 @@ class LicenceClient:
                 raise self._malformed(
                     self._usage_path,
                     f"the entry of licence {licence_id[:40]!r} is not counts",
+                    _USAGE_HOLDS,
+                )
+            held = entry.get("held", {})
+            if not isinstance(held, dict) or not all(
+                isinstance(k, str) and _is_count(v) for k, v in held.items()
+            ):
+                raise self._malformed(
+                    self._usage_path,
+                    f"the reservations of licence {licence_id[:40]!r} are not counts",
                     _USAGE_HOLDS,
                 )
             if "inferences" in entry and not _is_count(entry["inferences"]):
@@ -2312,7 +2342,11 @@ class LicenceClient:
             return None
         self._release()  # report only inferences that ran
         with state_lock(self.state_dir, f"usage_{self.application}"):
-            counter = self._read_usage().get(licence.licence_id, {}).get("counter", 0)
+            usage = self._read_usage()
+            if self._settle_holders(usage):
+                self._write_usage(usage)
+            entry = usage.get(licence.licence_id)
+            counter = 0 if entry is None else _used(entry)
         body = self._report_body(licence.licence_id, counter, now)
         response, _ = self._post(protocol.USAGE_PATH, body)
         data = self._signed_answer(protocol.USAGE_PATH, body, response)
@@ -2378,24 +2412,54 @@ class LicenceClient:
                     return False
                 block = min(block, licence.inferences - counter)
             entry["counter"] = counter + block
+            available = self._available + block - n
+            if self._holder.hold():  # else counted as run when another runtime reports
+                _note_held(entry, self._holder.token, available)
             self._write_usage(usage)
             self._counted.add(licence.licence_id)
-            self._available += block - n
+            self._available = available
         self._cache_again()  # the state folder takes writes again
         return True
 
     def _release(self) -> None:
-        """Give the unused reservation of the current licence back (never below reported)."""
+        """Give the unused reservation of the current licence back (never below reported), and
+        its note of what this runtime holds, which may be left from an earlier write when the
+        reservation was used up since."""
         licence, available = self._licence, self._available
-        if licence is None or available == 0:
+        if licence is None or licence.licence_id not in self._counted:
             return
         with state_lock(self.state_dir, f"usage_{self.application}"):
             usage = self._read_usage()
             entry = usage.get(licence.licence_id)
-            if entry is not None:
+            if entry is not None and (available or self._holder.token in entry.get("held", {})):
                 entry["counter"] = max(entry["counter"] - available, entry.get("reported", 0))
+                _note_held(entry, self._holder.token, 0)
                 self._write_usage(usage)
             self._available = 0
+
+    def _settle_holders(self, usage: dict[str, dict[str, Any]]) -> bool:
+        """Bring the notes of what runtimes hold up to date in ``usage`` (read under its lock):
+        this runtime's is what it has left, and what runtimes no longer running held counts as
+        run (their notes go). Returns whether anything changed."""
+        current = self._licence.licence_id if self._licence is not None else None
+        token = self._holder.token
+        seen: dict[str, bool] = {}
+        changed = False
+        for licence_id, entry in usage.items():
+            held = entry.get("held", {})
+            for holder, count in list(held.items()):
+                if holder == token:
+                    left = self._available if licence_id == current else 0
+                elif seen.setdefault(holder, running(self.state_dir, holder)):
+                    continue
+                else:
+                    left = 0
+                if left != count:
+                    _note_held(entry, holder, left)
+                    changed = True
+        if changed and not all(seen.values()):
+            sweep(self.state_dir)
+        return changed
 
     def _other_cached(self, licence: Licence, cached: Licence | None) -> Licence | None:
         """The licence of the cache (``cached``: :meth:`_load_cached`, read by the caller) to
@@ -2538,10 +2602,12 @@ class LicenceClient:
             current = self._licence.licence_id if self._licence is not None else None
             with state_lock(self.state_dir, f"usage_{self.application}"):
                 usage = self._read_usage()
+                if self._settle_holders(usage):
+                    self._write_usage(usage)
                 pending = {
-                    licence_id: entry.get("counter", 0)
+                    licence_id: _used(entry)
                     for licence_id, entry in usage.items()
-                    if entry.get("counter", 0) > entry.get("reported", 0)
+                    if _used(entry) > entry.get("reported", 0)
                 }
                 # what a dropped report loses: the count since the last acknowledged one
                 unreported = {
@@ -2683,7 +2749,7 @@ class LicenceClient:
                 del usage[licence_id]
             if acknowledged or done:
                 self._write_usage(usage)
-            return all(e["counter"] <= e["reported"] for e in usage.values())
+            return all(_used(e) <= e["reported"] for e in usage.values())
 
     def _finished(self, entry: dict[str, int], now: int) -> bool:
         """Whether a counter entry can be dropped: fully reported, and its licence can no longer
@@ -2720,6 +2786,7 @@ class LicenceClient:
                     self.report_usage()
             finally:
                 self._closed = True
+                self._holder.let_go()
                 self._http.close()
 
 
