@@ -61,3 +61,45 @@ def test_a_smaller_model_is_left_to_the_collectors_pace(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert locked_weights_alive_at_the_check(monkeypatch, 2**40) == 2
+
+
+def test_smaller_models_left_uncollected_add_up_to_the_threshold(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector's own full collections are rare in a process that imported torch: a model
+    just under the threshold, each left to them, stayed alive through the next protections (a
+    63 MiB MLP protected 3 times: 3 locked models alive at the last check). Two under the
+    threshold, together over it, are collected."""
+    weights: list[list[weakref.ref]] = []
+    alive: list[int] = []
+
+    def lock_model(*args, **kwargs):
+        locked = real_lock(*args, **kwargs)
+        if not weights:  # the threshold: one and a half locked models
+            size = sum(t.numel() * t.element_size() for t in locked.keyed.state_dict().values())
+            monkeypatch.setattr(pipeline, "COLLECT_FROM_BYTES", size * 3 // 2)
+        weights.append([weakref.ref(p) for p in locked.keyed.parameters() if p.dim() > 1])
+        return locked
+
+    def load_artifact(*args, **kwargs):
+        alive.append(sum(w() is not None for run in weights for w in run))
+        return real_load(*args, **kwargs)
+
+    real_lock, real_load = pipeline.lock_model, pipeline.load_artifact
+    monkeypatch.setattr(pipeline, "lock_model", lock_model)
+    monkeypatch.setattr(pipeline, "load_artifact", load_artifact)
+    monkeypatch.setattr(pipeline, "_uncollected_bytes", 0, raising=False)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    gc.disable()
+    try:
+        for name in ("first", "second"):
+            SkProtectorPyTorch(application_name="app").protect_new_model(
+                model,
+                name,
+                [torch.randn(2, 6)],
+                model_export_formats=SkProtectorPyTorch.ExportFormat.ONNX,
+            )
+    finally:
+        gc.enable()
+    assert alive == [2, 0]  # the first left to the collector, both collected at the second

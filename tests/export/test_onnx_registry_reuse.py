@@ -95,3 +95,66 @@ print(before, after)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
+
+
+def _run(script: str, tmp_path) -> list[str]:
+    """``script``'s printed words, run from a file in a fresh process (onnxscript reads the
+    source of the functions it compiles)."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_the_second_export_of_a_process_reuses_the_first_ones_registry(tmp_path) -> None:
+    """torch's first export registers operators of its own (``c10d_functional``, ``_dtensor``,
+    55 in all) after the registry is built: keyed on every registered operator, the second
+    export built it again, and a process protecting one model never reused it. A fresh
+    process, as a CLI protection runs."""
+    script = """
+import torch
+from torch import nn
+from skprotect_pytorch.export import build_export_options
+from skprotect_pytorch.export import onnx as onnx_export
+import tempfile, pathlib
+example = (torch.randn(2, 6),)
+options = build_export_options(list(example), {"input_names": ["x"], "output_names": ["y"]})
+with tempfile.TemporaryDirectory() as tmp:
+    for name in ("a.onnx", "b.onnx"):
+        onnx_export._torch_onnx_export(
+            nn.Linear(6, 3).eval(), example, pathlib.Path(tmp) / name, options, False,
+            dynamo=True, extra={},
+        )
+info = onnx_export._torchlib_functions.cache_info()
+print(info.misses, info.hits)
+"""
+    assert _run(script, tmp_path) == ["1", "1"]
+
+
+def test_functions_added_to_torchlib_after_an_export_reach_the_next_registry(tmp_path) -> None:
+    """onnxscript's ``torch_op`` adds a function to torchlib with no operator registered: the
+    next export's registry has it, as torch's own builder gives it."""
+    script = """
+import torch
+from onnxscript import opset18 as op
+from onnxscript.function_libs.torch_lib.registration import torch_op
+from torch.onnx._internal.exporter import _registration
+from skprotect_pytorch.export import onnx as onnx_export
+
+@torch.library.custom_op("reuse_test::twice", mutates_args=())
+def twice(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+with onnx_export._torchlib_registry_reused():
+    before = "reuse_test::twice" in _registration.ONNXRegistry.from_torchlib().functions
+
+@torch_op("reuse_test::twice", trace_only=True)
+def twice_onnx(x):
+    return op.Add(x, x)
+
+with onnx_export._torchlib_registry_reused():
+    after = "reuse_test::twice" in _registration.ONNXRegistry.from_torchlib().functions
+print(before, after)
+"""
+    assert _run(script, tmp_path) == ["False", "True"]

@@ -96,14 +96,39 @@ def _check_written_size(path: Path) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _torchlib_functions(
-    build: Any, opset_version: int, operators: frozenset[str]
+    build: Any, opset_version: int, state: tuple[frozenset[str], int, int]
 ) -> tuple[int, dict[Any, list[Any]]]:
     """The opset and the functions of the registry ``build`` (torch's own ``from_torchlib``)
-    makes for ``opset_version`` while torch knows ``operators``: it depends on nothing else
-    than the installed torch and onnxscript and the operators registered in the process
-    (importing ``torch.ao.quantization`` or a library of custom ops adds some)."""
+    makes for ``opset_version`` in the torchlib ``state`` (:func:`_torchlib_state`): it
+    depends on nothing else than the installed torch and onnxscript."""
     registry = build(opset_version=opset_version)
     return registry.opset_version, registry.functions
+
+
+def _torchlib_state() -> tuple[frozenset[str], int, int]:
+    """What torch's ``from_torchlib`` reads that a process can change: which of the operators
+    torchlib has functions for are registered (importing ``torch.ao.quantization`` or
+    ``torchvision`` registers some; other operators, such as the inductor ``prims`` and the
+    ``c10d_functional`` ones torch's first export registers, are left out, or the second export
+    of a process built the registry again), and how many functions torch's and onnxscript's
+    torchlib registries hold (``onnx_impl`` and onnxscript's ``torch_op`` add some with no
+    operator registered). A few milliseconds."""
+    from onnxscript.function_libs.torch_lib import ops, registration
+    from torch.onnx._internal.exporter._torchlib import _torchlib_registry
+
+    del ops  # imported for its registrations, as from_torchlib does
+    torch_metas = _torchlib_registry.get_torchlib_ops()
+    named = {name.partition(".")[0] for name in registration.default_registry}
+    named |= {
+        meta.fx_target.name().partition(".")[0]
+        for meta in torch_metas
+        if isinstance(meta.fx_target, torch._ops.OpOverload)
+    }
+    operators = frozenset(
+        name for name in torch._C._dispatch_get_all_op_names() if name.partition(".")[0] in named
+    )
+    count = sum(len(f.overloads) + len(f.complex) for f in registration.default_registry.values())
+    return operators, len(torch_metas), count
 
 
 @contextlib.contextmanager
@@ -120,14 +145,13 @@ def _torchlib_registry_reused() -> Iterator[None]:
         registry_class = _registration.ONNXRegistry
         original = registry_class.__dict__["from_torchlib"]
         build = original.__get__(None, registry_class)
-        operators = torch._C._dispatch_get_all_op_names
+        _torchlib_state()
     except (ImportError, AttributeError, KeyError):
         yield
         return
 
     def from_torchlib(cls: type, opset_version: int = _registration._constants.TORCHLIB_OPSET):
-        known = frozenset(operators())  # 5 ms
-        opset, functions = _torchlib_functions(build, opset_version, known)
+        opset, functions = _torchlib_functions(build, opset_version, _torchlib_state())
         registry = cls()
         registry._opset_version = opset
         registry.functions = {target: list(metas) for target, metas in functions.items()}
