@@ -9,6 +9,7 @@ under-count."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from tests.licensing.test_client import Clock, FakeServer, make_client
 
 from skruntime.errors import LicenceError
+from skruntime.licensing import holders
 
 
 def killed(client) -> int:
@@ -95,3 +97,107 @@ def test_interleaved_runtimes_report_exactly_what_ran(tmp_path: Path, seed: int)
     reported = [r["counter"] for r in server.usage_requests]
     assert reported == sorted(reported)
     assert list(server.counters.values()) == [ran + lost]
+
+
+def test_a_sweep_between_a_lock_files_creation_and_its_lock_does_not_end_its_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime of another application sweeps the lock files under its own counter lock, not
+    this one's: a sweep just after a lock file's creation removed it before it was locked, and
+    its runtime then counted as ended for good (its unused block lost, as before 2026-12-07)."""
+    server, clock, state = FakeServer(quota=10), Clock(), tmp_path / "state"
+    a, b = (make_client(server, state, clock, persist_every=5) for _ in range(2))
+    real_open, swept = holders.os.open, []
+
+    def open_then_sweep(path, flags, *mode):
+        fd = real_open(path, flags, *mode)
+        if flags & os.O_CREAT and a._holder.token in str(path) and not swept:
+            swept.append(path)
+            holders.sweep(state)  # the other application's report
+        return fd
+
+    monkeypatch.setattr(holders.os, "open", open_then_sweep)
+    a.consume()
+    monkeypatch.setattr(holders.os, "open", real_open)
+    assert swept and holders.running(state, a._holder.token)
+    b.consume()
+    b.close()
+    a.close()
+    assert list(server.counters.values()) == [2]  # before: 6, a's 4 unused counted as run
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_does_not_keep_a_killed_runtime_running(tmp_path: Path) -> None:
+    """A child forked by a runtime (a multiprocessing worker) shared its lock: a runtime killed
+    while the child lived still looked running, and its reservation, all of it run, was not
+    reported (2 of 6); the child's close() removed the runtime's lock file."""
+    server, clock, state = FakeServer(), Clock(), tmp_path / "state"
+    a = make_client(server, state, clock, persist_every=5)
+    for _ in range(5):
+        a.consume()  # noted 4 left at its write; all 5 ran
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.read(read, 1)
+        os._exit(0)
+    try:
+        killed(a)
+        b = make_client(server, state, clock, persist_every=5)
+        b.consume()
+        b.close()
+        assert list(server.counters.values()) == [6]  # before: 2 while the child lived
+    finally:
+        os.write(write, b"x")
+        os.waitpid(child, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_does_not_run_its_parents_reservation(tmp_path: Path) -> None:
+    """A forked child inherited the reservation in memory and ran it as the parent did: a
+    licence of 5 ran 9 (the parent's 5, the child's 4 of the parent's block)."""
+    server, clock, state = FakeServer(quota=5), Clock(), tmp_path / "state"
+    a = make_client(server, state, clock, persist_every=5)
+    a.consume()  # reserves the whole licence: 4 left
+    server.deny = ("quota_exceeded", "no more")  # no other licence
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        ran = 0
+        with contextlib.suppress(LicenceError):
+            for _ in range(4):
+                a.consume()
+                ran += 1
+        os.write(write, bytes([ran]))
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(read, 1) == b"\x00"  # before: 4, of the parent's reservation
+    for _ in range(4):
+        a.consume()
+
+
+def test_the_lock_files_of_runtimes_killed_noting_nothing_are_swept(tmp_path: Path) -> None:
+    """A runtime killed while it noted nothing (its block used up at its write) left its lock
+    file for good: sweeps ran only when a report dropped a killed runtime's note."""
+    server, clock, state = FakeServer(), Clock(), tmp_path / "state"
+    for _ in range(3):
+        runtime = make_client(server, state, clock, persist_every=5)
+        runtime.consume(5)  # nothing left, so nothing noted
+        killed(runtime)
+    b = make_client(server, state, clock, persist_every=5)
+    b.consume()
+    b.close()
+    assert list(state.glob(".holder_*")) == []  # before: 3
+
+
+def test_a_counter_file_naming_a_path_as_a_runtime_is_refused(tmp_path: Path) -> None:
+    """The notes' tokens name lock files of the state folder: a note naming ``../x`` (or a
+    FIFO, which a look at its lock would block on) is a malformed counter file."""
+    server, clock, state = FakeServer(), Clock(), tmp_path / "state"
+    a = make_client(server, state, clock, persist_every=5)
+    a.consume()
+    path = state / "usage_app.json"
+    text = path.read_text().replace(a._holder.token, "../../fifo0000000")
+    os.chmod(path, 0o600)
+    path.write_text(text)
+    with pytest.raises(LicenceError, match="reservations of licence"):
+        make_client(server, state, clock, persist_every=5).consume()

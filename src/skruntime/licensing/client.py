@@ -146,6 +146,7 @@ import ssl
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -302,6 +303,11 @@ def _describe(entry: dict[str, int], licence: Licence) -> None:
     entry["expires_at"] = licence.expires_at
     if licence.inferences is not None:
         entry["inferences"] = licence.inferences
+
+
+_TOKEN = re.compile(r"[0-9a-f]{16}")
+"""A runtime's token in the counter file's notes (:class:`.holders.Holder`): it names a file
+of the state folder, so nothing else is taken (``../`` or a FIFO)."""
 
 
 def _used(entry: dict[str, Any]) -> int:
@@ -658,6 +664,21 @@ def _elapsed_clock() -> Callable[[], float]:
     return lambda: clock_gettime(boottime)
 
 
+_CLIENTS: weakref.WeakSet[LicenceClient] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child: the reservations in memory are the parent's (it runs them, and gives
+    back what it has left at close); a child that ran them too ran them twice, past the
+    allowance. The child reserves its own (:meth:`LicenceClient._take`)."""
+    for client in list(_CLIENTS):
+        client._available = 0
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forked)
+
+
 class LicenceClient:
     """The licence client of one application on this device.
 
@@ -807,6 +828,7 @@ class LicenceClient:
         self._writer = os.urandom(8).hex()
         #: This runtime's lock file while it holds reserved inferences (:mod:`.holders`).
         self._holder = Holder(self.state_dir)
+        _CLIENTS.add(self)
         #: The time ``clock.json`` held, exactly, before this process's writes since another
         #: process's: what no reservation of another process exceeds.
         self._written_over = 0.0
@@ -883,7 +905,7 @@ class LicenceClient:
                 )
             held = entry.get("held", {})
             if not isinstance(held, dict) or not all(
-                isinstance(k, str) and _is_count(v) for k, v in held.items()
+                isinstance(k, str) and _TOKEN.fullmatch(k) and _is_count(v) for k, v in held.items()
             ):
                 raise self._malformed(
                     self._usage_path,
@@ -2457,8 +2479,9 @@ class LicenceClient:
                 if left != count:
                     _note_held(entry, holder, left)
                     changed = True
-        if changed and not all(seen.values()):
-            sweep(self.state_dir)
+        # every report, not only when a note went: a runtime killed while it noted nothing
+        # (its block used up at its write, or killed before its first write) left its file
+        sweep(self.state_dir)
         return changed
 
     def _other_cached(self, licence: Licence, cached: Licence | None) -> Licence | None:

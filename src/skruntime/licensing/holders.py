@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from pathlib import Path
 
 from .identity import fcntl
@@ -25,6 +26,38 @@ def _path(state_dir: Path, token: str) -> Path:
     return state_dir / f"{_PREFIX}{token}.lock"
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``: a sweep (:func:`sweep`) may have
+    removed it between its creation and its lock, and a lock on a removed file tells nobody
+    that its runtime runs."""
+    try:
+        named = os.stat(path)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+_HOLDERS: weakref.WeakSet[Holder] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a forked child: let go of the parent's lock files without removing them. The child
+    shares the parent's open file, so it kept the lock held for a parent killed since (its
+    reservation then never counted as run while the child lived), and its close() removed the
+    parent's lock file (the parent then seen ended while it runs)."""
+    for holder in list(_HOLDERS):
+        if holder._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(holder._fd)
+            holder._fd = None
+        holder.token = os.urandom(8).hex()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forked)
+
+
 class Holder:
     """This runtime's lock file, taken at its first reservation and kept until :meth:`let_go`.
     Take and check it under the counter file's lock, so that no check falls between a lock
@@ -34,6 +67,7 @@ class Holder:
         self.state_dir = state_dir
         self.token = os.urandom(8).hex()
         self._fd: int | None = None
+        _HOLDERS.add(self)
 
     def hold(self) -> bool:
         """Take the lock (once); False where it cannot be taken (no ``fcntl``, a folder that
@@ -42,25 +76,33 @@ class Holder:
             return True
         if fcntl is None:  # pragma: no cover - Windows
             return False
-        try:
-            fd = os.open(_path(self.state_dir, self.token), os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        path = _path(self.state_dir, self.token)
+        for _ in range(3):  # a sweep removed the file before it was locked: create it again
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                return False
+            try:
+                # waits: only a look of another application's runtime (running(), sweep(),
+                # not under this one's counter lock) holds it, for an instant
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if _same_file(fd, path):
+                    self._fd = fd
+                    return True
+            except OSError:
+                pass
             os.close(fd)
-            return False
-        self._fd = fd
-        return True
+        return False
 
     def let_go(self) -> None:
         """Remove the lock file and release the lock (idempotent)."""
         if self._fd is None:
             return
         # a read-only folder now: the file stays, unlocked, and is swept later
+        path = _path(self.state_dir, self.token)
         with contextlib.suppress(OSError):
-            _path(self.state_dir, self.token).unlink(missing_ok=True)
+            if _same_file(self._fd, path):
+                path.unlink()
         os.close(self._fd)
         self._fd = None
 
@@ -85,10 +127,26 @@ def running(state_dir: Path, token: str) -> bool:
 
 
 def sweep(state_dir: Path) -> None:
-    """Remove the lock files of runtimes that ended without removing theirs (killed)."""
+    """Remove the lock files of runtimes that ended without removing theirs (killed), each
+    while holding its lock: a runtime of another application (under another counter lock)
+    may have just created one and not locked it yet; it sees the file gone once it locks it,
+    and creates it again (:meth:`Holder.hold`)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return
     for path in state_dir.glob(f"{_PREFIX}*.lock"):
-        if not running(state_dir, path.name[len(_PREFIX) : -len(".lock")]):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
             try:
-                path.unlink(missing_ok=True)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                return  # a read-only folder: nothing to do
+                continue  # running (or no telling): kept
+            if _same_file(fd, path):
+                try:
+                    path.unlink()
+                except OSError:
+                    return  # a read-only folder: nothing to do
+        finally:
+            os.close(fd)
