@@ -2472,9 +2472,11 @@ class LicenceClient:
             for holder, count in list(held.items()):
                 if holder == token:
                     left = self._available if licence_id == current else 0
-                elif seen.setdefault(holder, running(self.state_dir, holder)):
-                    continue
                 else:
+                    if holder not in seen:  # one look per runtime, not per licence it holds
+                        seen[holder] = running(self.state_dir, holder)
+                    if seen[holder]:
+                        continue
                     left = 0
                 if left != count:
                     _note_held(entry, holder, left)
