@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -201,3 +202,17 @@ def test_a_counter_file_naming_a_path_as_a_runtime_is_refused(tmp_path: Path) ->
     path.write_text(text)
     with pytest.raises(LicenceError, match="reservations of licence"):
         make_client(server, state, clock, persist_every=5).consume()
+
+
+def test_a_fifo_in_place_of_a_lock_file_does_not_stop_a_report(tmp_path: Path) -> None:
+    """Opening a FIFO waits for a writer: a look at a lock file made a FIFO by the device's
+    owner would have stopped every report of the state folder."""
+    server, clock, state = FakeServer(), Clock(), tmp_path / "state"
+    a = make_client(server, state, clock, persist_every=5)
+    a.consume()
+    os.mkfifo(state / ".holder_0123456789abcdef.lock")
+    closing = threading.Thread(target=a.close, daemon=True)  # before: waited for ever
+    closing.start()
+    closing.join(60)
+    assert not closing.is_alive()
+    assert list(server.counters.values()) == [1]

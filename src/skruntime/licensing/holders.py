@@ -21,6 +21,9 @@ from .identity import fcntl
 
 _PREFIX = ".holder_"
 
+_LOOK = os.O_RDONLY | os.O_NONBLOCK
+"""How a look opens another runtime's lock file: not waiting on a FIFO put in its place."""
+
 
 def _path(state_dir: Path, token: str) -> Path:
     return state_dir / f"{_PREFIX}{token}.lock"
@@ -112,7 +115,7 @@ def running(state_dir: Path, token: str) -> bool:
     if fcntl is None:  # pragma: no cover - Windows
         return False
     try:
-        fd = os.open(_path(state_dir, token), os.O_RDONLY)
+        fd = os.open(_path(state_dir, token), _LOOK)
     except OSError:
         return False  # never created, or removed: not holding anything
     try:
@@ -135,7 +138,7 @@ def sweep(state_dir: Path) -> None:
         return
     for path in state_dir.glob(f"{_PREFIX}*.lock"):
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, _LOOK)
         except OSError:
             continue
         try:
