@@ -202,6 +202,9 @@ _TORCH_INPUT_CHECKS = (
     ("nn/functional.py", "if padding_idx >= weight.size(0):"),
     ("nn/functional.py", "if padding_idx < -weight.size(0):"),
     ("nn/modules/instancenorm.py", "if input.size(feature_dim) != self.num_features:"),
+    # RNN/LSTM/GRU: the input's features, the initial states' sizes against the batch
+    ("nn/modules/rnn.py", "if self.input_size != input.size(-1):"),
+    ("nn/modules/rnn.py", "if hx.size() != expected_hidden_size:"),
     (
         "nn/modules/transformer.py",
         "if not self.batch_first and src.size(1) != tgt.size(1) and is_batched:",
@@ -217,8 +220,9 @@ _TORCH_INPUT_CHECKS = (
 )
 """torch's own input checks whose traced value only decides whether to raise (or warn) for
 an input the trace already passed, by file (within torch) and condition line: a GroupNorm,
-InstanceNorm, BatchNorm without running statistics, nn.Transformer or an Embedding with a
-positive padding_idx made every model with one refused in TorchScript. Named exactly:
+InstanceNorm, BatchNorm without running statistics, nn.Transformer, an Embedding with a
+positive padding_idx or an RNN/LSTM/GRU the lock leaves as it is made every model with one
+refused in TorchScript. Named exactly:
 another line of torch's (ConvTranspose2d's ``output_size``, whose output padding is a value
 too), or a changed one, stays refused."""
 
