@@ -134,18 +134,22 @@ def _torchlib_state() -> tuple[frozenset[str], int, int]:
 @contextlib.contextmanager
 def _torchlib_registry_reused() -> Iterator[None]:
     """Within the block, ``torch.onnx.export`` gets a copy of the ONNX function registry built
-    at an earlier export of the process while the same operators were registered, not one built
-    anew: it reads the source of about 500 torchlib functions to build it, 0.8 s of a 1.9 s
-    export of a small model. Each export gets its own lists, so a ``custom_translation_table``
-    does not outlive its export. With a torch whose exporter lacks this registry the block
-    changes nothing."""
+    at an earlier export of the process in the same torchlib state (:func:`_torchlib_state`),
+    not one built anew: it reads the source of about 500 torchlib functions to build it, 0.8 s
+    of a 1.9 s export of a small model. Each export gets its own lists, so a
+    ``custom_translation_table`` does not outlive its export. With a torch whose exporter lacks
+    this registry the block changes nothing."""
     try:
         from torch.onnx._internal.exporter import _registration
 
         registry_class = _registration.ONNXRegistry
         original = registry_class.__dict__["from_torchlib"]
         build = original.__get__(None, registry_class)
-        _torchlib_state()
+        # what _torchlib_state reads, there to be read (computed once, by the export)
+        from onnxscript.function_libs.torch_lib import registration
+        from torch.onnx._internal.exporter._torchlib import _torchlib_registry
+
+        del registration, _torchlib_registry
     except (ImportError, AttributeError, KeyError):
         yield
         return
