@@ -103,6 +103,36 @@ def offline_before_expiry(
     return runtime
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["one-process", "restarted"])
+def test_a_clock_set_back_again_and_again_gains_at_most_the_tolerance(
+    client, clock, owned, tmp_path: Path, restart: bool
+) -> None:
+    device_time, network = owned
+    folder = tmp_path / "device"
+    runtime = device(client, network, folder, device_time)
+    runtime.consume()
+    expires_at = runtime.ensure_licence().expires_at
+    assert expires_at == clock.now + HOUR
+    network.up = False  # the owner cuts the network: no renewal, no clock confirmation
+    past_expiry = 0  # inferences run once the real time passed the licence's expiry
+    with pytest.raises(ClockRollbackError) as stopped:
+        for _ in range(2 * 24 * HOUR // STEP):  # 2 days
+            device_time.tick(STEP)
+            if device_time.now >= expires_at - 1:
+                device_time.now -= TOLERANCE - 1  # set back, within the tolerance
+                if restart:  # the process killed (no close), started again
+                    runtime = device(client, network, folder, device_time)
+            runtime.consume()
+            if clock.now + device_time.elapsed >= expires_at:
+                past_expiry += 1
+    # before: ran the whole 2 days (2,820 inferences past the expiry); now at most the
+    # tolerance's worth (300 s, an inference a minute)
+    assert past_expiry <= TOLERANCE // STEP
+    assert clock.now + device_time.elapsed <= expires_at + TOLERANCE + STEP
+    assert "the clock was set back" in str(stopped.value)
+    assert "counting the time elapsed since" in str(stopped.value)
+
+
 def test_a_clock_held_still_stops_at_the_tolerance(client, owned, tmp_path: Path) -> None:
     """The owner holds the clock a minute before the expiry (sets it back a second every
     second): before, the licence never expired."""
