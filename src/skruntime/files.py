@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["NotRegularFileError", "file_kind", "new_file_mode", "open_regular"]
+__all__ = ["KEY_FILE_MODE", "NotRegularFileError", "file_kind", "new_file_mode", "open_regular"]
 
 #: the flags every open of a deployed file uses: a FIFO opens at once (no writer needed), a
 #: terminal does not become the process's controlling terminal; O_NONBLOCK does nothing to
@@ -139,3 +139,8 @@ def new_file_mode(mode: int = 0o666) -> int:
     place (created 0600, then given their mode): chmod ignores the umask, so a key file given a
     fixed 0644 stayed readable by every user under ``umask 077``."""
     return mode & ~_umask() & 0o7777
+
+
+KEY_FILE_MODE = 0o644
+"""The most a key file is given: the umask may take bits away, never add write for others (a
+key file was 0666, writable by every user, under ``umask 0``)."""

@@ -81,7 +81,7 @@ import numpy as np
 
 from .config import NAME_RE, atomic_write_bytes, canonical_json
 from .errors import KeyFileError, KeyUnavailableError
-from .files import NotRegularFileError, new_file_mode, open_regular
+from .files import KEY_FILE_MODE, NotRegularFileError, new_file_mode, open_regular
 
 if TYPE_CHECKING:
     from .keysource import KeyUnlock
@@ -370,7 +370,8 @@ def write_txt_keys(
 ) -> list[Path]:
     """Write a model's two TXT key files into ``folder``; returns ``[txt_path, json_path]``.
     They get the mode of a new file under the process's umask (0644 under ``umask 022``, 0600
-    under ``umask 077``), as the model files beside them.
+    under ``umask 077``), as the model files beside them, but never write for the group or
+    other users (0644 under ``umask 0`` or ``002``).
 
     Args:
         folder: the model's format-group folder (created if missing).
@@ -427,8 +428,9 @@ def write_txt_keys(
     txt_path = folder / key_txt_filename(model_name)
     json_path = folder / key_params_filename(model_name)
     # the umask's mode, as the model files beside them get: a fixed 0644 (until 2026-12-07)
-    # left the key readable by every user of the machine under ``umask 077``
-    mode = new_file_mode()
+    # left the key readable by every user of the machine under ``umask 077``; never writable
+    # by other users, whatever the umask
+    mode = new_file_mode(KEY_FILE_MODE)
     for path, data in (
         (txt_path, _format_txt(share)),
         (json_path, (json.dumps(params, sort_keys=True) + "\n").encode("utf-8")),

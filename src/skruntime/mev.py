@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .config import FORMAT_GROUPS, NAME_RE, atomic_write_bytes, canonical_json
 from .errors import KeyFileError, KeyUnavailableError
-from .files import NotRegularFileError, new_file_mode, open_regular
+from .files import KEY_FILE_MODE, NotRegularFileError, new_file_mode, open_regular
 from .keyfile import MAX_KEY_LENGTH, KeyMaterial, validate_spec
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ def write_mev(
     kek: bytes,
 ) -> None:
     """Encrypt ``key`` (stored canonical) under ``kek``, bound to the model file, atomically;
-    the file gets the mode of a new file under the process's umask.
+    the file gets the mode of a new file under the process's umask, never write for the group
+    or other users.
 
     Raises:
         ValueError: invalid name, format, SHA-256, KEK, spec or key.
@@ -119,8 +120,8 @@ def write_mev(
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # the umask's mode, as the model file gets (a fixed 0644 until 2026-12-07)
-        atomic_write_bytes(path, MEV_MAGIC + nonce + ciphertext, mode=new_file_mode())
+        # the umask's mode, as the model file gets (a fixed 0644 until 2026-12-07), at most 0644
+        atomic_write_bytes(path, MEV_MAGIC + nonce + ciphertext, mode=new_file_mode(KEY_FILE_MODE))
     except OSError as e:
         raise KeyFileError(
             f"Could not write encrypted key file {path}: {e.strerror or e}. Free disk space or "

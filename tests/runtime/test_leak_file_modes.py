@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from tests.models import LIFECYCLE_INPUT, lifecycle_mlp
 
-from skruntime.files import new_file_mode
+from skruntime.files import KEY_FILE_MODE, new_file_mode
 from skruntime.keyfile import write_txt_keys
 from skruntime.mev import write_mev
 
@@ -37,13 +37,15 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-UMASKS = [(0o077, 0o600), (0o022, 0o644), (0o027, 0o640)]
+UMASKS = [(0o077, 0o600), (0o022, 0o644), (0o027, 0o640), (0o002, 0o644), (0o000, 0o644)]
 
 
-@pytest.mark.parametrize(("mask", "expected"), UMASKS, ids=["077", "022", "027"])
+@pytest.mark.parametrize(("mask", "expected"), UMASKS, ids=["077", "022", "027", "002", "000"])
 def test_key_files_follow_the_umask(tmp_path: Path, mask: int, expected: int) -> None:
+    """Under ``umask 0`` or ``002`` the key files stay 0644: never writable by other users (they
+    were 0666 and 0664)."""
     with umask(mask):
-        assert new_file_mode() == expected
+        assert new_file_mode(KEY_FILE_MODE) == expected
         txt, params = write_txt_keys(
             tmp_path, "m", KEY, SPEC, test_key=False, rng=np.random.default_rng(0)
         )
