@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import errno
+import functools
 import gc
 import inspect
 import time
@@ -90,6 +91,7 @@ from .logs import get_logger, warn_user
 from .platforms import commitment_nonce, get_platform, write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
+from .rounding import RTOL, ExactOutputs, within_rounding
 from .shared_files import OtherPlatform, warn_plain_keys_beside_linux, warn_untracked_files
 from .staging import Staging
 from .state import ProtectionState
@@ -199,6 +201,30 @@ def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
     )
     den = sum(float(np.linalg.norm(_as_wide(e))) for e in expected) or 1.0
     return num / den
+
+
+def _rounding_only(
+    outputs: list[np.ndarray], expected: list[np.ndarray], exact: list[np.ndarray] | None
+) -> bool:
+    """Whether ``outputs`` differ from ``expected`` by float32 rounding alone: no further from
+    the original's float64 outputs ``exact`` than :func:`.rounding.within_rounding` allows
+    (outputs that cancel to near zero); False without them."""
+    if exact is None or [e.shape for e in exact] != [e.shape for e in expected]:
+        return False
+    got, own = _rel_diff(outputs, exact), _rel_diff(expected, exact)
+    if not within_rounding(got, own):
+        return False
+    get_logger().info(
+        "The locked model differs from the original by float32 rounding only: %.3g from its "
+        "float64 outputs, where the original's own float32 outputs are %.3g from them",
+        got,
+        own,
+    )
+    return True
+
+
+_Check = tuple[list[np.ndarray], list[np.ndarray], Callable[[], list[np.ndarray] | None]]
+"""An artifact check: its inputs, the original's outputs on them, and its float64 outputs."""
 
 
 def _replaced_files(request: ProtectRequest) -> set[str]:
@@ -864,7 +890,7 @@ def _reproduces(
     path: Path,
     staged: Path,
     options: ExportOptions,
-    checks: list[tuple[list[np.ndarray], list[np.ndarray]]],
+    checks: list[_Check],
     *,
     plain_keys: bool,
 ) -> bool:
@@ -884,8 +910,8 @@ def _reproduces(
         return False
     try:
         run = _on_copies(load_artifact(exporter, path, options))
-        for inputs, outputs in checks:
-            check_outputs(exporter, path, run, inputs, outputs)
+        for inputs, outputs, exact in checks:
+            check_outputs(exporter, path, run, inputs, outputs, exact=exact)
     except SkProtectError:
         return False
     return True
@@ -897,11 +923,13 @@ class _Reference:
     the last, which locks it in place: the weights are not held once more while locking (the
     protection's peak memory), nor through the last group's exports and artifact checks.
     ``aliases``: the user's buffers over a weight's storage, which the copy no longer shares
-    (:func:`.lock.coverage.weight_aliases`)."""
+    (:func:`.lock.coverage.weight_aliases`). ``exact``: the original's float64 outputs, for
+    checks that fail on float32 rounding alone (from the user's model, never locked)."""
 
     def __init__(self, original: nn.Module) -> None:
         self.aliases = weight_aliases(original)
         self._model: nn.Module | None = copy_model(original).eval()
+        self.exact = ExactOutputs(original, _as_numpy)
 
     @property
     def model(self) -> nn.Module:
@@ -929,6 +957,7 @@ def _lock_checked(
     in_place: bool,
     find_shared: bool,
     aliases: list[WeightAlias],
+    exact: ExactOutputs,
 ) -> tuple[LockedModel, tuple[int, ...]]:
     """``reference`` locked for ``group`` (``in_place``: itself, not a copy), run once with its
     key on the example inputs, whose outputs must be the original's. Returns it with the
@@ -971,7 +1000,7 @@ def _lock_checked(
             )
         raise found or eager_failure(name, locked.keyed.model, err) from err
     eager_err = _rel_diff(eager, expected)
-    if eager_err > 1e-4:
+    if eager_err > RTOL and not _rounding_only(eager, expected, exact(request.input_tensors)):
         differs = f"differs from the original by {eager_err:.2e} (relative) before export"
         raise (
             _type_check_error(
@@ -999,7 +1028,7 @@ def _type_check_error(
 
     def matches() -> bool:
         with torch.no_grad():
-            return _rel_diff(_as_numpy(locked.keyed(*_clones(inputs))), expected) <= 1e-4
+            return _rel_diff(_as_numpy(locked.keyed(*_clones(inputs))), expected) <= RTOL
 
     originals = {d.name: types[d.name] for d in locked.locked_layers if d.name in types}
     layers = type_checked_layers(locked.keyed.model, originals, matches)
@@ -1084,6 +1113,7 @@ def _run_group(
     logger = get_logger()
     name = request.model_name
     device = "cuda" if group is FormatGroup.GPU else "cpu"
+    exact = reference.exact
     cpu_expected = expected
     if device == "cuda":  # before the lock, which may take the reference
         expected = _gpu_reference(reference.model, request.input_tensors)
@@ -1098,6 +1128,7 @@ def _run_group(
         in_place=last,
         find_shared=not result.layers and _links_copies(request),  # the first group: warn once
         aliases=reference.aliases,
+        exact=exact,
     )
     if locked.shared_weights:
         _warn_shared_weights(request, locked.shared_weights)
@@ -1147,15 +1178,17 @@ def _run_group(
             _uncollected_bytes = 0
         for fmt, exporter, path, report, export_seconds in written:
             start = time.perf_counter()
-            checks = [([*inputs_np, static_key], expected)]
+            checks: list[_Check] = [
+                ([*inputs_np, static_key], expected, lambda: exact(request.input_tensors))
+            ]
             if other is not None:  # the dynamic axes: the artifact at another size too
-                checks.append(([*other[0], static_key], other[1]))
+                checks.append(([*other[0], static_key], other[1], lambda: exact(other[0])))
             with step(f"Verifying {fmt.name} artifact"):
                 run = _on_copies(load_artifact(exporter, path, options))  # once: AOTI is slow
-                err = check_outputs(exporter, path, run, *checks[0])
+                err = check_outputs(exporter, path, run, *checks[0][:2], exact=checks[0][2])
                 no_key = _rel_diff(run([*inputs_np, zero_key]), expected)
-                for inputs, outputs in checks[1:]:
-                    check_outputs(exporter, path, run, inputs, outputs)
+                for inputs, outputs, exact_outputs in checks[1:]:
+                    check_outputs(exporter, path, run, inputs, outputs, exact=exact_outputs)
             # the loaded artifact holds the model again (an onnxruntime session: +505 MiB for a
             # 400 MB MLP): freed here, not kept through the next format's check
             del run
@@ -1264,13 +1297,14 @@ def _for_export(
 def _export_originals(
     request: ProtectRequest,
     formats: list[ExportFormat],
-    reference: nn.Module,
+    reference: _Reference,
     options: ExportOptions,
     expected: list[np.ndarray],
     staging: Staging,
     result: ProtectionResult,
 ) -> None:
     inputs_np = [t.detach().cpu().numpy() for t in request.input_tensors]
+    model = reference.model
     for fmt in formats:
         exporter = get_exporter(fmt)
         device = "cuda" if fmt.needs_cuda else "cpu"
@@ -1279,12 +1313,13 @@ def _export_originals(
         )
         with step(f"Exporting the original (unlocked) model to {fmt.name}"):
             probe = tuple(_clones(request.input_tensors, device))  # forward may change it
-            module = _for_export(reference.to(device), fmt, probe)
+            module = _for_export(model.to(device), fmt, probe)
             example = tuple(_clones(request.input_tensors, device))
             exporter.export(module, example, path, options, with_key=False)
             run = _on_copies(load_artifact(exporter, path, options))
-            check_outputs(exporter, path, run, inputs_np, expected)
-            reference.to("cpu")
+            exact = functools.partial(reference.exact, request.input_tensors)
+            check_outputs(exporter, path, run, inputs_np, expected, exact=exact)
+            model.to("cpu")
         result.original_files.append(staging.final(path))
 
 
@@ -1474,7 +1509,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
             result.key_files += sorted({staging.final(p) for ps in key_paths.values() for p in ps})
             format_entries.update(entries)
         if request.save_original:
-            _export_originals(request, formats, reference.model, options, expected, staging, result)
+            _export_originals(request, formats, reference, options, expected, staging, result)
         entry = ModelEntry(
             key_epoch=result.key_epoch,
             inputs=_describe_inputs(options, request.input_tensors, axes),
