@@ -900,7 +900,7 @@ def _run(
     platform: str | None,
     kek: str | None,
     licence_server: str | None = None,
-    server_public_key: str | None = None,
+    server_public_key: Sequence[str] = (),
     state_dir: Path | None = None,
 ) -> dict[str, Any]:
     from skruntime.files import path_kind
@@ -946,20 +946,28 @@ def _run(
     kek_bytes = _read_kek(kek) if kek is not None else None
     licensing: dict[str, Any] = {}
     if licence_server is not None:
-        if server_public_key is None:
+        if not server_public_key:
             raise _CliError(
                 "--licence-server needs --server-public-key (the server's public key, pinned).",
                 EXIT_USAGE,
             )
+        from skruntime.licensing.client import MAX_PINNED_KEYS  # httpx: only when licensing
+
+        if len(server_public_key) > MAX_PINNED_KEYS:
+            raise _CliError(
+                f"--server-public-key is given {len(server_public_key)} times: pin at most "
+                f"{MAX_PINNED_KEYS} keys (the server's current key and the next).",
+                EXIT_USAGE,
+            )
         licensing = {
             "licence_server": licence_server,
-            "server_public_key": _read_server_public_key(server_public_key),
+            "server_public_key": [_read_server_public_key(key) for key in server_public_key],
             "state_dir": state_dir,
         }
         # '' (typer: '.') would make the current folder owner-only and hold the device key
         if state_dir is not None and (problem := _empty(state_dir, "--state-dir", "a folder")):
             raise problem
-    elif server_public_key is not None or state_dir is not None:
+    elif server_public_key or state_dir is not None:
         raise _CliError("--server-public-key and --state-dir need --licence-server.", EXIT_USAGE)
 
     from skruntime import SkRuntime  # lazily: keeps `skprotect --help` fast and torch-free
@@ -1113,10 +1121,11 @@ def run_command(
         typer.Option(help="URL of the sklicense server (platform version 2 configurations)."),
     ] = None,
     server_public_key: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             help="The licence server's Ed25519 public key: a file (raw or base64) or the base64 "
-            "text `sklicense init` prints."
+            "text `sklicense init` prints. Repeat it to pin the server's next key too, before "
+            "its signing key is rotated."
         ),
     ] = None,
     state_dir: Annotated[
@@ -1153,7 +1162,7 @@ def run_command(
                 platform=platform.value if platform is not None else None,
                 kek=kek,
                 licence_server=licence_server,
-                server_public_key=server_public_key,
+                server_public_key=server_public_key or (),
                 state_dir=state_dir,
             )
     except Exception as err:

@@ -198,7 +198,9 @@ class SkRuntime:
             LINUX keys are unwrapped from the licence when ``kek`` is not given, and every
             inference (one call of the loaded model, whatever its batch size) is counted
             against the licence's allowance. ``None``: no licensing (LINUX then needs ``kek``).
-        server_public_key: the licence server's raw 32-byte Ed25519 public key (pinned).
+        server_public_key: the licence server's raw 32-byte Ed25519 public key (pinned), or a
+            list of up to 8 such keys, any of which may sign: pin the current key and the next
+            before the server's signing key is rotated (docs/licensing.md).
         state_dir: the runtime's state folder (device identity, licence cache, counters);
             default ``$SKRUNTIME_STATE_DIR`` or ``~/.local/state/skruntime``.
         overlap_seconds: renew the licence this long before it expires (default 30 days).
@@ -237,7 +239,7 @@ class SkRuntime:
         public_key: bytes | None = None,
         kek: bytes | None = None,
         licence_server: str | None = None,
-        server_public_key: bytes | None = None,
+        server_public_key: bytes | Sequence[bytes] | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         overlap_seconds: float = _DEFAULT_OVERLAP_SECONDS,
         requested_inferences: int | None = _DEFAULT_REQUESTED_INFERENCES,
@@ -338,7 +340,7 @@ class SkRuntime:
         raw: bytes,
         signed: dict[str, Any],
         server: str,
-        server_public_key: bytes | None,
+        server_public_key: bytes | Sequence[bytes] | None,
         state_dir: str | os.PathLike[str] | None,
         overlap_seconds: float,
         requested_inferences: int | None,

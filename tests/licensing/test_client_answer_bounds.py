@@ -74,7 +74,7 @@ def test_a_huge_answer_to_a_usage_report_keeps_the_report(tmp_path: Path) -> Non
 @pytest.mark.parametrize("path", ["/v1/public-key", "/v1/licences"])
 def test_a_redirect_names_the_url_to_give_instead(tmp_path: Path, path: str) -> None:
     """A server behind a proxy redirecting http:// to https:// was answered 'HTTP 301 ... not a
-    licence or a denial signed by the pinned server key ... upgrade it'."""
+    licence or a denial signed by a pinned server key ... upgrade it'."""
     server = FakeServer()
     handle = server.handle
 

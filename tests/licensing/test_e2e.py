@@ -451,3 +451,25 @@ def test_cli_run_licensed(live, protected, tmp_path) -> None:
     assert sum(row["counter"] for row in summary) == 1  # reported when the runner closes
     no_key = run("--licence-server", live.url)
     assert no_key.exit_code == 2 and "--server-public-key" in no_key.output
+
+
+def test_cli_run_pins_the_servers_next_key_beside_it(live, protected, tmp_path) -> None:
+    """``--server-public-key`` given twice pins both keys (a rotation's next key and the
+    current one): the runner is licensed by whichever the server signs with. Nine are refused."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from skprotect_pytorch.cli import app as skprotect_cli
+
+    live.admin.customer()
+    np.save(tmp_path / "x.npy", protected.x)
+    upcoming = b64(Ed25519PrivateKey.generate().public_key().public_bytes_raw())
+    args = ["run", str(protected.outputs), MODEL, "-i", str(tmp_path / "x.npy")]
+    args += ["--licence-server", live.url, "--state-dir", str(tmp_path / "device")]
+    args += ["-o", str(tmp_path / "y.npy")]
+    pins = ["--server-public-key", upcoming, "--server-public-key", b64(live.public_key)]
+    ok = CliRunner().invoke(skprotect_cli, [*args, *pins])
+    assert ok.exit_code == 0, ok.output
+    assert rel(np.load(tmp_path / "y.npy"), protected.expected) < 1e-4
+    nine = CliRunner().invoke(skprotect_cli, [*args, *["--server-public-key", upcoming] * 9])
+    assert nine.exit_code == 2
+    assert "--server-public-key is given 9 times: pin at most 8 keys" in nine.output

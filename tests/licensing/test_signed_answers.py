@@ -201,7 +201,7 @@ def test_usage_answers_a_man_in_the_middle_fakes_are_not_taken(
         (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert warning.startswith(
             "Usage reports of 1 licence(s) kept: http://testserver answered them without a "
-            "signature of the pinned server key (first: HTTP "
+            "signature of a pinned server key (first: HTTP "
         ), name
     assert stored(sessions) == sorted([(first.licence_id, 3), (second.licence_id, 5)])
     path.fake = None

@@ -74,7 +74,7 @@ def test_reports_are_kept_when_the_server_presents_another_key(
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warning.startswith(
         "Usage reports of 2 licence(s) kept: http://other-server answered them without a "
-        "signature of the pinned server key (first: HTTP 403 "
+        "signature of a pinned server key (first: HTTP 403 "
     )
     misdirected.close()
 

@@ -31,17 +31,17 @@ State files, in the runtime's state folder (see :mod:`.identity`), all owner-onl
     it is never reset silently.
 ``server_keys.json``
     ``{"checked": {"<server URL>": "<base64 public key>"}}``: the key each server presented at
-    ``GET /v1/public-key`` when it matched the pinned one. Before its first licence request to a
-    server with a pinned key not noted here, the client asks the server for its key and refuses
+    ``GET /v1/public-key`` when it matched a pinned one. Before its first licence request to a
+    server not noted here with a pinned key, the client asks the server for its key and refuses
     a mismatch (:class:`LicenceError` showing both keys) without sending a licence request: a
     wrongly pinned key would otherwise be found only in the signed answer, after the server
     registered the device and drew the licence's allowance from the customer's quota, at every
     retry. This guards against misconfiguration only (anyone in the path can answer the GET):
-    every licence is still verified with the pinned key, and a licence answer that does not
+    every licence is still verified with a pinned key, and a licence answer that does not
     verify drops the server's entry, so its key is asked again before the next request. A
     malformed file only holds checks: it is warned about and checked afresh, never refused.
     ``"signs"`` (absent while empty), of the same form: the servers whose answer to a device
-    request (a licence, a receipt, a denial, a ``keep``) verified with the pinned key
+    request (a licence, a receipt, a denial, a ``keep``) verified with a pinned key
     (:meth:`LicenceClient._signed_answer`); an unsigned ``422`` about ``renews`` from one of
     them is a failed request, not a server older than ``renews``
     (:meth:`LicenceClient._field_unknown`). Other entries (a newer runtime's) are kept when the
@@ -110,7 +110,7 @@ allowance). An answer is read to at most :data:`MAX_ANSWER_BYTES`, within ``time
 its headers; a redirect (any ``3xx``) is a bad answer naming the URL to give instead, or the
 ``Location`` that is not one (:meth:`LicenceClient._fetch`).
 A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body signed
-by the pinned key for this request (:func:`.protocol.answer_message`); any other answer (a
+by a pinned key for this request (:func:`.protocol.answer_message`); any other answer (a
 proxy's or captive portal's page, a denial that is not signed) is a bad answer. Usage reports
 are likewise acknowledged or dropped only on a signed answer (:meth:`LicenceClient.report_usage`).
 
@@ -370,8 +370,11 @@ class Licence:
     document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_document(cls, document: object, server_public_key: Ed25519PublicKey) -> Licence:
-        """Verify the server's signature and parse the fields.
+    def from_document(
+        cls, document: object, server_public_keys: Sequence[Ed25519PublicKey]
+    ) -> Licence:
+        """Verify the server's signature (by any of the pinned ``server_public_keys``) and
+        parse the fields.
 
         Raises:
             LicenceError: not a signed licence document, bad signature, or malformed fields.
@@ -379,11 +382,11 @@ class Licence:
         if not isinstance(document, dict) or not isinstance(document.get("licence"), dict):
             raise LicenceError("The licence document is not a {licence, signature} object.")
         body, signature = document["licence"], document.get("signature")
-        if not isinstance(signature, str) or not protocol.verify(
-            body, signature, server_public_key
+        if not isinstance(signature, str) or not any(
+            protocol.verify(body, signature, key) for key in server_public_keys
         ):
             raise LicenceError(
-                "The licence's signature does not verify with the pinned server public key: it "
+                "The licence's signature does not verify with any pinned server public key: it "
                 "was tampered with, or it comes from another licence server. Check "
                 "server_public_key and the server URL."
             )
@@ -475,7 +478,7 @@ def unwrap_kek(licence: Licence, exchange_key: Any) -> bytes:
 
 @dataclass(frozen=True)
 class _Unsigned:
-    """An answer to a usage report that the pinned server key did not sign for it (``answer``
+    """An answer to a usage report that no pinned server key signed for it (``answer``
     describes it): it neither acknowledges nor refuses the report."""
 
     answer: str
@@ -502,7 +505,7 @@ def _stop_at_redirect(response: httpx.Response) -> None:
 @dataclass(frozen=True)
 class _Answer:
     """The server's ``response`` to the licence request ``body``; ``signed``: its JSON object
-    when signed by the pinned key for that request, else None (the one check of that
+    when signed by a pinned key for that request, else None (the one check of that
     signature: :meth:`LicenceClient._post_licence_request`)."""
 
     body: dict[str, Any]
@@ -596,7 +599,7 @@ def _checked_configuration(
 
 #: Said when a usage report is not acknowledged: the counter is kept, nothing is lost.
 _RESENT = "It is sent again at the next licence renewal or close()."
-#: Why an answer may not be signed by the pinned server key, and what to do.
+#: Why an answer may not be signed by a pinned server key, and what to do.
 _NOT_SIGNED = (
     "An sklicense server older than this runtime does not sign its answers: upgrade it. "
     "Otherwise something in the network path answered instead of the server (a proxy, a "
@@ -634,21 +637,35 @@ def _inferences(count: int) -> str:
     return f"{count} inference" + ("" if count == 1 else "s")
 
 
-def _check_server_public_key(key: object) -> None:
-    """Refuse a pinned server key that is not 32 raw bytes, saying what was given: the usual
-    mistake is the base64 text that ``sklicense init`` and ``GET /v1/public-key`` print."""
-    if isinstance(key, bytes | bytearray) and len(key) == 32:
-        return
-    got = (
-        f"{type(key).__name__} of length {len(key)}"
-        if isinstance(key, str | bytes | bytearray)
-        else type(key).__name__
-    )
-    raise LicenceError(
-        "server_public_key must be the licence server's raw 32-byte Ed25519 public key, but "
-        f"got {got}: decode the base64 text that `sklicense init` prints first, e.g. "
-        "base64.b64decode(text)."
-    )
+MAX_PINNED_KEYS = 8
+"""The most server keys a runtime pins at once (the current one and the next, usually)."""
+
+
+def _pinned_server_keys(keys: object) -> tuple[bytes, ...]:
+    """The pinned server keys, each checked: one raw 32-byte key, or a list or tuple of 1 to
+    :data:`MAX_PINNED_KEYS` (during a rotation of the server's signing key, the current key and
+    the next), duplicates dropped. A key that is not 32 raw bytes is refused, saying what was
+    given: the usual mistake is the base64 text that ``sklicense init`` prints."""
+    given = list(keys) if isinstance(keys, list | tuple) else [keys]
+    if not 1 <= len(given) <= MAX_PINNED_KEYS:
+        raise LicenceError(
+            f"server_public_key must be one key or a list of 1 to {MAX_PINNED_KEYS} keys (the "
+            f"server's current key and the next, during a rotation), but got {len(given)}."
+        )
+    for key in given:
+        if isinstance(key, bytes | bytearray) and len(key) == 32:
+            continue
+        got = (
+            f"{type(key).__name__} of length {len(key)}"
+            if isinstance(key, str | bytes | bytearray)
+            else type(key).__name__
+        )
+        raise LicenceError(
+            "server_public_key must be the licence server's raw 32-byte Ed25519 public key (or "
+            f"a list of such keys), but got {got}: decode the base64 text that `sklicense init` "
+            "prints first, e.g. base64.b64decode(text)."
+        )
+    return tuple(dict.fromkeys(bytes(key) for key in given))
 
 
 def _elapsed_clock() -> Callable[[], float]:
@@ -686,7 +703,9 @@ class LicenceClient:
         server_url: base URL of the ``sklicense`` server, e.g. ``https://licence.example``.
         state_dir: the runtime's state folder (None: ``$SKRUNTIME_STATE_DIR`` or
             ``~/.local/state/skruntime``).
-        server_public_key: the server's raw 32-byte Ed25519 public key (pinned).
+        server_public_key: the server's raw 32-byte Ed25519 public key (pinned), or a list of
+            up to 8 such keys, any of which the server may sign with: pin the current key and
+            the next before the server's signing key is rotated (docs/licensing.md).
         application, customer_id, models, config_sha256: what the licence is requested for
             (from the signed configuration).
         configuration: the configuration file's ``{"payload", "signature"}`` as the protector
@@ -718,7 +737,7 @@ class LicenceClient:
         server_url: str,
         *,
         state_dir: str | os.PathLike[str] | None = None,
-        server_public_key: bytes,
+        server_public_key: bytes | Sequence[bytes],
         application: str,
         customer_id: int,
         models: Sequence[str],
@@ -750,7 +769,7 @@ class LicenceClient:
                 "digits, '_', '.' or '-' (not starting with '.' or '-'), which names this "
                 f"application's files in the state folder, but got {application!r}."
             )
-        _check_server_public_key(server_public_key)
+        pinned = _pinned_server_keys(server_public_key)
         if isinstance(persist_every, bool) or not isinstance(persist_every, int):
             raise ValueError(f"persist_every must be an integer >= 1, but got {persist_every!r}.")
         if persist_every < 1:
@@ -776,8 +795,9 @@ class LicenceClient:
         self.server_url = _checked_url(server_url)
         self.state_dir: Path = ensure_state_dir(state_dir)
         self.identity = DeviceIdentity.load_or_create(self.state_dir)
-        self._server_key_raw = bytes(server_public_key)
-        self._server_key = Ed25519PublicKey.from_public_bytes(self._server_key_raw)
+        self._pinned_raw = pinned
+        self._pinned = tuple(Ed25519PublicKey.from_public_bytes(key) for key in pinned)
+        self._pinned_b64 = frozenset(protocol.b64(key) for key in pinned)
         self.application = application
         self.customer_id = int(customer_id)
         self.models = list(models)
@@ -1134,7 +1154,7 @@ class LicenceClient:
         if document is None or now < cached.issued_at - protocol.TIMESTAMP_WINDOW_S:
             return None
         try:
-            previous = Licence.from_document(document, self._server_key)
+            previous = Licence.from_document(document, self._pinned)
             self._check_licence(previous)
         except LicenceError as e:
             log.warning(
@@ -1177,7 +1197,7 @@ class LicenceClient:
             document = read_private_json(self._licence_path)
             if document is None:
                 return None
-            licence = Licence.from_document(document, self._server_key)
+            licence = Licence.from_document(document, self._pinned)
             self._check_licence(licence)
         except UnsafeFileError:
             raise
@@ -1343,7 +1363,7 @@ class LicenceClient:
         self, path: str, body: dict[str, Any], response: httpx.Response
     ) -> dict[str, Any] | None:
         """The JSON object the server answered to the request ``body`` at ``path`` when its
-        ``X-SK-Signature`` verifies with the pinned key for this very request
+        ``X-SK-Signature`` verifies with a pinned key for this very request
         (:func:`~.protocol.answer_message`), else None: an answer nobody can fake or replay."""
         signature = response.headers.get(protocol.SIGNATURE_HEADER)
         try:
@@ -1355,16 +1375,24 @@ class LicenceClient:
         message = protocol.answer_message(
             path, response.status_code, protocol.canonical_bytes(body), data
         )
-        if not protocol.verify(message, signature, self._server_key):
+        signer = next(
+            (
+                raw
+                for raw, key in zip(self._pinned_raw, self._pinned, strict=True)
+                if protocol.verify(message, signature, key)
+            ),
+            None,
+        )
+        if signer is None:
             return None
-        self._note_signed()
+        self._note_signed(signer)
         return data
 
     @staticmethod
     def _denial(signed: dict[str, Any] | None) -> LicenceDeniedError | None:
         """The server's denial in its answer ``signed`` (:meth:`_signed_answer`) to a licence
         request; None when it is not one, or not signed for the request (a proxy's page, or a
-        denial the pinned key did not sign)."""
+        denial no pinned key signed)."""
         if signed is not None and signed.get("decision") == "deny":
             reason, detail = signed.get("reason"), signed.get("detail")
             if isinstance(reason, str) and reason:
@@ -1379,7 +1407,7 @@ class LicenceClient:
 
         Raises:
             _Unreachable: no answer, or a server error.
-            _BadAnswer: the server presents another key than the pinned one, or an answer that
+            _BadAnswer: the server presents none of the pinned keys, or an answer that
                 is neither a verified licence for this request, its ``keep`` nor a denial.
             LicenceDeniedError: the server's denial.
             ClockRollbackError: ``now`` is before the issue time of the licence (cached).
@@ -1410,7 +1438,7 @@ class LicenceClient:
             kept = None if renews is None else self._kept(answer, renews)
             licence = kept if kept is not None else self._verified_answer(answer, now)
         except LicenceError as e:
-            self._note_server(_CHECKED, noted=False)  # its key is asked again before the next
+            self._note_server(_CHECKED, None)  # its key is asked again before the next
             raise _BadAnswer(e) from None
         self._answered(answer.body)  # also by a server older than the signed answers
         if kept is not None:
@@ -1573,7 +1601,7 @@ class LicenceClient:
         """The cached licence when it is newer than ``licence``, just issued: another one,
         valid now, issued later (:meth:`_other_cached`), else None. Issued later is newer even
         when it expires no later (the contract end) or earlier (a contract shortened); a cached
-        licence that does not verify with the pinned key or does not fit this runtime (another
+        licence that does not verify with a pinned key or does not fit this runtime (another
         server key, another device key) is none. Nor is a cache file that group or others may
         access: the licence just issued, paid for, replaces it with an owner-only file."""
         try:
@@ -1585,33 +1613,32 @@ class LicenceClient:
     # ------------------------------------------------------------------ the server's key
 
     def _check_server_key(self) -> None:
-        """Refuse a server that presents another key than the pinned one, before any licence
-        request: its licences would not verify, yet each request would register the device
-        and draw an allowance from the customer's quota. Asked once per server URL and pinned
-        key (noted in ``server_keys.json``); a guard against misconfiguration, not a security
-        check (the licence's signature is).
+        """Refuse a server that presents none of the pinned keys, before any licence request:
+        its licences would not verify, yet each request would register the device and draw an
+        allowance from the customer's quota. Asked once per server URL and key it presents
+        (noted in ``server_keys.json`` while that key is pinned); a guard against
+        misconfiguration, not a security check (the licence's signature is).
 
         Raises:
             _Unreachable: no answer, or a server error.
-            _BadAnswer: the answer is not a public key, or not the pinned one.
+            _BadAnswer: the answer is not a public key, or not a pinned one.
         """
-        if self._server_notes()[_CHECKED].get(self.server_url) == protocol.b64(
-            self._server_key_raw
-        ):
+        if self._server_notes()[_CHECKED].get(self.server_url) in self._pinned_b64:
             return
         presented = self._presented_key()
-        if presented != self._server_key_raw:
+        if presented not in self._pinned_raw:
+            pins = ", ".join(protocol.b64(key) for key in self._pinned_raw)
             raise _BadAnswer(
                 LicenceError(
                     f"The licence server at {self.server_url} presents the public key "
                     f"{protocol.b64(presented)} (GET /v1/public-key), but this runtime pins "
-                    f"{protocol.b64(self._server_key_raw)} (server_public_key): its licences "
-                    "would not verify. No licence was requested, so nothing was drawn from the "
-                    "customer's quota. Pin the key that `sklicense init` printed for this "
-                    "server, or check that the URL is the right licence server."
+                    f"{pins} (server_public_key): its licences would not verify. No licence "
+                    "was requested, so nothing was drawn from the customer's quota. Pin the "
+                    "key that `sklicense init` printed for this server, or check that the URL "
+                    "is the right licence server."
                 )
             )
-        self._note_server(_CHECKED, noted=True)
+        self._note_server(_CHECKED, presented)
 
     def _presented_key(self) -> bytes:
         """The raw public key the server presents at ``GET /v1/public-key``.
@@ -1671,16 +1698,15 @@ class LicenceClient:
             notes[name] = noted
         return notes
 
-    def _note_server(self, name: str, *, noted: bool) -> None:
-        """Note the pinned key for this server in ``server_keys.json``'s ``name`` map, or
-        (``noted=False``) drop the server's entry. A failed write is only warned about: what it
+    def _note_server(self, name: str, key: bytes | None) -> None:
+        """Note ``key``, a pinned one, for this server in ``server_keys.json``'s ``name`` map,
+        or (``None``) drop the server's entry. A failed write is only warned about: what it
         notes is checked again."""
-        key = protocol.b64(self._server_key_raw)
         try:  # the file, or its lock file (no inode left): after a licence was issued, too
             with state_lock(self.state_dir, "server_keys"):
                 notes = self._server_notes()
-                if noted:
-                    notes[name][self.server_url] = key
+                if key is not None:
+                    notes[name][self.server_url] = protocol.b64(key)
                 elif notes[name].pop(self.server_url, None) is None:
                     return
                 if not notes[_SIGNS]:
@@ -1691,20 +1717,18 @@ class LicenceClient:
         except LicenceError as e:
             log.warning("%s What it notes of the licence server is checked again.", e)
 
-    def _note_signed(self) -> None:
-        """Note that this server signs its answers with the pinned key, so that an unsigned
-        answer about ``renews`` is not taken as the server's (:meth:`_field_unknown`): in this
-        process, and in ``server_keys.json`` for the others, again whenever the note is gone
-        from it (a runtime older than the note rewrites the file without it)."""
+    def _note_signed(self, key: bytes) -> None:
+        """Note that this server signs its answers with ``key``, a pinned one, so that an
+        unsigned answer about ``renews`` is not taken as the server's (:meth:`_field_unknown`):
+        in this process, and in ``server_keys.json`` for the others, again whenever the note is
+        gone from it (a runtime older than the note rewrites the file without it)."""
         self._seen_signing = True
         if not self._signing_noted():
-            self._note_server(_SIGNS, noted=True)
+            self._note_server(_SIGNS, key)
 
     def _signing_noted(self) -> bool:
-        """Whether ``server_keys.json`` notes that this server signs with the pinned key."""
-        return self._server_notes()[_SIGNS].get(self.server_url) == protocol.b64(
-            self._server_key_raw
-        )
+        """Whether ``server_keys.json`` notes that this server signs with a pinned key."""
+        return self._server_notes()[_SIGNS].get(self.server_url) in self._pinned_b64
 
     def _ask(self, now: int, renews: Licence | None) -> _Answer:
         """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any),
@@ -1927,7 +1951,7 @@ class LicenceClient:
         """The licence in the server's answer to the licence request sent at ``now``.
 
         Raises:
-            LicenceError: not a 200 JSON answer, not signed by the pinned key, not for this
+            LicenceError: not a 200 JSON answer, not signed by a pinned key, not for this
                 runtime or this request, or already expired.
         """
         response, nonce = answer.response, answer.body["nonce"]
@@ -1944,7 +1968,7 @@ class LicenceClient:
             raise LicenceError(
                 f"The licence server at {self.server_url} answered HTTP "
                 f"{response.status_code} to a licence request, not a licence or a denial "
-                f"signed by the pinned server key: {response.text[:200]!r}. {_NOT_SIGNED}"
+                f"signed by a pinned server key: {response.text[:200]!r}. {_NOT_SIGNED}"
             )
         try:
             document = response.json()
@@ -1961,7 +1985,7 @@ class LicenceClient:
                 "Check the server URL: a proxy or a captive portal may be in the way, or it is "
                 "not an sklicense server."
             )
-        licence = Licence.from_document(document, self._server_key)
+        licence = Licence.from_document(document, self._pinned)
         self._check_licence(licence)
         if licence.request_nonce != nonce and not self._superseded_grant(licence, answer):
             raise LicenceError(
@@ -2249,7 +2273,7 @@ class LicenceClient:
         key changed since is said.
 
         Raises:
-            _BadAnswer: the held answer, or the server's key is not the pinned one.
+            _BadAnswer: the held answer, or the server's key is not a pinned one.
             _Unreachable: the server's key could not be asked for.
         """
         held = self._bad_answer
@@ -2655,7 +2679,7 @@ class LicenceClient:
             if unsigned:
                 log.warning(
                     "Usage reports of %d licence(s) kept: %s answered them without a signature "
-                    "of the pinned server key (first: %s), and only a signed answer "
+                    "of a pinned server key (first: %s), and only a signed answer "
                     "acknowledges or refuses a report. %s They are sent again at the next "
                     "licence renewal or close().",
                     len(unsigned),
@@ -2675,7 +2699,7 @@ class LicenceClient:
         """Send one usage report (``unreported``: how many of ``counter`` the server has not
         acknowledged, what a drop loses). Returns ``"accepted"`` or the reason of a denial in
         :data:`~.protocol.USAGE_DROP_REASONS` (logged here, but ``unknown_device``: the caller
-        says it once for all reports), both only when signed by the pinned key for this report;
+        says it once for all reports), both only when signed by a pinned key for this report;
         :class:`_Unsigned` for an answer that is not (the caller warns once for all); None
         for any other failure (logged): the report is sent again."""
         body = self._report_body(licence_id, counter, int(self._clock()))
