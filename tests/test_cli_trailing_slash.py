@@ -36,7 +36,7 @@ def test_a_file_option_ending_in_a_slash_is_refused(
 
 
 def test_an_empty_path_keeps_its_own_message(workdir: Path) -> None:
-    """'' is :func:`~skruntime.cli.empty_path`'s to refuse, not a trailing slash."""
+    """'' is :func:`~skruntime.cli_errors.empty_path`'s to refuse, not a trailing slash."""
     result = CliRunner().invoke(app, ["run", "outputs/app", "mlp", "-i", "x.npy", "-o", ""])
     assert result.exit_code == 2, result.output
     assert result.output == "error: --output: the path is empty (or '.'); pass a file name.\n"

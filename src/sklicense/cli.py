@@ -39,10 +39,10 @@ from sklicense.settings import DEFAULT_DATABASE_URL, Settings, SettingsError
 from skruntime.cli import (
     OutputGroup,
     discard_stdout,
-    empty_path,
     sigterm_as_interrupt,
     sigterm_handled_by,
 )
+from skruntime.cli_errors import empty_path
 from skruntime.files import open_regular
 from skruntime.versions import version_option
 

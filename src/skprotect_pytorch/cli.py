@@ -16,7 +16,6 @@ import typer
 from skruntime.cli import (
     OutputGroup,
     as_the_process,
-    empty_path,
     file_path,
     output_problem,
     run_command,
@@ -25,6 +24,7 @@ from skruntime.cli import (
     stdout_failure,
     write_output_file,
 )
+from skruntime.cli_errors import empty_path
 from skruntime.config import NAME_RE
 from skruntime.files import path_kind
 from skruntime.versions import version_option

@@ -5,25 +5,20 @@ the standard library, numpy and typer at import time; skruntime's runtime (and w
 onnxruntime, or torch for the torch formats) is imported inside the command, so running an ONNX
 model never imports torch.
 
-Exit codes (:data:`EXIT_CODES`): 0 ok, 2 usage, 3 configuration or integrity error, 4 key or
-licence error, 5 input error, 6 missing folder, file, model or format, 1 anything else, 130
-Ctrl-C, 143 SIGTERM (:func:`sigterm_as_interrupt`), 74 and 141 standard output not writable or
-closed (:class:`OutputGroup`). Errors are printed as one ``error: ...`` line on stderr;
-``--debug`` adds the traceback.
+Exit codes (:data:`.cli_errors.EXIT_CODES`): 0 ok, 2 usage, 3 configuration or integrity
+error, 4 key or licence error, 5 input error, 6 missing folder, file, model or format, 1 anything
+else, 130 Ctrl-C, 143 SIGTERM (:func:`sigterm_as_interrupt`), 74 and 141 standard output not
+writable or closed (:class:`OutputGroup`). Errors are printed as one ``error: ...`` line on
+stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import codecs
 import enum
 import errno
 import io
 import json
 import os
-import re
-import shlex
 import signal
 import stat
 import sys
@@ -40,16 +35,27 @@ import numpy as np
 import typer
 from typer.core import TyperGroup
 
+from .cli_errors import (
+    EXIT_CONFIGURATION,
+    EXIT_INPUT,
+    EXIT_NOT_FOUND,
+    EXIT_OTHER,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    CliError,
+    empty_option,
+    exit_code_for,
+    not_a_file,
+)
+from .cli_keys import read_kek, read_server_public_key
+
 __all__ = [
     "EXIT_BROKEN_PIPE",
-    "EXIT_CODES",
     "EXIT_IO_ERROR",
-    "EXIT_TERMINATED",
     "OutputGroup",
     "RunFormat",
     "as_the_process",
     "discard_stdout",
-    "empty_path",
     "file_path",
     "output_problem",
     "run_command",
@@ -59,34 +65,6 @@ __all__ = [
     "stdout_failure",
     "write_output_file",
 ]
-
-EXIT_OK = 0
-EXIT_OTHER = 1
-EXIT_USAGE = 2
-EXIT_CONFIGURATION = 3
-EXIT_KEY = 4
-EXIT_INPUT = 5
-EXIT_NOT_FOUND = 6
-EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as a shell reports a process SIGTERM ended
-
-#: error class name (anywhere in the raised error's MRO, most derived first) -> exit code. Names,
-#: not classes, so that this table needs no import of the runtime (and of its frameworks).
-EXIT_CODES: dict[str, int] = {
-    "ConfigurationError": EXIT_CONFIGURATION,
-    "IntegrityError": EXIT_CONFIGURATION,
-    "KeyFileError": EXIT_KEY,
-    "KeyUnavailableError": EXIT_KEY,
-    "InputError": EXIT_INPUT,
-    "ModelNotFoundError": EXIT_NOT_FOUND,
-    "ModelFileError": EXIT_NOT_FOUND,
-    "FileNotFoundError": EXIT_NOT_FOUND,
-    # licensing: no usable licence is a key error (the key is released with the licence)
-    "LicenceDeniedError": EXIT_KEY,
-    "LicenceUnavailableError": EXIT_KEY,
-    "ClockRollbackError": EXIT_KEY,
-    "QuotaExhaustedError": EXIT_KEY,
-    "LicenceError": EXIT_KEY,
-}
 
 
 class RunFormat(enum.StrEnum):
@@ -106,24 +84,6 @@ class RunPlatform(enum.StrEnum):
     LINUX = "LINUX"
 
 
-class _CliError(Exception):
-    """An error detected by the runner itself, with its exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def exit_code_for(err: BaseException) -> int:
-    """The runner's exit code for an error raised while running (see :data:`EXIT_CODES`)."""
-    if isinstance(err, _CliError):
-        return err.code
-    for cls in type(err).__mro__:
-        if cls.__name__ in EXIT_CODES:
-            return EXIT_CODES[cls.__name__]
-    return EXIT_OTHER
-
-
 def _check_device(value: str) -> str:
     from skruntime.backends.base import device_problem  # the runtime's rule, imported on use
 
@@ -138,32 +98,6 @@ def _check_threads(value: int | None) -> int | None:
     if value is not None and (problem := threads_problem(value)):
         raise typer.BadParameter(problem)
     return value
-
-
-def _not_a_file(
-    path: Path, what: str, kind: str | None = None, wanted: str | None = None
-) -> _CliError:
-    """The error for a path that should be an existing file: a folder, a named pipe or a
-    device (whose reads block or never end), or nothing there. ``kind``: what the path was
-    found to be (:class:`~skruntime.files.NotRegularFileError`), else it is looked at;
-    ``wanted``: the file to pass instead, when "the file" does not say which."""
-    from skruntime.files import path_kind
-
-    kind = kind or path_kind(path)
-    if kind is not None:
-        return _CliError(
-            f"{what} {path} is {kind}, not a file; pass {wanted or 'the file'}.", EXIT_NOT_FOUND
-        )
-    advice = f"; pass {wanted}" if wanted else ""
-    return _CliError(f"{what} {path} does not exist{advice}.", EXIT_NOT_FOUND)
-
-
-def empty_path(path: Path, option: str, wanted: str = "a file name") -> str | None:
-    """What is wrong with an empty path (``-o ''``: typer reads it as the folder ``.``, which a
-    command would then use), or None."""
-    if str(path) != ".":
-        return None
-    return f"{option}: the path is empty (or '.'); pass {wanted}."
 
 
 def file_path(text: str) -> Path:
@@ -184,12 +118,6 @@ def _array_suffix(path: Path) -> str:
     """``path``'s extension in lower case: ``X.NPY`` (as Windows tools name files) is a ``.npy``
     file, as numpy reads it; it was refused as "must be a .npy or .npz file"."""
     return path.suffix.lower()
-
-
-def _empty(path: Path, option: str, wanted: str = "a file name") -> _CliError | None:
-    """:func:`empty_path` as the runner's usage error."""
-    problem = empty_path(path, option, wanted)
-    return None if problem is None else _CliError(problem, EXIT_USAGE)
 
 
 def discard_stdout() -> None:
@@ -393,8 +321,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 _READ_ERRORS = (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile)
 
 
-def _unreadable(path: Path, err: object) -> _CliError:
-    return _CliError(
+def _unreadable(path: Path, err: object) -> CliError:
+    return CliError(
         f"cannot read input file {path} as {_array_suffix(path)} ({err}). Save inputs with "
         f"numpy.save (.npy) or numpy.savez (.npz); object arrays are not accepted.",
         EXIT_INPUT,
@@ -426,7 +354,7 @@ def _array_file(path: Path) -> Iterator[Any]:
     try:
         file = open_regular(path)
     except (NotRegularFileError, FileNotFoundError) as err:
-        raise _not_a_file(path, "input file", getattr(err, "kind", None)) from err
+        raise not_a_file(path, "input file", getattr(err, "kind", None)) from err
     except OSError as err:  # e.g. no read permission
         raise _unreadable(path, err.strerror or err) from err
     with file:
@@ -481,14 +409,14 @@ def read_inputs(
             elif set(positional) <= set(keys):
                 order = positional
             else:
-                raise _CliError(
+                raise CliError(
                     f"{path} must hold the model's inputs named {', '.join(input_names)} "
                     f"(or arr_0..arr_{expected - 1} in order), but holds {', '.join(keys) or '-'}.",
                     EXIT_INPUT,
                 )
             extra = sorted(set(keys) - set(order))
             if extra:
-                raise _CliError(
+                raise CliError(
                     f"{path} holds array(s) {', '.join(extra)} that are not inputs of the "
                     f"model; expected only {', '.join(order)}.",
                     EXIT_INPUT,
@@ -496,13 +424,13 @@ def read_inputs(
             arrays = [_archive_member(path, archive, k) for k in order]
             return arrays, [f"{path}[{k}]" for k in order]
     if any(_array_suffix(p) == ".npz" for p in paths):
-        raise _CliError(
+        raise CliError(
             "pass either one .npz holding every input or one .npy per input, not a mix or "
             "several .npz files.",
             EXIT_USAGE,
         )
     if len(paths) != expected:
-        raise _CliError(
+        raise CliError(
             f"the model takes {expected} input(s) ({', '.join(input_names)}), but got "
             f"{len(paths)} --input file(s). Pass one .npy per input, in order, or one .npz.",
             EXIT_INPUT,
@@ -588,7 +516,7 @@ def write_outputs(path: Path, outputs: Sequence[np.ndarray], output_names: Seque
         write_output_file(path, buffer.getvalue())
     except OSError as err:
         full = err.errno in (errno.ENOSPC, errno.EDQUOT)  # else "free space" misleads
-        raise _CliError(
+        raise CliError(
             f"could not write --output {path} ({err.strerror or err}); "
             f"{'free space or ' if full else ''}pass another path.",
             EXIT_OTHER,
@@ -600,264 +528,6 @@ def _describe(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[dict[s
         {"name": n, "shape": list(a.shape), "dtype": str(a.dtype)}
         for n, a in zip(names, arrays, strict=True)
     ]
-
-
-#: The most bytes read from a key file: a key is 32 bytes raw, 44 in base64 (plus a line end);
-#: anything longer is refused, not read to its end (a multi-gigabyte file given by mistake).
-_KEY_FILE_LIMIT = 4096
-
-
-def _key_bytes(data: bytes, *, raw: bool) -> bytes | None:
-    """A 32-byte key from ``data``: its base64 text, or (``raw``: a file's bytes) the key itself.
-    Never ambiguous: the base64 text of 32 bytes is 44 characters long. None for data over
-    :data:`_KEY_FILE_LIMIT` bytes, which :func:`_read_key_file` reads no further."""
-    if len(data) > _KEY_FILE_LIMIT:
-        return None
-    if raw and len(data) == 32:
-        return data
-    try:  # an editor's byte-order mark (Windows Notepad writes one) before the text
-        key = base64.b64decode(data.removeprefix(codecs.BOM_UTF8).strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return key if len(key) == 32 else None
-
-
-def _read_key_file(path: Path) -> tuple[bytes, int]:
-    """Up to :data:`_KEY_FILE_LIMIT` + 1 bytes of a key file, opened only if it is a regular file
-    (:func:`~skruntime.files.open_regular`: a named pipe swapped in after a check of the path
-    blocked the runner for ever), and the permission bits of the file read. Raises what
-    ``open_regular`` raises."""
-    from skruntime.files import open_regular
-
-    with open_regular(path) as f:
-        return f.read(_KEY_FILE_LIMIT + 1), stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-
-
-#: What ``--kek`` takes, for its errors.
-_KEK_FILE = "the key-encryption key file that `skprotect export-kek` writes"
-
-
-def _read_kek(value: str | os.PathLike[str]) -> bytes:
-    """The LINUX key-encryption key from a file: raw 32 bytes, or base64 as ``skprotect
-    export-kek`` writes it (like ``--server-public-key``, which takes both). ``value``: the
-    option's text as given, not a ``Path`` of it: a path folds ``//`` into ``/``, so a base64
-    key holding ``//`` (about one in 100) was no longer recognised as the key, and echoed."""
-    from skruntime.files import NotRegularFileError, loose_key_warning
-    from skruntime.keysource import kek_encoding
-
-    text = os.fspath(value)
-    path = Path(text)
-    if problem := _empty(path, "--kek"):
-        raise problem
-    if not os.path.lexists(text) and kek_encoding(os.fsencode(text)) is not None:
-        # the key itself (--server-public-key takes a key's text): never echo it
-        raise _CliError(
-            "--kek takes the path of a file holding the key-encryption key, but got the key "
-            "itself (not repeated here: on a command line, other users see it in the process "
-            "list). Pass the file that `skprotect export-kek` writes, readable by this user "
-            "only.",
-            EXIT_USAGE,
-        )
-    try:
-        data, mode = _read_key_file(path)
-    except (NotRegularFileError, FileNotFoundError) as err:  # /dev/null: a device, exit 6
-        kind = getattr(err, "kind", None)
-        raise _not_a_file(path, "--kek", kind, _KEK_FILE) from err
-    except OSError as err:  # e.g. no read permission: one line, not errno's bare text
-        raise _CliError(
-            f"--kek {path} cannot be read: {err.strerror or err}. Give this user read access "
-            "to the key-encryption key file.",
-            EXIT_KEY,
-        ) from err
-    kek = _key_bytes(data, raw=True)
-    if kek is None:
-        content = "holds no key-encryption key" if data else "is empty"
-        raise _CliError(
-            f"--kek {path} {content}: expected 32 bytes, raw or base64-encoded; pass {_KEK_FILE}.",
-            EXIT_KEY,
-        )
-    harm = "decrypts every model key of the application"
-    if warning := loose_key_warning("--kek", path, mode, harm):  # not refused: see the helper
-        typer.echo(f"warning: {warning} (as `skprotect export-kek` writes it).", err=True)
-    return kek
-
-
-def _read_server_public_key(value: str) -> bytes:
-    """The licence server's raw 32-byte Ed25519 public key: a file holding it (raw, base64,
-    PEM, DER or an OpenSSH public-key line), or the base64 text itself (``sklicense init``
-    prints it). ``value`` is a file when something exists at that path (base64 text may hold
-    ``/``: it names no file)."""
-    from skruntime.files import NotRegularFileError
-
-    path = Path(value)
-    is_file = os.path.lexists(path)  # False, not an error, for a text too long for a file name
-    try:
-        data = _read_key_file(path)[0] if is_file else value.encode("ascii", "replace")
-    except NotRegularFileError as err:
-        raise _CliError(
-            f"--server-public-key {err}: pass the file holding the licence server's public key "
-            "or that key in base64.",
-            EXIT_USAGE,
-        ) from err
-    except OSError as err:  # e.g. no read permission: one usage line, like an unreadable --kek
-        raise _CliError(
-            f"--server-public-key {path} cannot be read: {err.strerror or err}.", EXIT_USAGE
-        ) from err
-    if is_file and len(data) > _KEY_FILE_LIMIT:  # read no further: a second key may follow
-        raise _CliError(
-            f"--server-public-key {path} is larger than {_KEY_FILE_LIMIT:,} bytes, more than "
-            f"a public key file holds: {_EXPECTED_KEY}.",
-            EXIT_USAGE,
-        )
-    if is_file and (labels := _PEM_LABEL.findall(data)):
-        return _pem_public_key(path, data, labels)
-    key = _key_bytes(data, raw=is_file)  # first: a raw or base64 key is never taken for another
-    if key is None and is_file:
-        key = _ssh_or_der_public_key(path, data)
-    if key is None and is_file:
-        raise _CliError(
-            f"--server-public-key {path} holds no public key: {_EXPECTED_KEY}.", EXIT_USAGE
-        )
-    if key is None:
-        raise _CliError(
-            f"--server-public-key must be a file holding the licence server's public key or "
-            f"that key in base64 (32 bytes; `sklicense init` prints it), but got {value!r}.",
-            EXIT_USAGE,
-        )
-    return key
-
-
-#: The label of each PEM block (``-----BEGIN PUBLIC KEY-----``: ``PUBLIC KEY``), wherever it is:
-#: text before or after a block is allowed (RFC 7468, and openssl reads such files).
-_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
-
-#: An OpenSSH key type (``ssh-ed25519``, ``ecdsa-sha2-nistp256``, ``sk-ssh-ed25519@openssh.com``)
-#: followed by its key in base64, whose first 4 bytes (the type's length) give ``AAAA``.
-_SSH_KEY = rb"(?:ssh|ecdsa|sk)-[a-z0-9@.-]+[ \t]+AAAA[A-Za-z0-9+/]+=*"
-
-#: An OpenSSH public-key line (``ssh-ed25519 AAAA... comment``, as ``ssh-keygen`` writes it):
-#: the key first, then an optional comment.
-_SSH_KEY_LINE = re.compile(rb"^[ \t]*" + _SSH_KEY + rb"(?:[ \t].*)?\r?$", re.M)
-
-#: An OpenSSH key after other text on its line: a ``known_hosts`` line (host names first) or an
-#: ``authorized_keys`` line with options (``from="..."``), an SSH host's or user's key.
-_SSH_KEY_AFTER_TEXT = re.compile(rb"^[ \t]*[^ \t#\r\n][^\r\n]*?[ \t]" + _SSH_KEY, re.M)
-
-#: What ``--server-public-key`` takes, for its errors.
-_EXPECTED_KEY = (
-    "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64, PEM, DER "
-    "or an OpenSSH public-key line) or that key's base64 text, which `sklicense init` prints"
-)
-
-#: Why a private key is refused, for its errors: the PEM and DER forms say the same.
-_PRIVATE_KEY = (
-    "is a private key (the licence server's signing key, server.key?), not its public key: "
-    f"keep it on the server only, and {_EXPECTED_KEY}."
-)
-
-
-def _pem_public_key(path: Path, data: bytes, labels: list[bytes]) -> bytes:
-    """The raw Ed25519 key of a PEM file holding one public key (``openssl pkey -in
-    server.key -pubout`` writes one). A private key (plain, encrypted, OpenSSH's), a
-    certificate, several blocks, another kind of key or a damaged block is refused saying
-    which: each was said to hold no public key, or only the first block was read."""
-    names = ", ".join(label.decode() for label in labels)
-    if any(label.endswith(b"PRIVATE KEY") for label in labels):
-        why = _PRIVATE_KEY
-    elif len(labels) > 1:
-        why = f"holds {len(labels)} PEM blocks ({names}), not one public key: {_EXPECTED_KEY}."
-    elif labels[0] == b"CERTIFICATE":
-        why = (
-            "is a certificate, not a public key: extract the key it certifies with `openssl x509 "
-            f"-in {shlex.quote(str(path))} -pubkey -noout > server.pub`, or {_EXPECTED_KEY}."
-        )
-    elif not labels[0].endswith(b"PUBLIC KEY"):
-        why = f"is a PEM {names}, not a public key: {_EXPECTED_KEY}."
-    else:
-        return _pem_ed25519_key(path, data)
-    raise _CliError(f"--server-public-key {path} {why}", EXIT_USAGE)
-
-
-def _pem_ed25519_key(path: Path, data: bytes) -> bytes:
-    """The raw key of the one PEM public key in ``data``, refused unless it is Ed25519."""
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as err:
-        raise _unreadable_public_key(path, "a PEM", err) from err
-    return _ed25519_bytes(path, key)
-
-
-def _ssh_or_der_public_key(path: Path, data: bytes) -> bytes | None:
-    """The raw key of an OpenSSH public-key line (``ssh-keygen``'s ``.pub`` file) or of a DER
-    public key (``openssl pkey -pubout -outform DER``) in ``data``, None if it is neither
-    (both were said to hold no public key). Several key lines, a key after other text on its
-    line (``known_hosts``, ``authorized_keys``), a DER private key, a damaged key line or
-    another kind of key is refused saying which, as a PEM file is. Tried after raw and base64:
-    a 32-byte file is a raw key, and base64 text is ASCII, a DER key is not (an Ed25519 one,
-    44 bytes like base64 text of 32, starts with ``0x30 0x2a``, ``*`` in ASCII)."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    text = data.removeprefix(codecs.BOM_UTF8)  # an editor's byte-order mark, as for PEM
-    if _SSH_KEY_AFTER_TEXT.search(text):
-        raise _CliError(
-            f"--server-public-key {path} holds an OpenSSH key after other text on its line (a "
-            "known_hosts or authorized_keys line: an SSH host's or user's key, not the licence "
-            f"server's): {_EXPECTED_KEY}.",
-            EXIT_USAGE,
-        )
-    if lines := [match[0].strip() for match in _SSH_KEY_LINE.finditer(text)]:
-        if len(lines) > 1:
-            names = ", ".join(line.split()[0].decode() for line in lines)
-            raise _CliError(
-                f"--server-public-key {path} holds {len(lines)} OpenSSH public keys ({names}), "
-                f"not one: {_EXPECTED_KEY}.",
-                EXIT_USAGE,
-            )
-        try:
-            key = serialization.load_ssh_public_key(lines[0])
-        except (ValueError, UnsupportedAlgorithm) as err:
-            raise _unreadable_public_key(path, "an OpenSSH", err) from err
-        return _ed25519_bytes(path, key)
-    if not data.startswith(b"\x30"):  # a DER SEQUENCE
-        return None
-    try:
-        key = serialization.load_der_public_key(data)
-    except (ValueError, UnsupportedAlgorithm):
-        try:
-            serialization.load_der_private_key(data, password=None)
-        except (ValueError, UnsupportedAlgorithm):
-            return None  # neither: holds no public key
-        except TypeError:  # encrypted: a private key all the same
-            pass
-        raise _CliError(f"--server-public-key {path} {_PRIVATE_KEY}", EXIT_USAGE) from None
-    return _ed25519_bytes(path, key)
-
-
-def _unreadable_public_key(path: Path, form: str, err: Exception) -> _CliError:
-    """The error for a ``form`` (PEM, OpenSSH) public key that cannot be read."""
-    return _CliError(
-        f"--server-public-key {path} is {form} public key that cannot be read ({err}): "
-        "export it again with `openssl pkey -in server.key -pubout`, or pass the base64 "
-        "text that `sklicense init` prints.",
-        EXIT_USAGE,
-    )
-
-
-def _ed25519_bytes(path: Path, key: object) -> bytes:
-    """The raw bytes of ``key`` read from ``path``, refused unless it is an Ed25519 key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    if not isinstance(key, Ed25519PublicKey):
-        raise _CliError(
-            f"--server-public-key {path} holds an {type(key).__name__}, but the licence server "
-            "signs with Ed25519: pass its public key (`sklicense init` prints it).",
-            EXIT_USAGE,
-        )
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _input_at(output: Path, inputs: Sequence[Path]) -> Path | None:
@@ -908,20 +578,20 @@ def _run(
     for option, path in [*(("--input", p) for p in inputs), ("--output", output)]:
         if path is None:
             continue
-        if problem := _empty(path, option):
+        if problem := empty_option(path, option):
             raise problem
         if path.name.lower() in (".npy", ".npz"):  # `-o "$NAME.npy"`, NAME unset
-            raise _CliError(
+            raise CliError(
                 f"{option} {path}: the file name is only its extension; pass a full name such as "
                 f"data{path.name.lower()}.",
                 EXIT_USAGE,
             )
         if _array_suffix(path) not in (".npy", ".npz"):
-            raise _CliError(f"{option} must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
+            raise CliError(f"{option} must be a .npy or .npz file, but got {path}.", EXIT_USAGE)
     if output is not None and (problem := output_problem(output)):  # before the model runs
-        raise _CliError(f"--output {output}: {problem}.", EXIT_USAGE)
+        raise CliError(f"--output {output}: {problem}.", EXIT_USAGE)
     if output is not None and (source := _input_at(output, inputs)) is not None:
-        raise _CliError(
+        raise CliError(
             f"--output {output} is the same file as --input {source}: the outputs would "
             "replace the inputs. Pass another --output path.",
             EXIT_USAGE,
@@ -929,46 +599,48 @@ def _run(
     if not outputs_dir.is_dir():
         kind = path_kind(outputs_dir) or ("a file" if outputs_dir.exists() else None)
         state = f"is {kind}, not a folder" if kind else "does not exist"
-        raise _CliError(
+        raise CliError(
             f"outputs folder {outputs_dir} {state}: pass the folder that holds the "
             f"configuration (outputs/<application_name>).",
             EXIT_NOT_FOUND,
         )
     if apps := _application_folders(outputs_dir):
-        raise _CliError(
+        raise CliError(
             f"{outputs_dir} holds no configuration but the folders of applications "
             f"({', '.join(apps)}): pass one of them, e.g. {outputs_dir / apps[0]}.",
             EXIT_CONFIGURATION,
         )
     for path in inputs:
         if not path.is_file():
-            raise _not_a_file(path, "input file")
-    kek_bytes = _read_kek(kek) if kek is not None else None
+            raise not_a_file(path, "input file")
+    kek_bytes = read_kek(kek) if kek is not None else None
     licensing: dict[str, Any] = {}
     if licence_server is not None:
         if not server_public_key:
-            raise _CliError(
+            raise CliError(
                 "--licence-server needs --server-public-key (the server's public key, pinned).",
                 EXIT_USAGE,
             )
         from skruntime.licensing.client import MAX_PINNED_KEYS  # httpx: only when licensing
 
         if len(server_public_key) > MAX_PINNED_KEYS:
-            raise _CliError(
+            raise CliError(
                 f"--server-public-key is given {len(server_public_key)} times: pin at most "
                 f"{MAX_PINNED_KEYS} keys (the server's current key and the next).",
                 EXIT_USAGE,
             )
         licensing = {
             "licence_server": licence_server,
-            "server_public_key": [_read_server_public_key(key) for key in server_public_key],
+            "server_public_key": [read_server_public_key(key) for key in server_public_key],
             "state_dir": state_dir,
         }
         # '' (typer: '.') would make the current folder owner-only and hold the device key
-        if state_dir is not None and (problem := _empty(state_dir, "--state-dir", "a folder")):
+        if state_dir is not None and (
+            problem := empty_option(state_dir, "--state-dir", "a folder")
+        ):
             raise problem
     elif server_public_key or state_dir is not None:
-        raise _CliError("--server-public-key and --state-dir need --licence-server.", EXIT_USAGE)
+        raise CliError("--server-public-key and --state-dir need --licence-server.", EXIT_USAGE)
 
     from skruntime import SkRuntime  # lazily: keeps `skprotect --help` fast and torch-free
 
@@ -1014,13 +686,13 @@ def _run_loaded(
     from skruntime.errors import InputError
 
     if model not in runtime.models():
-        raise _CliError(
+        raise CliError(
             f"unknown model '{model}' in {outputs_dir}. Protected models: "
             f"{', '.join(runtime.models()) or '-'}.",
             EXIT_NOT_FOUND,
         )
     if fmt not in runtime.formats(model):
-        raise _CliError(
+        raise CliError(
             f"model '{model}' was not protected to format '{fmt}'. Its formats: "
             f"{', '.join(runtime.formats(model)) or '-'}.",
             EXIT_NOT_FOUND,
@@ -1033,7 +705,7 @@ def _run_loaded(
         input_names = list(loaded.input_names)
         output_names = list(loaded.output_names)
         if output is not None and _array_suffix(output) == ".npy" and len(output_names) != 1:
-            raise _CliError(
+            raise CliError(
                 f"model '{model}' has {len(output_names)} outputs ({', '.join(output_names)}): "
                 f"write them to a .npz file, not {output}.",
                 EXIT_USAGE,
@@ -1044,7 +716,7 @@ def _run_loaded(
             results = [as_numpy(y) for y in loaded.run(arrays)]
         except InputError as err:  # it names the model's input: say which file that was
             read = ", ".join(f"{n!r} = {s}" for n, s in zip(input_names, sources, strict=True))
-            raise _CliError(f"{err}\nThe inputs were read from: {read}.", EXIT_INPUT) from err
+            raise CliError(f"{err}\nThe inputs were read from: {read}.", EXIT_INPUT) from err
         run_seconds = time.perf_counter() - t1
     if output is not None:
         write_outputs(output, results, output_names)
@@ -1109,7 +781,7 @@ def run_command(
         typer.Option(help="Configuration to read when the folder holds both platforms'."),
     ] = None,
     kek: Annotated[
-        str | None,  # not Path: it folds "//" into "/", which hides a base64 key (_read_kek)
+        str | None,  # not Path: it folds "//" into "/", which hides a base64 key (read_kek)
         typer.Option(
             metavar="FILE",
             help="LINUX platform: key-encryption key file, base64 (as `skprotect export-kek` "

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skruntime.cli import _CliError, read_inputs, write_outputs
+from skruntime.cli import read_inputs, write_outputs
+from skruntime.cli_errors import CliError
 
 Y = np.arange(6, dtype=np.float32).reshape(2, 3)
 
@@ -69,7 +70,7 @@ def test_an_input_that_declares_more_data_than_memory_is_an_input_error(tmp_path
         np.lib.format.write_array_header_1_0(f, header)
         f.write(bytes(64))
     with pytest.raises(
-        _CliError, match=r"cannot read input file .*x\.npy .*Unable to allocate"
+        CliError, match=r"cannot read input file .*x\.npy .*Unable to allocate"
     ) as e:
         read_inputs([path], ["x"])
     assert e.value.code == 5
@@ -78,7 +79,7 @@ def test_an_input_that_declares_more_data_than_memory_is_an_input_error(tmp_path
 def test_a_loop_of_symbolic_links_is_one_output_error(tmp_path: Path) -> None:
     (tmp_path / "a.npy").symlink_to(tmp_path / "b.npy")
     (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
-    with pytest.raises(_CliError, match=r"could not write --output .*a\.npy") as e:
+    with pytest.raises(CliError, match=r"could not write --output .*a\.npy") as e:
         write_outputs(tmp_path / "a.npy", [Y], ["y"])
     assert e.value.code == 1
 
@@ -99,7 +100,7 @@ def test_a_failed_write_advises_freeing_space_only_for_a_full_disk(
         raise error
 
     monkeypatch.setattr("skruntime.config.write_all", failing_write)
-    with pytest.raises(_CliError) as e:
+    with pytest.raises(CliError) as e:
         write_outputs(tmp_path / "y.npy", [Y], ["y"])
     assert (
         str(e.value)
@@ -109,7 +110,7 @@ def test_a_failed_write_advises_freeing_space_only_for_a_full_disk(
 
 def test_a_full_device_as_output_is_one_output_error(tmp_path: Path) -> None:
     (tmp_path / "y.npy").symlink_to("/dev/full")
-    with pytest.raises(_CliError) as e:
+    with pytest.raises(CliError) as e:
         write_outputs(tmp_path / "y.npy", [Y], ["y"])
     assert (e.value.code, str(e.value)) == (
         1,

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skruntime.cli import _CliError, read_inputs
+from skruntime.cli import read_inputs
+from skruntime.cli_errors import CliError
 
 X = np.ones((2, 3), np.float32)
 
@@ -24,7 +25,7 @@ def test_a_file_without_a_numpy_header_is_not_read_as_a_pickle(
     path = tmp_path / "x.npy"
     data = {"pickle": pickle.dumps(X), "zeros": bytes(4096), "empty": b""}[content]
     path.write_bytes(data)
-    with pytest.raises(_CliError) as info:
+    with pytest.raises(CliError) as info:
         read_inputs([path], ["x"])
     assert info.value.code == 5
     found = "empty" if content == "empty" else "of another format, or damaged"
@@ -44,7 +45,7 @@ def test_an_archive_member_that_is_not_an_array_is_refused(tmp_path: Path, membe
         with archive.open("x.npy", "w") as f:
             np.lib.format.write_array(f, X)
         archive.writestr(member, b"damaged")
-    with pytest.raises(_CliError) as info:
+    with pytest.raises(CliError) as info:
         read_inputs([path], ["x", "y"])
     assert info.value.code == 5
     assert str(info.value).startswith(
@@ -60,7 +61,7 @@ def test_pickled_arrays_are_refused(tmp_path: Path, suffix: str) -> None:
         np.save(path, objects, allow_pickle=True)
     else:
         np.savez(path, x=X, y=objects)
-    with pytest.raises(_CliError, match="Object arrays cannot be loaded") as info:
+    with pytest.raises(CliError, match="Object arrays cannot be loaded") as info:
         read_inputs([path], ["x"] if suffix == ".npy" else ["x", "y"])
     assert info.value.code == 5
 

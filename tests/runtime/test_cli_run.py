@@ -21,7 +21,7 @@ from skprotect_pytorch.cli import app
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime.backends import onnxruntime as ort_backend
 from skruntime.backends.base import BackendOptions
-from skruntime.cli import _read_kek
+from skruntime.cli_keys import read_kek
 
 EF = SkProtectorPyTorch.ExportFormat
 APP = "cliapp"
@@ -447,7 +447,7 @@ def test_kek_file_raw_or_base64(tmp_path: Path, encoding: str) -> None:
     path = tmp_path / "kek"
     path.write_bytes(kek if encoding == "raw" else base64.b64encode(kek) + b"\n")
     path.chmod(0o600)
-    assert _read_kek(path) == kek
+    assert read_kek(path) == kek
 
 
 @pytest.mark.parametrize("content", [b"short", bytes(33), base64.b64encode(bytes(31))])

@@ -25,7 +25,8 @@ from skruntime import (
     ModelNotFoundError,
     SkRuntime,
 )
-from skruntime.cli import _CliError, _read_server_public_key
+from skruntime.cli_errors import CliError
+from skruntime.cli_keys import read_server_public_key
 
 EF = SkProtectorPyTorch.ExportFormat
 X = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
@@ -251,8 +252,8 @@ def test_an_unreadable_server_public_key_file_is_one_usage_error(
     key = tmp_path / "server.pub"
     key.write_bytes(bytes(32))
     deny_reading(key)
-    with pytest.raises(_CliError, match="cannot be read: Permission denied") as info:
-        _read_server_public_key(str(key))
+    with pytest.raises(CliError, match="cannot be read: Permission denied") as info:
+        read_server_public_key(str(key))
     assert info.value.code == 2
 
 

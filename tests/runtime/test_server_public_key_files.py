@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from sklicense.crypto import create_signing_key
 from skprotect_pytorch.cli import app as cli_app
-from skruntime.cli import _read_kek, _read_server_public_key
+from skruntime.cli_keys import read_kek, read_server_public_key
 
 EXPECTED = (
     "pass a file holding the licence server's 32-byte Ed25519 public key (raw, base64, PEM, DER or "
@@ -82,7 +82,7 @@ def test_a_pem_public_key_is_read(tmp_path: Path) -> None:
     key_file = tmp_path / "server.pem"
     key_file.write_bytes(b"\n" + pem(public))
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    assert _read_server_public_key(str(key_file)) == raw
+    assert read_server_public_key(str(key_file)) == raw
     output = run_with_server_key(tmp_path, key_file)[1]  # read: the empty folder is next
     assert "--server-public-key" not in output and "No configuration in" in output, output
 
@@ -156,7 +156,7 @@ def test_text_around_a_pem_public_key_is_allowed(tmp_path: Path) -> None:
     key_file = tmp_path / "server.pem"
     for before in (b"\xef\xbb\xbf", b"licence server key:\n"):
         key_file.write_bytes(before + pem(public) + b"copied 2026-12-07\n")
-        assert _read_server_public_key(str(key_file)) == raw
+        assert read_server_public_key(str(key_file)) == raw
 
 
 def test_an_x25519_key_is_named(tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_an_openssh_or_der_public_key_is_read(tmp_path: Path) -> None:
     }
     for number, (form, content) in enumerate(contents.items()):
         key_file.write_bytes(content)
-        assert _read_server_public_key(str(key_file)) == raw_bytes(public), form
+        assert read_server_public_key(str(key_file)) == raw_bytes(public), form
         (tmp_path / str(number)).mkdir()
         output = run_with_server_key(tmp_path / str(number), key_file)[1]
         assert "--server-public-key" not in output and "No configuration in" in output, output
@@ -218,10 +218,10 @@ def test_44_bytes_of_base64_and_32_raw_bytes_are_not_taken_for_der(tmp_path: Pat
     key_file = tmp_path / "server.pub"
     raw = raw_bytes(ed25519.Ed25519PrivateKey.generate().public_key())
     key_file.write_bytes(base64.b64encode(raw))
-    assert key_file.stat().st_size == 44 and _read_server_public_key(str(key_file)) == raw
+    assert key_file.stat().st_size == 44 and read_server_public_key(str(key_file)) == raw
     looks_like_der = b"\x30\x2a" + raw[2:]
     key_file.write_bytes(looks_like_der)
-    assert _read_server_public_key(str(key_file)) == looks_like_der
+    assert read_server_public_key(str(key_file)) == looks_like_der
 
 
 def test_openssh_and_der_keys_of_another_kind_or_private_are_named(tmp_path: Path) -> None:
@@ -274,7 +274,7 @@ def test_a_byte_order_mark_before_an_openssh_line_or_base64_is_allowed(tmp_path:
     key_file = tmp_path / "server.pub"
     for text in (openssh_line(public), base64.b64encode(raw_bytes(public)) + b"\r\n"):
         key_file.write_bytes(b"\xef\xbb\xbf" + text)
-        assert _read_server_public_key(str(key_file)) == raw_bytes(public), text
+        assert read_server_public_key(str(key_file)) == raw_bytes(public), text
 
 
 def test_a_file_longer_than_a_key_file_is_refused_not_its_first_key_pinned(tmp_path: Path) -> None:
@@ -322,7 +322,7 @@ def test_a_line_of_a_word_and_base64_is_no_key_line(tmp_path: Path) -> None:
     public = ed25519.Ed25519PrivateKey.generate().public_key()
     key_file = tmp_path / "server.pub"
     key_file.write_bytes(b"backup AAAAbGljZW5jZQ==\n" + openssh_line(public))
-    assert _read_server_public_key(str(key_file)) == raw_bytes(public)
+    assert read_server_public_key(str(key_file)) == raw_bytes(public)
 
 
 def test_a_byte_order_mark_before_a_kek_file_s_base64_is_allowed(tmp_path: Path) -> None:
@@ -331,4 +331,4 @@ def test_a_byte_order_mark_before_a_kek_file_s_base64_is_allowed(tmp_path: Path)
     kek_file = tmp_path / "kek.b64"
     kek_file.write_bytes(b"\xef\xbb\xbf" + base64.b64encode(kek) + b"\n")
     kek_file.chmod(0o600)
-    assert _read_kek(str(kek_file)) == kek
+    assert read_kek(str(kek_file)) == kek
