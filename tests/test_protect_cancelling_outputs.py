@@ -9,6 +9,7 @@ outside its forward()"), although its own float32 outputs were 6e-5 from the exa
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,8 +107,9 @@ class Fixed32(nn.Module):
 
 
 def test_exact_outputs_run_once_per_input_set_and_none_without_float64() -> None:
-    """The float64 copy runs once per input set (the checks of several formats ask again), the
-    user's model stays float32, and a model that cannot run in float64 gives None."""
+    """The float64 copy runs once per input set (twice: a random forward is no rounding; the
+    checks of several formats ask again), the user's model stays float32, and a model that
+    cannot run in float64 gives None."""
     model = Cancelling(0).eval()
     calls: list[int] = []
     model.register_forward_hook(lambda *args: calls.append(1))
@@ -115,8 +117,8 @@ def test_exact_outputs_run_once_per_input_set_and_none_without_float64() -> None
     x = torch.randn(3, 32)
     first = exact([x])
     assert first is not None and first[0].dtype == np.float64
-    assert exact([x]) is first and len(calls) == 1
-    assert exact([x.clone()]) is not first and len(calls) == 2
+    assert exact([x]) is first and len(calls) == 2  # run twice: a random forward is refused
+    assert exact([x.clone()]) is not first and len(calls) == 4
     assert next(model.parameters()).dtype == torch.float32
     assert ExactOutputs(Fixed32(), _as_numpy)([torch.randn(2, 4)]) is None
 
@@ -150,3 +152,53 @@ def test_an_artifact_check_passes_rounding_and_refuses_a_real_difference(
     else:
         with pytest.raises(VerificationError, match="differs from the reference"):
             check()
+
+
+@pytest.mark.parametrize("update", [False, True], ids=["same-model", "another-version"])
+def test_the_other_platforms_file_is_kept_for_this_model_only(workdir: Path, update: bool) -> None:
+    """The second platform keeps the first one's file where it computes this very model. Held
+    against the original's float64 outputs (widened for rounding), a file of the previous
+    version, 0.2 % off, was kept without a warning, and the LINUX deployment ran the old model."""
+    platforms = SkProtectorPyTorch.ExportPlatform
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
+    v1 = Cancelling(0).eval()
+    v2 = copy.deepcopy(v1)
+    if update:
+        with torch.no_grad():
+            v2.twin.bias -= 2e-3 * v1(x).abs().max()  # 0.2 % of the outputs' size
+    protector = SkProtectorPyTorch(application_name="app")
+    for model, platform in ((v1, platforms.TXT), (v2, platforms.LINUX)):
+        path = workdir / "outputs" / "app" / "m" / "onnx" / "m.onnx"
+        first = path.read_bytes() if path.exists() else b""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            protector.protect_new_model(
+                model, "m", [x], model_export_formats=EF.ONNX, deployment_platform=platform
+            )
+    replaced = [w for w in caught if "was the TXT deployment's file" in str(w.message)]
+    assert (path.read_bytes() != first) is update
+    assert bool(replaced) is update
+
+
+class Noisy(nn.Module):
+    """Outputs of ordinary size (no cancellation) with 0.1 % noise drawn in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(x)
+        return y + 1e-3 * y.abs().max() * torch.randn_like(y)
+
+
+def test_a_random_forward_is_not_widened_as_rounding(workdir: Path) -> None:
+    """A random forward's own error against float64 is its noise, not rounding: it opened the
+    widening, and a model that does not reproduce itself was protected ("float32 rounding
+    only ... they cancel"), where before it was refused."""
+    assert ExactOutputs(Noisy(), _as_numpy)([torch.randn(4, 16)]) is None
+    with pytest.raises(VerificationError, match="differs from the original"):
+        SkProtectorPyTorch(application_name="app").protect_new_model(
+            Noisy().eval(), "m", [torch.randn(4, 16)], model_export_formats=EF.ONNX
+        )
