@@ -16,7 +16,7 @@ import torch
 from tests.export.toy_models import Toy
 from torch import nn
 
-from skprotect_pytorch import pipeline
+from skprotect_pytorch import dynamic_axes
 from skprotect_pytorch.export import build_export_options, get_exporter
 from skprotect_pytorch.formats import ExportFormat
 from skprotect_pytorch.lock import lock_model
@@ -137,7 +137,7 @@ class MeetingLinear(nn.Module):
 
 def test_the_protections_reference_export_takes_its_turn(tmp_path):
     """A protection exports the model itself to name its ``Dim.AUTO`` axes
-    (``pipeline._export_reference``) and took no turn: beside an ONNX export of another
+    (``dynamic_axes.export_reference``) and took no turn: beside an ONNX export of another
     protection's thread, both failed in 4 of 4 rounds ("ProxyTorchDispatchMode slot already
     occupied", "Trying to pop empty mode stack"), the reference export logging a warning and
     recording the axes unnamed."""
@@ -159,7 +159,7 @@ def test_the_protections_reference_export_takes_its_turn(tmp_path):
 
     def export_reference() -> None:
         model = MeetingLinear(meeting).eval()
-        programs.append(pipeline._export_reference(model, reference_opts, [x]))
+        programs.append(dynamic_axes.export_reference(model, reference_opts, [x]))
 
     threads = [threading.Thread(target=export_onnx), threading.Thread(target=export_reference)]
     for thread in threads:

@@ -363,7 +363,7 @@ def _quiet() -> Callable[[], None]:
 _ONE_AT_A_TIME = threading.RLock()
 """Held by every AOTInductor export (from its trace to its package), every ONNX export
 (either exporter), every TorchScript export and a protection's own ``torch.export`` of the
-model (naming its ``Dim.AUTO`` axes: ``pipeline._export_reference``) for its whole run.
+model (naming its ``Dim.AUTO`` axes: ``dynamic_axes.export_reference``) for its whole run.
 ``torch.export`` and the compile keep their state for the whole process (the traced node's
 metadata, the dispatch mode stack, Dynamo's caches that :func:`isolated_traces` resets, the
 trace map that :func:`~.inductor.release_last_trace` clears, the GPU kernels' cubin paths),
