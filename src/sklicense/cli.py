@@ -382,10 +382,11 @@ def init(state_dir: StateDir = None, database_url: DatabaseUrl = None) -> None:
             warn(
                 f"the new signing key {settings.key_path} serves a database that already holds "
                 f"{issued} licence(s) (the latest issued at {latest.isoformat()}), signed by "
-                "another key, the one the devices pin: with this key each device's next licence "
-                "request is charged for a licence it refuses. If the server's key was lost, "
-                "delete this one and restore that key from a backup before serving; to rotate "
-                "the key, serve it on another URL beside the old one (docs/licensing.md, "
+                "another key, the one the devices pin: served with this key, each device whose "
+                "runtime does not pin it too is charged at its next licence request for a "
+                "licence it refuses. If the server's key was lost, delete this one and restore "
+                "that key from a backup before serving; if you are rotating the key, serve it "
+                "only once every device runs a runtime pinning both keys (docs/licensing.md, "
                 "Rotating the signing key)"
             )
 

@@ -50,3 +50,5 @@ def test_a_new_key_for_a_database_with_licences_is_warned_about(
         db.get_engine(url).dispose()
     assert "Warning: the new signing key" in warning
     assert "already holds 1 licence(s)" in warning and "restore that key" in warning
+    # the rotation of docs/licensing.md keeps the URL: the warning says so, not "another URL"
+    assert "runtime pinning both keys" in warning and "another URL" not in warning

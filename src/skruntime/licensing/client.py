@@ -1721,10 +1721,17 @@ class LicenceClient:
         """Note that this server signs its answers with ``key``, a pinned one, so that an
         unsigned answer about ``renews`` is not taken as the server's (:meth:`_field_unknown`):
         in this process, and in ``server_keys.json`` for the others, again whenever the note is
-        gone from it (a runtime older than the note rewrites the file without it)."""
+        gone from it (a runtime older than the note rewrites the file without it) or names
+        another key than ``key``. The key checked for this server (:meth:`_check_server_key`),
+        when noted, follows too. After a rotation of the server's key, both notes name the new
+        key: a release pinning it alone takes them, and a runtime pinning the old key alone
+        asks for the server's key again and is refused before its licence request is charged."""
         self._seen_signing = True
-        if not self._signing_noted():
-            self._note_server(_SIGNS, key)
+        notes, signer = self._server_notes(), protocol.b64(key)
+        for name in (_SIGNS, _CHECKED):
+            noted = notes[name].get(self.server_url)
+            if noted != signer and (name == _SIGNS or noted is not None):
+                self._note_server(name, key)
 
     def _signing_noted(self) -> bool:
         """Whether ``server_keys.json`` notes that this server signs with a pinned key."""
