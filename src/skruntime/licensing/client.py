@@ -147,7 +147,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -646,13 +646,19 @@ def _pinned_server_keys(keys: object) -> tuple[bytes, ...]:
     :data:`MAX_PINNED_KEYS` (during a rotation of the server's signing key, the current key and
     the next), duplicates dropped. A key that is not 32 raw bytes is refused, saying what was
     given: the usual mistake is the base64 text that ``sklicense init`` prints."""
-    given = list(keys) if isinstance(keys, list | tuple) else [keys]
+    if isinstance(keys, set | frozenset | dict | Iterator | memoryview):
+        raise LicenceError(  # a set has no order to report in, a generator is read once
+            "server_public_key must be one raw 32-byte key (bytes) or a list or tuple of them, "
+            f"but got a {type(keys).__name__}: pass list(...) of the keys."
+        )
+    listed = isinstance(keys, list | tuple)
+    given = list(keys) if listed else [keys]
     if not 1 <= len(given) <= MAX_PINNED_KEYS:
         raise LicenceError(
             f"server_public_key must be one key or a list of 1 to {MAX_PINNED_KEYS} keys (the "
             f"server's current key and the next, during a rotation), but got {len(given)}."
         )
-    for key in given:
+    for index, key in enumerate(given):
         if isinstance(key, bytes | bytearray) and len(key) == 32:
             continue
         got = (
@@ -660,10 +666,11 @@ def _pinned_server_keys(keys: object) -> tuple[bytes, ...]:
             if isinstance(key, str | bytes | bytearray)
             else type(key).__name__
         )
+        where = f"server_public_key[{index}]" if listed else "server_public_key"
         raise LicenceError(
-            "server_public_key must be the licence server's raw 32-byte Ed25519 public key (or "
-            f"a list of such keys), but got {got}: decode the base64 text that `sklicense init` "
-            "prints first, e.g. base64.b64decode(text)."
+            f"{where} must be the licence server's raw 32-byte Ed25519 public key, but got "
+            f"{got}: decode the base64 text that `sklicense init` prints first, e.g. "
+            "base64.b64decode(text)."
         )
     return tuple(dict.fromkeys(bytes(key) for key in given))
 
