@@ -176,6 +176,7 @@ from .identity import (
     write_private,
 )
 from .licence import Licence, unwrap_kek
+from .server_keys import CHECKED, ServerKeyNotes
 
 __all__ = ["DEFAULT_OVERLAP_S", "Licence", "LicenceClient", "unwrap_kek"]
 
@@ -189,10 +190,6 @@ DEFAULT_CLOCK_TOLERANCE_S = protocol.TIMESTAMP_WINDOW_S
 DEFAULT_REQUESTED_INFERENCES = 10_000
 """Inferences a licence asks for when the customer has a quota (None: all that remains)."""
 CLOCK_FILENAME = "clock.json"
-SERVER_KEYS_FILENAME = "server_keys.json"
-"""The server keys already checked against the pinned ones (see the module docs)."""
-_CHECKED, _SIGNS = "checked", "signs"
-"""The maps of ``server_keys.json``: servers whose key was checked, servers seen signing."""
 _RESEND_BY_S = protocol.TIMESTAMP_WINDOW_S // 2
 """After a licence request whose answer was lost, the next attempt comes no later than this
 long after its timestamp (not ``retry_seconds`` later), while the server still answers its
@@ -664,7 +661,7 @@ class LicenceClient:
         self.identity = DeviceIdentity.load_or_create(self.state_dir)
         self._pinned_raw = pinned
         self._pinned = tuple(Ed25519PublicKey.from_public_bytes(key) for key in pinned)
-        self._pinned_b64 = frozenset(protocol.b64(key) for key in pinned)
+        self._server_keys = ServerKeyNotes(self.state_dir, self.server_url, pinned)
         self.application = application
         self.customer_id = int(customer_id)
         self.models = list(models)
@@ -758,10 +755,6 @@ class LicenceClient:
     @property
     def _clock_path(self) -> Path:
         return self.state_dir / CLOCK_FILENAME
-
-    @property
-    def _server_keys_path(self) -> Path:
-        return self.state_dir / SERVER_KEYS_FILENAME
 
     def _malformed(self, path: Path, problem: str, holds: str) -> LicenceError:
         return LicenceError(
@@ -1305,7 +1298,7 @@ class LicenceClient:
             kept = None if renews is None else self._kept(answer, renews)
             licence = kept if kept is not None else self._verified_answer(answer, now)
         except LicenceError as e:
-            self._note_server(_CHECKED, None)  # its key is asked again before the next
+            self._server_keys.note(CHECKED, None)  # its key is asked again before the next
             raise _BadAnswer(e) from None
         self._answered(answer.body)  # also by a server older than the signed answers
         if kept is not None:
@@ -1384,7 +1377,7 @@ class LicenceClient:
         or charge a renewal; it is a failed request instead, retried after ``retry_seconds``."""
         if answer.response.status_code != 422:
             return False
-        if answer.signed is None and (self._seen_signing or self._signing_noted()):
+        if answer.signed is None and (self._seen_signing or self._server_keys.signs()):
             return False
         try:
             data = answer.response.json()
@@ -1490,7 +1483,7 @@ class LicenceClient:
             _Unreachable: no answer, or a server error.
             _BadAnswer: the answer is not a public key, or not a pinned one.
         """
-        if self._server_notes()[_CHECKED].get(self.server_url) in self._pinned_b64:
+        if self._server_keys.checked():
             return
         presented = self._presented_key()
         if presented not in self._pinned_raw:
@@ -1505,7 +1498,7 @@ class LicenceClient:
                     "is the right licence server."
                 )
             )
-        self._note_server(_CHECKED, presented)
+        self._server_keys.note(CHECKED, presented)
 
     def _presented_key(self) -> bytes:
         """The raw public key the server presents at ``GET /v1/public-key``.
@@ -1540,69 +1533,13 @@ class LicenceClient:
             )
         return key
 
-    def _server_notes(self) -> dict[str, Any]:
-        """The notes of ``server_keys.json``, ``{"checked": {server URL: base64 key}, "signs":
-        {...}}``, with any other entry of the file as it is (a newer runtime's: kept when this
-        one rewrites the file); empty, with a warning, when the file is malformed (it only holds
-        checks: they are made again)."""
-        path = self._server_keys_path
-        try:
-            data = read_private_json(path)
-        except MalformedStateError:
-            data = []
-        if data is None:
-            return {_CHECKED: {}, _SIGNS: {}}
-        notes = dict(data) if isinstance(data, dict) else {}
-        for name in (_CHECKED, _SIGNS):
-            noted = (
-                data.get(name, {} if name == _SIGNS else None) if isinstance(data, dict) else None
-            )
-            if not isinstance(noted, dict) or not all(isinstance(v, str) for v in noted.values()):
-                log.warning(
-                    "%s is malformed; the server key is checked again and it is rewritten.", path
-                )
-                return {_CHECKED: {}, _SIGNS: {}}
-            notes[name] = noted
-        return notes
-
-    def _note_server(self, name: str, key: bytes | None) -> None:
-        """Note ``key``, a pinned one, for this server in ``server_keys.json``'s ``name`` map,
-        or (``None``) drop the server's entry. A failed write is only warned about: what it
-        notes is checked again."""
-        try:  # the file, or its lock file (no inode left): after a licence was issued, too
-            with state_lock(self.state_dir, "server_keys"):
-                notes = self._server_notes()
-                if key is not None:
-                    notes[name][self.server_url] = protocol.b64(key)
-                elif notes[name].pop(self.server_url, None) is None:
-                    return
-                if not notes[_SIGNS]:
-                    del notes[_SIGNS]  # absent while empty
-                write_private(self._server_keys_path, protocol.canonical_bytes(notes))
-        except UnsafeFileError:
-            raise
-        except LicenceError as e:
-            log.warning("%s What it notes of the licence server is checked again.", e)
-
     def _note_signed(self, key: bytes) -> None:
         """Note that this server signs its answers with ``key``, a pinned one, so that an
         unsigned answer about ``renews`` is not taken as the server's (:meth:`_field_unknown`):
         in this process, and in ``server_keys.json`` for the others, again whenever the note is
-        gone from it (a runtime older than the note rewrites the file without it) or names
-        another key than ``key``. The key checked for this server (:meth:`_check_server_key`),
-        when noted, follows too. After a rotation of the server's key, both notes name the new
-        key: a release pinning it alone takes them, and a runtime pinning the old key alone
-        asks for the server's key again and is refused before its licence request is charged."""
+        gone from it or names another key (:meth:`.ServerKeyNotes.follow_signer`)."""
         self._seen_signing = True
-        notes, signer = self._server_notes(), protocol.b64(key)
-        for name in (_SIGNS, _CHECKED):
-            noted = notes[name].get(self.server_url)
-            if noted != signer and (name == _SIGNS or noted is not None):
-                self._note_server(name, key)
-
-    def _signing_noted(self) -> bool:
-        """Whether ``server_keys.json`` notes that this server signs with a pinned key."""
-        return self._server_notes()[_SIGNS].get(self.server_url) in self._pinned_b64
+        self._server_keys.follow_signer(key)
 
     def _ask(self, now: int, renews: Licence | None) -> _Answer:
         """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any),
