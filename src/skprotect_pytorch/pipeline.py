@@ -61,6 +61,7 @@ from .export.base import (
     Exporter,
     Runner,
     VersionedCopies,
+    as_wide,
     check_outputs,
     dataclass_fields,
     first_line,
@@ -184,19 +185,13 @@ def _complete_output_names(options: ExportOptions, count: int) -> ExportOptions:
     return dataclasses.replace(options, output_names=names)
 
 
-def _as_wide(a: np.ndarray) -> np.ndarray:
-    """``a`` in float64 (complex128 if complex), so that any outputs subtract: numpy refuses
-    ``-`` on bools (a model returning ``y > 0``) and wraps unsigned integers around."""
-    return a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
-
-
 def _rel_diff(outputs: list[np.ndarray], expected: list[np.ndarray]) -> float:
     """The norm of the outputs' differences from ``expected`` relative to ``expected``'s."""
     num = sum(
-        float(np.linalg.norm(_as_wide(o) - _as_wide(e)))
+        float(np.linalg.norm(as_wide(o) - as_wide(e)))
         for o, e in zip(outputs, expected, strict=True)
     )
-    den = sum(float(np.linalg.norm(_as_wide(e))) for e in expected) or 1.0
+    den = sum(float(np.linalg.norm(as_wide(e))) for e in expected) or 1.0
     return num / den
 
 

@@ -436,6 +436,13 @@ def signature_dynamic_shapes(
     return (*shapes[: len(fixed)], tuple(shapes[len(fixed) :]))
 
 
+def as_wide(a: np.ndarray) -> np.ndarray:
+    """``a`` in float64 (complex128 if complex), so that any outputs subtract: numpy refuses
+    ``-`` on bools (a model returning ``y > 0``) and wraps unsigned integers around, and a
+    complex output cast to float64 loses its imaginary part (which the checks then ignored)."""
+    return a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
+
+
 def _relative_error(a: np.ndarray, e: np.ndarray) -> float:
     if not np.array_equal(np.isnan(a), np.isnan(e)):
         return float("inf")
@@ -531,7 +538,7 @@ def check_outputs(
             )
         if e.size == 0:
             continue
-        err = _relative_error(a.astype(np.float64), e.astype(np.float64))
+        err = _relative_error(as_wide(a), as_wide(e))
         worst = max(worst, err)
         if err > rtol and not _rounding_only(a, e, i, exact):
             raise VerificationError(
@@ -553,9 +560,9 @@ def _rounding_only(
     wide = exact() if exact is not None else None
     if wide is None or index >= len(wide) or wide[index].shape != expected.shape:
         return False
-    x = wide[index].astype(np.float64)
-    got = _relative_error(actual.astype(np.float64), x)
-    own = _relative_error(expected.astype(np.float64), x)
+    x = as_wide(wide[index])
+    got = _relative_error(as_wide(actual), x)
+    own = _relative_error(as_wide(expected), x)
     if not within_rounding(got, own):
         return False
     get_logger().info(
