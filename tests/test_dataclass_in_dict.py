@@ -14,7 +14,7 @@ from tests.assertions import assert_equivalent
 from tests.test_dataclass_outputs import EF, X
 from torch import nn
 
-from skprotect_pytorch.pipeline import _untraceable
+from skprotect_pytorch.output_checks import untraceable
 from skprotect_pytorch.protect import SkProtectorPyTorch
 from skruntime import SkRuntime
 
@@ -54,5 +54,5 @@ def test_a_dict_of_dataclasses_is_traced(workdir: Path) -> None:
 def test_a_dict_of_dataclasses_of_unlike_fields_is_refused() -> None:
     """A field that is not a tensor still makes the dict untraceable, as a tuple holding it."""
     y = torch.ones(1)
-    assert _untraceable({"a": Head(y, (y, y))}) == "output"
-    assert _untraceable({"a": Head(y, y), "b": Head(y, y)}) is None
+    assert untraceable({"a": Head(y, (y, y))}) == "output"
+    assert untraceable({"a": Head(y, y), "b": Head(y, y)}) is None

@@ -16,7 +16,7 @@ import functools
 import gc
 import inspect
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,11 @@ from .lock.preflight import (
     uncompiled_named_modules,
 )
 from .logs import get_logger, warn_user
+from .output_checks import (
+    refuse_none_outputs,
+    refuse_numpyless_outputs,
+    refuse_untraceable_outputs,
+)
 from .platforms import commitment_nonce, get_platform, write_platform_keys
 from .progress import console, step
 from .result import FormatResult, ProtectionResult
@@ -272,113 +277,6 @@ def _warn_migrated(request: ProtectRequest, config: Config | None) -> None:
     _tell(message)
 
 
-def _output_leaves(outputs: Any, where: str = "output") -> Iterator[tuple[str, Any]]:
-    """The leaves of the (nested) tuples, lists, dicts and dataclasses of ``outputs``, each with
-    where it is: ``output[0]``, ``output['loss']``, ``output.logits``."""
-    if isinstance(outputs, dict):
-        items = [(f"{where}[{k!r}]", v) for k, v in outputs.items()]
-    elif (fields := dataclass_fields(outputs)) is not None:
-        items = [(f"{where}.{k}", v) for k, v in fields.items()]
-    elif isinstance(outputs, list | tuple):
-        items = [(f"{where}[{i}]", v) for i, v in enumerate(outputs)]
-    else:
-        yield where, outputs
-        return
-    for name, value in items:
-        yield from _output_leaves(value, name)
-
-
-def _refuse_none_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
-    """Refuse, before any lock or export, ``None`` among the outputs when a format other than
-    ONNX is asked: ONNX files leave ``None`` out (and so does the check of the outputs), but
-    ``torch.jit.trace`` refuses it and an AOTInductor file returns it, which neither the
-    protector's check nor the runtime can read; both failed only after the exports."""
-    others = [f.name for f in formats if f is not ExportFormat.ONNX]
-    where = [name for name, value in _output_leaves(outputs) if value is None]
-    if others and where:
-        raise InvalidArgumentError(
-            f"The model's outputs hold None at {', '.join(where)}. ONNX files leave None out, "
-            f"but {', '.join(others)} files can return tensors only. Return only tensors from "
-            "forward() (drop the None entries, e.g. in a wrapper module), or protect for "
-            "ExportFormat.ONNX only."
-        )
-
-
-def _dict_value_kind(value: Any) -> int | None:
-    """The TorchScript type of a dict value that ``torch.jit.trace`` returns: -1 for a tensor,
-    ``n`` for a tuple of ``n`` tensors (a dataclass is traced as the tuple of its fields:
-    :func:`~.lock.keyed_model.plain_outputs`), ``None`` for any other value."""
-    if not isinstance(value, dict) and (fields := dataclass_fields(value)) is not None:
-        value = tuple(fields.values())
-    if isinstance(value, torch.Tensor):
-        return -1
-    if isinstance(value, tuple) and all(isinstance(t, torch.Tensor) for t in value):
-        return len(value)
-    return None
-
-
-def _untraceable(value: Any, where: str = "output") -> str | None:
-    """Where in ``value`` (the model's outputs) ``torch.jit.trace`` cannot return it, or
-    ``None``: it returns tensors, tuples of such values, non-empty lists of tensors and
-    non-empty dicts with string keys whose values are all tensors or all tuples of as many
-    tensors (TorchScript types a list or dict by one element type). Measured on torch 2.13:
-    a dict mixing a tensor and a tuple, a dict of lists or dicts, a list of tuples and empty
-    containers fail the trace. A dataclass (not a dict) is traced as the tuple of its fields
-    (:func:`~.lock.keyed_model.plain_outputs`)."""
-    if isinstance(value, torch.Tensor):
-        return None
-    if isinstance(value, tuple):
-        inner = (_untraceable(v, f"{where}[{i}]") for i, v in enumerate(value))
-        return next((w for w in inner if w is not None), None)
-    if isinstance(value, list):
-        ok = value and all(isinstance(v, torch.Tensor) for v in value)
-        return None if ok else where
-    if isinstance(value, dict):
-        kinds = {_dict_value_kind(v) for v in value.values()}
-        keys = all(isinstance(k, str) for k in value)
-        return None if keys and len(kinds) == 1 and None not in kinds else where
-    if (fields := dataclass_fields(value)) is not None:
-        inner = (_untraceable(v, f"{where}.{k}") for k, v in fields.items())
-        return next((w for w in inner if w is not None), None)
-    return where
-
-
-def _refuse_untraceable_outputs(outputs: Any, formats: Iterable[ExportFormat]) -> None:
-    """Refuse, before any lock or export, outputs that ``torch.jit.trace`` cannot return
-    (:func:`_untraceable`) when a TorchScript format is asked: it failed after the lock and
-    the other exports, with "TorchScript tracing failed (RuntimeError: output 1 ({y: [...)".
-    """
-    traced = [
-        f.name for f in formats if f in (ExportFormat.TORCHSCRIPT_CPU, ExportFormat.TORCHSCRIPT_GPU)
-    ]
-    where = _untraceable(outputs) if traced else None
-    if where is not None:
-        raise InvalidArgumentError(
-            f"The model's outputs hold a structure at {where} that {', '.join(traced)} "
-            "(torch.jit.trace) cannot return: TorchScript outputs are tensors, tuples, "
-            "non-empty lists of tensors and non-empty dicts with string keys whose values are "
-            "all tensors (or all tuples of as many tensors). Return such a structure from "
-            "forward() (e.g. flatten it into a tuple in a wrapper module), or choose ONNX or "
-            "INDUCTOR formats only."
-        )
-
-
-def _refuse_numpyless_outputs(outputs: Any) -> None:
-    """Refuse outputs of a dtype NumPy lacks: the protector checks every file, and the runtime
-    returns outputs, as NumPy arrays (torch's ``.numpy()`` raised a bare TypeError)."""
-    where = [
-        f"{name} ({str(value.dtype).removeprefix('torch.')})"
-        for name, value in _output_leaves(outputs)
-        if isinstance(value, torch.Tensor) and not numpy_holds(value.dtype)
-    ]
-    if where:
-        raise InvalidArgumentError(
-            f"The model returns {', '.join(where)}: a dtype NumPy cannot hold, so no protected "
-            "file could be checked against it. Return float32 (or float16) from "
-            "forward(), e.g. y.float(), then protect again."
-        )
-
-
 def _refuse_numpyless_inputs(inputs: list[torch.Tensor]) -> None:
     """Refuse example tensors of a dtype NumPy lacks: every file is checked on NumPy copies of
     them, as onnxruntime is fed (it failed after the lock with torch's "Got unsupported
@@ -432,9 +330,9 @@ def _run_reference(
             f"The model fails on input_tensors ({len(inputs)} tensor(s): {given}): "
             f"{first_line(err)}. {advice}"
         ) from err
-    _refuse_none_outputs(raw, formats)
-    _refuse_untraceable_outputs(raw, formats)
-    _refuse_numpyless_outputs(raw)
+    refuse_none_outputs(raw, formats)
+    refuse_untraceable_outputs(raw, formats)
+    refuse_numpyless_outputs(raw)
     outputs = _as_numpy(raw)
     bad = [i for i, y in enumerate(outputs) if y.dtype.kind in "fc" and np.isnan(y).any()]
     if bad:  # no artifact can be checked against NaN (it never equals itself)
