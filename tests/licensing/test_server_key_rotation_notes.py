@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.licensing.server_helpers import APP, CONFIG_SHA
+from tests.licensing.server_helpers import APP, device_client
 from tests.licensing.test_contract_end_checks import DAY, audited, contract
 from tests.licensing.test_unsigned_renews_refusal import FakesRenewsRefusal
 
@@ -30,19 +30,9 @@ def runtime(
     client: Any, clock: Any, folder: Any, keys: list[bytes], network: Any = None, **options: Any
 ) -> LicenceClient:
     """A device of customer 42 pinning ``keys``: 30-day overlap, allowances of 50."""
-    return LicenceClient(
-        "http://testserver",
-        state_dir=folder,
-        server_public_key=keys,
-        application=APP,
-        customer_id=42,
-        models=["model-a"],
-        config_sha256=CONFIG_SHA,
-        overlap_seconds=30 * DAY,
-        clock=clock,
-        transport=network or client._transport,
-        **{"requested_inferences": 50} | options,
-    )
+    transport = network or client._transport
+    options = {"overlap_seconds": 30 * DAY, "requested_inferences": 50} | options
+    return device_client("http://testserver", transport, keys, folder, clock, **options)
 
 
 def public(client: Any) -> bytes:
