@@ -353,7 +353,7 @@ def _dynamic_source(request: ProtectRequest) -> str:
     return f'onnx_params["{key}"]'
 
 
-def _checkother_sizes(
+def _check_other_sizes(
     reference: nn.Module,
     request: ProtectRequest,
     axes: DynamicAxes,
@@ -1184,7 +1184,7 @@ def run_protection(request: ProtectRequest, state: ProtectionState) -> Protectio
     expected = _run_reference(reference.model, request.input_tensors, formats)
     options = _complete_output_names(options, len(expected))
     axes = dynamic_axes(reference.model, options, request.input_tensors)
-    other_sizes = _checkother_sizes(reference.model, request, axes)
+    other_sizes = _check_other_sizes(reference.model, request, axes)
     logger.info(
         "protecting '%s': inputs %s, formats %s, platform %s v%d",
         request.model_name,

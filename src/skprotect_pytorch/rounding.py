@@ -49,7 +49,8 @@ def within_rounding(got: float, own: float) -> bool:
 class ExactOutputs:
     """The original model's outputs computed in float64, on first need only (a check that fails
     at :data:`RTOL`): it copies the model in float64, twice its float32 size, for two runs per
-    input set (which must agree: :meth:`__call__`). ``model`` is the user's own, which the protection never changes."""
+    input set (which must agree: :meth:`__call__`). ``model`` is the user's own, which the
+    protection never changes."""
 
     def __init__(self, model: nn.Module, flatten: Callable[[object], list[np.ndarray]]) -> None:
         self._model = model
