@@ -924,6 +924,16 @@ def _run_group(
             ]
             if other is not None:  # the dynamic axes: the artifact at another size too
                 checks.append(([*other[0], static_key], other[1], lambda: exact(other[0])))
+            relative = f"{group_dir}/{path.name}"
+            final = staging.final(path)
+            # the other platform's file at this path (its SHA-256), a candidate to keep; a GPU
+            # file is checked at the example size only: kept only without dynamic axes
+            shipped = (
+                other_platform.shipped_digest(relative, final)
+                if other_platform is not None
+                else None
+            )
+            candidate = bool(shipped) and (device == "cpu" or other_sizes is None)
             with step(f"Verifying {fmt.name} artifact"):
                 run = _on_copies(load_artifact(exporter, path, options))  # once: AOTI is slow
                 err = check_outputs(exporter, path, run, *checks[0][:2], exact=checks[0][2])
@@ -932,26 +942,18 @@ def _run_group(
                     check_outputs(exporter, path, run, inputs, outputs, exact=exact_outputs)
                 # what the other platform's file must compute to be this one: the same model
                 # and key give the same float32 operations (no rounding to allow for)
-                staged = [(i, run(i)) for i, _, _ in checks] if other_platform is not None else []
+                staged = [(i, run(i)) for i, _, _ in checks] if candidate else []
             # the loaded artifact holds the model again (an onnxruntime session: +505 MiB for a
             # 400 MB MLP): freed here, not kept through the next format's check
             del run
-            relative = f"{group_dir}/{path.name}"
             kept = None  # the SHA-256 of the other platform's file, when it is kept
-            if other_platform is not None:
-                final = staging.final(path)
-                shipped = other_platform.shipped_digest(relative, final)
-                # a GPU file is checked at the example size only: kept only without dynamic axes
-                checked = device == "cpu" or other_sizes is None
-                if (
-                    shipped
-                    and checked
-                    and _reproduces(exporter, final, path, options, staged, plain_keys=plain_keys)
-                ):
-                    staging.keep_final(path)  # the other platform's file: this model, this key
-                    kept = shipped
-                elif shipped:  # said once committed: a failure leaves that file as it was
-                    other_platform.replaced.append(relative)
+            if candidate and _reproduces(
+                exporter, final, path, options, staged, plain_keys=plain_keys
+            ):
+                staging.keep_final(path)  # the other platform's file: this model, this key
+                kept = shipped
+            elif shipped:  # said once committed: a failure leaves that file as it was
+                other_platform.replaced.append(relative)
             seconds = export_seconds + time.perf_counter() - start
             logger.info(
                 "%s: max rel error %.2e, zero-key rel diff %.2f, %.1f s (%s)",
