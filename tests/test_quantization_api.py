@@ -537,3 +537,144 @@ def test_an_output_path_that_is_a_link_is_written_through(
     dangling.symlink_to(tmp_path / "gone" / "v3.onnx")
     with pytest.raises(InvalidArgumentError, match="gone does not exist"):
         q.quantize_protected_onnx(protected.model, dangling, mode="dynamic")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07"], ids=["empty", "stray bytes"])
+def test_an_empty_file_is_not_taken_for_an_onnx_model(tmp_path: Path, content: bytes) -> None:
+    """Both parse as an empty ModelProto: quantize_original_onnx went on to onnxruntime, which
+    failed with AttributeError ('NoneType' object has no attribute 'graph'), and
+    check_key_not_quantized said [] (no problem) until 2026-12-07."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(content)
+    for call in (
+        lambda: q.quantize_original_onnx(model, tmp_path / "o.onnx", mode="dynamic"),
+        lambda: q.quantize_protected_onnx(model, tmp_path / "o.onnx", mode="dynamic"),
+        lambda: q.check_key_not_quantized(model),
+    ):
+        with pytest.raises(InvalidArgumentError, match="is not an ONNX model"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_check_key_not_quantized_refuses_what_it_cannot_check(
+    protected: Protected, tmp_path: Path
+) -> None:
+    """A missing file, a folder or a text file raised FileNotFoundError, IsADirectoryError or
+    protobuf's DecodeError; a model without a key (the original) got [], "the key path is
+    float", for a key path it does not have (until 2026-12-07)."""
+    (tmp_path / "notes.onnx").write_text("not a model")
+    for path, words in (
+        (tmp_path / "missing.onnx", "is not a file"),
+        (tmp_path, "is not a file"),
+        (tmp_path / "notes.onnx", "is not an ONNX model"),
+        (protected.original, "no 'key_vector' input"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=words):
+            q.check_key_not_quantized(path)
+    with pytest.raises(InvalidArgumentError, match="must be a file path"):
+        q.check_key_not_quantized(None)  # type: ignore[arg-type]
+
+
+def test_an_output_path_that_is_a_link_loop_is_refused(
+    protected: Protected, tmp_path: Path
+) -> None:
+    """Path.resolve raised RuntimeError ('Symlink loop') until 2026-12-07."""
+    loop = tmp_path / "loop.onnx"
+    loop.symlink_to(loop)
+    with pytest.raises(InvalidArgumentError, match="symbolic link that cannot be followed"):
+        q.quantize_protected_onnx(protected.model, loop, mode="dynamic")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.onnx"]
+
+
+def test_a_gemm_with_its_weight_first_gets_it_second(tmp_path: Path) -> None:
+    """ORT's GemmTransposeFusion (in quant_pre_process) folds a Gemm's output Transpose into
+    it, ``(x Wᵀ)ᵀ = W xᵀ``, which moves the weight to the first input, where ORT's quantizers
+    leave it float (dynamic) or per-tensor (static). The rewrite computes the same values."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    bias = rng.standard_normal((6, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["w", "x", "b"], ["y"], name="g", alpha=0.5, transB=1),
+            helper.make_node("Gemm", ["w", "xt", ""], ["z"], name="h"),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]),
+            helper.make_tensor_value_info("xt", TensorProto.FLOAT, [4, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 3]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [6, 3]),
+        ],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    path = tmp_path / "gemm.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    feeds = {"x": x, "xt": np.ascontiguousarray(x.T)}
+
+    def run() -> list[np.ndarray]:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, feeds)
+
+    before = run()
+    assert q.untranspose_gemm_inputs(path) == 2
+    import onnx
+
+    gemms = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Gemm"]
+    assert [n.input[1] for n in gemms] == ["w", "w"]
+    assert all(
+        a.i == 0 for n in gemms for a in n.attribute if a.name == "transA"
+    )  # what ORT's dynamic quantizer takes
+    for b, a in zip(before, run(), strict=True):
+        assert np.allclose(a, b, atol=1e-5)
+
+
+def test_a_locked_multihead_attention_has_every_projection_quantized(
+    module_workdir: Path, tmp_path: Path
+) -> None:
+    """Its q/k/v/out projections came out of pre-processing as Gemm(W, x): dynamic mode left
+    all four float (1 int8 weight of 5, the original's 3 of 3) and static quantized them
+    per-tensor whatever per_channel said, until 2026-12-07."""
+    import onnx
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.attention(x, x, x)[0].mean(1))
+
+    torch.manual_seed(0)
+    example = torch.randn(2, 5, 16)
+    folder = _protect_onnx(
+        Attention().eval(), "mha", example, module_workdir, quantize_compatibility=True
+    )
+    key = read_txt_keys(folder, "mha").static_key()
+    dynamic = q.quantize_protected_onnx(folder / "mha.onnx", tmp_path / "d.onnx", mode="dynamic")
+    assert dynamic.int8_weights == 5
+    rng = np.random.default_rng(0)
+    static = q.quantize_protected_onnx(
+        folder / "mha.onnx",
+        tmp_path / "s.onnx",
+        mode="static",
+        key=key,
+        calibration_inputs=rng.standard_normal((8, 5, 16)).astype(np.float32),
+    )
+    scales = {
+        t.name: t.dims
+        for t in onnx.load(str(static.output_path)).graph.initializer
+        if t.name.endswith("weight_scale")
+    }
+    assert len(scales) == 5 and all(len(d) == 1 for d in scales.values()), scales  # per channel
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    reference = _run(folder / "mha.onnx", x, key)
+    for report in (dynamic, static):
+        assert q.check_key_not_quantized(report.output_path) == []
+        assert _error(_run(report.output_path, x, key), reference) < TOLERANCE

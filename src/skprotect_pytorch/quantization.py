@@ -171,9 +171,17 @@ def check_key_not_quantized(model_path: str | os.PathLike[str]) -> list[str]:
     """Problems found in a quantized model: (de)quantize nodes that read the key or a tensor
     decoded from it (a quantized key decodes to wrong indices and scales). Empty when none."""
     _require_modules("check_key_not_quantized")
-    import onnx
-
-    return _key_problems(onnx.load(str(model_path)).graph)
+    if not isinstance(model_path, str | os.PathLike) or not str(model_path):
+        raise InvalidArgumentError(f"model_path must be a file path, got {model_path!r}.")
+    path = Path(model_path)
+    graph = _load_graph(path, "the quantized model's .onnx file")
+    if KEY_NAME not in {i.name for i in graph.input}:
+        # an empty list would read "the key path is float" for a model that has none
+        raise InvalidArgumentError(
+            f"{path} has no {KEY_NAME!r} input, so it is not a protected model and has no key "
+            "path to check: pass the quantized protected model."
+        )
+    return _key_problems(graph)
 
 
 def int8_saturates() -> bool:
@@ -201,22 +209,71 @@ def preprocess_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str]) ->
 
 
 def untranspose_gemm_inputs(path: str | os.PathLike[str]) -> int:
-    """Rewrite every ``Gemm(transA=1)`` as ``Transpose`` + ``Gemm(transA=0)``, in place.
+    """Rewrite, in place, every ``Gemm(transA=1)`` as ``Transpose`` + ``Gemm(transA=0)``, and
+    every Gemm whose weight is its first input as ``Transpose`` + ``Gemm`` + ``Transpose`` with
+    the weight second.
 
     The lock's channel-first linear layout ends in a Transpose that ORT's graph optimiser folds
     into the next Gemm as ``transA=1``; ORT's dynamic quantizer only handles Gemms with
-    ``transA=0`` (it rewrites them to MatMul) and silently leaves the others in float. Returns
-    the number of Gemms rewritten (none in an original model).
+    ``transA=0`` (it rewrites them to MatMul) and silently leaves the others in float. Its
+    ``GemmTransposeFusion`` also folds a locked linear's output Transpose into the Gemm itself
+    (``(x Wᵀ)ᵀ = W xᵀ``, as in a locked MultiheadAttention's projections), which moves the
+    weight to the first input, where ORT's quantizers leave it float (dynamic) or per-tensor
+    (static; until 2026-12-07). Returns the number of Gemms rewritten (usually none in an
+    original).
     """
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     proto = onnx.load(str(path))
+    graph = proto.graph
+    constants = graph_constants(graph)
     nodes = []
     count = 0
-    for node in proto.graph.node:
-        trans_a = next((a for a in node.attribute if a.name == "transA"), None)
-        if node.op_type == "Gemm" and trans_a is not None and trans_a.i == 1:
+    for node in graph.node:
+        attributes = {a.name: a for a in node.attribute}
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
+        trans_a = attributes.get("transA")
+        if _weight_first(node, constants):
+            # Y = op(W) op(X) + C  ->  Y = (op(X)ᵀ op(W)ᵀ + Cᵀ)ᵀ, with op(X)ᵀ made explicit
+            weight, data = node.input[0], node.input[1]
+            trans_b = attributes.get("transB")
+            data_t = bool(trans_b is not None and trans_b.i)
+            weight_t = bool(trans_a is not None and trans_a.i)
+            first = data
+            if not data_t:
+                first = f"{data}_untransposed_{count}"
+                nodes.append(
+                    helper.make_node("Transpose", [data], [first], name=f"{node.name}_transB")
+                )
+            inputs = [first, weight]
+            if len(node.input) > 2 and node.input[2]:
+                bias = constants[node.input[2]]
+                bias = bias.reshape((1,) * (2 - bias.ndim) + bias.shape).T
+                inputs.append(f"{node.input[2]}_transposed_{count}")
+                graph.initializer.append(numpy_helper.from_array(bias, inputs[-1]))
+            product = f"{node.output[0]}_transposed_{count}"
+            swapped = helper.make_node(
+                "Gemm",
+                inputs,
+                [product],
+                name=f"{node.name}_weight_second",
+                alpha=attributes["alpha"].f if "alpha" in attributes else 1.0,
+                beta=attributes["beta"].f if "beta" in attributes else 1.0,
+                transA=0,
+                transB=int(not weight_t),
+            )
+            nodes.append(swapped)
+            nodes.append(
+                helper.make_node(
+                    "Transpose", [product], [node.output[0]], name=f"{node.name}_transpose"
+                )
+            )
+            count += 1
+            continue
+        if trans_a is not None and trans_a.i == 1:
             transposed = f"{node.input[0]}_untransposed_{count}"
             nodes.append(
                 helper.make_node(
@@ -228,10 +285,18 @@ def untranspose_gemm_inputs(path: str | os.PathLike[str]) -> int:
             count += 1
         nodes.append(node)
     if count:
-        del proto.graph.node[:]
-        proto.graph.node.extend(nodes)
+        del graph.node[:]
+        graph.node.extend(nodes)
         onnx.save(proto, str(path))
     return count
+
+
+def _weight_first(node: Any, constants: Mapping[str, np.ndarray]) -> bool:
+    """Whether a Gemm's first input is a constant 2-D weight and its second is not (and its
+    bias, if any, is constant): a layer whose weight ORT's quantizers would not take."""
+    a, b = (constants.get(i) for i in node.input[:2])
+    bias = node.input[2] if len(node.input) > 2 else ""
+    return a is not None and a.ndim == 2 and b is None and (not bias or bias in constants)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,23 +446,39 @@ def _check_flag(name: str, value: object, *, optional: bool = False) -> None:
         raise InvalidArgumentError(f"{name} must be {allowed}, got {value!r}.")
 
 
-def _model_inputs(model_path: Path, protected: bool) -> tuple[list[_Input], _Input | None]:
-    """The inputs of the ONNX model at ``model_path`` besides the key, and its key input."""
+def _load_graph(model_path: Path, wanted: str) -> Any:
+    """The graph of the ONNX model at ``model_path``, refused with what to pass (``wanted``)
+    when it is missing, unreadable or not an ONNX model."""
     import onnx
-    from onnx import helper
 
     if not model_path.is_file():
-        raise InvalidArgumentError(
-            f"model_path {model_path} is not a file: pass the protected model's .onnx file "
-            "(outputs/<app>/<model>/onnx/<model>.onnx)."
-        )
+        raise InvalidArgumentError(f"model_path {model_path} is not a file: pass {wanted}.")
     try:
-        graph = onnx.load(str(model_path)).graph
+        proto = onnx.load(str(model_path))
     except Exception as err:  # onnx raises DecodeError, ValueError, ... for a non-ONNX file
         raise InvalidArgumentError(
             f"model_path {model_path} is not an ONNX model ({type(err).__name__}: {err}): pass "
-            "the .onnx file the protection wrote."
+            f"{wanted}."
         ) from None
+    if not proto.opset_import or not proto.graph.node:
+        # an empty file (or a few stray bytes) parses as an empty ModelProto
+        raise InvalidArgumentError(
+            f"model_path {model_path} is not an ONNX model (empty, or no graph nodes or "
+            f"opset): pass {wanted}."
+        )
+    return proto.graph
+
+
+def _model_inputs(model_path: Path, protected: bool) -> tuple[list[_Input], _Input | None]:
+    """The inputs of the ONNX model at ``model_path`` besides the key, and its key input."""
+    from onnx import helper
+
+    graph = _load_graph(
+        model_path,
+        "the protected model's .onnx file (outputs/<app>/<model>/onnx/<model>.onnx)"
+        if protected
+        else "the original model's .onnx export",
+    )
     constants = {t.name for t in graph.initializer}
     inputs = []
     for value in graph.input:
@@ -657,7 +738,15 @@ def _quantize(
     source, output = Path(model_path), Path(output_path)
     inputs, key_input = _model_inputs(source, protected)
     # a link is written through, as onnx.save does (replaced by a file until 2026-12-07)
-    target = Path(os.path.realpath(output)) if output.is_symlink() else output
+    try:
+        target = Path(os.path.realpath(output, strict=True)) if output.is_symlink() else output
+    except FileNotFoundError:  # a dangling link: written through, into its target's folder
+        target = Path(os.path.realpath(output))
+    except OSError as err:  # a link loop (ELOOP) raised RuntimeError from resolve() below
+        raise InvalidArgumentError(
+            f"output_path {output} is a symbolic link that cannot be followed "
+            f"({err.strerror}): pass a file path, or a link to one."
+        ) from None
     _check_output(source, target)
     checked_key = None
     if key is not None and key_input is not None:
