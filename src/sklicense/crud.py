@@ -41,6 +41,8 @@ from sklicense.schemas import (
 ROLES = ("admin", "read-only")
 KEK_BYTES = 32
 RATE_WINDOW_S = 60
+RATE_KEY_CHARS = 300
+"""The length of ``rate_counters.key`` (PostgreSQL refuses a longer value)."""
 FINGERPRINT_CHARS = 12
 
 
@@ -177,11 +179,21 @@ def rate_hit_in(session: Session, key: str, now: int) -> int:
     return _count_hit(session, session.get_bind(), key, now)
 
 
+def rate_key(key: str) -> str:
+    """``key`` as stored in ``rate_counters`` (at most :data:`RATE_KEY_CHARS`): a longer one,
+    such as a client address that a trusted proxy forwards as whatever the client sent in
+    ``X-Forwarded-For``, is its start and its SHA-256 (PostgreSQL failed it with a 500)."""
+    if len(key) <= RATE_KEY_CHARS:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{key[: RATE_KEY_CHARS - len(digest) - 1]}#{digest}"
+
+
 def _count_hit(
     connection: Connection | Session, bind: Engine | Connection, key: str, now: int
 ) -> int:
     window = now - now % RATE_WINDOW_S
-    stmt = _upsert(bind)(RateCounter).values(key=key, window_start=window, count=1)
+    stmt = _upsert(bind)(RateCounter).values(key=rate_key(key), window_start=window, count=1)
     stmt = stmt.on_conflict_do_update(
         index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
     ).returning(RateCounter.count)

@@ -176,8 +176,9 @@ class SignedConfiguration(BaseModel):
 class LicenceRequestIn(DeviceMessage):
     customer_id: int = Field(ge=0, le=INT64_MAX, strict=True)
     application: str = Field(min_length=1, max_length=MAX_NAME)
-    #: Bounded: a denial names the unknown ones, and the audit log keeps the denial.
-    models: list[ModelName] = Field(max_length=MAX_MODELS)
+    #: Bounded: a denial names the unknown ones, and the audit log keeps the denial. At least
+    #: one: a licence for no model runs nothing, yet was granted (charged, a device registered).
+    models: list[ModelName] = Field(min_length=1, max_length=MAX_MODELS)
     config_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     signing_public_key: str
     exchange_public_key: str

@@ -122,3 +122,18 @@ def test_a_usage_counter_is_a_json_integer(client, setup, clock) -> None:
     response = post(client, "/v1/usage", device, report | {"counter": True})
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"] == ["counter"]
+
+
+def test_a_licence_request_for_no_model_is_422(client, setup, clock, sessions) -> None:
+    """``"models": []`` was granted a licence that runs nothing: its allowance drawn from the
+    quota, the device registered in one of the customer's slots."""
+    from sklicense.models import Customer, Device
+
+    device = FakeDevice("dev-1")
+    body = device.licence_request(42, clock.now, models=[], requested_inferences=100)
+    response = post(client, "/v1/licences", device, body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["models"]
+    with sessions() as session:
+        assert session.get(Customer, 42).inferences_granted == 0
+        assert session.get(Device, "dev-1") is None
