@@ -456,7 +456,7 @@ def _read_limited(path: Path, limit: int) -> bytes:
                     "skprotect key file. Restore it or re-protect the model."
                 )
             data = f.read(limit + 1)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a folder on its path is a file
         raise KeyFileError(
             f"Key file {path} not found. Both key files written by the protector must be in "
             "the model's folder; copy them from outputs/ or re-protect the model."

@@ -157,7 +157,7 @@ def read_mev(
                     "max); it is not a skprotect key file. Restore it or re-protect the model."
                 )
             data = f.read(MAX_MEV_BYTES + 1)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a folder on its path is a file
         raise KeyFileError(
             f"Encrypted key file {path} not found. Ship the mev_*.bin files written by the "
             "protector next to the configuration, or re-protect the model."

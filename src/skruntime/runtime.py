@@ -19,6 +19,7 @@ import os
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -139,6 +140,15 @@ def _check_licensing_options(licence_server: object, options: Mapping[str, Any])
             f"state_dir must be a folder path (str or os.PathLike, not empty) or None, but got "
             f"the {type(state_dir).__name__} {state_dir!r}."
         )
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute against the current folder (not resolved: its links and ``..``
+    stay as given); as given when the current folder is gone (the folder check then says so)."""
+    try:
+        return path.absolute()
+    except OSError:
+        return path
 
 
 def _platform_name(platform: object) -> str:
@@ -264,7 +274,10 @@ class SkRuntime:
                 f"e.g. 'outputs/default_app', but got the {type(outputs_dir).__name__} "
                 f"{outputs_dir!r}."
             )
-        self.outputs_dir = Path(outputs_dir)
+        # absolute: load() reads the model and key files later, after the application may have
+        # changed its working folder (a daemon's chdir("/")), which made a relative folder
+        # name another one ("not found", or "a new version was deployed")
+        self.outputs_dir = _absolute(Path(outputs_dir))
         if not self.outputs_dir.is_dir():
             raise ConfigurationError(
                 f"Folder {self.outputs_dir} does not exist or is not a folder. Point SkRuntime "
@@ -544,7 +557,9 @@ class SkRuntime:
         # this check cannot run
         try:  # a file too large for the backend (ONNX: 2 GiB) is refused before it is read
             model_file = ModelFile.read(path, getattr(backend_type, "check_size", None))
-        except (FileNotFoundError, NotRegularFileError) as e:
+        # NotADirectoryError: a folder on its path is a file, so there is no such file (it was
+        # told to give this user read access)
+        except (FileNotFoundError, NotADirectoryError, NotRegularFileError) as e:
             # a folder, or a link to a device, is there: "not found" would contradict `ls`
             state = (
                 f"is not a regular file but {e.kind}"
@@ -993,6 +1008,11 @@ class LoadedModel:
             raise self._error(
                 f"run() takes a list of inputs (or a dict by name), but got {got}: pass [x], or "
                 "call the model as model(x)."
+            )
+        if isinstance(inputs, AbstractSet):  # no order: tensors (hashable) fed to other inputs
+            raise self._error(
+                f"run() takes a list of inputs in model-input order (or a dict by name), but got "
+                f"a {type(inputs).__name__}, whose order is arbitrary: pass a list."
             )
         values = list(inputs)
         if len(values) != len(self._checks):
