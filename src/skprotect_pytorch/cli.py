@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shlex
 import traceback
 from collections.abc import Iterator
@@ -340,6 +341,22 @@ def _write_report(path: Path, text: str, option: str) -> bool:
     return True
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same path once resolved, or another spelling
+    of an existing one (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    with suppress(OSError):  # either missing: not the same existing file
+        return os.path.samefile(a, b)
+    return False
+
+
+def _spec_file(model: str) -> Path | None:
+    """The spec file ``--model FILE.py:NAME`` names, or None (a suite name, ``module:NAME``)."""
+    where, sep, _ = model.rpartition(":")
+    return Path(where) if sep and where.endswith(".py") else None
+
+
 class AuditPreset(StrEnum):
     """The lock presets (``lock.context.LOCK_PRESETS``; listed here to keep the CLI light)."""
 
@@ -476,17 +493,22 @@ def _audit(
     for option, path in outputs.items():
         if path is not None:
             _refuse_unwritable(path, option)
-    if (
-        json_file is not None
-        and markdown_file is not None
-        and (json_file.resolve() == markdown_file.resolve())
-    ):
+    if json_file is not None and markdown_file is not None and _same_file(json_file, markdown_file):
         typer.echo(
             f"error: --json and --markdown both name {json_file}: one report would overwrite "
             "the other; give two files",
             err=True,
         )
         raise typer.Exit(2)
+    spec_file = _spec_file(model)
+    for option, path in outputs.items():
+        if path is not None and spec_file is not None and _same_file(path, spec_file):
+            typer.echo(
+                f"error: {option} {path} is the --model file {spec_file}: the report would "
+                "replace your spec; give another path",
+                err=True,
+            )
+            raise typer.Exit(2)
     try:
         values = tuple(float(b) for b in budgets.split(",") if b.strip())
     except ValueError:

@@ -116,3 +116,23 @@ def test_a_run_of_some_attacks_says_which_gated_ones_its_pass_leaves_out(monkeyp
     assert "the gate verdict covers gate 4 only" in json.loads(report.to_json())["caveats"][0]
     full = only_a0_a5(audit_pkg.AuditConfig())
     assert full.caveats == [] and "not run)" not in full.to_markdown()
+
+
+@pytest.mark.parametrize("option", ["--json", "--markdown"])
+def test_a_report_path_naming_the_spec_file_is_refused(tmp_path: Path, option: str) -> None:
+    """``--markdown my_audit.py`` replaced the user's spec file with the report at the end."""
+    spec = tmp_path / "my_audit.py"
+    spec.write_text("raise SystemExit('not to be loaded')\n")
+    os.link(spec, tmp_path / "other_name.py")  # another spelling of the same file
+    for path in (spec, tmp_path / "." / "my_audit.py", tmp_path / "other_name.py"):
+        result = _audit("--model", f"{spec}:spec", option, str(path))
+        assert result.exit_code == 2, result.output
+        assert f"is the --model file {spec}" in result.output
+    assert spec.read_text() == "raise SystemExit('not to be loaded')\n" and runs == []
+
+
+def test_json_and_markdown_hard_linked_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("")
+    os.link(tmp_path / "a.md", tmp_path / "b.json")
+    result = _audit("--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "a.md"))
+    assert result.exit_code == 2 and "one report would overwrite the other" in result.output

@@ -110,9 +110,8 @@ def test_a_binary_classifier_of_one_logit_is_told_how_to_wrap_it(squeeze: bool) 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 5))
     task = task_from_arrays(x, np.arange(40) % 2, x, np.arange(40) % 2)
-    layers = [nn.Linear(5, 1), *([nn.Flatten(0)] if squeeze else [])]
-    with pytest.raises(InvalidArgumentError) as info:
-        model_spec("mine", lambda: nn.Sequential(*layers), task)
+    with pytest.raises(InvalidArgumentError) as info:  # new layers per call, as factory must
+        model_spec("mine", lambda: nn.Sequential(nn.Linear(5, 1), *[nn.Flatten(0)][:squeeze]), task)
     assert str(info.value).endswith(
         f"but returned {(2,) if squeeze else (2, 1)}. A binary classifier of one logit z can be "
         "audited through a wrapper module returning torch.cat([-z, z], dim=1) / 2 for z of shape "

@@ -116,7 +116,8 @@ class AuditConfig:
                     f"every AuditConfig.budgets entry is a percentage of the training data in "
                     f"(0, 100], but one is {b!r}."
                 )
-        require_unique(budgets, "AuditConfig.budgets", key=lambda b: f"{b:g}")
+        # float(b): a Fraction (a Real) has no "g" format before Python 3.12
+        require_unique(budgets, "AuditConfig.budgets", key=lambda b: f"{float(b):g}")
         attacks = sequence_of(self.attacks, "AuditConfig.attacks", f"names from {ATTACKS}")
         unknown = [a for a in attacks if a not in ATTACKS]
         if unknown:
@@ -150,6 +151,11 @@ class AuditConfig:
             if not isinstance(self.cells, str | Path):
                 raise InvalidArgumentError(
                     f"AuditConfig.cells must be a folder path, but is {type(self.cells).__name__}."
+                )
+            if isinstance(self.cells, str) and not self.cells:  # Path("") is "."
+                raise InvalidArgumentError(
+                    f"AuditConfig.cells is an empty path {self.cells!r}, which would put the "
+                    "cells in the current folder: give a folder, or None to keep them in memory."
                 )
             self.cells = Path(self.cells)
         if self.stored_only and self.cells is None:
@@ -450,10 +456,11 @@ def _run(config: AuditConfig, start: float, log) -> AuditReport:
     }
     if spec.fingerprint is not None:  # a model of your own: its data and weights name the cells
         context["target"] = spec.fingerprint
-    store = CellStore(config.cells, context, compute=not config.stored_only, log=log)
-
+    # before the store: a task refused (data_seed=1 on your own data) left an empty cell folder
     task = spec.task(config.data_seed)
     require_budget_room(task, f"model '{spec.name}': ")  # a ReferenceSpec built by hand too
+    store = CellStore(config.cells, context, compute=not config.stored_only, log=log)
+
     # The cosine check's noise floor: the same architecture trained with another seed (what
     # any trained network shares with the victim, e.g. smooth conv kernels).
     nets = store.modules(

@@ -191,13 +191,42 @@ def _require_cpu(model: nn.Module, what: str, fix: str) -> None:
         )
 
 
+def _tensor_ids(model: nn.Module) -> set[int]:
+    """The identities of ``model``'s parameters and buffers."""
+    return {id(t) for t in (*model.parameters(), *model.buffers())}
+
+
+def _require_new_networks(fresh: nn.Module, factory, victim: object) -> None:
+    """Refuse a ``factory`` that hands out one network (or one layer) again: every learner
+    (the twin, B(x), each attack) trained that object in place, so they overwrote each other and
+    a victim built by it (``lambda: net``) was retrained, the user's object changed."""
+    second = factory()
+    shared = _tensor_ids(fresh) & _tensor_ids(second) if isinstance(second, nn.Module) else set()
+    of_victim = isinstance(victim, nn.Module) and bool(_tensor_ids(fresh) & _tensor_ids(victim))
+    if second is fresh or shared or of_victim:
+        what = "the victim's tensors" if of_victim else "the same tensors on every call"
+        raise InvalidArgumentError(
+            f"factory() must build a new, untrained network on each call, but it returns {what} "
+            "(e.g. lambda: net, or layers built once outside it): the audit trains many "
+            "networks from it in place, which would overwrite each other and your model; build "
+            "the layers inside it (e.g. pass the class, or lambda: MyNet(...))."
+        )
+
+
 def _check_architecture(factory: Callable[[], nn.Module], victim: nn.Module | None) -> nn.Module:
     """``factory()`` (checked to build what ``victim`` is, when given)."""
+    if isinstance(factory, nn.Module):  # callable: calling it ran its forward without input
+        raise InvalidArgumentError(
+            f"factory must build the untrained model (e.g. the class {type(factory).__name__}, "
+            f"or lambda: {type(factory).__name__}(...)), but is a {type(factory).__name__} "
+            "instance; pass your trained model as victim=."
+        )
     fresh = factory()
     if not isinstance(fresh, nn.Module):
         raise InvalidArgumentError(
             f"factory() must return a torch.nn.Module, but returned {type(fresh).__name__}."
         )
+    _require_new_networks(fresh, factory, victim)
     _require_cpu(  # the baseline and the attacks failed in torch after the victim's training
         fresh, "factory() builds", "build it there (no .cuda() or .to(device) in factory())"
     )
@@ -217,6 +246,19 @@ def _check_architecture(factory: Callable[[], nn.Module], victim: nn.Module | No
         raise InvalidArgumentError(
             f"victim holds NaN or infinite weights ({', '.join(broken[:5])}): its training "
             "diverged; audit a model trained to finite weights."
+        )
+    state = fresh.state_dict()
+    kinds = {  # float64 weights failed on the float32 inputs, in torch's words
+        k: (t.dtype, state[k].dtype)
+        for k, t in victim.state_dict().items()
+        if k in state and t.dtype != state[k].dtype
+    }
+    if kinds:
+        listed = ", ".join(f"{k} {v} (factory {f})" for k, (v, f) in list(kinds.items())[:5])
+        raise InvalidArgumentError(
+            f"victim holds tensors of another dtype than factory() builds: {listed}; the audit "
+            "trains factory() networks on the task's float32 inputs: pass victim.float() (and "
+            "build float32 layers in factory())."
         )
     built, given = _shapes(fresh), _shapes(victim)
     if built != given:
@@ -340,6 +382,11 @@ def model_spec(
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError(f"name must be a non-empty string, but is {name!r}.")
+    if "\0" in name or len(name.encode()) > 200:  # the folder was refused as not writable
+        raise InvalidArgumentError(
+            f"name {name[:40]!r}… must be a folder name of at most 200 bytes without NUL: it "
+            "names the audit's cell folder."
+        )
     if Path(name).name != name or name == "..":  # it names the cell folder inside --cells
         raise InvalidArgumentError(
             f"name {name!r} must be one folder name, without '/' and not '.' or '..': it names "
@@ -428,6 +475,11 @@ class _FixedTask:
 def load_spec(text: str) -> ReferenceSpec:
     """The spec ``text`` names: a suite model (``mlp``), or ``FILE.py:NAME`` / ``module:NAME``
     where ``NAME`` is a :class:`ReferenceSpec` or a function that returns one."""
+    if not isinstance(text, str):  # text.rpartition raised an AttributeError
+        raise InvalidArgumentError(
+            f"load_spec takes text: a suite name ({', '.join(SUITE)}), FILE.py:NAME or "
+            f"module:NAME, but got {type(text).__name__} {text!r}."
+        )
     if text in SUITE:
         return SUITE[text]
     where, sep, attr = text.rpartition(":")

@@ -44,7 +44,11 @@ class ReferenceSpec:
     """What the cells depend on beyond the name (your data and model); ``None`` for the suite."""
 
     def task(self, seed: int = 0) -> Task:
-        """The task generated with ``seed`` (cached: the gate reuses it for every attack)."""
+        """The task generated with ``seed`` (cached: the gate reuses it for every attack). A
+        spec of your own holds its task: caching it kept your data in memory for good, after the
+        spec was gone (one data set per audited spec)."""
+        if self.fingerprint is not None:
+            return self.make_task(seed=seed)
         return _task(self.make_task, seed)
 
     def shipped_model(self, task: Task, epochs: int) -> nn.Module:
