@@ -396,7 +396,11 @@ def audit(
     ] = "A0,A1,A2,A3,A4,A5",
     victim_epochs: Annotated[
         int | None,
-        typer.Option(min=1, help="Epochs to train the victim (default: the suite's)."),
+        typer.Option(
+            min=1,
+            help="Epochs to train the victim, its twin and A5's base (default: the suite's, "
+            "or the spec's epochs); with a victim of your own, only the twin and A5's.",
+        ),
     ] = None,
     json_file: Annotated[
         Path | None,
