@@ -146,7 +146,7 @@ class DeviceMessage(BaseModel):
     @field_validator("nonce")
     @classmethod
     def _nonce(cls, value: str) -> str:
-        if not NONCE_RE.match(value):
+        if not NONCE_RE.fullmatch(value):  # match: "$" let a trailing newline through
             raise ValueError("must be 32 lowercase hex characters")
         return value
 

@@ -54,7 +54,9 @@ default_onnx_params: dict[str, Any] = copy.deepcopy(dict(DEFAULT_ONNX_PARAMS))
 inductor_configs: dict[str, Any] = {}
 """Default ``inductor_configs``: AOTInductor's own defaults."""
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A name of files and folders, matched whole (``fullmatch``: ``$`` would let a trailing
+newline through, which the runtime's own check refuses only after the export)."""
 _DEFAULT_FORMATS = ExportFormat.ONNX | ExportFormat.INDUCTOR_CPU | ExportFormat.INDUCTOR_GPU
 
 
@@ -63,7 +65,7 @@ def _all_layers(_name: str, _module: nn.Module) -> bool:
 
 
 def _check_name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value) or value in {".", ".."}:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or value in {".", ".."}:
         raise InvalidArgumentError(
             f"{what} must be 1-128 characters of letters, digits, '.', '_' or '-' starting with "
             f"a letter or digit (it names files and folders), but got {value!r}."
@@ -140,6 +142,13 @@ def _check_layer_filter(value: Any) -> Callable[[str, nn.Module], bool]:
         raise InvalidArgumentError(
             "layer_filter must be a function (name: str, module: nn.Module) -> bool, but got "
             f"{type(value).__name__}."
+        )
+    if isinstance(value, type):  # a layer type, as layer_types_to_protect took: called, it
+        # builds a layer from (name, module) and failed inside torch ("empty(): argument 'size'")
+        raise InvalidArgumentError(
+            f"layer_filter must be a function (name: str, module: nn.Module) -> bool, but got "
+            f"the class {value.__name__}. To lock only layers of a type, pass "
+            f"layer_filter=lambda name, module: isinstance(module, {value.__name__})."
         )
     try:
         signature = inspect.signature(value)

@@ -137,3 +137,17 @@ def test_a_licence_request_for_no_model_is_422(client, setup, clock, sessions) -
     with sessions() as session:
         assert session.get(Customer, 42).inferences_granted == 0
         assert session.get(Device, "dev-1") is None
+
+
+def test_a_nonce_with_a_trailing_newline_is_422(client, setup, clock, sessions) -> None:
+    """``NONCE_RE.match`` let ``"$"`` accept a 33rd character, a line break, until 2026-12-07."""
+    from sklicense.models import Device
+
+    device = FakeDevice("dev-1")
+    body = device.licence_request(42, clock.now, requested_inferences=10)
+    body["nonce"] = "a" * 32 + "\n"
+    response = post(client, "/v1/licences", device, body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["nonce"]
+    with sessions() as session:
+        assert session.get(Device, "dev-1") is None
