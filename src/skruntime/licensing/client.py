@@ -107,8 +107,9 @@ raises :class:`LicenceUnavailableError` and a bad answer the :class:`LicenceErro
 describes it, raised again without a new licence request until
 ``retry_seconds`` pass (:meth:`LicenceClient._refuse_held`: the request may have drawn an
 allowance). An answer is read to at most :data:`MAX_ANSWER_BYTES`, within ``timeout`` after
-its headers; a redirect (any ``3xx``) is a bad answer naming the URL to give instead, or the
-``Location`` that is not one (:meth:`LicenceClient._fetch`).
+its headers, the whole exchange within :data:`_EXCHANGE_TIMEOUTS` timeouts; a redirect (any
+``3xx``) is a bad answer naming the URL to give instead, or the ``Location`` that is not one
+(:meth:`LicenceClient._fetch`).
 A denial is a ``403``/``429`` with the protocol's ``{"decision": "deny", "reason"}`` body signed
 by a pinned key for this request (:func:`.protocol.answer_message`); any other answer (a
 proxy's or captive portal's page, a denial that is not signed) is a bad answer. Usage reports
@@ -142,6 +143,7 @@ import math
 import numbers
 import os
 import re
+import socket
 import ssl
 import threading
 import time
@@ -350,6 +352,60 @@ class _Redirect(Exception):
         self.response = response
 
 
+_EXCHANGE_TIMEOUTS = 4
+"""A request's whole exchange (connect, send, headers, body) is bounded to this many
+``timeout``s: ``httpx`` bounds each read, so a server (or a proxy) sending its headers a byte
+at a time within the timeout kept the runtime waiting for hours (:class:`_Watchdog`)."""
+
+
+class _Watchdog:
+    """Shuts down the connection of one request once its time is up (``seconds`` from now):
+    a read that waits is woken and fails, where ``httpx`` bounds each read only. The
+    connection is the one ``httpcore`` reports opening through the request's ``trace``
+    extension (the licence client keeps no connection alive, so each request opens one)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._deadline = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._timer: threading.Timer | None = None
+        self.fired = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """``httpcore``'s trace callback: watch the connection once it is open."""
+        if event != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            if self._fd is not None:
+                return
+            self._fd = os.dup(sock.fileno())  # the socket stays, also once TLS wraps it
+            self._timer = threading.Timer(max(self._deadline - time.monotonic(), 0), self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            self.fired = True
+            with contextlib.suppress(OSError), socket.socket(fileno=self._fd) as sock:
+                self._fd = None
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        """The request is over: stop watching."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 def _stop_at_redirect(response: httpx.Response) -> None:
     """The licence server's connection's response hook: stop at a redirect before ``httpx``
     reads its ``Location`` to build the request it would follow, which raised
@@ -532,6 +588,12 @@ def _pinned_server_keys(keys: object) -> tuple[bytes, ...]:
     return tuple(dict.fromkeys(bytes(key) for key in given))
 
 
+def _proxy_variables() -> str:
+    """The proxy environment variables set (which ``httpx`` reads), for an error message."""
+    names = [n for n in os.environ if n.upper() in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")]
+    return ", ".join(sorted(names)) or "the proxy environment variables (HTTPS_PROXY, ALL_PROXY)"
+
+
 def _elapsed_clock() -> Callable[[], float]:
     """The system's clock of the time elapsed, which nobody sets back: ``CLOCK_BOOTTIME``
     where there is one (Linux), which counts a system suspend, else ``time.monotonic``.
@@ -682,12 +744,20 @@ class LicenceClient:
             monotonic if monotonic is not None else _elapsed_clock() if clock is time.time else None
         )
         self._timeout = timeout
-        self._http = httpx.Client(
-            base_url=self.server_url,
-            timeout=timeout,
-            transport=transport,
-            event_hooks={"response": [_stop_at_redirect]},
-        )
+        try:
+            self._http = httpx.Client(
+                base_url=self.server_url,
+                timeout=timeout,
+                transport=transport,
+                event_hooks={"response": [_stop_at_redirect]},
+                # a connection per request, so that each is watched (:class:`_Watchdog`)
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
+        except (ImportError, ValueError, httpx.InvalidURL) as e:  # a proxy httpx cannot use
+            raise LicenceError(
+                f"The proxy for the licence server at {self.server_url} cannot be used ({e}): "
+                f"fix or unset {_proxy_variables()}, or pass transport=."
+            ) from None
         self._lock = threading.RLock()
         self._licence: Licence | None = None
         self._next_retry = float("-inf")
@@ -1113,16 +1183,33 @@ class LicenceClient:
                 failed (:meth:`_tls_failure`).
         """
         options["headers"] = options.get("headers", {}) | _IDENTITY
+        seconds = _EXCHANGE_TIMEOUTS * self._timeout
+        watchdog = _Watchdog(seconds)
+        options["extensions"] = {"trace": watchdog.trace}
         try:
             with self._http.stream(method, path, **options) as response:
                 content = self._read_bounded(method, path, response)
         except _Redirect as e:
             raise _BadAnswer(self._redirected(method, path, e.response)) from None
-        except httpx.ConnectError as e:
+        except httpx.TransportError as e:
+            if watchdog.fired:  # the connection shut down: its time was up
+                late = (
+                    httpx.ConnectTimeout if isinstance(e, httpx.ConnectError) else httpx.ReadTimeout
+                )
+                raise late(
+                    f"the answer to {method} {path} was not whole {seconds:g} s after the "
+                    f"request began ({_EXCHANGE_TIMEOUTS} times the timeout): it arrives too "
+                    "slowly",
+                    request=e.request,
+                ) from None
+            if not isinstance(e, httpx.ConnectError):
+                raise
             failure = self._tls_failure(e)
             if failure is None:
                 raise
             raise _BadAnswer(failure, held=False) from None
+        finally:
+            watchdog.cancel()
         headers = [  # the content is decoded and whole now
             (name, value)
             for name, value in response.headers.multi_items()
@@ -2457,8 +2544,18 @@ class LicenceClient:
         device, or holds a higher counter) drops it, with one warning. Anything else keeps it
         for the next renewal or close (logged, not raised; answers that are not signed with one
         warning for all). Returns True when everything is reported (or dropped).
+
+        Raises:
+            LicenceError: the client is closed (its connection too: it raised ``httpx``'s
+                ``RuntimeError``), or the usage file is malformed.
         """
         with self._lock:
+            if self._closed:
+                raise LicenceError(
+                    "The licence client is closed; the usage it could not report is sent by "
+                    "the next runtime of its state folder (at a renewal or close()): create a "
+                    "new runtime to send it now."
+                )
             current = self._licence.licence_id if self._licence is not None else None
             with state_lock(self.state_dir, f"usage_{self.application}"):
                 usage = self._read_usage()
