@@ -5,7 +5,8 @@ inputs at other sizes of them, on which every CPU artifact is checked too."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,10 +24,13 @@ __all__ = ["DynamicAxes", "describe_inputs", "dynamic_axes", "export_reference",
 class DynamicAxes:
     """The inputs' dynamic axes: per input, axis -> name (axes of one name have one size), and
     per name the range of sizes, ``(lowest, highest or None)``. A name without a range is a
-    hint's own (``"DimHint(AUTO)"``, torch.export could not resolve it): it ties nothing."""
+    hint's own (``"DimHint(AUTO)"``, torch.export could not resolve it): it ties nothing.
+    ``derived``: per derived ``Dim`` (``2 * batch``), its root's name and the function giving
+    its size from the root's."""
 
     names: list[dict[int, str]]
     ranges: dict[str, tuple[int, int | None]]
+    derived: dict[str, tuple[str, Callable[[int], int]]] = field(default_factory=dict)
 
 
 def _is_hint(dim: Any) -> bool:
@@ -38,6 +42,16 @@ def _size_range(low: Any, high: Any) -> tuple[int, int | None]:
     """A ``Dim``'s or torch.export's range as ints; ``None``: no highest size (``int_oo``)."""
     finite = isinstance(high, int) or getattr(high, "is_Integer", False)
     return int(low or 0), int(high) if finite else None
+
+
+def _derived(specs: list[dict[int, Any]]) -> dict[str, tuple[Any, Callable[[int], int]]]:
+    """Per derived ``Dim`` of ``specs`` (``2 * batch``), its root ``Dim`` and function."""
+    return {
+        d.__name__: (d.root, d.fn)
+        for spec in specs
+        for d in spec.values()
+        if hasattr(d, "root") and callable(getattr(d, "fn", None))
+    }
 
 
 def dynamic_axes(
@@ -61,8 +75,11 @@ def dynamic_axes(
         for d in spec.values()
         if not _is_hint(d)
     }
+    derived = {name: (root.__name__, fn) for name, (root, fn) in _derived(specs).items()}
+    roots = {root.__name__: _size_range(root.min, root.max) for root, _ in _derived(specs).values()}
     if not any(_is_hint(d) for spec in specs for d in spec.values()):
-        return DynamicAxes([{a: d.__name__ for a, d in spec.items()} for spec in specs], named)
+        names = [{a: d.__name__ for a, d in spec.items()} for spec in specs]
+        return DynamicAxes(names, {**roots, **named}, derived)
     program = export_reference(model, options, tensors)
     if program is None:  # unresolved: the hints' own names, which the runtime ties to nothing
         static = torch.export.Dim.STATIC
@@ -70,7 +87,7 @@ def dynamic_axes(
             {a: getattr(d, "__name__", str(d)) for a, d in spec.items() if d is not static}
             for spec in specs
         ]
-        return DynamicAxes(names, named)
+        return DynamicAxes(names, {**roots, **named}, derived)
     nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     sizes = [nodes[name].meta["val"].shape for name in program.graph_signature.user_inputs]
     # symbolic size -> its recorded name: a named Dim's, else the first axis's that has it
@@ -80,7 +97,7 @@ def dynamic_axes(
         for a, d in spec.items()
         if not _is_hint(d)
     }
-    axes = DynamicAxes([{} for _ in specs], {})
+    axes = DynamicAxes([{} for _ in specs], dict(roots), derived)
     for i, spec in enumerate(specs):
         for axis, dim in sorted(spec.items()):
             size = sizes[i][axis]
@@ -129,18 +146,27 @@ def other_sizes(
     inputs: list[torch.Tensor], axes: DynamicAxes
 ) -> tuple[list[torch.Tensor], str] | None:
     """The example inputs with every named dynamic axis one longer (or one shorter, at the
-    highest size of its range), axes of one name together: the same slices repeated or
-    dropped, so values stay valid; None without such axes. Returns the tensors and a
-    description of the sizes, e.g. ``"batch=3"``."""
+    highest size of its range), axes of one name together, a derived axis (``2 * batch``) at
+    its root's new size: the same slices repeated or dropped, so values stay valid; None
+    without such axes. Returns the tensors and a description of the sizes, e.g.
+    ``"batch=3"``."""
     sizes: dict[str, int] = {}
     for tensor, names in zip(inputs, axes.names, strict=True):
         for axis, name in names.items():
-            if name not in axes.ranges or name in sizes:  # unnamed, or done
+            root, fn = axes.derived.get(name, (name, None))
+            if root not in axes.ranges or root in sizes:  # unnamed, or done
                 continue
-            n, (low, high) = tensor.shape[axis], axes.ranges[name]
-            sizes[name] = n + 1 if high is None or n + 1 <= high else n - 1
-            if sizes[name] < max(low, 1):
-                del sizes[name]
+            n, (low, high) = tensor.shape[axis], axes.ranges[root]
+            if fn is not None:  # the root's example size: the one the derived size comes from
+                n = next((r for r in range(max(low, 0), 2 * n + 2) if fn(r) == n), None)
+                if n is None:
+                    continue
+            sizes[root] = n + 1 if high is None or n + 1 <= high else n - 1
+            if sizes[root] < max(low, 1):
+                del sizes[root]
+    for name, (root, fn) in axes.derived.items():
+        if root in sizes:
+            sizes[name] = fn(sizes[root])
     if not sizes:
         return None
     resized = []
@@ -150,8 +176,10 @@ def other_sizes(
             if size is None:
                 continue
             n = tensor.shape[axis]
-            extra = tensor.narrow(axis, 0, 1)
-            tensor = torch.cat([tensor, extra], axis) if size > n else tensor.narrow(axis, 0, size)
+            if size > n:  # the first slices again, as many as needed
+                tensor = tensor.index_select(axis, torch.arange(size, device=tensor.device) % n)
+            else:
+                tensor = tensor.narrow(axis, 0, size)
         resized.append(tensor)
     return resized, ", ".join(f"{k}={v}" for k, v in sizes.items())
 

@@ -92,7 +92,7 @@ def test_consistent_dynamic_shapes_and_axes_are_accepted():
 
 def test_onnx_extra_and_inductor_configs_pass_through():
     inductor = {"max_autotune": False, "triton.autotune_at_compile_time": True}
-    onnx_extra = {"opset_version": 17, "do_constant_folding": False, "export_params": True}
+    onnx_extra = {"opset_version": 17, "do_constant_folding": True, "export_params": True}
     opts = build_export_options([X], params(**onnx_extra), None, inductor)
     assert opts.onnx_extra == onnx_extra
     assert opts.inductor_configs == inductor
@@ -255,7 +255,67 @@ ERROR_CASES = {
         dict(onnx_params=params(export_params=False)),
         'onnx_params["export_params"] must be True: False writes the graph without its',
     ),
+    # wrote the exported program, weights included, into the current folder
+    "onnx-dump-exported-program": (
+        dict(onnx_params=params(dump_exported_program=True)),
+        'onnx_params["dump_exported_program"] must be False: True writes the exported program',
+    ),
+    # recorded as one size, so the runtime refused the example inputs themselves
+    "shared-dim-other-example-sizes": (
+        dict(input_tensors=[T, torch.randn(3, 5)], dynamic_shapes=({0: Dim("b")}, {0: Dim("b")})),
+        "dynamic_shapes gives input_tensors[0] dimension 0 and input_tensors[1] dimension 0 the "
+        "one dimension 'b', but their example sizes differ (2 and 3)",
+    ),
+    "shared-axes-name-other-example-sizes": (
+        dict(
+            input_tensors=[T, torch.randn(3, 5)],
+            onnx_params=params(input_names=["a", "b"], dynamic_axes={"a": {0: "n"}, "b": {0: "n"}}),
+        ),
+        'onnx_params["dynamic_axes"] gives input_tensors[0] dimension 0 and input_tensors[1] '
+        "dimension 0 the one dimension 'n', but their example sizes differ (2 and 3)",
+    ),
+    "derived-dim-other-example-size": (
+        dict(
+            input_tensors=[T, torch.randn(5, 5)],
+            dynamic_shapes=({0: Dim("b")}, {0: 2 * Dim("b")}),
+        ),
+        "dynamic_shapes gives input_tensors[1] dimension 0 the dimension '2*b', 4 for the size 2 "
+        "of 'b' in the example, but its example size is 5",
+    ),
+    # bool("False") is True: the dynamo exporter ran
+    "onnx-dynamo-not-bool": (
+        dict(onnx_params=params(dynamo="False")),
+        "onnx_params[\"dynamo\"] must be True or False, but got 'False'",
+    ),
+    # torch's dynamo exporter drops these without a word
+    "onnx-legacy-only-key": (
+        dict(onnx_params=params(do_constant_folding=False)),
+        'onnx_params["do_constant_folding"] = False is read only by the legacy exporter',
+    ),
+    "onnx-legacy-only-training": (
+        dict(onnx_params=params(training=torch.onnx.TrainingMode.TRAINING)),
+        'onnx_params["training"] = <TrainingMode.TRAINING: 2> is read only by the legacy',
+    ),
+    # AOTInductor took the text "False" as true
+    "inductor-configs-text-flag": (
+        dict(inductor_configs={"layout_optimization": "False"}),
+        "inductor_configs['layout_optimization'] takes True or False, but got 'False' (str)",
+    ),
+    "inductor-configs-fraction-count": (
+        dict(inductor_configs={"cpp.threads": 2.5}),
+        "inductor_configs['cpp.threads'] takes an integer, but got 2.5 (float)",
+    ),
 }
+
+
+def test_legacy_only_onnx_keys_pass_with_the_legacy_exporter_or_neutral_values():
+    """Refused only where they would be ignored: the dynamo exporter does what these values say."""
+    legacy = params(dynamo=False, do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
+    assert build_export_options([X], legacy).onnx_extra["do_constant_folding"] is False
+    neutral = params(do_constant_folding=True, custom_opsets={}, dynamo=None)
+    assert build_export_options([X], neutral).onnx_extra["do_constant_folding"] is True
+    inductor = {"max_autotune": True, "cpp.threads": 2, "max_autotune_gemm_backends": "ATEN"}
+    assert build_export_options([X], params(), None, inductor).inductor_configs == inductor
 
 
 @pytest.mark.parametrize("case", list(ERROR_CASES), ids=list(ERROR_CASES))

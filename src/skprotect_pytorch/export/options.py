@@ -49,6 +49,29 @@ _TRUE_ONNX_KEYS = {
     "check after the export nor the runtime can load",
 }
 
+# torch.onnx.export arguments whose only value that keeps the weights inside outputs/ is False.
+_FALSE_ONNX_KEYS = {
+    "dump_exported_program": "True writes the exported program, weights included, into "
+    "artifacts_dir (the current folder), outside outputs/: with save_original=True a plain "
+    "copy of the original's weights (save_logs=True keeps what a failed export needs)",
+}
+
+
+def _legacy_only_keys() -> dict[str, tuple[Any, ...]]:
+    """torch.onnx.export arguments that only the legacy exporter (``dynamo=False``) reads, with
+    the values that do what the dynamo exporter does anyway (an eval-mode model, every
+    constant folded, no custom opsets or module functions): torch's dynamo path drops the
+    arguments without a word, so another value would look applied and be ignored."""
+    return {
+        "training": (torch.onnx.TrainingMode.EVAL, torch.onnx.TrainingMode.PRESERVE),
+        "operator_export_type": (torch.onnx.OperatorExportTypes.ONNX,),
+        "do_constant_folding": (True,),
+        "custom_opsets": (None, {}),
+        "export_modules_as_functions": (False,),
+        "autograd_inlining": (True,),
+    }
+
+
 DimSpec = dict[int, Any]  # axis -> torch.export.Dim (or a Dim hint such as Dim.AUTO)
 
 
@@ -371,7 +394,42 @@ def _dynamic_shapes(raw: Any, tensors: list[Tensor], source: str) -> tuple[DimSp
             norm[a] = dim
         shapes.append(norm)
     _check_one_definition(shapes, source)
+    _check_one_size(shapes, tensors, source)
     return tuple(shapes)
+
+
+def _check_one_size(
+    shapes: Sequence[DimSpec | None], tensors: list[Tensor], source: str, labels: str = "Dim"
+) -> None:
+    """Refuse axes of one dimension name whose example sizes differ: the configuration records
+    them as one size, so the runtime refused the example inputs themselves (torch.export
+    refuses them too, but the legacy ONNX exporter and a TorchScript trace took them)."""
+    seen: dict[str, tuple[int, str]] = {}
+    derived: list[tuple[Any, int, str]] = []
+    for i, (spec, t) in enumerate(zip(shapes, tensors, strict=True)):
+        for axis, dim in (spec or {}).items():
+            name = getattr(dim, "__name__", None)
+            if not isinstance(name, str):  # None or a hint (Dim.AUTO): it ties nothing
+                continue
+            where = f"input_tensors[{i}] dimension {axis}"
+            size, first = seen.setdefault(name, (t.shape[axis], where))
+            if size != t.shape[axis]:
+                raise InvalidArgumentError(
+                    f"{source} gives {first} and {where} the one dimension {name!r}, but their "
+                    f"example sizes differ ({size} and {t.shape[axis]}): axes of one dimension "
+                    "always have one size, and the runtime refuses a call where they differ. "
+                    f"Pass examples of one size there, or give those axes {labels}s of their own."
+                )
+            if hasattr(dim, "root") and callable(getattr(dim, "fn", None)):
+                derived.append((dim, t.shape[axis], where))
+    for dim, size, where in derived:  # 2*b: twice the size of b's axes
+        root, root_size = dim.root.__name__, seen.get(dim.root.__name__, (None, ""))[0]
+        if root_size is not None and dim.fn(root_size) != size:
+            raise InvalidArgumentError(
+                f"{source} gives {where} the dimension {dim.__name__!r}, {dim.fn(root_size)} "
+                f"for the size {root_size} of {root!r} in the example, but its example size is "
+                f"{size}. Pass examples whose sizes follow {dim.__name__!r}."
+            )
 
 
 def _check_one_definition(shapes: list[DimSpec | None], source: str) -> None:
@@ -407,6 +465,7 @@ def _shapes_from_axes(
             ident = _identifier(label)
             spec[a] = dims.setdefault(ident, torch.export.Dim(ident))
         shapes.append(spec or None)
+    _check_one_size(shapes, tensors, 'onnx_params["dynamic_axes"]', "dimension name")
     return tuple(shapes)
 
 
@@ -444,6 +503,10 @@ def _onnx_extra(params: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidArgumentError(
                 f'onnx_params["{key}"] must be True: {_TRUE_ONNX_KEYS[key]}. Remove it.'
             )
+        if key in _FALSE_ONNX_KEYS and value is not False:
+            raise InvalidArgumentError(
+                f'onnx_params["{key}"] must be False: {_FALSE_ONNX_KEYS[key]}. Remove it.'
+            )
         if key not in accepted:
             allowed = sorted(accepted - set(_RESERVED_ONNX_KEYS) - handled)
             raise InvalidArgumentError(
@@ -451,6 +514,22 @@ def _onnx_extra(params: Mapping[str, Any]) -> dict[str, Any]:
                 f"are {', '.join(['input_names', 'output_names', 'dynamic_axes', *allowed])}."
             )
         extra[key] = value
+    dynamo = extra.get("dynamo")
+    if dynamo is not None and not isinstance(dynamo, bool):
+        raise InvalidArgumentError(
+            f'onnx_params["dynamo"] must be True or False, but got {dynamo!r}: True forces the '
+            "dynamo exporter, False the legacy one; leave it out to try the dynamo exporter "
+            "first and fall back to the legacy one."
+        )
+    if dynamo is not False:
+        for key, neutral in _legacy_only_keys().items():
+            if key in extra and not any(extra[key] == value for value in neutral):
+                raise InvalidArgumentError(
+                    f'onnx_params["{key}"] = {extra[key]!r} is read only by the legacy exporter '
+                    '(onnx_params["dynamo"] = False); the dynamo exporter, used by default, '
+                    'ignores it. Add "dynamo": False to onnx_params to have it applied, or '
+                    "remove it."
+                )
     from onnx.defs import onnx_opset_version
 
     opset = extra.get("opset_version")
@@ -480,6 +559,32 @@ def _check_inductor_keys(configs: Mapping[str, Any]) -> None:
                 f"(torch {torch.__version__}).{hint} Remove it, or use an option name of "
                 "torch/_inductor/config.py."
             )
+        entry = getattr(config, "_config", {}).get(key)
+        expected = getattr(entry, "value_type", None)
+        if _wrong_scalar(configs[key], expected):
+            why = " (the text 'False' is true)" if expected is bool else ""
+            default = getattr(entry, "default", None)
+            example = f" (its default: {default!r})" if isinstance(default, expected) else ""
+            kind = {bool: "True or False", int: "an integer", float: "a number"}.get(
+                expected, "a string"
+            )
+            raise InvalidArgumentError(
+                f"inductor_configs[{key!r}] takes {kind}, but got {configs[key]!r:.80} "
+                f"({type(configs[key]).__name__}), which AOTInductor would use as given{why}. "
+                f"Pass {kind}{example}."
+            )
+
+
+def _wrong_scalar(value: Any, expected: Any) -> bool:
+    """Whether ``value`` is a scalar of another kind than the ``bool``/``int``/``float``/``str``
+    option ``expected`` takes: text for a flag or a number, a number for a text, a fraction for
+    a count. An option of another type (``int | None``, a list) is not checked."""
+    scalars = (bool, int, float, str)
+    if expected not in scalars or value is None or not isinstance(value, scalars):
+        return False
+    if expected is str or isinstance(value, str):
+        return (expected is str) != isinstance(value, str)
+    return expected is int and isinstance(value, float)
 
 
 def _is_alias(config: Any, key: str) -> bool:

@@ -1,0 +1,64 @@
+"""A derived ``Dim`` (``2 * b``) in ``dynamic_shapes``: the check at other sizes resizes it with
+its root.
+
+The check changed each named axis by one on its own: ``b`` to 3 and ``2*b`` from 4 to 5, and a
+model made for ``y`` twice as long as ``x`` was refused: "dynamic_shapes declares axes the model
+cannot vary: with b=3, 2*b=5 ..." (docs/runtime.md records such ranges as supported).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from skprotect_pytorch.dynamic_axes import dynamic_axes, other_sizes
+from skprotect_pytorch.export import build_export_options
+from skprotect_pytorch.protect import SkProtectorPyTorch
+
+Dim = torch.export.Dim
+
+
+class Doubled(nn.Module):
+    """``fc(cat([x, x])) + fc(y)``: ``y`` is twice as long as ``x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([x, x])) + self.fc(y)
+
+
+def _inputs() -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [torch.randn(2, 4), torch.randn(4, 4)]
+
+
+def test_other_sizes_resize_a_derived_axis_with_its_root():
+    b = Dim("b", max=10)
+    tensors = _inputs()
+    options = build_export_options(tensors, {"input_names": ["x", "y"]}, ({0: b}, {0: 2 * b}))
+    axes = dynamic_axes(Doubled().eval(), options, tensors)
+    resized, sizes = other_sizes(tensors, axes)
+    assert [tuple(t.shape) for t in resized] == [(3, 4), (6, 4)]
+    assert sizes == "b=3, 2*b=6"
+    # only the derived axis declared: its root's example size is found from it
+    options = build_export_options(tensors[1:], {"input_names": ["y"]}, ({0: 2 * b},))
+    resized, sizes = other_sizes(tensors[1:], dynamic_axes(nn.Identity(), options, tensors[1:]))
+    assert [tuple(t.shape) for t in resized] == [(6, 4)]
+    assert torch.equal(resized[0][4:], tensors[1][:2])  # the first slices again
+
+
+def test_model_with_a_derived_axis_is_protected(workdir):
+    b = Dim("b")
+    model, tensors = Doubled().eval(), _inputs()
+    result = SkProtectorPyTorch(application_name="derived").protect_new_model(
+        model,
+        "doubled",
+        tensors,
+        model_export_formats=SkProtectorPyTorch.ExportFormat.TORCHSCRIPT_CPU,
+        dynamic_shapes=({0: b}, {0: 2 * b}),
+        onnx_params={"input_names": ["x", "y"]},
+        test_key=True,
+    )
+    assert "torchscript_cpu" in result.formats
