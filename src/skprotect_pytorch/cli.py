@@ -141,21 +141,6 @@ def _application_name(value: str) -> str:
     return value
 
 
-def _kek_output_problem(output: Path) -> str | None:
-    """Why ``export-kek`` must not write the key to ``output``, or None: a folder, a device or
-    named pipe (the key file replaced it: ``/dev/null`` as root), or a path through a file
-    (where mkdir would say only "File exists"). A master secret is refused by
-    :meth:`ProtectionState.export_kek` itself."""
-    if output.is_dir():  # '' and '.' too: typer reads an empty path as '.'
-        return f"{output} is a folder; pass a file name for the key."
-    if kind := path_kind(output):
-        return f"{output} is {kind}, not a file; pass a file name for the key (mode 0600)."
-    blocking = next((p for p in output.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        return f"{blocking} is a file, not a folder; pass a path in a folder."
-    return None
-
-
 @app.command("export-kek")
 def export_kek(
     output: Annotated[
@@ -178,9 +163,8 @@ def export_kek(
 
     try:
         state = ProtectionState.open(application_name, create=False)
-        problem = _kek_output_problem(output)
-        if problem is None:
-            state.export_kek(output)
+        state.export_kek(output)  # refuses a folder, device, pipe, master secret or other file
+        problem = None
     except SkProtectError as err:
         problem = str(err)
     if problem is not None:

@@ -33,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from skruntime.config import NAME_RE, atomic_write_bytes, canonical_json, public_key_bytes
+from skruntime.files import open_regular, path_kind
+from skruntime.keysource import kek_encoding
 
 from .configuration import config_lock
 from .errors import StateError
@@ -233,9 +235,13 @@ class ProtectionState:
         Raises:
             StateError: ``path`` is inside an ``outputs`` folder (the KEK must never ship), is
                 a master secret of this state folder (writing it would destroy every key of
-                that application), or cannot be written.
+                that application), a folder, a device or named pipe, a path through a file, an
+                existing file that holds something other than a key-encryption key (replacing
+                it would destroy it), or cannot be written.
         """
         path = Path(path)
+        if problem := kek_output_problem(path):
+            raise StateError(problem)
         target = path.resolve()  # through '..' and symbolic links
         if (
             target.name == MASTER_KEY_FILENAME
@@ -251,6 +257,8 @@ class ProtectionState:
                 "'outputs' folder, which ships with the application. Export it elsewhere and "
                 "hand it to the licence server only."
             )
+        if problem := _other_content(path):
+            raise StateError(problem)
         data = base64.b64encode(self.kek) + b"\n"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +268,44 @@ class ProtectionState:
                 f"Could not write the key-encryption key to {path}: {e.strerror or e}."
             ) from e
         return path
+
+
+def kek_output_problem(output: Path) -> str | None:
+    """Why the key-encryption key must not be written to ``output``, or None: a folder, a device
+    or named pipe (the key file replaced it: ``/dev/null`` as root), or a path through a file
+    (where mkdir would say only "File exists")."""
+    if output.is_dir():  # '' and '.' too: typer reads an empty path as '.'
+        return f"{output} is a folder; pass a file name for the key."
+    if kind := path_kind(output):
+        return f"{output} is {kind}, not a file; pass a file name for the key (mode 0600)."
+    blocking = next((p for p in output.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        return f"{blocking} is a file, not a folder; pass a path in a folder."
+    return None
+
+
+def _other_content(path: Path) -> str | None:
+    """Why the existing file ``path`` must not be replaced by the key-encryption key, or None:
+    nothing there, an empty file, or a key-encryption key file (exported before, of any
+    application). Anything else would be lost: a state folder's ``key_epochs.json``, the master
+    secret of another state folder, a file of the user's."""
+    try:
+        with open_regular(path) as file:
+            data = file.read(4097)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return (
+            f"{path} exists and cannot be read ({e.strerror or e}) to check that replacing it "
+            "loses nothing. Remove it first, or pass another file name."
+        )
+    if not data or kek_encoding(data) is not None:
+        return None
+    return (
+        f"{path} exists and holds something other than a key-encryption key "
+        f"({len(data) if len(data) <= 4096 else 'over 4096'} bytes): writing the key there "
+        "would destroy it. Remove it first if it is not needed, or pass another file name."
+    )
 
 
 def _load_or_create_master(path: Path) -> bytes:

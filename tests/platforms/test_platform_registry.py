@@ -3,6 +3,8 @@ what each writes for a format group, and which key files each format then lists.
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from skprotect_pytorch.formats import ExportPlatform
 from skprotect_pytorch.lock.key_layout import KeyLayout
-from skprotect_pytorch.platforms import Platform, get_platform, write_platform_keys
+from skprotect_pytorch.platforms import GroupKeys, Platform, get_platform, write_platform_keys
 from skprotect_pytorch.state import ProtectionState
 from skruntime.keyfile import read_txt_keys
 from skruntime.mev import read_mev
@@ -101,3 +103,26 @@ def test_linux_lists_its_encrypted_file_and_a_test_keys_pair(
             kek=state.kek,
         )
         assert np.array_equal(key.static_key(), layout.static_key())
+
+
+def test_group_keys_show_and_pickle_no_secret() -> None:
+    """Its ``repr`` held the application's KEK, the key and the commitment nonce, and a pickle
+    of it the same: a crash reporter recording the locals of a failed key write wrote them out."""
+    kek = bytes(range(32))
+    keys = GroupKeys(
+        "m",
+        np.array([0.5, 7.25], np.float32),
+        {},
+        {},
+        [],
+        False,
+        np.random.default_rng(0),
+        "ab" * 32,
+        kek,
+    )
+    text = repr(keys)
+    assert "model_name='m'" in text
+    assert repr(kek) not in text and "7.25" not in text and "ab" * 32 not in text
+    for leak in (pickle.dumps, copy.copy):
+        with pytest.raises(TypeError, match="holds the key and the KEK"):
+            leak(keys)

@@ -6,7 +6,7 @@ Adding a platform is one new module with one class decorated by :func:`register_
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -19,17 +19,23 @@ from ..formats import ExportPlatform
 
 @dataclass(frozen=True)
 class GroupKeys:
-    """One format group's key and what its key files are bound to."""
+    """One format group's key and what its key files are bound to. ``repr`` shows neither the
+    key, nor the commitment nonce, nor the KEK (a crash reporter recording locals printed them),
+    and it cannot be pickled or copied, like :class:`~..state.ProtectionState`."""
 
     model_name: str
-    static_key: np.ndarray  # the canonical key (KeyLayout.static_key())
+    static_key: np.ndarray = field(repr=False)  # the canonical key (KeyLayout.static_key())
     spec: dict[str, Any]  # its layout (KeyLayout.spec())
     model_hashes: dict[str, str]  # this protection's model file SHA-256, per format slug
     unlocks: list[str]  # every model file SHA-256 that TXT key files of the group unlock
     test_key: bool
     rng: np.random.Generator  # draws the masks of TXT key shares
-    commitment_nonce: str  # of the key commitment the group's model files record
-    kek: bytes  # the application's key-encryption key (encrypted key files)
+    commitment_nonce: str = field(repr=False)  # of the key commitment its model files record
+    kek: bytes = field(repr=False)  # the application's key-encryption key (encrypted key files)
+
+    def __reduce__(self) -> tuple:
+        """Refuse pickling and copying: the pickle would hold the key and the KEK in clear."""
+        raise TypeError("GroupKeys cannot be pickled or copied: it holds the key and the KEK.")
 
 
 class KeyFileFault(Exception):
