@@ -66,3 +66,11 @@ def test_the_api_refuses_a_named_pipe_as_the_command_does(workdir: Path) -> None
     assert (workdir / "pipe").is_fifo()
     with pytest.raises(StateError, match="is a folder; pass a file name"):
         state.export_kek(workdir)
+
+
+@pytest.mark.parametrize("path", [None, 123, b"kek.b64", ""])
+def test_the_api_refuses_what_is_not_a_path(workdir: Path, path: object) -> None:
+    """pathlib raised a bare TypeError for None, 123 and bytes (until 2026-12-07)."""
+    with pytest.raises(StateError, match="path must be a file path"):
+        ProtectionState.open("app").export_kek(path)  # type: ignore[arg-type]
+    assert not (workdir / "kek.b64").exists()

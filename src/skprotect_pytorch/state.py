@@ -237,8 +237,10 @@ class ProtectionState:
                 a master secret of this state folder (writing it would destroy every key of
                 that application), a folder, a device or named pipe, a path through a file, an
                 existing file that holds something other than a key-encryption key (replacing
-                it would destroy it), or cannot be written.
+                it would destroy it), or cannot be written; ``path`` is not a path.
         """
+        if not isinstance(path, str | os.PathLike) or not str(path):
+            raise StateError(f"path must be a file path (str or Path), but got {path!r}.")
         path = Path(path)
         if problem := kek_output_problem(path):
             raise StateError(problem)
