@@ -770,6 +770,8 @@ class LicenceClient:
         #: of asking (it may have drawn an allowance, as each new request would).
         self._bad_answer: tuple[float, LicenceError] | None = None
         self._next_clock_check = float("-inf")
+        #: When a licence that carries no KEK may next be asked for again (:meth:`_with_kek`).
+        self._next_kek_request = float("-inf")
         self._available = 0  # reserved in the counter file, not used yet (current licence)
         #: The licence just issued that the cache file could not take (a full state folder),
         #: with the licence to cache beside it: cached once the folder takes writes again.
@@ -1346,11 +1348,16 @@ class LicenceClient:
                 return LicenceDeniedError(reason, detail if isinstance(detail, str) else "")
         return None
 
-    def _request(self, now: int, renews: Licence | None = None) -> Licence:
+    def _request(
+        self, now: int, renews: Licence | None = None, also: Sequence[str] = ()
+    ) -> Licence:
         """Check the server's key (:meth:`_check_server_key`), then ask the server for a
         licence; verify and cache it. ``renews``: the current licence, named in the request;
         returned (noted as checked) when the server answers that a new one would not better it,
         or, noted at the contract end already, when the server does not know ``renews``.
+        ``also``: request nonces the request ``supersedes`` besides those of lost answers (the
+        current licence's, to have it answered again: :meth:`_with_kek`); the current licence
+        answered again stays current, its counter and reservation kept.
 
         Raises:
             _Unreachable: no answer, or a server error.
@@ -1360,7 +1367,7 @@ class LicenceClient:
             ClockRollbackError: ``now`` is before the issue time of the licence (cached).
         """
         self._check_server_key()
-        answer = self._ask(now, renews)
+        answer = self._ask(now, renews, also)
         if renews is not None and self._field_unknown(answer, "renews"):
             self._answered(answer.body)  # refused for its field, unsigned by a server that old
             if _at_contract_end(renews):  # a plain renewal would charge an allowance daily
@@ -1380,7 +1387,7 @@ class LicenceClient:
                 self.server_url,
             )
             renews = None
-            answer = self._ask(now, renews)
+            answer = self._ask(now, renews, also)
         try:
             kept = None if renews is None else self._kept(answer, renews)
             licence = kept if kept is not None else self._verified_answer(answer, now)
@@ -1391,6 +1398,16 @@ class LicenceClient:
         if kept is not None:
             return self._keep(kept, answer.body)
         previous = self._licence
+        if previous is not None and licence.licence_id == previous.licence_id:  # answered again
+            notes = {
+                k: previous.document[k]
+                for k in (_AT_CONTRACT_END, _CHECKED_AT)
+                if k in previous.document
+            }
+            licence = replace(licence, document=licence.document | notes)
+            self._cache(licence)
+            self._licence = licence  # its counter and reservation stay
+            return licence
         if (  # issued later than the licence it replaces, yet no longer: the contract end
             previous is not None
             and licence.expires_at == previous.expires_at
@@ -1628,7 +1645,7 @@ class LicenceClient:
         self._seen_signing = True
         self._server_keys.follow_signer(key)
 
-    def _ask(self, now: int, renews: Licence | None) -> _Answer:
+    def _ask(self, now: int, renews: Licence | None, also: Sequence[str] = ()) -> _Answer:
         """Send a licence request stamped ``now`` (naming the licence it ``renews``, if any),
         or the one whose answer was lost before, again (:meth:`_unanswered`); returns it with
         the answer (:class:`_Answer`), unless that is a denial (raised). The server answers the
@@ -1643,14 +1660,17 @@ class LicenceClient:
         # the request another process left unanswered is taken only while none is sending one
         # (it may be that process's, on its way)
         with state_lock(self.state_dir, f"sending_{self.application}", wait_seconds=0) as alone:
-            return self._ask_sending(now, renews, others=alone)
+            return self._ask_sending(now, renews, others=alone, also=also)
 
-    def _ask_sending(self, now: int, renews: Licence | None, *, others: bool) -> _Answer:
+    def _ask_sending(
+        self, now: int, renews: Licence | None, *, others: bool, also: Sequence[str] = ()
+    ) -> _Answer:
         """:meth:`_ask`, ``others``: whether the request in ``pending_<application>.json`` may
         be sent again though another process wrote it (:meth:`_unanswered`). A new request
-        names the unanswered ones it replaces (:meth:`_superseded`)."""
+        names the unanswered ones it replaces (:meth:`_superseded`), and ``also``."""
         held = self._held(others=others)
         superseded = [] if held is None else self._superseded(held)
+        superseded = [*also, *(n for n in superseded if n not in also)]
         for fresh in (False, True):
             body = None if fresh else self._unanswered(now, renews, held)
             sent_before = body is not None
@@ -2330,7 +2350,53 @@ class LicenceClient:
                 errors of :meth:`ensure_licence`).
         """
         with self._lock:
-            return unwrap_kek(self.ensure_licence(), self.identity.exchange_key)
+            licence = self.ensure_licence()
+            if licence.wrapped_kek is None:
+                licence = self._with_kek(licence)
+            return unwrap_kek(licence, self.identity.exchange_key)
+
+    def _with_kek(self, licence: Licence) -> Licence:
+        """``licence``, which carries no KEK (the server had none for the application when it
+        issued it), answered again by the server, which wraps the KEK it has now to it: a
+        licence request that ``supersedes`` the one it was granted to, answered with it,
+        uncharged (:func:`sklicense.decision.resendable`; a licence no longer answerable so,
+        its allowance reported used up, is renewed as :meth:`_renew` would). Asked at most once
+        per ``retry_seconds`` by this process; ``licence`` itself when none is had (the server
+        still has no KEK, or fails: warned about). Before 2026-12-07 the device stayed without
+        the KEK, for every load, until the licence fell due for renewal (months; at the
+        contract end, never), whatever the administrator imported meanwhile.
+
+        Raises:
+            LicenceDeniedError: ``device_revoked`` or ``contract_ended`` (the licence dropped).
+        """
+        now = self._now()
+        if now < self._next_kek_request:
+            return licence
+        self._next_kek_request = now + self.retry_seconds
+        with self._renewal_lock(wait=3 * self._timeout):
+            cached = self._load_cached()
+            if (
+                cached is not None
+                and cached.licence_id == licence.licence_id
+                and (cached.wrapped_kek is not None)
+            ):  # another process had it answered again
+                self._licence = cached
+                return cached
+            try:
+                return self._request(now, also=[licence.request_nonce])
+            except LicenceDeniedError as e:
+                if e.reason in _ENDS_LICENCE:
+                    self._drop_cache()
+                    raise
+                cause = f"it was denied: {e.reason}"
+            except _RenewalFailed as e:
+                cause = self._failure(e)
+        log.warning(
+            "Licence %s could not be had with its key-encryption key (%s).",
+            licence.licence_id,
+            cause,
+        )
+        return licence
 
     # ------------------------------------------------------------------ counting
 

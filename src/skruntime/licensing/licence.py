@@ -124,8 +124,10 @@ def unwrap_kek(licence: Licence, exchange_key: Any) -> bytes:
     if wrapped is None:
         raise LicenceError(
             f"Licence {licence.licence_id} carries no key-encryption key: the server has no "
-            f"key for application {licence.application!r}. Import the application's key on the "
-            "licence server (`skprotect export-kek`), then renew the licence."
+            f"key for application {licence.application!r} when it issued it. Import the "
+            "application's key on the licence server (`skprotect export-kek`, then `sklicense "
+            "app import-kek`): the runtime has the licence answered again with it at a later "
+            "load (at most once per retry_seconds), uncharged."
         )
     try:
         ephemeral = X25519PublicKey.from_public_bytes(
