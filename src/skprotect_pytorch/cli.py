@@ -179,21 +179,33 @@ def export_kek(
     )
 
 
+def _given_path(text: str) -> Path:
+    """A path ``scan`` reads (typer's ``parser``), refused when empty: typer reads ``''`` as
+    ``.``, so ``scan "$DIR"`` with ``DIR`` unset scanned the current folder, and
+    ``--original ''`` was called "." a folder."""
+    if not text:
+        raise typer.BadParameter("the path is empty (a shell variable left unset?); pass a path")
+    return Path(text)
+
+
 @app.command()
 def scan(
     artifacts: Annotated[
         list[Path],
         typer.Argument(
-            help="Shipped files to scan (.onnx, TorchScript .pt, .pt2), or folders such as "
-            "outputs/APP/MODEL: every artifact in them but the unlocked original/ copies."
+            parser=_given_path,
+            help="Shipped files to scan (.onnx, TorchScript .pt, .pt2; weights files saved "
+            "with torch.save or as .safetensors too), or folders such as outputs/APP/MODEL: "
+            "every such file in them but the unlocked original/ copies.",
         ),
     ],
     original: Annotated[
         Path,
         typer.Option(
+            parser=_given_path,
             help="The original model's weights: a state dict saved with torch.save, a "
             ".safetensors file, or an unlocked .onnx / TorchScript export (protect with "
-            "save_original=True)."
+            "save_original=True).",
         ),
     ],
     threshold: Annotated[
@@ -217,13 +229,7 @@ def scan(
 def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
     """``skprotect scan``'s work, its exit codes 0 to 2 (:func:`scan`)."""
     _require_protector("scan", 2)  # not 1: that says a weight was found
-    from .audit.constants import (
-        artifact_constants,
-        artifact_files,
-        find_weight_leaks,
-        original_weights,
-        unlocked_copies,
-    )
+    from .audit.constants import artifact_constants, find_weight_leaks, original_weights
     from .progress import step
 
     if not 0.0 < threshold <= 1.0:
@@ -236,29 +242,11 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
             err=True,
         )
         raise typer.Exit(2)
-    files = []
-    unlocked: list[Path] = []
-    for given in artifacts:
-        if not given.exists():  # a missing folder has no suffix: say what is wrong with it
-            typer.echo(f"error: {given} does not exist; check the path.", err=True)
-            raise typer.Exit(2)
-        if not given.is_dir() and (kind := path_kind(given)):  # else: "does not exist"
-            typer.echo(f"error: {given} is {kind}, not a file or folder to scan.", err=True)
-            raise typer.Exit(2)
-        inside = artifact_files(given) if given.is_dir() else [given]
-        if given.is_dir():
-            unlocked += unlocked_copies(given)
-        if not inside:
-            copies = unlocked_copies(given) if given.is_dir() else []
-            only = (
-                f", only unlocked copies that save_original=True writes ({copies[0]}...), "
-                "holding the original weights in plaintext: never ship them"
-                if copies
-                else ""
-            )
-            typer.echo(f"error: {given} holds no .onnx, .pt or .pt2 file to scan{only}", err=True)
-            raise typer.Exit(2)
-        files += inside
+    try:  # a folder in them that cannot be read: exit 2, not 70
+        files, unlocked = _scanned_files(artifacts)
+    except SkProtectError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     found = {}
     try:
         weights = original_weights(original)
@@ -299,6 +287,44 @@ def _scan(artifacts: list[Path], original: Path, threshold: float) -> None:
         )
     if any(found.values()):
         raise typer.Exit(1)
+
+
+def _scanned_files(artifacts: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The files ``scan`` reads for ``artifacts`` (each once), and the unlocked copies in the
+    folders among them; exits 2 where one is missing, not a file or folder, or holds nothing
+    to scan."""
+    from .audit.constants import artifact_files, unlocked_copies
+
+    files = []
+    unlocked: list[Path] = []
+    for given in artifacts:
+        # first: a loop of symbolic links does not "exist" either (it was said to be missing)
+        if (kind := path_kind(given)) not in (None, "a folder"):
+            typer.echo(f"error: {given} is {kind}, not a file or folder to scan.", err=True)
+            raise typer.Exit(2)
+        if not given.exists():  # a missing folder has no suffix: say what is wrong with it
+            typer.echo(f"error: {given} does not exist; check the path.", err=True)
+            raise typer.Exit(2)
+        inside = artifact_files(given) if given.is_dir() else [given]
+        if given.is_dir():
+            unlocked += unlocked_copies(given)
+        if not inside:
+            copies = unlocked_copies(given) if given.is_dir() else []
+            only = (
+                f", only unlocked copies that save_original=True writes ({copies[0]}...), "
+                "holding the original weights in plaintext: never ship them"
+                if copies
+                else ""
+            )
+            typer.echo(f"error: {given} holds no .onnx, .pt or .pt2 file to scan{only}", err=True)
+            raise typer.Exit(2)
+        files += inside
+    # each file once: a folder and a file in it both given were scanned twice (25 s a file)
+    unique: dict[Path, Path] = {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)
+    files = list(unique.values())
+    return files, unlocked
 
 
 def _refuse_unwritable(path: Path, option: str) -> None:

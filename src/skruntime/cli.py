@@ -114,6 +114,18 @@ def file_path(text: str) -> Path:
     return path
 
 
+def _outputs_dir_path(text: str) -> Path:
+    """``OUTPUTS_DIR`` (typer's ``parser``), refused when empty: typer reads ``''`` as ``.``, so
+    ``skprotect run "$APP_DIR" MODEL`` with ``APP_DIR`` unset ran the configuration of the current
+    folder, or said that it held none."""
+    if not text:
+        raise typer.BadParameter(
+            "the path is empty (a shell variable left unset?); pass the folder that holds the "
+            "configuration (outputs/<application_name>)"
+        )
+    return Path(text)
+
+
 def _array_suffix(path: Path) -> str:
     """``path``'s extension in lower case: ``X.NPY`` (as Windows tools name files) is a ``.npy``
     file, as numpy reads it; it was refused as "must be a .npy or .npz file"."""
@@ -735,7 +747,10 @@ def _run_loaded(
 def run_command(
     outputs_dir: Annotated[
         Path,
-        typer.Argument(help="Folder holding the configuration, e.g. outputs/default_app."),
+        typer.Argument(
+            parser=_outputs_dir_path,
+            help="Folder holding the configuration, e.g. outputs/default_app.",
+        ),
     ],
     model: Annotated[str, typer.Argument(help="Name of the protected model.")],
     fmt: Annotated[

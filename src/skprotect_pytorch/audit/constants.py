@@ -14,6 +14,7 @@ searched for the exact float32 bytes of original rows and columns.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -56,7 +57,24 @@ def unlocked_copies(folder: Path) -> list[Path]:
 
 
 def _artifacts_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in _EXTRACTORS)
+    """The files under ``folder`` whose suffix has an extractor, sorted. A folder that cannot
+    be read is an error: ``rglob`` left it out without a word, and its files unscanned (a
+    scan then said that no weight was found)."""
+
+    def refuse(err: OSError) -> None:
+        raise InvalidArgumentError(
+            f"Cannot read the folder '{err.filename}' ({err.strerror or err}): the files in it "
+            "would go unscanned. Give this user read access to it, then scan again."
+        ) from err
+
+    found = []
+    for root, _, names in os.walk(folder, onerror=refuse):  # links to folders not followed
+        found += [
+            path
+            for path in (Path(root) / name for name in names)
+            if path.suffix.lower() in _EXTRACTORS and path.is_file()
+        ]
+    return sorted(found)
 
 
 def _in_original(path: Path, folder: Path) -> bool:
@@ -70,7 +88,8 @@ def _in_original(path: Path, folder: Path) -> bool:
 
 
 def artifact_constants(path: Path) -> dict[str, np.ndarray]:
-    """Every numeric constant stored in an artifact (``.onnx``, TorchScript ``.pt``, ``.pt2``).
+    """Every numeric constant stored in an artifact (``.onnx``, TorchScript ``.pt``, ``.pt2``)
+    or in a weights file (``torch.save``'s ``.pt``/``.pth``/``.ckpt``, ``.safetensors``).
 
     Names are unique and say where each constant came from; binary members of compiled packages
     are returned whole as ``uint8`` arrays.
@@ -231,9 +250,13 @@ def _walk_blocks(block, where: str, out: dict[str, np.ndarray]) -> None:
 @_register(".pt", ".ts", ".torchscript")
 def torchscript_constants(path: Path) -> dict[str, np.ndarray]:
     """Parameters, buffers, tensor attributes and graph constants of a TorchScript module
-    (a frozen module keeps its weights as ``prim::Constant`` nodes), in every method."""
+    (a frozen module keeps its weights as ``prim::Constant`` nodes), in every method; a ``.pt``
+    that ``torch.save`` wrote (a state dict beside the artifacts) is read as one
+    (:func:`saved_tensors`): it was called damaged, the plaintext weights it holds not found."""
     import torch
 
+    if path.suffix.lower() == ".pt" and not _is_torchscript(path):
+        return saved_tensors(path)
     module = torch.jit.load(str(path), map_location="cpu")
     out: dict[str, np.ndarray] = {}
     # Named attributes (recursive) cover parameters, buffers and plain tensor attributes.
@@ -246,6 +269,49 @@ def torchscript_constants(path: Path) -> dict[str, np.ndarray]:
         for method_name in c._method_names():
             graph = c._get_method(method_name).graph
             _walk_blocks(graph.block(), f"{mod_name or 'root'}.{method_name}", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files: torch.save and safetensors (an original's copy left among the artifacts)
+# ---------------------------------------------------------------------------------------------
+
+
+def _named_tensors(value: object, name: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Every tensor in ``value`` (nested dicts, lists and tuples), named by its keys' path."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _named_tensors(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _named_tensors(item, f"{name}[{i}]")
+    else:
+        for arr in _tensor_values(value):
+            yield name, arr
+
+
+@_register(".pth", ".ckpt")
+def saved_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a file ``torch.save`` wrote (a state dict, a checkpoint with optimiser
+    state), loaded with ``weights_only=True``, so no code runs."""
+    import torch
+
+    loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    out: dict[str, np.ndarray] = {}
+    for name, arr in _named_tensors(loaded, ""):
+        _put(out, f"saved:{name}", arr)
+    return out
+
+
+@_register(".safetensors")
+def safetensors_constants(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a ``.safetensors`` file (half precision read as float32)."""
+    from safetensors.torch import load_file
+
+    out: dict[str, np.ndarray] = {}
+    for name, tensor in load_file(str(path), device="cpu").items():
+        for arr in _tensor_values(tensor):
+            _put(out, f"safetensors:{name}", arr)
     return out
 
 
