@@ -49,6 +49,28 @@ def test_a_weights_file_among_the_artifacts_is_found(
     assert "ship/model.pt: no weight of the original found" in result.output
 
 
+class _Net(nn.Module):
+    """A module class of this test file: ``weights_only`` refuses to unpickle it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+def test_a_whole_pickled_model_among_the_artifacts_is_found(
+    original: dict[str, torch.Tensor],
+) -> None:
+    """``torch.save(model)``: ``weights_only`` refuses the module class, and the file was called
+    damaged (exit 2, "Export it again"); its tensor storages are searched instead, unpickled
+    by nobody (until 2026-12-07)."""
+    model = _Net()
+    model.body.load_state_dict(original)
+    torch.save(model, "ship/whole.pt")
+    result = scan("ship", "--original", "original.pt")
+    assert result.exit_code == 1, result.output
+    assert "ship/whole.pt: 2 weight(s) of the original found in plaintext:" in result.output
+
+
 def test_a_folder_that_cannot_be_read_is_an_error(
     original: dict[str, torch.Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
