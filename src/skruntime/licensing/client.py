@@ -1405,7 +1405,9 @@ class LicenceClient:
                 if k in previous.document
             }
             licence = replace(licence, document=licence.document | notes)
-            self._cache(licence)
+            # only over itself: the cache may hold a renewal since (one issued ahead of this
+            # clock, this licence beside it), which written over would be lost, paid for
+            self._cache(licence, only_over=licence.licence_id)
             self._licence = licence  # its counter and reservation stay
             return licence
         if (  # issued later than the licence it replaces, yet no longer: the contract end
@@ -1679,7 +1681,7 @@ class LicenceClient:
                 if superseded:
                     body["supersedes"] = superseded
                 self._hold_unanswered(body)
-            answer, resent = self._send_noting(body, sent_before=sent_before)
+            answer, resent = self._send_noting(body, sent_before=sent_before, also=also)
             response, signed = answer.response, answer.signed
             if signed is not None and response.status_code != 429:  # decided
                 self._answered(body)
@@ -1692,17 +1694,22 @@ class LicenceClient:
                 or denial.reason not in ("replayed_request", "stale_request")
             ):
                 raise denial
-            superseded = self._superseded(body)  # out of the server's window, maybe granted
+            superseded = [  # out of the server's window, maybe granted; ``also`` still named
+                *also,
+                *(n for n in self._superseded(body) if n not in also),
+            ]
             log.warning("Licence server: the lost answer was a denial; asking again for it")
         raise AssertionError("unreachable")
 
-    def _send_noting(self, body: dict[str, Any], *, sent_before: bool) -> tuple[_Answer, bool]:
+    def _send_noting(
+        self, body: dict[str, Any], *, sent_before: bool, also: Sequence[str] = ()
+    ) -> tuple[_Answer, bool]:
         """:meth:`_send_licence_request`, noting in :attr:`_never_sent` whether the request
         never reached the server: every send refused, now and before (``sent_before``: it was
         sent by an earlier attempt)."""
         nonce, refused = body["nonce"], False
         try:
-            return self._send_licence_request(body)
+            return self._send_licence_request(body, also)
         except _Unreachable as e:
             refused = not e.sent
             raise
@@ -1712,13 +1719,34 @@ class LicenceClient:
             elif not refused and self._never_sent == nonce:
                 self._never_sent = None
 
-    def _send_licence_request(self, body: dict[str, Any]) -> tuple[_Answer, bool]:
+    def _send_licence_request(
+        self, body: dict[str, Any], also: Sequence[str] = ()
+    ) -> tuple[_Answer, bool]:
         """:meth:`_post` the licence request ``body`` (held); a server older than
         ``supersedes`` (its ``422``, :meth:`_field_unknown`) gets it again without that field,
-        held in its place: charged again if that server granted one it supersedes."""
+        held in its place: charged again if that server granted one it supersedes. Not when
+        it names one of ``also`` (:meth:`_with_kek`): without the field it would only draw a new
+        allowance, at every attempt.
+
+        Raises:
+            _BadAnswer: such a server refused a request naming one of ``also`` (not held: it
+                decided nothing).
+        """
         answer, resent = self._post_licence_request(body)
         if "supersedes" not in body or not self._field_unknown(answer, "supersedes"):
             return answer, resent
+        if set(also) & set(body["supersedes"]):
+            self._answered(body)  # refused before deciding: nothing to send again
+            raise _BadAnswer(
+                LicenceError(
+                    f"The licence server at {self.server_url} does not know the supersedes "
+                    "field (it is older than this runtime), so it cannot answer the licence "
+                    "again with the key-encryption key it has now; asked without the field, it "
+                    "would issue a new licence, drawing an allowance from the quota. Upgrade "
+                    "the server (the licence gets the key when it is renewed)."
+                ),
+                held=False,
+            )
         log.warning(
             "The licence server at %s does not know the supersedes field (it is older than this "
             "runtime): a licence granted to a request whose answer was lost is charged again. "
@@ -2360,7 +2388,9 @@ class LicenceClient:
         issued it), answered again by the server, which wraps the KEK it has now to it: a
         licence request that ``supersedes`` the one it was granted to, answered with it,
         uncharged (:func:`sklicense.decision.resendable`; a licence no longer answerable so,
-        its allowance reported used up, is renewed as :meth:`_renew` would). Asked at most once
+        its allowance reported used up, is renewed as :meth:`_renew` would; a licence another
+        process renewed to, cached with the KEK, is taken instead, and a server older than
+        ``supersedes`` is not asked: without the field it would charge). Asked at most once
         per ``retry_seconds`` by this process; ``licence`` itself when none is had (the server
         still has no KEK, or fails: warned about). Before 2026-12-07 the device stayed without
         the KEK, for every load, until the licence fell due for renewal (months; at the
@@ -2382,6 +2412,18 @@ class LicenceClient:
             ):  # another process had it answered again
                 self._licence = cached
                 return cached
+            other = self._other_cached(licence, cached)
+            if (
+                other is not None
+                and other.wrapped_kek is not None
+                and (
+                    other.inferences is None
+                    or self._read_usage().get(other.licence_id, {}).get("counter", 0)
+                    < other.inferences
+                )
+            ):  # another process renewed, with the KEK: asking would charge if ours is used up
+                self._switch(other, fresh=False)
+                return other
             try:
                 return self._request(now, also=[licence.request_nonce])
             except LicenceDeniedError as e:
