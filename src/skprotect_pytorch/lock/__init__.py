@@ -158,6 +158,46 @@ def _unlocked_summary(decisions: list[LayerDecision], shown: int = 3) -> str:
     return "; ".join(parts) or "no supported layer"
 
 
+def _unlock_parts_of_unlocked(
+    root: nn.Module,
+    decisions: list[LayerDecision],
+    replacements: dict[int, nn.Module],
+    kept: dict[str, str],
+) -> list[LayerDecision]:
+    """``decisions`` with each locked layer that is also a part of a supported layer left
+    unlocked (``self.head = self.attn.out_proj`` with ``attn`` excluded or skipped), and its
+    replacement dropped: the copy swaps a layer wherever the model refers to it, so the
+    unlocked ``MultiheadAttention`` would compute with the locked ``out_proj`` weights (32
+    relative error with the right key).  Where the owner is locked too, the part is locked
+    twice, once in each, as a weight shared by two locked layers."""
+    modules = dict(root.named_modules(remove_duplicate=False))
+    parts = {
+        id(sub): f"{d.name}.{part}" if d.name else part
+        for d in decisions
+        if not d.locked
+        for part, sub in modules[d.name].named_modules()
+        if part
+    }
+    result = []
+    for d in decisions:
+        module = modules[d.name]
+        if d.locked and id(module) in parts:
+            del replacements[id(module)]
+            for attr in [k for k in kept if k.startswith(f"{d.name}.")]:
+                del kept[attr]
+            owner = parts[id(module)].rsplit(".", 1)[0]
+            d = LayerDecision(
+                d.name,
+                d.layer_type,
+                False,
+                f"it is also '{parts[id(module)]}', a part of layer '{owner}', which is not "
+                "locked: locking it would change that layer's outputs. Lock "
+                f"'{owner}' too, or give '{d.name}' a layer of its own.",
+            )
+        result.append(d)
+    return result
+
+
 def lock_model(
     model: nn.Module,
     *,
@@ -191,7 +231,8 @@ def lock_model(
     if aliases is None:  # before the copy gives each weight its own storage
         aliases = weight_aliases(model)
     work = strip_compile_wrappers(model if in_place else copy_model(model))  # modes kept
-    folded = fold_batchnorms(work)  # only eval-mode BatchNorms are folded
+    folded_away: list[tuple[nn.Module, nn.Module]] = []  # (folded BatchNorm, Identity)
+    folded = fold_batchnorms(work, folded_away)  # only eval-mode BatchNorms are folded
     slots = KeySlots()
     ctx = LockContext(
         layout=KeyLayout(),
@@ -204,19 +245,25 @@ def lock_model(
     replacements: dict[int, nn.Module] = {}
     kept: dict[str, str] = {}  # parameters that a locked layer stores as they are
     handled: list[str] = []
-    for name, module in work.named_modules():
+    layers: dict[int, str] = {}  # id of each supported layer decided → its name
+    for name, module in work.named_modules(remove_duplicate=False):
         if any(prefix == "" or name.startswith(prefix + ".") for prefix in handled):
             continue  # parts of a supported layer (e.g. MultiheadAttention.out_proj)
+        if id(module) in layers:
+            handled.append(name)  # the same layer under another name: decided once
+            continue
         kind = type(module).__name__
         try:
             locker = find_locker(module)
         except UnsupportedLayerError as err:
             decisions.append(LayerDecision(name, kind, False, str(err)))
             handled.append(name)
+            layers[id(module)] = name
             continue
         if locker is None:
             continue
         handled.append(name)
+        layers[id(module)] = name
         if not layer_filter(name, module):
             decisions.append(LayerDecision(name, kind, False, "excluded by layer_filter"))
             continue
@@ -229,6 +276,7 @@ def lock_model(
         for attr, reason in getattr(replacements[id(module)], "kept_in_plaintext", {}).items():
             kept[f"{name}.{attr}" if name else attr] = reason
         decisions.append(LayerDecision(name, kind, True))
+    decisions = _unlock_parts_of_unlocked(work, decisions, replacements, kept)
     if not replacements:
         names = ", ".join(t.__name__ for t in supported_layer_types())
         raise UnsupportedLayerError(
@@ -241,7 +289,9 @@ def lock_model(
     plaintext = plaintext_weights(work, locked_names, unlocked, kept, aliases)
     buffers = plaintext_buffers(work, locked_names, aliases)
     shared = shared_locked_weights(work, locked_names) if find_shared else []
-    locked_root = _swap(work, replacements)
+    # Held here until the swap: a collected BatchNorm's id could be a new module's.
+    identities = {id(bn): identity for bn, identity in folded_away}
+    locked_root = _swap(work, identities | replacements)
     keyed = KeyedModel(locked_root, ctx.layout.decoder(), slots, plaintext)
     keyed.training = locked_root.training
     keyed.decoder.train(locked_root.training)

@@ -103,8 +103,15 @@ def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every eval-mode BatchNorm fed only by a conv into it, in place; returns the pairs."""
+def fold_batchnorms(
+    model: nn.Module, removed: list[tuple[nn.Module, nn.Module]] | None = None
+) -> list[tuple[str, str]]:
+    """Fold every eval-mode BatchNorm fed only by a conv into it, in place; returns the pairs.
+
+    Each folded BatchNorm is replaced by ``nn.Identity`` where it is registered; ``removed``
+    (when given) receives ``(batchnorm, that Identity)``, for a caller that replaces it
+    wherever else the model refers to it (a plain list or dict ``forward`` iterates, a config
+    object): there it would still normalise the conv's output a second time."""
     try:
         pairs = _pairs_from_fx(model)
     except Exception as err:  # fx cannot trace data-dependent control flow
@@ -123,6 +130,9 @@ def fold_batchnorms(model: nn.Module) -> list[tuple[str, str]]:
             continue  # a shared module is used elsewhere without the BatchNorm
         _fold(conv, bn)
         parent_name, _, attr = bn_name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, nn.Identity())
+        identity = nn.Identity()
+        setattr(model.get_submodule(parent_name), attr, identity)
+        if removed is not None:
+            removed.append((bn, identity))
         folded.append((conv_name, bn_name))
     return folded
