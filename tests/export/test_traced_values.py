@@ -127,3 +127,43 @@ def test_protect_refuses_the_branchy_model_before_writing(tmp_path: Path) -> Non
     finally:
         os.chdir(previous)
     assert not list((tmp_path / "outputs" / "r1").glob("branchy/**/*.pt"))
+
+
+class UnlockedAttention(nn.Module):
+    """An attention the lock leaves as it is (``layer_filter`` excludes it), then a Linear."""
+
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 8)
+        self.need_weights = need_weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.attn(x, x, x, need_weights=self.need_weights)[0])
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_an_attention_left_unlocked_exports_to_torchscript(
+    need_weights: bool, workdir: Path
+) -> None:
+    """torch's own size checks in MultiheadAttention (and its head size read as a float) made
+    TorchScript refuse every model with an attention the lock leaves as it is, though api.md
+    says such layers stay in the artifacts unlocked (until 2026-12-07)."""
+    from skruntime import SkRuntime
+
+    torch.manual_seed(0)
+    model = UnlockedAttention(need_weights).eval()
+    result = SkProtectorPyTorch(application_name="app").protect_new_model(
+        model,
+        "net",
+        [torch.randn(2, 5, 8)],
+        model_export_formats=SkProtectorPyTorch.ExportFormat.TORCHSCRIPT_CPU,
+        test_key=True,
+        layer_filter=lambda name, _module: name != "attn",
+        dynamic_shapes=({0: Dim("batch", min=1, max=8)},),
+    )
+    assert result.formats["torchscript_cpu"].max_rel_error < 1e-4
+    x = torch.randn(3, 5, 8)
+    with SkRuntime("outputs/app").load("net", "torchscript_cpu", static_key=True) as loaded:
+        out = loaded(x.numpy())
+    assert torch.allclose(torch.as_tensor(out), model(x), rtol=1e-4, atol=1e-5)

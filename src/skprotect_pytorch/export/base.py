@@ -219,12 +219,28 @@ _TORCH_INPUT_CHECKS = (
         "nn/modules/transformer.py",
         "if src.size(-1) != self.d_model or tgt.size(-1) != self.d_model:",
     ),
+    # MultiheadAttention (one the lock leaves as it is): the inputs' and weights' sizes
+    ("nn/functional.py", "if embed_dim != embed_dim_to_check:"),
+    ("nn/functional.py", "if head_dim * num_heads != embed_dim:"),
+    ("nn/functional.py", "if key.shape[:2] != value.shape[:2]:"),
+    ("nn/functional.py", "if key.shape != value.shape:"),
+    ("nn/functional.py", "if attn_mask.shape != correct_2d_size:"),
+    ("nn/functional.py", "if attn_mask.shape != correct_3d_size:"),
+    ("nn/functional.py", "if w_q.shape != (Eq, Eq):"),
+    ("nn/functional.py", "if w_k.shape != (Eq, Ek):"),
+    ("nn/functional.py", "if w_v.shape != (Eq, Ev):"),
+    ("nn/functional.py", "if b_q is not None and b_q.shape != (Eq,):"),
+    ("nn/functional.py", "if b_k is not None and b_k.shape != (Eq,):"),
+    ("nn/functional.py", "if b_v is not None and b_v.shape != (Eq,):"),
+    # not a check: the head size, which the weights fix, as a float (need_weights=True)
+    ("nn/functional.py", "q_scaled = q * math.sqrt(1.0 / float(E))"),
 )
 """torch's own input checks whose traced value only decides whether to raise (or warn) for
 an input the trace already passed, by file (within torch) and condition line: a GroupNorm,
 InstanceNorm, BatchNorm without running statistics, nn.Transformer, an Embedding with a
 positive padding_idx or an RNN/LSTM/GRU the lock leaves as it is made every model with one
-refused in TorchScript. Named exactly:
+refused in TorchScript, and so did a MultiheadAttention the lock leaves unlocked (excluded
+by ``layer_filter``, skipped), whose head size torch also reads as a float. Named exactly:
 another line of torch's (ConvTranspose2d's ``output_size``, whose output padding is a value
 too), or a changed one, stays refused."""
 
