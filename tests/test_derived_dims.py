@@ -8,10 +8,12 @@ cannot vary: with b=3, 2*b=5 ..." (docs/runtime.md records such ranges as suppor
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from skprotect_pytorch.dynamic_axes import dynamic_axes, other_sizes
+from skprotect_pytorch.errors import InvalidArgumentError
 from skprotect_pytorch.export import build_export_options
 from skprotect_pytorch.protect import SkProtectorPyTorch
 
@@ -62,3 +64,23 @@ def test_model_with_a_derived_axis_is_protected(workdir):
         test_key=True,
     )
     assert "torchscript_cpu" in result.formats
+
+
+def test_derived_axes_without_their_root_are_checked_against_each_other():
+    """The root on no axis: a derived axis's example size must follow it, and two derived axes
+    must need one root size (``2*b`` at 5 was taken, then never checked at another size)."""
+    b = Dim("b", max=10)
+    with pytest.raises(InvalidArgumentError, match="for no size of 'b'"):
+        build_export_options([torch.randn(5, 4)], {"input_names": ["x"]}, ({0: 2 * b},))
+    with pytest.raises(InvalidArgumentError, match="need 'b' of 2 and 3"):
+        build_export_options(
+            [torch.randn(5, 4), torch.randn(4, 4)],
+            {"input_names": ["x", "y"]},
+            ({0: 2 * b + 1}, {0: b + 1}),
+        )
+    # consistent: accepted
+    build_export_options(
+        [torch.randn(7, 4), torch.randn(4, 4)],
+        {"input_names": ["x", "y"]},
+        ({0: 2 * b + 1}, {0: b + 1}),
+    )

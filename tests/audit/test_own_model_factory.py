@@ -64,3 +64,36 @@ def test_a_name_no_folder_can_take_is_refused(task, name: str) -> None:
     """It names the cell folder: NUL raised a ValueError, a long name "not writable"."""
     with pytest.raises(InvalidArgumentError, match="at most 200 bytes without NUL"):
         model_spec(name, Net, task, epochs=1)
+
+
+SCALE = torch.linspace(0.5, 1.5, 12)  # a fixed input scaling, computed once
+
+
+class Scaled(nn.Module):
+    """Registers one module-level constant as a buffer: every instance shares it by design."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", SCALE)
+        self.a = nn.Linear(12, 16)
+        self.b = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x * self.scale)))
+
+
+def test_a_factory_sharing_a_constant_buffer_is_taken(task) -> None:
+    """Training never changes such a buffer; the check refused the factory (and the victim it
+    built, as "the victim's tensors"), though the audit ran before the check."""
+    assert model_spec("scaled", Scaled, task, epochs=1).name == "scaled"
+    assert model_spec("scaled", Scaled, task, victim=Scaled(), epochs=1).name == "scaled"
+
+
+def test_a_factory_sharing_running_statistics_is_refused(task) -> None:
+    norm = nn.BatchNorm1d(12, affine=False)  # no parameters, but trained statistics
+
+    def factory() -> nn.Module:
+        return nn.Sequential(norm, nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    with pytest.raises(InvalidArgumentError, match="the same tensors on every call"):
+        model_spec("mine", factory, task, epochs=1)

@@ -192,8 +192,17 @@ def _require_cpu(model: nn.Module, what: str, fix: str) -> None:
 
 
 def _tensor_ids(model: nn.Module) -> set[int]:
-    """The identities of ``model``'s parameters and buffers."""
-    return {id(t) for t in (*model.parameters(), *model.buffers())}
+    """The identities of the tensors training changes in ``model``: its parameters and its
+    norm layers' running statistics. Other buffers are left out: a constant that every network
+    registers (``register_buffer("scale", SCALE)`` of a module-level tensor) is shared by
+    design, and training leaves it as it is."""
+    stats = (
+        t
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase)
+        for t in m.buffers(recurse=False)
+    )
+    return {id(t) for t in (*model.parameters(), *stats)}
 
 
 def _require_new_networks(fresh: nn.Module, factory, victim: object) -> None:

@@ -422,6 +422,7 @@ def _check_one_size(
                 )
             if hasattr(dim, "root") and callable(getattr(dim, "fn", None)):
                 derived.append((dim, t.shape[axis], where))
+    roots: dict[str, tuple[int, str]] = {}  # root -> its size a derived axis gives, and where
     for dim, size, where in derived:  # 2*b: twice the size of b's axes
         root, root_size = dim.root.__name__, seen.get(dim.root.__name__, (None, ""))[0]
         if root_size is not None and dim.fn(root_size) != size:
@@ -429,6 +430,23 @@ def _check_one_size(
                 f"{source} gives {where} the dimension {dim.__name__!r}, {dim.fn(root_size)} "
                 f"for the size {root_size} of {root!r} in the example, but its example size is "
                 f"{size}. Pass examples whose sizes follow {dim.__name__!r}."
+            )
+        if root_size is not None:
+            continue
+        # the root on no axis: the size it has in the example is the one each derived gives
+        implied = next((r for r in range(2 * size + 2) if dim.fn(r) == size), None)
+        if implied is None:
+            raise InvalidArgumentError(
+                f"{source} gives {where} the dimension {dim.__name__!r}, but its example size "
+                f"{size} is {dim.__name__!r} for no size of {root!r}. Pass an example whose "
+                f"size follows {dim.__name__!r}."
+            )
+        other, other_where = roots.setdefault(root, (implied, where))
+        if other != implied:
+            raise InvalidArgumentError(
+                f"{source} gives {other_where} and {where} dimensions derived from {root!r}, but "
+                f"their example sizes need {root!r} of {other} and {implied}. Pass examples "
+                f"whose sizes follow one size of {root!r}."
             )
 
 
