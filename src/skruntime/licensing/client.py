@@ -372,8 +372,9 @@ class _Watchdog:
         self.fired = False
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        """``httpcore``'s trace callback: watch the connection once it is open."""
-        if event != "connection.connect_tcp.complete":
+        """``httpcore``'s trace callback: watch the connection once it is open (to the server
+        or a proxy: ``connection.``, or ``socks.`` through a SOCKS proxy)."""
+        if event not in ("connection.connect_tcp.complete", "socks.connect_tcp.complete"):
             return
         stream = info.get("return_value")
         sock = stream.get_extra_info("socket") if stream is not None else None
@@ -1184,7 +1185,9 @@ class LicenceClient:
                 changed), or larger than :data:`MAX_ANSWER_BYTES`; or the TLS handshake
                 failed (:meth:`_tls_failure`).
         """
-        options["headers"] = options.get("headers", {}) | _IDENTITY
+        # closed after the answer: a transport= given keeps connections alive whatever the
+        # client's limits, and a request on a kept one opens none for the watchdog to watch
+        options["headers"] = options.get("headers", {}) | _IDENTITY | {"Connection": "close"}
         seconds = _EXCHANGE_TIMEOUTS * self._timeout
         watchdog = _Watchdog(seconds)
         options["extensions"] = {"trace": watchdog.trace}

@@ -73,6 +73,10 @@ def ensure_state_dir(state_dir: str | os.PathLike[str] | None) -> Path:
         )
     path = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
     try:
+        # absolute: the client reads and writes its state later, after the application may
+        # have changed its working folder (a daemon's chdir("/")), which made a relative
+        # folder name another one (every count, renewal and close failed, or forked the state)
+        path = path.absolute()
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         if stat.S_IMODE(path.stat().st_mode) & 0o077:
             os.chmod(path, 0o700)

@@ -123,7 +123,7 @@ def unwrap_kek(licence: Licence, exchange_key: Any) -> bytes:
     wrapped = licence.wrapped_kek
     if wrapped is None:
         raise LicenceError(
-            f"Licence {licence.licence_id} carries no key-encryption key: the server has no "
+            f"Licence {licence.licence_id} carries no key-encryption key: the server had no "
             f"key for application {licence.application!r} when it issued it. Import the "
             "application's key on the licence server (`skprotect export-kek`, then `sklicense "
             "app import-kek`): the runtime has the licence answered again with it at a later "
