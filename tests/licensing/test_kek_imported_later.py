@@ -29,6 +29,24 @@ def granted(path: Path) -> tuple[int, int]:
     return count, total
 
 
+def device(
+    client: Any, tmp_path: Path, clock: Any, inferences: int, transport: Any = None, **options: Any
+) -> Any:
+    """A process of the device (state in ``tmp_path/device``) talking to the server app behind
+    ``client`` (or through ``transport``), asking ``inferences`` per licence, retrying after
+    300 s; ``options`` add or replace client options."""
+    pinned = unb64(client.get("/v1/public-key").json()["public_key"])
+    return device_client(
+        "http://testserver",
+        transport or client._transport,
+        pinned,
+        tmp_path / "device",
+        clock,
+        **({"overlap_seconds": 30 * 86400, "retry_seconds": 300} | options),
+        requested_inferences=inferences,
+    )
+
+
 def test_a_licence_without_kek_gets_it_once_imported_uncharged(
     tmp_path: Path, state_dir: Path, clock: Clock
 ) -> None:
@@ -36,19 +54,9 @@ def test_a_licence_without_kek_gets_it_once_imported_uncharged(
         client,
         path,
     ):
-        pinned = unb64(client.get("/v1/public-key").json()["public_key"])
 
         def process() -> Any:
-            return device_client(
-                "http://testserver",
-                client._transport,
-                pinned,
-                tmp_path / "device",
-                clock,
-                overlap_seconds=30 * 86400,
-                retry_seconds=300,
-                requested_inferences=1000,
-            )
+            return device(client, tmp_path, clock, 1000)
 
         runtime = process()
         with pytest.raises(LicenceError, match="carries no key-encryption key"):
@@ -90,18 +98,8 @@ def test_a_server_older_than_supersedes_is_not_charged_for_the_kek(
     from tests.licensing.test_resend_superseded import OlderServer
 
     with sqlite_server(tmp_path, state_dir, clock) as (client, path):
-        pinned = unb64(client.get("/v1/public-key").json()["public_key"])
         older = OlderServer(client._transport, client.app.state.signing_key, lost=0)
-        runtime = device_client(
-            "http://testserver",
-            older,
-            pinned,
-            tmp_path / "device",
-            clock,
-            overlap_seconds=86400,
-            retry_seconds=300,
-            requested_inferences=100,
-        )
+        runtime = device(client, tmp_path, clock, 100, older, overlap_seconds=86400)
         first = runtime.ensure_licence()
         for _ in range(3):
             with pytest.raises(LicenceError, match="carries no key-encryption key"):
@@ -125,19 +123,9 @@ def test_a_licence_renewed_with_kek_by_another_process_is_taken_not_charged(
         client,
         path,
     ):
-        pinned = unb64(client.get("/v1/public-key").json()["public_key"])
 
         def process() -> Any:
-            return device_client(
-                "http://testserver",
-                client._transport,
-                pinned,
-                tmp_path / "device",
-                clock,
-                overlap_seconds=30 * 86400,
-                retry_seconds=300,
-                requested_inferences=10,
-            )
+            return device(client, tmp_path, clock, 10)
 
         first, second = process(), process()
         licence = first.ensure_licence()
@@ -168,17 +156,13 @@ def test_a_renewal_issued_ahead_of_the_clock_stays_cached(
         client,
         path,
     ):
-        pinned = unb64(client.get("/v1/public-key").json()["public_key"])
-        runtime = device_client(
-            "http://testserver",
-            client._transport,
-            pinned,
-            tmp_path / "device",
+        runtime = device(
+            client,
+            tmp_path,
             lambda: clock.now - 120,
+            100,
             overlap_seconds=86400,
-            retry_seconds=300,
             clock_tolerance=60,
-            requested_inferences=100,
         )
         with pytest.raises(ClockRollbackError):
             runtime.ensure_licence()  # issued ahead of this clock: cached, taken at its time
