@@ -15,6 +15,7 @@ from torch import nn
 from skprotect_pytorch.dynamic_axes import dynamic_axes, other_sizes
 from skprotect_pytorch.errors import InvalidArgumentError
 from skprotect_pytorch.export import build_export_options
+from skprotect_pytorch.export.options import derived_root_size
 from skprotect_pytorch.protect import SkProtectorPyTorch
 
 Dim = torch.export.Dim
@@ -84,3 +85,19 @@ def test_derived_axes_without_their_root_are_checked_against_each_other():
         {"input_names": ["x", "y"]},
         ({0: 2 * b + 1}, {0: b + 1}),
     )
+
+
+@pytest.mark.parametrize(
+    ("make", "size", "root"), [(lambda b: b - 5, 2, 7), (lambda b: 3 * b + 2, 23, 7)]
+)
+def test_a_root_size_far_from_the_derived_one_is_found(make, size: int, root: int) -> None:
+    """The root's size was searched below twice the derived size only: ``b - 5`` at 2 (b = 7)
+    was refused as "for no size of 'b'" and never checked at another size."""
+    b = Dim("b", min=6, max=20)
+    dim = make(b)
+    assert derived_root_size(dim.fn, size) == root
+    tensors = [torch.randn(size, 4)]
+    options = build_export_options(tensors, {"input_names": ["x"]}, ({0: dim},))
+    resized, sizes = other_sizes(tensors, dynamic_axes(nn.Identity(), options, tensors))
+    assert sizes == f"b={root + 1}, {dim.__name__}={dim.fn(root + 1)}"
+    assert resized[0].shape[0] == dim.fn(root + 1)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from .export.base import first_line, one_at_a_time, signature_dynamic_shapes
-from .export.options import ExportOptions
+from .export.options import ExportOptions, derived_root_size
 from .logs import get_logger
 
 __all__ = ["DynamicAxes", "describe_inputs", "dynamic_axes", "export_reference", "other_sizes"]
@@ -158,7 +158,7 @@ def other_sizes(
                 continue
             n, (low, high) = tensor.shape[axis], axes.ranges[root]
             if fn is not None:  # the root's example size: the one the derived size comes from
-                n = next((r for r in range(max(low, 0), 2 * n + 2) if fn(r) == n), None)
+                n = derived_root_size(fn, n)
                 if n is None:
                     continue
             sizes[root] = n + 1 if high is None or n + 1 <= high else n - 1

@@ -13,7 +13,7 @@ import difflib
 import inspect
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -398,6 +398,16 @@ def _dynamic_shapes(raw: Any, tensors: list[Tensor], source: str) -> tuple[DimSp
     return tuple(shapes)
 
 
+def derived_root_size(fn: Callable[[int], int], size: int) -> int | None:
+    """The size of a derived ``Dim``'s root for which its function ``fn`` (affine, as
+    torch.export's ``a * b + c`` are) gives ``size``; None when no size >= 0 does."""
+    offset, slope = fn(0), fn(1) - fn(0)
+    if slope <= 0 or (size - offset) % slope or size < offset:
+        return None
+    found = (size - offset) // slope
+    return found if fn(found) == size else None
+
+
 def _check_one_size(
     shapes: Sequence[DimSpec | None], tensors: list[Tensor], source: str, labels: str = "Dim"
 ) -> None:
@@ -434,7 +444,7 @@ def _check_one_size(
         if root_size is not None:
             continue
         # the root on no axis: the size it has in the example is the one each derived gives
-        implied = next((r for r in range(2 * size + 2) if dim.fn(r) == size), None)
+        implied = derived_root_size(dim.fn, size)
         if implied is None:
             raise InvalidArgumentError(
                 f"{source} gives {where} the dimension {dim.__name__!r}, but its example size "
