@@ -18,6 +18,7 @@ from skruntime.cli import (
     OutputGroup,
     as_the_process,
     file_path,
+    given_path,
     output_problem,
     run_command,
     sigterm_as_interrupt,
@@ -164,12 +165,9 @@ def export_kek(
     try:
         state = ProtectionState.open(application_name, create=False)
         state.export_kek(output)  # refuses a folder, device, pipe, master secret or other file
-        problem = None
     except SkProtectError as err:
-        problem = str(err)
-    if problem is not None:
-        typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(1)
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     public_key = base64.b64encode(state.public_key_bytes).decode("ascii")
     typer.echo(f"key-encryption key of '{application_name}' written to {output}")
     typer.echo(
@@ -179,21 +177,12 @@ def export_kek(
     )
 
 
-def _given_path(text: str) -> Path:
-    """A path ``scan`` reads (typer's ``parser``), refused when empty: typer reads ``''`` as
-    ``.``, so ``scan "$DIR"`` with ``DIR`` unset scanned the current folder, and
-    ``--original ''`` was called "." a folder."""
-    if not text:
-        raise typer.BadParameter("the path is empty (a shell variable left unset?); pass a path")
-    return Path(text)
-
-
 @app.command()
 def scan(
     artifacts: Annotated[
         list[Path],
         typer.Argument(
-            parser=_given_path,
+            parser=given_path("a path"),
             help="Shipped files to scan (.onnx, TorchScript .pt, .pt2; weights files saved "
             "with torch.save or as .safetensors too), or folders such as outputs/APP/MODEL: "
             "every such file in them but the unlocked original/ copies.",
@@ -202,7 +191,7 @@ def scan(
     original: Annotated[
         Path,
         typer.Option(
-            parser=_given_path,
+            parser=given_path("a path"),
             help="The original model's weights: a state dict saved with torch.save, a "
             ".safetensors file, or an unlocked .onnx / TorchScript export (protect with "
             "save_original=True).",

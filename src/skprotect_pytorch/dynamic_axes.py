@@ -75,8 +75,9 @@ def dynamic_axes(
         for d in spec.values()
         if not _is_hint(d)
     }
-    derived = {name: (root.__name__, fn) for name, (root, fn) in _derived(specs).items()}
-    roots = {root.__name__: _size_range(root.min, root.max) for root, _ in _derived(specs).values()}
+    found = _derived(specs)
+    derived = {name: (root.__name__, fn) for name, (root, fn) in found.items()}
+    roots = {root.__name__: _size_range(root.min, root.max) for root, _ in found.values()}
     if not any(_is_hint(d) for spec in specs for d in spec.values()):
         names = [{a: d.__name__ for a, d in spec.items()} for spec in specs]
         return DynamicAxes(names, {**roots, **named}, derived)

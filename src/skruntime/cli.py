@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, TypeGuard
@@ -114,16 +114,19 @@ def file_path(text: str) -> Path:
     return path
 
 
-def _outputs_dir_path(text: str) -> Path:
-    """``OUTPUTS_DIR`` (typer's ``parser``), refused when empty: typer reads ``''`` as ``.``, so
-    ``skprotect run "$APP_DIR" MODEL`` with ``APP_DIR`` unset ran the configuration of the current
-    folder, or said that it held none."""
-    if not text:
-        raise typer.BadParameter(
-            "the path is empty (a shell variable left unset?); pass the folder that holds the "
-            "configuration (outputs/<application_name>)"
-        )
-    return Path(text)
+def given_path(what: str) -> Callable[[str], Path]:
+    """A typer ``parser`` of a path that refuses an empty one, saying to pass ``what``: typer
+    reads ``''`` as ``.``, so ``skprotect run "$APP_DIR" MODEL`` with ``APP_DIR`` unset ran the
+    configuration of the current folder, and ``scan "$DIR"`` scanned it."""
+
+    def parse(text: str) -> Path:
+        if not text:
+            raise typer.BadParameter(
+                f"the path is empty (a shell variable left unset?); pass {what}"
+            )
+        return Path(text)
+
+    return parse
 
 
 def _array_suffix(path: Path) -> str:
@@ -748,7 +751,9 @@ def run_command(
     outputs_dir: Annotated[
         Path,
         typer.Argument(
-            parser=_outputs_dir_path,
+            parser=given_path(
+                "the folder that holds the configuration (outputs/<application_name>)"
+            ),
             help="Folder holding the configuration, e.g. outputs/default_app.",
         ),
     ],

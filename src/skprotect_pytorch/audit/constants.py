@@ -322,13 +322,10 @@ def _storages(path: Path) -> dict[str, np.ndarray]:
 
 @_register(".safetensors")
 def safetensors_constants(path: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a ``.safetensors`` file (half precision read as float32)."""
-    from safetensors.torch import load_file
-
+    """Every tensor of a ``.safetensors`` file, as float32 (:func:`_safetensors`)."""
     out: dict[str, np.ndarray] = {}
-    for name, tensor in load_file(str(path), device="cpu").items():
-        for arr in _tensor_values(tensor):
-            _put(out, f"safetensors:{name}", arr)
+    for name, arr in _safetensors(path).items():
+        _put(out, f"safetensors:{name}", arr)
     return out
 
 

@@ -751,8 +751,6 @@ class LicenceClient:
                 timeout=timeout,
                 transport=transport,
                 event_hooks={"response": [_stop_at_redirect]},
-                # a connection per request, so that each is watched (:class:`_Watchdog`)
-                limits=httpx.Limits(max_keepalive_connections=0),
             )
         except (ImportError, ValueError, httpx.InvalidURL) as e:  # a proxy httpx cannot use
             raise LicenceError(
